@@ -1,0 +1,283 @@
+/* lb.h — public types and the pure functions that lb.c, the tests and the fuzzers share.
+ *
+ * Parsers here are pure: (const char *buf, size_t len, struct out *) -> status, no I/O, no globals.
+ * Outputs that are strings point into the caller's buffer (struct lb_str), never copies.
+ */
+#ifndef LB_H
+#define LB_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+
+#define LB_VERSION "0.1.0"
+
+/* Error codes: functions return 0 or a positive count on success, one of these on failure. */
+enum {
+	LB_OK = 0,
+	LB_EINVAL = -1,   /* malformed input */
+	LB_EAGAIN = -2,   /* incomplete input: feed more bytes */
+	LB_ENOMEM = -3,   /* a bound or a pool is exhausted */
+	LB_ERANGE = -4,   /* a number out of its range */
+};
+
+/* Fixed bounds of the parsers (config keys bound the rest). */
+#define LB_MAX_HEADERS      100   /* header fields in one head; more -> 431 */
+#define LB_NAME_MAX         64    /* listener, pool, server, route names (with NUL) */
+#define LB_HOST_MAX         256   /* host names in config and Host headers (with NUL) */
+#define LB_MAX_BINDS        16    /* bind addresses of one listener */
+#define LB_CHUNK_LINE_MAX   4096  /* chunk-size line with extensions, and one trailer line */
+#define LB_TRAILERS_MAX     16384 /* all trailer lines of one chunked body */
+#define LB_REQUEST_ID_MAX   128   /* a client's X-Request-ID longer than this is replaced */
+
+struct lb_str {
+	const char *p;
+	size_t n;
+};
+
+struct lb_header {
+	struct lb_str name;
+	struct lb_str value; /* without leading/trailing whitespace */
+};
+
+/* ------------------------------------------------------------------ HTTP heads */
+
+enum lb_method {
+	LB_M_OTHER = 0, LB_M_GET, LB_M_HEAD, LB_M_POST, LB_M_PUT, LB_M_DELETE,
+	LB_M_OPTIONS, LB_M_PATCH, LB_M_CONNECT, LB_M_TRACE,
+};
+
+/* Message flags derived from the head. */
+#define LB_HF_CHUNKED     0x01u /* Transfer-Encoding ends in chunked */
+#define LB_HF_CLOSE       0x02u /* Connection: close (or HTTP/1.0 without keep-alive) */
+#define LB_HF_KEEPALIVE   0x04u /* Connection: keep-alive (matters for HTTP/1.0) */
+#define LB_HF_UPGRADE     0x08u /* Connection: upgrade and an Upgrade header */
+#define LB_HF_EXPECT_100  0x10u /* Expect: 100-continue */
+#define LB_HF_ABSOLUTE    0x20u /* request-target was absolute-form */
+#define LB_HF_HAS_CL      0x40u /* Content-Length present */
+#define LB_HF_TE          0x80u /* Transfer-Encoding present */
+
+struct lb_req {
+	struct lb_str method;
+	struct lb_str target;   /* as sent */
+	struct lb_str path;     /* path part of the target (origin-form view, also for absolute-form) */
+	struct lb_str query;    /* after '?', without it; n == 0 and p == NULL when absent */
+	struct lb_str host;     /* host name from Host (or the absolute URI), without port, as sent */
+	struct lb_str authority;/* the whole Host value (host[:port]) */
+	struct lb_str upgrade;  /* Upgrade header value when LB_HF_UPGRADE */
+	int method_id;          /* enum lb_method */
+	int minor;              /* HTTP/1.minor: 0 or 1 */
+	unsigned flags;         /* LB_HF_* */
+	int64_t content_length; /* -1 when absent */
+	size_t nheaders;
+	struct lb_header headers[LB_MAX_HEADERS];
+	int status;             /* on LB_EINVAL: the status to answer (400, 414, 431, 417, 501, 505) */
+	const char *error;      /* on LB_EINVAL: a short reason for the log (static string) */
+};
+
+struct lb_resp {
+	int minor;
+	int status;             /* 100..999 */
+	struct lb_str reason;
+	unsigned flags;         /* LB_HF_CHUNKED, LB_HF_CLOSE, LB_HF_KEEPALIVE, LB_HF_HAS_CL, LB_HF_TE */
+	int64_t content_length; /* -1 when absent */
+	size_t nheaders;
+	struct lb_header headers[LB_MAX_HEADERS];
+	const char *error;
+};
+
+/* Parse a complete request head (request line, fields, empty line), strict RFC 9112 with CRLF line
+ * ends. Returns the head's length in bytes (> 0), LB_EAGAIN when buf does not yet hold the empty
+ * line, LB_EINVAL when the head must be refused (req->status and req->error say why). */
+int lb_parse_request(const char *buf, size_t len, struct lb_req *req);
+
+/* The same for a response head. LB_EINVAL sets resp->error. */
+int lb_parse_response(const char *buf, size_t len, struct lb_resp *resp);
+
+/* Case-insensitive lookup of a header; NULL when absent. */
+const struct lb_header *lb_header_find(const struct lb_header *h, size_t n, const char *name);
+
+/* Does a response to this request carry a body? (HEAD, 1xx, 204, 304 never do.) */
+int lb_resp_has_body(int req_method_id, int status);
+
+/* Normalise an origin-form path for routing and forwarding: decode %XX of unreserved characters,
+ * upper-case the remaining escapes, remove dot segments (RFC 3986 5.2.4). out must hold n bytes.
+ * Returns the new length, or LB_EINVAL (bad escape, NUL, not starting with '/'). */
+long lb_normalize_path(const char *in, size_t n, char *out);
+
+/* Is s a well-formed X-Request-ID we keep (1..LB_REQUEST_ID_MAX of [A-Za-z0-9._:-])? */
+int lb_request_id_ok(const char *s, size_t n);
+
+/* ------------------------------------------------------------------ chunked framing */
+
+/* A streaming validator of chunked framing. The proxy forwards the raw bytes it accepts, so it only
+ * needs to know where the body ends and that the framing is unambiguous. */
+struct lb_chunk {
+	int state;
+	uint64_t remain;     /* data bytes left in the current chunk */
+	uint64_t body;       /* total chunk data bytes seen */
+	size_t line;         /* bytes in the current size/trailer line */
+	size_t trailers;     /* bytes of trailers so far */
+	int digits;          /* hex digits of the current size */
+};
+enum { LB_CHUNK_MORE = 0, LB_CHUNK_DONE = 1, LB_CHUNK_ERROR = -1 };
+
+void lb_chunk_init(struct lb_chunk *st);
+/* Scan len bytes. *used is how many belong to the body (all of them unless DONE or ERROR).
+ * Returns LB_CHUNK_MORE, LB_CHUNK_DONE (body ends after *used bytes) or LB_CHUNK_ERROR. */
+int lb_chunk_scan(struct lb_chunk *st, const char *buf, size_t len, size_t *used);
+
+/* ------------------------------------------------------------------ value parsers */
+
+int lb_parse_duration(const char *s, size_t n, uint64_t *ms);   /* 250ms 10s 5m 1h 1d */
+int lb_parse_size(const char *s, size_t n, uint64_t *bytes);    /* 512 16k 10m 1g */
+int lb_parse_bool(const char *s, size_t n, int *on);            /* on off */
+
+struct lb_hostport {
+	char host[LB_HOST_MAX]; /* "" when wildcard */
+	uint16_t port;
+	int wildcard;           /* *:port */
+	int v6;                 /* written [v6]:port */
+};
+/* host:port, [v6]:port, *:port */
+int lb_parse_hostport(const char *s, size_t n, struct lb_hostport *out);
+
+struct lb_server_spec {
+	char name[LB_NAME_MAX];
+	struct lb_hostport addr;
+	unsigned weight;        /* 1..1000, default 1 */
+	unsigned max_conn;      /* 0 = unlimited */
+	int backup, disabled, tls;
+	const char *error;      /* on LB_EINVAL */
+};
+/* "NAME HOST:PORT [weight=N] [backup] [max_conn=N] [tls] [disabled]" */
+int lb_parse_server(const char *s, size_t n, struct lb_server_spec *out);
+
+/* ------------------------------------------------------------------ configuration */
+
+enum lb_mode { LB_MODE_HTTP = 0, LB_MODE_TCP = 1 };
+enum lb_algo { LB_ALGO_RR = 0, LB_ALGO_LEASTCONN, LB_ALGO_IPHASH, LB_ALGO_RANDOM2 };
+enum lb_logfmt { LB_LOG_COMBINED = 0, LB_LOG_JSON };
+
+struct lb_bconn; /* a backend connection (lb.c) */
+
+struct lb_server {
+	char name[LB_NAME_MAX];
+	char host[LB_HOST_MAX];
+	uint16_t port;
+	struct sockaddr_storage sa;
+	socklen_t salen;
+	unsigned weight, max_conn;
+	int backup, disabled;
+	int line;
+	uint64_t name_hash;     /* for consistent hashing: by name, so a readdressed server keeps its keys */
+	/* per-worker runtime state */
+	int64_t cur_weight;     /* smooth weighted round-robin */
+	unsigned active;        /* requests or tunnels in flight */
+	int down;               /* not usable (health checks, later) */
+	struct lb_bconn *idle;  /* idle keep-alive connections */
+	unsigned nidle;
+};
+
+struct lb_pool {
+	char name[LB_NAME_MAX];
+	int line;
+	struct lb_server *servers;
+	size_t nservers;
+	int algorithm;
+	uint64_t connect_timeout, response_timeout; /* ms */
+	unsigned keepalive, retries;
+	uint32_t rr_seed;
+};
+
+struct lb_bind {
+	struct lb_hostport hp;
+	struct sockaddr_storage sa;
+	socklen_t salen;
+	int line;
+};
+
+struct lb_listener {
+	char name[LB_NAME_MAX];
+	int line;
+	struct lb_bind binds[LB_MAX_BINDS];
+	size_t nbinds;
+	int mode;
+	int pool;               /* index into conf->pools, -1 none */
+	uint64_t header_timeout, idle_timeout; /* ms */
+	uint64_t max_header_size, max_body_size;
+};
+
+struct lb_split {
+	int pool;
+	unsigned weight;
+};
+
+#define LB_ROUTE_MAX_ITEMS 16 /* hosts, paths, methods, headers, split pools, listeners in one route */
+struct lb_route {
+	char name[LB_NAME_MAX];
+	int line;
+	int listeners[LB_ROUTE_MAX_ITEMS]; size_t nlisteners; /* none = every http listener */
+	char *hosts[LB_ROUTE_MAX_ITEMS];   size_t nhosts;     /* lower case; "*.x" = suffix */
+	char *paths[LB_ROUTE_MAX_ITEMS];   size_t npaths;     /* "/x" exact; "/x/" + "*" is a prefix */
+	char *methods[LB_ROUTE_MAX_ITEMS]; size_t nmethods;
+	char *hdr_names[LB_ROUTE_MAX_ITEMS];
+	char *hdr_values[LB_ROUTE_MAX_ITEMS]; size_t nheaders; /* "*" = present with any value */
+	int pool;                          /* -1 when split is used */
+	struct lb_split split[LB_ROUTE_MAX_ITEMS]; size_t nsplit;
+	int64_t split_cur[LB_ROUTE_MAX_ITEMS]; /* smooth weighted round-robin over split pools */
+	uint64_t response_timeout, max_body_size; /* 0 = the pool's / listener's */
+};
+
+struct lb_conf {
+	/* [global] */
+	unsigned workers;            /* 0 = auto */
+	unsigned max_connections;
+	char *pid_file;
+	uint64_t shutdown_timeout;   /* ms: bound on the graceful stop */
+	/* [log] */
+	char *access_log;            /* NULL = off, "stdout", or a path */
+	int log_format;
+	char *error_log;             /* "stderr" or a path */
+	struct lb_listener *listeners; size_t nlisteners;
+	struct lb_pool *pools;         size_t npools;
+	struct lb_route *routes;       size_t nroutes;
+};
+
+struct lb_cfg_error {
+	int line;                    /* 0 when the error is about the whole file */
+	char key[LB_NAME_MAX];
+	char msg[256];
+};
+#define LB_CFG_MAX_ERRORS 64
+struct lb_cfg_errors {
+	int n;                       /* errors stored (at most LB_CFG_MAX_ERRORS) */
+	int total;                   /* errors found */
+	struct lb_cfg_error e[LB_CFG_MAX_ERRORS];
+};
+
+/* Parse and validate config text (pure: no name resolution, no files opened).
+ * Returns 0 and *out, or LB_EINVAL with every error in errs (and *out NULL). */
+int lb_conf_parse(const char *text, size_t len, struct lb_conf **out, struct lb_cfg_errors *errs);
+/* Resolve host names of binds and servers (getaddrinfo). Errors go to errs with their lines. */
+int lb_conf_resolve(struct lb_conf *conf, struct lb_cfg_errors *errs);
+void lb_conf_free(struct lb_conf *conf);
+
+/* ------------------------------------------------------------------ routing and balancing */
+
+/* First route (file order) on listener li whose every condition matches; -1 when none.
+ * host is lower-cased without port; path is normalised. */
+int lb_route_find(const struct lb_conf *conf, int li, const struct lb_req *req,
+                  const char *host, size_t hostlen, const char *path, size_t pathlen);
+
+/* Choose a pool for a route: its pool, or one of its split pools by smooth weighted round-robin. */
+int lb_route_pool(struct lb_route *r);
+
+/* Pick a usable server (not down, not disabled, under max_conn), primaries before backups.
+ * key is the client-address hash for ip_hash; rnd a random number for random2. NULL when none. */
+struct lb_server *lb_pick(struct lb_pool *p, uint64_t key, uint64_t rnd);
+
+uint64_t lb_hash64(const void *data, size_t n); /* FNV-1a 64 then a mixer */
+
+#endif /* LB_H */
