@@ -2128,3 +2128,2158 @@ struct lb_server *lb_pick(struct lb_pool *p, uint64_t key, uint64_t rnd)
 	default: return pick_rr(p, tier);
 	}
 }
+
+/* ==================================================================== 5. event loop and timers
+ * Owns the readiness backend (epoll or poll, level-triggered) and the deadline heap.
+ * A handler whose peer hung up is deregistered while it wants nothing, so HUP cannot spin. */
+
+enum { EV_R = 1, EV_W = 2, EV_ERR = 4, EV_HUP = 8 };
+enum { H_LISTEN = 1, H_CLIENT, H_BACKEND, H_SIGNAL };
+
+struct evh {
+	int kind;
+	int fd;
+	unsigned want, reg;
+	int registered, hup, dead;
+	size_t pidx;
+};
+
+static uint64_t g_now; /* monotonic ms, once per loop turn */
+
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+#ifdef LB_EPOLL
+static int g_epfd = -1;
+static struct epoll_event g_evs[512];
+
+static int ev_init(size_t maxfds)
+{
+	LB_UNUSED(maxfds);
+	g_epfd = epoll_create1(EPOLL_CLOEXEC);
+	return g_epfd < 0 ? -1 : 0;
+}
+
+static unsigned ev_to_os(unsigned w) { return (w & EV_R ? EPOLLIN : 0) | (w & EV_W ? EPOLLOUT : 0); }
+
+static void ev_os_set(struct evh *h, unsigned want, int op)
+{
+	struct epoll_event e;
+	memset(&e, 0, sizeof e);
+	e.events = ev_to_os(want);
+	e.data.ptr = h;
+	if (epoll_ctl(g_epfd, op, h->fd, &e) != 0 && op != EPOLL_CTL_DEL)
+		fprintf(stderr, "lb: epoll_ctl(%d) fd %d: %s\n", op, h->fd, strerror(errno));
+}
+
+static void ev_os_add(struct evh *h, unsigned want) { ev_os_set(h, want, EPOLL_CTL_ADD); }
+static void ev_os_mod(struct evh *h, unsigned want) { ev_os_set(h, want, EPOLL_CTL_MOD); }
+static void ev_os_del(struct evh *h) { ev_os_set(h, 0, EPOLL_CTL_DEL); }
+
+typedef void (*ev_cb)(struct evh *h, unsigned events);
+static void ev_wait(int timeout_ms, ev_cb cb)
+{
+	int n = epoll_wait(g_epfd, g_evs, (int)(sizeof g_evs / sizeof *g_evs), timeout_ms);
+	g_now = mono_ms();
+	for (int i = 0; i < n; i++) {
+		struct evh *h = g_evs[i].data.ptr;
+		unsigned e = g_evs[i].events, ev = 0;
+		ev |= e & EPOLLIN ? EV_R : 0;
+		ev |= e & EPOLLOUT ? EV_W : 0;
+		ev |= e & EPOLLERR ? EV_ERR : 0;
+		ev |= e & EPOLLHUP ? EV_HUP : 0;
+		if (!h->dead)
+			cb(h, ev);
+	}
+}
+#else
+static struct pollfd *g_pfd;
+static struct evh **g_powner;
+static size_t g_np, g_pcap;
+static struct evh **g_pready; /* snapshot of owners for one poll() turn */
+
+static int ev_init(size_t maxfds)
+{
+	g_pcap = maxfds;
+	g_pfd = calloc(maxfds, sizeof *g_pfd);
+	g_powner = calloc(maxfds, sizeof *g_powner);
+	g_pready = calloc(maxfds, sizeof *g_pready);
+	return g_pfd && g_powner && g_pready ? 0 : -1;
+}
+
+static short ev_to_os(unsigned w) { return (short)((w & EV_R ? POLLIN : 0) | (w & EV_W ? POLLOUT : 0)); }
+
+static void ev_os_add(struct evh *h, unsigned want)
+{
+	if (g_np >= g_pcap)
+		return;
+	h->pidx = g_np++;
+	g_pfd[h->pidx].fd = h->fd;
+	g_pfd[h->pidx].events = ev_to_os(want);
+	g_pfd[h->pidx].revents = 0;
+	g_powner[h->pidx] = h;
+}
+
+static void ev_os_mod(struct evh *h, unsigned want) { g_pfd[h->pidx].events = ev_to_os(want); }
+
+static void ev_os_del(struct evh *h)
+{
+	size_t i = h->pidx, last = --g_np;
+	if (i != last) {
+		g_pfd[i] = g_pfd[last];
+		g_powner[i] = g_powner[last];
+		g_powner[i]->pidx = i;
+	}
+}
+
+typedef void (*ev_cb)(struct evh *h, unsigned events);
+static void ev_wait(int timeout_ms, ev_cb cb)
+{
+	int n = poll(g_pfd, (nfds_t)g_np, timeout_ms);
+	g_now = mono_ms();
+	if (n <= 0)
+		return;
+	/* handlers add and remove entries: act on a snapshot, skipping the dead */
+	size_t k = 0, np = g_np;
+	for (size_t i = 0; i < np; i++) {
+		if (g_pfd[i].revents) {
+			g_pready[k] = g_powner[i];
+			g_pready[k]->reg |= (unsigned)g_pfd[i].revents << 8; /* stash revents */
+			k++;
+		}
+	}
+	for (size_t i = 0; i < k; i++) {
+		struct evh *h = g_pready[i];
+		unsigned re = h->reg >> 8, ev = 0;
+		h->reg &= 0xff;
+		ev |= re & POLLIN ? EV_R : 0;
+		ev |= re & POLLOUT ? EV_W : 0;
+		ev |= re & (POLLERR | POLLNVAL) ? EV_ERR : 0;
+		ev |= re & POLLHUP ? EV_HUP : 0;
+		if (!h->dead)
+			cb(h, ev);
+	}
+}
+#endif
+
+/* Register what h->want says; a hung-up handler that wants nothing is removed. */
+static void ev_apply(struct evh *h)
+{
+	int keep = !(h->hup && h->want == 0) && !h->dead;
+	if (!keep) {
+		if (h->registered)
+			ev_os_del(h);
+		h->registered = 0;
+		return;
+	}
+	if (!h->registered) {
+		ev_os_add(h, h->want);
+		h->registered = 1;
+	} else if ((h->reg & 0xff) != h->want) {
+		ev_os_mod(h, h->want);
+	}
+	h->reg = h->want;
+}
+
+static void ev_forget(struct evh *h)
+{
+	if (h->registered)
+		ev_os_del(h);
+	h->registered = 0;
+}
+
+/* ==================================================================== 7. connections
+ * Pools of connection structs and buffers (bounded by max_connections), the deadline heap,
+ * and the byte movers: client_read/write, backend_read/write. One owner per buffer: a
+ * client connection owns in/out/qh/rh; backend connections own no buffer. */
+
+struct buf {
+	char *d;
+	uint32_t s, e;
+};
+
+struct conn;
+struct lb_bconn {
+	struct evh h;
+	struct lb_server *srv;
+	struct lb_pool *pool;
+	struct conn *c;            /* NULL while idle */
+	struct lb_bconn *next;     /* idle list, free list, dead list */
+	int connected, reused, eof, reset;
+};
+
+enum { Q_HEAD, Q_BODY, Q_DONE, Q_TUNNEL };
+enum { R_NONE, R_WAIT, R_BODY, R_DONE, R_TUNNEL };
+#define LEFT_CHUNKED (-1)
+#define LEFT_UNTIL_CLOSE (-2)
+
+struct conn {
+	struct evh h;
+	struct conn *prev, *next;      /* live list; next also links free and dead lists */
+	struct lb_listener *L;
+	int li;
+	struct lb_bconn *b;
+	struct buf in, out, qh, rh;
+	int q, r;
+	uint64_t req_fwd, resp_fwd;    /* bytes at in.s / out.s framed and ready to forward */
+	int64_t req_left, resp_left;   /* Content-Length still to frame, or LEFT_* */
+	struct lb_chunk req_ck, resp_ck;
+	uint64_t max_body;
+	size_t scan;                   /* head bytes already looked at for a line end */
+	int cin_eof, shut_b, shut_c;
+	int close_after, backend_reuse, holds_srv;
+	int retries_left, reuse_retried;
+	int req_bodyless, req_idem, req_method, req_minor, upgrade;
+	int resp_status, resp_started;
+	uint64_t resp_timeout;
+	struct lb_pool *pool;
+	struct lb_route *route;
+	struct lb_server *srv;
+	uint64_t t_start, t_head, t_active, t_req_done, t_conn, t_accept;
+	uint64_t deadline;
+	size_t hidx;
+	uint64_t bytes_out, bytes_in;   /* body bytes to the client (all bytes in a tunnel); from it */
+	int sent_any;                   /* a byte of this exchange's response reached the client */
+	unsigned nreq;
+	char peer[INET6_ADDRSTRLEN];
+	uint64_t peer_hash;
+	uint32_t lg_mlen, lg_ulen, lg_ref_off, lg_ref_len, lg_ua_off, lg_ua_len, lg_id_off, lg_id_len;
+	uint64_t wall_start_ms;        /* wall clock of the request start, for logs */
+};
+
+struct lsock {
+	struct evh h;
+	int li;
+};
+
+static struct lb_conf *g_conf;
+static size_t g_bufsize;
+static char *g_freebufs;
+static size_t g_nbufs, g_maxbufs;
+static struct conn *g_free_conns, *g_live, *g_dead;
+static struct lb_bconn *g_free_bconns, *g_dead_bconns;
+static size_t g_nconns;
+static struct conn **g_heap;
+static size_t g_nheap;
+static struct lsock *g_lsocks;
+static size_t g_nlsocks;
+static int g_accept_paused;
+static int g_stopping;
+static uint64_t g_stop_deadline;
+static struct lb_req g_req;       /* scratch: parsed head, used before the next parse only */
+static struct lb_resp g_resp;
+static char *g_scratch;           /* g_bufsize bytes: normalised paths */
+static int g_errfd = 2, g_accfd = -1;
+static uint64_t g_rng[2];
+
+static void lb_err(const char *fmt, ...)
+{
+	char b[1024];
+	struct timespec ts;
+	struct tm tm;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	gmtime_r(&ts.tv_sec, &tm);
+	size_t n = strftime(b, sizeof b, "%Y-%m-%dT%H:%M:%SZ", &tm);
+	n += (size_t)snprintf(b + n, sizeof b - n, " lb[%d]: ", (int)getpid());
+	va_list ap;
+	va_start(ap, fmt);
+	int m = vsnprintf(b + n, sizeof b - n - 1, fmt, ap);
+	va_end(ap);
+	n = LB_MIN(n + (size_t)(m < 0 ? 0 : m), sizeof b - 2);
+	b[n++] = '\n';
+	ssize_t w = write(g_errfd, b, n);
+	LB_UNUSED(w);
+}
+
+static uint64_t rand64(void)
+{
+	uint64_t s1 = g_rng[0], s0 = g_rng[1], r = s0 + s1;
+	g_rng[0] = s0;
+	s1 ^= s1 << 23;
+	g_rng[1] = s1 ^ s0 ^ (s1 >> 18) ^ (s0 >> 5);
+	return r;
+}
+
+static void rng_seed(void)
+{
+	int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || read(fd, g_rng, sizeof g_rng) != (ssize_t)sizeof g_rng) {
+		g_rng[0] = mix64((uint64_t)time(NULL));
+		g_rng[1] = mix64((uint64_t)getpid() ^ mono_ms());
+	}
+	if (fd >= 0)
+		close(fd);
+	g_rng[0] |= 1;
+}
+
+static size_t buf_len(const struct buf *b) { return b->e - b->s; }
+
+static int buf_get(struct buf *b)
+{
+	if (b->d)
+		return 0;
+	if (g_freebufs) {
+		b->d = g_freebufs;
+		memcpy(&g_freebufs, g_freebufs, sizeof(char *));
+	} else {
+		if (g_nbufs >= g_maxbufs || !(b->d = malloc(g_bufsize)))
+			return LB_ENOMEM;
+		g_nbufs++;
+	}
+	b->s = b->e = 0;
+	return 0;
+}
+
+static void buf_put(struct buf *b)
+{
+	if (!b->d)
+		return;
+	memcpy(b->d, &g_freebufs, sizeof(char *));
+	g_freebufs = b->d;
+	b->d = NULL;
+	b->s = b->e = 0;
+}
+
+/* free space at the tail, after moving data to the front when that helps */
+static size_t buf_room(struct buf *b)
+{
+	if (!b->d)
+		return 0;
+	if (b->s == b->e)
+		b->s = b->e = 0;
+	else if (b->s > 0 && g_bufsize - b->e < g_bufsize / 4) {
+		memmove(b->d, b->d + b->s, b->e - b->s);
+		b->e -= b->s;
+		b->s = 0;
+	}
+	return g_bufsize - b->e;
+}
+
+static int buf_put_str(struct buf *b, const char *s, size_t n)
+{
+	if (g_bufsize - b->e < n)
+		return -1;
+	memcpy(b->d + b->e, s, n);
+	b->e += (uint32_t)n;
+	return 0;
+}
+
+static int buf_printf(struct buf *b, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(b->d + b->e, g_bufsize - b->e, fmt, ap);
+	va_end(ap);
+	if (n < 0 || (size_t)n >= g_bufsize - b->e)
+		return -1;
+	b->e += (uint32_t)n;
+	return 0;
+}
+
+/* deadline heap of connections */
+static void heap_swap(size_t a, size_t b)
+{
+	struct conn *t = g_heap[a];
+	g_heap[a] = g_heap[b];
+	g_heap[b] = t;
+	g_heap[a]->hidx = a;
+	g_heap[b]->hidx = b;
+}
+
+static void heap_up(size_t i)
+{
+	while (i > 0 && g_heap[(i - 1) / 2]->deadline > g_heap[i]->deadline) {
+		heap_swap(i, (i - 1) / 2);
+		i = (i - 1) / 2;
+	}
+}
+
+static void heap_down(size_t i)
+{
+	for (;;) {
+		size_t l = 2 * i + 1, r = l + 1, m = i;
+		if (l < g_nheap && g_heap[l]->deadline < g_heap[m]->deadline)
+			m = l;
+		if (r < g_nheap && g_heap[r]->deadline < g_heap[m]->deadline)
+			m = r;
+		if (m == i)
+			return;
+		heap_swap(i, m);
+		i = m;
+	}
+}
+
+#define NOT_IN_HEAP ((size_t)-1)
+
+static void heap_remove(struct conn *c)
+{
+	size_t i = c->hidx;
+	if (i == NOT_IN_HEAP)
+		return;
+	c->hidx = NOT_IN_HEAP;
+	if (i != --g_nheap) {
+		g_heap[i] = g_heap[g_nheap];
+		g_heap[i]->hidx = i;
+		heap_down(i);
+		heap_up(i);
+	}
+}
+
+static void heap_set(struct conn *c, uint64_t deadline)
+{
+	if (c->hidx != NOT_IN_HEAP && c->deadline == deadline)
+		return;
+	heap_remove(c);
+	c->deadline = deadline;
+	c->hidx = g_nheap;
+	g_heap[g_nheap++] = c;
+	heap_up(c->hidx);
+}
+
+static struct lb_bconn *bconn_alloc(void)
+{
+	struct lb_bconn *b = g_free_bconns;
+	if (b)
+		g_free_bconns = b->next;
+	else if (!(b = malloc(sizeof *b)))
+		return NULL;
+	memset(b, 0, sizeof *b);
+	b->h.kind = H_BACKEND;
+	b->h.fd = -1;
+	return b;
+}
+
+static void bconn_close(struct lb_bconn *b)
+{
+	ev_forget(&b->h);
+	if (b->h.fd >= 0)
+		close(b->h.fd);
+	b->h.fd = -1;
+	b->h.dead = 1;
+	b->next = g_dead_bconns;
+	g_dead_bconns = b;
+}
+
+static void idle_unlink(struct lb_bconn *b)
+{
+	struct lb_bconn **pp = &b->srv->idle;
+	while (*pp && *pp != b)
+		pp = &(*pp)->next;
+	if (*pp) {
+		*pp = b->next;
+		b->srv->nidle--;
+	}
+}
+
+/* an idle backend connection became readable: the server closed it or sent junk */
+static void on_idle_backend(struct lb_bconn *b)
+{
+	idle_unlink(b);
+	bconn_close(b);
+}
+
+static void set_nodelay(int fd)
+{
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+static void conn_progress(struct conn *c);
+static void respond_own(struct conn *c, int status, const char *why);
+static void access_log_write(struct conn *c);
+
+static void conn_abort(struct conn *c, const char *why);
+
+/* Give back the server slot and the backend connection: to the idle pool when reusable. */
+static void backend_release(struct conn *c, int reuse)
+{
+	struct lb_bconn *b = c->b;
+	if (b) {
+		c->b = NULL;
+		struct lb_server *s = b->srv;
+		if (reuse && !b->eof && b->connected && s->nidle < b->pool->keepalive && !g_stopping) {
+			b->c = NULL;
+			b->reused = 1;
+			b->next = s->idle;
+			s->idle = b;
+			s->nidle++;
+			b->h.want = EV_R;
+			ev_apply(&b->h);
+		} else {
+			bconn_close(b);
+		}
+	}
+	if (c->holds_srv) {
+		c->srv->active--;
+		c->holds_srv = 0;
+	}
+}
+
+static void conn_close(struct conn *c)
+{
+	if (c->h.dead)
+		return;
+	backend_release(c, 0);
+	heap_remove(c);
+	ev_forget(&c->h);
+	close(c->h.fd);
+	buf_put(&c->in);
+	buf_put(&c->out);
+	buf_put(&c->qh);
+	buf_put(&c->rh);
+	c->h.dead = 1;
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		g_live = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	c->next = g_dead;
+	g_dead = c;
+	g_nconns--;
+}
+
+static void conn_abort(struct conn *c, const char *why)
+{
+	if (why)
+		lb_err("client %s listener %s: closing: %s", c->peer, c->L->name, why);
+	if (c->L->mode == LB_MODE_TCP || (c->t_start && c->r != R_NONE)) {
+		if (!c->resp_status)
+			c->resp_status = 499; /* nginx's "client closed request" */
+		access_log_write(c);
+	}
+	conn_close(c);
+}
+
+/* ==================================================================== 8. HTTP proxying
+ * Request head -> route -> pool -> server; head rewriting (hop-by-hop removed, X-Forwarded-*,
+ * X-Request-ID); body framing in both directions; lb's own answers; retries before any
+ * response byte; keep-alive and pipelining (the next head waits in `in` until this exchange ends). */
+
+static const char *status_text(int st)
+{
+	switch (st) {
+	case 400: return "Bad Request";
+	case 403: return "Forbidden";
+	case 404: return "Not Found";
+	case 408: return "Request Timeout";
+	case 413: return "Content Too Large";
+	case 414: return "URI Too Long";
+	case 417: return "Expectation Failed";
+	case 431: return "Request Header Fields Too Large";
+	case 501: return "Not Implemented";
+	case 502: return "Bad Gateway";
+	case 503: return "Service Unavailable";
+	case 504: return "Gateway Timeout";
+	case 505: return "HTTP Version Not Supported";
+	}
+	return "Error";
+}
+
+/* lb answers by itself; the exchange ends after it, and the connection too when the request
+ * was not read to its end. */
+static void respond_own(struct conn *c, int status, const char *why)
+{
+	lb_err("client %s listener %s: %d %s: %s", c->peer, c->L->name, status, status_text(status), why);
+	if (c->q == Q_HEAD || c->q == Q_BODY)
+		c->close_after = 1;
+	backend_release(c, 0);
+	if (!c->t_start) {
+		c->t_start = g_now;
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		c->wall_start_ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	}
+	c->q = Q_DONE;
+	c->r = R_DONE;
+	c->resp_status = status;
+	c->resp_fwd = 0;
+	if (c->out.d)
+		c->out.s = c->out.e = 0;
+	if (buf_get(&c->rh) != 0) {
+		conn_close(c);
+		return;
+	}
+	c->rh.s = c->rh.e = 0;
+	const char *txt = status_text(status);
+	int blen = (int)strlen(txt) + 5;
+	buf_printf(&c->rh, "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n%s%s\r\n%d %s\n",
+	           status, txt, blen, status == 503 ? "Retry-After: 1\r\n" : "",
+	           c->close_after ? "Connection: close\r\n" : "", status, txt);
+	c->bytes_out = 0;
+}
+
+static int is_idempotent(int m)
+{
+	return m == LB_M_GET || m == LB_M_HEAD || m == LB_M_OPTIONS || m == LB_M_PUT || m == LB_M_DELETE ||
+	       m == LB_M_TRACE;
+}
+
+/* Names a Connection header lists are hop-by-hop too, except the framing ones: dropping
+ * Content-Length because a client listed it would desynchronise the backend. */
+static int listed_in_connection(const struct lb_req *rq, const struct lb_header *hs, size_t nh, struct lb_str name)
+{
+	LB_UNUSED(rq);
+	if (str_ieq(name.p, name.n, "content-length") || str_ieq(name.p, name.n, "transfer-encoding") ||
+	    str_ieq(name.p, name.n, "host"))
+		return 0;
+	for (size_t i = 0; i < nh; i++) {
+		if (!str_ieq(hs[i].name.p, hs[i].name.n, "connection"))
+			continue;
+		const char *p = hs[i].value.p, *end = p + hs[i].value.n;
+		struct lb_str el;
+		while (list_next(&p, end, &el))
+			if (el.n == name.n && mem_ieq(el.p, name.p, el.n))
+				return 1;
+	}
+	return 0;
+}
+
+static int hop_by_hop(struct lb_str n)
+{
+	static const char *const hop[] = { "connection", "keep-alive", "proxy-connection", "te", "upgrade",
+	                                   "trailer" };
+	for (size_t i = 0; i < sizeof hop / sizeof *hop; i++)
+		if (str_ieq(n.p, n.n, hop[i]))
+			return 1;
+	return 0;
+}
+
+static int req_header_dropped(const struct lb_req *rq, const struct lb_header *h)
+{
+	static const char *const replaced[] = { "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host" };
+	if (hop_by_hop(h->name) || listed_in_connection(rq, rq->headers, rq->nheaders, h->name))
+		return 1;
+	for (size_t i = 0; i < 3; i++)
+		if (str_ieq(h->name.p, h->name.n, replaced[i]))
+			return 1;
+	if (str_ieq(h->name.p, h->name.n, "x-request-id") && !lb_request_id_ok(h->value.p, h->value.n))
+		return 1;
+	if ((rq->flags & LB_HF_ABSOLUTE) && str_ieq(h->name.p, h->name.n, "host"))
+		return 1;
+	return 0;
+}
+
+static int put_header(struct buf *b, struct lb_str n, struct lb_str v)
+{
+	return buf_put_str(b, n.p, n.n) || buf_put_str(b, ": ", 2) || buf_put_str(b, v.p, v.n) ||
+	       buf_put_str(b, "\r\n", 2);
+}
+
+/* The head sent to the server, in qh. Log fields are offsets into it. */
+static int build_request_head(struct conn *c, const struct lb_req *rq, const char *path, size_t pn)
+{
+	struct buf *b = &c->qh;
+	if (buf_get(b) != 0)
+		return -1;
+	b->s = b->e = 0;
+	c->lg_ref_len = c->lg_ua_len = c->lg_id_len = 0;
+	if (buf_put_str(b, rq->method.p, rq->method.n) || buf_put_str(b, " ", 1) || buf_put_str(b, path, pn))
+		return -1;
+	if (rq->query.p && (buf_put_str(b, "?", 1) || buf_put_str(b, rq->query.p, rq->query.n)))
+		return -1;
+	c->lg_mlen = (uint32_t)rq->method.n;
+	c->lg_ulen = b->e - c->lg_mlen - 1;
+	if (buf_printf(b, " HTTP/1.%d\r\n", rq->minor))
+		return -1;
+	if ((rq->flags & LB_HF_ABSOLUTE) && put_header(b, (struct lb_str){ "Host", 4 }, rq->authority))
+		return -1;
+	for (size_t i = 0; i < rq->nheaders; i++) {
+		const struct lb_header *h = &rq->headers[i];
+		if (req_header_dropped(rq, h))
+			continue;
+		uint32_t voff = b->e + (uint32_t)h->name.n + 2;
+		if (put_header(b, h->name, h->value))
+			return -1;
+		if (str_ieq(h->name.p, h->name.n, "referer"))
+			c->lg_ref_off = voff, c->lg_ref_len = (uint32_t)h->value.n;
+		else if (str_ieq(h->name.p, h->name.n, "user-agent"))
+			c->lg_ua_off = voff, c->lg_ua_len = (uint32_t)h->value.n;
+		else if (str_ieq(h->name.p, h->name.n, "x-request-id"))
+			c->lg_id_off = voff, c->lg_id_len = (uint32_t)h->value.n;
+	}
+	if (buf_printf(b, "X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\n", c->peer))
+		return -1;
+	if (rq->authority.n && put_header(b, (struct lb_str){ "X-Forwarded-Host", 16 }, rq->authority))
+		return -1;
+	if (!c->lg_id_len) {
+		if (buf_printf(b, "X-Request-ID: "))
+			return -1;
+		c->lg_id_off = b->e;
+		c->lg_id_len = 32;
+		if (buf_printf(b, "%016llx%016llx\r\n", (unsigned long long)rand64(), (unsigned long long)rand64()))
+			return -1;
+	}
+	if ((rq->flags & LB_HF_UPGRADE) &&
+	    (buf_printf(b, "Connection: upgrade\r\n") || put_header(b, (struct lb_str){ "Upgrade", 7 }, rq->upgrade)))
+		return -1;
+	return buf_put_str(b, "\r\n", 2);
+}
+
+static int backend_connect(struct conn *c, struct lb_server *s)
+{
+	struct lb_bconn *b = bconn_alloc();
+	if (!b)
+		return -1;
+	b->srv = s;
+	b->pool = c->pool;
+	b->c = c;
+	b->h.fd = socket(s->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (b->h.fd < 0) {
+		lb_err("socket: %s", strerror(errno));
+		b->h.dead = 1;
+		b->next = g_dead_bconns;
+		g_dead_bconns = b;
+		return -1;
+	}
+	set_nodelay(b->h.fd);
+	c->b = b;
+	c->t_conn = g_now;
+	if (connect(b->h.fd, (struct sockaddr *)&s->sa, s->salen) == 0)
+		b->connected = 1;
+	else if (errno != EINPROGRESS)
+		b->reset = errno ? errno : ECONNREFUSED; /* reported by the caller's next step */
+	return 0;
+}
+
+static void backend_failed(struct conn *c, int status, const char *why, int retryable);
+
+/* Choose a server (not `avoid` when another is usable) and give c a connection to it. */
+static void backend_assign(struct conn *c, struct lb_server *avoid)
+{
+	struct lb_pool *p = c->pool;
+	struct lb_server *s = NULL;
+	for (size_t i = 0; i < 2 * p->nservers + 1; i++) {
+		s = lb_pick(p, c->peer_hash, rand64());
+		if (!s || s != avoid)
+			break;
+	}
+	if (!s || s == avoid) {
+		if (c->L->mode == LB_MODE_TCP) {
+			conn_abort(c, avoid ? "no other usable server to retry on" : "no usable server");
+			return;
+		}
+		if (avoid)
+			respond_own(c, 502, "server failed and no other usable server to retry on");
+		else
+			respond_own(c, 503, "no usable server in the pool");
+		return;
+	}
+	c->srv = s;
+	s->active++;
+	c->holds_srv = 1;
+	if (c->qh.d)
+		c->qh.s = 0;
+	struct lb_bconn *b = s->idle;
+	if (b) {
+		s->idle = b->next;
+		s->nidle--;
+		b->c = c;
+		b->next = NULL;
+		c->b = b;
+		c->t_conn = g_now;
+		return;
+	}
+	if (backend_connect(c, s) != 0) {
+		backend_failed(c, 502, "cannot create a socket", 0);
+		return;
+	}
+	if (c->b->reset) {
+		int e = c->b->reset;
+		char why[400];
+		snprintf(why, sizeof why, "connect to %s (%s): %s", s->name, s->host, strerror(e));
+		backend_failed(c, 502, why, 1);
+	}
+}
+
+/* The server connection failed before the exchange could finish. Retry when no response
+ * byte came back and the request can be sent again whole, else answer or abort. */
+static void backend_failed(struct conn *c, int status, const char *why, int retryable)
+{
+	struct lb_server *failed = c->srv;
+	int reused = c->b && c->b->reused;
+	backend_release(c, 0);
+	int clean = !c->resp_started && (c->L->mode == LB_MODE_TCP ? c->bytes_out == 0 && c->bytes_in == 0
+	                                                              : c->r == R_WAIT && c->req_bodyless);
+	if (retryable && clean && reused && !c->reuse_retried) {
+		c->reuse_retried = 1; /* a kept-alive connection the server had just closed */
+		backend_assign(c, NULL);
+		return;
+	}
+	if (retryable && clean && c->retries_left > 0 && (c->req_idem || c->L->mode == LB_MODE_TCP)) {
+		c->retries_left--;
+		lb_err("client %s: %s; retrying on another server of pool %s", c->peer, why, c->pool->name);
+		backend_assign(c, failed);
+		return;
+	}
+	if (c->L->mode == LB_MODE_TCP || c->r != R_WAIT || buf_len(&c->rh) > 0 || c->sent_any) {
+		conn_abort(c, why);
+		return;
+	}
+	respond_own(c, status, why);
+}
+
+static void lower_copy(char *dst, const char *src, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		dst[i] = (char)lower((unsigned char)src[i]);
+	dst[n] = 0;
+}
+
+static void request_begin(struct conn *c)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	c->wall_start_ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	c->t_start = g_now;
+	c->nreq++;
+	c->resp_status = 0;
+	c->resp_started = 0;
+	c->bytes_out = 0;
+	c->sent_any = 0;
+	c->route = NULL;
+	c->pool = NULL;
+	c->srv = NULL;
+	c->req_fwd = c->resp_fwd = 0;
+	c->reuse_retried = 0;
+	c->lg_mlen = c->lg_ulen = c->lg_ref_len = c->lg_ua_len = c->lg_id_len = 0;
+}
+
+/* A complete, valid head of n bytes is at in.s: route it and start the exchange. */
+static void handle_request(struct conn *c, const struct lb_req *rq, size_t n)
+{
+	const struct lb_conf *conf = g_conf;
+	char host[LB_HOST_MAX];
+	const char *path = g_scratch;
+	long pn;
+	lower_copy(host, rq->host.p ? rq->host.p : "", rq->host.n);
+	if (rq->path.n == 0)
+		path = "/", pn = 1;
+	else if (rq->path.n == 1 && rq->path.p[0] == '*')
+		path = "*", pn = 1;
+	else
+		pn = lb_normalize_path(rq->path.p, rq->path.n, g_scratch);
+	c->req_method = rq->method_id;
+	c->req_minor = rq->minor;
+	c->req_idem = is_idempotent(rq->method_id);
+	c->upgrade = (rq->flags & LB_HF_UPGRADE) != 0;
+	c->close_after = (rq->flags & LB_HF_CLOSE) || g_stopping;
+	if (rq->flags & LB_HF_CHUNKED) {
+		c->q = Q_BODY;
+		c->req_left = LEFT_CHUNKED;
+		lb_chunk_init(&c->req_ck);
+	} else if (rq->content_length > 0) {
+		c->q = Q_BODY;
+		c->req_left = rq->content_length;
+	} else {
+		c->q = Q_DONE;
+		c->req_left = 0;
+		c->t_req_done = g_now;
+	}
+	c->req_bodyless = c->q == Q_DONE;
+	if (pn < 0) {
+		c->in.s += (uint32_t)n;
+		respond_own(c, 400, "invalid percent-encoding or NUL in path");
+		return;
+	}
+	int ri = lb_route_find(conf, c->li, rq, host, rq->host.n, path, (size_t)pn);
+	struct lb_route *rt = ri >= 0 ? &conf->routes[ri] : NULL;
+	int pi = rt ? lb_route_pool(rt) : c->L->pool;
+	c->route = rt;
+	int hb = build_request_head(c, rq, path, (size_t)pn);
+	c->in.s += (uint32_t)n; /* rq points into in: it is not read after this */
+	c->scan = 0;
+	c->max_body = rt && rt->max_body_size ? rt->max_body_size : c->L->max_body_size;
+	if (hb != 0) {
+		respond_own(c, 431, "request head too large after rewriting");
+		return;
+	}
+	if (rq->content_length > 0 && (uint64_t)rq->content_length > c->max_body) {
+		respond_own(c, 413, "Content-Length above max_body_size");
+		return;
+	}
+	if (pi < 0) {
+		respond_own(c, 404, "no route matched and the listener has no pool");
+		return;
+	}
+	c->pool = &conf->pools[pi];
+	c->resp_timeout = rt && rt->response_timeout ? rt->response_timeout : c->pool->response_timeout;
+	c->retries_left = (int)c->pool->retries;
+	c->r = R_WAIT;
+	backend_assign(c, NULL);
+}
+
+static int request_head_step(struct conn *c)
+{
+	size_t len = buf_len(&c->in);
+	const char *p = c->in.d ? c->in.d + c->in.s : NULL;
+	if (len == 0 || c->scan >= len) {
+		if (c->cin_eof) {
+			if (len)
+				lb_err("client %s listener %s: closed with an incomplete request head", c->peer, c->L->name);
+			conn_close(c);
+		}
+		return 0;
+	}
+	int line_end = memchr(p + c->scan, '\n', len - c->scan) != NULL;
+	c->scan = len;
+	int rc = LB_EAGAIN;
+	if (line_end) {
+		request_begin(c);
+		rc = lb_parse_request(p, len, &g_req);
+	}
+	if (rc == LB_EAGAIN) {
+		if (len >= c->L->max_header_size) {
+			request_begin(c);
+			respond_own(c, 431, "request head larger than max_header_size");
+			return 1;
+		}
+		if (c->cin_eof) {
+			lb_err("client %s listener %s: closed with an incomplete request head", c->peer, c->L->name);
+			conn_close(c);
+		}
+		return 0;
+	}
+	if (rc < 0) {
+		respond_own(c, g_req.status ? g_req.status : 400, g_req.error ? g_req.error : "invalid request");
+		return 1;
+	}
+	if ((uint64_t)rc > c->L->max_header_size) {
+		respond_own(c, 431, "request head larger than max_header_size");
+		return 1;
+	}
+	handle_request(c, &g_req, (size_t)rc);
+	return 1;
+}
+
+/* Frame newly read request body bytes: they become forwardable (req_fwd). */
+static int request_body_step(struct conn *c)
+{
+	size_t have = buf_len(&c->in) - c->req_fwd;
+	if (have == 0) {
+		if (c->cin_eof) {
+			if (c->r == R_WAIT && !c->resp_started)
+				respond_own(c, 400, "client closed before sending the whole body");
+			else
+				conn_abort(c, "client closed before sending the whole body");
+		}
+		return 0;
+	}
+	const char *p = c->in.d + c->in.s + c->req_fwd;
+	if (c->req_left == LEFT_CHUNKED) {
+		size_t used = 0;
+		int rc = lb_chunk_scan(&c->req_ck, p, have, &used);
+		c->req_fwd += used;
+		if (rc == LB_CHUNK_ERROR || c->req_ck.body > c->max_body) {
+			int big = rc != LB_CHUNK_ERROR;
+			if (c->r == R_WAIT && !c->resp_started && buf_len(&c->rh) == 0)
+				respond_own(c, big ? 413 : 400, big ? "chunked body above max_body_size" : "invalid chunked framing");
+			else
+				conn_abort(c, "invalid chunked request body");
+			return 1;
+		}
+		if (rc == LB_CHUNK_DONE)
+			c->q = Q_DONE;
+	} else {
+		size_t take = (size_t)LB_MIN((uint64_t)have, (uint64_t)c->req_left);
+		c->req_fwd += take;
+		c->req_left -= (int64_t)take;
+		if (c->req_left == 0)
+			c->q = Q_DONE;
+	}
+	if (c->q == Q_DONE)
+		c->t_req_done = g_now;
+	return 1;
+}
+
+static int request_step(struct conn *c)
+{
+	if (c->q == Q_HEAD && c->r == R_NONE)
+		return request_head_step(c);
+	if (c->q == Q_BODY)
+		return request_body_step(c);
+	return 0;
+}
+
+static int resp_header_dropped(const struct lb_resp *rs, const struct lb_header *h, int upgrading)
+{
+	if (upgrading && (str_ieq(h->name.p, h->name.n, "upgrade") || str_ieq(h->name.p, h->name.n, "connection")))
+		return 1; /* re-added below */
+	if (hop_by_hop(h->name))
+		return 1;
+	if (str_ieq(h->name.p, h->name.n, "content-length") || str_ieq(h->name.p, h->name.n, "transfer-encoding"))
+		return 0;
+	for (size_t i = 0; i < rs->nheaders; i++) {
+		if (!str_ieq(rs->headers[i].name.p, rs->headers[i].name.n, "connection"))
+			continue;
+		const char *p = rs->headers[i].value.p, *end = p + rs->headers[i].value.n;
+		struct lb_str el;
+		while (list_next(&p, end, &el))
+			if (el.n == h->name.n && mem_ieq(el.p, h->name.p, el.n))
+				return 1;
+	}
+	return 0;
+}
+
+static int build_response_head(struct conn *c, const struct lb_resp *rs)
+{
+	struct buf *b = &c->rh;
+	int upgrading = rs->status == 101;
+	if (buf_get(b) != 0)
+		return -1;
+	if (buf_printf(b, "HTTP/1.1 %d ", rs->status) || buf_put_str(b, rs->reason.p, rs->reason.n) ||
+	    buf_put_str(b, "\r\n", 2))
+		return -1;
+	for (size_t i = 0; i < rs->nheaders; i++) {
+		const struct lb_header *h = &rs->headers[i];
+		if (!resp_header_dropped(rs, h, upgrading) && put_header(b, h->name, h->value))
+			return -1;
+	}
+	if (upgrading) {
+		const struct lb_header *u = lb_header_find(rs->headers, rs->nheaders, "upgrade");
+		if (buf_printf(b, "Connection: upgrade\r\n") ||
+		    (u && put_header(b, (struct lb_str){ "Upgrade", 7 }, u->value)))
+			return -1;
+	} else if (rs->status >= 200) {
+		if (c->close_after && buf_printf(b, "Connection: close\r\n"))
+			return -1;
+		if (!c->close_after && c->req_minor == 0 && buf_printf(b, "Connection: keep-alive\r\n"))
+			return -1;
+	}
+	return buf_put_str(b, "\r\n", 2);
+}
+
+/* A complete response head of n bytes is at out.s. */
+static void handle_response(struct conn *c, const struct lb_resp *rs, size_t n)
+{
+	if (rs->status < 200 && rs->status != 101) { /* interim: pass on (not to HTTP/1.0 clients) */
+		if (c->req_minor == 1 && build_response_head(c, rs) != 0) {
+			backend_failed(c, 502, "interim response head too large", 0);
+			return;
+		}
+		c->out.s += (uint32_t)n;
+		return;
+	}
+	if (rs->status == 101 && !c->upgrade) {
+		backend_failed(c, 502, "server switched protocols without an Upgrade request", 0);
+		return;
+	}
+	c->resp_status = rs->status;
+	c->backend_reuse = !(rs->flags & LB_HF_CLOSE) && !c->upgrade && c->req_minor == 1;
+	if (rs->status == 101) {
+		c->resp_left = 0;
+	} else if (!lb_resp_has_body(c->req_method, rs->status)) {
+		c->resp_left = 0;
+	} else if (rs->flags & LB_HF_CHUNKED) {
+		c->resp_left = LEFT_CHUNKED;
+		lb_chunk_init(&c->resp_ck);
+		if (c->req_minor == 0)
+			c->close_after = 1;
+	} else if (rs->content_length >= 0) {
+		c->resp_left = rs->content_length;
+	} else {
+		c->resp_left = LEFT_UNTIL_CLOSE;
+		c->close_after = 1;
+		c->backend_reuse = 0;
+	}
+	if (build_response_head(c, rs) != 0) {
+		backend_failed(c, 502, "response head too large to rewrite", 0);
+		return;
+	}
+	c->out.s += (uint32_t)n;
+	if (rs->status == 101) {
+		c->q = Q_TUNNEL;
+		c->r = R_TUNNEL;
+		c->req_fwd = 0;
+		return;
+	}
+	c->r = c->resp_left == 0 ? R_DONE : R_BODY;
+}
+
+static int response_wait_step(struct conn *c)
+{
+	size_t len = buf_len(&c->out);
+	if (len == 0) {
+		if (c->b && (c->b->eof || c->b->reset))
+			backend_failed(c, 502, c->b->reset ? "connection reset by server before a response"
+			                                   : "server closed the connection before a response", 1);
+		return 0;
+	}
+	int rc = lb_parse_response(c->out.d + c->out.s, len, &g_resp);
+	if (rc == LB_EAGAIN) {
+		if (len >= g_bufsize - 1)
+			backend_failed(c, 502, "response head too large", 0);
+		else if (c->b && (c->b->eof || c->b->reset))
+			backend_failed(c, 502, "server closed mid response head", 0);
+		return 0;
+	}
+	if (rc < 0) {
+		char why[160];
+		snprintf(why, sizeof why, "invalid response from %s: %s", c->srv ? c->srv->name : "?",
+		         g_resp.error ? g_resp.error : "?");
+		c->backend_reuse = 0;
+		backend_failed(c, 502, why, 0);
+		return 1;
+	}
+	handle_response(c, &g_resp, (size_t)rc);
+	return 1;
+}
+
+static int response_body_step(struct conn *c)
+{
+	size_t have = buf_len(&c->out) - c->resp_fwd;
+	int ended = c->b && (c->b->eof || c->b->reset);
+	if (have == 0) {
+		if (!ended)
+			return 0;
+		if (c->resp_left == LEFT_UNTIL_CLOSE) {
+			c->r = R_DONE;
+			return 1;
+		}
+		conn_abort(c, "server closed the connection mid-body");
+		return 0;
+	}
+	const char *p = c->out.d + c->out.s + c->resp_fwd;
+	if (c->resp_left == LEFT_CHUNKED) {
+		size_t used = 0;
+		int rc = lb_chunk_scan(&c->resp_ck, p, have, &used);
+		c->resp_fwd += used;
+		if (rc == LB_CHUNK_ERROR) {
+			conn_abort(c, "invalid chunked framing from server");
+			return 0;
+		}
+		if (rc == LB_CHUNK_DONE)
+			c->r = R_DONE;
+	} else if (c->resp_left == LEFT_UNTIL_CLOSE) {
+		c->resp_fwd += have;
+	} else {
+		size_t take = (size_t)LB_MIN((uint64_t)have, (uint64_t)c->resp_left);
+		c->resp_fwd += take;
+		c->resp_left -= (int64_t)take;
+		if (c->resp_left == 0)
+			c->r = R_DONE;
+	}
+	return 1;
+}
+
+static int tunnel_step(struct conn *c)
+{
+	int moved = 0;
+	if (c->b && (c->b->eof || c->b->reset) && buf_len(&c->out) == 0 && buf_len(&c->rh) == 0 && !c->shut_c) {
+		shutdown(c->h.fd, SHUT_WR);
+		c->shut_c = 1;
+		moved = 1;
+	}
+	if (c->cin_eof && buf_len(&c->in) == 0 && c->b && c->b->connected && !c->shut_b) {
+		shutdown(c->b->h.fd, SHUT_WR);
+		c->shut_b = 1;
+		moved = 1;
+	}
+	if (c->shut_c && (c->shut_b || (c->b && c->b->reset))) {
+		conn_abort(c, NULL);
+		return 0;
+	}
+	if (c->shut_b && c->cin_eof && c->b && c->b->reset) {
+		conn_abort(c, NULL);
+		return 0;
+	}
+	return moved;
+}
+
+static int response_step(struct conn *c)
+{
+	switch (c->r) {
+	case R_WAIT: return response_wait_step(c);
+	case R_BODY: return response_body_step(c);
+	case R_TUNNEL: return tunnel_step(c);
+	}
+	return 0;
+}
+
+/* The exchange is over when the response went out whole: log, recycle, take the next request. */
+static int finish_step(struct conn *c)
+{
+	if (c->r != R_DONE || buf_len(&c->rh) > 0 || c->resp_fwd > 0)
+		return 0;
+	if (c->q == Q_BODY) {
+		c->close_after = 1; /* the server answered before the body ended: the stream cannot resync */
+		c->backend_reuse = 0;
+	}
+	int reuse = c->backend_reuse && c->q == Q_DONE && buf_len(&c->out) == 0;
+	access_log_write(c);
+	backend_release(c, reuse);
+	if (c->close_after || g_stopping) {
+		conn_close(c);
+		return 0;
+	}
+	c->q = Q_HEAD;
+	c->r = R_NONE;
+	c->scan = 0;
+	c->t_start = 0;
+	c->t_active = c->t_head = g_now;
+	buf_put(&c->qh);
+	buf_put(&c->rh);
+	if (buf_len(&c->out) == 0)
+		buf_put(&c->out);
+	if (buf_len(&c->in) == 0)
+		buf_put(&c->in);
+	return 1;
+}
+
+/* -------------------------------------------------------------------- byte movers */
+
+static int io_again(void) { return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR; }
+
+static int want_client_read(struct conn *c)
+{
+	if (c->cin_eof || c->h.hup)
+		return 0;
+	if (c->q == Q_HEAD)
+		return c->r == R_NONE && buf_len(&c->in) < c->L->max_header_size;
+	return c->q == Q_BODY || c->q == Q_TUNNEL;
+}
+
+static int client_read(struct conn *c)
+{
+	if (!want_client_read(c))
+		return 0;
+	if (buf_get(&c->in) != 0)
+		return 0;
+	size_t room = buf_room(&c->in);
+	if (c->q == Q_HEAD)
+		room = LB_MIN(room, c->L->max_header_size + 1 - buf_len(&c->in));
+	if (room == 0)
+		return 0;
+	int was_empty = buf_len(&c->in) == 0;
+	ssize_t n = recv(c->h.fd, c->in.d + c->in.e, room, 0);
+	if (n > 0) {
+		if (was_empty && c->q == Q_HEAD)
+			c->t_head = g_now;
+		c->in.e += (uint32_t)n;
+		c->t_active = g_now;
+		c->bytes_in += (uint64_t)n;
+		return 1;
+	}
+	if (n < 0 && io_again()) {
+		if (buf_len(&c->in) == 0)
+			buf_put(&c->in);
+		return 0;
+	}
+	c->cin_eof = 1;
+	if (n < 0 && c->q != Q_TUNNEL) {
+		conn_abort(c, c->r == R_NONE ? NULL : "client connection reset");
+		return 0;
+	}
+	return 1;
+}
+
+/* what may go to the client now: rh, then framed response bytes (all of out in a tunnel) */
+static size_t client_pending(const struct conn *c)
+{
+	size_t body = c->r == R_TUNNEL ? buf_len(&c->out) : c->resp_fwd;
+	return buf_len(&c->rh) + body;
+}
+
+static int client_write(struct conn *c)
+{
+	int moved = 0;
+	while (client_pending(c) > 0) {
+		struct iovec iov[2];
+		int k = 0;
+		size_t body = c->r == R_TUNNEL ? buf_len(&c->out) : c->resp_fwd;
+		if (buf_len(&c->rh))
+			iov[k].iov_base = c->rh.d + c->rh.s, iov[k++].iov_len = buf_len(&c->rh);
+		if (body)
+			iov[k].iov_base = c->out.d + c->out.s, iov[k++].iov_len = body;
+		struct msghdr m;
+		memset(&m, 0, sizeof m);
+		m.msg_iov = iov;
+		m.msg_iovlen = (size_t)k;
+		ssize_t n = sendmsg(c->h.fd, &m, MSG_NOSIGNAL);
+		if (n < 0) {
+			if (io_again())
+				return moved;
+			conn_abort(c, "client connection lost while sending the response");
+			return 0;
+		}
+		size_t un = (size_t)n, h = LB_MIN(un, buf_len(&c->rh));
+		c->rh.s += (uint32_t)h;
+		un -= h;
+		c->out.s += (uint32_t)un;
+		if (c->r != R_TUNNEL)
+			c->resp_fwd -= un;
+		c->bytes_out += c->r == R_TUNNEL ? (uint64_t)n : (uint64_t)un;
+		c->sent_any = 1;
+		c->t_active = g_now;
+		moved = 1;
+	}
+	if (c->rh.d && buf_len(&c->rh) == 0 && c->r != R_WAIT)
+		buf_put(&c->rh);
+	return moved;
+}
+
+static int backend_ready(const struct conn *c)
+{
+	return c->b && c->b->connected && !c->b->reset;
+}
+
+/* what may go to the server now: qh, then framed body bytes (all of in in a tunnel) */
+static size_t backend_pending(const struct conn *c)
+{
+	if (c->q == Q_TUNNEL)
+		return buf_len(&c->in);
+	return buf_len(&c->qh) + c->req_fwd;
+}
+
+static int backend_write(struct conn *c)
+{
+	int moved = 0;
+	while (backend_ready(c) && backend_pending(c) > 0 && !c->shut_b) {
+		struct iovec iov[2];
+		int k = 0;
+		size_t body = c->q == Q_TUNNEL ? buf_len(&c->in) : c->req_fwd;
+		if (c->q != Q_TUNNEL && buf_len(&c->qh))
+			iov[k].iov_base = c->qh.d + c->qh.s, iov[k++].iov_len = buf_len(&c->qh);
+		if (body)
+			iov[k].iov_base = c->in.d + c->in.s, iov[k++].iov_len = body;
+		struct msghdr m;
+		memset(&m, 0, sizeof m);
+		m.msg_iov = iov;
+		m.msg_iovlen = (size_t)k;
+		ssize_t n = sendmsg(c->b->h.fd, &m, MSG_NOSIGNAL);
+		if (n < 0) {
+			if (io_again())
+				return moved;
+			char why[128];
+			snprintf(why, sizeof why, "send to server %s: %s", c->srv->name, strerror(errno));
+			c->b->reset = errno;
+			backend_failed(c, 502, why, c->bytes_out == 0);
+			return 0;
+		}
+		size_t un = (size_t)n;
+		if (c->q != Q_TUNNEL) {
+			size_t h = LB_MIN(un, buf_len(&c->qh));
+			c->qh.s += (uint32_t)h;
+			un -= h;
+			c->req_fwd -= un;
+			if (un)
+				c->req_bodyless = 0; /* a body byte left: the request cannot be replayed */
+		}
+		c->in.s += (uint32_t)un;
+		c->t_active = g_now;
+		moved = 1;
+	}
+	return moved;
+}
+
+static int want_backend_read(const struct conn *c)
+{
+	return backend_ready(c) && !c->b->eof && (c->r == R_WAIT || c->r == R_BODY || c->r == R_TUNNEL);
+}
+
+static int backend_read(struct conn *c)
+{
+	if (!want_backend_read(c) || buf_get(&c->out) != 0)
+		return 0;
+	size_t room = buf_room(&c->out);
+	if (room == 0)
+		return 0;
+	ssize_t n = recv(c->b->h.fd, c->out.d + c->out.e, room, 0);
+	if (n > 0) {
+		c->out.e += (uint32_t)n;
+		c->resp_started = 1;
+		c->t_active = g_now;
+		return 1;
+	}
+	if (n < 0 && io_again())
+		return 0;
+	if (n == 0)
+		c->b->eof = 1;
+	else
+		c->b->reset = errno;
+	return 1;
+}
+
+static void conn_interest(struct conn *c)
+{
+	c->h.want = (want_client_read(c) && (c->q != Q_HEAD || buf_len(&c->in) < c->L->max_header_size)
+	             ? EV_R : 0) |
+	            (client_pending(c) ? EV_W : 0);
+	if (c->q == Q_BODY || c->q == Q_TUNNEL) {
+		/* backpressure: stop reading the client while the server side holds a full buffer */
+		if (c->in.d && buf_len(&c->in) >= g_bufsize)
+			c->h.want &= ~(unsigned)EV_R;
+	}
+	ev_apply(&c->h);
+	struct lb_bconn *b = c->b;
+	if (b) {
+		b->h.want = 0;
+		if (!b->connected)
+			b->h.want = EV_W;
+		else if (!b->reset) {
+			if (want_backend_read(c) && (!c->out.d || buf_len(&c->out) < g_bufsize))
+				b->h.want |= EV_R;
+			if (backend_pending(c) && !c->shut_b)
+				b->h.want |= EV_W;
+		}
+		ev_apply(&b->h);
+	}
+}
+
+static void conn_arm_timer(struct conn *c)
+{
+	const struct lb_listener *L = c->L;
+	uint64_t d;
+	if (c->b && !c->b->connected)
+		d = c->t_conn + c->pool->connect_timeout;
+	else if (c->q == Q_HEAD && c->r == R_NONE)
+		d = (buf_len(&c->in) > 0 || c->nreq == 0) ? c->t_head + L->header_timeout : c->t_active + L->idle_timeout;
+	else if (c->r == R_WAIT && c->q == Q_DONE && c->b && buf_len(&c->qh) == 0)
+		d = LB_MAX(c->t_req_done, c->t_active) + c->resp_timeout;
+	else
+		d = c->t_active + L->idle_timeout;
+	heap_set(c, d);
+}
+
+static void conn_progress(struct conn *c)
+{
+	int turns = 0;
+	while (!c->h.dead) {
+		int moved = client_read(c);
+		if (!c->h.dead && c->L->mode == LB_MODE_HTTP)
+			moved |= request_step(c);
+		if (!c->h.dead)
+			moved |= backend_write(c);
+		if (!c->h.dead)
+			moved |= backend_read(c);
+		if (!c->h.dead && (c->L->mode == LB_MODE_HTTP || c->r == R_TUNNEL))
+			moved |= response_step(c);
+		if (!c->h.dead)
+			moved |= client_write(c);
+		if (!c->h.dead && c->L->mode == LB_MODE_HTTP)
+			moved |= finish_step(c);
+		if (!moved)
+			break;
+		if (++turns >= 32) { /* let others run; finish on the next loop turn */
+			if (!c->h.dead && !c->h.hup) {
+				heap_set(c, g_now);
+			}
+			break;
+		}
+	}
+	if (c->h.dead)
+		return;
+	conn_interest(c);
+	if (turns < 32)
+		conn_arm_timer(c);
+}
+
+static void conn_timeout(struct conn *c)
+{
+	if (c->deadline == 0 || c->deadline > g_now)
+		return;
+	if (c->b && !c->b->connected) {
+		char why[400];
+		snprintf(why, sizeof why, "connect to %s timed out", c->srv->name);
+		backend_failed(c, 504, why, 1);
+	} else if (c->q == Q_HEAD && c->r == R_NONE) {
+		if (buf_len(&c->in) == 0) {
+			conn_close(c);
+			return;
+		}
+		request_begin(c);
+		respond_own(c, 408, "request head not complete within header_timeout");
+	} else if (c->r == R_WAIT && c->q == Q_DONE && c->b && buf_len(&c->qh) == 0 &&
+	           g_now >= LB_MAX(c->t_req_done, c->t_active) + c->resp_timeout) {
+		c->backend_reuse = 0;
+		backend_failed(c, 504, "no response within response_timeout", 0);
+	} else if (g_now >= c->t_active + c->L->idle_timeout) {
+		conn_abort(c, c->L->mode == LB_MODE_TCP ? NULL : "idle timeout during the exchange");
+		return;
+	}
+	if (!c->h.dead)
+		conn_progress(c);
+}
+
+/* ==================================================================== 9. TCP proxying
+ * L4: the client connection is a tunnel from the start; bytes flow both ways with half-close. */
+
+static void tcp_start(struct conn *c)
+{
+	c->q = Q_TUNNEL;
+	c->r = R_TUNNEL;
+	c->pool = &g_conf->pools[c->L->pool];
+	c->retries_left = (int)c->pool->retries;
+	c->t_start = g_now;
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	c->wall_start_ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	c->resp_status = 200;
+	backend_assign(c, NULL);
+}
+
+/* ==================================================================== 13. access log
+ * One line per exchange (or TCP session), combined or JSON, gathered in a buffer that is
+ * written once per loop turn. */
+
+static char g_logbuf[65536];
+static size_t g_loglen;
+
+static void log_flush(void)
+{
+	size_t off = 0;
+	while (off < g_loglen && g_accfd >= 0) {
+		ssize_t n = write(g_accfd, g_logbuf + off, g_loglen - off);
+		if (n <= 0) {
+			if (n < 0 && errno == EINTR)
+				continue;
+			break;
+		}
+		off += (size_t)n;
+	}
+	g_loglen = 0;
+}
+
+static void log_raw(const char *s, size_t n)
+{
+	if (g_loglen >= sizeof g_logbuf)
+		return;
+	if (n > sizeof g_logbuf - g_loglen)
+		n = sizeof g_logbuf - g_loglen;
+	memcpy(g_logbuf + g_loglen, s, n);
+	g_loglen += n;
+}
+
+static void log_str(const char *s) { log_raw(s, strlen(s)); }
+
+/* json: quotes, backslash and non-printable bytes as \u00XX; combined: \" \\ and \xHH */
+static void log_esc(const char *s, size_t n, int json)
+{
+	char t[8];
+	for (size_t i = 0; i < n; i++) {
+		unsigned char ch = (unsigned char)s[i];
+		if (ch == '"' || ch == '\\') {
+			t[0] = '\\', t[1] = (char)ch;
+			log_raw(t, 2);
+		} else if (ch < 0x20 || ch >= 0x7f) {
+			snprintf(t, sizeof t, json ? "\\u%04x" : "\\x%02X", ch);
+			log_raw(t, strlen(t));
+		} else {
+			log_raw((const char *)&ch, 1);
+		}
+	}
+}
+
+static void access_log_write(struct conn *c)
+{
+	if (g_accfd < 0)
+		return;
+	if (g_loglen > sizeof g_logbuf - 4096)
+		log_flush();
+	char tb[64], nb[64];
+	time_t secs = (time_t)(c->wall_start_ms / 1000);
+	struct tm tm;
+	const char *qd = c->qh.d;
+	int tcp = c->L->mode == LB_MODE_TCP;
+	struct lb_str method = { tcp ? "TCP" : "-", tcp ? 3 : 1 }, uri = { "-", 1 };
+	if (!tcp && qd && c->lg_mlen) {
+		method = (struct lb_str){ qd, c->lg_mlen };
+		uri = (struct lb_str){ qd + c->lg_mlen + 1, c->lg_ulen };
+	}
+	uint64_t dur_us = (g_now - c->t_start) * 1000;
+	if (g_conf->log_format == LB_LOG_JSON) {
+		gmtime_r(&secs, &tm);
+		strftime(tb, sizeof tb, "%Y-%m-%dT%H:%M:%S", &tm);
+		log_str("{\"time\":\"");
+		log_str(tb);
+		snprintf(nb, sizeof nb, ".%03dZ\",\"client\":\"", (int)(c->wall_start_ms % 1000));
+		log_str(nb);
+		log_str(c->peer);
+		log_str("\",\"method\":\"");
+		log_esc(method.p, method.n, 1);
+		log_str("\",\"uri\":\"");
+		log_esc(uri.p, uri.n, 1);
+		snprintf(nb, sizeof nb, "\",\"status\":%d,\"bytes\":%llu,", c->resp_status, (unsigned long long)c->bytes_out);
+		log_str(nb);
+		snprintf(nb, sizeof nb, "\"duration_ms\":%llu.%03llu,\"route\":", (unsigned long long)(dur_us / 1000),
+		         (unsigned long long)(dur_us % 1000));
+		log_str(nb);
+		const char *names[3] = { c->route ? c->route->name : NULL, c->pool ? c->pool->name : NULL,
+		                         c->srv ? c->srv->name : NULL };
+		for (int i = 0; i < 3; i++) {
+			if (i == 1)
+				log_str(",\"pool\":");
+			if (i == 2)
+				log_str(",\"server\":");
+			if (names[i]) {
+				log_str("\"");
+				log_esc(names[i], strlen(names[i]), 1);
+				log_str("\"");
+			} else {
+				log_str("null");
+			}
+		}
+		log_str(",\"request_id\":");
+		if (qd && c->lg_id_len) {
+			log_str("\"");
+			log_esc(qd + c->lg_id_off, c->lg_id_len, 1);
+			log_str("\"");
+		} else {
+			log_str("null");
+		}
+		log_str(",\"tls\":false}\n");
+		return;
+	}
+	localtime_r(&secs, &tm);
+	strftime(tb, sizeof tb, "%d/%b/%Y:%H:%M:%S %z", &tm);
+	log_str(c->peer);
+	log_str(" - - [");
+	log_str(tb);
+	log_str("] \"");
+	log_esc(method.p, method.n, 0);
+	log_str(" ");
+	log_esc(uri.p, uri.n, 0);
+	if (!tcp) {
+		snprintf(nb, sizeof nb, " HTTP/1.%d", c->req_minor);
+		log_str(nb);
+	}
+	snprintf(nb, sizeof nb, "\" %d %llu \"", c->resp_status, (unsigned long long)c->bytes_out);
+	log_str(nb);
+	if (qd && c->lg_ref_len)
+		log_esc(qd + c->lg_ref_off, c->lg_ref_len, 0);
+	else
+		log_str("-");
+	log_str("\" \"");
+	if (qd && c->lg_ua_len)
+		log_esc(qd + c->lg_ua_off, c->lg_ua_len, 0);
+	else
+		log_str("-");
+	log_str("\"\n");
+}
+
+/* ==================================================================== 14. process: listeners, signals, graceful stop
+ * Listening sockets, accept, the signal self-pipe, the loop, and the drain on SIGTERM/SIGINT. */
+
+static int g_sigpipe[2] = { -1, -1 };
+static struct evh g_sigh;
+static const char *g_access_path;
+
+static void on_signal(int sig)
+{
+	int e = errno;
+	unsigned char b = (unsigned char)sig;
+	ssize_t w = write(g_sigpipe[1], &b, 1);
+	LB_UNUSED(w);
+	errno = e;
+}
+
+static int open_listener(struct lb_bind *b, const char *lname)
+{
+	char host[INET6_ADDRSTRLEN] = "?";
+	int fd = socket(b->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), one = 1;
+	if (fd < 0)
+		goto fail;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+	if (b->sa.ss_family == AF_INET6)
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+	if (bind(fd, (struct sockaddr *)&b->sa, b->salen) != 0 || listen(fd, 4096) != 0)
+		goto fail;
+	return fd;
+fail:
+	getnameinfo((struct sockaddr *)&b->sa, b->salen, host, sizeof host, NULL, 0, NI_NUMERICHOST);
+	lb_err("listener %s: cannot listen on %s port %u: %s", lname, host, b->hp.port, strerror(errno));
+	if (fd >= 0)
+		close(fd);
+	return -1;
+}
+
+static void accept_pause(int paused)
+{
+	if (g_accept_paused == paused)
+		return;
+	g_accept_paused = paused;
+	for (size_t i = 0; i < g_nlsocks; i++) {
+		g_lsocks[i].h.want = paused ? 0 : EV_R;
+		ev_apply(&g_lsocks[i].h);
+	}
+}
+
+static void peer_string(struct conn *c, const struct sockaddr_storage *sa)
+{
+	if (sa->ss_family == AF_INET) {
+		const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
+		inet_ntop(AF_INET, &s4->sin_addr, c->peer, sizeof c->peer);
+		c->peer_hash = lb_hash64(&s4->sin_addr, 4);
+	} else if (sa->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
+		if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr)) {
+			inet_ntop(AF_INET, s6->sin6_addr.s6_addr + 12, c->peer, sizeof c->peer);
+			c->peer_hash = lb_hash64(s6->sin6_addr.s6_addr + 12, 4);
+		} else {
+			inet_ntop(AF_INET6, &s6->sin6_addr, c->peer, sizeof c->peer);
+			c->peer_hash = lb_hash64(&s6->sin6_addr, 16);
+		}
+	} else {
+		snprintf(c->peer, sizeof c->peer, "unknown");
+	}
+}
+
+static void conn_new(int fd, int li, const struct sockaddr_storage *sa)
+{
+	struct conn *c = g_free_conns;
+	if (c)
+		g_free_conns = c->next;
+	else if (!(c = malloc(sizeof *c))) {
+		close(fd);
+		return;
+	}
+	memset(c, 0, sizeof *c);
+	c->h.kind = H_CLIENT;
+	c->h.fd = fd;
+	c->hidx = NOT_IN_HEAP;
+	c->li = li;
+	c->L = &g_conf->listeners[li];
+	c->t_accept = c->t_head = c->t_active = g_now;
+	peer_string(c, sa);
+	set_nodelay(fd);
+	c->next = g_live;
+	if (g_live)
+		g_live->prev = c;
+	g_live = c;
+	g_nconns++;
+	if (c->L->mode == LB_MODE_TCP)
+		tcp_start(c);
+	if (!c->h.dead)
+		conn_progress(c);
+}
+
+static void on_accept(struct lsock *ls)
+{
+	for (int i = 0; i < 64; i++) {
+		if (g_nconns >= g_conf->max_connections) {
+			accept_pause(1);
+			return;
+		}
+		struct sockaddr_storage sa;
+		socklen_t sl = sizeof sa;
+		int fd = accept4(ls->h.fd, (struct sockaddr *)&sa, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0) {
+			if (errno == EMFILE || errno == ENFILE) {
+				lb_err("accept: %s: pausing new connections", strerror(errno));
+				accept_pause(1);
+			}
+			return;
+		}
+		conn_new(fd, ls->li, &sa);
+	}
+}
+
+static void begin_stop(void)
+{
+	if (g_stopping)
+		return;
+	g_stopping = 1;
+	g_stop_deadline = g_now + g_conf->shutdown_timeout;
+	lb_err("stopping: no new connections; finishing %zu open ones (at most %llu ms)", g_nconns,
+	       (unsigned long long)g_conf->shutdown_timeout);
+	for (size_t i = 0; i < g_nlsocks; i++) {
+		ev_forget(&g_lsocks[i].h);
+		close(g_lsocks[i].h.fd);
+		g_lsocks[i].h.dead = 1;
+	}
+	for (struct conn *c = g_live, *n; c; c = n) {
+		n = c->next;
+		c->close_after = 1;
+		if (c->q == Q_HEAD && c->r == R_NONE && buf_len(&c->in) == 0)
+			conn_close(c);
+	}
+	for (size_t p = 0; p < g_conf->npools; p++) {
+		for (size_t s = 0; s < g_conf->pools[p].nservers; s++) {
+			struct lb_server *sv = &g_conf->pools[p].servers[s];
+			while (sv->idle) {
+				struct lb_bconn *b = sv->idle;
+				sv->idle = b->next;
+				bconn_close(b);
+			}
+			sv->nidle = 0;
+		}
+	}
+}
+
+static int open_logs(void)
+{
+	const char *el = g_conf->error_log;
+	if (el && strcmp(el, "stderr") != 0) {
+		int fd = open(el, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+		if (fd < 0) {
+			lb_err("cannot open error log %s: %s", el, strerror(errno));
+			return -1;
+		}
+		g_errfd = fd;
+	}
+	g_access_path = g_conf->access_log;
+	if (!g_access_path)
+		g_accfd = -1;
+	else if (!strcmp(g_access_path, "stdout"))
+		g_accfd = 1;
+	else if ((g_accfd = open(g_access_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640)) < 0) {
+		lb_err("cannot open access log %s: %s", g_access_path, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+static void reopen_access_log(void)
+{
+	if (!g_access_path || !strcmp(g_access_path, "stdout"))
+		return;
+	log_flush();
+	int fd = open(g_access_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+	if (fd < 0) {
+		lb_err("cannot reopen access log %s: %s", g_access_path, strerror(errno));
+		return;
+	}
+	dup2(fd, g_accfd);
+	close(fd);
+}
+
+static void on_signals(void)
+{
+	unsigned char sigs[64];
+	ssize_t n = read(g_sigpipe[0], sigs, sizeof sigs);
+	for (ssize_t i = 0; i < n; i++) {
+		if (sigs[i] == SIGTERM || sigs[i] == SIGINT)
+			begin_stop();
+		else if (sigs[i] == SIGUSR1)
+			reopen_access_log();
+		else if (sigs[i] == SIGHUP)
+			lb_err("SIGHUP: configuration reload is not supported yet; restart lb to apply changes");
+	}
+}
+
+static void on_event(struct evh *h, unsigned ev)
+{
+	if (ev & EV_HUP)
+		h->hup = 1;
+	switch (h->kind) {
+	case H_LISTEN:
+		on_accept((struct lsock *)h);
+		break;
+	case H_SIGNAL:
+		on_signals();
+		break;
+	case H_CLIENT: {
+		struct conn *c = (struct conn *)h;
+		if (ev & EV_ERR) {
+			conn_abort(c, c->r == R_NONE ? NULL : "client connection error");
+			break;
+		}
+		conn_progress(c);
+		break;
+	}
+	case H_BACKEND: {
+		struct lb_bconn *b = (struct lb_bconn *)h;
+		struct conn *c = b->c;
+		if (!c) {
+			on_idle_backend(b);
+			break;
+		}
+		if (!b->connected) {
+			int err = 0;
+			socklen_t el = sizeof err;
+			getsockopt(h->fd, SOL_SOCKET, SO_ERROR, &err, &el);
+			if (err || (ev & EV_ERR)) {
+				char why[400];
+				snprintf(why, sizeof why, "connect to %s (%s): %s", c->srv->name, c->srv->host,
+				         strerror(err ? err : ECONNREFUSED));
+				backend_failed(c, 502, why, 1);
+				if (!c->h.dead)
+					conn_progress(c);
+				break;
+			}
+			b->connected = 1;
+		}
+		conn_progress(c);
+		break;
+	}
+	}
+}
+
+static void run_timers(void)
+{
+	while (g_nheap > 0 && g_heap[0]->deadline <= g_now) {
+		struct conn *c = g_heap[0];
+		heap_remove(c);
+		c->deadline = 0;
+		if (c->hidx == NOT_IN_HEAP && !c->h.dead) {
+			/* a deferred turn (deadline == now) or a real timeout: either way, move it */
+			uint64_t saved = g_now;
+			c->deadline = saved;
+			conn_timeout(c);
+			if (!c->h.dead && c->hidx == NOT_IN_HEAP) {
+				conn_progress(c);
+				if (!c->h.dead && c->hidx == NOT_IN_HEAP)
+					conn_arm_timer(c);
+			}
+		}
+	}
+}
+
+static void reap_dead(void)
+{
+	while (g_dead) {
+		struct conn *c = g_dead;
+		g_dead = c->next;
+		c->next = g_free_conns;
+		g_free_conns = c;
+	}
+	while (g_dead_bconns) {
+		struct lb_bconn *b = g_dead_bconns;
+		g_dead_bconns = b->next;
+		b->next = g_free_bconns;
+		g_free_bconns = b;
+	}
+}
+
+static int next_timeout(void)
+{
+	if (g_nheap == 0)
+		return 1000;
+	uint64_t d = g_heap[0]->deadline;
+	return d <= g_now ? 0 : (int)LB_MIN(d - g_now, 1000);
+}
+
+static int setup_runtime(void)
+{
+	size_t maxh = 1024;
+	for (size_t i = 0; i < g_conf->nlisteners; i++)
+		maxh = LB_MAX(maxh, g_conf->listeners[i].max_header_size);
+	g_bufsize = maxh + 4096; /* head limit plus room for the headers lb adds */
+	g_maxbufs = (size_t)g_conf->max_connections * 4 + 64;
+	g_scratch = malloc(g_bufsize);
+	g_heap = calloc(g_conf->max_connections + 16, sizeof *g_heap);
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+	size_t maxfds = (size_t)g_conf->max_connections * 2 + 256;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+		maxfds = LB_MIN(maxfds, (size_t)rl.rlim_cur + 16);
+	if (!g_scratch || !g_heap || ev_init(maxfds) != 0) {
+		lb_err("out of memory setting up the event loop");
+		return -1;
+	}
+	rng_seed();
+	if (pipe2(g_sigpipe, O_NONBLOCK | O_CLOEXEC) != 0)
+		return -1;
+	g_sigh.kind = H_SIGNAL;
+	g_sigh.fd = g_sigpipe[0];
+	g_sigh.want = EV_R;
+	ev_apply(&g_sigh);
+	struct sigaction sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = on_signal;
+	sigemptyset(&sa.sa_mask);
+	sa.sa_flags = SA_RESTART;
+	int sigs[] = { SIGTERM, SIGINT, SIGHUP, SIGUSR1 };
+	for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++)
+		sigaction(sigs[i], &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	return 0;
+}
+
+static int open_listeners(void)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < g_conf->nlisteners; i++)
+		n += g_conf->listeners[i].nbinds;
+	g_lsocks = calloc(n, sizeof *g_lsocks);
+	if (!g_lsocks)
+		return -1;
+	for (size_t i = 0; i < g_conf->nlisteners; i++) {
+		struct lb_listener *l = &g_conf->listeners[i];
+		for (size_t b = 0; b < l->nbinds; b++) {
+			int fd = open_listener(&l->binds[b], l->name);
+			if (fd < 0)
+				return -1;
+			struct lsock *ls = &g_lsocks[g_nlsocks++];
+			ls->h.kind = H_LISTEN;
+			ls->h.fd = fd;
+			ls->h.want = EV_R;
+			ls->li = (int)i;
+			ev_apply(&ls->h);
+		}
+	}
+	return 0;
+}
+
+static int run_loop(void)
+{
+	g_now = mono_ms();
+	for (;;) {
+		ev_wait(next_timeout(), on_event);
+		run_timers();
+		reap_dead();
+		log_flush();
+		if (g_accept_paused && !g_stopping && g_nconns < g_conf->max_connections)
+			accept_pause(0);
+		if (g_stopping && (g_nconns == 0 || g_now >= g_stop_deadline)) {
+			if (g_nconns)
+				lb_err("stop: closing %zu connections still open after shutdown_timeout", g_nconns);
+			while (g_live)
+				conn_close(g_live);
+			reap_dead();
+			log_flush();
+			lb_err("stopped");
+			return 0;
+		}
+	}
+}
+
+/* ==================================================================== 15. main */
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: lb [-c FILE]      run in the foreground (default FILE: config.ini)\n"
+	           "       lb -t [-c FILE]   check the configuration and exit (0 valid, 1 errors)\n"
+	           "       lb -v             print the version\n"
+	           "       lb -h             this help\n");
+}
+
+static char *read_file(const char *path, size_t *len)
+{
+	FILE *f = fopen(path, "rb");
+	if (!f)
+		return NULL;
+	size_t cap = 1 << 16, n = 0;
+	char *b = malloc(cap);
+	while (b) {
+		size_t r = fread(b + n, 1, cap - n, f);
+		n += r;
+		if (r == 0)
+			break;
+		if (n == cap) {
+			if (cap >= (16u << 20)) { /* a config larger than 16 MiB is a mistake */
+				free(b);
+				b = NULL;
+				errno = EFBIG;
+				break;
+			}
+			char *nb = realloc(b, cap *= 2);
+			if (!nb) {
+				free(b);
+				b = NULL;
+			}
+			b = nb;
+		}
+	}
+	fclose(f);
+	*len = n;
+	return b;
+}
+
+static void print_cfg_errors(const char *path, const struct lb_cfg_errors *e)
+{
+	for (int i = 0; i < e->n; i++) {
+		if (e->e[i].line > 0)
+			fprintf(stderr, "%s:%d: %s\n", path, e->e[i].line, e->e[i].msg);
+		else
+			fprintf(stderr, "%s: %s\n", path, e->e[i].msg);
+	}
+	if (e->total > e->n)
+		fprintf(stderr, "%s: %d more errors not shown\n", path, e->total - e->n);
+}
+
+static struct lb_conf *load_config(const char *path)
+{
+	size_t len = 0;
+	char *text = read_file(path, &len);
+	if (!text) {
+		fprintf(stderr, "%s: cannot read: %s\n", path, strerror(errno));
+		return NULL;
+	}
+	struct lb_cfg_errors *errs = calloc(1, sizeof *errs);
+	struct lb_conf *c = NULL;
+	if (!errs) {
+		free(text);
+		return NULL;
+	}
+	if (lb_conf_parse(text, len, &c, errs) != 0 || lb_conf_resolve(c, errs) != 0) {
+		print_cfg_errors(path, errs);
+		lb_conf_free(c);
+		c = NULL;
+	}
+	free(errs);
+	free(text);
+	return c;
+}
+
+static int write_pid_file(const char *path)
+{
+	FILE *f = fopen(path, "w");
+	if (!f) {
+		lb_err("cannot write pid_file %s: %s", path, strerror(errno));
+		return -1;
+	}
+	fprintf(f, "%d\n", (int)getpid());
+	fclose(f);
+	return 0;
+}
+
+int lb_main(int argc, char **argv)
+{
+	const char *path = "config.ini";
+	int check = 0;
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "-c") && i + 1 < argc)
+			path = argv[++i];
+		else if (!strcmp(argv[i], "-t"))
+			check = 1;
+		else if (!strcmp(argv[i], "-v")) {
+			printf("lb %s (BearSSL, inih; %s)\n", LB_VERSION,
+#ifdef LB_EPOLL
+			       "epoll"
+#else
+			       "poll"
+#endif
+			);
+			return 0;
+		} else if (!strcmp(argv[i], "-h")) {
+			usage(stdout);
+			return 0;
+		} else {
+			usage(stderr);
+			return 2;
+		}
+	}
+	g_conf = load_config(path);
+	if (!g_conf)
+		return 1;
+	if (check) {
+		printf("%s: configuration is valid\n", path);
+		lb_conf_free(g_conf);
+		return 0;
+	}
+	if (g_conf->workers != 1)
+		lb_err("workers = %s: this build runs one worker process (multi-worker comes with the master/worker model)",
+		       g_conf->workers ? "N" : "auto");
+	if (open_logs() != 0 || setup_runtime() != 0 || open_listeners() != 0)
+		return 1;
+	if (g_conf->pid_file && write_pid_file(g_conf->pid_file) != 0)
+		return 1;
+	lb_err("lb %s started: %zu listeners, %zu pools, %zu routes", LB_VERSION, g_conf->nlisteners, g_conf->npools,
+	       g_conf->nroutes);
+	int rc = run_loop();
+	if (g_conf->pid_file)
+		unlink(g_conf->pid_file);
+	return rc;
+}
+
+#ifndef LB_NO_MAIN
+int main(int argc, char **argv) { return lb_main(argc, argv); }
+#endif

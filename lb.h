@@ -280,4 +280,9 @@ struct lb_server *lb_pick(struct lb_pool *p, uint64_t key, uint64_t rnd);
 
 uint64_t lb_hash64(const void *data, size_t n); /* FNV-1a 64 then a mixer */
 
+/* ------------------------------------------------------------------ process */
+
+/* The whole program (main calls it; with -DLB_NO_MAIN there is no main). */
+int lb_main(int argc, char **argv);
+
 #endif /* LB_H */
