@@ -265,7 +265,7 @@ static int sem_transfer_encoding(struct head_sem *s, struct lb_str v)
 static int sem_content_length(struct head_sem *s, struct lb_str v)
 {
 	uint64_t n;
-	if (v.n > 18 || parse_uint64(v.p, v.n, INT64_MAX, &n) != 0)
+	if (parse_uint64(v.p, v.n, INT64_MAX, &n) != 0)
 		return 400;
 	if (s->cl >= 0 && (uint64_t)s->cl != n)
 		return 400;
@@ -1270,7 +1270,9 @@ static void prescan_section(struct cfg *st, const char *l, size_t n, int line)
 	s->name = sp ? sp + 1 : s->full;
 }
 
-static int prescan(struct cfg *st, const char *text, size_t len)
+/* z becomes the copy inih reads, with over-long and NUL-bearing lines emptied, so inih
+ * neither splits them nor shifts the line numbers after them. */
+static int prescan(struct cfg *st, const char *text, size_t len, char *z)
 {
 	size_t nlines = 1;
 	for (size_t i = 0; i < len; i++)
@@ -1278,24 +1280,26 @@ static int prescan(struct cfg *st, const char *text, size_t len)
 	st->sects = calloc(nlines, sizeof *st->sects);
 	if (!st->sects)
 		return LB_ENOMEM;
-	int long_lines = 0, line = 0;
+	int line = 0;
+	size_t zw = 0;
 	for (size_t pos = 0; pos < len;) {
 		const char *l = text + pos, *nl = memchr(l, '\n', len - pos);
 		size_t n = nl ? (size_t)(nl - l) : len - pos;
 		pos += n + 1;
 		line++;
+		int bad = n > 198 || memchr(l, 0, n); /* inih reads 199 bytes with the newline */
+		if (!bad) {
+			memcpy(z + zw, l, n);
+			zw += n;
+		}
+		if (nl)
+			z[zw++] = '\n';
+		if (bad) {
+			cfg_err(st, line, NULL, n > 198 ? "line longer than 198 characters" : "NUL byte in line");
+			continue;
+		}
 		if (n > 0 && l[n - 1] == '\r')
 			n--;
-		if (n > 199) {
-			cfg_err(st, line, NULL, "line longer than 199 characters");
-			long_lines++;
-			continue;
-		}
-		if (memchr(l, 0, n)) {
-			cfg_err(st, line, NULL, "NUL byte in line");
-			long_lines++;
-			continue;
-		}
 		size_t i = 0;
 		while (i < n && (l[i] == ' ' || l[i] == '\t'))
 			i++;
@@ -1311,7 +1315,8 @@ static int prescan(struct cfg *st, const char *text, size_t len)
 		else if (!memchr(l, '=', n))
 			cfg_err(st, line, NULL, "expected 'key = value' or '[section]'");
 	}
-	return long_lines ? LB_EINVAL : 0; /* inih splits long lines and shifts later line numbers */
+	z[zw] = 0;
+	return 0;
 }
 
 static struct sect *sect_at(struct cfg *st, int line)
@@ -1422,6 +1427,8 @@ static void set_listener(struct cfg *st, struct lb_listener *l, const char *k, c
 	if (!strcmp(k, "bind")) {
 		const char *p = v, *end = v + strlen(v);
 		struct lb_str el;
+		if (!*v)
+			cfg_err(st, line, k, "bind: empty value (host:port, [v6]:port or *:port)");
 		while (list_next(&p, end, &el)) {
 			if (l->nbinds >= LB_MAX_BINDS) {
 				cfg_err(st, line, k, "bind: more than %d addresses", LB_MAX_BINDS);
@@ -1858,15 +1865,12 @@ int lb_conf_parse(const char *text, size_t len, struct lb_conf **out, struct lb_
 	int rc = LB_ENOMEM;
 	if (!st.c || !z)
 		goto done;
-	memcpy(z, text, len);
-	z[len] = 0;
-	rc = prescan(&st, text, len);
+	rc = prescan(&st, text, len, z);
 	if (rc == LB_ENOMEM || conf_alloc(&st) != 0) {
 		rc = LB_ENOMEM;
 		goto done;
 	}
-	if (rc == 0)
-		ini_parse_string(z, cfg_ini_key, &st); /* its own syntax errors were found by prescan */
+	ini_parse_string(z, cfg_ini_key, &st); /* its own syntax errors were found by prescan */
 	resolve_refs(&st);
 	check_listeners(&st);
 	check_pools_routes(&st);

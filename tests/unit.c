@@ -1,0 +1,2297 @@
+/* tests/unit.c — unit tests of the pure functions lb.h declares.
+ *
+ * Build: cc -std=c11 -Wall -Wextra -Werror -g -DLB_NO_MAIN -I. tests/unit.c lb.c -o tests/unit \
+ *           -lbearssl -linih -lm
+ * Output: one line per case or check group, "PASS name" or "FAIL name: detail", then
+ * "unit: N passed, N failed"; exit status 1 on any failure.
+ *
+ * Every input is copied into a heap buffer of exactly its length, so ASan reports a parser that
+ * reads past len (or relies on a NUL terminator).
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "lb.h"
+
+#include <arpa/inet.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------------ tiny harness */
+
+static int n_pass, n_fail;
+static int c_fail;          /* failed checks in the current case */
+static char c_msg[1024];    /* the first one's detail */
+
+static void failf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void failf(const char *fmt, ...)
+{
+	if (c_fail++ == 0) {
+		va_list ap;
+		va_start(ap, fmt);
+		vsnprintf(c_msg, sizeof c_msg, fmt, ap);
+		va_end(ap);
+	}
+}
+
+#define CHECK(cond, ...) do { if (!(cond)) failf(__VA_ARGS__); } while (0)
+
+static void begin(void)
+{
+	c_fail = 0;
+	c_msg[0] = 0;
+}
+
+static void end(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void end(const char *fmt, ...)
+{
+	char name[256];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(name, sizeof name, fmt, ap);
+	va_end(ap);
+	if (c_fail) {
+		n_fail++;
+		if (c_fail > 1)
+			printf("FAIL %s: %s (+%d more)\n", name, c_msg, c_fail - 1);
+		else
+			printf("FAIL %s: %s\n", name, c_msg);
+	} else {
+		n_pass++;
+		printf("PASS %s\n", name);
+	}
+}
+
+/* A heap copy of exactly n bytes (no NUL). */
+static char *dupbuf(const char *s, size_t n)
+{
+	char *b = malloc(n ? n : 1);
+	if (!b) {
+		perror("malloc");
+		exit(2);
+	}
+	if (n)
+		memcpy(b, s, n);
+	return b;
+}
+
+/* Printable, C-escaped, truncated view of bytes, in one of 8 rotating buffers. */
+static const char *esc(const char *p, size_t n)
+{
+	static char bufs[8][160];
+	static int k;
+	char *o = bufs[k++ & 7];
+	size_t j = 0;
+	if (!p) {
+		snprintf(o, 160, "(null)");
+		return o;
+	}
+	o[j++] = '"';
+	for (size_t i = 0; i < n && j < 140; i++) {
+		unsigned char c = (unsigned char)p[i];
+		if (c == '\r') { o[j++] = '\\'; o[j++] = 'r'; }
+		else if (c == '\n') { o[j++] = '\\'; o[j++] = 'n'; }
+		else if (c == '"' || c == '\\') { o[j++] = '\\'; o[j++] = (char)c; }
+		else if (c < 0x20 || c >= 0x7f) j += (size_t)snprintf(o + j, 160 - j, "\\x%02x", c);
+		else o[j++] = (char)c;
+	}
+	if (j >= 140) { o[j++] = '.'; o[j++] = '.'; o[j++] = '.'; }
+	o[j++] = '"';
+	o[j] = 0;
+	return o;
+}
+
+static const char *S(struct lb_str s)
+{
+	if (!s.p)
+		return s.n ? "(null with n>0)" : "(absent)";
+	return esc(s.p, s.n);
+}
+
+static int str_is(struct lb_str s, const char *e)
+{
+	size_t n = strlen(e);
+	return s.n == n && (n == 0 || (s.p && memcmp(s.p, e, n) == 0));
+}
+
+static int cstr_is(const char *s, const char *e)
+{
+	if (!s || !e)
+		return s == e;
+	return strcmp(s, e) == 0;
+}
+
+static int contains_ci(const char *hay, const char *needle)
+{
+	size_t n = strlen(needle);
+	for (; *hay; hay++) {
+		size_t i = 0;
+		while (i < n && hay[i]) {
+			char a = hay[i], b = needle[i];
+			if (a >= 'A' && a <= 'Z') a = (char)(a - 'A' + 'a');
+			if (b >= 'A' && b <= 'Z') b = (char)(b - 'A' + 'a');
+			if (a != b)
+				break;
+			i++;
+		}
+		if (i == n)
+			return 1;
+	}
+	return 0;
+}
+
+static uint64_t sm_state = 0x1234567887654321ull;
+static uint64_t sm64(void)
+{
+	uint64_t z = (sm_state += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+static const char *mkstr(char *dst, size_t cap, const char *pre, char fill, size_t nfill,
+                         const char *post)
+{
+	size_t a = strlen(pre), c = strlen(post);
+	if (a + nfill + c + 1 > cap) {
+		fprintf(stderr, "mkstr: buffer too small\n");
+		exit(2);
+	}
+	memcpy(dst, pre, a);
+	memset(dst + a, fill, nfill);
+	memcpy(dst + a + nfill, post, c + 1);
+	return dst;
+}
+
+/* ------------------------------------------------------------------ 1. request heads */
+
+enum { C_OK = 1, C_AGAIN, C_INV };
+
+struct rq_case {
+	const char *name;
+	const char *raw;
+	size_t len;     /* 0: strlen(raw) */
+	int cls;
+	int status;     /* for C_INV: expected req.status, 0 = any */
+};
+
+static char rq_hdr100[4096], rq_hdr101[4096];
+
+#define NUL_REQ "GET / HTTP/1.1\r\nHost: a\r\nX: a\0b\r\n\r\n"
+
+static const struct rq_case rq_cases[] = {
+	/* accepted */
+	{ "get_min", "GET / HTTP/1.1\r\nHost: a\r\n\r\n", 0, C_OK, 0 },
+	{ "post_cl", "POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n", 0, C_OK, 0 },
+	{ "head", "HEAD / HTTP/1.1\r\nHost: a\r\n\r\n", 0, C_OK, 0 },
+	{ "options_star", "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", 0, C_OK, 0 },
+	{ "absolute_same_host", "GET http://a/x HTTP/1.1\r\nHost: a\r\n\r\n", 0, C_OK, 0 },
+	{ "http10_no_host", "GET / HTTP/1.0\r\n\r\n", 0, C_OK, 0 },
+	{ "ows_trimmed", "GET / HTTP/1.1\r\nHost:   a \t\r\nX-A:\t v \r\n\r\n", 0, C_OK, 0 },
+	{ "cl_zero", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", 0, C_OK, 0 },
+	{ "chunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n", 0, C_OK, 0 },
+	{ "gzip_chunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 0, C_OK, 0 },
+	{ "same_cl_twice", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 7\r\nContent-Length: 7\r\n\r\n", 0, C_OK, 0 },
+	{ "leading_empty_line", "\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", 0, C_OK, 0 },
+	{ "htab_inside_value", "GET / HTTP/1.1\r\nHost: a\r\nX: a\tb\r\n\r\n", 0, C_OK, 0 },
+	{ "empty_value", "GET / HTTP/1.1\r\nHost: a\r\nX-Empty:\r\n\r\n", 0, C_OK, 0 },
+	{ "headers_100", rq_hdr100, 0, C_OK, 0 },
+	/* incomplete */
+	{ "again_empty", "", 0, C_AGAIN, 0 },
+	{ "again_crlf_only", "\r\n", 0, C_AGAIN, 0 },
+	{ "again_crlfs_only", "\r\n\r\n", 0, C_AGAIN, 0 },
+	{ "again_request_line", "GET / HTTP/1.1", 0, C_AGAIN, 0 },
+	{ "again_no_empty_line", "GET / HTTP/1.1\r\nHost: a\r\n", 0, C_AGAIN, 0 },
+	{ "again_final_cr", "GET / HTTP/1.1\r\nHost: a\r\n\r", 0, C_AGAIN, 0 },
+	/* framing */
+	{ "cl_and_te", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 0, C_INV, 400 },
+	{ "te_and_cl", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", 0, C_INV, 400 },
+	{ "cl_differ", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", 0, C_INV, 400 },
+	{ "cl_list_differ", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 4\r\n\r\n", 0, C_INV, 400 },
+	{ "cl_plus_sign", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\n", 0, C_INV, 400 },
+	{ "cl_minus_sign", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n", 0, C_INV, 400 },
+	{ "cl_inner_space", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1 2\r\n\r\n", 0, C_INV, 400 },
+	{ "cl_non_digit", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3a\r\n\r\n", 0, C_INV, 400 },
+	{ "cl_hex", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x3\r\n\r\n", 0, C_INV, 400 },
+	{ "cl_empty", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length:\r\n\r\n", 0, C_INV, 400 },
+	{ "cl_overflow_20_digits", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n", 0, C_INV, 400 },
+	{ "cl_over_int64", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 9223372036854775808\r\n\r\n", 0, C_INV, 400 },
+	{ "te_gzip_only", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 0, C_INV, 400 },
+	{ "te_chunked_gzip", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 0, C_INV, 400 },
+	{ "te_chunked_chunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", 0, C_INV, 400 },
+	{ "te_in_http10", "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 0, C_INV, 400 },
+	{ "te_space_before_colon", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n", 0, C_INV, 400 },
+	{ "host_space_before_colon", "GET / HTTP/1.1\r\nHost : a\r\n\r\n", 0, C_INV, 400 },
+	/* field syntax */
+	{ "obs_fold_sp", "GET / HTTP/1.1\r\nHost: a\r\nX: b\r\n c\r\n\r\n", 0, C_INV, 400 },
+	{ "obs_fold_htab", "GET / HTTP/1.1\r\nHost: a\r\nX: b\r\n\tc\r\n\r\n", 0, C_INV, 400 },
+	{ "ws_line_after_request_line", "GET / HTTP/1.1\r\n Host: a\r\n\r\n", 0, C_INV, 400 },
+	{ "bare_cr_in_value", "GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n", 0, C_INV, 400 },
+	{ "bare_lf_request_line", "GET / HTTP/1.1\nHost: a\r\n\r\n", 0, C_INV, 400 },
+	{ "bare_lf_header_line", "GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n", 0, C_INV, 400 },
+	{ "nul_in_value", NUL_REQ, sizeof(NUL_REQ) - 1, C_INV, 400 },
+	{ "ctl_01_in_value", "GET / HTTP/1.1\r\nHost: a\r\nX: a\x01" "b\r\n\r\n", 0, C_INV, 400 },
+	{ "del_in_value", "GET / HTTP/1.1\r\nHost: a\r\nX: a\x7f" "b\r\n\r\n", 0, C_INV, 400 },
+	{ "name_with_space", "GET / HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n", 0, C_INV, 400 },
+	{ "name_with_at", "GET / HTTP/1.1\r\nHost: a\r\nX@: y\r\n\r\n", 0, C_INV, 400 },
+	{ "empty_name", "GET / HTTP/1.1\r\nHost: a\r\n: x\r\n\r\n", 0, C_INV, 400 },
+	{ "no_colon", "GET / HTTP/1.1\r\nHost: a\r\nNoColon\r\n\r\n", 0, C_INV, 400 },
+	/* Host */
+	{ "missing_host_11", "GET / HTTP/1.1\r\nX: y\r\n\r\n", 0, C_INV, 400 },
+	{ "two_hosts", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 0, C_INV, 400 },
+	{ "two_identical_hosts", "GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", 0, C_INV, 400 },
+	{ "host_with_space", "GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 0, C_INV, 400 },
+	{ "host_with_slash", "GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", 0, C_INV, 400 },
+	{ "absolute_host_differs", "GET http://b/x HTTP/1.1\r\nHost: a\r\n\r\n", 0, C_INV, 400 },
+	/* request line */
+	{ "version_lowercase", "GET / http/1.1\r\nHost: a\r\n\r\n", 0, C_INV, 400 },
+	{ "version_2_0", "GET / HTTP/2.0\r\nHost: a\r\n\r\n", 0, C_INV, 505 },
+	{ "version_1_2", "GET / HTTP/1.2\r\nHost: a\r\n\r\n", 0, C_INV, 505 },
+	{ "http09_no_version", "GET /\r\n\r\n", 0, C_INV, 400 },
+	{ "no_target", "GET HTTP/1.1\r\nHost: a\r\n\r\n", 0, C_INV, 400 },
+	{ "version_trailing_space", "GET / HTTP/1.1 \r\nHost: a\r\n\r\n", 0, C_INV, 400 },
+	{ "two_spaces_after_method", "GET  / HTTP/1.1\r\nHost: a\r\n\r\n", 0, C_INV, 400 },
+	{ "empty_method", " / HTTP/1.1\r\nHost: a\r\n\r\n", 0, C_INV, 400 },
+	{ "method_bad_char", "GE(T / HTTP/1.1\r\nHost: a\r\n\r\n", 0, C_INV, 400 },
+	{ "target_with_space", "GET /a b HTTP/1.1\r\nHost: a\r\n\r\n", 0, C_INV, 400 },
+	{ "target_ctl", "GET /a\x01 HTTP/1.1\r\nHost: a\r\n\r\n", 0, C_INV, 400 },
+	{ "target_del", "GET /a\x7f HTTP/1.1\r\nHost: a\r\n\r\n", 0, C_INV, 400 },
+	{ "target_non_ascii", "GET /\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n", 0, C_INV, 400 },
+	{ "connect_authority_form", "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 0, C_INV, 0 },
+	/* other statuses */
+	{ "expect_unknown_417", "POST /u HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nExpect: something-else\r\n\r\n", 0, C_INV, 417 },
+	{ "headers_101_431", rq_hdr101, 0, C_INV, 431 },
+};
+
+/* Request line, Host, then nextra more fields. */
+static void build_many_headers(char *dst, size_t cap, int nextra)
+{
+	size_t n = (size_t)snprintf(dst, cap, "GET / HTTP/1.1\r\nHost: a\r\n");
+	for (int i = 0; i < nextra; i++)
+		n += (size_t)snprintf(dst + n, cap - n, "X-H%03d: v%d\r\n", i, i);
+	snprintf(dst + n, cap - n, "\r\n");
+}
+
+/* Every strict prefix of raw: a valid head's prefixes are all incomplete; others may also be
+ * refused, but no call may claim more bytes than it was given. */
+static void req_prefixes(const char *raw, size_t len, int full_ok)
+{
+	struct lb_req *r = malloc(sizeof *r);
+	if (!r)
+		exit(2);
+	for (size_t l = 0; l < len; l++) {
+		char *b = dupbuf(raw, l);
+		memset(r, 0, sizeof *r);
+		int rc = lb_parse_request(b, l, r);
+		free(b);
+		if (full_ok) {
+			if (rc != LB_EAGAIN) {
+				failf("prefix of %zu/%zu bytes: expected %d (EAGAIN), got %d (status %d)",
+				      l, len, LB_EAGAIN, rc, r->status);
+				break;
+			}
+		} else if (!(rc == LB_EAGAIN || rc == LB_EINVAL || (rc > 0 && (size_t)rc <= l))) {
+			failf("prefix of %zu/%zu bytes: got %d", l, len, rc);
+			break;
+		}
+	}
+	free(r);
+}
+
+static void test_request_table(void)
+{
+	build_many_headers(rq_hdr100, sizeof rq_hdr100, 99);
+	build_many_headers(rq_hdr101, sizeof rq_hdr101, 100);
+	for (size_t i = 0; i < sizeof rq_cases / sizeof rq_cases[0]; i++) {
+		const struct rq_case *c = &rq_cases[i];
+		size_t len = c->len ? c->len : strlen(c->raw);
+		struct lb_req req;
+		char *b = dupbuf(c->raw, len);
+		begin();
+		memset(&req, 0, sizeof req);
+		int rc = lb_parse_request(b, len, &req);
+		switch (c->cls) {
+		case C_OK:
+			CHECK(rc == (int)len, "expected head length %zu, got %d (status %d, %s)", len, rc,
+			      req.status, req.error ? req.error : "no error");
+			break;
+		case C_AGAIN:
+			CHECK(rc == LB_EAGAIN, "expected %d (EAGAIN), got %d (status %d)", LB_EAGAIN, rc,
+			      req.status);
+			break;
+		case C_INV:
+			CHECK(rc == LB_EINVAL, "expected %d (EINVAL) status %d, got %d (status %d)", LB_EINVAL,
+			      c->status, rc, req.status);
+			if (rc == LB_EINVAL) {
+				if (c->status)
+					CHECK(req.status == c->status, "expected status %d, got %d (%s)", c->status,
+					      req.status, req.error ? req.error : "no error");
+				else
+					CHECK(req.status >= 400 && req.status <= 599, "expected a 4xx/5xx status, got %d",
+					      req.status);
+				CHECK(req.error != NULL, "req.error is NULL on EINVAL");
+			}
+			break;
+		}
+		free(b);
+		if (!c_fail)
+			req_prefixes(c->raw, len, c->cls == C_OK);
+		end("request/%s", c->name);
+	}
+}
+
+/* Parsed fields of accepted heads. String fields: NULL = not checked, ABSENT = n == 0 (and for
+ * query p == NULL), "" = present but empty (query: p != NULL). */
+static const char ABSENT[] = "<absent>";
+
+struct rq_detail {
+	const char *name, *raw;
+	size_t headlen;                 /* 0: strlen(raw) */
+	const char *method;
+	int method_id;
+	const char *target, *path, *query, *host, *authority;
+	int minor;
+	int64_t cl;
+	unsigned flags;
+	int nheaders;                   /* -1: not checked */
+	const char *hname, *hval;       /* lb_header_find(hname) -> hval; hval ABSENT = not found */
+	const char *upgrade;
+};
+
+static const struct rq_detail rq_details[] = {
+	{ .name = "get_query_host_port",
+	  .raw = "GET /index.html?a=1&b=2 HTTP/1.1\r\nHost: Example.COM:8080\r\nUser-Agent: t\r\nAccept: */*\r\n\r\n",
+	  .method = "GET", .method_id = LB_M_GET, .target = "/index.html?a=1&b=2", .path = "/index.html",
+	  .query = "a=1&b=2", .host = "Example.COM", .authority = "Example.COM:8080", .minor = 1, .cl = -1,
+	  .flags = 0, .nheaders = 3, .hname = "user-agent", .hval = "t" },
+	{ .name = "post_cl_with_body_after",
+	  .raw = "POST /submit HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+	  .headlen = sizeof("POST /submit HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n") - 1,
+	  .method = "POST", .method_id = LB_M_POST, .target = "/submit", .path = "/submit", .query = ABSENT,
+	  .host = "a", .authority = "a", .minor = 1, .cl = 5, .flags = LB_HF_HAS_CL, .nheaders = 2,
+	  .hname = "CONTENT-LENGTH", .hval = "5" },
+	{ .name = "head",
+	  .raw = "HEAD /h HTTP/1.1\r\nHost: a\r\n\r\n",
+	  .method = "HEAD", .method_id = LB_M_HEAD, .path = "/h", .query = ABSENT, .minor = 1, .cl = -1,
+	  .flags = 0, .nheaders = 1, .hname = "x-missing", .hval = ABSENT },
+	{ .name = "options_star",
+	  .raw = "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+	  .method = "OPTIONS", .method_id = LB_M_OPTIONS, .target = "*", .host = "a", .minor = 1, .cl = -1,
+	  .flags = 0, .nheaders = 1 },
+	{ .name = "put", .raw = "PUT /r HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+	  .method = "PUT", .method_id = LB_M_PUT, .minor = 1, .cl = 0, .flags = LB_HF_HAS_CL, .nheaders = 2 },
+	{ .name = "delete", .raw = "DELETE /r HTTP/1.1\r\nHost: a\r\n\r\n",
+	  .method = "DELETE", .method_id = LB_M_DELETE, .minor = 1, .cl = -1, .flags = 0, .nheaders = 1 },
+	{ .name = "patch", .raw = "PATCH /r HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n",
+	  .method = "PATCH", .method_id = LB_M_PATCH, .minor = 1, .cl = 2, .flags = LB_HF_HAS_CL, .nheaders = 2 },
+	{ .name = "absolute_form",
+	  .raw = "GET http://example.com/a/b?x=y HTTP/1.1\r\nHost: example.com\r\n\r\n",
+	  .method = "GET", .method_id = LB_M_GET, .target = "http://example.com/a/b?x=y", .path = "/a/b",
+	  .query = "x=y", .host = "example.com", .authority = "example.com", .minor = 1, .cl = -1,
+	  .flags = LB_HF_ABSOLUTE, .nheaders = 1 },
+	{ .name = "http10_no_host",
+	  .raw = "GET /old HTTP/1.0\r\n\r\n",
+	  .method = "GET", .method_id = LB_M_GET, .target = "/old", .path = "/old", .query = ABSENT,
+	  .host = ABSENT, .authority = ABSENT, .minor = 0, .cl = -1, .flags = LB_HF_CLOSE, .nheaders = 0 },
+	{ .name = "http10_keepalive",
+	  .raw = "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+	  .method_id = LB_M_GET, .minor = 0, .cl = -1, .flags = LB_HF_KEEPALIVE, .nheaders = 1 },
+	{ .name = "http10_connection_close",
+	  .raw = "GET / HTTP/1.0\r\nHost: a\r\nConnection: close\r\n\r\n",
+	  .method_id = LB_M_GET, .host = "a", .minor = 0, .cl = -1, .flags = LB_HF_CLOSE, .nheaders = 2 },
+	{ .name = "http11_connection_close",
+	  .raw = "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+	  .method_id = LB_M_GET, .minor = 1, .cl = -1, .flags = LB_HF_CLOSE, .nheaders = 2 },
+	{ .name = "upgrade_websocket",
+	  .raw = "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+	  .method_id = LB_M_GET, .path = "/ws", .minor = 1, .cl = -1, .flags = LB_HF_UPGRADE, .nheaders = 3,
+	  .hname = "upgrade", .hval = "websocket", .upgrade = "websocket" },
+	{ .name = "upgrade_in_connection_list",
+	  .raw = "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n",
+	  .method_id = LB_M_GET, .minor = 1, .cl = -1, .flags = LB_HF_KEEPALIVE | LB_HF_UPGRADE, .nheaders = 3,
+	  .upgrade = "websocket" },
+	{ .name = "connection_upgrade_without_upgrade_header",
+	  .raw = "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\n\r\n",
+	  .method_id = LB_M_GET, .minor = 1, .cl = -1, .flags = 0, .nheaders = 2 },
+	{ .name = "upgrade_header_without_connection",
+	  .raw = "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n",
+	  .method_id = LB_M_GET, .minor = 1, .cl = -1, .flags = 0, .nheaders = 2 },
+	{ .name = "expect_100",
+	  .raw = "POST /u HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n",
+	  .method_id = LB_M_POST, .minor = 1, .cl = 10, .flags = LB_HF_EXPECT_100 | LB_HF_HAS_CL, .nheaders = 3 },
+	{ .name = "chunked",
+	  .raw = "POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+	  .method_id = LB_M_POST, .minor = 1, .cl = -1, .flags = LB_HF_CHUNKED | LB_HF_TE, .nheaders = 2 },
+	{ .name = "chunked_mixed_case",
+	  .raw = "POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n",
+	  .method_id = LB_M_POST, .minor = 1, .cl = -1, .flags = LB_HF_CHUNKED | LB_HF_TE, .nheaders = 2 },
+	{ .name = "gzip_chunked",
+	  .raw = "POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+	  .method_id = LB_M_POST, .minor = 1, .cl = -1, .flags = LB_HF_CHUNKED | LB_HF_TE, .nheaders = 2 },
+	{ .name = "cl_zero",
+	  .raw = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+	  .method_id = LB_M_POST, .minor = 1, .cl = 0, .flags = LB_HF_HAS_CL, .nheaders = 2 },
+	{ .name = "cl_with_ows",
+	  .raw = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length:  42 \r\n\r\n",
+	  .method_id = LB_M_POST, .minor = 1, .cl = 42, .flags = LB_HF_HAS_CL, .nheaders = 2 },
+	{ .name = "cl_large",
+	  .raw = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999\r\n\r\n",
+	  .method_id = LB_M_POST, .minor = 1, .cl = 99999999999999999, .flags = LB_HF_HAS_CL, .nheaders = 2 },
+	{ .name = "same_cl_twice",
+	  .raw = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 7\r\nContent-Length: 7\r\n\r\n",
+	  .method_id = LB_M_POST, .minor = 1, .cl = 7, .flags = LB_HF_HAS_CL, .nheaders = 3 },
+	{ .name = "ows_trimmed",
+	  .raw = "GET / HTTP/1.1\r\nHost: \t a.b \t\r\nX-A:   v  v   \r\nX-Empty:\r\n\r\n",
+	  .method_id = LB_M_GET, .host = "a.b", .authority = "a.b", .minor = 1, .cl = -1, .flags = 0,
+	  .nheaders = 3, .hname = "x-a", .hval = "v  v" },
+	{ .name = "empty_value_found",
+	  .raw = "GET / HTTP/1.1\r\nHost: a\r\nX-Empty:\r\n\r\n",
+	  .method_id = LB_M_GET, .minor = 1, .cl = -1, .flags = 0, .nheaders = 2, .hname = "X-EMPTY", .hval = "" },
+	{ .name = "htab_inside_value",
+	  .raw = "GET / HTTP/1.1\r\nHost: a\r\nX: a\tb\r\n\r\n",
+	  .method_id = LB_M_GET, .minor = 1, .cl = -1, .flags = 0, .nheaders = 2, .hname = "x", .hval = "a\tb" },
+	{ .name = "lowercase_host_name",
+	  .raw = "GET / HTTP/1.1\r\nhost: lower.example\r\n\r\n",
+	  .method_id = LB_M_GET, .host = "lower.example", .minor = 1, .cl = -1, .flags = 0, .nheaders = 1 },
+	{ .name = "leading_empty_line",
+	  .raw = "\r\nGET /l HTTP/1.1\r\nHost: a\r\n\r\n",
+	  .method = "GET", .method_id = LB_M_GET, .target = "/l", .path = "/l", .minor = 1, .cl = -1,
+	  .flags = 0, .nheaders = 1 },
+	{ .name = "empty_query_present",
+	  .raw = "GET /x? HTTP/1.1\r\nHost: a\r\n\r\n",
+	  .method_id = LB_M_GET, .target = "/x?", .path = "/x", .query = "", .minor = 1, .cl = -1, .flags = 0,
+	  .nheaders = 1 },
+	{ .name = "pipelined_second_request_not_consumed",
+	  .raw = "GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n",
+	  .headlen = sizeof("GET /1 HTTP/1.1\r\nHost: a\r\n\r\n") - 1,
+	  .method_id = LB_M_GET, .target = "/1", .minor = 1, .cl = -1, .flags = 0, .nheaders = 1 },
+};
+
+static void check_str(const char *field, struct lb_str got, const char *exp)
+{
+	if (!exp)
+		return;
+	if (exp == ABSENT) {
+		CHECK(got.n == 0, "%s: expected absent, got %s", field, S(got));
+		return;
+	}
+	CHECK(str_is(got, exp), "%s: expected %s, got %s", field, esc(exp, strlen(exp)), S(got));
+}
+
+static void test_request_details(void)
+{
+	for (size_t i = 0; i < sizeof rq_details / sizeof rq_details[0]; i++) {
+		const struct rq_detail *d = &rq_details[i];
+		size_t len = strlen(d->raw), hl = d->headlen ? d->headlen : len;
+		struct lb_req req;
+		char *b = dupbuf(d->raw, len);
+		begin();
+		memset(&req, 0, sizeof req);
+		int rc = lb_parse_request(b, len, &req);
+		CHECK(rc == (int)hl, "expected head length %zu, got %d (status %d, %s)", hl, rc, req.status,
+		      req.error ? req.error : "no error");
+		if (rc > 0) {
+			check_str("method", req.method, d->method);
+			CHECK(req.method_id == d->method_id, "method_id: expected %d, got %d", d->method_id,
+			      req.method_id);
+			check_str("target", req.target, d->target);
+			check_str("path", req.path, d->path);
+			if (d->query == ABSENT)
+				CHECK(req.query.p == NULL && req.query.n == 0, "query: expected absent (p NULL), got %s",
+				      S(req.query));
+			else if (d->query && !d->query[0])
+				CHECK(req.query.p != NULL && req.query.n == 0, "query: expected present and empty, got %s",
+				      S(req.query));
+			else
+				check_str("query", req.query, d->query);
+			check_str("host", req.host, d->host);
+			check_str("authority", req.authority, d->authority);
+			CHECK(req.minor == d->minor, "minor: expected %d, got %d", d->minor, req.minor);
+			CHECK(req.content_length == d->cl, "content_length: expected %" PRId64 ", got %" PRId64,
+			      d->cl, req.content_length);
+			CHECK(req.flags == d->flags, "flags: expected 0x%x, got 0x%x", d->flags, req.flags);
+			if (d->nheaders >= 0)
+				CHECK(req.nheaders == (size_t)d->nheaders, "nheaders: expected %d, got %zu", d->nheaders,
+				      req.nheaders);
+			if (d->hname) {
+				const struct lb_header *h = lb_header_find(req.headers, req.nheaders, d->hname);
+				if (d->hval == ABSENT)
+					CHECK(h == NULL, "lb_header_find(%s): expected NULL, got %s", d->hname,
+					      h ? S(h->value) : "");
+				else if (!h)
+					failf("lb_header_find(%s): expected %s, got NULL", d->hname, esc(d->hval, strlen(d->hval)));
+				else
+					check_str("header value", h->value, d->hval);
+			}
+			if (d->upgrade)
+				check_str("upgrade", req.upgrade, d->upgrade);
+		}
+		free(b);
+		req_prefixes(d->raw, hl, 1);
+		end("request_fields/%s", d->name);
+	}
+}
+
+/* One lb_req reused for a second request (keep-alive): no field may leak from the first. */
+static void test_request_reuse(void)
+{
+	const char *r1 = "POST /a?q=1 HTTP/1.0\r\nHost: a\r\nContent-Length: 3\r\nConnection: keep-alive\r\n"
+	                 "X-1: 1\r\n\r\n";
+	const char *r2 = "GET /b HTTP/1.1\r\nHost: b\r\n\r\n";
+	struct lb_req req;
+	char *b1 = dupbuf(r1, strlen(r1)), *b2 = dupbuf(r2, strlen(r2));
+	begin();
+	memset(&req, 0, sizeof req);
+	int rc = lb_parse_request(b1, strlen(r1), &req);
+	CHECK(rc == (int)strlen(r1), "first: expected %zu, got %d", strlen(r1), rc);
+	rc = lb_parse_request(b2, strlen(r2), &req);
+	CHECK(rc == (int)strlen(r2), "second: expected %zu, got %d", strlen(r2), rc);
+	CHECK(req.flags == 0, "flags: expected 0, got 0x%x", req.flags);
+	CHECK(req.content_length == -1, "content_length: expected -1, got %" PRId64, req.content_length);
+	CHECK(req.query.p == NULL && req.query.n == 0, "query: expected absent, got %s", S(req.query));
+	CHECK(req.minor == 1, "minor: expected 1, got %d", req.minor);
+	CHECK(req.nheaders == 1, "nheaders: expected 1, got %zu", req.nheaders);
+	CHECK(req.method_id == LB_M_GET, "method_id: expected %d, got %d", LB_M_GET, req.method_id);
+	check_str("host", req.host, "b");
+	free(b1);
+	free(b2);
+	end("request/struct_reused");
+}
+
+static void test_header_find(void)
+{
+	struct lb_header h[3] = {
+		{ { "Host", 4 }, { "a", 1 } },
+		{ { "X-Foo", 5 }, { "1", 1 } },
+		{ { "x-foo-bar", 9 }, { "2", 1 } },
+	};
+	const struct lb_header *r;
+	begin();
+	r = lb_header_find(h, 3, "x-FOO");
+	CHECK(r == &h[1], "x-FOO: expected entry 1, got %d", r ? (int)(r - h) : -1);
+	r = lb_header_find(h, 3, "X-Foo-Bar");
+	CHECK(r == &h[2], "X-Foo-Bar: expected entry 2, got %d", r ? (int)(r - h) : -1);
+	r = lb_header_find(h, 3, "X-Fo");
+	CHECK(r == NULL, "X-Fo (prefix): expected NULL, got %d", r ? (int)(r - h) : -1);
+	r = lb_header_find(h, 3, "X-Foo-");
+	CHECK(r == NULL, "X-Foo- (longer): expected NULL, got %d", r ? (int)(r - h) : -1);
+	r = lb_header_find(h, 0, "host");
+	CHECK(r == NULL, "n=0: expected NULL");
+	end("header_find");
+}
+
+/* ------------------------------------------------------------------ 2. response heads */
+
+#define RESP_FLAGS (LB_HF_CHUNKED | LB_HF_CLOSE | LB_HF_KEEPALIVE | LB_HF_HAS_CL | LB_HF_TE)
+
+struct rs_case {
+	const char *name, *raw;
+	int cls;
+	int status, minor;
+	const char *reason;   /* NULL: not checked */
+	int64_t cl;
+	unsigned flags;       /* compared under RESP_FLAGS */
+};
+
+static const struct rs_case rs_cases[] = {
+	{ "200_cl", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", C_OK, 200, 1, "OK", 5, LB_HF_HAS_CL },
+	{ "204", "HTTP/1.1 204 No Content\r\n\r\n", C_OK, 204, 1, "No Content", -1, 0 },
+	{ "100_continue", "HTTP/1.1 100 Continue\r\n\r\n", C_OK, 100, 1, "Continue", -1, 0 },
+	{ "101_switching", "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+	  C_OK, 101, 1, "Switching Protocols", -1, 0 },
+	{ "chunked", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", C_OK, 200, 1, "OK", -1,
+	  LB_HF_CHUNKED | LB_HF_TE },
+	{ "http10_close", "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n", C_OK, 200, 0, "OK", 2,
+	  LB_HF_CLOSE | LB_HF_HAS_CL },
+	{ "http10_keepalive", "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\n", C_OK,
+	  200, 0, "OK", 2, LB_HF_KEEPALIVE | LB_HF_HAS_CL },
+	{ "http11_connection_close", "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", C_OK, 200, 1, "OK", -1,
+	  LB_HF_CLOSE },
+	{ "empty_reason", "HTTP/1.1 200 \r\nContent-Length: 0\r\n\r\n", C_OK, 200, 1, "", 0, LB_HF_HAS_CL },
+	{ "reason_with_spaces", "HTTP/1.1 404 Not Found Here\r\nContent-Length: 0\r\n\r\n", C_OK, 404, 1,
+	  "Not Found Here", 0, LB_HF_HAS_CL },
+	{ "same_cl_twice", "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n", C_OK, 200, 1,
+	  "OK", 3, LB_HF_HAS_CL },
+	{ "304", "HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n", C_OK, 304, 1, NULL, -1, 0 },
+	{ "again_status_line", "HTTP/1.1 200 OK\r\n", C_AGAIN, 0, 0, NULL, 0, 0 },
+	{ "again_partial", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n", C_AGAIN, 0, 0, NULL, 0, 0 },
+	{ "status_2_digits", "HTTP/1.1 20 OK\r\n\r\n", C_INV, 0, 0, NULL, 0, 0 },
+	{ "status_4_digits", "HTTP/1.1 2000 OK\r\n\r\n", C_INV, 0, 0, NULL, 0, 0 },
+	{ "status_non_digit", "HTTP/1.1 2x0 OK\r\n\r\n", C_INV, 0, 0, NULL, 0, 0 },
+	{ "status_below_100", "HTTP/1.1 099 Low\r\n\r\n", C_INV, 0, 0, NULL, 0, 0 },
+	{ "cl_and_te", "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", C_INV, 0, 0,
+	  NULL, 0, 0 },
+	{ "cl_differ", "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", C_INV, 0, 0, NULL, 0, 0 },
+	{ "cl_non_digit", "HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\n", C_INV, 0, 0, NULL, 0, 0 },
+	{ "obs_fold", "HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n", C_INV, 0, 0, NULL, 0, 0 },
+	{ "bad_field_name", "HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n", C_INV, 0, 0, NULL, 0, 0 },
+	{ "bare_lf", "HTTP/1.1 200 OK\nContent-Length: 0\r\n\r\n", C_INV, 0, 0, NULL, 0, 0 },
+	{ "not_http", "ICY 200 OK\r\n\r\n", C_INV, 0, 0, NULL, 0, 0 },
+};
+
+static void test_response_table(void)
+{
+	for (size_t i = 0; i < sizeof rs_cases / sizeof rs_cases[0]; i++) {
+		const struct rs_case *c = &rs_cases[i];
+		size_t len = strlen(c->raw);
+		struct lb_resp resp;
+		char *b = dupbuf(c->raw, len);
+		begin();
+		memset(&resp, 0, sizeof resp);
+		int rc = lb_parse_response(b, len, &resp);
+		if (c->cls == C_OK) {
+			CHECK(rc == (int)len, "expected %zu, got %d (%s)", len, rc, resp.error ? resp.error : "no error");
+			if (rc > 0) {
+				CHECK(resp.status == c->status, "status: expected %d, got %d", c->status, resp.status);
+				CHECK(resp.minor == c->minor, "minor: expected %d, got %d", c->minor, resp.minor);
+				if (c->reason)
+					check_str("reason", resp.reason, c->reason);
+				CHECK(resp.content_length == c->cl, "content_length: expected %" PRId64 ", got %" PRId64,
+				      c->cl, resp.content_length);
+				CHECK((resp.flags & RESP_FLAGS) == c->flags, "flags: expected 0x%x, got 0x%x", c->flags,
+				      resp.flags & RESP_FLAGS);
+			}
+		} else if (c->cls == C_AGAIN) {
+			CHECK(rc == LB_EAGAIN, "expected %d (EAGAIN), got %d", LB_EAGAIN, rc);
+		} else {
+			CHECK(rc == LB_EINVAL, "expected %d (EINVAL), got %d", LB_EINVAL, rc);
+			if (rc == LB_EINVAL)
+				CHECK(resp.error != NULL, "resp.error is NULL on EINVAL");
+		}
+		free(b);
+		/* prefixes */
+		for (size_t l = 0; l < len && !c_fail; l++) {
+			char *p = dupbuf(c->raw, l);
+			memset(&resp, 0, sizeof resp);
+			rc = lb_parse_response(p, l, &resp);
+			free(p);
+			if (c->cls == C_OK)
+				CHECK(rc == LB_EAGAIN, "prefix of %zu/%zu bytes: expected %d, got %d", l, len, LB_EAGAIN, rc);
+			else
+				CHECK(rc == LB_EAGAIN || rc == LB_EINVAL || (rc > 0 && (size_t)rc <= l),
+				      "prefix of %zu/%zu bytes: got %d", l, len, rc);
+		}
+		end("response/%s", c->name);
+	}
+}
+
+static void test_resp_has_body(void)
+{
+	static const struct { int m, st, exp; } t[] = {
+		{ LB_M_HEAD, 200, 0 }, { LB_M_HEAD, 404, 0 }, { LB_M_HEAD, 500, 0 },
+		{ LB_M_GET, 100, 0 }, { LB_M_GET, 101, 0 }, { LB_M_GET, 199, 0 },
+		{ LB_M_GET, 204, 0 }, { LB_M_GET, 304, 0 }, { LB_M_POST, 204, 0 },
+		{ LB_M_GET, 200, 1 }, { LB_M_POST, 201, 1 }, { LB_M_GET, 404, 1 },
+		{ LB_M_GET, 500, 1 }, { LB_M_OTHER, 200, 1 }, { LB_M_GET, 302, 1 },
+	};
+	begin();
+	for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+		int got = lb_resp_has_body(t[i].m, t[i].st);
+		CHECK(!!got == t[i].exp, "method_id %d status %d: expected %d, got %d", t[i].m, t[i].st, t[i].exp, got);
+	}
+	end("resp_has_body");
+}
+
+/* ------------------------------------------------------------------ 3. chunked framing */
+
+#define WIKI "4\r\nWiki\r\n5\r\npedia\r\n0\r\n\r\n"
+
+struct ck_case {
+	const char *name;
+	const char *raw;
+	size_t len;      /* 0: strlen */
+	int expect;      /* LB_CHUNK_DONE / MORE / ERROR */
+	size_t used;     /* DONE: body end offset */
+	uint64_t body;   /* DONE: data bytes */
+};
+
+static char ck_big[8192], ck_long_ext[6000], ck_long_trailer[6000], ck_many_trailers[24000];
+static size_t ck_big_len, ck_big_used;
+
+/* a DONE case: body B (ends the chunked body), then bytes X that are not part of it */
+#define CKD(name, B, X, n) { name, B X, 0, LB_CHUNK_DONE, sizeof(B) - 1, n }
+
+static const struct ck_case ck_cases[] = {
+	CKD("wiki", WIKI, "", 9),
+	CKD("wiki_then_next_request", WIKI, "GET / HTTP/1.1\r\n", 9),
+	CKD("last_chunk_only", "0\r\n\r\n", "", 0),
+	CKD("last_chunk_then_bytes", "0\r\n\r\n", "XYZ", 0),
+	CKD("trailers", "4\r\nWiki\r\n0\r\nX: y\r\n\r\n", "", 4),
+	CKD("two_trailers_then_bytes", "0\r\nX: y\r\nZ: w\r\n\r\n", "Q", 0),
+	CKD("extensions", "4;a=b\r\nWiki\r\n0;x\r\n\r\n", "", 4),
+	CKD("upper_hex", "A\r\n0123456789\r\n0\r\n\r\n", "", 10),
+	CKD("lower_hex", "a\r\n0123456789\r\n0\r\n\r\n", "", 10),
+	CKD("leading_zeros", "0004\r\nWiki\r\n0\r\n\r\n", "", 4),
+	CKD("sixteen_digits", "0000000000000004\r\nWiki\r\n0\r\n\r\n", "", 4),
+	CKD("crlf_inside_data", "2\r\n\r\n\r\n0\r\n\r\n", "", 2),
+	{ "big_binary_chunks", ck_big, 1, LB_CHUNK_DONE, 1, 5097 }, /* len/used set at run time */
+	{ "more_partial_data", "4\r\nWi", 0, LB_CHUNK_MORE, 0, 0 },
+	{ "more_after_last_chunk", "4\r\nWiki\r\n0\r\n", 0, LB_CHUNK_MORE, 0, 0 },
+	{ "more_empty", "", 0, LB_CHUNK_MORE, 0, 0 },
+	{ "err_17_digits", "10000000000000000\r\nx\r\n0\r\n\r\n", 0, LB_CHUNK_ERROR, 0, 0 },
+	{ "err_17_digits_leading_zeros", "00000000000000001\r\nx\r\n0\r\n\r\n", 0, LB_CHUNK_ERROR, 0, 0 },
+	{ "err_over_2_63", "8000000000000001\r\nx\r\n0\r\n\r\n", 0, LB_CHUNK_ERROR, 0, 0 },
+	{ "err_all_f", "FFFFFFFFFFFFFFFF\r\nx\r\n0\r\n\r\n", 0, LB_CHUNK_ERROR, 0, 0 },
+	{ "err_non_hex", "g\r\nx\r\n0\r\n\r\n", 0, LB_CHUNK_ERROR, 0, 0 },
+	{ "err_0x_prefix", "0x4\r\nWiki\r\n0\r\n\r\n", 0, LB_CHUNK_ERROR, 0, 0 },
+	{ "err_negative", "-4\r\nWiki\r\n0\r\n\r\n", 0, LB_CHUNK_ERROR, 0, 0 },
+	{ "err_empty_size_line", "\r\nWiki\r\n0\r\n\r\n", 0, LB_CHUNK_ERROR, 0, 0 },
+	{ "err_no_crlf_after_data", "3\r\nabcX\r\n0\r\n\r\n", 0, LB_CHUNK_ERROR, 0, 0 },
+	{ "err_cr_without_lf_after_data", "3\r\nabc\rX0\r\n\r\n", 0, LB_CHUNK_ERROR, 0, 0 },
+	{ "err_bare_lf_size_line", "4\nWiki\r\n0\r\n\r\n", 0, LB_CHUNK_ERROR, 0, 0 },
+	{ "err_bare_lf_after_data", "4\r\nWiki\n0\r\n\r\n", 0, LB_CHUNK_ERROR, 0, 0 },
+	{ "err_bare_lf_final_line", "0\r\n\n", 0, LB_CHUNK_ERROR, 0, 0 },
+	{ "err_bare_lf_trailer", "0\r\nX: y\n\r\n", 0, LB_CHUNK_ERROR, 0, 0 },
+	{ "err_cr_in_size_line", "4\rWiki\r\n0\r\n\r\n", 0, LB_CHUNK_ERROR, 0, 0 },
+	{ "err_space_before_semicolon", "4 ;a=b\r\nWiki\r\n0\r\n\r\n", 0, LB_CHUNK_ERROR, 0, 0 },
+	{ "err_space_after_size", "4 \r\nWiki\r\n0\r\n\r\n", 0, LB_CHUNK_ERROR, 0, 0 },
+	{ "err_size_line_too_long", ck_long_ext, 0, LB_CHUNK_ERROR, 0, 0 },
+	{ "err_trailer_line_too_long", ck_long_trailer, 0, LB_CHUNK_ERROR, 0, 0 },
+	{ "err_trailers_too_big", ck_many_trailers, 0, LB_CHUNK_ERROR, 0, 0 },
+};
+
+static void build_chunk_inputs(void)
+{
+	size_t n = 0;
+	static const size_t sizes[] = { 1000, 1, 4096 };
+	for (size_t i = 0; i < 3; i++) {
+		n += (size_t)snprintf(ck_big + n, sizeof ck_big - n, "%zx\r\n", sizes[i]);
+		for (size_t j = 0; j < sizes[i]; j++)
+			ck_big[n++] = (char)(sm64() & 0xff);
+		ck_big[n++] = '\r';
+		ck_big[n++] = '\n';
+	}
+	memcpy(ck_big + n, "0\r\n\r\n", 5);
+	n += 5;
+	ck_big_used = n;
+	memcpy(ck_big + n, "junk", 4);
+	ck_big_len = n + 4;
+
+	mkstr(ck_long_ext, sizeof ck_long_ext, "4;", 'a', 5000, "\r\nWiki\r\n0\r\n\r\n");
+	mkstr(ck_long_trailer, sizeof ck_long_trailer, "0\r\nX: ", 'b', 5000, "\r\n\r\n");
+	n = (size_t)snprintf(ck_many_trailers, sizeof ck_many_trailers, "0\r\n");
+	for (int i = 0; i < 10; i++) {
+		char line[2100];
+		mkstr(line, sizeof line, "X: ", 'c', 2000, "\r\n");
+		n += (size_t)snprintf(ck_many_trailers + n, sizeof ck_many_trailers - n, "%s", line);
+	}
+	snprintf(ck_many_trailers + n, sizeof ck_many_trailers - n, "\r\n");
+}
+
+static int chunk_feed(struct lb_chunk *st, const char *p, size_t n, size_t *used)
+{
+	char *b = dupbuf(p, n);
+	*used = (size_t)-1;
+	int rc = lb_chunk_scan(st, b, n, used);
+	free(b);
+	return rc;
+}
+
+static void test_chunk_table(void)
+{
+	for (size_t i = 0; i < sizeof ck_cases / sizeof ck_cases[0]; i++) {
+		const struct ck_case *c = &ck_cases[i];
+		int is_big = c->raw == ck_big;
+		size_t len = is_big ? ck_big_len : (c->len ? c->len : strlen(c->raw));
+		size_t exp_used = is_big ? ck_big_used : c->used;
+		struct lb_chunk st;
+		size_t used;
+		int rc;
+		begin();
+
+		/* whole */
+		lb_chunk_init(&st);
+		rc = chunk_feed(&st, c->raw, len, &used);
+		CHECK(rc == c->expect, "whole: expected %d, got %d (used %zu)", c->expect, rc, used);
+		if (rc == c->expect && rc == LB_CHUNK_DONE) {
+			CHECK(used == exp_used, "whole: used expected %zu, got %zu", exp_used, used);
+			CHECK(st.body == c->body, "whole: body expected %" PRIu64 ", got %" PRIu64, c->body, st.body);
+		}
+		if (rc == c->expect && rc == LB_CHUNK_MORE)
+			CHECK(used == len, "whole: MORE used expected %zu, got %zu", len, used);
+
+		/* byte by byte */
+		lb_chunk_init(&st);
+		rc = LB_CHUNK_MORE;
+		size_t off = 0;
+		for (; off < len; off++) {
+			rc = chunk_feed(&st, c->raw + off, 1, &used);
+			if (rc != LB_CHUNK_MORE)
+				break;
+			if (used != 1) {
+				failf("bytewise: MORE at offset %zu with used %zu (expected 1)", off, used);
+				break;
+			}
+		}
+		if (c->expect == LB_CHUNK_DONE) {
+			CHECK(rc == LB_CHUNK_DONE, "bytewise: expected DONE, got %d at offset %zu", rc, off);
+			if (rc == LB_CHUNK_DONE) {
+				CHECK(off + used == exp_used, "bytewise: body end expected %zu, got %zu", exp_used, off + used);
+				CHECK(st.body == c->body, "bytewise: body expected %" PRIu64 ", got %" PRIu64, c->body,
+				      st.body);
+			}
+		} else {
+			CHECK(rc == c->expect, "bytewise: expected %d, got %d at offset %zu", c->expect, rc, off);
+		}
+
+		/* every 2-way split */
+		for (size_t k = 0; k <= len && !c_fail; k++) {
+			size_t u1, u2 = 0;
+			lb_chunk_init(&st);
+			int r1 = chunk_feed(&st, c->raw, k, &u1), r2 = r1;
+			size_t total = u1;
+			if (r1 == LB_CHUNK_MORE) {
+				if (u1 != k) {
+					failf("split %zu: first part MORE with used %zu", k, u1);
+					break;
+				}
+				r2 = chunk_feed(&st, c->raw + k, len - k, &u2);
+				total = k + u2;
+			}
+			if (c->expect == LB_CHUNK_DONE) {
+				CHECK(r2 == LB_CHUNK_DONE && total == exp_used,
+				      "split at %zu: expected DONE at %zu, got rc %d/%d at %zu", k, exp_used, r1, r2, total);
+				if (r2 == LB_CHUNK_DONE)
+					CHECK(st.body == c->body, "split at %zu: body expected %" PRIu64 ", got %" PRIu64, k,
+					      c->body, st.body);
+			} else {
+				CHECK(r2 == c->expect, "split at %zu: expected %d, got %d/%d", k, c->expect, r1, r2);
+			}
+		}
+		end("chunk/%s", c->name);
+	}
+}
+
+/* ------------------------------------------------------------------ 4. value parsers */
+
+struct val_case {
+	const char *s;
+	size_t n;       /* 0: strlen */
+	int ok;
+	uint64_t v;
+};
+
+static void test_durations(void)
+{
+	static const struct val_case t[] = {
+		{ "250ms", 0, 1, 250 }, { "10s", 0, 1, 10000 }, { "5m", 0, 1, 300000 },
+		{ "1h", 0, 1, 3600000 }, { "1d", 0, 1, 86400000 }, { "0s", 0, 1, 0 },
+		{ "1ms", 0, 1, 1 }, { "90s", 0, 1, 90000 },
+		{ "10sXX", 3, 1, 10000 }, /* n is honoured */
+		{ "10", 0, 0, 0 }, { "s", 0, 0, 0 }, { "ms", 0, 0, 0 }, { "-1s", 0, 0, 0 },
+		{ "1.5s", 0, 0, 0 }, { "10x", 0, 0, 0 }, { "", 0, 0, 0 }, { "10 s", 0, 0, 0 },
+		{ "10sec", 0, 0, 0 }, { "99999999999999999999s", 0, 0, 0 },
+		{ "1000000000000000d", 0, 0, 0 }, { "18446744073709551616ms", 0, 0, 0 },
+	};
+	begin();
+	for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+		size_t n = t[i].n ? t[i].n : strlen(t[i].s);
+		char *b = dupbuf(t[i].s, n);
+		uint64_t v = 12345;
+		int rc = lb_parse_duration(b, n, &v);
+		free(b);
+		if (t[i].ok)
+			CHECK(rc == 0 && v == t[i].v, "%s: expected 0 and %" PRIu64 ", got %d and %" PRIu64,
+			      esc(t[i].s, n), t[i].v, rc, v);
+		else
+			CHECK(rc < 0, "%s: expected an error, got %d (value %" PRIu64 ")", esc(t[i].s, n), rc, v);
+	}
+	end("parse_duration");
+}
+
+static void test_sizes(void)
+{
+	static const struct val_case t[] = {
+		{ "512", 0, 1, 512 }, { "16k", 0, 1, 16384 }, { "10m", 0, 1, 10485760 },
+		{ "1g", 0, 1, 1073741824 }, { "0", 0, 1, 0 }, { "1k", 0, 1, 1024 },
+		{ "16kZ", 3, 1, 16384 },
+		{ "k", 0, 0, 0 }, { "-1", 0, 0, 0 }, { "1t", 0, 0, 0 }, { "", 0, 0, 0 },
+		{ "1.5k", 0, 0, 0 }, { "10 k", 0, 0, 0 }, { "99999999999999999999", 0, 0, 0 },
+		{ "17179869184g", 0, 0, 0 }, { "18014398509481984k", 0, 0, 0 },
+	};
+	begin();
+	for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+		size_t n = t[i].n ? t[i].n : strlen(t[i].s);
+		char *b = dupbuf(t[i].s, n);
+		uint64_t v = 12345;
+		int rc = lb_parse_size(b, n, &v);
+		free(b);
+		if (t[i].ok)
+			CHECK(rc == 0 && v == t[i].v, "%s: expected 0 and %" PRIu64 ", got %d and %" PRIu64,
+			      esc(t[i].s, n), t[i].v, rc, v);
+		else
+			CHECK(rc < 0, "%s: expected an error, got %d (value %" PRIu64 ")", esc(t[i].s, n), rc, v);
+	}
+	end("parse_size");
+}
+
+static void test_bools(void)
+{
+	static const struct val_case t[] = {
+		{ "on", 0, 1, 1 }, { "off", 0, 1, 0 }, { "onXX", 2, 1, 1 },
+		{ "yes", 0, 0, 0 }, { "no", 0, 0, 0 }, { "", 0, 0, 0 }, { "onn", 0, 0, 0 },
+		{ "o", 0, 0, 0 }, { "of", 0, 0, 0 }, { "1", 0, 0, 0 }, { "true", 0, 0, 0 },
+	};
+	begin();
+	for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+		size_t n = t[i].n ? t[i].n : strlen(t[i].s);
+		char *b = dupbuf(t[i].s, n);
+		int v = 77;
+		int rc = lb_parse_bool(b, n, &v);
+		free(b);
+		if (t[i].ok)
+			CHECK(rc == 0 && v == (int)t[i].v, "%s: expected 0 and %d, got %d and %d", esc(t[i].s, n),
+			      (int)t[i].v, rc, v);
+		else
+			CHECK(rc < 0, "%s: expected an error, got %d", esc(t[i].s, n), rc);
+	}
+	end("parse_bool");
+}
+
+static void test_hostports(void)
+{
+	static const struct {
+		const char *s;
+		int ok;
+		const char *host;
+		unsigned port;
+		int v6, wild;
+	} t[] = {
+		{ "127.0.0.1:80", 1, "127.0.0.1", 80, 0, 0 },
+		{ "[::1]:8080", 1, "::1", 8080, 1, 0 },
+		{ "*:80", 1, "", 80, 0, 1 },
+		{ "example.com:443", 1, "example.com", 443, 0, 0 },
+		{ "a:65535", 1, "a", 65535, 0, 0 },
+		{ "a:1", 1, "a", 1, 0, 0 },
+		{ "127.0.0.1", 0, 0, 0, 0, 0 },
+		{ "a:0", 0, 0, 0, 0, 0 },
+		{ "a:65536", 0, 0, 0, 0, 0 },
+		{ "a:", 0, 0, 0, 0, 0 },
+		{ "a:8x", 0, 0, 0, 0, 0 },
+		{ "a:-1", 0, 0, 0, 0, 0 },
+		{ "a:99999999999", 0, 0, 0, 0, 0 },
+		{ "[::1", 0, 0, 0, 0, 0 },
+		{ "[::1]", 0, 0, 0, 0, 0 },
+		{ "[::1]80", 0, 0, 0, 0, 0 },
+		{ ":80", 0, 0, 0, 0, 0 },
+		{ "[]:80", 0, 0, 0, 0, 0 },
+		{ "", 0, 0, 0, 0, 0 },
+	};
+	begin();
+	for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+		size_t n = strlen(t[i].s);
+		char *b = dupbuf(t[i].s, n);
+		struct lb_hostport hp;
+		memset(&hp, 0x55, sizeof hp);
+		int rc = lb_parse_hostport(b, n, &hp);
+		free(b);
+		if (!t[i].ok) {
+			CHECK(rc < 0, "%s: expected an error, got %d", t[i].s, rc);
+			continue;
+		}
+		CHECK(rc == 0, "%s: expected 0, got %d", t[i].s, rc);
+		if (rc != 0)
+			continue;
+		hp.host[sizeof hp.host - 1] = 0;
+		/* v6: the host is stored without brackets (ready for getaddrinfo); "[::1]" accepted too */
+		int host_ok = strcmp(hp.host, t[i].host) == 0 ||
+		              (t[i].v6 && strlen(hp.host) == strlen(t[i].host) + 2 && hp.host[0] == '[' &&
+		               strncmp(hp.host + 1, t[i].host, strlen(t[i].host)) == 0);
+		CHECK(host_ok, "%s: host expected \"%s\", got \"%s\"", t[i].s, t[i].host, hp.host);
+		CHECK(hp.port == t[i].port, "%s: port expected %u, got %u", t[i].s, t[i].port, (unsigned)hp.port);
+		CHECK(!!hp.v6 == t[i].v6, "%s: v6 expected %d, got %d", t[i].s, t[i].v6, hp.v6);
+		CHECK(!!hp.wildcard == t[i].wild, "%s: wildcard expected %d, got %d", t[i].s, t[i].wild, hp.wildcard);
+	}
+	/* a host name longer than LB_HOST_MAX - 1 */
+	{
+		char s[400];
+		struct lb_hostport hp;
+		mkstr(s, sizeof s, "", 'h', 300, ":80");
+		char *b = dupbuf(s, strlen(s));
+		int rc = lb_parse_hostport(b, strlen(s), &hp);
+		free(b);
+		CHECK(rc < 0, "300-char host: expected an error, got %d", rc);
+	}
+	/* n honoured */
+	{
+		struct lb_hostport hp;
+		char *b = dupbuf("a:8080junk", 6);
+		int rc = lb_parse_hostport(b, 6, &hp);
+		free(b);
+		CHECK(rc == 0 && hp.port == 8080, "\"a:8080\" (n=6 of a longer string): expected 0 port 8080, got %d port %u",
+		      rc, (unsigned)hp.port);
+	}
+	end("parse_hostport");
+}
+
+static void test_servers(void)
+{
+	static const struct {
+		const char *s;
+		int ok;
+		const char *name, *host;
+		unsigned port, weight, max_conn;
+		int backup, disabled, tls;
+	} t[] = {
+		{ "web1 10.0.0.1:80 weight=5 backup max_conn=100", 1, "web1", "10.0.0.1", 80, 5, 100, 1, 0, 0 },
+		{ "web2 10.0.0.2:8080", 1, "web2", "10.0.0.2", 8080, 1, 0, 0, 0, 0 },
+		{ "w3 h.example:81 disabled", 1, "w3", "h.example", 81, 1, 0, 0, 1, 0 },
+		{ "w4 h:443 tls", 1, "w4", "h", 443, 1, 0, 0, 0, 1 },
+		{ "w5 h:1 weight=1000", 1, "w5", "h", 1, 1000, 0, 0, 0, 0 },
+		{ "w6 h:2 max_conn=7 tls disabled weight=2", 1, "w6", "h", 2, 2, 7, 0, 1, 1 },
+		{ "w h:1 weight=0", 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+		{ "w h:1 weight=1001", 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+		{ "w h:1 weight=abc", 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+		{ "w h:1 weight=", 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+		{ "w h:1 weight=-1", 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+		{ "w h:1 max_conn=x", 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+		{ "w h:1 frobnicate", 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+		{ "w", 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+		{ "", 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+		{ "w h", 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+		{ "w h:0", 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+	};
+	begin();
+	for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+		size_t n = strlen(t[i].s);
+		char *b = dupbuf(t[i].s, n);
+		struct lb_server_spec sp;
+		memset(&sp, 0, sizeof sp);
+		int rc = lb_parse_server(b, n, &sp);
+		free(b);
+		if (!t[i].ok) {
+			CHECK(rc < 0, "\"%s\": expected an error, got %d", t[i].s, rc);
+			if (rc < 0)
+				CHECK(sp.error != NULL, "\"%s\": error is NULL", t[i].s);
+			continue;
+		}
+		CHECK(rc == 0, "\"%s\": expected 0, got %d (%s)", t[i].s, rc, sp.error ? sp.error : "");
+		if (rc != 0)
+			continue;
+		sp.name[sizeof sp.name - 1] = 0;
+		sp.addr.host[sizeof sp.addr.host - 1] = 0;
+		CHECK(strcmp(sp.name, t[i].name) == 0, "\"%s\": name expected %s, got %s", t[i].s, t[i].name, sp.name);
+		CHECK(strcmp(sp.addr.host, t[i].host) == 0, "\"%s\": host expected %s, got %s", t[i].s, t[i].host,
+		      sp.addr.host);
+		CHECK(sp.addr.port == t[i].port, "\"%s\": port expected %u, got %u", t[i].s, t[i].port,
+		      (unsigned)sp.addr.port);
+		CHECK(sp.weight == t[i].weight, "\"%s\": weight expected %u, got %u", t[i].s, t[i].weight, sp.weight);
+		CHECK(sp.max_conn == t[i].max_conn, "\"%s\": max_conn expected %u, got %u", t[i].s, t[i].max_conn,
+		      sp.max_conn);
+		CHECK(!!sp.backup == t[i].backup, "\"%s\": backup expected %d, got %d", t[i].s, t[i].backup, sp.backup);
+		CHECK(!!sp.disabled == t[i].disabled, "\"%s\": disabled expected %d, got %d", t[i].s, t[i].disabled,
+		      sp.disabled);
+		CHECK(!!sp.tls == t[i].tls, "\"%s\": tls expected %d, got %d", t[i].s, t[i].tls, sp.tls);
+	}
+	/* names: 63 characters fit LB_NAME_MAX, 64 do not */
+	{
+		char s[200];
+		struct lb_server_spec sp;
+		mkstr(s, sizeof s, "", 'n', LB_NAME_MAX - 1, " h:80");
+		char *b = dupbuf(s, strlen(s));
+		memset(&sp, 0, sizeof sp);
+		int rc = lb_parse_server(b, strlen(s), &sp);
+		free(b);
+		CHECK(rc == 0, "%d-char name: expected 0, got %d", LB_NAME_MAX - 1, rc);
+		mkstr(s, sizeof s, "", 'n', LB_NAME_MAX, " h:80");
+		b = dupbuf(s, strlen(s));
+		memset(&sp, 0, sizeof sp);
+		rc = lb_parse_server(b, strlen(s), &sp);
+		free(b);
+		CHECK(rc < 0, "%d-char name: expected an error, got %d", LB_NAME_MAX, rc);
+	}
+	end("parse_server");
+}
+
+/* ------------------------------------------------------------------ 5, 6. paths, request ids */
+
+static void test_normalize(void)
+{
+	static const struct { const char *in; size_t n; const char *out; } t[] = {
+		{ "/a/./b/../c", 0, "/a/c" },
+		{ "/%61%62", 0, "/ab" },
+		{ "/%2f", 0, "/%2F" },
+		{ "/%2F", 0, "/%2F" },
+		{ "/a/..", 0, "/" },
+		{ "/../x", 0, "/x" },
+		{ "/a//b", 0, "/a//b" },
+		{ "/", 0, "/" },
+		{ "/a/b/", 0, "/a/b/" },
+		{ "/a/./", 0, "/a/" },
+		{ "/a/b/..", 0, "/a/" },
+		{ "/.", 0, "/" },
+		{ "/..", 0, "/" },
+		{ "/a/b/../../..", 0, "/" },
+		{ "/a/.b/..c/...", 0, "/a/.b/..c/..." },
+		{ "/a/b/./c/.", 0, "/a/b/c/" },
+		{ "/%7e%7E", 0, "/~~" },
+		{ "/%41%2D%5F%2E%7a%30", 0, "/A-_.z0" },
+		{ "/a/%2e%2e/b", 0, "/b" },
+		{ "/a/%2E/b", 0, "/a/b" },
+		{ "/a%20b", 0, "/a%20b" },
+		{ "/a%c3%a9", 0, "/a%C3%A9" },
+		{ "/%5c", 0, "/%5C" },
+		{ "/%zz", 0, NULL },
+		{ "/%4", 0, NULL },
+		{ "/%", 0, NULL },
+		{ "/%g1", 0, NULL },
+		{ "/%00", 0, NULL },
+		{ "/a\0b", 4, NULL },
+		{ "a/b", 0, NULL },
+		{ "", 0, NULL },
+		{ "*", 0, NULL },
+	};
+	begin();
+	for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+		size_t n = t[i].n ? t[i].n : strlen(t[i].in);
+		char *b = dupbuf(t[i].in, n);
+		char *o = malloc(n ? n : 1);
+		if (!o)
+			exit(2);
+		long rc = lb_normalize_path(b, n, o);
+		if (!t[i].out)
+			CHECK(rc == LB_EINVAL, "%s: expected %d, got %ld", esc(t[i].in, n), LB_EINVAL, rc);
+		else
+			CHECK(rc == (long)strlen(t[i].out) && memcmp(o, t[i].out, strlen(t[i].out)) == 0,
+			      "%s: expected \"%s\", got %ld %s", esc(t[i].in, n), t[i].out, rc,
+			      rc >= 0 && (size_t)rc <= n ? esc(o, (size_t)rc) : "");
+		free(b);
+		free(o);
+	}
+	end("normalize_path");
+}
+
+static void test_request_id(void)
+{
+	char s128[129], s129[130];
+	mkstr(s128, sizeof s128, "", 'a', 128, "");
+	mkstr(s129, sizeof s129, "", 'a', 129, "");
+	const struct { const char *s; int ok; } t[] = {
+		{ "abc-123", 1 }, { "550e8400-e29b-41d4-a716-446655440000", 1 }, { "A.b_c:D-9", 1 },
+		{ "x", 1 }, { s128, 1 },
+		{ "", 0 }, { s129, 0 }, { "a b", 0 }, { "a\"b", 0 }, { "a/b", 0 }, { "a\nb", 0 },
+		{ "a,b", 0 }, { "\xc3\xa9", 0 },
+	};
+	begin();
+	for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+		size_t n = strlen(t[i].s);
+		char *b = dupbuf(t[i].s, n);
+		int got = lb_request_id_ok(b, n);
+		free(b);
+		CHECK(!!got == t[i].ok, "%s (%zu bytes): expected %d, got %d", esc(t[i].s, n), n, t[i].ok, got);
+	}
+	end("request_id_ok");
+}
+
+static void test_hash(void)
+{
+	begin();
+	uint64_t a = lb_hash64("abc", 3), a2 = lb_hash64("abc", 3), b = lb_hash64("abd", 3);
+	char *p = dupbuf("abX", 3);
+	uint64_t c = lb_hash64(p, 2), d = lb_hash64("ab", 2);
+	free(p);
+	CHECK(a == a2, "not deterministic");
+	CHECK(a != b, "abc and abd collide");
+	CHECK(c == d, "n not honoured");
+	CHECK(lb_hash64("s0", 2) != lb_hash64("s1", 2), "s0 and s1 collide");
+	end("hash64");
+}
+
+/* ------------------------------------------------------------------ 7. configuration */
+
+static struct lb_cfg_errors g_errs;
+
+static int conf_parse(const char *text, struct lb_conf **out)
+{
+	size_t n = strlen(text);
+	char *b = dupbuf(text, n);
+	memset(&g_errs, 0, sizeof g_errs);
+	*out = NULL;
+	int rc = lb_conf_parse(b, n, out, &g_errs);
+	free(b);
+	return rc;
+}
+
+static const char *errs_str(void)
+{
+	static char s[700];
+	size_t k = 0;
+	s[0] = 0;
+	k += (size_t)snprintf(s, sizeof s, "total %d:", g_errs.total);
+	for (int i = 0; i < g_errs.n && i < LB_CFG_MAX_ERRORS && k < sizeof s - 1; i++) {
+		g_errs.e[i].msg[sizeof g_errs.e[i].msg - 1] = 0;
+		k += (size_t)snprintf(s + k, sizeof s - k, " [line %d: %s]", g_errs.e[i].line, g_errs.e[i].msg);
+	}
+	return s;
+}
+
+static int err_at(int line, const char *sub)
+{
+	for (int i = 0; i < g_errs.n && i < LB_CFG_MAX_ERRORS; i++) {
+		g_errs.e[i].msg[sizeof g_errs.e[i].msg - 1] = 0;
+		if (g_errs.e[i].line == line && (!sub || contains_ci(g_errs.e[i].msg, sub)))
+			return 1;
+	}
+	return 0;
+}
+
+static int find_pool(const struct lb_conf *c, const char *name)
+{
+	for (size_t i = 0; i < c->npools; i++)
+		if (strcmp(c->pools[i].name, name) == 0)
+			return (int)i;
+	return -1;
+}
+
+static int find_listener(const struct lb_conf *c, const char *name)
+{
+	for (size_t i = 0; i < c->nlisteners; i++)
+		if (strcmp(c->listeners[i].name, name) == 0)
+			return (int)i;
+	return -1;
+}
+
+static const char conf_full[] =
+	"# lb unit test config\n"                                  /* 1 */
+	"[global]\n"                                               /* 2 */
+	"workers = 4\n"                                            /* 3 */
+	"max_connections = 5000\n"                                 /* 4 */
+	"pid_file = /run/lb.pid\n"                                 /* 5 */
+	"shutdown_timeout = 30s\n"                                 /* 6 */
+	"\n"                                                       /* 7 */
+	"[log]\n"                                                  /* 8 */
+	"access = /var/log/lb/access.log\n"                        /* 9 */
+	"format = json\n"                                          /* 10 */
+	"error = stderr\n"                                         /* 11 */
+	"\n"                                                       /* 12 */
+	"[pool api]\n"                                             /* 13 */
+	"server = a1 10.0.0.1:8080 weight=5\n"                     /* 14 */
+	"server = a2 10.0.0.2:8080 weight=3 max_conn=100\n"        /* 15 */
+	"server = a3 10.0.0.3:8080 backup\n"                       /* 16 */
+	"server = a4 10.0.0.4:8080 disabled\n"                     /* 17 */
+	"algorithm = least_conn\n"                                 /* 18 */
+	"connect_timeout = 2s\n"                                   /* 19 */
+	"response_timeout = 30s\n"                                 /* 20 */
+	"keepalive = 8\n"                                          /* 21 */
+	"retries = 2\n"                                            /* 22 */
+	"\n"                                                       /* 23 */
+	"[pool web]\n"                                             /* 24 */
+	"server = w1 127.0.0.1:9001\n"                             /* 25 */
+	"\n"                                                       /* 26 */
+	"[listener web]\n"                                         /* 27 */
+	"bind = 127.0.0.1:8080\n"                                  /* 28 */
+	"bind = [::1]:8080\n"                                      /* 29 */
+	"mode = http\n"                                            /* 30 */
+	"pool = web\n"                                             /* 31 */
+	"header_timeout = 5s\n"                                    /* 32 */
+	"idle_timeout = 30s\n"                                     /* 33 */
+	"max_header_size = 32k\n"                                  /* 34 */
+	"max_body_size = 1m\n"                                     /* 35 */
+	"\n"                                                       /* 36 */
+	"[listener db]\n"                                          /* 37 */
+	"bind = *:5432\n"                                          /* 38 */
+	"mode = tcp\n"                                             /* 39 */
+	"pool = api\n"                                             /* 40 */
+	"\n"                                                       /* 41 */
+	"[route api]\n"                                            /* 42 */
+	"listener = web\n"                                         /* 43 */
+	"host = Api.Example.COM, *.api.example.com\n"              /* 44 */
+	"path = /api/*, /v2\n"                                     /* 45 */
+	"method = GET, POST\n"                                     /* 46 */
+	"header = X-Canary: yes\n"                                 /* 47 */
+	"pool = api\n"                                             /* 48 */
+	"response_timeout = 5s\n"                                  /* 49 */
+	"max_body_size = 2m\n"                                     /* 50 */
+	"\n"                                                       /* 51 */
+	"[route split]\n"                                          /* 52 */
+	"split = api 90, web 10\n";                                /* 53 */
+
+static void test_conf_full(void)
+{
+	struct lb_conf *c;
+	begin();
+	int rc = conf_parse(conf_full, &c);
+	CHECK(rc == 0 && c, "expected 0, got %d: %s", rc, errs_str());
+	if (rc != 0 || !c) {
+		end("conf/valid_full");
+		return;
+	}
+	CHECK(c->workers == 4, "workers: expected 4, got %u", c->workers);
+	CHECK(c->max_connections == 5000, "max_connections: expected 5000, got %u", c->max_connections);
+	CHECK(cstr_is(c->pid_file, "/run/lb.pid"), "pid_file: got %s", c->pid_file ? c->pid_file : "(null)");
+	CHECK(c->shutdown_timeout == 30000, "shutdown_timeout: expected 30000, got %" PRIu64, c->shutdown_timeout);
+	CHECK(cstr_is(c->access_log, "/var/log/lb/access.log"), "access_log: got %s",
+	      c->access_log ? c->access_log : "(null)");
+	CHECK(c->log_format == LB_LOG_JSON, "log_format: expected %d, got %d", LB_LOG_JSON, c->log_format);
+	CHECK(cstr_is(c->error_log, "stderr"), "error_log: got %s", c->error_log ? c->error_log : "(null)");
+
+	CHECK(c->npools == 2, "npools: expected 2, got %zu", c->npools);
+	CHECK(c->nlisteners == 2, "nlisteners: expected 2, got %zu", c->nlisteners);
+	CHECK(c->nroutes == 2, "nroutes: expected 2, got %zu", c->nroutes);
+	int papi = find_pool(c, "api"), pweb = find_pool(c, "web");
+	int lweb = find_listener(c, "web"), ldb = find_listener(c, "db");
+	CHECK(papi >= 0 && pweb >= 0, "pools api/web not found (%d, %d)", papi, pweb);
+	CHECK(lweb >= 0 && ldb >= 0, "listeners web/db not found (%d, %d)", lweb, ldb);
+
+	if (papi >= 0) {
+		struct lb_pool *p = &c->pools[papi];
+		CHECK(p->line >= 13 && p->line < 24, "pool api line: expected 13, got %d", p->line);
+		CHECK(p->nservers == 4, "pool api nservers: expected 4, got %zu", p->nservers);
+		CHECK(p->algorithm == LB_ALGO_LEASTCONN, "algorithm: expected %d, got %d", LB_ALGO_LEASTCONN, p->algorithm);
+		CHECK(p->connect_timeout == 2000, "connect_timeout: expected 2000, got %" PRIu64, p->connect_timeout);
+		CHECK(p->response_timeout == 30000, "response_timeout: expected 30000, got %" PRIu64, p->response_timeout);
+		CHECK(p->keepalive == 8, "keepalive: expected 8, got %u", p->keepalive);
+		CHECK(p->retries == 2, "retries: expected 2, got %u", p->retries);
+		static const struct { const char *name, *host; unsigned weight, max_conn; int backup, disabled, line; } es[] = {
+			{ "a1", "10.0.0.1", 5, 0, 0, 0, 14 }, { "a2", "10.0.0.2", 3, 100, 0, 0, 15 },
+			{ "a3", "10.0.0.3", 1, 0, 1, 0, 16 }, { "a4", "10.0.0.4", 1, 0, 0, 1, 17 },
+		};
+		for (size_t i = 0; i < 4 && i < p->nservers; i++) {
+			struct lb_server *s = &p->servers[i];
+			CHECK(strcmp(s->name, es[i].name) == 0, "server %zu: name expected %s, got %s", i, es[i].name, s->name);
+			CHECK(strcmp(s->host, es[i].host) == 0, "server %s: host expected %s, got %s", es[i].name, es[i].host, s->host);
+			CHECK(s->port == 8080, "server %s: port expected 8080, got %u", es[i].name, (unsigned)s->port);
+			CHECK(s->weight == es[i].weight, "server %s: weight expected %u, got %u", es[i].name, es[i].weight, s->weight);
+			CHECK(s->max_conn == es[i].max_conn, "server %s: max_conn expected %u, got %u", es[i].name,
+			      es[i].max_conn, s->max_conn);
+			CHECK(!!s->backup == es[i].backup, "server %s: backup expected %d, got %d", es[i].name, es[i].backup, s->backup);
+			CHECK(!!s->disabled == es[i].disabled, "server %s: disabled expected %d, got %d", es[i].name,
+			      es[i].disabled, s->disabled);
+			CHECK(s->line == es[i].line, "server %s: line expected %d, got %d", es[i].name, es[i].line, s->line);
+			CHECK(s->active == 0 && s->down == 0, "server %s: runtime state not zero", es[i].name);
+		}
+		if (p->nservers >= 2)
+			CHECK(p->servers[0].name_hash != p->servers[1].name_hash, "name_hash of a1 and a2 equal (%" PRIu64 ")",
+			      p->servers[0].name_hash);
+	}
+	if (pweb >= 0) {
+		struct lb_pool *p = &c->pools[pweb];
+		CHECK(p->nservers == 1, "pool web nservers: expected 1, got %zu", p->nservers);
+		CHECK(p->algorithm == LB_ALGO_RR, "pool web algorithm: expected %d (round_robin), got %d", LB_ALGO_RR,
+		      p->algorithm);
+		CHECK(p->connect_timeout == 3000, "pool web connect_timeout default: expected 3000, got %" PRIu64,
+		      p->connect_timeout);
+		CHECK(p->response_timeout == 60000, "pool web response_timeout default: expected 60000, got %" PRIu64,
+		      p->response_timeout);
+		CHECK(p->keepalive == 32, "pool web keepalive default: expected 32, got %u", p->keepalive);
+		CHECK(p->retries == 1, "pool web retries default: expected 1, got %u", p->retries);
+		if (p->nservers == 1) {
+			CHECK(strcmp(p->servers[0].name, "w1") == 0 && p->servers[0].port == 9001 && p->servers[0].weight == 1,
+			      "server w1: got %s port %u weight %u", p->servers[0].name, (unsigned)p->servers[0].port,
+			      p->servers[0].weight);
+		}
+	}
+	if (lweb >= 0) {
+		struct lb_listener *l = &c->listeners[lweb];
+		CHECK(l->line >= 27 && l->line < 37, "listener web line: expected 27, got %d", l->line);
+		CHECK(l->nbinds == 2, "listener web nbinds: expected 2, got %zu", l->nbinds);
+		if (l->nbinds >= 2) {
+			CHECK(strcmp(l->binds[0].hp.host, "127.0.0.1") == 0 && l->binds[0].hp.port == 8080 && !l->binds[0].hp.v6,
+			      "bind 0: got %s:%u v6 %d", l->binds[0].hp.host, (unsigned)l->binds[0].hp.port, l->binds[0].hp.v6);
+			CHECK(l->binds[1].hp.v6 && l->binds[1].hp.port == 8080, "bind 1: expected v6 port 8080, got v6 %d port %u",
+			      l->binds[1].hp.v6, (unsigned)l->binds[1].hp.port);
+			CHECK(l->binds[0].line == 28 && l->binds[1].line == 29, "bind lines: expected 28, 29, got %d, %d",
+			      l->binds[0].line, l->binds[1].line);
+		}
+		CHECK(l->mode == LB_MODE_HTTP, "listener web mode: expected %d, got %d", LB_MODE_HTTP, l->mode);
+		CHECK(l->pool == pweb, "listener web pool: expected %d, got %d", pweb, l->pool);
+		CHECK(l->header_timeout == 5000, "header_timeout: expected 5000, got %" PRIu64, l->header_timeout);
+		CHECK(l->idle_timeout == 30000, "idle_timeout: expected 30000, got %" PRIu64, l->idle_timeout);
+		CHECK(l->max_header_size == 32768, "max_header_size: expected 32768, got %" PRIu64, l->max_header_size);
+		CHECK(l->max_body_size == 1048576, "max_body_size: expected 1048576, got %" PRIu64, l->max_body_size);
+	}
+	if (ldb >= 0) {
+		struct lb_listener *l = &c->listeners[ldb];
+		CHECK(l->mode == LB_MODE_TCP, "listener db mode: expected %d, got %d", LB_MODE_TCP, l->mode);
+		CHECK(l->pool == papi, "listener db pool: expected %d, got %d", papi, l->pool);
+		CHECK(l->nbinds == 1 && l->binds[0].hp.wildcard && l->binds[0].hp.port == 5432,
+		      "listener db bind: expected *:5432, got n %zu wildcard %d port %u", l->nbinds, l->binds[0].hp.wildcard,
+		      (unsigned)l->binds[0].hp.port);
+		CHECK(l->header_timeout == 10000, "db header_timeout default: expected 10000, got %" PRIu64, l->header_timeout);
+		CHECK(l->idle_timeout == 60000, "db idle_timeout default: expected 60000, got %" PRIu64, l->idle_timeout);
+		CHECK(l->max_header_size == 16384, "db max_header_size default: expected 16384, got %" PRIu64,
+		      l->max_header_size);
+		CHECK(l->max_body_size == 10485760, "db max_body_size default: expected 10485760, got %" PRIu64,
+		      l->max_body_size);
+	}
+	if (c->nroutes == 2) {
+		struct lb_route *r = &c->routes[0];
+		CHECK(strcmp(r->name, "api") == 0, "route 0: expected api (file order), got %s", r->name);
+		CHECK(r->line >= 42 && r->line < 52, "route api line: expected 42, got %d", r->line);
+		CHECK(r->nlisteners == 1 && r->listeners[0] == lweb, "route api listeners: expected [%d], got n %zu [%d]",
+		      lweb, r->nlisteners, r->nlisteners ? r->listeners[0] : -1);
+		CHECK(r->nhosts == 2 && cstr_is(r->hosts[0], "api.example.com") && cstr_is(r->hosts[1], "*.api.example.com"),
+		      "route api hosts: expected [api.example.com, *.api.example.com], got n %zu [%s, %s]", r->nhosts,
+		      r->nhosts > 0 && r->hosts[0] ? r->hosts[0] : "", r->nhosts > 1 && r->hosts[1] ? r->hosts[1] : "");
+		CHECK(r->npaths == 2 && cstr_is(r->paths[0], "/api/*") && cstr_is(r->paths[1], "/v2"),
+		      "route api paths: expected [/api/*, /v2], got n %zu [%s, %s]", r->npaths,
+		      r->npaths > 0 && r->paths[0] ? r->paths[0] : "", r->npaths > 1 && r->paths[1] ? r->paths[1] : "");
+		CHECK(r->nmethods == 2 && cstr_is(r->methods[0], "GET") && cstr_is(r->methods[1], "POST"),
+		      "route api methods: expected [GET, POST], got n %zu", r->nmethods);
+		CHECK(r->nheaders == 1 && cstr_is(r->hdr_names[0], "X-Canary") && cstr_is(r->hdr_values[0], "yes"),
+		      "route api header: expected X-Canary: yes, got n %zu [%s: %s]", r->nheaders,
+		      r->nheaders && r->hdr_names[0] ? r->hdr_names[0] : "", r->nheaders && r->hdr_values[0] ? r->hdr_values[0] : "");
+		CHECK(r->pool == papi, "route api pool: expected %d, got %d", papi, r->pool);
+		CHECK(r->nsplit == 0, "route api nsplit: expected 0, got %zu", r->nsplit);
+		CHECK(r->response_timeout == 5000, "route api response_timeout: expected 5000, got %" PRIu64,
+		      r->response_timeout);
+		CHECK(r->max_body_size == 2097152, "route api max_body_size: expected 2097152, got %" PRIu64,
+		      r->max_body_size);
+		r = &c->routes[1];
+		CHECK(strcmp(r->name, "split") == 0, "route 1: expected split, got %s", r->name);
+		CHECK(r->pool == -1, "route split pool: expected -1, got %d", r->pool);
+		CHECK(r->nsplit == 2 && r->split[0].pool == papi && r->split[0].weight == 90 && r->split[1].pool == pweb &&
+		      r->split[1].weight == 10,
+		      "route split: expected [api 90, web 10], got n %zu [%d %u, %d %u]", r->nsplit, r->split[0].pool,
+		      r->split[0].weight, r->split[1].pool, r->split[1].weight);
+		CHECK(r->nlisteners == 0 && r->nhosts == 0 && r->npaths == 0 && r->nmethods == 0 && r->nheaders == 0,
+		      "route split: expected no conditions");
+		CHECK(r->response_timeout == 0 && r->max_body_size == 0, "route split overrides: expected 0, 0");
+	}
+	lb_conf_free(c);
+	end("conf/valid_full");
+}
+
+static const char conf_min[] =
+	"[pool p]\n"
+	"server = s1 127.0.0.1:9000\n"
+	"[listener l]\n"
+	"bind = 127.0.0.1:8000\n"
+	"pool = p\n";
+
+static void test_conf_defaults(void)
+{
+	struct lb_conf *c;
+	begin();
+	int rc = conf_parse(conf_min, &c);
+	CHECK(rc == 0 && c, "expected 0, got %d: %s", rc, errs_str());
+	if (rc == 0 && c) {
+		CHECK(c->workers == 0, "workers: expected 0 (auto), got %u", c->workers);
+		CHECK(c->max_connections == 100000, "max_connections: expected 100000, got %u", c->max_connections);
+		CHECK(c->pid_file == NULL, "pid_file: expected NULL, got %s", c->pid_file);
+		CHECK(cstr_is(c->access_log, "stdout"), "access_log: expected stdout, got %s",
+		      c->access_log ? c->access_log : "(null)");
+		CHECK(cstr_is(c->error_log, "stderr"), "error_log: expected stderr, got %s",
+		      c->error_log ? c->error_log : "(null)");
+		CHECK(c->log_format == LB_LOG_COMBINED, "log_format: expected %d, got %d", LB_LOG_COMBINED, c->log_format);
+		CHECK(c->nlisteners == 1 && c->npools == 1 && c->nroutes == 0, "counts: got %zu listeners %zu pools %zu routes",
+		      c->nlisteners, c->npools, c->nroutes);
+		if (c->nlisteners == 1) {
+			struct lb_listener *l = &c->listeners[0];
+			CHECK(l->mode == LB_MODE_HTTP, "mode default: expected http, got %d", l->mode);
+			CHECK(l->pool == 0, "pool: expected 0, got %d", l->pool);
+			CHECK(l->header_timeout == 10000 && l->idle_timeout == 60000 && l->max_header_size == 16384 &&
+			      l->max_body_size == 10485760,
+			      "listener defaults: expected 10000/60000/16384/10485760, got %" PRIu64 "/%" PRIu64 "/%" PRIu64
+			      "/%" PRIu64, l->header_timeout, l->idle_timeout, l->max_header_size, l->max_body_size);
+		}
+		if (c->npools == 1) {
+			struct lb_pool *p = &c->pools[0];
+			CHECK(p->algorithm == LB_ALGO_RR && p->connect_timeout == 3000 && p->response_timeout == 60000 &&
+			      p->keepalive == 32 && p->retries == 1,
+			      "pool defaults: expected rr/3000/60000/32/1, got %d/%" PRIu64 "/%" PRIu64 "/%u/%u", p->algorithm,
+			      p->connect_timeout, p->response_timeout, p->keepalive, p->retries);
+			if (p->nservers == 1)
+				CHECK(p->servers[0].weight == 1 && p->servers[0].max_conn == 0 && !p->servers[0].backup &&
+				      !p->servers[0].disabled, "server defaults: weight %u max_conn %u backup %d disabled %d",
+				      p->servers[0].weight, p->servers[0].max_conn, p->servers[0].backup, p->servers[0].disabled);
+		}
+		lb_conf_free(c);
+	}
+	rc = conf_parse("[log]\naccess = off\n[pool p]\nserver = s1 127.0.0.1:9000\n[listener l]\n"
+	                "bind = 127.0.0.1:8000\npool = p\n", &c);
+	CHECK(rc == 0 && c, "access = off: expected 0, got %d: %s", rc, errs_str());
+	if (rc == 0 && c) {
+		CHECK(c->access_log == NULL, "access = off: expected NULL, got %s", c->access_log);
+		lb_conf_free(c);
+	}
+	/* other algorithms */
+	static const struct { const char *v; int a; } al[] = {
+		{ "round_robin", LB_ALGO_RR }, { "least_conn", LB_ALGO_LEASTCONN },
+		{ "ip_hash", LB_ALGO_IPHASH }, { "random2", LB_ALGO_RANDOM2 },
+	};
+	for (size_t i = 0; i < 4; i++) {
+		char t[300];
+		snprintf(t, sizeof t, "[pool p]\nserver = s1 127.0.0.1:9000\nalgorithm = %s\n[listener l]\n"
+		         "bind = 127.0.0.1:8000\npool = p\n", al[i].v);
+		rc = conf_parse(t, &c);
+		CHECK(rc == 0 && c, "algorithm = %s: expected 0, got %d: %s", al[i].v, rc, errs_str());
+		if (rc == 0 && c) {
+			CHECK(c->pools[0].algorithm == al[i].a, "algorithm = %s: expected %d, got %d", al[i].v, al[i].a,
+			      c->pools[0].algorithm);
+			lb_conf_free(c);
+		}
+	}
+	end("conf/defaults");
+}
+
+static void test_conf_scaler(void)
+{
+	static const char t[] =
+		"[pool p]\n"
+		"server = s1 127.0.0.1:9000\n"
+		"[listener l]\n"
+		"bind = 127.0.0.1:8000\n"
+		"pool = p\n"
+		"[scaler]\n"
+		"pool = p\n"
+		"admin_url = http://127.0.0.1:8404\n"
+		"admin_token_file = /etc/lb/admin.token\n"
+		"api_url = https://api.linode.com/v4\n"
+		"token_file = /etc/lb/linode.token\n"
+		"region = us-east\n"
+		"type = g6-nanode-1\n"
+		"image = linode/debian12\n"
+		"user_data = /etc/lb/cloud-init.yaml\n"
+		"authorized_keys_file = /root/.ssh/authorized_keys\n"
+		"tag = lb-pool-p\n"
+		"min = 2\n"
+		"max = 10\n"
+		"scale_up_cpu = 80\n"
+		"scale_down_cpu = 30\n"
+		"scale_down_after = 10m\n"
+		"cooldown = 5m\n"
+		"interval = 30s\n"
+		"server_port = 80\n"
+		"server_address = private\n";
+	struct lb_conf *c;
+	begin();
+	int rc = conf_parse(t, &c);
+	CHECK(rc == 0 && c, "expected 0, got %d: %s", rc, errs_str());
+	if (c)
+		lb_conf_free(c);
+	end("conf/scaler_section_accepted");
+}
+
+#define BASE "[pool p]\nserver = s1 127.0.0.1:9000\n[listener l]\nbind = 127.0.0.1:8000\npool = p\n" /* lines 1-5 */
+
+struct cf_err {
+	const char *name;
+	const char *text;
+	int line;        /* an error must be reported at this line */
+	int alt_line;    /* or at this one (0: none) */
+	const char *sub; /* and its message must contain this (NULL: any) */
+	int only;        /* 1: no error may be reported at any other line */
+};
+
+static char cf_long[800], cf_long_shift[900], cf_long_name[900], cf_many[4000];
+
+static const struct cf_err cf_errs[] = {
+	{ "unknown_key", BASE "bnd = 127.0.0.1:8001\n", 6, 0, NULL, 1 },
+	{ "unknown_global_key", "[global]\nfoo = 1\n" BASE, 2, 0, NULL, 1 },
+	{ "unknown_section_kind", BASE "[frontend x]\nbind = 127.0.0.1:8001\n", 6, 0, NULL, 0 },
+	{ "key_outside_section", "workers = 2\n" BASE, 1, 0, NULL, 1 },
+	{ "duplicate_pool_section", BASE "[pool p]\nserver = s2 127.0.0.1:9001\n", 6, 0, NULL, 0 },
+	{ "duplicate_listener_section", BASE "[listener l]\nbind = 127.0.0.1:8001\n", 6, 0, NULL, 0 },
+	{ "route_unknown_pool", BASE "[route r]\npath = /x\npool = nope\n", 8, 0, NULL, 0 },
+	{ "route_unknown_listener", BASE "[route r]\nlistener = nope\npool = p\n", 7, 0, NULL, 0 },
+	{ "split_unknown_pool", BASE "[route r]\nsplit = p 50, nope 50\n", 7, 0, NULL, 0 },
+	{ "listener_unknown_pool",
+	  "[pool p]\nserver = s1 127.0.0.1:9000\n[listener l]\nbind = 127.0.0.1:8000\npool = nope\n", 5, 0, NULL, 1 },
+	{ "same_bind_two_listeners", BASE "[listener m]\nbind = 127.0.0.1:8000\npool = p\n", 7, 0, NULL, 1 },
+	{ "server_weight_0",
+	  "[pool p]\nserver = s1 127.0.0.1:9000 weight=0\n[listener l]\nbind = 127.0.0.1:8000\npool = p\n", 2, 0, NULL, 0 },
+	{ "server_weight_abc",
+	  "[pool p]\nserver = s1 127.0.0.1:9000 weight=abc\n[listener l]\nbind = 127.0.0.1:8000\npool = p\n", 2, 0, NULL, 0 },
+	{ "server_missing_address",
+	  "[pool p]\nserver = s0 127.0.0.1:9001\nserver = s1\n[listener l]\nbind = 127.0.0.1:8000\npool = p\n", 3, 0, NULL, 0 },
+	{ "duplicate_server_name",
+	  "[pool p]\nserver = s1 127.0.0.1:9000\nserver = s1 127.0.0.1:9001\n[listener l]\nbind = 127.0.0.1:8000\n"
+	  "pool = p\n", 3, 0, NULL, 1 },
+	{ "bad_duration", BASE "header_timeout = 10\n", 6, 0, NULL, 1 },
+	{ "bad_size", BASE "max_header_size = 16q\n", 6, 0, NULL, 1 },
+	{ "bad_algorithm",
+	  "[pool p]\nserver = s1 127.0.0.1:9000\nalgorithm = fastest\n[listener l]\nbind = 127.0.0.1:8000\npool = p\n",
+	  3, 0, NULL, 1 },
+	{ "bad_mode", BASE "mode = udp\n", 6, 0, NULL, 1 },
+	{ "bad_bind_port_0", BASE "bind = 127.0.0.1:0\n", 6, 0, NULL, 1 },
+	{ "empty_bind", BASE "bind =\n", 6, 0, NULL, 1 },
+	{ "bad_workers", "[global]\nworkers = many\n" BASE, 2, 0, NULL, 1 },
+	{ "bad_log_format", "[log]\nformat = xml\n" BASE, 2, 0, NULL, 1 },
+	{ "bad_route_header", BASE "[route r]\nheader = NoColonHere\npool = p\n", 7, 0, NULL, 0 },
+	{ "repeated_key_listener_pool", BASE "pool = p\n", 6, 0, NULL, 1 },
+	{ "repeated_key_algorithm",
+	  "[pool p]\nserver = s1 127.0.0.1:9000\nalgorithm = round_robin\nalgorithm = least_conn\n[listener l]\n"
+	  "bind = 127.0.0.1:8000\npool = p\n", 4, 0, NULL, 1 },
+	{ "indented_continuation_of_bind", BASE "bind = 127.0.0.1:8001\n  127.0.0.1:8002\n", 7, 0, NULL, 1 },
+	{ "indented_continuation_of_timeout", BASE "header_timeout = 5s\n\t10s\n", 7, 0, NULL, 1 },
+	{ "line_too_long", cf_long, 2, 0, NULL, 1 },
+	{ "line_numbers_after_long_line", cf_long_shift, 8, 0, NULL, 0 },
+	{ "section_name_too_long", cf_long_name, 6, 0, NULL, 0 },
+	{ "line_without_equals", BASE "garbage\n", 6, 0, NULL, 1 },
+	{ "section_without_name", BASE "[listener]\nbind = 127.0.0.1:8001\n", 6, 0, NULL, 0 },
+	{ "tcp_listener_without_pool",
+	  "[pool p]\nserver = s1 127.0.0.1:9000\n[listener l]\nbind = 127.0.0.1:8000\nmode = tcp\n", 3, 0, NULL, 1 },
+	{ "listener_without_bind", "[pool p]\nserver = s1 127.0.0.1:9000\n[listener l]\npool = p\n", 3, 0, NULL, 1 },
+	{ "unsupported_listener_tls", BASE "tls = on\n", 6, 0, "not supported", 1 },
+	{ "unsupported_pool_health_check",
+	  "[pool p]\nserver = s1 127.0.0.1:9000\nhealth_check = tcp\n[listener l]\nbind = 127.0.0.1:8000\npool = p\n",
+	  3, 0, "not supported", 1 },
+	{ "unsupported_route_rate_limit", BASE "[route r]\npool = p\nrate_limit = 10/second\n", 8, 0, "not supported", 1 },
+	{ "unsupported_admin_section", BASE "[admin]\nbind = 127.0.0.1:8404\n", 7, 6, "not supported", 1 },
+};
+
+static void build_conf_inputs(void)
+{
+	char line[400];
+	mkstr(line, sizeof line, "pid_file = /", 'a', 250, "\n");
+	snprintf(cf_long, sizeof cf_long, "[global]\n%s" BASE, line);
+	/* long line at 2, unknown key at 8 */
+	snprintf(cf_long_shift, sizeof cf_long_shift, "[global]\n%s" BASE "bnd = 127.0.0.1:8001\n", line);
+	mkstr(line, sizeof line, "[pool ", 'x', 70, "]\n");
+	snprintf(cf_long_name, sizeof cf_long_name, BASE "%sserver = s9 127.0.0.1:9009\n", line);
+	size_t n = (size_t)snprintf(cf_many, sizeof cf_many, BASE);
+	for (int i = 0; i < 70; i++)
+		n += (size_t)snprintf(cf_many + n, sizeof cf_many - n, "bad_key_%d = 1\n", i);
+}
+
+static void test_conf_errors(void)
+{
+	for (size_t i = 0; i < sizeof cf_errs / sizeof cf_errs[0]; i++) {
+		const struct cf_err *e = &cf_errs[i];
+		struct lb_conf *c = (struct lb_conf *)&g_errs; /* sentinel: must become NULL */
+		size_t n = strlen(e->text);
+		char *b = dupbuf(e->text, n);
+		memset(&g_errs, 0, sizeof g_errs);
+		begin();
+		int rc = lb_conf_parse(b, n, &c, &g_errs);
+		free(b);
+		CHECK(rc == LB_EINVAL, "expected %d, got %d", LB_EINVAL, rc);
+		if (rc == 0 && c && c != (struct lb_conf *)&g_errs)
+			lb_conf_free(c);
+		else
+			CHECK(c == NULL, "*out not set to NULL on error");
+		if (rc == LB_EINVAL) {
+			CHECK(g_errs.total >= 1 && g_errs.n >= 1, "no error recorded (n %d total %d)", g_errs.n, g_errs.total);
+			int ok = err_at(e->line, e->sub) || (e->alt_line && err_at(e->alt_line, e->sub));
+			CHECK(ok, "expected an error at line %d%s%s%s, got %s", e->line, e->sub ? " containing \"" : "",
+			      e->sub ? e->sub : "", e->sub ? "\"" : "", errs_str());
+			for (int k = 0; e->only && k < g_errs.n && k < LB_CFG_MAX_ERRORS; k++)
+				CHECK(g_errs.e[k].line == e->line || (e->alt_line && g_errs.e[k].line == e->alt_line),
+				      "spurious error at line %d (only line %d is wrong): %s", g_errs.e[k].line, e->line,
+				      errs_str());
+		}
+		end("conf_error/%s", e->name);
+	}
+
+	/* several independent errors: all reported, each at its line */
+	{
+		static const char t[] =
+			"[global]\n"                             /* 1 */
+			"workers = many\n"                       /* 2 bad */
+			"[pool p]\n"                             /* 3 */
+			"server = s1 127.0.0.1:9000 weight=0\n"  /* 4 bad */
+			"server = s2 127.0.0.1:9001\n"           /* 5 */
+			"connect_timeout = soon\n"               /* 6 bad */
+			"[listener l]\n"                         /* 7 */
+			"bind = 127.0.0.1:8000\n"                /* 8 */
+			"pool = p\n"                             /* 9 */
+			"colour = blue\n"                        /* 10 bad */
+			"[route r]\n"                            /* 11 */
+			"pool = nope\n";                         /* 12 bad */
+		struct lb_conf *c;
+		static const int lines[] = { 2, 4, 6, 10, 12 };
+		begin();
+		int rc = conf_parse(t, &c);
+		CHECK(rc == LB_EINVAL, "expected %d, got %d", LB_EINVAL, rc);
+		if (rc == 0 && c)
+			lb_conf_free(c);
+		CHECK(g_errs.total >= 5, "total: expected >= 5, got %d (%s)", g_errs.total, errs_str());
+		for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++)
+			CHECK(err_at(lines[i], NULL), "no error at line %d: %s", lines[i], errs_str());
+		end("conf_error/multiple_errors_all_reported");
+	}
+	/* more errors than LB_CFG_MAX_ERRORS */
+	{
+		struct lb_conf *c;
+		begin();
+		int rc = conf_parse(cf_many, &c);
+		CHECK(rc == LB_EINVAL, "expected %d, got %d", LB_EINVAL, rc);
+		if (rc == 0 && c)
+			lb_conf_free(c);
+		CHECK(g_errs.n == LB_CFG_MAX_ERRORS, "n: expected %d, got %d", LB_CFG_MAX_ERRORS, g_errs.n);
+		CHECK(g_errs.total >= 70, "total: expected >= 70, got %d", g_errs.total);
+		CHECK(err_at(6, NULL) && err_at(6 + LB_CFG_MAX_ERRORS - 1, NULL), "first errors not kept: %s", errs_str());
+		end("conf_error/more_than_max_errors");
+	}
+}
+
+static void test_conf_resolve(void)
+{
+	static const char t[] =
+		"[pool p]\nserver = s1 127.0.0.1:9000\nserver = s2 10.1.2.3:81\n"
+		"[listener l]\nbind = 127.0.0.1:8000\npool = p\n";
+	struct lb_conf *c;
+	begin();
+	int rc = conf_parse(t, &c);
+	CHECK(rc == 0 && c, "parse: expected 0, got %d: %s", rc, errs_str());
+	if (rc == 0 && c) {
+		memset(&g_errs, 0, sizeof g_errs);
+		rc = lb_conf_resolve(c, &g_errs);
+		CHECK(rc == 0, "resolve: expected 0, got %d: %s", rc, errs_str());
+		if (rc == 0) {
+			const struct sockaddr_in *sa = (const struct sockaddr_in *)&c->listeners[0].binds[0].sa;
+			CHECK(c->listeners[0].binds[0].salen == sizeof(struct sockaddr_in) && sa->sin_family == AF_INET &&
+			      ntohs(sa->sin_port) == 8000 && ntohl(sa->sin_addr.s_addr) == 0x7f000001,
+			      "bind sockaddr: salen %u family %d port %u", (unsigned)c->listeners[0].binds[0].salen,
+			      sa->sin_family, (unsigned)ntohs(sa->sin_port));
+			sa = (const struct sockaddr_in *)&c->pools[0].servers[1].sa;
+			CHECK(c->pools[0].servers[1].salen == sizeof(struct sockaddr_in) && sa->sin_family == AF_INET &&
+			      ntohs(sa->sin_port) == 81 && ntohl(sa->sin_addr.s_addr) == 0x0a010203,
+			      "server sockaddr: salen %u family %d port %u", (unsigned)c->pools[0].servers[1].salen,
+			      sa->sin_family, (unsigned)ntohs(sa->sin_port));
+		}
+		lb_conf_free(c);
+	}
+	end("conf/resolve_numeric");
+}
+
+/* ------------------------------------------------------------------ 8. balancing */
+
+#define MAXS 8
+static struct lb_server bs[MAXS];
+
+static void mk_pool(struct lb_pool *p, struct lb_server *s, size_t n, const unsigned *w, int algo)
+{
+	memset(p, 0, sizeof *p);
+	memset(s, 0, n * sizeof *s);
+	snprintf(p->name, sizeof p->name, "test");
+	for (size_t i = 0; i < n; i++) {
+		snprintf(s[i].name, sizeof s[i].name, "s%zu", i);
+		snprintf(s[i].host, sizeof s[i].host, "10.0.0.%zu", i + 1);
+		s[i].port = 80;
+		s[i].weight = w ? w[i] : 1;
+		s[i].name_hash = lb_hash64(s[i].name, strlen(s[i].name));
+	}
+	p->servers = s;
+	p->nservers = n;
+	p->algorithm = algo;
+	p->connect_timeout = 3000;
+	p->response_timeout = 60000;
+	p->keepalive = 32;
+	p->retries = 1;
+}
+
+/* Index of the pick in p->servers, -1 for NULL, -2 for a pointer outside the array. */
+static int pick(struct lb_pool *p, uint64_t key, uint64_t rnd)
+{
+	struct lb_server *s = lb_pick(p, key, rnd);
+	if (!s)
+		return -1;
+	if (s < p->servers || s >= p->servers + p->nservers)
+		return -2;
+	return (int)(s - p->servers);
+}
+
+/* Pick with the servers' active counts set to act[] first (the caller's bookkeeping is ours). */
+static int pick_act(struct lb_pool *p, const unsigned *act, uint64_t key, uint64_t rnd)
+{
+	for (size_t i = 0; i < p->nservers; i++)
+		p->servers[i].active = act ? act[i] : 0;
+	return pick(p, key, rnd);
+}
+
+static const char *algo_name(int a)
+{
+	switch (a) {
+	case LB_ALGO_RR: return "round_robin";
+	case LB_ALGO_LEASTCONN: return "least_conn";
+	case LB_ALGO_IPHASH: return "ip_hash";
+	case LB_ALGO_RANDOM2: return "random2";
+	}
+	return "?";
+}
+
+static void test_rr_weights(void)
+{
+	static const unsigned w[3] = { 5, 3, 2 };
+	struct lb_pool p;
+	long cnt[3] = { 0, 0, 0 };
+	const long N = 100000;
+	begin();
+	mk_pool(&p, bs, 3, w, LB_ALGO_RR);
+	for (long i = 0; i < N; i++) {
+		int k = pick_act(&p, NULL, 0, sm64());
+		if (k < 0) {
+			failf("pick %ld returned %d", i, k);
+			break;
+		}
+		cnt[k]++;
+	}
+	for (int i = 0; i < 3; i++) {
+		double share = (double)cnt[i] / (double)N, exp = w[i] / 10.0;
+		CHECK(share > exp - 0.02 && share < exp + 0.02, "server %d (weight %u): expected %.0f%%, got %.2f%%", i,
+		      w[i], exp * 100, share * 100);
+	}
+	end("balance/round_robin_weights_5_3_2");
+}
+
+static void test_unusable_never_picked(void)
+{
+	static const int algos[] = { LB_ALGO_RR, LB_ALGO_LEASTCONN, LB_ALGO_IPHASH, LB_ALGO_RANDOM2 };
+	for (size_t a = 0; a < 4; a++) {
+		struct lb_pool p;
+		int seen[5] = { 0 };
+		begin();
+		/* s0 ok, s1 disabled, s2 down, s3 ok, s4 full (max_conn 2, active 2) */
+		mk_pool(&p, bs, 5, NULL, algos[a]);
+		bs[1].disabled = 1;
+		bs[2].down = 1;
+		bs[4].max_conn = 2;
+		static const unsigned act[5] = { 0, 0, 0, 0, 2 };
+		for (int i = 0; i < 4000; i++) {
+			int k = pick_act(&p, act, sm64(), sm64());
+			if (k < 0) {
+				failf("pick %d returned %d", i, k);
+				break;
+			}
+			seen[k]++;
+		}
+		CHECK(seen[1] == 0, "disabled server picked %d times", seen[1]);
+		CHECK(seen[2] == 0, "down server picked %d times", seen[2]);
+		CHECK(seen[4] == 0, "server at max_conn picked %d times", seen[4]);
+		CHECK(seen[0] > 0 && seen[3] > 0, "usable servers not both used: %d, %d", seen[0], seen[3]);
+		/* below max_conn it is usable again */
+		static const unsigned act2[5] = { 0, 0, 0, 0, 1 };
+		if (algos[a] != LB_ALGO_LEASTCONN) {
+			int got4 = 0;
+			for (int i = 0; i < 4000 && !got4; i++)
+				got4 = pick_act(&p, act2, sm64(), sm64()) == 4;
+			CHECK(got4, "server below max_conn (1 of 2) never picked");
+		}
+		end("balance/%s_skips_disabled_down_full", algo_name(algos[a]));
+	}
+}
+
+static void test_backup(void)
+{
+	static const int algos[] = { LB_ALGO_RR, LB_ALGO_LEASTCONN, LB_ALGO_IPHASH, LB_ALGO_RANDOM2 };
+	for (size_t a = 0; a < 4; a++) {
+		struct lb_pool p;
+		int seen[3] = { 0 };
+		begin();
+		mk_pool(&p, bs, 3, NULL, algos[a]);
+		bs[2].backup = 1;
+		static const unsigned act[3] = { 5, 5, 0 }; /* the backup is the least loaded */
+		for (int i = 0; i < 2000; i++) {
+			int k = pick_act(&p, act, sm64(), sm64());
+			if (k < 0) {
+				failf("pick returned %d with primaries up", k);
+				break;
+			}
+			seen[k]++;
+		}
+		CHECK(seen[2] == 0, "backup picked %d times while primaries are usable", seen[2]);
+		bs[0].down = 1;
+		for (int i = 0; i < 500; i++) {
+			int k = pick_act(&p, act, sm64(), sm64());
+			if (k != 1) {
+				failf("one primary down: expected 1 (the other primary), got %d", k);
+				break;
+			}
+		}
+		bs[1].disabled = 1;
+		for (int i = 0; i < 500; i++) {
+			int k = pick_act(&p, act, sm64(), sm64());
+			if (k != 2) {
+				failf("primaries down/disabled: expected 2 (backup), got %d", k);
+				break;
+			}
+		}
+		bs[2].down = 1;
+		int k = pick_act(&p, act, sm64(), sm64());
+		CHECK(k == -1, "all down/disabled: expected NULL, got %d", k);
+		end("balance/%s_backup_only_when_primaries_unusable", algo_name(algos[a]));
+	}
+}
+
+static void test_least_conn(void)
+{
+	struct lb_pool p;
+	begin();
+	mk_pool(&p, bs, 3, NULL, LB_ALGO_LEASTCONN);
+	static const struct { unsigned act[3]; int exp; } t[] = {
+		{ { 3, 1, 2 }, 1 }, { { 0, 4, 4 }, 0 }, { { 9, 9, 2 }, 2 }, { { 100, 50, 51 }, 1 },
+	};
+	for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+		int k = pick_act(&p, t[i].act, sm64(), sm64());
+		CHECK(k == t[i].exp, "active {%u,%u,%u}: expected %d, got %d", t[i].act[0], t[i].act[1], t[i].act[2],
+		      t[i].exp, k);
+	}
+	/* the least loaded is down -> next least */
+	bs[1].down = 1;
+	static const unsigned a1[3] = { 3, 1, 2 };
+	int k = pick_act(&p, a1, 0, 0);
+	CHECK(k == 2, "least (s1) down, active {3,1,2}: expected 2, got %d", k);
+	bs[1].down = 0;
+	bs[1].max_conn = 1;
+	k = pick_act(&p, a1, 0, 0);
+	CHECK(k == 2, "least (s1) at max_conn, active {3,1,2}: expected 2, got %d", k);
+	end("balance/least_conn_fewest_active");
+}
+
+static void test_random2(void)
+{
+	struct lb_pool p;
+	long cnt[4] = { 0 };
+	const long N = 100000;
+	begin();
+	mk_pool(&p, bs, 4, NULL, LB_ALGO_RANDOM2);
+	for (long i = 0; i < N; i++) {
+		int k = pick_act(&p, NULL, sm64(), sm64());
+		if (k < 0) {
+			failf("pick returned %d", k);
+			break;
+		}
+		cnt[k]++;
+	}
+	for (int i = 0; i < 4; i++) {
+		double share = (double)cnt[i] / (double)N;
+		CHECK(share > 0.20 && share < 0.30, "equal load: server %d expected 25%% +-5%%, got %.2f%%", i, share * 100);
+	}
+	/* prefers the less loaded of its two choices */
+	static const unsigned act[4] = { 10, 0, 10, 10 };
+	long one = 0;
+	for (long i = 0; i < 20000; i++)
+		one += pick_act(&p, act, sm64(), sm64()) == 1;
+	CHECK(one > 20000 * 4 / 10, "idle server among loaded ones: expected > 40%% of picks, got %.2f%%",
+	      one * 100.0 / 20000);
+	end("balance/random2_spread");
+}
+
+static void test_ip_hash(void)
+{
+	enum { NK = 100000 };
+	struct lb_pool p4, p5;
+	static struct lb_server s4[4], s5[5];
+	static signed char first[NK];
+	uint64_t *keys = malloc(NK * sizeof *keys);
+	long cnt[4] = { 0 };
+	if (!keys)
+		exit(2);
+	mk_pool(&p4, s4, 4, NULL, LB_ALGO_IPHASH);
+	mk_pool(&p5, s5, 5, NULL, LB_ALGO_IPHASH);
+
+	begin();
+	for (int i = 0; i < NK; i++)
+		keys[i] = sm64();
+	for (int i = 0; i < NK; i++) {
+		first[i] = (signed char)pick(&p4, keys[i], sm64());
+		if (first[i] < 0) {
+			failf("key %d: pick returned %d", i, first[i]);
+			break;
+		}
+		cnt[(int)first[i]]++;
+	}
+	if (!c_fail) {
+		for (int i = 0; i < 1000; i++) {
+			int k = pick(&p4, keys[i], sm64());
+			if (k != first[i]) {
+				failf("key %d: first %d, then %d (other rnd)", i, first[i], k);
+				break;
+			}
+		}
+	}
+	end("balance/ip_hash_same_key_same_server");
+
+	begin();
+	for (int i = 0; i < 4; i++) {
+		double share = (double)cnt[i] / NK;
+		CHECK(share > 0.20 && share < 0.30, "server %d: expected 25%% +-5%%, got %.2f%%", i, share * 100);
+	}
+	end("balance/ip_hash_distribution_4_servers");
+
+	begin();
+	{
+		long moved = 0, wrong = 0;
+		for (int i = 0; i < NK && first[i] >= 0; i++) {
+			int k = pick(&p5, keys[i], 0);
+			if (k < 0) {
+				failf("5 servers: pick returned %d", k);
+				break;
+			}
+			if (strcmp(s5[k].name, s4[(int)first[i]].name) != 0) {
+				moved++;
+				if (k != 4)
+					wrong++;
+			}
+		}
+		CHECK(moved * 100 <= (long)NK * 22, "adding a 5th server moved %.2f%% of keys (expected <= 22%%)",
+		      moved * 100.0 / NK);
+		CHECK(moved * 100 >= (long)NK * 10, "adding a 5th server moved only %.2f%% of keys (expected ~20%%)",
+		      moved * 100.0 / NK);
+		CHECK(wrong == 0, "%ld keys moved between old servers (expected only to the new one)", wrong);
+	}
+	end("balance/ip_hash_add_server_moves_few_keys");
+
+	begin();
+	{
+		long bad = 0, bad_stay = 0;
+		s4[2].down = 1;
+		for (int i = 0; i < NK && first[i] >= 0; i++) {
+			int k = pick(&p4, keys[i], 0);
+			if (first[i] != 2 && k != first[i])
+				bad++;
+			if (k == 2 || k < 0)
+				bad_stay++;
+		}
+		CHECK(bad == 0, "%ld keys of other servers moved when s2 went down", bad);
+		CHECK(bad_stay == 0, "%ld keys still on the down server (or NULL)", bad_stay);
+		s4[2].down = 0;
+		long back = 0;
+		for (int i = 0; i < NK && first[i] >= 0; i++)
+			back += pick(&p4, keys[i], 0) != first[i];
+		CHECK(back == 0, "%ld keys not back on their server after s2 came back", back);
+	}
+	end("balance/ip_hash_down_server_moves_only_its_keys");
+
+	/* realistic keys: lb_hash64 of sequential client addresses */
+	begin();
+	{
+		long c4[4] = { 0 };
+		for (uint32_t i = 0; i < NK; i++) {
+			unsigned char ip[4] = { 10, (unsigned char)(i >> 16), (unsigned char)(i >> 8), (unsigned char)i };
+			int k = pick(&p4, lb_hash64(ip, 4), 0);
+			if (k < 0) {
+				failf("pick returned %d", k);
+				break;
+			}
+			c4[k]++;
+		}
+		for (int i = 0; i < 4; i++)
+			CHECK(c4[i] > NK / 5 && c4[i] < NK * 3 / 10, "server %d: expected 25%% +-5%%, got %.2f%%", i,
+			      c4[i] * 100.0 / NK);
+	}
+	end("balance/ip_hash_sequential_client_addresses");
+	free(keys);
+}
+
+static void test_pick_none(void)
+{
+	static const int algos[] = { LB_ALGO_RR, LB_ALGO_LEASTCONN, LB_ALGO_IPHASH, LB_ALGO_RANDOM2 };
+	begin();
+	for (size_t a = 0; a < 4; a++) {
+		struct lb_pool p;
+		int k;
+		mk_pool(&p, bs, 3, NULL, algos[a]);
+		bs[0].down = bs[1].down = bs[2].down = 1;
+		k = pick_act(&p, NULL, 1, 1);
+		CHECK(k == -1, "%s all down: expected NULL, got %d", algo_name(algos[a]), k);
+		mk_pool(&p, bs, 3, NULL, algos[a]);
+		bs[0].disabled = bs[1].disabled = bs[2].disabled = 1;
+		k = pick_act(&p, NULL, 1, 1);
+		CHECK(k == -1, "%s all disabled: expected NULL, got %d", algo_name(algos[a]), k);
+		mk_pool(&p, bs, 3, NULL, algos[a]);
+		static const unsigned act[3] = { 1, 1, 1 };
+		bs[0].max_conn = bs[1].max_conn = bs[2].max_conn = 1;
+		k = pick_act(&p, act, 1, 1);
+		CHECK(k == -1, "%s all at max_conn: expected NULL, got %d", algo_name(algos[a]), k);
+		mk_pool(&p, bs, 0, NULL, algos[a]);
+		k = pick(&p, 1, 1);
+		CHECK(k == -1, "%s no servers: expected NULL, got %d", algo_name(algos[a]), k);
+	}
+	end("balance/null_when_none_usable");
+}
+
+/* ------------------------------------------------------------------ 9. routing */
+
+static const char conf_routes[] =
+	"[pool p]\n"
+	"server = s1 127.0.0.1:9000\n"
+	"[pool q]\n"
+	"server = s2 127.0.0.1:9001\n"
+	"[listener a]\n"
+	"bind = 127.0.0.1:8001\n"
+	"[listener b]\n"
+	"bind = 127.0.0.1:8002\n"
+	"[route exact_host]\n"
+	"host = www.example.com\n"
+	"pool = p\n"
+	"[route wild]\n"
+	"host = *.example.com\n"
+	"path = /x\n"
+	"pool = p\n"
+	"[route api]\n"
+	"path = /api/*\n"
+	"pool = p\n"
+	"[route methods]\n"
+	"path = /m\n"
+	"method = PUT, DELETE\n"
+	"pool = p\n"
+	"[route canary]\n"
+	"path = /c\n"
+	"header = X-Canary: yes\n"
+	"pool = q\n"
+	"[route any_value]\n"
+	"path = /c\n"
+	"header = X-Any: *\n"
+	"pool = p\n"
+	"[route only_b]\n"
+	"listener = b\n"
+	"path = /b\n"
+	"pool = q\n"
+	"[route first]\n"
+	"path = /dup\n"
+	"pool = p\n"
+	"[route second]\n"
+	"path = /dup\n"
+	"pool = q\n"
+	"[route split]\n"
+	"path = /s\n"
+	"split = p 90, q 10\n";
+
+static void test_routes(void)
+{
+	static const struct {
+		const char *name, *listener, *raw, *route; /* route NULL: no match */
+	} t[] = {
+		{ "exact_host", "a", "GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n", "exact_host" },
+		{ "exact_host_upper_with_port", "a", "GET /any HTTP/1.1\r\nHost: WWW.Example.COM:8080\r\n\r\n", "exact_host" },
+		{ "exact_host_wins_over_later", "a", "GET /x HTTP/1.1\r\nHost: www.example.com\r\n\r\n", "exact_host" },
+		{ "wildcard_subdomain", "a", "GET /x HTTP/1.1\r\nHost: a.example.com\r\n\r\n", "wild" },
+		{ "wildcard_not_apex", "a", "GET /x HTTP/1.1\r\nHost: example.com\r\n\r\n", NULL },
+		{ "wildcard_not_suffix_only", "a", "GET /x HTTP/1.1\r\nHost: xexample.com\r\n\r\n", NULL },
+		{ "wildcard_path_must_match", "a", "GET /y HTTP/1.1\r\nHost: a.example.com\r\n\r\n", NULL },
+		{ "exact_path_not_prefix", "a", "GET /x/y HTTP/1.1\r\nHost: a.example.com\r\n\r\n", NULL },
+		{ "prefix_bare", "a", "GET /api HTTP/1.1\r\nHost: foo\r\n\r\n", "api" },
+		{ "prefix_slash", "a", "GET /api/ HTTP/1.1\r\nHost: foo\r\n\r\n", "api" },
+		{ "prefix_deeper", "a", "GET /api/v1/users?x=1 HTTP/1.1\r\nHost: foo\r\n\r\n", "api" },
+		{ "prefix_not_apix", "a", "GET /apix HTTP/1.1\r\nHost: foo\r\n\r\n", NULL },
+		{ "prefix_not_ap", "a", "GET /ap HTTP/1.1\r\nHost: foo\r\n\r\n", NULL },
+		{ "prefix_after_normalisation", "a", "GET /x/../api/v1 HTTP/1.1\r\nHost: foo\r\n\r\n", "api" },
+		{ "prefix_escaped", "a", "GET /%61pi/v1 HTTP/1.1\r\nHost: foo\r\n\r\n", "api" },
+		{ "prefix_absolute_form", "a", "GET http://foo/api/v1 HTTP/1.1\r\nHost: foo\r\n\r\n", "api" },
+		{ "method_put", "a", "PUT /m HTTP/1.1\r\nHost: foo\r\nContent-Length: 0\r\n\r\n", "methods" },
+		{ "method_delete", "a", "DELETE /m HTTP/1.1\r\nHost: foo\r\n\r\n", "methods" },
+		{ "method_get_no_match", "a", "GET /m HTTP/1.1\r\nHost: foo\r\n\r\n", NULL },
+		{ "header_value", "a", "GET /c HTTP/1.1\r\nHost: foo\r\nX-Canary: yes\r\n\r\n", "canary" },
+		{ "header_name_case", "a", "GET /c HTTP/1.1\r\nHost: foo\r\nx-canary: yes\r\n\r\n", "canary" },
+		{ "header_other_value", "a", "GET /c HTTP/1.1\r\nHost: foo\r\nX-Canary: no\r\n\r\n", NULL },
+		{ "header_any_value", "a", "GET /c HTTP/1.1\r\nHost: foo\r\nX-Any: whatever\r\n\r\n", "any_value" },
+		{ "header_any_after_failed", "a", "GET /c HTTP/1.1\r\nHost: foo\r\nX-Canary: no\r\nX-Any: 1\r\n\r\n",
+		  "any_value" },
+		{ "header_absent", "a", "GET /c HTTP/1.1\r\nHost: foo\r\n\r\n", NULL },
+		{ "listener_restricted_other", "a", "GET /b HTTP/1.1\r\nHost: foo\r\n\r\n", NULL },
+		{ "listener_restricted_own", "b", "GET /b HTTP/1.1\r\nHost: foo\r\n\r\n", "only_b" },
+		{ "unrestricted_on_b", "b", "GET /api/x HTTP/1.1\r\nHost: foo\r\n\r\n", "api" },
+		{ "first_in_file_order", "a", "GET /dup HTTP/1.1\r\nHost: foo\r\n\r\n", "first" },
+		{ "no_route", "a", "GET /nothing HTTP/1.1\r\nHost: foo\r\n\r\n", NULL },
+		{ "http10_no_host", "a", "GET /api/z HTTP/1.0\r\n\r\n", "api" },
+	};
+	struct lb_conf *c;
+	int rc = conf_parse(conf_routes, &c);
+	begin();
+	CHECK(rc == 0 && c, "route config: expected 0, got %d: %s", rc, errs_str());
+	end("route/config_parses");
+	if (rc != 0 || !c)
+		return;
+	for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+		size_t len = strlen(t[i].raw);
+		char *b = dupbuf(t[i].raw, len);
+		struct lb_req req;
+		char host[LB_HOST_MAX], *path = NULL;
+		begin();
+		memset(&req, 0, sizeof req);
+		int prc = lb_parse_request(b, len, &req);
+		CHECK(prc == (int)len, "lb_parse_request: expected %zu, got %d", len, prc);
+		if (prc > 0) {
+			size_t hl = req.host.n < sizeof host ? req.host.n : sizeof host - 1;
+			for (size_t j = 0; j < hl; j++) {
+				char ch = req.host.p[j];
+				host[j] = (ch >= 'A' && ch <= 'Z') ? (char)(ch - 'A' + 'a') : ch;
+			}
+			host[hl] = 0;
+			path = malloc(req.path.n ? req.path.n : 1);
+			if (!path)
+				exit(2);
+			long pl = lb_normalize_path(req.path.p, req.path.n, path);
+			CHECK(pl >= 0, "lb_normalize_path(%s) failed: %ld", S(req.path), pl);
+			int li = find_listener(c, t[i].listener);
+			if (pl >= 0 && li >= 0) {
+				int r = lb_route_find(c, li, &req, host, hl, path, (size_t)pl);
+				int exp = -1;
+				if (t[i].route)
+					for (size_t j = 0; j < c->nroutes; j++)
+						if (strcmp(c->routes[j].name, t[i].route) == 0) {
+							exp = (int)j;
+							break;
+						}
+				CHECK(r == exp, "expected %s (%d), got %s (%d)", t[i].route ? t[i].route : "none", exp,
+				      r >= 0 && (size_t)r < c->nroutes ? c->routes[r].name : "none", r);
+			}
+			free(path);
+		}
+		free(b);
+		end("route/%s", t[i].name);
+	}
+
+	/* lb_route_pool: a plain route gives its pool, a split route 90/10 */
+	begin();
+	{
+		int pp = find_pool(c, "p"), pq = find_pool(c, "q");
+		struct lb_route *plain = NULL, *split = NULL;
+		for (size_t j = 0; j < c->nroutes; j++) {
+			if (strcmp(c->routes[j].name, "api") == 0) plain = &c->routes[j];
+			if (strcmp(c->routes[j].name, "split") == 0) split = &c->routes[j];
+		}
+		CHECK(plain && split, "routes api/split not found");
+		if (plain && split) {
+			int r = lb_route_pool(plain);
+			CHECK(r == pp, "plain route: expected pool %d, got %d", pp, r);
+			long np = 0, nq = 0;
+			for (int i = 0; i < 1000; i++) {
+				r = lb_route_pool(split);
+				np += r == pp;
+				nq += r == pq;
+			}
+			CHECK(np >= 890 && np <= 910 && nq >= 90 && nq <= 110 && np + nq == 1000,
+			      "split 90/10 over 1000: got %ld/%ld", np, nq);
+		}
+	}
+	end("route/route_pool_split");
+	lb_conf_free(c);
+}
+
+/* ------------------------------------------------------------------ main */
+
+int main(void)
+{
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	alarm(300); /* a hang in lb.c ends the run instead of blocking it */
+	build_chunk_inputs();
+	build_conf_inputs();
+
+	test_request_table();
+	test_request_details();
+	test_request_reuse();
+	test_header_find();
+	test_response_table();
+	test_resp_has_body();
+	test_chunk_table();
+	test_durations();
+	test_sizes();
+	test_bools();
+	test_hostports();
+	test_servers();
+	test_normalize();
+	test_request_id();
+	test_hash();
+	test_conf_full();
+	test_conf_defaults();
+	test_conf_scaler();
+	test_conf_errors();
+	test_conf_resolve();
+	test_rr_weights();
+	test_unusable_never_picked();
+	test_backup();
+	test_least_conn();
+	test_random2();
+	test_ip_hash();
+	test_pick_none();
+	test_routes();
+
+	printf("unit: %d passed, %d failed\n", n_pass, n_fail);
+	return n_fail ? 1 : 0;
+}
