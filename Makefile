@@ -1,0 +1,87 @@
+# lb — build, run the demo, test, benchmark, fuzz.
+#   make            build ./lb (BearSSL and inih linked statically)
+#   make run        demo: three backends + lb serving config.ini on 127.0.0.1:8080
+#   make test       unit + integration (epoll, poll, ASan builds) + fuzz smoke; ends "N passed, N failed"
+#   make bench      lb vs HAProxy vs nginx (Debian packages) with wrk; writes bench/results.md
+#   make fuzz       FUZZ=request SECS=60 ENGINE=libfuzzer|afl
+#   make asan       ./lb-asan and tests/unit-asan
+CC      ?= cc
+CFLAGS  ?= -O2 -g
+WARN    := -std=c11 -Wall -Wextra -Werror
+LIBS    := -l:libbearssl.a -l:libinih.a
+SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+PREFIX  ?= /usr/local
+FUZZ    ?= request
+SECS    ?= 60
+ENGINE  ?= libfuzzer
+FUZZERS := request response chunked
+
+.PHONY: all run test bench fuzz asan deps deps-test deps-bench install clean check
+
+all: lb
+
+lb: lb.c lb.h
+	$(CC) $(WARN) $(CFLAGS) lb.c -o $@ $(LIBS)
+
+lb-poll: lb.c lb.h
+	$(CC) $(WARN) $(CFLAGS) -DLB_POLL lb.c -o $@ $(LIBS)
+
+lb-asan: lb.c lb.h
+	$(CC) $(WARN) -O1 -g $(SAN) lb.c -o $@ $(LIBS)
+
+tests/unit: tests/unit.c lb.c lb.h
+	$(CC) $(WARN) -O1 -g -DLB_NO_MAIN -I. tests/unit.c lb.c -o $@ $(LIBS)
+
+tests/unit-asan: tests/unit.c lb.c lb.h
+	$(CC) $(WARN) -O1 -g $(SAN) -DLB_NO_MAIN -I. tests/unit.c lb.c -o $@ $(LIBS)
+
+fuzz/fuzz_%: fuzz/fuzz_%.c lb.c lb.h
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -DLB_NO_MAIN -I. $< lb.c -o $@ $(LIBS)
+
+fuzz/afl_%: fuzz/fuzz_%.c lb.c lb.h
+	AFL_QUIET=1 afl-clang-fast -g -O1 -DLB_NO_MAIN -I. $< lb.c -o $@ $(LIBS) -fsanitize=fuzzer
+
+asan: lb-asan tests/unit-asan
+
+# the same sources must also be clean under clang
+check: lb.c lb.h
+	clang $(WARN) -O2 -c lb.c -o /dev/null
+	clang $(WARN) -O2 -DLB_POLL -c lb.c -o /dev/null
+
+deps:
+	@bash tests/deps.sh run
+
+deps-test:
+	@bash tests/deps.sh test
+
+deps-bench:
+	@bash tests/deps.sh bench
+
+run: deps lb
+	@bash tests/demo.sh
+
+test: deps-test
+	$(MAKE) --no-print-directory lb lb-poll lb-asan tests/unit tests/unit-asan check \
+		$(addprefix fuzz/fuzz_,$(FUZZERS))
+	@bash tests/run.sh
+
+bench: deps-bench lb
+	@bash bench/run.sh
+
+fuzz: deps-test
+	@if [ "$(ENGINE)" = afl ]; then \
+		bash tests/deps.sh afl && $(MAKE) --no-print-directory fuzz/afl_$(FUZZ) && \
+		mkdir -p fuzz/out/$(FUZZ) && AFL_SKIP_CPUFREQ=1 AFL_NO_UI=1 timeout $(SECS) \
+		afl-fuzz -i fuzz/corpus/$(FUZZ) -o fuzz/out/$(FUZZ) -x fuzz/dict/http.dict -- fuzz/afl_$(FUZZ) || true; \
+	else \
+		$(MAKE) --no-print-directory fuzz/fuzz_$(FUZZ) && mkdir -p fuzz/out/$(FUZZ) && \
+		fuzz/fuzz_$(FUZZ) -max_total_time=$(SECS) -dict=fuzz/dict/http.dict fuzz/out/$(FUZZ) fuzz/corpus/$(FUZZ); \
+	fi
+
+install: lb
+	install -D -m 0755 lb $(DESTDIR)$(PREFIX)/bin/lb
+	install -D -m 0644 config.ini $(DESTDIR)/etc/lb/config.ini.example
+
+clean:
+	rm -f lb lb-poll lb-asan tests/unit tests/unit-asan fuzz/fuzz_* fuzz/afl_* *.o
+	rm -rf fuzz/out

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Install the Debian packages a make target needs, only those missing.
+# As root: apt-get installs them. Otherwise: print the exact command and fail.
+set -u
+what=${1:-run}
+pkgs="gcc make libc6-dev libbearssl-dev libinih-dev python3 curl"
+case "$what" in
+run) ;;
+test) pkgs="$pkgs clang libclang-rt-14-dev" ;;
+bench) pkgs="$pkgs wrk haproxy nginx-light util-linux" ;;
+afl) pkgs="$pkgs afl++" ;;
+*) echo "deps.sh: unknown set '$what'" >&2; exit 2 ;;
+esac
+missing=""
+for p in $pkgs; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+	echo "missing Debian packages:$missing" >&2
+	echo "run: sudo apt-get install -y --no-install-recommends$missing" >&2
+	exit 1
+fi
+echo "installing:$missing"
+# haproxy and nginx are only run by hand by the benchmark: keep their services from starting
+prc=/usr/sbin/policy-rc.d
+own_prc=0
+if [ "$what" = bench ] && [ ! -e $prc ]; then
+	printf '#!/bin/sh\nexit 101\n' > $prc && chmod 755 $prc && own_prc=1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq && apt-get install -y -qq --no-install-recommends $missing >/dev/null
+rc=$?
+[ $own_prc = 1 ] && rm -f $prc
+exit $rc

@@ -1,0 +1,1406 @@
+#!/usr/bin/env python3
+"""Integration tests for lb: real lb processes, real backends (tests/backend.py), real clients.
+
+    python3 tests/integration.py [--only SUBSTR] [--keep]
+
+The lb binary is $LB_BIN (default ./lb, relative to the repository root). Each test writes its own
+config with free ports, starts lb, checks, and stops every process it started (by PID). Backends are
+shared between tests. One line per test: "PASS name" or "FAIL name: reason"; then
+"integration: N passed, N failed"; exit status 1 when any test failed.
+"""
+import argparse
+import base64
+import hashlib
+import http.client
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BACKEND = os.path.join(ROOT, "tests", "backend.py")
+LB_BIN = os.environ.get("LB_BIN", "./lb")
+if not os.path.isabs(LB_BIN):
+    LB_BIN = os.path.normpath(os.path.join(ROOT, LB_BIN))
+HOST = "127.0.0.1"
+PIECE = 65536
+BLOCK = bytes(range(256)) * (PIECE // 256)  # the backend's /bytes pattern
+RID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class Fail(Exception):
+    pass
+
+
+class Timeout(BaseException):
+    """Raised by SIGALRM when a test overruns (BaseException: tests' `except Exception` lets it by)."""
+
+
+def check(cond, msg):
+    if not cond:
+        raise Fail(msg)
+
+
+def eq(actual, expected, what):
+    if actual != expected:
+        raise Fail("%s: expected %r, got %r" % (what, expected, actual))
+
+
+def short(b, n=120):
+    r = repr(b)
+    return r if len(r) <= n else r[:n] + "..."
+
+
+# ---------------------------------------------------------------------------------------- ports
+
+_used_ports = set()
+
+
+def free_port():
+    for _ in range(100):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.bind((HOST, 0))
+        p = s.getsockname()[1]
+        s.close()
+        if p not in _used_ports:
+            _used_ports.add(p)
+            return p
+    raise Fail("no free port")
+
+
+def listening_ports():
+    """Ports in LISTEN state (from /proc/net/tcp{,6}): checking needs no connection to lb."""
+    ports = set()
+    for fn in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(fn) as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    if len(parts) > 3 and parts[3] == "0A":
+                        ports.add(int(parts[1].rsplit(":", 1)[1], 16))
+        except OSError:
+            pass
+    return ports
+
+
+def wait_listening(ports, deadline, proc=None):
+    ports = set(ports)
+    while True:
+        if proc is not None and proc.poll() is not None:
+            return False
+        if ports <= listening_ports():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+
+
+# ---------------------------------------------------------------------------------------- processes
+
+def stop_proc(p, grace=3.0):
+    """SIGTERM, then SIGKILL after grace seconds. Returns the exit status."""
+    if p.poll() is None:
+        try:
+            p.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            p.wait(grace)
+        except subprocess.TimeoutExpired:
+            try:
+                p.kill()
+            except ProcessLookupError:
+                pass
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+    return p.returncode
+
+
+class Backend:
+    def __init__(self, name, mode, logdir):
+        self.name, self.mode, self.logdir = name, mode, logdir
+        self.port = None
+        self.proc = None
+
+    def start(self):
+        self.port = free_port()
+        self.err = open(os.path.join(self.logdir, "backend-%s.stderr" % self.name), "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, BACKEND, "--port", str(self.port), "--name", self.name, "--mode", self.mode],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.err, cwd=ROOT)
+
+    def wait_ready(self, deadline):
+        fd = self.proc.stdout.fileno()
+        buf = b""
+        while b"\n" not in buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            r, _, _ = select.select([fd], [], [], left)
+            if r:
+                d = os.read(fd, 100)
+                if not d:
+                    return False
+                buf += d
+        return buf.startswith(b"ready")
+
+    def stop(self):
+        if self.proc:
+            stop_proc(self.proc)
+            self.proc.stdout.close()
+            self.err.close()
+
+    def stats(self):
+        c = http.client.HTTPConnection(HOST, self.port, timeout=5)
+        try:
+            c.request("GET", "/stats")
+            return json.loads(c.getresponse().read())
+        finally:
+            c.close()
+
+
+class LB:
+    def __init__(self, ctx, conf_text, ports, tag="lb"):
+        self.ctx = ctx
+        self.ports = list(ports)
+        self.expected_exit = False
+        self.conf = os.path.join(ctx.dir, tag + ".ini")
+        with open(self.conf, "w") as f:
+            f.write(conf_text)
+        self.out_path = os.path.join(ctx.dir, tag + ".stdout")
+        self.err_path = os.path.join(ctx.dir, tag + ".stderr")
+        if not (os.path.isfile(LB_BIN) and os.access(LB_BIN, os.X_OK)):
+            raise Fail("lb binary not found or not executable: %s" % LB_BIN)
+        self.out = open(self.out_path, "wb")
+        self.err = open(self.err_path, "wb")
+        self.proc = subprocess.Popen([LB_BIN, "-c", self.conf], stdin=subprocess.DEVNULL,
+                                     stdout=self.out, stderr=self.err, cwd=ROOT)
+        self.pid = self.proc.pid
+        ctx.lbs.append(self)
+        if not wait_listening(self.ports, time.monotonic() + 5, self.proc):
+            if self.proc.poll() is not None:
+                raise Fail("lb exited with status %s at start: %s" % (self.proc.returncode, self.stderr_tail()))
+            raise Fail("lb not listening on %s within 5s: %s" % (self.ports, self.stderr_tail()))
+
+    def stderr(self):
+        try:
+            with open(self.err_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def stderr_tail(self, n=200):
+        lines = [l for l in self.stderr().splitlines() if l.strip()]
+        return (lines[-1][:n] if lines else "(no stderr)")
+
+    def stop(self, grace=5.0):
+        self.expected_exit = True
+        rc = stop_proc(self.proc, grace)
+        for f in (self.out, self.err):
+            try:
+                f.close()
+            except OSError:
+                pass
+        return rc
+
+
+class Ctx:
+    def __init__(self, suite, name):
+        self.suite = suite
+        self.b = suite.backends
+        self.dir = os.path.join(suite.tmp, name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.lbs = []
+
+    def lb(self, conf_text, ports, tag="lb"):
+        return LB(self, conf_text, ports, tag)
+
+    def cleanup(self):
+        problems = []
+        for lb in self.lbs:
+            rc = lb.proc.poll()
+            if rc is not None and not lb.expected_exit:
+                problems.append("lb exited unexpectedly with status %s: %s" % (rc, lb.stderr_tail()))
+            lb.stop()
+        return "; ".join(problems)
+
+
+# ---------------------------------------------------------------------------------------- config
+
+def config(*sections, access="off", fmt=None):
+    s = "[global]\nworkers = 1\n\n[log]\naccess = %s\n" % access
+    if fmt:
+        s += "format = %s\n" % fmt
+    return s + "\n" + "\n".join(sections)
+
+
+def _kv(kw):
+    return ["%s = %s" % (k, v) for k, v in kw.items() if v is not None]
+
+
+def listener(name, port, pool=None, mode="http", **kw):
+    lines = ["[listener %s]" % name, "bind = %s:%d" % (HOST, port), "mode = %s" % mode]
+    if pool:
+        lines.append("pool = %s" % pool)
+    return "\n".join(lines + _kv(kw)) + "\n"
+
+
+def pool(name, servers, **kw):
+    """servers: list of (name, port) or (name, port, options)."""
+    lines = ["[pool %s]" % name]
+    for s in servers:
+        lines.append(("server = %s %s:%d %s" % (s[0], HOST, s[1], s[2] if len(s) > 2 else "")).rstrip())
+    return "\n".join(lines + _kv(kw)) + "\n"
+
+
+def route(name, **kw):
+    return "\n".join(["[route %s]" % name] + _kv(kw)) + "\n"
+
+
+# ---------------------------------------------------------------------------------------- clients
+
+class Resp:
+    def __init__(self, status, reason, headers):
+        self.status, self.reason, self.headers = status, reason, headers
+        self.body = b""
+        self.nbytes = 0
+
+    def hdr(self, name):
+        vals = [v for n, v in self.headers if n == name.lower()]
+        return ", ".join(vals) if vals else None
+
+    @property
+    def backend(self):
+        return self.hdr("x-backend")
+
+
+def request(port, path, method="GET", headers=None, body=None, host=None, timeout=5.0):
+    """One request on a new connection (http.client); returns Resp with the whole body."""
+    c = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        c.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        c.putheader("Host", host or "%s:%d" % (HOST, port))
+        for k, v in (headers or {}).items():
+            c.putheader(k, v)
+        if body is not None:
+            c.putheader("Content-Length", str(len(body)))
+        c.endheaders(body)
+        r = c.getresponse()
+        resp = Resp(r.status, r.reason, [(k.lower(), v) for k, v in r.getheaders()])
+        resp.body = r.read()
+        resp.nbytes = len(resp.body)
+        return resp
+    finally:
+        c.close()
+
+
+class Closed(Fail):
+    pass
+
+
+class RawConn:
+    """A client connection with its own buffer: exact control of what is sent and read."""
+
+    def __init__(self, port, timeout=5.0):
+        self.sock = socket.create_connection((HOST, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = bytearray()
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.close()
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def _fill(self):
+        d = self.sock.recv(262144)
+        if not d:
+            return False
+        self.buf += d
+        return True
+
+    def readline(self, limit=1 << 20):
+        while True:
+            i = self.buf.find(b"\n")
+            if i >= 0:
+                line = bytes(self.buf[:i + 1])
+                del self.buf[:i + 1]
+                return line
+            if len(self.buf) > limit:
+                raise Fail("line longer than %d bytes" % limit)
+            if not self._fill():
+                line = bytes(self.buf)
+                self.buf.clear()
+                return line
+
+    def read_some(self, n):
+        if self.buf:
+            d = bytes(self.buf[:n])
+            del self.buf[:n]
+            return d
+        return self.sock.recv(min(n, 1 << 20))
+
+    def read_exact(self, n):
+        out = bytearray()
+        while len(out) < n:
+            d = self.read_some(n - len(out))
+            if not d:
+                raise Closed("connection closed after %d of %d bytes" % (len(out), n))
+            out += d
+        return bytes(out)
+
+    def read_until_eof(self, limit=1 << 26):
+        out = bytearray(self.buf)
+        self.buf.clear()
+        while True:
+            d = self.sock.recv(262144)
+            if not d:
+                return bytes(out)
+            out += d
+            if len(out) > limit:
+                raise Fail("more than %d bytes before EOF" % limit)
+
+    def closed_within(self, seconds):
+        """True when the peer closes (EOF or reset) within seconds with no further data."""
+        if self.buf:
+            return False
+        deadline = time.monotonic() + seconds
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            r, _, _ = select.select([self.sock], [], [], left)
+            if not r:
+                return False
+            try:
+                d = self.sock.recv(4096)
+            except (ConnectionResetError, ConnectionAbortedError):
+                return True
+            if not d:
+                return True
+            self.buf += d
+            return False
+
+    def stray(self, seconds):
+        """Bytes that arrive within seconds when none are expected (b"" when quiet); they stay buffered."""
+        if not self.buf:
+            r, _, _ = select.select([self.sock], [], [], seconds)
+            if r:
+                try:
+                    self.buf += self.sock.recv(4096)
+                except OSError:
+                    pass
+        return bytes(self.buf)
+
+    def read_response(self, method="GET", sink=None):
+        line = self.readline()
+        if not line:
+            raise Closed("connection closed before a response")
+        m = re.match(rb"HTTP/1\.[01] (\d{3})(?: ([^\r\n]*))?\r\n$", line)
+        if not m:
+            raise Fail("bad status line %s" % short(line))
+        headers = []
+        while True:
+            h = self.readline()
+            if not h:
+                raise Closed("connection closed inside a response head")
+            if h == b"\r\n":
+                break
+            name, sep, value = h.decode("latin-1").partition(":")
+            if not sep:
+                raise Fail("bad response header line %s" % short(h))
+            headers.append((name.strip().lower(), value.strip()))
+        resp = Resp(int(m.group(1)), (m.group(2) or b"").decode("latin-1"), headers)
+        parts = []
+
+        def deliver(d):
+            resp.nbytes += len(d)
+            if sink:
+                sink(d)
+            else:
+                parts.append(d)
+
+        if method == "HEAD" or resp.status < 200 or resp.status in (204, 304):
+            return resp
+        te = resp.hdr("transfer-encoding")
+        cl = resp.hdr("content-length")
+        if te and te.lower().split(",")[-1].strip() == "chunked":
+            while True:
+                sl = self.readline(8192)
+                if not sl.endswith(b"\r\n"):
+                    raise Fail("bad chunk size line %s" % short(sl))
+                size = int(sl[:-2].split(b";")[0].strip(), 16)
+                if size == 0:
+                    while True:
+                        t = self.readline(8192)
+                        if t == b"\r\n":
+                            break
+                        if not t:
+                            raise Closed("connection closed in trailers")
+                    break
+                while size:
+                    d = self.read_some(min(size, 1 << 20))
+                    if not d:
+                        raise Closed("connection closed inside a chunk")
+                    size -= len(d)
+                    deliver(d)
+                if self.read_exact(2) != b"\r\n":
+                    raise Fail("chunk not followed by CRLF")
+        elif cl is not None:
+            n = int(cl)
+            while n:
+                d = self.read_some(min(n, 1 << 20))
+                if not d:
+                    raise Closed("connection closed with %d body bytes missing" % n)
+                n -= len(d)
+                deliver(d)
+        else:
+            deliver(self.read_until_eof())
+        resp.body = b"".join(parts)
+        return resp
+
+
+def raw_request(path, host="x", method="GET", headers=(), body=b""):
+    lines = ["%s %s HTTP/1.1" % (method, path), "Host: %s" % host] + ["%s: %s" % h for h in headers]
+    if body:
+        lines.append("Content-Length: %d" % len(body))
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def xor_mask(data, mask):
+    n = len(data)
+    if not n:
+        return b""
+    m = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
+    return (int.from_bytes(data, "big") ^ m).to_bytes(n, "big")
+
+
+def ws_frame(opcode, payload, fin=True):
+    n = len(payload)
+    head = bytes([(0x80 if fin else 0) | opcode])
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 65536:
+        head += bytes([0x80 | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
+    mask = os.urandom(4)
+    return head + mask + xor_mask(payload, mask)
+
+
+def ws_read(conn):
+    b0, b1 = conn.read_exact(2)
+    n = b1 & 0x7F
+    if n == 126:
+        n = struct.unpack("!H", conn.read_exact(2))[0]
+    elif n == 127:
+        n = struct.unpack("!Q", conn.read_exact(8))[0]
+    check(not (b1 & 0x80), "server frame is masked")
+    return b0 & 0x0F, bool(b0 & 0x80), conn.read_exact(n)
+
+
+_pattern_sha = {}
+
+
+def pattern_sha(n):
+    if n not in _pattern_sha:
+        h = hashlib.sha256()
+        left = n
+        while left:
+            k = min(PIECE, left)
+            h.update(BLOCK[:k])
+            left -= k
+        _pattern_sha[n] = h.hexdigest()
+    return _pattern_sha[n]
+
+
+def count_by(items):
+    d = {}
+    for i in items:
+        d[i] = d.get(i, 0) + 1
+    return d
+
+
+# ---------------------------------------------------------------------------------------- tests
+
+TESTS = []
+
+
+def test(name, timeout=30):
+    def deco(fn):
+        TESTS.append((name, fn, timeout))
+        return fn
+    return deco
+
+
+@test("routing")
+def t_routing(ctx):
+    b = ctx.b
+    web, nodef = free_port(), free_port()
+    conf = config(
+        listener("web", web, pool="dflt"),
+        listener("nodef", nodef),
+        pool("p1", [("b1", b["b1"].port)]), pool("p2", [("b2", b["b2"].port)]),
+        pool("p3", [("b3", b["b3"].port)]), pool("p4", [("b4", b["b4"].port)]),
+        pool("p5", [("b5", b["b5"].port)]), pool("dflt", [("b6", b["b6"].port)]),
+        route("hosts", host="api.example.com, *.api.example.com", pool="p1"),
+        route("exact", path="/exact", pool="p2"),
+        route("prefix", path="/pre/*", pool="p3"),
+        route("hdr", header="X-Canary: yes", pool="p4"),
+        route("meth", method="DELETE", pool="p5"),
+        route("combo", path="/combo/*", method="POST", pool="p2"),
+        route("first1", path="/first/*", pool="p1"),
+        route("first2", path="/first/x", pool="p2"),
+    )
+    ctx.lb(conf, [web, nodef])
+    cases = [
+        # (port, method, path, host, headers, expected backend or status)
+        (web, "GET", "/", "api.example.com", {}, "b1"),
+        (web, "GET", "/", "x.api.example.com", {}, "b1"),
+        (web, "GET", "/", "API.Example.COM:8080", {}, "b1"),
+        (web, "GET", "/", "notapi.example.com", {}, "b6"),
+        (web, "GET", "/", "api.example.com.evil.test", {}, "b6"),
+        (web, "GET", "/exact", None, {}, "b2"),
+        (web, "GET", "/exact/more", None, {}, "b6"),
+        (web, "GET", "/exactly", None, {}, "b6"),
+        (web, "GET", "/pre/x/y", None, {}, "b3"),
+        (web, "GET", "/pre", None, {}, "b3"),
+        (web, "GET", "/prefix", None, {}, "b6"),
+        (web, "GET", "/h", None, {"X-Canary": "yes"}, "b4"),
+        (web, "GET", "/h", None, {"x-canary": "yes"}, "b4"),
+        (web, "GET", "/h", None, {"X-Canary": "no"}, "b6"),
+        (web, "DELETE", "/m", None, {}, "b5"),
+        (web, "GET", "/m", None, {}, "b6"),
+        (web, "POST", "/combo/1", None, {}, "b2"),
+        (web, "GET", "/combo/1", None, {}, "b6"),
+        (web, "GET", "/first/x", None, {}, "b1"),
+        (web, "GET", "/unmatched", None, {}, "b6"),
+        (nodef, "GET", "/unmatched", None, {}, 404),
+        (nodef, "GET", "/exact", None, {}, "b2"),
+    ]
+    for port, method, path, host, hdrs, want in cases:
+        body = b"x" if method == "POST" else None
+        r = request(port, path, method=method, host=host, headers=hdrs, body=body)
+        what = "%s %s host=%s %s on %s" % (method, path, host, hdrs, "web" if port == web else "nodef")
+        if isinstance(want, int):
+            eq(r.status, want, what + " status")
+        else:
+            eq(r.status, 200, what + " status")
+            eq(r.backend, want, what + " backend")
+
+
+@test("round_robin")
+def t_round_robin(ctx):
+    b = ctx.b
+    l1, l2 = free_port(), free_port()
+    conf = config(
+        listener("rr", l1, pool="rr"), listener("wrr", l2, pool="wrr"),
+        pool("rr", [("b1", b["b1"].port), ("b2", b["b2"].port), ("b3", b["b3"].port)],
+             algorithm="round_robin"),
+        pool("wrr", [("b1", b["b1"].port, "weight=1"), ("b2", b["b2"].port, "weight=2"),
+                     ("b3", b["b3"].port, "weight=1")], algorithm="round_robin"),
+    )
+    ctx.lb(conf, [l1, l2])
+    for port, n, want in ((l1, 30, {"b1": 10, "b2": 10, "b3": 10}),
+                          (l2, 40, {"b1": 10, "b2": 20, "b3": 10})):
+        c = http.client.HTTPConnection(HOST, port, timeout=5)
+        seen = []
+        try:
+            for i in range(n):
+                c.request("GET", "/rr/%d" % i)
+                r = c.getresponse()
+                r.read()
+                eq(r.status, 200, "request %d status" % i)
+                seen.append(r.getheader("X-Backend"))
+        finally:
+            c.close()
+        eq(count_by(seen), want, "%d requests spread (%s)" % (n, "equal" if port == l1 else "weights 1,2,1"))
+
+
+@test("keepalive_reuse")
+def t_keepalive(ctx):
+    b1 = ctx.b["b1"]
+    port = free_port()
+    ctx.lb(config(listener("web", port, pool="one"), pool("one", [("b1", b1.port)], keepalive=32)), [port])
+    before = b1.stats()
+    for i in range(200):
+        r = request(port, "/ka/%d" % i)
+        eq(r.status, 200, "request %d status" % i)
+        eq(r.backend, "b1", "request %d backend" % i)
+    after = b1.stats()
+    reqs = after["requests"] - before["requests"] - 1
+    conns = after["connections"] - before["connections"] - 1
+    eq(reqs, 200, "requests seen by the backend")
+    check(conns < 50, "200 requests on new client connections opened %d backend connections (want < 50)" % conns)
+
+
+@test("pipelining")
+def t_pipelining(ctx):
+    b = ctx.b
+    port = free_port()
+    ctx.lb(config(listener("web", port, pool="rr"),
+                  pool("rr", [("b1", b["b1"].port), ("b2", b["b2"].port), ("b3", b["b3"].port)])), [port])
+    paths = ["/slow?ms=200"] + ["/pipe/%d" % i for i in range(1, 10)]
+    with RawConn(port) as c:
+        c.send(b"".join(raw_request(p) for p in paths))
+        for i, p in enumerate(paths):
+            r = c.read_response()
+            eq(r.status, 200, "response %d status" % i)
+            want = " /slow\n" if i == 0 else " %s\n" % p
+            check(r.body.decode("latin-1").endswith(want) and r.backend in ("b1", "b2", "b3"),
+                  "response %d out of order or wrong: body %s from %s, want ...%r" % (i, short(r.body), r.backend, want))
+        c.send(raw_request("/pipe/after"))
+        r = c.read_response()
+        check(r.status == 200 and r.body.endswith(b" /pipe/after\n"), "connection unusable after pipeline: %s" % short(r.body))
+
+
+def tree_rss_kb(pid):
+    """VmRSS of pid plus its children (lb may fork workers)."""
+    pids = [pid]
+    try:
+        for t in os.listdir("/proc/%d/task" % pid):
+            with open("/proc/%d/task/%s/children" % (pid, t)) as f:
+                pids += [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    total = 0
+    for p in pids:
+        try:
+            with open("/proc/%d/status" % p) as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, pid):
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.base = tree_rss_kb(pid)
+        self.peak = self.base
+        self.stop_ev = threading.Event()
+
+    def run(self):
+        while not self.stop_ev.wait(0.02):
+            self.peak = max(self.peak, tree_rss_kb(self.pid))
+
+    def stop(self):
+        self.stop_ev.set()
+        self.join(2)
+        return self.peak - self.base
+
+
+@test("big_transfers", timeout=100)
+def t_big(ctx):
+    b1 = ctx.b["b1"]
+    port = free_port()
+    lb = ctx.lb(config(listener("web", port, pool="one", max_body_size="1g", idle_timeout="30s"),
+                       pool("one", [("b1", b1.port)], response_timeout="30s")), [port])
+    N = 100 * 1024 * 1024
+    # warm up: buffers lb allocates once should not count as growth
+    with RawConn(port) as c:
+        c.send(raw_request("/bytes?n=1000000&chunked=1"))
+        eq(c.read_response().nbytes, 1000000, "warm-up download bytes")
+        c.send(raw_request("/upload", method="POST", body=os.urandom(1000000)))
+        eq(c.read_response().status, 200, "warm-up upload status")
+    time.sleep(0.2)
+    sampler = RssSampler(lb.pid)
+    check(sampler.base > 0, "cannot read VmRSS of lb pid %d" % lb.pid)
+    sampler.start()
+    try:
+        # 1) 100 MB chunked upload, chunks of varying size
+        src = os.urandom(1 << 20)
+        sizes = [65536, 1, 4093, 200000, 65535, 17, 131072, 300000]
+        h = hashlib.sha256()
+        with RawConn(port, timeout=30) as c:
+            c.send(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                   b"Content-Type: application/octet-stream\r\n\r\n")
+            sent, i, off = 0, 0, 0
+            try:
+                while sent < N:
+                    k = min(sizes[i % len(sizes)], N - sent)
+                    if off + k > len(src):
+                        off = 0
+                    piece = src[off:off + k]
+                    h.update(piece)
+                    c.send(b"%x\r\n" % k + piece + b"\r\n")
+                    sent += k
+                    off += k
+                    i += 1
+                c.send(b"0\r\n\r\n")
+            except OSError as e:
+                try:
+                    r = c.read_response()
+                    raise Fail("upload cut after %d bytes (%s), lb answered %d %s" % (sent, e, r.status, short(r.body)))
+                except (OSError, Fail) as e2:
+                    if isinstance(e2, Fail) and "lb answered" in str(e2):
+                        raise
+                    raise Fail("upload cut after %d bytes: %s" % (sent, e))
+            r = c.read_response()
+            eq(r.status, 200, "upload status")
+            got = json.loads(r.body)
+            eq(got["bytes"], N, "bytes the backend received")
+            eq(got["sha256"], h.hexdigest(), "sha256 of the uploaded body")
+        # 2) 100 MB downloads, chunked and with Content-Length
+        for q in ("/bytes?n=%d&chunked=1" % N, "/bytes?n=%d" % N):
+            h = hashlib.sha256()
+            with RawConn(port, timeout=30) as c:
+                c.send(raw_request(q))
+                r = c.read_response(sink=h.update)
+            eq(r.status, 200, q + " status")
+            eq(r.nbytes, N, q + " bytes received")
+            eq(h.hexdigest(), pattern_sha(N), q + " sha256")
+    finally:
+        growth = sampler.stop()
+    check(growth < 10 * 1024, "lb RSS grew by %d kB during 300 MB of transfers (limit 10240 kB)" % growth)
+
+
+@test("websocket")
+def t_websocket(ctx):
+    b1 = ctx.b["b1"]
+    port = free_port()
+    ctx.lb(config(listener("web", port, pool="one", idle_timeout="10s"), pool("one", [("b1", b1.port)])), [port])
+    key = base64.b64encode(os.urandom(16)).decode()
+    accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+    with RawConn(port) as c:
+        c.send(raw_request("/ws", headers=[("Upgrade", "websocket"), ("Connection", "Upgrade"),
+                                           ("Sec-WebSocket-Key", key), ("Sec-WebSocket-Version", "13")]))
+        r = c.read_response()
+        eq(r.status, 101, "handshake status")
+        eq((r.hdr("upgrade") or "").lower(), "websocket", "Upgrade header of the 101")
+        eq(r.hdr("sec-websocket-accept"), accept, "Sec-WebSocket-Accept")
+        msgs = [(0x1, "hello \u26a1 world".encode()), (0x2, bytes(range(256))), (0x1, b"m" * 300),
+                (0x2, os.urandom(100 * 1024)), (0x1, b"")]
+        for i, (op, payload) in enumerate(msgs):
+            c.send(ws_frame(op, payload))
+            rop, fin, data = ws_read(c)
+            eq((rop, fin, len(data)), (op, True, len(payload)), "frame %d echo (opcode, fin, length)" % i)
+            check(data == payload, "frame %d echoed payload differs" % i)
+        # several frames in one write
+        c.send(b"".join(ws_frame(0x1, b"batch %d" % i) for i in range(5)))
+        for i in range(5):
+            eq(ws_read(c)[2], b"batch %d" % i, "batched frame %d" % i)
+        c.send(ws_frame(0x8, struct.pack("!H", 1000)))
+        rop, fin, data = ws_read(c)
+        eq((rop, data), (0x8, struct.pack("!H", 1000)), "close frame echo")
+        check(c.closed_within(3), "tunnel not closed after the close handshake")
+
+
+@test("slowloris")
+def t_slowloris(ctx):
+    b1 = ctx.b["b1"]
+    port = free_port()
+    ctx.lb(config(listener("web", port, pool="one", header_timeout="1s", idle_timeout="5s"),
+                  pool("one", [("b1", b1.port)])), [port])
+    payload = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100
+    s = socket.create_connection((HOST, port), timeout=5)
+    got, closed_at, normal, i = b"", None, None, 0
+    t0 = time.monotonic()
+    try:
+        while time.monotonic() - t0 < 6 and closed_at is None:
+            if i < len(payload):
+                try:
+                    s.send(payload[i:i + 1])
+                except OSError:
+                    pass
+                i += 1
+            end = time.monotonic() + 0.3
+            while closed_at is None:
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+                r, _, _ = select.select([s], [], [], left)
+                if r:
+                    try:
+                        d = s.recv(4096)
+                    except OSError:
+                        d = b""
+                    if not d:
+                        closed_at = time.monotonic() - t0
+                    got += d
+            if normal is None and time.monotonic() - t0 > 0.5 and closed_at is None:
+                r = request(port, "/normal", timeout=2)
+                normal = (r.status, r.backend, round(time.monotonic() - t0, 2))
+    finally:
+        s.close()
+    eq(normal and normal[:2], (200, "b1"), "normal client served during the slow one")
+    check(got.startswith(b"HTTP/1.1 408"), "slow client got %s, want HTTP/1.1 408" % short(got[:60]))
+    check(closed_at is not None, "slow connection not closed within 6 s")
+    check(0.8 <= closed_at <= 3.5, "slow connection closed after %.2f s (header_timeout 1s; want 0.8..3.5)" % closed_at)
+
+
+@test("tcp_mode")
+def t_tcp(ctx):
+    b = ctx.b
+    pe, pc = free_port(), free_port()
+    ctx.lb(config(listener("techo", pe, pool="echo", mode="tcp", idle_timeout="5s"),
+                  listener("tcount", pc, pool="count", mode="tcp", idle_timeout="5s"),
+                  pool("echo", [("e1", b["echo"].port)]), pool("count", [("c1", b["count"].port)])), [pe, pc])
+    with RawConn(pe) as c:
+        c.send(b"hello\n")
+        eq(c.read_exact(6), b"hello\n", "interactive echo")
+        data = os.urandom(300 * 1024)
+        err = []
+
+        def sender():
+            try:
+                c.sock.sendall(data)
+                c.sock.shutdown(socket.SHUT_WR)
+            except OSError as e:
+                err.append(e)
+
+        t = threading.Thread(target=sender, daemon=True)
+        t.start()
+        back = c.read_until_eof()
+        t.join(5)
+        check(not err, "sending to the echo tunnel failed: %s" % (err and err[0]))
+        eq(len(back), len(data), "echoed bytes before EOF after half-close")
+        check(back == data, "echoed data differs")
+    with RawConn(pc) as c:
+        c.send(os.urandom(1 << 20))
+        c.sock.shutdown(socket.SHUT_WR)
+        eq(c.read_until_eof(), b"got 1048576 bytes\n", "tcp-count answer after half-close")
+
+
+@test("errors_5xx")
+def t_5xx(ctx):
+    b = ctx.b
+    port, dead = free_port(), free_port()
+    lb = ctx.lb(config(
+        listener("web", port, pool="main"),
+        pool("main", [("b1", b["b1"].port)]),
+        pool("dead", [("gone", dead)], connect_timeout="1s", retries=0),
+        pool("slowp", [("b1", b["b1"].port)], response_timeout="1s", retries=0),
+        pool("offp", [("b1", b["b1"].port, "disabled"), ("b2", b["b2"].port, "disabled")]),
+        route("dead", path="/dead/*", pool="dead"),
+        route("slow", path="/slow", pool="slowp"),
+        route("off", path="/off/*", pool="offp"),
+    ), [port])
+    r = request(port, "/dead/x")
+    eq(r.status, 502, "backend on a closed port")
+    t = time.monotonic()
+    r = request(port, "/slow?ms=3000", timeout=6)
+    el = time.monotonic() - t
+    eq(r.status, 504, "/slow?ms=3000 with response_timeout 1s")
+    check(0.8 <= el <= 2.8, "504 after %.2f s (response_timeout 1s)" % el)
+    r = request(port, "/off/x")
+    eq(r.status, 503, "every server disabled")
+    r = request(port, "/fine")
+    eq((r.status, r.backend), (200, "b1"), "normal request after the errors")
+    rc = lb.stop()
+    err = lb.stderr()
+    for code in ("502", "503", "504"):
+        check(code in err, "lb stderr does not mention %s: %s" % (code, short(err, 200)))
+
+
+@test("config_check")
+def t_config_check(ctx):
+    check(os.path.isfile(LB_BIN) and os.access(LB_BIN, os.X_OK), "lb binary not found: %s" % LB_BIN)
+    p1, p2, p3 = free_port(), free_port(), free_port()
+    base = [
+        "[global]",                        # 1
+        "workers = 1",                     # 2
+        "",                                # 3
+        "[log]",                           # 4
+        "access = off",                    # 5
+        "",                                # 6
+        "[listener web]",                  # 7
+        "bind = 127.0.0.1:%d" % p1,        # 8
+        "mode = http",                     # 9
+        "pool = main",                     # 10
+        "header_timeout = 1s",             # 11
+        "",                                # 12
+        "[pool main]",                     # 13
+        "server = a 127.0.0.1:%d" % p2,    # 14
+        "server = b 127.0.0.1:%d weight=2" % p3,  # 15
+        "connect_timeout = 1s",            # 16
+        "",                                # 17
+        "[route api]",                     # 18
+        "path = /api/*",                   # 19
+        "pool = main",                     # 20
+    ]
+
+    def run(name, lines):
+        path = os.path.join(ctx.dir, name + ".ini")
+        with open(path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        p = subprocess.run([LB_BIN, "-t", "-c", path], cwd=ROOT, stdin=subprocess.DEVNULL,
+                           capture_output=True, timeout=10)
+        return path, p.returncode, p.stderr.decode("utf-8", "replace")
+
+    path, rc, err = run("valid", base)
+    eq(rc, 0, "exit status of lb -t on a valid file (stderr: %s)" % short(err, 150))
+
+    def with_line(n, text, replace=True):
+        lines = list(base)
+        if replace:
+            lines[n - 1] = text
+        else:
+            lines.insert(n - 1, text)
+        return lines
+
+    bad = [
+        ("unknown_key", with_line(10, "bnd = 127.0.0.1:%d" % p1, replace=False), [10], "bnd"),
+        ("unknown_pool", with_line(20, "pool = nope"), [20], None),
+        ("dup_pool", base + ["", "[pool main]", "server = c 127.0.0.1:%d" % p2], [len(base) + 2], None),
+        ("dup_bind", base + ["", "[listener web2]", "bind = 127.0.0.1:%d" % p1, "mode = http", "pool = main"],
+         [len(base) + 3], None),
+        ("weight0", with_line(15, "server = b 127.0.0.1:%d weight=0" % p3), [15], None),
+        ("duration_nounit", with_line(11, "header_timeout = 10"), [11], None),
+        ("duration_bad", with_line(16, "connect_timeout = 1x"), [16], None),
+        ("two_errors", with_line(15, "server = b 127.0.0.1:%d weight=0" % p3)[:10]
+         + ["bnd = 127.0.0.1:1"] + with_line(15, "server = b 127.0.0.1:%d weight=0" % p3)[10:], [11, 16], None),
+    ]
+    for name, lines, want_lines, key in bad:
+        path, rc, err = run(name, lines)
+        eq(rc, 1, "%s: exit status of lb -t (stderr: %s)" % (name, short(err, 150)))
+        base_name = re.escape(os.path.basename(path))
+        for ln in want_lines:
+            m = re.search(r"%s:%d: ([^\n]*)" % (base_name, ln), err)
+            check(m, "%s: no '%s:%d:' on stderr: %s" % (name, path, ln, short(err, 200)))
+            if key:
+                check(key in m.group(1), "%s: message does not name the key %r: %s" % (name, key, m.group(0)))
+
+
+STRICT_CASES = [
+    # (name, bytes, acceptable statuses; None means "closed without an answer" is acceptable too)
+    ("cl_and_te", b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  b"0\r\n\r\n", (400,)),
+    ("two_content_lengths", b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"
+                            b"hello!", (400,)),
+    ("obs_fold", b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n", (400,)),
+    ("bare_lf_only", b"GET / HTTP/1.1\nHost: x\n\n", (400,)),
+    ("bare_lf_mixed", b"GET / HTTP/1.1\r\nHost: x\nX-A: b\r\n\r\n", (400,)),
+    ("bare_cr", b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n", (400,)),
+    ("te_gzip", b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nabc", (400,)),
+    ("te_chunked_gzip", b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"
+                        b"0\r\n\r\n", (400,)),
+    ("two_hosts", b"GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n", (400,)),
+    ("absolute_form_host_mismatch", b"GET http://a.com/ HTTP/1.1\r\nHost: b.com\r\n\r\n", (400,)),
+    ("chunk_size_overflow", b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                            b"fffffffffffffffffff\r\nabc\r\n0\r\n\r\n", (400, None)),
+]
+
+
+@test("strictness", timeout=60)
+def t_strict(ctx):
+    b1 = ctx.b["b1"]
+    port = free_port()
+    ctx.lb(config(listener("web", port, pool="one", header_timeout="2s", max_header_size="16k",
+                           max_body_size="10m"), pool("one", [("b1", b1.port)])), [port])
+    cases = list(STRICT_CASES) + [
+        ("header_too_large", raw_request("/", headers=[("X-Big", "a" * 20000)]), (431,)),
+        ("body_too_large", b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 20971520\r\n\r\n", (413,)),
+    ]
+    for name, data, ok in cases:
+        before = b1.stats()["requests"]
+        with RawConn(port, timeout=3) as c:
+            c.send(data)
+            try:
+                r = c.read_response()
+                status = r.status
+            except (Closed, ConnectionResetError):
+                status = None
+            except socket.timeout:
+                raise Fail("%s: no answer within 3 s (want %s)" % (name, ok))
+            check(status in ok, "%s: got %s, want %s" % (name, status, " or ".join(
+                "close" if s is None else str(s) for s in ok)))
+            if status == 400:
+                check(c.closed_within(2), "%s: connection not closed after 400" % name)
+        leaked = b1.stats()["requests"] - before - 1
+        eq(leaked, 0, "%s: requests that reached the backend" % name)
+    before = b1.stats()["requests"]
+    r = request(port, "/still-fine")
+    eq((r.status, r.backend), (200, "b1"), "a valid request afterwards")
+    eq(b1.stats()["requests"] - before - 1, 1, "valid request reached the backend")
+
+
+@test("expect_head_nobody")
+def t_expect(ctx):
+    b1 = ctx.b["b1"]
+    port = free_port()
+    ctx.lb(config(listener("web", port, pool="one"), pool("one", [("b1", b1.port)])), [port])
+    data = os.urandom(2 * 1024 * 1024 + 7)
+    src = os.path.join(ctx.dir, "upload.bin")
+    with open(src, "wb") as f:
+        f.write(data)
+    t = time.monotonic()
+    p = subprocess.run(["curl", "-sS", "--max-time", "10", "--expect100-timeout", "5", "-H", "Expect: 100-continue",
+                        "--data-binary", "@" + src, "-w", "\n%{http_code}", "http://%s:%d/upload" % (HOST, port)],
+                       capture_output=True, timeout=15)
+    el = time.monotonic() - t
+    out = p.stdout.decode("utf-8", "replace").rsplit("\n", 1)
+    eq(p.returncode, 0, "curl exit status (%s)" % p.stderr.decode(errors="replace").strip())
+    eq(out[-1], "200", "curl upload status")
+    got = json.loads(out[0])
+    eq((got["bytes"], got["sha256"]), (len(data), hashlib.sha256(data).hexdigest()), "uploaded bytes, sha256")
+    check(el < 3, "curl upload took %.1f s: 100 Continue not relayed (curl waited its expect100-timeout)" % el)
+    with RawConn(port) as c:
+        c.send(b"POST /upload HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 11\r\n\r\n")
+        r = c.read_response()
+        eq(r.status, 100, "interim answer before the body is sent")
+        c.send(b"hello world")
+        r = c.read_response()
+        eq(r.status, 200, "final status after 100")
+        eq(json.loads(r.body)["bytes"], 11, "bytes after 100-continue")
+        # HEAD, 204 and 304 carry no body, and the connection stays usable after each
+        c.send(raw_request("/bytes?n=5000", method="HEAD"))
+        r = c.read_response(method="HEAD")
+        eq(r.status, 200, "HEAD status")
+        eq(r.hdr("content-length"), "5000", "HEAD Content-Length")
+        extra = c.stray(0.3)
+        check(not extra, "bytes after the HEAD response: %s" % short(extra))
+        c.send(raw_request("/after-head"))
+        r = c.read_response()
+        eq(r.body, b"b1 /after-head\n", "response after HEAD")
+        for code in (204, 304):
+            c.send(raw_request("/status?code=%d" % code))
+            r = c.read_response()
+            eq(r.status, code, "status")
+            check(r.hdr("transfer-encoding") is None and r.hdr("content-length") in (None, "0"),
+                  "%d with body framing: TE %s CL %s" % (code, r.hdr("transfer-encoding"), r.hdr("content-length")))
+            extra = c.stray(0.3)
+            check(not extra, "bytes after the %d response: %s" % (code, short(extra)))
+            c.send(raw_request("/after-%d" % code))
+            r = c.read_response()
+            eq(r.body, b"b1 /after-%d\n" % code, "response after %d on the same connection" % code)
+
+
+@test("forwarded_headers")
+def t_headers(ctx):
+    b1 = ctx.b["b1"]
+    port = free_port()
+    ctx.lb(config(listener("web", port, pool="one"), pool("one", [("b1", b1.port)])), [port])
+
+    def seen(headers=None, target="/headers", host="front.example"):
+        r = request(port, target, host=host, headers=headers)
+        eq(r.status, 200, "GET %s status" % target)
+        return json.loads(r.body)
+
+    h = seen({"X-Request-ID": "req-abc.123:XYZ", "X-Custom": "v1"})
+    eq(h.get("x-forwarded-for"), "127.0.0.1", "X-Forwarded-For")
+    eq(h.get("x-forwarded-proto"), "http", "X-Forwarded-Proto")
+    eq(h.get("x-forwarded-host"), "front.example", "X-Forwarded-Host")
+    eq(h.get("x-request-id"), "req-abc.123:XYZ", "well-formed client X-Request-ID kept")
+    eq(h.get("x-custom"), "v1", "ordinary header passed")
+    eq(h.get("_version"), "HTTP/1.1", "version to the backend")
+    h = seen({"X-Request-ID": "bad id!{}"})
+    rid = h.get("x-request-id")
+    check(rid and rid != "bad id!{}" and RID_RE.match(rid), "malformed X-Request-ID not replaced: %r" % rid)
+    ids = [seen().get("x-request-id") for _ in range(2)]
+    check(all(i and RID_RE.match(i) for i in ids) and ids[0] != ids[1], "generated X-Request-IDs: %r" % ids)
+    h = seen({"Connection": "keep-alive, X-Secret", "X-Secret": "1", "Keep-Alive": "timeout=5",
+              "Proxy-Connection": "keep-alive", "TE": "trailers", "Upgrade": "foo/1"})
+    for name in ("x-secret", "keep-alive", "proxy-connection", "te", "upgrade"):
+        check(name not in h, "hop-by-hop header %r reached the backend: %r" % (name, h.get(name)))
+    check("x-secret" not in (h.get("connection") or "").lower(), "Connection names x-secret: %r" % h.get("connection"))
+    with RawConn(port) as c:
+        for target, want in (("/a/./b/../c", b"b1 /a/c\n"), ("/%7Euser/%41x", b"b1 /~user/Ax\n"),
+                             ("/x/y/../../z/.", b"b1 /z/\n")):
+            c.send(raw_request(target))
+            r = c.read_response()
+            eq((r.status, r.body), (200, want), "path %s as the backend saw it" % target)
+    h = seen(target="/q/../headers?x=1&y=%2F")
+    eq(h.get("_target"), "/headers?x=1&y=%2F", "target after normalisation (query kept)")
+
+
+JSON_KEYS = {"time", "client", "method", "uri", "status", "bytes", "duration_ms", "route", "pool", "server",
+             "request_id", "tls"}
+COMBINED_RE = re.compile(
+    r'^(\S+) (\S+) (\S+) \[(\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4})\] '
+    r'"(\S+) (\S+) (HTTP/1\.[01])" (\d{3}) (\d+|-) "((?:[^"\\]|\\.)*)" "((?:[^"\\]|\\.)*)"(?: .*)?$')
+
+
+@test("access_log")
+def t_access_log(ctx):
+    b1 = ctx.b["b1"]
+    port = free_port()
+    jpath = os.path.join(ctx.dir, "access.json")
+    lb = ctx.lb(config(listener("web", port, pool="logpool"), pool("logpool", [("s1", b1.port)]),
+                       access=jpath, fmt="json"), [port], tag="lb-json")
+    reqs = [("GET", "/log/1", None, {}, 200), ("GET", "/status?code=404", None, {}, 404),
+            ("GET", "/status?code=500", None, {}, 500), ("POST", "/upload", b"z" * 1000, {}, 200),
+            ("GET", "/log/5", None, {"X-Request-ID": "log-req-5"}, 200), ("HEAD", "/log/6", None, {}, 200)]
+    for m, path, body, hdrs, st in reqs:
+        eq(request(port, path, method=m, body=body, headers=hdrs).status, st, "%s %s status" % (m, path))
+    eq(lb.stop(), 0, "lb exit status on SIGTERM")
+    with open(jpath, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    eq(len(lines), len(reqs), "json access log lines")
+    for i, (line, (m, path, body, hdrs, st)) in enumerate(zip(lines, reqs)):
+        try:
+            o = json.loads(line)
+        except ValueError:
+            raise Fail("json log line %d is not JSON: %s" % (i + 1, short(line)))
+        missing = JSON_KEYS - set(o)
+        check(not missing, "json log line %d lacks %s" % (i + 1, sorted(missing)))
+        eq((o["method"], o["uri"], o["status"], o["client"], o["pool"]), (m, path, st, "127.0.0.1", "logpool"),
+           "json log line %d (method, uri, status, client, pool)" % (i + 1))
+        check(o["server"] in ("s1", "%s:%d" % (HOST, b1.port)), "json log line %d server %r" % (i + 1, o["server"]))
+        check(isinstance(o["bytes"], int) and o["bytes"] >= 0, "json log line %d bytes %r" % (i + 1, o["bytes"]))
+        check(isinstance(o["duration_ms"], (int, float)) and o["duration_ms"] >= 0,
+              "json log line %d duration_ms %r" % (i + 1, o["duration_ms"]))
+        check(isinstance(o["request_id"], str) and RID_RE.match(o["request_id"]),
+              "json log line %d request_id %r" % (i + 1, o["request_id"]))
+        if "X-Request-ID" in hdrs:
+            eq(o["request_id"], hdrs["X-Request-ID"], "json log line %d request_id" % (i + 1))
+    # combined
+    port = free_port()
+    cpath = os.path.join(ctx.dir, "access.log")
+    lb = ctx.lb(config(listener("web", port, pool="logpool"), pool("logpool", [("s1", b1.port)]),
+                       access=cpath, fmt="combined"), [port], tag="lb-combined")
+    url = "http://%s:%d" % (HOST, port)
+    curls = [(["%s/c/1" % url], "GET", "/c/1", "200"),
+             (["%s/status?code=404" % url], "GET", "/status?code=404", "404"),
+             (["--data-binary", "abc", "%s/upload" % url], "POST", "/upload", "200")]
+    for args, *_ in curls:
+        p = subprocess.run(["curl", "-s", "-o", "/dev/null", "--max-time", "5", "-A", "it-agent/1.0",
+                            "-e", "http://ref.example/p"] + args, capture_output=True, timeout=10)
+        eq(p.returncode, 0, "curl %s exit status" % args)
+    eq(lb.stop(), 0, "lb exit status on SIGTERM")
+    with open(cpath, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    eq(len(lines), len(curls), "combined access log lines")
+    for i, (line, (_, m, path, st)) in enumerate(zip(lines, curls)):
+        mm = COMBINED_RE.match(line)
+        check(mm, "combined log line %d does not match the combined format: %s" % (i + 1, short(line, 200)))
+        eq((mm.group(1), mm.group(5), mm.group(6), mm.group(7), mm.group(8), mm.group(10), mm.group(11)),
+           ("127.0.0.1", m, path, "HTTP/1.1", st, "http://ref.example/p", "it-agent/1.0"),
+           "combined log line %d fields" % (i + 1))
+
+
+@test("graceful_sigterm")
+def t_sigterm(ctx):
+    b1 = ctx.b["b1"]
+    port = free_port()
+    lb = ctx.lb(config(listener("web", port, pool="one"), pool("one", [("b1", b1.port)], response_timeout="5s")),
+                [port])
+    res = {}
+
+    def slow():
+        try:
+            t = time.monotonic()
+            r = request(port, "/slow?ms=1500", timeout=6)
+            res["r"] = (r.status, r.body, time.monotonic() - t)
+        except Exception as e:  # reported below
+            res["e"] = "%s: %s" % (type(e).__name__, e)
+
+    th = threading.Thread(target=slow, daemon=True)
+    th.start()
+    time.sleep(0.4)
+    lb.expected_exit = True
+    os.kill(lb.pid, signal.SIGTERM)
+    t_sig = time.monotonic()
+    refused = False
+    while time.monotonic() - t_sig < 1.0:
+        try:
+            s = socket.create_connection((HOST, port), timeout=0.5)
+            s.close()
+        except ConnectionRefusedError:
+            refused = True
+            break
+        except OSError:
+            pass
+        time.sleep(0.05)
+    th.join(6)
+    check("e" not in res, "in-flight request failed after SIGTERM: %s" % res.get("e"))
+    check("r" in res, "in-flight request did not finish")
+    eq(res["r"][:2], (200, b"b1 /slow\n"), "in-flight request result")
+    check(refused, "new connections still accepted 1 s after SIGTERM")
+    try:
+        rc = lb.proc.wait(5)
+    except subprocess.TimeoutExpired:
+        raise Fail("lb still running 5 s after the in-flight request finished")
+    eq(rc, 0, "lb exit status after SIGTERM")
+
+
+@test("least_conn_ip_hash")
+def t_least_conn(ctx):
+    b = ctx.b
+    lc, ih = free_port(), free_port()
+    three = [("b1", b["b1"].port), ("b2", b["b2"].port), ("b3", b["b3"].port)]
+    ctx.lb(config(listener("lc", lc, pool="lc"), listener("ih", ih, pool="ih"),
+                  pool("lc", three, algorithm="least_conn", response_timeout="5s"),
+                  pool("ih", three, algorithm="ip_hash")), [lc, ih])
+    slow = []
+    lock = threading.Lock()
+
+    def one():
+        try:
+            r = request(lc, "/slow?ms=1500", timeout=6)
+            with lock:
+                slow.append((r.status, r.backend))
+        except Exception as e:
+            with lock:
+                slow.append(("%s: %s" % (type(e).__name__, e), None))
+
+    t0 = time.monotonic()
+    threads = []
+    for _ in range(5):
+        th = threading.Thread(target=one, daemon=True)
+        th.start()
+        threads.append(th)
+        time.sleep(0.02)
+    time.sleep(0.3)
+    quick = []
+    while len(quick) < 20 and time.monotonic() - t0 < 1.3:
+        r = request(lc, "/quick", timeout=2)
+        eq(r.status, 200, "quick request status")
+        quick.append(r.backend)
+    for th in threads:
+        th.join(5)
+    eq(len(slow), 5, "slow requests finished")
+    check(all(s == 200 for s, _ in slow), "slow requests: %r" % slow)
+    check(len(quick) >= 10, "only %d quick requests ran while the slow ones were in flight" % len(quick))
+    load = {n: 0 for n in ("b1", "b2", "b3")}
+    for _, n in slow:
+        load[n] += 1
+    check(max(load.values()) - min(load.values()) <= 1, "least_conn spread 5 concurrent requests as %r" % load)
+    least = {n for n, v in load.items() if v == min(load.values())}
+    good = sum(1 for q in quick if q in least)
+    check(good >= 0.9 * len(quick), "quick requests %r went to %r; least loaded %s (in flight %r)"
+          % (len(quick), count_by(quick), sorted(least), load))
+    seen = []
+    for _ in range(20):
+        r = request(ih, "/ih")
+        eq(r.status, 200, "ip_hash request status")
+        seen.append(r.backend)
+    eq(len(set(seen)), 1, "servers chosen by ip_hash for one client address (%r)" % count_by(seen))
+
+
+# ---------------------------------------------------------------------------------------- runner
+
+class Suite:
+    def __init__(self, tmp):
+        self.tmp = tmp
+        self.backends = {}
+
+
+def start_backends(suite):
+    specs = [("b%d" % i, "http") for i in range(1, 7)] + [("echo", "tcp-echo"), ("count", "tcp-count")]
+    logdir = os.path.join(suite.tmp, "backends")
+    os.makedirs(logdir, exist_ok=True)
+    pending = []
+    for name, mode in specs:
+        bk = Backend(name, mode, logdir)
+        bk.start()
+        suite.backends[name] = bk
+        pending.append(bk)
+    for attempt in range(3):
+        deadline = time.monotonic() + 10
+        failed = [bk for bk in pending if not bk.wait_ready(deadline)]
+        if not failed:
+            return None
+        for bk in failed:  # a port taken in between: try another
+            bk.stop()
+            bk.start()
+        pending = failed
+    return "backends did not start: %s (see %s)" % ([bk.name for bk in pending], logdir)
+
+
+def where(exc):
+    """' (integration.py:LINE,...)': the lines of this file the exception passed through, outermost first."""
+    me = os.path.abspath(__file__)
+    lines = [str(f.lineno) for f in traceback.extract_tb(exc.__traceback__)
+             if os.path.abspath(f.filename) == me and f.name != "main"]
+    return " (integration.py:%s)" % ",".join(lines) if lines else ""
+
+
+def main():
+    ap = argparse.ArgumentParser(description="lb integration tests")
+    ap.add_argument("--only", help="run tests whose name contains this")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = ap.parse_args()
+    tests = [t for t in TESTS if not args.only or args.only in t[0]]
+    tmp = tempfile.mkdtemp(prefix="lb-integration-")
+    suite = Suite(tmp)
+    passed = failed = 0
+
+    def on_alarm(signum, frame):
+        raise Timeout()
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN) if hasattr(signal, "SIGPIPE") else None
+    try:
+        setup_error = start_backends(suite)
+        for name, fn, timeout in tests:
+            if setup_error:
+                print("FAIL %s: %s" % (name, setup_error), flush=True)
+                failed += 1
+                continue
+            ctx = None
+            reason = None
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+            try:
+                ctx = Ctx(suite, name)
+                fn(ctx)
+            except Timeout as e:
+                reason = "timed out after %d s%s" % (timeout, where(e))
+            except Fail as e:
+                reason = str(e)
+            except Exception as e:
+                reason = "%s: %s%s" % (type(e).__name__, e, where(e))
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            if ctx is not None:
+                try:
+                    crash = ctx.cleanup()
+                except Exception as e:
+                    crash = "cleanup: %s: %s" % (type(e).__name__, e)
+                if crash:
+                    reason = crash if reason is None else reason + "; " + crash
+                elif reason is not None and ctx.lbs and not reason.startswith("lb "):
+                    tail = ctx.lbs[-1].stderr_tail(150)
+                    if tail != "(no stderr)":
+                        reason += " [lb stderr: %s]" % tail
+            if reason is None:
+                print("PASS %s" % name, flush=True)
+                passed += 1
+            else:
+                print("FAIL %s: %s" % (name, " | ".join(reason.splitlines())), flush=True)
+                failed += 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        failed += 1
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        for bk in suite.backends.values():
+            try:
+                bk.stop()
+            except Exception:
+                pass
+        if args.keep:
+            print("kept %s" % tmp, file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print("integration: %d passed, %d failed" % (passed, failed), flush=True)
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

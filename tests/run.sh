@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# make test: every suite, one PASS/FAIL line per check, one summary line at the end.
+if [ -z "${LB_TEST_INNER:-}" ]; then
+	out=$(mktemp /tmp/lb-test-out.XXXXXX)
+	LB_TEST_INNER=1 bash "$0" "$@" 2>&1 | tee "$out"
+	p=$(grep -c '^PASS' "$out"); f=$(grep -c '^FAIL' "$out")
+	rm -f "$out"
+	if [ "$f" -gt 0 ]; then echo; echo "failed:"; grep "^FAIL" "$out"; fi
+	echo "$p passed, $f failed"
+	[ "$f" -eq 0 ] && [ "$p" -gt 0 ]
+	exit $?
+fi
+# Expects the binaries `make test` builds: lb lb-poll lb-asan tests/unit tests/unit-asan fuzz/fuzz_*.
+set -u
+cd "$(dirname "$0")/.."
+log=$(mktemp -d /tmp/lb-test.XXXXXX)
+trap 'rm -rf "$log"' EXIT
+export ASAN_OPTIONS=abort_on_error=1:detect_leaks=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+: "${FUZZ_SECS:=30}"       # request-head fuzzer; the others run a third of it
+: "${INTEGRATION_BUILDS:=lb lb-poll lb-asan}"
+
+# run NAME CMD...: prefix each PASS/FAIL line with NAME; a crash without a summary is a FAIL
+run() {
+	local name=$1; shift
+	echo "== $name: $*"
+	"$@" >"$log/$name.out" 2>&1
+	local rc=$?
+	grep -E '^(PASS|FAIL)' "$log/$name.out" | sed -E "s#^(PASS|FAIL) #\1 $name/#"
+	if [ $rc -ne 0 ] && ! grep -q '^FAIL' "$log/$name.out"; then
+		echo "FAIL $name: exited $rc without reporting a failure; last lines:"
+		tail -15 "$log/$name.out" | sed 's/^/    /'
+	elif grep -q '^FAIL' "$log/$name.out"; then
+		grep -E 'AddressSanitizer|runtime error|LeakSanitizer' "$log/$name.out" | head -5 | sed 's/^/    /'
+	fi
+}
+
+run unit tests/unit
+run unit-asan tests/unit-asan
+
+# the shipped example must stay valid
+if ./lb -t -c config.ini >"$log/cfg.out" 2>&1; then echo "PASS config/example-config-valid"
+else echo "FAIL config/example-config-valid: $(head -5 "$log/cfg.out")"; fi
+
+for b in $INTEGRATION_BUILDS; do
+	ASAN_OPTIONS=abort_on_error=1:detect_leaks=0 LB_BIN=./$b run "integration-$b" python3 tests/integration.py
+done
+
+fuzz_smoke() {
+	local f=$1 secs=$2 work
+	work=$(mktemp -d /tmp/lb-fuzz.XXXXXX)
+	if (cd "$work" && "$OLDPWD/fuzz/fuzz_$f" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
+		-dict="$OLDPWD/fuzz/dict/http.dict" -print_final_stats=1 . "$OLDPWD/fuzz/corpus/$f") \
+		>"$log/fuzz_$f.out" 2>&1; then
+		echo "PASS fuzz/$f: $(grep -m1 -o 'stat::number_of_executed_units: *[0-9]*' "$log/fuzz_$f.out" | grep -o '[0-9]*$') inputs in ${secs}s, no crash"
+	else
+		echo "FAIL fuzz/$f: see below"
+		grep -E -A12 'ERROR|runtime error|deadly signal' "$log/fuzz_$f.out" | head -30 | sed 's/^/    /'
+		cp "$work"/crash-* "$work"/leak-* "$work"/timeout-* fuzz/ 2>/dev/null
+	fi
+	rm -rf "$work"
+}
+echo "== fuzz smoke"
+fuzz_smoke request "$FUZZ_SECS"
+fuzz_smoke response $((FUZZ_SECS / 3))
+fuzz_smoke chunked $((FUZZ_SECS / 3))
