@@ -2143,8 +2143,9 @@ enum { H_LISTEN = 1, H_CLIENT, H_BACKEND, H_SIGNAL };
 struct evh {
 	int kind;
 	int fd;
-	unsigned want, reg;
+	unsigned want, reg;            /* wanted; registered (a superset: narrowed lazily) */
 	int registered, hup, dead;
+	int rready;                    /* readable per the last event and not drained since */
 	size_t pidx;
 };
 
@@ -2270,7 +2271,9 @@ static void ev_wait(int timeout_ms, ev_cb cb)
 }
 #endif
 
-/* Register what h->want says; a hung-up handler that wants nothing is removed. */
+/* Register what h->want says; a hung-up handler that wants nothing is removed. Interest is
+ * widened at once but narrowed only when an unwanted event arrives (ev_narrow): most
+ * exchanges then cost no epoll_ctl at all. */
 static void ev_apply(struct evh *h)
 {
 	int keep = !(h->hup && h->want == 0) && !h->dead;
@@ -2283,10 +2286,20 @@ static void ev_apply(struct evh *h)
 	if (!h->registered) {
 		ev_os_add(h, h->want);
 		h->registered = 1;
-	} else if ((h->reg & 0xff) != h->want) {
+		h->reg = h->want;
+	} else if (h->want & ~(h->reg & 0xff)) {
 		ev_os_mod(h, h->want);
+		h->reg = h->want;
 	}
-	h->reg = h->want;
+}
+
+/* spurious: the events the handler did not want when they arrived */
+static void ev_narrow(struct evh *h, unsigned spurious)
+{
+	if (h->registered && !h->dead && (spurious & ~h->want)) {
+		ev_os_mod(h, h->want);
+		h->reg = h->want;
+	}
 }
 
 static void ev_forget(struct evh *h)
@@ -3204,6 +3217,8 @@ static void handle_response(struct conn *c, const struct lb_resp *rs, size_t n)
 	c->r = c->resp_left == 0 ? R_DONE : R_BODY;
 }
 
+static int response_body_step(struct conn *c);
+
 static int response_wait_step(struct conn *c)
 {
 	size_t len = buf_len(&c->out);
@@ -3230,6 +3245,8 @@ static int response_wait_step(struct conn *c)
 		return 1;
 	}
 	handle_response(c, &g_resp, (size_t)rc);
+	if (!c->h.dead && c->r == R_BODY)
+		response_body_step(c); /* frame the body bytes that came with the head: one send for both */
 	return 1;
 }
 
@@ -3338,6 +3355,18 @@ static int finish_step(struct conn *c)
 
 static int io_again(void) { return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR; }
 
+/* head + body in one call when there are both; plain send() is cheaper for one buffer */
+static ssize_t send_iov(int fd, struct iovec *iov, int k)
+{
+	if (k == 1)
+		return send(fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
+	struct msghdr m;
+	memset(&m, 0, sizeof m);
+	m.msg_iov = iov;
+	m.msg_iovlen = (size_t)k;
+	return sendmsg(fd, &m, MSG_NOSIGNAL);
+}
+
 static int want_client_read(struct conn *c)
 {
 	if (c->cin_eof || c->h.hup)
@@ -3358,8 +3387,15 @@ static int client_read(struct conn *c)
 		room = LB_MIN(room, c->L->max_header_size + 1 - buf_len(&c->in));
 	if (room == 0)
 		return 0;
+	if (!c->h.rready) {
+		if (buf_len(&c->in) == 0)
+			buf_put(&c->in);
+		return 0;
+	}
 	int was_empty = buf_len(&c->in) == 0;
 	ssize_t n = recv(c->h.fd, c->in.d + c->in.e, room, 0);
+	if (n >= 0 && (size_t)n < room)
+		c->h.rready = 0; /* drained: wait for the next event */
 	if (n > 0) {
 		if (was_empty && c->q == Q_HEAD)
 			c->t_head = g_now;
@@ -3369,6 +3405,7 @@ static int client_read(struct conn *c)
 		return 1;
 	}
 	if (n < 0 && io_again()) {
+		c->h.rready = 0;
 		if (buf_len(&c->in) == 0)
 			buf_put(&c->in);
 		return 0;
@@ -3399,11 +3436,7 @@ static int client_write(struct conn *c)
 			iov[k].iov_base = c->rh.d + c->rh.s, iov[k++].iov_len = buf_len(&c->rh);
 		if (body)
 			iov[k].iov_base = c->out.d + c->out.s, iov[k++].iov_len = body;
-		struct msghdr m;
-		memset(&m, 0, sizeof m);
-		m.msg_iov = iov;
-		m.msg_iovlen = (size_t)k;
-		ssize_t n = sendmsg(c->h.fd, &m, MSG_NOSIGNAL);
+		ssize_t n = send_iov(c->h.fd, iov, k);
 		if (n < 0) {
 			if (io_again())
 				return moved;
@@ -3450,11 +3483,7 @@ static int backend_write(struct conn *c)
 			iov[k].iov_base = c->qh.d + c->qh.s, iov[k++].iov_len = buf_len(&c->qh);
 		if (body)
 			iov[k].iov_base = c->in.d + c->in.s, iov[k++].iov_len = body;
-		struct msghdr m;
-		memset(&m, 0, sizeof m);
-		m.msg_iov = iov;
-		m.msg_iovlen = (size_t)k;
-		ssize_t n = sendmsg(c->b->h.fd, &m, MSG_NOSIGNAL);
+		ssize_t n = send_iov(c->b->h.fd, iov, k);
 		if (n < 0) {
 			if (io_again())
 				return moved;
@@ -3487,20 +3516,24 @@ static int want_backend_read(const struct conn *c)
 
 static int backend_read(struct conn *c)
 {
-	if (!want_backend_read(c) || buf_get(&c->out) != 0)
+	if (!want_backend_read(c) || !c->b->h.rready || buf_get(&c->out) != 0)
 		return 0;
 	size_t room = buf_room(&c->out);
 	if (room == 0)
 		return 0;
 	ssize_t n = recv(c->b->h.fd, c->out.d + c->out.e, room, 0);
+	if (n >= 0 && (size_t)n < room)
+		c->b->h.rready = 0;
 	if (n > 0) {
 		c->out.e += (uint32_t)n;
 		c->resp_started = 1;
 		c->t_active = g_now;
 		return 1;
 	}
-	if (n < 0 && io_again())
+	if (n < 0 && io_again()) {
+		c->b->h.rready = 0;
 		return 0;
+	}
 	if (n == 0)
 		c->b->eof = 1;
 	else
@@ -3967,8 +4000,11 @@ static void on_signals(void)
 
 static void on_event(struct evh *h, unsigned ev)
 {
+	unsigned spurious = ev & (EV_R | EV_W) & ~h->want;
 	if (ev & EV_HUP)
 		h->hup = 1;
+	if (ev & (EV_R | EV_HUP | EV_ERR))
+		h->rready = 1;
 	switch (h->kind) {
 	case H_LISTEN:
 		on_accept((struct lsock *)h);
@@ -3983,6 +4019,7 @@ static void on_event(struct evh *h, unsigned ev)
 			break;
 		}
 		conn_progress(c);
+		ev_narrow(h, spurious);
 		break;
 	}
 	case H_BACKEND: {
@@ -4008,6 +4045,7 @@ static void on_event(struct evh *h, unsigned ev)
 			b->connected = 1;
 		}
 		conn_progress(c);
+		ev_narrow(h, spurious);
 		break;
 	}
 	}
