@@ -2337,6 +2337,8 @@ enum { R_NONE, R_WAIT, R_BODY, R_DONE, R_TUNNEL };
 struct conn {
 	struct evh h;
 	struct conn *prev, *next;      /* live list; next also links free and dead lists */
+	struct conn *pnext;            /* pending list: work left over from a capped turn */
+	int pending;
 	struct lb_listener *L;
 	int li;
 	struct lb_bconn *b;
@@ -2380,6 +2382,7 @@ static size_t g_nbufs, g_maxbufs;
 static struct conn *g_free_conns, *g_live, *g_dead;
 static struct lb_bconn *g_free_bconns, *g_dead_bconns;
 static size_t g_nconns;
+static struct conn *g_pending;
 static struct conn **g_heap;
 static size_t g_nheap;
 static struct lsock *g_lsocks;
@@ -2649,6 +2652,14 @@ static void conn_close(struct conn *c)
 	buf_put(&c->qh);
 	buf_put(&c->rh);
 	c->h.dead = 1;
+	if (c->pending) { /* it must not outlive its struct on the pending list */
+		struct conn **pp = &g_pending;
+		while (*pp && *pp != c)
+			pp = &(*pp)->pnext;
+		if (*pp)
+			*pp = c->pnext;
+		c->pending = 0;
+	}
 	if (c->prev)
 		c->prev->next = c->next;
 	else
@@ -3567,19 +3578,33 @@ static void conn_interest(struct conn *c)
 	}
 }
 
-static void conn_arm_timer(struct conn *c)
+enum { T_CONNECT, T_HEAD, T_IDLE, T_RESPONSE };
+
+/* The one deadline the connection's state needs, and which kind it is. */
+static uint64_t conn_deadline(const struct conn *c, int *kind)
 {
 	const struct lb_listener *L = c->L;
-	uint64_t d;
-	if (c->b && !c->b->connected)
-		d = c->t_conn + c->pool->connect_timeout;
-	else if (c->q == Q_HEAD && c->r == R_NONE)
-		d = (buf_len(&c->in) > 0 || c->nreq == 0) ? c->t_head + L->header_timeout : c->t_active + L->idle_timeout;
-	else if (c->r == R_WAIT && c->q == Q_DONE && c->b && buf_len(&c->qh) == 0)
-		d = LB_MAX(c->t_req_done, c->t_active) + c->resp_timeout;
-	else
-		d = c->t_active + L->idle_timeout;
-	heap_set(c, d);
+	if (c->b && !c->b->connected) {
+		*kind = T_CONNECT;
+		return c->t_conn + c->pool->connect_timeout;
+	}
+	if (c->q == Q_HEAD && c->r == R_NONE) {
+		int head = buf_len(&c->in) > 0 || c->nreq == 0;
+		*kind = head ? T_HEAD : T_IDLE;
+		return head ? c->t_head + L->header_timeout : c->t_active + L->idle_timeout;
+	}
+	if (c->r == R_WAIT && c->q == Q_DONE && c->b && buf_len(&c->qh) == 0) {
+		*kind = T_RESPONSE;
+		return LB_MAX(c->t_req_done, c->t_active) + c->resp_timeout;
+	}
+	*kind = T_IDLE;
+	return c->t_active + L->idle_timeout;
+}
+
+static void conn_arm_timer(struct conn *c)
+{
+	int kind;
+	heap_set(c, conn_deadline(c, &kind));
 }
 
 static void conn_progress(struct conn *c)
@@ -3601,40 +3626,65 @@ static void conn_progress(struct conn *c)
 			moved |= finish_step(c);
 		if (!moved)
 			break;
-		if (++turns >= 32) { /* let others run; finish on the next loop turn */
-			if (!c->h.dead && !c->h.hup) {
-				heap_set(c, g_now);
-			}
+		if (++turns >= 32 && !c->pending) { /* let others run; go on at the next loop turn */
+			c->pending = 1;
+			c->pnext = g_pending;
+			g_pending = c;
 			break;
 		}
 	}
 	if (c->h.dead)
 		return;
 	conn_interest(c);
-	if (turns < 32)
-		conn_arm_timer(c);
+	conn_arm_timer(c);
 }
 
+static void run_pending(void)
+{
+	struct conn *list = g_pending;
+	g_pending = NULL;
+	while (list) {
+		struct conn *c = list;
+		list = c->pnext;
+		c->pending = 0;
+		if (!c->h.dead)
+			conn_progress(c);
+	}
+}
+
+/* The heap said this connection is due: act on the deadline that really expired, if any
+ * (a connection deferred by conn_progress is due at once without having timed out). */
 static void conn_timeout(struct conn *c)
 {
-	if (c->deadline == 0 || c->deadline > g_now)
+	int kind;
+	if (conn_deadline(c, &kind) > g_now) {
+		conn_progress(c);
 		return;
-	if (c->b && !c->b->connected) {
+	}
+	switch (kind) {
+	case T_CONNECT: {
 		char why[400];
 		snprintf(why, sizeof why, "connect to %s timed out", c->srv->name);
 		backend_failed(c, 504, why, 1);
-	} else if (c->q == Q_HEAD && c->r == R_NONE) {
+		break;
+	}
+	case T_HEAD:
 		if (buf_len(&c->in) == 0) {
-			conn_close(c);
+			conn_close(c); /* a new connection that never sent a byte: close quietly */
 			return;
 		}
 		request_begin(c);
 		respond_own(c, 408, "request head not complete within header_timeout");
-	} else if (c->r == R_WAIT && c->q == Q_DONE && c->b && buf_len(&c->qh) == 0 &&
-	           g_now >= LB_MAX(c->t_req_done, c->t_active) + c->resp_timeout) {
+		break;
+	case T_RESPONSE:
 		c->backend_reuse = 0;
 		backend_failed(c, 504, "no response within response_timeout", 0);
-	} else if (g_now >= c->t_active + c->L->idle_timeout) {
+		break;
+	default:
+		if (c->q == Q_HEAD && c->r == R_NONE && buf_len(&c->in) == 0) {
+			conn_close(c); /* keep-alive idle: close quietly */
+			return;
+		}
 		conn_abort(c, c->L->mode == LB_MODE_TCP ? NULL : "idle timeout during the exchange");
 		return;
 	}
@@ -4057,16 +4107,10 @@ static void run_timers(void)
 		struct conn *c = g_heap[0];
 		heap_remove(c);
 		c->deadline = 0;
-		if (c->hidx == NOT_IN_HEAP && !c->h.dead) {
-			/* a deferred turn (deadline == now) or a real timeout: either way, move it */
-			uint64_t saved = g_now;
-			c->deadline = saved;
+		if (!c->h.dead) {
 			conn_timeout(c);
-			if (!c->h.dead && c->hidx == NOT_IN_HEAP) {
-				conn_progress(c);
-				if (!c->h.dead && c->hidx == NOT_IN_HEAP)
-					conn_arm_timer(c);
-			}
+			if (!c->h.dead && c->hidx == NOT_IN_HEAP)
+				conn_arm_timer(c);
 		}
 	}
 }
@@ -4089,6 +4133,8 @@ static void reap_dead(void)
 
 static int next_timeout(void)
 {
+	if (g_pending)
+		return 0;
 	if (g_nheap == 0)
 		return 1000;
 	uint64_t d = g_heap[0]->deadline;
@@ -4165,6 +4211,7 @@ static int run_loop(void)
 	g_now = mono_ms();
 	for (;;) {
 		ev_wait(next_timeout(), on_event);
+		run_pending();
 		run_timers();
 		reap_dead();
 		log_flush();

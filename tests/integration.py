@@ -35,6 +35,7 @@ if not os.path.isabs(LB_BIN):
 HOST = "127.0.0.1"
 PIECE = 65536
 BLOCK = bytes(range(256)) * (PIECE // 256)  # the backend's /bytes pattern
+SUITE_BUDGET = 165  # seconds for all tests; with cleanup the run stays under ~3 minutes
 RID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -234,7 +235,10 @@ class Ctx:
             rc = lb.proc.poll()
             if rc is not None and not lb.expected_exit:
                 problems.append("lb exited unexpectedly with status %s: %s" % (rc, lb.stderr_tail()))
-            lb.stop()
+            lb.stop(grace=2.0)
+            m = re.search(r"(ERROR: \w*Sanitizer[^\n]*|runtime error:[^\n]*)", lb.stderr())
+            if m:
+                problems.append("lb stderr has a sanitizer report: %s" % m.group(1)[:200])
         return "; ".join(problems)
 
 
@@ -287,7 +291,7 @@ class Resp:
         return self.hdr("x-backend")
 
 
-def request(port, path, method="GET", headers=None, body=None, host=None, timeout=5.0):
+def request(port, path, method="GET", headers=None, body=None, host=None, timeout=4.0):
     """One request on a new connection (http.client); returns Resp with the whole body."""
     c = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
@@ -314,7 +318,7 @@ class Closed(Fail):
 class RawConn:
     """A client connection with its own buffer: exact control of what is sent and read."""
 
-    def __init__(self, port, timeout=5.0):
+    def __init__(self, port, timeout=4.0):
         self.sock = socket.create_connection((HOST, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = bytearray()
@@ -413,6 +417,13 @@ class RawConn:
                 except OSError:
                     pass
         return bytes(self.buf)
+
+    def read_final(self, method="GET", sink=None):
+        """The next final response, skipping interim 1xx ones (but not 101)."""
+        while True:
+            r = self.read_response(method, sink)
+            if r.status >= 200 or r.status == 101:
+                return r
 
     def read_response(self, method="GET", sink=None):
         line = self.readline()
@@ -754,13 +765,13 @@ def t_big(ctx):
                     i += 1
                 c.send(b"0\r\n\r\n")
             except OSError as e:
+                answer = ""
                 try:
                     r = c.read_response()
-                    raise Fail("upload cut after %d bytes (%s), lb answered %d %s" % (sent, e, r.status, short(r.body)))
-                except (OSError, Fail) as e2:
-                    if isinstance(e2, Fail) and "lb answered" in str(e2):
-                        raise
-                    raise Fail("upload cut after %d bytes: %s" % (sent, e))
+                    answer = "; lb answered %d %s" % (r.status, short(r.body))
+                except (OSError, Fail):
+                    pass
+                raise Fail("upload cut after %d bytes (%s)%s" % (sent, e, answer))
             r = c.read_response()
             eq(r.status, 200, "upload status")
             got = json.loads(r.body)
@@ -1020,7 +1031,10 @@ def t_strict(ctx):
     for name, data, ok in cases:
         before = b1.stats()["requests"]
         with RawConn(port, timeout=3) as c:
-            c.send(data)
+            try:
+                c.send(data)
+            except OSError:
+                pass  # lb may answer and close before taking everything: the answer is what counts
             try:
                 r = c.read_response()
                 status = r.status
@@ -1050,7 +1064,7 @@ def t_expect(ctx):
     with open(src, "wb") as f:
         f.write(data)
     t = time.monotonic()
-    p = subprocess.run(["curl", "-sS", "--max-time", "10", "--expect100-timeout", "5", "-H", "Expect: 100-continue",
+    p = subprocess.run(["curl", "-sS", "--max-time", "8", "--expect100-timeout", "5", "-H", "Expect: 100-continue",
                         "--data-binary", "@" + src, "-w", "\n%{http_code}", "http://%s:%d/upload" % (HOST, port)],
                        capture_output=True, timeout=15)
     el = time.monotonic() - t
@@ -1065,7 +1079,7 @@ def t_expect(ctx):
         r = c.read_response()
         eq(r.status, 100, "interim answer before the body is sent")
         c.send(b"hello world")
-        r = c.read_response()
+        r = c.read_final()
         eq(r.status, 200, "final status after 100")
         eq(json.loads(r.body)["bytes"], 11, "bytes after 100-continue")
         # HEAD, 204 and 304 carry no body, and the connection stays usable after each
@@ -1337,6 +1351,7 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = ap.parse_args()
     tests = [t for t in TESTS if not args.only or args.only in t[0]]
+    suite_end = time.monotonic() + SUITE_BUDGET
     tmp = tempfile.mkdtemp(prefix="lb-integration-")
     suite = Suite(tmp)
     passed = failed = 0
@@ -1345,7 +1360,6 @@ def main():
         raise Timeout()
 
     signal.signal(signal.SIGALRM, on_alarm)
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN) if hasattr(signal, "SIGPIPE") else None
     try:
         setup_error = start_backends(suite)
         for name, fn, timeout in tests:
@@ -1353,6 +1367,12 @@ def main():
                 print("FAIL %s: %s" % (name, setup_error), flush=True)
                 failed += 1
                 continue
+            left = suite_end - time.monotonic()
+            if left < 1:
+                print("FAIL %s: not run: the suite's %d s budget is spent" % (name, SUITE_BUDGET), flush=True)
+                failed += 1
+                continue
+            timeout = min(timeout, left)
             ctx = None
             reason = None
             signal.setitimer(signal.ITIMER_REAL, timeout)
@@ -1360,7 +1380,7 @@ def main():
                 ctx = Ctx(suite, name)
                 fn(ctx)
             except Timeout as e:
-                reason = "timed out after %d s%s" % (timeout, where(e))
+                reason = "timed out after %.0f s%s" % (timeout, where(e))
             except Fail as e:
                 reason = str(e)
             except Exception as e:
