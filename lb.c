@@ -21,6 +21,7 @@
 
 #include <arpa/inet.h>
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -32,7 +33,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <grp.h>
+#include <pwd.h>
+#include <stdatomic.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -46,6 +52,9 @@
 #if defined(__linux__) && !defined(LB_POLL)
 #define LB_EPOLL 1
 #include <sys/epoll.h>
+#endif
+#ifdef __linux__
+#include <sys/prctl.h>
 #endif
 
 #define LB_UNUSED(x) ((void)(x))
@@ -1081,12 +1090,12 @@ struct keydef {
 
 static const struct keydef keys_global[] = {
 	{ "workers", 0, NULL }, { "max_connections", 0, NULL }, { "pid_file", 0, NULL },
-	{ "shutdown_timeout", 0, NULL }, { "user", 0, "the master/worker model" },
+	{ "shutdown_timeout", 0, NULL }, { "user", 0, NULL },
 	{ "state_file", 0, "the admin API" }, { "alert_command", 0, "alerts" }, { NULL, 0, NULL },
 };
 static const struct keydef keys_log[] = {
 	{ "access", 0, NULL }, { "format", 0, NULL }, { "error", 0, NULL },
-	{ "rotate", 0, "log rotation" }, { "retention", 0, "log rotation" }, { NULL, 0, NULL },
+	{ "rotate", 0, NULL }, { "retention", 0, NULL }, { NULL, 0, NULL },
 };
 static const struct keydef keys_admin[] = {
 	{ "bind", 0, "the admin API" }, { "token_file", 0, "the admin API" },
@@ -1398,6 +1407,8 @@ static void set_global(struct cfg *st, const char *k, const char *v, int line)
 		v_uint(st, line, k, v, 1, 1000000, &c->max_connections);
 	} else if (!strcmp(k, "pid_file")) {
 		c->pid_file = v_str(st, line, k, v);
+	} else if (!strcmp(k, "user")) {
+		c->user = v_str(st, line, k, v);
 	} else if (!strcmp(k, "shutdown_timeout")) {
 		v_dur(st, line, k, v, &c->shutdown_timeout);
 	}
@@ -1419,6 +1430,20 @@ static void set_log(struct cfg *st, const char *k, const char *v, int line)
 	} else if (!strcmp(k, "error")) {
 		free(c->error_log);
 		c->error_log = v_str(st, line, k, v);
+	} else if (!strcmp(k, "rotate")) {
+		uint64_t x;
+		c->rotate_interval = c->rotate_size = 0;
+		if (!strcmp(v, "off"))
+			return;
+		if (lb_parse_duration(v, strlen(v), &x) == 0 && x >= 1000)
+			c->rotate_interval = x;
+		else if (lb_parse_size(v, strlen(v), &x) == 0 && x >= 4096)
+			c->rotate_size = x;
+		else
+			cfg_err(st, line, k, "rotate: '%s' is not off, an interval of at least 1s (1h) or a size of at least 4k (100m)", v);
+	} else if (!strcmp(k, "retention")) {
+		if (!v_dur(st, line, k, v, &c->retention) && c->retention < 1000)
+			cfg_err(st, line, k, "retention: at least 1s");
 	}
 }
 
@@ -1751,6 +1776,8 @@ static int conf_alloc(struct cfg *st)
 	}
 	c->max_connections = 100000;
 	c->shutdown_timeout = 30000;
+	c->rotate_interval = 3600000;
+	c->retention = 86400000;
 	c->log_format = LB_LOG_COMBINED;
 	c->access_log = dupn(st, "stdout", 6);
 	c->error_log = dupn(st, "stderr", 6);
@@ -1848,6 +1875,7 @@ void lb_conf_free(struct lb_conf *c)
 	free(c->pools);
 	free(c->routes);
 	free(c->pid_file);
+	free(c->user);
 	free(c->access_log);
 	free(c->error_log);
 	free(c);
@@ -2021,9 +2049,29 @@ int lb_route_pool(struct lb_route *r)
 	return r->split[best].pool;
 }
 
+/* Per-server state the workers share (section 11 owns the segment). `active` is the sum
+ * over workers; each worker also keeps its own share so that the master can take back
+ * the share of a worker that died. */
+#define LB_MAX_WORKERS 64
+struct lb_shm_server {
+	char key[2 * LB_NAME_MAX];      /* "pool/server": carried across reloads by name */
+	_Atomic uint32_t active;
+	_Atomic int32_t down;
+	struct {
+		_Atomic uint32_t active;
+		_Atomic uint64_t requests, errors, bytes_out;
+	} w[LB_MAX_WORKERS];
+	uint64_t retired_requests, retired_errors, retired_bytes; /* of exited workers */
+};
+
+static unsigned srv_active(const struct lb_server *s)
+{
+	return s->shm ? atomic_load_explicit(&s->shm->active, memory_order_relaxed) : s->active;
+}
+
 static int usable(const struct lb_server *s)
 {
-	return !s->disabled && !s->down && (s->max_conn == 0 || s->active < s->max_conn);
+	return !s->disabled && !s->down && (s->max_conn == 0 || srv_active(s) < s->max_conn);
 }
 
 /* Which tier serves: primaries when any is usable, else backups. -1 when none. */
@@ -2068,7 +2116,7 @@ static struct lb_server *pick_least(struct lb_pool *p, int tier)
 		struct lb_server *s = &p->servers[(start + k) % n];
 		if (!IN_TIER(s, tier))
 			continue;
-		if (!best || (uint64_t)s->active * best->weight < (uint64_t)best->active * s->weight)
+		if (!best || (uint64_t)srv_active(s) * best->weight < (uint64_t)srv_active(best) * s->weight)
 			best = s;
 	}
 	return best;
@@ -2117,7 +2165,7 @@ static struct lb_server *pick_random2(struct lb_pool *p, int tier, uint64_t rnd)
 {
 	struct lb_server *a = pick_weighted_at(p, tier, rnd & 0xffffffffu);
 	struct lb_server *b = pick_weighted_at(p, tier, rnd >> 32);
-	return (uint64_t)b->active * a->weight < (uint64_t)a->active * b->weight ? b : a;
+	return (uint64_t)srv_active(b) * a->weight < (uint64_t)srv_active(a) * b->weight ? b : a;
 }
 
 struct lb_server *lb_pick(struct lb_pool *p, uint64_t key, uint64_t rnd)
@@ -2138,7 +2186,7 @@ struct lb_server *lb_pick(struct lb_pool *p, uint64_t key, uint64_t rnd)
  * A handler whose peer hung up is deregistered while it wants nothing, so HUP cannot spin. */
 
 enum { EV_R = 1, EV_W = 2, EV_ERR = 4, EV_HUP = 8 };
-enum { H_LISTEN = 1, H_CLIENT, H_BACKEND, H_SIGNAL };
+enum { H_LISTEN = 1, H_CLIENT, H_BACKEND, H_SIGNAL, H_CTL };
 
 struct evh {
 	int kind;
@@ -2176,6 +2224,18 @@ static void ev_os_set(struct evh *h, unsigned want, int op)
 	struct epoll_event e;
 	memset(&e, 0, sizeof e);
 	e.events = ev_to_os(want);
+	if (h->kind == H_LISTEN) {
+		/* every worker waits on the same listening sockets: wake one, not all. An
+		 * exclusive registration cannot be modified, only deleted and added again. */
+		if (op == EPOLL_CTL_MOD) {
+			epoll_ctl(g_epfd, EPOLL_CTL_DEL, h->fd, &e);
+			if (!want)
+				return;
+			op = EPOLL_CTL_ADD;
+		}
+		if (op == EPOLL_CTL_ADD)
+			e.events |= EPOLLEXCLUSIVE;
+	}
 	e.data.ptr = h;
 	if (epoll_ctl(g_epfd, op, h->fd, &e) != 0 && op != EPOLL_CTL_DEL)
 		fprintf(stderr, "lb: epoll_ctl(%d) fd %d: %s\n", op, h->fd, strerror(errno));
@@ -2610,6 +2670,9 @@ static void set_nodelay(int fd)
 
 static void conn_progress(struct conn *c);
 static void respond_own(struct conn *c, int status, const char *why);
+static void srv_hold(struct lb_server *s);     /* section 11 */
+static void srv_unhold(struct lb_server *s);
+static void count_exchange(const struct conn *c);
 static void access_log_write(struct conn *c);
 
 static void conn_abort(struct conn *c, const char *why);
@@ -2634,7 +2697,7 @@ static void backend_release(struct conn *c, int reuse)
 		}
 	}
 	if (c->holds_srv) {
-		c->srv->active--;
+		srv_unhold(c->srv);
 		c->holds_srv = 0;
 	}
 }
@@ -2898,7 +2961,7 @@ static void backend_assign(struct conn *c, struct lb_server *avoid)
 		return;
 	}
 	c->srv = s;
-	s->active++;
+	srv_hold(s);
 	c->holds_srv = 1;
 	if (c->qh.d)
 		c->qh.s = 0;
@@ -3709,6 +3772,108 @@ static void tcp_start(struct conn *c)
 	backend_assign(c, NULL);
 }
 
+/* ==================================================================== 11. shared memory
+ * One MAP_SHARED segment the master makes before the first fork: per-server state and
+ * counters, in slots found by "pool/server" name so they survive reloads, and per-worker
+ * totals. Each worker writes only its own columns; the master folds a dead worker's. */
+
+#define LB_SHM_SERVERS 1024
+struct lb_shm_worker {
+	_Atomic uint64_t conns, requests;
+	int32_t pid, id, gen;
+};
+struct lb_shm {
+	uint32_t nservers;
+	struct lb_shm_server s[LB_SHM_SERVERS];
+	struct lb_shm_worker w[LB_MAX_WORKERS];
+};
+static struct lb_shm *g_shm;
+static int g_slot = -1;  /* this worker's column; -1 in the master */
+static pid_t g_pid;
+static int g_worker_id;  /* 1..workers within its generation */
+
+static int shm_create(void)
+{
+	void *p = mmap(NULL, sizeof *g_shm, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED) {
+		lb_err("shared memory: %s", strerror(errno));
+		return -1;
+	}
+	g_shm = p;
+	return 0;
+}
+
+/* Give every server of c its slot: the one with its name, or a new one. */
+static int shm_map_conf(struct lb_conf *c)
+{
+	for (size_t p = 0; p < c->npools; p++) {
+		for (size_t k = 0; k < c->pools[p].nservers; k++) {
+			struct lb_server *s = &c->pools[p].servers[k];
+			char key[2 * LB_NAME_MAX];
+			snprintf(key, sizeof key, "%s/%s", c->pools[p].name, s->name);
+			uint32_t i = 0;
+			while (i < g_shm->nservers && strcmp(g_shm->s[i].key, key))
+				i++;
+			if (i == g_shm->nservers) {
+				if (i >= LB_SHM_SERVERS) {
+					lb_err("shared memory: more than %d distinct servers since start", LB_SHM_SERVERS);
+					return -1;
+				}
+				snprintf(g_shm->s[i].key, sizeof g_shm->s[i].key, "%s", key);
+				g_shm->nservers++;
+			}
+			s->shm = &g_shm->s[i];
+		}
+	}
+	return 0;
+}
+
+static void srv_hold(struct lb_server *s)
+{
+	s->active++;
+	if (s->shm && g_slot >= 0) {
+		atomic_fetch_add_explicit(&s->shm->active, 1, memory_order_relaxed);
+		atomic_fetch_add_explicit(&s->shm->w[g_slot].active, 1, memory_order_relaxed);
+	}
+}
+
+static void srv_unhold(struct lb_server *s)
+{
+	s->active--;
+	if (s->shm && g_slot >= 0) {
+		atomic_fetch_sub_explicit(&s->shm->active, 1, memory_order_relaxed);
+		atomic_fetch_sub_explicit(&s->shm->w[g_slot].active, 1, memory_order_relaxed);
+	}
+}
+
+static void count_exchange(const struct conn *c)
+{
+	if (g_slot < 0)
+		return;
+	atomic_fetch_add_explicit(&g_shm->w[g_slot].requests, 1, memory_order_relaxed);
+	struct lb_shm_server *sv = c->srv ? c->srv->shm : NULL;
+	if (!sv)
+		return;
+	atomic_fetch_add_explicit(&sv->w[g_slot].requests, 1, memory_order_relaxed);
+	if (c->resp_status >= 500)
+		atomic_fetch_add_explicit(&sv->w[g_slot].errors, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&sv->w[g_slot].bytes_out, c->bytes_out, memory_order_relaxed);
+}
+
+/* master: a worker exited; its in-flight counts die with it, its totals are kept */
+static void shm_release_slot(int slot)
+{
+	for (uint32_t i = 0; i < g_shm->nservers; i++) {
+		struct lb_shm_server *sv = &g_shm->s[i];
+		uint32_t a = atomic_exchange(&sv->w[slot].active, 0);
+		atomic_fetch_sub(&sv->active, a);
+		sv->retired_requests += atomic_exchange(&sv->w[slot].requests, 0);
+		sv->retired_errors += atomic_exchange(&sv->w[slot].errors, 0);
+		sv->retired_bytes += atomic_exchange(&sv->w[slot].bytes_out, 0);
+	}
+	g_shm->w[slot].pid = 0;
+}
+
 /* ==================================================================== 13. access log
  * One line per exchange (or TCP session), combined or JSON, gathered in a buffer that is
  * written once per loop turn. */
@@ -3763,7 +3928,8 @@ static void log_esc(const char *s, size_t n, int json)
 
 static void access_log_write(struct conn *c)
 {
-	if (g_accfd < 0)
+	count_exchange(c);
+	if (g_accfd < 0 || !g_conf->access_log)
 		return;
 	if (g_loglen > sizeof g_logbuf - 4096)
 		log_flush();
@@ -3818,7 +3984,8 @@ static void access_log_write(struct conn *c)
 		} else {
 			log_str("null");
 		}
-		log_str(",\"tls\":false}\n");
+		snprintf(nb, sizeof nb, ",\"tls\":false,\"worker\":%d,\"pid\":%d}\n", g_worker_id, (int)g_pid);
+		log_str(nb);
 		return;
 	}
 	localtime_r(&secs, &tm);
@@ -3853,7 +4020,6 @@ static void access_log_write(struct conn *c)
 
 static int g_sigpipe[2] = { -1, -1 };
 static struct evh g_sigh;
-static const char *g_access_path;
 
 static void on_signal(int sig)
 {
@@ -3997,56 +4163,8 @@ static void begin_stop(void)
 	}
 }
 
-static int open_logs(void)
-{
-	const char *el = g_conf->error_log;
-	if (el && strcmp(el, "stderr") != 0) {
-		int fd = open(el, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
-		if (fd < 0) {
-			lb_err("cannot open error log %s: %s", el, strerror(errno));
-			return -1;
-		}
-		g_errfd = fd;
-	}
-	g_access_path = g_conf->access_log;
-	if (!g_access_path)
-		g_accfd = -1;
-	else if (!strcmp(g_access_path, "stdout"))
-		g_accfd = 1;
-	else if ((g_accfd = open(g_access_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640)) < 0) {
-		lb_err("cannot open access log %s: %s", g_access_path, strerror(errno));
-		return -1;
-	}
-	return 0;
-}
-
-static void reopen_access_log(void)
-{
-	if (!g_access_path || !strcmp(g_access_path, "stdout"))
-		return;
-	log_flush();
-	int fd = open(g_access_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
-	if (fd < 0) {
-		lb_err("cannot reopen access log %s: %s", g_access_path, strerror(errno));
-		return;
-	}
-	dup2(fd, g_accfd);
-	close(fd);
-}
-
-static void on_signals(void)
-{
-	unsigned char sigs[64];
-	ssize_t n = read(g_sigpipe[0], sigs, sizeof sigs);
-	for (ssize_t i = 0; i < n; i++) {
-		if (sigs[i] == SIGTERM || sigs[i] == SIGINT)
-			begin_stop();
-		else if (sigs[i] == SIGUSR1)
-			reopen_access_log();
-		else if (sigs[i] == SIGHUP)
-			lb_err("SIGHUP: configuration reload is not supported yet; restart lb to apply changes");
-	}
-}
+static void on_signals(void);
+static void on_ctl(void);
 
 static void on_event(struct evh *h, unsigned ev)
 {
@@ -4061,6 +4179,9 @@ static void on_event(struct evh *h, unsigned ev)
 		break;
 	case H_SIGNAL:
 		on_signals();
+		break;
+	case H_CTL:
+		on_ctl();
 		break;
 	case H_CLIENT: {
 		struct conn *c = (struct conn *)h;
@@ -4141,6 +4262,57 @@ static int next_timeout(void)
 	return d <= g_now ? 0 : (int)LB_MIN(d - g_now, 1000);
 }
 
+
+
+/* -------------------------------------------------------------------- worker side */
+
+static int g_ctl = -1;          /* worker: datagram socket to the master (log fds arrive on it) */
+static struct evh g_ctlh;
+
+static void on_signals(void)
+{
+	unsigned char sigs[64];
+	ssize_t n = read(g_sigpipe[0], sigs, sizeof sigs);
+	for (ssize_t i = 0; i < n; i++)
+		if (sigs[i] == SIGTERM || sigs[i] == SIGINT || sigs[i] == SIGQUIT)
+			begin_stop();
+}
+
+static int recv_fd(int sock, char *tag)
+{
+	char cbuf[CMSG_SPACE(sizeof(int))];
+	struct iovec iov = { tag, 1 };
+	struct msghdr m;
+	memset(&m, 0, sizeof m);
+	m.msg_iov = &iov;
+	m.msg_iovlen = 1;
+	m.msg_control = cbuf;
+	m.msg_controllen = sizeof cbuf;
+	if (recvmsg(sock, &m, MSG_DONTWAIT) <= 0)
+		return -1;
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&m);
+	int fd = -1;
+	if (cm && cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS)
+		memcpy(&fd, CMSG_DATA(cm), sizeof fd);
+	return fd;
+}
+
+/* The master rotated or reopened a log: write the buffered lines, then switch files. */
+static void on_ctl(void)
+{
+	char tag;
+	int fd;
+	while ((fd = recv_fd(g_ctl, &tag)) >= 0) {
+		if (tag == 'A' && g_accfd >= 0) {
+			log_flush();
+			dup2(fd, g_accfd);
+		} else if (tag == 'E') {
+			dup2(fd, g_errfd);
+		}
+		close(fd);
+	}
+}
+
 static int setup_runtime(void)
 {
 	size_t maxh = 1024;
@@ -4151,10 +4323,6 @@ static int setup_runtime(void)
 	g_scratch = malloc(g_bufsize);
 	g_heap = calloc(g_conf->max_connections + 16, sizeof *g_heap);
 	struct rlimit rl;
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-		rl.rlim_cur = rl.rlim_max;
-		setrlimit(RLIMIT_NOFILE, &rl);
-	}
 	size_t maxfds = (size_t)g_conf->max_connections * 2 + 256;
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
 		maxfds = LB_MIN(maxfds, (size_t)rl.rlim_cur + 16);
@@ -4174,34 +4342,19 @@ static int setup_runtime(void)
 	sa.sa_handler = on_signal;
 	sigemptyset(&sa.sa_mask);
 	sa.sa_flags = SA_RESTART;
-	int sigs[] = { SIGTERM, SIGINT, SIGHUP, SIGUSR1 };
+	int sigs[] = { SIGTERM, SIGINT, SIGQUIT };
 	for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++)
 		sigaction(sigs[i], &sa, NULL);
+	signal(SIGHUP, SIG_IGN);  /* the master reloads */
+	signal(SIGUSR1, SIG_IGN); /* the master reopens logs and passes them on */
 	signal(SIGPIPE, SIG_IGN);
-	return 0;
-}
-
-static int open_listeners(void)
-{
-	size_t n = 0;
-	for (size_t i = 0; i < g_conf->nlisteners; i++)
-		n += g_conf->listeners[i].nbinds;
-	g_lsocks = calloc(n, sizeof *g_lsocks);
-	if (!g_lsocks)
-		return -1;
-	for (size_t i = 0; i < g_conf->nlisteners; i++) {
-		struct lb_listener *l = &g_conf->listeners[i];
-		for (size_t b = 0; b < l->nbinds; b++) {
-			int fd = open_listener(&l->binds[b], l->name);
-			if (fd < 0)
-				return -1;
-			struct lsock *ls = &g_lsocks[g_nlsocks++];
-			ls->h.kind = H_LISTEN;
-			ls->h.fd = fd;
-			ls->h.want = EV_R;
-			ls->li = (int)i;
-			ev_apply(&ls->h);
-		}
+	signal(SIGCHLD, SIG_DFL);
+	if (g_ctl >= 0) {
+		fcntl(g_ctl, F_SETFL, O_NONBLOCK);
+		g_ctlh.kind = H_CTL;
+		g_ctlh.fd = g_ctl;
+		g_ctlh.want = EV_R;
+		ev_apply(&g_ctlh);
 	}
 	return 0;
 }
@@ -4219,25 +4372,614 @@ static int run_loop(void)
 			accept_pause(0);
 		if (g_stopping && (g_nconns == 0 || g_now >= g_stop_deadline)) {
 			if (g_nconns)
-				lb_err("stop: closing %zu connections still open after shutdown_timeout", g_nconns);
+				lb_err("worker %d: closing %zu connections still open after shutdown_timeout", g_worker_id,
+				       g_nconns);
 			while (g_live)
 				conn_close(g_live);
 			reap_dead();
 			log_flush();
-			lb_err("stopped");
 			return 0;
 		}
 	}
+}
+
+/* -------------------------------------------------------------------- listening sockets
+ * Owned by the master, inherited by the workers. A socket whose address stays in the next
+ * generation is never closed, so a reload loses no connection waiting in a backlog. */
+
+struct msock {
+	struct sockaddr_storage sa;
+	socklen_t salen;
+	int fd, used;
+};
+static struct msock *g_msocks;
+static size_t g_nmsocks;
+
+static int msock_find(const struct sockaddr_storage *sa, socklen_t len)
+{
+	for (size_t i = 0; i < g_nmsocks; i++)
+		if (g_msocks[i].salen == len && memcmp(&g_msocks[i].sa, sa, len) == 0)
+			return (int)i;
+	return -1;
+}
+
+/* Mark the sockets conf uses, opening those it lacks. */
+static int msocks_open(const struct lb_conf *c)
+{
+	for (size_t i = 0; i < g_nmsocks; i++)
+		g_msocks[i].used = 0;
+	for (size_t l = 0; l < c->nlisteners; l++) {
+		for (size_t b = 0; b < c->listeners[l].nbinds; b++) {
+			const struct lb_bind *bd = &c->listeners[l].binds[b];
+			int i = msock_find(&bd->sa, bd->salen);
+			if (i < 0) {
+				struct msock *m = realloc(g_msocks, (g_nmsocks + 1) * sizeof *m);
+				if (!m)
+					return -1;
+				g_msocks = m;
+				int fd = open_listener((struct lb_bind *)bd, c->listeners[l].name);
+				if (fd < 0)
+					return -1;
+				i = (int)g_nmsocks++;
+				g_msocks[i].sa = bd->sa;
+				g_msocks[i].salen = bd->salen;
+				g_msocks[i].fd = fd;
+			}
+			g_msocks[i].used = 1;
+		}
+	}
+	return 0;
+}
+
+static void msocks_close_unused(void)
+{
+	size_t k = 0;
+	for (size_t i = 0; i < g_nmsocks; i++) {
+		if (g_msocks[i].used)
+			g_msocks[k++] = g_msocks[i];
+		else
+			close(g_msocks[i].fd);
+	}
+	g_nmsocks = k;
+}
+
+static int worker_listen(void)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < g_conf->nlisteners; i++)
+		n += g_conf->listeners[i].nbinds;
+	g_lsocks = calloc(n ? n : 1, sizeof *g_lsocks);
+	if (!g_lsocks)
+		return -1;
+	for (size_t i = 0; i < g_conf->nlisteners; i++) {
+		for (size_t b = 0; b < g_conf->listeners[i].nbinds; b++) {
+			const struct lb_bind *bd = &g_conf->listeners[i].binds[b];
+			int m = msock_find(&bd->sa, bd->salen);
+			if (m < 0)
+				return -1;
+			struct lsock *ls = &g_lsocks[g_nlsocks++];
+			ls->h.kind = H_LISTEN;
+			ls->h.fd = g_msocks[m].fd;
+			ls->h.want = EV_R;
+			ls->li = (int)i;
+			ev_apply(&ls->h);
+		}
+	}
+	return 0;
+}
+
+/* -------------------------------------------------------------------- master side
+ * Forks and restarts workers, reloads on SIGHUP (new generation first, then the old one
+ * retires gracefully), rotates the access log and passes the new file to the workers,
+ * and stops everything on SIGTERM/SIGINT. It never handles client traffic. */
+
+struct worker {
+	pid_t pid;
+	int id, gen, ctl, retiring, restart;
+	int fast_exits;              /* consecutive deaths within a second of starting */
+	uint64_t started, restart_at;
+};
+static struct worker g_wk[LB_MAX_WORKERS];
+static int g_gen = 1;
+static pid_t g_master_pid;
+static const char *g_conf_path;
+static int g_mstop;
+static uint64_t g_mstop_deadline;
+static uid_t g_uid;
+static gid_t g_gid;
+static int g_drop;             /* workers setuid/setgid to g_uid/g_gid */
+static uint64_t g_next_rotate, g_next_retention;
+
+static unsigned worker_count(const struct lb_conf *c)
+{
+	long n = c->workers ? (long)c->workers : sysconf(_SC_NPROCESSORS_ONLN);
+	return (unsigned)LB_MAX(1, LB_MIN(n, LB_MAX_WORKERS / 2));
+}
+
+static int drop_privileges(void)
+{
+	if (!g_drop)
+		return 0;
+	if (setgroups(1, &g_gid) != 0 || setgid(g_gid) != 0 || setuid(g_uid) != 0) {
+		lb_err("worker: cannot drop privileges to uid %d gid %d: %s", (int)g_uid, (int)g_gid, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+/* the child of a fork: become worker `id` of the current generation in shm column `slot` */
+static void worker_main(int slot, int id, int ctl)
+{
+	g_pid = getpid();
+	g_slot = slot;
+	g_worker_id = id;
+	g_ctl = ctl;
+#ifdef __linux__
+	prctl(PR_SET_PDEATHSIG, SIGTERM); /* no orphan workers if the master is killed */
+	if (getppid() != g_master_pid)
+		_exit(0);
+#endif
+	close(g_sigpipe[0]);
+	close(g_sigpipe[1]);
+	for (int i = 0; i < LB_MAX_WORKERS; i++)
+		if (g_wk[i].pid && g_wk[i].ctl >= 0)
+			close(g_wk[i].ctl);
+	for (size_t i = 0; i < g_nmsocks; i++)
+		if (!g_msocks[i].used)
+			close(g_msocks[i].fd);
+	g_shm->w[slot].pid = (int32_t)g_pid;
+	g_shm->w[slot].id = id;
+	g_shm->w[slot].gen = g_gen;
+	if (drop_privileges() != 0 || setup_runtime() != 0 || worker_listen() != 0)
+		_exit(1);
+	int rc = run_loop();
+	_exit(rc);
+}
+
+static int spawn_worker(int slot, int id)
+{
+	int sv[2];
+	if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv) != 0) {
+		lb_err("socketpair: %s", strerror(errno));
+		return -1;
+	}
+	pid_t pid = fork();
+	if (pid < 0) {
+		lb_err("fork: %s", strerror(errno));
+		close(sv[0]);
+		close(sv[1]);
+		return -1;
+	}
+	if (pid == 0) {
+		close(sv[0]);
+		worker_main(slot, id, sv[1]);
+	}
+	close(sv[1]);
+	struct worker *w = &g_wk[slot];
+	memset(w, 0, sizeof *w);
+	w->pid = pid;
+	w->id = id;
+	w->gen = g_gen;
+	w->ctl = sv[0];
+	w->started = mono_ms();
+	lb_err("worker %d pid %d started (generation %d)", id, (int)pid, g_gen);
+	return 0;
+}
+
+static int free_slot(void)
+{
+	for (int i = 0; i < LB_MAX_WORKERS; i++)
+		if (!g_wk[i].pid && !g_wk[i].restart)
+			return i;
+	return -1;
+}
+
+static int spawn_generation(void)
+{
+	unsigned n = worker_count(g_conf);
+	for (unsigned id = 1; id <= n; id++) {
+		int slot = free_slot();
+		if (slot < 0 || spawn_worker(slot, (int)id) != 0)
+			return -1;
+	}
+	return 0;
+}
+
+static int live_workers(void)
+{
+	int n = 0;
+	for (int i = 0; i < LB_MAX_WORKERS; i++)
+		n += g_wk[i].pid != 0;
+	return n;
+}
+
+static void master_reap(void)
+{
+	int st;
+	pid_t pid;
+	while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+		int i = 0;
+		while (i < LB_MAX_WORKERS && g_wk[i].pid != pid)
+			i++;
+		if (i == LB_MAX_WORKERS)
+			continue;
+		struct worker *w = &g_wk[i];
+		int expected = w->retiring || g_mstop || w->gen != g_gen;
+		char how[48];
+		if (WIFSIGNALED(st))
+			snprintf(how, sizeof how, "on signal %d", WTERMSIG(st));
+		else
+			snprintf(how, sizeof how, "with status %d", WEXITSTATUS(st));
+		shm_release_slot(i);
+		close(w->ctl);
+		w->pid = 0;
+		w->ctl = -1;
+		if (expected && !(WIFSIGNALED(st) || WEXITSTATUS(st))) {
+			lb_err("worker %d pid %d (generation %d) exited", w->id, (int)pid, w->gen);
+			memset(w, 0, sizeof *w);
+			continue;
+		}
+		if (expected) {
+			lb_err("worker %d pid %d (generation %d) exited %s", w->id, (int)pid, w->gen, how);
+			memset(w, 0, sizeof *w);
+			continue;
+		}
+		uint64_t lived = mono_ms() - w->started;
+		w->fast_exits = lived < 1000 ? w->fast_exits + 1 : 0;
+		w->restart = 1;
+		w->restart_at = mono_ms() + (w->fast_exits > 1 ? 1000 : 0); /* a crash loop: once a second */
+		lb_err("worker %d pid %d exited %s; restarting", w->id, (int)pid, how);
+	}
+}
+
+static void master_restart_due(void)
+{
+	uint64_t now = mono_ms();
+	for (int i = 0; i < LB_MAX_WORKERS; i++) {
+		struct worker *w = &g_wk[i];
+		if (w->restart && now >= w->restart_at) {
+			int id = w->id, fast = w->fast_exits;
+			w->restart = 0;
+			if (spawn_worker(i, id) != 0) {
+				w->id = id;
+				w->restart = 1;
+				w->restart_at = now + 1000;
+			}
+			w->fast_exits = fast;
+		}
+	}
+}
+
+static void send_fd(int sock, char tag, int fd)
+{
+	char cbuf[CMSG_SPACE(sizeof(int))];
+	struct iovec iov = { &tag, 1 };
+	struct msghdr m;
+	memset(&m, 0, sizeof m);
+	memset(cbuf, 0, sizeof cbuf);
+	m.msg_iov = &iov;
+	m.msg_iovlen = 1;
+	m.msg_control = cbuf;
+	m.msg_controllen = sizeof cbuf;
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&m);
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SCM_RIGHTS;
+	cm->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(cm), &fd, sizeof fd);
+	if (sendmsg(sock, &m, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
+		lb_err("passing a log file to a worker: %s", strerror(errno));
+}
+
+static int is_file_log(const char *p) { return p && strcmp(p, "stdout") && strcmp(p, "stderr"); }
+
+/* Open a log target as a new descriptor: a file, or a copy of stdout/stderr. */
+static int open_log_target(const char *p)
+{
+	if (!p)
+		return -1;
+	if (!strcmp(p, "stdout"))
+		return fcntl(1, F_DUPFD_CLOEXEC, 3);
+	if (!strcmp(p, "stderr"))
+		return fcntl(2, F_DUPFD_CLOEXEC, 3);
+	return open(p, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+}
+
+/* Point fd `*slot` at target p (the workers of later forks inherit it); tell live workers
+ * when `tag`. Returns -1 and changes nothing when p cannot be opened. */
+static int retarget_log(int *slot, const char *p, char tag)
+{
+	int fd = open_log_target(p);
+	if (p && fd < 0) {
+		lb_err("cannot open log %s: %s", p, strerror(errno));
+		return -1;
+	}
+	if (fd < 0) {
+		if (*slot >= 0 && *slot != 2)
+			close(*slot);
+		*slot = -1;
+		return 0;
+	}
+	if (*slot < 0 || *slot == 2) {
+		*slot = fd;
+		return 0;
+	}
+	dup2(fd, *slot);
+	for (int i = 0; tag && i < LB_MAX_WORKERS; i++)
+		if (g_wk[i].pid && g_wk[i].ctl >= 0)
+			send_fd(g_wk[i].ctl, tag, fd);
+	close(fd);
+	return 0;
+}
+
+/* rotated names: PATH.YYYYmmdd-HHMMSS[.N] */
+static int is_rotated_name(const char *name, const char *base)
+{
+	size_t bl = strlen(base);
+	if (strncmp(name, base, bl) || name[bl] != '.')
+		return 0;
+	const char *t = name + bl + 1;
+	for (int i = 0; i < 15; i++)
+		if (i == 8 ? t[i] != '-' : !is_digit((unsigned char)t[i]))
+			return 0;
+	return t[15] == 0 || t[15] == '.';
+}
+
+/* Delete rotated files older than retention, always keeping the newest one. */
+static void apply_retention(void)
+{
+	const char *path = g_conf->access_log;
+	if (!is_file_log(path))
+		return;
+	char dir[PATH_MAX];
+	snprintf(dir, sizeof dir, "%s", path);
+	char *slash = strrchr(dir, '/');
+	const char *base = slash ? slash + 1 : dir;
+	char basebuf[PATH_MAX];
+	snprintf(basebuf, sizeof basebuf, "%s", base);
+	if (slash)
+		*slash = 0;
+	else
+		snprintf(dir, sizeof dir, ".");
+	char newest[NAME_MAX + 1] = "";
+	time_t newest_t = 0, now = time(NULL);
+	for (int pass = 0; pass < 2; pass++) { /* first find the newest, then delete */
+		DIR *d = opendir(dir[0] ? dir : "/");
+		if (!d)
+			return;
+		struct dirent *e;
+		while ((e = readdir(d))) {
+			if (!is_rotated_name(e->d_name, basebuf))
+				continue;
+			char full[PATH_MAX + NAME_MAX + 2];
+			struct stat sb;
+			snprintf(full, sizeof full, "%s/%s", dir[0] ? dir : "", e->d_name);
+			if (stat(full, &sb) != 0)
+				continue;
+			if (pass == 0 && sb.st_mtime >= newest_t) {
+				newest_t = sb.st_mtime;
+				snprintf(newest, sizeof newest, "%s", e->d_name);
+			} else if (pass == 1 && strcmp(e->d_name, newest) &&
+			           (uint64_t)(now - sb.st_mtime) * 1000 >= g_conf->retention) {
+				if (unlink(full) != 0)
+					lb_err("retention: cannot delete %s: %s", full, strerror(errno));
+			}
+		}
+		closedir(d);
+	}
+}
+
+/* Rename the live access log to a time-stamped name and give everyone a fresh file. Lines
+ * written between the rename and a worker's switch land in the rotated file: none is lost. */
+static void rotate_access_log(void)
+{
+	const char *path = g_conf->access_log;
+	struct stat sb;
+	if (!is_file_log(path) || g_accfd < 0 || fstat(g_accfd, &sb) != 0 || sb.st_size == 0)
+		return;
+	char name[PATH_MAX], stamp[32];
+	time_t t = time(NULL);
+	struct tm tm;
+	localtime_r(&t, &tm);
+	strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", &tm);
+	snprintf(name, sizeof name, "%s.%s", path, stamp);
+	for (int n = 1; access(name, F_OK) == 0 && n < 1000; n++)
+		snprintf(name, sizeof name, "%s.%s.%d", path, stamp, n);
+	if (rename(path, name) != 0) {
+		lb_err("rotate: cannot rename %s: %s", path, strerror(errno));
+		return;
+	}
+	retarget_log(&g_accfd, path, 'A');
+	apply_retention();
+}
+
+static void master_log_tick(void)
+{
+	uint64_t now = mono_ms();
+	struct stat sb;
+	if (!is_file_log(g_conf->access_log) || g_accfd < 0)
+		return;
+	int due = g_conf->rotate_interval && now >= g_next_rotate;
+	if (g_conf->rotate_size && fstat(g_accfd, &sb) == 0 && (uint64_t)sb.st_size >= g_conf->rotate_size)
+		due = 1;
+	if (due) {
+		rotate_access_log();
+		g_next_rotate = now + g_conf->rotate_interval;
+	}
+	if (now >= g_next_retention) {
+		apply_retention();
+		g_next_retention = now + 1000;
+	}
+}
+
+static struct lb_conf *load_config(const char *path, int to_log);
+
+static int resolve_user(const struct lb_conf *c)
+{
+	g_drop = 0;
+	if (!c->user || geteuid() != 0) {
+		if (c->user && geteuid() != 0)
+			lb_err("user = %s: not started as root, running as the current user", c->user);
+		return 0;
+	}
+	struct passwd *pw = getpwnam(c->user);
+	if (!pw) {
+		lb_err("user = %s: no such user", c->user);
+		return -1;
+	}
+	g_uid = pw->pw_uid;
+	g_gid = pw->pw_gid;
+	g_drop = pw->pw_uid != 0;
+	return 0;
+}
+
+/* SIGHUP: the new generation starts before the old one retires; on any error the old
+ * generation keeps serving as it was. */
+static void master_reload(void)
+{
+	struct lb_conf *nc = load_config(g_conf_path, 1);
+	if (!nc) {
+		lb_err("reload: %s has errors; still serving generation %d", g_conf_path, g_gen);
+		return;
+	}
+	int free_slots = 0;
+	for (int i = 0; i < LB_MAX_WORKERS; i++)
+		free_slots += !g_wk[i].pid && !g_wk[i].restart;
+	struct lb_conf *old = g_conf;
+	const char *why = NULL;
+	if ((unsigned)free_slots < worker_count(nc))
+		why = "too many workers still draining from earlier reloads; try again later";
+	else if (shm_map_conf(nc) != 0)
+		why = "shared memory is full";
+	else if (resolve_user(nc) != 0)
+		why = "unknown user";
+	else if (msocks_open(nc) != 0)
+		why = "cannot listen on a new address";
+	if (why) {
+		lb_err("reload: %s; still serving generation %d", why, g_gen);
+		msocks_open(old);
+		msocks_close_unused();
+		resolve_user(old);
+		lb_conf_free(nc);
+		return;
+	}
+	g_conf = nc;
+	if (!old->access_log != !nc->access_log ||
+	    (nc->access_log && strcmp(old->access_log, nc->access_log)))
+		retarget_log(&g_accfd, nc->access_log, 0);
+	if (strcmp(old->error_log, nc->error_log))
+		retarget_log(&g_errfd, nc->error_log, 0);
+	int old_gen = g_gen++;
+	for (int i = 0; i < LB_MAX_WORKERS; i++)
+		if (g_wk[i].restart && g_wk[i].gen == old_gen)
+			memset(&g_wk[i], 0, sizeof g_wk[i]); /* no restarts into an old generation */
+	spawn_generation();
+	for (int i = 0; i < LB_MAX_WORKERS; i++) {
+		if (g_wk[i].pid && g_wk[i].gen == old_gen) {
+			g_wk[i].retiring = 1;
+			kill(g_wk[i].pid, SIGQUIT);
+		}
+	}
+	msocks_close_unused();
+	g_next_rotate = mono_ms() + nc->rotate_interval;
+	lb_err("reload: generation %d serves %s (%zu listeners, %zu pools, %zu routes); generation %d retires",
+	       g_gen, g_conf_path, nc->nlisteners, nc->npools, nc->nroutes, old_gen);
+	lb_conf_free(old);
+}
+
+static void master_stop(void)
+{
+	if (g_mstop)
+		return;
+	g_mstop = 1;
+	g_mstop_deadline = mono_ms() + g_conf->shutdown_timeout + 5000;
+	lb_err("stopping: workers finish their connections (at most %llu ms)",
+	       (unsigned long long)g_conf->shutdown_timeout);
+	for (size_t i = 0; i < g_nmsocks; i++)
+		g_msocks[i].used = 0;
+	msocks_close_unused(); /* with the workers' copies gone, new connections are refused */
+	for (int i = 0; i < LB_MAX_WORKERS; i++) {
+		if (g_wk[i].pid)
+			kill(g_wk[i].pid, SIGTERM);
+		g_wk[i].restart = 0;
+	}
+}
+
+static void master_signals(void)
+{
+	unsigned char sigs[64];
+	ssize_t n = read(g_sigpipe[0], sigs, sizeof sigs);
+	for (ssize_t i = 0; i < n; i++) {
+		switch (sigs[i]) {
+		case SIGTERM:
+		case SIGINT:
+			master_stop();
+			break;
+		case SIGHUP:
+			if (!g_mstop)
+				master_reload();
+			break;
+		case SIGUSR1:
+			retarget_log(&g_accfd, g_conf->access_log, 'A');
+			if (is_file_log(g_conf->error_log))
+				retarget_log(&g_errfd, g_conf->error_log, 'E');
+			lb_err("SIGUSR1: log files reopened");
+			break;
+		case SIGCHLD:
+			master_reap();
+			break;
+		}
+	}
+}
+
+static int master_run(void)
+{
+	if (pipe2(g_sigpipe, O_NONBLOCK | O_CLOEXEC) != 0)
+		return 1;
+	struct sigaction sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = on_signal;
+	sigemptyset(&sa.sa_mask);
+	sa.sa_flags = SA_RESTART;
+	int sigs[] = { SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGCHLD };
+	for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++)
+		sigaction(sigs[i], &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	signal(SIGQUIT, SIG_IGN);
+	g_next_rotate = mono_ms() + g_conf->rotate_interval;
+	if (spawn_generation() != 0 && live_workers() == 0)
+		return 1;
+	for (;;) {
+		struct pollfd p = { g_sigpipe[0], POLLIN, 0 };
+		poll(&p, 1, 200);
+		master_signals();
+		master_reap(); /* also catches a SIGCHLD that raced the handler install */
+		if (g_mstop) {
+			if (live_workers() == 0)
+				break;
+			if (mono_ms() >= g_mstop_deadline) {
+				for (int i = 0; i < LB_MAX_WORKERS; i++)
+					if (g_wk[i].pid)
+						kill(g_wk[i].pid, SIGKILL);
+			}
+			continue;
+		}
+		master_restart_due();
+		master_log_tick();
+	}
+	lb_err("stopped");
+	return 0;
 }
 
 /* ==================================================================== 15. main */
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: lb [-c FILE]      run in the foreground (default FILE: config.ini)\n"
-	           "       lb -t [-c FILE]   check the configuration and exit (0 valid, 1 errors)\n"
-	           "       lb -v             print the version\n"
-	           "       lb -h             this help\n");
+	fprintf(f, "usage: lb [-c FILE] [-u USER]  run in the foreground (default FILE: config.ini)\n"
+	           "       lb -t [-c FILE]         check the configuration and exit (0 valid, 1 errors)\n"
+	           "       lb -v                   print the version\n"
+	           "       lb -h                   this help\n"
+	           "  -u USER   workers run as USER (overrides [global] user); as root, lb refuses to\n"
+	           "            run without a user unless -u root says so explicitly\n");
 }
 
 static char *read_file(const char *path, size_t *len)
@@ -4260,10 +5002,8 @@ static char *read_file(const char *path, size_t *len)
 				break;
 			}
 			char *nb = realloc(b, cap *= 2);
-			if (!nb) {
+			if (!nb)
 				free(b);
-				b = NULL;
-			}
 			b = nb;
 		}
 	}
@@ -4272,24 +5012,35 @@ static char *read_file(const char *path, size_t *len)
 	return b;
 }
 
-static void print_cfg_errors(const char *path, const struct lb_cfg_errors *e)
+static void report_cfg_errors(const char *path, const struct lb_cfg_errors *e, int to_log)
 {
 	for (int i = 0; i < e->n; i++) {
-		if (e->e[i].line > 0)
+		if (to_log && e->e[i].line > 0)
+			lb_err("%s:%d: %s", path, e->e[i].line, e->e[i].msg);
+		else if (to_log)
+			lb_err("%s: %s", path, e->e[i].msg);
+		else if (e->e[i].line > 0)
 			fprintf(stderr, "%s:%d: %s\n", path, e->e[i].line, e->e[i].msg);
 		else
 			fprintf(stderr, "%s: %s\n", path, e->e[i].msg);
 	}
-	if (e->total > e->n)
-		fprintf(stderr, "%s: %d more errors not shown\n", path, e->total - e->n);
+	if (e->total > e->n) {
+		if (to_log)
+			lb_err("%s: %d more errors not shown", path, e->total - e->n);
+		else
+			fprintf(stderr, "%s: %d more errors not shown\n", path, e->total - e->n);
+	}
 }
 
-static struct lb_conf *load_config(const char *path)
+static struct lb_conf *load_config(const char *path, int to_log)
 {
 	size_t len = 0;
 	char *text = read_file(path, &len);
 	if (!text) {
-		fprintf(stderr, "%s: cannot read: %s\n", path, strerror(errno));
+		if (to_log)
+			lb_err("%s: cannot read: %s", path, strerror(errno));
+		else
+			fprintf(stderr, "%s: cannot read: %s\n", path, strerror(errno));
 		return NULL;
 	}
 	struct lb_cfg_errors *errs = calloc(1, sizeof *errs);
@@ -4299,7 +5050,7 @@ static struct lb_conf *load_config(const char *path)
 		return NULL;
 	}
 	if (lb_conf_parse(text, len, &c, errs) != 0 || lb_conf_resolve(c, errs) != 0) {
-		print_cfg_errors(path, errs);
+		report_cfg_errors(path, errs, to_log);
 		lb_conf_free(c);
 		c = NULL;
 	}
@@ -4322,11 +5073,13 @@ static int write_pid_file(const char *path)
 
 int lb_main(int argc, char **argv)
 {
-	const char *path = "config.ini";
+	const char *path = "config.ini", *user = NULL;
 	int check = 0;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "-c") && i + 1 < argc)
 			path = argv[++i];
+		else if (!strcmp(argv[i], "-u") && i + 1 < argc)
+			user = argv[++i];
 		else if (!strcmp(argv[i], "-t"))
 			check = 1;
 		else if (!strcmp(argv[i], "-v")) {
@@ -4346,7 +5099,7 @@ int lb_main(int argc, char **argv)
 			return 2;
 		}
 	}
-	g_conf = load_config(path);
+	g_conf = load_config(path, 0);
 	if (!g_conf)
 		return 1;
 	if (check) {
@@ -4354,16 +5107,34 @@ int lb_main(int argc, char **argv)
 		lb_conf_free(g_conf);
 		return 0;
 	}
-	if (g_conf->workers != 1)
-		lb_err("workers = %s: this build runs one worker process (multi-worker comes with the master/worker model)",
-		       g_conf->workers ? "N" : "auto");
-	if (open_logs() != 0 || setup_runtime() != 0 || open_listeners() != 0)
+	if (user) {
+		free(g_conf->user);
+		g_conf->user = strdup(user);
+	}
+	if (geteuid() == 0 && !g_conf->user) {
+		fprintf(stderr, "lb: refusing to run as root without a user: set [global] user = NAME (workers drop "
+		                "to it) or pass -u root to run as root on purpose\n");
+		return 1;
+	}
+	g_conf_path = path;
+	g_master_pid = g_pid = getpid();
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max; /* inherited by the workers */
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+	g_errfd = 2;
+	if (is_file_log(g_conf->error_log) && retarget_log(&g_errfd, g_conf->error_log, 0) != 0)
+		return 1;
+	if (g_conf->access_log && retarget_log(&g_accfd, g_conf->access_log, 0) != 0)
+		return 1;
+	if (resolve_user(g_conf) != 0 || shm_create() != 0 || shm_map_conf(g_conf) != 0 || msocks_open(g_conf) != 0)
 		return 1;
 	if (g_conf->pid_file && write_pid_file(g_conf->pid_file) != 0)
 		return 1;
-	lb_err("lb %s started: %zu listeners, %zu pools, %zu routes", LB_VERSION, g_conf->nlisteners, g_conf->npools,
-	       g_conf->nroutes);
-	int rc = run_loop();
+	lb_err("lb %s: master pid %d, %u workers, %zu listeners, %zu pools, %zu routes", LB_VERSION, (int)g_pid,
+	       worker_count(g_conf), g_conf->nlisteners, g_conf->npools, g_conf->nroutes);
+	int rc = master_run();
 	if (g_conf->pid_file)
 		unlink(g_conf->pid_file);
 	return rc;

@@ -160,7 +160,8 @@ enum lb_mode { LB_MODE_HTTP = 0, LB_MODE_TCP = 1 };
 enum lb_algo { LB_ALGO_RR = 0, LB_ALGO_LEASTCONN, LB_ALGO_IPHASH, LB_ALGO_RANDOM2 };
 enum lb_logfmt { LB_LOG_COMBINED = 0, LB_LOG_JSON };
 
-struct lb_bconn; /* a backend connection (lb.c) */
+struct lb_bconn;      /* a backend connection (lb.c) */
+struct lb_shm_server; /* a server's slot in the shared-memory segment (lb.c) */
 
 struct lb_server {
 	char name[LB_NAME_MAX];
@@ -174,8 +175,9 @@ struct lb_server {
 	uint64_t name_hash;     /* for consistent hashing: by name, so a readdressed server keeps its keys */
 	/* per-worker runtime state */
 	int64_t cur_weight;     /* smooth weighted round-robin */
-	unsigned active;        /* requests or tunnels in flight */
+	unsigned active;        /* requests or tunnels in flight (this process; see shm) */
 	int down;               /* not usable (health checks, later) */
+	struct lb_shm_server *shm; /* shared state across workers; NULL in unit tests */
 	struct lb_bconn *idle;  /* idle keep-alive connections */
 	unsigned nidle;
 };
@@ -233,12 +235,16 @@ struct lb_route {
 struct lb_conf {
 	/* [global] */
 	unsigned workers;            /* 0 = auto */
+	char *user;                  /* workers drop to this user when started as root */
 	unsigned max_connections;
 	char *pid_file;
 	uint64_t shutdown_timeout;   /* ms: bound on the graceful stop */
 	/* [log] */
 	char *access_log;            /* NULL = off, "stdout", or a path */
 	int log_format;
+	uint64_t rotate_interval;    /* ms, 0 = off */
+	uint64_t rotate_size;        /* bytes, 0 = off */
+	uint64_t retention;          /* ms */
 	char *error_log;             /* "stderr" or a path */
 	struct lb_listener *listeners; size_t nlisteners;
 	struct lb_pool *pools;         size_t npools;

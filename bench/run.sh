@@ -299,7 +299,7 @@ start_proxy() {
 			-e "$TMP/nginx-proxy.error.log" -g 'daemon off;'
 		logf="$TMP/nginx-proxy.error.log" ;;
 	lb)
-		start_bg "$logf" "${PIN_PROXY[@]}" "$LB_BIN" -c "$TMP/lb.ini" ;;
+		start_bg "$logf" "${PIN_PROXY[@]}" "$LB_BIN" -c "$TMP/lb.ini" $( [ "$(id -u)" = 0 ] && echo -u root ) ;;
 	esac
 	CUR_PID=$BG_PID
 	if ! wait_ready "$name" "$CUR_PID" "$CUR_PORT" "$logf"; then

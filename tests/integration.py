@@ -187,7 +187,9 @@ class LB:
             raise Fail("lb binary not found or not executable: %s" % LB_BIN)
         self.out = open(self.out_path, "wb")
         self.err = open(self.err_path, "wb")
-        self.proc = subprocess.Popen([LB_BIN, "-c", self.conf], stdin=subprocess.DEVNULL,
+        # as root (CI), lb refuses to run without `user =` unless told -u root
+        argv = [LB_BIN, "-c", self.conf] + (["-u", "root"] if os.geteuid() == 0 else [])
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                      stdout=self.out, stderr=self.err, cwd=ROOT)
         self.pid = self.proc.pid
         ctx.lbs.append(self)
