@@ -4131,7 +4131,10 @@ static void on_accept(struct lsock *ls)
 	}
 }
 
-static void begin_stop(void)
+/* Stop accepting; in-flight exchanges finish and their connections close after them. On a
+ * stop, idle keep-alive connections close now; on a reload (keep_idle) they stay until their
+ * next request, answered with Connection: close, so no client races a close. */
+static void begin_stop(int keep_idle)
 {
 	if (g_stopping)
 		return;
@@ -4147,7 +4150,7 @@ static void begin_stop(void)
 	for (struct conn *c = g_live, *n; c; c = n) {
 		n = c->next;
 		c->close_after = 1;
-		if (c->q == Q_HEAD && c->r == R_NONE && buf_len(&c->in) == 0)
+		if (!keep_idle && c->q == Q_HEAD && c->r == R_NONE && buf_len(&c->in) == 0)
 			conn_close(c);
 	}
 	for (size_t p = 0; p < g_conf->npools; p++) {
@@ -4275,7 +4278,7 @@ static void on_signals(void)
 	ssize_t n = read(g_sigpipe[0], sigs, sizeof sigs);
 	for (ssize_t i = 0; i < n; i++)
 		if (sigs[i] == SIGTERM || sigs[i] == SIGINT || sigs[i] == SIGQUIT)
-			begin_stop();
+			begin_stop(sigs[i] == SIGQUIT);
 }
 
 static int recv_fd(int sock, char *tag)
