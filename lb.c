@@ -4492,6 +4492,7 @@ static uid_t g_uid;
 static gid_t g_gid;
 static int g_drop;             /* workers setuid/setgid to g_uid/g_gid */
 static uint64_t g_next_rotate, g_next_retention;
+static sigset_t g_spawn_mask;  /* the mask before spawn_worker blocked the control signals */
 
 static unsigned worker_count(const struct lb_conf *c)
 {
@@ -4535,6 +4536,7 @@ static void worker_main(int slot, int id, int ctl)
 	g_shm->w[slot].gen = g_gen;
 	if (drop_privileges() != 0 || setup_runtime() != 0 || worker_listen() != 0)
 		_exit(1);
+	sigprocmask(SIG_SETMASK, &g_spawn_mask, NULL); /* a SIGQUIT sent meanwhile arrives now */
 	int rc = run_loop();
 	_exit(rc);
 }
@@ -4546,16 +4548,24 @@ static int spawn_worker(int slot, int id)
 		lb_err("socketpair: %s", strerror(errno));
 		return -1;
 	}
+	/* until the child has its own handlers, a stop or retire signal must wait, not vanish */
+	sigset_t block;
+	sigemptyset(&block);
+	int sigs[] = { SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGCHLD };
+	for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++)
+		sigaddset(&block, sigs[i]);
+	sigprocmask(SIG_BLOCK, &block, &g_spawn_mask);
 	pid_t pid = fork();
+	if (pid == 0) {
+		close(sv[0]);
+		worker_main(slot, id, sv[1]);
+	}
+	sigprocmask(SIG_SETMASK, &g_spawn_mask, NULL);
 	if (pid < 0) {
 		lb_err("fork: %s", strerror(errno));
 		close(sv[0]);
 		close(sv[1]);
 		return -1;
-	}
-	if (pid == 0) {
-		close(sv[0]);
-		worker_main(slot, id, sv[1]);
 	}
 	close(sv[1]);
 	struct worker *w = &g_wk[slot];
