@@ -2411,6 +2411,7 @@ struct conn {
 	size_t scan;                   /* head bytes already looked at for a line end */
 	int cin_eof, shut_b, shut_c;
 	int close_after, backend_reuse, holds_srv;
+	int close_announced;           /* the response head told the client this is the last exchange */
 	int retries_left, reuse_retried;
 	int req_bodyless, req_idem, req_method, req_minor, upgrade;
 	int resp_status, resp_started;
@@ -2449,7 +2450,11 @@ static struct lsock *g_lsocks;
 static size_t g_nlsocks;
 static int g_accept_paused;
 static int g_stopping;
-static uint64_t g_stop_deadline;
+static uint64_t g_stop_deadline, g_stop_began;
+/* a retiring worker closes a keep-alive connection idle this long (since the retire began):
+ * long enough that a client sending its next request is not cut off, short enough that an
+ * old generation does not linger for idle_timeout */
+#define LB_RETIRE_IDLE_MS 1000
 static struct lb_req g_req;       /* scratch: parsed head, used before the next parse only */
 static struct lb_resp g_resp;
 static char *g_scratch;           /* g_bufsize bytes: normalised paths */
@@ -2796,11 +2801,12 @@ static void respond_own(struct conn *c, int status, const char *why)
 		return;
 	}
 	c->rh.s = c->rh.e = 0;
+	c->close_announced = c->close_after || g_stopping;
 	const char *txt = status_text(status);
 	int blen = (int)strlen(txt) + 5;
 	buf_printf(&c->rh, "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n%s%s\r\n%d %s\n",
 	           status, txt, blen, status == 503 ? "Retry-After: 1\r\n" : "",
-	           c->close_after ? "Connection: close\r\n" : "", status, txt);
+	           c->close_announced ? "Connection: close\r\n" : "", status, txt);
 	c->bytes_out = 0;
 }
 
@@ -3030,6 +3036,7 @@ static void request_begin(struct conn *c)
 	c->nreq++;
 	c->resp_status = 0;
 	c->resp_started = 0;
+	c->close_announced = 0;
 	c->bytes_out = 0;
 	c->sent_any = 0;
 	c->route = NULL;
@@ -3236,9 +3243,10 @@ static int build_response_head(struct conn *c, const struct lb_resp *rs)
 		    (u && put_header(b, (struct lb_str){ "Upgrade", 7 }, u->value)))
 			return -1;
 	} else if (rs->status >= 200) {
-		if (c->close_after && buf_printf(b, "Connection: close\r\n"))
+		c->close_announced = c->close_after || g_stopping;
+		if (c->close_announced && buf_printf(b, "Connection: close\r\n"))
 			return -1;
-		if (!c->close_after && c->req_minor == 0 && buf_printf(b, "Connection: keep-alive\r\n"))
+		if (!c->close_announced && c->req_minor == 0 && buf_printf(b, "Connection: keep-alive\r\n"))
 			return -1;
 	}
 	return buf_put_str(b, "\r\n", 2);
@@ -3407,7 +3415,9 @@ static int finish_step(struct conn *c)
 	int reuse = c->backend_reuse && c->q == Q_DONE && buf_len(&c->out) == 0;
 	access_log_write(c);
 	backend_release(c, reuse);
-	if (c->close_after || g_stopping) {
+	/* a stop that began after the head went out was not announced: the connection stays,
+	 * and its next request (or the retire idle timer) ends it without a race */
+	if (c->close_after || c->close_announced) {
 		conn_close(c);
 		return 0;
 	}
@@ -3653,15 +3663,21 @@ static uint64_t conn_deadline(const struct conn *c, int *kind)
 	}
 	if (c->q == Q_HEAD && c->r == R_NONE) {
 		int head = buf_len(&c->in) > 0 || c->nreq == 0;
+		uint64_t d = head ? c->t_head + L->header_timeout : c->t_active + L->idle_timeout;
 		*kind = head ? T_HEAD : T_IDLE;
-		return head ? c->t_head + L->header_timeout : c->t_active + L->idle_timeout;
+		if (g_stopping && buf_len(&c->in) == 0)
+			d = LB_MIN(d, LB_MAX(c->t_active, g_stop_began) + LB_RETIRE_IDLE_MS);
+		return d;
 	}
 	if (c->r == R_WAIT && c->q == Q_DONE && c->b && buf_len(&c->qh) == 0) {
 		*kind = T_RESPONSE;
 		return LB_MAX(c->t_req_done, c->t_active) + c->resp_timeout;
 	}
 	*kind = T_IDLE;
-	return c->t_active + L->idle_timeout;
+	uint64_t d = c->t_active + L->idle_timeout;
+	if (g_stopping && c->q == Q_TUNNEL && (c->shut_c || c->shut_b)) /* one side is done */
+		d = LB_MIN(d, LB_MAX(c->t_active, g_stop_began) + LB_RETIRE_IDLE_MS);
+	return d;
 }
 
 static void conn_arm_timer(struct conn *c)
@@ -4131,14 +4147,15 @@ static void on_accept(struct lsock *ls)
 	}
 }
 
-/* Stop accepting; in-flight exchanges finish and their connections close after them. On a
- * stop, idle keep-alive connections close now; on a reload (keep_idle) they stay until their
- * next request, answered with Connection: close, so no client races a close. */
-static void begin_stop(int keep_idle)
+/* Stop accepting; in-flight exchanges finish, every response from now on says
+ * Connection: close, and idle keep-alive connections close after LB_RETIRE_IDLE_MS of
+ * silence (closing one at once would race a client that is sending its next request). */
+static void begin_stop(void)
 {
 	if (g_stopping)
 		return;
 	g_stopping = 1;
+	g_stop_began = g_now;
 	g_stop_deadline = g_now + g_conf->shutdown_timeout;
 	lb_err("stopping: no new connections; finishing %zu open ones (at most %llu ms)", g_nconns,
 	       (unsigned long long)g_conf->shutdown_timeout);
@@ -4149,9 +4166,7 @@ static void begin_stop(int keep_idle)
 	}
 	for (struct conn *c = g_live, *n; c; c = n) {
 		n = c->next;
-		c->close_after = 1;
-		if (!keep_idle && c->q == Q_HEAD && c->r == R_NONE && buf_len(&c->in) == 0)
-			conn_close(c);
+		conn_arm_timer(c);
 	}
 	for (size_t p = 0; p < g_conf->npools; p++) {
 		for (size_t s = 0; s < g_conf->pools[p].nservers; s++) {
@@ -4278,7 +4293,7 @@ static void on_signals(void)
 	ssize_t n = read(g_sigpipe[0], sigs, sizeof sigs);
 	for (ssize_t i = 0; i < n; i++)
 		if (sigs[i] == SIGTERM || sigs[i] == SIGINT || sigs[i] == SIGQUIT)
-			begin_stop(sigs[i] == SIGQUIT);
+			begin_stop();
 }
 
 static int recv_fd(int sock, char *tag)
