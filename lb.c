@@ -3876,6 +3876,19 @@ static void count_exchange(const struct conn *c)
 	atomic_fetch_add_explicit(&sv->w[g_slot].bytes_out, c->bytes_out, memory_order_relaxed);
 }
 
+/* A server's counters summed over every worker, live or exited. */
+static void shm_server_totals(const struct lb_shm_server *sv, uint64_t *req, uint64_t *err, uint64_t *bytes)
+{
+	*req = sv->retired_requests;
+	*err = sv->retired_errors;
+	*bytes = sv->retired_bytes;
+	for (int w = 0; w < LB_MAX_WORKERS; w++) {
+		*req += atomic_load_explicit(&sv->w[w].requests, memory_order_relaxed);
+		*err += atomic_load_explicit(&sv->w[w].errors, memory_order_relaxed);
+		*bytes += atomic_load_explicit(&sv->w[w].bytes_out, memory_order_relaxed);
+	}
+}
+
 /* master: a worker exited; its in-flight counts die with it, its totals are kept */
 static void shm_release_slot(int slot)
 {
@@ -4914,6 +4927,18 @@ static void master_reload(void)
 	lb_conf_free(old);
 }
 
+/* One line per server with traffic since start: the per-worker counters, summed. */
+static void log_server_totals(const char *when)
+{
+	for (uint32_t i = 0; i < g_shm->nservers; i++) {
+		uint64_t r, e, b;
+		shm_server_totals(&g_shm->s[i], &r, &e, &b);
+		if (r)
+			lb_err("%s: server %s: %llu requests, %llu 5xx, %llu body bytes out", when, g_shm->s[i].key,
+			       (unsigned long long)r, (unsigned long long)e, (unsigned long long)b);
+	}
+}
+
 static void master_stop(void)
 {
 	if (g_mstop)
@@ -4943,8 +4968,10 @@ static void master_signals(void)
 			master_stop();
 			break;
 		case SIGHUP:
-			if (!g_mstop)
+			if (!g_mstop) {
+				log_server_totals("before reload");
 				master_reload();
+			}
 			break;
 		case SIGUSR1:
 			retarget_log(&g_accfd, g_conf->access_log, 'A');
@@ -4994,6 +5021,8 @@ static int master_run(void)
 		master_restart_due();
 		master_log_tick();
 	}
+	master_reap();
+	log_server_totals("totals");
 	lb_err("stopped");
 	return 0;
 }

@@ -1199,6 +1199,30 @@ def t_sigusr1(ctx):
     eq(len(old), 20, "lines in the renamed file")
 
 
+@test("counters_summed", timeout=30)
+def t_counters_summed(ctx):
+    """Per-worker counters in shared memory, summed by the master (live and exited workers):
+    requests split over two workers and a reload still add up to what the clients made."""
+    b = ctx.b
+    port = free_port()
+    log = os.path.join(ctx.dir, "access.log")
+    text = conf(listener("web", port, "p"), pool("p", [b["a"]]), workers=2, access=log)
+    m = ctx.master(text, [port])
+    m.wait_workers(2)
+    requests_now(port, 120, path="/one", threads=6)
+    m.reload(text)          # the first generation exits: its counts must survive as retired totals
+    time.sleep(0.5)
+    requests_now(port, 80, path="/two", threads=6)
+    check(wait_for(lambda: count_lines(log) >= 200, 3), "access log has %d lines" % count_lines(log))
+    workers = {o.get("pid") for o in read_json_log(log)[0]}
+    check(len(workers) >= 3, "requests were served by only %d worker processes: %s" % (len(workers), workers))
+    code, _ = m.stop(grace=10)
+    eq(code, 0, "master exit status")
+    lines = [l for l in m.stderr().splitlines() if "totals: server p/" in l]
+    check(lines, "no totals line in the error log: %s" % m.stderr_tail())
+    check(" 200 requests" in lines[-1], "totals line %r does not count the 200 requests" % lines[-1])
+
+
 # ---------------------------------------------------------------------------------------- runner
 
 class Suite:
