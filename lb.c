@@ -36,6 +36,7 @@
 #include <grp.h>
 #include <pwd.h>
 #include <stdatomic.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -1075,6 +1076,127 @@ int lb_parse_server(const char *s, size_t n, struct lb_server_spec *o)
 	return 0;
 }
 
+int lb_parse_cidr(const char *s, size_t n, struct lb_cidr *out)
+{
+	char tmp[64];
+	const char *slash = memchr(s, '/', n);
+	size_t an = slash ? (size_t)(slash - s) : n;
+	memset(out, 0, sizeof *out);
+	if (an == 0 || an >= sizeof tmp)
+		return LB_EINVAL;
+	memcpy(tmp, s, an);
+	tmp[an] = 0;
+	if (inet_pton(AF_INET, tmp, out->net.a) == 1)
+		out->bits = 32;
+	else if (inet_pton(AF_INET6, tmp, out->net.a) == 1)
+		out->net.v6 = 1, out->bits = 128;
+	else
+		return LB_EINVAL;
+	if (slash) {
+		uint64_t b;
+		if (parse_uint64(slash + 1, n - an - 1, out->bits, &b) != 0)
+			return LB_EINVAL;
+		out->bits = (unsigned)b;
+	}
+	for (unsigned i = out->bits; i < (out->net.v6 ? 128u : 32u); i++) /* host bits must be 0 */
+		if (out->net.a[i / 8] & (0x80 >> (i % 8)))
+			return LB_EINVAL;
+	return 0;
+}
+
+int lb_cidr_match(const struct lb_cidr *c, const struct lb_ip *ip)
+{
+	if (c->net.v6 != ip->v6)
+		return 0;
+	unsigned full = c->bits / 8, rest = c->bits % 8;
+	if (memcmp(c->net.a, ip->a, full) != 0)
+		return 0;
+	return rest == 0 || ((c->net.a[full] ^ ip->a[full]) & (0xff00 >> rest) & 0xff) == 0;
+}
+
+int lb_ip_from_sockaddr(const struct sockaddr_storage *sa, struct lb_ip *out)
+{
+	memset(out, 0, sizeof *out);
+	if (sa->ss_family == AF_INET) {
+		memcpy(out->a, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+		return 0;
+	}
+	if (sa->ss_family == AF_INET6) {
+		const struct in6_addr *a6 = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+		if (IN6_IS_ADDR_V4MAPPED(a6)) {
+			memcpy(out->a, a6->s6_addr + 12, 4);
+		} else {
+			memcpy(out->a, a6->s6_addr, 16);
+			out->v6 = 1;
+		}
+		return 0;
+	}
+	return LB_EINVAL;
+}
+
+int lb_bucket_take(struct lb_bucket *b, uint64_t now_ms, uint64_t rate, uint64_t period_ms, uint64_t burst,
+                   uint64_t *retry_ms)
+{
+	uint64_t cap = burst * period_ms; /* rate, burst <= 1e9 and period <= 1 h: no overflow */
+	if (now_ms > b->last_ms) {
+		uint64_t dt = now_ms - b->last_ms;
+		b->credit = dt >= cap / rate + 1 ? cap : LB_MIN(cap, b->credit + dt * rate);
+		b->last_ms = now_ms;
+	}
+	if (b->credit >= period_ms) {
+		b->credit -= period_ms;
+		return 1;
+	}
+	*retry_ms = (period_ms - b->credit + rate - 1) / rate;
+	return 0;
+}
+
+int lb_parse_rate_limit(const char *s, size_t n, struct lb_rate_limit *o, const char **err)
+{
+	const char *p = s, *end = s + n;
+	struct lb_str w;
+	uint64_t v;
+	memset(o, 0, sizeof *o);
+	*err = "expected N/second|minute|hour [burst=N] [by=ip|global|header:NAME]";
+	if (!next_word(&p, end, &w))
+		return LB_EINVAL;
+	const char *sl = memchr(w.p, '/', w.n);
+	if (!sl || parse_uint64(w.p, (size_t)(sl - w.p), 1000000000, &v) != 0 || v == 0)
+		return LB_EINVAL;
+	o->rate = v;
+	struct lb_str unit = { sl + 1, (size_t)(w.p + w.n - sl - 1) };
+	if (str_ieq(unit.p, unit.n, "second"))
+		o->period_ms = 1000;
+	else if (str_ieq(unit.p, unit.n, "minute"))
+		o->period_ms = 60000;
+	else if (str_ieq(unit.p, unit.n, "hour"))
+		o->period_ms = 3600000;
+	else
+		return LB_EINVAL;
+	o->burst = o->rate;
+	while (next_word(&p, end, &w)) {
+		if (w.n > 6 && !memcmp(w.p, "burst=", 6)) {
+			if (parse_uint64(w.p + 6, w.n - 6, 1000000000, &v) != 0 || v == 0) {
+				*err = "burst must be 1..1000000000";
+				return LB_EINVAL;
+			}
+			o->burst = v;
+		} else if (w.n == 5 && !memcmp(w.p, "by=ip", 5)) {
+			o->by = LB_RL_IP;
+		} else if (w.n == 9 && !memcmp(w.p, "by=global", 9)) {
+			o->by = LB_RL_GLOBAL;
+		} else if (w.n > 10 && !memcmp(w.p, "by=header:", 10) && w.n - 10 < LB_NAME_MAX &&
+		           token_ok((struct lb_str){ w.p + 10, w.n - 10 })) {
+			o->by = LB_RL_HEADER;
+			memcpy(o->header, w.p + 10, w.n - 10);
+			o->header[w.n - 10] = 0;
+		} else {
+			return LB_EINVAL;
+		}
+	}
+	return 0;
+}
+
 /* ==================================================================== 4. configuration
  * Text -> struct lb_conf. A pre-scan finds sections (so duplicates, empty sections and keys
  * outside sections get exact lines) and the lines inih would mangle; inih then delivers keys,
@@ -1090,7 +1212,7 @@ struct keydef {
 
 static const struct keydef keys_global[] = {
 	{ "workers", 0, NULL }, { "max_connections", 0, NULL }, { "pid_file", 0, NULL },
-	{ "shutdown_timeout", 0, NULL }, { "user", 0, NULL },
+	{ "shutdown_timeout", 0, NULL }, { "user", 0, NULL }, { "rate_limit_entries", 0, NULL },
 	{ "state_file", 0, "the admin API" }, { "alert_command", 0, "alerts" }, { NULL, 0, NULL },
 };
 static const struct keydef keys_log[] = {
@@ -1116,7 +1238,7 @@ static const struct keydef keys_listener[] = {
 	{ "tls", 0, "TLS" }, { "cert", 1, "TLS" }, { "client_ca", 0, "TLS" },
 	{ "redirect_https", 0, "TLS" }, { "acme_webroot", 0, "TLS" }, { "hsts", 0, "TLS" },
 	{ "proxy_protocol", 0, "traffic policies" }, { "trusted_proxies", 0, "traffic policies" },
-	{ "allow", 1, "traffic policies" }, { "deny", 1, "traffic policies" },
+	{ "allow", 1, NULL }, { "deny", 1, NULL },
 	{ "max_conn_per_ip", 0, "traffic policies" }, { NULL, 0, NULL },
 };
 static const struct keydef keys_pool[] = {
@@ -1134,11 +1256,10 @@ static const struct keydef keys_route[] = {
 	{ "listener", 0, NULL }, { "host", 0, NULL }, { "path", 0, NULL }, { "method", 0, NULL },
 	{ "header", 1, NULL }, { "pool", 0, NULL }, { "split", 0, NULL },
 	{ "response_timeout", 0, NULL }, { "max_body_size", 0, NULL },
-	{ "acl", 1, "traffic policies" }, { "rate_limit", 0, "traffic policies" },
-	{ "rate_limit_exempt", 0, "traffic policies" }, { "request_header_add", 1, "traffic policies" },
-	{ "request_header_remove", 1, "traffic policies" }, { "response_header_add", 1, "traffic policies" },
-	{ "response_header_remove", 1, "traffic policies" }, { "return", 0, "traffic policies" },
-	{ "redirect", 0, "traffic policies" }, { NULL, 0, NULL },
+	{ "acl", 1, NULL }, { "rate_limit", 0, NULL }, { "rate_limit_exempt", 0, NULL },
+	{ "request_header_add", 1, NULL }, { "request_header_remove", 1, NULL },
+	{ "response_header_add", 1, NULL }, { "response_header_remove", 1, NULL }, { "return", 0, NULL },
+	{ "redirect", 0, NULL }, { NULL, 0, NULL },
 };
 
 struct sect {
@@ -1411,6 +1532,8 @@ static void set_global(struct cfg *st, const char *k, const char *v, int line)
 		c->user = v_str(st, line, k, v);
 	} else if (!strcmp(k, "shutdown_timeout")) {
 		v_dur(st, line, k, v, &c->shutdown_timeout);
+	} else if (!strcmp(k, "rate_limit_entries")) {
+		v_uint(st, line, k, v, 64, 16777216, &c->rate_limit_entries);
 	}
 }
 
@@ -1444,6 +1567,34 @@ static void set_log(struct cfg *st, const char *k, const char *v, int line)
 	} else if (!strcmp(k, "retention")) {
 		if (!v_dur(st, line, k, v, &c->retention) && c->retention < 1000)
 			cfg_err(st, line, k, "retention: at least 1s");
+	}
+}
+
+/* append a comma-separated list of CIDRs to *arr */
+static void cidr_list(struct cfg *st, const char *k, const char *v, int line, struct lb_cidr **arr, size_t *n)
+{
+	const char *p = v, *end = v + strlen(v);
+	struct lb_str el;
+	if (!*v)
+		cfg_err(st, line, k, "%s: empty list of addresses", k);
+	while (list_next(&p, end, &el)) {
+		struct lb_cidr c;
+		if (lb_parse_cidr(el.p, el.n, &c) != 0) {
+			cfg_err(st, line, k, "%s: invalid address or CIDR '%.*s' (e.g. 10.0.0.0/8, 2001:db8::/32)", k,
+			        (int)el.n, el.p);
+			continue;
+		}
+		if (*n >= 65536) {
+			cfg_err(st, line, k, "%s: more than 65536 entries", k);
+			return;
+		}
+		struct lb_cidr *a = realloc(*arr, (*n + 1) * sizeof *a);
+		if (!a) {
+			st->oom = 1;
+			return;
+		}
+		a[(*n)++] = c;
+		*arr = a;
 	}
 }
 
@@ -1484,6 +1635,10 @@ static void set_listener(struct cfg *st, struct lb_listener *l, const char *k, c
 		v_size(st, line, k, v, &l->max_header_size, 1024, 1024 * 1024);
 	} else if (!strcmp(k, "max_body_size")) {
 		v_size(st, line, k, v, &l->max_body_size, 0, (uint64_t)INT64_MAX);
+	} else if (!strcmp(k, "allow")) {
+		cidr_list(st, k, v, line, &l->allow, &l->nallow);
+	} else if (!strcmp(k, "deny")) {
+		cidr_list(st, k, v, line, &l->deny, &l->ndeny);
 	}
 }
 
@@ -1652,6 +1807,122 @@ static void route_split(struct cfg *st, struct lb_route *r, const char *v, int l
 	}
 }
 
+static void route_acl(struct cfg *st, struct lb_route *r, const char *v, int line)
+{
+	const char *p = v, *end = v + strlen(v);
+	struct lb_str verb, net, extra;
+	struct lb_acl_rule rule;
+	if (!next_word(&p, end, &verb) || !next_word(&p, end, &net) || next_word(&p, end, &extra) ||
+	    !(str_ieq(verb.p, verb.n, "allow") || str_ieq(verb.p, verb.n, "deny"))) {
+		cfg_err(st, line, "acl", "acl: expected 'allow CIDR' or 'deny CIDR', got '%s'", v);
+		return;
+	}
+	rule.allow = str_ieq(verb.p, verb.n, "allow");
+	if (lb_parse_cidr(net.p, net.n, &rule.net) != 0) {
+		cfg_err(st, line, "acl", "acl: invalid address or CIDR '%.*s'", (int)net.n, net.p);
+		return;
+	}
+	struct lb_acl_rule *a = realloc(r->acl, (r->nacl + 1) * sizeof *a);
+	if (!a) {
+		st->oom = 1;
+		return;
+	}
+	a[r->nacl++] = rule;
+	r->acl = a;
+}
+
+/* "Name: value" for *_header_add, "Name" for *_header_remove */
+static void route_header_edit(struct cfg *st, const char *k, const char *v, int line, char **arr, size_t *n, int add)
+{
+	const char *colon = strchr(v, ':');
+	struct lb_str name = { v, add ? (colon ? (size_t)(colon - v) : 0) : strlen(v) };
+	int ok = token_ok(name);
+	for (const char *q = v; *q && ok; q++)
+		ok = is_vchar_ws((unsigned char)*q);
+	if (add && ok) {
+		const char *val = colon + 1;
+		while (*val == ' ' || *val == '\t')
+			val++;
+		ok = *val != 0;
+	}
+	if (!ok) {
+		cfg_err(st, line, k, add ? "%s: expected 'Name: value', got '%s'" : "%s: expected a header name, got '%s'", k, v);
+		return;
+	}
+	if (*n >= LB_ROUTE_MAX_ITEMS) {
+		cfg_err(st, line, k, "%s: more than %d", k, LB_ROUTE_MAX_ITEMS);
+		return;
+	}
+	if (add) { /* stored normalised as "Name: value" */
+		const char *val = colon + 1;
+		while (*val == ' ' || *val == '\t')
+			val++;
+		size_t len = name.n + 2 + strlen(val);
+		char *s = malloc(len + 1);
+		if (!s) {
+			st->oom = 1;
+			return;
+		}
+		snprintf(s, len + 1, "%.*s: %s", (int)name.n, name.p, val);
+		arr[(*n)++] = s;
+	} else {
+		arr[(*n)++] = dupn(st, v, strlen(v));
+	}
+}
+
+static void route_return(struct cfg *st, struct lb_route *r, const char *k, const char *v, int line)
+{
+	int redirect = !strcmp(k, "redirect");
+	uint64_t code = 0;
+	const char *sp = strchr(v, ' ');
+	size_t cn = sp ? (size_t)(sp - v) : strlen(v);
+	const char *rest = sp ? sp + 1 : "";
+	while (*rest == ' ')
+		rest++;
+	int ok = parse_uint64(v, cn, 999, &code) == 0;
+	if (redirect)
+		ok = ok && (code == 301 || code == 302 || code == 303 || code == 307 || code == 308) && *rest &&
+		     !strpbrk(rest, " \t");
+	else
+		ok = ok && code >= 200 && code <= 599;
+	for (const char *q = rest; *q && ok; q++)
+		ok = is_vchar_ws((unsigned char)*q);
+	if (!ok) {
+		cfg_err(st, line, k, redirect ? "redirect: expected '301|302|303|307|308 URL' ($host and $uri expand), got '%s'"
+		                              : "return: expected 'STATUS [body]' with STATUS 200..599, got '%s'", v);
+		return;
+	}
+	if (redirect) {
+		r->redir_status = (int)code;
+		r->redir_url = dupn(st, rest, strlen(rest));
+	} else {
+		r->ret_status = (int)code;
+		r->ret_body = dupn(st, rest, strlen(rest));
+	}
+}
+
+static void set_route_policy(struct cfg *st, struct lb_route *r, const char *k, const char *v, int line)
+{
+	const char *err;
+	if (!strcmp(k, "acl"))
+		route_acl(st, r, v, line);
+	else if (!strcmp(k, "rate_limit")) {
+		if (lb_parse_rate_limit(v, strlen(v), &r->rl, &err) != 0)
+			cfg_err(st, line, k, "rate_limit: %s, got '%s'", err, v);
+	} else if (!strcmp(k, "rate_limit_exempt"))
+		cidr_list(st, k, v, line, &r->rl_exempt, &r->nrl_exempt);
+	else if (!strcmp(k, "request_header_add"))
+		route_header_edit(st, k, v, line, r->req_add, &r->nreq_add, 1);
+	else if (!strcmp(k, "request_header_remove"))
+		route_header_edit(st, k, v, line, r->req_del, &r->nreq_del, 0);
+	else if (!strcmp(k, "response_header_add"))
+		route_header_edit(st, k, v, line, r->resp_add, &r->nresp_add, 1);
+	else if (!strcmp(k, "response_header_remove"))
+		route_header_edit(st, k, v, line, r->resp_del, &r->nresp_del, 0);
+	else if (!strcmp(k, "return") || !strcmp(k, "redirect"))
+		route_return(st, r, k, v, line);
+}
+
 static void set_route(struct cfg *st, struct lb_route *r, const char *k, const char *v, int line)
 {
 	if (!strcmp(k, "listener")) {
@@ -1675,6 +1946,8 @@ static void set_route(struct cfg *st, struct lb_route *r, const char *k, const c
 		v_dur(st, line, k, v, &r->response_timeout);
 	} else if (!strcmp(k, "max_body_size")) {
 		v_size(st, line, k, v, &r->max_body_size, 0, (uint64_t)INT64_MAX);
+	} else {
+		set_route_policy(st, r, k, v, line);
 	}
 }
 
@@ -1776,6 +2049,7 @@ static int conf_alloc(struct cfg *st)
 	}
 	c->max_connections = 100000;
 	c->shutdown_timeout = 30000;
+	c->rate_limit_entries = 65536;
 	c->rotate_interval = 3600000;
 	c->retention = 86400000;
 	c->log_format = LB_LOG_COMBINED;
@@ -1838,9 +2112,13 @@ static void check_pools_routes(struct cfg *st)
 			cfg_err(st, c->pools[i].line, "server", "[pool %s] has no server", c->pools[i].name);
 	for (size_t i = 0; i < c->nroutes; i++) {
 		struct lb_route *r = &c->routes[i];
-		if ((r->pool >= 0) == (r->nsplit > 0) && !(r->nsplit > 0 && r->pool >= 0))
-			if (r->pool < 0 && r->nsplit == 0)
-				cfg_err(st, r->line, "pool", "[route %s] needs pool or split", r->name);
+		if (r->pool < 0 && r->nsplit == 0 && !r->ret_status && !r->redir_status)
+			cfg_err(st, r->line, "pool", "[route %s] needs pool, split, return or redirect", r->name);
+		if (r->ret_status && r->redir_status)
+			cfg_err(st, r->line, "return", "[route %s] has both return and redirect", r->name);
+		if (r->nrl_exempt && !r->rl.rate)
+			cfg_err(st, r->line, "rate_limit_exempt", "[route %s] has rate_limit_exempt without rate_limit", r->name);
+		r->rl_key = lb_hash64(r->name, strlen(r->name));
 		if (r->pool >= 0 && r->nsplit > 0)
 			cfg_err(st, r->line, "split", "[route %s] has both pool and split", r->name);
 		for (size_t k = 0; k < r->nlisteners; k++)
@@ -1870,6 +2148,22 @@ void lb_conf_free(struct lb_conf *c)
 			free(r->hdr_names[k]);
 			free(r->hdr_values[k]);
 		}
+		for (size_t k = 0; k < r->nreq_add; k++)
+			free(r->req_add[k]);
+		for (size_t k = 0; k < r->nreq_del; k++)
+			free(r->req_del[k]);
+		for (size_t k = 0; k < r->nresp_add; k++)
+			free(r->resp_add[k]);
+		for (size_t k = 0; k < r->nresp_del; k++)
+			free(r->resp_del[k]);
+		free(r->acl);
+		free(r->rl_exempt);
+		free(r->ret_body);
+		free(r->redir_url);
+	}
+	for (size_t i = 0; i < c->nlisteners; i++) {
+		free(c->listeners[i].allow);
+		free(c->listeners[i].deny);
 	}
 	free(c->listeners);
 	free(c->pools);
@@ -2426,6 +2720,7 @@ struct conn {
 	int sent_any;                   /* a byte of this exchange's response reached the client */
 	unsigned nreq;
 	char peer[INET6_ADDRSTRLEN];
+	struct lb_ip ip;               /* the client address policies see */
 	uint64_t peer_hash;
 	uint32_t lg_mlen, lg_ulen, lg_ref_off, lg_ref_len, lg_ua_off, lg_ua_len, lg_id_off, lg_id_len;
 	uint64_t wall_start_ms;        /* wall clock of the request start, for logs */
@@ -2458,6 +2753,7 @@ static uint64_t g_stop_deadline, g_stop_began;
 static struct lb_req g_req;       /* scratch: parsed head, used before the next parse only */
 static struct lb_resp g_resp;
 static char *g_scratch;           /* g_bufsize bytes: normalised paths */
+static char *g_scratch2;          /* g_bufsize bytes: redirect targets */
 static int g_errfd = 2, g_accfd = -1;
 static uint64_t g_rng[2];
 
@@ -2675,6 +2971,7 @@ static void set_nodelay(int fd)
 
 static void conn_progress(struct conn *c);
 static void respond_own(struct conn *c, int status, const char *why);
+static int rl_take(uint64_t key, const struct lb_rate_limit *rl, uint64_t *retry_ms); /* section 11 */
 static void srv_hold(struct lb_server *s);     /* section 11 */
 static void srv_unhold(struct lb_server *s);
 static void count_exchange(const struct conn *c);
@@ -2759,6 +3056,17 @@ static void conn_abort(struct conn *c, const char *why)
 static const char *status_text(int st)
 {
 	switch (st) {
+	case 200: return "OK";
+	case 201: return "Created";
+	case 204: return "No Content";
+	case 301: return "Moved Permanently";
+	case 302: return "Found";
+	case 303: return "See Other";
+	case 307: return "Temporary Redirect";
+	case 308: return "Permanent Redirect";
+	case 401: return "Unauthorized";
+	case 410: return "Gone";
+	case 429: return "Too Many Requests";
 	case 400: return "Bad Request";
 	case 403: return "Forbidden";
 	case 404: return "Not Found";
@@ -2777,10 +3085,12 @@ static const char *status_text(int st)
 }
 
 /* lb answers by itself; the exchange ends after it, and the connection too when the request
- * was not read to its end. */
-static void respond_own(struct conn *c, int status, const char *why)
+ * was not read to its end. `extra` are whole header lines; body NULL: a short text of the
+ * status. Policy answers (quiet) are in the access log only, not one error line each. */
+static void respond(struct conn *c, int status, const char *why, const char *extra, const char *body, int quiet)
 {
-	lb_err("client %s listener %s: %d %s: %s", c->peer, c->L->name, status, status_text(status), why);
+	if (!quiet)
+		lb_err("client %s listener %s: %d %s: %s", c->peer, c->L->name, status, status_text(status), why);
 	if (c->q == Q_HEAD || c->q == Q_BODY)
 		c->close_after = 1;
 	backend_release(c, 0);
@@ -2803,11 +3113,28 @@ static void respond_own(struct conn *c, int status, const char *why)
 	c->rh.s = c->rh.e = 0;
 	c->close_announced = c->close_after || g_stopping;
 	const char *txt = status_text(status);
-	int blen = (int)strlen(txt) + 5;
-	buf_printf(&c->rh, "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n%s%s\r\n%d %s\n",
-	           status, txt, blen, status == 503 ? "Retry-After: 1\r\n" : "",
-	           c->close_announced ? "Connection: close\r\n" : "", status, txt);
+	char dflt[80];
+	if (!body) {
+		snprintf(dflt, sizeof dflt, "%d %s\n", status, txt);
+		body = dflt;
+	}
+	size_t blen = strlen(body);
+	int nobody = status == 204 || status == 304 || c->req_method == LB_M_HEAD;
+	if (buf_printf(&c->rh, "HTTP/1.1 %d %s\r\n%s%s%s%s", status, txt, extra ? extra : "",
+	               status == 503 && !(extra && strstr(extra, "Retry-After")) ? "Retry-After: 1\r\n" : "",
+	               c->close_announced ? "Connection: close\r\n" : "",
+	               blen || !nobody ? "Content-Type: text/plain\r\n" : "") ||
+	    (status != 204 && status != 304 && buf_printf(&c->rh, "Content-Length: %zu\r\n", blen)) ||
+	    buf_put_str(&c->rh, "\r\n", 2) || (!nobody && buf_put_str(&c->rh, body, blen))) {
+		conn_close(c); /* cannot happen with the bounds config allows; never send half a head */
+		return;
+	}
 	c->bytes_out = 0;
+}
+
+static void respond_own(struct conn *c, int status, const char *why)
+{
+	respond(c, status, why, NULL, NULL, 0);
 }
 
 static int is_idempotent(int m)
@@ -2846,9 +3173,19 @@ static int hop_by_hop(struct lb_str n)
 	return 0;
 }
 
-static int req_header_dropped(const struct lb_req *rq, const struct lb_header *h)
+static int name_in(struct lb_str n, char *const *names, size_t k)
+{
+	for (size_t i = 0; i < k; i++)
+		if (str_ieq(n.p, n.n, names[i]))
+			return 1;
+	return 0;
+}
+
+static int req_header_dropped(const struct conn *c, const struct lb_req *rq, const struct lb_header *h)
 {
 	static const char *const replaced[] = { "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host" };
+	if (c->route && name_in(h->name, c->route->req_del, c->route->nreq_del))
+		return 1;
 	if (hop_by_hop(h->name) || listed_in_connection(rq, rq->headers, rq->nheaders, h->name))
 		return 1;
 	for (size_t i = 0; i < 3; i++)
@@ -2887,7 +3224,7 @@ static int build_request_head(struct conn *c, const struct lb_req *rq, const cha
 		return -1;
 	for (size_t i = 0; i < rq->nheaders; i++) {
 		const struct lb_header *h = &rq->headers[i];
-		if (req_header_dropped(rq, h))
+		if (req_header_dropped(c, rq, h))
 			continue;
 		uint32_t voff = b->e + (uint32_t)h->name.n + 2;
 		if (put_header(b, h->name, h->value))
@@ -2914,6 +3251,9 @@ static int build_request_head(struct conn *c, const struct lb_req *rq, const cha
 	if ((rq->flags & LB_HF_UPGRADE) &&
 	    (buf_printf(b, "Connection: upgrade\r\n") || put_header(b, (struct lb_str){ "Upgrade", 7 }, rq->upgrade)))
 		return -1;
+	for (size_t i = 0; c->route && i < c->route->nreq_add; i++)
+		if (buf_printf(b, "%s\r\n", c->route->req_add[i]))
+			return -1;
 	return buf_put_str(b, "\r\n", 2);
 }
 
@@ -3027,6 +3367,101 @@ static void lower_copy(char *dst, const char *src, size_t n)
 	dst[n] = 0;
 }
 
+static int acl_allows(const struct lb_route *rt, const struct lb_ip *ip)
+{
+	int any_allow = 0;
+	for (size_t i = 0; i < rt->nacl; i++) {
+		if (lb_cidr_match(&rt->acl[i].net, ip))
+			return rt->acl[i].allow;
+		any_allow |= rt->acl[i].allow;
+	}
+	return !any_allow;
+}
+
+static int cidr_any(const struct lb_cidr *list, size_t n, const struct lb_ip *ip)
+{
+	for (size_t i = 0; i < n; i++)
+		if (lb_cidr_match(&list[i], ip))
+			return 1;
+	return 0;
+}
+
+static uint64_t rl_key_of(const struct conn *c, const struct lb_route *rt, const struct lb_req *rq)
+{
+	uint64_t k = 0;
+	if (rt->rl.by == LB_RL_IP)
+		k = lb_hash64(&c->ip, sizeof c->ip);
+	else if (rt->rl.by == LB_RL_HEADER) {
+		const struct lb_header *h = lb_header_find(rq->headers, rq->nheaders, rt->rl.header);
+		k = h ? lb_hash64(h->value.p, h->value.n) : 0x9e3779b97f4a7c15ULL;
+	}
+	return mix64(rt->rl_key ^ k) | 1;
+}
+
+/* "$host" and "$uri" in a redirect target */
+static int expand_redirect(char *out, size_t cap, const char *tpl, const char *host, const char *path, size_t pn,
+                           const struct lb_req *rq)
+{
+	size_t w = 0;
+	for (const char *t = tpl; *t; t++) {
+		const char *add = NULL;
+		size_t an = 0;
+		if (!strncmp(t, "$host", 5)) {
+			add = host, an = strlen(host), t += 4;
+		} else if (!strncmp(t, "$uri", 4)) {
+			add = path, an = pn, t += 3;
+		} else {
+			add = t, an = 1;
+		}
+		if (w + an + 1 + (add == path && rq->query.p ? rq->query.n + 1 : 0) >= cap)
+			return -1;
+		memcpy(out + w, add, an);
+		w += an;
+		if (add == path && rq->query.p) {
+			out[w++] = '?';
+			memcpy(out + w, rq->query.p, rq->query.n);
+			w += rq->query.n;
+		}
+	}
+	out[w] = 0;
+	return 0;
+}
+
+/* acl (403), rate limit (429), return, redirect: in that order. 1 when lb answered. */
+static int route_policies(struct conn *c, struct lb_route *rt, const struct lb_req *rq, const char *host,
+                          const char *path, size_t pn)
+{
+	char extra[64];
+	if (rt->nacl && !acl_allows(rt, &c->ip)) {
+		respond(c, 403, "denied by acl", NULL, NULL, 1);
+		return 1;
+	}
+	if (rt->rl.rate && !cidr_any(rt->rl_exempt, rt->nrl_exempt, &c->ip)) {
+		uint64_t retry = 0;
+		if (!rl_take(rl_key_of(c, rt, rq), &rt->rl, &retry)) {
+			snprintf(extra, sizeof extra, "Retry-After: %llu\r\n", (unsigned long long)LB_MAX(1, (retry + 999) / 1000));
+			respond(c, 429, "rate limit", extra, NULL, 1);
+			return 1;
+		}
+	}
+	if (rt->ret_status) {
+		respond(c, rt->ret_status, "return", NULL, rt->ret_body[0] ? rt->ret_body : "", 1);
+		return 1;
+	}
+	if (rt->redir_status) {
+		char *loc = g_scratch2;
+		if (expand_redirect(loc + 10, g_bufsize - 12, rt->redir_url, host, path, pn, rq) != 0) {
+			respond_own(c, 500, "redirect target too long");
+			return 1;
+		}
+		memcpy(loc, "Location: ", 10);
+		strcat(loc, "\r\n");
+		respond(c, rt->redir_status, "redirect", loc, "", 1);
+		return 1;
+	}
+	return 0;
+}
+
 static void request_begin(struct conn *c)
 {
 	struct timespec ts;
@@ -3086,7 +3521,6 @@ static void handle_request(struct conn *c, const struct lb_req *rq, size_t n)
 	}
 	int ri = lb_route_find(conf, c->li, rq, host, rq->host.n, path, (size_t)pn);
 	struct lb_route *rt = ri >= 0 ? &conf->routes[ri] : NULL;
-	int pi = rt ? lb_route_pool(rt) : c->L->pool;
 	c->route = rt;
 	int hb = build_request_head(c, rq, path, (size_t)pn);
 	c->in.s += (uint32_t)n; /* rq points into in: it is not read after this */
@@ -3100,6 +3534,9 @@ static void handle_request(struct conn *c, const struct lb_req *rq, size_t n)
 		respond_own(c, 413, "Content-Length above max_body_size");
 		return;
 	}
+	if (rt && route_policies(c, rt, rq, host, path, (size_t)pn))
+		return;
+	int pi = rt ? lb_route_pool(rt) : c->L->pool;
 	if (pi < 0) {
 		respond_own(c, 404, "no route matched and the listener has no pool");
 		return;
@@ -3234,9 +3671,14 @@ static int build_response_head(struct conn *c, const struct lb_resp *rs)
 		return -1;
 	for (size_t i = 0; i < rs->nheaders; i++) {
 		const struct lb_header *h = &rs->headers[i];
+		if (c->route && name_in(h->name, c->route->resp_del, c->route->nresp_del))
+			continue;
 		if (!resp_header_dropped(rs, h, upgrading) && put_header(b, h->name, h->value))
 			return -1;
 	}
+	for (size_t i = 0; c->route && i < c->route->nresp_add && rs->status >= 200; i++)
+		if (buf_printf(b, "%s\r\n", c->route->resp_add[i]))
+			return -1;
 	if (upgrading) {
 		const struct lb_header *u = lb_header_find(rs->headers, rs->nheaders, "upgrade");
 		if (buf_printf(b, "Connection: upgrade\r\n") ||
@@ -3889,6 +4331,62 @@ static void shm_server_totals(const struct lb_shm_server *sv, uint64_t *req, uin
 	}
 }
 
+/* The rate-limit table: token buckets in sets of RL_WAYS, each set behind a spinlock,
+ * shared by every worker so that a limit is exact however connections are spread. A key
+ * not in its set takes the least recently used entry: a flood of addresses cannot grow it. */
+#define RL_WAYS 8
+struct rl_entry {
+	uint64_t key;                  /* 0 = empty */
+	struct lb_bucket b;
+};
+struct rl_set {
+	atomic_flag lock;
+	struct rl_entry e[RL_WAYS];
+};
+static struct rl_set *g_rl;
+static size_t g_rl_sets;
+
+static int rl_create(unsigned entries)
+{
+	g_rl_sets = (entries + RL_WAYS - 1) / RL_WAYS;
+	void *p = mmap(NULL, g_rl_sets * sizeof *g_rl, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED) {
+		lb_err("rate-limit table of %u entries: %s", entries, strerror(errno));
+		return -1;
+	}
+	g_rl = p;
+	for (size_t i = 0; i < g_rl_sets; i++)
+		atomic_flag_clear(&g_rl[i].lock);
+	return 0;
+}
+
+static int rl_take(uint64_t key, const struct lb_rate_limit *rl, uint64_t *retry_ms)
+{
+	if (!g_rl)
+		return 1;
+	struct rl_set *set = &g_rl[key % g_rl_sets];
+	for (unsigned spins = 0; atomic_flag_test_and_set_explicit(&set->lock, memory_order_acquire); spins++)
+		if (spins > 64)
+			sched_yield();
+	uint64_t now = mono_ms();
+	struct rl_entry *e = NULL, *victim = &set->e[0];
+	for (int i = 0; i < RL_WAYS && !e; i++) {
+		if (set->e[i].key == key)
+			e = &set->e[i];
+		else if (set->e[i].key == 0 || set->e[i].b.last_ms < victim->b.last_ms)
+			victim = victim->key == 0 ? victim : &set->e[i];
+	}
+	if (!e) {
+		e = victim;
+		e->key = key;
+		e->b.credit = rl->burst * rl->period_ms;
+		e->b.last_ms = now;
+	}
+	int ok = lb_bucket_take(&e->b, now, rl->rate, rl->period_ms, rl->burst, retry_ms);
+	atomic_flag_clear_explicit(&set->lock, memory_order_release);
+	return ok;
+}
+
 /* master: a worker exited; its in-flight counts die with it, its totals are kept */
 static void shm_release_slot(int slot)
 {
@@ -4127,6 +4625,7 @@ static void conn_new(int fd, int li, const struct sockaddr_storage *sa)
 	c->L = &g_conf->listeners[li];
 	c->t_accept = c->t_head = c->t_active = g_now;
 	peer_string(c, sa);
+	lb_ip_from_sockaddr(sa, &c->ip);
 	set_nodelay(fd);
 	c->next = g_live;
 	if (g_live)
@@ -4137,6 +4636,18 @@ static void conn_new(int fd, int li, const struct sockaddr_storage *sa)
 		tcp_start(c);
 	if (!c->h.dead)
 		conn_progress(c);
+}
+
+static int listener_admits(const struct lb_listener *l, const struct sockaddr_storage *sa)
+{
+	if (!l->nallow && !l->ndeny)
+		return 1;
+	struct lb_ip ip;
+	if (lb_ip_from_sockaddr(sa, &ip) != 0)
+		return 0;
+	if (cidr_any(l->deny, l->ndeny, &ip))
+		return 0;
+	return !l->nallow || cidr_any(l->allow, l->nallow, &ip);
 }
 
 static void on_accept(struct lsock *ls)
@@ -4155,6 +4666,10 @@ static void on_accept(struct lsock *ls)
 				accept_pause(1);
 			}
 			return;
+		}
+		if (!listener_admits(&g_conf->listeners[ls->li], &sa)) {
+			close(fd); /* before any byte is read */
+			continue;
 		}
 		conn_new(fd, ls->li, &sa);
 	}
@@ -4352,12 +4867,13 @@ static int setup_runtime(void)
 	g_bufsize = maxh + 4096; /* head limit plus room for the headers lb adds */
 	g_maxbufs = (size_t)g_conf->max_connections * 4 + 64;
 	g_scratch = malloc(g_bufsize);
+	g_scratch2 = malloc(g_bufsize);
 	g_heap = calloc(g_conf->max_connections + 16, sizeof *g_heap);
 	struct rlimit rl;
 	size_t maxfds = (size_t)g_conf->max_connections * 2 + 256;
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
 		maxfds = LB_MIN(maxfds, (size_t)rl.rlim_cur + 16);
-	if (!g_scratch || !g_heap || ev_init(maxfds) != 0) {
+	if (!g_scratch || !g_scratch2 || !g_heap || ev_init(maxfds) != 0) {
 		lb_err("out of memory setting up the event loop");
 		return -1;
 	}
@@ -4904,6 +5420,9 @@ static void master_reload(void)
 		return;
 	}
 	g_conf = nc;
+	if (nc->rate_limit_entries != old->rate_limit_entries)
+		lb_err("reload: rate_limit_entries = %u takes effect at the next restart; the table keeps %zu entries",
+		       nc->rate_limit_entries, g_rl_sets * RL_WAYS);
 	if (!old->access_log != !nc->access_log ||
 	    (nc->access_log && strcmp(old->access_log, nc->access_log)))
 		retarget_log(&g_accfd, nc->access_log, 0);
@@ -5185,7 +5704,8 @@ int lb_main(int argc, char **argv)
 		return 1;
 	if (g_conf->access_log && retarget_log(&g_accfd, g_conf->access_log, 0) != 0)
 		return 1;
-	if (resolve_user(g_conf) != 0 || shm_create() != 0 || shm_map_conf(g_conf) != 0 || msocks_open(g_conf) != 0)
+	if (resolve_user(g_conf) != 0 || shm_create() != 0 || shm_map_conf(g_conf) != 0 ||
+	    rl_create(g_conf->rate_limit_entries) != 0 || msocks_open(g_conf) != 0)
 		return 1;
 	if (g_conf->pid_file && write_pid_file(g_conf->pid_file) != 0)
 		return 1;

@@ -154,6 +154,46 @@ struct lb_server_spec {
 /* "NAME HOST:PORT [weight=N] [backup] [max_conn=N] [tls] [disabled]" */
 int lb_parse_server(const char *s, size_t n, struct lb_server_spec *out);
 
+/* ------------------------------------------------------------------ addresses and policies */
+
+struct lb_ip {                /* a client address; IPv4 (also v4-mapped IPv6) in a[0..3] */
+	uint8_t a[16];
+	int v6;
+};
+struct lb_cidr {
+	struct lb_ip net;
+	unsigned bits;            /* prefix length: 0..32 or 0..128 */
+};
+/* "10.0.0.0/8", "2001:db8::/32", or a bare address (/32, /128). Host bits must be zero. */
+int lb_parse_cidr(const char *s, size_t n, struct lb_cidr *out);
+int lb_cidr_match(const struct lb_cidr *c, const struct lb_ip *ip);
+int lb_ip_from_sockaddr(const struct sockaddr_storage *sa, struct lb_ip *out);
+
+/* A token bucket: `rate` tokens per `period_ms`, at most `burst`. Kept as exact integer
+ * credit: a token costs period_ms credits and every millisecond adds `rate`, so no fraction
+ * is ever rounded away however often it is asked. Returns 1 and takes a token, or 0 and sets
+ * *retry_ms to the time until one is there. Pure: the caller owns the state and the clock. */
+struct lb_bucket {
+	uint64_t credit;          /* tokens x period_ms */
+	uint64_t last_ms;
+};
+int lb_bucket_take(struct lb_bucket *b, uint64_t now_ms, uint64_t rate, uint64_t period_ms, uint64_t burst,
+                   uint64_t *retry_ms);
+
+enum lb_rl_by { LB_RL_IP = 0, LB_RL_GLOBAL, LB_RL_HEADER };
+struct lb_rate_limit {
+	uint64_t rate, period_ms, burst; /* rate == 0: off */
+	int by;
+	char header[LB_NAME_MAX];
+};
+/* "N/second|minute|hour [burst=N] [by=ip|global|header:NAME]"; error text in *err */
+int lb_parse_rate_limit(const char *s, size_t n, struct lb_rate_limit *out, const char **err);
+
+struct lb_acl_rule {
+	int allow;
+	struct lb_cidr net;
+};
+
 /* ------------------------------------------------------------------ configuration */
 
 enum lb_mode { LB_MODE_HTTP = 0, LB_MODE_TCP = 1 };
@@ -207,6 +247,8 @@ struct lb_listener {
 	size_t nbinds;
 	int mode;
 	int pool;               /* index into conf->pools, -1 none */
+	struct lb_cidr *allow, *deny; /* checked at accept; deny wins; any allow denies the rest */
+	size_t nallow, ndeny;
 	uint64_t header_timeout, idle_timeout; /* ms */
 	uint64_t max_header_size, max_body_size;
 };
@@ -230,6 +272,18 @@ struct lb_route {
 	struct lb_split split[LB_ROUTE_MAX_ITEMS]; size_t nsplit;
 	int64_t split_cur[LB_ROUTE_MAX_ITEMS]; /* smooth weighted round-robin over split pools */
 	uint64_t response_timeout, max_body_size; /* 0 = the pool's / listener's */
+	struct lb_acl_rule *acl; size_t nacl;      /* ordered; first match wins */
+	struct lb_rate_limit rl;
+	uint64_t rl_key;                           /* route's part of the bucket keys */
+	struct lb_cidr *rl_exempt; size_t nrl_exempt;
+	int ret_status;                            /* return: 0 = none */
+	char *ret_body;
+	int redir_status;                          /* redirect: 0 = none */
+	char *redir_url;                           /* with $host and $uri */
+	char *req_add[LB_ROUTE_MAX_ITEMS];  size_t nreq_add;  /* "Name: value" */
+	char *req_del[LB_ROUTE_MAX_ITEMS];  size_t nreq_del;  /* names */
+	char *resp_add[LB_ROUTE_MAX_ITEMS]; size_t nresp_add;
+	char *resp_del[LB_ROUTE_MAX_ITEMS]; size_t nresp_del;
 };
 
 struct lb_conf {
@@ -239,6 +293,7 @@ struct lb_conf {
 	unsigned max_connections;
 	char *pid_file;
 	uint64_t shutdown_timeout;   /* ms: bound on the graceful stop */
+	unsigned rate_limit_entries; /* size of the shared rate-limit table */
 	/* [log] */
 	char *access_log;            /* NULL = off, "stdout", or a path */
 	int log_format;

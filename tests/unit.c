@@ -1629,7 +1629,21 @@ static const struct cf_err cf_errs[] = {
 	{ "unsupported_pool_health_check",
 	  "[pool p]\nserver = s1 127.0.0.1:9000\nhealth_check = tcp\n[listener l]\nbind = 127.0.0.1:8000\npool = p\n",
 	  3, 0, "not supported", 1 },
-	{ "unsupported_route_rate_limit", BASE "[route r]\npool = p\nrate_limit = 10/second\n", 8, 0, "not supported", 1 },
+	{ "unsupported_pool_sticky", BASE "[pool q]\nserver = s9 127.0.0.1:9009\nsticky = cookie SRV\n", 8, 0,
+	  "not supported", 1 },
+	{ "route_acl_bad_verb", BASE "[route r]\npool = p\nacl = maybe 1.2.3.4\n", 8, 0, "acl", 1 },
+	{ "route_acl_bad_cidr", BASE "[route r]\npool = p\nacl = allow 10.0.0.1/8\n", 8, 0, "acl", 1 },
+	{ "route_rate_limit_unit", BASE "[route r]\npool = p\nrate_limit = 10/fortnight\n", 8, 0, "rate_limit", 1 },
+	{ "route_rate_limit_by", BASE "[route r]\npool = p\nrate_limit = 10/second by=cookie\n", 8, 0, "rate_limit", 1 },
+	{ "route_rate_limit_burst0", BASE "[route r]\npool = p\nrate_limit = 10/second burst=0\n", 8, 0, "burst", 1 },
+	{ "route_exempt_without_limit", BASE "[route r]\npool = p\nrate_limit_exempt = 10.0.0.0/8\n", 6, 8, NULL, 0 },
+	{ "listener_deny_bad", BASE "deny = 300.1.1.1/8\n", 6, 0, "deny", 1 },
+	{ "listener_allow_bits", BASE "allow = 10.0.0.0/33\n", 6, 0, "allow", 1 },
+	{ "route_return_status", BASE "[route r]\nreturn = 99 x\n", 7, 0, "return", 0 },
+	{ "route_redirect_status", BASE "[route r]\nredirect = 200 http://x/\n", 7, 0, "redirect", 0 },
+	{ "route_redirect_no_url", BASE "[route r]\nredirect = 301\n", 7, 0, "redirect", 0 },
+	{ "route_header_add_no_colon", BASE "[route r]\npool = p\nrequest_header_add = NoColon\n", 8, 0, "request_header_add", 1 },
+	{ "route_header_remove_bad", BASE "[route r]\npool = p\nresponse_header_remove = Bad Name\n", 8, 0, NULL, 1 },
 	{ "unsupported_admin_section", BASE "[admin]\nbind = 127.0.0.1:8404\n", 7, 6, "not supported", 1 },
 };
 
@@ -2142,6 +2156,123 @@ static const char conf_routes[] =
 	"path = /s\n"
 	"split = p 90, q 10\n";
 
+static void test_cidr(void)
+{
+	static const struct { const char *cidr, *ip; int ok, match; } t[] = {
+		{ "10.0.0.0/8", "10.1.2.3", 1, 1 }, { "10.0.0.0/8", "11.0.0.1", 1, 0 },
+		{ "127.0.0.2", "127.0.0.2", 1, 1 }, { "127.0.0.2", "127.0.0.3", 1, 0 },
+		{ "0.0.0.0/0", "8.8.8.8", 1, 1 }, { "192.168.1.128/25", "192.168.1.200", 1, 1 },
+		{ "192.168.1.128/25", "192.168.1.100", 1, 0 }, { "::1", "::1", 1, 1 },
+		{ "2001:db8::/32", "2001:db8:1::5", 1, 1 }, { "2001:db8::/32", "2001:db9::5", 1, 0 },
+		{ "::/0", "10.0.0.1", 1, 0 },            /* families never mix */
+		{ "0.0.0.0/0", "::1", 1, 0 },
+		{ "10.0.0.1/8", NULL, 0, 0 },            /* host bits set */
+		{ "10.0.0.0/33", NULL, 0, 0 }, { "300.1.1.1", NULL, 0, 0 }, { "10.0.0.0/", NULL, 0, 0 },
+		{ "/8", NULL, 0, 0 }, { "abc", NULL, 0, 0 }, { "::1/129", NULL, 0, 0 }, { "10.0.0.0/-1", NULL, 0, 0 },
+	};
+	for (size_t i = 0; i < sizeof t / sizeof *t; i++) {
+		struct lb_cidr c;
+		begin();
+		int rc = lb_parse_cidr(t[i].cidr, strlen(t[i].cidr), &c);
+		CHECK((rc == 0) == t[i].ok, "parse returned %d", rc);
+		if (rc == 0 && t[i].ip) {
+			struct sockaddr_storage ss;
+			memset(&ss, 0, sizeof ss);
+			struct lb_ip ip;
+			if (strchr(t[i].ip, ':')) {
+				ss.ss_family = AF_INET6;
+				inet_pton(AF_INET6, t[i].ip, &((struct sockaddr_in6 *)&ss)->sin6_addr);
+			} else {
+				ss.ss_family = AF_INET;
+				inet_pton(AF_INET, t[i].ip, &((struct sockaddr_in *)&ss)->sin_addr);
+			}
+			CHECK(lb_ip_from_sockaddr(&ss, &ip) == 0, "address not converted");
+			CHECK(lb_cidr_match(&c, &ip) == t[i].match, "match %s in %s: got %d", t[i].ip, t[i].cidr,
+			      lb_cidr_match(&c, &ip));
+		}
+		end("cidr/%s~%s", t[i].cidr, t[i].ip ? t[i].ip : "-");
+	}
+	/* an IPv4-mapped IPv6 peer is the IPv4 address for policies */
+	struct sockaddr_storage ss;
+	struct lb_ip ip;
+	struct lb_cidr c;
+	memset(&ss, 0, sizeof ss);
+	ss.ss_family = AF_INET6;
+	inet_pton(AF_INET6, "::ffff:10.1.2.3", &((struct sockaddr_in6 *)&ss)->sin6_addr);
+	begin();
+	CHECK(lb_ip_from_sockaddr(&ss, &ip) == 0 && !ip.v6, "v4-mapped not turned into IPv4");
+	CHECK(lb_parse_cidr("10.0.0.0/8", 10, &c) == 0 && lb_cidr_match(&c, &ip), "v4-mapped 10.1.2.3 not in 10/8");
+	end("cidr/v4_mapped");
+}
+
+static void test_bucket(void)
+{
+	struct lb_bucket b = { 5 * 1000, 1000 }; /* full: 5 tokens of 1000 credits at t = 1000 ms */
+	uint64_t retry = 0;
+	int got = 0;
+	begin();
+	for (int i = 0; i < 20; i++)
+		got += lb_bucket_take(&b, 1000, 5, 1000, 5, &retry);
+	CHECK(got == 5, "5/second burst 5: %d of 20 taken at one instant", got);
+	CHECK(retry == 200, "retry after %llu ms, want 200", (unsigned long long)retry);
+	CHECK(!lb_bucket_take(&b, 1199, 5, 1000, 5, &retry) && retry == 1, "at +199 ms: retry %llu", (unsigned long long)retry);
+	CHECK(lb_bucket_take(&b, 1200, 5, 1000, 5, &retry), "one token after 200 ms");
+	CHECK(!lb_bucket_take(&b, 1200, 5, 1000, 5, &retry), "only one token after 200 ms");
+	/* a long pause refills to burst, not beyond */
+	got = 0;
+	for (int i = 0; i < 20; i++)
+		got += lb_bucket_take(&b, 100000, 5, 1000, 5, &retry);
+	CHECK(got == 5, "after a long pause: %d taken, want the burst of 5", got);
+	/* slow rates: 2/minute */
+	struct lb_bucket m = { 2 * 60000, 0 };
+	CHECK(lb_bucket_take(&m, 0, 2, 60000, 2, &retry) && lb_bucket_take(&m, 0, 2, 60000, 2, &retry), "2 of 2/minute");
+	CHECK(!lb_bucket_take(&m, 0, 2, 60000, 2, &retry) && retry == 30000, "retry %llu, want 30000",
+	      (unsigned long long)retry);
+	for (uint64_t t = 1; t < 30000; t += 7) /* asked often: refill must not be lost to rounding */
+		CHECK(!lb_bucket_take(&m, t, 2, 60000, 2, &retry), "2/minute: a token at %llu ms", (unsigned long long)t);
+	CHECK(lb_bucket_take(&m, 30000, 2, 60000, 2, &retry), "2/minute: a token at 30 s");
+	end("bucket/token_bucket");
+	/* over 10 s of 1 ms steps, 100/second lets through 100 per second plus the burst */
+	struct lb_bucket f = { 10 * 1000, 0 };
+	got = 0;
+	begin();
+	for (uint64_t t = 0; t < 10000; t++)
+		got += lb_bucket_take(&f, t, 100, 1000, 10, &retry);
+	CHECK(got >= 1009 && got <= 1010, "100/second burst 10 over 10 s: %d", got);
+	end("bucket/steady_rate");
+}
+
+static void test_rate_limit_parse(void)
+{
+	static const struct { const char *s; int ok; uint64_t rate, period, burst; int by; const char *hdr; } t[] = {
+		{ "10/second", 1, 10, 1000, 10, LB_RL_IP, "" },
+		{ "5/minute burst=20", 1, 5, 60000, 20, LB_RL_IP, "" },
+		{ "100/hour by=global", 1, 100, 3600000, 100, LB_RL_GLOBAL, "" },
+		{ "3/second burst=6 by=header:X-Api-Key", 1, 3, 1000, 6, LB_RL_HEADER, "X-Api-Key" },
+		{ "10/fortnight", 0, 0, 0, 0, 0, NULL }, { "0/second", 0, 0, 0, 0, 0, NULL },
+		{ "10", 0, 0, 0, 0, 0, NULL }, { "x/second", 0, 0, 0, 0, 0, NULL },
+		{ "10/second burst=0", 0, 0, 0, 0, 0, NULL }, { "10/second by=cookie", 0, 0, 0, 0, 0, NULL },
+		{ "10/second by=header:", 0, 0, 0, 0, 0, NULL }, { "10/second extra", 0, 0, 0, 0, 0, NULL },
+		{ "", 0, 0, 0, 0, 0, NULL },
+	};
+	for (size_t i = 0; i < sizeof t / sizeof *t; i++) {
+		struct lb_rate_limit rl;
+		const char *err = NULL;
+		begin();
+		int rc = lb_parse_rate_limit(t[i].s, strlen(t[i].s), &rl, &err);
+		CHECK((rc == 0) == t[i].ok, "returned %d", rc);
+		if (rc == 0 && t[i].ok) {
+			CHECK(rl.rate == t[i].rate && rl.period_ms == t[i].period && rl.burst == t[i].burst && rl.by == t[i].by,
+			      "got %llu/%llu burst %llu by %d", (unsigned long long)rl.rate, (unsigned long long)rl.period_ms,
+			      (unsigned long long)rl.burst, rl.by);
+			CHECK(!strcmp(rl.header, t[i].hdr), "header '%s'", rl.header);
+		}
+		if (rc != 0)
+			CHECK(err && *err, "no error text");
+		end("rate_limit_parse/%s", t[i].s[0] ? t[i].s : "(empty)");
+	}
+}
+
 static void test_routes(void)
 {
 	static const struct {
@@ -2291,6 +2422,9 @@ int main(void)
 	test_ip_hash();
 	test_pick_none();
 	test_routes();
+	test_cidr();
+	test_bucket();
+	test_rate_limit_parse();
 
 	printf("unit: %d passed, %d failed\n", n_pass, n_fail);
 	return n_fail ? 1 : 0;
