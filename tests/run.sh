@@ -45,6 +45,7 @@ else echo "FAIL config/example-config-valid: $(head -5 "$log/cfg.out")"; fi
 for b in $INTEGRATION_BUILDS; do
 	ASAN_OPTIONS=abort_on_error=1:detect_leaks=0 LB_BIN=./$b run "integration-$b" python3 tests/integration.py
 	ASAN_OPTIONS=abort_on_error=1:detect_leaks=0 LB_BIN=./$b run "process-$b" python3 tests/process.py
+	ASAN_OPTIONS=abort_on_error=1:detect_leaks=0 LB_BIN=./$b run "policy-$b" python3 tests/policy.py
 done
 
 fuzz_smoke() {

@@ -1,0 +1,796 @@
+#!/usr/bin/env python3
+"""Integration tests for lb's traffic policies: listener allow/deny (L4 ACL), route acl (403),
+return and redirect, request/response header transforms, rate limits (429 + Retry-After, exact
+across workers, by ip / global / header, exemptions) and their configuration errors.
+
+    python3 tests/policy.py [--only SUBSTR] [--keep]
+
+The lb binary is $LB_BIN (default ./lb, relative to the repository root). Helpers come from
+tests/integration.py (ports, backends, raw HTTP client) and tests/process.py (config builder, lb master
+with its workers tracked by PID and start time, cleanup). Clients connect from other loopback source
+addresses (127.0.0.2, 127.0.0.3, ...: Linux routes all of 127.0.0.0/8 to lo) to be different clients.
+Backends a and b (tests/backend.py) are shared between tests. One line per test: "PASS name" or
+"FAIL name: reason"; then "policy: N passed, N failed"; exit status 1 when any test failed.
+"""
+import argparse
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import integration as it  # noqa: E402
+import process as pr  # noqa: E402
+from integration import HOST, Fail, Timeout, check, eq, free_port, short, count_by  # noqa: E402
+from process import Skip, conf  # noqa: E402
+
+ROOT = it.ROOT
+LB_BIN = it.LB_BIN
+SUITE_BUDGET = 100  # seconds for all tests; with cleanup the run stays well under 2 minutes
+INT_RE = re.compile(r"^[0-9]{1,10}$")
+
+
+# ---------------------------------------------------------------------------------------- config
+
+def section(header, *pairs):
+    """'[header]' then one `key = value` line per pair (keys may repeat; None values are left out)."""
+    return "\n".join(["[%s]" % header] + ["%s = %s" % (k, v) for k, v in pairs if v is not None]) + "\n"
+
+
+def bind_addr(host, port):
+    return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
+
+
+def lsn(name, port, *pairs, pool="p", host=HOST):
+    return section("listener " + name, ("bind", bind_addr(host, port)), ("mode", "http"), ("pool", pool), *pairs)
+
+
+def pl(name, backends):
+    return section("pool " + name, *[("server", "%s %s:%d" % (b.name, HOST, b.port)) for b in backends])
+
+
+def rt(name, *pairs):
+    return section("route " + name, *pairs)
+
+
+# ---------------------------------------------------------------------------------------- clients
+
+class Conn(it.RawConn):
+    """A client connection from a chosen source address (keep-alive capable: RawConn's reader)."""
+
+    def __init__(self, port, src=HOST, dst=HOST, timeout=4.0):
+        fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        try:
+            s.settimeout(timeout)
+            s.bind((src, 0))
+            s.connect((dst, port))
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except BaseException:
+            s.close()
+            raise
+        self.sock = s
+        self.buf = bytearray()
+
+    def ask(self, path, host="x", headers=(), method="GET"):
+        self.send(it.raw_request(path, host=host, method=method, headers=list(headers)))
+        return self.read_response(method)
+
+
+def ask(port, path, src=HOST, host="x", headers=(), method="GET", dst=HOST, timeout=4.0):
+    """One request on a new connection from src; returns it.Resp."""
+    try:
+        with Conn(port, src=src, dst=dst, timeout=timeout) as c:
+            return c.ask(path, host=host, headers=headers, method=method)
+    except it.Closed as e:
+        raise Fail("%s %s from %s: %s" % (method, path, src, e))
+    except socket.timeout:
+        raise Fail("%s %s from %s: no answer within %.0f s" % (method, path, src, timeout))
+    except OSError as e:
+        raise Fail("%s %s from %s: %s: %s" % (method, path, src, type(e).__name__, e))
+
+
+def refused(port, src, dst=HOST, send=True, wait=2.0):
+    """None when lb closes a connection from src without any HTTP byte within `wait` s (EOF, reset, or
+    refused at connect); else a description of what happened instead."""
+    try:
+        c = Conn(port, src=src, dst=dst, timeout=wait)
+    except (ConnectionRefusedError, ConnectionResetError):
+        return None
+    except OSError as e:
+        return "connect from %s: %s: %s" % (src, type(e).__name__, e)
+    try:
+        if send:
+            try:
+                c.send(it.raw_request("/refused-%s" % src.replace(":", "_"), host="refused.example"))
+            except OSError:
+                return None  # already reset
+        deadline = time.monotonic() + wait
+        got = b""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if got:
+                    return "got %s instead of a closed connection" % short(got)
+                return "connection from %s still open %.0f s after connecting, no answer" % (src, wait)
+            r, _, _ = select.select([c.sock], [], [], left)
+            if not r:
+                continue
+            try:
+                d = c.sock.recv(4096)
+            except (ConnectionResetError, ConnectionAbortedError):
+                d = b""
+            except OSError as e:
+                return "recv: %s: %s" % (type(e).__name__, e)
+            if not d:
+                return None if not got else "got %s before the close" % short(got)
+            got += d
+    finally:
+        c.close()
+
+
+def seq(port, prefix, n, src=HOST, headers=()):
+    """n requests, each on a new connection, one after the other; (responses, elapsed seconds)."""
+    out = []
+    t0 = time.monotonic()
+    for i in range(n):
+        out.append(ask(port, "%s/%d" % (prefix, i), src=src, headers=headers))
+    return out, time.monotonic() - t0
+
+
+def statuses(rs):
+    return [r.status for r in rs]
+
+
+def max_ok(burst, per_second, elapsed):
+    """Upper bound of admitted requests by a full bucket over `elapsed` s (50 ms slack for clocks)."""
+    return burst + int((elapsed + 0.05) * per_second)
+
+
+def check_200(r, what, backend="a"):
+    eq((r.status, r.backend), (200, backend), what + " (status, X-Backend)")
+
+
+def check_429(r, what, lo=1, hi=None):
+    """429 answered by lb itself (no X-Backend) with `Retry-After: S`, S an integer in [lo, hi]."""
+    eq(r.status, 429, what + " status")
+    check(r.backend is None, "%s: 429 carries X-Backend %r (came from a backend?)" % (what, r.backend))
+    ra = r.hdr("retry-after")
+    check(ra is not None, "%s: 429 without Retry-After (headers %s)" % (what, r.headers))
+    check(INT_RE.match(ra), "%s: Retry-After %r is not an integer of seconds" % (what, ra))
+    v = int(ra)
+    check(v >= lo and (hi is None or v <= hi), "%s: Retry-After %d, want %d..%s" % (what, v, lo, hi or "inf"))
+    return v
+
+
+def check_limited(rs, elapsed, burst, per_second, what, backend="a"):
+    """Sequential requests into a full bucket: the first `burst` pass, at most max_ok pass in all,
+    every other answer is a proper 429. Returns the number admitted."""
+    st = statuses(rs)
+    bad = [s for s in st if s not in (200, 429)]
+    check(not bad, "%s: statuses %s (want only 200 and 429)" % (what, st))
+    first = min(burst, len(rs))
+    eq(st[:first], [200] * first, "%s: the first %d statuses (bucket starts full; all: %s)" % (what, first, st))
+    ok = st.count(200)
+    hi = min(len(rs), max_ok(burst, per_second, elapsed))
+    check(burst <= ok <= hi or ok == len(rs) <= hi,
+          "%s: %d of %d requests admitted in %.3f s, want %s (statuses %s)"
+          % (what, ok, len(rs), elapsed, burst if hi == burst else "%d..%d" % (burst, hi), st))
+    for i, r in enumerate(rs):
+        if r.status == 200:
+            check_200(r, "%s request %d" % (what, i + 1), backend)
+        else:
+            check_429(r, "%s request %d" % (what, i + 1))
+    return ok
+
+
+def reached(b, fn):
+    """Requests backend b received while fn() ran (its /stats request excluded)."""
+    before = b.stats()["requests"]
+    v = fn()
+    return b.stats()["requests"] - before - 1, v
+
+
+def have_ipv6():
+    try:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    except OSError:
+        return False
+    try:
+        s.bind(("::1", 0))
+        s.listen(1)
+        c = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        try:
+            c.settimeout(2)
+            c.connect(s.getsockname()[:2])
+        finally:
+            c.close()
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+# ---------------------------------------------------------------------------------------- tests
+
+TESTS = []
+
+
+def test(name, timeout=30):
+    def deco(fn):
+        TESTS.append((name, fn, timeout))
+        return fn
+    return deco
+
+
+def must_refuse(port, src, what, dst=HOST, send=True):
+    why = refused(port, src, dst=dst, send=send)
+    check(why is None, "%s: a connection from %s should be closed without an answer: %s" % (what, src, why))
+
+
+@test("listener_deny")
+def t_listener_deny(ctx):
+    a = ctx.b["a"]
+    p1, p2 = free_port(), free_port()
+    ctx.master(conf(lsn("d", p1, ("deny", "127.0.0.2/32")),
+                    lsn("d2", p2, ("deny", "10.0.0.0/8, 127.0.0.4/31"), ("deny", "127.0.0.7")),
+                    pl("p", [a]), workers=1), [p1, p2])
+    n, _ = reached(a, lambda: must_refuse(p1, "127.0.0.2", "deny = 127.0.0.2/32"))
+    eq(n, 0, "requests that reached the backend from a denied client")
+    # closed at accept, before any byte is read: a client that sends nothing is closed too
+    must_refuse(p1, "127.0.0.2", "deny = 127.0.0.2/32, client sending nothing", send=False)
+    check_200(ask(p1, "/ok", src="127.0.0.1"), "deny = 127.0.0.2/32: from 127.0.0.1")
+    check_200(ask(p1, "/ok", src="127.0.0.3"), "deny = 127.0.0.2/32: from 127.0.0.3")
+    # a list and a repeated key; a bare address is /32; /31 covers .4 and .5
+    for src in ("127.0.0.4", "127.0.0.5", "127.0.0.7"):
+        must_refuse(p2, src, "deny = 10.0.0.0/8, 127.0.0.4/31 + deny = 127.0.0.7")
+    for src in ("127.0.0.1", "127.0.0.6", "127.0.0.8"):
+        check_200(ask(p2, "/ok", src=src), "deny = 10.0.0.0/8, 127.0.0.4/31 + deny = 127.0.0.7: from %s" % src)
+    # lb keeps serving the allowed after refusing
+    must_refuse(p1, "127.0.0.2", "deny = 127.0.0.2/32 (again)")
+    check_200(ask(p1, "/after", src="127.0.0.1"), "deny = 127.0.0.2/32: from 127.0.0.1 after refusals")
+
+
+@test("listener_allow")
+def t_listener_allow(ctx):
+    a = ctx.b["a"]
+    p1, p2 = free_port(), free_port()
+    ctx.master(conf(lsn("al", p1, ("allow", "127.0.0.3/32")),
+                    lsn("mix", p2, ("allow", "127.0.0.0/24"), ("deny", "127.0.0.5/32"), ("allow", "127.0.0.5")),
+                    pl("p", [a]), workers=1), [p1, p2])
+    check_200(ask(p1, "/ok", src="127.0.0.3"), "allow = 127.0.0.3/32: from 127.0.0.3")
+    n, _ = reached(a, lambda: must_refuse(p1, "127.0.0.1", "allow = 127.0.0.3/32"))
+    eq(n, 0, "requests that reached the backend from a client not allowed")
+    must_refuse(p1, "127.0.0.4", "allow = 127.0.0.3/32")
+    must_refuse(p1, "127.0.0.1", "allow = 127.0.0.3/32, client sending nothing", send=False)
+    # deny wins over allow, whatever the order
+    must_refuse(p2, "127.0.0.5", "allow = 127.0.0.0/24 + deny = 127.0.0.5/32 + allow = 127.0.0.5 (deny wins)")
+    for src in ("127.0.0.1", "127.0.0.4", "127.0.0.200"):
+        check_200(ask(p2, "/ok", src=src), "allow = 127.0.0.0/24, deny .5: from %s" % src)
+    must_refuse(p2, "127.0.1.1", "allow = 127.0.0.0/24 (127.0.1.1 outside)")
+    check_200(ask(p1, "/after", src="127.0.0.3"), "allow = 127.0.0.3/32: from 127.0.0.3 after refusals")
+
+
+@test("listener_ipv6")
+def t_listener_ipv6(ctx):
+    if not have_ipv6():
+        raise Skip("::1 unavailable on this machine")
+    a = ctx.b["a"]
+    p1, p2 = free_port(), free_port()
+    ctx.master(conf(lsn("v6deny", p1, ("deny", "::1/128"), host="::1"),
+                    lsn("v6allow", p2, ("allow", "::1"), ("deny", "127.0.0.0/8"), host="::1"),
+                    pl("p", [a]), workers=1), [p1, p2])
+    must_refuse(p1, "::1", "[::1] listener with deny = ::1/128", dst="::1")
+    must_refuse(p1, "::1", "[::1] listener with deny = ::1/128, client sending nothing", dst="::1", send=False)
+    check_200(ask(p2, "/ok", src="::1", dst="::1"), "[::1] listener with allow = ::1, deny = 127.0.0.0/8: from ::1")
+
+
+@test("route_acl")
+def t_route_acl(ctx):
+    a, b = ctx.b["a"], ctx.b["b"]
+    port = free_port()
+    ctx.master(conf(lsn("web", port),
+                    pl("p", [a]), pl("q", [b]),
+                    rt("admin", ("path", "/admin/*"), ("pool", "q"), ("acl", "allow 127.0.0.2/32")),
+                    rt("ord", ("path", "/ord/*"), ("pool", "q"), ("acl", "deny 127.0.0.5/32"),
+                       ("acl", "allow 127.0.0.0/8")),
+                    rt("denyonly", ("path", "/d/*"), ("pool", "q"), ("acl", "deny 127.0.0.7"),
+                       ("acl", "deny 10.0.0.0/8")),
+                    workers=1), [port])
+
+    def denied(path, src, what):
+        n, r = reached(b, lambda: ask(port, path, src=src))
+        eq(r.status, 403, "%s: GET %s from %s status" % (what, path, src))
+        check(r.backend is None, "%s: 403 carries X-Backend %r" % (what, r.backend))
+        check(0 < len(r.body) <= 512, "%s: 403 body should be short and non-empty: %s" % (what, short(r.body)))
+        eq(n, 0, "%s: requests that reached the backend for a denied GET %s" % (what, path))
+
+    check_200(ask(port, "/admin/x", src="127.0.0.2"), "acl = allow 127.0.0.2/32: /admin/x from 127.0.0.2", "b")
+    denied("/admin/x", "127.0.0.1", "acl = allow 127.0.0.2/32 (no match, an allow rule exists)")
+    denied("/admin/", "127.0.0.3", "acl = allow 127.0.0.2/32 (no match, an allow rule exists)")
+    check_200(ask(port, "/other", src="127.0.0.1"), "no acl on /other: from 127.0.0.1")
+    check_200(ask(port, "/adminx", src="127.0.0.1"), "no acl on /adminx: from 127.0.0.1")
+    # ordered, first match wins
+    denied("/ord/1", "127.0.0.5", "acl = deny 127.0.0.5/32, acl = allow 127.0.0.0/8")
+    check_200(ask(port, "/ord/1", src="127.0.0.6"), "acl = deny .5, allow 127.0.0.0/8: from 127.0.0.6", "b")
+    check_200(ask(port, "/ord/1", src="127.0.0.1"), "acl = deny .5, allow 127.0.0.0/8: from 127.0.0.1", "b")
+    # only deny rules: no match is allowed
+    denied("/d/1", "127.0.0.7", "acl = deny 127.0.0.7")
+    check_200(ask(port, "/d/1", src="127.0.0.1"), "only deny rules, no match: from 127.0.0.1", "b")
+    # the same keep-alive connection goes on after a 403
+    with Conn(port, src="127.0.0.1") as c:
+        eq(c.ask("/admin/y").status, 403, "keep-alive: /admin/y from 127.0.0.1 status")
+        check_200(c.ask("/other/2"), "keep-alive: /other/2 after a 403 on the same connection")
+
+
+@test("return_and_redirect")
+def t_return_redirect(ctx):
+    a = ctx.b["a"]
+    port = free_port()
+    ctx.master(conf(lsn("web", port), pl("p", [a]),
+                    rt("maint", ("path", "/maint/*"), ("return", "503 down for maintenance")),
+                    rt("empty", ("path", "/empty"), ("return", "204")),
+                    rt("tls", ("path", "/r/*"), ("redirect", "308 https://$host$uri")),
+                    rt("moved", ("path", "/old"), ("redirect", "301 http://other.example/fixed")),
+                    rt("tmp", ("path", "/t"), ("redirect", "302 http://x.example$uri?from=$host")),
+                    workers=1), [port])
+    with Conn(port) as c:
+        n, r = reached(a, lambda: c.ask("/maint/page", host="example.com"))
+        eq(r.status, 503, "return = 503 down for maintenance: status")
+        check(b"down for maintenance" in r.body, "return = 503 ...: body %s lacks 'down for maintenance'"
+              % short(r.body))
+        check(r.backend is None, "return: response carries X-Backend %r" % r.backend)
+        eq(n, 0, "return: requests that reached the backend")
+
+        r = c.ask("/r/a?b=1", host="example.com:8080")
+        eq(r.status, 308, "redirect = 308 https://$host$uri: status")
+        eq(r.hdr("location"), "https://example.com/r/a?b=1", "redirect = 308 https://$host$uri: Location "
+                                                             "(GET /r/a?b=1, Host example.com:8080)")
+        r = c.ask("/r/deep/x.html", host="www.example.org")
+        eq((r.status, r.hdr("location")), (308, "https://www.example.org/r/deep/x.html"),
+           "redirect = 308 https://$host$uri: (status, Location) for GET /r/deep/x.html, Host www.example.org")
+
+        r = c.ask("/old", host="example.com")
+        eq((r.status, r.hdr("location")), (301, "http://other.example/fixed"),
+           "redirect = 301 http://other.example/fixed: (status, Location)")
+        r = c.ask("/t", host="h.example:81")
+        eq((r.status, r.hdr("location")), (302, "http://x.example/t?from=h.example"),
+           "redirect = 302 http://x.example$uri?from=$host: (status, Location)")
+
+        n, r = reached(a, lambda: c.ask("/empty"))
+        eq((r.status, r.body), (204, b""), "return = 204: (status, body)")
+        eq(n, 0, "return = 204: requests that reached the backend")
+        check_200(c.ask("/normal"), "keep-alive: a proxied request after return/redirect answers")
+        extra = c.stray(0.2)
+        check(not extra, "bytes after the last response: %s" % short(extra))
+    r = ask(port, "/maint/", method="HEAD")
+    eq((r.status, r.body), (503, b""), "HEAD on a return route: (status, body)")
+
+
+@test("header_transforms")
+def t_header_transforms(ctx):
+    a = ctx.b["a"]
+    port = free_port()
+    ctx.master(conf(lsn("web", port), pl("p", [a]),
+                    rt("tx", ("host", "tx.example"), ("pool", "p"),
+                       ("request_header_add", "X-Env: prod"), ("request_header_add", "X-Two: 2"),
+                       ("request_header_remove", "X-Secret"), ("request_header_remove", "x-other"),
+                       ("response_header_add", "Strict-Transport-Security: max-age=60"),
+                       ("response_header_add", "X-Policy: on"),
+                       ("response_header_remove", "X-Backend")),
+                    workers=1), [port])
+    sent = [("X-Secret", "s3cret"), ("X-OTHER", "o"), ("X-Keep", "k")]
+    r = ask(port, "/headers", host="tx.example", headers=sent)
+    eq(r.status, 200, "GET /headers on the transform route: status")
+    try:
+        h = json.loads(r.body)
+    except ValueError:
+        raise Fail("backend /headers answer is not JSON: %s" % short(r.body))
+    eq(h.get("x-env"), "prod", "request_header_add = X-Env: prod (as the backend saw it)")
+    eq(h.get("x-two"), "2", "request_header_add = X-Two: 2 (as the backend saw it)")
+    check("x-secret" not in h, "request_header_remove = X-Secret: the backend saw x-secret: %r" % h.get("x-secret"))
+    check("x-other" not in h, "request_header_remove = x-other: the backend saw X-OTHER: %r" % h.get("x-other"))
+    eq(h.get("x-keep"), "k", "a header not named by the route (as the backend saw it)")
+    eq(r.hdr("strict-transport-security"), "max-age=60", "response_header_add = Strict-Transport-Security")
+    eq(r.hdr("x-policy"), "on", "response_header_add = X-Policy: on")
+    check(r.backend is None, "response_header_remove = X-Backend: the client saw X-Backend %r" % r.backend)
+    # another route (the listener's pool): untouched
+    r = ask(port, "/headers", host="plain.example", headers=sent)
+    eq(r.status, 200, "GET /headers without the transform route: status")
+    h = json.loads(r.body)
+    eq((h.get("x-env"), h.get("x-secret"), h.get("x-other")), (None, "s3cret", "o"),
+       "request headers without the transform route (x-env, x-secret, x-other)")
+    eq((r.backend, r.hdr("strict-transport-security")), ("a", None),
+       "response headers without the transform route (X-Backend, Strict-Transport-Security)")
+
+
+@test("rate_limit_ip", timeout=40)
+def t_rate_limit_ip(ctx):
+    a = ctx.b["a"]
+    port = free_port()
+    log = os.path.join(ctx.dir, "access.log")
+    m = ctx.master(conf(lsn("web", port), pl("p", [a]),
+                        rt("rl", ("path", "/rl/*"), ("pool", "p"), ("rate_limit", "5/second burst=5")),
+                        rt("rb", ("path", "/rb/*"), ("pool", "p"), ("rate_limit", "5/second burst=2")),
+                        rt("rd", ("path", "/rd/*"), ("pool", "p"), ("rate_limit", "4/second")),
+                        rt("rc", ("path", "/rc/*"), ("pool", "p"), ("rate_limit", "1/minute burst=10 by=ip")),
+                        workers=2, glob={"rate_limit_entries": 1024}, access=log), [port])
+    m.wait_workers(2)
+    rs, t = seq(port, "/rl/one", 20, src="127.0.0.1")
+    check_limited(rs, t, 5, 5, "5/second burst=5, 20 requests from 127.0.0.1")
+    for i, r in enumerate(rs):
+        if r.status == 429:
+            eq(check_429(r, "5/second request %d" % (i + 1)), 1, "5/second: Retry-After of request %d" % (i + 1))
+    rs, t = seq(port, "/rl/two", 8, src="127.0.0.2")
+    check_limited(rs, t, 5, 5, "5/second burst=5, 8 requests from 127.0.0.2 (its own bucket)")
+    time.sleep(1.1)
+    rs, t = seq(port, "/rl/three", 5, src="127.0.0.1")
+    eq(statuses(rs), [200] * 5, "5/second: 5 requests from 127.0.0.1 after waiting 1.1 s")
+
+    rs, t = seq(port, "/rb/x", 6, src="127.0.0.1")
+    check_limited(rs, t, 2, 5, "5/second burst=2, 6 requests")
+    rs, t = seq(port, "/rd/x", 8, src="127.0.0.1")
+    check_limited(rs, t, 4, 4, "4/second (burst defaults to 4), 8 requests")
+
+    # exact under concurrency across both workers: 40 requests from 8 threads, 10 tokens, no refill to speak of
+    res, errs = [], []
+    lock = threading.Lock()
+
+    def worker(k):
+        for i in range(5):
+            try:
+                r = ask(port, "/rc/%d/%d" % (k, i), src="127.0.0.3")
+                with lock:
+                    res.append(r)
+            except Exception as e:
+                with lock:
+                    errs.append("%s: %s" % (type(e).__name__, e))
+                return
+
+    ths = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(8)]
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join(20)
+    check(not errs, "concurrent requests failed: %s" % errs[:2])
+    eq(len(res), 40, "concurrent requests answered")
+    st = count_by(statuses(res))
+    eq(st, {200: 10, 429: 30}, "1/minute burst=10: statuses of 40 concurrent requests from 127.0.0.3 (2 workers)")
+    for r in res:
+        if r.status == 429:
+            check_429(r, "1/minute burst=10 concurrent", 1, 60)
+    # both workers must have answered for "exact across workers" to mean anything
+    pr.wait_for(lambda: pr.count_lines(log) >= 87, 3)
+    objs, _ = pr.read_json_log(log)
+    per = count_by(o.get("worker") for o in objs
+                   if str(o.get("uri", "")).startswith(("/rl/", "/rc/")) and "worker" in o)
+    if per:
+        check(len(per) >= 2, "rate-limited requests were all served by one worker %s: cross-worker exactness "
+                             "not exercised" % per)
+
+
+@test("rate_limit_global_and_header")
+def t_rate_limit_global_header(ctx):
+    a = ctx.b["a"]
+    port = free_port()
+    m = ctx.master(conf(lsn("web", port), pl("p", [a]),
+                        rt("g", ("path", "/g/*"), ("pool", "p"), ("rate_limit", "3/second burst=3 by=global")),
+                        rt("k", ("path", "/k/*"), ("pool", "p"),
+                           ("rate_limit", "2/second burst=2 by=header:X-Api-Key")),
+                        workers=2), [port])
+    m.wait_workers(2)
+    t0 = time.monotonic()
+    rs1, _ = seq(port, "/g/one", 3, src="127.0.0.1")
+    rs2, _ = seq(port, "/g/two", 3, src="127.0.0.2")
+    t = time.monotonic() - t0
+    eq(statuses(rs1), [200] * 3, "by=global 3/second burst=3: 3 requests from 127.0.0.1")
+    if t < 0.3:
+        eq(statuses(rs2), [429] * 3, "by=global: 3 requests from 127.0.0.2 right after (shared bucket, %.3f s)" % t)
+    else:
+        check_limited(rs1 + rs2, t, 3, 3, "by=global: 3 from 127.0.0.1 then 3 from 127.0.0.2")
+    for r in rs2:
+        if r.status == 429:
+            check_429(r, "by=global 429", 1, 1)
+
+    def key(v):
+        return [("X-Api-Key", v)]
+
+    ta = time.monotonic()
+    rs, t = seq(port, "/k/a", 3, src="127.0.0.1", headers=key("A"))
+    check_limited(rs, t, 2, 2, "by=header:X-Api-Key 2/second, key A")
+    # key A from another address, header name in lower case: A's bucket, still empty
+    r = ask(port, "/k/a2", src="127.0.0.2", headers=[("x-api-key", "A")])
+    if time.monotonic() - ta < 0.45:  # no token refilled yet (one every 0.5 s)
+        check_429(r, "by=header: key A from 127.0.0.2 (x-api-key) right after A's requests", 1, 1)
+    rs, t = seq(port, "/k/b", 3, src="127.0.0.1", headers=key("B"))
+    check_limited(rs, t, 2, 2, "by=header:X-Api-Key 2/second, key B (its own bucket)")
+    # requests without the header share one bucket, whatever their address
+    t0 = time.monotonic()
+    rs, _ = seq(port, "/k/none", 2, src="127.0.0.1")
+    rs2, _ = seq(port, "/k/none2", 2, src="127.0.0.2")
+    check_limited(rs + rs2, time.monotonic() - t0, 2, 2,
+                  "by=header: 2 requests without X-Api-Key from 127.0.0.1, then 2 from 127.0.0.2")
+
+
+@test("rate_limit_exempt")
+def t_rate_limit_exempt(ctx):
+    a = ctx.b["a"]
+    port = free_port()
+    m = ctx.master(conf(lsn("web", port), pl("p", [a]),
+                        rt("e", ("path", "/e/*"), ("pool", "p"), ("rate_limit", "3/second burst=3"),
+                           ("rate_limit_exempt", "127.0.0.2/32, 10.0.0.0/8")),
+                        rt("eg", ("path", "/eg/*"), ("pool", "p"), ("rate_limit", "3/minute burst=3 by=global"),
+                           ("rate_limit_exempt", "127.0.0.2")),
+                        workers=2), [port])
+    m.wait_workers(2)
+    rs, _ = seq(port, "/e/x", 20, src="127.0.0.2")
+    eq(statuses(rs), [200] * 20, "rate_limit_exempt = 127.0.0.2/32: 20 requests from 127.0.0.2")
+    rs, t = seq(port, "/e/y", 10, src="127.0.0.1")
+    check_limited(rs, t, 3, 3, "3/second with 127.0.0.2 exempt: 10 requests from 127.0.0.1")
+    rs, _ = seq(port, "/e/z", 10, src="127.0.0.2")
+    eq(statuses(rs), [200] * 10, "exempt 127.0.0.2 while 127.0.0.1 is limited")
+    # exempt clients neither are limited nor take tokens from a shared (global) bucket
+    rs, _ = seq(port, "/eg/x", 10, src="127.0.0.2")
+    eq(statuses(rs), [200] * 10, "by=global, exempt 127.0.0.2: 10 requests from 127.0.0.2")
+    rs, t = seq(port, "/eg/y", 5, src="127.0.0.1")
+    eq(statuses(rs), [200, 200, 200, 429, 429], "by=global 3/minute: 127.0.0.1 after 10 exempt requests")
+    check_429(ask(port, "/eg/z", src="127.0.0.3"), "by=global 3/minute: 127.0.0.3 after the bucket is empty", 1, 60)
+    check_200(ask(port, "/eg/w", src="127.0.0.2"), "by=global: exempt 127.0.0.2 with the bucket empty")
+
+
+@test("rate_limit_minute_retry_after")
+def t_rate_limit_minute(ctx):
+    a = ctx.b["a"]
+    port = free_port()
+    m = ctx.master(conf(lsn("web", port), pl("p", [a]),
+                        rt("m", ("path", "/m/*"), ("pool", "p"), ("rate_limit", "2/minute burst=2")),
+                        rt("h", ("path", "/h/*"), ("pool", "p"), ("rate_limit", "1/hour")),
+                        workers=2), [port])
+    m.wait_workers(2)
+    rs, _ = seq(port, "/m/x", 4, src="127.0.0.1")
+    eq(statuses(rs), [200, 200, 429, 429], "2/minute burst=2: 4 requests")
+    ra = check_429(rs[2], "2/minute: third request", 1, 60)
+    check(28 <= ra <= 31, "2/minute: Retry-After %d, want about 30 (one token every 30 s)" % ra)
+    ra4 = check_429(rs[3], "2/minute: fourth request", 1, 60)
+    check(ra4 <= ra, "2/minute: Retry-After grew from %d to %d" % (ra, ra4))
+    rs, _ = seq(port, "/h/x", 2, src="127.0.0.1")
+    eq(statuses(rs), [200, 429], "1/hour: 2 requests")
+    ra = check_429(rs[1], "1/hour: second request", 1, 3601)
+    check(3500 <= ra <= 3601, "1/hour: Retry-After %d, want about 3600" % ra)
+
+
+@test("config_errors")
+def t_config_errors(ctx):
+    check(os.path.isfile(LB_BIN) and os.access(LB_BIN, os.X_OK), "lb binary not found: %s" % LB_BIN)
+    p1, p2 = free_port(), free_port()
+    base = [
+        "[global]",                                        # 1
+        "workers = 1",                                     # 2
+        "rate_limit_entries = 1024",                       # 3
+        "",                                                # 4
+        "[log]",                                           # 5
+        "access = off",                                    # 6
+        "",                                                # 7
+        "[listener web]",                                  # 8
+        "bind = 127.0.0.1:%d" % p1,                        # 9
+        "mode = http",                                     # 10
+        "pool = main",                                     # 11
+        "deny = 10.0.0.0/8, ::1/128",                      # 12
+        "allow = 127.0.0.0/8",                             # 13
+        "",                                                # 14
+        "[pool main]",                                     # 15
+        "server = a 127.0.0.1:%d" % p2,                    # 16
+        "",                                                # 17
+        "[route api]",                                     # 18
+        "path = /api/*",                                   # 19
+        "pool = main",                                     # 20
+        "acl = deny 127.0.0.5/32",                         # 21
+        "acl = allow 127.0.0.0/8",                         # 22
+        "rate_limit = 10/second burst=20 by=header:X-Api-Key",  # 23
+        "rate_limit_exempt = 127.0.0.2/32, 2001:db8::/32",  # 24
+        "request_header_add = X-Env: prod",                # 25
+        "request_header_remove = X-Secret",                # 26
+        "response_header_add = Strict-Transport-Security: max-age=60",  # 27
+        "response_header_remove = X-Backend",              # 28
+        "",                                                # 29
+        "[route down]",                                    # 30
+        "path = /down/*",                                  # 31
+        "return = 503 down for maintenance",               # 32
+        "",                                                # 33
+        "[route moved]",                                   # 34
+        "path = /moved",                                   # 35
+        "redirect = 308 https://$host$uri",                # 36
+    ]
+
+    def run(name, lines):
+        path = os.path.join(ctx.dir, name + ".ini")
+        with open(path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        p = subprocess.run([LB_BIN, "-t", "-c", path], cwd=ROOT, stdin=subprocess.DEVNULL,
+                           capture_output=True, timeout=10)
+        return path, p.returncode, p.stderr.decode("utf-8", "replace")
+
+    # the valid file first: otherwise "not supported yet" would pass every error case below
+    path, rc, err = run("valid", base)
+    eq(rc, 0, "exit status of lb -t on a valid file using every policy key (stderr: %s)" % short(err, 300))
+
+    def with_line(n, text):
+        lines = list(base)
+        lines[n - 1] = text
+        return lines
+
+    bad = [
+        ("acl_verb", 21, "acl = maybe 1.2.3.4"),
+        ("acl_prefix", 22, "acl = allow 127.0.0.0/33"),
+        ("acl_v6_prefix", 22, "acl = allow ::1/129"),
+        ("rate_unit", 23, "rate_limit = 10/fortnight"),
+        ("rate_burst", 23, "rate_limit = 10/second burst=x"),
+        ("rate_by", 23, "rate_limit = 10/second by=cookie"),
+        ("rate_number", 23, "rate_limit = ten/second"),
+        ("exempt_bad", 24, "rate_limit_exempt = 127.0.0.2/32, nonsense"),
+        ("deny_octet", 12, "deny = 300.1.1.1/8"),
+        ("allow_prefix", 13, "allow = 127.0.0.0/40"),
+        ("return_99", 32, "return = 99 x"),
+        ("return_1000", 32, "return = 1000 x"),
+        ("redirect_200", 36, "redirect = 200 http://x"),
+        ("redirect_no_url", 36, "redirect = 308"),
+        ("req_add_nocolon", 25, "request_header_add = NoColon"),
+        ("resp_add_nocolon", 27, "response_header_add = AlsoNoColon"),
+        ("entries_word", 3, "rate_limit_entries = many"),
+    ]
+    problems = []
+    for name, ln, text in bad:
+        path, rc, err = run(name, with_line(ln, text))
+        if rc != 1:
+            problems.append("%s (%r at line %d): exit status %s, want 1 (stderr: %s)" % (name, text, ln, rc,
+                                                                                      short(err, 150)))
+            continue
+        base_name = re.escape(os.path.basename(path))
+        lines = [int(x) for x in re.findall(r"%s:(\d+):" % base_name, err)]
+        if ln not in lines:
+            problems.append("%s (%r): no '%s:%d:' on stderr: %s" % (name, text, os.path.basename(path), ln,
+                                                                    short(err, 200)))
+        else:
+            # a consequence at the section's header ("[route down] needs a pool ...") is fair; others are not
+            head = max(i + 1 for i in range(ln) if base[i].startswith("["))
+            extra = sorted(set(lines) - {ln, head})
+            if extra:
+                problems.append("%s (%r at line %d): errors reported at lines %s too: %s"
+                                % (name, text, ln, extra, short(err, 200)))
+    check(not problems, "%d of %d bad files: %s" % (len(problems), len(bad), " || ".join(problems)))
+
+
+# ---------------------------------------------------------------------------------------- runner
+
+class Suite:
+    def __init__(self, tmp):
+        self.tmp = tmp
+        self.backends = {}
+
+
+def start_backends(suite):
+    logdir = os.path.join(suite.tmp, "backends")
+    os.makedirs(logdir, exist_ok=True)
+    pending = []
+    for name in ("a", "b"):
+        bk = it.Backend(name, "http", logdir)
+        bk.start()
+        suite.backends[name] = bk
+        pending.append(bk)
+    for _ in range(3):
+        deadline = time.monotonic() + 10
+        failed = [bk for bk in pending if not bk.wait_ready(deadline)]
+        if not failed:
+            return None
+        for bk in failed:
+            bk.stop()
+            bk.start()
+        pending = failed
+    return "backends did not start: %s (see %s)" % ([bk.name for bk in pending], logdir)
+
+
+def where(exc):
+    me = os.path.abspath(__file__)
+    lines = [str(f.lineno) for f in traceback.extract_tb(exc.__traceback__)
+             if os.path.abspath(f.filename) == me and f.name != "main"]
+    return " (policy.py:%s)" % ",".join(lines) if lines else ""
+
+
+def main():
+    ap = argparse.ArgumentParser(description="lb traffic-policy integration tests")
+    ap.add_argument("--only", help="run tests whose name contains this")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = ap.parse_args()
+    tests = [t for t in TESTS if not args.only or args.only in t[0]]
+    suite_end = time.monotonic() + SUITE_BUDGET
+    tmp = tempfile.mkdtemp(prefix="lb-policy-")
+    os.chmod(tmp, 0o755)
+    suite = Suite(tmp)
+    passed = failed = 0
+
+    def on_alarm(signum, frame):
+        raise Timeout()
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    try:
+        setup_error = start_backends(suite)
+        for name, fn, timeout in tests:
+            if setup_error:
+                print("FAIL %s: %s" % (name, setup_error), flush=True)
+                failed += 1
+                continue
+            left = suite_end - time.monotonic()
+            if left < 1:
+                print("FAIL %s: not run: the suite's %d s budget is spent" % (name, SUITE_BUDGET), flush=True)
+                failed += 1
+                continue
+            timeout = min(timeout, left)
+            ctx = None
+            reason = None
+            skipped = None
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+            try:
+                ctx = pr.Ctx(suite, name)
+                fn(ctx)
+            except Timeout as e:
+                reason = "timed out after %.0f s%s" % (timeout, where(e))
+            except Skip as e:
+                skipped = str(e)
+            except Fail as e:
+                reason = str(e)
+            except Exception as e:
+                reason = "%s: %s%s" % (type(e).__name__, e, where(e))
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            if ctx is not None:
+                signal.setitimer(signal.ITIMER_REAL, 20)  # cleanup must not hang either
+                try:
+                    crash = ctx.cleanup()
+                except Timeout:
+                    crash = "cleanup timed out"
+                except Exception as e:
+                    crash = "cleanup: %s: %s" % (type(e).__name__, e)
+                finally:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+                if crash:
+                    reason = crash if reason is None else reason + "; " + crash
+                elif reason is not None and ctx.masters and not reason.startswith("lb "):
+                    tail = ctx.masters[-1].stderr_tail(150)
+                    if tail != "(no stderr)":
+                        reason += " [lb stderr: %s]" % tail
+            if reason is None:
+                print("PASS %s%s" % (name, " (skipped: %s)" % skipped if skipped else ""), flush=True)
+                passed += 1
+            else:
+                print("FAIL %s: %s" % (name, " | ".join(reason.splitlines())), flush=True)
+                failed += 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        failed += 1
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        for bk in suite.backends.values():
+            try:
+                bk.stop()
+            except Exception:
+                pass
+        if args.keep:
+            print("kept %s" % tmp, file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print("policy: %d passed, %d failed" % (passed, failed), flush=True)
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
