@@ -1250,7 +1250,7 @@ static const struct keydef keys_pool[] = {
 	{ "circuit_failures", 0, "the circuit breaker" }, { "circuit_error_rate", 0, "the circuit breaker" },
 	{ "circuit_window", 0, "the circuit breaker" }, { "circuit_min_requests", 0, "the circuit breaker" },
 	{ "circuit_slow", 0, "the circuit breaker" }, { "circuit_open", 0, "the circuit breaker" },
-	{ "sticky", 0, "traffic policies" }, { "send_proxy", 0, "traffic policies" }, { NULL, 0, NULL },
+	{ "sticky", 0, NULL }, { "send_proxy", 0, "traffic policies" }, { NULL, 0, NULL },
 };
 static const struct keydef keys_route[] = {
 	{ "listener", 0, NULL }, { "host", 0, NULL }, { "path", 0, NULL }, { "method", 0, NULL },
@@ -1703,6 +1703,17 @@ static void set_pool(struct cfg *st, struct lb_pool *p, const char *k, const cha
 		v_uint(st, line, k, v, 0, 100000, &p->keepalive);
 	} else if (!strcmp(k, "retries")) {
 		v_uint(st, line, k, v, 0, 10, &p->retries);
+	} else if (!strcmp(k, "sticky")) {
+		const char *q = v, *end = v + strlen(v);
+		struct lb_str kind, name, extra;
+		p->sticky_cookie[0] = 0;
+		if (!strcmp(v, "off"))
+			return;
+		if (!next_word(&q, end, &kind) || !str_ieq(kind.p, kind.n, "cookie") || !next_word(&q, end, &name) ||
+		    next_word(&q, end, &extra) || !token_ok(name) || name.n >= LB_NAME_MAX)
+			cfg_err(st, line, k, "sticky: expected 'cookie NAME' or 'off', got '%s'", v);
+		else
+			snprintf(p->sticky_cookie, sizeof p->sticky_cookie, "%.*s", (int)name.n, name.p);
 	}
 }
 
@@ -2706,6 +2717,8 @@ struct conn {
 	int cin_eof, shut_b, shut_c;
 	int close_after, backend_reuse, holds_srv;
 	int close_announced;           /* the response head told the client this is the last exchange */
+	struct lb_server *sticky;      /* the server the client's sticky cookie names, if any */
+	int set_cookie;                /* the response names the chosen server in a new cookie */
 	int retries_left, reuse_retried;
 	int req_bodyless, req_idem, req_method, req_minor, upgrade;
 	int resp_status, resp_started;
@@ -3290,10 +3303,16 @@ static void backend_assign(struct conn *c, struct lb_server *avoid)
 {
 	struct lb_pool *p = c->pool;
 	struct lb_server *s = NULL;
-	for (size_t i = 0; i < 2 * p->nservers + 1; i++) {
-		s = lb_pick(p, c->peer_hash, rand64());
-		if (!s || s != avoid)
-			break;
+	if (c->sticky && c->sticky != avoid && usable(c->sticky) && pick_tier(p) == c->sticky->backup) {
+		s = c->sticky;
+		c->set_cookie = 0;
+	} else {
+		for (size_t i = 0; i < 2 * p->nservers + 1; i++) {
+			s = lb_pick(p, c->peer_hash, rand64());
+			if (!s || s != avoid)
+				break;
+		}
+		c->set_cookie = p->sticky_cookie[0] != 0;
 	}
 	if (!s || s == avoid) {
 		if (c->L->mode == LB_MODE_TCP) {
@@ -3365,6 +3384,37 @@ static void lower_copy(char *dst, const char *src, size_t n)
 	for (size_t i = 0; i < n; i++)
 		dst[i] = (char)lower((unsigned char)src[i]);
 	dst[n] = 0;
+}
+
+/* The server a request's sticky cookie names (by server name, never an address). */
+static struct lb_server *sticky_server(struct lb_pool *p, const struct lb_req *rq)
+{
+	size_t cn = strlen(p->sticky_cookie);
+	for (size_t i = 0; i < rq->nheaders; i++) {
+		const struct lb_header *h = &rq->headers[i];
+		if (!str_ieq(h->name.p, h->name.n, "cookie"))
+			continue;
+		const char *q = h->value.p, *end = q + h->value.n;
+		while (q < end) {
+			while (q < end && (*q == ' ' || *q == ';'))
+				q++;
+			const char *e = memchr(q, ';', (size_t)(end - q));
+			if (!e)
+				e = end;
+			if ((size_t)(e - q) > cn && q[cn] == '=' && !memcmp(q, p->sticky_cookie, cn)) {
+				const char *v = q + cn + 1;
+				size_t vn = (size_t)(e - v);
+				while (vn && v[vn - 1] == ' ')
+					vn--;
+				for (size_t k = 0; k < p->nservers; k++)
+					if (strlen(p->servers[k].name) == vn && !memcmp(p->servers[k].name, v, vn))
+						return &p->servers[k];
+				return NULL;
+			}
+			q = e;
+		}
+	}
+	return NULL;
 }
 
 static int acl_allows(const struct lb_route *rt, const struct lb_ip *ip)
@@ -3472,6 +3522,8 @@ static void request_begin(struct conn *c)
 	c->resp_status = 0;
 	c->resp_started = 0;
 	c->close_announced = 0;
+	c->sticky = NULL;
+	c->set_cookie = 0;
 	c->bytes_out = 0;
 	c->sent_any = 0;
 	c->route = NULL;
@@ -3542,6 +3594,7 @@ static void handle_request(struct conn *c, const struct lb_req *rq, size_t n)
 		return;
 	}
 	c->pool = &conf->pools[pi];
+	c->sticky = c->pool->sticky_cookie[0] ? sticky_server(c->pool, rq) : NULL;
 	c->resp_timeout = rt && rt->response_timeout ? rt->response_timeout : c->pool->response_timeout;
 	c->retries_left = (int)c->pool->retries;
 	c->r = R_WAIT;
@@ -3679,6 +3732,9 @@ static int build_response_head(struct conn *c, const struct lb_resp *rs)
 	for (size_t i = 0; c->route && i < c->route->nresp_add && rs->status >= 200; i++)
 		if (buf_printf(b, "%s\r\n", c->route->resp_add[i]))
 			return -1;
+	if (c->set_cookie && c->srv && rs->status >= 200 &&
+	    buf_printf(b, "Set-Cookie: %s=%s; Path=/; HttpOnly\r\n", c->pool->sticky_cookie, c->srv->name))
+		return -1;
 	if (upgrading) {
 		const struct lb_header *u = lb_header_find(rs->headers, rs->nheaders, "upgrade");
 		if (buf_printf(b, "Connection: upgrade\r\n") ||

@@ -230,6 +230,7 @@ struct lb_pool {
 	int algorithm;
 	uint64_t connect_timeout, response_timeout; /* ms */
 	unsigned keepalive, retries;
+	char sticky_cookie[LB_NAME_MAX]; /* sticky = cookie NAME; "" = off */
 	uint32_t rr_seed;
 };
 

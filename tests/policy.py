@@ -569,6 +569,37 @@ def t_rate_limit_minute(ctx):
     check(3500 <= ra <= 3601, "1/hour: Retry-After %d, want about 3600" % ra)
 
 
+@test("sticky_cookie")
+def t_sticky_cookie(ctx):
+    """sticky = cookie SRV: a new client gets a cookie naming its server (by name), requests that
+    carry it stay there, and a cookie naming an unusable or unknown server goes elsewhere and gets
+    a new cookie."""
+    a, b = ctx.b["a"], ctx.b["b"]
+    port, dead = free_port(), free_port()
+    pool_text = section("pool p", ("server", "a %s:%d" % (HOST, a.port)), ("server", "b %s:%d" % (HOST, b.port)),
+                        ("server", "dead %s:%d" % (HOST, dead)), ("sticky", "cookie SRV"), ("retries", "2"))
+    ctx.master(conf(lsn("web", port), pool_text, workers=2), [port])
+    r = ask(port, "/first")
+    eq(r.status, 200, "first request: status")
+    cookie = r.hdr("set-cookie") or ""
+    check(cookie.startswith("SRV=%s;" % r.backend), "first request: Set-Cookie %r does not name its server %r"
+          % (cookie, r.backend))
+    for name in ("a", "b"):
+        got = set()
+        for i in range(12):   # new connections: both workers must honour it
+            r = ask(port, "/pinned/%d" % i, headers=[("Cookie", "theme=dark; SRV=%s" % name)])
+            eq(r.status, 200, "request with SRV=%s: status" % name)
+            check(r.hdr("set-cookie") is None, "request with a valid SRV=%s got Set-Cookie %r" % (name, r.hdr("set-cookie")))
+            got.add(r.backend)
+        eq(got, {name}, "servers answering requests with cookie SRV=%s" % name)
+    for bad in ("dead", "nosuch"):
+        for i in range(4):
+            r = ask(port, "/moved/%d" % i, headers=[("Cookie", "SRV=%s" % bad)])
+            eq(r.status, 200, "request with cookie SRV=%s: status" % bad)
+            check(r.backend in ("a", "b"), "SRV=%s answered by %r" % (bad, r.backend))
+            eq(r.hdr("set-cookie"), "SRV=%s; Path=/; HttpOnly" % r.backend, "SRV=%s: the new cookie" % bad)
+
+
 @test("config_errors")
 def t_config_errors(ctx):
     check(os.path.isfile(LB_BIN) and os.access(LB_BIN, os.X_OK), "lb binary not found: %s" % LB_BIN)

@@ -1629,8 +1629,11 @@ static const struct cf_err cf_errs[] = {
 	{ "unsupported_pool_health_check",
 	  "[pool p]\nserver = s1 127.0.0.1:9000\nhealth_check = tcp\n[listener l]\nbind = 127.0.0.1:8000\npool = p\n",
 	  3, 0, "not supported", 1 },
-	{ "unsupported_pool_sticky", BASE "[pool q]\nserver = s9 127.0.0.1:9009\nsticky = cookie SRV\n", 8, 0,
+	{ "unsupported_pool_send_proxy", BASE "[pool q]\nserver = s9 127.0.0.1:9009\nsend_proxy = v1\n", 8, 0,
 	  "not supported", 1 },
+	{ "pool_sticky_not_cookie", BASE "[pool q]\nserver = s9 127.0.0.1:9009\nsticky = ip SRV\n", 8, 0, "sticky", 1 },
+	{ "pool_sticky_bad_name", BASE "[pool q]\nserver = s9 127.0.0.1:9009\nsticky = cookie S;V\n", 8, 0, "sticky", 1 },
+	{ "pool_sticky_extra", BASE "[pool q]\nserver = s9 127.0.0.1:9009\nsticky = cookie SRV x\n", 8, 0, "sticky", 1 },
 	{ "route_acl_bad_verb", BASE "[route r]\npool = p\nacl = maybe 1.2.3.4\n", 8, 0, "acl", 1 },
 	{ "route_acl_bad_cidr", BASE "[route r]\npool = p\nacl = allow 10.0.0.1/8\n", 8, 0, "acl", 1 },
 	{ "route_rate_limit_unit", BASE "[route r]\npool = p\nrate_limit = 10/fortnight\n", 8, 0, "rate_limit", 1 },
@@ -2156,6 +2159,25 @@ static const char conf_routes[] =
 	"path = /s\n"
 	"split = p 90, q 10\n";
 
+static void test_conf_sticky(void)
+{
+	const char *t = "[listener l]\nbind = 127.0.0.1:8000\npool = p\n[pool p]\nserver = s1 127.0.0.1:9000\n"
+	                "sticky = cookie SRV\n[pool q]\nserver = s2 127.0.0.1:9001\n";
+	struct lb_conf *c = NULL;
+	char *b = dupbuf(t, strlen(t));
+	memset(&g_errs, 0, sizeof g_errs);
+	begin();
+	int rc = lb_conf_parse(b, strlen(t), &c, &g_errs);
+	free(b);
+	CHECK(rc == 0, "parse returned %d: %s", rc, errs_str());
+	if (rc == 0) {
+		CHECK(!strcmp(c->pools[0].sticky_cookie, "SRV"), "pool p sticky cookie '%s'", c->pools[0].sticky_cookie);
+		CHECK(c->pools[1].sticky_cookie[0] == 0, "pool q: sticky is off by default");
+		lb_conf_free(c);
+	}
+	end("conf/sticky_cookie");
+}
+
 static void test_cidr(void)
 {
 	static const struct { const char *cidr, *ip; int ok, match; } t[] = {
@@ -2422,6 +2444,7 @@ int main(void)
 	test_ip_hash();
 	test_pick_none();
 	test_routes();
+	test_conf_sticky();
 	test_cidr();
 	test_bucket();
 	test_rate_limit_parse();
