@@ -2408,7 +2408,8 @@ static struct lb_server *pick_rr(struct lb_pool *p, int tier)
 		if (!best || s->cur_weight > best->cur_weight)
 			best = s;
 	}
-	best->cur_weight -= total;
+	if (best) /* none when other workers filled the tier since pick_tier looked */
+		best->cur_weight -= total;
 	return best;
 }
 
@@ -2416,7 +2417,7 @@ static struct lb_server *pick_rr(struct lb_pool *p, int tier)
 static struct lb_server *pick_least(struct lb_pool *p, int tier)
 {
 	struct lb_server *best = NULL;
-	size_t n = p->nservers, start = p->rr_seed++ % n;
+	size_t n = p->nservers, start = p->rr_seed++ % n; /* pools have at least one server (config check) */
 	for (size_t k = 0; k < n; k++) {
 		struct lb_server *s = &p->servers[(start + k) % n];
 		if (!IN_TIER(s, tier))
@@ -2454,6 +2455,8 @@ static struct lb_server *pick_weighted_at(struct lb_pool *p, int tier, uint64_t 
 	for (size_t i = 0; i < p->nservers; i++)
 		if (IN_TIER(&p->servers[i], tier))
 			total += p->servers[i].weight;
+	if (total == 0)
+		return NULL;
 	r %= total;
 	for (size_t i = 0; i < p->nservers; i++) {
 		struct lb_server *s = &p->servers[i];
@@ -2470,6 +2473,8 @@ static struct lb_server *pick_random2(struct lb_pool *p, int tier, uint64_t rnd)
 {
 	struct lb_server *a = pick_weighted_at(p, tier, rnd & 0xffffffffu);
 	struct lb_server *b = pick_weighted_at(p, tier, rnd >> 32);
+	if (!a || !b)
+		return a ? a : b;
 	return (uint64_t)srv_active(b) * a->weight < (uint64_t)srv_active(a) * b->weight ? b : a;
 }
 
