@@ -2509,6 +2509,13 @@ struct evh {
 
 static uint64_t g_now; /* monotonic ms, once per loop turn */
 
+static uint64_t wall_ms(void) /* for logs only */
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
 static uint64_t mono_ms(void)
 {
 	struct timespec ts;
@@ -3114,9 +3121,7 @@ static void respond(struct conn *c, int status, const char *why, const char *ext
 	backend_release(c, 0);
 	if (!c->t_start) {
 		c->t_start = g_now;
-		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		c->wall_start_ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+		c->wall_start_ms = wall_ms();
 	}
 	c->q = Q_DONE;
 	c->r = R_DONE;
@@ -3161,14 +3166,9 @@ static int is_idempotent(int m)
 	       m == LB_M_TRACE;
 }
 
-/* Names a Connection header lists are hop-by-hop too, except the framing ones: dropping
- * Content-Length because a client listed it would desynchronise the backend. */
-static int listed_in_connection(const struct lb_req *rq, const struct lb_header *hs, size_t nh, struct lb_str name)
+/* Does a Connection header among hs list this name (making it hop-by-hop)? */
+static int named_by_connection(const struct lb_header *hs, size_t nh, struct lb_str name)
 {
-	LB_UNUSED(rq);
-	if (str_ieq(name.p, name.n, "content-length") || str_ieq(name.p, name.n, "transfer-encoding") ||
-	    str_ieq(name.p, name.n, "host"))
-		return 0;
 	for (size_t i = 0; i < nh; i++) {
 		if (!str_ieq(hs[i].name.p, hs[i].name.n, "connection"))
 			continue;
@@ -3204,7 +3204,12 @@ static int req_header_dropped(const struct conn *c, const struct lb_req *rq, con
 	static const char *const replaced[] = { "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host" };
 	if (c->route && name_in(h->name, c->route->req_del, c->route->nreq_del))
 		return 1;
-	if (hop_by_hop(h->name) || listed_in_connection(rq, rq->headers, rq->nheaders, h->name))
+	if (hop_by_hop(h->name))
+		return 1;
+	/* never the framing ones: dropping Content-Length because a client listed it in
+	 * Connection would desynchronise the server */
+	if (!str_ieq(h->name.p, h->name.n, "content-length") && !str_ieq(h->name.p, h->name.n, "transfer-encoding") &&
+	    !str_ieq(h->name.p, h->name.n, "host") && named_by_connection(rq->headers, rq->nheaders, h->name))
 		return 1;
 	for (size_t i = 0; i < 3; i++)
 		if (str_ieq(h->name.p, h->name.n, replaced[i]))
@@ -3519,9 +3524,7 @@ static int route_policies(struct conn *c, struct lb_route *rt, const struct lb_r
 
 static void request_begin(struct conn *c)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	c->wall_start_ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	c->wall_start_ms = wall_ms();
 	c->t_start = g_now;
 	c->nreq++;
 	c->resp_status = 0;
@@ -3706,16 +3709,7 @@ static int resp_header_dropped(const struct lb_resp *rs, const struct lb_header 
 		return 1;
 	if (str_ieq(h->name.p, h->name.n, "content-length") || str_ieq(h->name.p, h->name.n, "transfer-encoding"))
 		return 0;
-	for (size_t i = 0; i < rs->nheaders; i++) {
-		if (!str_ieq(rs->headers[i].name.p, rs->headers[i].name.n, "connection"))
-			continue;
-		const char *p = rs->headers[i].value.p, *end = p + rs->headers[i].value.n;
-		struct lb_str el;
-		while (list_next(&p, end, &el))
-			if (el.n == h->name.n && mem_ieq(el.p, h->name.p, el.n))
-				return 1;
-	}
-	return 0;
+	return named_by_connection(rs->headers, rs->nheaders, h->name);
 }
 
 static int build_response_head(struct conn *c, const struct lb_resp *rs)
@@ -4284,9 +4278,7 @@ static void tcp_start(struct conn *c)
 	c->pool = &g_conf->pools[c->L->pool];
 	c->retries_left = (int)c->pool->retries;
 	c->t_start = g_now;
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	c->wall_start_ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	c->wall_start_ms = wall_ms();
 	c->resp_status = 200;
 	backend_assign(c, NULL);
 }
