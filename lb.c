@@ -1197,6 +1197,257 @@ int lb_parse_rate_limit(const char *s, size_t n, struct lb_rate_limit *o, const 
 	return 0;
 }
 
+/* -------------------------------------------------------------------- PROXY protocol
+ * v1 (text) and v2 (binary) headers as haproxy.org/download/2.9/doc/proxy-protocol.txt
+ * defines them. Only addresses are taken; v2 TLVs are checked for structure and skipped. */
+
+static const char proxy_v2_sig[12] = { '\r', '\n', '\r', '\n', 0, '\r', '\n', 'Q', 'U', 'I', 'T', '\n' };
+
+static int proxy_fail(struct lb_proxy *o, const char *why)
+{
+	o->error = why;
+	return LB_EINVAL;
+}
+
+/* a v1 port: decimal 0..65535 without leading zeros */
+static int proxy_v1_port(struct lb_str w, uint16_t *port)
+{
+	uint64_t v;
+	if (w.n > 1 && w.p[0] == '0')
+		return LB_EINVAL;
+	if (parse_uint64(w.p, w.n, 65535, &v) != 0)
+		return LB_EINVAL;
+	*port = (uint16_t)v;
+	return 0;
+}
+
+static int proxy_v1_addr(struct lb_str w, int v6, struct lb_ip *ip)
+{
+	char tmp[INET6_ADDRSTRLEN];
+	if (w.n == 0 || w.n >= sizeof tmp)
+		return LB_EINVAL;
+	memcpy(tmp, w.p, w.n);
+	tmp[w.n] = 0;
+	memset(ip, 0, sizeof *ip);
+	ip->v6 = v6;
+	if (inet_pton(v6 ? AF_INET6 : AF_INET, tmp, ip->a) != 1)
+		return LB_EINVAL;
+	if (v6 && IN6_IS_ADDR_V4MAPPED((struct in6_addr *)ip->a)) { /* policies see one form of a v4 address */
+		memmove(ip->a, ip->a + 12, 4);
+		memset(ip->a + 4, 0, 12);
+		ip->v6 = 0;
+	}
+	return 0;
+}
+
+/* the next field of a v1 line, ended by exactly one space (or by the line end for the last) */
+static int proxy_v1_field(const char **p, const char *end, int last, struct lb_str *w)
+{
+	const char *q = *p;
+	while (q < end && *q != ' ')
+		q++;
+	if (q == *p || (last ? q != end : q == end))
+		return LB_EINVAL;
+	*w = (struct lb_str){ *p, (size_t)(q - *p) };
+	*p = q + (q < end);
+	return 0;
+}
+
+static int proxy_v1(const char *buf, size_t len, struct lb_proxy *o)
+{
+	size_t lim = LB_MIN(len, (size_t)LB_PROXY_V1_MAX);
+	const char *nl = memchr(buf, '\n', lim);
+	if (!nl)
+		return len >= LB_PROXY_V1_MAX ? proxy_fail(o, "PROXY v1 line longer than 107 bytes") : LB_EAGAIN;
+	if (nl == buf || nl[-1] != '\r')
+		return proxy_fail(o, "PROXY v1 line not ended by CRLF");
+	const char *p = buf + 6, *end = nl - 1;
+	struct lb_str w[5];
+	o->version = 1;
+	if (end - p >= 7 && !memcmp(p, "UNKNOWN", 7) && (end - p == 7 || p[7] == ' ')) {
+		o->local = 1;
+		return (int)(nl + 1 - buf);
+	}
+	int v6;
+	if (end - p > 5 && !memcmp(p, "TCP4 ", 5))
+		v6 = 0;
+	else if (end - p > 5 && !memcmp(p, "TCP6 ", 5))
+		v6 = 1;
+	else
+		return proxy_fail(o, "PROXY v1 protocol is not TCP4, TCP6 or UNKNOWN");
+	p += 5;
+	for (int i = 0; i < 4; i++)
+		if (proxy_v1_field(&p, end, i == 3, &w[i]) != 0)
+			return proxy_fail(o, "PROXY v1 line does not have 4 single-space separated fields");
+	if (proxy_v1_addr(w[0], v6, &o->src) || proxy_v1_addr(w[1], v6, &o->dst))
+		return proxy_fail(o, "PROXY v1 address invalid for its protocol");
+	if (proxy_v1_port(w[2], &o->sport) || proxy_v1_port(w[3], &o->dport))
+		return proxy_fail(o, "PROXY v1 port invalid");
+	return (int)(nl + 1 - buf);
+}
+
+static int proxy_v2(const char *buf, size_t len, struct lb_proxy *o)
+{
+	const unsigned char *u = (const unsigned char *)buf;
+	if (len < 16)
+		return LB_EAGAIN;
+	size_t body = (size_t)u[14] << 8 | u[15], total = 16 + body;
+	o->version = 2;
+	if ((u[12] >> 4) != 2)
+		return proxy_fail(o, "PROXY v2 version nibble is not 2");
+	if ((u[12] & 15) > 1)
+		return proxy_fail(o, "PROXY v2 command is neither LOCAL nor PROXY");
+	if (total > LB_PROXY_V2_MAX)
+		return proxy_fail(o, "PROXY v2 header longer than lb accepts");
+	if (len < total)
+		return LB_EAGAIN;
+	size_t alen;
+	switch (u[13]) {
+	case 0x00: alen = 0; break;            /* UNSPEC */
+	case 0x11: alen = 12; break;           /* TCP over IPv4 */
+	case 0x21: alen = 36; break;           /* TCP over IPv6 */
+	case 0x31: alen = 216; break;          /* stream over a UNIX socket: no address to use */
+	default: return proxy_fail(o, "PROXY v2 family is not TCP4, TCP6, UNIX stream or UNSPEC");
+	}
+	if (body < alen)
+		return proxy_fail(o, "PROXY v2 length shorter than its addresses");
+	for (size_t t = 16 + alen; t < total;) { /* TLVs: type, 16-bit length, value */
+		if (total - t < 3 || total - t - 3 < ((size_t)u[t + 1] << 8 | u[t + 2]))
+			return proxy_fail(o, "PROXY v2 TLV overruns the header");
+		t += 3 + ((size_t)u[t + 1] << 8 | u[t + 2]);
+	}
+	if ((u[12] & 15) == 0 || u[13] == 0x00 || u[13] == 0x31) {
+		o->local = 1;
+		return (int)total;
+	}
+	size_t al = u[13] == 0x11 ? 4 : 16;
+	o->src.v6 = o->dst.v6 = al == 16;
+	memcpy(o->src.a, u + 16, al);
+	memcpy(o->dst.a, u + 16 + al, al);
+	o->sport = (uint16_t)(u[16 + 2 * al] << 8 | u[17 + 2 * al]);
+	o->dport = (uint16_t)(u[18 + 2 * al] << 8 | u[19 + 2 * al]);
+	for (int i = 0; i < 2; i++) {
+		struct lb_ip *ip = i ? &o->dst : &o->src;
+		if (ip->v6 && IN6_IS_ADDR_V4MAPPED((struct in6_addr *)ip->a)) {
+			memmove(ip->a, ip->a + 12, 4);
+			memset(ip->a + 4, 0, 12);
+			ip->v6 = 0;
+		}
+	}
+	return (int)total;
+}
+
+int lb_parse_proxy(const char *buf, size_t len, int versions, struct lb_proxy *o)
+{
+	memset(o, 0, sizeof *o);
+	if (len == 0)
+		return LB_EAGAIN;
+	size_t k = LB_MIN(len, sizeof proxy_v2_sig);
+	if ((versions & LB_PROXY_V2) && !memcmp(buf, proxy_v2_sig, k))
+		return k < sizeof proxy_v2_sig ? LB_EAGAIN : proxy_v2(buf, len, o);
+	k = LB_MIN(len, (size_t)6);
+	if ((versions & LB_PROXY_V1) && !memcmp(buf, "PROXY ", k))
+		return k < 6 ? LB_EAGAIN : proxy_v1(buf, len, o);
+	return proxy_fail(o, versions == LB_PROXY_V2 ? "no PROXY v2 header"
+	                    : versions == LB_PROXY_V1 ? "no PROXY v1 header" : "no PROXY header");
+}
+
+int lb_ip_format(const struct lb_ip *ip, char *out, size_t cap)
+{
+	return inet_ntop(ip->v6 ? AF_INET6 : AF_INET, ip->a, out, (socklen_t)cap) ? 0 : LB_ERANGE;
+}
+
+/* one X-Forwarded-For element: an address, maybe [v6]:port or v4:port, with spaces around */
+static int xff_hop(const char *s, size_t n, struct lb_ip *ip)
+{
+	char tmp[INET6_ADDRSTRLEN];
+	while (n && (*s == ' ' || *s == '\t'))
+		s++, n--;
+	while (n && (s[n - 1] == ' ' || s[n - 1] == '\t'))
+		n--;
+	const char *colon = memchr(s, ':', n);
+	if (n && *s == '[') {
+		const char *rb = memchr(s, ']', n);
+		if (!rb)
+			return LB_EINVAL;
+		s++, n = (size_t)(rb - s);
+	} else if (colon && !memchr(colon + 1, ':', n - (size_t)(colon - s) - 1)) {
+		n = (size_t)(colon - s); /* v4:port */
+	}
+	if (n == 0 || n >= sizeof tmp)
+		return LB_EINVAL;
+	memcpy(tmp, s, n);
+	tmp[n] = 0;
+	memset(ip, 0, sizeof *ip);
+	if (inet_pton(AF_INET, tmp, ip->a) == 1)
+		return 0;
+	if (inet_pton(AF_INET6, tmp, ip->a) != 1)
+		return LB_EINVAL;
+	ip->v6 = 1;
+	if (IN6_IS_ADDR_V4MAPPED((struct in6_addr *)ip->a)) {
+		memmove(ip->a, ip->a + 12, 4);
+		memset(ip->a + 4, 0, 12);
+		ip->v6 = 0;
+	}
+	return 0;
+}
+
+/* v4 as ::ffff:a.b.c.d, for a v2/v1 header whose two addresses must share a family */
+static void ip_as_v6(const struct lb_ip *in, uint8_t out[16])
+{
+	if (in->v6) {
+		memcpy(out, in->a, 16);
+		return;
+	}
+	memset(out, 0, 10);
+	out[10] = out[11] = 0xff;
+	memcpy(out + 12, in->a, 4);
+}
+
+int lb_proxy_build(int version, const struct lb_proxy *p, char *out, size_t cap)
+{
+	int v6 = p->src.v6 || p->dst.v6;
+	uint8_t s[16], d[16];
+	if (v6) {
+		ip_as_v6(&p->src, s);
+		ip_as_v6(&p->dst, d);
+	} else {
+		memcpy(s, p->src.a, 4);
+		memcpy(d, p->dst.a, 4);
+	}
+	if (version == 1) {
+		char sa[INET6_ADDRSTRLEN], da[INET6_ADDRSTRLEN];
+		int n;
+		if (p->local)
+			n = snprintf(out, cap, "PROXY UNKNOWN\r\n");
+		else if (!inet_ntop(v6 ? AF_INET6 : AF_INET, s, sa, sizeof sa) ||
+		         !inet_ntop(v6 ? AF_INET6 : AF_INET, d, da, sizeof da))
+			return LB_EINVAL;
+		else
+			n = snprintf(out, cap, "PROXY %s %s %s %u %u\r\n", v6 ? "TCP6" : "TCP4", sa, da,
+			             (unsigned)p->sport, (unsigned)p->dport);
+		return n < 0 || (size_t)n >= cap ? LB_ERANGE : n;
+	}
+	size_t al = p->local ? 0 : v6 ? 16 : 4, body = p->local ? 0 : 2 * al + 4;
+	if (cap < 16 + body)
+		return LB_ERANGE;
+	unsigned char *u = (unsigned char *)out;
+	memcpy(u, proxy_v2_sig, 12);
+	u[12] = p->local ? 0x20 : 0x21;
+	u[13] = p->local ? 0x00 : v6 ? 0x21 : 0x11;
+	u[14] = 0;
+	u[15] = (unsigned char)body;
+	if (!p->local) {
+		memcpy(u + 16, s, al);
+		memcpy(u + 16 + al, d, al);
+		u[16 + 2 * al] = (unsigned char)(p->sport >> 8);
+		u[17 + 2 * al] = (unsigned char)p->sport;
+		u[18 + 2 * al] = (unsigned char)(p->dport >> 8);
+		u[19 + 2 * al] = (unsigned char)p->dport;
+	}
+	return (int)(16 + body);
+}
+
 /* ==================================================================== 4. configuration
  * Text -> struct lb_conf. A pre-scan finds sections (so duplicates, empty sections and keys
  * outside sections get exact lines) and the lines inih would mangle; inih then delivers keys,
@@ -1237,9 +1488,9 @@ static const struct keydef keys_listener[] = {
 	{ "idle_timeout", 0, NULL }, { "max_header_size", 0, NULL }, { "max_body_size", 0, NULL },
 	{ "tls", 0, "TLS" }, { "cert", 1, "TLS" }, { "client_ca", 0, "TLS" },
 	{ "redirect_https", 0, "TLS" }, { "acme_webroot", 0, "TLS" }, { "hsts", 0, "TLS" },
-	{ "proxy_protocol", 0, "traffic policies" }, { "trusted_proxies", 0, "traffic policies" },
+	{ "proxy_protocol", 0, NULL }, { "trusted_proxies", 1, NULL },
 	{ "allow", 1, NULL }, { "deny", 1, NULL },
-	{ "max_conn_per_ip", 0, "traffic policies" }, { NULL, 0, NULL },
+	{ "max_conn_per_ip", 0, NULL }, { NULL, 0, NULL },
 };
 static const struct keydef keys_pool[] = {
 	{ "server", 1, NULL }, { "algorithm", 0, NULL }, { "connect_timeout", 0, NULL },
@@ -1250,7 +1501,7 @@ static const struct keydef keys_pool[] = {
 	{ "circuit_failures", 0, "the circuit breaker" }, { "circuit_error_rate", 0, "the circuit breaker" },
 	{ "circuit_window", 0, "the circuit breaker" }, { "circuit_min_requests", 0, "the circuit breaker" },
 	{ "circuit_slow", 0, "the circuit breaker" }, { "circuit_open", 0, "the circuit breaker" },
-	{ "sticky", 0, NULL }, { "send_proxy", 0, "traffic policies" }, { NULL, 0, NULL },
+	{ "sticky", 0, NULL }, { "send_proxy", 0, NULL }, { NULL, 0, NULL },
 };
 static const struct keydef keys_route[] = {
 	{ "listener", 0, NULL }, { "host", 0, NULL }, { "path", 0, NULL }, { "method", 0, NULL },
@@ -1639,6 +1890,21 @@ static void set_listener(struct cfg *st, struct lb_listener *l, const char *k, c
 		cidr_list(st, k, v, line, &l->allow, &l->nallow);
 	} else if (!strcmp(k, "deny")) {
 		cidr_list(st, k, v, line, &l->deny, &l->ndeny);
+	} else if (!strcmp(k, "trusted_proxies")) {
+		cidr_list(st, k, v, line, &l->trusted, &l->ntrusted);
+	} else if (!strcmp(k, "proxy_protocol")) {
+		if (!strcmp(v, "off"))
+			l->proxy_protocol = 0;
+		else if (!strcmp(v, "v1"))
+			l->proxy_protocol = LB_PROXY_V1;
+		else if (!strcmp(v, "v2"))
+			l->proxy_protocol = LB_PROXY_V2;
+		else if (!strcmp(v, "any"))
+			l->proxy_protocol = LB_PROXY_ANY;
+		else
+			cfg_err(st, line, k, "proxy_protocol: '%s' is not off, v1, v2 or any", v);
+	} else if (!strcmp(k, "max_conn_per_ip")) {
+		v_uint(st, line, k, v, 0, 1000000, &l->max_conn_per_ip);
 	}
 }
 
@@ -1714,6 +1980,15 @@ static void set_pool(struct cfg *st, struct lb_pool *p, const char *k, const cha
 			cfg_err(st, line, k, "sticky: expected 'cookie NAME' or 'off', got '%s'", v);
 		else
 			snprintf(p->sticky_cookie, sizeof p->sticky_cookie, "%.*s", (int)name.n, name.p);
+	} else if (!strcmp(k, "send_proxy")) {
+		if (!strcmp(v, "off"))
+			p->send_proxy = 0;
+		else if (!strcmp(v, "v1"))
+			p->send_proxy = 1;
+		else if (!strcmp(v, "v2"))
+			p->send_proxy = 2;
+		else
+			cfg_err(st, line, k, "send_proxy: '%s' is not off, v1 or v2", v);
 	}
 }
 
@@ -2103,6 +2378,10 @@ static void check_listeners(struct cfg *st)
 			cfg_err(st, l->line, "bind", "[listener %s] has no bind address", l->name);
 		if (l->mode == LB_MODE_TCP && l->pool < 0)
 			cfg_err(st, l->line, "pool", "[listener %s] is mode tcp and needs a pool", l->name);
+		if (l->proxy_protocol && !l->ntrusted)
+			cfg_err(st, l->line, "proxy_protocol",
+			        "[listener %s]: proxy_protocol needs trusted_proxies (the addresses allowed to send the header)",
+			        l->name);
 		for (size_t b = 0; b < l->nbinds; b++) {
 			for (size_t j = 0; j <= i; j++) {
 				struct lb_listener *m = &c->listeners[j];
@@ -2175,6 +2454,7 @@ void lb_conf_free(struct lb_conf *c)
 	for (size_t i = 0; i < c->nlisteners; i++) {
 		free(c->listeners[i].allow);
 		free(c->listeners[i].deny);
+		free(c->listeners[i].trusted);
 	}
 	free(c->listeners);
 	free(c->pools);
@@ -2702,11 +2982,14 @@ struct lb_bconn {
 	struct lb_server *srv;
 	struct lb_pool *pool;
 	struct conn *c;            /* NULL while idle */
+	struct conn *owner;        /* idle but private to this client (it carries its PROXY header) */
 	struct lb_bconn *next;     /* idle list, free list, dead list */
 	int connected, reused, eof, reset;
+	uint8_t pxs, pxn;          /* PROXY header bytes sent, and to send first */
+	char px[LB_PROXY_V1_MAX + 1];
 };
 
-enum { Q_HEAD, Q_BODY, Q_DONE, Q_TUNNEL };
+enum { Q_HEAD, Q_BODY, Q_DONE, Q_TUNNEL, Q_PROXY };
 enum { R_NONE, R_WAIT, R_BODY, R_DONE, R_TUNNEL };
 #define LEFT_CHUNKED (-1)
 #define LEFT_UNTIL_CLOSE (-2)
@@ -2745,8 +3028,15 @@ struct conn {
 	int sent_any;                   /* a byte of this exchange's response reached the client */
 	unsigned nreq;
 	char peer[INET6_ADDRSTRLEN];
-	struct lb_ip ip;               /* the client address policies see */
+	struct lb_ip ip;               /* the client address policies see (this request's) */
 	uint64_t peer_hash;
+	char conn_peer[INET6_ADDRSTRLEN];
+	struct lb_ip conn_ip;          /* the connection's client: the socket's peer or its PROXY header's */
+	struct lb_proxy px;            /* the connection's addresses, for send_proxy */
+	int px_dst_ok;                 /* px.dst is known (from a PROXY header or getsockname) */
+	int xff_trusted;               /* conn_ip is a trusted proxy: its X-Forwarded-For counts */
+	int ipc_held;                  /* counted in the per-address connection table */
+	struct lb_bconn *own_b;        /* an idle server connection private to this client (send_proxy) */
 	uint32_t lg_mlen, lg_ulen, lg_ref_off, lg_ref_len, lg_ua_off, lg_ua_len, lg_id_off, lg_id_len;
 	uint64_t wall_start_ms;        /* wall clock of the request start, for logs */
 };
@@ -2984,7 +3274,10 @@ static void idle_unlink(struct lb_bconn *b)
 /* an idle backend connection became readable: the server closed it or sent junk */
 static void on_idle_backend(struct lb_bconn *b)
 {
-	idle_unlink(b);
+	if (b->owner)
+		b->owner->own_b = NULL;
+	else
+		idle_unlink(b);
 	bconn_close(b);
 }
 
@@ -2997,6 +3290,9 @@ static void set_nodelay(int fd)
 static void conn_progress(struct conn *c);
 static void respond_own(struct conn *c, int status, const char *why);
 static int rl_take(uint64_t key, const struct lb_rate_limit *rl, uint64_t *retry_ms); /* section 11 */
+static int ipc_take(struct conn *c);
+static void ipc_release(struct conn *c);
+static int conn_admitted(struct conn *c);                  /* section 14 */
 static void srv_hold(struct lb_server *s);     /* section 11 */
 static void srv_unhold(struct lb_server *s);
 static void count_exchange(const struct conn *c);
@@ -3011,7 +3307,14 @@ static void backend_release(struct conn *c, int reuse)
 	if (b) {
 		c->b = NULL;
 		struct lb_server *s = b->srv;
-		if (reuse && !b->eof && b->connected && s->nidle < b->pool->keepalive && !g_stopping) {
+		if (reuse && !b->eof && b->connected && b->pool->send_proxy && !g_stopping) {
+			b->c = NULL; /* its PROXY header names this client: only this client may reuse it */
+			b->reused = 1;
+			b->owner = c;
+			c->own_b = b;
+			b->h.want = EV_R;
+			ev_apply(&b->h);
+		} else if (reuse && !b->eof && b->connected && s->nidle < b->pool->keepalive && !g_stopping) {
 			b->c = NULL;
 			b->reused = 1;
 			b->next = s->idle;
@@ -3034,6 +3337,12 @@ static void conn_close(struct conn *c)
 	if (c->h.dead)
 		return;
 	backend_release(c, 0);
+	if (c->own_b) {
+		bconn_close(c->own_b);
+		c->own_b = NULL;
+	}
+	if (c->ipc_held)
+		ipc_release(c);
 	heap_remove(c);
 	ev_forget(&c->h);
 	close(c->h.fd);
@@ -3065,7 +3374,7 @@ static void conn_abort(struct conn *c, const char *why)
 {
 	if (why)
 		lb_err("client %s listener %s: closing: %s", c->peer, c->L->name, why);
-	if (c->L->mode == LB_MODE_TCP || (c->t_start && c->r != R_NONE)) {
+	if ((c->L->mode == LB_MODE_TCP && c->q == Q_TUNNEL) || (c->t_start && c->r != R_NONE)) {
 		if (!c->resp_status)
 			c->resp_status = 499; /* nginx's "client closed request" */
 		access_log_write(c);
@@ -3228,6 +3537,21 @@ static int put_header(struct buf *b, struct lb_str n, struct lb_str v)
 }
 
 /* The head sent to the server, in qh. Log fields are offsets into it. */
+/* X-Forwarded-For: the chain a trusted proxy sent, then the connection's client; from anyone
+ * else, only the connection's client (what a client writes there itself is not passed on) */
+static int put_xff(struct buf *b, const struct conn *c, const struct lb_req *rq)
+{
+	if (buf_put_str(b, "X-Forwarded-For: ", 17))
+		return -1;
+	for (size_t i = 0; c->xff_trusted && i < rq->nheaders; i++) {
+		const struct lb_header *h = &rq->headers[i];
+		if (str_ieq(h->name.p, h->name.n, "x-forwarded-for") && h->value.n &&
+		    (buf_put_str(b, h->value.p, h->value.n) || buf_put_str(b, ", ", 2)))
+			return -1;
+	}
+	return buf_printf(b, "%s\r\n", c->conn_peer);
+}
+
 static int build_request_head(struct conn *c, const struct lb_req *rq, const char *path, size_t pn)
 {
 	struct buf *b = &c->qh;
@@ -3259,7 +3583,7 @@ static int build_request_head(struct conn *c, const struct lb_req *rq, const cha
 		else if (str_ieq(h->name.p, h->name.n, "x-request-id"))
 			c->lg_id_off = voff, c->lg_id_len = (uint32_t)h->value.n;
 	}
-	if (buf_printf(b, "X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\n", c->peer))
+	if (put_xff(b, c, rq) || buf_printf(b, "X-Forwarded-Proto: http\r\n"))
 		return -1;
 	if (rq->authority.n && put_header(b, (struct lb_str){ "X-Forwarded-Host", 16 }, rq->authority))
 		return -1;
@@ -3278,6 +3602,24 @@ static int build_request_head(struct conn *c, const struct lb_req *rq, const cha
 		if (buf_printf(b, "%s\r\n", c->route->req_add[i]))
 			return -1;
 	return buf_put_str(b, "\r\n", 2);
+}
+
+/* send_proxy: the header that tells the server who the client is, sent before any byte */
+static void proxy_header_for(struct conn *c, struct lb_bconn *b)
+{
+	if (!c->px_dst_ok) {
+		struct sockaddr_storage sa;
+		socklen_t sl = sizeof sa;
+		if (getsockname(c->h.fd, (struct sockaddr *)&sa, &sl) == 0 && lb_ip_from_sockaddr(&sa, &c->px.dst) == 0)
+			c->px.dport = ntohs(sa.ss_family == AF_INET ? ((struct sockaddr_in *)&sa)->sin_port
+			                                            : ((struct sockaddr_in6 *)&sa)->sin6_port);
+		else
+			c->px.local = 1; /* a UNIX socket or an error: say nothing rather than something wrong */
+		c->px_dst_ok = 1;
+	}
+	int n = lb_proxy_build(c->pool->send_proxy, &c->px, b->px, sizeof b->px);
+	b->pxs = 0;
+	b->pxn = n > 0 ? (uint8_t)n : 0;
 }
 
 static int backend_connect(struct conn *c, struct lb_server *s)
@@ -3299,6 +3641,8 @@ static int backend_connect(struct conn *c, struct lb_server *s)
 	set_nodelay(b->h.fd);
 	c->b = b;
 	c->t_conn = g_now;
+	if (c->pool->send_proxy)
+		proxy_header_for(c, b);
 	if (connect(b->h.fd, (struct sockaddr *)&s->sa, s->salen) == 0)
 		b->connected = 1;
 	else if (errno != EINPROGRESS)
@@ -3341,9 +3685,19 @@ static void backend_assign(struct conn *c, struct lb_server *avoid)
 	if (c->qh.d)
 		c->qh.s = 0;
 	struct lb_bconn *b = s->idle;
-	if (b) {
+	if (c->own_b) {
+		b = c->own_b;
+		c->own_b = NULL;
+		b->owner = NULL;
+		if (b->srv != s) {
+			bconn_close(b);
+			b = NULL;
+		}
+	} else if (b) {
 		s->idle = b->next;
 		s->nidle--;
+	}
+	if (b) {
 		b->c = c;
 		b->next = NULL;
 		c->b = b;
@@ -3446,6 +3800,28 @@ static int cidr_any(const struct lb_cidr *list, size_t n, const struct lb_ip *ip
 	return 0;
 }
 
+/* This request's client: the connection's, or what a trusted proxy's X-Forwarded-For says. */
+static void set_client(struct conn *c, const struct lb_ip *ip)
+{
+	c->ip = *ip;
+	if (lb_ip_format(ip, c->peer, sizeof c->peer) != 0)
+		snprintf(c->peer, sizeof c->peer, "unknown");
+	c->peer_hash = lb_hash64(ip->a, ip->v6 ? 16 : 4);
+}
+
+static void set_conn_client(struct conn *c, const struct lb_ip *ip)
+{
+	c->conn_ip = *ip;
+	set_client(c, ip);
+	memcpy(c->conn_peer, c->peer, sizeof c->peer);
+	c->xff_trusted = c->L->ntrusted && cidr_any(c->L->trusted, c->L->ntrusted, ip);
+}
+
+static int proxy_expected(const struct conn *c)
+{
+	return c->L->proxy_protocol && cidr_any(c->L->trusted, c->L->ntrusted, &c->conn_ip);
+}
+
 static uint64_t rl_key_of(const struct conn *c, const struct lb_route *rt, const struct lb_req *rq)
 {
 	uint64_t k = 0;
@@ -3542,6 +3918,80 @@ static void request_begin(struct conn *c)
 	c->lg_mlen = c->lg_ulen = c->lg_ref_len = c->lg_ua_len = c->lg_id_len = 0;
 }
 
+static void tcp_start(struct conn *c); /* section 9 */
+
+/* A trusted proxy's PROXY header: it names the client of this connection. */
+static int proxy_step(struct conn *c)
+{
+	struct lb_proxy px;
+	size_t len = buf_len(&c->in);
+	int rc = len ? lb_parse_proxy(c->in.d + c->in.s, len, c->L->proxy_protocol, &px) : LB_EAGAIN;
+	if (rc == LB_EAGAIN) {
+		if (c->cin_eof) {
+			if (len)
+				lb_err("client %s listener %s: closed with an incomplete PROXY header", c->peer, c->L->name);
+			conn_close(c);
+		}
+		return 0;
+	}
+	c->q = Q_HEAD;
+	if (rc < 0) {
+		char why[128];
+		snprintf(why, sizeof why, "invalid PROXY header from a trusted proxy: %s", px.error);
+		if (c->L->mode == LB_MODE_TCP) {
+			conn_abort(c, why);
+		} else {
+			request_begin(c);
+			respond_own(c, 400, why);
+		}
+		return 1;
+	}
+	c->in.s += (uint32_t)rc;
+	if (!px.local) {
+		set_conn_client(c, &px.src);
+		c->px = px;
+		c->px_dst_ok = 1;
+	}
+	if (!conn_admitted(c))
+		return 0;
+	if (c->L->mode == LB_MODE_TCP)
+		tcp_start(c);
+	return 1;
+}
+
+/* X-Forwarded-For from a trusted proxy: walking from the right, the first hop that is not
+ * itself a trusted proxy is the client (a garbled hop stops the walk at the last good one). */
+static void request_client(struct conn *c, const struct lb_req *rq)
+{
+	if (!c->xff_trusted) {
+		if (c->ip.v6 != c->conn_ip.v6 || memcmp(c->ip.a, c->conn_ip.a, 16))
+			set_client(c, &c->conn_ip);
+		return;
+	}
+	const struct lb_listener *L = c->L;
+	struct lb_ip cur = c->conn_ip;
+	for (size_t i = rq->nheaders; i-- > 0;) {
+		const struct lb_header *h = &rq->headers[i];
+		if (!str_ieq(h->name.p, h->name.n, "x-forwarded-for"))
+			continue;
+		const char *end = h->value.p + h->value.n;
+		while (end > h->value.p) {
+			if (!cidr_any(L->trusted, L->ntrusted, &cur))
+				goto done;
+			const char *st = end;
+			while (st > h->value.p && st[-1] != ',')
+				st--;
+			struct lb_ip ip;
+			if (xff_hop(st, (size_t)(end - st), &ip) != 0)
+				goto done;
+			cur = ip;
+			end = st > h->value.p ? st - 1 : st;
+		}
+	}
+done:
+	set_client(c, &cur);
+}
+
 /* A complete, valid head of n bytes is at in.s: route it and start the exchange. */
 static void handle_request(struct conn *c, const struct lb_req *rq, size_t n)
 {
@@ -3579,6 +4029,7 @@ static void handle_request(struct conn *c, const struct lb_req *rq, size_t n)
 		respond_own(c, 400, "invalid percent-encoding or NUL in path");
 		return;
 	}
+	request_client(c, rq);
 	int ri = lb_route_find(conf, c->li, rq, host, rq->host.n, path, (size_t)pn);
 	struct lb_route *rt = ri >= 0 ? &conf->routes[ri] : NULL;
 	c->route = rt;
@@ -3952,6 +4403,8 @@ static int want_client_read(struct conn *c)
 {
 	if (c->cin_eof || c->h.hup)
 		return 0;
+	if (c->q == Q_PROXY)
+		return buf_len(&c->in) < LB_PROXY_V2_MAX;
 	if (c->q == Q_HEAD)
 		return c->r == R_NONE && buf_len(&c->in) < c->L->max_header_size;
 	return c->q == Q_BODY || c->q == Q_TUNNEL;
@@ -4048,18 +4501,22 @@ static int backend_ready(const struct conn *c)
 /* what may go to the server now: qh, then framed body bytes (all of in in a tunnel) */
 static size_t backend_pending(const struct conn *c)
 {
+	size_t px = c->b ? (size_t)(c->b->pxn - c->b->pxs) : 0;
 	if (c->q == Q_TUNNEL)
-		return buf_len(&c->in);
-	return buf_len(&c->qh) + c->req_fwd;
+		return px + buf_len(&c->in);
+	return px + buf_len(&c->qh) + c->req_fwd;
 }
 
 static int backend_write(struct conn *c)
 {
 	int moved = 0;
 	while (backend_ready(c) && backend_pending(c) > 0 && !c->shut_b) {
-		struct iovec iov[2];
+		struct iovec iov[3];
 		int k = 0;
 		size_t body = c->q == Q_TUNNEL ? buf_len(&c->in) : c->req_fwd;
+		size_t px = (size_t)(c->b->pxn - c->b->pxs);
+		if (px)
+			iov[k].iov_base = c->b->px + c->b->pxs, iov[k++].iov_len = px;
 		if (c->q != Q_TUNNEL && buf_len(&c->qh))
 			iov[k].iov_base = c->qh.d + c->qh.s, iov[k++].iov_len = buf_len(&c->qh);
 		if (body)
@@ -4075,6 +4532,11 @@ static int backend_write(struct conn *c)
 			return 0;
 		}
 		size_t un = (size_t)n;
+		if (px) {
+			size_t t = LB_MIN(un, px);
+			c->b->pxs += (uint8_t)t;
+			un -= t;
+		}
 		if (c->q != Q_TUNNEL) {
 			size_t h = LB_MIN(un, buf_len(&c->qh));
 			c->qh.s += (uint32_t)h;
@@ -4158,6 +4620,10 @@ static uint64_t conn_deadline(const struct conn *c, int *kind)
 		*kind = T_CONNECT;
 		return c->t_conn + c->pool->connect_timeout;
 	}
+	if (c->q == Q_PROXY) {
+		*kind = T_HEAD;
+		return c->t_head + L->header_timeout;
+	}
 	if (c->q == Q_HEAD && c->r == R_NONE) {
 		int head = buf_len(&c->in) > 0 || c->nreq == 0;
 		uint64_t d = head ? c->t_head + L->header_timeout : c->t_active + L->idle_timeout;
@@ -4188,6 +4654,8 @@ static void conn_progress(struct conn *c)
 	int turns = 0;
 	while (!c->h.dead) {
 		int moved = client_read(c);
+		if (!c->h.dead && c->q == Q_PROXY)
+			moved |= proxy_step(c);
 		if (!c->h.dead && c->L->mode == LB_MODE_HTTP)
 			moved |= request_step(c);
 		if (!c->h.dead)
@@ -4247,6 +4715,10 @@ static void conn_timeout(struct conn *c)
 	case T_HEAD:
 		if (buf_len(&c->in) == 0) {
 			conn_close(c); /* a new connection that never sent a byte: close quietly */
+			return;
+		}
+		if (c->q == Q_PROXY) {
+			conn_abort(c, "PROXY header not complete within header_timeout");
 			return;
 		}
 		request_begin(c);
@@ -4438,6 +4910,91 @@ static int rl_take(uint64_t key, const struct lb_rate_limit *rl, uint64_t *retry
 	int ok = lb_bucket_take(&e->b, now, rl->rate, rl->period_ms, rl->burst, retry_ms);
 	atomic_flag_clear_explicit(&set->lock, memory_order_release);
 	return ok;
+}
+
+/* Connections per client address (max_conn_per_ip), in the same kind of shared set-associative
+ * table: an entry lives while its address has connections, so the table bounds memory however
+ * many addresses come. A full set admits the address uncounted rather than refuse an innocent. */
+#define IPC_WAYS 8
+#define IPC_SETS 32768 /* 262144 addresses with connections at once; 4.5 MB, touched as used */
+struct ipc_set {
+	atomic_flag lock;
+	struct { uint64_t key; uint32_t n; } e[IPC_WAYS];
+};
+static struct ipc_set *g_ipc;
+
+static int ipc_create(void)
+{
+	void *p = mmap(NULL, IPC_SETS * sizeof *g_ipc, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE,
+	               -1, 0);
+	if (p == MAP_FAILED) {
+		lb_err("connection-per-address table: %s", strerror(errno));
+		return -1;
+	}
+	g_ipc = p;
+	for (size_t i = 0; i < IPC_SETS; i++)
+		atomic_flag_clear(&g_ipc[i].lock);
+	return 0;
+}
+
+static struct ipc_set *ipc_lock(uint64_t key)
+{
+	struct ipc_set *set = &g_ipc[key % IPC_SETS];
+	for (unsigned spins = 0; atomic_flag_test_and_set_explicit(&set->lock, memory_order_acquire); spins++)
+		if (spins > 64)
+			sched_yield();
+	return set;
+}
+
+static uint64_t ipc_key(const struct conn *c)
+{
+	return lb_hash64(c->conn_ip.a, c->conn_ip.v6 ? 16 : 4) | 1; /* 0 marks a free entry */
+}
+
+static int ipc_take(struct conn *c)
+{
+	if (!g_ipc)
+		return 1;
+	uint64_t key = ipc_key(c);
+	struct ipc_set *set = ipc_lock(key);
+	int ok = 1, fr = -1, i;
+	for (i = 0; i < IPC_WAYS && set->e[i].key != key; i++)
+		if (fr < 0 && set->e[i].n == 0)
+			fr = i;
+	if (i == IPC_WAYS && fr >= 0) {
+		i = fr;
+		set->e[i].key = key;
+		set->e[i].n = 0;
+	}
+	if (i < IPC_WAYS) {
+		ok = set->e[i].n < c->L->max_conn_per_ip;
+		set->e[i].n += (uint32_t)ok;
+		c->ipc_held = ok;
+	}
+	atomic_flag_clear_explicit(&set->lock, memory_order_release);
+	return ok;
+}
+
+static void ipc_release(struct conn *c)
+{
+	uint64_t key = ipc_key(c);
+	struct ipc_set *set = ipc_lock(key);
+	for (int i = 0; i < IPC_WAYS; i++)
+		if (set->e[i].key == key && set->e[i].n > 0) /* > 0: the master may have reset the table */
+			set->e[i].n--;
+	atomic_flag_clear_explicit(&set->lock, memory_order_release);
+	c->ipc_held = 0;
+}
+
+/* master: a worker died with its connections counted; forget every count (they can only be
+ * too high now) rather than refuse addresses for connections that no longer exist */
+static void ipc_reset(void)
+{
+	for (size_t s = 0; g_ipc && s < IPC_SETS; s++) {
+		struct ipc_set *set = ipc_lock((uint64_t)s);
+		memset(set->e, 0, sizeof set->e);
+		atomic_flag_clear_explicit(&set->lock, memory_order_release);
+	}
 }
 
 /* master: a worker exited; its in-flight counts die with it, its totals are kept */
@@ -4641,24 +5198,23 @@ static void accept_pause(int paused)
 	}
 }
 
-static void peer_string(struct conn *c, const struct sockaddr_storage *sa)
+/* max_conn_per_ip, checked once the connection's client is known; logs at most once a second */
+static int conn_admitted(struct conn *c)
 {
-	if (sa->ss_family == AF_INET) {
-		const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
-		inet_ntop(AF_INET, &s4->sin_addr, c->peer, sizeof c->peer);
-		c->peer_hash = lb_hash64(&s4->sin_addr, 4);
-	} else if (sa->ss_family == AF_INET6) {
-		const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
-		if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr)) {
-			inet_ntop(AF_INET, s6->sin6_addr.s6_addr + 12, c->peer, sizeof c->peer);
-			c->peer_hash = lb_hash64(s6->sin6_addr.s6_addr + 12, 4);
-		} else {
-			inet_ntop(AF_INET6, &s6->sin6_addr, c->peer, sizeof c->peer);
-			c->peer_hash = lb_hash64(&s6->sin6_addr, 16);
-		}
+	static uint64_t last_log, quiet;
+	if (!c->L->max_conn_per_ip || ipc_take(c))
+		return 1;
+	if (g_now - last_log >= 1000) {
+		lb_err("client %s listener %s: closing: more than max_conn_per_ip = %u connections from this address "
+		       "(%llu more refused since the last line)",
+		       c->conn_peer, c->L->name, c->L->max_conn_per_ip, (unsigned long long)quiet);
+		last_log = g_now;
+		quiet = 0;
 	} else {
-		snprintf(c->peer, sizeof c->peer, "unknown");
+		quiet++;
 	}
+	conn_close(c);
+	return 0;
 }
 
 static void conn_new(int fd, int li, const struct sockaddr_storage *sa)
@@ -4677,15 +5233,23 @@ static void conn_new(int fd, int li, const struct sockaddr_storage *sa)
 	c->li = li;
 	c->L = &g_conf->listeners[li];
 	c->t_accept = c->t_head = c->t_active = g_now;
-	peer_string(c, sa);
-	lb_ip_from_sockaddr(sa, &c->ip);
+	struct lb_ip ip;
+	lb_ip_from_sockaddr(sa, &ip);
+	set_conn_client(c, &ip);
+	c->px.src = ip;
+	c->px.sport = ntohs(sa->ss_family == AF_INET ? ((const struct sockaddr_in *)sa)->sin_port
+	                                             : ((const struct sockaddr_in6 *)sa)->sin6_port);
 	set_nodelay(fd);
 	c->next = g_live;
 	if (g_live)
 		g_live->prev = c;
 	g_live = c;
 	g_nconns++;
-	if (c->L->mode == LB_MODE_TCP)
+	if (proxy_expected(c))
+		c->q = Q_PROXY; /* the client is known once the header is read */
+	else if (!conn_admitted(c))
+		return;
+	else if (c->L->mode == LB_MODE_TCP)
 		tcp_start(c);
 	if (!c->h.dead)
 		conn_progress(c);
@@ -5221,6 +5785,8 @@ static void master_reap(void)
 		else
 			snprintf(how, sizeof how, "with status %d", WEXITSTATUS(st));
 		shm_release_slot(i);
+		if (WIFSIGNALED(st) || WEXITSTATUS(st))
+			ipc_reset();
 		close(w->ctl);
 		w->pid = 0;
 		w->ctl = -1;
@@ -5758,7 +6324,7 @@ int lb_main(int argc, char **argv)
 	if (g_conf->access_log && retarget_log(&g_accfd, g_conf->access_log, 0) != 0)
 		return 1;
 	if (resolve_user(g_conf) != 0 || shm_create() != 0 || shm_map_conf(g_conf) != 0 ||
-	    rl_create(g_conf->rate_limit_entries) != 0 || msocks_open(g_conf) != 0)
+	    rl_create(g_conf->rate_limit_entries) != 0 || ipc_create() != 0 || msocks_open(g_conf) != 0)
 		return 1;
 	if (g_conf->pid_file && write_pid_file(g_conf->pid_file) != 0)
 		return 1;

@@ -194,6 +194,27 @@ struct lb_acl_rule {
 	struct lb_cidr net;
 };
 
+/* ------------------------------------------------------------------ PROXY protocol */
+
+#define LB_PROXY_V1_MAX 107   /* the longest v1 line, CRLF included (the spec's bound) */
+#define LB_PROXY_V2_MAX 1024  /* a v2 header with more TLV bytes than this is refused */
+enum { LB_PROXY_V1 = 1, LB_PROXY_V2 = 2, LB_PROXY_ANY = 3 };
+struct lb_proxy {
+	int version;              /* 1 or 2 */
+	int local;                /* v1 UNKNOWN, v2 LOCAL/UNSPEC/UNIX: no address, keep the connection's */
+	struct lb_ip src, dst;    /* v4-mapped IPv6 is returned as IPv4 */
+	uint16_t sport, dport;
+	const char *error;        /* on LB_EINVAL */
+};
+/* Parse a PROXY header of one of `versions` (LB_PROXY_V1|LB_PROXY_V2) at the start of buf.
+ * Returns its length (> 0), LB_EAGAIN when more bytes are needed, LB_EINVAL (o->error says why). */
+int lb_parse_proxy(const char *buf, size_t len, int versions, struct lb_proxy *o);
+/* Write a PROXY header for p (src/dst/ports, or local) in version 1 or 2; returns its length,
+ * LB_ERANGE when cap is too small. Mixed families are sent as IPv6 (v4-mapped). */
+int lb_proxy_build(int version, const struct lb_proxy *p, char *out, size_t cap);
+/* Text form of an address (inet_ntop); 0 or LB_ERANGE. */
+int lb_ip_format(const struct lb_ip *ip, char *out, size_t cap);
+
 /* ------------------------------------------------------------------ configuration */
 
 enum lb_mode { LB_MODE_HTTP = 0, LB_MODE_TCP = 1 };
@@ -231,6 +252,7 @@ struct lb_pool {
 	uint64_t connect_timeout, response_timeout; /* ms */
 	unsigned keepalive, retries;
 	char sticky_cookie[LB_NAME_MAX]; /* sticky = cookie NAME; "" = off */
+	int send_proxy;                  /* 0, 1 or 2: PROXY header version sent on new server connections */
 	uint32_t rr_seed;
 };
 
@@ -250,6 +272,10 @@ struct lb_listener {
 	int pool;               /* index into conf->pools, -1 none */
 	struct lb_cidr *allow, *deny; /* checked at accept; deny wins; any allow denies the rest */
 	size_t nallow, ndeny;
+	struct lb_cidr *trusted;      /* their PROXY header / X-Forwarded-For give the client address */
+	size_t ntrusted;
+	int proxy_protocol;           /* 0 or LB_PROXY_V1|LB_PROXY_V2: required from trusted peers */
+	unsigned max_conn_per_ip;     /* 0 = off */
 	uint64_t header_timeout, idle_timeout; /* ms */
 	uint64_t max_header_size, max_body_size;
 };

@@ -35,7 +35,7 @@ from process import Skip, conf  # noqa: E402
 
 ROOT = it.ROOT
 LB_BIN = it.LB_BIN
-SUITE_BUDGET = 100  # seconds for all tests; with cleanup the run stays well under 2 minutes
+SUITE_BUDGET = 200  # seconds for all tests; with cleanup the run stays well under 4 minutes
 INT_RE = re.compile(r"^[0-9]{1,10}$")
 
 
@@ -699,6 +699,410 @@ def t_config_errors(ctx):
                 problems.append("%s (%r at line %d): errors reported at lines %s too: %s"
                                 % (name, text, ln, extra, short(err, 200)))
     check(not problems, "%d of %d bad files: %s" % (len(problems), len(bad), " || ".join(problems)))
+
+
+# ------------------------------------------------------------------------ real client address
+
+V2_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def proxy_v1(src, dst="10.0.0.1", sport=5555, dport=80):
+    fam = "TCP6" if ":" in src else "TCP4"
+    return ("PROXY %s %s %s %d %d\r\n" % (fam, src, dst, sport, dport)).encode()
+
+
+def proxy_v2(src, dst, sport=5555, dport=80):
+    fam = socket.AF_INET6 if ":" in src else socket.AF_INET
+    a = socket.inet_pton(fam, src) + socket.inet_pton(fam, dst)
+    body = a + sport.to_bytes(2, "big") + dport.to_bytes(2, "big")
+    return V2_SIG + bytes([0x21, 0x21 if fam == socket.AF_INET6 else 0x11]) + len(body).to_bytes(2, "big") + body
+
+
+def parse_proxy(data):
+    """(header text or dict, rest) of what a send_proxy server connection started with."""
+    if data.startswith(b"PROXY "):
+        i = data.find(b"\r\n")
+        return data[:i].decode(), data[i + 2:]
+    if data.startswith(V2_SIG) and len(data) >= 16:
+        n = int.from_bytes(data[14:16], "big")
+        fam = data[13]
+        al = 4 if fam == 0x11 else 16
+        af = socket.AF_INET if al == 4 else socket.AF_INET6
+        b = data[16:16 + n]
+        return ({"cmd": data[12], "src": socket.inet_ntop(af, b[:al]), "dst": socket.inet_ntop(af, b[al:2 * al]),
+                 "sport": int.from_bytes(b[2 * al:2 * al + 2], "big"),
+                 "dport": int.from_bytes(b[2 * al + 2:2 * al + 4], "big")}, data[16 + n:])
+    return None, data
+
+
+class ProxyServer:
+    """A server behind send_proxy: records the PROXY header each connection starts with and answers
+    every GET with JSON {"proxy": header, "conn": connection number, "req": request number}; in tcp
+    mode it echoes what follows the header."""
+
+    def __init__(self, mode="http"):
+        self.mode = mode
+        self.ls = socket.socket()
+        self.ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.ls.bind((HOST, 0))
+        self.ls.listen(64)
+        self.port = self.ls.getsockname()[1]
+        self.conns = []      # header of each connection, in accept order
+        self.lock = threading.Lock()
+        self.stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.stopped:
+            try:
+                c, _ = self.ls.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        c.settimeout(10)
+        data, hdr, idx, nreq = b"", None, None, 0
+        try:
+            while True:
+                d = c.recv(65536)
+                if not d:
+                    return
+                data += d
+                if idx is None:
+                    hdr, rest = parse_proxy(data)
+                    maybe = b"PROXY "[:len(data)] == data[:6] or V2_SIG[:len(data)] == data[:12]
+                    if hdr is None and maybe and len(data) < 16:
+                        continue
+                    with self.lock:
+                        self.conns.append(hdr)
+                        idx = len(self.conns)
+                    data = rest
+                if self.mode == "tcp":
+                    c.sendall(data)
+                    data = b""
+                    continue
+                while b"\r\n\r\n" in data:
+                    head, data = data.split(b"\r\n\r\n", 1)
+                    nreq += 1
+                    body = json.dumps({"proxy": hdr, "conn": idx, "req": nreq,
+                                       "first": head.split(b"\r\n")[0].decode()}).encode()
+                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Backend: px\r\n\r\n%s" % (len(body), body))
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    def stop(self):
+        self.stopped = True
+        self.ls.close()
+
+
+def raw_exchange(port, data, src=HOST, timeout=4.0):
+    """Send bytes as they are on a new connection from src; the first response (it.Resp)."""
+    try:
+        with Conn(port, src=src, timeout=timeout) as c:
+            c.send(data)
+            return c.read_response("GET")
+    except it.Closed as e:
+        raise Fail("raw request from %s: %s" % (src, e))
+    except OSError as e:
+        raise Fail("raw request from %s: %s: %s" % (src, type(e).__name__, e))
+
+
+def seen_headers(r, what):
+    eq(r.status, 200, what + ": status")
+    try:
+        return json.loads(r.body)
+    except ValueError:
+        raise Fail("%s: backend /headers answer is not JSON: %s" % (what, short(r.body)))
+
+
+@test("proxy_protocol_in")
+def t_proxy_in(ctx):
+    """PROXY v1/v2 from a trusted proxy names the client (XFF, ACLs, access log); from anyone else,
+    or missing from a trusted proxy, it is a 400; in tcp mode the header is not forwarded."""
+    a, echo = ctx.b["a"], ctx.b.get("echo")
+    port, tport = free_port(), free_port()
+    log = os.path.join(ctx.dir, "access.log")
+    tcp_srv = ProxyServer("tcp")
+    ctx.on_cleanup(tcp_srv.stop)
+    ctx.master(conf(lsn("web", port, ("proxy_protocol", "any"), ("trusted_proxies", "127.0.0.1, 127.0.0.9")),
+                    pl("p", [a]),
+                    rt("acl", ("path", "/acl/*"), ("pool", "p"), ("acl", "deny 203.0.113.0/24")),
+                    section("listener raw", ("bind", "%s:%d" % (HOST, tport)), ("mode", "tcp"), ("pool", "t"),
+                            ("proxy_protocol", "v2"), ("trusted_proxies", "127.0.0.1")),
+                    section("pool t", ("server", "t1 %s:%d" % (HOST, tcp_srv.port))),
+                    workers=2, access=log), [port, tport])
+    get = it.raw_request("/headers", host="x")
+    h = seen_headers(raw_exchange(port, proxy_v1("203.0.113.7") + get), "PROXY v1 TCP4 then GET /headers")
+    eq(h.get("x-forwarded-for"), "203.0.113.7", "X-Forwarded-For after a PROXY v1 header")
+    h = seen_headers(raw_exchange(port, proxy_v2("2001:db8::5", "2001:db8::1") + get), "PROXY v2 TCP6")
+    eq(h.get("x-forwarded-for"), "2001:db8::5", "X-Forwarded-For after a PROXY v2 header")
+    h = seen_headers(raw_exchange(port, b"PROXY UNKNOWN\r\n" + get), "PROXY UNKNOWN")
+    eq(h.get("x-forwarded-for"), "127.0.0.1", "X-Forwarded-For after PROXY UNKNOWN (the connection's own peer)")
+    # the header is read in pieces as a slow proxy sends it
+    with Conn(port) as c:
+        hdr = proxy_v1("198.51.100.20")
+        for i in range(0, len(hdr), 7):
+            c.send(hdr[i:i + 7])
+            time.sleep(0.01)
+        c.send(get)
+        h = seen_headers(c.read_response("GET"), "PROXY v1 sent 7 bytes at a time")
+        eq(h.get("x-forwarded-for"), "198.51.100.20", "X-Forwarded-For after a PROXY header sent in pieces")
+        # keep-alive: the next request on the connection has the same client
+        c.send(get)
+        h = seen_headers(c.read_response("GET"), "second request after PROXY")
+        eq(h.get("x-forwarded-for"), "198.51.100.20", "X-Forwarded-For of the second request on the connection")
+    # the ACL sees the PROXY client
+    eq(raw_exchange(port, proxy_v1("203.0.113.7") + it.raw_request("/acl/x")).status, 403,
+       "route acl deny 203.0.113.0/24, PROXY client 203.0.113.7: status")
+    r = raw_exchange(port, proxy_v1("198.51.100.1") + it.raw_request("/acl/x"))
+    check_200(r, "route acl deny 203.0.113.0/24, PROXY client 198.51.100.1")
+    # an untrusted source sending the header, a trusted one without it, a malformed one: 400 from lb
+    for what, data, src in (("PROXY v1 from untrusted 127.0.0.2", proxy_v1("203.0.113.7") + get, "127.0.0.2"),
+                            ("PROXY v2 from untrusted 127.0.0.2", proxy_v2("192.0.2.1", "192.0.2.2") + get, "127.0.0.2"),
+                            ("no PROXY header from trusted 127.0.0.1", get, "127.0.0.1"),
+                            ("PROXY v1 with a bad port", b"PROXY TCP4 1.2.3.4 5.6.7.8 99999 80\r\n" + get, "127.0.0.1")):
+        r = raw_exchange(port, data, src=src)
+        eq((r.status, r.backend), (400, None), what + ": (status, X-Backend)")
+    # a plain client from an untrusted address is served as usual
+    h = seen_headers(ask(port, "/headers", src="127.0.0.2"), "plain request from untrusted 127.0.0.2")
+    eq(h.get("x-forwarded-for"), "127.0.0.2", "X-Forwarded-For of a direct client")
+    # a PROXY header cut short then closed: no answer, lb unharmed
+    with Conn(port) as c:
+        c.send(b"PROXY TCP4 1.2")
+    check_200(raw_exchange(port, proxy_v1("192.0.2.8") + it.raw_request("/after-cut")), "request after a cut PROXY header")
+    # tcp mode: the v2 header is consumed, the bytes after it reach the server
+    with Conn(tport) as c:
+        c.send(proxy_v2("192.0.2.44", "192.0.2.1") + b"hello")
+        got = b""
+        deadline = time.monotonic() + 3
+        while len(got) < 5 and time.monotonic() < deadline:
+            d = c.sock.recv(100)
+            if not d:
+                break
+            got += d
+        eq(got, b"hello", "tcp listener with proxy_protocol v2: echoed bytes")
+    # the access log names the PROXY client
+    pr.wait_for(lambda: pr.count_lines(log) >= 12, 3)
+    objs, _ = pr.read_json_log(log)
+    clients = {o.get("client") for o in objs}
+    for want in ("203.0.113.7", "2001:db8::5", "198.51.100.20", "198.51.100.1"):
+        check(want in clients, "access log: no line with client %s (clients %s)" % (want, sorted(map(str, clients))))
+
+
+@test("x_forwarded_for_trusted")
+def t_xff(ctx):
+    """X-Forwarded-For counts only from trusted_proxies: the rightmost hop that is not a trusted proxy
+    is the client for ACLs and logs; the chain is passed on with the peer appended. From anyone else
+    the header is replaced by the peer's address."""
+    a = ctx.b["a"]
+    port = free_port()
+    log = os.path.join(ctx.dir, "access.log")
+    ctx.master(conf(lsn("web", port, ("trusted_proxies", "127.0.0.1, 10.0.0.0/8")), pl("p", [a]),
+                    rt("acl", ("path", "/acl/*"), ("pool", "p"), ("acl", "deny 198.51.100.0/24")),
+                    workers=1, access=log), [port])
+    cases = [
+        ("rightmost untrusted", [("X-Forwarded-For", "198.51.100.9, 10.1.1.1")], "127.0.0.1",
+         "198.51.100.9", "198.51.100.9, 10.1.1.1, 127.0.0.1", 403),
+        ("spoofed left hop ignored", [("X-Forwarded-For", "198.51.100.66, 192.0.2.5")], "127.0.0.1",
+         "192.0.2.5", "198.51.100.66, 192.0.2.5, 127.0.0.1", 200),
+        ("garbage hop stops the walk", [("X-Forwarded-For", "not-an-ip, 10.1.1.1")], "127.0.0.1",
+         "10.1.1.1", "not-an-ip, 10.1.1.1, 127.0.0.1", 200),
+        ("two headers in order", [("X-Forwarded-For", "198.51.100.9"), ("X-Forwarded-For", "10.0.0.2")], "127.0.0.1",
+         "198.51.100.9", "198.51.100.9, 10.0.0.2, 127.0.0.1", 403),
+        ("port and brackets", [("X-Forwarded-For", "[2001:db8::7]:4711, 198.51.100.3:99")], "127.0.0.1",
+         "198.51.100.3", "[2001:db8::7]:4711, 198.51.100.3:99, 127.0.0.1", 403),
+        ("untrusted peer: replaced", [("X-Forwarded-For", "10.1.1.1")], "127.0.0.2",
+         "127.0.0.2", "127.0.0.2", 200),
+        ("trusted peer, no header", [], "127.0.0.1", "127.0.0.1", "127.0.0.1", 200),
+    ]
+    for i, (what, hdrs, src, client, chain, acl_status) in enumerate(cases):
+        h = seen_headers(ask(port, "/headers?case=%d" % i, src=src, headers=hdrs), what)
+        eq(h.get("x-forwarded-for"), chain, "%s: X-Forwarded-For the backend saw" % what)
+        r = ask(port, "/acl/case%d" % i, src=src, headers=hdrs)
+        eq(r.status, acl_status, "%s: acl deny 198.51.100.0/24 for client %s: status" % (what, client))
+    pr.wait_for(lambda: pr.count_lines(log) >= 2 * len(cases), 3)
+    objs, _ = pr.read_json_log(log)
+    got = {}
+    for o in objs:
+        m = re.search(r"case=?(\d+)", str(o.get("uri", "")))
+        if m:
+            got.setdefault(int(m.group(1)), set()).add(o.get("client"))
+    for i, (what, _, _, client, _, _) in enumerate(cases):
+        eq(got.get(i), {client}, "%s: access log client" % what)
+
+
+@test("send_proxy")
+def t_send_proxy(ctx):
+    """send_proxy = v1 / v2: each new server connection starts with a PROXY header naming its client;
+    a server connection carrying one client's header is never given to another client; a PROXY
+    client received on the listener is the one passed on; tcp mode too."""
+    v1, v2, tsrv = ProxyServer(), ProxyServer(), ProxyServer("tcp")
+    for s_ in (v1, v2, tsrv):
+        ctx.on_cleanup(s_.stop)
+    port, port2, tport = free_port(), free_port(), free_port()
+    ctx.master(conf(lsn("web", port, pool="p1"),
+                    lsn("chain", port2, ("proxy_protocol", "v1"), ("trusted_proxies", "127.0.0.1"), pool="p2"),
+                    section("listener raw", ("bind", "%s:%d" % (HOST, tport)), ("mode", "tcp"), ("pool", "t")),
+                    section("pool p1", ("server", "s %s:%d" % (HOST, v1.port)), ("send_proxy", "v1")),
+                    section("pool p2", ("server", "s %s:%d" % (HOST, v2.port)), ("send_proxy", "v2")),
+                    section("pool t", ("server", "s %s:%d" % (HOST, tsrv.port)), ("send_proxy", "v1")),
+                    workers=1), [port, port2, tport])
+    with Conn(port, src="127.0.0.2") as c:
+        cport = c.sock.getsockname()[1]
+        seen = []
+        for i in range(3):
+            c.send(it.raw_request("/ka/%d" % i))
+            seen.append(seen_headers(c.read_response("GET"), "send_proxy v1, request %d from 127.0.0.2" % (i + 1)))
+    eq(seen[0]["proxy"], "PROXY TCP4 127.0.0.2 %s %d %d" % (HOST, cport, port), "send_proxy v1: the header")
+    eq([(x["conn"], x["req"]) for x in seen], [(seen[0]["conn"], k) for k in (1, 2, 3)],
+       "three keep-alive requests of one client: (server connection, request number)")
+    x = seen_headers(ask(port, "/other", src="127.0.0.3"), "send_proxy v1 from 127.0.0.3")
+    check(x["conn"] != seen[0]["conn"], "a second client was given the first client's server connection")
+    check(str(x["proxy"]).startswith("PROXY TCP4 127.0.0.3 "), "second client's header: %r" % x["proxy"])
+    # a PROXY client on the way in is the client on the way out (v2 this time)
+    x = seen_headers(raw_exchange(port2, proxy_v1("203.0.113.9", "10.9.9.9", 4242, 443) + it.raw_request("/c")),
+                     "PROXY in, send_proxy v2 out")
+    eq(x["proxy"], {"cmd": 0x21, "src": "203.0.113.9", "dst": "10.9.9.9", "sport": 4242, "dport": 443},
+       "send_proxy v2 after a received PROXY v1 header")
+    # tcp mode: header first even before the client speaks, then the client's bytes
+    with Conn(tport, src="127.0.0.4") as c:
+        c.send(b"ping")
+        got = b""
+        deadline = time.monotonic() + 3
+        while len(got) < 4 and time.monotonic() < deadline:
+            d = c.sock.recv(100)
+            if not d:
+                break
+            got += d
+        eq(got, b"ping", "tcp send_proxy: echoed bytes (the header is not data)")
+    pr.wait_for(lambda: tsrv.conns, 2)
+    check(str(tsrv.conns[-1]).startswith("PROXY TCP4 127.0.0.4 "), "tcp send_proxy header: %r" % tsrv.conns[-1:])
+
+
+@test("max_conn_per_ip")
+def t_max_conn_per_ip(ctx):
+    """max_conn_per_ip = 3 across 2 workers: a 4th connection from one address is closed unanswered,
+    others are unaffected, and a closed connection frees its place."""
+    a = ctx.b["a"]
+    port = free_port()
+    m = ctx.master(conf(lsn("web", port, ("max_conn_per_ip", "3")), pl("p", [a]), workers=2), [port])
+    m.wait_workers(2)
+    held = []
+    try:
+        for i in range(3):
+            c = Conn(port, src="127.0.0.2")
+            held.append(c)
+            r = c.ask("/held/%d" % i)
+            check_200(r, "held connection %d from 127.0.0.2" % (i + 1))
+        must_refuse(port, "127.0.0.2", "4th connection from 127.0.0.2 with max_conn_per_ip = 3")
+        check_200(ask(port, "/other", src="127.0.0.3"), "a connection from 127.0.0.3 meanwhile")
+        r = held[0].ask("/held/again")
+        check_200(r, "a held connection still serves")
+        held.pop(0).close()
+        deadline = time.monotonic() + 3
+        while True:
+            try:
+                check_200(ask(port, "/after-close", src="127.0.0.2"), "127.0.0.2 after closing one connection")
+                break
+            except Fail:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+    finally:
+        for c in held:
+            c.close()
+    err = m.stderr()
+    check("max_conn_per_ip" in err, "no error-log line names max_conn_per_ip: %s" % short(err, 300))
+
+
+def rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def proxy_flood(port, first, n, conc=256, deadline=60.0):
+    """n connections, each a PROXY v1 header with a distinct address from 10.0.0.0/8 (numbered from
+    first) and one request; returns {status: count}. Bounded by `deadline` seconds."""
+    import selectors
+    sel = selectors.DefaultSelector()
+    statuses_ = {}
+    nxt, live, end = first, 0, time.monotonic() + deadline
+
+    def start(k):
+        s = socket.socket()
+        s.setblocking(False)
+        try:
+            s.connect((HOST, port))
+        except BlockingIOError:
+            pass
+        ip = "10.%d.%d.%d" % ((k >> 16) & 255, (k >> 8) & 255, k & 255)
+        data = proxy_v1(ip) + b"GET /flood HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        sel.register(s, selectors.EVENT_WRITE, [data, b""])
+
+    while (nxt < first + n or live) and time.monotonic() < end:
+        while live < conc and nxt < first + n:
+            start(nxt)
+            nxt += 1
+            live += 1
+        for key, ev in sel.select(1.0):
+            s, st = key.fileobj, key.data
+            try:
+                if ev & selectors.EVENT_WRITE:
+                    s.send(st[0])
+                    sel.modify(s, selectors.EVENT_READ, st)
+                    continue
+                d = s.recv(65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                d = b""
+                st[1] = st[1] or b"HTTP/1.1 000"
+            if d:
+                st[1] += d
+                continue
+            sel.unregister(s)
+            s.close()
+            live -= 1
+            code = int(st[1][9:12]) if st[1][:5] == b"HTTP/" and st[1][9:12].isdigit() else 0
+            statuses_[code] = statuses_.get(code, 0) + 1
+    for key in list(sel.get_map().values()):
+        key.fileobj.close()
+    check(nxt == first + n and not live, "PROXY flood: %d of %d connections done in %.0f s"
+          % (nxt - first - live, n, deadline))
+    return statuses_
+
+
+@test("proxy_flood_bounded_memory", timeout=120)
+def t_proxy_flood(ctx):
+    """100,000 distinct client addresses (PROXY v1 from a trusted proxy) through a rate-limited route:
+    the shared table holds rate_limit_entries buckets, so the worker's memory does not grow with them."""
+    if "asan" in os.path.basename(LB_BIN):
+        raise Skip("memory figures of an ASan build are not lb's")
+    a = ctx.b["a"]
+    port = free_port()
+    m = ctx.master(conf(lsn("web", port, ("proxy_protocol", "v1"), ("trusted_proxies", "127.0.0.1")),
+                        pl("p", [a]), rt("rl", ("pool", "p"), ("rate_limit", "1/minute burst=1")),
+                        workers=1, glob={"rate_limit_entries": 1024}), [port])
+    w = m.wait_workers(1)[0]
+    warm = proxy_flood(port, 0, 5000)
+    check(warm.get(200, 0) == 5000, "5,000 distinct addresses, 1 request each: statuses %s (want all 200)" % warm)
+    before = rss_kb(w)
+    got = proxy_flood(port, 5000, 100000, deadline=90.0)
+    after = rss_kb(w)
+    check(got.get(200, 0) == 100000, "100,000 more distinct addresses: statuses %s (want all 200)" % got)
+    # a per-address entry of even 16 bytes would be 1.6 MB; lb's table is 1024 entries, already touched
+    check(after - before < 1024, "worker RSS grew by %d kB over 100,000 distinct addresses (%d -> %d kB)"
+          % (after - before, before, after))
+    # the table still limits: the same address twice in a row
+    r1 = raw_exchange(port, proxy_v1("192.0.2.200") + it.raw_request("/again"))
+    r2 = raw_exchange(port, proxy_v1("192.0.2.200") + it.raw_request("/again"))
+    eq((r1.status, r2.status), (200, 429), "one address twice after the flood (1/minute burst=1)")
 
 
 # ---------------------------------------------------------------------------------------- runner

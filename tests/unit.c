@@ -1629,8 +1629,13 @@ static const struct cf_err cf_errs[] = {
 	{ "unsupported_pool_health_check",
 	  "[pool p]\nserver = s1 127.0.0.1:9000\nhealth_check = tcp\n[listener l]\nbind = 127.0.0.1:8000\npool = p\n",
 	  3, 0, "not supported", 1 },
-	{ "unsupported_pool_send_proxy", BASE "[pool q]\nserver = s9 127.0.0.1:9009\nsend_proxy = v1\n", 8, 0,
-	  "not supported", 1 },
+	{ "pool_send_proxy_bad", BASE "[pool q]\nserver = s9 127.0.0.1:9009\nsend_proxy = v3\n", 8, 0,
+	  "send_proxy", 1 },
+	{ "listener_proxy_protocol_bad", BASE "proxy_protocol = yes\ntrusted_proxies = 10.0.0.0/8\n", 6, 0,
+	  "proxy_protocol", 1 },
+	{ "listener_proxy_protocol_untrusted", BASE "proxy_protocol = v1\n", 3, 6, "trusted_proxies", 0 },
+	{ "listener_trusted_bad", BASE "trusted_proxies = 10.0.0.0/8, nowhere\n", 6, 0, "trusted_proxies", 1 },
+	{ "listener_max_conn_per_ip_bad", BASE "max_conn_per_ip = -1\n", 6, 0, "max_conn_per_ip", 1 },
 	{ "pool_sticky_not_cookie", BASE "[pool q]\nserver = s9 127.0.0.1:9009\nsticky = ip SRV\n", 8, 0, "sticky", 1 },
 	{ "pool_sticky_bad_name", BASE "[pool q]\nserver = s9 127.0.0.1:9009\nsticky = cookie S;V\n", 8, 0, "sticky", 1 },
 	{ "pool_sticky_extra", BASE "[pool q]\nserver = s9 127.0.0.1:9009\nsticky = cookie SRV x\n", 8, 0, "sticky", 1 },
@@ -2227,6 +2232,112 @@ static void test_cidr(void)
 	end("cidr/v4_mapped");
 }
 
+/* PROXY v1/v2: accepted headers give their addresses and exact length; everything else is
+ * refused (or incomplete) without reading past len */
+static void test_proxy(void)
+{
+	static const struct {
+		const char *name, *in;
+		size_t len;       /* 0: strlen */
+		int versions, rc; /* rc: > 0 the header length expected; else LB_EAGAIN / LB_EINVAL */
+		const char *src;
+		unsigned sport, local;
+	} t[] = {
+		{ "v1_tcp4", "PROXY TCP4 192.0.2.1 198.51.100.2 56324 443\r\nGET /", 0, 3, 45, "192.0.2.1", 56324, 0 },
+		{ "v1_tcp6", "PROXY TCP6 2001:db8::1 2001:db8::2 1 65535\r\n", 0, 3, 44, "2001:db8::1", 1, 0 },
+		{ "v1_tcp6_mapped", "PROXY TCP6 ::ffff:10.0.0.7 ::1 5 6\r\n", 0, 3, 36, "10.0.0.7", 5, 0 },
+		{ "v1_unknown", "PROXY UNKNOWN\r\n", 0, 3, 15, NULL, 0, 1 },
+		{ "v1_unknown_junk", "PROXY UNKNOWN ff:: 1.2.3.4 1 2\r\n", 0, 3, 32, NULL, 0, 1 },
+		{ "v1_partial", "PROXY TCP4 192.0.2.1 198.5", 0, 3, LB_EAGAIN, NULL, 0, 0 },
+		{ "v1_partial_magic", "PRO", 0, 3, LB_EAGAIN, NULL, 0, 0 },
+		{ "v1_only_v2_allowed", "PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n", 0, 2, LB_EINVAL, NULL, 0, 0 },
+		{ "v1_bare_lf", "PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n", 0, 3, LB_EINVAL, NULL, 0, 0 },
+		{ "v1_double_space", "PROXY TCP4  1.2.3.4 5.6.7.8 1 2\r\n", 0, 3, LB_EINVAL, NULL, 0, 0 },
+		{ "v1_port_leading_zero", "PROXY TCP4 1.2.3.4 5.6.7.8 01 2\r\n", 0, 3, LB_EINVAL, NULL, 0, 0 },
+		{ "v1_port_range", "PROXY TCP4 1.2.3.4 5.6.7.8 65536 2\r\n", 0, 3, LB_EINVAL, NULL, 0, 0 },
+		{ "v1_family_mismatch", "PROXY TCP4 ::1 ::1 1 2\r\n", 0, 3, LB_EINVAL, NULL, 0, 0 },
+		{ "v1_extra_field", "PROXY TCP4 1.2.3.4 5.6.7.8 1 2 3\r\n", 0, 3, LB_EINVAL, NULL, 0, 0 },
+		{ "v1_missing_field", "PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n", 0, 3, LB_EINVAL, NULL, 0, 0 },
+		{ "v1_udp", "PROXY UDP4 1.2.3.4 5.6.7.8 1 2\r\n", 0, 3, LB_EINVAL, NULL, 0, 0 },
+		{ "v1_too_long", "PROXY UNKNOWN xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+		  "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\r\n", 0, 3, LB_EINVAL, NULL, 0, 0 },
+		{ "not_proxy", "GET / HTTP/1.1\r\n\r\n", 0, 3, LB_EINVAL, NULL, 0, 0 },
+		{ "v2_tcp4", "\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c\xc0\x00\x02\x01\xc6\x33\x64\x02\xdc\x04\x01\xbb",
+		  28, 3, 28, "192.0.2.1", 56324, 0 },
+		{ "v2_tcp4_tlv", "\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x10\x0a\x00\x00\x01\x0a\x00\x00\x02\x00\x50\x01\xbb"
+		  "\x04\x00\x01\x41", 32, 2, 32, "10.0.0.1", 80, 0 },
+		{ "v2_tlv_overrun", "\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x10\x0a\x00\x00\x01\x0a\x00\x00\x02\x00\x50\x01\xbb"
+		  "\x04\x00\x05\x41", 32, 2, LB_EINVAL, NULL, 0, 0 },
+		{ "v2_local", "\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00", 16, 3, 16, NULL, 0, 1 },
+		{ "v2_partial_body", "\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c\xc0\x00", 18, 3, LB_EAGAIN, NULL, 0, 0 },
+		{ "v2_partial_sig", "\r\n\r\n\0\r", 6, 3, LB_EAGAIN, NULL, 0, 0 },
+		{ "v2_bad_version", "\r\n\r\n\0\r\nQUIT\n\x11\x11\x00\x00", 16, 3, LB_EINVAL, NULL, 0, 0 },
+		{ "v2_bad_command", "\r\n\r\n\0\r\nQUIT\n\x22\x11\x00\x0c", 16, 3, LB_EINVAL, NULL, 0, 0 },
+		{ "v2_udp", "\r\n\r\n\0\r\nQUIT\n\x21\x12\x00\x0c\x01\x02\x03\x04\x01\x02\x03\x04\x00\x01\x00\x02",
+		  28, 3, LB_EINVAL, NULL, 0, 0 },
+		{ "v2_short_for_family", "\r\n\r\n\0\r\nQUIT\n\x21\x21\x00\x0c\x01\x02\x03\x04\x01\x02\x03\x04\x00\x01\x00\x02",
+		  28, 3, LB_EINVAL, NULL, 0, 0 },
+		{ "v2_too_long", "\r\n\r\n\0\r\nQUIT\n\x21\x11\xff\xff", 16, 3, LB_EINVAL, NULL, 0, 0 },
+		{ "v2_only_v1_allowed", "\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00", 16, 1, LB_EINVAL, NULL, 0, 0 },
+	};
+	for (size_t i = 0; i < sizeof t / sizeof *t; i++) {
+		size_t n = t[i].len ? t[i].len : strlen(t[i].in);
+		char *b = dupbuf(t[i].in, n);
+		struct lb_proxy px;
+		char ip[64] = "";
+		begin();
+		int rc = lb_parse_proxy(b, n, t[i].versions, &px);
+		CHECK(rc == t[i].rc, "expected %d, got %d (%s)", t[i].rc, rc, px.error ? px.error : "");
+		if (rc > 0) {
+			CHECK(px.local == (int)t[i].local, "local %d", px.local);
+			if (t[i].src) {
+				lb_ip_format(&px.src, ip, sizeof ip);
+				CHECK(!strcmp(ip, t[i].src), "src %s, expected %s", ip, t[i].src);
+				CHECK(px.sport == t[i].sport, "sport %u", (unsigned)px.sport);
+			}
+			/* what lb sends re-parses to the same addresses, in both versions */
+			for (int v = 1; v <= 2; v++) {
+				char out[LB_PROXY_V1_MAX + 1];
+				struct lb_proxy back;
+				int bn = lb_proxy_build(v, &px, out, sizeof out);
+				CHECK(bn > 0 && lb_parse_proxy(out, (size_t)bn, v, &back) == bn, "v%d rebuild does not re-parse", v);
+				CHECK(back.local == px.local && (px.local || (!memcmp(&back.src, &px.src, sizeof px.src) &&
+				      !memcmp(&back.dst, &px.dst, sizeof px.dst) && back.sport == px.sport && back.dport == px.dport)),
+				      "v%d rebuild changed the addresses", v);
+			}
+		}
+		if (rc == LB_EINVAL)
+			CHECK(px.error && *px.error, "no reason given");
+		/* every proper prefix of an accepted header is incomplete, never invalid */
+		for (size_t k = 1; rc > 0 && k < (size_t)rc; k++) {
+			char *pb = dupbuf(t[i].in, k);
+			int pr = lb_parse_proxy(pb, k, t[i].versions, &px);
+			free(pb);
+			if (pr != LB_EAGAIN) {
+				failf("prefix of %zu bytes gave %d", k, pr);
+				break;
+			}
+		}
+		free(b);
+		end("proxy/%s", t[i].name);
+	}
+	/* mixed families go out as IPv6 with the IPv4 one mapped */
+	struct lb_proxy m, back;
+	char out[LB_PROXY_V1_MAX + 1];
+	memset(&m, 0, sizeof m);
+	inet_pton(AF_INET, "10.1.2.3", m.src.a);
+	inet_pton(AF_INET6, "2001:db8::9", m.dst.a);
+	m.dst.v6 = 1;
+	m.sport = 1234, m.dport = 80;
+	begin();
+	int n = lb_proxy_build(1, &m, out, sizeof out);
+	CHECK(n > 0 && !strncmp(out, "PROXY TCP6 ::ffff:10.1.2.3 2001:db8::9 1234 80\r\n", (size_t)n), "v1 mixed: %.*s",
+	      n > 0 ? n : 0, out);
+	CHECK(lb_parse_proxy(out, (size_t)n, 1, &back) == n && !back.src.v6 && back.src.a[0] == 10, "mixed v1 re-parse");
+	CHECK(lb_proxy_build(1, &m, out, 20) == LB_ERANGE, "small buffer not refused");
+	end("proxy/build_mixed_families");
+}
+
 static void test_bucket(void)
 {
 	struct lb_bucket b = { 5 * 1000, 1000 }; /* full: 5 tokens of 1000 credits at t = 1000 ms */
@@ -2446,6 +2557,7 @@ int main(void)
 	test_routes();
 	test_conf_sticky();
 	test_cidr();
+	test_proxy();
 	test_bucket();
 	test_rate_limit_parse();
 
