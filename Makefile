@@ -3,7 +3,7 @@
 #   make run        demo: three backends + lb serving config.ini on 127.0.0.1:8080
 #   make test       unit + integration (epoll, poll, ASan builds) + fuzz smoke; ends "N passed, N failed"
 #   make bench      lb vs HAProxy vs nginx (Debian packages) with wrk; writes bench/results.md
-#   make fuzz       FUZZ=request SECS=60 ENGINE=libfuzzer|afl
+#   make fuzz       FUZZ=request|response|chunked|config|values SECS=60 ENGINE=libfuzzer|afl
 #   make asan       ./lb-asan and tests/unit-asan
 CC      ?= cc
 CFLAGS  ?= -O2 -g
@@ -14,7 +14,10 @@ PREFIX  ?= /usr/local
 FUZZ    ?= request
 SECS    ?= 60
 ENGINE  ?= libfuzzer
-FUZZERS := request response chunked
+FUZZERS := request response chunked config values
+# the dictionary of a harness: fuzz/dict/NAME.dict when there is one, else ini.dict for the
+# configuration harnesses (config, values) and http.dict for the others
+fuzz_dict = $(firstword $(wildcard fuzz/dict/$(1).dict) fuzz/dict/$(if $(filter config values,$(1)),ini,http).dict)
 
 .PHONY: all run test bench fuzz asan deps deps-test deps-bench install clean check
 
@@ -72,10 +75,10 @@ fuzz: deps-test
 	@if [ "$(ENGINE)" = afl ]; then \
 		bash tests/deps.sh afl && $(MAKE) --no-print-directory fuzz/afl_$(FUZZ) && \
 		mkdir -p fuzz/out/$(FUZZ) && AFL_SKIP_CPUFREQ=1 AFL_NO_UI=1 timeout $(SECS) \
-		afl-fuzz -i fuzz/corpus/$(FUZZ) -o fuzz/out/$(FUZZ) -x fuzz/dict/http.dict -- fuzz/afl_$(FUZZ) || true; \
+		afl-fuzz -i fuzz/corpus/$(FUZZ) -o fuzz/out/$(FUZZ) -x $(call fuzz_dict,$(FUZZ)) -- fuzz/afl_$(FUZZ) || true; \
 	else \
 		$(MAKE) --no-print-directory fuzz/fuzz_$(FUZZ) && mkdir -p fuzz/out/$(FUZZ) && \
-		fuzz/fuzz_$(FUZZ) -max_total_time=$(SECS) -dict=fuzz/dict/http.dict fuzz/out/$(FUZZ) fuzz/corpus/$(FUZZ); \
+		fuzz/fuzz_$(FUZZ) -max_total_time=$(SECS) -dict=$(call fuzz_dict,$(FUZZ)) fuzz/out/$(FUZZ) fuzz/corpus/$(FUZZ); \
 	fi
 
 install: lb

@@ -4,8 +4,8 @@ if [ -z "${LB_TEST_INNER:-}" ]; then
 	out=$(mktemp /tmp/lb-test-out.XXXXXX)
 	LB_TEST_INNER=1 bash "$0" "$@" 2>&1 | tee "$out"
 	p=$(grep -c '^PASS' "$out"); f=$(grep -c '^FAIL' "$out")
-	rm -f "$out"
 	if [ "$f" -gt 0 ]; then echo; echo "failed:"; grep "^FAIL" "$out"; fi
+	rm -f "$out"
 	echo "$p passed, $f failed"
 	[ "$f" -eq 0 ] && [ "$p" -gt 0 ]
 	exit $?
@@ -17,7 +17,7 @@ log=$(mktemp -d /tmp/lb-test.XXXXXX)
 trap 'rm -rf "$log"' EXIT
 export ASAN_OPTIONS=abort_on_error=1:detect_leaks=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-: "${FUZZ_SECS:=30}"       # request-head fuzzer; the others run a third of it
+: "${FUZZ_SECS:=30}"       # request-head fuzzer; the others (response, chunked, config, values) a third of it
 : "${INTEGRATION_BUILDS:=lb lb-poll lb-asan}"
 
 # run NAME CMD...: prefix each PASS/FAIL line with NAME; a crash without a summary is a FAIL
@@ -48,11 +48,15 @@ for b in $INTEGRATION_BUILDS; do
 	ASAN_OPTIONS=abort_on_error=1:detect_leaks=0 LB_BIN=./$b run "policy-$b" python3 tests/policy.py
 done
 
+# the differential request-smuggling test: once, against the ./lb build
+LB_BIN=./lb run smuggle python3 tests/smuggle.py
+
+# fuzz_smoke NAME SECS DICT: run fuzz/fuzz_NAME from its corpus with fuzz/dict/DICT.dict
 fuzz_smoke() {
-	local f=$1 secs=$2 work
+	local f=$1 secs=$2 dict=$3 work
 	work=$(mktemp -d /tmp/lb-fuzz.XXXXXX)
 	if (cd "$work" && "$OLDPWD/fuzz/fuzz_$f" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
-		-dict="$OLDPWD/fuzz/dict/http.dict" -print_final_stats=1 . "$OLDPWD/fuzz/corpus/$f") \
+		-dict="$OLDPWD/fuzz/dict/$dict.dict" -print_final_stats=1 . "$OLDPWD/fuzz/corpus/$f") \
 		>"$log/fuzz_$f.out" 2>&1; then
 		echo "PASS fuzz/$f: $(grep -m1 -o 'stat::number_of_executed_units: *[0-9]*' "$log/fuzz_$f.out" | grep -o '[0-9]*$') inputs in ${secs}s, no crash"
 	else
@@ -63,6 +67,8 @@ fuzz_smoke() {
 	rm -rf "$work"
 }
 echo "== fuzz smoke"
-fuzz_smoke request "$FUZZ_SECS"
-fuzz_smoke response $((FUZZ_SECS / 3))
-fuzz_smoke chunked $((FUZZ_SECS / 3))
+fuzz_smoke request "$FUZZ_SECS" http
+fuzz_smoke response $((FUZZ_SECS / 3)) http
+fuzz_smoke chunked $((FUZZ_SECS / 3)) http
+fuzz_smoke config $((FUZZ_SECS / 3)) ini
+fuzz_smoke values $((FUZZ_SECS / 3)) ini
