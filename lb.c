@@ -1464,7 +1464,7 @@ struct keydef {
 static const struct keydef keys_global[] = {
 	{ "workers", 0, NULL }, { "max_connections", 0, NULL }, { "pid_file", 0, NULL },
 	{ "shutdown_timeout", 0, NULL }, { "user", 0, NULL }, { "rate_limit_entries", 0, NULL },
-	{ "state_file", 0, "the admin API" }, { "alert_command", 0, "alerts" }, { NULL, 0, NULL },
+	{ "state_file", 0, "the admin API" }, { "alert_command", 0, NULL }, { NULL, 0, NULL },
 };
 static const struct keydef keys_log[] = {
 	{ "access", 0, NULL }, { "format", 0, NULL }, { "error", 0, NULL },
@@ -1495,12 +1495,10 @@ static const struct keydef keys_listener[] = {
 static const struct keydef keys_pool[] = {
 	{ "server", 1, NULL }, { "algorithm", 0, NULL }, { "connect_timeout", 0, NULL },
 	{ "response_timeout", 0, NULL }, { "keepalive", 0, NULL }, { "retries", 0, NULL },
-	{ "health_check", 0, "health checks" }, { "health_interval", 0, "health checks" },
-	{ "health_timeout", 0, "health checks" }, { "health_rise", 0, "health checks" },
-	{ "health_fall", 0, "health checks" }, { "health_expect", 0, "health checks" },
-	{ "circuit_failures", 0, "the circuit breaker" }, { "circuit_error_rate", 0, "the circuit breaker" },
-	{ "circuit_window", 0, "the circuit breaker" }, { "circuit_min_requests", 0, "the circuit breaker" },
-	{ "circuit_slow", 0, "the circuit breaker" }, { "circuit_open", 0, "the circuit breaker" },
+	{ "health_check", 0, NULL }, { "health_interval", 0, NULL }, { "health_timeout", 0, NULL },
+	{ "health_rise", 0, NULL }, { "health_fall", 0, NULL }, { "health_expect", 0, NULL },
+	{ "circuit_failures", 0, NULL }, { "circuit_error_rate", 0, NULL }, { "circuit_window", 0, NULL },
+	{ "circuit_min_requests", 0, NULL }, { "circuit_slow", 0, NULL }, { "circuit_open", 0, NULL },
 	{ "sticky", 0, NULL }, { "send_proxy", 0, NULL }, { NULL, 0, NULL },
 };
 static const struct keydef keys_route[] = {
@@ -1779,6 +1777,8 @@ static void set_global(struct cfg *st, const char *k, const char *v, int line)
 		v_uint(st, line, k, v, 1, 1000000, &c->max_connections);
 	} else if (!strcmp(k, "pid_file")) {
 		c->pid_file = v_str(st, line, k, v);
+	} else if (!strcmp(k, "alert_command")) {
+		c->alert_command = v_str(st, line, k, v);
 	} else if (!strcmp(k, "user")) {
 		c->user = v_str(st, line, k, v);
 	} else if (!strcmp(k, "shutdown_timeout")) {
@@ -1949,6 +1949,110 @@ static void add_server(struct cfg *st, struct lb_pool *p, const char *v, int lin
 	s->name_hash = lb_hash64(s->name, strlen(s->name));
 }
 
+/* health_expect: "200-399", "200, 204, 301-302" */
+static void set_health_expect(struct cfg *st, struct lb_pool *p, const char *k, const char *v, int line)
+{
+	const char *q = v, *end = v + strlen(v);
+	struct lb_str el;
+	p->nhc_expect = 0;
+	while (list_next(&q, end, &el)) {
+		const char *dash = memchr(el.p, '-', el.n);
+		uint64_t lo, hi;
+		size_t ln = dash ? (size_t)(dash - el.p) : el.n;
+		if (parse_uint64(el.p, ln, 999, &lo) != 0 || lo < 100 ||
+		    (dash ? parse_uint64(dash + 1, el.n - ln - 1, 999, &hi) != 0 : (hi = lo, 0)) || hi < lo) {
+			cfg_err(st, line, k, "health_expect: '%.*s' is not a status or a range like 200-399", (int)el.n, el.p);
+			return;
+		}
+		if (p->nhc_expect >= sizeof p->hc_expect / sizeof p->hc_expect[0]) {
+			cfg_err(st, line, k, "health_expect: more than 8 statuses or ranges");
+			return;
+		}
+		p->hc_expect[p->nhc_expect].lo = (uint16_t)lo;
+		p->hc_expect[p->nhc_expect++].hi = (uint16_t)hi;
+	}
+	if (!p->nhc_expect)
+		cfg_err(st, line, k, "health_expect: empty (e.g. 200-399)");
+}
+
+static void set_pool_health(struct cfg *st, struct lb_pool *p, const char *k, const char *v, int line)
+{
+	if (!strcmp(k, "health_check")) {
+		const char *q = v, *end = v + strlen(v);
+		struct lb_str kind, m, path, extra;
+		if (!next_word(&q, end, &kind))
+			kind.n = 0;
+		if (str_ieq(kind.p, kind.n, "off") && !next_word(&q, end, &extra)) {
+			p->hc_kind = LB_HC_OFF;
+		} else if (str_ieq(kind.p, kind.n, "tcp") && !next_word(&q, end, &extra)) {
+			p->hc_kind = LB_HC_TCP;
+		} else if (str_ieq(kind.p, kind.n, "http") && next_word(&q, end, &m) && token_ok(m) &&
+		           m.n < sizeof p->hc_method && next_word(&q, end, &path) && path.p[0] == '/' &&
+		           path.n < sizeof p->hc_path && !next_word(&q, end, &extra)) {
+			p->hc_kind = LB_HC_HTTP;
+			snprintf(p->hc_method, sizeof p->hc_method, "%.*s", (int)m.n, m.p);
+			snprintf(p->hc_path, sizeof p->hc_path, "%.*s", (int)path.n, path.p);
+			for (size_t i = 0; i < path.n; i++)
+				if ((unsigned char)path.p[i] <= ' ' || path.p[i] == 0x7f) {
+					cfg_err(st, line, k, "health_check: the path has a control character or space");
+					return;
+				}
+		} else {
+			cfg_err(st, line, k, "health_check: expected 'http METHOD /PATH', 'tcp' or 'off', got '%s'", v);
+		}
+	} else if (!strcmp(k, "health_interval")) {
+		if (!v_dur(st, line, k, v, &p->hc_interval) && p->hc_interval < 100)
+			cfg_err(st, line, k, "health_interval: at least 100ms");
+	} else if (!strcmp(k, "health_timeout")) {
+		if (!v_dur(st, line, k, v, &p->hc_timeout) && p->hc_timeout < 10)
+			cfg_err(st, line, k, "health_timeout: at least 10ms");
+	} else if (!strcmp(k, "health_rise")) {
+		v_uint(st, line, k, v, 1, 100, &p->hc_rise);
+	} else if (!strcmp(k, "health_fall")) {
+		v_uint(st, line, k, v, 1, 100, &p->hc_fall);
+	} else if (!strcmp(k, "health_expect")) {
+		set_health_expect(st, p, k, v, line);
+	} else {
+		cfg_err(st, line, k, "unknown key '%s' in [pool %s]", k, p->name);
+	}
+}
+
+/* "off" turns a circuit rule off (0) */
+static void set_pool_circuit(struct cfg *st, struct lb_pool *p, const char *k, const char *v, int line)
+{
+	int off = !strcmp(v, "off");
+	if (!strcmp(k, "circuit_failures")) {
+		if (off)
+			p->cb_failures = 0;
+		else
+			v_uint(st, line, k, v, 0, 1000000, &p->cb_failures);
+	} else if (!strcmp(k, "circuit_error_rate")) {
+		size_t n = strlen(v);
+		uint64_t pc;
+		if (off)
+			p->cb_error_rate = 0;
+		else if (n > 1 && v[n - 1] == '%' && parse_uint64(v, n - 1, 100, &pc) == 0)
+			p->cb_error_rate = (unsigned)pc;
+		else
+			cfg_err(st, line, k, "circuit_error_rate: expected a percentage like 50%% or off, got '%s'", v);
+	} else if (!strcmp(k, "circuit_window")) {
+		if (!v_dur(st, line, k, v, &p->cb_window) && p->cb_window < 100)
+			cfg_err(st, line, k, "circuit_window: at least 100ms");
+	} else if (!strcmp(k, "circuit_min_requests")) {
+		v_uint(st, line, k, v, 1, 1000000, &p->cb_min_requests);
+	} else if (!strcmp(k, "circuit_slow")) {
+		if (off)
+			p->cb_slow = 0;
+		else
+			v_dur(st, line, k, v, &p->cb_slow);
+	} else if (!strcmp(k, "circuit_open")) {
+		if (!v_dur(st, line, k, v, &p->cb_open) && p->cb_open < 100)
+			cfg_err(st, line, k, "circuit_open: at least 100ms");
+	} else {
+		cfg_err(st, line, k, "unknown key '%s' in [pool %s]", k, p->name);
+	}
+}
+
 static void set_pool(struct cfg *st, struct lb_pool *p, const char *k, const char *v, int line)
 {
 	if (!strcmp(k, "server")) {
@@ -1980,6 +2084,10 @@ static void set_pool(struct cfg *st, struct lb_pool *p, const char *k, const cha
 			cfg_err(st, line, k, "sticky: expected 'cookie NAME' or 'off', got '%s'", v);
 		else
 			snprintf(p->sticky_cookie, sizeof p->sticky_cookie, "%.*s", (int)name.n, name.p);
+	} else if (!strncmp(k, "health_", 7)) {
+		set_pool_health(st, p, k, v, line);
+	} else if (!strncmp(k, "circuit_", 8)) {
+		set_pool_circuit(st, p, k, v, line);
 	} else if (!strcmp(k, "send_proxy")) {
 		if (!strcmp(v, "off"))
 			p->send_proxy = 0;
@@ -2326,6 +2434,19 @@ static int conf_alloc(struct cfg *st)
 			p->response_timeout = 60000;
 			p->keepalive = 32;
 			p->retries = 1;
+			snprintf(p->hc_method, sizeof p->hc_method, "GET");
+			snprintf(p->hc_path, sizeof p->hc_path, "/health");
+			p->hc_interval = 10000;
+			p->hc_timeout = 2000;
+			p->hc_rise = 2;
+			p->hc_fall = 3;
+			p->hc_expect[0].lo = 200, p->hc_expect[0].hi = 399, p->nhc_expect = 1;
+			p->cb_failures = 5;
+			p->cb_error_rate = 50;
+			p->cb_window = 10000;
+			p->cb_min_requests = 20;
+			p->cb_slow = 5000;
+			p->cb_open = 30000;
 		} else if (s->kind == S_ROUTE) {
 			struct lb_route *r = &c->routes[s->idx = c->nroutes++];
 			snprintf(r->name, sizeof r->name, "%s", s->name);
@@ -2397,6 +2518,14 @@ static void check_listeners(struct cfg *st)
 static void check_pools_routes(struct cfg *st)
 {
 	struct lb_conf *c = st->c;
+	/* a pool behind a tcp listener is checked by connecting, unless told otherwise */
+	for (size_t i = 0; i < c->nlisteners; i++)
+		if (c->listeners[i].mode == LB_MODE_TCP && c->listeners[i].pool >= 0 &&
+		    c->pools[c->listeners[i].pool].hc_kind == LB_HC_DEFAULT)
+			c->pools[c->listeners[i].pool].hc_kind = LB_HC_TCP;
+	for (size_t i = 0; i < c->npools; i++)
+		if (c->pools[i].hc_kind == LB_HC_DEFAULT)
+			c->pools[i].hc_kind = LB_HC_HTTP;
 	for (size_t i = 0; i < c->npools; i++)
 		if (c->pools[i].nservers == 0)
 			cfg_err(st, c->pools[i].line, "server", "[pool %s] has no server", c->pools[i].name);
@@ -2460,6 +2589,7 @@ void lb_conf_free(struct lb_conf *c)
 	free(c->pools);
 	free(c->routes);
 	free(c->pid_file);
+	free(c->alert_command);
 	free(c->user);
 	free(c->access_log);
 	free(c->error_log);
@@ -2638,10 +2768,23 @@ int lb_route_pool(struct lb_route *r)
  * over workers; each worker also keeps its own share so that the master can take back
  * the share of a worker that died. */
 #define LB_MAX_WORKERS 64
+static uint64_t g_now; /* monotonic ms, once per loop turn */
+
+enum { CB_CLOSED = 0, CB_OPEN, CB_HALF };
+#define LB_CB_TRIALS 3 /* requests a half-open circuit lets through at once */
+
 struct lb_shm_server {
 	char key[2 * LB_NAME_MAX];      /* "pool/server": carried across reloads by name */
 	_Atomic uint32_t active;
-	_Atomic int32_t down;
+	_Atomic int32_t down;           /* by health checks */
+	_Atomic uint32_t hc_ok, hc_fail; /* consecutive check results (the checker's, kept across takeovers) */
+	_Atomic int32_t cb_state;       /* CB_* */
+	_Atomic uint64_t cb_until;      /* open until (CLOCK_MONOTONIC ms, the same in every process) */
+	_Atomic uint32_t cb_consec;     /* consecutive failed exchanges */
+	_Atomic uint64_t cb_win_start;
+	_Atomic uint32_t cb_win_req, cb_win_fail;
+	_Atomic int32_t cb_trials;      /* half-open trial requests in flight */
+	_Atomic uint64_t n_down, n_up, n_open, n_close, n_checks, n_check_fails; /* for metrics */
 	struct {
 		_Atomic uint32_t active;
 		_Atomic uint64_t requests, errors, bytes_out;
@@ -2654,9 +2797,24 @@ static unsigned srv_active(const struct lb_server *s)
 	return s->shm ? atomic_load_explicit(&s->shm->active, memory_order_relaxed) : s->active;
 }
 
+/* as far as its circuit goes, may s take a request now (without taking a trial slot) */
+static int cb_allows(const struct lb_shm_server *v)
+{
+	int st = atomic_load_explicit(&v->cb_state, memory_order_relaxed);
+	if (st == CB_CLOSED)
+		return 1;
+	if (st == CB_OPEN && g_now < atomic_load_explicit(&v->cb_until, memory_order_relaxed))
+		return 0;
+	return atomic_load_explicit(&v->cb_trials, memory_order_relaxed) < LB_CB_TRIALS;
+}
+
 static int usable(const struct lb_server *s)
 {
-	return !s->disabled && !s->down && (s->max_conn == 0 || srv_active(s) < s->max_conn);
+	if (s->disabled || s->down)
+		return 0;
+	if (s->shm && (atomic_load_explicit(&s->shm->down, memory_order_relaxed) || !cb_allows(s->shm)))
+		return 0;
+	return s->max_conn == 0 || srv_active(s) < s->max_conn;
 }
 
 /* Which tier serves: primaries when any is usable, else backups. -1 when none. */
@@ -2776,7 +2934,7 @@ struct lb_server *lb_pick(struct lb_pool *p, uint64_t key, uint64_t rnd)
  * A handler whose peer hung up is deregistered while it wants nothing, so HUP cannot spin. */
 
 enum { EV_R = 1, EV_W = 2, EV_ERR = 4, EV_HUP = 8 };
-enum { H_LISTEN = 1, H_CLIENT, H_BACKEND, H_SIGNAL, H_CTL };
+enum { H_LISTEN = 1, H_CLIENT, H_BACKEND, H_SIGNAL, H_CTL, H_HEALTH };
 
 struct evh {
 	int kind;
@@ -2787,7 +2945,6 @@ struct evh {
 	size_t pidx;
 };
 
-static uint64_t g_now; /* monotonic ms, once per loop turn */
 
 static uint64_t wall_ms(void) /* for logs only */
 {
@@ -3015,6 +3172,7 @@ struct conn {
 	struct lb_server *sticky;      /* the server the client's sticky cookie names, if any */
 	int set_cookie;                /* the response names the chosen server in a new cookie */
 	int retries_left, reuse_retried;
+	int cb_trial;                  /* holds a trial slot of its server's half-open circuit */
 	int req_bodyless, req_idem, req_method, req_minor, upgrade;
 	int resp_status, resp_started;
 	uint64_t resp_timeout;
@@ -3293,6 +3451,10 @@ static int rl_take(uint64_t key, const struct lb_rate_limit *rl, uint64_t *retry
 static int ipc_take(struct conn *c);
 static void ipc_release(struct conn *c);
 static int conn_admitted(struct conn *c);                  /* section 14 */
+static int cb_begin(struct conn *c, struct lb_server *s);  /* section 10 */
+static void cb_abandon(struct conn *c);
+static void cb_outcome(struct conn *c, struct lb_server *s, int failed, const char *why);
+static void cb_response(struct conn *c, int status);
 static void srv_hold(struct lb_server *s);     /* section 11 */
 static void srv_unhold(struct lb_server *s);
 static void count_exchange(const struct conn *c);
@@ -3326,6 +3488,7 @@ static void backend_release(struct conn *c, int reuse)
 			bconn_close(b);
 		}
 	}
+	cb_abandon(c);
 	if (c->holds_srv) {
 		srv_unhold(c->srv);
 		c->holds_srv = 0;
@@ -3643,8 +3806,11 @@ static int backend_connect(struct conn *c, struct lb_server *s)
 	c->t_conn = g_now;
 	if (c->pool->send_proxy)
 		proxy_header_for(c, b);
-	if (connect(b->h.fd, (struct sockaddr *)&s->sa, s->salen) == 0)
+	if (connect(b->h.fd, (struct sockaddr *)&s->sa, s->salen) == 0) {
 		b->connected = 1;
+		if (c->L->mode == LB_MODE_TCP)
+			cb_outcome(c, s, 0, "");
+	}
 	else if (errno != EINPROGRESS)
 		b->reset = errno ? errno : ECONNREFUSED; /* reported by the caller's next step */
 	return 0;
@@ -3668,6 +3834,8 @@ static void backend_assign(struct conn *c, struct lb_server *avoid)
 		}
 		c->set_cookie = p->sticky_cookie[0] != 0;
 	}
+	if (s && s != avoid && !cb_begin(c, s))
+		s = NULL; /* its half-open circuit's trial slots went to other workers meanwhile */
 	if (!s || s == avoid) {
 		if (c->L->mode == LB_MODE_TCP) {
 			conn_abort(c, avoid ? "no other usable server to retry on" : "no usable server");
@@ -3722,9 +3890,11 @@ static void backend_failed(struct conn *c, int status, const char *why, int retr
 {
 	struct lb_server *failed = c->srv;
 	int reused = c->b && c->b->reused;
-	backend_release(c, 0);
 	int clean = !c->resp_started && (c->L->mode == LB_MODE_TCP ? c->bytes_out == 0 && c->bytes_in == 0
 	                                                              : c->r == R_WAIT && c->req_bodyless);
+	if (!(retryable && clean && reused && !c->reuse_retried)) /* not a kept-alive connection it had closed */
+		cb_outcome(c, failed, 1, why);
+	backend_release(c, 0);
 	if (retryable && clean && reused && !c->reuse_retried) {
 		c->reuse_retried = 1; /* a kept-alive connection the server had just closed */
 		backend_assign(c, NULL);
@@ -4216,6 +4386,7 @@ static void handle_response(struct conn *c, const struct lb_resp *rs, size_t n)
 		return;
 	}
 	c->resp_status = rs->status;
+	cb_response(c, rs->status);
 	c->backend_reuse = !(rs->flags & LB_HF_CLOSE) && !c->upgrade && c->req_minor == 1;
 	if (rs->status == 101) {
 		c->resp_left = 0;
@@ -4753,6 +4924,459 @@ static void tcp_start(struct conn *c)
 	c->wall_start_ms = wall_ms();
 	c->resp_status = 200;
 	backend_assign(c, NULL);
+}
+
+/* ==================================================================== 10. health checks, circuit breaker, events
+ * Health checks: worker 1 of the current generation checks every server (so checks do not
+ * multiply with workers) and publishes up/down in shared memory, which every worker's usable()
+ * reads. The circuit breaker lives per server in shared memory: every worker records the
+ * outcome of its exchanges; a state change is a compare-and-swap, so exactly one process logs
+ * it and publishes it as an event. Events reach the master through a shared ring; the master
+ * runs alert_command with each. */
+
+struct lb_event {
+	_Atomic uint64_t seq;              /* n + 1 once event n is complete; 0 while written */
+	uint64_t wall_ms;
+	char kind[16];
+	char pool[LB_NAME_MAX], server[LB_NAME_MAX];
+	char reason[256];
+};
+#define LB_EVENTS 128
+struct lb_events {
+	_Atomic uint64_t head;
+	struct lb_event e[LB_EVENTS];
+};
+static struct lb_events *g_events;
+
+static int events_create(void)
+{
+	void *p = mmap(NULL, sizeof *g_events, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED) {
+		lb_err("event ring: %s", strerror(errno));
+		return -1;
+	}
+	g_events = p;
+	return 0;
+}
+
+static void event_emit(const char *kind, const struct lb_pool *p, const struct lb_server *s, const char *reason)
+{
+	if (!g_events)
+		return;
+	uint64_t n = atomic_fetch_add(&g_events->head, 1);
+	struct lb_event *e = &g_events->e[n % LB_EVENTS];
+	atomic_store_explicit(&e->seq, 0, memory_order_release);
+	e->wall_ms = wall_ms();
+	snprintf(e->kind, sizeof e->kind, "%s", kind);
+	snprintf(e->pool, sizeof e->pool, "%s", p ? p->name : "");
+	snprintf(e->server, sizeof e->server, "%s", s ? s->name : "");
+	snprintf(e->reason, sizeof e->reason, "%s", reason);
+	atomic_store_explicit(&e->seq, n + 1, memory_order_release);
+}
+
+/* -------------------------------------------------------------------- circuit breaker */
+
+static int cb_on(const struct lb_pool *p) { return p->cb_failures || p->cb_error_rate; }
+
+static void cb_trip(const struct lb_pool *p, const struct lb_server *s, int from, const char *reason)
+{
+	struct lb_shm_server *v = s->shm;
+	atomic_store(&v->cb_until, g_now + p->cb_open);
+	int exp = from;
+	if (!atomic_compare_exchange_strong(&v->cb_state, &exp, CB_OPEN))
+		return;
+	atomic_fetch_add_explicit(&v->n_open, 1, memory_order_relaxed);
+	lb_err("server %s/%s: circuit open for %llu ms: %s", p->name, s->name, (unsigned long long)p->cb_open, reason);
+	event_emit("circuit_open", p, s, reason);
+}
+
+static void cb_close(const struct lb_pool *p, const struct lb_server *s)
+{
+	struct lb_shm_server *v = s->shm;
+	int exp = CB_HALF;
+	if (!atomic_compare_exchange_strong(&v->cb_state, &exp, CB_CLOSED))
+		return;
+	atomic_store(&v->cb_consec, 0);
+	atomic_store(&v->cb_win_req, 0);
+	atomic_store(&v->cb_win_fail, 0);
+	atomic_store(&v->cb_win_start, g_now);
+	atomic_fetch_add_explicit(&v->n_close, 1, memory_order_relaxed);
+	lb_err("server %s/%s: circuit closed: a trial request succeeded", p->name, s->name);
+	event_emit("circuit_close", p, s, "a trial request succeeded");
+}
+
+/* a server back up after health checks starts with a closed circuit */
+static void cb_reset(const struct lb_pool *p, const struct lb_server *s)
+{
+	struct lb_shm_server *v = s->shm;
+	atomic_store(&v->cb_consec, 0);
+	atomic_store(&v->cb_win_req, 0);
+	atomic_store(&v->cb_win_fail, 0);
+	int st = atomic_exchange(&v->cb_state, CB_CLOSED);
+	if (st == CB_CLOSED)
+		return;
+	atomic_fetch_add_explicit(&v->n_close, 1, memory_order_relaxed);
+	lb_err("server %s/%s: circuit closed: the server passed its health checks", p->name, s->name);
+	event_emit("circuit_close", p, s, "the server passed its health checks");
+}
+
+/* The pick fell on s. An open circuit whose time is up turns half-open; a half-open one lends
+ * one of its trial slots. 0: the circuit refuses (other workers took the slots meanwhile). */
+static int cb_begin(struct conn *c, struct lb_server *s)
+{
+	struct lb_shm_server *v = s->shm;
+	c->cb_trial = 0;
+	if (!v || !cb_on(c->pool))
+		return 1;
+	int st = atomic_load(&v->cb_state);
+	if (st == CB_CLOSED)
+		return 1;
+	if (st == CB_OPEN) {
+		if (g_now < atomic_load(&v->cb_until))
+			return 0;
+		if (atomic_compare_exchange_strong(&v->cb_state, &st, CB_HALF))
+			lb_err("server %s/%s: circuit half-open: letting up to %d trial requests through", c->pool->name,
+			       s->name, LB_CB_TRIALS);
+	}
+	if (atomic_fetch_add(&v->cb_trials, 1) >= LB_CB_TRIALS) {
+		atomic_fetch_sub(&v->cb_trials, 1);
+		return 0;
+	}
+	c->cb_trial = 1;
+	return 1;
+}
+
+/* the exchange ended without a verdict (the client left): give the trial slot back */
+static void cb_abandon(struct conn *c)
+{
+	if (c->cb_trial && c->srv && c->srv->shm)
+		atomic_fetch_sub(&c->srv->shm->cb_trials, 1);
+	c->cb_trial = 0;
+}
+
+/* Record how an exchange with s went: failed (connect error, reset, timeout, 5xx, slow) or not. */
+static void cb_outcome(struct conn *c, struct lb_server *s, int failed, const char *why)
+{
+	struct lb_shm_server *v = s ? s->shm : NULL;
+	const struct lb_pool *p = c->pool;
+	int trial = c->cb_trial;
+	cb_abandon(c);
+	if (!v || !cb_on(p))
+		return;
+	if (trial) {
+		char reason[320];
+		snprintf(reason, sizeof reason, "trial request failed: %s", why);
+		if (failed)
+			cb_trip(p, s, CB_HALF, reason);
+		else
+			cb_close(p, s);
+		return;
+	}
+	if (atomic_load(&v->cb_state) != CB_CLOSED)
+		return; /* an exchange begun before the circuit opened */
+	uint32_t consec = 0;
+	if (failed)
+		consec = atomic_fetch_add(&v->cb_consec, 1) + 1;
+	else
+		atomic_store(&v->cb_consec, 0);
+	uint64_t ws = atomic_load(&v->cb_win_start);
+	if (g_now - ws >= p->cb_window && atomic_compare_exchange_strong(&v->cb_win_start, &ws, g_now)) {
+		atomic_store(&v->cb_win_req, 0);
+		atomic_store(&v->cb_win_fail, 0);
+	}
+	uint32_t req = atomic_fetch_add(&v->cb_win_req, 1) + 1;
+	uint32_t bad = failed ? atomic_fetch_add(&v->cb_win_fail, 1) + 1 : atomic_load(&v->cb_win_fail);
+	char reason[400];
+	if (p->cb_failures && consec >= p->cb_failures)
+		snprintf(reason, sizeof reason, "%u consecutive failures, the last: %s", consec, why);
+	else if (failed && p->cb_error_rate && req >= p->cb_min_requests &&
+	         (uint64_t)bad * 100 >= (uint64_t)p->cb_error_rate * req)
+		snprintf(reason, sizeof reason, "%u of the last %u requests failed (circuit_error_rate %u%%), the last: %s",
+		         bad, req, p->cb_error_rate, why);
+	else
+		return;
+	cb_trip(p, s, CB_CLOSED, reason);
+}
+
+/* a response head from the server: 5xx (but 501 and 505, which say what the server does not
+ * do) and answers slower than circuit_slow count as failures */
+static void cb_response(struct conn *c, int status)
+{
+	char why[96];
+	uint64_t waited = c->q == Q_DONE ? g_now - LB_MAX(c->t_req_done, c->t_conn) : 0; /* not while uploading */
+	if (status >= 500 && status != 501 && status != 505) {
+		snprintf(why, sizeof why, "status %d", status);
+		cb_outcome(c, c->srv, 1, why);
+	} else if (c->pool->cb_slow && waited > c->pool->cb_slow) {
+		snprintf(why, sizeof why, "response after %llu ms (circuit_slow %llu ms)", (unsigned long long)waited,
+		         (unsigned long long)c->pool->cb_slow);
+		cb_outcome(c, c->srv, 1, why);
+	} else {
+		cb_outcome(c, c->srv, 0, "");
+	}
+}
+
+/* -------------------------------------------------------------------- active health checks */
+
+struct hc {
+	struct evh h;
+	struct lb_pool *p;
+	struct lb_server *s;
+	int busy, connected;
+	uint64_t due;                 /* the next check, or the running check's deadline */
+	size_t sent, reqlen, n;
+	char req[LB_HOST_MAX + 320];
+	char buf[4096];               /* the response head */
+};
+static struct hc *g_hc;
+static size_t g_nhc;
+static uint64_t g_hc_next = UINT64_MAX;
+static struct lb_resp g_hc_resp;
+
+static int hc_expected(const struct lb_pool *p, int status)
+{
+	for (size_t i = 0; i < p->nhc_expect; i++)
+		if (status >= p->hc_expect[i].lo && status <= p->hc_expect[i].hi)
+			return 1;
+	return 0;
+}
+
+static void hc_verdict(struct hc *k, int ok, const char *why)
+{
+	struct lb_shm_server *v = k->s->shm;
+	const struct lb_pool *p = k->p;
+	atomic_fetch_add_explicit(&v->n_checks, 1, memory_order_relaxed);
+	if (ok) {
+		atomic_store(&v->hc_fail, 0);
+		uint32_t oks = atomic_fetch_add(&v->hc_ok, 1) + 1;
+		if (atomic_load(&v->down) && oks >= p->hc_rise) {
+			atomic_store(&v->down, 0);
+			atomic_fetch_add_explicit(&v->n_up, 1, memory_order_relaxed);
+			char reason[96];
+			snprintf(reason, sizeof reason, "%u health checks passed", oks);
+			lb_err("server %s/%s is up: %s", p->name, k->s->name, reason);
+			event_emit("server_up", p, k->s, reason);
+			cb_reset(p, k->s); /* failures while it was down say nothing about it now */
+		}
+		return;
+	}
+	atomic_fetch_add_explicit(&v->n_check_fails, 1, memory_order_relaxed);
+	atomic_store(&v->hc_ok, 0);
+	uint32_t fails = atomic_fetch_add(&v->hc_fail, 1) + 1;
+	if (!atomic_load(&v->down) && fails >= p->hc_fall) {
+		atomic_store(&v->down, 1);
+		atomic_fetch_add_explicit(&v->n_down, 1, memory_order_relaxed);
+		char reason[400];
+		snprintf(reason, sizeof reason, "health check: %s (%u failed in a row)", why, fails);
+		lb_err("server %s/%s is down: %s", p->name, k->s->name, reason);
+		event_emit("server_down", p, k->s, reason);
+	}
+}
+
+static void hc_done(struct hc *k, int ok, const char *why)
+{
+	if (k->h.fd >= 0) {
+		ev_forget(&k->h);
+		close(k->h.fd);
+		k->h.fd = -1;
+	}
+	k->busy = 0;
+	k->due = g_now + k->p->hc_interval;
+	g_hc_next = LB_MIN(g_hc_next, k->due);
+	hc_verdict(k, ok, why);
+}
+
+static void hc_start(struct hc *k)
+{
+	char why[128];
+	k->busy = 1;
+	k->connected = 0;
+	k->sent = k->n = 0;
+	k->due = g_now + k->p->hc_timeout;
+	memset(&k->h, 0, sizeof k->h);
+	k->h.kind = H_HEALTH;
+	k->h.fd = socket(k->s->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (k->h.fd < 0) {
+		snprintf(why, sizeof why, "socket: %s", strerror(errno));
+		hc_done(k, 0, why);
+		return;
+	}
+	if (connect(k->h.fd, (struct sockaddr *)&k->s->sa, k->s->salen) != 0 && errno != EINPROGRESS) {
+		snprintf(why, sizeof why, "connect: %s", strerror(errno));
+		hc_done(k, 0, why);
+		return;
+	}
+	k->h.want = EV_W;
+	ev_apply(&k->h);
+}
+
+/* the response head so far: judged when complete */
+static int hc_judge(struct hc *k, int eof)
+{
+	char why[160];
+	int rc = lb_parse_response(k->buf, k->n, &g_hc_resp);
+	if (rc == LB_EAGAIN && !eof && k->n < sizeof k->buf)
+		return 0;
+	if (rc > 0 && hc_expected(k->p, g_hc_resp.status)) {
+		hc_done(k, 1, "");
+		return 1;
+	}
+	if (rc > 0)
+		snprintf(why, sizeof why, "status %d", g_hc_resp.status);
+	else if (rc == LB_EAGAIN)
+		snprintf(why, sizeof why, eof ? "closed before a complete response head" : "response head over 4 KB");
+	else
+		snprintf(why, sizeof why, "invalid response: %s", g_hc_resp.error ? g_hc_resp.error : "?");
+	hc_done(k, 0, why);
+	return 1;
+}
+
+static void hc_io(struct hc *k)
+{
+	char why[160];
+	if (!k->busy)
+		return;
+	if (!k->connected) {
+		int err = 0;
+		socklen_t el = sizeof err;
+		if (getsockopt(k->h.fd, SOL_SOCKET, SO_ERROR, &err, &el) != 0)
+			err = errno;
+		if (err) {
+			snprintf(why, sizeof why, "connect: %s", strerror(err));
+			hc_done(k, 0, why);
+			return;
+		}
+		struct sockaddr_storage peer;
+		socklen_t pl = sizeof peer;
+		if (getpeername(k->h.fd, (struct sockaddr *)&peer, &pl) != 0)
+			return; /* still connecting: a spurious event */
+		k->connected = 1;
+		if (k->p->hc_kind == LB_HC_TCP) {
+			hc_done(k, 1, "");
+			return;
+		}
+	}
+	while (k->sent < k->reqlen) {
+		ssize_t n = send(k->h.fd, k->req + k->sent, k->reqlen - k->sent, MSG_NOSIGNAL);
+		if (n < 0) {
+			if (io_again())
+				return;
+			snprintf(why, sizeof why, "send: %s", strerror(errno));
+			hc_done(k, 0, why);
+			return;
+		}
+		k->sent += (size_t)n;
+		if (k->sent == k->reqlen) {
+			k->h.want = EV_R;
+			ev_apply(&k->h);
+		}
+	}
+	for (;;) {
+		ssize_t n = recv(k->h.fd, k->buf + k->n, sizeof k->buf - k->n, 0);
+		if (n < 0 && io_again())
+			return;
+		if (n < 0) {
+			snprintf(why, sizeof why, "recv: %s", strerror(errno));
+			hc_done(k, 0, why);
+			return;
+		}
+		k->n += (size_t)n;
+		if (hc_judge(k, n == 0))
+			return;
+	}
+}
+
+static int hc_wanted(const struct lb_pool *p, const struct lb_server *s)
+{
+	return (p->hc_kind == LB_HC_HTTP || p->hc_kind == LB_HC_TCP) && !s->disabled && s->shm;
+}
+
+/* worker 1: one check per server of the configuration, first ones spread over 100 ms */
+static void hc_setup(void)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < g_conf->npools; i++)
+		for (size_t j = 0; j < g_conf->pools[i].nservers; j++)
+			n += (size_t)hc_wanted(&g_conf->pools[i], &g_conf->pools[i].servers[j]);
+	if (!n || !(g_hc = calloc(n, sizeof *g_hc)))
+		return;
+	for (size_t i = 0; i < g_conf->npools; i++) {
+		struct lb_pool *p = &g_conf->pools[i];
+		for (size_t j = 0; j < p->nservers; j++) {
+			struct lb_server *s = &p->servers[j];
+			if (!hc_wanted(p, s))
+				continue;
+			struct hc *k = &g_hc[g_nhc];
+			k->p = p;
+			k->s = s;
+			k->h.fd = -1;
+			k->due = g_now + g_nhc * 100 / n;
+			int rn = snprintf(k->req, sizeof k->req,
+			                  "%s %s HTTP/1.1\r\nHost: %s%s%s:%u\r\nUser-Agent: lb-health-check/" LB_VERSION
+			                  "\r\nConnection: close\r\n\r\n",
+			                  p->hc_method, p->hc_path, strchr(s->host, ':') ? "[" : "", s->host,
+			                  strchr(s->host, ':') ? "]" : "", (unsigned)s->port);
+			k->reqlen = rn > 0 ? LB_MIN((size_t)rn, sizeof k->req - 1) : 0;
+			g_nhc++;
+		}
+	}
+	g_hc_next = g_now;
+}
+
+static void hc_tick(void)
+{
+	if (g_now < g_hc_next)
+		return;
+	uint64_t next = UINT64_MAX;
+	for (size_t i = 0; i < g_nhc; i++) {
+		struct hc *k = &g_hc[i];
+		if (k->due <= g_now) {
+			if (k->busy) {
+				char why[64];
+				snprintf(why, sizeof why, "no answer within %llu ms", (unsigned long long)k->p->hc_timeout);
+				hc_done(k, 0, why);
+			} else {
+				hc_start(k);
+			}
+		}
+		next = LB_MIN(next, k->due);
+	}
+	g_hc_next = next;
+}
+
+/* a retiring worker 1 leaves the checks to its successor */
+static void hc_stop(void)
+{
+	for (size_t i = 0; i < g_nhc; i++)
+		if (g_hc[i].h.fd >= 0) {
+			ev_forget(&g_hc[i].h);
+			close(g_hc[i].h.fd);
+		}
+	free(g_hc);
+	g_hc = NULL;
+	g_nhc = 0;
+	g_hc_next = UINT64_MAX;
+}
+
+/* every worker, once a second: idle connections to a server marked down are closed */
+static void idle_sweep(void)
+{
+	static uint64_t next;
+	if (g_now < next)
+		return;
+	next = g_now + 1000;
+	for (size_t i = 0; i < g_conf->npools; i++)
+		for (size_t j = 0; j < g_conf->pools[i].nservers; j++) {
+			struct lb_server *s = &g_conf->pools[i].servers[j];
+			if (!s->idle || !s->shm || !atomic_load_explicit(&s->shm->down, memory_order_relaxed))
+				continue;
+			while (s->idle) {
+				struct lb_bconn *b = s->idle;
+				s->idle = b->next;
+				bconn_close(b);
+			}
+			s->nidle = 0;
+		}
 }
 
 /* ==================================================================== 11. shared memory
@@ -5301,6 +5925,7 @@ static void begin_stop(void)
 		return;
 	g_stopping = 1;
 	g_stop_began = g_now;
+	hc_stop();
 	g_stop_deadline = g_now + g_conf->shutdown_timeout;
 	lb_err("stopping: no new connections; finishing %zu open ones (at most %llu ms)", g_nconns,
 	       (unsigned long long)g_conf->shutdown_timeout);
@@ -5343,6 +5968,9 @@ static void on_event(struct evh *h, unsigned ev)
 	case H_SIGNAL:
 		on_signals();
 		break;
+	case H_HEALTH:
+		hc_io((struct hc *)h);
+		break;
 	case H_CTL:
 		on_ctl();
 		break;
@@ -5377,6 +6005,8 @@ static void on_event(struct evh *h, unsigned ev)
 				break;
 			}
 			b->connected = 1;
+			if (c->L->mode == LB_MODE_TCP)
+				cb_outcome(c, c->srv, 0, "");
 		}
 		conn_progress(c);
 		ev_narrow(h, spurious);
@@ -5419,9 +6049,8 @@ static int next_timeout(void)
 {
 	if (g_pending)
 		return 0;
-	if (g_nheap == 0)
-		return 1000;
-	uint64_t d = g_heap[0]->deadline;
+	uint64_t d = g_nheap ? g_heap[0]->deadline : UINT64_MAX;
+	d = LB_MIN(d, g_hc_next);
 	return d <= g_now ? 0 : (int)LB_MIN(d - g_now, 1000);
 }
 
@@ -5526,10 +6155,14 @@ static int setup_runtime(void)
 static int run_loop(void)
 {
 	g_now = mono_ms();
+	if (g_worker_id == 1)
+		hc_setup();
 	for (;;) {
 		ev_wait(next_timeout(), on_event);
 		run_pending();
 		run_timers();
+		hc_tick();
+		idle_sweep();
 		reap_dead();
 		log_flush();
 		if (g_accept_paused && !g_stopping && g_nconns < g_conf->max_connections)
@@ -5767,6 +6400,132 @@ static int live_workers(void)
 	return n;
 }
 
+/* -------------------------------------------------------------------- alerts (master)
+ * Each event from the shared ring is logged by whoever caused it; the master hands it to
+ * alert_command as one JSON object on stdin. The command runs as the workers' user, never
+ * blocks the master (the JSON fits in the pipe), and is killed after LB_ALERT_MAX_MS. */
+
+#define LB_ALERTS_RUNNING 16
+#define LB_ALERT_MAX_MS 30000
+static struct {
+	pid_t pid;
+	uint64_t started;
+	char what[LB_NAME_MAX * 2 + 24];
+} g_alerts[LB_ALERTS_RUNNING];
+static uint64_t g_ev_tail;
+
+static size_t json_str(char *out, size_t cap, const char *s)
+{
+	size_t o = 0;
+	for (; *s && o + 7 < cap; s++) {
+		unsigned char ch = (unsigned char)*s;
+		if (ch == '"' || ch == '\\')
+			out[o++] = '\\', out[o++] = (char)ch;
+		else if (ch < 0x20 || ch == 0x7f)
+			o += (size_t)snprintf(out + o, cap - o, "\\u%04x", ch);
+		else
+			out[o++] = (char)ch;
+	}
+	out[o] = 0;
+	return o;
+}
+
+static int event_json(const struct lb_event *e, char *out, size_t cap)
+{
+	char ts[40], kind[40], pool[2 * LB_NAME_MAX], srv[2 * LB_NAME_MAX], reason[600];
+	time_t sec = (time_t)(e->wall_ms / 1000);
+	struct tm tm;
+	gmtime_r(&sec, &tm);
+	strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
+	json_str(kind, sizeof kind, e->kind);
+	json_str(pool, sizeof pool, e->pool);
+	json_str(srv, sizeof srv, e->server);
+	json_str(reason, sizeof reason, e->reason);
+	return snprintf(out, cap, "{\"time\":\"%s.%03dZ\",\"kind\":\"%s\",\"pool\":\"%s\",\"server\":\"%s\",\"reason\":\"%s\"}\n",
+	                ts, (int)(e->wall_ms % 1000), kind, pool, srv, reason);
+}
+
+static void alert_run(const struct lb_event *e)
+{
+	int slot = 0;
+	while (slot < LB_ALERTS_RUNNING && g_alerts[slot].pid)
+		slot++;
+	if (slot == LB_ALERTS_RUNNING) {
+		lb_err("alert_command: %d still running; %s %s/%s not sent", LB_ALERTS_RUNNING, e->kind, e->pool, e->server);
+		return;
+	}
+	char json[1500];
+	int n = event_json(e, json, sizeof json);
+	int pfd[2];
+	if (n <= 0 || pipe2(pfd, O_CLOEXEC) != 0) {
+		lb_err("alert_command: pipe: %s", strerror(errno));
+		return;
+	}
+	pid_t pid = fork();
+	if (pid == 0) {
+		sigprocmask(SIG_SETMASK, &g_spawn_mask, NULL);
+		signal(SIGPIPE, SIG_DFL);
+		signal(SIGQUIT, SIG_DFL);
+		if (dup2(pfd[0], 0) < 0 || dup2(g_errfd, 1) < 0 || dup2(g_errfd, 2) < 0 || drop_privileges() != 0)
+			_exit(126);
+		execl("/bin/sh", "sh", "-c", g_conf->alert_command, (char *)NULL);
+		_exit(127);
+	}
+	close(pfd[0]);
+	if (pid < 0) {
+		lb_err("alert_command: fork: %s", strerror(errno));
+	} else {
+		ssize_t w = write(pfd[1], json, (size_t)n); /* < PIPE_BUF into an empty pipe: whole, at once */
+		LB_UNUSED(w);
+		g_alerts[slot].pid = pid;
+		g_alerts[slot].started = mono_ms();
+		snprintf(g_alerts[slot].what, sizeof g_alerts[slot].what, "%s %s/%s", e->kind, e->pool, e->server);
+	}
+	close(pfd[1]);
+}
+
+/* new events in the ring: to alert_command (a slow master may find some overwritten) */
+static void master_events(void)
+{
+	uint64_t head = atomic_load(&g_events->head);
+	if (head - g_ev_tail > LB_EVENTS) {
+		lb_err("events: %llu lost (more than %d between two looks)", (unsigned long long)(head - g_ev_tail - LB_EVENTS),
+		       LB_EVENTS);
+		g_ev_tail = head - LB_EVENTS;
+	}
+	for (; g_ev_tail < head; g_ev_tail++) {
+		struct lb_event *e = &g_events->e[g_ev_tail % LB_EVENTS], copy;
+		if (atomic_load_explicit(&e->seq, memory_order_acquire) != g_ev_tail + 1)
+			break; /* still being written: next time */
+		memcpy(&copy, e, sizeof copy);
+		if (atomic_load_explicit(&e->seq, memory_order_acquire) != g_ev_tail + 1)
+			continue; /* overwritten while copied */
+		if (g_conf->alert_command)
+			alert_run(&copy);
+	}
+	for (int i = 0; i < LB_ALERTS_RUNNING; i++)
+		if (g_alerts[i].pid && mono_ms() - g_alerts[i].started > LB_ALERT_MAX_MS) {
+			lb_err("alert_command for %s: still running after %d s: killed", g_alerts[i].what, LB_ALERT_MAX_MS / 1000);
+			kill(g_alerts[i].pid, SIGKILL);
+			g_alerts[i].started = UINT64_MAX / 2; /* reaped soon; no second kill line */
+		}
+}
+
+static int alert_reaped(pid_t pid, int st)
+{
+	for (int i = 0; i < LB_ALERTS_RUNNING; i++) {
+		if (g_alerts[i].pid != pid)
+			continue;
+		if (WIFSIGNALED(st))
+			lb_err("alert_command for %s: ended by signal %d", g_alerts[i].what, WTERMSIG(st));
+		else if (WEXITSTATUS(st))
+			lb_err("alert_command for %s: failed with exit status %d", g_alerts[i].what, WEXITSTATUS(st));
+		g_alerts[i].pid = 0;
+		return 1;
+	}
+	return 0;
+}
+
 static void master_reap(void)
 {
 	int st;
@@ -5775,8 +6534,10 @@ static void master_reap(void)
 		int i = 0;
 		while (i < LB_MAX_WORKERS && g_wk[i].pid != pid)
 			i++;
-		if (i == LB_MAX_WORKERS)
+		if (i == LB_MAX_WORKERS) {
+			alert_reaped(pid, st);
 			continue;
+		}
 		struct worker *w = &g_wk[i];
 		int expected = w->retiring || g_mstop || w->gen != g_gen;
 		char how[48];
@@ -5785,8 +6546,11 @@ static void master_reap(void)
 		else
 			snprintf(how, sizeof how, "with status %d", WEXITSTATUS(st));
 		shm_release_slot(i);
-		if (WIFSIGNALED(st) || WEXITSTATUS(st))
+		if (WIFSIGNALED(st) || WEXITSTATUS(st)) {
 			ipc_reset();
+			for (uint32_t k = 0; k < g_shm->nservers; k++) /* its trial slots, if any, die with it */
+				atomic_store(&g_shm->s[k].cb_trials, 0);
+		}
 		close(w->ctl);
 		w->pid = 0;
 		w->ctl = -1;
@@ -6158,6 +6922,7 @@ static int master_run(void)
 		}
 		master_restart_due();
 		master_log_tick();
+		master_events();
 	}
 	master_reap();
 	log_server_totals("totals");
@@ -6324,7 +7089,8 @@ int lb_main(int argc, char **argv)
 	if (g_conf->access_log && retarget_log(&g_accfd, g_conf->access_log, 0) != 0)
 		return 1;
 	if (resolve_user(g_conf) != 0 || shm_create() != 0 || shm_map_conf(g_conf) != 0 ||
-	    rl_create(g_conf->rate_limit_entries) != 0 || ipc_create() != 0 || msocks_open(g_conf) != 0)
+	    rl_create(g_conf->rate_limit_entries) != 0 || ipc_create() != 0 || events_create() != 0 ||
+	    msocks_open(g_conf) != 0)
 		return 1;
 	if (g_conf->pid_file && write_pid_file(g_conf->pid_file) != 0)
 		return 1;

@@ -220,6 +220,7 @@ int lb_ip_format(const struct lb_ip *ip, char *out, size_t cap);
 enum lb_mode { LB_MODE_HTTP = 0, LB_MODE_TCP = 1 };
 enum lb_algo { LB_ALGO_RR = 0, LB_ALGO_LEASTCONN, LB_ALGO_IPHASH, LB_ALGO_RANDOM2 };
 enum lb_logfmt { LB_LOG_COMBINED = 0, LB_LOG_JSON };
+enum lb_hc { LB_HC_DEFAULT = 0, LB_HC_OFF, LB_HC_HTTP, LB_HC_TCP };
 
 struct lb_bconn;      /* a backend connection (lb.c) */
 struct lb_shm_server; /* a server's slot in the shared-memory segment (lb.c) */
@@ -253,6 +254,19 @@ struct lb_pool {
 	unsigned keepalive, retries;
 	char sticky_cookie[LB_NAME_MAX]; /* sticky = cookie NAME; "" = off */
 	int send_proxy;                  /* 0, 1 or 2: PROXY header version sent on new server connections */
+	/* active health checks (run by one process: worker 1 of the current generation) */
+	int hc_kind;                     /* LB_HC_*; LB_HC_DEFAULT until the config is complete */
+	char hc_method[16];
+	char hc_path[256];
+	uint64_t hc_interval, hc_timeout; /* ms */
+	unsigned hc_rise, hc_fall;
+	struct { uint16_t lo, hi; } hc_expect[8]; /* status ranges counted as healthy */
+	size_t nhc_expect;
+	/* circuit breaker per server, shared by the workers */
+	unsigned cb_failures;            /* consecutive failures that open it; 0 = off */
+	unsigned cb_error_rate;          /* percent over cb_window with >= cb_min_requests; 0 = off */
+	unsigned cb_min_requests;
+	uint64_t cb_window, cb_slow, cb_open; /* ms; cb_slow 0 = off */
 	uint32_t rr_seed;
 };
 
@@ -321,6 +335,7 @@ struct lb_conf {
 	char *pid_file;
 	uint64_t shutdown_timeout;   /* ms: bound on the graceful stop */
 	unsigned rate_limit_entries; /* size of the shared rate-limit table */
+	char *alert_command;         /* run with an event as JSON on stdin; NULL = none */
 	/* [log] */
 	char *access_log;            /* NULL = off, "stdout", or a path */
 	int log_format;

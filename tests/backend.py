@@ -12,8 +12,12 @@ http mode: a threaded HTTP/1.1 server with keep-alive. Every response carries `X
   GET /bytes?n=N[&chunked=1]  N bytes of pattern data (bytes 0..255 repeated), streamed in 64 KiB pieces
   POST|PUT /upload      reads the body (Content-Length or chunked, streamed), 200 {"bytes": N, "sha256": ...}
   POST /echo            echoes the body back with Content-Length
-  GET /stats            {"connections": accepted TCP connections, "requests": requests (this one included)}
+  GET /stats            {"connections": accepted TCP connections, "requests": requests (this one included),
+                         "health": requests to /health, "app": requests other than /health /stats /mode}
   GET /status?code=N    answers with that status (204 and 304 without a body)
+  GET /mode?set=M[&ms=N]  how every other request (all but /health, /stats, /mode) is answered from now:
+                        ok (as above), 500 (status 500), slow (after N ms), reset (the request is read,
+                        then the connection is reset without an answer)
   GET /ws               WebSocket (RFC 6455): echoes text/binary frames, answers ping, echoes close
   Expect: 100-continue  "HTTP/1.1 100 Continue" is sent before the body is read.
 tcp-echo mode: echoes bytes; on the client's EOF sends what remains, then closes.
@@ -51,21 +55,30 @@ class Stats:
         self.lock = threading.Lock()
         self.connections = 0
         self.requests = 0
+        self.health = 0
+        self.app = 0
 
     def conn(self):
         with self.lock:
             self.connections += 1
 
-    def req(self):
+    def req(self, path):
         with self.lock:
             self.requests += 1
+            if path == "/health":
+                self.health += 1
+            elif path not in CONTROL:
+                self.app += 1
 
     def snapshot(self):
         with self.lock:
-            return {"connections": self.connections, "requests": self.requests}
+            return {"connections": self.connections, "requests": self.requests, "health": self.health,
+                    "app": self.app}
 
 
 STATS = Stats()
+CONTROL = ("/health", "/stats", "/mode")
+MODE = {"m": "ok", "ms": 0}
 
 
 class Close(Exception):
@@ -274,7 +287,7 @@ class HTTPHandler(socketserver.BaseRequestHandler):
         req = self.read_head()
         if req is None:
             return False
-        STATS.req()
+        STATS.req(req.path)
         self.req = req
         conn = req.tokens("connection")
         if req.version == "HTTP/1.0":
@@ -295,7 +308,25 @@ class HTTPHandler(socketserver.BaseRequestHandler):
 
     def dispatch(self, req, body):
         p, m = req.path, req.method
-        if p == "/health":
+        mode = MODE["m"] if p not in CONTROL else "ok"
+        if mode == "slow":
+            time.sleep(MODE["ms"] / 1000.0)
+        elif mode == "500":
+            for _ in body.chunks():
+                pass
+            self.respond(500, "%s failing\n" % NAME)
+            return
+        elif mode == "reset":
+            for _ in body.chunks():
+                pass
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            raise Close()
+        if p == "/mode":
+            want = req.query.get("set", ["ok"])[0]
+            MODE["m"] = want if want in ("ok", "500", "slow", "reset") else "ok"
+            MODE["ms"] = max(0, req.qint("ms", 0))
+            self.respond(200, "mode %s\n" % MODE["m"])
+        elif p == "/health":
             self.respond(200, "ok")
         elif p == "/headers":
             d = {}

@@ -136,8 +136,9 @@ class Backend:
         self.port = None
         self.proc = None
 
-    def start(self):
-        self.port = free_port()
+    def start(self, port=None):
+        """Start it, on `port` (a restart at the same address) or on a free port."""
+        self.port = port or free_port()
         self.err = open(os.path.join(self.logdir, "backend-%s.stderr" % self.name), "ab")
         self.proc = subprocess.Popen(
             [sys.executable, BACKEND, "--port", str(self.port), "--name", self.name, "--mode", self.mode],

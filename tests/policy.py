@@ -1134,21 +1134,23 @@ def start_backends(suite):
     return "backends did not start: %s (see %s)" % ([bk.name for bk in pending], logdir)
 
 
-def where(exc):
-    me = os.path.abspath(__file__)
+def where(exc, file_name=__file__):
+    me = os.path.abspath(file_name)
     lines = [str(f.lineno) for f in traceback.extract_tb(exc.__traceback__)
-             if os.path.abspath(f.filename) == me and f.name != "main"]
-    return " (policy.py:%s)" % ",".join(lines) if lines else ""
+             if os.path.abspath(f.filename) == me and f.name != "run_suite"]
+    return " (%s:%s)" % (os.path.basename(me), ",".join(lines)) if lines else ""
 
 
-def main():
-    ap = argparse.ArgumentParser(description="lb traffic-policy integration tests")
+def run_suite(all_tests, label, budget, file_name):
+    """Run (name, fn, timeout) tests with backends a and b; one PASS/FAIL line each, then the summary
+    "LABEL: N passed, N failed"; exits 1 when any failed. Shared by policy.py and health.py."""
+    ap = argparse.ArgumentParser(description="lb %s integration tests" % label)
     ap.add_argument("--only", help="run tests whose name contains this")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = ap.parse_args()
-    tests = [t for t in TESTS if not args.only or args.only in t[0]]
-    suite_end = time.monotonic() + SUITE_BUDGET
-    tmp = tempfile.mkdtemp(prefix="lb-policy-")
+    tests = [t for t in all_tests if not args.only or args.only in t[0]]
+    suite_end = time.monotonic() + budget
+    tmp = tempfile.mkdtemp(prefix="lb-%s-" % label)
     os.chmod(tmp, 0o755)
     suite = Suite(tmp)
     passed = failed = 0
@@ -1178,13 +1180,13 @@ def main():
                 ctx = pr.Ctx(suite, name)
                 fn(ctx)
             except Timeout as e:
-                reason = "timed out after %.0f s%s" % (timeout, where(e))
+                reason = "timed out after %.0f s%s" % (timeout, where(e, file_name))
             except Skip as e:
                 skipped = str(e)
             except Fail as e:
                 reason = str(e)
             except Exception as e:
-                reason = "%s: %s%s" % (type(e).__name__, e, where(e))
+                reason = "%s: %s%s" % (type(e).__name__, e, where(e, file_name))
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
             if ctx is not None:
@@ -1223,9 +1225,9 @@ def main():
             print("kept %s" % tmp, file=sys.stderr)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-    print("policy: %d passed, %d failed" % (passed, failed), flush=True)
+    print("%s: %d passed, %d failed" % (label, passed, failed), flush=True)
     sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":
-    main()
+    run_suite(TESTS, "policy", SUITE_BUDGET, __file__)

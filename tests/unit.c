@@ -1493,6 +1493,15 @@ static void test_conf_defaults(void)
 			      p->keepalive == 32 && p->retries == 1,
 			      "pool defaults: expected rr/3000/60000/32/1, got %d/%" PRIu64 "/%" PRIu64 "/%u/%u", p->algorithm,
 			      p->connect_timeout, p->response_timeout, p->keepalive, p->retries);
+			CHECK(p->hc_kind == LB_HC_HTTP && !strcmp(p->hc_method, "GET") && !strcmp(p->hc_path, "/health") &&
+			      p->hc_interval == 10000 && p->hc_timeout == 2000 && p->hc_rise == 2 && p->hc_fall == 3 &&
+			      p->nhc_expect == 1 && p->hc_expect[0].lo == 200 && p->hc_expect[0].hi == 399,
+			      "health defaults: kind %d %s %s %" PRIu64 "/%" PRIu64 " rise %u fall %u", p->hc_kind, p->hc_method,
+			      p->hc_path, p->hc_interval, p->hc_timeout, p->hc_rise, p->hc_fall);
+			CHECK(p->cb_failures == 5 && p->cb_error_rate == 50 && p->cb_window == 10000 && p->cb_min_requests == 20 &&
+			      p->cb_slow == 5000 && p->cb_open == 30000,
+			      "circuit defaults: %u %u%% %" PRIu64 " %u %" PRIu64 " %" PRIu64, p->cb_failures, p->cb_error_rate,
+			      p->cb_window, p->cb_min_requests, p->cb_slow, p->cb_open);
 			if (p->nservers == 1)
 				CHECK(p->servers[0].weight == 1 && p->servers[0].max_conn == 0 && !p->servers[0].backup &&
 				      !p->servers[0].disabled, "server defaults: weight %u max_conn %u backup %d disabled %d",
@@ -1626,9 +1635,22 @@ static const struct cf_err cf_errs[] = {
 	  "[pool p]\nserver = s1 127.0.0.1:9000\n[listener l]\nbind = 127.0.0.1:8000\nmode = tcp\n", 3, 0, NULL, 1 },
 	{ "listener_without_bind", "[pool p]\nserver = s1 127.0.0.1:9000\n[listener l]\npool = p\n", 3, 0, NULL, 1 },
 	{ "unsupported_listener_tls", BASE "tls = on\n", 6, 0, "not supported", 1 },
-	{ "unsupported_pool_health_check",
-	  "[pool p]\nserver = s1 127.0.0.1:9000\nhealth_check = tcp\n[listener l]\nbind = 127.0.0.1:8000\npool = p\n",
-	  3, 0, "not supported", 1 },
+	{ "pool_health_check_bad", BASE "[pool q]\nserver = s9 127.0.0.1:9009\nhealth_check = http GET health\n", 8, 0,
+	  "health_check", 1 },
+	{ "pool_health_check_extra", BASE "[pool q]\nserver = s9 127.0.0.1:9009\nhealth_check = tcp 80\n", 8, 0,
+	  "health_check", 1 },
+	{ "pool_health_expect_range", BASE "[pool q]\nserver = s9 127.0.0.1:9009\nhealth_expect = 399-200\n", 8, 0,
+	  "health_expect", 1 },
+	{ "pool_health_interval_short", BASE "[pool q]\nserver = s9 127.0.0.1:9009\nhealth_interval = 10ms\n", 8, 0,
+	  "health_interval", 1 },
+	{ "pool_health_rise_zero", BASE "[pool q]\nserver = s9 127.0.0.1:9009\nhealth_rise = 0\n", 8, 0,
+	  "health_rise", 1 },
+	{ "pool_circuit_rate", BASE "[pool q]\nserver = s9 127.0.0.1:9009\ncircuit_error_rate = 50\n", 8, 0,
+	  "circuit_error_rate", 1 },
+	{ "pool_circuit_rate_range", BASE "[pool q]\nserver = s9 127.0.0.1:9009\ncircuit_error_rate = 150%\n", 8, 0,
+	  "circuit_error_rate", 1 },
+	{ "pool_circuit_open_bad", BASE "[pool q]\nserver = s9 127.0.0.1:9009\ncircuit_open = soon\n", 8, 0,
+	  "circuit_open", 1 },
 	{ "pool_send_proxy_bad", BASE "[pool q]\nserver = s9 127.0.0.1:9009\nsend_proxy = v3\n", 8, 0,
 	  "send_proxy", 1 },
 	{ "listener_proxy_protocol_bad", BASE "proxy_protocol = yes\ntrusted_proxies = 10.0.0.0/8\n", 6, 0,
@@ -2164,6 +2186,45 @@ static const char conf_routes[] =
 	"path = /s\n"
 	"split = p 90, q 10\n";
 
+/* health and circuit keys: explicit values, "off", lists of statuses; tcp listeners' pools
+ * default to tcp checks */
+static void test_conf_health(void)
+{
+	static const char t[] =
+		"[global]\nalert_command = /usr/local/bin/alert --json\n"
+		"[pool h]\nserver = s1 127.0.0.1:9000\nhealth_check = http HEAD /ready?x=1\nhealth_interval = 2s\n"
+		"health_timeout = 500ms\nhealth_rise = 1\nhealth_fall = 4\nhealth_expect = 200, 204, 301-302\n"
+		"circuit_failures = off\ncircuit_error_rate = 25%\ncircuit_window = 1m\ncircuit_min_requests = 7\n"
+		"circuit_slow = off\ncircuit_open = 5s\n"
+		"[pool t]\nserver = s2 127.0.0.1:9001\n"
+		"[pool o]\nserver = s3 127.0.0.1:9002\nhealth_check = off\n"
+		"[listener web]\nbind = 127.0.0.1:8000\npool = h\n"
+		"[listener raw]\nbind = 127.0.0.1:8001\nmode = tcp\npool = t\n";
+	struct lb_conf *c;
+	begin();
+	int rc = conf_parse(t, &c);
+	CHECK(rc == 0, "parse failed: %s", errs_str());
+	if (rc == 0) {
+		const struct lb_pool *h = &c->pools[0], *tp = &c->pools[1], *o = &c->pools[2];
+		CHECK(c->alert_command && !strcmp(c->alert_command, "/usr/local/bin/alert --json"), "alert_command %s",
+		      c->alert_command ? c->alert_command : "(null)");
+		CHECK(h->hc_kind == LB_HC_HTTP && !strcmp(h->hc_method, "HEAD") && !strcmp(h->hc_path, "/ready?x=1"),
+		      "health_check: %d %s %s", h->hc_kind, h->hc_method, h->hc_path);
+		CHECK(h->hc_interval == 2000 && h->hc_timeout == 500 && h->hc_rise == 1 && h->hc_fall == 4,
+		      "health timing %" PRIu64 "/%" PRIu64 " %u/%u", h->hc_interval, h->hc_timeout, h->hc_rise, h->hc_fall);
+		CHECK(h->nhc_expect == 3 && h->hc_expect[0].lo == 200 && h->hc_expect[0].hi == 200 &&
+		      h->hc_expect[1].lo == 204 && h->hc_expect[2].lo == 301 && h->hc_expect[2].hi == 302,
+		      "health_expect: %zu ranges", h->nhc_expect);
+		CHECK(h->cb_failures == 0 && h->cb_error_rate == 25 && h->cb_window == 60000 && h->cb_min_requests == 7 &&
+		      h->cb_slow == 0 && h->cb_open == 5000, "circuit keys: %u %u %" PRIu64 " %u %" PRIu64 " %" PRIu64,
+		      h->cb_failures, h->cb_error_rate, h->cb_window, h->cb_min_requests, h->cb_slow, h->cb_open);
+		CHECK(tp->hc_kind == LB_HC_TCP, "pool behind a tcp listener: check kind %d, expected tcp", tp->hc_kind);
+		CHECK(o->hc_kind == LB_HC_OFF, "health_check = off: kind %d", o->hc_kind);
+		lb_conf_free(c);
+	}
+	end("conf/health_and_circuit");
+}
+
 static void test_conf_sticky(void)
 {
 	const char *t = "[listener l]\nbind = 127.0.0.1:8000\npool = p\n[pool p]\nserver = s1 127.0.0.1:9000\n"
@@ -2556,6 +2617,7 @@ int main(void)
 	test_pick_none();
 	test_routes();
 	test_conf_sticky();
+	test_conf_health();
 	test_cidr();
 	test_proxy();
 	test_bucket();

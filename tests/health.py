@@ -1,0 +1,354 @@
+#!/usr/bin/env python3
+"""Integration tests for lb's health checks, circuit breaker, retries, backups and alerts.
+
+    python3 tests/health.py [--only SUBSTR] [--keep]
+
+The lb binary is $LB_BIN (default ./lb). The suite runner, clients and config helpers come from
+tests/policy.py; backends are tests/backend.py processes: a and b shared, and per test ones that
+are killed and restarted on the same port or switched to failing modes through their /mode
+endpoint (500 to every request, slow answers, reset connections). Times are scaled down from the
+defaults (health_interval 300ms instead of 10s, circuit_open 1s instead of 30s) so that the suite
+stays short; the bounds asserted are derived from the configured values.
+One line per test: "PASS name" or "FAIL name: reason"; then "health: N passed, N failed".
+"""
+import http.client
+import json
+import os
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import integration as it  # noqa: E402
+import process as pr  # noqa: E402
+import policy as po  # noqa: E402
+from integration import HOST, Fail, check, eq, free_port, short  # noqa: E402
+from process import conf  # noqa: E402
+from policy import ask, section, lsn  # noqa: E402
+
+SUITE_BUDGET = 240
+TESTS = []
+
+
+def test(name, timeout=40):
+    def deco(fn):
+        TESTS.append((name, fn, timeout))
+        return fn
+    return deco
+
+
+def own_backend(ctx, name):
+    """A backend process of this test only (it may be killed); stopped at cleanup."""
+    bk = it.Backend(name, "http", ctx.dir)
+    bk.start()
+    ctx.on_cleanup(bk.stop)
+    if not bk.wait_ready(time.monotonic() + 10):
+        raise Fail("backend %s did not start" % name)
+    return bk
+
+
+def restart(bk):
+    bk.start(bk.port)
+    if not bk.wait_ready(time.monotonic() + 10):
+        raise Fail("backend %s did not restart on port %d" % (bk.name, bk.port))
+
+
+def set_mode(bk, mode, ms=0):
+    c = http.client.HTTPConnection(HOST, bk.port, timeout=5)
+    try:
+        c.request("GET", "/mode?set=%s&ms=%d" % (mode, ms))
+        r = c.getresponse()
+        r.read()
+        eq(r.status, 200, "backend %s: /mode?set=%s" % (bk.name, mode))
+    finally:
+        c.close()
+
+
+def app(bk):
+    return bk.stats()["app"]
+
+
+def wait_log(m, text, timeout, after=0):
+    """Seconds until lb's stderr (from offset `after`) contains text; Fail after timeout."""
+    t0 = time.monotonic()
+    while True:
+        if text in m.stderr()[after:]:
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > timeout:
+            raise Fail("no '%s' in lb's log within %.1f s: %s" % (text, timeout, short(m.stderr()[after:], 400)))
+        time.sleep(0.02)
+
+
+def read_alerts(path):
+    """The JSON events alert_command wrote, one per line; every line must be a complete event."""
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return []
+    out = []
+    for ln in lines:
+        try:
+            o = json.loads(ln)
+        except ValueError:
+            raise Fail("alert_command got a line that is not JSON: %s" % short(ln))
+        check(isinstance(o, dict) and set(o) == {"time", "kind", "pool", "server", "reason"},
+              "alert event fields: %s" % short(ln))
+        check(o["time"].endswith("Z") and len(o["time"]) == 24, "alert event time %r" % o["time"])
+        out.append(o)
+    return out
+
+
+def wait_alerts(path, pred, timeout, what):
+    t0 = time.monotonic()
+    while True:
+        ev = read_alerts(path)
+        if pred(ev):
+            return ev
+        if time.monotonic() - t0 > timeout:
+            raise Fail("%s: alert events %s" % (what, [(e["kind"], e["server"]) for e in ev]))
+        time.sleep(0.05)
+
+
+class Loop(threading.Thread):
+    """Sequential GETs on new connections until stopped; counts answers by status and failures."""
+
+    def __init__(self, port):
+        super().__init__(daemon=True)
+        self.port, self.stopped = port, threading.Event()
+        self.ok = 0
+        self.bad = []
+
+    def run(self):
+        i = 0
+        while not self.stopped.is_set():
+            i += 1
+            try:
+                r = ask(self.port, "/loop/%d" % i)
+                if r.status == 200:
+                    self.ok += 1
+                else:
+                    self.bad.append("request %d: status %d" % (i, r.status))
+            except Exception as e:
+                self.bad.append("request %d: %s" % (i, e))
+            time.sleep(0.005)
+
+    def stop(self):
+        self.stopped.set()
+        self.join(10)
+
+
+HC_FAST = (("health_interval", "300ms"), ("health_timeout", "200ms"))
+
+
+@test("kill_backend_under_load", timeout=60)
+def t_kill(ctx):
+    """Kill one of three backends under a steady client loop: no failed GET (retries), marked down within
+    health_fall x health_interval + health_timeout, back only after health_rise passed checks."""
+    a, b = ctx.b["a"], ctx.b["b"]
+    c = own_backend(ctx, "c")
+    port = free_port()
+    alerts = os.path.join(ctx.dir, "alerts.jsonl")
+    m = ctx.master(conf(lsn("web", port),
+                        section("pool p", ("server", "a %s:%d" % (HOST, a.port)), ("server", "b %s:%d" % (HOST, b.port)),
+                                ("server", "c %s:%d" % (HOST, c.port)), *HC_FAST, ("health_fall", "2"),
+                                ("health_rise", "3"), ("retries", "2")),
+                        workers=2, glob={"alert_command": "cat >> %s" % alerts}), [port])
+    m.wait_workers(2)
+    loop = Loop(port)
+    loop.start()
+    ctx.on_cleanup(loop.stop)
+    time.sleep(0.6)
+    check(app(c) > 0, "backend c got no request before it was killed")
+    mark = len(m.stderr())
+    c.stop()
+    took = wait_log(m, "server p/c is down", 5, mark)
+    bound = 2 * 0.3 + 0.2
+    check(took <= bound + 0.4, "c marked down %.2f s after it died; bound health_fall x health_interval + "
+                               "health_timeout = %.1f s (+0.4 s for this test's polling)" % (took, bound))
+    time.sleep(0.5)
+    restart(c)
+    mark = len(m.stderr())
+    t0 = time.monotonic()
+    while "server p/c is up" not in m.stderr()[mark:]:
+        eq(app(c), 0, "requests c served after its restart but before it was marked up")
+        check(time.monotonic() - t0 < 5, "c not marked up within 5 s of its restart")
+        time.sleep(0.02)
+    took = time.monotonic() - t0
+    check(took >= 2 * 0.3 - 0.15, "c marked up %.2f s after its restart: sooner than health_rise = 3 checks "
+                                  "300 ms apart allow" % took)
+    check(c.stats()["health"] >= 3, "c marked up after %d checks (health_rise = 3)" % c.stats()["health"])
+    t0 = time.monotonic()
+    while app(c) == 0:
+        check(time.monotonic() - t0 < 3, "c gets no requests 3 s after it was marked up")
+        time.sleep(0.05)
+    loop.stop()
+    check(loop.ok > 50, "only %d requests in the loop" % loop.ok)
+    check(not loop.bad, "%d failed GETs (of %d), with retries on: %s" % (len(loop.bad), loop.ok + len(loop.bad),
+                                                                         loop.bad[:3]))
+    ev = wait_alerts(alerts, lambda ev: [e["kind"] for e in ev if e["kind"].startswith("server_")]
+                     == ["server_down", "server_up"], 3, "alert_command: expected server_down then server_up")
+    ev = [e for e in ev if e["kind"].startswith("server_")]
+    eq((ev[0]["pool"], ev[0]["server"]), ("p", "c"), "server_down event: pool, server")
+    check("connect" in ev[0]["reason"], "server_down reason %r does not say why" % ev[0]["reason"])
+
+
+@test("checks_do_not_multiply_with_workers")
+def t_once(ctx):
+    """Health checks run in one process: 4 workers, 200 ms interval, 2 s: about 10 checks, not 40."""
+    c = own_backend(ctx, "c")
+    port = free_port()
+    m = ctx.master(conf(lsn("web", port), section("pool p", ("server", "c %s:%d" % (HOST, c.port)),
+                                                  ("health_interval", "200ms")), workers=4), [port])
+    m.wait_workers(4)
+    time.sleep(0.3)
+    h0 = c.stats()["health"]
+    time.sleep(2.0)
+    n = c.stats()["health"] - h0
+    check(6 <= n <= 14, "%d health checks in 2 s at 200 ms with 4 workers (want about 10: one checker)" % n)
+    # a reload hands the checks to the new generation's worker 1: still one checker
+    m.reload(conf(lsn("web", port), section("pool p", ("server", "c %s:%d" % (HOST, c.port)),
+                                            ("health_interval", "200ms")), workers=4))
+    time.sleep(1.5)
+    h0 = c.stats()["health"]
+    time.sleep(2.0)
+    n = c.stats()["health"] - h0
+    check(6 <= n <= 14, "%d health checks in 2 s after a reload (want about 10)" % n)
+
+
+def circuit_pool(a, c, *extra):
+    return section("pool p", ("server", "a %s:%d" % (HOST, a.port)), ("server", "c %s:%d" % (HOST, c.port)),
+                   ("circuit_failures", "5"), ("circuit_open", "1s"), *extra)
+
+
+def sequential(port, n, prefix):
+    return [ask(port, "%s/%d" % (prefix, i)) for i in range(n)]
+
+
+@test("circuit_opens_on_errors")
+def t_circuit_errors(ctx):
+    """A server answering 500 to everything: its circuit opens after 5 failures, it gets nothing while
+    open, one trial after circuit_open (which fails and re-opens it), and once fixed a trial closes it."""
+    a = ctx.b["a"]
+    c = own_backend(ctx, "c")
+    port = free_port()
+    alerts = os.path.join(ctx.dir, "alerts.jsonl")
+    m = ctx.master(conf(lsn("web", port), circuit_pool(a, c), workers=2,
+                        glob={"alert_command": "cat >> %s" % alerts}), [port])
+    m.wait_workers(2)
+    set_mode(c, "500")
+    c0, a0 = app(c), app(a)
+    rs = sequential(port, 30, "/e1")
+    st = [r.status for r in rs]
+    eq(app(c) - c0, 5, "requests c (failing) got out of 30 with circuit_failures = 5 (statuses %s)" % st)
+    eq((st.count(500), st.count(200)), (5, 25), "30 requests: (500s, 200s)")
+    eq(app(a) - a0, 25, "requests a served")
+    wait_log(m, "server p/c: circuit open", 1)
+    ev = wait_alerts(alerts, lambda ev: len(ev) >= 1, 3, "circuit_open alert")
+    eq((ev[0]["kind"], ev[0]["server"]), ("circuit_open", "c"), "first alert (kind, server)")
+    check("5 consecutive failures" in ev[0]["reason"], "circuit_open reason %r" % ev[0]["reason"])
+    time.sleep(1.1)
+    c0 = app(c)
+    rs = sequential(port, 10, "/e2")
+    eq(app(c) - c0, 1, "requests c got after circuit_open while still failing (one trial, then open again)")
+    wait_alerts(alerts, lambda ev: [e["kind"] for e in ev] == ["circuit_open", "circuit_open"], 3,
+                "a failed trial re-opens the circuit")
+    set_mode(c, "ok")
+    time.sleep(1.1)
+    c0 = app(c)
+    rs = sequential(port, 10, "/e3")
+    eq([r.status for r in rs], [200] * 10, "statuses once c is fixed")
+    check(app(c) - c0 >= 4, "c got %d of 10 requests after its circuit closed (want about half)" % (app(c) - c0))
+    wait_alerts(alerts, lambda ev: [e["kind"] for e in ev][-1:] == ["circuit_close"], 3, "circuit_close alert")
+    wait_log(m, "server p/c: circuit closed", 1)
+
+
+@test("circuit_opens_on_slow_answers")
+def t_circuit_slow(ctx):
+    """A server answering in 700 ms with circuit_slow = 400ms: open after 3 slow answers (circuit_failures
+    = 3); no request while open; fixed, a trial closes it."""
+    a = ctx.b["a"]
+    c = own_backend(ctx, "c")
+    port = free_port()
+    m = ctx.master(conf(lsn("web", port), section("pool p", ("server", "a %s:%d" % (HOST, a.port)),
+                                                  ("server", "c %s:%d" % (HOST, c.port)), ("circuit_failures", "3"),
+                                                  ("circuit_slow", "400ms"), ("circuit_open", "1500ms")),
+                        workers=1), [port])
+    set_mode(c, "slow", 700)
+    c0 = app(c)
+    t0 = time.monotonic()
+    rs = sequential(port, 12, "/s1")
+    eq([r.status for r in rs], [200] * 12, "statuses (slow is still a success for the client)")
+    eq(app(c) - c0, 3, "requests c (slow) got of 12 with circuit_failures = 3")
+    check(time.monotonic() - t0 < 1.5 + 3 * 0.7, "12 requests took %.1f s" % (time.monotonic() - t0))
+    wait_log(m, "circuit open", 1)
+    check("circuit_slow 400 ms" in m.stderr(), "the log does not say the answers were slow: %s"
+          % short(m.stderr(), 300))
+    set_mode(c, "ok")
+    time.sleep(1.6)
+    c0 = app(c)
+    sequential(port, 8, "/s2")
+    check(app(c) - c0 >= 3, "c got %d of 8 requests after its fix and circuit_open" % (app(c) - c0))
+    wait_log(m, "circuit closed", 1)
+
+
+@test("backup_and_all_down")
+def t_backup(ctx):
+    """A backup takes over when the primary is marked down and gives back when it returns; a pool with
+    every server down answers 503 with Retry-After. alert_command failures are logged."""
+    a = ctx.b["a"]
+    c = own_backend(ctx, "c")
+    port, dead = free_port(), free_port()
+    m = ctx.master(conf(lsn("web", port),
+                        section("pool p", ("server", "c %s:%d" % (HOST, c.port)),
+                                ("server", "a %s:%d backup" % (HOST, a.port)), *HC_FAST, ("health_fall", "1"),
+                                ("health_rise", "1")),
+                        section("pool q", ("server", "d %s:%d" % (HOST, dead)), *HC_FAST, ("health_fall", "1")),
+                        section("route q", ("path", "/q/*"), ("pool", "q")),
+                        workers=2, glob={"alert_command": "exit 3"}), [port])
+    m.wait_workers(2)
+    eq({ask(port, "/p/%d" % i).backend for i in range(4)}, {"c"}, "servers answering while the primary is up")
+    c.stop()
+    wait_log(m, "server p/c is down", 3)
+    eq({ask(port, "/p/b%d" % i).backend for i in range(4)}, {"a"}, "servers answering with the primary down")
+    restart(c)
+    wait_log(m, "server p/c is up", 3)
+    eq({ask(port, "/p/c%d" % i).backend for i in range(4)}, {"c"}, "servers answering once the primary is back")
+    wait_log(m, "server q/d is down", 3)
+    r = ask(port, "/q/x")
+    eq((r.status, r.backend), (503, None), "pool with its only server down: (status, X-Backend)")
+    check((r.hdr("retry-after") or "").isdigit(), "503 without a Retry-After in seconds: %s" % r.headers)
+    wait_log(m, "failed with exit status 3", 3)
+
+
+@test("post_not_retried")
+def t_post(ctx):
+    """A server that resets every connection after reading the request: a POST that reached it fails
+    (502) and is not sent to another server; a GET is retried on the other one."""
+    a = ctx.b["a"]
+    c = own_backend(ctx, "c")
+    port = free_port()
+    ctx.master(conf(lsn("web", port), section("pool p", ("server", "a %s:%d" % (HOST, a.port)),
+                                              ("server", "c %s:%d" % (HOST, c.port)), ("retries", "2"),
+                                              ("circuit_failures", "off"), ("circuit_error_rate", "off")),
+                    workers=1), [port])
+    set_mode(c, "reset")
+    c0, a0 = app(c), app(a)
+    st = []
+    for i in range(6):
+        with po.Conn(port) as cn:
+            cn.send(it.raw_request("/upload", method="POST", body=b"hello"))
+            st.append(cn.read_response("POST").status)
+    dc, da = app(c) - c0, app(a) - a0
+    eq(st.count(502) + st.count(200), 6, "POST statuses %s (want only 200 and 502)" % st)
+    check(st.count(502) >= 1, "no POST reached the resetting server (statuses %s)" % st)
+    eq((dc, da), (st.count(502), st.count(200)), "POSTs the servers got (c, a): each exactly once, none retried")
+    c0, a0 = app(c), app(a)
+    rs = sequential(port, 6, "/get")
+    eq([r.status for r in rs], [200] * 6, "GET statuses (retried on a)")
+    eq(app(a) - a0, 6, "GETs a served")
+    check(app(c) - c0 >= 1, "no GET was tried on the resetting server first (retry not exercised)")
+
+
+if __name__ == "__main__":
+    po.run_suite(TESTS, "health", SUITE_BUDGET, __file__)
