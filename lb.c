@@ -776,9 +776,44 @@ int lb_request_id_ok(const char *s, size_t n)
 
 /* Chunked framing states */
 enum {
-	CK_SIZE0, CK_SIZE, CK_EXT, CK_SIZE_LF, CK_DATA, CK_DATA_CR, CK_DATA_LF,
-	CK_TRAILER0, CK_TRAILER, CK_TRAILER_LF, CK_END_LF, CK_DONE,
+	CK_SIZE0, CK_SIZE, CK_EXT_NAME0, CK_EXT_NAME, CK_EXT_VAL0, CK_EXT_VAL, CK_EXT_QS, CK_EXT_QP, CK_EXT_QEND,
+	CK_SIZE_LF, CK_DATA, CK_DATA_CR, CK_DATA_LF,
+	CK_TRAILER0, CK_TRAILER_NAME, CK_TRAILER, CK_TRAILER_LF, CK_END_LF, CK_DONE,
 };
+
+/* One byte of a chunk extension, strictly as RFC 9112 7.1.1 writes it without optional
+ * whitespace: *( ";" token [ "=" ( token / quoted-string ) ] ), no obs-text. Anything a
+ * lenient server could read differently (a quote running past CRLF, an empty name or value)
+ * is refused: the raw bytes are forwarded, so lb and the server must agree on them.
+ * Returns the next state, or -1. */
+static int chunk_ext_byte(int state, unsigned char c)
+{
+	switch (state) {
+	case CK_EXT_NAME0:
+		return is_tchar(c) ? CK_EXT_NAME : -1;
+	case CK_EXT_NAME:
+	case CK_EXT_VAL:
+	case CK_EXT_QEND:
+		if (c == ';')
+			return CK_EXT_NAME0;
+		if (c == '\r')
+			return CK_SIZE_LF;
+		if (state == CK_EXT_NAME && c == '=')
+			return CK_EXT_VAL0;
+		return state != CK_EXT_QEND && is_tchar(c) ? state : -1;
+	case CK_EXT_VAL0:
+		return c == '"' ? CK_EXT_QS : is_tchar(c) ? CK_EXT_VAL : -1;
+	case CK_EXT_QS:
+		if (c == '"')
+			return CK_EXT_QEND;
+		if (c == '\\')
+			return CK_EXT_QP;
+		return c == '\t' || (c >= 0x20 && c < 0x7f) ? CK_EXT_QS : -1;
+	case CK_EXT_QP:
+		return c == '\t' || (c >= 0x20 && c < 0x7f) ? CK_EXT_QS : -1;
+	}
+	return -1;
+}
 
 void lb_chunk_init(struct lb_chunk *st) { memset(st, 0, sizeof *st); }
 
@@ -802,7 +837,7 @@ int lb_chunk_scan(struct lb_chunk *st, const char *buf, size_t len, size_t *used
 				st->digits++;
 				st->state = CK_SIZE;
 			} else if (st->state == CK_SIZE && c == ';') {
-				st->state = CK_EXT;
+				st->state = CK_EXT_NAME0;
 			} else if (st->state == CK_SIZE && c == '\r') {
 				st->state = CK_SIZE_LF;
 			} else {
@@ -811,10 +846,14 @@ int lb_chunk_scan(struct lb_chunk *st, const char *buf, size_t len, size_t *used
 			if (!chunk_line_byte(st))
 				goto bad;
 			break;
-		case CK_EXT:
-			if (c == '\r')
-				st->state = CK_SIZE_LF;
-			else if (!is_vchar_ws(c) || !chunk_line_byte(st))
+		case CK_EXT_NAME0:
+		case CK_EXT_NAME:
+		case CK_EXT_VAL0:
+		case CK_EXT_VAL:
+		case CK_EXT_QS:
+		case CK_EXT_QP:
+		case CK_EXT_QEND:
+			if ((st->state = chunk_ext_byte(st->state, c)) < 0 || !chunk_line_byte(st))
 				goto bad;
 			break;
 		case CK_SIZE_LF:
@@ -852,8 +891,16 @@ int lb_chunk_scan(struct lb_chunk *st, const char *buf, size_t len, size_t *used
 			}
 			if (!is_tchar(c))
 				goto bad;
-			st->state = CK_TRAILER;
+			st->state = CK_TRAILER_NAME;
 			st->line = 1;
+			break;
+		case CK_TRAILER_NAME: /* a trailer is a field: token ":" value, nothing else */
+			if (c == ':')
+				st->state = CK_TRAILER;
+			else if (!is_tchar(c))
+				goto bad;
+			if (!chunk_line_byte(st))
+				goto bad;
 			break;
 		case CK_TRAILER:
 			if (c == '\r')
@@ -3678,9 +3725,12 @@ static int req_header_dropped(const struct conn *c, const struct lb_req *rq, con
 		return 1;
 	if (hop_by_hop(h->name))
 		return 1;
-	/* never the framing ones: dropping Content-Length because a client listed it in
+	/* one canonical Content-Length is re-added: duplicates ("5" and "05") never reach the server */
+	if (str_ieq(h->name.p, h->name.n, "content-length"))
+		return 1;
+	/* never the framing ones: dropping Transfer-Encoding because a client listed it in
 	 * Connection would desynchronise the server */
-	if (!str_ieq(h->name.p, h->name.n, "content-length") && !str_ieq(h->name.p, h->name.n, "transfer-encoding") &&
+	if (!str_ieq(h->name.p, h->name.n, "transfer-encoding") &&
 	    !str_ieq(h->name.p, h->name.n, "host") && named_by_connection(rq->headers, rq->nheaders, h->name))
 		return 1;
 	for (size_t i = 0; i < 3; i++)
@@ -3746,6 +3796,8 @@ static int build_request_head(struct conn *c, const struct lb_req *rq, const cha
 		else if (str_ieq(h->name.p, h->name.n, "x-request-id"))
 			c->lg_id_off = voff, c->lg_id_len = (uint32_t)h->value.n;
 	}
+	if ((rq->flags & LB_HF_HAS_CL) && buf_printf(b, "Content-Length: %lld\r\n", (long long)rq->content_length))
+		return -1;
 	if (put_xff(b, c, rq) || buf_printf(b, "X-Forwarded-Proto: http\r\n"))
 		return -1;
 	if (rq->authority.n && put_header(b, (struct lb_str){ "X-Forwarded-Host", 16 }, rq->authority))
@@ -4328,7 +4380,9 @@ static int resp_header_dropped(const struct lb_resp *rs, const struct lb_header 
 		return 1; /* re-added below */
 	if (hop_by_hop(h->name))
 		return 1;
-	if (str_ieq(h->name.p, h->name.n, "content-length") || str_ieq(h->name.p, h->name.n, "transfer-encoding"))
+	if (str_ieq(h->name.p, h->name.n, "content-length"))
+		return 1; /* re-added once, canonical */
+	if (str_ieq(h->name.p, h->name.n, "transfer-encoding"))
 		return 0;
 	return named_by_connection(rs->headers, rs->nheaders, h->name);
 }
@@ -4349,6 +4403,8 @@ static int build_response_head(struct conn *c, const struct lb_resp *rs)
 		if (!resp_header_dropped(rs, h, upgrading) && put_header(b, h->name, h->value))
 			return -1;
 	}
+	if ((rs->flags & LB_HF_HAS_CL) && buf_printf(b, "Content-Length: %lld\r\n", (long long)rs->content_length))
+		return -1;
 	for (size_t i = 0; c->route && i < c->route->nresp_add && rs->status >= 200; i++)
 		if (buf_printf(b, "%s\r\n", c->route->resp_add[i]))
 			return -1;

@@ -46,6 +46,7 @@ for b in $INTEGRATION_BUILDS; do
 	ASAN_OPTIONS=abort_on_error=1:detect_leaks=0 LB_BIN=./$b run "integration-$b" python3 tests/integration.py
 	ASAN_OPTIONS=abort_on_error=1:detect_leaks=0 LB_BIN=./$b run "process-$b" python3 tests/process.py
 	ASAN_OPTIONS=abort_on_error=1:detect_leaks=0 LB_BIN=./$b run "policy-$b" python3 tests/policy.py
+	ASAN_OPTIONS=abort_on_error=1:detect_leaks=0 LB_BIN=./$b run "health-$b" python3 tests/health.py
 done
 
 # the differential request-smuggling test: once, against the ./lb build
@@ -72,3 +73,4 @@ fuzz_smoke response $((FUZZ_SECS / 3)) http
 fuzz_smoke chunked $((FUZZ_SECS / 3)) http
 fuzz_smoke config $((FUZZ_SECS / 3)) ini
 fuzz_smoke values $((FUZZ_SECS / 3)) ini
+fuzz_smoke proxy $((FUZZ_SECS / 3)) proxy

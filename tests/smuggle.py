@@ -813,7 +813,7 @@ def lb_config(lanes):
     s = "[global]\nworkers = 1\n\n[log]\naccess = off\n\n"
     for i, ln in enumerate(lanes):
         s += "[listener l%d]\nbind = %s:%d\nmode = http\npool = p%d\nheader_timeout = 3s\n\n" % (i, HOST, ln["port"], i)
-        s += "[pool p%d]\nserver = r%d %s:%d\nretries = 0\n\n" % (i, i, HOST, ln["rec"].port)
+        s += "[pool p%d]\nserver = r%d %s:%d\nretries = 0\nhealth_check = off\n\n" % (i, i, HOST, ln["rec"].port)
     return s
 
 
