@@ -1495,6 +1495,147 @@ int lb_proxy_build(int version, const struct lb_proxy *p, char *out, size_t cap)
 	return (int)(16 + body);
 }
 
+/* -------------------------------------------------------------------- admin API requests
+ * The admin API's paths and bodies, pure so that they are tested and fuzzed like the others. */
+
+static int admin_seg(const char **p, const char *end, struct lb_str *seg)
+{
+	if (*p >= end || **p != '/')
+		return 0;
+	const char *q = ++*p;
+	while (q < end && *q != '/')
+		q++;
+	*seg = (struct lb_str){ *p, (size_t)(q - *p) };
+	*p = q;
+	return 1;
+}
+
+static int admin_fail(struct lb_admin_call *o, int status, const char *why)
+{
+	o->status = status;
+	o->error = why;
+	return LB_EINVAL;
+}
+
+static int seg_is(struct lb_str s, const char *w) { return s.n == strlen(w) && !memcmp(s.p, w, s.n); }
+
+static void seg_copy(char *dst, struct lb_str s)
+{
+	memcpy(dst, s.p, s.n);
+	dst[s.n] = 0;
+}
+
+/* /api/pools/{pool}/servers[/{name}[/drain|enable|disable|weight]] */
+static int admin_pools(const char *m, const char **p, const char *end, struct lb_admin_call *o)
+{
+	struct lb_str pool, kw, name, act;
+	if (!admin_seg(p, end, &pool) || !name_ok(pool) || !admin_seg(p, end, &kw) || !seg_is(kw, "servers"))
+		return admin_fail(o, 404, "expected /api/pools/POOL/servers[/NAME[/ACTION]]");
+	seg_copy(o->pool, pool);
+	if (!admin_seg(p, end, &name)) {
+		o->op = LB_A_SERVER_ADD;
+		return strcmp(m, "POST") ? admin_fail(o, 405, "POST adds a server") : 0;
+	}
+	if (!name_ok(name))
+		return admin_fail(o, 404, "a server name is [A-Za-z0-9._-], at most 63 characters");
+	seg_copy(o->server, name);
+	if (!admin_seg(p, end, &act)) {
+		o->op = LB_A_SERVER_DEL;
+		return strcmp(m, "DELETE") ? admin_fail(o, 405, "DELETE removes a server") : 0;
+	}
+	if (*p != end)
+		return admin_fail(o, 404, "nothing after the action");
+	if (seg_is(act, "weight")) {
+		o->op = LB_A_WEIGHT;
+		return strcmp(m, "PUT") ? admin_fail(o, 405, "PUT sets the weight") : 0;
+	}
+	o->op = seg_is(act, "drain") ? LB_A_DRAIN : seg_is(act, "enable") ? LB_A_ENABLE
+	      : seg_is(act, "disable") ? LB_A_DISABLE : LB_A_NONE;
+	if (o->op == LB_A_NONE)
+		return admin_fail(o, 404, "actions are drain, enable, disable and weight");
+	return strcmp(m, "POST") ? admin_fail(o, 405, "POST applies an action") : 0;
+}
+
+int lb_admin_route(const char *method, size_t mlen, const char *target, size_t tlen, struct lb_admin_call *o)
+{
+	char m[8];
+	memset(o, 0, sizeof *o);
+	if (mlen == 0 || mlen >= sizeof m)
+		return admin_fail(o, 405, "unknown method");
+	memcpy(m, method, mlen);
+	m[mlen] = 0;
+	const char *q = memchr(target, '?', tlen), *end = q ? q : target + tlen;
+	if (q) {
+		struct lb_str qs = { q + 1, (size_t)(target + tlen - q - 1) };
+		o->dry_run = seg_is(qs, "dry_run=1") || seg_is(qs, "dry_run=true");
+		if (!o->dry_run && qs.n)
+			return admin_fail(o, 400, "the only query is dry_run=1");
+	}
+	struct lb_str path = { target, (size_t)(end - target) }, a, b;
+	int get = !strcmp(m, "GET") || !strcmp(m, "HEAD");
+	if (seg_is(path, "/") || seg_is(path, "/healthz") || seg_is(path, "/metrics") || seg_is(path, "/api/stats")) {
+		o->op = seg_is(path, "/") ? LB_A_DASHBOARD : seg_is(path, "/healthz") ? LB_A_HEALTHZ
+		      : seg_is(path, "/metrics") ? LB_A_METRICS : LB_A_STATS;
+		return get ? 0 : admin_fail(o, 405, "read-only: GET");
+	}
+	const char *p = path.p;
+	if (!admin_seg(&p, end, &a) || !seg_is(a, "api") || !admin_seg(&p, end, &b))
+		return admin_fail(o, 404, "no such page");
+	o->mutating = 1;
+	if (seg_is(b, "config") && p == end) {
+		o->op = LB_A_CONFIG;
+		return strcmp(m, "POST") ? admin_fail(o, 405, "POST the whole INI text") : 0;
+	}
+	if (seg_is(b, "reload") && p == end) {
+		o->op = LB_A_RELOAD;
+		return strcmp(m, "POST") ? admin_fail(o, 405, "POST /api/reload") : 0;
+	}
+	if (seg_is(b, "pools"))
+		return admin_pools(m, &p, end, o);
+	struct lb_str route, kw;
+	if (seg_is(b, "routes") && admin_seg(&p, end, &route) && name_ok(route) && admin_seg(&p, end, &kw) &&
+	    seg_is(kw, "split") && p == end) {
+		seg_copy(o->route, route);
+		o->op = LB_A_SPLIT;
+		return strcmp(m, "PUT") ? admin_fail(o, 405, "PUT the split weights") : 0;
+	}
+	return admin_fail(o, 404, "no such API path");
+}
+
+int lb_parse_split(const char *s, size_t n, struct lb_split_spec *o)
+{
+	const char *p = s, *end = s + n;
+	struct lb_str el, name, w, extra;
+	memset(o, 0, sizeof *o);
+	unsigned total = 0;
+	while (list_next(&p, end, &el)) {
+		const char *q = el.p, *qe = el.p + el.n;
+		uint64_t v;
+		if (!next_word(&q, qe, &name) || !name_ok(name) || !next_word(&q, qe, &w) || next_word(&q, qe, &extra) ||
+		    parse_uint64(w.p, w.n, 1000, &v) != 0)
+			return LB_EINVAL;
+		if (o->n >= LB_ROUTE_MAX_ITEMS)
+			return LB_ERANGE;
+		seg_copy(o->name[o->n], name);
+		o->weight[o->n++] = (unsigned)v;
+		total += (unsigned)v;
+	}
+	return o->n && total ? 0 : LB_EINVAL;
+}
+
+int lb_parse_weight(const char *s, size_t n, unsigned *out)
+{
+	uint64_t v;
+	while (n && (*s == ' ' || *s == '\t' || *s == '\r' || *s == '\n'))
+		s++, n--;
+	while (n && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r' || s[n - 1] == '\n'))
+		n--;
+	if (parse_uint64(s, n, 1000, &v) != 0 || v == 0)
+		return LB_EINVAL;
+	*out = (unsigned)v;
+	return 0;
+}
+
 /* ==================================================================== 4. configuration
  * Text -> struct lb_conf. A pre-scan finds sections (so duplicates, empty sections and keys
  * outside sections get exact lines) and the lines inih would mangle; inih then delivers keys,
@@ -1518,8 +1659,7 @@ static const struct keydef keys_log[] = {
 	{ "rotate", 0, NULL }, { "retention", 0, NULL }, { NULL, 0, NULL },
 };
 static const struct keydef keys_admin[] = {
-	{ "bind", 0, "the admin API" }, { "token_file", 0, "the admin API" },
-	{ "allow", 0, "the admin API" }, { NULL, 0, NULL },
+	{ "bind", 0, NULL }, { "token_file", 0, NULL }, { "allow", 1, NULL }, { NULL, 0, NULL },
 };
 static const struct keydef keys_scaler[] = { /* read by linode-scaler; lb only checks the names */
 	{ "pool", 0, NULL }, { "admin_url", 0, NULL }, { "admin_token_file", 0, NULL },
@@ -1896,6 +2036,20 @@ static void cidr_list(struct cfg *st, const char *k, const char *v, int line, st
 	}
 }
 
+static void set_admin(struct cfg *st, const char *k, const char *v, int line)
+{
+	struct lb_conf *c = st->c;
+	if (!strcmp(k, "bind")) {
+		if (lb_parse_hostport(v, strlen(v), &c->admin_bind.hp) != 0)
+			cfg_err(st, line, k, "bind: invalid address '%s' (host:port, [v6]:port or *:port)", v);
+		c->admin_bind.line = line;
+	} else if (!strcmp(k, "token_file")) {
+		c->admin_token_file = v_str(st, line, k, v);
+	} else if (!strcmp(k, "allow")) {
+		cidr_list(st, k, v, line, &c->admin_allow, &c->nadmin_allow);
+	}
+}
+
 static void set_listener(struct cfg *st, struct lb_listener *l, const char *k, const char *v, int line)
 {
 	if (!strcmp(k, "bind")) {
@@ -1988,7 +2142,7 @@ static void add_server(struct cfg *st, struct lb_pool *p, const char *v, int lin
 	snprintf(s->name, sizeof s->name, "%s", sp.name);
 	snprintf(s->host, sizeof s->host, "%s", sp.addr.host);
 	s->port = sp.addr.port;
-	s->weight = sp.weight;
+	s->weight = s->conf_weight = sp.weight;
 	s->max_conn = sp.max_conn;
 	s->backup = sp.backup;
 	s->disabled = sp.disabled;
@@ -2234,8 +2388,8 @@ static void route_split(struct cfg *st, struct lb_route *r, const char *v, int l
 		const char *q = el.p, *qe = el.p + el.n;
 		uint64_t w;
 		if (!next_word(&q, qe, &w1) || !next_word(&q, qe, &w2) || next_word(&q, qe, &el) ||
-		    parse_uint64(w2.p, w2.n, 1000, &w) != 0 || w == 0) {
-			cfg_err(st, line, "split", "split: expected 'POOL WEIGHT, POOL WEIGHT' with weights 1..1000");
+		    parse_uint64(w2.p, w2.n, 1000, &w) != 0) {
+			cfg_err(st, line, "split", "split: expected 'POOL WEIGHT, POOL WEIGHT' with weights 0..1000");
 			return;
 		}
 		if (r->nsplit >= LB_ROUTE_MAX_ITEMS) {
@@ -2440,6 +2594,7 @@ static int cfg_ini_key(void *user, const char *section, const char *key, const c
 	switch (s->kind) {
 	case S_GLOBAL: set_global(st, key, value, line); break;
 	case S_LOG: set_log(st, key, value, line); break;
+	case S_ADMIN: set_admin(st, key, value, line); break;
 	case S_LISTENER: set_listener(st, &st->c->listeners[s->idx], key, value, line); break;
 	case S_POOL: set_pool(st, &st->c->pools[s->idx], key, value, line); break;
 	case S_ROUTE: set_route(st, &st->c->routes[s->idx], key, value, line); break;
@@ -2456,6 +2611,11 @@ static int conf_alloc(struct cfg *st)
 	for (size_t i = 0; i < st->nsects; i++) {
 		int k = st->sects[i].kind;
 		nl += k == S_LISTENER, np += k == S_POOL, nr += k == S_ROUTE;
+		if (k == S_ADMIN) {
+			c->admin_on = 1;
+			lb_parse_hostport("127.0.0.1:8404", 14, &c->admin_bind.hp);
+			c->admin_bind.line = st->sects[i].line;
+		}
 	}
 	c->listeners = calloc(nl ? nl : 1, sizeof *c->listeners);
 	c->pools = calloc(np ? np : 1, sizeof *c->pools);
@@ -2587,6 +2747,11 @@ static void check_pools_routes(struct cfg *st)
 		r->rl_key = lb_hash64(r->name, strlen(r->name));
 		if (r->pool >= 0 && r->nsplit > 0)
 			cfg_err(st, r->line, "split", "[route %s] has both pool and split", r->name);
+		unsigned wsum = 0;
+		for (size_t k = 0; k < r->nsplit; k++)
+			wsum += r->split[k].weight;
+		if (r->nsplit && !wsum)
+			cfg_err(st, r->line, "split", "[route %s]: every split weight is 0", r->name);
 		for (size_t k = 0; k < r->nlisteners; k++)
 			if (r->listeners[k] >= 0 && c->listeners[r->listeners[k]].mode != LB_MODE_HTTP)
 				cfg_err(st, r->line, "listener", "[route %s]: listener '%s' is not mode http", r->name,
@@ -2594,6 +2759,11 @@ static void check_pools_routes(struct cfg *st)
 	}
 	if (c->nlisteners == 0)
 		cfg_err(st, 0, NULL, "no [listener NAME] section");
+	for (size_t i = 0; c->admin_on && i < c->nlisteners; i++)
+		for (size_t b = 0; b < c->listeners[i].nbinds; b++)
+			if (binds_clash(&c->listeners[i].binds[b].hp, &c->admin_bind.hp))
+				cfg_err(st, c->admin_bind.line, "bind", "[admin] bind: port %u is also listener %s's (line %d)",
+				        c->admin_bind.hp.port, c->listeners[i].name, c->listeners[i].binds[b].line);
 }
 
 void lb_conf_free(struct lb_conf *c)
@@ -2632,6 +2802,8 @@ void lb_conf_free(struct lb_conf *c)
 		free(c->listeners[i].deny);
 		free(c->listeners[i].trusted);
 	}
+	free(c->admin_token_file);
+	free(c->admin_allow);
 	free(c->listeners);
 	free(c->pools);
 	free(c->routes);
@@ -2713,6 +2885,12 @@ int lb_conf_resolve(struct lb_conf *c, struct lb_cfg_errors *errs)
 			if (resolve_addr(h, bd->hp.port, 1, &bd->sa, &bd->salen, err, sizeof err) != 0)
 				cfg_err(&st, bd->line, "bind", "bind: cannot resolve '%s': %s", h, err);
 		}
+	}
+	if (c->admin_on) {
+		struct lb_bind *bd = &c->admin_bind;
+		const char *h = bd->hp.wildcard ? "0.0.0.0" : bd->hp.host;
+		if (resolve_addr(h, bd->hp.port, 1, &bd->sa, &bd->salen, err, sizeof err) != 0)
+			cfg_err(&st, bd->line, "bind", "[admin] bind: cannot resolve '%s': %s", h, err);
 	}
 	for (size_t i = 0; i < c->npools; i++) {
 		for (size_t k = 0; k < c->pools[i].nservers; k++) {
@@ -2818,6 +2996,9 @@ int lb_route_pool(struct lb_route *r)
 static uint64_t g_now; /* monotonic ms, once per loop turn */
 
 enum { CB_CLOSED = 0, CB_OPEN, CB_HALF };
+enum { ADM_READY = 0, ADM_DRAIN, ADM_DISABLED };
+#define LB_HIST 11 /* duration buckets below (ms); +Inf is the request count */
+static const uint32_t hist_ms[LB_HIST] = { 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000 };
 #define LB_CB_TRIALS 3 /* requests a half-open circuit lets through at once */
 
 struct lb_shm_server {
@@ -2832,11 +3013,23 @@ struct lb_shm_server {
 	_Atomic uint32_t cb_win_req, cb_win_fail;
 	_Atomic int32_t cb_trials;      /* half-open trial requests in flight */
 	_Atomic uint64_t n_down, n_up, n_open, n_close, n_checks, n_check_fails; /* for metrics */
+	_Atomic int32_t admin;          /* ADM_*: set through the admin API */
+	_Atomic uint32_t weight;        /* admin API weight; 0 = the configured one */
+	_Atomic uint64_t status[6];     /* exchanges by status class: [1] 1xx .. [5] 5xx, [0] none (aborted) */
+	_Atomic uint64_t dur_bucket[LB_HIST]; /* request durations, cumulative buckets as Prometheus wants */
+	_Atomic uint64_t dur_sum_ms, retries;
 	struct {
 		_Atomic uint32_t active;
 		_Atomic uint64_t requests, errors, bytes_out;
 	} w[LB_MAX_WORKERS];
 	uint64_t retired_requests, retired_errors, retired_bytes; /* of exited workers */
+};
+
+#define LB_SHM_ROUTES 256
+struct lb_shm_route {
+	char key[LB_NAME_MAX];          /* the route's name */
+	_Atomic uint32_t weight[LB_ROUTE_MAX_ITEMS]; /* split weights: config at load, admin API after */
+	_Atomic uint64_t requests, limited, denied;
 };
 
 static unsigned srv_active(const struct lb_server *s)
@@ -2855,14 +3048,22 @@ static int cb_allows(const struct lb_shm_server *v)
 	return atomic_load_explicit(&v->cb_trials, memory_order_relaxed) < LB_CB_TRIALS;
 }
 
-static int usable(const struct lb_server *s)
+/* sticky: a draining server still takes the clients pinned to it (as HAProxy's drain does) */
+static int usable_as(const struct lb_server *s, int sticky)
 {
 	if (s->disabled || s->down)
 		return 0;
-	if (s->shm && (atomic_load_explicit(&s->shm->down, memory_order_relaxed) || !cb_allows(s->shm)))
-		return 0;
+	if (s->shm) {
+		int adm = atomic_load_explicit(&s->shm->admin, memory_order_relaxed);
+		if (adm == ADM_DISABLED || (adm == ADM_DRAIN && !sticky))
+			return 0;
+		if (atomic_load_explicit(&s->shm->down, memory_order_relaxed) || !cb_allows(s->shm))
+			return 0;
+	}
 	return s->max_conn == 0 || srv_active(s) < s->max_conn;
 }
+
+static int usable(const struct lb_server *s) { return usable_as(s, 0); }
 
 /* Which tier serves: primaries when any is usable, else backups. -1 when none. */
 static int pick_tier(const struct lb_pool *p)
@@ -3875,7 +4076,7 @@ static void backend_assign(struct conn *c, struct lb_server *avoid)
 {
 	struct lb_pool *p = c->pool;
 	struct lb_server *s = NULL;
-	if (c->sticky && c->sticky != avoid && usable(c->sticky) && pick_tier(p) == c->sticky->backup) {
+	if (c->sticky && c->sticky != avoid && usable_as(c->sticky, 1) && pick_tier(p) == c->sticky->backup) {
 		s = c->sticky;
 		c->set_cookie = 0;
 	} else {
@@ -3954,6 +4155,8 @@ static void backend_failed(struct conn *c, int status, const char *why, int retr
 	}
 	if (retryable && clean && c->retries_left > 0 && (c->req_idem || c->L->mode == LB_MODE_TCP)) {
 		c->retries_left--;
+		if (failed && failed->shm)
+			atomic_fetch_add_explicit(&failed->shm->retries, 1, memory_order_relaxed);
 		lb_err("client %s: %s; retrying on another server of pool %s", c->peer, why, c->pool->name);
 		backend_assign(c, failed);
 		return;
@@ -4091,6 +4294,8 @@ static int route_policies(struct conn *c, struct lb_route *rt, const struct lb_r
 {
 	char extra[64];
 	if (rt->nacl && !acl_allows(rt, &c->ip)) {
+		if (rt->shm)
+			atomic_fetch_add_explicit(&rt->shm->denied, 1, memory_order_relaxed);
 		respond(c, 403, "denied by acl", NULL, NULL, 1);
 		return 1;
 	}
@@ -4098,6 +4303,8 @@ static int route_policies(struct conn *c, struct lb_route *rt, const struct lb_r
 		uint64_t retry = 0;
 		if (!rl_take(rl_key_of(c, rt, rq), &rt->rl, &retry)) {
 			snprintf(extra, sizeof extra, "Retry-After: %llu\r\n", (unsigned long long)LB_MAX(1, (retry + 999) / 1000));
+			if (rt->shm)
+				atomic_fetch_add_explicit(&rt->shm->limited, 1, memory_order_relaxed);
 			respond(c, 429, "rate limit", extra, NULL, 1);
 			return 1;
 		}
@@ -5446,8 +5653,12 @@ struct lb_shm_worker {
 	int32_t pid, id, gen;
 };
 struct lb_shm {
-	uint32_t nservers;
+	uint32_t nservers, nroutes;
+	_Atomic uint32_t admin_version; /* bumped by every weight or split change: workers re-read */
+	_Atomic uint64_t reloads, restarts;
+	uint64_t started_wall_ms;
 	struct lb_shm_server s[LB_SHM_SERVERS];
+	struct lb_shm_route r[LB_SHM_ROUTES];
 	struct lb_shm_worker w[LB_MAX_WORKERS];
 };
 static struct lb_shm *g_shm;
@@ -5463,8 +5674,11 @@ static int shm_create(void)
 		return -1;
 	}
 	g_shm = p;
+	g_shm->started_wall_ms = wall_ms();
 	return 0;
 }
+
+static int g_shm_mapped; /* the first configuration has its slots */
 
 /* Give every server of c its slot: the one with its name, or a new one. */
 static int shm_map_conf(struct lb_conf *c)
@@ -5483,12 +5697,56 @@ static int shm_map_conf(struct lb_conf *c)
 					return -1;
 				}
 				snprintf(g_shm->s[i].key, sizeof g_shm->s[i].key, "%s", key);
+				/* a server new at a reload (added through the admin API, say) takes traffic
+				 * once it passed its health checks; at start every server begins up */
+				if (g_shm_mapped && c->pools[p].hc_kind != LB_HC_OFF && !s->disabled)
+					atomic_store(&g_shm->s[i].down, 1);
 				g_shm->nservers++;
 			}
 			s->shm = &g_shm->s[i];
 		}
 	}
+	for (size_t k = 0; k < c->nroutes; k++) {
+		struct lb_route *r = &c->routes[k];
+		uint32_t i = 0;
+		while (i < g_shm->nroutes && strcmp(g_shm->r[i].key, r->name))
+			i++;
+		if (i == g_shm->nroutes) {
+			if (i >= LB_SHM_ROUTES) {
+				lb_err("shared memory: more than %d distinct routes since start", LB_SHM_ROUTES);
+				return -1;
+			}
+			snprintf(g_shm->r[i].key, sizeof g_shm->r[i].key, "%s", r->name);
+			g_shm->nroutes++;
+		}
+		r->shm = &g_shm->r[i];
+		for (size_t j = 0; j < r->nsplit; j++) /* the file's weights win at every load */
+			atomic_store(&r->shm->weight[j], r->split[j].weight);
+	}
+	atomic_fetch_add(&g_shm->admin_version, 1);
+	g_shm_mapped = 1;
 	return 0;
+}
+
+/* workers: take the admin API's weights (servers, splits) when they changed */
+static uint32_t g_admin_seen;
+static void admin_sync(void)
+{
+	uint32_t v = atomic_load(&g_shm->admin_version);
+	if (v == g_admin_seen)
+		return;
+	g_admin_seen = v;
+	for (size_t p = 0; p < g_conf->npools; p++)
+		for (size_t k = 0; k < g_conf->pools[p].nservers; k++) {
+			struct lb_server *s = &g_conf->pools[p].servers[k];
+			uint32_t w = s->shm ? atomic_load(&s->shm->weight) : 0;
+			s->weight = w ? w : s->conf_weight;
+		}
+	for (size_t k = 0; k < g_conf->nroutes; k++) {
+		struct lb_route *r = &g_conf->routes[k];
+		for (size_t j = 0; r->shm && j < r->nsplit; j++)
+			r->split[j].weight = atomic_load(&r->shm->weight[j]);
+	}
 }
 
 static void srv_hold(struct lb_server *s)
@@ -5514,6 +5772,8 @@ static void count_exchange(const struct conn *c)
 	if (g_slot < 0)
 		return;
 	atomic_fetch_add_explicit(&g_shm->w[g_slot].requests, 1, memory_order_relaxed);
+	if (c->route && c->route->shm)
+		atomic_fetch_add_explicit(&c->route->shm->requests, 1, memory_order_relaxed);
 	struct lb_shm_server *sv = c->srv ? c->srv->shm : NULL;
 	if (!sv)
 		return;
@@ -5521,6 +5781,13 @@ static void count_exchange(const struct conn *c)
 	if (c->resp_status >= 500)
 		atomic_fetch_add_explicit(&sv->w[g_slot].errors, 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&sv->w[g_slot].bytes_out, c->bytes_out, memory_order_relaxed);
+	int cls = c->resp_status >= 100 && c->resp_status < 600 ? c->resp_status / 100 : 0;
+	atomic_fetch_add_explicit(&sv->status[cls], 1, memory_order_relaxed);
+	uint64_t ms = c->t_start ? g_now - c->t_start : 0;
+	atomic_fetch_add_explicit(&sv->dur_sum_ms, ms, memory_order_relaxed);
+	for (int i = 0; i < LB_HIST; i++)
+		if (ms <= hist_ms[i])
+			atomic_fetch_add_explicit(&sv->dur_bucket[i], 1, memory_order_relaxed);
 }
 
 /* A server's counters summed over every worker, live or exited. */
@@ -5689,6 +5956,1109 @@ static void shm_release_slot(int slot)
 		sv->retired_bytes += atomic_exchange(&sv->w[slot].bytes_out, 0);
 	}
 	g_shm->w[slot].pid = 0;
+}
+
+/* ==================================================================== 12. admin API
+ * Served by the master on [admin] bind: reads shared memory for /metrics, /api/stats and the
+ * dashboard; changes weights, drain state and splits in shared memory (no reload); edits the
+ * config file (atomically, the previous kept as .bak) and reloads for config, server add and
+ * remove. A fixed set of connections, each with a buffer bounded by LB_ADMIN_MAX_BODY; the
+ * master never blocks on a client. */
+
+#define LB_ADMIN_CONNS 16
+#define LB_ADMIN_MAX_HEAD 16384
+#define LB_ADMIN_MAX_BODY (1u << 20)
+#define LB_ADMIN_TIMEOUT_MS 10000
+#define LB_ADMIN_MAX_OUT (64u << 20)
+
+static int g_gen;                            /* section 14 */
+static int g_mstop;
+static const char *g_conf_path;
+static int master_reload(void);
+static char *read_file(const char *path, size_t *len);
+static int live_workers(void);
+static size_t json_str(char *out, size_t cap, const char *s);
+static int open_listener(struct lb_bind *b, const char *lname);
+static void shm_server_totals(const struct lb_shm_server *sv, uint64_t *req, uint64_t *err, uint64_t *bytes);
+
+struct abuf {
+	char *d;
+	size_t n, cap;
+	int oom;
+};
+
+static void ab_put(struct abuf *b, const char *s, size_t n)
+{
+	if (b->oom)
+		return;
+	if (b->n + n + 1 > b->cap) {
+		size_t cap = LB_MAX(b->cap * 2, b->n + n + 4096);
+		char *d = cap <= LB_ADMIN_MAX_OUT ? realloc(b->d, cap) : NULL;
+		if (!d) {
+			b->oom = 1;
+			return;
+		}
+		b->d = d;
+		b->cap = cap;
+	}
+	memcpy(b->d + b->n, s, n);
+	b->n += n;
+	b->d[b->n] = 0;
+}
+
+static void ab_printf(struct abuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void ab_printf(struct abuf *b, const char *fmt, ...)
+{
+	char tmp[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	if ((size_t)n < sizeof tmp) {
+		ab_put(b, tmp, (size_t)n);
+		return;
+	}
+	char *big = malloc((size_t)n + 1);
+	if (!big) {
+		b->oom = 1;
+		return;
+	}
+	va_start(ap, fmt);
+	vsnprintf(big, (size_t)n + 1, fmt, ap);
+	va_end(ap);
+	ab_put(b, big, (size_t)n);
+	free(big);
+}
+
+static void ab_json_str(struct abuf *b, const char *s)
+{
+	char tmp[2048];
+	json_str(tmp, sizeof tmp, s);
+	ab_printf(b, "\"%s\"", tmp);
+}
+
+struct aconn {
+	int fd;
+	char peer[INET6_ADDRSTRLEN];
+	char *in;
+	size_t n, cap;
+	struct abuf out;
+	size_t sent;
+	uint64_t deadline;
+	int writing;
+};
+static struct aconn g_ac[LB_ADMIN_CONNS];
+static int g_admin_fd = -1;
+static struct lb_bind g_admin_bound;
+static char g_admin_token[256];
+static size_t g_admin_token_len;
+static struct lb_req g_areq;
+
+/* pending removals: drained first, removed from the file once idle (or after shutdown_timeout) */
+#define LB_ADMIN_REMOVALS 32
+static struct {
+	char pool[LB_NAME_MAX], server[LB_NAME_MAX];
+	uint64_t deadline;
+} g_rm[LB_ADMIN_REMOVALS];
+
+/* The token from token_file (surrounding whitespace dropped); -1 when it cannot be read. */
+static int admin_token_load(const struct lb_conf *c, char *out, size_t *len)
+{
+	*len = 0;
+	if (!c->admin_on || !c->admin_token_file)
+		return 0;
+	size_t n = 0;
+	char *t = read_file(c->admin_token_file, &n);
+	if (!t) {
+		lb_err("[admin] token_file %s: cannot read: %s", c->admin_token_file, strerror(errno));
+		return -1;
+	}
+	char *p = t, *e = t + n;
+	while (p < e && isspace((unsigned char)*p))
+		p++;
+	while (e > p && isspace((unsigned char)e[-1]))
+		e--;
+	int rc = 0;
+	if (e == p || (size_t)(e - p) >= 256) {
+		lb_err("[admin] token_file %s: the token must be 1..255 characters", c->admin_token_file);
+		rc = -1;
+	} else {
+		memcpy(out, p, (size_t)(e - p));
+		*len = (size_t)(e - p);
+		if (*len < 16)
+			lb_err("[admin] token_file %s: a token of %zu characters is easy to guess; use 32 or more", c->admin_token_file,
+			       *len);
+	}
+	free(t);
+	return rc;
+}
+
+/* master, at start and every reload: listen where [admin] says (or stop listening) */
+static int admin_listen(const struct lb_conf *c)
+{
+	if (g_admin_fd >= 0 && (!c->admin_on || c->admin_bind.salen != g_admin_bound.salen ||
+	                        memcmp(&c->admin_bind.sa, &g_admin_bound.sa, c->admin_bind.salen))) {
+		close(g_admin_fd);
+		g_admin_fd = -1;
+	}
+	if (!c->admin_on || g_admin_fd >= 0)
+		return 0;
+	struct lb_bind b = c->admin_bind;
+	g_admin_fd = open_listener(&b, "admin");
+	if (g_admin_fd < 0)
+		return -1;
+	g_admin_bound = b;
+	return 0;
+}
+
+static void aconn_close(struct aconn *a)
+{
+	close(a->fd);
+	free(a->in);
+	free(a->out.d);
+	memset(a, 0, sizeof *a);
+	a->fd = -1;
+}
+
+static int admin_allowed(const struct lb_conf *c, const struct lb_ip *ip)
+{
+	static const char *const loop[] = { "127.0.0.0/8", "::1" };
+	if (c->nadmin_allow)
+		return cidr_any(c->admin_allow, c->nadmin_allow, ip);
+	for (int i = 0; i < 2; i++) {
+		struct lb_cidr cd;
+		if (lb_parse_cidr(loop[i], strlen(loop[i]), &cd) == 0 && lb_cidr_match(&cd, ip))
+			return 1;
+	}
+	return 0;
+}
+
+static void admin_accept(void)
+{
+	for (;;) {
+		struct sockaddr_storage sa;
+		socklen_t sl = sizeof sa;
+		int fd = accept4(g_admin_fd, (struct sockaddr *)&sa, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0)
+			return;
+		struct lb_ip ip;
+		int k = 0;
+		while (k < LB_ADMIN_CONNS && g_ac[k].fd > 0)
+			k++;
+		if (lb_ip_from_sockaddr(&sa, &ip) != 0 || !admin_allowed(g_conf, &ip) || k == LB_ADMIN_CONNS) {
+			close(fd); /* not from an allowed address, or every slot busy */
+			continue;
+		}
+		struct aconn *a = &g_ac[k];
+		memset(a, 0, sizeof *a);
+		a->fd = fd;
+		lb_ip_format(&ip, a->peer, sizeof a->peer);
+		a->deadline = mono_ms() + LB_ADMIN_TIMEOUT_MS;
+	}
+}
+
+static void admin_reply(struct aconn *a, int status, const char *type, const char *body, size_t blen,
+                        const char *extra)
+{
+	struct abuf *o = &a->out;
+	char head[512];
+	int n = snprintf(head, sizeof head,
+	                 "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\nCache-Control: no-store\r\n"
+	                 "X-Content-Type-Options: nosniff\r\n%sConnection: close\r\n\r\n",
+	                 status, status_text(status), type, blen, extra ? extra : "");
+	struct abuf r = { 0 };
+	ab_put(&r, head, (size_t)n);
+	if (g_areq.method_id != LB_M_HEAD)
+		ab_put(&r, body, blen);
+	free(o->d);
+	*o = r;
+	if (o->oom) { /* cannot even say so: close */
+		free(o->d);
+		memset(o, 0, sizeof *o);
+	}
+	a->writing = 1;
+	a->sent = 0;
+}
+
+static void admin_json_error(struct aconn *a, int status, const char *msg)
+{
+	struct abuf b = { 0 };
+	ab_printf(&b, "{\"error\":");
+	ab_json_str(&b, msg);
+	ab_printf(&b, "}\n");
+	admin_reply(a, status, "application/json", b.d ? b.d : "", b.n,
+	            status == 401 ? "WWW-Authenticate: Bearer realm=\"lb\"\r\n" : NULL);
+	free(b.d);
+}
+
+/* constant time in the token's length: a wrong guess tells nothing of how close it was */
+static int admin_token_ok(const struct lb_req *rq)
+{
+	const struct lb_header *h = lb_header_find(rq->headers, rq->nheaders, "authorization");
+	if (!h || !g_admin_token_len || h->value.n < 7 || !str_ieq(h->value.p, 7, "bearer "))
+		return 0;
+	const char *t = h->value.p + 7;
+	size_t n = h->value.n - 7;
+	unsigned diff = n != g_admin_token_len;
+	for (size_t i = 0; i < g_admin_token_len; i++)
+		diff |= (unsigned char)g_admin_token[i] ^ (unsigned char)(i < n ? t[i] : 0);
+	return diff == 0;
+}
+
+/* -------------------------------------------------------------------- state as text */
+
+static const char *srv_state_name(const struct lb_server *s)
+{
+	struct lb_shm_server *v = s->shm;
+	if (s->disabled || (v && atomic_load(&v->admin) == ADM_DISABLED))
+		return "disabled";
+	if (v && atomic_load(&v->admin) == ADM_DRAIN)
+		return "drain";
+	if (v && atomic_load(&v->down))
+		return "down";
+	if (v && atomic_load(&v->cb_state) == CB_OPEN)
+		return "circuit-open";
+	if (v && atomic_load(&v->cb_state) == CB_HALF)
+		return "circuit-half-open";
+	return "up";
+}
+
+static unsigned srv_weight_now(const struct lb_server *s)
+{
+	uint32_t w = s->shm ? atomic_load(&s->shm->weight) : 0;
+	return w ? w : s->conf_weight;
+}
+
+#define METRIC(b, name, type, help) ab_printf(b, "# HELP " name " " help "\n# TYPE " name " " type "\n")
+
+static void metrics_servers(struct abuf *b)
+{
+	static const char *const cls[6] = { "none", "1xx", "2xx", "3xx", "4xx", "5xx" };
+	const struct lb_conf *c = g_conf;
+	METRIC(b, "lb_server_requests_total", "counter", "Exchanges with the server by status class (none: no answer).");
+	for (size_t p = 0; p < c->npools; p++)
+		for (size_t k = 0; k < c->pools[p].nservers; k++) {
+			const struct lb_server *s = &c->pools[p].servers[k];
+			for (int i = 0; s->shm && i < 6; i++)
+				ab_printf(b, "lb_server_requests_total{pool=\"%s\",server=\"%s\",code=\"%s\"} %llu\n", c->pools[p].name,
+				          s->name, cls[i], (unsigned long long)atomic_load(&s->shm->status[i]));
+		}
+	METRIC(b, "lb_server_request_duration_seconds", "histogram", "Time from the request to the end of the answer.");
+	for (size_t p = 0; p < c->npools; p++)
+		for (size_t k = 0; k < c->pools[p].nservers; k++) {
+			const struct lb_server *s = &c->pools[p].servers[k];
+			if (!s->shm)
+				continue;
+			uint64_t count = 0;
+			for (int i = 0; i < 6; i++)
+				count += atomic_load(&s->shm->status[i]);
+			for (int i = 0; i < LB_HIST; i++)
+				ab_printf(b, "lb_server_request_duration_seconds_bucket{pool=\"%s\",server=\"%s\",le=\"%g\"} %llu\n",
+				          c->pools[p].name, s->name, hist_ms[i] / 1000.0,
+				          (unsigned long long)LB_MIN(count, atomic_load(&s->shm->dur_bucket[i])));
+			ab_printf(b, "lb_server_request_duration_seconds_bucket{pool=\"%s\",server=\"%s\",le=\"+Inf\"} %llu\n",
+			          c->pools[p].name, s->name, (unsigned long long)count);
+			ab_printf(b, "lb_server_request_duration_seconds_sum{pool=\"%s\",server=\"%s\"} %.3f\n", c->pools[p].name,
+			          s->name, atomic_load(&s->shm->dur_sum_ms) / 1000.0);
+			ab_printf(b, "lb_server_request_duration_seconds_count{pool=\"%s\",server=\"%s\"} %llu\n", c->pools[p].name,
+			          s->name, (unsigned long long)count);
+		}
+	static const struct {
+		const char *name, *type, *help;
+		int what;
+	} g[] = {
+		{ "lb_server_sent_bytes_total", "counter", "Body bytes sent to clients from the server.", 0 },
+		{ "lb_server_active_requests", "gauge", "Exchanges in flight, all workers.", 1 },
+		{ "lb_server_up", "gauge", "1 when health checks say the server is up.", 2 },
+		{ "lb_server_circuit_state", "gauge", "0 closed, 1 open, 2 half-open.", 3 },
+		{ "lb_server_admin_state", "gauge", "0 ready, 1 drain, 2 disabled (admin API or config).", 4 },
+		{ "lb_server_weight", "gauge", "Weight in effect.", 5 },
+		{ "lb_server_health_checks_total", "counter", "Health checks run.", 6 },
+		{ "lb_server_health_check_failures_total", "counter", "Health checks failed.", 7 },
+		{ "lb_server_down_transitions_total", "counter", "Times health checks marked the server down.", 8 },
+		{ "lb_server_up_transitions_total", "counter", "Times health checks brought the server back.", 9 },
+		{ "lb_server_circuit_opens_total", "counter", "Times the circuit opened.", 10 },
+		{ "lb_server_retries_total", "counter", "Requests retried on another server after this one failed.", 11 },
+	};
+	for (size_t m = 0; m < sizeof g / sizeof g[0]; m++) {
+		ab_printf(b, "# HELP %s %s\n# TYPE %s %s\n", g[m].name, g[m].help, g[m].name, g[m].type);
+		for (size_t p = 0; p < c->npools; p++)
+			for (size_t k = 0; k < c->pools[p].nservers; k++) {
+				const struct lb_server *s = &c->pools[p].servers[k];
+				struct lb_shm_server *v = s->shm;
+				if (!v)
+					continue;
+				uint64_t req, err, bytes, x = 0;
+				int adm = s->disabled ? ADM_DISABLED : atomic_load(&v->admin);
+				switch (g[m].what) {
+				case 0: shm_server_totals(v, &req, &err, &bytes); x = bytes; break;
+				case 1: x = atomic_load(&v->active); break;
+				case 2: x = !atomic_load(&v->down); break;
+				case 3: x = (uint64_t)atomic_load(&v->cb_state); break;
+				case 4: x = (uint64_t)adm; break;
+				case 5: x = srv_weight_now(s); break;
+				case 6: x = atomic_load(&v->n_checks); break;
+				case 7: x = atomic_load(&v->n_check_fails); break;
+				case 8: x = atomic_load(&v->n_down); break;
+				case 9: x = atomic_load(&v->n_up); break;
+				case 10: x = atomic_load(&v->n_open); break;
+				default: x = atomic_load(&v->retries); break;
+				}
+				ab_printf(b, "%s{pool=\"%s\",server=\"%s\"} %llu\n", g[m].name, c->pools[p].name, s->name,
+				          (unsigned long long)x);
+			}
+	}
+}
+
+static void metrics_routes(struct abuf *b)
+{
+	const struct lb_conf *c = g_conf;
+	static const struct {
+		const char *name, *help;
+		int what;
+	} g[] = {
+		{ "lb_route_requests_total", "Exchanges that matched the route.", 0 },
+		{ "lb_route_rate_limited_total", "Requests answered 429 by the route's rate limit.", 1 },
+		{ "lb_route_denied_total", "Requests answered 403 by the route's acl.", 2 },
+	};
+	for (size_t m = 0; m < 3; m++) {
+		ab_printf(b, "# HELP %s %s\n# TYPE %s counter\n", g[m].name, g[m].help, g[m].name);
+		for (size_t k = 0; k < c->nroutes; k++) {
+			struct lb_shm_route *r = c->routes[k].shm;
+			if (r)
+				ab_printf(b, "%s{route=\"%s\"} %llu\n", g[m].name, c->routes[k].name,
+				          (unsigned long long)atomic_load(g[m].what == 0 ? &r->requests
+				                                          : g[m].what == 1 ? &r->limited : &r->denied));
+		}
+	}
+	METRIC(b, "lb_route_split_weight", "gauge", "Split weight of each pool of a route.");
+	for (size_t k = 0; k < c->nroutes; k++) {
+		const struct lb_route *r = &c->routes[k];
+		for (size_t j = 0; r->shm && j < r->nsplit; j++)
+			ab_printf(b, "lb_route_split_weight{route=\"%s\",pool=\"%s\"} %u\n", r->name, c->pools[r->split[j].pool].name,
+			          atomic_load(&r->shm->weight[j]));
+	}
+}
+
+static void admin_metrics(struct abuf *b)
+{
+	uint64_t reqs = 0;
+	for (int w = 0; w < LB_MAX_WORKERS; w++)
+		reqs += atomic_load(&g_shm->w[w].requests);
+	METRIC(b, "lb_build_info", "gauge", "lb's version.");
+	ab_printf(b, "lb_build_info{version=\"%s\"} 1\n", LB_VERSION);
+	METRIC(b, "lb_start_time_seconds", "gauge", "When the master started (Unix time).");
+	ab_printf(b, "lb_start_time_seconds %.3f\n", g_shm->started_wall_ms / 1000.0);
+	METRIC(b, "lb_workers", "gauge", "Live worker processes (every generation).");
+	ab_printf(b, "lb_workers %d\n", live_workers());
+	METRIC(b, "lb_generation", "gauge", "Configuration generation now serving (1 + reloads).");
+	ab_printf(b, "lb_generation %d\n", g_gen);
+	METRIC(b, "lb_reloads_total", "counter", "Successful reloads.");
+	ab_printf(b, "lb_reloads_total %llu\n", (unsigned long long)atomic_load(&g_shm->reloads));
+	METRIC(b, "lb_worker_restarts_total", "counter", "Workers restarted after dying.");
+	ab_printf(b, "lb_worker_restarts_total %llu\n", (unsigned long long)atomic_load(&g_shm->restarts));
+	METRIC(b, "lb_live_worker_requests_total", "counter", "Exchanges finished by the workers alive now.");
+	ab_printf(b, "lb_live_worker_requests_total %llu\n", (unsigned long long)reqs);
+	metrics_servers(b);
+	metrics_routes(b);
+}
+
+static void admin_stats(struct abuf *b)
+{
+	const struct lb_conf *c = g_conf;
+	static const char *const algo[] = { "round_robin", "least_conn", "ip_hash", "random2" };
+	ab_printf(b, "{\"version\":\"%s\",\"generation\":%d,\"draining\":%s,\"workers\":%d,\"started\":%.3f,\"pools\":[",
+	          LB_VERSION, g_gen, g_mstop ? "true" : "false", live_workers(), g_shm->started_wall_ms / 1000.0);
+	for (size_t p = 0; p < c->npools; p++) {
+		const struct lb_pool *pl = &c->pools[p];
+		ab_printf(b, "%s{\"name\":\"%s\",\"algorithm\":\"%s\",\"servers\":[", p ? "," : "", pl->name, algo[pl->algorithm]);
+		for (size_t k = 0; k < pl->nservers; k++) {
+			const struct lb_server *s = &pl->servers[k];
+			struct lb_shm_server *v = s->shm;
+			uint64_t req = 0, err = 0, bytes = 0, st[6] = { 0 };
+			if (v) {
+				shm_server_totals(v, &req, &err, &bytes);
+				for (int i = 0; i < 6; i++)
+					st[i] = atomic_load(&v->status[i]);
+			}
+			ab_printf(b, "%s{\"name\":\"%s\",\"address\":\"%s:%u\",\"state\":\"%s\",\"backup\":%s,\"weight\":%u,"
+			             "\"active\":%u,\"requests\":%llu,\"errors\":%llu,\"bytes_out\":%llu,",
+			          k ? "," : "", s->name, s->host, (unsigned)s->port, srv_state_name(s), s->backup ? "true" : "false",
+			          srv_weight_now(s), v ? atomic_load(&v->active) : 0, (unsigned long long)req,
+			          (unsigned long long)err, (unsigned long long)bytes);
+			ab_printf(b, "\"status\":{\"1xx\":%llu,\"2xx\":%llu,\"3xx\":%llu,\"4xx\":%llu,\"5xx\":%llu,\"none\":%llu},"
+			             "\"duration_ms_sum\":%llu,\"health\":\"%s\",\"circuit\":\"%s\",\"retries\":%llu}",
+			          (unsigned long long)st[1], (unsigned long long)st[2], (unsigned long long)st[3],
+			          (unsigned long long)st[4], (unsigned long long)st[5], (unsigned long long)st[0],
+			          (unsigned long long)(v ? atomic_load(&v->dur_sum_ms) : 0),
+			          v && atomic_load(&v->down) ? "down" : "up",
+			          !v ? "closed" : atomic_load(&v->cb_state) == CB_OPEN ? "open"
+			          : atomic_load(&v->cb_state) == CB_HALF ? "half-open" : "closed",
+			          (unsigned long long)(v ? atomic_load(&v->retries) : 0));
+		}
+		ab_printf(b, "]}");
+	}
+	ab_printf(b, "],\"routes\":[");
+	for (size_t k = 0; k < c->nroutes; k++) {
+		const struct lb_route *r = &c->routes[k];
+		struct lb_shm_route *v = r->shm;
+		ab_printf(b, "%s{\"name\":\"%s\",\"requests\":%llu,\"rate_limited\":%llu,\"denied\":%llu,\"pool\":", k ? "," : "",
+		          r->name, (unsigned long long)(v ? atomic_load(&v->requests) : 0),
+		          (unsigned long long)(v ? atomic_load(&v->limited) : 0), (unsigned long long)(v ? atomic_load(&v->denied) : 0));
+		if (r->pool >= 0)
+			ab_printf(b, "\"%s\"", c->pools[r->pool].name);
+		else
+			ab_printf(b, "null");
+		ab_printf(b, ",\"split\":[");
+		for (size_t j = 0; j < r->nsplit; j++)
+			ab_printf(b, "%s{\"pool\":\"%s\",\"weight\":%u}", j ? "," : "", c->pools[r->split[j].pool].name,
+			          v ? atomic_load(&v->weight[j]) : r->split[j].weight);
+		ab_printf(b, "]}");
+	}
+	ab_printf(b, "]}\n");
+}
+
+/* -------------------------------------------------------------------- config file edits */
+
+struct ini_edit {
+	const char *sect;       /* "pool api" */
+	const char *key;        /* the key of the line to set, add or delete */
+	const char *value;      /* set/add: the new value */
+	const char *first_word; /* delete: the line whose value starts with this word */
+	int add;                /* add a line instead of replacing the first */
+};
+
+/* does line [p, e) open section `want` ("kind name", spaces inside collapsed)? */
+static int ini_is_section(const char *p, const char *e, const char *want, int *is_header)
+{
+	while (p < e && (*p == ' ' || *p == '\t'))
+		p++;
+	while (e > p && isspace((unsigned char)e[-1]))
+		e--;
+	*is_header = e - p >= 2 && *p == '[' && e[-1] == ']';
+	if (!*is_header)
+		return 0;
+	char name[160];
+	size_t n = 0;
+	for (const char *q = p + 1; q < e - 1 && n + 1 < sizeof name; q++) {
+		if (isspace((unsigned char)*q)) {
+			if (n && name[n - 1] != ' ')
+				name[n++] = ' ';
+		} else {
+			name[n++] = *q;
+		}
+	}
+	while (n && name[n - 1] == ' ')
+		n--;
+	name[n] = 0;
+	return !strcmp(name, want);
+}
+
+/* is [p, e) a `key = ...` line, and what follows the '=' */
+static int ini_is_key(const char *p, const char *e, const char *key, struct lb_str *val)
+{
+	size_t kn = strlen(key);
+	if ((size_t)(e - p) <= kn || memcmp(p, key, kn))
+		return 0;
+	const char *q = p + kn;
+	while (q < e && (*q == ' ' || *q == '\t'))
+		q++;
+	if (q == e || *q != '=')
+		return 0;
+	q++;
+	while (q < e && (*q == ' ' || *q == '\t'))
+		q++;
+	*val = (struct lb_str){ q, (size_t)(e - q) };
+	return 1;
+}
+
+/* The file's text with one line set, added or deleted in one section; NULL when the section
+ * (or, to delete, the line) is not there. Comments and every other line stay as they are. */
+static char *ini_apply(const char *t, size_t len, const struct ini_edit *ed)
+{
+	const char *p = t, *end = t + len;
+	const char *last_content = NULL, *last_key = NULL, *match = NULL, *match_end = NULL;
+	int in = 0;
+	while (p < end) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p));
+		const char *le = nl ? nl + 1 : end, *lend = nl ? nl : end;
+		int hdr, is = ini_is_section(p, lend, ed->sect, &hdr);
+		if (hdr)
+			in = is;
+		if (is) {
+			last_content = le;
+		} else if (in) {
+			const char *c = p;
+			while (c < lend && (*c == ' ' || *c == '\t' || *c == '\r'))
+				c++;
+			struct lb_str v, w;
+			if (c < lend && *c != ';' && *c != '#') {
+				last_content = le;
+				if (ini_is_key(p, lend, ed->key, &v)) {
+					last_key = le;
+					const char *q = v.p;
+					int hit = !ed->first_word || (next_word(&q, v.p + v.n, &w) && w.n == strlen(ed->first_word) &&
+					                              !memcmp(w.p, ed->first_word, w.n));
+					if (hit && !match)
+						match = p, match_end = le;
+				}
+			}
+		}
+		p = le;
+	}
+	if (!last_content || (ed->first_word && !match))
+		return NULL;
+	const char *cut, *resume;
+	if (ed->first_word || (!ed->add && match))
+		cut = match, resume = match_end; /* delete or replace */
+	else
+		cut = resume = ed->add && last_key ? last_key : last_content;
+	struct abuf out = { 0 };
+	ab_put(&out, t, (size_t)(cut - t));
+	if (cut > t && cut[-1] != '\n')
+		ab_put(&out, "\n", 1);
+	if (ed->value)
+		ab_printf(&out, "%s = %s\n", ed->key, ed->value);
+	ab_put(&out, resume, (size_t)(end - resume));
+	if (out.oom) {
+		free(out.d);
+		return NULL;
+	}
+	return out.d ? out.d : calloc(1, 1);
+}
+
+/* Replace the config file: a temporary beside it, fsync, the old one linked as .bak, rename. */
+static int config_write(const char *text, size_t len, char *err, size_t errlen)
+{
+	char tmp[4096], bak[4096], dir[4096];
+	struct stat st;
+	snprintf(tmp, sizeof tmp, "%s.tmp", g_conf_path);
+	snprintf(bak, sizeof bak, "%s.bak", g_conf_path);
+	mode_t mode = stat(g_conf_path, &st) == 0 ? (st.st_mode & 0777) : 0640;
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+	size_t off = 0;
+	while (fd >= 0 && off < len) {
+		ssize_t w = write(fd, text + off, len - off);
+		if (w <= 0)
+			break;
+		off += (size_t)w;
+	}
+	if (fd < 0 || off < len || fsync(fd) != 0) {
+		snprintf(err, errlen, "writing %.400s: %s", tmp, strerror(errno));
+		if (fd >= 0) {
+			close(fd);
+			unlink(tmp);
+		}
+		return -1;
+	}
+	close(fd);
+	unlink(bak);
+	if (link(g_conf_path, bak) != 0 && errno != ENOENT)
+		lb_err("admin: keeping %s as %s: %s", g_conf_path, bak, strerror(errno));
+	if (rename(tmp, g_conf_path) != 0) {
+		snprintf(err, errlen, "renaming %.200s to %.200s: %s", tmp, g_conf_path, strerror(errno));
+		unlink(tmp);
+		return -1;
+	}
+	snprintf(dir, sizeof dir, "%s", g_conf_path);
+	char *slash = strrchr(dir, '/');
+	if (slash)
+		*(slash == dir ? slash + 1 : slash) = 0;
+	int dfd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd >= 0) {
+		fsync(dfd);
+		close(dfd);
+	}
+	return 0;
+}
+
+/* the errors of a config text as the API's JSON into b; 0 when it is valid */
+static int config_check(const char *text, size_t len, struct abuf *b)
+{
+	struct lb_cfg_errors *errs = calloc(1, sizeof *errs);
+	struct lb_conf *c = NULL;
+	if (!errs)
+		return -1;
+	int rc = lb_conf_parse(text, len, &c, errs);
+	if (rc == 0)
+		rc = lb_conf_resolve(c, errs);
+	lb_conf_free(c);
+	if (rc != 0 && b) {
+		ab_printf(b, "{\"valid\":false,\"errors\":[");
+		for (int i = 0; i < errs->n; i++) {
+			ab_printf(b, "%s{\"line\":%d,\"key\":", i ? "," : "", errs->e[i].line);
+			if (errs->e[i].key[0])
+				ab_json_str(b, errs->e[i].key);
+			else
+				ab_printf(b, "null");
+			ab_printf(b, ",\"message\":");
+			ab_json_str(b, errs->e[i].msg);
+			ab_printf(b, "}");
+		}
+		ab_printf(b, "],\"total\":%d}\n", errs->total);
+	}
+	free(errs);
+	return rc != 0;
+}
+
+/* validate, write and reload; the answer says which step failed */
+static void config_replace(struct aconn *a, const char *text, size_t len, int ok_status, const char *what)
+{
+	struct abuf b = { 0 };
+	char err[512];
+	if (config_check(text, len, &b) != 0) {
+		admin_reply(a, 400, "application/json", b.d ? b.d : "", b.n, NULL);
+	} else if (config_write(text, len, err, sizeof err) != 0) {
+		lb_err("admin: %s: %s", what, err);
+		admin_json_error(a, 500, err);
+	} else if (master_reload() != 0) {
+		admin_json_error(a, 500, "the file was written but the reload failed (see the error log); the old "
+		                         "configuration still serves");
+	} else {
+		lb_err("admin (%s): %s; generation %d serves it", a->peer, what, g_gen);
+		ab_printf(&b, "{\"valid\":true,\"reloaded\":true,\"generation\":%d}\n", g_gen);
+		admin_reply(a, ok_status, "application/json", b.d ? b.d : "", b.n, NULL);
+	}
+	free(b.d);
+}
+
+static void config_edit(struct aconn *a, const struct ini_edit *ed, int ok_status, const char *what)
+{
+	size_t len = 0;
+	char *t = read_file(g_conf_path, &len);
+	if (!t) {
+		admin_json_error(a, 500, "cannot read the config file");
+		return;
+	}
+	char *nt = ini_apply(t, len, ed);
+	free(t);
+	if (!nt) {
+		admin_json_error(a, 409, "the config file does not have that section or line (changed on disk?)");
+		return;
+	}
+	config_replace(a, nt, strlen(nt), ok_status, what);
+	free(nt);
+}
+
+/* -------------------------------------------------------------------- the calls */
+
+static struct lb_pool *conf_pool(const char *name)
+{
+	for (size_t i = 0; i < g_conf->npools; i++)
+		if (!strcmp(g_conf->pools[i].name, name))
+			return &g_conf->pools[i];
+	return NULL;
+}
+
+static struct lb_server *pool_server(struct lb_pool *p, const char *name)
+{
+	for (size_t i = 0; p && i < p->nservers; i++)
+		if (!strcmp(p->servers[i].name, name))
+			return &p->servers[i];
+	return NULL;
+}
+
+static void reply_json_buf(struct aconn *a, int status, struct abuf *b)
+{
+	admin_reply(a, status, "application/json", b->d ? b->d : "", b->n, NULL);
+	free(b->d);
+	memset(b, 0, sizeof *b);
+}
+
+static void admin_server_state(struct aconn *a, const struct lb_admin_call *k, struct lb_server *s, const char *body,
+                               size_t blen)
+{
+	char msg[64];
+	if (k->op == LB_A_WEIGHT) {
+		unsigned w;
+		if (lb_parse_weight(body, blen, &w) != 0) {
+			admin_json_error(a, 400, "the body must be a weight 1..1000");
+			return;
+		}
+		atomic_store(&s->shm->weight, w);
+		atomic_fetch_add(&g_shm->admin_version, 1);
+		snprintf(msg, sizeof msg, "weight %u", w);
+	} else {
+		int st = k->op == LB_A_DRAIN ? ADM_DRAIN : k->op == LB_A_DISABLE ? ADM_DISABLED : ADM_READY;
+		atomic_store(&s->shm->admin, st);
+		snprintf(msg, sizeof msg, "%s", st == ADM_DRAIN ? "drain" : st == ADM_DISABLED ? "disabled" : "enabled");
+	}
+	lb_err("admin (%s): server %s/%s: %s", a->peer, k->pool, k->server, msg);
+	struct abuf b = { 0 };
+	ab_printf(&b, "{\"pool\":\"%s\",\"server\":\"%s\",\"state\":\"%s\",\"weight\":%u}\n", k->pool, k->server,
+	          srv_state_name(s), srv_weight_now(s));
+	reply_json_buf(a, 200, &b);
+}
+
+static struct lb_route *conf_route(const char *name)
+{
+	for (size_t i = 0; i < g_conf->nroutes; i++)
+		if (!strcmp(g_conf->routes[i].name, name))
+			return &g_conf->routes[i];
+	return NULL;
+}
+
+/* the route's split with the body's weights applied, as its config line; 0 or an HTTP status */
+static int split_line(const struct lb_route *r, const struct lb_split_spec *sp, unsigned *w, struct abuf *line)
+{
+	unsigned total = 0;
+	for (size_t j = 0; j < r->nsplit; j++)
+		w[j] = atomic_load(&r->shm->weight[j]);
+	for (size_t i = 0; i < sp->n; i++) {
+		size_t j = 0;
+		while (j < r->nsplit && strcmp(g_conf->pools[r->split[j].pool].name, sp->name[i]))
+			j++;
+		if (j == r->nsplit)
+			return 400;
+		w[j] = sp->weight[i];
+	}
+	for (size_t j = 0; j < r->nsplit; j++) {
+		total += w[j];
+		ab_printf(line, "%s%s %u", j ? ", " : "", g_conf->pools[r->split[j].pool].name, w[j]);
+	}
+	return total && !line->oom ? 0 : 400;
+}
+
+static void admin_split(struct aconn *a, const struct lb_admin_call *k, const char *body, size_t blen)
+{
+	struct lb_route *r = conf_route(k->route);
+	struct lb_split_spec sp;
+	unsigned w[LB_ROUTE_MAX_ITEMS];
+	struct abuf line = { 0 }, b = { 0 };
+	char sect[LB_NAME_MAX + 8], err[512];
+	if (!r) {
+		admin_json_error(a, 404, "no such route");
+		return;
+	}
+	if (!r->nsplit || !r->shm) {
+		admin_json_error(a, 409, "the route has no split (change its pool through /api/config)");
+		return;
+	}
+	if (lb_parse_split(body, blen, &sp) != 0 || split_line(r, &sp, w, &line) != 0) {
+		free(line.d);
+		admin_json_error(a, 400, "the body must be 'POOL WEIGHT, ...' naming pools of the route's split, weights "
+		                         "0..1000, not all 0");
+		return;
+	}
+	/* persisted first: a file that cannot be written must not leave runtime and file apart */
+	size_t len = 0;
+	snprintf(sect, sizeof sect, "route %.63s", r->name);
+	struct ini_edit ed = { sect, "split", line.d, NULL, 0 };
+	char *t = read_file(g_conf_path, &len), *nt = t ? ini_apply(t, len, &ed) : NULL;
+	free(t);
+	if (!nt || config_check(nt, strlen(nt), NULL) != 0 || config_write(nt, strlen(nt), err, sizeof err) != 0) {
+		free(nt);
+		free(line.d);
+		admin_json_error(a, 500, "cannot persist the split in the config file");
+		return;
+	}
+	free(nt);
+	for (size_t j = 0; j < r->nsplit; j++)
+		atomic_store(&r->shm->weight[j], w[j]);
+	atomic_fetch_add(&g_shm->admin_version, 1);
+	lb_err("admin (%s): route %s: split = %s", a->peer, r->name, line.d);
+	ab_printf(&b, "{\"route\":\"%s\",\"split\":\"%s\"}\n", r->name, line.d);
+	reply_json_buf(a, 200, &b);
+	free(line.d);
+}
+
+static void admin_server_add(struct aconn *a, const struct lb_admin_call *k, const char *body, size_t blen)
+{
+	struct lb_server_spec sp;
+	char val[512], sect[LB_NAME_MAX + 8], what[700];
+	while (blen && isspace((unsigned char)body[blen - 1]))
+		blen--;
+	while (blen && isspace((unsigned char)*body))
+		body++, blen--;
+	struct lb_pool *p = conf_pool(k->pool);
+	if (!p) {
+		admin_json_error(a, 404, "no such pool");
+		return;
+	}
+	if (blen >= sizeof val || memchr(body, '\n', blen) || memchr(body, ';', blen) ||
+	    lb_parse_server(body, blen, &sp) != 0) {
+		admin_json_error(a, 400, blen >= sizeof val ? "server line too long" : sp.error ? sp.error : "bad server line");
+		return;
+	}
+	if (pool_server(p, sp.name)) {
+		admin_json_error(a, 409, "the pool already has a server of that name");
+		return;
+	}
+	memcpy(val, body, blen);
+	val[blen] = 0;
+	snprintf(sect, sizeof sect, "pool %.63s", p->name);
+	snprintf(what, sizeof what, "pool %.63s: server = %.511s added", p->name, val);
+	struct ini_edit ed = { sect, "server", val, NULL, 1 };
+	config_edit(a, &ed, 201, what);
+}
+
+static void admin_server_del(struct aconn *a, const struct lb_admin_call *k)
+{
+	struct lb_pool *p = conf_pool(k->pool);
+	struct lb_server *s = pool_server(p, k->server);
+	if (!s || !s->shm) {
+		admin_json_error(a, 404, p ? "no such server" : "no such pool");
+		return;
+	}
+	if (p->nservers == 1) {
+		admin_json_error(a, 409, "a pool keeps at least one server");
+		return;
+	}
+	int i = 0;
+	while (i < LB_ADMIN_REMOVALS && g_rm[i].pool[0] &&
+	       (strcmp(g_rm[i].pool, p->name) || strcmp(g_rm[i].server, s->name)))
+		i++;
+	if (i == LB_ADMIN_REMOVALS) {
+		admin_json_error(a, 503, "too many removals under way");
+		return;
+	}
+	snprintf(g_rm[i].pool, sizeof g_rm[i].pool, "%s", p->name);
+	snprintf(g_rm[i].server, sizeof g_rm[i].server, "%s", s->name);
+	g_rm[i].deadline = mono_ms() + g_conf->shutdown_timeout;
+	atomic_store(&s->shm->admin, ADM_DRAIN);
+	lb_err("admin (%s): server %s/%s: draining; removed once idle", a->peer, p->name, s->name);
+	struct abuf b = { 0 };
+	ab_printf(&b, "{\"pool\":\"%s\",\"server\":\"%s\",\"state\":\"drain\",\"removal\":\"once idle\"}\n", p->name,
+	          s->name);
+	reply_json_buf(a, 202, &b);
+}
+
+/* master tick: drained servers with nothing in flight leave the file (and so the pools) */
+static void admin_removals(void)
+{
+	for (int i = 0; i < LB_ADMIN_REMOVALS; i++) {
+		if (!g_rm[i].pool[0])
+			continue;
+		struct lb_server *s = pool_server(conf_pool(g_rm[i].pool), g_rm[i].server);
+		if (s && s->shm && atomic_load(&s->shm->active) > 0 && mono_ms() < g_rm[i].deadline)
+			continue;
+		char sect[LB_NAME_MAX + 8], what[200];
+		snprintf(sect, sizeof sect, "pool %.63s", g_rm[i].pool);
+		snprintf(what, sizeof what, "pool %.63s: server %.63s removed", g_rm[i].pool, g_rm[i].server);
+		struct ini_edit ed = { sect, "server", NULL, g_rm[i].server, 0 };
+		struct aconn quiet = { .fd = -1 };
+		snprintf(quiet.peer, sizeof quiet.peer, "removal");
+		if (s) {
+			config_edit(&quiet, &ed, 200, what);
+			if (quiet.out.d && strncmp(quiet.out.d, "HTTP/1.1 200", 12))
+				lb_err("admin: removing server %s/%s failed: %s", g_rm[i].pool, g_rm[i].server,
+				       strstr(quiet.out.d, "\r\n\r\n") ? strstr(quiet.out.d, "\r\n\r\n") + 4 : "?");
+		}
+		free(quiet.out.d);
+		memset(&g_rm[i], 0, sizeof g_rm[i]);
+	}
+}
+
+/* The dashboard: one page, no external assets; it polls /api/stats. Buttons send the token the
+ * operator typed (kept in this tab's sessionStorage only). */
+static const char g_dashboard[] =
+	"<!doctype html><html><head><meta charset=utf-8><title>lb</title><style>"
+	"body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}h1{font-size:1.3em}"
+	"table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{padding:.25em .7em;border-bottom:1px solid #ddd;"
+	"text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}"
+	".up{color:#080}.down,.circuit-open{color:#c00;font-weight:bold}.drain,.disabled,.circuit-half-open{color:#b60}"
+	"button{font-size:12px}#err{color:#c00}</style></head><body>"
+	"<h1>lb <span id=ver></span></h1><p>generation <span id=gen></span>, <span id=wk></span> workers, "
+	"refreshed every 2 s. Token for changes: <input id=tok type=password size=24></p><p id=err></p>"
+	"<div id=pools></div><div id=routes></div><script>\n"
+	"'use strict';let prev=null,prevT=0;const $=i=>document.getElementById(i);\n"
+	"$('tok').value=sessionStorage.getItem('lbtok')||'';$('tok').onchange=()=>sessionStorage.setItem('lbtok',$('tok').value);\n"
+	"function esc(s){return String(s).replace(/[&<>\"']/g,c=>'&#'+c.charCodeAt(0)+';')}\n"
+	"async function act(p,s,a){const r=await fetch('/api/pools/'+p+'/servers/'+s+'/'+a,{method:'POST',"
+	"headers:{Authorization:'Bearer '+$('tok').value}});$('err').textContent=r.ok?'':a+': '+(await r.text());load()}\n"
+	"function row(p,s,o,dt){const old=o&&o[p.name+'/'+s.name];let rate='',er='',lat='';"
+	"if(old&&dt>0){const dq=s.requests-old.requests;rate=(dq/dt).toFixed(1);"
+	"er=dq?(100*(s.errors-old.errors)/dq).toFixed(1)+'%':'';lat=dq?((s.duration_ms_sum-old.duration_ms_sum)/dq).toFixed(1)+' ms':''}"
+	"return '<tr><td>'+esc(s.name)+(s.backup?' (backup)':'')+'</td><td>'+esc(s.address)+'</td><td class=\"'+esc(s.state)+'\">'+esc(s.state)+"
+	"'</td><td>'+s.weight+'</td><td>'+s.active+'</td><td>'+s.requests+'</td><td>'+rate+'</td><td>'+er+'</td><td>'+lat+"
+	"'</td><td><button data-a=drain data-p=\"'+esc(p.name)+'\" data-s=\"'+esc(s.name)+'\">drain</button> "
+	"<button data-a=enable data-p=\"'+esc(p.name)+'\" data-s=\"'+esc(s.name)+'\">enable</button></td></tr>'}\n"
+	"async function load(){try{const r=await fetch('/api/stats',{cache:'no-store'});const d=await r.json();"
+	"const now=Date.now()/1000,dt=now-prevT,o=prev;const cur={};$('ver').textContent=d.version;$('gen').textContent=d.generation;"
+	"$('wk').textContent=d.workers;let h='';for(const p of d.pools){h+='<h2>pool '+esc(p.name)+' <small>'+esc(p.algorithm)+"
+	"'</small></h2><table><tr><th>server</th><th>address</th><th>state</th><th>weight</th><th>active</th><th>requests</th>"
+	"<th>req/s</th><th>errors</th><th>latency</th><th></th></tr>';for(const s of p.servers){h+=row(p,s,o,dt);"
+	"cur[p.name+'/'+s.name]=s}h+='</table>'}$('pools').innerHTML=h;let t='<h2>routes</h2><table><tr><th>route</th>"
+	"<th>requests</th><th>rate limited</th><th>denied</th><th>target</th></tr>';for(const x of d.routes){t+='<tr><td>'+"
+	"esc(x.name)+'</td><td>'+x.requests+'</td><td>'+x.rate_limited+'</td><td>'+x.denied+'</td><td>'+(x.pool?esc(x.pool):"
+	"x.split.map(s=>esc(s.pool)+' '+s.weight).join(', '))+'</td></tr>'}$('routes').innerHTML=t+'</table>';"
+	"prev=cur;prevT=now;document.querySelectorAll('button[data-a]').forEach(b=>b.onclick=()=>act(b.dataset.p,b.dataset.s,b.dataset.a))"
+	"}catch(e){$('err').textContent='stats: '+e}}\nload();setInterval(load,2000);\n"
+	"</script></body></html>\n";
+
+static void admin_call(struct aconn *a, const struct lb_req *rq, const char *body, size_t blen)
+{
+	struct lb_admin_call k;
+	struct abuf b = { 0 };
+	if (lb_admin_route(rq->method.p, rq->method.n, rq->target.p, rq->target.n, &k) != 0) {
+		admin_json_error(a, k.status, k.error);
+		return;
+	}
+	if (k.mutating && !admin_token_ok(rq)) {
+		lb_err("admin (%s): %.*s %.*s refused: %s", a->peer, (int)rq->method.n, rq->method.p, (int)rq->target.n,
+		       rq->target.p, g_admin_token_len ? "missing or wrong bearer token" : "no token_file configured");
+		admin_json_error(a, 401, g_admin_token_len ? "a valid Authorization: Bearer token is required"
+		                                           : "no [admin] token_file is configured: changes are refused");
+		return;
+	}
+	struct lb_pool *p;
+	struct lb_server *s;
+	switch (k.op) {
+	case LB_A_HEALTHZ:
+		if (g_mstop || live_workers() == 0)
+			admin_reply(a, 503, "text/plain", "draining\n", 9, NULL);
+		else
+			admin_reply(a, 200, "text/plain", "ok\n", 3, NULL);
+		break;
+	case LB_A_METRICS:
+		admin_metrics(&b);
+		admin_reply(a, 200, "text/plain; version=0.0.4", b.d ? b.d : "", b.n, NULL);
+		break;
+	case LB_A_STATS:
+		admin_stats(&b);
+		admin_reply(a, 200, "application/json", b.d ? b.d : "", b.n, NULL);
+		break;
+	case LB_A_DASHBOARD:
+		admin_reply(a, 200, "text/html; charset=utf-8", g_dashboard, strlen(g_dashboard),
+		            "Content-Security-Policy: default-src 'self'; script-src 'unsafe-inline'; "
+		            "style-src 'unsafe-inline'\r\n");
+		break;
+	case LB_A_RELOAD:
+		if (master_reload() == 0) {
+			lb_err("admin (%s): reload; generation %d serves", a->peer, g_gen);
+			ab_printf(&b, "{\"reloaded\":true,\"generation\":%d}\n", g_gen);
+			admin_reply(a, 200, "application/json", b.d ? b.d : "", b.n, NULL);
+		} else {
+			admin_json_error(a, 500, "reload failed (see the error log); the old configuration still serves");
+		}
+		break;
+	case LB_A_CONFIG:
+		if (!k.dry_run)
+			config_replace(a, body, blen, 200, "configuration replaced");
+		else if (config_check(body, blen, &b) != 0)
+			admin_reply(a, 400, "application/json", b.d ? b.d : "", b.n, NULL);
+		else
+			admin_reply(a, 200, "application/json", "{\"valid\":true}\n", 15, NULL);
+		break;
+	case LB_A_SERVER_ADD:
+		admin_server_add(a, &k, body, blen);
+		break;
+	case LB_A_SERVER_DEL:
+		admin_server_del(a, &k);
+		break;
+	case LB_A_SPLIT:
+		admin_split(a, &k, body, blen);
+		break;
+	default: /* drain, enable, disable, weight */
+		p = conf_pool(k.pool);
+		s = pool_server(p, k.server);
+		if (!s || !s->shm)
+			admin_json_error(a, 404, p ? "no such server" : "no such pool");
+		else
+			admin_server_state(a, &k, s, body, blen);
+		break;
+	}
+	free(b.d);
+}
+
+/* bytes arrived: once the head and its body are complete, answer */
+static void admin_step(struct aconn *a)
+{
+	int rc = lb_parse_request(a->in, a->n, &g_areq);
+	if (rc == LB_EAGAIN) {
+		if (a->n >= LB_ADMIN_MAX_HEAD)
+			admin_json_error(a, 431, "request head too large");
+		return;
+	}
+	if (rc < 0) {
+		admin_json_error(a, g_areq.status ? g_areq.status : 400, g_areq.error ? g_areq.error : "invalid request");
+		return;
+	}
+	if (g_areq.flags & LB_HF_CHUNKED) {
+		admin_json_error(a, 411, "send the body with a Content-Length");
+		return;
+	}
+	if (g_areq.content_length > (int64_t)LB_ADMIN_MAX_BODY) {
+		admin_json_error(a, 413, "body larger than 1 MiB");
+		return;
+	}
+	size_t need = (size_t)rc + (size_t)(g_areq.content_length > 0 ? g_areq.content_length : 0);
+	if (a->n < need)
+		return;
+	admin_call(a, &g_areq, a->in + rc, need - (size_t)rc);
+}
+
+static void admin_read(struct aconn *a)
+{
+	if (a->n == a->cap) {
+		size_t cap = LB_MIN(a->cap ? a->cap * 2 : 4096, (size_t)LB_ADMIN_MAX_HEAD + LB_ADMIN_MAX_BODY);
+		char *d = cap > a->cap ? realloc(a->in, cap) : NULL;
+		if (!d) {
+			aconn_close(a);
+			return;
+		}
+		a->in = d;
+		a->cap = cap;
+	}
+	ssize_t n = recv(a->fd, a->in + a->n, a->cap - a->n, 0);
+	if (n <= 0) {
+		if (n == 0 || !io_again())
+			aconn_close(a);
+		return;
+	}
+	a->n += (size_t)n;
+	admin_step(a);
+}
+
+static void admin_write(struct aconn *a)
+{
+	while (a->sent < a->out.n) {
+		ssize_t n = send(a->fd, a->out.d + a->sent, a->out.n - a->sent, MSG_NOSIGNAL);
+		if (n < 0) {
+			if (!io_again())
+				aconn_close(a);
+			return;
+		}
+		a->sent += (size_t)n;
+	}
+	aconn_close(a);
+}
+
+/* the master's poll set: the admin socket and its connections, appended at fds[*n] */
+static void admin_poll_fds(struct pollfd *fds, size_t *n)
+{
+	if (g_admin_fd >= 0)
+		fds[(*n)++] = (struct pollfd){ g_admin_fd, POLLIN, 0 };
+	for (int i = 0; i < LB_ADMIN_CONNS; i++)
+		if (g_ac[i].fd > 0)
+			fds[(*n)++] = (struct pollfd){ g_ac[i].fd, g_ac[i].writing ? POLLOUT : POLLIN, 0 };
+}
+
+static void admin_events(const struct pollfd *fds, size_t n)
+{
+	uint64_t now = mono_ms();
+	for (size_t i = 0; i < n; i++) {
+		if (!fds[i].revents)
+			continue;
+		if (fds[i].fd == g_admin_fd) {
+			admin_accept();
+			continue;
+		}
+		for (int k = 0; k < LB_ADMIN_CONNS; k++) {
+			if (g_ac[k].fd != fds[i].fd)
+				continue;
+			if (!g_ac[k].writing)
+				admin_read(&g_ac[k]);
+			if (g_ac[k].fd > 0 && g_ac[k].writing)
+				admin_write(&g_ac[k]);
+		}
+	}
+	for (int k = 0; k < LB_ADMIN_CONNS; k++)
+		if (g_ac[k].fd > 0 && now > g_ac[k].deadline)
+			aconn_close(&g_ac[k]);
+	admin_removals();
 }
 
 /* ==================================================================== 13. access log
@@ -6219,6 +7589,7 @@ static int run_loop(void)
 		run_timers();
 		hc_tick();
 		idle_sweep();
+		admin_sync();
 		reap_dead();
 		log_flush();
 		if (g_accept_paused && !g_stopping && g_nconns < g_conf->max_connections)
@@ -6624,6 +7995,7 @@ static void master_reap(void)
 		w->fast_exits = lived < 1000 ? w->fast_exits + 1 : 0;
 		w->restart = 1;
 		w->restart_at = mono_ms() + (w->fast_exits > 1 ? 1000 : 0); /* a crash loop: once a second */
+		atomic_fetch_add(&g_shm->restarts, 1);
 		lb_err("worker %d pid %d exited %s; restarting", w->id, (int)pid, how);
 	}
 }
@@ -6830,14 +8202,16 @@ static int resolve_user(const struct lb_conf *c)
 
 /* SIGHUP: the new generation starts before the old one retires; on any error the old
  * generation keeps serving as it was. */
-static void master_reload(void)
+static int master_reload(void)
 {
 	struct lb_conf *nc = load_config(g_conf_path, 1);
 	if (!nc) {
 		lb_err("reload: %s has errors; still serving generation %d", g_conf_path, g_gen);
-		return;
+		return -1;
 	}
 	int free_slots = 0;
+	char token[sizeof g_admin_token];
+	size_t token_len = 0;
 	for (int i = 0; i < LB_MAX_WORKERS; i++)
 		free_slots += !g_wk[i].pid && !g_wk[i].restart;
 	struct lb_conf *old = g_conf;
@@ -6850,14 +8224,21 @@ static void master_reload(void)
 		why = "unknown user";
 	else if (msocks_open(nc) != 0)
 		why = "cannot listen on a new address";
+	else if (admin_token_load(nc, token, &token_len) != 0)
+		why = "cannot read the admin token";
+	else if (admin_listen(nc) != 0)
+		why = "cannot listen on the new admin address";
 	if (why) {
 		lb_err("reload: %s; still serving generation %d", why, g_gen);
 		msocks_open(old);
 		msocks_close_unused();
 		resolve_user(old);
+		admin_listen(old);
 		lb_conf_free(nc);
-		return;
+		return -1;
 	}
+	memcpy(g_admin_token, token, sizeof token);
+	g_admin_token_len = token_len;
 	g_conf = nc;
 	if (nc->rate_limit_entries != old->rate_limit_entries)
 		lb_err("reload: rate_limit_entries = %u takes effect at the next restart; the table keeps %zu entries",
@@ -6879,10 +8260,12 @@ static void master_reload(void)
 		}
 	}
 	msocks_close_unused();
+	atomic_fetch_add(&g_shm->reloads, 1);
 	g_next_rotate = mono_ms() + nc->rotate_interval;
 	lb_err("reload: generation %d serves %s (%zu listeners, %zu pools, %zu routes); generation %d retires",
 	       g_gen, g_conf_path, nc->nlisteners, nc->npools, nc->nroutes, old_gen);
 	lb_conf_free(old);
+	return 0;
 }
 
 /* One line per server with traffic since start: the per-worker counters, summed. */
@@ -6962,8 +8345,14 @@ static int master_run(void)
 	if (spawn_generation() != 0 && live_workers() == 0)
 		return 1;
 	for (;;) {
-		struct pollfd p = { g_sigpipe[0], POLLIN, 0 };
-		poll(&p, 1, 200);
+		struct pollfd fds[2 + LB_ADMIN_CONNS];
+		size_t nfds = 1;
+		fds[0] = (struct pollfd){ g_sigpipe[0], POLLIN, 0 };
+		admin_poll_fds(fds, &nfds); /* also while stopping: /healthz says 503 */
+		if (poll(fds, (nfds_t)nfds, 200) > 0)
+			admin_events(fds + 1, nfds - 1);
+		else
+			admin_events(fds, 0); /* timeouts and pending removals */
 		master_signals();
 		master_reap(); /* also catches a SIGCHLD that raced the handler install */
 		if (g_mstop) {
@@ -7146,7 +8535,8 @@ int lb_main(int argc, char **argv)
 		return 1;
 	if (resolve_user(g_conf) != 0 || shm_create() != 0 || shm_map_conf(g_conf) != 0 ||
 	    rl_create(g_conf->rate_limit_entries) != 0 || ipc_create() != 0 || events_create() != 0 ||
-	    msocks_open(g_conf) != 0)
+	    msocks_open(g_conf) != 0 || admin_token_load(g_conf, g_admin_token, &g_admin_token_len) != 0 ||
+	    admin_listen(g_conf) != 0)
 		return 1;
 	if (g_conf->pid_file && write_pid_file(g_conf->pid_file) != 0)
 		return 1;

@@ -215,6 +215,33 @@ int lb_proxy_build(int version, const struct lb_proxy *p, char *out, size_t cap)
 /* Text form of an address (inet_ntop); 0 or LB_ERANGE. */
 int lb_ip_format(const struct lb_ip *ip, char *out, size_t cap);
 
+/* ------------------------------------------------------------------ admin API */
+
+enum lb_admin_op {
+	LB_A_NONE = 0, LB_A_DASHBOARD, LB_A_HEALTHZ, LB_A_METRICS, LB_A_STATS, LB_A_CONFIG, LB_A_RELOAD,
+	LB_A_SERVER_ADD, LB_A_SERVER_DEL, LB_A_DRAIN, LB_A_ENABLE, LB_A_DISABLE, LB_A_WEIGHT, LB_A_SPLIT,
+};
+struct lb_admin_call {
+	int op;                       /* LB_A_* */
+	int mutating;                 /* needs the bearer token */
+	int dry_run;                  /* ?dry_run=1 */
+	char pool[LB_NAME_MAX], server[LB_NAME_MAX], route[LB_NAME_MAX];
+	int status;                   /* on LB_EINVAL: 400, 404 or 405 */
+	const char *error;
+};
+/* Which admin call a method and request-target (with its query) name. */
+int lb_admin_route(const char *method, size_t mlen, const char *target, size_t tlen, struct lb_admin_call *o);
+
+struct lb_split_spec {
+	size_t n;
+	char name[16][LB_NAME_MAX];
+	unsigned weight[16];
+};
+/* "blue 0, green 100": pool names and weights 0..1000, not all 0. */
+int lb_parse_split(const char *s, size_t n, struct lb_split_spec *o);
+/* A weight body: 1..1000, surrounding whitespace allowed. */
+int lb_parse_weight(const char *s, size_t n, unsigned *out);
+
 /* ------------------------------------------------------------------ configuration */
 
 enum lb_mode { LB_MODE_HTTP = 0, LB_MODE_TCP = 1 };
@@ -224,6 +251,7 @@ enum lb_hc { LB_HC_DEFAULT = 0, LB_HC_OFF, LB_HC_HTTP, LB_HC_TCP };
 
 struct lb_bconn;      /* a backend connection (lb.c) */
 struct lb_shm_server; /* a server's slot in the shared-memory segment (lb.c) */
+struct lb_shm_route;  /* a route's slot: split weights and counters (lb.c) */
 
 struct lb_server {
 	char name[LB_NAME_MAX];
@@ -231,7 +259,8 @@ struct lb_server {
 	uint16_t port;
 	struct sockaddr_storage sa;
 	socklen_t salen;
-	unsigned weight, max_conn;
+	unsigned weight, max_conn;      /* weight: in effect (the admin API may change it) */
+	unsigned conf_weight;           /* as configured */
 	int backup, disabled;
 	int line;
 	uint64_t name_hash;     /* for consistent hashing: by name, so a readdressed server keeps its keys */
@@ -325,6 +354,7 @@ struct lb_route {
 	char *req_del[LB_ROUTE_MAX_ITEMS];  size_t nreq_del;  /* names */
 	char *resp_add[LB_ROUTE_MAX_ITEMS]; size_t nresp_add;
 	char *resp_del[LB_ROUTE_MAX_ITEMS]; size_t nresp_del;
+	struct lb_shm_route *shm;                  /* NULL in unit tests */
 };
 
 struct lb_conf {
@@ -336,6 +366,12 @@ struct lb_conf {
 	uint64_t shutdown_timeout;   /* ms: bound on the graceful stop */
 	unsigned rate_limit_entries; /* size of the shared rate-limit table */
 	char *alert_command;         /* run with an event as JSON on stdin; NULL = none */
+	/* [admin]: only with the section */
+	int admin_on;
+	struct lb_bind admin_bind;   /* default 127.0.0.1:8404 */
+	char *admin_token_file;      /* NULL: no mutating call is accepted */
+	struct lb_cidr *admin_allow; /* none given: loopback only */
+	size_t nadmin_allow;
 	/* [log] */
 	char *access_log;            /* NULL = off, "stdout", or a path */
 	int log_format;

@@ -6,7 +6,7 @@ what=${1:-run}
 pkgs="gcc make libc6-dev libbearssl-dev libinih-dev python3 curl"
 case "$what" in
 run) ;;
-test) pkgs="$pkgs clang libclang-rt-14-dev" ;;
+test) pkgs="$pkgs clang libclang-rt-14-dev prometheus chromium systemd nftables openssh-server openssh-client shellcheck util-linux iproute2" ;;
 bench) pkgs="$pkgs wrk haproxy nginx-light util-linux" ;;
 afl) pkgs="$pkgs afl++" ;;
 *) echo "deps.sh: unknown set '$what'" >&2; exit 2 ;;
@@ -22,10 +22,11 @@ if [ "$(id -u)" != 0 ]; then
 	exit 1
 fi
 echo "installing:$missing"
-# haproxy and nginx are only run by hand by the benchmark: keep their services from starting
+# haproxy, nginx, prometheus and sshd are only run by hand by the tests and the benchmark: keep their
+# services from starting
 prc=/usr/sbin/policy-rc.d
 own_prc=0
-if [ "$what" = bench ] && [ ! -e $prc ]; then
+if { [ "$what" = bench ] || [ "$what" = test ]; } && [ ! -e $prc ]; then
 	printf '#!/bin/sh\nexit 101\n' > $prc && chmod 755 $prc && own_prc=1
 fi
 export DEBIAN_FRONTEND=noninteractive

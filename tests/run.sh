@@ -47,10 +47,14 @@ for b in $INTEGRATION_BUILDS; do
 	ASAN_OPTIONS=abort_on_error=1:detect_leaks=0 LB_BIN=./$b run "process-$b" python3 tests/process.py
 	ASAN_OPTIONS=abort_on_error=1:detect_leaks=0 LB_BIN=./$b run "policy-$b" python3 tests/policy.py
 	ASAN_OPTIONS=abort_on_error=1:detect_leaks=0 LB_BIN=./$b run "health-$b" python3 tests/health.py
+	ASAN_OPTIONS=abort_on_error=1:detect_leaks=0 LB_BIN=./$b run "admin-$b" python3 tests/admin.py
 done
 
 # the differential request-smuggling test: once, against the ./lb build
 LB_BIN=./lb run smuggle python3 tests/smuggle.py
+
+# deploy/: systemd unit, nftables rules (in network namespaces), sshd and sysctl drop-ins, alert webhook
+run deploy bash tests/deploy.sh
 
 # fuzz_smoke NAME SECS DICT: run fuzz/fuzz_NAME from its corpus with fuzz/dict/DICT.dict
 fuzz_smoke() {
@@ -74,3 +78,4 @@ fuzz_smoke chunked $((FUZZ_SECS / 3)) http
 fuzz_smoke config $((FUZZ_SECS / 3)) ini
 fuzz_smoke values $((FUZZ_SECS / 3)) ini
 fuzz_smoke proxy $((FUZZ_SECS / 3)) proxy
+fuzz_smoke admin $((FUZZ_SECS / 3)) admin

@@ -1689,7 +1689,9 @@ static const struct cf_err cf_errs[] = {
 	{ "route_redirect_no_url", BASE "[route r]\nredirect = 301\n", 7, 0, "redirect", 0 },
 	{ "route_header_add_no_colon", BASE "[route r]\npool = p\nrequest_header_add = NoColon\n", 8, 0, "request_header_add", 1 },
 	{ "route_header_remove_bad", BASE "[route r]\npool = p\nresponse_header_remove = Bad Name\n", 8, 0, NULL, 1 },
-	{ "unsupported_admin_section", BASE "[admin]\nbind = 127.0.0.1:8404\n", 7, 6, "not supported", 1 },
+	{ "admin_bind_bad", BASE "[admin]\nbind = localhost\n", 7, 0, "bind", 1 },
+	{ "admin_bind_clash", BASE "[admin]\nbind = 127.0.0.1:8000\n", 7, 0, "also listener", 1 },
+	{ "admin_allow_bad", BASE "[admin]\nallow = everyone\n", 7, 0, "allow", 1 },
 };
 
 static void build_conf_inputs(void)
@@ -2414,6 +2416,75 @@ static void test_proxy(void)
 	end("proxy/build_mixed_families");
 }
 
+/* admin API paths and bodies */
+static void test_admin(void)
+{
+	static const struct {
+		const char *m, *t;
+		int rc, op, mut, dry, status;
+		const char *pool, *srv, *route;
+	} t[] = {
+		{ "GET", "/", 0, LB_A_DASHBOARD, 0, 0, 0, "", "", "" },
+		{ "GET", "/healthz", 0, LB_A_HEALTHZ, 0, 0, 0, "", "", "" },
+		{ "HEAD", "/metrics", 0, LB_A_METRICS, 0, 0, 0, "", "", "" },
+		{ "GET", "/api/stats", 0, LB_A_STATS, 0, 0, 0, "", "", "" },
+		{ "POST", "/api/config?dry_run=1", 0, LB_A_CONFIG, 1, 1, 0, "", "", "" },
+		{ "POST", "/api/config", 0, LB_A_CONFIG, 1, 0, 0, "", "", "" },
+		{ "POST", "/api/reload", 0, LB_A_RELOAD, 1, 0, 0, "", "", "" },
+		{ "POST", "/api/pools/api/servers", 0, LB_A_SERVER_ADD, 1, 0, 0, "api", "", "" },
+		{ "DELETE", "/api/pools/api/servers/a1", 0, LB_A_SERVER_DEL, 1, 0, 0, "api", "a1", "" },
+		{ "POST", "/api/pools/api/servers/a1/drain", 0, LB_A_DRAIN, 1, 0, 0, "api", "a1", "" },
+		{ "POST", "/api/pools/api/servers/a1/enable", 0, LB_A_ENABLE, 1, 0, 0, "api", "a1", "" },
+		{ "POST", "/api/pools/api/servers/a1/disable", 0, LB_A_DISABLE, 1, 0, 0, "api", "a1", "" },
+		{ "PUT", "/api/pools/api/servers/a1/weight", 0, LB_A_WEIGHT, 1, 0, 0, "api", "a1", "" },
+		{ "PUT", "/api/routes/web/split", 0, LB_A_SPLIT, 1, 0, 0, "", "", "web" },
+		{ "POST", "/metrics", LB_EINVAL, 0, 0, 0, 405, "", "", "" },
+		{ "GET", "/api/reload", LB_EINVAL, 0, 1, 0, 405, "", "", "" },
+		{ "GET", "/api/pools/api/servers/a1/drain", LB_EINVAL, 0, 1, 0, 405, "", "", "" },
+		{ "POST", "/api/pools/api/servers/a1/explode", LB_EINVAL, 0, 1, 0, 404, "", "", "" },
+		{ "POST", "/api/pools/a%2Fb/servers", LB_EINVAL, 0, 1, 0, 404, "", "", "" },
+		{ "POST", "/api/pools/../servers", 0, LB_A_SERVER_ADD, 1, 0, 0, "..", "", "" }, /* only a name */
+		{ "POST", "/api/pools/api/servers/a1/drain/x", LB_EINVAL, 0, 1, 0, 404, "", "", "" },
+		{ "POST", "/api/pools//servers", LB_EINVAL, 0, 1, 0, 404, "", "", "" },
+		{ "GET", "/api", LB_EINVAL, 0, 0, 0, 404, "", "", "" },
+		{ "GET", "/healthz/", LB_EINVAL, 0, 0, 0, 404, "", "", "" },
+		{ "POST", "/api/config?dry_run=2", LB_EINVAL, 0, 0, 0, 400, "", "", "" },
+		{ "BREW", "/", LB_EINVAL, 0, 0, 0, 405, "", "", "" },
+	};
+	for (size_t i = 0; i < sizeof t / sizeof *t; i++) {
+		struct lb_admin_call k;
+		char *m = dupbuf(t[i].m, strlen(t[i].m)), *tg = dupbuf(t[i].t, strlen(t[i].t));
+		begin();
+		int rc = lb_admin_route(m, strlen(t[i].m), tg, strlen(t[i].t), &k);
+		CHECK(rc == t[i].rc, "rc %d, expected %d (%s)", rc, t[i].rc, k.error ? k.error : "");
+		if (rc == 0) {
+			CHECK(k.op == t[i].op && k.mutating == t[i].mut && k.dry_run == t[i].dry, "op %d mut %d dry %d", k.op,
+			      k.mutating, k.dry_run);
+			CHECK(!strcmp(k.pool, t[i].pool) && !strcmp(k.server, t[i].srv) && !strcmp(k.route, t[i].route),
+			      "names '%s' '%s' '%s'", k.pool, k.server, k.route);
+		} else {
+			CHECK(k.status == t[i].status && k.error, "status %d, expected %d", k.status, t[i].status);
+		}
+		free(m);
+		free(tg);
+		end("admin_route/%s_%s", t[i].m, t[i].t);
+	}
+	struct lb_split_spec sp;
+	unsigned w = 0;
+	begin();
+	CHECK(lb_parse_split("blue 0, green 100", 17, &sp) == 0 && sp.n == 2 && !strcmp(sp.name[1], "green") &&
+	      sp.weight[0] == 0 && sp.weight[1] == 100, "blue 0, green 100");
+	CHECK(lb_parse_split("blue 0, green 0", 15, &sp) != 0, "all zero accepted");
+	CHECK(lb_parse_split("blue 1001", 9, &sp) != 0, "weight over 1000 accepted");
+	CHECK(lb_parse_split("blue", 4, &sp) != 0, "missing weight accepted");
+	CHECK(lb_parse_split("bl/ue 1", 7, &sp) != 0, "bad name accepted");
+	CHECK(lb_parse_split("", 0, &sp) != 0, "empty accepted");
+	CHECK(lb_parse_weight(" 7\n", 3, &w) == 0 && w == 7, "weight ' 7\\n'");
+	CHECK(lb_parse_weight("0", 1, &w) != 0 && lb_parse_weight("1001", 4, &w) != 0 && lb_parse_weight("x", 1, &w) != 0,
+	      "bad weights accepted");
+	end("admin_bodies");
+}
+
 static void test_bucket(void)
 {
 	struct lb_bucket b = { 5 * 1000, 1000 }; /* full: 5 tokens of 1000 credits at t = 1000 ms */
@@ -2635,6 +2706,7 @@ int main(void)
 	test_conf_health();
 	test_cidr();
 	test_proxy();
+	test_admin();
 	test_bucket();
 	test_rate_limit_parse();
 

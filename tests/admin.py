@@ -1,0 +1,349 @@
+#!/usr/bin/env python3
+"""Integration tests for lb's admin API: auth, /healthz, /metrics (checked by promtool), /api/stats,
+config dry-run and apply, server add / drain / weight / remove, split switches, reload, dashboard.
+
+    python3 tests/admin.py [--only SUBSTR] [--keep]
+
+Every call goes through curl, as an operator's script would. The runner, clients and backends come
+from tests/policy.py and tests/health.py; lb is $LB_BIN (default ./lb). Client loops run during
+changes and must see no failed request. One line per test: "PASS name" or "FAIL name: reason";
+then "admin: N passed, N failed".
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import integration as it  # noqa: E402
+import process as pr  # noqa: E402
+import policy as po  # noqa: E402
+import health as he  # noqa: E402
+from integration import HOST, Fail, check, eq, free_port, short  # noqa: E402
+from process import Skip, conf  # noqa: E402
+from policy import ask, section, lsn  # noqa: E402
+
+SUITE_BUDGET = 200
+TOKEN = "test-token-7f3a9c1e5b2d4068a1c3e5f7"
+TESTS = []
+
+
+def test(name, timeout=40):
+    def deco(fn):
+        TESTS.append((name, fn, timeout))
+        return fn
+    return deco
+
+
+def curl(url, method="GET", data=None, token=None, src=None):
+    """(status, body) of one call with curl; status 0 when no HTTP answer came."""
+    cmd = ["curl", "-sS", "-o", "-", "-w", "\n%{http_code}", "-X", method, "--max-time", "10"]
+    if token:
+        cmd += ["-H", "Authorization: Bearer " + token]
+    if src:
+        cmd += ["--interface", src]
+    if data is not None:
+        cmd += ["--data-binary", "@-"]
+    p = subprocess.run(cmd + [url], input=(data or "").encode(), capture_output=True, timeout=20)
+    out = p.stdout.decode("utf-8", "replace")
+    body, _, code = out.rpartition("\n")
+    return int(code) if code.isdigit() else 0, body
+
+
+def jcall(*a, **kw):
+    st, body = curl(*a, **kw)
+    try:
+        return st, json.loads(body)
+    except ValueError:
+        raise Fail("%s %s: not JSON (status %d): %s" % (kw.get("method", "GET"), a[0], st, short(body)))
+
+
+class Admin:
+    """lb with an [admin] section, its config file in the test's directory (the API rewrites it)."""
+
+    def __init__(self, ctx, sections, workers=2, token=True, admin_extra=()):
+        self.port = free_port()
+        self.url = "http://%s:%d" % (HOST, self.port)
+        self.tokfile = os.path.join(ctx.dir, "token")
+        with open(self.tokfile, "w") as f:
+            f.write(TOKEN + "\n")
+        adm = section("admin", ("bind", "%s:%d" % (HOST, self.port)),
+                      ("token_file", self.tokfile if token else None), *admin_extra)
+        self.text = conf(adm, *sections, workers=workers)
+        self.m = ctx.master(self.text, [self.port])
+
+    def get(self, path, **kw):
+        return curl(self.url + path, **kw)
+
+    def call(self, method, path, data=None, token=TOKEN):
+        return curl(self.url + path, method=method, data=data, token=token)
+
+    def stats(self):
+        st, d = jcall(self.url + "/api/stats")
+        eq(st, 200, "GET /api/stats")
+        return d
+
+    def server(self, pool, name):
+        for p in self.stats()["pools"]:
+            if p["name"] == pool:
+                for s in p["servers"]:
+                    if s["name"] == name:
+                        return s
+        return None
+
+
+def conf_file(m):
+    """The config file lb runs from (the admin API rewrites it)."""
+    return m.conf
+
+
+@test("auth_and_read_only")
+def t_auth(ctx):
+    a = ctx.b["a"]
+    port = free_port()
+    ad = Admin(ctx, [lsn("web", port), po.pl("p", [a])])
+    eq(ad.get("/healthz"), (200, "ok\n"), "GET /healthz")
+    for path in ("/metrics", "/api/stats", "/"):
+        eq(ad.get(path)[0], 200, "GET %s without a token" % path)
+    for token, what in ((None, "without a token"), ("wrong" + TOKEN, "with a wrong token"),
+                        (TOKEN[:-1], "with the token cut by one character")):
+        st, body = ad.call("POST", "/api/reload", token=token)
+        eq(st, 401, "POST /api/reload %s" % what)
+        check("Bearer" in body, "401 body does not say what is needed: %s" % short(body))
+        st, _ = ad.call("POST", "/api/pools/p/servers/a/drain", token=token)
+        eq(st, 401, "POST drain %s" % what)
+    eq(ad.server("p", "a")["state"], "up", "server state after refused calls")
+    st, body = ad.call("POST", "/api/reload")
+    eq(st, 200, "POST /api/reload with the token")
+    eq(json.loads(body)["generation"], 2, "generation after one reload")
+    eq(ad.call("GET", "/api/reload")[0], 405, "GET /api/reload")
+    eq(ad.get("/nope")[0], 404, "GET /nope")
+    eq(ad.call("POST", "/api/pools/nope/servers/a/drain")[0], 404, "drain in an unknown pool")
+    eq(ad.call("POST", "/api/pools/p/servers/nope/drain")[0], 404, "drain of an unknown server")
+    eq(ad.call("PUT", "/api/pools/p/servers/a/weight", data="heavy")[0], 400, "PUT weight 'heavy'")
+    check("missing or wrong bearer token" in ad.m.stderr(), "refused calls are not logged")
+
+
+@test("no_token_file_and_allow")
+def t_no_token(ctx):
+    a = ctx.b["a"]
+    port = free_port()
+    ad = Admin(ctx, [lsn("web", port), po.pl("p", [a])], token=False,
+               admin_extra=(("allow", "127.0.0.1/32"),))
+    st, body = ad.call("POST", "/api/reload")
+    eq(st, 401, "POST /api/reload without any token_file configured")
+    check("token_file" in body, "the 401 does not say token_file is missing: %s" % short(body))
+    eq(ad.get("/healthz")[0], 200, "GET /healthz from 127.0.0.1 (allowed)")
+    st, _ = ad.get("/healthz", src="127.0.0.2")
+    eq(st, 0, "GET /healthz from 127.0.0.2 (not in allow): no HTTP answer")
+
+
+@test("healthz_draining")
+def t_healthz(ctx):
+    a = ctx.b["a"]
+    port = free_port()
+    ad = Admin(ctx, [lsn("web", port), po.pl("p", [a])], workers=1)
+    eq(ad.get("/healthz")[0], 200, "GET /healthz while serving")
+    import threading
+    res = {}
+    th = threading.Thread(target=lambda: res.setdefault("r", ask(port, "/slow?ms=1500", timeout=8)), daemon=True)
+    th.start()
+    time.sleep(0.3)
+    ad.m.signal(signal.SIGTERM)
+    time.sleep(0.3)
+    eq(ad.get("/healthz"), (503, "draining\n"), "GET /healthz during the graceful stop")
+    th.join(8)
+    eq(res.get("r") and res["r"].status, 200, "the request in flight during the stop")
+
+
+def sum_metric(text, name, **labels):
+    tot = 0.0
+    for line in text.splitlines():
+        m = re.match(r"^(\w+)(?:\{([^}]*)\})? (\S+)$", line)
+        if not m or m.group(1) != name:
+            continue
+        lab = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+        if all(lab.get(k) == v for k, v in labels.items()):
+            tot += float(m.group(3))
+    return tot
+
+
+@test("metrics_promtool")
+def t_metrics(ctx):
+    promtool = shutil.which("promtool")
+    a, b = ctx.b["a"], ctx.b["b"]
+    port = free_port()
+    ad = Admin(ctx, [lsn("web", port), po.pl("p", [a, b]),
+                     section("route lim", ("path", "/lim/*"), ("pool", "p"), ("rate_limit", "1/minute burst=2")),
+                     section("route deny", ("path", "/deny/*"), ("pool", "p"), ("acl", "deny 127.0.0.0/8"))])
+    for i in range(20):
+        eq(ask(port, "/m/%d" % i).status, 200, "request %d" % i)
+    for i in range(3):
+        ask(port, "/status?code=503")
+    st = [ask(port, "/lim/%d" % i).status for i in range(5)]
+    eq(st, [200, 200, 429, 429, 429], "rate-limited route statuses")
+    eq(ask(port, "/deny/x").status, 403, "acl route")
+    time.sleep(0.2)
+    code, text = ad.get("/metrics")
+    eq(code, 200, "GET /metrics")
+    check(promtool, "promtool (Debian package prometheus) is not installed")
+    p = subprocess.run([promtool, "check", "metrics"], input=text.encode(), capture_output=True, timeout=30)
+    check(p.returncode == 0, "promtool check metrics: %s" % short((p.stdout + p.stderr).decode(), 600))
+    eq(sum_metric(text, "lb_server_requests_total", code="2xx"), 22.0, "lb_server_requests_total 2xx (20 + 2 admitted)")
+    eq(sum_metric(text, "lb_server_requests_total", code="5xx"), 3.0, "lb_server_requests_total 5xx")
+    eq(sum_metric(text, "lb_server_request_duration_seconds_count"), 25.0, "duration histogram count")
+    eq(sum_metric(text, "lb_route_rate_limited_total", route="lim"), 3.0, "lb_route_rate_limited_total{route=lim}")
+    eq(sum_metric(text, "lb_route_denied_total", route="deny"), 1.0, "lb_route_denied_total{route=deny}")
+    eq(sum_metric(text, "lb_server_up"), 2.0, "lb_server_up (both)")
+    eq(sum_metric(text, "lb_workers"), 2.0, "lb_workers")
+    d = ad.stats()
+    reqs = sum(s["requests"] for p_ in d["pools"] for s in p_["servers"])
+    eq(reqs, 25, "requests in /api/stats")
+
+
+@test("config_dry_run_and_apply", timeout=60)
+def t_config(ctx):
+    a, b = ctx.b["a"], ctx.b["b"]
+    port = free_port()
+    ad = Admin(ctx, [lsn("web", port), po.pl("p", [a]), po.pl("q", [b])])
+    path = conf_file(ad.m)
+    with open(path) as f:
+        old = f.read()
+    broken = old + "\n[route r]\npath = /x/*\npool = nosuch\n"
+    st, d = jcall(ad.url + "/api/config?dry_run=1", method="POST", data=broken, token=TOKEN)
+    eq(st, 400, "dry run of a config with an unknown pool")
+    line = broken.splitlines().index("pool = nosuch") + 1
+    check(any(e["line"] == line and e["key"] == "pool" for e in d["errors"]),
+          "dry run errors %s do not name line %d, key pool" % (d["errors"], line))
+    with open(path) as f:
+        eq(f.read(), old, "the file after a dry run")
+    st, d = jcall(ad.url + "/api/config?dry_run=1", method="POST", data=old, token=TOKEN)
+    eq((st, d), (200, {"valid": True}), "dry run of a valid config")
+    eq(ad.call("POST", "/api/config", data=broken)[0], 400, "applying a broken config")
+    with open(path) as f:
+        eq(f.read(), old, "the file after a refused apply")
+    loop = he.Loop(port)
+    loop.start()
+    ctx.on_cleanup(loop.stop)
+    time.sleep(0.3)
+    new = old + "\n[route r]\npath = /loop/*\npool = q\n"
+    st, d = jcall(ad.url + "/api/config", method="POST", data=new, token=TOKEN)
+    eq((st, d.get("reloaded")), (200, True), "applying a config with a new route")
+    time.sleep(0.5)
+    loop.stop()
+    check(not loop.bad, "%d failed requests while the config was applied: %s" % (len(loop.bad), loop.bad[:3]))
+    eq(ask(port, "/loop/after").backend, "b", "route from the applied config")
+    with open(path) as f:
+        eq(f.read(), new, "the file after apply")
+    with open(path + ".bak") as f:
+        eq(f.read(), old, "the .bak after apply")
+
+
+@test("server_add_drain_remove_under_load", timeout=60)
+def t_servers(ctx):
+    a = ctx.b["a"]
+    c = he.own_backend(ctx, "c")
+    port = free_port()
+    ad = Admin(ctx, [lsn("web", port), section("pool p", ("server", "a %s:%d" % (HOST, a.port)),
+                                               ("health_interval", "200ms"), ("health_rise", "2"))])
+    path = conf_file(ad.m)
+    loop = he.Loop(port)
+    loop.start()
+    ctx.on_cleanup(loop.stop)
+    time.sleep(0.3)
+    eq(ad.call("POST", "/api/pools/p/servers", data="c %s:%d weight=2" % (HOST, c.port))[0], 201, "add server c")
+    eq(ad.call("POST", "/api/pools/p/servers", data="c %s:%d" % (HOST, c.port))[0], 409, "add c again")
+    eq(ad.call("POST", "/api/pools/p/servers", data="bad name!")[0], 400, "add a malformed server line")
+    eq(ad.call("POST", "/api/pools/nope/servers", data="d %s:%d" % (HOST, c.port))[0], 404, "add to an unknown pool")
+    with open(path) as f:
+        check("server = c %s:%d weight=2" % (HOST, c.port) in f.read(), "server c not written to the file")
+    deadline = time.monotonic() + 4
+    while he.app(c) == 0:
+        check(time.monotonic() < deadline, "the added server got no request within 4 s (state %s)"
+              % ad.server("p", "c"))
+        time.sleep(0.05)
+    st, d = jcall(ad.url + "/api/pools/p/servers/c/drain", method="POST", token=TOKEN)
+    eq((st, d.get("state")), (200, "drain"), "drain c")
+    time.sleep(0.3)
+    n0 = he.app(c)
+    time.sleep(0.6)
+    eq(he.app(c) - n0, 0, "requests c got while drained")
+    eq(ad.call("POST", "/api/pools/p/servers/c/enable")[0], 200, "enable c")
+    deadline = time.monotonic() + 3
+    while he.app(c) == n0:
+        check(time.monotonic() < deadline, "c got no request within 3 s of enable")
+        time.sleep(0.05)
+    eq(ad.call("DELETE", "/api/pools/p/servers/c")[0], 202, "remove c")
+    deadline = time.monotonic() + 5
+    while ad.server("p", "c") is not None:
+        check(time.monotonic() < deadline, "c still in /api/stats 5 s after DELETE")
+        time.sleep(0.1)
+    eq(ad.call("DELETE", "/api/pools/p/servers/a")[0], 409, "remove the last server of a pool")
+    time.sleep(0.3)
+    loop.stop()
+    check(loop.ok > 50, "only %d requests in the loop" % loop.ok)
+    check(not loop.bad, "%d failed requests during add/drain/remove: %s" % (len(loop.bad), loop.bad[:3]))
+    with open(path) as f:
+        check("server = c " not in f.read(), "server c still in the file after removal")
+
+
+@test("weight_and_split_switch", timeout=40)
+def t_split(ctx):
+    a, b = ctx.b["a"], ctx.b["b"]
+    port = free_port()
+    ad = Admin(ctx, [lsn("web", port, pool="both"), po.pl("blue", [a]), po.pl("green", [b]),
+                     section("pool both", ("server", "a %s:%d" % (HOST, a.port)), ("server", "b %s:%d" % (HOST, b.port))),
+                     section("route bg", ("path", "/bg/*"), ("split", "blue 100, green 0")),
+                     section("route w", ("path", "/w/*"), ("pool", "both"))])
+    path = conf_file(ad.m)
+    eq({ask(port, "/bg/%d" % i).backend for i in range(10)}, {"a"}, "split blue 100, green 0")
+    st, _ = ad.call("PUT", "/api/routes/bg/split", data="blue 0, green 100")
+    eq(st, 200, "PUT split blue 0, green 100")
+    time.sleep(1.0)
+    eq({ask(port, "/bg/x%d" % i).backend for i in range(20)}, {"b"}, "backends 1 s after the switch")
+    with open(path) as f:
+        check("split = blue 0, green 100" in f.read(), "the switch is not persisted in the file")
+    eq(ad.call("PUT", "/api/routes/bg/split", data="red 1")[0], 400, "split naming a pool outside the route")
+    eq(ad.call("PUT", "/api/routes/bg/split", data="blue 0, green 0")[0], 400, "split with every weight 0")
+    eq(ad.call("PUT", "/api/routes/w/split", data="both 1")[0], 409, "split on a route without one")
+    eq(ad.call("PUT", "/api/routes/none/split", data="blue 1")[0], 404, "split on an unknown route")
+    st, _ = ad.call("PUT", "/api/pools/both/servers/a/weight", data="3")
+    eq(st, 200, "PUT weight 3 for a")
+    time.sleep(0.5)
+    got = [ask(port, "/w/%d" % i).backend for i in range(40)]
+    eq(got.count("a"), 30, "requests to a of 40 with weights a 3, b 1 (smooth round-robin is exact)")
+    eq(ad.server("both", "a")["weight"], 3, "weight in /api/stats")
+
+
+@test("dashboard")
+def t_dashboard(ctx):
+    a = ctx.b["a"]
+    port = free_port()
+    ad = Admin(ctx, [lsn("web", port), po.pl("p", [a])])
+    st, html = ad.get("/")
+    eq(st, 200, "GET /")
+    for want in ("<table", "/api/stats", "drain", "enable", "Bearer"):
+        check(want in html, "dashboard has no %r" % want)
+    check("http://" not in html and "https://" not in html, "dashboard loads something from elsewhere")
+    chromium = shutil.which("chromium")
+    if not chromium:
+        raise Skip("no chromium: the page was checked without a browser")
+    shot = os.path.join(ctx.dir, "dashboard.png")
+    p = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=3000",
+                        "--dump-dom", ad.url + "/"], capture_output=True, timeout=60)
+    dom = p.stdout.decode("utf-8", "replace")
+    check("pool p" in dom and ">a<" in dom, "the rendered page does not show pool p and server a: %s" % short(dom, 300))
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=3000",
+                    "--screenshot=" + shot, "--window-size=1200,800", ad.url + "/"], capture_output=True, timeout=60)
+    art = os.path.join(it.ROOT, "tests", "artifacts")
+    os.makedirs(art, exist_ok=True)
+    if os.path.exists(shot):
+        shutil.copy(shot, os.path.join(art, "dashboard.png"))
+
+
+if __name__ == "__main__":
+    po.run_suite(TESTS, "admin", SUITE_BUDGET, __file__)
