@@ -5678,7 +5678,28 @@ static int shm_create(void)
 	return 0;
 }
 
-static int g_shm_mapped; /* the first configuration has its slots */
+/* "pool/server" names the admin API added: down until their health checks pass */
+#define LB_CHECK_FIRST 32
+static char g_check_first[LB_CHECK_FIRST][2 * LB_NAME_MAX];
+
+static void check_first_add(const char *pool, const char *server)
+{
+	for (int i = 0; i < LB_CHECK_FIRST; i++)
+		if (!g_check_first[i][0]) {
+			snprintf(g_check_first[i], sizeof g_check_first[i], "%s/%s", pool, server);
+			return;
+		}
+}
+
+static int check_first_take(const char *key)
+{
+	for (int i = 0; i < LB_CHECK_FIRST; i++)
+		if (!strcmp(g_check_first[i], key)) {
+			g_check_first[i][0] = 0;
+			return 1;
+		}
+	return 0;
+}
 
 /* Give every server of c its slot: the one with its name, or a new one. */
 static int shm_map_conf(struct lb_conf *c)
@@ -5697,13 +5718,16 @@ static int shm_map_conf(struct lb_conf *c)
 					return -1;
 				}
 				snprintf(g_shm->s[i].key, sizeof g_shm->s[i].key, "%s", key);
-				/* a server new at a reload (added through the admin API, say) takes traffic
-				 * once it passed its health checks; at start every server begins up */
-				if (g_shm_mapped && c->pools[p].hc_kind != LB_HC_OFF && !s->disabled)
-					atomic_store(&g_shm->s[i].down, 1);
 				g_shm->nservers++;
 			}
 			s->shm = &g_shm->s[i];
+			/* a server added through the admin API takes traffic once it passed its health
+			 * checks (also when a removed one comes back under its name); others begin up */
+			if (check_first_take(key) && c->pools[p].hc_kind != LB_HC_OFF && !s->disabled) {
+				atomic_store(&s->shm->down, 1);
+				atomic_store(&s->shm->hc_ok, 0);
+				atomic_store(&s->shm->admin, ADM_READY);
+			}
 		}
 	}
 	for (size_t k = 0; k < c->nroutes; k++) {
@@ -5724,7 +5748,6 @@ static int shm_map_conf(struct lb_conf *c)
 			atomic_store(&r->shm->weight[j], r->split[j].weight);
 	}
 	atomic_fetch_add(&g_shm->admin_version, 1);
-	g_shm_mapped = 1;
 	return 0;
 }
 
@@ -6133,6 +6156,18 @@ static int admin_allowed(const struct lb_conf *c, const struct lb_ip *ip)
 			return 1;
 	}
 	return 0;
+}
+
+static void admin_close_all(void)
+{
+	for (int i = 0; i < LB_ADMIN_CONNS; i++)
+		if (g_ac[i].fd > 0) {
+			close(g_ac[i].fd);
+			g_ac[i].fd = -1;
+		}
+	if (g_admin_fd >= 0)
+		close(g_admin_fd);
+	g_admin_fd = -1;
 }
 
 static void admin_accept(void)
@@ -6791,7 +6826,11 @@ static void admin_server_add(struct aconn *a, const struct lb_admin_call *k, con
 	snprintf(sect, sizeof sect, "pool %.63s", p->name);
 	snprintf(what, sizeof what, "pool %.63s: server = %.511s added", p->name, val);
 	struct ini_edit ed = { sect, "server", val, NULL, 1 };
+	char key[2 * LB_NAME_MAX];
+	snprintf(key, sizeof key, "%s/%s", p->name, sp.name);
+	check_first_add(p->name, sp.name);
 	config_edit(a, &ed, 201, what);
+	check_first_take(key); /* the edit failed before a reload mapped it: forget it */
 }
 
 static void admin_server_del(struct aconn *a, const struct lb_admin_call *k)
@@ -6839,12 +6878,15 @@ static void admin_removals(void)
 		snprintf(what, sizeof what, "pool %.63s: server %.63s removed", g_rm[i].pool, g_rm[i].server);
 		struct ini_edit ed = { sect, "server", NULL, g_rm[i].server, 0 };
 		struct aconn quiet = { .fd = -1 };
+		struct lb_shm_server *v = s ? s->shm : NULL; /* s dies with its generation at the reload */
 		snprintf(quiet.peer, sizeof quiet.peer, "removal");
 		if (s) {
 			config_edit(&quiet, &ed, 200, what);
 			if (quiet.out.d && strncmp(quiet.out.d, "HTTP/1.1 200", 12))
 				lb_err("admin: removing server %s/%s failed: %s", g_rm[i].pool, g_rm[i].server,
 				       strstr(quiet.out.d, "\r\n\r\n") ? strstr(quiet.out.d, "\r\n\r\n") + 4 : "?");
+			else if (v)
+				atomic_store(&v->admin, ADM_READY); /* a server of that name added back starts afresh */
 		}
 		free(quiet.out.d);
 		memset(&g_rm[i], 0, sizeof g_rm[i]);
@@ -7752,6 +7794,7 @@ static void worker_main(int slot, int id, int ctl)
 	for (size_t i = 0; i < g_nmsocks; i++)
 		if (!g_msocks[i].used)
 			close(g_msocks[i].fd);
+	admin_close_all(); /* the master's: a worker holding one would keep an admin client waiting */
 	g_shm->w[slot].pid = (int32_t)g_pid;
 	g_shm->w[slot].id = id;
 	g_shm->w[slot].gen = g_gen;
@@ -8381,6 +8424,7 @@ static void usage(FILE *f)
 {
 	fprintf(f, "usage: lb [-c FILE] [-u USER]  run in the foreground (default FILE: config.ini)\n"
 	           "       lb -t [-c FILE]         check the configuration and exit (0 valid, 1 errors)\n"
+	           "       lb ctl [-c FILE] ...    drive a running lb through its admin API (lb ctl -h)\n"
 	           "       lb -v                   print the version\n"
 	           "       lb -h                   this help\n"
 	           "  -u USER   workers run as USER (overrides [global] user); as root, lb refuses to\n"
@@ -8476,8 +8520,301 @@ static int write_pid_file(const char *path)
 	return 0;
 }
 
+/* -------------------------------------------------------------------- lb ctl
+ * The admin API from the command line: the address and token come from the config file. Blocking
+ * I/O with timeouts: this is a short-lived client, not the proxy. */
+
+struct ctl {
+	struct lb_conf *c;
+	char token[256];
+	size_t token_len;
+	int quiet;
+};
+
+/* One call: status, and the body (malloc'ed) in *out. -1: no answer. */
+static int ctl_call(const struct ctl *k, const char *method, const char *path, const char *body, size_t blen,
+                    char **out)
+{
+	*out = NULL;
+	const struct lb_bind *b = &k->c->admin_bind;
+	int fd = socket(b->sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct timeval tv = { 30, 0 };
+	if (fd < 0)
+		return -1;
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+	struct sockaddr_storage sa = b->sa;
+	if (sa.ss_family == AF_INET && ((struct sockaddr_in *)&sa)->sin_addr.s_addr == htonl(INADDR_ANY))
+		((struct sockaddr_in *)&sa)->sin_addr.s_addr = htonl(INADDR_LOOPBACK); /* *:port: ask locally */
+	if (connect(fd, (struct sockaddr *)&sa, b->salen) != 0) {
+		fprintf(stderr, "lb ctl: cannot connect to the admin API at %s:%u: %s\n", b->hp.host[0] ? b->hp.host : "*",
+		        b->hp.port, strerror(errno));
+		close(fd);
+		return -1;
+	}
+	struct abuf q = { 0 };
+	ab_printf(&q, "%s %s HTTP/1.1\r\nHost: lb\r\nConnection: close\r\nContent-Length: %zu\r\n", method, path, blen);
+	if (k->token_len)
+		ab_printf(&q, "Authorization: Bearer %.*s\r\n", (int)k->token_len, k->token);
+	ab_put(&q, "\r\n", 2);
+	ab_put(&q, body ? body : "", blen);
+	int ok = !q.oom;
+	for (size_t off = 0; ok && off < q.n;) {
+		ssize_t w = send(fd, q.d + off, q.n - off, MSG_NOSIGNAL);
+		ok = w > 0;
+		off += ok ? (size_t)w : 0;
+	}
+	free(q.d);
+	struct abuf r = { 0 };
+	char tmp[16384];
+	ssize_t n;
+	while (ok && (n = recv(fd, tmp, sizeof tmp, 0)) > 0)
+		ab_put(&r, tmp, (size_t)n);
+	close(fd);
+	int st = -1;
+	char *sep = r.d ? strstr(r.d, "\r\n\r\n") : NULL;
+	if (r.d && sep && sscanf(r.d, "HTTP/1.%*d %d", &st) == 1) {
+		*out = strdup(sep + 4);
+	} else {
+		fprintf(stderr, "lb ctl: no valid answer from the admin API\n");
+		st = -1;
+	}
+	free(r.d);
+	return st;
+}
+
+/* call, print the body, exit status 0 for 2xx */
+static int ctl_simple(const struct ctl *k, const char *method, const char *path, const char *body, size_t blen)
+{
+	char *out;
+	int st = ctl_call(k, method, path, body, blen, &out);
+	if (out && !k->quiet)
+		fputs(out, st >= 200 && st < 300 ? stdout : stderr);
+	free(out);
+	return st >= 200 && st < 300 ? 0 : 1;
+}
+
+/* the state of pool/server in /api/stats ("up", "down", ...), "" when absent, NULL on error */
+static const char *ctl_server_state(const struct ctl *k, const char *pool, const char *server, char *buf, size_t cap)
+{
+	char *out, pat[2 * LB_NAME_MAX + 64];
+	if (ctl_call(k, "GET", "/api/stats", NULL, 0, &out) != 200 || !out) {
+		free(out);
+		return NULL;
+	}
+	buf[0] = 0;
+	snprintf(pat, sizeof pat, "{\"name\":\"%s\",\"algorithm\"", pool);
+	char *p = strstr(out, pat), *end = p ? strstr(p, "]}") : NULL;
+	snprintf(pat, sizeof pat, "{\"name\":\"%s\",\"address\"", server);
+	char *s = p ? strstr(p, pat) : NULL;
+	if (s && s < end) {
+		char *st = strstr(s, "\"state\":\"");
+		if (st) {
+			st += 9;
+			size_t n = strcspn(st, "\"");
+			snprintf(buf, cap, "%.*s", (int)LB_MIN(n, cap - 1), st);
+		}
+	}
+	free(out);
+	return buf;
+}
+
+static void ctl_sleep_ms(uint64_t ms)
+{
+	struct timespec ts = { (time_t)(ms / 1000), (long)(ms % 1000) * 1000000L };
+	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+		;
+}
+
+/* wait until the server's state is `want` ("" = gone); 0 or -1 after timeout_ms */
+static int ctl_wait_state(const struct ctl *k, const char *pool, const char *server, const char *want,
+                          uint64_t timeout_ms)
+{
+	char st[32];
+	uint64_t end = mono_ms() + timeout_ms;
+	for (;;) {
+		const char *s = ctl_server_state(k, pool, server, st, sizeof st);
+		if (s && !strcmp(s, want))
+			return 0;
+		if (mono_ms() >= end)
+			return -1;
+		ctl_sleep_ms(200);
+	}
+}
+
+static void ctl_remove(const struct ctl *k, const char *pool, const char *name, uint64_t timeout_ms)
+{
+	char path[3 * LB_NAME_MAX];
+	snprintf(path, sizeof path, "/api/pools/%s/servers/%s", pool, name);
+	if (ctl_simple(k, "DELETE", path, NULL, 0) == 0 && ctl_wait_state(k, pool, name, "", timeout_ms) != 0)
+		fprintf(stderr, "lb ctl: %s/%s not removed within %llu ms\n", pool, name, (unsigned long long)timeout_ms);
+}
+
+/* Replace a pool's servers by new ones, batch by batch: each batch must pass its health checks
+ * within the timeout, or every new server added so far is removed again and the old ones stay. */
+static int ctl_rollout(struct ctl *k, const char *pool, const char *spec, unsigned batch, uint64_t interval,
+                       uint64_t timeout)
+{
+	struct lb_pool *p = NULL;
+	for (size_t i = 0; i < k->c->npools; i++)
+		if (!strcmp(k->c->pools[i].name, pool))
+			p = &k->c->pools[i];
+	if (!p) {
+		fprintf(stderr, "lb ctl rollout: no pool %s in the config\n", pool);
+		return 1;
+	}
+	char news[64][LB_NAME_MAX], lines[64][512], path[2 * LB_NAME_MAX];
+	size_t nn = 0, added = 0;
+	const char *q = spec, *end = spec + strlen(spec);
+	struct lb_str el;
+	while (list_next(&q, end, &el)) {
+		struct lb_server_spec sp;
+		if (nn == 64 || el.n >= sizeof lines[0] || lb_parse_server(el.p, el.n, &sp) != 0) {
+			fprintf(stderr, "lb ctl rollout: bad server '%.*s'\n", (int)el.n, el.p);
+			return 1;
+		}
+		snprintf(lines[nn], sizeof lines[nn], "%.*s", (int)el.n, el.p);
+		snprintf(news[nn++], sizeof news[0], "%s", sp.name);
+	}
+	k->quiet = 1;
+	snprintf(path, sizeof path, "/api/pools/%s/servers", pool);
+	for (size_t i = 0; i < nn; i += batch) {
+		size_t j;
+		for (j = i; j < nn && j < i + batch; j++) {
+			if (ctl_simple(k, "POST", path, lines[j], strlen(lines[j])) != 0) {
+				fprintf(stderr, "lb ctl rollout: adding %s refused\n", news[j]);
+				goto rollback;
+			}
+			added = j + 1;
+			printf("added %s\n", news[j]);
+		}
+		for (j = i; j < nn && j < i + batch; j++) {
+			if (ctl_wait_state(k, pool, news[j], "up", timeout) != 0) {
+				fprintf(stderr, "lb ctl rollout: %s did not pass its health checks within %llu ms\n", news[j],
+				        (unsigned long long)timeout);
+				goto rollback;
+			}
+			printf("%s is up\n", news[j]);
+		}
+		if (i + batch < nn)
+			ctl_sleep_ms(interval);
+	}
+	for (size_t i = 0; i < p->nservers; i++) {
+		int keep = 0;
+		for (size_t j = 0; j < nn; j++)
+			keep |= !strcmp(news[j], p->servers[i].name);
+		if (!keep) {
+			ctl_remove(k, pool, p->servers[i].name, timeout + k->c->shutdown_timeout);
+			printf("removed %s\n", p->servers[i].name);
+		}
+	}
+	printf("rollout of pool %s done: %zu new servers\n", pool, nn);
+	return 0;
+rollback:
+	for (size_t j = 0; j < added; j++) {
+		ctl_remove(k, pool, news[j], timeout + k->c->shutdown_timeout);
+		printf("rolled back %s\n", news[j]);
+	}
+	fprintf(stderr, "lb ctl rollout: rolled back; pool %s keeps its old servers\n", pool);
+	return 1;
+}
+
+static int ctl_usage(void)
+{
+	fprintf(stderr,
+	        "usage: lb ctl [-c FILE] status | reload\n"
+	        "       lb ctl [-c FILE] config apply --file F [--validate]\n"
+	        "       lb ctl [-c FILE] server add POOL \"NAME HOST:PORT [weight=N] ...\"\n"
+	        "       lb ctl [-c FILE] server drain|enable|disable|remove POOL NAME\n"
+	        "       lb ctl [-c FILE] server weight POOL NAME N\n"
+	        "       lb ctl [-c FILE] split ROUTE \"blue 0, green 100\"\n"
+	        "       lb ctl [-c FILE] rollout POOL --new-servers \"a HOST:PORT, b HOST:PORT\" [--batch-size N]\n"
+	        "                        [--interval 30s] [--timeout 60s]\n");
+	return 2;
+}
+
+static int ctl_main(int argc, char **argv)
+{
+	const char *path = "config.ini";
+	int i = 0;
+	if (argc > 1 && !strcmp(argv[0], "-c"))
+		path = argv[1], argv += 2, argc -= 2;
+	if (argc < 1)
+		return ctl_usage();
+	struct ctl k = { 0 };
+	k.c = load_config(path, 0);
+	if (!k.c)
+		return 1;
+	if (!k.c->admin_on) {
+		fprintf(stderr, "lb ctl: %s has no [admin] section\n", path);
+		return 1;
+	}
+	if (k.c->admin_token_file && admin_token_load(k.c, k.token, &k.token_len) != 0)
+		return 1;
+	char url[4 * LB_NAME_MAX];
+	const char *cmd = argv[0];
+	int rc = -1;
+	if (!strcmp(cmd, "status") && argc == 1) {
+		rc = ctl_simple(&k, "GET", "/api/stats", NULL, 0);
+	} else if (!strcmp(cmd, "reload") && argc == 1) {
+		rc = ctl_simple(&k, "POST", "/api/reload", NULL, 0);
+	} else if (!strcmp(cmd, "config") && argc >= 4 && !strcmp(argv[1], "apply") && !strcmp(argv[2], "--file")) {
+		size_t len = 0;
+		char *t = read_file(argv[3], &len);
+		int validate = argc == 5 && !strcmp(argv[4], "--validate");
+		if (!t)
+			fprintf(stderr, "lb ctl: %s: %s\n", argv[3], strerror(errno));
+		else if (argc == 4 || validate)
+			rc = ctl_simple(&k, "POST", validate ? "/api/config?dry_run=1" : "/api/config", t, len);
+		free(t);
+		rc = rc < 0 ? 1 : rc;
+	} else if (!strcmp(cmd, "server") && argc == 4 && !strcmp(argv[1], "add")) {
+		snprintf(url, sizeof url, "/api/pools/%.63s/servers", argv[2]);
+		rc = ctl_simple(&k, "POST", url, argv[3], strlen(argv[3]));
+	} else if (!strcmp(cmd, "server") && argc == 4 && !strcmp(argv[1], "remove")) {
+		snprintf(url, sizeof url, "/api/pools/%.63s/servers/%.63s", argv[2], argv[3]);
+		rc = ctl_simple(&k, "DELETE", url, NULL, 0);
+	} else if (!strcmp(cmd, "server") && argc == 4 &&
+	           (!strcmp(argv[1], "drain") || !strcmp(argv[1], "enable") || !strcmp(argv[1], "disable"))) {
+		snprintf(url, sizeof url, "/api/pools/%.63s/servers/%.63s/%s", argv[2], argv[3], argv[1]);
+		rc = ctl_simple(&k, "POST", url, NULL, 0);
+	} else if (!strcmp(cmd, "server") && argc == 5 && !strcmp(argv[1], "weight")) {
+		snprintf(url, sizeof url, "/api/pools/%.63s/servers/%.63s/weight", argv[2], argv[3]);
+		rc = ctl_simple(&k, "PUT", url, argv[4], strlen(argv[4]));
+	} else if (!strcmp(cmd, "split") && argc == 3) {
+		snprintf(url, sizeof url, "/api/routes/%.63s/split", argv[1]);
+		rc = ctl_simple(&k, "PUT", url, argv[2], strlen(argv[2]));
+	} else if (!strcmp(cmd, "rollout") && argc >= 4) {
+		const char *spec = NULL;
+		uint64_t batch = 1, interval = 30000, timeout = 60000;
+		int bad = 0;
+		for (i = 2; i < argc && !bad; i += 2) {
+			const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+			if (!v)
+				bad = 1;
+			else if (!strcmp(argv[i], "--new-servers"))
+				spec = v;
+			else if (!strcmp(argv[i], "--batch-size"))
+				bad = parse_uint64(v, strlen(v), 64, &batch) != 0 || batch == 0;
+			else if (!strcmp(argv[i], "--interval"))
+				bad = lb_parse_duration(v, strlen(v), &interval) != 0;
+			else if (!strcmp(argv[i], "--timeout"))
+				bad = lb_parse_duration(v, strlen(v), &timeout) != 0;
+			else
+				bad = 1;
+		}
+		rc = bad || !spec ? ctl_usage() : ctl_rollout(&k, argv[1], spec, (unsigned)batch, interval, timeout);
+	} else {
+		rc = ctl_usage();
+	}
+	lb_conf_free(k.c);
+	return rc;
+}
+
 int lb_main(int argc, char **argv)
 {
+	if (argc > 1 && !strcmp(argv[1], "ctl"))
+		return ctl_main(argc - 2, argv + 2);
 	const char *path = "config.ini", *user = NULL;
 	int check = 0;
 	for (int i = 1; i < argc; i++) {

@@ -344,6 +344,79 @@ def t_dashboard(ctx):
     if os.path.exists(shot):
         shutil.copy(shot, os.path.join(art, "dashboard.png"))
 
+def ctl(ad, *args):
+    """(exit status, stdout, stderr) of `lb ctl -c CONFIG ARGS`."""
+    p = subprocess.run([it.LB_BIN, "ctl", "-c", conf_file(ad.m)] + list(args), capture_output=True, timeout=20)
+    return p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
+
+
+@test("lb_ctl_commands", timeout=60)
+def t_ctl(ctx):
+    a, b = ctx.b["a"], ctx.b["b"]
+    port = free_port()
+    ad = Admin(ctx, [lsn("web", port, pool="both"), po.pl("blue", [a]), po.pl("green", [b]),
+                     section("pool both", ("server", "a %s:%d" % (HOST, a.port)), ("server", "b %s:%d" % (HOST, b.port))),
+                     section("route bg", ("path", "/bg/*"), ("split", "blue 100, green 0"))])
+    rc, out, err = ctl(ad, "status")
+    eq(rc, 0, "lb ctl status: exit status (%s)" % short(err))
+    check('"name":"both"' in out, "lb ctl status does not show pool both: %s" % short(out))
+    eq(ctl(ad, "server", "drain", "both", "a")[0], 0, "lb ctl server drain both a")
+    eq({ask(port, "/x%d" % i).backend for i in range(6)}, {"b"}, "backends with a drained")
+    eq(ctl(ad, "server", "enable", "both", "a")[0], 0, "lb ctl server enable both a")
+    eq(ctl(ad, "server", "weight", "both", "a", "3")[0], 0, "lb ctl server weight both a 3")
+    eq(ad.server("both", "a")["weight"], 3, "weight after lb ctl")
+    eq(ctl(ad, "split", "bg", "blue 0, green 100")[0], 0, "lb ctl split")
+    time.sleep(0.3)
+    eq({ask(port, "/bg/%d" % i).backend for i in range(6)}, {"b"}, "backends after lb ctl split")
+    rc, _, err = ctl(ad, "server", "drain", "both", "nosuch")
+    check(rc != 0 and "no such server" in err, "lb ctl on an unknown server: exit %d, %s" % (rc, short(err)))
+    bad = os.path.join(ctx.dir, "bad.ini")
+    with open(bad, "w") as f:
+        f.write("[listener x]\nbind = nowhere\n")
+    rc, _, err = ctl(ad, "config", "apply", "--file", bad, "--validate")
+    check(rc != 0 and '"line":2' in err, "lb ctl config apply --validate of a bad file: exit %d, %s" % (rc, short(err)))
+    with open(conf_file(ad.m)) as f:
+        good = f.read()
+    rc, out, err = ctl(ad, "config", "apply", "--file", conf_file(ad.m))
+    eq(rc, 0, "lb ctl config apply of the current file (%s)" % short(err))
+    check('"reloaded":true' in out, "apply output: %s" % short(out))
+    eq(ctl(ad, "reload")[0], 0, "lb ctl reload")
+    eq(ctl(ad, "bogus")[0], 2, "lb ctl bogus: usage")
+    with open(conf_file(ad.m)) as f:
+        eq(f.read(), good, "the file after applying itself")
+
+
+@test("lb_ctl_rollout_and_rollback", timeout=90)
+def t_rollout(ctx):
+    olds = [he.own_backend(ctx, "o%d" % i) for i in range(3)]
+    news = [he.own_backend(ctx, "n%d" % i) for i in range(3)]
+    port, dead = free_port(), free_port()
+    ad = Admin(ctx, [lsn("web", port), section("pool p", *[("server", "%s %s:%d" % (bk.name, HOST, bk.port)) for bk in olds],
+                                               ("health_interval", "200ms"), ("health_rise", "2"),
+                                               ("health_timeout", "150ms"))])
+    loop = he.Loop(port)
+    loop.start()
+    ctx.on_cleanup(loop.stop)
+    time.sleep(0.3)
+    # a new server that never passes its checks: rolled back, the old ones stay
+    rc, out, err = ctl(ad, "rollout", "p", "--new-servers", "x %s:%d" % (HOST, dead), "--timeout", "2s",
+                       "--interval", "100ms")
+    check(rc != 0 and "rolled back" in out + err, "rollout to a dead server: exit %d, %s %s" % (rc, short(out), short(err)))
+    d = [s["name"] for p_ in ad.stats()["pools"] for s in p_["servers"]]
+    eq(sorted(d), ["o0", "o1", "o2"], "servers after the rollback")
+    spec = ", ".join("%s %s:%d" % (bk.name, HOST, bk.port) for bk in news)
+    rc, out, err = ctl(ad, "rollout", "p", "--new-servers", spec, "--batch-size", "1", "--interval", "200ms",
+                       "--timeout", "5s")
+    eq(rc, 0, "rollout to n0..n2: exit status (%s %s)" % (short(out), short(err)))
+    d = [s["name"] for p_ in ad.stats()["pools"] for s in p_["servers"]]
+    eq(sorted(d), ["n0", "n1", "n2"], "servers after the rollout")
+    n0 = sum(he.app(bk) for bk in news)
+    time.sleep(0.5)
+    loop.stop()
+    check(sum(he.app(bk) for bk in news) > n0, "the new servers serve the loop")
+    check(loop.ok > 50, "only %d requests in the loop" % loop.ok)
+    check(not loop.bad, "%d failed requests during the rollout and rollback: %s" % (len(loop.bad), loop.bad[:3]))
+
 
 if __name__ == "__main__":
     po.run_suite(TESTS, "admin", SUITE_BUDGET, __file__)
