@@ -319,6 +319,28 @@ def t_split(ctx):
     eq(ad.server("both", "a")["weight"], 3, "weight in /api/stats")
 
 
+@test("sticky_moves_when_disabled")
+def t_sticky_disable(ctx):
+    """100 requests with a sticky cookie all reach its server; once that server is disabled through the
+    API they move and the cookie is replaced; a drained server keeps its pinned clients."""
+    a, b = ctx.b["a"], ctx.b["b"]
+    port = free_port()
+    ad = Admin(ctx, [lsn("web", port), section("pool p", ("server", "a %s:%d" % (HOST, a.port)),
+                                               ("server", "b %s:%d" % (HOST, b.port)), ("sticky", "cookie SRV"))])
+    hdr = [("Cookie", "SRV=a")]
+    eq({ask(port, "/s/%d" % i, headers=hdr).backend for i in range(100)}, {"a"}, "100 requests with SRV=a")
+    eq(ad.call("POST", "/api/pools/p/servers/a/drain")[0], 200, "drain a")
+    time.sleep(0.2)
+    eq({ask(port, "/d/%d" % i, headers=hdr).backend for i in range(10)}, {"a"}, "SRV=a while a drains (pinned)")
+    eq({ask(port, "/n/%d" % i).backend for i in range(10)}, {"b"}, "new clients while a drains")
+    eq(ad.call("POST", "/api/pools/p/servers/a/disable")[0], 200, "disable a")
+    time.sleep(0.2)
+    for i in range(10):
+        r = ask(port, "/m/%d" % i, headers=hdr)
+        eq(r.backend, "b", "SRV=a with a disabled: server")
+        eq(r.hdr("set-cookie"), "SRV=b; Path=/; HttpOnly", "SRV=a with a disabled: new cookie")
+
+
 @test("dashboard")
 def t_dashboard(ctx):
     a = ctx.b["a"]

@@ -701,6 +701,48 @@ def t_config_errors(ctx):
     check(not problems, "%d of %d bad files: %s" % (len(problems), len(bad), " || ".join(problems)))
 
 
+@test("canary_split_and_header_ab", timeout=60)
+def t_canary(ctx):
+    """split = stable 90, canary 10: 10,000 requests (4 keep-alive clients, 2 workers) put 10% +- 1.5% on
+    canary; header A/B through route order sends 100% of X-Test-Group: B to B and nothing else there."""
+    a, b = ctx.b["a"], ctx.b["b"]
+    port = free_port()
+    ctx.master(conf(lsn("web", port, pool="stable"), pl("stable", [a]), pl("canary", [b]), pl("pa", [a]), pl("pb", [b]),
+                    rt("groupb", ("path", "/ab/*"), ("header", "X-Test-Group: B"), ("pool", "pb")),
+                    rt("groupa", ("path", "/ab/*"), ("pool", "pa")),
+                    rt("main", ("split", "stable 90, canary 10")), workers=2), [port])
+    counts, errs = {}, []
+    lock = threading.Lock()
+
+    def client(k):
+        try:
+            with Conn(port, timeout=10) as c:
+                for i in range(2500):
+                    r = c.ask("/c/%d/%d" % (k, i))
+                    with lock:
+                        counts[r.backend] = counts.get(r.backend, 0) + 1
+        except Exception as e:
+            with lock:
+                errs.append("%s: %s" % (type(e).__name__, e))
+
+    ths = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(4)]
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join(50)
+    check(not errs, "clients failed: %s" % errs[:2])
+    total = sum(counts.values())
+    eq(total, 10000, "answers (by backend %s)" % counts)
+    share = counts.get("b", 0) / total
+    check(0.085 <= share <= 0.115, "canary share %.2f%% of 10,000 (want 10%% +- 1.5%%; %s)" % (100 * share, counts))
+    with Conn(port) as c:
+        got_b = [c.ask("/ab/%d" % i, headers=[("X-Test-Group", "B")]).backend for i in range(100)]
+        got_a = [c.ask("/ab/n%d" % i).backend for i in range(100)]
+        got_o = [c.ask("/ab/o%d" % i, headers=[("X-Test-Group", "A")]).backend for i in range(100)]
+    eq(got_b.count("b"), 100, "requests with X-Test-Group: B that reached B")
+    eq(got_a.count("b") + got_o.count("b"), 0, "requests without it (or with A) that reached B")
+
+
 # ------------------------------------------------------------------------ real client address
 
 V2_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
