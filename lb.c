@@ -3016,7 +3016,7 @@ struct lb_shm_server {
 	_Atomic int32_t admin;          /* ADM_*: set through the admin API */
 	_Atomic uint32_t weight;        /* admin API weight; 0 = the configured one */
 	_Atomic uint64_t status[6];     /* exchanges by status class: [1] 1xx .. [5] 5xx, [0] none (aborted) */
-	_Atomic uint64_t dur_bucket[LB_HIST]; /* request durations, cumulative buckets as Prometheus wants */
+	_Atomic uint64_t dur_bucket[LB_HIST + 1]; /* request durations: one bucket each (summed at scrape) */
 	_Atomic uint64_t dur_sum_ms, retries;
 	struct {
 		_Atomic uint32_t active;
@@ -5808,9 +5808,10 @@ static void count_exchange(const struct conn *c)
 	atomic_fetch_add_explicit(&sv->status[cls], 1, memory_order_relaxed);
 	uint64_t ms = c->t_start ? g_now - c->t_start : 0;
 	atomic_fetch_add_explicit(&sv->dur_sum_ms, ms, memory_order_relaxed);
-	for (int i = 0; i < LB_HIST; i++)
-		if (ms <= hist_ms[i])
-			atomic_fetch_add_explicit(&sv->dur_bucket[i], 1, memory_order_relaxed);
+	int bk = 0;
+	while (bk < LB_HIST && ms > hist_ms[bk])
+		bk++;
+	atomic_fetch_add_explicit(&sv->dur_bucket[bk], 1, memory_order_relaxed); /* one shared write */
 }
 
 /* A server's counters summed over every worker, live or exited. */
@@ -6286,13 +6287,14 @@ static void metrics_servers(struct abuf *b)
 			const struct lb_server *s = &c->pools[p].servers[k];
 			if (!s->shm)
 				continue;
-			uint64_t count = 0;
-			for (int i = 0; i < 6; i++)
-				count += atomic_load(&s->shm->status[i]);
-			for (int i = 0; i < LB_HIST; i++)
+			uint64_t count = 0, cum = 0;
+			for (int i = 0; i <= LB_HIST; i++)
+				count += atomic_load(&s->shm->dur_bucket[i]);
+			for (int i = 0; i < LB_HIST; i++) {
+				cum += atomic_load(&s->shm->dur_bucket[i]);
 				ab_printf(b, "lb_server_request_duration_seconds_bucket{pool=\"%s\",server=\"%s\",le=\"%g\"} %llu\n",
-				          c->pools[p].name, s->name, hist_ms[i] / 1000.0,
-				          (unsigned long long)LB_MIN(count, atomic_load(&s->shm->dur_bucket[i])));
+				          c->pools[p].name, s->name, hist_ms[i] / 1000.0, (unsigned long long)cum);
+			}
 			ab_printf(b, "lb_server_request_duration_seconds_bucket{pool=\"%s\",server=\"%s\",le=\"+Inf\"} %llu\n",
 			          c->pools[p].name, s->name, (unsigned long long)count);
 			ab_printf(b, "lb_server_request_duration_seconds_sum{pool=\"%s\",server=\"%s\"} %.3f\n", c->pools[p].name,
