@@ -38,8 +38,12 @@ tests/unit: tests/unit.c lb.c lb.h
 tests/unit-asan: tests/unit.c lb.c lb.h
 	$(CC) $(WARN) -O1 -g $(SAN) -DLB_NO_MAIN -I. tests/unit.c lb.c -o $@ $(LIBS)
 
-fuzz/fuzz_%: fuzz/fuzz_%.c lb.c lb.h
-	clang -g -O1 -fsanitize=fuzzer,address,undefined -DLB_NO_MAIN -I. $< lb.c -o $@ $(LIBS)
+# lb.c is compiled once for every harness (instrumented, without libFuzzer's main)
+fuzz/lb-fuzz.o: lb.c lb.h
+	clang -g -O1 -fsanitize=fuzzer-no-link,address,undefined -DLB_NO_MAIN -I. -c lb.c -o $@
+
+fuzz/fuzz_%: fuzz/fuzz_%.c fuzz/lb-fuzz.o fuzz/fuzz_util.h
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -DLB_NO_MAIN -I. $< fuzz/lb-fuzz.o -o $@ $(LIBS)
 
 fuzz/afl_%: fuzz/fuzz_%.c lb.c lb.h
 	AFL_QUIET=1 afl-clang-fast -g -O1 -DLB_NO_MAIN -I. $< lb.c -o $@ $(LIBS) -fsanitize=fuzzer
@@ -86,5 +90,5 @@ install: lb
 	install -D -m 0644 config.ini $(DESTDIR)/etc/lb/config.ini.example
 
 clean:
-	rm -f lb lb-poll lb-asan tests/unit tests/unit-asan fuzz/fuzz_* fuzz/afl_* *.o
+	rm -f lb lb-poll lb-asan tests/unit tests/unit-asan $(addprefix fuzz/fuzz_,$(FUZZERS)) $(addprefix fuzz/afl_,$(FUZZERS)) fuzz/*.o *.o
 	rm -rf fuzz/out
