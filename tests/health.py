@@ -29,13 +29,7 @@ from policy import ask, section, lsn  # noqa: E402
 
 SUITE_BUDGET = 240
 TESTS = []
-
-
-def test(name, timeout=40):
-    def deco(fn):
-        TESTS.append((name, fn, timeout))
-        return fn
-    return deco
+test = po.registrar(TESTS, 40)
 
 
 def own_backend(ctx, name):

@@ -226,11 +226,17 @@ def have_ipv6():
 TESTS = []
 
 
-def test(name, timeout=30):
-    def deco(fn):
-        TESTS.append((name, fn, timeout))
-        return fn
-    return deco
+def registrar(tests, default_timeout=30):
+    """A @test(name, timeout) decorator that appends to the list `tests` (one per suite)."""
+    def test(name, timeout=default_timeout):
+        def deco(fn):
+            tests.append((name, fn, timeout))
+            return fn
+        return deco
+    return test
+
+
+test = registrar(TESTS)
 
 
 def must_refuse(port, src, what, dst=HOST, send=True):
@@ -840,6 +846,20 @@ class ProxyServer:
         self.ls.close()
 
 
+def echoed(port, data, n, src=HOST, secs=3.0):
+    """Send data on a new connection to a tcp listener; up to n bytes it gets back within secs."""
+    with Conn(port, src=src) as c:
+        c.send(data)
+        got = b""
+        deadline = time.monotonic() + secs
+        while len(got) < n and time.monotonic() < deadline:
+            d = c.sock.recv(100)
+            if not d:
+                break
+            got += d
+        return got
+
+
 def raw_exchange(port, data, src=HOST, timeout=4.0):
     """Send bytes as they are on a new connection from src; the first response (it.Resp)."""
     try:
@@ -916,16 +936,8 @@ def t_proxy_in(ctx):
         c.send(b"PROXY TCP4 1.2")
     check_200(raw_exchange(port, proxy_v1("192.0.2.8") + it.raw_request("/after-cut")), "request after a cut PROXY header")
     # tcp mode: the v2 header is consumed, the bytes after it reach the server
-    with Conn(tport) as c:
-        c.send(proxy_v2("192.0.2.44", "192.0.2.1") + b"hello")
-        got = b""
-        deadline = time.monotonic() + 3
-        while len(got) < 5 and time.monotonic() < deadline:
-            d = c.sock.recv(100)
-            if not d:
-                break
-            got += d
-        eq(got, b"hello", "tcp listener with proxy_protocol v2: echoed bytes")
+    eq(echoed(tport, proxy_v2("192.0.2.44", "192.0.2.1") + b"hello", 5), b"hello",
+       "tcp listener with proxy_protocol v2: echoed bytes")
     # the access log names the PROXY client
     pr.wait_for(lambda: pr.count_lines(log) >= 12, 3)
     objs, _ = pr.read_json_log(log)
@@ -1010,16 +1022,7 @@ def t_send_proxy(ctx):
     eq(x["proxy"], {"cmd": 0x21, "src": "203.0.113.9", "dst": "10.9.9.9", "sport": 4242, "dport": 443},
        "send_proxy v2 after a received PROXY v1 header")
     # tcp mode: header first even before the client speaks, then the client's bytes
-    with Conn(tport, src="127.0.0.4") as c:
-        c.send(b"ping")
-        got = b""
-        deadline = time.monotonic() + 3
-        while len(got) < 4 and time.monotonic() < deadline:
-            d = c.sock.recv(100)
-            if not d:
-                break
-            got += d
-        eq(got, b"ping", "tcp send_proxy: echoed bytes (the header is not data)")
+    eq(echoed(tport, b"ping", 4, src="127.0.0.4"), b"ping", "tcp send_proxy: echoed bytes (the header is not data)")
     pr.wait_for(lambda: tsrv.conns, 2)
     check(str(tsrv.conns[-1]).startswith("PROXY TCP4 127.0.0.4 "), "tcp send_proxy header: %r" % tsrv.conns[-1:])
 
