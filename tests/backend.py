@@ -258,14 +258,16 @@ class HTTPHandler(socketserver.BaseRequestHandler):
         return Request(parts[0], parts[1], parts[2], headers)
 
     # -- responses
-    def send_head(self, code, headers, keep):
+    def send_head(self, code, headers, keep, body=b""):
+        """The head, and a small body in the same write: a backend killed (SIGTERM) between two
+        writes would cut an answer in the middle, which no proxy can mend."""
         lines = ["HTTP/1.1 %d %s" % (code, reason_of(code)), "X-Backend: " + NAME]
         lines += ["%s: %s" % kv for kv in headers]
         if not keep:
             lines.append("Connection: close")
         elif self.req.version == "HTTP/1.0":
             lines.append("Connection: keep-alive")
-        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
 
     def respond(self, code, body=b"", ctype="text/plain"):
         if isinstance(body, str):
@@ -275,9 +277,7 @@ class HTTPHandler(socketserver.BaseRequestHandler):
             body = b""
         else:
             headers = [("Content-Type", ctype), ("Content-Length", str(len(body)))]
-        self.send_head(code, headers, self.keep)
-        if self.req.method != "HEAD" and body:
-            self.sock.sendall(body)
+        self.send_head(code, headers, self.keep, body if self.req.method != "HEAD" else b"")
 
     def respond_json(self, obj, code=200):
         self.respond(code, json.dumps(obj) + "\n", "application/json")
