@@ -6,7 +6,7 @@ what=${1:-run}
 pkgs="gcc make libc6-dev libbearssl-dev libinih-dev python3 curl"
 case "$what" in
 run) ;;
-test) pkgs="$pkgs clang libclang-rt-14-dev prometheus chromium systemd nftables openssh-server openssh-client shellcheck util-linux iproute2" ;;
+test) pkgs="$pkgs clang libclang-rt-14-dev prometheus chromium systemd nftables openssh-server openssh-client shellcheck util-linux iproute2 keepalived strace python3-yaml python3-jsonschema python3-jinja2 python3-configobj python3-jsonpatch python3-requests python3-netifaces" ;;
 bench) pkgs="$pkgs wrk haproxy nginx-light util-linux" ;;
 afl) pkgs="$pkgs afl++" ;;
 *) echo "deps.sh: unknown set '$what'" >&2; exit 2 ;;
@@ -15,7 +15,18 @@ missing=""
 for p in $pkgs; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
 done
-[ -z "$missing" ] && exit 0
+# cloud-init's schema checker for tests/deploy2.sh: unpacked, not installed (installing would enable
+# its boot services)
+cloud_init() {
+	[ "$what" = test ] && [ "$(id -u)" = 0 ] && [ ! -x /opt/lb-test/cloud-init/usr/bin/cloud-init ] || return 0
+	local d
+	d=$(mktemp -d)
+	(cd "$d" && { apt-get download -q cloud-init >/dev/null 2>&1 ||
+		{ apt-get update -qq && apt-get download -q cloud-init >/dev/null 2>&1; }; } &&
+		mkdir -p /opt/lb-test/cloud-init && dpkg -x cloud-init_*.deb /opt/lb-test/cloud-init)
+	rm -rf "$d"
+}
+[ -z "$missing" ] && { cloud_init; exit 0; }
 if [ "$(id -u)" != 0 ]; then
 	echo "missing Debian packages:$missing" >&2
 	echo "run: sudo apt-get install -y --no-install-recommends$missing" >&2
@@ -30,7 +41,9 @@ if { [ "$what" = bench ] || [ "$what" = test ]; } && [ ! -e $prc ]; then
 	printf '#!/bin/sh\nexit 101\n' > $prc && chmod 755 $prc && own_prc=1
 fi
 export DEBIAN_FRONTEND=noninteractive
+# shellcheck disable=SC2086 # one word per package
 apt-get update -qq && apt-get install -y -qq --no-install-recommends $missing >/dev/null
 rc=$?
 [ $own_prc = 1 ] && rm -f $prc
+cloud_init
 exit $rc

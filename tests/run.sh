@@ -55,6 +55,10 @@ LB_BIN=./lb run smuggle python3 tests/smuggle.py
 
 # deploy/: systemd unit, nftables rules (in network namespaces), sshd and sysctl drop-ins, alert webhook
 run deploy bash tests/deploy.sh
+# deploy/: keepalived template and notify script, Prometheus/Grafana/Netdata, cloud-init, StackScript, install.sh --render
+run deploy2 bash tests/deploy2.sh
+# HA failover in network namespaces: two lb+keepalived nodes, client loop on the floating IP (root, ~20 s)
+LB_BIN=./lb run ha python3 tests/ha.py
 
 # fuzz_smoke NAME SECS DICT: run fuzz/fuzz_NAME from its corpus with fuzz/dict/DICT.dict
 fuzz_smoke() {
