@@ -1,0 +1,2659 @@
+/* linode-scaler — grow and shrink one lb pool with Linode instances, on CPU.
+ *
+ *   linode-scaler run     [-c FILE] [--dry-run] [--host-cpu] [--state FILE] [-v]   loop every interval
+ *   linode-scaler once    [-c FILE] [--dry-run] [--host-cpu] [--state FILE] [-v]   one cycle (cron)
+ *   linode-scaler check   [-c FILE]                                  the [scaler] section and token files
+ *   linode-scaler status  [-c FILE] [--host-cpu]                     what a cycle would see and decide
+ *   linode-scaler list    [-c FILE]                                  the instances it owns
+ *   linode-scaler up|down [-c FILE] [--dry-run]                      one instance more / less, now
+ *   linode-scaler dns-set NAME IP [-c FILE] [--dry-run]              a Domains A record NAME -> IP
+ *
+ * Reads the [scaler] section of lb's config.ini (inih), talks to the Linode API v4 (libcurl) and to
+ * lb's admin API. One file, C11, `cc deploy/linode-scaler.c -l:libinih.a -lcurl` builds it.
+ *
+ * Sections, in order: utilities (log, buffers, time, files), JSON (a small DOM parser and string
+ * escaping), configuration, HTTP (libcurl), the Linode API client (auth, retries, errors,
+ * pagination), lb's admin API client, measurements (Linode stats, /proc/stat), the cycle (reconcile,
+ * decide, act), commands and main.
+ *
+ * State lives in Linode and lb (a file, --state, only keeps the time of the last change for the
+ * cooldown): instances are found by their tag; a new one's label
+ * is TAGBASE-N (N one above the highest in use), so a create that was sent before a crash is found
+ * by label instead of being sent twice; an instance being removed carries a second tag
+ * (TAG-draining) so that a restart finishes its removal instead of adding it back to lb. */
+#define _GNU_SOURCE
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+#define INI_HANDLER_LINENO 1
+#include <ini.h>
+
+#define SCALER_VERSION "1.0"
+#define MAX_INSTANCES 256          /* owned instances handled per cycle (max is at most this) */
+#define MAX_PAGES 100              /* list pages read per cycle */
+#define MAX_BODY (32u << 20)       /* largest API answer accepted */
+#define API_TIMEOUT_S 30L          /* every Linode call */
+#define ADMIN_TIMEOUT_S 15L        /* every lb admin call */
+#define CONNECT_TIMEOUT_S 10L
+#define API_ATTEMPTS 6             /* tries of one call (429, 5xx, network errors) */
+#define BACKOFF_BASE_MS 500        /* first 5xx/network backoff; doubles, with jitter */
+#define BACKOFF_CAP_MS 30000
+#define RETRY_AFTER_CAP_S 300      /* a longer Retry-After is waited in several calls' time */
+#define WAIT_RUNNING_MS (15 * 60 * 1000)  /* a new instance must be running within this */
+#define WAIT_REMOVED_MS (15 * 60 * 1000)  /* lb must have drained and removed a server within this */
+#define WAIT_UP_MS (2 * 60 * 1000)        /* how long `up` watches lb's health checks take it in */
+#define WARMUP_MS (15 * 60 * 1000) /* a new running instance without stats holds scale-ups this long */
+#define STATS_PER_MINUTE 40        /* own budget under the API's 50 stats calls a minute */
+#define STATS_STEP_MS 300000       /* the stats' point spacing (5 minutes) */
+#define DRAIN_SUFFIX "-draining"   /* second tag of an instance being removed */
+
+/* ================================================================================== utilities */
+
+static volatile sig_atomic_t g_stop, g_hup;
+static int g_verbose;
+
+static void on_signal(int sig)
+{
+	if (sig == SIGHUP)
+		g_hup = 1;
+	else
+		g_stop = 1;
+}
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t wall_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* log lines on stderr: 2026-11-23T10:00:00.123Z linode-scaler: [level: ]message */
+__attribute__((format(printf, 2, 3))) static void logm(const char *level, const char *fmt, ...)
+{
+	if (level && !strcmp(level, "debug") && !g_verbose)
+		return;
+	char msg[2048], ts[40];
+	int64_t now = wall_ms();
+	time_t sec = (time_t)(now / 1000);
+	struct tm tm;
+	gmtime_r(&sec, &tm);
+	strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	for (char *p = msg; *p; p++) /* one event, one line */
+		if (*p == '\n' || *p == '\r')
+			*p = ' ';
+	fprintf(stderr, "%s.%03dZ linode-scaler: %s%s%s\n", ts, (int)(now % 1000), level ? level : "", level ? ": " : "",
+	        msg);
+	fflush(stderr);
+}
+#define info(...) logm(NULL, __VA_ARGS__)
+#define warn(...) logm("warning", __VA_ARGS__)
+#define err(...) logm("error", __VA_ARGS__)
+#define debug(...) logm("debug", __VA_ARGS__)
+
+/* sleep, cut short by SIGTERM/SIGINT; 0 when slept in full */
+static int sleep_ms(int64_t ms)
+{
+	int64_t end = mono_ms() + ms;
+	while (!g_stop) {
+		int64_t left = end - mono_ms();
+		if (left <= 0)
+			return 0;
+		if (left > 100)
+			left = 100;
+		struct timespec ts = { (time_t)(left / 1000), (long)(left % 1000) * 1000000L };
+		nanosleep(&ts, NULL);
+	}
+	return -1;
+}
+
+struct buf {
+	char *d;
+	size_t n, cap;
+	int oom;
+};
+
+static void buf_add(struct buf *b, const char *s, size_t n)
+{
+	if (b->oom || n > SIZE_MAX / 4 - b->n) {
+		b->oom = 1;
+		return;
+	}
+	if (!b->d || b->n + n + 1 > b->cap) {
+		size_t cap = b->cap ? b->cap : 256;
+		while (cap < b->n + n + 1)
+			cap *= 2;
+		char *d = realloc(b->d, cap);
+		if (!d) {
+			b->oom = 1;
+			return;
+		}
+		b->d = d;
+		b->cap = cap;
+	}
+	if (n)
+		memcpy(b->d + b->n, s, n);
+	b->n += n;
+	b->d[b->n] = 0;
+}
+
+__attribute__((format(printf, 2, 3))) static void buf_printf(struct buf *b, const char *fmt, ...)
+{
+	char tmp[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	if ((size_t)n < sizeof tmp) {
+		buf_add(b, tmp, (size_t)n);
+		return;
+	}
+	char *big = malloc((size_t)n + 1);
+	if (!big) {
+		b->oom = 1;
+		return;
+	}
+	va_start(ap, fmt);
+	vsnprintf(big, (size_t)n + 1, fmt, ap);
+	va_end(ap);
+	buf_add(b, big, (size_t)n);
+	free(big);
+}
+
+static void buf_free(struct buf *b)
+{
+	free(b->d);
+	memset(b, 0, sizeof *b);
+}
+
+static const char *buf_str(const struct buf *b)
+{
+	return b->d ? b->d : "";
+}
+
+/* JSON string literal of s (quotes included) */
+static void buf_json(struct buf *b, const char *s)
+{
+	buf_add(b, "\"", 1);
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+		if (*p == '"' || *p == '\\') {
+			char e[2] = { '\\', (char)*p };
+			buf_add(b, e, 2);
+		} else if (*p < 0x20) {
+			buf_printf(b, "\\u%04x", *p);
+		} else {
+			buf_add(b, (const char *)p, 1);
+		}
+	}
+	buf_add(b, "\"", 1);
+}
+
+/* a whole file (at most `max` bytes) as a NUL-terminated string; NULL with errno */
+static char *read_file(const char *path, size_t max, size_t *len)
+{
+	FILE *f = fopen(path, "rb");
+	if (!f)
+		return NULL;
+	struct buf b = { 0 };
+	char tmp[8192];
+	size_t n;
+	while ((n = fread(tmp, 1, sizeof tmp, f)) > 0) {
+		buf_add(&b, tmp, n);
+		if (b.n > max) {
+			fclose(f);
+			buf_free(&b);
+			errno = EFBIG;
+			return NULL;
+		}
+	}
+	int bad = ferror(f) || b.oom;
+	fclose(f);
+	if (bad) {
+		buf_free(&b);
+		errno = EIO;
+		return NULL;
+	}
+	if (!b.d)
+		buf_add(&b, "", 0);
+	if (len)
+		*len = b.n;
+	return b.d;
+}
+
+static void trim(char *s)
+{
+	size_t n = strlen(s);
+	while (n && isspace((unsigned char)s[n - 1]))
+		s[--n] = 0;
+	size_t i = 0;
+	while (s[i] && isspace((unsigned char)s[i]))
+		i++;
+	memmove(s, s + i, n - i + 1);
+}
+
+/* a secret from a file (surrounding whitespace dropped); warns when others may read it */
+static char *read_secret(const char *path, const char *what)
+{
+	struct stat st;
+	char *s = read_file(path, 4096, NULL);
+	if (!s) {
+		err("%s: cannot read %s: %s", what, path, strerror(errno));
+		return NULL;
+	}
+	trim(s);
+	if (!*s) {
+		err("%s: %s is empty", what, path);
+		free(s);
+		return NULL;
+	}
+	if (stat(path, &st) == 0 && (st.st_mode & 007))
+		warn("%s: %s is readable by other users (chmod 600 or 640)", what, path);
+	return s;
+}
+
+static void base64(struct buf *out, const unsigned char *p, size_t n)
+{
+	static const char t[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	for (size_t i = 0; i < n; i += 3) {
+		unsigned v = (unsigned)p[i] << 16 | (i + 1 < n ? (unsigned)p[i + 1] << 8 : 0) | (i + 2 < n ? p[i + 2] : 0);
+		char q[4] = { t[v >> 18 & 63], t[v >> 12 & 63], i + 1 < n ? t[v >> 6 & 63] : '=', i + 2 < n ? t[v & 63] : '=' };
+		buf_add(out, q, 4);
+	}
+}
+
+static int random_bytes(void *p, size_t n)
+{
+	unsigned char *c = p;
+	while (n) {
+		ssize_t r = getrandom(c, n, 0);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		c += r;
+		n -= (size_t)r;
+	}
+	return 0;
+}
+
+/* a random root password: 40 characters, every class present (Linode scores its strength) */
+static int make_password(char *out, size_t size)
+{
+	static const char *const cls[] = { "ABCDEFGHJKLMNPQRSTUVWXYZ", "abcdefghijkmnopqrstuvwxyz", "23456789",
+		                           "!#%+,-./:=@^_~" };
+	const size_t len = 40;
+	unsigned char r[120]; /* 0..39 characters, 40..79 classes, 80..119 the shuffle */
+	if (size < len + 1 || random_bytes(r, sizeof r) != 0)
+		return -1;
+	for (size_t i = 0; i < len; i++) {
+		const char *set = cls[i < 4 ? i : r[i + 40] % 4];
+		out[i] = set[r[i] % strlen(set)];
+	}
+	for (size_t i = len - 1; i > 0; i--) { /* the first four (one of each class) go anywhere */
+		size_t j = r[80 + i] % (i + 1);
+		char c = out[i];
+		out[i] = out[j];
+		out[j] = c;
+	}
+	out[len] = 0;
+	memset(r, 0, sizeof r);
+	return 0;
+}
+
+static double jitter(void)
+{
+	unsigned short v = 0;
+	random_bytes(&v, sizeof v);
+	return 0.5 + (double)v / 131070.0; /* 0.5 .. 1.0 */
+}
+
+/* "2024-10-21T12:34:56" (UTC, as Linode writes times) -> ms since the epoch; -1 if malformed */
+static int64_t parse_api_time(const char *s)
+{
+	struct tm tm;
+	memset(&tm, 0, sizeof tm);
+	const char *e = s ? strptime(s, "%Y-%m-%dT%H:%M:%S", &tm) : NULL;
+	if (!e)
+		return -1;
+	time_t t = timegm(&tm);
+	return t == (time_t)-1 ? -1 : (int64_t)t * 1000;
+}
+
+static void fmt_dur(char *out, size_t size, int64_t ms)
+{
+	if (ms % 3600000 == 0 && ms >= 3600000)
+		snprintf(out, size, "%" PRId64 "h", ms / 3600000);
+	else if (ms % 60000 == 0 && ms >= 60000)
+		snprintf(out, size, "%" PRId64 "m", ms / 60000);
+	else if (ms % 1000 == 0)
+		snprintf(out, size, "%" PRId64 "s", ms / 1000);
+	else
+		snprintf(out, size, "%" PRId64 "ms", ms);
+}
+
+/* ================================================================================== JSON */
+
+enum { J_NULL, J_FALSE, J_TRUE, J_NUM, J_STR, J_ARR, J_OBJ };
+
+struct jv {
+	int t;
+	double num;
+	char *str;  /* J_STR, NUL-terminated */
+	char *key;  /* member name inside an object */
+	struct jv *kid, *next;
+};
+
+struct jparse {
+	const char *p, *end;
+	int depth;
+	const char *err;
+};
+
+static void jfree(struct jv *v)
+{
+	while (v) {
+		struct jv *n = v->next;
+		jfree(v->kid);
+		free(v->str);
+		free(v->key);
+		free(v);
+		v = n;
+	}
+}
+
+static void jws(struct jparse *j)
+{
+	while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r'))
+		j->p++;
+}
+
+static int hex4(const char *p, unsigned *out)
+{
+	unsigned v = 0;
+	for (int i = 0; i < 4; i++) {
+		char c = p[i];
+		v <<= 4;
+		if (c >= '0' && c <= '9')
+			v |= (unsigned)(c - '0');
+		else if (c >= 'a' && c <= 'f')
+			v |= (unsigned)(c - 'a' + 10);
+		else if (c >= 'A' && c <= 'F')
+			v |= (unsigned)(c - 'A' + 10);
+		else
+			return -1;
+	}
+	*out = v;
+	return 0;
+}
+
+static void utf8(struct buf *b, unsigned c)
+{
+	char o[4];
+	if (c < 0x80) {
+		o[0] = (char)c;
+		buf_add(b, o, 1);
+	} else if (c < 0x800) {
+		o[0] = (char)(0xc0 | c >> 6), o[1] = (char)(0x80 | (c & 63));
+		buf_add(b, o, 2);
+	} else if (c < 0x10000) {
+		o[0] = (char)(0xe0 | c >> 12), o[1] = (char)(0x80 | (c >> 6 & 63)), o[2] = (char)(0x80 | (c & 63));
+		buf_add(b, o, 3);
+	} else {
+		o[0] = (char)(0xf0 | c >> 18), o[1] = (char)(0x80 | (c >> 12 & 63)), o[2] = (char)(0x80 | (c >> 6 & 63));
+		o[3] = (char)(0x80 | (c & 63));
+		buf_add(b, o, 4);
+	}
+}
+
+static char *jstring(struct jparse *j)
+{
+	struct buf b = { 0 };
+	j->p++; /* opening quote */
+	while (j->p < j->end && *j->p != '"') {
+		unsigned char c = (unsigned char)*j->p;
+		if (c < 0x20) {
+			j->err = "control character in a string";
+			goto bad;
+		}
+		if (c != '\\') {
+			buf_add(&b, j->p++, 1);
+			continue;
+		}
+		if (j->end - j->p < 2)
+			break;
+		char e = j->p[1];
+		j->p += 2;
+		const char *simple = strchr("\"\\/bfnrt", e);
+		if (simple && e) {
+			static const char out[] = "\"\\/\b\f\n\r\t";
+			buf_add(&b, &out[simple - "\"\\/bfnrt"], 1);
+		} else if (e == 'u') {
+			unsigned u, lo;
+			if (j->end - j->p < 4 || hex4(j->p, &u) != 0) {
+				j->err = "bad \\u escape";
+				goto bad;
+			}
+			j->p += 4;
+			if (u >= 0xd800 && u < 0xdc00 && j->end - j->p >= 6 && j->p[0] == '\\' && j->p[1] == 'u' &&
+			    hex4(j->p + 2, &lo) == 0 && lo >= 0xdc00 && lo < 0xe000) {
+				u = 0x10000 + ((u - 0xd800) << 10) + (lo - 0xdc00);
+				j->p += 6;
+			} else if (u >= 0xd800 && u < 0xe000) {
+				u = 0xfffd;
+			}
+			utf8(&b, u);
+		} else {
+			j->err = "bad escape";
+			goto bad;
+		}
+	}
+	if (j->p >= j->end) {
+		j->err = "unterminated string";
+		goto bad;
+	}
+	j->p++;
+	if (!b.d)
+		buf_add(&b, "", 0);
+	if (b.oom) {
+		j->err = "out of memory";
+		goto bad;
+	}
+	return b.d;
+bad:
+	buf_free(&b);
+	if (!j->err)
+		j->err = "bad string";
+	return NULL;
+}
+
+static struct jv *jvalue(struct jparse *j);
+
+static struct jv *jnew(int t)
+{
+	struct jv *v = calloc(1, sizeof *v);
+	if (v)
+		v->t = t;
+	return v;
+}
+
+static struct jv *jcontainer(struct jparse *j, int obj)
+{
+	struct jv *v = jnew(obj ? J_OBJ : J_ARR), **tail = v ? &v->kid : NULL;
+	if (!v)
+		return NULL;
+	if (++j->depth > 64) {
+		j->err = "nested too deeply";
+		goto bad;
+	}
+	j->p++;
+	jws(j);
+	if (j->p < j->end && *j->p == (obj ? '}' : ']')) {
+		j->p++;
+		j->depth--;
+		return v;
+	}
+	for (;;) {
+		char *key = NULL;
+		jws(j);
+		if (obj) {
+			if (j->p >= j->end || *j->p != '"') {
+				j->err = "expected a member name";
+				goto bad;
+			}
+			if (!(key = jstring(j)))
+				goto bad;
+			jws(j);
+			if (j->p >= j->end || *j->p != ':') {
+				free(key);
+				j->err = "expected ':'";
+				goto bad;
+			}
+			j->p++;
+		}
+		struct jv *k = jvalue(j);
+		if (!k) {
+			free(key);
+			goto bad;
+		}
+		k->key = key;
+		*tail = k;
+		tail = &k->next;
+		jws(j);
+		if (j->p < j->end && *j->p == ',') {
+			j->p++;
+			continue;
+		}
+		if (j->p < j->end && *j->p == (obj ? '}' : ']')) {
+			j->p++;
+			j->depth--;
+			return v;
+		}
+		j->err = obj ? "expected ',' or '}'" : "expected ',' or ']'";
+		goto bad;
+	}
+bad:
+	jfree(v);
+	return NULL;
+}
+
+static struct jv *jvalue(struct jparse *j)
+{
+	jws(j);
+	if (j->p >= j->end) {
+		j->err = "unexpected end";
+		return NULL;
+	}
+	char c = *j->p;
+	if (c == '{' || c == '[')
+		return jcontainer(j, c == '{');
+	if (c == '"') {
+		char *s = jstring(j);
+		struct jv *v = s ? jnew(J_STR) : NULL;
+		if (!v) {
+			free(s);
+			return NULL;
+		}
+		v->str = s;
+		return v;
+	}
+	static const struct { const char *w; int t; } words[] = { { "null", J_NULL }, { "true", J_TRUE }, { "false", J_FALSE } };
+	for (size_t i = 0; i < 3; i++) {
+		size_t n = strlen(words[i].w);
+		if ((size_t)(j->end - j->p) >= n && !memcmp(j->p, words[i].w, n)) {
+			j->p += n;
+			return jnew(words[i].t);
+		}
+	}
+	if (c == '-' || (c >= '0' && c <= '9')) {
+		char tmp[64];
+		size_t n = 0;
+		while (j->p + n < j->end && n < sizeof tmp - 1 && strchr("0123456789+-.eE", j->p[n]))
+			n++;
+		memcpy(tmp, j->p, n);
+		tmp[n] = 0;
+		char *e;
+		double d = strtod(tmp, &e);
+		if (e == tmp || *e) {
+			j->err = "bad number";
+			return NULL;
+		}
+		j->p += n;
+		struct jv *v = jnew(J_NUM);
+		if (v)
+			v->num = d;
+		return v;
+	}
+	j->err = "unexpected character";
+	return NULL;
+}
+
+/* the JSON text as a tree; NULL with *why set */
+static struct jv *jparse(const char *s, size_t n, const char **why)
+{
+	struct jparse j = { s, s + n, 0, NULL };
+	struct jv *v = jvalue(&j);
+	if (v) {
+		jws(&j);
+		if (j.p != j.end) {
+			jfree(v);
+			v = NULL;
+			j.err = "text after the value";
+		}
+	}
+	if (!v && why)
+		*why = j.err ? j.err : "out of memory";
+	return v;
+}
+
+static struct jv *jget(const struct jv *o, const char *key)
+{
+	if (!o || o->t != J_OBJ)
+		return NULL;
+	for (struct jv *k = o->kid; k; k = k->next)
+		if (k->key && !strcmp(k->key, key))
+			return k;
+	return NULL;
+}
+
+static const char *jstr(const struct jv *v)
+{
+	return v && v->t == J_STR ? v->str : NULL;
+}
+
+static int jnum(const struct jv *v, double *out)
+{
+	if (!v || v->t != J_NUM)
+		return -1;
+	*out = v->num;
+	return 0;
+}
+
+static int jint(const struct jv *v, long long *out)
+{
+	double d;
+	if (jnum(v, &d) != 0 || d != floor(d) || fabs(d) > 9e15)
+		return -1;
+	*out = (long long)d;
+	return 0;
+}
+
+/* ================================================================================== configuration */
+
+struct conf {
+	char pool[64];
+	char admin_url[256];
+	char admin_token_file[512];
+	char api_url[256];
+	char token_file[512];
+	char region[64], type[64], image[128];
+	char user_data[512];
+	char authorized_keys_file[512];
+	char tag[64];
+	int min, max;
+	double up_cpu, down_cpu;
+	int64_t down_after_ms, cooldown_ms, interval_ms;
+	int server_port;
+	int public_addr; /* server_address = public */
+	/* derived */
+	char base[56]; /* label prefix: the tag made a valid Linode label and lb server name */
+	char drain_tag[80];
+};
+
+struct cfgparse {
+	struct conf *c;
+	const char *path;
+	int in_scaler, seen_scaler, errors;
+	unsigned seen;
+	int line_of_section;
+};
+
+static const char *const g_keys[] = { "pool", "admin_url", "admin_token_file", "api_url", "token_file", "region",
+	                              "type", "image", "user_data", "authorized_keys_file", "tag", "min", "max",
+	                              "scale_up_cpu", "scale_down_cpu", "scale_down_after", "cooldown", "interval",
+	                              "server_port", "server_address", NULL };
+
+__attribute__((format(printf, 3, 4))) static void cfg_err(struct cfgparse *st, int line, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "%s:%d: %s\n", st->path, line, msg);
+	st->errors++;
+}
+
+/* durations as lb writes them: 250ms, 10s, 5m, 1h, 1d */
+static int parse_dur(const char *v, int64_t *out)
+{
+	char *e;
+	errno = 0;
+	if (!isdigit((unsigned char)*v))
+		return -1;
+	unsigned long long n = strtoull(v, &e, 10);
+	if (errno || e == v)
+		return -1;
+	int64_t mul;
+	if (!strcmp(e, "ms"))
+		mul = 1;
+	else if (!strcmp(e, "s"))
+		mul = 1000;
+	else if (!strcmp(e, "m"))
+		mul = 60000;
+	else if (!strcmp(e, "h"))
+		mul = 3600000;
+	else if (!strcmp(e, "d"))
+		mul = 86400000;
+	else
+		return -1;
+	if (n > (unsigned long long)INT64_MAX / (unsigned long long)mul / 4)
+		return -1;
+	*out = (int64_t)n * mul;
+	return 0;
+}
+
+static int parse_int(const char *v, long lo, long hi, int *out)
+{
+	char *e;
+	errno = 0;
+	long n = strtol(v, &e, 10);
+	if (errno || e == v || *e || n < lo || n > hi)
+		return -1;
+	*out = (int)n;
+	return 0;
+}
+
+static int parse_pct(const char *v, double *out)
+{
+	char *e;
+	errno = 0;
+	double d = strtod(v, &e);
+	if (errno || e == v || (*e && strcmp(e, "%")) || !(d > 0) || d > 100)
+		return -1;
+	*out = d;
+	return 0;
+}
+
+static int copy_val(struct cfgparse *st, int line, const char *key, const char *v, char *out, size_t size)
+{
+	if (strlen(v) >= size) {
+		cfg_err(st, line, "%s: longer than %zu characters", key, size - 1);
+		return -1;
+	}
+	snprintf(out, size, "%s", v);
+	return 0;
+}
+
+static int cfg_handler(void *user, const char *section, const char *key, const char *value, int line)
+{
+	struct cfgparse *st = user;
+	struct conf *c = st->c;
+	if (strcmp(section, "scaler"))
+		return 1; /* lb's sections: lb checks them */
+	if (!st->seen_scaler)
+		st->seen_scaler = line;
+	size_t ki = 0;
+	while (g_keys[ki] && strcmp(g_keys[ki], key))
+		ki++;
+	if (!g_keys[ki]) {
+		cfg_err(st, line, "unknown key '%s' in [scaler]", key);
+		return 1;
+	}
+	if (st->seen & (1u << ki)) {
+		cfg_err(st, line, "key '%s' given twice in [scaler]", key);
+		return 1;
+	}
+	st->seen |= 1u << ki;
+	const char *v = value;
+	if (!strcmp(key, "pool"))
+		copy_val(st, line, key, v, c->pool, sizeof c->pool);
+	else if (!strcmp(key, "admin_url"))
+		copy_val(st, line, key, v, c->admin_url, sizeof c->admin_url);
+	else if (!strcmp(key, "admin_token_file"))
+		copy_val(st, line, key, v, c->admin_token_file, sizeof c->admin_token_file);
+	else if (!strcmp(key, "api_url"))
+		copy_val(st, line, key, v, c->api_url, sizeof c->api_url);
+	else if (!strcmp(key, "token_file"))
+		copy_val(st, line, key, v, c->token_file, sizeof c->token_file);
+	else if (!strcmp(key, "region"))
+		copy_val(st, line, key, v, c->region, sizeof c->region);
+	else if (!strcmp(key, "type"))
+		copy_val(st, line, key, v, c->type, sizeof c->type);
+	else if (!strcmp(key, "image"))
+		copy_val(st, line, key, v, c->image, sizeof c->image);
+	else if (!strcmp(key, "user_data"))
+		copy_val(st, line, key, v, c->user_data, sizeof c->user_data);
+	else if (!strcmp(key, "authorized_keys_file"))
+		copy_val(st, line, key, v, c->authorized_keys_file, sizeof c->authorized_keys_file);
+	else if (!strcmp(key, "tag"))
+		copy_val(st, line, key, v, c->tag, sizeof c->tag);
+	else if (!strcmp(key, "min") && parse_int(v, 0, MAX_INSTANCES, &c->min))
+		cfg_err(st, line, "min: want a whole number 0..%d, got '%s'", MAX_INSTANCES, v);
+	else if (!strcmp(key, "max") && parse_int(v, 1, MAX_INSTANCES, &c->max))
+		cfg_err(st, line, "max: want a whole number 1..%d, got '%s'", MAX_INSTANCES, v);
+	else if (!strcmp(key, "scale_up_cpu") && parse_pct(v, &c->up_cpu))
+		cfg_err(st, line, "scale_up_cpu: want a percentage above 0, at most 100, got '%s'", v);
+	else if (!strcmp(key, "scale_down_cpu") && parse_pct(v, &c->down_cpu))
+		cfg_err(st, line, "scale_down_cpu: want a percentage above 0, at most 100, got '%s'", v);
+	else if (!strcmp(key, "scale_down_after") && parse_dur(v, &c->down_after_ms))
+		cfg_err(st, line, "scale_down_after: want a duration (250ms, 10s, 5m, 1h, 1d), got '%s'", v);
+	else if (!strcmp(key, "cooldown") && parse_dur(v, &c->cooldown_ms))
+		cfg_err(st, line, "cooldown: want a duration (250ms, 10s, 5m, 1h, 1d), got '%s'", v);
+	else if (!strcmp(key, "interval") && (parse_dur(v, &c->interval_ms) || c->interval_ms < 100))
+		cfg_err(st, line, "interval: want a duration of at least 100ms (250ms, 10s, 5m), got '%s'", v);
+	else if (!strcmp(key, "server_port") && parse_int(v, 1, 65535, &c->server_port))
+		cfg_err(st, line, "server_port: want a port 1..65535, got '%s'", v);
+	else if (!strcmp(key, "server_address")) {
+		if (!strcmp(v, "private") || !strcmp(v, "public"))
+			c->public_addr = !strcmp(v, "public");
+		else
+			cfg_err(st, line, "server_address: want private or public, got '%s'", v);
+	}
+	return 1;
+}
+
+/* the tag as a label prefix: Linode labels start with a letter, hold [A-Za-z0-9-_.] without two
+ * of - _ . in a row; lb server names allow [A-Za-z0-9._-] */
+static void make_base(const char *tag, char *out, size_t size)
+{
+	size_t n = 0;
+	if (!isalpha((unsigned char)tag[0]))
+		out[n++] = 's';
+	for (const char *p = tag; *p && n + 1 < size - 8; p++) {
+		char c = isalnum((unsigned char)*p) || *p == '-' || *p == '_' || *p == '.' ? *p : '-';
+		if (!isalnum((unsigned char)c) && n && !isalnum((unsigned char)out[n - 1]))
+			continue;
+		out[n++] = c;
+	}
+	while (n && !isalnum((unsigned char)out[n - 1]))
+		n--;
+	if (n < 2) {
+		snprintf(out, size, "scaler");
+		return;
+	}
+	out[n] = 0;
+}
+
+static int conf_load(const char *path, struct conf *c)
+{
+	memset(c, 0, sizeof *c);
+	snprintf(c->admin_url, sizeof c->admin_url, "http://127.0.0.1:8404");
+	snprintf(c->api_url, sizeof c->api_url, "https://api.linode.com/v4");
+	c->min = 2;
+	c->max = 10;
+	c->up_cpu = 80;
+	c->down_cpu = 30;
+	c->down_after_ms = 10 * 60000;
+	c->cooldown_ms = 5 * 60000;
+	c->interval_ms = 30000;
+	c->server_port = 80;
+	struct cfgparse st = { .c = c, .path = path };
+	size_t len;
+	char *text = read_file(path, 4u << 20, &len);
+	if (!text) {
+		fprintf(stderr, "%s: cannot read: %s\n", path, strerror(errno));
+		return -1;
+	}
+	int rc = ini_parse_string(text, cfg_handler, &st);
+	free(text);
+	if (rc > 0 && !st.errors)
+		cfg_err(&st, rc, "syntax error (lb -t -c %s says more)", path);
+	else if (rc < 0)
+		cfg_err(&st, 0, "cannot parse");
+	if (!st.seen_scaler) {
+		cfg_err(&st, 0, "no [scaler] section (or an empty one)");
+		return -1;
+	}
+	int line = st.seen_scaler;
+	if (!c->pool[0])
+		cfg_err(&st, line, "[scaler] needs pool (the lb pool it manages)");
+	if (!c->token_file[0])
+		cfg_err(&st, line, "[scaler] needs token_file (a Linode personal access token)");
+	if (!c->admin_token_file[0])
+		cfg_err(&st, line, "[scaler] needs admin_token_file (the token of lb's [admin] token_file)");
+	if (!c->region[0] || !c->type[0])
+		cfg_err(&st, line, "[scaler] needs region and type for new instances");
+	if (c->min > c->max)
+		cfg_err(&st, line, "min (%d) is above max (%d)", c->min, c->max);
+	if (c->down_cpu >= c->up_cpu)
+		cfg_err(&st, line, "scale_down_cpu (%g) must be below scale_up_cpu (%g)", c->down_cpu, c->up_cpu);
+	if (strncmp(c->api_url, "http://", 7) && strncmp(c->api_url, "https://", 8))
+		cfg_err(&st, line, "api_url must start with http:// or https://");
+	if (strncmp(c->admin_url, "http://", 7) && strncmp(c->admin_url, "https://", 8))
+		cfg_err(&st, line, "admin_url must start with http:// or https://");
+	for (char *u = c->api_url + strlen(c->api_url); u > c->api_url && u[-1] == '/'; u--)
+		u[-1] = 0;
+	for (char *u = c->admin_url + strlen(c->admin_url); u > c->admin_url && u[-1] == '/'; u--)
+		u[-1] = 0;
+	if (!c->tag[0])
+		snprintf(c->tag, sizeof c->tag, "lb-pool-%.50s", c->pool);
+	if (strlen(c->tag) < 3 || strlen(c->tag) > 50 - strlen(DRAIN_SUFFIX))
+		cfg_err(&st, line, "tag '%s': Linode tags are 3..50 characters (and the scaler adds '%s')", c->tag,
+		        DRAIN_SUFFIX);
+	make_base(c->tag, c->base, sizeof c->base);
+	snprintf(c->drain_tag, sizeof c->drain_tag, "%s%s", c->tag, DRAIN_SUFFIX);
+	return st.errors ? -1 : 0;
+}
+
+/* ================================================================================== HTTP */
+
+struct resp {
+	long status;          /* 0: no HTTP answer (errbuf says why) */
+	struct buf body;
+	long retry_after;     /* seconds; -1 when absent */
+	char errbuf[CURL_ERROR_SIZE];
+};
+
+static CURL *g_curl;
+
+static size_t on_body(char *p, size_t sz, size_t n, void *u)
+{
+	struct resp *r = u;
+	if (r->body.n + sz * n > MAX_BODY)
+		return 0;
+	buf_add(&r->body, p, sz * n);
+	return r->body.oom ? 0 : sz * n;
+}
+
+static size_t on_header(char *p, size_t sz, size_t n, void *u)
+{
+	struct resp *r = u;
+	size_t len = sz * n;
+	if (len > 12 && !strncasecmp(p, "retry-after:", 12)) {
+		char tmp[32];
+		size_t k = len - 12 < sizeof tmp - 1 ? len - 12 : sizeof tmp - 1;
+		memcpy(tmp, p + 12, k);
+		tmp[k] = 0;
+		trim(tmp);
+		char *e;
+		long v = strtol(tmp, &e, 10);
+		if (e != tmp && !*e && v >= 0)
+			r->retry_after = v;
+	}
+	return len;
+}
+
+static int on_progress(void *u, curl_off_t a, curl_off_t b, curl_off_t c, curl_off_t d)
+{
+	(void)u, (void)a, (void)b, (void)c, (void)d;
+	return g_stop ? 1 : 0; /* SIGTERM cuts a call short */
+}
+
+/* one HTTP exchange; headers: NULL-terminated extra lines. 0 when an answer came (any status). */
+static int http_do(const char *method, const char *url, const char *const *headers, const char *body, long timeout_s,
+                   struct resp *r)
+{
+	buf_free(&r->body);
+	r->status = 0;
+	r->retry_after = -1;
+	r->errbuf[0] = 0;
+	if (!g_curl && !(g_curl = curl_easy_init())) {
+		snprintf(r->errbuf, sizeof r->errbuf, "curl_easy_init failed");
+		return -1;
+	}
+	CURL *h = g_curl;
+	curl_easy_reset(h);
+	struct curl_slist *hl = NULL, *t;
+	for (size_t i = 0; headers && headers[i]; i++) {
+		if (!(t = curl_slist_append(hl, headers[i]))) {
+			curl_slist_free_all(hl);
+			snprintf(r->errbuf, sizeof r->errbuf, "out of memory");
+			return -1;
+		}
+		hl = t;
+	}
+	curl_easy_setopt(h, CURLOPT_URL, url);
+	curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
+	if (!strcmp(method, "GET"))
+		curl_easy_setopt(h, CURLOPT_HTTPGET, 1L);
+	if (body) {
+		curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
+		curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+	}
+	curl_easy_setopt(h, CURLOPT_HTTPHEADER, hl);
+	curl_easy_setopt(h, CURLOPT_USERAGENT, "linode-scaler/" SCALER_VERSION);
+	curl_easy_setopt(h, CURLOPT_TIMEOUT, timeout_s);
+	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, CONNECT_TIMEOUT_S);
+	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
+#if LIBCURL_VERSION_NUM >= 0x075500
+	curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+#else
+	curl_easy_setopt(h, CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+	curl_easy_setopt(h, CURLOPT_WRITEDATA, r);
+	curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
+	curl_easy_setopt(h, CURLOPT_HEADERDATA, r);
+	curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
+	curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
+	curl_easy_setopt(h, CURLOPT_ERRORBUFFER, r->errbuf);
+	CURLcode rc = curl_easy_perform(h);
+	curl_slist_free_all(hl);
+	if (rc != CURLE_OK) {
+		if (!r->errbuf[0])
+			snprintf(r->errbuf, sizeof r->errbuf, "%s", curl_easy_strerror(rc));
+		r->status = 0;
+		return -1;
+	}
+	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &r->status);
+	if (!r->body.d)
+		buf_add(&r->body, "", 0);
+	return 0;
+}
+
+/* ================================================================================== Linode API */
+
+static struct conf g_c;
+static char *g_api_token, *g_admin_token;
+static int g_dry;
+static int64_t g_stats_calls[STATS_PER_MINUTE]; /* monotonic times of the last stats calls (ring) */
+static unsigned g_stats_i;
+
+/* "[field] reason; reason" from {"errors":[{"reason","field"}]}, or the start of the body */
+static void api_errors(const struct resp *r, char *out, size_t size)
+{
+	const char *why = NULL;
+	struct jv *v = jparse(buf_str(&r->body), r->body.n, &why);
+	struct jv *es = jget(v, "errors");
+	size_t n = 0;
+	out[0] = 0;
+	if (es && es->t == J_ARR) {
+		for (struct jv *e = es->kid; e && n + 1 < size; e = e->next) {
+			const char *reason = jstr(jget(e, "reason")), *field = jstr(jget(e, "field"));
+			int w = snprintf(out + n, size - n, "%s%s%s%s%s", n ? "; " : "", field ? "[" : "", field ? field : "",
+			                 field ? "] " : "", reason ? reason : "(no reason)");
+			if (w < 0)
+				break;
+			n += (size_t)w < size - n ? (size_t)w : size - n - 1;
+		}
+	}
+	if (!out[0]) {
+		snprintf(out, size, "%.200s", r->body.n ? buf_str(&r->body) : "(empty body)");
+		for (char *p = out; *p; p++)
+			if ((unsigned char)*p < 0x20)
+				*p = ' ';
+	}
+	jfree(v);
+}
+
+enum { IDEMPOTENT = 1, QUIET_4XX = 2 };
+
+/* A Linode API call: METHOD api_url+path, with X-Filter when filter is set, a JSON body when body is
+ * set. 429: waits Retry-After and tries again (any method: the call was not processed). 5xx and
+ * network errors: exponential backoff with jitter, only when IDEMPOTENT (GET, PUT, DELETE). Returns
+ * the HTTP status (2xx: *out holds the parsed answer), or 0 when no answer came; errors are logged
+ * with the API's reasons (QUIET_4XX: 4xx answers left to the caller, which gets them in *why). */
+static long api(const char *method, const char *path, const char *filter, const char *body, int flags,
+                struct jv **out, char *why, size_t whysize)
+{
+	char url[1024], auth[600], fh[1024];
+	const char *hdr[8];
+	size_t nh = 0;
+	struct resp r = { 0 };
+	if (out)
+		*out = NULL;
+	if (why && whysize)
+		why[0] = 0;
+	snprintf(url, sizeof url, "%s%s", g_c.api_url, path);
+	snprintf(auth, sizeof auth, "Authorization: Bearer %s", g_api_token ? g_api_token : "");
+	hdr[nh++] = auth;
+	hdr[nh++] = "Accept: application/json";
+	if (body) {
+		hdr[nh++] = "Content-Type: application/json";
+		hdr[nh++] = "Expect:"; /* no 100-continue round trip */
+	}
+	if (filter) {
+		snprintf(fh, sizeof fh, "X-Filter: %s", filter);
+		hdr[nh++] = fh;
+	}
+	hdr[nh] = NULL;
+	int64_t backoff = BACKOFF_BASE_MS;
+	long status = 0;
+	char reasons[1024];
+	for (int attempt = 1; attempt <= API_ATTEMPTS && !g_stop; attempt++) {
+		http_do(method, url, hdr, body, API_TIMEOUT_S, &r);
+		status = r.status;
+		if (status == 0) {
+			if (g_stop)
+				break;
+			if (!(flags & IDEMPOTENT) || attempt == API_ATTEMPTS) {
+				err("linode: %s %s: %s (not retried%s)", method, path, r.errbuf,
+				    flags & IDEMPOTENT ? ": out of attempts" : ": not idempotent");
+				break;
+			}
+			int64_t w = (int64_t)((double)backoff * jitter());
+			warn("linode: %s %s: %s; retry %d/%d in %" PRId64 " ms", method, path, r.errbuf, attempt,
+			     API_ATTEMPTS - 1, w);
+			sleep_ms(w);
+			backoff = backoff * 2 > BACKOFF_CAP_MS ? BACKOFF_CAP_MS : backoff * 2;
+			continue;
+		}
+		if (status == 429) {
+			long ra = r.retry_after;
+			if (ra < 0)
+				ra = 5;
+			if (ra > RETRY_AFTER_CAP_S)
+				ra = RETRY_AFTER_CAP_S;
+			api_errors(&r, reasons, sizeof reasons);
+			if (attempt == API_ATTEMPTS) {
+				err("linode: %s %s: 429 rate limited (%s): out of attempts", method, path, reasons);
+				break;
+			}
+			warn("linode: %s %s: 429 rate limited (%s); waiting Retry-After %ld s (attempt %d/%d)", method,
+			     path, reasons, ra, attempt, API_ATTEMPTS);
+			sleep_ms(ra * 1000 + 50);
+			continue;
+		}
+		if (status >= 500) {
+			api_errors(&r, reasons, sizeof reasons);
+			if (!(flags & IDEMPOTENT) || attempt == API_ATTEMPTS) {
+				err("linode: %s %s: %ld: %s (not retried%s)", method, path, status, reasons,
+				    flags & IDEMPOTENT ? ": out of attempts" : ": not idempotent");
+				break;
+			}
+			int64_t w = (int64_t)((double)backoff * jitter());
+			warn("linode: %s %s: %ld: %s; retry %d/%d in %" PRId64 " ms", method, path, status, reasons, attempt,
+			     API_ATTEMPTS - 1, w);
+			sleep_ms(w);
+			backoff = backoff * 2 > BACKOFF_CAP_MS ? BACKOFF_CAP_MS : backoff * 2;
+			continue;
+		}
+		if (status >= 400 || status < 200 || status >= 300) {
+			api_errors(&r, reasons, sizeof reasons);
+			if (why)
+				snprintf(why, whysize, "%s", reasons);
+			if (!(flags & QUIET_4XX) || status < 400)
+				err("linode: %s %s: %ld: %s%s", method, path, status, reasons,
+				    status == 401 ? " (check token_file: the token is missing, expired or revoked)"
+				    : status == 403 ? " (the token lacks a scope: linodes:read_write is needed)" : "");
+			break;
+		}
+		const char *perr = NULL;
+		struct jv *v = jparse(buf_str(&r.body), r.body.n, &perr);
+		if (!v) {
+			err("linode: %s %s: %ld but the answer is not JSON (%s)", method, path, status, perr);
+			status = 0;
+			break;
+		}
+		if (out)
+			*out = v;
+		else
+			jfree(v);
+		break;
+	}
+	buf_free(&r.body);
+	return g_stop && status == 0 ? 0 : status;
+}
+
+/* ---------------------------------------------------------------------- instances */
+
+struct inst {
+	long long id;
+	char label[72];
+	char status[32];
+	char created[40];
+	int64_t created_ms;
+	int vcpus;
+	int draining;      /* carries the drain tag */
+	int in_lb;         /* lb's pool has a server of this label (or at its address) */
+	char lb_state[24];
+	char addr[64];     /* the server address (private or public IPv4), once looked up */
+	int has_cpu;       /* stats gave a newest point */
+	double cpu;        /* newest point, percent of the instance's vCPUs */
+	int hist_low;      /* every point over scale_down_after (and the one before) below scale_down_cpu */
+};
+
+struct cache {     /* per instance id, across cycles */
+	long long id;
+	char addr[64];
+	int64_t stats_at; /* monotonic ms of the last stats call */
+	int has_cpu, hist_low;
+	double cpu;
+};
+static struct cache g_cache[MAX_INSTANCES];
+
+static struct cache *cache_of(long long id, int create)
+{
+	struct cache *free_slot = NULL;
+	for (size_t i = 0; i < MAX_INSTANCES; i++) {
+		if (g_cache[i].id == id)
+			return &g_cache[i];
+		if (!g_cache[i].id && !free_slot)
+			free_slot = &g_cache[i];
+	}
+	if (!create)
+		return NULL;
+	if (!free_slot) { /* full: forget the oldest */
+		free_slot = &g_cache[0];
+		for (size_t i = 1; i < MAX_INSTANCES; i++)
+			if (g_cache[i].stats_at < free_slot->stats_at)
+				free_slot = &g_cache[i];
+	}
+	memset(free_slot, 0, sizeof *free_slot);
+	free_slot->id = id;
+	return free_slot;
+}
+
+static int has_tag(const struct jv *o, const char *tag)
+{
+	struct jv *tags = jget(o, "tags");
+	for (struct jv *t = tags && tags->t == J_ARR ? tags->kid : NULL; t; t = t->next)
+		if (jstr(t) && !strcmp(t->str, tag))
+			return 1;
+	return 0;
+}
+
+static int inst_from_json(const struct jv *o, struct inst *in)
+{
+	memset(in, 0, sizeof *in);
+	const char *label = jstr(jget(o, "label")), *status = jstr(jget(o, "status"));
+	if (jint(jget(o, "id"), &in->id) != 0 || in->id <= 0 || !label || !status)
+		return -1;
+	snprintf(in->label, sizeof in->label, "%s", label);
+	snprintf(in->status, sizeof in->status, "%s", status);
+	snprintf(in->created, sizeof in->created, "%s", jstr(jget(o, "created")) ? jstr(jget(o, "created")) : "");
+	in->created_ms = parse_api_time(in->created);
+	long long vcpus = 1;
+	if (jint(jget(jget(o, "specs"), "vcpus"), &vcpus) != 0 || vcpus < 1)
+		vcpus = 1;
+	in->vcpus = (int)vcpus;
+	in->draining = has_tag(o, g_c.drain_tag);
+	struct cache *k = cache_of(in->id, 0);
+	if (k && k->addr[0])
+		snprintf(in->addr, sizeof in->addr, "%s", k->addr);
+	return 0;
+}
+
+/* every instance with the tag (all pages); -1 on an API error (nothing may be decided then) */
+static int list_instances(struct inst *out, int *n, const char *extra_filter_key, const char *extra_filter_val)
+{
+	struct buf f = { 0 };
+	buf_printf(&f, "{\"tags\": ");
+	buf_json(&f, g_c.tag);
+	if (extra_filter_key) {
+		buf_printf(&f, ", ");
+		buf_json(&f, extra_filter_key);
+		buf_printf(&f, ": ");
+		buf_json(&f, extra_filter_val);
+	}
+	buf_printf(&f, "}");
+	*n = 0;
+	long long pages = 1;
+	int rc = 0;
+	for (long long page = 1; page <= pages && page <= MAX_PAGES; page++) {
+		char path[64];
+		struct jv *v = NULL;
+		snprintf(path, sizeof path, "/linode/instances?page=%lld", page);
+		long st = api("GET", path, buf_str(&f), NULL, IDEMPOTENT, &v, NULL, 0);
+		if (st != 200) {
+			rc = -1;
+			break;
+		}
+		struct jv *data = jget(v, "data");
+		if (jint(jget(v, "pages"), &pages) != 0 || !data || data->t != J_ARR) {
+			err("linode: GET %s: the answer has no data/pages", path);
+			jfree(v);
+			rc = -1;
+			break;
+		}
+		for (struct jv *o = data->kid; o; o = o->next) {
+			struct inst in;
+			if (inst_from_json(o, &in) != 0) {
+				warn("linode: GET %s: an instance without id/label/status was skipped", path);
+				continue;
+			}
+			if (!has_tag(o, g_c.tag)) /* the filter should make this impossible: do not own strangers */
+				continue;
+			if (*n >= MAX_INSTANCES) {
+				warn("linode: more than %d instances carry tag %s: the rest are ignored", MAX_INSTANCES, g_c.tag);
+				break;
+			}
+			out[(*n)++] = in;
+		}
+		jfree(v);
+		if (pages > MAX_PAGES)
+			warn("linode: %lld pages of instances; only %d are read", pages, MAX_PAGES);
+	}
+	buf_free(&f);
+	return rc;
+}
+
+static long get_instance(long long id, struct inst *in)
+{
+	char path[64];
+	struct jv *v = NULL;
+	snprintf(path, sizeof path, "/linode/instances/%lld", id);
+	long st = api("GET", path, NULL, NULL, IDEMPOTENT | QUIET_4XX, &v, NULL, 0);
+	if (st == 200 && inst_from_json(v, in) != 0)
+		st = 0;
+	jfree(v);
+	return st;
+}
+
+/* the instance's server address (ipv4.private or ipv4.public, by server_address), cached */
+static int lookup_addr(struct inst *in)
+{
+	if (in->addr[0])
+		return 0;
+	char path[64];
+	struct jv *v = NULL;
+	snprintf(path, sizeof path, "/linode/instances/%lld/ips", in->id);
+	if (api("GET", path, NULL, NULL, IDEMPOTENT, &v, NULL, 0) != 200)
+		return -1;
+	const char *kind = g_c.public_addr ? "public" : "private";
+	struct jv *list = jget(jget(v, "ipv4"), kind);
+	const char *a = list && list->t == J_ARR && list->kid ? jstr(jget(list->kid, "address")) : NULL;
+	if (!a || !*a || strlen(a) >= sizeof in->addr || strchr(a, ':')) {
+		err("linode: instance %s (%lld) has no %s IPv4 address%s", in->label, in->id, kind,
+		    g_c.public_addr ? "" : " (was it created with private_ip true?)");
+		jfree(v);
+		return -1;
+	}
+	snprintf(in->addr, sizeof in->addr, "%s", a);
+	struct cache *k = cache_of(in->id, 1);
+	snprintf(k->addr, sizeof k->addr, "%s", a);
+	jfree(v);
+	return 0;
+}
+
+static int stats_budget(void)
+{
+	int64_t oldest = g_stats_calls[g_stats_i % STATS_PER_MINUTE];
+	return !oldest || mono_ms() - oldest >= 60000;
+}
+
+/* the instance's newest CPU point and its history over scale_down_after. "No data" (a new
+ * instance: 400 "Stats are unavailable at this time.", or empty series) is not 0%. */
+static void read_stats(struct inst *in, int nrunning)
+{
+	struct cache *k = cache_of(in->id, 1);
+	int64_t now = mono_ms();
+	/* the budget spread over the instances: each is asked at most every nrunning * 60 s / budget */
+	int64_t every = (int64_t)nrunning * 60000 / STATS_PER_MINUTE;
+	if (every < g_c.interval_ms / 2)
+		every = g_c.interval_ms / 2;
+	if (k->stats_at && (now - k->stats_at < every || !stats_budget())) {
+		in->has_cpu = k->has_cpu, in->cpu = k->cpu, in->hist_low = k->hist_low;
+		debug("stats of %s: cached from %" PRId64 " ms ago", in->label, now - k->stats_at);
+		return;
+	}
+	if (!stats_budget()) {
+		debug("stats of %s: no data yet, and the stats budget (%d a minute) is spent", in->label, STATS_PER_MINUTE);
+		return;
+	}
+	g_stats_calls[g_stats_i++ % STATS_PER_MINUTE] = now ? now : 1;
+	char path[80], why[512];
+	struct jv *v = NULL;
+	snprintf(path, sizeof path, "/linode/instances/%lld/stats", in->id);
+	long st = api("GET", path, NULL, NULL, IDEMPOTENT | QUIET_4XX, &v, why, sizeof why);
+	k->stats_at = now ? now : 1;
+	k->has_cpu = k->hist_low = 0;
+	if (st == 400 || st == 404) {
+		info("stats of %s: no data (%ld: %s)", in->label, st, why);
+		jfree(v);
+		return;
+	}
+	if (st != 200) {
+		if (st > 0)
+			warn("stats of %s: %ld: %s", in->label, st, why);
+		jfree(v);
+		return;
+	}
+	struct jv *cpu = jget(v, "cpu");
+	double last_ts = -1, last = 0;
+	for (struct jv *p = cpu && cpu->t == J_ARR ? cpu->kid : NULL; p; p = p->next) {
+		double ts, val;
+		if (p->t != J_ARR || jnum(p->kid, &ts) != 0 || !p->kid->next || jnum(p->kid->next, &val) != 0)
+			continue;
+		if (ts >= last_ts)
+			last_ts = ts, last = val;
+	}
+	if (last_ts < 0) {
+		info("stats of %s: no data (no CPU points yet)", in->label);
+		jfree(v);
+		return;
+	}
+	k->has_cpu = 1;
+	k->cpu = last / in->vcpus;
+	/* history: every point from the one at or before (newest - scale_down_after) on is low */
+	double from = last_ts - (double)g_c.down_after_ms, boundary = -1;
+	int low = 1;
+	for (struct jv *p = cpu->kid; p; p = p->next) {
+		double ts, val;
+		if (p->t != J_ARR || jnum(p->kid, &ts) != 0 || !p->kid->next || jnum(p->kid->next, &val) != 0)
+			continue;
+		if (ts <= from && ts > boundary)
+			boundary = ts;
+	}
+	for (struct jv *p = cpu->kid; p; p = p->next) {
+		double ts, val;
+		if (p->t != J_ARR || jnum(p->kid, &ts) != 0 || !p->kid->next || jnum(p->kid->next, &val) != 0)
+			continue;
+		if (ts >= (boundary >= 0 ? boundary : from) && val / in->vcpus >= g_c.down_cpu)
+			low = 0;
+	}
+	k->hist_low = low && boundary >= 0;
+	in->has_cpu = 1, in->cpu = k->cpu, in->hist_low = k->hist_low;
+	debug("stats of %s: newest %.1f%% of %d vCPU (%.1f raw); low over %" PRId64 " s: %s", in->label, in->cpu,
+	      in->vcpus, last, g_c.down_after_ms / 1000, in->hist_low ? "yes" : "no");
+	jfree(v);
+}
+
+/* ================================================================================== lb admin API */
+
+struct lbsrv {
+	char name[64];
+	char addr[80];
+	char state[24];
+};
+
+static long admin(const char *method, const char *path, const char *body, struct resp *r)
+{
+	char url[600], auth[600];
+	const char *hdr[4] = { auth, body ? "Content-Type: text/plain" : NULL, body ? "Expect:" : NULL, NULL };
+	snprintf(url, sizeof url, "%s%s", g_c.admin_url, path);
+	snprintf(auth, sizeof auth, "Authorization: Bearer %s", g_admin_token ? g_admin_token : "");
+	int64_t backoff = BACKOFF_BASE_MS;
+	for (int attempt = 1; attempt <= 4 && !g_stop; attempt++) {
+		http_do(method, url, hdr, body, ADMIN_TIMEOUT_S, r);
+		if (r->status != 0 && r->status != 503)
+			return r->status;
+		if (attempt < 4) {
+			int64_t w = (int64_t)((double)backoff * jitter());
+			warn("lb: %s %s: %s; retry in %" PRId64 " ms", method, path,
+			     r->status ? "503" : r->errbuf, w);
+			sleep_ms(w);
+			backoff *= 2;
+		}
+	}
+	if (r->status == 0)
+		err("lb: %s %s: %s (is lb running with an [admin] section at %s?)", method, path, r->errbuf, g_c.admin_url);
+	return r->status;
+}
+
+static void admin_reason(const struct resp *r, char *out, size_t size)
+{
+	const char *why;
+	struct jv *v = jparse(buf_str(&r->body), r->body.n, &why);
+	const char *e = jstr(jget(v, "error"));
+	snprintf(out, size, "%.300s", e ? e : buf_str(&r->body));
+	for (char *p = out; *p; p++)
+		if ((unsigned char)*p < 0x20)
+			*p = ' ';
+	jfree(v);
+}
+
+/* the servers of our pool in lb's /api/stats; -1 when lb cannot be asked */
+static int lb_servers(struct lbsrv *out, int max, int *n)
+{
+	struct resp r = { 0 };
+	*n = 0;
+	long st = admin("GET", "/api/stats", NULL, &r);
+	if (st != 200) {
+		if (st)
+			err("lb: GET /api/stats: %ld", st);
+		buf_free(&r.body);
+		return -1;
+	}
+	const char *why = NULL;
+	struct jv *v = jparse(buf_str(&r.body), r.body.n, &why), *pools = jget(v, "pools");
+	int found = 0;
+	for (struct jv *p = pools && pools->t == J_ARR ? pools->kid : NULL; p; p = p->next) {
+		if (!jstr(jget(p, "name")) || strcmp(jstr(jget(p, "name")), g_c.pool))
+			continue;
+		found = 1;
+		struct jv *ss = jget(p, "servers");
+		for (struct jv *s = ss && ss->t == J_ARR ? ss->kid : NULL; s && *n < max; s = s->next) {
+			const char *nm = jstr(jget(s, "name")), *ad = jstr(jget(s, "address")), *stt = jstr(jget(s, "state"));
+			if (!nm)
+				continue;
+			snprintf(out[*n].name, sizeof out[*n].name, "%s", nm);
+			snprintf(out[*n].addr, sizeof out[*n].addr, "%s", ad ? ad : "");
+			snprintf(out[*n].state, sizeof out[*n].state, "%s", stt ? stt : "");
+			(*n)++;
+		}
+	}
+	if (!v)
+		err("lb: GET /api/stats: not JSON (%s)", why);
+	else if (!found)
+		err("lb: pool '%s' is not in lb's configuration (check [scaler] pool)", g_c.pool);
+	jfree(v);
+	buf_free(&r.body);
+	return v && found ? 0 : -1;
+}
+
+static const struct lbsrv *lb_find(const struct lbsrv *s, int n, const char *name)
+{
+	for (int i = 0; i < n; i++)
+		if (!strcmp(s[i].name, name))
+			return &s[i];
+	return NULL;
+}
+
+/* add NAME ADDR:PORT to the pool (lb health-checks it before it takes traffic) */
+static int lb_add(const struct inst *in)
+{
+	char body[200], path[128], why[400];
+	snprintf(body, sizeof body, "%s %s:%d", in->label, in->addr, g_c.server_port);
+	snprintf(path, sizeof path, "/api/pools/%s/servers", g_c.pool);
+	if (g_dry) {
+		info("dry-run: would add server '%s' to lb pool %s: POST %s", body, g_c.pool, path);
+		return 0;
+	}
+	struct resp r = { 0 };
+	long st = admin("POST", path, body, &r);
+	admin_reason(&r, why, sizeof why);
+	buf_free(&r.body);
+	if (st == 201) {
+		info("lb: added server '%s' to pool %s (lb health-checks it before it takes traffic)", body, g_c.pool);
+		return 0;
+	}
+	if (st == 409) {
+		info("lb: pool %s already has a server %s (%s)", g_c.pool, in->label, why);
+		return 0;
+	}
+	if (st)
+		err("lb: POST %s '%s': %ld: %s%s", path, body, st, why,
+		    st == 401 ? " (check admin_token_file against lb's [admin] token_file)" : "");
+	return -1;
+}
+
+/* ask lb to drain and remove a server; 0 when lb took the request or the server is gone already,
+ * -2 when lb refuses because it is the pool's last server */
+static int lb_del(const char *name)
+{
+	char path[160], why[400];
+	snprintf(path, sizeof path, "/api/pools/%s/servers/%s", g_c.pool, name);
+	if (g_dry) {
+		info("dry-run: would drain and remove lb server %s/%s: DELETE %s", g_c.pool, name, path);
+		return 0;
+	}
+	struct resp r = { 0 };
+	long st = admin("DELETE", path, NULL, &r);
+	admin_reason(&r, why, sizeof why);
+	buf_free(&r.body);
+	if (st == 202) {
+		info("lb: draining %s/%s; lb removes it once nothing is in flight", g_c.pool, name);
+		return 0;
+	}
+	if (st == 404) {
+		info("lb: %s/%s is not in lb any more", g_c.pool, name);
+		return 0;
+	}
+	if (st)
+		err("lb: DELETE %s: %ld: %s", path, st, why);
+	return st == 409 ? -2 : -1;
+}
+
+/* poll lb until the server left the pool; 0 when gone */
+static int lb_wait_gone(const char *name, int64_t poll_ms)
+{
+	int64_t end = mono_ms() + WAIT_REMOVED_MS;
+	while (!g_stop) {
+		struct lbsrv s[MAX_INSTANCES + 64];
+		int n;
+		if (lb_servers(s, (int)(sizeof s / sizeof *s), &n) == 0 && !lb_find(s, n, name)) {
+			info("lb: %s/%s drained and removed", g_c.pool, name);
+			return 0;
+		}
+		if (mono_ms() > end) {
+			char d[32];
+			fmt_dur(d, sizeof d, WAIT_REMOVED_MS);
+			err("lb: %s/%s still in the pool %s after it was asked to remove it: the instance is kept", g_c.pool,
+			    name, d);
+			return -1;
+		}
+		sleep_ms(poll_ms);
+	}
+	return -1;
+}
+
+/* ================================================================================== host CPU */
+
+struct cpusample {
+	unsigned long long busy, total;
+	int ok;
+};
+
+static struct cpusample host_sample(void)
+{
+	struct cpusample s = { 0, 0, 0 };
+	FILE *f = fopen("/proc/stat", "r");
+	unsigned long long v[10] = { 0 };
+	if (!f)
+		return s;
+	int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4],
+	               &v[5], &v[6], &v[7], &v[8], &v[9]);
+	fclose(f);
+	if (n < 4)
+		return s;
+	/* user nice system idle iowait irq softirq steal (guest time is inside user already) */
+	for (int i = 0; i < 8 && i < n; i++)
+		s.total += v[i];
+	s.busy = s.total - v[3] - (n > 4 ? v[4] : 0);
+	s.ok = 1;
+	return s;
+}
+
+static struct cpusample g_host_prev;
+
+/* the lb host's CPU (percent of all cores) since the previous call; -1 without a previous sample */
+static double host_cpu(int fresh)
+{
+	if (fresh || !g_host_prev.ok) {
+		g_host_prev = host_sample();
+		sleep_ms(1000);
+	}
+	struct cpusample now = host_sample();
+	double pct = -1;
+	if (now.ok && g_host_prev.ok && now.total > g_host_prev.total)
+		pct = 100.0 * (double)(now.busy - g_host_prev.busy) / (double)(now.total - g_host_prev.total);
+	g_host_prev = now;
+	return pct;
+}
+
+/* ================================================================================== the cycle */
+
+enum { MODE_RUN, MODE_ONCE, MODE_STATUS };
+
+static int g_host_cpu_on;
+static int64_t g_last_action_ms;     /* wall clock of the last change (this process's, or --state's) */
+static const char *g_state_path;     /* --state FILE: the last change's time survives restarts and cron */
+
+static void state_load(void)
+{
+	char *t = g_state_path ? read_file(g_state_path, 4096, NULL) : NULL;
+	long long v;
+	if (!t) {
+		if (g_state_path && errno != ENOENT)
+			warn("state %s: %s", g_state_path, strerror(errno));
+		return;
+	}
+	if (sscanf(t, "last_action_ms %lld", &v) == 1 && v > 0 && v <= wall_ms() + 60000)
+		g_last_action_ms = v;
+	else
+		warn("state %s: not understood; ignored", g_state_path);
+	free(t);
+}
+
+/* a change was made now: the cooldown starts (and --state remembers it: temp file + rename) */
+static void note_action(void)
+{
+	g_last_action_ms = wall_ms();
+	if (!g_state_path || g_dry)
+		return;
+	char tmp[600];
+	snprintf(tmp, sizeof tmp, "%s.tmp", g_state_path);
+	FILE *f = fopen(tmp, "w");
+	if (!f || fprintf(f, "last_action_ms %lld\n", (long long)g_last_action_ms) < 0 || fflush(f) != 0 ||
+	    fsync(fileno(f)) != 0) {
+		warn("state %s: cannot write: %s", tmp, strerror(errno));
+		if (f)
+			fclose(f);
+		return;
+	}
+	if (fclose(f) != 0 || rename(tmp, g_state_path) != 0)
+		warn("state %s: cannot write: %s", g_state_path, strerror(errno));
+}
+static int64_t g_low_since;          /* monotonic ms since the measured CPU is below scale_down_cpu; 0 */
+static struct {                      /* lb removals this process asked for recently */
+	char name[64];
+	int64_t at;
+} g_asked[16];
+
+static int64_t poll_ms(void)
+{
+	int64_t p = g_c.interval_ms / 6;
+	return p < 1000 ? 1000 : p > 5000 ? 5000 : p;
+}
+
+static int label_seq(const char *label)
+{
+	size_t bl = strlen(g_c.base);
+	if (strncmp(label, g_c.base, bl) || label[bl] != '-' || !isdigit((unsigned char)label[bl + 1]))
+		return -1;
+	char *e;
+	long v = strtol(label + bl + 1, &e, 10);
+	return *e || v < 0 || v > 1000000 ? -1 : (int)v;
+}
+
+static int name_ok(const char *s)
+{
+	size_t n = strlen(s);
+	if (!n || n > 63)
+		return 0;
+	for (; *s; s++)
+		if (!isalnum((unsigned char)*s) && *s != '.' && *s != '_' && *s != '-')
+			return 0;
+	return 1;
+}
+
+/* the next label: TAGBASE-N, N one above the highest in use (deterministic: a create lost in a
+ * crash is found under the same label instead of being sent twice) */
+static void next_label(const struct inst *in, int n, char *out, size_t size)
+{
+	int top = 0;
+	for (int i = 0; i < n; i++) {
+		int s = label_seq(in[i].label);
+		if (s > top)
+			top = s;
+	}
+	snprintf(out, size, "%s-%d", g_c.base, top + 1);
+}
+
+static int set_tags(const struct inst *in, int draining)
+{
+	char path[64];
+	struct buf b = { 0 };
+	snprintf(path, sizeof path, "/linode/instances/%lld", in->id);
+	buf_printf(&b, "{\"tags\": [");
+	buf_json(&b, g_c.tag);
+	if (draining) {
+		buf_printf(&b, ", ");
+		buf_json(&b, g_c.drain_tag);
+	}
+	buf_printf(&b, "]}");
+	long st = 200;
+	if (g_dry)
+		info("dry-run: would tag %s: PUT %s %s", in->label, path, buf_str(&b));
+	else
+		st = api("PUT", path, NULL, buf_str(&b), IDEMPOTENT, NULL, NULL, 0);
+	buf_free(&b);
+	return st == 200 ? 0 : -1;
+}
+
+static int delete_instance(const struct inst *in)
+{
+	char path[64], why[512];
+	snprintf(path, sizeof path, "/linode/instances/%lld", in->id);
+	if (g_dry) {
+		info("dry-run: would delete instance %s (%lld): DELETE %s", in->label, in->id, path);
+		return 0;
+	}
+	long st = api("DELETE", path, NULL, NULL, IDEMPOTENT | QUIET_4XX, NULL, why, sizeof why);
+	if (st == 200 || st == 404) {
+		info("linode: deleted instance %s (%lld)%s", in->label, in->id, st == 404 ? " (it was gone already)" : "");
+		return 0;
+	}
+	if (st >= 400)
+		err("linode: DELETE %s (%s): %ld: %s", path, in->label, st, why);
+	return -1;
+}
+
+/* the second half of a removal: out of lb (drained), then deleted. `in_lb`: lb still has it. */
+static int set_tags(const struct inst *in, int draining);
+
+static int finish_removal(const struct inst *in)
+{
+	if (in->in_lb) {
+		int rc = lb_del(in->label);
+		if (rc == -2) { /* the pool's last server: it stays, and stays ours */
+			warn("instance %s is kept: lb keeps at least one server in pool %s", in->label, g_c.pool);
+			set_tags(in, 0);
+		}
+		if (rc != 0)
+			return -1;
+		if (!g_dry && lb_wait_gone(in->label, poll_ms()) != 0)
+			return -1;
+	}
+	return delete_instance(in);
+}
+
+/* scale down: mark (tag), drain and remove from lb, delete */
+static int scale_down(struct inst *in)
+{
+	info("scale down: removing instance %s (%lld, %s%s)", in->label, in->id, in->status,
+	     in->has_cpu ? "" : ", no CPU data");
+	if (set_tags(in, 1) != 0)
+		return -1;
+	if (finish_removal(in) != 0) {
+		if (in->in_lb && !g_stop)
+			warn("scale down of %s stopped; it keeps tag %s and the next cycle tries again", in->label,
+			     g_c.drain_tag);
+		return -1;
+	}
+	return 0;
+}
+
+/* the JSON body of the create call; with the password redacted when `shown` */
+static int create_body(struct buf *b, const char *label, const char *pass, int shown)
+{
+	buf_printf(b, "{\"type\": ");
+	buf_json(b, g_c.type);
+	buf_printf(b, ", \"region\": ");
+	buf_json(b, g_c.region);
+	buf_printf(b, ", \"label\": ");
+	buf_json(b, label);
+	buf_printf(b, ", \"tags\": [");
+	buf_json(b, g_c.tag);
+	buf_printf(b, "], \"private_ip\": true, \"booted\": true");
+	if (g_c.image[0]) {
+		buf_printf(b, ", \"image\": ");
+		buf_json(b, g_c.image);
+		buf_printf(b, ", \"root_pass\": ");
+		buf_json(b, shown ? "<redacted: 40 random characters>" : pass);
+		if (g_c.authorized_keys_file[0]) {
+			char *keys = read_file(g_c.authorized_keys_file, 1 << 20, NULL);
+			if (!keys) {
+				err("authorized_keys_file %s: %s", g_c.authorized_keys_file, strerror(errno));
+				return -1;
+			}
+			buf_printf(b, ", \"authorized_keys\": [");
+			int k = 0;
+			for (char *save = NULL, *ln = strtok_r(keys, "\n", &save); ln; ln = strtok_r(NULL, "\n", &save)) {
+				trim(ln);
+				if (!*ln || *ln == '#')
+					continue;
+				buf_printf(b, "%s", k++ ? ", " : "");
+				buf_json(b, ln);
+			}
+			buf_printf(b, "]");
+			free(keys);
+			if (!k) {
+				err("authorized_keys_file %s holds no key", g_c.authorized_keys_file);
+				return -1;
+			}
+		}
+	} else if (g_c.authorized_keys_file[0]) {
+		warn("authorized_keys_file is only used with an image: ignored");
+	}
+	if (g_c.user_data[0]) {
+		size_t n;
+		char *ud = read_file(g_c.user_data, 65535, &n);
+		if (!ud) {
+			err("user_data %s: %s%s", g_c.user_data, strerror(errno),
+			    errno == EFBIG ? " (Linode takes at most 65535 bytes)" : "");
+			return -1;
+		}
+		buf_printf(b, ", \"metadata\": {\"user_data\": \"");
+		base64(b, (const unsigned char *)ud, n);
+		buf_printf(b, "\"}");
+		free(ud);
+	}
+	buf_printf(b, "}");
+	return b->oom ? -1 : 0;
+}
+
+/* wait for status running (bounded); 0 when running */
+static int wait_running(struct inst *in)
+{
+	int64_t end = mono_ms() + WAIT_RUNNING_MS;
+	char last[32];
+	snprintf(last, sizeof last, "%s", in->status);
+	while (!g_stop && strcmp(in->status, "running")) {
+		if (mono_ms() > end) {
+			err("linode: instance %s (%lld) is still %s after %d min; lb gets it once it runs", in->label, in->id,
+			    in->status, WAIT_RUNNING_MS / 60000);
+			return -1;
+		}
+		if (sleep_ms(poll_ms()) != 0)
+			break;
+		struct inst now;
+		long st = get_instance(in->id, &now);
+		if (st == 404) {
+			err("linode: instance %s (%lld) vanished while it was %s", in->label, in->id, in->status);
+			return -1;
+		}
+		if (st != 200)
+			continue;
+		snprintf(in->status, sizeof in->status, "%s", now.status);
+		if (strcmp(last, in->status)) {
+			info("linode: instance %s (%lld) is %s", in->label, in->id, in->status);
+			snprintf(last, sizeof last, "%s", in->status);
+		}
+	}
+	return strcmp(in->status, "running") ? -1 : 0;
+}
+
+/* after an add: watch lb's health checks take the server in (bounded; only logs) */
+static void watch_up(const char *name)
+{
+	int64_t end = mono_ms() + WAIT_UP_MS;
+	while (!g_stop && mono_ms() < end) {
+		struct lbsrv s[MAX_INSTANCES + 64];
+		int n;
+		const struct lbsrv *x;
+		if (lb_servers(s, (int)(sizeof s / sizeof *s), &n) == 0 && (x = lb_find(s, n, name)) &&
+		    !strcmp(x->state, "up")) {
+			info("lb: %s/%s passed its health checks and takes traffic", g_c.pool, name);
+			return;
+		}
+		sleep_ms(500);
+	}
+	if (!g_stop)
+		warn("lb: %s/%s is not up %d s after it was added: is the service listening on port %d?", g_c.pool, name,
+		     WAIT_UP_MS / 1000, g_c.server_port);
+}
+
+/* scale up: create (idempotent by label), wait until running, add to lb */
+static int scale_up(const struct inst *all, int n)
+{
+	char label[72], pass[64];
+	next_label(all, n, label, sizeof label);
+	struct buf shown = { 0 }, body = { 0 };
+	if (make_password(pass, sizeof pass) != 0) {
+		err("cannot get random bytes for a root password");
+		return -1;
+	}
+	if (create_body(&shown, label, pass, 1) != 0 || create_body(&body, label, pass, 0) != 0) {
+		buf_free(&shown);
+		buf_free(&body);
+		memset(pass, 0, sizeof pass);
+		return -1;
+	}
+	memset(pass, 0, sizeof pass);
+	if (g_dry) {
+		info("dry-run: would create instance %s: POST /linode/instances %s", label, buf_str(&shown));
+		info("dry-run: then wait until it is running and add it to lb pool %s at its %s IPv4 port %d", g_c.pool,
+		     g_c.public_addr ? "public" : "private", g_c.server_port);
+		buf_free(&shown);
+		memset(body.d, 0, body.n);
+		buf_free(&body);
+		return 0;
+	}
+	info("scale up: creating instance %s (%s in %s%s%s)", label, g_c.type, g_c.region, g_c.image[0] ? ", " : "",
+	     g_c.image);
+	struct inst in;
+	int have = 0;
+	for (int attempt = 1; attempt <= 3 && !have && !g_stop; attempt++) {
+		struct jv *v = NULL;
+		char why[1024];
+		long st = api("POST", "/linode/instances", NULL, buf_str(&body), QUIET_4XX, &v, why, sizeof why);
+		if (st == 200 && inst_from_json(v, &in) == 0) {
+			have = 1;
+		} else if (st >= 400 && st < 500) {
+			err("linode: POST /linode/instances (%s): %ld: %s", label, st, why);
+			jfree(v);
+			break;
+		} else {
+			/* 5xx or no answer: was it created anyway? Look for the label before sending again */
+			struct inst found[4];
+			int nf = 0;
+			if (list_instances(found, &nf, "label", label) == 0 && nf > 0) {
+				in = found[0];
+				have = 1;
+				info("linode: instance %s exists after all (%lld): not sent again", label, in.id);
+			} else if (attempt < 3) {
+				warn("linode: instance %s was not created; trying again", label);
+				sleep_ms((int64_t)(BACKOFF_BASE_MS * 4 * attempt * jitter()));
+			}
+		}
+		jfree(v);
+	}
+	memset(body.d, 0, body.n);
+	buf_free(&body);
+	buf_free(&shown);
+	if (!have)
+		return -1;
+	note_action();
+	info("linode: created instance %s (%lld), %s", in.label, in.id, in.status);
+	if (wait_running(&in) != 0)
+		return -1;
+	if (lookup_addr(&in) != 0)
+		return -1;
+	if (lb_add(&in) != 0)
+		return -1;
+	watch_up(in.label);
+	return 0;
+}
+
+struct view {
+	struct inst in[MAX_INSTANCES];
+	int n;
+	struct lbsrv lb[MAX_INSTANCES + 64];
+	int nlb;
+	int active, running;  /* instances not being removed; of them running */
+	int pending;          /* active, not running, created less than WAIT_RUNNING_MS ago */
+	int warming;          /* running, new, without CPU data yet */
+	int ndata;
+	double pool_cpu;      /* mean of the newest points; -1 none */
+	double host;          /* -1 when not measured */
+	double cpu;           /* what is decided on: max(pool, host); -1 unknown */
+	int hist_low;         /* every instance with data low over scale_down_after */
+	int64_t newest_ms;    /* newest creation among active instances */
+};
+
+static int ours(const struct view *v, const char *name)
+{
+	if (label_seq(name) >= 0)
+		return 1;
+	for (int i = 0; i < v->n; i++)
+		if (!strcmp(v->in[i].label, name))
+			return 1;
+	return 0;
+}
+
+static int have_active(const struct view *v, const char *name)
+{
+	for (int i = 0; i < v->n; i++)
+		if (!v->in[i].draining && !strcmp(v->in[i].label, name))
+			return 1;
+	return 0;
+}
+
+static int asked_recently(const char *name)
+{
+	for (size_t i = 0; i < sizeof g_asked / sizeof *g_asked; i++)
+		if (!strcmp(g_asked[i].name, name) && mono_ms() - g_asked[i].at < WAIT_REMOVED_MS)
+			return 1;
+	return 0;
+}
+
+static void remember_asked(const char *name)
+{
+	size_t old = 0;
+	for (size_t i = 0; i < sizeof g_asked / sizeof *g_asked; i++) {
+		if (!strcmp(g_asked[i].name, name)) {
+			old = i;
+			break;
+		}
+		if (g_asked[i].at < g_asked[old].at)
+			old = i;
+	}
+	snprintf(g_asked[old].name, sizeof g_asked[old].name, "%s", name);
+	g_asked[old].at = mono_ms();
+}
+
+/* instances and lb's pool; matches them; -1 when either cannot be read */
+static int observe(struct view *v)
+{
+	memset(v, 0, sizeof *v);
+	v->pool_cpu = v->host = v->cpu = -1;
+	if (list_instances(v->in, &v->n, NULL, NULL) != 0)
+		return -1;
+	if (lb_servers(v->lb, (int)(sizeof v->lb / sizeof *v->lb), &v->nlb) != 0)
+		return -1;
+	for (int i = 0; i < v->n; i++) {
+		struct inst *in = &v->in[i];
+		const struct lbsrv *s = lb_find(v->lb, v->nlb, in->label);
+		char want[80];
+		if (!s && in->addr[0]) { /* known under another name at its address: an operator added it */
+			snprintf(want, sizeof want, "%s:%d", in->addr, g_c.server_port);
+			for (int k = 0; k < v->nlb && !s; k++)
+				if (!strcmp(v->lb[k].addr, want))
+					s = &v->lb[k];
+		}
+		if (s) {
+			in->in_lb = 1;
+			snprintf(in->lb_state, sizeof in->lb_state, "%s", s->state);
+		}
+		if (!in->draining) {
+			v->active++;
+			if (!strcmp(in->status, "running"))
+				v->running++;
+			else if (in->created_ms > 0 && wall_ms() - in->created_ms < WAIT_RUNNING_MS)
+				v->pending++;
+			else
+				warn("instance %s (%lld) is %s: it counts towards max but carries no load (start or delete "
+				     "it; a scale-down removes it first)", in->label, in->id, in->status);
+			if (in->created_ms > v->newest_ms)
+				v->newest_ms = in->created_ms;
+		}
+	}
+	return 0;
+}
+
+/* lb and Linode agree afterwards: removals under way finish, running instances lb lacks are added,
+ * servers of ours lb has without an instance are removed */
+static int reconcile(struct view *v)
+{
+	int changed = 0;
+	for (int i = 0; i < v->n && !g_stop; i++) {
+		struct inst *in = &v->in[i];
+		if (in->draining) {
+			info("reconcile: instance %s (%lld) was being removed (tag %s): finishing", in->label, in->id,
+			     g_c.drain_tag);
+			if (finish_removal(in) == 0)
+				note_action();
+			changed = 1;
+			continue;
+		}
+		if (in->in_lb || strcmp(in->status, "running"))
+			continue;
+		if (!name_ok(in->label)) {
+			warn("reconcile: instance %s (%lld) has a label lb cannot use as a server name: not added", in->label,
+			     in->id);
+			continue;
+		}
+		if (lookup_addr(in) != 0)
+			continue;
+		char want[80];
+		snprintf(want, sizeof want, "%s:%d", in->addr, g_c.server_port);
+		const struct lbsrv *same = NULL;
+		for (int k = 0; k < v->nlb && !same; k++)
+			if (!strcmp(v->lb[k].addr, want))
+				same = &v->lb[k];
+		if (same) { /* an operator added it under another name */
+			debug("instance %s is in lb as %s (%s)", in->label, same->name, want);
+			in->in_lb = 1;
+			continue;
+		}
+		info("reconcile: instance %s (%lld) is running but not in lb pool %s: adding it", in->label, in->id,
+		     g_c.pool);
+		if (lb_add(in) == 0 && !g_dry)
+			in->in_lb = 1;
+		changed = 1;
+	}
+	for (int k = 0; k < v->nlb && !g_stop; k++) {
+		const struct lbsrv *s = &v->lb[k];
+		if (!ours(v, s->name) || have_active(v, s->name))
+			continue;
+		int draining_inst = 0;
+		for (int i = 0; i < v->n; i++)
+			if (v->in[i].draining && !strcmp(v->in[i].label, s->name))
+				draining_inst = 1;
+		if (draining_inst)
+			continue; /* handled above */
+		if (!strcmp(s->state, "drain") && asked_recently(s->name))
+			continue;
+		info("reconcile: lb server %s/%s (%s) has no Linode instance with tag %s: removing it from lb", g_c.pool,
+		     s->name, s->addr, g_c.tag);
+		if (lb_del(s->name) == 0 && !g_dry)
+			remember_asked(s->name);
+		changed = 1;
+	}
+	return changed;
+}
+
+static void measure(struct view *v, int mode)
+{
+	double sum = 0;
+	int all_low = 1;
+	for (int i = 0; i < v->n; i++) {
+		struct inst *in = &v->in[i];
+		if (in->draining || strcmp(in->status, "running"))
+			continue;
+		read_stats(in, v->running);
+		if (!in->has_cpu && in->created_ms > 0 && wall_ms() - in->created_ms < WARMUP_MS)
+			v->warming++;
+		if (in->has_cpu) {
+			sum += in->cpu;
+			v->ndata++;
+			if (!in->hist_low)
+				all_low = 0;
+		}
+	}
+	if (v->ndata)
+		v->pool_cpu = sum / v->ndata;
+	v->hist_low = v->ndata > 0 && all_low;
+	if (g_host_cpu_on)
+		v->host = host_cpu(mode != MODE_RUN);
+	v->cpu = v->pool_cpu;
+	if (v->host >= 0 && v->host > v->cpu)
+		v->cpu = v->host;
+	if (v->host >= 0 && v->host >= g_c.down_cpu)
+		v->hist_low = 0;
+}
+
+enum { D_NONE, D_UP, D_DOWN };
+
+/* the decision, with its reason in `why` */
+static int decide(struct view *v, int mode, char *why, size_t size)
+{
+	int64_t now = wall_ms();
+	int64_t last = g_last_action_ms > v->newest_ms ? g_last_action_ms : v->newest_ms;
+	int64_t since = last > 0 ? now - last : INT64_MAX;
+	int cooling = since < g_c.cooldown_ms;
+	char cd[32], left[32];
+	fmt_dur(cd, sizeof cd, g_c.cooldown_ms);
+	fmt_dur(left, sizeof left, cooling ? (g_c.cooldown_ms - since + 999) / 1000 * 1000 : 0);
+	/* the sustained-low clock (run: this process's cycles; any mode: Linode's 5-minute points) */
+	if (mode == MODE_RUN) {
+		if (v->cpu >= 0 && v->cpu < g_c.down_cpu) {
+			if (!g_low_since)
+				g_low_since = mono_ms();
+		} else {
+			g_low_since = 0;
+		}
+	}
+	int64_t low_for = g_low_since ? mono_ms() - g_low_since : 0;
+	int sustained = (g_low_since && low_for >= g_c.down_after_ms) || v->hist_low;
+	int pending = v->pending;
+	if (v->active < g_c.min) {
+		if (pending) {
+			snprintf(why, size, "below min (%d < %d), %d instance(s) not running yet: waiting", v->active, g_c.min,
+			         pending);
+			return D_NONE;
+		}
+		snprintf(why, size, "below min (%d < %d)", v->active, g_c.min);
+		return D_UP;
+	}
+	if (v->active > g_c.max) {
+		snprintf(why, size, "above max (%d > %d)", v->active, g_c.max);
+		return D_DOWN;
+	}
+	if (v->cpu < 0) {
+		snprintf(why, size, "no CPU data yet (new instances have none for several minutes): no change");
+		return D_NONE;
+	}
+	if (v->cpu >= g_c.up_cpu) {
+		if (v->active >= g_c.max) {
+			snprintf(why, size, "cpu %.1f%% >= %g%% but at max (%d): no change", v->cpu, g_c.up_cpu, g_c.max);
+			return D_NONE;
+		}
+		if (pending) {
+			snprintf(why, size, "cpu %.1f%% >= %g%% but %d instance(s) not running yet: waiting", v->cpu, g_c.up_cpu,
+			         pending);
+			return D_NONE;
+		}
+		if (v->warming) {
+			snprintf(why, size, "cpu %.1f%% >= %g%% but %d new instance(s) have no CPU data yet: waiting", v->cpu,
+			         g_c.up_cpu, v->warming);
+			return D_NONE;
+		}
+		if (cooling) {
+			snprintf(why, size, "cpu %.1f%% >= %g%% but in cooldown (%s, %s left): no change", v->cpu, g_c.up_cpu,
+			         cd, left);
+			return D_NONE;
+		}
+		snprintf(why, size, "cpu %.1f%% >= scale_up_cpu %g%%", v->cpu, g_c.up_cpu);
+		return D_UP;
+	}
+	if (v->cpu < g_c.down_cpu) {
+		char sa[32], lf[32];
+		fmt_dur(sa, sizeof sa, g_c.down_after_ms);
+		fmt_dur(lf, sizeof lf, low_for / 1000 * 1000);
+		if (!sustained) {
+			snprintf(why, size, "cpu %.1f%% < %g%% for %s of scale_down_after %s: no change", v->cpu, g_c.down_cpu,
+			         mode == MODE_RUN ? lf : "less", sa);
+			return D_NONE;
+		}
+		if (v->active <= g_c.min) {
+			snprintf(why, size, "cpu %.1f%% < %g%% for %s but at min (%d): no change", v->cpu, g_c.down_cpu, sa,
+			         g_c.min);
+			return D_NONE;
+		}
+		if (cooling) {
+			snprintf(why, size, "cpu %.1f%% < %g%% for %s but in cooldown (%s, %s left): no change", v->cpu,
+			         g_c.down_cpu, sa, cd, left);
+			return D_NONE;
+		}
+		snprintf(why, size, "cpu %.1f%% < scale_down_cpu %g%% for %s", v->cpu, g_c.down_cpu, sa);
+		return D_DOWN;
+	}
+	snprintf(why, size, "cpu %.1f%% between %g%% and %g%%: no change", v->cpu, g_c.down_cpu, g_c.up_cpu);
+	return D_NONE;
+}
+
+/* which instance goes: one not running yet first, then the newest, then the least loaded */
+static struct inst *pick_down(struct view *v)
+{
+	struct inst *best = NULL;
+	for (int i = 0; i < v->n; i++) {
+		struct inst *in = &v->in[i];
+		if (in->draining)
+			continue;
+		if (!best) {
+			best = in;
+			continue;
+		}
+		int r_in = !strcmp(in->status, "running"), r_b = !strcmp(best->status, "running");
+		if (r_in != r_b) {
+			if (!r_in)
+				best = in;
+			continue;
+		}
+		if (in->created_ms != best->created_ms) {
+			if (in->created_ms > best->created_ms)
+				best = in;
+			continue;
+		}
+		double ci = in->has_cpu ? in->cpu : 0, cb = best->has_cpu ? best->cpu : 0;
+		if (ci < cb || (ci == cb && in->id > best->id))
+			best = in;
+	}
+	return best;
+}
+
+static void describe(const struct view *v, char *out, size_t size)
+{
+	char pool[48] = "no data", host[32] = "";
+	if (v->pool_cpu >= 0)
+		snprintf(pool, sizeof pool, "%.1f%% (%d with data)", v->pool_cpu, v->ndata);
+	if (v->host >= 0)
+		snprintf(host, sizeof host, ", lb host %.1f%%", v->host);
+	snprintf(out, size, "%d instance(s) with tag %s (%d running, %d not running, %d being removed), lb pool %s has %d "
+	                    "server(s); cpu %s%s",
+	         v->n, g_c.tag, v->running, v->active - v->running, v->n - v->active, g_c.pool, v->nlb, pool, host);
+}
+
+/* one cycle; 0 when everything it tried worked */
+static int cycle(int mode)
+{
+	static struct view v;
+	char why[300], desc[300];
+	if (observe(&v) != 0) {
+		err("cycle: Linode or lb could not be read: no decision this time");
+		return -1;
+	}
+	int changed = mode != MODE_STATUS ? reconcile(&v) : 0;
+	if (g_stop)
+		return 0;
+	if (changed && !g_dry && observe(&v) != 0) /* the state after reconcile's changes */
+		return -1;
+	measure(&v, mode);
+	describe(&v, desc, sizeof desc);
+	int d = decide(&v, mode, why, sizeof why);
+	info("%s; decision: %s: %s", desc, d == D_UP ? "up" : d == D_DOWN ? "down" : "none", why);
+	if (mode == MODE_STATUS || d == D_NONE || g_stop)
+		return 0;
+	int rc;
+	if (d == D_UP) {
+		rc = scale_up(v.in, v.n);
+	} else {
+		struct inst *in = pick_down(&v);
+		rc = in ? scale_down(in) : -1;
+	}
+	if (!g_dry) {
+		note_action();
+		g_low_since = 0;
+	}
+	return rc;
+}
+
+/* ================================================================================== commands */
+
+static int cmd_list(void)
+{
+	static struct inst in[MAX_INSTANCES];
+	int n;
+	if (list_instances(in, &n, NULL, NULL) != 0)
+		return 1;
+	printf("%-12s %-28s %-14s %-10s %-20s %s\n", "ID", "LABEL", "STATUS", "VCPUS", "CREATED", "ADDRESS");
+	for (int i = 0; i < n; i++) {
+		if (!strcmp(in[i].status, "running"))
+			lookup_addr(&in[i]);
+		printf("%-12lld %-28s %-14s %-10d %-20s %s%s\n", in[i].id, in[i].label, in[i].status, in[i].vcpus,
+		       in[i].created, in[i].addr[0] ? in[i].addr : "-", in[i].draining ? "  (being removed)" : "");
+	}
+	return 0;
+}
+
+static int cmd_status(void)
+{
+	static struct view v;
+	char why[300], desc[300];
+	if (observe(&v) != 0)
+		return 1;
+	measure(&v, MODE_STATUS);
+	describe(&v, desc, sizeof desc);
+	int d = decide(&v, MODE_STATUS, why, sizeof why);
+	char cd[32], sa[32], iv[32];
+	fmt_dur(cd, sizeof cd, g_c.cooldown_ms);
+	fmt_dur(sa, sizeof sa, g_c.down_after_ms);
+	fmt_dur(iv, sizeof iv, g_c.interval_ms);
+	printf("pool %s (lb %s), tag %s, api %s\n", g_c.pool, g_c.admin_url, g_c.tag, g_c.api_url);
+	printf("bounds min %d max %d; up at %g%%, down below %g%% for %s; cooldown %s; interval %s\n", g_c.min, g_c.max,
+	       g_c.up_cpu, g_c.down_cpu, sa, cd, iv);
+	printf("%s\n", desc);
+	printf("%-12s %-28s %-12s %-10s %-9s %s\n", "ID", "LABEL", "STATUS", "CPU", "LB", "LB STATE");
+	for (int i = 0; i < v.n; i++) {
+		char cpu[16] = "no data";
+		if (v.in[i].has_cpu)
+			snprintf(cpu, sizeof cpu, "%.1f%%", v.in[i].cpu);
+		printf("%-12lld %-28s %-12s %-10s %-9s %s\n", v.in[i].id, v.in[i].label,
+		       v.in[i].draining ? "removing" : v.in[i].status, cpu, v.in[i].in_lb ? "yes" : "no",
+		       v.in[i].lb_state[0] ? v.in[i].lb_state : "-");
+	}
+	for (int k = 0; k < v.nlb; k++)
+		if (!ours(&v, v.lb[k].name))
+			printf("%-12s %-28s %-12s %-10s %-9s %s\n", "(static)", v.lb[k].name, "-", "-", "yes", v.lb[k].state);
+	printf("decision: %s: %s\n", d == D_UP ? "up" : d == D_DOWN ? "down" : "none", why);
+	return 0;
+}
+
+static int cmd_force(int up)
+{
+	static struct view v;
+	if (observe(&v) != 0)
+		return 1;
+	reconcile(&v);
+	if (!g_dry && observe(&v) != 0)
+		return 1;
+	if (up) {
+		if (v.active >= g_c.max) {
+			err("up: already at max (%d instances)", g_c.max);
+			return 1;
+		}
+		return scale_up(v.in, v.n) == 0 ? 0 : 1;
+	}
+	if (v.active <= g_c.min) {
+		err("down: already at min (%d instances)", g_c.min);
+		return 1;
+	}
+	measure(&v, MODE_STATUS);
+	struct inst *in = pick_down(&v);
+	return in && scale_down(in) == 0 ? 0 : 1;
+}
+
+/* dns-set NAME IP: the A record NAME in the Domain that is its longest suffix gets target IP
+ * (created when the domain has none) */
+static int cmd_dns_set(const char *name, const char *ip)
+{
+	long long domain_id = -1;
+	const char *rel = NULL;
+	char dom[256];
+	for (const char *p = name; p && *p; p = strchr(p, '.') ? strchr(p, '.') + 1 : NULL) {
+		struct buf f = { 0 };
+		struct jv *v = NULL;
+		buf_printf(&f, "{\"domain\": ");
+		buf_json(&f, p);
+		buf_printf(&f, "}");
+		long st = api("GET", "/domains?page=1", buf_str(&f), NULL, IDEMPOTENT, &v, NULL, 0);
+		buf_free(&f);
+		if (st != 200)
+			return 1;
+		struct jv *data = jget(v, "data");
+		if (data && data->t == J_ARR && data->kid && jint(jget(data->kid, "id"), &domain_id) == 0) {
+			snprintf(dom, sizeof dom, "%s", p);
+			rel = p == name ? "" : NULL;
+			jfree(v);
+			break;
+		}
+		jfree(v);
+		domain_id = -1;
+	}
+	if (domain_id < 0) {
+		err("dns-set: no Linode Domain holds %s", name);
+		return 1;
+	}
+	char relname[256] = "";
+	size_t nl = strlen(name), dl = strlen(dom);
+	if (!rel && nl > dl + 1)
+		snprintf(relname, sizeof relname, "%.*s", (int)(nl - dl - 1), name);
+	char path[128];
+	struct buf f = { 0 };
+	struct jv *v = NULL;
+	buf_printf(&f, "{\"type\": \"A\", \"name\": ");
+	buf_json(&f, relname);
+	buf_printf(&f, "}");
+	snprintf(path, sizeof path, "/domains/%lld/records?page=1", domain_id);
+	long st = api("GET", path, buf_str(&f), NULL, IDEMPOTENT, &v, NULL, 0);
+	buf_free(&f);
+	if (st != 200)
+		return 1;
+	long long rid = -1;
+	struct jv *data = jget(v, "data");
+	for (struct jv *r = data && data->t == J_ARR ? data->kid : NULL; r; r = r->next) {
+		const char *t = jstr(jget(r, "type")), *nm = jstr(jget(r, "name"));
+		if (t && nm && !strcmp(t, "A") && !strcmp(nm, relname) && jint(jget(r, "id"), &rid) == 0)
+			break;
+		rid = -1;
+	}
+	jfree(v);
+	struct buf b = { 0 };
+	int rc = 1;
+	if (rid >= 0) {
+		snprintf(path, sizeof path, "/domains/%lld/records/%lld", domain_id, rid);
+		buf_printf(&b, "{\"target\": ");
+		buf_json(&b, ip);
+		buf_printf(&b, "}");
+		if (g_dry) {
+			info("dry-run: would set %s A %s: PUT %s %s", name, ip, path, buf_str(&b));
+			rc = 0;
+		} else if (api("PUT", path, NULL, buf_str(&b), IDEMPOTENT, NULL, NULL, 0) == 200) {
+			info("dns: %s A %s (domain %s, record %lld)", name, ip, dom, rid);
+			rc = 0;
+		}
+	} else {
+		snprintf(path, sizeof path, "/domains/%lld/records", domain_id);
+		buf_printf(&b, "{\"type\": \"A\", \"name\": ");
+		buf_json(&b, relname);
+		buf_printf(&b, ", \"target\": ");
+		buf_json(&b, ip);
+		buf_printf(&b, "}");
+		if (g_dry) {
+			info("dry-run: would create %s A %s: POST %s %s", name, ip, path, buf_str(&b));
+			rc = 0;
+		} else if (api("POST", path, NULL, buf_str(&b), 0, NULL, NULL, 0) == 200) {
+			info("dns: %s A %s created (domain %s)", name, ip, dom);
+			rc = 0;
+		}
+	}
+	buf_free(&b);
+	return rc;
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: linode-scaler COMMAND [-c FILE] [--dry-run] [--host-cpu] [--state FILE] [-v]\n"
+	           "  run              loop every [scaler] interval: reconcile, measure CPU, decide, act\n"
+	           "  once             one cycle (cron, tests)\n"
+	           "  check            check the [scaler] section and read the token files (no network)\n"
+	           "  status           what a cycle sees and would decide (changes nothing)\n"
+	           "  list             the instances with the scaler's tag\n"
+	           "  up | down        one instance more / less now (max and min still hold)\n"
+	           "  dns-set NAME IP  point the A record NAME (in its Linode Domain) at IP\n"
+	           "options:\n"
+	           "  -c FILE          lb's config with a [scaler] section (default config.ini)\n"
+	           "  --dry-run        log the decisions and the requests that would change something; change nothing\n"
+	           "  --host-cpu       also scale on this host's CPU (/proc/stat): the larger of the two counts\n"
+	           "  --state FILE     keep the time of the last change there (cooldown across restarts and cron runs)\n"
+	           "  -v               debug lines\n");
+}
+
+static int load_all(const char *path, int need_admin)
+{
+	struct conf c;
+	if (conf_load(path, &c) != 0)
+		return -1;
+	char *t = read_secret(c.token_file, "token_file");
+	if (!t)
+		return -1;
+	char *a = NULL;
+	if (need_admin && !(a = read_secret(c.admin_token_file, "admin_token_file"))) {
+		free(t);
+		return -1;
+	}
+	if (g_api_token) {
+		memset(g_api_token, 0, strlen(g_api_token));
+		free(g_api_token);
+	}
+	if (g_admin_token) {
+		memset(g_admin_token, 0, strlen(g_admin_token));
+		free(g_admin_token);
+	}
+	g_c = c;
+	g_api_token = t;
+	g_admin_token = a;
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	const char *cmd = NULL, *path = "config.ini", *args[2] = { NULL, NULL };
+	int nargs = 0;
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		if (!strcmp(a, "-c") && i + 1 < argc)
+			path = argv[++i];
+		else if (!strcmp(a, "--dry-run") || !strcmp(a, "-n"))
+			g_dry = 1;
+		else if (!strcmp(a, "--host-cpu"))
+			g_host_cpu_on = 1;
+		else if (!strcmp(a, "--state") && i + 1 < argc)
+			g_state_path = argv[++i];
+		else if (!strcmp(a, "-v"))
+			g_verbose = 1;
+		else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+			usage(stdout);
+			return 0;
+		} else if (!strcmp(a, "--version")) {
+			printf("linode-scaler %s\n", SCALER_VERSION);
+			return 0;
+		} else if (a[0] == '-') {
+			fprintf(stderr, "linode-scaler: unknown option %s\n", a);
+			usage(stderr);
+			return 2;
+		} else if (!cmd)
+			cmd = a;
+		else if (nargs < 2)
+			args[nargs++] = a;
+		else {
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (!cmd) {
+		usage(stderr);
+		return 2;
+	}
+	int is_dns = !strcmp(cmd, "dns-set");
+	if (strcmp(cmd, "run") && strcmp(cmd, "once") && strcmp(cmd, "status") && strcmp(cmd, "list") &&
+	    strcmp(cmd, "check") &&
+	    strcmp(cmd, "up") && strcmp(cmd, "down") && !is_dns) {
+		fprintf(stderr, "linode-scaler: unknown command %s\n", cmd);
+		usage(stderr);
+		return 2;
+	}
+	if (is_dns != (nargs == 2) || (!is_dns && nargs)) {
+		usage(stderr);
+		return 2;
+	}
+	struct sigaction sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = on_signal;
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+		fprintf(stderr, "linode-scaler: curl_global_init failed\n");
+		return 1;
+	}
+	if (load_all(path, strcmp(cmd, "list") && !is_dns) != 0)
+		return 2;
+	state_load();
+	int rc = 0;
+	if (!strcmp(cmd, "check"))
+		printf("%s: [scaler] is valid; pool %s, tag %s, token files readable\n", path, g_c.pool, g_c.tag);
+	else if (!strcmp(cmd, "list"))
+		rc = cmd_list();
+	else if (!strcmp(cmd, "status"))
+		rc = cmd_status();
+	else if (!strcmp(cmd, "up") || !strcmp(cmd, "down"))
+		rc = cmd_force(!strcmp(cmd, "up"));
+	else if (is_dns)
+		rc = cmd_dns_set(args[0], args[1]);
+	else if (!strcmp(cmd, "once"))
+		rc = cycle(MODE_ONCE) == 0 ? 0 : 1;
+	else {
+		char iv[32], cd[32], sa2[32];
+		fmt_dur(iv, sizeof iv, g_c.interval_ms);
+		fmt_dur(cd, sizeof cd, g_c.cooldown_ms);
+		fmt_dur(sa2, sizeof sa2, g_c.down_after_ms);
+		info("starting%s: pool %s, tag %s, instances %d..%d, up at %g%%, down below %g%% for %s, cooldown %s, every "
+		     "%s; api %s, lb %s",
+		     g_dry ? " (dry run: nothing is changed)" : "", g_c.pool, g_c.tag, g_c.min, g_c.max, g_c.up_cpu,
+		     g_c.down_cpu, sa2, cd, iv, g_c.api_url, g_c.admin_url);
+		if (g_host_cpu_on)
+			host_cpu(0);
+		while (!g_stop) {
+			if (g_hup) {
+				g_hup = 0;
+				if (load_all(path, 1) == 0)
+					info("configuration re-read from %s", path);
+				else
+					err("configuration %s has errors: the previous one stays", path);
+			}
+			int64_t t0 = mono_ms();
+			cycle(MODE_RUN);
+			int64_t left = g_c.interval_ms - (mono_ms() - t0);
+			if (left > 0)
+				sleep_ms(left);
+		}
+		info("stopping (signal)");
+	}
+	if (g_curl)
+		curl_easy_cleanup(g_curl);
+	curl_global_cleanup();
+	return rc;
+}
