@@ -5,6 +5,7 @@
 #   make bench      lb vs HAProxy vs nginx (Debian packages) with wrk; writes bench/results.md
 #   make fuzz       FUZZ=request|response|chunked|config|values SECS=60 ENGINE=libfuzzer|afl
 #   make asan       ./lb-asan and tests/unit-asan
+#   make scaler     ./linode-scaler (deploy/linode-scaler.c, libcurl)
 CC      ?= cc
 CFLAGS  ?= -O2 -g
 WARN    := -std=c11 -Wall -Wextra -Werror
@@ -68,7 +69,7 @@ run: deps lb
 	@bash tests/demo.sh
 
 test: deps-test
-	$(MAKE) --no-print-directory lb lb-poll lb-asan tests/unit tests/unit-asan check \
+	$(MAKE) --no-print-directory lb lb-poll lb-asan tests/unit tests/unit-asan check scaler scaler-check \
 		$(addprefix fuzz/fuzz_,$(FUZZERS))
 	@bash tests/run.sh
 
@@ -90,5 +91,8 @@ install: lb
 	install -D -m 0644 config.ini $(DESTDIR)/etc/lb/config.ini.example
 
 clean:
-	rm -f lb lb-poll lb-asan tests/unit tests/unit-asan $(addprefix fuzz/fuzz_,$(FUZZERS)) $(addprefix fuzz/afl_,$(FUZZERS)) fuzz/*.o *.o
+	rm -f lb lb-poll lb-asan linode-scaler tests/unit tests/unit-asan $(addprefix fuzz/fuzz_,$(FUZZERS)) $(addprefix fuzz/afl_,$(FUZZERS)) fuzz/*.o *.o
 	rm -rf fuzz/out
+
+# linode-scaler: make scaler (rules in deploy/Makefile.scaler)
+include deploy/Makefile.scaler

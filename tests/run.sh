@@ -59,6 +59,8 @@ run deploy bash tests/deploy.sh
 run deploy2 bash tests/deploy2.sh
 # HA failover in network namespaces: two lb+keepalived nodes, client loop on the floating IP (root, ~20 s)
 LB_BIN=./lb run ha python3 tests/ha.py
+# linode-scaler against a Linode API v4 fake that checks every call against the OpenAPI spec, and a real lb
+LB_BIN=./lb run scaler python3 tests/scaler.py
 
 # fuzz_smoke NAME SECS DICT: run fuzz/fuzz_NAME from its corpus with fuzz/dict/DICT.dict
 fuzz_smoke() {
