@@ -309,7 +309,10 @@ def t_split(ctx):
     eq(st, 200, "PUT weight 3 for a")
     time.sleep(0.5)
     got = [ask(port, "/w/%d" % i).backend for i in range(40)]
-    eq(got.count("a"), 30, "requests to a of 40 with weights a 3, b 1 (smooth round-robin is exact)")
+    # smooth weighted round-robin gives a 3 of every 4 picks in each worker, so each of the two
+    # workers is within one pick of 3/4 of its share whatever its phase
+    check(28 <= got.count("a") <= 32, "requests to a of 40 with weights a 3, b 1: %d (want 30 +- 2)"
+          % got.count("a"))
     eq(ad.server("both", "a")["weight"], 3, "weight in /api/stats")
 
 
