@@ -1652,6 +1652,7 @@ struct keydef {
 static const struct keydef keys_global[] = {
 	{ "workers", 0, NULL }, { "max_connections", 0, NULL }, { "pid_file", 0, NULL },
 	{ "shutdown_timeout", 0, NULL }, { "user", 0, NULL }, { "rate_limit_entries", 0, NULL },
+	{ "stop_grace", 0, NULL },
 	{ "state_file", 0, "the admin API" }, { "alert_command", 0, NULL }, { NULL, 0, NULL },
 };
 static const struct keydef keys_log[] = {
@@ -1966,6 +1967,8 @@ static void set_global(struct cfg *st, const char *k, const char *v, int line)
 		c->pid_file = v_str(st, line, k, v);
 	} else if (!strcmp(k, "alert_command")) {
 		c->alert_command = v_str(st, line, k, v);
+	} else if (!strcmp(k, "stop_grace")) {
+		v_dur(st, line, k, v, &c->stop_grace);
 	} else if (!strcmp(k, "user")) {
 		c->user = v_str(st, line, k, v);
 	} else if (!strcmp(k, "shutdown_timeout")) {
@@ -8325,11 +8328,32 @@ static void log_server_totals(const char *when)
 	}
 }
 
+/* SIGTERM: with stop_grace, /healthz says draining at once while lb goes on serving, so that a
+ * keepalived or load-balancer health check moves traffic away before the listeners close */
+static uint64_t g_stop_at;
+static void master_stop_now(void);
+
 static void master_stop(void)
 {
-	if (g_mstop)
+	if (g_mstop) {
+		if (g_stop_at)
+			master_stop_now(); /* a second signal during the grace: stop now */
 		return;
+	}
 	g_mstop = 1;
+	if (g_conf->stop_grace) {
+		g_stop_at = mono_ms() + g_conf->stop_grace;
+		g_mstop_deadline = g_stop_at + g_conf->shutdown_timeout + 5000;
+		lb_err("stopping in %llu ms (stop_grace): /healthz says draining, requests are still served",
+		       (unsigned long long)g_conf->stop_grace);
+		return;
+	}
+	master_stop_now();
+}
+
+static void master_stop_now(void)
+{
+	g_stop_at = 0;
 	g_mstop_deadline = mono_ms() + g_conf->shutdown_timeout + 5000;
 	lb_err("stopping: workers finish their connections (at most %llu ms)",
 	       (unsigned long long)g_conf->shutdown_timeout);
@@ -8401,7 +8425,9 @@ static int master_run(void)
 		master_signals();
 		master_reap(); /* also catches a SIGCHLD that raced the handler install */
 		if (g_mstop) {
-			if (live_workers() == 0)
+			if (g_stop_at && mono_ms() >= g_stop_at)
+				master_stop_now();
+			if (!g_stop_at && live_workers() == 0)
 				break;
 			if (mono_ms() >= g_mstop_deadline) {
 				for (int i = 0; i < LB_MAX_WORKERS; i++)

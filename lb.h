@@ -364,6 +364,7 @@ struct lb_conf {
 	unsigned max_connections;
 	char *pid_file;
 	uint64_t shutdown_timeout;   /* ms: bound on the graceful stop */
+	uint64_t stop_grace;         /* ms: after SIGTERM, keep serving while /healthz says draining */
 	unsigned rate_limit_entries; /* size of the shared rate-limit table */
 	char *alert_command;         /* run with an event as JSON on stdin; NULL = none */
 	/* [admin]: only with the section */

@@ -154,6 +154,31 @@ def t_healthz(ctx):
     eq(res.get("r") and res["r"].status, 200, "the request in flight during the stop")
 
 
+@test("stop_grace")
+def t_stop_grace(ctx):
+    """[global] stop_grace = 2s: after SIGTERM /healthz says draining at once while requests are still
+    served; then the listeners close and lb exits."""
+    a = ctx.b["a"]
+    port = free_port()
+    ad = Admin(ctx, [lsn("web", port), po.pl("p", [a])], workers=1)
+    with open(conf_file(ad.m)) as f:
+        text = f.read()
+    eq(ad.get("/healthz")[0], 200, "GET /healthz before the stop")
+    text = text.replace("[global]\n", "[global]\nstop_grace = 2s\n", 1)
+    ad.m.reload(text)
+    time.sleep(0.8)
+    ad.m.signal(signal.SIGTERM)
+    time.sleep(0.3)
+    eq(ad.get("/healthz"), (503, "draining\n"), "GET /healthz during stop_grace")
+    eq(ask(port, "/during-grace").status, 200, "a new request during stop_grace")
+    deadline = time.monotonic() + 6
+    while ad.m.alive():
+        check(time.monotonic() < deadline, "lb still running 6 s after SIGTERM with stop_grace = 2s")
+        time.sleep(0.1)
+    ad.m.expected_exit = True
+    check("stopping in 2000 ms (stop_grace)" in ad.m.stderr(), "the grace is not logged: %s" % short(ad.m.stderr(), 300))
+
+
 def sum_metric(text, name, **labels):
     tot = 0.0
     for line in text.splitlines():

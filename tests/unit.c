@@ -2208,7 +2208,7 @@ static const char conf_routes[] =
 static void test_conf_health(void)
 {
 	static const char t[] =
-		"[global]\nalert_command = /usr/local/bin/alert --json\n"
+		"[global]\nalert_command = /usr/local/bin/alert --json\nstop_grace = 3s\n"
 		"[pool h]\nserver = s1 127.0.0.1:9000\nhealth_check = http HEAD /ready?x=1\nhealth_interval = 2s\n"
 		"health_timeout = 500ms\nhealth_rise = 1\nhealth_fall = 4\nhealth_expect = 200, 204, 301-302\n"
 		"circuit_failures = off\ncircuit_error_rate = 25%\ncircuit_window = 1m\ncircuit_min_requests = 7\n"
@@ -2225,6 +2225,7 @@ static void test_conf_health(void)
 		const struct lb_pool *h = &c->pools[0], *tp = &c->pools[1], *o = &c->pools[2];
 		CHECK(c->alert_command && !strcmp(c->alert_command, "/usr/local/bin/alert --json"), "alert_command %s",
 		      c->alert_command ? c->alert_command : "(null)");
+		CHECK(c->stop_grace == 3000, "stop_grace %" PRIu64, c->stop_grace);
 		CHECK(h->hc_kind == LB_HC_HTTP && !strcmp(h->hc_method, "HEAD") && !strcmp(h->hc_path, "/ready?x=1"),
 		      "health_check: %d %s %s", h->hc_kind, h->hc_method, h->hc_path);
 		CHECK(h->hc_interval == 2000 && h->hc_timeout == 500 && h->hc_rise == 1 && h->hc_fall == 4,
