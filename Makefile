@@ -20,7 +20,8 @@ FUZZERS := request response chunked config values proxy admin
 # configuration harnesses (config, values) and http.dict for the others
 fuzz_dict = $(firstword $(wildcard fuzz/dict/$(1).dict) fuzz/dict/$(if $(filter config values,$(1)),ini,http).dict)
 
-.PHONY: all run test bench fuzz asan deps deps-test deps-bench install clean check
+.PHONY: all run test bench fuzz fuzz-campaign asan deps deps-test deps-bench install clean check
+MINUTES ?= 4
 
 all: lb
 
@@ -85,6 +86,12 @@ fuzz: deps-test
 		$(MAKE) --no-print-directory fuzz/fuzz_$(FUZZ) && mkdir -p fuzz/out/$(FUZZ) && \
 		fuzz/fuzz_$(FUZZ) -max_total_time=$(SECS) -dict=$(call fuzz_dict,$(FUZZ)) fuzz/out/$(FUZZ) fuzz/corpus/$(FUZZ); \
 	fi
+
+# every harness under both engines, MINUTES each: fuzz/campaign.sh
+fuzz-campaign: deps-test
+	@bash tests/deps.sh afl
+	$(MAKE) --no-print-directory $(addprefix fuzz/fuzz_,$(FUZZERS)) $(addprefix fuzz/afl_,$(FUZZERS))
+	@bash fuzz/campaign.sh $(MINUTES) $(FUZZERS)
 
 install: lb
 	install -D -m 0755 lb $(DESTDIR)$(PREFIX)/bin/lb
