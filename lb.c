@@ -5,12 +5,12 @@
  * Sections, in data-flow order:
  *   1. build options, includes, portability     8. HTTP proxying
  *   2. small utilities                          9. TCP proxying
- *   3. pure parsers                            10. (health checks: later)
- *   4. configuration                           11. (shared memory: later)
- *   5. event loop and timers                   12. (admin API: later)
+ *   3. pure parsers                            10. health checks, circuit breaker, events
+ *   4. configuration                           11. shared memory
+ *   5. event loop and timers                   12. admin API (in the master)
  *   6. (TLS glue: later)                       13. access log
- *   7. connections                             14. process: signals, graceful stop
- *                                              15. main
+ *   7. connections                             14. process: signals, reload, graceful stop
+ *                                              15. main, lb ctl (the admin API client)
  * Tests and fuzzers build this file with -DLB_NO_MAIN and call what lb.h declares.
  */
 
