@@ -8873,6 +8873,12 @@ int lb_main(int argc, char **argv)
 	if (!g_conf)
 		return 1;
 	if (check) {
+		char tok[sizeof g_admin_token];
+		size_t tl;
+		if (admin_token_load(g_conf, tok, &tl) != 0) { /* what the start would refuse */
+			lb_conf_free(g_conf);
+			return 1;
+		}
 		printf("%s: configuration is valid\n", path);
 		lb_conf_free(g_conf);
 		return 0;

@@ -136,6 +136,23 @@ def t_no_token(ctx):
     eq(st, 0, "GET /healthz from 127.0.0.2 (not in allow): no HTTP answer")
 
 
+@test("check_token_file")
+def t_check_token(ctx):
+    """lb -t reads [admin] token_file as the start would: a missing one is an error, a present one fine."""
+    path = os.path.join(ctx.dir, "t.ini")
+    tok = os.path.join(ctx.dir, "nosuch.token")
+    with open(path, "w") as f:
+        f.write(conf(section("admin", ("bind", "%s:%d" % (HOST, free_port())), ("token_file", tok)),
+                     lsn("web", free_port()), po.pl("p", [ctx.b["a"]])))
+    p = subprocess.run([it.LB_BIN, "-t", "-c", path], capture_output=True, timeout=20)
+    check(p.returncode == 1 and b"token_file" in p.stderr, "lb -t with a missing token_file: exit %d, %s"
+          % (p.returncode, short(p.stderr)))
+    with open(tok, "w") as f:
+        f.write(TOKEN + "\n")
+    p = subprocess.run([it.LB_BIN, "-t", "-c", path], capture_output=True, timeout=20)
+    eq(p.returncode, 0, "lb -t once the token file exists (%s)" % short(p.stderr))
+
+
 @test("healthz_draining")
 def t_healthz(ctx):
     a = ctx.b["a"]
