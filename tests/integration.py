@@ -1311,6 +1311,12 @@ def t_least_conn(ctx):
 
 
 # ---------------------------------------------------------------------------------------- runner
+# One runner for every suite (integration, process, policy, health, admin): backends shared by the
+# suite's tests, a time budget per test and per suite, cleanup bounded, one PASS/FAIL line per test.
+
+class Skip(Exception):
+    """A test that cannot run here: reported as PASS with the reason."""
+
 
 class Suite:
     def __init__(self, tmp):
@@ -1318,8 +1324,8 @@ class Suite:
         self.backends = {}
 
 
-def start_backends(suite):
-    specs = [("b%d" % i, "http") for i in range(1, 7)] + [("echo", "tcp-echo"), ("count", "tcp-count")]
+def start_backends(suite, specs):
+    """Start the (name, mode) backends; None, or why they did not start."""
     logdir = os.path.join(suite.tmp, "backends")
     os.makedirs(logdir, exist_ok=True)
     pending = []
@@ -1340,22 +1346,64 @@ def start_backends(suite):
     return "backends did not start: %s (see %s)" % ([bk.name for bk in pending], logdir)
 
 
-def where(exc):
-    """' (integration.py:LINE,...)': the lines of this file the exception passed through, outermost first."""
-    me = os.path.abspath(__file__)
+def where(exc, file_name=__file__):
+    """' (FILE:LINE,...)': the lines of the test file the exception passed through, outermost first."""
+    me = os.path.abspath(file_name)
     lines = [str(f.lineno) for f in traceback.extract_tb(exc.__traceback__)
-             if os.path.abspath(f.filename) == me and f.name != "main"]
-    return " (integration.py:%s)" % ",".join(lines) if lines else ""
+             if os.path.abspath(f.filename) == me and f.name not in ("main", "run_suite", "run_one")]
+    return " (%s:%s)" % (os.path.basename(me), ",".join(lines)) if lines else ""
 
 
-def main():
-    ap = argparse.ArgumentParser(description="lb integration tests")
+def run_one(suite, name, fn, timeout, make_ctx, file_name, cleanup_timeout):
+    """(passed, line) of one test: its function, then its context's cleanup, each bounded."""
+    ctx = reason = skipped = None
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        ctx = make_ctx(suite, name)
+        fn(ctx)
+    except Timeout as e:
+        reason = "timed out after %.0f s%s" % (timeout, where(e, file_name))
+    except Skip as e:
+        skipped = str(e)
+    except Fail as e:
+        reason = str(e)
+    except Exception as e:
+        reason = "%s: %s%s" % (type(e).__name__, e, where(e, file_name))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    if ctx is not None:
+        if cleanup_timeout:
+            signal.setitimer(signal.ITIMER_REAL, cleanup_timeout)  # cleanup must not hang either
+        try:
+            crash = ctx.cleanup()
+        except Timeout:
+            crash = "cleanup timed out"
+        except Exception as e:
+            crash = "cleanup: %s: %s" % (type(e).__name__, e)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        procs = ctx.lbs if hasattr(ctx, "lbs") else ctx.masters
+        if crash:
+            reason = crash if reason is None else reason + "; " + crash
+        elif reason is not None and procs and not reason.startswith("lb "):
+            tail = procs[-1].stderr_tail(150)
+            if tail != "(no stderr)":
+                reason += " [lb stderr: %s]" % tail
+    if reason is None:
+        return True, "PASS %s%s" % (name, " (skipped: %s)" % skipped if skipped else "")
+    return False, "FAIL %s: %s" % (name, " | ".join(reason.splitlines()))
+
+
+def run_suite(all_tests, label, budget, file_name, make_ctx, backend_specs, cleanup_timeout=None):
+    """Run (name, fn, timeout) tests; print "LABEL: N passed, N failed" last; exit 1 when any failed."""
+    ap = argparse.ArgumentParser(description="lb %s integration tests" % label)
     ap.add_argument("--only", help="run tests whose name contains this")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = ap.parse_args()
-    tests = [t for t in TESTS if not args.only or args.only in t[0]]
-    suite_end = time.monotonic() + SUITE_BUDGET
-    tmp = tempfile.mkdtemp(prefix="lb-integration-")
+    tests = [t for t in all_tests if not args.only or args.only in t[0]]
+    suite_end = time.monotonic() + budget
+    tmp = tempfile.mkdtemp(prefix="lb-%s-" % label)
+    os.chmod(tmp, 0o755)  # workers running as nobody read the configs there
     suite = Suite(tmp)
     passed = failed = 0
 
@@ -1364,49 +1412,18 @@ def main():
 
     signal.signal(signal.SIGALRM, on_alarm)
     try:
-        setup_error = start_backends(suite)
+        setup_error = start_backends(suite, backend_specs)
         for name, fn, timeout in tests:
-            if setup_error:
-                print("FAIL %s: %s" % (name, setup_error), flush=True)
-                failed += 1
-                continue
             left = suite_end - time.monotonic()
-            if left < 1:
-                print("FAIL %s: not run: the suite's %d s budget is spent" % (name, SUITE_BUDGET), flush=True)
-                failed += 1
-                continue
-            timeout = min(timeout, left)
-            ctx = None
-            reason = None
-            signal.setitimer(signal.ITIMER_REAL, timeout)
-            try:
-                ctx = Ctx(suite, name)
-                fn(ctx)
-            except Timeout as e:
-                reason = "timed out after %.0f s%s" % (timeout, where(e))
-            except Fail as e:
-                reason = str(e)
-            except Exception as e:
-                reason = "%s: %s%s" % (type(e).__name__, e, where(e))
-            finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-            if ctx is not None:
-                try:
-                    crash = ctx.cleanup()
-                except Exception as e:
-                    crash = "cleanup: %s: %s" % (type(e).__name__, e)
-                if crash:
-                    reason = crash if reason is None else reason + "; " + crash
-                elif reason is not None and ctx.lbs and not reason.startswith("lb "):
-                    tail = ctx.lbs[-1].stderr_tail(150)
-                    if tail != "(no stderr)":
-                        reason += " [lb stderr: %s]" % tail
-            if reason is None:
-                print("PASS %s" % name, flush=True)
-                passed += 1
+            if setup_error:
+                ok, line = False, "FAIL %s: %s" % (name, setup_error)
+            elif left < 1:
+                ok, line = False, "FAIL %s: not run: the suite's %d s budget is spent" % (name, budget)
             else:
-                print("FAIL %s: %s" % (name, " | ".join(reason.splitlines())), flush=True)
-                failed += 1
+                ok, line = run_one(suite, name, fn, min(timeout, left), make_ctx, file_name, cleanup_timeout)
+            print(line, flush=True)
+            passed += ok
+            failed += not ok
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         failed += 1
@@ -1421,9 +1438,10 @@ def main():
             print("kept %s" % tmp, file=sys.stderr)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-    print("integration: %d passed, %d failed" % (passed, failed), flush=True)
+    print("%s: %d passed, %d failed" % (label, passed, failed), flush=True)
     sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":
-    main()
+    run_suite(TESTS, "integration", SUITE_BUDGET, __file__, Ctx,
+              [("b%d" % i, "http") for i in range(1, 7)] + [("echo", "tcp-echo"), ("count", "tcp-count")])

@@ -12,25 +12,20 @@ addresses (127.0.0.2, 127.0.0.3, ...: Linux routes all of 127.0.0.0/8 to lo) to 
 Backends a and b (tests/backend.py) are shared between tests. One line per test: "PASS name" or
 "FAIL name: reason"; then "policy: N passed, N failed"; exit status 1 when any test failed.
 """
-import argparse
 import json
 import os
 import re
 import select
-import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import integration as it  # noqa: E402
 import process as pr  # noqa: E402
-from integration import HOST, Fail, Timeout, check, eq, free_port, short, count_by  # noqa: E402
+from integration import HOST, Fail, check, eq, free_port, short, count_by  # noqa: E402
 from process import Skip, conf  # noqa: E402
 
 ROOT = it.ROOT
@@ -1152,126 +1147,9 @@ def t_proxy_flood(ctx):
 
 # ---------------------------------------------------------------------------------------- runner
 
-class Suite:
-    def __init__(self, tmp):
-        self.tmp = tmp
-        self.backends = {}
-
-
-def start_backends(suite):
-    logdir = os.path.join(suite.tmp, "backends")
-    os.makedirs(logdir, exist_ok=True)
-    pending = []
-    for name in ("a", "b"):
-        bk = it.Backend(name, "http", logdir)
-        bk.start()
-        suite.backends[name] = bk
-        pending.append(bk)
-    for _ in range(3):
-        deadline = time.monotonic() + 10
-        failed = [bk for bk in pending if not bk.wait_ready(deadline)]
-        if not failed:
-            return None
-        for bk in failed:
-            bk.stop()
-            bk.start()
-        pending = failed
-    return "backends did not start: %s (see %s)" % ([bk.name for bk in pending], logdir)
-
-
-def where(exc, file_name=__file__):
-    me = os.path.abspath(file_name)
-    lines = [str(f.lineno) for f in traceback.extract_tb(exc.__traceback__)
-             if os.path.abspath(f.filename) == me and f.name != "run_suite"]
-    return " (%s:%s)" % (os.path.basename(me), ",".join(lines)) if lines else ""
-
-
 def run_suite(all_tests, label, budget, file_name):
-    """Run (name, fn, timeout) tests with backends a and b; one PASS/FAIL line each, then the summary
-    "LABEL: N passed, N failed"; exits 1 when any failed. Shared by policy.py and health.py."""
-    ap = argparse.ArgumentParser(description="lb %s integration tests" % label)
-    ap.add_argument("--only", help="run tests whose name contains this")
-    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    args = ap.parse_args()
-    tests = [t for t in all_tests if not args.only or args.only in t[0]]
-    suite_end = time.monotonic() + budget
-    tmp = tempfile.mkdtemp(prefix="lb-%s-" % label)
-    os.chmod(tmp, 0o755)
-    suite = Suite(tmp)
-    passed = failed = 0
-
-    def on_alarm(signum, frame):
-        raise Timeout()
-
-    signal.signal(signal.SIGALRM, on_alarm)
-    try:
-        setup_error = start_backends(suite)
-        for name, fn, timeout in tests:
-            if setup_error:
-                print("FAIL %s: %s" % (name, setup_error), flush=True)
-                failed += 1
-                continue
-            left = suite_end - time.monotonic()
-            if left < 1:
-                print("FAIL %s: not run: the suite's %d s budget is spent" % (name, SUITE_BUDGET), flush=True)
-                failed += 1
-                continue
-            timeout = min(timeout, left)
-            ctx = None
-            reason = None
-            skipped = None
-            signal.setitimer(signal.ITIMER_REAL, timeout)
-            try:
-                ctx = pr.Ctx(suite, name)
-                fn(ctx)
-            except Timeout as e:
-                reason = "timed out after %.0f s%s" % (timeout, where(e, file_name))
-            except Skip as e:
-                skipped = str(e)
-            except Fail as e:
-                reason = str(e)
-            except Exception as e:
-                reason = "%s: %s%s" % (type(e).__name__, e, where(e, file_name))
-            finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-            if ctx is not None:
-                signal.setitimer(signal.ITIMER_REAL, 20)  # cleanup must not hang either
-                try:
-                    crash = ctx.cleanup()
-                except Timeout:
-                    crash = "cleanup timed out"
-                except Exception as e:
-                    crash = "cleanup: %s: %s" % (type(e).__name__, e)
-                finally:
-                    signal.setitimer(signal.ITIMER_REAL, 0)
-                if crash:
-                    reason = crash if reason is None else reason + "; " + crash
-                elif reason is not None and ctx.masters and not reason.startswith("lb "):
-                    tail = ctx.masters[-1].stderr_tail(150)
-                    if tail != "(no stderr)":
-                        reason += " [lb stderr: %s]" % tail
-            if reason is None:
-                print("PASS %s%s" % (name, " (skipped: %s)" % skipped if skipped else ""), flush=True)
-                passed += 1
-            else:
-                print("FAIL %s: %s" % (name, " | ".join(reason.splitlines())), flush=True)
-                failed += 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        failed += 1
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        for bk in suite.backends.values():
-            try:
-                bk.stop()
-            except Exception:
-                pass
-        if args.keep:
-            print("kept %s" % tmp, file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-    print("%s: %d passed, %d failed" % (label, passed, failed), flush=True)
-    sys.exit(1 if failed else 0)
+    """The shared runner with backends a and b: policy.py, health.py and admin.py."""
+    it.run_suite(all_tests, label, budget, file_name, pr.Ctx, [("a", "http"), ("b", "http")], cleanup_timeout=20)
 
 
 if __name__ == "__main__":

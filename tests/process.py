@@ -11,7 +11,6 @@ worker (a child of the master, seen in /proc/MASTER/task/*/children) still alive
 start time. Backends a, b, c, d (tests/backend.py) are shared between tests. One line per test:
 "PASS name" or "FAIL name: reason"; then "process: N passed, N failed"; exit status 1 when any failed.
 """
-import argparse
 import base64
 import hashlib
 import http.client
@@ -19,20 +18,17 @@ import json
 import os
 import pwd
 import re
-import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import integration as it  # noqa: E402
-from integration import HOST, Fail, Timeout, check, eq, free_port, short, count_by  # noqa: E402
+from integration import HOST, Fail, Skip, Timeout, check, eq, free_port, short, count_by  # noqa: E402
 
 ROOT = it.ROOT
 LB_BIN = it.LB_BIN
@@ -41,10 +37,6 @@ IS_ROOT = os.geteuid() == 0
 ROOT_ARGS = ["-u", "root"] if IS_ROOT else []
 SUITE_BUDGET = 230  # seconds for all tests; with cleanup the run stays under ~4 minutes
 ROTATED_RE_FMT = r"^%s\.\d{8}-\d{6}(?:\.\d+)?$"
-
-
-class Skip(Exception):
-    pass
 
 
 # ---------------------------------------------------------------------------------------- /proc
@@ -1223,127 +1215,6 @@ def t_counters_summed(ctx):
     check(" 200 requests" in lines[-1], "totals line %r does not count the 200 requests" % lines[-1])
 
 
-# ---------------------------------------------------------------------------------------- runner
-
-class Suite:
-    def __init__(self, tmp):
-        self.tmp = tmp
-        self.backends = {}
-
-
-def start_backends(suite):
-    logdir = os.path.join(suite.tmp, "backends")
-    os.makedirs(logdir, exist_ok=True)
-    pending = []
-    for name in ("a", "b", "c", "d"):
-        bk = it.Backend(name, "http", logdir)
-        bk.start()
-        suite.backends[name] = bk
-        pending.append(bk)
-    for _ in range(3):
-        deadline = time.monotonic() + 10
-        failed = [bk for bk in pending if not bk.wait_ready(deadline)]
-        if not failed:
-            return None
-        for bk in failed:
-            bk.stop()
-            bk.start()
-        pending = failed
-    return "backends did not start: %s (see %s)" % ([bk.name for bk in pending], logdir)
-
-
-def where(exc):
-    me = os.path.abspath(__file__)
-    lines = [str(f.lineno) for f in traceback.extract_tb(exc.__traceback__)
-             if os.path.abspath(f.filename) == me and f.name != "main"]
-    return " (process.py:%s)" % ",".join(lines) if lines else ""
-
-
-def main():
-    ap = argparse.ArgumentParser(description="lb process-model integration tests")
-    ap.add_argument("--only", help="run tests whose name contains this")
-    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    args = ap.parse_args()
-    tests = [t for t in TESTS if not args.only or args.only in t[0]]
-    suite_end = time.monotonic() + SUITE_BUDGET
-    tmp = tempfile.mkdtemp(prefix="lb-process-")
-    os.chmod(tmp, 0o755)
-    suite = Suite(tmp)
-    passed = failed = 0
-
-    def on_alarm(signum, frame):
-        raise Timeout()
-
-    signal.signal(signal.SIGALRM, on_alarm)
-    try:
-        setup_error = start_backends(suite)
-        for name, fn, timeout in tests:
-            if setup_error:
-                print("FAIL %s: %s" % (name, setup_error), flush=True)
-                failed += 1
-                continue
-            left = suite_end - time.monotonic()
-            if left < 1:
-                print("FAIL %s: not run: the suite's %d s budget is spent" % (name, SUITE_BUDGET), flush=True)
-                failed += 1
-                continue
-            timeout = min(timeout, left)
-            ctx = None
-            reason = None
-            skipped = None
-            signal.setitimer(signal.ITIMER_REAL, timeout)
-            try:
-                ctx = Ctx(suite, name)
-                fn(ctx)
-            except Timeout as e:
-                reason = "timed out after %.0f s%s" % (timeout, where(e))
-            except Skip as e:
-                skipped = str(e)
-            except Fail as e:
-                reason = str(e)
-            except Exception as e:
-                reason = "%s: %s%s" % (type(e).__name__, e, where(e))
-            finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-            if ctx is not None:
-                signal.setitimer(signal.ITIMER_REAL, 30)  # cleanup must not hang either
-                try:
-                    crash = ctx.cleanup()
-                except Timeout:
-                    crash = "cleanup timed out"
-                except Exception as e:
-                    crash = "cleanup: %s: %s" % (type(e).__name__, e)
-                finally:
-                    signal.setitimer(signal.ITIMER_REAL, 0)
-                if crash:
-                    reason = crash if reason is None else reason + "; " + crash
-                elif reason is not None and ctx.masters and not reason.startswith("lb "):
-                    tail = ctx.masters[-1].stderr_tail(150)
-                    if tail != "(no stderr)":
-                        reason += " [lb stderr: %s]" % tail
-            if reason is None:
-                print("PASS %s%s" % (name, " (skipped: %s)" % skipped if skipped else ""), flush=True)
-                passed += 1
-            else:
-                print("FAIL %s: %s" % (name, " | ".join(reason.splitlines())), flush=True)
-                failed += 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        failed += 1
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        for bk in suite.backends.values():
-            try:
-                bk.stop()
-            except Exception:
-                pass
-        if args.keep:
-            print("kept %s" % tmp, file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-    print("process: %d passed, %d failed" % (passed, failed), flush=True)
-    sys.exit(1 if failed else 0)
-
-
 if __name__ == "__main__":
-    main()
+    it.run_suite(TESTS, "process", SUITE_BUDGET, __file__, Ctx, [(n, "http") for n in ("a", "b", "c", "d")],
+                 cleanup_timeout=30)
