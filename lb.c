@@ -5214,15 +5214,31 @@ struct lb_events {
 };
 static struct lb_events *g_events;
 
+/* Memory every process shares, made by the master before the first fork; zero-filled, so every
+ * counter, flag and spinlock in it starts at 0. Pages cost only once touched. NULL on failure. */
+static void *shm_map(size_t n, const char *what)
+{
+	void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (p != MAP_FAILED)
+		return p;
+	lb_err("%s (%zu bytes of shared memory): %s", what, n, strerror(errno));
+	return NULL;
+}
+
+/* a spinlock in shared memory; 0, as a fresh mapping holds, is unlocked */
+static void spin_lock(_Atomic uint32_t *l)
+{
+	for (unsigned spins = 0; atomic_exchange_explicit(l, 1, memory_order_acquire); spins++)
+		if (spins > 64)
+			sched_yield();
+}
+
+static void spin_unlock(_Atomic uint32_t *l) { atomic_store_explicit(l, 0, memory_order_release); }
+
 static int events_create(void)
 {
-	void *p = mmap(NULL, sizeof *g_events, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	if (p == MAP_FAILED) {
-		lb_err("event ring: %s", strerror(errno));
-		return -1;
-	}
-	g_events = p;
-	return 0;
+	g_events = shm_map(sizeof *g_events, "event ring");
+	return g_events ? 0 : -1;
 }
 
 static void event_emit(const char *kind, const struct lb_pool *p, const struct lb_server *s, const char *reason)
@@ -5671,12 +5687,8 @@ static int g_worker_id;  /* 1..workers within its generation */
 
 static int shm_create(void)
 {
-	void *p = mmap(NULL, sizeof *g_shm, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	if (p == MAP_FAILED) {
-		lb_err("shared memory: %s", strerror(errno));
+	if (!(g_shm = shm_map(sizeof *g_shm, "server state and counters")))
 		return -1;
-	}
-	g_shm = p;
 	g_shm->started_wall_ms = wall_ms();
 	return 0;
 }
@@ -5839,7 +5851,7 @@ struct rl_entry {
 	struct lb_bucket b;
 };
 struct rl_set {
-	atomic_flag lock;
+	_Atomic uint32_t lock;
 	struct rl_entry e[RL_WAYS];
 };
 static struct rl_set *g_rl;
@@ -5848,15 +5860,8 @@ static size_t g_rl_sets;
 static int rl_create(unsigned entries)
 {
 	g_rl_sets = (entries + RL_WAYS - 1) / RL_WAYS;
-	void *p = mmap(NULL, g_rl_sets * sizeof *g_rl, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	if (p == MAP_FAILED) {
-		lb_err("rate-limit table of %u entries: %s", entries, strerror(errno));
-		return -1;
-	}
-	g_rl = p;
-	for (size_t i = 0; i < g_rl_sets; i++)
-		atomic_flag_clear(&g_rl[i].lock);
-	return 0;
+	g_rl = shm_map(g_rl_sets * sizeof *g_rl, "rate-limit table");
+	return g_rl ? 0 : -1;
 }
 
 static int rl_take(uint64_t key, const struct lb_rate_limit *rl, uint64_t *retry_ms)
@@ -5864,9 +5869,7 @@ static int rl_take(uint64_t key, const struct lb_rate_limit *rl, uint64_t *retry
 	if (!g_rl)
 		return 1;
 	struct rl_set *set = &g_rl[key % g_rl_sets];
-	for (unsigned spins = 0; atomic_flag_test_and_set_explicit(&set->lock, memory_order_acquire); spins++)
-		if (spins > 64)
-			sched_yield();
+	spin_lock(&set->lock);
 	uint64_t now = mono_ms();
 	struct rl_entry *e = NULL, *victim = &set->e[0];
 	for (int i = 0; i < RL_WAYS && !e; i++) {
@@ -5882,7 +5885,7 @@ static int rl_take(uint64_t key, const struct lb_rate_limit *rl, uint64_t *retry
 		e->b.last_ms = now;
 	}
 	int ok = lb_bucket_take(&e->b, now, rl->rate, rl->period_ms, rl->burst, retry_ms);
-	atomic_flag_clear_explicit(&set->lock, memory_order_release);
+	spin_unlock(&set->lock);
 	return ok;
 }
 
@@ -5892,31 +5895,21 @@ static int rl_take(uint64_t key, const struct lb_rate_limit *rl, uint64_t *retry
 #define IPC_WAYS 8
 #define IPC_SETS 32768 /* 262144 addresses with connections at once; 4.5 MB, touched as used */
 struct ipc_set {
-	atomic_flag lock;
+	_Atomic uint32_t lock;
 	struct { uint64_t key; uint32_t n; } e[IPC_WAYS];
 };
 static struct ipc_set *g_ipc;
 
 static int ipc_create(void)
 {
-	void *p = mmap(NULL, IPC_SETS * sizeof *g_ipc, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE,
-	               -1, 0);
-	if (p == MAP_FAILED) {
-		lb_err("connection-per-address table: %s", strerror(errno));
-		return -1;
-	}
-	g_ipc = p;
-	for (size_t i = 0; i < IPC_SETS; i++)
-		atomic_flag_clear(&g_ipc[i].lock);
-	return 0;
+	g_ipc = shm_map(IPC_SETS * sizeof *g_ipc, "connection-per-address table");
+	return g_ipc ? 0 : -1;
 }
 
 static struct ipc_set *ipc_lock(uint64_t key)
 {
 	struct ipc_set *set = &g_ipc[key % IPC_SETS];
-	for (unsigned spins = 0; atomic_flag_test_and_set_explicit(&set->lock, memory_order_acquire); spins++)
-		if (spins > 64)
-			sched_yield();
+	spin_lock(&set->lock);
 	return set;
 }
 
@@ -5945,7 +5938,7 @@ static int ipc_take(struct conn *c)
 		set->e[i].n += (uint32_t)ok;
 		c->ipc_held = ok;
 	}
-	atomic_flag_clear_explicit(&set->lock, memory_order_release);
+	spin_unlock(&set->lock);
 	return ok;
 }
 
@@ -5956,7 +5949,7 @@ static void ipc_release(struct conn *c)
 	for (int i = 0; i < IPC_WAYS; i++)
 		if (set->e[i].key == key && set->e[i].n > 0) /* > 0: the master may have reset the table */
 			set->e[i].n--;
-	atomic_flag_clear_explicit(&set->lock, memory_order_release);
+	spin_unlock(&set->lock);
 	c->ipc_held = 0;
 }
 
@@ -5967,7 +5960,7 @@ static void ipc_reset(void)
 	for (size_t s = 0; g_ipc && s < IPC_SETS; s++) {
 		struct ipc_set *set = ipc_lock((uint64_t)s);
 		memset(set->e, 0, sizeof set->e);
-		atomic_flag_clear_explicit(&set->lock, memory_order_release);
+		spin_unlock(&set->lock);
 	}
 }
 
