@@ -30,7 +30,7 @@ from policy import ask, section, lsn  # noqa: E402
 SUITE_BUDGET = 200
 TOKEN = "test-token-7f3a9c1e5b2d4068a1c3e5f7"
 TESTS = []
-test = po.registrar(TESTS, 40)
+test = it.registrar(TESTS, 40)
 
 
 def curl(url, method="GET", data=None, token=None, src=None):

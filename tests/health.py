@@ -29,7 +29,7 @@ from policy import ask, section, lsn  # noqa: E402
 
 SUITE_BUDGET = 240
 TESTS = []
-test = po.registrar(TESTS, 40)
+test = it.registrar(TESTS, 40)
 
 
 def own_backend(ctx, name):

@@ -562,11 +562,17 @@ def count_by(items):
 TESTS = []
 
 
-def test(name, timeout=30):
-    def deco(fn):
-        TESTS.append((name, fn, timeout))
-        return fn
-    return deco
+def registrar(tests, default_timeout=30):
+    """A @test(name, timeout) decorator that appends to the list `tests` (one per suite)."""
+    def test(name, timeout=default_timeout):
+        def deco(fn):
+            tests.append((name, fn, timeout))
+            return fn
+        return deco
+    return test
+
+
+test = registrar(TESTS)
 
 
 @test("routing")

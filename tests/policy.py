@@ -221,17 +221,7 @@ def have_ipv6():
 TESTS = []
 
 
-def registrar(tests, default_timeout=30):
-    """A @test(name, timeout) decorator that appends to the list `tests` (one per suite)."""
-    def test(name, timeout=default_timeout):
-        def deco(fn):
-            tests.append((name, fn, timeout))
-            return fn
-        return deco
-    return test
-
-
-test = registrar(TESTS)
+test = it.registrar(TESTS)
 
 
 def must_refuse(port, src, what, dst=HOST, send=True):

@@ -645,11 +645,7 @@ def wait_for(fn, timeout, step=0.05):
 TESTS = []
 
 
-def test(name, timeout=30):
-    def deco(fn):
-        TESTS.append((name, fn, timeout))
-        return fn
-    return deco
+test = it.registrar(TESTS)
 
 
 @test("workers", timeout=30)

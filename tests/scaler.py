@@ -43,11 +43,7 @@ USER_DATA = "#cloud-config\npackage_update: true\nruncmd:\n  - [systemctl, enabl
 TESTS = []
 
 
-def test(name, timeout=30):
-    def deco(fn):
-        TESTS.append((name, fn, timeout))
-        return fn
-    return deco
+test = it.registrar(TESTS)
 
 
 def wait(fn, timeout, what, step=0.1):
