@@ -1268,23 +1268,37 @@ static int proxy_v1_port(struct lb_str w, uint16_t *port)
 	return 0;
 }
 
-static int proxy_v1_addr(struct lb_str w, int v6, struct lb_ip *ip)
+/* policies see one form of an IPv4 address: ::ffff:a.b.c.d becomes a.b.c.d */
+static void ip_unmap(struct lb_ip *ip)
 {
-	char tmp[INET6_ADDRSTRLEN];
-	if (w.n == 0 || w.n >= sizeof tmp)
-		return LB_EINVAL;
-	memcpy(tmp, w.p, w.n);
-	tmp[w.n] = 0;
-	memset(ip, 0, sizeof *ip);
-	ip->v6 = v6;
-	if (inet_pton(v6 ? AF_INET6 : AF_INET, tmp, ip->a) != 1)
-		return LB_EINVAL;
-	if (v6 && IN6_IS_ADDR_V4MAPPED((struct in6_addr *)ip->a)) { /* policies see one form of a v4 address */
+	if (ip->v6 && IN6_IS_ADDR_V4MAPPED((struct in6_addr *)ip->a)) {
 		memmove(ip->a, ip->a + 12, 4);
 		memset(ip->a + 4, 0, 12);
 		ip->v6 = 0;
 	}
+}
+
+/* an address as text: fam AF_INET, AF_INET6, or AF_UNSPEC for either */
+static int ip_parse(const char *s, size_t n, int fam, struct lb_ip *ip)
+{
+	char tmp[INET6_ADDRSTRLEN];
+	if (n == 0 || n >= sizeof tmp)
+		return LB_EINVAL;
+	memcpy(tmp, s, n);
+	tmp[n] = 0;
+	memset(ip, 0, sizeof *ip);
+	if (fam != AF_INET6 && inet_pton(AF_INET, tmp, ip->a) == 1)
+		return 0;
+	if (fam == AF_INET || inet_pton(AF_INET6, tmp, ip->a) != 1)
+		return LB_EINVAL;
+	ip->v6 = 1;
+	ip_unmap(ip);
 	return 0;
+}
+
+static int proxy_v1_addr(struct lb_str w, int v6, struct lb_ip *ip)
+{
+	return ip_parse(w.p, w.n, v6 ? AF_INET6 : AF_INET, ip);
 }
 
 /* the next field of a v1 line, ended by exactly one space (or by the line end for the last) */
@@ -1373,14 +1387,8 @@ static int proxy_v2(const char *buf, size_t len, struct lb_proxy *o)
 	memcpy(o->dst.a, u + 16 + al, al);
 	o->sport = (uint16_t)(u[16 + 2 * al] << 8 | u[17 + 2 * al]);
 	o->dport = (uint16_t)(u[18 + 2 * al] << 8 | u[19 + 2 * al]);
-	for (int i = 0; i < 2; i++) {
-		struct lb_ip *ip = i ? &o->dst : &o->src;
-		if (ip->v6 && IN6_IS_ADDR_V4MAPPED((struct in6_addr *)ip->a)) {
-			memmove(ip->a, ip->a + 12, 4);
-			memset(ip->a + 4, 0, 12);
-			ip->v6 = 0;
-		}
-	}
+	ip_unmap(&o->src);
+	ip_unmap(&o->dst);
 	return (int)total;
 }
 
@@ -1407,7 +1415,6 @@ int lb_ip_format(const struct lb_ip *ip, char *out, size_t cap)
 /* one X-Forwarded-For element: an address, maybe [v6]:port or v4:port, with spaces around */
 static int xff_hop(const char *s, size_t n, struct lb_ip *ip)
 {
-	char tmp[INET6_ADDRSTRLEN];
 	while (n && (*s == ' ' || *s == '\t'))
 		s++, n--;
 	while (n && (s[n - 1] == ' ' || s[n - 1] == '\t'))
@@ -1421,22 +1428,7 @@ static int xff_hop(const char *s, size_t n, struct lb_ip *ip)
 	} else if (colon && !memchr(colon + 1, ':', n - (size_t)(colon - s) - 1)) {
 		n = (size_t)(colon - s); /* v4:port */
 	}
-	if (n == 0 || n >= sizeof tmp)
-		return LB_EINVAL;
-	memcpy(tmp, s, n);
-	tmp[n] = 0;
-	memset(ip, 0, sizeof *ip);
-	if (inet_pton(AF_INET, tmp, ip->a) == 1)
-		return 0;
-	if (inet_pton(AF_INET6, tmp, ip->a) != 1)
-		return LB_EINVAL;
-	ip->v6 = 1;
-	if (IN6_IS_ADDR_V4MAPPED((struct in6_addr *)ip->a)) {
-		memmove(ip->a, ip->a + 12, 4);
-		memset(ip->a + 4, 0, 12);
-		ip->v6 = 0;
-	}
-	return 0;
+	return ip_parse(s, n, AF_UNSPEC, ip);
 }
 
 /* v4 as ::ffff:a.b.c.d, for a v2/v1 header whose two addresses must share a family */
