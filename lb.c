@@ -5264,34 +5264,26 @@ static void cb_trip(const struct lb_pool *p, const struct lb_server *s, int from
 	event_emit("circuit_open", p, s, reason);
 }
 
-static void cb_close(const struct lb_pool *p, const struct lb_server *s)
+/* Close the circuit: from half-open after a good trial, or from any state when health checks
+ * bring the server back (failures while it was down say nothing about it now). Its counters start
+ * afresh; the change is logged and sent once. */
+static void cb_close(const struct lb_pool *p, const struct lb_server *s, int from_any, const char *why)
 {
 	struct lb_shm_server *v = s->shm;
-	int exp = CB_HALF;
-	if (!atomic_compare_exchange_strong(&v->cb_state, &exp, CB_CLOSED))
+	int was = CB_HALF;
+	int closed = from_any ? (was = atomic_exchange(&v->cb_state, CB_CLOSED)) != CB_CLOSED
+	                      : atomic_compare_exchange_strong(&v->cb_state, &was, CB_CLOSED);
+	if (!closed && !from_any)
 		return;
 	atomic_store(&v->cb_consec, 0);
 	atomic_store(&v->cb_win_req, 0);
 	atomic_store(&v->cb_win_fail, 0);
 	atomic_store(&v->cb_win_start, g_now);
-	atomic_fetch_add_explicit(&v->n_close, 1, memory_order_relaxed);
-	lb_err("server %s/%s: circuit closed: a trial request succeeded", p->name, s->name);
-	event_emit("circuit_close", p, s, "a trial request succeeded");
-}
-
-/* a server back up after health checks starts with a closed circuit */
-static void cb_reset(const struct lb_pool *p, const struct lb_server *s)
-{
-	struct lb_shm_server *v = s->shm;
-	atomic_store(&v->cb_consec, 0);
-	atomic_store(&v->cb_win_req, 0);
-	atomic_store(&v->cb_win_fail, 0);
-	int st = atomic_exchange(&v->cb_state, CB_CLOSED);
-	if (st == CB_CLOSED)
+	if (!closed)
 		return;
 	atomic_fetch_add_explicit(&v->n_close, 1, memory_order_relaxed);
-	lb_err("server %s/%s: circuit closed: the server passed its health checks", p->name, s->name);
-	event_emit("circuit_close", p, s, "the server passed its health checks");
+	lb_err("server %s/%s: circuit closed: %s", p->name, s->name, why);
+	event_emit("circuit_close", p, s, why);
 }
 
 /* The pick fell on s. An open circuit whose time is up turns half-open; a half-open one lends
@@ -5343,7 +5335,7 @@ static void cb_outcome(struct conn *c, struct lb_server *s, int failed, const ch
 		if (failed)
 			cb_trip(p, s, CB_HALF, reason);
 		else
-			cb_close(p, s);
+			cb_close(p, s, 0, "a trial request succeeded");
 		return;
 	}
 	if (atomic_load(&v->cb_state) != CB_CLOSED)
@@ -5430,7 +5422,7 @@ static void hc_verdict(struct hc *k, int ok, const char *why)
 			snprintf(reason, sizeof reason, "%u health checks passed", oks);
 			lb_err("server %s/%s is up: %s", p->name, k->s->name, reason);
 			event_emit("server_up", p, k->s, reason);
-			cb_reset(p, k->s); /* failures while it was down say nothing about it now */
+			cb_close(p, k->s, 1, "the server passed its health checks");
 		}
 		return;
 	}
