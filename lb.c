@@ -5750,6 +5750,12 @@ static int shm_map_conf(struct lb_conf *c)
 	return 0;
 }
 
+static unsigned srv_weight_now(const struct lb_server *s)
+{
+	uint32_t w = s->shm ? atomic_load(&s->shm->weight) : 0;
+	return w ? w : s->conf_weight;
+}
+
 /* workers: take the admin API's weights (servers, splits) when they changed */
 static uint32_t g_admin_seen;
 static void admin_sync(void)
@@ -5761,8 +5767,7 @@ static void admin_sync(void)
 	for (size_t p = 0; p < g_conf->npools; p++)
 		for (size_t k = 0; k < g_conf->pools[p].nservers; k++) {
 			struct lb_server *s = &g_conf->pools[p].servers[k];
-			uint32_t w = s->shm ? atomic_load(&s->shm->weight) : 0;
-			s->weight = w ? w : s->conf_weight;
+			s->weight = srv_weight_now(s);
 		}
 	for (size_t k = 0; k < g_conf->nroutes; k++) {
 		struct lb_route *r = &g_conf->routes[k];
@@ -6241,12 +6246,6 @@ static const char *srv_state_name(const struct lb_server *s)
 	return "up";
 }
 
-static unsigned srv_weight_now(const struct lb_server *s)
-{
-	uint32_t w = s->shm ? atomic_load(&s->shm->weight) : 0;
-	return w ? w : s->conf_weight;
-}
-
 #define METRIC(b, name, type, help) ab_printf(b, "# HELP " name " " help "\n# TYPE " name " " type "\n")
 
 static void metrics_servers(struct abuf *b)
@@ -6661,13 +6660,15 @@ static void config_edit(struct aconn *a, const struct ini_edit *ed, int ok_statu
 
 /* -------------------------------------------------------------------- the calls */
 
-static struct lb_pool *conf_pool(const char *name)
+static struct lb_pool *conf_pool_of(const struct lb_conf *c, const char *name)
 {
-	for (size_t i = 0; i < g_conf->npools; i++)
-		if (!strcmp(g_conf->pools[i].name, name))
-			return &g_conf->pools[i];
+	for (size_t i = 0; i < c->npools; i++)
+		if (!strcmp(c->pools[i].name, name))
+			return &c->pools[i];
 	return NULL;
 }
+
+static struct lb_pool *conf_pool(const char *name) { return conf_pool_of(g_conf, name); }
 
 static struct lb_server *pool_server(struct lb_pool *p, const char *name)
 {
@@ -8660,10 +8661,7 @@ static void ctl_remove(const struct ctl *k, const char *pool, const char *name, 
 static int ctl_rollout(struct ctl *k, const char *pool, const char *spec, unsigned batch, uint64_t interval,
                        uint64_t timeout)
 {
-	struct lb_pool *p = NULL;
-	for (size_t i = 0; i < k->c->npools; i++)
-		if (!strcmp(k->c->pools[i].name, pool))
-			p = &k->c->pools[i];
+	struct lb_pool *p = conf_pool_of(k->c, pool);
 	if (!p) {
 		fprintf(stderr, "lb ctl rollout: no pool %s in the config\n", pool);
 		return 1;
