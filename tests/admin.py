@@ -163,12 +163,21 @@ def t_healthz(ctx):
     res = {}
     th = threading.Thread(target=lambda: res.setdefault("r", ask(port, "/slow?ms=1500", timeout=8)), daemon=True)
     th.start()
-    time.sleep(0.3)
+    # SIGTERM only once the request is in flight at the server, or lb rightly exits at once
+    deadline = time.monotonic() + 5
+    while sum_metric(ad.get("/metrics")[1], "lb_server_active_requests") < 1:
+        check(time.monotonic() < deadline, "the slow request never reached the server")
+        time.sleep(0.05)
     ad.m.signal(signal.SIGTERM)
     time.sleep(0.3)
     eq(ad.get("/healthz"), (503, "draining\n"), "GET /healthz during the graceful stop")
     th.join(8)
     eq(res.get("r") and res["r"].status, 200, "the request in flight during the stop")
+    deadline = time.monotonic() + 5
+    while ad.m.alive():
+        check(time.monotonic() < deadline, "lb still running 5 s after its last request finished")
+        time.sleep(0.05)
+    ad.m.expected_exit = True
 
 
 @test("stop_grace")
