@@ -8,7 +8,7 @@
  *   3. pure parsers                            10. health checks, circuit breaker, events
  *   4. configuration                           11. shared memory
  *   5. event loop and timers                   12. admin API (in the master)
- *   6. (TLS glue: later)                       13. access log
+ *   6. TLS glue                                13. access log
  *   7. connections                             14. process: signals, reload, graceful stop
  *                                              15. main, lb ctl (the admin API client)
  * Tests and fuzzers build this file with -DLB_NO_MAIN and call what lb.h declares.
@@ -1628,6 +1628,204 @@ int lb_parse_weight(const char *s, size_t n, unsigned *out)
 	return 0;
 }
 
+/* -------------------------------------------------------------------- X.509 names, ACME tokens */
+
+struct der {
+	const unsigned char *p;
+	size_t n;
+};
+
+/* One DER element off the front of d (definite lengths, low tag numbers: all X.509 needs). */
+static int der_next(struct der *d, unsigned *tag, struct der *val)
+{
+	if (d->n < 2 || (d->p[0] & 0x1f) == 0x1f)
+		return -1;
+	size_t len = d->p[1], hl = 2;
+	if (len & 0x80) {
+		size_t k = len & 0x7f;
+		if (k == 0 || k > 4 || d->n < 2 + k)
+			return -1;
+		len = 0;
+		for (size_t i = 0; i < k; i++)
+			len = len << 8 | d->p[2 + i];
+		hl = 2 + k;
+	}
+	if (len > d->n - hl)
+		return -1;
+	*tag = d->p[0];
+	val->p = d->p + hl;
+	val->n = len;
+	d->p += hl + len;
+	d->n -= hl + len;
+	return 0;
+}
+
+static int der_want(struct der *d, unsigned want, struct der *val)
+{
+	unsigned tag;
+	return der_next(d, &tag, val) == 0 && tag == want ? 0 : -1;
+}
+
+static int64_t days_from_civil(int64_t y, unsigned m, unsigned d)
+{
+	y -= m <= 2;
+	int64_t era = (y >= 0 ? y : y - 399) / 400;
+	unsigned yoe = (unsigned)(y - era * 400);
+	unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+	unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+	return era * 146097 + (int64_t)doe - 719468;
+}
+
+/* UTCTime YYMMDDHHMMSSZ or GeneralizedTime YYYYMMDDHHMMSSZ -> Unix time */
+static int der_time(unsigned tag, struct der v, int64_t *out)
+{
+	size_t yl = tag == 0x17 ? 2 : tag == 0x18 ? 4 : 0;
+	if (!yl || v.n != yl + 11 || v.p[v.n - 1] != 'Z')
+		return -1;
+	unsigned f[7];
+	size_t at = 0;
+	for (int i = 0; i < 6; i++) {
+		size_t w = i == 0 ? yl : 2;
+		f[i] = 0;
+		for (size_t k = 0; k < w; k++, at++) {
+			if (v.p[at] < '0' || v.p[at] > '9')
+				return -1;
+			f[i] = f[i] * 10 + (unsigned)(v.p[at] - '0');
+		}
+	}
+	if (yl == 2)
+		f[0] += f[0] >= 50 ? 1900 : 2000;
+	if (f[1] < 1 || f[1] > 12 || f[2] < 1 || f[2] > 31 || f[3] > 23 || f[4] > 59 || f[5] > 60)
+		return -1;
+	*out = days_from_civil(f[0], f[1], f[2]) * 86400 + f[3] * 3600 + f[4] * 60 + f[5];
+	return 0;
+}
+
+/* a DNS name as SNI can carry it (LDH labels, maybe "*." first), lower-cased into out */
+static int cert_name_copy(char *out, const unsigned char *p, size_t n)
+{
+	if (n == 0 || n >= LB_HOST_MAX)
+		return -1;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char ch = p[i];
+		if (!(isalnum(ch) || ch == '-' || ch == '.' || ch == '_' || (ch == '*' && i == 0 && n > 2 && p[1] == '.')))
+			return -1;
+		out[i] = (char)tolower(ch);
+	}
+	out[n] = 0;
+	return 0;
+}
+
+static void x509_subject_cn(struct der name, struct lb_x509_info *o)
+{
+	static const unsigned char cn_oid[] = { 0x55, 0x04, 0x03 };
+	struct der set, atv, oid, val;
+	unsigned tag;
+	while (der_want(&name, 0x31, &set) == 0) {
+		while (der_want(&set, 0x30, &atv) == 0) {
+			if (der_want(&atv, 0x06, &oid) != 0 || der_next(&atv, &tag, &val) != 0)
+				break;
+			if (oid.n == 3 && !memcmp(oid.p, cn_oid, 3) && (tag == 0x0c || tag == 0x13 || tag == 0x16 || tag == 0x14))
+				cert_name_copy(o->cn, val.p, val.n);
+		}
+	}
+}
+
+static void x509_san(struct der ext_value, struct lb_x509_info *o)
+{
+	struct der names, gn;
+	unsigned tag;
+	if (der_want(&ext_value, 0x30, &names) != 0)
+		return;
+	while (o->nnames < LB_CERT_NAMES && der_next(&names, &tag, &gn) == 0)
+		if (tag == 0x82 && cert_name_copy(o->names[o->nnames], gn.p, gn.n) == 0)
+			o->nnames++;
+}
+
+static void x509_extensions(struct der exts, struct lb_x509_info *o)
+{
+	static const unsigned char san_oid[] = { 0x55, 0x1d, 0x11 };
+	struct der seq, ext, oid, val;
+	unsigned tag;
+	if (der_want(&exts, 0x30, &seq) != 0)
+		return;
+	while (der_want(&seq, 0x30, &ext) == 0) {
+		if (der_want(&ext, 0x06, &oid) != 0 || der_next(&ext, &tag, &val) != 0)
+			return;
+		if (tag == 0x01 && der_next(&ext, &tag, &val) != 0) /* critical flag */
+			return;
+		if (tag == 0x04 && oid.n == 3 && !memcmp(oid.p, san_oid, 3))
+			x509_san(val, o);
+	}
+}
+
+int lb_x509_info(const unsigned char *der, size_t len, struct lb_x509_info *o)
+{
+	memset(o, 0, sizeof *o);
+	struct der d = { der, len }, cert, tbs, serial, skip, validity, nb, na, subject;
+	unsigned tag;
+	o->error = "not a DER certificate";
+	if (der_want(&d, 0x30, &cert) != 0 || der_want(&cert, 0x30, &tbs) != 0)
+		return LB_EINVAL;
+	if (tbs.n && tbs.p[0] == 0xa0 && der_next(&tbs, &tag, &skip) != 0) /* version */
+		return LB_EINVAL;
+	o->error = "bad serial, issuer or validity";
+	if (der_want(&tbs, 0x02, &serial) != 0 || serial.n == 0 || serial.n > 32 || der_want(&tbs, 0x30, &skip) != 0 ||
+	    der_want(&tbs, 0x30, &skip) != 0 || der_want(&tbs, 0x30, &validity) != 0)
+		return LB_EINVAL;
+	while (serial.n > 1 && serial.p[0] == 0)
+		serial.p++, serial.n--;
+	for (size_t i = 0; i < serial.n; i++)
+		snprintf(o->serial + 2 * i, 3, "%02X", serial.p[i]);
+	if (der_next(&validity, &tag, &nb) != 0 || der_time(tag, nb, &o->not_before) != 0 ||
+	    der_next(&validity, &tag, &na) != 0 || der_time(tag, na, &o->not_after) != 0)
+		return LB_EINVAL;
+	o->error = "bad subject or public key";
+	if (der_want(&tbs, 0x30, &subject) != 0 || der_want(&tbs, 0x30, &skip) != 0)
+		return LB_EINVAL;
+	x509_subject_cn(subject, o);
+	while (tbs.n) {
+		if (der_next(&tbs, &tag, &skip) != 0)
+			return LB_EINVAL;
+		if (tag == 0xa3)
+			x509_extensions(skip, o);
+	}
+	if (o->nnames == 0 && o->cn[0]) /* no subjectAltName: the CN names the host (RFC 6125 fallback) */
+		memcpy(o->names[o->nnames++], o->cn, sizeof o->cn);
+	o->error = NULL;
+	return 0;
+}
+
+int lb_cert_name_match(const char *pattern, const char *host, size_t hn)
+{
+	size_t pn = strlen(pattern);
+	if (pn > 2 && pattern[0] == '*' && pattern[1] == '.') {
+		const char *dot = memchr(host, '.', hn);
+		if (!dot || dot == host) /* one whole label before the suffix */
+			return 0;
+		size_t rest = hn - (size_t)(dot - host);
+		return rest == pn - 1 && mem_ieq(dot, pattern + 1, rest);
+	}
+	return pn == hn && mem_ieq(pattern, host, hn);
+}
+
+long lb_acme_token(const char *path, size_t n, const char **token)
+{
+	size_t pl = sizeof LB_ACME_PREFIX - 1;
+	*token = NULL;
+	if (n < pl || memcmp(path, LB_ACME_PREFIX, pl) != 0)
+		return 0;
+	const char *t = path + pl;
+	size_t tn = n - pl;
+	if (tn == 0 || tn > LB_ACME_TOKEN_MAX)
+		return LB_EINVAL;
+	for (size_t i = 0; i < tn; i++)
+		if (!(isalnum((unsigned char)t[i]) || t[i] == '-' || t[i] == '_'))
+			return LB_EINVAL;
+	*token = t;
+	return (long)tn;
+}
+
 /* ==================================================================== 4. configuration
  * Text -> struct lb_conf. A pre-scan finds sections (so duplicates, empty sections and keys
  * outside sections get exact lines) and the lines inih would mangle; inih then delivers keys,
@@ -1644,7 +1842,7 @@ struct keydef {
 static const struct keydef keys_global[] = {
 	{ "workers", 0, NULL }, { "max_connections", 0, NULL }, { "pid_file", 0, NULL },
 	{ "shutdown_timeout", 0, NULL }, { "user", 0, NULL }, { "rate_limit_entries", 0, NULL },
-	{ "stop_grace", 0, NULL },
+	{ "stop_grace", 0, NULL }, { "tls_session_cache", 0, NULL },
 	{ "state_file", 0, "the admin API" }, { "alert_command", 0, NULL }, { NULL, 0, NULL },
 };
 static const struct keydef keys_log[] = {
@@ -1666,8 +1864,8 @@ static const struct keydef keys_scaler[] = { /* read by linode-scaler; lb only c
 static const struct keydef keys_listener[] = {
 	{ "bind", 1, NULL }, { "mode", 0, NULL }, { "pool", 0, NULL }, { "header_timeout", 0, NULL },
 	{ "idle_timeout", 0, NULL }, { "max_header_size", 0, NULL }, { "max_body_size", 0, NULL },
-	{ "tls", 0, "TLS" }, { "cert", 1, "TLS" }, { "client_ca", 0, "TLS" },
-	{ "redirect_https", 0, "TLS" }, { "acme_webroot", 0, "TLS" }, { "hsts", 0, "TLS" },
+	{ "tls", 0, NULL }, { "cert", 1, NULL }, { "client_ca", 0, NULL },
+	{ "redirect_https", 0, NULL }, { "https_port", 0, NULL }, { "acme_webroot", 0, NULL }, { "hsts", 0, NULL },
 	{ "proxy_protocol", 0, NULL }, { "trusted_proxies", 1, NULL },
 	{ "allow", 1, NULL }, { "deny", 1, NULL },
 	{ "max_conn_per_ip", 0, NULL }, { NULL, 0, NULL },
@@ -1945,6 +2143,16 @@ static char *v_str(struct cfg *st, int line, const char *key, const char *v)
 	return dupn(st, v, strlen(v));
 }
 
+static int v_onoff(struct cfg *st, int line, const char *key, const char *v, int *out)
+{
+	if (!strcmp(v, "on") || !strcmp(v, "off")) {
+		*out = !strcmp(v, "on");
+		return 0;
+	}
+	cfg_err(st, line, key, "%s: '%s' is not on or off", key, v);
+	return 1;
+}
+
 static void set_global(struct cfg *st, const char *k, const char *v, int line)
 {
 	struct lb_conf *c = st->c;
@@ -1967,6 +2175,8 @@ static void set_global(struct cfg *st, const char *k, const char *v, int line)
 		v_dur(st, line, k, v, &c->shutdown_timeout);
 	} else if (!strcmp(k, "rate_limit_entries")) {
 		v_uint(st, line, k, v, 64, 16777216, &c->rate_limit_entries);
+	} else if (!strcmp(k, "tls_session_cache")) {
+		v_uint(st, line, k, v, 0, 10000000, &c->tls_session_cache);
 	}
 }
 
@@ -2045,6 +2255,46 @@ static void set_admin(struct cfg *st, const char *k, const char *v, int line)
 	}
 }
 
+/* a header value lb writes as given: printable, no CR/LF */
+static int header_value_ok(const char *v)
+{
+	for (; *v; v++)
+		if ((unsigned char)*v < 0x20 || *v == 0x7f)
+			return 0;
+	return 1;
+}
+
+static void set_listener_tls(struct cfg *st, struct lb_listener *l, const char *k, const char *v, int line)
+{
+	if (!strcmp(k, "tls")) {
+		v_onoff(st, line, k, v, &l->tls);
+	} else if (!strcmp(k, "cert")) {
+		if (l->ncerts >= LB_MAX_CERTS) {
+			cfg_err(st, line, k, "cert: more than %d certificates in one listener", LB_MAX_CERTS);
+			return;
+		}
+		char *f = v_str(st, line, k, v);
+		if (f) {
+			l->cert_lines[l->ncerts] = line;
+			l->certs[l->ncerts++] = f;
+		}
+	} else if (!strcmp(k, "client_ca")) {
+		l->client_ca = v_str(st, line, k, v);
+		l->client_ca_line = line;
+	} else if (!strcmp(k, "hsts")) {
+		if (strncmp(v, "max-age=", 8) || !header_value_ok(v))
+			cfg_err(st, line, k, "hsts: '%s' is not a Strict-Transport-Security value (e.g. max-age=31536000; includeSubDomains)", v);
+		else
+			l->hsts = v_str(st, line, k, v);
+	} else if (!strcmp(k, "redirect_https")) {
+		v_onoff(st, line, k, v, &l->redirect_https);
+	} else if (!strcmp(k, "https_port")) {
+		v_uint(st, line, k, v, 1, 65535, &l->https_port);
+	} else if (!strcmp(k, "acme_webroot")) {
+		l->acme_webroot = v_str(st, line, k, v);
+	}
+}
+
 static void set_listener(struct cfg *st, struct lb_listener *l, const char *k, const char *v, int line)
 {
 	if (!strcmp(k, "bind")) {
@@ -2101,6 +2351,8 @@ static void set_listener(struct cfg *st, struct lb_listener *l, const char *k, c
 			cfg_err(st, line, k, "proxy_protocol: '%s' is not off, v1, v2 or any", v);
 	} else if (!strcmp(k, "max_conn_per_ip")) {
 		v_uint(st, line, k, v, 0, 1000000, &l->max_conn_per_ip);
+	} else {
+		set_listener_tls(st, l, k, v, line);
 	}
 }
 
@@ -2628,6 +2880,7 @@ static int conf_alloc(struct cfg *st)
 			l->idle_timeout = 60000;
 			l->max_header_size = 16384;
 			l->max_body_size = 10 * 1024 * 1024;
+			l->https_port = 443;
 		} else if (s->kind == S_POOL) {
 			struct lb_pool *p = &c->pools[s->idx = c->npools++];
 			snprintf(p->name, sizeof p->name, "%s", s->name);
@@ -2659,6 +2912,7 @@ static int conf_alloc(struct cfg *st)
 	c->max_connections = 100000;
 	c->shutdown_timeout = 30000;
 	c->rate_limit_entries = 65536;
+	c->tls_session_cache = 20000;
 	c->rotate_interval = 3600000;
 	c->retention = 86400000;
 	c->log_format = LB_LOG_COMBINED;
@@ -2692,6 +2946,23 @@ static int binds_clash(const struct lb_hostport *a, const struct lb_hostport *b)
 	return !strcmp(a->host, b->host);
 }
 
+static void check_listener_tls(struct cfg *st, const struct lb_listener *l)
+{
+	if (l->tls && !l->ncerts)
+		cfg_err(st, l->line, "cert", "[listener %s]: tls = on needs at least one cert = FILE", l->name);
+	if (!l->tls && l->ncerts)
+		cfg_err(st, l->cert_lines[0], "cert", "[listener %s]: cert without tls = on", l->name);
+	if (!l->tls && l->client_ca)
+		cfg_err(st, l->client_ca_line, "client_ca", "[listener %s]: client_ca without tls = on", l->name);
+	if (!l->tls && l->hsts)
+		cfg_err(st, l->line, "hsts", "[listener %s]: hsts is sent on TLS responses only: set tls = on", l->name);
+	if (l->tls && l->redirect_https)
+		cfg_err(st, l->line, "redirect_https", "[listener %s]: redirect_https is for plain listeners, this one has tls = on", l->name);
+	if (l->mode == LB_MODE_TCP && (l->redirect_https || l->acme_webroot || l->hsts))
+		cfg_err(st, l->line, l->redirect_https ? "redirect_https" : l->acme_webroot ? "acme_webroot" : "hsts",
+		        "[listener %s]: redirect_https, acme_webroot and hsts need mode http", l->name);
+}
+
 static void check_listeners(struct cfg *st)
 {
 	struct lb_conf *c = st->c;
@@ -2701,6 +2972,7 @@ static void check_listeners(struct cfg *st)
 			cfg_err(st, l->line, "bind", "[listener %s] has no bind address", l->name);
 		if (l->mode == LB_MODE_TCP && l->pool < 0)
 			cfg_err(st, l->line, "pool", "[listener %s] is mode tcp and needs a pool", l->name);
+		check_listener_tls(st, l);
 		if (l->proxy_protocol && !l->ntrusted)
 			cfg_err(st, l->line, "proxy_protocol",
 			        "[listener %s]: proxy_protocol needs trusted_proxies (the addresses allowed to send the header)",
@@ -2761,6 +3033,9 @@ static void check_pools_routes(struct cfg *st)
 				        c->admin_bind.hp.port, c->listeners[i].name, c->listeners[i].binds[b].line);
 }
 
+static void tls_free(struct lb_tls *t); /* section 6 */
+static int tls_load_listener(struct lb_listener *l, int *bad_line, const char **bad_key, char *err, size_t errlen);
+
 void lb_conf_free(struct lb_conf *c)
 {
 	if (!c)
@@ -2793,6 +3068,13 @@ void lb_conf_free(struct lb_conf *c)
 		free(r->redir_url);
 	}
 	for (size_t i = 0; i < c->nlisteners; i++) {
+		struct lb_listener *l = &c->listeners[i];
+		tls_free(l->tlsm);
+		for (size_t k = 0; k < l->ncerts; k++)
+			free(l->certs[k]);
+		free(l->client_ca);
+		free(l->hsts);
+		free(l->acme_webroot);
 		free(c->listeners[i].allow);
 		free(c->listeners[i].deny);
 		free(c->listeners[i].trusted);
@@ -2880,6 +3162,17 @@ int lb_conf_resolve(struct lb_conf *c, struct lb_cfg_errors *errs)
 			if (resolve_addr(h, bd->hp.port, 1, &bd->sa, &bd->salen, err, sizeof err) != 0)
 				cfg_err(&st, bd->line, "bind", "bind: cannot resolve '%s': %s", h, err);
 		}
+	}
+	for (size_t i = 0; i < c->nlisteners; i++) {
+		struct lb_listener *l = &c->listeners[i];
+		char terr[512];
+		int bl = l->line;
+		const char *bk = "cert";
+		struct stat sb;
+		if ((l->ncerts || l->client_ca) && tls_load_listener(l, &bl, &bk, terr, sizeof terr) != 0)
+			cfg_err(&st, bl, bk, "%s", terr);
+		if (l->acme_webroot && (stat(l->acme_webroot, &sb) != 0 || !S_ISDIR(sb.st_mode)))
+			cfg_err(&st, l->line, "acme_webroot", "acme_webroot: %s is not a directory", l->acme_webroot);
 	}
 	if (c->admin_on) {
 		struct lb_bind *bd = &c->admin_bind;
@@ -3366,6 +3659,856 @@ static void ev_forget(struct evh *h)
 	h->registered = 0;
 }
 
+/* ==================================================================== 6. TLS glue
+ * BearSSL driven without blocking from the event loop. Owns the certificates and CAs a
+ * listener loads (struct lb_tls: read by lb_conf_resolve in the master, inherited by the
+ * workers at fork), the per-connection server engine (struct tls_conn: pooled, only for TLS
+ * connections), the certificate choice by SNI, the session cache the workers share, and the
+ * TLS counters. It does socket I/O on the fd it is given and nothing else.
+ *
+ * The protocol choice is fixed here on purpose: TLS 1.2 only (BearSSL has no 1.3; 1.0 and 1.1
+ * are obsolete), ECDHE key exchange only (forward secrecy) and AEAD ciphers only (AES-GCM,
+ * ChaCha20-Poly1305), server preference order, no renegotiation, ALPN http/1.1. */
+
+static const uint16_t tls_suites[] = {
+	BR_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+	BR_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+	BR_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+	BR_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+	BR_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+	BR_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+};
+static const char *tls_alpn[] = { "http/1.1" };
+#define LB_TLS_CACHE_ENTRY 100 /* bytes per session in BearSSL's LRU cache */
+
+struct lb_cert {
+	const char *file;
+	int line;
+	br_x509_certificate chain[8];
+	size_t nchain;
+	int key_type;                 /* BR_KEYTYPE_EC or BR_KEYTYPE_RSA */
+	br_ec_private_key ec;
+	br_rsa_private_key rsa;
+	unsigned char *keymem;
+	struct lb_x509_info info;     /* of the leaf: names for SNI, expiry, serial */
+};
+
+struct lb_tls {
+	struct lb_cert certs[LB_MAX_CERTS];
+	size_t ncerts;
+	br_x509_trust_anchor tas[32]; /* client_ca */
+	size_t ntas;
+	unsigned char *blobs[64];     /* everything above points into these */
+	size_t nblobs;
+};
+
+static void tls_free(struct lb_tls *t)
+{
+	if (!t)
+		return;
+	for (size_t i = 0; i < t->nblobs; i++)
+		free(t->blobs[i]);
+	free(t);
+}
+
+static unsigned char *tls_keep(struct lb_tls *t, const void *p, size_t n)
+{
+	if (t->nblobs >= sizeof t->blobs / sizeof *t->blobs)
+		return NULL;
+	unsigned char *b = malloc(n ? n : 1);
+	if (b) {
+		memcpy(b, p, n);
+		t->blobs[t->nblobs++] = b;
+	}
+	return b;
+}
+
+/* -------------------------------------------------------------------- loading PEM files */
+
+struct pem_obj {
+	char name[64];
+	unsigned char *der;
+	size_t len, cap;
+};
+
+static void pem_append(void *ctx, const void *buf, size_t len)
+{
+	struct pem_obj *o = ctx;
+	if (!o->der && o->cap)
+		return; /* out of memory earlier */
+	if (o->len + len > o->cap) {
+		size_t cap = (o->len + len) * 2 + 256;
+		unsigned char *d = realloc(o->der, cap);
+		if (!d) {
+			free(o->der);
+			o->der = NULL;
+			o->cap = 1;
+			return;
+		}
+		o->der = d, o->cap = cap;
+	}
+	memcpy(o->der + o->len, buf, len);
+	o->len += len;
+}
+
+static void pem_free(struct pem_obj *objs, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(objs[i].der);
+}
+
+/* The PEM objects of text (at most max). Returns how many, or -1 with err set. */
+static int pem_decode(const char *text, size_t n, struct pem_obj *objs, size_t max, char *err, size_t errlen)
+{
+	br_pem_decoder_context pc;
+	br_pem_decoder_init(&pc);
+	size_t k = 0;
+	int inobj = 0, extra_nl = 1;
+	while (n > 0 || extra_nl) {
+		if (n == 0) { /* a final newline flushes a last line without one */
+			text = "\n", n = 1, extra_nl = 0;
+		}
+		size_t used = br_pem_decoder_push(&pc, text, n);
+		text += used, n -= used;
+		switch (br_pem_decoder_event(&pc)) {
+		case BR_PEM_BEGIN_OBJ:
+			if (k >= max) {
+				snprintf(err, errlen, "more than %zu PEM objects", max);
+				return -1;
+			}
+			memset(&objs[k], 0, sizeof objs[k]);
+			snprintf(objs[k].name, sizeof objs[k].name, "%.63s", br_pem_decoder_name(&pc));
+			br_pem_decoder_setdest(&pc, pem_append, &objs[k]);
+			inobj = 1;
+			break;
+		case BR_PEM_END_OBJ:
+			if (inobj && !objs[k].der) {
+				snprintf(err, errlen, "out of memory or empty PEM object");
+				return -1;
+			}
+			k += inobj;
+			inobj = 0;
+			break;
+		case BR_PEM_ERROR:
+			snprintf(err, errlen, "invalid PEM");
+			return -1;
+		}
+	}
+	if (inobj) {
+		free(objs[k].der);
+		snprintf(err, errlen, "unterminated PEM object (no END line)");
+		return -1;
+	}
+	return (int)k;
+}
+
+static char *file_read(const char *path, size_t max, size_t *len, char *err, size_t errlen)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st) != 0) {
+		snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return NULL;
+	}
+	if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size > max) {
+		snprintf(err, errlen, "%s: not a regular file of at most %zu bytes", path, max);
+		close(fd);
+		return NULL;
+	}
+	char *b = malloc((size_t)st.st_size + 1);
+	size_t got = 0;
+	while (b && got < (size_t)st.st_size) {
+		ssize_t r = read(fd, b + got, (size_t)st.st_size - got);
+		if (r <= 0)
+			break;
+		got += (size_t)r;
+	}
+	close(fd);
+	if (!b || got != (size_t)st.st_size) {
+		snprintf(err, errlen, "cannot read %s", path);
+		free(b);
+		return NULL;
+	}
+	b[got] = 0;
+	*len = got;
+	return b;
+}
+
+/* the private key in der, copied into t */
+static int cert_take_key(struct lb_tls *t, struct lb_cert *c, const unsigned char *der, size_t len, char *err, size_t errlen)
+{
+	br_skey_decoder_context dc;
+	br_skey_decoder_init(&dc);
+	br_skey_decoder_push(&dc, der, len);
+	int e = br_skey_decoder_last_error(&dc);
+	if (e != 0) {
+		snprintf(err, errlen, "private key not understood (BearSSL error %d)", e);
+		return -1;
+	}
+	c->key_type = br_skey_decoder_key_type(&dc);
+	if (c->key_type == BR_KEYTYPE_EC) {
+		const br_ec_private_key *k = br_skey_decoder_get_ec(&dc);
+		if (k->curve != BR_EC_secp256r1 && k->curve != BR_EC_secp384r1 && k->curve != BR_EC_secp521r1) {
+			snprintf(err, errlen, "EC key on an unsupported curve (use P-256 or P-384)");
+			return -1;
+		}
+		c->ec = *k;
+		return (c->ec.x = tls_keep(t, k->x, k->xlen)) ? 0 : -1;
+	}
+	const br_rsa_private_key *k = br_skey_decoder_get_rsa(&dc);
+	if (k->n_bitlen < 2048) {
+		snprintf(err, errlen, "RSA key of %u bits: at least 2048 are required", k->n_bitlen);
+		return -1;
+	}
+	size_t tot = k->plen + k->qlen + k->dplen + k->dqlen + k->iqlen;
+	unsigned char *m = malloc(tot), *w = m;
+	if (!m || !tls_keep(t, "", 0)) {
+		free(m);
+		return -1;
+	}
+	free(t->blobs[t->nblobs - 1]);
+	t->blobs[t->nblobs - 1] = m;
+	c->rsa = *k;
+	memcpy(w, k->p, k->plen), c->rsa.p = w, w += k->plen;
+	memcpy(w, k->q, k->qlen), c->rsa.q = w, w += k->qlen;
+	memcpy(w, k->dp, k->dplen), c->rsa.dp = w, w += k->dplen;
+	memcpy(w, k->dq, k->dqlen), c->rsa.dq = w, w += k->dqlen;
+	memcpy(w, k->iq, k->iqlen), c->rsa.iq = w;
+	return 0;
+}
+
+static int same_bytes(const unsigned char *a, size_t an, const unsigned char *b, size_t bn)
+{
+	while (an && !*a)
+		a++, an--;
+	while (bn && !*b)
+		b++, bn--;
+	return an == bn && !memcmp(a, b, an);
+}
+
+/* the leaf's public key must be the private key's: a renewal that wrote a new certificate
+ * but not yet its key is refused, not served */
+static int cert_key_matches(const struct lb_cert *c, char *err, size_t errlen)
+{
+	br_x509_decoder_context dc;
+	br_x509_decoder_init(&dc, NULL, NULL);
+	br_x509_decoder_push(&dc, c->chain[0].data, c->chain[0].data_len);
+	const br_x509_pkey *pk = br_x509_decoder_get_pkey(&dc);
+	int ok = 0;
+	if (!pk) {
+		snprintf(err, errlen, "the first certificate cannot be decoded (BearSSL error %d)", br_x509_decoder_last_error(&dc));
+		return -1;
+	}
+	if (pk->key_type == BR_KEYTYPE_EC && c->key_type == BR_KEYTYPE_EC) {
+		unsigned char q[BR_EC_KBUF_PUB_MAX_SIZE];
+		br_ec_public_key pub;
+		size_t n = br_ec_compute_pub(br_ec_get_default(), &pub, q, &c->ec);
+		ok = n && pub.curve == pk->key.ec.curve && same_bytes(q, n, pk->key.ec.q, pk->key.ec.qlen);
+	} else if (pk->key_type == BR_KEYTYPE_RSA && c->key_type == BR_KEYTYPE_RSA) {
+		unsigned char nb[1024];
+		size_t n = (c->rsa.n_bitlen + 7) / 8;
+		ok = n <= sizeof nb && br_rsa_compute_modulus_get_default()(nb, &c->rsa) == n &&
+		     same_bytes(nb, n, pk->key.rsa.n, pk->key.rsa.nlen);
+	}
+	if (!ok)
+		snprintf(err, errlen, "the private key does not belong to the first certificate");
+	return ok ? 0 : -1;
+}
+
+/* One cert = FILE: certificates (leaf first) and one private key, in any order. */
+static int cert_load(struct lb_tls *t, struct lb_cert *c, const char *file, char *err, size_t errlen)
+{
+	size_t len;
+	char *text = file_read(file, 1 << 20, &len, err, errlen);
+	if (!text)
+		return -1;
+	struct pem_obj objs[12];
+	int n = pem_decode(text, len, objs, 12, err, errlen);
+	free(text);
+	if (n < 0)
+		return -1;
+	int rc = 0, keys = 0;
+	for (int i = 0; i < n && rc == 0; i++) {
+		if (!strcmp(objs[i].name, "CERTIFICATE") || !strcmp(objs[i].name, "X509 CERTIFICATE")) {
+			if (c->nchain >= sizeof c->chain / sizeof *c->chain) {
+				snprintf(err, errlen, "more than %zu certificates in the chain", sizeof c->chain / sizeof *c->chain);
+				rc = -1;
+			} else if (!(c->chain[c->nchain].data = tls_keep(t, objs[i].der, objs[i].len))) {
+				snprintf(err, errlen, "out of memory");
+				rc = -1;
+			} else {
+				c->chain[c->nchain++].data_len = objs[i].len;
+			}
+		} else if (strstr(objs[i].name, "PRIVATE KEY")) {
+			rc = keys++ ? (snprintf(err, errlen, "more than one private key"), -1)
+			            : cert_take_key(t, c, objs[i].der, objs[i].len, err, errlen);
+		}
+	}
+	pem_free(objs, (size_t)(n > 0 ? n : 0));
+	if (rc == 0 && !c->nchain)
+		snprintf(err, errlen, "no CERTIFICATE in the file"), rc = -1;
+	if (rc == 0 && !keys)
+		snprintf(err, errlen, "no PRIVATE KEY in the file (put the key after the chain)"), rc = -1;
+	if (rc == 0 && lb_x509_info(c->chain[0].data, c->chain[0].data_len, &c->info) != 0)
+		snprintf(err, errlen, "first certificate: %s", c->info.error), rc = -1;
+	if (rc == 0 && c->info.nnames == 0)
+		snprintf(err, errlen, "the first certificate names no host (no subjectAltName DNS name, no CN)"), rc = -1;
+	if (rc == 0)
+		rc = cert_key_matches(c, err, errlen);
+	c->file = file;
+	return rc;
+}
+
+static void ta_dn_append(void *ctx, const void *buf, size_t len) { pem_append(ctx, buf, len); }
+
+/* client_ca: every certificate in the file becomes a trust anchor */
+static int ca_load(struct lb_tls *t, const char *file, char *err, size_t errlen)
+{
+	size_t len;
+	char *text = file_read(file, 4 << 20, &len, err, errlen);
+	if (!text)
+		return -1;
+	struct pem_obj objs[32];
+	int n = pem_decode(text, len, objs, 32, err, errlen);
+	free(text);
+	if (n < 0)
+		return -1;
+	int rc = 0;
+	for (int i = 0; i < n && rc == 0; i++) {
+		if (strcmp(objs[i].name, "CERTIFICATE") && strcmp(objs[i].name, "X509 CERTIFICATE"))
+			continue;
+		struct pem_obj dn;
+		memset(&dn, 0, sizeof dn);
+		br_x509_decoder_context dc;
+		br_x509_decoder_init(&dc, ta_dn_append, &dn);
+		br_x509_decoder_push(&dc, objs[i].der, objs[i].len);
+		const br_x509_pkey *pk = br_x509_decoder_get_pkey(&dc);
+		br_x509_trust_anchor *ta = &t->tas[t->ntas];
+		if (!pk || !dn.der) {
+			snprintf(err, errlen, "certificate %d cannot be decoded (BearSSL error %d)", i + 1, br_x509_decoder_last_error(&dc));
+			rc = -1;
+		} else if (t->ntas >= sizeof t->tas / sizeof *t->tas) {
+			snprintf(err, errlen, "more than %zu CA certificates", sizeof t->tas / sizeof *t->tas);
+			rc = -1;
+		} else {
+			memset(ta, 0, sizeof *ta);
+			ta->dn.data = tls_keep(t, dn.der, dn.len);
+			ta->dn.len = dn.len;
+			ta->flags = br_x509_decoder_isCA(&dc) ? BR_X509_TA_CA : 0;
+			ta->pkey = *pk;
+			if (pk->key_type == BR_KEYTYPE_RSA) {
+				ta->pkey.key.rsa.n = tls_keep(t, pk->key.rsa.n, pk->key.rsa.nlen);
+				ta->pkey.key.rsa.e = tls_keep(t, pk->key.rsa.e, pk->key.rsa.elen);
+				rc = ta->dn.data && ta->pkey.key.rsa.n && ta->pkey.key.rsa.e ? 0 : -1;
+			} else {
+				ta->pkey.key.ec.q = tls_keep(t, pk->key.ec.q, pk->key.ec.qlen);
+				rc = ta->dn.data && ta->pkey.key.ec.q ? 0 : -1;
+			}
+			if (rc)
+				snprintf(err, errlen, "out of memory");
+			else
+				t->ntas++;
+		}
+		free(dn.der);
+	}
+	pem_free(objs, (size_t)n);
+	if (rc == 0 && !t->ntas)
+		snprintf(err, errlen, "no CERTIFICATE in the file"), rc = -1;
+	return rc;
+}
+
+/* Load a listener's cert and client_ca files; errors name the file and what is wrong. */
+static int tls_load_listener(struct lb_listener *l, int *bad_line, const char **bad_key, char *err, size_t errlen)
+{
+	struct lb_tls *t = calloc(1, sizeof *t);
+	if (!t) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	for (size_t i = 0; i < l->ncerts; i++) {
+		struct lb_cert *c = &t->certs[t->ncerts];
+		c->line = l->cert_lines[i];
+		char e[256];
+		if (cert_load(t, c, l->certs[i], e, sizeof e) != 0) {
+			*bad_line = c->line, *bad_key = "cert";
+			snprintf(err, errlen, "cert %s: %s", l->certs[i], e);
+			tls_free(t);
+			return -1;
+		}
+		t->ncerts++;
+	}
+	if (l->client_ca) {
+		char e[256];
+		if (ca_load(t, l->client_ca, e, sizeof e) != 0) {
+			*bad_line = l->client_ca_line, *bad_key = "client_ca";
+			snprintf(err, errlen, "client_ca %s: %s", l->client_ca, e);
+			tls_free(t);
+			return -1;
+		}
+	}
+	tls_free(l->tlsm);
+	l->tlsm = t;
+	return 0;
+}
+
+/* The certificate for an SNI name: an exact name first, then a wildcard, else the first. */
+static size_t tls_pick_cert(const struct lb_tls *t, const char *sni)
+{
+	size_t hn = sni ? strlen(sni) : 0;
+	for (int wild = 0; hn && wild < 2; wild++)
+		for (size_t i = 0; i < t->ncerts; i++)
+			for (size_t k = 0; k < t->certs[i].info.nnames; k++) {
+				const char *nm = t->certs[i].info.names[k];
+				if ((nm[0] == '*') == wild && lb_cert_name_match(nm, sni, hn))
+					return i;
+			}
+	return 0;
+}
+
+/* -------------------------------------------------------------------- shared session cache, counters */
+
+enum { TLS_F_PROTOCOL, TLS_F_ALERT, TLS_F_CERT, TLS_F_TIMEOUT, TLS_F_CLOSED, TLS_F_N };
+static const char *const tls_fail_kind[TLS_F_N] = { "protocol", "alert", "client_cert", "timeout", "closed" };
+
+struct tls_shared {
+	_Atomic uint32_t lock;
+	uint32_t entries;
+	_Atomic uint64_t handshakes, resumed, lookups, hits, failures[TLS_F_N];
+	br_ssl_session_cache_lru lru;
+	unsigned char store[];
+};
+static struct tls_shared *g_tls;
+
+static void *shm_map(size_t n, const char *what); /* section 10 */
+static void spin_lock(_Atomic uint32_t *l);
+static void spin_unlock(_Atomic uint32_t *l);
+
+/* Made once by the master, before any fork: every worker of every generation shares it,
+ * so a client resumes whichever worker accepts its next connection. */
+static int tls_shared_create(unsigned entries)
+{
+	size_t store = (size_t)entries * LB_TLS_CACHE_ENTRY;
+	if (!(g_tls = shm_map(sizeof *g_tls + store, "TLS session cache")))
+		return -1;
+	g_tls->entries = entries;
+	br_ssl_session_cache_lru_init(&g_tls->lru, g_tls->store, store);
+	return 0;
+}
+
+struct tls_conn;
+static struct tls_conn *tls_of_server(const br_ssl_server_context *sc);
+
+static void tls_cache_save(const br_ssl_session_cache_class **ctx, br_ssl_server_context *sc,
+                           const br_ssl_session_parameters *params)
+{
+	LB_UNUSED(ctx);
+	spin_lock(&g_tls->lock);
+	g_tls->lru.vtable->save(&g_tls->lru.vtable, sc, params);
+	spin_unlock(&g_tls->lock);
+}
+
+static int tls_cache_load(const br_ssl_session_cache_class **ctx, br_ssl_server_context *sc,
+                          br_ssl_session_parameters *params);
+
+static const br_ssl_session_cache_class tls_cache_class = {
+	sizeof(const br_ssl_session_cache_class *), tls_cache_save, tls_cache_load,
+};
+static const br_ssl_session_cache_class *tls_cache_vt = &tls_cache_class;
+
+/* -------------------------------------------------------------------- the per-connection engine */
+
+#define TLS_SUBJECT_MAX 256
+static const unsigned char tls_oid_cn[] = { 3, 0x55, 0x04, 0x03 }, tls_oid_ou[] = { 3, 0x55, 0x04, 0x0b },
+                           tls_oid_o[] = { 3, 0x55, 0x04, 0x0a }, tls_oid_c[] = { 3, 0x55, 0x04, 0x06 };
+static const unsigned char *const tls_oids[] = { tls_oid_cn, tls_oid_ou, tls_oid_o, tls_oid_c };
+static const char *const tls_oid_names[] = { "CN", "OU", "O", "C" };
+#define TLS_NAMES 4
+
+struct tls_conn {
+	br_ssl_server_context sc;
+	const br_ssl_server_policy_class *policy; /* our SNI policy; &policy is its context */
+	const struct lb_tls *t;
+	size_t cert;                              /* chosen by SNI */
+	int hs_done, resumed, got_bytes, err;
+	br_x509_minimal_context xc;               /* client certificates (client_ca) */
+	br_name_element ne[TLS_NAMES];
+	char nebuf[TLS_NAMES][80];
+	char subject[TLS_SUBJECT_MAX];            /* "CN=..,O=..": the verified client's */
+	unsigned char pre[LB_PROXY_V2_MAX];       /* bytes read with a PROXY header: the handshake's start */
+	uint16_t pre_s, pre_e;
+	struct tls_conn *next;                    /* free list */
+	unsigned char io[BR_SSL_BUFSIZE_BIDI];
+};
+
+static struct tls_conn *g_free_tls;
+static size_t g_nfree_tls;
+#define TLS_FREE_KEEP 64 /* engines kept for reuse; the rest go back to the allocator */
+
+static struct tls_conn *tls_of_server(const br_ssl_server_context *sc)
+{
+	return (struct tls_conn *)(void *)((char *)(uintptr_t)sc - offsetof(struct tls_conn, sc));
+}
+
+static struct tls_conn *tls_of_policy(const br_ssl_server_policy_class **pctx)
+{
+	return (struct tls_conn *)(void *)((char *)(uintptr_t)pctx - offsetof(struct tls_conn, policy));
+}
+
+static int tls_cache_load(const br_ssl_session_cache_class **ctx, br_ssl_server_context *sc,
+                          br_ssl_session_parameters *params)
+{
+	LB_UNUSED(ctx);
+	spin_lock(&g_tls->lock);
+	int ok = g_tls->lru.vtable->load(&g_tls->lru.vtable, sc, params);
+	spin_unlock(&g_tls->lock);
+	atomic_fetch_add_explicit(&g_tls->lookups, 1, memory_order_relaxed);
+	if (ok) {
+		atomic_fetch_add_explicit(&g_tls->hits, 1, memory_order_relaxed);
+		tls_of_server(sc)->resumed = 1;
+	}
+	return ok;
+}
+
+/* SNI: choose the certificate, then let BearSSL's single-certificate policy for its key type
+ * pick the suite and sign; the key exchange and signature calls go to that policy too */
+static const br_ssl_server_policy_class **tls_inner(struct tls_conn *tc)
+{
+	return &tc->sc.chain_handler.vtable;
+}
+
+static int tls_choose(const br_ssl_server_policy_class **pctx, const br_ssl_server_context *cc,
+                      br_ssl_server_choices *choices)
+{
+	struct tls_conn *tc = tls_of_policy(pctx);
+	LB_UNUSED(cc);
+	tc->cert = tls_pick_cert(tc->t, br_ssl_engine_get_server_name(&tc->sc.eng));
+	const struct lb_cert *c = &tc->t->certs[tc->cert];
+	if (c->key_type == BR_KEYTYPE_EC)
+		br_ssl_server_set_single_ec(&tc->sc, c->chain, c->nchain, &c->ec, BR_KEYTYPE_SIGN, 0, br_ec_get_default(),
+		                            br_ecdsa_sign_asn1_get_default());
+	else
+		br_ssl_server_set_single_rsa(&tc->sc, c->chain, c->nchain, &c->rsa, BR_KEYTYPE_SIGN,
+		                             br_rsa_private_get_default(), br_rsa_pkcs1_sign_get_default());
+	const br_ssl_server_policy_class **in = tls_inner(tc);
+	return (*in)->choose(in, &tc->sc, choices);
+}
+
+static uint32_t tls_do_keyx(const br_ssl_server_policy_class **pctx, unsigned char *data, size_t *len)
+{
+	const br_ssl_server_policy_class **in = tls_inner(tls_of_policy(pctx));
+	return (*in)->do_keyx(in, data, len);
+}
+
+static size_t tls_do_sign(const br_ssl_server_policy_class **pctx, unsigned algo_id, unsigned char *data,
+                          size_t hv_len, size_t len)
+{
+	const br_ssl_server_policy_class **in = tls_inner(tls_of_policy(pctx));
+	return (*in)->do_sign(in, algo_id, data, hv_len, len);
+}
+
+static const br_ssl_server_policy_class tls_policy_class = {
+	sizeof(const br_ssl_server_policy_class *), tls_choose, tls_do_keyx, tls_do_sign,
+};
+
+static void tls_client_auth(struct tls_conn *tc)
+{
+	const struct lb_tls *t = tc->t;
+	br_x509_minimal_init(&tc->xc, &br_sha256_vtable, t->tas, t->ntas);
+	br_x509_minimal_set_hash(&tc->xc, br_sha1_ID, &br_sha1_vtable);
+	br_x509_minimal_set_hash(&tc->xc, br_sha224_ID, &br_sha224_vtable);
+	br_x509_minimal_set_hash(&tc->xc, br_sha256_ID, &br_sha256_vtable);
+	br_x509_minimal_set_hash(&tc->xc, br_sha384_ID, &br_sha384_vtable);
+	br_x509_minimal_set_hash(&tc->xc, br_sha512_ID, &br_sha512_vtable);
+	br_x509_minimal_set_rsa(&tc->xc, br_rsa_pkcs1_vrfy_get_default());
+	br_x509_minimal_set_ecdsa(&tc->xc, br_ec_get_default(), br_ecdsa_vrfy_asn1_get_default());
+	for (int i = 0; i < TLS_NAMES; i++) {
+		tc->ne[i].oid = tls_oids[i];
+		tc->ne[i].buf = tc->nebuf[i];
+		tc->ne[i].len = sizeof tc->nebuf[i];
+		tc->nebuf[i][0] = 0;
+	}
+	br_x509_minimal_set_name_elements(&tc->xc, tc->ne, TLS_NAMES);
+	br_ssl_engine_set_x509(&tc->sc.eng, &tc->xc.vtable);
+	br_ssl_engine_set_default_rsavrfy(&tc->sc.eng);
+	br_ssl_engine_set_default_ecdsa(&tc->sc.eng);
+	br_ssl_server_set_trust_anchor_names_alt(&tc->sc, t->tas, t->ntas);
+}
+
+static struct tls_conn *tls_conn_new(const struct lb_listener *L)
+{
+	struct tls_conn *tc = g_free_tls;
+	if (tc) {
+		g_free_tls = tc->next;
+		g_nfree_tls--;
+	} else if (!(tc = malloc(sizeof *tc))) {
+		return NULL;
+	}
+	br_ssl_server_context *sc = &tc->sc;
+	br_ssl_engine_context *eng = &sc->eng;
+	br_ssl_server_zero(sc);
+	br_ssl_engine_set_versions(eng, BR_TLS12, BR_TLS12);
+	br_ssl_engine_set_suites(eng, tls_suites, sizeof tls_suites / sizeof *tls_suites);
+	br_ssl_engine_set_all_flags(eng, BR_OPT_ENFORCE_SERVER_PREFERENCES | BR_OPT_NO_RENEGOTIATION);
+	br_ssl_engine_set_hash(eng, br_sha256_ID, &br_sha256_vtable);
+	br_ssl_engine_set_hash(eng, br_sha384_ID, &br_sha384_vtable);
+	br_ssl_engine_set_hash(eng, br_sha512_ID, &br_sha512_vtable);
+	br_ssl_engine_set_prf_sha256(eng, &br_tls12_sha256_prf);
+	br_ssl_engine_set_prf_sha384(eng, &br_tls12_sha384_prf);
+	br_ssl_engine_set_default_ec(eng);
+	br_ssl_engine_set_default_aes_gcm(eng);
+	br_ssl_engine_set_default_chapol(eng);
+	br_ssl_engine_set_buffer(eng, tc->io, sizeof tc->io, 1);
+	if (L->mode == LB_MODE_HTTP)
+		br_ssl_engine_set_protocol_names(eng, tls_alpn, 1);
+	tc->t = L->tlsm;
+	tc->cert = 0;
+	tc->hs_done = tc->resumed = tc->got_bytes = tc->err = 0;
+	tc->subject[0] = 0;
+	tc->pre_s = tc->pre_e = 0;
+	tc->policy = &tls_policy_class;
+	br_ssl_server_set_policy(sc, &tc->policy);
+	/* with client_ca every handshake is a full one: a resumed session would carry no client
+	 * certificate to check and name */
+	if (g_tls && g_tls->entries && !L->tlsm->ntas)
+		br_ssl_server_set_cache(sc, &tls_cache_vt);
+	if (tc->t->ntas)
+		tls_client_auth(tc);
+	br_ssl_server_reset(sc);
+	return tc;
+}
+
+static void tls_conn_free(struct tls_conn *tc)
+{
+	if (!tc)
+		return;
+	if (g_nfree_tls >= TLS_FREE_KEEP) {
+		free(tc);
+		return;
+	}
+	tc->next = g_free_tls;
+	g_free_tls = tc;
+	g_nfree_tls++;
+}
+
+/* "CN=client,O=Example": the verified client's subject, safe to put in a header */
+static void tls_subject(struct tls_conn *tc)
+{
+	size_t w = 0;
+	tc->subject[0] = 0;
+	for (int i = 0; i < TLS_NAMES; i++) {
+		if (tc->ne[i].status != 1)
+			continue;
+		w += (size_t)snprintf(tc->subject + w, sizeof tc->subject - w, "%s%s=", w ? "," : "", tls_oid_names[i]);
+		for (const char *p = tc->nebuf[i]; *p && w + 3 < sizeof tc->subject; p++) {
+			unsigned char ch = (unsigned char)*p;
+			if (ch == ',' || ch == '\\' || ch == '+' || ch == '=')
+				tc->subject[w++] = '\\';
+			tc->subject[w++] = ch < 0x20 || ch == 0x7f ? '?' : (char)ch;
+		}
+		tc->subject[w] = 0;
+		if (w + 3 >= sizeof tc->subject)
+			break;
+	}
+}
+
+/* -------------------------------------------------------------------- the pump */
+
+/* Send the records the engine has: 1 all sent, 0 the socket is full, -1 the socket failed. */
+static int tls_flush_out(struct tls_conn *tc, int fd)
+{
+	br_ssl_engine_context *eng = &tc->sc.eng;
+	while (br_ssl_engine_current_state(eng) & BR_SSL_SENDREC) {
+		size_t len;
+		unsigned char *p = br_ssl_engine_sendrec_buf(eng, &len);
+		ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+		if (n > 0) {
+			br_ssl_engine_sendrec_ack(eng, (size_t)n);
+			continue;
+		}
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+			return 0;
+		return -1;
+	}
+	return 1;
+}
+
+static int tls_records_pending(const struct tls_conn *tc)
+{
+	return (br_ssl_engine_current_state(&tc->sc.eng) & BR_SSL_SENDREC) != 0;
+}
+
+/* the engine has plaintext for us, or handshake bytes came with a PROXY header */
+static int tls_has_input(const struct tls_conn *tc)
+{
+	return (br_ssl_engine_current_state(&tc->sc.eng) & BR_SSL_RECVAPP) || tc->pre_s < tc->pre_e;
+}
+
+static int tls_can_send(const struct tls_conn *tc)
+{
+	return (br_ssl_engine_current_state(&tc->sc.eng) & BR_SSL_SENDAPP) != 0;
+}
+
+/* The handshake completed (true from the first state that carries application data). */
+static int tls_just_done(struct tls_conn *tc)
+{
+	if (tc->hs_done || !(br_ssl_engine_current_state(&tc->sc.eng) & (BR_SSL_SENDAPP | BR_SSL_RECVAPP)))
+		return 0;
+	tc->hs_done = 1;
+	if (g_tls) {
+		atomic_fetch_add_explicit(&g_tls->handshakes, 1, memory_order_relaxed);
+		if (tc->resumed)
+			atomic_fetch_add_explicit(&g_tls->resumed, 1, memory_order_relaxed);
+	}
+	if (tc->t->ntas)
+		tls_subject(tc);
+	return 1;
+}
+
+/* Plaintext from the peer into dst: > 0 bytes; 0 at the end of the stream; -1 with errno
+ * EAGAIN when there is none yet; -1 with another errno when the connection failed
+ * (EPROTO: TLS error, in tc->err). */
+static ssize_t tls_recv(struct tls_conn *tc, int fd, int *rready, char *dst, size_t cap)
+{
+	br_ssl_engine_context *eng = &tc->sc.eng;
+	for (;;) {
+		unsigned st = br_ssl_engine_current_state(eng);
+		if (st & BR_SSL_CLOSED) {
+			tc->err = br_ssl_engine_last_error(eng);
+			if (tc->err == BR_ERR_OK)
+				return 0;
+			errno = EPROTO;
+			return -1;
+		}
+		if ((st & BR_SSL_SENDREC) && tls_flush_out(tc, fd) < 0)
+			return -1;
+		if (st & BR_SSL_RECVAPP) {
+			size_t len;
+			unsigned char *p = br_ssl_engine_recvapp_buf(eng, &len);
+			size_t n = LB_MIN(len, cap);
+			memcpy(dst, p, n);
+			br_ssl_engine_recvapp_ack(eng, n);
+			return (ssize_t)n;
+		}
+		if (!(st & BR_SSL_RECVREC) || (!*rready && tc->pre_s == tc->pre_e)) {
+			errno = EAGAIN;
+			return -1;
+		}
+		size_t len;
+		unsigned char *p = br_ssl_engine_recvrec_buf(eng, &len);
+		ssize_t n;
+		if (tc->pre_s < tc->pre_e) {
+			n = (ssize_t)LB_MIN(len, (size_t)(tc->pre_e - tc->pre_s));
+			memcpy(p, tc->pre + tc->pre_s, (size_t)n);
+			tc->pre_s += (uint16_t)n;
+		} else {
+			n = recv(fd, p, len, 0);
+			if (n >= 0 && (size_t)n < len)
+				*rready = 0;
+		}
+		if (n > 0) {
+			tc->got_bytes = 1;
+			br_ssl_engine_recvrec_ack(eng, (size_t)n);
+			continue;
+		}
+		if (n == 0)
+			return 0; /* TCP end without close_notify: HTTP framing tells truncation apart */
+		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+			*rready = 0;
+			errno = EAGAIN;
+		}
+		return -1;
+	}
+}
+
+/* Plaintext to the peer from iov: bytes taken (encrypted and sent, or queued in the engine),
+ * or -1 with errno EAGAIN (the engine is full or the handshake is not done) or another errno. */
+static ssize_t tls_send(struct tls_conn *tc, int fd, const struct iovec *iov, int k)
+{
+	br_ssl_engine_context *eng = &tc->sc.eng;
+	size_t total = 0, off = 0;
+	int i = 0, failed = 0;
+	while (i < k) {
+		unsigned st = br_ssl_engine_current_state(eng);
+		if (st & BR_SSL_SENDAPP) {
+			size_t len;
+			unsigned char *p = br_ssl_engine_sendapp_buf(eng, &len);
+			size_t n = LB_MIN(len, iov[i].iov_len - off);
+			memcpy(p, (const char *)iov[i].iov_base + off, n);
+			br_ssl_engine_sendapp_ack(eng, n);
+			total += n, off += n;
+			if (off == iov[i].iov_len)
+				i++, off = 0;
+			continue;
+		}
+		if (st & BR_SSL_SENDREC) {
+			int f = tls_flush_out(tc, fd);
+			if (f > 0)
+				continue;
+			failed = f < 0 ? -1 : 0;
+		}
+		break;
+	}
+	if (total)
+		br_ssl_engine_flush(eng, 0);
+	int f = tls_flush_out(tc, fd);
+	if (total)
+		return (ssize_t)total;
+	if (f < 0 || failed < 0 || (br_ssl_engine_current_state(eng) & BR_SSL_CLOSED)) {
+		if (errno == EAGAIN || errno == EWOULDBLOCK)
+			errno = EPIPE;
+		return -1;
+	}
+	errno = EAGAIN;
+	return -1;
+}
+
+/* why a TLS connection failed, for the log, and its kind for the counters */
+static const char *tls_error_text(int err, int *kind)
+{
+	static char b[96];
+	*kind = TLS_F_PROTOCOL;
+	if (err >= BR_ERR_RECV_FATAL_ALERT && err < BR_ERR_SEND_FATAL_ALERT) {
+		*kind = TLS_F_ALERT;
+		snprintf(b, sizeof b, "the client sent fatal alert %d%s", err - BR_ERR_RECV_FATAL_ALERT,
+		         err - BR_ERR_RECV_FATAL_ALERT == 48 ? " (unknown CA: it does not trust the certificate)"
+		         : err - BR_ERR_RECV_FATAL_ALERT == 42 ? " (bad certificate)" : "");
+		return b;
+	}
+	if (err >= BR_ERR_SEND_FATAL_ALERT)
+		err -= BR_ERR_SEND_FATAL_ALERT;
+	if (err >= BR_ERR_X509_OK || err == BR_ERR_NO_CLIENT_AUTH) {
+		*kind = TLS_F_CERT;
+		snprintf(b, sizeof b, err == BR_ERR_NO_CLIENT_AUTH ? "no client certificate"
+		                      : err == BR_ERR_X509_NOT_TRUSTED ? "client certificate not signed by client_ca"
+		                      : err == BR_ERR_X509_EXPIRED ? "client certificate expired or not yet valid"
+		                      : "client certificate rejected (BearSSL X.509 error %d)", err);
+		return b;
+	}
+	switch (err) {
+	case BR_ERR_UNSUPPORTED_VERSION: return "the client does not offer TLS 1.2";
+	case BR_ERR_BAD_CIPHER_SUITE: return "no common cipher suite (lb offers ECDHE with AES-GCM or ChaCha20 only)";
+	case BR_ERR_BAD_VERSION: case BR_ERR_BAD_LENGTH: case BR_ERR_UNKNOWN_TYPE:
+		return "not a TLS client (bad record header)";
+	case BR_ERR_BAD_MAC: return "bad record MAC";
+	case BR_ERR_TOO_LARGE: return "record too large";
+	case BR_ERR_BAD_HANDSHAKE: case BR_ERR_UNEXPECTED: return "malformed or unexpected handshake message";
+	case BR_ERR_BAD_SNI: return "malformed server name (SNI)";
+	case BR_ERR_BAD_SIGNATURE: return "bad signature from the client";
+	case BR_ERR_BAD_FINISHED: return "bad Finished message";
+	case BR_ERR_LIMIT_EXCEEDED: return "handshake message above BearSSL's limits";
+	}
+	snprintf(b, sizeof b, "BearSSL error %d", err);
+	return b;
+}
+
+static void tls_count_failure(int kind)
+{
+	if (g_tls)
+		atomic_fetch_add_explicit(&g_tls->failures[kind], 1, memory_order_relaxed);
+}
+
 /* ==================================================================== 7. connections
  * Pools of connection structs and buffers (bounded by max_connections), the deadline heap,
  * and the byte movers: client_read/write, backend_read/write. One owner per buffer: a
@@ -3438,6 +4581,7 @@ struct conn {
 	int xff_trusted;               /* conn_ip is a trusted proxy: its X-Forwarded-For counts */
 	int ipc_held;                  /* counted in the per-address connection table */
 	struct lb_bconn *own_b;        /* an idle server connection private to this client (send_proxy) */
+	struct tls_conn *tls;          /* the TLS engine of a tls = on listener's connection */
 	uint32_t lg_mlen, lg_ulen, lg_ref_off, lg_ref_len, lg_ua_off, lg_ua_len, lg_id_off, lg_id_len;
 	uint64_t wall_start_ms;        /* wall clock of the request start, for logs */
 };
@@ -3751,6 +4895,10 @@ static void conn_close(struct conn *c)
 		ipc_release(c);
 	heap_remove(c);
 	ev_forget(&c->h);
+	if (c->tls) {
+		tls_conn_free(c->tls);
+		c->tls = NULL;
+	}
 	close(c->h.fd);
 	buf_put(&c->in);
 	buf_put(&c->out);
@@ -3784,6 +4932,50 @@ static void conn_abort(struct conn *c, const char *why)
 		if (!c->resp_status)
 			c->resp_status = 499; /* nginx's "client closed request" */
 		access_log_write(c);
+	}
+	conn_close(c);
+}
+
+/* The engine of a new TLS connection; bytes read with a PROXY header are its first. */
+static int tls_begin(struct conn *c)
+{
+	if (!(c->tls = tls_conn_new(c->L))) {
+		lb_err("client %s listener %s: out of memory for a TLS engine", c->peer, c->L->name);
+		conn_close(c);
+		return -1;
+	}
+	size_t left = buf_len(&c->in); /* at most LB_PROXY_V2_MAX: client_read's bound in Q_PROXY */
+	if (left) {
+		memcpy(c->tls->pre, c->in.d + c->in.s, left);
+		c->tls->pre_e = (uint16_t)left;
+		c->in.s = c->in.e;
+	}
+	if (c->in.d && buf_len(&c->in) == 0)
+		buf_put(&c->in);
+	return 0;
+}
+
+/* A TLS error on the client side: a failed handshake is counted and logged once, quietly
+ * closed; after the handshake it ends the exchange like a reset. */
+static void tls_failed(struct conn *c, int kind, const char *why)
+{
+	if (c->tls->hs_done) {
+		char b[160];
+		snprintf(b, sizeof b, "TLS: %s", why);
+		conn_abort(c, c->r == R_NONE ? NULL : b);
+		return;
+	}
+	tls_count_failure(kind);
+	lb_err("client %s listener %s: TLS handshake failed: %s", c->peer, c->L->name, why);
+	conn_close(c);
+}
+
+/* close_notify before a clean close (the end of an exchange, a keep-alive timeout) */
+static void conn_close_clean(struct conn *c)
+{
+	if (c->tls && c->tls->hs_done) {
+		br_ssl_engine_close(&c->tls->sc.eng);
+		tls_flush_out(c->tls, c->h.fd);
 	}
 	conn_close(c);
 }
@@ -4378,6 +5570,8 @@ static int proxy_step(struct conn *c)
 	}
 	if (!conn_admitted(c))
 		return 0;
+	if (c->L->tls && tls_begin(c) != 0)
+		return 0;
 	if (c->L->mode == LB_MODE_TCP)
 		tcp_start(c);
 	return 1;
@@ -4749,7 +5943,12 @@ static int response_body_step(struct conn *c)
 static int tunnel_step(struct conn *c)
 {
 	int moved = 0;
-	if (c->b && (c->b->eof || c->b->reset) && buf_len(&c->out) == 0 && buf_len(&c->rh) == 0 && !c->shut_c) {
+	if (c->b && (c->b->eof || c->b->reset) && buf_len(&c->out) == 0 && buf_len(&c->rh) == 0 && !c->shut_c &&
+	    !(c->tls && tls_records_pending(c->tls))) {
+		if (c->tls) {
+			br_ssl_engine_close(&c->tls->sc.eng);
+			tls_flush_out(c->tls, c->h.fd);
+		}
 		shutdown(c->h.fd, SHUT_WR);
 		c->shut_c = 1;
 		moved = 1;
@@ -4783,7 +5982,7 @@ static int response_step(struct conn *c)
 /* The exchange is over when the response went out whole: log, recycle, take the next request. */
 static int finish_step(struct conn *c)
 {
-	if (c->r != R_DONE || buf_len(&c->rh) > 0 || c->resp_fwd > 0)
+	if (c->r != R_DONE || buf_len(&c->rh) > 0 || c->resp_fwd > 0 || (c->tls && tls_records_pending(c->tls)))
 		return 0;
 	if (c->q == Q_BODY) {
 		c->close_after = 1; /* the server answered before the body ended: the stream cannot resync */
@@ -4795,7 +5994,7 @@ static int finish_step(struct conn *c)
 	/* a stop that began after the head went out was not announced: the connection stays,
 	 * and its next request (or the retire idle timer) ends it without a race */
 	if (c->close_after || c->close_announced) {
-		conn_close(c);
+		conn_close_clean(c);
 		return 0;
 	}
 	c->q = Q_HEAD;
@@ -4839,6 +6038,19 @@ static int want_client_read(struct conn *c)
 	return c->q == Q_BODY || c->q == Q_TUNNEL;
 }
 
+static ssize_t client_recv(struct conn *c, size_t room)
+{
+	if (!c->tls) {
+		ssize_t n = recv(c->h.fd, c->in.d + c->in.e, room, 0);
+		if (n >= 0 && (size_t)n < room)
+			c->h.rready = 0; /* drained: wait for the next event */
+		return n;
+	}
+	ssize_t n = tls_recv(c->tls, c->h.fd, &c->h.rready, c->in.d + c->in.e, room);
+	tls_just_done(c->tls);
+	return n;
+}
+
 static int client_read(struct conn *c)
 {
 	if (!want_client_read(c))
@@ -4848,17 +6060,17 @@ static int client_read(struct conn *c)
 	size_t room = buf_room(&c->in);
 	if (c->q == Q_HEAD)
 		room = LB_MIN(room, c->L->max_header_size + 1 - buf_len(&c->in));
+	else if (c->q == Q_PROXY) /* nothing past the header's bound: what follows may be TLS */
+		room = LB_MIN(room, LB_PROXY_V2_MAX - buf_len(&c->in));
 	if (room == 0)
 		return 0;
-	if (!c->h.rready) {
+	if (!c->h.rready && !(c->tls && tls_has_input(c->tls))) {
 		if (buf_len(&c->in) == 0)
 			buf_put(&c->in);
 		return 0;
 	}
 	int was_empty = buf_len(&c->in) == 0;
-	ssize_t n = recv(c->h.fd, c->in.d + c->in.e, room, 0);
-	if (n >= 0 && (size_t)n < room)
-		c->h.rready = 0; /* drained: wait for the next event */
+	ssize_t n = client_recv(c, room);
 	if (n > 0) {
 		if (was_empty && c->q == Q_HEAD)
 			c->t_head = g_now;
@@ -4871,6 +6083,20 @@ static int client_read(struct conn *c)
 		c->h.rready = 0;
 		if (buf_len(&c->in) == 0)
 			buf_put(&c->in);
+		return 0;
+	}
+	if (c->tls && n < 0 && errno == EPROTO) {
+		int kind;
+		const char *why = tls_error_text(c->tls->err, &kind);
+		tls_failed(c, kind, why);
+		return 0;
+	}
+	if (c->tls && !c->tls->hs_done) {
+		if (n < 0 || c->tls->got_bytes)
+			tls_failed(c, TLS_F_CLOSED, n < 0 ? "connection reset during the handshake"
+			                                  : "the client closed the connection during the handshake");
+		else
+			conn_close(c);
 		return 0;
 	}
 	c->cin_eof = 1;
@@ -4888,9 +6114,27 @@ static size_t client_pending(const struct conn *c)
 	return buf_len(&c->rh) + body;
 }
 
+/* bytes for the client wait in us, or in its TLS engine */
+static int client_wants_write(const struct conn *c)
+{
+	if (!c->tls)
+		return client_pending(c) > 0;
+	return tls_records_pending(c->tls) || (client_pending(c) > 0 && tls_can_send(c->tls));
+}
+
 static int client_write(struct conn *c)
 {
 	int moved = 0;
+	if (c->tls && tls_records_pending(c->tls)) {
+		int f = tls_flush_out(c->tls, c->h.fd);
+		if (f < 0) {
+			conn_abort(c, c->r == R_NONE ? NULL : "client connection lost while sending the response");
+			return 0;
+		}
+		if (f == 0)
+			return 0;
+		moved = 1;
+	}
 	while (client_pending(c) > 0) {
 		struct iovec iov[2];
 		int k = 0;
@@ -4899,7 +6143,7 @@ static int client_write(struct conn *c)
 			iov[k].iov_base = c->rh.d + c->rh.s, iov[k++].iov_len = buf_len(&c->rh);
 		if (body)
 			iov[k].iov_base = c->out.d + c->out.s, iov[k++].iov_len = body;
-		ssize_t n = send_iov(c->h.fd, iov, k);
+		ssize_t n = c->tls ? tls_send(c->tls, c->h.fd, iov, k) : send_iov(c->h.fd, iov, k);
 		if (n < 0) {
 			if (io_again())
 				return moved;
@@ -5017,7 +6261,7 @@ static void conn_interest(struct conn *c)
 {
 	c->h.want = (want_client_read(c) && (c->q != Q_HEAD || buf_len(&c->in) < c->L->max_header_size)
 	             ? EV_R : 0) |
-	            (client_pending(c) ? EV_W : 0);
+	            (client_wants_write(c) ? EV_W : 0);
 	if (c->q == Q_BODY || c->q == Q_TUNNEL) {
 		/* backpressure: stop reading the client while the server side holds a full buffer */
 		if (c->in.d && buf_len(&c->in) >= g_bufsize)
@@ -5142,8 +6386,12 @@ static void conn_timeout(struct conn *c)
 		break;
 	}
 	case T_HEAD:
+		if (c->tls && !c->tls->hs_done && c->tls->got_bytes) {
+			tls_failed(c, TLS_F_TIMEOUT, "not complete within header_timeout");
+			return;
+		}
 		if (buf_len(&c->in) == 0) {
-			conn_close(c); /* a new connection that never sent a byte: close quietly */
+			conn_close_clean(c); /* a new connection that never sent a byte: close quietly */
 			return;
 		}
 		if (c->q == Q_PROXY) {
@@ -5159,7 +6407,7 @@ static void conn_timeout(struct conn *c)
 		break;
 	default:
 		if (c->q == Q_HEAD && c->r == R_NONE && buf_len(&c->in) == 0) {
-			conn_close(c); /* keep-alive idle: close quietly */
+			conn_close_clean(c); /* keep-alive idle: close quietly */
 			return;
 		}
 		conn_abort(c, c->L->mode == LB_MODE_TCP ? NULL : "idle timeout during the exchange");
@@ -6328,6 +7576,37 @@ static void metrics_servers(struct abuf *b)
 	}
 }
 
+/* TLS: counters of all workers, and each loaded certificate's remaining validity */
+static void metrics_tls(struct abuf *b)
+{
+	METRIC(b, "lb_tls_handshakes_total", "counter", "TLS handshakes completed (full and resumed).");
+	ab_printf(b, "lb_tls_handshakes_total %llu\n", (unsigned long long)atomic_load(&g_tls->handshakes));
+	METRIC(b, "lb_tls_resumed_handshakes_total", "counter", "TLS handshakes that resumed a cached session.");
+	ab_printf(b, "lb_tls_resumed_handshakes_total %llu\n", (unsigned long long)atomic_load(&g_tls->resumed));
+	METRIC(b, "lb_tls_handshake_failures_total", "counter", "TLS handshakes that failed, by reason.");
+	for (int k = 0; k < TLS_F_N; k++)
+		ab_printf(b, "lb_tls_handshake_failures_total{reason=\"%s\"} %llu\n", tls_fail_kind[k],
+		          (unsigned long long)atomic_load(&g_tls->failures[k]));
+	METRIC(b, "lb_tls_session_cache_lookups_total", "counter", "Clients that offered a session to resume.");
+	ab_printf(b, "lb_tls_session_cache_lookups_total %llu\n", (unsigned long long)atomic_load(&g_tls->lookups));
+	METRIC(b, "lb_tls_session_cache_hits_total", "counter", "Offered sessions found in the cache.");
+	ab_printf(b, "lb_tls_session_cache_hits_total %llu\n", (unsigned long long)atomic_load(&g_tls->hits));
+	METRIC(b, "lb_tls_session_cache_entries", "gauge", "Capacity of the shared TLS session cache.");
+	ab_printf(b, "lb_tls_session_cache_entries %u\n", g_tls->entries);
+	METRIC(b, "lb_tls_cert_expiry_seconds", "gauge", "Seconds until the certificate's notAfter (negative: expired).");
+	int64_t now = (int64_t)(wall_ms() / 1000);
+	for (size_t i = 0; i < g_conf->nlisteners; i++) {
+		const struct lb_listener *l = &g_conf->listeners[i];
+		for (size_t k = 0; l->tlsm && k < l->tlsm->ncerts; k++) {
+			const struct lb_cert *ct = &l->tlsm->certs[k];
+			ab_printf(b, "lb_tls_cert_expiry_seconds{listener=\"%s\",cert=", l->name);
+			ab_json_str(b, ct->file);
+			ab_printf(b, ",name=\"%s\",serial=\"%s\"} %lld\n", ct->info.names[0], ct->info.serial,
+			          (long long)(ct->info.not_after - now));
+		}
+	}
+}
+
 static void metrics_routes(struct abuf *b)
 {
 	const struct lb_conf *c = g_conf;
@@ -6379,6 +7658,7 @@ static void admin_metrics(struct abuf *b)
 	ab_printf(b, "lb_live_worker_requests_total %llu\n", (unsigned long long)reqs);
 	metrics_servers(b);
 	metrics_routes(b);
+	metrics_tls(b);
 }
 
 static void admin_stats(struct abuf *b)
@@ -6433,7 +7713,28 @@ static void admin_stats(struct abuf *b)
 			          v ? atomic_load(&v->weight[j]) : r->split[j].weight);
 		ab_printf(b, "]}");
 	}
-	ab_printf(b, "]}\n");
+	ab_printf(b, "],\"tls\":{\"handshakes\":%llu,\"resumed\":%llu,\"session_cache_lookups\":%llu,"
+	             "\"session_cache_hits\":%llu,\"failures\":{",
+	          (unsigned long long)atomic_load(&g_tls->handshakes), (unsigned long long)atomic_load(&g_tls->resumed),
+	          (unsigned long long)atomic_load(&g_tls->lookups), (unsigned long long)atomic_load(&g_tls->hits));
+	for (int k = 0; k < TLS_F_N; k++)
+		ab_printf(b, "%s\"%s\":%llu", k ? "," : "", tls_fail_kind[k], (unsigned long long)atomic_load(&g_tls->failures[k]));
+	ab_printf(b, "},\"certificates\":[");
+	int64_t now = (int64_t)(wall_ms() / 1000);
+	for (size_t i = 0, n = 0; i < c->nlisteners; i++) {
+		const struct lb_listener *l = &c->listeners[i];
+		for (size_t k = 0; l->tlsm && k < l->tlsm->ncerts; k++, n++) {
+			const struct lb_cert *ct = &l->tlsm->certs[k];
+			ab_printf(b, "%s{\"listener\":\"%s\",\"file\":", n ? "," : "", l->name);
+			ab_json_str(b, ct->file);
+			ab_printf(b, ",\"serial\":\"%s\",\"expires_in_s\":%lld,\"names\":[", ct->info.serial,
+			          (long long)(ct->info.not_after - now));
+			for (size_t j = 0; j < ct->info.nnames; j++)
+				ab_printf(b, "%s\"%s\"", j ? "," : "", ct->info.names[j]);
+			ab_printf(b, "]}");
+		}
+	}
+	ab_printf(b, "]}}\n");
 }
 
 /* -------------------------------------------------------------------- config file edits */
@@ -7321,8 +8622,10 @@ static void conn_new(int fd, int li, const struct sockaddr_storage *sa)
 	g_live = c;
 	g_nconns++;
 	if (proxy_expected(c))
-		c->q = Q_PROXY; /* the client is known once the header is read */
+		c->q = Q_PROXY; /* the client is known once the header is read; TLS starts after it */
 	else if (!conn_admitted(c))
+		return;
+	else if (c->L->tls && tls_begin(c) != 0)
 		return;
 	else if (c->L->mode == LB_MODE_TCP)
 		tcp_start(c);
@@ -8881,6 +10184,7 @@ int lb_main(int argc, char **argv)
 		return 1;
 	if (resolve_user(g_conf) != 0 || shm_create() != 0 || shm_map_conf(g_conf) != 0 ||
 	    rl_create(g_conf->rate_limit_entries) != 0 || ipc_create() != 0 || events_create() != 0 ||
+	    tls_shared_create(g_conf->tls_session_cache) != 0 ||
 	    msocks_open(g_conf) != 0 || admin_token_load(g_conf, g_admin_token, &g_admin_token_len) != 0 ||
 	    admin_listen(g_conf) != 0)
 		return 1;

@@ -27,6 +27,8 @@ enum {
 #define LB_NAME_MAX         64    /* listener, pool, server, route names (with NUL) */
 #define LB_HOST_MAX         256   /* host names in config and Host headers (with NUL) */
 #define LB_MAX_BINDS        16    /* bind addresses of one listener */
+#define LB_MAX_CERTS        16    /* cert = files of one listener */
+#define LB_CERT_NAMES       32    /* DNS names kept from one certificate */
 #define LB_CHUNK_LINE_MAX   4096  /* chunk-size line with extensions, and one trailer line */
 #define LB_TRAILERS_MAX     16384 /* all trailer lines of one chunked body */
 #define LB_REQUEST_ID_MAX   128   /* a client's X-Request-ID longer than this is replaced */
@@ -209,6 +211,32 @@ struct lb_proxy {
 /* Parse a PROXY header of one of `versions` (LB_PROXY_V1|LB_PROXY_V2) at the start of buf.
  * Returns its length (> 0), LB_EAGAIN when more bytes are needed, LB_EINVAL (o->error says why). */
 int lb_parse_proxy(const char *buf, size_t len, int versions, struct lb_proxy *o);
+
+/* ------------------------------------------------------------------ X.509 and ACME (TLS) */
+
+/* What SNI and the metrics need from a DER certificate: the DNS names of its subjectAltName
+ * (else its subject CN), lower case, "*.example.com" kept as is; notAfter as Unix time; the
+ * serial in hex. Returns 0, or LB_EINVAL with error set on a malformed certificate. */
+struct lb_x509_info {
+	char names[LB_CERT_NAMES][LB_HOST_MAX];
+	size_t nnames;
+	int64_t not_after, not_before;
+	char serial[65];
+	char cn[LB_HOST_MAX];
+	const char *error;
+};
+int lb_x509_info(const unsigned char *der, size_t len, struct lb_x509_info *o);
+
+/* Does a certificate name match an SNI host name? Exact, or "*.x" for one label before .x. */
+int lb_cert_name_match(const char *pattern, const char *host, size_t hn);
+
+/* The file name an ACME HTTP-01 request path asks for: path must be
+ * "/.well-known/acme-challenge/TOKEN" with TOKEN of base64url characters only (RFC 8555
+ * 8.3), 1..LB_ACME_TOKEN_MAX long. Returns the token length and points *token at it, 0 when
+ * the path is not under the challenge directory, LB_EINVAL for a bad token (-> 404/400). */
+#define LB_ACME_PREFIX "/.well-known/acme-challenge/"
+#define LB_ACME_TOKEN_MAX 128
+long lb_acme_token(const char *path, size_t n, const char **token);
 /* Write a PROXY header for p (src/dst/ports, or local) in version 1 or 2; returns its length,
  * LB_ERANGE when cap is too small. Mixed families are sent as IPv6 (v4-mapped). */
 int lb_proxy_build(int version, const struct lb_proxy *p, char *out, size_t cap);
@@ -306,6 +334,8 @@ struct lb_bind {
 	int line;
 };
 
+struct lb_tls; /* lb.c: certificates and CAs loaded for one listener */
+
 struct lb_listener {
 	char name[LB_NAME_MAX];
 	int line;
@@ -321,6 +351,18 @@ struct lb_listener {
 	unsigned max_conn_per_ip;     /* 0 = off */
 	uint64_t header_timeout, idle_timeout; /* ms */
 	uint64_t max_header_size, max_body_size;
+	/* TLS (issue 11) */
+	int tls;                      /* terminate TLS on this listener */
+	char *certs[LB_MAX_CERTS];    /* cert = files: chain + key; the first is the default */
+	int cert_lines[LB_MAX_CERTS];
+	size_t ncerts;
+	char *client_ca;              /* mTLS: required client certificates from these CAs */
+	int client_ca_line;
+	char *hsts;                   /* Strict-Transport-Security value on TLS responses */
+	int redirect_https;           /* plain listener: 308 to https://host[:https_port]/uri */
+	unsigned https_port;          /* in those redirects; 443 = not written */
+	char *acme_webroot;           /* serves /.well-known/acme-challenge/TOKEN */
+	struct lb_tls *tlsm;          /* loaded certificates and CAs (lb_conf_resolve); NULL in pure use */
 };
 
 struct lb_split {
@@ -366,6 +408,7 @@ struct lb_conf {
 	uint64_t shutdown_timeout;   /* ms: bound on the graceful stop */
 	uint64_t stop_grace;         /* ms: after SIGTERM, keep serving while /healthz says draining */
 	unsigned rate_limit_entries; /* size of the shared rate-limit table */
+	unsigned tls_session_cache;  /* TLS sessions kept for resumption, shared by the workers; 0 = off */
 	char *alert_command;         /* run with an event as JSON on stdin; NULL = none */
 	/* [admin]: only with the section */
 	int admin_on;
