@@ -3693,9 +3693,17 @@ struct lb_cert {
 	struct lb_x509_info info;     /* of the leaf: names for SNI, expiry, serial */
 };
 
+struct file_sig {
+	dev_t dev;
+	ino_t ino;
+	off_t size;
+	int64_t mtime_ns, ctime_ns;
+};
+
 struct lb_tls {
 	struct lb_cert certs[LB_MAX_CERTS];
 	size_t ncerts;
+	struct file_sig sig[LB_MAX_CERTS + 1]; /* of the files as loaded: certs, then client_ca */
 	br_x509_trust_anchor tas[32]; /* client_ca */
 	size_t ntas;
 	unsigned char *blobs[64];     /* everything above points into these */
@@ -4019,6 +4027,24 @@ static int ca_load(struct lb_tls *t, const char *file, char *err, size_t errlen)
 	return rc;
 }
 
+/* what tells a changed file: taken before it is read, so a change during the read shows */
+static void file_sig_of(const char *path, struct file_sig *s)
+{
+	struct stat st;
+	memset(s, 0, sizeof *s);
+	if (stat(path, &st) != 0)
+		return;
+	s->dev = st.st_dev, s->ino = st.st_ino, s->size = st.st_size;
+	s->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+	s->ctime_ns = (int64_t)st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec;
+}
+
+static int file_sig_eq(const struct file_sig *a, const struct file_sig *b)
+{
+	return a->dev == b->dev && a->ino == b->ino && a->size == b->size && a->mtime_ns == b->mtime_ns &&
+	       a->ctime_ns == b->ctime_ns;
+}
+
 /* Load a listener's cert and client_ca files; errors name the file and what is wrong. */
 static int tls_load_listener(struct lb_listener *l, int *bad_line, const char **bad_key, char *err, size_t errlen)
 {
@@ -4030,6 +4056,7 @@ static int tls_load_listener(struct lb_listener *l, int *bad_line, const char **
 	for (size_t i = 0; i < l->ncerts; i++) {
 		struct lb_cert *c = &t->certs[t->ncerts];
 		c->line = l->cert_lines[i];
+		file_sig_of(l->certs[i], &t->sig[i]);
 		char e[256];
 		if (cert_load(t, c, l->certs[i], e, sizeof e) != 0) {
 			*bad_line = c->line, *bad_key = "cert";
@@ -4041,6 +4068,7 @@ static int tls_load_listener(struct lb_listener *l, int *bad_line, const char **
 	}
 	if (l->client_ca) {
 		char e[256];
+		file_sig_of(l->client_ca, &t->sig[LB_MAX_CERTS]);
 		if (ca_load(t, l->client_ca, e, sizeof e) != 0) {
 			*bad_line = l->client_ca_line, *bad_key = "client_ca";
 			snprintf(err, errlen, "client_ca %s: %s", l->client_ca, e);
@@ -4373,6 +4401,7 @@ static ssize_t tls_recv(struct tls_conn *tc, int fd, int *rready, char *dst, siz
 {
 	br_ssl_engine_context *eng = &tc->sc.eng;
 	for (;;) {
+		tls_just_done(tc); /* before a close_notify right behind the Finished closes the engine */
 		unsigned st = br_ssl_engine_current_state(eng);
 		if (st & BR_SSL_CLOSED) {
 			tc->err = br_ssl_engine_last_error(eng);
@@ -5016,6 +5045,11 @@ static const char *status_text(int st)
 	return "Error";
 }
 
+static const char *hsts_of(const struct conn *c)
+{
+	return c->tls ? c->L->hsts : NULL;
+}
+
 /* lb answers by itself; the exchange ends after it, and the connection too when the request
  * was not read to its end. `extra` are whole header lines; body NULL: a short text of the
  * status. Policy answers (quiet) are in the access log only, not one error line each. */
@@ -5050,7 +5084,9 @@ static void respond(struct conn *c, int status, const char *why, const char *ext
 	}
 	size_t blen = strlen(body);
 	int nobody = status == 204 || status == 304 || c->req_method == LB_M_HEAD;
-	if (buf_printf(&c->rh, "HTTP/1.1 %d %s\r\n%s%s%s%s", status, txt, extra ? extra : "",
+	if (buf_printf(&c->rh, "HTTP/1.1 %d %s\r\n%s%s%s%s%s%s", status, txt, extra ? extra : "",
+	               hsts_of(c) ? "Strict-Transport-Security: " : "", hsts_of(c) ? hsts_of(c) : "",
+	               hsts_of(c) ? "\r\n" : "",
 	               status == 503 && !(extra && strstr(extra, "Retry-After")) ? "Retry-After: 1\r\n" : "",
 	               c->close_announced ? "Connection: close\r\n" : "",
 	               blen || !nobody ? "Content-Type: text/plain\r\n" : "") ||
@@ -5108,7 +5144,8 @@ static int name_in(struct lb_str n, char *const *names, size_t k)
 
 static int req_header_dropped(const struct conn *c, const struct lb_req *rq, const struct lb_header *h)
 {
-	static const char *const replaced[] = { "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host" };
+	static const char *const replaced[] = { "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
+		                                    "x-client-cert-subject" }; /* never a client's own */
 	if (c->route && name_in(h->name, c->route->req_del, c->route->nreq_del))
 		return 1;
 	if (hop_by_hop(h->name))
@@ -5121,7 +5158,7 @@ static int req_header_dropped(const struct conn *c, const struct lb_req *rq, con
 	if (!str_ieq(h->name.p, h->name.n, "transfer-encoding") &&
 	    !str_ieq(h->name.p, h->name.n, "host") && named_by_connection(rq->headers, rq->nheaders, h->name))
 		return 1;
-	for (size_t i = 0; i < 3; i++)
+	for (size_t i = 0; i < sizeof replaced / sizeof *replaced; i++)
 		if (str_ieq(h->name.p, h->name.n, replaced[i]))
 			return 1;
 	if (str_ieq(h->name.p, h->name.n, "x-request-id") && !lb_request_id_ok(h->value.p, h->value.n))
@@ -5186,7 +5223,9 @@ static int build_request_head(struct conn *c, const struct lb_req *rq, const cha
 	}
 	if ((rq->flags & LB_HF_HAS_CL) && buf_printf(b, "Content-Length: %lld\r\n", (long long)rq->content_length))
 		return -1;
-	if (put_xff(b, c, rq) || buf_printf(b, "X-Forwarded-Proto: http\r\n"))
+	if (put_xff(b, c, rq) || buf_printf(b, "X-Forwarded-Proto: %s\r\n", c->tls ? "https" : "http"))
+		return -1;
+	if (c->tls && c->tls->subject[0] && buf_printf(b, "X-Client-Cert-Subject: %s\r\n", c->tls->subject))
 		return -1;
 	if (rq->authority.n && put_header(b, (struct lb_str){ "X-Forwarded-Host", 16 }, rq->authority))
 		return -1;
@@ -5514,6 +5553,73 @@ static int route_policies(struct conn *c, struct lb_route *rt, const struct lb_r
 	return 0;
 }
 
+/* An ACME HTTP-01 token file from acme_webroot/.well-known/acme-challenge/: no symlink at
+ * or below the webroot is followed, only base64url names are looked up, only small files. */
+static void acme_serve(struct conn *c, const char *tok, long tn)
+{
+	char name[LB_ACME_TOKEN_MAX + 1], body[2048], why[300];
+	if (tn < 0) {
+		respond(c, 404, "ACME challenge path with characters outside base64url", NULL, NULL, 0);
+		return;
+	}
+	memcpy(name, tok, (size_t)tn);
+	name[tn] = 0;
+	const int dflags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
+	int d0 = open(c->L->acme_webroot, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int d1 = d0 >= 0 ? openat(d0, ".well-known", dflags) : -1;
+	int d2 = d1 >= 0 ? openat(d1, "acme-challenge", dflags) : -1;
+	int fd = d2 >= 0 ? openat(d2, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC) : -1;
+	int err = errno;
+	struct stat st;
+	ssize_t n = -1;
+	if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size < (off_t)sizeof body)
+		n = read(fd, body, sizeof body - 1);
+	for (int i = 0, fds[] = { fd, d2, d1, d0 }; i < 4; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	if (n < 0 || memchr(body, 0, (size_t)n)) {
+		snprintf(why, sizeof why, "ACME token %s: %s under %s/.well-known/acme-challenge", name,
+		         fd < 0 ? strerror(err) : "not a small regular text file", c->L->acme_webroot);
+		respond(c, 404, why, NULL, NULL, 0);
+		return;
+	}
+	body[n] = 0;
+	respond(c, 200, "acme", NULL, body, 1);
+}
+
+/* A listener's own answers before routing: ACME tokens, then redirect_https's 308. */
+static int listener_answers(struct conn *c, const struct lb_req *rq, const char *host)
+{
+	const struct lb_listener *L = c->L;
+	const char *tok = NULL;
+	long tn = 0;
+	if (L->acme_webroot && (rq->method_id == LB_M_GET || rq->method_id == LB_M_HEAD))
+		tn = lb_acme_token(rq->path.p, rq->path.n, &tok);
+	if (tn != 0) {
+		acme_serve(c, tok, tn);
+		return 1;
+	}
+	if (!L->redirect_https)
+		return 0;
+	if (!host[0]) {
+		respond(c, 400, "redirect_https: the request names no host", NULL, NULL, 0);
+		return 1;
+	}
+	char *loc = g_scratch2, port[8] = "";
+	int v6 = strchr(host, ':') != NULL;
+	if (L->https_port != 443)
+		snprintf(port, sizeof port, ":%u", L->https_port);
+	int w = snprintf(loc, g_bufsize, "Location: https://%s%s%s%s%.*s%s%.*s\r\n", v6 ? "[" : "", host, v6 ? "]" : "",
+	                 port, (int)rq->path.n, rq->path.p, rq->query.p ? "?" : "", (int)rq->query.n,
+	                 rq->query.p ? rq->query.p : "");
+	if (w < 0 || (size_t)w >= g_bufsize / 2) {
+		respond(c, 414, "redirect_https: the target is too long", NULL, NULL, 0);
+		return 1;
+	}
+	respond(c, 308, "redirect_https", loc, "", 1);
+	return 1;
+}
+
 static void request_begin(struct conn *c)
 {
 	c->wall_start_ms = wall_ms();
@@ -5663,6 +5769,8 @@ static void handle_request(struct conn *c, const struct lb_req *rq, size_t n)
 		respond_own(c, 413, "Content-Length above max_body_size");
 		return;
 	}
+	if (listener_answers(c, rq, host))
+		return;
 	if (rt && route_policies(c, rt, rq, host, path, (size_t)pn))
 		return;
 	int pi = rt ? lb_route_pool(rt) : c->L->pool;
@@ -5796,9 +5904,13 @@ static int build_response_head(struct conn *c, const struct lb_resp *rs)
 		const struct lb_header *h = &rs->headers[i];
 		if (c->route && name_in(h->name, c->route->resp_del, c->route->nresp_del))
 			continue;
+		if (hsts_of(c) && str_ieq(h->name.p, h->name.n, "strict-transport-security"))
+			continue; /* the listener's hsts replaces the server's */
 		if (!resp_header_dropped(rs, h, upgrading) && put_header(b, h->name, h->value))
 			return -1;
 	}
+	if (hsts_of(c) && rs->status >= 200 && buf_printf(b, "Strict-Transport-Security: %s\r\n", hsts_of(c)))
+		return -1;
 	if ((rs->flags & LB_HF_HAS_CL) && buf_printf(b, "Content-Length: %lld\r\n", (long long)rs->content_length))
 		return -1;
 	for (size_t i = 0; c->route && i < c->route->nresp_add && rs->status >= 200; i++)
@@ -6046,9 +6158,7 @@ static ssize_t client_recv(struct conn *c, size_t room)
 			c->h.rready = 0; /* drained: wait for the next event */
 		return n;
 	}
-	ssize_t n = tls_recv(c->tls, c->h.fd, &c->h.rready, c->in.d + c->in.e, room);
-	tls_just_done(c->tls);
-	return n;
+	return tls_recv(c->tls, c->h.fd, &c->h.rready, c->in.d + c->in.e, room);
 }
 
 static int client_read(struct conn *c)
@@ -8497,7 +8607,21 @@ static void access_log_write(struct conn *c)
 		} else {
 			log_str("null");
 		}
-		snprintf(nb, sizeof nb, ",\"tls\":false,\"worker\":%d,\"pid\":%d}\n", g_worker_id, (int)g_pid);
+		log_str(c->tls ? ",\"tls\":true" : ",\"tls\":false");
+		if (c->tls) {
+			const char *sni = br_ssl_engine_get_server_name(&c->tls->sc.eng);
+			log_str(",\"sni\":\"");
+			log_esc(sni, strlen(sni), 1);
+			log_str("\",\"client_cert\":");
+			if (c->tls->subject[0]) {
+				log_str("\"");
+				log_esc(c->tls->subject, strlen(c->tls->subject), 1);
+				log_str("\"");
+			} else {
+				log_str("null");
+			}
+		}
+		snprintf(nb, sizeof nb, ",\"worker\":%d,\"pid\":%d}\n", g_worker_id, (int)g_pid);
 		log_str(nb);
 		return;
 	}
@@ -8525,6 +8649,10 @@ static void access_log_write(struct conn *c)
 		log_esc(qd + c->lg_ua_off, c->lg_ua_len, 0);
 	else
 		log_str("-");
+	if (c->tls && c->tls->subject[0]) { /* mTLS: the verified client, as nginx's $ssl_client_s_dn would */
+		log_str("\" \"");
+		log_esc(c->tls->subject, strlen(c->tls->subject), 0);
+	}
 	log_str("\"\n");
 }
 
@@ -9677,6 +9805,86 @@ static void master_signals(void)
 	}
 }
 
+/* -------------------------------------------------------------------- certificates on disk */
+
+/* A cert = or client_ca file of the running generation changed (certbot renewed it): reload,
+ * once the file has stayed the same for a second so a copy in progress is not read. A file
+ * that does not load keeps the old generation serving; it is tried again when it changes. */
+static void master_cert_watch(void)
+{
+	static uint64_t next;
+	static struct file_sig pending, failed;
+	static uint64_t pending_since;
+	uint64_t now = mono_ms();
+	if (now < next)
+		return;
+	next = now + 1000;
+	for (size_t i = 0; i < g_conf->nlisteners; i++) {
+		const struct lb_listener *l = &g_conf->listeners[i];
+		for (size_t k = 0; l->tlsm && k <= LB_MAX_CERTS; k++) {
+			const char *f = k < l->ncerts ? l->certs[k] : k == LB_MAX_CERTS ? l->client_ca : NULL;
+			if (!f)
+				continue;
+			struct file_sig cur;
+			file_sig_of(f, &cur);
+			if (file_sig_eq(&cur, &l->tlsm->sig[k]) || file_sig_eq(&cur, &failed))
+				continue;
+			if (!file_sig_eq(&cur, &pending)) {
+				pending = cur;
+				pending_since = now;
+				return;
+			}
+			if (now - pending_since < 1000)
+				return;
+			lb_err("%s changed on disk: reloading to use it", f);
+			if (master_reload() != 0) {
+				failed = cur;
+				lb_err("%s: the new file is refused; the certificates loaded before stay in service", f);
+			}
+			memset(&pending, 0, sizeof pending);
+			return;
+		}
+	}
+}
+
+/* An alert (alert_command) and a log line for each certificate within 30 days of its end,
+ * once a day per certificate. */
+static void master_cert_expiry(void)
+{
+	static uint64_t next;
+	static struct { char serial[65]; uint64_t at; } said[64];
+	uint64_t now = mono_ms();
+	if (now < next)
+		return;
+	next = now + 60000;
+	int64_t wall = (int64_t)(wall_ms() / 1000);
+	for (size_t i = 0; i < g_conf->nlisteners; i++) {
+		const struct lb_listener *l = &g_conf->listeners[i];
+		for (size_t k = 0; l->tlsm && k < l->tlsm->ncerts; k++) {
+			const struct lb_cert *c = &l->tlsm->certs[k];
+			int64_t left = c->info.not_after - wall;
+			if (left > 30 * 86400)
+				continue;
+			size_t j = 0, free_j = 64;
+			for (; j < 64 && strcmp(said[j].serial, c->info.serial); j++)
+				if (!said[j].serial[0] && free_j == 64)
+					free_j = j;
+			if (j < 64 && now - said[j].at < 86400000)
+				continue;
+			if (j == 64 && (j = free_j) == 64)
+				j = 0;
+			snprintf(said[j].serial, sizeof said[j].serial, "%s", c->info.serial);
+			said[j].at = now;
+			char why[512];
+			snprintf(why, sizeof why, "listener %s: certificate %s (%s, serial %s) %s %lld days%s", l->name, c->file,
+			         c->info.names[0], c->info.serial, left < 0 ? "expired" : "expires in",
+			         (long long)((left < 0 ? -left : left) / 86400), left < 0 ? " ago" : "");
+			lb_err("%s", why);
+			event_emit("cert_expiring", NULL, NULL, why);
+		}
+	}
+}
+
 static int master_run(void)
 {
 	if (pipe2(g_sigpipe, O_NONBLOCK | O_CLOEXEC) != 0)
@@ -9719,6 +9927,8 @@ static int master_run(void)
 		}
 		master_restart_due();
 		master_log_tick();
+		master_cert_watch();
+		master_cert_expiry();
 		master_events();
 	}
 	master_reap();

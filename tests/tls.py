@@ -1,0 +1,576 @@
+#!/usr/bin/env python3
+"""Integration tests for lb's TLS (BearSSL): certificates chosen by SNI, ALPN, session resumption
+shared by the workers, HSTS and forwarded headers, HTTP->HTTPS redirects with the ACME challenge
+path served from acme_webroot, certificate replacement on disk and by SIGHUP under a client loop,
+mTLS, misbehaving TLS clients, and renewal end to end with pebble + certbot.
+
+    python3 tests/tls.py [--only SUBSTR] [--keep]
+
+Real clients: curl, openssl s_client, and Python's ssl module for the client loops. Certificates
+are made with the openssl command in each test's directory. One line per test: "PASS name" or
+"FAIL name: reason"; then "tls: N passed, N failed"; exit status 1 when any test failed.
+"""
+import json
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import integration as it  # noqa: E402
+import process as pr  # noqa: E402
+import policy as po  # noqa: E402
+from integration import HOST, Fail, check, eq, free_port, short  # noqa: E402
+from process import Skip, conf  # noqa: E402
+
+SUITE_BUDGET = 400
+TESTS = []
+test = it.registrar(TESTS)
+
+
+# ---------------------------------------------------------------------------------------- certificates
+
+def run(cmd, **kw):
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60, **kw)
+    if p.returncode != 0:
+        raise Fail("%s failed: %s" % (" ".join(cmd[:3]), short(p.stdout.decode("utf-8", "replace"), 300)))
+    return p.stdout.decode("utf-8", "replace")
+
+
+class CA:
+    """A throwaway CA in dir; leaf() makes a combined PEM (chain, then key) for lb."""
+
+    def __init__(self, d, name="Test CA", key="ec"):
+        self.dir = d
+        os.makedirs(d, exist_ok=True)
+        tag = re.sub(r"\W", "", name)
+        self.key = os.path.join(d, tag + ".key")
+        self.crt = os.path.join(d, tag + ".crt")
+        run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-days", "30", "-subj", "/O=lb tests/CN=" + name, "-keyout", self.key, "-out", self.crt])
+
+    def leaf(self, fname, cn, names=(), key="ec:P-256", serial=None, client=False, days=30):
+        """fname.pem (cert + CA cert + key); returns (path, serial in hex, upper case)."""
+        base = os.path.join(self.dir, fname)
+        serial = serial or int.from_bytes(os.urandom(8), "big") | 1
+        kind, _, param = key.partition(":")
+        newkey = (["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:" + param] if kind == "ec"
+                  else ["-newkey", "rsa:" + param])
+        run(["openssl", "req", "-new", "-nodes", *newkey, "-subj", "/O=Test/CN=" + cn, "-keyout", base + ".key",
+             "-out", base + ".csr"])
+        ext = base + ".ext"
+        with open(ext, "w") as f:
+            if names:
+                f.write("subjectAltName=" + ",".join("DNS:" + n for n in names) + "\n")
+            f.write("extendedKeyUsage=%s\n" % ("clientAuth" if client else "serverAuth"))
+        run(["openssl", "x509", "-req", "-in", base + ".csr", "-CA", self.crt, "-CAkey", self.key,
+             "-set_serial", str(serial), "-days", str(days), "-extfile", ext, "-out", base + ".crt"])
+        pem = base + ".pem"
+        with open(pem, "w") as out:
+            for part in (base + ".crt", self.crt, base + ".key"):
+                with open(part) as f:
+                    out.write(f.read())
+        return pem, "%X" % serial
+
+
+def replace_file(path, src_text):
+    tmp = path + ".new"
+    with open(tmp, "w") as f:
+        f.write(src_text)
+    os.replace(tmp, path)
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
+# ---------------------------------------------------------------------------------------- clients
+
+def tls_ctx(cafile=None, cert=None, key=None, alpn=("http/1.1",)):
+    c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if cafile:
+        c.load_verify_locations(cafile)
+    else:
+        c.check_hostname = False
+        c.verify_mode = ssl.CERT_NONE
+    if cert:
+        c.load_cert_chain(cert, key)
+    if alpn:
+        c.set_alpn_protocols(list(alpn))
+    c.options |= ssl.OP_NO_TICKET
+    return c
+
+
+def https_get(port, path="/", name="a.test", ctx=None, headers=(), timeout=5.0, session=None):
+    """One request on a new TLS connection: (status, headers dict lower-case, body, peer cert dict, sslsock info)."""
+    ctx = ctx or tls_ctx()
+    raw = socket.create_connection((HOST, port), timeout=timeout)
+    s = ctx.wrap_socket(raw, server_hostname=name, session=session)
+    try:
+        req = "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n%s\r\n" % (
+            path, name, "".join("%s: %s\r\n" % h for h in headers))
+        s.sendall(req.encode())
+        data = b""
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            data += d
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        hdrs = {}
+        for l in lines[1:]:
+            k, _, v = l.partition(":")
+            hdrs[k.strip().lower()] = v.strip()
+        info = {"cert": s.getpeercert(), "der": s.getpeercert(binary_form=True), "alpn": s.selected_alpn_protocol(),
+                "version": s.version(), "cipher": s.cipher()[0], "session": s.session, "reused": s.session_reused}
+        return status, hdrs, body, info
+    finally:
+        s.close()
+
+
+def der_serial(der):
+    """The serial of a DER certificate, in hex (Certificate > TBSCertificate > [0] version > serial)."""
+    def tlv(b, i):
+        n = b[i + 1]
+        i += 2
+        if n & 0x80:
+            k = n & 0x7f
+            n = int.from_bytes(b[i:i + k], "big")
+            i += k
+        return i, n  # content start, length
+    i, _ = tlv(der, 0)        # Certificate
+    i, _ = tlv(der, i)        # TBSCertificate
+    if der[i] == 0xa0:
+        j, n = tlv(der, i)
+        i = j + n
+    j, n = tlv(der, i)        # serial INTEGER
+    return "%X" % int.from_bytes(der[j:j + n], "big")
+
+
+def serial_of(info):
+    return der_serial(info["der"]) if info["der"] else None
+
+
+def served_serial(port, name, cafile=None):
+    """The serial of the certificate lb shows for name (via openssl, no verification needed)."""
+    p = subprocess.run(["openssl", "s_client", "-connect", "%s:%d" % (HOST, port), "-servername", name,
+                        "-showcerts"], input=b"", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=10)
+    out = p.stdout.decode("utf-8", "replace")
+    m = re.search(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", out, re.S)
+    if not m:
+        raise Fail("openssl s_client got no certificate for %s: %s" % (name, short(out, 300)))
+    x = subprocess.run(["openssl", "x509", "-noout", "-serial", "-subject"], input=m.group(0).encode(),
+                       stdout=subprocess.PIPE, timeout=10).stdout.decode()
+    return re.search(r"serial=([0-9A-F]+)", x).group(1).lstrip("0"), x
+
+
+def metrics(port):
+    with urllib.request.urlopen("http://%s:%d/metrics" % (HOST, port), timeout=5) as r:
+        return r.read().decode()
+
+
+def metric(text, name, **labels):
+    tot = 0.0
+    for line in text.splitlines():
+        m = re.match(r"^(\w+)(?:\{([^}]*)\})? (\S+)$", line)
+        if not m or m.group(1) != name:
+            continue
+        lab = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+        if all(lab.get(k) == v for k, v in labels.items()):
+            tot += float(m.group(3))
+    return tot
+
+
+class Loop:
+    """A client loop: a new TLS connection per request until stopped; counts failures and serials."""
+
+    def __init__(self, port, name, cafile=None, pause=0.02):
+        self.port, self.name, self.pause = port, name, pause
+        self.ctx = tls_ctx(cafile)
+        self.ok = 0
+        self.failed = []
+        self.serials = []
+        self.stop_ev = threading.Event()
+        self.th = threading.Thread(target=self.body, daemon=True)
+        self.th.start()
+
+    def body(self):
+        while not self.stop_ev.is_set():
+            try:
+                st, _, _, info = https_get(self.port, "/loop", self.name, self.ctx, timeout=5)
+                if st != 200:
+                    self.failed.append("status %d" % st)
+                else:
+                    self.ok += 1
+                    sr = serial_of(info)
+                    if not self.serials or self.serials[-1] != sr:
+                        self.serials.append(sr)
+            except Exception as e:  # every failure counts
+                self.failed.append("%s: %s" % (type(e).__name__, e))
+            time.sleep(self.pause)
+
+    def stop(self):
+        self.stop_ev.set()
+        self.th.join(10)
+
+
+def lsn(name, port, *pairs, pool="p"):
+    return "\n".join(["[listener %s]" % name, "bind = %s:%d" % (HOST, port), "pool = %s" % pool] +
+                     ["%s = %s" % kv for kv in pairs]) + "\n"
+
+
+def pl(name, backends):
+    return "\n".join(["[pool %s]" % name] + ["server = %s %s:%d" % (b.name, HOST, b.port) for b in backends]) + "\n"
+
+
+def admin(port):
+    return "[admin]\nbind = %s:%d\n" % (HOST, port)
+
+
+# ---------------------------------------------------------------------------------------- tests
+
+@test("sni_alpn_real_clients")
+def t_sni(ctx):
+    """Three certificates (ECDSA P-256 default, RSA 2048, ECDSA P-384 wildcard): SNI picks by name with
+    curl and openssl s_client, an unknown name gets the first; ALPN http/1.1; TLS 1.2 AEAD only."""
+    ca = CA(ctx.dir)
+    a, sa = ca.leaf("a", "a.test", ["a.test"])
+    b, sb = ca.leaf("b", "b.test", ["b.test", "www.b.test"], key="rsa:2048")
+    w, sw = ca.leaf("w", "wild", ["*.wild.test"], key="ec:P-384")
+    port = free_port()
+    m = ctx.master(conf(lsn("https", port, ("tls", "on"), ("cert", a), ("cert", b), ("cert", w)),
+                        pl("p", [ctx.b["a"]]), workers=1), [port])
+    for name, want in (("a.test", sa), ("b.test", sb), ("www.b.test", sb), ("x.wild.test", sw),
+                       ("unknown.test", sa), ("a.b.wild.test", sa)):
+        got, subj = served_serial(port, name)
+        eq(got, want.lstrip("0"), "serial of the certificate served for SNI %s (%s)" % (name, subj.strip()))
+    for name in ("a.test", "www.b.test", "x.wild.test"):
+        p = subprocess.run(["curl", "-sS", "--cacert", ca.crt, "--resolve", "%s:%d:%s" % (name, port, HOST),
+                            "-w", "\\n%{http_code} %{http_version}", "https://%s:%d/curl" % (name, port)],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=15)
+        out = p.stdout.decode()
+        check(p.returncode == 0 and out.endswith("200 1.1") and "a /curl" in out,
+              "curl --cacert https://%s (verified): rc %d %s" % (name, p.returncode, short(out, 200)))
+    p = subprocess.run(["openssl", "s_client", "-connect", "%s:%d" % (HOST, port), "-servername", "a.test",
+                        "-alpn", "h2,http/1.1"], input=b"", stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       timeout=10)
+    out = p.stdout.decode("utf-8", "replace")
+    check("ALPN protocol: http/1.1" in out, "ALPN with s_client -alpn h2,http/1.1: %s" % short(out, 200))
+    check(re.search(r"Protocol *: TLSv1\.2", out) and re.search(r"Cipher *: ECDHE-ECDSA-AES128-GCM-SHA256", out),
+          "TLS 1.2 ECDHE-ECDSA-AES128-GCM: %s" % short(out, 300))
+    for bad in (["-tls1_1"], ["-cipher", "AES128-SHA256", "-tls1_2"], ["-cipher", "ECDHE-ECDSA-AES128-SHA", "-tls1_2"]):
+        p = subprocess.run(["openssl", "s_client", "-connect", "%s:%d" % (HOST, port)] + bad, input=b"",
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=10)
+        check(p.returncode != 0, "s_client %s must fail (TLS 1.2 ECDHE+AEAD only)" % " ".join(bad))
+    m.stop()
+
+
+@test("resumption_shared_by_workers")
+def t_resume(ctx):
+    """openssl s_client -reconnect reports the session as reused; lb's two workers share the cache,
+    and /metrics counts lookups and hits (promtool-valid names)."""
+    ca = CA(ctx.dir)
+    a, _ = ca.leaf("a", "a.test", ["a.test"])
+    port, ap = free_port(), free_port()
+    m = ctx.master(conf(lsn("https", port, ("tls", "on"), ("cert", a)), pl("p", [ctx.b["a"]]), admin(ap),
+                        workers=2), [port, ap])
+    m.wait_workers(2)
+    p = subprocess.run(["openssl", "s_client", "-connect", "%s:%d" % (HOST, port), "-servername", "a.test",
+                        "-reconnect", "-no_ticket"], input=b"", stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       timeout=20)
+    out = p.stdout.decode("utf-8", "replace")
+    new, reused = len(re.findall(r"^New, ", out, re.M)), len(re.findall(r"^Reused, ", out, re.M))
+    eq((new, reused), (1, 5), "s_client -reconnect: (new, reused) handshakes")
+    # many resumptions from Python: with two workers some land on the other one; all must resume
+    c = tls_ctx()
+    _, _, _, first = https_get(port, ctx=c)
+    reused = sum(https_get(port, ctx=c, session=first["session"])[3]["reused"] for _ in range(20))
+    eq(reused, 20, "connections resuming one session over 2 workers")
+    t = metrics(ap)
+    check(metric(t, "lb_tls_session_cache_hits_total") >= 25, "cache hits: %s" % metric(t, "lb_tls_session_cache_hits_total"))
+    check(metric(t, "lb_tls_resumed_handshakes_total") >= 25 and metric(t, "lb_tls_handshakes_total") >= 27,
+          "handshakes %s resumed %s" % (metric(t, "lb_tls_handshakes_total"), metric(t, "lb_tls_resumed_handshakes_total")))
+    exp = metric(t, "lb_tls_cert_expiry_seconds", listener="https")
+    check(29 * 86400 < exp <= 30 * 86400, "lb_tls_cert_expiry_seconds for a 30-day cert: %s" % exp)
+    p = subprocess.run(["promtool", "check", "metrics"], input=t.encode(), stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, timeout=20)
+    check(p.returncode == 0, "promtool check metrics: %s" % short(p.stdout.decode(), 300))
+    with urllib.request.urlopen("http://%s:%d/api/stats" % (HOST, ap), timeout=5) as r:
+        st = json.loads(r.read())
+    eq(st["tls"]["certificates"][0]["names"], ["a.test"], "/api/stats tls.certificates[0].names")
+
+
+@test("hsts_forwarded_headers_access_log")
+def t_hsts(ctx):
+    """hsts is sent on TLS responses (lb's own and proxied, replacing the server's); the server sees
+    X-Forwarded-Proto: https and never a client's own X-Client-Cert-Subject; the JSON access log says tls."""
+    ca = CA(ctx.dir)
+    a, _ = ca.leaf("a", "a.test", ["a.test"])
+    port = free_port()
+    m = ctx.master(conf(lsn("https", port, ("tls", "on"), ("cert", a), ("hsts", "max-age=63072000; includeSubDomains")),
+                        pl("p", [ctx.b["a"]]), "[route r]\npath = /gone\nreturn = 410 gone\n", workers=1,
+                        access=os.path.join(ctx.dir, "access.log")), [port])
+    st, h, body, info = https_get(port, "/headers", headers=[("X-Client-Cert-Subject", "CN=forged")])
+    eq(st, 200, "GET /headers over TLS")
+    eq(h.get("strict-transport-security"), "max-age=63072000; includeSubDomains", "HSTS on a proxied response")
+    seen = json.loads(body)
+    eq(seen.get("x-forwarded-proto"), "https", "X-Forwarded-Proto at the server")
+    check("x-client-cert-subject" not in seen, "a client's X-Client-Cert-Subject reached the server: %s" % seen)
+    eq(info["alpn"], "http/1.1", "ALPN from Python's ssl")
+    st, h, _, _ = https_get(port, "/gone")
+    eq((st, h.get("strict-transport-security")), (410, "max-age=63072000; includeSubDomains"), "HSTS on lb's own answer")
+    time.sleep(0.3)
+    lines = [json.loads(l) for l in read(os.path.join(ctx.dir, "access.log")).splitlines() if l.strip()]
+    check(lines and all(l.get("tls") is True and l.get("sni") == "a.test" for l in lines),
+          "access log tls/sni fields: %s" % short(str(lines[-1:]), 300))
+
+
+@test("redirect_https_and_acme_webroot")
+def t_redirect(ctx):
+    """A plain listener with redirect_https answers 308 to https://host:https_port/uri?query, except the
+    ACME challenge path, served from acme_webroot; traversal, encoded tricks and symlinks get 404/400."""
+    web = os.path.join(ctx.dir, "webroot")
+    chal = os.path.join(web, ".well-known", "acme-challenge")
+    os.makedirs(chal)
+    with open(os.path.join(chal, "tok-EN_123"), "w") as f:
+        f.write("tok-EN_123.keyauth")
+    secret = os.path.join(ctx.dir, "secret")
+    with open(secret, "w") as f:
+        f.write("do not serve")
+    os.symlink(secret, os.path.join(chal, "linked"))
+    os.chmod(ctx.dir, 0o755)
+    port = free_port()
+    ctx.master(conf(lsn("http", port, ("redirect_https", "on"), ("https_port", "8443"), ("acme_webroot", web)),
+                    pl("p", [ctx.b["a"]]), workers=1), [port])
+    r = po.raw_exchange(port, it.raw_request("/some/path?x=1&y=%20", host="Site.Test"))
+    eq((r.status, r.hdr("location")), (308, "https://site.test:8443/some/path?x=1&y=%20"), "redirect")
+    r = po.raw_exchange(port, it.raw_request("/up", host="site.test", method="POST", headers=[("Content-Length", "3")])
+                        + b"abc")
+    eq((r.status, r.hdr("location")), (308, "https://site.test:8443/up"), "POST redirect (308 keeps the method)")
+    r = po.raw_exchange(port, it.raw_request("/.well-known/acme-challenge/tok-EN_123", host="site.test"))
+    eq((r.status, r.body), (200, b"tok-EN_123.keyauth"), "ACME token")
+    for path, want in (("/.well-known/acme-challenge/missing", 404),
+                       ("/.well-known/acme-challenge/linked", 404),
+                       ("/.well-known/acme-challenge/../../secret", (400, 404)),
+                       ("/.well-known/acme-challenge/%2e%2e%2fsecret", (400, 404)),
+                       ("/.well-known/acme-challenge/..%2Fsecret", (400, 404)),
+                       ("/.well-known/acme-challenge/a.b", 404),
+                       ("/.well-known/acme-challenge/", 404)):
+        r = po.raw_exchange(port, it.raw_request(path, host="site.test"))
+        check(r.status in (want if isinstance(want, tuple) else (want,)) and b"do not serve" not in r.body,
+              "%s: status %d body %r" % (path, r.status, r.body[:60]))
+
+
+@test("mtls_client_ca")
+def t_mtls(ctx):
+    """client_ca: a client certificate from that CA is served and its subject reaches the server and
+    the access log; no certificate, or one from another CA, fails the handshake and is counted."""
+    ca = CA(ctx.dir)
+    other = CA(os.path.join(ctx.dir, "other"), "Other CA")
+    a, _ = ca.leaf("a", "a.test", ["a.test"])
+    good, _ = ca.leaf("client1", "client1", client=True)
+    bad, _ = other.leaf("intruder", "intruder", client=True)
+    port, ap = free_port(), free_port()
+    log = os.path.join(ctx.dir, "access.log")
+    m = ctx.master(conf(lsn("https", port, ("tls", "on"), ("cert", a), ("client_ca", ca.crt)),
+                        pl("p", [ctx.b["a"]]), admin(ap), workers=1, access=log, fmt=None), [port, ap])
+    p = subprocess.run(["curl", "-sS", "--cacert", ca.crt, "--cert", good, "--resolve", "a.test:%d:%s" % (port, HOST),
+                        "https://a.test:%d/headers" % port], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       timeout=15)
+    check(p.returncode == 0, "curl with a client certificate: %s" % short(p.stdout.decode(), 200))
+    seen = json.loads(p.stdout)
+    eq(seen.get("x-client-cert-subject"), "CN=client1,O=Test", "X-Client-Cert-Subject at the server")
+    for what, extra in (("no certificate", []), ("a certificate from another CA", ["--cert", bad])):
+        p = subprocess.run(["curl", "-sS", "--cacert", ca.crt, "--resolve", "a.test:%d:%s" % (port, HOST)] + extra +
+                           ["https://a.test:%d/" % port], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=15)
+        check(p.returncode != 0 and b"a /" not in p.stdout, "curl with %s must fail: rc %d %s"
+              % (what, p.returncode, short(p.stdout.decode(), 200)))
+    time.sleep(0.3)
+    t = metrics(ap)
+    check(metric(t, "lb_tls_handshake_failures_total", reason="client_cert") + metric(t, "lb_tls_handshake_failures_total", reason="alert") >= 2,
+          "client certificate failures counted: %s" % [l for l in t.splitlines() if "failures_total{" in l])
+    check("CN=client1,O=Test" in read(log), "subject in the access log: %s" % short(read(log), 300))
+    check("TLS handshake failed" in m.stderr(), "handshake failures logged: %s" % m.stderr_tail())
+
+
+@test("cert_replaced_on_disk_and_by_sighup", timeout=60)
+def t_replace(ctx):
+    """Replacing the cert file under a client loop: new handshakes see the new serial without a
+    SIGHUP, 0 failed requests; a corrupt replacement (by file watch and by SIGHUP) is refused with a
+    log line and the old serial stays in service."""
+    ca = CA(ctx.dir)
+    live = os.path.join(ctx.dir, "live.pem")
+    first, s1 = ca.leaf("one", "a.test", ["a.test"], serial=0x1111)
+    second, s2 = ca.leaf("two", "a.test", ["a.test"], serial=0x2222)
+    third, s3 = ca.leaf("three", "a.test", ["a.test"], key="rsa:2048", serial=0x3333)
+    replace_file(live, read(first))
+    port = free_port()
+    m = ctx.master(conf(lsn("https", port, ("tls", "on"), ("cert", live)), pl("p", [ctx.b["a"]]), workers=2), [port])
+    loop = Loop(port, "a.test", ca.crt)
+    try:
+        time.sleep(0.5)
+        replace_file(live, read(second))
+        deadline = time.monotonic() + 8
+        while served_serial(port, "a.test")[0] != s2:
+            check(time.monotonic() < deadline, "serial still %s 8 s after the file changed" % s1)
+            time.sleep(0.2)
+        # corrupt: a key that does not match, then garbage; each refused, s2 stays
+        replace_file(live, read(third).split("-----BEGIN PRIVATE KEY")[0] + read(second)[read(second).index("-----BEGIN PRIVATE KEY"):])
+        time.sleep(2.5)
+        eq(served_serial(port, "a.test")[0], s2, "serial after a replacement whose key does not match")
+        check("does not belong to the first certificate" in m.stderr() and "refused" in m.stderr(),
+              "the refusal is logged: %s" % m.stderr_tail())
+        replace_file(live, "-----BEGIN CERTIFICATE-----\nnot base64 at all\n")
+        m.signal(signal.SIGHUP)
+        time.sleep(2.5)
+        eq(served_serial(port, "a.test")[0], s2, "serial after a corrupt file and SIGHUP")
+        replace_file(live, read(third))
+        m.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 8
+        while served_serial(port, "a.test")[0] != s3:
+            check(time.monotonic() < deadline, "RSA serial not served 8 s after SIGHUP")
+            time.sleep(0.2)
+        time.sleep(0.5)
+    finally:
+        loop.stop()
+    eq(loop.failed[:3], [], "failed requests of the client loop (%d ok)" % loop.ok)
+    check(loop.ok > 50, "client loop made only %d requests" % loop.ok)
+    eq([s for s in loop.serials if s in (s1, s2, s3)][:1] + [loop.serials[-1]], [s1, s3],
+       "serials seen by the loop, first and last (%s)" % loop.serials)
+    check(s2 in loop.serials, "the loop never saw the second serial: %s" % loop.serials)
+
+
+@test("bad_tls_clients_do_not_disturb_others", timeout=60)
+def t_bad(ctx):
+    """Garbage instead of a ClientHello, a handshake stalled midway, early closes, plain HTTP on the
+    TLS port: each ends alone (counted, logged), while a client loop sees no failure."""
+    ca = CA(ctx.dir)
+    a, _ = ca.leaf("a", "a.test", ["a.test"])
+    port, ap = free_port(), free_port()
+    m = ctx.master(conf(lsn("https", port, ("tls", "on"), ("cert", a), ("header_timeout", "1s")),
+                        pl("p", [ctx.b["a"]]), admin(ap), workers=1), [port, ap])
+    loop = Loop(port, "a.test", ca.crt)
+    try:
+        stalled = []
+        for i in range(20):
+            s = socket.create_connection((HOST, port), timeout=3)
+            s.sendall(os.urandom(300) if i % 4 == 0 else b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" if i % 4 == 1 else
+                      bytes.fromhex("16030100a5010000a10303") + os.urandom(20))  # a ClientHello cut short
+            if i % 4 == 3:
+                s.close()  # early close
+            else:
+                stalled.append(s)
+        t0 = time.monotonic()
+        st, _, _, _ = https_get(port, "/while-stalled", ctx=tls_ctx(ca.crt))
+        eq(st, 200, "a good client while 15 bad ones hold connections")
+        check(time.monotonic() - t0 < 2, "the good client waited %.1f s" % (time.monotonic() - t0))
+        time.sleep(2.5)  # header_timeout ends the stalled ones
+        for s in stalled:
+            s.settimeout(1)
+            try:
+                d = s.recv(100)
+                check(not d.startswith(b"HTTP/"), "lb answered HTTP on a TLS port in clear: %r" % d[:40])
+            except socket.timeout:
+                raise Fail("a stalled bad client was not closed after header_timeout")
+            except ConnectionResetError:
+                pass
+            s.close()
+    finally:
+        loop.stop()
+    eq(loop.failed[:3], [], "client loop failures (%d ok)" % loop.ok)
+    t = metrics(ap)
+    fails = {k: metric(t, "lb_tls_handshake_failures_total", reason=k) for k in ("protocol", "timeout", "closed")}
+    check(fails["protocol"] >= 5 and fails["timeout"] + fails["closed"] >= 5, "failures by reason: %s" % fails)
+    check(m.alive(), "lb died")
+
+
+@test("acme_renewal_pebble_certbot", timeout=150)
+def t_acme(ctx):
+    """pebble (HTTP-01 against lb's plain listener, redirect_https on, token from acme_webroot) and
+    certbot --webroot obtain a certificate; the deploy hook installs it into lb's cert file; lb serves
+    it (file watch, no SIGHUP) while a client loop sees 0 failed requests."""
+    import acme
+    ok, why = acme.available()
+    if not ok:
+        raise Skip(why)
+    name = acme.DEFAULT_NAME
+    ca = CA(ctx.dir)
+    certdir = os.path.join(ctx.dir, "certs")
+    os.makedirs(certdir)
+    live = os.path.join(certdir, name + ".pem")
+    boot, s0 = ca.leaf("boot", name, [name])
+    replace_file(live, read(boot))
+    web = os.path.join(ctx.dir, "webroot")
+    os.makedirs(web)
+    os.chmod(ctx.dir, 0o755)
+    hp, sp = free_port(), free_port()
+    m = ctx.master(conf(lsn("http", hp, ("redirect_https", "on"), ("https_port", str(sp)), ("acme_webroot", web)),
+                        lsn("https", sp, ("tls", "on"), ("cert", live)), pl("p", [ctx.b["a"]]), workers=2), [hp, sp])
+    peb = acme.Pebble.start(os.path.join(ctx.dir, "pebble"), hp)
+    ctx.on_cleanup(peb.stop)
+    loop = Loop(sp, name)
+    try:
+        res = acme.certbot_obtain(peb, os.path.join(ctx.dir, "cb"), name, web,
+                                  deploy_hook_cmd=acme.DEPLOY_HOOK,
+                                  env_extra={"LB_CERT_DIR": certdir, "LB_RELOAD_CMD": "true"}, timeout=100)
+        check(res.returncode == 0, "certbot: %s" % short(res.output, 300))
+        deadline = time.monotonic() + 10
+        while True:
+            sr, subj = served_serial(sp, name)
+            if sr != s0.lstrip("0"):
+                break
+            check(time.monotonic() < deadline, "lb still serves the bootstrap cert 10 s after the deploy hook")
+            time.sleep(0.2)
+        root = peb.root_file()
+        st, _, _, info = https_get(sp, "/verified", name, tls_ctx(root))
+        eq(st, 200, "a client verifying against pebble's root")
+        time.sleep(0.5)
+    finally:
+        loop.stop()
+    eq(loop.failed[:3], [], "client loop failures during issuance and install (%d ok)" % loop.ok)
+    check(len(loop.serials) >= 2, "the loop saw serials %s (want the bootstrap one, then pebble's)" % loop.serials)
+    check("changed on disk: reloading" in m.stderr(), "the file watch did not log the change: %s" % m.stderr_tail())
+
+
+@test("config_errors_name_file_line")
+def t_conf(ctx):
+    """lb -t on bad cert files: missing file, no key, a key of another certificate, an RSA key below
+    2048 bits, a client_ca without certificates: each error gives file:line and the key."""
+    ca = CA(ctx.dir)
+    a, _ = ca.leaf("a", "a.test", ["a.test"])
+    b, _ = ca.leaf("b", "b.test", ["b.test"])
+    nokey = os.path.join(ctx.dir, "nokey.pem")
+    replace_file(nokey, read(a).split("-----BEGIN PRIVATE KEY")[0])
+    mixed = os.path.join(ctx.dir, "mixed.pem")
+    replace_file(mixed, read(a).split("-----BEGIN PRIVATE KEY")[0] + read(b)[read(b).index("-----BEGIN PRIVATE KEY"):])
+    small = os.path.join(ctx.dir, "small")
+    run(["openssl", "req", "-x509", "-newkey", "rsa:1024", "-nodes", "-days", "3", "-subj", "/CN=s.test",
+         "-keyout", small + ".key", "-out", small + ".crt"])
+    replace_file(small + ".pem", read(small + ".crt") + read(small + ".key"))
+    for cert, want in ((os.path.join(ctx.dir, "missing.pem"), "cannot read"), (nokey, "no PRIVATE KEY"),
+                       (mixed, "does not belong"), (small + ".pem", "at least 2048")):
+        path = os.path.join(ctx.dir, "c.ini")
+        replace_file(path, "[pool p]\nserver = s 127.0.0.1:9\n[listener l]\nbind = 127.0.0.1:1\ntls = on\ncert = %s\n"
+                     "pool = p\n" % cert)
+        p = subprocess.run([it.LB_BIN, "-t", "-c", path], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=10)
+        out = p.stdout.decode()
+        check(p.returncode == 1 and ("%s:6: cert" % path) in out and want in out,
+              "lb -t with %s: rc %d: %s (want %s:6 and '%s')" % (os.path.basename(cert), p.returncode, short(out, 200),
+                                                                   path, want))
+
+
+def run_suite(all_tests, label, budget, file_name):
+    it.run_suite(all_tests, label, budget, file_name, pr.Ctx, [("a", "http")], cleanup_timeout=20)
+
+
+if __name__ == "__main__":
+    run_suite(TESTS, "tls", SUITE_BUDGET, __file__)
