@@ -3925,16 +3925,11 @@ static int cert_key_matches(const struct lb_cert *c, char *err, size_t errlen)
 	return ok ? 0 : -1;
 }
 
-/* One cert = FILE: certificates (leaf first) and one private key, in any order. */
-static int cert_load(struct lb_tls *t, struct lb_cert *c, const char *file, char *err, size_t errlen)
+/* Certificates (leaf first) and one private key, in any order, from PEM text. */
+static int cert_parse(struct lb_tls *t, struct lb_cert *c, const char *text, size_t len, char *err, size_t errlen)
 {
-	size_t len;
-	char *text = file_read(file, 1 << 20, &len, err, errlen);
-	if (!text)
-		return -1;
 	struct pem_obj objs[12];
 	int n = pem_decode(text, len, objs, 12, err, errlen);
-	free(text);
 	if (n < 0)
 		return -1;
 	int rc = 0, keys = 0;
@@ -3965,6 +3960,18 @@ static int cert_load(struct lb_tls *t, struct lb_cert *c, const char *file, char
 		snprintf(err, errlen, "the first certificate names no host (no subjectAltName DNS name, no CN)"), rc = -1;
 	if (rc == 0)
 		rc = cert_key_matches(c, err, errlen);
+	return rc;
+}
+
+/* One cert = FILE. */
+static int cert_load(struct lb_tls *t, struct lb_cert *c, const char *file, char *err, size_t errlen)
+{
+	size_t len;
+	char *text = file_read(file, 1 << 20, &len, err, errlen);
+	if (!text)
+		return -1;
+	int rc = cert_parse(t, c, text, len, err, errlen);
+	free(text);
 	c->file = file;
 	return rc;
 }
@@ -10235,6 +10242,132 @@ rollback:
 	return 1;
 }
 
+/* the configured cert file whose certificate shares a host name with nc */
+static const char *ctl_cert_target(const struct lb_conf *c, const struct lb_cert *nc)
+{
+	for (size_t i = 0; i < c->nlisteners; i++) {
+		const struct lb_listener *l = &c->listeners[i];
+		for (size_t k = 0; l->tlsm && k < l->tlsm->ncerts; k++)
+			for (size_t a = 0; a < l->tlsm->certs[k].info.nnames; a++)
+				for (size_t b = 0; b < nc->info.nnames; b++)
+					if (!strcmp(l->tlsm->certs[k].info.names[a], nc->info.names[b]))
+						return l->certs[k];
+	}
+	return NULL;
+}
+
+static int ctl_cert_configured(const struct lb_conf *c, const char *file)
+{
+	for (size_t i = 0; i < c->nlisteners; i++)
+		for (size_t k = 0; k < c->listeners[i].ncerts; k++)
+			if (!strcmp(c->listeners[i].certs[k], file))
+				return 1;
+	return 0;
+}
+
+/* Write text as path atomically (temp file, fsync, rename), the previous file kept as path.bak. */
+static int ctl_install(const char *path, const char *text, size_t len)
+{
+	char tmp[PATH_MAX], bak[PATH_MAX];
+	snprintf(tmp, sizeof tmp, "%s.lbctl.tmp", path);
+	snprintf(bak, sizeof bak, "%s.bak", path);
+	struct stat st;
+	mode_t mode = stat(path, &st) == 0 ? st.st_mode & 07777 : 0640;
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+	size_t off = 0;
+	while (fd >= 0 && off < len) {
+		ssize_t w = write(fd, text + off, len - off);
+		if (w <= 0)
+			break;
+		off += (size_t)w;
+	}
+	int ok = fd >= 0 && off == len && fchmod(fd, mode) == 0 && fsync(fd) == 0;
+	if (fd >= 0 && close(fd) != 0)
+		ok = 0;
+	if (ok) {
+		unlink(bak);
+		if (link(path, bak) != 0 && errno != ENOENT)
+			fprintf(stderr, "lb ctl: cannot keep %s: %s\n", bak, strerror(errno));
+		ok = rename(tmp, path) == 0;
+	}
+	if (!ok) {
+		fprintf(stderr, "lb ctl: cannot write %s: %s\n", path, strerror(errno));
+		unlink(tmp);
+		return -1;
+	}
+	return 0;
+}
+
+/* lb ctl ssl update: check the chain and key (the key must be the certificate's), install them
+ * as the configured cert file that names the same host (or --target), reload, and report the
+ * serial lb then serves from that file. */
+static int ctl_ssl_update(const struct ctl *k, const char *certf, const char *keyf, const char *target)
+{
+	char err[512];
+	size_t cl = 0, kl = 0;
+	char *ct = file_read(certf, 1 << 20, &cl, err, sizeof err);
+	char *kt = ct ? file_read(keyf, 1 << 20, &kl, err, sizeof err) : NULL;
+	char *all = kt ? malloc(cl + kl + 2) : NULL;
+	struct lb_tls *t = calloc(1, sizeof *t);
+	int rc = 1;
+	if (!all || !t) {
+		fprintf(stderr, "lb ctl: %s\n", kt ? "out of memory" : err);
+		goto out;
+	}
+	memcpy(all, ct, cl);
+	size_t n = cl;
+	if (n && all[n - 1] != '\n')
+		all[n++] = '\n'; /* so the key's BEGIN line does not follow the last END line */
+	memcpy(all + n, kt, kl);
+	n += kl;
+	struct lb_cert *nc = &t->certs[0];
+	if (cert_parse(t, nc, all, n, err, sizeof err) != 0) {
+		fprintf(stderr, "lb ctl: %s + %s refused: %s\n", certf, keyf, err);
+		goto out;
+	}
+	if (!target && !(target = ctl_cert_target(k->c, nc))) {
+		fprintf(stderr, "lb ctl: no configured cert file holds a certificate for %s; name one with --target FILE\n",
+		        nc->info.names[0]);
+		goto out;
+	}
+	if (!ctl_cert_configured(k->c, target)) {
+		fprintf(stderr, "lb ctl: %s is not a cert = file of the configuration\n", target);
+		goto out;
+	}
+	if (ctl_install(target, all, n) != 0)
+		goto out;
+	char *body = NULL;
+	int st = ctl_call(k, "POST", "/api/reload", NULL, 0, &body);
+	free(body);
+	if (st != 200) {
+		fprintf(stderr, "lb ctl: %s installed, but the reload failed (HTTP %d); lb watches the file and will retry\n",
+		        target, st);
+		goto out;
+	}
+	char want[PATH_MAX + 128];
+	snprintf(want, sizeof want, "\"file\":\"%s\",\"serial\":\"%s\"", target, nc->info.serial);
+	uint64_t end = mono_ms() + 10000;
+	while (mono_ms() < end && rc) {
+		if (ctl_call(k, "GET", "/api/stats", NULL, 0, &body) == 200 && body && strstr(body, want)) {
+			printf("%s: serving serial %s for %s (expires in %lld days)\n", target, nc->info.serial,
+			       nc->info.names[0], (long long)((nc->info.not_after - (int64_t)time(NULL)) / 86400));
+			rc = 0;
+		}
+		free(body);
+		if (rc)
+			ctl_sleep_ms(200);
+	}
+	if (rc)
+		fprintf(stderr, "lb ctl: %s installed and reloaded, but lb does not report serial %s after 10 s (see its error log)\n",
+		        target, nc->info.serial);
+out:
+	tls_free(t);
+	free(all);
+	free(ct);
+	free(kt);
+	return rc;
+}
+
 static int ctl_usage(void)
 {
 	fprintf(stderr,
@@ -10244,6 +10377,7 @@ static int ctl_usage(void)
 	        "       lb ctl [-c FILE] server drain|enable|disable|remove POOL NAME\n"
 	        "       lb ctl [-c FILE] server weight POOL NAME N\n"
 	        "       lb ctl [-c FILE] split ROUTE \"blue 0, green 100\"\n"
+	        "       lb ctl [-c FILE] ssl update --cert CHAIN.pem --key KEY.pem [--target CERT_FILE]\n"
 	        "       lb ctl [-c FILE] rollout POOL --new-servers \"a HOST:PORT, b HOST:PORT\" [--batch-size N]\n"
 	        "                        [--interval 30s] [--timeout 60s]\n");
 	return 2;
@@ -10300,6 +10434,9 @@ static int ctl_main(int argc, char **argv)
 	} else if (!strcmp(cmd, "split") && argc == 3) {
 		snprintf(url, sizeof url, "/api/routes/%.63s/split", argv[1]);
 		rc = ctl_simple(&k, "PUT", url, argv[2], strlen(argv[2]));
+	} else if (!strcmp(cmd, "ssl") && (argc == 6 || argc == 8) && !strcmp(argv[1], "update") &&
+	           !strcmp(argv[2], "--cert") && !strcmp(argv[4], "--key") && (argc == 6 || !strcmp(argv[6], "--target"))) {
+		rc = ctl_ssl_update(&k, argv[3], argv[5], argc == 8 ? argv[7] : NULL);
 	} else if (!strcmp(cmd, "rollout") && argc >= 4) {
 		const char *spec = NULL;
 		uint64_t batch = 1, interval = 30000, timeout = 60000;

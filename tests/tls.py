@@ -568,6 +568,48 @@ def t_conf(ctx):
                                                                    path, want))
 
 
+@test("lb_ctl_ssl_update", timeout=60)
+def t_ctl_ssl(ctx):
+    """lb ctl ssl update --cert --key: installs the pair atomically as the cert file naming the same
+    host (the old one kept as .bak), reloads and reports the serial now served, under a client loop
+    with 0 failed requests; a key of another certificate is refused and nothing changes."""
+    ca = CA(ctx.dir)
+    live = os.path.join(ctx.dir, "a.test.pem")
+    first, s1 = ca.leaf("one", "a.test", ["a.test"], serial=0xAA01)
+    _, s2 = ca.leaf("two", "a.test", ["a.test", "www.a.test"], serial=0xAA02)
+    _, s3 = ca.leaf("three", "a.test", ["a.test"], serial=0xAA03)
+    replace_file(live, read(first))
+    tok = os.path.join(ctx.dir, "token")
+    replace_file(tok, "s3cret-token-for-tests\n")
+    port, ap = free_port(), free_port()
+    text = conf(lsn("https", port, ("tls", "on"), ("cert", live)), pl("p", [ctx.b["a"]]),
+                admin(ap) + "token_file = %s\n" % tok, workers=2)
+    m = ctx.master(text, [port, ap])
+    loop = Loop(port, "a.test", ca.crt)
+    try:
+        time.sleep(0.3)
+        two = os.path.join(ctx.dir, "two")
+        p = subprocess.run([it.LB_BIN, "ctl", "-c", m.conf, "ssl", "update", "--cert", two + ".crt", "--key",
+                            two + ".key"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
+        out = p.stdout.decode()
+        check(p.returncode == 0 and ("serving serial %s" % s2) in out, "lb ctl ssl update: rc %d: %s"
+              % (p.returncode, short(out, 300)))
+        eq(served_serial(port, "www.a.test")[0], s2, "serial served after lb ctl ssl update")
+        check(os.path.exists(live + ".bak") and read(live + ".bak") == read(first), "the previous file as .bak")
+        three = os.path.join(ctx.dir, "three")
+        p = subprocess.run([it.LB_BIN, "ctl", "-c", m.conf, "ssl", "update", "--cert", three + ".crt", "--key",
+                            two + ".key"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
+        out = p.stdout.decode()
+        check(p.returncode == 1 and "does not belong" in out, "a key of another certificate: rc %d: %s"
+              % (p.returncode, short(out, 300)))
+        eq(served_serial(port, "a.test")[0], s2, "serial served after the refused update")
+        time.sleep(0.3)
+    finally:
+        loop.stop()
+    eq(loop.failed[:3], [], "client loop failures (%d ok)" % loop.ok)
+    check(s3 not in loop.serials, "the refused certificate was served")
+
+
 def run_suite(all_tests, label, budget, file_name):
     it.run_suite(all_tests, label, budget, file_name, pr.Ctx, [("a", "http")], cleanup_timeout=20)
 
