@@ -15,7 +15,7 @@ PREFIX  ?= /usr/local
 FUZZ    ?= request
 SECS    ?= 60
 ENGINE  ?= libfuzzer
-FUZZERS := request response chunked config values proxy admin
+FUZZERS := request response chunked config values proxy admin x509
 # the dictionary of a harness: fuzz/dict/NAME.dict when there is one, else ini.dict for the
 # configuration harnesses (config, values) and http.dict for the others
 fuzz_dict = $(firstword $(wildcard fuzz/dict/$(1).dict) fuzz/dict/$(if $(filter config values,$(1)),ini,http).dict)

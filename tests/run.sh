@@ -87,3 +87,4 @@ fuzz_smoke config $((FUZZ_SECS / 3)) ini
 fuzz_smoke values $((FUZZ_SECS / 3)) ini
 fuzz_smoke proxy $((FUZZ_SECS / 3)) proxy
 fuzz_smoke admin $((FUZZ_SECS / 3)) admin
+fuzz_smoke x509 $((FUZZ_SECS / 3)) x509
