@@ -4161,20 +4161,30 @@ static const unsigned char *const tls_oids[] = { tls_oid_cn, tls_oid_ou, tls_oid
 static const char *const tls_oid_names[] = { "CN", "OU", "O", "C" };
 #define TLS_NAMES 4
 
+/* What the pump needs of either side's engine: the server engine of a client connection, or
+ * the client engine of a server connection (server ... tls). */
+struct tls_io {
+	br_ssl_engine_context *eng;
+	struct tls_conn *srv;                     /* the server side's, to note the handshake's end */
+	unsigned char *pre;                       /* bytes to feed before the socket's */
+	uint16_t pre_s, pre_e;
+	int got_bytes, err;
+};
+
 struct tls_conn {
+	struct tls_io io;
 	br_ssl_server_context sc;
 	const br_ssl_server_policy_class *policy; /* our SNI policy; &policy is its context */
 	const struct lb_tls *t;
 	size_t cert;                              /* chosen by SNI */
-	int hs_done, resumed, got_bytes, err;
+	int hs_done, resumed;
 	br_x509_minimal_context xc;               /* client certificates (client_ca) */
 	br_name_element ne[TLS_NAMES];
 	char nebuf[TLS_NAMES][80];
 	char subject[TLS_SUBJECT_MAX];            /* "CN=..,O=..": the verified client's */
 	unsigned char pre[LB_PROXY_V2_MAX];       /* bytes read with a PROXY header: the handshake's start */
-	uint16_t pre_s, pre_e;
 	struct tls_conn *next;                    /* free list */
-	unsigned char io[BR_SSL_BUFSIZE_BIDI];
+	unsigned char iobuf[BR_SSL_BUFSIZE_BIDI];
 };
 
 static struct tls_conn *g_free_tls;
@@ -4294,14 +4304,14 @@ static struct tls_conn *tls_conn_new(const struct lb_listener *L)
 	br_ssl_engine_set_default_ec(eng);
 	br_ssl_engine_set_default_aes_gcm(eng);
 	br_ssl_engine_set_default_chapol(eng);
-	br_ssl_engine_set_buffer(eng, tc->io, sizeof tc->io, 1);
+	br_ssl_engine_set_buffer(eng, tc->iobuf, sizeof tc->iobuf, 1);
 	if (L->mode == LB_MODE_HTTP)
 		br_ssl_engine_set_protocol_names(eng, tls_alpn, 1);
 	tc->t = L->tlsm;
 	tc->cert = 0;
-	tc->hs_done = tc->resumed = tc->got_bytes = tc->err = 0;
+	tc->hs_done = tc->resumed = 0;
+	tc->io = (struct tls_io){ .eng = eng, .srv = tc, .pre = tc->pre };
 	tc->subject[0] = 0;
-	tc->pre_s = tc->pre_e = 0;
 	tc->policy = &tls_policy_class;
 	br_ssl_server_set_policy(sc, &tc->policy);
 	/* with client_ca every handshake is a full one: a resumed session would carry no client
@@ -4351,9 +4361,9 @@ static void tls_subject(struct tls_conn *tc)
 /* -------------------------------------------------------------------- the pump */
 
 /* Send the records the engine has: 1 all sent, 0 the socket is full, -1 the socket failed. */
-static int tls_flush_out(struct tls_conn *tc, int fd)
+static int tls_flush_out(struct tls_io *io, int fd)
 {
-	br_ssl_engine_context *eng = &tc->sc.eng;
+	br_ssl_engine_context *eng = io->eng;
 	while (br_ssl_engine_current_state(eng) & BR_SSL_SENDREC) {
 		size_t len;
 		unsigned char *p = br_ssl_engine_sendrec_buf(eng, &len);
@@ -4369,20 +4379,20 @@ static int tls_flush_out(struct tls_conn *tc, int fd)
 	return 1;
 }
 
-static int tls_records_pending(const struct tls_conn *tc)
+static int tls_records_pending(const struct tls_io *io)
 {
-	return (br_ssl_engine_current_state(&tc->sc.eng) & BR_SSL_SENDREC) != 0;
+	return (br_ssl_engine_current_state(io->eng) & BR_SSL_SENDREC) != 0;
 }
 
 /* the engine has plaintext for us, or handshake bytes came with a PROXY header */
-static int tls_has_input(const struct tls_conn *tc)
+static int tls_has_input(const struct tls_io *io)
 {
-	return (br_ssl_engine_current_state(&tc->sc.eng) & BR_SSL_RECVAPP) || tc->pre_s < tc->pre_e;
+	return (br_ssl_engine_current_state(io->eng) & BR_SSL_RECVAPP) || io->pre_s < io->pre_e;
 }
 
-static int tls_can_send(const struct tls_conn *tc)
+static int tls_can_send(const struct tls_io *io)
 {
-	return (br_ssl_engine_current_state(&tc->sc.eng) & BR_SSL_SENDAPP) != 0;
+	return (br_ssl_engine_current_state(io->eng) & BR_SSL_SENDAPP) != 0;
 }
 
 /* The handshake completed (true from the first state that carries application data). */
@@ -4403,21 +4413,22 @@ static int tls_just_done(struct tls_conn *tc)
 
 /* Plaintext from the peer into dst: > 0 bytes; 0 at the end of the stream; -1 with errno
  * EAGAIN when there is none yet; -1 with another errno when the connection failed
- * (EPROTO: TLS error, in tc->err). */
-static ssize_t tls_recv(struct tls_conn *tc, int fd, int *rready, char *dst, size_t cap)
+ * (EPROTO: TLS error, in io->err). */
+static ssize_t tls_recv(struct tls_io *io, int fd, int *rready, char *dst, size_t cap)
 {
-	br_ssl_engine_context *eng = &tc->sc.eng;
+	br_ssl_engine_context *eng = io->eng;
 	for (;;) {
-		tls_just_done(tc); /* before a close_notify right behind the Finished closes the engine */
+		if (io->srv) /* before a close_notify right behind the Finished closes the engine */
+			tls_just_done(io->srv);
 		unsigned st = br_ssl_engine_current_state(eng);
 		if (st & BR_SSL_CLOSED) {
-			tc->err = br_ssl_engine_last_error(eng);
-			if (tc->err == BR_ERR_OK)
+			io->err = br_ssl_engine_last_error(eng);
+			if (io->err == BR_ERR_OK)
 				return 0;
 			errno = EPROTO;
 			return -1;
 		}
-		if ((st & BR_SSL_SENDREC) && tls_flush_out(tc, fd) < 0)
+		if ((st & BR_SSL_SENDREC) && tls_flush_out(io, fd) < 0)
 			return -1;
 		if (st & BR_SSL_RECVAPP) {
 			size_t len;
@@ -4427,24 +4438,24 @@ static ssize_t tls_recv(struct tls_conn *tc, int fd, int *rready, char *dst, siz
 			br_ssl_engine_recvapp_ack(eng, n);
 			return (ssize_t)n;
 		}
-		if (!(st & BR_SSL_RECVREC) || (!*rready && tc->pre_s == tc->pre_e)) {
+		if (!(st & BR_SSL_RECVREC) || (!*rready && io->pre_s == io->pre_e)) {
 			errno = EAGAIN;
 			return -1;
 		}
 		size_t len;
 		unsigned char *p = br_ssl_engine_recvrec_buf(eng, &len);
 		ssize_t n;
-		if (tc->pre_s < tc->pre_e) {
-			n = (ssize_t)LB_MIN(len, (size_t)(tc->pre_e - tc->pre_s));
-			memcpy(p, tc->pre + tc->pre_s, (size_t)n);
-			tc->pre_s += (uint16_t)n;
+		if (io->pre_s < io->pre_e) {
+			n = (ssize_t)LB_MIN(len, (size_t)(io->pre_e - io->pre_s));
+			memcpy(p, io->pre + io->pre_s, (size_t)n);
+			io->pre_s += (uint16_t)n;
 		} else {
 			n = recv(fd, p, len, 0);
 			if (n >= 0 && (size_t)n < len)
 				*rready = 0;
 		}
 		if (n > 0) {
-			tc->got_bytes = 1;
+			io->got_bytes = 1;
 			br_ssl_engine_recvrec_ack(eng, (size_t)n);
 			continue;
 		}
@@ -4460,9 +4471,9 @@ static ssize_t tls_recv(struct tls_conn *tc, int fd, int *rready, char *dst, siz
 
 /* Plaintext to the peer from iov: bytes taken (encrypted and sent, or queued in the engine),
  * or -1 with errno EAGAIN (the engine is full or the handshake is not done) or another errno. */
-static ssize_t tls_send(struct tls_conn *tc, int fd, const struct iovec *iov, int k)
+static ssize_t tls_send(struct tls_io *io, int fd, const struct iovec *iov, int k)
 {
-	br_ssl_engine_context *eng = &tc->sc.eng;
+	br_ssl_engine_context *eng = io->eng;
 	size_t total = 0, off = 0;
 	int i = 0, failed = 0;
 	while (i < k) {
@@ -4479,7 +4490,7 @@ static ssize_t tls_send(struct tls_conn *tc, int fd, const struct iovec *iov, in
 			continue;
 		}
 		if (st & BR_SSL_SENDREC) {
-			int f = tls_flush_out(tc, fd);
+			int f = tls_flush_out(io, fd);
 			if (f > 0)
 				continue;
 			failed = f < 0 ? -1 : 0;
@@ -4488,7 +4499,7 @@ static ssize_t tls_send(struct tls_conn *tc, int fd, const struct iovec *iov, in
 	}
 	if (total)
 		br_ssl_engine_flush(eng, 0);
-	int f = tls_flush_out(tc, fd);
+	int f = tls_flush_out(io, fd);
 	if (total)
 		return (ssize_t)total;
 	if (f < 0 || failed < 0 || (br_ssl_engine_current_state(eng) & BR_SSL_CLOSED)) {
@@ -4983,7 +4994,7 @@ static int tls_begin(struct conn *c)
 	size_t left = buf_len(&c->in); /* at most LB_PROXY_V2_MAX: client_read's bound in Q_PROXY */
 	if (left) {
 		memcpy(c->tls->pre, c->in.d + c->in.s, left);
-		c->tls->pre_e = (uint16_t)left;
+		c->tls->io.pre_e = (uint16_t)left;
 		c->in.s = c->in.e;
 	}
 	if (c->in.d && buf_len(&c->in) == 0)
@@ -5011,7 +5022,7 @@ static void conn_close_clean(struct conn *c)
 {
 	if (c->tls && c->tls->hs_done) {
 		br_ssl_engine_close(&c->tls->sc.eng);
-		tls_flush_out(c->tls, c->h.fd);
+		tls_flush_out(&c->tls->io, c->h.fd);
 	}
 	conn_close(c);
 }
@@ -6063,10 +6074,10 @@ static int tunnel_step(struct conn *c)
 {
 	int moved = 0;
 	if (c->b && (c->b->eof || c->b->reset) && buf_len(&c->out) == 0 && buf_len(&c->rh) == 0 && !c->shut_c &&
-	    !(c->tls && tls_records_pending(c->tls))) {
+	    !(c->tls && tls_records_pending(&c->tls->io))) {
 		if (c->tls) {
 			br_ssl_engine_close(&c->tls->sc.eng);
-			tls_flush_out(c->tls, c->h.fd);
+			tls_flush_out(&c->tls->io, c->h.fd);
 		}
 		shutdown(c->h.fd, SHUT_WR);
 		c->shut_c = 1;
@@ -6101,7 +6112,7 @@ static int response_step(struct conn *c)
 /* The exchange is over when the response went out whole: log, recycle, take the next request. */
 static int finish_step(struct conn *c)
 {
-	if (c->r != R_DONE || buf_len(&c->rh) > 0 || c->resp_fwd > 0 || (c->tls && tls_records_pending(c->tls)))
+	if (c->r != R_DONE || buf_len(&c->rh) > 0 || c->resp_fwd > 0 || (c->tls && tls_records_pending(&c->tls->io)))
 		return 0;
 	if (c->q == Q_BODY) {
 		c->close_after = 1; /* the server answered before the body ended: the stream cannot resync */
@@ -6165,7 +6176,7 @@ static ssize_t client_recv(struct conn *c, size_t room)
 			c->h.rready = 0; /* drained: wait for the next event */
 		return n;
 	}
-	return tls_recv(c->tls, c->h.fd, &c->h.rready, c->in.d + c->in.e, room);
+	return tls_recv(&c->tls->io, c->h.fd, &c->h.rready, c->in.d + c->in.e, room);
 }
 
 static int client_read(struct conn *c)
@@ -6181,7 +6192,7 @@ static int client_read(struct conn *c)
 		room = LB_MIN(room, LB_PROXY_V2_MAX - buf_len(&c->in));
 	if (room == 0)
 		return 0;
-	if (!c->h.rready && !(c->tls && tls_has_input(c->tls))) {
+	if (!c->h.rready && !(c->tls && tls_has_input(&c->tls->io))) {
 		if (buf_len(&c->in) == 0)
 			buf_put(&c->in);
 		return 0;
@@ -6204,12 +6215,12 @@ static int client_read(struct conn *c)
 	}
 	if (c->tls && n < 0 && errno == EPROTO) {
 		int kind;
-		const char *why = tls_error_text(c->tls->err, &kind);
+		const char *why = tls_error_text(c->tls->io.err, &kind);
 		tls_failed(c, kind, why);
 		return 0;
 	}
 	if (c->tls && !c->tls->hs_done) {
-		if (n < 0 || c->tls->got_bytes)
+		if (n < 0 || c->tls->io.got_bytes)
 			tls_failed(c, TLS_F_CLOSED, n < 0 ? "connection reset during the handshake"
 			                                  : "the client closed the connection during the handshake");
 		else
@@ -6236,14 +6247,14 @@ static int client_wants_write(const struct conn *c)
 {
 	if (!c->tls)
 		return client_pending(c) > 0;
-	return tls_records_pending(c->tls) || (client_pending(c) > 0 && tls_can_send(c->tls));
+	return tls_records_pending(&c->tls->io) || (client_pending(c) > 0 && tls_can_send(&c->tls->io));
 }
 
 static int client_write(struct conn *c)
 {
 	int moved = 0;
-	if (c->tls && tls_records_pending(c->tls)) {
-		int f = tls_flush_out(c->tls, c->h.fd);
+	if (c->tls && tls_records_pending(&c->tls->io)) {
+		int f = tls_flush_out(&c->tls->io, c->h.fd);
 		if (f < 0) {
 			conn_abort(c, c->r == R_NONE ? NULL : "client connection lost while sending the response");
 			return 0;
@@ -6260,7 +6271,7 @@ static int client_write(struct conn *c)
 			iov[k].iov_base = c->rh.d + c->rh.s, iov[k++].iov_len = buf_len(&c->rh);
 		if (body)
 			iov[k].iov_base = c->out.d + c->out.s, iov[k++].iov_len = body;
-		ssize_t n = c->tls ? tls_send(c->tls, c->h.fd, iov, k) : send_iov(c->h.fd, iov, k);
+		ssize_t n = c->tls ? tls_send(&c->tls->io, c->h.fd, iov, k) : send_iov(c->h.fd, iov, k);
 		if (n < 0) {
 			if (io_again())
 				return moved;
@@ -6503,7 +6514,7 @@ static void conn_timeout(struct conn *c)
 		break;
 	}
 	case T_HEAD:
-		if (c->tls && !c->tls->hs_done && c->tls->got_bytes) {
+		if (c->tls && !c->tls->hs_done && c->tls->io.got_bytes) {
 			tls_failed(c, TLS_F_TIMEOUT, "not complete within header_timeout");
 			return;
 		}

@@ -26,7 +26,7 @@
 # worker, and a session-ID cache without session tickets (lb has no tickets, so they are off for
 # HAProxy and nginx too). Three figures, the load on CPU 1 like wrk:
 #   full handshakes/s     bench/tlsload.c -m full: 50 connections in flight, each connect, full
-#                         handshake, close_notify, the server's close, again; no HTTP request
+#                         handshake, close_notify and FIN, the server's close, again; no HTTP request
 #   resumed handshakes/s  bench/tlsload.c -m resume: the same with session-ID resumption (each
 #                         connection offers the session of the one before it)
 #   HTTPS keep-alive      wrk -c50 over https (the client offers only the cipher and group above,
@@ -766,7 +766,7 @@ echo "medians of $BENCH_RUNS runs x ${BENCH_SECS}s; $PIN_NOTE; took $((T1 - T0))
 		echo "Resumption is session-ID only: lb has no session tickets, so tickets are off for HAProxy"
 		echo "(\`no-tls-tickets\`) and nginx (\`ssl_session_tickets off\`) too, and the client never asks for one."
 		echo "Handshakes come from \`bench/tlsload.c\` ($BENCH_CONNS connections in flight, each: connect, handshake,"
-		echo "close_notify, the server's close; no HTTP request), the keep-alive figure from wrk over https."
+		echo "close_notify and FIN, the server's close; no HTTP request), the keep-alive figure from wrk over https."
 		echo "\"CPU 0 busy %\" is the proxy's CPU (user, system, and the kernel's network work on CPU 0): well"
 		echo "under 100 means that figure was limited by something else than the proxy (the client, the backends)."
 		echo
