@@ -1877,7 +1877,8 @@ static const struct keydef keys_pool[] = {
 	{ "health_rise", 0, NULL }, { "health_fall", 0, NULL }, { "health_expect", 0, NULL },
 	{ "circuit_failures", 0, NULL }, { "circuit_error_rate", 0, NULL }, { "circuit_window", 0, NULL },
 	{ "circuit_min_requests", 0, NULL }, { "circuit_slow", 0, NULL }, { "circuit_open", 0, NULL },
-	{ "sticky", 0, NULL }, { "send_proxy", 0, NULL }, { NULL, 0, NULL },
+	{ "sticky", 0, NULL }, { "send_proxy", 0, NULL }, { "tls_ca", 0, NULL }, { "tls_sni", 0, NULL },
+	{ NULL, 0, NULL },
 };
 static const struct keydef keys_route[] = {
 	{ "listener", 0, NULL }, { "host", 0, NULL }, { "path", 0, NULL }, { "method", 0, NULL },
@@ -2363,10 +2364,6 @@ static void add_server(struct cfg *st, struct lb_pool *p, const char *v, int lin
 		cfg_err(st, line, "server", "server: %s in '%s'", sp.error, v);
 		return;
 	}
-	if (sp.tls) {
-		cfg_err(st, line, "server", "server: option 'tls' is not supported yet (comes with TLS)");
-		return;
-	}
 	for (size_t i = 0; i < p->nservers; i++) {
 		if (!strcmp(p->servers[i].name, sp.name)) {
 			cfg_err(st, line, "server", "server: duplicate server name '%s' in [pool %s] (first at line %d)",
@@ -2393,6 +2390,7 @@ static void add_server(struct cfg *st, struct lb_pool *p, const char *v, int lin
 	s->max_conn = sp.max_conn;
 	s->backup = sp.backup;
 	s->disabled = sp.disabled;
+	s->tls = sp.tls;
 	s->line = line;
 	s->name_hash = lb_hash64(s->name, strlen(s->name));
 }
@@ -2545,6 +2543,15 @@ static void set_pool(struct cfg *st, struct lb_pool *p, const char *k, const cha
 			p->send_proxy = 2;
 		else
 			cfg_err(st, line, k, "send_proxy: '%s' is not off, v1 or v2", v);
+	} else if (!strcmp(k, "tls_ca")) {
+		p->tls_ca = v_str(st, line, k, v);
+		p->tls_line = line;
+	} else if (!strcmp(k, "tls_sni")) {
+		if (lb_parse_hostport(v, strlen(v), &(struct lb_hostport){ 0 }) == 0 || strchr(v, ' ') || !*v)
+			cfg_err(st, line, k, "tls_sni: '%s' is not a host name", v);
+		else
+			p->tls_sni = v_str(st, line, k, v);
+		p->tls_line = p->tls_line ? p->tls_line : line;
 	}
 }
 
@@ -2946,6 +2953,14 @@ static int binds_clash(const struct lb_hostport *a, const struct lb_hostport *b)
 	return !strcmp(a->host, b->host);
 }
 
+static int pool_uses_tls(const struct lb_pool *p)
+{
+	for (size_t k = 0; k < p->nservers; k++)
+		if (p->servers[k].tls)
+			return 1;
+	return 0;
+}
+
 static void check_listener_tls(struct cfg *st, const struct lb_listener *l)
 {
 	if (l->tls && !l->ncerts)
@@ -3000,9 +3015,13 @@ static void check_pools_routes(struct cfg *st)
 	for (size_t i = 0; i < c->npools; i++)
 		if (c->pools[i].hc_kind == LB_HC_DEFAULT)
 			c->pools[i].hc_kind = LB_HC_HTTP;
-	for (size_t i = 0; i < c->npools; i++)
+	for (size_t i = 0; i < c->npools; i++) {
 		if (c->pools[i].nservers == 0)
 			cfg_err(st, c->pools[i].line, "server", "[pool %s] has no server", c->pools[i].name);
+		if ((c->pools[i].tls_ca || c->pools[i].tls_sni) && !pool_uses_tls(&c->pools[i]))
+			cfg_err(st, c->pools[i].tls_line, c->pools[i].tls_ca ? "tls_ca" : "tls_sni",
+			        "[pool %s]: tls_ca and tls_sni are for servers marked tls, and none is", c->pools[i].name);
+	}
 	for (size_t i = 0; i < c->nroutes; i++) {
 		struct lb_route *r = &c->routes[i];
 		if (r->pool < 0 && r->nsplit == 0 && !r->ret_status && !r->redir_status)
@@ -3034,14 +3053,20 @@ static void check_pools_routes(struct cfg *st)
 }
 
 static void tls_free(struct lb_tls *t); /* section 6 */
+static int tls_load_pool(struct lb_pool *p, char *err, size_t errlen);
+
 static int tls_load_listener(struct lb_listener *l, int *bad_line, const char **bad_key, char *err, size_t errlen);
 
 void lb_conf_free(struct lb_conf *c)
 {
 	if (!c)
 		return;
-	for (size_t i = 0; i < c->npools; i++)
+	for (size_t i = 0; i < c->npools; i++) {
 		free(c->pools[i].servers);
+		free(c->pools[i].tls_ca);
+		free(c->pools[i].tls_sni);
+		tls_free(c->pools[i].tlsm);
+	}
 	for (size_t i = 0; i < c->nroutes; i++) {
 		struct lb_route *r = &c->routes[i];
 		for (size_t k = 0; k < r->nhosts; k++)
@@ -3181,6 +3206,10 @@ int lb_conf_resolve(struct lb_conf *c, struct lb_cfg_errors *errs)
 			cfg_err(&st, bd->line, "bind", "[admin] bind: cannot resolve '%s': %s", h, err);
 	}
 	for (size_t i = 0; i < c->npools; i++) {
+		struct lb_pool *p = &c->pools[i];
+		char terr[512];
+		if (pool_uses_tls(p) && tls_load_pool(p, terr, sizeof terr) != 0)
+			cfg_err(&st, p->tls_ca ? p->tls_line : p->line, "tls_ca", "%s", terr);
 		for (size_t k = 0; k < c->pools[i].nservers; k++) {
 			struct lb_server *s = &c->pools[i].servers[k];
 			if (resolve_addr(s->host, s->port, 0, &s->sa, &s->salen, err, sizeof err) != 0)
@@ -3704,10 +3733,10 @@ struct lb_tls {
 	struct lb_cert certs[LB_MAX_CERTS];
 	size_t ncerts;
 	struct file_sig sig[LB_MAX_CERTS + 1]; /* of the files as loaded: certs, then client_ca */
-	br_x509_trust_anchor tas[32]; /* client_ca */
-	size_t ntas;
-	unsigned char *blobs[64];     /* everything above points into these */
-	size_t nblobs;
+	br_x509_trust_anchor *tas;    /* client_ca, or the CAs that sign servers' certificates */
+	size_t ntas, cap_tas;
+	unsigned char **blobs;        /* everything above points into these */
+	size_t nblobs, cap_blobs;
 };
 
 static void tls_free(struct lb_tls *t)
@@ -3716,13 +3745,20 @@ static void tls_free(struct lb_tls *t)
 		return;
 	for (size_t i = 0; i < t->nblobs; i++)
 		free(t->blobs[i]);
+	free(t->blobs);
+	free(t->tas);
 	free(t);
 }
 
 static unsigned char *tls_keep(struct lb_tls *t, const void *p, size_t n)
 {
-	if (t->nblobs >= sizeof t->blobs / sizeof *t->blobs)
-		return NULL;
+	if (t->nblobs == t->cap_blobs) {
+		size_t cap = t->cap_blobs * 2 + 16;
+		unsigned char **nb = realloc(t->blobs, cap * sizeof *nb);
+		if (!nb)
+			return NULL;
+		t->blobs = nb, t->cap_blobs = cap;
+	}
 	unsigned char *b = malloc(n ? n : 1);
 	if (b) {
 		memcpy(b, p, n);
@@ -3985,11 +4021,16 @@ static int ca_load(struct lb_tls *t, const char *file, char *err, size_t errlen)
 	char *text = file_read(file, 4 << 20, &len, err, errlen);
 	if (!text)
 		return -1;
-	struct pem_obj objs[32];
-	int n = pem_decode(text, len, objs, 32, err, errlen);
+	enum { MAX_CAS = 1024 }; /* Debian's whole ca-certificates bundle is about 150 */
+	struct pem_obj *objs = calloc(MAX_CAS, sizeof *objs);
+	t->tas = calloc(MAX_CAS, sizeof *t->tas);
+	int n = objs && t->tas ? pem_decode(text, len, objs, MAX_CAS, err, errlen) : -1;
 	free(text);
-	if (n < 0)
+	if (n < 0) {
+		free(objs);
 		return -1;
+	}
+	t->cap_tas = MAX_CAS;
 	int rc = 0;
 	for (int i = 0; i < n && rc == 0; i++) {
 		if (strcmp(objs[i].name, "CERTIFICATE") && strcmp(objs[i].name, "X509 CERTIFICATE"))
@@ -4004,8 +4045,8 @@ static int ca_load(struct lb_tls *t, const char *file, char *err, size_t errlen)
 		if (!pk || !dn.der) {
 			snprintf(err, errlen, "certificate %d cannot be decoded (BearSSL error %d)", i + 1, br_x509_decoder_last_error(&dc));
 			rc = -1;
-		} else if (t->ntas >= sizeof t->tas / sizeof *t->tas) {
-			snprintf(err, errlen, "more than %zu CA certificates", sizeof t->tas / sizeof *t->tas);
+		} else if (t->ntas >= t->cap_tas) {
+			snprintf(err, errlen, "more than %zu CA certificates", t->cap_tas);
 			rc = -1;
 		} else {
 			memset(ta, 0, sizeof *ta);
@@ -4029,6 +4070,7 @@ static int ca_load(struct lb_tls *t, const char *file, char *err, size_t errlen)
 		free(dn.der);
 	}
 	pem_free(objs, (size_t)n);
+	free(objs);
 	if (rc == 0 && !t->ntas)
 		snprintf(err, errlen, "no CERTIFICATE in the file"), rc = -1;
 	return rc;
@@ -4085,6 +4127,24 @@ static int tls_load_listener(struct lb_listener *l, int *bad_line, const char **
 	}
 	tls_free(l->tlsm);
 	l->tlsm = t;
+	return 0;
+}
+
+#define LB_SYSTEM_CAS "/etc/ssl/certs/ca-certificates.crt"
+
+/* The CAs a pool's TLS servers are verified against: tls_ca, else the system's bundle. */
+static int tls_load_pool(struct lb_pool *p, char *err, size_t errlen)
+{
+	struct lb_tls *t = calloc(1, sizeof *t);
+	const char *f = p->tls_ca ? p->tls_ca : LB_SYSTEM_CAS;
+	char e[256];
+	if (!t || ca_load(t, f, e, sizeof e) != 0) {
+		snprintf(err, errlen, "tls_ca %s: %s", f, t ? e : "out of memory");
+		tls_free(t);
+		return -1;
+	}
+	tls_free(p->tlsm);
+	p->tlsm = t;
 	return 0;
 }
 
@@ -4550,6 +4610,90 @@ static const char *tls_error_text(int err, int *kind)
 	return b;
 }
 
+/* -------------------------------------------------------------------- towards servers (server ... tls) */
+
+struct tls_up {
+	struct tls_io io;
+	br_ssl_client_context cc;
+	br_x509_minimal_context xc;
+	struct tls_up *next;                      /* free list */
+	unsigned char iobuf[BR_SSL_BUFSIZE_BIDI];
+};
+
+static struct tls_up *g_free_up;
+static size_t g_nfree_up;
+
+static int host_is_name(const char *h)
+{
+	int alpha = 0;
+	for (; *h; h++) {
+		if (*h == ':')
+			return 0; /* an IPv6 literal */
+		alpha |= isalpha((unsigned char)*h);
+	}
+	return alpha;
+}
+
+/* A client engine for a connection to s: TLS 1.2, the same suites as towards clients, the
+ * pool's CAs, and SNI + name check with tls_sni or the server's host name (an address: the
+ * chain is verified, no name). */
+static struct tls_up *tls_up_new(const struct lb_pool *p, const struct lb_server *s)
+{
+	struct tls_up *u = g_free_up;
+	if (u) {
+		g_free_up = u->next;
+		g_nfree_up--;
+	} else if (!(u = malloc(sizeof *u))) {
+		return NULL;
+	}
+	br_ssl_client_init_full(&u->cc, &u->xc, p->tlsm->tas, p->tlsm->ntas);
+	br_ssl_engine_set_versions(&u->cc.eng, BR_TLS12, BR_TLS12);
+	br_ssl_engine_set_suites(&u->cc.eng, tls_suites, sizeof tls_suites / sizeof *tls_suites);
+	br_ssl_engine_set_buffer(&u->cc.eng, u->iobuf, sizeof u->iobuf, 1);
+	br_ssl_engine_set_protocol_names(&u->cc.eng, tls_alpn, 1);
+	const char *sni = p->tls_sni ? p->tls_sni : host_is_name(s->host) ? s->host : NULL;
+	u->io = (struct tls_io){ .eng = &u->cc.eng };
+	if (!br_ssl_client_reset(&u->cc, sni, 0)) {
+		free(u);
+		return NULL;
+	}
+	return u;
+}
+
+static void tls_up_free(struct tls_up *u)
+{
+	if (!u)
+		return;
+	if (g_nfree_up >= TLS_FREE_KEEP) {
+		free(u);
+		return;
+	}
+	u->next = g_free_up;
+	g_free_up = u;
+	g_nfree_up++;
+}
+
+static const char *tls_up_error_text(int err)
+{
+	static char b[96];
+	if (err >= BR_ERR_SEND_FATAL_ALERT)
+		err -= BR_ERR_SEND_FATAL_ALERT;
+	if (err >= BR_ERR_RECV_FATAL_ALERT) {
+		snprintf(b, sizeof b, "the server sent fatal alert %d", err - BR_ERR_RECV_FATAL_ALERT);
+		return b;
+	}
+	switch (err) {
+	case BR_ERR_X509_NOT_TRUSTED: return "its certificate is not signed by a CA of tls_ca";
+	case BR_ERR_X509_BAD_SERVER_NAME: return "its certificate does not name the host (tls_sni)";
+	case BR_ERR_X509_EXPIRED: return "its certificate expired or is not yet valid";
+	case BR_ERR_UNSUPPORTED_VERSION: return "it does not speak TLS 1.2";
+	case BR_ERR_BAD_CIPHER_SUITE: return "no common cipher suite (ECDHE with AES-GCM or ChaCha20)";
+	case BR_ERR_BAD_VERSION: case BR_ERR_BAD_LENGTH: case BR_ERR_UNKNOWN_TYPE: return "it does not speak TLS";
+	}
+	snprintf(b, sizeof b, "BearSSL error %d", err);
+	return b;
+}
+
 static void tls_count_failure(int kind)
 {
 	if (g_tls)
@@ -4577,6 +4721,7 @@ struct lb_bconn {
 	int connected, reused, eof, reset;
 	uint8_t pxs, pxn;          /* PROXY header bytes sent, and to send first */
 	char px[LB_PROXY_V1_MAX + 1];
+	struct tls_up *tls;        /* server ... tls: the client engine */
 };
 
 enum { Q_HEAD, Q_BODY, Q_DONE, Q_TUNNEL, Q_PROXY };
@@ -4844,6 +4989,8 @@ static struct lb_bconn *bconn_alloc(void)
 static void bconn_close(struct lb_bconn *b)
 {
 	ev_forget(&b->h);
+	tls_up_free(b->tls);
+	b->tls = NULL;
 	if (b->h.fd >= 0)
 		close(b->h.fd);
 	b->h.fd = -1;
@@ -5301,6 +5448,8 @@ static int backend_connect(struct conn *c, struct lb_server *s)
 	set_nodelay(b->h.fd);
 	c->b = b;
 	c->t_conn = g_now;
+	if (s->tls && !(b->tls = tls_up_new(c->pool, s)))
+		b->reset = ENOMEM; /* reported by the caller's next step */
 	if (c->pool->send_proxy)
 		proxy_header_for(c, b);
 	if (connect(b->h.fd, (struct sockaddr *)&s->sa, s->salen) == 0) {
@@ -6084,6 +6233,10 @@ static int tunnel_step(struct conn *c)
 		moved = 1;
 	}
 	if (c->cin_eof && buf_len(&c->in) == 0 && c->b && c->b->connected && !c->shut_b) {
+		if (c->b->tls) {
+			br_ssl_engine_close(c->b->tls->io.eng);
+			tls_flush_out(&c->b->tls->io, c->b->h.fd);
+		}
 		shutdown(c->b->h.fd, SHUT_WR);
 		c->shut_b = 1;
 		moved = 1;
@@ -6308,9 +6461,38 @@ static size_t backend_pending(const struct conn *c)
 	return px + buf_len(&c->qh) + c->req_fwd;
 }
 
+/* a TLS error on a server connection: logged once with its reason, then a reset */
+static void backend_tls_failed(struct conn *c)
+{
+	lb_err("server %s/%s: TLS: %s", c->pool->name, c->srv->name, tls_up_error_text(c->b->tls->io.err));
+	c->b->reset = EPROTO;
+}
+
+/* the server's engine has records to send, or may take plaintext now */
+static int backend_wants_write(const struct conn *c)
+{
+	const struct lb_bconn *b = c->b;
+	int more = backend_pending(c) > 0 && !c->shut_b;
+	if (!b->tls || b->pxs < b->pxn)
+		return more;
+	return tls_records_pending(&b->tls->io) || (more && tls_can_send(&b->tls->io));
+}
+
 static int backend_write(struct conn *c)
 {
 	int moved = 0;
+	if (backend_ready(c) && c->b->tls && c->b->pxs == c->b->pxn && tls_records_pending(&c->b->tls->io)) {
+		int f = tls_flush_out(&c->b->tls->io, c->b->h.fd);
+		if (f < 0) {
+			char why[128];
+			snprintf(why, sizeof why, "send to server %s: %s", c->srv->name, strerror(errno));
+			c->b->reset = errno;
+			backend_failed(c, 502, why, c->bytes_out == 0);
+			return 0;
+		}
+		if (f == 0)
+			return 0;
+	}
 	while (backend_ready(c) && backend_pending(c) > 0 && !c->shut_b) {
 		struct iovec iov[3];
 		int k = 0;
@@ -6322,7 +6504,13 @@ static int backend_write(struct conn *c)
 			iov[k].iov_base = c->qh.d + c->qh.s, iov[k++].iov_len = buf_len(&c->qh);
 		if (body)
 			iov[k].iov_base = c->in.d + c->in.s, iov[k++].iov_len = body;
-		ssize_t n = send_iov(c->b->h.fd, iov, k);
+		ssize_t n;
+		if (!c->b->tls)
+			n = send_iov(c->b->h.fd, iov, k);
+		else if (px) /* the PROXY header goes in clear, before the handshake */
+			n = send(c->b->h.fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
+		else
+			n = tls_send(&c->b->tls->io, c->b->h.fd, iov, k);
 		if (n < 0) {
 			if (io_again())
 				return moved;
@@ -6360,14 +6548,26 @@ static int want_backend_read(const struct conn *c)
 
 static int backend_read(struct conn *c)
 {
-	if (!want_backend_read(c) || !c->b->h.rready || buf_get(&c->out) != 0)
+	struct lb_bconn *b = c->b;
+	if (!want_backend_read(c) || (!b->h.rready && !(b->tls && tls_has_input(&b->tls->io))) || buf_get(&c->out) != 0)
 		return 0;
 	size_t room = buf_room(&c->out);
 	if (room == 0)
 		return 0;
-	ssize_t n = recv(c->b->h.fd, c->out.d + c->out.e, room, 0);
-	if (n >= 0 && (size_t)n < room)
-		c->b->h.rready = 0;
+	ssize_t n;
+	if (b->tls && b->pxs < b->pxn) {
+		n = -1, errno = EAGAIN; /* no handshake before the PROXY header is out */
+	} else if (b->tls) {
+		n = tls_recv(&b->tls->io, b->h.fd, &b->h.rready, c->out.d + c->out.e, room);
+		if (n < 0 && errno == EPROTO) {
+			backend_tls_failed(c);
+			return 1;
+		}
+	} else {
+		n = recv(b->h.fd, c->out.d + c->out.e, room, 0);
+		if (n >= 0 && (size_t)n < room)
+			b->h.rready = 0;
+	}
 	if (n > 0) {
 		c->out.e += (uint32_t)n;
 		c->resp_started = 1;
@@ -6404,7 +6604,7 @@ static void conn_interest(struct conn *c)
 		else if (!b->reset) {
 			if (want_backend_read(c) && (!c->out.d || buf_len(&c->out) < g_bufsize))
 				b->h.want |= EV_R;
-			if (backend_pending(c) && !c->shut_b)
+			if (backend_wants_write(c))
 				b->h.want |= EV_W;
 		}
 		ev_apply(&b->h);
@@ -6769,6 +6969,7 @@ struct hc {
 	size_t sent, reqlen, n;
 	char req[LB_HOST_MAX + 320];
 	char buf[4096];               /* the response head */
+	struct tls_up *tls;           /* the check of a server marked tls speaks TLS */
 };
 static struct hc *g_hc;
 static size_t g_nhc;
@@ -6822,6 +7023,8 @@ static void hc_done(struct hc *k, int ok, const char *why)
 		close(k->h.fd);
 		k->h.fd = -1;
 	}
+	tls_up_free(k->tls);
+	k->tls = NULL;
 	k->busy = 0;
 	k->due = g_now + k->p->hc_interval;
 	g_hc_next = LB_MIN(g_hc_next, k->due);
@@ -6846,6 +7049,10 @@ static void hc_start(struct hc *k)
 	if (connect(k->h.fd, (struct sockaddr *)&k->s->sa, k->s->salen) != 0 && errno != EINPROGRESS) {
 		snprintf(why, sizeof why, "connect: %s", strerror(errno));
 		hc_done(k, 0, why);
+		return;
+	}
+	if (k->s->tls && k->p->hc_kind == LB_HC_HTTP && !(k->tls = tls_up_new(k->p, k->s))) {
+		hc_done(k, 0, "out of memory for a TLS engine");
 		return;
 	}
 	k->h.want = EV_W;
@@ -6873,6 +7080,40 @@ static int hc_judge(struct hc *k, int eof)
 	return 1;
 }
 
+/* The same check through the server's TLS: handshake, request, response head. */
+static void hc_tls_io(struct hc *k)
+{
+	char why[160];
+	struct tls_io *io = &k->tls->io;
+	int rready = 1;
+	for (int turn = 0; turn < 64; turn++) {
+		if (k->sent < k->reqlen) {
+			struct iovec iov = { k->req + k->sent, k->reqlen - k->sent };
+			ssize_t n = tls_send(io, k->h.fd, &iov, 1);
+			if (n > 0) {
+				k->sent += (size_t)n;
+				continue;
+			}
+			if (!io_again())
+				goto failed;
+		}
+		ssize_t n = tls_recv(io, k->h.fd, &rready, k->buf + k->n, sizeof k->buf - k->n);
+		if (n < 0 && io_again())
+			break;
+		if (n < 0)
+			goto failed;
+		k->n += (size_t)n;
+		if (hc_judge(k, n == 0))
+			return;
+	}
+	k->h.want = EV_R | (tls_records_pending(io) || (k->sent < k->reqlen && tls_can_send(io)) ? EV_W : 0);
+	ev_apply(&k->h);
+	return;
+failed:
+	snprintf(why, sizeof why, "TLS: %s", errno == EPROTO ? tls_up_error_text(io->err) : strerror(errno));
+	hc_done(k, 0, why);
+}
+
 static void hc_io(struct hc *k)
 {
 	char why[160];
@@ -6897,6 +7138,10 @@ static void hc_io(struct hc *k)
 			hc_done(k, 1, "");
 			return;
 		}
+	}
+	if (k->tls) {
+		hc_tls_io(k);
+		return;
 	}
 	while (k->sent < k->reqlen) {
 		ssize_t n = send(k->h.fd, k->req + k->sent, k->reqlen - k->sent, MSG_NOSIGNAL);

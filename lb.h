@@ -290,6 +290,7 @@ struct lb_server {
 	unsigned weight, max_conn;      /* weight: in effect (the admin API may change it) */
 	unsigned conf_weight;           /* as configured */
 	int backup, disabled;
+	int tls;                /* speak TLS to it (server ... tls), verified against the pool's tls_ca */
 	int line;
 	uint64_t name_hash;     /* for consistent hashing: by name, so a readdressed server keeps its keys */
 	/* per-worker runtime state */
@@ -311,6 +312,10 @@ struct lb_pool {
 	unsigned keepalive, retries;
 	char sticky_cookie[LB_NAME_MAX]; /* sticky = cookie NAME; "" = off */
 	int send_proxy;                  /* 0, 1 or 2: PROXY header version sent on new server connections */
+	char *tls_ca;                    /* CAs for servers marked tls; NULL: the system's bundle */
+	char *tls_sni;                   /* name sent and verified; NULL: the server's host when it is a name */
+	int tls_line;
+	struct lb_tls *tlsm;             /* the loaded CAs (lb_conf_resolve), when a server is marked tls */
 	/* active health checks (run by one process: worker 1 of the current generation) */
 	int hc_kind;                     /* LB_HC_*; LB_HC_DEFAULT until the config is complete */
 	char hc_method[16];

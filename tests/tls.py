@@ -610,6 +610,97 @@ def t_ctl_ssl(ctx):
     check(s3 not in loop.serials, "the refused certificate was served")
 
 
+class TlsBackend:
+    """An HTTPS server (Python's ssl, HTTP/1.1 keep-alive) for server ... tls: answers with the SNI
+    it was given and its connection count; /health 200."""
+
+    def __init__(self, cert_pem, key):
+        import http.server
+        import socketserver
+        outer = self
+        self.snis = []
+        self.conns = 0
+        self.health = 0
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert_pem, key)
+        ctx.sni_callback = lambda so, name, c: outer.snis.append(name) and None
+
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self):
+                outer.conns += 1
+                super().setup()
+
+            def do_GET(self):
+                if self.path == "/health":
+                    outer.health += 1
+                body = json.dumps({"path": self.path, "sni": outer.snis[-1] if outer.snis else None,
+                                   "conns": outer.conns}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+            daemon_threads = True
+
+        self.srv = S((HOST, 0), H)
+        self.srv.socket = ctx.wrap_socket(self.srv.socket, server_side=True)
+        self.port = self.srv.server_address[1]
+        self.th = threading.Thread(target=self.srv.serve_forever, daemon=True)
+        self.th.start()
+
+    def stop(self):
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+@test("tls_to_servers", timeout=60)
+def t_upstream(ctx):
+    """server ... tls: lb speaks TLS 1.2 to the server, verifies its chain against tls_ca and its name
+    (tls_sni, sent as SNI), keeps the connection alive for the next request, and health-checks it
+    over TLS; a server whose certificate another CA signed, or that names another host, gets 502
+    with the reason in the error log."""
+    ca = CA(ctx.dir)
+    other = CA(os.path.join(ctx.dir, "other"), "Other CA")
+    good, _ = ca.leaf("srv", "backend.test", ["backend.test"])
+    bad, _ = other.leaf("rogue", "backend.test", ["backend.test"])
+    b1 = TlsBackend(os.path.join(ctx.dir, "srv.crt"), os.path.join(ctx.dir, "srv.key"))
+    b2 = TlsBackend(os.path.join(ctx.dir, "other", "rogue.crt"), os.path.join(ctx.dir, "other", "rogue.key"))
+    ctx.on_cleanup(b1.stop)
+    ctx.on_cleanup(b2.stop)
+    p1, p2, p3 = free_port(), free_port(), free_port()
+    text = conf(lsn("good", p1, pool="good"), lsn("rogue", p2, pool="rogue"), lsn("name", p3, pool="name"),
+                "[pool good]\nserver = s1 %s:%d tls\ntls_ca = %s\ntls_sni = backend.test\nhealth_interval = 300ms\n"
+                % (HOST, b1.port, ca.crt),
+                "[pool rogue]\nserver = s2 %s:%d tls\ntls_ca = %s\ntls_sni = backend.test\nhealth_check = off\n"
+                "retries = 0\n" % (HOST, b2.port, ca.crt),
+                "[pool name]\nserver = s3 %s:%d tls\ntls_ca = %s\ntls_sni = other.test\nhealth_check = off\n"
+                "retries = 0\n" % (HOST, b1.port, ca.crt), workers=1)
+    m = ctx.master(text, [p1, p2, p3])
+    time.sleep(1.0)
+    check(b1.health >= 2, "health checks over TLS reached the server %d times in 1 s (interval 300ms)" % b1.health)
+    with po.Conn(p1) as c:
+        r1 = c.ask("/one")
+        r2 = c.ask("/two")
+    eq((r1.status, r2.status), (200, 200), "two requests through a TLS server connection")
+    j1, j2 = json.loads(r1.body), json.loads(r2.body)
+    eq((j1["path"], j1["sni"]), ("/one", "backend.test"), "the server saw the path and SNI tls_sni")
+    eq(j2["conns"], j1["conns"], "the second request reused the server connection (connections seen)")
+    r = po.raw_exchange(p2, it.raw_request("/x"))
+    eq(r.status, 502, "a server whose certificate another CA signed")
+    r = po.raw_exchange(p3, it.raw_request("/x"))
+    eq(r.status, 502, "a server whose certificate does not name tls_sni")
+    time.sleep(0.2)
+    err = m.stderr()
+    check("not signed by a CA of tls_ca" in err and "does not name the host" in err,
+          "the reasons in the error log: %s" % short(err[-600:], 600))
+
+
 def run_suite(all_tests, label, budget, file_name):
     it.run_suite(all_tests, label, budget, file_name, pr.Ctx, [("a", "http")], cleanup_timeout=20)
 

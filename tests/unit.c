@@ -1657,6 +1657,8 @@ static const struct cf_err cf_errs[] = {
 	{ "hsts_bad_value", BASE "tls = on\ncert = /x.pem\nhsts = 1 year\n", 8, 0, "Strict-Transport-Security", 0 },
 	{ "redirect_https_on_tls", BASE "tls = on\ncert = /x.pem\nredirect_https = on\n", 3, 0, "plain listeners", 1 },
 	{ "https_port_0", BASE "https_port = 0\n", 6, 0, "https_port", 1 },
+	{ "tls_ca_without_tls_server", BASE "[pool q]\nserver = s9 127.0.0.1:9009\ntls_ca = /x.pem\n", 8, 0, "marked tls", 1 },
+	{ "tls_sni_with_port", BASE "[pool q]\nserver = s9 127.0.0.1:9009 tls\ntls_sni = a.test:443\n", 8, 0, "tls_sni", 1 },
 	{ "tls_session_cache_bad", "[global]\ntls_session_cache = lots\n" BASE, 2, 0, "tls_session_cache", 1 },
 	{ "pool_health_check_bad", BASE "[pool q]\nserver = s9 127.0.0.1:9009\nhealth_check = http GET health\n", 8, 0,
 	  "health_check", 1 },
