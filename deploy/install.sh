@@ -173,6 +173,8 @@ put "$tmp/nftables.conf" /etc/nftables.conf 644
 
 # --- alerts, HA ---------------------------------------------------------------------------------
 put "$D/alert-webhook.sh" /usr/local/bin/lb-alert-webhook 755
+# certbot --deploy-hook: installs renewed certificates as /etc/lb/certs/NAME.pem and reloads lb
+put "$D/certbot-deploy-hook.sh" /usr/local/sbin/lb-certbot-deploy-hook 755
 if [ -n "${LB_ALERT_WEBHOOK_URL:-}${LB_ALERT_MAIL_TO:-}" ]; then
 	{
 		[ -z "${LB_ALERT_WEBHOOK_URL:-}" ] || printf 'LB_ALERT_WEBHOOK_URL=%q\n' "$LB_ALERT_WEBHOOK_URL"

@@ -552,7 +552,7 @@ else
 	for f in etc/lb/config.ini etc/nftables.conf etc/keepalived/keepalived.conf etc/systemd/system/lb.service \
 		etc/ssh/sshd_config.d/50-lb-hardening.conf etc/sysctl.d/90-lb.conf etc/lb/ha.env \
 		etc/systemd/system/keepalived.service.d/lb.conf usr/local/sbin/lb-keepalived-notify \
-		usr/local/bin/lb-alert-webhook etc/fail2ban/jail.d/lb-sshd.local \
+		usr/local/bin/lb-alert-webhook usr/local/sbin/lb-certbot-deploy-hook etc/fail2ban/jail.d/lb-sshd.local \
 		etc/systemd/journald.conf.d/50-lb-retention.conf etc/apt/apt.conf.d/52lb-unattended-upgrades; do
 		[ -e "$r/$f" ] || out="$out missing $f;"
 	done
