@@ -701,6 +701,33 @@ def t_upstream(ctx):
           "the reasons in the error log: %s" % short(err[-600:], 600))
 
 
+@test("cert_expiry_alert")
+def t_expiry(ctx):
+    """A certificate within 30 days of its end: alert_command gets one cert_expiring event naming the
+    listener, file, host and serial (once, not at every check), and the metric says how long is left."""
+    ca = CA(ctx.dir)
+    soon, ss = ca.leaf("soon", "soon.test", ["soon.test"], days=10, serial=0x50)
+    later, _ = ca.leaf("later", "later.test", ["later.test"], days=90)
+    alerts = os.path.join(ctx.dir, "alerts.jsonl")
+    port, ap = free_port(), free_port()
+    ctx.master(conf(lsn("https", port, ("tls", "on"), ("cert", later), ("cert", soon)), pl("p", [ctx.b["a"]]),
+                    admin(ap), workers=1, glob={"alert_command": "cat >> %s; echo >> %s" % (alerts, alerts)}),
+               [port, ap])
+    deadline = time.monotonic() + 5
+    while not (os.path.exists(alerts) and read(alerts).strip()):
+        check(time.monotonic() < deadline, "no alert within 5 s")
+        time.sleep(0.1)
+    time.sleep(1.5)
+    evs = [json.loads(l) for l in read(alerts).splitlines() if l.strip()]
+    eq([e["kind"] for e in evs], ["cert_expiring"], "events")
+    r = evs[0]["reason"]
+    check("https" in r and soon in r and "soon.test" in r and ss in r and re.search(r"expires in (9|10) days", r),
+          "the event's reason: %s" % r)
+    t = metrics(ap)
+    left = metric(t, "lb_tls_cert_expiry_seconds", name="soon.test")
+    check(9 * 86400 < left <= 10 * 86400, "lb_tls_cert_expiry_seconds for soon.test: %s" % left)
+
+
 def run_suite(all_tests, label, budget, file_name):
     it.run_suite(all_tests, label, budget, file_name, pr.Ctx, [("a", "http")], cleanup_timeout=20)
 
