@@ -178,11 +178,11 @@ def metrics(port):
         return r.read().decode()
 
 
-def metric(text, name, **labels):
+def metric(text, metric_name, **labels):
     tot = 0.0
     for line in text.splitlines():
         m = re.match(r"^(\w+)(?:\{([^}]*)\})? (\S+)$", line)
-        if not m or m.group(1) != name:
+        if not m or m.group(1) != metric_name:
             continue
         lab = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
         if all(lab.get(k) == v for k, v in labels.items()):
