@@ -4488,8 +4488,13 @@ static ssize_t tls_recv(struct tls_io *io, int fd, int *rready, char *dst, size_
 			errno = EPROTO;
 			return -1;
 		}
-		if ((st & BR_SSL_SENDREC) && tls_flush_out(io, fd) < 0)
-			return -1;
+		if (st & BR_SSL_SENDREC) {
+			int f = tls_flush_out(io, fd);
+			if (f < 0)
+				return -1;
+			if (f > 0)
+				continue; /* the state moved on: e.g. our close_notify went out, now CLOSED */
+		}
 		if (st & BR_SSL_RECVAPP) {
 			size_t len;
 			unsigned char *p = br_ssl_engine_recvapp_buf(eng, &len);

@@ -33,15 +33,16 @@
 #                         through an OPENSSL_CONF file)
 # Why tlsload (built here from bench/tlsload.c with BearSSL and libcrypto) and not the stock tools:
 # on a 2-CPU box the client gets one CPU, and the stock OpenSSL 3.0 clients spend ~1 ms of CPU per
-# full handshake (more than the proxies do): `openssl s_time -new` tops out near 400 handshakes/s
-# with the proxy 70% idle (one connection at a time; 2-16 processes in parallel on CPU 1 do not
-# help, CPU 1 is the limit), and an OpenSSL epoll client near 900/s. wrk cannot make full
-# handshakes at all: with "Connection: close" it ends each connection with SSL_shutdown and
+# full handshake, more than HAProxy or nginx (~0.7 ms): `openssl s_time -new` tops out near 400
+# handshakes/s with the proxy ~70% idle (one connection at a time; 2-16 processes in parallel on
+# CPU 1 do not help, CPU 1 is the limit), and an OpenSSL epoll client near 900/s. wrk cannot make
+# full handshakes at all: with "Connection: close" it ends each connection with SSL_shutdown and
 # SSL_clear, keeps the session and resumes it on the next connect (checked with nginx's
-# $ssl_session_reused: 3329 of 3339 resumed). tlsload costs ~0.1 ms per full handshake (BearSSL
-# protocol code, OpenSSL's P-256 arithmetic, the server's signature not checked), so CPU 0 (the
-# proxy) is the limit: the report gives "CPU 0 busy %" beside each TLS figure; well under 100%
-# means that figure was not proxy-bound.
+# $ssl_session_reused: 3329 of 3339 resumed). tlsload spends ~0.4 ms per full handshake, half of
+# it the kernel's TCP work (BearSSL protocol code, OpenSSL's P-256 arithmetic, the server's
+# signature not checked), so CPU 0 (the proxy) is the limit: the report gives "CPU 0 busy %"
+# beside each TLS figure; well under 100% means that figure was not proxy-bound. Anything else
+# running on CPU 0 counts as busy too: bench an otherwise idle machine.
 
 set -u -o pipefail
 
