@@ -7237,14 +7237,32 @@ static void hc_tick(void)
 }
 
 /* a retiring worker 1 leaves the checks to its successor */
+/* checks stopped during an event batch: freed after it, as events of this batch may name them */
+static struct hc *g_hc_dead;
+static size_t g_nhc_dead;
+
+static void hc_reap(void)
+{
+	for (size_t i = 0; i < g_nhc_dead; i++)
+		tls_up_free(g_hc_dead[i].tls);
+	free(g_hc_dead);
+	g_hc_dead = NULL;
+	g_nhc_dead = 0;
+}
+
 static void hc_stop(void)
 {
-	for (size_t i = 0; i < g_nhc; i++)
+	for (size_t i = 0; i < g_nhc; i++) {
 		if (g_hc[i].h.fd >= 0) {
 			ev_forget(&g_hc[i].h);
 			close(g_hc[i].h.fd);
+			g_hc[i].h.fd = -1;
 		}
-	free(g_hc);
+		g_hc[i].h.dead = 1;
+	}
+	hc_reap();
+	g_hc_dead = g_hc;
+	g_nhc_dead = g_nhc;
 	g_hc = NULL;
 	g_nhc = 0;
 	g_hc_next = UINT64_MAX;
@@ -9193,6 +9211,7 @@ static void reap_dead(void)
 		b->next = g_free_bconns;
 		g_free_bconns = b;
 	}
+	hc_reap();
 }
 
 static int next_timeout(void)
