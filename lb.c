@@ -3750,21 +3750,30 @@ static void tls_free(struct lb_tls *t)
 	free(t);
 }
 
-static unsigned char *tls_keep(struct lb_tls *t, const void *p, size_t n)
+/* b (malloc'ed) now belongs to t, freed with it; NULL (b freed) when that cannot be recorded */
+static unsigned char *tls_own(struct lb_tls *t, unsigned char *b)
 {
-	if (t->nblobs == t->cap_blobs) {
+	if (b && t->nblobs == t->cap_blobs) {
 		size_t cap = t->cap_blobs * 2 + 16;
 		unsigned char **nb = realloc(t->blobs, cap * sizeof *nb);
-		if (!nb)
+		if (!nb) {
+			free(b);
 			return NULL;
+		}
 		t->blobs = nb, t->cap_blobs = cap;
 	}
-	unsigned char *b = malloc(n ? n : 1);
-	if (b) {
-		memcpy(b, p, n);
+	if (b)
 		t->blobs[t->nblobs++] = b;
-	}
 	return b;
+}
+
+/* a copy of p that belongs to t */
+static unsigned char *tls_keep(struct lb_tls *t, const void *p, size_t n)
+{
+	unsigned char *b = malloc(n ? n : 1);
+	if (b)
+		memcpy(b, p, n);
+	return tls_own(t, b);
 }
 
 /* -------------------------------------------------------------------- loading PEM files */
@@ -3906,14 +3915,11 @@ static int cert_take_key(struct lb_tls *t, struct lb_cert *c, const unsigned cha
 		snprintf(err, errlen, "RSA key of %u bits: at least 2048 are required", k->n_bitlen);
 		return -1;
 	}
-	size_t tot = k->plen + k->qlen + k->dplen + k->dqlen + k->iqlen;
-	unsigned char *m = malloc(tot), *w = m;
-	if (!m || !tls_keep(t, "", 0)) {
-		free(m);
+	unsigned char *w = tls_own(t, malloc(k->plen + k->qlen + k->dplen + k->dqlen + k->iqlen));
+	if (!w) {
+		snprintf(err, errlen, "out of memory");
 		return -1;
 	}
-	free(t->blobs[t->nblobs - 1]);
-	t->blobs[t->nblobs - 1] = m;
 	c->rsa = *k;
 	memcpy(w, k->p, k->plen), c->rsa.p = w, w += k->plen;
 	memcpy(w, k->q, k->qlen), c->rsa.q = w, w += k->qlen;
@@ -4012,8 +4018,6 @@ static int cert_load(struct lb_tls *t, struct lb_cert *c, const char *file, char
 	return rc;
 }
 
-static void ta_dn_append(void *ctx, const void *buf, size_t len) { pem_append(ctx, buf, len); }
-
 /* client_ca: every certificate in the file becomes a trust anchor */
 static int ca_load(struct lb_tls *t, const char *file, char *err, size_t errlen)
 {
@@ -4038,7 +4042,7 @@ static int ca_load(struct lb_tls *t, const char *file, char *err, size_t errlen)
 		struct pem_obj dn;
 		memset(&dn, 0, sizeof dn);
 		br_x509_decoder_context dc;
-		br_x509_decoder_init(&dc, ta_dn_append, &dn);
+		br_x509_decoder_init(&dc, pem_append, &dn);
 		br_x509_decoder_push(&dc, objs[i].der, objs[i].len);
 		const br_x509_pkey *pk = br_x509_decoder_get_pkey(&dc);
 		br_x509_trust_anchor *ta = &t->tas[t->ntas];
@@ -4243,13 +4247,40 @@ struct tls_conn {
 	char nebuf[TLS_NAMES][80];
 	char subject[TLS_SUBJECT_MAX];            /* "CN=..,O=..": the verified client's */
 	unsigned char pre[LB_PROXY_V2_MAX];       /* bytes read with a PROXY header: the handshake's start */
-	struct tls_conn *next;                    /* free list */
 	unsigned char iobuf[BR_SSL_BUFSIZE_BIDI];
 };
 
-static struct tls_conn *g_free_tls;
-static size_t g_nfree_tls;
-#define TLS_FREE_KEEP 64 /* engines kept for reuse; the rest go back to the allocator */
+/* Engines (~37 KB each) kept for reuse, at most TLS_FREE_KEEP; the rest go back to the
+ * allocator. The link lives in the first bytes of a free engine, as in the buffer pool. */
+#define TLS_FREE_KEEP 64
+struct tls_free_list {
+	void *head;
+	size_t n;
+};
+static struct tls_free_list g_free_tls, g_free_up;
+
+static void *tls_take(struct tls_free_list *l, size_t size)
+{
+	void *p = l->head;
+	if (!p)
+		return malloc(size);
+	memcpy(&l->head, p, sizeof l->head);
+	l->n--;
+	return p;
+}
+
+static void tls_give(struct tls_free_list *l, void *p)
+{
+	if (!p)
+		return;
+	if (l->n >= TLS_FREE_KEEP) {
+		free(p);
+		return;
+	}
+	memcpy(p, &l->head, sizeof l->head);
+	l->head = p;
+	l->n++;
+}
 
 static struct tls_conn *tls_of_server(const br_ssl_server_context *sc)
 {
@@ -4343,13 +4374,9 @@ static void tls_client_auth(struct tls_conn *tc)
 
 static struct tls_conn *tls_conn_new(const struct lb_listener *L)
 {
-	struct tls_conn *tc = g_free_tls;
-	if (tc) {
-		g_free_tls = tc->next;
-		g_nfree_tls--;
-	} else if (!(tc = malloc(sizeof *tc))) {
+	struct tls_conn *tc = tls_take(&g_free_tls, sizeof *tc);
+	if (!tc)
 		return NULL;
-	}
 	br_ssl_server_context *sc = &tc->sc;
 	br_ssl_engine_context *eng = &sc->eng;
 	br_ssl_server_zero(sc);
@@ -4384,18 +4411,7 @@ static struct tls_conn *tls_conn_new(const struct lb_listener *L)
 	return tc;
 }
 
-static void tls_conn_free(struct tls_conn *tc)
-{
-	if (!tc)
-		return;
-	if (g_nfree_tls >= TLS_FREE_KEEP) {
-		free(tc);
-		return;
-	}
-	tc->next = g_free_tls;
-	g_free_tls = tc;
-	g_nfree_tls++;
-}
+static void tls_conn_free(struct tls_conn *tc) { tls_give(&g_free_tls, tc); }
 
 /* "CN=client,O=Example": the verified client's subject, safe to put in a header */
 static void tls_subject(struct tls_conn *tc)
@@ -4437,6 +4453,13 @@ static int tls_flush_out(struct tls_io *io, int fd)
 		return -1;
 	}
 	return 1;
+}
+
+/* a clean end: close_notify, sent now if the socket takes it */
+static void tls_close_notify(struct tls_io *io, int fd)
+{
+	br_ssl_engine_close(io->eng);
+	tls_flush_out(io, fd);
 }
 
 static int tls_records_pending(const struct tls_io *io)
@@ -4621,12 +4644,8 @@ struct tls_up {
 	struct tls_io io;
 	br_ssl_client_context cc;
 	br_x509_minimal_context xc;
-	struct tls_up *next;                      /* free list */
 	unsigned char iobuf[BR_SSL_BUFSIZE_BIDI];
 };
-
-static struct tls_up *g_free_up;
-static size_t g_nfree_up;
 
 static int host_is_name(const char *h)
 {
@@ -4644,13 +4663,9 @@ static int host_is_name(const char *h)
  * chain is verified, no name). */
 static struct tls_up *tls_up_new(const struct lb_pool *p, const struct lb_server *s)
 {
-	struct tls_up *u = g_free_up;
-	if (u) {
-		g_free_up = u->next;
-		g_nfree_up--;
-	} else if (!(u = malloc(sizeof *u))) {
+	struct tls_up *u = tls_take(&g_free_up, sizeof *u);
+	if (!u)
 		return NULL;
-	}
 	br_ssl_client_init_full(&u->cc, &u->xc, p->tlsm->tas, p->tlsm->ntas);
 	br_ssl_engine_set_versions(&u->cc.eng, BR_TLS12, BR_TLS12);
 	br_ssl_engine_set_suites(&u->cc.eng, tls_suites, sizeof tls_suites / sizeof *tls_suites);
@@ -4659,24 +4674,13 @@ static struct tls_up *tls_up_new(const struct lb_pool *p, const struct lb_server
 	const char *sni = p->tls_sni ? p->tls_sni : host_is_name(s->host) ? s->host : NULL;
 	u->io = (struct tls_io){ .eng = &u->cc.eng };
 	if (!br_ssl_client_reset(&u->cc, sni, 0)) {
-		free(u);
+		tls_give(&g_free_up, u);
 		return NULL;
 	}
 	return u;
 }
 
-static void tls_up_free(struct tls_up *u)
-{
-	if (!u)
-		return;
-	if (g_nfree_up >= TLS_FREE_KEEP) {
-		free(u);
-		return;
-	}
-	u->next = g_free_up;
-	g_free_up = u;
-	g_nfree_up++;
-}
+static void tls_up_free(struct tls_up *u) { tls_give(&g_free_up, u); }
 
 static const char *tls_up_error_text(int err)
 {
@@ -5172,10 +5176,8 @@ static void tls_failed(struct conn *c, int kind, const char *why)
 /* close_notify before a clean close (the end of an exchange, a keep-alive timeout) */
 static void conn_close_clean(struct conn *c)
 {
-	if (c->tls && c->tls->hs_done) {
-		br_ssl_engine_close(&c->tls->sc.eng);
-		tls_flush_out(&c->tls->io, c->h.fd);
-	}
+	if (c->tls && c->tls->hs_done)
+		tls_close_notify(&c->tls->io, c->h.fd);
 	conn_close(c);
 }
 
@@ -6229,19 +6231,15 @@ static int tunnel_step(struct conn *c)
 	int moved = 0;
 	if (c->b && (c->b->eof || c->b->reset) && buf_len(&c->out) == 0 && buf_len(&c->rh) == 0 && !c->shut_c &&
 	    !(c->tls && tls_records_pending(&c->tls->io))) {
-		if (c->tls) {
-			br_ssl_engine_close(&c->tls->sc.eng);
-			tls_flush_out(&c->tls->io, c->h.fd);
-		}
+		if (c->tls)
+			tls_close_notify(&c->tls->io, c->h.fd);
 		shutdown(c->h.fd, SHUT_WR);
 		c->shut_c = 1;
 		moved = 1;
 	}
 	if (c->cin_eof && buf_len(&c->in) == 0 && c->b && c->b->connected && !c->shut_b) {
-		if (c->b->tls) {
-			br_ssl_engine_close(c->b->tls->io.eng);
-			tls_flush_out(&c->b->tls->io, c->b->h.fd);
-		}
+		if (c->b->tls)
+			tls_close_notify(&c->b->tls->io, c->b->h.fd);
 		shutdown(c->b->h.fd, SHUT_WR);
 		c->shut_b = 1;
 		moved = 1;
@@ -8243,13 +8241,15 @@ static char *ini_apply(const char *t, size_t len, const struct ini_edit *ed)
 }
 
 /* Replace the config file: a temporary beside it, fsync, the old one linked as .bak, rename. */
-static int config_write(const char *text, size_t len, char *err, size_t errlen)
+/* Replace path by text atomically (PATH.tmp, fsync, rename, directory fsync), keeping the
+ * previous file as PATH.bak: for the config the API writes and the certificates lb ctl installs. */
+static int file_replace(const char *path, const char *text, size_t len, char *err, size_t errlen)
 {
 	char tmp[4096], bak[4096], dir[4096];
 	struct stat st;
-	snprintf(tmp, sizeof tmp, "%s.tmp", g_conf_path);
-	snprintf(bak, sizeof bak, "%s.bak", g_conf_path);
-	mode_t mode = stat(g_conf_path, &st) == 0 ? (st.st_mode & 0777) : 0640;
+	snprintf(tmp, sizeof tmp, "%s.tmp", path);
+	snprintf(bak, sizeof bak, "%s.bak", path);
+	mode_t mode = stat(path, &st) == 0 ? (st.st_mode & 0777) : 0640;
 	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
 	size_t off = 0;
 	while (fd >= 0 && off < len) {
@@ -8268,14 +8268,14 @@ static int config_write(const char *text, size_t len, char *err, size_t errlen)
 	}
 	close(fd);
 	unlink(bak);
-	if (link(g_conf_path, bak) != 0 && errno != ENOENT)
-		lb_err("admin: keeping %s as %s: %s", g_conf_path, bak, strerror(errno));
-	if (rename(tmp, g_conf_path) != 0) {
-		snprintf(err, errlen, "renaming %.200s to %.200s: %s", tmp, g_conf_path, strerror(errno));
+	if (link(path, bak) != 0 && errno != ENOENT)
+		lb_err("keeping %s as %s: %s", path, bak, strerror(errno));
+	if (rename(tmp, path) != 0) {
+		snprintf(err, errlen, "renaming %.200s to %.200s: %s", tmp, path, strerror(errno));
 		unlink(tmp);
 		return -1;
 	}
-	snprintf(dir, sizeof dir, "%s", g_conf_path);
+	snprintf(dir, sizeof dir, "%s", path);
 	char *slash = strrchr(dir, '/');
 	if (slash)
 		*(slash == dir ? slash + 1 : slash) = 0;
@@ -8285,6 +8285,11 @@ static int config_write(const char *text, size_t len, char *err, size_t errlen)
 		close(dfd);
 	}
 	return 0;
+}
+
+static int config_write(const char *text, size_t len, char *err, size_t errlen)
+{
+	return file_replace(g_conf_path, text, len, err, errlen);
 }
 
 /* the errors of a config text as the API's JSON into b; 0 when it is valid */
@@ -10545,39 +10550,6 @@ static int ctl_cert_configured(const struct lb_conf *c, const char *file)
 	return 0;
 }
 
-/* Write text as path atomically (temp file, fsync, rename), the previous file kept as path.bak. */
-static int ctl_install(const char *path, const char *text, size_t len)
-{
-	char tmp[PATH_MAX], bak[PATH_MAX];
-	snprintf(tmp, sizeof tmp, "%s.lbctl.tmp", path);
-	snprintf(bak, sizeof bak, "%s.bak", path);
-	struct stat st;
-	mode_t mode = stat(path, &st) == 0 ? st.st_mode & 07777 : 0640;
-	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-	size_t off = 0;
-	while (fd >= 0 && off < len) {
-		ssize_t w = write(fd, text + off, len - off);
-		if (w <= 0)
-			break;
-		off += (size_t)w;
-	}
-	int ok = fd >= 0 && off == len && fchmod(fd, mode) == 0 && fsync(fd) == 0;
-	if (fd >= 0 && close(fd) != 0)
-		ok = 0;
-	if (ok) {
-		unlink(bak);
-		if (link(path, bak) != 0 && errno != ENOENT)
-			fprintf(stderr, "lb ctl: cannot keep %s: %s\n", bak, strerror(errno));
-		ok = rename(tmp, path) == 0;
-	}
-	if (!ok) {
-		fprintf(stderr, "lb ctl: cannot write %s: %s\n", path, strerror(errno));
-		unlink(tmp);
-		return -1;
-	}
-	return 0;
-}
-
 /* lb ctl ssl update: check the chain and key (the key must be the certificate's), install them
  * as the configured cert file that names the same host (or --target), reload, and report the
  * serial lb then serves from that file. */
@@ -10614,8 +10586,10 @@ static int ctl_ssl_update(const struct ctl *k, const char *certf, const char *ke
 		fprintf(stderr, "lb ctl: %s is not a cert = file of the configuration\n", target);
 		goto out;
 	}
-	if (ctl_install(target, all, n) != 0)
+	if (file_replace(target, all, n, err, sizeof err) != 0) {
+		fprintf(stderr, "lb ctl: %s\n", err);
 		goto out;
+	}
 	char *body = NULL;
 	int st = ctl_call(k, "POST", "/api/reload", NULL, 0, &body);
 	free(body);
