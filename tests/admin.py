@@ -11,7 +11,6 @@ then "admin: N passed, N failed".
 """
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -205,16 +204,7 @@ def t_stop_grace(ctx):
     check("stopping in 2000 ms (stop_grace)" in ad.m.stderr(), "the grace is not logged: %s" % short(ad.m.stderr(), 300))
 
 
-def sum_metric(text, name, **labels):
-    tot = 0.0
-    for line in text.splitlines():
-        m = re.match(r"^(\w+)(?:\{([^}]*)\})? (\S+)$", line)
-        if not m or m.group(1) != name:
-            continue
-        lab = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
-        if all(lab.get(k) == v for k, v in labels.items()):
-            tot += float(m.group(3))
-    return tot
+sum_metric = it.sum_metric
 
 
 @test("metrics_promtool")

@@ -496,6 +496,19 @@ class RawConn:
         return resp
 
 
+def sum_metric(text, metric_name, **labels):
+    """The sum of a Prometheus metric's samples whose labels include these."""
+    tot = 0.0
+    for line in text.splitlines():
+        m = re.match(r"^(\w+)(?:\{([^}]*)\})? (\S+)$", line)
+        if not m or m.group(1) != metric_name:
+            continue
+        lab = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+        if all(lab.get(k) == v for k, v in labels.items()):
+            tot += float(m.group(3))
+    return tot
+
+
 def raw_request(path, host="x", method="GET", headers=(), body=b""):
     lines = ["%s %s HTTP/1.1" % (method, path), "Host: %s" % host] + ["%s: %s" % h for h in headers]
     if body:

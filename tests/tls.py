@@ -178,16 +178,7 @@ def metrics(port):
         return r.read().decode()
 
 
-def metric(text, metric_name, **labels):
-    tot = 0.0
-    for line in text.splitlines():
-        m = re.match(r"^(\w+)(?:\{([^}]*)\})? (\S+)$", line)
-        if not m or m.group(1) != metric_name:
-            continue
-        lab = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
-        if all(lab.get(k) == v for k, v in labels.items()):
-            tot += float(m.group(3))
-    return tot
+metric = it.sum_metric
 
 
 class Loop:
@@ -223,13 +214,7 @@ class Loop:
         self.th.join(10)
 
 
-def lsn(name, port, *pairs, pool="p"):
-    return "\n".join(["[listener %s]" % name, "bind = %s:%d" % (HOST, port), "pool = %s" % pool] +
-                     ["%s = %s" % kv for kv in pairs]) + "\n"
-
-
-def pl(name, backends):
-    return "\n".join(["[pool %s]" % name] + ["server = %s %s:%d" % (b.name, HOST, b.port) for b in backends]) + "\n"
+lsn, pl = po.lsn, po.pl
 
 
 def admin(port):
@@ -316,7 +301,7 @@ def t_hsts(ctx):
     ca = CA(ctx.dir)
     a, _ = ca.leaf("a", "a.test", ["a.test"])
     port = free_port()
-    m = ctx.master(conf(lsn("https", port, ("tls", "on"), ("cert", a), ("hsts", "max-age=63072000; includeSubDomains")),
+    ctx.master(conf(lsn("https", port, ("tls", "on"), ("cert", a), ("hsts", "max-age=63072000; includeSubDomains")),
                         pl("p", [ctx.b["a"]]), "[route r]\npath = /gone\nreturn = 410 gone\n", workers=1,
                         access=os.path.join(ctx.dir, "access.log")), [port])
     st, h, body, info = https_get(port, "/headers", headers=[("X-Client-Cert-Subject", "CN=forged")])
