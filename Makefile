@@ -3,7 +3,7 @@
 #   make run        demo: three backends + lb serving config.ini on 127.0.0.1:8080
 #   make test       unit + integration (epoll, poll, ASan builds) + fuzz smoke; ends "N passed, N failed"
 #   make bench      lb vs HAProxy vs nginx (Debian packages) with wrk; writes bench/results.md
-#   make fuzz       FUZZ=request|response|chunked|config|values SECS=60 ENGINE=libfuzzer|afl
+#   make fuzz       FUZZ=request|response|chunked|config|values|proxy|admin|x509|conn SECS=60 ENGINE=libfuzzer|afl
 #   make asan       ./lb-asan and tests/unit-asan
 #   make scaler     ./linode-scaler (deploy/linode-scaler.c, libcurl)
 CC      ?= cc
@@ -15,7 +15,7 @@ PREFIX  ?= /usr/local
 FUZZ    ?= request
 SECS    ?= 60
 ENGINE  ?= libfuzzer
-FUZZERS := request response chunked config values proxy admin x509
+FUZZERS := request response chunked config values proxy admin x509 conn
 # the dictionary of a harness: fuzz/dict/NAME.dict when there is one, else ini.dict for the
 # configuration harnesses (config, values) and http.dict for the others
 fuzz_dict = $(firstword $(wildcard fuzz/dict/$(1).dict) fuzz/dict/$(if $(filter config values,$(1)),ini,http).dict)
@@ -49,6 +49,13 @@ fuzz/fuzz_%: fuzz/fuzz_%.c fuzz/lb-fuzz.o fuzz/fuzz_util.h
 
 fuzz/afl_%: fuzz/fuzz_%.c lb.c lb.h
 	AFL_QUIET=1 afl-clang-fast -g -O1 -DLB_NO_MAIN -I. $< lb.c -o $@ $(LIBS) -fsanitize=fuzzer
+
+# the whole-connection harness #includes lb.c (its static functions, its syscalls shimmed): no lb-fuzz.o
+fuzz/fuzz_conn: fuzz/fuzz_conn.c lb.c lb.h fuzz/fuzz_util.h
+	clang $(WARN) -g -O1 -fsanitize=fuzzer,address,undefined -DLB_NO_MAIN -DLB_POLL -I. $< -o $@ $(LIBS)
+
+fuzz/afl_conn: fuzz/fuzz_conn.c lb.c lb.h fuzz/fuzz_util.h
+	AFL_QUIET=1 afl-clang-fast $(WARN) -g -O1 -DLB_NO_MAIN -DLB_POLL -I. $< -o $@ $(LIBS) -fsanitize=fuzzer
 
 asan: lb-asan tests/unit-asan
 

@@ -9,7 +9,7 @@ set -u
 cd "$(dirname "$0")/.." || exit 1
 mins=${1:-4}
 shift || true
-harnesses=${*:-request response chunked config values proxy admin}
+harnesses=${*:-request response chunked config values proxy admin x509 conn}
 out=fuzz/out/campaign
 mkdir -p "$out"
 secs=$((mins * 60))

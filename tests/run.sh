@@ -88,3 +88,4 @@ fuzz_smoke values $((FUZZ_SECS / 3)) ini
 fuzz_smoke proxy $((FUZZ_SECS / 3)) proxy
 fuzz_smoke admin $((FUZZ_SECS / 3)) admin
 fuzz_smoke x509 $((FUZZ_SECS / 3)) x509
+fuzz_smoke conn $((FUZZ_SECS * 2 / 3)) conn
