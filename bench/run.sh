@@ -16,6 +16,19 @@
 #   BENCH_TLS     1 (default): also the TLS figures below; 0: plain HTTP only
 #   BENCH_OUT     Markdown report (default bench/results.md)
 #   BENCH_KEEP_TMP=1  keep the temp dir (configs, logs, raw wrk output)
+#   BENCH_FIGS    comma list of figures (default: all): http (keep-alive and new-connection req/s),
+#                 tls (handshakes, HTTPS), idle (memory per idle connection), active (50k active
+#                 connections), l4 (TCP throughput), callgrind (instructions per request), size
+#                 (binary sizes), ceiling (BearSSL's full-handshake ceiling against lb's TLS figure)
+#   BENCH_IDLE_N  comma list of idle connection counts (default 10000,50000)
+#   BENCH_ACTIVE_CONNS, BENCH_ACTIVE_SECS, BENCH_ACTIVE_MS  active figure: connections (50000),
+#                 seconds measured after all are open (20), milliseconds between two requests of one
+#                 connection (1000: 50,000 connections make 50,000 requests/s)
+#   BENCH_PROCS   lb and nginx workers when one process cannot hold the connections (default 4)
+#   BENCH_L4_BYTES  bytes of the L4 transfer (default 4 GiB)
+#   BENCH_CG_REQS, BENCH_CG_SMALL  callgrind: requests of the measured run (20000) and of the
+#                 start-up run subtracted from it (1000)
+#   BENCH_CEIL_SECS  seconds of each bench/tlsceil.c run (default 3)
 #
 # The proxy runs on CPU 0 and wrk on CPU 1 (taskset); the backends are not pinned.
 # Every process the script starts is stopped on exit (by PID / its own process group).
@@ -43,6 +56,20 @@
 # signature not checked), so CPU 0 (the proxy) is the limit: the report gives "CPU 0 busy %"
 # beside each TLS figure; well under 100% means that figure was not proxy-bound. Anything else
 # running on CPU 0 counts as busy too: bench an otherwise idle machine.
+#
+# The other figures (BENCH_FIGS; each section of the report says how it was measured):
+#   idle       Pss (and RSS) of the proxy's processes before and after N connections that each made
+#              one request and stay idle (bench/connload.c), per connection; several processes
+#              where one cannot hold N within the open-files cap (lb and nginx workers, HAProxy
+#              processes sharing the port with SO_REUSEPORT)
+#   active     BENCH_ACTIVE_CONNS connections each making one request every BENCH_ACTIVE_MS:
+#              errors, p99, the proxy's peak memory
+#   l4         one BENCH_L4_BYTES TCP stream (bench/tcpxfer.c) through lb mode = tcp, HAProxy mode
+#              tcp, nginx stream {} (libnginx-mod-stream), and direct
+#   callgrind  instructions per proxied request under valgrind --tool=callgrind
+#   size       lb's binary (the normal build, and static builds) next to HAProxy's and nginx's
+#   ceiling    bench/tlsceil.c: the asymmetric crypto of one full handshake with BearSSL, in a loop
+#              on CPU 0; lb's full handshakes per CPU-0 second (tls figure) as a share of it
 
 set -u -o pipefail
 
@@ -66,12 +93,36 @@ BENCH_CONNS_HIGH=${BENCH_CONNS_HIGH:-1000}
 BENCH_TLS=${BENCH_TLS:-1}
 BENCH_OUT=${BENCH_OUT:-$ROOT_DIR/bench/results.md}
 case $BENCH_OUT in /*) ;; *) BENCH_OUT="$ORIG_PWD/$BENCH_OUT" ;; esac
+ALL_FIGS=http,tls,idle,active,l4,callgrind,size,ceiling
+BENCH_FIGS=${BENCH_FIGS:-$ALL_FIGS}
+BENCH_IDLE_N=${BENCH_IDLE_N:-10000,50000}
+BENCH_ACTIVE_CONNS=${BENCH_ACTIVE_CONNS:-50000}
+BENCH_ACTIVE_SECS=${BENCH_ACTIVE_SECS:-20}
+BENCH_ACTIVE_MS=${BENCH_ACTIVE_MS:-1000}
+BENCH_PROCS=${BENCH_PROCS:-4}
+BENCH_L4_BYTES=${BENCH_L4_BYTES:-4294967296}
+BENCH_CG_REQS=${BENCH_CG_REQS:-20000}
+BENCH_CG_SMALL=${BENCH_CG_SMALL:-1000}
+BENCH_CEIL_SECS=${BENCH_CEIL_SECS:-3}
 
-for v in BENCH_SECS BENCH_RUNS BENCH_WARMUP BENCH_CONNS BENCH_CONNS_HIGH BENCH_TLS; do
+for v in BENCH_SECS BENCH_RUNS BENCH_WARMUP BENCH_CONNS BENCH_CONNS_HIGH BENCH_TLS BENCH_ACTIVE_CONNS \
+         BENCH_ACTIVE_SECS BENCH_ACTIVE_MS BENCH_PROCS BENCH_L4_BYTES BENCH_CG_REQS BENCH_CG_SMALL BENCH_CEIL_SECS; do
 	case ${!v} in ''|*[!0-9]*) echo "bench: $v must be a whole number (got '${!v}')" >&2; exit 2 ;; esac
 done
 if [ "$BENCH_SECS" -lt 1 ] || [ "$BENCH_RUNS" -lt 1 ]; then echo "bench: BENCH_SECS and BENCH_RUNS must be >= 1" >&2; exit 2; fi
 case $BENCH_TLS in 0|1) ;; *) echo "bench: BENCH_TLS must be 0 or 1 (got '$BENCH_TLS')" >&2; exit 2 ;; esac
+for v in ${BENCH_IDLE_N//,/ }; do
+	case $v in ''|*[!0-9]*|0) echo "bench: BENCH_IDLE_N must be a comma list of counts (got '$BENCH_IDLE_N')" >&2; exit 2 ;; esac
+done
+for f in ${BENCH_FIGS//,/ }; do
+	case ",$ALL_FIGS," in *",$f,"*) ;; *) echo "bench: BENCH_FIGS: unknown figure '$f' (use $ALL_FIGS)" >&2; exit 2 ;; esac
+done
+if [ "$BENCH_CG_REQS" -le "$BENCH_CG_SMALL" ] || [ "$BENCH_ACTIVE_MS" -lt 1 ] || [ "$BENCH_PROCS" -lt 1 ]; then
+	echo "bench: BENCH_CG_REQS must exceed BENCH_CG_SMALL; BENCH_ACTIVE_MS and BENCH_PROCS must be >= 1" >&2; exit 2
+fi
+want_fig() { case ",$BENCH_FIGS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+# BENCH_TLS=0 and a BENCH_FIGS without tls say the same
+want_fig tls || BENCH_TLS=0
 
 log() { printf '%s\n' "$*"; }
 warn() { printf 'bench: %s\n' "$*" >&2; }
@@ -170,21 +221,24 @@ TMP=$(mktemp -d "${TMPDIR:-/tmp}/lb-bench.XXXXXX") || exit 1
 chmod 755 "$TMP"   # nginx workers may run as nobody when started by root
 PIDS=()
 WRK_PID=""
+CLIENT_PIDS=()   # load clients of the idle and active figures
 
 proc_alive() { kill -0 "$1" 2>/dev/null; }
 
 # Stop one process we started: its own process group when it leads one (setsid), else the PID.
+# STOP_TENTHS: how long it may take after SIGTERM (tenths of a second; longer under valgrind).
+STOP_TENTHS=50
 stop_pid() {
 	local pid=$1 pgid
 	proc_alive "$pid" || { wait "$pid" 2>/dev/null; return 0; }
 	pgid=$(ps -o pgid= -p "$pid" 2>/dev/null | tr -d ' ')
 	if [ "$pgid" = "$pid" ]; then kill -TERM -- "-$pid" 2>/dev/null; else kill -TERM "$pid" 2>/dev/null; fi
-	for _ in $(seq 1 50); do
+	for _ in $(seq 1 "$STOP_TENTHS"); do
 		proc_alive "$pid" || break
 		sleep 0.1
 	done
 	if proc_alive "$pid"; then
-		warn "PID $pid did not stop on SIGTERM within 5s; sending SIGKILL"
+		warn "PID $pid did not stop on SIGTERM within $((STOP_TENTHS / 10))s; sending SIGKILL"
 		if [ "$pgid" = "$pid" ]; then kill -KILL -- "-$pid" 2>/dev/null; else kill -KILL "$pid" 2>/dev/null; fi
 	fi
 	wait "$pid" 2>/dev/null
@@ -212,6 +266,8 @@ cleanup() {
 	if [ -n "${WRK_PID:-}" ] && proc_alive "$WRK_PID"; then
 		kill -TERM "$WRK_PID" 2>/dev/null; wait "$WRK_PID" 2>/dev/null
 	fi
+	for p in "${CLIENT_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
+	for p in "${CLIENT_PIDS[@]}"; do wait "$p" 2>/dev/null; done
 	for p in "${PIDS[@]}"; do stop_pid "$p"; done
 	PIDS=()
 	if [ "${BENCH_KEEP_TMP:-0}" = 1 ]; then
@@ -250,7 +306,8 @@ free_port() {
 	return 1
 }
 
-free_port P1 && free_port P2 && free_port P3 && free_port PROXY_PORT || exit 1
+free_port P1 && free_port P2 && free_port P3 && free_port PROXY_PORT && free_port ADMIN_PORT &&
+	free_port TCP_PORT || exit 1
 
 # ------------------------------------------------------------------ config generation
 # Temp paths of nginx modules that are compiled in (nginx-light may lack some).
@@ -270,10 +327,13 @@ render() { # template output
 	tp=$(temp_paths proxy | sed 's/[\/&]/\\&/g' | sed ':a;N;$!ba;s/\n/\\n/g')
 	sed -e "s|@TMP@|$TMP|g" -e "s|@PORT@|$PROXY_PORT|g" -e "s|@CERT@|$TMP/tls/combined.pem|g" \
 	    -e "s|@P1@|$P1|g" -e "s|@P2@|$P2|g" -e "s|@P3@|$P3|g" \
+	    -e "s|@ADMIN_PORT@|$ADMIN_PORT|g" -e "s|@TCP_PORT@|$TCP_PORT|g" -e "s|@WORKERS@|${WORKERS:-1}|g" \
+	    -e "s|@MAXCONN@|${HAP_MAXCONN:-8000}|g" -e "s|@NGINX_STREAM_MODULE@|$NGINX_STREAM_MODULE|g" \
 	    -e "s/@TEMP_PATHS_BACKENDS@/$tb/" -e "s/@TEMP_PATHS_PROXY@/$tp/" \
 	    "$1" > "$2"
 }
 
+NGINX_STREAM_MODULE=/usr/lib/nginx/modules/ngx_stream_module.so
 render "$SCRIPT_DIR/nginx-backends.conf.in" "$TMP/nginx-backends.conf"
 render "$SCRIPT_DIR/nginx-proxy.conf.in" "$TMP/nginx-proxy.conf"
 render "$SCRIPT_DIR/haproxy.cfg.in" "$TMP/haproxy.cfg"
@@ -358,10 +418,11 @@ http_status() {
 	printf '%s' "$code"
 }
 
-# wait_ready NAME PID PORT LOG [SCHEME]: up to 10 s for a 200 on PORT while PID lives.
+# wait_ready NAME PID PORT LOG [SCHEME]: up to READY_TENTHS/10 s (default 10) for a 200 on PORT while PID lives.
+READY_TENTHS=100
 wait_ready() {
 	local name=$1 pid=$2 port=$3 logf=$4 scheme=${5:-http} st=""
-	for _ in $(seq 1 100); do
+	for _ in $(seq 1 "$READY_TENTHS"); do
 		if ! proc_alive "$pid"; then
 			wait "$pid" 2>/dev/null
 			warn "$name exited at start-up; last lines of $logf:"
@@ -372,7 +433,7 @@ wait_ready() {
 		[ "$st" = 200 ] && return 0
 		sleep 0.1
 	done
-	warn "$name did not answer 200 on $scheme port $port within 10 s (last status '${st}'); last lines of $logf:"
+	warn "$name did not answer 200 on $scheme port $port within $((READY_TENTHS / 10)) s (last status '${st}'); last lines of $logf:"
 	tail -n 20 "$logf" >&2 2>/dev/null
 	return 1
 }
@@ -396,6 +457,10 @@ start_backends() {
 		wait_ready "nginx backends" "$BACKENDS_PID" "$p" "$TMP/nginx-backends.error.log" || return 1
 	done
 }
+
+# as root, lb wants to be told to keep root for its workers
+AS_ROOT=()
+[ "$(id -u)" = 0 ] && AS_ROOT=(-u root)
 
 # start_proxy NAME [tls]: sets CUR_PID (empty for direct), CUR_PORT, CUR_SCHEME and CUR_LOG; with
 # "tls" from the *-tls configuration. Returns 1 when it failed.
@@ -421,10 +486,7 @@ start_proxy() {
 			-e "$TMP/nginx-proxy$sfx.error.log" -g 'daemon off;'
 		logf="$TMP/nginx-proxy$sfx.error.log" ;;
 	lb)
-		# as root, lb wants to be told to keep root for its workers
-		local as_root=()
-		[ "$(id -u)" = 0 ] && as_root=(-u root)
-		start_bg "$logf" "${PIN_PROXY[@]}" "$LB_BIN" -c "$TMP/lb$sfx.ini" "${as_root[@]}" ;;
+		start_bg "$logf" "${PIN_PROXY[@]}" "$LB_BIN" -c "$TMP/lb$sfx.ini" "${AS_ROOT[@]}" ;;
 	esac
 	CUR_PID=$BG_PID
 	CUR_LOG=$logf
@@ -554,7 +616,8 @@ warmup() {
 
 # ------------------------------------------------------------------ run
 nfig=3
-est=$(( ${#PROXIES[@]} * BENCH_RUNS * (nfig * BENCH_SECS + BENCH_WARMUP + 1) ))
+est=0
+want_fig http && est=$(( ${#PROXIES[@]} * BENCH_RUNS * (nfig * BENCH_SECS + BENCH_WARMUP + 1) ))
 TLS_PROXIES=()
 for p in "${PROXIES[@]}"; do tls_wanted "$p" && TLS_PROXIES+=("$p"); done
 tls_note=""
@@ -562,11 +625,16 @@ if [ ${#TLS_PROXIES[@]} -gt 0 ]; then
 	est=$(( est + ${#TLS_PROXIES[@]} * BENCH_RUNS * (3 * BENCH_SECS + BENCH_WARMUP + 1) ))
 	tls_note=" | TLS (${TLS_PROXIES[*]}): full and resumed handshakes, https c${BENCH_CONNS}"
 fi
-log "bench: ${PROXIES[*]} | ${BENCH_RUNS} runs x ${BENCH_SECS}s | c${BENCH_CONNS}, c${BENCH_CONNS_HIGH}, close c${BENCH_CONNS}$tls_note | ~${est}s"
+http_note="c${BENCH_CONNS}, c${BENCH_CONNS_HIGH}, close c${BENCH_CONNS}"
+want_fig http || http_note="no http"
+log "bench: ${PROXIES[*]} | ${BENCH_RUNS} runs x ${BENCH_SECS}s | $http_note$tls_note | figures $BENCH_FIGS | ~${est}s + the other figures"
 log "bench: $PIN_NOTE; backends on 127.0.0.1:$P1,$P2,$P3; proxies on :$PROXY_PORT; nofile $NOFILE"
 
-start_backends || { warn "the nginx backends did not start"; exit 1; }
 T0=$(date +%s)
+BACKENDS_PID=""
+if want_fig http || [ "$BENCH_TLS" = 1 ] || want_fig idle || want_fig active || want_fig callgrind; then
+	start_backends || { warn "the nginx backends did not start"; exit 1; }
+fi
 
 died_check() {
 	if [ -n "$CUR_PID" ] && ! proc_alive "$CUR_PID"; then
@@ -577,10 +645,12 @@ died_check() {
 
 FAILED=" "       # proxies that did not start (plain HTTP)
 TLS_FAILED=" "   # proxies that did not start with TLS
-for round in $(seq 1 "$BENCH_RUNS"); do
+HTTP_ROUNDS=$BENCH_RUNS
+want_fig http || [ "$BENCH_TLS" = 1 ] || HTTP_ROUNDS=0
+for round in $(seq 1 "$HTTP_ROUNDS"); do
 	log "round $round/$BENCH_RUNS"
 	for proxy in "${PROXIES[@]}"; do
-		case $FAILED in *" $proxy "*) ;; *)
+		want_fig http && case $FAILED in *" $proxy "*) ;; *)
 			if start_proxy "$proxy"; then
 				warmup
 				run_wrk "$proxy" ka "$round" "$BENCH_CONNS"
@@ -610,7 +680,487 @@ for round in $(seq 1 "$BENCH_RUNS"); do
 		stop_proxy
 	done
 done
-stop_pid "$BACKENDS_PID"; forget_pid "$BACKENDS_PID"
+# ------------------------------------------------------------------ the other figures
+# XRES: proxy, figure, round, metric, value (NA when not measured)
+XRES="$TMP/extra.tsv"
+: > "$XRES"
+X_FAILED=""   # "figure:proxy" that did not run
+xadd() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >> "$XRES"; }
+# xmed PROXY FIGURE METRIC: the median over the runs ("NA" when none)
+xmed() {
+	awk -F'\t' -v p="$1" -v f="$2" -v m="$3" '$1 == p && $2 == f && $4 == m && $5 != "NA" { print $5 }' "$XRES" |
+	sort -g | awk '{ v[NR] = $1 } END {
+		if (NR == 0) { print "NA"; exit }
+		if (NR % 2) m = v[(NR + 1) / 2]; else m = (v[NR / 2] + v[NR / 2 + 1]) / 2
+		print m }'
+}
+# xsum PROXY FIGURE METRIC: the sum over the runs
+xsum() {
+	awk -F'\t' -v p="$1" -v f="$2" -v m="$3" '$1 == p && $2 == f && $4 == m && $5 != "NA" { s += $5; n++ }
+		END { if (n) print s; else print "NA" }' "$XRES"
+}
+# kv FILE KEY [LINE-PREFIX]: the value after KEY on the last line of FILE that starts with LINE-PREFIX
+kv() {
+	awk -v k="$2" -v pre="${3:-conns}" 'index($0, pre) == 1 { for (i = 1; i < NF; i++) if ($i == k) v = $(i + 1) }
+		END { print (v == "" ? "NA" : v) }' "$1"
+}
+x_failed() { X_FAILED="$X_FAILED $1"; warn "$1 did not run (see above)"; }
+
+# Build a C helper of bench/ into $TMP: build_helper NAME [LIBS...]; prints the path, or nothing.
+build_helper() {
+	local name=$1; shift
+	if "$CC" -O2 -Wall -Wextra -o "$TMP/$name" "$SCRIPT_DIR/$name.c" "$@" >"$TMP/$name-cc.log" 2>&1; then
+		echo "$TMP/$name"
+	else
+		warn "could not build bench/$name.c:"; sed 's/^/    /' "$TMP/$name-cc.log" >&2
+	fi
+}
+
+# mem_kb PID...: "Pss Rss" in kB, summed over every process of the sessions these PIDs lead (each
+# was started with setsid: lb's master and workers, nginx's master and workers, one haproxy).
+# Pss shares a page between the processes that map it, so the master's pages shared with its
+# workers (copy-on-write after fork) count once; RSS counts them in each process.
+mem_kb() {
+	local pid p a b pss=0 rss=0
+	for pid in "$@"; do
+		for p in $(ps -o pid= -g "$pid" 2>/dev/null); do
+			read -r a b < <(awk '/^Pss:/ { x = $2 } /^Rss:/ { y = $2 } END { print x + 0, y + 0 }' \
+				"/proc/$p/smaps_rollup" 2>/dev/null || echo "0 0")
+			pss=$((pss + a)); rss=$((rss + b))
+		done
+	done
+	echo "$pss $rss"
+}
+
+# Processes for N connections within the open-files cap: lb and nginx take one file per idle client
+# connection (idle backend connections are pooled), so one process holds up to PROC_CONNS; HAProxy
+# reserves two files per connection (maxconn = HAP_MAXCONN) and gets one process per HAP_CONNS.
+PROC_CONNS=$(( NOFILE == 0 ? 15000 : (${NOFILE/unlimited/1048576} - 5000) ))
+HAP_MAXCONN=$(( (${NOFILE/unlimited/1048576} - 1000) / 2 ))
+HAP_CONNS=$(( HAP_MAXCONN * 9 / 10 ))
+CLIENT_CONNS=12500   # connections per bench/connload.c process
+procs_for() {
+	local name=$1 n=$2 k
+	if [ "$name" = haproxy ]; then echo $(( (n + HAP_CONNS - 1) / HAP_CONNS )); return; fi
+	[ "$n" -le "$PROC_CONNS" ] && { echo 1; return; }
+	k=$(( (n * 5 / 4 + PROC_CONNS - 1) / PROC_CONNS ))   # a quarter over the mean: SO_REUSEPORT is not exact
+	[ "$k" -lt "$BENCH_PROCS" ] && k=$BENCH_PROCS
+	echo "$k"
+}
+
+# start_many NAME PROCS: the *-many configuration (idle, active) with PROCS lb workers, nginx
+# workers or haproxy processes; sets CUR_PIDS and CUR_LOG. Returns 1 when it failed.
+CUR_PIDS=()
+start_many() {
+	local name=$1 procs=$2 k n=0 want p
+	CUR_PIDS=()
+	WORKERS=$procs
+	case $name in
+	lb)
+		render "$SCRIPT_DIR/lb-many.ini.in" "$TMP/lb-many.ini"
+		CUR_LOG="$TMP/lb-many.log"
+		start_bg "$CUR_LOG" "${PIN_PROXY[@]}" "$LB_BIN" -c "$TMP/lb-many.ini" "${AS_ROOT[@]}"
+		CUR_PIDS=("$BG_PID") ;;
+	nginx)
+		render "$SCRIPT_DIR/nginx-proxy-many.conf.in" "$TMP/nginx-proxy-many.conf"
+		mkdir -p "$TMP/proxy"
+		CUR_LOG="$TMP/nginx-proxy-many.error.log"
+		start_bg "$TMP/nginx-proxy-many.log" "${PIN_PROXY[@]}" nginx -c "$TMP/nginx-proxy-many.conf" \
+			-p "$TMP/proxy/" -e "$CUR_LOG" -g 'daemon off;'
+		CUR_PIDS=("$BG_PID") ;;
+	haproxy)
+		render "$SCRIPT_DIR/haproxy-many.cfg.in" "$TMP/haproxy-many.cfg"
+		CUR_LOG="$TMP/haproxy-many-1.log"
+		for k in $(seq 1 "$procs"); do
+			start_bg "$TMP/haproxy-many-$k.log" "${PIN_PROXY[@]}" haproxy -db -f "$TMP/haproxy-many.cfg"
+			CUR_PIDS+=("$BG_PID")
+		done ;;
+	esac
+	if ! wait_ready "$name" "${CUR_PIDS[0]}" "$PROXY_PORT" "$CUR_LOG"; then stop_many; return 1; fi
+	# all of them up: lb's and nginx's master and PROCS workers; PROCS haproxy listening sockets
+	want=$((procs + 1))
+	[ "$name" = haproxy ] && want=$procs
+	for _ in $(seq 1 100); do
+		if [ "$name" = haproxy ]; then n=$(ss -Htln "( sport = :$PROXY_PORT )" 2>/dev/null | wc -l)
+		else n=$(ps -o pid= -g "${CUR_PIDS[0]}" 2>/dev/null | wc -l); fi
+		[ "$n" -ge "$want" ] && break
+		sleep 0.1
+	done
+	for p in "${CUR_PIDS[@]}"; do
+		proc_alive "$p" && continue
+		warn "$name (PID $p) exited at start-up; last lines of its log:"
+		tail -n 20 "$CUR_LOG" >&2 2>/dev/null
+		stop_many; return 1
+	done
+	[ "$n" -ge "$want" ] || warn "$name: only $n of $want processes or listeners up"
+	sleep 1   # start-up allocations settle before the first measurement
+}
+stop_many() {
+	local p
+	for p in "${CUR_PIDS[@]}"; do stop_pid "$p"; forget_pid "$p"; done
+	CUR_PIDS=()
+	for _ in $(seq 1 50); do
+		[ -z "$(ss -Htln "( sport = :$PROXY_PORT )" 2>/dev/null)" ] && break
+		sleep 0.1
+	done
+}
+many_died() {
+	local p
+	for p in "${CUR_PIDS[@]}"; do
+		proc_alive "$p" && continue
+		warn "$1: PID $p died during the run; last lines of $CUR_LOG:"
+		tail -n 20 "$CUR_LOG" >&2 2>/dev/null
+		return 0
+	done
+	return 1
+}
+
+# start_clients TAG N ARGS...: N connections over ceil(N / CLIENT_CONNS) connload processes on
+# the wrk CPU, each from its own source address (127.0.0.2, .3, ...); sets CLIENT_PIDS and
+# CLIENT_FILES ($TMP/TAG-J.txt, the histograms in $TMP/TAG-J.hist).
+start_clients() {
+	local tag=$1 n=$2 nc j each; shift 2
+	nc=$(( (n + CLIENT_CONNS - 1) / CLIENT_CONNS ))
+	CLIENT_PIDS=(); CLIENT_FILES=()
+	for j in $(seq 0 $((nc - 1))); do
+		each=$(( n / nc + (j < n % nc ? 1 : 0) ))
+		"${PIN_WRK[@]}" "$CONNLOAD" -n "$each" -s "127.0.0.$((2 + j))" -H "$TMP/$tag-$j.hist" "$@" \
+			127.0.0.1 "$PROXY_PORT" > "$TMP/$tag-$j.txt" 2>&1 &
+		CLIENT_PIDS+=("$!"); CLIENT_FILES+=("$TMP/$tag-$j.txt")
+	done
+}
+clients_alive() { local p; for p in "${CLIENT_PIDS[@]}"; do proc_alive "$p" && return 0; done; return 1; }
+stop_clients() {
+	local p
+	for p in "${CLIENT_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
+	for p in "${CLIENT_PIDS[@]}"; do wait "$p" 2>/dev/null; done
+	CLIENT_PIDS=()
+}
+# csum KEY [PREFIX]: KEY summed over the clients' lines starting with PREFIX (default: the final line)
+csum() {
+	local f v s=0
+	for f in "${CLIENT_FILES[@]}"; do
+		v=$(kv "$f" "$1" "${2:-conns}")
+		[ "$v" = NA ] && { echo NA; return; }
+		s=$(awk -v a="$s" -v b="$v" 'BEGIN { print a + b }')
+	done
+	echo "$s"
+}
+# hist_q Q FILES...: the Q quantile (0..1) in ms of the merged "MICROSECONDS COUNT" histograms
+hist_q() {
+	local q=$1; shift
+	cat "$@" 2>/dev/null | awk '{ c[$1] += $2 } END { for (k in c) print k, c[k] }' | sort -n |
+	awk -v q="$q" '{ us[NR] = $1; n[NR] = $2; t += $2 } END {
+		if (!t) { print "NA"; exit }
+		for (i = 1; i <= NR; i++) { s += n[i]; if (s >= q * t) { printf "%.2f\n", us[i] / 1000; exit } } }'
+}
+client_errors_to_stderr() {
+	local f
+	for f in "${CLIENT_FILES[@]}"; do grep -v -e '^conns' -e '^ready' "$f" | head -n 3 | sed 's/^/    /' >&2; done
+}
+
+# run_idle PROXY N ROUND
+run_idle() {
+	local proxy=$1 n=$2 round=$3 fig procs pss0 rss0 pss1 rss1 ok closed err tries=0 ready pb rb
+	fig="idle$n"
+	procs=$(procs_for "$proxy" "$n")
+	if ! start_many "$proxy" "$procs"; then x_failed "$fig:$proxy"; return 1; fi
+	read -r pss0 rss0 < <(mem_kb "${CUR_PIDS[@]}")
+	start_clients "idle-$proxy-$n-$round" "$n" -p 256 -t 30 -i 600
+	# every client ready (all its connections answered once, or failed), within 5 minutes
+	while :; do
+		ready=$(cat "${CLIENT_FILES[@]}" 2>/dev/null | grep -c '^ready')
+		[ "$ready" -ge ${#CLIENT_FILES[@]} ] && break
+		clients_alive || break
+		tries=$((tries + 1))
+		[ $tries -gt 3000 ] && { warn "$proxy $fig: clients not ready within 300 s"; break; }
+		sleep 0.1
+	done
+	sleep 2   # idle for a moment: lazily freed buffers are freed
+	read -r pss1 rss1 < <(mem_kb "${CUR_PIDS[@]}")
+	ok=$(csum ok ready)
+	stop_clients
+	closed=$(csum closed)
+	err=NA
+	[ "$ok" != NA ] && [ "$closed" != NA ] && err=$(( n - ok + closed ))
+	pb=NA; rb=NA
+	if [ "$ok" != NA ] && [ "$ok" -gt 0 ]; then
+		pb=$(( (pss1 - pss0) * 1024 / ok )); rb=$(( (rss1 - rss0) * 1024 / ok ))
+	fi
+	xadd "$proxy" "$fig" "$round" pss_b "$pb"
+	xadd "$proxy" "$fig" "$round" rss_b "$rb"
+	xadd "$proxy" "$fig" "$round" ok "$ok"
+	xadd "$proxy" "$fig" "$round" errors "$err"
+	xadd "$proxy" "$fig" "$round" procs "$procs"
+	xadd "$proxy" "$fig" "$round" pss_kb0 "$pss0"
+	xadd "$proxy" "$fig" "$round" pss_kb1 "$pss1"
+	printf '  %-8s %-10s run %d: %6s B/conn Pss  %6s B/conn RSS  (Pss %s -> %s kB, %s processes)  ok %s  errors %s\n' \
+		"$proxy" "$fig" "$round" "$pb" "$rb" "$pss0" "$pss1" "$procs" "$ok" "$err"
+	[ "$err" = 0 ] || client_errors_to_stderr
+	many_died "$proxy"
+	stop_many
+}
+
+# run_active PROXY ROUND
+run_active() {
+	local proxy=$1 round=$2 n=$BENCH_ACTIVE_CONNS fig=active procs pss rss maxp=0 maxr=0 c0 c1 cpu
+	local ok err rate p99 p50 t0
+	procs=$(procs_for "$proxy" "$n")
+	if ! start_many "$proxy" "$procs"; then x_failed "$fig:$proxy"; return 1; fi
+	c0=$(cpu0_snap)
+	start_clients "active-$proxy-$round" "$n" -p 256 -t 10 -a "$BENCH_ACTIVE_MS" -d "$BENCH_ACTIVE_SECS"
+	t0=$(date +%s)
+	# sample the proxy's memory every second; the clients stop by themselves (bounded here too)
+	while clients_alive; do
+		read -r pss rss < <(mem_kb "${CUR_PIDS[@]}")
+		[ "$pss" -gt "$maxp" ] && maxp=$pss
+		[ "$rss" -gt "$maxr" ] && maxr=$rss
+		if [ $(( $(date +%s) - t0 )) -gt $(( BENCH_ACTIVE_SECS + 300 )) ]; then
+			warn "$proxy active: clients still running after $((BENCH_ACTIVE_SECS + 300)) s; stopping them"
+			break
+		fi
+		sleep 1
+	done
+	stop_clients
+	c1=$(cpu0_snap); cpu=$(cpu0_pct "$c0" "$c1")
+	ok=$(csum ok); err=$(csum errors); rate=$(csum rate)
+	p99=$(hist_q 0.99 "$TMP/active-$proxy-$round-"*.hist)
+	p50=$(hist_q 0.50 "$TMP/active-$proxy-$round-"*.hist)
+	xadd "$proxy" $fig "$round" rate "$rate"
+	xadd "$proxy" $fig "$round" ok "$ok"
+	xadd "$proxy" $fig "$round" errors "$err"
+	xadd "$proxy" $fig "$round" connect_errors "$(csum connect_errors)"
+	xadd "$proxy" $fig "$round" timeouts "$(csum timeouts)"
+	xadd "$proxy" $fig "$round" non200 "$(csum non200)"
+	xadd "$proxy" $fig "$round" p99 "$p99"
+	xadd "$proxy" $fig "$round" p50 "$p50"
+	xadd "$proxy" $fig "$round" pss_mb "$(awk -v k="$maxp" 'BEGIN { printf "%.1f", k / 1024 }')"
+	xadd "$proxy" $fig "$round" rss_mb "$(awk -v k="$maxr" 'BEGIN { printf "%.1f", k / 1024 }')"
+	xadd "$proxy" $fig "$round" cpu "$cpu"
+	xadd "$proxy" $fig "$round" procs "$procs"
+	printf '  %-8s %-10s run %d: %8s req/s  ok %s  errors %s  p50 %s ms  p99 %s ms  peak Pss %s kB RSS %s kB  CPU0 %s%%  (%s processes)\n' \
+		"$proxy" $fig "$round" "$rate" "$ok" "$err" "$p50" "$p99" "$maxp" "$maxr" "$cpu" "$procs"
+	[ "$err" = 0 ] || client_errors_to_stderr
+	many_died "$proxy"
+	stop_many
+}
+
+# L4: start_tcp NAME -> CUR_PID, CUR_PORT, CUR_LOG (direct: the server itself)
+wait_listen() { # PID PORT LOG
+	for _ in $(seq 1 100); do
+		proc_alive "$1" || { warn "exited at start-up; last lines of $3:"; tail -n 20 "$3" >&2; return 1; }
+		[ -n "$(ss -Htln "( sport = :$2 )" 2>/dev/null)" ] && return 0
+		sleep 0.1
+	done
+	warn "nothing listens on port $2 after 10 s; last lines of $3:"; tail -n 20 "$3" >&2
+	return 1
+}
+start_tcp() {
+	local name=$1
+	CUR_PID=""; CUR_PORT=$PROXY_PORT; CUR_LOG="$TMP/$name-tcp.log"
+	case $name in
+	direct) CUR_PORT=$TCP_PORT; return 0 ;;
+	lb) start_bg "$CUR_LOG" "${PIN_PROXY[@]}" "$LB_BIN" -c "$TMP/lb-tcp.ini" "${AS_ROOT[@]}" ;;
+	haproxy) start_bg "$CUR_LOG" "${PIN_PROXY[@]}" haproxy -db -f "$TMP/haproxy-tcp.cfg" ;;
+	nginx)
+		mkdir -p "$TMP/proxy-tcp"
+		start_bg "$CUR_LOG" "${PIN_PROXY[@]}" nginx -c "$TMP/nginx-tcp.conf" -p "$TMP/proxy-tcp/" \
+			-e "$TMP/nginx-tcp.error.log" -g 'daemon off;' ;;
+	esac
+	CUR_PID=$BG_PID
+	wait_listen "$CUR_PID" "$CUR_PORT" "$CUR_LOG" || { stop_proxy; return 1; }
+}
+run_l4() {
+	local proxy=$1 round=$2 out="$TMP/l4-$1-$2.txt" c0 c1 cpu gbps bytes
+	c0=$(cpu0_snap)
+	timeout 300 "${PIN_WRK[@]}" "$TCPXFER" get 127.0.0.1 "$CUR_PORT" > "$out" 2>&1 &
+	WRK_PID=$!
+	wait "$WRK_PID"
+	WRK_PID=""
+	c1=$(cpu0_snap); cpu=$(cpu0_pct "$c0" "$c1")
+	gbps=$(kv "$out" gbps bytes); bytes=$(kv "$out" bytes bytes)
+	if [ "$bytes" != "$BENCH_L4_BYTES" ]; then
+		warn "$proxy l4: received $bytes of $BENCH_L4_BYTES bytes:"; sed 's/^/    /' "$out" >&2
+		gbps=NA
+	fi
+	xadd "$proxy" l4 "$round" gbps "$gbps"
+	xadd "$proxy" l4 "$round" cpu "$cpu"
+	printf '  %-8s %-10s run %d: %8s GB/s  CPU0 %s%%\n' "$proxy" l4 "$round" "$gbps" "$cpu"
+}
+
+# callgrind: cg_run PROXY K -> the proxy's instructions (Ir) for K requests, start-up and stop included
+cg_run() {
+	local proxy=$1 k=$2 dir="$TMP/cg/$1-$2" pid logf files=() f ir
+	mkdir -p "$dir"
+	chmod 1777 "$dir"   # nginx's worker runs as nobody when started by root, and writes its own file
+	local vg=(valgrind --tool=callgrind "--callgrind-out-file=$dir/callgrind.out.%p")
+	logf="$TMP/cg-$proxy-$k.log"
+	case $proxy in
+	lb) start_bg "$logf" "${PIN_PROXY[@]}" "${vg[@]}" "$LB_BIN" -c "$TMP/lb-cg.ini" "${AS_ROOT[@]}" ;;
+	haproxy) start_bg "$logf" "${PIN_PROXY[@]}" "${vg[@]}" haproxy -db -f "$TMP/haproxy.cfg" ;;
+	nginx)
+		mkdir -p "$TMP/proxy"
+		start_bg "$logf" "${PIN_PROXY[@]}" "${vg[@]}" nginx -c "$TMP/nginx-proxy.conf" -p "$TMP/proxy/" \
+			-e "$TMP/nginx-proxy-cg.error.log" -g 'daemon off;' ;;
+	esac
+	pid=$BG_PID
+	READY_TENTHS=600
+	if ! wait_ready "$proxy (callgrind)" "$pid" "$PROXY_PORT" "$logf"; then
+		READY_TENTHS=100; stop_pid "$pid"; forget_pid "$pid"; echo NA; return 1
+	fi
+	READY_TENTHS=100
+	timeout 900 "${PIN_WRK[@]}" "$CONNLOAD" -n 4 -k "$k" -t 60 127.0.0.1 "$PROXY_PORT" > "$dir/connload.txt" 2>&1 &
+	WRK_PID=$!
+	wait "$WRK_PID"
+	WRK_PID=""
+	STOP_TENTHS=1200
+	stop_pid "$pid"; forget_pid "$pid"
+	STOP_TENTHS=50
+	if [ "$(kv "$dir/connload.txt" ok)" != "$k" ]; then
+		warn "$proxy callgrind: $(kv "$dir/connload.txt" ok) of $k requests answered 200:"
+		sed 's/^/    /' "$dir/connload.txt" >&2
+		echo NA; return 1
+	fi
+	# the master's file (PID $pid) is left out when there are workers: its timers run with the clock
+	for f in "$dir"/callgrind.out.*; do
+		[ -e "$f" ] || continue
+		[ "$f" = "$dir/callgrind.out.$pid" ] && continue
+		files+=("$f")
+	done
+	[ ${#files[@]} -gt 0 ] || files=("$dir/callgrind.out.$pid")
+	ir=$(awk '/^(summary|totals):/ { if (!seen[FILENAME]++) s += $2 } END { print (s ? s : "NA") }' "${files[@]}" 2>/dev/null)
+	echo "${ir:-NA}"
+}
+
+NEW_PROXIES=()   # lb, haproxy, nginx out of BENCH_ONLY (no "direct": it does not apply)
+for p in "${PROXIES[@]}"; do [ "$p" = direct ] || NEW_PROXIES+=("$p"); done
+CONNLOAD=""; TCPXFER=""; TLSCEIL=""
+if want_fig idle || want_fig active || want_fig callgrind; then
+	CONNLOAD=$(build_helper connload)
+fi
+
+if want_fig idle && [ -n "$CONNLOAD" ] && [ ${#NEW_PROXIES[@]} -gt 0 ]; then
+	log "idle connections: ${BENCH_IDLE_N//,/ and } idle keep-alive connections, ${BENCH_RUNS} runs"
+	for n in ${BENCH_IDLE_N//,/ }; do
+		for round in $(seq 1 "$BENCH_RUNS"); do
+			for proxy in "${NEW_PROXIES[@]}"; do run_idle "$proxy" "$n" "$round"; done
+		done
+	done
+fi
+
+if want_fig active && [ -n "$CONNLOAD" ] && [ ${#NEW_PROXIES[@]} -gt 0 ]; then
+	log "active connections: $BENCH_ACTIVE_CONNS connections, one request every ${BENCH_ACTIVE_MS} ms each, ${BENCH_ACTIVE_SECS}s, ${BENCH_RUNS} runs"
+	for round in $(seq 1 "$BENCH_RUNS"); do
+		for proxy in "${NEW_PROXIES[@]}"; do run_active "$proxy" "$round"; done
+	done
+fi
+
+L4_SKIP_NGINX=""
+if want_fig l4; then
+	TCPXFER=$(build_helper tcpxfer)
+	if [ -n "$TCPXFER" ]; then
+		render "$SCRIPT_DIR/lb-tcp.ini.in" "$TMP/lb-tcp.ini"
+		render "$SCRIPT_DIR/haproxy-tcp.cfg.in" "$TMP/haproxy-tcp.cfg"
+		render "$SCRIPT_DIR/nginx-tcp.conf.in" "$TMP/nginx-tcp.conf"
+		[ -f "$NGINX_STREAM_MODULE" ] ||
+			L4_SKIP_NGINX="no nginx stream module ($NGINX_STREAM_MODULE; apt-get install libnginx-mod-stream)"
+		start_bg "$TMP/tcpxfer.log" "$TCPXFER" serve "$TCP_PORT" "$BENCH_L4_BYTES"
+		TCPXFER_PID=$BG_PID
+		if wait_listen "$TCPXFER_PID" "$TCP_PORT" "$TMP/tcpxfer.log"; then
+			log "L4: one $BENCH_L4_BYTES-byte TCP stream, ${BENCH_RUNS} runs"
+			for round in $(seq 1 "$BENCH_RUNS"); do
+				for proxy in "${PROXIES[@]}"; do
+					[ "$proxy" = nginx ] && [ -n "$L4_SKIP_NGINX" ] && continue
+					if start_tcp "$proxy"; then
+						run_l4 "$proxy" "$round"
+						died_check "$proxy (tcp)"
+						stop_proxy
+					else
+						x_failed "l4:$proxy"
+					fi
+				done
+			done
+		fi
+		stop_pid "$TCPXFER_PID"; forget_pid "$TCPXFER_PID"
+	fi
+fi
+
+CG_SKIP_REASON=""
+if want_fig callgrind && [ ${#NEW_PROXIES[@]} -gt 0 ]; then
+	if ! command -v valgrind >/dev/null 2>&1; then
+		CG_SKIP_REASON="valgrind not found (apt-get install valgrind, or make deps-bench)"
+		warn "callgrind figures off: $CG_SKIP_REASON"
+	elif [ -n "$CONNLOAD" ]; then
+		# lb without active health checks, like HAProxy and nginx here (their cost grows with the time
+		# lb runs, slower under valgrind)
+		{ cat "$TMP/lb.ini"; echo "health_check = off"; } > "$TMP/lb-cg.ini"
+		log "callgrind: $BENCH_CG_SMALL and $BENCH_CG_REQS keep-alive requests over 4 connections"
+		for proxy in "${NEW_PROXIES[@]}"; do
+			irs=$(cg_run "$proxy" "$BENCH_CG_SMALL"); irb=$(cg_run "$proxy" "$BENCH_CG_REQS")
+			per=NA
+			case "$irs$irb" in *NA*) x_failed "callgrind:$proxy" ;; *)
+				per=$(awk -v a="$irs" -v b="$irb" -v s="$BENCH_CG_SMALL" -v k="$BENCH_CG_REQS" \
+					'BEGIN { printf "%.0f", (b - a) / (k - s) }') ;;
+			esac
+			xadd "$proxy" callgrind 1 ir_small "$irs"
+			xadd "$proxy" callgrind 1 ir_big "$irb"
+			xadd "$proxy" callgrind 1 ir_per_req "$per"
+			printf '  %-8s callgrind: %s Ir for %s requests, %s Ir for %s: %s instructions per request\n' \
+				"$proxy" "$irs" "$BENCH_CG_SMALL" "$irb" "$BENCH_CG_REQS" "$per"
+		done
+	fi
+fi
+
+# size: NAME PATH NOTE -> a row "name file stripped text data bss note" of SIZES
+SIZES="$TMP/sizes.tsv"
+: > "$SIZES"
+size_row() {
+	local name=$1 bin=$2 note=$3 st text data bss
+	st="$TMP/size/${2##*/}.stripped"
+	mkdir -p "$TMP/size"
+	[ -f "$bin" ] || { printf '%s\tn/a\tn/a\tn/a\tn/a\tn/a\t%s\n' "$name" "not found: $bin" >> "$SIZES"; return; }
+	strip -o "$st" "$bin" 2>/dev/null || cp "$bin" "$st"
+	read -r text data bss _ < <(size "$st" 2>/dev/null | awk 'NR == 2 { print $1, $2, $3 }')
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$(stat -c %s "$bin")" "$(stat -c %s "$st")" \
+		"${text:-n/a}" "${data:-n/a}" "${bss:-n/a}" "$note" >> "$SIZES"
+}
+if want_fig size; then
+	log "binary sizes"
+	if want lb && [ -z "$LB_SKIP_REASON" ]; then
+		size_row "lb (make)" "$LB_BIN" "as built: BearSSL and inih static, glibc shared"
+	fi
+	mkdir -p "$TMP/size"
+	for v in "O2:-O2" "Os:-Os"; do
+		f="$TMP/size/lb-static-${v%%:*}"
+		if "$CC" -std=c11 -Wall -Wextra "${v#*:}" -static "$ROOT_DIR/lb.c" -o "$f" -l:libbearssl.a -l:libinih.a \
+			>"$f.log" 2>&1 && [ -x "$f" ]; then
+			size_row "lb ${v#*:} -static" "$f" "$CC ${v#*:} -static, this tree's lb.c, glibc static"
+		else
+			warn "static build of lb (${v#*:}) failed:"; tail -n 5 "$f.log" | sed 's/^/    /' >&2
+			printf '%s\tn/a\tn/a\tn/a\tn/a\tn/a\t%s\n' "lb ${v#*:} -static" "build failed" >> "$SIZES"
+		fi
+	done
+	size_row "HAProxy" "$(command -v haproxy)" "Debian package, shared libraries not counted"
+	size_row "nginx" "$(command -v nginx)" "Debian package, shared libraries not counted"
+	while IFS=$'\t' read -r name fsz ssz text data bss _; do
+		printf '  %-14s file %10s  stripped %10s  text %10s  data %8s  bss %8s\n' "$name" "$fsz" "$ssz" "$text" "$data" "$bss"
+	done < "$SIZES"
+fi
+
+if want_fig ceiling; then
+	TLSCEIL=$(build_helper tlsceil -l:libbearssl.a)
+	if [ -n "$TLSCEIL" ]; then
+		log "BearSSL ceiling: bench/tlsceil.c, ${BENCH_CEIL_SECS}s x ${BENCH_RUNS} on CPU 0"
+		for round in $(seq 1 "$BENCH_RUNS"); do
+			out="$TMP/tlsceil-$round.txt"
+			"${PIN_PROXY[@]}" "$TLSCEIL" "$BENCH_CEIL_SECS" > "$out" 2>&1
+			xadd bearssl ceiling "$round" rate "$(kv "$out" rate handshakes)"
+			for m in sign_us mulgen_us mul_us; do xadd bearssl ceiling "$round" "$m" "$(kv "$out" "$m" handshakes)"; done
+			printf '  tlsceil run %d: %s\n' "$round" "$(cat "$out")"
+		done
+	fi
+fi
+[ -n "$BACKENDS_PID" ] && { stop_pid "$BACKENDS_PID"; forget_pid "$BACKENDS_PID"; }
 T1=$(date +%s)
 
 # ------------------------------------------------------------------ report
@@ -700,6 +1250,126 @@ if [ "$SHOW_TLS" = 1 ]; then
 	done
 fi
 
+# The other figures: value tables like the ones above, from XRES.
+# xval PROXY FIGURE METRIC FORMAT [sum]: the median (or the sum over the runs), formatted
+xval() {
+	local p=$1 v
+	if [ "$p" = lb ] && [ -n "$LB_SKIP_REASON" ]; then echo skipped; return; fi
+	want "$p" || { echo "-"; return; }
+	if [ "${5:-}" = sum ]; then v=$(xsum "$p" "$2" "$3"); else v=$(xmed "$p" "$2" "$3"); fi
+	[ "$v" = NA ] && { echo "n/a"; return; }
+	awk -v x="$v" -v f="$4" 'BEGIN { printf f "\n", x }'
+}
+# xtable OUT WITH_DIRECT ROW...: each ROW "label|figure|metric|format|ratios (1 or 0)|sum or empty"
+xtable() {
+	local out=$1 wd=$2 row label fig m fmt r agg vl vh vn vd rh rn; shift 2
+	: > "$out"
+	for row in "$@"; do
+		IFS='|' read -r label fig m fmt r agg <<< "$row"
+		vl=$(xval lb "$fig" "$m" "$fmt" "$agg"); vh=$(xval haproxy "$fig" "$m" "$fmt" "$agg")
+		vn=$(xval nginx "$fig" "$m" "$fmt" "$agg")
+		if [ "$r" = 1 ]; then rh=$(ratio "$vl" "$vh"); rn=$(ratio "$vl" "$vn"); else rh="-"; rn="-"; fi
+		if [ "$wd" = 1 ]; then
+			vd=$(xval direct "$fig" "$m" "$fmt" "$agg")
+			printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$vl" "$vh" "$vn" "$vd" "$rh" "$rn" >> "$out"
+		else
+			printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$vl" "$vh" "$vn" "$rh" "$rn" >> "$out"
+		fi
+	done
+}
+# show_table FILE WITH_DIRECT term|md [FIRST-COLUMN-TITLE]
+show_table() {
+	local f=$1 wd=$2 how=$3 t=${4:-figure} a b c d e g h
+	if [ "$how" = md ]; then
+		if [ "$wd" = 1 ]; then
+			echo "| $t | lb | HAProxy | nginx | direct | lb/HAProxy | lb/nginx |"
+			echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+		else
+			echo "| $t | lb | HAProxy | nginx | lb/HAProxy | lb/nginx |"
+			echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+		fi
+	elif [ "$wd" = 1 ]; then
+		printf '%-46s %10s %10s %10s %10s %10s %9s\n' "$t" lb HAProxy nginx direct lb/HAProxy lb/nginx
+	else
+		printf '%-46s %10s %10s %10s %10s %9s\n' "$t" lb HAProxy nginx lb/HAProxy lb/nginx
+	fi
+	while IFS=$'\t' read -r a b c d e g h; do
+		if [ "$how" = md ]; then
+			if [ "$wd" = 1 ]; then echo "| $a | $b | $c | $d | $e | $g | $h |"; else echo "| $a | $b | $c | $d | $e | $g |"; fi
+		elif [ "$wd" = 1 ]; then
+			printf '%-46s %10s %10s %10s %10s %10s %9s\n' "$a" "$b" "$c" "$d" "$e" "$g" "$h"
+		else
+			printf '%-46s %10s %10s %10s %10s %9s\n' "$a" "$b" "$c" "$d" "$e" "$g"
+		fi
+	done < "$f"
+}
+has_fig() { awk -F'\t' -v f="$1" '$2 == f { x = 1 } END { exit !x }' "$XRES"; }
+
+IDLE_TABLE="$TMP/idle-table.tsv"; : > "$IDLE_TABLE"
+if want_fig idle; then
+	rows=()
+	for n in ${BENCH_IDLE_N//,/ }; do
+		rows+=("Pss per idle connection, bytes, $n conns|idle$n|pss_b|%.0f|1|"
+		       "RSS per idle connection, bytes, $n conns|idle$n|rss_b|%.0f|1|"
+		       "processes, $n conns|idle$n|procs|%.0f|0|"
+		       "errors, $n conns (all runs)|idle$n|errors|%.0f|0|sum")
+	done
+	xtable "$IDLE_TABLE" 0 "${rows[@]}"
+fi
+ACTIVE_TABLE="$TMP/active-table.tsv"; : > "$ACTIVE_TABLE"
+want_fig active && xtable "$ACTIVE_TABLE" 0 \
+	"responses/s (200)|active|rate|%.0f|1|" \
+	"errors (all runs)|active|errors|%.0f|0|sum" \
+	"  connect errors (all runs)|active|connect_errors|%.0f|0|sum" \
+	"  timeouts (all runs)|active|timeouts|%.0f|0|sum" \
+	"  non-200 responses (all runs)|active|non200|%.0f|0|sum" \
+	"p50 ms|active|p50|%.2f|1|" \
+	"p99 ms|active|p99|%.2f|1|" \
+	"peak Pss MB (all processes)|active|pss_mb|%.1f|1|" \
+	"peak RSS MB (sum over processes)|active|rss_mb|%.1f|1|" \
+	"CPU 0 busy %|active|cpu|%.0f|0|" \
+	"processes|active|procs|%.0f|0|"
+L4_TABLE="$TMP/l4-table.tsv"; : > "$L4_TABLE"
+want_fig l4 && xtable "$L4_TABLE" 1 \
+	"TCP throughput GB/s, one stream|l4|gbps|%.2f|1|" \
+	"CPU 0 busy %|l4|cpu|%.0f|0|"
+CG_TABLE="$TMP/cg-table.tsv"; : > "$CG_TABLE"
+want_fig callgrind && xtable "$CG_TABLE" 0 \
+	"instructions per request|callgrind|ir_per_req|%.0f|1|" \
+	"instructions, $BENCH_CG_SMALL requests|callgrind|ir_small|%.0f|1|" \
+	"instructions, $BENCH_CG_REQS requests|callgrind|ir_big|%.0f|1|"
+# the ceiling: full handshakes per CPU-0 second from the tls figure's runs (rate * 100 / CPU 0 busy %)
+CEIL_TABLE="$TMP/ceil-table.tsv"; : > "$CEIL_TABLE"
+hs_per_cpu() {
+	awk -F'\t' -v p="$1" '$1 == p && $2 == "tls_full" && $4 != "NA" && $7 != "NA" && $7 > 0 { print $4 * 100 / $7 }' \
+		"$RESULTS" | sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) { print "n/a"; exit }
+		if (NR % 2) m = v[(NR + 1) / 2]; else m = (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.0f\n", m }'
+}
+CEIL=n/a
+if want_fig ceiling; then
+	CEIL=$(xmed bearssl ceiling rate)
+	[ "$CEIL" = NA ] && CEIL=n/a || CEIL=$(awk -v x="$CEIL" 'BEGIN { printf "%.0f", x }')
+	cl=$CEIL; ch="-"; cn="-"
+	printf '%s\t%s\t%s\t%s\t%s\t%s\n' "BearSSL ceiling, handshakes/s on one core" "$cl" "$ch" "$cn" "-" "-" >> "$CEIL_TABLE"
+	for m in sign_us mulgen_us mul_us; do
+		v=$(xmed bearssl ceiling "$m"); [ "$v" = NA ] && v=n/a || v=$(awk -v x="$v" 'BEGIN { printf "%.0f", x }')
+		case $m in sign_us) l="  ECDSA P-256 signature, us" ;; mulgen_us) l="  ECDHE key pair (base-point mul), us" ;;
+		           *) l="  ECDH shared secret (point mul), us" ;; esac
+		printf '%s\t%s\t-\t-\t-\t-\n' "$l" "$v" >> "$CEIL_TABLE"
+	done
+	hl=$(value lb rps tls_full); hh=$(value haproxy rps tls_full); hn=$(value nginx rps tls_full)
+	printf '%s\t%s\t%s\t%s\t%s\t%s\n' "full handshakes/s (tls figure)" "$hl" "$hh" "$hn" "$(ratio "$hl" "$hh")" "$(ratio "$hl" "$hn")" >> "$CEIL_TABLE"
+	cl=$(value lb cpu tls_full); ch=$(value haproxy cpu tls_full); cn=$(value nginx cpu tls_full)
+	printf '%s\t%s\t%s\t%s\t-\t-\n' "CPU 0 busy %, full handshakes" "$cl" "$ch" "$cn" >> "$CEIL_TABLE"
+	pl=n/a; ph=n/a; pn=n/a
+	want lb && [ -z "$LB_SKIP_REASON" ] && pl=$(hs_per_cpu lb)
+	want haproxy && ph=$(hs_per_cpu haproxy)
+	want nginx && pn=$(hs_per_cpu nginx)
+	printf '%s\t%s\t%s\t%s\t%s\t%s\n' "full handshakes per CPU-0 second" "$pl" "$ph" "$pn" "$(ratio "$pl" "$ph")" "$(ratio "$pl" "$pn")" >> "$CEIL_TABLE"
+	pct() { case "$1$CEIL" in *[!0-9.]*|"") echo "n/a" ;; *) awk -v a="$1" -v b="$CEIL" 'BEGIN { printf "%.0f\n", 100 * a / b }' ;; esac; }
+	printf '%s\t%s\t%s\t%s\t-\t-\n' "% of the BearSSL ceiling" "$(pct "$pl")" "$(pct "$ph")" "$(pct "$pn")" >> "$CEIL_TABLE"
+fi
+
 HAPROXY_V=$(haproxy -v 2>&1 | head -n1)
 NGINX_VER=$(nginx -v 2>&1 | head -n1)
 WRK_V=$(wrk -v 2>&1 | head -n1)
@@ -716,12 +1386,16 @@ KERNEL=$(uname -sr)
 DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
 
 # Terminal table
+SHOW_HTTP=0
+want_fig http && SHOW_HTTP=1
 echo
-printf '%-42s %10s %10s %10s %10s %10s %9s\n' figure lb HAProxy nginx direct lb/HAProxy lb/nginx
-while IFS=$'\t' read -r label vl vh vn vd rh rn; do
-	printf '%-42s %10s %10s %10s %10s %10s %9s\n' "$label" "$vl" "$vh" "$vn" "$vd" "$rh" "$rn"
-done < "$TABLE"
-echo
+if [ "$SHOW_HTTP" = 1 ]; then
+	printf '%-42s %10s %10s %10s %10s %10s %9s\n' figure lb HAProxy nginx direct lb/HAProxy lb/nginx
+	while IFS=$'\t' read -r label vl vh vn vd rh rn; do
+		printf '%-42s %10s %10s %10s %10s %10s %9s\n' "$label" "$vl" "$vh" "$vn" "$vd" "$rh" "$rn"
+	done < "$TABLE"
+	echo
+fi
 [ -n "$LB_SKIP_REASON" ] && echo "lb skipped: $LB_SKIP_REASON"
 [ "$FAILED" != " " ] && echo "failed to start:$FAILED"
 if [ "$SHOW_TLS" = 1 ]; then
@@ -736,28 +1410,46 @@ if [ "$SHOW_TLS" = 1 ]; then
 	[ -n "$TLSLOAD_NOTE" ] && echo "$TLSLOAD_NOTE"
 	[ "$TLS_FAILED" != " " ] && echo "failed to start with TLS:$TLS_FAILED"
 fi
+for t in "idle connections:$IDLE_TABLE:0" "active connections ($BENCH_ACTIVE_CONNS):$ACTIVE_TABLE:0" \
+         "L4 TCP:$L4_TABLE:1" "callgrind:$CG_TABLE:0" "TLS ceiling:$CEIL_TABLE:0"; do
+	IFS=: read -r title f wd <<< "$t"
+	[ -s "$f" ] || continue
+	echo
+	show_table "$f" "$wd" term "$title"
+done
+if [ -s "$SIZES" ]; then
+	echo
+	printf '%-16s %10s %10s %10s %8s %8s\n' binary bytes stripped text data bss
+	while IFS=$'\t' read -r name fsz ssz text data bss _; do
+		printf '%-16s %10s %10s %10s %8s %8s\n' "$name" "$fsz" "$ssz" "$text" "$data" "$bss"
+	done < "$SIZES"
+fi
+[ -n "$X_FAILED" ] && echo "did not run:$X_FAILED"
+[ -n "$CG_SKIP_REASON" ] && echo "no callgrind figures: $CG_SKIP_REASON"
 echo "medians of $BENCH_RUNS runs x ${BENCH_SECS}s; $PIN_NOTE; took $((T1 - T0))s"
 
 # Markdown
 {
 	echo "# lb benchmark"
 	echo
-	echo "Generated by \`bench/run.sh\` on $DATE. Medians of $BENCH_RUNS runs of ${BENCH_SECS}s each;"
-	echo "runs alternate between proxies (round 1: all proxies, round 2: all proxies, ...)."
-	echo "Every proxy runs one worker / thread in front of the same three nginx backends that answer"
-	echo "\`200 ok\`; \"direct\" is wrk straight to one backend, the no-proxy limit."
-	echo "Ratios above 1 mean lb is higher (better for req/s, worse for latency)."
+	echo "Generated by \`bench/run.sh\` on $DATE (figures: $BENCH_FIGS). Medians of $BENCH_RUNS runs"
+	echo "(${BENCH_SECS}s each for wrk); runs alternate between proxies (round 1: all proxies, round 2: all proxies, ...)."
+	echo "Unless a section says otherwise, every proxy runs one worker / thread in front of the same three"
+	echo "nginx backends that answer \`200 ok\`; \"direct\" is wrk straight to one backend, the no-proxy limit."
+	echo "Ratios above 1 mean lb is higher (better for req/s, worse for latency, memory and instructions)."
 	echo
-	echo "| figure | lb | HAProxy | nginx | direct | lb/HAProxy | lb/nginx |"
-	echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
-	while IFS=$'\t' read -r label vl vh vn vd rh rn; do
-		echo "| $label | $vl | $vh | $vn | $vd | $rh | $rn |"
-	done < "$TABLE"
-	echo
+	if [ "$SHOW_HTTP" = 1 ]; then
+		echo "| figure | lb | HAProxy | nginx | direct | lb/HAProxy | lb/nginx |"
+		echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+		while IFS=$'\t' read -r label vl vh vn vd rh rn; do
+			echo "| $label | $vl | $vh | $vn | $vd | $rh | $rn |"
+		done < "$TABLE"
+		echo
+		[ "$FAILED" != " " ] && { echo "Failed to start:$FAILED(see the script's output)."; echo; }
+		echo "Errors are wrk's socket errors (connect, read, write, timeout) plus non-2xx/3xx responses."
+		echo
+	fi
 	[ -n "$LB_SKIP_REASON" ] && { echo "lb was skipped: $LB_SKIP_REASON."; echo; }
-	[ "$FAILED" != " " ] && { echo "Failed to start:$FAILED(see the script's output)."; echo; }
-	echo "Errors are wrk's socket errors (connect, read, write, timeout) plus non-2xx/3xx responses."
-	echo
 	if [ "$SHOW_TLS" = 1 ]; then
 		echo "## TLS"
 		echo
@@ -785,6 +1477,102 @@ echo "medians of $BENCH_RUNS runs x ${BENCH_SECS}s; $PIN_NOTE; took $((T1 - T0))
 		echo "of the close_notify is reported by tlsload, not counted), plus wrk's errors as above."
 		echo
 	fi
+	if [ -s "$IDLE_TABLE" ]; then
+		echo "## Idle keep-alive connections: memory per connection"
+		echo
+		show_table "$IDLE_TABLE" 0 md
+		echo
+		echo "Each proxy starts from \`bench/lb-many.ini.in\`, \`bench/haproxy-many.cfg.in\` or \`bench/nginx-proxy-many.conf.in\`"
+		echo "(keep-alive idle time 300 s) on CPU 0; its memory is read; then \`bench/connload.c\` (one process per"
+		echo "$CLIENT_CONNS connections, each from its own source address 127.0.0.2, .3, ..., on CPU 1) opens N connections that each"
+		echo "send \`GET / HTTP/1.1\` once, read the 200 and stay idle; 2 s after the last response the memory is read again."
+		echo "Bytes per connection = (after - before) / N, memory being the sum of **Pss** from \`/proc/PID/smaps_rollup\` over"
+		echo "all the proxy's processes (master and workers: Pss splits a shared page between the processes that map it,"
+		echo "so a forked master's copy-on-write pages count once); RSS summed over the processes (shared pages counted"
+		echo "in each) beside it. The kernel's socket memory (struct sock, buffers) is not counted: it is the same for"
+		echo "every proxy. The open-files cap is $NOFILE per process: one lb or nginx process holds up to $PROC_CONNS idle"
+		echo "connections, beyond that lb runs \`workers = K\` and nginx \`worker_processes K\` with \`reuseport\` (K = the"
+		echo "processes row). HAProxy reserves two files per connection (maxconn $HAP_MAXCONN per process here), so it runs"
+		echo "one independent \`haproxy -db\` process per $HAP_CONNS connections, all bound to the same port with SO_REUSEPORT"
+		echo "(HAProxy's default), which the kernel balances as it does lb's workers: like for like for memory, except"
+		echo "that these processes share no state (their start-up memory cancels out in the difference). Errors:"
+		echo "connections without a 200, plus connections the proxy closed while idle."
+		echo
+	fi
+	if [ -s "$ACTIVE_TABLE" ]; then
+		echo "## Active connections"
+		echo
+		show_table "$ACTIVE_TABLE" 0 md
+		echo
+		echo "$BENCH_ACTIVE_CONNS connections through the proxy, each sending one request every ${BENCH_ACTIVE_MS} ms (the first"
+		echo "after a random delay) and waiting for its response, i.e. $(( BENCH_ACTIVE_CONNS * 1000 / BENCH_ACTIVE_MS )) requests/s offered, measured for"
+		echo "${BENCH_ACTIVE_SECS}s once all are connected (\`bench/connload.c -a\`, one process per $CLIENT_CONNS connections on CPU 1;"
+		echo "the proxy on CPU 0 with the \`*-many\` configurations and the process counts shown, as for the idle figure;"
+		echo "the backends are the one unpinned nginx worker). Errors: failed connects, no response within 10 s,"
+		echo "connections closed before the response, non-200 responses (a failed connection is opened again ${BENCH_ACTIVE_MS} ms"
+		echo "later). Latency from writing a request to the last byte of its response (10 us buckets, the whole run"
+		echo "including the ramp-up). Peak memory sampled once a second. The goal for lb: 0 errors, RSS < 150 MB."
+		echo
+	fi
+	if [ -s "$L4_TABLE" ]; then
+		echo "## L4 TCP throughput"
+		echo
+		show_table "$L4_TABLE" 1 md
+		echo
+		echo "One TCP stream of $BENCH_L4_BYTES bytes through the proxy: \`bench/tcpxfer.c\` serves zeroes with sendfile(2) from"
+		echo "a memfd (unpinned) and the client reads with recv(MSG_TRUNC) on CPU 1, so both ends cost little. lb"
+		echo "\`mode = tcp\` (\`bench/lb-tcp.ini.in\`), HAProxy \`mode tcp\` (\`bench/haproxy-tcp.cfg.in\`; no splicing, its default),"
+		echo "nginx \`stream {}\` (\`bench/nginx-tcp.conf.in\`, libnginx-mod-stream, default 16k buffer), one worker each on CPU 0;"
+		echo "direct: the client straight to the server. GB/s = 10^9 bytes per second from connect to the end of the stream."
+		[ -n "$L4_SKIP_NGINX" ] && echo "nginx was left out: $L4_SKIP_NGINX."
+		echo
+	fi
+	if [ -s "$CG_TABLE" ]; then
+		echo "## Instructions per request (callgrind)"
+		echo
+		show_table "$CG_TABLE" 0 md
+		echo
+		echo "Each proxy runs under \`valgrind --tool=callgrind\` with its one-worker configuration above (lb without"
+		echo "active health checks, like HAProxy and nginx here); \`bench/connload.c -n 4 -k K\` sends K keep-alive requests"
+		echo "over 4 connections, then the proxy is stopped. lb's and nginx's masters write their own files, which are"
+		echo "left out: only the worker's instructions count. Instructions per request ="
+		echo "(Ir(K = $BENCH_CG_REQS) - Ir(K = $BENCH_CG_SMALL)) / ($BENCH_CG_REQS - $BENCH_CG_SMALL): start-up, connection set-up and shutdown cancel out."
+		echo "This counts instructions, not time: stable from run to run on a noisy machine, the figure to watch from"
+		echo "change to change (one run each)."
+		echo
+	fi
+	[ -n "$CG_SKIP_REASON" ] && { echo "No callgrind figures: $CG_SKIP_REASON."; echo; }
+	if [ -s "$SIZES" ]; then
+		echo "## Binary size"
+		echo
+		echo "| binary | bytes | stripped | text | data | bss | build |"
+		echo "| --- | ---: | ---: | ---: | ---: | ---: | --- |"
+		while IFS=$'\t' read -r name fsz ssz text data bss note; do
+			echo "| $name | $fsz | $ssz | $text | $data | $bss | $note |"
+		done < "$SIZES"
+		echo
+		echo "Stripped: \`strip -o\`; text, data, bss: \`size\` of the stripped file. \`lb (make)\` is the normal build (\`-O2 -g\`,"
+		echo "BearSSL and inih static, glibc shared); the \`-static\` builds link glibc statically too. HAProxy and nginx are"
+		echo "Debian's binaries: their shared libraries (OpenSSL, PCRE2, Lua, ...) are not counted. The goal: a static lb"
+		echo "under 500 KB."
+		echo
+	fi
+	if [ -s "$CEIL_TABLE" ]; then
+		echo "## Full handshakes against BearSSL's ceiling"
+		echo
+		show_table "$CEIL_TABLE" 0 md
+		echo
+		echo "\`bench/tlsceil.c\` does, in a loop for ${BENCH_CEIL_SECS}s on CPU 0 (median of $BENCH_RUNS runs), the asymmetric crypto one"
+		echo "ECDHE-ECDSA P-256 full handshake costs the server, with the BearSSL code lb's server engine uses"
+		echo "(\`br_ec_get_default()\`, \`br_ecdsa_sign_asn1_get_default()\`): the ECDHE key pair (one base-point"
+		echo "multiplication), the shared secret (one point multiplication), the ServerKeyExchange signature (one ECDSA"
+		echo "signature). Its rate is the most full handshakes per CPU-second lb can do with BearSSL. Full handshakes per"
+		echo "CPU-0 second = the TLS section's full-handshake rate * 100 / CPU 0 busy %, per run (median); n/a without the"
+		echo "tls figure. The goal for lb: 85% of the ceiling or more. HAProxy and nginx use OpenSSL's P-256 code"
+		echo "(several times faster than BearSSL's): their percentage is for scale only."
+		echo
+	fi
+	[ -n "$X_FAILED" ] && { echo "Did not run:$X_FAILED (see the script's output)."; echo; }
 	echo "## Setup"
 	echo
 	echo "- machine: $NCPU CPUs ($CPU_MODEL), $KERNEL"
@@ -802,14 +1590,27 @@ echo "medians of $BENCH_RUNS runs x ${BENCH_SECS}s; $PIN_NOTE; took $((T1 - T0))
 	echo
 	echo "## Raw runs"
 	echo
-	echo "Rate is req/s, or handshakes/s for tls_full and tls_resume."
-	echo
-	echo "| proxy | figure | run | rate | p99 ms | errors | CPU 0 busy % | resumed % |"
-	echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
-	while IFS=$'\t' read -r p f r rps p99 e cpu res; do
-		echo "| $p | $f | $r | $rps | $p99 | $e | $cpu | $res |"
-	done < "$RESULTS"
+	if [ -s "$RESULTS" ]; then
+		echo "Rate is req/s, or handshakes/s for tls_full and tls_resume."
+		echo
+		echo "| proxy | figure | run | rate | p99 ms | errors | CPU 0 busy % | resumed % |"
+		echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+		while IFS=$'\t' read -r p f r rps p99 e cpu res; do
+			echo "| $p | $f | $r | $rps | $p99 | $e | $cpu | $res |"
+		done < "$RESULTS"
+		echo
+	fi
+	if [ -s "$XRES" ]; then
+		echo "Other figures, one line per run and metric (pss_b, rss_b: bytes per idle connection; pss_kb0, pss_kb1:"
+		echo "Pss before and after, kB; pss_mb, rss_mb: peak, MB; gbps: 10^9 bytes/s; ir_*: instructions)."
+		echo
+		echo "| proxy | figure | run | metric | value |"
+		echo "| --- | --- | ---: | --- | ---: |"
+		while IFS=$'\t' read -r p f r m v; do
+			echo "| $p | $f | $r | $m | $v |"
+		done < "$XRES"
+	fi
 } > "$BENCH_OUT"
 echo "wrote ${BENCH_OUT#"$ORIG_PWD"/}"
 
-[ "$FAILED" = " " ] && [ "$TLS_FAILED" = " " ]
+[ "$FAILED" = " " ] && [ "$TLS_FAILED" = " " ] && [ -z "$X_FAILED" ]
