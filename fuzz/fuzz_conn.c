@@ -30,7 +30,8 @@
  *
  * Properties (abort() with "*** property violated"):
  *  - termination: the loop settles (no turn after turn of events with no I/O: a busy loop) and
- *    the connection is closed after at most 64 deadlines; every live connection has one;
+ *    the connection is closed after at most 64 deadlines; every live connection has one; once
+ *    the client and the server connection in use have both closed, lb closes at once;
  *  - hygiene: no call on a closed or unknown virtual fd, no send after shutdown(SHUT_WR), every
  *    send with MSG_NOSIGNAL, every virtual fd closed at the end, no poll registration left,
  *    every buffer back in the pool, servers' active counts and circuit trial slots back to 0;
@@ -721,10 +722,29 @@ static void settle(void)
 	CHECK(!"the loop did not settle within 100000 turns");
 }
 
+static int peer_gone(const struct vsock *v) { return v->rx_eof || v->rst; }
+
+/* The client and the server connection lb is using have both closed or reset: nothing can
+ * happen any more, so lb must close now, not when a timer fires (a connect in progress, or no
+ * server connection at all, is for the timers). */
+static void check_prompt_close(void)
+{
+	struct conn *c = g_live;
+	if (!c || !peer_gone(&fz_v[0]) || !c->b)
+		return;
+	const struct vsock *b = vs_of(c->b->h.fd);
+	if (!b || !b->open || !b->connected || !peer_gone(b))
+		return;
+	fprintf(stderr, "fuzz_conn: q=%d r=%d cin_eof=%d hup=%d shut_c=%d shut_b=%d b.eof=%d b.reset=%d\n", c->q, c->r,
+	        c->cin_eof, c->h.hup, c->shut_c, c->shut_b, c->b->eof, c->b->reset);
+	CHECK(!"both peers closed, yet lb keeps the connection until a timeout");
+}
+
 /* Input over: time runs from deadline to deadline until the client connection is gone. */
 static void finish(void)
 {
 	settle();
+	check_prompt_close();
 	for (int i = 0; i < 64 && g_nconns > 0; i++) {
 		CHECK(g_nheap > 0); /* a live connection without a deadline would stay forever */
 		if (g_heap[0]->deadline > fz_clock)

@@ -920,6 +920,45 @@ def t_tcp(ctx):
         eq(c.read_until_eof(), b"got 1048576 bytes\n", "tcp-count answer after half-close")
 
 
+@test("tcp_server_closes_first")
+def t_tcp_server_first(ctx):
+    """The server sends and closes first; the client answers and half-closes after lb shut its side
+    (the client socket then polls POLLIN|POLLHUP): its last bytes and its EOF must reach the server
+    at once, not be dropped while the tunnel waits for idle_timeout (found by fuzz/fuzz_conn)."""
+    port = free_port()
+    srv = socket.socket()
+    srv.bind((HOST, 0))
+    srv.listen(1)
+    srv.settimeout(5)
+    ctx.lb(config(listener("t", port, pool="one", mode="tcp", idle_timeout="10s"),
+                  pool("one", [("s1", srv.getsockname()[1])], health_check="off")), [port])
+    try:
+        with RawConn(port) as c:
+            s, _ = srv.accept()
+            s.settimeout(5)
+            s.sendall(b"banner")
+            s.shutdown(socket.SHUT_WR)
+            eq(c.read_until_eof(), b"banner", "what the client got before lb shut its side")
+            t0 = time.monotonic()
+            c.sock.sendall(b"last words")
+            c.sock.shutdown(socket.SHUT_WR)
+            got = b""
+            try:
+                while True:
+                    d = s.recv(4096)
+                    if not d:
+                        break
+                    got += d
+            except socket.timeout:
+                pass
+            waited = time.monotonic() - t0
+            s.close()
+        eq(got, b"last words", "what the server got after its own close")
+        check(waited < 2, "the server saw the end of the tunnel after %.1f s (idle_timeout 10s)" % waited)
+    finally:
+        srv.close()
+
+
 @test("errors_5xx")
 def t_5xx(ctx):
     b = ctx.b
