@@ -6315,7 +6315,9 @@ static ssize_t send_iov(int fd, struct iovec *iov, int k)
 
 static int want_client_read(struct conn *c)
 {
-	if (c->cin_eof || c->h.hup)
+	/* not c->h.hup: after lb's shutdown(SHUT_WR) a client's FIN polls as HUP, and its last
+	 * bytes and its EOF are still to be read (reading them is what ends a tunnel) */
+	if (c->cin_eof)
 		return 0;
 	if (c->q == Q_PROXY)
 		return buf_len(&c->in) < LB_PROXY_V2_MAX;
