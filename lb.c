@@ -36,6 +36,7 @@
 #include <grp.h>
 #include <pwd.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <sched.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
@@ -86,12 +87,20 @@ static int mem_ieq(const char *a, const char *b, size_t n)
 	return 1;
 }
 
-static int is_tchar(unsigned char c)
-{
-	if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
-		return 1;
-	return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
-}
+/* token characters (RFC 9110 tchar): the parsers test every byte of a head against this */
+static const unsigned char k_tchar[256] = {
+	['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1, ['+'] = 1, ['-'] = 1,
+	['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1, ['~'] = 1,
+	['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1, ['8'] = 1, ['9'] = 1,
+	['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1, ['i'] = 1,
+	['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1, ['q'] = 1, ['r'] = 1,
+	['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1, ['y'] = 1, ['z'] = 1,
+	['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1, ['I'] = 1,
+	['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1, ['Q'] = 1, ['R'] = 1,
+	['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1, ['Y'] = 1, ['Z'] = 1,
+};
+
+static int is_tchar(unsigned char c) { return k_tchar[c]; }
 
 static int is_hex(unsigned char c)
 {
@@ -295,6 +304,8 @@ static void sem_connection(struct head_sem *s, struct lb_str v)
 			s->conn_keepalive = 1;
 		else if (str_ieq(el.p, el.n, "upgrade"))
 			s->conn_upgrade = 1;
+		else
+			s->flags |= LB_HF_CONN_NAMES;
 	}
 }
 
@@ -340,53 +351,118 @@ static int authority_split(struct lb_str a, struct lb_str *host, struct lb_str *
 }
 
 /* Apply one field to the semantic state; returns 0 or a status (400, 417). */
+/* the candidate named s (lower case, n bytes) when name is it, else LB_H_OTHER */
+static int hdr_is(const char *name, const char *s, size_t n, int id) { return mem_ieq(name, s, n) ? id : LB_H_OTHER; }
+
+int lb_header_id(const char *name, size_t n)
+{
+	/* no two of these share both length and first letter: one compare decides */
+	int f = lower((unsigned char)(n ? name[0] : 0));
+	switch (n) {
+	case 2: return hdr_is(name, "te", 2, LB_H_TE);
+	case 4: return hdr_is(name, "host", 4, LB_H_HOST);
+	case 6: return f == 'e' ? hdr_is(name, "expect", 6, LB_H_EXPECT) : hdr_is(name, "cookie", 6, LB_H_COOKIE);
+	case 7:
+		return f == 'u' ? hdr_is(name, "upgrade", 7, LB_H_UPGRADE)
+		       : f == 't' ? hdr_is(name, "trailer", 7, LB_H_TRAILER) : hdr_is(name, "referer", 7, LB_H_REFERER);
+	case 10:
+		return f == 'c' ? hdr_is(name, "connection", 10, LB_H_CONNECTION)
+		       : f == 'k' ? hdr_is(name, "keep-alive", 10, LB_H_KEEP_ALIVE)
+		                  : hdr_is(name, "user-agent", 10, LB_H_USER_AGENT);
+	case 12: return hdr_is(name, "x-request-id", 12, LB_H_X_REQUEST_ID);
+	case 14: return hdr_is(name, "content-length", 14, LB_H_CONTENT_LENGTH);
+	case 15: return hdr_is(name, "x-forwarded-for", 15, LB_H_X_FORWARDED_FOR);
+	case 16:
+		return f == 'p' ? hdr_is(name, "proxy-connection", 16, LB_H_PROXY_CONNECTION)
+		                : hdr_is(name, "x-forwarded-host", 16, LB_H_X_FORWARDED_HOST);
+	case 17:
+		return f == 't' ? hdr_is(name, "transfer-encoding", 17, LB_H_TRANSFER_ENCODING)
+		                : hdr_is(name, "x-forwarded-proto", 17, LB_H_X_FORWARDED_PROTO);
+	case 21: return hdr_is(name, "x-client-cert-subject", 21, LB_H_X_CLIENT_CERT_SUBJECT);
+	case 25: return hdr_is(name, "strict-transport-security", 25, LB_H_STRICT_TRANSPORT_SECURITY);
+	}
+	return LB_H_OTHER;
+}
+
 static int sem_field(struct head_sem *s, const struct lb_header *h)
 {
-	struct lb_str n = h->name, v = h->value;
-	switch (n.n) {
-	case 4:
-		if (str_ieq(n.p, n.n, "host")) {
-			s->hosts++;
-			s->host_value = v;
-		}
+	struct lb_str v = h->value;
+	switch (h->id) {
+	case LB_H_HOST:
+		s->hosts++;
+		s->host_value = v;
 		break;
-	case 6:
-		if (str_ieq(n.p, n.n, "expect")) {
-			if (str_ieq(v.p, v.n, "100-continue"))
-				s->expect_100 = 1;
-			else
-				s->expect_other = 1;
-		}
+	case LB_H_EXPECT:
+		if (str_ieq(v.p, v.n, "100-continue"))
+			s->expect_100 = 1;
+		else
+			s->expect_other = 1;
 		break;
-	case 7:
-		if (str_ieq(n.p, n.n, "upgrade")) {
-			s->upgrade_seen = 1;
-			s->upgrade = v;
-		}
+	case LB_H_UPGRADE:
+		s->upgrade_seen = 1;
+		s->upgrade = v;
 		break;
-	case 10:
-		if (str_ieq(n.p, n.n, "connection"))
-			sem_connection(s, v);
+	case LB_H_CONNECTION:
+		sem_connection(s, v);
 		break;
-	case 14:
-		if (str_ieq(n.p, n.n, "content-length"))
-			return sem_content_length(s, v);
-		break;
-	case 17:
-		if (str_ieq(n.p, n.n, "transfer-encoding"))
-			return sem_transfer_encoding(s, v);
-		break;
+	case LB_H_CONTENT_LENGTH:
+		return sem_content_length(s, v);
+	case LB_H_TRANSFER_ENCODING:
+		return sem_transfer_encoding(s, v);
 	}
 	return 0;
 }
 
 /* Read header fields from pos up to and including the empty line.
  * Returns the head length, LB_EAGAIN, or LB_EINVAL with *status and *err set. */
+/* One field line at pos when it is plainly well formed: name, ':', value, CRLF. Returns the
+ * offset of its CR, or -1 for anything else (parse_fields then looks at it with care). */
+static long field_fast(const char *b, size_t len, size_t pos, struct lb_header *h)
+{
+	size_t c = pos;
+	while (c < len && k_tchar[(unsigned char)b[c]])
+		c++;
+	if (c == pos || c >= len || b[c] != ':')
+		return -1;
+	size_t vs = c + 1, e;
+	while (vs < len && (b[vs] == ' ' || b[vs] == '\t'))
+		vs++;
+	for (e = vs; e < len && is_vchar_ws((unsigned char)b[e]);)
+		e++;
+	if (e + 1 >= len || b[e] != '\r' || b[e + 1] != '\n')
+		return -1;
+	size_t ve = e;
+	while (ve > vs && (b[ve - 1] == ' ' || b[ve - 1] == '\t'))
+		ve--;
+	h->name.p = b + pos;
+	h->name.n = c - pos;
+	h->value.p = b + vs;
+	h->value.n = ve - vs;
+	return (long)e;
+}
+
 static int parse_fields(const char *b, size_t len, size_t pos, struct lb_header *hs, size_t *nh,
                         struct head_sem *sem, int *status, const char **err)
 {
 	*nh = 0;
 	for (;;) {
+		if (pos + 1 < len && b[pos] == '\r' && b[pos + 1] == '\n')
+			return (int)(pos + 2);
+		if (*nh < LB_MAX_HEADERS) {
+			long fe = field_fast(b, len, pos, &hs[*nh]);
+			if (fe >= 0) {
+				struct lb_header *h = &hs[(*nh)++];
+				h->id = lb_header_id(h->name.p, h->name.n);
+				int st = sem_field(sem, h);
+				if (st) {
+					*status = st;
+					*err = "invalid framing header (Content-Length / Transfer-Encoding)";
+					return LB_EINVAL;
+				}
+				pos = (size_t)fe + 2;
+				continue;
+			}
+		}
 		long eol = find_crlf(b, len, pos);
 		if (eol == LB_EAGAIN)
 			return LB_EAGAIN;
@@ -428,6 +504,7 @@ static int parse_fields(const char *b, size_t len, size_t pos, struct lb_header 
 		h->name.n = c - pos;
 		h->value.p = b + vs;
 		h->value.n = ve - vs;
+		h->id = lb_header_id(h->name.p, h->name.n);
 		int st = sem_field(sem, h);
 		if (st) {
 			*status = st;
@@ -1271,7 +1348,8 @@ static int proxy_v1_port(struct lb_str w, uint16_t *port)
 /* policies see one form of an IPv4 address: ::ffff:a.b.c.d becomes a.b.c.d */
 static void ip_unmap(struct lb_ip *ip)
 {
-	if (ip->v6 && IN6_IS_ADDR_V4MAPPED((struct in6_addr *)ip->a)) {
+	static const uint8_t mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+	if (ip->v6 && !memcmp(ip->a, mapped, sizeof mapped)) { /* IN6_IS_ADDR_V4MAPPED without its alignment */
 		memmove(ip->a, ip->a + 12, 4);
 		memset(ip->a + 4, 0, 12);
 		ip->v6 = 0;
@@ -1409,7 +1487,33 @@ int lb_parse_proxy(const char *buf, size_t len, int versions, struct lb_proxy *o
 
 int lb_ip_format(const struct lb_ip *ip, char *out, size_t cap)
 {
+	if (!ip->v6 && cap >= INET_ADDRSTRLEN) { /* every request's X-Forwarded-For: no inet_ntop */
+		char *o = out;
+		for (int i = 0; i < 4; i++) {
+			unsigned v = ip->a[i];
+			if (v >= 100)
+				*o++ = (char)('0' + v / 100);
+			if (v >= 10)
+				*o++ = (char)('0' + v / 10 % 10);
+			*o++ = (char)('0' + v % 10);
+			*o++ = i < 3 ? '.' : '\0';
+		}
+		return 0;
+	}
 	return inet_ntop(ip->v6 ? AF_INET6 : AF_INET, ip->a, out, (socklen_t)cap) ? 0 : LB_ERANGE;
+}
+
+/* An address as text for a log line or a header: a connection keeps its addresses binary
+ * (46 bytes each as text) and formats them when asked. Four buffers, so that one message
+ * may name up to four addresses. */
+static const char *ip_text(const struct lb_ip *ip)
+{
+	static char b[4][INET6_ADDRSTRLEN];
+	static unsigned k;
+	char *o = b[k++ % 4];
+	if (lb_ip_format(ip, o, INET6_ADDRSTRLEN) != 0)
+		snprintf(o, INET6_ADDRSTRLEN, "unknown");
+	return o;
 }
 
 /* one X-Forwarded-For element: an address, maybe [v6]:port or v4:port, with spaces around */
@@ -1868,7 +1972,7 @@ static const struct keydef keys_listener[] = {
 	{ "redirect_https", 0, NULL }, { "https_port", 0, NULL }, { "acme_webroot", 0, NULL }, { "hsts", 0, NULL },
 	{ "proxy_protocol", 0, NULL }, { "trusted_proxies", 1, NULL },
 	{ "allow", 1, NULL }, { "deny", 1, NULL },
-	{ "max_conn_per_ip", 0, NULL }, { NULL, 0, NULL },
+	{ "max_conn_per_ip", 0, NULL }, { "splice", 0, NULL }, { NULL, 0, NULL },
 };
 static const struct keydef keys_pool[] = {
 	{ "server", 1, NULL }, { "algorithm", 0, NULL }, { "connect_timeout", 0, NULL },
@@ -2352,6 +2456,8 @@ static void set_listener(struct cfg *st, struct lb_listener *l, const char *k, c
 			cfg_err(st, line, k, "proxy_protocol: '%s' is not off, v1, v2 or any", v);
 	} else if (!strcmp(k, "max_conn_per_ip")) {
 		v_uint(st, line, k, v, 0, 1000000, &l->max_conn_per_ip);
+	} else if (!strcmp(k, "splice")) {
+		v_onoff(st, line, k, v, &l->splice);
 	} else {
 		set_listener_tls(st, l, k, v, line);
 	}
@@ -2885,6 +2991,7 @@ static int conf_alloc(struct cfg *st)
 			l->pool = -1;
 			l->header_timeout = 10000;
 			l->idle_timeout = 60000;
+			l->splice = 1;
 			l->max_header_size = 16384;
 			l->max_body_size = 10 * 1024 * 1024;
 			l->https_port = 443;
@@ -3502,12 +3609,12 @@ enum { EV_R = 1, EV_W = 2, EV_ERR = 4, EV_HUP = 8 };
 enum { H_LISTEN = 1, H_CLIENT, H_BACKEND, H_SIGNAL, H_CTL, H_HEALTH };
 
 struct evh {
-	int kind;
 	int fd;
 	unsigned want, reg;            /* wanted; registered (a superset: narrowed lazily) */
-	int registered, hup, dead;
-	int rready;                    /* readable per the last event and not drained since */
-	size_t pidx;
+	uint32_t pidx;                 /* poll(): the slot in g_pfd */
+	uint8_t kind;
+	bool registered, hup, dead;
+	bool rready;                   /* readable per the last event and not drained since */
 };
 
 
@@ -3601,7 +3708,7 @@ static void ev_os_add(struct evh *h, unsigned want)
 {
 	if (g_np >= g_pcap)
 		return;
-	h->pidx = g_np++;
+	h->pidx = (uint32_t)g_np++;
 	g_pfd[h->pidx].fd = h->fd;
 	g_pfd[h->pidx].events = ev_to_os(want);
 	g_pfd[h->pidx].revents = 0;
@@ -3616,7 +3723,7 @@ static void ev_os_del(struct evh *h)
 	if (i != last) {
 		g_pfd[i] = g_pfd[last];
 		g_powner[i] = g_powner[last];
-		g_powner[i]->pidx = i;
+		g_powner[i]->pidx = (uint32_t)i;
 	}
 }
 
@@ -4497,7 +4604,7 @@ static int tls_just_done(struct tls_conn *tc)
 /* Plaintext from the peer into dst: > 0 bytes; 0 at the end of the stream; -1 with errno
  * EAGAIN when there is none yet; -1 with another errno when the connection failed
  * (EPROTO: TLS error, in io->err). */
-static ssize_t tls_recv(struct tls_io *io, int fd, int *rready, char *dst, size_t cap)
+static ssize_t tls_recv(struct tls_io *io, int fd, bool *rready, char *dst, size_t cap)
 {
 	br_ssl_engine_context *eng = io->eng;
 	for (;;) {
@@ -4738,30 +4845,20 @@ enum { R_NONE, R_WAIT, R_BODY, R_DONE, R_TUNNEL };
 #define LEFT_CHUNKED (-1)
 #define LEFT_UNTIL_CLOSE (-2)
 
+/* Field order and widths keep an idle keep-alive connection small (issue 10 measures RSS
+ * per idle connection): flags are bools, small enums bytes, addresses formatted on demand. */
 struct conn {
 	struct evh h;
 	struct conn *prev, *next;      /* live list; next also links free and dead lists */
 	struct conn *pnext;            /* pending list: work left over from a capped turn */
-	int pending;
 	struct lb_listener *L;
-	int li;
 	struct lb_bconn *b;
 	struct buf in, out, qh, rh;
-	int q, r;
 	uint64_t req_fwd, resp_fwd;    /* bytes at in.s / out.s framed and ready to forward */
 	int64_t req_left, resp_left;   /* Content-Length still to frame, or LEFT_* */
 	struct lb_chunk req_ck, resp_ck;
 	uint64_t max_body;
-	size_t scan;                   /* head bytes already looked at for a line end */
-	int cin_eof, shut_b, shut_c;
-	int close_after, backend_reuse, holds_srv;
-	int close_announced;           /* the response head told the client this is the last exchange */
 	struct lb_server *sticky;      /* the server the client's sticky cookie names, if any */
-	int set_cookie;                /* the response names the chosen server in a new cookie */
-	int retries_left, reuse_retried;
-	int cb_trial;                  /* holds a trial slot of its server's half-open circuit */
-	int req_bodyless, req_idem, req_method, req_minor, upgrade;
-	int resp_status, resp_started;
 	uint64_t resp_timeout;
 	struct lb_pool *pool;
 	struct lb_route *route;
@@ -4770,21 +4867,35 @@ struct conn {
 	uint64_t deadline;
 	size_t hidx;
 	uint64_t bytes_out, bytes_in;   /* body bytes to the client (all bytes in a tunnel); from it */
-	int sent_any;                   /* a byte of this exchange's response reached the client */
-	unsigned nreq;
-	char peer[INET6_ADDRSTRLEN];
-	struct lb_ip ip;               /* the client address policies see (this request's) */
 	uint64_t peer_hash;
-	char conn_peer[INET6_ADDRSTRLEN];
-	struct lb_ip conn_ip;          /* the connection's client: the socket's peer or its PROXY header's */
-	struct lb_proxy px;            /* the connection's addresses, for send_proxy */
-	int px_dst_ok;                 /* px.dst is known (from a PROXY header or getsockname) */
-	int xff_trusted;               /* conn_ip is a trusted proxy: its X-Forwarded-For counts */
-	int ipc_held;                  /* counted in the per-address connection table */
 	struct lb_bconn *own_b;        /* an idle server connection private to this client (send_proxy) */
 	struct tls_conn *tls;          /* the TLS engine of a tls = on listener's connection */
-	uint32_t lg_mlen, lg_ulen, lg_ref_off, lg_ref_len, lg_ua_off, lg_ua_len, lg_id_off, lg_id_len;
+	struct lb_splice *sp;          /* mode tcp with splice: the two pipes the bytes go through */
 	uint64_t wall_start_ms;        /* wall clock of the request start, for logs */
+	uint32_t lg_mlen, lg_ulen, lg_ref_off, lg_ref_len, lg_ua_off, lg_ua_len, lg_id_off, lg_id_len;
+	uint32_t scan;                 /* head bytes already looked at for a line end */
+	unsigned nreq;
+	int li;
+	int16_t resp_status;
+	int8_t retries_left;           /* pool retries: 0..10 */
+	uint8_t q, r;                  /* Q_*, R_* */
+	uint8_t req_method, req_minor;
+	struct lb_ip ip;               /* the client address policies see (this request's) */
+	struct lb_ip conn_ip;          /* the connection's client: the socket's peer or its PROXY header's */
+	struct lb_proxy px;            /* the connection's addresses, for send_proxy */
+	bool pending;
+	bool cin_eof, shut_b, shut_c;
+	bool close_after, backend_reuse, holds_srv;
+	bool close_announced;          /* the response head told the client this is the last exchange */
+	bool set_cookie;               /* the response names the chosen server in a new cookie */
+	bool reuse_retried;
+	bool cb_trial;                 /* holds a trial slot of its server's half-open circuit */
+	bool req_bodyless, req_idem, upgrade;
+	bool resp_started;
+	bool sent_any;                 /* a byte of this exchange's response reached the client */
+	bool px_dst_ok;                /* px.dst is known (from a PROXY header or getsockname) */
+	bool xff_trusted;              /* conn_ip is a trusted proxy: its X-Forwarded-For counts */
+	bool ipc_held;                 /* counted in the per-address connection table */
 };
 
 struct lsock {
@@ -4908,6 +5019,29 @@ static int buf_put_str(struct buf *b, const char *s, size_t n)
 	memcpy(b->d + b->e, s, n);
 	b->e += (uint32_t)n;
 	return 0;
+}
+
+#define buf_put_lit(b, lit) buf_put_str((b), (lit), sizeof(lit) - 1)
+
+static int buf_put_cstr(struct buf *b, const char *s) { return buf_put_str(b, s, strlen(s)); }
+
+/* decimal and fixed-width hex without printf: these run for every proxied head */
+static int buf_put_u64(struct buf *b, uint64_t v)
+{
+	char t[20];
+	size_t i = sizeof t;
+	do
+		t[--i] = (char)('0' + v % 10);
+	while ((v /= 10) != 0);
+	return buf_put_str(b, t + i, sizeof t - i);
+}
+
+static int buf_put_hex64(struct buf *b, uint64_t v)
+{
+	char t[16];
+	for (int i = 15; i >= 0; i--, v >>= 4)
+		t[i] = "0123456789abcdef"[v & 15];
+	return buf_put_str(b, t, sizeof t);
 }
 
 static int buf_printf(struct buf *b, const char *fmt, ...)
@@ -5051,6 +5185,7 @@ static void count_exchange(const struct conn *c);
 static void access_log_write(struct conn *c);
 
 static void conn_abort(struct conn *c, const char *why);
+static void splice_end(struct conn *c);
 
 /* Give back the server slot and the backend connection: to the idle pool when reusable. */
 static void backend_release(struct conn *c, int reuse)
@@ -5103,6 +5238,7 @@ static void conn_close(struct conn *c)
 		c->tls = NULL;
 	}
 	close(c->h.fd);
+	splice_end(c);
 	buf_put(&c->in);
 	buf_put(&c->out);
 	buf_put(&c->qh);
@@ -5130,7 +5266,7 @@ static void conn_close(struct conn *c)
 static void conn_abort(struct conn *c, const char *why)
 {
 	if (why)
-		lb_err("client %s listener %s: closing: %s", c->peer, c->L->name, why);
+		lb_err("client %s listener %s: closing: %s", ip_text(&c->ip), c->L->name, why);
 	if ((c->L->mode == LB_MODE_TCP && c->q == Q_TUNNEL) || (c->t_start && c->r != R_NONE)) {
 		if (!c->resp_status)
 			c->resp_status = 499; /* nginx's "client closed request" */
@@ -5143,7 +5279,7 @@ static void conn_abort(struct conn *c, const char *why)
 static int tls_begin(struct conn *c)
 {
 	if (!(c->tls = tls_conn_new(c->L))) {
-		lb_err("client %s listener %s: out of memory for a TLS engine", c->peer, c->L->name);
+		lb_err("client %s listener %s: out of memory for a TLS engine", ip_text(&c->ip), c->L->name);
 		conn_close(c);
 		return -1;
 	}
@@ -5169,7 +5305,7 @@ static void tls_failed(struct conn *c, int kind, const char *why)
 		return;
 	}
 	tls_count_failure(kind);
-	lb_err("client %s listener %s: TLS handshake failed: %s", c->peer, c->L->name, why);
+	lb_err("client %s listener %s: TLS handshake failed: %s", ip_text(&c->ip), c->L->name, why);
 	conn_close(c);
 }
 
@@ -5228,7 +5364,7 @@ static const char *hsts_of(const struct conn *c)
 static void respond(struct conn *c, int status, const char *why, const char *extra, const char *body, int quiet)
 {
 	if (!quiet)
-		lb_err("client %s listener %s: %d %s: %s", c->peer, c->L->name, status, status_text(status), why);
+		lb_err("client %s listener %s: %d %s: %s", ip_text(&c->ip), c->L->name, status, status_text(status), why);
 	if (c->q == Q_HEAD || c->q == Q_BODY)
 		c->close_after = 1;
 	backend_release(c, 0);
@@ -5281,11 +5417,12 @@ static int is_idempotent(int m)
 	       m == LB_M_TRACE;
 }
 
-/* Does a Connection header among hs list this name (making it hop-by-hop)? */
+/* Does a Connection header among hs list this name (making it hop-by-hop)? Only asked when
+ * the head's flags say Connection names anything beyond close, keep-alive and upgrade. */
 static int named_by_connection(const struct lb_header *hs, size_t nh, struct lb_str name)
 {
 	for (size_t i = 0; i < nh; i++) {
-		if (!str_ieq(hs[i].name.p, hs[i].name.n, "connection"))
+		if (hs[i].id != LB_H_CONNECTION)
 			continue;
 		const char *p = hs[i].value.p, *end = p + hs[i].value.n;
 		struct lb_str el;
@@ -5296,14 +5433,10 @@ static int named_by_connection(const struct lb_header *hs, size_t nh, struct lb_
 	return 0;
 }
 
-static int hop_by_hop(struct lb_str n)
+static int hop_by_hop(int id)
 {
-	static const char *const hop[] = { "connection", "keep-alive", "proxy-connection", "te", "upgrade",
-	                                   "trailer" };
-	for (size_t i = 0; i < sizeof hop / sizeof *hop; i++)
-		if (str_ieq(n.p, n.n, hop[i]))
-			return 1;
-	return 0;
+	return id == LB_H_CONNECTION || id == LB_H_KEEP_ALIVE || id == LB_H_PROXY_CONNECTION || id == LB_H_TE ||
+	       id == LB_H_UPGRADE || id == LB_H_TRAILER;
 }
 
 static int name_in(struct lb_str n, char *const *names, size_t k)
@@ -5316,28 +5449,29 @@ static int name_in(struct lb_str n, char *const *names, size_t k)
 
 static int req_header_dropped(const struct conn *c, const struct lb_req *rq, const struct lb_header *h)
 {
-	static const char *const replaced[] = { "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
-		                                    "x-client-cert-subject" }; /* never a client's own */
-	if (c->route && name_in(h->name, c->route->req_del, c->route->nreq_del))
+	if (c->route && c->route->nreq_del && name_in(h->name, c->route->req_del, c->route->nreq_del))
 		return 1;
-	if (hop_by_hop(h->name))
+	switch (h->id) {
+	case LB_H_CONTENT_LENGTH:  /* one canonical one is re-added: "5" and "05" never both reach the server */
+	case LB_H_X_FORWARDED_FOR: /* lb writes these; never a client's own */
+	case LB_H_X_FORWARDED_PROTO:
+	case LB_H_X_FORWARDED_HOST:
+	case LB_H_X_CLIENT_CERT_SUBJECT:
 		return 1;
-	/* one canonical Content-Length is re-added: duplicates ("5" and "05") never reach the server */
-	if (str_ieq(h->name.p, h->name.n, "content-length"))
-		return 1;
-	/* never the framing ones: dropping Transfer-Encoding because a client listed it in
-	 * Connection would desynchronise the server */
-	if (!str_ieq(h->name.p, h->name.n, "transfer-encoding") &&
-	    !str_ieq(h->name.p, h->name.n, "host") && named_by_connection(rq->headers, rq->nheaders, h->name))
-		return 1;
-	for (size_t i = 0; i < sizeof replaced / sizeof *replaced; i++)
-		if (str_ieq(h->name.p, h->name.n, replaced[i]))
+	case LB_H_TRANSFER_ENCODING:
+		/* never dropped because a client listed it in Connection: that would desynchronise the server */
+		return 0;
+	case LB_H_HOST:
+		return (rq->flags & LB_HF_ABSOLUTE) != 0;
+	case LB_H_X_REQUEST_ID:
+		if (!lb_request_id_ok(h->value.p, h->value.n))
 			return 1;
-	if (str_ieq(h->name.p, h->name.n, "x-request-id") && !lb_request_id_ok(h->value.p, h->value.n))
-		return 1;
-	if ((rq->flags & LB_HF_ABSOLUTE) && str_ieq(h->name.p, h->name.n, "host"))
-		return 1;
-	return 0;
+		break;
+	default:
+		if (hop_by_hop(h->id))
+			return 1;
+	}
+	return (rq->flags & LB_HF_CONN_NAMES) && named_by_connection(rq->headers, rq->nheaders, h->name);
 }
 
 static int put_header(struct buf *b, struct lb_str n, struct lb_str v)
@@ -5355,11 +5489,11 @@ static int put_xff(struct buf *b, const struct conn *c, const struct lb_req *rq)
 		return -1;
 	for (size_t i = 0; c->xff_trusted && i < rq->nheaders; i++) {
 		const struct lb_header *h = &rq->headers[i];
-		if (str_ieq(h->name.p, h->name.n, "x-forwarded-for") && h->value.n &&
+		if (h->id == LB_H_X_FORWARDED_FOR && h->value.n &&
 		    (buf_put_str(b, h->value.p, h->value.n) || buf_put_str(b, ", ", 2)))
 			return -1;
 	}
-	return buf_printf(b, "%s\r\n", c->conn_peer);
+	return buf_put_cstr(b, ip_text(&c->conn_ip)) || buf_put_lit(b, "\r\n");
 }
 
 static int build_request_head(struct conn *c, const struct lb_req *rq, const char *path, size_t pn)
@@ -5375,7 +5509,7 @@ static int build_request_head(struct conn *c, const struct lb_req *rq, const cha
 		return -1;
 	c->lg_mlen = (uint32_t)rq->method.n;
 	c->lg_ulen = b->e - c->lg_mlen - 1;
-	if (buf_printf(b, " HTTP/1.%d\r\n", rq->minor))
+	if (rq->minor ? buf_put_lit(b, " HTTP/1.1\r\n") : buf_put_lit(b, " HTTP/1.0\r\n"))
 		return -1;
 	if ((rq->flags & LB_HF_ABSOLUTE) && put_header(b, (struct lb_str){ "Host", 4 }, rq->authority))
 		return -1;
@@ -5386,31 +5520,33 @@ static int build_request_head(struct conn *c, const struct lb_req *rq, const cha
 		uint32_t voff = b->e + (uint32_t)h->name.n + 2;
 		if (put_header(b, h->name, h->value))
 			return -1;
-		if (str_ieq(h->name.p, h->name.n, "referer"))
+		if (h->id == LB_H_REFERER)
 			c->lg_ref_off = voff, c->lg_ref_len = (uint32_t)h->value.n;
-		else if (str_ieq(h->name.p, h->name.n, "user-agent"))
+		else if (h->id == LB_H_USER_AGENT)
 			c->lg_ua_off = voff, c->lg_ua_len = (uint32_t)h->value.n;
-		else if (str_ieq(h->name.p, h->name.n, "x-request-id"))
+		else if (h->id == LB_H_X_REQUEST_ID)
 			c->lg_id_off = voff, c->lg_id_len = (uint32_t)h->value.n;
 	}
-	if ((rq->flags & LB_HF_HAS_CL) && buf_printf(b, "Content-Length: %lld\r\n", (long long)rq->content_length))
+	if ((rq->flags & LB_HF_HAS_CL) && (buf_put_lit(b, "Content-Length: ") ||
+	                                   buf_put_u64(b, (uint64_t)rq->content_length) || buf_put_lit(b, "\r\n")))
 		return -1;
-	if (put_xff(b, c, rq) || buf_printf(b, "X-Forwarded-Proto: %s\r\n", c->tls ? "https" : "http"))
+	if (put_xff(b, c, rq) ||
+	    (c->tls ? buf_put_lit(b, "X-Forwarded-Proto: https\r\n") : buf_put_lit(b, "X-Forwarded-Proto: http\r\n")))
 		return -1;
 	if (c->tls && c->tls->subject[0] && buf_printf(b, "X-Client-Cert-Subject: %s\r\n", c->tls->subject))
 		return -1;
 	if (rq->authority.n && put_header(b, (struct lb_str){ "X-Forwarded-Host", 16 }, rq->authority))
 		return -1;
 	if (!c->lg_id_len) {
-		if (buf_printf(b, "X-Request-ID: "))
+		if (buf_put_lit(b, "X-Request-ID: "))
 			return -1;
 		c->lg_id_off = b->e;
 		c->lg_id_len = 32;
-		if (buf_printf(b, "%016llx%016llx\r\n", (unsigned long long)rand64(), (unsigned long long)rand64()))
+		if (buf_put_hex64(b, rand64()) || buf_put_hex64(b, rand64()) || buf_put_lit(b, "\r\n"))
 			return -1;
 	}
 	if ((rq->flags & LB_HF_UPGRADE) &&
-	    (buf_printf(b, "Connection: upgrade\r\n") || put_header(b, (struct lb_str){ "Upgrade", 7 }, rq->upgrade)))
+	    (buf_put_lit(b, "Connection: upgrade\r\n") || put_header(b, (struct lb_str){ "Upgrade", 7 }, rq->upgrade)))
 		return -1;
 	for (size_t i = 0; c->route && i < c->route->nreq_add; i++)
 		if (buf_printf(b, "%s\r\n", c->route->req_add[i]))
@@ -5557,7 +5693,7 @@ static void backend_failed(struct conn *c, int status, const char *why, int retr
 		c->retries_left--;
 		if (failed && failed->shm)
 			atomic_fetch_add_explicit(&failed->shm->retries, 1, memory_order_relaxed);
-		lb_err("client %s: %s; retrying on another server of pool %s", c->peer, why, c->pool->name);
+		lb_err("client %s: %s; retrying on another server of pool %s", ip_text(&c->ip), why, c->pool->name);
 		backend_assign(c, failed);
 		return;
 	}
@@ -5581,7 +5717,7 @@ static struct lb_server *sticky_server(struct lb_pool *p, const struct lb_req *r
 	size_t cn = strlen(p->sticky_cookie);
 	for (size_t i = 0; i < rq->nheaders; i++) {
 		const struct lb_header *h = &rq->headers[i];
-		if (!str_ieq(h->name.p, h->name.n, "cookie"))
+		if (h->id != LB_H_COOKIE)
 			continue;
 		const char *q = h->value.p, *end = q + h->value.n;
 		while (q < end) {
@@ -5629,8 +5765,6 @@ static int cidr_any(const struct lb_cidr *list, size_t n, const struct lb_ip *ip
 static void set_client(struct conn *c, const struct lb_ip *ip)
 {
 	c->ip = *ip;
-	if (lb_ip_format(ip, c->peer, sizeof c->peer) != 0)
-		snprintf(c->peer, sizeof c->peer, "unknown");
 	c->peer_hash = lb_hash64(ip->a, ip->v6 ? 16 : 4);
 }
 
@@ -5638,7 +5772,6 @@ static void set_conn_client(struct conn *c, const struct lb_ip *ip)
 {
 	c->conn_ip = *ip;
 	set_client(c, ip);
-	memcpy(c->conn_peer, c->peer, sizeof c->peer);
 	c->xff_trusted = c->L->ntrusted && cidr_any(c->L->trusted, c->L->ntrusted, ip);
 }
 
@@ -5825,7 +5958,7 @@ static int proxy_step(struct conn *c)
 	if (rc == LB_EAGAIN) {
 		if (c->cin_eof) {
 			if (len)
-				lb_err("client %s listener %s: closed with an incomplete PROXY header", c->peer, c->L->name);
+				lb_err("client %s listener %s: closed with an incomplete PROXY header", ip_text(&c->ip), c->L->name);
 			conn_close(c);
 		}
 		return 0;
@@ -5870,7 +6003,7 @@ static void request_client(struct conn *c, const struct lb_req *rq)
 	struct lb_ip cur = c->conn_ip;
 	for (size_t i = rq->nheaders; i-- > 0;) {
 		const struct lb_header *h = &rq->headers[i];
-		if (!str_ieq(h->name.p, h->name.n, "x-forwarded-for"))
+		if (h->id != LB_H_X_FORWARDED_FOR)
 			continue;
 		const char *end = h->value.p + h->value.n;
 		while (end > h->value.p) {
@@ -5967,7 +6100,7 @@ static int request_head_step(struct conn *c)
 	if (len == 0 || c->scan >= len) {
 		if (c->cin_eof) {
 			if (len)
-				lb_err("client %s listener %s: closed with an incomplete request head", c->peer, c->L->name);
+				lb_err("client %s listener %s: closed with an incomplete request head", ip_text(&c->ip), c->L->name);
 			conn_close(c);
 		}
 		return 0;
@@ -5986,7 +6119,7 @@ static int request_head_step(struct conn *c)
 			return 1;
 		}
 		if (c->cin_eof) {
-			lb_err("client %s listener %s: closed with an incomplete request head", c->peer, c->L->name);
+			lb_err("client %s listener %s: closed with an incomplete request head", ip_text(&c->ip), c->L->name);
 			conn_close(c);
 		}
 		return 0;
@@ -6052,17 +6185,15 @@ static int request_step(struct conn *c)
 	return 0;
 }
 
-static int resp_header_dropped(const struct lb_resp *rs, const struct lb_header *h, int upgrading)
+static int resp_header_dropped(const struct lb_resp *rs, const struct lb_header *h)
 {
-	if (upgrading && (str_ieq(h->name.p, h->name.n, "upgrade") || str_ieq(h->name.p, h->name.n, "connection")))
-		return 1; /* re-added below */
-	if (hop_by_hop(h->name))
+	if (hop_by_hop(h->id)) /* Upgrade and Connection of a 101 are re-added */
 		return 1;
-	if (str_ieq(h->name.p, h->name.n, "content-length"))
+	if (h->id == LB_H_CONTENT_LENGTH)
 		return 1; /* re-added once, canonical */
-	if (str_ieq(h->name.p, h->name.n, "transfer-encoding"))
+	if (h->id == LB_H_TRANSFER_ENCODING)
 		return 0;
-	return named_by_connection(rs->headers, rs->nheaders, h->name);
+	return (rs->flags & LB_HF_CONN_NAMES) && named_by_connection(rs->headers, rs->nheaders, h->name);
 }
 
 static int build_response_head(struct conn *c, const struct lb_resp *rs)
@@ -6071,21 +6202,22 @@ static int build_response_head(struct conn *c, const struct lb_resp *rs)
 	int upgrading = rs->status == 101;
 	if (buf_get(b) != 0)
 		return -1;
-	if (buf_printf(b, "HTTP/1.1 %d ", rs->status) || buf_put_str(b, rs->reason.p, rs->reason.n) ||
-	    buf_put_str(b, "\r\n", 2))
+	if (buf_put_lit(b, "HTTP/1.1 ") || buf_put_u64(b, (uint64_t)rs->status) || buf_put_lit(b, " ") ||
+	    buf_put_str(b, rs->reason.p, rs->reason.n) || buf_put_lit(b, "\r\n"))
 		return -1;
 	for (size_t i = 0; i < rs->nheaders; i++) {
 		const struct lb_header *h = &rs->headers[i];
-		if (c->route && name_in(h->name, c->route->resp_del, c->route->nresp_del))
+		if (c->route && c->route->nresp_del && name_in(h->name, c->route->resp_del, c->route->nresp_del))
 			continue;
-		if (hsts_of(c) && str_ieq(h->name.p, h->name.n, "strict-transport-security"))
+		if (h->id == LB_H_STRICT_TRANSPORT_SECURITY && hsts_of(c))
 			continue; /* the listener's hsts replaces the server's */
-		if (!resp_header_dropped(rs, h, upgrading) && put_header(b, h->name, h->value))
+		if (!resp_header_dropped(rs, h) && put_header(b, h->name, h->value))
 			return -1;
 	}
 	if (hsts_of(c) && rs->status >= 200 && buf_printf(b, "Strict-Transport-Security: %s\r\n", hsts_of(c)))
 		return -1;
-	if ((rs->flags & LB_HF_HAS_CL) && buf_printf(b, "Content-Length: %lld\r\n", (long long)rs->content_length))
+	if ((rs->flags & LB_HF_HAS_CL) && (buf_put_lit(b, "Content-Length: ") ||
+	                                   buf_put_u64(b, (uint64_t)rs->content_length) || buf_put_lit(b, "\r\n")))
 		return -1;
 	for (size_t i = 0; c->route && i < c->route->nresp_add && rs->status >= 200; i++)
 		if (buf_printf(b, "%s\r\n", c->route->resp_add[i]))
@@ -6100,9 +6232,9 @@ static int build_response_head(struct conn *c, const struct lb_resp *rs)
 			return -1;
 	} else if (rs->status >= 200) {
 		c->close_announced = c->close_after || g_stopping;
-		if (c->close_announced && buf_printf(b, "Connection: close\r\n"))
+		if (c->close_announced && buf_put_lit(b, "Connection: close\r\n"))
 			return -1;
-		if (!c->close_announced && c->req_minor == 0 && buf_printf(b, "Connection: keep-alive\r\n"))
+		if (!c->close_announced && c->req_minor == 0 && buf_put_lit(b, "Connection: keep-alive\r\n"))
 			return -1;
 	}
 	return buf_put_str(b, "\r\n", 2);
@@ -6226,10 +6358,127 @@ static int response_body_step(struct conn *c)
 	return 1;
 }
 
+static int io_again(void) { return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR; }
+
+/* -------------------------------------------------------------------- splice (mode tcp, Linux)
+ * A plain TCP tunnel moves bytes socket -> pipe -> socket with splice(2): they never enter
+ * user space. One pipe per direction; a pipe may hold LB_PIPE_CAP bytes, or fewer when the
+ * socket's packets use up its slots, so EAGAIN with bytes in the pipe means "full", not
+ * "nothing to read". Pipes left empty are kept for the next tunnel (at most LB_PIPES_KEPT). */
+
+#define LB_PIPE_CAP 65536
+#define LB_PIPES_KEPT 64
+
+struct lb_splice {
+	int cb[2], bc[2];              /* client -> server, server -> client */
+	uint32_t ncb, nbc;             /* bytes in each */
+	bool cb_full, bc_full;
+	struct lb_splice *next;
+};
+static struct lb_splice *g_free_splices;
+static size_t g_nfree_splices;
+
+static size_t tun_in(const struct conn *c) { return buf_len(&c->in) + (c->sp ? c->sp->ncb : 0); }
+static size_t tun_out(const struct conn *c) { return buf_len(&c->out) + (c->sp ? c->sp->nbc : 0); }
+
+static void splice_close(struct lb_splice *sp)
+{
+	close(sp->cb[0]);
+	close(sp->cb[1]);
+	close(sp->bc[0]);
+	close(sp->bc[1]);
+	free(sp);
+}
+
+/* A tunnel of a plain listener whose servers all speak plain TCP gets its pipes; without
+ * them (splice = off, not Linux, no file descriptors left) bytes go through buffers. */
+static void splice_begin(struct conn *c)
+{
+#ifdef __linux__
+	if (!c->L->splice || c->tls)
+		return;
+	for (size_t i = 0; i < c->pool->nservers; i++)
+		if (c->pool->servers[i].tls)
+			return;
+	struct lb_splice *sp = g_free_splices;
+	if (sp) {
+		g_free_splices = sp->next;
+		g_nfree_splices--;
+	} else {
+		if (!(sp = malloc(sizeof *sp)))
+			return;
+		if (pipe2(sp->cb, O_NONBLOCK | O_CLOEXEC) != 0) {
+			free(sp);
+			return;
+		}
+		if (pipe2(sp->bc, O_NONBLOCK | O_CLOEXEC) != 0) {
+			close(sp->cb[0]);
+			close(sp->cb[1]);
+			free(sp);
+			return;
+		}
+	}
+	sp->ncb = sp->nbc = 0;
+	sp->cb_full = sp->bc_full = 0;
+	c->sp = sp;
+#else
+	LB_UNUSED(c);
+#endif
+}
+
+static void splice_end(struct conn *c)
+{
+	struct lb_splice *sp = c->sp;
+	if (!sp)
+		return;
+	c->sp = NULL;
+	if (sp->ncb || sp->nbc || g_nfree_splices >= LB_PIPES_KEPT) { /* bytes left behind: never reused */
+		splice_close(sp);
+		return;
+	}
+	sp->next = g_free_splices;
+	g_free_splices = sp;
+	g_nfree_splices++;
+}
+
+#ifdef __linux__
+/* one splice from fd into a pipe holding *n bytes; the result as recv's */
+static ssize_t splice_into(int fd, int pipe_w, uint32_t *n, bool *full)
+{
+	ssize_t r = splice(fd, NULL, pipe_w, NULL, LB_PIPE_CAP - *n, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+	if (r > 0)
+		*n += (uint32_t)r;
+	else if (r < 0 && io_again() && *n > 0)
+		*full = 1;
+	return r;
+}
+
+static ssize_t splice_out(int pipe_r, int fd, uint32_t *n, bool *full)
+{
+	ssize_t r = splice(pipe_r, NULL, fd, NULL, *n, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+	if (r > 0) {
+		*n -= (uint32_t)r;
+		*full = 0;
+	}
+	return r;
+}
+#else
+static ssize_t splice_into(int fd, int pipe_w, uint32_t *n, bool *full)
+{
+	LB_UNUSED(fd), LB_UNUSED(pipe_w), LB_UNUSED(n), LB_UNUSED(full);
+	errno = ENOSYS;
+	return -1;
+}
+static ssize_t splice_out(int pipe_r, int fd, uint32_t *n, bool *full)
+{
+	return splice_into(pipe_r, fd, n, full);
+}
+#endif
+
 static int tunnel_step(struct conn *c)
 {
 	int moved = 0;
-	if (c->b && (c->b->eof || c->b->reset) && buf_len(&c->out) == 0 && buf_len(&c->rh) == 0 && !c->shut_c &&
+	if (c->b && (c->b->eof || c->b->reset) && tun_out(c) == 0 && buf_len(&c->rh) == 0 && !c->shut_c &&
 	    !(c->tls && tls_records_pending(&c->tls->io))) {
 		if (c->tls)
 			tls_close_notify(&c->tls->io, c->h.fd);
@@ -6237,7 +6486,7 @@ static int tunnel_step(struct conn *c)
 		c->shut_c = 1;
 		moved = 1;
 	}
-	if (c->cin_eof && buf_len(&c->in) == 0 && c->b && c->b->connected && !c->shut_b) {
+	if (c->cin_eof && tun_in(c) == 0 && c->b && c->b->connected && !c->shut_b) {
 		if (c->b->tls)
 			tls_close_notify(&c->b->tls->io, c->b->h.fd);
 		shutdown(c->b->h.fd, SHUT_WR);
@@ -6299,7 +6548,6 @@ static int finish_step(struct conn *c)
 
 /* -------------------------------------------------------------------- byte movers */
 
-static int io_again(void) { return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR; }
 
 /* head + body in one call when there are both; plain send() is cheaper for one buffer */
 static ssize_t send_iov(int fd, struct iovec *iov, int k)
@@ -6337,10 +6585,33 @@ static ssize_t client_recv(struct conn *c, size_t room)
 	return tls_recv(&c->tls->io, c->h.fd, &c->h.rready, c->in.d + c->in.e, room);
 }
 
+/* tunnel with pipes: the client's bytes go into c->sp->cb */
+static int client_splice_in(struct conn *c)
+{
+	struct lb_splice *sp = c->sp;
+	if (!c->h.rready || sp->cb_full || sp->ncb >= LB_PIPE_CAP)
+		return 0;
+	ssize_t n = splice_into(c->h.fd, sp->cb[1], &sp->ncb, &sp->cb_full);
+	if (n > 0) {
+		c->t_active = g_now;
+		c->bytes_in += (uint64_t)n;
+		return 1;
+	}
+	if (n < 0 && io_again()) {
+		if (!sp->cb_full)
+			c->h.rready = 0;
+		return 0;
+	}
+	c->cin_eof = 1;
+	return 1;
+}
+
 static int client_read(struct conn *c)
 {
 	if (!want_client_read(c))
 		return 0;
+	if (c->sp && c->q == Q_TUNNEL)
+		return client_splice_in(c);
 	if (buf_get(&c->in) != 0)
 		return 0;
 	size_t room = buf_room(&c->in);
@@ -6396,7 +6667,7 @@ static int client_read(struct conn *c)
 /* what may go to the client now: rh, then framed response bytes (all of out in a tunnel) */
 static size_t client_pending(const struct conn *c)
 {
-	size_t body = c->r == R_TUNNEL ? buf_len(&c->out) : c->resp_fwd;
+	size_t body = c->r == R_TUNNEL ? tun_out(c) : c->resp_fwd;
 	return buf_len(&c->rh) + body;
 }
 
@@ -6422,6 +6693,20 @@ static int client_write(struct conn *c)
 		moved = 1;
 	}
 	while (client_pending(c) > 0) {
+		if (c->sp && c->r == R_TUNNEL && buf_len(&c->rh) == 0 && buf_len(&c->out) == 0) {
+			ssize_t n = splice_out(c->sp->bc[0], c->h.fd, &c->sp->nbc, &c->sp->bc_full);
+			if (n <= 0) {
+				if (n < 0 && io_again())
+					return moved;
+				conn_abort(c, "client connection lost while sending the response");
+				return 0;
+			}
+			c->bytes_out += (uint64_t)n;
+			c->sent_any = 1;
+			c->t_active = g_now;
+			moved = 1;
+			continue;
+		}
 		struct iovec iov[2];
 		int k = 0;
 		size_t body = c->r == R_TUNNEL ? buf_len(&c->out) : c->resp_fwd;
@@ -6462,7 +6747,7 @@ static size_t backend_pending(const struct conn *c)
 {
 	size_t px = c->b ? (size_t)(c->b->pxn - c->b->pxs) : 0;
 	if (c->q == Q_TUNNEL)
-		return px + buf_len(&c->in);
+		return px + tun_in(c);
 	return px + buf_len(&c->qh) + c->req_fwd;
 }
 
@@ -6483,6 +6768,14 @@ static int backend_wants_write(const struct conn *c)
 	return tls_records_pending(&b->tls->io) || (more && tls_can_send(&b->tls->io));
 }
 
+static void backend_send_failed(struct conn *c)
+{
+	char why[128];
+	snprintf(why, sizeof why, "send to server %s: %s", c->srv->name, strerror(errno));
+	c->b->reset = errno;
+	backend_failed(c, 502, why, c->bytes_out == 0);
+}
+
 static int backend_write(struct conn *c)
 {
 	int moved = 0;
@@ -6499,6 +6792,18 @@ static int backend_write(struct conn *c)
 			return 0;
 	}
 	while (backend_ready(c) && backend_pending(c) > 0 && !c->shut_b) {
+		if (c->sp && c->q == Q_TUNNEL && c->b->pxs == c->b->pxn && buf_len(&c->in) == 0) {
+			ssize_t n = splice_out(c->sp->cb[0], c->b->h.fd, &c->sp->ncb, &c->sp->cb_full);
+			if (n <= 0) {
+				if (n < 0 && io_again())
+					return moved;
+				backend_send_failed(c);
+				return 0;
+			}
+			c->t_active = g_now;
+			moved = 1;
+			continue;
+		}
 		struct iovec iov[3];
 		int k = 0;
 		size_t body = c->q == Q_TUNNEL ? buf_len(&c->in) : c->req_fwd;
@@ -6519,10 +6824,7 @@ static int backend_write(struct conn *c)
 		if (n < 0) {
 			if (io_again())
 				return moved;
-			char why[128];
-			snprintf(why, sizeof why, "send to server %s: %s", c->srv->name, strerror(errno));
-			c->b->reset = errno;
-			backend_failed(c, 502, why, c->bytes_out == 0);
+			backend_send_failed(c);
 			return 0;
 		}
 		size_t un = (size_t)n;
@@ -6551,9 +6853,36 @@ static int want_backend_read(const struct conn *c)
 	return backend_ready(c) && !c->b->eof && (c->r == R_WAIT || c->r == R_BODY || c->r == R_TUNNEL);
 }
 
+/* tunnel with pipes: the server's bytes go into c->sp->bc */
+static int backend_splice_in(struct conn *c)
+{
+	struct lb_bconn *b = c->b;
+	struct lb_splice *sp = c->sp;
+	if (!b->h.rready || sp->bc_full || sp->nbc >= LB_PIPE_CAP)
+		return 0;
+	ssize_t n = splice_into(b->h.fd, sp->bc[1], &sp->nbc, &sp->bc_full);
+	if (n > 0) {
+		c->resp_started = 1;
+		c->t_active = g_now;
+		return 1;
+	}
+	if (n < 0 && io_again()) {
+		if (!sp->bc_full)
+			b->h.rready = 0;
+		return 0;
+	}
+	if (n == 0)
+		b->eof = 1;
+	else
+		b->reset = errno;
+	return 1;
+}
+
 static int backend_read(struct conn *c)
 {
 	struct lb_bconn *b = c->b;
+	if (c->sp && c->r == R_TUNNEL && want_backend_read(c))
+		return backend_splice_in(c);
 	if (!want_backend_read(c) || (!b->h.rready && !(b->tls && tls_has_input(&b->tls->io))) || buf_get(&c->out) != 0)
 		return 0;
 	size_t room = buf_room(&c->out);
@@ -6599,6 +6928,8 @@ static void conn_interest(struct conn *c)
 		/* backpressure: stop reading the client while the server side holds a full buffer */
 		if (c->in.d && buf_len(&c->in) >= g_bufsize)
 			c->h.want &= ~(unsigned)EV_R;
+		if (c->sp && (c->sp->cb_full || c->sp->ncb >= LB_PIPE_CAP))
+			c->h.want &= ~(unsigned)EV_R;
 	}
 	ev_apply(&c->h);
 	struct lb_bconn *b = c->b;
@@ -6607,7 +6938,8 @@ static void conn_interest(struct conn *c)
 		if (!b->connected)
 			b->h.want = EV_W;
 		else if (!b->reset) {
-			if (want_backend_read(c) && (!c->out.d || buf_len(&c->out) < g_bufsize))
+			if (want_backend_read(c) && (!c->out.d || buf_len(&c->out) < g_bufsize) &&
+			    !(c->sp && (c->sp->bc_full || c->sp->nbc >= LB_PIPE_CAP)))
 				b->h.want |= EV_R;
 			if (backend_wants_write(c))
 				b->h.want |= EV_W;
@@ -6758,7 +7090,8 @@ static void tcp_start(struct conn *c)
 	c->q = Q_TUNNEL;
 	c->r = R_TUNNEL;
 	c->pool = &g_conf->pools[c->L->pool];
-	c->retries_left = (int)c->pool->retries;
+	c->retries_left = (int8_t)c->pool->retries;
+	splice_begin(c);
 	c->t_start = g_now;
 	c->wall_start_ms = wall_ms();
 	c->resp_status = 200;
@@ -7090,7 +7423,7 @@ static void hc_tls_io(struct hc *k)
 {
 	char why[160];
 	struct tls_io *io = &k->tls->io;
-	int rready = 1;
+	bool rready = 1;
 	for (int turn = 0; turn < 64; turn++) {
 		if (k->sent < k->reqlen) {
 			struct iovec iov = { k->req + k->sent, k->reqlen - k->sent };
@@ -8867,7 +9200,7 @@ static void access_log_write(struct conn *c)
 		log_str(tb);
 		snprintf(nb, sizeof nb, ".%03dZ\",\"client\":\"", (int)(c->wall_start_ms % 1000));
 		log_str(nb);
-		log_str(c->peer);
+		log_str(ip_text(&c->ip));
 		log_str("\",\"method\":\"");
 		log_esc(method.p, method.n, 1);
 		log_str("\",\"uri\":\"");
@@ -8920,7 +9253,7 @@ static void access_log_write(struct conn *c)
 	}
 	localtime_r(&secs, &tm);
 	strftime(tb, sizeof tb, "%d/%b/%Y:%H:%M:%S %z", &tm);
-	log_str(c->peer);
+	log_str(ip_text(&c->ip));
 	log_str(" - - [");
 	log_str(tb);
 	log_str("] \"");
@@ -9004,7 +9337,7 @@ static int conn_admitted(struct conn *c)
 	if (g_now - last_log >= 1000) {
 		lb_err("client %s listener %s: closing: more than max_conn_per_ip = %u connections from this address "
 		       "(%llu more refused since the last line)",
-		       c->conn_peer, c->L->name, c->L->max_conn_per_ip, (unsigned long long)quiet);
+		       ip_text(&c->conn_ip), c->L->name, c->L->max_conn_per_ip, (unsigned long long)quiet);
 		last_log = g_now;
 		quiet = 0;
 	} else {

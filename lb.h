@@ -38,10 +38,22 @@ struct lb_str {
 	size_t n;
 };
 
+/* Header names the proxy acts on, recognised once by the parser (case-insensitive) so that
+ * forwarding decides by a compare of small integers, not of strings. */
+enum lb_hdr {
+	LB_H_OTHER = 0, LB_H_HOST, LB_H_CONNECTION, LB_H_CONTENT_LENGTH, LB_H_TRANSFER_ENCODING,
+	LB_H_EXPECT, LB_H_UPGRADE, LB_H_KEEP_ALIVE, LB_H_PROXY_CONNECTION, LB_H_TE, LB_H_TRAILER,
+	LB_H_X_FORWARDED_FOR, LB_H_X_FORWARDED_PROTO, LB_H_X_FORWARDED_HOST, LB_H_X_CLIENT_CERT_SUBJECT,
+	LB_H_X_REQUEST_ID, LB_H_REFERER, LB_H_USER_AGENT, LB_H_STRICT_TRANSPORT_SECURITY, LB_H_COOKIE,
+};
+
 struct lb_header {
 	struct lb_str name;
 	struct lb_str value; /* without leading/trailing whitespace */
+	int id;              /* enum lb_hdr */
 };
+/* The enum lb_hdr of a header name (LB_H_OTHER when it is none of them). */
+int lb_header_id(const char *name, size_t n);
 
 /* ------------------------------------------------------------------ HTTP heads */
 
@@ -59,6 +71,7 @@ enum lb_method {
 #define LB_HF_ABSOLUTE    0x20u /* request-target was absolute-form */
 #define LB_HF_HAS_CL      0x40u /* Content-Length present */
 #define LB_HF_TE          0x80u /* Transfer-Encoding present */
+#define LB_HF_CONN_NAMES  0x100u /* Connection lists a name other than close, keep-alive, upgrade */
 
 struct lb_req {
 	struct lb_str method;
@@ -116,12 +129,12 @@ int lb_request_id_ok(const char *s, size_t n);
 /* A streaming validator of chunked framing. The proxy forwards the raw bytes it accepts, so it only
  * needs to know where the body ends and that the framing is unambiguous. */
 struct lb_chunk {
-	int state;
 	uint64_t remain;     /* data bytes left in the current chunk */
 	uint64_t body;       /* total chunk data bytes seen */
-	size_t line;         /* bytes in the current size/trailer line */
-	size_t trailers;     /* bytes of trailers so far */
-	int digits;          /* hex digits of the current size */
+	uint32_t line;       /* bytes in the current size/trailer line (bounded by LB_CHUNK_LINE_MAX) */
+	uint32_t trailers;   /* bytes of trailers so far (bounded by LB_CHUNK_TRAILERS_MAX) */
+	int8_t state;        /* CK_*, -1 after an error */
+	uint8_t digits;      /* hex digits of the current size (at most 16) */
 };
 enum { LB_CHUNK_MORE = 0, LB_CHUNK_DONE = 1, LB_CHUNK_ERROR = -1 };
 
@@ -160,7 +173,7 @@ int lb_parse_server(const char *s, size_t n, struct lb_server_spec *out);
 
 struct lb_ip {                /* a client address; IPv4 (also v4-mapped IPv6) in a[0..3] */
 	uint8_t a[16];
-	int v6;
+	uint8_t v6;               /* 0 or 1 */
 };
 struct lb_cidr {
 	struct lb_ip net;
@@ -354,6 +367,7 @@ struct lb_listener {
 	size_t ntrusted;
 	int proxy_protocol;           /* 0 or LB_PROXY_V1|LB_PROXY_V2: required from trusted peers */
 	unsigned max_conn_per_ip;     /* 0 = off */
+	int splice;                   /* mode tcp on Linux: move bytes with splice(2) (default on) */
 	uint64_t header_timeout, idle_timeout; /* ms */
 	uint64_t max_header_size, max_body_size;
 	/* TLS (issue 11) */

@@ -39,6 +39,7 @@ static void check_accepted(const char *buf, int ret, const struct lb_resp *r)
 		CHECK_STR_IN("header name", r->headers[i].name, buf, n);
 		CHECK_STR_IN("header value", r->headers[i].value, buf, n);
 		CHECK(r->headers[i].name.n > 0);
+		CHECK(r->headers[i].id == lb_header_id(r->headers[i].name.p, r->headers[i].name.n));
 	}
 	if (!(r->flags & LB_HF_CHUNKED))
 		CHECK(r->content_length >= -1);

@@ -887,17 +887,45 @@ def t_slowloris(ctx):
     check(0.8 <= closed_at <= 3.5, "slow connection closed after %.2f s (header_timeout 1s; want 0.8..3.5)" % closed_at)
 
 
-@test("tcp_mode")
-def t_tcp(ctx):
+def pipes_of_children(pid):
+    """Pipe file descriptors held by the direct children (the workers) of pid."""
+    n = 0
+    for t in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/children" % (pid, t)) as f:
+                kids = [int(x) for x in f.read().split()]
+        except (OSError, ValueError):
+            continue
+        for k in kids:
+            try:
+                fds = os.listdir("/proc/%d/fd" % k)
+            except OSError:
+                continue
+            for fd in fds:
+                try:
+                    n += os.readlink("/proc/%d/fd/%s" % (k, fd)).startswith("pipe:")
+                except OSError:
+                    pass
+    return n
+
+
+def tcp_tunnels(ctx, splice):
+    """Echo (both directions at once, then half-close) and count (1 MiB, half-close, answer) through
+    mode tcp listeners; with splice = on the worker moves the bytes through 2 pipes per open tunnel
+    (4 descriptors), with off through buffers (none)."""
     b = ctx.b
     pe, pc = free_port(), free_port()
-    ctx.lb(config(listener("techo", pe, pool="echo", mode="tcp", idle_timeout="5s"),
-                  listener("tcount", pc, pool="count", mode="tcp", idle_timeout="5s"),
-                  pool("echo", [("e1", b["echo"].port)]), pool("count", [("c1", b["count"].port)])), [pe, pc])
+    sp = "on" if splice else "off"
+    lb = ctx.lb(config(listener("techo", pe, pool="echo", mode="tcp", idle_timeout="5s", splice=sp),
+                       listener("tcount", pc, pool="count", mode="tcp", idle_timeout="5s", splice=sp),
+                       pool("echo", [("e1", b["echo"].port)]), pool("count", [("c1", b["count"].port)])), [pe, pc])
+    idle_pipes = pipes_of_children(lb.proc.pid)
     with RawConn(pe) as c:
         c.send(b"hello\n")
         eq(c.read_exact(6), b"hello\n", "interactive echo")
-        data = os.urandom(300 * 1024)
+        eq(pipes_of_children(lb.proc.pid) - idle_pipes, 4 if splice else 0,
+           "pipe descriptors of the worker with one tunnel open (splice = %s)" % sp)
+        data = os.urandom(3 * 1024 * 1024 + 17)
         err = []
 
         def sender():
@@ -918,6 +946,16 @@ def t_tcp(ctx):
         c.send(os.urandom(1 << 20))
         c.sock.shutdown(socket.SHUT_WR)
         eq(c.read_until_eof(), b"got 1048576 bytes\n", "tcp-count answer after half-close")
+
+
+@test("tcp_mode")
+def t_tcp(ctx):
+    tcp_tunnels(ctx, True)
+
+
+@test("tcp_mode_no_splice")
+def t_tcp_nosplice(ctx):
+    tcp_tunnels(ctx, False)
 
 
 @test("tcp_server_closes_first")

@@ -16,6 +16,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <ctype.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -563,9 +564,9 @@ static void test_request_reuse(void)
 static void test_header_find(void)
 {
 	struct lb_header h[3] = {
-		{ { "Host", 4 }, { "a", 1 } },
-		{ { "X-Foo", 5 }, { "1", 1 } },
-		{ { "x-foo-bar", 9 }, { "2", 1 } },
+		{ { "Host", 4 }, { "a", 1 }, LB_H_HOST },
+		{ { "X-Foo", 5 }, { "1", 1 }, LB_H_OTHER },
+		{ { "x-foo-bar", 9 }, { "2", 1 }, LB_H_OTHER },
 	};
 	const struct lb_header *r;
 	begin();
@@ -580,6 +581,50 @@ static void test_header_find(void)
 	r = lb_header_find(h, 0, "host");
 	CHECK(r == NULL, "n=0: expected NULL");
 	end("header_find");
+}
+
+/* every name the proxy acts on is recognised in any case; near misses are not */
+static void test_header_id(void)
+{
+	static const struct { const char *name; int id; } t[] = {
+		{ "te", LB_H_TE }, { "host", LB_H_HOST }, { "expect", LB_H_EXPECT }, { "cookie", LB_H_COOKIE },
+		{ "upgrade", LB_H_UPGRADE }, { "trailer", LB_H_TRAILER }, { "referer", LB_H_REFERER },
+		{ "connection", LB_H_CONNECTION }, { "keep-alive", LB_H_KEEP_ALIVE }, { "user-agent", LB_H_USER_AGENT },
+		{ "x-request-id", LB_H_X_REQUEST_ID }, { "content-length", LB_H_CONTENT_LENGTH },
+		{ "x-forwarded-for", LB_H_X_FORWARDED_FOR }, { "proxy-connection", LB_H_PROXY_CONNECTION },
+		{ "x-forwarded-host", LB_H_X_FORWARDED_HOST }, { "transfer-encoding", LB_H_TRANSFER_ENCODING },
+		{ "x-forwarded-proto", LB_H_X_FORWARDED_PROTO }, { "x-client-cert-subject", LB_H_X_CLIENT_CERT_SUBJECT },
+		{ "strict-transport-security", LB_H_STRICT_TRANSPORT_SECURITY },
+	};
+	begin();
+	for (size_t i = 0; i < sizeof t / sizeof *t; i++) {
+		char up[64], near[64];
+		size_t n = strlen(t[i].name);
+		for (size_t k = 0; k <= n; k++)
+			up[k] = (char)toupper((unsigned char)t[i].name[k]);
+		CHECK(lb_header_id(t[i].name, n) == t[i].id, "%s: expected %d, got %d", t[i].name, t[i].id,
+		      lb_header_id(t[i].name, n));
+		CHECK(lb_header_id(up, n) == t[i].id, "%s: expected %d, got %d", up, t[i].id, lb_header_id(up, n));
+		CHECK(lb_header_id(t[i].name, n - 1) == LB_H_OTHER, "%.*s (prefix) is recognised", (int)n - 1, t[i].name);
+		for (size_t k = 0; k < n; k++) { /* one byte changed anywhere */
+			memcpy(near, t[i].name, n);
+			near[k] = near[k] == 'x' ? 'y' : 'x';
+			CHECK(lb_header_id(near, n) == LB_H_OTHER, "%.*s is recognised", (int)n, near);
+		}
+	}
+	CHECK(lb_header_id("", 0) == LB_H_OTHER, "empty name is recognised");
+	CHECK(lb_header_id("accept", 6) == LB_H_OTHER, "accept is recognised");
+	struct lb_req req;
+	const char *raw = "GET / HTTP/1.1\r\nHOST: a\r\nX-Other: 1\r\nConnection: keep-alive, close\r\n\r\n";
+	CHECK(lb_parse_request(raw, strlen(raw), &req) > 0, "request refused");
+	CHECK(req.nheaders == 3 && req.headers[0].id == LB_H_HOST && req.headers[1].id == LB_H_OTHER &&
+	      req.headers[2].id == LB_H_CONNECTION, "ids after parsing: %d %d %d", req.headers[0].id,
+	      req.headers[1].id, req.headers[2].id);
+	CHECK(!(req.flags & LB_HF_CONN_NAMES), "close and keep-alive set LB_HF_CONN_NAMES");
+	raw = "GET / HTTP/1.1\r\nHost: a\r\nConnection: close, X-Other\r\nX-Other: 1\r\n\r\n";
+	CHECK(lb_parse_request(raw, strlen(raw), &req) > 0, "request refused");
+	CHECK(req.flags & LB_HF_CONN_NAMES, "Connection: X-Other did not set LB_HF_CONN_NAMES");
+	end("header_id");
 }
 
 /* ------------------------------------------------------------------ 2. response heads */
@@ -2830,6 +2875,7 @@ int main(void)
 	test_request_details();
 	test_request_reuse();
 	test_header_find();
+	test_header_id();
 	test_response_table();
 	test_resp_has_body();
 	test_chunk_table();
