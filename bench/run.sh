@@ -330,7 +330,7 @@ render() { # template output
 	sed -e "s|@TMP@|$TMP|g" -e "s|@PORT@|$PROXY_PORT|g" -e "s|@CERT@|$TMP/tls/combined.pem|g" \
 	    -e "s|@P1@|$P1|g" -e "s|@P2@|$P2|g" -e "s|@P3@|$P3|g" \
 	    -e "s|@ADMIN_PORT@|$ADMIN_PORT|g" -e "s|@TCP_PORT@|$TCP_PORT|g" -e "s|@WORKERS@|${WORKERS:-1}|g" \
-	    -e "s|@MAXCONN@|${HAP_MAXCONN:-8000}|g" -e "s|@NGINX_STREAM_MODULE@|$NGINX_STREAM_MODULE|g" \
+	    -e "s|@MAXCONN@|${HAP_MAXCONN:-8000}|g" -e "s|@BACKEND_WORKERS@|${BACKEND_WORKERS:-1}|g" -e "s|@NGINX_STREAM_MODULE@|$NGINX_STREAM_MODULE|g" \
 	    -e "s/@TEMP_PATHS_BACKENDS@/$tb/" -e "s/@TEMP_PATHS_PROXY@/$tp/" \
 	    "$1" > "$2"
 }
@@ -1052,6 +1052,12 @@ fi
 
 if want_fig active && [ -n "$CONNLOAD" ] && [ ${#NEW_PROXIES[@]} -gt 0 ]; then
 	log "active connections: $BENCH_ACTIVE_CONNS connections, one request every ${BENCH_ACTIVE_MS} ms each, ${BENCH_ACTIVE_SECS}s, ${BENCH_RUNS} runs"
+	# backends that take as many connections as a queueing proxy may open: 4 nginx workers (kept for
+	# the figures after this one, which do not depend on them)
+	stop_pid "$BACKENDS_PID"; forget_pid "$BACKENDS_PID"
+	BACKEND_WORKERS=4
+	render "$SCRIPT_DIR/nginx-backends.conf.in" "$TMP/nginx-backends.conf"
+	start_backends || { warn "the nginx backends did not start again"; exit 1; }
 	for round in $(seq 1 "$BENCH_RUNS"); do
 		for proxy in "${NEW_PROXIES[@]}"; do run_active "$proxy" "$round"; done
 	done
@@ -1511,7 +1517,7 @@ echo "medians of $BENCH_RUNS runs x ${BENCH_SECS}s; $PIN_NOTE; took $((T1 - T0))
 		echo "after a random delay) and waiting for its response, i.e. $(( BENCH_ACTIVE_CONNS * 1000 / BENCH_ACTIVE_MS )) requests/s offered, measured for"
 		echo "${BENCH_ACTIVE_SECS}s once all are connected (\`bench/connload.c -a\`, one process per $CLIENT_CONNS connections on CPU 1;"
 		echo "the proxy on CPU 0 with the \`*-many\` configurations and the process counts shown, as for the idle figure;"
-		echo "the backends are the one unpinned nginx worker). Errors: failed connects, no response within 10 s,"
+		echo "the backends: the same nginx with 4 unpinned workers for this figure). Errors: failed connects, no response in 10 s,"
 		echo "connections closed before the response, non-200 responses (a failed connection is opened again ${BENCH_ACTIVE_MS} ms"
 		echo "later). Latency from writing a request to the last byte of its response (10 us buckets, the whole run"
 		echo "including the ramp-up). Peak memory sampled once a second. The goal for lb: 0 errors, RSS < 150 MB."
