@@ -1204,6 +1204,24 @@ def t_expect(ctx):
             eq(r.body, b"b1 /after-%d\n" % code, "response after %d on the same connection" % code)
 
 
+@test("error_after_head_has_body")
+def t_error_after_head(ctx):
+    """lb's own answer to a request that follows a HEAD on the same connection carries the body its
+    Content-Length announces: it was framed as if it answered the HEAD (found by fuzz/fuzz_conn)."""
+    port = free_port()
+    ctx.lb(config(listener("web", port, pool="one"), pool("one", [("b1", ctx.b["b1"].port)])), [port])
+    with RawConn(port) as c:
+        c.send(raw_request("/x", method="HEAD"))
+        eq(c.read_response(method="HEAD").status, 200, "HEAD status")
+        c.send(b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")
+        try:
+            r = c.read_response()
+        except Exception as e:  # the body lb announced never came
+            raise Fail("400 after a HEAD: %s" % e)
+        eq(r.status, 400, "status of a malformed request after a HEAD")
+        eq(len(r.body), int(r.hdr("content-length")), "400 body length against its Content-Length")
+
+
 @test("forwarded_headers")
 def t_headers(ctx):
     b1 = ctx.b["b1"]
