@@ -5932,6 +5932,7 @@ static void request_begin(struct conn *c)
 	c->wall_start_ms = wall_ms();
 	c->t_start = g_now;
 	c->nreq++;
+	c->req_method = LB_M_OTHER; /* not the last request's: an answer before parsing is no HEAD's */
 	c->resp_status = 0;
 	c->resp_started = 0;
 	c->close_announced = 0;
