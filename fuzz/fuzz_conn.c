@@ -7,7 +7,8 @@
  * lb.c is #included (built with -DLB_NO_MAIN -DLB_POLL), after function-like macros that send
  * the socket calls it makes (socket, connect, recv, send, sendmsg, shutdown, close, poll,
  * getsockopt, setsockopt, getsockname, clock_gettime...) to the fz_* shims below. Virtual fds
- * are >= FZ_VFD0; any other fd goes to the real call (lb's error log, /dev/urandom). The
+ * are >= FZ_VFD0, and so are the ends of the pipes a splice tunnel uses (pipe2, splice); any
+ * other fd goes to the real call (lb's error log, /dev/urandom). The
  * monotonic clock is fake: it moves only when the input says so or when the run ends.
  *
  * Input format (fuzz/mkseed_conn.py writes readable seeds):
@@ -33,8 +34,9 @@
  *    the connection is closed after at most 64 deadlines; every live connection has one; once
  *    the client and the server connection in use have both closed, lb closes at once;
  *  - hygiene: no call on a closed or unknown virtual fd, no send after shutdown(SHUT_WR), every
- *    send with MSG_NOSIGNAL, every virtual fd closed at the end, no poll registration left,
- *    every buffer back in the pool, servers' active counts and circuit trial slots back to 0;
+ *    send with MSG_NOSIGNAL, every virtual fd (pipes too) closed at the end, no poll
+ *    registration left, the buffer pool not growing from input to input (a leak), servers'
+ *    active counts and circuit trial slots back to 0;
  *  - server side, HTTP: what lb wrote to each server connection is an optional PROXY header
  *    (exactly when the pool has send_proxy, naming the client) and then complete requests
  *    that lb_parse_request accepts, without both Content-Length and Transfer-Encoding, framed
@@ -100,6 +102,8 @@ int fz_getpeername(int fd, struct sockaddr *sa, socklen_t *len);
 int fz_accept4(int fd, struct sockaddr *sa, socklen_t *len, int flags);
 int fz_poll(struct pollfd *fds, nfds_t n, int timeout);
 int fz_clock_gettime(clockid_t clk, struct timespec *ts);
+int fz_pipe2(int fds[2], int flags);
+ssize_t fz_splice(int in, loff_t *inoff, int out, loff_t *outoff, size_t len, unsigned flags);
 
 #define recv(...) fz_recv(__VA_ARGS__)
 #define send(...) fz_send(__VA_ARGS__)
@@ -117,6 +121,8 @@ int fz_clock_gettime(clockid_t clk, struct timespec *ts);
 #define accept4(...) fz_accept4(__VA_ARGS__)
 #define poll(...) fz_poll(__VA_ARGS__)
 #define clock_gettime(...) fz_clock_gettime(__VA_ARGS__)
+#define pipe2(...) fz_pipe2(__VA_ARGS__)
+#define splice(...) fz_splice(__VA_ARGS__)
 
 #include "../lb.c"
 
@@ -136,6 +142,8 @@ int fz_clock_gettime(clockid_t clk, struct timespec *ts);
 #undef accept4
 #undef poll
 #undef clock_gettime
+#undef pipe2
+#undef splice
 
 /* -------------------------------------------------------------------- configurations */
 
@@ -185,13 +193,15 @@ static const char k_conf_b[] =
 /* -------------------------------------------------------------------- virtual sockets */
 
 #define FZ_VFD0 4000
-#define FZ_MAXV 48
+#define FZ_MAXV 64
 #define FZ_NOLIMIT ((size_t)-1)
 
 enum { CM_NOW = 0, CM_LATER, CM_REFUSED_LATER, CM_REFUSED, CM_NOSOCKET, CM_HANG };
 
 struct vsock {
 	int used, open, backend;
+	int pipe;                    /* 'r' or 'w': an end of a pipe (splice); its bytes are in the w end's rx */
+	int other;                   /* a pipe's other end */
 	struct fz_buf rx;            /* what the peer sent; lb has read rx_off of it */
 	size_t rx_off;
 	int rx_eof, rst;
@@ -530,6 +540,7 @@ int fz_poll(struct pollfd *fds, nfds_t n, int timeout)
 	int k = 0;
 	for (nfds_t i = 0; i < n; i++) {
 		struct vsock *v = vs_live(fds[i].fd, "poll (a registration outlived its close)");
+		CHECK(!v->pipe);
 		fds[i].revents = vs_revents(v, fds[i].events);
 		k += fds[i].revents != 0;
 	}
@@ -544,6 +555,91 @@ int fz_clock_gettime(clockid_t clk, struct timespec *ts)
 	ts->tv_sec = (time_t)(fz_clock / 1000);
 	ts->tv_nsec = (long)(fz_clock % 1000) * 1000000L;
 	return 0;
+}
+
+/* lb's splice pipes (mode tcp): a pair of virtual fds; the bytes in the pipe wait in the write
+ * end's rx, at most LB_PIPE_CAP of them */
+static int fz_real_pipes; /* setup_runtime's signal self-pipe is a real one */
+
+int fz_pipe2(int fds[2], int flags)
+{
+	if (fz_real_pipes)
+		return pipe2(fds, flags);
+	int r = vs_new(0), w = r >= 0 ? vs_new(0) : -1;
+	if (w < 0) {
+		if (r >= 0)
+			vs_of(r)->open = 0;
+		errno = EMFILE;
+		return -1;
+	}
+	vs_of(r)->pipe = 'r';
+	vs_of(w)->pipe = 'w';
+	vs_of(r)->other = w;
+	vs_of(w)->other = r;
+	fds[0] = r;
+	fds[1] = w;
+	return 0;
+}
+
+/* socket -> pipe: what recv would give, into the pipe's room */
+static ssize_t fz_splice_in(struct vsock *s, struct vsock *w, size_t len)
+{
+	if (s->rst || s->so_error) {
+		fz_progress++;
+		errno = s->rst ? ECONNRESET : ENOTCONN;
+		return -1;
+	}
+	size_t have = s->rx.n - s->rx_off, room = LB_PIPE_CAP - (w->rx.n - w->rx_off);
+	if (!s->connected || (have == 0 && !s->rx_eof) || (have && room == 0)) {
+		errno = EAGAIN;
+		return -1;
+	}
+	size_t n = LB_MIN(LB_MIN(LB_MIN(len, have), room), fz_seg);
+	fz_put(&w->rx, s->rx.p + s->rx_off, n);
+	s->rx_off += n;
+	fz_progress++;
+	return (ssize_t)n;
+}
+
+/* pipe -> socket: what send would take */
+static ssize_t fz_splice_out(struct vsock *w, struct vsock *s, int fd, size_t len)
+{
+	CHECK(!s->shut_wr); /* "splice to a socket after shutdown(SHUT_WR)" */
+	size_t have = w->rx.n - w->rx_off;
+	if (s->rst) {
+		fz_progress++;
+		errno = EPIPE;
+		return -1;
+	}
+	if (have == 0 || !s->connected || s->wspace == 0) {
+		errno = EAGAIN;
+		return -1;
+	}
+	if (s->backend)
+		note_pool(s, fd);
+	size_t n = LB_MIN(LB_MIN(len, have), s->wspace);
+	if (s->wspace != FZ_NOLIMIT)
+		s->wspace -= n;
+	fz_put(&s->tx, w->rx.p + w->rx_off, n);
+	w->rx_off += n;
+	if (w->rx_off == w->rx.n)
+		w->rx_off = w->rx.n = 0;
+	fz_progress++;
+	return (ssize_t)n;
+}
+
+ssize_t fz_splice(int in, loff_t *inoff, int out, loff_t *outoff, size_t len, unsigned flags)
+{
+	struct vsock *a = vs_of(in), *b = vs_of(out);
+	if (!a && !b)
+		return splice(in, inoff, out, outoff, len, flags);
+	vs_live(in, "splice (from)");
+	vs_live(out, "splice (to)");
+	CHECK(!inoff && !outoff && (flags & SPLICE_F_NONBLOCK));
+	if (!a->pipe && b->pipe == 'w')
+		return fz_splice_in(a, b, len);
+	CHECK(a->pipe == 'r' && !b->pipe); /* "splice between two sockets or two pipes" */
+	return fz_splice_out(vs_of(a->other), b, out, len);
 }
 
 /* -------------------------------------------------------------------- the worker */
@@ -565,29 +661,30 @@ static struct lb_conf *parse_conf(const char *text)
 	return c;
 }
 
-/* what worker_main and setup_runtime do, without fork, signals, listening sockets or checks */
+/* What worker_main does, without fork, listening sockets or health checks: lb's own
+ * setup_runtime (buffers, heap, poll arrays), then its signal handlers and self-pipe undone. */
 static void init_once(void)
 {
 	fz_verbose = getenv("FUZZ_CONN_VERBOSE") != NULL;
-	fz_confs[0] = parse_conf(k_conf_a);
+	fz_confs[0] = parse_conf(k_conf_a); /* the larger limits: setup_runtime sizes from g_conf */
 	fz_confs[1] = parse_conf(k_conf_b);
-	size_t maxh = 1024;
-	unsigned maxc = 0;
-	for (int k = 0; k < 2; k++) {
+	for (int k = 0; k < 2; k++)
 		for (size_t i = 0; i < fz_confs[k]->nlisteners && fz_nsel < 8; i++) {
-			maxh = LB_MAX(maxh, fz_confs[k]->listeners[i].max_header_size);
 			fz_sel[fz_nsel].conf = k;
 			fz_sel[fz_nsel++].li = (int)i;
 		}
-		maxc = LB_MAX(maxc, fz_confs[k]->max_connections);
-	}
+	CHECK(fz_confs[1]->max_connections <= fz_confs[0]->max_connections);
 	g_conf = fz_confs[0];
-	g_bufsize = maxh + 4096;
-	g_maxbufs = (size_t)maxc * 4 + 64;
-	g_scratch = malloc(g_bufsize);
-	g_scratch2 = malloc(g_bufsize);
-	g_heap = calloc(maxc + 16, sizeof *g_heap);
-	CHECK(g_scratch && g_scratch2 && g_heap && ev_init(256) == 0);
+	static const int sigs[] = { SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGPIPE, SIGCHLD };
+	struct sigaction old[sizeof sigs / sizeof *sigs];
+	for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++)
+		sigaction(sigs[i], NULL, &old[i]);
+	fz_real_pipes = 1;
+	CHECK(setup_runtime() == 0);
+	fz_real_pipes = 0;
+	for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++)
+		sigaction(sigs[i], &old[i], NULL); /* the fuzzer's own */
+	ev_forget(&g_sigh);
 	CHECK(shm_create() == 0 && shm_map_conf(fz_confs[0]) == 0 && shm_map_conf(fz_confs[1]) == 0);
 	CHECK(rl_create(64) == 0 && events_create() == 0);
 	g_slot = 0;
@@ -728,6 +825,19 @@ static void finish(void)
 	CHECK(g_nconns == 0); /* "still open after 64 deadlines" */
 }
 
+/* pipes lb keeps for the next tunnel would outlive this input's virtual fds */
+static void close_kept_pipes(void)
+{
+	while (g_free_splices) {
+		struct lb_splice *sp = g_free_splices;
+		g_free_splices = sp->next;
+		const struct vsock *cb = vs_of(sp->cb[1]), *bc = vs_of(sp->bc[1]);
+		CHECK(cb->rx.n == cb->rx_off && bc->rx.n == bc->rx_off); /* kept pipes are empty (splice_end) */
+		splice_close(sp);
+	}
+	g_nfree_splices = 0;
+}
+
 static void close_idle_backends(void)
 {
 	for (size_t p = 0; p < g_conf->npools; p++)
@@ -749,14 +859,11 @@ static void check_clean(void)
 	for (size_t i = 0; i < fz_nv; i++)
 		if (fz_v[i].open) {
 			fprintf(stderr, "fuzz_conn: virtual fd %zu (%s) still open\n", FZ_VFD0 + i,
-			        fz_v[i].backend ? "server" : "client");
+			        fz_v[i].pipe ? "pipe" : fz_v[i].backend ? "server" : "client");
 			CHECK(!"lb left a socket open");
 		}
 	CHECK(g_np == 0 && g_nheap == 0 && g_pending == NULL && g_live == NULL);
-	size_t nfree = 0;
-	for (char *b = g_freebufs; b && nfree <= g_nbufs; nfree++)
-		memcpy(&b, b, sizeof(char *)); /* the free list's link is in the buffer's first bytes */
-	CHECK(nfree == g_nbufs); /* every buffer back in the pool */
+	CHECK(g_nbufs <= 16); /* one connection uses at most 4 buffers: more means they leak from the pool */
 	for (size_t p = 0; p < g_conf->npools; p++)
 		for (size_t k = 0; k < g_conf->pools[p].nservers; k++) {
 			struct lb_server *s = &g_conf->pools[p].servers[k];
@@ -886,7 +993,7 @@ static int status_from_server(int status)
 	char pat[8];
 	snprintf(pat, sizeof pat, " %d", status);
 	for (size_t i = 1; i < fz_nv; i++)
-		if (memmem(fz_v[i].rx.p, fz_v[i].rx_off, pat, strlen(pat)))
+		if (fz_v[i].backend && memmem(fz_v[i].rx.p, fz_v[i].rx_off, pat, strlen(pat)))
 			return 1;
 	return 0;
 }
@@ -951,6 +1058,8 @@ static void check_tcp(const struct vsock *cl, const struct lb_listener *L, int p
 	for (size_t i = 1; i < fz_nv; i++) {
 		const struct vsock *v = &fz_v[i];
 		size_t off = 0;
+		if (!v->backend)
+			continue;
 		if (v->tx.n && v->px > 0 && !(off = check_px_header(v, want)))
 			continue;
 		fz_put(&up, v->tx.p + off, v->tx.n - off);
@@ -974,6 +1083,8 @@ static void dump(const char *what, size_t i, const char *p, size_t n)
 static void dump_wire(void)
 {
 	for (size_t i = 0; fz_verbose && i < fz_nv; i++) {
+		if (fz_v[i].pipe)
+			continue;
 		dump(i ? "server conn, lb wrote" : "client, lb wrote", i, fz_v[i].tx.p, fz_v[i].tx.n);
 		dump(i ? "server conn, lb read" : "client, lb read", i, fz_v[i].rx.p, fz_v[i].rx_off);
 	}
@@ -990,7 +1101,8 @@ static void check_wire(const struct lb_listener *L, int px_expected)
 		return;
 	}
 	for (size_t i = 1; i < fz_nv; i++)
-		check_backend_http(&fz_v[i], &want);
+		if (fz_v[i].backend)
+			check_backend_http(&fz_v[i], &want);
 	struct lb_proxy px;
 	int rc = px_expected ? lb_parse_proxy(cl->rx.p, cl->rx_off, L->proxy_protocol, &px) : 0;
 	if (rc >= 0)
@@ -1013,7 +1125,7 @@ static struct vsock *backend_sel(uint8_t s)
 	struct vsock *open[FZ_MAXV];
 	size_t k = 0;
 	for (size_t i = fz_nv; i-- > 1;)
-		if (fz_v[i].open && fz_v[i].connected)
+		if (fz_v[i].open && fz_v[i].connected && fz_v[i].backend)
 			open[k++] = &fz_v[i];
 	return k ? open[(size_t)(s - '0' + 256 * 4) % k] : NULL;
 }
@@ -1103,6 +1215,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	run_records(data + 1, data + size);
 	finish();
 	close_idle_backends();
+	close_kept_pipes();
 	check_clean();
 	check_wire(L, px_expected);
 	vs_free_all();
