@@ -4905,8 +4905,14 @@ struct lsock {
 
 static struct lb_conf *g_conf;
 static size_t g_bufsize;
-static char *g_freebufs;
+/* Free buffers are a stack: the most recently used on top, still in cache and in RAM. Once a
+ * second buf_trim gives the pages of all but LB_BUFS_WARM of them back to the kernel, so a
+ * burst of busy connections does not leave its buffers resident (those at [0, g_bufcold)). */
+#define LB_BUFS_WARM 64
+static char **g_bufstack;
+static size_t g_nfree, g_bufcold;
 static size_t g_nbufs, g_maxbufs;
+static size_t g_bufalloc;         /* g_bufsize rounded up to whole pages */
 static struct conn *g_free_conns, *g_live, *g_dead;
 static struct lb_bconn *g_free_bconns, *g_dead_bconns;
 static size_t g_nconns;
@@ -4971,18 +4977,46 @@ static void rng_seed(void)
 
 static size_t buf_len(const struct buf *b) { return b->e - b->s; }
 
+#if defined(__SANITIZE_ADDRESS__)
+#define LB_BUF_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define LB_BUF_ASAN 1
+#endif
+#endif
+
+/* More free buffers. They come in slabs of whole pages from mmap, so that buf_trim can hand
+ * back every page of a buffer (from malloc, the page holding the next chunk's header would
+ * stay). Under AddressSanitizer each is its own heap block, so overruns are still caught. */
+static int buf_grow(void)
+{
+	size_t k = LB_MIN((size_t)64, g_maxbufs - g_nbufs);
+	if (k == 0)
+		return LB_ENOMEM;
+#ifdef LB_BUF_ASAN
+	k = 1;
+	char *slab = malloc(g_bufalloc);
+	if (!slab)
+		return LB_ENOMEM;
+#else
+	char *slab = mmap(NULL, k * g_bufalloc, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (slab == MAP_FAILED)
+		return LB_ENOMEM;
+#endif
+	for (size_t i = 0; i < k; i++)
+		g_bufstack[g_nfree++] = slab + i * g_bufalloc;
+	g_nbufs += k;
+	return 0;
+}
+
 static int buf_get(struct buf *b)
 {
 	if (b->d)
 		return 0;
-	if (g_freebufs) {
-		b->d = g_freebufs;
-		memcpy(&g_freebufs, g_freebufs, sizeof(char *));
-	} else {
-		if (g_nbufs >= g_maxbufs || !(b->d = malloc(g_bufsize)))
-			return LB_ENOMEM;
-		g_nbufs++;
-	}
+	if (!g_nfree && buf_grow() != 0)
+		return LB_ENOMEM;
+	b->d = g_bufstack[--g_nfree];
+	g_bufcold = LB_MIN(g_bufcold, g_nfree);
 	b->s = b->e = 0;
 	return 0;
 }
@@ -4991,10 +5025,20 @@ static void buf_put(struct buf *b)
 {
 	if (!b->d)
 		return;
-	memcpy(b->d, &g_freebufs, sizeof(char *));
-	g_freebufs = b->d;
+	g_bufstack[g_nfree++] = b->d;
 	b->d = NULL;
 	b->s = b->e = 0;
+}
+
+static void buf_trim(void)
+{
+	if (g_nfree <= g_bufcold + LB_BUFS_WARM)
+		return;
+#ifndef LB_BUF_ASAN
+	for (size_t i = g_bufcold; i < g_nfree - LB_BUFS_WARM; i++)
+		madvise(g_bufstack[i], g_bufalloc, MADV_DONTNEED);
+#endif
+	g_bufcold = g_nfree - LB_BUFS_WARM;
 }
 
 /* free space at the tail, after moving data to the front when that helps */
@@ -9622,6 +9666,8 @@ static int setup_runtime(void)
 		maxh = LB_MAX(maxh, g_conf->listeners[i].max_header_size);
 	g_bufsize = maxh + 4096; /* head limit plus room for the headers lb adds */
 	g_maxbufs = (size_t)g_conf->max_connections * 4 + 64;
+	g_bufalloc = (g_bufsize + 4095) & ~(size_t)4095;
+	g_bufstack = calloc(g_maxbufs, sizeof *g_bufstack);
 	g_scratch = malloc(g_bufsize);
 	g_scratch2 = malloc(g_bufsize);
 	g_heap = calloc(g_conf->max_connections + 16, sizeof *g_heap);
@@ -9629,7 +9675,7 @@ static int setup_runtime(void)
 	size_t maxfds = (size_t)g_conf->max_connections * 2 + 256;
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
 		maxfds = LB_MIN(maxfds, (size_t)rl.rlim_cur + 16);
-	if (!g_scratch || !g_scratch2 || !g_heap || ev_init(maxfds) != 0) {
+	if (!g_scratch || !g_scratch2 || !g_heap || !g_bufstack || ev_init(maxfds) != 0) {
 		lb_err("out of memory setting up the event loop");
 		return -1;
 	}
@@ -9662,6 +9708,8 @@ static int setup_runtime(void)
 	return 0;
 }
 
+static uint64_t g_trim_at;
+
 static int run_loop(void)
 {
 	g_now = mono_ms();
@@ -9673,6 +9721,10 @@ static int run_loop(void)
 		run_timers();
 		hc_tick();
 		idle_sweep();
+		if (g_now >= g_trim_at) {
+			buf_trim();
+			g_trim_at = g_now + 1000;
+		}
 		admin_sync();
 		reap_dead();
 		log_flush();
