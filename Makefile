@@ -5,6 +5,7 @@
 #   make bench      lb vs HAProxy vs nginx (Debian packages) with wrk; writes bench/results.md
 #   make fuzz       FUZZ=request|response|chunked|config|values|proxy|admin|x509|conn SECS=60 ENGINE=libfuzzer|afl
 #   make asan       ./lb-asan and tests/unit-asan
+#   make lb-static  ./lb-static: fully static (musl-gcc from musl-tools), stripped
 #   make scaler     ./linode-scaler (deploy/linode-scaler.c, libcurl)
 CC      ?= cc
 CFLAGS  ?= -O2 -g
@@ -30,6 +31,13 @@ lb: lb.c lb.h
 
 lb-poll: lb.c lb.h
 	$(CC) $(WARN) $(CFLAGS) -DLB_POLL lb.c -o $@ $(LIBS)
+
+# a fully static binary (musl libc, BearSSL and inih): one file to copy to a VM
+MUSL_LIBDIR := /usr/lib/x86_64-linux-gnu
+lb-static: lb.c lb.h deploy/musl-fortify.c
+	musl-gcc $(WARN) -Os -static -idirafter /usr/include -idirafter /usr/include/x86_64-linux-gnu \
+		lb.c deploy/musl-fortify.c -o $@ $(MUSL_LIBDIR)/libbearssl.a $(MUSL_LIBDIR)/libinih.a
+	strip $@
 
 lb-asan: lb.c lb.h
 	$(CC) $(WARN) -O1 -g $(SAN) lb.c -o $@ $(LIBS)
@@ -77,7 +85,7 @@ run: deps lb
 	@bash tests/demo.sh
 
 test: deps-test
-	$(MAKE) --no-print-directory lb lb-poll lb-asan tests/unit tests/unit-asan check scaler scaler-check \
+	$(MAKE) --no-print-directory lb lb-poll lb-asan lb-static tests/unit tests/unit-asan check scaler scaler-check \
 		$(addprefix fuzz/fuzz_,$(FUZZERS))
 	@bash tests/run.sh
 
@@ -105,7 +113,7 @@ install: lb
 	install -D -m 0644 config.ini $(DESTDIR)/etc/lb/config.ini.example
 
 clean:
-	rm -f lb lb-poll lb-asan linode-scaler tests/unit tests/unit-asan $(addprefix fuzz/fuzz_,$(FUZZERS)) $(addprefix fuzz/afl_,$(FUZZERS)) fuzz/*.o *.o
+	rm -f lb lb-poll lb-asan lb-static linode-scaler tests/unit tests/unit-asan $(addprefix fuzz/fuzz_,$(FUZZERS)) $(addprefix fuzz/afl_,$(FUZZERS)) fuzz/*.o *.o
 	rm -rf fuzz/out
 
 # linode-scaler: make scaler (rules in deploy/Makefile.scaler)

@@ -51,6 +51,12 @@ for b in $INTEGRATION_BUILDS; do
 	ASAN_OPTIONS=abort_on_error=1:detect_leaks=0 LB_BIN=./$b run "tls-$b" python3 tests/tls.py
 done
 
+# the fully static build (musl): the same proxying, tunnels and splice
+if [ -x ./lb-static ]; then
+	LB_BIN=./lb-static run integration-lb-static python3 tests/integration.py --only tcp_mode
+	LB_BIN=./lb-static run integration-lb-static-http python3 tests/integration.py --only forwarded_headers
+else echo "FAIL lb-static: not built (make lb-static needs musl-tools)"; fi
+
 # the differential request-smuggling test: once, against the ./lb build
 LB_BIN=./lb run smuggle python3 tests/smuggle.py
 
