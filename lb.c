@@ -4863,11 +4863,10 @@ struct conn {
 	struct lb_pool *pool;
 	struct lb_route *route;
 	struct lb_server *srv;
-	uint64_t t_start, t_head, t_active, t_req_done, t_conn, t_accept;
+	uint64_t t_start, t_head, t_active, t_req_done, t_conn;
 	uint64_t deadline;
 	size_t hidx;
 	uint64_t bytes_out, bytes_in;   /* body bytes to the client (all bytes in a tunnel); from it */
-	uint64_t peer_hash;
 	struct lb_bconn *own_b;        /* an idle server connection private to this client (send_proxy) */
 	struct tls_conn *tls;          /* the TLS engine of a tls = on listener's connection */
 	struct lb_splice *sp;          /* mode tcp with splice: the two pipes the bytes go through */
@@ -5661,7 +5660,7 @@ static void backend_assign(struct conn *c, struct lb_server *avoid)
 		c->set_cookie = 0;
 	} else {
 		for (size_t i = 0; i < 2 * p->nservers + 1; i++) {
-			s = lb_pick(p, c->peer_hash, rand64());
+			s = lb_pick(p, lb_hash64(c->ip.a, c->ip.v6 ? 16 : 4), rand64());
 			if (!s || s != avoid)
 				break;
 		}
@@ -5809,7 +5808,6 @@ static int cidr_any(const struct lb_cidr *list, size_t n, const struct lb_ip *ip
 static void set_client(struct conn *c, const struct lb_ip *ip)
 {
 	c->ip = *ip;
-	c->peer_hash = lb_hash64(ip->a, ip->v6 ? 16 : 4);
 }
 
 static void set_conn_client(struct conn *c, const struct lb_ip *ip)
@@ -9392,12 +9390,34 @@ static int conn_admitted(struct conn *c)
 	return 0;
 }
 
+/* Connection structs come in slabs of 64, so an idle keep-alive connection costs its struct
+ * and no allocator header (at most max_connections + 63 of them). Under AddressSanitizer each
+ * is its own block, so a use after free is still caught. */
+static struct conn *conn_alloc(void)
+{
+	if (!g_free_conns) {
+#ifdef LB_BUF_ASAN
+		size_t k = 1;
+#else
+		size_t k = 64;
+#endif
+		struct conn *slab = malloc(k * sizeof *slab);
+		if (!slab)
+			return NULL;
+		for (size_t i = 0; i < k; i++) {
+			slab[i].next = g_free_conns;
+			g_free_conns = &slab[i];
+		}
+	}
+	struct conn *c = g_free_conns;
+	g_free_conns = c->next;
+	return c;
+}
+
 static void conn_new(int fd, int li, const struct sockaddr_storage *sa)
 {
-	struct conn *c = g_free_conns;
-	if (c)
-		g_free_conns = c->next;
-	else if (!(c = malloc(sizeof *c))) {
+	struct conn *c = conn_alloc();
+	if (!c) {
 		close(fd);
 		return;
 	}
@@ -9407,7 +9427,7 @@ static void conn_new(int fd, int li, const struct sockaddr_storage *sa)
 	c->hidx = NOT_IN_HEAP;
 	c->li = li;
 	c->L = &g_conf->listeners[li];
-	c->t_accept = c->t_head = c->t_active = g_now;
+	c->t_head = c->t_active = g_now;
 	struct lb_ip ip;
 	lb_ip_from_sockaddr(sa, &ip);
 	set_conn_client(c, &ip);

@@ -215,11 +215,11 @@ struct lb_acl_rule {
 #define LB_PROXY_V2_MAX 1024  /* a v2 header with more TLV bytes than this is refused */
 enum { LB_PROXY_V1 = 1, LB_PROXY_V2 = 2, LB_PROXY_ANY = 3 };
 struct lb_proxy {
-	int version;              /* 1 or 2 */
-	int local;                /* v1 UNKNOWN, v2 LOCAL/UNSPEC/UNIX: no address, keep the connection's */
+	const char *error;        /* on LB_EINVAL */
 	struct lb_ip src, dst;    /* v4-mapped IPv6 is returned as IPv4 */
 	uint16_t sport, dport;
-	const char *error;        /* on LB_EINVAL */
+	uint8_t version;          /* 1 or 2 */
+	uint8_t local;            /* v1 UNKNOWN, v2 LOCAL/UNSPEC/UNIX: no address, keep the connection's */
 };
 /* Parse a PROXY header of one of `versions` (LB_PROXY_V1|LB_PROXY_V2) at the start of buf.
  * Returns its length (> 0), LB_EAGAIN when more bytes are needed, LB_EINVAL (o->error says why). */
