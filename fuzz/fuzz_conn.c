@@ -595,9 +595,11 @@ static ssize_t fz_splice_in(struct vsock *s, struct vsock *w, size_t len)
 		return -1;
 	}
 	size_t n = LB_MIN(LB_MIN(LB_MIN(len, have), room), fz_seg);
+	fz_progress++;
+	if (n == 0) /* the peer's FIN: nothing to copy (rx.p may be NULL) */
+		return 0;
 	fz_put(&w->rx, s->rx.p + s->rx_off, n);
 	s->rx_off += n;
-	fz_progress++;
 	return (ssize_t)n;
 }
 
