@@ -241,6 +241,13 @@ static struct vsock *vs_live(int fd, const char *call)
 	return v;
 }
 
+/* Buffers always have a block, so that p + 0 and memmem(p, 0, ...) never see NULL (UBSan). */
+static void fz_reserve(struct fz_buf *b)
+{
+	if (!b->p && !(b->p = malloc(b->cap = 256)))
+		abort();
+}
+
 static int vs_new(int backend)
 {
 	if (fz_nv >= FZ_MAXV)
@@ -248,6 +255,8 @@ static int vs_new(int backend)
 	struct vsock *v = &fz_v[fz_nv];
 	memset(v, 0, sizeof *v);
 	v->used = v->open = 1;
+	fz_reserve(&v->rx);
+	fz_reserve(&v->tx);
 	v->backend = backend;
 	v->wspace = fz_wcap;
 	v->px = -1;
@@ -1057,6 +1066,8 @@ static void check_tcp(const struct vsock *cl, const struct lb_listener *L, int p
 		skip = (size_t)rc;
 	}
 	struct fz_buf up = { 0 }, down = { 0 };
+	fz_reserve(&up);
+	fz_reserve(&down);
 	for (size_t i = 1; i < fz_nv; i++) {
 		const struct vsock *v = &fz_v[i];
 		size_t off = 0;
