@@ -5196,6 +5196,24 @@ static void idle_unlink(struct lb_bconn *b)
 	}
 }
 
+/* every idle connection to s, closed (s is down, or the worker stops) */
+static void idle_close(struct lb_server *s)
+{
+	while (s->idle) {
+		struct lb_bconn *b = s->idle;
+		s->idle = b->next;
+		bconn_close(b);
+	}
+	s->nidle = 0;
+}
+
+static void idle_close_all(void)
+{
+	for (size_t p = 0; p < g_conf->npools; p++)
+		for (size_t k = 0; k < g_conf->pools[p].nservers; k++)
+			idle_close(&g_conf->pools[p].servers[k]);
+}
+
 /* an idle backend connection became readable: the server closed it or sent junk */
 static void on_idle_backend(struct lb_bconn *b)
 {
@@ -7654,14 +7672,8 @@ static void idle_sweep(void)
 	for (size_t i = 0; i < g_conf->npools; i++)
 		for (size_t j = 0; j < g_conf->pools[i].nservers; j++) {
 			struct lb_server *s = &g_conf->pools[i].servers[j];
-			if (!s->idle || !s->shm || !atomic_load_explicit(&s->shm->down, memory_order_relaxed))
-				continue;
-			while (s->idle) {
-				struct lb_bconn *b = s->idle;
-				s->idle = b->next;
-				bconn_close(b);
-			}
-			s->nidle = 0;
+			if (s->idle && s->shm && atomic_load_explicit(&s->shm->down, memory_order_relaxed))
+				idle_close(s);
 		}
 }
 
@@ -9511,17 +9523,7 @@ static void begin_stop(void)
 		n = c->next;
 		conn_arm_timer(c);
 	}
-	for (size_t p = 0; p < g_conf->npools; p++) {
-		for (size_t s = 0; s < g_conf->pools[p].nservers; s++) {
-			struct lb_server *sv = &g_conf->pools[p].servers[s];
-			while (sv->idle) {
-				struct lb_bconn *b = sv->idle;
-				sv->idle = b->next;
-				bconn_close(b);
-			}
-			sv->nidle = 0;
-		}
-	}
+	idle_close_all();
 }
 
 static void on_signals(void);

@@ -851,16 +851,7 @@ static void close_kept_pipes(void)
 
 static void close_idle_backends(void)
 {
-	for (size_t p = 0; p < g_conf->npools; p++)
-		for (size_t k = 0; k < g_conf->pools[p].nservers; k++) {
-			struct lb_server *s = &g_conf->pools[p].servers[k];
-			while (s->idle) {
-				struct lb_bconn *b = s->idle;
-				s->idle = b->next;
-				bconn_close(b);
-			}
-			s->nidle = 0;
-		}
+	idle_close_all();
 	reap_dead();
 }
 

@@ -887,25 +887,35 @@ def t_slowloris(ctx):
     check(0.8 <= closed_at <= 3.5, "slow connection closed after %.2f s (header_timeout 1s; want 0.8..3.5)" % closed_at)
 
 
+def children_of(pid):
+    """Direct children of pid (every thread's children list), zombies included."""
+    out = set()
+    try:
+        tasks = os.listdir("/proc/%d/task" % pid)
+    except OSError:
+        return []
+    for t in tasks:
+        try:
+            with open("/proc/%d/task/%s/children" % (pid, t)) as f:
+                out.update(int(x) for x in f.read().split())
+        except (OSError, ValueError):
+            pass
+    return sorted(out)
+
+
 def pipes_of_children(pid):
     """Pipe file descriptors held by the direct children (the workers) of pid."""
     n = 0
-    for t in os.listdir("/proc/%d/task" % pid):
+    for k in children_of(pid):
         try:
-            with open("/proc/%d/task/%s/children" % (pid, t)) as f:
-                kids = [int(x) for x in f.read().split()]
-        except (OSError, ValueError):
+            fds = os.listdir("/proc/%d/fd" % k)
+        except OSError:
             continue
-        for k in kids:
+        for fd in fds:
             try:
-                fds = os.listdir("/proc/%d/fd" % k)
+                n += os.readlink("/proc/%d/fd/%s" % (k, fd)).startswith("pipe:")
             except OSError:
-                continue
-            for fd in fds:
-                try:
-                    n += os.readlink("/proc/%d/fd/%s" % (k, fd)).startswith("pipe:")
-                except OSError:
-                    pass
+                pass
     return n
 
 
@@ -951,11 +961,9 @@ def tcp_tunnels(ctx, splice):
 def worker_rss_kb(pid):
     """Resident kilobytes of the direct children (the workers) of pid."""
     total = 0
-    for t in os.listdir("/proc/%d/task" % pid):
-        with open("/proc/%d/task/%s/children" % (pid, t)) as f:
-            for k in f.read().split():
-                with open("/proc/%s/status" % k) as st:
-                    total += int(re.search(r"VmRSS:\s+(\d+)", st.read()).group(1))
+    for k in children_of(pid):
+        with open("/proc/%d/status" % k) as st:
+            total += int(re.search(r"VmRSS:\s+(\d+)", st.read()).group(1))
     return total
 
 

@@ -28,7 +28,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import integration as it  # noqa: E402
-from integration import HOST, Fail, Skip, Timeout, check, eq, free_port, short, count_by  # noqa: E402
+from integration import HOST, Fail, Skip, Timeout, check, eq, free_port, short, count_by, children_of  # noqa: E402
 
 ROOT = it.ROOT
 LB_BIN = it.LB_BIN
@@ -50,22 +50,6 @@ def proc_stat(pid):
         return rest[0], int(rest[19])
     except (OSError, ValueError, IndexError):
         return None
-
-
-def children_of(pid):
-    """Direct children of pid (every thread's children list), zombies included."""
-    out = set()
-    try:
-        tasks = os.listdir("/proc/%d/task" % pid)
-    except OSError:
-        return []
-    for t in tasks:
-        try:
-            with open("/proc/%d/task/%s/children" % (pid, t)) as f:
-                out.update(int(x) for x in f.read().split())
-        except (OSError, ValueError):
-            pass
-    return sorted(out)
 
 
 def status_ids(pid):
