@@ -559,27 +559,49 @@ cpu0_pct() {
 		printf "%.0f\n", 100 * (y[1] - x[1]) / (y[2] - x[2]) }'
 }
 
+# proxy_cpu: "CPU-ticks nanoseconds" now: user + system ticks of every process of the proxy's session
+# (CUR_PID leads it), and the monotonic clock; "NA" for direct (no proxy)
+CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+proxy_cpu() {
+	[ -n "${CUR_PID:-}" ] || { echo "NA NA"; return; }
+	local t
+	t=$(awk -v s="$CUR_PID" '{ sub(/^.*\) /, ""); if ($4 == s) t += $12 + $13 } END { print t + 0 }' \
+		/proc/[0-9]*/stat 2>/dev/null)
+	echo "$t $(date +%s%N)"
+}
+# proxy_per_cpu A B RATE: RATE per CPU-second of the proxy between the proxy_cpu readings A and B
+proxy_per_cpu() {
+	awk -v a="$1" -v b="$2" -v r="$3" -v hz="$CLK_TCK" 'BEGIN { split(a, x, " "); split(b, y, " ")
+		if (x[1] == "NA" || y[1] == "NA" || r == "NA" || y[1] == x[1]) { print "NA"; exit }
+		busy = (y[1] - x[1]) / hz / ((y[2] - x[2]) / 1e9)
+		printf "%.0f\n", r / busy }'
+}
+
 # RESULTS: proxy, figure, round, rate (req/s or handshakes/s), p99 ms, errors, CPU 0 busy %,
-# resumed % (of the handshakes that offered a session; NA but for the resumption runs)
+# resumed % (of the handshakes that offered a session; NA but for the resumption runs),
+# rate per CPU-second of the proxy's own processes (NA for direct and the handshake runs)
 RESULTS="$TMP/results.tsv"
 : > "$RESULTS"
 # run_wrk PROXY FIGURE ROUND CONNS [extra wrk args]
 run_wrk() {
 	local proxy=$1 fig=$2 round=$3 conns=$4; shift 4
-	local out="$TMP/wrk-$proxy-$fig-$round.txt" rps p99 err c0 c1 cpu
+	local out="$TMP/wrk-$proxy-$fig-$round.txt" rps p99 err c0 c1 cpu pc0 pc1 per
 	c0=$(cpu0_snap)
+	pc0=$(proxy_cpu)
 	# In the background and waited for, so that a signal to the script stops it at once.
 	env "${CUR_ENV[@]}" "${PIN_WRK[@]}" wrk -t1 -c"$conns" -d"${BENCH_SECS}s" --timeout 5s --latency "$@" \
 		"$CUR_SCHEME://127.0.0.1:$CUR_PORT/" > "$out" 2>&1 &
 	WRK_PID=$!
 	wait "$WRK_PID"
 	WRK_PID=""
+	pc1=$(proxy_cpu)
 	c1=$(cpu0_snap)
 	cpu=$(cpu0_pct "$c0" "$c1")
 	read -r rps p99 err < <(parse_wrk "$out")
-	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$proxy" "$fig" "$round" "$rps" "$p99" "$err" "$cpu" NA >> "$RESULTS"
-	printf '  %-8s %-10s run %d: %10s req/s  p99 %8s ms  errors %s  CPU0 %s%%\n' \
-		"$proxy" "$fig" "$round" "$rps" "$p99" "$err" "$cpu"
+	per=$(proxy_per_cpu "$pc0" "$pc1" "$rps")
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$proxy" "$fig" "$round" "$rps" "$p99" "$err" "$cpu" NA "$per" >> "$RESULTS"
+	printf '  %-8s %-10s run %d: %10s req/s  p99 %8s ms  errors %s  CPU0 %s%%  per proxy CPU-s %s\n' \
+		"$proxy" "$fig" "$round" "$rps" "$p99" "$err" "$cpu" "$per"
 	if [ "$rps" = NA ]; then
 		warn "could not parse wrk output ($out):"
 		sed 's/^/    /' "$out" >&2
@@ -1215,6 +1237,7 @@ value() {
 	p99) v=$(median "$p" "$fig" 5); [ "$v" = NA ] || v=$(awk -v x="$v" 'BEGIN { printf "%.2f", x }') ;;
 	cpu) v=$(median "$p" "$fig" 7); [ "$v" = NA ] || v=$(awk -v x="$v" 'BEGIN { printf "%.0f", x }') ;;
 	res) v=$(median "$p" "$fig" 8); [ "$v" = NA ] || v=$(awk -v x="$v" 'BEGIN { printf "%.1f", x }') ;;
+	per) v=$(median "$p" "$fig" 9); [ "$v" = NA ] || v=$(awk -v x="$v" 'BEGIN { printf "%.0f", x }') ;;
 	err) if [ "$fig" = tls ]; then
 		v=$(awk -F'\t' -v p="$p" '$1 == p && $2 ~ /^tls_/ { s += $6; n++ } END { if (n) print s; else print "NA" }' "$RESULTS")
 	     else v=$(errsum "$p" "$fig"); fi ;;
@@ -1232,6 +1255,8 @@ ROWS=(
 	"p99|ka|keep-alive p99 ms, ${BENCH_CONNS} conns"
 	"rps|ka_high|keep-alive req/s, ${BENCH_CONNS_HIGH} conns"
 	"p99|ka_high|keep-alive p99 ms, ${BENCH_CONNS_HIGH} conns"
+	"per|ka|keep-alive req per proxy CPU-second, ${BENCH_CONNS} conns"
+	"per|ka_high|keep-alive req per proxy CPU-second, ${BENCH_CONNS_HIGH} conns"
 	"rps|close|new conn per request req/s, ${BENCH_CONNS} conns"
 	"p99|close|new conn per request p99 ms, ${BENCH_CONNS} conns"
 	"err|ka|errors, keep-alive ${BENCH_CONNS} conns (all runs)"
@@ -1479,6 +1504,12 @@ echo "medians of $BENCH_RUNS runs x ${BENCH_SECS}s; $PIN_NOTE; took $((T1 - T0))
 		[ "$FAILED" != " " ] && { echo "Failed to start:$FAILED(see the script's output)."; echo; }
 		echo "Errors are wrk's socket errors (connect, read, write, timeout) plus non-2xx/3xx responses."
 		echo
+		echo "\"Req per proxy CPU-second\" divides each run's req/s by the CPU the proxy's own processes used during it"
+		echo "(user + system time from /proc, over the run's wall time), then takes the median: what one core of proxy buys."
+		echo "It is the figure to read when req/s is bounded elsewhere: on two CPUs, wrk and the unpinned backends share"
+		echo "CPU 1 (or the backends move to CPU 0), so at ${BENCH_CONNS} connections req/s swings with where the scheduler puts"
+		echo "the backends while the proxy's own cost per request does not."
+		echo
 	fi
 	[ -n "$LB_SKIP_REASON" ] && { echo "lb was skipped: $LB_SKIP_REASON."; echo; }
 	if [ "$SHOW_TLS" = 1 ]; then
@@ -1620,6 +1651,9 @@ echo "medians of $BENCH_RUNS runs x ${BENCH_SECS}s; $PIN_NOTE; took $((T1 - T0))
 	echo "  and \`-c${BENCH_CONNS} -H 'Connection: close'\` for a new connection per request; open-files limit $NOFILE"
 	echo "- versions: $HAPROXY_V; $NGINX_VER; $WRK_V; $LB_V"
 	echo "- configs: \`bench/haproxy.cfg.in\`, \`bench/nginx-proxy.conf.in\`, \`bench/nginx-backends.conf.in\`, \`bench/lb.ini.in\`"
+	echo "- same work: lb always adds X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host and X-Request-ID to a"
+	echo "  proxied request, so the HAProxy and nginx configs add the same four (\`option forwardfor\`, \`unique-id-header\`;"
+	echo "  \`proxy_set_header\` with \`\$request_id\`), as a reverse proxy in production would"
 	if [ "$SHOW_TLS" = 1 ]; then
 		echo "- TLS load: \`tlsload -c${BENCH_CONNS} -d${BENCH_SECS} -m full\` and \`-m resume\` (bench/tlsload.c: BearSSL client,"
 		echo "  OpenSSL's P-256 arithmetic, the server's signature not checked, so that one client CPU outruns"
