@@ -1981,7 +1981,7 @@ static const struct keydef keys_pool[] = {
 	{ "health_rise", 0, NULL }, { "health_fall", 0, NULL }, { "health_expect", 0, NULL },
 	{ "circuit_failures", 0, NULL }, { "circuit_error_rate", 0, NULL }, { "circuit_window", 0, NULL },
 	{ "circuit_min_requests", 0, NULL }, { "circuit_slow", 0, NULL }, { "circuit_open", 0, NULL },
-	{ "sticky", 0, NULL }, { "send_proxy", 0, NULL }, { "tls_ca", 0, NULL }, { "tls_sni", 0, NULL },
+	{ "circuit_max_open", 0, NULL }, { "sticky", 0, NULL }, { "send_proxy", 0, NULL }, { "tls_ca", 0, NULL }, { "tls_sni", 0, NULL },
 	{ NULL, 0, NULL },
 };
 static const struct keydef keys_route[] = {
@@ -2569,6 +2569,20 @@ static void set_pool_health(struct cfg *st, struct lb_pool *p, const char *k, co
 	}
 }
 
+/* "N%" with lo <= N <= 100, or "off" (off_value) */
+static void v_percent(struct cfg *st, int line, const char *k, const char *v, unsigned lo, unsigned off_value,
+                      unsigned *out)
+{
+	size_t n = strlen(v);
+	uint64_t pc;
+	if (!strcmp(v, "off"))
+		*out = off_value;
+	else if (n > 1 && v[n - 1] == '%' && parse_uint64(v, n - 1, 100, &pc) == 0 && pc >= lo)
+		*out = (unsigned)pc;
+	else
+		cfg_err(st, line, k, "%s: expected a percentage from %u%% to 100%% or off, got '%s'", k, lo, v);
+}
+
 /* "off" turns a circuit rule off (0) */
 static void set_pool_circuit(struct cfg *st, struct lb_pool *p, const char *k, const char *v, int line)
 {
@@ -2579,14 +2593,9 @@ static void set_pool_circuit(struct cfg *st, struct lb_pool *p, const char *k, c
 		else
 			v_uint(st, line, k, v, 0, 1000000, &p->cb_failures);
 	} else if (!strcmp(k, "circuit_error_rate")) {
-		size_t n = strlen(v);
-		uint64_t pc;
-		if (off)
-			p->cb_error_rate = 0;
-		else if (n > 1 && v[n - 1] == '%' && parse_uint64(v, n - 1, 100, &pc) == 0)
-			p->cb_error_rate = (unsigned)pc;
-		else
-			cfg_err(st, line, k, "circuit_error_rate: expected a percentage like 50%% or off, got '%s'", v);
+		v_percent(st, line, k, v, 0, 0, &p->cb_error_rate);
+	} else if (!strcmp(k, "circuit_max_open")) {
+		v_percent(st, line, k, v, 1, 100, &p->cb_max_open);
 	} else if (!strcmp(k, "circuit_window")) {
 		if (!v_dur(st, line, k, v, &p->cb_window) && p->cb_window < 100)
 			cfg_err(st, line, k, "circuit_window: at least 100ms");
@@ -3014,6 +3023,7 @@ static int conf_alloc(struct cfg *st)
 			p->cb_error_rate = 50;
 			p->cb_window = 10000;
 			p->cb_min_requests = 20;
+			p->cb_max_open = 50;
 			p->cb_slow = 5000;
 			p->cb_open = 30000;
 		} else if (s->kind == S_ROUTE) {
@@ -7227,9 +7237,40 @@ static void event_emit(const char *kind, const struct lb_pool *p, const struct l
 
 static int cb_on(const struct lb_pool *p) { return p->cb_failures || p->cb_error_rate; }
 
+/* circuit_max_open: s's circuit may open while fewer than that share of the pool's circuits are
+ * open (one always may). An overload that slows every server down then leaves most of the pool
+ * serving, slowly, instead of answering 503 for everything (Envoy's max_ejection_percent).
+ * Returns 1, or 0 after logging (at most once a second) why the circuit stays closed. */
+static int cb_room(const struct lb_pool *p, const struct lb_server *s, const char *reason)
+{
+	static uint64_t last_log, quiet;
+	if (p->cb_max_open >= 100)
+		return 1;
+	size_t open = 0, cap = LB_MAX(p->nservers * p->cb_max_open / 100, 1);
+	for (size_t i = 0; i < p->nservers; i++) {
+		const struct lb_shm_server *o = p->servers[i].shm;
+		if (&p->servers[i] != s && o && atomic_load_explicit(&o->cb_state, memory_order_relaxed) != CB_CLOSED)
+			open++;
+	}
+	if (open < cap)
+		return 1;
+	if (g_now - last_log < 1000) {
+		quiet++;
+		return 0;
+	}
+	lb_err("server %s/%s: circuit stays closed: %zu of the pool's %zu circuits are open (circuit_max_open %u%%); "
+	       "it would have opened: %s (%llu more such since the last line)",
+	       p->name, s->name, open, p->nservers, p->cb_max_open, reason, (unsigned long long)quiet);
+	last_log = g_now;
+	quiet = 0;
+	return 0;
+}
+
 static void cb_trip(const struct lb_pool *p, const struct lb_server *s, int from, const char *reason)
 {
 	struct lb_shm_server *v = s->shm;
+	if (from == CB_CLOSED && !cb_room(p, s, reason))
+		return;
 	atomic_store(&v->cb_until, g_now + p->cb_open);
 	int exp = from;
 	if (!atomic_compare_exchange_strong(&v->cb_state, &exp, CB_OPEN))

@@ -341,6 +341,8 @@ struct lb_pool {
 	unsigned cb_failures;            /* consecutive failures that open it; 0 = off */
 	unsigned cb_error_rate;          /* percent over cb_window with >= cb_min_requests; 0 = off */
 	unsigned cb_min_requests;
+	unsigned cb_max_open;            /* percent of the servers whose circuits may be open at once (one
+	                                    always may); 100 = no cap */
 	uint64_t cb_window, cb_slow, cb_open; /* ms; cb_slow 0 = off */
 	uint32_t rr_seed;
 };

@@ -258,6 +258,39 @@ def t_circuit_errors(ctx):
     wait_log(m, "server p/c: circuit closed", 1)
 
 
+@test("circuit_max_open")
+def t_circuit_max_open(ctx):
+    """Both servers of a pool answer 500 (an overload looks like this): with circuit_max_open = 50% (the
+    default) only the first to reach circuit_failures opens its circuit, the other stays closed and keeps
+    serving (its 500s, not lb's 503s), and the log says why; with circuit_max_open = 100% both open and
+    lb answers 503."""
+    c, d = own_backend(ctx, "c"), own_backend(ctx, "d")
+    set_mode(c, "500")
+    set_mode(d, "500")
+
+    def run(extra):
+        port = free_port()
+        pool = section("pool p", ("server", "c %s:%d" % (HOST, c.port)), ("server", "d %s:%d" % (HOST, d.port)),
+                       ("circuit_failures", "5"), ("circuit_open", "10s"), ("health_check", "tcp"), *extra)
+        m = ctx.master(conf(lsn("web", port), pool), [port])
+        c0, d0 = app(c), app(d)
+        st = [r.status for r in sequential(port, 20, "/m")]
+        got = (app(c) - c0, app(d) - d0)
+        m.stop()
+        return st, got, m.stderr()
+
+    st, got, log = run(())
+    eq(got, (5, 15), "requests (c, d) got of 20 with the default circuit_max_open (statuses %s)" % st)
+    eq(st, [500] * 20, "statuses: the server whose circuit stays closed keeps answering")
+    eq(log.count("circuit open for"), 1, "circuits opened (log: %s)" % short(log, 600))
+    check("server p/d: circuit stays closed: 1 of the pool's 2 circuits are open (circuit_max_open 50%)" in log,
+          "the log does not say why d's circuit stayed closed: %s" % short(log, 600))
+    st, got, log = run((("circuit_max_open", "100%"),))
+    eq(got, (5, 5), "requests (c, d) got of 20 with circuit_max_open = 100%% (statuses %s)" % st)
+    eq((st.count(500), st.count(503)), (10, 10), "statuses with both circuits open")
+    eq(log.count("circuit open for"), 2, "circuits opened with circuit_max_open = 100%")
+
+
 @test("circuit_opens_on_slow_answers")
 def t_circuit_slow(ctx):
     """A server answering in 6 s with circuit_slow = 5s (the defaults' scale): 10 concurrent requests, of

@@ -1559,9 +1559,9 @@ static void test_conf_defaults(void)
 			      "health defaults: kind %d %s %s %" PRIu64 "/%" PRIu64 " rise %u fall %u", p->hc_kind, p->hc_method,
 			      p->hc_path, p->hc_interval, p->hc_timeout, p->hc_rise, p->hc_fall);
 			CHECK(p->cb_failures == 5 && p->cb_error_rate == 50 && p->cb_window == 10000 && p->cb_min_requests == 20 &&
-			      p->cb_slow == 5000 && p->cb_open == 30000,
-			      "circuit defaults: %u %u%% %" PRIu64 " %u %" PRIu64 " %" PRIu64, p->cb_failures, p->cb_error_rate,
-			      p->cb_window, p->cb_min_requests, p->cb_slow, p->cb_open);
+			      p->cb_slow == 5000 && p->cb_open == 30000 && p->cb_max_open == 50,
+			      "circuit defaults: %u %u%% %" PRIu64 " %u %" PRIu64 " %" PRIu64 " max_open %u%%", p->cb_failures,
+			      p->cb_error_rate, p->cb_window, p->cb_min_requests, p->cb_slow, p->cb_open, p->cb_max_open);
 			if (p->nservers == 1)
 				CHECK(p->servers[0].weight == 1 && p->servers[0].max_conn == 0 && !p->servers[0].backup &&
 				      !p->servers[0].disabled, "server defaults: weight %u max_conn %u backup %d disabled %d",
@@ -1721,6 +1721,10 @@ static const struct cf_err cf_errs[] = {
 	  "circuit_error_rate", 1 },
 	{ "pool_circuit_open_bad", BASE "[pool q]\nserver = s9 127.0.0.1:9009\ncircuit_open = soon\n", 8, 0,
 	  "circuit_open", 1 },
+	{ "pool_circuit_max_open_zero", BASE "[pool q]\nserver = s9 127.0.0.1:9009\ncircuit_max_open = 0%\n", 8, 0,
+	  "circuit_max_open", 1 },
+	{ "pool_circuit_max_open_bad", BASE "[pool q]\nserver = s9 127.0.0.1:9009\ncircuit_max_open = half\n", 8, 0,
+	  "circuit_max_open", 1 },
 	{ "pool_send_proxy_bad", BASE "[pool q]\nserver = s9 127.0.0.1:9009\nsend_proxy = v3\n", 8, 0,
 	  "send_proxy", 1 },
 	{ "listener_proxy_protocol_bad", BASE "proxy_protocol = yes\ntrusted_proxies = 10.0.0.0/8\n", 6, 0,
@@ -2267,8 +2271,8 @@ static void test_conf_health(void)
 		"[pool h]\nserver = s1 127.0.0.1:9000\nhealth_check = http HEAD /ready?x=1\nhealth_interval = 2s\n"
 		"health_timeout = 500ms\nhealth_rise = 1\nhealth_fall = 4\nhealth_expect = 200, 204, 301-302\n"
 		"circuit_failures = off\ncircuit_error_rate = 25%\ncircuit_window = 1m\ncircuit_min_requests = 7\n"
-		"circuit_slow = off\ncircuit_open = 5s\n"
-		"[pool t]\nserver = s2 127.0.0.1:9001\n"
+		"circuit_slow = off\ncircuit_open = 5s\ncircuit_max_open = 100%\n"
+		"[pool t]\nserver = s2 127.0.0.1:9001\ncircuit_max_open = off\n"
 		"[pool o]\nserver = s3 127.0.0.1:9002\nhealth_check = off\n"
 		"[listener web]\nbind = 127.0.0.1:8000\npool = h\n"
 		"[listener raw]\nbind = 127.0.0.1:8001\nmode = tcp\npool = t\n";
@@ -2291,6 +2295,8 @@ static void test_conf_health(void)
 		CHECK(h->cb_failures == 0 && h->cb_error_rate == 25 && h->cb_window == 60000 && h->cb_min_requests == 7 &&
 		      h->cb_slow == 0 && h->cb_open == 5000, "circuit keys: %u %u %" PRIu64 " %u %" PRIu64 " %" PRIu64,
 		      h->cb_failures, h->cb_error_rate, h->cb_window, h->cb_min_requests, h->cb_slow, h->cb_open);
+		CHECK(h->cb_max_open == 100 && tp->cb_max_open == 100, "circuit_max_open 100%% / off: %u %u", h->cb_max_open,
+		      tp->cb_max_open);
 		CHECK(tp->hc_kind == LB_HC_TCP, "pool behind a tcp listener: check kind %d, expected tcp", tp->hc_kind);
 		CHECK(o->hc_kind == LB_HC_OFF, "health_check = off: kind %d", o->hc_kind);
 		lb_conf_free(c);
