@@ -4347,8 +4347,8 @@ static const char *const tls_oid_names[] = { "CN", "OU", "O", "C" };
 struct tls_io {
 	br_ssl_engine_context *eng;
 	struct tls_conn *srv;                     /* the server side's, to note the handshake's end */
-	unsigned char *pre;                       /* bytes to feed before the socket's */
-	uint16_t pre_s, pre_e;
+	unsigned char *pre;                       /* bytes to feed before the socket's; NULL: none */
+	uint16_t pre_s, pre_e, pre_cap;
 	int got_bytes, err;
 };
 
@@ -4514,7 +4514,7 @@ static struct tls_conn *tls_conn_new(const struct lb_listener *L)
 	tc->t = L->tlsm;
 	tc->cert = 0;
 	tc->hs_done = tc->resumed = 0;
-	tc->io = (struct tls_io){ .eng = eng, .srv = tc, .pre = tc->pre };
+	tc->io = (struct tls_io){ .eng = eng, .srv = tc, .pre = tc->pre, .pre_cap = sizeof tc->pre };
 	tc->subject[0] = 0;
 	tc->policy = &tls_policy_class;
 	br_ssl_server_set_policy(sc, &tc->policy);
@@ -4654,6 +4654,17 @@ static ssize_t tls_recv(struct tls_io *io, int fd, bool *rready, char *dst, size
 			n = (ssize_t)LB_MIN(len, (size_t)(io->pre_e - io->pre_s));
 			memcpy(p, io->pre + io->pre_s, (size_t)n);
 			io->pre_s += (uint16_t)n;
+		} else if (len < io->pre_cap) {
+			/* BearSSL asks for a record's 5-byte header, then for its body: one recv takes
+			 * what is there, fed from pre (a resumed handshake: 8 recv calls -> 3) */
+			n = recv(fd, io->pre, io->pre_cap, 0);
+			if (n > 0) {
+				if ((size_t)n < io->pre_cap)
+					*rready = 0;
+				io->pre_s = 0;
+				io->pre_e = (uint16_t)n;
+				continue;
+			}
 		} else {
 			n = recv(fd, p, len, 0);
 			if (n >= 0 && (size_t)n < len)

@@ -259,6 +259,80 @@ def t_sni(ctx):
     m.stop()
 
 
+def split_responses(data):
+    """HTTP/1.1 responses framed by Content-Length, in order: [(status, headers, body)]."""
+    out = []
+    while data:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        if not sep:
+            raise Fail("incomplete response head: %r" % short(data.decode("latin-1"), 200))
+        lines = head.decode("latin-1").split("\r\n")
+        hdrs = {k.strip().lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:])}
+        n = int(hdrs.get("content-length", "0"))
+        out.append((int(lines[0].split()[1]), hdrs, rest[:n]))
+        data = rest[n:]
+    return out
+
+
+@test("proxy_header_then_tls_pipelined")
+def t_proxy_tls(ctx):
+    """A PROXY v1 header and the ClientHello in one segment (the handshake starts from the bytes read
+    with the header), then three requests as three TLS records in one segment (lb reads ahead of what
+    BearSSL asks for and feeds it from there): all three answered in order, and the server sees the
+    PROXY header's client in X-Forwarded-For."""
+    ca = CA(ctx.dir)
+    a, _ = ca.leaf("a", "a.test", ["a.test"])
+    port = free_port()
+    ctx.master(conf(lsn("https", port, ("tls", "on"), ("cert", a), ("proxy_protocol", "v1"),
+                        ("trusted_proxies", "127.0.0.1")), pl("p", [ctx.b["a"]]), workers=1), [port])
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = tls_ctx().wrap_bio(inc, out, server_hostname="a.test")
+    raw = socket.create_connection((HOST, port), timeout=5)
+    try:
+        first = True
+        while True:
+            try:
+                obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                pending = out.read()
+                if first:
+                    pending = b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 443\r\n" + pending
+                    first = False
+                if pending:
+                    raw.sendall(pending)
+                d = raw.recv(65536)
+                if not d:
+                    raise Fail("lb closed during the handshake")
+                inc.write(d)
+        if out.pending:
+            raw.sendall(out.read())
+        for path, last in (("/p0", False), ("/p1", False), ("/headers", True)):
+            obj.write(("GET %s HTTP/1.1\r\nHost: a.test\r\n%s\r\n" % (path, "Connection: close\r\n" if last else ""))
+                      .encode())
+        raw.sendall(out.read())
+        data = b""
+        while True:
+            try:
+                chunk = obj.read(65536)
+                if not chunk:
+                    break
+                data += chunk
+            except ssl.SSLWantReadError:
+                d = raw.recv(65536)
+                if not d:
+                    break
+                inc.write(d)
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                break
+    finally:
+        raw.close()
+    rs = split_responses(data)
+    eq([st for st, _, _ in rs], [200, 200, 200], "statuses of three pipelined requests")
+    eq([b.decode().strip() for _, _, b in rs[:2]], ["a /p0", "a /p1"], "bodies of the first two, in order")
+    eq(json.loads(rs[2][2]).get("x-forwarded-for"), "192.0.2.7", "X-Forwarded-For from the PROXY header")
+
+
 @test("resumption_shared_by_workers")
 def t_resume(ctx):
     """openssl s_client -reconnect reports the session as reused; lb's two workers share the cache,
