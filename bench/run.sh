@@ -1666,10 +1666,10 @@ echo "medians of $BENCH_RUNS runs x ${BENCH_SECS}s; $PIN_NOTE; took $((T1 - T0))
 	if [ -s "$RESULTS" ]; then
 		echo "Rate is req/s, or handshakes/s for tls_full and tls_resume."
 		echo
-		echo "| proxy | figure | run | rate | p99 ms | errors | CPU 0 busy % | resumed % |"
-		echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
-		while IFS=$'\t' read -r p f r rps p99 e cpu res; do
-			echo "| $p | $f | $r | $rps | $p99 | $e | $cpu | $res |"
+		echo "| proxy | figure | run | rate | p99 ms | errors | CPU 0 busy % | resumed % | rate per proxy CPU-s |"
+		echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+		while IFS=$'\t' read -r p f r rps p99 e cpu res per; do
+			echo "| $p | $f | $r | $rps | $p99 | $e | $cpu | $res | ${per:-NA} |"
 		done < "$RESULTS"
 		echo
 	fi
