@@ -1198,7 +1198,7 @@ if want_fig ceiling; then
 			out="$TMP/tlsceil-$round.txt"
 			# with the bench certificate, also BearSSL's whole server handshake in memory
 			ceil_cert=""; make_cert && ceil_cert="$TMP/tls/combined.pem"
-			"${PIN_PROXY[@]}" "$TLSCEIL" "$BENCH_CEIL_SECS" $ceil_cert > "$out" 2>&1
+			"${PIN_PROXY[@]}" "$TLSCEIL" "$BENCH_CEIL_SECS" ${ceil_cert:+"$ceil_cert"} > "$out" 2>&1
 			xadd bearssl ceiling "$round" rate "$(kv "$out" rate handshakes)"
 			for m in sign_us mulgen_us mul_us; do xadd bearssl ceiling "$round" "$m" "$(kv "$out" "$m" handshakes)"; done
 			[ -n "$ceil_cert" ] && xadd bearssl ceiling "$round" server_rate "$(kv "$out" server_rate server_handshakes)"
