@@ -1981,7 +1981,8 @@ static const struct keydef keys_pool[] = {
 	{ "health_rise", 0, NULL }, { "health_fall", 0, NULL }, { "health_expect", 0, NULL },
 	{ "circuit_failures", 0, NULL }, { "circuit_error_rate", 0, NULL }, { "circuit_window", 0, NULL },
 	{ "circuit_min_requests", 0, NULL }, { "circuit_slow", 0, NULL }, { "circuit_open", 0, NULL },
-	{ "circuit_max_open", 0, NULL }, { "sticky", 0, NULL }, { "send_proxy", 0, NULL }, { "tls_ca", 0, NULL }, { "tls_sni", 0, NULL },
+	{ "circuit_max_open", 0, NULL }, { "sticky", 0, NULL }, { "send_proxy", 0, NULL }, { "tls_ca", 0, NULL },
+	{ "tls_sni", 0, NULL },
 	{ NULL, 0, NULL },
 };
 static const struct keydef keys_route[] = {
@@ -4489,12 +4490,11 @@ static void tls_client_auth(struct tls_conn *tc)
 	br_ssl_server_set_trust_anchor_names_alt(&tc->sc, t->tas, t->ntas);
 }
 
-static struct tls_conn *tls_conn_new(const struct lb_listener *L)
+/* The engine settings of every TLS listener (bench/tlsceil.c measures BearSSL with these too):
+ * TLS 1.2, tls_suites in our order, the hashes and PRFs they need, the default curves and AEADs,
+ * and ALPN http/1.1 when alpn */
+static void tls_server_engine(br_ssl_server_context *sc, unsigned char *buf, size_t len, int alpn)
 {
-	struct tls_conn *tc = tls_take(&g_free_tls, sizeof *tc);
-	if (!tc)
-		return NULL;
-	br_ssl_server_context *sc = &tc->sc;
 	br_ssl_engine_context *eng = &sc->eng;
 	br_ssl_server_zero(sc);
 	br_ssl_engine_set_versions(eng, BR_TLS12, BR_TLS12);
@@ -4508,9 +4508,19 @@ static struct tls_conn *tls_conn_new(const struct lb_listener *L)
 	br_ssl_engine_set_default_ec(eng);
 	br_ssl_engine_set_default_aes_gcm(eng);
 	br_ssl_engine_set_default_chapol(eng);
-	br_ssl_engine_set_buffer(eng, tc->iobuf, sizeof tc->iobuf, 1);
-	if (L->mode == LB_MODE_HTTP)
+	br_ssl_engine_set_buffer(eng, buf, len, 1);
+	if (alpn)
 		br_ssl_engine_set_protocol_names(eng, tls_alpn, 1);
+}
+
+static struct tls_conn *tls_conn_new(const struct lb_listener *L)
+{
+	struct tls_conn *tc = tls_take(&g_free_tls, sizeof *tc);
+	if (!tc)
+		return NULL;
+	br_ssl_server_context *sc = &tc->sc;
+	br_ssl_engine_context *eng = &sc->eng;
+	tls_server_engine(sc, tc->iobuf, sizeof tc->iobuf, L->mode == LB_MODE_HTTP);
 	tc->t = L->tlsm;
 	tc->cert = 0;
 	tc->hs_done = tc->resumed = 0;

@@ -1191,7 +1191,7 @@ if want_fig size; then
 fi
 
 if want_fig ceiling; then
-	TLSCEIL=$(build_helper tlsceil -l:libbearssl.a)
+	TLSCEIL=$(build_helper tlsceil -l:libbearssl.a -l:libinih.a) # includes lb.c
 	if [ -n "$TLSCEIL" ]; then
 		log "BearSSL ceiling: bench/tlsceil.c, ${BENCH_CEIL_SECS}s x ${BENCH_RUNS} on CPU 0"
 		for round in $(seq 1 "$BENCH_RUNS"); do

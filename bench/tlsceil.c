@@ -8,8 +8,8 @@
  * Everything else a handshake costs (TCP, the record layer, hashing, the PRF) is left out.
  *
  * With a certificate file (PEM: the chain, then its P-256 key), a second loop measures BearSSL's
- * whole server handshake without sockets: a server engine set up as lb.c's tls_conn_new does
- * (same suites, hashes, PRFs, curves, ALPN, buffer size) and a client engine trade records in
+ * whole server handshake without sockets: a server engine set up by lb.c's own tls_server_engine
+ * (lb's suites, hashes, PRFs, curves, ALPN, buffer size) and a client engine trade records in
  * memory, one full handshake after another; only the time spent in the server's engine calls is
  * counted. That is what BearSSL itself allows a server (crypto, the handshake code, the record
  * layer) before any socket, event loop or proxy work.
@@ -19,13 +19,10 @@
  * Prints "handshakes N secs S rate R sign_us A mulgen_us B mul_us C", then with CERT.pem
  * "server_handshakes N server_secs S server_rate R".
  */
-#define _POSIX_C_SOURCE 200809L
-#include <bearssl.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
-
+/* lb itself, without its main: the server engine is set up by lb's tls_server_engine and the
+ * certificate loaded by its cert_load, so the figure follows lb's TLS settings */
+#define LB_NO_MAIN
+#include "../lb.c"
 
 static double now_s(void)
 {
@@ -36,124 +33,30 @@ static double now_s(void)
 
 /* ------------------------------------------------ the whole server handshake, in memory */
 
-struct pem_obj {
-	char name[128];
-	unsigned char *der;
-	size_t len, cap;
-};
-
-static void pem_grow(void *ctx, const void *data, size_t len)
-{
-	struct pem_obj *o = ctx;
-	if (o->len + len > o->cap) {
-		o->cap = (o->len + len) * 2;
-		if (!(o->der = realloc(o->der, o->cap))) {
-			perror("tlsceil");
-			exit(1);
-		}
-	}
-	memcpy(o->der + o->len, data, len);
-	o->len += len;
-}
-
-/* every PEM object of the file, in order; returns their count */
-static size_t pem_load(const char *path, struct pem_obj *objs, size_t max)
-{
-	FILE *f = fopen(path, "rb");
-	if (!f) {
-		perror(path);
-		exit(1);
-	}
-	br_pem_decoder_context pc;
-	br_pem_decoder_init(&pc);
-	size_t k = 0;
-	int in_obj = 0;
-	unsigned char text[4096];
-	size_t n;
-	while ((n = fread(text, 1, sizeof text, f)) > 0) {
-		for (size_t off = 0; off < n;) {
-			off += br_pem_decoder_push(&pc, text + off, n - off);
-			int ev = br_pem_decoder_event(&pc);
-			if (ev == BR_PEM_BEGIN_OBJ && k < max) {
-				memset(&objs[k], 0, sizeof objs[k]);
-				snprintf(objs[k].name, sizeof objs[k].name, "%s", br_pem_decoder_name(&pc));
-				br_pem_decoder_setdest(&pc, pem_grow, &objs[k]);
-				in_obj = 1;
-			} else if (ev == BR_PEM_END_OBJ && in_obj) {
-				k++;
-				in_obj = 0;
-			} else if (ev == BR_PEM_ERROR) {
-				fprintf(stderr, "%s: not PEM\n", path);
-				exit(1);
-			}
-		}
-	}
-	fclose(f);
-	return k;
-}
-
-/* the server's key pair and chain from CERT.pem */
+/* the server's chain and P-256 key from CERT.pem, loaded as lb loads a `cert` file */
 struct server_id {
-	br_x509_certificate chain[8];
-	size_t nchain;
-	br_ec_private_key sk;
+	struct lb_tls t; /* owns what c points to */
+	struct lb_cert c;
 	br_ec_public_key pk;
-	unsigned char skbuf[BR_EC_KBUF_PRIV_MAX_SIZE], pkbuf[BR_EC_KBUF_PUB_MAX_SIZE];
+	unsigned char pkbuf[BR_EC_KBUF_PUB_MAX_SIZE];
 };
 
 static void server_id_load(const char *path, struct server_id *id)
 {
-	static struct pem_obj objs[10];
-	size_t n = pem_load(path, objs, 10);
-	int have_key = 0;
-	id->nchain = 0;
-	for (size_t i = 0; i < n; i++) {
-		if (!strcmp(objs[i].name, "CERTIFICATE") && id->nchain < 8) {
-			id->chain[id->nchain].data = objs[i].der;
-			id->chain[id->nchain++].data_len = objs[i].len;
-			continue;
-		}
-		br_skey_decoder_context dc;
-		br_skey_decoder_init(&dc);
-		br_skey_decoder_push(&dc, objs[i].der, objs[i].len);
-		const br_ec_private_key *k = br_skey_decoder_get_ec(&dc);
-		if (br_skey_decoder_last_error(&dc) || !k || k->curve != BR_EC_secp256r1 || k->xlen > sizeof id->skbuf)
-			continue;
-		memcpy(id->skbuf, k->x, k->xlen);
-		id->sk = (br_ec_private_key){ .curve = k->curve, .x = id->skbuf, .xlen = k->xlen };
-		have_key = br_ec_compute_pub(br_ec_get_default(), &id->pk, id->pkbuf, &id->sk) != 0;
-	}
-	if (!id->nchain || !have_key) {
-		fprintf(stderr, "%s: needs a certificate and its P-256 key\n", path);
+	char err[256] = "the key is not a P-256 key";
+	if (cert_load(&id->t, &id->c, path, err, sizeof err) != 0 || id->c.key_type != BR_KEYTYPE_EC ||
+	    id->c.ec.curve != BR_EC_secp256r1 || !br_ec_compute_pub(br_ec_get_default(), &id->pk, id->pkbuf, &id->c.ec)) {
+		fprintf(stderr, "tlsceil: %s: %s\n", path, err);
 		exit(1);
 	}
 }
 
-/* the server engine as lb.c's tls_conn_new sets it up (no session cache: every handshake is full) */
+/* the server engine as lb.c's tls_conn_new sets it up, with lb's own tls_server_engine (no session
+ * cache: every handshake is full) */
 static void server_setup(br_ssl_server_context *sc, const struct server_id *id, unsigned char *buf, size_t len)
 {
-	static const uint16_t suites[] = {
-		BR_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,       BR_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-		BR_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, BR_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-		BR_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,         BR_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
-	};
-	static const char *alpn[] = { "http/1.1" };
-	br_ssl_engine_context *eng = &sc->eng;
-	br_ssl_server_zero(sc);
-	br_ssl_engine_set_versions(eng, BR_TLS12, BR_TLS12);
-	br_ssl_engine_set_suites(eng, suites, sizeof suites / sizeof *suites);
-	br_ssl_engine_set_all_flags(eng, BR_OPT_ENFORCE_SERVER_PREFERENCES | BR_OPT_NO_RENEGOTIATION);
-	br_ssl_engine_set_hash(eng, br_sha256_ID, &br_sha256_vtable);
-	br_ssl_engine_set_hash(eng, br_sha384_ID, &br_sha384_vtable);
-	br_ssl_engine_set_hash(eng, br_sha512_ID, &br_sha512_vtable);
-	br_ssl_engine_set_prf_sha256(eng, &br_tls12_sha256_prf);
-	br_ssl_engine_set_prf_sha384(eng, &br_tls12_sha384_prf);
-	br_ssl_engine_set_default_ec(eng);
-	br_ssl_engine_set_default_aes_gcm(eng);
-	br_ssl_engine_set_default_chapol(eng);
-	br_ssl_engine_set_buffer(eng, buf, len, 1);
-	br_ssl_engine_set_protocol_names(eng, alpn, 1);
-	br_ssl_server_set_single_ec(sc, id->chain, id->nchain, &id->sk, BR_KEYTYPE_SIGN, 0, br_ec_get_default(),
+	tls_server_engine(sc, buf, len, 1);
+	br_ssl_server_set_single_ec(sc, id->c.chain, id->c.nchain, &id->c.ec, BR_KEYTYPE_SIGN, 0, br_ec_get_default(),
 	                            br_ecdsa_sign_asn1_get_default());
 }
 

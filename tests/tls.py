@@ -24,6 +24,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import integration as it  # noqa: E402
+import smuggle  # noqa: E402  (its response splitter)
 import process as pr  # noqa: E402
 import policy as po  # noqa: E402
 from integration import HOST, Fail, check, eq, free_port, short  # noqa: E402
@@ -259,21 +260,6 @@ def t_sni(ctx):
     m.stop()
 
 
-def split_responses(data):
-    """HTTP/1.1 responses framed by Content-Length, in order: [(status, headers, body)]."""
-    out = []
-    while data:
-        head, sep, rest = data.partition(b"\r\n\r\n")
-        if not sep:
-            raise Fail("incomplete response head: %r" % short(data.decode("latin-1"), 200))
-        lines = head.decode("latin-1").split("\r\n")
-        hdrs = {k.strip().lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:])}
-        n = int(hdrs.get("content-length", "0"))
-        out.append((int(lines[0].split()[1]), hdrs, rest[:n]))
-        data = rest[n:]
-    return out
-
-
 @test("proxy_header_then_tls_pipelined")
 def t_proxy_tls(ctx):
     """A PROXY v1 header and the ClientHello in one segment (the handshake starts from the bytes read
@@ -327,7 +313,8 @@ def t_proxy_tls(ctx):
                 break
     finally:
         raw.close()
-    rs = split_responses(data)
+    rs, rest, err = smuggle.parse_responses(data, True)
+    check(err is None and not rest, "responses do not parse: %s" % err)
     eq([st for st, _, _ in rs], [200, 200, 200], "statuses of three pipelined requests")
     eq([b.decode().strip() for _, _, b in rs[:2]], ["a /p0", "a /p1"], "bodies of the first two, in order")
     eq(json.loads(rs[2][2]).get("x-forwarded-for"), "192.0.2.7", "X-Forwarded-For from the PROXY header")
