@@ -57,6 +57,9 @@ if [ -x ./lb-static ]; then
 	LB_BIN=./lb-static run integration-lb-static-http python3 tests/integration.py --only forwarded_headers
 else echo "FAIL lb-static: not built (make lb-static needs musl-tools)"; fi
 
+# faults in turn under a client loop (worker kill, reload, descriptor squeeze, backend reset): once, ~20 s
+ASAN_OPTIONS=abort_on_error=1:detect_leaks=0 LB_BIN=./lb-asan run soak python3 tests/soak.py
+
 # the differential request-smuggling test: once, against the ./lb build
 LB_BIN=./lb run smuggle python3 tests/smuggle.py
 
