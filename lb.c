@@ -9699,6 +9699,9 @@ static int next_timeout(void)
 static int g_ctl = -1;          /* worker: datagram socket to the master (log fds arrive on it) */
 static struct evh g_ctlh;
 
+static pid_t g_master_pid; /* section 14 */
+#define LB_ORPHAN_STOP_MS 1000
+
 static void on_signals(void)
 {
 	unsigned char sigs[64];
@@ -9706,6 +9709,13 @@ static void on_signals(void)
 	for (ssize_t i = 0; i < n; i++)
 		if (sigs[i] == SIGTERM || sigs[i] == SIGINT || sigs[i] == SIGQUIT)
 			begin_stop();
+	/* the parent-death SIGTERM (exit_with_master): nobody supervises an orphan, so it finishes
+	 * what is in flight for at most a second, not shutdown_timeout */
+	if (g_stopping && getppid() != g_master_pid && g_stop_deadline > g_now + LB_ORPHAN_STOP_MS) {
+		g_stop_deadline = g_now + LB_ORPHAN_STOP_MS;
+		lb_err("worker %d: the master (pid %d) is gone: stopping within %d ms", g_worker_id, (int)g_master_pid,
+		       LB_ORPHAN_STOP_MS);
+	}
 }
 
 static int recv_fd(int sock, char *tag)
@@ -9952,6 +9962,20 @@ static int drop_privileges(void)
 	return 0;
 }
 
+/* Every child of the master (workers, alert_command) calls this right after drop_privileges: the
+ * kernel clears PR_SET_PDEATHSIG on a uid/gid change, so armed before the drop it would be lost
+ * and a master killed with -9 would leave orphans serving. The getppid() check catches a master
+ * that died before the signal was armed (the child was then re-parented). SIGTERM: a worker
+ * closes its listeners at once and finishes what is in flight. */
+static void exit_with_master(void)
+{
+#ifdef __linux__
+	prctl(PR_SET_PDEATHSIG, SIGTERM);
+#endif
+	if (getppid() != g_master_pid)
+		_exit(0);
+}
+
 /* the child of a fork: become worker `id` of the current generation in shm column `slot` */
 static void worker_main(int slot, int id, int ctl)
 {
@@ -9959,11 +9983,6 @@ static void worker_main(int slot, int id, int ctl)
 	g_slot = slot;
 	g_worker_id = id;
 	g_ctl = ctl;
-#ifdef __linux__
-	prctl(PR_SET_PDEATHSIG, SIGTERM); /* no orphan workers if the master is killed */
-	if (getppid() != g_master_pid)
-		_exit(0);
-#endif
 	close(g_sigpipe[0]);
 	close(g_sigpipe[1]);
 	for (int i = 0; i < LB_MAX_WORKERS; i++)
@@ -9976,7 +9995,10 @@ static void worker_main(int slot, int id, int ctl)
 	g_shm->w[slot].pid = (int32_t)g_pid;
 	g_shm->w[slot].id = id;
 	g_shm->w[slot].gen = g_gen;
-	if (drop_privileges() != 0 || setup_runtime() != 0 || worker_listen() != 0)
+	if (drop_privileges() != 0)
+		_exit(1);
+	exit_with_master(); /* after the drop, which would clear it */
+	if (setup_runtime() != 0 || worker_listen() != 0)
 		_exit(1);
 	sigprocmask(SIG_SETMASK, &g_spawn_mask, NULL); /* a SIGQUIT sent meanwhile arrives now */
 	int rc = run_loop();
@@ -10116,6 +10138,7 @@ static void alert_run(const struct lb_event *e)
 		signal(SIGQUIT, SIG_DFL);
 		if (dup2(pfd[0], 0) < 0 || dup2(g_errfd, 1) < 0 || dup2(g_errfd, 2) < 0 || drop_privileges() != 0)
 			_exit(126);
+		exit_with_master(); /* a hung command must not outlive the master that would kill it */
 		execl("/bin/sh", "sh", "-c", g_conf->alert_command, (char *)NULL);
 		_exit(127);
 	}
