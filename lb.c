@@ -8066,12 +8066,18 @@ static void shm_release_slot(int slot)
  * dashboard; changes weights, drain state and splits in shared memory (no reload); edits the
  * config file (atomically, the previous kept as .bak) and reloads for config, server add and
  * remove. A fixed set of connections, each with a buffer bounded by LB_ADMIN_MAX_BODY; the
- * master never blocks on a client. */
+ * master never blocks on a client. A flood of idle or dripping connections cannot take /healthz
+ * away (keepalived fails a node over on it): there are many slots (admin_slots), a request head
+ * must arrive within LB_ADMIN_HEAD_MS, a new connection evicts the oldest, least advanced one when
+ * every slot is taken (admin_evict), and refusals, evictions and timeouts are logged once a second
+ * with counts (admin_note_flush). */
 
-#define LB_ADMIN_CONNS 16
+#define LB_ADMIN_CONNS 256         /* slots; fewer when RLIMIT_NOFILE is low (admin_slots) */
 #define LB_ADMIN_MAX_HEAD 16384
 #define LB_ADMIN_MAX_BODY (1u << 20)
-#define LB_ADMIN_TIMEOUT_MS 10000
+#define LB_ADMIN_HEAD_MS 3000      /* accept to a complete request head */
+#define LB_ADMIN_TIMEOUT_MS 10000  /* accept to the last byte of the answer */
+#define LB_ADMIN_ACCEPTS 64        /* per loop turn: connections accepted earlier get read in between */
 #define LB_ADMIN_MAX_OUT (64u << 20)
 
 static int g_gen;                            /* section 14 */
@@ -8149,10 +8155,12 @@ struct aconn {
 	size_t n, cap;
 	struct abuf out;
 	size_t sent;
-	uint64_t deadline;
-	int writing;
+	uint64_t accepted, deadline;
+	int writing, head_done;
 };
 static struct aconn g_ac[LB_ADMIN_CONNS];
+static int g_admin_slots;                  /* in use: g_ac[0 .. g_admin_slots); set once, at the first listen */
+static uint64_t g_admin_paused_until;      /* accept failed for want of descriptors: retry then */
 static int g_admin_fd = -1;
 static struct lb_bind g_admin_bound;
 static char g_admin_token[256];
@@ -8198,6 +8206,16 @@ static int admin_token_load(const struct lb_conf *c, char *out, size_t *len)
 	return rc;
 }
 
+/* A quarter of the master's descriptors at most: the rest stays for what the master opens for
+ * the workers (listening sockets, control sockets, log files, pipes, a reload's config files). */
+static int admin_slots(void)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur / 4 >= LB_ADMIN_CONNS)
+		return LB_ADMIN_CONNS;
+	return (int)LB_MAX(rl.rlim_cur / 4, 4);
+}
+
 /* master, at start and every reload: listen where [admin] says (or stop listening) */
 static int admin_listen(const struct lb_conf *c)
 {
@@ -8208,6 +8226,8 @@ static int admin_listen(const struct lb_conf *c)
 	}
 	if (!c->admin_on || g_admin_fd >= 0)
 		return 0;
+	if (!g_admin_slots)
+		g_admin_slots = admin_slots();
 	struct lb_bind b = c->admin_bind;
 	g_admin_fd = open_listener(&b, "admin");
 	if (g_admin_fd < 0)
@@ -8250,27 +8270,90 @@ static void admin_close_all(void)
 	g_admin_fd = -1;
 }
 
+/* Admin connection trouble, counted and logged at most once a second with the counts (a throttle
+ * local to this section). */
+static struct {
+	unsigned refused, evicted, head_timeout, no_fd;
+	uint64_t said_at;
+} g_anote;
+
+static void admin_note_flush(uint64_t now)
+{
+	if (!(g_anote.refused | g_anote.evicted | g_anote.head_timeout | g_anote.no_fd) ||
+	    now - g_anote.said_at < 1000)
+		return;
+	char msg[512];
+	size_t n = 0;
+	const struct { unsigned v; const char *what; } part[] = {
+		{ g_anote.refused, "refused: address not in allow" },
+		{ g_anote.evicted, "evicted: every slot taken, the oldest of the least advanced closed" },
+		{ g_anote.head_timeout, "closed: no request head within the head timeout" },
+		{ g_anote.no_fd, "accept failed: no descriptor left" },
+	};
+	for (size_t i = 0; i < sizeof part / sizeof *part; i++)
+		if (part[i].v && n < sizeof msg)
+			n += (size_t)snprintf(msg + n, sizeof msg - n, "%s%u %s", n ? "; " : "", part[i].v, part[i].what);
+	lb_err("admin connections (%d slots, head timeout %d ms): %s", g_admin_slots, LB_ADMIN_HEAD_MS, msg);
+	memset(&g_anote, 0, sizeof g_anote);
+	g_anote.said_at = now;
+}
+
+/* 0: waiting for its request head (idle or dripping), 1: for its body, 2: being answered */
+static int aconn_stage(const struct aconn *a) { return a->writing ? 2 : a->head_done; }
+
+/* Every slot taken: close the oldest connection of the earliest stage, so that a flood of idle,
+ * dripping or slow-body connections cannot keep a new one (keepalived's /healthz) out. Returns
+ * the freed slot or -1. */
+static int admin_evict(void)
+{
+	int old = -1;
+	for (int k = 0; k < g_admin_slots; k++) {
+		if (g_ac[k].fd <= 0)
+			continue;
+		int st = aconn_stage(&g_ac[k]), ost = old < 0 ? 3 : aconn_stage(&g_ac[old]);
+		if (st < ost || (st == ost && g_ac[k].accepted < g_ac[old].accepted))
+			old = k;
+	}
+	if (old >= 0) {
+		aconn_close(&g_ac[old]);
+		g_anote.evicted++;
+	}
+	return old;
+}
+
 static void admin_accept(void)
 {
-	for (;;) {
+	uint64_t now = mono_ms();
+	for (int n = 0; n < LB_ADMIN_ACCEPTS; n++) {
 		struct sockaddr_storage sa;
 		socklen_t sl = sizeof sa;
 		int fd = accept4(g_admin_fd, (struct sockaddr *)&sa, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
-		if (fd < 0)
+		if (fd < 0) {
+			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+				g_anote.no_fd++; /* the socket stays readable: poll it again later, not at once */
+				g_admin_paused_until = now + 100;
+			}
 			return;
+		}
 		struct lb_ip ip;
+		if (lb_ip_from_sockaddr(&sa, &ip) != 0 || !admin_allowed(g_conf, &ip)) {
+			close(fd);
+			g_anote.refused++;
+			continue;
+		}
 		int k = 0;
-		while (k < LB_ADMIN_CONNS && g_ac[k].fd > 0)
+		while (k < g_admin_slots && g_ac[k].fd > 0)
 			k++;
-		if (lb_ip_from_sockaddr(&sa, &ip) != 0 || !admin_allowed(g_conf, &ip) || k == LB_ADMIN_CONNS) {
-			close(fd); /* not from an allowed address, or every slot busy */
+		if (k == g_admin_slots && (k = admin_evict()) < 0) {
+			close(fd); /* no slot at all */
 			continue;
 		}
 		struct aconn *a = &g_ac[k];
 		memset(a, 0, sizeof *a);
 		a->fd = fd;
 		lb_ip_format(&ip, a->peer, sizeof a->peer);
-		a->deadline = mono_ms() + LB_ADMIN_TIMEOUT_MS;
+		a->accepted = now;
+		a->deadline = now + LB_ADMIN_TIMEOUT_MS;
 	}
 }
 
@@ -9155,6 +9238,7 @@ static void admin_step(struct aconn *a)
 		admin_json_error(a, g_areq.status ? g_areq.status : 400, g_areq.error ? g_areq.error : "invalid request");
 		return;
 	}
+	a->head_done = 1;
 	if (g_areq.flags & LB_HF_CHUNKED) {
 		admin_json_error(a, 411, "send the body with a Content-Length");
 		return;
@@ -9208,9 +9292,9 @@ static void admin_write(struct aconn *a)
 /* the master's poll set: the admin socket and its connections, appended at fds[*n] */
 static void admin_poll_fds(struct pollfd *fds, size_t *n)
 {
-	if (g_admin_fd >= 0)
+	if (g_admin_fd >= 0 && mono_ms() >= g_admin_paused_until)
 		fds[(*n)++] = (struct pollfd){ g_admin_fd, POLLIN, 0 };
-	for (int i = 0; i < LB_ADMIN_CONNS; i++)
+	for (int i = 0; i < g_admin_slots; i++)
 		if (g_ac[i].fd > 0)
 			fds[(*n)++] = (struct pollfd){ g_ac[i].fd, g_ac[i].writing ? POLLOUT : POLLIN, 0 };
 }
@@ -9225,7 +9309,7 @@ static void admin_events(const struct pollfd *fds, size_t n)
 			admin_accept();
 			continue;
 		}
-		for (int k = 0; k < LB_ADMIN_CONNS; k++) {
+		for (int k = 0; k < g_admin_slots; k++) {
 			if (g_ac[k].fd != fds[i].fd)
 				continue;
 			if (!g_ac[k].writing)
@@ -9234,9 +9318,17 @@ static void admin_events(const struct pollfd *fds, size_t n)
 				admin_write(&g_ac[k]);
 		}
 	}
-	for (int k = 0; k < LB_ADMIN_CONNS; k++)
-		if (g_ac[k].fd > 0 && now > g_ac[k].deadline)
+	for (int k = 0; k < g_admin_slots; k++) {
+		if (g_ac[k].fd <= 0)
+			continue;
+		if (!g_ac[k].head_done && !g_ac[k].writing && now > g_ac[k].accepted + LB_ADMIN_HEAD_MS) {
 			aconn_close(&g_ac[k]);
+			g_anote.head_timeout++;
+		} else if (now > g_ac[k].deadline) {
+			aconn_close(&g_ac[k]);
+		}
+	}
+	admin_note_flush(now);
 	admin_removals();
 }
 
@@ -9699,6 +9791,9 @@ static int next_timeout(void)
 static int g_ctl = -1;          /* worker: datagram socket to the master (log fds arrive on it) */
 static struct evh g_ctlh;
 
+static pid_t g_master_pid; /* section 14 */
+#define LB_ORPHAN_STOP_MS 1000
+
 static void on_signals(void)
 {
 	unsigned char sigs[64];
@@ -9706,6 +9801,13 @@ static void on_signals(void)
 	for (ssize_t i = 0; i < n; i++)
 		if (sigs[i] == SIGTERM || sigs[i] == SIGINT || sigs[i] == SIGQUIT)
 			begin_stop();
+	/* the parent-death SIGTERM (exit_with_master): nobody supervises an orphan, so it finishes
+	 * what is in flight for at most a second, not shutdown_timeout */
+	if (g_stopping && getppid() != g_master_pid && g_stop_deadline > g_now + LB_ORPHAN_STOP_MS) {
+		g_stop_deadline = g_now + LB_ORPHAN_STOP_MS;
+		lb_err("worker %d: the master (pid %d) is gone: stopping within %d ms", g_worker_id, (int)g_master_pid,
+		       LB_ORPHAN_STOP_MS);
+	}
 }
 
 static int recv_fd(int sock, char *tag)
@@ -9952,6 +10054,20 @@ static int drop_privileges(void)
 	return 0;
 }
 
+/* Every child of the master (workers, alert_command) calls this right after drop_privileges: the
+ * kernel clears PR_SET_PDEATHSIG on a uid/gid change, so armed before the drop it would be lost
+ * and a master killed with -9 would leave orphans serving. The getppid() check catches a master
+ * that died before the signal was armed (the child was then re-parented). SIGTERM: a worker
+ * closes its listeners at once and finishes what is in flight. */
+static void exit_with_master(void)
+{
+#ifdef __linux__
+	prctl(PR_SET_PDEATHSIG, SIGTERM);
+#endif
+	if (getppid() != g_master_pid)
+		_exit(0);
+}
+
 /* the child of a fork: become worker `id` of the current generation in shm column `slot` */
 static void worker_main(int slot, int id, int ctl)
 {
@@ -9959,11 +10075,6 @@ static void worker_main(int slot, int id, int ctl)
 	g_slot = slot;
 	g_worker_id = id;
 	g_ctl = ctl;
-#ifdef __linux__
-	prctl(PR_SET_PDEATHSIG, SIGTERM); /* no orphan workers if the master is killed */
-	if (getppid() != g_master_pid)
-		_exit(0);
-#endif
 	close(g_sigpipe[0]);
 	close(g_sigpipe[1]);
 	for (int i = 0; i < LB_MAX_WORKERS; i++)
@@ -9976,7 +10087,10 @@ static void worker_main(int slot, int id, int ctl)
 	g_shm->w[slot].pid = (int32_t)g_pid;
 	g_shm->w[slot].id = id;
 	g_shm->w[slot].gen = g_gen;
-	if (drop_privileges() != 0 || setup_runtime() != 0 || worker_listen() != 0)
+	if (drop_privileges() != 0)
+		_exit(1);
+	exit_with_master(); /* after the drop, which would clear it */
+	if (setup_runtime() != 0 || worker_listen() != 0)
 		_exit(1);
 	sigprocmask(SIG_SETMASK, &g_spawn_mask, NULL); /* a SIGQUIT sent meanwhile arrives now */
 	int rc = run_loop();
@@ -10116,6 +10230,7 @@ static void alert_run(const struct lb_event *e)
 		signal(SIGQUIT, SIG_DFL);
 		if (dup2(pfd[0], 0) < 0 || dup2(g_errfd, 1) < 0 || dup2(g_errfd, 2) < 0 || drop_privileges() != 0)
 			_exit(126);
+		exit_with_master(); /* a hung command must not outlive the master that would kill it */
 		execl("/bin/sh", "sh", "-c", g_conf->alert_command, (char *)NULL);
 		_exit(127);
 	}

@@ -11,6 +11,7 @@ then "admin: N passed, N failed".
 """
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -202,6 +203,127 @@ def t_stop_grace(ctx):
         time.sleep(0.1)
     ad.m.expected_exit = True
     check("stopping in 2000 ms (stop_grace)" in ad.m.stderr(), "the grace is not logged: %s" % short(ad.m.stderr(), 300))
+
+
+def raise_nofile(n):
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < n:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(n, hard) if hard != resource.RLIM_INFINITY else n, hard))
+
+
+def open_idle(port, n):
+    """n TCP connections to the admin port that send nothing (some may be closed by lb meanwhile)."""
+    import socket
+    out = []
+    for _ in range(n):
+        try:
+            out.append(socket.create_connection((HOST, port), timeout=2))
+        except OSError:
+            pass
+    return out
+
+
+def healthz_time(ad):
+    t = time.monotonic()
+    st, body = ad.get("/healthz")
+    return st, body, time.monotonic() - t
+
+
+@test("admin_flood_healthz", timeout=40)
+def t_admin_flood(ctx):
+    """300 idle admin connections, 40 that drip a request head and 260 that send a whole head then
+    drip the body, a byte a second each, then 100 more idle ones: GET /healthz (keepalived's check)
+    still answers 200 in well under 0.5 s each time, and the error log reports the evictions at most
+    once a second, with counts."""
+    import threading
+    raise_nofile(4000)
+    a = ctx.b["a"]
+    ad = Admin(ctx, [lsn("web", free_port()), po.pl("p", [a])], workers=1)
+    eq(ad.get("/healthz")[0], 200, "GET /healthz before the flood")
+    socks = []
+    stop = threading.Event()
+    try:
+        t0 = time.monotonic()
+        socks += open_idle(ad.port, 300)
+        heads = open_idle(ad.port, 40)
+        bodies = open_idle(ad.port, 260)
+        socks += heads + bodies
+
+        def send(group, data):
+            for s in group:
+                try:
+                    s.sendall(data)
+                except OSError:
+                    pass
+
+        def dripper():
+            send(heads, b"GET /healthz HTTP/1.1\r\nX-Slow: ")
+            send(bodies, b"POST /api/config?dry_run=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+            while not stop.wait(1.0):
+                send(heads + bodies, b"a")
+        th = threading.Thread(target=dripper, daemon=True)
+        th.start()
+        time.sleep(0.5)
+        for i in range(6):
+            if i == 3:
+                socks += open_idle(ad.port, 100)
+            st, body, took = healthz_time(ad)
+            eq((st, body), (200, "ok\n"), "GET /healthz %d under %d idle and dripping admin connections" % (i + 1, len(socks)))
+            check(took < 0.5, "GET /healthz %d took %.2f s under the flood" % (i + 1, took))
+            time.sleep(0.3)
+        elapsed = time.monotonic() - t0
+    finally:
+        stop.set()
+        for s in socks:
+            s.close()
+    time.sleep(1.2)  # the last counts are reported a second after the previous line
+    lines = [l for l in ad.m.stderr().splitlines() if "admin connections (" in l]
+    check(any(re.search(r"\b\d+ evicted", l) for l in lines),
+          "no eviction reported in the error log: %s" % short(ad.m.stderr()[-400:], 400))
+    check(len(lines) <= elapsed + 3, "%d admin connection lines in %.1f s: not throttled to one a second"
+          % (len(lines), elapsed + 1.2))
+    eq(ad.get("/healthz")[0], 200, "GET /healthz after the flood")
+
+
+@test("admin_head_timeout", timeout=30)
+def t_admin_head_timeout(ctx):
+    """An admin connection that sends nothing, or drips its head, is closed after the head timeout
+    (3 s), not held for the whole 10 s; the close is logged."""
+    import socket
+    a = ctx.b["a"]
+    ad = Admin(ctx, [lsn("web", free_port()), po.pl("p", [a])], workers=1)
+    idle = socket.create_connection((HOST, ad.port), timeout=8)
+    drip = socket.create_connection((HOST, ad.port), timeout=8)
+    t0 = time.monotonic()
+    drip.sendall(b"GET /healthz HTTP/1.1\r\n")
+    closed = {}
+    while len(closed) < 2 and time.monotonic() - t0 < 7:
+        for name, s in (("idle", idle), ("dripping", drip)):
+            if name in closed:
+                continue
+            s.settimeout(0.25)
+            try:
+                if name == "dripping":
+                    s.sendall(b"X")
+                d = s.recv(100)
+                if not d:
+                    closed[name] = time.monotonic() - t0
+            except socket.timeout:
+                pass
+            except OSError:
+                closed[name] = time.monotonic() - t0
+    idle.close()
+    drip.close()
+    for name in ("idle", "dripping"):
+        check(name in closed, "the %s admin connection is still open %.1f s after it was made"
+              % (name, time.monotonic() - t0))
+        check(2.5 <= closed[name] <= 5, "the %s admin connection was closed after %.1f s (head timeout 3 s)"
+              % (name, closed[name]))
+    time.sleep(1.2)
+    check("no request head within the head timeout" in ad.m.stderr(),
+          "the head timeouts are not logged: %s" % short(ad.m.stderr()[-300:], 300))
+    eq(ad.get("/healthz")[0], 200, "GET /healthz afterwards")
 
 
 sum_metric = it.sum_metric

@@ -972,6 +972,50 @@ def t_privilege_drop(ctx):
     eq(m.workers(), w, "worker pids after the requests")
 
 
+def master_kill9(ctx, glob, args):
+    """kill -9 of the master with a request in flight: every worker must be gone within 3 s (an
+    orphan finishes in-flight work for at most a second) and a new lb must bind the same port."""
+    b = ctx.b
+    port = free_port()
+    text = conf(listener("web", port, "p"), pool("p", [b["a"]], response_timeout="20s"), workers=2, glob=glob)
+    m = ctx.master(text, [port], args=args)
+    w = m.wait_workers(2)
+    requests_now(port, 4, allowed={"a"}, threads=2)
+    slow = {}
+
+    def in_flight():
+        try:
+            slow["r"] = it.request(port, "/slow?ms=8000", timeout=12).status
+        except Exception as e:
+            slow["e"] = type(e).__name__
+    th = threading.Thread(target=in_flight, daemon=True)
+    th.start()
+    time.sleep(0.4)
+    m.expected_exit = True
+    t0 = time.monotonic()
+    m.proc.kill()
+    m.proc.wait(5)
+    left = wait_for(lambda: not m.live_known(), 3) or m.live_known()
+    check(left is True, "workers %s (of %s) still running %.1f s after kill -9 of the master"
+          % (left, w, time.monotonic() - t0))
+    m2 = ctx.master(text, [port], args=args, tag="lb2")
+    m2.wait_workers(2, what="new lb on the same port: ")
+    requests_now(port, 4, allowed={"a"}, threads=2)
+    check(m2.alive(), "new lb exited: %s" % m2.stderr_tail())
+
+
+@test("master_kill9_user_nobody", timeout=25)
+def t_master_kill9_user(ctx):
+    if not IS_ROOT:
+        raise Skip("not running as root: `user = nobody` needs root (the parent-death signal is lost on the uid change)")
+    master_kill9(ctx, {"user": "nobody"}, [])
+
+
+@test("master_kill9", timeout=25)
+def t_master_kill9(ctx):
+    master_kill9(ctx, None, None)
+
+
 @test("refuse_root", timeout=15)
 def t_refuse_root(ctx):
     if not IS_ROOT:
