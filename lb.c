@@ -11422,20 +11422,21 @@ int lb_main(int argc, char **argv)
 	g_conf = load_config(path, 0);
 	if (!g_conf)
 		return 1;
+	if (user) {
+		free(g_conf->user);
+		g_conf->user = strdup(user);
+	}
 	if (check) {
 		char tok[sizeof g_admin_token];
 		size_t tl;
-		if (admin_token_load(g_conf, tok, &tl) != 0) { /* what the start would refuse */
+		/* what the start would refuse beyond conf_validate: the token file, an unknown user (as root) */
+		if (admin_token_load(g_conf, tok, &tl) != 0 || (geteuid() == 0 && resolve_user(g_conf) != 0)) {
 			lb_conf_free(g_conf);
 			return 1;
 		}
 		printf("%s: configuration is valid\n", path);
 		lb_conf_free(g_conf);
 		return 0;
-	}
-	if (user) {
-		free(g_conf->user);
-		g_conf->user = strdup(user);
 	}
 	if (geteuid() == 0 && !g_conf->user) {
 		fprintf(stderr, "lb: refusing to run as root without a user: set [global] user = NAME (workers drop "

@@ -35,7 +35,7 @@ LB_BIN = it.LB_BIN
 IS_ROOT = os.geteuid() == 0
 # as root, lb refuses to start without `[global] user =` unless told -u root
 ROOT_ARGS = ["-u", "root"] if IS_ROOT else []
-SUITE_BUDGET = 230  # seconds for all tests; with cleanup the run stays under ~4 minutes
+SUITE_BUDGET = 238  # seconds for all tests; with cleanup the run stays under ~4 minutes
 ROTATED_RE_FMT = r"^%s\.\d{8}-\d{6}(?:\.\d+)?$"
 
 
@@ -876,6 +876,20 @@ def t_check_limit_once(ctx):
     p = subprocess.run([LB_BIN, "-c", path] + ROOT_ARGS, capture_output=True, timeout=10, cwd=ROOT)
     check(p.returncode == 1 and err[0] in p.stderr.decode("utf-8", "replace"),
           "the start on the same file: exit %d, %s" % (p.returncode, short(p.stderr.decode("utf-8", "replace"), 300)))
+
+
+@test("check_unknown_user", timeout=20)
+def t_check_unknown_user(ctx):
+    """As root, `user = ` naming no user stops the start: lb -t says so too (it said valid)."""
+    if not IS_ROOT:
+        raise Skip("needs root: lb looks the user up only when started as root")
+    port = free_port()
+    text = conf(listener("web", port, "real"), pool("real", [ctx.b["a"]]), glob={"user": "no-such-user-h17"})
+    rc, err, path = lb_check(ctx, text, "user.ini")
+    check(rc == 1 and any("no-such-user-h17: no such user" in l for l in err),
+          "lb -t with an unknown user: exit %d, %s" % (rc, short(" / ".join(err), 300)))
+    p = subprocess.run([LB_BIN, "-c", path], capture_output=True, timeout=10, cwd=ROOT)
+    check(p.returncode == 1 and b"no such user" in p.stderr, "the start: exit %d, %s" % (p.returncode, short(p.stderr)))
 
 
 @test("reload_past_shared_memory", timeout=40)
