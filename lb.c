@@ -1969,7 +1969,8 @@ long lb_acme_token(const char *path, size_t n, const char **token)
 /* ==================================================================== 4. configuration
  * Text -> struct lb_conf. A pre-scan finds sections (so duplicates, empty sections and keys
  * outside sections get exact lines) and the lines inih would mangle; inih then delivers keys,
- * which are mapped to their section by line number. Cross-references are resolved last. */
+ * which are mapped to their section by line number. Cross-references are resolved last, then the
+ * bounds of lb.h (check_limits: README "Limits"). conf_validate (section 11) adds what a running lb needs. */
 
 enum { S_BAD = 0, S_GLOBAL, S_LOG, S_ADMIN, S_SCALER, S_LISTENER, S_POOL, S_ROUTE };
 
