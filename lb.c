@@ -64,7 +64,8 @@
 #define LB_MAX(a, b) ((a) > (b) ? (a) : (b))
 
 /* ==================================================================== 2. small utilities
- * Case-insensitive compares, hashing, a tiny PRNG, a log-free natural logarithm. No I/O. */
+ * Case-insensitive compares, hashing, a name index (config and shared-memory lookups by name), a tiny
+ * PRNG, a log-free natural logarithm. No I/O. */
 
 static int lower(int c) { return (c >= 'A' && c <= 'Z') ? c + 32 : c; }
 
@@ -135,6 +136,41 @@ uint64_t lb_hash64(const void *data, size_t n)
 		h *= 0x100000001b3ULL;
 	}
 	return mix64(h);
+}
+
+/* An open-addressing index of names kept elsewhere (entry i's name is name_at(ctx, i)), so
+ * that duplicate and by-name lookups over thousands of sections, servers or shared-memory
+ * slots stay linear where a scan per name would make a large configuration quadratic. */
+struct name_index {
+	uint32_t *cell; /* entry + 1; 0 = empty */
+	size_t mask;
+};
+typedef const char *name_at_fn(const void *ctx, uint32_t i);
+
+/* room for n entries at most half full; -1 when out of memory */
+static int name_index_init(struct name_index *x, size_t n)
+{
+	size_t cap = 16;
+	while (cap < 2 * n)
+		cap *= 2;
+	x->cell = calloc(cap, sizeof *x->cell);
+	x->mask = cap - 1;
+	return x->cell ? 0 : -1;
+}
+
+static void name_index_free(struct name_index *x)
+{
+	free(x->cell);
+	x->cell = NULL;
+}
+
+/* The cell holding name, or the empty cell where it goes (store entry + 1 there). */
+static uint32_t *name_index_cell(const struct name_index *x, const char *name, name_at_fn *name_at, const void *ctx)
+{
+	size_t i = (size_t)lb_hash64(name, strlen(name)) & x->mask;
+	while (x->cell[i] && strcmp(name_at(ctx, x->cell[i] - 1), name))
+		i = (i + 1) & x->mask;
+	return &x->cell[i];
 }
 
 /* Natural log for x in (0, 1], without libm, so the build line needs no -lm.
@@ -1933,7 +1969,8 @@ long lb_acme_token(const char *path, size_t n, const char **token)
 /* ==================================================================== 4. configuration
  * Text -> struct lb_conf. A pre-scan finds sections (so duplicates, empty sections and keys
  * outside sections get exact lines) and the lines inih would mangle; inih then delivers keys,
- * which are mapped to their section by line number. Cross-references are resolved last. */
+ * which are mapped to their section by line number. Cross-references are resolved last, then the
+ * bounds of lb.h (check_limits: README "Limits"). conf_validate (section 11) adds what a running lb needs. */
 
 enum { S_BAD = 0, S_GLOBAL, S_LOG, S_ADMIN, S_SCALER, S_LISTENER, S_POOL, S_ROUTE };
 
@@ -2002,6 +2039,8 @@ struct sect {
 	const char *name;            /* points into full: "api" */
 	size_t idx;                  /* index in its conf array */
 	uint64_t seen;               /* keys given, by keydef index */
+	unsigned over;               /* [pool]: server lines past LB_MAX_POOL_SERVERS (reported once) */
+	int over_line;               /* the first of them */
 };
 
 struct cref {                        /* a name to resolve once all sections are read */
@@ -2017,6 +2056,7 @@ struct cfg {
 	struct lb_cfg_errors *errs;
 	struct sect *sects;
 	size_t nsects;
+	struct name_index sect_names; /* of the valid sections' full names: duplicates in O(1) */
 	int *skip;                   /* lines reported by the pre-scan, not to be read again */
 	size_t nskip;
 	struct cref *refs;
@@ -2084,6 +2124,11 @@ static void skip_line(struct cfg *st, int line)
 	st->skip[st->nskip++] = line;
 }
 
+static const char *sect_full_at(const void *ctx, uint32_t i)
+{
+	return ((const struct cfg *)ctx)->sects[i].full;
+}
+
 /* "[kind name]" at line; adds a struct sect (S_BAD when wrong, so its keys raise no more errors) */
 static void prescan_section(struct cfg *st, const char *l, size_t n, int line)
 {
@@ -2123,12 +2168,12 @@ static void prescan_section(struct cfg *st, const char *l, size_t n, int line)
 		cfg_err(st, line, NULL, "[%s] takes no name", kind_name(kind));
 		return;
 	}
-	for (size_t i = 0; i + 1 < st->nsects; i++) {
-		if (st->sects[i].kind != S_BAD && strcmp(st->sects[i].full, s->full) == 0) {
-			cfg_err(st, line, NULL, "duplicate section [%s] (first at line %d)", s->full, st->sects[i].line);
-			return;
-		}
+	uint32_t *cell = name_index_cell(&st->sect_names, s->full, sect_full_at, st);
+	if (*cell) {
+		cfg_err(st, line, NULL, "duplicate section [%s] (first at line %d)", s->full, st->sects[*cell - 1].line);
+		return;
 	}
+	*cell = (uint32_t)(st->nsects - 1) + 1;
 	s->kind = kind;
 	s->name = sp ? sp + 1 : s->full;
 }
@@ -2141,7 +2186,7 @@ static int prescan(struct cfg *st, const char *text, size_t len, char *z)
 	for (size_t i = 0; i < len; i++)
 		nlines += text[i] == '\n';
 	st->sects = calloc(nlines, sizeof *st->sects);
-	if (!st->sects)
+	if (!st->sects || name_index_init(&st->sect_names, nlines) != 0)
 		return LB_ENOMEM;
 	int line = 0;
 	size_t zw = 0;
@@ -2182,12 +2227,18 @@ static int prescan(struct cfg *st, const char *text, size_t len, char *z)
 	return 0;
 }
 
+/* the section line is in: the last one starting at or before it (sections are in line order) */
 static struct sect *sect_at(struct cfg *st, int line)
 {
-	struct sect *best = NULL;
-	for (size_t i = 0; i < st->nsects && st->sects[i].line <= line; i++)
-		best = &st->sects[i];
-	return best;
+	size_t lo = 0, hi = st->nsects; /* sects[0, lo) start at or before line, [hi, n) after it */
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (st->sects[mid].line <= line)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo ? &st->sects[lo - 1] : NULL;
 }
 
 static void add_ref(struct cfg *st, int *dst, int want_listener, const char *name, size_t n, int line, const char *key)
@@ -2218,6 +2269,20 @@ static int v_dur(struct cfg *st, int line, const char *key, const char *v, uint6
 		return 0;
 	cfg_err(st, line, key, "%s: invalid duration '%s' (use e.g. 250ms, 10s, 5m, 1h, 1d)", key, v);
 	return 1;
+}
+
+/* a duration of at least min ms (a 0 response_timeout would answer 504 before any server could) */
+static int v_dur_min(struct cfg *st, int line, const char *key, const char *v, uint64_t min, uint64_t *out)
+{
+	uint64_t x;
+	if (v_dur(st, line, key, v, &x))
+		return 1;
+	if (x < min) {
+		cfg_err(st, line, key, "%s: '%s' is too short (at least %llums)", key, v, (unsigned long long)min);
+		return 1;
+	}
+	*out = x;
+	return 0;
 }
 
 static int v_size(struct cfg *st, int line, const char *key, const char *v, uint64_t *out, uint64_t min, uint64_t max)
@@ -2471,24 +2536,29 @@ static void add_server(struct cfg *st, struct lb_pool *p, const char *v, int lin
 		cfg_err(st, line, "server", "server: %s in '%s'", sp.error, v);
 		return;
 	}
+	uint64_t h = lb_hash64(sp.name, strlen(sp.name)); /* compared first: a pool of 1,024 stays cheap */
 	for (size_t i = 0; i < p->nservers; i++) {
-		if (!strcmp(p->servers[i].name, sp.name)) {
+		if (p->servers[i].name_hash == h && !strcmp(p->servers[i].name, sp.name)) {
 			cfg_err(st, line, "server", "server: duplicate server name '%s' in [pool %s] (first at line %d)",
 			        sp.name, p->name, p->servers[i].line);
 			return;
 		}
 	}
-	if (p->nservers >= 1024) {
-		cfg_err(st, line, "server", "server: more than 1024 servers in one pool");
+	if (p->nservers >= LB_MAX_POOL_SERVERS) { /* reported once, by check_limits */
+		struct sect *ps = sect_at(st, line);
+		if (ps && !ps->over++)
+			ps->over_line = line;
 		return;
 	}
-	struct lb_server *s = realloc(p->servers, (p->nservers + 1) * sizeof *s);
-	if (!s) {
-		st->oom = 1;
-		return;
+	if ((p->nservers & (p->nservers - 1)) == 0) { /* capacity doubles at each power of two */
+		struct lb_server *s = realloc(p->servers, (p->nservers ? 2 * p->nservers : 1) * sizeof *s);
+		if (!s) {
+			st->oom = 1;
+			return;
+		}
+		p->servers = s;
 	}
-	p->servers = s;
-	s = &s[p->nservers++];
+	struct lb_server *s = &p->servers[p->nservers++];
 	memset(s, 0, sizeof *s);
 	snprintf(s->name, sizeof s->name, "%s", sp.name);
 	snprintf(s->host, sizeof s->host, "%s", sp.addr.host);
@@ -2499,7 +2569,7 @@ static void add_server(struct cfg *st, struct lb_pool *p, const char *v, int lin
 	s->disabled = sp.disabled;
 	s->tls = sp.tls;
 	s->line = line;
-	s->name_hash = lb_hash64(s->name, strlen(s->name));
+	s->name_hash = h;
 }
 
 /* health_expect: "200-399", "200, 204, 301-302" */
@@ -2630,7 +2700,7 @@ static void set_pool(struct cfg *st, struct lb_pool *p, const char *k, const cha
 	} else if (!strcmp(k, "connect_timeout")) {
 		v_dur(st, line, k, v, &p->connect_timeout);
 	} else if (!strcmp(k, "response_timeout")) {
-		v_dur(st, line, k, v, &p->response_timeout);
+		v_dur_min(st, line, k, v, 1, &p->response_timeout);
 	} else if (!strcmp(k, "keepalive")) {
 		v_uint(st, line, k, v, 0, 100000, &p->keepalive);
 	} else if (!strcmp(k, "retries")) {
@@ -2908,9 +2978,9 @@ static void set_route(struct cfg *st, struct lb_route *r, const char *k, const c
 	} else if (!strcmp(k, "split")) {
 		route_split(st, r, v, line);
 	} else if (!strcmp(k, "response_timeout")) {
-		v_dur(st, line, k, v, &r->response_timeout);
-	} else if (!strcmp(k, "max_body_size")) {
-		v_size(st, line, k, v, &r->max_body_size, 0, (uint64_t)INT64_MAX);
+		r->has_response_timeout = !v_dur_min(st, line, k, v, 1, &r->response_timeout);
+	} else if (!strcmp(k, "max_body_size")) { /* 0: no body at all, as on a listener */
+		r->has_max_body_size = !v_size(st, line, k, v, &r->max_body_size, 0, (uint64_t)INT64_MAX);
 	} else {
 		set_route_policy(st, r, k, v, line);
 	}
@@ -3048,15 +3118,13 @@ static int conf_alloc(struct cfg *st)
 
 static void resolve_refs(struct cfg *st)
 {
-	struct lb_conf *c = st->c;
 	for (size_t i = 0; i < st->nrefs; i++) {
 		struct cref *r = &st->refs[i];
-		size_t n = r->want_listener ? c->nlisteners : c->npools;
-		for (size_t k = 0; k < n; k++) {
-			const char *nm = r->want_listener ? c->listeners[k].name : c->pools[k].name;
-			if (!strcmp(nm, r->name))
-				*r->dst = (int)k;
-		}
+		char full[sizeof st->sects->full + LB_NAME_MAX];
+		snprintf(full, sizeof full, "%s %s", r->want_listener ? "listener" : "pool", r->name);
+		uint32_t at = *name_index_cell(&st->sect_names, full, sect_full_at, st); /* the section's index + 1 */
+		if (at)
+			*r->dst = (int)st->sects[at - 1].idx;
 		if (*r->dst < 0)
 			cfg_err(st, r->line, r->key, "%s: unknown %s '%s'", r->key, r->want_listener ? "listener" : "pool", r->name);
 	}
@@ -3170,6 +3238,37 @@ static void check_pools_routes(struct cfg *st)
 				        c->admin_bind.hp.port, c->listeners[i].name, c->listeners[i].binds[b].line);
 }
 
+/* The bounds of lb.h (README "Limits"), each reported once with the line of the first section or
+ * server past it, however many follow: what start-up would refuse, `lb -t` refuses. */
+static void check_limits(struct cfg *st)
+{
+	struct lb_conf *c = st->c;
+	if (c->nlisteners > LB_MAX_LISTENERS)
+		cfg_err(st, c->listeners[LB_MAX_LISTENERS].line, "listener", "[listener %s]: more than %d listeners (%zu in the file)",
+		        c->listeners[LB_MAX_LISTENERS].name, LB_MAX_LISTENERS, c->nlisteners);
+	if (c->npools > LB_MAX_POOLS)
+		cfg_err(st, c->pools[LB_MAX_POOLS].line, "pool", "[pool %s]: more than %d pools (%zu in the file)",
+		        c->pools[LB_MAX_POOLS].name, LB_MAX_POOLS, c->npools);
+	if (c->nroutes > LB_MAX_ROUTES)
+		cfg_err(st, c->routes[LB_MAX_ROUTES].line, "route", "[route %s]: more than %d routes (%zu in the file)",
+		        c->routes[LB_MAX_ROUTES].name, LB_MAX_ROUTES, c->nroutes);
+	for (size_t i = 0; i < st->nsects; i++)
+		if (st->sects[i].kind == S_POOL && st->sects[i].over)
+			cfg_err(st, st->sects[i].over_line, "server",
+			        "server: more than %d servers in [pool %s] (%u server lines past the limit, from this one on)",
+			        LB_MAX_POOL_SERVERS, st->sects[i].name, st->sects[i].over);
+	size_t total = 0, before = 0, i = 0;
+	for (size_t k = 0; k < c->npools; k++)
+		total += c->pools[k].nservers;
+	if (total <= LB_MAX_SERVERS)
+		return;
+	while (before + c->pools[i].nservers <= LB_MAX_SERVERS) /* the pool holding the first one past it */
+		before += c->pools[i++].nservers;
+	cfg_err(st, c->pools[i].servers[LB_MAX_SERVERS - before].line, "server",
+	        "server: more than %d servers in all pools (%zu in the file; this is the first past the limit)",
+	        LB_MAX_SERVERS, total);
+}
+
 static void tls_free(struct lb_tls *t); /* section 6 */
 static int tls_load_pool(struct lb_pool *p, char *err, size_t errlen);
 
@@ -3256,10 +3355,12 @@ int lb_conf_parse(const char *text, size_t len, struct lb_conf **out, struct lb_
 	resolve_refs(&st);
 	check_listeners(&st);
 	check_pools_routes(&st);
+	check_limits(&st);
 	rc = st.oom ? LB_ENOMEM : errs->total ? LB_EINVAL : 0;
 done:
 	free(z);
 	free(st.sects);
+	name_index_free(&st.sect_names);
 	free(st.skip);
 	free(st.refs);
 	if (rc == 0)
@@ -3276,6 +3377,21 @@ static int resolve_addr(const char *host, uint16_t port, int passive, struct soc
 {
 	struct addrinfo hints, *res = NULL;
 	char ps[8];
+	struct sockaddr_in *v4 = (struct sockaddr_in *)sa;
+	struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)sa;
+	memset(sa, 0, sizeof *sa);
+	if (host[0] && inet_pton(AF_INET, host, &v4->sin_addr) == 1) { /* no resolver round (thousands of servers) */
+		v4->sin_family = AF_INET;
+		v4->sin_port = htons(port);
+		*len = sizeof *v4;
+		return 0;
+	}
+	if (host[0] && inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
+		v6->sin6_family = AF_INET6;
+		v6->sin6_port = htons(port);
+		*len = sizeof *v6;
+		return 0;
+	}
 	memset(&hints, 0, sizeof hints);
 	hints.ai_family = AF_UNSPEC;
 	hints.ai_socktype = SOCK_STREAM;
@@ -3460,7 +3576,6 @@ struct lb_shm_server {
 	uint64_t retired_requests, retired_errors, retired_bytes; /* of exited workers */
 };
 
-#define LB_SHM_ROUTES 256
 struct lb_shm_route {
 	char key[LB_NAME_MAX];          /* the route's name */
 	_Atomic uint32_t weight[LB_ROUTE_MAX_ITEMS]; /* split weights: config at load, admin API after */
@@ -6159,13 +6274,13 @@ static void handle_request(struct conn *c, const struct lb_req *rq, size_t n)
 	int hb = build_request_head(c, rq, path, (size_t)pn);
 	c->in.s += (uint32_t)n; /* rq points into in: it is not read after this */
 	c->scan = 0;
-	c->max_body = rt && rt->max_body_size ? rt->max_body_size : c->L->max_body_size;
+	c->max_body = rt && rt->has_max_body_size ? rt->max_body_size : c->L->max_body_size;
 	if (hb != 0) {
 		respond_own(c, 431, "request head too large after rewriting");
 		return;
 	}
 	if (rq->content_length > 0 && (uint64_t)rq->content_length > c->max_body) {
-		respond_own(c, 413, "Content-Length above max_body_size");
+		respond_own(c, 413, c->max_body ? "Content-Length above max_body_size" : "a body where max_body_size = 0");
 		return;
 	}
 	if (listener_answers(c, rq, host))
@@ -6179,7 +6294,7 @@ static void handle_request(struct conn *c, const struct lb_req *rq, size_t n)
 	}
 	c->pool = &conf->pools[pi];
 	c->sticky = c->pool->sticky_cookie[0] ? sticky_server(c->pool, rq) : NULL;
-	c->resp_timeout = rt && rt->response_timeout ? rt->response_timeout : c->pool->response_timeout;
+	c->resp_timeout = rt && rt->has_response_timeout ? rt->response_timeout : c->pool->response_timeout;
 	c->retries_left = (int)c->pool->retries;
 	c->r = R_WAIT;
 	backend_assign(c, NULL);
@@ -7742,32 +7857,99 @@ static void idle_sweep(void)
 /* ==================================================================== 11. shared memory
  * One MAP_SHARED segment the master makes before the first fork: per-server state and
  * counters, in slots found by "pool/server" name so they survive reloads, and per-worker
- * totals. Each worker writes only its own columns; the master folds a dead worker's. */
+ * totals. Each worker writes only its own columns; the master folds a dead worker's.
+ * The slots are sized at start from the file with room for reloads (shm_create); a file that
+ * needs more is refused by the one validation (conf_validate -> shm_conf_room) before a reload. */
 
-#define LB_SHM_SERVERS 1024
+#define LB_SHM_SERVERS_MIN 1024 /* server slots made at start: twice the file's servers, at least this */
+#define LB_SHM_ROUTES_MIN 256   /* route slots: the same rule */
 struct lb_shm_worker {
 	_Atomic uint64_t conns, requests;
 	int32_t pid, id, gen;
 };
 struct lb_shm {
-	uint32_t nservers, nroutes;
+	uint32_t nservers, nroutes;     /* slots taken: by every name seen since start */
+	uint32_t cap_servers, cap_routes; /* slots made at start */
 	_Atomic uint32_t admin_version; /* bumped by every weight or split change: workers re-read */
 	_Atomic uint64_t reloads, restarts;
 	uint64_t started_wall_ms;
-	struct lb_shm_server s[LB_SHM_SERVERS];
-	struct lb_shm_route r[LB_SHM_ROUTES];
+	struct lb_shm_server *s;        /* cap_servers slots after this header, in the same mapping */
+	struct lb_shm_route *r;         /* cap_routes slots after those */
 	struct lb_shm_worker w[LB_MAX_WORKERS];
 };
 static struct lb_shm *g_shm;
+static struct name_index g_shm_snames, g_shm_rnames; /* the master's: slot by name */
 static int g_slot = -1;  /* this worker's column; -1 in the master */
 static pid_t g_pid;
 static int g_worker_id;  /* 1..workers within its generation */
 
-static int shm_create(void)
+static size_t conf_nservers(const struct lb_conf *c)
 {
-	if (!(g_shm = shm_map(sizeof *g_shm, "server state and counters")))
+	size_t n = 0;
+	for (size_t p = 0; p < c->npools; p++)
+		n += c->pools[p].nservers;
+	return n;
+}
+
+static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
+
+static int shm_create(const struct lb_conf *c)
+{
+	size_t ns = LB_MAX(2 * conf_nservers(c), (size_t)LB_SHM_SERVERS_MIN);
+	size_t nr = LB_MAX(2 * c->nroutes, (size_t)LB_SHM_ROUTES_MIN);
+	size_t at_s = align64(sizeof *g_shm), at_r = at_s + align64(ns * sizeof *g_shm->s);
+	char *m = shm_map(at_r + nr * sizeof *g_shm->r, "server state and counters");
+	if (!m || name_index_init(&g_shm_snames, ns) != 0 || name_index_init(&g_shm_rnames, nr) != 0)
 		return -1;
+	g_shm = (struct lb_shm *)m;
+	g_shm->s = (struct lb_shm_server *)(m + at_s); /* the same address in every process: forks share it */
+	g_shm->r = (struct lb_shm_route *)(m + at_r);
+	g_shm->cap_servers = (uint32_t)ns;
+	g_shm->cap_routes = (uint32_t)nr;
 	g_shm->started_wall_ms = wall_ms();
+	return 0;
+}
+
+static const char *shm_skey_at(const void *ctx, uint32_t i) { LB_UNUSED(ctx); return g_shm->s[i].key; }
+static const char *shm_rkey_at(const void *ctx, uint32_t i) { LB_UNUSED(ctx); return g_shm->r[i].key; }
+
+static void shm_server_key(const struct lb_pool *p, const struct lb_server *s, char *key, size_t n)
+{
+	snprintf(key, n, "%s/%s", p->name, s->name);
+}
+
+/* Would c's servers and routes find slots? A name seen since start keeps its slot; a new one
+ * takes a free one. 0, or -1 with the line and key of the first that finds none in *line and
+ * a message in msg. Nothing changes: a refused file leaves the segment as it was. */
+static int shm_room(const struct lb_conf *c, int *line, const char **key, char *msg, size_t msglen)
+{
+	uint32_t taken = g_shm->nservers;
+	char k[2 * LB_NAME_MAX];
+	for (size_t p = 0; p < c->npools; p++)
+		for (size_t j = 0; j < c->pools[p].nservers; j++) {
+			const struct lb_server *s = &c->pools[p].servers[j];
+			shm_server_key(&c->pools[p], s, k, sizeof k);
+			if (*name_index_cell(&g_shm_snames, k, shm_skey_at, NULL))
+				continue;
+			if (taken++ < g_shm->cap_servers)
+				continue;
+			*line = s->line, *key = "server";
+			snprintf(msg, msglen, "shared memory: no slot for server %s of [pool %s]: the %u server slots made "
+			         "at start (twice the servers of the file lb started with, at least %d) are taken by the "
+			         "servers seen since start; restart lb to run this file", s->name, c->pools[p].name,
+			         g_shm->cap_servers, LB_SHM_SERVERS_MIN);
+			return -1;
+		}
+	taken = g_shm->nroutes;
+	for (size_t i = 0; i < c->nroutes; i++) {
+		if (*name_index_cell(&g_shm_rnames, c->routes[i].name, shm_rkey_at, NULL) || taken++ < g_shm->cap_routes)
+			continue;
+		*line = c->routes[i].line, *key = "route";
+		snprintf(msg, msglen, "shared memory: no slot for [route %s]: the %u route slots made at start (twice "
+		         "the routes of the file lb started with, at least %d) are taken by the routes seen since "
+		         "start; restart lb to run this file", c->routes[i].name, g_shm->cap_routes, LB_SHM_ROUTES_MIN);
+		return -1;
+	}
 	return 0;
 }
 
@@ -7794,25 +7976,54 @@ static int check_first_take(const char *key)
 	return 0;
 }
 
-/* Give every server of c its slot: the one with its name, or a new one. */
+/* Text -> a configuration this lb can run, or NULL with every error (FILE:LINE and key) in errs:
+ * the one check behind `lb -t`, start-up, reloads and POST /api/config (dry_run or not). The
+ * file's own bounds are lb_conf_parse's (check_limits); in a running master, the file must also
+ * find its slots in the shared memory made at start (shm_room), or the reload would fail. */
+static struct lb_conf *conf_validate(const char *text, size_t len, struct lb_cfg_errors *errs)
+{
+	struct lb_conf *c = NULL;
+	int rc = lb_conf_parse(text, len, &c, errs);
+	if (rc == 0)
+		rc = lb_conf_resolve(c, errs);
+	if (rc == 0 && g_shm) {
+		struct cfg st = { .errs = errs };
+		int line = 0;
+		const char *key = NULL;
+		char msg[512];
+		if (shm_room(c, &line, &key, msg, sizeof msg) != 0) {
+			cfg_err(&st, line, key, "%s", msg);
+			rc = LB_EINVAL;
+		}
+	}
+	if (rc != 0) {
+		lb_conf_free(c);
+		return NULL;
+	}
+	return c;
+}
+
+/* Give every server and route of c its slot: the one with its name, or a new one (all or none). */
 static int shm_map_conf(struct lb_conf *c)
 {
+	int line;
+	const char *what;
+	char msg[512];
+	if (shm_room(c, &line, &what, msg, sizeof msg) != 0) { /* conf_validate said so first */
+		lb_err("%s (line %d)", msg, line);
+		return -1;
+	}
 	for (size_t p = 0; p < c->npools; p++) {
 		for (size_t k = 0; k < c->pools[p].nservers; k++) {
 			struct lb_server *s = &c->pools[p].servers[k];
 			char key[2 * LB_NAME_MAX];
-			snprintf(key, sizeof key, "%s/%s", c->pools[p].name, s->name);
-			uint32_t i = 0;
-			while (i < g_shm->nservers && strcmp(g_shm->s[i].key, key))
-				i++;
-			if (i == g_shm->nservers) {
-				if (i >= LB_SHM_SERVERS) {
-					lb_err("shared memory: more than %d distinct servers since start", LB_SHM_SERVERS);
-					return -1;
-				}
-				snprintf(g_shm->s[i].key, sizeof g_shm->s[i].key, "%s", key);
-				g_shm->nservers++;
+			shm_server_key(&c->pools[p], s, key, sizeof key);
+			uint32_t *cell = name_index_cell(&g_shm_snames, key, shm_skey_at, NULL);
+			if (!*cell) {
+				snprintf(g_shm->s[g_shm->nservers].key, sizeof g_shm->s->key, "%s", key);
+				*cell = ++g_shm->nservers;
 			}
+			uint32_t i = *cell - 1;
 			s->shm = &g_shm->s[i];
 			/* a server added through the admin API takes traffic once it passed its health
 			 * checks (also when a removed one comes back under its name); others begin up */
@@ -7825,18 +8036,12 @@ static int shm_map_conf(struct lb_conf *c)
 	}
 	for (size_t k = 0; k < c->nroutes; k++) {
 		struct lb_route *r = &c->routes[k];
-		uint32_t i = 0;
-		while (i < g_shm->nroutes && strcmp(g_shm->r[i].key, r->name))
-			i++;
-		if (i == g_shm->nroutes) {
-			if (i >= LB_SHM_ROUTES) {
-				lb_err("shared memory: more than %d distinct routes since start", LB_SHM_ROUTES);
-				return -1;
-			}
-			snprintf(g_shm->r[i].key, sizeof g_shm->r[i].key, "%s", r->name);
-			g_shm->nroutes++;
+		uint32_t *cell = name_index_cell(&g_shm_rnames, r->name, shm_rkey_at, NULL);
+		if (!*cell) {
+			snprintf(g_shm->r[g_shm->nroutes].key, sizeof g_shm->r->key, "%s", r->name);
+			*cell = ++g_shm->nroutes;
 		}
-		r->shm = &g_shm->r[i];
+		r->shm = &g_shm->r[*cell - 1];
 		for (size_t j = 0; j < r->nsplit; j++) /* the file's weights win at every load */
 			atomic_store(&r->shm->weight[j], r->split[j].weight);
 	}
@@ -8831,12 +9036,10 @@ static int config_write(const char *text, size_t len, char *err, size_t errlen)
 static int config_check(const char *text, size_t len, struct abuf *b)
 {
 	struct lb_cfg_errors *errs = calloc(1, sizeof *errs);
-	struct lb_conf *c = NULL;
 	if (!errs)
 		return -1;
-	int rc = lb_conf_parse(text, len, &c, errs);
-	if (rc == 0)
-		rc = lb_conf_resolve(c, errs);
+	struct lb_conf *c = conf_validate(text, len, errs);
+	int rc = c ? 0 : -1;
 	lb_conf_free(c);
 	if (rc != 0 && b) {
 		ab_printf(b, "{\"valid\":false,\"errors\":[");
@@ -10896,11 +11099,8 @@ static struct lb_conf *load_config(const char *path, int to_log)
 		free(text);
 		return NULL;
 	}
-	if (lb_conf_parse(text, len, &c, errs) != 0 || lb_conf_resolve(c, errs) != 0) {
+	if (!(c = conf_validate(text, len, errs)))
 		report_cfg_errors(path, errs, to_log);
-		lb_conf_free(c);
-		c = NULL;
-	}
 	free(errs);
 	free(text);
 	return c;
@@ -11338,20 +11538,21 @@ int lb_main(int argc, char **argv)
 	g_conf = load_config(path, 0);
 	if (!g_conf)
 		return 1;
+	if (user) {
+		free(g_conf->user);
+		g_conf->user = strdup(user);
+	}
 	if (check) {
 		char tok[sizeof g_admin_token];
 		size_t tl;
-		if (admin_token_load(g_conf, tok, &tl) != 0) { /* what the start would refuse */
+		/* what the start would refuse beyond conf_validate: the token file, an unknown user (as root) */
+		if (admin_token_load(g_conf, tok, &tl) != 0 || (geteuid() == 0 && resolve_user(g_conf) != 0)) {
 			lb_conf_free(g_conf);
 			return 1;
 		}
 		printf("%s: configuration is valid\n", path);
 		lb_conf_free(g_conf);
 		return 0;
-	}
-	if (user) {
-		free(g_conf->user);
-		g_conf->user = strdup(user);
 	}
 	if (geteuid() == 0 && !g_conf->user) {
 		fprintf(stderr, "lb: refusing to run as root without a user: set [global] user = NAME (workers drop "
@@ -11370,7 +11571,7 @@ int lb_main(int argc, char **argv)
 		return 1;
 	if (g_conf->access_log && retarget_log(&g_accfd, g_conf->access_log, 0) != 0)
 		return 1;
-	if (resolve_user(g_conf) != 0 || shm_create() != 0 || shm_map_conf(g_conf) != 0 ||
+	if (resolve_user(g_conf) != 0 || shm_create(g_conf) != 0 || shm_map_conf(g_conf) != 0 ||
 	    rl_create(g_conf->rate_limit_entries) != 0 || ipc_create() != 0 || events_create() != 0 ||
 	    tls_shared_create(g_conf->tls_session_cache) != 0 ||
 	    msocks_open(g_conf) != 0 || admin_token_load(g_conf, g_admin_token, &g_admin_token_len) != 0 ||

@@ -33,6 +33,14 @@ enum {
 #define LB_TRAILERS_MAX     16384 /* all trailer lines of one chunked body */
 #define LB_REQUEST_ID_MAX   128   /* a client's X-Request-ID longer than this is replaced */
 
+/* Bounds of one configuration (README "Limits"); lb_conf_parse reports a file beyond one once,
+ * at the line of the first section or server past it. Shared memory is sized from the file. */
+#define LB_MAX_LISTENERS    1024
+#define LB_MAX_POOLS        4096
+#define LB_MAX_POOL_SERVERS 1024  /* servers of one pool: every pick scans its pool */
+#define LB_MAX_SERVERS      65536 /* servers of all pools */
+#define LB_MAX_ROUTES       16384 /* tried in file order for each request */
+
 struct lb_str {
 	const char *p;
 	size_t n;
@@ -404,7 +412,8 @@ struct lb_route {
 	int pool;                          /* -1 when split is used */
 	struct lb_split split[LB_ROUTE_MAX_ITEMS]; size_t nsplit;
 	int64_t split_cur[LB_ROUTE_MAX_ITEMS]; /* smooth weighted round-robin over split pools */
-	uint64_t response_timeout, max_body_size; /* 0 = the pool's / listener's */
+	uint64_t response_timeout, max_body_size; /* used when set below; else the pool's / listener's */
+	unsigned has_response_timeout : 1, has_max_body_size : 1; /* given in the file (0 is a value) */
 	struct lb_acl_rule *acl; size_t nacl;      /* ordered; first match wins */
 	struct lb_rate_limit rl;
 	uint64_t rl_key;                           /* route's part of the bucket keys */

@@ -400,6 +400,50 @@ def t_config(ctx):
         eq(f.read(), old, "the .bak after apply")
 
 
+@test("config_limits_dry_run_as_lb_t", timeout=60)
+def t_config_limits(ctx):
+    """POST /api/config?dry_run=1 runs lb -t's check: a pool over 1,024 servers gets the one error lb -t
+    prints (line, key, message). A file that lb -t passes but that finds no slot in the shared memory this
+    lb made at start (300 routes where it started with 256 slots) is refused by the dry run and by the apply,
+    before the file is written (the apply used to write it, then fail to reload)."""
+    a = ctx.b["a"]
+    port = free_port()
+    ad = Admin(ctx, [lsn("web", port), po.pl("p", [a])], workers=1)
+    path = conf_file(ad.m)
+    with open(path) as f:
+        old = f.read()
+    over = old + "\n[pool big]\nhealth_check = off\n" + "".join(
+        "server = s%d %s:%d\n" % (k, HOST, 1 + k % 1000) for k in range(1100))
+    check_path = os.path.join(ctx.dir, "check.ini")
+    with open(check_path, "w") as f:
+        f.write(over)
+    p = subprocess.run([it.LB_BIN, "-t", "-c", check_path], capture_output=True, timeout=20)
+    lines = p.stderr.decode().splitlines()
+    check(p.returncode == 1 and len(lines) == 1, "lb -t on a pool of 1,100 servers: exit %d, %s"
+          % (p.returncode, short(p.stderr, 300)))
+    st, d = jcall(ad.url + "/api/config?dry_run=1", method="POST", data=over, token=TOKEN)
+    eq((st, d.get("total")), (400, 1), "dry run of a pool of 1,100 servers: %s" % short(json.dumps(d), 300))
+    e = d["errors"][0]
+    eq("%s:%d: %s" % (check_path, e["line"], e["message"]), lines[0], "the dry run's error against lb -t's")
+    eq(e["key"], "server", "the dry run error's key")
+    routes = "".join("\n[route r%d]\npath = /r%d/*\npool = p\n" % (i, i) for i in range(300))
+    many = old + routes
+    with open(check_path, "w") as f:
+        f.write(many)
+    p = subprocess.run([it.LB_BIN, "-t", "-c", check_path], capture_output=True, timeout=20)
+    eq(p.returncode, 0, "lb -t on 300 routes (a start sizes for them): %s" % short(p.stderr, 200))
+    line = many.splitlines().index("[route r256]") + 1
+    for url, what in (("/api/config?dry_run=1", "dry run"), ("/api/config", "apply")):
+        st, d = jcall(ad.url + url, method="POST", data=many, token=TOKEN)
+        check(st == 400 and any(e["line"] == line and e["key"] == "route" and "restart lb" in e["message"]
+                                for e in d.get("errors", [])),
+              "%s of 300 routes on an lb started with 256 route slots: %d %s (want 400 at line %d)"
+              % (what, st, short(json.dumps(d), 300), line))
+    with open(path) as f:
+        eq(f.read(), old, "the file after the refused apply")
+    eq(ask(port, "/still").status, 200, "a request after the refused apply")
+
+
 @test("server_add_drain_remove_under_load", timeout=60)
 def t_servers(ctx):
     a = ctx.b["a"]

@@ -1209,6 +1209,24 @@ def t_strict(ctx):
     eq(b1.stats()["requests"] - before - 1, 1, "valid request reached the backend")
 
 
+@test("route_max_body_size_0")
+def t_route_body_0(ctx):
+    """max_body_size = 0 on a route means no request body there (413), as on a listener; it used to be
+    taken for "not set", so the listener's 1m applied."""
+    b1 = ctx.b["b1"]
+    port = free_port()
+    ctx.lb(config(listener("web", port, pool="one", max_body_size="1m"), pool("one", [("b1", b1.port)]),
+                  route("nobody", path="/nobody/*", pool="one", max_body_size="0"),
+                  route("other", path="/other/*", pool="one")), [port])
+    eq(request(port, "/nobody/x", method="POST", body=b"abc").status, 413, "POST with a body where max_body_size = 0")
+    eq(request(port, "/nobody/x", method="POST", body=b"").status, 200, "POST with Content-Length: 0 there")
+    eq(request(port, "/nobody/x").status, 200, "GET without a body there")
+    with RawConn(port, timeout=3) as c:
+        c.send(b"POST /nobody/c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+        eq(c.read_response().status, 413, "a chunked body there")
+    eq(request(port, "/other/x", method="POST", body=b"abc").status, 200, "POST with a body on a route without the key")
+
+
 @test("expect_head_nobody")
 def t_expect(ctx):
     b1 = ctx.b["b1"]

@@ -35,7 +35,7 @@ LB_BIN = it.LB_BIN
 IS_ROOT = os.geteuid() == 0
 # as root, lb refuses to start without `[global] user =` unless told -u root
 ROOT_ARGS = ["-u", "root"] if IS_ROOT else []
-SUITE_BUDGET = 230  # seconds for all tests; with cleanup the run stays under ~4 minutes
+SUITE_BUDGET = 238  # seconds for all tests; with cleanup the run stays under ~4 minutes
 ROTATED_RE_FMT = r"^%s\.\d{8}-\d{6}(?:\.\d+)?$"
 
 
@@ -816,6 +816,103 @@ def t_reload_invalid(ctx):
     m.reload(changed)
     got = wait_for(lambda: set(requests_now(port, 4, path="/fixed")) == {"c"}, 5, step=0.1)
     check(got, "a valid reload after a rejected one did not apply (pool p on c)")
+
+
+# ------------------------------------------------------------------ large files (README "Limits")
+
+def big_conf(port, real, nroutes, npools, per_pool, workers=1):
+    """A listener on port, pool `real` (the backend), npools pools of per_pool servers on closed loopback
+    ports (health checks off), nroutes routes /rN/* over those pools; the last route goes to `real`."""
+    secs = [listener("web", port, "real"), pool("real", [real])]
+    for p in range(npools):
+        secs.append("[pool q%d]\nhealth_check = off\n" % p + "".join(
+            "server = s%d %s:%d\n" % (k, HOST, 1 + (p * per_pool + k) % 1000) for k in range(per_pool)))
+    for r in range(nroutes):
+        target = "real" if r == nroutes - 1 else "q%d" % (r % npools)
+        secs.append("[route r%d]\npath = /r%d/*\npool = %s\n" % (r, r, target))
+    return conf(*secs, workers=workers)
+
+
+def lb_check(ctx, text, name):
+    """(exit status, stderr lines, path) of `lb -t` on text written to name in the test's directory."""
+    path = os.path.join(ctx.dir, name)
+    write_atomic(path, text)
+    p = subprocess.run([LB_BIN, "-t", "-c", path], capture_output=True, timeout=30, cwd=ROOT)
+    return p.returncode, p.stderr.decode("utf-8", "replace").splitlines(), path
+
+
+@test("large_configs_check_and_start", timeout=60)
+def t_large_configs(ctx):
+    """lb -t and the start agree on large files: 257 routes with 3 pools of 500 servers (lb -t said valid,
+    the start failed with "more than 256 distinct routes since start"), and 2,000 routes with 5,000 servers
+    (HAProxy starts such a file in 0.44 s; lb in about 0.05 s, bounded here at 3 s for slow builds)."""
+    a = ctx.b["a"]
+    for name, nroutes, npools, per_pool in (("r257_s1500", 257, 3, 500), ("r2000_s5000", 2000, 5, 1000)):
+        port = free_port()
+        text = big_conf(port, a, nroutes, npools, per_pool)
+        rc, err, _ = lb_check(ctx, text, name + ".ini")
+        eq(rc, 0, "%s: lb -t (%s)" % (name, short(" / ".join(err), 200)))
+        t0 = time.monotonic()
+        m = ctx.master(text, [port], tag=name)
+        r = it.request(port, "/r%d/x" % (nroutes - 1))
+        took = time.monotonic() - t0
+        eq((r.status, r.backend), (200, "a"), "%s: a request on the last route" % name)
+        check(took < 3.0, "%s: lb took %.2f s to start and answer" % (name, took))
+        m.stop(grace=3.0)
+
+
+@test("check_reports_limit_once", timeout=30)
+def t_check_limit_once(ctx):
+    """A pool of 1,100 servers (over 1,024): lb -t prints one line at the first server past the limit (it
+    printed one per extra server), and the start refuses the file with the same line."""
+    port = free_port()
+    text = big_conf(port, ctx.b["a"], 1, 1, 1100)
+    rc, err, path = lb_check(ctx, text, "over.ini")
+    line = text.splitlines().index("server = s1024 %s:%d" % (HOST, 1 + 1024 % 1000)) + 1
+    want = "%s:%d: server: more than 1024 servers in [pool q0] (76 server lines past the limit" % (path, line)
+    check(rc == 1 and len(err) == 1 and err[0].startswith(want),
+          "lb -t on a pool of 1,100 servers: exit %d, %d lines: %s (want one: %s)"
+          % (rc, len(err), short(" / ".join(err), 300), want))
+    p = subprocess.run([LB_BIN, "-c", path] + ROOT_ARGS, capture_output=True, timeout=10, cwd=ROOT)
+    check(p.returncode == 1 and err[0] in p.stderr.decode("utf-8", "replace"),
+          "the start on the same file: exit %d, %s" % (p.returncode, short(p.stderr.decode("utf-8", "replace"), 300)))
+
+
+@test("check_unknown_user", timeout=20)
+def t_check_unknown_user(ctx):
+    """As root, `user = ` naming no user stops the start: lb -t says so too (it said valid)."""
+    if not IS_ROOT:
+        raise Skip("needs root: lb looks the user up only when started as root")
+    port = free_port()
+    text = conf(listener("web", port, "real"), pool("real", [ctx.b["a"]]), glob={"user": "no-such-user-h17"})
+    rc, err, path = lb_check(ctx, text, "user.ini")
+    check(rc == 1 and any("no-such-user-h17: no such user" in l for l in err),
+          "lb -t with an unknown user: exit %d, %s" % (rc, short(" / ".join(err), 300)))
+    p = subprocess.run([LB_BIN, "-c", path], capture_output=True, timeout=10, cwd=ROOT)
+    check(p.returncode == 1 and b"no such user" in p.stderr, "the start: exit %d, %s" % (p.returncode, short(p.stderr)))
+
+
+@test("reload_past_shared_memory", timeout=40)
+def t_reload_past_shm(ctx):
+    """lb started with 10 routes has 256 route slots: a SIGHUP to 300 routes is refused with FILE:LINE of
+    the first route without a slot, the old generation serves on; a fresh start runs the file."""
+    a = ctx.b["a"]
+    port = free_port()
+    m = ctx.master(big_conf(port, a, 10, 1, 2), [port])
+    w = m.wait_workers(1)
+    big = big_conf(port, a, 300, 1, 2)
+    line = big.splitlines().index("[route r256]") + 1
+    eq(lb_check(ctx, big, "big.ini")[0], 0, "lb -t on the 300-route file (a start sizes for it)")
+    m.reload(big)
+    mark = "%s:%d: shared memory: no slot for [route r256]" % (m.conf, line)
+    check(wait_for(lambda: mark in m.stderr() and "still serving generation 1" in m.stderr(), 3),
+          "the error log after the refused reload lacks '%s': %s" % (mark, short(m.stderr()[-400:], 400)))
+    eq(m.workers(), w, "worker pids after the refused reload")
+    eq(it.request(port, "/r9/x").backend, "a", "the old generation's last route")
+    m.stop(grace=3.0)
+    port2 = free_port()
+    ctx.master(big_conf(port2, a, 300, 1, 2), [port2], tag="fresh")
+    eq(it.request(port2, "/r299/x").backend, "a", "a fresh start on the 300-route file: its last route")
 
 
 @test("reload_listeners", timeout=40)

@@ -1751,6 +1751,10 @@ static const struct cf_err cf_errs[] = {
 	{ "admin_bind_bad", BASE "[admin]\nbind = localhost\n", 7, 0, "bind", 1 },
 	{ "admin_bind_clash", BASE "[admin]\nbind = 127.0.0.1:8000\n", 7, 0, "also listener", 1 },
 	{ "admin_allow_bad", BASE "[admin]\nallow = everyone\n", 7, 0, "allow", 1 },
+	/* 0 is no "unset" for a timeout: it would answer 504 before any server could */
+	{ "route_response_timeout_0", BASE "[route r]\npool = p\nresponse_timeout = 0s\n", 8, 0, "response_timeout", 1 },
+	{ "pool_response_timeout_0", BASE "[pool q]\nserver = s9 127.0.0.1:9009\nresponse_timeout = 0ms\n", 8, 0,
+	  "response_timeout", 1 },
 };
 
 static void build_conf_inputs(void)
@@ -1836,6 +1840,108 @@ static void test_conf_errors(void)
 		CHECK(err_at(6, NULL) && err_at(6 + LB_CFG_MAX_ERRORS - 1, NULL), "first errors not kept: %s", errs_str());
 		end("conf_error/more_than_max_errors");
 	}
+}
+
+/* A generated file: nl listeners, np pools of ns servers each, nr routes. Line numbers come back in
+ * *at: at[0] the line of listener nl-1's header, at[1] pool np-1's, at[2] route nr-1's, at[3] the
+ * line of server k (0-based over all pools) when k = at[3] on entry. Caller frees. */
+static char *big_conf(int nl, int np, int ns, int nr, int *at)
+{
+	size_t cap = (size_t)(nl * 60 + np * 40 + np * ns * 40 + nr * 40 + 100), n = 0;
+	char *t = malloc(cap);
+	int line = 0, k = 0, want = at[3];
+	if (!t)
+		exit(2);
+	for (int i = 0; i < nl; i++) {
+		n += (size_t)snprintf(t + n, cap - n, "[listener l%d]\nbind = 127.0.0.1:%d\npool = p0\n", i, 10000 + i);
+		at[0] = line + 1, line += 3;
+	}
+	for (int i = 0; i < np; i++) {
+		n += (size_t)snprintf(t + n, cap - n, "[pool p%d]\n", i);
+		at[1] = ++line;
+		for (int j = 0; j < ns; j++, k++) {
+			n += (size_t)snprintf(t + n, cap - n, "server = s%d 127.0.0.1:%d\n", j, 20000 + k % 40000);
+			if (++line && k == want)
+				at[3] = line;
+		}
+	}
+	for (int i = 0; i < nr; i++) {
+		n += (size_t)snprintf(t + n, cap - n, "[route r%d]\npath = /r%d\npool = p%d\n", i, i, i % np);
+		at[2] = line + 1, line += 3;
+	}
+	return t;
+}
+
+/* README "Limits": each bound of lb.h reported once, at the first section or server past it, with its key
+ * (lb -t printed one line per extra server: 3,976 of them for a pool of 5,000) */
+static void test_conf_limits(void)
+{
+	static const struct {
+		const char *name;
+		int nl, np, ns, nr, first_past; /* first_past: the server index past a server limit */
+		int at;                         /* which line of big_conf's at[] the error must name */
+		const char *key, *sub;
+	} cases[] = {
+		{ "servers_in_one_pool", 1, 1, LB_MAX_POOL_SERVERS + 976, 1, LB_MAX_POOL_SERVERS, 3, "server",
+		  "more than 1024 servers in [pool p0] (976 server lines past the limit" },
+		{ "servers_in_all_pools", 1, 65, 1009, 1, LB_MAX_SERVERS, 3, "server", "more than 65536 servers in all pools" },
+		{ "routes", 1, 1, 1, LB_MAX_ROUTES + 1, -1, 2, "route", "more than 16384 routes (16385 in the file)" },
+		{ "pools", 1, LB_MAX_POOLS + 1, 1, 1, -1, 1, "pool", "more than 4096 pools" },
+		{ "listeners", LB_MAX_LISTENERS + 1, 1, 1, 1, -1, 0, "listener", "more than 1024 listeners" },
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+		int at[4] = { 0, 0, 0, cases[i].first_past };
+		char *t = big_conf(cases[i].nl, cases[i].np, cases[i].ns, cases[i].nr, at);
+		struct lb_conf *c;
+		begin();
+		int rc = conf_parse(t, &c);
+		free(t);
+		CHECK(rc == LB_EINVAL && g_errs.total == 1, "expected one error, got rc %d, %s", rc, errs_str());
+		CHECK(err_at(at[cases[i].at], cases[i].sub), "expected line %d: '%s', got %s", at[cases[i].at], cases[i].sub,
+		      errs_str());
+		CHECK(!strcmp(g_errs.e[0].key, cases[i].key), "key: expected %s, got %s", cases[i].key, g_errs.e[0].key);
+		if (rc == 0)
+			lb_conf_free(c);
+		end("conf_limits/%s", cases[i].name);
+	}
+	{ /* at every limit at once but the listeners': valid */
+		int at[4] = { 0, 0, 0, -1 };
+		char *t = big_conf(2, LB_MAX_SERVERS / LB_MAX_POOL_SERVERS, LB_MAX_POOL_SERVERS, LB_MAX_ROUTES, at);
+		struct lb_conf *c;
+		begin();
+		int rc = conf_parse(t, &c);
+		free(t);
+		CHECK(rc == 0, "expected a valid file, got %s", errs_str());
+		if (rc == 0) {
+			CHECK(c->nroutes == LB_MAX_ROUTES && c->npools == 64 && c->pools[63].nservers == LB_MAX_POOL_SERVERS &&
+			      c->routes[LB_MAX_ROUTES - 1].pool == 63,
+			      "got %zu routes, %zu pools", c->nroutes, c->npools);
+			lb_conf_free(c);
+		}
+		end("conf_limits/at_every_limit_valid");
+	}
+}
+
+/* max_body_size = 0 on a route means no body (as on a listener), not "the listener's value" */
+static void test_conf_route_overrides(void)
+{
+	static const char t[] = BASE "max_body_size = 1m\n"
+		"[route zero]\npath = /z\npool = p\nmax_body_size = 0\n"
+		"[route none]\npath = /n\npool = p\n"
+		"[route some]\npath = /s\npool = p\nmax_body_size = 2k\nresponse_timeout = 1ms\n";
+	struct lb_conf *c;
+	begin();
+	int rc = conf_parse(t, &c);
+	CHECK(rc == 0, "expected a valid file, got %s", errs_str());
+	if (rc == 0) {
+		const struct lb_route *z = &c->routes[0], *n = &c->routes[1], *s = &c->routes[2];
+		CHECK(z->has_max_body_size && z->max_body_size == 0, "route zero: max_body_size = 0 not kept as given");
+		CHECK(!n->has_max_body_size && !n->has_response_timeout, "route none: overrides set without a key");
+		CHECK(s->has_max_body_size && s->max_body_size == 2048 && s->has_response_timeout && s->response_timeout == 1,
+		      "route some: %" PRIu64 " / %" PRIu64, s->max_body_size, s->response_timeout);
+		lb_conf_free(c);
+	}
+	end("conf/route_max_body_size_0_is_a_value");
 }
 
 static void test_conf_resolve(void)
@@ -2897,6 +3003,8 @@ int main(void)
 	test_conf_defaults();
 	test_conf_scaler();
 	test_conf_errors();
+	test_conf_limits();
+	test_conf_route_overrides();
 	test_conf_resolve();
 	test_rr_weights();
 	test_unusable_never_picked();
