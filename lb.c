@@ -5010,6 +5010,7 @@ struct conn {
 	struct lb_route *route;
 	struct lb_server *srv;
 	uint64_t t_start, t_head, t_active, t_req_done, t_conn;
+	uint64_t t_resp_wait;          /* response_timeout runs from here: the last request byte sent, or an interim head */
 	uint64_t deadline;
 	size_t hidx;
 	uint64_t bytes_out, bytes_in;   /* body bytes to the client (all bytes in a tunnel); from it */
@@ -5022,6 +5023,7 @@ struct conn {
 	unsigned nreq;
 	int li;
 	int16_t resp_status;
+	char term[2];                  /* termination state for the access log (HAProxy's codes); 0: "--" */
 	int8_t retries_left;           /* pool retries: 0..10 */
 	uint8_t q, r;                  /* Q_*, R_* */
 	uint8_t req_method, req_minor;
@@ -5035,6 +5037,7 @@ struct conn {
 	bool set_cookie;               /* the response names the chosen server in a new cookie */
 	bool reuse_retried;
 	bool cb_trial;                 /* holds a trial slot of its server's half-open circuit */
+	bool cb_pending;               /* a good head's circuit verdict waits for the end of its answer */
 	bool req_bodyless, req_idem, upgrade;
 	bool resp_started;
 	bool sent_any;                 /* a byte of this exchange's response reached the client */
@@ -5386,6 +5389,7 @@ static int cb_begin(struct conn *c, struct lb_server *s);  /* section 10 */
 static void cb_abandon(struct conn *c);
 static void cb_outcome(struct conn *c, struct lb_server *s, int failed, const char *why);
 static void cb_response(struct conn *c, int status);
+static void cb_settle(struct conn *c, int failed, const char *why);
 static void srv_hold(struct lb_server *s);     /* section 11 */
 static void srv_unhold(struct lb_server *s);
 static void count_exchange(const struct conn *c);
@@ -5470,10 +5474,37 @@ static void conn_close(struct conn *c)
 	g_nconns--;
 }
 
+/* The access log's termination state, HAProxy's two letters: who ended the exchange early (C the
+ * client, c its timeout, S the server, s its timeout) and in which phase (R request head, C connect,
+ * H response head, D body or tunnel). The first cause set is the one kept; unset is "--", a whole
+ * exchange. */
+static void set_term(struct conn *c, char who)
+{
+	if (c->term[0])
+		return;
+	char when = 'D';
+	if (c->r == R_NONE)
+		when = 'R';
+	else if (c->b && !c->b->connected)
+		when = 'C';
+	else if (c->r == R_WAIT && (who == 'S' || who == 's' || c->q == Q_DONE))
+		when = 'H';
+	c->term[0] = who;
+	c->term[1] = when;
+}
+
+/* the server cut its answer short (closed, reset, broken framing, or silent for idle_timeout) */
+static int answer_cut(const struct conn *c)
+{
+	return (c->term[0] == 'S' || c->term[0] == 's') && c->term[1] == 'D';
+}
+
 static void conn_abort(struct conn *c, const char *why)
 {
 	if (why)
 		lb_err("client %s listener %s: closing: %s", ip_text(&c->ip), c->L->name, why);
+	if (why && c->L->mode == LB_MODE_HTTP && c->t_start && c->r != R_NONE)
+		set_term(c, 'C'); /* unless the server's side was named, the client's ended it; no why: a tunnel's end */
 	if ((c->L->mode == LB_MODE_TCP && c->q == Q_TUNNEL) || (c->t_start && c->r != R_NONE)) {
 		if (!c->resp_status)
 			c->resp_status = 499; /* nginx's "client closed request" */
@@ -5527,7 +5558,8 @@ static void conn_close_clean(struct conn *c)
 /* ==================================================================== 8. HTTP proxying
  * Request head -> route -> pool -> server; head rewriting (hop-by-hop removed, X-Forwarded-*,
  * X-Request-ID); body framing in both directions; lb's own answers; retries before any
- * response byte; keep-alive and pipelining (the next head waits in `in` until this exchange ends). */
+ * response byte; answers the server cuts short (response_cut: a failure of that server, logged
+ * with the request); keep-alive and pipelining (the next head waits in `in` until this exchange ends). */
 
 static const char *status_text(int st)
 {
@@ -5890,9 +5922,12 @@ static void backend_failed(struct conn *c, int status, const char *why, int retr
 	                                                              : c->r == R_WAIT && c->req_bodyless);
 	if (!(retryable && clean && reused && !c->reuse_retried)) /* not a kept-alive connection it had closed */
 		cb_outcome(c, failed, 1, why);
+	if (c->L->mode == LB_MODE_HTTP)
+		set_term(c, status == 504 ? 's' : 'S'); /* before the release: the phase looks at c->b */
 	backend_release(c, 0);
 	if (retryable && clean && reused && !c->reuse_retried) {
 		c->reuse_retried = 1; /* a kept-alive connection the server had just closed */
+		c->term[0] = 0;       /* tried again: the exchange goes on */
 		backend_assign(c, NULL);
 		return;
 	}
@@ -5901,6 +5936,7 @@ static void backend_failed(struct conn *c, int status, const char *why, int retr
 		if (failed && failed->shm)
 			atomic_fetch_add_explicit(&failed->shm->retries, 1, memory_order_relaxed);
 		lb_err("client %s: %s; retrying on another server of pool %s", ip_text(&c->ip), why, c->pool->name);
+		c->term[0] = 0;
 		backend_assign(c, failed);
 		return;
 	}
@@ -6140,6 +6176,7 @@ static void request_begin(struct conn *c)
 	c->nreq++;
 	c->req_method = LB_M_OTHER; /* not the last request's: an answer before parsing is no HEAD's */
 	c->resp_status = 0;
+	c->term[0] = c->term[1] = 0;
 	c->resp_started = 0;
 	c->close_announced = 0;
 	c->sticky = NULL;
@@ -6456,6 +6493,7 @@ static void handle_response(struct conn *c, const struct lb_resp *rs, size_t n)
 			return;
 		}
 		c->out.s += (uint32_t)n;
+		c->t_resp_wait = g_now; /* a whole head came: response_timeout starts again for the next */
 		return;
 	}
 	if (rs->status == 101 && !c->upgrade) {
@@ -6528,6 +6566,37 @@ static int response_wait_step(struct conn *c)
 	return 1;
 }
 
+/* The server's answer ended before its framing said it was whole: a failed exchange of that
+ * server (circuit, errors, access log term SD or sD), logged with the request. What came is still
+ * passed on, then the client connection is closed: that is how the client learns of the cut. */
+static void response_cut(struct conn *c, char who, const char *how)
+{
+	char why[256];
+	uint64_t got = c->bytes_out + c->resp_fwd;
+	if (c->resp_left >= 0)
+		snprintf(why, sizeof why, "%s, %llu of %llu body bytes", how, (unsigned long long)got,
+		         (unsigned long long)(got + (uint64_t)c->resp_left));
+	else if (c->resp_left == LEFT_CHUNKED)
+		snprintf(why, sizeof why, "%s, %llu body bytes and no last chunk", how, (unsigned long long)c->resp_ck.body);
+	else
+		snprintf(why, sizeof why, "%s, after %llu body bytes", how, (unsigned long long)got);
+	const char *qd = c->qh.d;
+	struct lb_str m = { "-", 1 }, u = { "-", 1 }, id = { "-", 1 };
+	if (qd && c->lg_mlen) {
+		m = (struct lb_str){ qd, c->lg_mlen };
+		u = (struct lb_str){ qd + c->lg_mlen + 1, LB_MIN(c->lg_ulen, 300u) };
+	}
+	if (qd && c->lg_id_len)
+		id = (struct lb_str){ qd + c->lg_id_off, c->lg_id_len };
+	lb_err("server %s/%s: %.*s %.*s (request id %.*s, client %s): %s; closing the client connection", c->pool->name,
+	       c->srv->name, (int)m.n, m.p, (int)u.n, u.p, (int)id.n, id.p, ip_text(&c->ip), why);
+	set_term(c, who);
+	cb_settle(c, 1, why);
+	c->r = R_DONE;
+	c->close_after = 1;
+	c->backend_reuse = 0;
+}
+
 static int response_body_step(struct conn *c)
 {
 	size_t have = buf_len(&c->out) - c->resp_fwd;
@@ -6535,12 +6604,19 @@ static int response_body_step(struct conn *c)
 	if (have == 0) {
 		if (!ended)
 			return 0;
-		if (c->resp_left == LEFT_UNTIL_CLOSE) {
-			c->r = R_DONE;
+		if (c->resp_left == LEFT_UNTIL_CLOSE && !c->b->reset) {
+			c->r = R_DONE; /* the close is this answer's end; a reset is not */
 			return 1;
 		}
-		conn_abort(c, "server closed the connection mid-body");
-		return 0;
+		if (c->b->reset) {
+			char how[96];
+			snprintf(how, sizeof how, "connection reset by server before the whole answer (%s)",
+			         strerror(c->b->reset));
+			response_cut(c, 'S', how);
+		} else {
+			response_cut(c, 'S', "server closed before the whole answer");
+		}
+		return 1;
 	}
 	const char *p = c->out.d + c->out.s + c->resp_fwd;
 	if (c->resp_left == LEFT_CHUNKED) {
@@ -6548,8 +6624,8 @@ static int response_body_step(struct conn *c)
 		int rc = lb_chunk_scan(&c->resp_ck, p, have, &used);
 		c->resp_fwd += used;
 		if (rc == LB_CHUNK_ERROR) {
-			conn_abort(c, "invalid chunked framing from server");
-			return 0;
+			response_cut(c, 'S', "invalid chunked framing from server");
+			return 1;
 		}
 		if (rc == LB_CHUNK_DONE)
 			c->r = R_DONE;
@@ -6731,8 +6807,13 @@ static int finish_step(struct conn *c)
 		c->backend_reuse = 0;
 	}
 	int reuse = c->backend_reuse && c->q == Q_DONE && buf_len(&c->out) == 0;
+	cb_settle(c, 0, "");
 	access_log_write(c);
 	backend_release(c, reuse);
+	if (answer_cut(c)) {
+		conn_close(c); /* no close_notify: the client must not take the cut answer for a whole one */
+		return 0;
+	}
 	/* a stop that began after the head went out was not announced: the connection stays,
 	 * and its next request (or the retire idle timer) ends it without a race */
 	if (c->close_after || c->close_announced) {
@@ -7049,7 +7130,7 @@ static int backend_write(struct conn *c)
 				c->req_bodyless = 0; /* a body byte left: the request cannot be replayed */
 		}
 		c->in.s += (uint32_t)un;
-		c->t_active = g_now;
+		c->t_active = c->t_resp_wait = g_now;
 		moved = 1;
 	}
 	return moved;
@@ -7179,7 +7260,8 @@ static uint64_t conn_deadline(const struct conn *c, int *kind)
 	}
 	if (c->r == R_WAIT && c->q == Q_DONE && c->b && buf_len(&c->qh) == 0) {
 		*kind = T_RESPONSE;
-		return LB_MAX(c->t_req_done, c->t_active) + c->resp_timeout;
+		/* the whole head, not each byte of it: a head dripped a byte at a time is still cut */
+		return LB_MAX(c->t_req_done, c->t_resp_wait) + c->resp_timeout;
 	}
 	*kind = T_IDLE;
 	uint64_t d = c->t_active + L->idle_timeout;
@@ -7271,17 +7353,31 @@ static void conn_timeout(struct conn *c)
 			return;
 		}
 		request_begin(c);
+		set_term(c, 'c');
 		respond_own(c, 408, "request head not complete within header_timeout");
 		break;
-	case T_RESPONSE:
+	case T_RESPONSE: {
+		char why[160];
+		if (buf_len(&c->out))
+			snprintf(why, sizeof why, "response head from %s not complete within response_timeout (%zu bytes came)",
+			         c->srv->name, buf_len(&c->out));
+		else
+			snprintf(why, sizeof why, "no response from %s within response_timeout", c->srv->name);
 		c->backend_reuse = 0;
-		backend_failed(c, 504, "no response within response_timeout", 0);
+		backend_failed(c, 504, why, 0);
 		break;
+	}
 	default:
 		if (c->q == Q_HEAD && c->r == R_NONE && buf_len(&c->in) == 0) {
 			conn_close_clean(c); /* keep-alive idle: close quietly */
 			return;
 		}
+		if (c->L->mode == LB_MODE_HTTP && c->r == R_BODY && c->q != Q_BODY && c->b && client_pending(c) == 0) {
+			response_cut(c, 's', "server sent nothing more for idle_timeout"); /* the client was waiting */
+			break;
+		}
+		if (c->L->mode == LB_MODE_HTTP)
+			set_term(c, 'c');
 		conn_abort(c, c->L->mode == LB_MODE_TCP ? NULL : "idle timeout during the exchange");
 		return;
 	}
@@ -7444,6 +7540,7 @@ static int cb_begin(struct conn *c, struct lb_server *s)
 {
 	struct lb_shm_server *v = s->shm;
 	c->cb_trial = 0;
+	c->cb_pending = 0;
 	if (!v || !cb_on(c->pool))
 		return 1;
 	int st = atomic_load(&v->cb_state);
@@ -7470,6 +7567,7 @@ static void cb_abandon(struct conn *c)
 	if (c->cb_trial && c->srv && c->srv->shm)
 		atomic_fetch_sub(&c->srv->shm->cb_trials, 1);
 	c->cb_trial = 0;
+	c->cb_pending = 0;
 }
 
 /* Record how an exchange with s went: failed (connect error, reset, timeout, 5xx, slow) or not. */
@@ -7529,9 +7627,20 @@ static void cb_response(struct conn *c, int status)
 		snprintf(why, sizeof why, "response after %llu ms (circuit_slow %llu ms)", (unsigned long long)waited,
 		         (unsigned long long)c->pool->cb_slow);
 		cb_outcome(c, c->srv, 1, why);
+	} else if (status == 101) {
+		cb_outcome(c, c->srv, 0, ""); /* the upgrade was the exchange; the tunnel is the client's */
 	} else {
-		cb_outcome(c, c->srv, 0, "");
+		c->cb_pending = 1; /* good so far: the verdict comes when the answer is whole, or cut */
 	}
+}
+
+/* The end of an answer whose head was good: whole (a success) or cut short (a failure). */
+static void cb_settle(struct conn *c, int failed, const char *why)
+{
+	if (!c->cb_pending)
+		return;
+	c->cb_pending = 0;
+	cb_outcome(c, c->srv, failed, why);
 }
 
 /* -------------------------------------------------------------------- active health checks */
@@ -8104,10 +8213,11 @@ static void count_exchange(const struct conn *c)
 	if (!sv)
 		return;
 	atomic_fetch_add_explicit(&sv->w[g_slot].requests, 1, memory_order_relaxed);
-	if (c->resp_status >= 500)
+	int cut = answer_cut(c); /* an answer the server cut short is an error and no status class's */
+	if (c->resp_status >= 500 || cut)
 		atomic_fetch_add_explicit(&sv->w[g_slot].errors, 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&sv->w[g_slot].bytes_out, c->bytes_out, memory_order_relaxed);
-	int cls = c->resp_status >= 100 && c->resp_status < 600 ? c->resp_status / 100 : 0;
+	int cls = c->resp_status >= 100 && c->resp_status < 600 && !cut ? c->resp_status / 100 : 0;
 	atomic_fetch_add_explicit(&sv->status[cls], 1, memory_order_relaxed);
 	uint64_t ms = c->t_start ? g_now - c->t_start : 0;
 	atomic_fetch_add_explicit(&sv->dur_sum_ms, ms, memory_order_relaxed);
@@ -9536,8 +9646,8 @@ static void admin_events(const struct pollfd *fds, size_t n)
 }
 
 /* ==================================================================== 13. access log
- * One line per exchange (or TCP session), combined or JSON, gathered in a buffer that is
- * written once per loop turn. */
+ * One line per exchange (or TCP session), combined or JSON, with its termination state (set_term),
+ * gathered in a buffer that is written once per loop turn. */
 
 static char g_logbuf[65536];
 static size_t g_loglen;
@@ -9605,6 +9715,7 @@ static void access_log_write(struct conn *c)
 		uri = (struct lb_str){ qd + c->lg_mlen + 1, c->lg_ulen };
 	}
 	uint64_t dur_us = (g_now - c->t_start) * 1000;
+	char term[3] = { c->term[0] ? c->term[0] : '-', c->term[0] ? c->term[1] : '-', 0 };
 	if (g_conf->log_format == LB_LOG_JSON) {
 		gmtime_r(&secs, &tm);
 		strftime(tb, sizeof tb, "%Y-%m-%dT%H:%M:%S", &tm);
@@ -9617,7 +9728,8 @@ static void access_log_write(struct conn *c)
 		log_esc(method.p, method.n, 1);
 		log_str("\",\"uri\":\"");
 		log_esc(uri.p, uri.n, 1);
-		snprintf(nb, sizeof nb, "\",\"status\":%d,\"bytes\":%llu,", c->resp_status, (unsigned long long)c->bytes_out);
+		snprintf(nb, sizeof nb, "\",\"status\":%d,\"bytes\":%llu,\"term\":\"%s\",", c->resp_status,
+		         (unsigned long long)c->bytes_out, term);
 		log_str(nb);
 		snprintf(nb, sizeof nb, "\"duration_ms\":%llu.%03llu,\"route\":", (unsigned long long)(dur_us / 1000),
 		         (unsigned long long)(dur_us % 1000));
@@ -9691,7 +9803,12 @@ static void access_log_write(struct conn *c)
 		log_str("\" \"");
 		log_esc(c->tls->subject, strlen(c->tls->subject), 0);
 	}
-	log_str("\"\n");
+	log_str("\"");
+	if (c->term[0]) { /* only lines of exchanges that did not end whole: the others stay plain combined */
+		log_str(" term=");
+		log_str(term);
+	}
+	log_str("\n");
 }
 
 /* ==================================================================== 14. process: listeners, signals, graceful stop
@@ -10814,7 +10931,7 @@ static void log_server_totals(const char *when)
 		uint64_t r, e, b;
 		shm_server_totals(&g_shm->s[i], &r, &e, &b);
 		if (r)
-			lb_err("%s: server %s: %llu requests, %llu 5xx, %llu body bytes out", when, g_shm->s[i].key,
+			lb_err("%s: server %s: %llu requests, %llu errors (5xx or cut short), %llu body bytes out", when, g_shm->s[i].key,
 			       (unsigned long long)r, (unsigned long long)e, (unsigned long long)b);
 	}
 }

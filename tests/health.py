@@ -15,6 +15,8 @@ One line per test: "PASS name" or "FAIL name: reason"; then "health: N passed, N
 import http.client
 import json
 import os
+import socket
+import struct
 import sys
 import threading
 import time
@@ -27,7 +29,7 @@ from integration import HOST, Fail, check, eq, free_port, short  # noqa: E402
 from process import conf  # noqa: E402
 from policy import ask, section, lsn  # noqa: E402
 
-SUITE_BUDGET = 240
+SUITE_BUDGET = 260
 TESTS = []
 test = it.registrar(TESTS, 40)
 
@@ -389,6 +391,227 @@ def t_post(ctx):
     eq([r.status for r in rs], [200] * 6, "GET statuses (retried on a)")
     eq(app(a) - a0, 6, "GETs a served")
     check(app(c) - c0 >= 1, "no GET was tried on the resetting server first (retry not exercised)")
+
+
+class CutServer:
+    """A raw HTTP server whose answers go wrong, chosen by the first element of the request path:
+    /close/..: Content-Length 100000, 20 KB of body, then a FIN; /reset/..: the same, then a reset
+    (SO_LINGER 0); /chunked/..: a chunked head and one 20 KB chunk, then a FIN before the last chunk;
+    /drip/..: a whole small answer sent a byte every 0.5 s (the first at once); /stall/..: Content-Length
+    100000, 20 KB, then silence until stopped; anything else: a whole 2-byte answer. Each request head it
+    got is kept."""
+
+    def __init__(self):
+        self.ls = socket.socket()
+        self.ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.ls.bind((HOST, 0))
+        self.ls.listen(16)
+        self.port = self.ls.getsockname()[1]
+        self.heads = []
+        self.stopped = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.stopped.is_set():
+            try:
+                c, _ = self.ls.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        try:
+            c.settimeout(10)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                d = c.recv(65536)
+                if not d:
+                    return
+                data += d
+            self.heads.append(data)
+            mode = data.split(b" ", 2)[1].split(b"/")[1]
+            cut = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 20480
+            if mode == b"drip":
+                for ch in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok":
+                    c.sendall(bytes([ch]))
+                    if self.stopped.wait(0.5):
+                        return
+            elif mode in (b"close", b"reset", b"stall"):
+                c.sendall(cut)
+                self.stopped.wait(0.3 if mode != b"stall" else 30)  # lb reads the 20 KB before the end
+                if mode == b"reset":
+                    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            elif mode == b"chunked":
+                c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5000\r\n" + b"x" * 0x5000 + b"\r\n")
+                self.stopped.wait(0.3)
+            else:
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                self.stopped.wait(0.3)
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    def stop(self):
+        self.stopped.set()
+        self.ls.close()
+
+
+def fetch_raw(port, path, rid, timeout=5.0, close=False):
+    """One GET with X-Request-ID rid on a new connection (keep-alive unless close), read until lb closes
+    it: (status, Content-Length, body bytes, 'eof'|'reset'|'timeout', seconds)."""
+    t0 = time.monotonic()
+    s = socket.create_connection((HOST, port), timeout=timeout)
+    data, end = b"", "eof"
+    try:
+        s.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\nX-Request-ID: %s\r\n%s\r\n"
+                  % (path.encode(), rid.encode(), b"Connection: close\r\n" if close else b""))
+        while True:
+            try:
+                d = s.recv(65536)
+            except ConnectionResetError:
+                end = "reset"
+                break
+            except socket.timeout:
+                end = "timeout"
+                break
+            if not d:
+                break
+            data += d
+    finally:
+        s.close()
+    el = time.monotonic() - t0
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split()[1]) if lines[0].startswith(b"HTTP/1.") else 0
+    cl = None
+    for ln in lines[1:]:
+        k, _, v = ln.partition(b":")
+        if k.strip().lower() == b"content-length":
+            cl = int(v)
+    return status, cl, len(body), end, el
+
+
+def cut_lb(ctx, srv, fmt, *pool_extra, lsn_extra=()):
+    """lb (one worker, an admin API) in front of the CutServer alone; returns (master, port, admin port, log)."""
+    port, aport = free_port(), free_port()
+    log = os.path.join(ctx.dir, "access.%s" % fmt)
+    m = ctx.master(conf(section("admin", ("bind", "%s:%d" % (HOST, aport))), lsn("web", port, *lsn_extra),
+                        section("pool p", ("server", "cut %s:%d" % (HOST, srv.port)), ("health_check", "off"),
+                                ("retries", "0"), *pool_extra), workers=1, access=log, fmt=fmt), [port, aport])
+    return m, port, aport, log
+
+
+def server_stats(aport):
+    c = http.client.HTTPConnection(HOST, aport, timeout=5)
+    try:
+        c.request("GET", "/api/stats")
+        r = c.getresponse()
+        body = r.read()
+        eq(r.status, 200, "GET /api/stats")
+    finally:
+        c.close()
+    return json.loads(body)["pools"][0]["servers"][0]
+
+
+def log_lines(path, n, timeout=3.0):
+    """The access log's first n lines, once there are n (lb writes its buffer once per loop turn)."""
+    t0 = time.monotonic()
+    while True:
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            lines = []
+        if len(lines) >= n or time.monotonic() - t0 > timeout:
+            eq(len(lines), n, "access log lines")
+            return lines
+        time.sleep(0.05)
+
+
+@test("cut_answer_close_counts_against_server")
+def t_cut_close(ctx):
+    """A server that sends Content-Length 100000, 20 KB and closes, or a chunked answer closed before its
+    last chunk: the client gets what came and then a closed connection; each counts as a failure of that
+    server (errors, status class none, not 2xx; circuit_failures = 2 opens its circuit: 503 after), the JSON
+    access log says term SD, and the error log names the server, the request id, the URI and the close."""
+    srv = CutServer()
+    ctx.on_cleanup(srv.stop)
+    m, port, aport, log = cut_lb(ctx, srv, "json", ("circuit_failures", "2"), ("circuit_open", "30s"))
+    st, cl, n, end, el = fetch_raw(port, "/close/a?x=1", "cut-close-1")
+    eq((st, cl, n, end), (200, 100000, 20480, "eof"), "cut answer: (status, Content-Length, body bytes, end)")
+    check(el < 3, "the client connection was closed %.1f s after the request (want at once)" % el)
+    st, cl, n, end, el = fetch_raw(port, "/chunked/b", "cut-chunk-2")
+    eq((st, cl, end), (200, None, "eof"), "chunked cut answer: (status, Content-Length, end)")
+    check(n >= 0x5000 and not n > 0x5000 + 16, "chunked cut answer: %d bytes after the head" % n)
+    eq(fetch_raw(port, "/ok", "after-open-3", close=True)[0], 503, "status once the circuit opened")
+    eq(len(srv.heads), 2, "requests the server got (a cut answer is not retried; none while the circuit is open)")
+    s = server_stats(aport)
+    eq((s["requests"], s["errors"], s["status"]["2xx"], s["status"]["none"], s["status"]["5xx"], s["circuit"]),
+       (2, 2, 0, 2, 0, "open"), "server stats (requests, errors, 2xx, none, 5xx, circuit)")
+    lines = [json.loads(x) for x in log_lines(log, 3)]
+    eq([(o["uri"], o["status"], o["term"], o["request_id"]) for o in lines],
+       [("/close/a?x=1", 200, "SD", "cut-close-1"), ("/chunked/b", 200, "SD", "cut-chunk-2"),
+        ("/ok", 503, "--", "after-open-3")], "access log (uri, status, term, request_id)")
+    err = m.stderr()
+    for want in ("server p/cut: GET /close/a?x=1 (request id cut-close-1, client 127.0.0.1): server closed before "
+                 "the whole answer, 20480 of 100000 body bytes",
+                 "server p/cut: GET /chunked/b (request id cut-chunk-2, client 127.0.0.1): server closed before the "
+                 "whole answer, 20480 body bytes and no last chunk", "server p/cut: circuit open"):
+        check(want in err, "the error log lacks %r: %s" % (want, short(err, 900)))
+
+
+@test("cut_answer_reset_counts_against_server")
+def t_cut_reset(ctx):
+    """The same answer ended by a reset: the error log says reset, not close; the combined access log line
+    of the cut answer ends with term=SD while a whole answer's line stays plain combined."""
+    srv = CutServer()
+    ctx.on_cleanup(srv.stop)
+    m, port, aport, log = cut_lb(ctx, srv, "combined")
+    st, cl, n, end, el = fetch_raw(port, "/reset/a", "cut-reset-1")
+    eq((st, cl, n), (200, 100000, 20480), "reset answer: (status, Content-Length, body bytes)")
+    check(end in ("eof", "reset") and el < 3, "client connection after the reset: %s after %.1f s" % (end, el))
+    eq(fetch_raw(port, "/ok", "whole-2", close=True)[:4], (200, 2, 2, "eof"), "a whole answer")
+    s = server_stats(aport)
+    eq((s["requests"], s["errors"], s["status"]["2xx"], s["status"]["none"], s["circuit"]), (2, 1, 1, 1, "closed"),
+       "server stats (requests, errors, 2xx, none, circuit)")
+    lines = log_lines(log, 2)
+    for ln, what in zip(lines, ("the cut answer", "the whole answer")):
+        check(it.COMBINED_RE.match(ln), "%s's line is not combined: %s" % (what, short(ln, 200)))
+    check(lines[0].endswith('" term=SD') and '"GET /reset/a HTTP/1.1" 200 20480 ' in lines[0],
+          "the cut answer's combined line: %s" % short(lines[0], 300))
+    check("term=" not in lines[1], "the whole answer's combined line has a term: %s" % short(lines[1], 300))
+    err = m.stderr()
+    want = "server p/cut: GET /reset/a (request id cut-reset-1, client 127.0.0.1): connection reset by server"
+    check(want in err and "20480 of 100000 body bytes" in err, "the error log lacks %r: %s" % (want, short(err, 600)))
+    check("server closed before the whole answer" not in err, "a reset logged as a close: %s" % short(err, 600))
+
+
+@test("response_head_timeout_and_stalled_body")
+def t_head_drip(ctx):
+    """response_timeout covers the whole response head: a head sent a byte every 0.5 s (each byte well
+    within response_timeout = 1s of the last, so a timer re-armed by each byte never fires) is answered
+    504 at about 1 s; it used to take as long as the head (19 s). A body that stops for the listener's
+    idle_timeout is cut like a closed one (term sD). Both count against the server."""
+    srv = CutServer()
+    ctx.on_cleanup(srv.stop)
+    m, port, aport, log = cut_lb(ctx, srv, "json", ("response_timeout", "1s"), lsn_extra=(("idle_timeout", "1s"),))
+    st, cl, n, end, el = fetch_raw(port, "/drip/a", "drip-1", timeout=8, close=True)
+    eq(st, 504, "status of a head dripped at 2 bytes/s with response_timeout 1s (after %.1f s)" % el)
+    check(0.8 <= el <= 1.6, "504 after %.2f s (response_timeout 1s)" % el)
+    st, cl, n, end, el = fetch_raw(port, "/stall/b", "stall-2", timeout=8)
+    eq((st, cl, n, end), (200, 100000, 20480, "eof"), "stalled body: (status, Content-Length, body bytes, end)")
+    check(0.8 <= el <= 2.0, "stalled body cut after %.2f s (idle_timeout 1s)" % el)
+    s = server_stats(aport)
+    eq((s["requests"], s["errors"], s["status"]["5xx"], s["status"]["none"]), (2, 2, 1, 1),
+       "server stats (requests, errors, 5xx, none)")
+    lines = [json.loads(x) for x in log_lines(log, 2)]
+    eq([(o["status"], o["term"]) for o in lines], [(504, "sH"), (200, "sD")], "access log (status, term)")
+    err = m.stderr()
+    for want in ("response head from cut not complete within response_timeout",
+                 "server p/cut: GET /stall/b (request id stall-2, client 127.0.0.1): server sent nothing more for "
+                 "idle_timeout, 20480 of 100000 body bytes"):
+        check(want in err, "the error log lacks %r: %s" % (want, short(err, 600)))
 
 
 if __name__ == "__main__":

@@ -1334,7 +1334,7 @@ def t_headers(ctx):
     eq(h.get("_target"), "/headers?x=1&y=%2F", "target after normalisation (query kept)")
 
 
-JSON_KEYS = {"time", "client", "method", "uri", "status", "bytes", "duration_ms", "route", "pool", "server",
+JSON_KEYS = {"time", "client", "method", "uri", "status", "bytes", "term", "duration_ms", "route", "pool", "server",
              "request_id", "tls"}
 COMBINED_RE = re.compile(
     r'^(\S+) (\S+) (\S+) \[(\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4})\] '
@@ -1364,8 +1364,9 @@ def t_access_log(ctx):
             raise Fail("json log line %d is not JSON: %s" % (i + 1, short(line)))
         missing = JSON_KEYS - set(o)
         check(not missing, "json log line %d lacks %s" % (i + 1, sorted(missing)))
-        eq((o["method"], o["uri"], o["status"], o["client"], o["pool"]), (m, path, st, "127.0.0.1", "logpool"),
-           "json log line %d (method, uri, status, client, pool)" % (i + 1))
+        eq((o["method"], o["uri"], o["status"], o["client"], o["pool"], o["term"]),
+           (m, path, st, "127.0.0.1", "logpool", "--"),
+           "json log line %d (method, uri, status, client, pool, term)" % (i + 1))
         check(o["server"] in ("s1", "%s:%d" % (HOST, b1.port)), "json log line %d server %r" % (i + 1, o["server"]))
         check(isinstance(o["bytes"], int) and o["bytes"] >= 0, "json log line %d bytes %r" % (i + 1, o["bytes"]))
         check(isinstance(o["duration_ms"], (int, float)) and o["duration_ms"] >= 0,
