@@ -2702,7 +2702,13 @@ static void set_pool(struct cfg *st, struct lb_pool *p, const char *k, const cha
 	} else if (!strcmp(k, "response_timeout")) {
 		v_dur_min(st, line, k, v, 1, &p->response_timeout);
 	} else if (!strcmp(k, "keepalive")) {
-		v_uint(st, line, k, v, 0, 100000, &p->keepalive);
+		uint64_t x;
+		if (!strcmp(v, "auto"))
+			p->keepalive = LB_KEEPALIVE_AUTO;
+		else if (parse_uint64(v, strlen(v), 100000, &x) == 0)
+			p->keepalive = (unsigned)x;
+		else
+			cfg_err(st, line, k, "keepalive: '%s' is neither auto nor a number from 0 to 100000", v);
 	} else if (!strcmp(k, "retries")) {
 		v_uint(st, line, k, v, 0, 10, &p->retries);
 	} else if (!strcmp(k, "sticky")) {
@@ -3081,7 +3087,7 @@ static int conf_alloc(struct cfg *st)
 			p->line = s->line;
 			p->connect_timeout = 3000;
 			p->response_timeout = 60000;
-			p->keepalive = 32;
+			p->keepalive = LB_KEEPALIVE_AUTO;
 			p->retries = 1;
 			snprintf(p->hc_method, sizeof p->hc_method, "GET");
 			snprintf(p->hc_path, sizeof p->hc_path, "/health");
@@ -4965,7 +4971,8 @@ static void tls_count_failure(int kind)
 /* ==================================================================== 7. connections
  * Pools of connection structs and buffers (bounded by max_connections), the deadline heap,
  * and the byte movers: client_read/write, backend_read/write. One owner per buffer: a
- * client connection owns in/out/qh/rh; backend connections own no buffer. */
+ * client connection owns in/out/qh/rh; backend connections own no buffer. Idle server connections
+ * wait in per-server pools: idle_may_keep admits them, idle_purge (once a second) sizes them. */
 
 struct buf {
 	char *d;
@@ -5064,6 +5071,8 @@ static size_t g_bufalloc;         /* g_bufsize rounded up to whole pages */
 static struct conn *g_free_conns, *g_live, *g_dead;
 static struct lb_bconn *g_free_bconns, *g_dead_bconns;
 static size_t g_nconns;
+static size_t g_nbconns;               /* open server connections, idle ones included */
+static size_t g_fd_budget = SIZE_MAX;  /* descriptors the event loop takes (setup_runtime) */
 static struct conn *g_pending;
 static struct conn **g_heap;
 static size_t g_nheap;
@@ -5326,8 +5335,11 @@ static void bconn_close(struct lb_bconn *b)
 	ev_forget(&b->h);
 	tls_up_free(b->tls);
 	b->tls = NULL;
-	if (b->h.fd >= 0)
+	if (b->h.fd >= 0) {
 		close(b->h.fd);
+		b->srv->nopen--;
+		g_nbconns--;
+	}
 	b->h.fd = -1;
 	b->h.dead = 1;
 	b->next = g_dead_bconns;
@@ -5354,6 +5366,59 @@ static void idle_close(struct lb_server *s)
 		bconn_close(b);
 	}
 	s->nidle = 0;
+}
+
+/* the n least recently used idle connections to s, closed (the list is most recent first) */
+static void idle_close_oldest(struct lb_server *s, unsigned n)
+{
+	struct lb_bconn **pp = &s->idle;
+	for (unsigned keep = n < s->nidle ? s->nidle - n : 0; keep && *pp; keep--)
+		pp = &(*pp)->next;
+	while (*pp) {
+		struct lb_bconn *b = *pp;
+		*pp = b->next;
+		s->nidle--;
+		bconn_close(b);
+	}
+}
+
+/* Descriptors are short: clients plus server connections past 3/4 of what the event loop
+ * takes (2 x max_connections + 256, at most RLIMIT_NOFILE). Idle connections then give way. */
+static int fds_short(void)
+{
+	return g_nconns + g_nbconns >= g_fd_budget - g_fd_budget / 4;
+}
+
+/* May a reusable connection to s go back to the idle pool? Under the pool's cap (keepalive = N;
+ * none with auto, where idle_purge sizes the pool) and while descriptors are not short. */
+static int idle_may_keep(const struct lb_server *s, const struct lb_pool *p)
+{
+	return s->nidle < p->keepalive && !fds_short();
+}
+
+/* a connection to s was put to use: the peak of connections in use at once, for idle_purge */
+static void srv_note_use(struct lb_server *s)
+{
+	unsigned used = s->nopen - s->nidle;
+	if (used > s->peak_used)
+		s->peak_used = used;
+}
+
+/* Once a second per server (idle_sweep): the idle pool follows the concurrency recently needed,
+ * as HAProxy's pool purge does. It keeps as many connections as the larger of the last second's
+ * peak in use and the previous estimate; the estimate moves halfway to each new peak (at once
+ * when the peak is higher). Half the connections beyond that are closed, least recently used
+ * first: a burst's pool drains over several seconds, a steady load keeps its own, one idle
+ * connection stays for sporadic traffic. With descriptors short, all beyond it go at once. */
+static void idle_purge(struct lb_server *s)
+{
+	unsigned keep = LB_MAX(s->peak_used, s->need);
+	s->need = LB_MAX(s->peak_used, (s->need + s->peak_used + 1) / 2);
+	s->peak_used = s->nopen - s->nidle;
+	if (s->nidle && s->nopen > keep) {
+		unsigned excess = s->nopen - keep;
+		idle_close_oldest(s, fds_short() ? excess : (excess + 1) / 2);
+	}
 }
 
 static void idle_close_all(void)
@@ -5412,7 +5477,7 @@ static void backend_release(struct conn *c, int reuse)
 			c->own_b = b;
 			b->h.want = EV_R;
 			ev_apply(&b->h);
-		} else if (reuse && !b->eof && b->connected && s->nidle < b->pool->keepalive && !g_stopping) {
+		} else if (reuse && !b->eof && b->connected && idle_may_keep(s, b->pool) && !g_stopping) {
 			b->c = NULL;
 			b->reused = 1;
 			b->next = s->idle;
@@ -5828,6 +5893,8 @@ static int backend_connect(struct conn *c, struct lb_server *s)
 		return -1;
 	}
 	set_nodelay(b->h.fd);
+	s->nopen++;
+	g_nbconns++;
 	c->b = b;
 	c->t_conn = g_now;
 	if (s->tls && !(b->tls = tls_up_new(c->pool, s)))
@@ -5898,12 +5965,14 @@ static void backend_assign(struct conn *c, struct lb_server *avoid)
 		b->next = NULL;
 		c->b = b;
 		c->t_conn = g_now;
+		srv_note_use(s);
 		return;
 	}
 	if (backend_connect(c, s) != 0) {
 		backend_failed(c, 502, "cannot create a socket", 0);
 		return;
 	}
+	srv_note_use(s);
 	if (c->b->reset) {
 		int e = c->b->reset;
 		char why[400];
@@ -7948,7 +8017,8 @@ static void hc_stop(void)
 	g_hc_next = UINT64_MAX;
 }
 
-/* every worker, once a second: idle connections to a server marked down are closed */
+/* every worker, once a second: idle connections to a server marked down are closed; the other
+ * servers' idle pools are purged down to what recent peaks needed (idle_purge) */
 static void idle_sweep(void)
 {
 	static uint64_t next;
@@ -7960,6 +8030,8 @@ static void idle_sweep(void)
 			struct lb_server *s = &g_conf->pools[i].servers[j];
 			if (s->idle && s->shm && atomic_load_explicit(&s->shm->down, memory_order_relaxed))
 				idle_close(s);
+			else
+				idle_purge(s);
 		}
 }
 
@@ -10181,6 +10253,7 @@ static int setup_runtime(void)
 	size_t maxfds = (size_t)g_conf->max_connections * 2 + 256;
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
 		maxfds = LB_MIN(maxfds, (size_t)rl.rlim_cur + 16);
+	g_fd_budget = maxfds; /* idle server connections stay under 3/4 of it (fds_short) */
 	if (!g_scratch || !g_scratch2 || !g_heap || !g_bufstack || ev_init(maxfds) != 0) {
 		lb_err("out of memory setting up the event loop");
 		return -1;

@@ -32,6 +32,7 @@ enum {
 #define LB_CHUNK_LINE_MAX   4096  /* chunk-size line with extensions, and one trailer line */
 #define LB_TRAILERS_MAX     16384 /* all trailer lines of one chunked body */
 #define LB_REQUEST_ID_MAX   128   /* a client's X-Request-ID longer than this is replaced */
+#define LB_KEEPALIVE_AUTO   0xFFFFFFFFu /* keepalive = auto: idle server connections follow the need */
 
 /* Bounds of one configuration (README "Limits"); lb_conf_parse reports a file beyond one once,
  * at the line of the first section or server past it. Shared memory is sized from the file. */
@@ -319,8 +320,11 @@ struct lb_server {
 	unsigned active;        /* requests or tunnels in flight (this process; see shm) */
 	int down;               /* not usable (health checks, later) */
 	struct lb_shm_server *shm; /* shared state across workers; NULL in unit tests */
-	struct lb_bconn *idle;  /* idle keep-alive connections */
+	struct lb_bconn *idle;  /* idle keep-alive connections, most recently used first */
 	unsigned nidle;
+	unsigned nopen;         /* open connections to it, idle ones included (this process) */
+	unsigned peak_used;     /* most connections in use at once since the last purge */
+	unsigned need;          /* connections recent peaks needed: the purge keeps this many */
 };
 
 struct lb_pool {
@@ -330,7 +334,8 @@ struct lb_pool {
 	size_t nservers;
 	int algorithm;
 	uint64_t connect_timeout, response_timeout; /* ms */
-	unsigned keepalive, retries;
+	unsigned keepalive;     /* idle connections kept per server per worker: a cap, or LB_KEEPALIVE_AUTO */
+	unsigned retries;
 	char sticky_cookie[LB_NAME_MAX]; /* sticky = cookie NAME; "" = off */
 	int send_proxy;                  /* 0, 1 or 2: PROXY header version sent on new server connections */
 	char *tls_ca;                    /* CAs for servers marked tls; NULL: the system's bundle */

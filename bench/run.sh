@@ -309,11 +309,14 @@ free_port() {
 }
 
 free_port P1 && free_port P2 && free_port P3 && free_port PROXY_PORT && free_port ADMIN_PORT &&
-	free_port TCP_PORT || exit 1
+	free_port TCP_PORT && free_port STATUS_PORT || exit 1
 
 # ------------------------------------------------------------------ config generation
 # Temp paths of nginx modules that are compiled in (nginx-light may lack some).
 NGINX_V=$(nginx -V 2>&1)
+# the backends' accepted-connection counter (stub_status) gives the backend connection churn
+STUB_STATUS="stub_status;"
+case $NGINX_V in *--with-http_stub_status_module*) ;; *) STUB_STATUS="return 404;" ;; esac
 temp_paths() { # $1 = prefix for dir names
 	local m out=""
 	for m in fastcgi uwsgi scgi; do
@@ -330,6 +333,7 @@ render() { # template output
 	sed -e "s|@TMP@|$TMP|g" -e "s|@PORT@|$PROXY_PORT|g" -e "s|@CERT@|$TMP/tls/combined.pem|g" \
 	    -e "s|@P1@|$P1|g" -e "s|@P2@|$P2|g" -e "s|@P3@|$P3|g" \
 	    -e "s|@ADMIN_PORT@|$ADMIN_PORT|g" -e "s|@TCP_PORT@|$TCP_PORT|g" -e "s|@WORKERS@|${WORKERS:-1}|g" \
+	    -e "s|@STATUS_PORT@|$STATUS_PORT|g" -e "s|@STUB_STATUS@|$STUB_STATUS|g" \
 	    -e "s|@MAXCONN@|${HAP_MAXCONN:-8000}|g" -e "s|@BACKEND_WORKERS@|${BACKEND_WORKERS:-1}|g" -e "s|@NGINX_STREAM_MODULE@|$NGINX_STREAM_MODULE|g" \
 	    -e "s/@TEMP_PATHS_BACKENDS@/$tb/" -e "s/@TEMP_PATHS_PROXY@/$tp/" \
 	    "$1" > "$2"
@@ -577,15 +581,32 @@ proxy_per_cpu() {
 		printf "%.0f\n", r / busy }'
 }
 
+# backend_accepts: connections the nginx backends have accepted so far (stub_status `accepts`,
+# every port, this query's own connection included), or NA
+backend_accepts() {
+	local out
+	out=$( (exec 3<>"/dev/tcp/127.0.0.1/$STATUS_PORT" && printf 'GET / HTTP/1.0\r\nHost: b\r\n\r\n' >&3 &&
+		timeout 2 cat <&3) 2>/dev/null)
+	awk '/^ *[0-9]+ +[0-9]+ +[0-9]+ *\r?$/ { print $1; f = 1; exit } END { if (!f) print "NA" }' <<< "$out"
+}
+# churn A0 A1 WRKOUT: new backend connections per 1,000 requests of the wrk run in WRKOUT, from
+# backend_accepts before (A0) and after (A1; less its own query's connection)
+churn() {
+	awk -v a="$1" -v b="$2" '/ requests in / { n = $1 } END {
+		if (a == "NA" || b == "NA" || n + 0 == 0) print "NA"; else printf "%.2f\n", 1000 * (b - a - 1) / n }' "$3"
+}
+
 # RESULTS: proxy, figure, round, rate (req/s or handshakes/s), p99 ms, errors, CPU 0 busy %,
 # resumed % (of the handshakes that offered a session; NA but for the resumption runs),
-# rate per CPU-second of the proxy's own processes (NA for direct and the handshake runs)
+# rate per CPU-second of the proxy's own processes (NA for direct and the handshake runs),
+# backend connection churn: new backend connections per 1,000 requests (wrk runs; NA otherwise)
 RESULTS="$TMP/results.tsv"
 : > "$RESULTS"
 # run_wrk PROXY FIGURE ROUND CONNS [extra wrk args]
 run_wrk() {
 	local proxy=$1 fig=$2 round=$3 conns=$4; shift 4
-	local out="$TMP/wrk-$proxy-$fig-$round.txt" rps p99 err c0 c1 cpu pc0 pc1 per
+	local out="$TMP/wrk-$proxy-$fig-$round.txt" rps p99 err c0 c1 cpu pc0 pc1 per a0 a1 ch
+	a0=$(backend_accepts)
 	c0=$(cpu0_snap)
 	pc0=$(proxy_cpu)
 	# In the background and waited for, so that a signal to the script stops it at once.
@@ -596,12 +617,15 @@ run_wrk() {
 	WRK_PID=""
 	pc1=$(proxy_cpu)
 	c1=$(cpu0_snap)
+	a1=$(backend_accepts)
 	cpu=$(cpu0_pct "$c0" "$c1")
 	read -r rps p99 err < <(parse_wrk "$out")
 	per=$(proxy_per_cpu "$pc0" "$pc1" "$rps")
-	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$proxy" "$fig" "$round" "$rps" "$p99" "$err" "$cpu" NA "$per" >> "$RESULTS"
-	printf '  %-8s %-10s run %d: %10s req/s  p99 %8s ms  errors %s  CPU0 %s%%  per proxy CPU-s %s\n' \
-		"$proxy" "$fig" "$round" "$rps" "$p99" "$err" "$cpu" "$per"
+	ch=$(churn "$a0" "$a1" "$out")
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$proxy" "$fig" "$round" "$rps" "$p99" "$err" "$cpu" NA "$per" \
+		"$ch" >> "$RESULTS"
+	printf '  %-8s %-10s run %d: %10s req/s  p99 %8s ms  errors %s  CPU0 %s%%  per proxy CPU-s %s  new backend conns/1k req %s\n' \
+		"$proxy" "$fig" "$round" "$rps" "$p99" "$err" "$cpu" "$per" "$ch"
 	if [ "$rps" = NA ]; then
 		warn "could not parse wrk output ($out):"
 		sed 's/^/    /' "$out" >&2
@@ -1238,6 +1262,7 @@ value() {
 	cpu) v=$(median "$p" "$fig" 7); [ "$v" = NA ] || v=$(awk -v x="$v" 'BEGIN { printf "%.0f", x }') ;;
 	res) v=$(median "$p" "$fig" 8); [ "$v" = NA ] || v=$(awk -v x="$v" 'BEGIN { printf "%.1f", x }') ;;
 	per) v=$(median "$p" "$fig" 9); [ "$v" = NA ] || v=$(awk -v x="$v" 'BEGIN { printf "%.0f", x }') ;;
+	churn) v=$(median "$p" "$fig" 10); [ "$v" = NA ] || v=$(awk -v x="$v" 'BEGIN { printf "%.1f", x }') ;;
 	err) if [ "$fig" = tls ]; then
 		v=$(awk -F'\t' -v p="$p" '$1 == p && $2 ~ /^tls_/ { s += $6; n++ } END { if (n) print s; else print "NA" }' "$RESULTS")
 	     else v=$(errsum "$p" "$fig"); fi ;;
@@ -1257,6 +1282,8 @@ ROWS=(
 	"p99|ka_high|keep-alive p99 ms, ${BENCH_CONNS_HIGH} conns"
 	"per|ka|keep-alive req per proxy CPU-second, ${BENCH_CONNS} conns"
 	"per|ka_high|keep-alive req per proxy CPU-second, ${BENCH_CONNS_HIGH} conns"
+	"churn|ka|new backend connections per 1,000 requests, keep-alive ${BENCH_CONNS} conns"
+	"churn|ka_high|new backend connections per 1,000 requests, keep-alive ${BENCH_CONNS_HIGH} conns"
 	"rps|close|new conn per request req/s, ${BENCH_CONNS} conns"
 	"p99|close|new conn per request p99 ms, ${BENCH_CONNS} conns"
 	"err|ka|errors, keep-alive ${BENCH_CONNS} conns (all runs)"
@@ -1270,7 +1297,7 @@ for row in "${ROWS[@]}"; do
 	IFS='|' read -r kind fig label <<< "$row"
 	vl=$(value lb "$kind" "$fig"); vh=$(value haproxy "$kind" "$fig")
 	vn=$(value nginx "$kind" "$fig"); vd=$(value direct "$kind" "$fig")
-	if [ "$kind" = err ]; then rh="-"; rn="-"; else rh=$(ratio "$vl" "$vh"); rn=$(ratio "$vl" "$vn"); fi
+	case $kind in err|churn) rh="-"; rn="-" ;; *) rh=$(ratio "$vl" "$vh"); rn=$(ratio "$vl" "$vn") ;; esac
 	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$vl" "$vh" "$vn" "$vd" "$rh" "$rn" >> "$TABLE"
 done
 
@@ -1510,6 +1537,13 @@ echo "medians of $BENCH_RUNS runs x ${BENCH_SECS}s; $PIN_NOTE; took $((T1 - T0))
 		echo "CPU 1 (or the backends move to CPU 0), so at ${BENCH_CONNS} connections req/s swings with where the scheduler puts"
 		echo "the backends while the proxy's own cost per request does not."
 		echo
+		echo "\"New backend connections per 1,000 requests\" is the backend connection churn: the nginx backends' accepted"
+		echo "connections (\`stub_status\` \`accepts\`, read before and after each wrk run, the same for every proxy) per"
+		echo "1,000 requests wrk completed. A proxy that reuses its server connections stays near 0 after its pool has"
+		echo "grown; one that opens a connection per request beyond an idle cap makes the backends accept (and close)"
+		echo "that many. For \"direct\" they are wrk's own connections. Every proxy runs at its defaults here but for"
+		echo "one worker, no logging and no health checks (nginx's \`keepalive\` must be set to reuse at all: 1024)."
+		echo
 	fi
 	[ -n "$LB_SKIP_REASON" ] && { echo "lb was skipped: $LB_SKIP_REASON."; echo; }
 	if [ "$SHOW_TLS" = 1 ]; then
@@ -1666,10 +1700,10 @@ echo "medians of $BENCH_RUNS runs x ${BENCH_SECS}s; $PIN_NOTE; took $((T1 - T0))
 	if [ -s "$RESULTS" ]; then
 		echo "Rate is req/s, or handshakes/s for tls_full and tls_resume."
 		echo
-		echo "| proxy | figure | run | rate | p99 ms | errors | CPU 0 busy % | resumed % | rate per proxy CPU-s |"
-		echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-		while IFS=$'\t' read -r p f r rps p99 e cpu res per; do
-			echo "| $p | $f | $r | $rps | $p99 | $e | $cpu | $res | ${per:-NA} |"
+		echo "| proxy | figure | run | rate | p99 ms | errors | CPU 0 busy % | resumed % | rate per proxy CPU-s | new backend conns per 1k req |"
+		echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+		while IFS=$'\t' read -r p f r rps p99 e cpu res per ch; do
+			echo "| $p | $f | $r | $rps | $p99 | $e | $cpu | $res | ${per:-NA} | ${ch:-NA} |"
 		done < "$RESULTS"
 		echo
 	fi

@@ -864,12 +864,13 @@ static void check_clean(void)
 			        fz_v[i].pipe ? "pipe" : fz_v[i].backend ? "server" : "client");
 			CHECK(!"lb left a socket open");
 		}
-	CHECK(g_np == 0 && g_nheap == 0 && g_pending == NULL && g_live == NULL);
+	CHECK(g_np == 0 && g_nheap == 0 && g_pending == NULL && g_live == NULL && g_nbconns == 0);
 	CHECK(g_nbufs <= 16); /* one connection uses at most 4 buffers: more means they leak from the pool */
 	for (size_t p = 0; p < g_conf->npools; p++)
 		for (size_t k = 0; k < g_conf->pools[p].nservers; k++) {
 			struct lb_server *s = &g_conf->pools[p].servers[k];
 			CHECK(s->active == 0 && s->nidle == 0);
+			CHECK(s->nopen == 0); /* the idle pool's counts (idle_purge sizes it by them) match the sockets */
 			CHECK(atomic_load(&s->shm->active) == 0);
 			CHECK(atomic_load(&s->shm->cb_trials) == 0); /* a leaked trial slot blocks a half-open circuit */
 		}

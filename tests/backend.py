@@ -12,8 +12,9 @@ http mode: a threaded HTTP/1.1 server with keep-alive. Every response carries `X
   GET /bytes?n=N[&chunked=1]  N bytes of pattern data (bytes 0..255 repeated), streamed in 64 KiB pieces
   POST|PUT /upload      reads the body (Content-Length or chunked, streamed), 200 {"bytes": N, "sha256": ...}
   POST /echo            echoes the body back with Content-Length
-  GET /stats            {"connections": accepted TCP connections, "requests": requests (this one included),
-                         "health": requests to /health, "app": requests other than /health /stats /mode}
+  GET /stats            {"connections": accepted TCP connections, "open": those open now (this one included),
+                         "requests": requests (this one included), "health": requests to /health,
+                         "app": requests other than /health /stats /mode}
   GET /status?code=N    answers with that status (204 and 304 without a body)
   GET /mode?set=M[&ms=N]  how every other request (all but /health, /stats, /mode) is answered from now:
                         ok (as above), 500 (status 500), slow (after N ms), reset (the request is read,
@@ -54,6 +55,7 @@ class Stats:
     def __init__(self):
         self.lock = threading.Lock()
         self.connections = 0
+        self.open = 0
         self.requests = 0
         self.health = 0
         self.app = 0
@@ -61,6 +63,11 @@ class Stats:
     def conn(self):
         with self.lock:
             self.connections += 1
+            self.open += 1
+
+    def gone(self):
+        with self.lock:
+            self.open -= 1
 
     def req(self, path):
         with self.lock:
@@ -72,8 +79,8 @@ class Stats:
 
     def snapshot(self):
         with self.lock:
-            return {"connections": self.connections, "requests": self.requests, "health": self.health,
-                    "app": self.app}
+            return {"connections": self.connections, "open": self.open, "requests": self.requests,
+                    "health": self.health, "app": self.app}
 
 
 STATS = Stats()
@@ -201,7 +208,6 @@ class Body:
 
 class HTTPHandler(socketserver.BaseRequestHandler):
     def handle(self):
-        STATS.conn()
         sock = self.request
         sock.settimeout(300)
         try:
@@ -449,7 +455,6 @@ class HTTPHandler(socketserver.BaseRequestHandler):
 
 class TCPEchoHandler(socketserver.BaseRequestHandler):
     def handle(self):
-        STATS.conn()
         sock = self.request
         sock.settimeout(300)
         try:
@@ -465,7 +470,6 @@ class TCPEchoHandler(socketserver.BaseRequestHandler):
 
 class TCPCountHandler(socketserver.BaseRequestHandler):
     def handle(self):
-        STATS.conn()
         sock = self.request
         sock.settimeout(300)
         n = 0
@@ -486,6 +490,13 @@ class Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
     allow_reuse_address = True
     request_queue_size = 512
     block_on_close = False
+
+    def process_request_thread(self, request, client_address):
+        STATS.conn()  # counted here for every mode: accepted, and open until the handler ends
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            STATS.gone()
 
 
 def main():

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import select
+import selectors
 import shutil
 import signal
 import socket
@@ -35,7 +36,7 @@ if not os.path.isabs(LB_BIN):
 HOST = "127.0.0.1"
 PIECE = 65536
 BLOCK = bytes(range(256)) * (PIECE // 256)  # the backend's /bytes pattern
-SUITE_BUDGET = 165  # seconds for all tests; with cleanup the run stays under ~3 minutes
+SUITE_BUDGET = 177  # seconds for all tests (the two keep-alive pool tests take ~11 s); with cleanup ~3 minutes
 RID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -228,12 +229,15 @@ class Ctx:
         self.dir = os.path.join(suite.tmp, name)
         os.makedirs(self.dir, exist_ok=True)
         self.lbs = []
+        self.backends = []  # a test's own backends (own_backend), stopped after it
 
     def lb(self, conf_text, ports, tag="lb"):
         return LB(self, conf_text, ports, tag)
 
     def cleanup(self):
         problems = []
+        for bk in self.backends:
+            bk.stop()
         for lb in self.lbs:
             rc = lb.proc.poll()
             if rc is not None and not lb.expected_exit:
@@ -687,6 +691,107 @@ def t_keepalive(ctx):
     conns = after["connections"] - before["connections"] - 1
     eq(reqs, 200, "requests seen by the backend")
     check(conns < 50, "200 requests on new client connections opened %d backend connections (want < 50)" % conns)
+
+
+def keepalive_burst(port, clients, rounds, path, limit=10.0):
+    """`clients` keep-alive connections at once; in each of `rounds` rounds every one sends a GET of
+    `path` and all answers are awaited before the next round (so between rounds every server
+    connection is idle at once, as with clients that pause). The number of 200 answers; one
+    selector loop in this thread, bounded by `limit` s."""
+    req = ("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path).encode()
+    sel = selectors.DefaultSelector()
+    socks, ok = [], 0
+    end = time.monotonic() + limit
+    try:
+        for _ in range(clients):
+            s = socket.create_connection((HOST, port), timeout=4)
+            socks.append(s)
+        for s in socks:
+            s.setblocking(False)
+            sel.register(s, selectors.EVENT_READ)
+        for r in range(rounds):
+            got = {}
+            for s in socks:
+                s.setblocking(True)
+                s.sendall(req)
+                s.setblocking(False)
+                got[s] = b""
+            while got and time.monotonic() < end:
+                for key, _ in sel.select(0.2):
+                    s = key.fileobj
+                    if s not in got:
+                        continue
+                    try:
+                        d = s.recv(65536)
+                    except BlockingIOError:
+                        continue
+                    if not d:
+                        raise Fail("lb closed a keep-alive client connection in round %d (%d 200s in all)"
+                                   % (r + 1, ok))
+                    got[s] += d
+                    i = got[s].find(b"\r\n\r\n")
+                    m = re.search(rb"(?im)^content-length:\s*(\d+)", got[s][:i]) if i >= 0 else None
+                    if m and len(got[s]) >= i + 4 + int(m.group(1)):
+                        ok += got[s].startswith(b"HTTP/1.1 200")
+                        del got[s]
+            if got:
+                raise Fail("round %d: %d answers missing after %.0f s" % (r + 1, len(got), limit))
+    finally:
+        for s in socks:
+            s.close()
+        sel.close()
+    return ok
+
+
+def own_backend(ctx, name):
+    """A backend of this test alone (its connection counts are this test's)."""
+    bk = Backend(name, "http", ctx.dir)
+    bk.start()
+    ctx.backends.append(bk)
+    if not bk.wait_ready(time.monotonic() + 5):
+        raise Fail("backend %s did not start" % name)
+    return bk
+
+
+@test("keepalive_pool_follows_concurrency", timeout=20)
+def t_keepalive_pool(ctx):
+    """At defaults (keepalive = auto) the idle server-connection pool follows the concurrency in use:
+    200 keep-alive clients, 5 rounds of one request each, open about one server connection per client
+    (200 per 1,000 requests), not one per request beyond a fixed idle cap (with 32: ~870)."""
+    bk = own_backend(ctx, "kp")
+    port = free_port()
+    ctx.lb(config(listener("web", port, pool="one"), pool("one", [("kp", bk.port)], health_check="off")), [port])
+    before = bk.stats()
+    ok = keepalive_burst(port, 200, 5, "/slow?ms=20")
+    eq(ok, 1000, "answers with status 200")
+    after = bk.stats()
+    eq(after["app"] - before["app"], 1000, "requests the server saw")
+    opened = after["connections"] - before["connections"] - 1
+    check(opened <= 300, "1,000 requests of 200 concurrent keep-alive clients opened %d server connections "
+          "(want about 200, at most 300)" % opened)
+
+
+@test("keepalive_pool_purged_gradually", timeout=20)
+def t_keepalive_purge(ctx):
+    """After a burst the idle pool keeps what the burst needed, then closes the unused connections
+    over a few seconds (half the excess a second, HAProxy's pool purge), not all at once."""
+    bk = own_backend(ctx, "kq")
+    port = free_port()
+    ctx.lb(config(listener("web", port, pool="one"), pool("one", [("kq", bk.port)], health_check="off")), [port])
+    eq(keepalive_burst(port, 200, 3, "/slow?ms=20"), 600, "answers with status 200")
+    t0 = time.monotonic()
+    first = bk.stats()["open"] - 1
+    check(first >= 150, "server connections open right after a burst of 200 concurrent clients: %d "
+          "(want the pool the burst needed, >= 150)" % first)
+    seen = [(0.0, first)]
+    while time.monotonic() - t0 < 7.5 and seen[-1][1] > first // 3:
+        time.sleep(0.25)
+        seen.append((time.monotonic() - t0, bk.stats()["open"] - 1))
+    trace = " ".join("%.1fs:%d" % x for x in seen)
+    check(seen[-1][1] <= first // 3, "idle server connections not purged to a third within 7.5 s: %s" % trace)
+    check(all(n >= first // 2 for t, n in seen if t < 0.9), "purged at once, not gradually: %s" % trace)
+    between = {n for _, n in seen if first // 3 < n < first}
+    check(len(between) >= 2, "purged in fewer than 3 steps: %s" % trace)
 
 
 @test("pipelining")

@@ -5,7 +5,7 @@
     python3 tests/linode_mock.py --token T --port P --server-port S   # standalone, for trying by hand
 
 It serves, on loopback, the endpoints the scaler uses, following the official spec
-(../shared/linode/openapi.yaml, v4.189.0) and its intro (auth, errors, pagination, filtering,
+(v4.189.0: the subset it uses, tests/data/linode-openapi-subset.yaml) and its intro (auth, errors, pagination, filtering,
 rate limits):
 
   GET    /v4/linode/instances                   pages (page, page_size 25..500; a small default
@@ -55,7 +55,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import openapi_check as oc  # noqa: E402
 
-SPEC_PATH = os.environ.get("LINODE_SPEC", os.path.join(HERE, "..", "..", "shared", "linode", "openapi.yaml"))
+# the operations the scaler uses, cut from the full spec by tests/linode_spec_cut.py; LINODE_SPEC may name
+# the full openapi.yaml instead
+SPEC_PATH = os.environ.get("LINODE_SPEC", os.path.join(HERE, "data", "linode-openapi-subset.yaml"))
 API_PATHS = ["/linode/instances", "/linode/instances/{linodeId}", "/linode/instances/{linodeId}/ips",
              "/linode/instances/{linodeId}/stats", "/domains", "/domains/{domainId}/records",
              "/domains/{domainId}/records/{recordId}"]

@@ -4,8 +4,9 @@
     python3 tests/scaler.py [--only SUBSTR] [--keep]
 
 The scaler is $SCALER_BIN (default ./linode-scaler, `make scaler`), lb is $LB_BIN (default ./lb).
-Each test starts its own fake API (which checks every request against the official Linode spec,
-../shared/linode/openapi.yaml, and its own answers too), an lb with an [admin] section and
+Each test starts its own fake API (which checks every request against the official Linode spec:
+the part of it the scaler uses, tests/data/linode-openapi-subset.yaml, or $LINODE_SPEC; and its own
+answers too), an lb with an [admin] section and
 token_file, and linode-scaler processes reading the [scaler] section of the same config file.
 Instances the fake creates are tests/backend.py processes on 127.0.0.N:PORT (their private IPv4);
 nothing is sent anywhere but loopback. Times are scaled down (interval 1s, scale_down_after 2s,
@@ -28,6 +29,8 @@ import integration as it  # noqa: E402
 import policy as po  # noqa: E402
 import health as he  # noqa: E402
 import linode_mock as lm  # noqa: E402
+import linode_spec_cut as spec_cut  # noqa: E402
+import openapi_check as oc  # noqa: E402
 from integration import HOST, Fail, check, eq, free_port, short  # noqa: E402
 from process import conf  # noqa: E402
 from policy import ask, section, lsn  # noqa: E402
@@ -234,6 +237,26 @@ def t_list(ctx):
     check("401" in errs and "Invalid Token" in errs and "token_file" in errs,
           "no clear 401 line: %s" % short(errs, 300))
     check("wrong-token" not in errs + out, "the token is in the output")
+
+
+@test("spec_subset_is_current", timeout=20)
+def t_spec_subset(ctx):
+    """tests/data/linode-openapi-subset.yaml (what the fake checks against) holds exactly the operations
+    tests/linode_spec_cut.py lists, each as in the full spec; checked when the full spec is at hand
+    (../shared/linode/openapi.yaml or $LINODE_SPEC_FULL), skipped with the reason otherwise."""
+    full = os.environ.get("LINODE_SPEC_FULL", spec_cut.DEFAULT_SRC)
+    if not os.path.isfile(full):
+        raise it.Skip("no full Linode spec at %s to compare the subset with (set LINODE_SPEC_FULL)" %
+                      os.path.normpath(full))
+    paths = sorted({p for _, p in spec_cut.OPERATIONS})
+    subset, whole = oc.Spec(spec_cut.OUT, paths), oc.Spec(full, paths)
+    kept = {(m, p) for p in paths for m in subset.paths[p] if m in spec_cut.METHODS}
+    eq(sorted(kept), sorted(spec_cut.OPERATIONS), "operations in the subset")
+    for p in paths:
+        for k, v in whole.paths[p].items():
+            if k not in spec_cut.METHODS or (k, p) in kept:
+                check(subset.paths[p].get(k) == v, "%s %s differs from the full spec: run "
+                      "/usr/bin/python3 tests/linode_spec_cut.py" % (k.upper(), p))
 
 
 @test("api_error_reasons", timeout=20)

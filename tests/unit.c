@@ -1435,7 +1435,7 @@ static void test_conf_full(void)
 		      p->connect_timeout);
 		CHECK(p->response_timeout == 60000, "pool web response_timeout default: expected 60000, got %" PRIu64,
 		      p->response_timeout);
-		CHECK(p->keepalive == 32, "pool web keepalive default: expected 32, got %u", p->keepalive);
+		CHECK(p->keepalive == LB_KEEPALIVE_AUTO, "pool web keepalive default: expected auto, got %u", p->keepalive);
 		CHECK(p->retries == 1, "pool web retries default: expected 1, got %u", p->retries);
 		if (p->nservers == 1) {
 			CHECK(strcmp(p->servers[0].name, "w1") == 0 && p->servers[0].port == 9001 && p->servers[0].weight == 1,
@@ -1550,8 +1550,8 @@ static void test_conf_defaults(void)
 		if (c->npools == 1) {
 			struct lb_pool *p = &c->pools[0];
 			CHECK(p->algorithm == LB_ALGO_RR && p->connect_timeout == 3000 && p->response_timeout == 60000 &&
-			      p->keepalive == 32 && p->retries == 1,
-			      "pool defaults: expected rr/3000/60000/32/1, got %d/%" PRIu64 "/%" PRIu64 "/%u/%u", p->algorithm,
+			      p->keepalive == LB_KEEPALIVE_AUTO && p->retries == 1,
+			      "pool defaults: expected rr/3000/60000/auto/1, got %d/%" PRIu64 "/%" PRIu64 "/%u/%u", p->algorithm,
 			      p->connect_timeout, p->response_timeout, p->keepalive, p->retries);
 			CHECK(p->hc_kind == LB_HC_HTTP && !strcmp(p->hc_method, "GET") && !strcmp(p->hc_path, "/health") &&
 			      p->hc_interval == 10000 && p->hc_timeout == 2000 && p->hc_rise == 2 && p->hc_fall == 3 &&
@@ -2429,6 +2429,36 @@ static void test_conf_sticky(void)
 	end("conf/sticky_cookie");
 }
 
+/* keepalive: auto (the default: the idle pool follows the need), or a cap from 0 to 100000 */
+static void test_conf_keepalive(void)
+{
+	static const struct { const char *v; int ok; unsigned want; } t[] = {
+		{ "auto", 1, LB_KEEPALIVE_AUTO }, { "0", 1, 0 }, { "1", 1, 1 }, { "32", 1, 32 }, { "100000", 1, 100000 },
+		{ "100001", 0, 0 }, { "-1", 0, 0 }, { "lots", 0, 0 }, { "Auto", 0, 0 }, { "32 conns", 0, 0 },
+		{ "4294967295", 0, 0 }, { "", 0, 0 },
+	};
+	for (size_t i = 0; i < sizeof t / sizeof *t; i++) {
+		char text[200];
+		snprintf(text, sizeof text, "[pool p]\nserver = s1 127.0.0.1:9000\nkeepalive = %s\n"
+		         "[listener l]\nbind = 127.0.0.1:8000\npool = p\n", t[i].v);
+		struct lb_conf *c = NULL;
+		begin();
+		int rc = conf_parse(text, &c);
+		if (t[i].ok) {
+			CHECK(rc == 0, "keepalive = %s: parse returned %d: %s", t[i].v, rc, errs_str());
+			if (rc == 0)
+				CHECK(c->pools[0].keepalive == t[i].want, "keepalive = %s: got %u, expected %u", t[i].v,
+				      c->pools[0].keepalive, t[i].want);
+		} else {
+			CHECK(rc == LB_EINVAL && err_at(3, "keepalive"), "keepalive = %s: expected an error at line 3 "
+			      "naming the key, got rc %d %s", t[i].v, rc, errs_str());
+		}
+		if (rc == 0)
+			lb_conf_free(c);
+		end("conf/keepalive='%s'", t[i].v);
+	}
+}
+
 static void test_cidr(void)
 {
 	static const struct { const char *cidr, *ip; int ok, match; } t[] = {
@@ -3015,6 +3045,7 @@ int main(void)
 	test_pick_none();
 	test_routes();
 	test_conf_sticky();
+	test_conf_keepalive();
 	test_conf_health();
 	test_cidr();
 	test_proxy();
