@@ -7747,12 +7747,14 @@ static void idle_sweep(void)
 #define LB_SHM_SERVERS 1024
 struct lb_shm_worker {
 	_Atomic uint64_t conns, requests;
+	_Atomic uint64_t log_dropped; /* access log lines lost (section 13) */
 	int32_t pid, id, gen;
 };
 struct lb_shm {
 	uint32_t nservers, nroutes;
 	_Atomic uint32_t admin_version; /* bumped by every weight or split change: workers re-read */
 	_Atomic uint64_t reloads, restarts;
+	_Atomic uint64_t log_dropped_retired; /* log_dropped of exited workers (and the master's) */
 	uint64_t started_wall_ms;
 	struct lb_shm_server s[LB_SHM_SERVERS];
 	struct lb_shm_route r[LB_SHM_ROUTES];
@@ -8058,6 +8060,7 @@ static void shm_release_slot(int slot)
 		sv->retired_errors += atomic_exchange(&sv->w[slot].errors, 0);
 		sv->retired_bytes += atomic_exchange(&sv->w[slot].bytes_out, 0);
 	}
+	atomic_fetch_add(&g_shm->log_dropped_retired, atomic_exchange(&g_shm->w[slot].log_dropped, 0));
 	g_shm->w[slot].pid = 0;
 }
 
@@ -8485,9 +8488,11 @@ static void metrics_routes(struct abuf *b)
 
 static void admin_metrics(struct abuf *b)
 {
-	uint64_t reqs = 0;
-	for (int w = 0; w < LB_MAX_WORKERS; w++)
+	uint64_t reqs = 0, log_dropped = atomic_load(&g_shm->log_dropped_retired);
+	for (int w = 0; w < LB_MAX_WORKERS; w++) {
 		reqs += atomic_load(&g_shm->w[w].requests);
+		log_dropped += atomic_load(&g_shm->w[w].log_dropped);
+	}
 	METRIC(b, "lb_build_info", "gauge", "lb's version.");
 	ab_printf(b, "lb_build_info{version=\"%s\"} 1\n", LB_VERSION);
 	METRIC(b, "lb_start_time_seconds", "gauge", "When the master started (Unix time).");
@@ -8502,6 +8507,9 @@ static void admin_metrics(struct abuf *b)
 	ab_printf(b, "lb_worker_restarts_total %llu\n", (unsigned long long)atomic_load(&g_shm->restarts));
 	METRIC(b, "lb_live_worker_requests_total", "counter", "Exchanges finished by the workers alive now.");
 	ab_printf(b, "lb_live_worker_requests_total %llu\n", (unsigned long long)reqs);
+	METRIC(b, "lb_log_lines_dropped_total", "counter",
+	       "Access log lines lost whole: the log could not take them (disk full, I/O error) or one was longer than the 64 KB buffer.");
+	ab_printf(b, "lb_log_lines_dropped_total %llu\n", (unsigned long long)log_dropped);
 	metrics_servers(b);
 	metrics_routes(b);
 	metrics_tls(b);
@@ -9242,10 +9250,94 @@ static void admin_events(const struct pollfd *fds, size_t n)
 
 /* ==================================================================== 13. access log
  * One line per exchange (or TCP session), combined or JSON, gathered in a buffer that is
- * written once per loop turn. */
+ * written once per loop turn. Lines reach the log whole or not at all: a line that does not
+ * fit the buffer is not started, and a write cut short (disk full, I/O error) is taken back to
+ * the last whole line (acclog_untail). Lost lines are counted (lb_log_lines_dropped_total, in
+ * the worker's shared-memory column) and said in the error log at most once a second. */
 
 static char g_logbuf[65536];
 static size_t g_loglen;
+static int g_log_over; /* log_raw had no room: the line being written is incomplete */
+static int g_log_err;  /* errno of the last write that failed */
+
+/* -------------------------------------------------------------------- lost lines, said once a second
+ * acclog_warn: a minimal throttled report local to the access log (a general throttled-log
+ * helper may replace it): the first loss is said at once, later ones at most once a second
+ * with their count. */
+struct acclog_warn {
+	uint64_t next_ms, pending;
+	char why[96];
+};
+static struct acclog_warn g_acclog_warn;
+
+static void acclog_warn_say(int now_anyway)
+{
+	struct acclog_warn *w = &g_acclog_warn;
+	if (!w->pending)
+		return;
+	uint64_t now = mono_ms();
+	if (!now_anyway && now < w->next_ms)
+		return;
+	lb_err("access log: %llu line%s dropped: %s", (unsigned long long)w->pending, w->pending == 1 ? "" : "s",
+	       w->why);
+	w->pending = 0;
+	w->next_ms = now + 1000;
+}
+
+static size_t count_lines(const char *p, size_t n)
+{
+	size_t k = 0;
+	for (const char *e = p + n; (p = memchr(p, '\n', (size_t)(e - p))); p++)
+		k++;
+	return k;
+}
+
+static void acclog_dropped(size_t lines, const char *why)
+{
+	if (!lines)
+		return;
+	if (g_shm)
+		atomic_fetch_add_explicit(g_slot >= 0 ? &g_shm->w[g_slot].log_dropped : &g_shm->log_dropped_retired,
+		                          lines, memory_order_relaxed);
+	g_acclog_warn.pending += lines;
+	snprintf(g_acclog_warn.why, sizeof g_acclog_warn.why, "%s", why);
+	acclog_warn_say(0);
+}
+
+/* A write cut short left `cut` bytes of a line (frag) at the end of a regular file: take them
+ * back with ftruncate, once the file's last bytes are checked to be ours (O_APPEND: another
+ * worker's line written after ours would be cut instead; then ours stays, and is told). */
+static int acclog_untail(int fd, const char *frag, size_t cut)
+{
+	char tail[4096];
+	struct stat sb;
+	if (cut > sizeof tail || fstat(fd, &sb) != 0 || (uint64_t)sb.st_size < cut)
+		return -1;
+	off_t at = sb.st_size - (off_t)cut;
+	if (pread(fd, tail, cut, at) != (ssize_t)cut || memcmp(tail, frag, cut) != 0)
+		return -1;
+	return ftruncate(fd, at);
+}
+
+/* A write stopped at `off` of g_loglen bytes with errno err: returns how many bytes are done
+ * with. A regular file loses the lines from the cut one on (its fragment taken back); a pipe,
+ * socket or terminal keeps them for the next turn (a cut line must be completed there), and
+ * lines that no longer fit the buffer are counted as they come (access_log_write). */
+static size_t acclog_short_write(size_t off, int err)
+{
+	struct stat sb;
+	g_log_err = err;
+	if (fstat(g_accfd, &sb) != 0 || !S_ISREG(sb.st_mode))
+		return off;
+	const char *nl = off ? memrchr(g_logbuf, '\n', off) : NULL;
+	size_t whole = nl ? (size_t)(nl - g_logbuf) + 1 : 0, cut = off - whole;
+	char why[96];
+	snprintf(why, sizeof why, "%s", strerror(err));
+	if (cut && acclog_untail(g_accfd, g_logbuf + whole, cut) != 0)
+		snprintf(why, sizeof why, "%s (and a cut line could not be taken back)", strerror(err));
+	acclog_dropped(count_lines(g_logbuf + whole, g_loglen - whole), why);
+	return g_loglen;
+}
 
 static void log_flush(void)
 {
@@ -9255,19 +9347,32 @@ static void log_flush(void)
 		if (n <= 0) {
 			if (n < 0 && errno == EINTR)
 				continue;
+			off = acclog_short_write(off, n < 0 ? errno : EIO);
 			break;
 		}
 		off += (size_t)n;
 	}
+	if (off && off < g_loglen)
+		memmove(g_logbuf, g_logbuf + off, g_loglen - off);
+	g_loglen = off < g_loglen && g_accfd >= 0 ? g_loglen - off : 0;
+	acclog_warn_say(0);
+}
+
+/* before a switch of file or an exit: what cannot be written now is lost, and said */
+static void log_flush_last(void)
+{
+	log_flush();
+	acclog_dropped(count_lines(g_logbuf, g_loglen), "not written before the log was switched or lb stopped");
 	g_loglen = 0;
+	acclog_warn_say(1);
 }
 
 static void log_raw(const char *s, size_t n)
 {
-	if (g_loglen >= sizeof g_logbuf)
+	if (n > sizeof g_logbuf - g_loglen) {
+		g_log_over = 1; /* access_log_write drops the line */
 		return;
-	if (n > sizeof g_logbuf - g_loglen)
-		n = sizeof g_logbuf - g_loglen;
+	}
 	memcpy(g_logbuf + g_loglen, s, n);
 	g_loglen += n;
 }
@@ -9292,6 +9397,9 @@ static void log_esc(const char *s, size_t n, int json)
 	}
 }
 
+static void access_log_line(struct conn *c);
+
+/* A whole line or none: one that does not fit the buffer is taken out again and counted. */
 static void access_log_write(struct conn *c)
 {
 	count_exchange(c);
@@ -9299,6 +9407,20 @@ static void access_log_write(struct conn *c)
 		return;
 	if (g_loglen > sizeof g_logbuf - 4096)
 		log_flush();
+	size_t start = g_loglen;
+	g_log_over = 0;
+	access_log_line(c);
+	if (g_log_over) {
+		g_loglen = start;
+		char why[96] = "the line is longer than the 64 KB buffer";
+		if (g_loglen)
+			snprintf(why, sizeof why, "the log buffer is full (%s)", strerror(g_log_err));
+		acclog_dropped(1, why);
+	}
+}
+
+static void access_log_line(struct conn *c)
+{
 	char tb[64], nb[64];
 	time_t secs = (time_t)(c->wall_start_ms / 1000);
 	struct tm tm;
@@ -9734,7 +9856,7 @@ static void on_ctl(void)
 	int fd;
 	while ((fd = recv_fd(g_ctl, &tag)) >= 0) {
 		if (tag == 'A' && g_accfd >= 0) {
-			log_flush();
+			log_flush_last();
 			dup2(fd, g_accfd);
 		} else if (tag == 'E') {
 			dup2(fd, g_errfd);
@@ -9821,7 +9943,7 @@ static int run_loop(void)
 			while (g_live)
 				conn_close(g_live);
 			reap_dead();
-			log_flush();
+			log_flush_last();
 			return 0;
 		}
 	}
@@ -10270,7 +10392,18 @@ static int open_log_target(const char *p)
 		return fcntl(1, F_DUPFD_CLOEXEC, 3);
 	if (!strcmp(p, "stderr"))
 		return fcntl(2, F_DUPFD_CLOEXEC, 3);
-	return open(p, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+	int fd = open(p, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+	struct stat sb;
+	if (fd >= 0 && fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode)) {
+		/* a regular file read-write too: a worker takes back the part of a line a full disk cut
+		 * (acclog_untail reads the file's tail first). Not a FIFO: lb must not be its reader. */
+		int rw = open(p, O_RDWR | O_APPEND | O_CLOEXEC);
+		if (rw >= 0) {
+			close(fd);
+			fd = rw;
+		}
+	}
+	return fd;
 }
 
 /* Point fd `*slot` at target p (the workers of later forks inherit it); tell live workers
