@@ -3810,8 +3810,9 @@ static void ev_forget(struct evh *h)
  * BearSSL driven without blocking from the event loop. Owns the certificates and CAs a
  * listener loads (struct lb_tls: read by lb_conf_resolve in the master, inherited by the
  * workers at fork), the per-connection server engine (struct tls_conn: pooled, only for TLS
- * connections), the certificate choice by SNI, the session cache the workers share, and the
- * TLS counters. It does socket I/O on the fd it is given and nothing else.
+ * connections), the certificate choice by SNI, the session cache the workers share, the
+ * TLS counters and why a handshake failed (lb_tls_fail_classify: BearSSL's error code -> the
+ * reason label and a log line, pure). It does socket I/O on the fd it is given and nothing else.
  *
  * The protocol choice is fixed here on purpose: TLS 1.2 only (BearSSL has no 1.3; 1.0 and 1.1
  * are obsolete), ECDHE key exchange only (forward secrecy) and AEAD ciphers only (AES-GCM,
@@ -4286,8 +4287,17 @@ static size_t tls_pick_cert(const struct lb_tls *t, const char *sni)
 
 /* -------------------------------------------------------------------- shared session cache, counters */
 
-enum { TLS_F_PROTOCOL, TLS_F_ALERT, TLS_F_CERT, TLS_F_TIMEOUT, TLS_F_CLOSED, TLS_F_N };
-static const char *const tls_fail_kind[TLS_F_N] = { "protocol", "alert", "client_cert", "timeout", "closed" };
+#define TLS_F_N LB_TLS_F_N
+static const char *const tls_fail_kind[TLS_F_N] = {
+	[LB_TLS_F_PROTOCOL_VERSION] = "protocol_version", [LB_TLS_F_NO_SHARED_CIPHER] = "no_shared_cipher",
+	[LB_TLS_F_BAD_RECORD] = "bad_record", [LB_TLS_F_PROTOCOL] = "protocol", [LB_TLS_F_ALERT] = "alert",
+	[LB_TLS_F_CLIENT_CERT] = "client_cert", [LB_TLS_F_TIMEOUT] = "timeout", [LB_TLS_F_CLOSED] = "closed",
+};
+
+const char *lb_tls_fail_name(int reason)
+{
+	return reason >= 0 && reason < TLS_F_N ? tls_fail_kind[reason] : "?";
+}
 
 struct tls_shared {
 	_Atomic uint32_t lock;
@@ -4737,43 +4747,118 @@ static ssize_t tls_send(struct tls_io *io, int fd, const struct iovec *iov, int 
 	return -1;
 }
 
-/* why a TLS connection failed, for the log, and its kind for the counters */
-static const char *tls_error_text(int err, int *kind)
+/* -------------------------------------------------------------------- why a handshake failed */
+
+static const char *tls_alert_name(int a)
 {
-	static char b[96];
-	*kind = TLS_F_PROTOCOL;
-	if (err >= BR_ERR_RECV_FATAL_ALERT && err < BR_ERR_SEND_FATAL_ALERT) {
-		*kind = TLS_F_ALERT;
-		snprintf(b, sizeof b, "the client sent fatal alert %d%s", err - BR_ERR_RECV_FATAL_ALERT,
-		         err - BR_ERR_RECV_FATAL_ALERT == 48 ? " (unknown CA: it does not trust the certificate)"
-		         : err - BR_ERR_RECV_FATAL_ALERT == 42 ? " (bad certificate)" : "");
-		return b;
+	switch (a) {
+	case 0: return "close_notify";
+	case 10: return "unexpected_message";
+	case 20: return "bad_record_mac";
+	case 22: return "record_overflow";
+	case 40: return "handshake_failure";
+	case 42: return "bad_certificate: it rejects lb's certificate";
+	case 43: return "unsupported_certificate";
+	case 44: return "certificate_revoked";
+	case 45: return "certificate_expired: it finds lb's certificate expired";
+	case 46: return "certificate_unknown: it rejects lb's certificate";
+	case 47: return "illegal_parameter";
+	case 48: return "unknown_ca: it does not trust lb's certificate";
+	case 49: return "access_denied";
+	case 50: return "decode_error";
+	case 51: return "decrypt_error";
+	case 70: return "protocol_version";
+	case 71: return "insufficient_security";
+	case 80: return "internal_error";
+	case 86: return "inappropriate_fallback";
+	case 90: return "user_canceled";
+	case 109: return "missing_extension";
+	case 110: return "unsupported_extension";
+	case 112: return "unrecognized_name: it does not like the SNI answer";
+	case 116: return "certificate_required";
+	case 120: return "no_application_protocol";
 	}
-	if (err >= BR_ERR_SEND_FATAL_ALERT)
-		err -= BR_ERR_SEND_FATAL_ALERT;
-	if (err >= BR_ERR_X509_OK || err == BR_ERR_NO_CLIENT_AUTH) {
-		*kind = TLS_F_CERT;
-		snprintf(b, sizeof b, err == BR_ERR_NO_CLIENT_AUTH ? "no client certificate"
-		                      : err == BR_ERR_X509_NOT_TRUSTED ? "client certificate not signed by client_ca"
-		                      : err == BR_ERR_X509_EXPIRED ? "client certificate expired or not yet valid"
-		                      : "client certificate rejected (BearSSL X.509 error %d)", err);
-		return b;
+	return "unknown alert";
+}
+
+/* BearSSL reports an alert it sent as BR_ERR_SEND_FATAL_ALERT + the alert (70: the client's
+ * version is too old, 40: nothing in common, 86: a downgrade), one it received as
+ * BR_ERR_RECV_FATAL_ALERT + the alert, a client certificate that does not validate as its
+ * BR_ERR_X509_* code (32..63), other errors as BR_ERR_* (< 32). */
+static int tls_fail_alert(int err, int no_common_curve, char *text, size_t cap)
+{
+	int a = err & 255;
+	if (err >= BR_ERR_SEND_FATAL_ALERT) {
+		if (a == 70 || a == 86) {
+			snprintf(text, cap, "the client does not offer TLS 1.2 (lb sent alert %d %s)", a, tls_alert_name(a));
+			return LB_TLS_F_PROTOCOL_VERSION;
+		}
+		if (a == 40) {
+			snprintf(text, cap, "%s (lb sent alert 40 handshake_failure)", no_common_curve
+			         ? "no elliptic curve in common (lb offers X25519, P-256, P-384, P-521)"
+			         : "no cipher suite in common (lb offers TLS 1.2 ECDHE with AES-GCM or ChaCha20-Poly1305 only;"
+			           " a TLS 1.3-only client ends here too)");
+			return LB_TLS_F_NO_SHARED_CIPHER;
+		}
+		snprintf(text, cap, "lb sent fatal alert %d (%s)", a, tls_alert_name(a));
+		return LB_TLS_F_PROTOCOL;
 	}
+	snprintf(text, cap, "the client sent fatal alert %d (%s)", a, tls_alert_name(a));
+	return a == 70 ? LB_TLS_F_PROTOCOL_VERSION : LB_TLS_F_ALERT;
+}
+
+static const char *tls_x509_text(int err)
+{
 	switch (err) {
-	case BR_ERR_UNSUPPORTED_VERSION: return "the client does not offer TLS 1.2";
-	case BR_ERR_BAD_CIPHER_SUITE: return "no common cipher suite (lb offers ECDHE with AES-GCM or ChaCha20 only)";
-	case BR_ERR_BAD_VERSION: case BR_ERR_BAD_LENGTH: case BR_ERR_UNKNOWN_TYPE:
-		return "not a TLS client (bad record header)";
-	case BR_ERR_BAD_MAC: return "bad record MAC";
-	case BR_ERR_TOO_LARGE: return "record too large";
-	case BR_ERR_BAD_HANDSHAKE: case BR_ERR_UNEXPECTED: return "malformed or unexpected handshake message";
-	case BR_ERR_BAD_SNI: return "malformed server name (SNI)";
-	case BR_ERR_BAD_SIGNATURE: return "bad signature from the client";
-	case BR_ERR_BAD_FINISHED: return "bad Finished message";
-	case BR_ERR_LIMIT_EXCEEDED: return "handshake message above BearSSL's limits";
+	case BR_ERR_NO_CLIENT_AUTH: return "no client certificate";
+	case BR_ERR_X509_NOT_TRUSTED: return "client certificate not signed by client_ca";
+	case BR_ERR_X509_EXPIRED: return "client certificate expired or not yet valid";
+	case BR_ERR_X509_EMPTY_CHAIN: return "no client certificate (an empty chain)";
+	case BR_ERR_X509_FORBIDDEN_KEY_USAGE: return "client certificate not for client authentication";
+	case BR_ERR_BAD_SIGNATURE: return "bad CertificateVerify signature: the client does not hold its certificate's key";
+	case BR_ERR_WRONG_KEY_USAGE: return "client certificate key not for signing";
 	}
-	snprintf(b, sizeof b, "BearSSL error %d", err);
-	return b;
+	return NULL;
+}
+
+int lb_tls_fail_classify(int err, int client_ca, int no_common_curve, char *text, size_t cap)
+{
+	if (err >= BR_ERR_RECV_FATAL_ALERT && err < BR_ERR_SEND_FATAL_ALERT + 256)
+		return tls_fail_alert(err, no_common_curve, text, cap);
+	int x509 = err >= BR_ERR_X509_OK && err < BR_ERR_RECV_FATAL_ALERT;
+	if (client_ca && (x509 || tls_x509_text(err))) {
+		const char *t = tls_x509_text(err);
+		if (t)
+			snprintf(text, cap, "%s", t);
+		else
+			snprintf(text, cap, "client certificate rejected (BearSSL X.509 error %d)", err);
+		return LB_TLS_F_CLIENT_CERT;
+	}
+	const char *t = NULL;
+	int kind = LB_TLS_F_PROTOCOL;
+	switch (err) {
+	case BR_ERR_UNSUPPORTED_VERSION: /* a record header whose version is not 3.x */
+		t = "not a TLS client (record header not TLS: plain HTTP, SSLv2 or garbage)", kind = LB_TLS_F_BAD_RECORD;
+		break;
+	case BR_ERR_BAD_VERSION: case BR_ERR_BAD_LENGTH: case BR_ERR_UNKNOWN_TYPE:
+		t = "bad record header (version, length or type)", kind = LB_TLS_F_BAD_RECORD;
+		break;
+	case BR_ERR_BAD_MAC: t = "bad record MAC", kind = LB_TLS_F_BAD_RECORD; break;
+	case BR_ERR_TOO_LARGE: t = "record too large", kind = LB_TLS_F_BAD_RECORD; break;
+	case BR_ERR_BAD_HANDSHAKE: case BR_ERR_UNEXPECTED: t = "malformed or unexpected handshake message"; break;
+	case BR_ERR_BAD_SNI: t = "malformed server name (SNI)"; break;
+	case BR_ERR_BAD_SIGNATURE: t = "bad signature from the client"; break;
+	case BR_ERR_BAD_FINISHED: t = "bad Finished message"; break;
+	case BR_ERR_LIMIT_EXCEEDED: t = "handshake message above BearSSL's limits"; break;
+	case BR_ERR_NO_RANDOM: t = "the TLS engine had no entropy (lb's fault, not the client's)"; break;
+	}
+	if (t)
+		snprintf(text, cap, "%s", t);
+	else if (x509)
+		snprintf(text, cap, "BearSSL X.509 error %d on a listener without client_ca", err);
+	else
+		snprintf(text, cap, "BearSSL error %d", err);
+	return kind;
 }
 
 /* -------------------------------------------------------------------- towards servers (server ... tls) */
@@ -6735,14 +6820,14 @@ static int client_read(struct conn *c)
 		return 0;
 	}
 	if (c->tls && n < 0 && errno == EPROTO) {
-		int kind;
-		const char *why = tls_error_text(c->tls->io.err, &kind);
+		char why[200];
+		int kind = lb_tls_fail_classify(c->tls->io.err, c->tls->t->ntas > 0, c->tls->sc.curves == 0, why, sizeof why);
 		tls_failed(c, kind, why);
 		return 0;
 	}
 	if (c->tls && !c->tls->hs_done) {
 		if (n < 0 || c->tls->io.got_bytes)
-			tls_failed(c, TLS_F_CLOSED, n < 0 ? "connection reset during the handshake"
+			tls_failed(c, LB_TLS_F_CLOSED, n < 0 ? "connection reset during the handshake"
 			                                  : "the client closed the connection during the handshake");
 		else
 			conn_close(c);
@@ -7144,7 +7229,7 @@ static void conn_timeout(struct conn *c)
 	}
 	case T_HEAD:
 		if (c->tls && !c->tls->hs_done && c->tls->io.got_bytes) {
-			tls_failed(c, TLS_F_TIMEOUT, "not complete within header_timeout");
+			tls_failed(c, LB_TLS_F_TIMEOUT, "not complete within header_timeout");
 			return;
 		}
 		if (buf_len(&c->in) == 0) {
