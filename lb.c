@@ -39,6 +39,7 @@
 #include <stdbool.h>
 #include <sched.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <sys/stat.h>
@@ -3812,7 +3813,8 @@ static void ev_forget(struct evh *h)
  * workers at fork), the per-connection server engine (struct tls_conn: pooled, only for TLS
  * connections), the certificate choice by SNI, the session cache the workers share, the
  * TLS counters and why a handshake failed (lb_tls_fail_classify: BearSSL's error code -> the
- * reason label and a log line, pure). It does socket I/O on the fd it is given and nothing else.
+ * reason label and a log line, pure), and the kernel's entropy every engine gets
+ * (lb_os_entropy). It does socket I/O on the fd it is given, and reads that entropy.
  *
  * The protocol choice is fixed here on purpose: TLS 1.2 only (BearSSL has no 1.3; 1.0 and 1.1
  * are obsolete), ECDHE key exchange only (forward secrecy) and AEAD ciphers only (AES-GCM,
@@ -4309,6 +4311,7 @@ struct tls_shared {
 static struct tls_shared *g_tls;
 
 static void *shm_map(size_t n, const char *what); /* section 10 */
+static void lb_err(const char *fmt, ...); /* section 7 */
 static void spin_lock(_Atomic uint32_t *l);
 static void spin_unlock(_Atomic uint32_t *l);
 
@@ -4500,10 +4503,75 @@ static void tls_client_auth(struct tls_conn *tc)
 	br_ssl_server_set_trust_anchor_names_alt(&tc->sc, t->tas, t->ntas);
 }
 
+/* -------------------------------------------------------------------- entropy for each engine
+ * BearSSL 0.6 seeds an engine's HMAC-DRBG once, at reset, from one system source: RDRAND alone
+ * on x86. Every engine lb makes also gets LB_TLS_ENTROPY bytes from the kernel before its reset,
+ * so its keys and randoms never rest on one CPU instruction; an engine that cannot get them is
+ * not used (the connection or check fails, said in the error log). */
+
+#define LB_TLS_ENTROPY 32
+
+int lb_urandom_entropy(void *out, size_t n)
+{
+	unsigned char *p = out;
+	size_t got = 0;
+	int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+	while (fd >= 0 && got < n) {
+		ssize_t r = read(fd, p + got, n - got);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		got += (size_t)r;
+	}
+	int e = errno;
+	if (fd >= 0)
+		close(fd);
+	errno = e;
+	return got == n ? 0 : -1;
+}
+
+int lb_os_entropy(void *out, size_t n)
+{
+	unsigned char *p = out;
+	size_t got = 0;
+	while (got < n) {
+		ssize_t r = getrandom(p + got, n - got, 0); /* blocks only until the kernel's pool is ready */
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break; /* ENOSYS (an old kernel), EPERM (a seccomp filter) */
+		got += (size_t)r;
+	}
+	return got == n ? 0 : lb_urandom_entropy(out, n);
+}
+
+/* 0, or -1 (said at most once a second with a count) when the kernel gave no entropy */
+static int tls_seed_engine(br_ssl_engine_context *eng)
+{
+	static uint64_t last_log, quiet;
+	unsigned char e[LB_TLS_ENTROPY];
+	if (lb_os_entropy(e, sizeof e) == 0) {
+		br_ssl_engine_inject_entropy(eng, e, sizeof e);
+		memset(e, 0, sizeof e);
+		return 0;
+	}
+	uint64_t now = mono_ms();
+	if (now - last_log >= 1000) {
+		lb_err("TLS: no entropy for a new engine (getrandom and /dev/urandom: %s): its connection is refused"
+		       " (%llu more in the last second)", strerror(errno), (unsigned long long)quiet);
+		last_log = now;
+		quiet = 0;
+	} else {
+		quiet++;
+	}
+	return -1;
+}
+
 /* The engine settings of every TLS listener (bench/tlsceil.c measures BearSSL with these too):
  * TLS 1.2, tls_suites in our order, the hashes and PRFs they need, the default curves and AEADs,
- * and ALPN http/1.1 when alpn */
-static void tls_server_engine(br_ssl_server_context *sc, unsigned char *buf, size_t len, int alpn)
+ * ALPN http/1.1 when alpn, and the kernel's entropy. 0, or -1: no entropy, not to be used. */
+int lb_tls_server_engine(br_ssl_server_context *sc, unsigned char *buf, size_t len, int alpn)
 {
 	br_ssl_engine_context *eng = &sc->eng;
 	br_ssl_server_zero(sc);
@@ -4521,6 +4589,7 @@ static void tls_server_engine(br_ssl_server_context *sc, unsigned char *buf, siz
 	br_ssl_engine_set_buffer(eng, buf, len, 1);
 	if (alpn)
 		br_ssl_engine_set_protocol_names(eng, tls_alpn, 1);
+	return tls_seed_engine(eng); /* after the hashes: BearSSL's DRBG uses SHA-256 */
 }
 
 static struct tls_conn *tls_conn_new(const struct lb_listener *L)
@@ -4530,7 +4599,10 @@ static struct tls_conn *tls_conn_new(const struct lb_listener *L)
 		return NULL;
 	br_ssl_server_context *sc = &tc->sc;
 	br_ssl_engine_context *eng = &sc->eng;
-	tls_server_engine(sc, tc->iobuf, sizeof tc->iobuf, L->mode == LB_MODE_HTTP);
+	if (lb_tls_server_engine(sc, tc->iobuf, sizeof tc->iobuf, L->mode == LB_MODE_HTTP) != 0) {
+		tls_give(&g_free_tls, tc);
+		return NULL;
+	}
 	tc->t = L->tlsm;
 	tc->cert = 0;
 	tc->hs_done = tc->resumed = 0;
@@ -4881,22 +4953,30 @@ static int host_is_name(const char *h)
 	return alpha;
 }
 
-/* A client engine for a connection to s: TLS 1.2, the same suites as towards clients, the
- * pool's CAs, and SNI + name check with tls_sni or the server's host name (an address: the
- * chain is verified, no name). */
+/* The engine settings towards servers: TLS 1.2, the same suites as towards clients, the CAs
+ * tas, ALPN http/1.1, and the kernel's entropy. 0, or -1: no entropy, not to be used. */
+int lb_tls_client_engine(br_ssl_client_context *cc, br_x509_minimal_context *xc, const br_x509_trust_anchor *tas,
+                         size_t ntas, unsigned char *buf, size_t len)
+{
+	br_ssl_client_init_full(cc, xc, tas, ntas);
+	br_ssl_engine_set_versions(&cc->eng, BR_TLS12, BR_TLS12);
+	br_ssl_engine_set_suites(&cc->eng, tls_suites, sizeof tls_suites / sizeof *tls_suites);
+	br_ssl_engine_set_buffer(&cc->eng, buf, len, 1);
+	br_ssl_engine_set_protocol_names(&cc->eng, tls_alpn, 1);
+	return tls_seed_engine(&cc->eng);
+}
+
+/* A client engine for a connection to s: the pool's CAs, and SNI + name check with tls_sni or
+ * the server's host name (an address: the chain is verified, no name). */
 static struct tls_up *tls_up_new(const struct lb_pool *p, const struct lb_server *s)
 {
 	struct tls_up *u = tls_take(&g_free_up, sizeof *u);
 	if (!u)
 		return NULL;
-	br_ssl_client_init_full(&u->cc, &u->xc, p->tlsm->tas, p->tlsm->ntas);
-	br_ssl_engine_set_versions(&u->cc.eng, BR_TLS12, BR_TLS12);
-	br_ssl_engine_set_suites(&u->cc.eng, tls_suites, sizeof tls_suites / sizeof *tls_suites);
-	br_ssl_engine_set_buffer(&u->cc.eng, u->iobuf, sizeof u->iobuf, 1);
-	br_ssl_engine_set_protocol_names(&u->cc.eng, tls_alpn, 1);
 	const char *sni = p->tls_sni ? p->tls_sni : host_is_name(s->host) ? s->host : NULL;
 	u->io = (struct tls_io){ .eng = &u->cc.eng };
-	if (!br_ssl_client_reset(&u->cc, sni, 0)) {
+	if (lb_tls_client_engine(&u->cc, &u->xc, p->tlsm->tas, p->tlsm->ntas, u->iobuf, sizeof u->iobuf) != 0 ||
+	    !br_ssl_client_reset(&u->cc, sni, 0)) {
 		tls_give(&g_free_up, u);
 		return NULL;
 	}
@@ -5456,7 +5536,7 @@ static void conn_abort(struct conn *c, const char *why)
 static int tls_begin(struct conn *c)
 {
 	if (!(c->tls = tls_conn_new(c->L))) {
-		lb_err("client %s listener %s: out of memory for a TLS engine", ip_text(&c->ip), c->L->name);
+		lb_err("client %s listener %s: no TLS engine (out of memory, or no entropy)", ip_text(&c->ip), c->L->name);
 		conn_close(c);
 		return -1;
 	}
@@ -7598,7 +7678,7 @@ static void hc_start(struct hc *k)
 		return;
 	}
 	if (k->s->tls && k->p->hc_kind == LB_HC_HTTP && !(k->tls = tls_up_new(k->p, k->s))) {
-		hc_done(k, 0, "out of memory for a TLS engine");
+		hc_done(k, 0, "no TLS engine (out of memory, or no entropy)");
 		return;
 	}
 	k->h.want = EV_W;

@@ -11,6 +11,8 @@
 #include <sys/socket.h>
 #include <netinet/in.h>
 
+#include <bearssl.h> /* the engine constructors below */
+
 #define LB_VERSION "0.1.0"
 
 /* Error codes: functions return 0 or a positive count on success, one of these on failure. */
@@ -261,6 +263,18 @@ enum lb_tls_fail {
 };
 int lb_tls_fail_classify(int err, int client_ca, int no_common_curve, char *text, size_t cap);
 const char *lb_tls_fail_name(int reason);
+
+/* TLS engines. Every BearSSL engine lb makes, towards clients and towards servers, gets 32
+ * bytes from the kernel on top of BearSSL's own seeding (RDRAND alone on x86), before its reset.
+ * lb_os_entropy fills out with getrandom() (EINTR retried), else /dev/urandom
+ * (lb_urandom_entropy) where getrandom is missing or refused; 0, or -1 when neither gave the
+ * bytes. The constructors set lb's engine settings and that entropy; 0, or -1 when there was
+ * no entropy: the engine must not be used. */
+int lb_os_entropy(void *out, size_t n);
+int lb_urandom_entropy(void *out, size_t n);
+int lb_tls_server_engine(br_ssl_server_context *sc, unsigned char *buf, size_t len, int alpn);
+int lb_tls_client_engine(br_ssl_client_context *cc, br_x509_minimal_context *xc, const br_x509_trust_anchor *tas,
+                         size_t ntas, unsigned char *buf, size_t len);
 
 /* The file name an ACME HTTP-01 request path asks for: path must be
  * "/.well-known/acme-challenge/TOKEN" with TOKEN of base64url characters only (RFC 8555

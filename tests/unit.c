@@ -20,7 +20,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <bearssl.h> /* BearSSL's error codes, for lb_tls_fail_classify */
+#include <bearssl.h> /* BearSSL's error codes and engine state */
 
 /* ------------------------------------------------------------------ tiny harness */
 
@@ -2937,6 +2937,59 @@ static void test_tls_fail_classify(void)
 	end("tls/fail_labels");
 }
 
+/* The kernel's entropy reaches every engine before its reset: the engine's HMAC-DRBG is then
+ * already marked seeded (rng_init_done 2, which only injected entropy sets before a reset) and
+ * its state is neither the empty-seed state nor another engine's. */
+static int drbg_is_empty_seed(const br_hmac_drbg_context *rng)
+{
+	br_hmac_drbg_context empty;
+	br_hmac_drbg_init(&empty, &br_sha256_vtable, NULL, 0);
+	return !memcmp(rng->K, empty.K, sizeof empty.K) && !memcmp(rng->V, empty.V, sizeof empty.V);
+}
+
+static void test_tls_entropy(void)
+{
+	unsigned char a[32], b[32], zero[32] = { 0 };
+	begin();
+	memset(a, 0, sizeof a);
+	memset(b, 0, sizeof b);
+	CHECK(lb_os_entropy(a, sizeof a) == 0 && lb_os_entropy(b, sizeof b) == 0, "lb_os_entropy failed");
+	CHECK(memcmp(a, zero, sizeof a) && memcmp(b, zero, sizeof b) && memcmp(a, b, sizeof a), "getrandom bytes");
+	memset(a, 0, sizeof a);
+	CHECK(lb_urandom_entropy(a, sizeof a) == 0 && memcmp(a, zero, sizeof a), "/dev/urandom bytes");
+	unsigned char big[1000];
+	memset(big, 0, sizeof big);
+	CHECK(lb_os_entropy(big, sizeof big) == 0 && memcmp(big + sizeof big - 32, zero, 32), "1000 bytes");
+	end("tls/os_entropy");
+
+	static br_ssl_server_context sc[2];
+	static unsigned char buf[2][BR_SSL_BUFSIZE_BIDI];
+	begin();
+	for (int i = 0; i < 2; i++) {
+		CHECK(lb_tls_server_engine(&sc[i], buf[i], sizeof buf[i], i) == 0, "server engine %d", i);
+		CHECK(sc[i].eng.rng_init_done == 2, "server engine %d: DRBG not seeded before its reset (%d)", i,
+		      sc[i].eng.rng_init_done);
+		CHECK(!drbg_is_empty_seed(&sc[i].eng.rng), "server engine %d: DRBG state is the empty seed's", i);
+	}
+	CHECK(memcmp(sc[0].eng.rng.V, sc[1].eng.rng.V, sizeof sc[0].eng.rng.V), "two server engines, one DRBG state");
+	br_ssl_server_init_full_ec(&sc[0], NULL, 0, BR_KEYTYPE_EC, NULL); /* the same engine, BearSSL's setup only */
+	CHECK(sc[0].eng.rng_init_done == 0, "without lb the DRBG is not seeded before reset (%d)", sc[0].eng.rng_init_done);
+	end("tls/server_engine_entropy");
+
+	static br_ssl_client_context cc[2];
+	static br_x509_minimal_context xc[2];
+	begin();
+	for (int i = 0; i < 2; i++) {
+		CHECK(lb_tls_client_engine(&cc[i], &xc[i], NULL, 0, buf[i], sizeof buf[i]) == 0, "client engine %d", i);
+		CHECK(cc[i].eng.rng_init_done == 2, "client engine %d: DRBG not seeded before its reset (%d)", i,
+		      cc[i].eng.rng_init_done);
+		CHECK(!drbg_is_empty_seed(&cc[i].eng.rng), "client engine %d: DRBG state is the empty seed's", i);
+	}
+	CHECK(memcmp(cc[0].eng.rng.V, cc[1].eng.rng.V, sizeof cc[0].eng.rng.V), "two client engines, one DRBG state");
+	CHECK(br_ssl_client_reset(&cc[0], "a.test", 0), "client reset: %d", br_ssl_engine_last_error(&cc[0].eng));
+	end("tls/client_engine_entropy");
+}
+
 int main(void)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -2982,6 +3035,7 @@ int main(void)
 	test_rate_limit_parse();
 	test_x509();
 	test_tls_fail_classify();
+	test_tls_entropy();
 
 	printf("unit: %d passed, %d failed\n", n_pass, n_fail);
 	return n_fail ? 1 : 0;
