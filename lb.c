@@ -9575,6 +9575,13 @@ static void access_log_write(struct conn *c)
 	size_t start = g_loglen;
 	g_log_over = 0;
 	access_log_line(c);
+	if (g_log_over && start) { /* no room behind the lines waiting: write them, then again */
+		g_loglen = start;
+		log_flush();
+		start = g_loglen;
+		g_log_over = 0;
+		access_log_line(c);
+	}
 	if (g_log_over) {
 		g_loglen = start;
 		char why[96] = "the line is longer than the 64 KB buffer";
