@@ -4558,8 +4558,11 @@ static int tls_seed_engine(br_ssl_engine_context *eng)
 	}
 	uint64_t now = mono_ms();
 	if (now - last_log >= 1000) {
-		lb_err("TLS: no entropy for a new engine (getrandom and /dev/urandom: %s): its connection is refused"
-		       " (%llu more in the last second)", strerror(errno), (unsigned long long)quiet);
+		char more[64] = "";
+		if (quiet)
+			snprintf(more, sizeof more, " (and %llu more since the last line)", (unsigned long long)quiet);
+		lb_err("TLS: no entropy for a new engine (getrandom and /dev/urandom: %s): its connection is refused%s",
+		       strerror(errno), more);
 		last_log = now;
 		quiet = 0;
 	} else {
@@ -4592,6 +4595,7 @@ int lb_tls_server_engine(br_ssl_server_context *sc, unsigned char *buf, size_t l
 	return tls_seed_engine(eng); /* after the hashes: BearSSL's DRBG uses SHA-256 */
 }
 
+/* NULL with errno ENOMEM when out of memory (malloc's), EIO when there was no entropy */
 static struct tls_conn *tls_conn_new(const struct lb_listener *L)
 {
 	struct tls_conn *tc = tls_take(&g_free_tls, sizeof *tc);
@@ -4601,6 +4605,7 @@ static struct tls_conn *tls_conn_new(const struct lb_listener *L)
 	br_ssl_engine_context *eng = &sc->eng;
 	if (lb_tls_server_engine(sc, tc->iobuf, sizeof tc->iobuf, L->mode == LB_MODE_HTTP) != 0) {
 		tls_give(&g_free_tls, tc);
+		errno = EIO;
 		return NULL;
 	}
 	tc->t = L->tlsm;
@@ -4829,13 +4834,13 @@ static const char *tls_alert_name(int a)
 	case 20: return "bad_record_mac";
 	case 22: return "record_overflow";
 	case 40: return "handshake_failure";
-	case 42: return "bad_certificate: it rejects lb's certificate";
+	case 42: return "bad_certificate";
 	case 43: return "unsupported_certificate";
 	case 44: return "certificate_revoked";
-	case 45: return "certificate_expired: it finds lb's certificate expired";
-	case 46: return "certificate_unknown: it rejects lb's certificate";
+	case 45: return "certificate_expired";
+	case 46: return "certificate_unknown";
 	case 47: return "illegal_parameter";
-	case 48: return "unknown_ca: it does not trust lb's certificate";
+	case 48: return "unknown_ca";
 	case 49: return "access_denied";
 	case 50: return "decode_error";
 	case 51: return "decrypt_error";
@@ -4846,7 +4851,7 @@ static const char *tls_alert_name(int a)
 	case 90: return "user_canceled";
 	case 109: return "missing_extension";
 	case 110: return "unsupported_extension";
-	case 112: return "unrecognized_name: it does not like the SNI answer";
+	case 112: return "unrecognized_name";
 	case 116: return "certificate_required";
 	case 120: return "no_application_protocol";
 	}
@@ -4875,7 +4880,10 @@ static int tls_fail_alert(int err, int no_common_curve, char *text, size_t cap)
 		snprintf(text, cap, "lb sent fatal alert %d (%s)", a, tls_alert_name(a));
 		return LB_TLS_F_PROTOCOL;
 	}
-	snprintf(text, cap, "the client sent fatal alert %d (%s)", a, tls_alert_name(a));
+	snprintf(text, cap, "the client sent fatal alert %d (%s%s)", a, tls_alert_name(a),
+	         a == 48 ? ": it does not trust lb's certificate or its CA"
+	         : a == 42 || a == 46 ? ": it rejects lb's certificate"
+	         : a == 45 ? ": it finds lb's certificate expired" : "");
 	return a == 70 ? LB_TLS_F_PROTOCOL_VERSION : LB_TLS_F_ALERT;
 }
 
@@ -5536,7 +5544,8 @@ static void conn_abort(struct conn *c, const char *why)
 static int tls_begin(struct conn *c)
 {
 	if (!(c->tls = tls_conn_new(c->L))) {
-		lb_err("client %s listener %s: no TLS engine (out of memory, or no entropy)", ip_text(&c->ip), c->L->name);
+		if (errno == ENOMEM) /* else no entropy: tls_seed_engine said it, at most once a second */
+			lb_err("client %s listener %s: out of memory for a TLS engine", ip_text(&c->ip), c->L->name);
 		conn_close(c);
 		return -1;
 	}

@@ -2897,7 +2897,7 @@ static void test_tls_fail_classify(void)
 		{ BR_ERR_BAD_SIGNATURE, 0, 0, LB_TLS_F_PROTOCOL, "bad signature" },
 		{ BR_ERR_NO_RANDOM, 0, 0, LB_TLS_F_PROTOCOL, "entropy" },
 		{ 11, 0, 0, LB_TLS_F_PROTOCOL, "BearSSL error 11" },
-		{ BR_ERR_RECV_FATAL_ALERT + 48, 0, 0, LB_TLS_F_ALERT, "fatal alert 48 (unknown_ca" },
+		{ BR_ERR_RECV_FATAL_ALERT + 48, 0, 0, LB_TLS_F_ALERT, "fatal alert 48 (unknown_ca: it does not trust" },
 		{ BR_ERR_RECV_FATAL_ALERT + 42, 1, 0, LB_TLS_F_ALERT, "fatal alert 42 (bad_certificate" },
 		{ BR_ERR_RECV_FATAL_ALERT + 201, 0, 0, LB_TLS_F_ALERT, "fatal alert 201 (unknown alert)" },
 		{ BR_ERR_X509_NOT_TRUSTED, 1, 0, LB_TLS_F_CLIENT_CERT, "not signed by client_ca" },
