@@ -39,6 +39,7 @@
 #include <stdbool.h>
 #include <sched.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <sys/stat.h>
@@ -3931,8 +3932,10 @@ static void ev_forget(struct evh *h)
  * BearSSL driven without blocking from the event loop. Owns the certificates and CAs a
  * listener loads (struct lb_tls: read by lb_conf_resolve in the master, inherited by the
  * workers at fork), the per-connection server engine (struct tls_conn: pooled, only for TLS
- * connections), the certificate choice by SNI, the session cache the workers share, and the
- * TLS counters. It does socket I/O on the fd it is given and nothing else.
+ * connections), the certificate choice by SNI, the session cache the workers share, the
+ * TLS counters and why a handshake failed (lb_tls_fail_classify: BearSSL's error code -> the
+ * reason label and a log line, pure), and the kernel's entropy every engine gets
+ * (lb_os_entropy). It does socket I/O on the fd it is given, and reads that entropy.
  *
  * The protocol choice is fixed here on purpose: TLS 1.2 only (BearSSL has no 1.3; 1.0 and 1.1
  * are obsolete), ECDHE key exchange only (forward secrecy) and AEAD ciphers only (AES-GCM,
@@ -4407,8 +4410,17 @@ static size_t tls_pick_cert(const struct lb_tls *t, const char *sni)
 
 /* -------------------------------------------------------------------- shared session cache, counters */
 
-enum { TLS_F_PROTOCOL, TLS_F_ALERT, TLS_F_CERT, TLS_F_TIMEOUT, TLS_F_CLOSED, TLS_F_N };
-static const char *const tls_fail_kind[TLS_F_N] = { "protocol", "alert", "client_cert", "timeout", "closed" };
+#define TLS_F_N LB_TLS_F_N
+static const char *const tls_fail_kind[TLS_F_N] = {
+	[LB_TLS_F_PROTOCOL_VERSION] = "protocol_version", [LB_TLS_F_NO_SHARED_CIPHER] = "no_shared_cipher",
+	[LB_TLS_F_BAD_RECORD] = "bad_record", [LB_TLS_F_PROTOCOL] = "protocol", [LB_TLS_F_ALERT] = "alert",
+	[LB_TLS_F_CLIENT_CERT] = "client_cert", [LB_TLS_F_TIMEOUT] = "timeout", [LB_TLS_F_CLOSED] = "closed",
+};
+
+const char *lb_tls_fail_name(int reason)
+{
+	return reason >= 0 && reason < TLS_F_N ? tls_fail_kind[reason] : "?";
+}
 
 struct tls_shared {
 	_Atomic uint32_t lock;
@@ -4420,6 +4432,7 @@ struct tls_shared {
 static struct tls_shared *g_tls;
 
 static void *shm_map(size_t n, const char *what); /* section 10 */
+static void lb_err(const char *fmt, ...); /* section 7 */
 static void spin_lock(_Atomic uint32_t *l);
 static void spin_unlock(_Atomic uint32_t *l);
 
@@ -4611,10 +4624,78 @@ static void tls_client_auth(struct tls_conn *tc)
 	br_ssl_server_set_trust_anchor_names_alt(&tc->sc, t->tas, t->ntas);
 }
 
+/* -------------------------------------------------------------------- entropy for each engine
+ * BearSSL 0.6 seeds an engine's HMAC-DRBG once, at reset, from one system source: RDRAND alone
+ * on x86. Every engine lb makes also gets LB_TLS_ENTROPY bytes from the kernel before its reset,
+ * so its keys and randoms never rest on one CPU instruction; an engine that cannot get them is
+ * not used (the connection or check fails, said in the error log). */
+
+#define LB_TLS_ENTROPY 32
+
+int lb_urandom_entropy(void *out, size_t n)
+{
+	unsigned char *p = out;
+	size_t got = 0;
+	int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+	while (fd >= 0 && got < n) {
+		ssize_t r = read(fd, p + got, n - got);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		got += (size_t)r;
+	}
+	int e = errno;
+	if (fd >= 0)
+		close(fd);
+	errno = e;
+	return got == n ? 0 : -1;
+}
+
+int lb_os_entropy(void *out, size_t n)
+{
+	unsigned char *p = out;
+	size_t got = 0;
+	while (got < n) {
+		ssize_t r = getrandom(p + got, n - got, 0); /* blocks only until the kernel's pool is ready */
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break; /* ENOSYS (an old kernel), EPERM (a seccomp filter) */
+		got += (size_t)r;
+	}
+	return got == n ? 0 : lb_urandom_entropy(out, n);
+}
+
+/* 0, or -1 (said at most once a second with a count) when the kernel gave no entropy */
+static int tls_seed_engine(br_ssl_engine_context *eng)
+{
+	static uint64_t last_log, quiet;
+	unsigned char e[LB_TLS_ENTROPY];
+	if (lb_os_entropy(e, sizeof e) == 0) {
+		br_ssl_engine_inject_entropy(eng, e, sizeof e);
+		memset(e, 0, sizeof e);
+		return 0;
+	}
+	uint64_t now = mono_ms();
+	if (now - last_log >= 1000) {
+		char more[64] = "";
+		if (quiet)
+			snprintf(more, sizeof more, " (and %llu more since the last line)", (unsigned long long)quiet);
+		lb_err("TLS: no entropy for a new engine (getrandom and /dev/urandom: %s): its connection is refused%s",
+		       strerror(errno), more);
+		last_log = now;
+		quiet = 0;
+	} else {
+		quiet++;
+	}
+	return -1;
+}
+
 /* The engine settings of every TLS listener (bench/tlsceil.c measures BearSSL with these too):
  * TLS 1.2, tls_suites in our order, the hashes and PRFs they need, the default curves and AEADs,
- * and ALPN http/1.1 when alpn */
-static void tls_server_engine(br_ssl_server_context *sc, unsigned char *buf, size_t len, int alpn)
+ * ALPN http/1.1 when alpn, and the kernel's entropy. 0, or -1: no entropy, not to be used. */
+int lb_tls_server_engine(br_ssl_server_context *sc, unsigned char *buf, size_t len, int alpn)
 {
 	br_ssl_engine_context *eng = &sc->eng;
 	br_ssl_server_zero(sc);
@@ -4632,8 +4713,10 @@ static void tls_server_engine(br_ssl_server_context *sc, unsigned char *buf, siz
 	br_ssl_engine_set_buffer(eng, buf, len, 1);
 	if (alpn)
 		br_ssl_engine_set_protocol_names(eng, tls_alpn, 1);
+	return tls_seed_engine(eng); /* after the hashes: BearSSL's DRBG uses SHA-256 */
 }
 
+/* NULL with errno ENOMEM when out of memory (malloc's), EIO when there was no entropy */
 static struct tls_conn *tls_conn_new(const struct lb_listener *L)
 {
 	struct tls_conn *tc = tls_take(&g_free_tls, sizeof *tc);
@@ -4641,7 +4724,11 @@ static struct tls_conn *tls_conn_new(const struct lb_listener *L)
 		return NULL;
 	br_ssl_server_context *sc = &tc->sc;
 	br_ssl_engine_context *eng = &sc->eng;
-	tls_server_engine(sc, tc->iobuf, sizeof tc->iobuf, L->mode == LB_MODE_HTTP);
+	if (lb_tls_server_engine(sc, tc->iobuf, sizeof tc->iobuf, L->mode == LB_MODE_HTTP) != 0) {
+		tls_give(&g_free_tls, tc);
+		errno = EIO;
+		return NULL;
+	}
 	tc->t = L->tlsm;
 	tc->cert = 0;
 	tc->hs_done = tc->resumed = 0;
@@ -4858,43 +4945,121 @@ static ssize_t tls_send(struct tls_io *io, int fd, const struct iovec *iov, int 
 	return -1;
 }
 
-/* why a TLS connection failed, for the log, and its kind for the counters */
-static const char *tls_error_text(int err, int *kind)
+/* -------------------------------------------------------------------- why a handshake failed */
+
+static const char *tls_alert_name(int a)
 {
-	static char b[96];
-	*kind = TLS_F_PROTOCOL;
-	if (err >= BR_ERR_RECV_FATAL_ALERT && err < BR_ERR_SEND_FATAL_ALERT) {
-		*kind = TLS_F_ALERT;
-		snprintf(b, sizeof b, "the client sent fatal alert %d%s", err - BR_ERR_RECV_FATAL_ALERT,
-		         err - BR_ERR_RECV_FATAL_ALERT == 48 ? " (unknown CA: it does not trust the certificate)"
-		         : err - BR_ERR_RECV_FATAL_ALERT == 42 ? " (bad certificate)" : "");
-		return b;
+	switch (a) {
+	case 0: return "close_notify";
+	case 10: return "unexpected_message";
+	case 20: return "bad_record_mac";
+	case 22: return "record_overflow";
+	case 40: return "handshake_failure";
+	case 42: return "bad_certificate";
+	case 43: return "unsupported_certificate";
+	case 44: return "certificate_revoked";
+	case 45: return "certificate_expired";
+	case 46: return "certificate_unknown";
+	case 47: return "illegal_parameter";
+	case 48: return "unknown_ca";
+	case 49: return "access_denied";
+	case 50: return "decode_error";
+	case 51: return "decrypt_error";
+	case 70: return "protocol_version";
+	case 71: return "insufficient_security";
+	case 80: return "internal_error";
+	case 86: return "inappropriate_fallback";
+	case 90: return "user_canceled";
+	case 109: return "missing_extension";
+	case 110: return "unsupported_extension";
+	case 112: return "unrecognized_name";
+	case 116: return "certificate_required";
+	case 120: return "no_application_protocol";
 	}
-	if (err >= BR_ERR_SEND_FATAL_ALERT)
-		err -= BR_ERR_SEND_FATAL_ALERT;
-	if (err >= BR_ERR_X509_OK || err == BR_ERR_NO_CLIENT_AUTH) {
-		*kind = TLS_F_CERT;
-		snprintf(b, sizeof b, err == BR_ERR_NO_CLIENT_AUTH ? "no client certificate"
-		                      : err == BR_ERR_X509_NOT_TRUSTED ? "client certificate not signed by client_ca"
-		                      : err == BR_ERR_X509_EXPIRED ? "client certificate expired or not yet valid"
-		                      : "client certificate rejected (BearSSL X.509 error %d)", err);
-		return b;
+	return "unknown alert";
+}
+
+/* BearSSL reports an alert it sent as BR_ERR_SEND_FATAL_ALERT + the alert (70: the client's
+ * version is too old, 40: nothing in common, 86: a downgrade), one it received as
+ * BR_ERR_RECV_FATAL_ALERT + the alert, a client certificate that does not validate as its
+ * BR_ERR_X509_* code (32..63), other errors as BR_ERR_* (< 32). */
+static int tls_fail_alert(int err, int no_common_curve, char *text, size_t cap)
+{
+	int a = err & 255;
+	if (err >= BR_ERR_SEND_FATAL_ALERT) {
+		if (a == 70 || a == 86) {
+			snprintf(text, cap, "the client does not offer TLS 1.2 (lb sent alert %d %s)", a, tls_alert_name(a));
+			return LB_TLS_F_PROTOCOL_VERSION;
+		}
+		if (a == 40) {
+			snprintf(text, cap, "%s (lb sent alert 40 handshake_failure)", no_common_curve
+			         ? "no elliptic curve in common (lb offers X25519, P-256, P-384, P-521)"
+			         : "no cipher suite in common (lb offers TLS 1.2 ECDHE with AES-GCM or ChaCha20-Poly1305 only;"
+			           " a TLS 1.3-only client ends here too)");
+			return LB_TLS_F_NO_SHARED_CIPHER;
+		}
+		snprintf(text, cap, "lb sent fatal alert %d (%s)", a, tls_alert_name(a));
+		return LB_TLS_F_PROTOCOL;
 	}
+	snprintf(text, cap, "the client sent fatal alert %d (%s%s)", a, tls_alert_name(a),
+	         a == 48 ? ": it does not trust lb's certificate or its CA"
+	         : a == 42 || a == 46 ? ": it rejects lb's certificate"
+	         : a == 45 ? ": it finds lb's certificate expired" : "");
+	return a == 70 ? LB_TLS_F_PROTOCOL_VERSION : LB_TLS_F_ALERT;
+}
+
+static const char *tls_x509_text(int err)
+{
 	switch (err) {
-	case BR_ERR_UNSUPPORTED_VERSION: return "the client does not offer TLS 1.2";
-	case BR_ERR_BAD_CIPHER_SUITE: return "no common cipher suite (lb offers ECDHE with AES-GCM or ChaCha20 only)";
-	case BR_ERR_BAD_VERSION: case BR_ERR_BAD_LENGTH: case BR_ERR_UNKNOWN_TYPE:
-		return "not a TLS client (bad record header)";
-	case BR_ERR_BAD_MAC: return "bad record MAC";
-	case BR_ERR_TOO_LARGE: return "record too large";
-	case BR_ERR_BAD_HANDSHAKE: case BR_ERR_UNEXPECTED: return "malformed or unexpected handshake message";
-	case BR_ERR_BAD_SNI: return "malformed server name (SNI)";
-	case BR_ERR_BAD_SIGNATURE: return "bad signature from the client";
-	case BR_ERR_BAD_FINISHED: return "bad Finished message";
-	case BR_ERR_LIMIT_EXCEEDED: return "handshake message above BearSSL's limits";
+	case BR_ERR_NO_CLIENT_AUTH: return "no client certificate";
+	case BR_ERR_X509_NOT_TRUSTED: return "client certificate not signed by client_ca";
+	case BR_ERR_X509_EXPIRED: return "client certificate expired or not yet valid";
+	case BR_ERR_X509_EMPTY_CHAIN: return "no client certificate (an empty chain)";
+	case BR_ERR_X509_FORBIDDEN_KEY_USAGE: return "client certificate not for client authentication";
+	case BR_ERR_BAD_SIGNATURE: return "bad CertificateVerify signature: the client does not hold its certificate's key";
+	case BR_ERR_WRONG_KEY_USAGE: return "client certificate key not for signing";
 	}
-	snprintf(b, sizeof b, "BearSSL error %d", err);
-	return b;
+	return NULL;
+}
+
+int lb_tls_fail_classify(int err, int client_ca, int no_common_curve, char *text, size_t cap)
+{
+	if (err >= BR_ERR_RECV_FATAL_ALERT && err < BR_ERR_SEND_FATAL_ALERT + 256)
+		return tls_fail_alert(err, no_common_curve, text, cap);
+	int x509 = err >= BR_ERR_X509_OK && err < BR_ERR_RECV_FATAL_ALERT;
+	if (client_ca && (x509 || tls_x509_text(err))) {
+		const char *t = tls_x509_text(err);
+		if (t)
+			snprintf(text, cap, "%s", t);
+		else
+			snprintf(text, cap, "client certificate rejected (BearSSL X.509 error %d)", err);
+		return LB_TLS_F_CLIENT_CERT;
+	}
+	const char *t = NULL;
+	int kind = LB_TLS_F_PROTOCOL;
+	switch (err) {
+	case BR_ERR_UNSUPPORTED_VERSION: /* a record header whose version is not 3.x */
+		t = "not a TLS client (record header not TLS: plain HTTP, SSLv2 or garbage)", kind = LB_TLS_F_BAD_RECORD;
+		break;
+	case BR_ERR_BAD_VERSION: case BR_ERR_BAD_LENGTH: case BR_ERR_UNKNOWN_TYPE:
+		t = "bad record header (version, length or type)", kind = LB_TLS_F_BAD_RECORD;
+		break;
+	case BR_ERR_BAD_MAC: t = "bad record MAC", kind = LB_TLS_F_BAD_RECORD; break;
+	case BR_ERR_TOO_LARGE: t = "record too large", kind = LB_TLS_F_BAD_RECORD; break;
+	case BR_ERR_BAD_HANDSHAKE: case BR_ERR_UNEXPECTED: t = "malformed or unexpected handshake message"; break;
+	case BR_ERR_BAD_SNI: t = "malformed server name (SNI)"; break;
+	case BR_ERR_BAD_SIGNATURE: t = "bad signature from the client"; break;
+	case BR_ERR_BAD_FINISHED: t = "bad Finished message"; break;
+	case BR_ERR_LIMIT_EXCEEDED: t = "handshake message above BearSSL's limits"; break;
+	case BR_ERR_NO_RANDOM: t = "the TLS engine had no entropy (lb's fault, not the client's)"; break;
+	}
+	if (t)
+		snprintf(text, cap, "%s", t);
+	else if (x509)
+		snprintf(text, cap, "BearSSL X.509 error %d on a listener without client_ca", err);
+	else
+		snprintf(text, cap, "BearSSL error %d", err);
+	return kind;
 }
 
 /* -------------------------------------------------------------------- towards servers (server ... tls) */
@@ -4917,22 +5082,30 @@ static int host_is_name(const char *h)
 	return alpha;
 }
 
-/* A client engine for a connection to s: TLS 1.2, the same suites as towards clients, the
- * pool's CAs, and SNI + name check with tls_sni or the server's host name (an address: the
- * chain is verified, no name). */
+/* The engine settings towards servers: TLS 1.2, the same suites as towards clients, the CAs
+ * tas, ALPN http/1.1, and the kernel's entropy. 0, or -1: no entropy, not to be used. */
+int lb_tls_client_engine(br_ssl_client_context *cc, br_x509_minimal_context *xc, const br_x509_trust_anchor *tas,
+                         size_t ntas, unsigned char *buf, size_t len)
+{
+	br_ssl_client_init_full(cc, xc, tas, ntas);
+	br_ssl_engine_set_versions(&cc->eng, BR_TLS12, BR_TLS12);
+	br_ssl_engine_set_suites(&cc->eng, tls_suites, sizeof tls_suites / sizeof *tls_suites);
+	br_ssl_engine_set_buffer(&cc->eng, buf, len, 1);
+	br_ssl_engine_set_protocol_names(&cc->eng, tls_alpn, 1);
+	return tls_seed_engine(&cc->eng);
+}
+
+/* A client engine for a connection to s: the pool's CAs, and SNI + name check with tls_sni or
+ * the server's host name (an address: the chain is verified, no name). */
 static struct tls_up *tls_up_new(const struct lb_pool *p, const struct lb_server *s)
 {
 	struct tls_up *u = tls_take(&g_free_up, sizeof *u);
 	if (!u)
 		return NULL;
-	br_ssl_client_init_full(&u->cc, &u->xc, p->tlsm->tas, p->tlsm->ntas);
-	br_ssl_engine_set_versions(&u->cc.eng, BR_TLS12, BR_TLS12);
-	br_ssl_engine_set_suites(&u->cc.eng, tls_suites, sizeof tls_suites / sizeof *tls_suites);
-	br_ssl_engine_set_buffer(&u->cc.eng, u->iobuf, sizeof u->iobuf, 1);
-	br_ssl_engine_set_protocol_names(&u->cc.eng, tls_alpn, 1);
 	const char *sni = p->tls_sni ? p->tls_sni : host_is_name(s->host) ? s->host : NULL;
 	u->io = (struct tls_io){ .eng = &u->cc.eng };
-	if (!br_ssl_client_reset(&u->cc, sni, 0)) {
+	if (lb_tls_client_engine(&u->cc, &u->xc, p->tlsm->tas, p->tlsm->ntas, u->iobuf, sizeof u->iobuf) != 0 ||
+	    !br_ssl_client_reset(&u->cc, sni, 0)) {
 		tls_give(&g_free_up, u);
 		return NULL;
 	}
@@ -5582,7 +5755,8 @@ static void conn_abort(struct conn *c, const char *why)
 static int tls_begin(struct conn *c)
 {
 	if (!(c->tls = tls_conn_new(c->L))) {
-		lb_err("client %s listener %s: out of memory for a TLS engine", ip_text(&c->ip), c->L->name);
+		if (errno == ENOMEM) /* else no entropy: tls_seed_engine said it, at most once a second */
+			lb_err("client %s listener %s: out of memory for a TLS engine", ip_text(&c->ip), c->L->name);
 		conn_close(c);
 		return -1;
 	}
@@ -7000,14 +7174,14 @@ static int client_read(struct conn *c)
 		return 0;
 	}
 	if (c->tls && n < 0 && errno == EPROTO) {
-		int kind;
-		const char *why = tls_error_text(c->tls->io.err, &kind);
+		char why[200];
+		int kind = lb_tls_fail_classify(c->tls->io.err, c->tls->t->ntas > 0, c->tls->sc.curves == 0, why, sizeof why);
 		tls_failed(c, kind, why);
 		return 0;
 	}
 	if (c->tls && !c->tls->hs_done) {
 		if (n < 0 || c->tls->io.got_bytes)
-			tls_failed(c, TLS_F_CLOSED, n < 0 ? "connection reset during the handshake"
+			tls_failed(c, LB_TLS_F_CLOSED, n < 0 ? "connection reset during the handshake"
 			                                  : "the client closed the connection during the handshake");
 		else
 			conn_close(c);
@@ -7410,7 +7584,7 @@ static void conn_timeout(struct conn *c)
 	}
 	case T_HEAD:
 		if (c->tls && !c->tls->hs_done && c->tls->io.got_bytes) {
-			tls_failed(c, TLS_F_TIMEOUT, "not complete within header_timeout");
+			tls_failed(c, LB_TLS_F_TIMEOUT, "not complete within header_timeout");
 			return;
 		}
 		if (buf_len(&c->in) == 0) {
@@ -7806,7 +7980,7 @@ static void hc_start(struct hc *k)
 		return;
 	}
 	if (k->s->tls && k->p->hc_kind == LB_HC_HTTP && !(k->tls = tls_up_new(k->p, k->s))) {
-		hc_done(k, 0, "out of memory for a TLS engine");
+		hc_done(k, 0, "no TLS engine (out of memory, or no entropy)");
 		return;
 	}
 	k->h.want = EV_W;
@@ -8046,6 +8220,7 @@ static void idle_sweep(void)
 #define LB_SHM_ROUTES_MIN 256   /* route slots: the same rule */
 struct lb_shm_worker {
 	_Atomic uint64_t conns, requests;
+	_Atomic uint64_t log_dropped; /* access log lines lost (section 13) */
 	int32_t pid, id, gen;
 };
 struct lb_shm {
@@ -8053,6 +8228,7 @@ struct lb_shm {
 	uint32_t cap_servers, cap_routes; /* slots made at start */
 	_Atomic uint32_t admin_version; /* bumped by every weight or split change: workers re-read */
 	_Atomic uint64_t reloads, restarts;
+	_Atomic uint64_t log_dropped_retired; /* log_dropped of exited workers (and the master's) */
 	uint64_t started_wall_ms;
 	struct lb_shm_server *s;        /* cap_servers slots after this header, in the same mapping */
 	struct lb_shm_route *r;         /* cap_routes slots after those */
@@ -8445,6 +8621,7 @@ static void shm_release_slot(int slot)
 		sv->retired_errors += atomic_exchange(&sv->w[slot].errors, 0);
 		sv->retired_bytes += atomic_exchange(&sv->w[slot].bytes_out, 0);
 	}
+	atomic_fetch_add(&g_shm->log_dropped_retired, atomic_exchange(&g_shm->w[slot].log_dropped, 0));
 	g_shm->w[slot].pid = 0;
 }
 
@@ -8955,9 +9132,11 @@ static void metrics_routes(struct abuf *b)
 
 static void admin_metrics(struct abuf *b)
 {
-	uint64_t reqs = 0;
-	for (int w = 0; w < LB_MAX_WORKERS; w++)
+	uint64_t reqs = 0, log_dropped = atomic_load(&g_shm->log_dropped_retired);
+	for (int w = 0; w < LB_MAX_WORKERS; w++) {
 		reqs += atomic_load(&g_shm->w[w].requests);
+		log_dropped += atomic_load(&g_shm->w[w].log_dropped);
+	}
 	METRIC(b, "lb_build_info", "gauge", "lb's version.");
 	ab_printf(b, "lb_build_info{version=\"%s\"} 1\n", LB_VERSION);
 	METRIC(b, "lb_start_time_seconds", "gauge", "When the master started (Unix time).");
@@ -8972,6 +9151,9 @@ static void admin_metrics(struct abuf *b)
 	ab_printf(b, "lb_worker_restarts_total %llu\n", (unsigned long long)atomic_load(&g_shm->restarts));
 	METRIC(b, "lb_live_worker_requests_total", "counter", "Exchanges finished by the workers alive now.");
 	ab_printf(b, "lb_live_worker_requests_total %llu\n", (unsigned long long)reqs);
+	METRIC(b, "lb_log_lines_dropped_total", "counter",
+	       "Access log lines lost whole: the log could not take them (disk full, I/O error) or one was longer than the 64 KB buffer.");
+	ab_printf(b, "lb_log_lines_dropped_total %llu\n", (unsigned long long)log_dropped);
 	metrics_servers(b);
 	metrics_routes(b);
 	metrics_tls(b);
@@ -9719,10 +9901,94 @@ static void admin_events(const struct pollfd *fds, size_t n)
 
 /* ==================================================================== 13. access log
  * One line per exchange (or TCP session), combined or JSON, with its termination state (set_term),
- * gathered in a buffer that is written once per loop turn. */
+ * gathered in a buffer that is written once per loop turn. Lines reach the log whole or not at all: a
+ * line that does not fit the buffer is not started, and a write cut short (disk full, I/O error) is
+ * taken back to the last whole line (acclog_untail). Lost lines are counted (lb_log_lines_dropped_total,
+ * in the worker's shared-memory column) and said in the error log at most once a second. */
 
 static char g_logbuf[65536];
 static size_t g_loglen;
+static int g_log_over; /* log_raw had no room: the line being written is incomplete */
+static int g_log_err;  /* errno of the last write that failed */
+
+/* -------------------------------------------------------------------- lost lines, said once a second
+ * acclog_warn: a minimal throttled report local to the access log (a general throttled-log
+ * helper may replace it): the first loss is said at once, later ones at most once a second
+ * with their count. */
+struct acclog_warn {
+	uint64_t next_ms, pending;
+	char why[96];
+};
+static struct acclog_warn g_acclog_warn;
+
+static void acclog_warn_say(int now_anyway)
+{
+	struct acclog_warn *w = &g_acclog_warn;
+	if (!w->pending)
+		return;
+	uint64_t now = mono_ms();
+	if (!now_anyway && now < w->next_ms)
+		return;
+	lb_err("access log: %llu line%s dropped: %s", (unsigned long long)w->pending, w->pending == 1 ? "" : "s",
+	       w->why);
+	w->pending = 0;
+	w->next_ms = now + 1000;
+}
+
+static size_t count_lines(const char *p, size_t n)
+{
+	size_t k = 0;
+	for (const char *e = p + n; (p = memchr(p, '\n', (size_t)(e - p))); p++)
+		k++;
+	return k;
+}
+
+static void acclog_dropped(size_t lines, const char *why)
+{
+	if (!lines)
+		return;
+	if (g_shm)
+		atomic_fetch_add_explicit(g_slot >= 0 ? &g_shm->w[g_slot].log_dropped : &g_shm->log_dropped_retired,
+		                          lines, memory_order_relaxed);
+	g_acclog_warn.pending += lines;
+	snprintf(g_acclog_warn.why, sizeof g_acclog_warn.why, "%s", why);
+	acclog_warn_say(0);
+}
+
+/* A write cut short left `cut` bytes of a line (frag) at the end of a regular file: take them
+ * back with ftruncate, once the file's last bytes are checked to be ours (O_APPEND: another
+ * worker's line written after ours would be cut instead; then ours stays, and is told). */
+static int acclog_untail(int fd, const char *frag, size_t cut)
+{
+	char tail[4096];
+	struct stat sb;
+	if (cut > sizeof tail || fstat(fd, &sb) != 0 || (uint64_t)sb.st_size < cut)
+		return -1;
+	off_t at = sb.st_size - (off_t)cut;
+	if (pread(fd, tail, cut, at) != (ssize_t)cut || memcmp(tail, frag, cut) != 0)
+		return -1;
+	return ftruncate(fd, at);
+}
+
+/* A write stopped at `off` of g_loglen bytes with errno err: returns how many bytes are done
+ * with. A regular file loses the lines from the cut one on (its fragment taken back); a pipe,
+ * socket or terminal keeps them for the next turn (a cut line must be completed there), and
+ * lines that no longer fit the buffer are counted as they come (access_log_write). */
+static size_t acclog_short_write(size_t off, int err)
+{
+	struct stat sb;
+	g_log_err = err;
+	if (fstat(g_accfd, &sb) != 0 || !S_ISREG(sb.st_mode))
+		return off;
+	const char *nl = off ? memrchr(g_logbuf, '\n', off) : NULL;
+	size_t whole = nl ? (size_t)(nl - g_logbuf) + 1 : 0, cut = off - whole;
+	char why[96];
+	snprintf(why, sizeof why, "%s", strerror(err));
+	if (cut && acclog_untail(g_accfd, g_logbuf + whole, cut) != 0)
+		snprintf(why, sizeof why, "%s (and a cut line could not be taken back)", strerror(err));
+	acclog_dropped(count_lines(g_logbuf + whole, g_loglen - whole), why);
+	return g_loglen;
+}
 
 static void log_flush(void)
 {
@@ -9732,19 +9998,32 @@ static void log_flush(void)
 		if (n <= 0) {
 			if (n < 0 && errno == EINTR)
 				continue;
+			off = acclog_short_write(off, n < 0 ? errno : EIO);
 			break;
 		}
 		off += (size_t)n;
 	}
+	if (off && off < g_loglen)
+		memmove(g_logbuf, g_logbuf + off, g_loglen - off);
+	g_loglen = off < g_loglen && g_accfd >= 0 ? g_loglen - off : 0;
+	acclog_warn_say(0);
+}
+
+/* before a switch of file or an exit: what cannot be written now is lost, and said */
+static void log_flush_last(void)
+{
+	log_flush();
+	acclog_dropped(count_lines(g_logbuf, g_loglen), "not written before the log was switched or lb stopped");
 	g_loglen = 0;
+	acclog_warn_say(1);
 }
 
 static void log_raw(const char *s, size_t n)
 {
-	if (g_loglen >= sizeof g_logbuf)
+	if (n > sizeof g_logbuf - g_loglen) {
+		g_log_over = 1; /* access_log_write drops the line */
 		return;
-	if (n > sizeof g_logbuf - g_loglen)
-		n = sizeof g_logbuf - g_loglen;
+	}
 	memcpy(g_logbuf + g_loglen, s, n);
 	g_loglen += n;
 }
@@ -9769,6 +10048,9 @@ static void log_esc(const char *s, size_t n, int json)
 	}
 }
 
+static void access_log_line(struct conn *c);
+
+/* A whole line or none: one that does not fit the buffer is taken out again and counted. */
 static void access_log_write(struct conn *c)
 {
 	count_exchange(c);
@@ -9776,6 +10058,27 @@ static void access_log_write(struct conn *c)
 		return;
 	if (g_loglen > sizeof g_logbuf - 4096)
 		log_flush();
+	size_t start = g_loglen;
+	g_log_over = 0;
+	access_log_line(c);
+	if (g_log_over && start) { /* no room behind the lines waiting: write them, then again */
+		g_loglen = start;
+		log_flush();
+		start = g_loglen;
+		g_log_over = 0;
+		access_log_line(c);
+	}
+	if (g_log_over) {
+		g_loglen = start;
+		char why[96] = "the line is longer than the 64 KB buffer";
+		if (g_loglen)
+			snprintf(why, sizeof why, "the log buffer is full (%s)", strerror(g_log_err));
+		acclog_dropped(1, why);
+	}
+}
+
+static void access_log_line(struct conn *c)
+{
 	char tb[64], nb[64];
 	time_t secs = (time_t)(c->wall_start_ms / 1000);
 	struct tm tm;
@@ -10228,7 +10531,7 @@ static void on_ctl(void)
 	int fd;
 	while ((fd = recv_fd(g_ctl, &tag)) >= 0) {
 		if (tag == 'A' && g_accfd >= 0) {
-			log_flush();
+			log_flush_last();
 			dup2(fd, g_accfd);
 		} else if (tag == 'E') {
 			dup2(fd, g_errfd);
@@ -10316,7 +10619,7 @@ static int run_loop(void)
 			while (g_live)
 				conn_close(g_live);
 			reap_dead();
-			log_flush();
+			log_flush_last();
 			return 0;
 		}
 	}
@@ -10778,7 +11081,18 @@ static int open_log_target(const char *p)
 		return fcntl(1, F_DUPFD_CLOEXEC, 3);
 	if (!strcmp(p, "stderr"))
 		return fcntl(2, F_DUPFD_CLOEXEC, 3);
-	return open(p, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+	int fd = open(p, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+	struct stat sb;
+	if (fd >= 0 && fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode)) {
+		/* a regular file read-write too: a worker takes back the part of a line a full disk cut
+		 * (acclog_untail reads the file's tail first). Not a FIFO: lb must not be its reader. */
+		int rw = open(p, O_RDWR | O_APPEND | O_CLOEXEC);
+		if (rw >= 0) {
+			close(fd);
+			fd = rw;
+		}
+	}
+	return fd;
 }
 
 /* Point fd `*slot` at target p (the workers of later forks inherit it); tell live workers

@@ -11,6 +11,8 @@
 #include <sys/socket.h>
 #include <netinet/in.h>
 
+#include <bearssl.h> /* the engine constructors below */
+
 #define LB_VERSION "0.1.0"
 
 /* Error codes: functions return 0 or a positive count on success, one of these on failure. */
@@ -251,6 +253,37 @@ int lb_x509_info(const unsigned char *der, size_t len, struct lb_x509_info *o);
 
 /* Does a certificate name match an SNI host name? Exact, or "*.x" for one label before .x. */
 int lb_cert_name_match(const char *pattern, const char *host, size_t hn);
+
+/* Why a TLS handshake with a client failed: the reason label of
+ * lb_tls_handshake_failures_total{reason} (lb_tls_fail_name) and a line for the error log.
+ * lb_tls_fail_classify is pure: BearSSL's error code (br_ssl_engine_last_error), whether the
+ * listener has client_ca, and whether the client's curves and lb's had none in common (the
+ * server context's filtered `curves` is 0) -> the reason, with text written to text[cap]. */
+enum lb_tls_fail {
+	LB_TLS_F_PROTOCOL_VERSION, /* no TLS 1.2: an older client (lb sent protocol_version), or one that refused it */
+	LB_TLS_F_NO_SHARED_CIPHER, /* no cipher suite, curve or signature hash in common (lb sent handshake_failure) */
+	LB_TLS_F_BAD_RECORD,       /* not TLS at all, or a record malformed, too large or failing its MAC */
+	LB_TLS_F_PROTOCOL,         /* any other error in the handshake (malformed or unexpected message, ...) */
+	LB_TLS_F_ALERT,            /* the client ended the handshake with a fatal alert */
+	LB_TLS_F_CLIENT_CERT,      /* client_ca listener: no client certificate, or one that does not validate */
+	LB_TLS_F_TIMEOUT,          /* not complete within header_timeout (counted by the caller) */
+	LB_TLS_F_CLOSED,           /* the client closed or reset mid-handshake (counted by the caller) */
+	LB_TLS_F_N
+};
+int lb_tls_fail_classify(int err, int client_ca, int no_common_curve, char *text, size_t cap);
+const char *lb_tls_fail_name(int reason);
+
+/* TLS engines. Every BearSSL engine lb makes, towards clients and towards servers, gets 32
+ * bytes from the kernel on top of BearSSL's own seeding (RDRAND alone on x86), before its reset.
+ * lb_os_entropy fills out with getrandom() (EINTR retried), else /dev/urandom
+ * (lb_urandom_entropy) where getrandom is missing or refused; 0, or -1 when neither gave the
+ * bytes. The constructors set lb's engine settings and that entropy; 0, or -1 when there was
+ * no entropy: the engine must not be used. */
+int lb_os_entropy(void *out, size_t n);
+int lb_urandom_entropy(void *out, size_t n);
+int lb_tls_server_engine(br_ssl_server_context *sc, unsigned char *buf, size_t len, int alpn);
+int lb_tls_client_engine(br_ssl_client_context *cc, br_x509_minimal_context *xc, const br_x509_trust_anchor *tas,
+                         size_t ntas, unsigned char *buf, size_t len);
 
 /* The file name an ACME HTTP-01 request path asks for: path must be
  * "/.well-known/acme-challenge/TOKEN" with TOKEN of base64url characters only (RFC 8555

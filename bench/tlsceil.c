@@ -8,7 +8,7 @@
  * Everything else a handshake costs (TCP, the record layer, hashing, the PRF) is left out.
  *
  * With a certificate file (PEM: the chain, then its P-256 key), a second loop measures BearSSL's
- * whole server handshake without sockets: a server engine set up by lb.c's own tls_server_engine
+ * whole server handshake without sockets: a server engine set up by lb.c's own lb_tls_server_engine
  * (lb's suites, hashes, PRFs, curves, ALPN, buffer size) and a client engine trade records in
  * memory, one full handshake after another; only the time spent in the server's engine calls is
  * counted. That is what BearSSL itself allows a server (crypto, the handshake code, the record
@@ -19,7 +19,7 @@
  * Prints "handshakes N secs S rate R sign_us A mulgen_us B mul_us C", then with CERT.pem
  * "server_handshakes N server_secs S server_rate R".
  */
-/* lb itself, without its main: the server engine is set up by lb's tls_server_engine and the
+/* lb itself, without its main: the server engine is set up by lb's lb_tls_server_engine and the
  * certificate loaded by its cert_load, so the figure follows lb's TLS settings */
 #define LB_NO_MAIN
 #include "../lb.c"
@@ -51,11 +51,11 @@ static void server_id_load(const char *path, struct server_id *id)
 	}
 }
 
-/* the server engine as lb.c's tls_conn_new sets it up, with lb's own tls_server_engine (no session
+/* the server engine as lb.c's tls_conn_new sets it up, with lb's own lb_tls_server_engine (no session
  * cache: every handshake is full) */
 static void server_setup(br_ssl_server_context *sc, const struct server_id *id, unsigned char *buf, size_t len)
 {
-	tls_server_engine(sc, buf, len, 1);
+	lb_tls_server_engine(sc, buf, len, 1);
 	br_ssl_server_set_single_ec(sc, id->c.chain, id->c.nchain, &id->c.ec, BR_KEYTYPE_SIGN, 0, br_ec_get_default(),
 	                            br_ecdsa_sign_asn1_get_default());
 }

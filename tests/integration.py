@@ -36,7 +36,7 @@ if not os.path.isabs(LB_BIN):
 HOST = "127.0.0.1"
 PIECE = 65536
 BLOCK = bytes(range(256)) * (PIECE // 256)  # the backend's /bytes pattern
-SUITE_BUDGET = 177  # seconds for all tests (the two keep-alive pool tests take ~11 s); with cleanup ~3 minutes
+SUITE_BUDGET = 184  # seconds for all tests (the two keep-alive pool tests take ~11 s, the access-log ones ~7); with cleanup ~3 minutes
 RID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -1503,6 +1503,141 @@ def t_access_log(ctx):
         eq((mm.group(1), mm.group(5), mm.group(6), mm.group(7), mm.group(8), mm.group(10), mm.group(11)),
            ("127.0.0.1", m, path, "HTTP/1.1", st, "http://ref.example/p", "it-agent/1.0"),
            "combined log line %d fields" % (i + 1))
+
+
+@test("access_log_full_disk", timeout=40)
+def t_access_log_full_disk(ctx):
+    """The access log on a 64 KB tmpfs that fills up: every request is still answered, the file holds
+    only whole lines (a line cut by the full disk is taken back), each lost line is counted in
+    lb_log_lines_dropped_total and said in the error log; once space frees, new lines are whole and
+    not glued to a fragment. 2 workers write the same file."""
+    if os.geteuid() != 0:
+        raise Skip("mounting a tmpfs needs root")
+    b1 = ctx.b["b1"]
+    mnt = os.path.join(ctx.dir, "small")
+    os.makedirs(mnt)
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", mnt], capture_output=True, timeout=10)
+    if p.returncode != 0:
+        raise Skip("cannot mount a tmpfs here: %s" % short(p.stderr.decode(), 200))
+    lb = None
+    try:
+        port, ap = free_port(), free_port()
+        log = os.path.join(mnt, "access.log")
+        lb = ctx.lb(config(listener("web", port, pool="logpool"), pool("logpool", [("s1", b1.port)]),
+                           "[admin]\nbind = %s:%d\n" % (HOST, ap), access=log).replace("workers = 1", "workers = 2"),
+                    [port, ap])
+
+        def get(path):
+            r = request(port, path)
+            eq((r.status, r.body), (200, ("b1 %s\n" % path).encode()), "answer to %s" % path)
+
+        def logged():
+            with open(log, "rb") as f:
+                return f.read()
+
+        def wait_lines(n):
+            deadline = time.monotonic() + 3
+            while logged().count(b"\n") < n and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+        def whole_lines(data):
+            check(data.endswith(b"\n"), "the log ends inside a line: %s" % short(data[-120:]))
+            paths = []
+            for i, line in enumerate(data.decode("utf-8", "replace").splitlines()):
+                mm = COMBINED_RE.match(line)
+                check(mm and mm.group(8) == "200", "log line %d is not a whole line: %s" % (i + 1, short(line, 200)))
+                paths.append(mm.group(6))
+            return paths
+
+        for i in range(20):
+            get("/before-%03d" % i)
+        wait_lines(20)
+        size = len(logged())
+        line_len = size // 20
+        slack = 4096 - size % 4096  # the log's last page: what it can still take once the disk is full
+        if slack % line_len == 0:  # make the full disk cut a line in two
+            get("/x")
+            wait_lines(21)
+            slack = 4096 - len(logged()) % 4096
+        fd = os.open(os.path.join(mnt, "fill"), os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while os.write(fd, b"\0" * 4096) > 0:
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        n_full = 150
+        t_full = time.monotonic()
+        for i in range(n_full):
+            get("/during-%03d" % i)
+        time.sleep(1.3)  # the error log says losses at most once a second
+        during = [q for q in whole_lines(logged()) if q.startswith("/during-")]
+        check(len(during) < n_full, "all %d lines fit on a full disk?" % n_full)
+        t = metrics_text(ap)
+        dropped = sum_metric(t, "lb_log_lines_dropped_total")
+        eq(dropped, n_full - len(during), "lb_log_lines_dropped_total (%d of %d lines logged)" % (len(during), n_full))
+        said = sum(int(n) for n in re.findall(r"access log: (\d+) lines? dropped: No space left on device", lb.stderr()))
+        check(1 <= said <= dropped, "the error log says %d lines dropped (%d counted): %s"
+              % (said, dropped, lb.stderr_tail()))
+        per_worker = int(time.monotonic() - t_full) + 2  # the first at once, then at most one a second
+        check(len(re.findall(r"access log: \d+ lines? dropped", lb.stderr())) <= 2 * per_worker,
+              "losses said more than once a second per worker: %s" % lb.stderr_tail())
+        promtool = shutil.which("promtool")
+        if promtool:
+            pr_ = subprocess.run([promtool, "check", "metrics"], input=t.encode(), capture_output=True, timeout=30)
+            check(pr_.returncode == 0, "promtool check metrics: %s" % short((pr_.stdout + pr_.stderr).decode(), 300))
+        os.unlink(os.path.join(mnt, "fill"))
+        for i in range(20):
+            get("/after-%03d" % i)
+        wait_lines(len(whole_lines(logged())) + 20)
+        paths = whole_lines(logged())
+        eq(sorted(q for q in paths if q.startswith("/after-")), ["/after-%03d" % i for i in range(20)],
+           "lines logged once space is free")
+        eq(sum_metric(metrics_text(ap), "lb_log_lines_dropped_total"), dropped, "drops once space is free")
+        eq(lb.stop(), 0, "lb exit status on SIGTERM")
+        eq(whole_lines(logged()), paths, "the log after lb stopped")
+    finally:
+        if lb:
+            lb.stop()
+        subprocess.run(["umount", "-l", mnt], capture_output=True, timeout=10)
+
+
+@test("access_log_line_longer_than_buffer")
+def t_access_log_long_line(ctx):
+    """A line longer than the 64 KB log buffer (a 30 KB User-Agent of bytes logged as \\xHH) is not
+    written cut: it is dropped whole, counted and said; the lines around it are whole."""
+    b1 = ctx.b["b1"]
+    port, ap = free_port(), free_port()
+    log = os.path.join(ctx.dir, "access.log")
+    lb = ctx.lb(config(listener("web", port, pool="logpool", max_header_size="64k"), pool("logpool", [("s1", b1.port)]),
+                       "[admin]\nbind = %s:%d\n" % (HOST, ap), access=log), [port, ap])
+    for path, ua in (("/first", "ua"), ("/long", "\xe9" * 30000), ("/last", "ua")):
+        eq(request(port, path, headers={"User-Agent": ua}).status, 200, "%s status" % path)
+    eq(sum_metric(metrics_text(ap), "lb_log_lines_dropped_total"), 1, "lb_log_lines_dropped_total")
+    eq(lb.stop(), 0, "lb exit status on SIGTERM")
+    with open(log, "rb") as f:
+        data = f.read()
+    check(data.endswith(b"\n"), "the log ends inside a line: %s" % short(data[-120:]))
+    paths = []
+    for i, line in enumerate(data.decode("utf-8", "replace").splitlines()):
+        mm = COMBINED_RE.match(line)
+        check(mm, "log line %d is not a whole line: %s" % (i + 1, short(line, 200)))
+        paths.append(mm.group(6))
+    eq(paths, ["/first", "/last"], "paths logged")
+    check(re.search(r"access log: 1 line dropped: the line is longer than the 64 KB buffer", lb.stderr()),
+          "the error log does not say the long line was dropped: %s" % lb.stderr_tail())
+
+
+def metrics_text(port):
+    c = http.client.HTTPConnection(HOST, port, timeout=5)
+    try:
+        c.request("GET", "/metrics")
+        r = c.getresponse()
+        eq(r.status, 200, "GET /metrics status")
+        return r.read().decode()
+    finally:
+        c.close()
 
 
 @test("graceful_sigterm")

@@ -448,6 +448,52 @@ def t_mtls(ctx):
     check("TLS handshake failed" in m.stderr(), "handshake failures logged: %s" % m.stderr_tail())
 
 
+@test("handshake_failure_reasons", timeout=40)
+def t_hs_reasons(ctx):
+    """Each failed handshake counted under its own reason and logged with a clear text: TLS 1.1 ->
+    protocol_version, a client offering only a CBC suite or only an unsupported curve ->
+    no_shared_cipher, never client_cert on a listener without client_ca; a client certificate
+    from another CA on a client_ca listener -> client_cert."""
+    ca = CA(ctx.dir)
+    other = CA(os.path.join(ctx.dir, "other"), "Other CA")
+    a, _ = ca.leaf("a", "a.test", ["a.test"])
+    bad, _ = other.leaf("intruder", "intruder", client=True)
+    port, mport, ap = free_port(), free_port(), free_port()
+    m = ctx.master(conf(lsn("https", port, ("tls", "on"), ("cert", a)),
+                        lsn("mtls", mport, ("tls", "on"), ("cert", a), ("client_ca", ca.crt)),
+                        pl("p", [ctx.b["a"]]), admin(ap), workers=1), [port, mport, ap])
+    reasons = ("protocol_version", "no_shared_cipher", "bad_record", "protocol", "alert", "client_cert",
+               "timeout", "closed")
+
+    def counts():
+        t = metrics(ap)
+        return {r: metric(t, "lb_tls_handshake_failures_total", reason=r) for r in reasons}
+
+    cases = [(port, ["-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0"], "protocol_version", "does not offer TLS 1.2"),
+             (port, ["-tls1_2", "-cipher", "AES128-SHA"], "no_shared_cipher", "no cipher suite in common"),
+             (port, ["-tls1_2", "-curves", "X448"], "no_shared_cipher", "no elliptic curve in common"),
+             (mport, ["-tls1_2", "-cert", bad, "-key", bad], "client_cert", "not signed by client_ca")]
+    for p, args, want, text in cases:
+        before, log_before = counts(), len(m.stderr())
+        subprocess.run(["openssl", "s_client", "-connect", "%s:%d" % (HOST, p), "-servername", "a.test"] + args,
+                       input=b"", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
+        deadline = time.monotonic() + 3
+        while True:
+            after = counts()
+            delta = {r: after[r] - before[r] for r in reasons if after[r] != before[r]}
+            if delta or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        eq(delta, {want: 1}, "openssl s_client %s: failures counted by reason" % " ".join(args[:2]))
+        said = m.stderr()[log_before:]
+        check("TLS handshake failed: " in said and text in said,
+              "openssl s_client %s: the error log says %r, not %r" % (" ".join(args[:2]), short(said, 300), text))
+        if p == port:
+            check("client certificate" not in said, "a listener without client_ca blames a client certificate: %s"
+                  % short(said, 300))
+    check(m.alive(), "lb died")
+
+
 @test("cert_replaced_on_disk_and_by_sighup", timeout=60)
 def t_replace(ctx):
     """Replacing the cert file under a client loop: new handshakes see the new serial without a
@@ -545,8 +591,8 @@ def t_bad(ctx):
         loop.stop()
     eq(loop.failed[:3], [], "client loop failures (%d ok)" % loop.ok)
     t = metrics(ap)
-    fails = {k: metric(t, "lb_tls_handshake_failures_total", reason=k) for k in ("protocol", "timeout", "closed")}
-    check(fails["protocol"] >= 5 and fails["timeout"] + fails["closed"] >= 5, "failures by reason: %s" % fails)
+    fails = {k: metric(t, "lb_tls_handshake_failures_total", reason=k) for k in ("bad_record", "timeout", "closed")}
+    check(fails["bad_record"] >= 5 and fails["timeout"] + fails["closed"] >= 5, "failures by reason: %s" % fails)
     check(m.alive(), "lb died")
 
 

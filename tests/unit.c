@@ -20,6 +20,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <bearssl.h> /* BearSSL's error codes and engine state */
+
 /* ------------------------------------------------------------------ tiny harness */
 
 static int n_pass, n_fail;
@@ -3006,6 +3008,124 @@ static void test_x509(void)
 	end("acme/token");
 }
 
+/* Every reason of lb_tls_handshake_failures_total from the BearSSL error codes a server engine
+ * reports: an alert lb sent (BR_ERR_SEND_FATAL_ALERT + alert), one the client sent
+ * (BR_ERR_RECV_FATAL_ALERT + alert), X.509 codes (only on a client_ca listener), the rest. */
+static void test_tls_fail_classify(void)
+{
+	static const struct {
+		int err, client_ca, no_curve, reason;
+		const char *text; /* a part of the log text */
+	} k[] = {
+		{ BR_ERR_SEND_FATAL_ALERT + 70, 0, 0, LB_TLS_F_PROTOCOL_VERSION, "does not offer TLS 1.2" }, /* -tls1_1 */
+		{ BR_ERR_SEND_FATAL_ALERT + 70, 1, 0, LB_TLS_F_PROTOCOL_VERSION, "alert 70 protocol_version" },
+		{ BR_ERR_SEND_FATAL_ALERT + 86, 0, 0, LB_TLS_F_PROTOCOL_VERSION, "inappropriate_fallback" },
+		{ BR_ERR_RECV_FATAL_ALERT + 70, 0, 0, LB_TLS_F_PROTOCOL_VERSION, "the client sent fatal alert 70" },
+		{ BR_ERR_SEND_FATAL_ALERT + 40, 0, 0, LB_TLS_F_NO_SHARED_CIPHER, "no cipher suite in common" },
+		{ BR_ERR_SEND_FATAL_ALERT + 40, 1, 1, LB_TLS_F_NO_SHARED_CIPHER, "no elliptic curve in common" },
+		{ BR_ERR_UNSUPPORTED_VERSION, 0, 0, LB_TLS_F_BAD_RECORD, "not a TLS client" }, /* plain HTTP */
+		{ BR_ERR_UNKNOWN_TYPE, 0, 0, LB_TLS_F_BAD_RECORD, "bad record header" },
+		{ BR_ERR_BAD_LENGTH, 1, 0, LB_TLS_F_BAD_RECORD, "bad record header" },
+		{ BR_ERR_BAD_MAC, 0, 0, LB_TLS_F_BAD_RECORD, "MAC" },
+		{ BR_ERR_TOO_LARGE, 0, 0, LB_TLS_F_BAD_RECORD, "too large" },
+		{ BR_ERR_BAD_HANDSHAKE, 0, 0, LB_TLS_F_PROTOCOL, "malformed or unexpected" },
+		{ BR_ERR_SEND_FATAL_ALERT + 120, 0, 0, LB_TLS_F_PROTOCOL, "lb sent fatal alert 120 (no_application_protocol" },
+		{ BR_ERR_BAD_SIGNATURE, 0, 0, LB_TLS_F_PROTOCOL, "bad signature" },
+		{ BR_ERR_NO_RANDOM, 0, 0, LB_TLS_F_PROTOCOL, "entropy" },
+		{ 11, 0, 0, LB_TLS_F_PROTOCOL, "BearSSL error 11" },
+		{ BR_ERR_RECV_FATAL_ALERT + 48, 0, 0, LB_TLS_F_ALERT, "fatal alert 48 (unknown_ca: it does not trust" },
+		{ BR_ERR_RECV_FATAL_ALERT + 42, 1, 0, LB_TLS_F_ALERT, "fatal alert 42 (bad_certificate" },
+		{ BR_ERR_RECV_FATAL_ALERT + 201, 0, 0, LB_TLS_F_ALERT, "fatal alert 201 (unknown alert)" },
+		{ BR_ERR_X509_NOT_TRUSTED, 1, 0, LB_TLS_F_CLIENT_CERT, "not signed by client_ca" },
+		{ BR_ERR_X509_EXPIRED, 1, 0, LB_TLS_F_CLIENT_CERT, "expired" },
+		{ BR_ERR_NO_CLIENT_AUTH, 1, 0, LB_TLS_F_CLIENT_CERT, "no client certificate" },
+		{ BR_ERR_BAD_SIGNATURE, 1, 0, LB_TLS_F_CLIENT_CERT, "CertificateVerify" },
+		{ BR_ERR_X509_BAD_TIME, 1, 0, LB_TLS_F_CLIENT_CERT, "BearSSL X.509 error 48" },
+		/* an X.509 code where no client certificate is asked for is not a certificate failure */
+		{ BR_ERR_X509_NOT_TRUSTED, 0, 0, LB_TLS_F_PROTOCOL, "without client_ca" },
+	};
+	int seen[LB_TLS_F_N] = { 0 };
+	seen[LB_TLS_F_TIMEOUT] = seen[LB_TLS_F_CLOSED] = 1; /* the caller's: no BearSSL code */
+	begin();
+	for (size_t i = 0; i < sizeof k / sizeof *k; i++) {
+		char text[200] = "";
+		int r = lb_tls_fail_classify(k[i].err, k[i].client_ca, k[i].no_curve, text, sizeof text);
+		CHECK(r == k[i].reason, "error %d (client_ca %d): reason %s, want %s (%s)", k[i].err, k[i].client_ca,
+		      lb_tls_fail_name(r), lb_tls_fail_name(k[i].reason), text);
+		CHECK(strstr(text, k[i].text), "error %d: text \"%s\" lacks \"%s\"", k[i].err, text, k[i].text);
+		if (r >= 0 && r < LB_TLS_F_N)
+			seen[r] = 1;
+	}
+	for (int r = 0; r < LB_TLS_F_N; r++)
+		CHECK(seen[r], "reason %s not covered", lb_tls_fail_name(r));
+	end("tls/fail_classify");
+
+	begin(); /* the labels of the metric: distinct, Prometheus-safe */
+	for (int r = 0; r < LB_TLS_F_N; r++) {
+		const char *n = lb_tls_fail_name(r);
+		CHECK(n && strspn(n, "abcdefghijklmnopqrstuvwxyz_") == strlen(n) && *n, "label %d: %s", r, n);
+		for (int q = 0; q < r; q++)
+			CHECK(strcmp(n, lb_tls_fail_name(q)), "label %s twice", n);
+	}
+	char small[8];
+	lb_tls_fail_classify(BR_ERR_SEND_FATAL_ALERT + 40, 0, 0, small, sizeof small);
+	CHECK(strlen(small) == sizeof small - 1, "a small buffer: %s", small);
+	end("tls/fail_labels");
+}
+
+/* The kernel's entropy reaches every engine before its reset: the engine's HMAC-DRBG is then
+ * already marked seeded (rng_init_done 2, which only injected entropy sets before a reset) and
+ * its state is neither the empty-seed state nor another engine's. */
+static int drbg_is_empty_seed(const br_hmac_drbg_context *rng)
+{
+	br_hmac_drbg_context empty;
+	br_hmac_drbg_init(&empty, &br_sha256_vtable, NULL, 0);
+	return !memcmp(rng->K, empty.K, sizeof empty.K) && !memcmp(rng->V, empty.V, sizeof empty.V);
+}
+
+static void test_tls_entropy(void)
+{
+	unsigned char a[32], b[32], zero[32] = { 0 };
+	begin();
+	memset(a, 0, sizeof a);
+	memset(b, 0, sizeof b);
+	CHECK(lb_os_entropy(a, sizeof a) == 0 && lb_os_entropy(b, sizeof b) == 0, "lb_os_entropy failed");
+	CHECK(memcmp(a, zero, sizeof a) && memcmp(b, zero, sizeof b) && memcmp(a, b, sizeof a), "getrandom bytes");
+	memset(a, 0, sizeof a);
+	CHECK(lb_urandom_entropy(a, sizeof a) == 0 && memcmp(a, zero, sizeof a), "/dev/urandom bytes");
+	unsigned char big[1000];
+	memset(big, 0, sizeof big);
+	CHECK(lb_os_entropy(big, sizeof big) == 0 && memcmp(big + sizeof big - 32, zero, 32), "1000 bytes");
+	end("tls/os_entropy");
+
+	static br_ssl_server_context sc[2];
+	static unsigned char buf[2][BR_SSL_BUFSIZE_BIDI];
+	begin();
+	for (int i = 0; i < 2; i++) {
+		CHECK(lb_tls_server_engine(&sc[i], buf[i], sizeof buf[i], i) == 0, "server engine %d", i);
+		CHECK(sc[i].eng.rng_init_done == 2, "server engine %d: DRBG not seeded before its reset (%d)", i,
+		      sc[i].eng.rng_init_done);
+		CHECK(!drbg_is_empty_seed(&sc[i].eng.rng), "server engine %d: DRBG state is the empty seed's", i);
+	}
+	CHECK(memcmp(sc[0].eng.rng.V, sc[1].eng.rng.V, sizeof sc[0].eng.rng.V), "two server engines, one DRBG state");
+	br_ssl_server_init_full_ec(&sc[0], NULL, 0, BR_KEYTYPE_EC, NULL); /* the same engine, BearSSL's setup only */
+	CHECK(sc[0].eng.rng_init_done == 0, "without lb the DRBG is not seeded before reset (%d)", sc[0].eng.rng_init_done);
+	end("tls/server_engine_entropy");
+
+	static br_ssl_client_context cc[2];
+	static br_x509_minimal_context xc[2];
+	begin();
+	for (int i = 0; i < 2; i++) {
+		CHECK(lb_tls_client_engine(&cc[i], &xc[i], NULL, 0, buf[i], sizeof buf[i]) == 0, "client engine %d", i);
+		CHECK(cc[i].eng.rng_init_done == 2, "client engine %d: DRBG not seeded before its reset (%d)", i,
+		      cc[i].eng.rng_init_done);
+		CHECK(!drbg_is_empty_seed(&cc[i].eng.rng), "client engine %d: DRBG state is the empty seed's", i);
+	}
+	CHECK(memcmp(cc[0].eng.rng.V, cc[1].eng.rng.V, sizeof cc[0].eng.rng.V), "two client engines, one DRBG state");
+	CHECK(br_ssl_client_reset(&cc[0], "a.test", 0), "client reset: %d", br_ssl_engine_last_error(&cc[0].eng));
+	end("tls/client_engine_entropy");
+}
+
 int main(void)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -3053,6 +3173,8 @@ int main(void)
 	test_bucket();
 	test_rate_limit_parse();
 	test_x509();
+	test_tls_fail_classify();
+	test_tls_entropy();
 
 	printf("unit: %d passed, %d failed\n", n_pass, n_fail);
 	return n_fail ? 1 : 0;
