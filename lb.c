@@ -64,7 +64,8 @@
 #define LB_MAX(a, b) ((a) > (b) ? (a) : (b))
 
 /* ==================================================================== 2. small utilities
- * Case-insensitive compares, hashing, a tiny PRNG, a log-free natural logarithm. No I/O. */
+ * Case-insensitive compares, hashing, a tiny PRNG, a log-free natural logarithm, the once-a-period
+ * decision of repeated log lines (lb_throttle_pass; log_throttled in 7. writes them). No I/O. */
 
 static int lower(int c) { return (c >= 'A' && c <= 'Z') ? c + 32 : c; }
 
@@ -135,6 +136,20 @@ uint64_t lb_hash64(const void *data, size_t n)
 		h *= 0x100000001b3ULL;
 	}
 	return mix64(h);
+}
+
+int lb_throttle_pass(struct lb_throttle *t, uint64_t now_ms, uint64_t period_ms, uint64_t *quiet,
+                     uint64_t *span_ms)
+{
+	if (t->last && now_ms - t->last < period_ms) {
+		t->quiet++;
+		return 0;
+	}
+	*quiet = t->quiet;
+	*span_ms = t->last ? now_ms - t->last : 0;
+	t->quiet = 0;
+	t->last = now_ms ? now_ms : 1;
+	return 1;
 }
 
 /* Natural log for x in (0, 1], without libm, so the build line needs no -lm.
@@ -2269,6 +2284,7 @@ static void set_global(struct cfg *st, const char *k, const char *v, int line)
 			v_uint(st, line, k, v, 1, 64, &c->workers);
 	} else if (!strcmp(k, "max_connections")) {
 		v_uint(st, line, k, v, 1, 1000000, &c->max_connections);
+		c->max_connections_set = 1;
 	} else if (!strcmp(k, "pid_file")) {
 		c->pid_file = v_str(st, line, k, v);
 	} else if (!strcmp(k, "alert_command")) {
@@ -3612,6 +3628,33 @@ struct lb_server *lb_pick(struct lb_pool *p, uint64_t key, uint64_t rnd)
 	}
 }
 
+/* -------------------------------------------------------------------- descriptors per worker
+ * What max_connections costs in file descriptors (checked against RLIMIT_NOFILE at start). */
+
+#define LB_FD_FIXED 32 /* stdio, epoll, signal pipe, master channel, logs, /dev/urandom, slack */
+
+unsigned long lb_fd_reserve(const struct lb_conf *c)
+{
+	unsigned long n = LB_FD_FIXED;
+	for (size_t i = 0; i < c->nlisteners; i++)
+		n += c->listeners[i].nbinds;
+	for (size_t i = 0; i < c->npools; i++)
+		for (size_t j = 0; c->pools[i].hc_kind != LB_HC_OFF && j < c->pools[i].nservers; j++)
+			n += !c->pools[i].servers[j].disabled; /* worker 1 checks them all at once at worst */
+	return n;
+}
+
+unsigned long lb_fd_needed(const struct lb_conf *c)
+{
+	return lb_fd_reserve(c) + 2ul * c->max_connections;
+}
+
+unsigned lb_conns_for_fds(const struct lb_conf *c, unsigned long nofile)
+{
+	unsigned long reserve = lb_fd_reserve(c), n = nofile > reserve ? (nofile - reserve) / 2 : 0;
+	return (unsigned)LB_MAX(LB_MIN(n, (unsigned long)c->max_connections), 1ul);
+}
+
 /* ==================================================================== 5. event loop and timers
  * Owns the readiness backend (epoll or poll, level-triggered) and the deadline heap.
  * A handler whose peer hung up is deregistered while it wants nothing, so HUP cannot spin. */
@@ -4952,6 +4995,10 @@ static size_t g_nheap;
 static struct lsock *g_lsocks;
 static size_t g_nlsocks;
 static int g_accept_paused;
+static unsigned g_max_conns;        /* max_connections as the descriptor limit allows (lb_conns_for_fds) */
+static uint64_t g_accept_retry_at;  /* paused by a resource error: accept again then (0: not so paused) */
+static uint64_t g_accept_backoff;   /* ms: 100, doubling up to 1000 while the errors go on */
+static size_t g_accept_conns;       /* g_nconns at that pause: one closing frees a descriptor and ends it */
 static int g_stopping;
 static uint64_t g_stop_deadline, g_stop_began;
 /* a retiring worker closes a keep-alive connection idle this long (since the retire began):
@@ -4965,6 +5012,7 @@ static char *g_scratch2;          /* g_bufsize bytes: redirect targets */
 static int g_errfd = 2, g_accfd = -1;
 static uint64_t g_rng[2];
 
+static void lb_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void lb_err(const char *fmt, ...)
 {
 	char b[1024];
@@ -4982,6 +5030,65 @@ static void lb_err(const char *fmt, ...)
 	b[n++] = '\n';
 	ssize_t w = write(g_errfd, b, n);
 	LB_UNUSED(w);
+}
+
+/* errno of a resource this process or host ran out of (descriptors, socket buffers, memory): the
+ * fault is lb's, never a server's */
+static int local_resource_error(int e) { return e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM; }
+
+/* Slots with repeats not reported yet: log_throttle_flush reports them once their second is over. */
+static struct lb_throttle *g_throttled;
+
+static void throttle_line(const struct lb_throttle *t, uint64_t quiet, uint64_t span_ms)
+{
+	if (quiet)
+		lb_err("%s (%llu more like this in the last %llu s)", t->text, (unsigned long long)quiet,
+		       (unsigned long long)LB_MAX((span_ms + 500) / 1000, 1));
+	else
+		lb_err("%s", t->text);
+}
+
+/* An error-log line for an event that can repeat at the rate of a flood (per client, per accept,
+ * per local resource error): at most one line a second per slot (one static slot per call site);
+ * the next line says how many were left out, and log_throttle_flush says it if no next line comes. */
+static void log_throttled(struct lb_throttle *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void log_throttled(struct lb_throttle *t, const char *fmt, ...)
+{
+	uint64_t quiet, span;
+	if (!lb_throttle_pass(t, mono_ms(), 1000, &quiet, &span)) {
+		if (!t->listed) {
+			t->listed = 1;
+			t->next = g_throttled;
+			g_throttled = t;
+		}
+		return;
+	}
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(t->text, sizeof t->text, fmt, ap);
+	va_end(ap);
+	throttle_line(t, quiet, span);
+}
+
+/* Called from the loops (cheap when no slot waits): the repeats of a slot whose second is over
+ * and that no new line of its own reported. */
+static void log_throttle_flush(void)
+{
+	uint64_t now = g_throttled ? mono_ms() : 0;
+	for (struct lb_throttle **pp = &g_throttled; *pp;) {
+		struct lb_throttle *t = *pp;
+		if (t->quiet && now - t->last < 1000) {
+			pp = &t->next;
+			continue;
+		}
+		if (t->quiet) {
+			throttle_line(t, t->quiet, now - t->last);
+			t->last = now;
+			t->quiet = 0;
+		}
+		t->listed = 0;
+		*pp = t->next;
+	}
 }
 
 static uint64_t rand64(void)
@@ -5664,17 +5771,19 @@ static void proxy_header_for(struct conn *c, struct lb_bconn *b)
 	b->pxn = n > 0 ? (uint8_t)n : 0;
 }
 
+/* 0, or -1 with errno (lb's own failure: out of descriptors or memory; the caller reports it) */
 static int backend_connect(struct conn *c, struct lb_server *s)
 {
 	struct lb_bconn *b = bconn_alloc();
-	if (!b)
+	if (!b) {
+		errno = ENOMEM;
 		return -1;
+	}
 	b->srv = s;
 	b->pool = c->pool;
 	b->c = c;
 	b->h.fd = socket(s->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (b->h.fd < 0) {
-		lb_err("socket: %s", strerror(errno));
 		b->h.dead = 1;
 		b->next = g_dead_bconns;
 		g_dead_bconns = b;
@@ -5698,6 +5807,35 @@ static int backend_connect(struct conn *c, struct lb_server *s)
 }
 
 static void backend_failed(struct conn *c, int status, const char *why, int retryable);
+static void accept_hold(void); /* section 14 */
+
+/* errno of a connect() that failed in lb, not on the way to the server: descriptors, buffers or
+ * memory, or no local port left */
+static int local_connect_error(int e) { return local_resource_error(e) || e == EADDRNOTAVAIL || e == EAGAIN; }
+
+/* lb could not make a server connection for itself: not the server's fault, so no circuit, health
+ * check or retry counts it, nor its statistics (the exchange names no server); the client gets 503
+ * and Connection: close, the error log says why (throttled), and the worker stops accepting until
+ * descriptors free up. */
+static void backend_local_failed(struct conn *c, const char *what, int e)
+{
+	static struct lb_throttle log_slot;
+	char why[200];
+	snprintf(why, sizeof why, "%s for server %s/%s: %s (a local resource, not the server)", what, c->pool->name,
+	         c->srv->name, strerror(e));
+	log_throttled(&log_slot, "client %s listener %s: 503 %s: %s (%zu connections open in this worker)",
+	              ip_text(&c->ip), c->L->name, status_text(503), why, g_nconns);
+	backend_release(c, 0);
+	c->srv = NULL;
+	if (e != EADDRNOTAVAIL && e != EAGAIN)
+		accept_hold();
+	if (c->L->mode == LB_MODE_TCP || c->r != R_WAIT || buf_len(&c->rh) > 0 || c->sent_any) {
+		conn_abort(c, NULL);
+		return;
+	}
+	c->close_after = 1; /* its descriptor is wanted */
+	respond(c, 503, why, NULL, NULL, 1);
+}
 
 /* Choose a server (not `avoid` when another is usable) and give c a connection to it. */
 static void backend_assign(struct conn *c, struct lb_server *avoid)
@@ -5754,7 +5892,12 @@ static void backend_assign(struct conn *c, struct lb_server *avoid)
 		return;
 	}
 	if (backend_connect(c, s) != 0) {
-		backend_failed(c, 502, "cannot create a socket", 0);
+		backend_local_failed(c, "socket", errno);
+		return;
+	}
+	if (c->b->reset && local_connect_error(c->b->reset)) {
+		backend_local_failed(c, c->b->reset == ENOMEM && c->b->tls == NULL && s->tls ? "TLS engine" : "connect",
+		                     c->b->reset);
 		return;
 	}
 	if (c->b->reset) {
@@ -6533,6 +6676,17 @@ static void splice_end(struct conn *c)
 	g_nfree_splices++;
 }
 
+/* out of descriptors: the kept pipes hold 4 each for nothing */
+static void splice_pool_drain(void)
+{
+	while (g_free_splices) {
+		struct lb_splice *sp = g_free_splices;
+		g_free_splices = sp->next;
+		splice_close(sp);
+	}
+	g_nfree_splices = 0;
+}
+
 #ifdef __linux__
 /* one splice from fd into a pipe holding *n bytes; the result as recv's */
 static ssize_t splice_into(int fd, int pipe_w, uint32_t *n, bool *full)
@@ -7264,7 +7418,7 @@ static int cb_on(const struct lb_pool *p) { return p->cb_failures || p->cb_error
  * Returns 1, or 0 after logging (at most once a second) why the circuit stays closed. */
 static int cb_room(const struct lb_pool *p, const struct lb_server *s, const char *reason)
 {
-	static uint64_t last_log, quiet;
+	static struct lb_throttle log_slot;
 	if (p->cb_max_open >= 100)
 		return 1;
 	size_t open = 0, cap = LB_MAX(p->nservers * p->cb_max_open / 100, 1);
@@ -7275,15 +7429,9 @@ static int cb_room(const struct lb_pool *p, const struct lb_server *s, const cha
 	}
 	if (open < cap)
 		return 1;
-	if (g_now - last_log < 1000) {
-		quiet++;
-		return 0;
-	}
-	lb_err("server %s/%s: circuit stays closed: %zu of the pool's %zu circuits are open (circuit_max_open %u%%); "
-	       "it would have opened: %s (%llu more such since the last line)",
-	       p->name, s->name, open, p->nservers, p->cb_max_open, reason, (unsigned long long)quiet);
-	last_log = g_now;
-	quiet = 0;
+	log_throttled(&log_slot, "server %s/%s: circuit stays closed: %zu of the pool's %zu circuits are open "
+	              "(circuit_max_open %u%%); it would have opened: %s",
+	              p->name, s->name, open, p->nservers, p->cb_max_open, reason);
 	return 0;
 }
 
@@ -7477,7 +7625,8 @@ static void hc_verdict(struct hc *k, int ok, const char *why)
 	}
 }
 
-static void hc_done(struct hc *k, int ok, const char *why)
+/* the check's socket closed, the next one due after health_interval */
+static void hc_end(struct hc *k)
 {
 	if (k->h.fd >= 0) {
 		ev_forget(&k->h);
@@ -7489,7 +7638,22 @@ static void hc_done(struct hc *k, int ok, const char *why)
 	k->busy = 0;
 	k->due = g_now + k->p->hc_interval;
 	g_hc_next = LB_MIN(g_hc_next, k->due);
+}
+
+static void hc_done(struct hc *k, int ok, const char *why)
+{
+	hc_end(k);
 	hc_verdict(k, ok, why);
+}
+
+/* A check lb could not start for want of its own resources (descriptors, ports, memory) says
+ * nothing about the server: no verdict, the next check at the next interval. */
+static void hc_skip(struct hc *k, const char *what, int e)
+{
+	static struct lb_throttle log_slot;
+	hc_end(k);
+	log_throttled(&log_slot, "health check of server %s/%s skipped: %s: %s (a local resource, not the server)",
+	              k->p->name, k->s->name, what, strerror(e));
 }
 
 static void hc_start(struct hc *k)
@@ -7503,17 +7667,20 @@ static void hc_start(struct hc *k)
 	k->h.kind = H_HEALTH;
 	k->h.fd = socket(k->s->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (k->h.fd < 0) {
-		snprintf(why, sizeof why, "socket: %s", strerror(errno));
-		hc_done(k, 0, why);
+		hc_skip(k, "socket", errno);
 		return;
 	}
 	if (connect(k->h.fd, (struct sockaddr *)&k->s->sa, k->s->salen) != 0 && errno != EINPROGRESS) {
+		if (local_connect_error(errno)) {
+			hc_skip(k, "connect", errno);
+			return;
+		}
 		snprintf(why, sizeof why, "connect: %s", strerror(errno));
 		hc_done(k, 0, why);
 		return;
 	}
 	if (k->s->tls && k->p->hc_kind == LB_HC_HTTP && !(k->tls = tls_up_new(k->p, k->s))) {
-		hc_done(k, 0, "out of memory for a TLS engine");
+		hc_skip(k, "TLS engine", ENOMEM);
 		return;
 	}
 	k->h.want = EV_W;
@@ -9434,32 +9601,55 @@ fail:
 	return -1;
 }
 
+/* A paused worker takes its listeners out of the event set (a level-triggered listener that is
+ * only not read would wake the loop for ever); the other workers keep accepting. */
 static void accept_pause(int paused)
 {
 	if (g_accept_paused == paused)
 		return;
 	g_accept_paused = paused;
 	for (size_t i = 0; i < g_nlsocks; i++) {
-		g_lsocks[i].h.want = paused ? 0 : EV_R;
-		ev_apply(&g_lsocks[i].h);
+		struct evh *h = &g_lsocks[i].h;
+		if (h->dead)
+			continue;
+		h->want = paused ? 0 : EV_R;
+		if (paused)
+			ev_forget(h);
+		else
+			ev_apply(h);
 	}
+}
+
+/* Out of descriptors or kernel memory (accept, a server socket): stop accepting, and try again
+ * after a back-off (100 ms, doubling up to 1 s while it goes on) or as soon as one of this
+ * worker's connections closes. */
+static void accept_hold(void)
+{
+	g_accept_backoff = g_accept_backoff ? LB_MIN(g_accept_backoff * 2, 1000) : 100;
+	g_accept_retry_at = g_now + g_accept_backoff;
+	g_accept_conns = g_nconns;
+	splice_pool_drain();
+	accept_pause(1);
+}
+
+static int accept_may_resume(void)
+{
+	if (g_stopping || g_nconns >= g_max_conns)
+		return 0;
+	if (g_accept_retry_at && g_now < g_accept_retry_at && g_nconns >= g_accept_conns)
+		return 0;
+	g_accept_retry_at = 0;
+	return 1;
 }
 
 /* max_conn_per_ip, checked once the connection's client is known; logs at most once a second */
 static int conn_admitted(struct conn *c)
 {
-	static uint64_t last_log, quiet;
+	static struct lb_throttle log_slot;
 	if (!c->L->max_conn_per_ip || ipc_take(c))
 		return 1;
-	if (g_now - last_log >= 1000) {
-		lb_err("client %s listener %s: closing: more than max_conn_per_ip = %u connections from this address "
-		       "(%llu more refused since the last line)",
-		       ip_text(&c->conn_ip), c->L->name, c->L->max_conn_per_ip, (unsigned long long)quiet);
-		last_log = g_now;
-		quiet = 0;
-	} else {
-		quiet++;
-	}
+	log_throttled(&log_slot, "client %s listener %s: closing: more than max_conn_per_ip = %u connections from "
+	              "this address", ip_text(&c->conn_ip), c->L->name, c->L->max_conn_per_ip);
 	conn_close(c);
 	return 0;
 }
@@ -9540,8 +9730,9 @@ static int listener_admits(const struct lb_listener *l, const struct sockaddr_st
 
 static void on_accept(struct lsock *ls)
 {
-	for (int i = 0; i < 64; i++) {
-		if (g_nconns >= g_conf->max_connections) {
+	static struct lb_throttle log_slot;
+	for (int i = 0; i < 64 && !g_accept_paused; i++) {
+		if (g_nconns >= g_max_conns) {
 			accept_pause(1);
 			return;
 		}
@@ -9549,12 +9740,16 @@ static void on_accept(struct lsock *ls)
 		socklen_t sl = sizeof sa;
 		int fd = accept4(ls->h.fd, (struct sockaddr *)&sa, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {
-			if (errno == EMFILE || errno == ENFILE) {
-				lb_err("accept: %s: pausing new connections", strerror(errno));
-				accept_pause(1);
+			int e = errno;
+			if (local_resource_error(e)) {
+				accept_hold();
+				log_throttled(&log_slot, "accept: %s: pausing new connections for %llu ms or until one closes "
+				              "(%zu connections open in this worker)", strerror(e),
+				              (unsigned long long)g_accept_backoff, g_nconns);
 			}
 			return;
 		}
+		g_accept_backoff = 0;
 		if (!listener_admits(&g_conf->listeners[ls->li], &sa)) {
 			close(fd); /* before any byte is read */
 			continue;
@@ -9689,6 +9884,8 @@ static int next_timeout(void)
 		return 0;
 	uint64_t d = g_nheap ? g_heap[0]->deadline : UINT64_MAX;
 	d = LB_MIN(d, g_hc_next);
+	if (g_accept_paused && g_accept_retry_at)
+		d = LB_MIN(d, g_accept_retry_at);
 	return d <= g_now ? 0 : (int)LB_MIN(d - g_now, 1000);
 }
 
@@ -9757,8 +9954,11 @@ static int setup_runtime(void)
 	g_heap = calloc(g_conf->max_connections + 16, sizeof *g_heap);
 	struct rlimit rl;
 	size_t maxfds = (size_t)g_conf->max_connections * 2 + 256;
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+	g_max_conns = g_conf->max_connections;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
 		maxfds = LB_MIN(maxfds, (size_t)rl.rlim_cur + 16);
+		g_max_conns = lb_conns_for_fds(g_conf, (unsigned long)rl.rlim_cur); /* fd_limit_check warned */
+	}
 	if (!g_scratch || !g_scratch2 || !g_heap || !g_bufstack || ev_init(maxfds) != 0) {
 		lb_err("out of memory setting up the event loop");
 		return -1;
@@ -9812,7 +10012,8 @@ static int run_loop(void)
 		admin_sync();
 		reap_dead();
 		log_flush();
-		if (g_accept_paused && !g_stopping && g_nconns < g_conf->max_connections)
+		log_throttle_flush();
+		if (g_accept_paused && accept_may_resume())
 			accept_pause(0);
 		if (g_stopping && (g_nconns == 0 || g_now >= g_stop_deadline)) {
 			if (g_nconns)
@@ -10421,6 +10622,27 @@ static int resolve_user(const struct lb_conf *c)
 	return 0;
 }
 
+/* max_connections against RLIMIT_NOFILE, which the workers inherit (lb_main raised the soft limit
+ * to the hard one). Each worker takes at most what its descriptors allow (lb_conns_for_fds), so a
+ * client connection never takes the descriptor its server connection needs, and the rest wait in
+ * the listen backlog; an operator who set max_connections hears about it once (an unset one is
+ * sized from the limit quietly, as HAProxy sizes maxconn). */
+static void fd_limit_check(const struct lb_conf *c)
+{
+	struct rlimit rl;
+	unsigned long need = lb_fd_needed(c);
+	if (!c->max_connections_set || getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY ||
+	    rl.rlim_cur >= need)
+		return;
+	lb_err("warning: max_connections = %u needs %lu file descriptors in each worker (a client and a server "
+	       "connection each, and %lu for listeners, logs and health checks) but the limit is %lu (RLIMIT_NOFILE, "
+	       "hard limit %lu): each worker takes at most %u connections and leaves the rest in the listen "
+	       "backlog; raise the limit to %lu (ulimit -n, systemd LimitNOFILE=) or lower max_connections",
+	       c->max_connections, need, lb_fd_reserve(c), (unsigned long)rl.rlim_cur,
+	       rl.rlim_max == RLIM_INFINITY ? (unsigned long)rl.rlim_cur : (unsigned long)rl.rlim_max,
+	       lb_conns_for_fds(c, (unsigned long)rl.rlim_cur), need);
+}
+
 /* SIGHUP: the new generation starts before the old one retires; on any error the old
  * generation keeps serving as it was. */
 static int master_reload(void)
@@ -10461,6 +10683,8 @@ static int master_reload(void)
 	memcpy(g_admin_token, token, sizeof token);
 	g_admin_token_len = token_len;
 	g_conf = nc;
+	if (lb_fd_needed(nc) != lb_fd_needed(old) || nc->max_connections_set != old->max_connections_set)
+		fd_limit_check(nc);
 	if (nc->rate_limit_entries != old->rate_limit_entries)
 		lb_err("reload: rate_limit_entries = %u takes effect at the next restart; the table keeps %zu entries",
 		       nc->rate_limit_entries, g_rl_sets * RL_WAYS);
@@ -10677,6 +10901,7 @@ static int master_run(void)
 			admin_events(fds, 0); /* timeouts and pending removals */
 		master_signals();
 		master_reap(); /* also catches a SIGCHLD that raced the handler install */
+		log_throttle_flush();
 		if (g_mstop) {
 			if (g_stop_at && mono_ms() >= g_stop_at)
 				master_stop_now();
@@ -11265,6 +11490,7 @@ int lb_main(int argc, char **argv)
 		return 1;
 	lb_err("lb %s: master pid %d, %u workers, %zu listeners, %zu pools, %zu routes", LB_VERSION, (int)g_pid,
 	       worker_count(g_conf), g_conf->nlisteners, g_conf->npools, g_conf->nroutes);
+	fd_limit_check(g_conf);
 	int rc = master_run();
 	if (g_conf->pid_file)
 		unlink(g_conf->pid_file);
