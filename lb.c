@@ -5039,11 +5039,13 @@ static int local_resource_error(int e) { return e == EMFILE || e == ENFILE || e 
 /* Slots with repeats not reported yet: log_throttle_flush reports them once their second is over. */
 static struct lb_throttle *g_throttled;
 
-static void throttle_line(const struct lb_throttle *t, uint64_t quiet, uint64_t span_ms)
+/* A slot's line: this event with the count of those left out before it, or (`alone`, from
+ * log_throttle_flush) the count only, under the last line's text. */
+static void throttle_line(const struct lb_throttle *t, uint64_t quiet, uint64_t span_ms, int alone)
 {
 	if (quiet)
-		lb_err("%s (%llu more like this in the last %llu s)", t->text, (unsigned long long)quiet,
-		       (unsigned long long)LB_MAX((span_ms + 500) / 1000, 1));
+		lb_err("%s (%s%llu more like this in the last %llu s)", t->text, alone ? "repeated: " : "",
+		       (unsigned long long)quiet, (unsigned long long)LB_MAX((span_ms + 500) / 1000, 1));
 	else
 		lb_err("%s", t->text);
 }
@@ -5067,7 +5069,7 @@ static void log_throttled(struct lb_throttle *t, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(t->text, sizeof t->text, fmt, ap);
 	va_end(ap);
-	throttle_line(t, quiet, span);
+	throttle_line(t, quiet, span, 0);
 }
 
 /* Called from the loops (cheap when no slot waits): the repeats of a slot whose second is over
@@ -5082,7 +5084,7 @@ static void log_throttle_flush(void)
 			continue;
 		}
 		if (t->quiet) {
-			throttle_line(t, t->quiet, now - t->last);
+			throttle_line(t, t->quiet, now - t->last, 1);
 			t->last = now;
 			t->quiet = 0;
 		}
@@ -5462,9 +5464,13 @@ static void conn_close(struct conn *c)
 	g_nconns--;
 }
 
-static void conn_abort(struct conn *c, const char *why)
+/* End an exchange that cannot finish; why (NULL: nothing to say) goes to the error log, through
+ * slot when the event is one a client can repeat at will (conn_abort_client). */
+static void conn_abort_slot(struct conn *c, const char *why, struct lb_throttle *slot)
 {
-	if (why)
+	if (why && slot)
+		log_throttled(slot, "client %s listener %s: closing: %s", ip_text(&c->ip), c->L->name, why);
+	else if (why)
 		lb_err("client %s listener %s: closing: %s", ip_text(&c->ip), c->L->name, why);
 	if ((c->L->mode == LB_MODE_TCP && c->q == Q_TUNNEL) || (c->t_start && c->r != R_NONE)) {
 		if (!c->resp_status)
@@ -5474,11 +5480,22 @@ static void conn_abort(struct conn *c, const char *why)
 	conn_close(c);
 }
 
+static void conn_abort(struct conn *c, const char *why) { conn_abort_slot(c, why, NULL); }
+
+/* a client's doing (reset, lost, a bad body, a timeout): one line a second per call site */
+#define conn_abort_client(c, why)                                                                          \
+	do {                                                                                               \
+		static struct lb_throttle slot_;                                                           \
+		conn_abort_slot((c), (why), &slot_);                                                       \
+	} while (0)
+
 /* The engine of a new TLS connection; bytes read with a PROXY header are its first. */
 static int tls_begin(struct conn *c)
 {
+	static struct lb_throttle log_slot;
 	if (!(c->tls = tls_conn_new(c->L))) {
-		lb_err("client %s listener %s: out of memory for a TLS engine", ip_text(&c->ip), c->L->name);
+		log_throttled(&log_slot, "client %s listener %s: out of memory for a TLS engine", ip_text(&c->ip),
+		              c->L->name);
 		conn_close(c);
 		return -1;
 	}
@@ -5500,11 +5517,12 @@ static void tls_failed(struct conn *c, int kind, const char *why)
 	if (c->tls->hs_done) {
 		char b[160];
 		snprintf(b, sizeof b, "TLS: %s", why);
-		conn_abort(c, c->r == R_NONE ? NULL : b);
+		conn_abort_client(c, c->r == R_NONE ? NULL : b);
 		return;
 	}
+	static struct lb_throttle log_slot[TLS_F_N]; /* one per kind of failure */
 	tls_count_failure(kind);
-	lb_err("client %s listener %s: TLS handshake failed: %s", ip_text(&c->ip), c->L->name, why);
+	log_throttled(&log_slot[kind], "client %s listener %s: TLS handshake failed: %s", ip_text(&c->ip), c->L->name, why);
 	conn_close(c);
 }
 
@@ -5562,7 +5580,11 @@ static const char *hsts_of(const struct conn *c)
  * status. Policy answers (quiet) are in the access log only, not one error line each. */
 static void respond(struct conn *c, int status, const char *why, const char *extra, const char *body, int quiet)
 {
-	if (!quiet)
+	static struct lb_throttle client_err[32]; /* 4xx: a client's doing, repeatable at will: one a second each */
+	if (!quiet && status >= 400 && status < 500)
+		log_throttled(&client_err[LB_MIN(status - 400, 31)], "client %s listener %s: %d %s: %s", ip_text(&c->ip),
+		              c->L->name, status, status_text(status), why);
+	else if (!quiet)
 		lb_err("client %s listener %s: %d %s: %s", ip_text(&c->ip), c->L->name, status, status_text(status), why);
 	if (c->q == Q_HEAD || c->q == Q_BODY)
 		c->close_after = 1;
@@ -6192,8 +6214,10 @@ static int proxy_step(struct conn *c)
 	int rc = len ? lb_parse_proxy(c->in.d + c->in.s, len, c->L->proxy_protocol, &px) : LB_EAGAIN;
 	if (rc == LB_EAGAIN) {
 		if (c->cin_eof) {
+			static struct lb_throttle log_slot;
 			if (len)
-				lb_err("client %s listener %s: closed with an incomplete PROXY header", ip_text(&c->ip), c->L->name);
+				log_throttled(&log_slot, "client %s listener %s: closed with an incomplete PROXY header",
+				              ip_text(&c->ip), c->L->name);
 			conn_close(c);
 		}
 		return 0;
@@ -6334,8 +6358,10 @@ static int request_head_step(struct conn *c)
 	const char *p = c->in.d ? c->in.d + c->in.s : NULL;
 	if (len == 0 || c->scan >= len) {
 		if (c->cin_eof) {
+			static struct lb_throttle log_slot;
 			if (len)
-				lb_err("client %s listener %s: closed with an incomplete request head", ip_text(&c->ip), c->L->name);
+				log_throttled(&log_slot, "client %s listener %s: closed with an incomplete request head",
+				              ip_text(&c->ip), c->L->name);
 			conn_close(c);
 		}
 		return 0;
@@ -6354,7 +6380,9 @@ static int request_head_step(struct conn *c)
 			return 1;
 		}
 		if (c->cin_eof) {
-			lb_err("client %s listener %s: closed with an incomplete request head", ip_text(&c->ip), c->L->name);
+			static struct lb_throttle log_slot;
+			log_throttled(&log_slot, "client %s listener %s: closed with an incomplete request head", ip_text(&c->ip),
+			              c->L->name);
 			conn_close(c);
 		}
 		return 0;
@@ -6380,7 +6408,7 @@ static int request_body_step(struct conn *c)
 			if (c->r == R_WAIT && !c->resp_started)
 				respond_own(c, 400, "client closed before sending the whole body");
 			else
-				conn_abort(c, "client closed before sending the whole body");
+				conn_abort_client(c, "client closed before sending the whole body");
 		}
 		return 0;
 	}
@@ -6394,7 +6422,7 @@ static int request_body_step(struct conn *c)
 			if (c->r == R_WAIT && !c->resp_started && buf_len(&c->rh) == 0)
 				respond_own(c, big ? 413 : 400, big ? "chunked body above max_body_size" : "invalid chunked framing");
 			else
-				conn_abort(c, "invalid chunked request body");
+				conn_abort_client(c, "invalid chunked request body");
 			return 1;
 		}
 		if (rc == LB_CHUNK_DONE)
@@ -6904,7 +6932,7 @@ static int client_read(struct conn *c)
 	}
 	c->cin_eof = 1;
 	if (n < 0 && c->q != Q_TUNNEL) {
-		conn_abort(c, c->r == R_NONE ? NULL : "client connection reset");
+		conn_abort_client(c, c->r == R_NONE ? NULL : "client connection reset");
 		return 0;
 	}
 	return 1;
@@ -6931,7 +6959,7 @@ static int client_write(struct conn *c)
 	if (c->tls && tls_records_pending(&c->tls->io)) {
 		int f = tls_flush_out(&c->tls->io, c->h.fd);
 		if (f < 0) {
-			conn_abort(c, c->r == R_NONE ? NULL : "client connection lost while sending the response");
+			conn_abort_client(c, c->r == R_NONE ? NULL : "client connection lost while sending the response");
 			return 0;
 		}
 		if (f == 0)
@@ -6944,7 +6972,7 @@ static int client_write(struct conn *c)
 			if (n <= 0) {
 				if (n < 0 && io_again())
 					return moved;
-				conn_abort(c, "client connection lost while sending the response");
+				conn_abort_client(c, "client connection lost while sending the response");
 				return 0;
 			}
 			c->bytes_out += (uint64_t)n;
@@ -6964,7 +6992,7 @@ static int client_write(struct conn *c)
 		if (n < 0) {
 			if (io_again())
 				return moved;
-			conn_abort(c, "client connection lost while sending the response");
+			conn_abort_client(c, "client connection lost while sending the response");
 			return 0;
 		}
 		size_t un = (size_t)n, h = LB_MIN(un, buf_len(&c->rh));
@@ -7306,7 +7334,7 @@ static void conn_timeout(struct conn *c)
 			return;
 		}
 		if (c->q == Q_PROXY) {
-			conn_abort(c, "PROXY header not complete within header_timeout");
+			conn_abort_client(c, "PROXY header not complete within header_timeout");
 			return;
 		}
 		request_begin(c);
@@ -9809,7 +9837,7 @@ static void on_event(struct evh *h, unsigned ev)
 	case H_CLIENT: {
 		struct conn *c = (struct conn *)h;
 		if (ev & EV_ERR) {
-			conn_abort(c, c->r == R_NONE ? NULL : "client connection error");
+			conn_abort_client(c, c->r == R_NONE ? NULL : "client connection error");
 			break;
 		}
 		conn_progress(c);
