@@ -29,7 +29,7 @@ from integration import HOST, Fail, check, eq, free_port, short  # noqa: E402
 from process import conf  # noqa: E402
 from policy import ask, section, lsn  # noqa: E402
 
-SUITE_BUDGET = 240
+SUITE_BUDGET = 250
 TESTS = []
 test = it.registrar(TESTS, 40)
 
