@@ -5829,7 +5829,7 @@ static int backend_connect(struct conn *c, struct lb_server *s)
 }
 
 static void backend_failed(struct conn *c, int status, const char *why, int retryable);
-static void accept_hold(void); /* section 14 */
+static void accept_hold(size_t closing); /* section 14 */
 
 /* errno of a connect() that failed in lb, not on the way to the server: descriptors, buffers or
  * memory, or no local port left */
@@ -5850,7 +5850,7 @@ static void backend_local_failed(struct conn *c, const char *what, int e)
 	backend_release(c, 0);
 	c->srv = NULL;
 	if (e != EADDRNOTAVAIL && e != EAGAIN)
-		accept_hold();
+		accept_hold(1);
 	if (c->L->mode == LB_MODE_TCP || c->r != R_WAIT || buf_len(&c->rh) > 0 || c->sent_any) {
 		conn_abort(c, NULL);
 		return;
@@ -9649,13 +9649,14 @@ static void accept_pause(int paused)
 }
 
 /* Out of descriptors or kernel memory (accept, a server socket): stop accepting, and try again
- * after a back-off (100 ms, doubling up to 1 s while it goes on) or as soon as one of this
- * worker's connections closes. */
-static void accept_hold(void)
+ * after a back-off (100 ms, doubling up to 1 s while it goes on) or as soon as another of this
+ * worker's connections closes (`closing` of them are about to, having met the error: they free
+ * no descriptor a new client could use). */
+static void accept_hold(size_t closing)
 {
 	g_accept_backoff = g_accept_backoff ? LB_MIN(g_accept_backoff * 2, 1000) : 100;
 	g_accept_retry_at = g_now + g_accept_backoff;
-	g_accept_conns = g_nconns;
+	g_accept_conns = g_nconns - LB_MIN(closing, g_nconns);
 	splice_pool_drain();
 	accept_pause(1);
 }
@@ -9770,7 +9771,7 @@ static void on_accept(struct lsock *ls)
 		if (fd < 0) {
 			int e = errno;
 			if (local_resource_error(e)) {
-				accept_hold();
+				accept_hold(0);
 				log_throttled(&log_slot, "accept: %s: pausing new connections for %llu ms or until one closes "
 				              "(%zu connections open in this worker)", strerror(e),
 				              (unsigned long long)g_accept_backoff, g_nconns);
