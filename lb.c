@@ -4893,7 +4893,8 @@ static void tls_count_failure(int kind)
 /* ==================================================================== 7. connections
  * Pools of connection structs and buffers (bounded by max_connections), the deadline heap,
  * and the byte movers: client_read/write, backend_read/write. One owner per buffer: a
- * client connection owns in/out/qh/rh; backend connections own no buffer. */
+ * client connection owns in/out/qh/rh; backend connections own no buffer. Also the error log:
+ * lb_err, and log_throttled for events a flood repeats (one line a second per call site, counted). */
 
 struct buf {
 	char *d;
@@ -7349,7 +7350,7 @@ static void conn_timeout(struct conn *c)
 			conn_close_clean(c); /* keep-alive idle: close quietly */
 			return;
 		}
-		conn_abort(c, c->L->mode == LB_MODE_TCP ? NULL : "idle timeout during the exchange");
+		conn_abort_client(c, c->L->mode == LB_MODE_TCP ? NULL : "idle timeout during the exchange");
 		return;
 	}
 	if (!c->h.dead)
@@ -7378,7 +7379,8 @@ static void tcp_start(struct conn *c)
  * reads. The circuit breaker lives per server in shared memory: every worker records the
  * outcome of its exchanges; a state change is a compare-and-swap, so exactly one process logs
  * it and publishes it as an event. Events reach the master through a shared ring; the master
- * runs alert_command with each. */
+ * runs alert_command with each. lb's own failures (out of descriptors, ports, memory) are never
+ * a server's: a check that cannot start is skipped, an exchange that cannot connect is not counted. */
 
 struct lb_event {
 	_Atomic uint64_t seq;              /* n + 1 once event n is complete; 0 while written */
@@ -9595,7 +9597,9 @@ static void access_log_write(struct conn *c)
 }
 
 /* ==================================================================== 14. process: listeners, signals, graceful stop
- * Listening sockets, accept, the signal self-pipe, the loop, and the drain on SIGTERM/SIGINT. */
+ * Listening sockets, accept, the signal self-pipe, the loop, and the drain on SIGTERM/SIGINT.
+ * Accept pauses at the worker's connection cap (max_connections as its descriptors allow) and,
+ * with a back-off, when descriptors or memory run out (accept_hold). */
 
 static int g_sigpipe[2] = { -1, -1 };
 static struct evh g_sigh;
