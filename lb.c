@@ -66,7 +66,8 @@
 
 /* ==================================================================== 2. small utilities
  * Case-insensitive compares, hashing, a name index (config and shared-memory lookups by name), a tiny
- * PRNG, a log-free natural logarithm. No I/O. */
+ * PRNG, a log-free natural logarithm, the once-a-period decision of repeated log lines (lb_throttle_pass;
+ * log_throttled in 7. writes them). No I/O. */
 
 static int lower(int c) { return (c >= 'A' && c <= 'Z') ? c + 32 : c; }
 
@@ -172,6 +173,20 @@ static uint32_t *name_index_cell(const struct name_index *x, const char *name, n
 	while (x->cell[i] && strcmp(name_at(ctx, x->cell[i] - 1), name))
 		i = (i + 1) & x->mask;
 	return &x->cell[i];
+}
+
+int lb_throttle_pass(struct lb_throttle *t, uint64_t now_ms, uint64_t period_ms, uint64_t *quiet,
+                     uint64_t *span_ms)
+{
+	if (t->last && now_ms - t->last < period_ms) {
+		t->quiet++;
+		return 0;
+	}
+	*quiet = t->quiet;
+	*span_ms = t->last ? now_ms - t->last : 0;
+	t->quiet = 0;
+	t->last = now_ms ? now_ms : 1;
+	return 1;
 }
 
 /* Natural log for x in (0, 1], without libm, so the build line needs no -lm.
@@ -2335,6 +2350,7 @@ static void set_global(struct cfg *st, const char *k, const char *v, int line)
 			v_uint(st, line, k, v, 1, 64, &c->workers);
 	} else if (!strcmp(k, "max_connections")) {
 		v_uint(st, line, k, v, 1, 1000000, &c->max_connections);
+		c->max_connections_set = 1;
 	} else if (!strcmp(k, "pid_file")) {
 		c->pid_file = v_str(st, line, k, v);
 	} else if (!strcmp(k, "alert_command")) {
@@ -3732,6 +3748,33 @@ struct lb_server *lb_pick(struct lb_pool *p, uint64_t key, uint64_t rnd)
 	case LB_ALGO_RANDOM2: return pick_random2(p, tier, rnd);
 	default: return pick_rr(p, tier);
 	}
+}
+
+/* -------------------------------------------------------------------- descriptors per worker
+ * What max_connections costs in file descriptors (checked against RLIMIT_NOFILE at start). */
+
+#define LB_FD_FIXED 32 /* stdio, epoll, signal pipe, master channel, logs, /dev/urandom, slack */
+
+unsigned long lb_fd_reserve(const struct lb_conf *c)
+{
+	unsigned long n = LB_FD_FIXED;
+	for (size_t i = 0; i < c->nlisteners; i++)
+		n += c->listeners[i].nbinds;
+	for (size_t i = 0; i < c->npools; i++)
+		for (size_t j = 0; c->pools[i].hc_kind != LB_HC_OFF && j < c->pools[i].nservers; j++)
+			n += !c->pools[i].servers[j].disabled; /* worker 1 checks them all at once at worst */
+	return n;
+}
+
+unsigned long lb_fd_needed(const struct lb_conf *c)
+{
+	return lb_fd_reserve(c) + 2ul * c->max_connections;
+}
+
+unsigned lb_conns_for_fds(const struct lb_conf *c, unsigned long nofile)
+{
+	unsigned long reserve = lb_fd_reserve(c), n = nofile > reserve ? (nofile - reserve) / 2 : 0;
+	return (unsigned)LB_MAX(LB_MIN(n, (unsigned long)c->max_connections), 1ul);
 }
 
 /* ==================================================================== 5. event loop and timers
@@ -5145,7 +5188,8 @@ static void tls_count_failure(int kind)
  * Pools of connection structs and buffers (bounded by max_connections), the deadline heap,
  * and the byte movers: client_read/write, backend_read/write. One owner per buffer: a
  * client connection owns in/out/qh/rh; backend connections own no buffer. Idle server connections
- * wait in per-server pools: idle_may_keep admits them, idle_purge (once a second) sizes them. */
+ * wait in per-server pools: idle_may_keep admits them, idle_purge (once a second) sizes them. Also the
+ * error log: lb_err, and log_throttled for events a flood repeats (one line a second per call site, counted). */
 
 struct buf {
 	char *d;
@@ -5252,6 +5296,10 @@ static size_t g_nheap;
 static struct lsock *g_lsocks;
 static size_t g_nlsocks;
 static int g_accept_paused;
+static unsigned g_max_conns;        /* max_connections as the descriptor limit allows (lb_conns_for_fds) */
+static uint64_t g_accept_retry_at;  /* paused by a resource error: accept again then (0: not so paused) */
+static uint64_t g_accept_backoff;   /* ms: 100, doubling up to 1000 while the errors go on */
+static size_t g_accept_conns;       /* g_nconns at that pause: one closing frees a descriptor and ends it */
 static int g_stopping;
 static uint64_t g_stop_deadline, g_stop_began;
 /* a retiring worker closes a keep-alive connection idle this long (since the retire began):
@@ -5265,6 +5313,7 @@ static char *g_scratch2;          /* g_bufsize bytes: redirect targets */
 static int g_errfd = 2, g_accfd = -1;
 static uint64_t g_rng[2];
 
+static void lb_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void lb_err(const char *fmt, ...)
 {
 	char b[1024];
@@ -5282,6 +5331,67 @@ static void lb_err(const char *fmt, ...)
 	b[n++] = '\n';
 	ssize_t w = write(g_errfd, b, n);
 	LB_UNUSED(w);
+}
+
+/* errno of a resource this process or host ran out of (descriptors, socket buffers, memory): the
+ * fault is lb's, never a server's */
+static int local_resource_error(int e) { return e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM; }
+
+/* Slots with repeats not reported yet: log_throttle_flush reports them once their second is over. */
+static struct lb_throttle *g_throttled;
+
+/* A slot's line: this event with the count of those left out before it, or (`alone`, from
+ * log_throttle_flush) the count only, under the last line's text. */
+static void throttle_line(const struct lb_throttle *t, uint64_t quiet, uint64_t span_ms, int alone)
+{
+	if (quiet)
+		lb_err("%s (%s%llu more like this in the last %llu s)", t->text, alone ? "repeated: " : "",
+		       (unsigned long long)quiet, (unsigned long long)LB_MAX((span_ms + 500) / 1000, 1));
+	else
+		lb_err("%s", t->text);
+}
+
+/* An error-log line for an event that can repeat at the rate of a flood (per client, per accept,
+ * per local resource error): at most one line a second per slot (one static slot per call site);
+ * the next line says how many were left out, and log_throttle_flush says it if no next line comes. */
+static void log_throttled(struct lb_throttle *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void log_throttled(struct lb_throttle *t, const char *fmt, ...)
+{
+	uint64_t quiet, span;
+	if (!lb_throttle_pass(t, mono_ms(), 1000, &quiet, &span)) {
+		if (!t->listed) {
+			t->listed = 1;
+			t->next = g_throttled;
+			g_throttled = t;
+		}
+		return;
+	}
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(t->text, sizeof t->text, fmt, ap);
+	va_end(ap);
+	throttle_line(t, quiet, span, 0);
+}
+
+/* Called from the loops (cheap when no slot waits): the repeats of a slot whose second is over
+ * and that no new line of its own reported. */
+static void log_throttle_flush(void)
+{
+	uint64_t now = g_throttled ? mono_ms() : 0;
+	for (struct lb_throttle **pp = &g_throttled; *pp;) {
+		struct lb_throttle *t = *pp;
+		if (t->quiet && now - t->last < 1000) {
+			pp = &t->next;
+			continue;
+		}
+		if (t->quiet) {
+			throttle_line(t, t->quiet, now - t->last, 1);
+			t->last = now;
+			t->quiet = 0;
+		}
+		t->listed = 0;
+		*pp = t->next;
+	}
 }
 
 static uint64_t rand64(void)
@@ -5737,9 +5847,13 @@ static int answer_cut(const struct conn *c)
 	return (c->term[0] == 'S' || c->term[0] == 's') && c->term[1] == 'D';
 }
 
-static void conn_abort(struct conn *c, const char *why)
+/* End an exchange that cannot finish; why (NULL: nothing to say) goes to the error log, through
+ * slot when the event is one a client can repeat at will (conn_abort_client). */
+static void conn_abort_slot(struct conn *c, const char *why, struct lb_throttle *slot)
 {
-	if (why)
+	if (why && slot)
+		log_throttled(slot, "client %s listener %s: closing: %s", ip_text(&c->ip), c->L->name, why);
+	else if (why)
 		lb_err("client %s listener %s: closing: %s", ip_text(&c->ip), c->L->name, why);
 	if (why && c->L->mode == LB_MODE_HTTP && c->t_start && c->r != R_NONE)
 		set_term(c, 'C'); /* unless the server's side was named, the client's ended it; no why: a tunnel's end */
@@ -5751,12 +5865,23 @@ static void conn_abort(struct conn *c, const char *why)
 	conn_close(c);
 }
 
+static void conn_abort(struct conn *c, const char *why) { conn_abort_slot(c, why, NULL); }
+
+/* a client's doing (reset, lost, a bad body, a timeout): one line a second per call site */
+#define conn_abort_client(c, why)                                                                          \
+	do {                                                                                               \
+		static struct lb_throttle slot_;                                                           \
+		conn_abort_slot((c), (why), &slot_);                                                       \
+	} while (0)
+
 /* The engine of a new TLS connection; bytes read with a PROXY header are its first. */
 static int tls_begin(struct conn *c)
 {
+	static struct lb_throttle log_slot;
 	if (!(c->tls = tls_conn_new(c->L))) {
 		if (errno == ENOMEM) /* else no entropy: tls_seed_engine said it, at most once a second */
-			lb_err("client %s listener %s: out of memory for a TLS engine", ip_text(&c->ip), c->L->name);
+			log_throttled(&log_slot, "client %s listener %s: out of memory for a TLS engine", ip_text(&c->ip),
+			              c->L->name);
 		conn_close(c);
 		return -1;
 	}
@@ -5778,11 +5903,12 @@ static void tls_failed(struct conn *c, int kind, const char *why)
 	if (c->tls->hs_done) {
 		char b[160];
 		snprintf(b, sizeof b, "TLS: %s", why);
-		conn_abort(c, c->r == R_NONE ? NULL : b);
+		conn_abort_client(c, c->r == R_NONE ? NULL : b);
 		return;
 	}
+	static struct lb_throttle log_slot[TLS_F_N]; /* one per kind of failure */
 	tls_count_failure(kind);
-	lb_err("client %s listener %s: TLS handshake failed: %s", ip_text(&c->ip), c->L->name, why);
+	log_throttled(&log_slot[kind], "client %s listener %s: TLS handshake failed: %s", ip_text(&c->ip), c->L->name, why);
 	conn_close(c);
 }
 
@@ -5841,7 +5967,11 @@ static const char *hsts_of(const struct conn *c)
  * status. Policy answers (quiet) are in the access log only, not one error line each. */
 static void respond(struct conn *c, int status, const char *why, const char *extra, const char *body, int quiet)
 {
-	if (!quiet)
+	static struct lb_throttle client_err[32]; /* 4xx: a client's doing, repeatable at will: one a second each */
+	if (!quiet && status >= 400 && status < 500)
+		log_throttled(&client_err[LB_MIN(status - 400, 31)], "client %s listener %s: %d %s: %s", ip_text(&c->ip),
+		              c->L->name, status, status_text(status), why);
+	else if (!quiet)
 		lb_err("client %s listener %s: %d %s: %s", ip_text(&c->ip), c->L->name, status, status_text(status), why);
 	if (c->q == Q_HEAD || c->q == Q_BODY)
 		c->close_after = 1;
@@ -6050,17 +6180,19 @@ static void proxy_header_for(struct conn *c, struct lb_bconn *b)
 	b->pxn = n > 0 ? (uint8_t)n : 0;
 }
 
+/* 0, or -1 with errno (lb's own failure: out of descriptors or memory; the caller reports it) */
 static int backend_connect(struct conn *c, struct lb_server *s)
 {
 	struct lb_bconn *b = bconn_alloc();
-	if (!b)
+	if (!b) {
+		errno = ENOMEM;
 		return -1;
+	}
 	b->srv = s;
 	b->pool = c->pool;
 	b->c = c;
 	b->h.fd = socket(s->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (b->h.fd < 0) {
-		lb_err("socket: %s", strerror(errno));
 		b->h.dead = 1;
 		b->next = g_dead_bconns;
 		g_dead_bconns = b;
@@ -6086,6 +6218,35 @@ static int backend_connect(struct conn *c, struct lb_server *s)
 }
 
 static void backend_failed(struct conn *c, int status, const char *why, int retryable);
+static void accept_hold(size_t closing); /* section 14 */
+
+/* errno of a connect() that failed in lb, not on the way to the server: descriptors, buffers or
+ * memory, or no local port left */
+static int local_connect_error(int e) { return local_resource_error(e) || e == EADDRNOTAVAIL || e == EAGAIN; }
+
+/* lb could not make a server connection for itself: not the server's fault, so no circuit, health
+ * check or retry counts it, nor its statistics (the exchange names no server); the client gets 503
+ * and Connection: close, the error log says why (throttled), and the worker stops accepting until
+ * descriptors free up. */
+static void backend_local_failed(struct conn *c, const char *what, int e)
+{
+	static struct lb_throttle log_slot;
+	char why[200];
+	snprintf(why, sizeof why, "%s for server %s/%s: %s (a local resource, not the server)", what, c->pool->name,
+	         c->srv->name, strerror(e));
+	log_throttled(&log_slot, "client %s listener %s: 503 %s: %s (%zu connections open in this worker)",
+	              ip_text(&c->ip), c->L->name, status_text(503), why, g_nconns);
+	backend_release(c, 0);
+	c->srv = NULL;
+	if (e != EADDRNOTAVAIL && e != EAGAIN)
+		accept_hold(1);
+	if (c->L->mode == LB_MODE_TCP || c->r != R_WAIT || buf_len(&c->rh) > 0 || c->sent_any) {
+		conn_abort(c, NULL);
+		return;
+	}
+	c->close_after = 1; /* its descriptor is wanted */
+	respond(c, 503, why, NULL, NULL, 1);
+}
 
 /* Choose a server (not `avoid` when another is usable) and give c a connection to it. */
 static void backend_assign(struct conn *c, struct lb_server *avoid)
@@ -6143,7 +6304,12 @@ static void backend_assign(struct conn *c, struct lb_server *avoid)
 		return;
 	}
 	if (backend_connect(c, s) != 0) {
-		backend_failed(c, 502, "cannot create a socket", 0);
+		backend_local_failed(c, "socket", errno);
+		return;
+	}
+	if (c->b->reset && local_connect_error(c->b->reset)) {
+		backend_local_failed(c, c->b->reset == ENOMEM && c->b->tls == NULL && s->tls ? "TLS engine" : "connect",
+		                     c->b->reset);
 		return;
 	}
 	srv_note_use(s);
@@ -6444,8 +6610,10 @@ static int proxy_step(struct conn *c)
 	int rc = len ? lb_parse_proxy(c->in.d + c->in.s, len, c->L->proxy_protocol, &px) : LB_EAGAIN;
 	if (rc == LB_EAGAIN) {
 		if (c->cin_eof) {
+			static struct lb_throttle log_slot;
 			if (len)
-				lb_err("client %s listener %s: closed with an incomplete PROXY header", ip_text(&c->ip), c->L->name);
+				log_throttled(&log_slot, "client %s listener %s: closed with an incomplete PROXY header",
+				              ip_text(&c->ip), c->L->name);
 			conn_close(c);
 		}
 		return 0;
@@ -6586,8 +6754,10 @@ static int request_head_step(struct conn *c)
 	const char *p = c->in.d ? c->in.d + c->in.s : NULL;
 	if (len == 0 || c->scan >= len) {
 		if (c->cin_eof) {
+			static struct lb_throttle log_slot;
 			if (len)
-				lb_err("client %s listener %s: closed with an incomplete request head", ip_text(&c->ip), c->L->name);
+				log_throttled(&log_slot, "client %s listener %s: closed with an incomplete request head",
+				              ip_text(&c->ip), c->L->name);
 			conn_close(c);
 		}
 		return 0;
@@ -6606,7 +6776,9 @@ static int request_head_step(struct conn *c)
 			return 1;
 		}
 		if (c->cin_eof) {
-			lb_err("client %s listener %s: closed with an incomplete request head", ip_text(&c->ip), c->L->name);
+			static struct lb_throttle log_slot;
+			log_throttled(&log_slot, "client %s listener %s: closed with an incomplete request head", ip_text(&c->ip),
+			              c->L->name);
 			conn_close(c);
 		}
 		return 0;
@@ -6632,7 +6804,7 @@ static int request_body_step(struct conn *c)
 			if (c->r == R_WAIT && !c->resp_started)
 				respond_own(c, 400, "client closed before sending the whole body");
 			else
-				conn_abort(c, "client closed before sending the whole body");
+				conn_abort_client(c, "client closed before sending the whole body");
 		}
 		return 0;
 	}
@@ -6646,7 +6818,7 @@ static int request_body_step(struct conn *c)
 			if (c->r == R_WAIT && !c->resp_started && buf_len(&c->rh) == 0)
 				respond_own(c, big ? 413 : 400, big ? "chunked body above max_body_size" : "invalid chunked framing");
 			else
-				conn_abort(c, "invalid chunked request body");
+				conn_abort_client(c, "invalid chunked request body");
 			return 1;
 		}
 		if (rc == LB_CHUNK_DONE)
@@ -6967,6 +7139,17 @@ static void splice_end(struct conn *c)
 	g_nfree_splices++;
 }
 
+/* out of descriptors: the kept pipes hold 4 each for nothing */
+static void splice_pool_drain(void)
+{
+	while (g_free_splices) {
+		struct lb_splice *sp = g_free_splices;
+		g_free_splices = sp->next;
+		splice_close(sp);
+	}
+	g_nfree_splices = 0;
+}
+
 #ifdef __linux__
 /* one splice from fd into a pipe holding *n bytes; the result as recv's */
 static ssize_t splice_into(int fd, int pipe_w, uint32_t *n, bool *full)
@@ -7189,7 +7372,7 @@ static int client_read(struct conn *c)
 	}
 	c->cin_eof = 1;
 	if (n < 0 && c->q != Q_TUNNEL) {
-		conn_abort(c, c->r == R_NONE ? NULL : "client connection reset");
+		conn_abort_client(c, c->r == R_NONE ? NULL : "client connection reset");
 		return 0;
 	}
 	return 1;
@@ -7216,7 +7399,7 @@ static int client_write(struct conn *c)
 	if (c->tls && tls_records_pending(&c->tls->io)) {
 		int f = tls_flush_out(&c->tls->io, c->h.fd);
 		if (f < 0) {
-			conn_abort(c, c->r == R_NONE ? NULL : "client connection lost while sending the response");
+			conn_abort_client(c, c->r == R_NONE ? NULL : "client connection lost while sending the response");
 			return 0;
 		}
 		if (f == 0)
@@ -7229,7 +7412,7 @@ static int client_write(struct conn *c)
 			if (n <= 0) {
 				if (n < 0 && io_again())
 					return moved;
-				conn_abort(c, "client connection lost while sending the response");
+				conn_abort_client(c, "client connection lost while sending the response");
 				return 0;
 			}
 			c->bytes_out += (uint64_t)n;
@@ -7249,7 +7432,7 @@ static int client_write(struct conn *c)
 		if (n < 0) {
 			if (io_again())
 				return moved;
-			conn_abort(c, "client connection lost while sending the response");
+			conn_abort_client(c, "client connection lost while sending the response");
 			return 0;
 		}
 		size_t un = (size_t)n, h = LB_MIN(un, buf_len(&c->rh));
@@ -7592,7 +7775,7 @@ static void conn_timeout(struct conn *c)
 			return;
 		}
 		if (c->q == Q_PROXY) {
-			conn_abort(c, "PROXY header not complete within header_timeout");
+			conn_abort_client(c, "PROXY header not complete within header_timeout");
 			return;
 		}
 		request_begin(c);
@@ -7621,7 +7804,7 @@ static void conn_timeout(struct conn *c)
 		}
 		if (c->L->mode == LB_MODE_HTTP)
 			set_term(c, 'c');
-		conn_abort(c, c->L->mode == LB_MODE_TCP ? NULL : "idle timeout during the exchange");
+		conn_abort_client(c, c->L->mode == LB_MODE_TCP ? NULL : "idle timeout during the exchange");
 		return;
 	}
 	if (!c->h.dead)
@@ -7650,7 +7833,8 @@ static void tcp_start(struct conn *c)
  * reads. The circuit breaker lives per server in shared memory: every worker records the
  * outcome of its exchanges; a state change is a compare-and-swap, so exactly one process logs
  * it and publishes it as an event. Events reach the master through a shared ring; the master
- * runs alert_command with each. */
+ * runs alert_command with each. lb's own failures (out of descriptors, ports, memory) are never
+ * a server's: a check that cannot start is skipped, an exchange that cannot connect is not counted. */
 
 struct lb_event {
 	_Atomic uint64_t seq;              /* n + 1 once event n is complete; 0 while written */
@@ -7718,7 +7902,7 @@ static int cb_on(const struct lb_pool *p) { return p->cb_failures || p->cb_error
  * Returns 1, or 0 after logging (at most once a second) why the circuit stays closed. */
 static int cb_room(const struct lb_pool *p, const struct lb_server *s, const char *reason)
 {
-	static uint64_t last_log, quiet;
+	static struct lb_throttle log_slot;
 	if (p->cb_max_open >= 100)
 		return 1;
 	size_t open = 0, cap = LB_MAX(p->nservers * p->cb_max_open / 100, 1);
@@ -7729,15 +7913,9 @@ static int cb_room(const struct lb_pool *p, const struct lb_server *s, const cha
 	}
 	if (open < cap)
 		return 1;
-	if (g_now - last_log < 1000) {
-		quiet++;
-		return 0;
-	}
-	lb_err("server %s/%s: circuit stays closed: %zu of the pool's %zu circuits are open (circuit_max_open %u%%); "
-	       "it would have opened: %s (%llu more such since the last line)",
-	       p->name, s->name, open, p->nservers, p->cb_max_open, reason, (unsigned long long)quiet);
-	last_log = g_now;
-	quiet = 0;
+	log_throttled(&log_slot, "server %s/%s: circuit stays closed: %zu of the pool's %zu circuits are open "
+	              "(circuit_max_open %u%%); it would have opened: %s",
+	              p->name, s->name, open, p->nservers, p->cb_max_open, reason);
 	return 0;
 }
 
@@ -7944,7 +8122,8 @@ static void hc_verdict(struct hc *k, int ok, const char *why)
 	}
 }
 
-static void hc_done(struct hc *k, int ok, const char *why)
+/* the check's socket closed, the next one due after health_interval */
+static void hc_end(struct hc *k)
 {
 	if (k->h.fd >= 0) {
 		ev_forget(&k->h);
@@ -7956,7 +8135,22 @@ static void hc_done(struct hc *k, int ok, const char *why)
 	k->busy = 0;
 	k->due = g_now + k->p->hc_interval;
 	g_hc_next = LB_MIN(g_hc_next, k->due);
+}
+
+static void hc_done(struct hc *k, int ok, const char *why)
+{
+	hc_end(k);
 	hc_verdict(k, ok, why);
+}
+
+/* A check lb could not start for want of its own resources (descriptors, ports, memory) says
+ * nothing about the server: no verdict, the next check at the next interval. */
+static void hc_skip(struct hc *k, const char *what, int e)
+{
+	static struct lb_throttle log_slot;
+	hc_end(k);
+	log_throttled(&log_slot, "health check of server %s/%s skipped: %s: %s (a local resource, not the server)",
+	              k->p->name, k->s->name, what, strerror(e));
 }
 
 static void hc_start(struct hc *k)
@@ -7970,17 +8164,20 @@ static void hc_start(struct hc *k)
 	k->h.kind = H_HEALTH;
 	k->h.fd = socket(k->s->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (k->h.fd < 0) {
-		snprintf(why, sizeof why, "socket: %s", strerror(errno));
-		hc_done(k, 0, why);
+		hc_skip(k, "socket", errno);
 		return;
 	}
 	if (connect(k->h.fd, (struct sockaddr *)&k->s->sa, k->s->salen) != 0 && errno != EINPROGRESS) {
+		if (local_connect_error(errno)) {
+			hc_skip(k, "connect", errno);
+			return;
+		}
 		snprintf(why, sizeof why, "connect: %s", strerror(errno));
 		hc_done(k, 0, why);
 		return;
 	}
 	if (k->s->tls && k->p->hc_kind == LB_HC_HTTP && !(k->tls = tls_up_new(k->p, k->s))) {
-		hc_done(k, 0, "no TLS engine (out of memory, or no entropy)");
+		hc_skip(k, "TLS engine (out of memory, or no entropy)", errno);
 		return;
 	}
 	k->h.want = EV_W;
@@ -10187,7 +10384,9 @@ static void access_log_line(struct conn *c)
 }
 
 /* ==================================================================== 14. process: listeners, signals, graceful stop
- * Listening sockets, accept, the signal self-pipe, the loop, and the drain on SIGTERM/SIGINT. */
+ * Listening sockets, accept, the signal self-pipe, the loop, and the drain on SIGTERM/SIGINT.
+ * Accept pauses at the worker's connection cap (max_connections as its descriptors allow) and,
+ * with a back-off, when descriptors or memory run out (accept_hold). */
 
 static int g_sigpipe[2] = { -1, -1 };
 static struct evh g_sigh;
@@ -10221,32 +10420,56 @@ fail:
 	return -1;
 }
 
+/* A paused worker takes its listeners out of the event set (a level-triggered listener that is
+ * only not read would wake the loop for ever); the other workers keep accepting. */
 static void accept_pause(int paused)
 {
 	if (g_accept_paused == paused)
 		return;
 	g_accept_paused = paused;
 	for (size_t i = 0; i < g_nlsocks; i++) {
-		g_lsocks[i].h.want = paused ? 0 : EV_R;
-		ev_apply(&g_lsocks[i].h);
+		struct evh *h = &g_lsocks[i].h;
+		if (h->dead)
+			continue;
+		h->want = paused ? 0 : EV_R;
+		if (paused)
+			ev_forget(h);
+		else
+			ev_apply(h);
 	}
+}
+
+/* Out of descriptors or kernel memory (accept, a server socket): stop accepting, and try again
+ * after a back-off (100 ms, doubling up to 1 s while it goes on) or as soon as another of this
+ * worker's connections closes (`closing` of them are about to, having met the error: they free
+ * no descriptor a new client could use). */
+static void accept_hold(size_t closing)
+{
+	g_accept_backoff = g_accept_backoff ? LB_MIN(g_accept_backoff * 2, 1000) : 100;
+	g_accept_retry_at = g_now + g_accept_backoff;
+	g_accept_conns = g_nconns - LB_MIN(closing, g_nconns);
+	splice_pool_drain();
+	accept_pause(1);
+}
+
+static int accept_may_resume(void)
+{
+	if (g_stopping || g_nconns >= g_max_conns)
+		return 0;
+	if (g_accept_retry_at && g_now < g_accept_retry_at && g_nconns >= g_accept_conns)
+		return 0;
+	g_accept_retry_at = 0;
+	return 1;
 }
 
 /* max_conn_per_ip, checked once the connection's client is known; logs at most once a second */
 static int conn_admitted(struct conn *c)
 {
-	static uint64_t last_log, quiet;
+	static struct lb_throttle log_slot;
 	if (!c->L->max_conn_per_ip || ipc_take(c))
 		return 1;
-	if (g_now - last_log >= 1000) {
-		lb_err("client %s listener %s: closing: more than max_conn_per_ip = %u connections from this address "
-		       "(%llu more refused since the last line)",
-		       ip_text(&c->conn_ip), c->L->name, c->L->max_conn_per_ip, (unsigned long long)quiet);
-		last_log = g_now;
-		quiet = 0;
-	} else {
-		quiet++;
-	}
+	log_throttled(&log_slot, "client %s listener %s: closing: more than max_conn_per_ip = %u connections from "
+	              "this address", ip_text(&c->conn_ip), c->L->name, c->L->max_conn_per_ip);
 	conn_close(c);
 	return 0;
 }
@@ -10327,8 +10550,9 @@ static int listener_admits(const struct lb_listener *l, const struct sockaddr_st
 
 static void on_accept(struct lsock *ls)
 {
-	for (int i = 0; i < 64; i++) {
-		if (g_nconns >= g_conf->max_connections) {
+	static struct lb_throttle log_slot;
+	for (int i = 0; i < 64 && !g_accept_paused; i++) {
+		if (g_nconns >= g_max_conns) {
 			accept_pause(1);
 			return;
 		}
@@ -10336,12 +10560,16 @@ static void on_accept(struct lsock *ls)
 		socklen_t sl = sizeof sa;
 		int fd = accept4(ls->h.fd, (struct sockaddr *)&sa, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {
-			if (errno == EMFILE || errno == ENFILE) {
-				lb_err("accept: %s: pausing new connections", strerror(errno));
-				accept_pause(1);
+			int e = errno;
+			if (local_resource_error(e)) {
+				accept_hold(0);
+				log_throttled(&log_slot, "accept: %s: pausing new connections for %llu ms or until one closes "
+				              "(%zu connections open in this worker)", strerror(e),
+				              (unsigned long long)g_accept_backoff, g_nconns);
 			}
 			return;
 		}
+		g_accept_backoff = 0;
 		if (!listener_admits(&g_conf->listeners[ls->li], &sa)) {
 			close(fd); /* before any byte is read */
 			continue;
@@ -10401,7 +10629,7 @@ static void on_event(struct evh *h, unsigned ev)
 	case H_CLIENT: {
 		struct conn *c = (struct conn *)h;
 		if (ev & EV_ERR) {
-			conn_abort(c, c->r == R_NONE ? NULL : "client connection error");
+			conn_abort_client(c, c->r == R_NONE ? NULL : "client connection error");
 			break;
 		}
 		conn_progress(c);
@@ -10476,6 +10704,8 @@ static int next_timeout(void)
 		return 0;
 	uint64_t d = g_nheap ? g_heap[0]->deadline : UINT64_MAX;
 	d = LB_MIN(d, g_hc_next);
+	if (g_accept_paused && g_accept_retry_at)
+		d = LB_MIN(d, g_accept_retry_at);
 	return d <= g_now ? 0 : (int)LB_MIN(d - g_now, 1000);
 }
 
@@ -10554,8 +10784,11 @@ static int setup_runtime(void)
 	g_heap = calloc(g_conf->max_connections + 16, sizeof *g_heap);
 	struct rlimit rl;
 	size_t maxfds = (size_t)g_conf->max_connections * 2 + 256;
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+	g_max_conns = g_conf->max_connections;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
 		maxfds = LB_MIN(maxfds, (size_t)rl.rlim_cur + 16);
+		g_max_conns = lb_conns_for_fds(g_conf, (unsigned long)rl.rlim_cur); /* fd_limit_check warned */
+	}
 	g_fd_budget = maxfds; /* idle server connections stay under 3/4 of it (fds_short) */
 	if (!g_scratch || !g_scratch2 || !g_heap || !g_bufstack || ev_init(maxfds) != 0) {
 		lb_err("out of memory setting up the event loop");
@@ -10610,7 +10843,8 @@ static int run_loop(void)
 		admin_sync();
 		reap_dead();
 		log_flush();
-		if (g_accept_paused && !g_stopping && g_nconns < g_conf->max_connections)
+		log_throttle_flush();
+		if (g_accept_paused && accept_may_resume())
 			accept_pause(0);
 		if (g_stopping && (g_nconns == 0 || g_now >= g_stop_deadline)) {
 			if (g_nconns)
@@ -11243,6 +11477,27 @@ static int resolve_user(const struct lb_conf *c)
 	return 0;
 }
 
+/* max_connections against RLIMIT_NOFILE, which the workers inherit (lb_main raised the soft limit
+ * to the hard one). Each worker takes at most what its descriptors allow (lb_conns_for_fds), so a
+ * client connection never takes the descriptor its server connection needs, and the rest wait in
+ * the listen backlog; an operator who set max_connections hears about it once (an unset one is
+ * sized from the limit quietly, as HAProxy sizes maxconn). */
+static void fd_limit_check(const struct lb_conf *c)
+{
+	struct rlimit rl;
+	unsigned long need = lb_fd_needed(c);
+	if (!c->max_connections_set || getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY ||
+	    rl.rlim_cur >= need)
+		return;
+	lb_err("warning: max_connections = %u needs %lu file descriptors in each worker (a client and a server "
+	       "connection each, and %lu for listeners, logs and health checks) but the limit is %lu (RLIMIT_NOFILE, "
+	       "hard limit %lu): each worker takes at most %u connections and leaves the rest in the listen "
+	       "backlog; raise the limit to %lu (ulimit -n, systemd LimitNOFILE=) or lower max_connections",
+	       c->max_connections, need, lb_fd_reserve(c), (unsigned long)rl.rlim_cur,
+	       rl.rlim_max == RLIM_INFINITY ? (unsigned long)rl.rlim_cur : (unsigned long)rl.rlim_max,
+	       lb_conns_for_fds(c, (unsigned long)rl.rlim_cur), need);
+}
+
 /* SIGHUP: the new generation starts before the old one retires; on any error the old
  * generation keeps serving as it was. */
 static int master_reload(void)
@@ -11283,6 +11538,8 @@ static int master_reload(void)
 	memcpy(g_admin_token, token, sizeof token);
 	g_admin_token_len = token_len;
 	g_conf = nc;
+	if (lb_fd_needed(nc) != lb_fd_needed(old) || nc->max_connections_set != old->max_connections_set)
+		fd_limit_check(nc);
 	if (nc->rate_limit_entries != old->rate_limit_entries)
 		lb_err("reload: rate_limit_entries = %u takes effect at the next restart; the table keeps %zu entries",
 		       nc->rate_limit_entries, g_rl_sets * RL_WAYS);
@@ -11499,6 +11756,7 @@ static int master_run(void)
 			admin_events(fds, 0); /* timeouts and pending removals */
 		master_signals();
 		master_reap(); /* also catches a SIGCHLD that raced the handler install */
+		log_throttle_flush();
 		if (g_mstop) {
 			if (g_stop_at && mono_ms() >= g_stop_at)
 				master_stop_now();
@@ -12085,6 +12343,7 @@ int lb_main(int argc, char **argv)
 		return 1;
 	lb_err("lb %s: master pid %d, %u workers, %zu listeners, %zu pools, %zu routes", LB_VERSION, (int)g_pid,
 	       worker_count(g_conf), g_conf->nlisteners, g_conf->npools, g_conf->nroutes);
+	fd_limit_check(g_conf);
 	int rc = master_run();
 	if (g_conf->pid_file)
 		unlink(g_conf->pid_file);

@@ -472,6 +472,7 @@ struct lb_conf {
 	unsigned workers;            /* 0 = auto */
 	char *user;                  /* workers drop to this user when started as root */
 	unsigned max_connections;
+	int max_connections_set;     /* given in the file: a limit too low for it is warned about */
 	char *pid_file;
 	uint64_t shutdown_timeout;   /* ms: bound on the graceful stop */
 	uint64_t stop_grace;         /* ms: after SIGTERM, keep serving while /healthz says draining */
@@ -530,6 +531,31 @@ int lb_route_pool(struct lb_route *r);
 struct lb_server *lb_pick(struct lb_pool *p, uint64_t key, uint64_t rnd);
 
 uint64_t lb_hash64(const void *data, size_t n); /* FNV-1a 64 then a mixer */
+
+/* ------------------------------------------------------------------ limits and repeated events */
+
+/* Descriptors one worker holds besides its connections' own: stdio, the event loop, the signal
+ * pipe, the master's channel, logs, every listening socket, one health check per checked server,
+ * and some slack (a /dev/urandom read, an alert pipe). */
+unsigned long lb_fd_reserve(const struct lb_conf *c);
+/* Descriptors a worker needs for max_connections: each client connection may hold a server one. */
+unsigned long lb_fd_needed(const struct lb_conf *c);
+/* Client connections per worker that nofile descriptors allow (at least 1, at most max_connections). */
+unsigned lb_conns_for_fds(const struct lb_conf *c, unsigned long nofile);
+
+/* A repeated event's error-log slot (lb.c's log_throttled): at most one line a period, the repeats
+ * in between counted and reported with the next line (or alone once the period is over). */
+struct lb_throttle {
+	uint64_t last;               /* ms (monotonic) of the last line written; 0: none yet */
+	uint64_t quiet;              /* events since then that wrote no line */
+	struct lb_throttle *next;    /* lb.c: the slots whose count is still to be reported */
+	int listed;
+	char text[200];              /* lb.c: the last line written, without its count */
+};
+/* 1: write this event's line (*quiet: the repeats suppressed since the last line, *span_ms: since
+ * when; both restart); 0: suppressed and counted. Lines are at least period_ms apart. Pure. */
+int lb_throttle_pass(struct lb_throttle *t, uint64_t now_ms, uint64_t period_ms, uint64_t *quiet,
+                     uint64_t *span_ms);
 
 /* ------------------------------------------------------------------ process */
 

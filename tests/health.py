@@ -15,6 +15,7 @@ One line per test: "PASS name" or "FAIL name: reason"; then "health: N passed, N
 import http.client
 import json
 import os
+import resource
 import socket
 import struct
 import sys
@@ -29,7 +30,7 @@ from integration import HOST, Fail, check, eq, free_port, short  # noqa: E402
 from process import conf  # noqa: E402
 from policy import ask, section, lsn  # noqa: E402
 
-SUITE_BUDGET = 260
+SUITE_BUDGET = 270
 TESTS = []
 test = it.registrar(TESTS, 40)
 
@@ -612,6 +613,143 @@ def t_head_drip(ctx):
                  "server p/cut: GET /stall/b (request id stall-2, client 127.0.0.1): server sent nothing more for "
                  "idle_timeout, 20480 of 100000 body bytes"):
         check(want in err, "the error log lacks %r: %s" % (want, short(err, 600)))
+# ---------------------------------------------------------------------------------------- descriptors
+
+def cpu_seconds(pids):
+    """utime + stime of pids from /proc/PID/stat, in seconds (0 for a pid that is gone)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+            total += int(rest[11]) + int(rest[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def hold_clients(port, n, seconds):
+    """n connections, each sending one keep-alive GET, held `seconds`; then {status: count} of what each
+    got by then ("none": no answer yet, still in lb's listen backlog) and the sockets, still open."""
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.setblocking(False)
+        try:
+            s.connect((HOST, port))
+        except BlockingIOError:
+            pass
+        socks.append(s)
+    time.sleep(0.2)
+    for s in socks:
+        try:
+            s.send(b"GET /squeeze HTTP/1.1\r\nHost: x\r\n\r\n")
+        except OSError:
+            pass
+    time.sleep(seconds)
+    got = {}
+    for s in socks:
+        try:
+            d = s.recv(4096)
+        except BlockingIOError:
+            d = None
+        except OSError:
+            d = b""
+        k = "none" if d is None else d[9:12].decode() if d.startswith(b"HTTP/1.1 ") else "closed"
+        got[k] = got.get(k, 0) + 1
+    return got, socks
+
+
+def close_all(socks):
+    for s in socks:
+        s.close()
+
+
+def api_stats(port):
+    c = http.client.HTTPConnection(HOST, port, timeout=5)
+    try:
+        c.request("GET", "/api/stats")
+        r = c.getresponse()
+        eq(r.status, 200, "GET /api/stats")
+        return json.loads(r.read())
+    finally:
+        c.close()
+
+
+@test("descriptors_exhausted", timeout=40)
+def t_descriptors(ctx):
+    """lb started with 256 descriptors (prlimit) and max_connections = 1000 in the file: one warning, each
+    worker takes what its descriptors allow and the other clients wait in the backlog, CPU idle. Then the
+    workers' limit is cut to 80 (below what they sized themselves for): accept pauses with a back-off
+    (CPU stays idle, a few throttled 'accept:' lines with counts), a request that cannot get a server
+    socket gets 503 (never 502), and nothing is blamed on a server: health up, circuit closed, errors 0;
+    once the clients leave, requests succeed again."""
+    a, b = ctx.b["a"], ctx.b["b"]
+    port, aport = free_port(), free_port()
+    text = conf(section("admin", ("bind", "%s:%d" % (HOST, aport))), lsn("web", port),
+                section("pool p", ("server", "a %s:%d" % (HOST, a.port)), ("server", "b %s:%d" % (HOST, b.port)),
+                        *HC_FAST, ("health_fall", "1"), ("circuit_failures", "3"), ("keepalive", "0")),
+                workers=2, glob={"max_connections": 1000})
+    m = ctx.master(text, [port], preexec=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256)))
+    workers = m.wait_workers(2)
+    err = m.stderr()
+    warn = [ln for ln in err.splitlines() if "max_connections = 1000 needs" in ln]
+    eq(len(warn), 1, "warnings about max_connections against the descriptor limit: %s" % short(err, 400))
+    check("each worker takes at most 110 connections" in warn[0], "the warning: %s" % short(warn[0], 300))
+
+    cpu0 = cpu_seconds(workers)
+    got, socks = hold_clients(port, 600, 1.5)
+    cpu = cpu_seconds(workers) - cpu0
+    close_all(socks)
+    check(cpu < 0.5, "workers used %.2f s of CPU holding 600 clients with 256 descriptors" % cpu)
+    check(set(got) <= {"200", "none"} and got.get("200", 0) >= 100,
+          "600 clients, 2 workers of 110 connections: statuses %s (want up to 220 answered 200, the rest waiting)"
+          % got)
+
+    # a limit below the descriptors a process holds is not one a process can start with (poll() would
+    # refuse the set): cut it once the clients' close has reached the workers (keepalive 0: no idle
+    # server connections stay)
+    deadline = time.monotonic() + 3
+    while max(len(os.listdir("/proc/%d/fd" % w)) for w in workers) > 40:
+        check(time.monotonic() < deadline, "the workers still hold %s descriptors 3 s after the clients left"
+              % [len(os.listdir("/proc/%d/fd" % w)) for w in workers])
+        time.sleep(0.05)
+    for w in workers:
+        resource.prlimit(w, resource.RLIMIT_NOFILE, (80, 80))
+    mark = len(m.stderr())
+    cpu0 = cpu_seconds(workers)
+    got, socks = hold_clients(port, 600, 2.0)
+    cpu = cpu_seconds(workers) - cpu0
+    close_all(socks)
+    log = m.stderr()[mark:]
+    check(cpu < 0.5, "workers used %.2f s of CPU over 2 s out of descriptors (want idle)" % cpu)
+    check(set(got) <= {"200", "503", "none"}, "statuses out of descriptors: %s (want only 200, 503, waiting)" % got)
+    accepts = [ln for ln in log.splitlines() if "accept: Too many open files" in ln]
+    check(1 <= len(accepts) <= 10, "%d 'accept:' lines in the error log over the squeeze (want 1 to 10): %s"
+          % (len(accepts), short("\n".join(accepts[:3]), 400)))
+    check(any("more like this" in ln for ln in accepts), "no 'accept:' line counts its repeats: %s"
+          % short("\n".join(accepts[:3]), 400))
+    check(len(log.splitlines()) <= 40, "%d error-log lines over the squeeze: %s" % (len(log.splitlines()), short(log, 400)))
+    if got.get("503"):
+        check("a local resource, not the server" in log, "503s without the local reason in the log: %s" % short(log, 400))
+
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            r = ask(port, "/after")
+            if r.status == 200:
+                break
+            last = r.status
+        except Exception as e:
+            last = e
+        check(time.monotonic() < deadline, "no 200 within 5 s after the clients left (last: %s)" % last)
+        time.sleep(0.1)
+    time.sleep(0.7)  # two health checks after the squeeze
+    for srv in api_stats(aport)["pools"][0]["servers"]:
+        eq((srv["health"], srv["circuit"], srv["errors"], srv["status"]["5xx"]), ("up", "closed", 0, 0),
+           "server %s after the squeeze: (health, circuit, errors, 5xx)" % srv["name"])
+    check("is down" not in m.stderr() and "circuit open" not in m.stderr(),
+          "a server was blamed: %s" % short(m.stderr()[mark:], 400))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from process import Skip, conf  # noqa: E402
 
 ROOT = it.ROOT
 LB_BIN = it.LB_BIN
-SUITE_BUDGET = 200  # seconds for all tests; with cleanup the run stays well under 4 minutes
+SUITE_BUDGET = 205  # seconds for all tests; with cleanup the run stays well under 4 minutes
 INT_RE = re.compile(r"^[0-9]{1,10}$")
 
 
@@ -1137,6 +1137,53 @@ def t_proxy_flood(ctx):
     r1 = raw_exchange(port, proxy_v1("192.0.2.200") + it.raw_request("/again"))
     r2 = raw_exchange(port, proxy_v1("192.0.2.200") + it.raw_request("/again"))
     eq((r1.status, r2.status), (200, 429), "one address twice after the flood (1/minute burst=1)")
+
+
+@test("slowloris_log_throttled", timeout=30)
+def t_slowloris_log(ctx):
+    """200 connections that send part of a head and stop get 408 after header_timeout, and the error log
+    says so in a few lines, one a second per worker, that count the rest (every 408 accounted for)."""
+    a = ctx.b["a"]
+    port = free_port()
+    m = ctx.master(conf(lsn("web", port, ("header_timeout", "1s")), pl("p", [a]), workers=2), [port])
+    m.wait_workers(2)
+    mark = len(m.stderr())
+    socks = []
+    try:
+        for _ in range(200):
+            s = socket.create_connection((HOST, port), timeout=5)
+            s.sendall(b"GET /drip HTTP/1.1\r\nHost: x\r\n")
+            socks.append(s)
+        got = {}
+        for s in socks:
+            d = b""
+            try:
+                while b"\r\n" not in d:
+                    piece = s.recv(4096)
+                    if not piece:
+                        break
+                    d += piece
+            except OSError:
+                pass
+            k = d[9:12].decode() if d.startswith(b"HTTP/1.1 ") else "none"
+            got[k] = got.get(k, 0) + 1
+    finally:
+        for s in socks:
+            s.close()
+    eq(got, {"408": 200}, "answers to 200 heads left incomplete past header_timeout")
+
+    def counted():
+        """a line is its event and the N before it it counts; a "(repeated: N more" line only those N"""
+        lines = [ln for ln in m.stderr()[mark:].splitlines() if "408 Request Timeout" in ln]
+        more = sum(int(x) for x in re.findall(r"\((?:repeated: )?(\d+) more like this", "\n".join(lines)))
+        return lines, more + sum(1 for ln in lines if "(repeated: " not in ln)
+    deadline = time.monotonic() + 4
+    while counted()[1] < 200 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    lines, total = counted()
+    check(len(lines) <= 6, "%d error-log lines for 200 timed-out heads (want a few): %s"
+          % (len(lines), short("\n".join(lines[:4]), 400)))
+    eq(total, 200, "408s the error log accounts for (lines + their counts): %s" % short("\n".join(lines), 400))
 
 
 # ---------------------------------------------------------------------------------------- runner

@@ -104,7 +104,7 @@ def write_atomic(path, text):
 class Master:
     """lb run in the foreground as the master; its workers are tracked by PID and start time."""
 
-    def __init__(self, ctx, conf_text, ports, args=None, tag="lb"):
+    def __init__(self, ctx, conf_text, ports, args=None, tag="lb", preexec=None):
         if not (os.path.isfile(LB_BIN) and os.access(LB_BIN, os.X_OK)):
             raise Fail("lb binary not found or not executable: %s" % LB_BIN)
         self.ctx = ctx
@@ -120,7 +120,7 @@ class Master:
         self.known = {}  # pid -> starttime of every child ever seen
         self.lock = threading.Lock()
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self.out, stderr=self.err,
-                                     cwd=ROOT)
+                                     cwd=ROOT, preexec_fn=preexec)
         self.pid = self.proc.pid
         ctx.masters.append(self)
         self.sampling = threading.Event()
@@ -268,8 +268,9 @@ class Ctx:
         self.masters = []
         self.stoppers = []
 
-    def master(self, conf_text, ports, args=None, tag="lb"):
-        return Master(self, conf_text, ports, args, tag)
+    def master(self, conf_text, ports, args=None, tag="lb", preexec=None):
+        """preexec: run in the child before lb starts (e.g. a setrlimit)."""
+        return Master(self, conf_text, ports, args, tag, preexec)
 
     def on_cleanup(self, fn):
         self.stoppers.append(fn)

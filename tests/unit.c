@@ -3126,6 +3126,70 @@ static void test_tls_entropy(void)
 	end("tls/client_engine_entropy");
 }
 
+/* ------------------------------------------------------------------ descriptors and repeated log lines */
+
+static void test_fd_budget(void)
+{
+	struct lb_conf *c;
+	begin();
+	int rc = conf_parse("[global]\nmax_connections = 1000\n[listener web]\nbind = 127.0.0.1:8080, 127.0.0.1:8081\n"
+	                    "pool = p\n[pool p]\nserver = a 127.0.0.1:9001\nserver = b 127.0.0.1:9002\n"
+	                    "[pool q]\nhealth_check = off\nserver = c 127.0.0.1:9003\n", &c);
+	CHECK(rc == 0 && c, "expected 0, got %d: %s", rc, errs_str());
+	if (rc == 0 && c) {
+		CHECK(c->max_connections_set == 1, "max_connections_set: expected 1, got %d", c->max_connections_set);
+		/* 32 fixed, 2 binds, 2 checked servers (pool q checks none) */
+		unsigned long r = lb_fd_reserve(c);
+		CHECK(r == 36, "reserve: expected 36, got %lu", r);
+		CHECK(lb_fd_needed(c) == 36 + 2000, "needed: expected 2036, got %lu", lb_fd_needed(c));
+		CHECK(lb_conns_for_fds(c, 256) == 110, "256 fds: expected 110 connections, got %u", lb_conns_for_fds(c, 256));
+		CHECK(lb_conns_for_fds(c, 2036) == 1000, "2036 fds: expected 1000, got %u", lb_conns_for_fds(c, 2036));
+		CHECK(lb_conns_for_fds(c, 2035) == 999, "2035 fds: expected 999, got %u", lb_conns_for_fds(c, 2035));
+		CHECK(lb_conns_for_fds(c, 1000000) == 1000, "a high limit: expected max_connections, got %u",
+		      lb_conns_for_fds(c, 1000000));
+		CHECK(lb_conns_for_fds(c, 20) == 1, "fewer fds than the reserve: expected 1, got %u", lb_conns_for_fds(c, 20));
+		lb_conf_free(c);
+	}
+	rc = conf_parse(conf_min, &c);
+	if (rc == 0 && c) {
+		CHECK(c->max_connections_set == 0, "default max_connections_set: expected 0, got %d", c->max_connections_set);
+		lb_conf_free(c);
+	}
+	end("fd budget: max_connections against RLIMIT_NOFILE");
+}
+
+static void test_throttle(void)
+{
+	struct lb_throttle t;
+	uint64_t q = 99, span = 99;
+	begin();
+	memset(&t, 0, sizeof t);
+	CHECK(lb_throttle_pass(&t, 5000, 1000, &q, &span) == 1 && q == 0 && span == 0, "first event: pass, 0 quiet");
+	int passed = 0;
+	for (uint64_t now = 5001; now < 6000; now++)
+		passed += lb_throttle_pass(&t, now, 1000, &q, &span);
+	CHECK(passed == 0, "999 events within the second: expected none passed, got %d", passed);
+	CHECK(t.quiet == 999, "counted: expected 999, got %llu", (unsigned long long)t.quiet);
+	CHECK(lb_throttle_pass(&t, 6000, 1000, &q, &span) == 1, "a second later: pass");
+	CHECK(q == 999 && span == 1000, "reported: expected 999 in 1000 ms, got %llu in %llu ms", (unsigned long long)q,
+	      (unsigned long long)span);
+	CHECK(t.quiet == 0 && t.last == 6000, "restarted: quiet %llu last %llu", (unsigned long long)t.quiet,
+	      (unsigned long long)t.last);
+	CHECK(lb_throttle_pass(&t, 9000, 1000, &q, &span) == 1 && q == 0 && span == 3000, "after a quiet spell: pass, 0");
+	/* a flood of 10 s at one event per ms: one line a second */
+	memset(&t, 0, sizeof t);
+	uint64_t lines = 0, total = 0;
+	for (uint64_t now = 1; now <= 10000; now++)
+		if (lb_throttle_pass(&t, now, 1000, &q, &span)) {
+			lines++;
+			total += q + 1;
+		}
+	total += t.quiet;
+	CHECK(lines == 10, "10 s flood: expected 10 lines, got %llu", (unsigned long long)lines);
+	CHECK(total == 10000, "10 s flood: every event counted: expected 10000, got %llu", (unsigned long long)total);
+	end("throttle: one line a second, the rest counted");
+}
+
 int main(void)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -3175,6 +3239,8 @@ int main(void)
 	test_x509();
 	test_tls_fail_classify();
 	test_tls_entropy();
+	test_fd_budget();
+	test_throttle();
 
 	printf("unit: %d passed, %d failed\n", n_pass, n_fail);
 	return n_fail ? 1 : 0;
