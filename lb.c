@@ -9031,8 +9031,8 @@ static void admin_close_all(void)
 	g_admin_fd = -1;
 }
 
-/* Admin connection trouble, counted and logged at most once a second with the counts (a throttle
- * local to this section). */
+/* Admin connection trouble, counted and logged at most once a second: one line sums the four
+ * kinds (log_throttled would give each kind a line of its own). */
 static struct {
 	unsigned refused, evicted, head_timeout, no_fd;
 	uint64_t said_at;
@@ -10109,9 +10109,9 @@ static int g_log_over; /* log_raw had no room: the line being written is incompl
 static int g_log_err;  /* errno of the last write that failed */
 
 /* -------------------------------------------------------------------- lost lines, said once a second
- * acclog_warn: a minimal throttled report local to the access log (a general throttled-log
- * helper may replace it): the first loss is said at once, later ones at most once a second
- * with their count. */
+ * acclog_warn: the first loss is said at once, later ones at most once a second with their
+ * count. It sums lines (a write cut short loses many at once), where log_throttled counts
+ * events, hence its own small sum. */
 struct acclog_warn {
 	uint64_t next_ms, pending;
 	char why[96];

@@ -696,7 +696,7 @@ static void init_once(void)
 	for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++)
 		sigaction(sigs[i], &old[i], NULL); /* the fuzzer's own */
 	ev_forget(&g_sigh);
-	CHECK(shm_create() == 0 && shm_map_conf(fz_confs[0]) == 0 && shm_map_conf(fz_confs[1]) == 0);
+	CHECK(shm_create(fz_confs[0]) == 0 && shm_map_conf(fz_confs[0]) == 0 && shm_map_conf(fz_confs[1]) == 0);
 	CHECK(rl_create(64) == 0 && events_create() == 0);
 	g_slot = 0;
 	g_worker_id = 2; /* not 1: health checks stay off */

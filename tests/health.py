@@ -503,16 +503,19 @@ def cut_lb(ctx, srv, fmt, *pool_extra, lsn_extra=()):
     return m, port, aport, log
 
 
-def server_stats(aport):
-    c = http.client.HTTPConnection(HOST, aport, timeout=5)
+def api_stats(port):
+    c = http.client.HTTPConnection(HOST, port, timeout=5)
     try:
         c.request("GET", "/api/stats")
         r = c.getresponse()
-        body = r.read()
         eq(r.status, 200, "GET /api/stats")
+        return json.loads(r.read())
     finally:
         c.close()
-    return json.loads(body)["pools"][0]["servers"][0]
+
+
+def server_stats(aport):
+    return api_stats(aport)["pools"][0]["servers"][0]
 
 
 def log_lines(path, n, timeout=3.0):
@@ -663,17 +666,6 @@ def hold_clients(port, n, seconds):
 def close_all(socks):
     for s in socks:
         s.close()
-
-
-def api_stats(port):
-    c = http.client.HTTPConnection(HOST, port, timeout=5)
-    try:
-        c.request("GET", "/api/stats")
-        r = c.getresponse()
-        eq(r.status, 200, "GET /api/stats")
-        return json.loads(r.read())
-    finally:
-        c.close()
 
 
 @test("descriptors_exhausted", timeout=40)
