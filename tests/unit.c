@@ -1935,9 +1935,11 @@ static void test_conf_route_overrides(void)
 	CHECK(rc == 0, "expected a valid file, got %s", errs_str());
 	if (rc == 0) {
 		const struct lb_route *z = &c->routes[0], *n = &c->routes[1], *s = &c->routes[2];
-		CHECK(z->has_max_body_size && z->max_body_size == 0, "route zero: max_body_size = 0 not kept as given");
-		CHECK(!n->has_max_body_size && !n->has_response_timeout, "route none: overrides set without a key");
-		CHECK(s->has_max_body_size && s->max_body_size == 2048 && s->has_response_timeout && s->response_timeout == 1,
+#define GIVEN(r, k) lb_conf_given((r)->given, "route", k)
+		CHECK(GIVEN(z, "max_body_size") && z->max_body_size == 0, "route zero: max_body_size = 0 not kept as given");
+		CHECK(!GIVEN(n, "max_body_size") && !GIVEN(n, "response_timeout"), "route none: overrides set without a key");
+		CHECK(GIVEN(s, "max_body_size") && s->max_body_size == 2048 && GIVEN(s, "response_timeout") &&
+		      s->response_timeout == 1,
 		      "route some: %" PRIu64 " / %" PRIu64, s->max_body_size, s->response_timeout);
 		lb_conf_free(c);
 	}
