@@ -2946,13 +2946,13 @@ static const char *const w_send_proxy[] = { "off", "v1", "v2", NULL };
 
 static const struct keydef keys_global[] = {
 	{ .name = "workers", .set = set_workers, .off = OG(workers), .def = "auto", .min = 1, .max = 64, .doc = "worker processes; auto = CPU count (at most 32)" },
-	{ .name = "user", .set = set_str, .off = OG(user), .doc = "workers drop to this user when started as root" },
+	{ .name = "user", .set = set_str, .off = OG(user), .good = "nobody", .doc = "workers drop to this user when started as root" },
 	{ .name = "max_connections", .set = set_uint, .off = OG(max_connections), .def = "100000", .min = 1, .max = 1000000, .doc = "client connections per worker" },
-	{ .name = "pid_file", .set = set_str, .off = OG(pid_file), .doc = "the master's PID" },
+	{ .name = "pid_file", .set = set_str, .off = OG(pid_file), .good = "/run/lb.pid", .doc = "the master's PID" },
 	{ .name = "rate_limit_entries", .set = set_uint, .off = OG(rate_limit_entries), .def = "65536", .min = 64, .max = 16777216, .doc = "size of the shared rate-limit table" },
 	{ .name = "shutdown_timeout", .set = set_dur, .off = OG(shutdown_timeout), .def = "30s", .doc = "bound on a graceful stop" },
 	{ .name = "stop_grace", .set = set_dur, .off = OG(stop_grace), .def = "0s", .doc = "after SIGTERM, serve this long while /healthz says draining" },
-	{ .name = "alert_command", .set = set_str, .off = OG(alert_command), .doc = "shell command run with each event as JSON" },
+	{ .name = "alert_command", .set = set_str, .off = OG(alert_command), .good = "logger -t lb", .doc = "shell command run with each event as JSON" },
 	{ .name = "tls_session_cache", .set = set_uint, .off = OG(tls_session_cache), .def = "20000", .min = 0, .max = 10000000, .doc = "TLS sessions kept for resumption; 0 = off" },
 	{ .name = "state_file", .later = "the admin API", .doc = "not supported yet" },
 	{ .name = NULL },
