@@ -11367,10 +11367,21 @@ static void usage(FILE *f)
 	fprintf(f, "usage: lb [-c FILE] [-u USER]  run in the foreground (default FILE: config.ini)\n"
 	           "       lb -t [-c FILE]         check the configuration and exit (0 valid, 1 errors)\n"
 	           "       lb ctl [-c FILE] ...    drive a running lb through its admin API (lb ctl -h)\n"
+	           "       lb --keys               print the config keys: section, key (* repeatable), default, meaning\n"
 	           "       lb -v                   print the version\n"
 	           "       lb -h                   this help\n"
 	           "  -u USER   workers run as USER (overrides [global] user); as root, lb refuses to\n"
 	           "            run without a user unless -u root says so explicitly\n");
+}
+
+/* lb --keys: one tab-separated line per row of the key table (tests/keys.py compares README with it) */
+static int print_keys(FILE *f)
+{
+	struct lb_key_info k;
+	for (size_t i = 0; lb_conf_key(i, &k) == 0; i++)
+		fprintf(f, "%s\t%s%s\t%s\t%s\n", k.section, k.name, k.repeat ? "*" : "", k.def ? k.def : "-",
+		        k.later ? "not supported yet" : k.doc ? k.doc : "(read by linode-scaler)");
+	return 0;
 }
 
 static char *read_file(const char *path, size_t *len)
@@ -11859,6 +11870,8 @@ int lb_main(int argc, char **argv)
 			user = argv[++i];
 		else if (!strcmp(argv[i], "-t"))
 			check = 1;
+		else if (!strcmp(argv[i], "--keys"))
+			return print_keys(stdout);
 		else if (!strcmp(argv[i], "-v")) {
 			printf("lb %s (BearSSL, inih; %s)\n", LB_VERSION,
 #ifdef LB_EPOLL
