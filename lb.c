@@ -1990,71 +1990,36 @@ long lb_acme_token(const char *path, size_t n, const char **token)
 
 enum { S_BAD = 0, S_GLOBAL, S_LOG, S_ADMIN, S_SCALER, S_LISTENER, S_POOL, S_ROUTE };
 
+struct cfg;
+struct keydef;
+/* a key's setter: parses v into obj (the section's struct), or reports line and key */
+typedef void key_set(struct cfg *st, void *obj, const struct keydef *kd, const char *v, int line);
+
+/* One row per key (the tables keys_global ... keys_route, after the setters): parsing, defaults (def
+ * goes through set as if it were in the file), the bits of the keys given (`given` in the section's
+ * struct, by row), "did you mean", and `lb --keys`, which tests/keys.py checks against README. */
 struct keydef {
 	const char *name;
-	int repeat;          /* may be given more than once */
-	const char *later;   /* not built yet: the issue that brings it */
+	key_set *set;            /* NULL: [scaler], read by linode-scaler; lb checks the name only */
+	size_t off, off_n;       /* the field set writes (offsetof in the section's struct); off_n: a list's count */
+	const char *def;         /* the default as written in a file; NULL: none */
+	uint64_t min, max;       /* set_uint, set_size; set_dur: min (ms) */
+	const char *const *words; /* set_enum: the values, numbered from 0 */
+	unsigned char repeat;    /* may be given more than once */
+	unsigned char route;     /* a route may override it (the [route] row of the same name) */
+	unsigned char off0;      /* "off" means 0 */
+	const char *good, *bad;  /* for tests: values accepted (with extra lines) and refused, when def and type do not say */
+	const char *doc;
+	const char *later;       /* not built yet: the issue that brings it */
 };
-
-static const struct keydef keys_global[] = {
-	{ "workers", 0, NULL }, { "max_connections", 0, NULL }, { "pid_file", 0, NULL },
-	{ "shutdown_timeout", 0, NULL }, { "user", 0, NULL }, { "rate_limit_entries", 0, NULL },
-	{ "stop_grace", 0, NULL }, { "tls_session_cache", 0, NULL },
-	{ "state_file", 0, "the admin API" }, { "alert_command", 0, NULL }, { NULL, 0, NULL },
-};
-static const struct keydef keys_log[] = {
-	{ "access", 0, NULL }, { "format", 0, NULL }, { "error", 0, NULL },
-	{ "rotate", 0, NULL }, { "retention", 0, NULL }, { NULL, 0, NULL },
-};
-static const struct keydef keys_admin[] = {
-	{ "bind", 0, NULL }, { "token_file", 0, NULL }, { "allow", 1, NULL }, { NULL, 0, NULL },
-};
-static const struct keydef keys_scaler[] = { /* read by linode-scaler; lb only checks the names */
-	{ "pool", 0, NULL }, { "admin_url", 0, NULL }, { "admin_token_file", 0, NULL },
-	{ "api_url", 0, NULL }, { "token_file", 0, NULL }, { "region", 0, NULL }, { "type", 0, NULL },
-	{ "image", 0, NULL }, { "user_data", 0, NULL }, { "authorized_keys_file", 0, NULL },
-	{ "tag", 0, NULL }, { "min", 0, NULL }, { "max", 0, NULL }, { "scale_up_cpu", 0, NULL },
-	{ "scale_down_cpu", 0, NULL }, { "scale_down_after", 0, NULL }, { "cooldown", 0, NULL },
-	{ "interval", 0, NULL }, { "server_port", 0, NULL }, { "server_address", 0, NULL },
-	{ NULL, 0, NULL },
-};
-static const struct keydef keys_listener[] = {
-	{ "bind", 1, NULL }, { "mode", 0, NULL }, { "pool", 0, NULL }, { "header_timeout", 0, NULL },
-	{ "idle_timeout", 0, NULL }, { "max_header_size", 0, NULL }, { "max_body_size", 0, NULL },
-	{ "tls", 0, NULL }, { "cert", 1, NULL }, { "client_ca", 0, NULL },
-	{ "redirect_https", 0, NULL }, { "https_port", 0, NULL }, { "acme_webroot", 0, NULL }, { "hsts", 0, NULL },
-	{ "proxy_protocol", 0, NULL }, { "trusted_proxies", 1, NULL },
-	{ "allow", 1, NULL }, { "deny", 1, NULL },
-	{ "max_conn_per_ip", 0, NULL }, { "splice", 0, NULL }, { NULL, 0, NULL },
-};
-static const struct keydef keys_pool[] = {
-	{ "server", 1, NULL }, { "algorithm", 0, NULL }, { "connect_timeout", 0, NULL },
-	{ "response_timeout", 0, NULL }, { "keepalive", 0, NULL }, { "retries", 0, NULL },
-	{ "health_check", 0, NULL }, { "health_interval", 0, NULL }, { "health_timeout", 0, NULL },
-	{ "health_rise", 0, NULL }, { "health_fall", 0, NULL }, { "health_expect", 0, NULL },
-	{ "circuit_failures", 0, NULL }, { "circuit_error_rate", 0, NULL }, { "circuit_window", 0, NULL },
-	{ "circuit_min_requests", 0, NULL }, { "circuit_slow", 0, NULL }, { "circuit_open", 0, NULL },
-	{ "circuit_max_open", 0, NULL }, { "sticky", 0, NULL }, { "send_proxy", 0, NULL }, { "tls_ca", 0, NULL },
-	{ "tls_sni", 0, NULL },
-	{ NULL, 0, NULL },
-};
-static const struct keydef keys_route[] = {
-	{ "listener", 0, NULL }, { "host", 0, NULL }, { "path", 0, NULL }, { "method", 0, NULL },
-	{ "header", 1, NULL }, { "pool", 0, NULL }, { "split", 0, NULL },
-	{ "response_timeout", 0, NULL }, { "max_body_size", 0, NULL },
-	{ "acl", 1, NULL }, { "rate_limit", 0, NULL }, { "rate_limit_exempt", 0, NULL },
-	{ "request_header_add", 1, NULL }, { "request_header_remove", 1, NULL },
-	{ "response_header_add", 1, NULL }, { "response_header_remove", 1, NULL }, { "return", 0, NULL },
-	{ "redirect", 0, NULL }, { NULL, 0, NULL },
-};
-
+#define KFIELD(T, obj, kd) ((T *)(void *)((char *)(obj) + (kd)->off))
+#define KCOUNT(obj, kd) ((size_t *)(void *)((char *)(obj) + (kd)->off_n))
 struct sect {
 	int kind;
 	int line;
 	char full[LB_NAME_MAX + 16]; /* "pool api" */
 	const char *name;            /* points into full: "api" */
 	size_t idx;                  /* index in its conf array */
-	uint64_t seen;               /* keys given, by keydef index */
 	unsigned over;               /* [pool]: server lines past LB_MAX_POOL_SERVERS (reported once) */
 	int over_line;               /* the first of them */
 };
@@ -2129,6 +2094,24 @@ static int section_kind(const char *k, size_t n, int *named)
 	return S_BAD;
 }
 
+static size_t edit_distance(const char *a, const char *b);
+static void closer(const char *w, const char *name, const char **best, size_t *bestd);
+
+static void unknown_kind(struct cfg *st, int line, const char *k, size_t n)
+{
+	char w[LB_NAME_MAX + 16];
+	const char *best = NULL;
+	size_t d = 0;
+	snprintf(w, sizeof w, "%.*s", (int)n, k);
+	for (int i = S_GLOBAL; i <= S_ROUTE; i++)
+		closer(w, kind_name(i), &best, &d);
+	if (best)
+		cfg_err(st, line, NULL, "unknown section kind '%s': did you mean '%s'? (global, log, admin, scaler, listener, "
+		        "pool, route)", w, best);
+	else
+		cfg_err(st, line, NULL, "unknown section kind '%s' (global, log, admin, scaler, listener, pool, route)", w);
+}
+
 static void skip_line(struct cfg *st, int line)
 {
 	int *p = realloc(st->skip, (st->nskip + 1) * sizeof *p);
@@ -2172,8 +2155,7 @@ static void prescan_section(struct cfg *st, const char *l, size_t n, int line)
 	int named = 0, kind = section_kind(s->full, kn, &named);
 	struct lb_str nm = { sp ? sp + 1 : "", sp ? strlen(sp + 1) : 0 };
 	if (kind == S_BAD) {
-		cfg_err(st, line, NULL, "unknown section kind '%.*s' (global, log, admin, scaler, listener, pool, route)",
-		        (int)kn, s->full);
+		unknown_kind(st, line, s->full, kn);
 		return;
 	}
 	if (named && !name_ok(nm)) {
@@ -2287,14 +2269,15 @@ static int v_dur(struct cfg *st, int line, const char *key, const char *v, uint6
 	return 1;
 }
 
-/* a duration of at least min ms (a 0 response_timeout would answer 504 before any server could) */
+/* a duration of at least min ms (a 0 response_timeout would answer 504 before any server could); min 0: any */
 static int v_dur_min(struct cfg *st, int line, const char *key, const char *v, uint64_t min, uint64_t *out)
 {
 	uint64_t x;
 	if (v_dur(st, line, key, v, &x))
 		return 1;
 	if (x < min) {
-		cfg_err(st, line, key, "%s: '%s' is too short (at least %llums)", key, v, (unsigned long long)min);
+		cfg_err(st, line, key, "%s: '%s' is too short (at least %llu%s)", key, v,
+		        (unsigned long long)(min % 1000 ? min : min / 1000), min % 1000 ? "ms" : "s");
 		return 1;
 	}
 	*out = x;
@@ -2340,68 +2323,6 @@ static int v_onoff(struct cfg *st, int line, const char *key, const char *v, int
 	return 1;
 }
 
-static void set_global(struct cfg *st, const char *k, const char *v, int line)
-{
-	struct lb_conf *c = st->c;
-	if (!strcmp(k, "workers")) {
-		if (!strcmp(v, "auto"))
-			c->workers = 0;
-		else
-			v_uint(st, line, k, v, 1, 64, &c->workers);
-	} else if (!strcmp(k, "max_connections")) {
-		v_uint(st, line, k, v, 1, 1000000, &c->max_connections);
-		c->max_connections_set = 1;
-	} else if (!strcmp(k, "pid_file")) {
-		c->pid_file = v_str(st, line, k, v);
-	} else if (!strcmp(k, "alert_command")) {
-		c->alert_command = v_str(st, line, k, v);
-	} else if (!strcmp(k, "stop_grace")) {
-		v_dur(st, line, k, v, &c->stop_grace);
-	} else if (!strcmp(k, "user")) {
-		c->user = v_str(st, line, k, v);
-	} else if (!strcmp(k, "shutdown_timeout")) {
-		v_dur(st, line, k, v, &c->shutdown_timeout);
-	} else if (!strcmp(k, "rate_limit_entries")) {
-		v_uint(st, line, k, v, 64, 16777216, &c->rate_limit_entries);
-	} else if (!strcmp(k, "tls_session_cache")) {
-		v_uint(st, line, k, v, 0, 10000000, &c->tls_session_cache);
-	}
-}
-
-static void set_log(struct cfg *st, const char *k, const char *v, int line)
-{
-	struct lb_conf *c = st->c;
-	if (!strcmp(k, "access")) {
-		free(c->access_log);
-		c->access_log = strcmp(v, "off") ? v_str(st, line, k, v) : NULL;
-	} else if (!strcmp(k, "format")) {
-		if (!strcmp(v, "combined"))
-			c->log_format = LB_LOG_COMBINED;
-		else if (!strcmp(v, "json"))
-			c->log_format = LB_LOG_JSON;
-		else
-			cfg_err(st, line, k, "format: '%s' is not combined or json", v);
-	} else if (!strcmp(k, "error")) {
-		free(c->error_log);
-		c->error_log = v_str(st, line, k, v);
-	} else if (!strcmp(k, "rotate")) {
-		uint64_t x;
-		c->rotate_interval = c->rotate_size = 0;
-		if (!strcmp(v, "off"))
-			return;
-		if (lb_parse_duration(v, strlen(v), &x) == 0 && x >= 1000)
-			c->rotate_interval = x;
-		else if (lb_parse_size(v, strlen(v), &x) == 0 && x >= 4096)
-			c->rotate_size = x;
-		else
-			cfg_err(st, line, k, "rotate: '%s' is not off, an interval of at least 1s (1h) or a size of at least 4k (100m)", v);
-	} else if (!strcmp(k, "retention")) {
-		if (!v_dur(st, line, k, v, &c->retention) && c->retention < 1000)
-			cfg_err(st, line, k, "retention: at least 1s");
-	}
-}
-
-/* append a comma-separated list of CIDRs to *arr */
 static void cidr_list(struct cfg *st, const char *k, const char *v, int line, struct lb_cidr **arr, size_t *n)
 {
 	const char *p = v, *end = v + strlen(v);
@@ -2429,121 +2350,12 @@ static void cidr_list(struct cfg *st, const char *k, const char *v, int line, st
 	}
 }
 
-static void set_admin(struct cfg *st, const char *k, const char *v, int line)
-{
-	struct lb_conf *c = st->c;
-	if (!strcmp(k, "bind")) {
-		if (lb_parse_hostport(v, strlen(v), &c->admin_bind.hp) != 0)
-			cfg_err(st, line, k, "bind: invalid address '%s' (host:port, [v6]:port or *:port)", v);
-		c->admin_bind.line = line;
-	} else if (!strcmp(k, "token_file")) {
-		c->admin_token_file = v_str(st, line, k, v);
-	} else if (!strcmp(k, "allow")) {
-		cidr_list(st, k, v, line, &c->admin_allow, &c->nadmin_allow);
-	}
-}
-
-/* a header value lb writes as given: printable, no CR/LF */
 static int header_value_ok(const char *v)
 {
 	for (; *v; v++)
 		if ((unsigned char)*v < 0x20 || *v == 0x7f)
 			return 0;
 	return 1;
-}
-
-static void set_listener_tls(struct cfg *st, struct lb_listener *l, const char *k, const char *v, int line)
-{
-	if (!strcmp(k, "tls")) {
-		v_onoff(st, line, k, v, &l->tls);
-	} else if (!strcmp(k, "cert")) {
-		if (l->ncerts >= LB_MAX_CERTS) {
-			cfg_err(st, line, k, "cert: more than %d certificates in one listener", LB_MAX_CERTS);
-			return;
-		}
-		char *f = v_str(st, line, k, v);
-		if (f) {
-			l->cert_lines[l->ncerts] = line;
-			l->certs[l->ncerts++] = f;
-		}
-	} else if (!strcmp(k, "client_ca")) {
-		l->client_ca = v_str(st, line, k, v);
-		l->client_ca_line = line;
-	} else if (!strcmp(k, "hsts")) {
-		if (strncmp(v, "max-age=", 8) || !header_value_ok(v))
-			cfg_err(st, line, k, "hsts: '%s' is not a Strict-Transport-Security value (e.g. max-age=31536000; includeSubDomains)", v);
-		else
-			l->hsts = v_str(st, line, k, v);
-	} else if (!strcmp(k, "redirect_https")) {
-		v_onoff(st, line, k, v, &l->redirect_https);
-	} else if (!strcmp(k, "https_port")) {
-		v_uint(st, line, k, v, 1, 65535, &l->https_port);
-	} else if (!strcmp(k, "acme_webroot")) {
-		l->acme_webroot = v_str(st, line, k, v);
-	}
-}
-
-static void set_listener(struct cfg *st, struct lb_listener *l, const char *k, const char *v, int line)
-{
-	if (!strcmp(k, "bind")) {
-		const char *p = v, *end = v + strlen(v);
-		struct lb_str el;
-		if (!*v)
-			cfg_err(st, line, k, "bind: empty value (host:port, [v6]:port or *:port)");
-		while (list_next(&p, end, &el)) {
-			if (l->nbinds >= LB_MAX_BINDS) {
-				cfg_err(st, line, k, "bind: more than %d addresses", LB_MAX_BINDS);
-				return;
-			}
-			struct lb_bind *b = &l->binds[l->nbinds];
-			if (lb_parse_hostport(el.p, el.n, &b->hp) != 0) {
-				cfg_err(st, line, k, "bind: invalid address '%.*s' (host:port, [v6]:port or *:port)", (int)el.n, el.p);
-				continue;
-			}
-			b->line = line;
-			l->nbinds++;
-		}
-	} else if (!strcmp(k, "mode")) {
-		if (!strcmp(v, "http"))
-			l->mode = LB_MODE_HTTP;
-		else if (!strcmp(v, "tcp"))
-			l->mode = LB_MODE_TCP;
-		else
-			cfg_err(st, line, k, "mode: '%s' is not http or tcp", v);
-	} else if (!strcmp(k, "pool")) {
-		add_ref(st, &l->pool, 0, v, strlen(v), line, k);
-	} else if (!strcmp(k, "header_timeout")) {
-		v_dur(st, line, k, v, &l->header_timeout);
-	} else if (!strcmp(k, "idle_timeout")) {
-		v_dur(st, line, k, v, &l->idle_timeout);
-	} else if (!strcmp(k, "max_header_size")) {
-		v_size(st, line, k, v, &l->max_header_size, 1024, 1024 * 1024);
-	} else if (!strcmp(k, "max_body_size")) {
-		v_size(st, line, k, v, &l->max_body_size, 0, (uint64_t)INT64_MAX);
-	} else if (!strcmp(k, "allow")) {
-		cidr_list(st, k, v, line, &l->allow, &l->nallow);
-	} else if (!strcmp(k, "deny")) {
-		cidr_list(st, k, v, line, &l->deny, &l->ndeny);
-	} else if (!strcmp(k, "trusted_proxies")) {
-		cidr_list(st, k, v, line, &l->trusted, &l->ntrusted);
-	} else if (!strcmp(k, "proxy_protocol")) {
-		if (!strcmp(v, "off"))
-			l->proxy_protocol = 0;
-		else if (!strcmp(v, "v1"))
-			l->proxy_protocol = LB_PROXY_V1;
-		else if (!strcmp(v, "v2"))
-			l->proxy_protocol = LB_PROXY_V2;
-		else if (!strcmp(v, "any"))
-			l->proxy_protocol = LB_PROXY_ANY;
-		else
-			cfg_err(st, line, k, "proxy_protocol: '%s' is not off, v1, v2 or any", v);
-	} else if (!strcmp(k, "max_conn_per_ip")) {
-		v_uint(st, line, k, v, 0, 1000000, &l->max_conn_per_ip);
-	} else if (!strcmp(k, "splice")) {
-		v_onoff(st, line, k, v, &l->splice);
-	} else {
-		set_listener_tls(st, l, k, v, line);
-	}
 }
 
 static void add_server(struct cfg *st, struct lb_pool *p, const char *v, int line)
@@ -2615,49 +2427,6 @@ static void set_health_expect(struct cfg *st, struct lb_pool *p, const char *k, 
 		cfg_err(st, line, k, "health_expect: empty (e.g. 200-399)");
 }
 
-static void set_pool_health(struct cfg *st, struct lb_pool *p, const char *k, const char *v, int line)
-{
-	if (!strcmp(k, "health_check")) {
-		const char *q = v, *end = v + strlen(v);
-		struct lb_str kind, m, path, extra;
-		if (!next_word(&q, end, &kind))
-			kind.n = 0;
-		if (str_ieq(kind.p, kind.n, "off") && !next_word(&q, end, &extra)) {
-			p->hc_kind = LB_HC_OFF;
-		} else if (str_ieq(kind.p, kind.n, "tcp") && !next_word(&q, end, &extra)) {
-			p->hc_kind = LB_HC_TCP;
-		} else if (str_ieq(kind.p, kind.n, "http") && next_word(&q, end, &m) && token_ok(m) &&
-		           m.n < sizeof p->hc_method && next_word(&q, end, &path) && path.p[0] == '/' &&
-		           path.n < sizeof p->hc_path && !next_word(&q, end, &extra)) {
-			p->hc_kind = LB_HC_HTTP;
-			snprintf(p->hc_method, sizeof p->hc_method, "%.*s", (int)m.n, m.p);
-			snprintf(p->hc_path, sizeof p->hc_path, "%.*s", (int)path.n, path.p);
-			for (size_t i = 0; i < path.n; i++)
-				if ((unsigned char)path.p[i] <= ' ' || path.p[i] == 0x7f) {
-					cfg_err(st, line, k, "health_check: the path has a control character or space");
-					return;
-				}
-		} else {
-			cfg_err(st, line, k, "health_check: expected 'http METHOD /PATH', 'tcp' or 'off', got '%s'", v);
-		}
-	} else if (!strcmp(k, "health_interval")) {
-		if (!v_dur(st, line, k, v, &p->hc_interval) && p->hc_interval < 100)
-			cfg_err(st, line, k, "health_interval: at least 100ms");
-	} else if (!strcmp(k, "health_timeout")) {
-		if (!v_dur(st, line, k, v, &p->hc_timeout) && p->hc_timeout < 10)
-			cfg_err(st, line, k, "health_timeout: at least 10ms");
-	} else if (!strcmp(k, "health_rise")) {
-		v_uint(st, line, k, v, 1, 100, &p->hc_rise);
-	} else if (!strcmp(k, "health_fall")) {
-		v_uint(st, line, k, v, 1, 100, &p->hc_fall);
-	} else if (!strcmp(k, "health_expect")) {
-		set_health_expect(st, p, k, v, line);
-	} else {
-		cfg_err(st, line, k, "unknown key '%s' in [pool %s]", k, p->name);
-	}
-}
-
-/* "N%" with lo <= N <= 100, or "off" (off_value) */
 static void v_percent(struct cfg *st, int line, const char *k, const char *v, unsigned lo, unsigned off_value,
                       unsigned *out)
 {
@@ -2672,99 +2441,6 @@ static void v_percent(struct cfg *st, int line, const char *k, const char *v, un
 }
 
 /* "off" turns a circuit rule off (0) */
-static void set_pool_circuit(struct cfg *st, struct lb_pool *p, const char *k, const char *v, int line)
-{
-	int off = !strcmp(v, "off");
-	if (!strcmp(k, "circuit_failures")) {
-		if (off)
-			p->cb_failures = 0;
-		else
-			v_uint(st, line, k, v, 0, 1000000, &p->cb_failures);
-	} else if (!strcmp(k, "circuit_error_rate")) {
-		v_percent(st, line, k, v, 0, 0, &p->cb_error_rate);
-	} else if (!strcmp(k, "circuit_max_open")) {
-		v_percent(st, line, k, v, 1, 100, &p->cb_max_open);
-	} else if (!strcmp(k, "circuit_window")) {
-		if (!v_dur(st, line, k, v, &p->cb_window) && p->cb_window < 100)
-			cfg_err(st, line, k, "circuit_window: at least 100ms");
-	} else if (!strcmp(k, "circuit_min_requests")) {
-		v_uint(st, line, k, v, 1, 1000000, &p->cb_min_requests);
-	} else if (!strcmp(k, "circuit_slow")) {
-		if (off)
-			p->cb_slow = 0;
-		else
-			v_dur(st, line, k, v, &p->cb_slow);
-	} else if (!strcmp(k, "circuit_open")) {
-		if (!v_dur(st, line, k, v, &p->cb_open) && p->cb_open < 100)
-			cfg_err(st, line, k, "circuit_open: at least 100ms");
-	} else {
-		cfg_err(st, line, k, "unknown key '%s' in [pool %s]", k, p->name);
-	}
-}
-
-static void set_pool(struct cfg *st, struct lb_pool *p, const char *k, const char *v, int line)
-{
-	if (!strcmp(k, "server")) {
-		add_server(st, p, v, line);
-	} else if (!strcmp(k, "algorithm")) {
-		static const char *const a[] = { "round_robin", "least_conn", "ip_hash", "random2" };
-		for (int i = 0; i < 4; i++)
-			if (!strcmp(v, a[i])) {
-				p->algorithm = i;
-				return;
-			}
-		cfg_err(st, line, k, "algorithm: '%s' is not round_robin, least_conn, ip_hash or random2", v);
-	} else if (!strcmp(k, "connect_timeout")) {
-		v_dur(st, line, k, v, &p->connect_timeout);
-	} else if (!strcmp(k, "response_timeout")) {
-		v_dur_min(st, line, k, v, 1, &p->response_timeout);
-	} else if (!strcmp(k, "keepalive")) {
-		uint64_t x;
-		if (!strcmp(v, "auto"))
-			p->keepalive = LB_KEEPALIVE_AUTO;
-		else if (parse_uint64(v, strlen(v), 100000, &x) == 0)
-			p->keepalive = (unsigned)x;
-		else
-			cfg_err(st, line, k, "keepalive: '%s' is neither auto nor a number from 0 to 100000", v);
-	} else if (!strcmp(k, "retries")) {
-		v_uint(st, line, k, v, 0, 10, &p->retries);
-	} else if (!strcmp(k, "sticky")) {
-		const char *q = v, *end = v + strlen(v);
-		struct lb_str kind, name, extra;
-		p->sticky_cookie[0] = 0;
-		if (!strcmp(v, "off"))
-			return;
-		if (!next_word(&q, end, &kind) || !str_ieq(kind.p, kind.n, "cookie") || !next_word(&q, end, &name) ||
-		    next_word(&q, end, &extra) || !token_ok(name) || name.n >= LB_NAME_MAX)
-			cfg_err(st, line, k, "sticky: expected 'cookie NAME' or 'off', got '%s'", v);
-		else
-			snprintf(p->sticky_cookie, sizeof p->sticky_cookie, "%.*s", (int)name.n, name.p);
-	} else if (!strncmp(k, "health_", 7)) {
-		set_pool_health(st, p, k, v, line);
-	} else if (!strncmp(k, "circuit_", 8)) {
-		set_pool_circuit(st, p, k, v, line);
-	} else if (!strcmp(k, "send_proxy")) {
-		if (!strcmp(v, "off"))
-			p->send_proxy = 0;
-		else if (!strcmp(v, "v1"))
-			p->send_proxy = 1;
-		else if (!strcmp(v, "v2"))
-			p->send_proxy = 2;
-		else
-			cfg_err(st, line, k, "send_proxy: '%s' is not off, v1 or v2", v);
-	} else if (!strcmp(k, "tls_ca")) {
-		p->tls_ca = v_str(st, line, k, v);
-		p->tls_line = line;
-	} else if (!strcmp(k, "tls_sni")) {
-		if (lb_parse_hostport(v, strlen(v), &(struct lb_hostport){ 0 }) == 0 || strchr(v, ' ') || !*v)
-			cfg_err(st, line, k, "tls_sni: '%s' is not a host name", v);
-		else
-			p->tls_sni = v_str(st, line, k, v);
-		p->tls_line = p->tls_line ? p->tls_line : line;
-	}
-}
-
-/* Split a list value into at most LB_ROUTE_MAX_ITEMS strings; check each with ok(). */
 static void route_list(struct cfg *st, const char *k, const char *v, int line, char **arr, size_t *n,
                        int (*ok)(struct lb_str), const char *what, int lowercase)
 {
@@ -2959,55 +2635,444 @@ static void route_return(struct cfg *st, struct lb_route *r, const char *k, cons
 	}
 }
 
-static void set_route_policy(struct cfg *st, struct lb_route *r, const char *k, const char *v, int line)
+/* ---- setters of the key table: generic ones by type, then the keys with their own syntax */
+
+static void set_uint(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
 {
-	const char *err;
-	if (!strcmp(k, "acl"))
-		route_acl(st, r, v, line);
-	else if (!strcmp(k, "rate_limit")) {
-		if (lb_parse_rate_limit(v, strlen(v), &r->rl, &err) != 0)
-			cfg_err(st, line, k, "rate_limit: %s, got '%s'", err, v);
-	} else if (!strcmp(k, "rate_limit_exempt"))
-		cidr_list(st, k, v, line, &r->rl_exempt, &r->nrl_exempt);
-	else if (!strcmp(k, "request_header_add"))
-		route_header_edit(st, k, v, line, r->req_add, &r->nreq_add, 1);
-	else if (!strcmp(k, "request_header_remove"))
-		route_header_edit(st, k, v, line, r->req_del, &r->nreq_del, 0);
-	else if (!strcmp(k, "response_header_add"))
-		route_header_edit(st, k, v, line, r->resp_add, &r->nresp_add, 1);
-	else if (!strcmp(k, "response_header_remove"))
-		route_header_edit(st, k, v, line, r->resp_del, &r->nresp_del, 0);
-	else if (!strcmp(k, "return") || !strcmp(k, "redirect"))
-		route_return(st, r, k, v, line);
+	if (kd->off0 && !strcmp(v, "off"))
+		*KFIELD(unsigned, o, kd) = 0;
+	else
+		v_uint(st, line, kd->name, v, (unsigned)kd->min, (unsigned)kd->max, KFIELD(unsigned, o, kd));
 }
 
-static void set_route(struct cfg *st, struct lb_route *r, const char *k, const char *v, int line)
+static void set_size(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
 {
-	if (!strcmp(k, "listener")) {
-		const char *p = v, *end = v + strlen(v);
-		struct lb_str el;
-		while (list_next(&p, end, &el) && r->nlisteners < LB_ROUTE_MAX_ITEMS)
-			add_ref(st, &r->listeners[r->nlisteners++], 1, el.p, el.n, line, k);
-	} else if (!strcmp(k, "host")) {
-		route_list(st, k, v, line, r->hosts, &r->nhosts, host_pattern_ok, "host pattern", 1);
-	} else if (!strcmp(k, "path")) {
-		route_list(st, k, v, line, r->paths, &r->npaths, path_pattern_ok, "path (/exact or /prefix/*)", 0);
-	} else if (!strcmp(k, "method")) {
-		route_list(st, k, v, line, r->methods, &r->nmethods, token_ok, "method", 0);
-	} else if (!strcmp(k, "header")) {
-		route_header(st, r, v, line);
-	} else if (!strcmp(k, "pool")) {
-		add_ref(st, &r->pool, 0, v, strlen(v), line, k);
-	} else if (!strcmp(k, "split")) {
-		route_split(st, r, v, line);
-	} else if (!strcmp(k, "response_timeout")) {
-		r->has_response_timeout = !v_dur_min(st, line, k, v, 1, &r->response_timeout);
-	} else if (!strcmp(k, "max_body_size")) { /* 0: no body at all, as on a listener */
-		r->has_max_body_size = !v_size(st, line, k, v, &r->max_body_size, 0, (uint64_t)INT64_MAX);
-	} else {
-		set_route_policy(st, r, k, v, line);
+	v_size(st, line, kd->name, v, KFIELD(uint64_t, o, kd), kd->min, kd->max);
+}
+
+static void set_dur(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	uint64_t *f = KFIELD(uint64_t, o, kd);
+	if (kd->off0 && !strcmp(v, "off"))
+		*f = 0;
+	else
+		v_dur_min(st, line, kd->name, v, kd->min, f);
+}
+
+static void set_onoff(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	v_onoff(st, line, kd->name, v, KFIELD(int, o, kd));
+}
+
+/* one of kd->words: "'x' is not a, b or c" */
+static void set_enum(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	char list[160];
+	size_t n = 0;
+	for (int i = 0; kd->words[i]; i++)
+		if (!strcmp(v, kd->words[i])) {
+			*KFIELD(int, o, kd) = i;
+			return;
+		}
+	list[0] = 0;
+	for (int i = 0; kd->words[i] && n < sizeof list; i++)
+		n += (size_t)snprintf(list + n, sizeof list - n, "%s%s", !i ? "" : kd->words[i + 1] ? ", " : " or ",
+		                      kd->words[i]);
+	cfg_err(st, line, kd->name, "%s: '%s' is not %s", kd->name, v, list);
+}
+
+static void set_str(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	char **f = KFIELD(char *, o, kd);
+	free(*f);
+	*f = v_str(st, line, kd->name, v);
+}
+
+static void set_cidrs(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	cidr_list(st, kd->name, v, line, KFIELD(struct lb_cidr *, o, kd), KCOUNT(o, kd));
+}
+
+static void set_pool_ref(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	add_ref(st, KFIELD(int, o, kd), 0, v, strlen(v), line, kd->name);
+}
+
+static void set_workers(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	if (!strcmp(v, "auto"))
+		*KFIELD(unsigned, o, kd) = 0;
+	else
+		set_uint(st, o, kd, v, line);
+}
+
+static void set_access(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	struct lb_conf *c = o;
+	free(c->access_log);
+	c->access_log = strcmp(v, "off") ? v_str(st, line, kd->name, v) : NULL;
+}
+
+static void set_rotate(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	struct lb_conf *c = o;
+	uint64_t x;
+	c->rotate_interval = c->rotate_size = 0;
+	if (!strcmp(v, "off"))
+		return;
+	if (lb_parse_duration(v, strlen(v), &x) == 0 && x >= 1000)
+		c->rotate_interval = x;
+	else if (lb_parse_size(v, strlen(v), &x) == 0 && x >= 4096)
+		c->rotate_size = x;
+	else
+		cfg_err(st, line, kd->name, "rotate: '%s' is not off, an interval of at least 1s (1h) or a size of at least 4k (100m)", v);
+}
+
+static void set_admin_bind(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	struct lb_conf *c = o;
+	if (lb_parse_hostport(v, strlen(v), &c->admin_bind.hp) != 0)
+		cfg_err(st, line, kd->name, "bind: invalid address '%s' (host:port, [v6]:port or *:port)", v);
+	c->admin_bind.line = line;
+}
+
+static void set_binds(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	struct lb_listener *l = o;
+	const char *p = v, *end = v + strlen(v);
+	struct lb_str el;
+	if (!*v)
+		cfg_err(st, line, kd->name, "bind: empty value (host:port, [v6]:port or *:port)");
+	while (list_next(&p, end, &el)) {
+		if (l->nbinds >= LB_MAX_BINDS) {
+			cfg_err(st, line, kd->name, "bind: more than %d addresses", LB_MAX_BINDS);
+			return;
+		}
+		struct lb_bind *b = &l->binds[l->nbinds];
+		if (lb_parse_hostport(el.p, el.n, &b->hp) != 0) {
+			cfg_err(st, line, kd->name, "bind: invalid address '%.*s' (host:port, [v6]:port or *:port)", (int)el.n, el.p);
+			continue;
+		}
+		b->line = line;
+		l->nbinds++;
 	}
 }
+
+static void set_cert(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	struct lb_listener *l = o;
+	if (l->ncerts >= LB_MAX_CERTS) {
+		cfg_err(st, line, kd->name, "cert: more than %d certificates in one listener", LB_MAX_CERTS);
+		return;
+	}
+	char *f = v_str(st, line, kd->name, v);
+	if (f) {
+		l->cert_lines[l->ncerts] = line;
+		l->certs[l->ncerts++] = f;
+	}
+}
+
+static void set_client_ca(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	struct lb_listener *l = o;
+	l->client_ca = v_str(st, line, kd->name, v);
+	l->client_ca_line = line;
+}
+
+static void set_hsts(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	if (strncmp(v, "max-age=", 8) || !header_value_ok(v))
+		cfg_err(st, line, kd->name, "hsts: '%s' is not a Strict-Transport-Security value (e.g. max-age=31536000; includeSubDomains)", v);
+	else
+		((struct lb_listener *)o)->hsts = v_str(st, line, kd->name, v);
+}
+
+static void set_server(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	LB_UNUSED(kd);
+	add_server(st, o, v, line);
+}
+
+static void set_keepalive(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	struct lb_pool *p = o;
+	uint64_t x;
+	if (!strcmp(v, "auto"))
+		p->keepalive = LB_KEEPALIVE_AUTO;
+	else if (parse_uint64(v, strlen(v), kd->max, &x) == 0)
+		p->keepalive = (unsigned)x;
+	else
+		cfg_err(st, line, kd->name, "keepalive: '%s' is neither auto nor a number from 0 to %llu", v,
+		        (unsigned long long)kd->max);
+}
+
+static void set_health_check(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	struct lb_pool *p = o;
+	const char *q = v, *end = v + strlen(v), *k = kd->name;
+	struct lb_str kind, m, path, extra;
+	if (!next_word(&q, end, &kind))
+		kind.n = 0;
+	if (str_ieq(kind.p, kind.n, "off") && !next_word(&q, end, &extra)) {
+		p->hc_kind = LB_HC_OFF;
+	} else if (str_ieq(kind.p, kind.n, "tcp") && !next_word(&q, end, &extra)) {
+		p->hc_kind = LB_HC_TCP;
+	} else if (str_ieq(kind.p, kind.n, "http") && next_word(&q, end, &m) && token_ok(m) &&
+	           m.n < sizeof p->hc_method && next_word(&q, end, &path) && path.p[0] == '/' &&
+	           path.n < sizeof p->hc_path && !next_word(&q, end, &extra)) {
+		p->hc_kind = LB_HC_HTTP;
+		snprintf(p->hc_method, sizeof p->hc_method, "%.*s", (int)m.n, m.p);
+		snprintf(p->hc_path, sizeof p->hc_path, "%.*s", (int)path.n, path.p);
+		for (size_t i = 0; i < path.n; i++)
+			if ((unsigned char)path.p[i] <= ' ' || path.p[i] == 0x7f) {
+				cfg_err(st, line, k, "health_check: the path has a control character or space");
+				return;
+			}
+	} else {
+		cfg_err(st, line, k, "health_check: expected 'http METHOD /PATH', 'tcp' or 'off', got '%s'", v);
+	}
+}
+
+static void set_expect(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	set_health_expect(st, o, kd->name, v, line);
+}
+
+static void set_error_rate(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	v_percent(st, line, kd->name, v, 0, 0, &((struct lb_pool *)o)->cb_error_rate);
+}
+
+static void set_max_open(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	v_percent(st, line, kd->name, v, 1, 100, &((struct lb_pool *)o)->cb_max_open);
+}
+
+static void set_sticky(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	struct lb_pool *p = o;
+	const char *q = v, *end = v + strlen(v);
+	struct lb_str kind, name, extra;
+	p->sticky_cookie[0] = 0;
+	if (!strcmp(v, "off"))
+		return;
+	if (!next_word(&q, end, &kind) || !str_ieq(kind.p, kind.n, "cookie") || !next_word(&q, end, &name) ||
+	    next_word(&q, end, &extra) || !token_ok(name) || name.n >= LB_NAME_MAX)
+		cfg_err(st, line, kd->name, "sticky: expected 'cookie NAME' or 'off', got '%s'", v);
+	else
+		snprintf(p->sticky_cookie, sizeof p->sticky_cookie, "%.*s", (int)name.n, name.p);
+}
+
+static void set_tls_ca(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	struct lb_pool *p = o;
+	p->tls_ca = v_str(st, line, kd->name, v);
+	p->tls_line = line;
+}
+
+static void set_tls_sni(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	struct lb_pool *p = o;
+	if (lb_parse_hostport(v, strlen(v), &(struct lb_hostport){ 0 }) == 0 || strchr(v, ' ') || !*v)
+		cfg_err(st, line, kd->name, "tls_sni: '%s' is not a host name", v);
+	else
+		p->tls_sni = v_str(st, line, kd->name, v);
+	p->tls_line = p->tls_line ? p->tls_line : line;
+}
+
+static void set_route_listeners(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	struct lb_route *r = o;
+	const char *p = v, *end = v + strlen(v);
+	struct lb_str el;
+	while (list_next(&p, end, &el) && r->nlisteners < LB_ROUTE_MAX_ITEMS)
+		add_ref(st, &r->listeners[r->nlisteners++], 1, el.p, el.n, line, kd->name);
+}
+
+static void set_hosts(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	struct lb_route *r = o;
+	route_list(st, kd->name, v, line, r->hosts, &r->nhosts, host_pattern_ok, "host pattern", 1);
+}
+
+static void set_paths(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	struct lb_route *r = o;
+	route_list(st, kd->name, v, line, r->paths, &r->npaths, path_pattern_ok, "path (/exact or /prefix/*)", 0);
+}
+
+static void set_methods(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	struct lb_route *r = o;
+	route_list(st, kd->name, v, line, r->methods, &r->nmethods, token_ok, "method", 0);
+}
+
+static void set_header(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	LB_UNUSED(kd);
+	route_header(st, o, v, line);
+}
+
+static void set_split(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	LB_UNUSED(kd);
+	route_split(st, o, v, line);
+}
+
+static void set_acl(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	LB_UNUSED(kd);
+	route_acl(st, o, v, line);
+}
+
+static void set_rate_limit(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	const char *err;
+	if (lb_parse_rate_limit(v, strlen(v), &((struct lb_route *)o)->rl, &err) != 0)
+		cfg_err(st, line, kd->name, "rate_limit: %s, got '%s'", err, v);
+}
+
+static void set_hdr_add(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	route_header_edit(st, kd->name, v, line, KFIELD(char *, o, kd), KCOUNT(o, kd), 1);
+}
+
+static void set_hdr_remove(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	route_header_edit(st, kd->name, v, line, KFIELD(char *, o, kd), KCOUNT(o, kd), 0);
+}
+
+static void set_return(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	route_return(st, o, kd->name, v, line);
+}
+/* ---- the key table: one row per key (tests/keys.py checks README's key tables against `lb --keys`) */
+
+#define OG(f) offsetof(struct lb_conf, f)
+#define OL(f) offsetof(struct lb_listener, f)
+#define OP(f) offsetof(struct lb_pool, f)
+#define OR(f) offsetof(struct lb_route, f)
+#define U64MAX UINT64_MAX
+
+static const char *const w_log_format[] = { "combined", "json", NULL };   /* enum lb_logfmt */
+static const char *const w_mode[] = { "http", "tcp", NULL };               /* enum lb_mode */
+static const char *const w_proxy[] = { "off", "v1", "v2", "any", NULL };   /* 0, LB_PROXY_V1, _V2, _ANY */
+static const char *const w_algo[] = { "round_robin", "least_conn", "ip_hash", "random2", NULL }; /* lb_algo */
+static const char *const w_send_proxy[] = { "off", "v1", "v2", NULL };
+
+static const struct keydef keys_global[] = {
+	{ .name = "workers", .set = set_workers, .off = OG(workers), .def = "auto", .min = 1, .max = 64, .doc = "worker processes; auto = CPU count (at most 32)" },
+	{ .name = "user", .set = set_str, .off = OG(user), .good = "nobody", .doc = "workers drop to this user when started as root" },
+	{ .name = "max_connections", .set = set_uint, .off = OG(max_connections), .def = "100000", .min = 1, .max = 1000000, .doc = "client connections per worker" },
+	{ .name = "pid_file", .set = set_str, .off = OG(pid_file), .good = "/run/lb.pid", .doc = "the master's PID" },
+	{ .name = "rate_limit_entries", .set = set_uint, .off = OG(rate_limit_entries), .def = "65536", .min = 64, .max = 16777216, .doc = "size of the shared rate-limit table" },
+	{ .name = "shutdown_timeout", .set = set_dur, .off = OG(shutdown_timeout), .def = "30s", .doc = "bound on a graceful stop" },
+	{ .name = "stop_grace", .set = set_dur, .off = OG(stop_grace), .def = "0s", .doc = "after SIGTERM, serve this long while /healthz says draining" },
+	{ .name = "alert_command", .set = set_str, .off = OG(alert_command), .good = "logger -t lb", .doc = "shell command run with each event as JSON" },
+	{ .name = "tls_session_cache", .set = set_uint, .off = OG(tls_session_cache), .def = "20000", .min = 0, .max = 10000000, .doc = "TLS sessions kept for resumption; 0 = off" },
+	{ .name = "state_file", .later = "the admin API", .doc = "not supported yet" },
+	{ .name = NULL },
+};
+static const struct keydef keys_log[] = {
+	{ .name = "access", .set = set_access, .def = "stdout", .bad = "", .doc = "off, stdout or a file path" },
+	{ .name = "format", .set = set_enum, .off = OG(log_format), .def = "combined", .words = w_log_format, .doc = "combined or json" },
+	{ .name = "error", .set = set_str, .off = OG(error_log), .def = "stderr", .doc = "stderr or a file path" },
+	{ .name = "rotate", .set = set_rotate, .def = "1h", .good = "100m", .doc = "rotate file logs every interval or at a size; off" },
+	{ .name = "retention", .set = set_dur, .off = OG(retention), .def = "1d", .min = 1000, .doc = "delete rotated files older than this" },
+	{ .name = NULL },
+};
+static const struct keydef keys_admin[] = {
+	{ .name = "bind", .set = set_admin_bind, .def = "127.0.0.1:8404", .doc = "address of the admin API" },
+	{ .name = "token_file", .set = set_str, .off = OG(admin_token_file), .good = "token", .doc = "file holding the bearer token changes need" },
+	{ .name = "allow", .set = set_cidrs, .off = OG(admin_allow), .off_n = OG(nadmin_allow), .repeat = 1, .good = "10.0.0.0/8", .doc = "CIDRs that may connect (default: loopback)" },
+	{ .name = NULL },
+};
+static const struct keydef keys_scaler[] = { /* read by linode-scaler; lb checks the names only */
+	{ .name = "pool", .good = "x" }, { .name = "admin_url", .good = "x" }, { .name = "admin_token_file", .good = "x" },
+	{ .name = "api_url", .good = "x" }, { .name = "token_file", .good = "x" }, { .name = "region", .good = "x" },
+	{ .name = "type", .good = "x" }, { .name = "image", .good = "x" }, { .name = "user_data", .good = "x" },
+	{ .name = "authorized_keys_file", .good = "x" }, { .name = "tag", .good = "x" }, { .name = "min", .good = "x" },
+	{ .name = "max", .good = "x" }, { .name = "scale_up_cpu", .good = "x" }, { .name = "scale_down_cpu", .good = "x" },
+	{ .name = "scale_down_after", .good = "x" }, { .name = "cooldown", .good = "x" }, { .name = "interval", .good = "x" },
+	{ .name = "server_port", .good = "x" }, { .name = "server_address", .good = "x" },
+	{ .name = NULL },
+};
+static const struct keydef keys_listener[] = {
+	{ .name = "bind", .set = set_binds, .repeat = 1, .good = "127.0.0.1:8002", .doc = "addresses (host:port, [v6]:port, *:port)" },
+	{ .name = "allow", .set = set_cidrs, .off = OL(allow), .off_n = OL(nallow), .repeat = 1, .good = "10.0.0.0/8", .doc = "CIDRs accepted (any allow refuses the rest)" },
+	{ .name = "deny", .set = set_cidrs, .off = OL(deny), .off_n = OL(ndeny), .repeat = 1, .good = "10.0.0.0/8", .doc = "CIDRs refused at accept" },
+	{ .name = "trusted_proxies", .set = set_cidrs, .off = OL(trusted), .off_n = OL(ntrusted), .repeat = 1, .good = "10.0.0.0/8", .doc = "proxies whose X-Forwarded-For or PROXY header counts" },
+	{ .name = "mode", .set = set_enum, .off = OL(mode), .def = "http", .words = w_mode, .good = "tcp\npool = p", .doc = "http (L7) or tcp (L4)" },
+	{ .name = "pool", .set = set_pool_ref, .off = OL(pool), .good = "p", .doc = "tcp: the pool; http: the pool when no route matches" },
+	{ .name = "header_timeout", .set = set_dur, .off = OL(header_timeout), .def = "10s", .doc = "a request head must be complete in this time" },
+	{ .name = "idle_timeout", .set = set_dur, .off = OL(idle_timeout), .def = "60s", .doc = "keep-alive idle time; inactivity bound" },
+	{ .name = "max_header_size", .set = set_size, .off = OL(max_header_size), .def = "16k", .min = 1024, .max = 1024 * 1024, .doc = "larger request heads get 431" },
+	{ .name = "max_body_size", .set = set_size, .off = OL(max_body_size), .def = "10m", .min = 0, .max = INT64_MAX, .route = 1, .doc = "larger request bodies get 413; 0: none" },
+	{ .name = "proxy_protocol", .set = set_enum, .off = OL(proxy_protocol), .def = "off", .words = w_proxy, .good = "v2\ntrusted_proxies = 10.0.0.0/8", .doc = "PROXY header required from trusted_proxies: v1, v2 or any" },
+	{ .name = "max_conn_per_ip", .set = set_uint, .off = OL(max_conn_per_ip), .def = "0", .min = 0, .max = 1000000, .doc = "concurrent connections per client address; 0 = off" },
+	{ .name = "splice", .set = set_onoff, .off = OL(splice), .def = "on", .doc = "mode tcp: move bytes with splice(2)" },
+	{ .name = "tls", .set = set_onoff, .off = OL(tls), .def = "off", .good = "on\ncert = a.pem", .doc = "terminate TLS" },
+	{ .name = "cert", .set = set_cert, .repeat = 1, .good = "a.pem\ntls = on", .bad = "", .doc = "with tls: PEM chain and key; SNI picks among several" },
+	{ .name = "client_ca", .set = set_client_ca, .good = "ca.pem\ntls = on\ncert = a.pem", .bad = "", .doc = "with tls: CAs client certificates must chain to" },
+	{ .name = "hsts", .set = set_hsts, .good = "max-age=60\ntls = on\ncert = a.pem", .doc = "with tls: the Strict-Transport-Security value" },
+	{ .name = "redirect_https", .set = set_onoff, .off = OL(redirect_https), .def = "off", .good = "on", .doc = "plain listener: 308 to https" },
+	{ .name = "https_port", .set = set_uint, .off = OL(https_port), .def = "443", .min = 1, .max = 65535, .doc = "the port in those redirects" },
+	{ .name = "acme_webroot", .set = set_str, .off = OL(acme_webroot), .good = "/var/www", .doc = "serve /.well-known/acme-challenge/ from DIR" },
+	{ .name = NULL },
+};
+enum { KP_HEALTH_CHECK }; /* rows of keys_pool the code reads the given bit of */
+static const struct keydef keys_pool[] = {
+	[KP_HEALTH_CHECK] = { .name = "health_check", .set = set_health_check, .def = "http GET /health", .good = "tcp", .doc = "http METHOD /PATH, tcp or off (tcp behind a tcp listener)" },
+	{ .name = "server", .set = set_server, .repeat = 1, .good = "s2 127.0.0.1:9002 weight=2", .doc = "NAME HOST:PORT [weight=N] [backup] [max_conn=N] [tls] [disabled]" },
+	{ .name = "algorithm", .set = set_enum, .off = OP(algorithm), .def = "round_robin", .words = w_algo, .good = "least_conn", .doc = "round_robin, least_conn, ip_hash or random2" },
+	{ .name = "connect_timeout", .set = set_dur, .off = OP(connect_timeout), .def = "3s", .doc = "then 504 or a retry" },
+	{ .name = "response_timeout", .set = set_dur, .off = OP(response_timeout), .def = "60s", .min = 1, .route = 1, .doc = "end of request to end of response head" },
+	{ .name = "keepalive", .set = set_keepalive, .def = "auto", .min = 0, .max = 100000, .good = "8", .doc = "idle connections per server per worker: auto or a cap" },
+	{ .name = "retries", .set = set_uint, .off = OP(retries), .def = "1", .min = 0, .max = 10, .doc = "retries of a failed idempotent request" },
+	{ .name = "sticky", .set = set_sticky, .def = "off", .good = "cookie lb", .doc = "cookie NAME pins a client to a server" },
+	{ .name = "send_proxy", .set = set_enum, .off = OP(send_proxy), .def = "off", .words = w_send_proxy, .good = "v1", .doc = "PROXY header on server connections: v1 or v2" },
+	{ .name = "tls_ca", .set = set_tls_ca, .good = "ca.pem\nserver = t 127.0.0.1:9443 tls", .bad = "", .doc = "CAs of servers marked tls (default: the system's)" },
+	{ .name = "tls_sni", .set = set_tls_sni, .good = "api.example\nserver = t 127.0.0.1:9443 tls", .bad = "", .doc = "name sent to and checked on servers marked tls" },
+	{ .name = "health_interval", .set = set_dur, .off = OP(hc_interval), .def = "10s", .min = 100, .doc = "between the end of a check and the next" },
+	{ .name = "health_timeout", .set = set_dur, .off = OP(hc_timeout), .def = "2s", .min = 10, .doc = "connect + answer" },
+	{ .name = "health_rise", .set = set_uint, .off = OP(hc_rise), .def = "2", .min = 1, .max = 100, .doc = "passed checks that bring a server back" },
+	{ .name = "health_fall", .set = set_uint, .off = OP(hc_fall), .def = "3", .min = 1, .max = 100, .doc = "failed checks that mark a server down" },
+	{ .name = "health_expect", .set = set_expect, .def = "200-399", .good = "200, 204, 301-302", .doc = "statuses and ranges that pass" },
+	{ .name = "circuit_failures", .set = set_uint, .off = OP(cb_failures), .def = "5", .min = 0, .max = 1000000, .off0 = 1, .good = "off", .doc = "consecutive failures that open a circuit; off" },
+	{ .name = "circuit_error_rate", .set = set_error_rate, .def = "50%", .good = "off", .doc = "failure share that opens a circuit; off" },
+	{ .name = "circuit_window", .set = set_dur, .off = OP(cb_window), .def = "10s", .min = 100, .doc = "the error-rate window" },
+	{ .name = "circuit_min_requests", .set = set_uint, .off = OP(cb_min_requests), .def = "20", .min = 1, .max = 1000000, .doc = "exchanges in a window before the rate counts" },
+	{ .name = "circuit_slow", .set = set_dur, .off = OP(cb_slow), .def = "5s", .off0 = 1, .good = "off", .doc = "a slower answer is a failure; off" },
+	{ .name = "circuit_open", .set = set_dur, .off = OP(cb_open), .def = "30s", .min = 100, .doc = "how long an open circuit keeps a server out" },
+	{ .name = "circuit_max_open", .set = set_max_open, .def = "50%", .good = "off", .doc = "share of servers whose circuits may be open at once; off" },
+	{ .name = NULL },
+};
+/* rows of keys_route the code reads the given bit of (lb_route.given) */
+enum { KR_RESPONSE_TIMEOUT, KR_MAX_BODY_SIZE };
+static const struct keydef keys_route[] = {
+	[KR_RESPONSE_TIMEOUT] = { .name = "response_timeout", .set = set_dur, .off = OR(response_timeout), .min = 1, .good = "5s", .doc = "overrides the pool's" },
+	[KR_MAX_BODY_SIZE] = { .name = "max_body_size", .set = set_size, .off = OR(max_body_size), .min = 0, .max = INT64_MAX, .good = "0", .doc = "overrides the listener's" },
+	{ .name = "listener", .set = set_route_listeners, .good = "l", .bad = "nope", .doc = "listener names (default: all http listeners)" },
+	{ .name = "host", .set = set_hosts, .good = "*.example.com, example.com", .bad = "a/b", .doc = "host patterns, lower case" },
+	{ .name = "path", .set = set_paths, .good = "/api/*, /x", .doc = "/exact or /prefix/*" },
+	{ .name = "method", .set = set_methods, .good = "GET, POST", .bad = "a/b", .doc = "methods, case-sensitive" },
+	{ .name = "header", .set = set_header, .repeat = 1, .good = "X-A: *", .doc = "Name: value (or *) the request must have" },
+	{ .name = "pool", .set = set_pool_ref, .off = OR(pool), .good = "p", .doc = "target pool" },
+	{ .name = "split", .set = set_split, .good = "p 90, p 10", .doc = "weighted pools instead of pool" },
+	{ .name = "acl", .set = set_acl, .repeat = 1, .good = "allow 10.0.0.0/8", .doc = "allow CIDR / deny CIDR, first match wins" },
+	{ .name = "rate_limit", .set = set_rate_limit, .good = "10/second burst=20", .doc = "N/second|minute|hour [burst=N] [by=...]" },
+	{ .name = "rate_limit_exempt", .set = set_cidrs, .off = OR(rl_exempt), .off_n = OR(nrl_exempt), .good = "10.0.0.0/8\nrate_limit = 1/second", .doc = "CIDRs never limited" },
+	{ .name = "request_header_add", .set = set_hdr_add, .off = OR(req_add), .off_n = OR(nreq_add), .repeat = 1, .good = "X-A: 1", .doc = "Name: value added to requests" },
+	{ .name = "request_header_remove", .set = set_hdr_remove, .off = OR(req_del), .off_n = OR(nreq_del), .repeat = 1, .good = "X-A", .bad = "a b", .doc = "Name removed from requests" },
+	{ .name = "response_header_add", .set = set_hdr_add, .off = OR(resp_add), .off_n = OR(nresp_add), .repeat = 1, .good = "X-A: 1", .doc = "Name: value added to responses" },
+	{ .name = "response_header_remove", .set = set_hdr_remove, .off = OR(resp_del), .off_n = OR(nresp_del), .repeat = 1, .good = "X-A", .bad = "a b", .doc = "Name removed from responses" },
+	{ .name = "return", .set = set_return, .good = "503 down", .doc = "STATUS [body] answered by lb" },
+	{ .name = "redirect", .set = set_return, .good = "301 https://$host$uri", .doc = "301|302|303|307|308 URL ($host, $uri)" },
+	{ .name = NULL },
+};
+_Static_assert(sizeof keys_pool / sizeof *keys_pool <= 65 && sizeof keys_route / sizeof *keys_route <= 65 &&
+               sizeof keys_listener / sizeof *keys_listener <= 65 && sizeof keys_scaler / sizeof *keys_scaler <= 65,
+               "a section's keys fit its 64-bit given mask");
 
 static const struct keydef *keys_of(int kind)
 {
@@ -3021,6 +3086,80 @@ static const struct keydef *keys_of(int kind)
 	case S_ROUTE: return keys_route;
 	}
 	return NULL;
+}
+
+/* the struct a section's keys go to, and its bits of the keys given */
+static void *sect_obj(struct lb_conf *c, int kind, size_t idx, uint64_t **given)
+{
+	switch (kind) {
+	case S_LISTENER: *given = &c->listeners[idx].given; return &c->listeners[idx];
+	case S_POOL: *given = &c->pools[idx].given; return &c->pools[idx];
+	case S_ROUTE: *given = &c->routes[idx].given; return &c->routes[idx];
+	case S_GLOBAL: *given = &c->given_global; break;
+	case S_LOG: *given = &c->given_log; break;
+	case S_ADMIN: *given = &c->given_admin; break;
+	default: *given = &c->given_scaler; break;
+	}
+	return c;
+}
+
+/* the given bit of a key; 0 for a key the section does not have */
+static uint64_t key_bit(int kind, const char *name)
+{
+	const struct keydef *kd = keys_of(kind);
+	for (size_t i = 0; kd && kd[i].name; i++)
+		if (!strcmp(kd[i].name, name))
+			return UINT64_C(1) << i;
+	return 0;
+}
+/* Levenshtein distance, for "did you mean"; names past 63 characters are never close */
+static size_t edit_distance(const char *a, const char *b)
+{
+	size_t na = strlen(a), nb = strlen(b), row[64];
+	if (na >= 64 || nb >= 64)
+		return 64;
+	for (size_t j = 0; j <= nb; j++)
+		row[j] = j;
+	for (size_t i = 1; i <= na; i++) {
+		size_t diag = row[0]; /* row[j - 1] of the previous row */
+		row[0] = i;
+		for (size_t j = 1; j <= nb; j++) {
+			size_t up = row[j], best = diag + (a[i - 1] != b[j - 1]);
+			best = LB_MIN(best, up + 1);
+			row[j] = LB_MIN(best, row[j - 1] + 1);
+			diag = up;
+		}
+	}
+	return row[nb];
+}
+
+/* keeps in *best the closest name to w: within 2 edits (fewer than w has characters), else one that
+ * starts with w or that w starts with (3 characters at least) */
+static void closer(const char *w, const char *name, const char **best, size_t *bestd)
+{
+	size_t d = edit_distance(w, name), wn = strlen(w), nn = strlen(name);
+	if (d > 2 || d >= wn) {
+		size_t common = LB_MIN(wn, nn);
+		if (common < 3 || strncmp(w, name, common))
+			return;
+		d = 3;
+	}
+	if (!*best || d < *bestd) {
+		*best = name;
+		*bestd = d;
+	}
+}
+
+static void unknown_key(struct cfg *st, int line, const char *key, const struct sect *s)
+{
+	const char *best = NULL;
+	size_t d = 0;
+	for (const struct keydef *kd = keys_of(s->kind); kd->name; kd++)
+		closer(key, kd->name, &best, &d);
+	if (best)
+		cfg_err(st, line, key, "unknown key '%s' in [%s]: did you mean '%s'?", key, s->full, best);
+	else
+		cfg_err(st, line, key, "unknown key '%s' in [%s]", key, s->full);
 }
 
 static int cfg_ini_key(void *user, const char *section, const char *key, const char *value, int line)
@@ -3042,28 +3181,33 @@ static int cfg_ini_key(void *user, const char *section, const char *key, const c
 	while (kd[ki].name && strcmp(kd[ki].name, key))
 		ki++;
 	if (!kd[ki].name) {
-		cfg_err(st, line, key, "unknown key '%s' in [%s]", key, s->full);
+		unknown_key(st, line, key, s);
 		return 1;
 	}
 	if (kd[ki].later) {
 		cfg_err(st, line, key, "key '%s' in [%s] is not supported yet (comes with %s)", key, s->full, kd[ki].later);
 		return 1;
 	}
-	if (!kd[ki].repeat && (s->seen & (UINT64_C(1) << ki))) {
+	uint64_t *given;
+	void *obj = sect_obj(st->c, s->kind, s->idx, &given);
+	if (!kd[ki].repeat && (*given & (UINT64_C(1) << ki))) {
 		cfg_err(st, line, key, "key '%s' given twice in [%s]", key, s->full);
 		return 1;
 	}
-	s->seen |= UINT64_C(1) << ki;
-	switch (s->kind) {
-	case S_GLOBAL: set_global(st, key, value, line); break;
-	case S_LOG: set_log(st, key, value, line); break;
-	case S_ADMIN: set_admin(st, key, value, line); break;
-	case S_LISTENER: set_listener(st, &st->c->listeners[s->idx], key, value, line); break;
-	case S_POOL: set_pool(st, &st->c->pools[s->idx], key, value, line); break;
-	case S_ROUTE: set_route(st, &st->c->routes[s->idx], key, value, line); break;
-	default: break; /* [scaler]: names checked, values are linode-scaler's */
-	}
+	*given |= UINT64_C(1) << ki;
+	if (kd[ki].set)
+		kd[ki].set(st, obj, &kd[ki], value, line);
 	return 1;
+}
+
+/* each key's default, through its setter as if written at line (the section's) */
+static void set_defaults(struct cfg *st, int kind, size_t idx, int line)
+{
+	uint64_t *given;
+	void *obj = sect_obj(st->c, kind, idx, &given);
+	for (const struct keydef *kd = keys_of(kind); kd->name; kd++)
+		if (kd->def && kd->set)
+			kd->set(st, obj, kd, kd->def, line);
 }
 
 /* Allocate the objects the pre-scan found and give them their defaults. */
@@ -3074,69 +3218,78 @@ static int conf_alloc(struct cfg *st)
 	for (size_t i = 0; i < st->nsects; i++) {
 		int k = st->sects[i].kind;
 		nl += k == S_LISTENER, np += k == S_POOL, nr += k == S_ROUTE;
-		if (k == S_ADMIN) {
-			c->admin_on = 1;
-			lb_parse_hostport("127.0.0.1:8404", 14, &c->admin_bind.hp);
-			c->admin_bind.line = st->sects[i].line;
-		}
 	}
 	c->listeners = calloc(nl ? nl : 1, sizeof *c->listeners);
 	c->pools = calloc(np ? np : 1, sizeof *c->pools);
 	c->routes = calloc(nr ? nr : 1, sizeof *c->routes);
 	if (!c->listeners || !c->pools || !c->routes)
 		return LB_ENOMEM;
+	set_defaults(st, S_GLOBAL, 0, 0);
+	set_defaults(st, S_LOG, 0, 0);
 	for (size_t i = 0; i < st->nsects; i++) {
 		struct sect *s = &st->sects[i];
-		if (s->kind == S_LISTENER) {
+		if (s->kind == S_ADMIN) {
+			c->admin_on = 1;
+		} else if (s->kind == S_LISTENER) {
 			struct lb_listener *l = &c->listeners[s->idx = c->nlisteners++];
 			snprintf(l->name, sizeof l->name, "%s", s->name);
 			l->line = s->line;
 			l->pool = -1;
-			l->header_timeout = 10000;
-			l->idle_timeout = 60000;
-			l->splice = 1;
-			l->max_header_size = 16384;
-			l->max_body_size = 10 * 1024 * 1024;
-			l->https_port = 443;
 		} else if (s->kind == S_POOL) {
 			struct lb_pool *p = &c->pools[s->idx = c->npools++];
 			snprintf(p->name, sizeof p->name, "%s", s->name);
 			p->line = s->line;
-			p->connect_timeout = 3000;
-			p->response_timeout = 60000;
-			p->keepalive = LB_KEEPALIVE_AUTO;
-			p->retries = 1;
-			snprintf(p->hc_method, sizeof p->hc_method, "GET");
-			snprintf(p->hc_path, sizeof p->hc_path, "/health");
-			p->hc_interval = 10000;
-			p->hc_timeout = 2000;
-			p->hc_rise = 2;
-			p->hc_fall = 3;
-			p->hc_expect[0].lo = 200, p->hc_expect[0].hi = 399, p->nhc_expect = 1;
-			p->cb_failures = 5;
-			p->cb_error_rate = 50;
-			p->cb_window = 10000;
-			p->cb_min_requests = 20;
-			p->cb_max_open = 50;
-			p->cb_slow = 5000;
-			p->cb_open = 30000;
 		} else if (s->kind == S_ROUTE) {
 			struct lb_route *r = &c->routes[s->idx = c->nroutes++];
 			snprintf(r->name, sizeof r->name, "%s", s->name);
 			r->line = s->line;
 			r->pool = -1;
+		} else {
+			continue;
 		}
+		set_defaults(st, s->kind, s->idx, s->line);
 	}
-	c->max_connections = 100000;
-	c->shutdown_timeout = 30000;
-	c->rate_limit_entries = 65536;
-	c->tls_session_cache = 20000;
-	c->rotate_interval = 3600000;
-	c->retention = 86400000;
-	c->log_format = LB_LOG_COMBINED;
-	c->access_log = dupn(st, "stdout", 6);
-	c->error_log = dupn(st, "stderr", 6);
 	return st->oom ? LB_ENOMEM : 0;
+}
+
+int lb_conf_key(size_t i, struct lb_key_info *k)
+{
+	for (int kind = S_GLOBAL; kind <= S_ROUTE; kind++) {
+		const struct keydef *kd = keys_of(kind);
+		size_t n = 0;
+		while (kd[n].name)
+			n++;
+		if (i >= n) {
+			i -= n;
+			continue;
+		}
+		kd += i;
+		key_set *f = kd->set;
+		memset(k, 0, sizeof *k);
+		k->section = kind_name(kind);
+		k->name = kd->name;
+		k->def = kd->def;
+		k->type = !f ? "scaler" : f == set_uint || f == set_workers || f == set_keepalive ? "uint" : f == set_size ? "size"
+		          : f == set_dur ? "duration" : f == set_onoff ? "on/off" : f == set_enum ? "enum" : f == set_str ? "string"
+		          : "custom";
+		k->min = kd->min;
+		k->max = f == set_dur ? UINT64_MAX : kd->max;
+		k->repeat = kd->repeat;
+		k->route = kd->route;
+		k->good = kd->good ? kd->good : kd->def;
+		k->bad = kd->bad ? kd->bad : f == set_str ? "" : "1x";
+		k->doc = kd->doc;
+		k->later = kd->later;
+		return 0;
+	}
+	return LB_EINVAL;
+}
+
+int lb_conf_given(uint64_t given, const char *section, const char *key)
+{
+	int named;
+	uint64_t bit = key_bit(section_kind(section, strlen(section), &named), key);
+	return (given & bit) != 0;
 }
 
 static void resolve_refs(struct cfg *st)
@@ -3219,11 +3372,8 @@ static void check_pools_routes(struct cfg *st)
 	/* a pool behind a tcp listener is checked by connecting, unless told otherwise */
 	for (size_t i = 0; i < c->nlisteners; i++)
 		if (c->listeners[i].mode == LB_MODE_TCP && c->listeners[i].pool >= 0 &&
-		    c->pools[c->listeners[i].pool].hc_kind == LB_HC_DEFAULT)
+		    !(c->pools[c->listeners[i].pool].given & UINT64_C(1) << KP_HEALTH_CHECK))
 			c->pools[c->listeners[i].pool].hc_kind = LB_HC_TCP;
-	for (size_t i = 0; i < c->npools; i++)
-		if (c->pools[i].hc_kind == LB_HC_DEFAULT)
-			c->pools[i].hc_kind = LB_HC_HTTP;
 	for (size_t i = 0; i < c->npools; i++) {
 		if (c->pools[i].nservers == 0)
 			cfg_err(st, c->pools[i].line, "server", "[pool %s] has no server", c->pools[i].name);
@@ -6722,7 +6872,7 @@ static void handle_request(struct conn *c, const struct lb_req *rq, size_t n)
 	int hb = build_request_head(c, rq, path, (size_t)pn);
 	c->in.s += (uint32_t)n; /* rq points into in: it is not read after this */
 	c->scan = 0;
-	c->max_body = rt && rt->has_max_body_size ? rt->max_body_size : c->L->max_body_size;
+	c->max_body = rt && rt->given & UINT64_C(1) << KR_MAX_BODY_SIZE ? rt->max_body_size : c->L->max_body_size;
 	if (hb != 0) {
 		respond_own(c, 431, "request head too large after rewriting");
 		return;
@@ -6742,7 +6892,7 @@ static void handle_request(struct conn *c, const struct lb_req *rq, size_t n)
 	}
 	c->pool = &conf->pools[pi];
 	c->sticky = c->pool->sticky_cookie[0] ? sticky_server(c->pool, rq) : NULL;
-	c->resp_timeout = rt && rt->has_response_timeout ? rt->response_timeout : c->pool->response_timeout;
+	c->resp_timeout = rt && rt->given & UINT64_C(1) << KR_RESPONSE_TIMEOUT ? rt->response_timeout : c->pool->response_timeout;
 	c->retries_left = (int)c->pool->retries;
 	c->r = R_WAIT;
 	backend_assign(c, NULL);
@@ -11482,11 +11632,16 @@ static int resolve_user(const struct lb_conf *c)
  * client connection never takes the descriptor its server connection needs, and the rest wait in
  * the listen backlog; an operator who set max_connections hears about it once (an unset one is
  * sized from the limit quietly, as HAProxy sizes maxconn). */
+static int max_conns_given(const struct lb_conf *c)
+{
+	return lb_conf_given(c->given_global, "global", "max_connections");
+}
+
 static void fd_limit_check(const struct lb_conf *c)
 {
 	struct rlimit rl;
 	unsigned long need = lb_fd_needed(c);
-	if (!c->max_connections_set || getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY ||
+	if (!max_conns_given(c) || getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY ||
 	    rl.rlim_cur >= need)
 		return;
 	lb_err("warning: max_connections = %u needs %lu file descriptors in each worker (a client and a server "
@@ -11538,7 +11693,7 @@ static int master_reload(void)
 	memcpy(g_admin_token, token, sizeof token);
 	g_admin_token_len = token_len;
 	g_conf = nc;
-	if (lb_fd_needed(nc) != lb_fd_needed(old) || nc->max_connections_set != old->max_connections_set)
+	if (lb_fd_needed(nc) != lb_fd_needed(old) || max_conns_given(nc) != max_conns_given(old))
 		fd_limit_check(nc);
 	if (nc->rate_limit_entries != old->rate_limit_entries)
 		lb_err("reload: rate_limit_entries = %u takes effect at the next restart; the table keeps %zu entries",
@@ -11788,10 +11943,21 @@ static void usage(FILE *f)
 	fprintf(f, "usage: lb [-c FILE] [-u USER]  run in the foreground (default FILE: config.ini)\n"
 	           "       lb -t [-c FILE]         check the configuration and exit (0 valid, 1 errors)\n"
 	           "       lb ctl [-c FILE] ...    drive a running lb through its admin API (lb ctl -h)\n"
+	           "       lb --keys               print the config keys: section, key (* repeatable), default, meaning\n"
 	           "       lb -v                   print the version\n"
 	           "       lb -h                   this help\n"
 	           "  -u USER   workers run as USER (overrides [global] user); as root, lb refuses to\n"
 	           "            run without a user unless -u root says so explicitly\n");
+}
+
+/* lb --keys: one tab-separated line per row of the key table (tests/keys.py compares README with it) */
+static int print_keys(FILE *f)
+{
+	struct lb_key_info k;
+	for (size_t i = 0; lb_conf_key(i, &k) == 0; i++)
+		fprintf(f, "%s\t%s%s\t%s\t%s\n", k.section, k.name, k.repeat ? "*" : "", k.def ? k.def : "-",
+		        k.later ? "not supported yet" : k.doc ? k.doc : "(read by linode-scaler)");
+	return 0;
 }
 
 static char *read_file(const char *path, size_t *len)
@@ -12280,6 +12446,8 @@ int lb_main(int argc, char **argv)
 			user = argv[++i];
 		else if (!strcmp(argv[i], "-t"))
 			check = 1;
+		else if (!strcmp(argv[i], "--keys"))
+			return print_keys(stdout);
 		else if (!strcmp(argv[i], "-v")) {
 			printf("lb %s (BearSSL, inih; %s)\n", LB_VERSION,
 #ifdef LB_EPOLL

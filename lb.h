@@ -376,7 +376,7 @@ struct lb_pool {
 	int tls_line;
 	struct lb_tls *tlsm;             /* the loaded CAs (lb_conf_resolve), when a server is marked tls */
 	/* active health checks (run by one process: worker 1 of the current generation) */
-	int hc_kind;                     /* LB_HC_*; LB_HC_DEFAULT until the config is complete */
+	int hc_kind;                     /* LB_HC_*: health_check (not given behind a tcp listener: tcp) */
 	char hc_method[16];
 	char hc_path[256];
 	uint64_t hc_interval, hc_timeout; /* ms */
@@ -391,6 +391,7 @@ struct lb_pool {
 	                                    always may); 100 = no cap */
 	uint64_t cb_window, cb_slow, cb_open; /* ms; cb_slow 0 = off */
 	uint32_t rr_seed;
+	uint64_t given;                  /* keys given in the file: a bit per row of lb.c's key table */
 };
 
 struct lb_bind {
@@ -430,6 +431,7 @@ struct lb_listener {
 	unsigned https_port;          /* in those redirects; 443 = not written */
 	char *acme_webroot;           /* serves /.well-known/acme-challenge/TOKEN */
 	struct lb_tls *tlsm;          /* loaded certificates and CAs (lb_conf_resolve); NULL in pure use */
+	uint64_t given;               /* keys given in the file: a bit per row of lb.c's key table */
 };
 
 struct lb_split {
@@ -450,8 +452,8 @@ struct lb_route {
 	int pool;                          /* -1 when split is used */
 	struct lb_split split[LB_ROUTE_MAX_ITEMS]; size_t nsplit;
 	int64_t split_cur[LB_ROUTE_MAX_ITEMS]; /* smooth weighted round-robin over split pools */
-	uint64_t response_timeout, max_body_size; /* used when set below; else the pool's / listener's */
-	unsigned has_response_timeout : 1, has_max_body_size : 1; /* given in the file (0 is a value) */
+	uint64_t response_timeout, max_body_size; /* used when given (0 is a value); else the pool's / listener's */
+	uint64_t given;                            /* keys given in the file: a bit per row of lb.c's key table */
 	struct lb_acl_rule *acl; size_t nacl;      /* ordered; first match wins */
 	struct lb_rate_limit rl;
 	uint64_t rl_key;                           /* route's part of the bucket keys */
@@ -472,7 +474,6 @@ struct lb_conf {
 	unsigned workers;            /* 0 = auto */
 	char *user;                  /* workers drop to this user when started as root */
 	unsigned max_connections;
-	int max_connections_set;     /* given in the file: a limit too low for it is warned about */
 	char *pid_file;
 	uint64_t shutdown_timeout;   /* ms: bound on the graceful stop */
 	uint64_t stop_grace;         /* ms: after SIGTERM, keep serving while /healthz says draining */
@@ -495,6 +496,7 @@ struct lb_conf {
 	struct lb_listener *listeners; size_t nlisteners;
 	struct lb_pool *pools;         size_t npools;
 	struct lb_route *routes;       size_t nroutes;
+	uint64_t given_global, given_log, given_admin, given_scaler; /* keys given, by row of lb.c's key table */
 };
 
 struct lb_cfg_error {
@@ -515,6 +517,25 @@ int lb_conf_parse(const char *text, size_t len, struct lb_conf **out, struct lb_
 /* Resolve host names of binds and servers (getaddrinfo). Errors go to errs with their lines. */
 int lb_conf_resolve(struct lb_conf *conf, struct lb_cfg_errors *errs);
 void lb_conf_free(struct lb_conf *conf);
+
+/* A row of the config key table (lb --keys prints them; tests check README and each key with them). */
+struct lb_key_info {
+	const char *section;         /* global, log, admin, scaler, listener, pool, route */
+	const char *name;
+	const char *def;             /* the default as written in a file; NULL: none */
+	const char *type;            /* uint, size, duration, on/off, enum, string, custom, scaler (not checked by lb) */
+	uint64_t min, max;           /* uint, size, duration (ms) */
+	int repeat;                  /* may be given more than once */
+	int route;                   /* a [route] may override it */
+	const char *good;            /* a value accepted; after a newline, lines it needs in the same section */
+	const char *bad;             /* a value refused */
+	const char *doc;
+	const char *later;           /* not supported yet: the issue that brings it */
+};
+/* 0 and row i of the key table (sections in the order above), or LB_EINVAL past the last */
+int lb_conf_key(size_t i, struct lb_key_info *k);
+/* 1 when the struct's `given` bits say key of section was in the file */
+int lb_conf_given(uint64_t given, const char *section, const char *key);
 
 /* ------------------------------------------------------------------ routing and balancing */
 

@@ -41,6 +41,8 @@ run unit-asan tests/unit-asan
 # the shipped example must stay valid
 if ./lb -t -c config.ini >"$log/cfg.out" 2>&1; then echo "PASS config/example-config-valid"
 else echo "FAIL config/example-config-valid: $(head -5 "$log/cfg.out")"; fi
+# README's key tables agree with lb's key table (lb --keys)
+LB_BIN=./lb run keys python3 tests/keys.py
 
 for b in $INTEGRATION_BUILDS; do
 	ASAN_OPTIONS=abort_on_error=1:detect_leaks=0 LB_BIN=./$b run "integration-$b" python3 tests/integration.py

@@ -1652,6 +1652,11 @@ static char cf_long[800], cf_long_shift[900], cf_long_name[900], cf_many[4000];
 static const struct cf_err cf_errs[] = {
 	{ "unknown_key", BASE "bnd = 127.0.0.1:8001\n", 6, 0, NULL, 1 },
 	{ "unknown_global_key", "[global]\nfoo = 1\n" BASE, 2, 0, NULL, 1 },
+	{ "unknown_key_suggests", BASE "bnd = 127.0.0.1:8001\n", 6, 0, "did you mean 'bind'?", 1 },
+	{ "unknown_key_suggests_prefix", "[pool p]\nserver = s1 127.0.0.1:9000\nhealth = tcp\n[listener l]\nbind = 127.0.0.1:8000\n",
+	  3, 0, "did you mean 'health_check'?", 1 },
+	{ "unknown_key_far_no_suggestion", BASE "frobnicate = 1\n", 6, 0, "in [listener l]", 1 },
+	{ "unknown_section_kind_suggests", BASE "[lisener x]\nbind = 127.0.0.1:8001\n", 6, 0, "did you mean 'listener'?", 1 },
 	{ "unknown_section_kind", BASE "[frontend x]\nbind = 127.0.0.1:8001\n", 6, 0, NULL, 0 },
 	{ "key_outside_section", "workers = 2\n" BASE, 1, 0, NULL, 1 },
 	{ "duplicate_pool_section", BASE "[pool p]\nserver = s2 127.0.0.1:9001\n", 6, 0, NULL, 0 },
@@ -1924,6 +1929,111 @@ static void test_conf_limits(void)
 	}
 }
 
+/* Every row of lb's key table (lb_conf_key): its default parses, a good value is accepted, a bad value
+ * is refused at its line with its key, and numeric bounds min-1 / max+1 are refused. The key goes first
+ * in its section of a small valid file; a base line of the same key is left out. */
+static const char *const keys_base[][3] = { /* section, line, another key that replaces it */
+	{ "listener", "bind = 127.0.0.1:8001", "" }, { "pool", "server = s1 127.0.0.1:9001", "" },
+	{ "route", "return = 204", "redirect" },
+};
+
+static void key_file(char *b, size_t n, const struct lb_key_info *k, const char *v, int *line)
+{
+	size_t w = 0;
+	int ln = 0;
+	static const char *const order[] = { "global", "log", "admin", "scaler", "listener", "pool", "route" };
+	for (size_t s = 0; s < sizeof order / sizeof *order; s++) {
+		int mine = !strcmp(order[s], k->section), base = -1;
+		for (size_t i = 0; i < sizeof keys_base / sizeof *keys_base; i++)
+			if (!strcmp(keys_base[i][0], order[s]))
+				base = (int)i;
+		if (!mine && base < 0)
+			continue;
+		w += (size_t)snprintf(b + w, n - w, "[%s%s]\n", order[s], base >= 0 ? (s == 4 ? " l" : s == 5 ? " p" : " r") : "");
+		ln++;
+		if (mine) {
+			w += (size_t)snprintf(b + w, n - w, "%s = %s\n", k->name, v);
+			*line = ++ln;
+			for (const char *q = v; *q; q++)
+				ln += *q == '\n';
+		}
+		size_t kl = strlen(k->name);
+		if (base >= 0 && !(mine && ((!strncmp(keys_base[base][1], k->name, kl) && keys_base[base][1][kl] == ' ') ||
+		                            !strcmp(keys_base[base][2], k->name)))) {
+			w += (size_t)snprintf(b + w, n - w, "%s\n", keys_base[base][1]);
+			ln++;
+		}
+	}
+}
+
+static int key_try(const struct lb_key_info *k, const char *v, int *line)
+{
+	char b[1024];
+	struct lb_conf *c = NULL;
+	key_file(b, sizeof b, k, v, line);
+	int rc = conf_parse(b, &c);
+	if (rc == 0)
+		lb_conf_free(c);
+	return rc;
+}
+
+/* the value refused at the key's line, with its name in the error's key and message */
+static void key_refused(const struct lb_key_info *k, const char *v, const char *what)
+{
+	int line = 0;
+	int rc = key_try(k, v, &line);
+	int found = 0;
+	for (int i = 0; i < g_errs.n && i < LB_CFG_MAX_ERRORS; i++)
+		found |= g_errs.e[i].line == line && !strcmp(g_errs.e[i].key, k->name) && strstr(g_errs.e[i].msg, k->name);
+	CHECK(rc == LB_EINVAL && found, "[%s] %s = '%s' (%s): expected an error at line %d naming the key, got %s",
+	      k->section, k->name, v, what, line, errs_str());
+}
+
+static void test_conf_keys_table(void)
+{
+	struct lb_key_info k;
+	char v[64];
+	size_t nkeys = 0;
+	for (size_t i = 0; lb_conf_key(i, &k) == 0; i++, nkeys++) {
+		int line;
+		begin();
+		if (k.later) { /* refused with the issue that brings it */
+			key_refused(&k, "x", "not supported yet");
+			end("conf_keys/%s/%s", k.section, k.name);
+			continue;
+		}
+		CHECK(k.doc || !strcmp(k.section, "scaler"), "[%s] %s: no doc", k.section, k.name);
+		if (k.def)
+			CHECK(key_try(&k, k.def, &line) == 0, "[%s] %s = %s (the default): %s", k.section, k.name, k.def, errs_str());
+		CHECK(k.good != NULL, "[%s] %s: neither a default nor a good value", k.section, k.name);
+		if (k.good)
+			CHECK(key_try(&k, k.good, &line) == 0, "[%s] %s = %s: %s", k.section, k.name, k.good, errs_str());
+		if (!strcmp(k.type, "scaler")) { /* linode-scaler reads the values */
+			end("conf_keys/%s/%s", k.section, k.name);
+			continue;
+		}
+		key_refused(&k, k.bad, "bad value");
+		int numeric = !strcmp(k.type, "uint") || !strcmp(k.type, "size") || !strcmp(k.type, "duration");
+		const char *unit = !strcmp(k.type, "duration") ? "ms" : "";
+		if (numeric && k.min > 0) {
+			snprintf(v, sizeof v, "%" PRIu64 "%s", k.min - 1, unit);
+			key_refused(&k, v, "min - 1");
+			snprintf(v, sizeof v, "%" PRIu64 "%s", k.min, unit);
+			CHECK(key_try(&k, v, &line) == 0, "[%s] %s = %s (min): %s", k.section, k.name, v, errs_str());
+		}
+		if (numeric && k.max < UINT64_MAX) {
+			snprintf(v, sizeof v, "%" PRIu64 "%s", k.max + 1, unit);
+			key_refused(&k, v, "max + 1");
+			snprintf(v, sizeof v, "%" PRIu64 "%s", k.max, unit);
+			CHECK(key_try(&k, v, &line) == 0, "[%s] %s = %s (max): %s", k.section, k.name, v, errs_str());
+		}
+		end("conf_keys/%s/%s", k.section, k.name);
+	}
+	begin();
+	CHECK(nkeys > 90, "only %zu keys in the table", nkeys);
+	end("conf_keys/count");
+}
+
 /* max_body_size = 0 on a route means no body (as on a listener), not "the listener's value" */
 static void test_conf_route_overrides(void)
 {
@@ -1937,9 +2047,11 @@ static void test_conf_route_overrides(void)
 	CHECK(rc == 0, "expected a valid file, got %s", errs_str());
 	if (rc == 0) {
 		const struct lb_route *z = &c->routes[0], *n = &c->routes[1], *s = &c->routes[2];
-		CHECK(z->has_max_body_size && z->max_body_size == 0, "route zero: max_body_size = 0 not kept as given");
-		CHECK(!n->has_max_body_size && !n->has_response_timeout, "route none: overrides set without a key");
-		CHECK(s->has_max_body_size && s->max_body_size == 2048 && s->has_response_timeout && s->response_timeout == 1,
+#define GIVEN(r, k) lb_conf_given((r)->given, "route", k)
+		CHECK(GIVEN(z, "max_body_size") && z->max_body_size == 0, "route zero: max_body_size = 0 not kept as given");
+		CHECK(!GIVEN(n, "max_body_size") && !GIVEN(n, "response_timeout"), "route none: overrides set without a key");
+		CHECK(GIVEN(s, "max_body_size") && s->max_body_size == 2048 && GIVEN(s, "response_timeout") &&
+		      s->response_timeout == 1,
 		      "route some: %" PRIu64 " / %" PRIu64, s->max_body_size, s->response_timeout);
 		lb_conf_free(c);
 	}
@@ -3137,7 +3249,7 @@ static void test_fd_budget(void)
 	                    "[pool q]\nhealth_check = off\nserver = c 127.0.0.1:9003\n", &c);
 	CHECK(rc == 0 && c, "expected 0, got %d: %s", rc, errs_str());
 	if (rc == 0 && c) {
-		CHECK(c->max_connections_set == 1, "max_connections_set: expected 1, got %d", c->max_connections_set);
+		CHECK(lb_conf_given(c->given_global, "global", "max_connections"), "max_connections: not marked given");
 		/* 32 fixed, 2 binds, 2 checked servers (pool q checks none) */
 		unsigned long r = lb_fd_reserve(c);
 		CHECK(r == 36, "reserve: expected 36, got %lu", r);
@@ -3152,7 +3264,7 @@ static void test_fd_budget(void)
 	}
 	rc = conf_parse(conf_min, &c);
 	if (rc == 0 && c) {
-		CHECK(c->max_connections_set == 0, "default max_connections_set: expected 0, got %d", c->max_connections_set);
+		CHECK(!lb_conf_given(c->given_global, "global", "max_connections"), "default max_connections: marked given");
 		lb_conf_free(c);
 	}
 	end("fd budget: max_connections against RLIMIT_NOFILE");
@@ -3219,6 +3331,7 @@ int main(void)
 	test_conf_errors();
 	test_conf_limits();
 	test_conf_route_overrides();
+	test_conf_keys_table();
 	test_conf_resolve();
 	test_rr_weights();
 	test_unusable_never_picked();
