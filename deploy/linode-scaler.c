@@ -1,6 +1,6 @@
 /* linode-scaler — grow and shrink one lb pool with Linode instances, on CPU.
  *
- *   linode-scaler run     [-c FILE] [--dry-run] [--host-cpu] [--state FILE] [-v]   loop every interval
+ *   linode-scaler run     [-c FILE] [--dry-run] [--host-cpu] [--state FILE] [--ha-state FILE] [-v]   loop every interval
  *   linode-scaler once    [-c FILE] [--dry-run] [--host-cpu] [--state FILE] [-v]   one cycle (cron)
  *   linode-scaler check   [-c FILE]                                  the [scaler] section and token files
  *   linode-scaler status  [-c FILE] [--host-cpu]                     what a cycle would see and decide
@@ -2849,6 +2849,8 @@ static void usage(FILE *f)
 	           "  --dry-run        log the decisions and the requests that would change something; change nothing\n"
 	           "  --host-cpu       also scale on this host's CPU (/proc/stat): the larger of the two counts\n"
 	           "  --state FILE     keep the time of the last change there (cooldown across restarts and cron runs)\n"
+	           "  --ha-state FILE  HA pair: make scale decisions only while keepalived's state file (the notify\n"
+	           "                   script's lb_keepalived.prom) says this node is the VRRP master; else reconcile only\n"
 	           "  -v               debug lines\n");
 }
 

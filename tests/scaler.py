@@ -644,6 +644,55 @@ def t_nodes_down(ctx):
         check(not lp.bad, "%d failed requests through node %d: %s" % (len(lp.bad), k + 1, lp.bad[:3]))
 
 
+def ha_state(path, master):
+    """What deploy/keepalived-notify.sh writes for node exporter (lb_keepalived.prom), atomically."""
+    with open(path + ".tmp", "w") as f:
+        f.write("# HELP lb_keepalived_master 1 while this node's keepalived instance is MASTER.\n"
+                "# TYPE lb_keepalived_master gauge\n"
+                'lb_keepalived_master{vrrp_instance="LB"} %d\n' % (1 if master else 0))
+    os.rename(path + ".tmp", path)
+
+
+@test("ha_only_the_master_scales", timeout=30)
+def t_ha(ctx):
+    """Two scalers (one per lb node of a pair, both reconciling both nodes), --ha-state naming each
+    node's keepalived state file: only the master's creates; the backup logs reconcile only. The
+    state is switched right after the master's create (the instance still provisioning): the new
+    master waits for it, then makes the next one; the old master makes none. Every create is
+    counted in the fake API: one per label, none refused as a duplicate."""
+    env = Env(ctx, cpu=90.0, nodes=2, scaler=[("max", "3"), ("cooldown", "0s")])
+    st = [os.path.join(ctx.dir, "node%d.prom" % i) for i in (1, 2)]
+    ha_state(st[0], True)
+    ha_state(st[1], False)
+    a = env.start("run", "--ha-state", st[0], name="scaler-a")
+    b = env.start("run", "--ha-state", st[1], name="scaler-b")
+    wait(lambda: creates(env), 10, "a create call (log a: %s)" % short(env.log(a)[-500:], 500))
+    ha_state(st[0], False)
+    ha_state(st[1], True)
+    t_switch = time.time()
+    env.mock.set_cpu(90.0, history=True)  # the new instance too, once it has stats
+    log_b_before = env.log(b)
+    wait(lambda: len(creates(env)) >= 2, 12, "a create by the new master (log b: %s)" % short(env.log(b)[-600:], 600))
+    took = creates(env)[1]["t"] - t_switch
+    for node in (1, 2):
+        wait(lambda: {label(2), label(3)} <= set(env.servers(node)), 8, "both new servers on lb node %d" % node)
+    wait(lambda: "but at max (3)" in env.log(b), 6, "an 'at max' decision by the new master")
+    time.sleep(1.5)
+    eq([(c["body"]["label"], c["status"]) for c in creates(env)], [(label(2), 200), (label(3), 200)],
+       "create calls (label, status)")
+    la, lbl = env.log(a), env.log(b)
+    check("reconcile only (not the VRRP master" in log_b_before and "scale up: creating" not in log_b_before,
+          "the backup scaler did more than reconcile before the switch: %s" % short(log_b_before, 400))
+    check("scale up: creating instance %s" % label(2) in la and "creating instance %s" % label(3) not in la,
+          "the first master's creates: %s" % short(la, 400))
+    check("creating instance %s" % label(3) in lbl and "creating instance %s" % label(2) not in lbl,
+          "the new master's creates: %s" % short(lbl, 400))
+    check("says this node is not the VRRP master: reconcile only" in la.split("creating instance")[-1],
+          "the old master did not log its handover")
+    check(took < 8, "the new master's create came %.1f s after the switch" % took)
+    eq(len(env.mock.live()), 3, "instances")
+
+
 def syscall_set(name, seen=None):
     """The system calls of a systemd syscall group, recursively (systemd-analyze syscall-filter)."""
     seen = set() if seen is None else seen
