@@ -12055,13 +12055,104 @@ struct ctl {
 	char token[256];
 	size_t token_len;
 	int quiet;
+	const char *node;          /* --admin HOST:PORT being asked; NULL: the config's [admin] bind */
+	struct sockaddr_storage sa; /* its address */
+	socklen_t salen;
 };
+
+#define CTL_MAX_NODES 16
+
+/* --admin [http://]HOST:PORT[/] (an IPv6 HOST in brackets) -> k->sa; -1 with a message */
+static int ctl_node_addr(struct ctl *k, const char *spec)
+{
+	char host[256], err[128];
+	const char *p = strncmp(spec, "http://", 7) ? spec : spec + 7, *colon, *h = p;
+	size_t hl;
+	if (*p == '[') {
+		const char *rb = strchr(p, ']');
+		colon = rb && rb[1] == ':' ? rb + 1 : NULL;
+		h = p + 1;
+		hl = rb ? (size_t)(rb - h) : 0;
+	} else {
+		colon = strrchr(p, ':');
+		hl = colon ? (size_t)(colon - p) : 0;
+	}
+	char *end = NULL;
+	unsigned long port = colon ? strtoul(colon + 1, &end, 10) : 0;
+	if (!colon || !hl || hl >= sizeof host || !port || port > 65535 || (*end && strcmp(end, "/"))) {
+		fprintf(stderr, "lb ctl: --admin %s: want HOST:PORT or http://HOST:PORT\n", spec);
+		return -1;
+	}
+	memcpy(host, h, hl);
+	host[hl] = 0;
+	if (resolve_addr(host, (uint16_t)port, 0, &k->sa, &k->salen, err, sizeof err) != 0) {
+		fprintf(stderr, "lb ctl: --admin %s: %s\n", spec, err);
+		return -1;
+	}
+	k->node = spec;
+	return 0;
+}
+
+/* --token-file F: the bearer token for the --admin nodes (surrounding whitespace dropped) */
+static int ctl_token_file(struct ctl *k, const char *path)
+{
+	size_t n = 0;
+	char *t = read_file(path, &n), *p = t, *e = t + n;
+	if (!t) {
+		fprintf(stderr, "lb ctl: --token-file %s: %s\n", path, strerror(errno));
+		return -1;
+	}
+	while (p < e && isspace((unsigned char)*p))
+		p++;
+	while (e > p && isspace((unsigned char)e[-1]))
+		e--;
+	int ok = e > p && (size_t)(e - p) < sizeof k->token;
+	if (ok)
+		memcpy(k->token, p, (size_t)(e - p));
+	k->token_len = ok ? (size_t)(e - p) : 0;
+	free(t);
+	if (!ok)
+		fprintf(stderr, "lb ctl: --token-file %s: the token must be 1..255 characters\n", path);
+	return ok ? 0 : -1;
+}
+
+static int ctl_exchange(const struct ctl *k, int fd, const char *method, const char *path, const char *body,
+                        size_t blen, char **out);
+
+/* one call to an --admin node: a 5 s connect (a dead node must not hold up the others), 30 s I/O */
+static int ctl_call_node(const struct ctl *k, const char *method, const char *path, const char *body, size_t blen,
+                         char **out)
+{
+	int fd = socket(k->sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return -1;
+	int rc = connect(fd, (const struct sockaddr *)&k->sa, k->salen), e = errno;
+	if (rc != 0 && e == EINPROGRESS) {
+		struct pollfd pf = { .fd = fd, .events = POLLOUT };
+		socklen_t sl = sizeof e;
+		rc = poll(&pf, 1, 5000) == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &sl) == 0 && !e ? 0 : -1;
+		if (rc != 0 && !e)
+			e = ETIMEDOUT;
+	}
+	if (rc != 0) {
+		fprintf(stderr, "lb ctl: %s: cannot connect: %s\n", k->node, strerror(e));
+		close(fd);
+		return -1;
+	}
+	struct timeval tv = { 30, 0 };
+	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+	return ctl_exchange(k, fd, method, path, body, blen, out);
+}
 
 /* One call: status, and the body (malloc'ed) in *out. -1: no answer. */
 static int ctl_call(const struct ctl *k, const char *method, const char *path, const char *body, size_t blen,
                     char **out)
 {
 	*out = NULL;
+	if (k->node)
+		return ctl_call_node(k, method, path, body, blen, out);
 	const struct lb_bind *b = &k->c->admin_bind;
 	int fd = socket(b->sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	struct timeval tv = { 30, 0 };
@@ -12078,6 +12169,13 @@ static int ctl_call(const struct ctl *k, const char *method, const char *path, c
 		close(fd);
 		return -1;
 	}
+	return ctl_exchange(k, fd, method, path, body, blen, out);
+}
+
+/* the request on a connected socket (closed here), the answer's status and body */
+static int ctl_exchange(const struct ctl *k, int fd, const char *method, const char *path, const char *body,
+                        size_t blen, char **out)
+{
 	struct abuf q = { 0 };
 	ab_printf(&q, "%s %s HTTP/1.1\r\nHost: lb\r\nConnection: close\r\nContent-Length: %zu\r\n", method, path, blen);
 	if (k->token_len)
@@ -12341,6 +12439,8 @@ static int ctl_usage(void)
 {
 	fprintf(stderr,
 	        "usage: lb ctl [-c FILE] status | reload\n"
+	        "       lb ctl [-c FILE] [--token-file F] --admin HOST:PORT [--admin HOST:PORT]... status | reload |\n"
+	        "              server ... | split ...   each node in turn, its answer under \"== HOST:PORT: STATUS\"\n"
 	        "       lb ctl [-c FILE] config apply --file F [--validate]\n"
 	        "       lb ctl [-c FILE] server add POOL \"NAME HOST:PORT [weight=N] ...\"\n"
 	        "       lb ctl [-c FILE] server drain|enable|disable|remove POOL NAME\n"
@@ -12352,31 +12452,90 @@ static int ctl_usage(void)
 	return 2;
 }
 
+/* one call to every --admin node in turn; each answer under a line "== NODE: STATUS"; 0 when
+ * every node answered 2xx. A node that does not answer does not stop the others. */
+static int ctl_each(struct ctl *k, const char *const *nodes, int n, const char *method, const char *path,
+                    const char *body, size_t blen)
+{
+	int bad = 0;
+	for (int i = 0; i < n; i++) {
+		char *out = NULL;
+		int st = ctl_node_addr(k, nodes[i]) == 0 ? ctl_call(k, method, path, body, blen, &out) : -1;
+		if (st < 0)
+			printf("== %s: no answer\n", nodes[i]);
+		else
+			printf("== %s: %d\n%s%s", nodes[i], st, out ? out : "",
+			       out && *out && out[strlen(out) - 1] != '\n' ? "\n" : "");
+		fflush(stdout);
+		bad |= st < 200 || st >= 300;
+		free(out);
+	}
+	return bad;
+}
+
 static int ctl_main(int argc, char **argv)
 {
-	const char *path = "config.ini";
-	int i = 0;
-	if (argc > 1 && !strcmp(argv[0], "-c"))
-		path = argv[1], argv += 2, argc -= 2;
+	const char *path = "config.ini", *token_file = NULL, *nodes[CTL_MAX_NODES];
+	int i = 0, nnodes = 0, have_c = 0;
+	while (argc > 1 && (!strcmp(argv[0], "-c") || !strcmp(argv[0], "--admin") || !strcmp(argv[0], "--token-file"))) {
+		if (!strcmp(argv[0], "-c"))
+			path = argv[1], have_c = 1;
+		else if (!strcmp(argv[0], "--token-file"))
+			token_file = argv[1];
+		else if (nnodes == CTL_MAX_NODES)
+			return fprintf(stderr, "lb ctl: at most %d --admin nodes\n", CTL_MAX_NODES), 2;
+		else
+			nodes[nnodes++] = argv[1];
+		argv += 2, argc -= 2;
+	}
 	if (argc < 1)
 		return ctl_usage();
 	struct ctl k = { 0 };
-	k.c = load_config(path, 0);
-	if (!k.c)
-		return 1;
-	if (!k.c->admin_on) {
-		fprintf(stderr, "lb ctl: %s has no [admin] section\n", path);
-		return 1;
+	if (nnodes && token_file && !have_c) { /* the nodes and their token: no config file needed */
+		if (ctl_token_file(&k, token_file) != 0)
+			return 1;
+	} else {
+		k.c = load_config(path, 0);
+		if (!k.c)
+			return 1;
+		if (!k.c->admin_on && !nnodes) {
+			fprintf(stderr, "lb ctl: %s has no [admin] section\n", path);
+			lb_conf_free(k.c);
+			return 1;
+		}
+		if (token_file ? ctl_token_file(&k, token_file) != 0 :
+		                 k.c->admin_token_file && admin_token_load(k.c, k.token, &k.token_len) != 0) {
+			lb_conf_free(k.c);
+			return 1;
+		}
 	}
-	if (k.c->admin_token_file && admin_token_load(k.c, k.token, &k.token_len) != 0)
-		return 1;
 	char url[4 * LB_NAME_MAX];
 	const char *cmd = argv[0];
+	const char *method = NULL, *body = NULL; /* a command --admin may send to several nodes */
 	int rc = -1;
 	if (!strcmp(cmd, "status") && argc == 1) {
-		rc = ctl_simple(&k, "GET", "/api/stats", NULL, 0);
+		method = "GET", snprintf(url, sizeof url, "/api/stats");
 	} else if (!strcmp(cmd, "reload") && argc == 1) {
-		rc = ctl_simple(&k, "POST", "/api/reload", NULL, 0);
+		method = "POST", snprintf(url, sizeof url, "/api/reload");
+	} else if (!strcmp(cmd, "server") && argc == 4 && !strcmp(argv[1], "add")) {
+		snprintf(url, sizeof url, "/api/pools/%.63s/servers", argv[2]);
+		method = "POST", body = argv[3];
+	} else if (!strcmp(cmd, "server") && argc == 4 && !strcmp(argv[1], "remove")) {
+		snprintf(url, sizeof url, "/api/pools/%.63s/servers/%.63s", argv[2], argv[3]);
+		method = "DELETE";
+	} else if (!strcmp(cmd, "server") && argc == 4 &&
+	           (!strcmp(argv[1], "drain") || !strcmp(argv[1], "enable") || !strcmp(argv[1], "disable"))) {
+		snprintf(url, sizeof url, "/api/pools/%.63s/servers/%.63s/%s", argv[2], argv[3], argv[1]);
+		method = "POST";
+	} else if (!strcmp(cmd, "server") && argc == 5 && !strcmp(argv[1], "weight")) {
+		snprintf(url, sizeof url, "/api/pools/%.63s/servers/%.63s/weight", argv[2], argv[3]);
+		method = "PUT", body = argv[4];
+	} else if (!strcmp(cmd, "split") && argc == 3) {
+		snprintf(url, sizeof url, "/api/routes/%.63s/split", argv[1]);
+		method = "PUT", body = argv[2];
+	} else if (nnodes) {
+		fprintf(stderr, "lb ctl: --admin takes status, reload, server and split commands\n");
+		rc = ctl_usage();
 	} else if (!strcmp(cmd, "config") && argc >= 4 && !strcmp(argv[1], "apply") && !strcmp(argv[2], "--file")) {
 		size_t len = 0;
 		char *t = read_file(argv[3], &len);
@@ -12387,22 +12546,6 @@ static int ctl_main(int argc, char **argv)
 			rc = ctl_simple(&k, "POST", validate ? "/api/config?dry_run=1" : "/api/config", t, len);
 		free(t);
 		rc = rc < 0 ? 1 : rc;
-	} else if (!strcmp(cmd, "server") && argc == 4 && !strcmp(argv[1], "add")) {
-		snprintf(url, sizeof url, "/api/pools/%.63s/servers", argv[2]);
-		rc = ctl_simple(&k, "POST", url, argv[3], strlen(argv[3]));
-	} else if (!strcmp(cmd, "server") && argc == 4 && !strcmp(argv[1], "remove")) {
-		snprintf(url, sizeof url, "/api/pools/%.63s/servers/%.63s", argv[2], argv[3]);
-		rc = ctl_simple(&k, "DELETE", url, NULL, 0);
-	} else if (!strcmp(cmd, "server") && argc == 4 &&
-	           (!strcmp(argv[1], "drain") || !strcmp(argv[1], "enable") || !strcmp(argv[1], "disable"))) {
-		snprintf(url, sizeof url, "/api/pools/%.63s/servers/%.63s/%s", argv[2], argv[3], argv[1]);
-		rc = ctl_simple(&k, "POST", url, NULL, 0);
-	} else if (!strcmp(cmd, "server") && argc == 5 && !strcmp(argv[1], "weight")) {
-		snprintf(url, sizeof url, "/api/pools/%.63s/servers/%.63s/weight", argv[2], argv[3]);
-		rc = ctl_simple(&k, "PUT", url, argv[4], strlen(argv[4]));
-	} else if (!strcmp(cmd, "split") && argc == 3) {
-		snprintf(url, sizeof url, "/api/routes/%.63s/split", argv[1]);
-		rc = ctl_simple(&k, "PUT", url, argv[2], strlen(argv[2]));
 	} else if (!strcmp(cmd, "ssl") && (argc == 6 || argc == 8) && !strcmp(argv[1], "update") &&
 	           !strcmp(argv[2], "--cert") && !strcmp(argv[4], "--key") && (argc == 6 || !strcmp(argv[6], "--target"))) {
 		rc = ctl_ssl_update(&k, argv[3], argv[5], argc == 8 ? argv[7] : NULL);
@@ -12429,6 +12572,10 @@ static int ctl_main(int argc, char **argv)
 	} else {
 		rc = ctl_usage();
 	}
+	if (method && nnodes)
+		rc = ctl_each(&k, nodes, nnodes, method, url, body, body ? strlen(body) : 0);
+	else if (method)
+		rc = ctl_simple(&k, method, url, body, body ? strlen(body) : 0);
 	lb_conf_free(k.c);
 	return rc;
 }

@@ -1,6 +1,6 @@
 /* linode-scaler — grow and shrink one lb pool with Linode instances, on CPU.
  *
- *   linode-scaler run     [-c FILE] [--dry-run] [--host-cpu] [--state FILE] [-v]   loop every interval
+ *   linode-scaler run     [-c FILE] [--dry-run] [--host-cpu] [--state FILE] [--ha-state FILE] [-v]   loop every interval
  *   linode-scaler once    [-c FILE] [--dry-run] [--host-cpu] [--state FILE] [-v]   one cycle (cron)
  *   linode-scaler check   [-c FILE]                                  the [scaler] section and token files
  *   linode-scaler status  [-c FILE] [--host-cpu]                     what a cycle would see and decide
@@ -60,6 +60,8 @@
 #define STATS_PER_MINUTE 40        /* own budget under the API's 50 stats calls a minute */
 #define STATS_STEP_MS 300000       /* the stats' point spacing (5 minutes) */
 #define DRAIN_SUFFIX "-draining"   /* second tag of an instance being removed */
+#define MAX_NODES 8                /* lb nodes in admin_url */
+#define ADMIN_CONNECT_TIMEOUT_S 3L /* an lb node on the same network answers a connect at once */
 
 /* ================================================================================== utilities */
 
@@ -666,9 +668,16 @@ static int jint(const struct jv *v, long long *out)
 
 /* ================================================================================== configuration */
 
+struct nodeconf {          /* one entry of admin_url: an lb node's admin API */
+	char url[256];
+	char token_file[512];      /* its own token_file=, else admin_token_file */
+};
+
 struct conf {
 	char pool[64];
-	char admin_url[256];
+	char admin_url[2048];      /* as written; parsed into node[] */
+	struct nodeconf node[MAX_NODES];
+	int nnodes;
 	char admin_token_file[512];
 	char api_url[256];
 	char token_file[512];
@@ -771,6 +780,57 @@ static int copy_val(struct cfgparse *st, int line, const char *key, const char *
 	return 0;
 }
 
+/* admin_url = URL [token_file=PATH] [, URL [token_file=PATH]]...: one entry per lb node, each with
+ * its own admin token file or admin_token_file's; 0, or -1 with the reason in `why` */
+static int parse_admin_urls(const char *v, struct conf *c, char *why, size_t wsize)
+{
+	char tmp[sizeof c->admin_url];
+	snprintf(tmp, sizeof tmp, "%s", v);
+	c->nnodes = 0;
+	for (char *s1 = NULL, *ent = strtok_r(tmp, ",", &s1); ent; ent = strtok_r(NULL, ",", &s1)) {
+		if (c->nnodes == MAX_NODES) {
+			snprintf(why, wsize, "more than %d lb nodes", MAX_NODES);
+			return -1;
+		}
+		struct nodeconf *nc = &c->node[c->nnodes];
+		memset(nc, 0, sizeof *nc);
+		int k = 0;
+		for (char *s2 = NULL, *w = strtok_r(ent, " \t", &s2); w; w = strtok_r(NULL, " \t", &s2), k++) {
+			if (k == 0) {
+				if ((strncmp(w, "http://", 7) && strncmp(w, "https://", 8)) || strlen(w) >= sizeof nc->url) {
+					snprintf(why, wsize, "'%.80s' is not an http:// or https:// URL (at most %zu characters)", w,
+					         sizeof nc->url - 1);
+					return -1;
+				}
+				snprintf(nc->url, sizeof nc->url, "%s", w);
+				for (char *u = nc->url + strlen(nc->url); u > nc->url && u[-1] == '/'; u--)
+					u[-1] = 0;
+			} else if (!strncmp(w, "token_file=", 11) && w[11] && strlen(w + 11) < sizeof nc->token_file) {
+				snprintf(nc->token_file, sizeof nc->token_file, "%s", w + 11);
+			} else {
+				snprintf(why, wsize, "'%.60s' after %.60s: want URL [token_file=PATH], entries separated by commas",
+				         w, nc->url);
+				return -1;
+			}
+		}
+		if (!k) {
+			snprintf(why, wsize, "an empty entry");
+			return -1;
+		}
+		for (int i = 0; i < c->nnodes; i++)
+			if (!strcmp(c->node[i].url, nc->url)) {
+				snprintf(why, wsize, "%.80s is listed twice", nc->url);
+				return -1;
+			}
+		c->nnodes++;
+	}
+	if (!c->nnodes) {
+		snprintf(why, wsize, "no URL");
+		return -1;
+	}
+	return 0;
+}
+
 static int cfg_handler(void *user, const char *section, const char *key, const char *value, int line)
 {
 	struct cfgparse *st = user;
@@ -794,8 +854,12 @@ static int cfg_handler(void *user, const char *section, const char *key, const c
 	const char *v = value;
 	if (!strcmp(key, "pool"))
 		copy_val(st, line, key, v, c->pool, sizeof c->pool);
-	else if (!strcmp(key, "admin_url"))
-		copy_val(st, line, key, v, c->admin_url, sizeof c->admin_url);
+	else if (!strcmp(key, "admin_url")) {
+		char why[300];
+		if (copy_val(st, line, key, v, c->admin_url, sizeof c->admin_url) == 0 &&
+		    parse_admin_urls(v, c, why, sizeof why) != 0)
+			cfg_err(st, line, "admin_url: %s", why);
+	}
 	else if (!strcmp(key, "admin_token_file"))
 		copy_val(st, line, key, v, c->admin_token_file, sizeof c->admin_token_file);
 	else if (!strcmp(key, "api_url"))
@@ -906,12 +970,10 @@ static int conf_load(const char *path, struct conf *c)
 		cfg_err(&st, line, "scale_down_cpu (%g) must be below scale_up_cpu (%g)", c->down_cpu, c->up_cpu);
 	if (strncmp(c->api_url, "http://", 7) && strncmp(c->api_url, "https://", 8))
 		cfg_err(&st, line, "api_url must start with http:// or https://");
-	if (strncmp(c->admin_url, "http://", 7) && strncmp(c->admin_url, "https://", 8))
-		cfg_err(&st, line, "admin_url must start with http:// or https://");
 	for (char *u = c->api_url + strlen(c->api_url); u > c->api_url && u[-1] == '/'; u--)
 		u[-1] = 0;
-	for (char *u = c->admin_url + strlen(c->admin_url); u > c->admin_url && u[-1] == '/'; u--)
-		u[-1] = 0;
+	if (!c->nnodes) /* the default: the local lb */
+		parse_admin_urls(c->admin_url, c, (char[8]){ 0 }, 8);
 	if (!c->tag[0])
 		snprintf(c->tag, sizeof c->tag, "lb-pool-%.50s", c->pool);
 	if (strlen(c->tag) < 3 || strlen(c->tag) > 50 - strlen(DRAIN_SUFFIX))
@@ -968,7 +1030,7 @@ static int on_progress(void *u, curl_off_t a, curl_off_t b, curl_off_t c, curl_o
 
 /* one HTTP exchange; headers: NULL-terminated extra lines. 0 when an answer came (any status). */
 static int http_do(const char *method, const char *url, const char *const *headers, const char *body, long timeout_s,
-                   struct resp *r)
+                   long connect_s, struct resp *r)
 {
 	buf_free(&r->body);
 	r->status = 0;
@@ -1000,7 +1062,7 @@ static int http_do(const char *method, const char *url, const char *const *heade
 	curl_easy_setopt(h, CURLOPT_HTTPHEADER, hl);
 	curl_easy_setopt(h, CURLOPT_USERAGENT, "linode-scaler/" SCALER_VERSION);
 	curl_easy_setopt(h, CURLOPT_TIMEOUT, timeout_s);
-	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, CONNECT_TIMEOUT_S);
+	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, connect_s);
 	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
 #if LIBCURL_VERSION_NUM >= 0x075500
@@ -1032,7 +1094,7 @@ static int http_do(const char *method, const char *url, const char *const *heade
 /* ================================================================================== Linode API */
 
 static struct conf g_c;
-static char *g_api_token, *g_admin_token;
+static char *g_api_token;
 static int g_dry;
 static int64_t g_stats_calls[STATS_PER_MINUTE]; /* monotonic times of the last stats calls (ring) */
 static unsigned g_stats_i;
@@ -1099,7 +1161,7 @@ static long api(const char *method, const char *path, const char *filter, const 
 	long status = 0;
 	char reasons[1024];
 	for (int attempt = 1; attempt <= API_ATTEMPTS && !g_stop; attempt++) {
-		http_do(method, url, hdr, body, API_TIMEOUT_S, &r);
+		http_do(method, url, hdr, body, API_TIMEOUT_S, CONNECT_TIMEOUT_S, &r);
 		status = r.status;
 		if (status == 0) {
 			if (g_stop)
@@ -1183,7 +1245,8 @@ struct inst {
 	int64_t created_ms;
 	int vcpus;
 	int draining;      /* carries the drain tag */
-	int in_lb;         /* lb's pool has a server of this label (or at its address) */
+	int in_lb;         /* some lb node's pool has a server of this label (or at its address) */
+	unsigned lb_mask;  /* which nodes (bit k: g_nodes[k]) have it */
 	char lb_state[24];
 	char addr[64];     /* the server address (private or public IPv4), once looked up */
 	int has_cpu;       /* stats gave a newest point */
@@ -1435,27 +1498,89 @@ struct lbsrv {
 	char state[24];
 };
 
-static long admin(const char *method, const char *path, const char *body, struct resp *r)
+/* One lb node of admin_url and what the scaler knows of it. A node that does not answer (or
+ * answers 503) is down: its calls are skipped until its next try (back-off from 1 s, doubling, at
+ * most the interval, and at least once a cycle), so a dead or black-holed node never holds up the
+ * others; its first answer brings it back, and that cycle's reconcile brings its pool in step. */
+struct node {
+	const struct nodeconf *cf;
+	char *token;
+	char name[100];     /* host:port, for logs */
+	char tag[110];      /* log prefix: "lb" with one node, "lb NAME" with several */
+	int down;
+	int64_t down_since; /* wall ms */
+	int64_t next_try;   /* monotonic ms; a down node is not called before */
+	int64_t backoff;    /* ms */
+	char why[160];      /* why it is down */
+	int read;           /* its pool was read this cycle: lb[] and nlb are valid */
+	struct lbsrv lb[MAX_INSTANCES + 64];
+	int nlb;
+};
+static struct node g_nodes[MAX_NODES];
+static int g_nnodes;
+
+static void node_down(struct node *nd, const char *why)
+{
+	snprintf(nd->why, sizeof nd->why, "%.159s", why);
+	if (!nd->down) {
+		nd->down = 1;
+		nd->down_since = wall_ms();
+		nd->backoff = 1000;
+		err("%s: lb node %s is down: %s; it is tried again with back-off, the other nodes go on", nd->tag,
+		    nd->cf->url, why);
+	} else {
+		nd->backoff = nd->backoff * 2 > g_c.interval_ms ? g_c.interval_ms : nd->backoff * 2;
+		debug("%s: still down: %s; next try in %" PRId64 " ms", nd->tag, why, nd->backoff);
+	}
+	nd->next_try = mono_ms() + nd->backoff;
+}
+
+static void node_up(struct node *nd)
+{
+	if (!nd->down)
+		return;
+	char d[32];
+	fmt_dur(d, sizeof d, (wall_ms() - nd->down_since) / 1000 * 1000);
+	info("%s: lb node %s answers again (down for %s): its pool is reconciled now", nd->tag, nd->cf->url, d);
+	nd->down = 0;
+}
+
+/* a call to one lb node's admin API; the HTTP status, 0 when no answer (or the node is down and
+ * not due for a try: then no call is made) */
+static long admin(struct node *nd, const char *method, const char *path, const char *body, struct resp *r)
 {
 	char url[600], auth[600];
 	const char *hdr[4] = { auth, body ? "Content-Type: text/plain" : NULL, body ? "Expect:" : NULL, NULL };
-	snprintf(url, sizeof url, "%s%s", g_c.admin_url, path);
-	snprintf(auth, sizeof auth, "Authorization: Bearer %s", g_admin_token ? g_admin_token : "");
+	if (nd->down && mono_ms() < nd->next_try) {
+		buf_free(&r->body);
+		r->status = 0;
+		snprintf(r->errbuf, sizeof r->errbuf, "lb node %.60s is down (%.150s)", nd->name, nd->why);
+		return 0;
+	}
+	snprintf(url, sizeof url, "%s%s", nd->cf->url, path);
+	snprintf(auth, sizeof auth, "Authorization: Bearer %s", nd->token ? nd->token : "");
+	int attempts = nd->down ? 1 : 3; /* a node that was down gets one try; others a retry or two */
 	int64_t backoff = BACKOFF_BASE_MS;
-	for (int attempt = 1; attempt <= 4 && !g_stop; attempt++) {
-		http_do(method, url, hdr, body, ADMIN_TIMEOUT_S, r);
-		if (r->status != 0 && r->status != 503)
+	for (int attempt = 1; attempt <= attempts && !g_stop; attempt++) {
+		http_do(method, url, hdr, body, ADMIN_TIMEOUT_S, ADMIN_CONNECT_TIMEOUT_S, r);
+		if (r->status != 0 && r->status != 503) {
+			node_up(nd);
 			return r->status;
-		if (attempt < 4) {
+		}
+		if (attempt < attempts) {
 			int64_t w = (int64_t)((double)backoff * jitter());
-			warn("lb: %s %s: %s; retry in %" PRId64 " ms", method, path,
-			     r->status ? "503" : r->errbuf, w);
+			warn("%s: %s %s: %s; retry in %" PRId64 " ms", nd->tag, method, path, r->status ? "503" : r->errbuf,
+			     w);
 			sleep_ms(w);
 			backoff *= 2;
 		}
 	}
-	if (r->status == 0)
-		err("lb: %s %s: %s (is lb running with an [admin] section at %s?)", method, path, r->errbuf, g_c.admin_url);
+	if (!g_stop) {
+		char why[700];
+		snprintf(why, sizeof why, "%s %s: %s%s", method, path, r->status ? "503" : r->errbuf,
+		         r->status ? "" : " (is lb running with an [admin] section there?)");
+		node_down(nd, why);
+	}
 	return r->status;
 }
 
@@ -1471,15 +1596,15 @@ static void admin_reason(const struct resp *r, char *out, size_t size)
 	jfree(v);
 }
 
-/* the servers of our pool in lb's /api/stats; -1 when lb cannot be asked */
-static int lb_servers(struct lbsrv *out, int max, int *n)
+/* the servers of our pool in one node's /api/stats; -1 when that node cannot be asked */
+static int lb_servers(struct node *nd, struct lbsrv *out, int max, int *n)
 {
 	struct resp r = { 0 };
 	*n = 0;
-	long st = admin("GET", "/api/stats", NULL, &r);
+	long st = admin(nd, "GET", "/api/stats", NULL, &r);
 	if (st != 200) {
 		if (st)
-			err("lb: GET /api/stats: %ld", st);
+			err("%s: GET /api/stats: %ld", nd->tag, st);
 		buf_free(&r.body);
 		return -1;
 	}
@@ -1502,9 +1627,9 @@ static int lb_servers(struct lbsrv *out, int max, int *n)
 		}
 	}
 	if (!v)
-		err("lb: GET /api/stats: not JSON (%s)", why);
+		err("%s: GET /api/stats: not JSON (%s)", nd->tag, why);
 	else if (!found)
-		err("lb: pool '%s' is not in lb's configuration (check [scaler] pool)", g_c.pool);
+		err("%s: pool '%s' is not in lb's configuration (check [scaler] pool)", nd->tag, g_c.pool);
 	jfree(v);
 	buf_free(&r.body);
 	return v && found ? 0 : -1;
@@ -1518,82 +1643,115 @@ static const struct lbsrv *lb_find(const struct lbsrv *s, int n, const char *nam
 	return NULL;
 }
 
-/* add NAME ADDR:PORT to the pool (lb health-checks it before it takes traffic) */
-static int lb_add(const struct inst *in)
+/* add NAME ADDR:PORT to the pool of one node (lb health-checks it before it takes traffic) */
+static int lb_add(struct node *nd, const struct inst *in)
 {
 	char body[200], path[128], why[400];
 	snprintf(body, sizeof body, "%s %s:%d", in->label, in->addr, g_c.server_port);
 	snprintf(path, sizeof path, "/api/pools/%s/servers", g_c.pool);
 	if (g_dry) {
-		info("dry-run: would add server '%s' to lb pool %s: POST %s", body, g_c.pool, path);
+		info("dry-run: would add server '%s' to %s pool %s: POST %s", body, nd->tag, g_c.pool, path);
 		return 0;
 	}
 	struct resp r = { 0 };
-	long st = admin("POST", path, body, &r);
+	long st = admin(nd, "POST", path, body, &r);
 	admin_reason(&r, why, sizeof why);
 	buf_free(&r.body);
 	if (st == 201) {
-		info("lb: added server '%s' to pool %s (lb health-checks it before it takes traffic)", body, g_c.pool);
+		info("%s: added server '%s' to pool %s (lb health-checks it before it takes traffic)", nd->tag, body,
+		     g_c.pool);
 		return 0;
 	}
 	if (st == 409) {
-		info("lb: pool %s already has a server %s (%s)", g_c.pool, in->label, why);
+		info("%s: pool %s already has a server %s (%s)", nd->tag, g_c.pool, in->label, why);
 		return 0;
 	}
 	if (st)
-		err("lb: POST %s '%s': %ld: %s%s", path, body, st, why,
-		    st == 401 ? " (check admin_token_file against lb's [admin] token_file)" : "");
+		err("%s: POST %s '%s': %ld: %s%s", nd->tag, path, body, st, why,
+		    st == 401 ? " (check this node's token file against its lb's [admin] token_file)" : "");
 	return -1;
 }
 
-/* ask lb to drain and remove a server; 0 when lb took the request or the server is gone already,
- * -2 when lb refuses because it is the pool's last server */
-static int lb_del(const char *name)
+/* ask one node to drain and remove a server; 0 when it took the request, 1 when the server is not
+ * there, -2 when lb refuses because it is the pool's last server, -1 otherwise */
+static int lb_del(struct node *nd, const char *name)
 {
 	char path[160], why[400];
 	snprintf(path, sizeof path, "/api/pools/%s/servers/%s", g_c.pool, name);
 	if (g_dry) {
-		info("dry-run: would drain and remove lb server %s/%s: DELETE %s", g_c.pool, name, path);
+		info("dry-run: would drain and remove %s server %s/%s: DELETE %s", nd->tag, g_c.pool, name, path);
 		return 0;
 	}
 	struct resp r = { 0 };
-	long st = admin("DELETE", path, NULL, &r);
+	long st = admin(nd, "DELETE", path, NULL, &r);
 	admin_reason(&r, why, sizeof why);
 	buf_free(&r.body);
 	if (st == 202) {
-		info("lb: draining %s/%s; lb removes it once nothing is in flight", g_c.pool, name);
+		info("%s: draining %s/%s; lb removes it once nothing is in flight", nd->tag, g_c.pool, name);
 		return 0;
 	}
 	if (st == 404) {
-		info("lb: %s/%s is not in lb any more", g_c.pool, name);
-		return 0;
+		debug("%s: %s/%s is not in lb", nd->tag, g_c.pool, name);
+		return 1;
 	}
 	if (st)
-		err("lb: DELETE %s: %ld: %s", path, st, why);
+		err("%s: DELETE %s: %ld: %s", nd->tag, path, st, why);
 	return st == 409 ? -2 : -1;
 }
 
-/* poll lb until the server left the pool; 0 when gone */
-static int lb_wait_gone(const char *name, int64_t poll_ms)
+/* poll one node until the server left its pool; 0 when gone */
+static int lb_wait_gone(struct node *nd, const char *name, int64_t poll_ms)
 {
 	int64_t end = mono_ms() + WAIT_REMOVED_MS;
 	while (!g_stop) {
-		struct lbsrv s[MAX_INSTANCES + 64];
+		static struct lbsrv s[MAX_INSTANCES + 64];
 		int n;
-		if (lb_servers(s, (int)(sizeof s / sizeof *s), &n) == 0 && !lb_find(s, n, name)) {
-			info("lb: %s/%s drained and removed", g_c.pool, name);
+		if (lb_servers(nd, s, (int)(sizeof s / sizeof *s), &n) == 0 && !lb_find(s, n, name)) {
+			info("%s: %s/%s drained and removed", nd->tag, g_c.pool, name);
 			return 0;
+		}
+		if (nd->down) {
+			warn("%s: %s/%s: the node stopped answering while it drained the server", nd->tag, g_c.pool, name);
+			return -1;
 		}
 		if (mono_ms() > end) {
 			char d[32];
 			fmt_dur(d, sizeof d, WAIT_REMOVED_MS);
-			err("lb: %s/%s still in the pool %s after it was asked to remove it: the instance is kept", g_c.pool,
-			    name, d);
+			err("%s: %s/%s still in the pool %s after it was asked to remove it: the instance is kept", nd->tag,
+			    g_c.pool, name, d);
 			return -1;
 		}
 		sleep_ms(poll_ms);
 	}
 	return -1;
+}
+
+/* the node entries of c with their tokens (admin_token_file unless the entry names its own);
+ * -1 when a token file cannot be read. nd->cf points into g_c, which c is about to become. */
+static int nodes_load(const struct conf *c, struct node *out, int *n, int need_token)
+{
+	memset(out, 0, sizeof *out * MAX_NODES);
+	*n = 0;
+	for (int k = 0; k < c->nnodes; k++) {
+		struct node *nd = &out[k];
+		nd->cf = &g_c.node[k];
+		const char *u = strstr(c->node[k].url, "://");
+		snprintf(nd->name, sizeof nd->name, "%.*s", (int)strcspn(u + 3, "/"), u + 3);
+		if (c->nnodes == 1)
+			snprintf(nd->tag, sizeof nd->tag, "lb");
+		else
+			snprintf(nd->tag, sizeof nd->tag, "lb %s", nd->name);
+		const struct nodeconf *nc = &c->node[k];
+		const char *tf = nc->token_file[0] ? nc->token_file : c->admin_token_file;
+		if (need_token && !(nd->token = read_secret(tf, nc->token_file[0] ? "admin_url token_file" :
+		                                                                 "admin_token_file"))) {
+			for (int i = 0; i < k; i++)
+				free(out[i].token);
+			return -1;
+		}
+		*n = k + 1;
+	}
+	return 0;
 }
 
 /* ================================================================================== host CPU */
@@ -1642,7 +1800,7 @@ static double host_cpu(int fresh)
 
 /* ================================================================================== the cycle */
 
-enum { MODE_RUN, MODE_ONCE, MODE_STATUS };
+enum { MODE_RUN, MODE_ONCE, MODE_STATUS, MODE_RECONCILE };
 
 static int g_host_cpu_on;
 static int64_t g_last_action_ms;     /* wall clock of the last change (this process's, or --state's) */
@@ -1686,6 +1844,7 @@ static void note_action(void)
 static int64_t g_low_since;          /* monotonic ms since the measured CPU is below scale_down_cpu; 0 */
 static struct {                      /* lb removals this process asked for recently */
 	char name[64];
+	int node;
 	int64_t at;
 } g_asked[16];
 
@@ -1768,21 +1927,37 @@ static int delete_instance(const struct inst *in)
 	return -1;
 }
 
-/* the second half of a removal: out of lb (drained), then deleted. `in_lb`: lb still has it. */
+/* the second half of a removal: out of every lb node (drained), then deleted. A node that is down
+ * or fails holds the deletion (the instance keeps its drain tag; a later cycle finishes it): a node
+ * the scaler cannot reach may still be sending the server requests. */
 static int set_tags(const struct inst *in, int draining);
 
 static int finish_removal(const struct inst *in)
 {
-	if (in->in_lb) {
-		int rc = lb_del(in->label);
+	unsigned asked = 0;
+	int held = 0;
+	for (int k = 0; k < g_nnodes && !g_stop; k++) {
+		int rc = lb_del(&g_nodes[k], in->label);
 		if (rc == -2) { /* the pool's last server: it stays, and stays ours */
-			warn("instance %s is kept: lb keeps at least one server in pool %s", in->label, g_c.pool);
+			warn("instance %s is kept: %s keeps at least one server in pool %s", in->label, g_nodes[k].tag,
+			     g_c.pool);
 			set_tags(in, 0);
+			return -1;
 		}
-		if (rc != 0)
-			return -1;
-		if (!g_dry && lb_wait_gone(in->label, poll_ms()) != 0)
-			return -1;
+		if (rc == 0)
+			asked |= 1u << k;
+		else if (rc < 0)
+			held = 1;
+	}
+	for (int k = 0; k < g_nnodes && !g_stop && !g_dry; k++)
+		if ((asked >> k & 1) && lb_wait_gone(&g_nodes[k], in->label, poll_ms()) != 0)
+			held = 1;
+	if (g_stop)
+		return -1;
+	if (held) {
+		warn("instance %s (%lld) is kept with tag %s until every lb node has drained it (a later cycle goes on)",
+		     in->label, in->id, g_c.drain_tag);
+		return -1;
 	}
 	return delete_instance(in);
 }
@@ -1893,24 +2068,42 @@ static int wait_running(struct inst *in)
 	return strcmp(in->status, "running") ? -1 : 0;
 }
 
-/* after an add: watch lb's health checks take the server in (bounded; only logs) */
-static void watch_up(const char *name)
+/* after an add: watch each node's health checks take the server in (bounded; only logs) */
+static void watch_up(const char *name, unsigned mask)
 {
 	int64_t end = mono_ms() + WAIT_UP_MS;
-	while (!g_stop && mono_ms() < end) {
-		struct lbsrv s[MAX_INSTANCES + 64];
-		int n;
-		const struct lbsrv *x;
-		if (lb_servers(s, (int)(sizeof s / sizeof *s), &n) == 0 && (x = lb_find(s, n, name)) &&
-		    !strcmp(x->state, "up")) {
-			info("lb: %s/%s passed its health checks and takes traffic", g_c.pool, name);
-			return;
+	while (mask && !g_stop && mono_ms() < end) {
+		for (int k = 0; k < g_nnodes; k++) {
+			static struct lbsrv s[MAX_INSTANCES + 64];
+			int n;
+			const struct lbsrv *x;
+			if ((mask >> k & 1) && lb_servers(&g_nodes[k], s, (int)(sizeof s / sizeof *s), &n) == 0 &&
+			    (x = lb_find(s, n, name)) && !strcmp(x->state, "up")) {
+				info("%s: %s/%s passed its health checks and takes traffic", g_nodes[k].tag, g_c.pool, name);
+				mask &= ~(1u << k);
+			}
 		}
-		sleep_ms(500);
+		if (mask)
+			sleep_ms(500);
 	}
-	if (!g_stop)
+	if (mask && !g_stop)
 		warn("lb: %s/%s is not up %d s after it was added: is the service listening on port %d?", g_c.pool, name,
 		     WAIT_UP_MS / 1000, g_c.server_port);
+}
+
+/* add a new instance to every lb node; a node that is down gets it from reconcile once it answers */
+static int add_everywhere(const struct inst *in)
+{
+	unsigned added = 0;
+	for (int k = 0; k < g_nnodes && !g_stop; k++) {
+		if (lb_add(&g_nodes[k], in) == 0)
+			added |= 1u << k;
+		else if (g_nodes[k].down)
+			warn("%s: down: it gets %s when it answers again", g_nodes[k].tag, in->label);
+	}
+	if (added && !g_dry)
+		watch_up(in->label, added);
+	return added == (1u << g_nnodes) - 1 ? 0 : -1;
 }
 
 /* scale up: create (idempotent by label), wait until running, add to lb */
@@ -1979,17 +2172,13 @@ static int scale_up(const struct inst *all, int n)
 		return -1;
 	if (lookup_addr(&in) != 0)
 		return -1;
-	if (lb_add(&in) != 0)
-		return -1;
-	watch_up(in.label);
-	return 0;
+	return add_everywhere(&in);
 }
 
 struct view {
 	struct inst in[MAX_INSTANCES];
 	int n;
-	struct lbsrv lb[MAX_INSTANCES + 64];
-	int nlb;
+	int nread;            /* lb nodes whose pool was read (each node's servers: g_nodes[k].lb) */
 	int active, running;  /* instances not being removed; of them running */
 	int pending;          /* active, not running, created less than WAIT_RUNNING_MS ago */
 	int warming;          /* running, new, without CPU data yet */
@@ -2019,19 +2208,19 @@ static int have_active(const struct view *v, const char *name)
 	return 0;
 }
 
-static int asked_recently(const char *name)
+static int asked_recently(int node, const char *name)
 {
 	for (size_t i = 0; i < sizeof g_asked / sizeof *g_asked; i++)
-		if (!strcmp(g_asked[i].name, name) && mono_ms() - g_asked[i].at < WAIT_REMOVED_MS)
+		if (g_asked[i].node == node && !strcmp(g_asked[i].name, name) && mono_ms() - g_asked[i].at < WAIT_REMOVED_MS)
 			return 1;
 	return 0;
 }
 
-static void remember_asked(const char *name)
+static void remember_asked(int node, const char *name)
 {
 	size_t old = 0;
 	for (size_t i = 0; i < sizeof g_asked / sizeof *g_asked; i++) {
-		if (!strcmp(g_asked[i].name, name)) {
+		if (g_asked[i].node == node && !strcmp(g_asked[i].name, name)) {
 			old = i;
 			break;
 		}
@@ -2039,31 +2228,52 @@ static void remember_asked(const char *name)
 			old = i;
 	}
 	snprintf(g_asked[old].name, sizeof g_asked[old].name, "%s", name);
+	g_asked[old].node = node;
 	g_asked[old].at = mono_ms();
 }
 
-/* instances and lb's pool; matches them; -1 when either cannot be read */
+/* the node's server for an instance: by name, else at its address (an operator added it) */
+static const struct lbsrv *node_server(const struct node *nd, const struct inst *in)
+{
+	const struct lbsrv *s = lb_find(nd->lb, nd->nlb, in->label);
+	char want[80];
+	if (!s && in->addr[0]) {
+		snprintf(want, sizeof want, "%s:%d", in->addr, g_c.server_port);
+		for (int k = 0; k < nd->nlb && !s; k++)
+			if (!strcmp(nd->lb[k].addr, want))
+				s = &nd->lb[k];
+	}
+	return s;
+}
+
+/* every lb node's pool, then the instances (in this order: a server another scaler adds between
+ * the two reads has its instance in the list); matches them. -1 when Linode or no lb node can be
+ * read; a node that cannot be read is left out (read = 0) and the others go on. */
 static int observe(struct view *v)
 {
 	memset(v, 0, sizeof *v);
 	v->pool_cpu = v->host = v->cpu = -1;
-	if (list_instances(v->in, &v->n, NULL, NULL) != 0)
+	for (int k = 0; k < g_nnodes && !g_stop; k++) {
+		struct node *nd = &g_nodes[k];
+		if (nd->down && mono_ms() >= nd->next_try)
+			debug("%s: trying the node again", nd->tag);
+		nd->read = lb_servers(nd, nd->lb, (int)(sizeof nd->lb / sizeof *nd->lb), &nd->nlb) == 0;
+		v->nread += nd->read;
+	}
+	if (!v->nread)
 		return -1;
-	if (lb_servers(v->lb, (int)(sizeof v->lb / sizeof *v->lb), &v->nlb) != 0)
+	if (list_instances(v->in, &v->n, NULL, NULL) != 0)
 		return -1;
 	for (int i = 0; i < v->n; i++) {
 		struct inst *in = &v->in[i];
-		const struct lbsrv *s = lb_find(v->lb, v->nlb, in->label);
-		char want[80];
-		if (!s && in->addr[0]) { /* known under another name at its address: an operator added it */
-			snprintf(want, sizeof want, "%s:%d", in->addr, g_c.server_port);
-			for (int k = 0; k < v->nlb && !s; k++)
-				if (!strcmp(v->lb[k].addr, want))
-					s = &v->lb[k];
-		}
-		if (s) {
+		for (int k = 0; k < g_nnodes; k++) {
+			const struct lbsrv *s = g_nodes[k].read ? node_server(&g_nodes[k], in) : NULL;
+			if (!s)
+				continue;
+			in->lb_mask |= 1u << k;
 			in->in_lb = 1;
-			snprintf(in->lb_state, sizeof in->lb_state, "%s", s->state);
+			if (!in->lb_state[0])
+				snprintf(in->lb_state, sizeof in->lb_state, "%s", s->state);
 		}
 		if (!in->draining) {
 			v->active++;
@@ -2081,65 +2291,75 @@ static int observe(struct view *v)
 	return 0;
 }
 
-/* lb and Linode agree afterwards: removals under way finish, running instances lb lacks are added,
- * servers of ours lb has without an instance are removed */
-static int reconcile(struct view *v)
+/* one node's pool in step with the instances: running ones it lacks are added, servers of ours
+ * without an active instance are drained out (those of instances being removed too, when the
+ * removal is not this process's to finish); servers not ours (added by hand) are left alone */
+static int reconcile_node(struct view *v, int k, int finishing)
 {
+	struct node *nd = &g_nodes[k];
 	int changed = 0;
 	for (int i = 0; i < v->n && !g_stop; i++) {
 		struct inst *in = &v->in[i];
-		if (in->draining) {
-			info("reconcile: instance %s (%lld) was being removed (tag %s): finishing", in->label, in->id,
-			     g_c.drain_tag);
-			if (finish_removal(in) == 0)
-				note_action();
-			changed = 1;
+		if (in->draining || (in->lb_mask >> k & 1) || strcmp(in->status, "running") || !name_ok(in->label))
 			continue;
-		}
-		if (in->in_lb || strcmp(in->status, "running"))
-			continue;
-		if (!name_ok(in->label)) {
-			warn("reconcile: instance %s (%lld) has a label lb cannot use as a server name: not added", in->label,
-			     in->id);
-			continue;
-		}
 		if (lookup_addr(in) != 0)
 			continue;
-		char want[80];
-		snprintf(want, sizeof want, "%s:%d", in->addr, g_c.server_port);
-		const struct lbsrv *same = NULL;
-		for (int k = 0; k < v->nlb && !same; k++)
-			if (!strcmp(v->lb[k].addr, want))
-				same = &v->lb[k];
+		const struct lbsrv *same = node_server(nd, in);
 		if (same) { /* an operator added it under another name */
-			debug("instance %s is in lb as %s (%s)", in->label, same->name, want);
-			in->in_lb = 1;
+			debug("%s: instance %s is in lb as %s (%s)", nd->tag, in->label, same->name, same->addr);
+			in->lb_mask |= 1u << k;
 			continue;
 		}
-		info("reconcile: instance %s (%lld) is running but not in lb pool %s: adding it", in->label, in->id,
-		     g_c.pool);
-		if (lb_add(in) == 0 && !g_dry)
-			in->in_lb = 1;
+		info("reconcile: instance %s (%lld) is running but not in %s pool %s: adding it", in->label, in->id,
+		     nd->tag, g_c.pool);
+		if (lb_add(nd, in) == 0 && !g_dry)
+			in->lb_mask |= 1u << k;
 		changed = 1;
 	}
-	for (int k = 0; k < v->nlb && !g_stop; k++) {
-		const struct lbsrv *s = &v->lb[k];
+	for (int j = 0; j < nd->nlb && !g_stop; j++) {
+		const struct lbsrv *s = &nd->lb[j];
 		if (!ours(v, s->name) || have_active(v, s->name))
 			continue;
 		int draining_inst = 0;
 		for (int i = 0; i < v->n; i++)
 			if (v->in[i].draining && !strcmp(v->in[i].label, s->name))
 				draining_inst = 1;
+		if (draining_inst && finishing)
+			continue; /* finish_removal drains it */
+		if (!strcmp(s->state, "drain") && (draining_inst || asked_recently(k, s->name)))
+			continue; /* being drained already */
 		if (draining_inst)
-			continue; /* handled above */
-		if (!strcmp(s->state, "drain") && asked_recently(s->name))
-			continue;
-		info("reconcile: lb server %s/%s (%s) has no Linode instance with tag %s: removing it from lb", g_c.pool,
-		     s->name, s->addr, g_c.tag);
-		if (lb_del(s->name) == 0 && !g_dry)
-			remember_asked(s->name);
+			info("reconcile: %s server %s/%s belongs to an instance being removed: draining it", nd->tag, g_c.pool,
+			     s->name);
+		else
+			info("reconcile: %s server %s/%s (%s) has no Linode instance with tag %s: removing it from lb",
+			     nd->tag, g_c.pool, s->name, s->addr, g_c.tag);
+		if (lb_del(nd, s->name) == 0 && !g_dry)
+			remember_asked(k, s->name);
 		changed = 1;
 	}
+	return changed;
+}
+
+/* lb and Linode agree afterwards, on every node that answers: removals under way finish (only when
+ * `finishing`: the scaler that decides; one in reconcile-only mode deletes no instance), each node
+ * gets what it lacks and loses what has no instance */
+static int reconcile(struct view *v, int finishing)
+{
+	int changed = 0;
+	for (int i = 0; i < v->n && !g_stop && finishing; i++) {
+		struct inst *in = &v->in[i];
+		if (!in->draining)
+			continue;
+		info("reconcile: instance %s (%lld) was being removed (tag %s): finishing", in->label, in->id,
+		     g_c.drain_tag);
+		if (finish_removal(in) == 0)
+			note_action();
+		changed = 1;
+	}
+	for (int k = 0; k < g_nnodes && !g_stop; k++)
+		if (g_nodes[k].read)
+			changed |= reconcile_node(v, k, finishing);
 	return changed;
 }
 
@@ -2293,50 +2513,145 @@ static struct inst *pick_down(struct view *v)
 	return best;
 }
 
-static void describe(const struct view *v, char *out, size_t size)
+/* each node's state: "127.0.0.1:8404 3 server(s), 10.0.0.2:8404 down (why)" */
+static void describe_nodes(char *out, size_t size)
 {
-	char pool[48] = "no data", host[32] = "";
+	size_t o = 0;
+	out[0] = 0;
+	for (int k = 0; k < g_nnodes && o < size; k++) {
+		const struct node *nd = &g_nodes[k];
+		int w;
+		if (nd->read)
+			w = snprintf(out + o, size - o, "%s%s %d server(s)", k ? ", " : "", nd->name, nd->nlb);
+		else
+			w = snprintf(out + o, size - o, "%s%s %s (%.60s)", k ? ", " : "", nd->name,
+			             nd->down ? "down" : "refused", nd->down ? nd->why : "see the error above");
+		if (w < 0)
+			break;
+		o += (size_t)w;
+	}
+}
+
+static void describe(const struct view *v, int with_cpu, char *out, size_t size)
+{
+	char pool[48] = "no data", host[32] = "", nodes[600];
 	if (v->pool_cpu >= 0)
 		snprintf(pool, sizeof pool, "%.1f%% (%d with data)", v->pool_cpu, v->ndata);
 	if (v->host >= 0)
 		snprintf(host, sizeof host, ", lb host %.1f%%", v->host);
-	snprintf(out, size, "%d instance(s) with tag %s (%d running, %d not running, %d being removed), lb pool %s has %d "
-	                    "server(s); cpu %s%s",
-	         v->n, g_c.tag, v->running, v->active - v->running, v->n - v->active, g_c.pool, v->nlb, pool, host);
+	describe_nodes(nodes, sizeof nodes);
+	if (g_nnodes == 1)
+		snprintf(nodes, sizeof nodes, "has %d server(s)", g_nodes[0].nlb);
+	snprintf(out, size, "%d instance(s) with tag %s (%d running, %d not running, %d being removed), lb pool %s %s%s%s"
+	                    "%s%s",
+	         v->n, g_c.tag, v->running, v->active - v->running, v->n - v->active, g_c.pool,
+	         g_nnodes > 1 ? "on nodes " : "", nodes, with_cpu ? "; cpu " : "", with_cpu ? pool : "",
+	         with_cpu ? host : "");
 }
 
-/* one cycle; 0 when everything it tried worked */
+/* ------------------------------------------------------------------ one controller per HA pair */
+
+static const char *g_ha_path; /* --ha-state FILE: scale decisions only while it says VRRP master */
+static int g_ha_master = -1;  /* what it said last: -1 not read yet */
+
+/* keepalived's state as deploy/keepalived-notify.sh records it for node exporter (lb_keepalived.prom):
+ * 1 when a sample `lb_keepalived_master{...} 1` is there, else 0 */
+static int ha_master_in(const char *text)
+{
+	static const char name[] = "lb_keepalived_master";
+	for (const char *ln = text; ln && *ln; ln = strchr(ln, '\n') ? strchr(ln, '\n') + 1 : NULL) {
+		size_t len = strcspn(ln, "\n");
+		if (strncmp(ln, name, sizeof name - 1) || (ln[sizeof name - 1] != '{' && ln[sizeof name - 1] != ' '))
+			continue;
+		const char *v = ln + len;
+		while (v > ln && (v[-1] == ' ' || v[-1] == '\r'))
+			v--;
+		const char *e = v;
+		while (v > ln && v[-1] != ' ' && v[-1] != '}')
+			v--;
+		if (e - v == 1 && *v == '1')
+			return 1;
+	}
+	return 0;
+}
+
+/* may this scaler make scale decisions (and create or delete instances)? Without --ha-state: yes.
+ * With it: only while the file says this node is the VRRP master; missing or unreadable: no (a
+ * scaler unsure of being master only keeps the lb nodes in step) */
+static int controller(void)
+{
+	if (!g_ha_path)
+		return 1;
+	char *t = read_file(g_ha_path, 1 << 16, NULL);
+	int e = errno, m = t ? ha_master_in(t) : 0;
+	if (m != g_ha_master) {
+		if (m)
+			info("ha: %s says this node is the VRRP master: this scaler makes the scale decisions", g_ha_path);
+		else
+			info("ha: %s %s%s: reconcile only (lb nodes kept in step with the tagged instances; no instance is "
+			     "created or deleted)",
+			     g_ha_path, t ? "says this node is not the VRRP master" : "cannot be read: ", t ? "" : strerror(e));
+		g_ha_master = m;
+		g_low_since = 0; /* a new controller measures "sustained low" from its own cycles (or Linode's history) */
+	}
+	free(t);
+	return m;
+}
+
+/* one cycle; 0 when everything it tried worked. MODE_RECONCILE: observe and reconcile only (after a
+ * node came back between cycles) */
 static int cycle(int mode)
 {
 	static struct view v;
-	char why[300], desc[300];
+	char why[300], desc[900];
+	int ctl = controller();
 	if (observe(&v) != 0) {
-		err("cycle: Linode or lb could not be read: no decision this time");
+		err("cycle: %s could not be read: no decision this time",
+		    v.nread ? "Linode" : g_nnodes > 1 ? "no lb node" : "lb");
 		return -1;
 	}
-	int changed = mode != MODE_STATUS ? reconcile(&v) : 0;
-	if (g_stop)
-		return 0;
+	int changed = mode != MODE_STATUS ? reconcile(&v, ctl) : 0;
+	int rc = v.nread < g_nnodes ? -1 : 0;
+	if (g_stop || mode == MODE_RECONCILE)
+		return rc;
 	if (changed && !g_dry && observe(&v) != 0) /* the state after reconcile's changes */
 		return -1;
+	if (!ctl) {
+		describe(&v, 0, desc, sizeof desc);
+		info("%s; reconcile only (not the VRRP master per %s): no scale decision", desc, g_ha_path);
+		return rc;
+	}
 	measure(&v, mode);
-	describe(&v, desc, sizeof desc);
+	describe(&v, 1, desc, sizeof desc);
 	int d = decide(&v, mode, why, sizeof why);
 	info("%s; decision: %s: %s", desc, d == D_UP ? "up" : d == D_DOWN ? "down" : "none", why);
 	if (mode == MODE_STATUS || d == D_NONE || g_stop)
-		return 0;
-	int rc;
+		return rc;
 	if (d == D_UP) {
-		rc = scale_up(v.in, v.n);
+		rc |= scale_up(v.in, v.n);
 	} else {
 		struct inst *in = pick_down(&v);
-		rc = in ? scale_down(in) : -1;
+		rc |= in ? scale_down(in) : -1;
 	}
 	if (!g_dry) {
 		note_action();
 		g_low_since = 0;
 	}
 	return rc;
+}
+
+/* between cycles: nodes that are down and due for a try are asked; 1 when one answered again */
+static int probe_nodes(void)
+{
+	int back = 0;
+	for (int k = 0; k < g_nnodes && !g_stop; k++) {
+		struct node *nd = &g_nodes[k];
+		if (!nd->down || mono_ms() < nd->next_try)
+			continue;
+		nd->read = lb_servers(nd, nd->lb, (int)(sizeof nd->lb / sizeof *nd->lb), &nd->nlb) == 0;
+		back |= !nd->down;
+	}
+	return back;
 }
 
 /* ================================================================================== commands */
@@ -2364,13 +2679,19 @@ static int cmd_status(void)
 	if (observe(&v) != 0)
 		return 1;
 	measure(&v, MODE_STATUS);
-	describe(&v, desc, sizeof desc);
+	describe(&v, 1, desc, sizeof desc);
 	int d = decide(&v, MODE_STATUS, why, sizeof why);
 	char cd[32], sa[32], iv[32];
 	fmt_dur(cd, sizeof cd, g_c.cooldown_ms);
 	fmt_dur(sa, sizeof sa, g_c.down_after_ms);
 	fmt_dur(iv, sizeof iv, g_c.interval_ms);
 	printf("pool %s (lb %s), tag %s, api %s\n", g_c.pool, g_c.admin_url, g_c.tag, g_c.api_url);
+	for (int k = 0; k < g_nnodes; k++)
+		printf("lb node %s: %s\n", g_nodes[k].cf->url,
+		       g_nodes[k].read ? "answers" : g_nodes[k].down ? g_nodes[k].why : "refused (see the error above)");
+	if (g_ha_path)
+		printf("scale decisions: %s (%s)\n", controller() ? "made here (VRRP master)" : "not here (reconcile only)",
+		       g_ha_path);
 	printf("bounds min %d max %d; up at %g%%, down below %g%% for %s; cooldown %s; interval %s\n", g_c.min, g_c.max,
 	       g_c.up_cpu, g_c.down_cpu, sa, cd, iv);
 	printf("%s\n", desc);
@@ -2379,13 +2700,24 @@ static int cmd_status(void)
 		char cpu[16] = "no data";
 		if (v.in[i].has_cpu)
 			snprintf(cpu, sizeof cpu, "%.1f%%", v.in[i].cpu);
+		char in_lb[16] = "no";
+		if (g_nnodes > 1)
+			snprintf(in_lb, sizeof in_lb, "%d/%d", __builtin_popcount(v.in[i].lb_mask), v.nread);
+		else if (v.in[i].in_lb)
+			snprintf(in_lb, sizeof in_lb, "yes");
 		printf("%-12lld %-28s %-12s %-10s %-9s %s\n", v.in[i].id, v.in[i].label,
-		       v.in[i].draining ? "removing" : v.in[i].status, cpu, v.in[i].in_lb ? "yes" : "no",
+		       v.in[i].draining ? "removing" : v.in[i].status, cpu, in_lb,
 		       v.in[i].lb_state[0] ? v.in[i].lb_state : "-");
 	}
-	for (int k = 0; k < v.nlb; k++)
-		if (!ours(&v, v.lb[k].name))
-			printf("%-12s %-28s %-12s %-10s %-9s %s\n", "(static)", v.lb[k].name, "-", "-", "yes", v.lb[k].state);
+	for (int k = 0; k < g_nnodes; k++) /* servers not ours, once each (by name) */
+		for (int j = 0; j < g_nodes[k].nlb; j++) {
+			const struct lbsrv *s = &g_nodes[k].lb[j];
+			int seen = 0;
+			for (int q = 0; q < k && !seen; q++)
+				seen = lb_find(g_nodes[q].lb, g_nodes[q].nlb, s->name) != NULL;
+			if (!ours(&v, s->name) && !seen)
+				printf("%-12s %-28s %-12s %-10s %-9s %s\n", "(static)", s->name, "-", "-", "yes", s->state);
+		}
 	printf("decision: %s: %s\n", d == D_UP ? "up" : d == D_DOWN ? "down" : "none", why);
 	return 0;
 }
@@ -2395,7 +2727,7 @@ static int cmd_force(int up)
 	static struct view v;
 	if (observe(&v) != 0)
 		return 1;
-	reconcile(&v);
+	reconcile(&v, 1);
 	if (!g_dry && observe(&v) != 0)
 		return 1;
 	if (up) {
@@ -2517,6 +2849,8 @@ static void usage(FILE *f)
 	           "  --dry-run        log the decisions and the requests that would change something; change nothing\n"
 	           "  --host-cpu       also scale on this host's CPU (/proc/stat): the larger of the two counts\n"
 	           "  --state FILE     keep the time of the last change there (cooldown across restarts and cron runs)\n"
+	           "  --ha-state FILE  HA pair: make scale decisions only while keepalived's state file (the notify\n"
+	           "                   script's lb_keepalived.prom) says this node is the VRRP master; else reconcile only\n"
 	           "  -v               debug lines\n");
 }
 
@@ -2528,8 +2862,9 @@ static int load_all(const char *path, int need_admin)
 	char *t = read_secret(c.token_file, "token_file");
 	if (!t)
 		return -1;
-	char *a = NULL;
-	if (need_admin && !(a = read_secret(c.admin_token_file, "admin_token_file"))) {
+	static struct node nodes[MAX_NODES];
+	int nn;
+	if (nodes_load(&c, nodes, &nn, need_admin) != 0) {
 		free(t);
 		return -1;
 	}
@@ -2537,13 +2872,15 @@ static int load_all(const char *path, int need_admin)
 		memset(g_api_token, 0, strlen(g_api_token));
 		free(g_api_token);
 	}
-	if (g_admin_token) {
-		memset(g_admin_token, 0, strlen(g_admin_token));
-		free(g_admin_token);
-	}
+	for (int k = 0; k < g_nnodes; k++)
+		if (g_nodes[k].token) {
+			memset(g_nodes[k].token, 0, strlen(g_nodes[k].token));
+			free(g_nodes[k].token);
+		}
 	g_c = c;
 	g_api_token = t;
-	g_admin_token = a;
+	memcpy(g_nodes, nodes, sizeof g_nodes);
+	g_nnodes = nn;
 	return 0;
 }
 
@@ -2561,6 +2898,8 @@ int main(int argc, char **argv)
 			g_host_cpu_on = 1;
 		else if (!strcmp(a, "--state") && i + 1 < argc)
 			g_state_path = argv[++i];
+		else if (!strcmp(a, "--ha-state") && i + 1 < argc)
+			g_ha_path = argv[++i];
 		else if (!strcmp(a, "-v"))
 			g_verbose = 1;
 		else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -2646,9 +2985,11 @@ int main(int argc, char **argv)
 			}
 			int64_t t0 = mono_ms();
 			cycle(MODE_RUN);
-			int64_t left = g_c.interval_ms - (mono_ms() - t0);
-			if (left > 0)
-				sleep_ms(left);
+			for (int64_t left; !g_stop && !g_hup && (left = g_c.interval_ms - (mono_ms() - t0)) > 0;) {
+				sleep_ms(left < 200 ? left : 200);
+				if (probe_nodes()) /* a node is back: its pool in step now, not at the next cycle */
+					cycle(MODE_RECONCILE);
+			}
 		}
 		info("stopping (signal)");
 	}

@@ -612,6 +612,48 @@ def t_ctl(ctx):
         eq(f.read(), good, "the file after applying itself")
 
 
+@test("lb_ctl_several_nodes", timeout=30)
+def t_ctl_nodes(ctx):
+    """`lb ctl --admin HOST:PORT` repeated: status and server drain/enable go to each node in turn,
+    each answer under "== NODE: STATUS"; a node that does not answer is reported, the others still
+    get the command, exit status 1. The token from --token-file (no config file needed) or -c's."""
+    a, b = ctx.b["a"], ctx.b["b"]
+    pool = section("pool both", ("server", "a %s:%d" % (HOST, a.port)), ("server", "b %s:%d" % (HOST, b.port)))
+    ad = Admin(ctx, [lsn("web", free_port(), pool="both"), pool])
+    port2 = free_port()
+    m2 = ctx.master(conf(section("admin", ("bind", "%s:%d" % (HOST, port2)), ("token_file", ad.tokfile)),
+                         lsn("web", free_port(), pool="both"), pool), [port2], tag="lb2")
+    n1, n2, dead = ad.url, "%s:%d" % (HOST, port2), "%s:%d" % (HOST, free_port())
+    url2 = "http://" + n2
+
+    def run(*args):
+        p = subprocess.run([it.LB_BIN, "ctl"] + list(args), capture_output=True, timeout=20)
+        return p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
+
+    def state(url, name):
+        st, d = jcall(url + "/api/stats")
+        return [s for p in d["pools"] if p["name"] == "both" for s in p["servers"] if s["name"] == name][0]["state"]
+
+    rc, out, err = run("--token-file", ad.tokfile, "--admin", n1, "--admin", n2, "status")
+    eq(rc, 0, "status on two nodes: exit status (%s)" % short(err))
+    parts = re.split(r"^== (\S+): (\d+)$", out, flags=re.M)
+    eq([(parts[i], parts[i + 1]) for i in range(1, len(parts), 3)], [(n1, "200"), (n2, "200")], "the answers' heads")
+    check(all('"name":"both"' in parts[i + 2] for i in range(1, len(parts), 3)), "a node's status lacks pool both")
+    rc, out, err = run("--token-file", ad.tokfile, "--admin", n1, "--admin", n2, "server", "drain", "both", "a")
+    eq(rc, 0, "drain on two nodes: exit status (%s)" % short(err + out))
+    eq([state(u, "a") for u in (n1, url2)], ["drain", "drain"], "a's state on both nodes after drain")
+    rc, out, err = run("-c", conf_file(ad.m), "--admin", n1, "--admin", dead, "--admin", n2,
+                       "server", "enable", "both", "a")
+    eq(rc, 1, "enable with a dead node among them: exit status")
+    check(re.search(r"^== %s: no answer$" % re.escape(dead), out, re.M) and "cannot connect" in err,
+          "the dead node is not reported: %s / %s" % (short(out), short(err)))
+    eq(len(re.findall(r"^== \S+: 2\d\d$", out, re.M)), 2, "2xx answers (token from -c's [admin])")
+    eq([state(u, "a") for u in (n1, url2)], ["up", "up"], "a's state on both nodes after enable")
+    rc, out, err = run("--token-file", ad.tokfile, "--admin", n1, "rollout", "both", "--new-servers", "x 1.2.3.4:1")
+    eq(rc, 2, "rollout with --admin: usage")
+    check(m2.alive(), "lb node 2 exited")
+
+
 @test("lb_ctl_rollout_and_rollback", timeout=90)
 def t_rollout(ctx):
     olds = [he.own_backend(ctx, "o%d" % i) for i in range(3)]

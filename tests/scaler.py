@@ -10,7 +10,7 @@ answers too), an lb with an [admin] section and
 token_file, and linode-scaler processes reading the [scaler] section of the same config file.
 Instances the fake creates are tests/backend.py processes on 127.0.0.N:PORT (their private IPv4);
 nothing is sent anywhere but loopback. Times are scaled down (interval 1s, scale_down_after 2s,
-status steps of 0.4 s, stats after 1 s) so that the suite stays under 90 s.
+status steps of 0.4 s, stats after 1 s) so that the suite stays under about 2 minutes.
 One line per test: "PASS name" or "FAIL name: reason"; then "scaler: N passed, N failed".
 """
 import base64
@@ -35,7 +35,7 @@ from integration import HOST, Fail, check, eq, free_port, short  # noqa: E402
 from process import conf  # noqa: E402
 from policy import ask, section, lsn  # noqa: E402
 
-SUITE_BUDGET = 88
+SUITE_BUDGET = 110
 SCALER_BIN = os.environ.get("SCALER_BIN", os.path.join(it.ROOT, "linode-scaler"))
 TOKEN = "linode-pat-3f9b1c7e5a2d4e6f8091a2b3c4d5e6f7"
 ADMIN_TOKEN = "lb-admin-9c8b7a6f5e4d3c2b1a00ffee"
@@ -66,7 +66,7 @@ class Env:
     config file both lb and linode-scaler read."""
 
     def __init__(self, ctx, seed=(("1", True),), cpu=50.0, scaler=(), extra_lb_servers=(), page_size=2,
-                 status_step=0.4, region="us-east"):
+                 status_step=0.4, region="us-east", nodes=1):
         if not os.access(SCALER_BIN, os.X_OK):
             raise Fail("linode-scaler binary not found: %s (make scaler)" % SCALER_BIN)
         if not os.path.isfile(lm.SPEC_PATH):
@@ -94,7 +94,19 @@ class Env:
         servers = [("server", "%s %s:%d" % (lab, i.private_ip, self.server_port))
                    for (n, in_lb, *_), (lab, i) in zip(seed, self.seeded.items()) if in_lb]
         servers += [("server", s) for s in extra_lb_servers]
-        sc = dict([("pool", "web"), ("admin_url", self.admin_url),
+        # lb node 2.. (nodes > 1): the same pool, its own ports and admin token file (token_file= in admin_url)
+        self.nodes = []
+        for k in range(1, nodes):
+            tok = os.path.join(ctx.dir, "admin-token-%d" % (k + 1))
+            with open(tok, "w") as f:
+                f.write(ADMIN_TOKEN + "\n")
+            os.chmod(tok, 0o600)
+            self.nodes.append({"port": free_port(), "admin_port": free_port(), "token_file": tok})
+        for nd in self.nodes:
+            nd["admin_url"] = "http://%s:%d" % (HOST, nd["admin_port"])
+        admin_url = ", ".join([self.admin_url] + ["%s token_file=%s" % (nd["admin_url"], nd["token_file"])
+                                                  for nd in self.nodes])
+        sc = dict([("pool", "web"), ("admin_url", admin_url),
                    ("admin_token_file", os.path.join(ctx.dir, "admin-token")), ("api_url", self.mock.url),
                    ("token_file", os.path.join(ctx.dir, "token")), ("region", region), ("type", "g6-standard-2"),
                    ("image", "linode/debian12"), ("user_data", os.path.join(ctx.dir, "user-data")),
@@ -103,15 +115,40 @@ class Env:
                    ("cooldown", "60s"), ("interval", "1s"), ("server_port", str(self.server_port)),
                    ("server_address", "private")])
         sc.update(dict(scaler))
-        text = conf(section("admin", ("bind", "%s:%d" % (HOST, self.admin_port)),
-                            ("token_file", os.path.join(ctx.dir, "admin-token"))),
-                    lsn("web", self.port, pool="web"),
-                    section("pool web", *servers, ("health_interval", "200ms"), ("health_timeout", "500ms"),
-                            ("health_rise", "2"), ("health_fall", "2"), ("retries", "2")),
-                    section("scaler", *sc.items()), workers=2)
+        def lb_text(port, admin_port, token_file, scaler_section):
+            return conf(section("admin", ("bind", "%s:%d" % (HOST, admin_port)), ("token_file", token_file)),
+                        lsn("web", port, pool="web"),
+                        section("pool web", *servers, ("health_interval", "200ms"), ("health_timeout", "500ms"),
+                                ("health_rise", "2"), ("health_fall", "2"), ("retries", "2")),
+                        *scaler_section, workers=2)
+        text = lb_text(self.port, self.admin_port, os.path.join(ctx.dir, "admin-token"),
+                       [section("scaler", *sc.items())])
         self.m = ctx.master(text, [self.port, self.admin_port])
+        for k, nd in enumerate(self.nodes):
+            nd["tag"] = "lb%d" % (k + 2)
+            nd["m"] = ctx.master(lb_text(nd["port"], nd["admin_port"], nd["token_file"], []),
+                                 [nd["port"], nd["admin_port"]], tag=nd["tag"])
         self.conf = self.m.conf
         self.logs = []
+
+    def lb_stop(self, k):
+        """lb node k (2..) stopped (SIGTERM; it drains)."""
+        self.nodes[k - 2]["m"].stop()
+
+    def lb_start(self, k):
+        """lb node k (2..) started again with its config file as the admin API left it."""
+        nd = self.nodes[k - 2]
+        with open(nd["m"].conf) as f:
+            text = f.read()
+        for attempt in range(10):
+            try:
+                nd["m"] = self.ctx.master(text, [nd["port"], nd["admin_port"]], tag=nd["tag"])
+                return
+            except Fail as e:
+                # while it was stopped, a client's ephemeral source port may have taken its port
+                if "Address already in use" not in str(e) or attempt == 9:
+                    raise
+                time.sleep(0.2)
 
     # ------------------------------------------------------------------ processes
     def start(self, *args, name="scaler"):
@@ -175,9 +212,9 @@ class Env:
             raise Fail("; ".join(problems))
 
     # ------------------------------------------------------------------ lb
-    def servers(self):
-        """{name: server} of lb's pool web (from /api/stats)."""
-        st, body = he_curl(self.admin_url + "/api/stats")
+    def servers(self, node=1):
+        """{name: server} of lb node `node`'s pool web (from /api/stats)."""
+        st, body = he_curl(self.admin_url if node == 1 else self.nodes[node - 2]["admin_url"], "/api/stats")
         if st != 200:
             raise Fail("GET /api/stats: %d %s" % (st, short(body)))
         for p in json.loads(body)["pools"]:
@@ -194,8 +231,8 @@ class Env:
         return False
 
 
-def he_curl(url):
-    u = urlsplit(url)
+def he_curl(url, path=""):
+    u = urlsplit(url + path)
     c = http.client.HTTPConnection(u.hostname, u.port, timeout=5)
     try:
         c.request("GET", u.path)
@@ -507,6 +544,153 @@ def t_dns(ctx):
     rc, out, errs = env.run("dns-set", "www.example.org", "203.0.113.9")
     eq(rc, 1, "dns-set in a domain that is not there")
     check("no Linode Domain holds www.example.org" in errs, "error line: %s" % short(errs, 300))
+
+
+def admin_call(url, method, path, body=None):
+    """(status, text) of an authenticated call to an lb admin API."""
+    u = urlsplit(url)
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=5)
+    try:
+        c.request(method, path, body=body, headers={"Authorization": "Bearer " + ADMIN_TOKEN})
+        r = c.getresponse()
+        return r.status, r.read().decode("utf-8", "replace")
+    finally:
+        c.close()
+
+
+def hand_backend(ctx, env, name, host="127.0.0.250"):
+    """A backend an operator runs outside the scaler (tests/backend.py on HOST:server_port)."""
+    p = subprocess.Popen([sys.executable, lm.BACKEND, "--host", host, "--port", str(env.server_port), "--name", name],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    ctx.on_cleanup(lambda: (p.terminate(), p.wait(5)))
+    p.stdout.readline()
+    return "%s %s:%d" % (name, host, env.server_port)
+
+
+@test("two_lb_nodes_scale_up_and_node_restart", timeout=30)
+def t_nodes_up(ctx):
+    """admin_url lists two real lb processes (the second with its own token_file=): a scale-up on CPU
+    adds the new server to both; with lb node 2 stopped, a scale-up reaches node 1, the scaler logs
+    node 2 down and keeps serving node 1; node 2 restarted (its config without the server) has it
+    within one interval (1 s) plus its back-off; a server added by hand (not ours) stays on both."""
+    env = Env(ctx, cpu=90.0, nodes=2, scaler=[("max", "3"), ("cooldown", "60s")])
+    manual = hand_backend(ctx, env, "manual")
+    for url in (env.admin_url, env.nodes[0]["admin_url"]):
+        st, body = admin_call(url, "POST", "/api/pools/web/servers", manual)
+        eq(st, 201, "adding %s by hand to %s: %s" % (manual, url, short(body)))
+    p = env.start("run")
+    new = label(2)
+    for node in (1, 2):
+        wait(lambda: env.servers(node).get(new, {}).get("state") == "up", 10,
+             "%s up in lb node %d (log: %s)" % (new, node, short(env.log(p)[-600:], 600)))
+    wait(lambda: env.log(p).count("passed its health checks") >= 2, 5, "both nodes' health-check lines")
+    env.lb_stop(2)
+    rc, out, errs = env.run("up")
+    eq(rc, 1, "up with lb node 2 stopped: exit status (a node did not get the server)")
+    third = label(3)
+    check(re.search(r"lb 127\.0\.0\.1:%d: lb node \S+ is down" % env.nodes[0]["admin_port"], errs),
+          "the log does not say node 2 is down: %s" % short(errs, 600))
+    eq(env.servers(1).get(third, {}).get("address", "").endswith(":%d" % env.server_port), True,
+       "%s in lb node 1 while node 2 is down" % third)
+    wait(lambda: re.search(r"on nodes \S+ \d server\(s\), \S+ down", env.log(p)), 5,
+         "a cycle line with node 2 down (log: %s)" % short(env.log(p)[-400:], 400))
+    env.lb_start(2)
+    t0 = time.monotonic()
+    wait(lambda: third in env.servers(2), 5, "%s on restarted node 2 (log: %s)" % (third, short(env.log(p)[-600:], 600)))
+    took = time.monotonic() - t0
+    check(took < 3.0, "node 2 converged %.1f s after its restart (interval 1 s, back-off at most 1 s)" % took)
+    check("answers again" in env.log(p), "the log does not say node 2 is back")
+    time.sleep(1.2)
+    for node in (1, 2):
+        srv = env.servers(node)
+        check("manual" in srv, "the hand-added server left lb node %d" % node)
+        eq(sorted(x for x in srv if x != "manual"), [label(1), new, third], "lb node %d's scaled servers" % node)
+    eq(len(creates(env)), 2, "instances created")
+
+
+@test("two_lb_nodes_scale_down_no_failures", timeout=30)
+def t_nodes_down(ctx):
+    """Three instances on two lb nodes, CPU 10% for scale_down_after: the newest is drained out of
+    both nodes, and only then deleted; a client loop through each node sees 0 failed requests; a
+    server added by hand stays."""
+    env = Env(ctx, seed=[("1", True), ("2", True), ("3", True)], cpu=60.0, nodes=2,
+              scaler=[("min", "2"), ("cooldown", "0s"), ("scale_down_after", "2s")])
+    manual = hand_backend(ctx, env, "manual")
+    for url in (env.admin_url, env.nodes[0]["admin_url"]):
+        eq(admin_call(url, "POST", "/api/pools/web/servers", manual)[0], 201, "adding %s by hand" % manual)
+    loops = [he.Loop(env.port), he.Loop(env.nodes[0]["port"])]
+    for lp in loops:
+        lp.start()
+        ctx.on_cleanup(lp.stop)
+    env.mock.set_cpu(10.0)
+    p = env.start("run")
+    wait(lambda: "linode: deleted instance" in env.log(p), 12, "a deletion (log: %s)" % short(env.log(p)[-600:], 600))
+    log = env.log(p)
+    eq([lab for _, _, lab in env.mock.deleted], [label(3)], "deleted")
+    deleted = log.find("linode: deleted instance %s" % label(3))
+    for node in env.nodes:
+        tag = "lb 127.0.0.1:%d" % node["admin_port"]
+        drained = log.find("%s: web/%s drained and removed" % (tag, label(3)))
+        check(0 <= drained < deleted, "%s: removal not logged before the deletion" % tag)
+    drained1 = log.find("lb 127.0.0.1:%d: web/%s drained and removed" % (env.admin_port, label(3)))
+    check(0 <= drained1 < deleted, "node 1: removal not logged before the deletion")
+    wait(lambda: "but at min (2)" in env.log(p), 6, "an 'at min' decision")
+    for lp in loops:
+        lp.stop()
+    for node in (1, 2):
+        eq(sorted(env.servers(node)), sorted([label(1), label(2), "manual"]), "lb node %d's pool" % node)
+    for k, lp in enumerate(loops):
+        check(lp.ok > 50, "only %d requests in the client loop through node %d" % (lp.ok, k + 1))
+        check(not lp.bad, "%d failed requests through node %d: %s" % (len(lp.bad), k + 1, lp.bad[:3]))
+
+
+def ha_state(path, master):
+    """What deploy/keepalived-notify.sh writes for node exporter (lb_keepalived.prom), atomically."""
+    with open(path + ".tmp", "w") as f:
+        f.write("# HELP lb_keepalived_master 1 while this node's keepalived instance is MASTER.\n"
+                "# TYPE lb_keepalived_master gauge\n"
+                'lb_keepalived_master{vrrp_instance="LB"} %d\n' % (1 if master else 0))
+    os.rename(path + ".tmp", path)
+
+
+@test("ha_only_the_master_scales", timeout=30)
+def t_ha(ctx):
+    """Two scalers (one per lb node of a pair, both reconciling both nodes), --ha-state naming each
+    node's keepalived state file: only the master's creates; the backup logs reconcile only. The
+    state is switched right after the master's create (the instance still provisioning): the new
+    master waits for it, then makes the next one; the old master makes none. Every create is
+    counted in the fake API: one per label, none refused as a duplicate."""
+    env = Env(ctx, cpu=90.0, nodes=2, scaler=[("max", "3"), ("cooldown", "0s")])
+    st = [os.path.join(ctx.dir, "node%d.prom" % i) for i in (1, 2)]
+    ha_state(st[0], True)
+    ha_state(st[1], False)
+    a = env.start("run", "--ha-state", st[0], name="scaler-a")
+    b = env.start("run", "--ha-state", st[1], name="scaler-b")
+    wait(lambda: creates(env), 10, "a create call (log a: %s)" % short(env.log(a)[-500:], 500))
+    ha_state(st[0], False)
+    ha_state(st[1], True)
+    t_switch = time.time()
+    env.mock.set_cpu(90.0, history=True)  # the new instance too, once it has stats
+    log_b_before = env.log(b)
+    wait(lambda: len(creates(env)) >= 2, 12, "a create by the new master (log b: %s)" % short(env.log(b)[-600:], 600))
+    took = creates(env)[1]["t"] - t_switch
+    for node in (1, 2):
+        wait(lambda: {label(2), label(3)} <= set(env.servers(node)), 8, "both new servers on lb node %d" % node)
+    wait(lambda: "but at max (3)" in env.log(b), 6, "an 'at max' decision by the new master")
+    time.sleep(1.5)
+    eq([(c["body"]["label"], c["status"]) for c in creates(env)], [(label(2), 200), (label(3), 200)],
+       "create calls (label, status)")
+    la, lbl = env.log(a), env.log(b)
+    check("reconcile only (not the VRRP master" in log_b_before and "scale up: creating" not in log_b_before,
+          "the backup scaler did more than reconcile before the switch: %s" % short(log_b_before, 400))
+    check("scale up: creating instance %s" % label(2) in la and "creating instance %s" % label(3) not in la,
+          "the first master's creates: %s" % short(la, 400))
+    check("creating instance %s" % label(3) in lbl and "creating instance %s" % label(2) not in lbl,
+          "the new master's creates: %s" % short(lbl, 400))
+    check("says this node is not the VRRP master: reconcile only" in la.split("creating instance")[-1],
+          "the old master did not log its handover")
+    check(took < 8, "the new master's create came %.1f s after the switch" % took)
+    eq(len(env.mock.live()), 3, "instances")
 
 
 def syscall_set(name, seen=None):
