@@ -3903,7 +3903,8 @@ struct lb_server *lb_pick(struct lb_pool *p, uint64_t key, uint64_t rnd)
 /* -------------------------------------------------------------------- descriptors per worker
  * What max_connections costs in file descriptors (checked against RLIMIT_NOFILE at start). */
 
-#define LB_FD_FIXED 32 /* stdio, epoll, signal pipe, master channel, logs, /dev/urandom, slack */
+#define LB_FD_SPARE 8  /* kept open for server sockets when descriptors run out (fd_spare_take) */
+#define LB_FD_FIXED 32 /* stdio, epoll, signal pipe, master channel, logs, /dev/urandom, the spares, slack */
 
 unsigned long lb_fd_reserve(const struct lb_conf *c)
 {
@@ -6331,6 +6332,44 @@ static void proxy_header_for(struct conn *c, struct lb_bconn *b)
 }
 
 /* 0, or -1 with errno (lb's own failure: out of descriptors or memory; the caller reports it) */
+static void accept_hold(size_t closing); /* section 14 */
+
+/* Descriptors held in reserve for server sockets. A client accepted while descriptors run out
+ * (another worker's files, a limit lowered from outside) would otherwise get a 503 for want of the
+ * one its server connection needs: socket() failing with EMFILE gives a spare back and tries
+ * again, and accepting then waits until the reserve is whole (accept_may_resume). */
+static int g_fd_spare[LB_FD_SPARE];
+static int g_nspare;
+
+static int fd_spares_fill(void)
+{
+	while (g_nspare < LB_FD_SPARE) {
+		int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			return 0;
+		g_fd_spare[g_nspare++] = fd;
+	}
+	return 1;
+}
+
+static int fd_spare_take(void)
+{
+	if (!g_nspare)
+		return 0;
+	close(g_fd_spare[--g_nspare]);
+	return 1;
+}
+
+static int server_socket(int family)
+{
+	int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	while (fd < 0 && errno == EMFILE && fd_spare_take()) {
+		accept_hold(0);
+		fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	}
+	return fd;
+}
+
 static int backend_connect(struct conn *c, struct lb_server *s)
 {
 	struct lb_bconn *b = bconn_alloc();
@@ -6341,7 +6380,7 @@ static int backend_connect(struct conn *c, struct lb_server *s)
 	b->srv = s;
 	b->pool = c->pool;
 	b->c = c;
-	b->h.fd = socket(s->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	b->h.fd = server_socket(s->sa.ss_family);
 	if (b->h.fd < 0) {
 		b->h.dead = 1;
 		b->next = g_dead_bconns;
@@ -6368,7 +6407,6 @@ static int backend_connect(struct conn *c, struct lb_server *s)
 }
 
 static void backend_failed(struct conn *c, int status, const char *why, int retryable);
-static void accept_hold(size_t closing); /* section 14 */
 
 /* errno of a connect() that failed in lb, not on the way to the server: descriptors, buffers or
  * memory, or no local port left */
@@ -10608,6 +10646,10 @@ static int accept_may_resume(void)
 		return 0;
 	if (g_accept_retry_at && g_now < g_accept_retry_at && g_nconns >= g_accept_conns)
 		return 0;
+	if (!fd_spares_fill()) { /* still short: wait for the back-off or a close again */
+		accept_hold(0);
+		return 0;
+	}
 	g_accept_retry_at = 0;
 	return 1;
 }
@@ -10945,6 +10987,7 @@ static int setup_runtime(void)
 		return -1;
 	}
 	rng_seed();
+	fd_spares_fill();
 	if (pipe2(g_sigpipe, O_NONBLOCK | O_CLOEXEC) != 0)
 		return -1;
 	g_sigh.kind = H_SIGNAL;

@@ -668,6 +668,31 @@ def close_all(socks):
         s.close()
 
 
+@test("descriptor_spare_for_the_server", timeout=20)
+def t_fd_spare(ctx):
+    """A worker whose limit is cut to the descriptors it holds: a client waits in the backlog (accept
+    fails) until another closes; the freed descriptor then goes to that client, and its server socket
+    comes from the worker's reserve of spares, so it is answered 200 rather than 503."""
+    a = ctx.b["a"]
+    port = free_port()
+    m = ctx.master(conf(lsn("web", port), section("pool p", ("server", "a %s:%d" % (HOST, a.port)),
+                                                    ("health_check", "off"), ("keepalive", "0")), workers=1), [port])
+    w = m.wait_workers(1)[0]
+    first = it.RawConn(port)
+    ctx.on_cleanup(first.close)
+    first.send(it.raw_request("/first"))
+    eq(first.read_response().status, 200, "first request")
+    time.sleep(0.2)
+    resource.prlimit(w, resource.RLIMIT_NOFILE, (len(os.listdir("/proc/%d/fd" % w)), 4096))
+    second = it.RawConn(port, timeout=8)
+    ctx.on_cleanup(second.close)
+    second.send(it.raw_request("/second"))
+    check(second.stray(0.5) == b"", "a client was answered although the worker had no descriptor to accept it")
+    first.close()
+    r = second.read_response()
+    eq((r.status, r.backend), (200, "a"), "the client accepted with the descriptor another freed: (status, backend)")
+
+
 @test("descriptors_exhausted", timeout=40)
 def t_descriptors(ctx):
     """lb started with 256 descriptors (prlimit) and max_connections = 1000 in the file: one warning, each
