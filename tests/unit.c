@@ -67,6 +67,22 @@ static void end(const char *fmt, ...)
 	}
 }
 
+/* The table-driven runner: check(row) for each of the n rows (sz bytes each) at rows. With a
+ * name the whole table is one case so named (begin/end here); with NULL each row is a case of its
+ * own, which its check opens with begin() and closes with end(), naming it after the row. */
+static void run_table(const char *name, const void *rows, size_t n, size_t sz,
+                      void (*check)(const void *row))
+{
+	if (name)
+		begin();
+	for (size_t i = 0; i < n; i++)
+		check((const char *)rows + i * sz);
+	if (name)
+		end("%s", name);
+}
+
+#define RUN_TABLE(name, t, check) run_table((name), (t), sizeof (t) / sizeof (t)[0], sizeof (t)[0], (check))
+
 /* A heap copy of exactly n bytes (no NUL). */
 static char *dupbuf(const char *s, size_t n)
 {
@@ -303,46 +319,49 @@ static void req_prefixes(const char *raw, size_t len, int full_ok)
 	free(r);
 }
 
+static void check_request_row(const void *row)
+{
+	const struct rq_case *c = row;
+	size_t len = c->len ? c->len : strlen(c->raw);
+	struct lb_req req;
+	char *b = dupbuf(c->raw, len);
+	begin();
+	memset(&req, 0, sizeof req);
+	int rc = lb_parse_request(b, len, &req);
+	switch (c->cls) {
+	case C_OK:
+		CHECK(rc == (int)len, "expected head length %zu, got %d (status %d, %s)", len, rc,
+		      req.status, req.error ? req.error : "no error");
+		break;
+	case C_AGAIN:
+		CHECK(rc == LB_EAGAIN, "expected %d (EAGAIN), got %d (status %d)", LB_EAGAIN, rc,
+		      req.status);
+		break;
+	case C_INV:
+		CHECK(rc == LB_EINVAL, "expected %d (EINVAL) status %d, got %d (status %d)", LB_EINVAL,
+		      c->status, rc, req.status);
+		if (rc == LB_EINVAL) {
+			if (c->status)
+				CHECK(req.status == c->status, "expected status %d, got %d (%s)", c->status,
+				      req.status, req.error ? req.error : "no error");
+			else
+				CHECK(req.status >= 400 && req.status <= 599, "expected a 4xx/5xx status, got %d",
+				      req.status);
+			CHECK(req.error != NULL, "req.error is NULL on EINVAL");
+		}
+		break;
+	}
+	free(b);
+	if (!c_fail)
+		req_prefixes(c->raw, len, c->cls == C_OK);
+	end("request/%s", c->name);
+}
+
 static void test_request_table(void)
 {
 	build_many_headers(rq_hdr100, sizeof rq_hdr100, 99);
 	build_many_headers(rq_hdr101, sizeof rq_hdr101, 100);
-	for (size_t i = 0; i < sizeof rq_cases / sizeof rq_cases[0]; i++) {
-		const struct rq_case *c = &rq_cases[i];
-		size_t len = c->len ? c->len : strlen(c->raw);
-		struct lb_req req;
-		char *b = dupbuf(c->raw, len);
-		begin();
-		memset(&req, 0, sizeof req);
-		int rc = lb_parse_request(b, len, &req);
-		switch (c->cls) {
-		case C_OK:
-			CHECK(rc == (int)len, "expected head length %zu, got %d (status %d, %s)", len, rc,
-			      req.status, req.error ? req.error : "no error");
-			break;
-		case C_AGAIN:
-			CHECK(rc == LB_EAGAIN, "expected %d (EAGAIN), got %d (status %d)", LB_EAGAIN, rc,
-			      req.status);
-			break;
-		case C_INV:
-			CHECK(rc == LB_EINVAL, "expected %d (EINVAL) status %d, got %d (status %d)", LB_EINVAL,
-			      c->status, rc, req.status);
-			if (rc == LB_EINVAL) {
-				if (c->status)
-					CHECK(req.status == c->status, "expected status %d, got %d (%s)", c->status,
-					      req.status, req.error ? req.error : "no error");
-				else
-					CHECK(req.status >= 400 && req.status <= 599, "expected a 4xx/5xx status, got %d",
-					      req.status);
-				CHECK(req.error != NULL, "req.error is NULL on EINVAL");
-			}
-			break;
-		}
-		free(b);
-		if (!c_fail)
-			req_prefixes(c->raw, len, c->cls == C_OK);
-		end("request/%s", c->name);
-	}
+	RUN_TABLE(NULL, rq_cases, check_request_row);
 }
 
 /* Parsed fields of accepted heads. String fields: NULL = not checked, ABSENT = n == 0 (and for
@@ -483,58 +502,61 @@ static void check_str(const char *field, struct lb_str got, const char *exp)
 	CHECK(str_is(got, exp), "%s: expected %s, got %s", field, esc(exp, strlen(exp)), S(got));
 }
 
+static void check_request_fields_row(const void *row)
+{
+	const struct rq_detail *d = row;
+	size_t len = strlen(d->raw), hl = d->headlen ? d->headlen : len;
+	struct lb_req req;
+	char *b = dupbuf(d->raw, len);
+	begin();
+	memset(&req, 0, sizeof req);
+	int rc = lb_parse_request(b, len, &req);
+	CHECK(rc == (int)hl, "expected head length %zu, got %d (status %d, %s)", hl, rc, req.status,
+	      req.error ? req.error : "no error");
+	if (rc > 0) {
+		check_str("method", req.method, d->method);
+		CHECK(req.method_id == d->method_id, "method_id: expected %d, got %d", d->method_id,
+		      req.method_id);
+		check_str("target", req.target, d->target);
+		check_str("path", req.path, d->path);
+		if (d->query == ABSENT)
+			CHECK(req.query.p == NULL && req.query.n == 0, "query: expected absent (p NULL), got %s",
+			      S(req.query));
+		else if (d->query && !d->query[0])
+			CHECK(req.query.p != NULL && req.query.n == 0, "query: expected present and empty, got %s",
+			      S(req.query));
+		else
+			check_str("query", req.query, d->query);
+		check_str("host", req.host, d->host);
+		check_str("authority", req.authority, d->authority);
+		CHECK(req.minor == d->minor, "minor: expected %d, got %d", d->minor, req.minor);
+		CHECK(req.content_length == d->cl, "content_length: expected %" PRId64 ", got %" PRId64,
+		      d->cl, req.content_length);
+		CHECK(req.flags == d->flags, "flags: expected 0x%x, got 0x%x", d->flags, req.flags);
+		if (d->nheaders >= 0)
+			CHECK(req.nheaders == (size_t)d->nheaders, "nheaders: expected %d, got %zu", d->nheaders,
+			      req.nheaders);
+		if (d->hname) {
+			const struct lb_header *h = lb_header_find(req.headers, req.nheaders, d->hname);
+			if (d->hval == ABSENT)
+				CHECK(h == NULL, "lb_header_find(%s): expected NULL, got %s", d->hname,
+				      h ? S(h->value) : "");
+			else if (!h)
+				failf("lb_header_find(%s): expected %s, got NULL", d->hname, esc(d->hval, strlen(d->hval)));
+			else
+				check_str("header value", h->value, d->hval);
+		}
+		if (d->upgrade)
+			check_str("upgrade", req.upgrade, d->upgrade);
+	}
+	free(b);
+	req_prefixes(d->raw, hl, 1);
+	end("request_fields/%s", d->name);
+}
+
 static void test_request_details(void)
 {
-	for (size_t i = 0; i < sizeof rq_details / sizeof rq_details[0]; i++) {
-		const struct rq_detail *d = &rq_details[i];
-		size_t len = strlen(d->raw), hl = d->headlen ? d->headlen : len;
-		struct lb_req req;
-		char *b = dupbuf(d->raw, len);
-		begin();
-		memset(&req, 0, sizeof req);
-		int rc = lb_parse_request(b, len, &req);
-		CHECK(rc == (int)hl, "expected head length %zu, got %d (status %d, %s)", hl, rc, req.status,
-		      req.error ? req.error : "no error");
-		if (rc > 0) {
-			check_str("method", req.method, d->method);
-			CHECK(req.method_id == d->method_id, "method_id: expected %d, got %d", d->method_id,
-			      req.method_id);
-			check_str("target", req.target, d->target);
-			check_str("path", req.path, d->path);
-			if (d->query == ABSENT)
-				CHECK(req.query.p == NULL && req.query.n == 0, "query: expected absent (p NULL), got %s",
-				      S(req.query));
-			else if (d->query && !d->query[0])
-				CHECK(req.query.p != NULL && req.query.n == 0, "query: expected present and empty, got %s",
-				      S(req.query));
-			else
-				check_str("query", req.query, d->query);
-			check_str("host", req.host, d->host);
-			check_str("authority", req.authority, d->authority);
-			CHECK(req.minor == d->minor, "minor: expected %d, got %d", d->minor, req.minor);
-			CHECK(req.content_length == d->cl, "content_length: expected %" PRId64 ", got %" PRId64,
-			      d->cl, req.content_length);
-			CHECK(req.flags == d->flags, "flags: expected 0x%x, got 0x%x", d->flags, req.flags);
-			if (d->nheaders >= 0)
-				CHECK(req.nheaders == (size_t)d->nheaders, "nheaders: expected %d, got %zu", d->nheaders,
-				      req.nheaders);
-			if (d->hname) {
-				const struct lb_header *h = lb_header_find(req.headers, req.nheaders, d->hname);
-				if (d->hval == ABSENT)
-					CHECK(h == NULL, "lb_header_find(%s): expected NULL, got %s", d->hname,
-					      h ? S(h->value) : "");
-				else if (!h)
-					failf("lb_header_find(%s): expected %s, got NULL", d->hname, esc(d->hval, strlen(d->hval)));
-				else
-					check_str("header value", h->value, d->hval);
-			}
-			if (d->upgrade)
-				check_str("upgrade", req.upgrade, d->upgrade);
-		}
-		free(b);
-		req_prefixes(d->raw, hl, 1);
-		end("request_fields/%s", d->name);
-	}
+	RUN_TABLE(NULL, rq_details, check_request_fields_row);
 }
 
 /* One lb_req reused for a second request (keep-alive): no field may leak from the first. */
@@ -678,50 +700,53 @@ static const struct rs_case rs_cases[] = {
 	{ "not_http", "ICY 200 OK\r\n\r\n", C_INV, 0, 0, NULL, 0, 0 },
 };
 
+static void check_response_row(const void *row)
+{
+	const struct rs_case *c = row;
+	size_t len = strlen(c->raw);
+	struct lb_resp resp;
+	char *b = dupbuf(c->raw, len);
+	begin();
+	memset(&resp, 0, sizeof resp);
+	int rc = lb_parse_response(b, len, &resp);
+	if (c->cls == C_OK) {
+		CHECK(rc == (int)len, "expected %zu, got %d (%s)", len, rc, resp.error ? resp.error : "no error");
+		if (rc > 0) {
+			CHECK(resp.status == c->status, "status: expected %d, got %d", c->status, resp.status);
+			CHECK(resp.minor == c->minor, "minor: expected %d, got %d", c->minor, resp.minor);
+			if (c->reason)
+				check_str("reason", resp.reason, c->reason);
+			CHECK(resp.content_length == c->cl, "content_length: expected %" PRId64 ", got %" PRId64,
+			      c->cl, resp.content_length);
+			CHECK((resp.flags & RESP_FLAGS) == c->flags, "flags: expected 0x%x, got 0x%x", c->flags,
+			      resp.flags & RESP_FLAGS);
+		}
+	} else if (c->cls == C_AGAIN) {
+		CHECK(rc == LB_EAGAIN, "expected %d (EAGAIN), got %d", LB_EAGAIN, rc);
+	} else {
+		CHECK(rc == LB_EINVAL, "expected %d (EINVAL), got %d", LB_EINVAL, rc);
+		if (rc == LB_EINVAL)
+			CHECK(resp.error != NULL, "resp.error is NULL on EINVAL");
+	}
+	free(b);
+	/* prefixes */
+	for (size_t l = 0; l < len && !c_fail; l++) {
+		char *p = dupbuf(c->raw, l);
+		memset(&resp, 0, sizeof resp);
+		rc = lb_parse_response(p, l, &resp);
+		free(p);
+		if (c->cls == C_OK)
+			CHECK(rc == LB_EAGAIN, "prefix of %zu/%zu bytes: expected %d, got %d", l, len, LB_EAGAIN, rc);
+		else
+			CHECK(rc == LB_EAGAIN || rc == LB_EINVAL || (rc > 0 && (size_t)rc <= l),
+			      "prefix of %zu/%zu bytes: got %d", l, len, rc);
+	}
+	end("response/%s", c->name);
+}
+
 static void test_response_table(void)
 {
-	for (size_t i = 0; i < sizeof rs_cases / sizeof rs_cases[0]; i++) {
-		const struct rs_case *c = &rs_cases[i];
-		size_t len = strlen(c->raw);
-		struct lb_resp resp;
-		char *b = dupbuf(c->raw, len);
-		begin();
-		memset(&resp, 0, sizeof resp);
-		int rc = lb_parse_response(b, len, &resp);
-		if (c->cls == C_OK) {
-			CHECK(rc == (int)len, "expected %zu, got %d (%s)", len, rc, resp.error ? resp.error : "no error");
-			if (rc > 0) {
-				CHECK(resp.status == c->status, "status: expected %d, got %d", c->status, resp.status);
-				CHECK(resp.minor == c->minor, "minor: expected %d, got %d", c->minor, resp.minor);
-				if (c->reason)
-					check_str("reason", resp.reason, c->reason);
-				CHECK(resp.content_length == c->cl, "content_length: expected %" PRId64 ", got %" PRId64,
-				      c->cl, resp.content_length);
-				CHECK((resp.flags & RESP_FLAGS) == c->flags, "flags: expected 0x%x, got 0x%x", c->flags,
-				      resp.flags & RESP_FLAGS);
-			}
-		} else if (c->cls == C_AGAIN) {
-			CHECK(rc == LB_EAGAIN, "expected %d (EAGAIN), got %d", LB_EAGAIN, rc);
-		} else {
-			CHECK(rc == LB_EINVAL, "expected %d (EINVAL), got %d", LB_EINVAL, rc);
-			if (rc == LB_EINVAL)
-				CHECK(resp.error != NULL, "resp.error is NULL on EINVAL");
-		}
-		free(b);
-		/* prefixes */
-		for (size_t l = 0; l < len && !c_fail; l++) {
-			char *p = dupbuf(c->raw, l);
-			memset(&resp, 0, sizeof resp);
-			rc = lb_parse_response(p, l, &resp);
-			free(p);
-			if (c->cls == C_OK)
-				CHECK(rc == LB_EAGAIN, "prefix of %zu/%zu bytes: expected %d, got %d", l, len, LB_EAGAIN, rc);
-			else
-				CHECK(rc == LB_EAGAIN || rc == LB_EINVAL || (rc > 0 && (size_t)rc <= l),
-				      "prefix of %zu/%zu bytes: got %d", l, len, rc);
-		}
-		end("response/%s", c->name);
-	}
+	RUN_TABLE(NULL, rs_cases, check_response_row);
 }
 
 static void test_resp_has_body(void)
@@ -851,79 +876,82 @@ static int chunk_feed(struct lb_chunk *st, const char *p, size_t n, size_t *used
 	return rc;
 }
 
-static void test_chunk_table(void)
+static void check_chunk_row(const void *row)
 {
-	for (size_t i = 0; i < sizeof ck_cases / sizeof ck_cases[0]; i++) {
-		const struct ck_case *c = &ck_cases[i];
-		int is_big = c->raw == ck_big;
-		size_t len = is_big ? ck_big_len : (c->len ? c->len : strlen(c->raw));
-		size_t exp_used = is_big ? ck_big_used : c->used;
-		struct lb_chunk st;
-		size_t used;
-		int rc;
-		begin();
+	const struct ck_case *c = row;
+	int is_big = c->raw == ck_big;
+	size_t len = is_big ? ck_big_len : (c->len ? c->len : strlen(c->raw));
+	size_t exp_used = is_big ? ck_big_used : c->used;
+	struct lb_chunk st;
+	size_t used;
+	int rc;
+	begin();
 
-		/* whole */
-		lb_chunk_init(&st);
-		rc = chunk_feed(&st, c->raw, len, &used);
-		CHECK(rc == c->expect, "whole: expected %d, got %d (used %zu)", c->expect, rc, used);
-		if (rc == c->expect && rc == LB_CHUNK_DONE) {
-			CHECK(used == exp_used, "whole: used expected %zu, got %zu", exp_used, used);
-			CHECK(st.body == c->body, "whole: body expected %" PRIu64 ", got %" PRIu64, c->body, st.body);
+	/* whole */
+	lb_chunk_init(&st);
+	rc = chunk_feed(&st, c->raw, len, &used);
+	CHECK(rc == c->expect, "whole: expected %d, got %d (used %zu)", c->expect, rc, used);
+	if (rc == c->expect && rc == LB_CHUNK_DONE) {
+		CHECK(used == exp_used, "whole: used expected %zu, got %zu", exp_used, used);
+		CHECK(st.body == c->body, "whole: body expected %" PRIu64 ", got %" PRIu64, c->body, st.body);
+	}
+	if (rc == c->expect && rc == LB_CHUNK_MORE)
+		CHECK(used == len, "whole: MORE used expected %zu, got %zu", len, used);
+
+	/* byte by byte */
+	lb_chunk_init(&st);
+	rc = LB_CHUNK_MORE;
+	size_t off = 0;
+	for (; off < len; off++) {
+		rc = chunk_feed(&st, c->raw + off, 1, &used);
+		if (rc != LB_CHUNK_MORE)
+			break;
+		if (used != 1) {
+			failf("bytewise: MORE at offset %zu with used %zu (expected 1)", off, used);
+			break;
 		}
-		if (rc == c->expect && rc == LB_CHUNK_MORE)
-			CHECK(used == len, "whole: MORE used expected %zu, got %zu", len, used);
+	}
+	if (c->expect == LB_CHUNK_DONE) {
+		CHECK(rc == LB_CHUNK_DONE, "bytewise: expected DONE, got %d at offset %zu", rc, off);
+		if (rc == LB_CHUNK_DONE) {
+			CHECK(off + used == exp_used, "bytewise: body end expected %zu, got %zu", exp_used, off + used);
+			CHECK(st.body == c->body, "bytewise: body expected %" PRIu64 ", got %" PRIu64, c->body,
+			      st.body);
+		}
+	} else {
+		CHECK(rc == c->expect, "bytewise: expected %d, got %d at offset %zu", c->expect, rc, off);
+	}
 
-		/* byte by byte */
+	/* every 2-way split */
+	for (size_t k = 0; k <= len && !c_fail; k++) {
+		size_t u1, u2 = 0;
 		lb_chunk_init(&st);
-		rc = LB_CHUNK_MORE;
-		size_t off = 0;
-		for (; off < len; off++) {
-			rc = chunk_feed(&st, c->raw + off, 1, &used);
-			if (rc != LB_CHUNK_MORE)
-				break;
-			if (used != 1) {
-				failf("bytewise: MORE at offset %zu with used %zu (expected 1)", off, used);
+		int r1 = chunk_feed(&st, c->raw, k, &u1), r2 = r1;
+		size_t total = u1;
+		if (r1 == LB_CHUNK_MORE) {
+			if (u1 != k) {
+				failf("split %zu: first part MORE with used %zu", k, u1);
 				break;
 			}
+			r2 = chunk_feed(&st, c->raw + k, len - k, &u2);
+			total = k + u2;
 		}
 		if (c->expect == LB_CHUNK_DONE) {
-			CHECK(rc == LB_CHUNK_DONE, "bytewise: expected DONE, got %d at offset %zu", rc, off);
-			if (rc == LB_CHUNK_DONE) {
-				CHECK(off + used == exp_used, "bytewise: body end expected %zu, got %zu", exp_used, off + used);
-				CHECK(st.body == c->body, "bytewise: body expected %" PRIu64 ", got %" PRIu64, c->body,
-				      st.body);
-			}
+			CHECK(r2 == LB_CHUNK_DONE && total == exp_used,
+			      "split at %zu: expected DONE at %zu, got rc %d/%d at %zu", k, exp_used, r1, r2, total);
+			if (r2 == LB_CHUNK_DONE)
+				CHECK(st.body == c->body, "split at %zu: body expected %" PRIu64 ", got %" PRIu64, k,
+				      c->body, st.body);
 		} else {
-			CHECK(rc == c->expect, "bytewise: expected %d, got %d at offset %zu", c->expect, rc, off);
+			CHECK(r2 == c->expect, "split at %zu: expected %d, got %d/%d", k, c->expect, r1, r2);
 		}
-
-		/* every 2-way split */
-		for (size_t k = 0; k <= len && !c_fail; k++) {
-			size_t u1, u2 = 0;
-			lb_chunk_init(&st);
-			int r1 = chunk_feed(&st, c->raw, k, &u1), r2 = r1;
-			size_t total = u1;
-			if (r1 == LB_CHUNK_MORE) {
-				if (u1 != k) {
-					failf("split %zu: first part MORE with used %zu", k, u1);
-					break;
-				}
-				r2 = chunk_feed(&st, c->raw + k, len - k, &u2);
-				total = k + u2;
-			}
-			if (c->expect == LB_CHUNK_DONE) {
-				CHECK(r2 == LB_CHUNK_DONE && total == exp_used,
-				      "split at %zu: expected DONE at %zu, got rc %d/%d at %zu", k, exp_used, r1, r2, total);
-				if (r2 == LB_CHUNK_DONE)
-					CHECK(st.body == c->body, "split at %zu: body expected %" PRIu64 ", got %" PRIu64, k,
-					      c->body, st.body);
-			} else {
-				CHECK(r2 == c->expect, "split at %zu: expected %d, got %d/%d", k, c->expect, r1, r2);
-			}
-		}
-		end("chunk/%s", c->name);
 	}
+	end("chunk/%s", c->name);
+}
+
+static void test_chunk_table(void)
+{
+	RUN_TABLE(NULL, ck_cases, check_chunk_row);
 }
 
 /* ------------------------------------------------------------------ 4. value parsers */
@@ -934,6 +962,40 @@ struct val_case {
 	int ok;
 	uint64_t v;
 };
+
+/* One value-parser row: parse r->s (r->n bytes, or its strlen) from an exact heap copy; an ok row
+ * must give r->v, any other an error. */
+static void check_u64_row(const struct val_case *r, int (*parse)(const char *, size_t, uint64_t *))
+{
+	size_t n = r->n ? r->n : strlen(r->s);
+	char *b = dupbuf(r->s, n);
+	uint64_t v = 12345;
+	int rc = parse(b, n, &v);
+	free(b);
+	if (r->ok)
+		CHECK(rc == 0 && v == r->v, "%s: expected 0 and %" PRIu64 ", got %d and %" PRIu64,
+		      esc(r->s, n), r->v, rc, v);
+	else
+		CHECK(rc < 0, "%s: expected an error, got %d (value %" PRIu64 ")", esc(r->s, n), rc, v);
+}
+
+static void check_duration_row(const void *row) { check_u64_row(row, lb_parse_duration); }
+static void check_size_row(const void *row) { check_u64_row(row, lb_parse_size); }
+
+static void check_bool_row(const void *row)
+{
+	const struct val_case *r = row;
+	size_t n = r->n ? r->n : strlen(r->s);
+	char *b = dupbuf(r->s, n);
+	int v = 77;
+	int rc = lb_parse_bool(b, n, &v);
+	free(b);
+	if (r->ok)
+		CHECK(rc == 0 && v == (int)r->v, "%s: expected 0 and %d, got %d and %d", esc(r->s, n),
+		      (int)r->v, rc, v);
+	else
+		CHECK(rc < 0, "%s: expected an error, got %d", esc(r->s, n), rc);
+}
 
 static void test_durations(void)
 {
@@ -947,20 +1009,7 @@ static void test_durations(void)
 		{ "10sec", 0, 0, 0 }, { "99999999999999999999s", 0, 0, 0 },
 		{ "1000000000000000d", 0, 0, 0 }, { "18446744073709551616ms", 0, 0, 0 },
 	};
-	begin();
-	for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
-		size_t n = t[i].n ? t[i].n : strlen(t[i].s);
-		char *b = dupbuf(t[i].s, n);
-		uint64_t v = 12345;
-		int rc = lb_parse_duration(b, n, &v);
-		free(b);
-		if (t[i].ok)
-			CHECK(rc == 0 && v == t[i].v, "%s: expected 0 and %" PRIu64 ", got %d and %" PRIu64,
-			      esc(t[i].s, n), t[i].v, rc, v);
-		else
-			CHECK(rc < 0, "%s: expected an error, got %d (value %" PRIu64 ")", esc(t[i].s, n), rc, v);
-	}
-	end("parse_duration");
+	RUN_TABLE("parse_duration", t, check_duration_row);
 }
 
 static void test_sizes(void)
@@ -973,20 +1022,7 @@ static void test_sizes(void)
 		{ "1.5k", 0, 0, 0 }, { "10 k", 0, 0, 0 }, { "99999999999999999999", 0, 0, 0 },
 		{ "17179869184g", 0, 0, 0 }, { "18014398509481984k", 0, 0, 0 },
 	};
-	begin();
-	for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
-		size_t n = t[i].n ? t[i].n : strlen(t[i].s);
-		char *b = dupbuf(t[i].s, n);
-		uint64_t v = 12345;
-		int rc = lb_parse_size(b, n, &v);
-		free(b);
-		if (t[i].ok)
-			CHECK(rc == 0 && v == t[i].v, "%s: expected 0 and %" PRIu64 ", got %d and %" PRIu64,
-			      esc(t[i].s, n), t[i].v, rc, v);
-		else
-			CHECK(rc < 0, "%s: expected an error, got %d (value %" PRIu64 ")", esc(t[i].s, n), rc, v);
-	}
-	end("parse_size");
+	RUN_TABLE("parse_size", t, check_size_row);
 }
 
 static void test_bools(void)
@@ -996,20 +1032,7 @@ static void test_bools(void)
 		{ "yes", 0, 0, 0 }, { "no", 0, 0, 0 }, { "", 0, 0, 0 }, { "onn", 0, 0, 0 },
 		{ "o", 0, 0, 0 }, { "of", 0, 0, 0 }, { "1", 0, 0, 0 }, { "true", 0, 0, 0 },
 	};
-	begin();
-	for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
-		size_t n = t[i].n ? t[i].n : strlen(t[i].s);
-		char *b = dupbuf(t[i].s, n);
-		int v = 77;
-		int rc = lb_parse_bool(b, n, &v);
-		free(b);
-		if (t[i].ok)
-			CHECK(rc == 0 && v == (int)t[i].v, "%s: expected 0 and %d, got %d and %d", esc(t[i].s, n),
-			      (int)t[i].v, rc, v);
-		else
-			CHECK(rc < 0, "%s: expected an error, got %d", esc(t[i].s, n), rc);
-	}
-	end("parse_bool");
+	RUN_TABLE("parse_bool", t, check_bool_row);
 }
 
 static void test_hostports(void)
@@ -1778,34 +1801,37 @@ static void build_conf_inputs(void)
 		n += (size_t)snprintf(cf_many + n, sizeof cf_many - n, "bad_key_%d = 1\n", i);
 }
 
+static void check_conf_error_row(const void *row)
+{
+	const struct cf_err *e = row;
+	struct lb_conf *c = (struct lb_conf *)&g_errs; /* sentinel: must become NULL */
+	size_t n = strlen(e->text);
+	char *b = dupbuf(e->text, n);
+	memset(&g_errs, 0, sizeof g_errs);
+	begin();
+	int rc = lb_conf_parse(b, n, &c, &g_errs);
+	free(b);
+	CHECK(rc == LB_EINVAL, "expected %d, got %d", LB_EINVAL, rc);
+	if (rc == 0 && c && c != (struct lb_conf *)&g_errs)
+		lb_conf_free(c);
+	else
+		CHECK(c == NULL, "*out not set to NULL on error");
+	if (rc == LB_EINVAL) {
+		CHECK(g_errs.total >= 1 && g_errs.n >= 1, "no error recorded (n %d total %d)", g_errs.n, g_errs.total);
+		int ok = err_at(e->line, e->sub) || (e->alt_line && err_at(e->alt_line, e->sub));
+		CHECK(ok, "expected an error at line %d%s%s%s, got %s", e->line, e->sub ? " containing \"" : "",
+		      e->sub ? e->sub : "", e->sub ? "\"" : "", errs_str());
+		for (int k = 0; e->only && k < g_errs.n && k < LB_CFG_MAX_ERRORS; k++)
+			CHECK(g_errs.e[k].line == e->line || (e->alt_line && g_errs.e[k].line == e->alt_line),
+			      "spurious error at line %d (only line %d is wrong): %s", g_errs.e[k].line, e->line,
+			      errs_str());
+	}
+	end("conf_error/%s", e->name);
+}
+
 static void test_conf_errors(void)
 {
-	for (size_t i = 0; i < sizeof cf_errs / sizeof cf_errs[0]; i++) {
-		const struct cf_err *e = &cf_errs[i];
-		struct lb_conf *c = (struct lb_conf *)&g_errs; /* sentinel: must become NULL */
-		size_t n = strlen(e->text);
-		char *b = dupbuf(e->text, n);
-		memset(&g_errs, 0, sizeof g_errs);
-		begin();
-		int rc = lb_conf_parse(b, n, &c, &g_errs);
-		free(b);
-		CHECK(rc == LB_EINVAL, "expected %d, got %d", LB_EINVAL, rc);
-		if (rc == 0 && c && c != (struct lb_conf *)&g_errs)
-			lb_conf_free(c);
-		else
-			CHECK(c == NULL, "*out not set to NULL on error");
-		if (rc == LB_EINVAL) {
-			CHECK(g_errs.total >= 1 && g_errs.n >= 1, "no error recorded (n %d total %d)", g_errs.n, g_errs.total);
-			int ok = err_at(e->line, e->sub) || (e->alt_line && err_at(e->alt_line, e->sub));
-			CHECK(ok, "expected an error at line %d%s%s%s, got %s", e->line, e->sub ? " containing \"" : "",
-			      e->sub ? e->sub : "", e->sub ? "\"" : "", errs_str());
-			for (int k = 0; e->only && k < g_errs.n && k < LB_CFG_MAX_ERRORS; k++)
-				CHECK(g_errs.e[k].line == e->line || (e->alt_line && g_errs.e[k].line == e->alt_line),
-				      "spurious error at line %d (only line %d is wrong): %s", g_errs.e[k].line, e->line,
-				      errs_str());
-		}
-		end("conf_error/%s", e->name);
-	}
+	RUN_TABLE(NULL, cf_errs, check_conf_error_row);
 
 	/* several independent errors: all reported, each at its line */
 	{
