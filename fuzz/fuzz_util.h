@@ -103,6 +103,112 @@ static inline char *fz_exact(const struct fz_buf *b)
 	return p;
 }
 
+/* --- Checks shared by the HTTP head harnesses (fuzz_request, fuzz_response) --- */
+
+/* Every header of an accepted head of len bytes at buf: inside the head, named, and its id
+ * agrees with its name. */
+static inline void fz_check_headers(const struct lb_header *h, size_t n, const char *buf, size_t len)
+{
+	for (size_t i = 0; i < n; i++) {
+		CHECK_STR_IN("header name", h[i].name, buf, len);
+		CHECK_STR_IN("header value", h[i].value, buf, len);
+		CHECK(h[i].name.n > 0);
+		CHECK(h[i].id == lb_header_id(h[i].name.p, h[i].name.n));
+	}
+}
+
+/* The framing of an accepted head: content_length >= -1 (>= 0 only with LB_HF_HAS_CL), never
+ * chunked together with a length, chunked implies LB_HF_TE. */
+static inline void fz_check_framing(unsigned flags, int64_t content_length)
+{
+	if (!(flags & LB_HF_CHUNKED))
+		CHECK(content_length >= -1);
+	CHECK(!((flags & LB_HF_CHUNKED) && content_length >= 0));
+	if (content_length >= 0)
+		CHECK(flags & LB_HF_HAS_CL);
+	if (flags & LB_HF_CHUNKED)
+		CHECK(flags & LB_HF_TE);
+}
+
+/* The canonical form of a head's headers: "name: value" CRLF each, then the empty line. */
+static inline void fz_put_headers(struct fz_buf *b, const struct lb_header *h, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		fz_putstr(b, h[i].name);
+		fz_puts(b, ": ");
+		fz_putstr(b, h[i].value);
+		fz_puts(b, "\r\n");
+	}
+	fz_puts(b, "\r\n");
+}
+
+/* Two parses of a head (original and canonical) report the same headers. */
+static inline void fz_check_same_headers(const struct lb_header *a, size_t na,
+                                         const struct lb_header *b, size_t nb)
+{
+	CHECK(na == nb);
+	for (size_t i = 0; i < na; i++) {
+		CHECK(fz_str_eq(a[i].name, b[i].name));
+		CHECK(fz_str_eq(a[i].value, b[i].value));
+	}
+}
+
+/* A harness's head parser for the stability checks: parse into its scratch output, and describe
+ * that output's refusal for the report. */
+struct fz_head_parser {
+	int (*parse)(const char *buf, size_t len);
+	const char *(*why)(void);
+};
+
+/* Parse data[0..n), plus the byte extra if extra >= 0, from an exactly sized heap copy, so that
+ * ASan sees any read past the end. */
+static inline int fz_parse_copy(const struct fz_head_parser *hp, const char *data, size_t n, int extra)
+{
+	size_t len = n + (extra >= 0);
+	char *p = malloc(len ? len : 1);
+	if (p == NULL)
+		abort();
+	if (n)
+		memcpy(p, data, n);
+	if (extra >= 0)
+		p[n] = (char)extra;
+	int r = hp->parse(p, len);
+	free(p);
+	return r;
+}
+
+/* Every proper prefix (k bytes) of an accepted head of ret bytes must ask for more bytes. */
+static inline void fz_check_prefix(const struct fz_head_parser *hp, const char *data, size_t size,
+                                   int ret, size_t k)
+{
+	if (k >= (size_t)ret)
+		return;
+	int r = fz_parse_copy(hp, data, k, -1);
+	if (r != LB_EAGAIN)
+		fprintf(stderr, "prefix of %zu bytes (head is %d of %zu) returned %d (%s)\n",
+		        k, ret, size, r, r == LB_EINVAL ? hp->why() : "-");
+	CHECK(r == LB_EAGAIN);
+}
+
+/* Appending a byte must not change an accepted head's length. */
+static inline void fz_check_append(const struct fz_head_parser *hp, const char *data, size_t size,
+                                   int ret, char extra)
+{
+	CHECK(fz_parse_copy(hp, data, size, (unsigned char)extra) == ret);
+}
+
+/* An accepted head of ret bytes in data[0..size) stays put: three proper prefixes (one picked by
+ * the input's last byte) want more, and two appended bytes do not move its end. */
+static inline void fz_check_head_stable(const struct fz_head_parser *hp, const char *data,
+                                        size_t size, int ret)
+{
+	fz_check_prefix(hp, data, size, ret, (size_t)ret - 1);
+	fz_check_prefix(hp, data, size, ret, (size_t)ret / 2);
+	fz_check_prefix(hp, data, size, ret, size ? (size_t)(unsigned char)data[size - 1] % (size_t)ret : 0);
+	fz_check_append(hp, data, size, ret, '\n');
+	fz_check_append(hp, data, size, ret, size ? data[0] : 'A');
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #ifdef FUZZ_STANDALONE

@@ -1189,6 +1189,16 @@ def t_5xx(ctx):
         check(code in err, "lb stderr does not mention %s: %s" % (code, short(err, 200)))
 
 
+def lb_test_config(ctx, name, lines):
+    """Write lines as ctx.dir/NAME.ini and check it with `lb -t`: (path, exit status, stderr)."""
+    path = os.path.join(ctx.dir, name + ".ini")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    p = subprocess.run([LB_BIN, "-t", "-c", path], cwd=ROOT, stdin=subprocess.DEVNULL,
+                       capture_output=True, timeout=10)
+    return path, p.returncode, p.stderr.decode("utf-8", "replace")
+
+
 @test("config_check")
 def t_config_check(ctx):
     check(os.path.isfile(LB_BIN) and os.access(LB_BIN, os.X_OK), "lb binary not found: %s" % LB_BIN)
@@ -1216,15 +1226,7 @@ def t_config_check(ctx):
         "pool = main",                     # 20
     ]
 
-    def run(name, lines):
-        path = os.path.join(ctx.dir, name + ".ini")
-        with open(path, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        p = subprocess.run([LB_BIN, "-t", "-c", path], cwd=ROOT, stdin=subprocess.DEVNULL,
-                           capture_output=True, timeout=10)
-        return path, p.returncode, p.stderr.decode("utf-8", "replace")
-
-    path, rc, err = run("valid", base)
+    path, rc, err = lb_test_config(ctx, "valid", base)
     eq(rc, 0, "exit status of lb -t on a valid file (stderr: %s)" % short(err, 150))
 
     def with_line(n, text, replace=True):
@@ -1248,7 +1250,7 @@ def t_config_check(ctx):
          + ["bnd = 127.0.0.1:1"] + with_line(15, "server = b 127.0.0.1:%d weight=0" % p3)[10:], [11, 16], None),
     ]
     for name, lines, want_lines, key in bad:
-        path, rc, err = run(name, lines)
+        path, rc, err = lb_test_config(ctx, name, lines)
         eq(rc, 1, "%s: exit status of lb -t (stderr: %s)" % (name, short(err, 150)))
         base_name = re.escape(os.path.basename(path))
         for ln in want_lines:

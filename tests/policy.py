@@ -634,16 +634,8 @@ def t_config_errors(ctx):
         "redirect = 308 https://$host$uri",                # 36
     ]
 
-    def run(name, lines):
-        path = os.path.join(ctx.dir, name + ".ini")
-        with open(path, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        p = subprocess.run([LB_BIN, "-t", "-c", path], cwd=ROOT, stdin=subprocess.DEVNULL,
-                           capture_output=True, timeout=10)
-        return path, p.returncode, p.stderr.decode("utf-8", "replace")
-
     # the valid file first: otherwise "not supported yet" would pass every error case below
-    path, rc, err = run("valid", base)
+    path, rc, err = it.lb_test_config(ctx, "valid", base)
     eq(rc, 0, "exit status of lb -t on a valid file using every policy key (stderr: %s)" % short(err, 300))
 
     def with_line(n, text):
@@ -672,7 +664,7 @@ def t_config_errors(ctx):
     ]
     problems = []
     for name, ln, text in bad:
-        path, rc, err = run(name, with_line(ln, text))
+        path, rc, err = it.lb_test_config(ctx, name, with_line(ln, text))
         if rc != 1:
             problems.append("%s (%r at line %d): exit status %s, want 1 (stderr: %s)" % (name, text, ln, rc,
                                                                                       short(err, 150)))

@@ -67,6 +67,23 @@ static void end(const char *fmt, ...)
 	}
 }
 
+/* The table-driven runner: check(row) for each of the n rows (sz bytes each) at rows. With a
+ * name the whole table is one case so named (begin/end here); with NULL the runner opens no case:
+ * either each row is a case of its own, which its check opens with begin() and closes with end()
+ * naming it after the row, or the rows join a case the caller has open. */
+static void run_table(const char *name, const void *rows, size_t n, size_t sz,
+                      void (*check)(const void *row))
+{
+	if (name)
+		begin();
+	for (size_t i = 0; i < n; i++)
+		check((const char *)rows + i * sz);
+	if (name)
+		end("%s", name);
+}
+
+#define RUN_TABLE(name, t, check) run_table((name), (t), sizeof (t) / sizeof (t)[0], sizeof (t)[0], (check))
+
 /* A heap copy of exactly n bytes (no NUL). */
 static char *dupbuf(const char *s, size_t n)
 {
@@ -303,46 +320,49 @@ static void req_prefixes(const char *raw, size_t len, int full_ok)
 	free(r);
 }
 
+static void check_request_row(const void *row)
+{
+	const struct rq_case *c = row;
+	size_t len = c->len ? c->len : strlen(c->raw);
+	struct lb_req req;
+	char *b = dupbuf(c->raw, len);
+	begin();
+	memset(&req, 0, sizeof req);
+	int rc = lb_parse_request(b, len, &req);
+	switch (c->cls) {
+	case C_OK:
+		CHECK(rc == (int)len, "expected head length %zu, got %d (status %d, %s)", len, rc,
+		      req.status, req.error ? req.error : "no error");
+		break;
+	case C_AGAIN:
+		CHECK(rc == LB_EAGAIN, "expected %d (EAGAIN), got %d (status %d)", LB_EAGAIN, rc,
+		      req.status);
+		break;
+	case C_INV:
+		CHECK(rc == LB_EINVAL, "expected %d (EINVAL) status %d, got %d (status %d)", LB_EINVAL,
+		      c->status, rc, req.status);
+		if (rc == LB_EINVAL) {
+			if (c->status)
+				CHECK(req.status == c->status, "expected status %d, got %d (%s)", c->status,
+				      req.status, req.error ? req.error : "no error");
+			else
+				CHECK(req.status >= 400 && req.status <= 599, "expected a 4xx/5xx status, got %d",
+				      req.status);
+			CHECK(req.error != NULL, "req.error is NULL on EINVAL");
+		}
+		break;
+	}
+	free(b);
+	if (!c_fail)
+		req_prefixes(c->raw, len, c->cls == C_OK);
+	end("request/%s", c->name);
+}
+
 static void test_request_table(void)
 {
 	build_many_headers(rq_hdr100, sizeof rq_hdr100, 99);
 	build_many_headers(rq_hdr101, sizeof rq_hdr101, 100);
-	for (size_t i = 0; i < sizeof rq_cases / sizeof rq_cases[0]; i++) {
-		const struct rq_case *c = &rq_cases[i];
-		size_t len = c->len ? c->len : strlen(c->raw);
-		struct lb_req req;
-		char *b = dupbuf(c->raw, len);
-		begin();
-		memset(&req, 0, sizeof req);
-		int rc = lb_parse_request(b, len, &req);
-		switch (c->cls) {
-		case C_OK:
-			CHECK(rc == (int)len, "expected head length %zu, got %d (status %d, %s)", len, rc,
-			      req.status, req.error ? req.error : "no error");
-			break;
-		case C_AGAIN:
-			CHECK(rc == LB_EAGAIN, "expected %d (EAGAIN), got %d (status %d)", LB_EAGAIN, rc,
-			      req.status);
-			break;
-		case C_INV:
-			CHECK(rc == LB_EINVAL, "expected %d (EINVAL) status %d, got %d (status %d)", LB_EINVAL,
-			      c->status, rc, req.status);
-			if (rc == LB_EINVAL) {
-				if (c->status)
-					CHECK(req.status == c->status, "expected status %d, got %d (%s)", c->status,
-					      req.status, req.error ? req.error : "no error");
-				else
-					CHECK(req.status >= 400 && req.status <= 599, "expected a 4xx/5xx status, got %d",
-					      req.status);
-				CHECK(req.error != NULL, "req.error is NULL on EINVAL");
-			}
-			break;
-		}
-		free(b);
-		if (!c_fail)
-			req_prefixes(c->raw, len, c->cls == C_OK);
-		end("request/%s", c->name);
-	}
+	RUN_TABLE(NULL, rq_cases, check_request_row);
 }
 
 /* Parsed fields of accepted heads. String fields: NULL = not checked, ABSENT = n == 0 (and for
@@ -483,58 +503,61 @@ static void check_str(const char *field, struct lb_str got, const char *exp)
 	CHECK(str_is(got, exp), "%s: expected %s, got %s", field, esc(exp, strlen(exp)), S(got));
 }
 
+static void check_request_fields_row(const void *row)
+{
+	const struct rq_detail *d = row;
+	size_t len = strlen(d->raw), hl = d->headlen ? d->headlen : len;
+	struct lb_req req;
+	char *b = dupbuf(d->raw, len);
+	begin();
+	memset(&req, 0, sizeof req);
+	int rc = lb_parse_request(b, len, &req);
+	CHECK(rc == (int)hl, "expected head length %zu, got %d (status %d, %s)", hl, rc, req.status,
+	      req.error ? req.error : "no error");
+	if (rc > 0) {
+		check_str("method", req.method, d->method);
+		CHECK(req.method_id == d->method_id, "method_id: expected %d, got %d", d->method_id,
+		      req.method_id);
+		check_str("target", req.target, d->target);
+		check_str("path", req.path, d->path);
+		if (d->query == ABSENT)
+			CHECK(req.query.p == NULL && req.query.n == 0, "query: expected absent (p NULL), got %s",
+			      S(req.query));
+		else if (d->query && !d->query[0])
+			CHECK(req.query.p != NULL && req.query.n == 0, "query: expected present and empty, got %s",
+			      S(req.query));
+		else
+			check_str("query", req.query, d->query);
+		check_str("host", req.host, d->host);
+		check_str("authority", req.authority, d->authority);
+		CHECK(req.minor == d->minor, "minor: expected %d, got %d", d->minor, req.minor);
+		CHECK(req.content_length == d->cl, "content_length: expected %" PRId64 ", got %" PRId64,
+		      d->cl, req.content_length);
+		CHECK(req.flags == d->flags, "flags: expected 0x%x, got 0x%x", d->flags, req.flags);
+		if (d->nheaders >= 0)
+			CHECK(req.nheaders == (size_t)d->nheaders, "nheaders: expected %d, got %zu", d->nheaders,
+			      req.nheaders);
+		if (d->hname) {
+			const struct lb_header *h = lb_header_find(req.headers, req.nheaders, d->hname);
+			if (d->hval == ABSENT)
+				CHECK(h == NULL, "lb_header_find(%s): expected NULL, got %s", d->hname,
+				      h ? S(h->value) : "");
+			else if (!h)
+				failf("lb_header_find(%s): expected %s, got NULL", d->hname, esc(d->hval, strlen(d->hval)));
+			else
+				check_str("header value", h->value, d->hval);
+		}
+		if (d->upgrade)
+			check_str("upgrade", req.upgrade, d->upgrade);
+	}
+	free(b);
+	req_prefixes(d->raw, hl, 1);
+	end("request_fields/%s", d->name);
+}
+
 static void test_request_details(void)
 {
-	for (size_t i = 0; i < sizeof rq_details / sizeof rq_details[0]; i++) {
-		const struct rq_detail *d = &rq_details[i];
-		size_t len = strlen(d->raw), hl = d->headlen ? d->headlen : len;
-		struct lb_req req;
-		char *b = dupbuf(d->raw, len);
-		begin();
-		memset(&req, 0, sizeof req);
-		int rc = lb_parse_request(b, len, &req);
-		CHECK(rc == (int)hl, "expected head length %zu, got %d (status %d, %s)", hl, rc, req.status,
-		      req.error ? req.error : "no error");
-		if (rc > 0) {
-			check_str("method", req.method, d->method);
-			CHECK(req.method_id == d->method_id, "method_id: expected %d, got %d", d->method_id,
-			      req.method_id);
-			check_str("target", req.target, d->target);
-			check_str("path", req.path, d->path);
-			if (d->query == ABSENT)
-				CHECK(req.query.p == NULL && req.query.n == 0, "query: expected absent (p NULL), got %s",
-				      S(req.query));
-			else if (d->query && !d->query[0])
-				CHECK(req.query.p != NULL && req.query.n == 0, "query: expected present and empty, got %s",
-				      S(req.query));
-			else
-				check_str("query", req.query, d->query);
-			check_str("host", req.host, d->host);
-			check_str("authority", req.authority, d->authority);
-			CHECK(req.minor == d->minor, "minor: expected %d, got %d", d->minor, req.minor);
-			CHECK(req.content_length == d->cl, "content_length: expected %" PRId64 ", got %" PRId64,
-			      d->cl, req.content_length);
-			CHECK(req.flags == d->flags, "flags: expected 0x%x, got 0x%x", d->flags, req.flags);
-			if (d->nheaders >= 0)
-				CHECK(req.nheaders == (size_t)d->nheaders, "nheaders: expected %d, got %zu", d->nheaders,
-				      req.nheaders);
-			if (d->hname) {
-				const struct lb_header *h = lb_header_find(req.headers, req.nheaders, d->hname);
-				if (d->hval == ABSENT)
-					CHECK(h == NULL, "lb_header_find(%s): expected NULL, got %s", d->hname,
-					      h ? S(h->value) : "");
-				else if (!h)
-					failf("lb_header_find(%s): expected %s, got NULL", d->hname, esc(d->hval, strlen(d->hval)));
-				else
-					check_str("header value", h->value, d->hval);
-			}
-			if (d->upgrade)
-				check_str("upgrade", req.upgrade, d->upgrade);
-		}
-		free(b);
-		req_prefixes(d->raw, hl, 1);
-		end("request_fields/%s", d->name);
-	}
+	RUN_TABLE(NULL, rq_details, check_request_fields_row);
 }
 
 /* One lb_req reused for a second request (keep-alive): no field may leak from the first. */
@@ -678,50 +701,53 @@ static const struct rs_case rs_cases[] = {
 	{ "not_http", "ICY 200 OK\r\n\r\n", C_INV, 0, 0, NULL, 0, 0 },
 };
 
+static void check_response_row(const void *row)
+{
+	const struct rs_case *c = row;
+	size_t len = strlen(c->raw);
+	struct lb_resp resp;
+	char *b = dupbuf(c->raw, len);
+	begin();
+	memset(&resp, 0, sizeof resp);
+	int rc = lb_parse_response(b, len, &resp);
+	if (c->cls == C_OK) {
+		CHECK(rc == (int)len, "expected %zu, got %d (%s)", len, rc, resp.error ? resp.error : "no error");
+		if (rc > 0) {
+			CHECK(resp.status == c->status, "status: expected %d, got %d", c->status, resp.status);
+			CHECK(resp.minor == c->minor, "minor: expected %d, got %d", c->minor, resp.minor);
+			if (c->reason)
+				check_str("reason", resp.reason, c->reason);
+			CHECK(resp.content_length == c->cl, "content_length: expected %" PRId64 ", got %" PRId64,
+			      c->cl, resp.content_length);
+			CHECK((resp.flags & RESP_FLAGS) == c->flags, "flags: expected 0x%x, got 0x%x", c->flags,
+			      resp.flags & RESP_FLAGS);
+		}
+	} else if (c->cls == C_AGAIN) {
+		CHECK(rc == LB_EAGAIN, "expected %d (EAGAIN), got %d", LB_EAGAIN, rc);
+	} else {
+		CHECK(rc == LB_EINVAL, "expected %d (EINVAL), got %d", LB_EINVAL, rc);
+		if (rc == LB_EINVAL)
+			CHECK(resp.error != NULL, "resp.error is NULL on EINVAL");
+	}
+	free(b);
+	/* prefixes */
+	for (size_t l = 0; l < len && !c_fail; l++) {
+		char *p = dupbuf(c->raw, l);
+		memset(&resp, 0, sizeof resp);
+		rc = lb_parse_response(p, l, &resp);
+		free(p);
+		if (c->cls == C_OK)
+			CHECK(rc == LB_EAGAIN, "prefix of %zu/%zu bytes: expected %d, got %d", l, len, LB_EAGAIN, rc);
+		else
+			CHECK(rc == LB_EAGAIN || rc == LB_EINVAL || (rc > 0 && (size_t)rc <= l),
+			      "prefix of %zu/%zu bytes: got %d", l, len, rc);
+	}
+	end("response/%s", c->name);
+}
+
 static void test_response_table(void)
 {
-	for (size_t i = 0; i < sizeof rs_cases / sizeof rs_cases[0]; i++) {
-		const struct rs_case *c = &rs_cases[i];
-		size_t len = strlen(c->raw);
-		struct lb_resp resp;
-		char *b = dupbuf(c->raw, len);
-		begin();
-		memset(&resp, 0, sizeof resp);
-		int rc = lb_parse_response(b, len, &resp);
-		if (c->cls == C_OK) {
-			CHECK(rc == (int)len, "expected %zu, got %d (%s)", len, rc, resp.error ? resp.error : "no error");
-			if (rc > 0) {
-				CHECK(resp.status == c->status, "status: expected %d, got %d", c->status, resp.status);
-				CHECK(resp.minor == c->minor, "minor: expected %d, got %d", c->minor, resp.minor);
-				if (c->reason)
-					check_str("reason", resp.reason, c->reason);
-				CHECK(resp.content_length == c->cl, "content_length: expected %" PRId64 ", got %" PRId64,
-				      c->cl, resp.content_length);
-				CHECK((resp.flags & RESP_FLAGS) == c->flags, "flags: expected 0x%x, got 0x%x", c->flags,
-				      resp.flags & RESP_FLAGS);
-			}
-		} else if (c->cls == C_AGAIN) {
-			CHECK(rc == LB_EAGAIN, "expected %d (EAGAIN), got %d", LB_EAGAIN, rc);
-		} else {
-			CHECK(rc == LB_EINVAL, "expected %d (EINVAL), got %d", LB_EINVAL, rc);
-			if (rc == LB_EINVAL)
-				CHECK(resp.error != NULL, "resp.error is NULL on EINVAL");
-		}
-		free(b);
-		/* prefixes */
-		for (size_t l = 0; l < len && !c_fail; l++) {
-			char *p = dupbuf(c->raw, l);
-			memset(&resp, 0, sizeof resp);
-			rc = lb_parse_response(p, l, &resp);
-			free(p);
-			if (c->cls == C_OK)
-				CHECK(rc == LB_EAGAIN, "prefix of %zu/%zu bytes: expected %d, got %d", l, len, LB_EAGAIN, rc);
-			else
-				CHECK(rc == LB_EAGAIN || rc == LB_EINVAL || (rc > 0 && (size_t)rc <= l),
-				      "prefix of %zu/%zu bytes: got %d", l, len, rc);
-		}
-		end("response/%s", c->name);
-	}
+	RUN_TABLE(NULL, rs_cases, check_response_row);
 }
 
 static void test_resp_has_body(void)
@@ -851,79 +877,82 @@ static int chunk_feed(struct lb_chunk *st, const char *p, size_t n, size_t *used
 	return rc;
 }
 
-static void test_chunk_table(void)
+static void check_chunk_row(const void *row)
 {
-	for (size_t i = 0; i < sizeof ck_cases / sizeof ck_cases[0]; i++) {
-		const struct ck_case *c = &ck_cases[i];
-		int is_big = c->raw == ck_big;
-		size_t len = is_big ? ck_big_len : (c->len ? c->len : strlen(c->raw));
-		size_t exp_used = is_big ? ck_big_used : c->used;
-		struct lb_chunk st;
-		size_t used;
-		int rc;
-		begin();
+	const struct ck_case *c = row;
+	int is_big = c->raw == ck_big;
+	size_t len = is_big ? ck_big_len : (c->len ? c->len : strlen(c->raw));
+	size_t exp_used = is_big ? ck_big_used : c->used;
+	struct lb_chunk st;
+	size_t used;
+	int rc;
+	begin();
 
-		/* whole */
-		lb_chunk_init(&st);
-		rc = chunk_feed(&st, c->raw, len, &used);
-		CHECK(rc == c->expect, "whole: expected %d, got %d (used %zu)", c->expect, rc, used);
-		if (rc == c->expect && rc == LB_CHUNK_DONE) {
-			CHECK(used == exp_used, "whole: used expected %zu, got %zu", exp_used, used);
-			CHECK(st.body == c->body, "whole: body expected %" PRIu64 ", got %" PRIu64, c->body, st.body);
+	/* whole */
+	lb_chunk_init(&st);
+	rc = chunk_feed(&st, c->raw, len, &used);
+	CHECK(rc == c->expect, "whole: expected %d, got %d (used %zu)", c->expect, rc, used);
+	if (rc == c->expect && rc == LB_CHUNK_DONE) {
+		CHECK(used == exp_used, "whole: used expected %zu, got %zu", exp_used, used);
+		CHECK(st.body == c->body, "whole: body expected %" PRIu64 ", got %" PRIu64, c->body, st.body);
+	}
+	if (rc == c->expect && rc == LB_CHUNK_MORE)
+		CHECK(used == len, "whole: MORE used expected %zu, got %zu", len, used);
+
+	/* byte by byte */
+	lb_chunk_init(&st);
+	rc = LB_CHUNK_MORE;
+	size_t off = 0;
+	for (; off < len; off++) {
+		rc = chunk_feed(&st, c->raw + off, 1, &used);
+		if (rc != LB_CHUNK_MORE)
+			break;
+		if (used != 1) {
+			failf("bytewise: MORE at offset %zu with used %zu (expected 1)", off, used);
+			break;
 		}
-		if (rc == c->expect && rc == LB_CHUNK_MORE)
-			CHECK(used == len, "whole: MORE used expected %zu, got %zu", len, used);
+	}
+	if (c->expect == LB_CHUNK_DONE) {
+		CHECK(rc == LB_CHUNK_DONE, "bytewise: expected DONE, got %d at offset %zu", rc, off);
+		if (rc == LB_CHUNK_DONE) {
+			CHECK(off + used == exp_used, "bytewise: body end expected %zu, got %zu", exp_used, off + used);
+			CHECK(st.body == c->body, "bytewise: body expected %" PRIu64 ", got %" PRIu64, c->body,
+			      st.body);
+		}
+	} else {
+		CHECK(rc == c->expect, "bytewise: expected %d, got %d at offset %zu", c->expect, rc, off);
+	}
 
-		/* byte by byte */
+	/* every 2-way split */
+	for (size_t k = 0; k <= len && !c_fail; k++) {
+		size_t u1, u2 = 0;
 		lb_chunk_init(&st);
-		rc = LB_CHUNK_MORE;
-		size_t off = 0;
-		for (; off < len; off++) {
-			rc = chunk_feed(&st, c->raw + off, 1, &used);
-			if (rc != LB_CHUNK_MORE)
-				break;
-			if (used != 1) {
-				failf("bytewise: MORE at offset %zu with used %zu (expected 1)", off, used);
+		int r1 = chunk_feed(&st, c->raw, k, &u1), r2 = r1;
+		size_t total = u1;
+		if (r1 == LB_CHUNK_MORE) {
+			if (u1 != k) {
+				failf("split %zu: first part MORE with used %zu", k, u1);
 				break;
 			}
+			r2 = chunk_feed(&st, c->raw + k, len - k, &u2);
+			total = k + u2;
 		}
 		if (c->expect == LB_CHUNK_DONE) {
-			CHECK(rc == LB_CHUNK_DONE, "bytewise: expected DONE, got %d at offset %zu", rc, off);
-			if (rc == LB_CHUNK_DONE) {
-				CHECK(off + used == exp_used, "bytewise: body end expected %zu, got %zu", exp_used, off + used);
-				CHECK(st.body == c->body, "bytewise: body expected %" PRIu64 ", got %" PRIu64, c->body,
-				      st.body);
-			}
+			CHECK(r2 == LB_CHUNK_DONE && total == exp_used,
+			      "split at %zu: expected DONE at %zu, got rc %d/%d at %zu", k, exp_used, r1, r2, total);
+			if (r2 == LB_CHUNK_DONE)
+				CHECK(st.body == c->body, "split at %zu: body expected %" PRIu64 ", got %" PRIu64, k,
+				      c->body, st.body);
 		} else {
-			CHECK(rc == c->expect, "bytewise: expected %d, got %d at offset %zu", c->expect, rc, off);
+			CHECK(r2 == c->expect, "split at %zu: expected %d, got %d/%d", k, c->expect, r1, r2);
 		}
-
-		/* every 2-way split */
-		for (size_t k = 0; k <= len && !c_fail; k++) {
-			size_t u1, u2 = 0;
-			lb_chunk_init(&st);
-			int r1 = chunk_feed(&st, c->raw, k, &u1), r2 = r1;
-			size_t total = u1;
-			if (r1 == LB_CHUNK_MORE) {
-				if (u1 != k) {
-					failf("split %zu: first part MORE with used %zu", k, u1);
-					break;
-				}
-				r2 = chunk_feed(&st, c->raw + k, len - k, &u2);
-				total = k + u2;
-			}
-			if (c->expect == LB_CHUNK_DONE) {
-				CHECK(r2 == LB_CHUNK_DONE && total == exp_used,
-				      "split at %zu: expected DONE at %zu, got rc %d/%d at %zu", k, exp_used, r1, r2, total);
-				if (r2 == LB_CHUNK_DONE)
-					CHECK(st.body == c->body, "split at %zu: body expected %" PRIu64 ", got %" PRIu64, k,
-					      c->body, st.body);
-			} else {
-				CHECK(r2 == c->expect, "split at %zu: expected %d, got %d/%d", k, c->expect, r1, r2);
-			}
-		}
-		end("chunk/%s", c->name);
 	}
+	end("chunk/%s", c->name);
+}
+
+static void test_chunk_table(void)
+{
+	RUN_TABLE(NULL, ck_cases, check_chunk_row);
 }
 
 /* ------------------------------------------------------------------ 4. value parsers */
@@ -934,6 +963,40 @@ struct val_case {
 	int ok;
 	uint64_t v;
 };
+
+/* One value-parser row: parse r->s (r->n bytes, or its strlen) from an exact heap copy; an ok row
+ * must give r->v, any other an error. */
+static void check_u64_row(const struct val_case *r, int (*parse)(const char *, size_t, uint64_t *))
+{
+	size_t n = r->n ? r->n : strlen(r->s);
+	char *b = dupbuf(r->s, n);
+	uint64_t v = 12345;
+	int rc = parse(b, n, &v);
+	free(b);
+	if (r->ok)
+		CHECK(rc == 0 && v == r->v, "%s: expected 0 and %" PRIu64 ", got %d and %" PRIu64,
+		      esc(r->s, n), r->v, rc, v);
+	else
+		CHECK(rc < 0, "%s: expected an error, got %d (value %" PRIu64 ")", esc(r->s, n), rc, v);
+}
+
+static void check_duration_row(const void *row) { check_u64_row(row, lb_parse_duration); }
+static void check_size_row(const void *row) { check_u64_row(row, lb_parse_size); }
+
+static void check_bool_row(const void *row)
+{
+	const struct val_case *r = row;
+	size_t n = r->n ? r->n : strlen(r->s);
+	char *b = dupbuf(r->s, n);
+	int v = 77;
+	int rc = lb_parse_bool(b, n, &v);
+	free(b);
+	if (r->ok)
+		CHECK(rc == 0 && v == (int)r->v, "%s: expected 0 and %d, got %d and %d", esc(r->s, n),
+		      (int)r->v, rc, v);
+	else
+		CHECK(rc < 0, "%s: expected an error, got %d", esc(r->s, n), rc);
+}
 
 static void test_durations(void)
 {
@@ -947,20 +1010,7 @@ static void test_durations(void)
 		{ "10sec", 0, 0, 0 }, { "99999999999999999999s", 0, 0, 0 },
 		{ "1000000000000000d", 0, 0, 0 }, { "18446744073709551616ms", 0, 0, 0 },
 	};
-	begin();
-	for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
-		size_t n = t[i].n ? t[i].n : strlen(t[i].s);
-		char *b = dupbuf(t[i].s, n);
-		uint64_t v = 12345;
-		int rc = lb_parse_duration(b, n, &v);
-		free(b);
-		if (t[i].ok)
-			CHECK(rc == 0 && v == t[i].v, "%s: expected 0 and %" PRIu64 ", got %d and %" PRIu64,
-			      esc(t[i].s, n), t[i].v, rc, v);
-		else
-			CHECK(rc < 0, "%s: expected an error, got %d (value %" PRIu64 ")", esc(t[i].s, n), rc, v);
-	}
-	end("parse_duration");
+	RUN_TABLE("parse_duration", t, check_duration_row);
 }
 
 static void test_sizes(void)
@@ -973,20 +1023,7 @@ static void test_sizes(void)
 		{ "1.5k", 0, 0, 0 }, { "10 k", 0, 0, 0 }, { "99999999999999999999", 0, 0, 0 },
 		{ "17179869184g", 0, 0, 0 }, { "18014398509481984k", 0, 0, 0 },
 	};
-	begin();
-	for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
-		size_t n = t[i].n ? t[i].n : strlen(t[i].s);
-		char *b = dupbuf(t[i].s, n);
-		uint64_t v = 12345;
-		int rc = lb_parse_size(b, n, &v);
-		free(b);
-		if (t[i].ok)
-			CHECK(rc == 0 && v == t[i].v, "%s: expected 0 and %" PRIu64 ", got %d and %" PRIu64,
-			      esc(t[i].s, n), t[i].v, rc, v);
-		else
-			CHECK(rc < 0, "%s: expected an error, got %d (value %" PRIu64 ")", esc(t[i].s, n), rc, v);
-	}
-	end("parse_size");
+	RUN_TABLE("parse_size", t, check_size_row);
 }
 
 static void test_bools(void)
@@ -996,31 +1033,47 @@ static void test_bools(void)
 		{ "yes", 0, 0, 0 }, { "no", 0, 0, 0 }, { "", 0, 0, 0 }, { "onn", 0, 0, 0 },
 		{ "o", 0, 0, 0 }, { "of", 0, 0, 0 }, { "1", 0, 0, 0 }, { "true", 0, 0, 0 },
 	};
-	begin();
-	for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
-		size_t n = t[i].n ? t[i].n : strlen(t[i].s);
-		char *b = dupbuf(t[i].s, n);
-		int v = 77;
-		int rc = lb_parse_bool(b, n, &v);
-		free(b);
-		if (t[i].ok)
-			CHECK(rc == 0 && v == (int)t[i].v, "%s: expected 0 and %d, got %d and %d", esc(t[i].s, n),
-			      (int)t[i].v, rc, v);
-		else
-			CHECK(rc < 0, "%s: expected an error, got %d", esc(t[i].s, n), rc);
+	RUN_TABLE("parse_bool", t, check_bool_row);
+}
+
+struct hostport_case {
+	const char *s;
+	int ok;
+	const char *host;
+	unsigned port;
+	int v6, wild;
+};
+
+static void check_hostport_row(const void *row)
+{
+	const struct hostport_case *r = row;
+	size_t n = strlen(r->s);
+	char *b = dupbuf(r->s, n);
+	struct lb_hostport hp;
+	memset(&hp, 0x55, sizeof hp);
+	int rc = lb_parse_hostport(b, n, &hp);
+	free(b);
+	if (!r->ok) {
+		CHECK(rc < 0, "%s: expected an error, got %d", r->s, rc);
+		return;
 	}
-	end("parse_bool");
+	CHECK(rc == 0, "%s: expected 0, got %d", r->s, rc);
+	if (rc != 0)
+		return;
+	hp.host[sizeof hp.host - 1] = 0;
+	/* v6: the host is stored without brackets (ready for getaddrinfo); "[::1]" accepted too */
+	int host_ok = strcmp(hp.host, r->host) == 0 ||
+	              (r->v6 && strlen(hp.host) == strlen(r->host) + 2 && hp.host[0] == '[' &&
+	               strncmp(hp.host + 1, r->host, strlen(r->host)) == 0);
+	CHECK(host_ok, "%s: host expected \"%s\", got \"%s\"", r->s, r->host, hp.host);
+	CHECK(hp.port == r->port, "%s: port expected %u, got %u", r->s, r->port, (unsigned)hp.port);
+	CHECK(!!hp.v6 == r->v6, "%s: v6 expected %d, got %d", r->s, r->v6, hp.v6);
+	CHECK(!!hp.wildcard == r->wild, "%s: wildcard expected %d, got %d", r->s, r->wild, hp.wildcard);
 }
 
 static void test_hostports(void)
 {
-	static const struct {
-		const char *s;
-		int ok;
-		const char *host;
-		unsigned port;
-		int v6, wild;
-	} t[] = {
+	static const struct hostport_case t[] = {
 		{ "127.0.0.1:80", 1, "127.0.0.1", 80, 0, 0 },
 		{ "[::1]:8080", 1, "::1", 8080, 1, 0 },
 		{ "*:80", 1, "", 80, 0, 1 },
@@ -1042,30 +1095,7 @@ static void test_hostports(void)
 		{ "", 0, 0, 0, 0, 0 },
 	};
 	begin();
-	for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
-		size_t n = strlen(t[i].s);
-		char *b = dupbuf(t[i].s, n);
-		struct lb_hostport hp;
-		memset(&hp, 0x55, sizeof hp);
-		int rc = lb_parse_hostport(b, n, &hp);
-		free(b);
-		if (!t[i].ok) {
-			CHECK(rc < 0, "%s: expected an error, got %d", t[i].s, rc);
-			continue;
-		}
-		CHECK(rc == 0, "%s: expected 0, got %d", t[i].s, rc);
-		if (rc != 0)
-			continue;
-		hp.host[sizeof hp.host - 1] = 0;
-		/* v6: the host is stored without brackets (ready for getaddrinfo); "[::1]" accepted too */
-		int host_ok = strcmp(hp.host, t[i].host) == 0 ||
-		              (t[i].v6 && strlen(hp.host) == strlen(t[i].host) + 2 && hp.host[0] == '[' &&
-		               strncmp(hp.host + 1, t[i].host, strlen(t[i].host)) == 0);
-		CHECK(host_ok, "%s: host expected \"%s\", got \"%s\"", t[i].s, t[i].host, hp.host);
-		CHECK(hp.port == t[i].port, "%s: port expected %u, got %u", t[i].s, t[i].port, (unsigned)hp.port);
-		CHECK(!!hp.v6 == t[i].v6, "%s: v6 expected %d, got %d", t[i].s, t[i].v6, hp.v6);
-		CHECK(!!hp.wildcard == t[i].wild, "%s: wildcard expected %d, got %d", t[i].s, t[i].wild, hp.wildcard);
-	}
+	RUN_TABLE(NULL, t, check_hostport_row);
 	/* a host name longer than LB_HOST_MAX - 1 */
 	{
 		char s[400];
@@ -1088,15 +1118,51 @@ static void test_hostports(void)
 	end("parse_hostport");
 }
 
+struct server_case {
+	const char *s;
+	int ok;
+	const char *name, *host;
+	unsigned port, weight, max_conn;
+	int backup, disabled, tls;
+};
+
+static void check_server_row(const void *row)
+{
+	const struct server_case *r = row;
+	size_t n = strlen(r->s);
+	char *b = dupbuf(r->s, n);
+	struct lb_server_spec sp;
+	memset(&sp, 0, sizeof sp);
+	int rc = lb_parse_server(b, n, &sp);
+	free(b);
+	if (!r->ok) {
+		CHECK(rc < 0, "\"%s\": expected an error, got %d", r->s, rc);
+		if (rc < 0)
+			CHECK(sp.error != NULL, "\"%s\": error is NULL", r->s);
+		return;
+	}
+	CHECK(rc == 0, "\"%s\": expected 0, got %d (%s)", r->s, rc, sp.error ? sp.error : "");
+	if (rc != 0)
+		return;
+	sp.name[sizeof sp.name - 1] = 0;
+	sp.addr.host[sizeof sp.addr.host - 1] = 0;
+	CHECK(strcmp(sp.name, r->name) == 0, "\"%s\": name expected %s, got %s", r->s, r->name, sp.name);
+	CHECK(strcmp(sp.addr.host, r->host) == 0, "\"%s\": host expected %s, got %s", r->s, r->host,
+	      sp.addr.host);
+	CHECK(sp.addr.port == r->port, "\"%s\": port expected %u, got %u", r->s, r->port,
+	      (unsigned)sp.addr.port);
+	CHECK(sp.weight == r->weight, "\"%s\": weight expected %u, got %u", r->s, r->weight, sp.weight);
+	CHECK(sp.max_conn == r->max_conn, "\"%s\": max_conn expected %u, got %u", r->s, r->max_conn,
+	      sp.max_conn);
+	CHECK(!!sp.backup == r->backup, "\"%s\": backup expected %d, got %d", r->s, r->backup, sp.backup);
+	CHECK(!!sp.disabled == r->disabled, "\"%s\": disabled expected %d, got %d", r->s, r->disabled,
+	      sp.disabled);
+	CHECK(!!sp.tls == r->tls, "\"%s\": tls expected %d, got %d", r->s, r->tls, sp.tls);
+}
+
 static void test_servers(void)
 {
-	static const struct {
-		const char *s;
-		int ok;
-		const char *name, *host;
-		unsigned port, weight, max_conn;
-		int backup, disabled, tls;
-	} t[] = {
+	static const struct server_case t[] = {
 		{ "web1 10.0.0.1:80 weight=5 backup max_conn=100", 1, "web1", "10.0.0.1", 80, 5, 100, 1, 0, 0 },
 		{ "web2 10.0.0.2:8080", 1, "web2", "10.0.0.2", 8080, 1, 0, 0, 0, 0 },
 		{ "w3 h.example:81 disabled", 1, "w3", "h.example", 81, 1, 0, 0, 1, 0 },
@@ -1116,37 +1182,7 @@ static void test_servers(void)
 		{ "w h:0", 0, 0, 0, 0, 0, 0, 0, 0, 0 },
 	};
 	begin();
-	for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
-		size_t n = strlen(t[i].s);
-		char *b = dupbuf(t[i].s, n);
-		struct lb_server_spec sp;
-		memset(&sp, 0, sizeof sp);
-		int rc = lb_parse_server(b, n, &sp);
-		free(b);
-		if (!t[i].ok) {
-			CHECK(rc < 0, "\"%s\": expected an error, got %d", t[i].s, rc);
-			if (rc < 0)
-				CHECK(sp.error != NULL, "\"%s\": error is NULL", t[i].s);
-			continue;
-		}
-		CHECK(rc == 0, "\"%s\": expected 0, got %d (%s)", t[i].s, rc, sp.error ? sp.error : "");
-		if (rc != 0)
-			continue;
-		sp.name[sizeof sp.name - 1] = 0;
-		sp.addr.host[sizeof sp.addr.host - 1] = 0;
-		CHECK(strcmp(sp.name, t[i].name) == 0, "\"%s\": name expected %s, got %s", t[i].s, t[i].name, sp.name);
-		CHECK(strcmp(sp.addr.host, t[i].host) == 0, "\"%s\": host expected %s, got %s", t[i].s, t[i].host,
-		      sp.addr.host);
-		CHECK(sp.addr.port == t[i].port, "\"%s\": port expected %u, got %u", t[i].s, t[i].port,
-		      (unsigned)sp.addr.port);
-		CHECK(sp.weight == t[i].weight, "\"%s\": weight expected %u, got %u", t[i].s, t[i].weight, sp.weight);
-		CHECK(sp.max_conn == t[i].max_conn, "\"%s\": max_conn expected %u, got %u", t[i].s, t[i].max_conn,
-		      sp.max_conn);
-		CHECK(!!sp.backup == t[i].backup, "\"%s\": backup expected %d, got %d", t[i].s, t[i].backup, sp.backup);
-		CHECK(!!sp.disabled == t[i].disabled, "\"%s\": disabled expected %d, got %d", t[i].s, t[i].disabled,
-		      sp.disabled);
-		CHECK(!!sp.tls == t[i].tls, "\"%s\": tls expected %d, got %d", t[i].s, t[i].tls, sp.tls);
-	}
+	RUN_TABLE(NULL, t, check_server_row);
 	/* names: 63 characters fit LB_NAME_MAX, 64 do not */
 	{
 		char s[200];
@@ -1169,9 +1205,34 @@ static void test_servers(void)
 
 /* ------------------------------------------------------------------ 5, 6. paths, request ids */
 
+struct norm_case {
+	const char *in;
+	size_t n;
+	const char *out;
+};
+
+static void check_normalize_row(const void *row)
+{
+	const struct norm_case *r = row;
+	size_t n = r->n ? r->n : strlen(r->in);
+	char *b = dupbuf(r->in, n);
+	char *o = malloc(n ? n : 1);
+	if (!o)
+		exit(2);
+	long rc = lb_normalize_path(b, n, o);
+	if (!r->out)
+		CHECK(rc == LB_EINVAL, "%s: expected %d, got %ld", esc(r->in, n), LB_EINVAL, rc);
+	else
+		CHECK(rc == (long)strlen(r->out) && memcmp(o, r->out, strlen(r->out)) == 0,
+		      "%s: expected \"%s\", got %ld %s", esc(r->in, n), r->out, rc,
+		      rc >= 0 && (size_t)rc <= n ? esc(o, (size_t)rc) : "");
+	free(b);
+	free(o);
+}
+
 static void test_normalize(void)
 {
-	static const struct { const char *in; size_t n; const char *out; } t[] = {
+	static const struct norm_case t[] = {
 		{ "/a/./b/../c", 0, "/a/c" },
 		{ "/%61%62", 0, "/ab" },
 		{ "/%2f", 0, "/%2F" },
@@ -1205,24 +1266,7 @@ static void test_normalize(void)
 		{ "", 0, NULL },
 		{ "*", 0, NULL },
 	};
-	begin();
-	for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
-		size_t n = t[i].n ? t[i].n : strlen(t[i].in);
-		char *b = dupbuf(t[i].in, n);
-		char *o = malloc(n ? n : 1);
-		if (!o)
-			exit(2);
-		long rc = lb_normalize_path(b, n, o);
-		if (!t[i].out)
-			CHECK(rc == LB_EINVAL, "%s: expected %d, got %ld", esc(t[i].in, n), LB_EINVAL, rc);
-		else
-			CHECK(rc == (long)strlen(t[i].out) && memcmp(o, t[i].out, strlen(t[i].out)) == 0,
-			      "%s: expected \"%s\", got %ld %s", esc(t[i].in, n), t[i].out, rc,
-			      rc >= 0 && (size_t)rc <= n ? esc(o, (size_t)rc) : "");
-		free(b);
-		free(o);
-	}
-	end("normalize_path");
+	RUN_TABLE("normalize_path", t, check_normalize_row);
 }
 
 static void test_request_id(void)
@@ -1778,34 +1822,37 @@ static void build_conf_inputs(void)
 		n += (size_t)snprintf(cf_many + n, sizeof cf_many - n, "bad_key_%d = 1\n", i);
 }
 
+static void check_conf_error_row(const void *row)
+{
+	const struct cf_err *e = row;
+	struct lb_conf *c = (struct lb_conf *)&g_errs; /* sentinel: must become NULL */
+	size_t n = strlen(e->text);
+	char *b = dupbuf(e->text, n);
+	memset(&g_errs, 0, sizeof g_errs);
+	begin();
+	int rc = lb_conf_parse(b, n, &c, &g_errs);
+	free(b);
+	CHECK(rc == LB_EINVAL, "expected %d, got %d", LB_EINVAL, rc);
+	if (rc == 0 && c && c != (struct lb_conf *)&g_errs)
+		lb_conf_free(c);
+	else
+		CHECK(c == NULL, "*out not set to NULL on error");
+	if (rc == LB_EINVAL) {
+		CHECK(g_errs.total >= 1 && g_errs.n >= 1, "no error recorded (n %d total %d)", g_errs.n, g_errs.total);
+		int ok = err_at(e->line, e->sub) || (e->alt_line && err_at(e->alt_line, e->sub));
+		CHECK(ok, "expected an error at line %d%s%s%s, got %s", e->line, e->sub ? " containing \"" : "",
+		      e->sub ? e->sub : "", e->sub ? "\"" : "", errs_str());
+		for (int k = 0; e->only && k < g_errs.n && k < LB_CFG_MAX_ERRORS; k++)
+			CHECK(g_errs.e[k].line == e->line || (e->alt_line && g_errs.e[k].line == e->alt_line),
+			      "spurious error at line %d (only line %d is wrong): %s", g_errs.e[k].line, e->line,
+			      errs_str());
+	}
+	end("conf_error/%s", e->name);
+}
+
 static void test_conf_errors(void)
 {
-	for (size_t i = 0; i < sizeof cf_errs / sizeof cf_errs[0]; i++) {
-		const struct cf_err *e = &cf_errs[i];
-		struct lb_conf *c = (struct lb_conf *)&g_errs; /* sentinel: must become NULL */
-		size_t n = strlen(e->text);
-		char *b = dupbuf(e->text, n);
-		memset(&g_errs, 0, sizeof g_errs);
-		begin();
-		int rc = lb_conf_parse(b, n, &c, &g_errs);
-		free(b);
-		CHECK(rc == LB_EINVAL, "expected %d, got %d", LB_EINVAL, rc);
-		if (rc == 0 && c && c != (struct lb_conf *)&g_errs)
-			lb_conf_free(c);
-		else
-			CHECK(c == NULL, "*out not set to NULL on error");
-		if (rc == LB_EINVAL) {
-			CHECK(g_errs.total >= 1 && g_errs.n >= 1, "no error recorded (n %d total %d)", g_errs.n, g_errs.total);
-			int ok = err_at(e->line, e->sub) || (e->alt_line && err_at(e->alt_line, e->sub));
-			CHECK(ok, "expected an error at line %d%s%s%s, got %s", e->line, e->sub ? " containing \"" : "",
-			      e->sub ? e->sub : "", e->sub ? "\"" : "", errs_str());
-			for (int k = 0; e->only && k < g_errs.n && k < LB_CFG_MAX_ERRORS; k++)
-				CHECK(g_errs.e[k].line == e->line || (e->alt_line && g_errs.e[k].line == e->alt_line),
-				      "spurious error at line %d (only line %d is wrong): %s", g_errs.e[k].line, e->line,
-				      errs_str());
-		}
-		end("conf_error/%s", e->name);
-	}
+	RUN_TABLE(NULL, cf_errs, check_conf_error_row);
 
 	/* several independent errors: all reported, each at its line */
 	{
@@ -2573,9 +2620,39 @@ static void test_conf_keepalive(void)
 	}
 }
 
+struct cidr_case {
+	const char *cidr, *ip;
+	int ok, match;
+};
+
+static void check_cidr_row(const void *row)
+{
+	const struct cidr_case *r = row;
+	struct lb_cidr c;
+	begin();
+	int rc = lb_parse_cidr(r->cidr, strlen(r->cidr), &c);
+	CHECK((rc == 0) == r->ok, "parse returned %d", rc);
+	if (rc == 0 && r->ip) {
+		struct sockaddr_storage ss;
+		memset(&ss, 0, sizeof ss);
+		struct lb_ip ip;
+		if (strchr(r->ip, ':')) {
+			ss.ss_family = AF_INET6;
+			inet_pton(AF_INET6, r->ip, &((struct sockaddr_in6 *)&ss)->sin6_addr);
+		} else {
+			ss.ss_family = AF_INET;
+			inet_pton(AF_INET, r->ip, &((struct sockaddr_in *)&ss)->sin_addr);
+		}
+		CHECK(lb_ip_from_sockaddr(&ss, &ip) == 0, "address not converted");
+		CHECK(lb_cidr_match(&c, &ip) == r->match, "match %s in %s: got %d", r->ip, r->cidr,
+		      lb_cidr_match(&c, &ip));
+	}
+	end("cidr/%s~%s", r->cidr, r->ip ? r->ip : "-");
+}
+
 static void test_cidr(void)
 {
-	static const struct { const char *cidr, *ip; int ok, match; } t[] = {
+	static const struct cidr_case t[] = {
 		{ "10.0.0.0/8", "10.1.2.3", 1, 1 }, { "10.0.0.0/8", "11.0.0.1", 1, 0 },
 		{ "127.0.0.2", "127.0.0.2", 1, 1 }, { "127.0.0.2", "127.0.0.3", 1, 0 },
 		{ "0.0.0.0/0", "8.8.8.8", 1, 1 }, { "192.168.1.128/25", "192.168.1.200", 1, 1 },
@@ -2587,28 +2664,7 @@ static void test_cidr(void)
 		{ "10.0.0.0/33", NULL, 0, 0 }, { "300.1.1.1", NULL, 0, 0 }, { "10.0.0.0/", NULL, 0, 0 },
 		{ "/8", NULL, 0, 0 }, { "abc", NULL, 0, 0 }, { "::1/129", NULL, 0, 0 }, { "10.0.0.0/-1", NULL, 0, 0 },
 	};
-	for (size_t i = 0; i < sizeof t / sizeof *t; i++) {
-		struct lb_cidr c;
-		begin();
-		int rc = lb_parse_cidr(t[i].cidr, strlen(t[i].cidr), &c);
-		CHECK((rc == 0) == t[i].ok, "parse returned %d", rc);
-		if (rc == 0 && t[i].ip) {
-			struct sockaddr_storage ss;
-			memset(&ss, 0, sizeof ss);
-			struct lb_ip ip;
-			if (strchr(t[i].ip, ':')) {
-				ss.ss_family = AF_INET6;
-				inet_pton(AF_INET6, t[i].ip, &((struct sockaddr_in6 *)&ss)->sin6_addr);
-			} else {
-				ss.ss_family = AF_INET;
-				inet_pton(AF_INET, t[i].ip, &((struct sockaddr_in *)&ss)->sin_addr);
-			}
-			CHECK(lb_ip_from_sockaddr(&ss, &ip) == 0, "address not converted");
-			CHECK(lb_cidr_match(&c, &ip) == t[i].match, "match %s in %s: got %d", t[i].ip, t[i].cidr,
-			      lb_cidr_match(&c, &ip));
-		}
-		end("cidr/%s~%s", t[i].cidr, t[i].ip ? t[i].ip : "-");
-	}
+	RUN_TABLE(NULL, t, check_cidr_row);
 	/* an IPv4-mapped IPv6 peer is the IPv4 address for policies */
 	struct sockaddr_storage ss;
 	struct lb_ip ip;
@@ -2622,17 +2678,63 @@ static void test_cidr(void)
 	end("cidr/v4_mapped");
 }
 
+struct proxy_case {
+	const char *name, *in;
+	size_t len;       /* 0: strlen */
+	int versions, rc; /* rc: > 0 the header length expected; else LB_EAGAIN / LB_EINVAL */
+	const char *src;
+	unsigned sport, local;
+};
+
+static void check_proxy_row(const void *row)
+{
+	const struct proxy_case *r = row;
+	size_t n = r->len ? r->len : strlen(r->in);
+	char *b = dupbuf(r->in, n);
+	struct lb_proxy px;
+	char ip[64] = "";
+	begin();
+	int rc = lb_parse_proxy(b, n, r->versions, &px);
+	CHECK(rc == r->rc, "expected %d, got %d (%s)", r->rc, rc, px.error ? px.error : "");
+	if (rc > 0) {
+		CHECK(px.local == (int)r->local, "local %d", px.local);
+		if (r->src) {
+			lb_ip_format(&px.src, ip, sizeof ip);
+			CHECK(!strcmp(ip, r->src), "src %s, expected %s", ip, r->src);
+			CHECK(px.sport == r->sport, "sport %u", (unsigned)px.sport);
+		}
+		/* what lb sends re-parses to the same addresses, in both versions */
+		for (int v = 1; v <= 2; v++) {
+			char out[LB_PROXY_V1_MAX + 1];
+			struct lb_proxy back;
+			int bn = lb_proxy_build(v, &px, out, sizeof out);
+			CHECK(bn > 0 && lb_parse_proxy(out, (size_t)bn, v, &back) == bn, "v%d rebuild does not re-parse", v);
+			CHECK(back.local == px.local && (px.local || (!memcmp(&back.src, &px.src, sizeof px.src) &&
+			      !memcmp(&back.dst, &px.dst, sizeof px.dst) && back.sport == px.sport && back.dport == px.dport)),
+			      "v%d rebuild changed the addresses", v);
+		}
+	}
+	if (rc == LB_EINVAL)
+		CHECK(px.error && *px.error, "no reason given");
+	/* every proper prefix of an accepted header is incomplete, never invalid */
+	for (size_t k = 1; rc > 0 && k < (size_t)rc; k++) {
+		char *pb = dupbuf(r->in, k);
+		int pr = lb_parse_proxy(pb, k, r->versions, &px);
+		free(pb);
+		if (pr != LB_EAGAIN) {
+			failf("prefix of %zu bytes gave %d", k, pr);
+			break;
+		}
+	}
+	free(b);
+	end("proxy/%s", r->name);
+}
+
 /* PROXY v1/v2: accepted headers give their addresses and exact length; everything else is
  * refused (or incomplete) without reading past len */
 static void test_proxy(void)
 {
-	static const struct {
-		const char *name, *in;
-		size_t len;       /* 0: strlen */
-		int versions, rc; /* rc: > 0 the header length expected; else LB_EAGAIN / LB_EINVAL */
-		const char *src;
-		unsigned sport, local;
-	} t[] = {
+	static const struct proxy_case t[] = {
 		{ "v1_tcp4", "PROXY TCP4 192.0.2.1 198.51.100.2 56324 443\r\nGET /", 0, 3, 45, "192.0.2.1", 56324, 0 },
 		{ "v1_tcp6", "PROXY TCP6 2001:db8::1 2001:db8::2 1 65535\r\n", 0, 3, 44, "2001:db8::1", 1, 0 },
 		{ "v1_tcp6_mapped", "PROXY TCP6 ::ffff:10.0.0.7 ::1 5 6\r\n", 0, 3, 36, "10.0.0.7", 5, 0 },
@@ -2670,47 +2772,7 @@ static void test_proxy(void)
 		{ "v2_too_long", "\r\n\r\n\0\r\nQUIT\n\x21\x11\xff\xff", 16, 3, LB_EINVAL, NULL, 0, 0 },
 		{ "v2_only_v1_allowed", "\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00", 16, 1, LB_EINVAL, NULL, 0, 0 },
 	};
-	for (size_t i = 0; i < sizeof t / sizeof *t; i++) {
-		size_t n = t[i].len ? t[i].len : strlen(t[i].in);
-		char *b = dupbuf(t[i].in, n);
-		struct lb_proxy px;
-		char ip[64] = "";
-		begin();
-		int rc = lb_parse_proxy(b, n, t[i].versions, &px);
-		CHECK(rc == t[i].rc, "expected %d, got %d (%s)", t[i].rc, rc, px.error ? px.error : "");
-		if (rc > 0) {
-			CHECK(px.local == (int)t[i].local, "local %d", px.local);
-			if (t[i].src) {
-				lb_ip_format(&px.src, ip, sizeof ip);
-				CHECK(!strcmp(ip, t[i].src), "src %s, expected %s", ip, t[i].src);
-				CHECK(px.sport == t[i].sport, "sport %u", (unsigned)px.sport);
-			}
-			/* what lb sends re-parses to the same addresses, in both versions */
-			for (int v = 1; v <= 2; v++) {
-				char out[LB_PROXY_V1_MAX + 1];
-				struct lb_proxy back;
-				int bn = lb_proxy_build(v, &px, out, sizeof out);
-				CHECK(bn > 0 && lb_parse_proxy(out, (size_t)bn, v, &back) == bn, "v%d rebuild does not re-parse", v);
-				CHECK(back.local == px.local && (px.local || (!memcmp(&back.src, &px.src, sizeof px.src) &&
-				      !memcmp(&back.dst, &px.dst, sizeof px.dst) && back.sport == px.sport && back.dport == px.dport)),
-				      "v%d rebuild changed the addresses", v);
-			}
-		}
-		if (rc == LB_EINVAL)
-			CHECK(px.error && *px.error, "no reason given");
-		/* every proper prefix of an accepted header is incomplete, never invalid */
-		for (size_t k = 1; rc > 0 && k < (size_t)rc; k++) {
-			char *pb = dupbuf(t[i].in, k);
-			int pr = lb_parse_proxy(pb, k, t[i].versions, &px);
-			free(pb);
-			if (pr != LB_EAGAIN) {
-				failf("prefix of %zu bytes gave %d", k, pr);
-				break;
-			}
-		}
-		free(b);
-		end("proxy/%s", t[i].name);
-	}
+	RUN_TABLE(NULL, t, check_proxy_row);
 	/* mixed families go out as IPv6 with the IPv4 one mapped */
 	struct lb_proxy m, back;
 	char out[LB_PROXY_V1_MAX + 1];
@@ -2728,14 +2790,37 @@ static void test_proxy(void)
 	end("proxy/build_mixed_families");
 }
 
+struct admin_route_case {
+	const char *m, *t;
+	int rc, op, mut, dry, status;
+	const char *pool, *srv, *route;
+};
+
+static void check_admin_route_row(const void *row)
+{
+	const struct admin_route_case *r = row;
+	struct lb_admin_call k;
+	char *m = dupbuf(r->m, strlen(r->m)), *tg = dupbuf(r->t, strlen(r->t));
+	begin();
+	int rc = lb_admin_route(m, strlen(r->m), tg, strlen(r->t), &k);
+	CHECK(rc == r->rc, "rc %d, expected %d (%s)", rc, r->rc, k.error ? k.error : "");
+	if (rc == 0) {
+		CHECK(k.op == r->op && k.mutating == r->mut && k.dry_run == r->dry, "op %d mut %d dry %d", k.op,
+		      k.mutating, k.dry_run);
+		CHECK(!strcmp(k.pool, r->pool) && !strcmp(k.server, r->srv) && !strcmp(k.route, r->route),
+		      "names '%s' '%s' '%s'", k.pool, k.server, k.route);
+	} else {
+		CHECK(k.status == r->status && k.error, "status %d, expected %d", k.status, r->status);
+	}
+	free(m);
+	free(tg);
+	end("admin_route/%s_%s", r->m, r->t);
+}
+
 /* admin API paths and bodies */
 static void test_admin(void)
 {
-	static const struct {
-		const char *m, *t;
-		int rc, op, mut, dry, status;
-		const char *pool, *srv, *route;
-	} t[] = {
+	static const struct admin_route_case t[] = {
 		{ "GET", "/", 0, LB_A_DASHBOARD, 0, 0, 0, "", "", "" },
 		{ "GET", "/healthz", 0, LB_A_HEALTHZ, 0, 0, 0, "", "", "" },
 		{ "HEAD", "/metrics", 0, LB_A_METRICS, 0, 0, 0, "", "", "" },
@@ -2763,24 +2848,7 @@ static void test_admin(void)
 		{ "POST", "/api/config?dry_run=2", LB_EINVAL, 0, 0, 0, 400, "", "", "" },
 		{ "BREW", "/", LB_EINVAL, 0, 0, 0, 405, "", "", "" },
 	};
-	for (size_t i = 0; i < sizeof t / sizeof *t; i++) {
-		struct lb_admin_call k;
-		char *m = dupbuf(t[i].m, strlen(t[i].m)), *tg = dupbuf(t[i].t, strlen(t[i].t));
-		begin();
-		int rc = lb_admin_route(m, strlen(t[i].m), tg, strlen(t[i].t), &k);
-		CHECK(rc == t[i].rc, "rc %d, expected %d (%s)", rc, t[i].rc, k.error ? k.error : "");
-		if (rc == 0) {
-			CHECK(k.op == t[i].op && k.mutating == t[i].mut && k.dry_run == t[i].dry, "op %d mut %d dry %d", k.op,
-			      k.mutating, k.dry_run);
-			CHECK(!strcmp(k.pool, t[i].pool) && !strcmp(k.server, t[i].srv) && !strcmp(k.route, t[i].route),
-			      "names '%s' '%s' '%s'", k.pool, k.server, k.route);
-		} else {
-			CHECK(k.status == t[i].status && k.error, "status %d, expected %d", k.status, t[i].status);
-		}
-		free(m);
-		free(tg);
-		end("admin_route/%s_%s", t[i].m, t[i].t);
-	}
+	RUN_TABLE(NULL, t, check_admin_route_row);
 	struct lb_split_spec sp;
 	unsigned w = 0;
 	begin();
@@ -2834,9 +2902,36 @@ static void test_bucket(void)
 	end("bucket/steady_rate");
 }
 
+struct rate_case {
+	const char *s;
+	int ok;
+	uint64_t rate, period, burst;
+	int by;
+	const char *hdr;
+};
+
+static void check_rate_limit_row(const void *row)
+{
+	const struct rate_case *r = row;
+	struct lb_rate_limit rl;
+	const char *err = NULL;
+	begin();
+	int rc = lb_parse_rate_limit(r->s, strlen(r->s), &rl, &err);
+	CHECK((rc == 0) == r->ok, "returned %d", rc);
+	if (rc == 0 && r->ok) {
+		CHECK(rl.rate == r->rate && rl.period_ms == r->period && rl.burst == r->burst && rl.by == r->by,
+		      "got %llu/%llu burst %llu by %d", (unsigned long long)rl.rate, (unsigned long long)rl.period_ms,
+		      (unsigned long long)rl.burst, rl.by);
+		CHECK(!strcmp(rl.header, r->hdr), "header '%s'", rl.header);
+	}
+	if (rc != 0)
+		CHECK(err && *err, "no error text");
+	end("rate_limit_parse/%s", r->s[0] ? r->s : "(empty)");
+}
+
 static void test_rate_limit_parse(void)
 {
-	static const struct { const char *s; int ok; uint64_t rate, period, burst; int by; const char *hdr; } t[] = {
+	static const struct rate_case t[] = {
 		{ "10/second", 1, 10, 1000, 10, LB_RL_IP, "" },
 		{ "5/minute burst=20", 1, 5, 60000, 20, LB_RL_IP, "" },
 		{ "100/hour by=global", 1, 100, 3600000, 100, LB_RL_GLOBAL, "" },
@@ -2847,22 +2942,7 @@ static void test_rate_limit_parse(void)
 		{ "10/second by=header:", 0, 0, 0, 0, 0, NULL }, { "10/second extra", 0, 0, 0, 0, 0, NULL },
 		{ "", 0, 0, 0, 0, 0, NULL },
 	};
-	for (size_t i = 0; i < sizeof t / sizeof *t; i++) {
-		struct lb_rate_limit rl;
-		const char *err = NULL;
-		begin();
-		int rc = lb_parse_rate_limit(t[i].s, strlen(t[i].s), &rl, &err);
-		CHECK((rc == 0) == t[i].ok, "returned %d", rc);
-		if (rc == 0 && t[i].ok) {
-			CHECK(rl.rate == t[i].rate && rl.period_ms == t[i].period && rl.burst == t[i].burst && rl.by == t[i].by,
-			      "got %llu/%llu burst %llu by %d", (unsigned long long)rl.rate, (unsigned long long)rl.period_ms,
-			      (unsigned long long)rl.burst, rl.by);
-			CHECK(!strcmp(rl.header, t[i].hdr), "header '%s'", rl.header);
-		}
-		if (rc != 0)
-			CHECK(err && *err, "no error text");
-		end("rate_limit_parse/%s", t[i].s[0] ? t[i].s : "(empty)");
-	}
+	RUN_TABLE(NULL, t, check_rate_limit_row);
 }
 
 static void test_routes(void)
