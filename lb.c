@@ -8991,9 +8991,10 @@ static void shm_release_slot(int slot)
 #define LB_ADMIN_ACCEPTS 64        /* per loop turn: connections accepted earlier get read in between */
 #define LB_ADMIN_MAX_OUT (64u << 20)
 
-static int g_gen;                            /* section 14 */
-static int g_mstop;
-static const char *g_conf_path;
+/* the master's (section 14 sets them; the admin API reads them) */
+static int g_gen = 1;                        /* the current generation of workers */
+static int g_mstop;                          /* stopping: SIGTERM/SIGINT or POST /api/stop */
+static const char *g_conf_path;              /* the config file: reloads and edits read it */
 static int master_reload(void);
 static char *read_file(const char *path, size_t *len);
 static int live_workers(void);
@@ -10866,7 +10867,7 @@ static int next_timeout(void)
 static int g_ctl = -1;          /* worker: datagram socket to the master (log fds arrive on it) */
 static struct evh g_ctlh;
 
-static pid_t g_master_pid; /* section 14 */
+static pid_t g_master_pid;
 #define LB_ORPHAN_STOP_MS 1000
 
 static void on_signals(void)
@@ -11106,10 +11107,6 @@ struct worker {
 	uint64_t started, restart_at;
 };
 static struct worker g_wk[LB_MAX_WORKERS];
-static int g_gen = 1;
-static pid_t g_master_pid;
-static const char *g_conf_path;
-static int g_mstop;
 static uint64_t g_mstop_deadline;
 static uid_t g_uid;
 static gid_t g_gid;
