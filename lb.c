@@ -67,7 +67,8 @@
 /* ==================================================================== 2. small utilities
  * Case-insensitive compares, hashing, a name index (config and shared-memory lookups by name), a tiny
  * PRNG, a log-free natural logarithm, the once-a-period decision of repeated log lines (lb_throttle_pass;
- * log_throttled in 7. writes them). No I/O. */
+ * log_throttled in 7. writes them), the edit distance behind "did you mean", JSON string escaping.
+ * No I/O but in the last subsection (the error log, shared mappings, files). Calls nothing later. */
 
 static int lower(int c) { return (c >= 'A' && c <= 'Z') ? c + 32 : c; }
 
@@ -204,6 +205,140 @@ static double ln_unit(double x)
 		term *= t2;
 	}
 	return 2.0 * sum + e * 0.69314718055994530942;
+}
+
+/* Levenshtein distance, for "did you mean"; names past 63 characters are never close */
+static size_t edit_distance(const char *a, const char *b)
+{
+	size_t na = strlen(a), nb = strlen(b), row[64];
+	if (na >= 64 || nb >= 64)
+		return 64;
+	for (size_t j = 0; j <= nb; j++)
+		row[j] = j;
+	for (size_t i = 1; i <= na; i++) {
+		size_t diag = row[0]; /* row[j - 1] of the previous row */
+		row[0] = i;
+		for (size_t j = 1; j <= nb; j++) {
+			size_t up = row[j], best = diag + (a[i - 1] != b[j - 1]);
+			best = LB_MIN(best, up + 1);
+			row[j] = LB_MIN(best, row[j - 1] + 1);
+			diag = up;
+		}
+	}
+	return row[nb];
+}
+
+/* keeps in *best the closest name to w: within 2 edits (fewer than w has characters), else one that
+ * starts with w or that w starts with (3 characters at least) */
+static void closer(const char *w, const char *name, const char **best, size_t *bestd)
+{
+	size_t d = edit_distance(w, name), wn = strlen(w), nn = strlen(name);
+	if (d > 2 || d >= wn) {
+		size_t common = LB_MIN(wn, nn);
+		if (common < 3 || strncmp(w, name, common))
+			return;
+		d = 3;
+	}
+	if (!*best || d < *bestd) {
+		*best = name;
+		*bestd = d;
+	}
+}
+
+/* s as the inside of a JSON string, cut to fit cap (alerts and the admin API) */
+static size_t json_str(char *out, size_t cap, const char *s)
+{
+	size_t o = 0;
+	for (; *s && o + 7 < cap; s++) {
+		unsigned char ch = (unsigned char)*s;
+		if (ch == '"' || ch == '\\')
+			out[o++] = '\\', out[o++] = (char)ch;
+		else if (ch < 0x20 || ch == 0x7f)
+			o += (size_t)snprintf(out + o, cap - o, "\\u%04x", ch);
+		else
+			out[o++] = (char)ch;
+	}
+	out[o] = 0;
+	return o;
+}
+
+/* -------------------------------------------------------------------- the error log, shared mappings, files
+ * The I/O later sections share: lb_err (one line to the error log), shm_map and its spinlock (the TLS
+ * session cache, the event ring and the server slots live in such mappings), read_file (the config file,
+ * the admin token file). */
+
+static int g_errfd = 2; /* the error log: stderr until [global] error = FILE is opened (retarget_log) */
+
+static void lb_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void lb_err(const char *fmt, ...)
+{
+	char b[1024];
+	struct timespec ts;
+	struct tm tm;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	gmtime_r(&ts.tv_sec, &tm);
+	size_t n = strftime(b, sizeof b, "%Y-%m-%dT%H:%M:%SZ", &tm);
+	n += (size_t)snprintf(b + n, sizeof b - n, " lb[%d]: ", (int)getpid());
+	va_list ap;
+	va_start(ap, fmt);
+	int m = vsnprintf(b + n, sizeof b - n - 1, fmt, ap);
+	va_end(ap);
+	n = LB_MIN(n + (size_t)(m < 0 ? 0 : m), sizeof b - 2);
+	b[n++] = '\n';
+	ssize_t w = write(g_errfd, b, n);
+	LB_UNUSED(w);
+}
+
+/* Memory every process shares, made by the master before the first fork; zero-filled, so every
+ * counter, flag and spinlock in it starts at 0. Pages cost only once touched. NULL on failure. */
+static void *shm_map(size_t n, const char *what)
+{
+	void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (p != MAP_FAILED)
+		return p;
+	lb_err("%s (%zu bytes of shared memory): %s", what, n, strerror(errno));
+	return NULL;
+}
+
+/* a spinlock in shared memory; 0, as a fresh mapping holds, is unlocked */
+static void spin_lock(_Atomic uint32_t *l)
+{
+	for (unsigned spins = 0; atomic_exchange_explicit(l, 1, memory_order_acquire); spins++)
+		if (spins > 64)
+			sched_yield();
+}
+
+static void spin_unlock(_Atomic uint32_t *l) { atomic_store_explicit(l, 0, memory_order_release); }
+
+/* the whole file in a malloc'd buffer (not terminated), its size in *len; NULL with errno */
+static char *read_file(const char *path, size_t *len)
+{
+	FILE *f = fopen(path, "rb");
+	if (!f)
+		return NULL;
+	size_t cap = 1 << 16, n = 0;
+	char *b = malloc(cap);
+	while (b) {
+		size_t r = fread(b + n, 1, cap - n, f);
+		n += r;
+		if (r == 0)
+			break;
+		if (n == cap) {
+			if (cap >= (16u << 20)) { /* a config larger than 16 MiB is a mistake */
+				free(b);
+				b = NULL;
+				errno = EFBIG;
+				break;
+			}
+			char *nb = realloc(b, cap *= 2);
+			if (!nb)
+				free(b);
+			b = nb;
+		}
+	}
+	fclose(f);
+	*len = n;
+	return b;
 }
 
 /* ==================================================================== 3. pure parsers
@@ -2094,8 +2229,6 @@ static int section_kind(const char *k, size_t n, int *named)
 	return S_BAD;
 }
 
-static size_t edit_distance(const char *a, const char *b);
-static void closer(const char *w, const char *name, const char **best, size_t *bestd);
 
 static void unknown_kind(struct cfg *st, int line, const char *k, size_t n)
 {
@@ -3111,43 +3244,6 @@ static uint64_t key_bit(int kind, const char *name)
 		if (!strcmp(kd[i].name, name))
 			return UINT64_C(1) << i;
 	return 0;
-}
-/* Levenshtein distance, for "did you mean"; names past 63 characters are never close */
-static size_t edit_distance(const char *a, const char *b)
-{
-	size_t na = strlen(a), nb = strlen(b), row[64];
-	if (na >= 64 || nb >= 64)
-		return 64;
-	for (size_t j = 0; j <= nb; j++)
-		row[j] = j;
-	for (size_t i = 1; i <= na; i++) {
-		size_t diag = row[0]; /* row[j - 1] of the previous row */
-		row[0] = i;
-		for (size_t j = 1; j <= nb; j++) {
-			size_t up = row[j], best = diag + (a[i - 1] != b[j - 1]);
-			best = LB_MIN(best, up + 1);
-			row[j] = LB_MIN(best, row[j - 1] + 1);
-			diag = up;
-		}
-	}
-	return row[nb];
-}
-
-/* keeps in *best the closest name to w: within 2 edits (fewer than w has characters), else one that
- * starts with w or that w starts with (3 characters at least) */
-static void closer(const char *w, const char *name, const char **best, size_t *bestd)
-{
-	size_t d = edit_distance(w, name), wn = strlen(w), nn = strlen(name);
-	if (d > 2 || d >= wn) {
-		size_t common = LB_MIN(wn, nn);
-		if (common < 3 || strncmp(w, name, common))
-			return;
-		d = 3;
-	}
-	if (!*best || d < *bestd) {
-		*best = name;
-		*bestd = d;
-	}
 }
 
 static void unknown_key(struct cfg *st, int line, const char *key, const struct sect *s)
@@ -4624,10 +4720,6 @@ struct tls_shared {
 };
 static struct tls_shared *g_tls;
 
-static void *shm_map(size_t n, const char *what); /* section 10 */
-static void lb_err(const char *fmt, ...); /* section 7 */
-static void spin_lock(_Atomic uint32_t *l);
-static void spin_unlock(_Atomic uint32_t *l);
 
 /* Made once by the master, before any fork: every worker of every generation shares it,
  * so a client resumes whichever worker accepts its next connection. */
@@ -5460,28 +5552,8 @@ static struct lb_req g_req;       /* scratch: parsed head, used before the next 
 static struct lb_resp g_resp;
 static char *g_scratch;           /* g_bufsize bytes: normalised paths */
 static char *g_scratch2;          /* g_bufsize bytes: redirect targets */
-static int g_errfd = 2, g_accfd = -1;
+static int g_accfd = -1;
 static uint64_t g_rng[2];
-
-static void lb_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void lb_err(const char *fmt, ...)
-{
-	char b[1024];
-	struct timespec ts;
-	struct tm tm;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	gmtime_r(&ts.tv_sec, &tm);
-	size_t n = strftime(b, sizeof b, "%Y-%m-%dT%H:%M:%SZ", &tm);
-	n += (size_t)snprintf(b + n, sizeof b - n, " lb[%d]: ", (int)getpid());
-	va_list ap;
-	va_start(ap, fmt);
-	int m = vsnprintf(b + n, sizeof b - n - 1, fmt, ap);
-	va_end(ap);
-	n = LB_MIN(n + (size_t)(m < 0 ? 0 : m), sizeof b - 2);
-	b[n++] = '\n';
-	ssize_t w = write(g_errfd, b, n);
-	LB_UNUSED(w);
-}
 
 /* errno of a resource this process or host ran out of (descriptors, socket buffers, memory): the
  * fault is lb's, never a server's */
@@ -8000,27 +8072,6 @@ struct lb_events {
 };
 static struct lb_events *g_events;
 
-/* Memory every process shares, made by the master before the first fork; zero-filled, so every
- * counter, flag and spinlock in it starts at 0. Pages cost only once touched. NULL on failure. */
-static void *shm_map(size_t n, const char *what)
-{
-	void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (p != MAP_FAILED)
-		return p;
-	lb_err("%s (%zu bytes of shared memory): %s", what, n, strerror(errno));
-	return NULL;
-}
-
-/* a spinlock in shared memory; 0, as a fresh mapping holds, is unlocked */
-static void spin_lock(_Atomic uint32_t *l)
-{
-	for (unsigned spins = 0; atomic_exchange_explicit(l, 1, memory_order_acquire); spins++)
-		if (spins > 64)
-			sched_yield();
-}
-
-static void spin_unlock(_Atomic uint32_t *l) { atomic_store_explicit(l, 0, memory_order_release); }
-
 static int events_create(void)
 {
 	g_events = shm_map(sizeof *g_events, "event ring");
@@ -8996,9 +9047,7 @@ static int g_gen = 1;                        /* the current generation of worker
 static int g_mstop;                          /* stopping: SIGTERM/SIGINT or POST /api/stop */
 static const char *g_conf_path;              /* the config file: reloads and edits read it */
 static int master_reload(void);
-static char *read_file(const char *path, size_t *len);
 static int live_workers(void);
-static size_t json_str(char *out, size_t cap, const char *s);
 static int open_listener(struct lb_bind *b, const char *lname);
 static void shm_server_totals(const struct lb_shm_server *sv, uint64_t *req, uint64_t *err, uint64_t *bytes);
 
@@ -11253,22 +11302,6 @@ static struct {
 } g_alerts[LB_ALERTS_RUNNING];
 static uint64_t g_ev_tail;
 
-static size_t json_str(char *out, size_t cap, const char *s)
-{
-	size_t o = 0;
-	for (; *s && o + 7 < cap; s++) {
-		unsigned char ch = (unsigned char)*s;
-		if (ch == '"' || ch == '\\')
-			out[o++] = '\\', out[o++] = (char)ch;
-		else if (ch < 0x20 || ch == 0x7f)
-			o += (size_t)snprintf(out + o, cap - o, "\\u%04x", ch);
-		else
-			out[o++] = (char)ch;
-	}
-	out[o] = 0;
-	return o;
-}
-
 static int event_json(const struct lb_event *e, char *out, size_t cap)
 {
 	char ts[40], kind[40], pool[2 * LB_NAME_MAX], srv[2 * LB_NAME_MAX], reason[600];
@@ -11955,36 +11988,6 @@ static int print_keys(FILE *f)
 		fprintf(f, "%s\t%s%s\t%s\t%s\n", k.section, k.name, k.repeat ? "*" : "", k.def ? k.def : "-",
 		        k.later ? "not supported yet" : k.doc ? k.doc : "(read by linode-scaler)");
 	return 0;
-}
-
-static char *read_file(const char *path, size_t *len)
-{
-	FILE *f = fopen(path, "rb");
-	if (!f)
-		return NULL;
-	size_t cap = 1 << 16, n = 0;
-	char *b = malloc(cap);
-	while (b) {
-		size_t r = fread(b + n, 1, cap - n, f);
-		n += r;
-		if (r == 0)
-			break;
-		if (n == cap) {
-			if (cap >= (16u << 20)) { /* a config larger than 16 MiB is a mistake */
-				free(b);
-				b = NULL;
-				errno = EFBIG;
-				break;
-			}
-			char *nb = realloc(b, cap *= 2);
-			if (!nb)
-				free(b);
-			b = nb;
-		}
-	}
-	fclose(f);
-	*len = n;
-	return b;
 }
 
 static void report_cfg_errors(const char *path, const struct lb_cfg_errors *e, int to_log)
