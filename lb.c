@@ -3722,7 +3722,47 @@ int lb_conf_resolve(struct lb_conf *c, struct lb_cfg_errors *errs)
 	return errs->total ? LB_EINVAL : 0;
 }
 
-/* -------------------------------------------------------------------- routing and balancing (pure) */
+/* -------------------------------------------------------------------- descriptors per worker
+ * What max_connections costs in file descriptors (checked against RLIMIT_NOFILE at start). */
+
+#define LB_FD_FIXED 32 /* stdio, epoll, signal pipe, master channel, logs, /dev/urandom, slack */
+
+unsigned long lb_fd_reserve(const struct lb_conf *c)
+{
+	unsigned long n = LB_FD_FIXED;
+	for (size_t i = 0; i < c->nlisteners; i++)
+		n += c->listeners[i].nbinds;
+	for (size_t i = 0; i < c->npools; i++)
+		for (size_t j = 0; c->pools[i].hc_kind != LB_HC_OFF && j < c->pools[i].nservers; j++)
+			n += !c->pools[i].servers[j].disabled; /* worker 1 checks them all at once at worst */
+	return n;
+}
+
+unsigned long lb_fd_needed(const struct lb_conf *c)
+{
+	return lb_fd_reserve(c) + 2ul * c->max_connections;
+}
+
+unsigned lb_conns_for_fds(const struct lb_conf *c, unsigned long nofile)
+{
+	unsigned long reserve = lb_fd_reserve(c), n = nofile > reserve ? (nofile - reserve) / 2 : 0;
+	return (unsigned)LB_MAX(LB_MIN(n, (unsigned long)c->max_connections), 1ul);
+}
+
+/* ==================================================================== 5. routing and balancing
+ * Owns the choice of a route for a request head (lb_route_find), of a pool for a route (lb_route_pool:
+ * smooth weighted round-robin over a split) and of a server in a pool (lb_pick: tiers, then the pool's
+ * algorithm). That part is pure: it reads the config, the servers' states and the clock it is given, and
+ * writes only the per-worker round-robin state of the pool it is given. The last subsection is the glue
+ * that reads those states from shared memory (pool_states). Calls section 2 only. */
+
+/* -------------------------------------------------------------------- the choice (pure) */
+
+/* the values of struct lb_srv_state's cb_state and admin (and of the shared slots they are copied from) */
+enum { CB_CLOSED = 0, CB_OPEN, CB_HALF };
+enum { ADM_READY = 0, ADM_DRAIN, ADM_DISABLED };
+#define LB_CB_TRIALS 3 /* requests a half-open circuit lets through at once */
+
 
 static int host_match(const char *pat, const char *host, size_t hn)
 {
@@ -3809,17 +3849,170 @@ int lb_route_pool(struct lb_route *r)
 	return r->split[best].pool;
 }
 
-/* Per-server state the workers share (section 11 owns the segment). `active` is the sum
+/* as far as its circuit goes, may a server in state v take a request at now (without taking a trial slot) */
+static int cb_allows_at(const struct lb_srv_state *v, uint64_t now)
+{
+	if (v->cb_state == CB_CLOSED)
+		return 1;
+	if (v->cb_state == CB_OPEN && now < v->cb_until)
+		return 0;
+	return v->cb_trials < LB_CB_TRIALS;
+}
+
+/* s, in state v, at now. sticky: a draining server still takes the clients pinned to it (as HAProxy's
+ * drain does) */
+static int usable_at(const struct lb_server *s, const struct lb_srv_state *v, uint64_t now, int sticky)
+{
+	if (s->disabled || s->down)
+		return 0;
+	if (v->admin == ADM_DISABLED || (v->admin == ADM_DRAIN && !sticky))
+		return 0;
+	if (v->down || !cb_allows_at(v, now))
+		return 0;
+	return s->max_conn == 0 || v->active < s->max_conn;
+}
+
+/* Which tier serves: primaries when any is usable, else backups. -1 when none. */
+static int pick_tier(const struct lb_pool *p, const struct lb_srv_state *st, uint64_t now)
+{
+	int backup_ok = 0;
+	for (size_t i = 0; i < p->nservers; i++) {
+		if (usable_at(&p->servers[i], &st[i], now, 0)) {
+			if (!p->servers[i].backup)
+				return 0;
+			backup_ok = 1;
+		}
+	}
+	return backup_ok ? 1 : -1;
+}
+
+/* what one pick sees: the pool's servers' states and the clock */
+struct pick_ctx {
+	struct lb_pool *p;
+	const struct lb_srv_state *st;
+	uint64_t now;
+	int tier;
+};
+
+static int in_tier(const struct pick_ctx *x, size_t i)
+{
+	return usable_at(&x->p->servers[i], &x->st[i], x->now, 0) && x->p->servers[i].backup == x->tier;
+}
+
+static unsigned active_of(const struct pick_ctx *x, const struct lb_server *s) { return x->st[s - x->p->servers].active; }
+
+static struct lb_server *pick_rr(const struct pick_ctx *x)
+{
+	struct lb_pool *p = x->p;
+	struct lb_server *best = NULL;
+	int64_t total = 0;
+	for (size_t i = 0; i < p->nservers; i++) {
+		struct lb_server *s = &p->servers[i];
+		if (!in_tier(x, i))
+			continue;
+		s->cur_weight += s->weight;
+		total += s->weight;
+		if (!best || s->cur_weight > best->cur_weight)
+			best = s;
+	}
+	if (best) /* always: pick_tier saw a usable server of this tier in the same states */
+		best->cur_weight -= total;
+	return best;
+}
+
+/* fewer active per weight; a rotating start breaks ties fairly */
+static struct lb_server *pick_least(const struct pick_ctx *x)
+{
+	struct lb_pool *p = x->p;
+	struct lb_server *best = NULL;
+	size_t n = p->nservers, start = p->rr_seed++ % n; /* pools have at least one server (config check) */
+	for (size_t k = 0; k < n; k++) {
+		struct lb_server *s = &p->servers[(start + k) % n];
+		if (!in_tier(x, (start + k) % n))
+			continue;
+		if (!best || (uint64_t)active_of(x, s) * best->weight < (uint64_t)active_of(x, best) * s->weight)
+			best = s;
+	}
+	return best;
+}
+
+/* Weighted rendezvous hashing: score = -w / ln(u), u from hash(key, server name). Adding a
+ * server moves only the keys it wins; removing one moves only its own keys. */
+static struct lb_server *pick_hash(const struct pick_ctx *x, uint64_t key)
+{
+	struct lb_pool *p = x->p;
+	struct lb_server *best = NULL;
+	double best_score = 0;
+	for (size_t i = 0; i < p->nservers; i++) {
+		struct lb_server *s = &p->servers[i];
+		if (!in_tier(x, i))
+			continue;
+		uint64_t h = mix64(key ^ s->name_hash);
+		double u = ((double)(h >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+		double score = -(double)s->weight / ln_unit(u);
+		if (!best || score > best_score) {
+			best = s;
+			best_score = score;
+		}
+	}
+	return best;
+}
+
+static struct lb_server *pick_weighted_at(const struct pick_ctx *x, uint64_t r)
+{
+	struct lb_pool *p = x->p;
+	uint64_t total = 0;
+	for (size_t i = 0; i < p->nservers; i++)
+		if (in_tier(x, i))
+			total += p->servers[i].weight;
+	if (total == 0)
+		return NULL;
+	r %= total;
+	for (size_t i = 0; i < p->nservers; i++) {
+		struct lb_server *s = &p->servers[i];
+		if (!in_tier(x, i))
+			continue;
+		if (r < s->weight)
+			return s;
+		r -= s->weight;
+	}
+	return NULL;
+}
+
+static struct lb_server *pick_random2(const struct pick_ctx *x, uint64_t rnd)
+{
+	struct lb_server *a = pick_weighted_at(x, rnd & 0xffffffffu);
+	struct lb_server *b = pick_weighted_at(x, rnd >> 32);
+	if (!a || !b)
+		return a ? a : b;
+	return (uint64_t)active_of(x, b) * a->weight < (uint64_t)active_of(x, a) * b->weight ? b : a;
+}
+
+struct lb_server *lb_pick(struct lb_pool *p, const struct lb_srv_state *st, uint64_t now, uint64_t key, uint64_t rnd)
+{
+	struct pick_ctx x = { p, st, now, pick_tier(p, st, now) };
+	if (x.tier < 0)
+		return NULL;
+	switch (p->algorithm) {
+	case LB_ALGO_LEASTCONN: return pick_least(&x);
+	case LB_ALGO_IPHASH: return pick_hash(&x, key);
+	case LB_ALGO_RANDOM2: return pick_random2(&x, rnd);
+	default: return pick_rr(&x);
+	}
+}
+
+/* -------------------------------------------------------------------- what a pick reads: shared memory
+ * The glue between the pure choice above and the running lb: the layout of the server and route slots
+ * in shared memory (section 12 makes and sizes the segment) and pool_states, which copies what the
+ * workers share of a pool's servers into the struct lb_srv_state lb_pick takes. */
+
+/* Per-server state the workers share (section 12 owns the segment). `active` is the sum
  * over workers; each worker also keeps its own share so that the master can take back
  * the share of a worker that died. */
 #define LB_MAX_WORKERS 64
-static uint64_t g_now; /* monotonic ms, once per loop turn */
 
-enum { CB_CLOSED = 0, CB_OPEN, CB_HALF };
-enum { ADM_READY = 0, ADM_DRAIN, ADM_DISABLED };
 #define LB_HIST 11 /* duration buckets below (ms); +Inf is the request count */
 static const uint32_t hist_ms[LB_HIST] = { 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000 };
-#define LB_CB_TRIALS 3 /* requests a half-open circuit lets through at once */
 
 struct lb_shm_server {
 	char key[2 * LB_NAME_MAX];      /* "pool/server": carried across reloads by name */
@@ -3851,176 +4044,28 @@ struct lb_shm_route {
 	_Atomic uint64_t requests, limited, denied;
 };
 
-static unsigned srv_active(const struct lb_server *s)
+/* The state of p's servers now, in a scratch array (valid until the next call): from shared memory,
+ * or this process's own count where there is none (unit tests, fuzzers). */
+static const struct lb_srv_state *pool_states(const struct lb_pool *p)
 {
-	return s->shm ? atomic_load_explicit(&s->shm->active, memory_order_relaxed) : s->active;
-}
-
-/* as far as its circuit goes, may s take a request now (without taking a trial slot) */
-static int cb_allows(const struct lb_shm_server *v)
-{
-	int st = atomic_load_explicit(&v->cb_state, memory_order_relaxed);
-	if (st == CB_CLOSED)
-		return 1;
-	if (st == CB_OPEN && g_now < atomic_load_explicit(&v->cb_until, memory_order_relaxed))
-		return 0;
-	return atomic_load_explicit(&v->cb_trials, memory_order_relaxed) < LB_CB_TRIALS;
-}
-
-/* sticky: a draining server still takes the clients pinned to it (as HAProxy's drain does) */
-static int usable_as(const struct lb_server *s, int sticky)
-{
-	if (s->disabled || s->down)
-		return 0;
-	if (s->shm) {
-		int adm = atomic_load_explicit(&s->shm->admin, memory_order_relaxed);
-		if (adm == ADM_DISABLED || (adm == ADM_DRAIN && !sticky))
-			return 0;
-		if (atomic_load_explicit(&s->shm->down, memory_order_relaxed) || !cb_allows(s->shm))
-			return 0;
-	}
-	return s->max_conn == 0 || srv_active(s) < s->max_conn;
-}
-
-static int usable(const struct lb_server *s) { return usable_as(s, 0); }
-
-/* Which tier serves: primaries when any is usable, else backups. -1 when none. */
-static int pick_tier(const struct lb_pool *p)
-{
-	int backup_ok = 0;
-	for (size_t i = 0; i < p->nservers; i++) {
-		if (usable(&p->servers[i])) {
-			if (!p->servers[i].backup)
-				return 0;
-			backup_ok = 1;
+	static struct lb_srv_state st[LB_MAX_POOL_SERVERS];
+	for (size_t i = 0; i < p->nservers && i < LB_MAX_POOL_SERVERS; i++) {
+		const struct lb_server *s = &p->servers[i];
+		const struct lb_shm_server *v = s->shm;
+		if (!v) {
+			st[i] = (struct lb_srv_state){ .active = s->active };
+			continue;
 		}
+		st[i] = (struct lb_srv_state){
+			.active = atomic_load_explicit(&v->active, memory_order_relaxed),
+			.down = atomic_load_explicit(&v->down, memory_order_relaxed),
+			.admin = atomic_load_explicit(&v->admin, memory_order_relaxed),
+			.cb_state = atomic_load_explicit(&v->cb_state, memory_order_relaxed),
+			.cb_trials = atomic_load_explicit(&v->cb_trials, memory_order_relaxed),
+			.cb_until = atomic_load_explicit(&v->cb_until, memory_order_relaxed),
+		};
 	}
-	return backup_ok ? 1 : -1;
-}
-
-#define IN_TIER(s, tier) (usable(s) && (s)->backup == (tier))
-
-static struct lb_server *pick_rr(struct lb_pool *p, int tier)
-{
-	struct lb_server *best = NULL;
-	int64_t total = 0;
-	for (size_t i = 0; i < p->nservers; i++) {
-		struct lb_server *s = &p->servers[i];
-		if (!IN_TIER(s, tier))
-			continue;
-		s->cur_weight += s->weight;
-		total += s->weight;
-		if (!best || s->cur_weight > best->cur_weight)
-			best = s;
-	}
-	if (best) /* none when other workers filled the tier since pick_tier looked */
-		best->cur_weight -= total;
-	return best;
-}
-
-/* fewer active per weight; a rotating start breaks ties fairly */
-static struct lb_server *pick_least(struct lb_pool *p, int tier)
-{
-	struct lb_server *best = NULL;
-	size_t n = p->nservers, start = p->rr_seed++ % n; /* pools have at least one server (config check) */
-	for (size_t k = 0; k < n; k++) {
-		struct lb_server *s = &p->servers[(start + k) % n];
-		if (!IN_TIER(s, tier))
-			continue;
-		if (!best || (uint64_t)srv_active(s) * best->weight < (uint64_t)srv_active(best) * s->weight)
-			best = s;
-	}
-	return best;
-}
-
-/* Weighted rendezvous hashing: score = -w / ln(u), u from hash(key, server name). Adding a
- * server moves only the keys it wins; removing one moves only its own keys. */
-static struct lb_server *pick_hash(struct lb_pool *p, int tier, uint64_t key)
-{
-	struct lb_server *best = NULL;
-	double best_score = 0;
-	for (size_t i = 0; i < p->nservers; i++) {
-		struct lb_server *s = &p->servers[i];
-		if (!IN_TIER(s, tier))
-			continue;
-		uint64_t h = mix64(key ^ s->name_hash);
-		double u = ((double)(h >> 11) + 0.5) * (1.0 / 9007199254740992.0);
-		double score = -(double)s->weight / ln_unit(u);
-		if (!best || score > best_score) {
-			best = s;
-			best_score = score;
-		}
-	}
-	return best;
-}
-
-static struct lb_server *pick_weighted_at(struct lb_pool *p, int tier, uint64_t r)
-{
-	uint64_t total = 0;
-	for (size_t i = 0; i < p->nservers; i++)
-		if (IN_TIER(&p->servers[i], tier))
-			total += p->servers[i].weight;
-	if (total == 0)
-		return NULL;
-	r %= total;
-	for (size_t i = 0; i < p->nservers; i++) {
-		struct lb_server *s = &p->servers[i];
-		if (!IN_TIER(s, tier))
-			continue;
-		if (r < s->weight)
-			return s;
-		r -= s->weight;
-	}
-	return NULL;
-}
-
-static struct lb_server *pick_random2(struct lb_pool *p, int tier, uint64_t rnd)
-{
-	struct lb_server *a = pick_weighted_at(p, tier, rnd & 0xffffffffu);
-	struct lb_server *b = pick_weighted_at(p, tier, rnd >> 32);
-	if (!a || !b)
-		return a ? a : b;
-	return (uint64_t)srv_active(b) * a->weight < (uint64_t)srv_active(a) * b->weight ? b : a;
-}
-
-struct lb_server *lb_pick(struct lb_pool *p, uint64_t key, uint64_t rnd)
-{
-	int tier = pick_tier(p);
-	if (tier < 0)
-		return NULL;
-	switch (p->algorithm) {
-	case LB_ALGO_LEASTCONN: return pick_least(p, tier);
-	case LB_ALGO_IPHASH: return pick_hash(p, tier, key);
-	case LB_ALGO_RANDOM2: return pick_random2(p, tier, rnd);
-	default: return pick_rr(p, tier);
-	}
-}
-
-/* -------------------------------------------------------------------- descriptors per worker
- * What max_connections costs in file descriptors (checked against RLIMIT_NOFILE at start). */
-
-#define LB_FD_FIXED 32 /* stdio, epoll, signal pipe, master channel, logs, /dev/urandom, slack */
-
-unsigned long lb_fd_reserve(const struct lb_conf *c)
-{
-	unsigned long n = LB_FD_FIXED;
-	for (size_t i = 0; i < c->nlisteners; i++)
-		n += c->listeners[i].nbinds;
-	for (size_t i = 0; i < c->npools; i++)
-		for (size_t j = 0; c->pools[i].hc_kind != LB_HC_OFF && j < c->pools[i].nservers; j++)
-			n += !c->pools[i].servers[j].disabled; /* worker 1 checks them all at once at worst */
-	return n;
-}
-
-unsigned long lb_fd_needed(const struct lb_conf *c)
-{
-	return lb_fd_reserve(c) + 2ul * c->max_connections;
-}
-
-unsigned lb_conns_for_fds(const struct lb_conf *c, unsigned long nofile)
-{
-	unsigned long reserve = lb_fd_reserve(c), n = nofile > reserve ? (nofile - reserve) / 2 : 0;
-	return (unsigned)LB_MAX(LB_MIN(n, (unsigned long)c->max_connections), 1ul);
+	return st;
 }
 
 /* ==================================================================== 5. event loop and timers
@@ -4046,6 +4091,8 @@ static uint64_t wall_ms(void) /* for logs only */
 	clock_gettime(CLOCK_REALTIME, &ts);
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
+
+static uint64_t g_now; /* monotonic ms, once per loop turn */
 
 static uint64_t mono_ms(void)
 {
@@ -6475,12 +6522,14 @@ static void backend_assign(struct conn *c, struct lb_server *avoid)
 {
 	struct lb_pool *p = c->pool;
 	struct lb_server *s = NULL;
-	if (c->sticky && c->sticky != avoid && usable_as(c->sticky, 1) && pick_tier(p) == c->sticky->backup) {
+	const struct lb_srv_state *st = pool_states(p);
+	if (c->sticky && c->sticky != avoid && usable_at(c->sticky, &st[c->sticky - p->servers], g_now, 1) &&
+	    pick_tier(p, st, g_now) == c->sticky->backup) {
 		s = c->sticky;
 		c->set_cookie = 0;
 	} else {
 		for (size_t i = 0; i < 2 * p->nservers + 1; i++) {
-			s = lb_pick(p, lb_hash64(c->ip.a, c->ip.v6 ? 16 : 4), rand64());
+			s = lb_pick(p, st, g_now, lb_hash64(c->ip.a, c->ip.v6 ? 16 : 4), rand64());
 			if (!s || s != avoid)
 				break;
 		}
@@ -8051,8 +8100,8 @@ static void tcp_start(struct conn *c)
 
 /* ==================================================================== 10. health checks, circuit breaker, events
  * Health checks: worker 1 of the current generation checks every server (so checks do not
- * multiply with workers) and publishes up/down in shared memory, which every worker's usable()
- * reads. The circuit breaker lives per server in shared memory: every worker records the
+ * multiply with workers) and publishes up/down in shared memory, which every worker's pick reads
+ * (pool_states). The circuit breaker lives per server in shared memory: every worker records the
  * outcome of its exchanges; a state change is a compare-and-swap, so exactly one process logs
  * it and publishes it as an event. Events reach the master through a shared ring; the master
  * runs alert_command with each. lb's own failures (out of descriptors, ports, memory) are never
