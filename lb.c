@@ -9093,7 +9093,7 @@ static void shm_release_slot(int slot)
 
 /* the master's (section 14 sets them; the admin API reads them) */
 static int g_gen = 1;                        /* the current generation of workers */
-static int g_mstop;                          /* stopping: SIGTERM/SIGINT or POST /api/stop */
+static int g_mstop;                          /* stopping: SIGTERM or SIGINT came (master_stop) */
 static const char *g_conf_path;              /* the config file: reloads and edits read it */
 static int master_reload(void);
 static int live_workers(void);
@@ -11194,9 +11194,9 @@ static int worker_listen(void)
 }
 
 /* -------------------------------------------------------------------- master side
- * Forks and restarts workers, reloads on SIGHUP (new generation first, then the old one
- * retires gracefully), rotates the access log and passes the new file to the workers,
- * and stops everything on SIGTERM/SIGINT. It never handles client traffic. */
+ * The master forks the workers (spawn_worker) and keeps their table (g_wk); the subsections below run
+ * alert_command, reap and restart workers, rotate logs, reload on SIGHUP (new generation first, then
+ * the old one retires gracefully) and stop on SIGTERM/SIGINT. It never handles client traffic. */
 
 struct worker {
 	pid_t pid;
@@ -11433,6 +11433,12 @@ static void master_events(void)
 		}
 }
 
+/* -------------------------------------------------------------------- reaping (master)
+ * SIGCHLD: a child that ended is an alert command (its failure logged) or a worker, whose shared-memory
+ * column is released (shm_release_slot; a crashed one's limiter shares and circuit trials too). A worker
+ * of the current generation that died unexpectedly is restarted, once a second when it keeps dying
+ * young (master_restart_due). */
+
 static int alert_reaped(pid_t pid, int st)
 {
 	for (int i = 0; i < LB_ALERTS_RUNNING; i++) {
@@ -11512,6 +11518,11 @@ static void master_restart_due(void)
 		}
 	}
 }
+
+/* -------------------------------------------------------------------- log rotation (master)
+ * The master owns the log files: it opens them, renames the access log by size or interval (rotate_
+ * size, rotate_interval), deletes rotated files past retention, reopens both on SIGUSR1, and passes each
+ * new descriptor to the live workers over their control sockets (send_fd). */
 
 static void send_fd(int sock, char tag, int fd)
 {
@@ -11685,6 +11696,10 @@ static void master_log_tick(void)
 	}
 }
 
+/* -------------------------------------------------------------------- reload (master)
+ * SIGHUP and the admin API's edits: load and validate the file, check the user and the descriptor limit,
+ * then start the new generation before the old one retires; on any error the old one keeps serving. */
+
 static struct lb_conf *load_config(const char *path, int to_log);
 
 static int resolve_user(const struct lb_conf *c)
@@ -11802,6 +11817,10 @@ static int master_reload(void)
 	return 0;
 }
 
+/* -------------------------------------------------------------------- stop (master)
+ * SIGTERM/SIGINT: stop_grace first (/healthz says draining while lb serves), then
+ * the listeners close and the workers finish their connections within shutdown_timeout. */
+
 /* One line per server with traffic since start: the per-worker counters, summed. */
 static void log_server_totals(const char *when)
 {
@@ -11817,7 +11836,21 @@ static void log_server_totals(const char *when)
 /* SIGTERM: with stop_grace, /healthz says draining at once while lb goes on serving, so that a
  * keepalived or load-balancer health check moves traffic away before the listeners close */
 static uint64_t g_stop_at;
-static void master_stop_now(void);
+static void master_stop_now(void)
+{
+	g_stop_at = 0;
+	g_mstop_deadline = mono_ms() + g_conf->shutdown_timeout + 5000;
+	lb_err("stopping: workers finish their connections (at most %llu ms)",
+	       (unsigned long long)g_conf->shutdown_timeout);
+	for (size_t i = 0; i < g_nmsocks; i++)
+		g_msocks[i].used = 0;
+	msocks_close_unused(); /* with the workers' copies gone, new connections are refused */
+	for (int i = 0; i < LB_MAX_WORKERS; i++) {
+		if (g_wk[i].pid)
+			kill(g_wk[i].pid, SIGTERM);
+		g_wk[i].restart = 0;
+	}
+}
 
 static void master_stop(void)
 {
@@ -11837,21 +11870,8 @@ static void master_stop(void)
 	master_stop_now();
 }
 
-static void master_stop_now(void)
-{
-	g_stop_at = 0;
-	g_mstop_deadline = mono_ms() + g_conf->shutdown_timeout + 5000;
-	lb_err("stopping: workers finish their connections (at most %llu ms)",
-	       (unsigned long long)g_conf->shutdown_timeout);
-	for (size_t i = 0; i < g_nmsocks; i++)
-		g_msocks[i].used = 0;
-	msocks_close_unused(); /* with the workers' copies gone, new connections are refused */
-	for (int i = 0; i < LB_MAX_WORKERS; i++) {
-		if (g_wk[i].pid)
-			kill(g_wk[i].pid, SIGTERM);
-		g_wk[i].restart = 0;
-	}
-}
+/* -------------------------------------------------------------------- signals (master)
+ * The master's loop reads its signals from the self-pipe and hands each to the subsections above. */
 
 static void master_signals(void)
 {
