@@ -2,20 +2,29 @@
  *
  *   cc -O2 lb.c -o lb -lbearssl -linih
  *
- * Sections, in data-flow order:
- *   1. build options, includes, portability     8. HTTP proxying
- *   2. small utilities                          9. TCP proxying
- *   3. pure parsers                            10. health checks, circuit breaker, events
- *   4. configuration                           11. shared memory
- *   5. event loop and timers                   12. admin API (in the master)
- *   6. TLS glue                                13. access log
- *   7. connections                             14. process: signals, reload, graceful stop
- *                                              15. main, lb ctl (the admin API client)
+ * Sections, in file order (each section's banner says what it owns and which sections it calls; the
+ * headers are "===... N. TITLE" lines; tests/code_checks.sh checks this list against them):
+ *   1. build options: includes, portability, the event backend's choice
+ *   2. small utilities: compares, hashing, name index, PRNG; the error log, shared mappings, files
+ *   3. pure parsers: HTTP heads, chunked framing, values, PROXY protocol, admin API requests, X.509 names
+ *   4. configuration: text -> struct lb_conf through the key table; descriptors per worker
+ *   5. routing and balancing: route, pool and server choice (pure); what a pick reads from shared memory
+ *   6. event loop and timers: epoll or poll, the clock
+ *   7. TLS glue: BearSSL engines without blocking, certificates, the session cache, handshake failures
+ *   8. connections: connection and buffer pools, the deadline heap, idle server connections, log_throttled
+ *   9. HTTP proxying: request -> server, head rewriting, bodies, retries, lb's answers; splice; byte movers
+ *  10. TCP proxying: the tunnel
+ *  11. health checks, circuit breaker, events
+ *  12. shared memory: server and worker slots by name, rate limits, connection limits
+ *  13. admin API: served by the master
+ *  14. access log: lines, the buffer, lost lines
+ *  15. process: listeners, signals, the worker's loop, the master (alerts, reaping, rotation, reload, stop)
+ *  16. main, lb ctl: the command line; the admin API client
  * Tests and fuzzers build this file with -DLB_NO_MAIN and call what lb.h declares.
  */
 
-/* ==================================================================== 1. build options, portability
- * Chooses the event backend: epoll on Linux, poll() elsewhere or with -DLB_POLL. */
+/* ==================================================================== 1. build options
+ * Chooses the event backend: epoll on Linux, poll() elsewhere or with -DLB_POLL. Calls nothing. */
 #define _GNU_SOURCE
 #include "lb.h"
 
@@ -67,7 +76,7 @@
 /* ==================================================================== 2. small utilities
  * Case-insensitive compares, hashing, a name index (config and shared-memory lookups by name), a tiny
  * PRNG, a log-free natural logarithm, the once-a-period decision of repeated log lines (lb_throttle_pass;
- * log_throttled in 7. writes them), the edit distance behind "did you mean", JSON string escaping.
+ * log_throttled in 8. writes them), the edit distance behind "did you mean", JSON string escaping.
  * No I/O but in the last subsection (the error log, shared mappings, files). Calls nothing later. */
 
 static int lower(int c) { return (c >= 'A' && c <= 'Z') ? c + 32 : c; }
@@ -343,7 +352,8 @@ static char *read_file(const char *path, size_t *len)
 
 /* ==================================================================== 3. pure parsers
  * HTTP request and response heads, chunked framing, config values, paths. Each takes
- * (buf, len, out) and returns a status; strings in out point into buf. No I/O, no globals. */
+ * (buf, len, out) and returns a status; strings in out point into buf. No I/O, no globals.
+ * Calls section 2 only. */
 
 struct head_sem {          /* semantic state gathered while reading fields */
 	int64_t cl;
@@ -2121,7 +2131,9 @@ long lb_acme_token(const char *path, size_t n, const char **token)
  * Text -> struct lb_conf. A pre-scan finds sections (so duplicates, empty sections and keys
  * outside sections get exact lines) and the lines inih would mangle; inih then delivers keys,
  * which are mapped to their section by line number. Cross-references are resolved last, then the
- * bounds of lb.h (check_limits: README "Limits"). conf_validate (section 11) adds what a running lb needs. */
+ * bounds of lb.h (check_limits: README "Limits"). conf_validate (section 12) adds what a running lb needs.
+ * The last subsection says what max_connections costs in descriptors (lb_fd_*). Calls sections 2 and 3,
+ * and 7 to load the certificates and CAs a listener or pool names (lb_conf_resolve). */
 
 enum { S_BAD = 0, S_GLOBAL, S_LOG, S_ADMIN, S_SCALER, S_LISTENER, S_POOL, S_ROUTE };
 
@@ -3538,7 +3550,7 @@ static void check_limits(struct cfg *st)
 	        LB_MAX_SERVERS, total);
 }
 
-static void tls_free(struct lb_tls *t); /* section 6 */
+static void tls_free(struct lb_tls *t); /* section 7 */
 static int tls_load_pool(struct lb_pool *p, char *err, size_t errlen);
 
 static int tls_load_listener(struct lb_listener *l, int *bad_line, const char **bad_key, char *err, size_t errlen);
@@ -3754,7 +3766,7 @@ unsigned lb_conns_for_fds(const struct lb_conf *c, unsigned long nofile)
  * smooth weighted round-robin over a split) and of a server in a pool (lb_pick: tiers, then the pool's
  * algorithm). That part is pure: it reads the config, the servers' states and the clock it is given, and
  * writes only the per-worker round-robin state of the pool it is given. The last subsection is the glue
- * that reads those states from shared memory (pool_states). Calls section 2 only. */
+ * that reads those states from shared memory (pool_states). Calls sections 2 and 3. */
 
 /* -------------------------------------------------------------------- the choice (pure) */
 
@@ -4068,9 +4080,10 @@ static const struct lb_srv_state *pool_states(const struct lb_pool *p)
 	return st;
 }
 
-/* ==================================================================== 5. event loop and timers
- * Owns the readiness backend (epoll or poll, level-triggered) and the deadline heap.
- * A handler whose peer hung up is deregistered while it wants nothing, so HUP cannot spin. */
+/* ==================================================================== 6. event loop and timers
+ * Owns the readiness backend (epoll or poll, level-triggered) and the clock (g_now, once per loop
+ * turn; mono_ms, wall_ms). The connections' deadlines are a heap in section 8. A handler whose peer
+ * hung up is deregistered while it wants nothing, so HUP cannot spin. Calls nothing later. */
 
 enum { EV_R = 1, EV_W = 2, EV_ERR = 4, EV_HUP = 8 };
 enum { H_LISTEN = 1, H_CLIENT, H_BACKEND, H_SIGNAL, H_CTL, H_HEALTH };
@@ -4264,7 +4277,7 @@ static void ev_forget(struct evh *h)
 	h->registered = 0;
 }
 
-/* ==================================================================== 6. TLS glue
+/* ==================================================================== 7. TLS glue
  * BearSSL driven without blocking from the event loop. Owns the certificates and CAs a
  * listener loads (struct lb_tls: read by lb_conf_resolve in the master, inherited by the
  * workers at fork), the per-connection server engine (struct tls_conn: pooled, only for TLS
@@ -4275,7 +4288,8 @@ static void ev_forget(struct evh *h)
  *
  * The protocol choice is fixed here on purpose: TLS 1.2 only (BearSSL has no 1.3; 1.0 and 1.1
  * are obsolete), ECDHE key exchange only (forward secrecy) and AEAD ciphers only (AES-GCM,
- * ChaCha20-Poly1305), server preference order, no renegotiation, ALPN http/1.1. */
+ * ChaCha20-Poly1305), server preference order, no renegotiation, ALPN http/1.1.
+ * Calls sections 2, 3 (X.509 names) and 6 (the clock). */
 
 static const uint16_t tls_suites[] = {
 	BR_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
@@ -5473,12 +5487,15 @@ static void tls_count_failure(int kind)
 		atomic_fetch_add_explicit(&g_tls->failures[kind], 1, memory_order_relaxed);
 }
 
-/* ==================================================================== 7. connections
- * Pools of connection structs and buffers (bounded by max_connections), the deadline heap,
- * and the byte movers: client_read/write, backend_read/write. One owner per buffer: a
- * client connection owns in/out/qh/rh; backend connections own no buffer. Idle server connections
- * wait in per-server pools: idle_may_keep admits them, idle_purge (once a second) sizes them. Also the
- * error log: lb_err, and log_throttled for events a flood repeats (one line a second per call site, counted). */
+/* ==================================================================== 8. connections
+ * Pools of connection structs and buffers (bounded by max_connections), the deadline heap, and
+ * the end of a connection (conn_close, conn_abort). One owner per buffer: a client connection owns
+ * in/out/qh/rh; backend connections own no buffer. Idle server connections wait in per-server pools:
+ * idle_may_keep admits them, idle_purge (once a second) sizes them. Also log_throttled, for events a
+ * flood repeats (one line a second per call site, counted; lb_err itself is in section 2). The byte
+ * movers (client_read/write, backend_read/write) are in section 9. Calls sections 2, 3, 6, 7, and,
+ * declared ahead, what ends an exchange: 9 (conn_progress, respond_own, splice_end), 11 (the circuit
+ * breaker), 12 (counters, limits), 14 (access_log_write), 15 (conn_admitted). */
 
 struct buf {
 	char *d;
@@ -5998,16 +6015,16 @@ static void set_nodelay(int fd)
 
 static void conn_progress(struct conn *c);
 static void respond_own(struct conn *c, int status, const char *why);
-static int rl_take(uint64_t key, const struct lb_rate_limit *rl, uint64_t *retry_ms); /* section 11 */
+static int rl_take(uint64_t key, const struct lb_rate_limit *rl, uint64_t *retry_ms); /* section 12 */
 static int ipc_take(struct conn *c);
 static void ipc_release(struct conn *c);
-static int conn_admitted(struct conn *c);                  /* section 14 */
-static int cb_begin(struct conn *c, struct lb_server *s);  /* section 10 */
+static int conn_admitted(struct conn *c);                  /* section 15 */
+static int cb_begin(struct conn *c, struct lb_server *s);  /* section 11 */
 static void cb_abandon(struct conn *c);
 static void cb_outcome(struct conn *c, struct lb_server *s, int failed, const char *why);
 static void cb_response(struct conn *c, int status);
 static void cb_settle(struct conn *c, int failed, const char *why);
-static void srv_hold(struct lb_server *s);     /* section 11 */
+static void srv_hold(struct lb_server *s);     /* section 12 */
 static void srv_unhold(struct lb_server *s);
 static void count_exchange(const struct conn *c);
 static void access_log_write(struct conn *c);
@@ -6189,11 +6206,13 @@ static void conn_close_clean(struct conn *c)
 	conn_close(c);
 }
 
-/* ==================================================================== 8. HTTP proxying
+/* ==================================================================== 9. HTTP proxying
  * Request head -> route -> pool -> server; head rewriting (hop-by-hop removed, X-Forwarded-*,
  * X-Request-ID); body framing in both directions; lb's own answers; retries before any
  * response byte; answers the server cuts short (response_cut: a failure of that server, logged
- * with the request); keep-alive and pipelining (the next head waits in `in` until this exchange ends). */
+ * with the request); keep-alive and pipelining (the next head waits in `in` until this exchange ends).
+ * Subsections: splice (mode tcp on Linux) and the byte movers both proxies use. Calls sections 2, 3,
+ * 5 (the pick), 6, 7, 8, 10 (tcp_start), 11, 12, 14, and 15 (accept_hold, conn_admitted). */
 
 static const char *status_text(int st)
 {
@@ -6487,7 +6506,7 @@ static int backend_connect(struct conn *c, struct lb_server *s)
 }
 
 static void backend_failed(struct conn *c, int status, const char *why, int retryable);
-static void accept_hold(size_t closing); /* section 14 */
+static void accept_hold(size_t closing); /* section 15 */
 
 /* errno of a connect() that failed in lb, not on the way to the server: descriptors, buffers or
  * memory, or no local port left */
@@ -6871,7 +6890,7 @@ static void request_begin(struct conn *c)
 	c->lg_mlen = c->lg_ulen = c->lg_ref_len = c->lg_ua_len = c->lg_id_len = 0;
 }
 
-static void tcp_start(struct conn *c); /* section 9 */
+static void tcp_start(struct conn *c); /* section 10 */
 
 /* A trusted proxy's PROXY header: it names the client of this connection. */
 static int proxy_step(struct conn *c)
@@ -8082,8 +8101,9 @@ static void conn_timeout(struct conn *c)
 		conn_progress(c);
 }
 
-/* ==================================================================== 9. TCP proxying
- * L4: the client connection is a tunnel from the start; bytes flow both ways with half-close. */
+/* ==================================================================== 10. TCP proxying
+ * L4: the client connection is a tunnel from the start; bytes flow both ways with half-close.
+ * Calls sections 6, 8 and 9 (backend_assign, splice_begin). */
 
 static void tcp_start(struct conn *c)
 {
@@ -8098,14 +8118,15 @@ static void tcp_start(struct conn *c)
 	backend_assign(c, NULL);
 }
 
-/* ==================================================================== 10. health checks, circuit breaker, events
+/* ==================================================================== 11. health checks, circuit breaker, events
  * Health checks: worker 1 of the current generation checks every server (so checks do not
  * multiply with workers) and publishes up/down in shared memory, which every worker's pick reads
  * (pool_states). The circuit breaker lives per server in shared memory: every worker records the
  * outcome of its exchanges; a state change is a compare-and-swap, so exactly one process logs
  * it and publishes it as an event. Events reach the master through a shared ring; the master
  * runs alert_command with each. lb's own failures (out of descriptors, ports, memory) are never
- * a server's: a check that cannot start is skipped, an exchange that cannot connect is not counted. */
+ * a server's: a check that cannot start is skipped, an exchange that cannot connect is not counted.
+ * Calls sections 2, 3 (lb_parse_response), 6, 7 (checks over TLS), 8 and 9. */
 
 struct lb_event {
 	_Atomic uint64_t seq;              /* n + 1 once event n is complete; 0 while written */
@@ -8656,18 +8677,19 @@ static void idle_sweep(void)
 		}
 }
 
-/* ==================================================================== 11. shared memory
+/* ==================================================================== 12. shared memory
  * One MAP_SHARED segment the master makes before the first fork: per-server state and
  * counters, in slots found by "pool/server" name so they survive reloads, and per-worker
  * totals. Each worker writes only its own columns; the master folds a dead worker's.
  * The slots are sized at start from the file with room for reloads (shm_create); a file that
- * needs more is refused by the one validation (conf_validate -> shm_conf_room) before a reload. */
+ * needs more is refused by the one validation (conf_validate -> shm_conf_room) before a reload.
+ * Calls sections 2, 4 (conf_validate parses a candidate file), 6 and 8. */
 
 #define LB_SHM_SERVERS_MIN 1024 /* server slots made at start: twice the file's servers, at least this */
 #define LB_SHM_ROUTES_MIN 256   /* route slots: the same rule */
 struct lb_shm_worker {
 	_Atomic uint64_t conns, requests;
-	_Atomic uint64_t log_dropped; /* access log lines lost (section 13) */
+	_Atomic uint64_t log_dropped; /* access log lines lost (section 14) */
 	int32_t pid, id, gen;
 };
 struct lb_shm {
@@ -9072,7 +9094,7 @@ static void shm_release_slot(int slot)
 	g_shm->w[slot].pid = 0;
 }
 
-/* ==================================================================== 12. admin API
+/* ==================================================================== 13. admin API
  * Served by the master on [admin] bind: reads shared memory for /metrics, /api/stats and the
  * dashboard; changes weights, drain state and splits in shared memory (no reload); edits the
  * config file (atomically, the previous kept as .bak) and reloads for config, server add and
@@ -9081,7 +9103,8 @@ static void shm_release_slot(int slot)
  * away (keepalived fails a node over on it): there are many slots (admin_slots), a request head
  * must arrive within LB_ADMIN_HEAD_MS, a new connection evicts the oldest, least advanced one when
  * every slot is taken (admin_evict), and refusals, evictions and timeouts are logged once a second
- * with counts (admin_note_flush). */
+ * with counts (admin_note_flush). Calls sections 2, 3, 4, 6, 7, 8, 9, 12, and 15 declared ahead
+ * (master_reload, live_workers, open_listener). */
 
 #define LB_ADMIN_CONNS 256         /* slots; fewer when RLIMIT_NOFILE is low (admin_slots) */
 #define LB_ADMIN_MAX_HEAD 16384
@@ -9091,7 +9114,7 @@ static void shm_release_slot(int slot)
 #define LB_ADMIN_ACCEPTS 64        /* per loop turn: connections accepted earlier get read in between */
 #define LB_ADMIN_MAX_OUT (64u << 20)
 
-/* the master's (section 14 sets them; the admin API reads them) */
+/* the master's (section 15 sets them; the admin API reads them) */
 static int g_gen = 1;                        /* the current generation of workers */
 static int g_mstop;                          /* stopping: SIGTERM or SIGINT came (master_stop) */
 static const char *g_conf_path;              /* the config file: reloads and edits read it */
@@ -10345,12 +10368,13 @@ static void admin_events(const struct pollfd *fds, size_t n)
 	admin_removals();
 }
 
-/* ==================================================================== 13. access log
+/* ==================================================================== 14. access log
  * One line per exchange (or TCP session), combined or JSON, with its termination state (set_term),
  * gathered in a buffer that is written once per loop turn. Lines reach the log whole or not at all: a
  * line that does not fit the buffer is not started, and a write cut short (disk full, I/O error) is
  * taken back to the last whole line (acclog_untail). Lost lines are counted (lb_log_lines_dropped_total,
- * in the worker's shared-memory column) and said in the error log at most once a second. */
+ * in the worker's shared-memory column) and said in the error log at most once a second.
+ * Calls sections 2, 3, 6, 8 and 12. */
 
 static char g_logbuf[65536];
 static size_t g_loglen;
@@ -10632,10 +10656,12 @@ static void access_log_line(struct conn *c)
 	log_str("\n");
 }
 
-/* ==================================================================== 14. process: listeners, signals, graceful stop
- * Listening sockets, accept, the signal self-pipe, the loop, and the drain on SIGTERM/SIGINT.
+/* ==================================================================== 15. process
+ * Listening sockets, accept, the signal self-pipe, the worker's loop and its drain on SIGTERM/SIGINT,
+ * then the master: workers, alerts, reaping, log rotation, reload, stop, certificates on disk.
  * Accept pauses at the worker's connection cap (max_connections as its descriptors allow) and,
- * with a back-off, when descriptors or memory run out (accept_hold). */
+ * with a back-off, when descriptors or memory run out (accept_hold). Calls every section before
+ * it, and 16 declared ahead (load_config). */
 
 static int g_sigpipe[2] = { -1, -1 };
 static struct evh g_sigh;
@@ -12035,7 +12061,10 @@ static int master_run(void)
 	return 0;
 }
 
-/* ==================================================================== 15. main */
+/* ==================================================================== 16. main, lb ctl
+ * The command line (lb -t, lb --keys, lb -v), the config's first load (load_config), the shared
+ * segments, then the master's loop (section 15). The last subsection, lb ctl, is the admin API's
+ * client. Calls sections 2, 3, 4, 6, 7, 11, 12, 13 and 15. */
 
 static void usage(FILE *f)
 {
