@@ -2,20 +2,29 @@
  *
  *   cc -O2 lb.c -o lb -lbearssl -linih
  *
- * Sections, in data-flow order:
- *   1. build options, includes, portability     8. HTTP proxying
- *   2. small utilities                          9. TCP proxying
- *   3. pure parsers                            10. health checks, circuit breaker, events
- *   4. configuration                           11. shared memory
- *   5. event loop and timers                   12. admin API (in the master)
- *   6. TLS glue                                13. access log
- *   7. connections                             14. process: signals, reload, graceful stop
- *                                              15. main, lb ctl (the admin API client)
+ * Sections, in file order (each section's banner says what it owns and which sections it calls; the
+ * headers are "===... N. TITLE" lines; tests/code_checks.sh checks this list against them):
+ *   1. build options: includes, portability, the event backend's choice
+ *   2. small utilities: compares, hashing, name index, PRNG; the error log, shared mappings, files
+ *   3. pure parsers: HTTP heads, chunked framing, values, PROXY protocol, admin API requests, X.509 names
+ *   4. configuration: text -> struct lb_conf through the key table; descriptors per worker
+ *   5. routing and balancing: route, pool and server choice (pure); what a pick reads from shared memory
+ *   6. event loop and timers: epoll or poll, the clock
+ *   7. TLS glue: BearSSL engines without blocking, certificates, the session cache, handshake failures
+ *   8. connections: connection and buffer pools, the deadline heap, idle server connections, log_throttled
+ *   9. HTTP proxying: request -> server, head rewriting, bodies, retries, lb's answers; splice; byte movers
+ *  10. TCP proxying: the tunnel
+ *  11. health checks, circuit breaker, events
+ *  12. shared memory: server and worker slots by name, rate limits, connection limits
+ *  13. admin API: served by the master
+ *  14. access log: lines, the buffer, lost lines
+ *  15. process: listeners, signals, the worker's loop, the master (alerts, reaping, rotation, reload, stop)
+ *  16. main, lb ctl: the command line; the admin API client
  * Tests and fuzzers build this file with -DLB_NO_MAIN and call what lb.h declares.
  */
 
-/* ==================================================================== 1. build options, portability
- * Chooses the event backend: epoll on Linux, poll() elsewhere or with -DLB_POLL. */
+/* ==================================================================== 1. build options
+ * Chooses the event backend: epoll on Linux, poll() elsewhere or with -DLB_POLL. Calls nothing. */
 #define _GNU_SOURCE
 #include "lb.h"
 
@@ -67,7 +76,8 @@
 /* ==================================================================== 2. small utilities
  * Case-insensitive compares, hashing, a name index (config and shared-memory lookups by name), a tiny
  * PRNG, a log-free natural logarithm, the once-a-period decision of repeated log lines (lb_throttle_pass;
- * log_throttled in 7. writes them). No I/O. */
+ * log_throttled in 8. writes them), the edit distance behind "did you mean", JSON string escaping.
+ * No I/O but in the last subsection (the error log, shared mappings, files). Calls nothing later. */
 
 static int lower(int c) { return (c >= 'A' && c <= 'Z') ? c + 32 : c; }
 
@@ -206,9 +216,144 @@ static double ln_unit(double x)
 	return 2.0 * sum + e * 0.69314718055994530942;
 }
 
+/* Levenshtein distance, for "did you mean"; names past 63 characters are never close */
+static size_t edit_distance(const char *a, const char *b)
+{
+	size_t na = strlen(a), nb = strlen(b), row[64];
+	if (na >= 64 || nb >= 64)
+		return 64;
+	for (size_t j = 0; j <= nb; j++)
+		row[j] = j;
+	for (size_t i = 1; i <= na; i++) {
+		size_t diag = row[0]; /* row[j - 1] of the previous row */
+		row[0] = i;
+		for (size_t j = 1; j <= nb; j++) {
+			size_t up = row[j], best = diag + (a[i - 1] != b[j - 1]);
+			best = LB_MIN(best, up + 1);
+			row[j] = LB_MIN(best, row[j - 1] + 1);
+			diag = up;
+		}
+	}
+	return row[nb];
+}
+
+/* keeps in *best the closest name to w: within 2 edits (fewer than w has characters), else one that
+ * starts with w or that w starts with (3 characters at least) */
+static void closer(const char *w, const char *name, const char **best, size_t *bestd)
+{
+	size_t d = edit_distance(w, name), wn = strlen(w), nn = strlen(name);
+	if (d > 2 || d >= wn) {
+		size_t common = LB_MIN(wn, nn);
+		if (common < 3 || strncmp(w, name, common))
+			return;
+		d = 3;
+	}
+	if (!*best || d < *bestd) {
+		*best = name;
+		*bestd = d;
+	}
+}
+
+/* s as the inside of a JSON string, cut to fit cap (alerts and the admin API) */
+static size_t json_str(char *out, size_t cap, const char *s)
+{
+	size_t o = 0;
+	for (; *s && o + 7 < cap; s++) {
+		unsigned char ch = (unsigned char)*s;
+		if (ch == '"' || ch == '\\')
+			out[o++] = '\\', out[o++] = (char)ch;
+		else if (ch < 0x20 || ch == 0x7f)
+			o += (size_t)snprintf(out + o, cap - o, "\\u%04x", ch);
+		else
+			out[o++] = (char)ch;
+	}
+	out[o] = 0;
+	return o;
+}
+
+/* -------------------------------------------------------------------- the error log, shared mappings, files
+ * The I/O later sections share: lb_err (one line to the error log), shm_map and its spinlock (the TLS
+ * session cache, the event ring and the server slots live in such mappings), read_file (the config file,
+ * the admin token file). */
+
+static int g_errfd = 2; /* the error log: stderr until [global] error = FILE is opened (retarget_log) */
+
+static void lb_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void lb_err(const char *fmt, ...)
+{
+	char b[1024];
+	struct timespec ts;
+	struct tm tm;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	gmtime_r(&ts.tv_sec, &tm);
+	size_t n = strftime(b, sizeof b, "%Y-%m-%dT%H:%M:%SZ", &tm);
+	n += (size_t)snprintf(b + n, sizeof b - n, " lb[%d]: ", (int)getpid());
+	va_list ap;
+	va_start(ap, fmt);
+	int m = vsnprintf(b + n, sizeof b - n - 1, fmt, ap);
+	va_end(ap);
+	n = LB_MIN(n + (size_t)(m < 0 ? 0 : m), sizeof b - 2);
+	b[n++] = '\n';
+	ssize_t w = write(g_errfd, b, n);
+	LB_UNUSED(w);
+}
+
+/* Memory every process shares, made by the master before the first fork; zero-filled, so every
+ * counter, flag and spinlock in it starts at 0. Pages cost only once touched. NULL on failure. */
+static void *shm_map(size_t n, const char *what)
+{
+	void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (p != MAP_FAILED)
+		return p;
+	lb_err("%s (%zu bytes of shared memory): %s", what, n, strerror(errno));
+	return NULL;
+}
+
+/* a spinlock in shared memory; 0, as a fresh mapping holds, is unlocked */
+static void spin_lock(_Atomic uint32_t *l)
+{
+	for (unsigned spins = 0; atomic_exchange_explicit(l, 1, memory_order_acquire); spins++)
+		if (spins > 64)
+			sched_yield();
+}
+
+static void spin_unlock(_Atomic uint32_t *l) { atomic_store_explicit(l, 0, memory_order_release); }
+
+/* the whole file in a malloc'd buffer (not terminated), its size in *len; NULL with errno */
+static char *read_file(const char *path, size_t *len)
+{
+	FILE *f = fopen(path, "rb");
+	if (!f)
+		return NULL;
+	size_t cap = 1 << 16, n = 0;
+	char *b = malloc(cap);
+	while (b) {
+		size_t r = fread(b + n, 1, cap - n, f);
+		n += r;
+		if (r == 0)
+			break;
+		if (n == cap) {
+			if (cap >= (16u << 20)) { /* a config larger than 16 MiB is a mistake */
+				free(b);
+				b = NULL;
+				errno = EFBIG;
+				break;
+			}
+			char *nb = realloc(b, cap *= 2);
+			if (!nb)
+				free(b);
+			b = nb;
+		}
+	}
+	fclose(f);
+	*len = n;
+	return b;
+}
+
 /* ==================================================================== 3. pure parsers
  * HTTP request and response heads, chunked framing, config values, paths. Each takes
- * (buf, len, out) and returns a status; strings in out point into buf. No I/O, no globals. */
+ * (buf, len, out) and returns a status; strings in out point into buf. No I/O, no globals.
+ * Calls section 2 only. */
 
 struct head_sem {          /* semantic state gathered while reading fields */
 	int64_t cl;
@@ -1986,7 +2131,9 @@ long lb_acme_token(const char *path, size_t n, const char **token)
  * Text -> struct lb_conf. A pre-scan finds sections (so duplicates, empty sections and keys
  * outside sections get exact lines) and the lines inih would mangle; inih then delivers keys,
  * which are mapped to their section by line number. Cross-references are resolved last, then the
- * bounds of lb.h (check_limits: README "Limits"). conf_validate (section 11) adds what a running lb needs. */
+ * bounds of lb.h (check_limits: README "Limits"). conf_validate (section 12) adds what a running lb needs.
+ * The last subsection says what max_connections costs in descriptors (lb_fd_*). Calls sections 2 and 3,
+ * and 7 to load the certificates and CAs a listener or pool names (lb_conf_resolve). */
 
 enum { S_BAD = 0, S_GLOBAL, S_LOG, S_ADMIN, S_SCALER, S_LISTENER, S_POOL, S_ROUTE };
 
@@ -2094,8 +2241,6 @@ static int section_kind(const char *k, size_t n, int *named)
 	return S_BAD;
 }
 
-static size_t edit_distance(const char *a, const char *b);
-static void closer(const char *w, const char *name, const char **best, size_t *bestd);
 
 static void unknown_kind(struct cfg *st, int line, const char *k, size_t n)
 {
@@ -3112,43 +3257,6 @@ static uint64_t key_bit(int kind, const char *name)
 			return UINT64_C(1) << i;
 	return 0;
 }
-/* Levenshtein distance, for "did you mean"; names past 63 characters are never close */
-static size_t edit_distance(const char *a, const char *b)
-{
-	size_t na = strlen(a), nb = strlen(b), row[64];
-	if (na >= 64 || nb >= 64)
-		return 64;
-	for (size_t j = 0; j <= nb; j++)
-		row[j] = j;
-	for (size_t i = 1; i <= na; i++) {
-		size_t diag = row[0]; /* row[j - 1] of the previous row */
-		row[0] = i;
-		for (size_t j = 1; j <= nb; j++) {
-			size_t up = row[j], best = diag + (a[i - 1] != b[j - 1]);
-			best = LB_MIN(best, up + 1);
-			row[j] = LB_MIN(best, row[j - 1] + 1);
-			diag = up;
-		}
-	}
-	return row[nb];
-}
-
-/* keeps in *best the closest name to w: within 2 edits (fewer than w has characters), else one that
- * starts with w or that w starts with (3 characters at least) */
-static void closer(const char *w, const char *name, const char **best, size_t *bestd)
-{
-	size_t d = edit_distance(w, name), wn = strlen(w), nn = strlen(name);
-	if (d > 2 || d >= wn) {
-		size_t common = LB_MIN(wn, nn);
-		if (common < 3 || strncmp(w, name, common))
-			return;
-		d = 3;
-	}
-	if (!*best || d < *bestd) {
-		*best = name;
-		*bestd = d;
-	}
-}
 
 static void unknown_key(struct cfg *st, int line, const char *key, const struct sect *s)
 {
@@ -3442,7 +3550,7 @@ static void check_limits(struct cfg *st)
 	        LB_MAX_SERVERS, total);
 }
 
-static void tls_free(struct lb_tls *t); /* section 6 */
+static void tls_free(struct lb_tls *t); /* section 7 */
 static int tls_load_pool(struct lb_pool *p, char *err, size_t errlen);
 
 static int tls_load_listener(struct lb_listener *l, int *bad_line, const char **bad_key, char *err, size_t errlen);
@@ -3626,7 +3734,48 @@ int lb_conf_resolve(struct lb_conf *c, struct lb_cfg_errors *errs)
 	return errs->total ? LB_EINVAL : 0;
 }
 
-/* -------------------------------------------------------------------- routing and balancing (pure) */
+/* -------------------------------------------------------------------- descriptors per worker
+ * What max_connections costs in file descriptors (checked against RLIMIT_NOFILE at start). */
+
+#define LB_FD_SPARE 8  /* kept open for server sockets when descriptors run out (fd_spare_take) */
+#define LB_FD_FIXED 32 /* stdio, epoll, signal pipe, master channel, logs, /dev/urandom, the spares, slack */
+
+unsigned long lb_fd_reserve(const struct lb_conf *c)
+{
+	unsigned long n = LB_FD_FIXED;
+	for (size_t i = 0; i < c->nlisteners; i++)
+		n += c->listeners[i].nbinds;
+	for (size_t i = 0; i < c->npools; i++)
+		for (size_t j = 0; c->pools[i].hc_kind != LB_HC_OFF && j < c->pools[i].nservers; j++)
+			n += !c->pools[i].servers[j].disabled; /* worker 1 checks them all at once at worst */
+	return n;
+}
+
+unsigned long lb_fd_needed(const struct lb_conf *c)
+{
+	return lb_fd_reserve(c) + 2ul * c->max_connections;
+}
+
+unsigned lb_conns_for_fds(const struct lb_conf *c, unsigned long nofile)
+{
+	unsigned long reserve = lb_fd_reserve(c), n = nofile > reserve ? (nofile - reserve) / 2 : 0;
+	return (unsigned)LB_MAX(LB_MIN(n, (unsigned long)c->max_connections), 1ul);
+}
+
+/* ==================================================================== 5. routing and balancing
+ * Owns the choice of a route for a request head (lb_route_find), of a pool for a route (lb_route_pool:
+ * smooth weighted round-robin over a split) and of a server in a pool (lb_pick: tiers, then the pool's
+ * algorithm). That part is pure: it reads the config, the servers' states and the clock it is given, and
+ * writes only the per-worker round-robin state of the pool it is given. The last subsection is the glue
+ * that reads those states from shared memory (pool_states). Calls sections 2 and 3. */
+
+/* -------------------------------------------------------------------- the choice (pure) */
+
+/* the values of struct lb_srv_state's cb_state and admin (and of the shared slots they are copied from) */
+enum { CB_CLOSED = 0, CB_OPEN, CB_HALF };
+enum { ADM_READY = 0, ADM_DRAIN, ADM_DISABLED };
+#define LB_CB_TRIALS 3 /* requests a half-open circuit lets through at once */
+
 
 static int host_match(const char *pat, const char *host, size_t hn)
 {
@@ -3713,17 +3862,170 @@ int lb_route_pool(struct lb_route *r)
 	return r->split[best].pool;
 }
 
-/* Per-server state the workers share (section 11 owns the segment). `active` is the sum
+/* as far as its circuit goes, may a server in state v take a request at now (without taking a trial slot) */
+static int cb_allows_at(const struct lb_srv_state *v, uint64_t now)
+{
+	if (v->cb_state == CB_CLOSED)
+		return 1;
+	if (v->cb_state == CB_OPEN && now < v->cb_until)
+		return 0;
+	return v->cb_trials < LB_CB_TRIALS;
+}
+
+/* s, in state v, at now. sticky: a draining server still takes the clients pinned to it (as HAProxy's
+ * drain does) */
+static int usable_at(const struct lb_server *s, const struct lb_srv_state *v, uint64_t now, int sticky)
+{
+	if (s->disabled || s->down)
+		return 0;
+	if (v->admin == ADM_DISABLED || (v->admin == ADM_DRAIN && !sticky))
+		return 0;
+	if (v->down || !cb_allows_at(v, now))
+		return 0;
+	return s->max_conn == 0 || v->active < s->max_conn;
+}
+
+/* Which tier serves: primaries when any is usable, else backups. -1 when none. */
+static int pick_tier(const struct lb_pool *p, const struct lb_srv_state *st, uint64_t now)
+{
+	int backup_ok = 0;
+	for (size_t i = 0; i < p->nservers; i++) {
+		if (usable_at(&p->servers[i], &st[i], now, 0)) {
+			if (!p->servers[i].backup)
+				return 0;
+			backup_ok = 1;
+		}
+	}
+	return backup_ok ? 1 : -1;
+}
+
+/* what one pick sees: the pool's servers' states and the clock */
+struct pick_ctx {
+	struct lb_pool *p;
+	const struct lb_srv_state *st;
+	uint64_t now;
+	int tier;
+};
+
+static int in_tier(const struct pick_ctx *x, size_t i)
+{
+	return usable_at(&x->p->servers[i], &x->st[i], x->now, 0) && x->p->servers[i].backup == x->tier;
+}
+
+static unsigned active_of(const struct pick_ctx *x, const struct lb_server *s) { return x->st[s - x->p->servers].active; }
+
+static struct lb_server *pick_rr(const struct pick_ctx *x)
+{
+	struct lb_pool *p = x->p;
+	struct lb_server *best = NULL;
+	int64_t total = 0;
+	for (size_t i = 0; i < p->nservers; i++) {
+		struct lb_server *s = &p->servers[i];
+		if (!in_tier(x, i))
+			continue;
+		s->cur_weight += s->weight;
+		total += s->weight;
+		if (!best || s->cur_weight > best->cur_weight)
+			best = s;
+	}
+	if (best) /* always: pick_tier saw a usable server of this tier in the same states */
+		best->cur_weight -= total;
+	return best;
+}
+
+/* fewer active per weight; a rotating start breaks ties fairly */
+static struct lb_server *pick_least(const struct pick_ctx *x)
+{
+	struct lb_pool *p = x->p;
+	struct lb_server *best = NULL;
+	size_t n = p->nservers, start = p->rr_seed++ % n; /* pools have at least one server (config check) */
+	for (size_t k = 0; k < n; k++) {
+		struct lb_server *s = &p->servers[(start + k) % n];
+		if (!in_tier(x, (start + k) % n))
+			continue;
+		if (!best || (uint64_t)active_of(x, s) * best->weight < (uint64_t)active_of(x, best) * s->weight)
+			best = s;
+	}
+	return best;
+}
+
+/* Weighted rendezvous hashing: score = -w / ln(u), u from hash(key, server name). Adding a
+ * server moves only the keys it wins; removing one moves only its own keys. */
+static struct lb_server *pick_hash(const struct pick_ctx *x, uint64_t key)
+{
+	struct lb_pool *p = x->p;
+	struct lb_server *best = NULL;
+	double best_score = 0;
+	for (size_t i = 0; i < p->nservers; i++) {
+		struct lb_server *s = &p->servers[i];
+		if (!in_tier(x, i))
+			continue;
+		uint64_t h = mix64(key ^ s->name_hash);
+		double u = ((double)(h >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+		double score = -(double)s->weight / ln_unit(u);
+		if (!best || score > best_score) {
+			best = s;
+			best_score = score;
+		}
+	}
+	return best;
+}
+
+static struct lb_server *pick_weighted_at(const struct pick_ctx *x, uint64_t r)
+{
+	struct lb_pool *p = x->p;
+	uint64_t total = 0;
+	for (size_t i = 0; i < p->nservers; i++)
+		if (in_tier(x, i))
+			total += p->servers[i].weight;
+	if (total == 0)
+		return NULL;
+	r %= total;
+	for (size_t i = 0; i < p->nservers; i++) {
+		struct lb_server *s = &p->servers[i];
+		if (!in_tier(x, i))
+			continue;
+		if (r < s->weight)
+			return s;
+		r -= s->weight;
+	}
+	return NULL;
+}
+
+static struct lb_server *pick_random2(const struct pick_ctx *x, uint64_t rnd)
+{
+	struct lb_server *a = pick_weighted_at(x, rnd & 0xffffffffu);
+	struct lb_server *b = pick_weighted_at(x, rnd >> 32);
+	if (!a || !b)
+		return a ? a : b;
+	return (uint64_t)active_of(x, b) * a->weight < (uint64_t)active_of(x, a) * b->weight ? b : a;
+}
+
+struct lb_server *lb_pick(struct lb_pool *p, const struct lb_srv_state *st, uint64_t now, uint64_t key, uint64_t rnd)
+{
+	struct pick_ctx x = { p, st, now, pick_tier(p, st, now) };
+	if (x.tier < 0)
+		return NULL;
+	switch (p->algorithm) {
+	case LB_ALGO_LEASTCONN: return pick_least(&x);
+	case LB_ALGO_IPHASH: return pick_hash(&x, key);
+	case LB_ALGO_RANDOM2: return pick_random2(&x, rnd);
+	default: return pick_rr(&x);
+	}
+}
+
+/* -------------------------------------------------------------------- what a pick reads: shared memory
+ * The glue between the pure choice above and the running lb: the layout of the server and route slots
+ * in shared memory (section 12 makes and sizes the segment) and pool_states, which copies what the
+ * workers share of a pool's servers into the struct lb_srv_state lb_pick takes. */
+
+/* Per-server state the workers share (section 12 owns the segment). `active` is the sum
  * over workers; each worker also keeps its own share so that the master can take back
  * the share of a worker that died. */
 #define LB_MAX_WORKERS 64
-static uint64_t g_now; /* monotonic ms, once per loop turn */
 
-enum { CB_CLOSED = 0, CB_OPEN, CB_HALF };
-enum { ADM_READY = 0, ADM_DRAIN, ADM_DISABLED };
 #define LB_HIST 11 /* duration buckets below (ms); +Inf is the request count */
 static const uint32_t hist_ms[LB_HIST] = { 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000 };
-#define LB_CB_TRIALS 3 /* requests a half-open circuit lets through at once */
 
 struct lb_shm_server {
 	char key[2 * LB_NAME_MAX];      /* "pool/server": carried across reloads by name */
@@ -3755,182 +4057,34 @@ struct lb_shm_route {
 	_Atomic uint64_t requests, limited, denied;
 };
 
-static unsigned srv_active(const struct lb_server *s)
+/* The state of p's servers now, in a scratch array (valid until the next call): from shared memory,
+ * or this process's own count where there is none (unit tests, fuzzers). */
+static const struct lb_srv_state *pool_states(const struct lb_pool *p)
 {
-	return s->shm ? atomic_load_explicit(&s->shm->active, memory_order_relaxed) : s->active;
-}
-
-/* as far as its circuit goes, may s take a request now (without taking a trial slot) */
-static int cb_allows(const struct lb_shm_server *v)
-{
-	int st = atomic_load_explicit(&v->cb_state, memory_order_relaxed);
-	if (st == CB_CLOSED)
-		return 1;
-	if (st == CB_OPEN && g_now < atomic_load_explicit(&v->cb_until, memory_order_relaxed))
-		return 0;
-	return atomic_load_explicit(&v->cb_trials, memory_order_relaxed) < LB_CB_TRIALS;
-}
-
-/* sticky: a draining server still takes the clients pinned to it (as HAProxy's drain does) */
-static int usable_as(const struct lb_server *s, int sticky)
-{
-	if (s->disabled || s->down)
-		return 0;
-	if (s->shm) {
-		int adm = atomic_load_explicit(&s->shm->admin, memory_order_relaxed);
-		if (adm == ADM_DISABLED || (adm == ADM_DRAIN && !sticky))
-			return 0;
-		if (atomic_load_explicit(&s->shm->down, memory_order_relaxed) || !cb_allows(s->shm))
-			return 0;
-	}
-	return s->max_conn == 0 || srv_active(s) < s->max_conn;
-}
-
-static int usable(const struct lb_server *s) { return usable_as(s, 0); }
-
-/* Which tier serves: primaries when any is usable, else backups. -1 when none. */
-static int pick_tier(const struct lb_pool *p)
-{
-	int backup_ok = 0;
-	for (size_t i = 0; i < p->nservers; i++) {
-		if (usable(&p->servers[i])) {
-			if (!p->servers[i].backup)
-				return 0;
-			backup_ok = 1;
+	static struct lb_srv_state st[LB_MAX_POOL_SERVERS];
+	for (size_t i = 0; i < p->nservers && i < LB_MAX_POOL_SERVERS; i++) {
+		const struct lb_server *s = &p->servers[i];
+		const struct lb_shm_server *v = s->shm;
+		if (!v) {
+			st[i] = (struct lb_srv_state){ .active = s->active };
+			continue;
 		}
+		st[i] = (struct lb_srv_state){
+			.active = atomic_load_explicit(&v->active, memory_order_relaxed),
+			.down = atomic_load_explicit(&v->down, memory_order_relaxed),
+			.admin = atomic_load_explicit(&v->admin, memory_order_relaxed),
+			.cb_state = atomic_load_explicit(&v->cb_state, memory_order_relaxed),
+			.cb_trials = atomic_load_explicit(&v->cb_trials, memory_order_relaxed),
+			.cb_until = atomic_load_explicit(&v->cb_until, memory_order_relaxed),
+		};
 	}
-	return backup_ok ? 1 : -1;
+	return st;
 }
 
-#define IN_TIER(s, tier) (usable(s) && (s)->backup == (tier))
-
-static struct lb_server *pick_rr(struct lb_pool *p, int tier)
-{
-	struct lb_server *best = NULL;
-	int64_t total = 0;
-	for (size_t i = 0; i < p->nservers; i++) {
-		struct lb_server *s = &p->servers[i];
-		if (!IN_TIER(s, tier))
-			continue;
-		s->cur_weight += s->weight;
-		total += s->weight;
-		if (!best || s->cur_weight > best->cur_weight)
-			best = s;
-	}
-	if (best) /* none when other workers filled the tier since pick_tier looked */
-		best->cur_weight -= total;
-	return best;
-}
-
-/* fewer active per weight; a rotating start breaks ties fairly */
-static struct lb_server *pick_least(struct lb_pool *p, int tier)
-{
-	struct lb_server *best = NULL;
-	size_t n = p->nservers, start = p->rr_seed++ % n; /* pools have at least one server (config check) */
-	for (size_t k = 0; k < n; k++) {
-		struct lb_server *s = &p->servers[(start + k) % n];
-		if (!IN_TIER(s, tier))
-			continue;
-		if (!best || (uint64_t)srv_active(s) * best->weight < (uint64_t)srv_active(best) * s->weight)
-			best = s;
-	}
-	return best;
-}
-
-/* Weighted rendezvous hashing: score = -w / ln(u), u from hash(key, server name). Adding a
- * server moves only the keys it wins; removing one moves only its own keys. */
-static struct lb_server *pick_hash(struct lb_pool *p, int tier, uint64_t key)
-{
-	struct lb_server *best = NULL;
-	double best_score = 0;
-	for (size_t i = 0; i < p->nservers; i++) {
-		struct lb_server *s = &p->servers[i];
-		if (!IN_TIER(s, tier))
-			continue;
-		uint64_t h = mix64(key ^ s->name_hash);
-		double u = ((double)(h >> 11) + 0.5) * (1.0 / 9007199254740992.0);
-		double score = -(double)s->weight / ln_unit(u);
-		if (!best || score > best_score) {
-			best = s;
-			best_score = score;
-		}
-	}
-	return best;
-}
-
-static struct lb_server *pick_weighted_at(struct lb_pool *p, int tier, uint64_t r)
-{
-	uint64_t total = 0;
-	for (size_t i = 0; i < p->nservers; i++)
-		if (IN_TIER(&p->servers[i], tier))
-			total += p->servers[i].weight;
-	if (total == 0)
-		return NULL;
-	r %= total;
-	for (size_t i = 0; i < p->nservers; i++) {
-		struct lb_server *s = &p->servers[i];
-		if (!IN_TIER(s, tier))
-			continue;
-		if (r < s->weight)
-			return s;
-		r -= s->weight;
-	}
-	return NULL;
-}
-
-static struct lb_server *pick_random2(struct lb_pool *p, int tier, uint64_t rnd)
-{
-	struct lb_server *a = pick_weighted_at(p, tier, rnd & 0xffffffffu);
-	struct lb_server *b = pick_weighted_at(p, tier, rnd >> 32);
-	if (!a || !b)
-		return a ? a : b;
-	return (uint64_t)srv_active(b) * a->weight < (uint64_t)srv_active(a) * b->weight ? b : a;
-}
-
-struct lb_server *lb_pick(struct lb_pool *p, uint64_t key, uint64_t rnd)
-{
-	int tier = pick_tier(p);
-	if (tier < 0)
-		return NULL;
-	switch (p->algorithm) {
-	case LB_ALGO_LEASTCONN: return pick_least(p, tier);
-	case LB_ALGO_IPHASH: return pick_hash(p, tier, key);
-	case LB_ALGO_RANDOM2: return pick_random2(p, tier, rnd);
-	default: return pick_rr(p, tier);
-	}
-}
-
-/* -------------------------------------------------------------------- descriptors per worker
- * What max_connections costs in file descriptors (checked against RLIMIT_NOFILE at start). */
-
-#define LB_FD_SPARE 8  /* kept open for server sockets when descriptors run out (fd_spare_take) */
-#define LB_FD_FIXED 32 /* stdio, epoll, signal pipe, master channel, logs, /dev/urandom, the spares, slack */
-
-unsigned long lb_fd_reserve(const struct lb_conf *c)
-{
-	unsigned long n = LB_FD_FIXED;
-	for (size_t i = 0; i < c->nlisteners; i++)
-		n += c->listeners[i].nbinds;
-	for (size_t i = 0; i < c->npools; i++)
-		for (size_t j = 0; c->pools[i].hc_kind != LB_HC_OFF && j < c->pools[i].nservers; j++)
-			n += !c->pools[i].servers[j].disabled; /* worker 1 checks them all at once at worst */
-	return n;
-}
-
-unsigned long lb_fd_needed(const struct lb_conf *c)
-{
-	return lb_fd_reserve(c) + 2ul * c->max_connections;
-}
-
-unsigned lb_conns_for_fds(const struct lb_conf *c, unsigned long nofile)
-{
-	unsigned long reserve = lb_fd_reserve(c), n = nofile > reserve ? (nofile - reserve) / 2 : 0;
-	return (unsigned)LB_MAX(LB_MIN(n, (unsigned long)c->max_connections), 1ul);
-}
-
-/* ==================================================================== 5. event loop and timers
- * Owns the readiness backend (epoll or poll, level-triggered) and the deadline heap.
- * A handler whose peer hung up is deregistered while it wants nothing, so HUP cannot spin. */
+/* ==================================================================== 6. event loop and timers
+ * Owns the readiness backend (epoll or poll, level-triggered) and the clock (g_now, once per loop
+ * turn; mono_ms, wall_ms). The connections' deadlines are a heap in section 8. A handler whose peer
+ * hung up is deregistered while it wants nothing, so HUP cannot spin. Calls nothing later. */
 
 enum { EV_R = 1, EV_W = 2, EV_ERR = 4, EV_HUP = 8 };
 enum { H_LISTEN = 1, H_CLIENT, H_BACKEND, H_SIGNAL, H_CTL, H_HEALTH };
@@ -3951,6 +4105,8 @@ static uint64_t wall_ms(void) /* for logs only */
 	clock_gettime(CLOCK_REALTIME, &ts);
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
+
+static uint64_t g_now; /* monotonic ms, once per loop turn */
 
 static uint64_t mono_ms(void)
 {
@@ -4122,7 +4278,7 @@ static void ev_forget(struct evh *h)
 	h->registered = 0;
 }
 
-/* ==================================================================== 6. TLS glue
+/* ==================================================================== 7. TLS glue
  * BearSSL driven without blocking from the event loop. Owns the certificates and CAs a
  * listener loads (struct lb_tls: read by lb_conf_resolve in the master, inherited by the
  * workers at fork), the per-connection server engine (struct tls_conn: pooled, only for TLS
@@ -4133,7 +4289,8 @@ static void ev_forget(struct evh *h)
  *
  * The protocol choice is fixed here on purpose: TLS 1.2 only (BearSSL has no 1.3; 1.0 and 1.1
  * are obsolete), ECDHE key exchange only (forward secrecy) and AEAD ciphers only (AES-GCM,
- * ChaCha20-Poly1305), server preference order, no renegotiation, ALPN http/1.1. */
+ * ChaCha20-Poly1305), server preference order, no renegotiation, ALPN http/1.1.
+ * Calls sections 2, 3 (X.509 names) and 6 (the clock). */
 
 static const uint16_t tls_suites[] = {
 	BR_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
@@ -4625,10 +4782,6 @@ struct tls_shared {
 };
 static struct tls_shared *g_tls;
 
-static void *shm_map(size_t n, const char *what); /* section 10 */
-static void lb_err(const char *fmt, ...); /* section 7 */
-static void spin_lock(_Atomic uint32_t *l);
-static void spin_unlock(_Atomic uint32_t *l);
 
 /* Made once by the master, before any fork: every worker of every generation shares it,
  * so a client resumes whichever worker accepts its next connection. */
@@ -5335,12 +5488,15 @@ static void tls_count_failure(int kind)
 		atomic_fetch_add_explicit(&g_tls->failures[kind], 1, memory_order_relaxed);
 }
 
-/* ==================================================================== 7. connections
- * Pools of connection structs and buffers (bounded by max_connections), the deadline heap,
- * and the byte movers: client_read/write, backend_read/write. One owner per buffer: a
- * client connection owns in/out/qh/rh; backend connections own no buffer. Idle server connections
- * wait in per-server pools: idle_may_keep admits them, idle_purge (once a second) sizes them. Also the
- * error log: lb_err, and log_throttled for events a flood repeats (one line a second per call site, counted). */
+/* ==================================================================== 8. connections
+ * Pools of connection structs and buffers (bounded by max_connections), the deadline heap, and
+ * the end of a connection (conn_close, conn_abort). One owner per buffer: a client connection owns
+ * in/out/qh/rh; backend connections own no buffer. Idle server connections wait in per-server pools:
+ * idle_may_keep admits them, idle_purge (once a second) sizes them. Also log_throttled, for events a
+ * flood repeats (one line a second per call site, counted; lb_err itself is in section 2). The byte
+ * movers (client_read/write, backend_read/write) are in section 9. Calls sections 2, 3, 6, 7, and,
+ * declared ahead, what ends an exchange: 9 (conn_progress, respond_own, splice_end), 11 (the circuit
+ * breaker), 12 (counters, limits), 14 (access_log_write), 15 (conn_admitted). */
 
 struct buf {
 	char *d;
@@ -5461,28 +5617,8 @@ static struct lb_req g_req;       /* scratch: parsed head, used before the next 
 static struct lb_resp g_resp;
 static char *g_scratch;           /* g_bufsize bytes: normalised paths */
 static char *g_scratch2;          /* g_bufsize bytes: redirect targets */
-static int g_errfd = 2, g_accfd = -1;
+static int g_accfd = -1;
 static uint64_t g_rng[2];
-
-static void lb_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void lb_err(const char *fmt, ...)
-{
-	char b[1024];
-	struct timespec ts;
-	struct tm tm;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	gmtime_r(&ts.tv_sec, &tm);
-	size_t n = strftime(b, sizeof b, "%Y-%m-%dT%H:%M:%SZ", &tm);
-	n += (size_t)snprintf(b + n, sizeof b - n, " lb[%d]: ", (int)getpid());
-	va_list ap;
-	va_start(ap, fmt);
-	int m = vsnprintf(b + n, sizeof b - n - 1, fmt, ap);
-	va_end(ap);
-	n = LB_MIN(n + (size_t)(m < 0 ? 0 : m), sizeof b - 2);
-	b[n++] = '\n';
-	ssize_t w = write(g_errfd, b, n);
-	LB_UNUSED(w);
-}
 
 /* errno of a resource this process or host ran out of (descriptors, socket buffers, memory): the
  * fault is lb's, never a server's */
@@ -5880,16 +6016,16 @@ static void set_nodelay(int fd)
 
 static void conn_progress(struct conn *c);
 static void respond_own(struct conn *c, int status, const char *why);
-static int rl_take(uint64_t key, const struct lb_rate_limit *rl, uint64_t *retry_ms); /* section 11 */
+static int rl_take(uint64_t key, const struct lb_rate_limit *rl, uint64_t *retry_ms); /* section 12 */
 static int ipc_take(struct conn *c);
 static void ipc_release(struct conn *c);
-static int conn_admitted(struct conn *c);                  /* section 14 */
-static int cb_begin(struct conn *c, struct lb_server *s);  /* section 10 */
+static int conn_admitted(struct conn *c);                  /* section 15 */
+static int cb_begin(struct conn *c, struct lb_server *s);  /* section 11 */
 static void cb_abandon(struct conn *c);
 static void cb_outcome(struct conn *c, struct lb_server *s, int failed, const char *why);
 static void cb_response(struct conn *c, int status);
 static void cb_settle(struct conn *c, int failed, const char *why);
-static void srv_hold(struct lb_server *s);     /* section 11 */
+static void srv_hold(struct lb_server *s);     /* section 12 */
 static void srv_unhold(struct lb_server *s);
 static void count_exchange(const struct conn *c);
 static void access_log_write(struct conn *c);
@@ -6071,11 +6207,13 @@ static void conn_close_clean(struct conn *c)
 	conn_close(c);
 }
 
-/* ==================================================================== 8. HTTP proxying
+/* ==================================================================== 9. HTTP proxying
  * Request head -> route -> pool -> server; head rewriting (hop-by-hop removed, X-Forwarded-*,
  * X-Request-ID); body framing in both directions; lb's own answers; retries before any
  * response byte; answers the server cuts short (response_cut: a failure of that server, logged
- * with the request); keep-alive and pipelining (the next head waits in `in` until this exchange ends). */
+ * with the request); keep-alive and pipelining (the next head waits in `in` until this exchange ends).
+ * Subsections: splice (mode tcp on Linux) and the byte movers both proxies use. Calls sections 2, 3,
+ * 5 (the pick), 6, 7, 8, 10 (tcp_start), 11, 12, 14, and 15 (accept_hold, conn_admitted). */
 
 static const char *status_text(int st)
 {
@@ -6332,7 +6470,7 @@ static void proxy_header_for(struct conn *c, struct lb_bconn *b)
 }
 
 /* 0, or -1 with errno (lb's own failure: out of descriptors or memory; the caller reports it) */
-static void accept_hold(size_t closing); /* section 14 */
+static void accept_hold(size_t closing); /* section 15 */
 
 /* Descriptors held in reserve for server sockets. A client accepted while descriptors run out
  * (another worker's files, a limit lowered from outside) would otherwise get a 503 for want of the
@@ -6441,12 +6579,14 @@ static void backend_assign(struct conn *c, struct lb_server *avoid)
 {
 	struct lb_pool *p = c->pool;
 	struct lb_server *s = NULL;
-	if (c->sticky && c->sticky != avoid && usable_as(c->sticky, 1) && pick_tier(p) == c->sticky->backup) {
+	const struct lb_srv_state *st = pool_states(p);
+	if (c->sticky && c->sticky != avoid && usable_at(c->sticky, &st[c->sticky - p->servers], g_now, 1) &&
+	    pick_tier(p, st, g_now) == c->sticky->backup) {
 		s = c->sticky;
 		c->set_cookie = 0;
 	} else {
 		for (size_t i = 0; i < 2 * p->nservers + 1; i++) {
-			s = lb_pick(p, lb_hash64(c->ip.a, c->ip.v6 ? 16 : 4), rand64());
+			s = lb_pick(p, st, g_now, lb_hash64(c->ip.a, c->ip.v6 ? 16 : 4), rand64());
 			if (!s || s != avoid)
 				break;
 		}
@@ -6788,7 +6928,7 @@ static void request_begin(struct conn *c)
 	c->lg_mlen = c->lg_ulen = c->lg_ref_len = c->lg_ua_len = c->lg_id_len = 0;
 }
 
-static void tcp_start(struct conn *c); /* section 9 */
+static void tcp_start(struct conn *c); /* section 10 */
 
 /* A trusted proxy's PROXY header: it names the client of this connection. */
 static int proxy_step(struct conn *c)
@@ -7999,8 +8139,9 @@ static void conn_timeout(struct conn *c)
 		conn_progress(c);
 }
 
-/* ==================================================================== 9. TCP proxying
- * L4: the client connection is a tunnel from the start; bytes flow both ways with half-close. */
+/* ==================================================================== 10. TCP proxying
+ * L4: the client connection is a tunnel from the start; bytes flow both ways with half-close.
+ * Calls sections 6, 8 and 9 (backend_assign, splice_begin). */
 
 static void tcp_start(struct conn *c)
 {
@@ -8015,14 +8156,15 @@ static void tcp_start(struct conn *c)
 	backend_assign(c, NULL);
 }
 
-/* ==================================================================== 10. health checks, circuit breaker, events
+/* ==================================================================== 11. health checks, circuit breaker, events
  * Health checks: worker 1 of the current generation checks every server (so checks do not
- * multiply with workers) and publishes up/down in shared memory, which every worker's usable()
- * reads. The circuit breaker lives per server in shared memory: every worker records the
+ * multiply with workers) and publishes up/down in shared memory, which every worker's pick reads
+ * (pool_states). The circuit breaker lives per server in shared memory: every worker records the
  * outcome of its exchanges; a state change is a compare-and-swap, so exactly one process logs
  * it and publishes it as an event. Events reach the master through a shared ring; the master
  * runs alert_command with each. lb's own failures (out of descriptors, ports, memory) are never
- * a server's: a check that cannot start is skipped, an exchange that cannot connect is not counted. */
+ * a server's: a check that cannot start is skipped, an exchange that cannot connect is not counted.
+ * Calls sections 2, 3 (lb_parse_response), 6, 7 (checks over TLS), 8 and 9. */
 
 struct lb_event {
 	_Atomic uint64_t seq;              /* n + 1 once event n is complete; 0 while written */
@@ -8037,27 +8179,6 @@ struct lb_events {
 	struct lb_event e[LB_EVENTS];
 };
 static struct lb_events *g_events;
-
-/* Memory every process shares, made by the master before the first fork; zero-filled, so every
- * counter, flag and spinlock in it starts at 0. Pages cost only once touched. NULL on failure. */
-static void *shm_map(size_t n, const char *what)
-{
-	void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (p != MAP_FAILED)
-		return p;
-	lb_err("%s (%zu bytes of shared memory): %s", what, n, strerror(errno));
-	return NULL;
-}
-
-/* a spinlock in shared memory; 0, as a fresh mapping holds, is unlocked */
-static void spin_lock(_Atomic uint32_t *l)
-{
-	for (unsigned spins = 0; atomic_exchange_explicit(l, 1, memory_order_acquire); spins++)
-		if (spins > 64)
-			sched_yield();
-}
-
-static void spin_unlock(_Atomic uint32_t *l) { atomic_store_explicit(l, 0, memory_order_release); }
 
 static int events_create(void)
 {
@@ -8594,18 +8715,19 @@ static void idle_sweep(void)
 		}
 }
 
-/* ==================================================================== 11. shared memory
+/* ==================================================================== 12. shared memory
  * One MAP_SHARED segment the master makes before the first fork: per-server state and
  * counters, in slots found by "pool/server" name so they survive reloads, and per-worker
  * totals. Each worker writes only its own columns; the master folds a dead worker's.
  * The slots are sized at start from the file with room for reloads (shm_create); a file that
- * needs more is refused by the one validation (conf_validate -> shm_conf_room) before a reload. */
+ * needs more is refused by the one validation (conf_validate -> shm_conf_room) before a reload.
+ * Calls sections 2, 4 (conf_validate parses a candidate file), 6 and 8. */
 
 #define LB_SHM_SERVERS_MIN 1024 /* server slots made at start: twice the file's servers, at least this */
 #define LB_SHM_ROUTES_MIN 256   /* route slots: the same rule */
 struct lb_shm_worker {
 	_Atomic uint64_t conns, requests;
-	_Atomic uint64_t log_dropped; /* access log lines lost (section 13) */
+	_Atomic uint64_t log_dropped; /* access log lines lost (section 14) */
 	int32_t pid, id, gen;
 };
 struct lb_shm {
@@ -9010,7 +9132,7 @@ static void shm_release_slot(int slot)
 	g_shm->w[slot].pid = 0;
 }
 
-/* ==================================================================== 12. admin API
+/* ==================================================================== 13. admin API
  * Served by the master on [admin] bind: reads shared memory for /metrics, /api/stats and the
  * dashboard; changes weights, drain state and splits in shared memory (no reload); edits the
  * config file (atomically, the previous kept as .bak) and reloads for config, server add and
@@ -9019,7 +9141,8 @@ static void shm_release_slot(int slot)
  * away (keepalived fails a node over on it): there are many slots (admin_slots), a request head
  * must arrive within LB_ADMIN_HEAD_MS, a new connection evicts the oldest, least advanced one when
  * every slot is taken (admin_evict), and refusals, evictions and timeouts are logged once a second
- * with counts (admin_note_flush). */
+ * with counts (admin_note_flush). Calls sections 2, 3, 4, 6, 7, 8, 9, 12, and 15 declared ahead
+ * (master_reload, live_workers, open_listener). */
 
 #define LB_ADMIN_CONNS 256         /* slots; fewer when RLIMIT_NOFILE is low (admin_slots) */
 #define LB_ADMIN_MAX_HEAD 16384
@@ -9029,13 +9152,12 @@ static void shm_release_slot(int slot)
 #define LB_ADMIN_ACCEPTS 64        /* per loop turn: connections accepted earlier get read in between */
 #define LB_ADMIN_MAX_OUT (64u << 20)
 
-static int g_gen;                            /* section 14 */
-static int g_mstop;
-static const char *g_conf_path;
+/* the master's (section 15 sets them; the admin API reads them) */
+static int g_gen = 1;                        /* the current generation of workers */
+static int g_mstop;                          /* stopping: SIGTERM or SIGINT came (master_stop) */
+static const char *g_conf_path;              /* the config file: reloads and edits read it */
 static int master_reload(void);
-static char *read_file(const char *path, size_t *len);
 static int live_workers(void);
-static size_t json_str(char *out, size_t cap, const char *s);
 static int open_listener(struct lb_bind *b, const char *lname);
 static void shm_server_totals(const struct lb_shm_server *sv, uint64_t *req, uint64_t *err, uint64_t *bytes);
 
@@ -10284,12 +10406,13 @@ static void admin_events(const struct pollfd *fds, size_t n)
 	admin_removals();
 }
 
-/* ==================================================================== 13. access log
+/* ==================================================================== 14. access log
  * One line per exchange (or TCP session), combined or JSON, with its termination state (set_term),
  * gathered in a buffer that is written once per loop turn. Lines reach the log whole or not at all: a
  * line that does not fit the buffer is not started, and a write cut short (disk full, I/O error) is
  * taken back to the last whole line (acclog_untail). Lost lines are counted (lb_log_lines_dropped_total,
- * in the worker's shared-memory column) and said in the error log at most once a second. */
+ * in the worker's shared-memory column) and said in the error log at most once a second.
+ * Calls sections 2, 3, 6, 8 and 12. */
 
 static char g_logbuf[65536];
 static size_t g_loglen;
@@ -10571,10 +10694,12 @@ static void access_log_line(struct conn *c)
 	log_str("\n");
 }
 
-/* ==================================================================== 14. process: listeners, signals, graceful stop
- * Listening sockets, accept, the signal self-pipe, the loop, and the drain on SIGTERM/SIGINT.
+/* ==================================================================== 15. process
+ * Listening sockets, accept, the signal self-pipe, the worker's loop and its drain on SIGTERM/SIGINT,
+ * then the master: workers, alerts, reaping, log rotation, reload, stop, certificates on disk.
  * Accept pauses at the worker's connection cap (max_connections as its descriptors allow) and,
- * with a back-off, when descriptors or memory run out (accept_hold). */
+ * with a back-off, when descriptors or memory run out (accept_hold). Calls every section before
+ * it, and 16 declared ahead (load_config). */
 
 static int g_sigpipe[2] = { -1, -1 };
 static struct evh g_sigh;
@@ -10908,7 +11033,7 @@ static int next_timeout(void)
 static int g_ctl = -1;          /* worker: datagram socket to the master (log fds arrive on it) */
 static struct evh g_ctlh;
 
-static pid_t g_master_pid; /* section 14 */
+static pid_t g_master_pid;
 #define LB_ORPHAN_STOP_MS 1000
 
 static void on_signals(void)
@@ -11138,9 +11263,9 @@ static int worker_listen(void)
 }
 
 /* -------------------------------------------------------------------- master side
- * Forks and restarts workers, reloads on SIGHUP (new generation first, then the old one
- * retires gracefully), rotates the access log and passes the new file to the workers,
- * and stops everything on SIGTERM/SIGINT. It never handles client traffic. */
+ * The master forks the workers (spawn_worker) and keeps their table (g_wk); the subsections below run
+ * alert_command, reap and restart workers, rotate logs, reload on SIGHUP (new generation first, then
+ * the old one retires gracefully) and stop on SIGTERM/SIGINT. It never handles client traffic. */
 
 struct worker {
 	pid_t pid;
@@ -11149,10 +11274,6 @@ struct worker {
 	uint64_t started, restart_at;
 };
 static struct worker g_wk[LB_MAX_WORKERS];
-static int g_gen = 1;
-static pid_t g_master_pid;
-static const char *g_conf_path;
-static int g_mstop;
 static uint64_t g_mstop_deadline;
 static uid_t g_uid;
 static gid_t g_gid;
@@ -11299,22 +11420,6 @@ static struct {
 } g_alerts[LB_ALERTS_RUNNING];
 static uint64_t g_ev_tail;
 
-static size_t json_str(char *out, size_t cap, const char *s)
-{
-	size_t o = 0;
-	for (; *s && o + 7 < cap; s++) {
-		unsigned char ch = (unsigned char)*s;
-		if (ch == '"' || ch == '\\')
-			out[o++] = '\\', out[o++] = (char)ch;
-		else if (ch < 0x20 || ch == 0x7f)
-			o += (size_t)snprintf(out + o, cap - o, "\\u%04x", ch);
-		else
-			out[o++] = (char)ch;
-	}
-	out[o] = 0;
-	return o;
-}
-
 static int event_json(const struct lb_event *e, char *out, size_t cap)
 {
 	char ts[40], kind[40], pool[2 * LB_NAME_MAX], srv[2 * LB_NAME_MAX], reason[600];
@@ -11397,6 +11502,12 @@ static void master_events(void)
 		}
 }
 
+/* -------------------------------------------------------------------- reaping (master)
+ * SIGCHLD: a child that ended is an alert command (its failure logged) or a worker, whose shared-memory
+ * column is released (shm_release_slot; a crashed one's limiter shares and circuit trials too). A worker
+ * of the current generation that died unexpectedly is restarted, once a second when it keeps dying
+ * young (master_restart_due). */
+
 static int alert_reaped(pid_t pid, int st)
 {
 	for (int i = 0; i < LB_ALERTS_RUNNING; i++) {
@@ -11476,6 +11587,11 @@ static void master_restart_due(void)
 		}
 	}
 }
+
+/* -------------------------------------------------------------------- log rotation (master)
+ * The master owns the log files: it opens them, renames the access log by size or interval (rotate_
+ * size, rotate_interval), deletes rotated files past retention, reopens both on SIGUSR1, and passes each
+ * new descriptor to the live workers over their control sockets (send_fd). */
 
 static void send_fd(int sock, char tag, int fd)
 {
@@ -11649,6 +11765,10 @@ static void master_log_tick(void)
 	}
 }
 
+/* -------------------------------------------------------------------- reload (master)
+ * SIGHUP and the admin API's edits: load and validate the file, check the user and the descriptor limit,
+ * then start the new generation before the old one retires; on any error the old one keeps serving. */
+
 static struct lb_conf *load_config(const char *path, int to_log);
 
 static int resolve_user(const struct lb_conf *c)
@@ -11766,6 +11886,10 @@ static int master_reload(void)
 	return 0;
 }
 
+/* -------------------------------------------------------------------- stop (master)
+ * SIGTERM/SIGINT: stop_grace first (/healthz says draining while lb serves), then
+ * the listeners close and the workers finish their connections within shutdown_timeout. */
+
 /* One line per server with traffic since start: the per-worker counters, summed. */
 static void log_server_totals(const char *when)
 {
@@ -11781,7 +11905,21 @@ static void log_server_totals(const char *when)
 /* SIGTERM: with stop_grace, /healthz says draining at once while lb goes on serving, so that a
  * keepalived or load-balancer health check moves traffic away before the listeners close */
 static uint64_t g_stop_at;
-static void master_stop_now(void);
+static void master_stop_now(void)
+{
+	g_stop_at = 0;
+	g_mstop_deadline = mono_ms() + g_conf->shutdown_timeout + 5000;
+	lb_err("stopping: workers finish their connections (at most %llu ms)",
+	       (unsigned long long)g_conf->shutdown_timeout);
+	for (size_t i = 0; i < g_nmsocks; i++)
+		g_msocks[i].used = 0;
+	msocks_close_unused(); /* with the workers' copies gone, new connections are refused */
+	for (int i = 0; i < LB_MAX_WORKERS; i++) {
+		if (g_wk[i].pid)
+			kill(g_wk[i].pid, SIGTERM);
+		g_wk[i].restart = 0;
+	}
+}
 
 static void master_stop(void)
 {
@@ -11801,21 +11939,8 @@ static void master_stop(void)
 	master_stop_now();
 }
 
-static void master_stop_now(void)
-{
-	g_stop_at = 0;
-	g_mstop_deadline = mono_ms() + g_conf->shutdown_timeout + 5000;
-	lb_err("stopping: workers finish their connections (at most %llu ms)",
-	       (unsigned long long)g_conf->shutdown_timeout);
-	for (size_t i = 0; i < g_nmsocks; i++)
-		g_msocks[i].used = 0;
-	msocks_close_unused(); /* with the workers' copies gone, new connections are refused */
-	for (int i = 0; i < LB_MAX_WORKERS; i++) {
-		if (g_wk[i].pid)
-			kill(g_wk[i].pid, SIGTERM);
-		g_wk[i].restart = 0;
-	}
-}
+/* -------------------------------------------------------------------- signals (master)
+ * The master's loop reads its signals from the self-pipe and hands each to the subsections above. */
 
 static void master_signals(void)
 {
@@ -11979,7 +12104,10 @@ static int master_run(void)
 	return 0;
 }
 
-/* ==================================================================== 15. main */
+/* ==================================================================== 16. main, lb ctl
+ * The command line (lb -t, lb --keys, lb -v), the config's first load (load_config), the shared
+ * segments, then the master's loop (section 15). The last subsection, lb ctl, is the admin API's
+ * client. Calls sections 2, 3, 4, 6, 7, 11, 12, 13 and 15. */
 
 static void usage(FILE *f)
 {
@@ -12001,36 +12129,6 @@ static int print_keys(FILE *f)
 		fprintf(f, "%s\t%s%s\t%s\t%s\n", k.section, k.name, k.repeat ? "*" : "", k.def ? k.def : "-",
 		        k.later ? "not supported yet" : k.doc ? k.doc : "(read by linode-scaler)");
 	return 0;
-}
-
-static char *read_file(const char *path, size_t *len)
-{
-	FILE *f = fopen(path, "rb");
-	if (!f)
-		return NULL;
-	size_t cap = 1 << 16, n = 0;
-	char *b = malloc(cap);
-	while (b) {
-		size_t r = fread(b + n, 1, cap - n, f);
-		n += r;
-		if (r == 0)
-			break;
-		if (n == cap) {
-			if (cap >= (16u << 20)) { /* a config larger than 16 MiB is a mistake */
-				free(b);
-				b = NULL;
-				errno = EFBIG;
-				break;
-			}
-			char *nb = realloc(b, cap *= 2);
-			if (!nb)
-				free(b);
-			b = nb;
-		}
-	}
-	fclose(f);
-	*len = n;
-	return b;
 }
 
 static void report_cfg_errors(const char *path, const struct lb_cfg_errors *e, int to_log)

@@ -547,9 +547,23 @@ int lb_route_find(const struct lb_conf *conf, int li, const struct lb_req *req,
 /* Choose a pool for a route: its pool, or one of its split pools by smooth weighted round-robin. */
 int lb_route_pool(struct lb_route *r);
 
-/* Pick a usable server (not down, not disabled, under max_conn), primaries before backups.
- * key is the client-address hash for ip_hash; rnd a random number for random2. NULL when none. */
-struct lb_server *lb_pick(struct lb_pool *p, uint64_t key, uint64_t rnd);
+/* One server's state at one moment, as the workers share it (lb.c's pool_states copies it from shared
+ * memory): its requests in flight in every worker, and what health checks, the admin API and the
+ * circuit breaker set. All 0: a ready server with nothing in flight. */
+struct lb_srv_state {
+	unsigned active;
+	int down;                /* by health checks */
+	int admin;               /* 0 ready, 1 drain, 2 disabled */
+	int cb_state, cb_trials; /* circuit: 0 closed, 1 open (until cb_until), 2 half-open with cb_trials in flight */
+	uint64_t cb_until;       /* monotonic ms */
+};
+
+/* Pick a usable server (not down, not disabled, under max_conn, its circuit letting requests through at
+ * now), primaries before backups. st[i] is the state of p->servers[i]; now is monotonic ms. key is the
+ * client-address hash for ip_hash; rnd a random number for random2. NULL when none. Pure: it writes
+ * only p's round-robin state (cur_weight, rr_seed). */
+struct lb_server *lb_pick(struct lb_pool *p, const struct lb_srv_state *st, uint64_t now, uint64_t key,
+                          uint64_t rnd);
 
 uint64_t lb_hash64(const void *data, size_t n); /* FNV-1a 64 then a mixer */
 

@@ -35,6 +35,7 @@ run() {
 	fi
 }
 
+run code bash tests/code_checks.sh
 run unit tests/unit
 run unit-asan tests/unit-asan
 

@@ -2164,7 +2164,10 @@ static void mk_pool(struct lb_pool *p, struct lb_server *s, size_t n, const unsi
 /* Index of the pick in p->servers, -1 for NULL, -2 for a pointer outside the array. */
 static int pick(struct lb_pool *p, uint64_t key, uint64_t rnd)
 {
-	struct lb_server *s = lb_pick(p, key, rnd);
+	static struct lb_srv_state st[LB_MAX_POOL_SERVERS]; /* each server's own active count, nothing else set */
+	for (size_t i = 0; i < p->nservers; i++)
+		st[i] = (struct lb_srv_state){ .active = p->servers[i].active };
+	struct lb_server *s = lb_pick(p, st, 0, key, rnd);
 	if (!s)
 		return -1;
 	if (s < p->servers || s >= p->servers + p->nservers)
@@ -2453,6 +2456,33 @@ static void test_ip_hash(void)
 	}
 	end("balance/ip_hash_sequential_client_addresses");
 	free(keys);
+}
+
+/* lb_pick reads the shared state and the clock only from its arguments: drain, disabled by the admin
+ * API, down by health checks, an open circuit until cb_until, a half-open one with its trials taken */
+static void test_pick_state(void)
+{
+	static const int algos[] = { LB_ALGO_RR, LB_ALGO_LEASTCONN, LB_ALGO_IPHASH, LB_ALGO_RANDOM2 };
+	static const struct { const char *what; struct lb_srv_state st; uint64_t now; int usable; } t[] = {
+		{ "ready", { 0 }, 5, 1 },
+		{ "drain", { .admin = 1 }, 5, 0 },
+		{ "disabled by the admin API", { .admin = 2 }, 5, 0 },
+		{ "down by health checks", { .down = 1 }, 5, 0 },
+		{ "circuit open until 10, now 5", { .cb_state = 1, .cb_until = 10 }, 5, 0 },
+		{ "circuit open until 10, now 10 (trial)", { .cb_state = 1, .cb_until = 10 }, 10, 1 },
+		{ "half-open, 2 trials in flight", { .cb_state = 2, .cb_trials = 2 }, 5, 1 },
+		{ "half-open, 3 trials in flight", { .cb_state = 2, .cb_trials = 3 }, 5, 0 },
+	};
+	begin();
+	for (size_t a = 0; a < 4; a++)
+		for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+			struct lb_pool p;
+			mk_pool(&p, bs, 1, NULL, algos[a]);
+			struct lb_server *s = lb_pick(&p, &t[i].st, t[i].now, 1, 1);
+			CHECK((s != NULL) == t[i].usable, "%s, %s: expected %s, got %s", algo_name(algos[a]), t[i].what,
+			      t[i].usable ? "picked" : "NULL", s ? "picked" : "NULL");
+		}
+	end("balance/pick_reads_state_and_clock_it_is_given");
 }
 
 static void test_pick_none(void)
@@ -3420,6 +3450,7 @@ int main(void)
 	test_random2();
 	test_ip_hash();
 	test_pick_none();
+	test_pick_state();
 	test_routes();
 	test_conf_sticky();
 	test_conf_keepalive();
