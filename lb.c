@@ -6211,8 +6211,8 @@ static void conn_close_clean(struct conn *c)
  * Request head -> route -> pool -> server; head rewriting (hop-by-hop removed, X-Forwarded-*,
  * X-Request-ID); body framing in both directions; lb's own answers; retries before any
  * response byte; answers the server cuts short (response_cut: a failure of that server, logged
- * with the request); keep-alive and pipelining (the next head waits in `in` until this exchange ends).
- * Subsections: splice (mode tcp on Linux) and the byte movers both proxies use. Calls sections 2, 3,
+ * with the request); keep-alive and pipelining (the next head waits in `in` until this exchange ends);
+ * the worker's spare descriptors for server sockets (fd_spare_take). Subsections: splice (mode tcp on Linux) and the byte movers both proxies use. Calls sections 2, 3,
  * 5 (the pick), 6, 7, 8, 10 (tcp_start), 11, 12, 14, and 15 (accept_hold, conn_admitted). */
 
 static const char *status_text(int st)

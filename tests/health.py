@@ -504,14 +504,7 @@ def cut_lb(ctx, srv, fmt, *pool_extra, lsn_extra=()):
 
 
 def api_stats(port):
-    c = http.client.HTTPConnection(HOST, port, timeout=5)
-    try:
-        c.request("GET", "/api/stats")
-        r = c.getresponse()
-        eq(r.status, 200, "GET /api/stats")
-        return json.loads(r.read())
-    finally:
-        c.close()
+    return json.loads(it.admin_get(port, "/api/stats"))
 
 
 def server_stats(aport):

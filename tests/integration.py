@@ -1631,15 +1631,20 @@ def t_access_log_long_line(ctx):
           "the error log does not say the long line was dropped: %s" % lb.stderr_tail())
 
 
-def metrics_text(port):
+def admin_get(port, path):
+    """The body of GET path on lb's admin API, which must answer 200."""
     c = http.client.HTTPConnection(HOST, port, timeout=5)
     try:
-        c.request("GET", "/metrics")
+        c.request("GET", path)
         r = c.getresponse()
-        eq(r.status, 200, "GET /metrics status")
-        return r.read().decode()
+        eq(r.status, 200, "GET %s status" % path)
+        return r.read()
     finally:
         c.close()
+
+
+def metrics_text(port):
+    return admin_get(port, "/metrics").decode()
 
 
 @test("graceful_sigterm")
