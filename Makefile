@@ -2,7 +2,7 @@
 #   make            build ./lb (BearSSL and inih linked statically)
 #   make run        demo: three backends + lb serving config.ini on 127.0.0.1:8080
 #   make test       unit + integration (epoll, poll, ASan builds) + fuzz smoke; ends "N passed, N failed"
-#   make bench      lb vs HAProxy vs nginx (Debian packages) with wrk; writes bench/results.md
+#   make bench      lb vs HAProxy vs nginx (Debian packages) with wrk; writes tests/bench/results.md
 #   make fuzz       FUZZ=request|response|chunked|config|values|proxy|admin|x509|conn SECS=60 ENGINE=libfuzzer|afl
 #   make asan       ./lb-asan and tests/unit-asan
 #   make lb-static  ./lb-static: fully static (musl-gcc from musl-tools), stripped
@@ -90,7 +90,7 @@ test: deps-test
 	@bash tests/run.sh
 
 bench: deps-bench lb
-	@bash bench/run.sh
+	@bash tests/bench/run.sh
 
 fuzz: deps-test
 	@if [ "$(ENGINE)" = afl ]; then \

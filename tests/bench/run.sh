@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# bench/run.sh — compare lb with HAProxy and nginx (one worker each) in front of three nginx
+# tests/bench/run.sh — compare lb with HAProxy and nginx (one worker each) in front of three nginx
 # backends, plus "direct" (wrk straight to one backend) as the no-proxy limit; then the same
 # proxies terminating TLS (BENCH_TLS=1, the default).
 #
-#   make bench            # or: bash bench/run.sh
+#   make bench            # or: bash tests/bench/run.sh
 #
 # Environment:
 #   LB_BIN        lb binary (default ./lb); skipped with a message when missing
@@ -14,7 +14,7 @@
 #   BENCH_CONNS   connections of the small keep-alive run and of the TLS runs (default 50)
 #   BENCH_CONNS_HIGH  connections of the large keep-alive run (default 1000)
 #   BENCH_TLS     1 (default): also the TLS figures below; 0: plain HTTP only
-#   BENCH_OUT     Markdown report (default bench/results.md)
+#   BENCH_OUT     Markdown report (default tests/bench/results.md)
 #   BENCH_KEEP_TMP=1  keep the temp dir (configs, logs, raw wrk output)
 #   BENCH_FIGS    comma list of figures (default: all): http (keep-alive and new-connection req/s),
 #                 tls (handshakes, HTTPS), idle (memory per idle connection), active (50k active
@@ -30,23 +30,23 @@
 #   BENCH_L4_BYTES  bytes of the L4 transfer (default 4 GiB)
 #   BENCH_CG_REQS, BENCH_CG_SMALL  callgrind: requests of the measured run (20000) and of the
 #                 start-up run subtracted from it (1000)
-#   BENCH_CEIL_SECS  seconds of each bench/tlsceil.c run (default 3)
+#   BENCH_CEIL_SECS  seconds of each tests/bench/tlsceil.c run (default 3)
 #
 # The proxy runs on CPU 0 and wrk on CPU 1 (taskset); the backends are not pinned.
 # Every process the script starts is stopped on exit (by PID / its own process group).
 #
-# TLS (BENCH_TLS=1): each proxy is started a second time, from bench/*-tls.*.in, terminating TLS
+# TLS (BENCH_TLS=1): each proxy is started a second time, from tests/bench/*-tls.*.in, terminating TLS
 # with the same self-signed ECDSA P-256 certificate (made here with openssl, one PEM file: the
 # certificate then the key), TLS 1.2 only, ECDHE-ECDSA-AES128-GCM-SHA256 only, P-256 ECDHE, one
 # worker, and a session-ID cache without session tickets (lb has no tickets, so they are off for
 # HAProxy and nginx too). Three figures, the load on CPU 1 like wrk:
-#   full handshakes/s     bench/tlsload.c -m full: 50 connections in flight, each connect, full
+#   full handshakes/s     tests/bench/tlsload.c -m full: 50 connections in flight, each connect, full
 #                         handshake, close_notify and FIN, the server's close, again; no HTTP request
-#   resumed handshakes/s  bench/tlsload.c -m resume: the same with session-ID resumption (each
+#   resumed handshakes/s  tests/bench/tlsload.c -m resume: the same with session-ID resumption (each
 #                         connection offers the session of the one before it)
 #   HTTPS keep-alive      wrk -c50 over https (the client offers only the cipher and group above,
 #                         through an OPENSSL_CONF file)
-# Why tlsload (built here from bench/tlsload.c with BearSSL and libcrypto) and not the stock tools:
+# Why tlsload (built here from tests/bench/tlsload.c with BearSSL and libcrypto) and not the stock tools:
 # on a 2-CPU box the client gets one CPU, and the stock OpenSSL 3.0 clients spend ~1 ms of CPU per
 # full handshake, more than HAProxy or nginx (~0.7 ms): `openssl s_time -new` tops out near 400
 # handshakes/s with the proxy ~70% idle (one connection at a time; 2-16 processes in parallel on
@@ -61,23 +61,23 @@
 #
 # The other figures (BENCH_FIGS; each section of the report says how it was measured):
 #   idle       Pss (and RSS) of the proxy's processes before and after N connections that each made
-#              one request and stay idle (bench/connload.c), per connection; several processes
+#              one request and stay idle (tests/bench/connload.c), per connection; several processes
 #              where one cannot hold N within the open-files cap (lb and nginx workers, HAProxy
 #              processes sharing the port with SO_REUSEPORT)
 #   active     BENCH_ACTIVE_CONNS connections each making one request every BENCH_ACTIVE_MS:
 #              errors, p99, the proxy's peak memory
-#   l4         one BENCH_L4_BYTES TCP stream (bench/tcpxfer.c) through lb mode = tcp, HAProxy mode
+#   l4         one BENCH_L4_BYTES TCP stream (tests/bench/tcpxfer.c) through lb mode = tcp, HAProxy mode
 #              tcp, nginx stream {} (libnginx-mod-stream), and direct
 #   callgrind  instructions per proxied request under valgrind --tool=callgrind
 #   size       lb's binary (the normal build, and static builds) next to HAProxy's and nginx's
-#   ceiling    bench/tlsceil.c: the asymmetric crypto of one full handshake with BearSSL, in a loop
+#   ceiling    tests/bench/tlsceil.c: the asymmetric crypto of one full handshake with BearSSL, in a loop
 #              on CPU 0; lb's full handshakes per CPU-0 second (tls figure) as a share of it
 
 set -u -o pipefail
 
 ORIG_PWD=$PWD
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT_DIR=$(cd "$SCRIPT_DIR/.." && pwd)
+ROOT_DIR=$(cd "$SCRIPT_DIR/../.." && pwd)
 
 LB_BIN=${LB_BIN:-./lb}
 case $LB_BIN in
@@ -93,7 +93,7 @@ BENCH_WARMUP=${BENCH_WARMUP:-1}
 BENCH_CONNS=${BENCH_CONNS:-50}
 BENCH_CONNS_HIGH=${BENCH_CONNS_HIGH:-1000}
 BENCH_TLS=${BENCH_TLS:-1}
-BENCH_OUT=${BENCH_OUT:-$ROOT_DIR/bench/results.md}
+BENCH_OUT=${BENCH_OUT:-$SCRIPT_DIR/results.md}
 case $BENCH_OUT in /*) ;; *) BENCH_OUT="$ORIG_PWD/$BENCH_OUT" ;; esac
 ALL_FIGS=http,tls,idle,active,l4,callgrind,size,ceiling
 BENCH_FIGS=${BENCH_FIGS:-$ALL_FIGS}
@@ -154,7 +154,7 @@ need_tools() {
 PATH="$PATH:/usr/sbin:/sbin"
 need_tools
 
-# TLS needs openssl (the certificate) and a C compiler with BearSSL (bench/tlsload.c); without
+# TLS needs openssl (the certificate) and a C compiler with BearSSL (tests/bench/tlsload.c); without
 # them the TLS figures are left out, the others still run.
 CC=${CC:-cc}
 TLS_OFF_REASON=""
@@ -162,7 +162,7 @@ if [ "$BENCH_TLS" = 1 ]; then
 	if ! command -v openssl >/dev/null 2>&1; then
 		TLS_OFF_REASON="openssl not found (apt-get install openssl)"
 	elif ! command -v "$CC" >/dev/null 2>&1; then
-		TLS_OFF_REASON="no C compiler ($CC) for bench/tlsload.c"
+		TLS_OFF_REASON="no C compiler ($CC) for tests/bench/tlsload.c"
 	fi
 	if [ -n "$TLS_OFF_REASON" ]; then
 		warn "TLS figures off: $TLS_OFF_REASON"
@@ -398,12 +398,12 @@ tls_setup() {
 		TLSLOAD_NOTE="tlsload built without OpenSSL (libssl-dev missing): BearSSL's slow P-256 makes the handshake figures client-bound"
 		warn "$TLSLOAD_NOTE"
 	else
-		TLSLOAD_SKIP_REASON="bench/tlsload.c did not build (needs libbearssl-dev, ideally libssl-dev)"
+		TLSLOAD_SKIP_REASON="tests/bench/tlsload.c did not build (needs libbearssl-dev, ideally libssl-dev)"
 		warn "no handshake figures: $TLSLOAD_SKIP_REASON:"
 		sed 's/^/    /' "$TMP/tls/cc.log" >&2
 	fi
 	if want lb && [ -z "$LB_SKIP_REASON" ] && ! out=$("$LB_BIN" -t -c "$TMP/lb-tls.ini" 2>&1); then
-		LB_TLS_SKIP_REASON="\`lb -t\` rejects the TLS listener of bench/lb-tls.ini.in: $(printf '%s' "$out" | head -n 1)"
+		LB_TLS_SKIP_REASON="\`lb -t\` rejects the TLS listener of tests/bench/lb-tls.ini.in: $(printf '%s' "$out" | head -n 1)"
 		log "bench: skipping lb's TLS figures: $LB_TLS_SKIP_REASON"
 	fi
 	return 0
@@ -762,13 +762,13 @@ kv() {
 }
 x_failed() { X_FAILED="$X_FAILED $1"; warn "$1 did not run (see above)"; }
 
-# Build a C helper of bench/ into $TMP: build_helper NAME [LIBS...]; prints the path, or nothing.
+# Build a C helper of tests/bench/ into $TMP: build_helper NAME [LIBS...]; prints the path, or nothing.
 build_helper() {
 	local name=$1; shift
 	if "$CC" -O2 -Wall -Wextra -o "$TMP/$name" "$SCRIPT_DIR/$name.c" "$@" >"$TMP/$name-cc.log" 2>&1; then
 		echo "$TMP/$name"
 	else
-		warn "could not build bench/$name.c:"; sed 's/^/    /' "$TMP/$name-cc.log" >&2
+		warn "could not build tests/bench/$name.c:"; sed 's/^/    /' "$TMP/$name-cc.log" >&2
 	fi
 }
 
@@ -794,7 +794,7 @@ mem_kb() {
 PROC_CONNS=$(( NOFILE == 0 ? 15000 : (${NOFILE/unlimited/1048576} - 5000) ))
 HAP_MAXCONN=$(( (${NOFILE/unlimited/1048576} - 1000) / 2 ))
 HAP_CONNS=$(( HAP_MAXCONN * 9 / 10 ))
-CLIENT_CONNS=12500   # connections per bench/connload.c process
+CLIENT_CONNS=12500   # connections per tests/bench/connload.c process
 procs_for() {
 	local name=$1 n=$2 k
 	if [ "$name" = haproxy ]; then echo $(( (n + HAP_CONNS - 1) / HAP_CONNS )); return; fi
@@ -1217,7 +1217,7 @@ fi
 if want_fig ceiling; then
 	TLSCEIL=$(build_helper tlsceil -l:libbearssl.a -l:libinih.a) # includes lb.c
 	if [ -n "$TLSCEIL" ]; then
-		log "BearSSL ceiling: bench/tlsceil.c, ${BENCH_CEIL_SECS}s x ${BENCH_RUNS} on CPU 0"
+		log "BearSSL ceiling: tests/bench/tlsceil.c, ${BENCH_CEIL_SECS}s x ${BENCH_RUNS} on CPU 0"
 		for round in $(seq 1 "$BENCH_RUNS"); do
 			out="$TMP/tlsceil-$round.txt"
 			# with the bench certificate, also BearSSL's whole server handshake in memory
@@ -1515,7 +1515,7 @@ echo "medians of $BENCH_RUNS runs x ${BENCH_SECS}s; $PIN_NOTE; took $((T1 - T0))
 {
 	echo "# lb benchmark"
 	echo
-	echo "Generated by \`bench/run.sh\` on $DATE (figures: $BENCH_FIGS). Medians of $BENCH_RUNS runs"
+	echo "Generated by \`tests/bench/run.sh\` on $DATE (figures: $BENCH_FIGS). Medians of $BENCH_RUNS runs"
 	echo "(${BENCH_SECS}s each for wrk); runs alternate between proxies (round 1: all proxies, round 2: all proxies, ...)."
 	echo "Unless a section says otherwise, every proxy runs one worker / thread in front of the same three"
 	echo "nginx backends that answer \`200 ok\`; \"direct\" is wrk straight to one backend, the no-proxy limit."
@@ -1549,12 +1549,12 @@ echo "medians of $BENCH_RUNS runs x ${BENCH_SECS}s; $PIN_NOTE; took $((T1 - T0))
 	if [ "$SHOW_TLS" = 1 ]; then
 		echo "## TLS"
 		echo
-		echo "The same proxies terminating TLS (\`bench/haproxy-tls.cfg.in\`, \`bench/nginx-proxy-tls.conf.in\`,"
-		echo "\`bench/lb-tls.ini.in\`): one self-signed ECDSA P-256 certificate for all (one PEM file, certificate"
+		echo "The same proxies terminating TLS (\`tests/bench/haproxy-tls.cfg.in\`, \`tests/bench/nginx-proxy-tls.conf.in\`,"
+		echo "\`tests/bench/lb-tls.ini.in\`): one self-signed ECDSA P-256 certificate for all (one PEM file, certificate"
 		echo "then key), TLS 1.2, ECDHE-ECDSA-AES128-GCM-SHA256, P-256 ECDHE, one worker each on CPU 0, the load on CPU 1."
 		echo "Resumption is session-ID only: lb has no session tickets, so tickets are off for HAProxy"
 		echo "(\`no-tls-tickets\`) and nginx (\`ssl_session_tickets off\`) too, and the client never asks for one."
-		echo "Handshakes come from \`bench/tlsload.c\` ($BENCH_CONNS connections in flight, each: connect, handshake,"
+		echo "Handshakes come from \`tests/bench/tlsload.c\` ($BENCH_CONNS connections in flight, each: connect, handshake,"
 		echo "close_notify and FIN, the server's close; no HTTP request), the keep-alive figure from wrk over https."
 		echo "\"CPU 0 busy %\" is the proxy's CPU (user, system, and the kernel's network work on CPU 0): well"
 		echo "under 100 means that figure was limited by something else than the proxy (the client, the backends)."
@@ -1578,8 +1578,8 @@ echo "medians of $BENCH_RUNS runs x ${BENCH_SECS}s; $PIN_NOTE; took $((T1 - T0))
 		echo
 		show_table "$IDLE_TABLE" 0 md
 		echo
-		echo "Each proxy starts from \`bench/lb-many.ini.in\`, \`bench/haproxy-many.cfg.in\` or \`bench/nginx-proxy-many.conf.in\`"
-		echo "(keep-alive idle time 300 s) on CPU 0; its memory is read; then \`bench/connload.c\` (one process per"
+		echo "Each proxy starts from \`tests/bench/lb-many.ini.in\`, \`tests/bench/haproxy-many.cfg.in\` or \`tests/bench/nginx-proxy-many.conf.in\`"
+		echo "(keep-alive idle time 300 s) on CPU 0; its memory is read; then \`tests/bench/connload.c\` (one process per"
 		echo "$CLIENT_CONNS connections, each from its own source address 127.0.0.2, .3, ..., on CPU 1) opens N connections that each"
 		echo "send \`GET / HTTP/1.1\` once, read the 200 and stay idle; 2 s after the last response the memory is read again."
 		echo "Bytes per connection = (after - before) / N, memory being the sum of **Pss** from \`/proc/PID/smaps_rollup\` over"
@@ -1602,7 +1602,7 @@ echo "medians of $BENCH_RUNS runs x ${BENCH_SECS}s; $PIN_NOTE; took $((T1 - T0))
 		echo
 		echo "$BENCH_ACTIVE_CONNS connections through the proxy, each sending one request every ${BENCH_ACTIVE_MS} ms (the first"
 		echo "after a random delay) and waiting for its response, i.e. $(( BENCH_ACTIVE_CONNS * 1000 / BENCH_ACTIVE_MS )) requests/s offered, measured for"
-		echo "${BENCH_ACTIVE_SECS}s once all are connected (\`bench/connload.c -a\`, one process per $CLIENT_CONNS connections on CPU 1;"
+		echo "${BENCH_ACTIVE_SECS}s once all are connected (\`tests/bench/connload.c -a\`, one process per $CLIENT_CONNS connections on CPU 1;"
 		echo "the proxy on CPU 0 with the \`*-many\` configurations and the process counts shown, as for the idle figure;"
 		echo "the backends: the same nginx with 4 unpinned workers for this figure). Errors: failed connects, no response in 10 s,"
 		echo "connections closed before the response, non-200 responses (a failed connection is opened again ${BENCH_ACTIVE_MS} ms"
@@ -1615,10 +1615,10 @@ echo "medians of $BENCH_RUNS runs x ${BENCH_SECS}s; $PIN_NOTE; took $((T1 - T0))
 		echo
 		show_table "$L4_TABLE" 1 md
 		echo
-		echo "One TCP stream of $BENCH_L4_BYTES bytes through the proxy: \`bench/tcpxfer.c\` serves zeroes with sendfile(2) from"
+		echo "One TCP stream of $BENCH_L4_BYTES bytes through the proxy: \`tests/bench/tcpxfer.c\` serves zeroes with sendfile(2) from"
 		echo "a memfd (unpinned) and the client reads with recv(MSG_TRUNC) on CPU 1, so both ends cost little. lb"
-		echo "\`mode = tcp\` (\`bench/lb-tcp.ini.in\`), HAProxy \`mode tcp\` (\`bench/haproxy-tcp.cfg.in\`; no splicing, its default),"
-		echo "nginx \`stream {}\` (\`bench/nginx-tcp.conf.in\`, libnginx-mod-stream, default 16k buffer), one worker each on CPU 0;"
+		echo "\`mode = tcp\` (\`tests/bench/lb-tcp.ini.in\`), HAProxy \`mode tcp\` (\`tests/bench/haproxy-tcp.cfg.in\`; no splicing, its default),"
+		echo "nginx \`stream {}\` (\`tests/bench/nginx-tcp.conf.in\`, libnginx-mod-stream, default 16k buffer), one worker each on CPU 0;"
 		echo "direct: the client straight to the server. GB/s = 10^9 bytes per second from connect to the end of the stream."
 		[ -n "$L4_SKIP_NGINX" ] && echo "nginx was left out: $L4_SKIP_NGINX."
 		echo
@@ -1629,7 +1629,7 @@ echo "medians of $BENCH_RUNS runs x ${BENCH_SECS}s; $PIN_NOTE; took $((T1 - T0))
 		show_table "$CG_TABLE" 0 md
 		echo
 		echo "Each proxy runs under \`valgrind --tool=callgrind\` with its one-worker configuration above (lb without"
-		echo "active health checks, like HAProxy and nginx here); \`bench/connload.c -n 4 -k K\` sends K keep-alive requests"
+		echo "active health checks, like HAProxy and nginx here); \`tests/bench/connload.c -n 4 -k K\` sends K keep-alive requests"
 		echo "over 4 connections, then the proxy is stopped. lb's and nginx's masters write their own files, which are"
 		echo "left out: only the worker's instructions count. Instructions per request ="
 		echo "(Ir(K = $BENCH_CG_REQS) - Ir(K = $BENCH_CG_SMALL)) / ($BENCH_CG_REQS - $BENCH_CG_SMALL): start-up, connection set-up and shutdown cancel out."
@@ -1659,7 +1659,7 @@ echo "medians of $BENCH_RUNS runs x ${BENCH_SECS}s; $PIN_NOTE; took $((T1 - T0))
 		echo
 		show_table "$CEIL_TABLE" 0 md
 		echo
-		echo "\`bench/tlsceil.c\` does, in a loop for ${BENCH_CEIL_SECS}s on CPU 0 (median of $BENCH_RUNS runs), the asymmetric crypto one"
+		echo "\`tests/bench/tlsceil.c\` does, in a loop for ${BENCH_CEIL_SECS}s on CPU 0 (median of $BENCH_RUNS runs), the asymmetric crypto one"
 		echo "ECDHE-ECDSA P-256 full handshake costs the server, with the BearSSL code lb's server engine uses"
 		echo "(\`br_ec_get_default()\`, \`br_ecdsa_sign_asn1_get_default()\`): the ECDHE key pair (one base-point"
 		echo "multiplication), the shared secret (one point multiplication), the ServerKeyExchange signature (one ECDSA"
@@ -1668,7 +1668,7 @@ echo "medians of $BENCH_RUNS runs x ${BENCH_SECS}s; $PIN_NOTE; took $((T1 - T0))
 		echo "tls figure. The goal for lb: 85% of the ceiling or more. HAProxy and nginx use OpenSSL's P-256 code"
 		echo "(several times faster than BearSSL's): their percentage is for scale only."
 		echo
-		echo "\"BearSSL's whole server handshake in memory\" (the same runs of \`bench/tlsceil.c\`, given the bench"
+		echo "\"BearSSL's whole server handshake in memory\" (the same runs of \`tests/bench/tlsceil.c\`, given the bench"
 		echo "certificate) is what BearSSL itself allows: a server engine set up as lb's, and a client offering what"
 		echo "tlsload offers (P-256 only), trade records in memory, full handshake after full handshake; only the"
 		echo "server engine's calls are timed. Beyond the three operations above it runs BearSSL's handshake code"
@@ -1684,12 +1684,12 @@ echo "medians of $BENCH_RUNS runs x ${BENCH_SECS}s; $PIN_NOTE; took $((T1 - T0))
 	echo "- load: \`wrk -t1 -c${BENCH_CONNS} -d${BENCH_SECS}s --latency\`, the same with \`-c${BENCH_CONNS_HIGH}\`,"
 	echo "  and \`-c${BENCH_CONNS} -H 'Connection: close'\` for a new connection per request; open-files limit $NOFILE"
 	echo "- versions: $HAPROXY_V; $NGINX_VER; $WRK_V; $LB_V"
-	echo "- configs: \`bench/haproxy.cfg.in\`, \`bench/nginx-proxy.conf.in\`, \`bench/nginx-backends.conf.in\`, \`bench/lb.ini.in\`"
+	echo "- configs: \`tests/bench/haproxy.cfg.in\`, \`tests/bench/nginx-proxy.conf.in\`, \`tests/bench/nginx-backends.conf.in\`, \`tests/bench/lb.ini.in\`"
 	echo "- same work: lb always adds X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host and X-Request-ID to a"
 	echo "  proxied request, so the HAProxy and nginx configs add the same four (\`option forwardfor\`, \`unique-id-header\`;"
 	echo "  \`proxy_set_header\` with \`\$request_id\`), as a reverse proxy in production would"
 	if [ "$SHOW_TLS" = 1 ]; then
-		echo "- TLS load: \`tlsload -c${BENCH_CONNS} -d${BENCH_SECS} -m full\` and \`-m resume\` (bench/tlsload.c: BearSSL client,"
+		echo "- TLS load: \`tlsload -c${BENCH_CONNS} -d${BENCH_SECS} -m full\` and \`-m resume\` (tests/bench/tlsload.c: BearSSL client,"
 		echo "  OpenSSL's P-256 arithmetic, the server's signature not checked, so that one client CPU outruns"
 		echo "  one proxy CPU), \`wrk -t1 -c${BENCH_CONNS} -d${BENCH_SECS}s --latency https://...\` with OPENSSL_CONF"
 		echo "  offering only TLS 1.2, ECDHE-ECDSA-AES128-GCM-SHA256 and P-256; $(openssl version 2>/dev/null)"
