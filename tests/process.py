@@ -581,7 +581,9 @@ def read_json_log(path):
             data = f.read()
     except FileNotFoundError:
         return objs, problems
-    if data and not data.endswith(b"\n"):
+    if not data:  # a live log just rotated is empty: no line, no problem
+        return objs, problems
+    if not data.endswith(b"\n"):
         problems.append("%s: last line has no newline: %s" % (os.path.basename(path), short(data[-80:])))
     for i, line in enumerate(data.split(b"\n")[:-1] if data.endswith(b"\n") else data.split(b"\n")):
         try:
