@@ -4015,8 +4015,8 @@ struct lb_server *lb_pick(struct lb_pool *p, const struct lb_srv_state *st, uint
 }
 
 /* -------------------------------------------------------------------- what a pick reads: shared memory
- * The glue between the pure choice above and the running lb: the layout of the server and route slots
- * in shared memory (section 12 makes and sizes the segment) and pool_states, which copies what the
+ * The glue between the pure choice above and the running lb: the layout of the server, route and
+ * listener slots in shared memory (section 12 makes and sizes the segment) and pool_states, which copies what the
  * workers share of a pool's servers into the struct lb_srv_state lb_pick takes. */
 
 /* Per-server state the workers share (section 12 owns the segment). `active` is the sum
@@ -6247,7 +6247,8 @@ static void conn_close_clean(struct conn *c)
 
 /* ==================================================================== 9. HTTP proxying
  * Request head -> route -> pool -> server; head rewriting (hop-by-hop removed, X-Forwarded-*,
- * X-Request-ID); body framing in both directions; lb's own answers; retries before any
+ * X-Request-ID); body framing in both directions; lb's own answers (respond; own_reason names why,
+ * for the metrics); retries before any
  * response byte; answers the server cuts short (response_cut: a failure of that server, logged
  * with the request); keep-alive and pipelining (the next head waits in `in` until this exchange ends);
  * the worker's spare descriptors for server sockets (fd_spare_take). Subsections: splice (mode tcp on Linux) and the byte movers both proxies use. Calls sections 2, 3,
@@ -8810,6 +8811,9 @@ static void idle_sweep(void)
  * totals. Each worker writes only its own columns; the master folds a dead worker's.
  * The slots are sized at start from the file with room for reloads (shm_create); a file that
  * needs more is refused by the one validation (conf_validate -> shm_conf_room) before a reload.
+ * Listener slots (connection counters) work the same way. The metrics' counting lives here too:
+ * count_exchange, the request table (count_answer: every answer by listener, route and reason),
+ * the histograms (hist_note), the upstream timings and the connection counters (count_*).
  * Calls sections 2, 4 (conf_validate parses a candidate file), 6 and 8. */
 
 #define LB_SHM_SERVERS_MIN 1024 /* server slots made at start: twice the file's servers, at least this */
@@ -9191,12 +9195,16 @@ static void count_first_byte(struct conn *c)
 }
 
 /* Client connections per listener: accepted, open (this worker's column), refused by reason. */
+static void count_accepted(const struct lb_listener *l)
+{
+	if (l->shm && g_slot >= 0)
+		atomic_fetch_add_explicit(&l->shm->accepted, 1, memory_order_relaxed);
+}
+
 static void count_conn_open(const struct conn *c)
 {
-	if (c->L->shm && g_slot >= 0) {
-		atomic_fetch_add_explicit(&c->L->shm->accepted, 1, memory_order_relaxed);
+	if (c->L->shm && g_slot >= 0)
 		atomic_fetch_add_explicit(&c->L->shm->active[g_slot], 1, memory_order_relaxed);
-	}
 }
 
 static void count_conn_close(const struct conn *c)
@@ -11240,6 +11248,7 @@ static void on_accept(struct lsock *ls)
 			return;
 		}
 		g_accept_backoff = 0;
+		count_accepted(&g_conf->listeners[ls->li]);
 		if (!listener_admits(&g_conf->listeners[ls->li], &sa)) {
 			count_refused(&g_conf->listeners[ls->li], REFUSE_ACL);
 			close(fd); /* before any byte is read */

@@ -358,10 +358,11 @@ def every_answer(ctx):
     """lb with listeners and routes that make each of its own answers once; the metrics text after them,
     and the Admin. Listener web (pool p) serves the routes; bare has no pool (404); plain redirects (308)."""
     a, b = ctx.b["a"], ctx.b["b"]
-    web, bare, plain, shut = free_port(), free_port(), free_port(), free_port()
+    web, bare, plain, shut, tun = free_port(), free_port(), free_port(), free_port(), free_port()
     ad = Admin(ctx, [lsn("web", web, ("max_header_size", "1k"), ("header_timeout", "400ms")),
                      lsn("bare", bare, pool=None), lsn("plain", plain, ("redirect_https", "on"), pool=None),
                      lsn("shut", shut, ("deny", "127.0.0.2/32")),
+                     section("listener tun", ("bind", "%s:%d" % (HOST, tun)), ("mode", "tcp"), ("pool", "p")),
                      po.pl("p", [a]), po.pl("d", [b]), po.pl("s", [a]),
                      section("route lim", ("path", "/lim/*"), ("pool", "p"), ("rate_limit", "1/minute burst=1")),
                      section("route deny", ("path", "/deny/*"), ("pool", "p"), ("acl", "deny 127.0.0.0/8")),
@@ -379,6 +380,7 @@ def every_answer(ctx):
     eq(raw_answer(web, b"GET /t HTTP/1.1\r\nHost: x\r\n", wait=0.6), 408, "a head not complete in 400 ms")
     eq(ask(web, "/slow?ms=150").status, 200, "a server answering after 150 ms")
     check(po.refused(shut, "127.0.0.2") is None, "listener deny = 127.0.0.2/32 did not refuse")
+    eq(ask(tun, "/through-tcp").status, 200, "mode tcp listener")
     held = po.Conn(web, timeout=4.0)  # open while /metrics is read: lb_connections_active
     try:
         held.ask("/held", host="x")
@@ -412,6 +414,10 @@ def t_metrics_every_answer(ctx):
     eq(series(text, "lb_connections_active", listener="web", protocol="http"), 1.0, "one held connection open")
     eq(series(text, "lb_connections_refused_total", listener="shut", protocol="http", reason="acl"), 1.0,
        "refused by the listener's deny")
+    eq(series(text, "lb_connections_accepted_total", listener="shut", protocol="http"), 1.0,
+       "the refused connection was accepted first")
+    eq(series(text, "lb_connections_accepted_total", listener="tun", protocol="tcp"), 1.0, "tcp listener accepted")
+    eq(sum_metric(text, "lb_requests_total", listener="tun"), 0.0, "a tunnel is no HTTP answer")
     eq(series(text, "lb_route_errors_total", route="down"), 1.0, "lb_route_errors_total{route=down}")
     eq(series(text, "lb_route_request_duration_seconds_count", route="lim"), 2.0, "route lim's duration count")
     # a server that answers after 150 ms: in the pool's first-byte and the route's duration histograms
