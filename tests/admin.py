@@ -475,6 +475,31 @@ def t_metrics_reload_failure(ctx):
     eq(ask(port, "/still").status, 200, "still serving")
 
 
+@test("metrics_survive_reload")
+def t_metrics_survive_reload(ctx):
+    """Answer and connection counters live in shared memory by name: a reload keeps them."""
+    a = ctx.b["a"]
+    port = free_port()
+    ad = Admin(ctx, [lsn("web", port), po.pl("p", [a]), section("route r", ("path", "/r/*"), ("pool", "p"))],
+               workers=1)
+    for i in range(3):
+        eq(ask(port, "/r/%d" % i).status, 200, "request %d" % i)
+    eq(ask(port, "/r/x", headers=[("X-Big", "y" * 20000)]).status, 431, "a head over max_header_size")
+    st, _ = ad.call("POST", "/api/reload")
+    eq(st, 200, "POST /api/reload")
+    for i in range(2):
+        eq(ask(port, "/r/%d" % i).status, 200, "request %d after the reload" % i)
+    text = it.metrics_text(ad.port)
+    eq(series(text, "lb_requests_total", listener="web", route="r", code="2xx", reason="server"), 5.0,
+       "route r's 2xx across the reload")
+    eq(series(text, "lb_requests_total", listener="web", route="", code="4xx", reason="header_too_large"), 1.0,
+       "the 431 before the reload")
+    eq(series(text, "lb_connections_accepted_total", listener="web", protocol="http"), 6.0,
+       "connections accepted across the reload")
+    eq(series(text, "lb_route_request_duration_seconds_count", route="r"), 5.0, "route r's durations")
+    eq(series(text, "lb_reloads_total"), 1.0, "lb_reloads_total")
+
+
 @test("metrics_promtool")
 def t_metrics(ctx):
     promtool = shutil.which("promtool")
