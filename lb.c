@@ -4015,8 +4015,8 @@ struct lb_server *lb_pick(struct lb_pool *p, const struct lb_srv_state *st, uint
 }
 
 /* -------------------------------------------------------------------- what a pick reads: shared memory
- * The glue between the pure choice above and the running lb: the layout of the server and route slots
- * in shared memory (section 12 makes and sizes the segment) and pool_states, which copies what the
+ * The glue between the pure choice above and the running lb: the layout of the server, route and
+ * listener slots in shared memory (section 12 makes and sizes the segment) and pool_states, which copies what the
  * workers share of a pool's servers into the struct lb_srv_state lb_pick takes. */
 
 /* Per-server state the workers share (section 12 owns the segment). `active` is the sum
@@ -4024,8 +4024,9 @@ struct lb_server *lb_pick(struct lb_pool *p, const struct lb_srv_state *st, uint
  * the share of a worker that died. */
 #define LB_MAX_WORKERS 64
 
-#define LB_HIST 11 /* duration buckets below (ms); +Inf is the request count */
-static const uint32_t hist_ms[LB_HIST] = { 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000 };
+#define LB_HIST 18 /* duration buckets below (µs): 100 µs .. 60 s; +Inf is the count */
+static const uint32_t hist_us[LB_HIST] = { 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000,
+                                           250000, 500000, 1000000, 2500000, 5000000, 10000000, 30000000, 60000000 };
 
 struct lb_shm_server {
 	char key[2 * LB_NAME_MAX];      /* "pool/server": carried across reloads by name */
@@ -4044,6 +4045,10 @@ struct lb_shm_server {
 	_Atomic uint64_t status[6];     /* exchanges by status class: [1] 1xx .. [5] 5xx, [0] none (aborted) */
 	_Atomic uint64_t dur_bucket[LB_HIST + 1]; /* request durations: one bucket each (summed at scrape) */
 	_Atomic uint64_t dur_sum_ms, retries;
+	/* upstream timings (summed per pool at scrape): connect; first response byte after the
+	 * connection was ready (connected or reused) */
+	_Atomic uint64_t conn_bucket[LB_HIST + 1], fb_bucket[LB_HIST + 1];
+	_Atomic uint64_t conn_sum_us, fb_sum_us;
 	struct {
 		_Atomic uint32_t active;
 		_Atomic uint64_t requests, errors, bytes_out;
@@ -4054,7 +4059,22 @@ struct lb_shm_server {
 struct lb_shm_route {
 	char key[LB_NAME_MAX];          /* the route's name */
 	_Atomic uint32_t weight[LB_ROUTE_MAX_ITEMS]; /* split weights: config at load, admin API after */
+	_Atomic uint64_t dur_sum_us;    /* the duration histogram's sum */
 	_Atomic uint64_t requests, limited, denied;
+	_Atomic uint64_t dur_bucket[LB_HIST + 1];
+	_Atomic uint64_t errors;
+};
+
+/* Why lb refused a client connection (lb_connections_refused_total's reason). */
+enum { REFUSE_ACL, REFUSE_PER_IP, REFUSE_NO_MEMORY, REFUSE_TLS, REFUSE_PROXY, REFUSE_N };
+
+/* Per-listener connection counters, by listener name (survive reloads like the server slots).
+ * `active` is a column per worker: the master clears a dead worker's. */
+struct lb_shm_listener {
+	char key[LB_NAME_MAX];
+	_Atomic uint64_t accepted;
+	_Atomic uint64_t refused[REFUSE_N];
+	_Atomic int64_t active[LB_MAX_WORKERS];
 };
 
 /* The state of p's servers now, in a scratch array (valid until the next call): from shared memory,
@@ -4113,6 +4133,13 @@ static uint64_t mono_ms(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static uint64_t mono_us(void) /* for the metrics' histograms */
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
 }
 
 #ifdef LB_EPOLL
@@ -5549,12 +5576,15 @@ struct conn {
 	struct tls_conn *tls;          /* the TLS engine of a tls = on listener's connection */
 	struct lb_splice *sp;          /* mode tcp with splice: the two pipes the bytes go through */
 	uint64_t wall_start_ms;        /* wall clock of the request start, for logs */
+	uint64_t t_start_us;           /* the request start, µs (mono_us): the metrics' duration */
+	uint64_t t_up_us, t_ready_us;  /* connect began; server connection ready (0: first byte counted) */
 	uint32_t lg_mlen, lg_ulen, lg_ref_off, lg_ref_len, lg_ua_off, lg_ua_len, lg_id_off, lg_id_len;
 	uint32_t scan;                 /* head bytes already looked at for a line end */
 	unsigned nreq;
 	int li;
 	int16_t resp_status;
 	char term[2];                  /* termination state for the access log (HAProxy's codes); 0: "--" */
+	uint8_t own;                   /* OWN_*: why lb answered itself (OWN_SERVER: it did not) */
 	int8_t retries_left;           /* pool retries: 0..10 */
 	uint8_t q, r;                  /* Q_*, R_* */
 	uint8_t req_method, req_minor;
@@ -6028,6 +6058,11 @@ static void cb_settle(struct conn *c, int failed, const char *why);
 static void srv_hold(struct lb_server *s);     /* section 12 */
 static void srv_unhold(struct lb_server *s);
 static void count_exchange(const struct conn *c);
+static void count_connected(struct conn *c, int fresh);   /* section 12, metrics */
+static void count_first_byte(struct conn *c);
+static void count_conn_open(const struct conn *c);
+static void count_conn_close(const struct conn *c);
+static void count_refused(const struct lb_listener *l, int why);
 static void access_log_write(struct conn *c);
 
 static void conn_abort(struct conn *c, const char *why);
@@ -6107,6 +6142,7 @@ static void conn_close(struct conn *c)
 	c->next = g_dead;
 	g_dead = c;
 	g_nconns--;
+	count_conn_close(c);
 }
 
 /* The access log's termination state, HAProxy's two letters: who ended the exchange early (C the
@@ -6166,6 +6202,7 @@ static int tls_begin(struct conn *c)
 {
 	static struct lb_throttle log_slot;
 	if (!(c->tls = tls_conn_new(c->L))) {
+		count_refused(c->L, REFUSE_NO_MEMORY);
 		if (errno == ENOMEM) /* else no entropy: tls_seed_engine said it, at most once a second */
 			log_throttled(&log_slot, "client %s listener %s: out of memory for a TLS engine", ip_text(&c->ip),
 			              c->L->name);
@@ -6195,6 +6232,7 @@ static void tls_failed(struct conn *c, int kind, const char *why)
 	}
 	static struct lb_throttle log_slot[TLS_F_N]; /* one per kind of failure */
 	tls_count_failure(kind);
+	count_refused(c->L, REFUSE_TLS);
 	log_throttled(&log_slot[kind], "client %s listener %s: TLS handshake failed: %s", ip_text(&c->ip), c->L->name, why);
 	conn_close(c);
 }
@@ -6209,7 +6247,8 @@ static void conn_close_clean(struct conn *c)
 
 /* ==================================================================== 9. HTTP proxying
  * Request head -> route -> pool -> server; head rewriting (hop-by-hop removed, X-Forwarded-*,
- * X-Request-ID); body framing in both directions; lb's own answers; retries before any
+ * X-Request-ID); body framing in both directions; lb's own answers (respond; own_reason names why,
+ * for the metrics); retries before any
  * response byte; answers the server cuts short (response_cut: a failure of that server, logged
  * with the request); keep-alive and pipelining (the next head waits in `in` until this exchange ends);
  * the worker's spare descriptors for server sockets (fd_spare_take). Subsections: splice (mode tcp on Linux) and the byte movers both proxies use. Calls sections 2, 3,
@@ -6251,6 +6290,45 @@ static const char *hsts_of(const struct conn *c)
 	return c->tls ? c->L->hsts : NULL;
 }
 
+/* Why lb answered itself: the `reason` label of lb_requests_total, one word per kind of answer
+ * (bounded: the metric's label sets are listeners x routes x these). OWN_SERVER: the server
+ * answered. own_reason is the one place that tells them apart, from respond's status and why. */
+enum {
+	OWN_SERVER, OWN_NO_ROUTE, OWN_NO_SERVER, OWN_SERVER_ERROR, OWN_SERVER_TIMEOUT, OWN_LOCAL_RESOURCE,
+	OWN_RATE_LIMITED, OWN_DENIED, OWN_BAD_REQUEST, OWN_TIMEOUT, OWN_TOO_LARGE, OWN_HEADER_TOO_LARGE,
+	OWN_URI_TOO_LONG, OWN_NOT_IMPLEMENTED, OWN_REDIRECT, OWN_RETURN, OWN_ACME, OWN_INTERNAL, OWN_N
+};
+static const char *const own_name[OWN_N] = {
+	"server", "no_route", "no_server", "server_error", "server_timeout", "local_resource",
+	"rate_limited", "denied", "bad_request", "timeout", "too_large", "header_too_large",
+	"uri_too_long", "not_implemented", "redirect", "return", "acme", "internal",
+};
+
+static int own_reason(int status, const char *why)
+{
+	if (!strcmp(why, "return"))
+		return OWN_RETURN; /* a route's `return`: any status */
+	if (!strcmp(why, "acme") || !strncmp(why, "ACME", 4) || !strncmp(why, "acme", 4))
+		return OWN_ACME;
+	if (status >= 300 && status < 400)
+		return OWN_REDIRECT;
+	switch (status) {
+	case 400: case 417: return OWN_BAD_REQUEST;
+	case 403: return OWN_DENIED;
+	case 404: return OWN_NO_ROUTE;
+	case 408: return OWN_TIMEOUT;
+	case 413: return OWN_TOO_LARGE;
+	case 414: return OWN_URI_TOO_LONG;
+	case 429: return OWN_RATE_LIMITED;
+	case 431: return OWN_HEADER_TOO_LARGE;
+	case 501: case 505: return OWN_NOT_IMPLEMENTED;
+	case 502: return OWN_SERVER_ERROR;
+	case 503: return !strncmp(why, "no usable server", 16) ? OWN_NO_SERVER : OWN_LOCAL_RESOURCE;
+	case 504: return OWN_SERVER_TIMEOUT;
+	}
+	return OWN_INTERNAL;
+}
+
 /* lb answers by itself; the exchange ends after it, and the connection too when the request
  * was not read to its end. `extra` are whole header lines; body NULL: a short text of the
  * status. Policy answers (quiet) are in the access log only, not one error line each. */
@@ -6267,11 +6345,13 @@ static void respond(struct conn *c, int status, const char *why, const char *ext
 	backend_release(c, 0);
 	if (!c->t_start) {
 		c->t_start = g_now;
+		c->t_start_us = mono_us();
 		c->wall_start_ms = wall_ms();
 	}
 	c->q = Q_DONE;
 	c->r = R_DONE;
 	c->resp_status = status;
+	c->own = (uint8_t)own_reason(status, why);
 	c->resp_fwd = 0;
 	if (c->out.d)
 		c->out.s = c->out.e = 0;
@@ -6530,12 +6610,14 @@ static int backend_connect(struct conn *c, struct lb_server *s)
 	g_nbconns++;
 	c->b = b;
 	c->t_conn = g_now;
+	c->t_up_us = mono_us();
 	if (s->tls && !(b->tls = tls_up_new(c->pool, s)))
 		b->reset = ENOMEM; /* reported by the caller's next step */
 	if (c->pool->send_proxy)
 		proxy_header_for(c, b);
 	if (connect(b->h.fd, (struct sockaddr *)&s->sa, s->salen) == 0) {
 		b->connected = 1;
+		count_connected(c, 1);
 		if (c->L->mode == LB_MODE_TCP)
 			cb_outcome(c, s, 0, "");
 	}
@@ -6628,6 +6710,7 @@ static void backend_assign(struct conn *c, struct lb_server *avoid)
 		b->next = NULL;
 		c->b = b;
 		c->t_conn = g_now;
+		count_connected(c, 0);
 		srv_note_use(s);
 		return;
 	}
@@ -6910,10 +6993,13 @@ static void request_begin(struct conn *c)
 {
 	c->wall_start_ms = wall_ms();
 	c->t_start = g_now;
+	c->t_start_us = mono_us();
 	c->nreq++;
 	c->req_method = LB_M_OTHER; /* not the last request's: an answer before parsing is no HEAD's */
 	c->resp_status = 0;
 	c->term[0] = c->term[1] = 0;
+	c->own = OWN_SERVER;
+	c->t_up_us = c->t_ready_us = 0;
 	c->resp_started = 0;
 	c->close_announced = 0;
 	c->sticky = NULL;
@@ -6949,6 +7035,7 @@ static int proxy_step(struct conn *c)
 	c->q = Q_HEAD;
 	if (rc < 0) {
 		char why[128];
+		count_refused(c->L, REFUSE_PROXY);
 		snprintf(why, sizeof why, "invalid PROXY header from a trusted proxy: %s", px.error);
 		if (c->L->mode == LB_MODE_TCP) {
 			conn_abort(c, why);
@@ -7946,6 +8033,8 @@ static int backend_read(struct conn *c)
 	}
 	if (n > 0) {
 		c->out.e += (uint32_t)n;
+		if (!c->resp_started && c->L->mode == LB_MODE_HTTP)
+			count_first_byte(c);
 		c->resp_started = 1;
 		c->t_active = g_now;
 		return 1;
@@ -8151,6 +8240,7 @@ static void tcp_start(struct conn *c)
 	c->retries_left = (int8_t)c->pool->retries;
 	splice_begin(c);
 	c->t_start = g_now;
+	c->t_start_us = mono_us();
 	c->wall_start_ms = wall_ms();
 	c->resp_status = 200;
 	backend_assign(c, NULL);
@@ -8721,10 +8811,14 @@ static void idle_sweep(void)
  * totals. Each worker writes only its own columns; the master folds a dead worker's.
  * The slots are sized at start from the file with room for reloads (shm_create); a file that
  * needs more is refused by the one validation (conf_validate -> shm_conf_room) before a reload.
+ * Listener slots (connection counters) work the same way. The metrics' counting lives here too:
+ * count_exchange, the request table (count_answer: every answer by listener, route and reason),
+ * the histograms (hist_note), the upstream timings and the connection counters (count_*).
  * Calls sections 2, 4 (conf_validate parses a candidate file), 6 and 8. */
 
 #define LB_SHM_SERVERS_MIN 1024 /* server slots made at start: twice the file's servers, at least this */
 #define LB_SHM_ROUTES_MIN 256   /* route slots: the same rule */
+#define LB_SHM_LISTENERS_MIN 64 /* listener slots: the same rule */
 struct lb_shm_worker {
 	_Atomic uint64_t conns, requests;
 	_Atomic uint64_t log_dropped; /* access log lines lost (section 14) */
@@ -8733,8 +8827,12 @@ struct lb_shm_worker {
 struct lb_shm {
 	uint32_t nservers, nroutes;     /* slots taken: by every name seen since start */
 	uint32_t cap_servers, cap_routes; /* slots made at start */
+	uint32_t nlisteners, cap_listeners;
 	_Atomic uint32_t admin_version; /* bumped by every weight or split change: workers re-read */
 	_Atomic uint64_t reloads, restarts;
+	_Atomic uint64_t reload_failures, reload_ok_wall_ms, reload_fail_wall_ms;
+	_Atomic uint64_t req_overflow;  /* answers whose label set found no cell in the request table */
+	struct lb_shm_listener *l;      /* cap_listeners slots after the route slots */
 	_Atomic uint64_t log_dropped_retired; /* log_dropped of exited workers (and the master's) */
 	uint64_t started_wall_ms;
 	struct lb_shm_server *s;        /* cap_servers slots after this header, in the same mapping */
@@ -8742,7 +8840,7 @@ struct lb_shm {
 	struct lb_shm_worker w[LB_MAX_WORKERS];
 };
 static struct lb_shm *g_shm;
-static struct name_index g_shm_snames, g_shm_rnames; /* the master's: slot by name */
+static struct name_index g_shm_snames, g_shm_rnames, g_shm_lnames; /* the master's: slot by name */
 static int g_slot = -1;  /* this worker's column; -1 in the master */
 static pid_t g_pid;
 static int g_worker_id;  /* 1..workers within its generation */
@@ -8757,25 +8855,49 @@ static size_t conf_nservers(const struct lb_conf *c)
 
 static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
 
+/* Answers by listener, route and lb's reason: a cell per label set that occurred, in sets of
+ * LB_REQ_WAYS found by hash. Cells are taken once and kept (their counters only grow), so the
+ * table bounds the label sets: LB_REQ_WAYS * LB_REQ_SETS at most; an answer that finds no cell
+ * is counted in lb_shm.req_overflow. Key: listener slot + 1 << 40 | route slot + 1 (0: none)
+ * << 8 | reason. */
+#define LB_REQ_WAYS 8
+#define LB_REQ_SETS 1024
+struct req_cell {
+	_Atomic uint64_t key;          /* 0 = free */
+	_Atomic uint64_t status[6];    /* [0] none (cut short), [1] 1xx .. [5] 5xx */
+};
+struct req_set {
+	_Atomic uint32_t lock;         /* taken only to claim a free cell */
+	struct req_cell e[LB_REQ_WAYS];
+};
+static struct req_set *g_reqs;
+
 static int shm_create(const struct lb_conf *c)
 {
 	size_t ns = LB_MAX(2 * conf_nservers(c), (size_t)LB_SHM_SERVERS_MIN);
 	size_t nr = LB_MAX(2 * c->nroutes, (size_t)LB_SHM_ROUTES_MIN);
+	size_t nl = LB_MAX(2 * c->nlisteners, (size_t)LB_SHM_LISTENERS_MIN);
 	size_t at_s = align64(sizeof *g_shm), at_r = at_s + align64(ns * sizeof *g_shm->s);
-	char *m = shm_map(at_r + nr * sizeof *g_shm->r, "server state and counters");
-	if (!m || name_index_init(&g_shm_snames, ns) != 0 || name_index_init(&g_shm_rnames, nr) != 0)
+	size_t at_l = at_r + align64(nr * sizeof *g_shm->r);
+	char *m = shm_map(at_l + nl * sizeof *g_shm->l, "server state and counters");
+	g_reqs = shm_map(LB_REQ_SETS * sizeof *g_reqs, "request counters");
+	if (!m || !g_reqs || name_index_init(&g_shm_snames, ns) != 0 || name_index_init(&g_shm_rnames, nr) != 0 ||
+	    name_index_init(&g_shm_lnames, nl) != 0)
 		return -1;
 	g_shm = (struct lb_shm *)m;
 	g_shm->s = (struct lb_shm_server *)(m + at_s); /* the same address in every process: forks share it */
 	g_shm->r = (struct lb_shm_route *)(m + at_r);
+	g_shm->l = (struct lb_shm_listener *)(m + at_l);
 	g_shm->cap_servers = (uint32_t)ns;
 	g_shm->cap_routes = (uint32_t)nr;
+	g_shm->cap_listeners = (uint32_t)nl;
 	g_shm->started_wall_ms = wall_ms();
 	return 0;
 }
 
 static const char *shm_skey_at(const void *ctx, uint32_t i) { LB_UNUSED(ctx); return g_shm->s[i].key; }
 static const char *shm_rkey_at(const void *ctx, uint32_t i) { LB_UNUSED(ctx); return g_shm->r[i].key; }
+static const char *shm_lkey_at(const void *ctx, uint32_t i) { LB_UNUSED(ctx); return g_shm->l[i].key; }
 
 static void shm_server_key(const struct lb_pool *p, const struct lb_server *s, char *key, size_t n)
 {
@@ -8812,6 +8934,18 @@ static int shm_room(const struct lb_conf *c, int *line, const char **key, char *
 		snprintf(msg, msglen, "shared memory: no slot for [route %s]: the %u route slots made at start (twice "
 		         "the routes of the file lb started with, at least %d) are taken by the routes seen since "
 		         "start; restart lb to run this file", c->routes[i].name, g_shm->cap_routes, LB_SHM_ROUTES_MIN);
+		return -1;
+	}
+	taken = g_shm->nlisteners;
+	for (size_t i = 0; i < c->nlisteners; i++) {
+		if (*name_index_cell(&g_shm_lnames, c->listeners[i].name, shm_lkey_at, NULL) ||
+		    taken++ < g_shm->cap_listeners)
+			continue;
+		*line = c->listeners[i].line, *key = "listener";
+		snprintf(msg, msglen, "shared memory: no slot for [listener %s]: the %u listener slots made at start "
+		         "(twice the listeners of the file lb started with, at least %d) are taken by the listeners "
+		         "seen since start; restart lb to run this file", c->listeners[i].name, g_shm->cap_listeners,
+		         LB_SHM_LISTENERS_MIN);
 		return -1;
 	}
 	return 0;
@@ -8909,6 +9043,15 @@ static int shm_map_conf(struct lb_conf *c)
 		for (size_t j = 0; j < r->nsplit; j++) /* the file's weights win at every load */
 			atomic_store(&r->shm->weight[j], r->split[j].weight);
 	}
+	for (size_t k = 0; k < c->nlisteners; k++) {
+		struct lb_listener *l = &c->listeners[k];
+		uint32_t *cell = name_index_cell(&g_shm_lnames, l->name, shm_lkey_at, NULL);
+		if (!*cell) {
+			snprintf(g_shm->l[g_shm->nlisteners].key, sizeof g_shm->l->key, "%s", l->name);
+			*cell = ++g_shm->nlisteners;
+		}
+		l->shm = &g_shm->l[*cell - 1];
+	}
 	atomic_fetch_add(&g_shm->admin_version, 1);
 	return 0;
 }
@@ -8957,29 +9100,123 @@ static void srv_unhold(struct lb_server *s)
 	}
 }
 
+static int hist_bucket(uint64_t us)
+{
+	int bk = 0;
+	while (bk < LB_HIST && us > hist_us[bk])
+		bk++;
+	return bk;
+}
+
+/* One observation of a histogram kept as a bucket array (cumulated at scrape) and a sum. */
+static void hist_note(_Atomic uint64_t *bucket, _Atomic uint64_t *sum_us, uint64_t us)
+{
+	atomic_fetch_add_explicit(&bucket[hist_bucket(us)], 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(sum_us, us, memory_order_relaxed);
+}
+
+/* The cell of a label set in the request table: found without a lock, claimed under the set's. */
+static struct req_cell *req_cell_for(uint64_t key)
+{
+	struct req_set *set = &g_reqs[lb_hash64(&key, sizeof key) % LB_REQ_SETS];
+	for (int i = 0; i < LB_REQ_WAYS; i++)
+		if (atomic_load_explicit(&set->e[i].key, memory_order_acquire) == key)
+			return &set->e[i];
+	struct req_cell *got = NULL;
+	spin_lock(&set->lock);
+	for (int i = 0; i < LB_REQ_WAYS && !got; i++) {
+		uint64_t k = atomic_load_explicit(&set->e[i].key, memory_order_relaxed);
+		if (k == key)
+			got = &set->e[i];
+		else if (k == 0) {
+			atomic_store_explicit(&set->e[i].key, key, memory_order_release);
+			got = &set->e[i];
+		}
+	}
+	spin_unlock(&set->lock);
+	return got;
+}
+
+/* An HTTP answer, the server's or lb's own, by listener, route and reason. */
+static void count_answer(const struct conn *c, int cls)
+{
+	if (!g_reqs || !c->L->shm || c->L->mode != LB_MODE_HTTP)
+		return;
+	uint64_t ls = (uint64_t)(c->L->shm - g_shm->l) + 1;
+	uint64_t rs = c->route && c->route->shm ? (uint64_t)(c->route->shm - g_shm->r) + 1 : 0;
+	struct req_cell *cell = req_cell_for(ls << 40 | rs << 8 | c->own);
+	atomic_fetch_add_explicit(cell ? &cell->status[cls] : &g_shm->req_overflow, 1, memory_order_relaxed);
+}
+
 static void count_exchange(const struct conn *c)
 {
 	if (g_slot < 0)
 		return;
 	atomic_fetch_add_explicit(&g_shm->w[g_slot].requests, 1, memory_order_relaxed);
-	if (c->route && c->route->shm)
-		atomic_fetch_add_explicit(&c->route->shm->requests, 1, memory_order_relaxed);
+	int cut = answer_cut(c); /* an answer the server cut short is an error and no status class's */
+	int cls = c->resp_status >= 100 && c->resp_status < 600 && !cut ? c->resp_status / 100 : 0;
+	uint64_t us = c->t_start_us ? mono_us() - c->t_start_us : 0;
+	count_answer(c, cls);
+	struct lb_shm_route *rt = c->route ? c->route->shm : NULL;
+	if (rt) {
+		atomic_fetch_add_explicit(&rt->requests, 1, memory_order_relaxed);
+		hist_note(rt->dur_bucket, &rt->dur_sum_us, us);
+		if (c->resp_status >= 500 || cut)
+			atomic_fetch_add_explicit(&rt->errors, 1, memory_order_relaxed);
+	}
 	struct lb_shm_server *sv = c->srv ? c->srv->shm : NULL;
 	if (!sv)
 		return;
 	atomic_fetch_add_explicit(&sv->w[g_slot].requests, 1, memory_order_relaxed);
-	int cut = answer_cut(c); /* an answer the server cut short is an error and no status class's */
 	if (c->resp_status >= 500 || cut)
 		atomic_fetch_add_explicit(&sv->w[g_slot].errors, 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&sv->w[g_slot].bytes_out, c->bytes_out, memory_order_relaxed);
-	int cls = c->resp_status >= 100 && c->resp_status < 600 && !cut ? c->resp_status / 100 : 0;
 	atomic_fetch_add_explicit(&sv->status[cls], 1, memory_order_relaxed);
-	uint64_t ms = c->t_start ? g_now - c->t_start : 0;
-	atomic_fetch_add_explicit(&sv->dur_sum_ms, ms, memory_order_relaxed);
-	int bk = 0;
-	while (bk < LB_HIST && ms > hist_ms[bk])
-		bk++;
-	atomic_fetch_add_explicit(&sv->dur_bucket[bk], 1, memory_order_relaxed); /* one shared write */
+	atomic_fetch_add_explicit(&sv->dur_sum_ms, us / 1000, memory_order_relaxed);
+	atomic_fetch_add_explicit(&sv->dur_bucket[hist_bucket(us)], 1, memory_order_relaxed); /* one shared write */
+}
+
+/* Upstream timings of c's server: the connect finished (fresh: its time is observed), or the
+ * first response byte came (observed once per exchange). */
+static void count_connected(struct conn *c, int fresh)
+{
+	uint64_t now = mono_us();
+	if (fresh && c->t_up_us && c->srv && c->srv->shm && g_slot >= 0)
+		hist_note(c->srv->shm->conn_bucket, &c->srv->shm->conn_sum_us, now - c->t_up_us);
+	c->t_up_us = 0;
+	c->t_ready_us = now;
+}
+
+static void count_first_byte(struct conn *c)
+{
+	if (c->t_ready_us && c->srv && c->srv->shm && g_slot >= 0)
+		hist_note(c->srv->shm->fb_bucket, &c->srv->shm->fb_sum_us, mono_us() - c->t_ready_us);
+	c->t_ready_us = 0;
+}
+
+/* Client connections per listener: accepted, open (this worker's column), refused by reason. */
+static void count_accepted(const struct lb_listener *l)
+{
+	if (l->shm && g_slot >= 0)
+		atomic_fetch_add_explicit(&l->shm->accepted, 1, memory_order_relaxed);
+}
+
+static void count_conn_open(const struct conn *c)
+{
+	if (c->L->shm && g_slot >= 0)
+		atomic_fetch_add_explicit(&c->L->shm->active[g_slot], 1, memory_order_relaxed);
+}
+
+static void count_conn_close(const struct conn *c)
+{
+	if (c->L->shm && g_slot >= 0)
+		atomic_fetch_sub_explicit(&c->L->shm->active[g_slot], 1, memory_order_relaxed);
+}
+
+static void count_refused(const struct lb_listener *l, int why)
+{
+	if (l->shm && g_slot >= 0)
+		atomic_fetch_add_explicit(&l->shm->refused[why], 1, memory_order_relaxed);
 }
 
 /* A server's counters summed over every worker, live or exited. */
@@ -9128,6 +9365,8 @@ static void shm_release_slot(int slot)
 		sv->retired_errors += atomic_exchange(&sv->w[slot].errors, 0);
 		sv->retired_bytes += atomic_exchange(&sv->w[slot].bytes_out, 0);
 	}
+	for (uint32_t i = 0; i < g_shm->nlisteners; i++)
+		atomic_store(&g_shm->l[i].active[slot], 0);
 	atomic_fetch_add(&g_shm->log_dropped_retired, atomic_exchange(&g_shm->w[slot].log_dropped, 0));
 	g_shm->w[slot].pid = 0;
 }
@@ -9496,6 +9735,44 @@ static const char *srv_state_name(const struct lb_server *s)
 
 #define METRIC(b, name, type, help) ab_printf(b, "# HELP " name " " help "\n# TYPE " name " " type "\n")
 
+/* A histogram's lines from its per-bucket counts (cumulated here) and its sum in µs. */
+static void hist_print(struct abuf *b, const char *name, const char *labels, const uint64_t *n, uint64_t sum_us)
+{
+	uint64_t cum = 0;
+	for (int i = 0; i < LB_HIST; i++) {
+		cum += n[i];
+		ab_printf(b, "%s_bucket{%s,le=\"%g\"} %llu\n", name, labels, hist_us[i] / 1e6, (unsigned long long)cum);
+	}
+	cum += n[LB_HIST];
+	ab_printf(b, "%s_bucket{%s,le=\"+Inf\"} %llu\n", name, labels, (unsigned long long)cum);
+	ab_printf(b, "%s_sum{%s} %.6f\n", name, labels, sum_us / 1e6);
+	ab_printf(b, "%s_count{%s} %llu\n", name, labels, (unsigned long long)cum);
+}
+
+/* Upstream connect and first-byte times per pool: the sums of its servers' slots. */
+static void metrics_upstream(struct abuf *b)
+{
+	const struct lb_conf *c = g_conf;
+	for (int which = 0; which < 2; which++) {
+		const char *name = which ? "lb_upstream_first_byte_duration_seconds" : "lb_upstream_connect_duration_seconds";
+		ab_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", name,
+		          which ? "From the server connection being ready (connected or reused) to the first response byte."
+		                : "Time to connect to a server (new connections only).", name);
+		for (size_t p = 0; p < c->npools; p++) {
+			uint64_t n[LB_HIST + 1] = { 0 }, sum = 0;
+			char lab[LB_NAME_MAX + 16];
+			for (size_t k = 0; k < c->pools[p].nservers; k++) {
+				struct lb_shm_server *v = c->pools[p].servers[k].shm;
+				for (int i = 0; v && i <= LB_HIST; i++)
+					n[i] += atomic_load(which ? &v->fb_bucket[i] : &v->conn_bucket[i]);
+				sum += v ? atomic_load(which ? &v->fb_sum_us : &v->conn_sum_us) : 0;
+			}
+			snprintf(lab, sizeof lab, "pool=\"%s\"", c->pools[p].name);
+			hist_print(b, name, lab, n, sum);
+		}
+	}
+}
+
 static void metrics_servers(struct abuf *b)
 {
 	static const char *const cls[6] = { "none", "1xx", "2xx", "3xx", "4xx", "5xx" };
@@ -9512,23 +9789,16 @@ static void metrics_servers(struct abuf *b)
 	for (size_t p = 0; p < c->npools; p++)
 		for (size_t k = 0; k < c->pools[p].nservers; k++) {
 			const struct lb_server *s = &c->pools[p].servers[k];
+			uint64_t n[LB_HIST + 1];
+			char lab[3 * LB_NAME_MAX];
 			if (!s->shm)
 				continue;
-			uint64_t count = 0, cum = 0;
 			for (int i = 0; i <= LB_HIST; i++)
-				count += atomic_load(&s->shm->dur_bucket[i]);
-			for (int i = 0; i < LB_HIST; i++) {
-				cum += atomic_load(&s->shm->dur_bucket[i]);
-				ab_printf(b, "lb_server_request_duration_seconds_bucket{pool=\"%s\",server=\"%s\",le=\"%g\"} %llu\n",
-				          c->pools[p].name, s->name, hist_ms[i] / 1000.0, (unsigned long long)cum);
-			}
-			ab_printf(b, "lb_server_request_duration_seconds_bucket{pool=\"%s\",server=\"%s\",le=\"+Inf\"} %llu\n",
-			          c->pools[p].name, s->name, (unsigned long long)count);
-			ab_printf(b, "lb_server_request_duration_seconds_sum{pool=\"%s\",server=\"%s\"} %.3f\n", c->pools[p].name,
-			          s->name, atomic_load(&s->shm->dur_sum_ms) / 1000.0);
-			ab_printf(b, "lb_server_request_duration_seconds_count{pool=\"%s\",server=\"%s\"} %llu\n", c->pools[p].name,
-			          s->name, (unsigned long long)count);
+				n[i] = atomic_load(&s->shm->dur_bucket[i]);
+			snprintf(lab, sizeof lab, "pool=\"%s\",server=\"%s\"", c->pools[p].name, s->name);
+			hist_print(b, "lb_server_request_duration_seconds", lab, n, atomic_load(&s->shm->dur_sum_ms) * 1000);
 		}
+	metrics_upstream(b);
 	static const struct {
 		const char *name, *type, *help;
 		int what;
@@ -9628,6 +9898,24 @@ static void metrics_routes(struct abuf *b)
 				                                          : g[m].what == 1 ? &r->limited : &r->denied));
 		}
 	}
+	METRIC(b, "lb_route_errors_total", "counter", "Answers of the route that were 5xx (lb's or a server's) or cut short.");
+	for (size_t k = 0; k < c->nroutes; k++)
+		if (c->routes[k].shm)
+			ab_printf(b, "lb_route_errors_total{route=\"%s\"} %llu\n", c->routes[k].name,
+			          (unsigned long long)atomic_load(&c->routes[k].shm->errors));
+	METRIC(b, "lb_route_request_duration_seconds", "histogram",
+	       "Time from the request's start to the end of the answer (lb's own answers included).");
+	for (size_t k = 0; k < c->nroutes; k++) {
+		struct lb_shm_route *r = c->routes[k].shm;
+		uint64_t n[LB_HIST + 1];
+		char lab[LB_NAME_MAX + 16];
+		if (!r)
+			continue;
+		for (int i = 0; i <= LB_HIST; i++)
+			n[i] = atomic_load(&r->dur_bucket[i]);
+		snprintf(lab, sizeof lab, "route=\"%s\"", c->routes[k].name);
+		hist_print(b, "lb_route_request_duration_seconds", lab, n, atomic_load(&r->dur_sum_us));
+	}
 	METRIC(b, "lb_route_split_weight", "gauge", "Split weight of each pool of a route.");
 	for (size_t k = 0; k < c->nroutes; k++) {
 		const struct lb_route *r = &c->routes[k];
@@ -9635,6 +9923,67 @@ static void metrics_routes(struct abuf *b)
 			ab_printf(b, "lb_route_split_weight{route=\"%s\",pool=\"%s\"} %u\n", r->name, c->pools[r->split[j].pool].name,
 			          atomic_load(&r->shm->weight[j]));
 	}
+}
+
+static const char *listener_protocol(const struct lb_listener *l)
+{
+	if (l->mode == LB_MODE_TCP)
+		return l->tls ? "tls" : "tcp";
+	return l->tls ? "https" : "http";
+}
+
+/* Every answer by listener, route ("" when none matched), status class and reason ("server" when
+ * a server answered; else why lb answered itself): the cells of the request table. */
+static void metrics_requests(struct abuf *b)
+{
+	static const char *const cls[6] = { "none", "1xx", "2xx", "3xx", "4xx", "5xx" };
+	METRIC(b, "lb_requests_total", "counter",
+	       "HTTP answers by listener, route, status class (none: cut short) and reason (server, or why lb answered itself).");
+	for (size_t s = 0; g_reqs && s < LB_REQ_SETS; s++)
+		for (int w = 0; w < LB_REQ_WAYS; w++) {
+			const struct req_cell *e = &g_reqs[s].e[w];
+			uint64_t key = atomic_load(&e->key), ls = key >> 40, rs = (key >> 8) & 0xffffffffu, why = key & 0xff;
+			if (!key || ls > g_shm->nlisteners || rs > g_shm->nroutes || why >= OWN_N)
+				continue;
+			for (int k = 0; k < 6; k++) {
+				uint64_t n = atomic_load(&e->status[k]);
+				if (n)
+					ab_printf(b, "lb_requests_total{listener=\"%s\",route=\"%s\",code=\"%s\",reason=\"%s\"} %llu\n",
+					          g_shm->l[ls - 1].key, rs ? g_shm->r[rs - 1].key : "", cls[k], own_name[why],
+					          (unsigned long long)n);
+			}
+		}
+	METRIC(b, "lb_requests_unlabelled_total", "counter",
+	       "Answers counted without labels: the request table's cells for their label set were all taken.");
+	ab_printf(b, "lb_requests_unlabelled_total %llu\n", (unsigned long long)atomic_load(&g_shm->req_overflow));
+}
+
+/* Client connections per listener of the running file, with its protocol. */
+static void metrics_connections(struct abuf *b)
+{
+	static const char *const why[REFUSE_N] = { "acl", "max_conn_per_ip", "no_memory", "tls_handshake", "proxy_header" };
+	const struct lb_conf *c = g_conf;
+	METRIC(b, "lb_connections_accepted_total", "counter", "Client connections accepted (refused ones included).");
+	for (size_t i = 0; i < c->nlisteners; i++)
+		if (c->listeners[i].shm)
+			ab_printf(b, "lb_connections_accepted_total{listener=\"%s\",protocol=\"%s\"} %llu\n", c->listeners[i].name,
+			          listener_protocol(&c->listeners[i]), (unsigned long long)atomic_load(&c->listeners[i].shm->accepted));
+	METRIC(b, "lb_connections_active", "gauge", "Client connections open now, all workers.");
+	for (size_t i = 0; i < c->nlisteners; i++) {
+		struct lb_shm_listener *l = c->listeners[i].shm;
+		int64_t n = 0;
+		for (int w = 0; l && w < LB_MAX_WORKERS; w++)
+			n += atomic_load(&l->active[w]);
+		if (l)
+			ab_printf(b, "lb_connections_active{listener=\"%s\",protocol=\"%s\"} %lld\n", c->listeners[i].name,
+			          listener_protocol(&c->listeners[i]), (long long)LB_MAX(n, 0));
+	}
+	METRIC(b, "lb_connections_refused_total", "counter", "Client connections lb closed before serving them, by reason.");
+	for (size_t i = 0; i < c->nlisteners; i++)
+		for (int k = 0; c->listeners[i].shm && k < REFUSE_N; k++)
+			ab_printf(b, "lb_connections_refused_total{listener=\"%s\",protocol=\"%s\",reason=\"%s\"} %llu\n",
+			          c->listeners[i].name, listener_protocol(&c->listeners[i]), why[k],
+			          (unsigned long long)atomic_load(&c->listeners[i].shm->refused[k]));
 }
 
 static void admin_metrics(struct abuf *b)
@@ -9654,6 +10003,13 @@ static void admin_metrics(struct abuf *b)
 	ab_printf(b, "lb_generation %d\n", g_gen);
 	METRIC(b, "lb_reloads_total", "counter", "Successful reloads.");
 	ab_printf(b, "lb_reloads_total %llu\n", (unsigned long long)atomic_load(&g_shm->reloads));
+	METRIC(b, "lb_reload_failures_total", "counter", "Reloads refused (the file has errors, or its listeners, user or admin token could not be taken).");
+	ab_printf(b, "lb_reload_failures_total %llu\n", (unsigned long long)atomic_load(&g_shm->reload_failures));
+	uint64_t ok_ms = atomic_load(&g_shm->reload_ok_wall_ms);
+	METRIC(b, "lb_last_reload_success_timestamp_seconds", "gauge", "When the running configuration was loaded (Unix time; start or last reload).");
+	ab_printf(b, "lb_last_reload_success_timestamp_seconds %.3f\n", (ok_ms ? ok_ms : g_shm->started_wall_ms) / 1000.0);
+	METRIC(b, "lb_last_reload_failure_timestamp_seconds", "gauge", "When a reload last failed (Unix time; 0: never).");
+	ab_printf(b, "lb_last_reload_failure_timestamp_seconds %.3f\n", atomic_load(&g_shm->reload_fail_wall_ms) / 1000.0);
 	METRIC(b, "lb_worker_restarts_total", "counter", "Workers restarted after dying.");
 	ab_printf(b, "lb_worker_restarts_total %llu\n", (unsigned long long)atomic_load(&g_shm->restarts));
 	METRIC(b, "lb_live_worker_requests_total", "counter", "Exchanges finished by the workers alive now.");
@@ -9661,6 +10017,8 @@ static void admin_metrics(struct abuf *b)
 	METRIC(b, "lb_log_lines_dropped_total", "counter",
 	       "Access log lines lost whole: the log could not take them (disk full, I/O error) or one was longer than the 64 KB buffer.");
 	ab_printf(b, "lb_log_lines_dropped_total %llu\n", (unsigned long long)log_dropped);
+	metrics_requests(b);
+	metrics_connections(b);
 	metrics_servers(b);
 	metrics_routes(b);
 	metrics_tls(b);
@@ -10787,6 +11145,7 @@ static int conn_admitted(struct conn *c)
 		return 1;
 	log_throttled(&log_slot, "client %s listener %s: closing: more than max_conn_per_ip = %u connections from "
 	              "this address", ip_text(&c->conn_ip), c->L->name, c->L->max_conn_per_ip);
+	count_refused(c->L, REFUSE_PER_IP);
 	conn_close(c);
 	return 0;
 }
@@ -10819,6 +11178,7 @@ static void conn_new(int fd, int li, const struct sockaddr_storage *sa)
 {
 	struct conn *c = conn_alloc();
 	if (!c) {
+		count_refused(&g_conf->listeners[li], REFUSE_NO_MEMORY);
 		close(fd);
 		return;
 	}
@@ -10841,6 +11201,7 @@ static void conn_new(int fd, int li, const struct sockaddr_storage *sa)
 		g_live->prev = c;
 	g_live = c;
 	g_nconns++;
+	count_conn_open(c);
 	if (proxy_expected(c))
 		c->q = Q_PROXY; /* the client is known once the header is read; TLS starts after it */
 	else if (!conn_admitted(c))
@@ -10887,7 +11248,9 @@ static void on_accept(struct lsock *ls)
 			return;
 		}
 		g_accept_backoff = 0;
+		count_accepted(&g_conf->listeners[ls->li]);
 		if (!listener_admits(&g_conf->listeners[ls->li], &sa)) {
+			count_refused(&g_conf->listeners[ls->li], REFUSE_ACL);
 			close(fd); /* before any byte is read */
 			continue;
 		}
@@ -10974,6 +11337,7 @@ static void on_event(struct evh *h, unsigned ev)
 				break;
 			}
 			b->connected = 1;
+			count_connected(c, 1);
 			if (c->L->mode == LB_MODE_TCP)
 				cb_outcome(c, c->srv, 0, "");
 		}
@@ -11818,12 +12182,21 @@ static void fd_limit_check(const struct lb_conf *c)
 
 /* SIGHUP: the new generation starts before the old one retires; on any error the old
  * generation keeps serving as it was. */
+/* A reload's outcome for the metrics: failures counted, the time of the last of each kind. */
+static int reload_noted(int rc)
+{
+	if (rc != 0)
+		atomic_fetch_add(&g_shm->reload_failures, 1);
+	atomic_store(rc != 0 ? &g_shm->reload_fail_wall_ms : &g_shm->reload_ok_wall_ms, wall_ms());
+	return rc;
+}
+
 static int master_reload(void)
 {
 	struct lb_conf *nc = load_config(g_conf_path, 1);
 	if (!nc) {
 		lb_err("reload: %s has errors; still serving generation %d", g_conf_path, g_gen);
-		return -1;
+		return reload_noted(-1);
 	}
 	int free_slots = 0;
 	char token[sizeof g_admin_token];
@@ -11851,7 +12224,7 @@ static int master_reload(void)
 		resolve_user(old);
 		admin_listen(old);
 		lb_conf_free(nc);
-		return -1;
+		return reload_noted(-1);
 	}
 	memcpy(g_admin_token, token, sizeof token);
 	g_admin_token_len = token_len;
@@ -11883,7 +12256,7 @@ static int master_reload(void)
 	lb_err("reload: generation %d serves %s (%zu listeners, %zu pools, %zu routes); generation %d retires",
 	       g_gen, g_conf_path, nc->nlisteners, nc->npools, nc->nroutes, old_gen);
 	lb_conf_free(old);
-	return 0;
+	return reload_noted(0);
 }
 
 /* -------------------------------------------------------------------- stop (master)

@@ -431,6 +431,7 @@ struct lb_listener {
 	unsigned https_port;          /* in those redirects; 443 = not written */
 	char *acme_webroot;           /* serves /.well-known/acme-challenge/TOKEN */
 	struct lb_tls *tlsm;          /* loaded certificates and CAs (lb_conf_resolve); NULL in pure use */
+	struct lb_shm_listener *shm;  /* connection counters in shared memory; NULL in unit tests */
 	uint64_t given;               /* keys given in the file: a bit per row of lb.c's key table */
 };
 

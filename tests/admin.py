@@ -329,6 +329,185 @@ def t_admin_head_timeout(ctx):
 sum_metric = it.sum_metric
 
 
+def series(text, name, **labels):
+    """The value of the one sample of name with exactly these labels (None when there is none)."""
+    for line in text.splitlines():
+        m = re.match(r"^(\w+)(?:\{([^}]*)\})? (\S+)$", line)
+        if m and m.group(1) == name and dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or "")) == labels:
+            return float(m.group(3))
+    return None
+
+
+def promtool_ok(text):
+    promtool = shutil.which("promtool")
+    check(promtool, "promtool (Debian package prometheus) is not installed")
+    p = subprocess.run([promtool, "check", "metrics"], input=text.encode(), capture_output=True, timeout=30)
+    check(p.returncode == 0, "promtool check metrics: %s" % short((p.stdout + p.stderr).decode(), 600))
+
+
+def raw_answer(port, data, wait=0.0):
+    """The status line lb answers to raw bytes (after `wait` s of silence when wanted)."""
+    with po.Conn(port, timeout=4.0) as c:
+        c.send(data)
+        if wait:
+            time.sleep(wait)
+        return c.read_response("GET").status
+
+
+def every_answer(ctx):
+    """lb with listeners and routes that make each of its own answers once; the metrics text after them,
+    and the Admin. Listener web (pool p) serves the routes; bare has no pool (404); plain redirects (308)."""
+    a, b = ctx.b["a"], ctx.b["b"]
+    web, bare, plain, shut, tun = free_port(), free_port(), free_port(), free_port(), free_port()
+    ad = Admin(ctx, [lsn("web", web, ("max_header_size", "1k"), ("header_timeout", "400ms")),
+                     lsn("bare", bare, pool=None), lsn("plain", plain, ("redirect_https", "on"), pool=None),
+                     lsn("shut", shut, ("deny", "127.0.0.2/32")),
+                     section("listener tun", ("bind", "%s:%d" % (HOST, tun)), ("mode", "tcp"), ("pool", "p")),
+                     po.pl("p", [a]), po.pl("d", [b]), po.pl("s", [a]),
+                     section("pool gone", ("server", "x %s:%d" % (HOST, free_port())), ("health_check", "tcp"),
+                             ("health_interval", "100ms"), ("health_fall", "1")),
+                     section("route gone", ("path", "/gone/*"), ("pool", "gone")),
+                     section("route lim", ("path", "/lim/*"), ("pool", "p"), ("rate_limit", "1/minute burst=1")),
+                     section("route deny", ("path", "/deny/*"), ("pool", "p"), ("acl", "deny 127.0.0.0/8")),
+                     section("route down", ("path", "/down/*"), ("pool", "d")),
+                     section("route slow", ("path", "/slow"), ("split", "s 100"))], workers=1)
+    eq(ad.call("POST", "/api/pools/d/servers/b/disable")[0], 200, "disable the only server of pool d")
+    eq(ask(web, "/m").status, 200, "listener's pool")
+    eq([ask(web, "/lim/%d" % i).status for i in range(2)], [200, 429], "rate-limited route")
+    eq(ask(web, "/deny/x").status, 403, "acl")
+    eq(ask(web, "/down/x").status, 503, "pool with every server disabled")
+    deadline = time.time() + 5
+    while sum_metric(it.metrics_text(ad.port), "lb_server_up", pool="gone") != 0.0:
+        check(time.time() < deadline, "pool gone's server (nothing listens) not down after 5 s")
+        time.sleep(0.1)
+    eq(ask(web, "/gone/x").status, 503, "pool with every server down by health checks")
+    eq(ask(bare, "/nothing").status, 404, "listener without a pool, no route")
+    eq(ask(plain, "/x").status, 308, "redirect_https")
+    eq(raw_answer(web, b"NONSENSE\r\n\r\n"), 400, "a malformed request line")
+    eq(raw_answer(web, b"GET /h HTTP/1.1\r\nHost: x\r\nX-Big: " + b"y" * 2048 + b"\r\n\r\n"), 431, "a 2 KB head")
+    eq(raw_answer(web, b"GET /t HTTP/1.1\r\nHost: x\r\n", wait=0.6), 408, "a head not complete in 400 ms")
+    eq(ask(web, "/slow?ms=150").status, 200, "a server answering after 150 ms")
+    check(po.refused(shut, "127.0.0.2") is None, "listener deny = 127.0.0.2/32 did not refuse")
+    eq(ask(tun, "/through-tcp").status, 200, "mode tcp listener")
+    held = po.Conn(web, timeout=4.0)  # open while /metrics is read: lb_connections_active
+    try:
+        held.ask("/held", host="x")
+        time.sleep(0.2)
+        code, text = ad.get("/metrics")
+    finally:
+        held.close()
+    eq(code, 200, "GET /metrics")
+    return ad, text, web
+
+
+@test("metrics_every_answer")
+def t_metrics_every_answer(ctx):
+    """Each of lb's own answers, and the servers', in lb_requests_total with listener, route, class
+    and reason; connections by listener and protocol; promtool passes."""
+    ad, text, web = every_answer(ctx)
+    promtool_ok(text)
+    eq(series(text, "lb_requests_total", listener="web", route="", code="2xx", reason="server"), 2.0,
+       "lb_requests_total{listener=web,route='',code=2xx,reason=server} (/m and /held)")
+    want = [("web", "lim", "2xx", "server"), ("web", "lim", "4xx", "rate_limited"),
+            ("web", "deny", "4xx", "denied"), ("web", "down", "5xx", "no_server"), ("web", "gone", "5xx", "no_server"), ("bare", "", "4xx", "no_route"),
+            ("plain", "", "3xx", "redirect"), ("web", "", "4xx", "bad_request"),
+            ("web", "", "4xx", "header_too_large"), ("web", "", "4xx", "timeout"), ("web", "slow", "2xx", "server")]
+    for lsn_, route, cls, why in want:
+        eq(series(text, "lb_requests_total", listener=lsn_, route=route, code=cls, reason=why), 1.0,
+           "lb_requests_total{listener=%s,route=%r,code=%s,reason=%s}" % (lsn_, route, cls, why))
+    eq(sum_metric(text, "lb_requests_total", code="5xx", reason="server"), 0.0, "5xx from servers")
+    check(series(text, "lb_connections_accepted_total", listener="web", protocol="http") >= 9,
+          "lb_connections_accepted_total{listener=web}: %s" % series(text, "lb_connections_accepted_total",
+                                                                    listener="web", protocol="http"))
+    eq(series(text, "lb_connections_active", listener="web", protocol="http"), 1.0, "one held connection open")
+    eq(series(text, "lb_connections_refused_total", listener="shut", protocol="http", reason="acl"), 1.0,
+       "refused by the listener's deny")
+    eq(series(text, "lb_connections_accepted_total", listener="shut", protocol="http"), 1.0,
+       "the refused connection was accepted first")
+    eq(series(text, "lb_connections_accepted_total", listener="tun", protocol="tcp"), 1.0, "tcp listener accepted")
+    eq(sum_metric(text, "lb_requests_total", listener="tun"), 0.0, "a tunnel is no HTTP answer")
+    eq(series(text, "lb_route_errors_total", route="down"), 1.0, "lb_route_errors_total{route=down}")
+    eq(series(text, "lb_route_request_duration_seconds_count", route="lim"), 2.0, "route lim's duration count")
+    # a server that answers after 150 ms: in the pool's first-byte and the route's duration histograms
+    for name, lab, hi in (("lb_upstream_first_byte_duration_seconds", {"pool": "s"}, 0.17),
+                          ("lb_route_request_duration_seconds", {"route": "slow"}, 0.2)):
+        eq(series(text, name + "_bucket", le="0.1", **lab), 0.0, "%s%s le=0.1" % (name, lab))
+        eq(series(text, name + "_bucket", le="0.25", **lab), 1.0, "%s%s le=0.25" % (name, lab))
+        sm = series(text, name + "_sum", **lab)
+        check(0.13 <= sm <= hi, "%s_sum%s = %s, not in 0.13 .. %s s (150 ms +- 20 ms)" % (name, lab, sm, hi))
+    check(series(text, "lb_upstream_connect_duration_seconds_count", pool="s") == 1.0, "one connect in pool s")
+    deadline = time.time() + 3  # the held connection closed: active drops to 0
+    while series(it.metrics_text(ad.port), "lb_connections_active", listener="web", protocol="http") != 0.0:
+        check(time.time() < deadline, "lb_connections_active{listener=web} still not 0 after the close")
+        time.sleep(0.1)
+
+
+@test("metrics_grafana_names")
+def t_metrics_grafana_names(ctx):
+    """Every lb_* metric the Grafana dashboard queries has samples in /metrics after traffic."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(os.path.join(here, "..", "deploy", "grafana", "lb-dashboard.json")) as f:
+        d = json.load(f)
+    exprs = [t["expr"] for p in d["panels"] for t in p.get("targets", []) if t.get("expr")]
+    names = sorted(set(n for e in exprs for n in re.findall(r"\blb_[a-z0-9_]+", e)))
+    check(len(names) > 10, "only %d lb_* names in the dashboard" % len(names))
+    _, text, _ = every_answer(ctx)
+    have = set(re.findall(r"^(lb_[a-z0-9_]+)[{ ]", text, re.M))
+    missing = [n for n in names if n not in have]
+    eq(missing, [], "dashboard metrics without a sample in /metrics")
+    for n in ("lb_requests_total", "lb_connections_active", "lb_upstream_first_byte_duration_seconds_bucket",
+              "lb_route_request_duration_seconds_bucket"):
+        check(n in names, "the dashboard does not query %s" % n)
+
+
+@test("metrics_reload_failure")
+def t_metrics_reload_failure(ctx):
+    """A reload of a file with errors: lb_reload_failures_total and the failure's time."""
+    a = ctx.b["a"]
+    port = free_port()
+    ad = Admin(ctx, [lsn("web", port), po.pl("p", [a])], workers=1)
+    t0 = time.time()
+    text = it.metrics_text(ad.port)
+    eq(series(text, "lb_reload_failures_total"), 0.0, "lb_reload_failures_total at start")
+    with open(conf_file(ad.m), "a") as f:
+        f.write("\n[pool broken]\nnot_a_key = 1\n")
+    st, _ = ad.call("POST", "/api/reload")
+    check(st != 200, "POST /api/reload of a file with errors answered %d" % st)
+    text = it.metrics_text(ad.port)
+    eq(series(text, "lb_reload_failures_total"), 1.0, "lb_reload_failures_total after a failed reload")
+    fail_t = series(text, "lb_last_reload_failure_timestamp_seconds")
+    check(fail_t is not None and t0 - 1 <= fail_t <= time.time() + 1, "last failure time %s" % fail_t)
+    ok_t = series(text, "lb_last_reload_success_timestamp_seconds")
+    check(ok_t is not None and ok_t <= fail_t, "last success time %s (start) after the failure %s" % (ok_t, fail_t))
+    eq(sum_metric(text, "lb_reloads_total"), 0.0, "lb_reloads_total (no success)")
+    eq(ask(port, "/still").status, 200, "still serving")
+
+
+@test("metrics_survive_reload")
+def t_metrics_survive_reload(ctx):
+    """Answer and connection counters live in shared memory by name: a reload keeps them."""
+    a = ctx.b["a"]
+    port = free_port()
+    ad = Admin(ctx, [lsn("web", port), po.pl("p", [a]), section("route r", ("path", "/r/*"), ("pool", "p"))],
+               workers=1)
+    for i in range(3):
+        eq(ask(port, "/r/%d" % i).status, 200, "request %d" % i)
+    eq(ask(port, "/r/x", headers=[("X-Big", "y" * 20000)]).status, 431, "a head over max_header_size")
+    st, _ = ad.call("POST", "/api/reload")
+    eq(st, 200, "POST /api/reload")
+    for i in range(2):
+        eq(ask(port, "/r/%d" % i).status, 200, "request %d after the reload" % i)
+    text = it.metrics_text(ad.port)
+    eq(series(text, "lb_requests_total", listener="web", route="r", code="2xx", reason="server"), 5.0,
+       "route r's 2xx across the reload")
+    eq(series(text, "lb_requests_total", listener="web", route="", code="4xx", reason="header_too_large"), 1.0,
+       "the 431 before the reload")
+    eq(series(text, "lb_connections_accepted_total", listener="web", protocol="http"), 6.0,
+       "connections accepted across the reload")
+    eq(series(text, "lb_route_request_duration_seconds_count", route="r"), 5.0, "route r's durations")
+    eq(series(text, "lb_reloads_total"), 1.0, "lb_reloads_total")
+
+
 @test("metrics_promtool")
 def t_metrics(ctx):
     promtool = shutil.which("promtool")

@@ -299,11 +299,11 @@ else
 		pass "prometheus/rules ($(echo "$out" | grep -o '[0-9]* rules found'))"
 	else fail prometheus/rules "$(echo "$out" | oneline)"; fi
 	if out=$(cd deploy/prometheus && promtool test rules lb-alerts.test.yml 2>&1); then
-		pass "prometheus/rules-unit-tests (backend down, pool down, error rate, latency, circuit, lb down, cert expiry, HA master count)"
+		pass "prometheus/rules-unit-tests (backend down, pool down, no usable server, error rate, latency, circuit, lb down, failed reload, lost log lines, cert expiry, HA master count)"
 	else fail prometheus/rules-unit-tests "$(echo "$out" | grep -v '^Unit Testing' | oneline 600)"; fi
 	# the alerts the unit tests must cover: removing a test is a failure too
 	missing=""
-	for a in LBBackendDown LBPoolDown LBHighErrorRate LBHighLatencyP99 LBCircuitOpen LBDown LBCertExpiringSoon LBHAMasterCount; do
+	for a in LBBackendDown LBPoolDown LBNoUsableServer LBHighErrorRate LBHighLatencyP99 LBCircuitOpen LBDown LBReloadFailed LBLogLinesDropped LBCertExpiringSoon LBHAMasterCount; do
 		grep -q "alertname: $a$" deploy/prometheus/lb-alerts.test.yml || missing="$missing $a"
 	done
 	if [ -z "$missing" ]; then pass prometheus/rules-tested; else fail prometheus/rules-tested "no unit test for:$missing"; fi

@@ -495,6 +495,10 @@ def t_hs_reasons(ctx):
         if p == port:
             check("client certificate" not in said, "a listener without client_ca blames a client certificate: %s"
                   % short(said, 300))
+    t = metrics(ap)  # the same failures as refused connections of their listener
+    for lname, n in (("https", 3), ("mtls", 1)):
+        eq(metric(t, "lb_connections_refused_total", listener=lname, protocol="https", reason="tls_handshake"), n,
+           "lb_connections_refused_total{listener=%s,reason=tls_handshake}" % lname)
     check(m.alive(), "lb died")
 
 
