@@ -8269,6 +8269,8 @@ static void tcp_start(struct conn *c)
  * it and publishes it as an event. Events reach the master through a shared ring; the master
  * runs alert_command with each. lb's own failures (out of descriptors, ports, memory) are never
  * a server's: a check that cannot start is skipped, an exchange that cannot connect is not counted.
+ * For the dashboard each server's slot also keeps its last check (result, latency, time), the time
+ * of its last state change and why it went down (srv_note writes the texts, srv_note_read reads them).
  * Calls sections 2, 3 (lb_parse_response), 6, 7 (checks over TLS), 8 and 9. */
 
 struct lb_event {
@@ -8878,7 +8880,8 @@ static void idle_sweep(void)
 /* ==================================================================== 12. shared memory
  * One MAP_SHARED segment the master makes before the first fork: per-server state and
  * counters, in slots found by "pool/server" name so they survive reloads, and per-worker
- * totals. Each worker writes only its own columns; the master folds a dead worker's.
+ * totals; connection counters per listener (slots by name); the dashboard's history ring, one
+ * series per server and route slot, that the master samples (history_tick) and section 13 reads. Each worker writes only its own columns; the master folds a dead worker's.
  * The slots are sized at start from the file with room for reloads (shm_create); a file that
  * needs more is refused by the one validation (conf_validate -> shm_conf_room) before a reload.
  * Calls sections 2, 4 (conf_validate parses a candidate file), 6 and 8. */
@@ -9094,6 +9097,7 @@ static int shm_map_conf(struct lb_conf *c)
 			/* a server added through the admin API takes traffic once it passed its health
 			 * checks (also when a removed one comes back under its name); others begin up */
 			if (check_first_take(key) && c->pools[p].hc_kind != LB_HC_OFF && !s->disabled) {
+				srv_note(s->shm, NULL, "added through the admin API: down until it passes its health checks", 1);
 				atomic_store(&s->shm->down, 1);
 				atomic_store(&s->shm->hc_ok, 0);
 				atomic_store(&s->shm->admin, ADM_READY);
@@ -9449,8 +9453,9 @@ static void history_tick(void)
 }
 
 /* ==================================================================== 13. admin API
- * Served by the master on [admin] bind: reads shared memory for /metrics, /api/stats and the
- * dashboard; changes weights, drain state and splits in shared memory (no reload); edits the
+ * Served by the master on [admin] bind: reads shared memory for /metrics, /api/stats, /api/history
+ * and the dashboard (rendered here: tables and SVG sparklines, no script needed; its form posts to
+ * POST / with the token as a field); changes weights, drain state and splits in shared memory (no reload); edits the
  * config file (atomically, the previous kept as .bak) and reloads for config, server add and
  * remove. A fixed set of connections, each with a buffer bounded by LB_ADMIN_MAX_BODY; the
  * master never blocks on a client. A flood of idle or dripping connections cannot take /healthz
@@ -10765,7 +10770,7 @@ static void ab_spark(struct abuf *b, const struct lb_hseries *h, int what)
 	}
 	static const char *const label[3] = { "requests/s", "errors %", "p99 ms" };
 	ab_printf(b, "<svg class=sp data-points=%zu viewBox=\"0 0 %zu 20\" preserveAspectRatio=none role=img>"
-	             "<title>%s, %zu samples: max %.2f</title><polyline points=\"", n, n > 1 ? n - 1 : 1, label[what], n, max);
+	             "<title>%s, %zu samples: max %.2f</title><polyline vector-effect=non-scaling-stroke points=\"", n, n > 1 ? n - 1 : 1, label[what], n, max);
 	for (size_t j = 0; j < n; j++)
 		ab_printf(b, "%s%zu,%.1f", j ? " " : "", j, 19 - (max > 0 ? 18 * val[j] / max : 0));
 	ab_printf(b, "\"/></svg> <span class=now>");
@@ -10853,9 +10858,9 @@ static void dash_pools(struct abuf *b)
 	for (size_t p = 0; p < c->npools; p++) {
 		const struct lb_pool *pl = &c->pools[p];
 		ab_printf(b, "<h2>pool %s <small>%s</small></h2><div class=tw><table class=servers data-pool=\"%s\"><tr>"
-		             "<th>server</th><th>state</th><th>why</th><th>weight</th><th>active</th>"
+		             "<th>server</th><th>state</th><th class=l>why</th><th>weight</th><th>active</th>"
 		             "<th>requests</th><th>2xx</th><th>4xx</th><th>5xx</th><th>sent</th><th>p50</th><th>p99</th>"
-		             "<th>last check</th><th>since change</th><th>checks/failed/down</th><th>change</th>"
+		             "<th class=l>last check</th><th>since change</th><th>checks/failed/down</th><th>change</th>"
 		             "<th>address</th></tr>",
 		          pl->name, algo[pl->algorithm], pl->name);
 		for (size_t k = 0; k < pl->nservers; k++)
@@ -10966,7 +10971,7 @@ static const char g_dash_head[] =
 	"h2{font-size:1.1em;margin:1em 0 .3em}small{color:#666;font-weight:normal}"
 	".tw{overflow-x:auto;max-width:100%}table{border-collapse:collapse}td,th{padding:.2em .5em;"
 	"border-bottom:1px solid #ddd;text-align:right;white-space:nowrap}th{background:#f4f4f4;font-weight:600}"
-	"td:first-child,th:first-child,td.why,td.chk{text-align:left}td.why,td.chk{white-space:normal;min-width:12em}td.why{color:#a00}"
+	"td:first-child,th:first-child,td.why,td.chk{text-align:left}td.why,td.chk{white-space:normal;min-width:12em}td.why{color:#a00}th.l{text-align:left}"
 	".up,.ok{color:#080}.down,.circuit-open,.bad{color:#c00;font-weight:bold}.drain,.disabled,.circuit-half-open,.warn"
 	"{color:#b60}svg.sp{width:120px;height:22px;vertical-align:middle;stroke:#36c;fill:none;stroke-width:1.2}"
 	"td.act input{width:3em}button{font-size:12px}p{margin:.3em 0}</style></head><body>";
@@ -11530,8 +11535,9 @@ static void access_log_line(struct conn *c)
  * Listening sockets, accept, the signal self-pipe, the worker's loop and its drain on SIGTERM/SIGINT,
  * then the master: workers, alerts, reaping, log rotation, reload, stop, certificates on disk.
  * Accept pauses at the worker's connection cap (max_connections as its descriptors allow) and,
- * with a back-off, when descriptors or memory run out (accept_hold). Calls every section before
- * it, and 16 declared ahead (load_config). */
+ * with a back-off, when descriptors or memory run out (accept_hold). The master's loop also samples
+ * the dashboard's history (history_tick, section 12). Calls every section before it, and 16
+ * declared ahead (load_config). */
 
 static int g_sigpipe[2] = { -1, -1 };
 static struct evh g_sigh;

@@ -208,7 +208,7 @@ PAGE_FACTS = r"""(() => {
   const sp = q('#history svg.sp polyline').map(p => p.getAttribute('points').trim().split(/\s+/).length);
   return {
     listeners: q('#listeners tr').length - 1, listener: q('#listeners td').map(c => c.textContent),
-    servers: q('table.servers tr[data-server]').length, a: cells('p/a'), z: cells('p/z'),
+    servers: q('table.servers tr[data-server]').length, a: cells('p/a'), b: cells('p/b'), z: cells('p/z'),
     routes: q('#routes tr').length - 1, series: q('#history tr[data-series]').length,
     sparklines: sp.length, points: Math.min(...sp),
     ya: q('tr[data-series="server p/a"] svg.sp polyline')[0].getAttribute('points').trim().split(/\s+/)
@@ -277,6 +277,16 @@ def t_browser(ctx):
     eq(f["a"][1], "drain", "a's state on the page after the post")
     eq(f["a"][3], "7", "a's weight on the page after the post")
     check("drain" in f["a"][2], "a's why: %r" % f["a"][2])
+    # the script refreshes the tables in place (no navigation) every 5 s
+    br.js("window.lbMark = 1")
+    shown = int(f["b"][5])
+    traffic(port, n=20)
+    end = time.monotonic() + 9
+    while int(br.js(PAGE_FACTS)["b"][5]) <= shown:
+        if time.monotonic() > end:
+            raise Fail("server b's requests on the page stayed %d for 9 s after 20 more requests" % shown)
+        time.sleep(0.5)
+    eq(br.js("window.lbMark"), 1, "the page was reloaded instead of refreshed")
     # a wrong token changes nothing
     br.js("document.getElementById('tok').value = 'wrong'")
     br.click_and_load('button[value="disable p/a"]')
