@@ -33,7 +33,7 @@ from process import Skip  # noqa: E402
 from policy import ask, section, lsn  # noqa: E402
 from admin import Admin, TOKEN  # noqa: E402
 
-SUITE_BUDGET = 90
+SUITE_BUDGET = 60
 TESTS = []
 test = it.registrar(TESTS, 45)
 os.environ["LB_HISTORY_INTERVAL_MS"] = "200"
