@@ -32,6 +32,7 @@ from integration import HOST, Fail, check, eq, free_port, short  # noqa: E402
 from process import Skip  # noqa: E402
 from policy import ask, section, lsn  # noqa: E402
 from admin import Admin, TOKEN  # noqa: E402
+import tls as tl  # noqa: E402
 
 SUITE_BUDGET = 60
 TESTS = []
@@ -150,15 +151,17 @@ class Browser:
 
 # ---------------------------------------------------------------------------------------- helpers
 
-def setup(ctx, dead_port=None):
-    """lb with pool p (a, b and, given dead_port, a server z nobody listens on), route r, checks every 200 ms."""
+def setup(ctx, dead_port=None, cert=None):
+    """lb with pool p (a, b and, given dead_port, a server z nobody listens on), route r, checks every
+    200 ms; given cert, also an https listener serving it."""
     a, b = ctx.b["a"], ctx.b["b"]
     port = free_port()
     servers = [("server", "a %s:%d" % (HOST, a.port)), ("server", "b %s:%d" % (HOST, b.port))]
     if dead_port:
         servers.append(("server", "z %s:%d" % (HOST, dead_port)))
-    ad = Admin(ctx, [lsn("web", port), section("pool p", *servers, ("health_interval", "200ms"),
-                                               ("health_check", "http GET /"), ("health_fall", "2")),
+    more = [lsn("secure", free_port(), ("tls", "on"), ("cert", cert))] if cert else []
+    ad = Admin(ctx, [lsn("web", port), *more, section("pool p", *servers, ("health_interval", "200ms"),
+                                                      ("health_check", "http GET /"), ("health_fall", "2")),
                      section("route r", ("path", "/r/*"), ("pool", "p"))])
     return ad, port
 
@@ -297,7 +300,8 @@ def t_browser(ctx):
 @test("dashboard_without_javascript")
 def t_nojs(ctx):
     dead = free_port()
-    ad, port = setup(ctx, dead)
+    pem, serial = tl.CA(os.path.join(ctx.dir, "ca")).leaf("soon", "soon.example", names=("soon.example",), days=10)
+    ad, port = setup(ctx, dead, cert=pem)
     wait_down(ad, "p", "z")
     traffic(port, n=60)
     wait_history(ad, 3)
@@ -310,6 +314,10 @@ def t_nojs(ctx):
         check(want in html, "the page without JavaScript has no %r" % want)
     check("http://" not in html and "https://" not in html, "the page loads something from elsewhere")
     check("form-action 'self'" in csp, "CSP: %r" % csp)
+    m = re.search(r"<table id=certs>.*?<td>secure</td><td>soon\.example</td>.*?<td>%s</td><td class=(\w+)>(\d+)</td>"
+                  % serial, html)
+    check(m and m.group(1) == "warn" and int(m.group(2)) in (9, 10),
+          "certificate row (10 days left, serial %s): %s" % (serial, m.groups() if m else short(html[-800:], 800)))
     stats = ad.stats()
     a = ad.server("p", "a")
     check(a["p99_ms"] is not None and a["p50_ms"] is not None, "a's percentiles in /api/stats: %s" % a)
@@ -318,7 +326,8 @@ def t_nojs(ctx):
     check("failed in a row" in z["reason"] and not z["check"]["ok"], "z in /api/stats: %s" % z)
     r = stats["routes"][0]
     check(r["requests"] >= 30 and r["p99_ms"] is not None and r["errors"] == 0, "route r in /api/stats: %s" % r)
-    eq([(x["name"], x["protocol"]) for x in stats["listeners"]], [("web", "http")], "listeners in /api/stats")
+    eq([(x["name"], x["protocol"]) for x in stats["listeners"]], [("web", "http"), ("secure", "https")],
+       "listeners in /api/stats")
     check(stats["listeners"][0]["accepted"] >= 60, "listener web accepted: %s" % stats["listeners"][0])
 
     def post(fields):
