@@ -1866,10 +1866,15 @@ int lb_admin_route(const char *method, size_t mlen, const char *target, size_t t
 	}
 	struct lb_str path = { target, (size_t)(end - target) }, a, b;
 	int get = !strcmp(m, "GET") || !strcmp(m, "HEAD");
-	if (seg_is(path, "/") || seg_is(path, "/healthz") || seg_is(path, "/metrics") || seg_is(path, "/api/stats")) {
+	if (seg_is(path, "/") && !strcmp(m, "POST")) {
+		o->op = LB_A_FORM; /* the dashboard's controls: the token comes in the form (checked by the call) */
+		return 0;
+	}
+	if (seg_is(path, "/") || seg_is(path, "/healthz") || seg_is(path, "/metrics") || seg_is(path, "/api/stats") ||
+	    seg_is(path, "/api/history")) {
 		o->op = seg_is(path, "/") ? LB_A_DASHBOARD : seg_is(path, "/healthz") ? LB_A_HEALTHZ
-		      : seg_is(path, "/metrics") ? LB_A_METRICS : LB_A_STATS;
-		return get ? 0 : admin_fail(o, 405, "read-only: GET");
+		      : seg_is(path, "/metrics") ? LB_A_METRICS : seg_is(path, "/api/stats") ? LB_A_STATS : LB_A_HISTORY;
+		return get ? 0 : admin_fail(o, 405, "read-only: GET (POST / takes the dashboard's form)");
 	}
 	const char *p = path.p;
 	if (!admin_seg(&p, end, &a) || !seg_is(a, "api") || !admin_seg(&p, end, &b))
@@ -1927,6 +1932,95 @@ int lb_parse_weight(const char *s, size_t n, unsigned *out)
 		return LB_EINVAL;
 	*out = (unsigned)v;
 	return 0;
+}
+
+/* One form field's name or value, percent- and plus-decoded into out (cap bytes with the NUL);
+ * -1 when it does not fit or has a bad escape or a NUL. */
+static int form_decode(const char *p, size_t n, char *out, size_t cap, size_t *len)
+{
+	size_t k = 0;
+	for (size_t i = 0; i < n; i++) {
+		int ch = (unsigned char)p[i];
+		if (ch == '+') {
+			ch = ' ';
+		} else if (ch == '%') {
+			if (i + 2 >= n || !is_hex((unsigned char)p[i + 1]) || !is_hex((unsigned char)p[i + 2]))
+				return -1;
+			ch = hex_val((unsigned char)p[i + 1]) << 4 | hex_val((unsigned char)p[i + 2]);
+			i += 2;
+		}
+		if (!ch || k + 1 >= cap)
+			return -1;
+		out[k++] = (char)ch;
+	}
+	out[k] = 0;
+	*len = k;
+	return 0;
+}
+
+/* the next name=value pair of a form body, decoded; 0 at the end, -1 on a bad pair */
+static int form_next(const char **p, const char *end, char *name, size_t ncap, char *val, size_t vcap, size_t *vlen)
+{
+	while (*p < end && **p == '&')
+		(*p)++;
+	if (*p == end)
+		return 0;
+	const char *amp = memchr(*p, '&', (size_t)(end - *p)), *e = amp ? amp : end;
+	const char *eq = memchr(*p, '=', (size_t)(e - *p));
+	size_t nlen;
+	int rc = form_decode(*p, (size_t)((eq ? eq : e) - *p), name, ncap, &nlen) == 0 &&
+	         form_decode(eq ? eq + 1 : e, eq ? (size_t)(e - eq - 1) : 0, val, vcap, vlen) == 0 ? 1 : -1;
+	*p = e;
+	return rc;
+}
+
+/* "POOL/SERVER" into o's names */
+static int form_target(const char *s, struct lb_form_action *o)
+{
+	const char *slash = strchr(s, '/');
+	struct lb_str pool = { s, slash ? (size_t)(slash - s) : 0 }, srv = { slash ? slash + 1 : s, slash ? strlen(slash + 1) : 0 };
+	if (!slash || !name_ok(pool) || !name_ok(srv))
+		return -1;
+	seg_copy(o->pool, pool);
+	seg_copy(o->server, srv);
+	return 0;
+}
+
+int lb_parse_form_action(const char *body, size_t n, struct lb_form_action *o)
+{
+	static const struct { const char *word; int op; } acts[] = {
+		{ "drain", LB_A_DRAIN }, { "enable", LB_A_ENABLE }, { "disable", LB_A_DISABLE }, { "weight", LB_A_WEIGHT },
+	};
+	char name[2 * LB_NAME_MAX + 8], val[512], want[2 * LB_NAME_MAX + 8];
+	size_t vlen;
+	const char *p = body, *end = body + n;
+	int rc;
+	memset(o, 0, sizeof *o);
+	while ((rc = form_next(&p, end, name, sizeof name, val, sizeof val, &vlen)) > 0) {
+		if (!strcmp(name, "token") && vlen < sizeof o->token) {
+			memcpy(o->token, val, vlen + 1);
+			o->token_len = vlen;
+		} else if (!strcmp(name, "do")) {
+			const char *sp = strchr(val, ' ');
+			for (size_t i = 0; sp && i < sizeof acts / sizeof *acts; i++)
+				if ((size_t)(sp - val) == strlen(acts[i].word) && !memcmp(val, acts[i].word, (size_t)(sp - val)))
+					o->op = acts[i].op;
+			if (!o->op || form_target(sp + 1, o) != 0)
+				return o->error = "do must be 'drain|enable|disable|weight POOL/SERVER'", LB_EINVAL;
+		}
+	}
+	if (rc < 0)
+		return o->error = "a field of the form is badly encoded or too long", LB_EINVAL;
+	if (!o->op)
+		return o->error = "the form names no action (do=ACTION POOL/SERVER)", LB_EINVAL;
+	if (o->op != LB_A_WEIGHT)
+		return 0;
+	snprintf(want, sizeof want, "w.%s/%s", o->pool, o->server);
+	for (p = body; (rc = form_next(&p, end, name, sizeof name, val, sizeof val, &vlen)) > 0;)
+		if (!strcmp(name, want))
+			return lb_parse_weight(val, vlen, &o->weight) == 0 ? 0
+			       : (o->error = "the weight must be 1..1000", LB_EINVAL);
+	return o->error = "no weight field for that server", LB_EINVAL;
 }
 
 /* -------------------------------------------------------------------- X.509 names, ACME tokens */
@@ -4054,6 +4148,13 @@ struct lb_shm_server {
 		_Atomic uint64_t requests, errors, bytes_out;
 	} w[LB_MAX_WORKERS];
 	uint64_t retired_requests, retired_errors, retired_bytes; /* of exited workers */
+	/* for the dashboard: the last check, the last state change and why (srv_note writes the texts) */
+	_Atomic uint64_t hc_last_wall_ms, changed_wall_ms; /* 0: none yet */
+	_Atomic uint32_t hc_last_us;    /* how long the last check took */
+	_Atomic int32_t hc_last_ok;
+	_Atomic uint32_t note_lock, note_seq; /* writers take the lock; readers retry on an odd or moved seq */
+	char hc_last_why[160];          /* the last check's failure ("" after a pass) */
+	char down_why[320];             /* why the server went down or its circuit opened */
 };
 
 struct lb_shm_route {
@@ -8254,6 +8355,8 @@ static void tcp_start(struct conn *c)
  * it and publishes it as an event. Events reach the master through a shared ring; the master
  * runs alert_command with each. lb's own failures (out of descriptors, ports, memory) are never
  * a server's: a check that cannot start is skipped, an exchange that cannot connect is not counted.
+ * For the dashboard each server's slot also keeps its last check (result, latency, time), the time
+ * of its last state change and why it went down (srv_note writes the texts, srv_note_read reads them).
  * Calls sections 2, 3 (lb_parse_response), 6, 7 (checks over TLS), 8 and 9. */
 
 struct lb_event {
@@ -8289,6 +8392,41 @@ static void event_emit(const char *kind, const struct lb_pool *p, const struct l
 	snprintf(e->server, sizeof e->server, "%s", s ? s->name : "");
 	snprintf(e->reason, sizeof e->reason, "%s", reason);
 	atomic_store_explicit(&e->seq, n + 1, memory_order_release);
+}
+
+/* What the dashboard shows of a server's health: the last check and why it is down. Texts are written
+ * under the slot's note_lock (the checker and any worker whose exchange opens a circuit) inside a
+ * sequence count, so that the master reads them without a lock (srv_note_read, bounded retries). */
+static void srv_note(struct lb_shm_server *v, const char *check_why, const char *down_why, int changed)
+{
+	spin_lock(&v->note_lock);
+	atomic_fetch_add_explicit(&v->note_seq, 1, memory_order_acq_rel);
+	atomic_thread_fence(memory_order_release);
+	if (check_why)
+		snprintf(v->hc_last_why, sizeof v->hc_last_why, "%s", check_why);
+	if (down_why)
+		snprintf(v->down_why, sizeof v->down_why, "%s", down_why);
+	atomic_thread_fence(memory_order_release);
+	atomic_fetch_add_explicit(&v->note_seq, 1, memory_order_acq_rel);
+	spin_unlock(&v->note_lock);
+	if (changed)
+		atomic_store_explicit(&v->changed_wall_ms, wall_ms(), memory_order_relaxed);
+}
+
+/* a consistent copy of both texts ("" when a writer kept them moving) */
+static void srv_note_read(struct lb_shm_server *v, char *check_why, size_t cn, char *down_why, size_t dn)
+{
+	for (int tries = 0; tries < 8; tries++) {
+		uint32_t s0 = atomic_load_explicit(&v->note_seq, memory_order_acquire);
+		if (s0 & 1)
+			continue;
+		snprintf(check_why, cn, "%.*s", (int)sizeof v->hc_last_why - 1, v->hc_last_why);
+		snprintf(down_why, dn, "%.*s", (int)sizeof v->down_why - 1, v->down_why);
+		atomic_thread_fence(memory_order_acquire);
+		if (atomic_load_explicit(&v->note_seq, memory_order_acquire) == s0)
+			return;
+	}
+	check_why[0] = down_why[0] = 0;
 }
 
 /* -------------------------------------------------------------------- circuit breaker */
@@ -8328,6 +8466,9 @@ static void cb_trip(const struct lb_pool *p, const struct lb_server *s, int from
 	if (!atomic_compare_exchange_strong(&v->cb_state, &exp, CB_OPEN))
 		return;
 	atomic_fetch_add_explicit(&v->n_open, 1, memory_order_relaxed);
+	char why[320];
+	snprintf(why, sizeof why, "circuit open: %s", reason);
+	srv_note(v, NULL, why, 1);
 	lb_err("server %s/%s: circuit open for %llu ms: %s", p->name, s->name, (unsigned long long)p->cb_open, reason);
 	event_emit("circuit_open", p, s, reason);
 }
@@ -8350,6 +8491,7 @@ static void cb_close(const struct lb_pool *p, const struct lb_server *s, int fro
 	if (!closed)
 		return;
 	atomic_fetch_add_explicit(&v->n_close, 1, memory_order_relaxed);
+	srv_note(v, NULL, atomic_load(&v->down) ? NULL : "", 1);
 	lb_err("server %s/%s: circuit closed: %s", p->name, s->name, why);
 	event_emit("circuit_close", p, s, why);
 }
@@ -8475,6 +8617,7 @@ struct hc {
 	char req[LB_HOST_MAX + 320];
 	char buf[4096];               /* the response head */
 	struct tls_up *tls;           /* the check of a server marked tls speaks TLS */
+	uint64_t t0_us;               /* when the running check began (its latency for the dashboard) */
 };
 static struct hc *g_hc;
 static size_t g_nhc;
@@ -8489,17 +8632,30 @@ static int hc_expected(const struct lb_pool *p, int status)
 	return 0;
 }
 
+static uint64_t hc_clock_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
 static void hc_verdict(struct hc *k, int ok, const char *why)
 {
 	struct lb_shm_server *v = k->s->shm;
 	const struct lb_pool *p = k->p;
 	atomic_fetch_add_explicit(&v->n_checks, 1, memory_order_relaxed);
+	uint64_t took = hc_clock_us() - k->t0_us;
+	atomic_store_explicit(&v->hc_last_us, (uint32_t)LB_MIN(took, UINT32_MAX), memory_order_relaxed);
+	atomic_store_explicit(&v->hc_last_wall_ms, wall_ms(), memory_order_relaxed);
+	atomic_store_explicit(&v->hc_last_ok, ok, memory_order_relaxed);
+	srv_note(v, ok ? "" : why, NULL, 0);
 	if (ok) {
 		atomic_store(&v->hc_fail, 0);
 		uint32_t oks = atomic_fetch_add(&v->hc_ok, 1) + 1;
 		if (atomic_load(&v->down) && oks >= p->hc_rise) {
 			atomic_store(&v->down, 0);
 			atomic_fetch_add_explicit(&v->n_up, 1, memory_order_relaxed);
+			srv_note(v, NULL, "", 1);
 			char reason[96];
 			snprintf(reason, sizeof reason, "%u health checks passed", oks);
 			lb_err("server %s/%s is up: %s", p->name, k->s->name, reason);
@@ -8516,6 +8672,7 @@ static void hc_verdict(struct hc *k, int ok, const char *why)
 		atomic_fetch_add_explicit(&v->n_down, 1, memory_order_relaxed);
 		char reason[400];
 		snprintf(reason, sizeof reason, "health check: %s (%u failed in a row)", why, fails);
+		srv_note(v, NULL, reason, 1);
 		lb_err("server %s/%s is down: %s", p->name, k->s->name, reason);
 		event_emit("server_down", p, k->s, reason);
 	}
@@ -8559,6 +8716,7 @@ static void hc_start(struct hc *k)
 	k->connected = 0;
 	k->sent = k->n = 0;
 	k->due = g_now + k->p->hc_timeout;
+	k->t0_us = hc_clock_us();
 	memset(&k->h, 0, sizeof k->h);
 	k->h.kind = H_HEALTH;
 	k->h.fd = socket(k->s->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -8808,7 +8966,8 @@ static void idle_sweep(void)
 /* ==================================================================== 12. shared memory
  * One MAP_SHARED segment the master makes before the first fork: per-server state and
  * counters, in slots found by "pool/server" name so they survive reloads, and per-worker
- * totals. Each worker writes only its own columns; the master folds a dead worker's.
+ * totals; connection counters per listener (slots by name); the dashboard's history ring, one
+ * series per server and route slot, that the master samples (history_tick) and section 13 reads. Each worker writes only its own columns; the master folds a dead worker's.
  * The slots are sized at start from the file with room for reloads (shm_create); a file that
  * needs more is refused by the one validation (conf_validate -> shm_conf_room) before a reload.
  * Listener slots (connection counters) work the same way. The metrics' counting lives here too:
@@ -8841,6 +9000,7 @@ struct lb_shm {
 };
 static struct lb_shm *g_shm;
 static struct name_index g_shm_snames, g_shm_rnames, g_shm_lnames; /* the master's: slot by name */
+static int history_create(void);
 static int g_slot = -1;  /* this worker's column; -1 in the master */
 static pid_t g_pid;
 static int g_worker_id;  /* 1..workers within its generation */
@@ -8892,7 +9052,7 @@ static int shm_create(const struct lb_conf *c)
 	g_shm->cap_routes = (uint32_t)nr;
 	g_shm->cap_listeners = (uint32_t)nl;
 	g_shm->started_wall_ms = wall_ms();
-	return 0;
+	return history_create();
 }
 
 static const char *shm_skey_at(const void *ctx, uint32_t i) { LB_UNUSED(ctx); return g_shm->s[i].key; }
@@ -9023,9 +9183,12 @@ static int shm_map_conf(struct lb_conf *c)
 			}
 			uint32_t i = *cell - 1;
 			s->shm = &g_shm->s[i];
+			if (!atomic_load(&s->shm->changed_wall_ms)) /* a new slot: its state dates from now */
+				atomic_store(&s->shm->changed_wall_ms, wall_ms());
 			/* a server added through the admin API takes traffic once it passed its health
 			 * checks (also when a removed one comes back under its name); others begin up */
 			if (check_first_take(key) && c->pools[p].hc_kind != LB_HC_OFF && !s->disabled) {
+				srv_note(s->shm, NULL, "added through the admin API: down until it passes its health checks", 1);
 				atomic_store(&s->shm->down, 1);
 				atomic_store(&s->shm->hc_ok, 0);
 				atomic_store(&s->shm->admin, ADM_READY);
@@ -9371,9 +9534,116 @@ static void shm_release_slot(int slot)
 	g_shm->w[slot].pid = 0;
 }
 
+/* -------------------------------------------------------------------- history
+ * The dashboard's sparklines: every interval (5 s; LB_HISTORY_INTERVAL_MS for tests) the master
+ * takes each server and route slot's requests, errors and duration histogram, and keeps what changed
+ * since the last sample: LB_HISTORY_N points a slot (15 minutes), in a ring made with the slots at
+ * start (one series per slot, so a series follows its name across reloads like the slot does). */
+#define LB_HISTORY_N 180
+#define LB_HISTORY_MS 5000
+struct lb_hpoint {
+	uint32_t req, err, p99_us; /* in the interval; p99_us: UINT32_MAX when there was no request */
+};
+struct lb_hseries {
+	uint64_t last_req, last_err, last_bk[LB_HIST + 1]; /* the cumulative counts at the last sample */
+	struct lb_hpoint pt[LB_HISTORY_N];
+};
+struct lb_history {
+	uint64_t interval_ms, taken;     /* samples taken; the newest is pt[(taken - 1) % LB_HISTORY_N] */
+	uint64_t last_wall_ms, next_ms;  /* the newest sample's time; the next one due (mono_ms) */
+	struct lb_hseries *s, *r;        /* cap_servers and cap_routes series, after this header */
+};
+static struct lb_history *g_hist;
+
+/* The upper bound of histogram bucket i in milliseconds: the one place that knows hist_us's unit. */
+static double hist_bound_ms(int i) { return hist_us[i] / 1000.0; }
+
+/* The q quantile (0..1) of a histogram with counts per bucket (bk[LB_HIST] is above the last bound),
+ * interpolated in its bucket as Prometheus's histogram_quantile does; -1 without a count. */
+static double hist_quantile(const uint64_t *bk, double q)
+{
+	uint64_t total = 0, cum = 0;
+	for (int i = 0; i <= LB_HIST; i++)
+		total += bk[i];
+	if (!total)
+		return -1;
+	double rank = q * (double)total;
+	for (int i = 0; i < LB_HIST; i++) {
+		if (bk[i] && (double)(cum + bk[i]) >= rank) {
+			double lo = i ? hist_bound_ms(i - 1) : 0, hi = hist_bound_ms(i);
+			return lo + (hi - lo) * (rank - (double)cum) / (double)bk[i];
+		}
+		cum += bk[i];
+	}
+	return hist_bound_ms(LB_HIST - 1);
+}
+
+static void hist_load(const _Atomic uint64_t *src, uint64_t *bk)
+{
+	for (int i = 0; i <= LB_HIST; i++)
+		bk[i] = atomic_load_explicit(&src[i], memory_order_relaxed);
+}
+
+static int history_create(void)
+{
+	size_t head = align64(sizeof *g_hist), ns = g_shm->cap_servers, nr = g_shm->cap_routes;
+	char *m = shm_map(head + (ns + nr) * sizeof(struct lb_hseries), "history of servers and routes");
+	if (!m)
+		return -1;
+	g_hist = (struct lb_history *)m;
+	g_hist->s = (struct lb_hseries *)(m + head);
+	g_hist->r = g_hist->s + ns;
+	const char *env = getenv("LB_HISTORY_INTERVAL_MS"); /* for tests: seconds instead of minutes */
+	long v = env ? strtol(env, NULL, 10) : 0;
+	g_hist->interval_ms = v >= 100 && v <= 60000 ? (uint64_t)v : LB_HISTORY_MS;
+	g_hist->next_ms = mono_ms() + g_hist->interval_ms;
+	return 0;
+}
+
+/* one point: what the cumulative counts gained since the series' last sample */
+static void history_point(struct lb_hseries *h, uint64_t req, uint64_t err, const uint64_t *bk, struct lb_hpoint *pt)
+{
+	uint64_t d[LB_HIST + 1];
+	for (int i = 0; i <= LB_HIST; i++) {
+		d[i] = bk[i] >= h->last_bk[i] ? bk[i] - h->last_bk[i] : 0;
+		h->last_bk[i] = bk[i];
+	}
+	double p99 = hist_quantile(d, 0.99);
+	pt->req = (uint32_t)LB_MIN(req >= h->last_req ? req - h->last_req : 0, UINT32_MAX);
+	pt->err = (uint32_t)LB_MIN(err >= h->last_err ? err - h->last_err : 0, UINT32_MAX);
+	pt->p99_us = p99 < 0 ? UINT32_MAX : (uint32_t)LB_MIN(p99 * 1000.0, (double)(UINT32_MAX - 1));
+	h->last_req = req;
+	h->last_err = err;
+}
+
+/* master loop: a sample of every slot taken, when one is due */
+static void history_tick(void)
+{
+	uint64_t now = mono_ms(), bk[LB_HIST + 1];
+	if (!g_hist || now < g_hist->next_ms)
+		return;
+	g_hist->next_ms = now + g_hist->interval_ms;
+	size_t at = g_hist->taken % LB_HISTORY_N;
+	for (uint32_t i = 0; i < g_shm->nservers; i++) {
+		struct lb_shm_server *sv = &g_shm->s[i];
+		uint64_t req, err, bytes;
+		shm_server_totals(sv, &req, &err, &bytes);
+		hist_load(sv->dur_bucket, bk);
+		history_point(&g_hist->s[i], req, err, bk, &g_hist->s[i].pt[at]);
+	}
+	for (uint32_t i = 0; i < g_shm->nroutes; i++) {
+		struct lb_shm_route *rv = &g_shm->r[i];
+		hist_load(rv->dur_bucket, bk);
+		history_point(&g_hist->r[i], atomic_load(&rv->requests), atomic_load(&rv->errors), bk, &g_hist->r[i].pt[at]);
+	}
+	g_hist->last_wall_ms = wall_ms();
+	g_hist->taken++;
+}
+
 /* ==================================================================== 13. admin API
- * Served by the master on [admin] bind: reads shared memory for /metrics, /api/stats and the
- * dashboard; changes weights, drain state and splits in shared memory (no reload); edits the
+ * Served by the master on [admin] bind: reads shared memory for /metrics, /api/stats, /api/history
+ * and the dashboard (rendered here: tables and SVG sparklines, no script needed; its form posts to
+ * POST / with the token as a field); changes weights, drain state and splits in shared memory (no reload); edits the
  * config file (atomically, the previous kept as .bak) and reloads for config, server add and
  * remove. A fixed set of connections, each with a buffer bounded by LB_ADMIN_MAX_BODY; the
  * master never blocks on a client. A flood of idle or dripping connections cannot take /healthz
@@ -9702,17 +9972,22 @@ static void admin_json_error(struct aconn *a, int status, const char *msg)
 }
 
 /* constant time in the token's length: a wrong guess tells nothing of how close it was */
-static int admin_token_ok(const struct lb_req *rq)
+static int admin_token_eq(const char *t, size_t n)
 {
-	const struct lb_header *h = lb_header_find(rq->headers, rq->nheaders, "authorization");
-	if (!h || !g_admin_token_len || h->value.n < 7 || !str_ieq(h->value.p, 7, "bearer "))
+	if (!g_admin_token_len)
 		return 0;
-	const char *t = h->value.p + 7;
-	size_t n = h->value.n - 7;
 	unsigned diff = n != g_admin_token_len;
 	for (size_t i = 0; i < g_admin_token_len; i++)
 		diff |= (unsigned char)g_admin_token[i] ^ (unsigned char)(i < n ? t[i] : 0);
 	return diff == 0;
+}
+
+static int admin_token_ok(const struct lb_req *rq)
+{
+	const struct lb_header *h = lb_header_find(rq->headers, rq->nheaders, "authorization");
+	if (!h || h->value.n < 7 || !str_ieq(h->value.p, 7, "bearer "))
+		return 0;
+	return admin_token_eq(h->value.p + 7, h->value.n - 7);
 }
 
 /* -------------------------------------------------------------------- state as text */
@@ -10024,6 +10299,182 @@ static void admin_metrics(struct abuf *b)
 	metrics_tls(b);
 }
 
+/* -------------------------------------------------------------------- what the dashboard and /api/stats show */
+
+/* A server's figures beyond its counters: percentiles, the last check, why it takes no traffic. */
+struct srv_view {
+	double p50, p99;                /* ms over every request since start; -1 without one */
+	int checked, check_ok;          /* a check ran; the last one passed */
+	uint32_t check_us;
+	uint64_t check_age_ms, changed_age_ms;
+	char check_why[160], down_why[320];
+	char reason[360];               /* "" when the server takes traffic */
+};
+
+static void srv_view_of(const struct lb_server *s, struct srv_view *o)
+{
+	struct lb_shm_server *v = s->shm;
+	uint64_t bk[LB_HIST + 1], now = wall_ms();
+	memset(o, 0, sizeof *o);
+	o->p50 = o->p99 = -1;
+	if (!v)
+		return;
+	hist_load(v->dur_bucket, bk);
+	o->p50 = hist_quantile(bk, 0.5);
+	o->p99 = hist_quantile(bk, 0.99);
+	uint64_t at = atomic_load(&v->hc_last_wall_ms), ch = atomic_load(&v->changed_wall_ms);
+	o->checked = at != 0;
+	o->check_ok = atomic_load(&v->hc_last_ok);
+	o->check_us = atomic_load(&v->hc_last_us);
+	o->check_age_ms = at && now > at ? now - at : 0;
+	o->changed_age_ms = ch && now > ch ? now - ch : 0;
+	srv_note_read(v, o->check_why, sizeof o->check_why, o->down_why, sizeof o->down_why);
+	const char *st = srv_state_name(s);
+	if (!strcmp(st, "disabled"))
+		snprintf(o->reason, sizeof o->reason, "%s", s->disabled ? "disabled in the config file" : "disabled through the admin API");
+	else if (!strcmp(st, "drain"))
+		snprintf(o->reason, sizeof o->reason, "draining (admin API): no new clients");
+	else if (!strcmp(st, "down") || !strcmp(st, "circuit-open"))
+		snprintf(o->reason, sizeof o->reason, "%s", o->down_why[0] ? o->down_why : "health checks fail");
+	else if (!strcmp(st, "circuit-half-open"))
+		snprintf(o->reason, sizeof o->reason, "circuit half-open: trial requests only");
+}
+
+static void ab_json_ms(struct abuf *b, double ms)
+{
+	if (ms < 0)
+		ab_printf(b, "null");
+	else
+		ab_printf(b, "%.3f", ms);
+}
+
+/* /api/stats: a server's view, after its counters (the object is closed here) */
+static void stats_server_view(struct abuf *b, const struct lb_server *s)
+{
+	struct srv_view w;
+	srv_view_of(s, &w);
+	struct lb_shm_server *v = s->shm;
+	ab_printf(b, "\"p50_ms\":");
+	ab_json_ms(b, w.p50);
+	ab_printf(b, ",\"p99_ms\":");
+	ab_json_ms(b, w.p99);
+	ab_printf(b, ",\"reason\":");
+	ab_json_str(b, w.reason);
+	ab_printf(b, ",\"changed_s_ago\":%llu,\"check\":", (unsigned long long)(w.changed_age_ms / 1000));
+	if (!w.checked || !v) {
+		ab_printf(b, "null}");
+		return;
+	}
+	ab_printf(b, "{\"ok\":%s,\"result\":", w.check_ok ? "true" : "false");
+	ab_json_str(b, w.check_ok ? "ok" : w.check_why);
+	ab_printf(b, ",\"latency_ms\":%.3f,\"age_s\":%.1f,\"checks\":%llu,\"failures\":%llu,\"downs\":%llu}}",
+	          w.check_us / 1000.0, w.check_age_ms / 1000.0, (unsigned long long)atomic_load(&v->n_checks),
+	          (unsigned long long)atomic_load(&v->n_check_fails), (unsigned long long)atomic_load(&v->n_down));
+}
+
+static void route_quantiles(const struct lb_route *r, double *p50, double *p99)
+{
+	uint64_t bk[LB_HIST + 1];
+	*p50 = *p99 = -1;
+	if (!r->shm)
+		return;
+	hist_load(r->shm->dur_bucket, bk);
+	*p50 = hist_quantile(bk, 0.5);
+	*p99 = hist_quantile(bk, 0.99);
+}
+
+static uint64_t listener_active(const struct lb_listener *l)
+{
+	uint64_t n = 0;
+	for (int w = 0; l->shm && w < LB_MAX_WORKERS; w++)
+		n += atomic_load_explicit(&l->shm->active[w], memory_order_relaxed);
+	return n;
+}
+
+static const char *listener_proto(const struct lb_listener *l)
+{
+	return l->mode == LB_MODE_TCP ? (l->tls ? "tcp+tls" : "tcp") : (l->tls ? "https" : "http");
+}
+
+static void bind_text(const struct lb_bind *bd, char *out, size_t n)
+{
+	const struct lb_hostport *hp = &bd->hp;
+	if (hp->wildcard || !hp->host[0])
+		snprintf(out, n, "*:%u", (unsigned)hp->port);
+	else
+		snprintf(out, n, hp->v6 ? "[%s]:%u" : "%s:%u", hp->host, (unsigned)hp->port);
+}
+
+/* /api/stats: "listeners", written where the routes' array ends (the caller closes it) */
+static void stats_listeners(struct abuf *b)
+{
+	ab_printf(b, "],\"listeners\":[");
+	for (size_t i = 0; i < g_conf->nlisteners; i++) {
+		const struct lb_listener *l = &g_conf->listeners[i];
+		char bt[LB_HOST_MAX + 16];
+		ab_printf(b, "%s{\"name\":\"%s\",\"protocol\":\"%s\",\"binds\":[", i ? "," : "", l->name, listener_proto(l));
+		for (size_t k = 0; k < l->nbinds; k++) {
+			bind_text(&l->binds[k], bt, sizeof bt);
+			ab_printf(b, "%s", k ? "," : "");
+			ab_json_str(b, bt);
+		}
+		ab_printf(b, "],\"active\":%llu,\"accepted\":%llu}", (unsigned long long)listener_active(l),
+		          (unsigned long long)(l->shm ? atomic_load(&l->shm->accepted) : 0));
+	}
+}
+
+/* /api/history: the ring's points of the servers and routes of the running file, oldest first */
+static void history_series_json(struct abuf *b, const struct lb_hseries *h, size_t n)
+{
+	static const char *const name[3] = { "requests", "errors", "p99_ms" };
+	for (int what = 0; what < 3; what++) {
+		ab_printf(b, "%s\"%s\":[", what ? "," : "", name[what]);
+		for (size_t j = 0; j < n; j++) {
+			const struct lb_hpoint *pt = &h->pt[(g_hist->taken - n + j) % LB_HISTORY_N];
+			if (what == 0)
+				ab_printf(b, "%s%u", j ? "," : "", pt->req);
+			else if (what == 1)
+				ab_printf(b, "%s%u", j ? "," : "", pt->err);
+			else if (!pt->req || pt->p99_us == UINT32_MAX)
+				ab_printf(b, "%snull", j ? "," : "");
+			else
+				ab_printf(b, "%s%.3f", j ? "," : "", pt->p99_us / 1000.0);
+		}
+		ab_printf(b, "]");
+	}
+}
+
+static void admin_history(struct abuf *b)
+{
+	const struct lb_conf *c = g_conf;
+	size_t n = (size_t)LB_MIN(g_hist->taken, (uint64_t)LB_HISTORY_N);
+	ab_printf(b, "{\"interval_s\":%.3f,\"samples\":%zu,\"capacity\":%d,\"last\":%.3f,\"servers\":[",
+	          g_hist->interval_ms / 1000.0, n, LB_HISTORY_N, g_hist->last_wall_ms / 1000.0);
+	int first = 1;
+	for (size_t p = 0; p < c->npools; p++)
+		for (size_t k = 0; k < c->pools[p].nservers; k++) {
+			const struct lb_server *s = &c->pools[p].servers[k];
+			if (!s->shm)
+				continue;
+			ab_printf(b, "%s{\"pool\":\"%s\",\"server\":\"%s\",", first ? "" : ",", c->pools[p].name, s->name);
+			history_series_json(b, &g_hist->s[s->shm - g_shm->s], n);
+			ab_printf(b, "}");
+			first = 0;
+		}
+	ab_printf(b, "],\"routes\":[");
+	first = 1;
+	for (size_t k = 0; k < c->nroutes; k++) {
+		const struct lb_route *r = &c->routes[k];
+		if (!r->shm)
+			continue;
+		ab_printf(b, "%s{\"route\":\"%s\",", first ? "" : ",", r->name);
+		history_series_json(b, &g_hist->r[r->shm - g_shm->r], n);
+		ab_printf(b, "}");
+		first = 0;
+	}
+	ab_printf(b, "]}\n");
+}
+
 static void admin_stats(struct abuf *b)
 {
 	const struct lb_conf *c = g_conf;
@@ -10048,7 +10499,7 @@ static void admin_stats(struct abuf *b)
 			          srv_weight_now(s), v ? atomic_load(&v->active) : 0, (unsigned long long)req,
 			          (unsigned long long)err, (unsigned long long)bytes);
 			ab_printf(b, "\"status\":{\"1xx\":%llu,\"2xx\":%llu,\"3xx\":%llu,\"4xx\":%llu,\"5xx\":%llu,\"none\":%llu},"
-			             "\"duration_ms_sum\":%llu,\"health\":\"%s\",\"circuit\":\"%s\",\"retries\":%llu}",
+			             "\"duration_ms_sum\":%llu,\"health\":\"%s\",\"circuit\":\"%s\",\"retries\":%llu,",
 			          (unsigned long long)st[1], (unsigned long long)st[2], (unsigned long long)st[3],
 			          (unsigned long long)st[4], (unsigned long long)st[5], (unsigned long long)st[0],
 			          (unsigned long long)(v ? atomic_load(&v->dur_sum_ms) : 0),
@@ -10056,6 +10507,7 @@ static void admin_stats(struct abuf *b)
 			          !v ? "closed" : atomic_load(&v->cb_state) == CB_OPEN ? "open"
 			          : atomic_load(&v->cb_state) == CB_HALF ? "half-open" : "closed",
 			          (unsigned long long)(v ? atomic_load(&v->retries) : 0));
+			stats_server_view(b, s);
 		}
 		ab_printf(b, "]}");
 	}
@@ -10074,8 +10526,15 @@ static void admin_stats(struct abuf *b)
 		for (size_t j = 0; j < r->nsplit; j++)
 			ab_printf(b, "%s{\"pool\":\"%s\",\"weight\":%u}", j ? "," : "", c->pools[r->split[j].pool].name,
 			          v ? atomic_load(&v->weight[j]) : r->split[j].weight);
-		ab_printf(b, "]}");
+		double p50, p99;
+		route_quantiles(r, &p50, &p99);
+		ab_printf(b, "],\"errors\":%llu,\"p50_ms\":", (unsigned long long)(v ? atomic_load(&v->errors) : 0));
+		ab_json_ms(b, p50);
+		ab_printf(b, ",\"p99_ms\":");
+		ab_json_ms(b, p99);
+		ab_printf(b, "}");
 	}
+	stats_listeners(b);
 	ab_printf(b, "],\"tls\":{\"handshakes\":%llu,\"resumed\":%llu,\"session_cache_lookups\":%llu,"
 	             "\"session_cache_hits\":%llu,\"failures\":{",
 	          (unsigned long long)atomic_load(&g_tls->handshakes), (unsigned long long)atomic_load(&g_tls->resumed),
@@ -10354,25 +10813,32 @@ static void reply_json_buf(struct aconn *a, int status, struct abuf *b)
 	memset(b, 0, sizeof *b);
 }
 
-static void admin_server_state(struct aconn *a, const struct lb_admin_call *k, struct lb_server *s, const char *body,
-                               size_t blen)
+/* drain, enable, disable (w unused) or weight w: the API's calls and the dashboard's form */
+static void server_set(const char *peer, const struct lb_admin_call *k, struct lb_server *s, unsigned w)
 {
 	char msg[64];
 	if (k->op == LB_A_WEIGHT) {
-		unsigned w;
-		if (lb_parse_weight(body, blen, &w) != 0) {
-			admin_json_error(a, 400, "the body must be a weight 1..1000");
-			return;
-		}
 		atomic_store(&s->shm->weight, w);
 		atomic_fetch_add(&g_shm->admin_version, 1);
 		snprintf(msg, sizeof msg, "weight %u", w);
 	} else {
 		int st = k->op == LB_A_DRAIN ? ADM_DRAIN : k->op == LB_A_DISABLE ? ADM_DISABLED : ADM_READY;
-		atomic_store(&s->shm->admin, st);
+		if (atomic_exchange(&s->shm->admin, st) != st)
+			atomic_store(&s->shm->changed_wall_ms, wall_ms());
 		snprintf(msg, sizeof msg, "%s", st == ADM_DRAIN ? "drain" : st == ADM_DISABLED ? "disabled" : "enabled");
 	}
-	lb_err("admin (%s): server %s/%s: %s", a->peer, k->pool, k->server, msg);
+	lb_err("admin (%s): server %s/%s: %s", peer, k->pool, k->server, msg);
+}
+
+static void admin_server_state(struct aconn *a, const struct lb_admin_call *k, struct lb_server *s, const char *body,
+                               size_t blen)
+{
+	unsigned w = 0;
+	if (k->op == LB_A_WEIGHT && lb_parse_weight(body, blen, &w) != 0) {
+		admin_json_error(a, 400, "the body must be a weight 1..1000");
+		return;
+	}
+	server_set(a->peer, k, s, w);
 	struct abuf b = { 0 };
 	ab_printf(&b, "{\"pool\":\"%s\",\"server\":\"%s\",\"state\":\"%s\",\"weight\":%u}\n", k->pool, k->server,
 	          srv_state_name(s), srv_weight_now(s));
@@ -10545,42 +11011,354 @@ static void admin_removals(void)
 	}
 }
 
-/* The dashboard: one page, no external assets; it polls /api/stats. Buttons send the token the
- * operator typed (kept in this tab's sessionStorage only). */
-static const char g_dashboard[] =
-	"<!doctype html><html><head><meta charset=utf-8><title>lb</title><style>"
-	"body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}h1{font-size:1.3em}"
-	"table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{padding:.25em .7em;border-bottom:1px solid #ddd;"
-	"text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}"
-	".up{color:#080}.down,.circuit-open{color:#c00;font-weight:bold}.drain,.disabled,.circuit-half-open{color:#b60}"
-	"button{font-size:12px}#err{color:#c00}</style></head><body>"
-	"<h1>lb <span id=ver></span></h1><p>generation <span id=gen></span>, <span id=wk></span> workers, "
-	"refreshed every 2 s. Token for changes: <input id=tok type=password size=24></p><p id=err></p>"
-	"<div id=pools></div><div id=routes></div><script>\n"
-	"'use strict';let prev=null,prevT=0;const $=i=>document.getElementById(i);\n"
-	"$('tok').value=sessionStorage.getItem('lbtok')||'';$('tok').onchange=()=>sessionStorage.setItem('lbtok',$('tok').value);\n"
-	"function esc(s){return String(s).replace(/[&<>\"']/g,c=>'&#'+c.charCodeAt(0)+';')}\n"
-	"async function act(p,s,a){const r=await fetch('/api/pools/'+p+'/servers/'+s+'/'+a,{method:'POST',"
-	"headers:{Authorization:'Bearer '+$('tok').value}});$('err').textContent=r.ok?'':a+': '+(await r.text());load()}\n"
-	"function row(p,s,o,dt){const old=o&&o[p.name+'/'+s.name];let rate='',er='',lat='';"
-	"if(old&&dt>0){const dq=s.requests-old.requests;rate=(dq/dt).toFixed(1);"
-	"er=dq?(100*(s.errors-old.errors)/dq).toFixed(1)+'%':'';lat=dq?((s.duration_ms_sum-old.duration_ms_sum)/dq).toFixed(1)+' ms':''}"
-	"return '<tr><td>'+esc(s.name)+(s.backup?' (backup)':'')+'</td><td>'+esc(s.address)+'</td><td class=\"'+esc(s.state)+'\">'+esc(s.state)+"
-	"'</td><td>'+s.weight+'</td><td>'+s.active+'</td><td>'+s.requests+'</td><td>'+rate+'</td><td>'+er+'</td><td>'+lat+"
-	"'</td><td><button data-a=drain data-p=\"'+esc(p.name)+'\" data-s=\"'+esc(s.name)+'\">drain</button> "
-	"<button data-a=enable data-p=\"'+esc(p.name)+'\" data-s=\"'+esc(s.name)+'\">enable</button></td></tr>'}\n"
-	"async function load(){try{const r=await fetch('/api/stats',{cache:'no-store'});const d=await r.json();"
-	"const now=Date.now()/1000,dt=now-prevT,o=prev;const cur={};$('ver').textContent=d.version;$('gen').textContent=d.generation;"
-	"$('wk').textContent=d.workers;let h='';for(const p of d.pools){h+='<h2>pool '+esc(p.name)+' <small>'+esc(p.algorithm)+"
-	"'</small></h2><table><tr><th>server</th><th>address</th><th>state</th><th>weight</th><th>active</th><th>requests</th>"
-	"<th>req/s</th><th>errors</th><th>latency</th><th></th></tr>';for(const s of p.servers){h+=row(p,s,o,dt);"
-	"cur[p.name+'/'+s.name]=s}h+='</table>'}$('pools').innerHTML=h;let t='<h2>routes</h2><table><tr><th>route</th>"
-	"<th>requests</th><th>rate limited</th><th>denied</th><th>target</th></tr>';for(const x of d.routes){t+='<tr><td>'+"
-	"esc(x.name)+'</td><td>'+x.requests+'</td><td>'+x.rate_limited+'</td><td>'+x.denied+'</td><td>'+(x.pool?esc(x.pool):"
-	"x.split.map(s=>esc(s.pool)+' '+s.weight).join(', '))+'</td></tr>'}$('routes').innerHTML=t+'</table>';"
-	"prev=cur;prevT=now;document.querySelectorAll('button[data-a]').forEach(b=>b.onclick=()=>act(b.dataset.p,b.dataset.s,b.dataset.a))"
-	"}catch(e){$('err').textContent='stats: '+e}}\nload();setInterval(load,2000);\n"
-	"</script></body></html>\n";
+/* -------------------------------------------------------------------- the dashboard
+ * One page, rendered here (tables and SVG sparklines: complete without JavaScript, no asset from
+ * elsewhere). Its controls are one HTML form posted to POST / with the token as a field (admin_form);
+ * the script only remembers the token in the tab's sessionStorage and refreshes the tables. */
+
+static void ab_html(struct abuf *b, const char *s)
+{
+	for (; *s; s++) {
+		const char *e = *s == '&' ? "&amp;" : *s == '<' ? "&lt;" : *s == '>' ? "&gt;" : *s == '"' ? "&quot;"
+		              : *s == '\'' ? "&#39;" : NULL;
+		if (e)
+			ab_put(b, e, strlen(e));
+		else
+			ab_put(b, s, 1);
+	}
+}
+
+static void ab_ms(struct abuf *b, double ms)
+{
+	if (ms < 0)
+		ab_printf(b, "-");
+	else if (ms < 10)
+		ab_printf(b, "%.2f ms", ms);
+	else if (ms < 1000)
+		ab_printf(b, "%.0f ms", ms);
+	else
+		ab_printf(b, "%.2f s", ms / 1000);
+}
+
+static void ab_age(struct abuf *b, uint64_t ms)
+{
+	uint64_t s = ms / 1000;
+	if (s < 120)
+		ab_printf(b, "%llu s", (unsigned long long)s);
+	else if (s < 7200)
+		ab_printf(b, "%llu min", (unsigned long long)(s / 60));
+	else if (s < 172800)
+		ab_printf(b, "%llu h", (unsigned long long)(s / 3600));
+	else
+		ab_printf(b, "%llu d", (unsigned long long)(s / 86400));
+}
+
+static void ab_bytes(struct abuf *b, uint64_t n)
+{
+	static const char *const unit[] = { "B", "KB", "MB", "GB", "TB" };
+	double v = (double)n;
+	int u = 0;
+	while (v >= 1000 && u < 4)
+		v /= 1000, u++;
+	ab_printf(b, u ? "%.1f %s" : "%.0f %s", v, unit[u]);
+}
+
+/* one series of the ring as an inline SVG polyline over the samples kept (the newest at the right) and
+ * its latest value: what 0 requests/s, 1 error %, 2 p99 ms */
+static void ab_spark(struct abuf *b, const struct lb_hseries *h, int what)
+{
+	size_t n = (size_t)LB_MIN(g_hist->taken, (uint64_t)LB_HISTORY_N);
+	double val[LB_HISTORY_N], max = 0, secs = g_hist->interval_ms / 1000.0;
+	for (size_t j = 0; j < n; j++) {
+		const struct lb_hpoint *pt = &h->pt[(g_hist->taken - n + j) % LB_HISTORY_N];
+		val[j] = what == 0 ? pt->req / secs : what == 1 ? (pt->req ? 100.0 * pt->err / pt->req : 0)
+		       : pt->req && pt->p99_us != UINT32_MAX ? pt->p99_us / 1000.0 : 0;
+		max = LB_MAX(max, val[j]);
+	}
+	static const char *const label[3] = { "requests/s", "errors %", "p99 ms" };
+	ab_printf(b, "<svg class=sp data-points=%zu viewBox=\"0 0 %zu 20\" preserveAspectRatio=none role=img>"
+	             "<title>%s, %zu samples: max %.2f</title><polyline vector-effect=non-scaling-stroke points=\"", n, n > 1 ? n - 1 : 1, label[what], n, max);
+	for (size_t j = 0; j < n; j++)
+		ab_printf(b, "%s%zu,%.1f", j ? " " : "", j, 19 - (max > 0 ? 18 * val[j] / max : 0));
+	ab_printf(b, "\"/></svg> <span class=now>");
+	if (!n)
+		ab_printf(b, "-");
+	else if (what == 2)
+		ab_ms(b, n && h->pt[(g_hist->taken - 1) % LB_HISTORY_N].req ? val[n - 1] : -1);
+	else
+		ab_printf(b, what ? "%.1f%%" : "%.1f", val[n - 1]);
+	ab_printf(b, "</span>");
+}
+
+static void dash_listeners(struct abuf *b)
+{
+	const struct lb_conf *c = g_conf;
+	ab_printf(b, "<h2>listeners</h2><div class=tw><table id=listeners><tr><th>listener</th><th>address</th>"
+	             "<th>protocol</th><th>connections</th><th>accepted</th></tr>");
+	for (size_t i = 0; i < c->nlisteners; i++) {
+		const struct lb_listener *l = &c->listeners[i];
+		char bt[LB_HOST_MAX + 16];
+		ab_printf(b, "<tr><td>%s</td><td>", l->name);
+		for (size_t k = 0; k < l->nbinds; k++) {
+			bind_text(&l->binds[k], bt, sizeof bt);
+			ab_printf(b, "%s", k ? ", " : "");
+			ab_html(b, bt);
+		}
+		ab_printf(b, "</td><td>%s</td><td>%llu</td><td>%llu</td></tr>", listener_proto(l),
+		          (unsigned long long)listener_active(l), (unsigned long long)(l->shm ? atomic_load(&l->shm->accepted) : 0));
+	}
+	ab_printf(b, "</table></div>");
+}
+
+static void dash_server(struct abuf *b, const struct lb_pool *p, const struct lb_server *s)
+{
+	struct lb_shm_server *v = s->shm;
+	struct srv_view w;
+	uint64_t req = 0, err = 0, bytes = 0;
+	if (!v)
+		return;
+	srv_view_of(s, &w);
+	shm_server_totals(v, &req, &err, &bytes);
+	const char *st = srv_state_name(s);
+	ab_printf(b, "<tr data-server=\"%s/%s\"><td>%s%s</td><td class=\"st %s\">%s</td><td class=why>", p->name, s->name,
+	          s->name, s->backup ? " (backup)" : "", st, st);
+	ab_html(b, w.reason);
+	ab_printf(b, "</td><td>%u</td><td>%u</td><td>%llu</td><td>%llu</td><td>%llu</td><td>%llu</td><td>", srv_weight_now(s),
+	          atomic_load(&v->active), (unsigned long long)req, (unsigned long long)atomic_load(&v->status[2]),
+	          (unsigned long long)atomic_load(&v->status[4]), (unsigned long long)atomic_load(&v->status[5]));
+	ab_bytes(b, bytes);
+	ab_printf(b, "</td><td>");
+	ab_ms(b, w.p50);
+	ab_printf(b, "</td><td>");
+	ab_ms(b, w.p99);
+	ab_printf(b, "</td><td class=chk>");
+	if (!w.checked) {
+		ab_printf(b, p->hc_kind == LB_HC_OFF ? "off" : "none yet");
+	} else {
+		ab_printf(b, "<span class=%s>", w.check_ok ? "ok" : "bad");
+		ab_html(b, w.check_ok ? "ok" : w.check_why);
+		ab_printf(b, "</span> in ");
+		ab_ms(b, w.check_us / 1000.0);
+		ab_printf(b, ", ");
+		ab_age(b, w.check_age_ms);
+		ab_printf(b, " ago");
+	}
+	ab_printf(b, "</td><td>");
+	ab_age(b, w.changed_age_ms);
+	ab_printf(b, "</td><td>%llu / %llu / %llu</td><td class=act>", (unsigned long long)atomic_load(&v->n_checks),
+	          (unsigned long long)atomic_load(&v->n_check_fails), (unsigned long long)atomic_load(&v->n_down));
+	ab_printf(b, "<input name=\"w.%s/%s\" value=%u size=3 inputmode=numeric aria-label=\"weight of %s\">"
+	             "<button name=do value=\"weight %s/%s\">weight</button>",
+	          p->name, s->name, srv_weight_now(s), s->name, p->name, s->name);
+	static const char *const act[3] = { "drain", "enable", "disable" };
+	for (int i = 0; i < 3; i++)
+		ab_printf(b, " <button name=do value=\"%s %s/%s\">%s</button>", act[i], p->name, s->name, act[i]);
+	ab_printf(b, "</td><td>");
+	ab_html(b, s->host);
+	ab_printf(b, ":%u</td></tr>", (unsigned)s->port);
+}
+
+static void dash_pools(struct abuf *b)
+{
+	static const char *const algo[] = { "round_robin", "least_conn", "ip_hash", "random2" };
+	const struct lb_conf *c = g_conf;
+	for (size_t p = 0; p < c->npools; p++) {
+		const struct lb_pool *pl = &c->pools[p];
+		ab_printf(b, "<h2>pool %s <small>%s</small></h2><div class=tw><table class=servers data-pool=\"%s\"><tr>"
+		             "<th>server</th><th>state</th><th class=l>why</th><th>weight</th><th>active</th>"
+		             "<th>requests</th><th>2xx</th><th>4xx</th><th>5xx</th><th>sent</th><th>p50</th><th>p99</th>"
+		             "<th class=l>last check</th><th>since change</th><th>checks/failed/down</th><th>change</th>"
+		             "<th>address</th></tr>",
+		          pl->name, algo[pl->algorithm], pl->name);
+		for (size_t k = 0; k < pl->nservers; k++)
+			dash_server(b, pl, &pl->servers[k]);
+		ab_printf(b, "</table></div>");
+	}
+}
+
+static void dash_history(struct abuf *b)
+{
+	const struct lb_conf *c = g_conf;
+	ab_printf(b, "<h2>history <small>the last ");
+	ab_age(b, g_hist->interval_ms * LB_HISTORY_N);
+	ab_printf(b, ", a sample every %.3g s</small></h2><div class=tw><table id=history><tr><th>server / route</th>"
+	             "<th>requests/s</th><th>errors</th><th>p99</th></tr>", g_hist->interval_ms / 1000.0);
+	for (size_t p = 0; p < c->npools; p++)
+		for (size_t k = 0; k < c->pools[p].nservers; k++) {
+			const struct lb_server *s = &c->pools[p].servers[k];
+			if (!s->shm)
+				continue;
+			const struct lb_hseries *h = &g_hist->s[s->shm - g_shm->s];
+			ab_printf(b, "<tr data-series=\"server %s/%s\"><td>%s/%s</td>", c->pools[p].name, s->name, c->pools[p].name,
+			          s->name);
+			for (int what = 0; what < 3; what++) {
+				ab_printf(b, "<td>");
+				ab_spark(b, h, what);
+				ab_printf(b, "</td>");
+			}
+			ab_printf(b, "</tr>");
+		}
+	for (size_t k = 0; k < c->nroutes; k++) {
+		const struct lb_route *r = &c->routes[k];
+		if (!r->shm)
+			continue;
+		ab_printf(b, "<tr data-series=\"route %s\"><td>route %s</td>", r->name, r->name);
+		for (int what = 0; what < 3; what++) {
+			ab_printf(b, "<td>");
+			ab_spark(b, &g_hist->r[r->shm - g_shm->r], what);
+			ab_printf(b, "</td>");
+		}
+		ab_printf(b, "</tr>");
+	}
+	ab_printf(b, "</table></div>");
+}
+
+static void dash_routes(struct abuf *b)
+{
+	const struct lb_conf *c = g_conf;
+	if (!c->nroutes)
+		return;
+	ab_printf(b, "<h2>routes</h2><div class=tw><table id=routes><tr><th>route</th><th>requests</th><th>errors</th>"
+	             "<th>rate limited</th><th>denied</th><th>p50</th><th>p99</th><th>target</th></tr>");
+	for (size_t k = 0; k < c->nroutes; k++) {
+		const struct lb_route *r = &c->routes[k];
+		struct lb_shm_route *v = r->shm;
+		double p50, p99;
+		route_quantiles(r, &p50, &p99);
+		ab_printf(b, "<tr><td>%s</td><td>%llu</td><td>%llu</td><td>%llu</td><td>%llu</td><td>", r->name,
+		          (unsigned long long)(v ? atomic_load(&v->requests) : 0), (unsigned long long)(v ? atomic_load(&v->errors) : 0),
+		          (unsigned long long)(v ? atomic_load(&v->limited) : 0), (unsigned long long)(v ? atomic_load(&v->denied) : 0));
+		ab_ms(b, p50);
+		ab_printf(b, "</td><td>");
+		ab_ms(b, p99);
+		ab_printf(b, "</td><td>");
+		if (r->pool >= 0)
+			ab_printf(b, "pool %s", c->pools[r->pool].name);
+		for (size_t j = 0; j < r->nsplit; j++)
+			ab_printf(b, "%s%s %u", j ? ", " : "split ", c->pools[r->split[j].pool].name,
+			          v ? atomic_load(&v->weight[j]) : r->split[j].weight);
+		ab_printf(b, "</td></tr>");
+	}
+	ab_printf(b, "</table></div>");
+}
+
+static void dash_certs(struct abuf *b)
+{
+	const struct lb_conf *c = g_conf;
+	int64_t now = (int64_t)(wall_ms() / 1000);
+	int any = 0;
+	for (size_t i = 0; i < c->nlisteners; i++) {
+		const struct lb_listener *l = &c->listeners[i];
+		for (size_t k = 0; l->tlsm && k < l->tlsm->ncerts; k++) {
+			const struct lb_cert *ct = &l->tlsm->certs[k];
+			int64_t left = ct->info.not_after - now, days = left >= 0 ? left / 86400 : -((-left + 86399) / 86400);
+			if (!any++)
+				ab_printf(b, "<h2>certificates</h2><div class=tw><table id=certs><tr><th>listener</th><th>names</th>"
+				             "<th>file</th><th>serial</th><th>days left</th></tr>");
+			ab_printf(b, "<tr><td>%s</td><td>", l->name);
+			for (size_t j = 0; j < ct->info.nnames; j++) {
+				ab_printf(b, "%s", j ? ", " : "");
+				ab_html(b, ct->info.names[j]);
+			}
+			ab_printf(b, "</td><td>");
+			ab_html(b, ct->file);
+			ab_printf(b, "</td><td>");
+			ab_html(b, ct->info.serial);
+			ab_printf(b, "</td><td class=%s>%lld</td></tr>", days < 0 ? "bad" : days < 14 ? "warn" : "ok", (long long)days);
+		}
+	}
+	if (any)
+		ab_printf(b, "</table></div>");
+}
+
+static const char g_dash_head[] =
+	"<!doctype html><html lang=en><head><meta charset=utf-8><meta name=viewport content=\"width=device-width,"
+	"initial-scale=1\"><title>lb</title><style>"
+	"body{font:14px system-ui,sans-serif;margin:.8em;color:#222;max-width:100%}h1{font-size:1.3em;margin:.2em 0}"
+	"h2{font-size:1.1em;margin:1em 0 .3em}small{color:#666;font-weight:normal}"
+	".tw{overflow-x:auto;max-width:100%}table{border-collapse:collapse}td,th{padding:.2em .5em;"
+	"border-bottom:1px solid #ddd;text-align:right;white-space:nowrap}th{background:#f4f4f4;font-weight:600}"
+	"td:first-child,th:first-child,td.why,td.chk{text-align:left}td.why,td.chk{white-space:normal;min-width:12em}td.why{color:#a00}th.l{text-align:left}"
+	".up,.ok{color:#080}.down,.circuit-open,.bad{color:#c00;font-weight:bold}.drain,.disabled,.circuit-half-open,.warn"
+	"{color:#b60}svg.sp{width:120px;height:22px;vertical-align:middle;stroke:#36c;fill:none;stroke-width:1.2}"
+	"td.act input{width:3em}button{font-size:12px}p{margin:.3em 0}</style></head><body>";
+
+/* the script: remember the token, refresh the tables every 5 s (not while an input is being edited) */
+static const char g_dash_script[] =
+	"<script>'use strict';(function(){const f=document.getElementById('f'),t=document.getElementById('tok');"
+	"t.value=sessionStorage.getItem('lbtok')||'';f.addEventListener('submit',()=>sessionStorage.setItem('lbtok',t.value));"
+	"async function refresh(){const a=document.activeElement;if(a&&a.tagName==='INPUT'&&a!==t)return;"
+	"try{const r=await fetch('/',{cache:'no-store'});const d=new DOMParser().parseFromString(await r.text(),'text/html');"
+	"const n=d.getElementById('live'),u=d.getElementById('upd');if(n){document.getElementById('live').replaceWith(n);"
+	"document.getElementById('upd').textContent=u.textContent}}catch(e){document.getElementById('upd').textContent="
+	"'refresh failed: '+e}}setInterval(refresh,5000)})();</script>";
+
+static void admin_dashboard(struct abuf *b)
+{
+	uint64_t now = wall_ms();
+	time_t t = (time_t)(now / 1000);
+	struct tm tm;
+	char when[32];
+	gmtime_r(&t, &tm);
+	strftime(when, sizeof when, "%H:%M:%S UTC", &tm);
+	ab_put(b, g_dash_head, sizeof g_dash_head - 1);
+	ab_printf(b, "<h1>lb %s</h1><p>generation %d, %d workers, up ", LB_VERSION, g_gen, live_workers());
+	ab_age(b, now - g_shm->started_wall_ms);
+	ab_printf(b, "%s. <span id=upd>as of %s</span></p>", g_mstop ? ", stopping" : "", when);
+	ab_printf(b, "<form method=post action=\"/\" id=f><button type=submit disabled hidden></button>"
+	             "<p><label>token for changes <input type=password name=token id=tok size=20 "
+	             "autocomplete=current-password></label></p><div id=live>");
+	dash_listeners(b);
+	dash_pools(b);
+	dash_history(b);
+	dash_routes(b);
+	dash_certs(b);
+	ab_printf(b, "</div></form>");
+	ab_put(b, g_dash_script, sizeof g_dash_script - 1);
+	ab_printf(b, "</body></html>\n");
+}
+
+/* GET / renders the page; its controls post here. The token is a field of the form (a browser form
+ * cannot send an Authorization header); it is checked like the header's, in constant time. */
+static void admin_form_error(struct aconn *a, int status, const char *msg)
+{
+	struct abuf b = { 0 };
+	ab_printf(&b, "<!doctype html><meta charset=utf-8><title>lb</title><p>");
+	ab_html(&b, msg);
+	ab_printf(&b, "</p><p><a href=\"/\">back to the dashboard</a></p>\n");
+	admin_reply(a, status, "text/html; charset=utf-8", b.d ? b.d : "", b.n, NULL);
+	free(b.d);
+}
+
+static void admin_form(struct aconn *a, const char *body, size_t blen)
+{
+	struct lb_form_action f;
+	struct lb_admin_call k;
+	if (lb_parse_form_action(body, blen, &f) != 0) {
+		admin_form_error(a, 400, f.error);
+		return;
+	}
+	if (!admin_token_eq(f.token, f.token_len)) {
+		lb_err("admin (%s): dashboard form refused: %s", a->peer,
+		       g_admin_token_len ? "missing or wrong token" : "no token_file configured");
+		admin_form_error(a, 401, g_admin_token_len ? "the token is missing or wrong"
+		                                           : "no [admin] token_file is configured: changes are refused");
+		return;
+	}
+	struct lb_pool *p = conf_pool(f.pool);
+	struct lb_server *s = pool_server(p, f.server);
+	if (!s || !s->shm) {
+		admin_form_error(a, 404, p ? "no such server" : "no such pool");
+		return;
+	}
+	memset(&k, 0, sizeof k);
+	k.op = f.op;
+	snprintf(k.pool, sizeof k.pool, "%s", f.pool);
+	snprintf(k.server, sizeof k.server, "%s", f.server);
+	server_set(a->peer, &k, s, f.weight);
+	static const char done[] = "<!doctype html><meta charset=utf-8><title>lb</title><p><a href=\"/\">done</a></p>\n";
+	admin_reply(a, 303, "text/html; charset=utf-8", done, sizeof done - 1, "Location: /\r\n");
+}
 
 static void admin_call(struct aconn *a, const struct lb_req *rq, const char *body, size_t blen)
 {
@@ -10615,9 +11393,17 @@ static void admin_call(struct aconn *a, const struct lb_req *rq, const char *bod
 		admin_reply(a, 200, "application/json", b.d ? b.d : "", b.n, NULL);
 		break;
 	case LB_A_DASHBOARD:
-		admin_reply(a, 200, "text/html; charset=utf-8", g_dashboard, strlen(g_dashboard),
+		admin_dashboard(&b);
+		admin_reply(a, 200, "text/html; charset=utf-8", b.d ? b.d : "", b.n,
 		            "Content-Security-Policy: default-src 'self'; script-src 'unsafe-inline'; "
-		            "style-src 'unsafe-inline'\r\n");
+		            "style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'\r\n");
+		break;
+	case LB_A_HISTORY:
+		admin_history(&b);
+		admin_reply(a, 200, "application/json", b.d ? b.d : "", b.n, NULL);
+		break;
+	case LB_A_FORM:
+		admin_form(a, body, blen);
 		break;
 	case LB_A_RELOAD:
 		if (master_reload() == 0) {
@@ -11056,8 +11842,9 @@ static void access_log_line(struct conn *c)
  * Listening sockets, accept, the signal self-pipe, the worker's loop and its drain on SIGTERM/SIGINT,
  * then the master: workers, alerts, reaping, log rotation, reload, stop, certificates on disk.
  * Accept pauses at the worker's connection cap (max_connections as its descriptors allow) and,
- * with a back-off, when descriptors or memory run out (accept_hold). Calls every section before
- * it, and 16 declared ahead (load_config). */
+ * with a back-off, when descriptors or memory run out (accept_hold). The master's loop also samples
+ * the dashboard's history (history_tick, section 12). Calls every section before it, and 16
+ * declared ahead (load_config). */
 
 static int g_sigpipe[2] = { -1, -1 };
 static struct evh g_sigh;
@@ -12470,6 +13257,7 @@ static int master_run(void)
 		master_cert_watch();
 		master_cert_expiry();
 		master_events();
+		history_tick();
 	}
 	master_reap();
 	log_server_totals("totals");

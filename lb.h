@@ -303,6 +303,7 @@ int lb_ip_format(const struct lb_ip *ip, char *out, size_t cap);
 enum lb_admin_op {
 	LB_A_NONE = 0, LB_A_DASHBOARD, LB_A_HEALTHZ, LB_A_METRICS, LB_A_STATS, LB_A_CONFIG, LB_A_RELOAD,
 	LB_A_SERVER_ADD, LB_A_SERVER_DEL, LB_A_DRAIN, LB_A_ENABLE, LB_A_DISABLE, LB_A_WEIGHT, LB_A_SPLIT,
+	LB_A_HISTORY, LB_A_FORM,
 };
 struct lb_admin_call {
 	int op;                       /* LB_A_* */
@@ -325,6 +326,19 @@ int lb_parse_split(const char *s, size_t n, struct lb_split_spec *o);
 /* A weight body: 1..1000, surrounding whitespace allowed. */
 int lb_parse_weight(const char *s, size_t n, unsigned *out);
 
+/* The dashboard's form (POST /, application/x-www-form-urlencoded): token=T, do=ACTION POOL/SERVER
+ * (drain, enable, disable or weight) and, for weight, w.POOL/SERVER=1..1000. 0 or LB_EINVAL with
+ * error set. */
+struct lb_form_action {
+	int op;                       /* LB_A_DRAIN, LB_A_ENABLE, LB_A_DISABLE or LB_A_WEIGHT */
+	char pool[LB_NAME_MAX], server[LB_NAME_MAX];
+	unsigned weight;
+	char token[256];
+	size_t token_len;
+	const char *error;
+};
+int lb_parse_form_action(const char *body, size_t n, struct lb_form_action *o);
+
 /* ------------------------------------------------------------------ configuration */
 
 enum lb_mode { LB_MODE_HTTP = 0, LB_MODE_TCP = 1 };
@@ -335,6 +349,7 @@ enum lb_hc { LB_HC_DEFAULT = 0, LB_HC_OFF, LB_HC_HTTP, LB_HC_TCP };
 struct lb_bconn;      /* a backend connection (lb.c) */
 struct lb_shm_server; /* a server's slot in the shared-memory segment (lb.c) */
 struct lb_shm_route;  /* a route's slot: split weights and counters (lb.c) */
+struct lb_shm_listener; /* a listener's slot: connection counters (lb.c) */
 
 struct lb_server {
 	char name[LB_NAME_MAX];

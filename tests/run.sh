@@ -51,6 +51,7 @@ for b in $INTEGRATION_BUILDS; do
 	ASAN_OPTIONS=abort_on_error=1:detect_leaks=0 LB_BIN=./$b run "policy-$b" python3 tests/policy.py
 	ASAN_OPTIONS=abort_on_error=1:detect_leaks=0 LB_BIN=./$b run "health-$b" python3 tests/health.py
 	ASAN_OPTIONS=abort_on_error=1:detect_leaks=0 LB_BIN=./$b run "admin-$b" python3 tests/admin.py
+	ASAN_OPTIONS=abort_on_error=1:detect_leaks=0 LB_BIN=./$b run "dashboard-$b" python3 tests/dashboard.py
 	ASAN_OPTIONS=abort_on_error=1:detect_leaks=0 LB_BIN=./$b run "tls-$b" python3 tests/tls.py
 done
 

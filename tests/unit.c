@@ -2855,6 +2855,10 @@ static void test_admin(void)
 		{ "GET", "/healthz", 0, LB_A_HEALTHZ, 0, 0, 0, "", "", "" },
 		{ "HEAD", "/metrics", 0, LB_A_METRICS, 0, 0, 0, "", "", "" },
 		{ "GET", "/api/stats", 0, LB_A_STATS, 0, 0, 0, "", "", "" },
+		{ "GET", "/api/history", 0, LB_A_HISTORY, 0, 0, 0, "", "", "" },
+		{ "POST", "/", 0, LB_A_FORM, 0, 0, 0, "", "", "" }, /* the form carries its token */
+		{ "PUT", "/", LB_EINVAL, 0, 0, 0, 405, "", "", "" },
+		{ "POST", "/api/history", LB_EINVAL, 0, 0, 0, 405, "", "", "" },
 		{ "POST", "/api/config?dry_run=1", 0, LB_A_CONFIG, 1, 1, 0, "", "", "" },
 		{ "POST", "/api/config", 0, LB_A_CONFIG, 1, 0, 0, "", "", "" },
 		{ "POST", "/api/reload", 0, LB_A_RELOAD, 1, 0, 0, "", "", "" },
@@ -2893,6 +2897,27 @@ static void test_admin(void)
 	CHECK(lb_parse_weight("0", 1, &w) != 0 && lb_parse_weight("1001", 4, &w) != 0 && lb_parse_weight("x", 1, &w) != 0,
 	      "bad weights accepted");
 	end("admin_bodies");
+}
+
+/* the dashboard's form: token, do=ACTION POOL/SERVER, w.POOL/SERVER for weights */
+static void test_form_action(void)
+{
+	struct lb_form_action f;
+	const char *b1 = "token=a%2Bb+c&w.api%2Fa1=3&w.api%2Fa2=9&do=weight+api%2Fa2";
+	begin();
+	CHECK(lb_parse_form_action(b1, strlen(b1), &f) == 0 && f.op == LB_A_WEIGHT && f.weight == 9 &&
+	      !strcmp(f.pool, "api") && !strcmp(f.server, "a2") && !strcmp(f.token, "a+b c") && f.token_len == 5,
+	      "weight form: op %d weight %u %s/%s token '%s'", f.op, f.weight, f.pool, f.server, f.token);
+	const char *b2 = "do=drain%20web%2Fb-1.x&token=t";
+	CHECK(lb_parse_form_action(b2, strlen(b2), &f) == 0 && f.op == LB_A_DRAIN && !strcmp(f.server, "b-1.x"),
+	      "drain form");
+	static const char *const bad[] = {
+		"token=t", "do=explode+a%2Fb", "do=drain+ab", "do=drain+a%2Fb%2Fc", "do=drain+a%2Fb&token=%4", "do=drain+a%2Fb&token=%zz",
+		"do=weight+a%2Fb", "do=weight+a%2Fb&w.a%2Fb=0", "do=weight+a%2Fb&w.a%2Fb=1001", "do=drain+a%2Fb&x=%00", "",
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+		CHECK(lb_parse_form_action(bad[i], strlen(bad[i]), &f) == LB_EINVAL && f.error, "accepted '%s'", bad[i]);
+	end("admin_form_action");
 }
 
 static void test_bucket(void)
@@ -3458,6 +3483,7 @@ int main(void)
 	test_cidr();
 	test_proxy();
 	test_admin();
+	test_form_action();
 	test_bucket();
 	test_rate_limit_parse();
 	test_x509();
