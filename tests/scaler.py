@@ -306,14 +306,30 @@ def t_api_errors(ctx):
     check(re.search(r"error: linode: POST /linode/instances \(%s\): 400: \[region\] region is not valid" % label(2),
                     errs), "no clear error line: %s" % short(errs, 400))
     eq(len(env.mock.live()), 1, "instances after a refused create")
+    # values are read by lb's own parser (one row of lb.c's key table per key): the scaler and `lb -t`
+    # refuse the same lines with the same words
     bad = os.path.join(ctx.dir, "bad.ini")
     with open(bad, "w") as f:
-        f.write("[scaler]\npool = web\nscale_up_cpu = 20\nscale_down_cpu = 30\ncooldown = 5 minutes\nbogus = 1\n")
+        f.write("[scaler]\npool = web\nscale_up_cpu = 20%\nscale_down_cpu = 101\ncooldown = 5 minutes\nbogus = 1\n"
+                "admin_url = http://a:1, ftp://b\n")
+    wants = ("bad.ini:4: scale_down_cpu: '101' is not a number from 1 to 100",
+             "bad.ini:5: cooldown: invalid duration '5 minutes'", "bad.ini:6: unknown key 'bogus' in [scaler]",
+             "bad.ini:7: admin_url: 'ftp://b' is not an http:// or https:// URL")
     p = subprocess.run([SCALER_BIN, "once", "-c", bad], capture_output=True, timeout=10)
     e = p.stderr.decode()
     eq(p.returncode, 2, "once with a bad config: exit status")
-    for want in ("bad.ini:5: cooldown: want a duration", "bad.ini:6: unknown key 'bogus'", "must be below scale_up_cpu",
-                 "needs token_file"):
+    lbt = subprocess.run([it.LB_BIN, "-t", "-c", bad], capture_output=True, timeout=10)
+    for want in wants:
+        check(want in e, "scaler's config errors lack %r: %s" % (want, short(e, 400)))
+        check(want in lbt.stderr.decode(), "lb -t's errors lack %r: %s" % (want, short(lbt.stderr.decode(), 400)))
+    # what only the scaler needs: required keys, down below up
+    with open(bad, "w") as f:
+        f.write("[scaler]\npool = web\nscale_up_cpu = 20\nscale_down_cpu = 30\n"
+                "[pool web]\nserver = s1 127.0.0.1:9000\n[listener l]\nbind = 127.0.0.1:8000\npool = web\n")
+    p = subprocess.run([SCALER_BIN, "once", "-c", bad], capture_output=True, timeout=10)
+    e = p.stderr.decode()
+    eq(p.returncode, 2, "once without token_file: exit status")
+    for want in ("bad.ini:1: scale_down_cpu (30) must be below scale_up_cpu (20)", "bad.ini:1: [scaler] needs token_file"):
         check(want in e, "config errors lack %r: %s" % (want, short(e, 400)))
 
 
