@@ -485,6 +485,7 @@ struct lb_scaler {
 	size_t nnodes;
 	unsigned min, max;
 	unsigned up_cpu, down_cpu;   /* percent */
+	unsigned up_inflight;        /* requests in flight per server (lb's /api/stats) that scale up; 0 = off */
 	uint64_t down_after, cooldown, interval; /* ms */
 	unsigned server_port;
 	int server_address;          /* 0 private, 1 public */

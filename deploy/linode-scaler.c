@@ -591,6 +591,7 @@ struct conf {
 	char tag[64];
 	int min, max;
 	double up_cpu, down_cpu;
+	unsigned up_inflight;      /* 0: off */
 	int64_t down_after_ms, cooldown_ms, interval_ms;
 	int server_port;
 	int public_addr; /* server_address = public */
@@ -699,6 +700,7 @@ static int conf_load(const char *path, struct conf *c)
 	c->max = (int)sc->max;
 	c->up_cpu = sc->up_cpu;
 	c->down_cpu = sc->down_cpu;
+	c->up_inflight = sc->up_inflight;
 	c->down_after_ms = (int64_t)sc->down_after;
 	c->cooldown_ms = (int64_t)sc->cooldown;
 	c->interval_ms = (int64_t)sc->interval;
@@ -1228,6 +1230,7 @@ struct lbsrv {
 	char name[64];
 	char addr[80];
 	char state[24];
+	double active;      /* requests in flight, all workers */
 };
 
 /* One lb node of admin_url and what the scaler knows of it. A node that does not answer (or
@@ -1355,6 +1358,8 @@ static int lb_servers(struct node *nd, struct lbsrv *out, int max, int *n)
 			snprintf(out[*n].name, sizeof out[*n].name, "%s", nm);
 			snprintf(out[*n].addr, sizeof out[*n].addr, "%s", ad ? ad : "");
 			snprintf(out[*n].state, sizeof out[*n].state, "%s", stt ? stt : "");
+			if (jnum(jget(s, "active"), &out[*n].active) != 0)
+				out[*n].active = 0;
 			(*n)++;
 		}
 	}
@@ -1918,6 +1923,8 @@ struct view {
 	double pool_cpu;      /* mean of the newest points; -1 none */
 	double host;          /* -1 when not measured */
 	double cpu;           /* what is decided on: max(pool, host); -1 unknown */
+	double inflight;      /* lb's requests in flight per up server, all nodes read; -1 unknown */
+	int nserving;         /* the servers that divides (up on at least one node) */
 	int hist_low;         /* every instance with data low over scale_down_after */
 	int64_t newest_ms;    /* newest creation among active instances */
 };
@@ -1984,7 +1991,7 @@ static const struct lbsrv *node_server(const struct node *nd, const struct inst 
 static int observe(struct view *v)
 {
 	memset(v, 0, sizeof *v);
-	v->pool_cpu = v->host = v->cpu = -1;
+	v->pool_cpu = v->host = v->cpu = v->inflight = -1;
 	for (int k = 0; k < g_nnodes && !g_stop; k++) {
 		struct node *nd = &g_nodes[k];
 		if (nd->down && (int64_t)mono_ms() >= nd->next_try)
@@ -2095,8 +2102,31 @@ static int reconcile(struct view *v, int finishing)
 	return changed;
 }
 
+/* lb's own figure: the requests in flight on every read node, per server up on at least one of
+ * them (each node sends its share to the same servers), so a pool can grow before CPU saturates */
+static void measure_inflight(struct view *v)
+{
+	double sum = 0;
+	int serving = 0;
+	for (int k = 0; k < g_nnodes; k++) {
+		const struct node *nd = &g_nodes[k];
+		for (int i = 0; nd->read && i < nd->nlb; i++) {
+			int first = 1; /* its first node that has it up counts it */
+			for (int j = 0; j <= k && first; j++)
+				for (int m = 0; g_nodes[j].read && m < (j == k ? i : g_nodes[j].nlb) && first; m++)
+					first = strcmp(g_nodes[j].lb[m].name, nd->lb[i].name) || strcmp(g_nodes[j].lb[m].state, "up");
+			sum += nd->lb[i].active;
+			serving += first && !strcmp(nd->lb[i].state, "up");
+		}
+	}
+	v->nserving = serving;
+	if (v->nread && serving)
+		v->inflight = sum / serving;
+}
+
 static void measure(struct view *v, int mode)
 {
+	measure_inflight(v);
 	double sum = 0;
 	int all_low = 1;
 	for (int i = 0; i < v->n; i++) {
@@ -2162,32 +2192,48 @@ static int decide(struct view *v, int mode, char *why, size_t size)
 		snprintf(why, size, "above max (%d > %d)", v->active, g_c.max);
 		return D_DOWN;
 	}
-	if (v->cpu < 0) {
+	int hot_cpu = v->cpu >= 0 && v->cpu >= g_c.up_cpu;
+	int hot_q = g_c.up_inflight && v->inflight >= g_c.up_inflight;
+	if (!hot_q && v->cpu < 0) {
 		snprintf(why, size, "no CPU data yet (new instances have none for several minutes): no change");
 		return D_NONE;
 	}
-	if (v->cpu >= g_c.up_cpu) {
+	if (hot_cpu || hot_q) {
+		char sig[120], up[120];
+		if (hot_cpu) {
+			snprintf(sig, sizeof sig, "cpu %.1f%% >= %g%%", v->cpu, g_c.up_cpu);
+			snprintf(up, sizeof up, "cpu %.1f%% >= scale_up_cpu %g%%", v->cpu, g_c.up_cpu);
+		} else {
+			snprintf(sig, sizeof sig, "in flight %.1f per server >= %u", v->inflight, g_c.up_inflight);
+			snprintf(up, sizeof up, "in flight %.1f per server (%d serving) >= scale_up_inflight %u", v->inflight,
+			         v->nserving, g_c.up_inflight);
+		}
 		if (v->active >= g_c.max) {
-			snprintf(why, size, "cpu %.1f%% >= %g%% but at max (%d): no change", v->cpu, g_c.up_cpu, g_c.max);
+			snprintf(why, size, "%s but at max (%d): no change", sig, g_c.max);
 			return D_NONE;
 		}
 		if (pending) {
-			snprintf(why, size, "cpu %.1f%% >= %g%% but %d instance(s) not running yet: waiting", v->cpu, g_c.up_cpu,
-			         pending);
+			snprintf(why, size, "%s but %d instance(s) not running yet: waiting", sig, pending);
 			return D_NONE;
 		}
-		if (v->warming) {
-			snprintf(why, size, "cpu %.1f%% >= %g%% but %d new instance(s) have no CPU data yet: waiting", v->cpu,
-			         g_c.up_cpu, v->warming);
+		if (v->warming && !hot_q) { /* lb's figure already counts a new server's share; CPU data lags */
+			snprintf(why, size, "%s but %d new instance(s) have no CPU data yet: waiting", sig, v->warming);
 			return D_NONE;
 		}
 		if (cooling) {
-			snprintf(why, size, "cpu %.1f%% >= %g%% but in cooldown (%s, %s left): no change", v->cpu, g_c.up_cpu,
-			         cd, left);
+			snprintf(why, size, "%s but in cooldown (%s, %s left): no change", sig, cd, left);
 			return D_NONE;
 		}
-		snprintf(why, size, "cpu %.1f%% >= scale_up_cpu %g%%", v->cpu, g_c.up_cpu);
+		snprintf(why, size, "%s", up);
 		return D_UP;
+	}
+	/* with one server fewer the others would take its requests: no scale-down that lb's figure would undo */
+	if (g_c.up_inflight && v->inflight >= 0 && v->cpu < g_c.down_cpu &&
+	    (v->nserving < 2 ? v->inflight > 0 : v->inflight * v->nserving / (v->nserving - 1) >= g_c.up_inflight)) {
+		snprintf(why, size, "cpu %.1f%% < %g%% but in flight %.1f per server (%d serving) would reach "
+		         "scale_up_inflight %u with one fewer: no change", v->cpu, g_c.down_cpu, v->inflight, v->nserving,
+		         g_c.up_inflight);
+		return D_NONE;
 	}
 	if (v->cpu < g_c.down_cpu) {
 		char sa[32], lf[32];
@@ -2266,7 +2312,9 @@ static void describe_nodes(char *out, size_t size)
 
 static void describe(const struct view *v, int with_cpu, char *out, size_t size)
 {
-	char pool[48] = "no data", host[32] = "", nodes[600];
+	char pool[48] = "no data", host[32] = "", nodes[600], q[64] = "";
+	if (v->inflight >= 0)
+		snprintf(q, sizeof q, "; in flight %.1f per server (%d serving)", v->inflight, v->nserving);
 	if (v->pool_cpu >= 0)
 		snprintf(pool, sizeof pool, "%.1f%% (%d with data)", v->pool_cpu, v->ndata);
 	if (v->host >= 0)
@@ -2275,10 +2323,10 @@ static void describe(const struct view *v, int with_cpu, char *out, size_t size)
 	if (g_nnodes == 1)
 		snprintf(nodes, sizeof nodes, "has %d server(s)", g_nodes[0].nlb);
 	snprintf(out, size, "%d instance(s) with tag %s (%d running, %d not running, %d being removed), lb pool %s %s%s%s"
-	                    "%s%s",
+	                    "%s%s%s",
 	         v->n, g_c.tag, v->running, v->active - v->running, v->n - v->active, g_c.pool,
 	         g_nnodes > 1 ? "on nodes " : "", nodes, with_cpu ? "; cpu " : "", with_cpu ? pool : "",
-	         with_cpu ? host : "");
+	         with_cpu ? host : "", with_cpu ? q : "");
 }
 
 /* ------------------------------------------------------------------ one controller per HA pair */
@@ -2407,7 +2455,7 @@ static int cmd_list(void)
 static int cmd_status(void)
 {
 	static struct view v;
-	char why[300], desc[300];
+	char why[300], desc[900];
 	if (observe(&v) != 0)
 		return 1;
 	measure(&v, MODE_STATUS);
@@ -2426,6 +2474,8 @@ static int cmd_status(void)
 		       g_ha_path);
 	printf("bounds min %d max %d; up at %g%%, down below %g%% for %s; cooldown %s; interval %s\n", g_c.min, g_c.max,
 	       g_c.up_cpu, g_c.down_cpu, sa, cd, iv);
+	if (g_c.up_inflight)
+		printf("up also at %u requests in flight per server (lb's /api/stats)\n", g_c.up_inflight);
 	printf("%s\n", desc);
 	printf("%-12s %-28s %-12s %-10s %-9s %s\n", "ID", "LABEL", "STATUS", "CPU", "LB", "LB STATE");
 	for (int i = 0; i < v.n; i++) {

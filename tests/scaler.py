@@ -35,7 +35,7 @@ from integration import HOST, Fail, check, eq, free_port, short  # noqa: E402
 from process import conf  # noqa: E402
 from policy import ask, section, lsn  # noqa: E402
 
-SUITE_BUDGET = 110
+SUITE_BUDGET = 120
 SCALER_BIN = os.environ.get("SCALER_BIN", os.path.join(it.ROOT, "linode-scaler"))
 TOKEN = "linode-pat-3f9b1c7e5a2d4e6f8091a2b3c4d5e6f7"
 ADMIN_TOKEN = "lb-admin-9c8b7a6f5e4d3c2b1a00ffee"
@@ -371,6 +371,56 @@ def t_up(ctx):
     wait(lambda: "in cooldown" in env.log(p), 8, "a cooldown decision")
     time.sleep(1.5)
     eq(len(creates(env)), 1, "instances created during the cooldown")
+
+
+def slow_load(env, clients, ms, stop, limit=12):
+    """`clients` threads, each asking lb for /slow?ms=MS until `stop` is set, at most `limit` times:
+    requests in flight on lb while the instances' CPU stays low. Returns (threads, answers list)."""
+    import threading
+    answers = []
+
+    def one():
+        for _ in range(limit):
+            if stop.is_set():
+                return
+            try:
+                answers.append(ask(env.port, "/slow?ms=%d" % ms, timeout=ms / 1000.0 + 5).status)
+            except Fail as e:
+                answers.append(str(e))
+    threads = [threading.Thread(target=one, daemon=True) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    return threads, answers
+
+
+@test("scale_up_on_lb_inflight_with_low_cpu", timeout=40)
+def t_up_inflight(ctx):
+    """scale_up_inflight = 3: 8 slow requests in flight through a real lb on one server (CPU 10%, far
+    below scale_up_cpu) -> an instance is created, the decision names lb's figure; without load at the
+    same CPU the first cycle scales nothing (the figure, not CPU, decided)."""
+    import threading
+    env = Env(ctx, cpu=10.0, scaler=[("scale_up_inflight", "3"), ("max", "3"), ("cooldown", "60s"),
+                                     ("scale_down_cpu", "5")])
+    rc, out, errs = env.run("status")
+    eq(rc, 0, "status exit: %s" % short(errs, 300))
+    check(re.search(r"in flight 0\.0 per server \(1 serving\)", out) and "decision: none" in out,
+          "idle: want in flight 0.0 and no decision: %s" % short(out[-500:], 500))
+    stop = threading.Event()
+    threads, answers = slow_load(env, 8, 2500, stop)
+    try:
+        wait(lambda: env.servers()[label(1)]["active"] >= 6, 5, "8 slow requests in flight on lb")
+        p = env.start("run")
+        wait(lambda: creates(env), 10, "a create call (scaler log: %s)" % short(env.log(p)[-600:], 600))
+        log = env.log(p)
+        check(re.search(r"cpu 10\.0%.*decision: up: in flight [0-9.]+ per server \(1 serving\) >= "
+                        r"scale_up_inflight 3", log), "the decision does not name lb's figure: %s" % short(log[-600:], 600))
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    eq(len(creates(env)), 1, "instances created")
+    bad = [a for a in answers if a != 200]
+    eq(bad, [], "answers through lb during the load")
 
 
 @test("max_respected", timeout=40)
