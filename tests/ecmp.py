@@ -23,12 +23,17 @@ Checks (PASS/FAIL lines `ecmp/NAME`, summary `ecmp: N passed, N failed`):
   3. rejoin: node 2's lb started again is announced after RISE checks and serves again.
   4. tls-resumption: a TLS session made on node 1 is resumed on node 3 with the shared ticket key
      file (tls_ticket_keys); skipped with the reason while lb -t refuses that key (issue 20).
+Without namespaces, first: health-script-frr: lb-health-route.sh's default (FRR) commands, run
+through a fake vtysh against a local /healthz that turns 503, then SIGTERM; frr-config: the
+rendered deploy/ecmp/frr.conf.in passes `vtysh -C` (skipped without FRR).
 Needs root, iproute2, curl, flock, openssl; everything is bounded (watchdog DEADLINE s) and cleaned up.
 """
+import http.server
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -154,7 +159,67 @@ def tls_resumed():
         [l for l in b.stdout.splitlines() if l.startswith(("Reused", "New"))][:1])
 
 
+def health_script_frr():
+    """The script's FRR commands (a fake vtysh records them): announce while /healthz is 200, withdraw
+    after FALL failures, withdraw again on SIGTERM (the repeat is silent)."""
+    code = [200]
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(code[0])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    bindir, log = os.path.join(ha.tmp, "fakebin"), os.path.join(ha.tmp, "vtysh.log")
+    os.makedirs(bindir, exist_ok=True)
+    with open(os.path.join(bindir, "vtysh"), "w") as f:
+        f.write("#!/bin/sh\nprintf '%%s|' \"$@\" >>%s\necho >>%s\n" % (log, log))
+    os.chmod(os.path.join(bindir, "vtysh"), 0o755)
+    env = dict(os.environ, PATH=bindir + ":" + os.environ["PATH"], VIP="203.0.113.10", BGP_ASN="65001")
+    env.pop("LB_ANNOUNCE", None)
+    env.pop("LB_WITHDRAW", None)
+    p = subprocess.Popen(("sh", HEALTH, "-u", "http://127.0.0.1:%d/healthz" % srv.server_address[1], "-i", "0.1",
+                          "-f", "2", "-r", "2", "-R", "0"), env=env, stderr=subprocess.PIPE, text=True)
+    lines = lambda: open(log).read().replace("-c|", "").splitlines() if os.path.exists(log) else []  # noqa: E731
+    try:
+        for n, then in ((1, 503), (2, 200), (3, None)):  # announced, withdrawn, announced again
+            ha.wait_for(lambda: len(lines()) >= n, 3)
+            code[0] = then or code[0]
+    finally:
+        p.terminate()
+        err = p.communicate(timeout=5)[1]
+        srv.shutdown()
+    frr = "configure terminal|router bgp 65001|address-family ipv4 unicast|"
+    on, off = frr + "network 203.0.113.10/32 route-map primary|", frr + "no network 203.0.113.10/32|"
+    want = [on, off, on, off]
+    ha.check("health-script-frr", lines() == want and "withdraw (stopping)" in err,
+             "vtysh calls: announce, withdraw after 2 failed checks, announce, withdraw on SIGTERM" if lines() == want else
+             "vtysh calls %r, want %r; stderr %s" % (lines(), want, err.strip()[-200:]))
+
+
+def frr_config():
+    conf = os.path.join(ha.tmp, "frr.conf")
+    r = subprocess.run(("deploy/render.sh", "deploy/ecmp/frr.conf.in", conf, "HOSTNAME=lb1", "DC_ID=14",
+                        "VIP=203.0.113.10"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if r.returncode != 0:
+        ha.check("frr-config", False, "render.sh: " + r.stdout.strip())
+    elif not os.path.exists("/usr/bin/vtysh"):
+        ha.out("PASS ecmp/frr-config (skipped: no vtysh; Debian package frr)")  # not counted
+    else:
+        r = subprocess.run(("vtysh", "-C", "-f", conf), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           timeout=20)
+        ha.check("frr-config", r.returncode == 0, "vtysh -C accepts the rendered frr.conf.in" if r.returncode == 0
+                 else "vtysh -C: exit %d: %s" % (r.returncode, r.stdout.strip()[-300:]))
+
+
 def main():
+    health_script_frr()
+    frr_config()
     if os.geteuid() != 0:
         ha.check("setup", False, "needs root (network namespaces); not run")
         return
