@@ -3226,6 +3226,7 @@ static const struct keydef keys_scaler[] = { /* linode-scaler's (deploy/README.m
 	{ .name = "scale_up_cpu", .set = set_percent, .off = OS(up_cpu), .def = "80", .min = 1, .max = 100, .doc = "average CPU percent that adds an instance" },
 	{ .name = "scale_down_cpu", .set = set_percent, .off = OS(down_cpu), .def = "30", .min = 1, .max = 100, .doc = "below it for scale_down_after removes one" },
 	{ .name = "scale_up_inflight", .set = set_uint, .off = OS(up_inflight), .def = "0", .min = 0, .max = 1000000, .doc = "requests in flight per server (lb's figure) that add an instance; 0 = off" },
+	{ .name = "scale_up_p99", .set = set_dur, .off = OS(up_p99), .def = "off", .min = 5, .off0 = 1, .good = "250ms", .doc = "p99 of the pool's requests (lb's histogram, every node) above which an instance is added; off" },
 	{ .name = "scale_down_after", .set = set_dur, .off = OS(down_after), .def = "10m", .doc = "how long CPU stays low before a scale-down" },
 	{ .name = "cooldown", .set = set_dur, .off = OS(cooldown), .def = "5m", .doc = "minimum time between two changes" },
 	{ .name = "interval", .set = set_dur, .off = OS(interval), .def = "30s", .min = 100, .doc = "time between cycles" },

@@ -486,6 +486,7 @@ struct lb_scaler {
 	unsigned min, max;
 	unsigned up_cpu, down_cpu;   /* percent */
 	unsigned up_inflight;        /* requests in flight per server (lb's /api/stats) that scale up; 0 = off */
+	uint64_t up_p99;             /* ms: a p99 of the pool's requests (lb's /metrics) above it scales up; 0 = off */
 	uint64_t down_after, cooldown, interval; /* ms */
 	unsigned server_port;
 	int server_address;          /* 0 private, 1 public */

@@ -52,7 +52,8 @@
 #define STATS_STEP_MS 300000       /* the stats' point spacing (5 minutes) */
 #define DRAIN_SUFFIX "-draining"   /* second tag of an instance being removed */
 #define MAX_NODES LB_SCALER_NODES  /* lb nodes in admin_url */
-#define ADMIN_CONNECT_TIMEOUT_S 3L /* an lb node on the same network answers a connect at once */
+#define ADMIN_CONNECT_TIMEOUT_S 3L
+#define P99_MIN_REQUESTS 20        /* fewer requests in a cycle give no p99 figure */ /* an lb node on the same network answers a connect at once */
 
 /* ================================================================================== utilities */
 
@@ -592,6 +593,7 @@ struct conf {
 	int min, max;
 	double up_cpu, down_cpu;
 	unsigned up_inflight;      /* 0: off */
+	int64_t up_p99_ms;         /* 0: off */
 	int64_t down_after_ms, cooldown_ms, interval_ms;
 	int server_port;
 	int public_addr; /* server_address = public */
@@ -701,6 +703,7 @@ static int conf_load(const char *path, struct conf *c)
 	c->up_cpu = sc->up_cpu;
 	c->down_cpu = sc->down_cpu;
 	c->up_inflight = sc->up_inflight;
+	c->up_p99_ms = (int64_t)sc->up_p99;
 	c->down_after_ms = (int64_t)sc->down_after;
 	c->cooldown_ms = (int64_t)sc->cooldown;
 	c->interval_ms = (int64_t)sc->interval;
@@ -1248,6 +1251,9 @@ struct node {
 	int64_t backoff;    /* ms */
 	char why[160];      /* why it is down */
 	int read;           /* its pool was read this cycle: lb[] and nlb are valid */
+	uint64_t hist[LB_HIST + 1]; /* the pool's request durations from /metrics, cumulative per bucket of lb.c's
+	                               hist_ms (+Inf last), summed over its servers, at the last reading */
+	int hist_read;      /* hist holds a reading */
 	struct lbsrv lb[MAX_INSTANCES + 64];
 	int nlb;
 };
@@ -1925,6 +1931,8 @@ struct view {
 	double cpu;           /* what is decided on: max(pool, host); -1 unknown */
 	double inflight;      /* lb's requests in flight per up server, all nodes read; -1 unknown */
 	int nserving;         /* the servers that divides (up on at least one node) */
+	double slow_share;    /* of the requests since the last cycle, slower than p99_bound_ms; -1 unknown */
+	int64_t p99_bound_ms, requests;
 	int hist_low;         /* every instance with data low over scale_down_after */
 	int64_t newest_ms;    /* newest creation among active instances */
 };
@@ -1991,7 +1999,7 @@ static const struct lbsrv *node_server(const struct node *nd, const struct inst 
 static int observe(struct view *v)
 {
 	memset(v, 0, sizeof *v);
-	v->pool_cpu = v->host = v->cpu = v->inflight = -1;
+	v->pool_cpu = v->host = v->cpu = v->inflight = v->slow_share = -1;
 	for (int k = 0; k < g_nnodes && !g_stop; k++) {
 		struct node *nd = &g_nodes[k];
 		if (nd->down && (int64_t)mono_ms() >= nd->next_try)
@@ -2124,9 +2132,63 @@ static void measure_inflight(struct view *v)
 		v->inflight = sum / serving;
 }
 
+/* one node's pool histogram from /metrics: the lb_server_request_duration_seconds_bucket lines of
+ * the pool's servers, summed by bucket (lb.c's hist_ms bounds, +Inf last); 0 or -1 */
+static int node_hist(struct node *nd, uint64_t out[LB_HIST + 1])
+{
+	static const char name[] = "lb_server_request_duration_seconds_bucket{";
+	struct resp r = { 0 };
+	char pool[80];
+	snprintf(pool, sizeof pool, "pool=\"%s\",", g_c.pool);
+	memset(out, 0, sizeof(uint64_t) * (LB_HIST + 1));
+	long st = admin(nd, "GET", "/metrics", NULL, &r);
+	for (const char *ln = st == 200 ? buf_str(&r.body) : ""; *ln; ln = strchr(ln, '\n') ? strchr(ln, '\n') + 1 : "") {
+		const char *le = strstr(ln, "le=\""), *end = strchr(ln, '\n'), *val = strstr(ln, "} ");
+		if (strncmp(ln, name, sizeof name - 1) || strncmp(ln + sizeof name - 1, pool, strlen(pool)) || !le || !val ||
+		    (end && (le > end || val > end)))
+			continue;
+		int b = 0; /* the bucket: its bound in ms as lb prints it (%g seconds), or +Inf */
+		while (b < LB_HIST && fabs(strtod(le + 4, NULL) * 1000 - hist_ms[b]) > 0.5)
+			b++;
+		if (b < LB_HIST || !strncmp(le + 4, "+Inf", 4))
+			out[b] += strtoull(val + 2, NULL, 10);
+	}
+	buf_free(&r.body);
+	if (st != 200 && st)
+		err("%s: GET /metrics: %ld", nd->tag, st);
+	return st == 200 ? 0 : -1;
+}
+
+/* lb's latency figure: of the requests every read node finished since its last reading, the share
+ * slower than scale_up_p99 (at the largest of lb's bucket bounds not above it); above 1% the p99 is */
+static void measure_p99(struct view *v)
+{
+	int b = -1; /* the bucket whose bound is the threshold used */
+	while (b + 1 < LB_HIST && hist_ms[b + 1] <= g_c.up_p99_ms)
+		b++;
+	uint64_t within = 0, all = 0;
+	for (int k = 0; k < g_nnodes; k++) {
+		struct node *nd = &g_nodes[k];
+		uint64_t h[LB_HIST + 1];
+		if (!nd->read || node_hist(nd, h) != 0)
+			continue;
+		int fresh = !nd->hist_read || h[LB_HIST] < nd->hist[LB_HIST]; /* first reading, or lb restarted */
+		all += h[LB_HIST] - (fresh ? h[LB_HIST] : nd->hist[LB_HIST]);
+		within += b < 0 ? 0 : h[b] - (fresh ? h[b] : nd->hist[b]);
+		memcpy(nd->hist, h, sizeof h);
+		nd->hist_read = 1;
+	}
+	v->p99_bound_ms = b < 0 ? 0 : (int64_t)hist_ms[b];
+	v->requests = (int64_t)all;
+	if (all >= P99_MIN_REQUESTS)
+		v->slow_share = 1.0 - (double)within / (double)all;
+}
+
 static void measure(struct view *v, int mode)
 {
 	measure_inflight(v);
+	if (g_c.up_p99_ms)
+		measure_p99(v);
 	double sum = 0;
 	int all_low = 1;
 	for (int i = 0; i < v->n; i++) {
@@ -2193,7 +2255,7 @@ static int decide(struct view *v, int mode, char *why, size_t size)
 		return D_DOWN;
 	}
 	int hot_cpu = v->cpu >= 0 && v->cpu >= g_c.up_cpu;
-	int hot_q = g_c.up_inflight && v->inflight >= g_c.up_inflight;
+	int hot_q = (g_c.up_inflight && v->inflight >= g_c.up_inflight) || v->slow_share > 0.01;
 	if (!hot_q && v->cpu < 0) {
 		snprintf(why, size, "no CPU data yet (new instances have none for several minutes): no change");
 		return D_NONE;
@@ -2203,6 +2265,10 @@ static int decide(struct view *v, int mode, char *why, size_t size)
 		if (hot_cpu) {
 			snprintf(sig, sizeof sig, "cpu %.1f%% >= %g%%", v->cpu, g_c.up_cpu);
 			snprintf(up, sizeof up, "cpu %.1f%% >= scale_up_cpu %g%%", v->cpu, g_c.up_cpu);
+		} else if (v->slow_share > 0.01) {
+			snprintf(sig, sizeof sig, "p99 > %" PRId64 "ms", v->p99_bound_ms);
+			snprintf(up, sizeof up, "p99 > %" PRId64 "ms (%.1f%% of %" PRId64 " requests slower) >= scale_up_p99",
+			         v->p99_bound_ms, v->slow_share * 100, v->requests);
 		} else {
 			snprintf(sig, sizeof sig, "in flight %.1f per server >= %u", v->inflight, g_c.up_inflight);
 			snprintf(up, sizeof up, "in flight %.1f per server (%d serving) >= scale_up_inflight %u", v->inflight,
@@ -2312,9 +2378,12 @@ static void describe_nodes(char *out, size_t size)
 
 static void describe(const struct view *v, int with_cpu, char *out, size_t size)
 {
-	char pool[48] = "no data", host[32] = "", nodes[600], q[64] = "";
+	char pool[48] = "no data", host[32] = "", nodes[600], q[140] = "";
 	if (v->inflight >= 0)
 		snprintf(q, sizeof q, "; in flight %.1f per server (%d serving)", v->inflight, v->nserving);
+	if (v->slow_share >= 0)
+		snprintf(q + strlen(q), sizeof q - strlen(q), "; %.1f%% of %" PRId64 " requests over %" PRId64 "ms",
+		         v->slow_share * 100, v->requests, v->p99_bound_ms);
 	if (v->pool_cpu >= 0)
 		snprintf(pool, sizeof pool, "%.1f%% (%d with data)", v->pool_cpu, v->ndata);
 	if (v->host >= 0)
@@ -2476,6 +2545,9 @@ static int cmd_status(void)
 	       g_c.up_cpu, g_c.down_cpu, sa, cd, iv);
 	if (g_c.up_inflight)
 		printf("up also at %u requests in flight per server (lb's /api/stats)\n", g_c.up_inflight);
+	if (g_c.up_p99_ms)
+		printf("up also when more than 1%% of the requests between two cycles take over %" PRId64 " ms (lb's "
+		       "/metrics)\n", g_c.up_p99_ms);
 	printf("%s\n", desc);
 	printf("%-12s %-28s %-12s %-10s %-9s %s\n", "ID", "LABEL", "STATUS", "CPU", "LB", "LB STATE");
 	for (int i = 0; i < v.n; i++) {

@@ -14,6 +14,7 @@ status steps of 0.4 s, stats after 1 s) so that the suite stays under about 2 mi
 One line per test: "PASS name" or "FAIL name: reason"; then "scaler: N passed, N failed".
 """
 import base64
+import contextlib
 import http.client
 import json
 import os
@@ -21,6 +22,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from urllib.parse import urlsplit
 
@@ -35,7 +37,7 @@ from integration import HOST, Fail, check, eq, free_port, short  # noqa: E402
 from process import conf  # noqa: E402
 from policy import ask, section, lsn  # noqa: E402
 
-SUITE_BUDGET = 120
+SUITE_BUDGET = 130
 SCALER_BIN = os.environ.get("SCALER_BIN", os.path.join(it.ROOT, "linode-scaler"))
 TOKEN = "linode-pat-3f9b1c7e5a2d4e6f8091a2b3c4d5e6f7"
 ADMIN_TOKEN = "lb-admin-9c8b7a6f5e4d3c2b1a00ffee"
@@ -373,11 +375,12 @@ def t_up(ctx):
     eq(len(creates(env)), 1, "instances created during the cooldown")
 
 
-def slow_load(env, clients, ms, stop, limit=12):
-    """`clients` threads, each asking lb for /slow?ms=MS until `stop` is set, at most `limit` times:
-    requests in flight on lb while the instances' CPU stays low. Returns (threads, answers list)."""
-    import threading
-    answers = []
+@contextlib.contextmanager
+def slow_load(env, clients, ms, limit=12):
+    """`clients` threads, each asking lb for /slow?ms=MS until the block ends, at most `limit` times:
+    requests in flight on lb while the instances' CPU stays low. Yields the answers (statuses or
+    errors); on leaving, the threads are stopped and the answers must all have been 200."""
+    stop, answers = threading.Event(), []
 
     def one():
         for _ in range(limit):
@@ -390,7 +393,13 @@ def slow_load(env, clients, ms, stop, limit=12):
     threads = [threading.Thread(target=one, daemon=True) for _ in range(clients)]
     for t in threads:
         t.start()
-    return threads, answers
+    try:
+        yield answers
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    eq([a for a in answers if a != 200], [], "answers through lb during the load")
 
 
 @test("scale_up_on_lb_inflight_with_low_cpu", timeout=40)
@@ -398,29 +407,34 @@ def t_up_inflight(ctx):
     """scale_up_inflight = 3: 8 slow requests in flight through a real lb on one server (CPU 10%, far
     below scale_up_cpu) -> an instance is created, the decision names lb's figure; without load at the
     same CPU the first cycle scales nothing (the figure, not CPU, decided)."""
-    import threading
     env = Env(ctx, cpu=10.0, scaler=[("scale_up_inflight", "3"), ("max", "3"), ("cooldown", "60s"),
                                      ("scale_down_cpu", "5")])
     rc, out, errs = env.run("status")
     eq(rc, 0, "status exit: %s" % short(errs, 300))
     check(re.search(r"in flight 0\.0 per server \(1 serving\)", out) and "decision: none" in out,
           "idle: want in flight 0.0 and no decision: %s" % short(out[-500:], 500))
-    stop = threading.Event()
-    threads, answers = slow_load(env, 8, 2500, stop)
-    try:
+    with slow_load(env, 8, 2500):
         wait(lambda: env.servers()[label(1)]["active"] >= 6, 5, "8 slow requests in flight on lb")
         p = env.start("run")
         wait(lambda: creates(env), 10, "a create call (scaler log: %s)" % short(env.log(p)[-600:], 600))
-        log = env.log(p)
         check(re.search(r"cpu 10\.0%.*decision: up: in flight [0-9.]+ per server \(1 serving\) >= "
-                        r"scale_up_inflight 3", log), "the decision does not name lb's figure: %s" % short(log[-600:], 600))
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(10)
+                        r"scale_up_inflight 3", env.log(p)),
+              "the decision does not name lb's figure: %s" % short(env.log(p)[-600:], 600))
     eq(len(creates(env)), 1, "instances created")
-    bad = [a for a in answers if a != 200]
-    eq(bad, [], "answers through lb during the load")
+
+
+@test("scale_up_on_lb_p99_with_low_cpu", timeout=40)
+def t_up_p99(ctx):
+    """scale_up_p99 = 250ms: requests through a real lb taking 400 ms (CPU 10%) -> between two cycles
+    more than 1% of them are over 250 ms (lb's /metrics histogram) -> an instance is created."""
+    env = Env(ctx, cpu=10.0, scaler=[("scale_up_p99", "250ms"), ("max", "3"), ("cooldown", "60s"),
+                                     ("scale_down_cpu", "5"), ("interval", "2s")])
+    with slow_load(env, 8, 400, limit=40):
+        p = env.start("run")
+        wait(lambda: creates(env), 12, "a create call (scaler log: %s)" % short(env.log(p)[-600:], 600))
+        check(re.search(r"cpu 10\.0%.*decision: up: p99 > 250ms \(100\.0% of [0-9]+ requests slower\) >= "
+                        r"scale_up_p99", env.log(p)), "the decision does not name lb's p99: %s" % short(env.log(p)[-600:], 600))
+    eq(len(creates(env)), 1, "instances created")
 
 
 @test("max_respected", timeout=40)
