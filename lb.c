@@ -2202,7 +2202,7 @@ typedef void key_set(struct cfg *st, void *obj, const struct keydef *kd, const c
  * struct, by row), "did you mean", and `lb --keys`, which tests/keys.py checks against README. */
 struct keydef {
 	const char *name;
-	key_set *set;            /* NULL: [scaler], read by linode-scaler; lb checks the name only */
+	key_set *set;            /* NULL: lb checks the name only (no row today: [scaler] is parsed too) */
 	size_t off, off_n;       /* the field set writes (offsetof in the section's struct); off_n: a list's count */
 	const char *def;         /* the default as written in a file; NULL: none */
 	uint64_t min, max;       /* set_uint, set_size; set_dur: min (ms) */
