@@ -2023,6 +2023,61 @@ int lb_parse_form_action(const char *body, size_t n, struct lb_form_action *o)
 	return o->error = "no weight field for that server", LB_EINVAL;
 }
 
+/* [scaler] admin_url: one entry per lb node, separated by commas, each "URL [token_file=PATH]" */
+static int admin_url_entry(const char *s, size_t n, struct lb_scaler_node *o, char *why, size_t wsize)
+{
+	struct lb_str w;
+	const char *p = s, *end = s + n;
+	memset(o, 0, sizeof *o);
+	for (int k = 0; next_word(&p, end, &w); k++) {
+		if (k == 0 && ((w.n > 7 && !memcmp(w.p, "http://", 7)) || (w.n > 8 && !memcmp(w.p, "https://", 8))) &&
+		    w.n < sizeof o->url) {
+			while (w.n && w.p[w.n - 1] == '/')
+				w.n--;
+			memcpy(o->url, w.p, w.n);
+		} else if (k == 0) {
+			snprintf(why, wsize, "'%.*s' is not an http:// or https:// URL (at most %zu characters)", (int)LB_MIN(w.n, 80),
+			         w.p, sizeof o->url - 1);
+			return LB_EINVAL;
+		} else if (w.n > 11 && !memcmp(w.p, "token_file=", 11) && w.n - 11 < sizeof o->token_file) {
+			memcpy(o->token_file, w.p + 11, w.n - 11);
+		} else {
+			snprintf(why, wsize, "'%.*s' after %.60s: want URL [token_file=PATH], entries separated by commas",
+			         (int)LB_MIN(w.n, 60), w.p, o->url);
+			return LB_EINVAL;
+		}
+	}
+	if (!o->url[0]) {
+		snprintf(why, wsize, "an empty entry");
+		return LB_EINVAL;
+	}
+	return 0;
+}
+
+int lb_parse_admin_urls(const char *s, size_t n, struct lb_scaler_node *out, size_t *nout, char *why, size_t wsize)
+{
+	const char *p = s, *end = s + n;
+	*nout = 0;
+	while (p <= end) {
+		const char *comma = memchr(p, ',', (size_t)(end - p));
+		const char *e = comma ? comma : end;
+		if (*nout == LB_SCALER_NODES) {
+			snprintf(why, wsize, "more than %d lb nodes", LB_SCALER_NODES);
+			return LB_EINVAL;
+		}
+		if (admin_url_entry(p, (size_t)(e - p), &out[*nout], why, wsize) != 0)
+			return LB_EINVAL;
+		for (size_t i = 0; i < *nout; i++)
+			if (!strcmp(out[i].url, out[*nout].url)) {
+				snprintf(why, wsize, "%.80s is listed twice", out[i].url);
+				return LB_EINVAL;
+			}
+		(*nout)++;
+		p = e + 1;
+	}
+	return 0;
+}
+
 /* -------------------------------------------------------------------- X.509 names, ACME tokens */
 
 struct der {
@@ -2241,7 +2296,7 @@ typedef void key_set(struct cfg *st, void *obj, const struct keydef *kd, const c
  * struct, by row), "did you mean", and `lb --keys`, which tests/keys.py checks against README. */
 struct keydef {
 	const char *name;
-	key_set *set;            /* NULL: [scaler], read by linode-scaler; lb checks the name only */
+	key_set *set;            /* NULL: lb checks the name only (no row today: [scaler] is parsed too) */
 	size_t off, off_n;       /* the field set writes (offsetof in the section's struct); off_n: a list's count */
 	const char *def;         /* the default as written in a file; NULL: none */
 	uint64_t min, max;       /* set_uint, set_size; set_dur: min (ms) */
@@ -3087,6 +3142,26 @@ static void set_max_open(struct cfg *st, void *o, const struct keydef *kd, const
 	v_percent(st, line, kd->name, v, 1, 100, &((struct lb_pool *)o)->cb_max_open);
 }
 
+/* [scaler] percentages: 80 or 80% */
+static void set_percent(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	char num[16];
+	size_t n = strlen(v);
+	n -= n && v[n - 1] == '%';
+	snprintf(num, sizeof num, "%.*s", (int)LB_MIN(n, sizeof num - 1), v);
+	if (n >= sizeof num) /* cut: refused whole */
+		num[0] = 0;
+	v_uint(st, line, kd->name, num, (unsigned)kd->min, (unsigned)kd->max, KFIELD(unsigned, o, kd));
+}
+
+static void set_admin_urls(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	struct lb_scaler *sc = &((struct lb_conf *)o)->scaler;
+	char why[200];
+	if (lb_parse_admin_urls(v, strlen(v), sc->node, &sc->nnodes, why, sizeof why) != 0)
+		cfg_err(st, line, kd->name, "%s: %s", kd->name, why);
+}
+
 static void set_sticky(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
 {
 	struct lb_pool *p = o;
@@ -3226,14 +3301,31 @@ static const struct keydef keys_admin[] = {
 	{ .name = "allow", .set = set_cidrs, .off = OG(admin_allow), .off_n = OG(nadmin_allow), .repeat = 1, .good = "10.0.0.0/8", .doc = "CIDRs that may connect (default: loopback)" },
 	{ .name = NULL },
 };
-static const struct keydef keys_scaler[] = { /* read by linode-scaler; lb checks the names only */
-	{ .name = "pool", .good = "x" }, { .name = "admin_url", .good = "x" }, { .name = "admin_token_file", .good = "x" },
-	{ .name = "api_url", .good = "x" }, { .name = "token_file", .good = "x" }, { .name = "region", .good = "x" },
-	{ .name = "type", .good = "x" }, { .name = "image", .good = "x" }, { .name = "user_data", .good = "x" },
-	{ .name = "authorized_keys_file", .good = "x" }, { .name = "tag", .good = "x" }, { .name = "min", .good = "x" },
-	{ .name = "max", .good = "x" }, { .name = "scale_up_cpu", .good = "x" }, { .name = "scale_down_cpu", .good = "x" },
-	{ .name = "scale_down_after", .good = "x" }, { .name = "cooldown", .good = "x" }, { .name = "interval", .good = "x" },
-	{ .name = "server_port", .good = "x" }, { .name = "server_address", .good = "x" },
+#define OS(f) offsetof(struct lb_conf, scaler.f)
+static const char *const w_server_address[] = { "private", "public", NULL };
+static const struct keydef keys_scaler[] = { /* linode-scaler's (deploy/README.md has the table) */
+	{ .name = "pool", .set = set_str, .off = OS(pool), .good = "web", .doc = "the lb pool it manages (required)" },
+	{ .name = "admin_url", .set = set_admin_urls, .def = "http://127.0.0.1:8404", .good = "http://10.0.0.1:8404, http://10.0.0.2:8404 token_file=/etc/lb/t2", .doc = "lb nodes' admin APIs: URL [token_file=PATH], ... (at most 8)" },
+	{ .name = "admin_token_file", .set = set_str, .off = OS(admin_token_file), .good = "/etc/lb/admin.token", .doc = "lb's admin bearer token (required)" },
+	{ .name = "api_url", .set = set_str, .off = OS(api_url), .def = "https://api.linode.com/v4", .doc = "Linode API base" },
+	{ .name = "token_file", .set = set_str, .off = OS(token_file), .good = "/etc/lb/linode.token", .doc = "Linode personal access token (required)" },
+	{ .name = "region", .set = set_str, .off = OS(region), .good = "us-east", .doc = "of new instances (required)" },
+	{ .name = "type", .set = set_str, .off = OS(type), .good = "g6-standard-2", .doc = "of new instances (required)" },
+	{ .name = "image", .set = set_str, .off = OS(image), .good = "linode/debian12", .doc = "of new instances" },
+	{ .name = "user_data", .set = set_str, .off = OS(user_data), .good = "/etc/lb/cloud-init.yaml", .doc = "cloud-init file for new instances" },
+	{ .name = "authorized_keys_file", .set = set_str, .off = OS(authorized_keys_file), .good = "/root/.ssh/authorized_keys", .doc = "SSH keys for root on new instances" },
+	{ .name = "tag", .set = set_str, .off = OS(tag), .good = "lb-pool-web", .doc = "marks the instances it owns (default lb-pool-POOL)" },
+	{ .name = "min", .set = set_uint, .off = OS(min), .def = "2", .min = 0, .max = LB_SCALER_INSTANCES, .doc = "fewest instances" },
+	{ .name = "max", .set = set_uint, .off = OS(max), .def = "10", .min = 1, .max = LB_SCALER_INSTANCES, .doc = "most instances" },
+	{ .name = "scale_up_cpu", .set = set_percent, .off = OS(up_cpu), .def = "80", .min = 1, .max = 100, .doc = "average CPU percent that adds an instance" },
+	{ .name = "scale_down_cpu", .set = set_percent, .off = OS(down_cpu), .def = "30", .min = 1, .max = 100, .doc = "below it for scale_down_after removes one" },
+	{ .name = "scale_up_inflight", .set = set_uint, .off = OS(up_inflight), .def = "0", .min = 0, .max = 1000000, .doc = "requests in flight per server (lb's figure) that add an instance; 0 = off" },
+	{ .name = "scale_up_p99", .set = set_dur, .off = OS(up_p99), .def = "off", .min = 5, .off0 = 1, .good = "250ms", .doc = "p99 of the pool's requests (lb's histogram, every node) above which an instance is added; off" },
+	{ .name = "scale_down_after", .set = set_dur, .off = OS(down_after), .def = "10m", .doc = "how long CPU stays low before a scale-down" },
+	{ .name = "cooldown", .set = set_dur, .off = OS(cooldown), .def = "5m", .doc = "minimum time between two changes" },
+	{ .name = "interval", .set = set_dur, .off = OS(interval), .def = "30s", .min = 100, .doc = "time between cycles" },
+	{ .name = "server_port", .set = set_uint, .off = OS(server_port), .def = "80", .min = 1, .max = 65535, .doc = "service port of new instances" },
+	{ .name = "server_address", .set = set_enum, .off = OS(server_address), .def = "private", .words = w_server_address, .doc = "IPv4 lb connects to: private or public" },
 	{ .name = NULL },
 };
 static const struct keydef keys_listener[] = {
@@ -3432,6 +3524,8 @@ static int conf_alloc(struct cfg *st)
 		struct sect *s = &st->sects[i];
 		if (s->kind == S_ADMIN) {
 			c->admin_on = 1;
+		} else if (s->kind == S_SCALER) {
+			c->scaler.line = s->line;
 		} else if (s->kind == S_LISTENER) {
 			struct lb_listener *l = &c->listeners[s->idx = c->nlisteners++];
 			snprintf(l->name, sizeof l->name, "%s", s->name);
@@ -3471,7 +3565,7 @@ int lb_conf_key(size_t i, struct lb_key_info *k)
 		k->section = kind_name(kind);
 		k->name = kd->name;
 		k->def = kd->def;
-		k->type = !f ? "scaler" : f == set_uint || f == set_workers || f == set_keepalive ? "uint" : f == set_size ? "size"
+		k->type = !f ? "scaler" : f == set_uint || f == set_workers || f == set_keepalive || f == set_percent ? "uint" : f == set_size ? "size"
 		          : f == set_dur ? "duration" : f == set_onoff ? "on/off" : f == set_enum ? "enum" : f == set_str ? "string"
 		          : "custom";
 		k->min = kd->min;
@@ -3698,6 +3792,11 @@ void lb_conf_free(struct lb_conf *c)
 	}
 	free(c->admin_token_file);
 	free(c->admin_allow);
+	char **scaler_str[] = { &c->scaler.pool, &c->scaler.admin_token_file, &c->scaler.api_url, &c->scaler.token_file,
+		                &c->scaler.region, &c->scaler.type, &c->scaler.image, &c->scaler.user_data,
+		                &c->scaler.authorized_keys_file, &c->scaler.tag };
+	for (size_t i = 0; i < sizeof scaler_str / sizeof *scaler_str; i++)
+		free(*scaler_str[i]);
 	free(c->listeners);
 	free(c->pools);
 	free(c->routes);

@@ -485,6 +485,32 @@ struct lb_route {
 	struct lb_shm_route *shm;                  /* NULL in unit tests */
 };
 
+/* [scaler]: linode-scaler's section (deploy/linode-scaler.c #includes lb.c and reads the file with
+ * lb_conf_parse, so a [scaler] key is one row of lb.c's key table; lb -t checks the values too). */
+#define LB_SCALER_NODES 8            /* lb nodes in admin_url */
+#define LB_SCALER_INSTANCES 256      /* the largest max */
+struct lb_scaler_node {
+	char url[256];               /* http:// or https://, no trailing '/' */
+	char token_file[512];        /* its own token_file=PATH, else "" (admin_token_file) */
+};
+struct lb_scaler {
+	int line;                    /* of [scaler]; 0: no section */
+	char *pool, *admin_token_file, *api_url, *token_file, *region, *type, *image, *user_data,
+	     *authorized_keys_file, *tag;  /* NULL: not given */
+	struct lb_scaler_node node[LB_SCALER_NODES];  /* admin_url */
+	size_t nnodes;
+	unsigned min, max;
+	unsigned up_cpu, down_cpu;   /* percent */
+	unsigned up_inflight;        /* requests in flight per server (lb's /api/stats) that scale up; 0 = off */
+	uint64_t up_p99;             /* ms: a p99 of the pool's requests (lb's /metrics) above it scales up; 0 = off */
+	uint64_t down_after, cooldown, interval; /* ms */
+	unsigned server_port;
+	int server_address;          /* 0 private, 1 public */
+};
+/* admin_url = URL [token_file=PATH] [, URL [token_file=PATH]]...: 0 and out[0 .. *nout), or LB_EINVAL
+ * with the reason in why */
+int lb_parse_admin_urls(const char *s, size_t n, struct lb_scaler_node *out, size_t *nout, char *why, size_t wsize);
+
 struct lb_conf {
 	/* [global] */
 	unsigned workers;            /* 0 = auto */
@@ -512,6 +538,7 @@ struct lb_conf {
 	struct lb_listener *listeners; size_t nlisteners;
 	struct lb_pool *pools;         size_t npools;
 	struct lb_route *routes;       size_t nroutes;
+	struct lb_scaler scaler;
 	uint64_t given_global, given_log, given_admin, given_scaler; /* keys given, by row of lb.c's key table */
 };
 

@@ -21,29 +21,20 @@
  * is TAGBASE-N (N one above the highest in use), so a create that was sent before a crash is found
  * by label instead of being sent twice; an instance being removed carries a second tag
  * (TAG-draining) so that a restart finishes its removal instead of adding it back to lb. */
+/* lb.c is #included (built with -DLB_NO_MAIN, as fuzz/fuzz_conn.c does): the [scaler] section is read
+ * by lb's own parser (lb_conf_parse; each key a row of lb.c's key table, checked by `lb -t` too), and
+ * requests are written with lb's text buffer (struct abuf, ab_put, ab_printf). */
 #define _GNU_SOURCE
-#include <ctype.h>
-#include <errno.h>
+#include "lb.c"
+
 #include <inttypes.h>
-#include <limits.h>
 #include <math.h>
-#include <signal.h>
-#include <stdarg.h>
 #include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/random.h>
-#include <sys/stat.h>
-#include <time.h>
-#include <unistd.h>
 
 #include <curl/curl.h>
-#define INI_HANDLER_LINENO 1
-#include <ini.h>
 
 #define SCALER_VERSION "1.0"
-#define MAX_INSTANCES 256          /* owned instances handled per cycle (max is at most this) */
+#define MAX_INSTANCES LB_SCALER_INSTANCES /* owned instances handled per cycle (max is at most this) */
 #define MAX_PAGES 100              /* list pages read per cycle */
 #define MAX_BODY (32u << 20)       /* largest API answer accepted */
 #define API_TIMEOUT_S 30L          /* every Linode call */
@@ -60,34 +51,21 @@
 #define STATS_PER_MINUTE 40        /* own budget under the API's 50 stats calls a minute */
 #define STATS_STEP_MS 300000       /* the stats' point spacing (5 minutes) */
 #define DRAIN_SUFFIX "-draining"   /* second tag of an instance being removed */
-#define MAX_NODES 8                /* lb nodes in admin_url */
-#define ADMIN_CONNECT_TIMEOUT_S 3L /* an lb node on the same network answers a connect at once */
+#define MAX_NODES LB_SCALER_NODES  /* lb nodes in admin_url */
+#define ADMIN_CONNECT_TIMEOUT_S 3L
+#define P99_MIN_REQUESTS 20        /* fewer requests in a cycle give no p99 figure */ /* an lb node on the same network answers a connect at once */
 
 /* ================================================================================== utilities */
 
 static volatile sig_atomic_t g_stop, g_hup;
 static int g_verbose;
 
-static void on_signal(int sig)
+static void on_scaler_signal(int sig)
 {
 	if (sig == SIGHUP)
 		g_hup = 1;
 	else
 		g_stop = 1;
-}
-
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t wall_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* log lines on stderr: 2026-11-23T10:00:00.123Z linode-scaler: [level: ]message */
@@ -96,7 +74,7 @@ __attribute__((format(printf, 2, 3))) static void logm(const char *level, const 
 	if (level && !strcmp(level, "debug") && !g_verbose)
 		return;
 	char msg[2048], ts[40];
-	int64_t now = wall_ms();
+	int64_t now = (int64_t)wall_ms();
 	time_t sec = (time_t)(now / 1000);
 	struct tm tm;
 	gmtime_r(&sec, &tm);
@@ -120,9 +98,9 @@ __attribute__((format(printf, 2, 3))) static void logm(const char *level, const 
 /* sleep, cut short by SIGTERM/SIGINT; 0 when slept in full */
 static int sleep_ms(int64_t ms)
 {
-	int64_t end = mono_ms() + ms;
+	int64_t end = (int64_t)mono_ms() + ms;
 	while (!g_stop) {
-		int64_t left = end - mono_ms();
+		int64_t left = end - (int64_t)mono_ms();
 		if (left <= 0)
 			return 0;
 		if (left > 100)
@@ -133,119 +111,51 @@ static int sleep_ms(int64_t ms)
 	return -1;
 }
 
-struct buf {
-	char *d;
-	size_t n, cap;
-	int oom;
-};
-
-static void buf_add(struct buf *b, const char *s, size_t n)
-{
-	if (b->oom || n > SIZE_MAX / 4 - b->n) {
-		b->oom = 1;
-		return;
-	}
-	if (!b->d || b->n + n + 1 > b->cap) {
-		size_t cap = b->cap ? b->cap : 256;
-		while (cap < b->n + n + 1)
-			cap *= 2;
-		char *d = realloc(b->d, cap);
-		if (!d) {
-			b->oom = 1;
-			return;
-		}
-		b->d = d;
-		b->cap = cap;
-	}
-	if (n)
-		memcpy(b->d + b->n, s, n);
-	b->n += n;
-	b->d[b->n] = 0;
-}
-
-__attribute__((format(printf, 2, 3))) static void buf_printf(struct buf *b, const char *fmt, ...)
-{
-	char tmp[1024];
-	va_list ap;
-	va_start(ap, fmt);
-	int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
-	va_end(ap);
-	if (n < 0)
-		return;
-	if ((size_t)n < sizeof tmp) {
-		buf_add(b, tmp, (size_t)n);
-		return;
-	}
-	char *big = malloc((size_t)n + 1);
-	if (!big) {
-		b->oom = 1;
-		return;
-	}
-	va_start(ap, fmt);
-	vsnprintf(big, (size_t)n + 1, fmt, ap);
-	va_end(ap);
-	buf_add(b, big, (size_t)n);
-	free(big);
-}
-
-static void buf_free(struct buf *b)
+/* text buffers are lb.c's struct abuf (ab_put, ab_printf: appends that set oom instead of failing) */
+static void buf_free(struct abuf *b)
 {
 	free(b->d);
 	memset(b, 0, sizeof *b);
 }
 
-static const char *buf_str(const struct buf *b)
+static const char *buf_str(const struct abuf *b)
 {
 	return b->d ? b->d : "";
 }
 
 /* JSON string literal of s (quotes included) */
-static void buf_json(struct buf *b, const char *s)
+static void buf_json(struct abuf *b, const char *s)
 {
-	buf_add(b, "\"", 1);
+	ab_put(b, "\"", 1);
 	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
 		if (*p == '"' || *p == '\\') {
 			char e[2] = { '\\', (char)*p };
-			buf_add(b, e, 2);
+			ab_put(b, e, 2);
 		} else if (*p < 0x20) {
-			buf_printf(b, "\\u%04x", *p);
+			ab_printf(b, "\\u%04x", *p);
 		} else {
-			buf_add(b, (const char *)p, 1);
+			ab_put(b, (const char *)p, 1);
 		}
 	}
-	buf_add(b, "\"", 1);
+	ab_put(b, "\"", 1);
 }
 
-/* a whole file (at most `max` bytes) as a NUL-terminated string; NULL with errno */
-static char *read_file(const char *path, size_t max, size_t *len)
+/* a whole file (at most `max` bytes) as a NUL-terminated string; NULL with errno (lb.c's read_file) */
+static char *read_text(const char *path, size_t max, size_t *len)
 {
-	FILE *f = fopen(path, "rb");
-	if (!f)
-		return NULL;
-	struct buf b = { 0 };
-	char tmp[8192];
 	size_t n;
-	while ((n = fread(tmp, 1, sizeof tmp, f)) > 0) {
-		buf_add(&b, tmp, n);
-		if (b.n > max) {
-			fclose(f);
-			buf_free(&b);
-			errno = EFBIG;
-			return NULL;
-		}
-	}
-	int bad = ferror(f) || b.oom;
-	fclose(f);
-	if (bad) {
-		buf_free(&b);
-		errno = EIO;
+	char *t = read_file(path, &n);
+	char *z = t && n <= max ? realloc(t, n + 1) : NULL;
+	if (!z) {
+		int e = !t ? errno : n > max ? EFBIG : ENOMEM;
+		free(t);
+		errno = e;
 		return NULL;
 	}
-	if (!b.d)
-		buf_add(&b, "", 0);
+	z[n] = 0;
 	if (len)
-		*len = b.n;
-	return b.d;
+		*len = n;
+	return z;
 }
 
 static void trim(char *s)
@@ -263,7 +173,7 @@ static void trim(char *s)
 static char *read_secret(const char *path, const char *what)
 {
 	struct stat st;
-	char *s = read_file(path, 4096, NULL);
+	char *s = read_text(path, 4096, NULL);
 	if (!s) {
 		err("%s: cannot read %s: %s", what, path, strerror(errno));
 		return NULL;
@@ -279,13 +189,13 @@ static char *read_secret(const char *path, const char *what)
 	return s;
 }
 
-static void base64(struct buf *out, const unsigned char *p, size_t n)
+static void base64(struct abuf *out, const unsigned char *p, size_t n)
 {
 	static const char t[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 	for (size_t i = 0; i < n; i += 3) {
 		unsigned v = (unsigned)p[i] << 16 | (i + 1 < n ? (unsigned)p[i + 1] << 8 : 0) | (i + 2 < n ? p[i + 2] : 0);
 		char q[4] = { t[v >> 18 & 63], t[v >> 12 & 63], i + 1 < n ? t[v >> 6 & 63] : '=', i + 2 < n ? t[v & 63] : '=' };
-		buf_add(out, q, 4);
+		ab_put(out, q, 4);
 	}
 }
 
@@ -415,28 +325,28 @@ static int hex4(const char *p, unsigned *out)
 	return 0;
 }
 
-static void utf8(struct buf *b, unsigned c)
+static void utf8(struct abuf *b, unsigned c)
 {
 	char o[4];
 	if (c < 0x80) {
 		o[0] = (char)c;
-		buf_add(b, o, 1);
+		ab_put(b, o, 1);
 	} else if (c < 0x800) {
 		o[0] = (char)(0xc0 | c >> 6), o[1] = (char)(0x80 | (c & 63));
-		buf_add(b, o, 2);
+		ab_put(b, o, 2);
 	} else if (c < 0x10000) {
 		o[0] = (char)(0xe0 | c >> 12), o[1] = (char)(0x80 | (c >> 6 & 63)), o[2] = (char)(0x80 | (c & 63));
-		buf_add(b, o, 3);
+		ab_put(b, o, 3);
 	} else {
 		o[0] = (char)(0xf0 | c >> 18), o[1] = (char)(0x80 | (c >> 12 & 63)), o[2] = (char)(0x80 | (c >> 6 & 63));
 		o[3] = (char)(0x80 | (c & 63));
-		buf_add(b, o, 4);
+		ab_put(b, o, 4);
 	}
 }
 
 static char *jstring(struct jparse *j)
 {
-	struct buf b = { 0 };
+	struct abuf b = { 0 };
 	j->p++; /* opening quote */
 	while (j->p < j->end && *j->p != '"') {
 		unsigned char c = (unsigned char)*j->p;
@@ -445,7 +355,7 @@ static char *jstring(struct jparse *j)
 			goto bad;
 		}
 		if (c != '\\') {
-			buf_add(&b, j->p++, 1);
+			ab_put(&b, j->p++, 1);
 			continue;
 		}
 		if (j->end - j->p < 2)
@@ -455,7 +365,7 @@ static char *jstring(struct jparse *j)
 		const char *simple = strchr("\"\\/bfnrt", e);
 		if (simple && e) {
 			static const char out[] = "\"\\/\b\f\n\r\t";
-			buf_add(&b, &out[simple - "\"\\/bfnrt"], 1);
+			ab_put(&b, &out[simple - "\"\\/bfnrt"], 1);
 		} else if (e == 'u') {
 			unsigned u, lo;
 			if (j->end - j->p < 4 || hex4(j->p, &u) != 0) {
@@ -482,7 +392,7 @@ static char *jstring(struct jparse *j)
 	}
 	j->p++;
 	if (!b.d)
-		buf_add(&b, "", 0);
+		ab_put(&b, "", 0);
 	if (b.oom) {
 		j->err = "out of memory";
 		goto bad;
@@ -668,15 +578,10 @@ static int jint(const struct jv *v, long long *out)
 
 /* ================================================================================== configuration */
 
-struct nodeconf {          /* one entry of admin_url: an lb node's admin API */
-	char url[256];
-	char token_file[512];      /* its own token_file=, else admin_token_file */
-};
-
+/* [scaler] as the cycle uses it: lb_conf_parse's struct lb_scaler, copied, plus what is derived */
 struct conf {
 	char pool[64];
-	char admin_url[2048];      /* as written; parsed into node[] */
-	struct nodeconf node[MAX_NODES];
+	struct lb_scaler_node node[MAX_NODES];  /* admin_url */
 	int nnodes;
 	char admin_token_file[512];
 	char api_url[256];
@@ -687,221 +592,16 @@ struct conf {
 	char tag[64];
 	int min, max;
 	double up_cpu, down_cpu;
+	unsigned up_inflight;      /* 0: off */
+	int64_t up_p99_ms;         /* 0: off */
 	int64_t down_after_ms, cooldown_ms, interval_ms;
 	int server_port;
 	int public_addr; /* server_address = public */
 	/* derived */
 	char base[56]; /* label prefix: the tag made a valid Linode label and lb server name */
 	char drain_tag[80];
+	char admin_url[MAX_NODES * 258]; /* the nodes' URLs, for logs */
 };
-
-struct cfgparse {
-	struct conf *c;
-	const char *path;
-	int in_scaler, seen_scaler, errors;
-	unsigned seen;
-	int line_of_section;
-};
-
-static const char *const g_keys[] = { "pool", "admin_url", "admin_token_file", "api_url", "token_file", "region",
-	                              "type", "image", "user_data", "authorized_keys_file", "tag", "min", "max",
-	                              "scale_up_cpu", "scale_down_cpu", "scale_down_after", "cooldown", "interval",
-	                              "server_port", "server_address", NULL };
-
-__attribute__((format(printf, 3, 4))) static void cfg_err(struct cfgparse *st, int line, const char *fmt, ...)
-{
-	char msg[512];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof msg, fmt, ap);
-	va_end(ap);
-	fprintf(stderr, "%s:%d: %s\n", st->path, line, msg);
-	st->errors++;
-}
-
-/* durations as lb writes them: 250ms, 10s, 5m, 1h, 1d */
-static int parse_dur(const char *v, int64_t *out)
-{
-	char *e;
-	errno = 0;
-	if (!isdigit((unsigned char)*v))
-		return -1;
-	unsigned long long n = strtoull(v, &e, 10);
-	if (errno || e == v)
-		return -1;
-	int64_t mul;
-	if (!strcmp(e, "ms"))
-		mul = 1;
-	else if (!strcmp(e, "s"))
-		mul = 1000;
-	else if (!strcmp(e, "m"))
-		mul = 60000;
-	else if (!strcmp(e, "h"))
-		mul = 3600000;
-	else if (!strcmp(e, "d"))
-		mul = 86400000;
-	else
-		return -1;
-	if (n > (unsigned long long)INT64_MAX / (unsigned long long)mul / 4)
-		return -1;
-	*out = (int64_t)n * mul;
-	return 0;
-}
-
-static int parse_int(const char *v, long lo, long hi, int *out)
-{
-	char *e;
-	errno = 0;
-	long n = strtol(v, &e, 10);
-	if (errno || e == v || *e || n < lo || n > hi)
-		return -1;
-	*out = (int)n;
-	return 0;
-}
-
-static int parse_pct(const char *v, double *out)
-{
-	char *e;
-	errno = 0;
-	double d = strtod(v, &e);
-	if (errno || e == v || (*e && strcmp(e, "%")) || !(d > 0) || d > 100)
-		return -1;
-	*out = d;
-	return 0;
-}
-
-static int copy_val(struct cfgparse *st, int line, const char *key, const char *v, char *out, size_t size)
-{
-	if (strlen(v) >= size) {
-		cfg_err(st, line, "%s: longer than %zu characters", key, size - 1);
-		return -1;
-	}
-	snprintf(out, size, "%s", v);
-	return 0;
-}
-
-/* admin_url = URL [token_file=PATH] [, URL [token_file=PATH]]...: one entry per lb node, each with
- * its own admin token file or admin_token_file's; 0, or -1 with the reason in `why` */
-static int parse_admin_urls(const char *v, struct conf *c, char *why, size_t wsize)
-{
-	char tmp[sizeof c->admin_url];
-	snprintf(tmp, sizeof tmp, "%s", v);
-	c->nnodes = 0;
-	for (char *s1 = NULL, *ent = strtok_r(tmp, ",", &s1); ent; ent = strtok_r(NULL, ",", &s1)) {
-		if (c->nnodes == MAX_NODES) {
-			snprintf(why, wsize, "more than %d lb nodes", MAX_NODES);
-			return -1;
-		}
-		struct nodeconf *nc = &c->node[c->nnodes];
-		memset(nc, 0, sizeof *nc);
-		int k = 0;
-		for (char *s2 = NULL, *w = strtok_r(ent, " \t", &s2); w; w = strtok_r(NULL, " \t", &s2), k++) {
-			if (k == 0) {
-				if ((strncmp(w, "http://", 7) && strncmp(w, "https://", 8)) || strlen(w) >= sizeof nc->url) {
-					snprintf(why, wsize, "'%.80s' is not an http:// or https:// URL (at most %zu characters)", w,
-					         sizeof nc->url - 1);
-					return -1;
-				}
-				snprintf(nc->url, sizeof nc->url, "%s", w);
-				for (char *u = nc->url + strlen(nc->url); u > nc->url && u[-1] == '/'; u--)
-					u[-1] = 0;
-			} else if (!strncmp(w, "token_file=", 11) && w[11] && strlen(w + 11) < sizeof nc->token_file) {
-				snprintf(nc->token_file, sizeof nc->token_file, "%s", w + 11);
-			} else {
-				snprintf(why, wsize, "'%.60s' after %.60s: want URL [token_file=PATH], entries separated by commas",
-				         w, nc->url);
-				return -1;
-			}
-		}
-		if (!k) {
-			snprintf(why, wsize, "an empty entry");
-			return -1;
-		}
-		for (int i = 0; i < c->nnodes; i++)
-			if (!strcmp(c->node[i].url, nc->url)) {
-				snprintf(why, wsize, "%.80s is listed twice", nc->url);
-				return -1;
-			}
-		c->nnodes++;
-	}
-	if (!c->nnodes) {
-		snprintf(why, wsize, "no URL");
-		return -1;
-	}
-	return 0;
-}
-
-static int cfg_handler(void *user, const char *section, const char *key, const char *value, int line)
-{
-	struct cfgparse *st = user;
-	struct conf *c = st->c;
-	if (strcmp(section, "scaler"))
-		return 1; /* lb's sections: lb checks them */
-	if (!st->seen_scaler)
-		st->seen_scaler = line;
-	size_t ki = 0;
-	while (g_keys[ki] && strcmp(g_keys[ki], key))
-		ki++;
-	if (!g_keys[ki]) {
-		cfg_err(st, line, "unknown key '%s' in [scaler]", key);
-		return 1;
-	}
-	if (st->seen & (1u << ki)) {
-		cfg_err(st, line, "key '%s' given twice in [scaler]", key);
-		return 1;
-	}
-	st->seen |= 1u << ki;
-	const char *v = value;
-	if (!strcmp(key, "pool"))
-		copy_val(st, line, key, v, c->pool, sizeof c->pool);
-	else if (!strcmp(key, "admin_url")) {
-		char why[300];
-		if (copy_val(st, line, key, v, c->admin_url, sizeof c->admin_url) == 0 &&
-		    parse_admin_urls(v, c, why, sizeof why) != 0)
-			cfg_err(st, line, "admin_url: %s", why);
-	}
-	else if (!strcmp(key, "admin_token_file"))
-		copy_val(st, line, key, v, c->admin_token_file, sizeof c->admin_token_file);
-	else if (!strcmp(key, "api_url"))
-		copy_val(st, line, key, v, c->api_url, sizeof c->api_url);
-	else if (!strcmp(key, "token_file"))
-		copy_val(st, line, key, v, c->token_file, sizeof c->token_file);
-	else if (!strcmp(key, "region"))
-		copy_val(st, line, key, v, c->region, sizeof c->region);
-	else if (!strcmp(key, "type"))
-		copy_val(st, line, key, v, c->type, sizeof c->type);
-	else if (!strcmp(key, "image"))
-		copy_val(st, line, key, v, c->image, sizeof c->image);
-	else if (!strcmp(key, "user_data"))
-		copy_val(st, line, key, v, c->user_data, sizeof c->user_data);
-	else if (!strcmp(key, "authorized_keys_file"))
-		copy_val(st, line, key, v, c->authorized_keys_file, sizeof c->authorized_keys_file);
-	else if (!strcmp(key, "tag"))
-		copy_val(st, line, key, v, c->tag, sizeof c->tag);
-	else if (!strcmp(key, "min") && parse_int(v, 0, MAX_INSTANCES, &c->min))
-		cfg_err(st, line, "min: want a whole number 0..%d, got '%s'", MAX_INSTANCES, v);
-	else if (!strcmp(key, "max") && parse_int(v, 1, MAX_INSTANCES, &c->max))
-		cfg_err(st, line, "max: want a whole number 1..%d, got '%s'", MAX_INSTANCES, v);
-	else if (!strcmp(key, "scale_up_cpu") && parse_pct(v, &c->up_cpu))
-		cfg_err(st, line, "scale_up_cpu: want a percentage above 0, at most 100, got '%s'", v);
-	else if (!strcmp(key, "scale_down_cpu") && parse_pct(v, &c->down_cpu))
-		cfg_err(st, line, "scale_down_cpu: want a percentage above 0, at most 100, got '%s'", v);
-	else if (!strcmp(key, "scale_down_after") && parse_dur(v, &c->down_after_ms))
-		cfg_err(st, line, "scale_down_after: want a duration (250ms, 10s, 5m, 1h, 1d), got '%s'", v);
-	else if (!strcmp(key, "cooldown") && parse_dur(v, &c->cooldown_ms))
-		cfg_err(st, line, "cooldown: want a duration (250ms, 10s, 5m, 1h, 1d), got '%s'", v);
-	else if (!strcmp(key, "interval") && (parse_dur(v, &c->interval_ms) || c->interval_ms < 100))
-		cfg_err(st, line, "interval: want a duration of at least 100ms (250ms, 10s, 5m), got '%s'", v);
-	else if (!strcmp(key, "server_port") && parse_int(v, 1, 65535, &c->server_port))
-		cfg_err(st, line, "server_port: want a port 1..65535, got '%s'", v);
-	else if (!strcmp(key, "server_address")) {
-		if (!strcmp(v, "private") || !strcmp(v, "public"))
-			c->public_addr = !strcmp(v, "public");
-		else
-			cfg_err(st, line, "server_address: want private or public, got '%s'", v);
-	}
-	return 1;
-}
 
 /* the tag as a label prefix: Linode labels start with a letter, hold [A-Za-z0-9-_.] without two
  * of - _ . in a row; lb server names allow [A-Za-z0-9._-] */
@@ -925,70 +625,107 @@ static void make_base(const char *tag, char *out, size_t size)
 	out[n] = 0;
 }
 
+/* a string key into its field; 0, or -1 after saying it is too long */
+static int copy_key(const char *path, int line, const char *key, const char *v, char *out, size_t size)
+{
+	snprintf(out, size, "%s", v ? v : "");
+	if (!v || strlen(v) < size)
+		return 0;
+	fprintf(stderr, "%s:%d: %s: longer than %zu characters\n", path, line, key, size - 1);
+	return -1;
+}
+
+/* what the scaler needs beyond the values lb's parser checked */
+static int conf_needs(const char *path, const struct conf *c, int line)
+{
+	const char *need[] = { !c->pool[0] ? "pool (the lb pool it manages)" : NULL,
+		               !c->token_file[0] ? "token_file (a Linode personal access token)" : NULL,
+		               !c->admin_token_file[0] ? "admin_token_file (the token of lb's [admin] token_file)" : NULL,
+		               !c->region[0] || !c->type[0] ? "region and type for new instances" : NULL };
+	int errors = 0;
+	for (size_t i = 0; i < sizeof need / sizeof *need; i++)
+		if (need[i])
+			errors += fprintf(stderr, "%s:%d: [scaler] needs %s\n", path, line, need[i]) > 0;
+	if (c->min > c->max)
+		errors += fprintf(stderr, "%s:%d: min (%d) is above max (%d)\n", path, line, c->min, c->max) > 0;
+	if (c->down_cpu >= c->up_cpu)
+		errors += fprintf(stderr, "%s:%d: scale_down_cpu (%g) must be below scale_up_cpu (%g)\n", path, line,
+		                  c->down_cpu, c->up_cpu) > 0;
+	if (strncmp(c->api_url, "http://", 7) && strncmp(c->api_url, "https://", 8))
+		errors += fprintf(stderr, "%s:%d: api_url must start with http:// or https://\n", path, line) > 0;
+	if (strlen(c->tag) < 3 || strlen(c->tag) > 50 - strlen(DRAIN_SUFFIX))
+		errors += fprintf(stderr, "%s:%d: tag '%s': Linode tags are 3..50 characters (and the scaler adds '%s')\n",
+		                  path, line, c->tag, DRAIN_SUFFIX) > 0;
+	return errors ? -1 : 0;
+}
+
+/* the file as lb reads it (an error anywhere in it stops the scaler, as it stops lb), then [scaler] */
 static int conf_load(const char *path, struct conf *c)
 {
 	memset(c, 0, sizeof *c);
-	snprintf(c->admin_url, sizeof c->admin_url, "http://127.0.0.1:8404");
-	snprintf(c->api_url, sizeof c->api_url, "https://api.linode.com/v4");
-	c->min = 2;
-	c->max = 10;
-	c->up_cpu = 80;
-	c->down_cpu = 30;
-	c->down_after_ms = 10 * 60000;
-	c->cooldown_ms = 5 * 60000;
-	c->interval_ms = 30000;
-	c->server_port = 80;
-	struct cfgparse st = { .c = c, .path = path };
 	size_t len;
-	char *text = read_file(path, 4u << 20, &len);
+	char *text = read_file(path, &len);
 	if (!text) {
 		fprintf(stderr, "%s: cannot read: %s\n", path, strerror(errno));
 		return -1;
 	}
-	int rc = ini_parse_string(text, cfg_handler, &st);
+	static struct lb_cfg_errors errs;
+	struct lb_conf *lc = NULL;
+	int rc = lb_conf_parse(text, len, &lc, &errs);
 	free(text);
-	if (rc > 0 && !st.errors)
-		cfg_err(&st, rc, "syntax error (lb -t -c %s says more)", path);
-	else if (rc < 0)
-		cfg_err(&st, 0, "cannot parse");
-	if (!st.seen_scaler) {
-		cfg_err(&st, 0, "no [scaler] section (or an empty one)");
+	if (rc != 0) {
+		report_cfg_errors(path, &errs, 0);
 		return -1;
 	}
-	int line = st.seen_scaler;
-	if (!c->pool[0])
-		cfg_err(&st, line, "[scaler] needs pool (the lb pool it manages)");
-	if (!c->token_file[0])
-		cfg_err(&st, line, "[scaler] needs token_file (a Linode personal access token)");
-	if (!c->admin_token_file[0])
-		cfg_err(&st, line, "[scaler] needs admin_token_file (the token of lb's [admin] token_file)");
-	if (!c->region[0] || !c->type[0])
-		cfg_err(&st, line, "[scaler] needs region and type for new instances");
-	if (c->min > c->max)
-		cfg_err(&st, line, "min (%d) is above max (%d)", c->min, c->max);
-	if (c->down_cpu >= c->up_cpu)
-		cfg_err(&st, line, "scale_down_cpu (%g) must be below scale_up_cpu (%g)", c->down_cpu, c->up_cpu);
-	if (strncmp(c->api_url, "http://", 7) && strncmp(c->api_url, "https://", 8))
-		cfg_err(&st, line, "api_url must start with http:// or https://");
-	for (char *u = c->api_url + strlen(c->api_url); u > c->api_url && u[-1] == '/'; u--)
-		u[-1] = 0;
-	if (!c->nnodes) /* the default: the local lb */
-		parse_admin_urls(c->admin_url, c, (char[8]){ 0 }, 8);
+	const struct lb_scaler *sc = &lc->scaler;
+	int line = sc->line;
+	if (!line) {
+		fprintf(stderr, "%s: no [scaler] section\n", path);
+		lb_conf_free(lc);
+		return -1;
+	}
+	int bad = copy_key(path, line, "pool", sc->pool, c->pool, sizeof c->pool) |
+	          copy_key(path, line, "admin_token_file", sc->admin_token_file, c->admin_token_file,
+	                   sizeof c->admin_token_file) |
+	          copy_key(path, line, "api_url", sc->api_url, c->api_url, sizeof c->api_url) |
+	          copy_key(path, line, "token_file", sc->token_file, c->token_file, sizeof c->token_file) |
+	          copy_key(path, line, "region", sc->region, c->region, sizeof c->region) |
+	          copy_key(path, line, "type", sc->type, c->type, sizeof c->type) |
+	          copy_key(path, line, "image", sc->image, c->image, sizeof c->image) |
+	          copy_key(path, line, "user_data", sc->user_data, c->user_data, sizeof c->user_data) |
+	          copy_key(path, line, "authorized_keys_file", sc->authorized_keys_file, c->authorized_keys_file,
+	                   sizeof c->authorized_keys_file) |
+	          copy_key(path, line, "tag", sc->tag, c->tag, sizeof c->tag);
+	memcpy(c->node, sc->node, sizeof c->node);
+	c->nnodes = (int)sc->nnodes;
+	c->min = (int)sc->min;
+	c->max = (int)sc->max;
+	c->up_cpu = sc->up_cpu;
+	c->down_cpu = sc->down_cpu;
+	c->up_inflight = sc->up_inflight;
+	c->up_p99_ms = (int64_t)sc->up_p99;
+	c->down_after_ms = (int64_t)sc->down_after;
+	c->cooldown_ms = (int64_t)sc->cooldown;
+	c->interval_ms = (int64_t)sc->interval;
+	c->server_port = (int)sc->server_port;
+	c->public_addr = sc->server_address == 1;
+	lb_conf_free(lc);
 	if (!c->tag[0])
 		snprintf(c->tag, sizeof c->tag, "lb-pool-%.50s", c->pool);
-	if (strlen(c->tag) < 3 || strlen(c->tag) > 50 - strlen(DRAIN_SUFFIX))
-		cfg_err(&st, line, "tag '%s': Linode tags are 3..50 characters (and the scaler adds '%s')", c->tag,
-		        DRAIN_SUFFIX);
+	if (bad | conf_needs(path, c, line))
+		return -1;
 	make_base(c->tag, c->base, sizeof c->base);
+	for (int k = 0, o = 0; k < c->nnodes; k++)
+		o += snprintf(c->admin_url + o, sizeof c->admin_url - (size_t)o, "%s%s", k ? ", " : "", c->node[k].url);
 	snprintf(c->drain_tag, sizeof c->drain_tag, "%s%s", c->tag, DRAIN_SUFFIX);
-	return st.errors ? -1 : 0;
+	return 0;
 }
 
 /* ================================================================================== HTTP */
 
 struct resp {
 	long status;          /* 0: no HTTP answer (errbuf says why) */
-	struct buf body;
+	struct abuf body;
 	long retry_after;     /* seconds; -1 when absent */
 	char errbuf[CURL_ERROR_SIZE];
 };
@@ -1000,7 +737,7 @@ static size_t on_body(char *p, size_t sz, size_t n, void *u)
 	struct resp *r = u;
 	if (r->body.n + sz * n > MAX_BODY)
 		return 0;
-	buf_add(&r->body, p, sz * n);
+	ab_put(&r->body, p, sz * n);
 	return r->body.oom ? 0 : sz * n;
 }
 
@@ -1087,7 +824,7 @@ static int http_do(const char *method, const char *url, const char *const *heade
 	}
 	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &r->status);
 	if (!r->body.d)
-		buf_add(&r->body, "", 0);
+		ab_put(&r->body, "", 0);
 	return 0;
 }
 
@@ -1318,16 +1055,16 @@ static int inst_from_json(const struct jv *o, struct inst *in)
 /* every instance with the tag (all pages); -1 on an API error (nothing may be decided then) */
 static int list_instances(struct inst *out, int *n, const char *extra_filter_key, const char *extra_filter_val)
 {
-	struct buf f = { 0 };
-	buf_printf(&f, "{\"tags\": ");
+	struct abuf f = { 0 };
+	ab_printf(&f, "{\"tags\": ");
 	buf_json(&f, g_c.tag);
 	if (extra_filter_key) {
-		buf_printf(&f, ", ");
+		ab_printf(&f, ", ");
 		buf_json(&f, extra_filter_key);
-		buf_printf(&f, ": ");
+		ab_printf(&f, ": ");
 		buf_json(&f, extra_filter_val);
 	}
-	buf_printf(&f, "}");
+	ab_printf(&f, "}");
 	*n = 0;
 	long long pages = 1;
 	int rc = 0;
@@ -1410,7 +1147,7 @@ static int lookup_addr(struct inst *in)
 static int stats_budget(void)
 {
 	int64_t oldest = g_stats_calls[g_stats_i % STATS_PER_MINUTE];
-	return !oldest || mono_ms() - oldest >= 60000;
+	return !oldest || (int64_t)mono_ms() - oldest >= 60000;
 }
 
 /* the instance's newest CPU point and its history over scale_down_after. "No data" (a new
@@ -1418,7 +1155,7 @@ static int stats_budget(void)
 static void read_stats(struct inst *in, int nrunning)
 {
 	struct cache *k = cache_of(in->id, 1);
-	int64_t now = mono_ms();
+	int64_t now = (int64_t)mono_ms();
 	/* the budget spread over the instances: each is asked at most every nrunning * 60 s / budget */
 	int64_t every = (int64_t)nrunning * 60000 / STATS_PER_MINUTE;
 	if (every < g_c.interval_ms / 2)
@@ -1496,6 +1233,7 @@ struct lbsrv {
 	char name[64];
 	char addr[80];
 	char state[24];
+	double active;      /* requests in flight, all workers */
 };
 
 /* One lb node of admin_url and what the scaler knows of it. A node that does not answer (or
@@ -1503,7 +1241,7 @@ struct lbsrv {
  * most the interval, and at least once a cycle), so a dead or black-holed node never holds up the
  * others; its first answer brings it back, and that cycle's reconcile brings its pool in step. */
 struct node {
-	const struct nodeconf *cf;
+	const struct lb_scaler_node *cf;
 	char *token;
 	char name[100];     /* host:port, for logs */
 	char tag[110];      /* log prefix: "lb" with one node, "lb NAME" with several */
@@ -1513,6 +1251,9 @@ struct node {
 	int64_t backoff;    /* ms */
 	char why[160];      /* why it is down */
 	int read;           /* its pool was read this cycle: lb[] and nlb are valid */
+	uint64_t hist[LB_HIST + 1]; /* the pool's request durations from /metrics, cumulative per bucket of lb.c's
+	                               hist_ms (+Inf last), summed over its servers, at the last reading */
+	int hist_read;      /* hist holds a reading */
 	struct lbsrv lb[MAX_INSTANCES + 64];
 	int nlb;
 };
@@ -1524,7 +1265,7 @@ static void node_down(struct node *nd, const char *why)
 	snprintf(nd->why, sizeof nd->why, "%.159s", why);
 	if (!nd->down) {
 		nd->down = 1;
-		nd->down_since = wall_ms();
+		nd->down_since = (int64_t)wall_ms();
 		nd->backoff = 1000;
 		err("%s: lb node %s is down: %s; it is tried again with back-off, the other nodes go on", nd->tag,
 		    nd->cf->url, why);
@@ -1532,7 +1273,7 @@ static void node_down(struct node *nd, const char *why)
 		nd->backoff = nd->backoff * 2 > g_c.interval_ms ? g_c.interval_ms : nd->backoff * 2;
 		debug("%s: still down: %s; next try in %" PRId64 " ms", nd->tag, why, nd->backoff);
 	}
-	nd->next_try = mono_ms() + nd->backoff;
+	nd->next_try = (int64_t)mono_ms() + nd->backoff;
 }
 
 static void node_up(struct node *nd)
@@ -1540,7 +1281,7 @@ static void node_up(struct node *nd)
 	if (!nd->down)
 		return;
 	char d[32];
-	fmt_dur(d, sizeof d, (wall_ms() - nd->down_since) / 1000 * 1000);
+	fmt_dur(d, sizeof d, ((int64_t)wall_ms() - nd->down_since) / 1000 * 1000);
 	info("%s: lb node %s answers again (down for %s): its pool is reconciled now", nd->tag, nd->cf->url, d);
 	nd->down = 0;
 }
@@ -1551,7 +1292,7 @@ static long admin(struct node *nd, const char *method, const char *path, const c
 {
 	char url[600], auth[600];
 	const char *hdr[4] = { auth, body ? "Content-Type: text/plain" : NULL, body ? "Expect:" : NULL, NULL };
-	if (nd->down && mono_ms() < nd->next_try) {
+	if (nd->down && (int64_t)mono_ms() < nd->next_try) {
 		buf_free(&r->body);
 		r->status = 0;
 		snprintf(r->errbuf, sizeof r->errbuf, "lb node %.60s is down (%.150s)", nd->name, nd->why);
@@ -1623,6 +1364,8 @@ static int lb_servers(struct node *nd, struct lbsrv *out, int max, int *n)
 			snprintf(out[*n].name, sizeof out[*n].name, "%s", nm);
 			snprintf(out[*n].addr, sizeof out[*n].addr, "%s", ad ? ad : "");
 			snprintf(out[*n].state, sizeof out[*n].state, "%s", stt ? stt : "");
+			if (jnum(jget(s, "active"), &out[*n].active) != 0)
+				out[*n].active = 0;
 			(*n)++;
 		}
 	}
@@ -1702,7 +1445,7 @@ static int lb_del(struct node *nd, const char *name)
 /* poll one node until the server left its pool; 0 when gone */
 static int lb_wait_gone(struct node *nd, const char *name, int64_t poll_ms)
 {
-	int64_t end = mono_ms() + WAIT_REMOVED_MS;
+	int64_t end = (int64_t)mono_ms() + WAIT_REMOVED_MS;
 	while (!g_stop) {
 		static struct lbsrv s[MAX_INSTANCES + 64];
 		int n;
@@ -1714,7 +1457,7 @@ static int lb_wait_gone(struct node *nd, const char *name, int64_t poll_ms)
 			warn("%s: %s/%s: the node stopped answering while it drained the server", nd->tag, g_c.pool, name);
 			return -1;
 		}
-		if (mono_ms() > end) {
+		if ((int64_t)mono_ms() > end) {
 			char d[32];
 			fmt_dur(d, sizeof d, WAIT_REMOVED_MS);
 			err("%s: %s/%s still in the pool %s after it was asked to remove it: the instance is kept", nd->tag,
@@ -1741,7 +1484,7 @@ static int nodes_load(const struct conf *c, struct node *out, int *n, int need_t
 			snprintf(nd->tag, sizeof nd->tag, "lb");
 		else
 			snprintf(nd->tag, sizeof nd->tag, "lb %s", nd->name);
-		const struct nodeconf *nc = &c->node[k];
+		const struct lb_scaler_node *nc = &c->node[k];
 		const char *tf = nc->token_file[0] ? nc->token_file : c->admin_token_file;
 		if (need_token && !(nd->token = read_secret(tf, nc->token_file[0] ? "admin_url token_file" :
 		                                                                 "admin_token_file"))) {
@@ -1808,14 +1551,14 @@ static const char *g_state_path;     /* --state FILE: the last change's time sur
 
 static void state_load(void)
 {
-	char *t = g_state_path ? read_file(g_state_path, 4096, NULL) : NULL;
+	char *t = g_state_path ? read_text(g_state_path, 4096, NULL) : NULL;
 	long long v;
 	if (!t) {
 		if (g_state_path && errno != ENOENT)
 			warn("state %s: %s", g_state_path, strerror(errno));
 		return;
 	}
-	if (sscanf(t, "last_action_ms %lld", &v) == 1 && v > 0 && v <= wall_ms() + 60000)
+	if (sscanf(t, "last_action_ms %lld", &v) == 1 && v > 0 && v <= (int64_t)wall_ms() + 60000)
 		g_last_action_ms = v;
 	else
 		warn("state %s: not understood; ignored", g_state_path);
@@ -1825,7 +1568,7 @@ static void state_load(void)
 /* a change was made now: the cooldown starts (and --state remembers it: temp file + rename) */
 static void note_action(void)
 {
-	g_last_action_ms = wall_ms();
+	g_last_action_ms = (int64_t)wall_ms();
 	if (!g_state_path || g_dry)
 		return;
 	char tmp[600];
@@ -1864,7 +1607,7 @@ static int label_seq(const char *label)
 	return *e || v < 0 || v > 1000000 ? -1 : (int)v;
 }
 
-static int name_ok(const char *s)
+static int label_ok(const char *s)
 {
 	size_t n = strlen(s);
 	if (!n || n > 63)
@@ -1891,15 +1634,15 @@ static void next_label(const struct inst *in, int n, char *out, size_t size)
 static int set_tags(const struct inst *in, int draining)
 {
 	char path[64];
-	struct buf b = { 0 };
+	struct abuf b = { 0 };
 	snprintf(path, sizeof path, "/linode/instances/%lld", in->id);
-	buf_printf(&b, "{\"tags\": [");
+	ab_printf(&b, "{\"tags\": [");
 	buf_json(&b, g_c.tag);
 	if (draining) {
-		buf_printf(&b, ", ");
+		ab_printf(&b, ", ");
 		buf_json(&b, g_c.drain_tag);
 	}
-	buf_printf(&b, "]}");
+	ab_printf(&b, "]}");
 	long st = 200;
 	if (g_dry)
 		info("dry-run: would tag %s: PUT %s %s", in->label, path, buf_str(&b));
@@ -1979,38 +1722,38 @@ static int scale_down(struct inst *in)
 }
 
 /* the JSON body of the create call; with the password redacted when `shown` */
-static int create_body(struct buf *b, const char *label, const char *pass, int shown)
+static int create_body(struct abuf *b, const char *label, const char *pass, int shown)
 {
-	buf_printf(b, "{\"type\": ");
+	ab_printf(b, "{\"type\": ");
 	buf_json(b, g_c.type);
-	buf_printf(b, ", \"region\": ");
+	ab_printf(b, ", \"region\": ");
 	buf_json(b, g_c.region);
-	buf_printf(b, ", \"label\": ");
+	ab_printf(b, ", \"label\": ");
 	buf_json(b, label);
-	buf_printf(b, ", \"tags\": [");
+	ab_printf(b, ", \"tags\": [");
 	buf_json(b, g_c.tag);
-	buf_printf(b, "], \"private_ip\": true, \"booted\": true");
+	ab_printf(b, "], \"private_ip\": true, \"booted\": true");
 	if (g_c.image[0]) {
-		buf_printf(b, ", \"image\": ");
+		ab_printf(b, ", \"image\": ");
 		buf_json(b, g_c.image);
-		buf_printf(b, ", \"root_pass\": ");
+		ab_printf(b, ", \"root_pass\": ");
 		buf_json(b, shown ? "<redacted: 40 random characters>" : pass);
 		if (g_c.authorized_keys_file[0]) {
-			char *keys = read_file(g_c.authorized_keys_file, 1 << 20, NULL);
+			char *keys = read_text(g_c.authorized_keys_file, 1 << 20, NULL);
 			if (!keys) {
 				err("authorized_keys_file %s: %s", g_c.authorized_keys_file, strerror(errno));
 				return -1;
 			}
-			buf_printf(b, ", \"authorized_keys\": [");
+			ab_printf(b, ", \"authorized_keys\": [");
 			int k = 0;
 			for (char *save = NULL, *ln = strtok_r(keys, "\n", &save); ln; ln = strtok_r(NULL, "\n", &save)) {
 				trim(ln);
 				if (!*ln || *ln == '#')
 					continue;
-				buf_printf(b, "%s", k++ ? ", " : "");
+				ab_printf(b, "%s", k++ ? ", " : "");
 				buf_json(b, ln);
 			}
-			buf_printf(b, "]");
+			ab_printf(b, "]");
 			free(keys);
 			if (!k) {
 				err("authorized_keys_file %s holds no key", g_c.authorized_keys_file);
@@ -2022,29 +1765,29 @@ static int create_body(struct buf *b, const char *label, const char *pass, int s
 	}
 	if (g_c.user_data[0]) {
 		size_t n;
-		char *ud = read_file(g_c.user_data, 65535, &n);
+		char *ud = read_text(g_c.user_data, 65535, &n);
 		if (!ud) {
 			err("user_data %s: %s%s", g_c.user_data, strerror(errno),
 			    errno == EFBIG ? " (Linode takes at most 65535 bytes)" : "");
 			return -1;
 		}
-		buf_printf(b, ", \"metadata\": {\"user_data\": \"");
+		ab_printf(b, ", \"metadata\": {\"user_data\": \"");
 		base64(b, (const unsigned char *)ud, n);
-		buf_printf(b, "\"}");
+		ab_printf(b, "\"}");
 		free(ud);
 	}
-	buf_printf(b, "}");
+	ab_printf(b, "}");
 	return b->oom ? -1 : 0;
 }
 
 /* wait for status running (bounded); 0 when running */
 static int wait_running(struct inst *in)
 {
-	int64_t end = mono_ms() + WAIT_RUNNING_MS;
+	int64_t end = (int64_t)mono_ms() + WAIT_RUNNING_MS;
 	char last[32];
 	snprintf(last, sizeof last, "%s", in->status);
 	while (!g_stop && strcmp(in->status, "running")) {
-		if (mono_ms() > end) {
+		if ((int64_t)mono_ms() > end) {
 			err("linode: instance %s (%lld) is still %s after %d min; lb gets it once it runs", in->label, in->id,
 			    in->status, WAIT_RUNNING_MS / 60000);
 			return -1;
@@ -2071,8 +1814,8 @@ static int wait_running(struct inst *in)
 /* after an add: watch each node's health checks take the server in (bounded; only logs) */
 static void watch_up(const char *name, unsigned mask)
 {
-	int64_t end = mono_ms() + WAIT_UP_MS;
-	while (mask && !g_stop && mono_ms() < end) {
+	int64_t end = (int64_t)mono_ms() + WAIT_UP_MS;
+	while (mask && !g_stop && (int64_t)mono_ms() < end) {
 		for (int k = 0; k < g_nnodes; k++) {
 			static struct lbsrv s[MAX_INSTANCES + 64];
 			int n;
@@ -2111,7 +1854,7 @@ static int scale_up(const struct inst *all, int n)
 {
 	char label[72], pass[64];
 	next_label(all, n, label, sizeof label);
-	struct buf shown = { 0 }, body = { 0 };
+	struct abuf shown = { 0 }, body = { 0 };
 	if (make_password(pass, sizeof pass) != 0) {
 		err("cannot get random bytes for a root password");
 		return -1;
@@ -2186,6 +1929,10 @@ struct view {
 	double pool_cpu;      /* mean of the newest points; -1 none */
 	double host;          /* -1 when not measured */
 	double cpu;           /* what is decided on: max(pool, host); -1 unknown */
+	double inflight;      /* lb's requests in flight per up server, all nodes read; -1 unknown */
+	int nserving;         /* the servers that divides (up on at least one node) */
+	double slow_share;    /* of the requests since the last cycle, slower than p99_bound_ms; -1 unknown */
+	int64_t p99_bound_ms, requests;
 	int hist_low;         /* every instance with data low over scale_down_after */
 	int64_t newest_ms;    /* newest creation among active instances */
 };
@@ -2211,7 +1958,7 @@ static int have_active(const struct view *v, const char *name)
 static int asked_recently(int node, const char *name)
 {
 	for (size_t i = 0; i < sizeof g_asked / sizeof *g_asked; i++)
-		if (g_asked[i].node == node && !strcmp(g_asked[i].name, name) && mono_ms() - g_asked[i].at < WAIT_REMOVED_MS)
+		if (g_asked[i].node == node && !strcmp(g_asked[i].name, name) && (int64_t)mono_ms() - g_asked[i].at < WAIT_REMOVED_MS)
 			return 1;
 	return 0;
 }
@@ -2229,7 +1976,7 @@ static void remember_asked(int node, const char *name)
 	}
 	snprintf(g_asked[old].name, sizeof g_asked[old].name, "%s", name);
 	g_asked[old].node = node;
-	g_asked[old].at = mono_ms();
+	g_asked[old].at = (int64_t)mono_ms();
 }
 
 /* the node's server for an instance: by name, else at its address (an operator added it) */
@@ -2252,10 +1999,10 @@ static const struct lbsrv *node_server(const struct node *nd, const struct inst 
 static int observe(struct view *v)
 {
 	memset(v, 0, sizeof *v);
-	v->pool_cpu = v->host = v->cpu = -1;
+	v->pool_cpu = v->host = v->cpu = v->inflight = v->slow_share = -1;
 	for (int k = 0; k < g_nnodes && !g_stop; k++) {
 		struct node *nd = &g_nodes[k];
-		if (nd->down && mono_ms() >= nd->next_try)
+		if (nd->down && (int64_t)mono_ms() >= nd->next_try)
 			debug("%s: trying the node again", nd->tag);
 		nd->read = lb_servers(nd, nd->lb, (int)(sizeof nd->lb / sizeof *nd->lb), &nd->nlb) == 0;
 		v->nread += nd->read;
@@ -2279,7 +2026,7 @@ static int observe(struct view *v)
 			v->active++;
 			if (!strcmp(in->status, "running"))
 				v->running++;
-			else if (in->created_ms > 0 && wall_ms() - in->created_ms < WAIT_RUNNING_MS)
+			else if (in->created_ms > 0 && (int64_t)wall_ms() - in->created_ms < WAIT_RUNNING_MS)
 				v->pending++;
 			else
 				warn("instance %s (%lld) is %s: it counts towards max but carries no load (start or delete "
@@ -2300,7 +2047,7 @@ static int reconcile_node(struct view *v, int k, int finishing)
 	int changed = 0;
 	for (int i = 0; i < v->n && !g_stop; i++) {
 		struct inst *in = &v->in[i];
-		if (in->draining || (in->lb_mask >> k & 1) || strcmp(in->status, "running") || !name_ok(in->label))
+		if (in->draining || (in->lb_mask >> k & 1) || strcmp(in->status, "running") || !label_ok(in->label))
 			continue;
 		if (lookup_addr(in) != 0)
 			continue;
@@ -2363,8 +2110,85 @@ static int reconcile(struct view *v, int finishing)
 	return changed;
 }
 
+/* lb's own figure: the requests in flight on every read node, per server up on at least one of
+ * them (each node sends its share to the same servers), so a pool can grow before CPU saturates */
+static void measure_inflight(struct view *v)
+{
+	double sum = 0;
+	int serving = 0;
+	for (int k = 0; k < g_nnodes; k++) {
+		const struct node *nd = &g_nodes[k];
+		for (int i = 0; nd->read && i < nd->nlb; i++) {
+			int first = 1; /* its first node that has it up counts it */
+			for (int j = 0; j <= k && first; j++)
+				for (int m = 0; g_nodes[j].read && m < (j == k ? i : g_nodes[j].nlb) && first; m++)
+					first = strcmp(g_nodes[j].lb[m].name, nd->lb[i].name) || strcmp(g_nodes[j].lb[m].state, "up");
+			sum += nd->lb[i].active;
+			serving += first && !strcmp(nd->lb[i].state, "up");
+		}
+	}
+	v->nserving = serving;
+	if (v->nread && serving)
+		v->inflight = sum / serving;
+}
+
+/* one node's pool histogram from /metrics: the lb_server_request_duration_seconds_bucket lines of
+ * the pool's servers, summed by bucket (lb.c's hist_ms bounds, +Inf last); 0 or -1 */
+static int node_hist(struct node *nd, uint64_t out[LB_HIST + 1])
+{
+	static const char name[] = "lb_server_request_duration_seconds_bucket{";
+	struct resp r = { 0 };
+	char pool[80];
+	snprintf(pool, sizeof pool, "pool=\"%s\",", g_c.pool);
+	memset(out, 0, sizeof(uint64_t) * (LB_HIST + 1));
+	long st = admin(nd, "GET", "/metrics", NULL, &r);
+	for (const char *ln = st == 200 ? buf_str(&r.body) : ""; *ln; ln = strchr(ln, '\n') ? strchr(ln, '\n') + 1 : "") {
+		const char *le = strstr(ln, "le=\""), *end = strchr(ln, '\n'), *val = strstr(ln, "} ");
+		if (strncmp(ln, name, sizeof name - 1) || strncmp(ln + sizeof name - 1, pool, strlen(pool)) || !le || !val ||
+		    (end && (le > end || val > end)))
+			continue;
+		int b = 0; /* the bucket: its bound in ms as lb prints it (%g seconds), or +Inf */
+		while (b < LB_HIST && fabs(strtod(le + 4, NULL) * 1000 - hist_ms[b]) > 0.5)
+			b++;
+		if (b < LB_HIST || !strncmp(le + 4, "+Inf", 4))
+			out[b] += strtoull(val + 2, NULL, 10);
+	}
+	buf_free(&r.body);
+	if (st != 200 && st)
+		err("%s: GET /metrics: %ld", nd->tag, st);
+	return st == 200 ? 0 : -1;
+}
+
+/* lb's latency figure: of the requests every read node finished since its last reading, the share
+ * slower than scale_up_p99 (at the largest of lb's bucket bounds not above it); above 1% the p99 is */
+static void measure_p99(struct view *v)
+{
+	int b = -1; /* the bucket whose bound is the threshold used */
+	while (b + 1 < LB_HIST && hist_ms[b + 1] <= g_c.up_p99_ms)
+		b++;
+	uint64_t within = 0, all = 0;
+	for (int k = 0; k < g_nnodes; k++) {
+		struct node *nd = &g_nodes[k];
+		uint64_t h[LB_HIST + 1];
+		if (!nd->read || node_hist(nd, h) != 0)
+			continue;
+		int fresh = !nd->hist_read || h[LB_HIST] < nd->hist[LB_HIST]; /* first reading, or lb restarted */
+		all += h[LB_HIST] - (fresh ? h[LB_HIST] : nd->hist[LB_HIST]);
+		within += b < 0 ? 0 : h[b] - (fresh ? h[b] : nd->hist[b]);
+		memcpy(nd->hist, h, sizeof h);
+		nd->hist_read = 1;
+	}
+	v->p99_bound_ms = b < 0 ? 0 : (int64_t)hist_ms[b];
+	v->requests = (int64_t)all;
+	if (all >= P99_MIN_REQUESTS)
+		v->slow_share = 1.0 - (double)within / (double)all;
+}
+
 static void measure(struct view *v, int mode)
 {
+	measure_inflight(v);
+	if (g_c.up_p99_ms)
+		measure_p99(v);
 	double sum = 0;
 	int all_low = 1;
 	for (int i = 0; i < v->n; i++) {
@@ -2372,7 +2196,7 @@ static void measure(struct view *v, int mode)
 		if (in->draining || strcmp(in->status, "running"))
 			continue;
 		read_stats(in, v->running);
-		if (!in->has_cpu && in->created_ms > 0 && wall_ms() - in->created_ms < WARMUP_MS)
+		if (!in->has_cpu && in->created_ms > 0 && (int64_t)wall_ms() - in->created_ms < WARMUP_MS)
 			v->warming++;
 		if (in->has_cpu) {
 			sum += in->cpu;
@@ -2398,7 +2222,7 @@ enum { D_NONE, D_UP, D_DOWN };
 /* the decision, with its reason in `why` */
 static int decide(struct view *v, int mode, char *why, size_t size)
 {
-	int64_t now = wall_ms();
+	int64_t now = (int64_t)wall_ms();
 	int64_t last = g_last_action_ms > v->newest_ms ? g_last_action_ms : v->newest_ms;
 	int64_t since = last > 0 ? now - last : INT64_MAX;
 	int cooling = since < g_c.cooldown_ms;
@@ -2409,12 +2233,12 @@ static int decide(struct view *v, int mode, char *why, size_t size)
 	if (mode == MODE_RUN) {
 		if (v->cpu >= 0 && v->cpu < g_c.down_cpu) {
 			if (!g_low_since)
-				g_low_since = mono_ms();
+				g_low_since = (int64_t)mono_ms();
 		} else {
 			g_low_since = 0;
 		}
 	}
-	int64_t low_for = g_low_since ? mono_ms() - g_low_since : 0;
+	int64_t low_for = g_low_since ? (int64_t)mono_ms() - g_low_since : 0;
 	int sustained = (g_low_since && low_for >= g_c.down_after_ms) || v->hist_low;
 	int pending = v->pending;
 	if (v->active < g_c.min) {
@@ -2430,32 +2254,52 @@ static int decide(struct view *v, int mode, char *why, size_t size)
 		snprintf(why, size, "above max (%d > %d)", v->active, g_c.max);
 		return D_DOWN;
 	}
-	if (v->cpu < 0) {
+	int hot_cpu = v->cpu >= 0 && v->cpu >= g_c.up_cpu;
+	int hot_q = (g_c.up_inflight && v->inflight >= g_c.up_inflight) || v->slow_share > 0.01;
+	if (!hot_q && v->cpu < 0) {
 		snprintf(why, size, "no CPU data yet (new instances have none for several minutes): no change");
 		return D_NONE;
 	}
-	if (v->cpu >= g_c.up_cpu) {
+	if (hot_cpu || hot_q) {
+		char sig[120], up[120];
+		if (hot_cpu) {
+			snprintf(sig, sizeof sig, "cpu %.1f%% >= %g%%", v->cpu, g_c.up_cpu);
+			snprintf(up, sizeof up, "cpu %.1f%% >= scale_up_cpu %g%%", v->cpu, g_c.up_cpu);
+		} else if (v->slow_share > 0.01) {
+			snprintf(sig, sizeof sig, "p99 > %" PRId64 "ms", v->p99_bound_ms);
+			snprintf(up, sizeof up, "p99 > %" PRId64 "ms (%.1f%% of %" PRId64 " requests slower) >= scale_up_p99",
+			         v->p99_bound_ms, v->slow_share * 100, v->requests);
+		} else {
+			snprintf(sig, sizeof sig, "in flight %.1f per server >= %u", v->inflight, g_c.up_inflight);
+			snprintf(up, sizeof up, "in flight %.1f per server (%d serving) >= scale_up_inflight %u", v->inflight,
+			         v->nserving, g_c.up_inflight);
+		}
 		if (v->active >= g_c.max) {
-			snprintf(why, size, "cpu %.1f%% >= %g%% but at max (%d): no change", v->cpu, g_c.up_cpu, g_c.max);
+			snprintf(why, size, "%s but at max (%d): no change", sig, g_c.max);
 			return D_NONE;
 		}
 		if (pending) {
-			snprintf(why, size, "cpu %.1f%% >= %g%% but %d instance(s) not running yet: waiting", v->cpu, g_c.up_cpu,
-			         pending);
+			snprintf(why, size, "%s but %d instance(s) not running yet: waiting", sig, pending);
 			return D_NONE;
 		}
-		if (v->warming) {
-			snprintf(why, size, "cpu %.1f%% >= %g%% but %d new instance(s) have no CPU data yet: waiting", v->cpu,
-			         g_c.up_cpu, v->warming);
+		if (v->warming && !hot_q) { /* lb's figure already counts a new server's share; CPU data lags */
+			snprintf(why, size, "%s but %d new instance(s) have no CPU data yet: waiting", sig, v->warming);
 			return D_NONE;
 		}
 		if (cooling) {
-			snprintf(why, size, "cpu %.1f%% >= %g%% but in cooldown (%s, %s left): no change", v->cpu, g_c.up_cpu,
-			         cd, left);
+			snprintf(why, size, "%s but in cooldown (%s, %s left): no change", sig, cd, left);
 			return D_NONE;
 		}
-		snprintf(why, size, "cpu %.1f%% >= scale_up_cpu %g%%", v->cpu, g_c.up_cpu);
+		snprintf(why, size, "%s", up);
 		return D_UP;
+	}
+	/* with one server fewer the others would take its requests: no scale-down that lb's figure would undo */
+	if (g_c.up_inflight && v->inflight >= 0 && v->cpu < g_c.down_cpu &&
+	    (v->nserving < 2 ? v->inflight > 0 : v->inflight * v->nserving / (v->nserving - 1) >= g_c.up_inflight)) {
+		snprintf(why, size, "cpu %.1f%% < %g%% but in flight %.1f per server (%d serving) would reach "
+		         "scale_up_inflight %u with one fewer: no change", v->cpu, g_c.down_cpu, v->inflight, v->nserving,
+		         g_c.up_inflight);
+		return D_NONE;
 	}
 	if (v->cpu < g_c.down_cpu) {
 		char sa[32], lf[32];
@@ -2534,7 +2378,12 @@ static void describe_nodes(char *out, size_t size)
 
 static void describe(const struct view *v, int with_cpu, char *out, size_t size)
 {
-	char pool[48] = "no data", host[32] = "", nodes[600];
+	char pool[48] = "no data", host[32] = "", nodes[600], q[140] = "";
+	if (v->inflight >= 0)
+		snprintf(q, sizeof q, "; in flight %.1f per server (%d serving)", v->inflight, v->nserving);
+	if (v->slow_share >= 0)
+		snprintf(q + strlen(q), sizeof q - strlen(q), "; %.1f%% of %" PRId64 " requests over %" PRId64 "ms",
+		         v->slow_share * 100, v->requests, v->p99_bound_ms);
 	if (v->pool_cpu >= 0)
 		snprintf(pool, sizeof pool, "%.1f%% (%d with data)", v->pool_cpu, v->ndata);
 	if (v->host >= 0)
@@ -2543,10 +2392,10 @@ static void describe(const struct view *v, int with_cpu, char *out, size_t size)
 	if (g_nnodes == 1)
 		snprintf(nodes, sizeof nodes, "has %d server(s)", g_nodes[0].nlb);
 	snprintf(out, size, "%d instance(s) with tag %s (%d running, %d not running, %d being removed), lb pool %s %s%s%s"
-	                    "%s%s",
+	                    "%s%s%s",
 	         v->n, g_c.tag, v->running, v->active - v->running, v->n - v->active, g_c.pool,
 	         g_nnodes > 1 ? "on nodes " : "", nodes, with_cpu ? "; cpu " : "", with_cpu ? pool : "",
-	         with_cpu ? host : "");
+	         with_cpu ? host : "", with_cpu ? q : "");
 }
 
 /* ------------------------------------------------------------------ one controller per HA pair */
@@ -2582,7 +2431,7 @@ static int controller(void)
 {
 	if (!g_ha_path)
 		return 1;
-	char *t = read_file(g_ha_path, 1 << 16, NULL);
+	char *t = read_text(g_ha_path, 1 << 16, NULL);
 	int e = errno, m = t ? ha_master_in(t) : 0;
 	if (m != g_ha_master) {
 		if (m)
@@ -2646,7 +2495,7 @@ static int probe_nodes(void)
 	int back = 0;
 	for (int k = 0; k < g_nnodes && !g_stop; k++) {
 		struct node *nd = &g_nodes[k];
-		if (!nd->down || mono_ms() < nd->next_try)
+		if (!nd->down || (int64_t)mono_ms() < nd->next_try)
 			continue;
 		nd->read = lb_servers(nd, nd->lb, (int)(sizeof nd->lb / sizeof *nd->lb), &nd->nlb) == 0;
 		back |= !nd->down;
@@ -2675,7 +2524,7 @@ static int cmd_list(void)
 static int cmd_status(void)
 {
 	static struct view v;
-	char why[300], desc[300];
+	char why[300], desc[900];
 	if (observe(&v) != 0)
 		return 1;
 	measure(&v, MODE_STATUS);
@@ -2694,6 +2543,11 @@ static int cmd_status(void)
 		       g_ha_path);
 	printf("bounds min %d max %d; up at %g%%, down below %g%% for %s; cooldown %s; interval %s\n", g_c.min, g_c.max,
 	       g_c.up_cpu, g_c.down_cpu, sa, cd, iv);
+	if (g_c.up_inflight)
+		printf("up also at %u requests in flight per server (lb's /api/stats)\n", g_c.up_inflight);
+	if (g_c.up_p99_ms)
+		printf("up also when more than 1%% of the requests between two cycles take over %" PRId64 " ms (lb's "
+		       "/metrics)\n", g_c.up_p99_ms);
 	printf("%s\n", desc);
 	printf("%-12s %-28s %-12s %-10s %-9s %s\n", "ID", "LABEL", "STATUS", "CPU", "LB", "LB STATE");
 	for (int i = 0; i < v.n; i++) {
@@ -2754,11 +2608,11 @@ static int cmd_dns_set(const char *name, const char *ip)
 	const char *rel = NULL;
 	char dom[256];
 	for (const char *p = name; p && *p; p = strchr(p, '.') ? strchr(p, '.') + 1 : NULL) {
-		struct buf f = { 0 };
+		struct abuf f = { 0 };
 		struct jv *v = NULL;
-		buf_printf(&f, "{\"domain\": ");
+		ab_printf(&f, "{\"domain\": ");
 		buf_json(&f, p);
-		buf_printf(&f, "}");
+		ab_printf(&f, "}");
 		long st = api("GET", "/domains?page=1", buf_str(&f), NULL, IDEMPOTENT, &v, NULL, 0);
 		buf_free(&f);
 		if (st != 200)
@@ -2782,11 +2636,11 @@ static int cmd_dns_set(const char *name, const char *ip)
 	if (!rel && nl > dl + 1)
 		snprintf(relname, sizeof relname, "%.*s", (int)(nl - dl - 1), name);
 	char path[128];
-	struct buf f = { 0 };
+	struct abuf f = { 0 };
 	struct jv *v = NULL;
-	buf_printf(&f, "{\"type\": \"A\", \"name\": ");
+	ab_printf(&f, "{\"type\": \"A\", \"name\": ");
 	buf_json(&f, relname);
-	buf_printf(&f, "}");
+	ab_printf(&f, "}");
 	snprintf(path, sizeof path, "/domains/%lld/records?page=1", domain_id);
 	long st = api("GET", path, buf_str(&f), NULL, IDEMPOTENT, &v, NULL, 0);
 	buf_free(&f);
@@ -2801,13 +2655,13 @@ static int cmd_dns_set(const char *name, const char *ip)
 		rid = -1;
 	}
 	jfree(v);
-	struct buf b = { 0 };
+	struct abuf b = { 0 };
 	int rc = 1;
 	if (rid >= 0) {
 		snprintf(path, sizeof path, "/domains/%lld/records/%lld", domain_id, rid);
-		buf_printf(&b, "{\"target\": ");
+		ab_printf(&b, "{\"target\": ");
 		buf_json(&b, ip);
-		buf_printf(&b, "}");
+		ab_printf(&b, "}");
 		if (g_dry) {
 			info("dry-run: would set %s A %s: PUT %s %s", name, ip, path, buf_str(&b));
 			rc = 0;
@@ -2817,11 +2671,11 @@ static int cmd_dns_set(const char *name, const char *ip)
 		}
 	} else {
 		snprintf(path, sizeof path, "/domains/%lld/records", domain_id);
-		buf_printf(&b, "{\"type\": \"A\", \"name\": ");
+		ab_printf(&b, "{\"type\": \"A\", \"name\": ");
 		buf_json(&b, relname);
-		buf_printf(&b, ", \"target\": ");
+		ab_printf(&b, ", \"target\": ");
 		buf_json(&b, ip);
-		buf_printf(&b, "}");
+		ab_printf(&b, "}");
 		if (g_dry) {
 			info("dry-run: would create %s A %s: POST %s %s", name, ip, path, buf_str(&b));
 			rc = 0;
@@ -2834,7 +2688,7 @@ static int cmd_dns_set(const char *name, const char *ip)
 	return rc;
 }
 
-static void usage(FILE *f)
+static void scaler_usage(FILE *f)
 {
 	fprintf(f, "usage: linode-scaler COMMAND [-c FILE] [--dry-run] [--host-cpu] [--state FILE] [-v]\n"
 	           "  run              loop every [scaler] interval: reconcile, measure CPU, decide, act\n"
@@ -2903,26 +2757,26 @@ int main(int argc, char **argv)
 		else if (!strcmp(a, "-v"))
 			g_verbose = 1;
 		else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-			usage(stdout);
+			scaler_usage(stdout);
 			return 0;
 		} else if (!strcmp(a, "--version")) {
 			printf("linode-scaler %s\n", SCALER_VERSION);
 			return 0;
 		} else if (a[0] == '-') {
 			fprintf(stderr, "linode-scaler: unknown option %s\n", a);
-			usage(stderr);
+			scaler_usage(stderr);
 			return 2;
 		} else if (!cmd)
 			cmd = a;
 		else if (nargs < 2)
 			args[nargs++] = a;
 		else {
-			usage(stderr);
+			scaler_usage(stderr);
 			return 2;
 		}
 	}
 	if (!cmd) {
-		usage(stderr);
+		scaler_usage(stderr);
 		return 2;
 	}
 	int is_dns = !strcmp(cmd, "dns-set");
@@ -2930,16 +2784,16 @@ int main(int argc, char **argv)
 	    strcmp(cmd, "check") &&
 	    strcmp(cmd, "up") && strcmp(cmd, "down") && !is_dns) {
 		fprintf(stderr, "linode-scaler: unknown command %s\n", cmd);
-		usage(stderr);
+		scaler_usage(stderr);
 		return 2;
 	}
 	if (is_dns != (nargs == 2) || (!is_dns && nargs)) {
-		usage(stderr);
+		scaler_usage(stderr);
 		return 2;
 	}
 	struct sigaction sa;
 	memset(&sa, 0, sizeof sa);
-	sa.sa_handler = on_signal;
+	sa.sa_handler = on_scaler_signal;
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGHUP, &sa, NULL);
@@ -2983,9 +2837,9 @@ int main(int argc, char **argv)
 				else
 					err("configuration %s has errors: the previous one stays", path);
 			}
-			int64_t t0 = mono_ms();
+			int64_t t0 = (int64_t)mono_ms();
 			cycle(MODE_RUN);
-			for (int64_t left; !g_stop && !g_hup && (left = g_c.interval_ms - (mono_ms() - t0)) > 0;) {
+			for (int64_t left; !g_stop && !g_hup && (left = g_c.interval_ms - ((int64_t)mono_ms() - t0)) > 0;) {
 				sleep_ms(left < 200 ? left : 200);
 				if (probe_nodes()) /* a node is back: its pool in step now, not at the next cycle */
 					cycle(MODE_RECONCILE);

@@ -342,7 +342,7 @@ if [ -z "$uncommented" ]; then pass sysctl/commented; else fail sysctl/commented
 if ! have shellcheck; then
 	fail shellcheck "shellcheck not found (Debian package shellcheck)"
 else
-	for f in deploy/*.sh tests/deploy.sh; do
+	for f in deploy/*.sh deploy/ecmp/*.sh tests/deploy.sh; do
 		[ -e "$f" ] || continue
 		if out=$(shellcheck -x "$f" 2>&1); then pass "shellcheck/$(basename "$f")"
 		else fail "shellcheck/$(basename "$f")" "$(echo "$out" | grep -m3 'SC[0-9]' | oneline)"; fi

@@ -59,6 +59,7 @@ NS = {k: "%s%s" % (tag, k) for k in ("sw", "A", "B", "cl", "be")}
 tmp = tempfile.mkdtemp(prefix="lb-ha-test.")
 procs = {}  # name -> Popen
 made_ns = []
+SUITE = "ha"  # the name in PASS/FAIL lines (tests/ecmp.py reuses these helpers as "ecmp")
 passed = failed = 0
 
 
@@ -70,10 +71,10 @@ def check(name, ok, detail=""):
     global passed, failed
     if ok:
         passed += 1
-        out("PASS ha/%s%s" % (name, " (%s)" % detail if detail else ""))
+        out("PASS %s/%s%s" % (SUITE, name, " (%s)" % detail if detail else ""))
     else:
         failed += 1
-        out("FAIL ha/%s: %s" % (name, detail or "failed"))
+        out("FAIL %s/%s: %s" % (SUITE, name, detail or "failed"))
     return ok
 
 

@@ -4,7 +4,7 @@
 For each section kind: the same keys on both sides, the same ones marked repeatable (`key*`), and
 the same defaults (README's default cell is lb's default, or starts with it and a parenthesis, as
 `0 (off)`; a key without a default in lb has a description there: "(none)", "—" or one listed in
-DESCRIBED). [scaler] is compared with deploy/README.md by name only: linode-scaler owns its values.
+DESCRIBED). [scaler] is compared with deploy/README.md's table (linode-scaler reads it with lb's parser).
 One line per section: "PASS readme/[kind]" or "FAIL readme/[kind]: what differs"; then
 "keys: N passed, N failed". Run: LB_BIN=./lb python3 tests/keys.py
 """
@@ -21,6 +21,7 @@ DESCRIBED = {  # keys without a value default whose README default cell describe
     ("route", "listener"): "all http listeners", ("route", "host"): "any", ("route", "path"): "any",
     ("route", "method"): "any", ("route", "response_timeout"): "pool / listener value",
     ("route", "max_body_size"): "pool / listener value", ("admin", "allow"): "loopback",
+    ("scaler", "tag"): "lb-pool-POOL",
 }
 
 
@@ -63,7 +64,7 @@ def readme_tables(path):
     return tables
 
 
-def compare(kind, lb, rd, check_defaults):
+def compare(kind, lb, rd):
     errs = []
     for k in sorted(set(lb) - set(rd)):
         errs.append("'%s' is in lb but not in README" % k)
@@ -73,8 +74,6 @@ def compare(kind, lb, rd, check_defaults):
         (lrep, ldef), (rrep, rdef) = lb[k], rd[k]
         if lrep != rrep:
             errs.append("'%s' is %srepeatable in lb, %sin README" % (k, "" if lrep else "not ", "" if rrep else "not "))
-        if not check_defaults:
-            continue
         if ldef is not None and rdef != ldef and not rdef.startswith(ldef + " ("):
             errs.append("'%s' default: lb %r, README %r" % (k, ldef, rdef))
         if ldef is None and rdef not in NONE and DESCRIBED.get((kind, k)) != rdef:
@@ -91,7 +90,7 @@ def main():
         if kind not in lb or kind not in readme:
             errs = ["no key table for [%s] in %s" % (kind, "lb --keys" if kind not in lb else "README")]
         else:
-            errs = compare(kind, lb[kind], readme[kind], kind != "scaler")
+            errs = compare(kind, lb[kind], readme[kind])
         if errs:
             failed += 1
             print("FAIL readme/[%s]: %s" % (kind, "; ".join(errs)))

@@ -14,6 +14,7 @@ status steps of 0.4 s, stats after 1 s) so that the suite stays under about 2 mi
 One line per test: "PASS name" or "FAIL name: reason"; then "scaler: N passed, N failed".
 """
 import base64
+import contextlib
 import http.client
 import json
 import os
@@ -21,6 +22,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from urllib.parse import urlsplit
 
@@ -35,7 +37,7 @@ from integration import HOST, Fail, check, eq, free_port, short  # noqa: E402
 from process import conf  # noqa: E402
 from policy import ask, section, lsn  # noqa: E402
 
-SUITE_BUDGET = 110
+SUITE_BUDGET = 130
 SCALER_BIN = os.environ.get("SCALER_BIN", os.path.join(it.ROOT, "linode-scaler"))
 TOKEN = "linode-pat-3f9b1c7e5a2d4e6f8091a2b3c4d5e6f7"
 ADMIN_TOKEN = "lb-admin-9c8b7a6f5e4d3c2b1a00ffee"
@@ -306,14 +308,30 @@ def t_api_errors(ctx):
     check(re.search(r"error: linode: POST /linode/instances \(%s\): 400: \[region\] region is not valid" % label(2),
                     errs), "no clear error line: %s" % short(errs, 400))
     eq(len(env.mock.live()), 1, "instances after a refused create")
+    # values are read by lb's own parser (one row of lb.c's key table per key): the scaler and `lb -t`
+    # refuse the same lines with the same words
     bad = os.path.join(ctx.dir, "bad.ini")
     with open(bad, "w") as f:
-        f.write("[scaler]\npool = web\nscale_up_cpu = 20\nscale_down_cpu = 30\ncooldown = 5 minutes\nbogus = 1\n")
+        f.write("[scaler]\npool = web\nscale_up_cpu = 20%\nscale_down_cpu = 101\ncooldown = 5 minutes\nbogus = 1\n"
+                "admin_url = http://a:1, ftp://b\n")
+    wants = ("bad.ini:4: scale_down_cpu: '101' is not a number from 1 to 100",
+             "bad.ini:5: cooldown: invalid duration '5 minutes'", "bad.ini:6: unknown key 'bogus' in [scaler]",
+             "bad.ini:7: admin_url: 'ftp://b' is not an http:// or https:// URL")
     p = subprocess.run([SCALER_BIN, "once", "-c", bad], capture_output=True, timeout=10)
     e = p.stderr.decode()
     eq(p.returncode, 2, "once with a bad config: exit status")
-    for want in ("bad.ini:5: cooldown: want a duration", "bad.ini:6: unknown key 'bogus'", "must be below scale_up_cpu",
-                 "needs token_file"):
+    lbt = subprocess.run([it.LB_BIN, "-t", "-c", bad], capture_output=True, timeout=10)
+    for want in wants:
+        check(want in e, "scaler's config errors lack %r: %s" % (want, short(e, 400)))
+        check(want in lbt.stderr.decode(), "lb -t's errors lack %r: %s" % (want, short(lbt.stderr.decode(), 400)))
+    # what only the scaler needs: required keys, down below up
+    with open(bad, "w") as f:
+        f.write("[scaler]\npool = web\nscale_up_cpu = 20\nscale_down_cpu = 30\n"
+                "[pool web]\nserver = s1 127.0.0.1:9000\n[listener l]\nbind = 127.0.0.1:8000\npool = web\n")
+    p = subprocess.run([SCALER_BIN, "once", "-c", bad], capture_output=True, timeout=10)
+    e = p.stderr.decode()
+    eq(p.returncode, 2, "once without token_file: exit status")
+    for want in ("bad.ini:1: scale_down_cpu (30) must be below scale_up_cpu (20)", "bad.ini:1: [scaler] needs token_file"):
         check(want in e, "config errors lack %r: %s" % (want, short(e, 400)))
 
 
@@ -355,6 +373,68 @@ def t_up(ctx):
     wait(lambda: "in cooldown" in env.log(p), 8, "a cooldown decision")
     time.sleep(1.5)
     eq(len(creates(env)), 1, "instances created during the cooldown")
+
+
+@contextlib.contextmanager
+def slow_load(env, clients, ms, limit=12):
+    """`clients` threads, each asking lb for /slow?ms=MS until the block ends, at most `limit` times:
+    requests in flight on lb while the instances' CPU stays low. Yields the answers (statuses or
+    errors); on leaving, the threads are stopped and the answers must all have been 200."""
+    stop, answers = threading.Event(), []
+
+    def one():
+        for _ in range(limit):
+            if stop.is_set():
+                return
+            try:
+                answers.append(ask(env.port, "/slow?ms=%d" % ms, timeout=ms / 1000.0 + 5).status)
+            except Fail as e:
+                answers.append(str(e))
+    threads = [threading.Thread(target=one, daemon=True) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    try:
+        yield answers
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    eq([a for a in answers if a != 200], [], "answers through lb during the load")
+
+
+@test("scale_up_on_lb_inflight_with_low_cpu", timeout=40)
+def t_up_inflight(ctx):
+    """scale_up_inflight = 3: 8 slow requests in flight through a real lb on one server (CPU 10%, far
+    below scale_up_cpu) -> an instance is created, the decision names lb's figure; without load at the
+    same CPU the first cycle scales nothing (the figure, not CPU, decided)."""
+    env = Env(ctx, cpu=10.0, scaler=[("scale_up_inflight", "3"), ("max", "3"), ("cooldown", "60s"),
+                                     ("scale_down_cpu", "5")])
+    rc, out, errs = env.run("status")
+    eq(rc, 0, "status exit: %s" % short(errs, 300))
+    check(re.search(r"in flight 0\.0 per server \(1 serving\)", out) and "decision: none" in out,
+          "idle: want in flight 0.0 and no decision: %s" % short(out[-500:], 500))
+    with slow_load(env, 8, 2500):
+        wait(lambda: env.servers()[label(1)]["active"] >= 6, 5, "8 slow requests in flight on lb")
+        p = env.start("run")
+        wait(lambda: creates(env), 10, "a create call (scaler log: %s)" % short(env.log(p)[-600:], 600))
+        check(re.search(r"cpu 10\.0%.*decision: up: in flight [0-9.]+ per server \(1 serving\) >= "
+                        r"scale_up_inflight 3", env.log(p)),
+              "the decision does not name lb's figure: %s" % short(env.log(p)[-600:], 600))
+    eq(len(creates(env)), 1, "instances created")
+
+
+@test("scale_up_on_lb_p99_with_low_cpu", timeout=40)
+def t_up_p99(ctx):
+    """scale_up_p99 = 250ms: requests through a real lb taking 400 ms (CPU 10%) -> between two cycles
+    more than 1% of them are over 250 ms (lb's /metrics histogram) -> an instance is created."""
+    env = Env(ctx, cpu=10.0, scaler=[("scale_up_p99", "250ms"), ("max", "3"), ("cooldown", "60s"),
+                                     ("scale_down_cpu", "5"), ("interval", "2s")])
+    with slow_load(env, 8, 400, limit=40):
+        p = env.start("run")
+        wait(lambda: creates(env), 12, "a create call (scaler log: %s)" % short(env.log(p)[-600:], 600))
+        check(re.search(r"cpu 10\.0%.*decision: up: p99 > 250ms \(100\.0% of [0-9]+ requests slower\) >= "
+                        r"scale_up_p99", env.log(p)), "the decision does not name lb's p99: %s" % short(env.log(p)[-600:], 600))
+    eq(len(creates(env)), 1, "instances created")
 
 
 @test("max_respected", timeout=40)

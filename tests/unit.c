@@ -1652,7 +1652,7 @@ static void test_conf_scaler(void)
 		"pool = p\n"
 		"[scaler]\n"
 		"pool = p\n"
-		"admin_url = http://127.0.0.1:8404\n"
+		"admin_url = http://10.0.0.1:8404/, https://10.0.0.2:8404 token_file=/etc/lb/t2\n"
 		"admin_token_file = /etc/lb/admin.token\n"
 		"api_url = https://api.linode.com/v4\n"
 		"token_file = /etc/lb/linode.token\n"
@@ -1664,7 +1664,7 @@ static void test_conf_scaler(void)
 		"tag = lb-pool-p\n"
 		"min = 2\n"
 		"max = 10\n"
-		"scale_up_cpu = 80\n"
+		"scale_up_cpu = 75%\n"
 		"scale_down_cpu = 30\n"
 		"scale_down_after = 10m\n"
 		"cooldown = 5m\n"
@@ -1675,8 +1675,16 @@ static void test_conf_scaler(void)
 	begin();
 	int rc = conf_parse(t, &c);
 	CHECK(rc == 0 && c, "expected 0, got %d: %s", rc, errs_str());
-	if (c)
+	if (c) { /* linode-scaler reads these (it #includes lb.c) */
+		const struct lb_scaler *sc = &c->scaler;
+		CHECK(sc->line == 6 && sc->nnodes == 2 && !strcmp(sc->node[0].url, "http://10.0.0.1:8404") &&
+		      !sc->node[0].token_file[0] && !strcmp(sc->node[1].url, "https://10.0.0.2:8404") &&
+		      !strcmp(sc->node[1].token_file, "/etc/lb/t2"), "admin_url: line %d, %zu nodes", sc->line, sc->nnodes);
+		CHECK(sc->up_cpu == 75 && sc->down_cpu == 30 && sc->down_after == 600000 && sc->interval == 30000 &&
+		      sc->min == 2 && sc->max == 10 && sc->server_address == 0 && !strcmp(sc->region, "us-east"),
+		      "values: up %u down %u", sc->up_cpu, sc->down_cpu);
 		lb_conf_free(c);
+	}
 	end("conf/scaler_section_accepted");
 }
 
