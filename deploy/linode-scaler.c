@@ -2133,7 +2133,7 @@ static void measure_inflight(struct view *v)
 }
 
 /* one node's pool histogram from /metrics: the lb_server_request_duration_seconds_bucket lines of
- * the pool's servers, summed by bucket (lb.c's hist_ms bounds, +Inf last); 0 or -1 */
+ * the pool's servers, summed by bucket (lb.c's hist_us bounds, +Inf last); 0 or -1 */
 static int node_hist(struct node *nd, uint64_t out[LB_HIST + 1])
 {
 	static const char name[] = "lb_server_request_duration_seconds_bucket{";
@@ -2147,8 +2147,8 @@ static int node_hist(struct node *nd, uint64_t out[LB_HIST + 1])
 		if (strncmp(ln, name, sizeof name - 1) || strncmp(ln + sizeof name - 1, pool, strlen(pool)) || !le || !val ||
 		    (end && (le > end || val > end)))
 			continue;
-		int b = 0; /* the bucket: its bound in ms as lb prints it (%g seconds), or +Inf */
-		while (b < LB_HIST && fabs(strtod(le + 4, NULL) * 1000 - hist_ms[b]) > 0.5)
+		int b = 0; /* the bucket: its bound in µs as lb prints it (%g seconds), or +Inf */
+		while (b < LB_HIST && fabs(strtod(le + 4, NULL) * 1e6 - hist_us[b]) > 0.5)
 			b++;
 		if (b < LB_HIST || !strncmp(le + 4, "+Inf", 4))
 			out[b] += strtoull(val + 2, NULL, 10);
@@ -2164,7 +2164,7 @@ static int node_hist(struct node *nd, uint64_t out[LB_HIST + 1])
 static void measure_p99(struct view *v)
 {
 	int b = -1; /* the bucket whose bound is the threshold used */
-	while (b + 1 < LB_HIST && hist_ms[b + 1] <= g_c.up_p99_ms)
+	while (b + 1 < LB_HIST && hist_us[b + 1] <= (uint64_t)g_c.up_p99_ms * 1000)
 		b++;
 	uint64_t within = 0, all = 0;
 	for (int k = 0; k < g_nnodes; k++) {
@@ -2178,7 +2178,7 @@ static void measure_p99(struct view *v)
 		memcpy(nd->hist, h, sizeof h);
 		nd->hist_read = 1;
 	}
-	v->p99_bound_ms = b < 0 ? 0 : (int64_t)hist_ms[b];
+	v->p99_bound_ms = b < 0 ? 0 : (int64_t)(hist_us[b] / 1000);
 	v->requests = (int64_t)all;
 	if (all >= P99_MIN_REQUESTS)
 		v->slow_share = 1.0 - (double)within / (double)all;
