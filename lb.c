@@ -7,7 +7,7 @@
  *   1. build options: includes, portability, the event backend's choice
  *   2. small utilities: compares, hashing, name index, PRNG; the error log, shared mappings, files
  *   3. pure parsers: HTTP heads, chunked framing, values, PROXY protocol, admin API requests, X.509 names
- *   4. configuration: text -> struct lb_conf through the key table; descriptors per worker
+ *   4. configuration: text -> struct lb_conf by the key table; the runtime state beside it; descriptors per worker
  *   5. routing and balancing: route, pool and server choice (pure); what a pick reads from shared memory
  *   6. event loop and timers: epoll or poll, the clock
  *   7. TLS glue: BearSSL engines without blocking, certificates, the session cache, handshake failures
@@ -2132,7 +2132,8 @@ long lb_acme_token(const char *path, size_t n, const char **token)
  * outside sections get exact lines) and the lines inih would mangle; inih then delivers keys,
  * which are mapped to their section by line number. Cross-references are resolved last, then the
  * bounds of lb.h (check_limits: README "Limits"). conf_validate (section 12) adds what a running lb needs.
- * The last subsection says what max_connections costs in descriptors (lb_fd_*). Calls sections 2 and 3,
+ * A config is not written after load: what a running lb writes about its servers and routes lives in
+ * the struct lb_rt made with it (subsection "runtime state beside the config"). The last subsection says what max_connections costs in descriptors (lb_fd_*). Calls sections 2 and 3,
  * and 7 to load the certificates and CAs a listener or pool names (lb_conf_resolve). */
 
 enum { S_BAD = 0, S_GLOBAL, S_LOG, S_ADMIN, S_SCALER, S_LISTENER, S_POOL, S_ROUTE };
@@ -3555,10 +3556,60 @@ static int tls_load_pool(struct lb_pool *p, char *err, size_t errlen);
 
 static int tls_load_listener(struct lb_listener *l, int *bad_line, const char **bad_key, char *err, size_t errlen);
 
+/* -------------------------------------------------------------------- runtime state beside the config
+ * What a running lb writes about a configuration's servers and routes lives in a struct lb_rt made with
+ * the config (conf_rt_alloc), indexed like it: a server by its id, a route by its place in conf->routes.
+ * The config structs are not written after load. Each process writes its own copy: a worker's is the
+ * master's, inherited at fork (section 12 sets the shared-memory pointers first). Sections 8 on find it
+ * through srv_rt() and route_rt() (section 8). */
+struct srv_rt {
+	unsigned active;           /* requests or tunnels in flight (this process; see shm) */
+	struct lb_shm_server *shm; /* shared state across workers; NULL in unit tests */
+	struct lb_bconn *idle;     /* idle keep-alive connections, most recently used first */
+	unsigned nidle;
+	unsigned nopen;            /* open connections to it, idle ones included (this process) */
+	unsigned peak_used;        /* most connections in use at once since the last purge */
+	unsigned need;             /* connections recent peaks needed: the purge keeps this many */
+};
+
+struct route_rt {
+	struct lb_shm_route *shm;  /* its split weights and counters, shared; NULL in unit tests */
+};
+
+struct lb_rt {
+	struct srv_rt *srv;        /* [server id] */
+	struct route_rt *route;    /* [route index] */
+};
+
+/* Number the servers (a pool's ids are consecutive) and make c's zeroed runtime state. */
+static int conf_rt_alloc(struct lb_conf *c)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < c->npools; i++)
+		for (size_t k = 0; k < c->pools[i].nservers; k++)
+			c->pools[i].servers[k].id = (unsigned)n++;
+	c->rt = calloc(1, sizeof *c->rt);
+	if (!c->rt)
+		return -1;
+	c->rt->srv = calloc(n ? n : 1, sizeof *c->rt->srv);
+	c->rt->route = calloc(c->nroutes ? c->nroutes : 1, sizeof *c->rt->route);
+	return c->rt->srv && c->rt->route ? 0 : -1;
+}
+
+static void conf_rt_free(struct lb_rt *rt)
+{
+	if (rt) {
+		free(rt->srv);
+		free(rt->route);
+	}
+	free(rt);
+}
+
 void lb_conf_free(struct lb_conf *c)
 {
 	if (!c)
 		return;
+	conf_rt_free(c->rt);
 	for (size_t i = 0; i < c->npools; i++) {
 		free(c->pools[i].servers);
 		free(c->pools[i].tls_ca);
@@ -3638,6 +3689,8 @@ int lb_conf_parse(const char *text, size_t len, struct lb_conf **out, struct lb_
 	check_pools_routes(&st);
 	check_limits(&st);
 	rc = st.oom ? LB_ENOMEM : errs->total ? LB_EINVAL : 0;
+	if (rc == 0 && conf_rt_alloc(st.c) != 0)
+		rc = LB_ENOMEM;
 done:
 	free(z);
 	free(st.sects);
@@ -4058,15 +4111,15 @@ struct lb_shm_route {
 };
 
 /* The state of p's servers now, in a scratch array (valid until the next call): from shared memory,
- * or this process's own count where there is none (unit tests, fuzzers). */
-static const struct lb_srv_state *pool_states(const struct lb_pool *p)
+ * or this process's own count where there is none (unit tests, fuzzers). rt[i] is the runtime state
+ * (section 4) of p->servers[i]. */
+static const struct lb_srv_state *pool_states(const struct lb_pool *p, const struct srv_rt *rt)
 {
 	static struct lb_srv_state st[LB_MAX_POOL_SERVERS];
 	for (size_t i = 0; i < p->nservers && i < LB_MAX_POOL_SERVERS; i++) {
-		const struct lb_server *s = &p->servers[i];
-		const struct lb_shm_server *v = s->shm;
+		const struct lb_shm_server *v = rt[i].shm;
 		if (!v) {
-			st[i] = (struct lb_srv_state){ .active = s->active };
+			st[i] = (struct lb_srv_state){ .active = rt[i].active };
 			continue;
 		}
 		st[i] = (struct lb_srv_state){
@@ -5583,6 +5636,11 @@ struct lsock {
 };
 
 static struct lb_conf *g_conf;
+
+/* the runtime state (section 4) of a server or a route of g_conf */
+static struct srv_rt *srv_rt(const struct lb_server *s) { return &g_conf->rt->srv[s->id]; }
+static struct route_rt *route_rt(const struct lb_route *r) { return &g_conf->rt->route[r - g_conf->routes]; }
+
 static size_t g_bufsize;
 /* Free buffers are a stack: the most recently used on top, still in cache and in RAM. Once a
  * second buf_trim gives the pages of all but LB_BUFS_WARM of them back to the kernel, so a
@@ -5907,7 +5965,7 @@ static void bconn_close(struct lb_bconn *b)
 	b->tls = NULL;
 	if (b->h.fd >= 0) {
 		close(b->h.fd);
-		b->srv->nopen--;
+		srv_rt(b->srv)->nopen--;
 		g_nbconns--;
 	}
 	b->h.fd = -1;
@@ -5918,36 +5976,38 @@ static void bconn_close(struct lb_bconn *b)
 
 static void idle_unlink(struct lb_bconn *b)
 {
-	struct lb_bconn **pp = &b->srv->idle;
+	struct lb_bconn **pp = &srv_rt(b->srv)->idle;
 	while (*pp && *pp != b)
 		pp = &(*pp)->next;
 	if (*pp) {
 		*pp = b->next;
-		b->srv->nidle--;
+		srv_rt(b->srv)->nidle--;
 	}
 }
 
 /* every idle connection to s, closed (s is down, or the worker stops) */
 static void idle_close(struct lb_server *s)
 {
-	while (s->idle) {
-		struct lb_bconn *b = s->idle;
-		s->idle = b->next;
+	struct srv_rt *rt = srv_rt(s);
+	while (rt->idle) {
+		struct lb_bconn *b = rt->idle;
+		rt->idle = b->next;
 		bconn_close(b);
 	}
-	s->nidle = 0;
+	rt->nidle = 0;
 }
 
 /* the n least recently used idle connections to s, closed (the list is most recent first) */
 static void idle_close_oldest(struct lb_server *s, unsigned n)
 {
-	struct lb_bconn **pp = &s->idle;
-	for (unsigned keep = n < s->nidle ? s->nidle - n : 0; keep && *pp; keep--)
+	struct srv_rt *rt = srv_rt(s);
+	struct lb_bconn **pp = &rt->idle;
+	for (unsigned keep = n < rt->nidle ? rt->nidle - n : 0; keep && *pp; keep--)
 		pp = &(*pp)->next;
 	while (*pp) {
 		struct lb_bconn *b = *pp;
 		*pp = b->next;
-		s->nidle--;
+		rt->nidle--;
 		bconn_close(b);
 	}
 }
@@ -5963,15 +6023,16 @@ static int fds_short(void)
  * none with auto, where idle_purge sizes the pool) and while descriptors are not short. */
 static int idle_may_keep(const struct lb_server *s, const struct lb_pool *p)
 {
-	return s->nidle < p->keepalive && !fds_short();
+	return srv_rt(s)->nidle < p->keepalive && !fds_short();
 }
 
 /* a connection to s was put to use: the peak of connections in use at once, for idle_purge */
 static void srv_note_use(struct lb_server *s)
 {
-	unsigned used = s->nopen - s->nidle;
-	if (used > s->peak_used)
-		s->peak_used = used;
+	struct srv_rt *rt = srv_rt(s);
+	unsigned used = rt->nopen - rt->nidle;
+	if (used > rt->peak_used)
+		rt->peak_used = used;
 }
 
 /* Once a second per server (idle_sweep): the idle pool follows the concurrency recently needed,
@@ -5982,11 +6043,12 @@ static void srv_note_use(struct lb_server *s)
  * connection stays for sporadic traffic. With descriptors short, all beyond it go at once. */
 static void idle_purge(struct lb_server *s)
 {
-	unsigned keep = LB_MAX(s->peak_used, s->need);
-	s->need = LB_MAX(s->peak_used, (s->need + s->peak_used + 1) / 2);
-	s->peak_used = s->nopen - s->nidle;
-	if (s->nidle && s->nopen > keep) {
-		unsigned excess = s->nopen - keep;
+	struct srv_rt *rt = srv_rt(s);
+	unsigned keep = LB_MAX(rt->peak_used, rt->need);
+	rt->need = LB_MAX(rt->peak_used, (rt->need + rt->peak_used + 1) / 2);
+	rt->peak_used = rt->nopen - rt->nidle;
+	if (rt->nidle && rt->nopen > keep) {
+		unsigned excess = rt->nopen - keep;
 		idle_close_oldest(s, fds_short() ? excess : (excess + 1) / 2);
 	}
 }
@@ -6050,9 +6112,9 @@ static void backend_release(struct conn *c, int reuse)
 		} else if (reuse && !b->eof && b->connected && idle_may_keep(s, b->pool) && !g_stopping) {
 			b->c = NULL;
 			b->reused = 1;
-			b->next = s->idle;
-			s->idle = b;
-			s->nidle++;
+			b->next = srv_rt(s)->idle;
+			srv_rt(s)->idle = b;
+			srv_rt(s)->nidle++;
 			b->h.want = EV_R;
 			ev_apply(&b->h);
 		} else {
@@ -6526,7 +6588,7 @@ static int backend_connect(struct conn *c, struct lb_server *s)
 		return -1;
 	}
 	set_nodelay(b->h.fd);
-	s->nopen++;
+	srv_rt(s)->nopen++;
 	g_nbconns++;
 	c->b = b;
 	c->t_conn = g_now;
@@ -6579,7 +6641,7 @@ static void backend_assign(struct conn *c, struct lb_server *avoid)
 {
 	struct lb_pool *p = c->pool;
 	struct lb_server *s = NULL;
-	const struct lb_srv_state *st = pool_states(p);
+	const struct lb_srv_state *st = pool_states(p, srv_rt(&p->servers[0])); /* a pool's ids are consecutive */
 	if (c->sticky && c->sticky != avoid && usable_at(c->sticky, &st[c->sticky - p->servers], g_now, 1) &&
 	    pick_tier(p, st, g_now) == c->sticky->backup) {
 		s = c->sticky;
@@ -6610,7 +6672,7 @@ static void backend_assign(struct conn *c, struct lb_server *avoid)
 	c->holds_srv = 1;
 	if (c->qh.d)
 		c->qh.s = 0;
-	struct lb_bconn *b = s->idle;
+	struct lb_bconn *b = srv_rt(s)->idle;
 	if (c->own_b) {
 		b = c->own_b;
 		c->own_b = NULL;
@@ -6620,8 +6682,8 @@ static void backend_assign(struct conn *c, struct lb_server *avoid)
 			b = NULL;
 		}
 	} else if (b) {
-		s->idle = b->next;
-		s->nidle--;
+		srv_rt(s)->idle = b->next;
+		srv_rt(s)->nidle--;
 	}
 	if (b) {
 		b->c = c;
@@ -6670,8 +6732,8 @@ static void backend_failed(struct conn *c, int status, const char *why, int retr
 	}
 	if (retryable && clean && c->retries_left > 0 && (c->req_idem || c->L->mode == LB_MODE_TCP)) {
 		c->retries_left--;
-		if (failed && failed->shm)
-			atomic_fetch_add_explicit(&failed->shm->retries, 1, memory_order_relaxed);
+		if (failed && srv_rt(failed)->shm)
+			atomic_fetch_add_explicit(&srv_rt(failed)->shm->retries, 1, memory_order_relaxed);
 		lb_err("client %s: %s; retrying on another server of pool %s", ip_text(&c->ip), why, c->pool->name);
 		c->term[0] = 0;
 		backend_assign(c, failed);
@@ -6806,8 +6868,8 @@ static int route_policies(struct conn *c, struct lb_route *rt, const struct lb_r
 {
 	char extra[64];
 	if (rt->nacl && !acl_allows(rt, &c->ip)) {
-		if (rt->shm)
-			atomic_fetch_add_explicit(&rt->shm->denied, 1, memory_order_relaxed);
+		if (route_rt(rt)->shm)
+			atomic_fetch_add_explicit(&route_rt(rt)->shm->denied, 1, memory_order_relaxed);
 		respond(c, 403, "denied by acl", NULL, NULL, 1);
 		return 1;
 	}
@@ -6815,8 +6877,8 @@ static int route_policies(struct conn *c, struct lb_route *rt, const struct lb_r
 		uint64_t retry = 0;
 		if (!rl_take(rl_key_of(c, rt, rq), &rt->rl, &retry)) {
 			snprintf(extra, sizeof extra, "Retry-After: %llu\r\n", (unsigned long long)LB_MAX(1, (retry + 999) / 1000));
-			if (rt->shm)
-				atomic_fetch_add_explicit(&rt->shm->limited, 1, memory_order_relaxed);
+			if (route_rt(rt)->shm)
+				atomic_fetch_add_explicit(&route_rt(rt)->shm->limited, 1, memory_order_relaxed);
 			respond(c, 429, "rate limit", extra, NULL, 1);
 			return 1;
 		}
@@ -8216,7 +8278,7 @@ static int cb_room(const struct lb_pool *p, const struct lb_server *s, const cha
 		return 1;
 	size_t open = 0, cap = LB_MAX(p->nservers * p->cb_max_open / 100, 1);
 	for (size_t i = 0; i < p->nservers; i++) {
-		const struct lb_shm_server *o = p->servers[i].shm;
+		const struct lb_shm_server *o = srv_rt(&p->servers[i])->shm;
 		if (&p->servers[i] != s && o && atomic_load_explicit(&o->cb_state, memory_order_relaxed) != CB_CLOSED)
 			open++;
 	}
@@ -8230,7 +8292,7 @@ static int cb_room(const struct lb_pool *p, const struct lb_server *s, const cha
 
 static void cb_trip(const struct lb_pool *p, const struct lb_server *s, int from, const char *reason)
 {
-	struct lb_shm_server *v = s->shm;
+	struct lb_shm_server *v = srv_rt(s)->shm;
 	if (from == CB_CLOSED && !cb_room(p, s, reason))
 		return;
 	atomic_store(&v->cb_until, g_now + p->cb_open);
@@ -8247,7 +8309,7 @@ static void cb_trip(const struct lb_pool *p, const struct lb_server *s, int from
  * afresh; the change is logged and sent once. */
 static void cb_close(const struct lb_pool *p, const struct lb_server *s, int from_any, const char *why)
 {
-	struct lb_shm_server *v = s->shm;
+	struct lb_shm_server *v = srv_rt(s)->shm;
 	int was = CB_HALF;
 	int closed = from_any ? (was = atomic_exchange(&v->cb_state, CB_CLOSED)) != CB_CLOSED
 	                      : atomic_compare_exchange_strong(&v->cb_state, &was, CB_CLOSED);
@@ -8268,7 +8330,7 @@ static void cb_close(const struct lb_pool *p, const struct lb_server *s, int fro
  * one of its trial slots. 0: the circuit refuses (other workers took the slots meanwhile). */
 static int cb_begin(struct conn *c, struct lb_server *s)
 {
-	struct lb_shm_server *v = s->shm;
+	struct lb_shm_server *v = srv_rt(s)->shm;
 	c->cb_trial = 0;
 	c->cb_pending = 0;
 	if (!v || !cb_on(c->pool))
@@ -8294,8 +8356,8 @@ static int cb_begin(struct conn *c, struct lb_server *s)
 /* the exchange ended without a verdict (the client left): give the trial slot back */
 static void cb_abandon(struct conn *c)
 {
-	if (c->cb_trial && c->srv && c->srv->shm)
-		atomic_fetch_sub(&c->srv->shm->cb_trials, 1);
+	if (c->cb_trial && c->srv && srv_rt(c->srv)->shm)
+		atomic_fetch_sub(&srv_rt(c->srv)->shm->cb_trials, 1);
 	c->cb_trial = 0;
 	c->cb_pending = 0;
 }
@@ -8303,7 +8365,7 @@ static void cb_abandon(struct conn *c)
 /* Record how an exchange with s went: failed (connect error, reset, timeout, 5xx, slow) or not. */
 static void cb_outcome(struct conn *c, struct lb_server *s, int failed, const char *why)
 {
-	struct lb_shm_server *v = s ? s->shm : NULL;
+	struct lb_shm_server *v = s ? srv_rt(s)->shm : NULL;
 	const struct lb_pool *p = c->pool;
 	int trial = c->cb_trial;
 	cb_abandon(c);
@@ -8401,7 +8463,7 @@ static int hc_expected(const struct lb_pool *p, int status)
 
 static void hc_verdict(struct hc *k, int ok, const char *why)
 {
-	struct lb_shm_server *v = k->s->shm;
+	struct lb_shm_server *v = srv_rt(k->s)->shm;
 	const struct lb_pool *p = k->p;
 	atomic_fetch_add_explicit(&v->n_checks, 1, memory_order_relaxed);
 	if (ok) {
@@ -8609,7 +8671,7 @@ static void hc_io(struct hc *k)
 
 static int hc_wanted(const struct lb_pool *p, const struct lb_server *s)
 {
-	return (p->hc_kind == LB_HC_HTTP || p->hc_kind == LB_HC_TCP) && !s->disabled && s->shm;
+	return (p->hc_kind == LB_HC_HTTP || p->hc_kind == LB_HC_TCP) && !s->disabled && srv_rt(s)->shm;
 }
 
 /* worker 1: one check per server of the configuration, first ones spread over 100 ms */
@@ -8708,7 +8770,7 @@ static void idle_sweep(void)
 	for (size_t i = 0; i < g_conf->npools; i++)
 		for (size_t j = 0; j < g_conf->pools[i].nservers; j++) {
 			struct lb_server *s = &g_conf->pools[i].servers[j];
-			if (s->idle && s->shm && atomic_load_explicit(&s->shm->down, memory_order_relaxed))
+			if (srv_rt(s)->idle && srv_rt(s)->shm && atomic_load_explicit(&srv_rt(s)->shm->down, memory_order_relaxed))
 				idle_close(s);
 			else
 				idle_purge(s);
@@ -8888,13 +8950,13 @@ static int shm_map_conf(struct lb_conf *c)
 				*cell = ++g_shm->nservers;
 			}
 			uint32_t i = *cell - 1;
-			s->shm = &g_shm->s[i];
+			struct lb_shm_server *v = c->rt->srv[s->id].shm = &g_shm->s[i];
 			/* a server added through the admin API takes traffic once it passed its health
 			 * checks (also when a removed one comes back under its name); others begin up */
 			if (check_first_take(key) && c->pools[p].hc_kind != LB_HC_OFF && !s->disabled) {
-				atomic_store(&s->shm->down, 1);
-				atomic_store(&s->shm->hc_ok, 0);
-				atomic_store(&s->shm->admin, ADM_READY);
+				atomic_store(&v->down, 1);
+				atomic_store(&v->hc_ok, 0);
+				atomic_store(&v->admin, ADM_READY);
 			}
 		}
 	}
@@ -8905,9 +8967,9 @@ static int shm_map_conf(struct lb_conf *c)
 			snprintf(g_shm->r[g_shm->nroutes].key, sizeof g_shm->r->key, "%s", r->name);
 			*cell = ++g_shm->nroutes;
 		}
-		r->shm = &g_shm->r[*cell - 1];
+		struct lb_shm_route *v = c->rt->route[k].shm = &g_shm->r[*cell - 1];
 		for (size_t j = 0; j < r->nsplit; j++) /* the file's weights win at every load */
-			atomic_store(&r->shm->weight[j], r->split[j].weight);
+			atomic_store(&v->weight[j], r->split[j].weight);
 	}
 	atomic_fetch_add(&g_shm->admin_version, 1);
 	return 0;
@@ -8915,7 +8977,7 @@ static int shm_map_conf(struct lb_conf *c)
 
 static unsigned srv_weight_now(const struct lb_server *s)
 {
-	uint32_t w = s->shm ? atomic_load(&s->shm->weight) : 0;
+	uint32_t w = srv_rt(s)->shm ? atomic_load(&srv_rt(s)->shm->weight) : 0;
 	return w ? w : s->conf_weight;
 }
 
@@ -8934,26 +8996,28 @@ static void admin_sync(void)
 		}
 	for (size_t k = 0; k < g_conf->nroutes; k++) {
 		struct lb_route *r = &g_conf->routes[k];
-		for (size_t j = 0; r->shm && j < r->nsplit; j++)
-			r->split[j].weight = atomic_load(&r->shm->weight[j]);
+		for (size_t j = 0; route_rt(r)->shm && j < r->nsplit; j++)
+			r->split[j].weight = atomic_load(&route_rt(r)->shm->weight[j]);
 	}
 }
 
 static void srv_hold(struct lb_server *s)
 {
-	s->active++;
-	if (s->shm && g_slot >= 0) {
-		atomic_fetch_add_explicit(&s->shm->active, 1, memory_order_relaxed);
-		atomic_fetch_add_explicit(&s->shm->w[g_slot].active, 1, memory_order_relaxed);
+	struct srv_rt *rt = srv_rt(s);
+	rt->active++;
+	if (rt->shm && g_slot >= 0) {
+		atomic_fetch_add_explicit(&rt->shm->active, 1, memory_order_relaxed);
+		atomic_fetch_add_explicit(&rt->shm->w[g_slot].active, 1, memory_order_relaxed);
 	}
 }
 
 static void srv_unhold(struct lb_server *s)
 {
-	s->active--;
-	if (s->shm && g_slot >= 0) {
-		atomic_fetch_sub_explicit(&s->shm->active, 1, memory_order_relaxed);
-		atomic_fetch_sub_explicit(&s->shm->w[g_slot].active, 1, memory_order_relaxed);
+	struct srv_rt *rt = srv_rt(s);
+	rt->active--;
+	if (rt->shm && g_slot >= 0) {
+		atomic_fetch_sub_explicit(&rt->shm->active, 1, memory_order_relaxed);
+		atomic_fetch_sub_explicit(&rt->shm->w[g_slot].active, 1, memory_order_relaxed);
 	}
 }
 
@@ -8962,9 +9026,9 @@ static void count_exchange(const struct conn *c)
 	if (g_slot < 0)
 		return;
 	atomic_fetch_add_explicit(&g_shm->w[g_slot].requests, 1, memory_order_relaxed);
-	if (c->route && c->route->shm)
-		atomic_fetch_add_explicit(&c->route->shm->requests, 1, memory_order_relaxed);
-	struct lb_shm_server *sv = c->srv ? c->srv->shm : NULL;
+	if (c->route && route_rt(c->route)->shm)
+		atomic_fetch_add_explicit(&route_rt(c->route)->shm->requests, 1, memory_order_relaxed);
+	struct lb_shm_server *sv = c->srv ? srv_rt(c->srv)->shm : NULL;
 	if (!sv)
 		return;
 	atomic_fetch_add_explicit(&sv->w[g_slot].requests, 1, memory_order_relaxed);
@@ -9480,7 +9544,7 @@ static int admin_token_ok(const struct lb_req *rq)
 
 static const char *srv_state_name(const struct lb_server *s)
 {
-	struct lb_shm_server *v = s->shm;
+	struct lb_shm_server *v = srv_rt(s)->shm;
 	if (s->disabled || (v && atomic_load(&v->admin) == ADM_DISABLED))
 		return "disabled";
 	if (v && atomic_load(&v->admin) == ADM_DRAIN)
@@ -9504,28 +9568,28 @@ static void metrics_servers(struct abuf *b)
 	for (size_t p = 0; p < c->npools; p++)
 		for (size_t k = 0; k < c->pools[p].nservers; k++) {
 			const struct lb_server *s = &c->pools[p].servers[k];
-			for (int i = 0; s->shm && i < 6; i++)
+			for (int i = 0; srv_rt(s)->shm && i < 6; i++)
 				ab_printf(b, "lb_server_requests_total{pool=\"%s\",server=\"%s\",code=\"%s\"} %llu\n", c->pools[p].name,
-				          s->name, cls[i], (unsigned long long)atomic_load(&s->shm->status[i]));
+				          s->name, cls[i], (unsigned long long)atomic_load(&srv_rt(s)->shm->status[i]));
 		}
 	METRIC(b, "lb_server_request_duration_seconds", "histogram", "Time from the request to the end of the answer.");
 	for (size_t p = 0; p < c->npools; p++)
 		for (size_t k = 0; k < c->pools[p].nservers; k++) {
 			const struct lb_server *s = &c->pools[p].servers[k];
-			if (!s->shm)
+			if (!srv_rt(s)->shm)
 				continue;
 			uint64_t count = 0, cum = 0;
 			for (int i = 0; i <= LB_HIST; i++)
-				count += atomic_load(&s->shm->dur_bucket[i]);
+				count += atomic_load(&srv_rt(s)->shm->dur_bucket[i]);
 			for (int i = 0; i < LB_HIST; i++) {
-				cum += atomic_load(&s->shm->dur_bucket[i]);
+				cum += atomic_load(&srv_rt(s)->shm->dur_bucket[i]);
 				ab_printf(b, "lb_server_request_duration_seconds_bucket{pool=\"%s\",server=\"%s\",le=\"%g\"} %llu\n",
 				          c->pools[p].name, s->name, hist_ms[i] / 1000.0, (unsigned long long)cum);
 			}
 			ab_printf(b, "lb_server_request_duration_seconds_bucket{pool=\"%s\",server=\"%s\",le=\"+Inf\"} %llu\n",
 			          c->pools[p].name, s->name, (unsigned long long)count);
 			ab_printf(b, "lb_server_request_duration_seconds_sum{pool=\"%s\",server=\"%s\"} %.3f\n", c->pools[p].name,
-			          s->name, atomic_load(&s->shm->dur_sum_ms) / 1000.0);
+			          s->name, atomic_load(&srv_rt(s)->shm->dur_sum_ms) / 1000.0);
 			ab_printf(b, "lb_server_request_duration_seconds_count{pool=\"%s\",server=\"%s\"} %llu\n", c->pools[p].name,
 			          s->name, (unsigned long long)count);
 		}
@@ -9551,7 +9615,7 @@ static void metrics_servers(struct abuf *b)
 		for (size_t p = 0; p < c->npools; p++)
 			for (size_t k = 0; k < c->pools[p].nservers; k++) {
 				const struct lb_server *s = &c->pools[p].servers[k];
-				struct lb_shm_server *v = s->shm;
+				struct lb_shm_server *v = srv_rt(s)->shm;
 				if (!v)
 					continue;
 				uint64_t req, err, bytes, x = 0;
@@ -9621,7 +9685,7 @@ static void metrics_routes(struct abuf *b)
 	for (size_t m = 0; m < 3; m++) {
 		ab_printf(b, "# HELP %s %s\n# TYPE %s counter\n", g[m].name, g[m].help, g[m].name);
 		for (size_t k = 0; k < c->nroutes; k++) {
-			struct lb_shm_route *r = c->routes[k].shm;
+			struct lb_shm_route *r = route_rt(&c->routes[k])->shm;
 			if (r)
 				ab_printf(b, "%s{route=\"%s\"} %llu\n", g[m].name, c->routes[k].name,
 				          (unsigned long long)atomic_load(g[m].what == 0 ? &r->requests
@@ -9631,9 +9695,9 @@ static void metrics_routes(struct abuf *b)
 	METRIC(b, "lb_route_split_weight", "gauge", "Split weight of each pool of a route.");
 	for (size_t k = 0; k < c->nroutes; k++) {
 		const struct lb_route *r = &c->routes[k];
-		for (size_t j = 0; r->shm && j < r->nsplit; j++)
+		for (size_t j = 0; route_rt(r)->shm && j < r->nsplit; j++)
 			ab_printf(b, "lb_route_split_weight{route=\"%s\",pool=\"%s\"} %u\n", r->name, c->pools[r->split[j].pool].name,
-			          atomic_load(&r->shm->weight[j]));
+			          atomic_load(&route_rt(r)->shm->weight[j]));
 	}
 }
 
@@ -9677,7 +9741,7 @@ static void admin_stats(struct abuf *b)
 		ab_printf(b, "%s{\"name\":\"%s\",\"algorithm\":\"%s\",\"servers\":[", p ? "," : "", pl->name, algo[pl->algorithm]);
 		for (size_t k = 0; k < pl->nservers; k++) {
 			const struct lb_server *s = &pl->servers[k];
-			struct lb_shm_server *v = s->shm;
+			struct lb_shm_server *v = srv_rt(s)->shm;
 			uint64_t req = 0, err = 0, bytes = 0, st[6] = { 0 };
 			if (v) {
 				shm_server_totals(v, &req, &err, &bytes);
@@ -9704,7 +9768,7 @@ static void admin_stats(struct abuf *b)
 	ab_printf(b, "],\"routes\":[");
 	for (size_t k = 0; k < c->nroutes; k++) {
 		const struct lb_route *r = &c->routes[k];
-		struct lb_shm_route *v = r->shm;
+		struct lb_shm_route *v = route_rt(r)->shm;
 		ab_printf(b, "%s{\"name\":\"%s\",\"requests\":%llu,\"rate_limited\":%llu,\"denied\":%llu,\"pool\":", k ? "," : "",
 		          r->name, (unsigned long long)(v ? atomic_load(&v->requests) : 0),
 		          (unsigned long long)(v ? atomic_load(&v->limited) : 0), (unsigned long long)(v ? atomic_load(&v->denied) : 0));
@@ -10006,12 +10070,12 @@ static void admin_server_state(struct aconn *a, const struct lb_admin_call *k, s
 			admin_json_error(a, 400, "the body must be a weight 1..1000");
 			return;
 		}
-		atomic_store(&s->shm->weight, w);
+		atomic_store(&srv_rt(s)->shm->weight, w);
 		atomic_fetch_add(&g_shm->admin_version, 1);
 		snprintf(msg, sizeof msg, "weight %u", w);
 	} else {
 		int st = k->op == LB_A_DRAIN ? ADM_DRAIN : k->op == LB_A_DISABLE ? ADM_DISABLED : ADM_READY;
-		atomic_store(&s->shm->admin, st);
+		atomic_store(&srv_rt(s)->shm->admin, st);
 		snprintf(msg, sizeof msg, "%s", st == ADM_DRAIN ? "drain" : st == ADM_DISABLED ? "disabled" : "enabled");
 	}
 	lb_err("admin (%s): server %s/%s: %s", a->peer, k->pool, k->server, msg);
@@ -10034,7 +10098,7 @@ static int split_line(const struct lb_route *r, const struct lb_split_spec *sp, 
 {
 	unsigned total = 0;
 	for (size_t j = 0; j < r->nsplit; j++)
-		w[j] = atomic_load(&r->shm->weight[j]);
+		w[j] = atomic_load(&route_rt(r)->shm->weight[j]);
 	for (size_t i = 0; i < sp->n; i++) {
 		size_t j = 0;
 		while (j < r->nsplit && strcmp(g_conf->pools[r->split[j].pool].name, sp->name[i]))
@@ -10061,7 +10125,7 @@ static void admin_split(struct aconn *a, const struct lb_admin_call *k, const ch
 		admin_json_error(a, 404, "no such route");
 		return;
 	}
-	if (!r->nsplit || !r->shm) {
+	if (!r->nsplit || !route_rt(r)->shm) {
 		admin_json_error(a, 409, "the route has no split (change its pool through /api/config)");
 		return;
 	}
@@ -10085,7 +10149,7 @@ static void admin_split(struct aconn *a, const struct lb_admin_call *k, const ch
 	}
 	free(nt);
 	for (size_t j = 0; j < r->nsplit; j++)
-		atomic_store(&r->shm->weight[j], w[j]);
+		atomic_store(&route_rt(r)->shm->weight[j], w[j]);
 	atomic_fetch_add(&g_shm->admin_version, 1);
 	lb_err("admin (%s): route %s: split = %s", a->peer, r->name, line.d);
 	ab_printf(&b, "{\"route\":\"%s\",\"split\":\"%s\"}\n", r->name, line.d);
@@ -10131,7 +10195,7 @@ static void admin_server_del(struct aconn *a, const struct lb_admin_call *k)
 {
 	struct lb_pool *p = conf_pool(k->pool);
 	struct lb_server *s = pool_server(p, k->server);
-	if (!s || !s->shm) {
+	if (!s || !srv_rt(s)->shm) {
 		admin_json_error(a, 404, p ? "no such server" : "no such pool");
 		return;
 	}
@@ -10150,7 +10214,7 @@ static void admin_server_del(struct aconn *a, const struct lb_admin_call *k)
 	snprintf(g_rm[i].pool, sizeof g_rm[i].pool, "%s", p->name);
 	snprintf(g_rm[i].server, sizeof g_rm[i].server, "%s", s->name);
 	g_rm[i].deadline = mono_ms() + g_conf->shutdown_timeout;
-	atomic_store(&s->shm->admin, ADM_DRAIN);
+	atomic_store(&srv_rt(s)->shm->admin, ADM_DRAIN);
 	lb_err("admin (%s): server %s/%s: draining; removed once idle", a->peer, p->name, s->name);
 	struct abuf b = { 0 };
 	ab_printf(&b, "{\"pool\":\"%s\",\"server\":\"%s\",\"state\":\"drain\",\"removal\":\"once idle\"}\n", p->name,
@@ -10165,14 +10229,14 @@ static void admin_removals(void)
 		if (!g_rm[i].pool[0])
 			continue;
 		struct lb_server *s = pool_server(conf_pool(g_rm[i].pool), g_rm[i].server);
-		if (s && s->shm && atomic_load(&s->shm->active) > 0 && mono_ms() < g_rm[i].deadline)
+		if (s && srv_rt(s)->shm && atomic_load(&srv_rt(s)->shm->active) > 0 && mono_ms() < g_rm[i].deadline)
 			continue;
 		char sect[LB_NAME_MAX + 8], what[200];
 		snprintf(sect, sizeof sect, "pool %.63s", g_rm[i].pool);
 		snprintf(what, sizeof what, "pool %.63s: server %.63s removed", g_rm[i].pool, g_rm[i].server);
 		struct ini_edit ed = { sect, "server", NULL, g_rm[i].server, 0 };
 		struct aconn quiet = { .fd = -1 };
-		struct lb_shm_server *v = s ? s->shm : NULL; /* s dies with its generation at the reload */
+		struct lb_shm_server *v = s ? srv_rt(s)->shm : NULL; /* s dies with its generation at the reload */
 		snprintf(quiet.peer, sizeof quiet.peer, "removal");
 		if (s) {
 			config_edit(&quiet, &ed, 200, what);
@@ -10290,7 +10354,7 @@ static void admin_call(struct aconn *a, const struct lb_req *rq, const char *bod
 	default: /* drain, enable, disable, weight */
 		p = conf_pool(k.pool);
 		s = pool_server(p, k.server);
-		if (!s || !s->shm)
+		if (!s || !srv_rt(s)->shm)
 			admin_json_error(a, 404, p ? "no such server" : "no such pool");
 		else
 			admin_server_state(a, &k, s, body, blen);

@@ -332,9 +332,7 @@ enum lb_algo { LB_ALGO_RR = 0, LB_ALGO_LEASTCONN, LB_ALGO_IPHASH, LB_ALGO_RANDOM
 enum lb_logfmt { LB_LOG_COMBINED = 0, LB_LOG_JSON };
 enum lb_hc { LB_HC_DEFAULT = 0, LB_HC_OFF, LB_HC_HTTP, LB_HC_TCP };
 
-struct lb_bconn;      /* a backend connection (lb.c) */
-struct lb_shm_server; /* a server's slot in the shared-memory segment (lb.c) */
-struct lb_shm_route;  /* a route's slot: split weights and counters (lb.c) */
+struct lb_rt;         /* runtime state beside a configuration (lb.c) */
 
 struct lb_server {
 	char name[LB_NAME_MAX];
@@ -348,16 +346,10 @@ struct lb_server {
 	int tls;                /* speak TLS to it (server ... tls), verified against the pool's tls_ca */
 	int line;
 	uint64_t name_hash;     /* for consistent hashing: by name, so a readdressed server keeps its keys */
+	unsigned id;            /* index among the file's servers (pools in file order): its runtime state's (lb.c) */
 	/* per-worker runtime state */
 	int64_t cur_weight;     /* smooth weighted round-robin */
-	unsigned active;        /* requests or tunnels in flight (this process; see shm) */
 	int down;               /* not usable (health checks, later) */
-	struct lb_shm_server *shm; /* shared state across workers; NULL in unit tests */
-	struct lb_bconn *idle;  /* idle keep-alive connections, most recently used first */
-	unsigned nidle;
-	unsigned nopen;         /* open connections to it, idle ones included (this process) */
-	unsigned peak_used;     /* most connections in use at once since the last purge */
-	unsigned need;          /* connections recent peaks needed: the purge keeps this many */
 };
 
 struct lb_pool {
@@ -466,7 +458,6 @@ struct lb_route {
 	char *req_del[LB_ROUTE_MAX_ITEMS];  size_t nreq_del;  /* names */
 	char *resp_add[LB_ROUTE_MAX_ITEMS]; size_t nresp_add;
 	char *resp_del[LB_ROUTE_MAX_ITEMS]; size_t nresp_del;
-	struct lb_shm_route *shm;                  /* NULL in unit tests */
 };
 
 struct lb_conf {
@@ -497,6 +488,7 @@ struct lb_conf {
 	struct lb_pool *pools;         size_t npools;
 	struct lb_route *routes;       size_t nroutes;
 	uint64_t given_global, given_log, given_admin, given_scaler; /* keys given, by row of lb.c's key table */
+	struct lb_rt *rt;              /* lb.c: what a running lb writes about these servers and routes, made with them */
 };
 
 struct lb_cfg_error {

@@ -869,10 +869,11 @@ static void check_clean(void)
 	for (size_t p = 0; p < g_conf->npools; p++)
 		for (size_t k = 0; k < g_conf->pools[p].nservers; k++) {
 			struct lb_server *s = &g_conf->pools[p].servers[k];
-			CHECK(s->active == 0 && s->nidle == 0);
-			CHECK(s->nopen == 0); /* the idle pool's counts (idle_purge sizes it by them) match the sockets */
-			CHECK(atomic_load(&s->shm->active) == 0);
-			CHECK(atomic_load(&s->shm->cb_trials) == 0); /* a leaked trial slot blocks a half-open circuit */
+			const struct srv_rt *rt = srv_rt(s);
+			CHECK(rt->active == 0 && rt->nidle == 0);
+			CHECK(rt->nopen == 0); /* the idle pool's counts (idle_purge sizes it by them) match the sockets */
+			CHECK(atomic_load(&rt->shm->active) == 0);
+			CHECK(atomic_load(&rt->shm->cb_trials) == 0); /* a leaked trial slot blocks a half-open circuit */
 		}
 }
 

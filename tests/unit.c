@@ -1466,7 +1466,9 @@ static void test_conf_full(void)
 			CHECK(!!s->disabled == es[i].disabled, "server %s: disabled expected %d, got %d", es[i].name,
 			      es[i].disabled, s->disabled);
 			CHECK(s->line == es[i].line, "server %s: line expected %d, got %d", es[i].name, es[i].line, s->line);
-			CHECK(s->active == 0 && s->down == 0, "server %s: runtime state not zero", es[i].name);
+			CHECK(s->down == 0, "server %s: runtime state not zero", es[i].name);
+			CHECK(s->id == p->servers[0].id + i, "server %s: id %u, expected %u (a pool's ids are consecutive)",
+			      es[i].name, s->id, p->servers[0].id + (unsigned)i);
 		}
 		if (p->nservers >= 2)
 			CHECK(p->servers[0].name_hash != p->servers[1].name_hash, "name_hash of a1 and a2 equal (%" PRIu64 ")",
@@ -2138,7 +2140,14 @@ static void test_conf_resolve(void)
 /* ------------------------------------------------------------------ 8. balancing */
 
 #define MAXS 8
-static struct lb_server bs[MAXS];
+static struct lb_server bs[MAXS], s4[4], s5[5];
+/* what lb_pick is given of each test server's state (lb reads it from shared memory): beside its array */
+static struct lb_srv_state bs_st[MAXS], s4_st[4], s5_st[5];
+
+static struct lb_srv_state *states_of(const struct lb_pool *p)
+{
+	return p->servers == s4 ? s4_st : p->servers == s5 ? s5_st : bs_st;
+}
 
 static void mk_pool(struct lb_pool *p, struct lb_server *s, size_t n, const unsigned *w, int algo)
 {
@@ -2154,6 +2163,7 @@ static void mk_pool(struct lb_pool *p, struct lb_server *s, size_t n, const unsi
 	}
 	p->servers = s;
 	p->nservers = n;
+	memset(states_of(p), 0, n * sizeof *states_of(p));
 	p->algorithm = algo;
 	p->connect_timeout = 3000;
 	p->response_timeout = 60000;
@@ -2164,10 +2174,7 @@ static void mk_pool(struct lb_pool *p, struct lb_server *s, size_t n, const unsi
 /* Index of the pick in p->servers, -1 for NULL, -2 for a pointer outside the array. */
 static int pick(struct lb_pool *p, uint64_t key, uint64_t rnd)
 {
-	static struct lb_srv_state st[LB_MAX_POOL_SERVERS]; /* each server's own active count, nothing else set */
-	for (size_t i = 0; i < p->nservers; i++)
-		st[i] = (struct lb_srv_state){ .active = p->servers[i].active };
-	struct lb_server *s = lb_pick(p, st, 0, key, rnd);
+	struct lb_server *s = lb_pick(p, states_of(p), 0, key, rnd);
 	if (!s)
 		return -1;
 	if (s < p->servers || s >= p->servers + p->nservers)
@@ -2179,7 +2186,7 @@ static int pick(struct lb_pool *p, uint64_t key, uint64_t rnd)
 static int pick_act(struct lb_pool *p, const unsigned *act, uint64_t key, uint64_t rnd)
 {
 	for (size_t i = 0; i < p->nservers; i++)
-		p->servers[i].active = act ? act[i] : 0;
+		states_of(p)[i].active = act ? act[i] : 0;
 	return pick(p, key, rnd);
 }
 
@@ -2355,7 +2362,6 @@ static void test_ip_hash(void)
 {
 	enum { NK = 100000 };
 	struct lb_pool p4, p5;
-	static struct lb_server s4[4], s5[5];
 	static signed char first[NK];
 	uint64_t *keys = malloc(NK * sizeof *keys);
 	long cnt[4] = { 0 };
