@@ -2538,7 +2538,7 @@ static void add_server(struct cfg *st, struct lb_pool *p, const char *v, int lin
 	snprintf(s->name, sizeof s->name, "%s", sp.name);
 	snprintf(s->host, sizeof s->host, "%s", sp.addr.host);
 	s->port = sp.addr.port;
-	s->weight = s->conf_weight = sp.weight;
+	s->weight = sp.weight;
 	s->max_conn = sp.max_conn;
 	s->backup = sp.backup;
 	s->disabled = sp.disabled;
@@ -3572,12 +3572,18 @@ struct srv_rt {
 	unsigned need;             /* connections recent peaks needed: the purge keeps this many */
 };
 
+struct pool_rt {
+	struct lb_pick_rt pick;    /* what lb_pick writes: round-robin positions (cur: its servers' in rt->cur) */
+};
+
 struct route_rt {
 	struct lb_shm_route *shm;  /* its split weights and counters, shared; NULL in unit tests */
 };
 
 struct lb_rt {
 	struct srv_rt *srv;        /* [server id] */
+	int64_t *cur;              /* [server id]: smooth weighted round-robin, a pool's from its pick.cur */
+	struct pool_rt *pool;      /* [pool index] */
 	struct route_rt *route;    /* [route index] */
 };
 
@@ -3592,14 +3598,22 @@ static int conf_rt_alloc(struct lb_conf *c)
 	if (!c->rt)
 		return -1;
 	c->rt->srv = calloc(n ? n : 1, sizeof *c->rt->srv);
+	c->rt->cur = calloc(n ? n : 1, sizeof *c->rt->cur);
+	c->rt->pool = calloc(c->npools ? c->npools : 1, sizeof *c->rt->pool);
 	c->rt->route = calloc(c->nroutes ? c->nroutes : 1, sizeof *c->rt->route);
-	return c->rt->srv && c->rt->route ? 0 : -1;
+	if (!c->rt->srv || !c->rt->cur || !c->rt->pool || !c->rt->route)
+		return -1;
+	for (size_t i = 0; i < c->npools; i++) /* a pool has servers (check_pools_routes) */
+		c->rt->pool[i].pick.cur = &c->rt->cur[c->pools[i].servers[0].id];
+	return 0;
 }
 
 static void conf_rt_free(struct lb_rt *rt)
 {
 	if (rt) {
 		free(rt->srv);
+		free(rt->cur);
+		free(rt->pool);
 		free(rt->route);
 	}
 	free(rt);
@@ -3929,7 +3943,7 @@ static int cb_allows_at(const struct lb_srv_state *v, uint64_t now)
  * drain does) */
 static int usable_at(const struct lb_server *s, const struct lb_srv_state *v, uint64_t now, int sticky)
 {
-	if (s->disabled || s->down)
+	if (s->disabled)
 		return 0;
 	if (v->admin == ADM_DISABLED || (v->admin == ADM_DRAIN && !sticky))
 		return 0;
@@ -3952,10 +3966,11 @@ static int pick_tier(const struct lb_pool *p, const struct lb_srv_state *st, uin
 	return backup_ok ? 1 : -1;
 }
 
-/* what one pick sees: the pool's servers' states and the clock */
+/* what one pick sees: the pool's servers' states, its balancing state and the clock */
 struct pick_ctx {
-	struct lb_pool *p;
+	const struct lb_pool *p;
 	const struct lb_srv_state *st;
+	struct lb_pick_rt *rt;
 	uint64_t now;
 	int tier;
 };
@@ -3967,36 +3982,44 @@ static int in_tier(const struct pick_ctx *x, size_t i)
 
 static unsigned active_of(const struct pick_ctx *x, const struct lb_server *s) { return x->st[s - x->p->servers].active; }
 
-static struct lb_server *pick_rr(const struct pick_ctx *x)
+/* the weight in effect: the admin API's, else the configured one */
+static unsigned weight_of(const struct pick_ctx *x, const struct lb_server *s)
 {
-	struct lb_pool *p = x->p;
-	struct lb_server *best = NULL;
+	unsigned w = x->st[s - x->p->servers].weight;
+	return w ? w : s->weight;
+}
+
+static const struct lb_server *pick_rr(const struct pick_ctx *x)
+{
+	const struct lb_pool *p = x->p;
+	int64_t *cur = x->rt->cur;
+	size_t best = p->nservers;
 	int64_t total = 0;
 	for (size_t i = 0; i < p->nservers; i++) {
-		struct lb_server *s = &p->servers[i];
 		if (!in_tier(x, i))
 			continue;
-		s->cur_weight += s->weight;
-		total += s->weight;
-		if (!best || s->cur_weight > best->cur_weight)
-			best = s;
+		cur[i] += weight_of(x, &p->servers[i]);
+		total += weight_of(x, &p->servers[i]);
+		if (best == p->nservers || cur[i] > cur[best])
+			best = i;
 	}
-	if (best) /* always: pick_tier saw a usable server of this tier in the same states */
-		best->cur_weight -= total;
-	return best;
+	if (best == p->nservers) /* never: pick_tier saw a usable server of this tier in the same states */
+		return NULL;
+	cur[best] -= total;
+	return &p->servers[best];
 }
 
 /* fewer active per weight; a rotating start breaks ties fairly */
-static struct lb_server *pick_least(const struct pick_ctx *x)
+static const struct lb_server *pick_least(const struct pick_ctx *x)
 {
-	struct lb_pool *p = x->p;
-	struct lb_server *best = NULL;
-	size_t n = p->nservers, start = p->rr_seed++ % n; /* pools have at least one server (config check) */
+	const struct lb_pool *p = x->p;
+	const struct lb_server *best = NULL;
+	size_t n = p->nservers, start = x->rt->seed++ % n; /* pools have at least one server (config check) */
 	for (size_t k = 0; k < n; k++) {
-		struct lb_server *s = &p->servers[(start + k) % n];
+		const struct lb_server *s = &p->servers[(start + k) % n];
 		if (!in_tier(x, (start + k) % n))
 			continue;
-		if (!best || (uint64_t)active_of(x, s) * best->weight < (uint64_t)active_of(x, best) * s->weight)
+		if (!best || (uint64_t)active_of(x, s) * weight_of(x, best) < (uint64_t)active_of(x, best) * weight_of(x, s))
 			best = s;
 	}
 	return best;
@@ -4004,18 +4027,18 @@ static struct lb_server *pick_least(const struct pick_ctx *x)
 
 /* Weighted rendezvous hashing: score = -w / ln(u), u from hash(key, server name). Adding a
  * server moves only the keys it wins; removing one moves only its own keys. */
-static struct lb_server *pick_hash(const struct pick_ctx *x, uint64_t key)
+static const struct lb_server *pick_hash(const struct pick_ctx *x, uint64_t key)
 {
-	struct lb_pool *p = x->p;
-	struct lb_server *best = NULL;
+	const struct lb_pool *p = x->p;
+	const struct lb_server *best = NULL;
 	double best_score = 0;
 	for (size_t i = 0; i < p->nservers; i++) {
-		struct lb_server *s = &p->servers[i];
+		const struct lb_server *s = &p->servers[i];
 		if (!in_tier(x, i))
 			continue;
 		uint64_t h = mix64(key ^ s->name_hash);
 		double u = ((double)(h >> 11) + 0.5) * (1.0 / 9007199254740992.0);
-		double score = -(double)s->weight / ln_unit(u);
+		double score = -(double)weight_of(x, s) / ln_unit(u);
 		if (!best || score > best_score) {
 			best = s;
 			best_score = score;
@@ -4024,39 +4047,40 @@ static struct lb_server *pick_hash(const struct pick_ctx *x, uint64_t key)
 	return best;
 }
 
-static struct lb_server *pick_weighted_at(const struct pick_ctx *x, uint64_t r)
+static const struct lb_server *pick_weighted_at(const struct pick_ctx *x, uint64_t r)
 {
-	struct lb_pool *p = x->p;
+	const struct lb_pool *p = x->p;
 	uint64_t total = 0;
 	for (size_t i = 0; i < p->nservers; i++)
 		if (in_tier(x, i))
-			total += p->servers[i].weight;
+			total += weight_of(x, &p->servers[i]);
 	if (total == 0)
 		return NULL;
 	r %= total;
 	for (size_t i = 0; i < p->nservers; i++) {
-		struct lb_server *s = &p->servers[i];
+		const struct lb_server *s = &p->servers[i];
 		if (!in_tier(x, i))
 			continue;
-		if (r < s->weight)
+		if (r < weight_of(x, s))
 			return s;
-		r -= s->weight;
+		r -= weight_of(x, s);
 	}
 	return NULL;
 }
 
-static struct lb_server *pick_random2(const struct pick_ctx *x, uint64_t rnd)
+static const struct lb_server *pick_random2(const struct pick_ctx *x, uint64_t rnd)
 {
-	struct lb_server *a = pick_weighted_at(x, rnd & 0xffffffffu);
-	struct lb_server *b = pick_weighted_at(x, rnd >> 32);
+	const struct lb_server *a = pick_weighted_at(x, rnd & 0xffffffffu);
+	const struct lb_server *b = pick_weighted_at(x, rnd >> 32);
 	if (!a || !b)
 		return a ? a : b;
-	return (uint64_t)active_of(x, b) * a->weight < (uint64_t)active_of(x, a) * b->weight ? b : a;
+	return (uint64_t)active_of(x, b) * weight_of(x, a) < (uint64_t)active_of(x, a) * weight_of(x, b) ? b : a;
 }
 
-struct lb_server *lb_pick(struct lb_pool *p, const struct lb_srv_state *st, uint64_t now, uint64_t key, uint64_t rnd)
+const struct lb_server *lb_pick(const struct lb_pool *p, const struct lb_srv_state *st, struct lb_pick_rt *rt,
+                                uint64_t now, uint64_t key, uint64_t rnd)
 {
-	struct pick_ctx x = { p, st, now, pick_tier(p, st, now) };
+	struct pick_ctx x = { p, st, rt, now, pick_tier(p, st, now) };
 	if (x.tier < 0)
 		return NULL;
 	switch (p->algorithm) {
@@ -4129,6 +4153,7 @@ static const struct lb_srv_state *pool_states(const struct lb_pool *p, const str
 			.cb_state = atomic_load_explicit(&v->cb_state, memory_order_relaxed),
 			.cb_trials = atomic_load_explicit(&v->cb_trials, memory_order_relaxed),
 			.cb_until = atomic_load_explicit(&v->cb_until, memory_order_relaxed),
+			.weight = atomic_load_explicit(&v->weight, memory_order_relaxed),
 		};
 	}
 	return st;
@@ -5559,7 +5584,7 @@ struct buf {
 struct conn;
 struct lb_bconn {
 	struct evh h;
-	struct lb_server *srv;
+	const struct lb_server *srv;
 	struct lb_pool *pool;
 	struct conn *c;            /* NULL while idle */
 	struct conn *owner;        /* idle but private to this client (it carries its PROXY header) */
@@ -5588,11 +5613,11 @@ struct conn {
 	int64_t req_left, resp_left;   /* Content-Length still to frame, or LEFT_* */
 	struct lb_chunk req_ck, resp_ck;
 	uint64_t max_body;
-	struct lb_server *sticky;      /* the server the client's sticky cookie names, if any */
+	const struct lb_server *sticky;      /* the server the client's sticky cookie names, if any */
 	uint64_t resp_timeout;
 	struct lb_pool *pool;
 	struct lb_route *route;
-	struct lb_server *srv;
+	const struct lb_server *srv;
 	uint64_t t_start, t_head, t_active, t_req_done, t_conn;
 	uint64_t t_resp_wait;          /* response_timeout runs from here: the last request byte sent, or an interim head */
 	uint64_t deadline;
@@ -5637,8 +5662,9 @@ struct lsock {
 
 static struct lb_conf *g_conf;
 
-/* the runtime state (section 4) of a server or a route of g_conf */
+/* the runtime state (section 4) of a server, a pool or a route of g_conf */
 static struct srv_rt *srv_rt(const struct lb_server *s) { return &g_conf->rt->srv[s->id]; }
+static struct pool_rt *pool_rt(const struct lb_pool *p) { return &g_conf->rt->pool[p - g_conf->pools]; }
 static struct route_rt *route_rt(const struct lb_route *r) { return &g_conf->rt->route[r - g_conf->routes]; }
 
 static size_t g_bufsize;
@@ -5986,7 +6012,7 @@ static void idle_unlink(struct lb_bconn *b)
 }
 
 /* every idle connection to s, closed (s is down, or the worker stops) */
-static void idle_close(struct lb_server *s)
+static void idle_close(const struct lb_server *s)
 {
 	struct srv_rt *rt = srv_rt(s);
 	while (rt->idle) {
@@ -5998,7 +6024,7 @@ static void idle_close(struct lb_server *s)
 }
 
 /* the n least recently used idle connections to s, closed (the list is most recent first) */
-static void idle_close_oldest(struct lb_server *s, unsigned n)
+static void idle_close_oldest(const struct lb_server *s, unsigned n)
 {
 	struct srv_rt *rt = srv_rt(s);
 	struct lb_bconn **pp = &rt->idle;
@@ -6027,7 +6053,7 @@ static int idle_may_keep(const struct lb_server *s, const struct lb_pool *p)
 }
 
 /* a connection to s was put to use: the peak of connections in use at once, for idle_purge */
-static void srv_note_use(struct lb_server *s)
+static void srv_note_use(const struct lb_server *s)
 {
 	struct srv_rt *rt = srv_rt(s);
 	unsigned used = rt->nopen - rt->nidle;
@@ -6041,7 +6067,7 @@ static void srv_note_use(struct lb_server *s)
  * when the peak is higher). Half the connections beyond that are closed, least recently used
  * first: a burst's pool drains over several seconds, a steady load keeps its own, one idle
  * connection stays for sporadic traffic. With descriptors short, all beyond it go at once. */
-static void idle_purge(struct lb_server *s)
+static void idle_purge(const struct lb_server *s)
 {
 	struct srv_rt *rt = srv_rt(s);
 	unsigned keep = LB_MAX(rt->peak_used, rt->need);
@@ -6082,13 +6108,13 @@ static int rl_take(uint64_t key, const struct lb_rate_limit *rl, uint64_t *retry
 static int ipc_take(struct conn *c);
 static void ipc_release(struct conn *c);
 static int conn_admitted(struct conn *c);                  /* section 15 */
-static int cb_begin(struct conn *c, struct lb_server *s);  /* section 11 */
+static int cb_begin(struct conn *c, const struct lb_server *s);  /* section 11 */
 static void cb_abandon(struct conn *c);
-static void cb_outcome(struct conn *c, struct lb_server *s, int failed, const char *why);
+static void cb_outcome(struct conn *c, const struct lb_server *s, int failed, const char *why);
 static void cb_response(struct conn *c, int status);
 static void cb_settle(struct conn *c, int failed, const char *why);
-static void srv_hold(struct lb_server *s);     /* section 12 */
-static void srv_unhold(struct lb_server *s);
+static void srv_hold(const struct lb_server *s);     /* section 12 */
+static void srv_unhold(const struct lb_server *s);
 static void count_exchange(const struct conn *c);
 static void access_log_write(struct conn *c);
 
@@ -6101,7 +6127,7 @@ static void backend_release(struct conn *c, int reuse)
 	struct lb_bconn *b = c->b;
 	if (b) {
 		c->b = NULL;
-		struct lb_server *s = b->srv;
+		const struct lb_server *s = b->srv;
 		if (reuse && !b->eof && b->connected && b->pool->send_proxy && !g_stopping) {
 			b->c = NULL; /* its PROXY header names this client: only this client may reuse it */
 			b->reused = 1;
@@ -6570,7 +6596,7 @@ static int server_socket(int family)
 	return fd;
 }
 
-static int backend_connect(struct conn *c, struct lb_server *s)
+static int backend_connect(struct conn *c, const struct lb_server *s)
 {
 	struct lb_bconn *b = bconn_alloc();
 	if (!b) {
@@ -6637,10 +6663,10 @@ static void backend_local_failed(struct conn *c, const char *what, int e)
 }
 
 /* Choose a server (not `avoid` when another is usable) and give c a connection to it. */
-static void backend_assign(struct conn *c, struct lb_server *avoid)
+static void backend_assign(struct conn *c, const struct lb_server *avoid)
 {
 	struct lb_pool *p = c->pool;
-	struct lb_server *s = NULL;
+	const struct lb_server *s = NULL;
 	const struct lb_srv_state *st = pool_states(p, srv_rt(&p->servers[0])); /* a pool's ids are consecutive */
 	if (c->sticky && c->sticky != avoid && usable_at(c->sticky, &st[c->sticky - p->servers], g_now, 1) &&
 	    pick_tier(p, st, g_now) == c->sticky->backup) {
@@ -6648,7 +6674,7 @@ static void backend_assign(struct conn *c, struct lb_server *avoid)
 		c->set_cookie = 0;
 	} else {
 		for (size_t i = 0; i < 2 * p->nservers + 1; i++) {
-			s = lb_pick(p, st, g_now, lb_hash64(c->ip.a, c->ip.v6 ? 16 : 4), rand64());
+			s = lb_pick(p, st, &pool_rt(p)->pick, g_now, lb_hash64(c->ip.a, c->ip.v6 ? 16 : 4), rand64());
 			if (!s || s != avoid)
 				break;
 		}
@@ -6715,7 +6741,7 @@ static void backend_assign(struct conn *c, struct lb_server *avoid)
  * byte came back and the request can be sent again whole, else answer or abort. */
 static void backend_failed(struct conn *c, int status, const char *why, int retryable)
 {
-	struct lb_server *failed = c->srv;
+	const struct lb_server *failed = c->srv;
 	int reused = c->b && c->b->reused;
 	int clean = !c->resp_started && (c->L->mode == LB_MODE_TCP ? c->bytes_out == 0 && c->bytes_in == 0
 	                                                              : c->r == R_WAIT && c->req_bodyless);
@@ -6754,7 +6780,7 @@ static void lower_copy(char *dst, const char *src, size_t n)
 }
 
 /* The server a request's sticky cookie names (by server name, never an address). */
-static struct lb_server *sticky_server(struct lb_pool *p, const struct lb_req *rq)
+static const struct lb_server *sticky_server(struct lb_pool *p, const struct lb_req *rq)
 {
 	size_t cn = strlen(p->sticky_cookie);
 	for (size_t i = 0; i < rq->nheaders; i++) {
@@ -8328,7 +8354,7 @@ static void cb_close(const struct lb_pool *p, const struct lb_server *s, int fro
 
 /* The pick fell on s. An open circuit whose time is up turns half-open; a half-open one lends
  * one of its trial slots. 0: the circuit refuses (other workers took the slots meanwhile). */
-static int cb_begin(struct conn *c, struct lb_server *s)
+static int cb_begin(struct conn *c, const struct lb_server *s)
 {
 	struct lb_shm_server *v = srv_rt(s)->shm;
 	c->cb_trial = 0;
@@ -8363,7 +8389,7 @@ static void cb_abandon(struct conn *c)
 }
 
 /* Record how an exchange with s went: failed (connect error, reset, timeout, 5xx, slow) or not. */
-static void cb_outcome(struct conn *c, struct lb_server *s, int failed, const char *why)
+static void cb_outcome(struct conn *c, const struct lb_server *s, int failed, const char *why)
 {
 	struct lb_shm_server *v = s ? srv_rt(s)->shm : NULL;
 	const struct lb_pool *p = c->pool;
@@ -8440,7 +8466,7 @@ static void cb_settle(struct conn *c, int failed, const char *why)
 struct hc {
 	struct evh h;
 	struct lb_pool *p;
-	struct lb_server *s;
+	const struct lb_server *s;
 	int busy, connected;
 	uint64_t due;                 /* the next check, or the running check's deadline */
 	size_t sent, reqlen, n;
@@ -8686,7 +8712,7 @@ static void hc_setup(void)
 	for (size_t i = 0; i < g_conf->npools; i++) {
 		struct lb_pool *p = &g_conf->pools[i];
 		for (size_t j = 0; j < p->nservers; j++) {
-			struct lb_server *s = &p->servers[j];
+			const struct lb_server *s = &p->servers[j];
 			if (!hc_wanted(p, s))
 				continue;
 			struct hc *k = &g_hc[g_nhc];
@@ -8769,7 +8795,7 @@ static void idle_sweep(void)
 	next = g_now + 1000;
 	for (size_t i = 0; i < g_conf->npools; i++)
 		for (size_t j = 0; j < g_conf->pools[i].nservers; j++) {
-			struct lb_server *s = &g_conf->pools[i].servers[j];
+			const struct lb_server *s = &g_conf->pools[i].servers[j];
 			if (srv_rt(s)->idle && srv_rt(s)->shm && atomic_load_explicit(&srv_rt(s)->shm->down, memory_order_relaxed))
 				idle_close(s);
 			else
@@ -8795,7 +8821,7 @@ struct lb_shm_worker {
 struct lb_shm {
 	uint32_t nservers, nroutes;     /* slots taken: by every name seen since start */
 	uint32_t cap_servers, cap_routes; /* slots made at start */
-	_Atomic uint32_t admin_version; /* bumped by every weight or split change: workers re-read */
+	_Atomic uint32_t admin_version; /* bumped by every weight or split change: workers re-read splits */
 	_Atomic uint64_t reloads, restarts;
 	_Atomic uint64_t log_dropped_retired; /* log_dropped of exited workers (and the master's) */
 	uint64_t started_wall_ms;
@@ -8978,10 +9004,10 @@ static int shm_map_conf(struct lb_conf *c)
 static unsigned srv_weight_now(const struct lb_server *s)
 {
 	uint32_t w = srv_rt(s)->shm ? atomic_load(&srv_rt(s)->shm->weight) : 0;
-	return w ? w : s->conf_weight;
+	return w ? w : s->weight;
 }
 
-/* workers: take the admin API's weights (servers, splits) when they changed */
+/* workers: take the admin API's split weights when they changed (a server's weight is read at each pick) */
 static uint32_t g_admin_seen;
 static void admin_sync(void)
 {
@@ -8989,11 +9015,6 @@ static void admin_sync(void)
 	if (v == g_admin_seen)
 		return;
 	g_admin_seen = v;
-	for (size_t p = 0; p < g_conf->npools; p++)
-		for (size_t k = 0; k < g_conf->pools[p].nservers; k++) {
-			struct lb_server *s = &g_conf->pools[p].servers[k];
-			s->weight = srv_weight_now(s);
-		}
 	for (size_t k = 0; k < g_conf->nroutes; k++) {
 		struct lb_route *r = &g_conf->routes[k];
 		for (size_t j = 0; route_rt(r)->shm && j < r->nsplit; j++)
@@ -9001,7 +9022,7 @@ static void admin_sync(void)
 	}
 }
 
-static void srv_hold(struct lb_server *s)
+static void srv_hold(const struct lb_server *s)
 {
 	struct srv_rt *rt = srv_rt(s);
 	rt->active++;
@@ -9011,7 +9032,7 @@ static void srv_hold(struct lb_server *s)
 	}
 }
 
-static void srv_unhold(struct lb_server *s)
+static void srv_unhold(const struct lb_server *s)
 {
 	struct srv_rt *rt = srv_rt(s);
 	rt->active--;
@@ -10045,7 +10066,7 @@ static struct lb_pool *conf_pool_of(const struct lb_conf *c, const char *name)
 
 static struct lb_pool *conf_pool(const char *name) { return conf_pool_of(g_conf, name); }
 
-static struct lb_server *pool_server(struct lb_pool *p, const char *name)
+static const struct lb_server *pool_server(struct lb_pool *p, const char *name)
 {
 	for (size_t i = 0; p && i < p->nservers; i++)
 		if (!strcmp(p->servers[i].name, name))
@@ -10060,7 +10081,7 @@ static void reply_json_buf(struct aconn *a, int status, struct abuf *b)
 	memset(b, 0, sizeof *b);
 }
 
-static void admin_server_state(struct aconn *a, const struct lb_admin_call *k, struct lb_server *s, const char *body,
+static void admin_server_state(struct aconn *a, const struct lb_admin_call *k, const struct lb_server *s, const char *body,
                                size_t blen)
 {
 	char msg[64];
@@ -10194,7 +10215,7 @@ static void admin_server_add(struct aconn *a, const struct lb_admin_call *k, con
 static void admin_server_del(struct aconn *a, const struct lb_admin_call *k)
 {
 	struct lb_pool *p = conf_pool(k->pool);
-	struct lb_server *s = pool_server(p, k->server);
+	const struct lb_server *s = pool_server(p, k->server);
 	if (!s || !srv_rt(s)->shm) {
 		admin_json_error(a, 404, p ? "no such server" : "no such pool");
 		return;
@@ -10228,7 +10249,7 @@ static void admin_removals(void)
 	for (int i = 0; i < LB_ADMIN_REMOVALS; i++) {
 		if (!g_rm[i].pool[0])
 			continue;
-		struct lb_server *s = pool_server(conf_pool(g_rm[i].pool), g_rm[i].server);
+		const struct lb_server *s = pool_server(conf_pool(g_rm[i].pool), g_rm[i].server);
 		if (s && srv_rt(s)->shm && atomic_load(&srv_rt(s)->shm->active) > 0 && mono_ms() < g_rm[i].deadline)
 			continue;
 		char sect[LB_NAME_MAX + 8], what[200];
@@ -10304,7 +10325,7 @@ static void admin_call(struct aconn *a, const struct lb_req *rq, const char *bod
 		return;
 	}
 	struct lb_pool *p;
-	struct lb_server *s;
+	const struct lb_server *s;
 	switch (k.op) {
 	case LB_A_HEALTHZ:
 		if (g_mstop || live_workers() == 0)

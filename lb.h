@@ -340,16 +340,12 @@ struct lb_server {
 	uint16_t port;
 	struct sockaddr_storage sa;
 	socklen_t salen;
-	unsigned weight, max_conn;      /* weight: in effect (the admin API may change it) */
-	unsigned conf_weight;           /* as configured */
+	unsigned weight, max_conn;      /* weight: as configured (the admin API's is in shared memory) */
 	int backup, disabled;
 	int tls;                /* speak TLS to it (server ... tls), verified against the pool's tls_ca */
 	int line;
 	uint64_t name_hash;     /* for consistent hashing: by name, so a readdressed server keeps its keys */
 	unsigned id;            /* index among the file's servers (pools in file order): its runtime state's (lb.c) */
-	/* per-worker runtime state */
-	int64_t cur_weight;     /* smooth weighted round-robin */
-	int down;               /* not usable (health checks, later) */
 };
 
 struct lb_pool {
@@ -382,7 +378,6 @@ struct lb_pool {
 	unsigned cb_max_open;            /* percent of the servers whose circuits may be open at once (one
 	                                    always may); 100 = no cap */
 	uint64_t cb_window, cb_slow, cb_open; /* ms; cb_slow 0 = off */
-	uint32_t rr_seed;
 	uint64_t given;                  /* keys given in the file: a bit per row of lb.c's key table */
 };
 
@@ -548,14 +543,22 @@ struct lb_srv_state {
 	int admin;               /* 0 ready, 1 drain, 2 disabled */
 	int cb_state, cb_trials; /* circuit: 0 closed, 1 open (until cb_until), 2 half-open with cb_trials in flight */
 	uint64_t cb_until;       /* monotonic ms */
+	unsigned weight;         /* set through the admin API; 0: the configured one */
+};
+
+/* What lb_pick writes: one pool's balancing state in one process. cur[i] is p->servers[i]'s current
+ * weight in smooth weighted round-robin, seed least_conn's rotating start. All 0: a fresh start. */
+struct lb_pick_rt {
+	int64_t *cur;
+	uint32_t seed;
 };
 
 /* Pick a usable server (not down, not disabled, under max_conn, its circuit letting requests through at
- * now), primaries before backups. st[i] is the state of p->servers[i]; now is monotonic ms. key is the
- * client-address hash for ip_hash; rnd a random number for random2. NULL when none. Pure: it writes
- * only p's round-robin state (cur_weight, rr_seed). */
-struct lb_server *lb_pick(struct lb_pool *p, const struct lb_srv_state *st, uint64_t now, uint64_t key,
-                          uint64_t rnd);
+ * now), primaries before backups. st[i] is the state of p->servers[i]; rt is p's balancing state in this
+ * process; now is monotonic ms. key is the client-address hash for ip_hash; rnd a random number for
+ * random2. NULL when none. Pure: it reads only its arguments and writes only *rt. */
+const struct lb_server *lb_pick(const struct lb_pool *p, const struct lb_srv_state *st, struct lb_pick_rt *rt,
+                                uint64_t now, uint64_t key, uint64_t rnd);
 
 uint64_t lb_hash64(const void *data, size_t n); /* FNV-1a 64 then a mixer */
 

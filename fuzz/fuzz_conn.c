@@ -720,12 +720,11 @@ static void reset_worker(struct lb_conf *conf)
 		memcpy(g_shm->s[i].key, key, sizeof key);
 	}
 	memset(g_rl, 0, g_rl_sets * sizeof *g_rl);
+	/* the balancing state (section 4's struct lb_rt: conf itself is not written): round-robin positions;
+	 * the servers' connection counts are checked to be back at 0 after each input (check_clean) */
 	for (size_t p = 0; p < conf->npools; p++) {
-		conf->pools[p].rr_seed = 0;
-		for (size_t k = 0; k < conf->pools[p].nservers; k++) {
-			conf->pools[p].servers[k].cur_weight = 0;
-			conf->pools[p].servers[k].weight = conf->pools[p].servers[k].conf_weight;
-		}
+		conf->rt->pool[p].pick.seed = 0;
+		memset(conf->rt->pool[p].pick.cur, 0, conf->pools[p].nservers * sizeof *conf->rt->pool[p].pick.cur);
 	}
 	for (size_t r = 0; r < conf->nroutes; r++)
 		memset(conf->routes[r].split_cur, 0, sizeof conf->routes[r].split_cur);

@@ -1466,7 +1466,6 @@ static void test_conf_full(void)
 			CHECK(!!s->disabled == es[i].disabled, "server %s: disabled expected %d, got %d", es[i].name,
 			      es[i].disabled, s->disabled);
 			CHECK(s->line == es[i].line, "server %s: line expected %d, got %d", es[i].name, es[i].line, s->line);
-			CHECK(s->down == 0, "server %s: runtime state not zero", es[i].name);
 			CHECK(s->id == p->servers[0].id + i, "server %s: id %u, expected %u (a pool's ids are consecutive)",
 			      es[i].name, s->id, p->servers[0].id + (unsigned)i);
 		}
@@ -2148,6 +2147,9 @@ static struct lb_srv_state *states_of(const struct lb_pool *p)
 {
 	return p->servers == s4 ? s4_st : p->servers == s5 ? s5_st : bs_st;
 }
+/* and what lb_pick writes: the balancing state of the pool last made (mk_pool starts it afresh) */
+static int64_t pick_cur[MAXS];
+static struct lb_pick_rt pick_rt = { pick_cur, 0 };
 
 static void mk_pool(struct lb_pool *p, struct lb_server *s, size_t n, const unsigned *w, int algo)
 {
@@ -2164,6 +2166,8 @@ static void mk_pool(struct lb_pool *p, struct lb_server *s, size_t n, const unsi
 	p->servers = s;
 	p->nservers = n;
 	memset(states_of(p), 0, n * sizeof *states_of(p));
+	memset(pick_cur, 0, sizeof pick_cur);
+	pick_rt.seed = 0;
 	p->algorithm = algo;
 	p->connect_timeout = 3000;
 	p->response_timeout = 60000;
@@ -2174,7 +2178,7 @@ static void mk_pool(struct lb_pool *p, struct lb_server *s, size_t n, const unsi
 /* Index of the pick in p->servers, -1 for NULL, -2 for a pointer outside the array. */
 static int pick(struct lb_pool *p, uint64_t key, uint64_t rnd)
 {
-	struct lb_server *s = lb_pick(p, states_of(p), 0, key, rnd);
+	const struct lb_server *s = lb_pick(p, states_of(p), &pick_rt, 0, key, rnd);
 	if (!s)
 		return -1;
 	if (s < p->servers || s >= p->servers + p->nservers)
@@ -2235,7 +2239,7 @@ static void test_unusable_never_picked(void)
 		/* s0 ok, s1 disabled, s2 down, s3 ok, s4 full (max_conn 2, active 2) */
 		mk_pool(&p, bs, 5, NULL, algos[a]);
 		bs[1].disabled = 1;
-		bs[2].down = 1;
+		bs_st[2].down = 1;
 		bs[4].max_conn = 2;
 		static const unsigned act[5] = { 0, 0, 0, 0, 2 };
 		for (int i = 0; i < 4000; i++) {
@@ -2281,7 +2285,7 @@ static void test_backup(void)
 			seen[k]++;
 		}
 		CHECK(seen[2] == 0, "backup picked %d times while primaries are usable", seen[2]);
-		bs[0].down = 1;
+		bs_st[0].down = 1;
 		for (int i = 0; i < 500; i++) {
 			int k = pick_act(&p, act, sm64(), sm64());
 			if (k != 1) {
@@ -2297,7 +2301,7 @@ static void test_backup(void)
 				break;
 			}
 		}
-		bs[2].down = 1;
+		bs_st[2].down = 1;
 		int k = pick_act(&p, act, sm64(), sm64());
 		CHECK(k == -1, "all down/disabled: expected NULL, got %d", k);
 		end("balance/%s_backup_only_when_primaries_unusable", algo_name(algos[a]));
@@ -2318,11 +2322,11 @@ static void test_least_conn(void)
 		      t[i].exp, k);
 	}
 	/* the least loaded is down -> next least */
-	bs[1].down = 1;
+	bs_st[1].down = 1;
 	static const unsigned a1[3] = { 3, 1, 2 };
 	int k = pick_act(&p, a1, 0, 0);
 	CHECK(k == 2, "least (s1) down, active {3,1,2}: expected 2, got %d", k);
-	bs[1].down = 0;
+	bs_st[1].down = 0;
 	bs[1].max_conn = 1;
 	k = pick_act(&p, a1, 0, 0);
 	CHECK(k == 2, "least (s1) at max_conn, active {3,1,2}: expected 2, got %d", k);
@@ -2425,7 +2429,7 @@ static void test_ip_hash(void)
 	begin();
 	{
 		long bad = 0, bad_stay = 0;
-		s4[2].down = 1;
+		s4_st[2].down = 1;
 		for (int i = 0; i < NK && first[i] >= 0; i++) {
 			int k = pick(&p4, keys[i], 0);
 			if (first[i] != 2 && k != first[i])
@@ -2435,7 +2439,7 @@ static void test_ip_hash(void)
 		}
 		CHECK(bad == 0, "%ld keys of other servers moved when s2 went down", bad);
 		CHECK(bad_stay == 0, "%ld keys still on the down server (or NULL)", bad_stay);
-		s4[2].down = 0;
+		s4_st[2].down = 0;
 		long back = 0;
 		for (int i = 0; i < NK && first[i] >= 0; i++)
 			back += pick(&p4, keys[i], 0) != first[i];
@@ -2484,11 +2488,39 @@ static void test_pick_state(void)
 		for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
 			struct lb_pool p;
 			mk_pool(&p, bs, 1, NULL, algos[a]);
-			struct lb_server *s = lb_pick(&p, &t[i].st, t[i].now, 1, 1);
+			const struct lb_server *s = lb_pick(&p, &t[i].st, &pick_rt, t[i].now, 1, 1);
 			CHECK((s != NULL) == t[i].usable, "%s, %s: expected %s, got %s", algo_name(algos[a]), t[i].what,
 			      t[i].usable ? "picked" : "NULL", s ? "picked" : "NULL");
 		}
 	end("balance/pick_reads_state_and_clock_it_is_given");
+}
+
+/* The weight in effect comes with the state (lb: the admin API's, from shared memory; 0 is the configured
+ * one), and the balancing state lb_pick writes is the one it is given: the pool is not written. */
+static void test_pick_weight_in_state(void)
+{
+	static const int algos[] = { LB_ALGO_RR, LB_ALGO_RANDOM2 };
+	begin();
+	for (size_t a = 0; a < 2; a++) {
+		struct lb_pool p, before;
+		long cnt[2] = { 0, 0 };
+		mk_pool(&p, bs, 2, NULL, algos[a]);
+		states_of(&p)[0].weight = 3; /* s0 3 (set), s1 1 (configured) */
+		before = p;
+		for (int i = 0; i < 4000; i++) {
+			int k = pick(&p, sm64(), sm64());
+			if (k < 0) {
+				failf("%s: pick returned %d", algo_name(algos[a]), k);
+				break;
+			}
+			cnt[k]++;
+		}
+		CHECK(cnt[0] > 2800 && cnt[0] < 3200, "%s, weights 3 (state) and 1 (config): s0 got %ld of 4000, expected ~3000",
+		      algo_name(algos[a]), cnt[0]);
+		CHECK(memcmp(&p, &before, sizeof p) == 0 && bs[0].weight == 1, "%s: the pool or a server was written",
+		      algo_name(algos[a]));
+	}
+	end("balance/pick_weight_from_state_pool_not_written");
 }
 
 static void test_pick_none(void)
@@ -2499,7 +2531,7 @@ static void test_pick_none(void)
 		struct lb_pool p;
 		int k;
 		mk_pool(&p, bs, 3, NULL, algos[a]);
-		bs[0].down = bs[1].down = bs[2].down = 1;
+		bs_st[0].down = bs_st[1].down = bs_st[2].down = 1;
 		k = pick_act(&p, NULL, 1, 1);
 		CHECK(k == -1, "%s all down: expected NULL, got %d", algo_name(algos[a]), k);
 		mk_pool(&p, bs, 3, NULL, algos[a]);
@@ -3456,6 +3488,7 @@ int main(void)
 	test_random2();
 	test_ip_hash();
 	test_pick_none();
+	test_pick_weight_in_state();
 	test_pick_state();
 	test_routes();
 	test_conf_sticky();
