@@ -3578,6 +3578,7 @@ struct pool_rt {
 
 struct route_rt {
 	struct lb_shm_route *shm;  /* its split weights and counters, shared; NULL in unit tests */
+	struct lb_split_rt split;  /* what lb_route_pool reads and writes: this process's weights, positions */
 };
 
 struct lb_rt {
@@ -3605,6 +3606,9 @@ static int conf_rt_alloc(struct lb_conf *c)
 		return -1;
 	for (size_t i = 0; i < c->npools; i++) /* a pool has servers (check_pools_routes) */
 		c->rt->pool[i].pick.cur = &c->rt->cur[c->pools[i].servers[0].id];
+	for (size_t i = 0; i < c->nroutes; i++)
+		for (size_t j = 0; j < c->routes[i].nsplit; j++)
+			c->rt->route[i].split.weight[j] = c->routes[i].split[j].weight;
 	return 0;
 }
 
@@ -3833,7 +3837,8 @@ unsigned lb_conns_for_fds(const struct lb_conf *c, unsigned long nofile)
  * Owns the choice of a route for a request head (lb_route_find), of a pool for a route (lb_route_pool:
  * smooth weighted round-robin over a split) and of a server in a pool (lb_pick: tiers, then the pool's
  * algorithm). That part is pure: it reads the config, the servers' states and the clock it is given, and
- * writes only the per-worker round-robin state of the pool it is given. The last subsection is the glue
+ * writes only the balancing state it is given (struct lb_pick_rt, lb_split_rt: section 4's struct lb_rt
+ * holds this process's, by pool and route); the config is const. The last subsection is the glue
  * that reads those states from shared memory (pool_states). Calls sections 2 and 3. */
 
 /* -------------------------------------------------------------------- the choice (pure) */
@@ -3913,19 +3918,19 @@ int lb_route_find(const struct lb_conf *conf, int li, const struct lb_req *req, 
 	return -1;
 }
 
-int lb_route_pool(struct lb_route *r)
+int lb_route_pool(const struct lb_route *r, struct lb_split_rt *rt)
 {
 	if (r->nsplit == 0)
 		return r->pool;
 	int64_t total = 0;
 	size_t best = 0;
 	for (size_t i = 0; i < r->nsplit; i++) {
-		r->split_cur[i] += r->split[i].weight;
-		total += r->split[i].weight;
-		if (r->split_cur[i] > r->split_cur[best])
+		rt->cur[i] += rt->weight[i];
+		total += rt->weight[i];
+		if (rt->cur[i] > rt->cur[best])
 			best = i;
 	}
-	r->split_cur[best] -= total;
+	rt->cur[best] -= total;
 	return r->split[best].pool;
 }
 
@@ -5616,7 +5621,7 @@ struct conn {
 	const struct lb_server *sticky;      /* the server the client's sticky cookie names, if any */
 	uint64_t resp_timeout;
 	struct lb_pool *pool;
-	struct lb_route *route;
+	const struct lb_route *route;
 	const struct lb_server *srv;
 	uint64_t t_start, t_head, t_active, t_req_done, t_conn;
 	uint64_t t_resp_wait;          /* response_timeout runs from here: the last request byte sent, or an interim head */
@@ -6889,7 +6894,7 @@ static int expand_redirect(char *out, size_t cap, const char *tpl, const char *h
 }
 
 /* acl (403), rate limit (429), return, redirect: in that order. 1 when lb answered. */
-static int route_policies(struct conn *c, struct lb_route *rt, const struct lb_req *rq, const char *host,
+static int route_policies(struct conn *c, const struct lb_route *rt, const struct lb_req *rq, const char *host,
                           const char *path, size_t pn)
 {
 	char extra[64];
@@ -7133,7 +7138,7 @@ static void handle_request(struct conn *c, const struct lb_req *rq, size_t n)
 	}
 	request_client(c, rq);
 	int ri = lb_route_find(conf, c->li, rq, host, rq->host.n, path, (size_t)pn);
-	struct lb_route *rt = ri >= 0 ? &conf->routes[ri] : NULL;
+	const struct lb_route *rt = ri >= 0 ? &conf->routes[ri] : NULL;
 	c->route = rt;
 	int hb = build_request_head(c, rq, path, (size_t)pn);
 	c->in.s += (uint32_t)n; /* rq points into in: it is not read after this */
@@ -7151,7 +7156,7 @@ static void handle_request(struct conn *c, const struct lb_req *rq, size_t n)
 		return;
 	if (rt && route_policies(c, rt, rq, host, path, (size_t)pn))
 		return;
-	int pi = rt ? lb_route_pool(rt) : c->L->pool;
+	int pi = rt ? lb_route_pool(rt, &route_rt(rt)->split) : c->L->pool;
 	if (pi < 0) {
 		respond_own(c, 404, "no route matched and the listener has no pool");
 		return;
@@ -8987,7 +8992,7 @@ static int shm_map_conf(struct lb_conf *c)
 		}
 	}
 	for (size_t k = 0; k < c->nroutes; k++) {
-		struct lb_route *r = &c->routes[k];
+		const struct lb_route *r = &c->routes[k];
 		uint32_t *cell = name_index_cell(&g_shm_rnames, r->name, shm_rkey_at, NULL);
 		if (!*cell) {
 			snprintf(g_shm->r[g_shm->nroutes].key, sizeof g_shm->r->key, "%s", r->name);
@@ -9016,9 +9021,10 @@ static void admin_sync(void)
 		return;
 	g_admin_seen = v;
 	for (size_t k = 0; k < g_conf->nroutes; k++) {
-		struct lb_route *r = &g_conf->routes[k];
-		for (size_t j = 0; route_rt(r)->shm && j < r->nsplit; j++)
-			r->split[j].weight = atomic_load(&route_rt(r)->shm->weight[j]);
+		const struct lb_route *r = &g_conf->routes[k];
+		struct route_rt *rt = route_rt(r);
+		for (size_t j = 0; rt->shm && j < r->nsplit; j++)
+			rt->split.weight[j] = atomic_load(&rt->shm->weight[j]);
 	}
 }
 
@@ -10106,7 +10112,7 @@ static void admin_server_state(struct aconn *a, const struct lb_admin_call *k, c
 	reply_json_buf(a, 200, &b);
 }
 
-static struct lb_route *conf_route(const char *name)
+static const struct lb_route *conf_route(const char *name)
 {
 	for (size_t i = 0; i < g_conf->nroutes; i++)
 		if (!strcmp(g_conf->routes[i].name, name))
@@ -10137,7 +10143,7 @@ static int split_line(const struct lb_route *r, const struct lb_split_spec *sp, 
 
 static void admin_split(struct aconn *a, const struct lb_admin_call *k, const char *body, size_t blen)
 {
-	struct lb_route *r = conf_route(k->route);
+	const struct lb_route *r = conf_route(k->route);
 	struct lb_split_spec sp;
 	unsigned w[LB_ROUTE_MAX_ITEMS];
 	struct abuf line = { 0 }, b = { 0 };

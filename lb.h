@@ -438,7 +438,6 @@ struct lb_route {
 	char *hdr_values[LB_ROUTE_MAX_ITEMS]; size_t nheaders; /* "*" = present with any value */
 	int pool;                          /* -1 when split is used */
 	struct lb_split split[LB_ROUTE_MAX_ITEMS]; size_t nsplit;
-	int64_t split_cur[LB_ROUTE_MAX_ITEMS]; /* smooth weighted round-robin over split pools */
 	uint64_t response_timeout, max_body_size; /* used when given (0 is a value); else the pool's / listener's */
 	uint64_t given;                            /* keys given in the file: a bit per row of lb.c's key table */
 	struct lb_acl_rule *acl; size_t nacl;      /* ordered; first match wins */
@@ -531,8 +530,15 @@ int lb_conf_given(uint64_t given, const char *section, const char *key);
 int lb_route_find(const struct lb_conf *conf, int li, const struct lb_req *req,
                   const char *host, size_t hostlen, const char *path, size_t pathlen);
 
-/* Choose a pool for a route: its pool, or one of its split pools by smooth weighted round-robin. */
-int lb_route_pool(struct lb_route *r);
+/* What lb_route_pool reads and writes of a split route in one process, by split pool: the weights in
+ * effect (the configured ones at load; the admin API may change them) and the round-robin positions. */
+struct lb_split_rt {
+	unsigned weight[LB_ROUTE_MAX_ITEMS];
+	int64_t cur[LB_ROUTE_MAX_ITEMS];
+};
+/* Choose a pool for a route: its pool, or one of its split pools by smooth weighted round-robin over
+ * rt's weights. Pure: it writes only rt->cur. */
+int lb_route_pool(const struct lb_route *r, struct lb_split_rt *rt);
 
 /* One server's state at one moment, as the workers share it (lb.c's pool_states copies it from shared
  * memory): its requests in flight in every worker, and what health checks, the admin API and the

@@ -726,8 +726,11 @@ static void reset_worker(struct lb_conf *conf)
 		conf->rt->pool[p].pick.seed = 0;
 		memset(conf->rt->pool[p].pick.cur, 0, conf->pools[p].nservers * sizeof *conf->rt->pool[p].pick.cur);
 	}
-	for (size_t r = 0; r < conf->nroutes; r++)
-		memset(conf->routes[r].split_cur, 0, sizeof conf->routes[r].split_cur);
+	for (size_t r = 0; r < conf->nroutes; r++) { /* and split positions, with the file's weights */
+		memset(conf->rt->route[r].split.cur, 0, sizeof conf->rt->route[r].split.cur);
+		for (size_t j = 0; j < conf->routes[r].nsplit; j++)
+			conf->rt->route[r].split.weight[j] = conf->routes[r].split[j].weight;
+	}
 }
 
 static void set_addrs(int which, int li)

@@ -3102,23 +3102,33 @@ static void test_routes(void)
 	begin();
 	{
 		int pp = find_pool(c, "p"), pq = find_pool(c, "q");
-		struct lb_route *plain = NULL, *split = NULL;
+		const struct lb_route *plain = NULL, *split = NULL;
 		for (size_t j = 0; j < c->nroutes; j++) {
 			if (strcmp(c->routes[j].name, "api") == 0) plain = &c->routes[j];
 			if (strcmp(c->routes[j].name, "split") == 0) split = &c->routes[j];
 		}
 		CHECK(plain && split, "routes api/split not found");
 		if (plain && split) {
-			int r = lb_route_pool(plain);
+			struct lb_split_rt srt = { { 0 }, { 0 } };
+			for (size_t j = 0; j < split->nsplit; j++)
+				srt.weight[j] = split->split[j].weight; /* as lb starts: the configured weights */
+			int r = lb_route_pool(plain, &srt);
 			CHECK(r == pp, "plain route: expected pool %d, got %d", pp, r);
 			long np = 0, nq = 0;
 			for (int i = 0; i < 1000; i++) {
-				r = lb_route_pool(split);
+				r = lb_route_pool(split, &srt);
 				np += r == pp;
 				nq += r == pq;
 			}
 			CHECK(np >= 890 && np <= 910 && nq >= 90 && nq <= 110 && np + nq == 1000,
 			      "split 90/10 over 1000: got %ld/%ld", np, nq);
+			/* the weights in effect are the ones given (the admin API's in lb), not the file's */
+			for (size_t j = 0; j < split->nsplit; j++)
+				srt.weight[j] = split->split[j].pool == pq ? 100 : 0;
+			nq = 0;
+			for (int i = 0; i < 100; i++)
+				nq += lb_route_pool(split, &srt) == pq;
+			CHECK(nq == 100, "split weights set to 0/100: q got %ld of 100", nq);
 		}
 	}
 	end("route/route_pool_split");
