@@ -5665,7 +5665,7 @@ struct lsock {
 	int li;
 };
 
-static struct lb_conf *g_conf;
+static const struct lb_conf *g_conf; /* not written after load: what lb writes is in g_conf->rt (section 4) */
 
 /* the runtime state (section 4) of a server, a pool or a route of g_conf */
 static struct srv_rt *srv_rt(const struct lb_server *s) { return &g_conf->rt->srv[s->id]; }
@@ -11921,7 +11921,7 @@ static int master_reload(void)
 	size_t token_len = 0;
 	for (int i = 0; i < LB_MAX_WORKERS; i++)
 		free_slots += !g_wk[i].pid && !g_wk[i].restart;
-	struct lb_conf *old = g_conf;
+	struct lb_conf *old = (struct lb_conf *)g_conf; /* the master's own (main or the last reload made it) */
 	const char *why = NULL;
 	if ((unsigned)free_slots < worker_count(nc))
 		why = "too many workers still draining from earlier reloads; try again later";
@@ -12844,23 +12844,24 @@ int lb_main(int argc, char **argv)
 			return 2;
 		}
 	}
-	g_conf = load_config(path, 0);
-	if (!g_conf)
+	struct lb_conf *conf = load_config(path, 0); /* written until it is g_conf, read-only after */
+	if (!conf)
 		return 1;
 	if (user) {
-		free(g_conf->user);
-		g_conf->user = strdup(user);
+		free(conf->user);
+		conf->user = strdup(user);
 	}
+	g_conf = conf;
 	if (check) {
 		char tok[sizeof g_admin_token];
 		size_t tl;
 		/* what the start would refuse beyond conf_validate: the token file, an unknown user (as root) */
 		if (admin_token_load(g_conf, tok, &tl) != 0 || (geteuid() == 0 && resolve_user(g_conf) != 0)) {
-			lb_conf_free(g_conf);
+			lb_conf_free(conf);
 			return 1;
 		}
 		printf("%s: configuration is valid\n", path);
-		lb_conf_free(g_conf);
+		lb_conf_free(conf);
 		return 0;
 	}
 	if (geteuid() == 0 && !g_conf->user) {
@@ -12880,7 +12881,7 @@ int lb_main(int argc, char **argv)
 		return 1;
 	if (g_conf->access_log && retarget_log(&g_accfd, g_conf->access_log, 0) != 0)
 		return 1;
-	if (resolve_user(g_conf) != 0 || shm_create(g_conf) != 0 || shm_map_conf(g_conf) != 0 ||
+	if (resolve_user(g_conf) != 0 || shm_create(g_conf) != 0 || shm_map_conf(conf) != 0 ||
 	    rl_create(g_conf->rate_limit_entries) != 0 || ipc_create() != 0 || events_create() != 0 ||
 	    tls_shared_create(g_conf->tls_session_cache) != 0 ||
 	    msocks_open(g_conf) != 0 || admin_token_load(g_conf, g_admin_token, &g_admin_token_len) != 0 ||
