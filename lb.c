@@ -5590,7 +5590,7 @@ struct conn;
 struct lb_bconn {
 	struct evh h;
 	const struct lb_server *srv;
-	struct lb_pool *pool;
+	const struct lb_pool *pool;
 	struct conn *c;            /* NULL while idle */
 	struct conn *owner;        /* idle but private to this client (it carries its PROXY header) */
 	struct lb_bconn *next;     /* idle list, free list, dead list */
@@ -5611,7 +5611,7 @@ struct conn {
 	struct evh h;
 	struct conn *prev, *next;      /* live list; next also links free and dead lists */
 	struct conn *pnext;            /* pending list: work left over from a capped turn */
-	struct lb_listener *L;
+	const struct lb_listener *L;
 	struct lb_bconn *b;
 	struct buf in, out, qh, rh;
 	uint64_t req_fwd, resp_fwd;    /* bytes at in.s / out.s framed and ready to forward */
@@ -5620,7 +5620,7 @@ struct conn {
 	uint64_t max_body;
 	const struct lb_server *sticky;      /* the server the client's sticky cookie names, if any */
 	uint64_t resp_timeout;
-	struct lb_pool *pool;
+	const struct lb_pool *pool;
 	const struct lb_route *route;
 	const struct lb_server *srv;
 	uint64_t t_start, t_head, t_active, t_req_done, t_conn;
@@ -6670,7 +6670,7 @@ static void backend_local_failed(struct conn *c, const char *what, int e)
 /* Choose a server (not `avoid` when another is usable) and give c a connection to it. */
 static void backend_assign(struct conn *c, const struct lb_server *avoid)
 {
-	struct lb_pool *p = c->pool;
+	const struct lb_pool *p = c->pool;
 	const struct lb_server *s = NULL;
 	const struct lb_srv_state *st = pool_states(p, srv_rt(&p->servers[0])); /* a pool's ids are consecutive */
 	if (c->sticky && c->sticky != avoid && usable_at(c->sticky, &st[c->sticky - p->servers], g_now, 1) &&
@@ -6785,7 +6785,7 @@ static void lower_copy(char *dst, const char *src, size_t n)
 }
 
 /* The server a request's sticky cookie names (by server name, never an address). */
-static const struct lb_server *sticky_server(struct lb_pool *p, const struct lb_req *rq)
+static const struct lb_server *sticky_server(const struct lb_pool *p, const struct lb_req *rq)
 {
 	size_t cn = strlen(p->sticky_cookie);
 	for (size_t i = 0; i < rq->nheaders; i++) {
@@ -8470,7 +8470,7 @@ static void cb_settle(struct conn *c, int failed, const char *why)
 
 struct hc {
 	struct evh h;
-	struct lb_pool *p;
+	const struct lb_pool *p;
 	const struct lb_server *s;
 	int busy, connected;
 	uint64_t due;                 /* the next check, or the running check's deadline */
@@ -8715,7 +8715,7 @@ static void hc_setup(void)
 	if (!n || !(g_hc = calloc(n, sizeof *g_hc)))
 		return;
 	for (size_t i = 0; i < g_conf->npools; i++) {
-		struct lb_pool *p = &g_conf->pools[i];
+		const struct lb_pool *p = &g_conf->pools[i];
 		for (size_t j = 0; j < p->nservers; j++) {
 			const struct lb_server *s = &p->servers[j];
 			if (!hc_wanted(p, s))
@@ -10062,7 +10062,7 @@ static void config_edit(struct aconn *a, const struct ini_edit *ed, int ok_statu
 
 /* -------------------------------------------------------------------- the calls */
 
-static struct lb_pool *conf_pool_of(const struct lb_conf *c, const char *name)
+static const struct lb_pool *conf_pool_of(const struct lb_conf *c, const char *name)
 {
 	for (size_t i = 0; i < c->npools; i++)
 		if (!strcmp(c->pools[i].name, name))
@@ -10070,9 +10070,9 @@ static struct lb_pool *conf_pool_of(const struct lb_conf *c, const char *name)
 	return NULL;
 }
 
-static struct lb_pool *conf_pool(const char *name) { return conf_pool_of(g_conf, name); }
+static const struct lb_pool *conf_pool(const char *name) { return conf_pool_of(g_conf, name); }
 
-static const struct lb_server *pool_server(struct lb_pool *p, const char *name)
+static const struct lb_server *pool_server(const struct lb_pool *p, const char *name)
 {
 	for (size_t i = 0; p && i < p->nservers; i++)
 		if (!strcmp(p->servers[i].name, name))
@@ -10192,7 +10192,7 @@ static void admin_server_add(struct aconn *a, const struct lb_admin_call *k, con
 		blen--;
 	while (blen && isspace((unsigned char)*body))
 		body++, blen--;
-	struct lb_pool *p = conf_pool(k->pool);
+	const struct lb_pool *p = conf_pool(k->pool);
 	if (!p) {
 		admin_json_error(a, 404, "no such pool");
 		return;
@@ -10220,7 +10220,7 @@ static void admin_server_add(struct aconn *a, const struct lb_admin_call *k, con
 
 static void admin_server_del(struct aconn *a, const struct lb_admin_call *k)
 {
-	struct lb_pool *p = conf_pool(k->pool);
+	const struct lb_pool *p = conf_pool(k->pool);
 	const struct lb_server *s = pool_server(p, k->server);
 	if (!s || !srv_rt(s)->shm) {
 		admin_json_error(a, 404, p ? "no such server" : "no such pool");
@@ -10330,7 +10330,7 @@ static void admin_call(struct aconn *a, const struct lb_req *rq, const char *bod
 		                                           : "no [admin] token_file is configured: changes are refused");
 		return;
 	}
-	struct lb_pool *p;
+	const struct lb_pool *p;
 	const struct lb_server *s;
 	switch (k.op) {
 	case LB_A_HEALTHZ:
@@ -12511,7 +12511,7 @@ static void ctl_remove(const struct ctl *k, const char *pool, const char *name, 
 static int ctl_rollout(struct ctl *k, const char *pool, const char *spec, unsigned batch, uint64_t interval,
                        uint64_t timeout)
 {
-	struct lb_pool *p = conf_pool_of(k->c, pool);
+	const struct lb_pool *p = conf_pool_of(k->c, pool);
 	if (!p) {
 		fprintf(stderr, "lb ctl rollout: no pool %s in the config\n", pool);
 		return 1;
