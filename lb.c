@@ -3760,20 +3760,24 @@ static int resolve_addr(const char *host, uint16_t port, int passive, struct soc
 	return 0;
 }
 
+/* a listening address; section is "" or "[admin] " for the error */
+static void resolve_bind(struct cfg *st, struct lb_bind *bd, const char *section)
+{
+	char err[128];
+	const char *h = bd->hp.wildcard ? "0.0.0.0" : bd->hp.host;
+	if (resolve_addr(h, bd->hp.port, 1, &bd->sa, &bd->salen, err, sizeof err) != 0)
+		cfg_err(st, bd->line, "bind", "%sbind: cannot resolve '%s': %s", section, h, err);
+}
+
 int lb_conf_resolve(struct lb_conf *c, struct lb_cfg_errors *errs)
 {
 	char err[128];
 	struct cfg st;
 	memset(&st, 0, sizeof st);
 	st.errs = errs;
-	for (size_t i = 0; i < c->nlisteners; i++) {
-		for (size_t b = 0; b < c->listeners[i].nbinds; b++) {
-			struct lb_bind *bd = &c->listeners[i].binds[b];
-			const char *h = bd->hp.wildcard ? "0.0.0.0" : bd->hp.host;
-			if (resolve_addr(h, bd->hp.port, 1, &bd->sa, &bd->salen, err, sizeof err) != 0)
-				cfg_err(&st, bd->line, "bind", "bind: cannot resolve '%s': %s", h, err);
-		}
-	}
+	for (size_t i = 0; i < c->nlisteners; i++)
+		for (size_t b = 0; b < c->listeners[i].nbinds; b++)
+			resolve_bind(&st, &c->listeners[i].binds[b], "");
 	for (size_t i = 0; i < c->nlisteners; i++) {
 		struct lb_listener *l = &c->listeners[i];
 		char terr[512];
@@ -3785,12 +3789,8 @@ int lb_conf_resolve(struct lb_conf *c, struct lb_cfg_errors *errs)
 		if (l->acme_webroot && (stat(l->acme_webroot, &sb) != 0 || !S_ISDIR(sb.st_mode)))
 			cfg_err(&st, l->line, "acme_webroot", "acme_webroot: %s is not a directory", l->acme_webroot);
 	}
-	if (c->admin_on) {
-		struct lb_bind *bd = &c->admin_bind;
-		const char *h = bd->hp.wildcard ? "0.0.0.0" : bd->hp.host;
-		if (resolve_addr(h, bd->hp.port, 1, &bd->sa, &bd->salen, err, sizeof err) != 0)
-			cfg_err(&st, bd->line, "bind", "[admin] bind: cannot resolve '%s': %s", h, err);
-	}
+	if (c->admin_on)
+		resolve_bind(&st, &c->admin_bind, "[admin] ");
 	for (size_t i = 0; i < c->npools; i++) {
 		struct lb_pool *p = &c->pools[i];
 		char terr[512];
