@@ -5574,7 +5574,8 @@ static void tls_count_failure(int kind)
 /* ==================================================================== 8. connections
  * Pools of connection structs and buffers (bounded by max_connections), the deadline heap, and
  * the end of a connection (conn_close, conn_abort). One owner per buffer: a client connection owns
- * in/out/qh/rh; backend connections own no buffer. Idle server connections wait in per-server pools:
+ * in/out/qh/rh; backend connections own no buffer. Idle server connections wait in per-server pools
+ * (in the server's runtime state, srv_rt(): section 4's struct lb_rt of g_conf, found here by id):
  * idle_may_keep admits them, idle_purge (once a second) sizes them. Also log_throttled, for events a
  * flood repeats (one line a second per call site, counted; lb_err itself is in section 2). The byte
  * movers (client_read/write, backend_read/write) are in section 9. Calls sections 2, 3, 6, 7, and,
@@ -8813,7 +8814,8 @@ static void idle_sweep(void)
  * counters, in slots found by "pool/server" name so they survive reloads, and per-worker
  * totals. Each worker writes only its own columns; the master folds a dead worker's.
  * The slots are sized at start from the file with room for reloads (shm_create); a file that
- * needs more is refused by the one validation (conf_validate -> shm_conf_room) before a reload.
+ * needs more is refused by the one validation (conf_validate -> shm_room) before a reload.
+ * shm_map_conf points a config's runtime state (its struct lb_rt, section 4) at its slots.
  * Calls sections 2, 4 (conf_validate parses a candidate file), 6 and 8. */
 
 #define LB_SHM_SERVERS_MIN 1024 /* server slots made at start: twice the file's servers, at least this */
