@@ -2132,8 +2132,9 @@ long lb_acme_token(const char *path, size_t n, const char **token)
  * outside sections get exact lines) and the lines inih would mangle; inih then delivers keys,
  * which are mapped to their section by line number. Cross-references are resolved last, then the
  * bounds of lb.h (check_limits: README "Limits"). conf_validate (section 12) adds what a running lb needs.
- * A config is not written after load: what a running lb writes about its servers and routes lives in
- * the struct lb_rt made with it (subsection "runtime state beside the config"). The last subsection says what max_connections costs in descriptors (lb_fd_*). Calls sections 2 and 3,
+ * A config is not written after load: what a running lb writes about its servers, pools and routes lives
+ * in the struct lb_rt made with it (subsection "runtime state beside the config"). The last subsection
+ * says what max_connections costs in descriptors (lb_fd_*). Calls sections 2 and 3,
  * and 7 to load the certificates and CAs a listener or pool names (lb_conf_resolve). */
 
 enum { S_BAD = 0, S_GLOBAL, S_LOG, S_ADMIN, S_SCALER, S_LISTENER, S_POOL, S_ROUTE };
@@ -3557,11 +3558,12 @@ static int tls_load_pool(struct lb_pool *p, char *err, size_t errlen);
 static int tls_load_listener(struct lb_listener *l, int *bad_line, const char **bad_key, char *err, size_t errlen);
 
 /* -------------------------------------------------------------------- runtime state beside the config
- * What a running lb writes about a configuration's servers and routes lives in a struct lb_rt made with
- * the config (conf_rt_alloc), indexed like it: a server by its id, a route by its place in conf->routes.
- * The config structs are not written after load. Each process writes its own copy: a worker's is the
- * master's, inherited at fork (section 12 sets the shared-memory pointers first). Sections 8 on find it
- * through srv_rt() and route_rt() (section 8). */
+ * What a running lb writes about a configuration's servers, pools and routes lives in a struct lb_rt made
+ * with the config (conf_rt_alloc), indexed like it: a server by its id, a pool or a route by its place in
+ * conf->pools or conf->routes. The config structs are not written after load. Each process writes its
+ * own copy: a worker's is the master's, inherited at fork (section 12's shm_map_conf sets the
+ * shared-memory pointers first). Sections 8 on find it through srv_rt(), pool_rt() and route_rt()
+ * (section 8), for g_conf. */
 struct srv_rt {
 	unsigned active;           /* requests or tunnels in flight (this process; see shm) */
 	struct lb_shm_server *shm; /* shared state across workers; NULL in unit tests */
