@@ -7,7 +7,7 @@
  *   1. build options: includes, portability, the event backend's choice
  *   2. small utilities: compares, hashing, name index, PRNG; the error log, shared mappings, files
  *   3. pure parsers: HTTP heads, chunked framing, values, PROXY protocol, admin API requests, X.509 names
- *   4. configuration: text -> struct lb_conf through the key table; descriptors per worker
+ *   4. configuration: text -> struct lb_conf by the key table; the runtime state beside it; descriptors per worker
  *   5. routing and balancing: route, pool and server choice (pure); what a pick reads from shared memory
  *   6. event loop and timers: epoll or poll, the clock
  *   7. TLS glue: BearSSL engines without blocking, certificates, the session cache, handshake failures
@@ -2281,7 +2281,9 @@ long lb_acme_token(const char *path, size_t n, const char **token)
  * outside sections get exact lines) and the lines inih would mangle; inih then delivers keys,
  * which are mapped to their section by line number. Cross-references are resolved last, then the
  * bounds of lb.h (check_limits: README "Limits"). conf_validate (section 12) adds what a running lb needs.
- * The last subsection says what max_connections costs in descriptors (lb_fd_*). Calls sections 2 and 3,
+ * A config is not written after load: what a running lb writes about its servers, pools and routes lives
+ * in the struct lb_rt made with it (subsection "runtime state beside the config"). The last subsection
+ * says what max_connections costs in descriptors (lb_fd_*). Calls sections 2 and 3,
  * and 7 to load the certificates and CAs a listener or pool names (lb_conf_resolve). */
 
 enum { S_BAD = 0, S_GLOBAL, S_LOG, S_ADMIN, S_SCALER, S_LISTENER, S_POOL, S_ROUTE };
@@ -2686,7 +2688,7 @@ static void add_server(struct cfg *st, struct lb_pool *p, const char *v, int lin
 	snprintf(s->name, sizeof s->name, "%s", sp.name);
 	snprintf(s->host, sizeof s->host, "%s", sp.addr.host);
 	s->port = sp.addr.port;
-	s->weight = s->conf_weight = sp.weight;
+	s->weight = sp.weight;
 	s->max_conn = sp.max_conn;
 	s->backup = sp.backup;
 	s->disabled = sp.disabled;
@@ -3743,10 +3745,86 @@ static int tls_load_pool(struct lb_pool *p, char *err, size_t errlen);
 
 static int tls_load_listener(struct lb_listener *l, int *bad_line, const char **bad_key, char *err, size_t errlen);
 
+/* -------------------------------------------------------------------- runtime state beside the config
+ * What a running lb writes about a configuration's servers, pools and routes lives in a struct lb_rt made
+ * with the config (conf_rt_alloc), indexed like it: a server by its id, a pool or a route by its place in
+ * conf->pools or conf->routes. The config structs are not written after load. Each process writes its
+ * own copy: a worker's is the master's, inherited at fork (section 12's shm_map_conf sets the
+ * shared-memory pointers first). Sections 8 on find it through srv_rt(), pool_rt() and route_rt()
+ * (section 8), for g_conf. */
+struct srv_rt {
+	unsigned active;           /* requests or tunnels in flight (this process; see shm) */
+	struct lb_shm_server *shm; /* shared state across workers; NULL in unit tests */
+	struct lb_bconn *idle;     /* idle keep-alive connections, most recently used first */
+	unsigned nidle;
+	unsigned nopen;            /* open connections to it, idle ones included (this process) */
+	unsigned peak_used;        /* most connections in use at once since the last purge */
+	unsigned need;             /* connections recent peaks needed: the purge keeps this many */
+};
+
+struct pool_rt {
+	struct lb_pick_rt pick;    /* what lb_pick writes: round-robin positions (cur: its servers' in rt->cur) */
+};
+
+struct route_rt {
+	struct lb_shm_route *shm;  /* its split weights and counters, shared; NULL in unit tests */
+	struct lb_split_rt split;  /* what lb_route_pool reads and writes: this process's weights, positions */
+};
+
+struct listener_rt {
+	struct lb_shm_listener *shm; /* its connection counters, shared; NULL in unit tests */
+};
+
+struct lb_rt {
+	struct srv_rt *srv;        /* [server id] */
+	int64_t *cur;              /* [server id]: smooth weighted round-robin, a pool's from its pick.cur */
+	struct pool_rt *pool;      /* [pool index] */
+	struct route_rt *route;    /* [route index] */
+	struct listener_rt *lsn;   /* [listener index] */
+};
+
+/* Number the servers (a pool's ids are consecutive) and make c's zeroed runtime state. */
+static int conf_rt_alloc(struct lb_conf *c)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < c->npools; i++)
+		for (size_t k = 0; k < c->pools[i].nservers; k++)
+			c->pools[i].servers[k].id = (unsigned)n++;
+	c->rt = calloc(1, sizeof *c->rt);
+	if (!c->rt)
+		return -1;
+	c->rt->srv = calloc(n ? n : 1, sizeof *c->rt->srv);
+	c->rt->cur = calloc(n ? n : 1, sizeof *c->rt->cur);
+	c->rt->pool = calloc(c->npools ? c->npools : 1, sizeof *c->rt->pool);
+	c->rt->route = calloc(c->nroutes ? c->nroutes : 1, sizeof *c->rt->route);
+	c->rt->lsn = calloc(c->nlisteners ? c->nlisteners : 1, sizeof *c->rt->lsn);
+	if (!c->rt->srv || !c->rt->cur || !c->rt->pool || !c->rt->route || !c->rt->lsn)
+		return -1;
+	for (size_t i = 0; i < c->npools; i++) /* a pool has servers (check_pools_routes) */
+		c->rt->pool[i].pick.cur = &c->rt->cur[c->pools[i].servers[0].id];
+	for (size_t i = 0; i < c->nroutes; i++)
+		for (size_t j = 0; j < c->routes[i].nsplit; j++)
+			c->rt->route[i].split.weight[j] = c->routes[i].split[j].weight;
+	return 0;
+}
+
+static void conf_rt_free(struct lb_rt *rt)
+{
+	if (rt) {
+		free(rt->srv);
+		free(rt->cur);
+		free(rt->pool);
+		free(rt->route);
+		free(rt->lsn);
+	}
+	free(rt);
+}
+
 void lb_conf_free(struct lb_conf *c)
 {
 	if (!c)
 		return;
+	conf_rt_free(c->rt);
 	for (size_t i = 0; i < c->npools; i++) {
 		free(c->pools[i].servers);
 		free(c->pools[i].tls_ca);
@@ -3831,6 +3909,8 @@ int lb_conf_parse(const char *text, size_t len, struct lb_conf **out, struct lb_
 	check_pools_routes(&st);
 	check_limits(&st);
 	rc = st.oom ? LB_ENOMEM : errs->total ? LB_EINVAL : 0;
+	if (rc == 0 && conf_rt_alloc(st.c) != 0)
+		rc = LB_ENOMEM;
 done:
 	free(z);
 	free(st.sects);
@@ -3882,20 +3962,24 @@ static int resolve_addr(const char *host, uint16_t port, int passive, struct soc
 	return 0;
 }
 
+/* a listening address; section is "" or "[admin] " for the error */
+static void resolve_bind(struct cfg *st, struct lb_bind *bd, const char *section)
+{
+	char err[128];
+	const char *h = bd->hp.wildcard ? "0.0.0.0" : bd->hp.host;
+	if (resolve_addr(h, bd->hp.port, 1, &bd->sa, &bd->salen, err, sizeof err) != 0)
+		cfg_err(st, bd->line, "bind", "%sbind: cannot resolve '%s': %s", section, h, err);
+}
+
 int lb_conf_resolve(struct lb_conf *c, struct lb_cfg_errors *errs)
 {
 	char err[128];
 	struct cfg st;
 	memset(&st, 0, sizeof st);
 	st.errs = errs;
-	for (size_t i = 0; i < c->nlisteners; i++) {
-		for (size_t b = 0; b < c->listeners[i].nbinds; b++) {
-			struct lb_bind *bd = &c->listeners[i].binds[b];
-			const char *h = bd->hp.wildcard ? "0.0.0.0" : bd->hp.host;
-			if (resolve_addr(h, bd->hp.port, 1, &bd->sa, &bd->salen, err, sizeof err) != 0)
-				cfg_err(&st, bd->line, "bind", "bind: cannot resolve '%s': %s", h, err);
-		}
-	}
+	for (size_t i = 0; i < c->nlisteners; i++)
+		for (size_t b = 0; b < c->listeners[i].nbinds; b++)
+			resolve_bind(&st, &c->listeners[i].binds[b], "");
 	for (size_t i = 0; i < c->nlisteners; i++) {
 		struct lb_listener *l = &c->listeners[i];
 		char terr[512];
@@ -3907,12 +3991,8 @@ int lb_conf_resolve(struct lb_conf *c, struct lb_cfg_errors *errs)
 		if (l->acme_webroot && (stat(l->acme_webroot, &sb) != 0 || !S_ISDIR(sb.st_mode)))
 			cfg_err(&st, l->line, "acme_webroot", "acme_webroot: %s is not a directory", l->acme_webroot);
 	}
-	if (c->admin_on) {
-		struct lb_bind *bd = &c->admin_bind;
-		const char *h = bd->hp.wildcard ? "0.0.0.0" : bd->hp.host;
-		if (resolve_addr(h, bd->hp.port, 1, &bd->sa, &bd->salen, err, sizeof err) != 0)
-			cfg_err(&st, bd->line, "bind", "[admin] bind: cannot resolve '%s': %s", h, err);
-	}
+	if (c->admin_on)
+		resolve_bind(&st, &c->admin_bind, "[admin] ");
 	for (size_t i = 0; i < c->npools; i++) {
 		struct lb_pool *p = &c->pools[i];
 		char terr[512];
@@ -3959,7 +4039,8 @@ unsigned lb_conns_for_fds(const struct lb_conf *c, unsigned long nofile)
  * Owns the choice of a route for a request head (lb_route_find), of a pool for a route (lb_route_pool:
  * smooth weighted round-robin over a split) and of a server in a pool (lb_pick: tiers, then the pool's
  * algorithm). That part is pure: it reads the config, the servers' states and the clock it is given, and
- * writes only the per-worker round-robin state of the pool it is given. The last subsection is the glue
+ * writes only the balancing state it is given (struct lb_pick_rt, lb_split_rt: section 4's struct lb_rt
+ * holds this process's, by pool and route); the config is const. The last subsection is the glue
  * that reads those states from shared memory (pool_states). Calls sections 2 and 3. */
 
 /* -------------------------------------------------------------------- the choice (pure) */
@@ -4039,19 +4120,19 @@ int lb_route_find(const struct lb_conf *conf, int li, const struct lb_req *req, 
 	return -1;
 }
 
-int lb_route_pool(struct lb_route *r)
+int lb_route_pool(const struct lb_route *r, struct lb_split_rt *rt)
 {
 	if (r->nsplit == 0)
 		return r->pool;
 	int64_t total = 0;
 	size_t best = 0;
 	for (size_t i = 0; i < r->nsplit; i++) {
-		r->split_cur[i] += r->split[i].weight;
-		total += r->split[i].weight;
-		if (r->split_cur[i] > r->split_cur[best])
+		rt->cur[i] += rt->weight[i];
+		total += rt->weight[i];
+		if (rt->cur[i] > rt->cur[best])
 			best = i;
 	}
-	r->split_cur[best] -= total;
+	rt->cur[best] -= total;
 	return r->split[best].pool;
 }
 
@@ -4069,7 +4150,7 @@ static int cb_allows_at(const struct lb_srv_state *v, uint64_t now)
  * drain does) */
 static int usable_at(const struct lb_server *s, const struct lb_srv_state *v, uint64_t now, int sticky)
 {
-	if (s->disabled || s->down)
+	if (s->disabled)
 		return 0;
 	if (v->admin == ADM_DISABLED || (v->admin == ADM_DRAIN && !sticky))
 		return 0;
@@ -4092,10 +4173,11 @@ static int pick_tier(const struct lb_pool *p, const struct lb_srv_state *st, uin
 	return backup_ok ? 1 : -1;
 }
 
-/* what one pick sees: the pool's servers' states and the clock */
+/* what one pick sees: the pool's servers' states, its balancing state and the clock */
 struct pick_ctx {
-	struct lb_pool *p;
+	const struct lb_pool *p;
 	const struct lb_srv_state *st;
+	struct lb_pick_rt *rt;
 	uint64_t now;
 	int tier;
 };
@@ -4107,36 +4189,44 @@ static int in_tier(const struct pick_ctx *x, size_t i)
 
 static unsigned active_of(const struct pick_ctx *x, const struct lb_server *s) { return x->st[s - x->p->servers].active; }
 
-static struct lb_server *pick_rr(const struct pick_ctx *x)
+/* the weight in effect: the admin API's, else the configured one */
+static unsigned weight_of(const struct pick_ctx *x, const struct lb_server *s)
 {
-	struct lb_pool *p = x->p;
-	struct lb_server *best = NULL;
+	unsigned w = x->st[s - x->p->servers].weight;
+	return w ? w : s->weight;
+}
+
+static const struct lb_server *pick_rr(const struct pick_ctx *x)
+{
+	const struct lb_pool *p = x->p;
+	int64_t *cur = x->rt->cur;
+	size_t best = p->nservers;
 	int64_t total = 0;
 	for (size_t i = 0; i < p->nservers; i++) {
-		struct lb_server *s = &p->servers[i];
 		if (!in_tier(x, i))
 			continue;
-		s->cur_weight += s->weight;
-		total += s->weight;
-		if (!best || s->cur_weight > best->cur_weight)
-			best = s;
+		cur[i] += weight_of(x, &p->servers[i]);
+		total += weight_of(x, &p->servers[i]);
+		if (best == p->nservers || cur[i] > cur[best])
+			best = i;
 	}
-	if (best) /* always: pick_tier saw a usable server of this tier in the same states */
-		best->cur_weight -= total;
-	return best;
+	if (best == p->nservers) /* never: pick_tier saw a usable server of this tier in the same states */
+		return NULL;
+	cur[best] -= total;
+	return &p->servers[best];
 }
 
 /* fewer active per weight; a rotating start breaks ties fairly */
-static struct lb_server *pick_least(const struct pick_ctx *x)
+static const struct lb_server *pick_least(const struct pick_ctx *x)
 {
-	struct lb_pool *p = x->p;
-	struct lb_server *best = NULL;
-	size_t n = p->nservers, start = p->rr_seed++ % n; /* pools have at least one server (config check) */
+	const struct lb_pool *p = x->p;
+	const struct lb_server *best = NULL;
+	size_t n = p->nservers, start = x->rt->seed++ % n; /* pools have at least one server (config check) */
 	for (size_t k = 0; k < n; k++) {
-		struct lb_server *s = &p->servers[(start + k) % n];
+		const struct lb_server *s = &p->servers[(start + k) % n];
 		if (!in_tier(x, (start + k) % n))
 			continue;
-		if (!best || (uint64_t)active_of(x, s) * best->weight < (uint64_t)active_of(x, best) * s->weight)
+		if (!best || (uint64_t)active_of(x, s) * weight_of(x, best) < (uint64_t)active_of(x, best) * weight_of(x, s))
 			best = s;
 	}
 	return best;
@@ -4144,18 +4234,18 @@ static struct lb_server *pick_least(const struct pick_ctx *x)
 
 /* Weighted rendezvous hashing: score = -w / ln(u), u from hash(key, server name). Adding a
  * server moves only the keys it wins; removing one moves only its own keys. */
-static struct lb_server *pick_hash(const struct pick_ctx *x, uint64_t key)
+static const struct lb_server *pick_hash(const struct pick_ctx *x, uint64_t key)
 {
-	struct lb_pool *p = x->p;
-	struct lb_server *best = NULL;
+	const struct lb_pool *p = x->p;
+	const struct lb_server *best = NULL;
 	double best_score = 0;
 	for (size_t i = 0; i < p->nservers; i++) {
-		struct lb_server *s = &p->servers[i];
+		const struct lb_server *s = &p->servers[i];
 		if (!in_tier(x, i))
 			continue;
 		uint64_t h = mix64(key ^ s->name_hash);
 		double u = ((double)(h >> 11) + 0.5) * (1.0 / 9007199254740992.0);
-		double score = -(double)s->weight / ln_unit(u);
+		double score = -(double)weight_of(x, s) / ln_unit(u);
 		if (!best || score > best_score) {
 			best = s;
 			best_score = score;
@@ -4164,39 +4254,40 @@ static struct lb_server *pick_hash(const struct pick_ctx *x, uint64_t key)
 	return best;
 }
 
-static struct lb_server *pick_weighted_at(const struct pick_ctx *x, uint64_t r)
+static const struct lb_server *pick_weighted_at(const struct pick_ctx *x, uint64_t r)
 {
-	struct lb_pool *p = x->p;
+	const struct lb_pool *p = x->p;
 	uint64_t total = 0;
 	for (size_t i = 0; i < p->nservers; i++)
 		if (in_tier(x, i))
-			total += p->servers[i].weight;
+			total += weight_of(x, &p->servers[i]);
 	if (total == 0)
 		return NULL;
 	r %= total;
 	for (size_t i = 0; i < p->nservers; i++) {
-		struct lb_server *s = &p->servers[i];
+		const struct lb_server *s = &p->servers[i];
 		if (!in_tier(x, i))
 			continue;
-		if (r < s->weight)
+		if (r < weight_of(x, s))
 			return s;
-		r -= s->weight;
+		r -= weight_of(x, s);
 	}
 	return NULL;
 }
 
-static struct lb_server *pick_random2(const struct pick_ctx *x, uint64_t rnd)
+static const struct lb_server *pick_random2(const struct pick_ctx *x, uint64_t rnd)
 {
-	struct lb_server *a = pick_weighted_at(x, rnd & 0xffffffffu);
-	struct lb_server *b = pick_weighted_at(x, rnd >> 32);
+	const struct lb_server *a = pick_weighted_at(x, rnd & 0xffffffffu);
+	const struct lb_server *b = pick_weighted_at(x, rnd >> 32);
 	if (!a || !b)
 		return a ? a : b;
-	return (uint64_t)active_of(x, b) * a->weight < (uint64_t)active_of(x, a) * b->weight ? b : a;
+	return (uint64_t)active_of(x, b) * weight_of(x, a) < (uint64_t)active_of(x, a) * weight_of(x, b) ? b : a;
 }
 
-struct lb_server *lb_pick(struct lb_pool *p, const struct lb_srv_state *st, uint64_t now, uint64_t key, uint64_t rnd)
+const struct lb_server *lb_pick(const struct lb_pool *p, const struct lb_srv_state *st, struct lb_pick_rt *rt,
+                                uint64_t now, uint64_t key, uint64_t rnd)
 {
-	struct pick_ctx x = { p, st, now, pick_tier(p, st, now) };
+	struct pick_ctx x = { p, st, rt, now, pick_tier(p, st, now) };
 	if (x.tier < 0)
 		return NULL;
 	switch (p->algorithm) {
@@ -4278,15 +4369,15 @@ struct lb_shm_listener {
 };
 
 /* The state of p's servers now, in a scratch array (valid until the next call): from shared memory,
- * or this process's own count where there is none (unit tests, fuzzers). */
-static const struct lb_srv_state *pool_states(const struct lb_pool *p)
+ * or this process's own count where there is none (unit tests, fuzzers). rt[i] is the runtime state
+ * (section 4) of p->servers[i]. */
+static const struct lb_srv_state *pool_states(const struct lb_pool *p, const struct srv_rt *rt)
 {
 	static struct lb_srv_state st[LB_MAX_POOL_SERVERS];
 	for (size_t i = 0; i < p->nservers && i < LB_MAX_POOL_SERVERS; i++) {
-		const struct lb_server *s = &p->servers[i];
-		const struct lb_shm_server *v = s->shm;
+		const struct lb_shm_server *v = rt[i].shm;
 		if (!v) {
-			st[i] = (struct lb_srv_state){ .active = s->active };
+			st[i] = (struct lb_srv_state){ .active = rt[i].active };
 			continue;
 		}
 		st[i] = (struct lb_srv_state){
@@ -4296,6 +4387,7 @@ static const struct lb_srv_state *pool_states(const struct lb_pool *p)
 			.cb_state = atomic_load_explicit(&v->cb_state, memory_order_relaxed),
 			.cb_trials = atomic_load_explicit(&v->cb_trials, memory_order_relaxed),
 			.cb_until = atomic_load_explicit(&v->cb_until, memory_order_relaxed),
+			.weight = atomic_load_explicit(&v->weight, memory_order_relaxed),
 		};
 	}
 	return st;
@@ -5718,7 +5810,8 @@ static void tls_count_failure(int kind)
 /* ==================================================================== 8. connections
  * Pools of connection structs and buffers (bounded by max_connections), the deadline heap, and
  * the end of a connection (conn_close, conn_abort). One owner per buffer: a client connection owns
- * in/out/qh/rh; backend connections own no buffer. Idle server connections wait in per-server pools:
+ * in/out/qh/rh; backend connections own no buffer. Idle server connections wait in per-server pools
+ * (in the server's runtime state, srv_rt(): section 4's struct lb_rt of g_conf, found here by id):
  * idle_may_keep admits them, idle_purge (once a second) sizes them. Also log_throttled, for events a
  * flood repeats (one line a second per call site, counted; lb_err itself is in section 2). The byte
  * movers (client_read/write, backend_read/write) are in section 9. Calls sections 2, 3, 6, 7, and,
@@ -5733,8 +5826,8 @@ struct buf {
 struct conn;
 struct lb_bconn {
 	struct evh h;
-	struct lb_server *srv;
-	struct lb_pool *pool;
+	const struct lb_server *srv;
+	const struct lb_pool *pool;
 	struct conn *c;            /* NULL while idle */
 	struct conn *owner;        /* idle but private to this client (it carries its PROXY header) */
 	struct lb_bconn *next;     /* idle list, free list, dead list */
@@ -5755,18 +5848,18 @@ struct conn {
 	struct evh h;
 	struct conn *prev, *next;      /* live list; next also links free and dead lists */
 	struct conn *pnext;            /* pending list: work left over from a capped turn */
-	struct lb_listener *L;
+	const struct lb_listener *L;
 	struct lb_bconn *b;
 	struct buf in, out, qh, rh;
 	uint64_t req_fwd, resp_fwd;    /* bytes at in.s / out.s framed and ready to forward */
 	int64_t req_left, resp_left;   /* Content-Length still to frame, or LEFT_* */
 	struct lb_chunk req_ck, resp_ck;
 	uint64_t max_body;
-	struct lb_server *sticky;      /* the server the client's sticky cookie names, if any */
+	const struct lb_server *sticky;      /* the server the client's sticky cookie names, if any */
 	uint64_t resp_timeout;
-	struct lb_pool *pool;
-	struct lb_route *route;
-	struct lb_server *srv;
+	const struct lb_pool *pool;
+	const struct lb_route *route;
+	const struct lb_server *srv;
 	uint64_t t_start, t_head, t_active, t_req_done, t_conn;
 	uint64_t t_resp_wait;          /* response_timeout runs from here: the last request byte sent, or an interim head */
 	uint64_t deadline;
@@ -5812,7 +5905,14 @@ struct lsock {
 	int li;
 };
 
-static struct lb_conf *g_conf;
+static const struct lb_conf *g_conf; /* not written after load: what lb writes is in g_conf->rt (section 4) */
+
+/* the runtime state (section 4) of a server, a pool or a route of g_conf */
+static struct srv_rt *srv_rt(const struct lb_server *s) { return &g_conf->rt->srv[s->id]; }
+static struct pool_rt *pool_rt(const struct lb_pool *p) { return &g_conf->rt->pool[p - g_conf->pools]; }
+static struct route_rt *route_rt(const struct lb_route *r) { return &g_conf->rt->route[r - g_conf->routes]; }
+static struct listener_rt *lsn_rt(const struct lb_listener *l) { return &g_conf->rt->lsn[l - g_conf->listeners]; }
+
 static size_t g_bufsize;
 /* Free buffers are a stack: the most recently used on top, still in cache and in RAM. Once a
  * second buf_trim gives the pages of all but LB_BUFS_WARM of them back to the kernel, so a
@@ -6137,7 +6237,7 @@ static void bconn_close(struct lb_bconn *b)
 	b->tls = NULL;
 	if (b->h.fd >= 0) {
 		close(b->h.fd);
-		b->srv->nopen--;
+		srv_rt(b->srv)->nopen--;
 		g_nbconns--;
 	}
 	b->h.fd = -1;
@@ -6148,36 +6248,38 @@ static void bconn_close(struct lb_bconn *b)
 
 static void idle_unlink(struct lb_bconn *b)
 {
-	struct lb_bconn **pp = &b->srv->idle;
+	struct lb_bconn **pp = &srv_rt(b->srv)->idle;
 	while (*pp && *pp != b)
 		pp = &(*pp)->next;
 	if (*pp) {
 		*pp = b->next;
-		b->srv->nidle--;
+		srv_rt(b->srv)->nidle--;
 	}
 }
 
 /* every idle connection to s, closed (s is down, or the worker stops) */
-static void idle_close(struct lb_server *s)
+static void idle_close(const struct lb_server *s)
 {
-	while (s->idle) {
-		struct lb_bconn *b = s->idle;
-		s->idle = b->next;
+	struct srv_rt *rt = srv_rt(s);
+	while (rt->idle) {
+		struct lb_bconn *b = rt->idle;
+		rt->idle = b->next;
 		bconn_close(b);
 	}
-	s->nidle = 0;
+	rt->nidle = 0;
 }
 
 /* the n least recently used idle connections to s, closed (the list is most recent first) */
-static void idle_close_oldest(struct lb_server *s, unsigned n)
+static void idle_close_oldest(const struct lb_server *s, unsigned n)
 {
-	struct lb_bconn **pp = &s->idle;
-	for (unsigned keep = n < s->nidle ? s->nidle - n : 0; keep && *pp; keep--)
+	struct srv_rt *rt = srv_rt(s);
+	struct lb_bconn **pp = &rt->idle;
+	for (unsigned keep = n < rt->nidle ? rt->nidle - n : 0; keep && *pp; keep--)
 		pp = &(*pp)->next;
 	while (*pp) {
 		struct lb_bconn *b = *pp;
 		*pp = b->next;
-		s->nidle--;
+		rt->nidle--;
 		bconn_close(b);
 	}
 }
@@ -6193,15 +6295,16 @@ static int fds_short(void)
  * none with auto, where idle_purge sizes the pool) and while descriptors are not short. */
 static int idle_may_keep(const struct lb_server *s, const struct lb_pool *p)
 {
-	return s->nidle < p->keepalive && !fds_short();
+	return srv_rt(s)->nidle < p->keepalive && !fds_short();
 }
 
 /* a connection to s was put to use: the peak of connections in use at once, for idle_purge */
-static void srv_note_use(struct lb_server *s)
+static void srv_note_use(const struct lb_server *s)
 {
-	unsigned used = s->nopen - s->nidle;
-	if (used > s->peak_used)
-		s->peak_used = used;
+	struct srv_rt *rt = srv_rt(s);
+	unsigned used = rt->nopen - rt->nidle;
+	if (used > rt->peak_used)
+		rt->peak_used = used;
 }
 
 /* Once a second per server (idle_sweep): the idle pool follows the concurrency recently needed,
@@ -6210,13 +6313,14 @@ static void srv_note_use(struct lb_server *s)
  * when the peak is higher). Half the connections beyond that are closed, least recently used
  * first: a burst's pool drains over several seconds, a steady load keeps its own, one idle
  * connection stays for sporadic traffic. With descriptors short, all beyond it go at once. */
-static void idle_purge(struct lb_server *s)
+static void idle_purge(const struct lb_server *s)
 {
-	unsigned keep = LB_MAX(s->peak_used, s->need);
-	s->need = LB_MAX(s->peak_used, (s->need + s->peak_used + 1) / 2);
-	s->peak_used = s->nopen - s->nidle;
-	if (s->nidle && s->nopen > keep) {
-		unsigned excess = s->nopen - keep;
+	struct srv_rt *rt = srv_rt(s);
+	unsigned keep = LB_MAX(rt->peak_used, rt->need);
+	rt->need = LB_MAX(rt->peak_used, (rt->need + rt->peak_used + 1) / 2);
+	rt->peak_used = rt->nopen - rt->nidle;
+	if (rt->nidle && rt->nopen > keep) {
+		unsigned excess = rt->nopen - keep;
 		idle_close_oldest(s, fds_short() ? excess : (excess + 1) / 2);
 	}
 }
@@ -6250,13 +6354,13 @@ static int rl_take(uint64_t key, const struct lb_rate_limit *rl, uint64_t *retry
 static int ipc_take(struct conn *c);
 static void ipc_release(struct conn *c);
 static int conn_admitted(struct conn *c);                  /* section 15 */
-static int cb_begin(struct conn *c, struct lb_server *s);  /* section 11 */
+static int cb_begin(struct conn *c, const struct lb_server *s);  /* section 11 */
 static void cb_abandon(struct conn *c);
-static void cb_outcome(struct conn *c, struct lb_server *s, int failed, const char *why);
+static void cb_outcome(struct conn *c, const struct lb_server *s, int failed, const char *why);
 static void cb_response(struct conn *c, int status);
 static void cb_settle(struct conn *c, int failed, const char *why);
-static void srv_hold(struct lb_server *s);     /* section 12 */
-static void srv_unhold(struct lb_server *s);
+static void srv_hold(const struct lb_server *s);     /* section 12 */
+static void srv_unhold(const struct lb_server *s);
 static void count_exchange(const struct conn *c);
 static void count_connected(struct conn *c, int fresh);   /* section 12, metrics */
 static void count_first_byte(struct conn *c);
@@ -6274,7 +6378,7 @@ static void backend_release(struct conn *c, int reuse)
 	struct lb_bconn *b = c->b;
 	if (b) {
 		c->b = NULL;
-		struct lb_server *s = b->srv;
+		const struct lb_server *s = b->srv;
 		if (reuse && !b->eof && b->connected && b->pool->send_proxy && !g_stopping) {
 			b->c = NULL; /* its PROXY header names this client: only this client may reuse it */
 			b->reused = 1;
@@ -6285,9 +6389,9 @@ static void backend_release(struct conn *c, int reuse)
 		} else if (reuse && !b->eof && b->connected && idle_may_keep(s, b->pool) && !g_stopping) {
 			b->c = NULL;
 			b->reused = 1;
-			b->next = s->idle;
-			s->idle = b;
-			s->nidle++;
+			b->next = srv_rt(s)->idle;
+			srv_rt(s)->idle = b;
+			srv_rt(s)->nidle++;
 			b->h.want = EV_R;
 			ev_apply(&b->h);
 		} else {
@@ -6788,7 +6892,7 @@ static int server_socket(int family)
 	return fd;
 }
 
-static int backend_connect(struct conn *c, struct lb_server *s)
+static int backend_connect(struct conn *c, const struct lb_server *s)
 {
 	struct lb_bconn *b = bconn_alloc();
 	if (!b) {
@@ -6806,7 +6910,7 @@ static int backend_connect(struct conn *c, struct lb_server *s)
 		return -1;
 	}
 	set_nodelay(b->h.fd);
-	s->nopen++;
+	srv_rt(s)->nopen++;
 	g_nbconns++;
 	c->b = b;
 	c->t_conn = g_now;
@@ -6857,18 +6961,18 @@ static void backend_local_failed(struct conn *c, const char *what, int e)
 }
 
 /* Choose a server (not `avoid` when another is usable) and give c a connection to it. */
-static void backend_assign(struct conn *c, struct lb_server *avoid)
+static void backend_assign(struct conn *c, const struct lb_server *avoid)
 {
-	struct lb_pool *p = c->pool;
-	struct lb_server *s = NULL;
-	const struct lb_srv_state *st = pool_states(p);
+	const struct lb_pool *p = c->pool;
+	const struct lb_server *s = NULL;
+	const struct lb_srv_state *st = pool_states(p, srv_rt(&p->servers[0])); /* a pool's ids are consecutive */
 	if (c->sticky && c->sticky != avoid && usable_at(c->sticky, &st[c->sticky - p->servers], g_now, 1) &&
 	    pick_tier(p, st, g_now) == c->sticky->backup) {
 		s = c->sticky;
 		c->set_cookie = 0;
 	} else {
 		for (size_t i = 0; i < 2 * p->nservers + 1; i++) {
-			s = lb_pick(p, st, g_now, lb_hash64(c->ip.a, c->ip.v6 ? 16 : 4), rand64());
+			s = lb_pick(p, st, &pool_rt(p)->pick, g_now, lb_hash64(c->ip.a, c->ip.v6 ? 16 : 4), rand64());
 			if (!s || s != avoid)
 				break;
 		}
@@ -6892,7 +6996,7 @@ static void backend_assign(struct conn *c, struct lb_server *avoid)
 	c->holds_srv = 1;
 	if (c->qh.d)
 		c->qh.s = 0;
-	struct lb_bconn *b = s->idle;
+	struct lb_bconn *b = srv_rt(s)->idle;
 	if (c->own_b) {
 		b = c->own_b;
 		c->own_b = NULL;
@@ -6902,8 +7006,8 @@ static void backend_assign(struct conn *c, struct lb_server *avoid)
 			b = NULL;
 		}
 	} else if (b) {
-		s->idle = b->next;
-		s->nidle--;
+		srv_rt(s)->idle = b->next;
+		srv_rt(s)->nidle--;
 	}
 	if (b) {
 		b->c = c;
@@ -6936,7 +7040,7 @@ static void backend_assign(struct conn *c, struct lb_server *avoid)
  * byte came back and the request can be sent again whole, else answer or abort. */
 static void backend_failed(struct conn *c, int status, const char *why, int retryable)
 {
-	struct lb_server *failed = c->srv;
+	const struct lb_server *failed = c->srv;
 	int reused = c->b && c->b->reused;
 	int clean = !c->resp_started && (c->L->mode == LB_MODE_TCP ? c->bytes_out == 0 && c->bytes_in == 0
 	                                                              : c->r == R_WAIT && c->req_bodyless);
@@ -6953,8 +7057,8 @@ static void backend_failed(struct conn *c, int status, const char *why, int retr
 	}
 	if (retryable && clean && c->retries_left > 0 && (c->req_idem || c->L->mode == LB_MODE_TCP)) {
 		c->retries_left--;
-		if (failed && failed->shm)
-			atomic_fetch_add_explicit(&failed->shm->retries, 1, memory_order_relaxed);
+		if (failed && srv_rt(failed)->shm)
+			atomic_fetch_add_explicit(&srv_rt(failed)->shm->retries, 1, memory_order_relaxed);
 		lb_err("client %s: %s; retrying on another server of pool %s", ip_text(&c->ip), why, c->pool->name);
 		c->term[0] = 0;
 		backend_assign(c, failed);
@@ -6975,7 +7079,7 @@ static void lower_copy(char *dst, const char *src, size_t n)
 }
 
 /* The server a request's sticky cookie names (by server name, never an address). */
-static struct lb_server *sticky_server(struct lb_pool *p, const struct lb_req *rq)
+static const struct lb_server *sticky_server(const struct lb_pool *p, const struct lb_req *rq)
 {
 	size_t cn = strlen(p->sticky_cookie);
 	for (size_t i = 0; i < rq->nheaders; i++) {
@@ -7084,13 +7188,13 @@ static int expand_redirect(char *out, size_t cap, const char *tpl, const char *h
 }
 
 /* acl (403), rate limit (429), return, redirect: in that order. 1 when lb answered. */
-static int route_policies(struct conn *c, struct lb_route *rt, const struct lb_req *rq, const char *host,
+static int route_policies(struct conn *c, const struct lb_route *rt, const struct lb_req *rq, const char *host,
                           const char *path, size_t pn)
 {
 	char extra[64];
 	if (rt->nacl && !acl_allows(rt, &c->ip)) {
-		if (rt->shm)
-			atomic_fetch_add_explicit(&rt->shm->denied, 1, memory_order_relaxed);
+		if (route_rt(rt)->shm)
+			atomic_fetch_add_explicit(&route_rt(rt)->shm->denied, 1, memory_order_relaxed);
 		respond(c, 403, "denied by acl", NULL, NULL, 1);
 		return 1;
 	}
@@ -7098,8 +7202,8 @@ static int route_policies(struct conn *c, struct lb_route *rt, const struct lb_r
 		uint64_t retry = 0;
 		if (!rl_take(rl_key_of(c, rt, rq), &rt->rl, &retry)) {
 			snprintf(extra, sizeof extra, "Retry-After: %llu\r\n", (unsigned long long)LB_MAX(1, (retry + 999) / 1000));
-			if (rt->shm)
-				atomic_fetch_add_explicit(&rt->shm->limited, 1, memory_order_relaxed);
+			if (route_rt(rt)->shm)
+				atomic_fetch_add_explicit(&route_rt(rt)->shm->limited, 1, memory_order_relaxed);
 			respond(c, 429, "rate limit", extra, NULL, 1);
 			return 1;
 		}
@@ -7332,7 +7436,7 @@ static void handle_request(struct conn *c, const struct lb_req *rq, size_t n)
 	}
 	request_client(c, rq);
 	int ri = lb_route_find(conf, c->li, rq, host, rq->host.n, path, (size_t)pn);
-	struct lb_route *rt = ri >= 0 ? &conf->routes[ri] : NULL;
+	const struct lb_route *rt = ri >= 0 ? &conf->routes[ri] : NULL;
 	c->route = rt;
 	int hb = build_request_head(c, rq, path, (size_t)pn);
 	c->in.s += (uint32_t)n; /* rq points into in: it is not read after this */
@@ -7350,7 +7454,7 @@ static void handle_request(struct conn *c, const struct lb_req *rq, size_t n)
 		return;
 	if (rt && route_policies(c, rt, rq, host, path, (size_t)pn))
 		return;
-	int pi = rt ? lb_route_pool(rt) : c->L->pool;
+	int pi = rt ? lb_route_pool(rt, &route_rt(rt)->split) : c->L->pool;
 	if (pi < 0) {
 		respond_own(c, 404, "no route matched and the listener has no pool");
 		return;
@@ -8543,7 +8647,7 @@ static int cb_room(const struct lb_pool *p, const struct lb_server *s, const cha
 		return 1;
 	size_t open = 0, cap = LB_MAX(p->nservers * p->cb_max_open / 100, 1);
 	for (size_t i = 0; i < p->nservers; i++) {
-		const struct lb_shm_server *o = p->servers[i].shm;
+		const struct lb_shm_server *o = srv_rt(&p->servers[i])->shm;
 		if (&p->servers[i] != s && o && atomic_load_explicit(&o->cb_state, memory_order_relaxed) != CB_CLOSED)
 			open++;
 	}
@@ -8557,7 +8661,7 @@ static int cb_room(const struct lb_pool *p, const struct lb_server *s, const cha
 
 static void cb_trip(const struct lb_pool *p, const struct lb_server *s, int from, const char *reason)
 {
-	struct lb_shm_server *v = s->shm;
+	struct lb_shm_server *v = srv_rt(s)->shm;
 	if (from == CB_CLOSED && !cb_room(p, s, reason))
 		return;
 	atomic_store(&v->cb_until, g_now + p->cb_open);
@@ -8577,7 +8681,7 @@ static void cb_trip(const struct lb_pool *p, const struct lb_server *s, int from
  * afresh; the change is logged and sent once. */
 static void cb_close(const struct lb_pool *p, const struct lb_server *s, int from_any, const char *why)
 {
-	struct lb_shm_server *v = s->shm;
+	struct lb_shm_server *v = srv_rt(s)->shm;
 	int was = CB_HALF;
 	int closed = from_any ? (was = atomic_exchange(&v->cb_state, CB_CLOSED)) != CB_CLOSED
 	                      : atomic_compare_exchange_strong(&v->cb_state, &was, CB_CLOSED);
@@ -8597,9 +8701,9 @@ static void cb_close(const struct lb_pool *p, const struct lb_server *s, int fro
 
 /* The pick fell on s. An open circuit whose time is up turns half-open; a half-open one lends
  * one of its trial slots. 0: the circuit refuses (other workers took the slots meanwhile). */
-static int cb_begin(struct conn *c, struct lb_server *s)
+static int cb_begin(struct conn *c, const struct lb_server *s)
 {
-	struct lb_shm_server *v = s->shm;
+	struct lb_shm_server *v = srv_rt(s)->shm;
 	c->cb_trial = 0;
 	c->cb_pending = 0;
 	if (!v || !cb_on(c->pool))
@@ -8625,16 +8729,16 @@ static int cb_begin(struct conn *c, struct lb_server *s)
 /* the exchange ended without a verdict (the client left): give the trial slot back */
 static void cb_abandon(struct conn *c)
 {
-	if (c->cb_trial && c->srv && c->srv->shm)
-		atomic_fetch_sub(&c->srv->shm->cb_trials, 1);
+	if (c->cb_trial && c->srv && srv_rt(c->srv)->shm)
+		atomic_fetch_sub(&srv_rt(c->srv)->shm->cb_trials, 1);
 	c->cb_trial = 0;
 	c->cb_pending = 0;
 }
 
 /* Record how an exchange with s went: failed (connect error, reset, timeout, 5xx, slow) or not. */
-static void cb_outcome(struct conn *c, struct lb_server *s, int failed, const char *why)
+static void cb_outcome(struct conn *c, const struct lb_server *s, int failed, const char *why)
 {
-	struct lb_shm_server *v = s ? s->shm : NULL;
+	struct lb_shm_server *v = s ? srv_rt(s)->shm : NULL;
 	const struct lb_pool *p = c->pool;
 	int trial = c->cb_trial;
 	cb_abandon(c);
@@ -8708,8 +8812,8 @@ static void cb_settle(struct conn *c, int failed, const char *why)
 
 struct hc {
 	struct evh h;
-	struct lb_pool *p;
-	struct lb_server *s;
+	const struct lb_pool *p;
+	const struct lb_server *s;
 	int busy, connected;
 	uint64_t due;                 /* the next check, or the running check's deadline */
 	size_t sent, reqlen, n;
@@ -8740,7 +8844,7 @@ static uint64_t hc_clock_us(void)
 
 static void hc_verdict(struct hc *k, int ok, const char *why)
 {
-	struct lb_shm_server *v = k->s->shm;
+	struct lb_shm_server *v = srv_rt(k->s)->shm;
 	const struct lb_pool *p = k->p;
 	atomic_fetch_add_explicit(&v->n_checks, 1, memory_order_relaxed);
 	uint64_t took = hc_clock_us() - k->t0_us;
@@ -8956,7 +9060,7 @@ static void hc_io(struct hc *k)
 
 static int hc_wanted(const struct lb_pool *p, const struct lb_server *s)
 {
-	return (p->hc_kind == LB_HC_HTTP || p->hc_kind == LB_HC_TCP) && !s->disabled && s->shm;
+	return (p->hc_kind == LB_HC_HTTP || p->hc_kind == LB_HC_TCP) && !s->disabled && srv_rt(s)->shm;
 }
 
 /* worker 1: one check per server of the configuration, first ones spread over 100 ms */
@@ -8969,9 +9073,9 @@ static void hc_setup(void)
 	if (!n || !(g_hc = calloc(n, sizeof *g_hc)))
 		return;
 	for (size_t i = 0; i < g_conf->npools; i++) {
-		struct lb_pool *p = &g_conf->pools[i];
+		const struct lb_pool *p = &g_conf->pools[i];
 		for (size_t j = 0; j < p->nservers; j++) {
-			struct lb_server *s = &p->servers[j];
+			const struct lb_server *s = &p->servers[j];
 			if (!hc_wanted(p, s))
 				continue;
 			struct hc *k = &g_hc[g_nhc];
@@ -9054,8 +9158,8 @@ static void idle_sweep(void)
 	next = g_now + 1000;
 	for (size_t i = 0; i < g_conf->npools; i++)
 		for (size_t j = 0; j < g_conf->pools[i].nservers; j++) {
-			struct lb_server *s = &g_conf->pools[i].servers[j];
-			if (s->idle && s->shm && atomic_load_explicit(&s->shm->down, memory_order_relaxed))
+			const struct lb_server *s = &g_conf->pools[i].servers[j];
+			if (srv_rt(s)->idle && srv_rt(s)->shm && atomic_load_explicit(&srv_rt(s)->shm->down, memory_order_relaxed))
 				idle_close(s);
 			else
 				idle_purge(s);
@@ -9068,10 +9172,11 @@ static void idle_sweep(void)
  * totals; connection counters per listener (slots by name); the dashboard's history ring, one
  * series per server and route slot, that the master samples (history_tick) and section 13 reads. Each worker writes only its own columns; the master folds a dead worker's.
  * The slots are sized at start from the file with room for reloads (shm_create); a file that
- * needs more is refused by the one validation (conf_validate -> shm_conf_room) before a reload.
+ * needs more is refused by the one validation (conf_validate -> shm_room) before a reload.
  * Listener slots (connection counters) work the same way. The metrics' counting lives here too:
  * count_exchange, the request table (count_answer: every answer by listener, route and reason),
  * the histograms (hist_note), the upstream timings and the connection counters (count_*).
+ * shm_map_conf points a config's runtime state (its struct lb_rt, section 4) at its slots.
  * Calls sections 2, 4 (conf_validate parses a candidate file), 6 and 8. */
 
 #define LB_SHM_SERVERS_MIN 1024 /* server slots made at start: twice the file's servers, at least this */
@@ -9086,7 +9191,7 @@ struct lb_shm {
 	uint32_t nservers, nroutes;     /* slots taken: by every name seen since start */
 	uint32_t cap_servers, cap_routes; /* slots made at start */
 	uint32_t nlisteners, cap_listeners;
-	_Atomic uint32_t admin_version; /* bumped by every weight or split change: workers re-read */
+	_Atomic uint32_t admin_version; /* bumped by every weight or split change: workers re-read splits */
 	_Atomic uint64_t reloads, restarts;
 	_Atomic uint64_t reload_failures, reload_ok_wall_ms, reload_fail_wall_ms;
 	_Atomic uint64_t req_overflow;  /* answers whose label set found no cell in the request table */
@@ -9281,38 +9386,38 @@ static int shm_map_conf(struct lb_conf *c)
 				*cell = ++g_shm->nservers;
 			}
 			uint32_t i = *cell - 1;
-			s->shm = &g_shm->s[i];
-			if (!atomic_load(&s->shm->changed_wall_ms)) /* a new slot: its state dates from now */
-				atomic_store(&s->shm->changed_wall_ms, wall_ms());
+			struct lb_shm_server *v = c->rt->srv[s->id].shm = &g_shm->s[i];
+			if (!atomic_load(&v->changed_wall_ms)) /* a new slot: its state dates from now */
+				atomic_store(&v->changed_wall_ms, wall_ms());
 			/* a server added through the admin API takes traffic once it passed its health
 			 * checks (also when a removed one comes back under its name); others begin up */
 			if (check_first_take(key) && c->pools[p].hc_kind != LB_HC_OFF && !s->disabled) {
-				srv_note(s->shm, NULL, "added through the admin API: down until it passes its health checks", 1);
-				atomic_store(&s->shm->down, 1);
-				atomic_store(&s->shm->hc_ok, 0);
-				atomic_store(&s->shm->admin, ADM_READY);
+				srv_note(v, NULL, "added through the admin API: down until it passes its health checks", 1);
+				atomic_store(&v->down, 1);
+				atomic_store(&v->hc_ok, 0);
+				atomic_store(&v->admin, ADM_READY);
 			}
 		}
 	}
 	for (size_t k = 0; k < c->nroutes; k++) {
-		struct lb_route *r = &c->routes[k];
+		const struct lb_route *r = &c->routes[k];
 		uint32_t *cell = name_index_cell(&g_shm_rnames, r->name, shm_rkey_at, NULL);
 		if (!*cell) {
 			snprintf(g_shm->r[g_shm->nroutes].key, sizeof g_shm->r->key, "%s", r->name);
 			*cell = ++g_shm->nroutes;
 		}
-		r->shm = &g_shm->r[*cell - 1];
+		struct lb_shm_route *v = c->rt->route[k].shm = &g_shm->r[*cell - 1];
 		for (size_t j = 0; j < r->nsplit; j++) /* the file's weights win at every load */
-			atomic_store(&r->shm->weight[j], r->split[j].weight);
+			atomic_store(&v->weight[j], r->split[j].weight);
 	}
 	for (size_t k = 0; k < c->nlisteners; k++) {
-		struct lb_listener *l = &c->listeners[k];
+		const struct lb_listener *l = &c->listeners[k];
 		uint32_t *cell = name_index_cell(&g_shm_lnames, l->name, shm_lkey_at, NULL);
 		if (!*cell) {
 			snprintf(g_shm->l[g_shm->nlisteners].key, sizeof g_shm->l->key, "%s", l->name);
 			*cell = ++g_shm->nlisteners;
 		}
-		l->shm = &g_shm->l[*cell - 1];
+		c->rt->lsn[k].shm = &g_shm->l[*cell - 1];
 	}
 	atomic_fetch_add(&g_shm->admin_version, 1);
 	return 0;
@@ -9320,11 +9425,11 @@ static int shm_map_conf(struct lb_conf *c)
 
 static unsigned srv_weight_now(const struct lb_server *s)
 {
-	uint32_t w = s->shm ? atomic_load(&s->shm->weight) : 0;
-	return w ? w : s->conf_weight;
+	uint32_t w = srv_rt(s)->shm ? atomic_load(&srv_rt(s)->shm->weight) : 0;
+	return w ? w : s->weight;
 }
 
-/* workers: take the admin API's weights (servers, splits) when they changed */
+/* workers: take the admin API's split weights when they changed (a server's weight is read at each pick) */
 static uint32_t g_admin_seen;
 static void admin_sync(void)
 {
@@ -9332,33 +9437,31 @@ static void admin_sync(void)
 	if (v == g_admin_seen)
 		return;
 	g_admin_seen = v;
-	for (size_t p = 0; p < g_conf->npools; p++)
-		for (size_t k = 0; k < g_conf->pools[p].nservers; k++) {
-			struct lb_server *s = &g_conf->pools[p].servers[k];
-			s->weight = srv_weight_now(s);
-		}
 	for (size_t k = 0; k < g_conf->nroutes; k++) {
-		struct lb_route *r = &g_conf->routes[k];
-		for (size_t j = 0; r->shm && j < r->nsplit; j++)
-			r->split[j].weight = atomic_load(&r->shm->weight[j]);
+		const struct lb_route *r = &g_conf->routes[k];
+		struct route_rt *rt = route_rt(r);
+		for (size_t j = 0; rt->shm && j < r->nsplit; j++)
+			rt->split.weight[j] = atomic_load(&rt->shm->weight[j]);
 	}
 }
 
-static void srv_hold(struct lb_server *s)
+static void srv_hold(const struct lb_server *s)
 {
-	s->active++;
-	if (s->shm && g_slot >= 0) {
-		atomic_fetch_add_explicit(&s->shm->active, 1, memory_order_relaxed);
-		atomic_fetch_add_explicit(&s->shm->w[g_slot].active, 1, memory_order_relaxed);
+	struct srv_rt *rt = srv_rt(s);
+	rt->active++;
+	if (rt->shm && g_slot >= 0) {
+		atomic_fetch_add_explicit(&rt->shm->active, 1, memory_order_relaxed);
+		atomic_fetch_add_explicit(&rt->shm->w[g_slot].active, 1, memory_order_relaxed);
 	}
 }
 
-static void srv_unhold(struct lb_server *s)
+static void srv_unhold(const struct lb_server *s)
 {
-	s->active--;
-	if (s->shm && g_slot >= 0) {
-		atomic_fetch_sub_explicit(&s->shm->active, 1, memory_order_relaxed);
-		atomic_fetch_sub_explicit(&s->shm->w[g_slot].active, 1, memory_order_relaxed);
+	struct srv_rt *rt = srv_rt(s);
+	rt->active--;
+	if (rt->shm && g_slot >= 0) {
+		atomic_fetch_sub_explicit(&rt->shm->active, 1, memory_order_relaxed);
+		atomic_fetch_sub_explicit(&rt->shm->w[g_slot].active, 1, memory_order_relaxed);
 	}
 }
 
@@ -9402,10 +9505,10 @@ static struct req_cell *req_cell_for(uint64_t key)
 /* An HTTP answer, the server's or lb's own, by listener, route and reason. */
 static void count_answer(const struct conn *c, int cls)
 {
-	if (!g_reqs || !c->L->shm || c->L->mode != LB_MODE_HTTP)
+	if (!g_reqs || !lsn_rt(c->L)->shm || c->L->mode != LB_MODE_HTTP)
 		return;
-	uint64_t ls = (uint64_t)(c->L->shm - g_shm->l) + 1;
-	uint64_t rs = c->route && c->route->shm ? (uint64_t)(c->route->shm - g_shm->r) + 1 : 0;
+	uint64_t ls = (uint64_t)(lsn_rt(c->L)->shm - g_shm->l) + 1;
+	uint64_t rs = c->route && route_rt(c->route)->shm ? (uint64_t)(route_rt(c->route)->shm - g_shm->r) + 1 : 0;
 	struct req_cell *cell = req_cell_for(ls << 40 | rs << 8 | c->own);
 	atomic_fetch_add_explicit(cell ? &cell->status[cls] : &g_shm->req_overflow, 1, memory_order_relaxed);
 }
@@ -9419,14 +9522,14 @@ static void count_exchange(const struct conn *c)
 	int cls = c->resp_status >= 100 && c->resp_status < 600 && !cut ? c->resp_status / 100 : 0;
 	uint64_t us = c->t_start_us ? mono_us() - c->t_start_us : 0;
 	count_answer(c, cls);
-	struct lb_shm_route *rt = c->route ? c->route->shm : NULL;
+	struct lb_shm_route *rt = c->route ? route_rt(c->route)->shm : NULL;
 	if (rt) {
 		atomic_fetch_add_explicit(&rt->requests, 1, memory_order_relaxed);
 		hist_note(rt->dur_bucket, &rt->dur_sum_us, us);
 		if (c->resp_status >= 500 || cut)
 			atomic_fetch_add_explicit(&rt->errors, 1, memory_order_relaxed);
 	}
-	struct lb_shm_server *sv = c->srv ? c->srv->shm : NULL;
+	struct lb_shm_server *sv = c->srv ? srv_rt(c->srv)->shm : NULL;
 	if (!sv)
 		return;
 	atomic_fetch_add_explicit(&sv->w[g_slot].requests, 1, memory_order_relaxed);
@@ -9443,42 +9546,42 @@ static void count_exchange(const struct conn *c)
 static void count_connected(struct conn *c, int fresh)
 {
 	uint64_t now = mono_us();
-	if (fresh && c->t_up_us && c->srv && c->srv->shm && g_slot >= 0)
-		hist_note(c->srv->shm->conn_bucket, &c->srv->shm->conn_sum_us, now - c->t_up_us);
+	if (fresh && c->t_up_us && c->srv && srv_rt(c->srv)->shm && g_slot >= 0)
+		hist_note(srv_rt(c->srv)->shm->conn_bucket, &srv_rt(c->srv)->shm->conn_sum_us, now - c->t_up_us);
 	c->t_up_us = 0;
 	c->t_ready_us = now;
 }
 
 static void count_first_byte(struct conn *c)
 {
-	if (c->t_ready_us && c->srv && c->srv->shm && g_slot >= 0)
-		hist_note(c->srv->shm->fb_bucket, &c->srv->shm->fb_sum_us, mono_us() - c->t_ready_us);
+	if (c->t_ready_us && c->srv && srv_rt(c->srv)->shm && g_slot >= 0)
+		hist_note(srv_rt(c->srv)->shm->fb_bucket, &srv_rt(c->srv)->shm->fb_sum_us, mono_us() - c->t_ready_us);
 	c->t_ready_us = 0;
 }
 
 /* Client connections per listener: accepted, open (this worker's column), refused by reason. */
 static void count_accepted(const struct lb_listener *l)
 {
-	if (l->shm && g_slot >= 0)
-		atomic_fetch_add_explicit(&l->shm->accepted, 1, memory_order_relaxed);
+	if (lsn_rt(l)->shm && g_slot >= 0)
+		atomic_fetch_add_explicit(&lsn_rt(l)->shm->accepted, 1, memory_order_relaxed);
 }
 
 static void count_conn_open(const struct conn *c)
 {
-	if (c->L->shm && g_slot >= 0)
-		atomic_fetch_add_explicit(&c->L->shm->active[g_slot], 1, memory_order_relaxed);
+	if (lsn_rt(c->L)->shm && g_slot >= 0)
+		atomic_fetch_add_explicit(&lsn_rt(c->L)->shm->active[g_slot], 1, memory_order_relaxed);
 }
 
 static void count_conn_close(const struct conn *c)
 {
-	if (c->L->shm && g_slot >= 0)
-		atomic_fetch_sub_explicit(&c->L->shm->active[g_slot], 1, memory_order_relaxed);
+	if (lsn_rt(c->L)->shm && g_slot >= 0)
+		atomic_fetch_sub_explicit(&lsn_rt(c->L)->shm->active[g_slot], 1, memory_order_relaxed);
 }
 
 static void count_refused(const struct lb_listener *l, int why)
 {
-	if (l->shm && g_slot >= 0)
-		atomic_fetch_add_explicit(&l->shm->refused[why], 1, memory_order_relaxed);
+	if (lsn_rt(l)->shm && g_slot >= 0)
+		atomic_fetch_add_explicit(&lsn_rt(l)->shm->refused[why], 1, memory_order_relaxed);
 }
 
 /* A server's counters summed over every worker, live or exited. */
@@ -10093,7 +10196,7 @@ static int admin_token_ok(const struct lb_req *rq)
 
 static const char *srv_state_name(const struct lb_server *s)
 {
-	struct lb_shm_server *v = s->shm;
+	struct lb_shm_server *v = srv_rt(s)->shm;
 	if (s->disabled || (v && atomic_load(&v->admin) == ADM_DISABLED))
 		return "disabled";
 	if (v && atomic_load(&v->admin) == ADM_DRAIN)
@@ -10136,7 +10239,7 @@ static void metrics_upstream(struct abuf *b)
 			uint64_t n[LB_HIST + 1] = { 0 }, sum = 0;
 			char lab[LB_NAME_MAX + 16];
 			for (size_t k = 0; k < c->pools[p].nservers; k++) {
-				struct lb_shm_server *v = c->pools[p].servers[k].shm;
+				struct lb_shm_server *v = srv_rt(&c->pools[p].servers[k])->shm;
 				for (int i = 0; v && i <= LB_HIST; i++)
 					n[i] += atomic_load(which ? &v->fb_bucket[i] : &v->conn_bucket[i]);
 				sum += v ? atomic_load(which ? &v->fb_sum_us : &v->conn_sum_us) : 0;
@@ -10155,9 +10258,9 @@ static void metrics_servers(struct abuf *b)
 	for (size_t p = 0; p < c->npools; p++)
 		for (size_t k = 0; k < c->pools[p].nservers; k++) {
 			const struct lb_server *s = &c->pools[p].servers[k];
-			for (int i = 0; s->shm && i < 6; i++)
+			for (int i = 0; srv_rt(s)->shm && i < 6; i++)
 				ab_printf(b, "lb_server_requests_total{pool=\"%s\",server=\"%s\",code=\"%s\"} %llu\n", c->pools[p].name,
-				          s->name, cls[i], (unsigned long long)atomic_load(&s->shm->status[i]));
+				          s->name, cls[i], (unsigned long long)atomic_load(&srv_rt(s)->shm->status[i]));
 		}
 	METRIC(b, "lb_server_request_duration_seconds", "histogram", "Time from the request to the end of the answer.");
 	for (size_t p = 0; p < c->npools; p++)
@@ -10165,12 +10268,12 @@ static void metrics_servers(struct abuf *b)
 			const struct lb_server *s = &c->pools[p].servers[k];
 			uint64_t n[LB_HIST + 1];
 			char lab[3 * LB_NAME_MAX];
-			if (!s->shm)
+			if (!srv_rt(s)->shm)
 				continue;
 			for (int i = 0; i <= LB_HIST; i++)
-				n[i] = atomic_load(&s->shm->dur_bucket[i]);
+				n[i] = atomic_load(&srv_rt(s)->shm->dur_bucket[i]);
 			snprintf(lab, sizeof lab, "pool=\"%s\",server=\"%s\"", c->pools[p].name, s->name);
-			hist_print(b, "lb_server_request_duration_seconds", lab, n, atomic_load(&s->shm->dur_sum_ms) * 1000);
+			hist_print(b, "lb_server_request_duration_seconds", lab, n, atomic_load(&srv_rt(s)->shm->dur_sum_ms) * 1000);
 		}
 	metrics_upstream(b);
 	static const struct {
@@ -10195,7 +10298,7 @@ static void metrics_servers(struct abuf *b)
 		for (size_t p = 0; p < c->npools; p++)
 			for (size_t k = 0; k < c->pools[p].nservers; k++) {
 				const struct lb_server *s = &c->pools[p].servers[k];
-				struct lb_shm_server *v = s->shm;
+				struct lb_shm_server *v = srv_rt(s)->shm;
 				if (!v)
 					continue;
 				uint64_t req, err, bytes, x = 0;
@@ -10265,7 +10368,7 @@ static void metrics_routes(struct abuf *b)
 	for (size_t m = 0; m < 3; m++) {
 		ab_printf(b, "# HELP %s %s\n# TYPE %s counter\n", g[m].name, g[m].help, g[m].name);
 		for (size_t k = 0; k < c->nroutes; k++) {
-			struct lb_shm_route *r = c->routes[k].shm;
+			struct lb_shm_route *r = route_rt(&c->routes[k])->shm;
 			if (r)
 				ab_printf(b, "%s{route=\"%s\"} %llu\n", g[m].name, c->routes[k].name,
 				          (unsigned long long)atomic_load(g[m].what == 0 ? &r->requests
@@ -10274,13 +10377,13 @@ static void metrics_routes(struct abuf *b)
 	}
 	METRIC(b, "lb_route_errors_total", "counter", "Answers of the route that were 5xx (lb's or a server's) or cut short.");
 	for (size_t k = 0; k < c->nroutes; k++)
-		if (c->routes[k].shm)
+		if (route_rt(&c->routes[k])->shm)
 			ab_printf(b, "lb_route_errors_total{route=\"%s\"} %llu\n", c->routes[k].name,
-			          (unsigned long long)atomic_load(&c->routes[k].shm->errors));
+			          (unsigned long long)atomic_load(&route_rt(&c->routes[k])->shm->errors));
 	METRIC(b, "lb_route_request_duration_seconds", "histogram",
 	       "Time from the request's start to the end of the answer (lb's own answers included).");
 	for (size_t k = 0; k < c->nroutes; k++) {
-		struct lb_shm_route *r = c->routes[k].shm;
+		struct lb_shm_route *r = route_rt(&c->routes[k])->shm;
 		uint64_t n[LB_HIST + 1];
 		char lab[LB_NAME_MAX + 16];
 		if (!r)
@@ -10293,9 +10396,9 @@ static void metrics_routes(struct abuf *b)
 	METRIC(b, "lb_route_split_weight", "gauge", "Split weight of each pool of a route.");
 	for (size_t k = 0; k < c->nroutes; k++) {
 		const struct lb_route *r = &c->routes[k];
-		for (size_t j = 0; r->shm && j < r->nsplit; j++)
+		for (size_t j = 0; route_rt(r)->shm && j < r->nsplit; j++)
 			ab_printf(b, "lb_route_split_weight{route=\"%s\",pool=\"%s\"} %u\n", r->name, c->pools[r->split[j].pool].name,
-			          atomic_load(&r->shm->weight[j]));
+			          atomic_load(&route_rt(r)->shm->weight[j]));
 	}
 }
 
@@ -10339,12 +10442,12 @@ static void metrics_connections(struct abuf *b)
 	const struct lb_conf *c = g_conf;
 	METRIC(b, "lb_connections_accepted_total", "counter", "Client connections accepted (refused ones included).");
 	for (size_t i = 0; i < c->nlisteners; i++)
-		if (c->listeners[i].shm)
+		if (lsn_rt(&c->listeners[i])->shm)
 			ab_printf(b, "lb_connections_accepted_total{listener=\"%s\",protocol=\"%s\"} %llu\n", c->listeners[i].name,
-			          listener_protocol(&c->listeners[i]), (unsigned long long)atomic_load(&c->listeners[i].shm->accepted));
+			          listener_protocol(&c->listeners[i]), (unsigned long long)atomic_load(&lsn_rt(&c->listeners[i])->shm->accepted));
 	METRIC(b, "lb_connections_active", "gauge", "Client connections open now, all workers.");
 	for (size_t i = 0; i < c->nlisteners; i++) {
-		struct lb_shm_listener *l = c->listeners[i].shm;
+		struct lb_shm_listener *l = lsn_rt(&c->listeners[i])->shm;
 		int64_t n = 0;
 		for (int w = 0; l && w < LB_MAX_WORKERS; w++)
 			n += atomic_load(&l->active[w]);
@@ -10354,10 +10457,10 @@ static void metrics_connections(struct abuf *b)
 	}
 	METRIC(b, "lb_connections_refused_total", "counter", "Client connections lb closed before serving them, by reason.");
 	for (size_t i = 0; i < c->nlisteners; i++)
-		for (int k = 0; c->listeners[i].shm && k < REFUSE_N; k++)
+		for (int k = 0; lsn_rt(&c->listeners[i])->shm && k < REFUSE_N; k++)
 			ab_printf(b, "lb_connections_refused_total{listener=\"%s\",protocol=\"%s\",reason=\"%s\"} %llu\n",
 			          c->listeners[i].name, listener_protocol(&c->listeners[i]), why[k],
-			          (unsigned long long)atomic_load(&c->listeners[i].shm->refused[k]));
+			          (unsigned long long)atomic_load(&lsn_rt(&c->listeners[i])->shm->refused[k]));
 }
 
 static void admin_metrics(struct abuf *b)
@@ -10412,7 +10515,7 @@ struct srv_view {
 
 static void srv_view_of(const struct lb_server *s, struct srv_view *o)
 {
-	struct lb_shm_server *v = s->shm;
+	struct lb_shm_server *v = srv_rt(s)->shm;
 	uint64_t bk[LB_HIST + 1], now = wall_ms();
 	memset(o, 0, sizeof *o);
 	o->p50 = o->p99 = -1;
@@ -10452,7 +10555,7 @@ static void stats_server_view(struct abuf *b, const struct lb_server *s)
 {
 	struct srv_view w;
 	srv_view_of(s, &w);
-	struct lb_shm_server *v = s->shm;
+	struct lb_shm_server *v = srv_rt(s)->shm;
 	ab_printf(b, "\"p50_ms\":");
 	ab_json_ms(b, w.p50);
 	ab_printf(b, ",\"p99_ms\":");
@@ -10475,9 +10578,9 @@ static void route_quantiles(const struct lb_route *r, double *p50, double *p99)
 {
 	uint64_t bk[LB_HIST + 1];
 	*p50 = *p99 = -1;
-	if (!r->shm)
+	if (!route_rt(r)->shm)
 		return;
-	hist_load(r->shm->dur_bucket, bk);
+	hist_load(route_rt(r)->shm->dur_bucket, bk);
 	*p50 = hist_quantile(bk, 0.5);
 	*p99 = hist_quantile(bk, 0.99);
 }
@@ -10485,8 +10588,8 @@ static void route_quantiles(const struct lb_route *r, double *p50, double *p99)
 static uint64_t listener_active(const struct lb_listener *l)
 {
 	uint64_t n = 0;
-	for (int w = 0; l->shm && w < LB_MAX_WORKERS; w++)
-		n += atomic_load_explicit(&l->shm->active[w], memory_order_relaxed);
+	for (int w = 0; lsn_rt(l)->shm && w < LB_MAX_WORKERS; w++)
+		n += atomic_load_explicit(&lsn_rt(l)->shm->active[w], memory_order_relaxed);
 	return n;
 }
 
@@ -10518,7 +10621,7 @@ static void stats_listeners(struct abuf *b)
 			ab_json_str(b, bt);
 		}
 		ab_printf(b, "],\"active\":%llu,\"accepted\":%llu}", (unsigned long long)listener_active(l),
-		          (unsigned long long)(l->shm ? atomic_load(&l->shm->accepted) : 0));
+		          (unsigned long long)(lsn_rt(l)->shm ? atomic_load(&lsn_rt(l)->shm->accepted) : 0));
 	}
 }
 
@@ -10553,10 +10656,10 @@ static void admin_history(struct abuf *b)
 	for (size_t p = 0; p < c->npools; p++)
 		for (size_t k = 0; k < c->pools[p].nservers; k++) {
 			const struct lb_server *s = &c->pools[p].servers[k];
-			if (!s->shm)
+			if (!srv_rt(s)->shm)
 				continue;
 			ab_printf(b, "%s{\"pool\":\"%s\",\"server\":\"%s\",", first ? "" : ",", c->pools[p].name, s->name);
-			history_series_json(b, &g_hist->s[s->shm - g_shm->s], n);
+			history_series_json(b, &g_hist->s[srv_rt(s)->shm - g_shm->s], n);
 			ab_printf(b, "}");
 			first = 0;
 		}
@@ -10564,10 +10667,10 @@ static void admin_history(struct abuf *b)
 	first = 1;
 	for (size_t k = 0; k < c->nroutes; k++) {
 		const struct lb_route *r = &c->routes[k];
-		if (!r->shm)
+		if (!route_rt(r)->shm)
 			continue;
 		ab_printf(b, "%s{\"route\":\"%s\",", first ? "" : ",", r->name);
-		history_series_json(b, &g_hist->r[r->shm - g_shm->r], n);
+		history_series_json(b, &g_hist->r[route_rt(r)->shm - g_shm->r], n);
 		ab_printf(b, "}");
 		first = 0;
 	}
@@ -10585,7 +10688,7 @@ static void admin_stats(struct abuf *b)
 		ab_printf(b, "%s{\"name\":\"%s\",\"algorithm\":\"%s\",\"servers\":[", p ? "," : "", pl->name, algo[pl->algorithm]);
 		for (size_t k = 0; k < pl->nservers; k++) {
 			const struct lb_server *s = &pl->servers[k];
-			struct lb_shm_server *v = s->shm;
+			struct lb_shm_server *v = srv_rt(s)->shm;
 			uint64_t req = 0, err = 0, bytes = 0, st[6] = { 0 };
 			if (v) {
 				shm_server_totals(v, &req, &err, &bytes);
@@ -10613,7 +10716,7 @@ static void admin_stats(struct abuf *b)
 	ab_printf(b, "],\"routes\":[");
 	for (size_t k = 0; k < c->nroutes; k++) {
 		const struct lb_route *r = &c->routes[k];
-		struct lb_shm_route *v = r->shm;
+		struct lb_shm_route *v = route_rt(r)->shm;
 		ab_printf(b, "%s{\"name\":\"%s\",\"requests\":%llu,\"rate_limited\":%llu,\"denied\":%llu,\"pool\":", k ? "," : "",
 		          r->name, (unsigned long long)(v ? atomic_load(&v->requests) : 0),
 		          (unsigned long long)(v ? atomic_load(&v->limited) : 0), (unsigned long long)(v ? atomic_load(&v->denied) : 0));
@@ -10887,7 +10990,7 @@ static void config_edit(struct aconn *a, const struct ini_edit *ed, int ok_statu
 
 /* -------------------------------------------------------------------- the calls */
 
-static struct lb_pool *conf_pool_of(const struct lb_conf *c, const char *name)
+static const struct lb_pool *conf_pool_of(const struct lb_conf *c, const char *name)
 {
 	for (size_t i = 0; i < c->npools; i++)
 		if (!strcmp(c->pools[i].name, name))
@@ -10895,9 +10998,9 @@ static struct lb_pool *conf_pool_of(const struct lb_conf *c, const char *name)
 	return NULL;
 }
 
-static struct lb_pool *conf_pool(const char *name) { return conf_pool_of(g_conf, name); }
+static const struct lb_pool *conf_pool(const char *name) { return conf_pool_of(g_conf, name); }
 
-static struct lb_server *pool_server(struct lb_pool *p, const char *name)
+static const struct lb_server *pool_server(const struct lb_pool *p, const char *name)
 {
 	for (size_t i = 0; p && i < p->nservers; i++)
 		if (!strcmp(p->servers[i].name, name))
@@ -10913,23 +11016,23 @@ static void reply_json_buf(struct aconn *a, int status, struct abuf *b)
 }
 
 /* drain, enable, disable (w unused) or weight w: the API's calls and the dashboard's form */
-static void server_set(const char *peer, const struct lb_admin_call *k, struct lb_server *s, unsigned w)
+static void server_set(const char *peer, const struct lb_admin_call *k, const struct lb_server *s, unsigned w)
 {
 	char msg[64];
 	if (k->op == LB_A_WEIGHT) {
-		atomic_store(&s->shm->weight, w);
+		atomic_store(&srv_rt(s)->shm->weight, w);
 		atomic_fetch_add(&g_shm->admin_version, 1);
 		snprintf(msg, sizeof msg, "weight %u", w);
 	} else {
 		int st = k->op == LB_A_DRAIN ? ADM_DRAIN : k->op == LB_A_DISABLE ? ADM_DISABLED : ADM_READY;
-		if (atomic_exchange(&s->shm->admin, st) != st)
-			atomic_store(&s->shm->changed_wall_ms, wall_ms());
+		if (atomic_exchange(&srv_rt(s)->shm->admin, st) != st)
+			atomic_store(&srv_rt(s)->shm->changed_wall_ms, wall_ms());
 		snprintf(msg, sizeof msg, "%s", st == ADM_DRAIN ? "drain" : st == ADM_DISABLED ? "disabled" : "enabled");
 	}
 	lb_err("admin (%s): server %s/%s: %s", peer, k->pool, k->server, msg);
 }
 
-static void admin_server_state(struct aconn *a, const struct lb_admin_call *k, struct lb_server *s, const char *body,
+static void admin_server_state(struct aconn *a, const struct lb_admin_call *k, const struct lb_server *s, const char *body,
                                size_t blen)
 {
 	unsigned w = 0;
@@ -10944,7 +11047,7 @@ static void admin_server_state(struct aconn *a, const struct lb_admin_call *k, s
 	reply_json_buf(a, 200, &b);
 }
 
-static struct lb_route *conf_route(const char *name)
+static const struct lb_route *conf_route(const char *name)
 {
 	for (size_t i = 0; i < g_conf->nroutes; i++)
 		if (!strcmp(g_conf->routes[i].name, name))
@@ -10957,7 +11060,7 @@ static int split_line(const struct lb_route *r, const struct lb_split_spec *sp, 
 {
 	unsigned total = 0;
 	for (size_t j = 0; j < r->nsplit; j++)
-		w[j] = atomic_load(&r->shm->weight[j]);
+		w[j] = atomic_load(&route_rt(r)->shm->weight[j]);
 	for (size_t i = 0; i < sp->n; i++) {
 		size_t j = 0;
 		while (j < r->nsplit && strcmp(g_conf->pools[r->split[j].pool].name, sp->name[i]))
@@ -10975,7 +11078,7 @@ static int split_line(const struct lb_route *r, const struct lb_split_spec *sp, 
 
 static void admin_split(struct aconn *a, const struct lb_admin_call *k, const char *body, size_t blen)
 {
-	struct lb_route *r = conf_route(k->route);
+	const struct lb_route *r = conf_route(k->route);
 	struct lb_split_spec sp;
 	unsigned w[LB_ROUTE_MAX_ITEMS];
 	struct abuf line = { 0 }, b = { 0 };
@@ -10984,7 +11087,7 @@ static void admin_split(struct aconn *a, const struct lb_admin_call *k, const ch
 		admin_json_error(a, 404, "no such route");
 		return;
 	}
-	if (!r->nsplit || !r->shm) {
+	if (!r->nsplit || !route_rt(r)->shm) {
 		admin_json_error(a, 409, "the route has no split (change its pool through /api/config)");
 		return;
 	}
@@ -11008,7 +11111,7 @@ static void admin_split(struct aconn *a, const struct lb_admin_call *k, const ch
 	}
 	free(nt);
 	for (size_t j = 0; j < r->nsplit; j++)
-		atomic_store(&r->shm->weight[j], w[j]);
+		atomic_store(&route_rt(r)->shm->weight[j], w[j]);
 	atomic_fetch_add(&g_shm->admin_version, 1);
 	lb_err("admin (%s): route %s: split = %s", a->peer, r->name, line.d);
 	ab_printf(&b, "{\"route\":\"%s\",\"split\":\"%s\"}\n", r->name, line.d);
@@ -11024,7 +11127,7 @@ static void admin_server_add(struct aconn *a, const struct lb_admin_call *k, con
 		blen--;
 	while (blen && isspace((unsigned char)*body))
 		body++, blen--;
-	struct lb_pool *p = conf_pool(k->pool);
+	const struct lb_pool *p = conf_pool(k->pool);
 	if (!p) {
 		admin_json_error(a, 404, "no such pool");
 		return;
@@ -11052,9 +11155,9 @@ static void admin_server_add(struct aconn *a, const struct lb_admin_call *k, con
 
 static void admin_server_del(struct aconn *a, const struct lb_admin_call *k)
 {
-	struct lb_pool *p = conf_pool(k->pool);
-	struct lb_server *s = pool_server(p, k->server);
-	if (!s || !s->shm) {
+	const struct lb_pool *p = conf_pool(k->pool);
+	const struct lb_server *s = pool_server(p, k->server);
+	if (!s || !srv_rt(s)->shm) {
 		admin_json_error(a, 404, p ? "no such server" : "no such pool");
 		return;
 	}
@@ -11073,7 +11176,7 @@ static void admin_server_del(struct aconn *a, const struct lb_admin_call *k)
 	snprintf(g_rm[i].pool, sizeof g_rm[i].pool, "%s", p->name);
 	snprintf(g_rm[i].server, sizeof g_rm[i].server, "%s", s->name);
 	g_rm[i].deadline = mono_ms() + g_conf->shutdown_timeout;
-	atomic_store(&s->shm->admin, ADM_DRAIN);
+	atomic_store(&srv_rt(s)->shm->admin, ADM_DRAIN);
 	lb_err("admin (%s): server %s/%s: draining; removed once idle", a->peer, p->name, s->name);
 	struct abuf b = { 0 };
 	ab_printf(&b, "{\"pool\":\"%s\",\"server\":\"%s\",\"state\":\"drain\",\"removal\":\"once idle\"}\n", p->name,
@@ -11087,15 +11190,15 @@ static void admin_removals(void)
 	for (int i = 0; i < LB_ADMIN_REMOVALS; i++) {
 		if (!g_rm[i].pool[0])
 			continue;
-		struct lb_server *s = pool_server(conf_pool(g_rm[i].pool), g_rm[i].server);
-		if (s && s->shm && atomic_load(&s->shm->active) > 0 && mono_ms() < g_rm[i].deadline)
+		const struct lb_server *s = pool_server(conf_pool(g_rm[i].pool), g_rm[i].server);
+		if (s && srv_rt(s)->shm && atomic_load(&srv_rt(s)->shm->active) > 0 && mono_ms() < g_rm[i].deadline)
 			continue;
 		char sect[LB_NAME_MAX + 8], what[200];
 		snprintf(sect, sizeof sect, "pool %.63s", g_rm[i].pool);
 		snprintf(what, sizeof what, "pool %.63s: server %.63s removed", g_rm[i].pool, g_rm[i].server);
 		struct ini_edit ed = { sect, "server", NULL, g_rm[i].server, 0 };
 		struct aconn quiet = { .fd = -1 };
-		struct lb_shm_server *v = s ? s->shm : NULL; /* s dies with its generation at the reload */
+		struct lb_shm_server *v = s ? srv_rt(s)->shm : NULL; /* s dies with its generation at the reload */
 		snprintf(quiet.peer, sizeof quiet.peer, "removal");
 		if (s) {
 			config_edit(&quiet, &ed, 200, what);
@@ -11204,14 +11307,14 @@ static void dash_listeners(struct abuf *b)
 			ab_html(b, bt);
 		}
 		ab_printf(b, "</td><td>%s</td><td>%llu</td><td>%llu</td></tr>", listener_proto(l),
-		          (unsigned long long)listener_active(l), (unsigned long long)(l->shm ? atomic_load(&l->shm->accepted) : 0));
+		          (unsigned long long)listener_active(l), (unsigned long long)(lsn_rt(l)->shm ? atomic_load(&lsn_rt(l)->shm->accepted) : 0));
 	}
 	ab_printf(b, "</table></div>");
 }
 
 static void dash_server(struct abuf *b, const struct lb_pool *p, const struct lb_server *s)
 {
-	struct lb_shm_server *v = s->shm;
+	struct lb_shm_server *v = srv_rt(s)->shm;
 	struct srv_view w;
 	uint64_t req = 0, err = 0, bytes = 0;
 	if (!v)
@@ -11285,9 +11388,9 @@ static void dash_history(struct abuf *b)
 	for (size_t p = 0; p < c->npools; p++)
 		for (size_t k = 0; k < c->pools[p].nservers; k++) {
 			const struct lb_server *s = &c->pools[p].servers[k];
-			if (!s->shm)
+			if (!srv_rt(s)->shm)
 				continue;
-			const struct lb_hseries *h = &g_hist->s[s->shm - g_shm->s];
+			const struct lb_hseries *h = &g_hist->s[srv_rt(s)->shm - g_shm->s];
 			ab_printf(b, "<tr data-series=\"server %s/%s\"><td>%s/%s</td>", c->pools[p].name, s->name, c->pools[p].name,
 			          s->name);
 			for (int what = 0; what < 3; what++) {
@@ -11299,12 +11402,12 @@ static void dash_history(struct abuf *b)
 		}
 	for (size_t k = 0; k < c->nroutes; k++) {
 		const struct lb_route *r = &c->routes[k];
-		if (!r->shm)
+		if (!route_rt(r)->shm)
 			continue;
 		ab_printf(b, "<tr data-series=\"route %s\"><td>route %s</td>", r->name, r->name);
 		for (int what = 0; what < 3; what++) {
 			ab_printf(b, "<td>");
-			ab_spark(b, &g_hist->r[r->shm - g_shm->r], what);
+			ab_spark(b, &g_hist->r[route_rt(r)->shm - g_shm->r], what);
 			ab_printf(b, "</td>");
 		}
 		ab_printf(b, "</tr>");
@@ -11321,7 +11424,7 @@ static void dash_routes(struct abuf *b)
 	             "<th>rate limited</th><th>denied</th><th>p50</th><th>p99</th><th>target</th></tr>");
 	for (size_t k = 0; k < c->nroutes; k++) {
 		const struct lb_route *r = &c->routes[k];
-		struct lb_shm_route *v = r->shm;
+		struct lb_shm_route *v = route_rt(r)->shm;
 		double p50, p99;
 		route_quantiles(r, &p50, &p99);
 		ab_printf(b, "<tr><td>%s</td><td>%llu</td><td>%llu</td><td>%llu</td><td>%llu</td><td>", r->name,
@@ -11444,9 +11547,9 @@ static void admin_form(struct aconn *a, const char *body, size_t blen)
 		                                           : "no [admin] token_file is configured: changes are refused");
 		return;
 	}
-	struct lb_pool *p = conf_pool(f.pool);
-	struct lb_server *s = pool_server(p, f.server);
-	if (!s || !s->shm) {
+	const struct lb_pool *p = conf_pool(f.pool);
+	const struct lb_server *s = pool_server(p, f.server);
+	if (!s || !srv_rt(s)->shm) {
 		admin_form_error(a, 404, p ? "no such server" : "no such pool");
 		return;
 	}
@@ -11474,8 +11577,8 @@ static void admin_call(struct aconn *a, const struct lb_req *rq, const char *bod
 		                                           : "no [admin] token_file is configured: changes are refused");
 		return;
 	}
-	struct lb_pool *p;
-	struct lb_server *s;
+	const struct lb_pool *p;
+	const struct lb_server *s;
 	switch (k.op) {
 	case LB_A_HEALTHZ:
 		if (g_mstop || live_workers() == 0)
@@ -11533,7 +11636,7 @@ static void admin_call(struct aconn *a, const struct lb_req *rq, const char *bod
 	default: /* drain, enable, disable, weight */
 		p = conf_pool(k.pool);
 		s = pool_server(p, k.server);
-		if (!s || !s->shm)
+		if (!s || !srv_rt(s)->shm)
 			admin_json_error(a, 404, p ? "no such server" : "no such pool");
 		else
 			admin_server_state(a, &k, s, body, blen);
@@ -13089,7 +13192,7 @@ static int master_reload(void)
 	size_t token_len = 0;
 	for (int i = 0; i < LB_MAX_WORKERS; i++)
 		free_slots += !g_wk[i].pid && !g_wk[i].restart;
-	struct lb_conf *old = g_conf;
+	struct lb_conf *old = (struct lb_conf *)g_conf; /* the master's own (main or the last reload made it) */
 	const char *why = NULL;
 	if ((unsigned)free_slots < worker_count(nc))
 		why = "too many workers still draining from earlier reloads; try again later";
@@ -13680,7 +13783,7 @@ static void ctl_remove(const struct ctl *k, const char *pool, const char *name, 
 static int ctl_rollout(struct ctl *k, const char *pool, const char *spec, unsigned batch, uint64_t interval,
                        uint64_t timeout)
 {
-	struct lb_pool *p = conf_pool_of(k->c, pool);
+	const struct lb_pool *p = conf_pool_of(k->c, pool);
 	if (!p) {
 		fprintf(stderr, "lb ctl rollout: no pool %s in the config\n", pool);
 		return 1;
@@ -14013,23 +14116,24 @@ int lb_main(int argc, char **argv)
 			return 2;
 		}
 	}
-	g_conf = load_config(path, 0);
-	if (!g_conf)
+	struct lb_conf *conf = load_config(path, 0); /* written until it is g_conf, read-only after */
+	if (!conf)
 		return 1;
 	if (user) {
-		free(g_conf->user);
-		g_conf->user = strdup(user);
+		free(conf->user);
+		conf->user = strdup(user);
 	}
+	g_conf = conf;
 	if (check) {
 		char tok[sizeof g_admin_token];
 		size_t tl;
 		/* what the start would refuse beyond conf_validate: the token file, an unknown user (as root) */
 		if (admin_token_load(g_conf, tok, &tl) != 0 || (geteuid() == 0 && resolve_user(g_conf) != 0)) {
-			lb_conf_free(g_conf);
+			lb_conf_free(conf);
 			return 1;
 		}
 		printf("%s: configuration is valid\n", path);
-		lb_conf_free(g_conf);
+		lb_conf_free(conf);
 		return 0;
 	}
 	if (geteuid() == 0 && !g_conf->user) {
@@ -14049,7 +14153,7 @@ int lb_main(int argc, char **argv)
 		return 1;
 	if (g_conf->access_log && retarget_log(&g_accfd, g_conf->access_log, 0) != 0)
 		return 1;
-	if (resolve_user(g_conf) != 0 || shm_create(g_conf) != 0 || shm_map_conf(g_conf) != 0 ||
+	if (resolve_user(g_conf) != 0 || shm_create(g_conf) != 0 || shm_map_conf(conf) != 0 ||
 	    rl_create(g_conf->rate_limit_entries) != 0 || ipc_create() != 0 || events_create() != 0 ||
 	    tls_shared_create(g_conf->tls_session_cache) != 0 ||
 	    msocks_open(g_conf) != 0 || admin_token_load(g_conf, g_admin_token, &g_admin_token_len) != 0 ||

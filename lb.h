@@ -350,6 +350,7 @@ struct lb_bconn;      /* a backend connection (lb.c) */
 struct lb_shm_server; /* a server's slot in the shared-memory segment (lb.c) */
 struct lb_shm_route;  /* a route's slot: split weights and counters (lb.c) */
 struct lb_shm_listener; /* a listener's slot: connection counters (lb.c) */
+struct lb_rt;         /* runtime state beside a configuration (lb.c) */
 
 struct lb_server {
 	char name[LB_NAME_MAX];
@@ -357,22 +358,12 @@ struct lb_server {
 	uint16_t port;
 	struct sockaddr_storage sa;
 	socklen_t salen;
-	unsigned weight, max_conn;      /* weight: in effect (the admin API may change it) */
-	unsigned conf_weight;           /* as configured */
+	unsigned weight, max_conn;      /* weight: as configured (the admin API's is in shared memory) */
 	int backup, disabled;
 	int tls;                /* speak TLS to it (server ... tls), verified against the pool's tls_ca */
 	int line;
 	uint64_t name_hash;     /* for consistent hashing: by name, so a readdressed server keeps its keys */
-	/* per-worker runtime state */
-	int64_t cur_weight;     /* smooth weighted round-robin */
-	unsigned active;        /* requests or tunnels in flight (this process; see shm) */
-	int down;               /* not usable (health checks, later) */
-	struct lb_shm_server *shm; /* shared state across workers; NULL in unit tests */
-	struct lb_bconn *idle;  /* idle keep-alive connections, most recently used first */
-	unsigned nidle;
-	unsigned nopen;         /* open connections to it, idle ones included (this process) */
-	unsigned peak_used;     /* most connections in use at once since the last purge */
-	unsigned need;          /* connections recent peaks needed: the purge keeps this many */
+	unsigned id;            /* index among the file's servers (pools in file order): its runtime state's (lb.c) */
 };
 
 struct lb_pool {
@@ -405,7 +396,6 @@ struct lb_pool {
 	unsigned cb_max_open;            /* percent of the servers whose circuits may be open at once (one
 	                                    always may); 100 = no cap */
 	uint64_t cb_window, cb_slow, cb_open; /* ms; cb_slow 0 = off */
-	uint32_t rr_seed;
 	uint64_t given;                  /* keys given in the file: a bit per row of lb.c's key table */
 };
 
@@ -446,7 +436,6 @@ struct lb_listener {
 	unsigned https_port;          /* in those redirects; 443 = not written */
 	char *acme_webroot;           /* serves /.well-known/acme-challenge/TOKEN */
 	struct lb_tls *tlsm;          /* loaded certificates and CAs (lb_conf_resolve); NULL in pure use */
-	struct lb_shm_listener *shm;  /* connection counters in shared memory; NULL in unit tests */
 	uint64_t given;               /* keys given in the file: a bit per row of lb.c's key table */
 };
 
@@ -467,7 +456,6 @@ struct lb_route {
 	char *hdr_values[LB_ROUTE_MAX_ITEMS]; size_t nheaders; /* "*" = present with any value */
 	int pool;                          /* -1 when split is used */
 	struct lb_split split[LB_ROUTE_MAX_ITEMS]; size_t nsplit;
-	int64_t split_cur[LB_ROUTE_MAX_ITEMS]; /* smooth weighted round-robin over split pools */
 	uint64_t response_timeout, max_body_size; /* used when given (0 is a value); else the pool's / listener's */
 	uint64_t given;                            /* keys given in the file: a bit per row of lb.c's key table */
 	struct lb_acl_rule *acl; size_t nacl;      /* ordered; first match wins */
@@ -482,7 +470,6 @@ struct lb_route {
 	char *req_del[LB_ROUTE_MAX_ITEMS];  size_t nreq_del;  /* names */
 	char *resp_add[LB_ROUTE_MAX_ITEMS]; size_t nresp_add;
 	char *resp_del[LB_ROUTE_MAX_ITEMS]; size_t nresp_del;
-	struct lb_shm_route *shm;                  /* NULL in unit tests */
 };
 
 /* [scaler]: linode-scaler's section (deploy/linode-scaler.c #includes lb.c and reads the file with
@@ -540,6 +527,7 @@ struct lb_conf {
 	struct lb_route *routes;       size_t nroutes;
 	struct lb_scaler scaler;
 	uint64_t given_global, given_log, given_admin, given_scaler; /* keys given, by row of lb.c's key table */
+	struct lb_rt *rt;              /* lb.c: what a running lb writes about these servers and routes, made with them */
 };
 
 struct lb_cfg_error {
@@ -587,8 +575,15 @@ int lb_conf_given(uint64_t given, const char *section, const char *key);
 int lb_route_find(const struct lb_conf *conf, int li, const struct lb_req *req,
                   const char *host, size_t hostlen, const char *path, size_t pathlen);
 
-/* Choose a pool for a route: its pool, or one of its split pools by smooth weighted round-robin. */
-int lb_route_pool(struct lb_route *r);
+/* What lb_route_pool reads and writes of a split route in one process, by split pool: the weights in
+ * effect (the configured ones at load; the admin API may change them) and the round-robin positions. */
+struct lb_split_rt {
+	unsigned weight[LB_ROUTE_MAX_ITEMS];
+	int64_t cur[LB_ROUTE_MAX_ITEMS];
+};
+/* Choose a pool for a route: its pool, or one of its split pools by smooth weighted round-robin over
+ * rt's weights. Pure: it writes only rt->cur. */
+int lb_route_pool(const struct lb_route *r, struct lb_split_rt *rt);
 
 /* One server's state at one moment, as the workers share it (lb.c's pool_states copies it from shared
  * memory): its requests in flight in every worker, and what health checks, the admin API and the
@@ -599,14 +594,22 @@ struct lb_srv_state {
 	int admin;               /* 0 ready, 1 drain, 2 disabled */
 	int cb_state, cb_trials; /* circuit: 0 closed, 1 open (until cb_until), 2 half-open with cb_trials in flight */
 	uint64_t cb_until;       /* monotonic ms */
+	unsigned weight;         /* set through the admin API; 0: the configured one */
+};
+
+/* What lb_pick writes: one pool's balancing state in one process. cur[i] is p->servers[i]'s current
+ * weight in smooth weighted round-robin, seed least_conn's rotating start. All 0: a fresh start. */
+struct lb_pick_rt {
+	int64_t *cur;
+	uint32_t seed;
 };
 
 /* Pick a usable server (not down, not disabled, under max_conn, its circuit letting requests through at
- * now), primaries before backups. st[i] is the state of p->servers[i]; now is monotonic ms. key is the
- * client-address hash for ip_hash; rnd a random number for random2. NULL when none. Pure: it writes
- * only p's round-robin state (cur_weight, rr_seed). */
-struct lb_server *lb_pick(struct lb_pool *p, const struct lb_srv_state *st, uint64_t now, uint64_t key,
-                          uint64_t rnd);
+ * now), primaries before backups. st[i] is the state of p->servers[i]; rt is p's balancing state in this
+ * process; now is monotonic ms. key is the client-address hash for ip_hash; rnd a random number for
+ * random2. NULL when none. Pure: it reads only its arguments and writes only *rt. */
+const struct lb_server *lb_pick(const struct lb_pool *p, const struct lb_srv_state *st, struct lb_pick_rt *rt,
+                                uint64_t now, uint64_t key, uint64_t rnd);
 
 uint64_t lb_hash64(const void *data, size_t n); /* FNV-1a 64 then a mixer */
 

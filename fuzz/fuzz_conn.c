@@ -720,15 +720,17 @@ static void reset_worker(struct lb_conf *conf)
 		memcpy(g_shm->s[i].key, key, sizeof key);
 	}
 	memset(g_rl, 0, g_rl_sets * sizeof *g_rl);
+	/* the balancing state (section 4's struct lb_rt: conf itself is not written): round-robin positions;
+	 * the servers' connection counts are checked to be back at 0 after each input (check_clean) */
 	for (size_t p = 0; p < conf->npools; p++) {
-		conf->pools[p].rr_seed = 0;
-		for (size_t k = 0; k < conf->pools[p].nservers; k++) {
-			conf->pools[p].servers[k].cur_weight = 0;
-			conf->pools[p].servers[k].weight = conf->pools[p].servers[k].conf_weight;
-		}
+		conf->rt->pool[p].pick.seed = 0;
+		memset(conf->rt->pool[p].pick.cur, 0, conf->pools[p].nservers * sizeof *conf->rt->pool[p].pick.cur);
 	}
-	for (size_t r = 0; r < conf->nroutes; r++)
-		memset(conf->routes[r].split_cur, 0, sizeof conf->routes[r].split_cur);
+	for (size_t r = 0; r < conf->nroutes; r++) { /* and split positions, with the file's weights */
+		memset(conf->rt->route[r].split.cur, 0, sizeof conf->rt->route[r].split.cur);
+		for (size_t j = 0; j < conf->routes[r].nsplit; j++)
+			conf->rt->route[r].split.weight[j] = conf->routes[r].split[j].weight;
+	}
 }
 
 static void set_addrs(int which, int li)
@@ -869,10 +871,11 @@ static void check_clean(void)
 	for (size_t p = 0; p < g_conf->npools; p++)
 		for (size_t k = 0; k < g_conf->pools[p].nservers; k++) {
 			struct lb_server *s = &g_conf->pools[p].servers[k];
-			CHECK(s->active == 0 && s->nidle == 0);
-			CHECK(s->nopen == 0); /* the idle pool's counts (idle_purge sizes it by them) match the sockets */
-			CHECK(atomic_load(&s->shm->active) == 0);
-			CHECK(atomic_load(&s->shm->cb_trials) == 0); /* a leaked trial slot blocks a half-open circuit */
+			const struct srv_rt *rt = srv_rt(s);
+			CHECK(rt->active == 0 && rt->nidle == 0);
+			CHECK(rt->nopen == 0); /* the idle pool's counts (idle_purge sizes it by them) match the sockets */
+			CHECK(atomic_load(&rt->shm->active) == 0);
+			CHECK(atomic_load(&rt->shm->cb_trials) == 0); /* a leaked trial slot blocks a half-open circuit */
 		}
 }
 

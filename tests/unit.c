@@ -1466,7 +1466,8 @@ static void test_conf_full(void)
 			CHECK(!!s->disabled == es[i].disabled, "server %s: disabled expected %d, got %d", es[i].name,
 			      es[i].disabled, s->disabled);
 			CHECK(s->line == es[i].line, "server %s: line expected %d, got %d", es[i].name, es[i].line, s->line);
-			CHECK(s->active == 0 && s->down == 0, "server %s: runtime state not zero", es[i].name);
+			CHECK(s->id == p->servers[0].id + i, "server %s: id %u, expected %u (a pool's ids are consecutive)",
+			      es[i].name, s->id, p->servers[0].id + (unsigned)i);
 		}
 		if (p->nservers >= 2)
 			CHECK(p->servers[0].name_hash != p->servers[1].name_hash, "name_hash of a1 and a2 equal (%" PRIu64 ")",
@@ -2146,7 +2147,17 @@ static void test_conf_resolve(void)
 /* ------------------------------------------------------------------ 8. balancing */
 
 #define MAXS 8
-static struct lb_server bs[MAXS];
+static struct lb_server bs[MAXS], s4[4], s5[5];
+/* what lb_pick is given of each test server's state (lb reads it from shared memory): beside its array */
+static struct lb_srv_state bs_st[MAXS], s4_st[4], s5_st[5];
+
+static struct lb_srv_state *states_of(const struct lb_pool *p)
+{
+	return p->servers == s4 ? s4_st : p->servers == s5 ? s5_st : bs_st;
+}
+/* and what lb_pick writes: the balancing state of the pool last made (mk_pool starts it afresh) */
+static int64_t pick_cur[MAXS];
+static struct lb_pick_rt pick_rt = { pick_cur, 0 };
 
 static void mk_pool(struct lb_pool *p, struct lb_server *s, size_t n, const unsigned *w, int algo)
 {
@@ -2162,6 +2173,9 @@ static void mk_pool(struct lb_pool *p, struct lb_server *s, size_t n, const unsi
 	}
 	p->servers = s;
 	p->nservers = n;
+	memset(states_of(p), 0, n * sizeof *states_of(p));
+	memset(pick_cur, 0, sizeof pick_cur);
+	pick_rt.seed = 0;
 	p->algorithm = algo;
 	p->connect_timeout = 3000;
 	p->response_timeout = 60000;
@@ -2172,10 +2186,7 @@ static void mk_pool(struct lb_pool *p, struct lb_server *s, size_t n, const unsi
 /* Index of the pick in p->servers, -1 for NULL, -2 for a pointer outside the array. */
 static int pick(struct lb_pool *p, uint64_t key, uint64_t rnd)
 {
-	static struct lb_srv_state st[LB_MAX_POOL_SERVERS]; /* each server's own active count, nothing else set */
-	for (size_t i = 0; i < p->nservers; i++)
-		st[i] = (struct lb_srv_state){ .active = p->servers[i].active };
-	struct lb_server *s = lb_pick(p, st, 0, key, rnd);
+	const struct lb_server *s = lb_pick(p, states_of(p), &pick_rt, 0, key, rnd);
 	if (!s)
 		return -1;
 	if (s < p->servers || s >= p->servers + p->nservers)
@@ -2187,7 +2198,7 @@ static int pick(struct lb_pool *p, uint64_t key, uint64_t rnd)
 static int pick_act(struct lb_pool *p, const unsigned *act, uint64_t key, uint64_t rnd)
 {
 	for (size_t i = 0; i < p->nservers; i++)
-		p->servers[i].active = act ? act[i] : 0;
+		states_of(p)[i].active = act ? act[i] : 0;
 	return pick(p, key, rnd);
 }
 
@@ -2236,7 +2247,7 @@ static void test_unusable_never_picked(void)
 		/* s0 ok, s1 disabled, s2 down, s3 ok, s4 full (max_conn 2, active 2) */
 		mk_pool(&p, bs, 5, NULL, algos[a]);
 		bs[1].disabled = 1;
-		bs[2].down = 1;
+		bs_st[2].down = 1;
 		bs[4].max_conn = 2;
 		static const unsigned act[5] = { 0, 0, 0, 0, 2 };
 		for (int i = 0; i < 4000; i++) {
@@ -2282,7 +2293,7 @@ static void test_backup(void)
 			seen[k]++;
 		}
 		CHECK(seen[2] == 0, "backup picked %d times while primaries are usable", seen[2]);
-		bs[0].down = 1;
+		bs_st[0].down = 1;
 		for (int i = 0; i < 500; i++) {
 			int k = pick_act(&p, act, sm64(), sm64());
 			if (k != 1) {
@@ -2298,7 +2309,7 @@ static void test_backup(void)
 				break;
 			}
 		}
-		bs[2].down = 1;
+		bs_st[2].down = 1;
 		int k = pick_act(&p, act, sm64(), sm64());
 		CHECK(k == -1, "all down/disabled: expected NULL, got %d", k);
 		end("balance/%s_backup_only_when_primaries_unusable", algo_name(algos[a]));
@@ -2319,11 +2330,11 @@ static void test_least_conn(void)
 		      t[i].exp, k);
 	}
 	/* the least loaded is down -> next least */
-	bs[1].down = 1;
+	bs_st[1].down = 1;
 	static const unsigned a1[3] = { 3, 1, 2 };
 	int k = pick_act(&p, a1, 0, 0);
 	CHECK(k == 2, "least (s1) down, active {3,1,2}: expected 2, got %d", k);
-	bs[1].down = 0;
+	bs_st[1].down = 0;
 	bs[1].max_conn = 1;
 	k = pick_act(&p, a1, 0, 0);
 	CHECK(k == 2, "least (s1) at max_conn, active {3,1,2}: expected 2, got %d", k);
@@ -2363,7 +2374,6 @@ static void test_ip_hash(void)
 {
 	enum { NK = 100000 };
 	struct lb_pool p4, p5;
-	static struct lb_server s4[4], s5[5];
 	static signed char first[NK];
 	uint64_t *keys = malloc(NK * sizeof *keys);
 	long cnt[4] = { 0 };
@@ -2427,7 +2437,7 @@ static void test_ip_hash(void)
 	begin();
 	{
 		long bad = 0, bad_stay = 0;
-		s4[2].down = 1;
+		s4_st[2].down = 1;
 		for (int i = 0; i < NK && first[i] >= 0; i++) {
 			int k = pick(&p4, keys[i], 0);
 			if (first[i] != 2 && k != first[i])
@@ -2437,7 +2447,7 @@ static void test_ip_hash(void)
 		}
 		CHECK(bad == 0, "%ld keys of other servers moved when s2 went down", bad);
 		CHECK(bad_stay == 0, "%ld keys still on the down server (or NULL)", bad_stay);
-		s4[2].down = 0;
+		s4_st[2].down = 0;
 		long back = 0;
 		for (int i = 0; i < NK && first[i] >= 0; i++)
 			back += pick(&p4, keys[i], 0) != first[i];
@@ -2486,11 +2496,39 @@ static void test_pick_state(void)
 		for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
 			struct lb_pool p;
 			mk_pool(&p, bs, 1, NULL, algos[a]);
-			struct lb_server *s = lb_pick(&p, &t[i].st, t[i].now, 1, 1);
+			const struct lb_server *s = lb_pick(&p, &t[i].st, &pick_rt, t[i].now, 1, 1);
 			CHECK((s != NULL) == t[i].usable, "%s, %s: expected %s, got %s", algo_name(algos[a]), t[i].what,
 			      t[i].usable ? "picked" : "NULL", s ? "picked" : "NULL");
 		}
 	end("balance/pick_reads_state_and_clock_it_is_given");
+}
+
+/* The weight in effect comes with the state (lb: the admin API's, from shared memory; 0 is the configured
+ * one), and the balancing state lb_pick writes is the one it is given: the pool is not written. */
+static void test_pick_weight_in_state(void)
+{
+	static const int algos[] = { LB_ALGO_RR, LB_ALGO_RANDOM2 };
+	begin();
+	for (size_t a = 0; a < 2; a++) {
+		struct lb_pool p, before;
+		long cnt[2] = { 0, 0 };
+		mk_pool(&p, bs, 2, NULL, algos[a]);
+		states_of(&p)[0].weight = 3; /* s0 3 (set), s1 1 (configured) */
+		before = p;
+		for (int i = 0; i < 4000; i++) {
+			int k = pick(&p, sm64(), sm64());
+			if (k < 0) {
+				failf("%s: pick returned %d", algo_name(algos[a]), k);
+				break;
+			}
+			cnt[k]++;
+		}
+		CHECK(cnt[0] > 2800 && cnt[0] < 3200, "%s, weights 3 (state) and 1 (config): s0 got %ld of 4000, expected ~3000",
+		      algo_name(algos[a]), cnt[0]);
+		CHECK(memcmp(&p, &before, sizeof p) == 0 && bs[0].weight == 1, "%s: the pool or a server was written",
+		      algo_name(algos[a]));
+	}
+	end("balance/pick_weight_from_state_pool_not_written");
 }
 
 static void test_pick_none(void)
@@ -2501,7 +2539,7 @@ static void test_pick_none(void)
 		struct lb_pool p;
 		int k;
 		mk_pool(&p, bs, 3, NULL, algos[a]);
-		bs[0].down = bs[1].down = bs[2].down = 1;
+		bs_st[0].down = bs_st[1].down = bs_st[2].down = 1;
 		k = pick_act(&p, NULL, 1, 1);
 		CHECK(k == -1, "%s all down: expected NULL, got %d", algo_name(algos[a]), k);
 		mk_pool(&p, bs, 3, NULL, algos[a]);
@@ -3097,23 +3135,33 @@ static void test_routes(void)
 	begin();
 	{
 		int pp = find_pool(c, "p"), pq = find_pool(c, "q");
-		struct lb_route *plain = NULL, *split = NULL;
+		const struct lb_route *plain = NULL, *split = NULL;
 		for (size_t j = 0; j < c->nroutes; j++) {
 			if (strcmp(c->routes[j].name, "api") == 0) plain = &c->routes[j];
 			if (strcmp(c->routes[j].name, "split") == 0) split = &c->routes[j];
 		}
 		CHECK(plain && split, "routes api/split not found");
 		if (plain && split) {
-			int r = lb_route_pool(plain);
+			struct lb_split_rt srt = { { 0 }, { 0 } };
+			for (size_t j = 0; j < split->nsplit; j++)
+				srt.weight[j] = split->split[j].weight; /* as lb starts: the configured weights */
+			int r = lb_route_pool(plain, &srt);
 			CHECK(r == pp, "plain route: expected pool %d, got %d", pp, r);
 			long np = 0, nq = 0;
 			for (int i = 0; i < 1000; i++) {
-				r = lb_route_pool(split);
+				r = lb_route_pool(split, &srt);
 				np += r == pp;
 				nq += r == pq;
 			}
 			CHECK(np >= 890 && np <= 910 && nq >= 90 && nq <= 110 && np + nq == 1000,
 			      "split 90/10 over 1000: got %ld/%ld", np, nq);
+			/* the weights in effect are the ones given (the admin API's in lb), not the file's */
+			for (size_t j = 0; j < split->nsplit; j++)
+				srt.weight[j] = split->split[j].pool == pq ? 100 : 0;
+			nq = 0;
+			for (int i = 0; i < 100; i++)
+				nq += lb_route_pool(split, &srt) == pq;
+			CHECK(nq == 100, "split weights set to 0/100: q got %ld of 100", nq);
 		}
 	}
 	end("route/route_pool_split");
@@ -3483,6 +3531,7 @@ int main(void)
 	test_random2();
 	test_ip_hash();
 	test_pick_none();
+	test_pick_weight_in_state();
 	test_pick_state();
 	test_routes();
 	test_conf_sticky();
