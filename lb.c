@@ -272,31 +272,57 @@ static size_t json_str(char *out, size_t cap, const char *s)
 }
 
 /* -------------------------------------------------------------------- the error log, shared mappings, files
- * The I/O later sections share: lb_err (one line to the error log), shm_map and its spinlock (the TLS
+ * The I/O later sections share: lb_err, lb_warn, lb_info, lb_debug (one line to the error log, with its
+ * level; [log] level filters), shm_map and its spinlock (the TLS
  * session cache, the event ring and the server slots live in such mappings), read_file (the config file,
  * the admin token file). */
 
 static int g_errfd = 2; /* the error log: stderr until [global] error = FILE is opened (retarget_log) */
+static int g_errlevel = LB_LV_INFO; /* [log] level: lines above it are not written */
+static const char *const k_level_names[] = { "error", "warn", "info", "debug", NULL }; /* enum lb_loglevel */
 
-static void lb_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void lb_err(const char *fmt, ...)
+/* One line: "2026-01-02T03:04:05.678Z lb[PID]: LEVEL: text". Levels: error (lb itself failed or
+ * refused to start), warn (a server or the service degraded: a failed check, a circuit, a 5xx lb
+ * answered), info (state changes and clients' bad requests), debug (what a flood repeats). */
+static void lb_vlog(int lv, const char *fmt, va_list ap)
 {
+	if (lv > g_errlevel)
+		return;
 	char b[1024];
 	struct timespec ts;
 	struct tm tm;
 	clock_gettime(CLOCK_REALTIME, &ts);
 	gmtime_r(&ts.tv_sec, &tm);
-	size_t n = strftime(b, sizeof b, "%Y-%m-%dT%H:%M:%SZ", &tm);
-	n += (size_t)snprintf(b + n, sizeof b - n, " lb[%d]: ", (int)getpid());
-	va_list ap;
-	va_start(ap, fmt);
+	size_t n = strftime(b, sizeof b, "%Y-%m-%dT%H:%M:%S", &tm);
+	n += (size_t)snprintf(b + n, sizeof b - n, ".%03dZ lb[%d]: %s: ", (int)(ts.tv_nsec / 1000000), (int)getpid(),
+	                      k_level_names[lv]);
 	int m = vsnprintf(b + n, sizeof b - n - 1, fmt, ap);
-	va_end(ap);
 	n = LB_MIN(n + (size_t)(m < 0 ? 0 : m), sizeof b - 2);
 	b[n++] = '\n';
 	ssize_t w = write(g_errfd, b, n);
 	LB_UNUSED(w);
 }
+
+static void lb_log(int lv, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void lb_log(int lv, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	lb_vlog(lv, fmt, ap);
+	va_end(ap);
+}
+
+static void lb_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void lb_err(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	lb_vlog(LB_LV_ERROR, fmt, ap);
+	va_end(ap);
+}
+#define lb_warn(...) lb_log(LB_LV_WARN, __VA_ARGS__)
+#define lb_info(...) lb_log(LB_LV_INFO, __VA_ARGS__)
+#define lb_debug(...) lb_log(LB_LV_DEBUG, __VA_ARGS__)
 
 /* Memory every process shares, made by the master before the first fork; zero-filled, so every
  * counter, flag and spinlock in it starts at 0. Pages cost only once touched. NULL on failure. */
@@ -2127,6 +2153,78 @@ long lb_acme_token(const char *path, size_t n, const char **token)
 	return (long)tn;
 }
 
+const char *const lb_log_field_names[LB_LF_N] = {
+	"time", "client", "method", "uri", "proto", "status", "bytes", "bytes_in", "term", "duration_ms",
+	"t_request_us", "t_connect_us", "t_first_byte_us", "t_total_us", "listener", "route", "pool", "server",
+	"server_addr", "retries", "host", "user_agent", "referer", "request_id", "tls", "tls_version", "tls_cipher",
+	"sni", "client_cert", "worker", "pid",
+};
+
+static int log_tpl_add(struct lb_log_tpl *o, size_t off, size_t len, int field)
+{
+	if (o->n == LB_LOG_TPL_MAX)
+		return -1;
+	o->item[o->n].off = (uint16_t)off, o->item[o->n].len = (uint16_t)len, o->item[o->n].field = (int16_t)field;
+	o->n++;
+	return 0;
+}
+
+int lb_log_template_parse(const char *s, size_t n, struct lb_log_tpl *o, const char **why, char *bad, size_t badn)
+{
+	o->n = 0;
+	if (badn)
+		bad[0] = 0;
+	*why = NULL;
+	if (n == 0 || n > 1024) {
+		*why = "a template is 1 to 1024 bytes";
+		return LB_EINVAL;
+	}
+	size_t lit = 0;
+	for (size_t i = 0; i < n;) {
+		if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f) {
+			*why = "a control character in the template";
+			return LB_EINVAL;
+		}
+		if (s[i] != '%') {
+			i++;
+			continue;
+		}
+		if (i > lit && log_tpl_add(o, lit, i - lit, -1))
+			goto too_many;
+		if (i + 1 < n && s[i + 1] == '%') { /* %% : the second '%' starts the next literal */
+			lit = i + 1;
+			i += 2;
+			continue;
+		}
+		const char *e = i + 1 < n && s[i + 1] == '{' ? memchr(s + i + 2, '}', n - i - 2) : NULL;
+		if (!e) {
+			*why = "a '%' not followed by {field} or %";
+			return LB_EINVAL;
+		}
+		size_t nl = (size_t)(e - (s + i + 2));
+		int f = -1;
+		for (int k = 0; k < LB_LF_N && f < 0; k++)
+			if (strlen(lb_log_field_names[k]) == nl && !memcmp(lb_log_field_names[k], s + i + 2, nl))
+				f = k;
+		if (f < 0) {
+			if (badn)
+				snprintf(bad, badn, "%.*s", (int)LB_MIN(nl, 64u), s + i + 2);
+			*why = "unknown field";
+			return LB_EINVAL;
+		}
+		if (log_tpl_add(o, 0, 0, f))
+			goto too_many;
+		i = (size_t)(e - s) + 1;
+		lit = i;
+	}
+	if (n > lit && log_tpl_add(o, lit, n - lit, -1))
+		goto too_many;
+	return 0;
+too_many:
+	*why = "more than 64 pieces";
+	return LB_EINVAL;
+}
+
 /* ==================================================================== 4. configuration
  * Text -> struct lb_conf. A pre-scan finds sections (so duplicates, empty sections and keys
  * outside sections get exact lines) and the lines inih would mangle; inih then delivers keys,
@@ -2858,6 +2956,39 @@ static void set_access(struct cfg *st, void *o, const struct keydef *kd, const c
 	c->access_log = strcmp(v, "off") ? v_str(st, line, kd->name, v) : NULL;
 }
 
+/* combined, json or a template of %{field}s (checked here, so lb -t names an unknown field) */
+static void set_log_format(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	struct lb_conf *c = o;
+	const char *why;
+	char bad[72];
+	free(c->log_template);
+	c->log_template = NULL;
+	if (!strcmp(v, "combined") || !strcmp(v, "json")) {
+		c->log_format = !strcmp(v, "json") ? LB_LOG_JSON : LB_LOG_COMBINED;
+		return;
+	}
+	if (!strchr(v, '%')) {
+		cfg_err(st, line, kd->name, "%s: '%s' is not combined, json or a template of %%{field}s", kd->name, v);
+		return;
+	}
+	if (lb_log_template_parse(v, strlen(v), &c->log_tpl, &why, bad, sizeof bad) != 0) {
+		if (bad[0]) {
+			const char *near = NULL;
+			size_t d = 0;
+			for (int i = 0; i < LB_LF_N; i++)
+				closer(bad, lb_log_field_names[i], &near, &d);
+			cfg_err(st, line, kd->name, "%s: unknown field '%%{%s}'%s%s%s (fields: see README, Access log)", kd->name,
+			        bad, near ? " (did you mean '" : "", near ? near : "", near ? "'?)" : "");
+		} else {
+			cfg_err(st, line, kd->name, "%s: %s", kd->name, why);
+		}
+		return;
+	}
+	c->log_format = LB_LOG_TEMPLATE;
+	c->log_template = v_str(st, line, kd->name, v);
+}
+
 static void set_rotate(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
 {
 	struct lb_conf *c = o;
@@ -3099,7 +3230,6 @@ static void set_return(struct cfg *st, void *o, const struct keydef *kd, const c
 #define OR(f) offsetof(struct lb_route, f)
 #define U64MAX UINT64_MAX
 
-static const char *const w_log_format[] = { "combined", "json", NULL };   /* enum lb_logfmt */
 static const char *const w_mode[] = { "http", "tcp", NULL };               /* enum lb_mode */
 static const char *const w_proxy[] = { "off", "v1", "v2", "any", NULL };   /* 0, LB_PROXY_V1, _V2, _ANY */
 static const char *const w_algo[] = { "round_robin", "least_conn", "ip_hash", "random2", NULL }; /* lb_algo */
@@ -3120,7 +3250,8 @@ static const struct keydef keys_global[] = {
 };
 static const struct keydef keys_log[] = {
 	{ .name = "access", .set = set_access, .def = "stdout", .bad = "", .doc = "off, stdout or a file path" },
-	{ .name = "format", .set = set_enum, .off = OG(log_format), .def = "combined", .words = w_log_format, .doc = "combined or json" },
+	{ .name = "format", .set = set_log_format, .def = "combined", .good = "%{client} %{status} %{t_total_us}", .bad = "%{nope}", .doc = "combined, json or a template of %{field}s" },
+	{ .name = "level", .set = set_enum, .off = OG(log_level), .def = "info", .words = k_level_names, .doc = "error log: error, warn, info or debug" },
 	{ .name = "error", .set = set_str, .off = OG(error_log), .def = "stderr", .doc = "stderr or a file path" },
 	{ .name = "rotate", .set = set_rotate, .def = "1h", .good = "100m", .doc = "rotate file logs every interval or at a size; off" },
 	{ .name = "retention", .set = set_dur, .off = OG(retention), .def = "1d", .min = 1000, .doc = "delete rotated files older than this" },
@@ -3611,6 +3742,7 @@ void lb_conf_free(struct lb_conf *c)
 	free(c->alert_command);
 	free(c->user);
 	free(c->access_log);
+	free(c->log_template);
 	free(c->error_log);
 	free(c);
 }
@@ -4083,7 +4215,7 @@ static const struct lb_srv_state *pool_states(const struct lb_pool *p)
 
 /* ==================================================================== 6. event loop and timers
  * Owns the readiness backend (epoll or poll, level-triggered) and the clock (g_now, once per loop
- * turn; mono_ms, wall_ms). The connections' deadlines are a heap in section 8. A handler whose peer
+ * turn; mono_ms, wall_ms; mono_us for the access log's timers). The connections' deadlines are a heap in section 8. A handler whose peer
  * hung up is deregistered while it wants nothing, so HUP cannot spin. Calls nothing later. */
 
 enum { EV_R = 1, EV_W = 2, EV_ERR = 4, EV_HUP = 8 };
@@ -4113,6 +4245,14 @@ static uint64_t mono_ms(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* monotonic µs, read at the moments the access log's timers mark (g_now is a whole ms, once a turn) */
+static uint64_t mono_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
 }
 
 #ifdef LB_EPOLL
@@ -4289,7 +4429,8 @@ static void ev_forget(struct evh *h)
  *
  * The protocol choice is fixed here on purpose: TLS 1.2 only (BearSSL has no 1.3; 1.0 and 1.1
  * are obsolete), ECDHE key exchange only (forward secrecy) and AEAD ciphers only (AES-GCM,
- * ChaCha20-Poly1305), server preference order, no renegotiation, ALPN http/1.1.
+ * ChaCha20-Poly1305), server preference order, no renegotiation, ALPN http/1.1. tls_log_info gives
+ * the access log (section 14) a connection's version and cipher.
  * Calls sections 2, 3 (X.509 names) and 6 (the clock). */
 
 static const uint16_t tls_suites[] = {
@@ -5137,6 +5278,25 @@ static int tls_flush_out(struct tls_io *io, int fd)
 	return 1;
 }
 
+/* The access log's view of a client's TLS once the handshake is done: the version and the cipher suite
+ * in OpenSSL's spelling (as nginx's $ssl_protocol and $ssl_cipher); "-" before. */
+static void tls_log_info(const struct tls_conn *t, const char **version, const char **cipher)
+{
+	*version = *cipher = "-";
+	if (!t->hs_done)
+		return;
+	unsigned v = br_ssl_engine_get_version(&t->sc.eng);
+	*version = v == BR_TLS12 ? "TLSv1.2" : v == BR_TLS11 ? "TLSv1.1" : v == BR_TLS10 ? "TLSv1" : "-";
+	switch (t->sc.eng.session.cipher_suite) {
+	case BR_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256: *cipher = "ECDHE-ECDSA-AES128-GCM-SHA256"; break;
+	case BR_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384: *cipher = "ECDHE-ECDSA-AES256-GCM-SHA384"; break;
+	case BR_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256: *cipher = "ECDHE-ECDSA-CHACHA20-POLY1305"; break;
+	case BR_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256: *cipher = "ECDHE-RSA-AES128-GCM-SHA256"; break;
+	case BR_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384: *cipher = "ECDHE-RSA-AES256-GCM-SHA384"; break;
+	case BR_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256: *cipher = "ECDHE-RSA-CHACHA20-POLY1305"; break;
+	}
+}
+
 /* a clean end: close_notify, sent now if the socket takes it */
 static void tls_close_notify(struct tls_io *io, int fd)
 {
@@ -5550,6 +5710,12 @@ struct conn {
 	struct lb_splice *sp;          /* mode tcp with splice: the two pipes the bytes go through */
 	uint64_t wall_start_ms;        /* wall clock of the request start, for logs */
 	uint32_t lg_mlen, lg_ulen, lg_ref_off, lg_ref_len, lg_ua_off, lg_ua_len, lg_id_off, lg_id_len;
+	uint32_t lg_host_off, lg_host_len;
+	/* the access log's timers (mono_us; 0: not reached): the request begun, its head whole, the server
+	 * connection ready (the last try's), the server's first response byte */
+	uint64_t us_start, us_head, us_ready, us_first;
+	uint64_t req_bytes;            /* this request's bytes from the client: head and body as read */
+	uint8_t nretries;              /* tries on another server (or a fresh connection) this exchange took */
 	uint32_t scan;                 /* head bytes already looked at for a line end */
 	unsigned nreq;
 	int li;
@@ -5575,6 +5741,7 @@ struct conn {
 	bool px_dst_ok;                /* px.dst is known (from a PROXY header or getsockname) */
 	bool xff_trusted;              /* conn_ip is a trusted proxy: its X-Forwarded-For counts */
 	bool ipc_held;                 /* counted in the per-address connection table */
+	bool lg_parsed;                /* the head was parsed: req_minor is this request's */
 };
 
 struct lsock {
@@ -5632,18 +5799,19 @@ static struct lb_throttle *g_throttled;
 static void throttle_line(const struct lb_throttle *t, uint64_t quiet, uint64_t span_ms, int alone)
 {
 	if (quiet)
-		lb_err("%s (%s%llu more like this in the last %llu s)", t->text, alone ? "repeated: " : "",
+		lb_log(t->level, "%s (%s%llu more like this in the last %llu s)", t->text, alone ? "repeated: " : "",
 		       (unsigned long long)quiet, (unsigned long long)LB_MAX((span_ms + 500) / 1000, 1));
 	else
-		lb_err("%s", t->text);
+		lb_log(t->level, "%s", t->text);
 }
 
 /* An error-log line for an event that can repeat at the rate of a flood (per client, per accept,
  * per local resource error): at most one line a second per slot (one static slot per call site);
  * the next line says how many were left out, and log_throttle_flush says it if no next line comes. */
-static void log_throttled(struct lb_throttle *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void log_throttled(struct lb_throttle *t, const char *fmt, ...)
+static void log_throttled_at(struct lb_throttle *t, int lv, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void log_throttled_at(struct lb_throttle *t, int lv, const char *fmt, ...)
 {
+	t->level = lv;
 	uint64_t quiet, span;
 	if (!lb_throttle_pass(t, mono_ms(), 1000, &quiet, &span)) {
 		if (!t->listed) {
@@ -5659,6 +5827,8 @@ static void log_throttled(struct lb_throttle *t, const char *fmt, ...)
 	va_end(ap);
 	throttle_line(t, quiet, span, 0);
 }
+/* most such events are a client's: info; lb's own failures name their level */
+#define log_throttled(t, ...) log_throttled_at((t), LB_LV_INFO, __VA_ARGS__)
 
 /* Called from the loops (cheap when no slot waits): the repeats of a slot whose second is over
  * and that no new line of its own reported. */
@@ -6141,7 +6311,7 @@ static void conn_abort_slot(struct conn *c, const char *why, struct lb_throttle 
 	if (why && slot)
 		log_throttled(slot, "client %s listener %s: closing: %s", ip_text(&c->ip), c->L->name, why);
 	else if (why)
-		lb_err("client %s listener %s: closing: %s", ip_text(&c->ip), c->L->name, why);
+		lb_info("client %s listener %s: closing: %s", ip_text(&c->ip), c->L->name, why);
 	if (why && c->L->mode == LB_MODE_HTTP && c->t_start && c->r != R_NONE)
 		set_term(c, 'C'); /* unless the server's side was named, the client's ended it; no why: a tunnel's end */
 	if ((c->L->mode == LB_MODE_TCP && c->q == Q_TUNNEL) || (c->t_start && c->r != R_NONE)) {
@@ -6167,7 +6337,7 @@ static int tls_begin(struct conn *c)
 	static struct lb_throttle log_slot;
 	if (!(c->tls = tls_conn_new(c->L))) {
 		if (errno == ENOMEM) /* else no entropy: tls_seed_engine said it, at most once a second */
-			log_throttled(&log_slot, "client %s listener %s: out of memory for a TLS engine", ip_text(&c->ip),
+			log_throttled_at(&log_slot, LB_LV_ERROR, "client %s listener %s: out of memory for a TLS engine", ip_text(&c->ip),
 			              c->L->name);
 		conn_close(c);
 		return -1;
@@ -6251,17 +6421,40 @@ static const char *hsts_of(const struct conn *c)
 	return c->tls ? c->L->hsts : NULL;
 }
 
+/* this request's id for the error log ("-" before one is known) */
+static struct lb_str req_id(const struct conn *c)
+{
+	if (c->qh.d && c->lg_id_len)
+		return (struct lb_str){ c->qh.d + c->lg_id_off, c->lg_id_len };
+	return (struct lb_str){ "-", 1 };
+}
+
+/* The termination state of an answer lb made itself, unless an earlier cause was named (a server's
+ * failure, a client's timeout): PR lb refused the request (4xx: bad, too large, denied, rate limited,
+ * no route), LR lb answered as configured (a redirect, a `return`), SC no usable server (502, 503),
+ * IR lb could not build its answer (500). RC (lb's own resources) is set by backend_local_failed. */
+static void term_of_answer(struct conn *c, int status)
+{
+	if (c->term[0])
+		return;
+	c->term[0] = status == 408 ? 'c' : status == 500 ? 'I' : status >= 500 ? 'S' : status < 400 ? 'L' : 'P';
+	c->term[1] = status >= 500 && status != 500 ? 'C' : 'R';
+}
+
 /* lb answers by itself; the exchange ends after it, and the connection too when the request
  * was not read to its end. `extra` are whole header lines; body NULL: a short text of the
  * status. Policy answers (quiet) are in the access log only, not one error line each. */
 static void respond(struct conn *c, int status, const char *why, const char *extra, const char *body, int quiet)
 {
 	static struct lb_throttle client_err[32]; /* 4xx: a client's doing, repeatable at will: one a second each */
+	struct lb_str id = req_id(c);
 	if (!quiet && status >= 400 && status < 500)
-		log_throttled(&client_err[LB_MIN(status - 400, 31)], "client %s listener %s: %d %s: %s", ip_text(&c->ip),
-		              c->L->name, status, status_text(status), why);
+		log_throttled(&client_err[LB_MIN(status - 400, 31)], "client %s listener %s: %d %s: %s (request id %.*s)",
+		              ip_text(&c->ip), c->L->name, status, status_text(status), why, (int)id.n, id.p);
 	else if (!quiet)
-		lb_err("client %s listener %s: %d %s: %s", ip_text(&c->ip), c->L->name, status, status_text(status), why);
+		lb_warn("client %s listener %s: %d %s: %s (request id %.*s)", ip_text(&c->ip), c->L->name, status,
+		       status_text(status), why, (int)id.n, id.p);
+	term_of_answer(c, status);
 	if (c->q == Q_HEAD || c->q == Q_BODY)
 		c->close_after = 1;
 	backend_release(c, 0);
@@ -6269,6 +6462,8 @@ static void respond(struct conn *c, int status, const char *why, const char *ext
 		c->t_start = g_now;
 		c->wall_start_ms = wall_ms();
 	}
+	if (!c->us_start)
+		c->us_start = mono_us();
 	c->q = Q_DONE;
 	c->r = R_DONE;
 	c->resp_status = status;
@@ -6432,8 +6627,11 @@ static int build_request_head(struct conn *c, const struct lb_req *rq, const cha
 		return -1;
 	if (c->tls && c->tls->subject[0] && buf_printf(b, "X-Client-Cert-Subject: %s\r\n", c->tls->subject))
 		return -1;
-	if (rq->authority.n && put_header(b, (struct lb_str){ "X-Forwarded-Host", 16 }, rq->authority))
-		return -1;
+	if (rq->authority.n) {
+		c->lg_host_off = b->e + 18, c->lg_host_len = (uint32_t)rq->authority.n;
+		if (put_header(b, (struct lb_str){ "X-Forwarded-Host", 16 }, rq->authority))
+			return -1;
+	}
 	if (!c->lg_id_len) {
 		if (buf_put_lit(b, "X-Request-ID: "))
 			return -1;
@@ -6536,6 +6734,7 @@ static int backend_connect(struct conn *c, struct lb_server *s)
 		proxy_header_for(c, b);
 	if (connect(b->h.fd, (struct sockaddr *)&s->sa, s->salen) == 0) {
 		b->connected = 1;
+		c->us_ready = mono_us();
 		if (c->L->mode == LB_MODE_TCP)
 			cb_outcome(c, s, 0, "");
 	}
@@ -6560,7 +6759,7 @@ static void backend_local_failed(struct conn *c, const char *what, int e)
 	char why[200];
 	snprintf(why, sizeof why, "%s for server %s/%s: %s (a local resource, not the server)", what, c->pool->name,
 	         c->srv->name, strerror(e));
-	log_throttled(&log_slot, "client %s listener %s: 503 %s: %s (%zu connections open in this worker)",
+	log_throttled_at(&log_slot, LB_LV_ERROR, "client %s listener %s: 503 %s: %s (%zu connections open in this worker)",
 	              ip_text(&c->ip), c->L->name, status_text(503), why, g_nconns);
 	backend_release(c, 0);
 	c->srv = NULL;
@@ -6571,6 +6770,7 @@ static void backend_local_failed(struct conn *c, const char *what, int e)
 		return;
 	}
 	c->close_after = 1; /* its descriptor is wanted */
+	c->term[0] = 'R', c->term[1] = 'C';
 	respond(c, 503, why, NULL, NULL, 1);
 }
 
@@ -6628,6 +6828,7 @@ static void backend_assign(struct conn *c, struct lb_server *avoid)
 		b->next = NULL;
 		c->b = b;
 		c->t_conn = g_now;
+		c->us_ready = mono_us();
 		srv_note_use(s);
 		return;
 	}
@@ -6665,6 +6866,8 @@ static void backend_failed(struct conn *c, int status, const char *why, int retr
 	if (retryable && clean && reused && !c->reuse_retried) {
 		c->reuse_retried = 1; /* a kept-alive connection the server had just closed */
 		c->term[0] = 0;       /* tried again: the exchange goes on */
+		c->nretries++;
+		c->us_first = 0;
 		backend_assign(c, NULL);
 		return;
 	}
@@ -6672,8 +6875,10 @@ static void backend_failed(struct conn *c, int status, const char *why, int retr
 		c->retries_left--;
 		if (failed && failed->shm)
 			atomic_fetch_add_explicit(&failed->shm->retries, 1, memory_order_relaxed);
-		lb_err("client %s: %s; retrying on another server of pool %s", ip_text(&c->ip), why, c->pool->name);
+		lb_warn("client %s: %s; retrying on another server of pool %s", ip_text(&c->ip), why, c->pool->name);
 		c->term[0] = 0;
+		c->nretries++;
+		c->us_first = 0;
 		backend_assign(c, failed);
 		return;
 	}
@@ -6925,7 +7130,13 @@ static void request_begin(struct conn *c)
 	c->srv = NULL;
 	c->req_fwd = c->resp_fwd = 0;
 	c->reuse_retried = 0;
-	c->lg_mlen = c->lg_ulen = c->lg_ref_len = c->lg_ua_len = c->lg_id_len = 0;
+	c->lg_mlen = c->lg_ulen = c->lg_ref_len = c->lg_ua_len = c->lg_id_len = c->lg_host_len = 0;
+	if (!c->us_start) /* the first byte's time when it came to an empty buffer (client_read) */
+		c->us_start = mono_us();
+	c->us_head = c->us_ready = c->us_first = 0;
+	c->req_bytes = 0;
+	c->nretries = 0;
+	c->lg_parsed = 0;
 }
 
 static void tcp_start(struct conn *c); /* section 10 */
@@ -6940,7 +7151,7 @@ static int proxy_step(struct conn *c)
 		if (c->cin_eof) {
 			static struct lb_throttle log_slot;
 			if (len)
-				log_throttled(&log_slot, "client %s listener %s: closed with an incomplete PROXY header",
+				log_throttled_at(&log_slot, LB_LV_DEBUG, "client %s listener %s: closed with an incomplete PROXY header",
 				              ip_text(&c->ip), c->L->name);
 			conn_close(c);
 		}
@@ -7022,6 +7233,7 @@ static void handle_request(struct conn *c, const struct lb_req *rq, size_t n)
 		pn = lb_normalize_path(rq->path.p, rq->path.n, g_scratch);
 	c->req_method = rq->method_id;
 	c->req_minor = rq->minor;
+	c->lg_parsed = 1;
 	c->req_idem = is_idempotent(rq->method_id);
 	c->upgrade = (rq->flags & LB_HF_UPGRADE) != 0;
 	c->close_after = (rq->flags & LB_HF_CLOSE) || g_stopping;
@@ -7076,6 +7288,35 @@ static void handle_request(struct conn *c, const struct lb_req *rq, size_t n)
 	backend_assign(c, NULL);
 }
 
+/* A request refused before its head was parsed (400, 408, 431) still has an access-log line with
+ * the method and target read so far (a token, a space, a target: else "-"), and a fresh request id
+ * its error-log line shares. They are copied into qh (at most 2 KB; escaped when logged). */
+static void log_keep_request_line(struct conn *c, const char *p, size_t len)
+{
+	c->req_bytes = len;
+	if (buf_get(&c->qh) != 0)
+		return;
+	struct buf *b = &c->qh;
+	b->s = b->e = 0;
+	size_t n = p ? LB_MIN(len, (size_t)2048) : 0, m = 0, u;
+	const char *eol = n ? memchr(p, '\n', n) : NULL;
+	if (eol)
+		n = (size_t)(eol - p);
+	while (m < n && m < 32 && p[m] != ' ' && is_tchar((unsigned char)p[m]))
+		m++;
+	if (m && m < n && p[m] == ' ') {
+		for (u = m + 1; u < n && p[u] != ' ' && p[u] != '\r'; u++)
+			;
+		if (u > m + 1 && !buf_put_str(b, p, u)) {
+			c->lg_mlen = (uint32_t)m;
+			c->lg_ulen = (uint32_t)(u - m - 1);
+		}
+	}
+	c->lg_id_off = b->e;
+	if (!buf_put_hex64(b, rand64()) && !buf_put_hex64(b, rand64()))
+		c->lg_id_len = 32;
+}
+
 static int request_head_step(struct conn *c)
 {
 	size_t len = buf_len(&c->in);
@@ -7084,7 +7325,7 @@ static int request_head_step(struct conn *c)
 		if (c->cin_eof) {
 			static struct lb_throttle log_slot;
 			if (len)
-				log_throttled(&log_slot, "client %s listener %s: closed with an incomplete request head",
+				log_throttled_at(&log_slot, LB_LV_DEBUG, "client %s listener %s: closed with an incomplete request head",
 				              ip_text(&c->ip), c->L->name);
 			conn_close(c);
 		}
@@ -7100,25 +7341,30 @@ static int request_head_step(struct conn *c)
 	if (rc == LB_EAGAIN) {
 		if (len >= c->L->max_header_size) {
 			request_begin(c);
+			log_keep_request_line(c, p, len);
 			respond_own(c, 431, "request head larger than max_header_size");
 			return 1;
 		}
 		if (c->cin_eof) {
 			static struct lb_throttle log_slot;
-			log_throttled(&log_slot, "client %s listener %s: closed with an incomplete request head", ip_text(&c->ip),
+			log_throttled_at(&log_slot, LB_LV_DEBUG, "client %s listener %s: closed with an incomplete request head", ip_text(&c->ip),
 			              c->L->name);
 			conn_close(c);
 		}
 		return 0;
 	}
+	c->us_head = mono_us();
 	if (rc < 0) {
+		log_keep_request_line(c, p, len);
 		respond_own(c, g_req.status ? g_req.status : 400, g_req.error ? g_req.error : "invalid request");
 		return 1;
 	}
 	if ((uint64_t)rc > c->L->max_header_size) {
+		log_keep_request_line(c, p, len);
 		respond_own(c, 431, "request head larger than max_header_size");
 		return 1;
 	}
+	c->req_bytes = (uint64_t)rc;
 	handle_request(c, &g_req, (size_t)rc);
 	return 1;
 }
@@ -7141,6 +7387,7 @@ static int request_body_step(struct conn *c)
 		size_t used = 0;
 		int rc = lb_chunk_scan(&c->req_ck, p, have, &used);
 		c->req_fwd += used;
+		c->req_bytes += used;
 		if (rc == LB_CHUNK_ERROR || c->req_ck.body > c->max_body) {
 			int big = rc != LB_CHUNK_ERROR;
 			if (c->r == R_WAIT && !c->resp_started && buf_len(&c->rh) == 0)
@@ -7154,6 +7401,7 @@ static int request_body_step(struct conn *c)
 	} else {
 		size_t take = (size_t)LB_MIN((uint64_t)have, (uint64_t)c->req_left);
 		c->req_fwd += take;
+		c->req_bytes += take;
 		c->req_left -= (int64_t)take;
 		if (c->req_left == 0)
 			c->q = Q_DONE;
@@ -7287,6 +7535,8 @@ static int response_wait_step(struct conn *c)
 			                                   : "server closed the connection before a response", 1);
 		return 0;
 	}
+	if (!c->us_first)
+		c->us_first = mono_us();
 	int rc = lb_parse_response(c->out.d + c->out.s, len, &g_resp);
 	if (rc == LB_EAGAIN) {
 		if (len >= g_bufsize - 1)
@@ -7331,7 +7581,7 @@ static void response_cut(struct conn *c, char who, const char *how)
 	}
 	if (qd && c->lg_id_len)
 		id = (struct lb_str){ qd + c->lg_id_off, c->lg_id_len };
-	lb_err("server %s/%s: %.*s %.*s (request id %.*s, client %s): %s; closing the client connection", c->pool->name,
+	lb_warn("server %s/%s: %.*s %.*s (request id %.*s, client %s): %s; closing the client connection", c->pool->name,
 	       c->srv->name, (int)m.n, m.p, (int)u.n, u.p, (int)id.n, id.p, ip_text(&c->ip), why);
 	set_term(c, who);
 	cb_settle(c, 1, why);
@@ -7671,8 +7921,11 @@ static int client_read(struct conn *c)
 	int was_empty = buf_len(&c->in) == 0;
 	ssize_t n = client_recv(c, room);
 	if (n > 0) {
-		if (was_empty && c->q == Q_HEAD)
+		if (was_empty && c->q == Q_HEAD) {
 			c->t_head = g_now;
+			if (!c->us_start)
+				c->us_start = mono_us();
+		}
 		c->in.e += (uint32_t)n;
 		c->t_active = g_now;
 		c->bytes_in += (uint64_t)n;
@@ -7796,7 +8049,7 @@ static size_t backend_pending(const struct conn *c)
 /* a TLS error on a server connection: logged once with its reason, then a reset */
 static void backend_tls_failed(struct conn *c)
 {
-	lb_err("server %s/%s: TLS: %s", c->pool->name, c->srv->name, tls_up_error_text(c->b->tls->io.err));
+	lb_warn("server %s/%s: TLS: %s", c->pool->name, c->srv->name, tls_up_error_text(c->b->tls->io.err));
 	c->b->reset = EPROTO;
 }
 
@@ -8107,6 +8360,7 @@ static void conn_timeout(struct conn *c)
 			return;
 		}
 		request_begin(c);
+		log_keep_request_line(c, c->in.d + c->in.s, buf_len(&c->in));
 		set_term(c, 'c');
 		respond_own(c, 408, "request head not complete within header_timeout");
 		break;
@@ -8152,6 +8406,7 @@ static void tcp_start(struct conn *c)
 	splice_begin(c);
 	c->t_start = g_now;
 	c->wall_start_ms = wall_ms();
+	c->us_start = c->us_head = mono_us(); /* t_request_us 0: a tunnel has no head */
 	c->resp_status = 200;
 	backend_assign(c, NULL);
 }
@@ -8222,7 +8477,7 @@ static int cb_room(const struct lb_pool *p, const struct lb_server *s, const cha
 	}
 	if (open < cap)
 		return 1;
-	log_throttled(&log_slot, "server %s/%s: circuit stays closed: %zu of the pool's %zu circuits are open "
+	log_throttled_at(&log_slot, LB_LV_WARN, "server %s/%s: circuit stays closed: %zu of the pool's %zu circuits are open "
 	              "(circuit_max_open %u%%); it would have opened: %s",
 	              p->name, s->name, open, p->nservers, p->cb_max_open, reason);
 	return 0;
@@ -8238,7 +8493,7 @@ static void cb_trip(const struct lb_pool *p, const struct lb_server *s, int from
 	if (!atomic_compare_exchange_strong(&v->cb_state, &exp, CB_OPEN))
 		return;
 	atomic_fetch_add_explicit(&v->n_open, 1, memory_order_relaxed);
-	lb_err("server %s/%s: circuit open for %llu ms: %s", p->name, s->name, (unsigned long long)p->cb_open, reason);
+	lb_warn("server %s/%s: circuit open for %llu ms: %s", p->name, s->name, (unsigned long long)p->cb_open, reason);
 	event_emit("circuit_open", p, s, reason);
 }
 
@@ -8260,7 +8515,7 @@ static void cb_close(const struct lb_pool *p, const struct lb_server *s, int fro
 	if (!closed)
 		return;
 	atomic_fetch_add_explicit(&v->n_close, 1, memory_order_relaxed);
-	lb_err("server %s/%s: circuit closed: %s", p->name, s->name, why);
+	lb_info("server %s/%s: circuit closed: %s", p->name, s->name, why);
 	event_emit("circuit_close", p, s, why);
 }
 
@@ -8280,7 +8535,7 @@ static int cb_begin(struct conn *c, struct lb_server *s)
 		if (g_now < atomic_load(&v->cb_until))
 			return 0;
 		if (atomic_compare_exchange_strong(&v->cb_state, &st, CB_HALF))
-			lb_err("server %s/%s: circuit half-open: letting up to %d trial requests through", c->pool->name,
+			lb_info("server %s/%s: circuit half-open: letting up to %d trial requests through", c->pool->name,
 			       s->name, LB_CB_TRIALS);
 	}
 	if (atomic_fetch_add(&v->cb_trials, 1) >= LB_CB_TRIALS) {
@@ -8412,7 +8667,7 @@ static void hc_verdict(struct hc *k, int ok, const char *why)
 			atomic_fetch_add_explicit(&v->n_up, 1, memory_order_relaxed);
 			char reason[96];
 			snprintf(reason, sizeof reason, "%u health checks passed", oks);
-			lb_err("server %s/%s is up: %s", p->name, k->s->name, reason);
+			lb_info("server %s/%s is up: %s", p->name, k->s->name, reason);
 			event_emit("server_up", p, k->s, reason);
 			cb_close(p, k->s, 1, "the server passed its health checks");
 		}
@@ -8426,7 +8681,7 @@ static void hc_verdict(struct hc *k, int ok, const char *why)
 		atomic_fetch_add_explicit(&v->n_down, 1, memory_order_relaxed);
 		char reason[400];
 		snprintf(reason, sizeof reason, "health check: %s (%u failed in a row)", why, fails);
-		lb_err("server %s/%s is down: %s", p->name, k->s->name, reason);
+		lb_warn("server %s/%s is down: %s", p->name, k->s->name, reason);
 		event_emit("server_down", p, k->s, reason);
 	}
 }
@@ -8458,7 +8713,7 @@ static void hc_skip(struct hc *k, const char *what, int e)
 {
 	static struct lb_throttle log_slot;
 	hc_end(k);
-	log_throttled(&log_slot, "health check of server %s/%s skipped: %s: %s (a local resource, not the server)",
+	log_throttled_at(&log_slot, LB_LV_ERROR, "health check of server %s/%s skipped: %s: %s (a local resource, not the server)",
 	              k->p->name, k->s->name, what, strerror(e));
 }
 
@@ -9270,7 +9525,7 @@ static int admin_token_load(const struct lb_conf *c, char *out, size_t *len)
 		memcpy(out, p, (size_t)(e - p));
 		*len = (size_t)(e - p);
 		if (*len < 16)
-			lb_err("[admin] token_file %s: a token of %zu characters is easy to guess; use 32 or more", c->admin_token_file,
+			lb_warn("[admin] token_file %s: a token of %zu characters is easy to guess; use 32 or more", c->admin_token_file,
 			       *len);
 	}
 	free(t);
@@ -9880,7 +10135,7 @@ static int file_replace(const char *path, const char *text, size_t len, char *er
 	close(fd);
 	unlink(bak);
 	if (link(path, bak) != 0 && errno != ENOENT)
-		lb_err("keeping %s as %s: %s", path, bak, strerror(errno));
+		lb_warn("keeping %s as %s: %s", path, bak, strerror(errno));
 	if (rename(tmp, path) != 0) {
 		snprintf(err, errlen, "renaming %.200s to %.200s: %s", tmp, path, strerror(errno));
 		unlink(tmp);
@@ -9944,7 +10199,7 @@ static void config_replace(struct aconn *a, const char *text, size_t len, int ok
 		admin_json_error(a, 500, "the file was written but the reload failed (see the error log); the old "
 		                         "configuration still serves");
 	} else {
-		lb_err("admin (%s): %s; generation %d serves it", a->peer, what, g_gen);
+		lb_info("admin (%s): %s; generation %d serves it", a->peer, what, g_gen);
 		ab_printf(&b, "{\"valid\":true,\"reloaded\":true,\"generation\":%d}\n", g_gen);
 		admin_reply(a, ok_status, "application/json", b.d ? b.d : "", b.n, NULL);
 	}
@@ -10014,7 +10269,7 @@ static void admin_server_state(struct aconn *a, const struct lb_admin_call *k, s
 		atomic_store(&s->shm->admin, st);
 		snprintf(msg, sizeof msg, "%s", st == ADM_DRAIN ? "drain" : st == ADM_DISABLED ? "disabled" : "enabled");
 	}
-	lb_err("admin (%s): server %s/%s: %s", a->peer, k->pool, k->server, msg);
+	lb_info("admin (%s): server %s/%s: %s", a->peer, k->pool, k->server, msg);
 	struct abuf b = { 0 };
 	ab_printf(&b, "{\"pool\":\"%s\",\"server\":\"%s\",\"state\":\"%s\",\"weight\":%u}\n", k->pool, k->server,
 	          srv_state_name(s), srv_weight_now(s));
@@ -10087,7 +10342,7 @@ static void admin_split(struct aconn *a, const struct lb_admin_call *k, const ch
 	for (size_t j = 0; j < r->nsplit; j++)
 		atomic_store(&r->shm->weight[j], w[j]);
 	atomic_fetch_add(&g_shm->admin_version, 1);
-	lb_err("admin (%s): route %s: split = %s", a->peer, r->name, line.d);
+	lb_info("admin (%s): route %s: split = %s", a->peer, r->name, line.d);
 	ab_printf(&b, "{\"route\":\"%s\",\"split\":\"%s\"}\n", r->name, line.d);
 	reply_json_buf(a, 200, &b);
 	free(line.d);
@@ -10151,7 +10406,7 @@ static void admin_server_del(struct aconn *a, const struct lb_admin_call *k)
 	snprintf(g_rm[i].server, sizeof g_rm[i].server, "%s", s->name);
 	g_rm[i].deadline = mono_ms() + g_conf->shutdown_timeout;
 	atomic_store(&s->shm->admin, ADM_DRAIN);
-	lb_err("admin (%s): server %s/%s: draining; removed once idle", a->peer, p->name, s->name);
+	lb_info("admin (%s): server %s/%s: draining; removed once idle", a->peer, p->name, s->name);
 	struct abuf b = { 0 };
 	ab_printf(&b, "{\"pool\":\"%s\",\"server\":\"%s\",\"state\":\"drain\",\"removal\":\"once idle\"}\n", p->name,
 	          s->name);
@@ -10233,7 +10488,7 @@ static void admin_call(struct aconn *a, const struct lb_req *rq, const char *bod
 		return;
 	}
 	if (k.mutating && !admin_token_ok(rq)) {
-		lb_err("admin (%s): %.*s %.*s refused: %s", a->peer, (int)rq->method.n, rq->method.p, (int)rq->target.n,
+		lb_info("admin (%s): %.*s %.*s refused: %s", a->peer, (int)rq->method.n, rq->method.p, (int)rq->target.n,
 		       rq->target.p, g_admin_token_len ? "missing or wrong bearer token" : "no token_file configured");
 		admin_json_error(a, 401, g_admin_token_len ? "a valid Authorization: Bearer token is required"
 		                                           : "no [admin] token_file is configured: changes are refused");
@@ -10263,7 +10518,7 @@ static void admin_call(struct aconn *a, const struct lb_req *rq, const char *bod
 		break;
 	case LB_A_RELOAD:
 		if (master_reload() == 0) {
-			lb_err("admin (%s): reload; generation %d serves", a->peer, g_gen);
+			lb_info("admin (%s): reload; generation %d serves", a->peer, g_gen);
 			ab_printf(&b, "{\"reloaded\":true,\"generation\":%d}\n", g_gen);
 			admin_reply(a, 200, "application/json", b.d ? b.d : "", b.n, NULL);
 		} else {
@@ -10557,11 +10812,19 @@ static void log_esc(const char *s, size_t n, int json)
 }
 
 static void access_log_line(struct conn *c);
+static void access_log_put(struct conn *c);
 
-/* A whole line or none: one that does not fit the buffer is taken out again and counted. */
+/* the end of an exchange: counted, logged; the next request's clock starts at its first byte */
 static void access_log_write(struct conn *c)
 {
 	count_exchange(c);
+	access_log_put(c);
+	c->us_start = 0;
+}
+
+/* A whole line or none: one that does not fit the buffer is taken out again and counted. */
+static void access_log_put(struct conn *c)
+{
 	if (g_accfd < 0 || !g_conf->access_log)
 		return;
 	if (g_loglen > sizeof g_logbuf - 4096)
@@ -10585,8 +10848,152 @@ static void access_log_write(struct conn *c)
 	}
 }
 
+/* -------------------------------------------------------------------- the fields
+ * Every format is made of the fields of lb_log_field_names: combined is its fixed selection, json all
+ * of them (a key each, in that order), a template those it names. The timers are µs from the request's
+ * first byte (us_start): t_request_us (HAProxy's TR) until its head was whole, t_connect_us (Tw + Tc)
+ * until a server connection was ready (retries included), t_first_byte_us (Tr) from then until the
+ * server's first response byte, t_total_us (Tt) until the line; -1 when not reached. */
+
+static void log_num(int64_t v)
+{
+	char nb[24];
+	snprintf(nb, sizeof nb, "%lld", (long long)v);
+	log_str(nb);
+}
+
+/* a string field: json quotes it (null when absent), the others escape it ("-" when absent) */
+static void log_text(const char *p, size_t n, int json)
+{
+	if (!p) {
+		log_str(json ? "null" : "-");
+		return;
+	}
+	if (json)
+		log_str("\"");
+	log_esc(p, n, json);
+	if (json)
+		log_str("\"");
+}
+
+static void log_ctext(const char *p, int json) { log_text(p, p ? strlen(p) : 0, json); }
+
+static void log_qh(const struct conn *c, uint32_t off, uint32_t len, int json)
+{
+	log_text(c->qh.d && len ? c->qh.d + off : NULL, len, json);
+}
+
+static int64_t us_since(uint64_t from, uint64_t to) { return from && to >= from ? (int64_t)(to - from) : -1; }
+
+static void log_field(struct conn *c, int f, int json, uint64_t now_us)
+{
+	char nb[80];
+	int tcp = c->L->mode == LB_MODE_TCP;
+	const char *tv = "-", *tcph = "-";
+	switch (f) {
+	case LB_LF_TIME: {
+		time_t secs = (time_t)(c->wall_start_ms / 1000);
+		struct tm tm;
+		gmtime_r(&secs, &tm);
+		size_t n = strftime(nb, sizeof nb, "%Y-%m-%dT%H:%M:%S", &tm);
+		snprintf(nb + n, sizeof nb - n, ".%03dZ", (int)(c->wall_start_ms % 1000));
+		log_ctext(nb, json);
+		return;
+	}
+	case LB_LF_CLIENT: log_ctext(ip_text(&c->ip), json); return;
+	case LB_LF_METHOD:
+		if (tcp || !c->lg_mlen)
+			log_ctext(tcp ? "TCP" : "-", json);
+		else
+			log_qh(c, 0, c->lg_mlen, json);
+		return;
+	case LB_LF_URI:
+		if (tcp || !c->lg_mlen)
+			log_ctext("-", json);
+		else
+			log_qh(c, c->lg_mlen + 1, c->lg_ulen, json);
+		return;
+	case LB_LF_PROTO: log_ctext(tcp ? "TCP" : !c->lg_parsed ? NULL : c->req_minor ? "HTTP/1.1" : "HTTP/1.0", json); return;
+	case LB_LF_STATUS: log_num(c->resp_status); return;
+	case LB_LF_BYTES: log_num((int64_t)c->bytes_out); return;
+	case LB_LF_BYTES_IN: log_num((int64_t)(tcp ? c->bytes_in : c->req_bytes)); return;
+	case LB_LF_TERM:
+		nb[0] = c->term[0] ? c->term[0] : '-', nb[1] = c->term[0] ? c->term[1] : '-', nb[2] = 0;
+		log_ctext(nb, json);
+		return;
+	case LB_LF_DURATION_MS: {
+		int64_t us = us_since(c->us_start, now_us);
+		us = us < 0 ? 0 : us;
+		snprintf(nb, sizeof nb, "%lld.%03lld", (long long)(us / 1000), (long long)(us % 1000));
+		log_str(nb);
+		return;
+	}
+	case LB_LF_T_REQUEST: log_num(us_since(c->us_start, c->us_head)); return;
+	case LB_LF_T_CONNECT: log_num(us_since(c->us_head ? c->us_head : c->us_start, c->us_ready)); return;
+	case LB_LF_T_FIRST_BYTE: log_num(c->us_first ? us_since(c->us_ready, c->us_first) : -1); return;
+	case LB_LF_T_TOTAL: log_num(us_since(c->us_start, now_us)); return;
+	case LB_LF_LISTENER: log_ctext(c->L->name, json); return;
+	case LB_LF_ROUTE: log_ctext(c->route ? c->route->name : NULL, json); return;
+	case LB_LF_POOL: log_ctext(c->pool ? c->pool->name : NULL, json); return;
+	case LB_LF_SERVER: log_ctext(c->srv ? c->srv->name : NULL, json); return;
+	case LB_LF_SERVER_ADDR:
+		if (c->srv)
+			snprintf(nb, sizeof nb, strchr(c->srv->host, ':') ? "[%s]:%u" : "%s:%u", c->srv->host, c->srv->port);
+		log_ctext(c->srv ? nb : NULL, json);
+		return;
+	case LB_LF_RETRIES: log_num(c->nretries); return;
+	case LB_LF_HOST: log_qh(c, c->lg_host_off, c->lg_host_len, json); return;
+	case LB_LF_USER_AGENT: log_qh(c, c->lg_ua_off, c->lg_ua_len, json); return;
+	case LB_LF_REFERER: log_qh(c, c->lg_ref_off, c->lg_ref_len, json); return;
+	case LB_LF_REQUEST_ID: log_qh(c, c->lg_id_off, c->lg_id_len, json); return;
+	case LB_LF_TLS: log_str(c->tls ? (json ? "true" : "on") : (json ? "false" : "off")); return;
+	case LB_LF_TLS_VERSION:
+	case LB_LF_TLS_CIPHER:
+		if (c->tls)
+			tls_log_info(c->tls, &tv, &tcph);
+		log_ctext(!c->tls ? NULL : f == LB_LF_TLS_VERSION ? tv : tcph, json);
+		return;
+	case LB_LF_SNI: log_ctext(c->tls ? br_ssl_engine_get_server_name(&c->tls->sc.eng) : NULL, json); return;
+	case LB_LF_CLIENT_CERT: log_ctext(c->tls && c->tls->subject[0] ? c->tls->subject : NULL, json); return;
+	case LB_LF_WORKER: log_num(g_worker_id); return;
+	case LB_LF_PID: log_num((int64_t)g_pid); return;
+	}
+}
+
+static void access_log_json(struct conn *c, uint64_t now_us)
+{
+	for (int f = 0; f < LB_LF_N; f++) {
+		log_str(f ? ",\"" : "{\"");
+		log_str(lb_log_field_names[f]);
+		log_str("\":");
+		log_field(c, f, 1, now_us);
+	}
+	log_str("}\n");
+}
+
+static void access_log_template(struct conn *c, uint64_t now_us)
+{
+	const struct lb_log_tpl *t = &g_conf->log_tpl;
+	for (size_t i = 0; i < t->n; i++) {
+		if (t->item[i].field < 0)
+			log_raw(g_conf->log_template + t->item[i].off, t->item[i].len);
+		else
+			log_field(c, t->item[i].field, 0, now_us);
+	}
+	log_str("\n");
+}
+
 static void access_log_line(struct conn *c)
 {
+	uint64_t now_us = mono_us();
+	if (g_conf->log_format == LB_LOG_JSON) {
+		access_log_json(c, now_us);
+		return;
+	}
+	if (g_conf->log_format == LB_LOG_TEMPLATE && g_conf->log_template) {
+		access_log_template(c, now_us);
+		return;
+	}
 	char tb[64], nb[64];
 	time_t secs = (time_t)(c->wall_start_ms / 1000);
 	struct tm tm;
@@ -10596,67 +11003,6 @@ static void access_log_line(struct conn *c)
 	if (!tcp && qd && c->lg_mlen) {
 		method = (struct lb_str){ qd, c->lg_mlen };
 		uri = (struct lb_str){ qd + c->lg_mlen + 1, c->lg_ulen };
-	}
-	uint64_t dur_us = (g_now - c->t_start) * 1000;
-	char term[3] = { c->term[0] ? c->term[0] : '-', c->term[0] ? c->term[1] : '-', 0 };
-	if (g_conf->log_format == LB_LOG_JSON) {
-		gmtime_r(&secs, &tm);
-		strftime(tb, sizeof tb, "%Y-%m-%dT%H:%M:%S", &tm);
-		log_str("{\"time\":\"");
-		log_str(tb);
-		snprintf(nb, sizeof nb, ".%03dZ\",\"client\":\"", (int)(c->wall_start_ms % 1000));
-		log_str(nb);
-		log_str(ip_text(&c->ip));
-		log_str("\",\"method\":\"");
-		log_esc(method.p, method.n, 1);
-		log_str("\",\"uri\":\"");
-		log_esc(uri.p, uri.n, 1);
-		snprintf(nb, sizeof nb, "\",\"status\":%d,\"bytes\":%llu,\"term\":\"%s\",", c->resp_status,
-		         (unsigned long long)c->bytes_out, term);
-		log_str(nb);
-		snprintf(nb, sizeof nb, "\"duration_ms\":%llu.%03llu,\"route\":", (unsigned long long)(dur_us / 1000),
-		         (unsigned long long)(dur_us % 1000));
-		log_str(nb);
-		const char *names[3] = { c->route ? c->route->name : NULL, c->pool ? c->pool->name : NULL,
-		                         c->srv ? c->srv->name : NULL };
-		for (int i = 0; i < 3; i++) {
-			if (i == 1)
-				log_str(",\"pool\":");
-			if (i == 2)
-				log_str(",\"server\":");
-			if (names[i]) {
-				log_str("\"");
-				log_esc(names[i], strlen(names[i]), 1);
-				log_str("\"");
-			} else {
-				log_str("null");
-			}
-		}
-		log_str(",\"request_id\":");
-		if (qd && c->lg_id_len) {
-			log_str("\"");
-			log_esc(qd + c->lg_id_off, c->lg_id_len, 1);
-			log_str("\"");
-		} else {
-			log_str("null");
-		}
-		log_str(c->tls ? ",\"tls\":true" : ",\"tls\":false");
-		if (c->tls) {
-			const char *sni = br_ssl_engine_get_server_name(&c->tls->sc.eng);
-			log_str(",\"sni\":\"");
-			log_esc(sni, strlen(sni), 1);
-			log_str("\",\"client_cert\":");
-			if (c->tls->subject[0]) {
-				log_str("\"");
-				log_esc(c->tls->subject, strlen(c->tls->subject), 1);
-				log_str("\"");
-			} else {
-				log_str("null");
-			}
-		}
-		snprintf(nb, sizeof nb, ",\"worker\":%d,\"pid\":%d}\n", g_worker_id, (int)g_pid);
-		log_str(nb);
-		return;
 	}
 	localtime_r(&secs, &tm);
 	strftime(tb, sizeof tb, "%d/%b/%Y:%H:%M:%S %z", &tm);
@@ -10689,7 +11035,7 @@ static void access_log_line(struct conn *c)
 	log_str("\"");
 	if (c->term[0]) { /* only lines of exchanges that did not end whole: the others stay plain combined */
 		log_str(" term=");
-		log_str(term);
+		log_field(c, LB_LF_TERM, 0, now_us);
 	}
 	log_str("\n");
 }
@@ -10880,7 +11226,7 @@ static void on_accept(struct lsock *ls)
 			int e = errno;
 			if (local_resource_error(e)) {
 				accept_hold(0);
-				log_throttled(&log_slot, "accept: %s: pausing new connections for %llu ms or until one closes "
+				log_throttled_at(&log_slot, LB_LV_ERROR, "accept: %s: pausing new connections for %llu ms or until one closes "
 				              "(%zu connections open in this worker)", strerror(e),
 				              (unsigned long long)g_accept_backoff, g_nconns);
 			}
@@ -10906,7 +11252,7 @@ static void begin_stop(void)
 	g_stop_began = g_now;
 	hc_stop();
 	g_stop_deadline = g_now + g_conf->shutdown_timeout;
-	lb_err("stopping: no new connections; finishing %zu open ones (at most %llu ms)", g_nconns,
+	lb_info("stopping: no new connections; finishing %zu open ones (at most %llu ms)", g_nconns,
 	       (unsigned long long)g_conf->shutdown_timeout);
 	for (size_t i = 0; i < g_nlsocks; i++) {
 		ev_forget(&g_lsocks[i].h);
@@ -10974,6 +11320,7 @@ static void on_event(struct evh *h, unsigned ev)
 				break;
 			}
 			b->connected = 1;
+			c->us_ready = mono_us();
 			if (c->L->mode == LB_MODE_TCP)
 				cb_outcome(c, c->srv, 0, "");
 		}
@@ -11047,7 +11394,7 @@ static void on_signals(void)
 	 * what is in flight for at most a second, not shutdown_timeout */
 	if (g_stopping && getppid() != g_master_pid && g_stop_deadline > g_now + LB_ORPHAN_STOP_MS) {
 		g_stop_deadline = g_now + LB_ORPHAN_STOP_MS;
-		lb_err("worker %d: the master (pid %d) is gone: stopping within %d ms", g_worker_id, (int)g_master_pid,
+		lb_warn("worker %d: the master (pid %d) is gone: stopping within %d ms", g_worker_id, (int)g_master_pid,
 		       LB_ORPHAN_STOP_MS);
 	}
 }
@@ -11166,7 +11513,7 @@ static int run_loop(void)
 			accept_pause(0);
 		if (g_stopping && (g_nconns == 0 || g_now >= g_stop_deadline)) {
 			if (g_nconns)
-				lb_err("worker %d: closing %zu connections still open after shutdown_timeout", g_worker_id,
+				lb_warn("worker %d: closing %zu connections still open after shutdown_timeout", g_worker_id,
 				       g_nconns);
 			while (g_live)
 				conn_close(g_live);
@@ -11375,7 +11722,7 @@ static int spawn_worker(int slot, int id)
 	w->gen = g_gen;
 	w->ctl = sv[0];
 	w->started = mono_ms();
-	lb_err("worker %d pid %d started (generation %d)", id, (int)pid, g_gen);
+	lb_info("worker %d pid %d started (generation %d)", id, (int)pid, g_gen);
 	return 0;
 }
 
@@ -11480,7 +11827,7 @@ static void master_events(void)
 {
 	uint64_t head = atomic_load(&g_events->head);
 	if (head - g_ev_tail > LB_EVENTS) {
-		lb_err("events: %llu lost (more than %d between two looks)", (unsigned long long)(head - g_ev_tail - LB_EVENTS),
+		lb_warn("events: %llu lost (more than %d between two looks)", (unsigned long long)(head - g_ev_tail - LB_EVENTS),
 		       LB_EVENTS);
 		g_ev_tail = head - LB_EVENTS;
 	}
@@ -11552,12 +11899,12 @@ static void master_reap(void)
 		w->pid = 0;
 		w->ctl = -1;
 		if (expected && !(WIFSIGNALED(st) || WEXITSTATUS(st))) {
-			lb_err("worker %d pid %d (generation %d) exited", w->id, (int)pid, w->gen);
+			lb_info("worker %d pid %d (generation %d) exited", w->id, (int)pid, w->gen);
 			memset(w, 0, sizeof *w);
 			continue;
 		}
 		if (expected) {
-			lb_err("worker %d pid %d (generation %d) exited %s", w->id, (int)pid, w->gen, how);
+			lb_warn("worker %d pid %d (generation %d) exited %s", w->id, (int)pid, w->gen, how);
 			memset(w, 0, sizeof *w);
 			continue;
 		}
@@ -11776,7 +12123,7 @@ static int resolve_user(const struct lb_conf *c)
 	g_drop = 0;
 	if (!c->user || geteuid() != 0) {
 		if (c->user && geteuid() != 0)
-			lb_err("user = %s: not started as root, running as the current user", c->user);
+			lb_warn("user = %s: not started as root, running as the current user", c->user);
 		return 0;
 	}
 	struct passwd *pw = getpwnam(c->user);
@@ -11807,7 +12154,7 @@ static void fd_limit_check(const struct lb_conf *c)
 	if (!max_conns_given(c) || getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY ||
 	    rl.rlim_cur >= need)
 		return;
-	lb_err("warning: max_connections = %u needs %lu file descriptors in each worker (a client and a server "
+	lb_warn("max_connections = %u needs %lu file descriptors in each worker (a client and a server "
 	       "connection each, and %lu for listeners, logs and health checks) but the limit is %lu (RLIMIT_NOFILE, "
 	       "hard limit %lu): each worker takes at most %u connections and leaves the rest in the listen "
 	       "backlog; raise the limit to %lu (ulimit -n, systemd LimitNOFILE=) or lower max_connections",
@@ -11856,10 +12203,11 @@ static int master_reload(void)
 	memcpy(g_admin_token, token, sizeof token);
 	g_admin_token_len = token_len;
 	g_conf = nc;
+	g_errlevel = nc->log_level;
 	if (lb_fd_needed(nc) != lb_fd_needed(old) || max_conns_given(nc) != max_conns_given(old))
 		fd_limit_check(nc);
 	if (nc->rate_limit_entries != old->rate_limit_entries)
-		lb_err("reload: rate_limit_entries = %u takes effect at the next restart; the table keeps %zu entries",
+		lb_warn("reload: rate_limit_entries = %u takes effect at the next restart; the table keeps %zu entries",
 		       nc->rate_limit_entries, g_rl_sets * RL_WAYS);
 	if (!old->access_log != !nc->access_log ||
 	    (nc->access_log && strcmp(old->access_log, nc->access_log)))
@@ -11880,7 +12228,7 @@ static int master_reload(void)
 	msocks_close_unused();
 	atomic_fetch_add(&g_shm->reloads, 1);
 	g_next_rotate = mono_ms() + nc->rotate_interval;
-	lb_err("reload: generation %d serves %s (%zu listeners, %zu pools, %zu routes); generation %d retires",
+	lb_info("reload: generation %d serves %s (%zu listeners, %zu pools, %zu routes); generation %d retires",
 	       g_gen, g_conf_path, nc->nlisteners, nc->npools, nc->nroutes, old_gen);
 	lb_conf_free(old);
 	return 0;
@@ -11897,7 +12245,7 @@ static void log_server_totals(const char *when)
 		uint64_t r, e, b;
 		shm_server_totals(&g_shm->s[i], &r, &e, &b);
 		if (r)
-			lb_err("%s: server %s: %llu requests, %llu errors (5xx or cut short), %llu body bytes out", when, g_shm->s[i].key,
+			lb_info("%s: server %s: %llu requests, %llu errors (5xx or cut short), %llu body bytes out", when, g_shm->s[i].key,
 			       (unsigned long long)r, (unsigned long long)e, (unsigned long long)b);
 	}
 }
@@ -11909,7 +12257,7 @@ static void master_stop_now(void)
 {
 	g_stop_at = 0;
 	g_mstop_deadline = mono_ms() + g_conf->shutdown_timeout + 5000;
-	lb_err("stopping: workers finish their connections (at most %llu ms)",
+	lb_info("stopping: workers finish their connections (at most %llu ms)",
 	       (unsigned long long)g_conf->shutdown_timeout);
 	for (size_t i = 0; i < g_nmsocks; i++)
 		g_msocks[i].used = 0;
@@ -11932,7 +12280,7 @@ static void master_stop(void)
 	if (g_conf->stop_grace) {
 		g_stop_at = mono_ms() + g_conf->stop_grace;
 		g_mstop_deadline = g_stop_at + g_conf->shutdown_timeout + 5000;
-		lb_err("stopping in %llu ms (stop_grace): /healthz says draining, requests are still served",
+		lb_info("stopping in %llu ms (stop_grace): /healthz says draining, requests are still served",
 		       (unsigned long long)g_conf->stop_grace);
 		return;
 	}
@@ -11962,7 +12310,7 @@ static void master_signals(void)
 			retarget_log(&g_accfd, g_conf->access_log, 'A');
 			if (is_file_log(g_conf->error_log))
 				retarget_log(&g_errfd, g_conf->error_log, 'E');
-			lb_err("SIGUSR1: log files reopened");
+			lb_info("SIGUSR1: log files reopened");
 			break;
 		case SIGCHLD:
 			master_reap();
@@ -12002,7 +12350,7 @@ static void master_cert_watch(void)
 			}
 			if (now - pending_since < 1000)
 				return;
-			lb_err("%s changed on disk: reloading to use it", f);
+			lb_info("%s changed on disk: reloading to use it", f);
 			if (master_reload() != 0) {
 				failed = cur;
 				lb_err("%s: the new file is refused; the certificates loaded before stay in service", f);
@@ -12100,7 +12448,7 @@ static int master_run(void)
 	}
 	master_reap();
 	log_server_totals("totals");
-	lb_err("stopped");
+	lb_info("stopped");
 	return 0;
 }
 
@@ -12756,6 +13104,7 @@ int lb_main(int argc, char **argv)
 	g_conf = load_config(path, 0);
 	if (!g_conf)
 		return 1;
+	g_errlevel = g_conf->log_level;
 	if (user) {
 		free(g_conf->user);
 		g_conf->user = strdup(user);
@@ -12797,7 +13146,7 @@ int lb_main(int argc, char **argv)
 		return 1;
 	if (g_conf->pid_file && write_pid_file(g_conf->pid_file) != 0)
 		return 1;
-	lb_err("lb %s: master pid %d, %u workers, %zu listeners, %zu pools, %zu routes", LB_VERSION, (int)g_pid,
+	lb_info("lb %s: master pid %d, %u workers, %zu listeners, %zu pools, %zu routes", LB_VERSION, (int)g_pid,
 	       worker_count(g_conf), g_conf->nlisteners, g_conf->npools, g_conf->nroutes);
 	fd_limit_check(g_conf);
 	int rc = master_run();
