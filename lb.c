@@ -6,7 +6,7 @@
  * headers are "===... N. TITLE" lines; tests/code_checks.sh checks this list against them):
  *   1. build options: includes, portability, the event backend's choice
  *   2. small utilities: compares, hashing, name index, PRNG; the error log, shared mappings, files
- *   3. pure parsers: HTTP heads, chunked framing, values, PROXY protocol, admin API requests, X.509 names
+ *   3. pure parsers: HTTP heads, chunked framing, values, PROXY protocol, admin API requests, X.509 names, JSON tokens, access log templates
  *   4. configuration: text -> struct lb_conf through the key table; descriptors per worker
  *   5. routing and balancing: route, pool and server choice (pure); what a pick reads from shared memory
  *   6. event loop and timers: epoll or poll, the clock
@@ -54,6 +54,7 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -326,6 +327,17 @@ static void lb_err(const char *fmt, ...)
 
 /* Memory every process shares, made by the master before the first fork; zero-filled, so every
  * counter, flag and spinlock in it starts at 0. Pages cost only once touched. NULL on failure. */
+/* a server as HOST:PORT ([v6]:PORT) for log lines: one of 4 static buffers in turn, so a line may name
+ * a few */
+static const char *srv_addr(const struct lb_server *s)
+{
+	static char b[4][LB_HOST_MAX + 16];
+	static unsigned i;
+	char *o = b[i++ % 4];
+	snprintf(o, sizeof b[0], strchr(s->host, ':') ? "[%s]:%u" : "%s:%u", s->host, (unsigned)s->port);
+	return o;
+}
+
 static void *shm_map(size_t n, const char *what)
 {
 	void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -377,7 +389,8 @@ static char *read_file(const char *path, size_t *len)
 }
 
 /* ==================================================================== 3. pure parsers
- * HTTP request and response heads, chunked framing, config values, paths. Each takes
+ * HTTP request and response heads, chunked framing, config values, paths, JSON tokens (lb ctl reads
+ * /api/stats with them), access log templates (lb_log_template_parse, the field names). Each takes
  * (buf, len, out) and returns a status; strings in out point into buf. No I/O, no globals.
  * Calls section 2 only. */
 
@@ -2151,6 +2164,82 @@ long lb_acme_token(const char *path, size_t n, const char **token)
 			return LB_EINVAL;
 	*token = t;
 	return (long)tn;
+}
+
+/* one scalar at s[i]: a string (escapes skipped over, not decoded) or a literal/number; the end, or 0 */
+static size_t json_scalar(const char *s, size_t n, size_t i, struct lb_jtok *t)
+{
+	if (s[i] == '"') {
+		size_t j = i + 1;
+		while (j < n && s[j] != '"') {
+			if ((unsigned char)s[j] < 0x20)
+				return 0;
+			j += s[j] == '\\' ? 2 : 1;
+		}
+		if (j >= n)
+			return 0;
+		*t = (struct lb_jtok){ LB_J_STR, (uint32_t)(i + 1), (uint32_t)j, 0, 0 };
+		return j + 1;
+	}
+	size_t j = i;
+	while (j < n && (isalnum((unsigned char)s[j]) || s[j] == '-' || s[j] == '+' || s[j] == '.'))
+		j++;
+	if (j == i)
+		return 0;
+	*t = (struct lb_jtok){ LB_J_PRIM, (uint32_t)i, (uint32_t)j, 0, 0 };
+	return j;
+}
+
+long lb_json_tokens(const char *s, size_t n, struct lb_jtok *t, size_t max)
+{
+	size_t stack[32], depth = 0, nt = 0, i = 0;
+	int want_key = 0, done = 0;
+	if (n > UINT32_MAX)
+		return LB_EINVAL;
+	while (i < n) {
+		char ch = s[i];
+		if (ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n' || ch == ',' || ch == ':') {
+			i++; /* separators are not checked: a reader's tokens, not a validator */
+			continue;
+		}
+		if (done)
+			return LB_EINVAL;
+		if (ch == '}' || ch == ']') {
+			if (!depth || t[stack[depth - 1]].type != (ch == '}' ? LB_J_OBJ : LB_J_ARR))
+				return LB_EINVAL;
+			struct lb_jtok *o = &t[stack[--depth]];
+			o->end = (uint32_t)i + 1;
+			o->next = (uint32_t)nt;
+			want_key = depth && t[stack[depth - 1]].type == LB_J_OBJ;
+			done = !depth;
+			i++;
+			continue;
+		}
+		if (nt == max)
+			return LB_EINVAL;
+		struct lb_jtok *parent = depth ? &t[stack[depth - 1]] : NULL;
+		if (parent && (parent->type == LB_J_ARR || want_key))
+			parent->size++;
+		if (ch == '{' || ch == '[') {
+			if (depth == 32 || (want_key && parent && parent->type == LB_J_OBJ))
+				return LB_EINVAL;
+			t[nt] = (struct lb_jtok){ ch == '{' ? LB_J_OBJ : LB_J_ARR, (uint32_t)i, 0, 0, 0 };
+			stack[depth++] = nt++;
+			want_key = ch == '{';
+			i++;
+			continue;
+		}
+		size_t e = json_scalar(s, n, i, &t[nt]);
+		if (!e || (want_key && t[nt].type != LB_J_STR))
+			return LB_EINVAL;
+		t[nt].next = (uint32_t)nt + 1;
+		nt++;
+		i = e;
+		if (parent && parent->type == LB_J_OBJ)
+			want_key = !want_key;
+		done = !depth;
+	}
+	return done ? (long)nt : LB_EINVAL;
 }
 
 const char *const lb_log_field_names[LB_LF_N] = {
@@ -6845,7 +6934,7 @@ static void backend_assign(struct conn *c, struct lb_server *avoid)
 	if (c->b->reset) {
 		int e = c->b->reset;
 		char why[400];
-		snprintf(why, sizeof why, "connect to %s (%s): %s", s->name, s->host, strerror(e));
+		snprintf(why, sizeof why, "connect to %s (%s): %s", s->name, srv_addr(s), strerror(e));
 		backend_failed(c, 502, why, 1);
 	}
 }
@@ -6875,7 +6964,9 @@ static void backend_failed(struct conn *c, int status, const char *why, int retr
 		c->retries_left--;
 		if (failed && failed->shm)
 			atomic_fetch_add_explicit(&failed->shm->retries, 1, memory_order_relaxed);
-		lb_warn("client %s: %s; retrying on another server of pool %s", ip_text(&c->ip), why, c->pool->name);
+		struct lb_str id = req_id(c);
+		lb_warn("client %s: %s; retrying on another server of pool %s (request id %.*s)", ip_text(&c->ip), why,
+		        c->pool->name, (int)id.n, id.p);
 		c->term[0] = 0;
 		c->nretries++;
 		c->us_first = 0;
@@ -7581,8 +7672,9 @@ static void response_cut(struct conn *c, char who, const char *how)
 	}
 	if (qd && c->lg_id_len)
 		id = (struct lb_str){ qd + c->lg_id_off, c->lg_id_len };
-	lb_warn("server %s/%s: %.*s %.*s (request id %.*s, client %s): %s; closing the client connection", c->pool->name,
-	       c->srv->name, (int)m.n, m.p, (int)u.n, u.p, (int)id.n, id.p, ip_text(&c->ip), why);
+	lb_warn("server %s/%s: %.*s %.*s (request id %.*s, client %s): %s; closing the client connection (server %s)",
+	        c->pool->name, c->srv->name, (int)m.n, m.p, (int)u.n, u.p, (int)id.n, id.p, ip_text(&c->ip), why,
+	        srv_addr(c->srv));
 	set_term(c, who);
 	cb_settle(c, 1, why);
 	c->r = R_DONE;
@@ -8049,7 +8141,8 @@ static size_t backend_pending(const struct conn *c)
 /* a TLS error on a server connection: logged once with its reason, then a reset */
 static void backend_tls_failed(struct conn *c)
 {
-	lb_warn("server %s/%s: TLS: %s", c->pool->name, c->srv->name, tls_up_error_text(c->b->tls->io.err));
+	lb_warn("server %s/%s (%s): TLS: %s", c->pool->name, c->srv->name, srv_addr(c->srv),
+	        tls_up_error_text(c->b->tls->io.err));
 	c->b->reset = EPROTO;
 }
 
@@ -8493,7 +8586,8 @@ static void cb_trip(const struct lb_pool *p, const struct lb_server *s, int from
 	if (!atomic_compare_exchange_strong(&v->cb_state, &exp, CB_OPEN))
 		return;
 	atomic_fetch_add_explicit(&v->n_open, 1, memory_order_relaxed);
-	lb_warn("server %s/%s: circuit open for %llu ms: %s", p->name, s->name, (unsigned long long)p->cb_open, reason);
+	lb_warn("server %s/%s: circuit open for %llu ms (%s): %s", p->name, s->name, (unsigned long long)p->cb_open,
+	        srv_addr(s), reason);
 	event_emit("circuit_open", p, s, reason);
 }
 
@@ -8515,7 +8609,7 @@ static void cb_close(const struct lb_pool *p, const struct lb_server *s, int fro
 	if (!closed)
 		return;
 	atomic_fetch_add_explicit(&v->n_close, 1, memory_order_relaxed);
-	lb_info("server %s/%s: circuit closed: %s", p->name, s->name, why);
+	lb_info("server %s/%s: circuit closed (%s): %s", p->name, s->name, srv_addr(s), why);
 	event_emit("circuit_close", p, s, why);
 }
 
@@ -8654,6 +8748,18 @@ static int hc_expected(const struct lb_pool *p, int status)
 	return 0;
 }
 
+/* health_expect as written: "200-399", "200, 204, 301-302" */
+static const char *hc_expect_text(const struct lb_pool *p)
+{
+	static char b[96];
+	size_t n = 0;
+	b[0] = 0;
+	for (size_t i = 0; i < p->nhc_expect && n < sizeof b; i++)
+		n += (size_t)snprintf(b + n, sizeof b - n, p->hc_expect[i].lo == p->hc_expect[i].hi ? "%s%d" : "%s%d-%d",
+		                      i ? ", " : "", p->hc_expect[i].lo, p->hc_expect[i].hi);
+	return b;
+}
+
 static void hc_verdict(struct hc *k, int ok, const char *why)
 {
 	struct lb_shm_server *v = k->s->shm;
@@ -8667,7 +8773,7 @@ static void hc_verdict(struct hc *k, int ok, const char *why)
 			atomic_fetch_add_explicit(&v->n_up, 1, memory_order_relaxed);
 			char reason[96];
 			snprintf(reason, sizeof reason, "%u health checks passed", oks);
-			lb_info("server %s/%s is up: %s", p->name, k->s->name, reason);
+			lb_info("server %s/%s is up (%s): %s", p->name, k->s->name, srv_addr(k->s), reason);
 			event_emit("server_up", p, k->s, reason);
 			cb_close(p, k->s, 1, "the server passed its health checks");
 		}
@@ -8679,9 +8785,17 @@ static void hc_verdict(struct hc *k, int ok, const char *why)
 	if (!atomic_load(&v->down) && fails >= p->hc_fall) {
 		atomic_store(&v->down, 1);
 		atomic_fetch_add_explicit(&v->n_down, 1, memory_order_relaxed);
-		char reason[400];
-		snprintf(reason, sizeof reason, "health check: %s (%u failed in a row)", why, fails);
-		lb_warn("server %s/%s is down: %s", p->name, k->s->name, reason);
+		char reason[768];
+		int dflt = p->hc_kind == LB_HC_HTTP && !(p->given & UINT64_C(1) << KP_HEALTH_CHECK);
+		/* the check named: "GET /health expected 200-399, got 404", "TCP connect: Connection refused" */
+		if (p->hc_kind == LB_HC_HTTP)
+			snprintf(reason, sizeof reason, "health check: %s %s%s%s (%u failed in a row)%s", p->hc_method,
+			         p->hc_path, strncmp(why, "expected", 8) ? ": " : " ", why, fails,
+			         dflt && strstr(why, "got 404") ? "; health_check is not set and the default is http GET "
+			                                          "/health: set health_check = tcp or http GET /PATH" : "");
+		else
+			snprintf(reason, sizeof reason, "health check: TCP %s (%u failed in a row)", why, fails);
+		lb_warn("server %s/%s is down (%s): %s", p->name, k->s->name, srv_addr(k->s), reason);
 		event_emit("server_down", p, k->s, reason);
 	}
 }
@@ -8760,7 +8874,7 @@ static int hc_judge(struct hc *k, int eof)
 		return 1;
 	}
 	if (rc > 0)
-		snprintf(why, sizeof why, "status %d", g_hc_resp.status);
+		snprintf(why, sizeof why, "expected %s, got %d", hc_expect_text(k->p), g_hc_resp.status);
 	else if (rc == LB_EAGAIN)
 		snprintf(why, sizeof why, eof ? "closed before a complete response head" : "response head over 4 KB");
 	else
@@ -10662,12 +10776,13 @@ static void admin_events(const struct pollfd *fds, size_t n)
 }
 
 /* ==================================================================== 14. access log
- * One line per exchange (or TCP session), combined or JSON, with its termination state (set_term),
+ * One line per exchange (or TCP session), combined, JSON or a template of fields (log_field: one
+ * field in either form; the µs timers), with its termination state (set_term, term_of_answer),
  * gathered in a buffer that is written once per loop turn. Lines reach the log whole or not at all: a
  * line that does not fit the buffer is not started, and a write cut short (disk full, I/O error) is
  * taken back to the last whole line (acclog_untail). Lost lines are counted (lb_log_lines_dropped_total,
  * in the worker's shared-memory column) and said in the error log at most once a second.
- * Calls sections 2, 3, 6, 8 and 12. */
+ * Calls sections 2, 3, 6, 7 (tls_log_info: a connection's TLS version and cipher), 8 and 12. */
 
 static char g_logbuf[65536];
 static size_t g_loglen;
@@ -10937,9 +11052,7 @@ static void log_field(struct conn *c, int f, int json, uint64_t now_us)
 	case LB_LF_POOL: log_ctext(c->pool ? c->pool->name : NULL, json); return;
 	case LB_LF_SERVER: log_ctext(c->srv ? c->srv->name : NULL, json); return;
 	case LB_LF_SERVER_ADDR:
-		if (c->srv)
-			snprintf(nb, sizeof nb, strchr(c->srv->host, ':') ? "[%s]:%u" : "%s:%u", c->srv->host, c->srv->port);
-		log_ctext(c->srv ? nb : NULL, json);
+		log_ctext(c->srv ? srv_addr(c->srv) : NULL, json);
 		return;
 	case LB_LF_RETRIES: log_num(c->nretries); return;
 	case LB_LF_HOST: log_qh(c, c->lg_host_off, c->lg_host_len, json); return;
@@ -11312,7 +11425,7 @@ static void on_event(struct evh *h, unsigned ev)
 			getsockopt(h->fd, SOL_SOCKET, SO_ERROR, &err, &el);
 			if (err || (ev & EV_ERR)) {
 				char why[400];
-				snprintf(why, sizeof why, "connect to %s (%s): %s", c->srv->name, c->srv->host,
+				snprintf(why, sizeof why, "connect to %s (%s): %s", c->srv->name, srv_addr(c->srv),
 				         strerror(err ? err : ECONNREFUSED));
 				backend_failed(c, 502, why, 1);
 				if (!c->h.dead)
@@ -12454,8 +12567,9 @@ static int master_run(void)
 
 /* ==================================================================== 16. main, lb ctl
  * The command line (lb -t, lb --keys, lb -v), the config's first load (load_config), the shared
- * segments, then the master's loop (section 15). The last subsection, lb ctl, is the admin API's
- * client. Calls sections 2, 3, 4, 6, 7, 11, 12, 13 and 15. */
+ * segments, then the master's loop (section 15). The last subsections, lb ctl, are the admin API's
+ * client: its commands, and status / top, which read /api/stats (lb_json_tokens) into aligned tables.
+ * Calls sections 2, 3, 4, 6, 7, 11, 12, 13 and 15. */
 
 static void usage(FILE *f)
 {
@@ -12550,6 +12664,7 @@ struct ctl {
 };
 
 #define CTL_MAX_NODES 16
+#define LB_CTL_CONF "/etc/lb/config.ini" /* where deploy/install.sh puts the config lb.service runs */
 
 /* --admin [http://]HOST:PORT[/] (an IPv6 HOST in brackets) -> k->sa; -1 with a message */
 static int ctl_node_addr(struct ctl *k, const char *spec)
@@ -12924,10 +13039,332 @@ out:
 	return rc;
 }
 
+/* -------------------------------------------------------------------- lb ctl status, lb ctl top
+ * /api/stats for people: aligned tables (status) and a view refreshed in place (top). The JSON is
+ * read through lb_json_tokens; a key the API does not have (yet) shows as "-". */
+
+struct jdoc {
+	const char *s;
+	struct lb_jtok *t;
+	long n;
+};
+
+static int jdoc_parse(struct jdoc *d, const char *s)
+{
+	size_t max = strlen(s) / 2 + 16;
+	d->s = s;
+	d->t = malloc(max * sizeof *d->t);
+	d->n = d->t ? lb_json_tokens(s, strlen(s), d->t, max) : LB_EINVAL;
+	if (d->n < 1) {
+		free(d->t);
+		d->t = NULL;
+		return -1;
+	}
+	return 0;
+}
+
+/* the value of key in the object at token o; -1 when absent */
+static long jget(const struct jdoc *d, long o, const char *key)
+{
+	if (o < 0 || d->t[o].type != LB_J_OBJ)
+		return -1;
+	size_t kl = strlen(key);
+	for (long i = o + 1; i < (long)d->t[o].next; i = (long)d->t[i + 1].next)
+		if (d->t[i].end - d->t[i].start == kl && !memcmp(d->s + d->t[i].start, key, kl))
+			return i + 1;
+	return -1;
+}
+
+/* the text of a scalar (a string without its quotes; \" and \\ undone), "-" when absent or not one */
+static const char *jtext(const struct jdoc *d, long i, char *buf, size_t cap)
+{
+	if (i < 0 || d->t[i].type == LB_J_OBJ || d->t[i].type == LB_J_ARR || (d->t[i].type == LB_J_PRIM &&
+	    d->t[i].end - d->t[i].start == 4 && !memcmp(d->s + d->t[i].start, "null", 4)))
+		return "-";
+	size_t o = 0;
+	for (uint32_t k = d->t[i].start; k < d->t[i].end && o + 1 < cap; k++) {
+		if (d->s[k] == '\\' && k + 1 < d->t[i].end)
+			k++;
+		buf[o++] = d->s[k];
+	}
+	buf[o] = 0;
+	return buf;
+}
+
+static const char *jfield(const struct jdoc *d, long o, const char *key, char *buf, size_t cap)
+{
+	return jtext(d, jget(d, o, key), buf, cap);
+}
+
+static uint64_t jnum(const struct jdoc *d, long o, const char *key)
+{
+	char b[32];
+	return strtoull(jfield(d, o, key, b, sizeof b), NULL, 10);
+}
+
+/* A table: cells are added row by row, then printed with each column as wide as its widest cell. */
+#define CTL_COLS 12
+struct ctl_table {
+	int ncol;
+	size_t nrow, cap;
+	char (*cell)[CTL_COLS][48];
+};
+
+static void tab_row(struct ctl_table *t, const char *const *v)
+{
+	if (t->nrow == t->cap) {
+		size_t nc = t->cap ? 2 * t->cap : 16;
+		void *p = realloc(t->cell, nc * sizeof *t->cell);
+		if (!p)
+			return;
+		t->cell = p, t->cap = nc;
+	}
+	for (int c = 0; c < t->ncol; c++)
+		snprintf(t->cell[t->nrow][c], sizeof t->cell[0][0], "%s", v[c] ? v[c] : "-");
+	t->nrow++;
+}
+
+static void tab_print(struct ctl_table *t, FILE *f)
+{
+	size_t w[CTL_COLS] = { 0 };
+	for (size_t r = 0; r < t->nrow; r++)
+		for (int c = 0; c < t->ncol; c++)
+			w[c] = LB_MAX(w[c], strlen(t->cell[r][c]));
+	for (size_t r = 0; r < t->nrow; r++) {
+		for (int c = 0; c + 1 < t->ncol; c++)
+			fprintf(f, "%-*s  ", (int)w[c], t->cell[r][c]);
+		fprintf(f, "%s\n", t->cell[r][t->ncol - 1]);
+	}
+	free(t->cell);
+	*t = (struct ctl_table){ 0 };
+}
+
+/* why a server takes no traffic, from what /api/stats says: its own "reason" when it has one */
+static const char *ctl_reason(const struct jdoc *d, long sv, char *buf, size_t cap)
+{
+	char st[32], h[16], cb[16];
+	for (const char *const *k = (const char *const[]){ "reason", "down_reason", NULL }; *k; k++)
+		if (strcmp(jfield(d, sv, *k, buf, cap), "-"))
+			return buf;
+	jfield(d, sv, "state", st, sizeof st);
+	if (!strcmp(st, "up"))
+		return "-";
+	if (!strcmp(jfield(d, sv, "health", h, sizeof h), "down"))
+		return "health checks failing";
+	if (!strcmp(jfield(d, sv, "circuit", cb, sizeof cb), "open"))
+		return "circuit open";
+	snprintf(buf, cap, "%s by the admin API", st);
+	return buf;
+}
+
+static void ctl_status_tables(const struct ctl *k, const struct jdoc *d, FILE *f)
+{
+	char a[8][48], big[256];
+	fprintf(f, "lb %s  generation %s  workers %s  draining %s\n\n", jfield(d, 0, "version", a[0], 48),
+	        jfield(d, 0, "generation", a[1], 48), jfield(d, 0, "workers", a[2], 48), jfield(d, 0, "draining", a[3], 48));
+	struct ctl_table pt = { .ncol = 6 }, st = { .ncol = 11 };
+	tab_row(&pt, (const char *[]){ "POOL", "ALGORITHM", "SERVERS", "UP", "REQUESTS", "ERRORS" });
+	tab_row(&st, (const char *[]){ "POOL", "SERVER", "ADDRESS", "STATE", "WEIGHT", "ACTIVE", "REQUESTS", "ERRORS", "5XX",
+	                               "CIRCUIT", "REASON" });
+	long pools = jget(d, 0, "pools");
+	for (long p = pools >= 0 && d->t[pools].type == LB_J_ARR ? pools + 1 : -1; p >= 0 && p < (long)d->t[pools].next;
+	     p = (long)d->t[p].next) {
+		long svs = jget(d, p, "servers");
+		uint64_t n = 0, up = 0, req = 0, err = 0;
+		char pn[48];
+		jfield(d, p, "name", pn, sizeof pn);
+		for (long s = svs >= 0 ? svs + 1 : -1; s >= 0 && s < (long)d->t[svs].next; s = (long)d->t[s].next) {
+			n++;
+			up += !strcmp(jfield(d, s, "state", a[0], 48), "up");
+			req += jnum(d, s, "requests");
+			err += jnum(d, s, "errors");
+			long sc = jget(d, s, "status");
+			tab_row(&st, (const char *[]){ pn, jfield(d, s, "name", a[1], 48), jfield(d, s, "address", a[2], 48), a[0],
+			                               jfield(d, s, "weight", a[3], 48), jfield(d, s, "active", a[4], 48),
+			                               jfield(d, s, "requests", a[5], 48), jfield(d, s, "errors", a[6], 48),
+			                               jfield(d, sc, "5xx", a[7], 48), jfield(d, s, "circuit", big + 200, 48),
+			                               ctl_reason(d, s, big, 200) });
+		}
+		char cn[4][24];
+		snprintf(cn[0], 24, "%llu", (unsigned long long)n), snprintf(cn[1], 24, "%llu", (unsigned long long)up);
+		snprintf(cn[2], 24, "%llu", (unsigned long long)req), snprintf(cn[3], 24, "%llu", (unsigned long long)err);
+		tab_row(&pt, (const char *[]){ pn, jfield(d, p, "algorithm", a[1], 48), cn[0], cn[1], cn[2], cn[3] });
+	}
+	tab_print(&pt, f);
+	fputc('\n', f);
+	tab_print(&st, f);
+	struct ctl_table rt = { .ncol = 6 };
+	tab_row(&rt, (const char *[]){ "ROUTE", "POOL", "REQUESTS", "RATE_LIMITED", "DENIED", "SPLIT" });
+	long routes = jget(d, 0, "routes");
+	for (long r = routes >= 0 ? routes + 1 : -1; r >= 0 && r < (long)d->t[routes].next; r = (long)d->t[r].next) {
+		long sp = jget(d, r, "split");
+		size_t o = 0;
+		big[0] = 0;
+		for (long e = sp >= 0 ? sp + 1 : -1; e >= 0 && e < (long)d->t[sp].next && o < 40; e = (long)d->t[e].next)
+			o += (size_t)snprintf(big + o, 48 - o, "%s%s %s", o ? ", " : "", jfield(d, e, "pool", a[6], 48),
+			                      jfield(d, e, "weight", a[7], 48));
+		tab_row(&rt, (const char *[]){ jfield(d, r, "name", a[0], 48), jfield(d, r, "pool", a[1], 48),
+		                               jfield(d, r, "requests", a[2], 48), jfield(d, r, "rate_limited", a[3], 48),
+		                               jfield(d, r, "denied", a[4], 48), big[0] ? big : "-" });
+	}
+	if (rt.nrow > 1) {
+		fputc('\n', f);
+		tab_print(&rt, f);
+	} else {
+		free(rt.cell);
+	}
+	struct ctl_table lt = { .ncol = 5 };
+	tab_row(&lt, (const char *[]){ "LISTENER", "BIND", "MODE", "TLS", "POOL" });
+	long ls = jget(d, 0, "listeners");
+	for (long l = ls >= 0 ? ls + 1 : -1; l >= 0 && l < (long)d->t[ls].next; l = (long)d->t[l].next)
+		tab_row(&lt, (const char *[]){ jfield(d, l, "name", a[0], 48), jfield(d, l, "bind", a[1], 48),
+		                               jfield(d, l, "mode", a[2], 48), jfield(d, l, "tls", a[3], 48),
+		                               jfield(d, l, "pool", a[4], 48) });
+	for (size_t i = 0; ls < 0 && k->c && i < k->c->nlisteners; i++) { /* the API has none: the config's */
+		const struct lb_listener *L = &k->c->listeners[i];
+		const struct lb_hostport *hp = &L->binds[0].hp;
+		snprintf(a[1], 48, hp->v6 ? "[%s]:%u%s" : "%s:%u%s", hp->wildcard ? "*" : hp->host, (unsigned)hp->port,
+		         L->nbinds > 1 ? " +" : "");
+		tab_row(&lt, (const char *[]){ L->name, a[1], L->mode == LB_MODE_TCP ? "tcp" : "http", L->tls ? "on" : "off",
+		                               L->pool >= 0 ? k->c->pools[L->pool].name : "-" });
+	}
+	fputc('\n', f);
+	tab_print(&lt, f);
+	struct ctl_table ct = { .ncol = 5 };
+	tab_row(&ct, (const char *[]){ "CERTIFICATE", "LISTENER", "NAMES", "SERIAL", "EXPIRES_IN_DAYS" });
+	long tls = jget(d, 0, "tls"), cs = jget(d, tls, "certificates");
+	for (long c = cs >= 0 ? cs + 1 : -1; c >= 0 && c < (long)d->t[cs].next; c = (long)d->t[c].next) {
+		long nm = jget(d, c, "names");
+		size_t o = 0;
+		big[0] = 0;
+		for (long e = nm >= 0 ? nm + 1 : -1; e >= 0 && e < (long)d->t[nm].next && o < 40; e = (long)d->t[e].next)
+			o += (size_t)snprintf(big + o, 48 - o, "%s%s", o ? "," : "", jtext(d, e, a[6], 48));
+		snprintf(a[5], 48, "%lld", strtoll(jfield(d, c, "expires_in_s", a[7], 48), NULL, 10) / 86400);
+		tab_row(&ct, (const char *[]){ jfield(d, c, "file", a[0], 48), jfield(d, c, "listener", a[1], 48), big,
+		                               jfield(d, c, "serial", a[2], 48), a[5] });
+	}
+	if (ct.nrow > 1) {
+		fputc('\n', f);
+		tab_print(&ct, f);
+	} else {
+		free(ct.cell);
+	}
+}
+
+/* lb ctl status: the tables, or (--json) /api/stats as it came */
+static int ctl_status(const struct ctl *k, int json)
+{
+	char *out = NULL;
+	int st = ctl_call(k, "GET", "/api/stats", NULL, 0, &out), rc = 1;
+	struct jdoc d;
+	if (st != 200 || !out) {
+		fprintf(stderr, "lb ctl status: %s%s", st > 0 ? "the admin API answered: " : "no answer\n", st > 0 && out ? out : "");
+	} else if (json) {
+		fputs(out, stdout);
+		rc = 0;
+	} else if (jdoc_parse(&d, out) != 0) {
+		fprintf(stderr, "lb ctl status: /api/stats is not the JSON expected\n");
+	} else {
+		ctl_status_tables(k, &d, stdout);
+		free(d.t);
+		rc = 0;
+	}
+	free(out);
+	return rc;
+}
+
+/* lb ctl top: a compact view every interval (in place on a terminal), rates from the last one; q or
+ * Ctrl-C ends it, or --count N refreshes */
+static int ctl_top(const struct ctl *k, uint64_t count, uint64_t interval)
+{
+	enum { TOP_MAX = 256 };
+	static char names[TOP_MAX][2 * LB_NAME_MAX + 2];
+	static uint64_t last_req[TOP_MAX];
+	int tty = isatty(1), in_tty = isatty(0);
+	struct termios old, raw;
+	if (in_tty && tcgetattr(0, &old) == 0) {
+		raw = old;
+		raw.c_lflag &= ~(tcflag_t)(ICANON | ECHO);
+		tcsetattr(0, TCSANOW, &raw);
+	} else {
+		in_tty = 0;
+	}
+	uint64_t prev_ms = 0;
+	int rc = 0;
+	for (uint64_t n = 0; !count || n < count; n++) {
+		char *out = NULL, a[6][48], line[64];
+		int st = ctl_call(k, "GET", "/api/stats", NULL, 0, &out);
+		struct jdoc d;
+		uint64_t now = mono_ms();
+		if (st != 200 || !out || jdoc_parse(&d, out) != 0) {
+			free(out);
+			fprintf(stderr, "lb ctl top: no usable answer from the admin API\n");
+			rc = 1;
+			break;
+		}
+		if (tty)
+			fputs("\033[H\033[2J", stdout);
+		time_t t = time(NULL);
+		struct tm tm;
+		localtime_r(&t, &tm);
+		strftime(line, sizeof line, "%H:%M:%S", &tm);
+		printf("lb %s  %s  generation %s  workers %s  (q quits)\n", jfield(&d, 0, "version", a[0], 48), line,
+		       jfield(&d, 0, "generation", a[1], 48), jfield(&d, 0, "workers", a[2], 48));
+		struct ctl_table tb = { .ncol = 7 };
+		tab_row(&tb, (const char *[]){ "SERVER", "STATE", "REQ/S", "ACTIVE", "REQUESTS", "ERRORS", "REASON" });
+		long pools = jget(&d, 0, "pools");
+		size_t si = 0;
+		for (long p = pools >= 0 ? pools + 1 : -1; p >= 0 && p < (long)d.t[pools].next; p = (long)d.t[p].next) {
+			long svs = jget(&d, p, "servers");
+			for (long s = svs >= 0 ? svs + 1 : -1; s >= 0 && s < (long)d.t[svs].next; s = (long)d.t[s].next, si++) {
+				char nm[2 * LB_NAME_MAX + 2], rate[24], why[200];
+				snprintf(nm, sizeof nm, "%s/%s", jfield(&d, p, "name", a[0], 48), jfield(&d, s, "name", a[1], 48));
+				uint64_t req = jnum(&d, s, "requests");
+				int known = si < TOP_MAX && prev_ms && !strcmp(names[si], nm) && req >= last_req[si];
+				if (known)
+					snprintf(rate, sizeof rate, "%.1f", (double)(req - last_req[si]) * 1000.0 / (double)LB_MAX(now - prev_ms, 1));
+				else
+					snprintf(rate, sizeof rate, "-");
+				if (si < TOP_MAX) {
+					snprintf(names[si], sizeof names[si], "%s", nm);
+					last_req[si] = req;
+				}
+				tab_row(&tb, (const char *[]){ nm, jfield(&d, s, "state", a[2], 48), rate, jfield(&d, s, "active", a[3], 48),
+				                               jfield(&d, s, "requests", a[4], 48), jfield(&d, s, "errors", a[5], 48),
+				                               ctl_reason(&d, s, why, sizeof why) });
+			}
+		}
+		tab_print(&tb, stdout);
+		if (!tty)
+			fputc('\n', stdout);
+		fflush(stdout);
+		free(d.t);
+		free(out);
+		prev_ms = now;
+		if (count && n + 1 == count)
+			break;
+		struct pollfd pf = { .fd = 0, .events = POLLIN };
+		int quit = 0;
+		for (uint64_t end = mono_ms() + interval; !quit && mono_ms() < end;) {
+			char ch;
+			if (in_tty && poll(&pf, 1, (int)LB_MIN(end - mono_ms(), 1000u)) == 1)
+				quit = read(0, &ch, 1) != 1 || ch == 'q' || ch == 'Q' || ch == 3;
+			else if (!in_tty)
+				ctl_sleep_ms(LB_MIN(end - mono_ms(), 1000u));
+		}
+		if (quit)
+			break;
+	}
+	if (in_tty)
+		tcsetattr(0, TCSANOW, &old);
+	return rc;
+}
+
 static int ctl_usage(void)
 {
 	fprintf(stderr,
-	        "usage: lb ctl [-c FILE] status | reload\n"
+	        "usage: lb ctl [-c FILE] status [--json] | reload     (FILE: /etc/lb/config.ini, else ./config.ini)\n"
+	        "       lb ctl [-c FILE] top [--count N] [--interval 1s]   a live view; q or Ctrl-C quits\n"
 	        "       lb ctl [-c FILE] [--token-file F] --admin HOST:PORT [--admin HOST:PORT]... status | reload |\n"
 	        "              server ... | split ...   each node in turn, its answer under \"== HOST:PORT: STATUS\"\n"
 	        "       lb ctl [-c FILE] config apply --file F [--validate]\n"
@@ -12964,7 +13401,9 @@ static int ctl_each(struct ctl *k, const char *const *nodes, int n, const char *
 
 static int ctl_main(int argc, char **argv)
 {
-	const char *path = "config.ini", *token_file = NULL, *nodes[CTL_MAX_NODES];
+	/* the config the deploy files install (deploy/lb.service), else the one in the current directory */
+	const char *path = access(LB_CTL_CONF, F_OK) == 0 ? LB_CTL_CONF : "config.ini", *token_file = NULL;
+	const char *nodes[CTL_MAX_NODES];
 	int i = 0, nnodes = 0, have_c = 0;
 	while (argc > 1 && (!strcmp(argv[0], "-c") || !strcmp(argv[0], "--admin") || !strcmp(argv[0], "--token-file"))) {
 		if (!strcmp(argv[0], "-c"))
@@ -12984,6 +13423,10 @@ static int ctl_main(int argc, char **argv)
 		if (ctl_token_file(&k, token_file) != 0)
 			return 1;
 	} else {
+		if (!have_c && access(path, F_OK) != 0) {
+			fprintf(stderr, "lb ctl: no -c FILE, and neither %s nor ./config.ini exists\n", LB_CTL_CONF);
+			return 1;
+		}
 		k.c = load_config(path, 0);
 		if (!k.c)
 			return 1;
@@ -13002,8 +13445,23 @@ static int ctl_main(int argc, char **argv)
 	const char *cmd = argv[0];
 	const char *method = NULL, *body = NULL; /* a command --admin may send to several nodes */
 	int rc = -1;
-	if (!strcmp(cmd, "status") && argc == 1) {
+	if (!strcmp(cmd, "status") && argc == 1 && nnodes) {
 		method = "GET", snprintf(url, sizeof url, "/api/stats");
+	} else if (!strcmp(cmd, "status") && !nnodes && (argc == 1 || (argc == 2 && !strcmp(argv[1], "--json")))) {
+		rc = ctl_status(&k, argc == 2);
+	} else if (!strcmp(cmd, "top") && !nnodes) {
+		uint64_t count = 0, interval = 1000;
+		int bad = 0;
+		for (i = 1; i < argc && !bad; i += 2) {
+			const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+			if (v && !strcmp(argv[i], "--count"))
+				bad = parse_uint64(v, strlen(v), 1000000, &count) != 0 || !count;
+			else if (v && !strcmp(argv[i], "--interval"))
+				bad = lb_parse_duration(v, strlen(v), &interval) != 0 || interval < 100;
+			else
+				bad = 1;
+		}
+		rc = bad ? ctl_usage() : ctl_top(&k, count, interval);
 	} else if (!strcmp(cmd, "reload") && argc == 1) {
 		method = "POST", snprintf(url, sizeof url, "/api/reload");
 	} else if (!strcmp(cmd, "server") && argc == 4 && !strcmp(argv[1], "add")) {

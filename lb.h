@@ -325,6 +325,19 @@ int lb_parse_split(const char *s, size_t n, struct lb_split_spec *o);
 /* A weight body: 1..1000, surrounding whitespace allowed. */
 int lb_parse_weight(const char *s, size_t n, unsigned *out);
 
+/* ------------------------------------------------------------------ JSON tokens (lb ctl reads /api/stats) */
+
+enum lb_jtype { LB_J_OBJ = 1, LB_J_ARR, LB_J_STR, LB_J_PRIM };
+struct lb_jtok {
+	int type;                     /* LB_J_* */
+	uint32_t start, end;          /* the text: a string's without its quotes */
+	uint32_t size;                /* direct children: an object's keys, an array's values */
+	uint32_t next;                /* the token after this one's subtree */
+};
+/* The tokens of one JSON value, depth first (an object's key before its value): the count, or
+ * LB_EINVAL (not JSON, deeper than 32, more than max tokens). Strings are not unescaped. */
+long lb_json_tokens(const char *s, size_t n, struct lb_jtok *t, size_t max);
+
 /* ------------------------------------------------------------------ access log template */
 
 /* The access log's fields, by name: a template's %{name}, the json format's keys (in this order). */

@@ -1326,6 +1326,31 @@ static void test_log_template(void)
 	end("log_template");
 }
 
+static void test_json_tokens(void)
+{
+	struct lb_jtok t[32];
+	begin();
+	const char *j = "{\"a\":[1,{\"b\":\"x\\\"y\"}],\"c\":null, \"d\":{}}";
+	long n = lb_json_tokens(j, strlen(j), t, 32);
+	CHECK(n == 11, "tokens of %s: %ld", j, n);
+	if (n == 11) {
+		CHECK(t[0].type == LB_J_OBJ && t[0].size == 3 && t[0].next == 11, "root: type %d size %u next %u", t[0].type,
+		      t[0].size, t[0].next);
+		CHECK(t[2].type == LB_J_ARR && t[2].size == 2 && t[2].next == 7, "array: size %u next %u", t[2].size, t[2].next);
+		CHECK(t[6].type == LB_J_STR && t[6].end - t[6].start == 4, "escaped string: %u bytes", t[6].end - t[6].start);
+		CHECK(t[8].type == LB_J_PRIM && t[10].type == LB_J_OBJ && t[10].size == 0, "null, empty object");
+	}
+	const char *bad[] = { "{", "[1,2", "{\"a\"", "{1:2}", "\"open", "{}}", "[]x", "", "{\"a\":\"\n\"}" };
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+		CHECK(lb_json_tokens(bad[i], strlen(bad[i]), t, 32) == LB_EINVAL, "'%s' is refused", bad[i]);
+	char deep[80];
+	memset(deep, '[', 40);
+	memset(deep + 40, ']', 40);
+	CHECK(lb_json_tokens(deep, 80, t, 32) == LB_EINVAL, "depth 40 / more tokens than room refused");
+	CHECK(lb_json_tokens("[1,2,3]", 7, t, 3) == LB_EINVAL, "4 tokens in room for 3 refused");
+	end("json_tokens");
+}
+
 static void test_hash(void)
 {
 	begin();
@@ -3475,6 +3500,7 @@ int main(void)
 	test_normalize();
 	test_request_id();
 	test_log_template();
+	test_json_tokens();
 	test_hash();
 	test_conf_full();
 	test_conf_defaults();
