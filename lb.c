@@ -6368,6 +6368,14 @@ static void conn_close(struct conn *c)
 	g_nconns--;
 }
 
+/* this request's id for the error log ("-" before one is known) */
+static struct lb_str req_id(const struct conn *c)
+{
+	if (c->qh.d && c->lg_id_len)
+		return (struct lb_str){ c->qh.d + c->lg_id_off, c->lg_id_len };
+	return (struct lb_str){ "-", 1 };
+}
+
 /* The access log's termination state, HAProxy's two letters: who ended the exchange early (C the
  * client, c its timeout, S the server, s its timeout) and in which phase (R request head, C connect,
  * H response head, D body or tunnel). The first cause set is the one kept; unset is "--", a whole
@@ -6397,10 +6405,14 @@ static int answer_cut(const struct conn *c)
  * slot when the event is one a client can repeat at will (conn_abort_client). */
 static void conn_abort_slot(struct conn *c, const char *why, struct lb_throttle *slot)
 {
+	int in_req = c->t_start && c->r != R_NONE && c->lg_id_len;
+	struct lb_str id = in_req ? req_id(c) : (struct lb_str){ "", 0 };
 	if (why && slot)
-		log_throttled(slot, "client %s listener %s: closing: %s", ip_text(&c->ip), c->L->name, why);
+		log_throttled(slot, "client %s listener %s: closing: %s%s%.*s%s", ip_text(&c->ip), c->L->name, why,
+		              in_req ? " (request id " : "", (int)id.n, id.p, in_req ? ")" : "");
 	else if (why)
-		lb_info("client %s listener %s: closing: %s", ip_text(&c->ip), c->L->name, why);
+		lb_info("client %s listener %s: closing: %s%s%.*s%s", ip_text(&c->ip), c->L->name, why,
+		        in_req ? " (request id " : "", (int)id.n, id.p, in_req ? ")" : "");
 	if (why && c->L->mode == LB_MODE_HTTP && c->t_start && c->r != R_NONE)
 		set_term(c, 'C'); /* unless the server's side was named, the client's ended it; no why: a tunnel's end */
 	if ((c->L->mode == LB_MODE_TCP && c->q == Q_TUNNEL) || (c->t_start && c->r != R_NONE)) {
@@ -6508,14 +6520,6 @@ static const char *status_text(int st)
 static const char *hsts_of(const struct conn *c)
 {
 	return c->tls ? c->L->hsts : NULL;
-}
-
-/* this request's id for the error log ("-" before one is known) */
-static struct lb_str req_id(const struct conn *c)
-{
-	if (c->qh.d && c->lg_id_len)
-		return (struct lb_str){ c->qh.d + c->lg_id_off, c->lg_id_len };
-	return (struct lb_str){ "-", 1 };
 }
 
 /* The termination state of an answer lb made itself, unless an earlier cause was named (a server's
@@ -6848,10 +6852,12 @@ static void backend_local_failed(struct conn *c, const char *what, int e)
 	char why[200];
 	snprintf(why, sizeof why, "%s for server %s/%s: %s (a local resource, not the server)", what, c->pool->name,
 	         c->srv->name, strerror(e));
-	log_throttled_at(&log_slot, LB_LV_ERROR, "client %s listener %s: 503 %s: %s (%zu connections open in this worker)",
-	              ip_text(&c->ip), c->L->name, status_text(503), why, g_nconns);
+	struct lb_str id = req_id(c);
+	log_throttled_at(&log_slot, LB_LV_ERROR, "client %s listener %s: 503 %s: %s (%zu connections open in this worker; "
+	                 "request id %.*s)", ip_text(&c->ip), c->L->name, status_text(503), why, g_nconns, (int)id.n, id.p);
 	backend_release(c, 0);
 	c->srv = NULL;
+	c->term[0] = 'R', c->term[1] = 'C'; /* lb's own resources, whether answered or cut */
 	if (e != EADDRNOTAVAIL && e != EAGAIN)
 		accept_hold(1);
 	if (c->L->mode == LB_MODE_TCP || c->r != R_WAIT || buf_len(&c->rh) > 0 || c->sent_any) {
@@ -6859,7 +6865,6 @@ static void backend_local_failed(struct conn *c, const char *what, int e)
 		return;
 	}
 	c->close_after = 1; /* its descriptor is wanted */
-	c->term[0] = 'R', c->term[1] = 'C';
 	respond(c, 503, why, NULL, NULL, 1);
 }
 
@@ -6949,8 +6954,7 @@ static void backend_failed(struct conn *c, int status, const char *why, int retr
 	                                                              : c->r == R_WAIT && c->req_bodyless);
 	if (!(retryable && clean && reused && !c->reuse_retried)) /* not a kept-alive connection it had closed */
 		cb_outcome(c, failed, 1, why);
-	if (c->L->mode == LB_MODE_HTTP)
-		set_term(c, status == 504 ? 's' : 'S'); /* before the release: the phase looks at c->b */
+	set_term(c, status == 504 ? 's' : 'S'); /* before the release: the phase looks at c->b (a tunnel: SC or SD) */
 	backend_release(c, 0);
 	if (retryable && clean && reused && !c->reuse_retried) {
 		c->reuse_retried = 1; /* a kept-alive connection the server had just closed */
@@ -8141,8 +8145,9 @@ static size_t backend_pending(const struct conn *c)
 /* a TLS error on a server connection: logged once with its reason, then a reset */
 static void backend_tls_failed(struct conn *c)
 {
-	lb_warn("server %s/%s (%s): TLS: %s", c->pool->name, c->srv->name, srv_addr(c->srv),
-	        tls_up_error_text(c->b->tls->io.err));
+	struct lb_str id = req_id(c);
+	lb_warn("server %s/%s (%s): TLS: %s (request id %.*s)", c->pool->name, c->srv->name, srv_addr(c->srv),
+	        tls_up_error_text(c->b->tls->io.err), (int)id.n, id.p);
 	c->b->reset = EPROTO;
 }
 
