@@ -1601,20 +1601,21 @@ def t_access_log_term_states(ctx):
     """Each way lb ends an exchange itself has its termination state in the access log: 404 (no
     route), 403 (acl), 429 (rate limit), 400 (bad request, refused before parsing: its method, target
     and request id still logged, and the same id in the error log), 308 (redirect_https), 503 (no
-    usable server); a server that resets its answer mid-body is SD."""
+    usable server), 408 (a head left incomplete: cR, its method and target logged); a server that
+    resets its answer mid-body is SD, a client that resets its download CD."""
     b1 = ctx.b["b1"]
     port, rport = free_port(), free_port()
     cport, _th = cutting_server()
     jpath = os.path.join(ctx.dir, "access.json")
     lb = ctx.lb(config(
-        listener("web", port), listener("plain", rport, pool="ok", redirect_https="on"),
+        listener("web", port, header_timeout="1s"), listener("plain", rport, pool="ok", redirect_https="on"),
         pool("ok", [("s1", b1.port)]), pool("offp", [("s1", b1.port, "disabled")]),
         pool("cut", [("c1", cport)], retries=0, health_check="off"),
         route("deny", path="/deny/*", pool="ok", acl="deny 127.0.0.0/8"),
         route("rl", path="/rl/*", pool="ok", rate_limit="1/minute burst=1"),
         route("off", path="/off/*", pool="offp"),
         route("cut", path="/cut/*", pool="cut"),
-        route("fine", path="/fine/*", pool="ok"),
+        route("fine", path="/fine/*", pool="ok"), route("bytes", path="/bytes", pool="ok"),
         access=jpath, fmt="json"), [port, rport])
     eq(request(port, "/nowhere").status, 404, "no route")
     eq(request(port, "/deny/x").status, 403, "acl deny")
@@ -1628,12 +1629,21 @@ def t_access_log_term_states(ctx):
     check(got.startswith(b"HTTP/1.1 200 ") and len(got.split(b"\r\n\r\n", 1)[1]) == 100,
           "the cut answer: %s" % short(got))
     eq(request(port, "/fine/x").status, 200, "a whole exchange")
+    got = raw_exchange(port, b"GET /fine/slowhead HTTP/1.1\r\nHost: x\r\n")
+    check(got.startswith(b"HTTP/1.1 408 "), "a head left incomplete: %s" % short(got))
+    s = socket.create_connection((HOST, port), timeout=3)
+    s.sendall(b"GET /bytes?n=20000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+    check(s.recv(4096).startswith(b"HTTP/1.1 200 "), "the start of a big download")
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+    time.sleep(0.3)
     eq(lb.stop(), 0, "lb exit status on SIGTERM")
     by_uri = {}
     for o in json_log_lines(jpath):
         by_uri[o["uri"]] = o
     want = [("/nowhere", 404, "PR"), ("/deny/x", 403, "PR"), ("/rl/2", 429, "PR"), ("/off/x", 503, "SC"),
-            ("/redir", 308, "LR"), ("/cut/x", 200, "SD"), ("/fine/x", 200, "--")]
+            ("/redir", 308, "LR"), ("/cut/x", 200, "SD"), ("/fine/x", 200, "--"), ("/fine/slowhead", 408, "cR"),
+            ("/bytes?n=20000000", 200, "CD")]
     for uri, st, term in want:
         o = by_uri.get(uri)
         check(o is not None, "no access log line for %s: %s" % (uri, sorted(by_uri)))
