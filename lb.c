@@ -13278,6 +13278,14 @@ static int ctl_status(const struct ctl *k, int json)
 	return rc;
 }
 
+static struct termios g_top_tio; /* lb ctl top: the terminal's mode before, restored on every way out */
+
+static void ctl_top_sigint(int sig)
+{
+	tcsetattr(0, TCSANOW, &g_top_tio); /* async-signal-safe */
+	_exit(128 + sig);
+}
+
 /* lb ctl top: a compact view every interval (in place on a terminal), rates from the last one; q or
  * Ctrl-C ends it, or --count N refreshes */
 static int ctl_top(const struct ctl *k, uint64_t count, uint64_t interval)
@@ -13286,10 +13294,12 @@ static int ctl_top(const struct ctl *k, uint64_t count, uint64_t interval)
 	static char names[TOP_MAX][2 * LB_NAME_MAX + 2];
 	static uint64_t last_req[TOP_MAX];
 	int tty = isatty(1), in_tty = isatty(0);
-	struct termios old, raw;
-	if (in_tty && tcgetattr(0, &old) == 0) {
-		raw = old;
+	struct termios raw;
+	if (in_tty && tcgetattr(0, &g_top_tio) == 0) {
+		raw = g_top_tio;
 		raw.c_lflag &= ~(tcflag_t)(ICANON | ECHO);
+		signal(SIGINT, ctl_top_sigint);
+		signal(SIGTERM, ctl_top_sigint);
 		tcsetattr(0, TCSANOW, &raw);
 	} else {
 		in_tty = 0;
@@ -13361,7 +13371,7 @@ static int ctl_top(const struct ctl *k, uint64_t count, uint64_t interval)
 			break;
 	}
 	if (in_tty)
-		tcsetattr(0, TCSANOW, &old);
+		tcsetattr(0, TCSANOW, &g_top_tio);
 	return rc;
 }
 
