@@ -325,8 +325,6 @@ static void lb_err(const char *fmt, ...)
 #define lb_info(...) lb_log(LB_LV_INFO, __VA_ARGS__)
 #define lb_debug(...) lb_log(LB_LV_DEBUG, __VA_ARGS__)
 
-/* Memory every process shares, made by the master before the first fork; zero-filled, so every
- * counter, flag and spinlock in it starts at 0. Pages cost only once touched. NULL on failure. */
 /* a server as HOST:PORT ([v6]:PORT) for log lines: one of 4 static buffers in turn, so a line may name
  * a few */
 static const char *srv_addr(const struct lb_server *s)
@@ -338,6 +336,8 @@ static const char *srv_addr(const struct lb_server *s)
 	return o;
 }
 
+/* Memory every process shares, made by the master before the first fork; zero-filled, so every
+ * counter, flag and spinlock in it starts at 0. Pages cost only once touched. NULL on failure. */
 static void *shm_map(size_t n, const char *what)
 {
 	void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -6371,7 +6371,7 @@ static void conn_close(struct conn *c)
 /* this request's id for the error log ("-" before one is known) */
 static struct lb_str req_id(const struct conn *c)
 {
-	if (c->qh.d && c->lg_id_len)
+	if (c->qh.d && c->lg_id_len && c->lg_id_off + c->lg_id_len <= c->qh.e) /* a head cut short has none */
 		return (struct lb_str){ c->qh.d + c->lg_id_off, c->lg_id_len };
 	return (struct lb_str){ "-", 1 };
 }
@@ -7312,6 +7312,8 @@ done:
 	set_client(c, &cur);
 }
 
+static void log_keep_request_line(struct conn *c, const char *p, size_t len);
+
 /* A complete, valid head of n bytes is at in.s: route it and start the exchange. */
 static void handle_request(struct conn *c, const struct lb_req *rq, size_t n)
 {
@@ -7346,6 +7348,7 @@ static void handle_request(struct conn *c, const struct lb_req *rq, size_t n)
 	}
 	c->req_bodyless = c->q == Q_DONE;
 	if (pn < 0) {
+		log_keep_request_line(c, c->in.d + c->in.s, n);
 		c->in.s += (uint32_t)n;
 		respond_own(c, 400, "invalid percent-encoding or NUL in path");
 		return;
@@ -11000,7 +11003,7 @@ static void log_ctext(const char *p, int json) { log_text(p, p ? strlen(p) : 0, 
 
 static void log_qh(const struct conn *c, uint32_t off, uint32_t len, int json)
 {
-	log_text(c->qh.d && len ? c->qh.d + off : NULL, len, json);
+	log_text(c->qh.d && len && off + len <= c->qh.e ? c->qh.d + off : NULL, len, json);
 }
 
 static int64_t us_since(uint64_t from, uint64_t to) { return from && to >= from ? (int64_t)(to - from) : -1; }

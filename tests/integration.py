@@ -1625,6 +1625,8 @@ def t_access_log_term_states(ctx):
     eq(request(rport, "/redir").status, 308, "redirect_https")
     got = raw_exchange(port, b"GET /bad\x01target HTTP/1.1\r\nHost: x\r\n\r\n")
     check(got.startswith(b"HTTP/1.1 400 "), "bad request answer: %s" % short(got))
+    got = raw_exchange(port, b"GET /fine/a%zz HTTP/1.1\r\nHost: x\r\n\r\n")
+    check(got.startswith(b"HTTP/1.1 400 "), "bad percent-encoding answer: %s" % short(got))
     got = raw_exchange(port, b"GET /cut/x HTTP/1.1\r\nHost: x\r\n\r\n")
     check(got.startswith(b"HTTP/1.1 200 ") and len(got.split(b"\r\n\r\n", 1)[1]) == 100,
           "the cut answer: %s" % short(got))
@@ -1648,10 +1650,11 @@ def t_access_log_term_states(ctx):
         o = by_uri.get(uri)
         check(o is not None, "no access log line for %s: %s" % (uri, sorted(by_uri)))
         eq((o["status"], o["term"]), (st, term), "status and term of %s" % uri)
-    bad = [o for o in by_uri.values() if o["status"] == 400]
-    eq(len(bad), 1, "400 lines")
+    bad = sorted((o for o in by_uri.values() if o["status"] == 400), key=lambda o: o["uri"])
+    eq([(o["method"], o["uri"], o["term"]) for o in bad], [("GET", "/bad\x01target", "PR"), ("GET", "/fine/a%zz", "PR")],
+       "the 400s' method, target and term")
+    check(bad[1]["request_id"] and RID_RE.match(bad[1]["request_id"]), "request id %r" % bad[1]["request_id"])
     o = bad[0]
-    eq((o["method"], o["uri"], o["term"]), ("GET", "/bad\x01target", "PR"), "the 400's method, target and term")
     check(o["request_id"] and RID_RE.match(o["request_id"]), "the 400's request id %r" % o["request_id"])
     err = [l for l in lb.stderr().splitlines() if " 400 Bad Request" in l]
     check(err and ("request id %s" % o["request_id"]) in err[0], "the 400's error-log line names request id %s: %s"
