@@ -8579,8 +8579,8 @@ static int cb_room(const struct lb_pool *p, const struct lb_server *s, const cha
 	if (open < cap)
 		return 1;
 	log_throttled_at(&log_slot, LB_LV_WARN, "server %s/%s: circuit stays closed: %zu of the pool's %zu circuits are open "
-	              "(circuit_max_open %u%%); it would have opened: %s",
-	              p->name, s->name, open, p->nservers, p->cb_max_open, reason);
+	                 "(circuit_max_open %u%%); it would have opened: %s (server %s)",
+	                 p->name, s->name, open, p->nservers, p->cb_max_open, reason, srv_addr(s));
 	return 0;
 }
 
@@ -8637,8 +8637,8 @@ static int cb_begin(struct conn *c, struct lb_server *s)
 		if (g_now < atomic_load(&v->cb_until))
 			return 0;
 		if (atomic_compare_exchange_strong(&v->cb_state, &st, CB_HALF))
-			lb_info("server %s/%s: circuit half-open: letting up to %d trial requests through", c->pool->name,
-			       s->name, LB_CB_TRIALS);
+			lb_info("server %s/%s: circuit half-open (%s): letting up to %d trial requests through", c->pool->name,
+			        s->name, srv_addr(s), LB_CB_TRIALS);
 	}
 	if (atomic_fetch_add(&v->cb_trials, 1) >= LB_CB_TRIALS) {
 		atomic_fetch_sub(&v->cb_trials, 1);
@@ -8835,8 +8835,8 @@ static void hc_skip(struct hc *k, const char *what, int e)
 {
 	static struct lb_throttle log_slot;
 	hc_end(k);
-	log_throttled_at(&log_slot, LB_LV_ERROR, "health check of server %s/%s skipped: %s: %s (a local resource, not the server)",
-	              k->p->name, k->s->name, what, strerror(e));
+	log_throttled_at(&log_slot, LB_LV_ERROR, "health check of server %s/%s (%s) skipped: %s: %s (a local resource, not "
+	                 "the server)", k->p->name, k->s->name, srv_addr(k->s), what, strerror(e));
 }
 
 static void hc_start(struct hc *k)
