@@ -6,7 +6,7 @@
  * headers are "===... N. TITLE" lines; tests/code_checks.sh checks this list against them):
  *   1. build options: includes, portability, the event backend's choice
  *   2. small utilities: compares, hashing, name index, PRNG; the error log, shared mappings, files
- *   3. pure parsers: HTTP heads, chunked framing, values, PROXY protocol, admin API requests, X.509 names, JSON tokens, access log templates
+ *   3. pure parsers: HTTP heads, chunked framing, values, PROXY protocol, admin API requests, X.509 names, JSON, log templates
  *   4. configuration: text -> struct lb_conf through the key table; descriptors per worker
  *   5. routing and balancing: route, pool and server choice (pure); what a pick reads from shared memory
  *   6. event loop and timers: epoll or poll, the clock
@@ -4304,8 +4304,8 @@ static const struct lb_srv_state *pool_states(const struct lb_pool *p)
 
 /* ==================================================================== 6. event loop and timers
  * Owns the readiness backend (epoll or poll, level-triggered) and the clock (g_now, once per loop
- * turn; mono_ms, wall_ms; mono_us for the access log's timers). The connections' deadlines are a heap in section 8. A handler whose peer
- * hung up is deregistered while it wants nothing, so HUP cannot spin. Calls nothing later. */
+ * turn; mono_ms, wall_ms; mono_us for the access log's timers). The connections' deadlines are a heap
+ * in section 8. A handler whose peer hung up is deregistered while it wants nothing, so HUP cannot spin. Calls nothing later. */
 
 enum { EV_R = 1, EV_W = 2, EV_ERR = 4, EV_HUP = 8 };
 enum { H_LISTEN = 1, H_CLIENT, H_BACKEND, H_SIGNAL, H_CTL, H_HEALTH };
@@ -6438,8 +6438,8 @@ static int tls_begin(struct conn *c)
 	static struct lb_throttle log_slot;
 	if (!(c->tls = tls_conn_new(c->L))) {
 		if (errno == ENOMEM) /* else no entropy: tls_seed_engine said it, at most once a second */
-			log_throttled_at(&log_slot, LB_LV_ERROR, "client %s listener %s: out of memory for a TLS engine", ip_text(&c->ip),
-			              c->L->name);
+			log_throttled_at(&log_slot, LB_LV_ERROR, "client %s listener %s: out of memory for a TLS engine",
+			                 ip_text(&c->ip), c->L->name);
 		conn_close(c);
 		return -1;
 	}
@@ -7246,8 +7246,9 @@ static int proxy_step(struct conn *c)
 		if (c->cin_eof) {
 			static struct lb_throttle log_slot;
 			if (len)
-				log_throttled_at(&log_slot, LB_LV_DEBUG, "client %s listener %s: closed with an incomplete PROXY header",
-				              ip_text(&c->ip), c->L->name);
+				log_throttled_at(&log_slot, LB_LV_DEBUG,
+				                 "client %s listener %s: closed with an incomplete PROXY header", ip_text(&c->ip),
+				                 c->L->name);
 			conn_close(c);
 		}
 		return 0;
@@ -7423,8 +7424,9 @@ static int request_head_step(struct conn *c)
 		if (c->cin_eof) {
 			static struct lb_throttle log_slot;
 			if (len)
-				log_throttled_at(&log_slot, LB_LV_DEBUG, "client %s listener %s: closed with an incomplete request head",
-				              ip_text(&c->ip), c->L->name);
+				log_throttled_at(&log_slot, LB_LV_DEBUG,
+				                 "client %s listener %s: closed with an incomplete request head", ip_text(&c->ip),
+				                 c->L->name);
 			conn_close(c);
 		}
 		return 0;
@@ -7445,8 +7447,8 @@ static int request_head_step(struct conn *c)
 		}
 		if (c->cin_eof) {
 			static struct lb_throttle log_slot;
-			log_throttled_at(&log_slot, LB_LV_DEBUG, "client %s listener %s: closed with an incomplete request head", ip_text(&c->ip),
-			              c->L->name);
+			log_throttled_at(&log_slot, LB_LV_DEBUG, "client %s listener %s: closed with an incomplete request head",
+			                 ip_text(&c->ip), c->L->name);
 			conn_close(c);
 		}
 		return 0;
@@ -9647,8 +9649,8 @@ static int admin_token_load(const struct lb_conf *c, char *out, size_t *len)
 		memcpy(out, p, (size_t)(e - p));
 		*len = (size_t)(e - p);
 		if (*len < 16)
-			lb_warn("[admin] token_file %s: a token of %zu characters is easy to guess; use 32 or more", c->admin_token_file,
-			       *len);
+			lb_warn("[admin] token_file %s: a token of %zu characters is easy to guess; use 32 or more",
+			        c->admin_token_file, *len);
 	}
 	free(t);
 	return rc;
@@ -11347,9 +11349,10 @@ static void on_accept(struct lsock *ls)
 			int e = errno;
 			if (local_resource_error(e)) {
 				accept_hold(0);
-				log_throttled_at(&log_slot, LB_LV_ERROR, "accept: %s: pausing new connections for %llu ms or until one closes "
-				              "(%zu connections open in this worker)", strerror(e),
-				              (unsigned long long)g_accept_backoff, g_nconns);
+				log_throttled_at(&log_slot, LB_LV_ERROR,
+				                 "accept: %s: pausing new connections for %llu ms or until one closes "
+				                 "(%zu connections open in this worker)", strerror(e),
+				                 (unsigned long long)g_accept_backoff, g_nconns);
 			}
 			return;
 		}
