@@ -6546,7 +6546,7 @@ static void respond(struct conn *c, int status, const char *why, const char *ext
 		              ip_text(&c->ip), c->L->name, status, status_text(status), why, (int)id.n, id.p);
 	else if (!quiet)
 		lb_warn("client %s listener %s: %d %s: %s (request id %.*s)", ip_text(&c->ip), c->L->name, status,
-		       status_text(status), why, (int)id.n, id.p);
+		        status_text(status), why, (int)id.n, id.p);
 	term_of_answer(c, status);
 	if (c->q == Q_HEAD || c->q == Q_BODY)
 		c->close_after = 1;
@@ -10613,7 +10613,7 @@ static void admin_call(struct aconn *a, const struct lb_req *rq, const char *bod
 	}
 	if (k.mutating && !admin_token_ok(rq)) {
 		lb_info("admin (%s): %.*s %.*s refused: %s", a->peer, (int)rq->method.n, rq->method.p, (int)rq->target.n,
-		       rq->target.p, g_admin_token_len ? "missing or wrong bearer token" : "no token_file configured");
+		        rq->target.p, g_admin_token_len ? "missing or wrong bearer token" : "no token_file configured");
 		admin_json_error(a, 401, g_admin_token_len ? "a valid Authorization: Bearer token is required"
 		                                           : "no [admin] token_file is configured: changes are refused");
 		return;
@@ -11377,7 +11377,7 @@ static void begin_stop(void)
 	hc_stop();
 	g_stop_deadline = g_now + g_conf->shutdown_timeout;
 	lb_info("stopping: no new connections; finishing %zu open ones (at most %llu ms)", g_nconns,
-	       (unsigned long long)g_conf->shutdown_timeout);
+	        (unsigned long long)g_conf->shutdown_timeout);
 	for (size_t i = 0; i < g_nlsocks; i++) {
 		ev_forget(&g_lsocks[i].h);
 		close(g_lsocks[i].h.fd);
@@ -11519,7 +11519,7 @@ static void on_signals(void)
 	if (g_stopping && getppid() != g_master_pid && g_stop_deadline > g_now + LB_ORPHAN_STOP_MS) {
 		g_stop_deadline = g_now + LB_ORPHAN_STOP_MS;
 		lb_warn("worker %d: the master (pid %d) is gone: stopping within %d ms", g_worker_id, (int)g_master_pid,
-		       LB_ORPHAN_STOP_MS);
+		        LB_ORPHAN_STOP_MS);
 	}
 }
 
@@ -11638,7 +11638,7 @@ static int run_loop(void)
 		if (g_stopping && (g_nconns == 0 || g_now >= g_stop_deadline)) {
 			if (g_nconns)
 				lb_warn("worker %d: closing %zu connections still open after shutdown_timeout", g_worker_id,
-				       g_nconns);
+				        g_nconns);
 			while (g_live)
 				conn_close(g_live);
 			reap_dead();
@@ -11952,7 +11952,7 @@ static void master_events(void)
 	uint64_t head = atomic_load(&g_events->head);
 	if (head - g_ev_tail > LB_EVENTS) {
 		lb_warn("events: %llu lost (more than %d between two looks)", (unsigned long long)(head - g_ev_tail - LB_EVENTS),
-		       LB_EVENTS);
+		        LB_EVENTS);
 		g_ev_tail = head - LB_EVENTS;
 	}
 	for (; g_ev_tail < head; g_ev_tail++) {
@@ -12279,12 +12279,12 @@ static void fd_limit_check(const struct lb_conf *c)
 	    rl.rlim_cur >= need)
 		return;
 	lb_warn("max_connections = %u needs %lu file descriptors in each worker (a client and a server "
-	       "connection each, and %lu for listeners, logs and health checks) but the limit is %lu (RLIMIT_NOFILE, "
-	       "hard limit %lu): each worker takes at most %u connections and leaves the rest in the listen "
-	       "backlog; raise the limit to %lu (ulimit -n, systemd LimitNOFILE=) or lower max_connections",
-	       c->max_connections, need, lb_fd_reserve(c), (unsigned long)rl.rlim_cur,
-	       rl.rlim_max == RLIM_INFINITY ? (unsigned long)rl.rlim_cur : (unsigned long)rl.rlim_max,
-	       lb_conns_for_fds(c, (unsigned long)rl.rlim_cur), need);
+	        "connection each, and %lu for listeners, logs and health checks) but the limit is %lu (RLIMIT_NOFILE, "
+	        "hard limit %lu): each worker takes at most %u connections and leaves the rest in the listen "
+	        "backlog; raise the limit to %lu (ulimit -n, systemd LimitNOFILE=) or lower max_connections",
+	        c->max_connections, need, lb_fd_reserve(c), (unsigned long)rl.rlim_cur,
+	        rl.rlim_max == RLIM_INFINITY ? (unsigned long)rl.rlim_cur : (unsigned long)rl.rlim_max,
+	        lb_conns_for_fds(c, (unsigned long)rl.rlim_cur), need);
 }
 
 /* SIGHUP: the new generation starts before the old one retires; on any error the old
@@ -12332,7 +12332,7 @@ static int master_reload(void)
 		fd_limit_check(nc);
 	if (nc->rate_limit_entries != old->rate_limit_entries)
 		lb_warn("reload: rate_limit_entries = %u takes effect at the next restart; the table keeps %zu entries",
-		       nc->rate_limit_entries, g_rl_sets * RL_WAYS);
+		        nc->rate_limit_entries, g_rl_sets * RL_WAYS);
 	if (!old->access_log != !nc->access_log ||
 	    (nc->access_log && strcmp(old->access_log, nc->access_log)))
 		retarget_log(&g_accfd, nc->access_log, 0);
@@ -12353,7 +12353,7 @@ static int master_reload(void)
 	atomic_fetch_add(&g_shm->reloads, 1);
 	g_next_rotate = mono_ms() + nc->rotate_interval;
 	lb_info("reload: generation %d serves %s (%zu listeners, %zu pools, %zu routes); generation %d retires",
-	       g_gen, g_conf_path, nc->nlisteners, nc->npools, nc->nroutes, old_gen);
+	        g_gen, g_conf_path, nc->nlisteners, nc->npools, nc->nroutes, old_gen);
 	lb_conf_free(old);
 	return 0;
 }
@@ -12370,7 +12370,7 @@ static void log_server_totals(const char *when)
 		shm_server_totals(&g_shm->s[i], &r, &e, &b);
 		if (r)
 			lb_info("%s: server %s: %llu requests, %llu errors (5xx or cut short), %llu body bytes out", when, g_shm->s[i].key,
-			       (unsigned long long)r, (unsigned long long)e, (unsigned long long)b);
+			        (unsigned long long)r, (unsigned long long)e, (unsigned long long)b);
 	}
 }
 
@@ -12382,7 +12382,7 @@ static void master_stop_now(void)
 	g_stop_at = 0;
 	g_mstop_deadline = mono_ms() + g_conf->shutdown_timeout + 5000;
 	lb_info("stopping: workers finish their connections (at most %llu ms)",
-	       (unsigned long long)g_conf->shutdown_timeout);
+	        (unsigned long long)g_conf->shutdown_timeout);
 	for (size_t i = 0; i < g_nmsocks; i++)
 		g_msocks[i].used = 0;
 	msocks_close_unused(); /* with the workers' copies gone, new connections are refused */
@@ -12405,7 +12405,7 @@ static void master_stop(void)
 		g_stop_at = mono_ms() + g_conf->stop_grace;
 		g_mstop_deadline = g_stop_at + g_conf->shutdown_timeout + 5000;
 		lb_info("stopping in %llu ms (stop_grace): /healthz says draining, requests are still served",
-		       (unsigned long long)g_conf->stop_grace);
+		        (unsigned long long)g_conf->stop_grace);
 		return;
 	}
 	master_stop_now();
@@ -13626,7 +13626,7 @@ int lb_main(int argc, char **argv)
 	if (g_conf->pid_file && write_pid_file(g_conf->pid_file) != 0)
 		return 1;
 	lb_info("lb %s: master pid %d, %u workers, %zu listeners, %zu pools, %zu routes", LB_VERSION, (int)g_pid,
-	       worker_count(g_conf), g_conf->nlisteners, g_conf->npools, g_conf->nroutes);
+	        worker_count(g_conf), g_conf->nlisteners, g_conf->npools, g_conf->nroutes);
 	fd_limit_check(g_conf);
 	int rc = master_run();
 	if (g_conf->pid_file)
