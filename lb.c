@@ -6,7 +6,7 @@
  * headers are "===... N. TITLE" lines; tests/code_checks.sh checks this list against them):
  *   1. build options: includes, portability, the event backend's choice
  *   2. small utilities: compares, hashing, name index, PRNG; the error log, shared mappings, files
- *   3. pure parsers: HTTP heads, chunked framing, values, PROXY protocol, admin API requests, X.509 names
+ *   3. pure parsers: HTTP heads, chunked framing, values, PROXY protocol, admin API requests, X.509 names, JSON, log templates
  *   4. configuration: text -> struct lb_conf by the key table; the runtime state beside it; descriptors per worker
  *   5. routing and balancing: route, pool and server choice (pure); what a pick reads from shared memory
  *   6. event loop and timers: epoll or poll, the clock
@@ -54,6 +54,7 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -272,30 +273,67 @@ static size_t json_str(char *out, size_t cap, const char *s)
 }
 
 /* -------------------------------------------------------------------- the error log, shared mappings, files
- * The I/O later sections share: lb_err (one line to the error log), shm_map and its spinlock (the TLS
+ * The I/O later sections share: lb_err, lb_warn, lb_info, lb_debug (one line to the error log, with its
+ * level; [log] level filters), shm_map and its spinlock (the TLS
  * session cache, the event ring and the server slots live in such mappings), read_file (the config file,
  * the admin token file). */
 
 static int g_errfd = 2; /* the error log: stderr until [global] error = FILE is opened (retarget_log) */
+static int g_errlevel = LB_LV_INFO; /* [log] level: lines above it are not written */
+static const char *const k_level_names[] = { "error", "warn", "info", "debug", NULL }; /* enum lb_loglevel */
 
-static void lb_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void lb_err(const char *fmt, ...)
+/* One line: "2026-01-02T03:04:05.678Z lb[PID]: LEVEL: text". Levels: error (lb itself failed or
+ * refused to start), warn (a server or the service degraded: a failed check, a circuit, a 5xx lb
+ * answered), info (state changes and clients' bad requests), debug (what a flood repeats). */
+static void lb_vlog(int lv, const char *fmt, va_list ap)
 {
+	if (lv > g_errlevel)
+		return;
 	char b[1024];
 	struct timespec ts;
 	struct tm tm;
 	clock_gettime(CLOCK_REALTIME, &ts);
 	gmtime_r(&ts.tv_sec, &tm);
-	size_t n = strftime(b, sizeof b, "%Y-%m-%dT%H:%M:%SZ", &tm);
-	n += (size_t)snprintf(b + n, sizeof b - n, " lb[%d]: ", (int)getpid());
-	va_list ap;
-	va_start(ap, fmt);
+	size_t n = strftime(b, sizeof b, "%Y-%m-%dT%H:%M:%S", &tm);
+	n += (size_t)snprintf(b + n, sizeof b - n, ".%03dZ lb[%d]: %s: ", (int)(ts.tv_nsec / 1000000), (int)getpid(),
+	                      k_level_names[lv]);
 	int m = vsnprintf(b + n, sizeof b - n - 1, fmt, ap);
-	va_end(ap);
 	n = LB_MIN(n + (size_t)(m < 0 ? 0 : m), sizeof b - 2);
 	b[n++] = '\n';
 	ssize_t w = write(g_errfd, b, n);
 	LB_UNUSED(w);
+}
+
+static void lb_log(int lv, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void lb_log(int lv, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	lb_vlog(lv, fmt, ap);
+	va_end(ap);
+}
+
+static void lb_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void lb_err(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	lb_vlog(LB_LV_ERROR, fmt, ap);
+	va_end(ap);
+}
+#define lb_warn(...) lb_log(LB_LV_WARN, __VA_ARGS__)
+#define lb_info(...) lb_log(LB_LV_INFO, __VA_ARGS__)
+#define lb_debug(...) lb_log(LB_LV_DEBUG, __VA_ARGS__)
+
+/* a server as HOST:PORT ([v6]:PORT) for log lines: one of 4 static buffers in turn, so a line may name
+ * a few */
+static const char *srv_addr(const struct lb_server *s)
+{
+	static char b[4][LB_HOST_MAX + 16];
+	static unsigned i;
+	char *o = b[i++ % 4];
+	snprintf(o, sizeof b[0], strchr(s->host, ':') ? "[%s]:%u" : "%s:%u", s->host, (unsigned)s->port);
+	return o;
 }
 
 /* Memory every process shares, made by the master before the first fork; zero-filled, so every
@@ -351,7 +389,8 @@ static char *read_file(const char *path, size_t *len)
 }
 
 /* ==================================================================== 3. pure parsers
- * HTTP request and response heads, chunked framing, config values, paths. Each takes
+ * HTTP request and response heads, chunked framing, config values, paths, JSON tokens (lb ctl reads
+ * /api/stats with them), access log templates (lb_log_template_parse, the field names). Each takes
  * (buf, len, out) and returns a status; strings in out point into buf. No I/O, no globals.
  * Calls section 2 only. */
 
@@ -2276,6 +2315,154 @@ long lb_acme_token(const char *path, size_t n, const char **token)
 	return (long)tn;
 }
 
+/* one scalar at s[i]: a string (escapes skipped over, not decoded) or a literal/number; the end, or 0 */
+static size_t json_scalar(const char *s, size_t n, size_t i, struct lb_jtok *t)
+{
+	if (s[i] == '"') {
+		size_t j = i + 1;
+		while (j < n && s[j] != '"') {
+			if ((unsigned char)s[j] < 0x20)
+				return 0;
+			j += s[j] == '\\' ? 2 : 1;
+		}
+		if (j >= n)
+			return 0;
+		*t = (struct lb_jtok){ LB_J_STR, (uint32_t)(i + 1), (uint32_t)j, 0, 0 };
+		return j + 1;
+	}
+	size_t j = i;
+	while (j < n && (isalnum((unsigned char)s[j]) || s[j] == '-' || s[j] == '+' || s[j] == '.'))
+		j++;
+	if (j == i)
+		return 0;
+	*t = (struct lb_jtok){ LB_J_PRIM, (uint32_t)i, (uint32_t)j, 0, 0 };
+	return j;
+}
+
+long lb_json_tokens(const char *s, size_t n, struct lb_jtok *t, size_t max)
+{
+	size_t stack[32], depth = 0, nt = 0, i = 0;
+	int want_key = 0, done = 0;
+	if (n > UINT32_MAX)
+		return LB_EINVAL;
+	while (i < n) {
+		char ch = s[i];
+		if (ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n' || ch == ',' || ch == ':') {
+			i++; /* separators are not checked: a reader's tokens, not a validator */
+			continue;
+		}
+		if (done)
+			return LB_EINVAL;
+		if (ch == '}' || ch == ']') {
+			if (!depth || t[stack[depth - 1]].type != (ch == '}' ? LB_J_OBJ : LB_J_ARR))
+				return LB_EINVAL;
+			struct lb_jtok *o = &t[stack[--depth]];
+			o->end = (uint32_t)i + 1;
+			o->next = (uint32_t)nt;
+			want_key = depth && t[stack[depth - 1]].type == LB_J_OBJ;
+			done = !depth;
+			i++;
+			continue;
+		}
+		if (nt == max)
+			return LB_EINVAL;
+		struct lb_jtok *parent = depth ? &t[stack[depth - 1]] : NULL;
+		if (parent && (parent->type == LB_J_ARR || want_key))
+			parent->size++;
+		if (ch == '{' || ch == '[') {
+			if (depth == 32 || (want_key && parent && parent->type == LB_J_OBJ))
+				return LB_EINVAL;
+			t[nt] = (struct lb_jtok){ ch == '{' ? LB_J_OBJ : LB_J_ARR, (uint32_t)i, 0, 0, 0 };
+			stack[depth++] = nt++;
+			want_key = ch == '{';
+			i++;
+			continue;
+		}
+		size_t e = json_scalar(s, n, i, &t[nt]);
+		if (!e || (want_key && t[nt].type != LB_J_STR))
+			return LB_EINVAL;
+		t[nt].next = (uint32_t)nt + 1;
+		nt++;
+		i = e;
+		if (parent && parent->type == LB_J_OBJ)
+			want_key = !want_key;
+		done = !depth;
+	}
+	return done ? (long)nt : LB_EINVAL;
+}
+
+const char *const lb_log_field_names[LB_LF_N] = {
+	"time", "client", "method", "uri", "proto", "status", "bytes", "bytes_in", "term", "duration_ms",
+	"t_request_us", "t_connect_us", "t_first_byte_us", "t_total_us", "listener", "route", "pool", "server",
+	"server_addr", "retries", "host", "user_agent", "referer", "request_id", "tls", "tls_version", "tls_cipher",
+	"sni", "client_cert", "worker", "pid",
+};
+
+static int log_tpl_add(struct lb_log_tpl *o, size_t off, size_t len, int field)
+{
+	if (o->n == LB_LOG_TPL_MAX)
+		return -1;
+	o->item[o->n].off = (uint16_t)off, o->item[o->n].len = (uint16_t)len, o->item[o->n].field = (int16_t)field;
+	o->n++;
+	return 0;
+}
+
+int lb_log_template_parse(const char *s, size_t n, struct lb_log_tpl *o, const char **why, char *bad, size_t badn)
+{
+	o->n = 0;
+	if (badn)
+		bad[0] = 0;
+	*why = NULL;
+	if (n == 0 || n > 1024) {
+		*why = "a template is 1 to 1024 bytes";
+		return LB_EINVAL;
+	}
+	size_t lit = 0;
+	for (size_t i = 0; i < n;) {
+		if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f) {
+			*why = "a control character in the template";
+			return LB_EINVAL;
+		}
+		if (s[i] != '%') {
+			i++;
+			continue;
+		}
+		if (i > lit && log_tpl_add(o, lit, i - lit, -1))
+			goto too_many;
+		if (i + 1 < n && s[i + 1] == '%') { /* %% : the second '%' starts the next literal */
+			lit = i + 1;
+			i += 2;
+			continue;
+		}
+		const char *e = i + 1 < n && s[i + 1] == '{' ? memchr(s + i + 2, '}', n - i - 2) : NULL;
+		if (!e) {
+			*why = "a '%' not followed by {field} or %";
+			return LB_EINVAL;
+		}
+		size_t nl = (size_t)(e - (s + i + 2));
+		int f = -1;
+		for (int k = 0; k < LB_LF_N && f < 0; k++)
+			if (strlen(lb_log_field_names[k]) == nl && !memcmp(lb_log_field_names[k], s + i + 2, nl))
+				f = k;
+		if (f < 0) {
+			if (badn)
+				snprintf(bad, badn, "%.*s", (int)LB_MIN(nl, 64u), s + i + 2);
+			*why = "unknown field";
+			return LB_EINVAL;
+		}
+		if (log_tpl_add(o, 0, 0, f))
+			goto too_many;
+		i = (size_t)(e - s) + 1;
+		lit = i;
+	}
+	if (n > lit && log_tpl_add(o, lit, n - lit, -1))
+		goto too_many;
+	return 0;
+too_many:
+	*why = "more than 64 pieces";
+	return LB_EINVAL;
+}
+
 /* ==================================================================== 4. configuration
  * Text -> struct lb_conf. A pre-scan finds sections (so duplicates, empty sections and keys
  * outside sections get exact lines) and the lines inih would mangle; inih then delivers keys,
@@ -3009,6 +3196,39 @@ static void set_access(struct cfg *st, void *o, const struct keydef *kd, const c
 	c->access_log = strcmp(v, "off") ? v_str(st, line, kd->name, v) : NULL;
 }
 
+/* combined, json or a template of %{field}s (checked here, so lb -t names an unknown field) */
+static void set_log_format(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	struct lb_conf *c = o;
+	const char *why;
+	char bad[72];
+	free(c->log_template);
+	c->log_template = NULL;
+	if (!strcmp(v, "combined") || !strcmp(v, "json")) {
+		c->log_format = !strcmp(v, "json") ? LB_LOG_JSON : LB_LOG_COMBINED;
+		return;
+	}
+	if (!strchr(v, '%')) {
+		cfg_err(st, line, kd->name, "%s: '%s' is not combined, json or a template of %%{field}s", kd->name, v);
+		return;
+	}
+	if (lb_log_template_parse(v, strlen(v), &c->log_tpl, &why, bad, sizeof bad) != 0) {
+		if (bad[0]) {
+			const char *near = NULL;
+			size_t d = 0;
+			for (int i = 0; i < LB_LF_N; i++)
+				closer(bad, lb_log_field_names[i], &near, &d);
+			cfg_err(st, line, kd->name, "%s: unknown field '%%{%s}'%s%s%s (fields: see README, Access log)", kd->name,
+			        bad, near ? " (did you mean '" : "", near ? near : "", near ? "'?)" : "");
+		} else {
+			cfg_err(st, line, kd->name, "%s: %s", kd->name, why);
+		}
+		return;
+	}
+	c->log_format = LB_LOG_TEMPLATE;
+	c->log_template = v_str(st, line, kd->name, v);
+}
+
 static void set_rotate(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
 {
 	struct lb_conf *c = o;
@@ -3270,7 +3490,6 @@ static void set_return(struct cfg *st, void *o, const struct keydef *kd, const c
 #define OR(f) offsetof(struct lb_route, f)
 #define U64MAX UINT64_MAX
 
-static const char *const w_log_format[] = { "combined", "json", NULL };   /* enum lb_logfmt */
 static const char *const w_mode[] = { "http", "tcp", NULL };               /* enum lb_mode */
 static const char *const w_proxy[] = { "off", "v1", "v2", "any", NULL };   /* 0, LB_PROXY_V1, _V2, _ANY */
 static const char *const w_algo[] = { "round_robin", "least_conn", "ip_hash", "random2", NULL }; /* lb_algo */
@@ -3291,7 +3510,8 @@ static const struct keydef keys_global[] = {
 };
 static const struct keydef keys_log[] = {
 	{ .name = "access", .set = set_access, .def = "stdout", .bad = "", .doc = "off, stdout or a file path" },
-	{ .name = "format", .set = set_enum, .off = OG(log_format), .def = "combined", .words = w_log_format, .doc = "combined or json" },
+	{ .name = "format", .set = set_log_format, .def = "combined", .good = "%{client} %{status} %{t_total_us}", .bad = "%{nope}", .doc = "combined, json or a template of %{field}s" },
+	{ .name = "level", .set = set_enum, .off = OG(log_level), .def = "info", .words = k_level_names, .doc = "error log: error, warn, info or debug" },
 	{ .name = "error", .set = set_str, .off = OG(error_log), .def = "stderr", .doc = "stderr or a file path" },
 	{ .name = "rotate", .set = set_rotate, .def = "1h", .good = "100m", .doc = "rotate file logs every interval or at a size; off" },
 	{ .name = "retention", .set = set_dur, .off = OG(retention), .def = "1d", .min = 1000, .doc = "delete rotated files older than this" },
@@ -3882,6 +4102,7 @@ void lb_conf_free(struct lb_conf *c)
 	free(c->alert_command);
 	free(c->user);
 	free(c->access_log);
+	free(c->log_template);
 	free(c->error_log);
 	free(c);
 }
@@ -4395,8 +4616,8 @@ static const struct lb_srv_state *pool_states(const struct lb_pool *p, const str
 
 /* ==================================================================== 6. event loop and timers
  * Owns the readiness backend (epoll or poll, level-triggered) and the clock (g_now, once per loop
- * turn; mono_ms, wall_ms). The connections' deadlines are a heap in section 8. A handler whose peer
- * hung up is deregistered while it wants nothing, so HUP cannot spin. Calls nothing later. */
+ * turn; mono_ms, wall_ms; mono_us for the access log's timers). The connections' deadlines are a heap
+ * in section 8. A handler whose peer hung up is deregistered while it wants nothing, so HUP cannot spin. Calls nothing later. */
 
 enum { EV_R = 1, EV_W = 2, EV_ERR = 4, EV_HUP = 8 };
 enum { H_LISTEN = 1, H_CLIENT, H_BACKEND, H_SIGNAL, H_CTL, H_HEALTH };
@@ -4427,7 +4648,8 @@ static uint64_t mono_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-static uint64_t mono_us(void) /* for the metrics' histograms */
+/* monotonic µs, read at the moments the access log's timers mark (g_now is a whole ms, once a turn) */
+static uint64_t mono_us(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -4608,7 +4830,8 @@ static void ev_forget(struct evh *h)
  *
  * The protocol choice is fixed here on purpose: TLS 1.2 only (BearSSL has no 1.3; 1.0 and 1.1
  * are obsolete), ECDHE key exchange only (forward secrecy) and AEAD ciphers only (AES-GCM,
- * ChaCha20-Poly1305), server preference order, no renegotiation, ALPN http/1.1.
+ * ChaCha20-Poly1305), server preference order, no renegotiation, ALPN http/1.1. tls_log_info gives
+ * the access log (section 14) a connection's version and cipher.
  * Calls sections 2, 3 (X.509 names) and 6 (the clock). */
 
 static const uint16_t tls_suites[] = {
@@ -5456,6 +5679,25 @@ static int tls_flush_out(struct tls_io *io, int fd)
 	return 1;
 }
 
+/* The access log's view of a client's TLS once the handshake is done: the version and the cipher suite
+ * in OpenSSL's spelling (as nginx's $ssl_protocol and $ssl_cipher); "-" before. */
+static void tls_log_info(const struct tls_conn *t, const char **version, const char **cipher)
+{
+	*version = *cipher = "-";
+	if (!t->hs_done)
+		return;
+	unsigned v = br_ssl_engine_get_version(&t->sc.eng);
+	*version = v == BR_TLS12 ? "TLSv1.2" : v == BR_TLS11 ? "TLSv1.1" : v == BR_TLS10 ? "TLSv1" : "-";
+	switch (t->sc.eng.session.cipher_suite) {
+	case BR_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256: *cipher = "ECDHE-ECDSA-AES128-GCM-SHA256"; break;
+	case BR_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384: *cipher = "ECDHE-ECDSA-AES256-GCM-SHA384"; break;
+	case BR_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256: *cipher = "ECDHE-ECDSA-CHACHA20-POLY1305"; break;
+	case BR_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256: *cipher = "ECDHE-RSA-AES128-GCM-SHA256"; break;
+	case BR_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384: *cipher = "ECDHE-RSA-AES256-GCM-SHA384"; break;
+	case BR_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256: *cipher = "ECDHE-RSA-CHACHA20-POLY1305"; break;
+	}
+}
+
 /* a clean end: close_notify, sent now if the socket takes it */
 static void tls_close_notify(struct tls_io *io, int fd)
 {
@@ -5872,6 +6114,12 @@ struct conn {
 	uint64_t t_start_us;           /* the request start, µs (mono_us): the metrics' duration */
 	uint64_t t_up_us, t_ready_us;  /* connect began; server connection ready (0: first byte counted) */
 	uint32_t lg_mlen, lg_ulen, lg_ref_off, lg_ref_len, lg_ua_off, lg_ua_len, lg_id_off, lg_id_len;
+	uint32_t lg_host_off, lg_host_len;
+	/* the access log's timers (mono_us; 0: not reached): the request begun, its head whole, the server
+	 * connection ready (the last try's), the server's first response byte */
+	uint64_t us_start, us_head, us_ready, us_first;
+	uint64_t req_bytes;            /* this request's bytes from the client: head and body as read */
+	uint8_t nretries;              /* tries on another server (or a fresh connection) this exchange took */
 	uint32_t scan;                 /* head bytes already looked at for a line end */
 	unsigned nreq;
 	int li;
@@ -5898,6 +6146,7 @@ struct conn {
 	bool px_dst_ok;                /* px.dst is known (from a PROXY header or getsockname) */
 	bool xff_trusted;              /* conn_ip is a trusted proxy: its X-Forwarded-For counts */
 	bool ipc_held;                 /* counted in the per-address connection table */
+	bool lg_parsed;                /* the head was parsed: req_minor is this request's */
 };
 
 struct lsock {
@@ -5962,18 +6211,19 @@ static struct lb_throttle *g_throttled;
 static void throttle_line(const struct lb_throttle *t, uint64_t quiet, uint64_t span_ms, int alone)
 {
 	if (quiet)
-		lb_err("%s (%s%llu more like this in the last %llu s)", t->text, alone ? "repeated: " : "",
+		lb_log(t->level, "%s (%s%llu more like this in the last %llu s)", t->text, alone ? "repeated: " : "",
 		       (unsigned long long)quiet, (unsigned long long)LB_MAX((span_ms + 500) / 1000, 1));
 	else
-		lb_err("%s", t->text);
+		lb_log(t->level, "%s", t->text);
 }
 
 /* An error-log line for an event that can repeat at the rate of a flood (per client, per accept,
  * per local resource error): at most one line a second per slot (one static slot per call site);
  * the next line says how many were left out, and log_throttle_flush says it if no next line comes. */
-static void log_throttled(struct lb_throttle *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void log_throttled(struct lb_throttle *t, const char *fmt, ...)
+static void log_throttled_at(struct lb_throttle *t, int lv, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void log_throttled_at(struct lb_throttle *t, int lv, const char *fmt, ...)
 {
+	t->level = lv;
 	uint64_t quiet, span;
 	if (!lb_throttle_pass(t, mono_ms(), 1000, &quiet, &span)) {
 		if (!t->listed) {
@@ -5989,6 +6239,8 @@ static void log_throttled(struct lb_throttle *t, const char *fmt, ...)
 	va_end(ap);
 	throttle_line(t, quiet, span, 0);
 }
+/* most such events are a client's: info; lb's own failures name their level */
+#define log_throttled(t, ...) log_throttled_at((t), LB_LV_INFO, __VA_ARGS__)
 
 /* Called from the loops (cheap when no slot waits): the repeats of a slot whose second is over
  * and that no new line of its own reported. */
@@ -6449,6 +6701,14 @@ static void conn_close(struct conn *c)
 	count_conn_close(c);
 }
 
+/* this request's id for the error log ("-" before one is known) */
+static struct lb_str req_id(const struct conn *c)
+{
+	if (c->qh.d && c->lg_id_len && c->lg_id_off + c->lg_id_len <= c->qh.e) /* a head cut short has none */
+		return (struct lb_str){ c->qh.d + c->lg_id_off, c->lg_id_len };
+	return (struct lb_str){ "-", 1 };
+}
+
 /* The access log's termination state, HAProxy's two letters: who ended the exchange early (C the
  * client, c its timeout, S the server, s its timeout) and in which phase (R request head, C connect,
  * H response head, D body or tunnel). The first cause set is the one kept; unset is "--", a whole
@@ -6478,10 +6738,14 @@ static int answer_cut(const struct conn *c)
  * slot when the event is one a client can repeat at will (conn_abort_client). */
 static void conn_abort_slot(struct conn *c, const char *why, struct lb_throttle *slot)
 {
+	int in_req = c->t_start && c->r != R_NONE && c->lg_id_len;
+	struct lb_str id = in_req ? req_id(c) : (struct lb_str){ "", 0 };
 	if (why && slot)
-		log_throttled(slot, "client %s listener %s: closing: %s", ip_text(&c->ip), c->L->name, why);
+		log_throttled(slot, "client %s listener %s: closing: %s%s%.*s%s", ip_text(&c->ip), c->L->name, why,
+		              in_req ? " (request id " : "", (int)id.n, id.p, in_req ? ")" : "");
 	else if (why)
-		lb_err("client %s listener %s: closing: %s", ip_text(&c->ip), c->L->name, why);
+		lb_info("client %s listener %s: closing: %s%s%.*s%s", ip_text(&c->ip), c->L->name, why,
+		        in_req ? " (request id " : "", (int)id.n, id.p, in_req ? ")" : "");
 	if (why && c->L->mode == LB_MODE_HTTP && c->t_start && c->r != R_NONE)
 		set_term(c, 'C'); /* unless the server's side was named, the client's ended it; no why: a tunnel's end */
 	if ((c->L->mode == LB_MODE_TCP && c->q == Q_TUNNEL) || (c->t_start && c->r != R_NONE)) {
@@ -6508,8 +6772,8 @@ static int tls_begin(struct conn *c)
 	if (!(c->tls = tls_conn_new(c->L))) {
 		count_refused(c->L, REFUSE_NO_MEMORY);
 		if (errno == ENOMEM) /* else no entropy: tls_seed_engine said it, at most once a second */
-			log_throttled(&log_slot, "client %s listener %s: out of memory for a TLS engine", ip_text(&c->ip),
-			              c->L->name);
+			log_throttled_at(&log_slot, LB_LV_ERROR, "client %s listener %s: out of memory for a TLS engine",
+			                 ip_text(&c->ip), c->L->name);
 		conn_close(c);
 		return -1;
 	}
@@ -6633,17 +6897,32 @@ static int own_reason(int status, const char *why)
 	return OWN_INTERNAL;
 }
 
+/* The termination state of an answer lb made itself, unless an earlier cause was named (a server's
+ * failure, a client's timeout): PR lb refused the request (4xx: bad, too large, denied, rate limited,
+ * no route), LR lb answered as configured (a redirect, a `return`), SC no usable server (502, 503),
+ * IR lb could not build its answer (500). RC (lb's own resources) is set by backend_local_failed. */
+static void term_of_answer(struct conn *c, int status)
+{
+	if (c->term[0])
+		return;
+	c->term[0] = status == 408 ? 'c' : status == 500 ? 'I' : status >= 500 ? 'S' : status < 400 ? 'L' : 'P';
+	c->term[1] = status >= 500 && status != 500 ? 'C' : 'R';
+}
+
 /* lb answers by itself; the exchange ends after it, and the connection too when the request
  * was not read to its end. `extra` are whole header lines; body NULL: a short text of the
  * status. Policy answers (quiet) are in the access log only, not one error line each. */
 static void respond(struct conn *c, int status, const char *why, const char *extra, const char *body, int quiet)
 {
 	static struct lb_throttle client_err[32]; /* 4xx: a client's doing, repeatable at will: one a second each */
+	struct lb_str id = req_id(c);
 	if (!quiet && status >= 400 && status < 500)
-		log_throttled(&client_err[LB_MIN(status - 400, 31)], "client %s listener %s: %d %s: %s", ip_text(&c->ip),
-		              c->L->name, status, status_text(status), why);
+		log_throttled(&client_err[LB_MIN(status - 400, 31)], "client %s listener %s: %d %s: %s (request id %.*s)",
+		              ip_text(&c->ip), c->L->name, status, status_text(status), why, (int)id.n, id.p);
 	else if (!quiet)
-		lb_err("client %s listener %s: %d %s: %s", ip_text(&c->ip), c->L->name, status, status_text(status), why);
+		lb_warn("client %s listener %s: %d %s: %s (request id %.*s)", ip_text(&c->ip), c->L->name, status,
+		        status_text(status), why, (int)id.n, id.p);
+	term_of_answer(c, status);
 	if (c->q == Q_HEAD || c->q == Q_BODY)
 		c->close_after = 1;
 	backend_release(c, 0);
@@ -6652,6 +6931,8 @@ static void respond(struct conn *c, int status, const char *why, const char *ext
 		c->t_start_us = mono_us();
 		c->wall_start_ms = wall_ms();
 	}
+	if (!c->us_start)
+		c->us_start = mono_us();
 	c->q = Q_DONE;
 	c->r = R_DONE;
 	c->resp_status = status;
@@ -6816,8 +7097,11 @@ static int build_request_head(struct conn *c, const struct lb_req *rq, const cha
 		return -1;
 	if (c->tls && c->tls->subject[0] && buf_printf(b, "X-Client-Cert-Subject: %s\r\n", c->tls->subject))
 		return -1;
-	if (rq->authority.n && put_header(b, (struct lb_str){ "X-Forwarded-Host", 16 }, rq->authority))
-		return -1;
+	if (rq->authority.n) {
+		c->lg_host_off = b->e + 18, c->lg_host_len = (uint32_t)rq->authority.n;
+		if (put_header(b, (struct lb_str){ "X-Forwarded-Host", 16 }, rq->authority))
+			return -1;
+	}
 	if (!c->lg_id_len) {
 		if (buf_put_lit(b, "X-Request-ID: "))
 			return -1;
@@ -6922,6 +7206,7 @@ static int backend_connect(struct conn *c, const struct lb_server *s)
 	if (connect(b->h.fd, (struct sockaddr *)&s->sa, s->salen) == 0) {
 		b->connected = 1;
 		count_connected(c, 1);
+		c->us_ready = mono_us();
 		if (c->L->mode == LB_MODE_TCP)
 			cb_outcome(c, s, 0, "");
 	}
@@ -6946,10 +7231,12 @@ static void backend_local_failed(struct conn *c, const char *what, int e)
 	char why[200];
 	snprintf(why, sizeof why, "%s for server %s/%s: %s (a local resource, not the server)", what, c->pool->name,
 	         c->srv->name, strerror(e));
-	log_throttled(&log_slot, "client %s listener %s: 503 %s: %s (%zu connections open in this worker)",
-	              ip_text(&c->ip), c->L->name, status_text(503), why, g_nconns);
+	struct lb_str id = req_id(c);
+	log_throttled_at(&log_slot, LB_LV_ERROR, "client %s listener %s: 503 %s: %s (%zu connections open in this worker; "
+	                 "request id %.*s)", ip_text(&c->ip), c->L->name, status_text(503), why, g_nconns, (int)id.n, id.p);
 	backend_release(c, 0);
 	c->srv = NULL;
+	c->term[0] = 'R', c->term[1] = 'C'; /* lb's own resources, whether answered or cut */
 	if (e != EADDRNOTAVAIL && e != EAGAIN)
 		accept_hold(1);
 	if (c->L->mode == LB_MODE_TCP || c->r != R_WAIT || buf_len(&c->rh) > 0 || c->sent_any) {
@@ -7015,6 +7302,7 @@ static void backend_assign(struct conn *c, const struct lb_server *avoid)
 		c->b = b;
 		c->t_conn = g_now;
 		count_connected(c, 0);
+		c->us_ready = mono_us();
 		srv_note_use(s);
 		return;
 	}
@@ -7031,7 +7319,7 @@ static void backend_assign(struct conn *c, const struct lb_server *avoid)
 	if (c->b->reset) {
 		int e = c->b->reset;
 		char why[400];
-		snprintf(why, sizeof why, "connect to %s (%s): %s", s->name, s->host, strerror(e));
+		snprintf(why, sizeof why, "connect to %s (%s): %s", s->name, srv_addr(s), strerror(e));
 		backend_failed(c, 502, why, 1);
 	}
 }
@@ -7046,12 +7334,13 @@ static void backend_failed(struct conn *c, int status, const char *why, int retr
 	                                                              : c->r == R_WAIT && c->req_bodyless);
 	if (!(retryable && clean && reused && !c->reuse_retried)) /* not a kept-alive connection it had closed */
 		cb_outcome(c, failed, 1, why);
-	if (c->L->mode == LB_MODE_HTTP)
-		set_term(c, status == 504 ? 's' : 'S'); /* before the release: the phase looks at c->b */
+	set_term(c, status == 504 ? 's' : 'S'); /* before the release: the phase looks at c->b (a tunnel: SC or SD) */
 	backend_release(c, 0);
 	if (retryable && clean && reused && !c->reuse_retried) {
 		c->reuse_retried = 1; /* a kept-alive connection the server had just closed */
 		c->term[0] = 0;       /* tried again: the exchange goes on */
+		c->nretries++;
+		c->us_first = 0;
 		backend_assign(c, NULL);
 		return;
 	}
@@ -7059,8 +7348,12 @@ static void backend_failed(struct conn *c, int status, const char *why, int retr
 		c->retries_left--;
 		if (failed && srv_rt(failed)->shm)
 			atomic_fetch_add_explicit(&srv_rt(failed)->shm->retries, 1, memory_order_relaxed);
-		lb_err("client %s: %s; retrying on another server of pool %s", ip_text(&c->ip), why, c->pool->name);
+		struct lb_str id = req_id(c);
+		lb_warn("client %s: %s; retrying on another server of pool %s (request id %.*s)", ip_text(&c->ip), why,
+		        c->pool->name, (int)id.n, id.p);
 		c->term[0] = 0;
+		c->nretries++;
+		c->us_first = 0;
 		backend_assign(c, failed);
 		return;
 	}
@@ -7315,7 +7608,13 @@ static void request_begin(struct conn *c)
 	c->srv = NULL;
 	c->req_fwd = c->resp_fwd = 0;
 	c->reuse_retried = 0;
-	c->lg_mlen = c->lg_ulen = c->lg_ref_len = c->lg_ua_len = c->lg_id_len = 0;
+	c->lg_mlen = c->lg_ulen = c->lg_ref_len = c->lg_ua_len = c->lg_id_len = c->lg_host_len = 0;
+	if (!c->us_start) /* the first byte's time when it came to an empty buffer (client_read) */
+		c->us_start = mono_us();
+	c->us_head = c->us_ready = c->us_first = 0;
+	c->req_bytes = 0;
+	c->nretries = 0;
+	c->lg_parsed = 0;
 }
 
 static void tcp_start(struct conn *c); /* section 10 */
@@ -7330,8 +7629,9 @@ static int proxy_step(struct conn *c)
 		if (c->cin_eof) {
 			static struct lb_throttle log_slot;
 			if (len)
-				log_throttled(&log_slot, "client %s listener %s: closed with an incomplete PROXY header",
-				              ip_text(&c->ip), c->L->name);
+				log_throttled_at(&log_slot, LB_LV_DEBUG,
+				                 "client %s listener %s: closed with an incomplete PROXY header", ip_text(&c->ip),
+				                 c->L->name);
 			conn_close(c);
 		}
 		return 0;
@@ -7397,6 +7697,8 @@ done:
 	set_client(c, &cur);
 }
 
+static void log_keep_request_line(struct conn *c, const char *p, size_t len);
+
 /* A complete, valid head of n bytes is at in.s: route it and start the exchange. */
 static void handle_request(struct conn *c, const struct lb_req *rq, size_t n)
 {
@@ -7413,6 +7715,7 @@ static void handle_request(struct conn *c, const struct lb_req *rq, size_t n)
 		pn = lb_normalize_path(rq->path.p, rq->path.n, g_scratch);
 	c->req_method = rq->method_id;
 	c->req_minor = rq->minor;
+	c->lg_parsed = 1;
 	c->req_idem = is_idempotent(rq->method_id);
 	c->upgrade = (rq->flags & LB_HF_UPGRADE) != 0;
 	c->close_after = (rq->flags & LB_HF_CLOSE) || g_stopping;
@@ -7430,6 +7733,7 @@ static void handle_request(struct conn *c, const struct lb_req *rq, size_t n)
 	}
 	c->req_bodyless = c->q == Q_DONE;
 	if (pn < 0) {
+		log_keep_request_line(c, c->in.d + c->in.s, n);
 		c->in.s += (uint32_t)n;
 		respond_own(c, 400, "invalid percent-encoding or NUL in path");
 		return;
@@ -7467,6 +7771,35 @@ static void handle_request(struct conn *c, const struct lb_req *rq, size_t n)
 	backend_assign(c, NULL);
 }
 
+/* A request refused before its head was parsed (400, 408, 431) still has an access-log line with
+ * the method and target read so far (a token, a space, a target: else "-"), and a fresh request id
+ * its error-log line shares. They are copied into qh (at most 2 KB; escaped when logged). */
+static void log_keep_request_line(struct conn *c, const char *p, size_t len)
+{
+	c->req_bytes = len;
+	if (buf_get(&c->qh) != 0)
+		return;
+	struct buf *b = &c->qh;
+	b->s = b->e = 0;
+	size_t n = p ? LB_MIN(len, (size_t)2048) : 0, m = 0, u;
+	const char *eol = n ? memchr(p, '\n', n) : NULL;
+	if (eol)
+		n = (size_t)(eol - p);
+	while (m < n && m < 32 && p[m] != ' ' && is_tchar((unsigned char)p[m]))
+		m++;
+	if (m && m < n && p[m] == ' ') {
+		for (u = m + 1; u < n && p[u] != ' ' && p[u] != '\r'; u++)
+			;
+		if (u > m + 1 && !buf_put_str(b, p, u)) {
+			c->lg_mlen = (uint32_t)m;
+			c->lg_ulen = (uint32_t)(u - m - 1);
+		}
+	}
+	c->lg_id_off = b->e;
+	if (!buf_put_hex64(b, rand64()) && !buf_put_hex64(b, rand64()))
+		c->lg_id_len = 32;
+}
+
 static int request_head_step(struct conn *c)
 {
 	size_t len = buf_len(&c->in);
@@ -7475,8 +7808,9 @@ static int request_head_step(struct conn *c)
 		if (c->cin_eof) {
 			static struct lb_throttle log_slot;
 			if (len)
-				log_throttled(&log_slot, "client %s listener %s: closed with an incomplete request head",
-				              ip_text(&c->ip), c->L->name);
+				log_throttled_at(&log_slot, LB_LV_DEBUG,
+				                 "client %s listener %s: closed with an incomplete request head", ip_text(&c->ip),
+				                 c->L->name);
 			conn_close(c);
 		}
 		return 0;
@@ -7491,25 +7825,30 @@ static int request_head_step(struct conn *c)
 	if (rc == LB_EAGAIN) {
 		if (len >= c->L->max_header_size) {
 			request_begin(c);
+			log_keep_request_line(c, p, len);
 			respond_own(c, 431, "request head larger than max_header_size");
 			return 1;
 		}
 		if (c->cin_eof) {
 			static struct lb_throttle log_slot;
-			log_throttled(&log_slot, "client %s listener %s: closed with an incomplete request head", ip_text(&c->ip),
-			              c->L->name);
+			log_throttled_at(&log_slot, LB_LV_DEBUG, "client %s listener %s: closed with an incomplete request head",
+			                 ip_text(&c->ip), c->L->name);
 			conn_close(c);
 		}
 		return 0;
 	}
+	c->us_head = mono_us();
 	if (rc < 0) {
+		log_keep_request_line(c, p, len);
 		respond_own(c, g_req.status ? g_req.status : 400, g_req.error ? g_req.error : "invalid request");
 		return 1;
 	}
 	if ((uint64_t)rc > c->L->max_header_size) {
+		log_keep_request_line(c, p, len);
 		respond_own(c, 431, "request head larger than max_header_size");
 		return 1;
 	}
+	c->req_bytes = (uint64_t)rc;
 	handle_request(c, &g_req, (size_t)rc);
 	return 1;
 }
@@ -7532,6 +7871,7 @@ static int request_body_step(struct conn *c)
 		size_t used = 0;
 		int rc = lb_chunk_scan(&c->req_ck, p, have, &used);
 		c->req_fwd += used;
+		c->req_bytes += used;
 		if (rc == LB_CHUNK_ERROR || c->req_ck.body > c->max_body) {
 			int big = rc != LB_CHUNK_ERROR;
 			if (c->r == R_WAIT && !c->resp_started && buf_len(&c->rh) == 0)
@@ -7545,6 +7885,7 @@ static int request_body_step(struct conn *c)
 	} else {
 		size_t take = (size_t)LB_MIN((uint64_t)have, (uint64_t)c->req_left);
 		c->req_fwd += take;
+		c->req_bytes += take;
 		c->req_left -= (int64_t)take;
 		if (c->req_left == 0)
 			c->q = Q_DONE;
@@ -7678,6 +8019,8 @@ static int response_wait_step(struct conn *c)
 			                                   : "server closed the connection before a response", 1);
 		return 0;
 	}
+	if (!c->us_first)
+		c->us_first = mono_us();
 	int rc = lb_parse_response(c->out.d + c->out.s, len, &g_resp);
 	if (rc == LB_EAGAIN) {
 		if (len >= g_bufsize - 1)
@@ -7722,8 +8065,9 @@ static void response_cut(struct conn *c, char who, const char *how)
 	}
 	if (qd && c->lg_id_len)
 		id = (struct lb_str){ qd + c->lg_id_off, c->lg_id_len };
-	lb_err("server %s/%s: %.*s %.*s (request id %.*s, client %s): %s; closing the client connection", c->pool->name,
-	       c->srv->name, (int)m.n, m.p, (int)u.n, u.p, (int)id.n, id.p, ip_text(&c->ip), why);
+	lb_warn("server %s/%s: %.*s %.*s (request id %.*s, client %s): %s; closing the client connection (server %s)",
+	        c->pool->name, c->srv->name, (int)m.n, m.p, (int)u.n, u.p, (int)id.n, id.p, ip_text(&c->ip), why,
+	        srv_addr(c->srv));
 	set_term(c, who);
 	cb_settle(c, 1, why);
 	c->r = R_DONE;
@@ -8062,8 +8406,11 @@ static int client_read(struct conn *c)
 	int was_empty = buf_len(&c->in) == 0;
 	ssize_t n = client_recv(c, room);
 	if (n > 0) {
-		if (was_empty && c->q == Q_HEAD)
+		if (was_empty && c->q == Q_HEAD) {
 			c->t_head = g_now;
+			if (!c->us_start)
+				c->us_start = mono_us();
+		}
 		c->in.e += (uint32_t)n;
 		c->t_active = g_now;
 		c->bytes_in += (uint64_t)n;
@@ -8187,7 +8534,9 @@ static size_t backend_pending(const struct conn *c)
 /* a TLS error on a server connection: logged once with its reason, then a reset */
 static void backend_tls_failed(struct conn *c)
 {
-	lb_err("server %s/%s: TLS: %s", c->pool->name, c->srv->name, tls_up_error_text(c->b->tls->io.err));
+	struct lb_str id = req_id(c);
+	lb_warn("server %s/%s (%s): TLS: %s (request id %.*s)", c->pool->name, c->srv->name, srv_addr(c->srv),
+	        tls_up_error_text(c->b->tls->io.err), (int)id.n, id.p);
 	c->b->reset = EPROTO;
 }
 
@@ -8500,6 +8849,7 @@ static void conn_timeout(struct conn *c)
 			return;
 		}
 		request_begin(c);
+		log_keep_request_line(c, c->in.d + c->in.s, buf_len(&c->in));
 		set_term(c, 'c');
 		respond_own(c, 408, "request head not complete within header_timeout");
 		break;
@@ -8546,6 +8896,7 @@ static void tcp_start(struct conn *c)
 	c->t_start = g_now;
 	c->t_start_us = mono_us();
 	c->wall_start_ms = wall_ms();
+	c->us_start = c->us_head = mono_us(); /* t_request_us 0: a tunnel has no head */
 	c->resp_status = 200;
 	backend_assign(c, NULL);
 }
@@ -8653,9 +9004,9 @@ static int cb_room(const struct lb_pool *p, const struct lb_server *s, const cha
 	}
 	if (open < cap)
 		return 1;
-	log_throttled(&log_slot, "server %s/%s: circuit stays closed: %zu of the pool's %zu circuits are open "
-	              "(circuit_max_open %u%%); it would have opened: %s",
-	              p->name, s->name, open, p->nservers, p->cb_max_open, reason);
+	log_throttled_at(&log_slot, LB_LV_WARN, "server %s/%s: circuit stays closed: %zu of the pool's %zu circuits are open "
+	                 "(circuit_max_open %u%%); it would have opened: %s (server %s)",
+	                 p->name, s->name, open, p->nservers, p->cb_max_open, reason, srv_addr(s));
 	return 0;
 }
 
@@ -8672,7 +9023,8 @@ static void cb_trip(const struct lb_pool *p, const struct lb_server *s, int from
 	char why[320];
 	snprintf(why, sizeof why, "circuit open: %s", reason);
 	srv_note(v, NULL, why, 1);
-	lb_err("server %s/%s: circuit open for %llu ms: %s", p->name, s->name, (unsigned long long)p->cb_open, reason);
+	lb_warn("server %s/%s: circuit open for %llu ms (%s): %s", p->name, s->name, (unsigned long long)p->cb_open,
+	        srv_addr(s), reason);
 	event_emit("circuit_open", p, s, reason);
 }
 
@@ -8695,7 +9047,7 @@ static void cb_close(const struct lb_pool *p, const struct lb_server *s, int fro
 		return;
 	atomic_fetch_add_explicit(&v->n_close, 1, memory_order_relaxed);
 	srv_note(v, NULL, atomic_load(&v->down) ? NULL : "", 1);
-	lb_err("server %s/%s: circuit closed: %s", p->name, s->name, why);
+	lb_info("server %s/%s: circuit closed (%s): %s", p->name, s->name, srv_addr(s), why);
 	event_emit("circuit_close", p, s, why);
 }
 
@@ -8715,8 +9067,8 @@ static int cb_begin(struct conn *c, const struct lb_server *s)
 		if (g_now < atomic_load(&v->cb_until))
 			return 0;
 		if (atomic_compare_exchange_strong(&v->cb_state, &st, CB_HALF))
-			lb_err("server %s/%s: circuit half-open: letting up to %d trial requests through", c->pool->name,
-			       s->name, LB_CB_TRIALS);
+			lb_info("server %s/%s: circuit half-open (%s): letting up to %d trial requests through", c->pool->name,
+			        s->name, srv_addr(s), LB_CB_TRIALS);
 	}
 	if (atomic_fetch_add(&v->cb_trials, 1) >= LB_CB_TRIALS) {
 		atomic_fetch_sub(&v->cb_trials, 1);
@@ -8842,6 +9194,18 @@ static uint64_t hc_clock_us(void)
 	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
+/* health_expect as written: "200-399", "200, 204, 301-302" */
+static const char *hc_expect_text(const struct lb_pool *p)
+{
+	static char b[96];
+	size_t n = 0;
+	b[0] = 0;
+	for (size_t i = 0; i < p->nhc_expect && n < sizeof b; i++)
+		n += (size_t)snprintf(b + n, sizeof b - n, p->hc_expect[i].lo == p->hc_expect[i].hi ? "%s%d" : "%s%d-%d",
+		                      i ? ", " : "", p->hc_expect[i].lo, p->hc_expect[i].hi);
+	return b;
+}
+
 static void hc_verdict(struct hc *k, int ok, const char *why)
 {
 	struct lb_shm_server *v = srv_rt(k->s)->shm;
@@ -8861,7 +9225,7 @@ static void hc_verdict(struct hc *k, int ok, const char *why)
 			srv_note(v, NULL, "", 1);
 			char reason[96];
 			snprintf(reason, sizeof reason, "%u health checks passed", oks);
-			lb_err("server %s/%s is up: %s", p->name, k->s->name, reason);
+			lb_info("server %s/%s is up (%s): %s", p->name, k->s->name, srv_addr(k->s), reason);
 			event_emit("server_up", p, k->s, reason);
 			cb_close(p, k->s, 1, "the server passed its health checks");
 		}
@@ -8873,10 +9237,18 @@ static void hc_verdict(struct hc *k, int ok, const char *why)
 	if (!atomic_load(&v->down) && fails >= p->hc_fall) {
 		atomic_store(&v->down, 1);
 		atomic_fetch_add_explicit(&v->n_down, 1, memory_order_relaxed);
-		char reason[400];
-		snprintf(reason, sizeof reason, "health check: %s (%u failed in a row)", why, fails);
+		char reason[768];
+		int dflt = p->hc_kind == LB_HC_HTTP && !(p->given & UINT64_C(1) << KP_HEALTH_CHECK);
+		/* the check named: "GET /health expected 200-399, got 404", "TCP connect: Connection refused" */
+		if (p->hc_kind == LB_HC_HTTP)
+			snprintf(reason, sizeof reason, "health check: %s %s%s%s (%u failed in a row)%s", p->hc_method,
+			         p->hc_path, strncmp(why, "expected", 8) ? ": " : " ", why, fails,
+			         dflt && strstr(why, "got 404") ? "; health_check is not set and the default is http GET "
+			                                          "/health: set health_check = tcp or http GET /PATH" : "");
+		else
+			snprintf(reason, sizeof reason, "health check: TCP %s (%u failed in a row)", why, fails);
 		srv_note(v, NULL, reason, 1);
-		lb_err("server %s/%s is down: %s", p->name, k->s->name, reason);
+		lb_warn("server %s/%s is down (%s): %s", p->name, k->s->name, srv_addr(k->s), reason);
 		event_emit("server_down", p, k->s, reason);
 	}
 }
@@ -8908,8 +9280,8 @@ static void hc_skip(struct hc *k, const char *what, int e)
 {
 	static struct lb_throttle log_slot;
 	hc_end(k);
-	log_throttled(&log_slot, "health check of server %s/%s skipped: %s: %s (a local resource, not the server)",
-	              k->p->name, k->s->name, what, strerror(e));
+	log_throttled_at(&log_slot, LB_LV_ERROR, "health check of server %s/%s (%s) skipped: %s: %s (a local resource, not "
+	                 "the server)", k->p->name, k->s->name, srv_addr(k->s), what, strerror(e));
 }
 
 static void hc_start(struct hc *k)
@@ -8956,7 +9328,7 @@ static int hc_judge(struct hc *k, int eof)
 		return 1;
 	}
 	if (rc > 0)
-		snprintf(why, sizeof why, "status %d", g_hc_resp.status);
+		snprintf(why, sizeof why, "expected %s, got %d", hc_expect_text(k->p), g_hc_resp.status);
 	else if (rc == LB_EAGAIN)
 		snprintf(why, sizeof why, eof ? "closed before a complete response head" : "response head over 4 KB");
 	else
@@ -9981,8 +10353,8 @@ static int admin_token_load(const struct lb_conf *c, char *out, size_t *len)
 		memcpy(out, p, (size_t)(e - p));
 		*len = (size_t)(e - p);
 		if (*len < 16)
-			lb_err("[admin] token_file %s: a token of %zu characters is easy to guess; use 32 or more", c->admin_token_file,
-			       *len);
+			lb_warn("[admin] token_file %s: a token of %zu characters is easy to guess; use 32 or more",
+			        c->admin_token_file, *len);
 	}
 	free(t);
 	return rc;
@@ -10899,7 +11271,7 @@ static int file_replace(const char *path, const char *text, size_t len, char *er
 	close(fd);
 	unlink(bak);
 	if (link(path, bak) != 0 && errno != ENOENT)
-		lb_err("keeping %s as %s: %s", path, bak, strerror(errno));
+		lb_warn("keeping %s as %s: %s", path, bak, strerror(errno));
 	if (rename(tmp, path) != 0) {
 		snprintf(err, errlen, "renaming %.200s to %.200s: %s", tmp, path, strerror(errno));
 		unlink(tmp);
@@ -10963,7 +11335,7 @@ static void config_replace(struct aconn *a, const char *text, size_t len, int ok
 		admin_json_error(a, 500, "the file was written but the reload failed (see the error log); the old "
 		                         "configuration still serves");
 	} else {
-		lb_err("admin (%s): %s; generation %d serves it", a->peer, what, g_gen);
+		lb_info("admin (%s): %s; generation %d serves it", a->peer, what, g_gen);
 		ab_printf(&b, "{\"valid\":true,\"reloaded\":true,\"generation\":%d}\n", g_gen);
 		admin_reply(a, ok_status, "application/json", b.d ? b.d : "", b.n, NULL);
 	}
@@ -11029,7 +11401,7 @@ static void server_set(const char *peer, const struct lb_admin_call *k, const st
 			atomic_store(&srv_rt(s)->shm->changed_wall_ms, wall_ms());
 		snprintf(msg, sizeof msg, "%s", st == ADM_DRAIN ? "drain" : st == ADM_DISABLED ? "disabled" : "enabled");
 	}
-	lb_err("admin (%s): server %s/%s: %s", peer, k->pool, k->server, msg);
+	lb_info("admin (%s): server %s/%s: %s", peer, k->pool, k->server, msg);
 }
 
 static void admin_server_state(struct aconn *a, const struct lb_admin_call *k, const struct lb_server *s, const char *body,
@@ -11113,7 +11485,7 @@ static void admin_split(struct aconn *a, const struct lb_admin_call *k, const ch
 	for (size_t j = 0; j < r->nsplit; j++)
 		atomic_store(&route_rt(r)->shm->weight[j], w[j]);
 	atomic_fetch_add(&g_shm->admin_version, 1);
-	lb_err("admin (%s): route %s: split = %s", a->peer, r->name, line.d);
+	lb_info("admin (%s): route %s: split = %s", a->peer, r->name, line.d);
 	ab_printf(&b, "{\"route\":\"%s\",\"split\":\"%s\"}\n", r->name, line.d);
 	reply_json_buf(a, 200, &b);
 	free(line.d);
@@ -11177,7 +11549,7 @@ static void admin_server_del(struct aconn *a, const struct lb_admin_call *k)
 	snprintf(g_rm[i].server, sizeof g_rm[i].server, "%s", s->name);
 	g_rm[i].deadline = mono_ms() + g_conf->shutdown_timeout;
 	atomic_store(&srv_rt(s)->shm->admin, ADM_DRAIN);
-	lb_err("admin (%s): server %s/%s: draining; removed once idle", a->peer, p->name, s->name);
+	lb_info("admin (%s): server %s/%s: draining; removed once idle", a->peer, p->name, s->name);
 	struct abuf b = { 0 };
 	ab_printf(&b, "{\"pool\":\"%s\",\"server\":\"%s\",\"state\":\"drain\",\"removal\":\"once idle\"}\n", p->name,
 	          s->name);
@@ -11571,8 +11943,8 @@ static void admin_call(struct aconn *a, const struct lb_req *rq, const char *bod
 		return;
 	}
 	if (k.mutating && !admin_token_ok(rq)) {
-		lb_err("admin (%s): %.*s %.*s refused: %s", a->peer, (int)rq->method.n, rq->method.p, (int)rq->target.n,
-		       rq->target.p, g_admin_token_len ? "missing or wrong bearer token" : "no token_file configured");
+		lb_info("admin (%s): %.*s %.*s refused: %s", a->peer, (int)rq->method.n, rq->method.p, (int)rq->target.n,
+		        rq->target.p, g_admin_token_len ? "missing or wrong bearer token" : "no token_file configured");
 		admin_json_error(a, 401, g_admin_token_len ? "a valid Authorization: Bearer token is required"
 		                                           : "no [admin] token_file is configured: changes are refused");
 		return;
@@ -11609,7 +11981,7 @@ static void admin_call(struct aconn *a, const struct lb_req *rq, const char *bod
 		break;
 	case LB_A_RELOAD:
 		if (master_reload() == 0) {
-			lb_err("admin (%s): reload; generation %d serves", a->peer, g_gen);
+			lb_info("admin (%s): reload; generation %d serves", a->peer, g_gen);
 			ab_printf(&b, "{\"reloaded\":true,\"generation\":%d}\n", g_gen);
 			admin_reply(a, 200, "application/json", b.d ? b.d : "", b.n, NULL);
 		} else {
@@ -11753,12 +12125,13 @@ static void admin_events(const struct pollfd *fds, size_t n)
 }
 
 /* ==================================================================== 14. access log
- * One line per exchange (or TCP session), combined or JSON, with its termination state (set_term),
+ * One line per exchange (or TCP session), combined, JSON or a template of fields (log_field: one
+ * field in either form; the µs timers), with its termination state (set_term, term_of_answer),
  * gathered in a buffer that is written once per loop turn. Lines reach the log whole or not at all: a
  * line that does not fit the buffer is not started, and a write cut short (disk full, I/O error) is
  * taken back to the last whole line (acclog_untail). Lost lines are counted (lb_log_lines_dropped_total,
  * in the worker's shared-memory column) and said in the error log at most once a second.
- * Calls sections 2, 3, 6, 8 and 12. */
+ * Calls sections 2, 3, 6, 7 (tls_log_info: a connection's TLS version and cipher), 8 and 12. */
 
 static char g_logbuf[65536];
 static size_t g_loglen;
@@ -11903,11 +12276,19 @@ static void log_esc(const char *s, size_t n, int json)
 }
 
 static void access_log_line(struct conn *c);
+static void access_log_put(struct conn *c);
 
-/* A whole line or none: one that does not fit the buffer is taken out again and counted. */
+/* the end of an exchange: counted, logged; the next request's clock starts at its first byte */
 static void access_log_write(struct conn *c)
 {
 	count_exchange(c);
+	access_log_put(c);
+	c->us_start = 0;
+}
+
+/* A whole line or none: one that does not fit the buffer is taken out again and counted. */
+static void access_log_put(struct conn *c)
+{
 	if (g_accfd < 0 || !g_conf->access_log)
 		return;
 	if (g_loglen > sizeof g_logbuf - 4096)
@@ -11931,8 +12312,150 @@ static void access_log_write(struct conn *c)
 	}
 }
 
+/* -------------------------------------------------------------------- the fields
+ * Every format is made of the fields of lb_log_field_names: combined is its fixed selection, json all
+ * of them (a key each, in that order), a template those it names. The timers are µs from the request's
+ * first byte (us_start): t_request_us (HAProxy's TR) until its head was whole, t_connect_us (Tw + Tc)
+ * until a server connection was ready (retries included), t_first_byte_us (Tr) from then until the
+ * server's first response byte, t_total_us (Tt) until the line; -1 when not reached. */
+
+static void log_num(int64_t v)
+{
+	char nb[24];
+	snprintf(nb, sizeof nb, "%lld", (long long)v);
+	log_str(nb);
+}
+
+/* a string field: json quotes it (null when absent), the others escape it ("-" when absent) */
+static void log_text(const char *p, size_t n, int json)
+{
+	if (!p) {
+		log_str(json ? "null" : "-");
+		return;
+	}
+	if (json)
+		log_str("\"");
+	log_esc(p, n, json);
+	if (json)
+		log_str("\"");
+}
+
+static void log_ctext(const char *p, int json) { log_text(p, p ? strlen(p) : 0, json); }
+
+static void log_qh(const struct conn *c, uint32_t off, uint32_t len, int json)
+{
+	log_text(c->qh.d && len && off + len <= c->qh.e ? c->qh.d + off : NULL, len, json);
+}
+
+static int64_t us_since(uint64_t from, uint64_t to) { return from && to >= from ? (int64_t)(to - from) : -1; }
+
+static void log_field(struct conn *c, int f, int json, uint64_t now_us)
+{
+	char nb[80];
+	int tcp = c->L->mode == LB_MODE_TCP;
+	const char *tv = "-", *tcph = "-";
+	switch (f) {
+	case LB_LF_TIME: {
+		time_t secs = (time_t)(c->wall_start_ms / 1000);
+		struct tm tm;
+		gmtime_r(&secs, &tm);
+		size_t n = strftime(nb, sizeof nb, "%Y-%m-%dT%H:%M:%S", &tm);
+		snprintf(nb + n, sizeof nb - n, ".%03dZ", (int)(c->wall_start_ms % 1000));
+		log_ctext(nb, json);
+		return;
+	}
+	case LB_LF_CLIENT: log_ctext(ip_text(&c->ip), json); return;
+	case LB_LF_METHOD:
+		if (tcp || !c->lg_mlen)
+			log_ctext(tcp ? "TCP" : "-", json);
+		else
+			log_qh(c, 0, c->lg_mlen, json);
+		return;
+	case LB_LF_URI:
+		if (tcp || !c->lg_mlen)
+			log_ctext("-", json);
+		else
+			log_qh(c, c->lg_mlen + 1, c->lg_ulen, json);
+		return;
+	case LB_LF_PROTO: log_ctext(tcp ? "TCP" : !c->lg_parsed ? NULL : c->req_minor ? "HTTP/1.1" : "HTTP/1.0", json); return;
+	case LB_LF_STATUS: log_num(c->resp_status); return;
+	case LB_LF_BYTES: log_num((int64_t)c->bytes_out); return;
+	case LB_LF_BYTES_IN: log_num((int64_t)(tcp ? c->bytes_in : c->req_bytes)); return;
+	case LB_LF_TERM:
+		nb[0] = c->term[0] ? c->term[0] : '-', nb[1] = c->term[0] ? c->term[1] : '-', nb[2] = 0;
+		log_ctext(nb, json);
+		return;
+	case LB_LF_DURATION_MS: {
+		int64_t us = us_since(c->us_start, now_us);
+		us = us < 0 ? 0 : us;
+		snprintf(nb, sizeof nb, "%lld.%03lld", (long long)(us / 1000), (long long)(us % 1000));
+		log_str(nb);
+		return;
+	}
+	case LB_LF_T_REQUEST: log_num(us_since(c->us_start, c->us_head)); return;
+	case LB_LF_T_CONNECT: log_num(us_since(c->us_head ? c->us_head : c->us_start, c->us_ready)); return;
+	case LB_LF_T_FIRST_BYTE: log_num(c->us_first ? us_since(c->us_ready, c->us_first) : -1); return;
+	case LB_LF_T_TOTAL: log_num(us_since(c->us_start, now_us)); return;
+	case LB_LF_LISTENER: log_ctext(c->L->name, json); return;
+	case LB_LF_ROUTE: log_ctext(c->route ? c->route->name : NULL, json); return;
+	case LB_LF_POOL: log_ctext(c->pool ? c->pool->name : NULL, json); return;
+	case LB_LF_SERVER: log_ctext(c->srv ? c->srv->name : NULL, json); return;
+	case LB_LF_SERVER_ADDR:
+		log_ctext(c->srv ? srv_addr(c->srv) : NULL, json);
+		return;
+	case LB_LF_RETRIES: log_num(c->nretries); return;
+	case LB_LF_HOST: log_qh(c, c->lg_host_off, c->lg_host_len, json); return;
+	case LB_LF_USER_AGENT: log_qh(c, c->lg_ua_off, c->lg_ua_len, json); return;
+	case LB_LF_REFERER: log_qh(c, c->lg_ref_off, c->lg_ref_len, json); return;
+	case LB_LF_REQUEST_ID: log_qh(c, c->lg_id_off, c->lg_id_len, json); return;
+	case LB_LF_TLS: log_str(c->tls ? (json ? "true" : "on") : (json ? "false" : "off")); return;
+	case LB_LF_TLS_VERSION:
+	case LB_LF_TLS_CIPHER:
+		if (c->tls)
+			tls_log_info(c->tls, &tv, &tcph);
+		log_ctext(!c->tls ? NULL : f == LB_LF_TLS_VERSION ? tv : tcph, json);
+		return;
+	case LB_LF_SNI: log_ctext(c->tls ? br_ssl_engine_get_server_name(&c->tls->sc.eng) : NULL, json); return;
+	case LB_LF_CLIENT_CERT: log_ctext(c->tls && c->tls->subject[0] ? c->tls->subject : NULL, json); return;
+	case LB_LF_WORKER: log_num(g_worker_id); return;
+	case LB_LF_PID: log_num((int64_t)g_pid); return;
+	}
+}
+
+static void access_log_json(struct conn *c, uint64_t now_us)
+{
+	for (int f = 0; f < LB_LF_N; f++) {
+		log_str(f ? ",\"" : "{\"");
+		log_str(lb_log_field_names[f]);
+		log_str("\":");
+		log_field(c, f, 1, now_us);
+	}
+	log_str("}\n");
+}
+
+static void access_log_template(struct conn *c, uint64_t now_us)
+{
+	const struct lb_log_tpl *t = &g_conf->log_tpl;
+	for (size_t i = 0; i < t->n; i++) {
+		if (t->item[i].field < 0)
+			log_raw(g_conf->log_template + t->item[i].off, t->item[i].len);
+		else
+			log_field(c, t->item[i].field, 0, now_us);
+	}
+	log_str("\n");
+}
+
 static void access_log_line(struct conn *c)
 {
+	uint64_t now_us = mono_us();
+	if (g_conf->log_format == LB_LOG_JSON) {
+		access_log_json(c, now_us);
+		return;
+	}
+	if (g_conf->log_format == LB_LOG_TEMPLATE && g_conf->log_template) {
+		access_log_template(c, now_us);
+		return;
+	}
 	char tb[64], nb[64];
 	time_t secs = (time_t)(c->wall_start_ms / 1000);
 	struct tm tm;
@@ -11942,67 +12465,6 @@ static void access_log_line(struct conn *c)
 	if (!tcp && qd && c->lg_mlen) {
 		method = (struct lb_str){ qd, c->lg_mlen };
 		uri = (struct lb_str){ qd + c->lg_mlen + 1, c->lg_ulen };
-	}
-	uint64_t dur_us = (g_now - c->t_start) * 1000;
-	char term[3] = { c->term[0] ? c->term[0] : '-', c->term[0] ? c->term[1] : '-', 0 };
-	if (g_conf->log_format == LB_LOG_JSON) {
-		gmtime_r(&secs, &tm);
-		strftime(tb, sizeof tb, "%Y-%m-%dT%H:%M:%S", &tm);
-		log_str("{\"time\":\"");
-		log_str(tb);
-		snprintf(nb, sizeof nb, ".%03dZ\",\"client\":\"", (int)(c->wall_start_ms % 1000));
-		log_str(nb);
-		log_str(ip_text(&c->ip));
-		log_str("\",\"method\":\"");
-		log_esc(method.p, method.n, 1);
-		log_str("\",\"uri\":\"");
-		log_esc(uri.p, uri.n, 1);
-		snprintf(nb, sizeof nb, "\",\"status\":%d,\"bytes\":%llu,\"term\":\"%s\",", c->resp_status,
-		         (unsigned long long)c->bytes_out, term);
-		log_str(nb);
-		snprintf(nb, sizeof nb, "\"duration_ms\":%llu.%03llu,\"route\":", (unsigned long long)(dur_us / 1000),
-		         (unsigned long long)(dur_us % 1000));
-		log_str(nb);
-		const char *names[3] = { c->route ? c->route->name : NULL, c->pool ? c->pool->name : NULL,
-		                         c->srv ? c->srv->name : NULL };
-		for (int i = 0; i < 3; i++) {
-			if (i == 1)
-				log_str(",\"pool\":");
-			if (i == 2)
-				log_str(",\"server\":");
-			if (names[i]) {
-				log_str("\"");
-				log_esc(names[i], strlen(names[i]), 1);
-				log_str("\"");
-			} else {
-				log_str("null");
-			}
-		}
-		log_str(",\"request_id\":");
-		if (qd && c->lg_id_len) {
-			log_str("\"");
-			log_esc(qd + c->lg_id_off, c->lg_id_len, 1);
-			log_str("\"");
-		} else {
-			log_str("null");
-		}
-		log_str(c->tls ? ",\"tls\":true" : ",\"tls\":false");
-		if (c->tls) {
-			const char *sni = br_ssl_engine_get_server_name(&c->tls->sc.eng);
-			log_str(",\"sni\":\"");
-			log_esc(sni, strlen(sni), 1);
-			log_str("\",\"client_cert\":");
-			if (c->tls->subject[0]) {
-				log_str("\"");
-				log_esc(c->tls->subject, strlen(c->tls->subject), 1);
-				log_str("\"");
-			} else {
-				log_str("null");
-			}
-		}
-		snprintf(nb, sizeof nb, ",\"worker\":%d,\"pid\":%d}\n", g_worker_id, (int)g_pid);
-		log_str(nb);
-		return;
 	}
 	localtime_r(&secs, &tm);
 	strftime(tb, sizeof tb, "%d/%b/%Y:%H:%M:%S %z", &tm);
@@ -12035,7 +12497,7 @@ static void access_log_line(struct conn *c)
 	log_str("\"");
 	if (c->term[0]) { /* only lines of exchanges that did not end whole: the others stay plain combined */
 		log_str(" term=");
-		log_str(term);
+		log_field(c, LB_LF_TERM, 0, now_us);
 	}
 	log_str("\n");
 }
@@ -12230,9 +12692,10 @@ static void on_accept(struct lsock *ls)
 			int e = errno;
 			if (local_resource_error(e)) {
 				accept_hold(0);
-				log_throttled(&log_slot, "accept: %s: pausing new connections for %llu ms or until one closes "
-				              "(%zu connections open in this worker)", strerror(e),
-				              (unsigned long long)g_accept_backoff, g_nconns);
+				log_throttled_at(&log_slot, LB_LV_ERROR,
+				                 "accept: %s: pausing new connections for %llu ms or until one closes "
+				                 "(%zu connections open in this worker)", strerror(e),
+				                 (unsigned long long)g_accept_backoff, g_nconns);
 			}
 			return;
 		}
@@ -12258,8 +12721,8 @@ static void begin_stop(void)
 	g_stop_began = g_now;
 	hc_stop();
 	g_stop_deadline = g_now + g_conf->shutdown_timeout;
-	lb_err("stopping: no new connections; finishing %zu open ones (at most %llu ms)", g_nconns,
-	       (unsigned long long)g_conf->shutdown_timeout);
+	lb_info("stopping: no new connections; finishing %zu open ones (at most %llu ms)", g_nconns,
+	        (unsigned long long)g_conf->shutdown_timeout);
 	for (size_t i = 0; i < g_nlsocks; i++) {
 		ev_forget(&g_lsocks[i].h);
 		close(g_lsocks[i].h.fd);
@@ -12318,7 +12781,7 @@ static void on_event(struct evh *h, unsigned ev)
 			getsockopt(h->fd, SOL_SOCKET, SO_ERROR, &err, &el);
 			if (err || (ev & EV_ERR)) {
 				char why[400];
-				snprintf(why, sizeof why, "connect to %s (%s): %s", c->srv->name, c->srv->host,
+				snprintf(why, sizeof why, "connect to %s (%s): %s", c->srv->name, srv_addr(c->srv),
 				         strerror(err ? err : ECONNREFUSED));
 				backend_failed(c, 502, why, 1);
 				if (!c->h.dead)
@@ -12327,6 +12790,7 @@ static void on_event(struct evh *h, unsigned ev)
 			}
 			b->connected = 1;
 			count_connected(c, 1);
+			c->us_ready = mono_us();
 			if (c->L->mode == LB_MODE_TCP)
 				cb_outcome(c, c->srv, 0, "");
 		}
@@ -12400,8 +12864,8 @@ static void on_signals(void)
 	 * what is in flight for at most a second, not shutdown_timeout */
 	if (g_stopping && getppid() != g_master_pid && g_stop_deadline > g_now + LB_ORPHAN_STOP_MS) {
 		g_stop_deadline = g_now + LB_ORPHAN_STOP_MS;
-		lb_err("worker %d: the master (pid %d) is gone: stopping within %d ms", g_worker_id, (int)g_master_pid,
-		       LB_ORPHAN_STOP_MS);
+		lb_warn("worker %d: the master (pid %d) is gone: stopping within %d ms", g_worker_id, (int)g_master_pid,
+		        LB_ORPHAN_STOP_MS);
 	}
 }
 
@@ -12519,8 +12983,8 @@ static int run_loop(void)
 			accept_pause(0);
 		if (g_stopping && (g_nconns == 0 || g_now >= g_stop_deadline)) {
 			if (g_nconns)
-				lb_err("worker %d: closing %zu connections still open after shutdown_timeout", g_worker_id,
-				       g_nconns);
+				lb_warn("worker %d: closing %zu connections still open after shutdown_timeout", g_worker_id,
+				        g_nconns);
 			while (g_live)
 				conn_close(g_live);
 			reap_dead();
@@ -12728,7 +13192,7 @@ static int spawn_worker(int slot, int id)
 	w->gen = g_gen;
 	w->ctl = sv[0];
 	w->started = mono_ms();
-	lb_err("worker %d pid %d started (generation %d)", id, (int)pid, g_gen);
+	lb_info("worker %d pid %d started (generation %d)", id, (int)pid, g_gen);
 	return 0;
 }
 
@@ -12833,8 +13297,8 @@ static void master_events(void)
 {
 	uint64_t head = atomic_load(&g_events->head);
 	if (head - g_ev_tail > LB_EVENTS) {
-		lb_err("events: %llu lost (more than %d between two looks)", (unsigned long long)(head - g_ev_tail - LB_EVENTS),
-		       LB_EVENTS);
+		lb_warn("events: %llu lost (more than %d between two looks)", (unsigned long long)(head - g_ev_tail - LB_EVENTS),
+		        LB_EVENTS);
 		g_ev_tail = head - LB_EVENTS;
 	}
 	for (; g_ev_tail < head; g_ev_tail++) {
@@ -12905,12 +13369,12 @@ static void master_reap(void)
 		w->pid = 0;
 		w->ctl = -1;
 		if (expected && !(WIFSIGNALED(st) || WEXITSTATUS(st))) {
-			lb_err("worker %d pid %d (generation %d) exited", w->id, (int)pid, w->gen);
+			lb_info("worker %d pid %d (generation %d) exited", w->id, (int)pid, w->gen);
 			memset(w, 0, sizeof *w);
 			continue;
 		}
 		if (expected) {
-			lb_err("worker %d pid %d (generation %d) exited %s", w->id, (int)pid, w->gen, how);
+			lb_warn("worker %d pid %d (generation %d) exited %s", w->id, (int)pid, w->gen, how);
 			memset(w, 0, sizeof *w);
 			continue;
 		}
@@ -13129,7 +13593,7 @@ static int resolve_user(const struct lb_conf *c)
 	g_drop = 0;
 	if (!c->user || geteuid() != 0) {
 		if (c->user && geteuid() != 0)
-			lb_err("user = %s: not started as root, running as the current user", c->user);
+			lb_warn("user = %s: not started as root, running as the current user", c->user);
 		return 0;
 	}
 	struct passwd *pw = getpwnam(c->user);
@@ -13160,13 +13624,13 @@ static void fd_limit_check(const struct lb_conf *c)
 	if (!max_conns_given(c) || getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY ||
 	    rl.rlim_cur >= need)
 		return;
-	lb_err("warning: max_connections = %u needs %lu file descriptors in each worker (a client and a server "
-	       "connection each, and %lu for listeners, logs and health checks) but the limit is %lu (RLIMIT_NOFILE, "
-	       "hard limit %lu): each worker takes at most %u connections and leaves the rest in the listen "
-	       "backlog; raise the limit to %lu (ulimit -n, systemd LimitNOFILE=) or lower max_connections",
-	       c->max_connections, need, lb_fd_reserve(c), (unsigned long)rl.rlim_cur,
-	       rl.rlim_max == RLIM_INFINITY ? (unsigned long)rl.rlim_cur : (unsigned long)rl.rlim_max,
-	       lb_conns_for_fds(c, (unsigned long)rl.rlim_cur), need);
+	lb_warn("max_connections = %u needs %lu file descriptors in each worker (a client and a server "
+	        "connection each, and %lu for listeners, logs and health checks) but the limit is %lu (RLIMIT_NOFILE, "
+	        "hard limit %lu): each worker takes at most %u connections and leaves the rest in the listen "
+	        "backlog; raise the limit to %lu (ulimit -n, systemd LimitNOFILE=) or lower max_connections",
+	        c->max_connections, need, lb_fd_reserve(c), (unsigned long)rl.rlim_cur,
+	        rl.rlim_max == RLIM_INFINITY ? (unsigned long)rl.rlim_cur : (unsigned long)rl.rlim_max,
+	        lb_conns_for_fds(c, (unsigned long)rl.rlim_cur), need);
 }
 
 /* SIGHUP: the new generation starts before the old one retires; on any error the old
@@ -13218,11 +13682,12 @@ static int master_reload(void)
 	memcpy(g_admin_token, token, sizeof token);
 	g_admin_token_len = token_len;
 	g_conf = nc;
+	g_errlevel = nc->log_level;
 	if (lb_fd_needed(nc) != lb_fd_needed(old) || max_conns_given(nc) != max_conns_given(old))
 		fd_limit_check(nc);
 	if (nc->rate_limit_entries != old->rate_limit_entries)
-		lb_err("reload: rate_limit_entries = %u takes effect at the next restart; the table keeps %zu entries",
-		       nc->rate_limit_entries, g_rl_sets * RL_WAYS);
+		lb_warn("reload: rate_limit_entries = %u takes effect at the next restart; the table keeps %zu entries",
+		        nc->rate_limit_entries, g_rl_sets * RL_WAYS);
 	if (!old->access_log != !nc->access_log ||
 	    (nc->access_log && strcmp(old->access_log, nc->access_log)))
 		retarget_log(&g_accfd, nc->access_log, 0);
@@ -13242,8 +13707,8 @@ static int master_reload(void)
 	msocks_close_unused();
 	atomic_fetch_add(&g_shm->reloads, 1);
 	g_next_rotate = mono_ms() + nc->rotate_interval;
-	lb_err("reload: generation %d serves %s (%zu listeners, %zu pools, %zu routes); generation %d retires",
-	       g_gen, g_conf_path, nc->nlisteners, nc->npools, nc->nroutes, old_gen);
+	lb_info("reload: generation %d serves %s (%zu listeners, %zu pools, %zu routes); generation %d retires",
+	        g_gen, g_conf_path, nc->nlisteners, nc->npools, nc->nroutes, old_gen);
 	lb_conf_free(old);
 	return reload_noted(0);
 }
@@ -13259,8 +13724,8 @@ static void log_server_totals(const char *when)
 		uint64_t r, e, b;
 		shm_server_totals(&g_shm->s[i], &r, &e, &b);
 		if (r)
-			lb_err("%s: server %s: %llu requests, %llu errors (5xx or cut short), %llu body bytes out", when, g_shm->s[i].key,
-			       (unsigned long long)r, (unsigned long long)e, (unsigned long long)b);
+			lb_info("%s: server %s: %llu requests, %llu errors (5xx or cut short), %llu body bytes out", when, g_shm->s[i].key,
+			        (unsigned long long)r, (unsigned long long)e, (unsigned long long)b);
 	}
 }
 
@@ -13271,8 +13736,8 @@ static void master_stop_now(void)
 {
 	g_stop_at = 0;
 	g_mstop_deadline = mono_ms() + g_conf->shutdown_timeout + 5000;
-	lb_err("stopping: workers finish their connections (at most %llu ms)",
-	       (unsigned long long)g_conf->shutdown_timeout);
+	lb_info("stopping: workers finish their connections (at most %llu ms)",
+	        (unsigned long long)g_conf->shutdown_timeout);
 	for (size_t i = 0; i < g_nmsocks; i++)
 		g_msocks[i].used = 0;
 	msocks_close_unused(); /* with the workers' copies gone, new connections are refused */
@@ -13294,8 +13759,8 @@ static void master_stop(void)
 	if (g_conf->stop_grace) {
 		g_stop_at = mono_ms() + g_conf->stop_grace;
 		g_mstop_deadline = g_stop_at + g_conf->shutdown_timeout + 5000;
-		lb_err("stopping in %llu ms (stop_grace): /healthz says draining, requests are still served",
-		       (unsigned long long)g_conf->stop_grace);
+		lb_info("stopping in %llu ms (stop_grace): /healthz says draining, requests are still served",
+		        (unsigned long long)g_conf->stop_grace);
 		return;
 	}
 	master_stop_now();
@@ -13324,7 +13789,7 @@ static void master_signals(void)
 			retarget_log(&g_accfd, g_conf->access_log, 'A');
 			if (is_file_log(g_conf->error_log))
 				retarget_log(&g_errfd, g_conf->error_log, 'E');
-			lb_err("SIGUSR1: log files reopened");
+			lb_info("SIGUSR1: log files reopened");
 			break;
 		case SIGCHLD:
 			master_reap();
@@ -13364,7 +13829,7 @@ static void master_cert_watch(void)
 			}
 			if (now - pending_since < 1000)
 				return;
-			lb_err("%s changed on disk: reloading to use it", f);
+			lb_info("%s changed on disk: reloading to use it", f);
 			if (master_reload() != 0) {
 				failed = cur;
 				lb_err("%s: the new file is refused; the certificates loaded before stay in service", f);
@@ -13463,14 +13928,15 @@ static int master_run(void)
 	}
 	master_reap();
 	log_server_totals("totals");
-	lb_err("stopped");
+	lb_info("stopped");
 	return 0;
 }
 
 /* ==================================================================== 16. main, lb ctl
  * The command line (lb -t, lb --keys, lb -v), the config's first load (load_config), the shared
- * segments, then the master's loop (section 15). The last subsection, lb ctl, is the admin API's
- * client. Calls sections 2, 3, 4, 6, 7, 11, 12, 13 and 15. */
+ * segments, then the master's loop (section 15). The last subsections, lb ctl, are the admin API's
+ * client: its commands, and status / top, which read /api/stats (lb_json_tokens) into aligned tables.
+ * Calls sections 2, 3, 4, 6, 7, 11, 12, 13 and 15. */
 
 static void usage(FILE *f)
 {
@@ -13565,6 +14031,7 @@ struct ctl {
 };
 
 #define CTL_MAX_NODES 16
+#define LB_CTL_CONF "/etc/lb/config.ini" /* where deploy/install.sh puts the config lb.service runs */
 
 /* --admin [http://]HOST:PORT[/] (an IPv6 HOST in brackets) -> k->sa; -1 with a message */
 static int ctl_node_addr(struct ctl *k, const char *spec)
@@ -13939,10 +14406,356 @@ out:
 	return rc;
 }
 
+/* -------------------------------------------------------------------- lb ctl status, lb ctl top
+ * /api/stats for people: aligned tables (status) and a view refreshed in place (top). The JSON is
+ * read through lb_json_tokens; a key the API does not have (yet) shows as "-". */
+
+struct jdoc {
+	const char *s;
+	struct lb_jtok *t;
+	long n;
+};
+
+static int jdoc_parse(struct jdoc *d, const char *s)
+{
+	size_t max = strlen(s) / 2 + 16;
+	d->s = s;
+	d->t = malloc(max * sizeof *d->t);
+	d->n = d->t ? lb_json_tokens(s, strlen(s), d->t, max) : LB_EINVAL;
+	if (d->n < 1) {
+		free(d->t);
+		d->t = NULL;
+		return -1;
+	}
+	return 0;
+}
+
+/* the value of key in the object at token o; -1 when absent */
+static long jdoc_get(const struct jdoc *d, long o, const char *key)
+{
+	if (o < 0 || d->t[o].type != LB_J_OBJ)
+		return -1;
+	size_t kl = strlen(key);
+	for (long i = o + 1; i < (long)d->t[o].next; i = (long)d->t[i + 1].next)
+		if (d->t[i].end - d->t[i].start == kl && !memcmp(d->s + d->t[i].start, key, kl))
+			return i + 1;
+	return -1;
+}
+
+/* the text of a scalar (a string without its quotes; \" and \\ undone), "-" when absent or not one */
+static const char *jdoc_text(const struct jdoc *d, long i, char *buf, size_t cap)
+{
+	if (i < 0 || d->t[i].type == LB_J_OBJ || d->t[i].type == LB_J_ARR || (d->t[i].type == LB_J_PRIM &&
+	    d->t[i].end - d->t[i].start == 4 && !memcmp(d->s + d->t[i].start, "null", 4)))
+		return "-";
+	size_t o = 0;
+	for (uint32_t k = d->t[i].start; k < d->t[i].end && o + 1 < cap; k++) {
+		if (d->s[k] == '\\' && k + 1 < d->t[i].end)
+			k++;
+		buf[o++] = d->s[k];
+	}
+	buf[o] = 0;
+	return buf;
+}
+
+static const char *jdoc_field(const struct jdoc *d, long o, const char *key, char *buf, size_t cap)
+{
+	return jdoc_text(d, jdoc_get(d, o, key), buf, cap);
+}
+
+static uint64_t jdoc_num(const struct jdoc *d, long o, const char *key)
+{
+	char b[32];
+	return strtoull(jdoc_field(d, o, key, b, sizeof b), NULL, 10);
+}
+
+/* A table: cells are added row by row, then printed with each column as wide as its widest cell. */
+#define CTL_COLS 12
+struct ctl_table {
+	int ncol;
+	size_t nrow, cap;
+	char (*cell)[CTL_COLS][128]; /* the last column (a reason) may be a sentence */
+};
+
+static void tab_row(struct ctl_table *t, const char *const *v)
+{
+	if (t->nrow == t->cap) {
+		size_t nc = t->cap ? 2 * t->cap : 16;
+		void *p = realloc(t->cell, nc * sizeof *t->cell);
+		if (!p)
+			return;
+		t->cell = p, t->cap = nc;
+	}
+	for (int c = 0; c < t->ncol; c++)
+		snprintf(t->cell[t->nrow][c], sizeof t->cell[0][0], "%s", v[c] ? v[c] : "-");
+	t->nrow++;
+}
+
+static void tab_print(struct ctl_table *t, FILE *f)
+{
+	size_t w[CTL_COLS] = { 0 };
+	for (size_t r = 0; r < t->nrow; r++)
+		for (int c = 0; c < t->ncol; c++)
+			w[c] = LB_MAX(w[c], strlen(t->cell[r][c]));
+	for (size_t r = 0; r < t->nrow; r++) {
+		for (int c = 0; c + 1 < t->ncol; c++)
+			fprintf(f, "%-*s  ", (int)w[c], t->cell[r][c]);
+		fprintf(f, "%s\n", t->cell[r][t->ncol - 1]);
+	}
+	free(t->cell);
+	*t = (struct ctl_table){ 0 };
+}
+
+/* why a server takes no traffic, from what /api/stats says: its own "reason" when it has one */
+static const char *ctl_reason(const struct jdoc *d, long sv, char *buf, size_t cap)
+{
+	char st[32], h[16], cb[16];
+	for (const char *const *k = (const char *const[]){ "reason", "down_reason", NULL }; *k; k++)
+		if (strcmp(jdoc_field(d, sv, *k, buf, cap), "-") && buf[0])
+			return buf;
+	jdoc_field(d, sv, "state", st, sizeof st);
+	if (!strcmp(st, "up"))
+		return "-";
+	if (!strcmp(jdoc_field(d, sv, "health", h, sizeof h), "down"))
+		return "health checks failing";
+	if (!strcmp(jdoc_field(d, sv, "circuit", cb, sizeof cb), "open"))
+		return "circuit open";
+	snprintf(buf, cap, "%s by the admin API", st);
+	return buf;
+}
+
+/* the listener of c (NULL: no file read) named name */
+static const struct lb_listener *ctl_listener(const struct lb_conf *c, const char *name)
+{
+	for (size_t i = 0; c && i < c->nlisteners; i++)
+		if (!strcmp(c->listeners[i].name, name))
+			return &c->listeners[i];
+	return NULL;
+}
+
+static void ctl_status_tables(const struct ctl *k, const struct jdoc *d, FILE *f)
+{
+	char a[8][48], big[256];
+	fprintf(f, "lb %s  generation %s  workers %s  draining %s\n\n", jdoc_field(d, 0, "version", a[0], 48),
+	        jdoc_field(d, 0, "generation", a[1], 48), jdoc_field(d, 0, "workers", a[2], 48), jdoc_field(d, 0, "draining", a[3], 48));
+	struct ctl_table pt = { .ncol = 6 }, st = { .ncol = 11 };
+	tab_row(&pt, (const char *[]){ "POOL", "ALGORITHM", "SERVERS", "UP", "REQUESTS", "ERRORS" });
+	tab_row(&st, (const char *[]){ "POOL", "SERVER", "ADDRESS", "STATE", "WEIGHT", "ACTIVE", "REQUESTS", "ERRORS", "5XX",
+	                               "CIRCUIT", "REASON" });
+	long pools = jdoc_get(d, 0, "pools");
+	for (long p = pools >= 0 && d->t[pools].type == LB_J_ARR ? pools + 1 : -1; p >= 0 && p < (long)d->t[pools].next;
+	     p = (long)d->t[p].next) {
+		long svs = jdoc_get(d, p, "servers");
+		uint64_t n = 0, up = 0, req = 0, err = 0;
+		char pn[48];
+		jdoc_field(d, p, "name", pn, sizeof pn);
+		for (long s = svs >= 0 ? svs + 1 : -1; s >= 0 && s < (long)d->t[svs].next; s = (long)d->t[s].next) {
+			n++;
+			up += !strcmp(jdoc_field(d, s, "state", a[0], 48), "up");
+			req += jdoc_num(d, s, "requests");
+			err += jdoc_num(d, s, "errors");
+			long sc = jdoc_get(d, s, "status");
+			tab_row(&st, (const char *[]){ pn, jdoc_field(d, s, "name", a[1], 48), jdoc_field(d, s, "address", a[2], 48), a[0],
+			                               jdoc_field(d, s, "weight", a[3], 48), jdoc_field(d, s, "active", a[4], 48),
+			                               jdoc_field(d, s, "requests", a[5], 48), jdoc_field(d, s, "errors", a[6], 48),
+			                               jdoc_field(d, sc, "5xx", a[7], 48), jdoc_field(d, s, "circuit", big + 200, 48),
+			                               ctl_reason(d, s, big, 200) });
+		}
+		char cn[4][24];
+		snprintf(cn[0], 24, "%llu", (unsigned long long)n), snprintf(cn[1], 24, "%llu", (unsigned long long)up);
+		snprintf(cn[2], 24, "%llu", (unsigned long long)req), snprintf(cn[3], 24, "%llu", (unsigned long long)err);
+		tab_row(&pt, (const char *[]){ pn, jdoc_field(d, p, "algorithm", a[1], 48), cn[0], cn[1], cn[2], cn[3] });
+	}
+	tab_print(&pt, f);
+	fputc('\n', f);
+	tab_print(&st, f);
+	struct ctl_table rt = { .ncol = 6 };
+	tab_row(&rt, (const char *[]){ "ROUTE", "POOL", "REQUESTS", "RATE_LIMITED", "DENIED", "SPLIT" });
+	long routes = jdoc_get(d, 0, "routes");
+	for (long r = routes >= 0 ? routes + 1 : -1; r >= 0 && r < (long)d->t[routes].next; r = (long)d->t[r].next) {
+		long sp = jdoc_get(d, r, "split");
+		size_t o = 0;
+		big[0] = 0;
+		for (long e = sp >= 0 ? sp + 1 : -1; e >= 0 && e < (long)d->t[sp].next && o < 40; e = (long)d->t[e].next)
+			o += (size_t)snprintf(big + o, 48 - o, "%s%s %s", o ? ", " : "", jdoc_field(d, e, "pool", a[6], 48),
+			                      jdoc_field(d, e, "weight", a[7], 48));
+		tab_row(&rt, (const char *[]){ jdoc_field(d, r, "name", a[0], 48), jdoc_field(d, r, "pool", a[1], 48),
+		                               jdoc_field(d, r, "requests", a[2], 48), jdoc_field(d, r, "rate_limited", a[3], 48),
+		                               jdoc_field(d, r, "denied", a[4], 48), big[0] ? big : "-" });
+	}
+	if (rt.nrow > 1) {
+		fputc('\n', f);
+		tab_print(&rt, f);
+	} else {
+		free(rt.cell);
+	}
+	struct ctl_table lt = { .ncol = 6 };
+	tab_row(&lt, (const char *[]){ "LISTENER", "BIND", "PROTOCOL", "ACTIVE", "ACCEPTED", "POOL" });
+	long ls = jdoc_get(d, 0, "listeners");
+	for (long l = ls >= 0 ? ls + 1 : -1; l >= 0 && l < (long)d->t[ls].next; l = (long)d->t[l].next) {
+		long bs = jdoc_get(d, l, "binds");
+		const struct lb_listener *L = ctl_listener(k->c, jdoc_field(d, l, "name", a[0], 48));
+		snprintf(a[1], 48, "%s%s", bs >= 0 && d->t[bs].size ? jdoc_text(d, bs + 1, a[5], 40) : "-",
+		         bs >= 0 && d->t[bs].size > 1 ? " +" : "");
+		tab_row(&lt, (const char *[]){ a[0], a[1], jdoc_field(d, l, "protocol", a[2], 48), jdoc_field(d, l, "active", a[3], 48),
+		                               jdoc_field(d, l, "accepted", a[4], 48),
+		                               L && L->pool >= 0 ? k->c->pools[L->pool].name : "-" });
+	}
+	for (size_t i = 0; ls < 0 && k->c && i < k->c->nlisteners; i++) { /* an older lb's API has none: the config's */
+		const struct lb_listener *L = &k->c->listeners[i];
+		const struct lb_hostport *hp = &L->binds[0].hp;
+		snprintf(a[1], 48, hp->v6 ? "[%s]:%u%s" : "%s:%u%s", hp->wildcard ? "*" : hp->host, (unsigned)hp->port,
+		         L->nbinds > 1 ? " +" : "");
+		tab_row(&lt, (const char *[]){ L->name, a[1], L->mode == LB_MODE_TCP ? "tcp" : L->tls ? "https" : "http", "-", "-",
+		                               L->pool >= 0 ? k->c->pools[L->pool].name : "-" });
+	}
+	fputc('\n', f);
+	tab_print(&lt, f);
+	struct ctl_table ct = { .ncol = 5 };
+	tab_row(&ct, (const char *[]){ "CERTIFICATE", "LISTENER", "NAMES", "SERIAL", "EXPIRES_IN_DAYS" });
+	long tls = jdoc_get(d, 0, "tls"), cs = jdoc_get(d, tls, "certificates");
+	for (long c = cs >= 0 ? cs + 1 : -1; c >= 0 && c < (long)d->t[cs].next; c = (long)d->t[c].next) {
+		long nm = jdoc_get(d, c, "names");
+		size_t o = 0;
+		big[0] = 0;
+		for (long e = nm >= 0 ? nm + 1 : -1; e >= 0 && e < (long)d->t[nm].next && o < 40; e = (long)d->t[e].next)
+			o += (size_t)snprintf(big + o, 48 - o, "%s%s", o ? "," : "", jdoc_text(d, e, a[6], 48));
+		snprintf(a[5], 48, "%lld", strtoll(jdoc_field(d, c, "expires_in_s", a[7], 48), NULL, 10) / 86400);
+		tab_row(&ct, (const char *[]){ jdoc_field(d, c, "file", a[0], 48), jdoc_field(d, c, "listener", a[1], 48), big,
+		                               jdoc_field(d, c, "serial", a[2], 48), a[5] });
+	}
+	if (ct.nrow > 1) {
+		fputc('\n', f);
+		tab_print(&ct, f);
+	} else {
+		free(ct.cell);
+	}
+}
+
+/* lb ctl status: the tables, or (--json) /api/stats as it came */
+static int ctl_status(const struct ctl *k, int json)
+{
+	char *out = NULL;
+	int st = ctl_call(k, "GET", "/api/stats", NULL, 0, &out), rc = 1;
+	struct jdoc d;
+	if (st != 200 || !out) {
+		fprintf(stderr, "lb ctl status: %s%s", st > 0 ? "the admin API answered: " : "no answer\n", st > 0 && out ? out : "");
+	} else if (json) {
+		fputs(out, stdout);
+		rc = 0;
+	} else if (jdoc_parse(&d, out) != 0) {
+		fprintf(stderr, "lb ctl status: /api/stats is not the JSON expected\n");
+	} else {
+		ctl_status_tables(k, &d, stdout);
+		free(d.t);
+		rc = 0;
+	}
+	free(out);
+	return rc;
+}
+
+static struct termios g_top_tio; /* lb ctl top: the terminal's mode before, restored on every way out */
+
+static void ctl_top_sigint(int sig)
+{
+	tcsetattr(0, TCSANOW, &g_top_tio); /* async-signal-safe */
+	_exit(128 + sig);
+}
+
+/* lb ctl top: a compact view every interval (in place on a terminal), rates from the last one; q or
+ * Ctrl-C ends it, or --count N refreshes */
+static int ctl_top(const struct ctl *k, uint64_t count, uint64_t interval)
+{
+	enum { TOP_MAX = 256 };
+	static char names[TOP_MAX][2 * LB_NAME_MAX + 2];
+	static uint64_t last_req[TOP_MAX];
+	int tty = isatty(1), in_tty = isatty(0);
+	struct termios raw;
+	if (in_tty && tcgetattr(0, &g_top_tio) == 0) {
+		raw = g_top_tio;
+		raw.c_lflag &= ~(tcflag_t)(ICANON | ECHO);
+		signal(SIGINT, ctl_top_sigint);
+		signal(SIGTERM, ctl_top_sigint);
+		tcsetattr(0, TCSANOW, &raw);
+	} else {
+		in_tty = 0;
+	}
+	uint64_t prev_ms = 0;
+	int rc = 0;
+	for (uint64_t n = 0; !count || n < count; n++) {
+		char *out = NULL, a[6][48], line[64];
+		int st = ctl_call(k, "GET", "/api/stats", NULL, 0, &out);
+		struct jdoc d;
+		uint64_t now = mono_ms();
+		if (st != 200 || !out || jdoc_parse(&d, out) != 0) {
+			free(out);
+			fprintf(stderr, "lb ctl top: no usable answer from the admin API\n");
+			rc = 1;
+			break;
+		}
+		if (tty)
+			fputs("\033[H\033[2J", stdout);
+		time_t t = time(NULL);
+		struct tm tm;
+		localtime_r(&t, &tm);
+		strftime(line, sizeof line, "%H:%M:%S", &tm);
+		printf("lb %s  %s  generation %s  workers %s  (q quits)\n", jdoc_field(&d, 0, "version", a[0], 48), line,
+		       jdoc_field(&d, 0, "generation", a[1], 48), jdoc_field(&d, 0, "workers", a[2], 48));
+		struct ctl_table tb = { .ncol = 7 };
+		tab_row(&tb, (const char *[]){ "SERVER", "STATE", "REQ/S", "ACTIVE", "REQUESTS", "ERRORS", "REASON" });
+		long pools = jdoc_get(&d, 0, "pools");
+		size_t si = 0;
+		for (long p = pools >= 0 ? pools + 1 : -1; p >= 0 && p < (long)d.t[pools].next; p = (long)d.t[p].next) {
+			long svs = jdoc_get(&d, p, "servers");
+			for (long s = svs >= 0 ? svs + 1 : -1; s >= 0 && s < (long)d.t[svs].next; s = (long)d.t[s].next, si++) {
+				char nm[2 * LB_NAME_MAX + 2], rate[24], why[200];
+				snprintf(nm, sizeof nm, "%s/%s", jdoc_field(&d, p, "name", a[0], 48), jdoc_field(&d, s, "name", a[1], 48));
+				uint64_t req = jdoc_num(&d, s, "requests");
+				int known = si < TOP_MAX && prev_ms && !strcmp(names[si], nm) && req >= last_req[si];
+				if (known)
+					snprintf(rate, sizeof rate, "%.1f", (double)(req - last_req[si]) * 1000.0 / (double)LB_MAX(now - prev_ms, 1));
+				else
+					snprintf(rate, sizeof rate, "-");
+				if (si < TOP_MAX) {
+					snprintf(names[si], sizeof names[si], "%s", nm);
+					last_req[si] = req;
+				}
+				tab_row(&tb, (const char *[]){ nm, jdoc_field(&d, s, "state", a[2], 48), rate, jdoc_field(&d, s, "active", a[3], 48),
+				                               jdoc_field(&d, s, "requests", a[4], 48), jdoc_field(&d, s, "errors", a[5], 48),
+				                               ctl_reason(&d, s, why, sizeof why) });
+			}
+		}
+		tab_print(&tb, stdout);
+		if (!tty)
+			fputc('\n', stdout);
+		fflush(stdout);
+		free(d.t);
+		free(out);
+		prev_ms = now;
+		if (count && n + 1 == count)
+			break;
+		struct pollfd pf = { .fd = 0, .events = POLLIN };
+		int quit = 0;
+		for (uint64_t end = mono_ms() + interval; !quit && mono_ms() < end;) {
+			char ch;
+			if (in_tty && poll(&pf, 1, (int)LB_MIN(end - mono_ms(), 1000u)) == 1)
+				quit = read(0, &ch, 1) != 1 || ch == 'q' || ch == 'Q' || ch == 3;
+			else if (!in_tty)
+				ctl_sleep_ms(LB_MIN(end - mono_ms(), 1000u));
+		}
+		if (quit)
+			break;
+	}
+	if (in_tty)
+		tcsetattr(0, TCSANOW, &g_top_tio);
+	return rc;
+}
+
 static int ctl_usage(void)
 {
 	fprintf(stderr,
-	        "usage: lb ctl [-c FILE] status | reload\n"
+	        "usage: lb ctl [-c FILE] status [--json] | reload     (FILE: /etc/lb/config.ini, else ./config.ini)\n"
+	        "       lb ctl [-c FILE] top [--count N] [--interval 1s]   a live view; q or Ctrl-C quits\n"
 	        "       lb ctl [-c FILE] [--token-file F] --admin HOST:PORT [--admin HOST:PORT]... status | reload |\n"
 	        "              server ... | split ...   each node in turn, its answer under \"== HOST:PORT: STATUS\"\n"
 	        "       lb ctl [-c FILE] config apply --file F [--validate]\n"
@@ -13979,7 +14792,9 @@ static int ctl_each(struct ctl *k, const char *const *nodes, int n, const char *
 
 static int ctl_main(int argc, char **argv)
 {
-	const char *path = "config.ini", *token_file = NULL, *nodes[CTL_MAX_NODES];
+	/* the config the deploy files install (deploy/lb.service), else the one in the current directory */
+	const char *path = access(LB_CTL_CONF, F_OK) == 0 ? LB_CTL_CONF : "config.ini", *token_file = NULL;
+	const char *nodes[CTL_MAX_NODES];
 	int i = 0, nnodes = 0, have_c = 0;
 	while (argc > 1 && (!strcmp(argv[0], "-c") || !strcmp(argv[0], "--admin") || !strcmp(argv[0], "--token-file"))) {
 		if (!strcmp(argv[0], "-c"))
@@ -13999,6 +14814,10 @@ static int ctl_main(int argc, char **argv)
 		if (ctl_token_file(&k, token_file) != 0)
 			return 1;
 	} else {
+		if (!have_c && access(path, F_OK) != 0) {
+			fprintf(stderr, "lb ctl: no -c FILE, and neither %s nor ./config.ini exists\n", LB_CTL_CONF);
+			return 1;
+		}
 		k.c = load_config(path, 0);
 		if (!k.c)
 			return 1;
@@ -14017,8 +14836,23 @@ static int ctl_main(int argc, char **argv)
 	const char *cmd = argv[0];
 	const char *method = NULL, *body = NULL; /* a command --admin may send to several nodes */
 	int rc = -1;
-	if (!strcmp(cmd, "status") && argc == 1) {
+	if (!strcmp(cmd, "status") && argc == 1 && nnodes) {
 		method = "GET", snprintf(url, sizeof url, "/api/stats");
+	} else if (!strcmp(cmd, "status") && !nnodes && (argc == 1 || (argc == 2 && !strcmp(argv[1], "--json")))) {
+		rc = ctl_status(&k, argc == 2);
+	} else if (!strcmp(cmd, "top") && !nnodes) {
+		uint64_t count = 0, interval = 1000;
+		int bad = 0;
+		for (i = 1; i < argc && !bad; i += 2) {
+			const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+			if (v && !strcmp(argv[i], "--count"))
+				bad = parse_uint64(v, strlen(v), 1000000, &count) != 0 || !count;
+			else if (v && !strcmp(argv[i], "--interval"))
+				bad = lb_parse_duration(v, strlen(v), &interval) != 0 || interval < 100;
+			else
+				bad = 1;
+		}
+		rc = bad ? ctl_usage() : ctl_top(&k, count, interval);
 	} else if (!strcmp(cmd, "reload") && argc == 1) {
 		method = "POST", snprintf(url, sizeof url, "/api/reload");
 	} else if (!strcmp(cmd, "server") && argc == 4 && !strcmp(argv[1], "add")) {
@@ -14124,6 +14958,7 @@ int lb_main(int argc, char **argv)
 		conf->user = strdup(user);
 	}
 	g_conf = conf;
+	g_errlevel = g_conf->log_level;
 	if (check) {
 		char tok[sizeof g_admin_token];
 		size_t tl;
@@ -14161,8 +14996,8 @@ int lb_main(int argc, char **argv)
 		return 1;
 	if (g_conf->pid_file && write_pid_file(g_conf->pid_file) != 0)
 		return 1;
-	lb_err("lb %s: master pid %d, %u workers, %zu listeners, %zu pools, %zu routes", LB_VERSION, (int)g_pid,
-	       worker_count(g_conf), g_conf->nlisteners, g_conf->npools, g_conf->nroutes);
+	lb_info("lb %s: master pid %d, %u workers, %zu listeners, %zu pools, %zu routes", LB_VERSION, (int)g_pid,
+	        worker_count(g_conf), g_conf->nlisteners, g_conf->npools, g_conf->nroutes);
 	fd_limit_check(g_conf);
 	int rc = master_run();
 	if (g_conf->pid_file)

@@ -339,11 +339,45 @@ struct lb_form_action {
 };
 int lb_parse_form_action(const char *body, size_t n, struct lb_form_action *o);
 
+/* ------------------------------------------------------------------ JSON tokens (lb ctl reads /api/stats) */
+
+enum lb_jtype { LB_J_OBJ = 1, LB_J_ARR, LB_J_STR, LB_J_PRIM };
+struct lb_jtok {
+	int type;                     /* LB_J_* */
+	uint32_t start, end;          /* the text: a string's without its quotes */
+	uint32_t size;                /* direct children: an object's keys, an array's values */
+	uint32_t next;                /* the token after this one's subtree */
+};
+/* The tokens of one JSON value, depth first (an object's key before its value): the count, or
+ * LB_EINVAL (not JSON, deeper than 32, more than max tokens). Strings are not unescaped. */
+long lb_json_tokens(const char *s, size_t n, struct lb_jtok *t, size_t max);
+
+/* ------------------------------------------------------------------ access log template */
+
+/* The access log's fields, by name: a template's %{name}, the json format's keys (in this order). */
+enum lb_logfield {
+	LB_LF_TIME = 0, LB_LF_CLIENT, LB_LF_METHOD, LB_LF_URI, LB_LF_PROTO, LB_LF_STATUS, LB_LF_BYTES, LB_LF_BYTES_IN,
+	LB_LF_TERM, LB_LF_DURATION_MS, LB_LF_T_REQUEST, LB_LF_T_CONNECT, LB_LF_T_FIRST_BYTE, LB_LF_T_TOTAL,
+	LB_LF_LISTENER, LB_LF_ROUTE, LB_LF_POOL, LB_LF_SERVER, LB_LF_SERVER_ADDR, LB_LF_RETRIES, LB_LF_HOST,
+	LB_LF_USER_AGENT, LB_LF_REFERER, LB_LF_REQUEST_ID, LB_LF_TLS, LB_LF_TLS_VERSION, LB_LF_TLS_CIPHER, LB_LF_SNI,
+	LB_LF_CLIENT_CERT, LB_LF_WORKER, LB_LF_PID, LB_LF_N
+};
+extern const char *const lb_log_field_names[LB_LF_N];
+#define LB_LOG_TPL_MAX 64
+struct lb_log_tpl {
+	size_t n;
+	struct { uint16_t off, len; int16_t field; } item[LB_LOG_TPL_MAX]; /* field < 0: template bytes [off, off+len) */
+};
+/* A template: text with %{field} (a name of lb_log_field_names) and %% (a '%'), at most 1024 bytes
+ * and LB_LOG_TPL_MAX pieces. LB_EINVAL with *why set (and the unknown name in bad, NUL-terminated). */
+int lb_log_template_parse(const char *s, size_t n, struct lb_log_tpl *o, const char **why, char *bad, size_t badn);
+
 /* ------------------------------------------------------------------ configuration */
 
 enum lb_mode { LB_MODE_HTTP = 0, LB_MODE_TCP = 1 };
 enum lb_algo { LB_ALGO_RR = 0, LB_ALGO_LEASTCONN, LB_ALGO_IPHASH, LB_ALGO_RANDOM2 };
-enum lb_logfmt { LB_LOG_COMBINED = 0, LB_LOG_JSON };
+enum lb_logfmt { LB_LOG_COMBINED = 0, LB_LOG_JSON, LB_LOG_TEMPLATE };
+enum lb_loglevel { LB_LV_ERROR = 0, LB_LV_WARN, LB_LV_INFO, LB_LV_DEBUG }; /* [log] level */
 enum lb_hc { LB_HC_DEFAULT = 0, LB_HC_OFF, LB_HC_HTTP, LB_HC_TCP };
 
 struct lb_bconn;      /* a backend connection (lb.c) */
@@ -518,6 +552,9 @@ struct lb_conf {
 	/* [log] */
 	char *access_log;            /* NULL = off, "stdout", or a path */
 	int log_format;
+	char *log_template;          /* LB_LOG_TEMPLATE: the format's text; log_tpl its pieces */
+	struct lb_log_tpl log_tpl;
+	int log_level;               /* error log: LB_LV_* lines at or above it are written */
 	uint64_t rotate_interval;    /* ms, 0 = off */
 	uint64_t rotate_size;        /* bytes, 0 = off */
 	uint64_t retention;          /* ms */
@@ -631,6 +668,7 @@ struct lb_throttle {
 	uint64_t quiet;              /* events since then that wrote no line */
 	struct lb_throttle *next;    /* lb.c: the slots whose count is still to be reported */
 	int listed;
+	int level;                   /* lb.c: the error-log level of its lines (LB_LV_*) */
 	char text[200];              /* lb.c: the last line written, without its count */
 };
 /* 1: write this event's line (*quiet: the repeats suppressed since the last line, *span_ms: since

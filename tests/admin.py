@@ -27,7 +27,7 @@ from integration import HOST, Fail, check, eq, free_port, short  # noqa: E402
 from process import Skip, conf  # noqa: E402
 from policy import ask, section, lsn  # noqa: E402
 
-SUITE_BUDGET = 200
+SUITE_BUDGET = 210
 TOKEN = "test-token-7f3a9c1e5b2d4068a1c3e5f7"
 TESTS = []
 test = it.registrar(TESTS, 40)
@@ -762,9 +762,9 @@ def t_ctl(ctx):
     ad = Admin(ctx, [lsn("web", port, pool="both"), po.pl("blue", [a]), po.pl("green", [b]),
                      section("pool both", ("server", "a %s:%d" % (HOST, a.port)), ("server", "b %s:%d" % (HOST, b.port))),
                      section("route bg", ("path", "/bg/*"), ("split", "blue 100, green 0"))])
-    rc, out, err = ctl(ad, "status")
-    eq(rc, 0, "lb ctl status: exit status (%s)" % short(err))
-    check('"name":"both"' in out, "lb ctl status does not show pool both: %s" % short(out))
+    rc, out, err = ctl(ad, "status", "--json")
+    eq(rc, 0, "lb ctl status --json: exit status (%s)" % short(err))
+    check('"name":"both"' in out, "lb ctl status --json does not show pool both: %s" % short(out))
     eq(ctl(ad, "server", "drain", "both", "a")[0], 0, "lb ctl server drain both a")
     eq({ask(port, "/x%d" % i).backend for i in range(6)}, {"b"}, "backends with a drained")
     eq(ctl(ad, "server", "enable", "both", "a")[0], 0, "lb ctl server enable both a")
@@ -789,6 +789,90 @@ def t_ctl(ctx):
     eq(ctl(ad, "bogus")[0], 2, "lb ctl bogus: usage")
     with open(conf_file(ad.m)) as f:
         eq(f.read(), good, "the file after applying itself")
+
+
+def table(out, head):
+    """The rows (lists of cells) of the table of `lb ctl status` whose header line starts with head."""
+    lines = out.splitlines()
+    for i, ln in enumerate(lines):
+        if ln.startswith(head):
+            rows = []
+            for r in lines[i + 1:]:
+                if not r.strip():
+                    break
+                rows.append(r.split())
+            return ln.split(), rows
+    raise Fail("no table headed %r in: %s" % (head, short(out, 600)))
+
+
+@test("lb_ctl_status_tables_and_top", timeout=40)
+def t_ctl_status(ctx):
+    """`lb ctl status` prints aligned tables (pools, servers with state and down reason, routes,
+    listeners) that agree with /api/stats; `--json` prints /api/stats itself; `lb ctl top --count 2`
+    refreshes twice and exits; without -c, lb ctl reads ./config.ini when /etc/lb/config.ini is absent
+    and says both names when neither is there."""
+    a, b = ctx.b["a"], ctx.b["b"]
+    port, dead = free_port(), free_port()
+    ad = Admin(ctx, [lsn("web", port, pool="both"),
+                     section("pool both", ("server", "a %s:%d" % (HOST, a.port)), ("server", "b %s:%d" % (HOST, b.port))),
+                     section("pool gone", ("server", "d %s:%d" % (HOST, dead)), ("health_interval", "200ms"),
+                             ("health_fall", "1")),
+                     section("route g", ("path", "/g/*"), ("pool", "gone"))], workers=1)
+    for i in range(4):
+        ask(port, "/t%d" % i)
+    t0 = time.monotonic()
+    while ad.server("gone", "d")["state"] != "down":
+        check(time.monotonic() - t0 < 5, "server gone/d not down within 5 s")
+        time.sleep(0.1)
+    stats = ad.stats()
+    rc, out, err = ctl(ad, "status", "--json")
+    eq(rc, 0, "lb ctl status --json: exit status (%s)" % short(err))
+    eq(json.loads(out), stats, "lb ctl status --json against GET /api/stats")
+    rc, out, err = ctl(ad, "status")
+    eq(rc, 0, "lb ctl status: exit status (%s)" % short(err))
+    check(not out.lstrip().startswith("{"), "lb ctl status printed JSON: %s" % short(out))
+    head, rows = table(out, "POOL  SERVER")
+    eq(head, ["POOL", "SERVER", "ADDRESS", "STATE", "WEIGHT", "ACTIVE", "REQUESTS", "ERRORS", "5XX", "CIRCUIT", "REASON"],
+       "servers table header")
+    col = out.splitlines()[[l.startswith("POOL  SERVER") for l in out.splitlines()].index(True)].index("STATE")
+    want = []
+    for p in stats["pools"]:
+        for s in p["servers"]:
+            want.append([p["name"], s["name"], s["address"], s["state"], str(s["weight"]), str(s["active"]),
+                         str(s["requests"]), str(s["errors"]), str(s["status"]["5xx"]), s["circuit"]])
+    eq([r[:10] for r in rows], want, "servers table rows against /api/stats")
+    reasons = {r[1]: " ".join(r[10:]) for r in rows}
+    eq((reasons["a"], reasons["d"]), ("-", " ".join(ad.server("gone", "d")["reason"].split())),
+       "reasons of a (up) and d (down, as /api/stats says)")
+    check(reasons["d"].startswith("health check: GET /health"), "reason of d: %r" % reasons["d"])
+    lines = out.splitlines()
+    i = [l.startswith("POOL  SERVER") for l in lines].index(True)
+    check(all(len(l) > col and l[col - 2:col] == "  " and l[col] != " " for l in lines[i + 1:i + 1 + len(rows)]),
+          "the STATE column is not aligned: %s" % short("\n".join(lines[i:i + 4]), 400))
+    _, prow = table(out, "POOL  ALGORITHM")
+    eq([r[:4] for r in prow], [["both", "round_robin", "2", "2"], ["gone", "round_robin", "1", "0"]], "pools table")
+    _, rrow = table(out, "ROUTE")
+    eq([r[:2] for r in rrow], [["g", "gone"]], "routes table")
+    _, lrow = table(out, "LISTENER")
+    lst = stats["listeners"][0]
+    eq(lrow, [["web", "%s:%d" % (HOST, port), "http", str(lst["active"]), str(lst["accepted"]), "both"]],
+       "listeners table against /api/stats")
+    rc, out, err = ctl(ad, "top", "--count", "2", "--interval", "200ms")
+    eq(rc, 0, "lb ctl top --count 2: exit status (%s)" % short(err))
+    frames = out.count("(q quits)")
+    eq(frames, 2, "frames of lb ctl top --count 2")
+    check(out.count("gone/d  ") == 2 and "health check: GET /health" in out, "lb ctl top rows: %s" % short(out, 400))
+    here = os.path.join(ctx.dir, "cwd")
+    os.makedirs(here, exist_ok=True)
+    run = lambda: subprocess.run([it.LB_BIN, "ctl", "status", "--json"], cwd=here, capture_output=True, timeout=20)
+    p = run()
+    check(p.returncode == 1 and b"/etc/lb/config.ini" in p.stderr and b"./config.ini" in p.stderr,
+          "lb ctl without -c and without a config: %d %s" % (p.returncode, short(p.stderr)))
+    if not os.path.exists("/etc/lb/config.ini"):
+        shutil.copy(conf_file(ad.m), os.path.join(here, "config.ini"))
+        p = run()
+        eq((p.returncode, json.loads(p.stdout or b"{}").get("pools", [{}])[0].get("name")), (0, "both"),
+           "lb ctl status --json with ./config.ini (%s)" % short(p.stderr))
 
 
 @test("lb_ctl_several_nodes", timeout=30)

@@ -30,7 +30,7 @@ from integration import HOST, Fail, check, eq, free_port, short  # noqa: E402
 from process import conf  # noqa: E402
 from policy import ask, section, lsn  # noqa: E402
 
-SUITE_BUDGET = 270
+SUITE_BUDGET = 275
 TESTS = []
 test = it.registrar(TESTS, 40)
 
@@ -365,6 +365,40 @@ def t_backup(ctx):
     wait_log(m, "failed with exit status 3", 3)
 
 
+@test("check_failure_names_the_check")
+def t_check_message(ctx):
+    """A failed HTTP check's down line names the method, path and expected statuses and what came, and
+    the server as HOST:PORT; a failed TCP check says TCP; with no health_check set the check is
+    http GET /health (the backend counts those)."""
+    a = ctx.b["a"]
+    c = own_backend(ctx, "c")
+    port, dead = free_port(), free_port()
+    h0 = c.stats()["health"]
+    m = ctx.master(conf(lsn("web", port),
+                        section("pool p", ("server", "a %s:%d" % (HOST, a.port)), *HC_FAST, ("health_fall", "2"),
+                                ("health_check", "http GET /status?code=404"), ("health_expect", "200, 204-206")),
+                        section("pool t", ("server", "d %s:%d" % (HOST, dead)), *HC_FAST, ("health_fall", "1"),
+                                ("health_check", "tcp")),
+                        section("pool dflt", ("server", "c %s:%d" % (HOST, c.port)), *HC_FAST),
+                        section("route t", ("path", "/t/*"), ("pool", "t")),
+                        section("route d", ("path", "/d/*"), ("pool", "dflt")),
+                        workers=1), [port])
+    m.wait_workers(1)
+    wait_log(m, "server p/a is down", 3)
+    wait_log(m, "server t/d is down", 3)
+    line = [ln for ln in m.stderr().splitlines() if "server p/a is down" in ln][0]
+    want = "server p/a is down (%s:%d): health check: GET /status?code=404 expected 200, 204-206, got 404 " \
+           "(2 failed in a row)" % (HOST, a.port)
+    check(want in line, "down line %r does not contain %r" % (line, want))
+    line = [ln for ln in m.stderr().splitlines() if "server t/d is down" in ln][0]
+    check(("(%s:%d): health check: TCP connect: Connection refused (1 failed in a row)" % (HOST, dead)) in line,
+          "tcp down line: %r" % line)
+    t0 = time.monotonic()
+    while c.stats()["health"] - h0 < 2:
+        check(time.monotonic() - t0 < 3, "no GET /health reached the default-checked server within 3 s")
+        time.sleep(0.05)
+
+
 @test("post_not_retried")
 def t_post(ctx):
     """A server that resets every connection after reading the request: a POST that reached it fails
@@ -549,7 +583,7 @@ def t_cut_close(ctx):
     lines = [json.loads(x) for x in log_lines(log, 3)]
     eq([(o["uri"], o["status"], o["term"], o["request_id"]) for o in lines],
        [("/close/a?x=1", 200, "SD", "cut-close-1"), ("/chunked/b", 200, "SD", "cut-chunk-2"),
-        ("/ok", 503, "--", "after-open-3")], "access log (uri, status, term, request_id)")
+        ("/ok", 503, "SC", "after-open-3")], "access log (uri, status, term, request_id)")
     err = m.stderr()
     for want in ("server p/cut: GET /close/a?x=1 (request id cut-close-1, client 127.0.0.1): server closed before "
                  "the whole answer, 20480 of 100000 body bytes",

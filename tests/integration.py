@@ -36,7 +36,7 @@ if not os.path.isabs(LB_BIN):
 HOST = "127.0.0.1"
 PIECE = 65536
 BLOCK = bytes(range(256)) * (PIECE // 256)  # the backend's /bytes pattern
-SUITE_BUDGET = 184  # seconds for all tests (the two keep-alive pool tests take ~11 s, the access-log ones ~7); with cleanup ~3 minutes
+SUITE_BUDGET = 194  # seconds for all tests (the two keep-alive pool tests take ~11 s, the access-log ones ~7); with cleanup ~3 minutes
 RID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -1507,6 +1507,209 @@ def t_access_log(ctx):
         eq((mm.group(1), mm.group(5), mm.group(6), mm.group(7), mm.group(8), mm.group(10), mm.group(11)),
            ("127.0.0.1", m, path, "HTTP/1.1", st, "http://ref.example/p", "it-agent/1.0"),
            "combined log line %d fields" % (i + 1))
+
+
+def json_log_lines(path):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(l) for l in f.read().splitlines() if l.strip()]
+
+
+def raw_exchange(port, data, timeout=3.0):
+    """Send bytes on a new connection, read until the server closes (or timeout): the bytes read."""
+    s = socket.create_connection((HOST, port), timeout=timeout)
+    try:
+        s.sendall(data)
+        buf = b""
+        while True:
+            try:
+                d = s.recv(65536)
+            except (socket.timeout, ConnectionResetError):
+                break
+            if not d:
+                break
+            buf += d
+        return buf
+    finally:
+        s.close()
+
+
+def cutting_server():
+    """A server that answers one request with Content-Length 1000, 100 body bytes, then a reset: (port, thread)."""
+    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind((HOST, 0))
+    ls.listen(4)
+    ls.settimeout(5)
+
+    def serve():
+        try:
+            c, _ = ls.accept()
+            c.settimeout(5)
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                d = c.recv(4096)
+                if not d:
+                    break
+                buf += d
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 100)
+            time.sleep(0.1)
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            c.close()
+        except OSError:
+            pass
+        finally:
+            ls.close()
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    return ls.getsockname()[1], th
+
+
+@test("access_log_timers")
+def t_access_log_timers(ctx):
+    """A server that waits 150 ms before its answer: the json line's first-byte timer says 150 ms
+    (+-20 ms) in microseconds, the other timers are ordered, and the fields name the server by name and
+    HOST:PORT, the listener, host, user agent, bytes in, HTTP version and no TLS."""
+    b1 = ctx.b["b1"]
+    port = free_port()
+    jpath = os.path.join(ctx.dir, "access.json")
+    lb = ctx.lb(config(listener("web", port, pool="tp"), pool("tp", [("s1", b1.port)]), access=jpath, fmt="json"),
+                [port])
+    r = request(port, "/slow?ms=150", headers={"User-Agent": "timer-agent/2"})
+    eq(r.status, 200, "/slow?ms=150 status")
+    eq(lb.stop(), 0, "lb exit status on SIGTERM")
+    lines = json_log_lines(jpath)
+    eq(len(lines), 1, "access log lines")
+    o = lines[0]
+    missing = set(["t_request_us", "t_connect_us", "t_first_byte_us", "t_total_us", "server_addr", "retries",
+                   "bytes_in", "listener", "host", "user_agent", "tls_version", "tls_cipher", "proto"]) - set(o)
+    check(not missing, "json line lacks %s: %s" % (sorted(missing), short(str(o), 300)))
+    fb = o["t_first_byte_us"]
+    check(isinstance(fb, int) and 130000 <= fb <= 170000, "t_first_byte_us %r is not 150 ms +- 20 ms" % fb)
+    check(0 <= o["t_request_us"] <= o["t_total_us"] and 0 <= o["t_connect_us"] and fb <= o["t_total_us"],
+          "timers out of order: %s" % short(str(o), 300))
+    check(abs(o["duration_ms"] * 1000 - o["t_total_us"]) <= 1, "duration_ms %r against t_total_us %r"
+          % (o["duration_ms"], o["t_total_us"]))
+    eq((o["server"], o["server_addr"], o["listener"], o["host"], o["user_agent"], o["retries"], o["proto"], o["term"],
+        o["tls"], o["tls_version"]),
+       ("s1", "%s:%d" % (HOST, b1.port), "web", "%s:%d" % (HOST, port), "timer-agent/2", 0, "HTTP/1.1", "--",
+        False, None), "json fields")
+    check(o["bytes_in"] > 40, "bytes_in %r" % o["bytes_in"])
+
+
+@test("access_log_term_states")
+def t_access_log_term_states(ctx):
+    """Each way lb ends an exchange itself has its termination state in the access log: 404 (no
+    route), 403 (acl), 429 (rate limit), 400 (bad request, refused before parsing: its method, target
+    and request id still logged, and the same id in the error log), 308 (redirect_https), 503 (no
+    usable server), 408 (a head left incomplete: cR, its method and target logged); a server that
+    resets its answer mid-body is SD, a client that resets its download CD."""
+    b1 = ctx.b["b1"]
+    port, rport = free_port(), free_port()
+    cport, _th = cutting_server()
+    jpath = os.path.join(ctx.dir, "access.json")
+    lb = ctx.lb(config(
+        listener("web", port, header_timeout="1s"), listener("plain", rport, pool="ok", redirect_https="on"),
+        pool("ok", [("s1", b1.port)]), pool("offp", [("s1", b1.port, "disabled")]),
+        pool("cut", [("c1", cport)], retries=0, health_check="off"),
+        route("deny", path="/deny/*", pool="ok", acl="deny 127.0.0.0/8"),
+        route("rl", path="/rl/*", pool="ok", rate_limit="1/minute burst=1"),
+        route("off", path="/off/*", pool="offp"),
+        route("cut", path="/cut/*", pool="cut"),
+        route("fine", path="/fine/*", pool="ok"), route("bytes", path="/bytes", pool="ok"),
+        access=jpath, fmt="json"), [port, rport])
+    eq(request(port, "/nowhere").status, 404, "no route")
+    eq(request(port, "/deny/x").status, 403, "acl deny")
+    eq(request(port, "/rl/1").status, 200, "first within the rate limit")
+    eq(request(port, "/rl/2").status, 429, "second over the rate limit")
+    eq(request(port, "/off/x").status, 503, "every server disabled")
+    eq(request(rport, "/redir").status, 308, "redirect_https")
+    got = raw_exchange(port, b"GET /bad\x01target HTTP/1.1\r\nHost: x\r\n\r\n")
+    check(got.startswith(b"HTTP/1.1 400 "), "bad request answer: %s" % short(got))
+    got = raw_exchange(port, b"GET /fine/a%zz HTTP/1.1\r\nHost: x\r\n\r\n")
+    check(got.startswith(b"HTTP/1.1 400 "), "bad percent-encoding answer: %s" % short(got))
+    got = raw_exchange(port, b"GET /cut/x HTTP/1.1\r\nHost: x\r\n\r\n")
+    check(got.startswith(b"HTTP/1.1 200 ") and len(got.split(b"\r\n\r\n", 1)[1]) == 100,
+          "the cut answer: %s" % short(got))
+    eq(request(port, "/fine/x").status, 200, "a whole exchange")
+    got = raw_exchange(port, b"GET /fine/slowhead HTTP/1.1\r\nHost: x\r\n")
+    check(got.startswith(b"HTTP/1.1 408 "), "a head left incomplete: %s" % short(got))
+    s = socket.create_connection((HOST, port), timeout=3)
+    s.sendall(b"GET /bytes?n=20000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+    check(s.recv(4096).startswith(b"HTTP/1.1 200 "), "the start of a big download")
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+    time.sleep(0.3)
+    eq(lb.stop(), 0, "lb exit status on SIGTERM")
+    by_uri = {}
+    for o in json_log_lines(jpath):
+        by_uri[o["uri"]] = o
+    want = [("/nowhere", 404, "PR"), ("/deny/x", 403, "PR"), ("/rl/2", 429, "PR"), ("/off/x", 503, "SC"),
+            ("/redir", 308, "LR"), ("/cut/x", 200, "SD"), ("/fine/x", 200, "--"), ("/fine/slowhead", 408, "cR"),
+            ("/bytes?n=20000000", 200, "CD")]
+    for uri, st, term in want:
+        o = by_uri.get(uri)
+        check(o is not None, "no access log line for %s: %s" % (uri, sorted(by_uri)))
+        eq((o["status"], o["term"]), (st, term), "status and term of %s" % uri)
+    bad = sorted((o for o in by_uri.values() if o["status"] == 400), key=lambda o: o["uri"])
+    eq([(o["method"], o["uri"], o["term"]) for o in bad], [("GET", "/bad\x01target", "PR"), ("GET", "/fine/a%zz", "PR")],
+       "the 400s' method, target and term")
+    check(bad[1]["request_id"] and RID_RE.match(bad[1]["request_id"]), "request id %r" % bad[1]["request_id"])
+    o = bad[0]
+    check(o["request_id"] and RID_RE.match(o["request_id"]), "the 400's request id %r" % o["request_id"])
+    err = [l for l in lb.stderr().splitlines() if " 400 Bad Request" in l]
+    check(err and ("request id %s" % o["request_id"]) in err[0], "the 400's error-log line names request id %s: %s"
+          % (o["request_id"], short(err, 300)))
+    eq(by_uri["/cut/x"]["bytes"], 100, "body bytes of the cut answer")
+
+
+@test("access_log_template")
+def t_access_log_template(ctx):
+    """[log] format as a template of %{field}s: the line is the template with its fields filled in
+    (a %% is a %); lb -t refuses an unknown field with FILE:LINE and its name."""
+    b1 = ctx.b["b1"]
+    port = free_port()
+    path = os.path.join(ctx.dir, "access.log")
+    tpl = "%{client} %{method} %{uri} %{status} %{term} %{server_addr} %{route} rt=%{t_first_byte_us} %% end"
+    lb = ctx.lb(config(listener("web", port, pool="tp"), pool("tp", [("s1", b1.port)]), access=path, fmt=tpl),
+                [port])
+    eq(request(port, "/tpl/1?a=b").status, 200, "request status")
+    eq(lb.stop(), 0, "lb exit status on SIGTERM")
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    eq(len(lines), 1, "access log lines")
+    m = re.match(r"^127\.0\.0\.1 GET /tpl/1\?a=b 200 -- 127\.0\.0\.1:%d - rt=(\d+) %% end$" % b1.port, lines[0])
+    check(m, "template line: %s" % short(lines[0], 200))
+    p, rc, err = lb_test_config(ctx, "badfield", ["[log]", "access = stdout", "format = %{client} %{stauts}",
+                                                  "[listener web]", "bind = %s:%d" % (HOST, free_port()),
+                                                  "pool = p", "[pool p]", "server = a %s:%d" % (HOST, b1.port)])
+    eq(rc, 1, "lb -t exit status with an unknown field")
+    check(("%s:3:" % p) in err and "stauts" in err and "status" in err,
+          "lb -t names FILE:LINE, the unknown field and a close one: %s" % short(err, 300))
+
+
+@test("error_log_levels")
+def t_error_log_levels(ctx):
+    """Every error-log line has a millisecond timestamp and a level; [log] level = warn leaves out the
+    info lines (the start) and keeps a 503's warn line, level = error leaves out both."""
+    b1 = ctx.b["b1"]
+    line_re = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z lb\[\d+\]: (error|warn|info|debug): \S")
+    for level, want in ((None, {"info", "warn"}), ("warn", {"warn"}), ("error", set())):
+        port = free_port()
+        text = config(listener("web", port, pool="offp"), pool("offp", [("s1", b1.port, "disabled")]))
+        if level:
+            text = text.replace("[log]\n", "[log]\nlevel = %s\n" % level)
+        lb = ctx.lb(text, [port], tag="lb-%s" % (level or "default"))
+        eq(request(port, "/x").status, 503, "every server disabled")
+        time.sleep(0.1)
+        lb.stop()
+        lines = [l for l in lb.stderr().splitlines() if l.strip()]
+        bad = [l for l in lines if not line_re.match(l)]
+        check(not bad, "level %s: lines without a ms timestamp and a level: %s" % (level, short(bad, 300)))
+        levels = {line_re.match(l).group(1) for l in lines}
+        started = any(": info: lb " in l and "master pid" in l for l in lines)
+        answered = any(": warn: " in l and "503 Service Unavailable" in l for l in lines)
+        eq((started, answered), ("info" in want, "warn" in want), "level %s: (start line, 503 line) in %s"
+           % (level, sorted(levels)))
 
 
 @test("access_log_full_disk", timeout=40)

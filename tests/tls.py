@@ -358,7 +358,7 @@ def t_resume(ctx):
 @test("hsts_forwarded_headers_access_log")
 def t_hsts(ctx):
     """hsts is sent on TLS responses (lb's own and proxied, replacing the server's); the server sees
-    X-Forwarded-Proto: https and never a client's own X-Client-Cert-Subject; the JSON access log says tls."""
+    X-Forwarded-Proto: https and never a client's own X-Client-Cert-Subject; the JSON access log says tls, its version and cipher."""
     ca = CA(ctx.dir)
     a, _ = ca.leaf("a", "a.test", ["a.test"])
     port = free_port()
@@ -378,6 +378,8 @@ def t_hsts(ctx):
     lines = [json.loads(l) for l in read(os.path.join(ctx.dir, "access.log")).splitlines() if l.strip()]
     check(lines and all(l.get("tls") is True and l.get("sni") == "a.test" for l in lines),
           "access log tls/sni fields: %s" % short(str(lines[-1:]), 300))
+    eq((lines[0].get("tls_version"), lines[0].get("tls_cipher")), (info["version"], info["cipher"]),
+       "access log tls_version and tls_cipher against the client's view")
 
 
 @test("redirect_https_and_acme_webroot")

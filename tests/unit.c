@@ -1291,6 +1291,66 @@ static void test_request_id(void)
 	end("request_id_ok");
 }
 
+static void test_log_template(void)
+{
+	struct lb_log_tpl t;
+	const char *why;
+	char bad[72];
+	begin();
+	const char *ok = "%{client} - %{method} %%%{t_total_us}";
+	int rc = lb_log_template_parse(ok, strlen(ok), &t, &why, bad, sizeof bad);
+	CHECK(rc == 0 && t.n == 6, "good template: rc %d, %zu pieces", rc, t.n);
+	if (rc == 0 && t.n == 6) {
+		CHECK(t.item[0].field == LB_LF_CLIENT && t.item[2].field == LB_LF_METHOD && t.item[5].field == LB_LF_T_TOTAL,
+		      "fields: %d %d %d", t.item[0].field, t.item[2].field, t.item[5].field);
+		CHECK(t.item[1].field < 0 && t.item[1].len == 3 && !memcmp(ok + t.item[1].off, " - ", 3), "literal 1");
+		CHECK(t.item[3].field < 0 && t.item[3].len == 1 && t.item[4].field < 0 && !memcmp(ok + t.item[4].off, "%", 1),
+		      "%%%% gives one '%%'");
+	}
+	const struct { const char *s; const char *why, *bad; } no[] = {
+		{ "%{nope}", "unknown field", "nope" }, { "%{client", "not followed", "" }, { "50%", "not followed", "" },
+		{ "%x", "not followed", "" }, { "", "1 to 1024", "" }, { "a\tb", "control", "" },
+	};
+	for (size_t i = 0; i < sizeof no / sizeof no[0]; i++) {
+		rc = lb_log_template_parse(no[i].s, strlen(no[i].s), &t, &why, bad, sizeof bad);
+		CHECK(rc == LB_EINVAL && why && strstr(why, no[i].why) && !strcmp(bad, no[i].bad), "'%s': rc %d why %s bad '%s'",
+		      no[i].s, rc, why ? why : "(null)", bad);
+	}
+	char many[1100] = "";
+	for (int i = 0; i < 70; i++)
+		strcat(many, "%{pid}");
+	rc = lb_log_template_parse(many, strlen(many), &t, &why, bad, sizeof bad);
+	CHECK(rc == LB_EINVAL && why && strstr(why, "64 pieces"), "70 fields: rc %d", rc);
+	for (int f = 0; f < LB_LF_N; f++)
+		CHECK(lb_log_field_names[f] && lb_log_field_names[f][0], "field %d has a name", f);
+	end("log_template");
+}
+
+static void test_json_tokens(void)
+{
+	struct lb_jtok t[32];
+	begin();
+	const char *j = "{\"a\":[1,{\"b\":\"x\\\"y\"}],\"c\":null, \"d\":{}}";
+	long n = lb_json_tokens(j, strlen(j), t, 32);
+	CHECK(n == 11, "tokens of %s: %ld", j, n);
+	if (n == 11) {
+		CHECK(t[0].type == LB_J_OBJ && t[0].size == 3 && t[0].next == 11, "root: type %d size %u next %u", t[0].type,
+		      t[0].size, t[0].next);
+		CHECK(t[2].type == LB_J_ARR && t[2].size == 2 && t[2].next == 7, "array: size %u next %u", t[2].size, t[2].next);
+		CHECK(t[6].type == LB_J_STR && t[6].end - t[6].start == 4, "escaped string: %u bytes", t[6].end - t[6].start);
+		CHECK(t[8].type == LB_J_PRIM && t[10].type == LB_J_OBJ && t[10].size == 0, "null, empty object");
+	}
+	const char *bad[] = { "{", "[1,2", "{\"a\"", "{1:2}", "\"open", "{}}", "[]x", "", "{\"a\":\"\n\"}" };
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+		CHECK(lb_json_tokens(bad[i], strlen(bad[i]), t, 32) == LB_EINVAL, "'%s' is refused", bad[i]);
+	char deep[80];
+	memset(deep, '[', 40);
+	memset(deep + 40, ']', 40);
+	CHECK(lb_json_tokens(deep, 80, t, 32) == LB_EINVAL, "depth 40 / more tokens than room refused");
+	CHECK(lb_json_tokens("[1,2,3]", 7, t, 3) == LB_EINVAL, "4 tokens in room for 3 refused");
+	end("json_tokens");
+}
+
 static void test_hash(void)
 {
 	begin();
@@ -1583,6 +1643,7 @@ static void test_conf_defaults(void)
 		CHECK(cstr_is(c->error_log, "stderr"), "error_log: expected stderr, got %s",
 		      c->error_log ? c->error_log : "(null)");
 		CHECK(c->log_format == LB_LOG_COMBINED, "log_format: expected %d, got %d", LB_LOG_COMBINED, c->log_format);
+		CHECK(c->log_level == LB_LV_INFO, "log_level: expected info (%d), got %d", LB_LV_INFO, c->log_level);
 		CHECK(c->nlisteners == 1 && c->npools == 1 && c->nroutes == 0, "counts: got %zu listeners %zu pools %zu routes",
 		      c->nlisteners, c->npools, c->nroutes);
 		if (c->nlisteners == 1) {
@@ -1739,6 +1800,10 @@ static const struct cf_err cf_errs[] = {
 	{ "empty_bind", BASE "bind =\n", 6, 0, NULL, 1 },
 	{ "bad_workers", "[global]\nworkers = many\n" BASE, 2, 0, NULL, 1 },
 	{ "bad_log_format", "[log]\nformat = xml\n" BASE, 2, 0, NULL, 1 },
+	{ "log_template_unknown_field", "[log]\nformat = %{client} %{stauts}\n" BASE, 2, 0,
+	  "unknown field '%{stauts}' (did you mean 'status'?)", 1 },
+	{ "log_template_lone_percent", "[log]\nformat = %{client} 100%\n" BASE, 2, 0, "not followed by {field}", 1 },
+	{ "bad_log_level", "[log]\nlevel = verbose\n" BASE, 2, 0, "error, warn, info or debug", 1 },
 	{ "bad_route_header", BASE "[route r]\nheader = NoColonHere\npool = p\n", 7, 0, NULL, 0 },
 	{ "repeated_key_listener_pool", BASE "pool = p\n", 6, 0, NULL, 1 },
 	{ "repeated_key_algorithm",
@@ -3515,6 +3580,8 @@ int main(void)
 	test_servers();
 	test_normalize();
 	test_request_id();
+	test_log_template();
+	test_json_tokens();
 	test_hash();
 	test_conf_full();
 	test_conf_defaults();
