@@ -6111,8 +6111,7 @@ struct conn {
 	struct tls_conn *tls;          /* the TLS engine of a tls = on listener's connection */
 	struct lb_splice *sp;          /* mode tcp with splice: the two pipes the bytes go through */
 	uint64_t wall_start_ms;        /* wall clock of the request start, for logs */
-	uint64_t t_start_us;           /* the request start, µs (mono_us): the metrics' duration */
-	uint64_t t_up_us, t_ready_us;  /* connect began; server connection ready (0: first byte counted) */
+	uint64_t t_up_us;              /* µs (mono_us): a server connect began (0: its time was counted) */
 	uint32_t lg_mlen, lg_ulen, lg_ref_off, lg_ref_len, lg_ua_off, lg_ua_len, lg_id_off, lg_id_len;
 	uint32_t lg_host_off, lg_host_len;
 	/* the access log's timers (mono_us; 0: not reached): the request begun, its head whole, the server
@@ -6928,7 +6927,6 @@ static void respond(struct conn *c, int status, const char *why, const char *ext
 	backend_release(c, 0);
 	if (!c->t_start) {
 		c->t_start = g_now;
-		c->t_start_us = mono_us();
 		c->wall_start_ms = wall_ms();
 	}
 	if (!c->us_start)
@@ -7206,7 +7204,6 @@ static int backend_connect(struct conn *c, const struct lb_server *s)
 	if (connect(b->h.fd, (struct sockaddr *)&s->sa, s->salen) == 0) {
 		b->connected = 1;
 		count_connected(c, 1);
-		c->us_ready = mono_us();
 		if (c->L->mode == LB_MODE_TCP)
 			cb_outcome(c, s, 0, "");
 	}
@@ -7302,7 +7299,6 @@ static void backend_assign(struct conn *c, const struct lb_server *avoid)
 		c->b = b;
 		c->t_conn = g_now;
 		count_connected(c, 0);
-		c->us_ready = mono_us();
 		srv_note_use(s);
 		return;
 	}
@@ -7590,13 +7586,12 @@ static void request_begin(struct conn *c)
 {
 	c->wall_start_ms = wall_ms();
 	c->t_start = g_now;
-	c->t_start_us = mono_us();
 	c->nreq++;
 	c->req_method = LB_M_OTHER; /* not the last request's: an answer before parsing is no HEAD's */
 	c->resp_status = 0;
 	c->term[0] = c->term[1] = 0;
 	c->own = OWN_SERVER;
-	c->t_up_us = c->t_ready_us = 0;
+	c->t_up_us = 0;
 	c->resp_started = 0;
 	c->close_announced = 0;
 	c->sticky = NULL;
@@ -8019,8 +8014,7 @@ static int response_wait_step(struct conn *c)
 			                                   : "server closed the connection before a response", 1);
 		return 0;
 	}
-	if (!c->us_first)
-		c->us_first = mono_us();
+	count_first_byte(c);
 	int rc = lb_parse_response(c->out.d + c->out.s, len, &g_resp);
 	if (rc == LB_EAGAIN) {
 		if (len >= g_bufsize - 1)
@@ -8894,7 +8888,6 @@ static void tcp_start(struct conn *c)
 	c->retries_left = (int8_t)c->pool->retries;
 	splice_begin(c);
 	c->t_start = g_now;
-	c->t_start_us = mono_us();
 	c->wall_start_ms = wall_ms();
 	c->us_start = c->us_head = mono_us(); /* t_request_us 0: a tunnel has no head */
 	c->resp_status = 200;
@@ -9892,7 +9885,7 @@ static void count_exchange(const struct conn *c)
 	atomic_fetch_add_explicit(&g_shm->w[g_slot].requests, 1, memory_order_relaxed);
 	int cut = answer_cut(c); /* an answer the server cut short is an error and no status class's */
 	int cls = c->resp_status >= 100 && c->resp_status < 600 && !cut ? c->resp_status / 100 : 0;
-	uint64_t us = c->t_start_us ? mono_us() - c->t_start_us : 0;
+	uint64_t us = c->us_start ? mono_us() - c->us_start : 0;
 	count_answer(c, cls);
 	struct lb_shm_route *rt = c->route ? route_rt(c->route)->shm : NULL;
 	if (rt) {
@@ -9913,22 +9906,24 @@ static void count_exchange(const struct conn *c)
 	atomic_fetch_add_explicit(&sv->dur_bucket[hist_bucket(us)], 1, memory_order_relaxed); /* one shared write */
 }
 
-/* Upstream timings of c's server: the connect finished (fresh: its time is observed), or the
- * first response byte came (observed once per exchange). */
+/* Upstream timings of c's server, kept in the access log's timers too (us_ready, us_first): the connect
+ * finished (fresh: its time is observed), or the first response byte came (once per server tried). */
 static void count_connected(struct conn *c, int fresh)
 {
 	uint64_t now = mono_us();
 	if (fresh && c->t_up_us && c->srv && srv_rt(c->srv)->shm && g_slot >= 0)
 		hist_note(srv_rt(c->srv)->shm->conn_bucket, &srv_rt(c->srv)->shm->conn_sum_us, now - c->t_up_us);
 	c->t_up_us = 0;
-	c->t_ready_us = now;
+	c->us_ready = now;
 }
 
 static void count_first_byte(struct conn *c)
 {
-	if (c->t_ready_us && c->srv && srv_rt(c->srv)->shm && g_slot >= 0)
-		hist_note(srv_rt(c->srv)->shm->fb_bucket, &srv_rt(c->srv)->shm->fb_sum_us, mono_us() - c->t_ready_us);
-	c->t_ready_us = 0;
+	if (c->us_first)
+		return; /* counted: once per server tried */
+	c->us_first = mono_us();
+	if (c->us_ready && c->srv && srv_rt(c->srv)->shm && g_slot >= 0)
+		hist_note(srv_rt(c->srv)->shm->fb_bucket, &srv_rt(c->srv)->shm->fb_sum_us, c->us_first - c->us_ready);
 }
 
 /* Client connections per listener: accepted, open (this worker's column), refused by reason. */
@@ -12790,7 +12785,6 @@ static void on_event(struct evh *h, unsigned ev)
 			}
 			b->connected = 1;
 			count_connected(c, 1);
-			c->us_ready = mono_us();
 			if (c->L->mode == LB_MODE_TCP)
 				cb_outcome(c, c->srv, 0, "");
 		}
