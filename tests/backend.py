@@ -20,6 +20,8 @@ http mode: a threaded HTTP/1.1 server with keep-alive. Every response carries `X
                         ok (as above), 500 (status 500), slow (after N ms), reset (the request is read,
                         then the connection is reset without an answer)
   GET /ws               WebSocket (RFC 6455): echoes text/binary frames, answers ping, echoes close
+  GET /page?n=N         an HTML page with N images /px/1.gif ... /px/N.gif (a browser's page of sub-resources)
+  GET /px/ANY           a 1x1 GIF (image/gif)
   Expect: 100-continue  "HTTP/1.1 100 Continue" is sent before the body is read.
 tcp-echo mode: echoes bytes; on the client's EOF sends what remains, then closes.
 tcp-count mode: reads until EOF, then sends "got N bytes\n" and closes.
@@ -47,6 +49,8 @@ MAX_HEAD = 1 << 20
 MAX_ECHO = 256 << 20
 MAX_WS_FRAME = 256 << 20
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+PIXEL = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00"
+         b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
 
 NAME = "backend"
 
@@ -368,6 +372,11 @@ class HTTPHandler(socketserver.BaseRequestHandler):
             self.respond(code, "status %d\n" % code)
         elif p == "/ws":
             self.websocket(req)
+        elif p == "/page":
+            imgs = "".join('<img src="/px/%d.gif" width=1 height=1>' % i for i in range(1, min(req.qint("n", 50), 1000) + 1))
+            self.respond(200, "<!doctype html><title>%s</title>%s\n" % (NAME, imgs), "text/html")
+        elif p.startswith("/px/"):
+            self.respond(200, PIXEL, "image/gif")
         else:
             self.respond(200, "%s %s\n" % (NAME, p))
 

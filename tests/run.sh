@@ -55,6 +55,12 @@ for b in $INTEGRATION_BUILDS; do
 	ASAN_OPTIONS=abort_on_error=1:detect_leaks=0 LB_BIN=./$b run "tls-$b" python3 tests/tls.py
 done
 
+# headless Chromium through a TLS listener (page of 50 images: h2 on one connection, TLS version by
+# build): the BearSSL build always, the OpenSSL one (make TLS=openssl) when it is built
+for b in lb lb-openssl; do
+	if [ "$b" = lb ] || [ -x "./$b" ]; then LB_BIN=./$b run "browser-$b" python3 tests/browser.py; fi
+done
+
 # the fully static build (musl): the same proxying, tunnels and splice
 if [ -x ./lb-static ]; then
 	LB_BIN=./lb-static run integration-lb-static python3 tests/integration.py --only tcp_mode
