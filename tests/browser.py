@@ -14,11 +14,11 @@ How Chromium trusts that certificate: Chromium on Linux verifies against the NSS
 (not the profile given by --user-data-dir), and adding a root there needs certutil. Instead the test
 pins the leaf's key: `--ignore-certificate-errors-spki-list=BASE64`, the base64 SHA-256 of the
 certificate's DER SubjectPublicKeyInfo (`openssl x509 -pubkey | openssl pkey -pubin -outform der |
-openssl dgst -sha256 -binary | base64`). Chromium honours that flag only when --user-data-dir is also
-given (chromium.py always gives one), and only for certificates whose chain holds a key in the list:
-any other certificate still fails. --ignore-certificate-errors (every error ignored) is NOT used: the
-pin alone works with headless Chromium 156 here, and the test proves the pin is what makes the load
-succeed (a load with a wrong pin must fail with a certificate error before the real one runs).
+openssl dgst -sha256 -binary | base64`). Chromium then accepts a certificate whose chain holds a key in
+the list, and only those: any other certificate still fails. --ignore-certificate-errors (every error
+ignored) is NOT used: the pin alone works with headless Chromium 156 here (checked by hand with and
+without --user-data-dir; chromium.py always gives one), and tls13_h2_openssl proves the pin is what
+makes the load succeed (a load with a wrong pin fails with a certificate error before the real one).
 The connection is then a normal TLS one (Network.responseReceived carries securityDetails).
 
 Which build: `lb -v` names its TLS library (BearSSL or OpenSSL); tls13_h2_openssl asserts TLS 1.3
