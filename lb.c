@@ -6859,7 +6859,8 @@ static const char *hsts_of(const struct conn *c)
 
 /* Why lb answered itself: the `reason` label of lb_requests_total, one word per kind of answer
  * (bounded: the metric's label sets are listeners x routes x these). OWN_SERVER: the server
- * answered. own_reason is the one place that tells them apart, from respond's status and why. */
+ * answered. own_reason names an answer by its status; the answers a status does not tell apart
+ * (a route's `return`, ACME, lb's own resources) name theirs with respond_as, never from the text. */
 enum {
 	OWN_SERVER, OWN_NO_ROUTE, OWN_NO_SERVER, OWN_SERVER_ERROR, OWN_SERVER_TIMEOUT, OWN_LOCAL_RESOURCE,
 	OWN_RATE_LIMITED, OWN_DENIED, OWN_BAD_REQUEST, OWN_TIMEOUT, OWN_TOO_LARGE, OWN_HEADER_TOO_LARGE,
@@ -6871,12 +6872,8 @@ static const char *const own_name[OWN_N] = {
 	"uri_too_long", "not_implemented", "redirect", "return", "acme", "internal",
 };
 
-static int own_reason(int status, const char *why)
+static int own_reason(int status)
 {
-	if (!strcmp(why, "return"))
-		return OWN_RETURN; /* a route's `return`: any status */
-	if (!strcmp(why, "acme") || !strncmp(why, "ACME", 4) || !strncmp(why, "acme", 4))
-		return OWN_ACME;
 	if (status >= 300 && status < 400)
 		return OWN_REDIRECT;
 	switch (status) {
@@ -6890,7 +6887,7 @@ static int own_reason(int status, const char *why)
 	case 431: return OWN_HEADER_TOO_LARGE;
 	case 501: case 505: return OWN_NOT_IMPLEMENTED;
 	case 502: return OWN_SERVER_ERROR;
-	case 503: return !strncmp(why, "no usable server", 16) ? OWN_NO_SERVER : OWN_LOCAL_RESOURCE;
+	case 503: return OWN_NO_SERVER;
 	case 504: return OWN_SERVER_TIMEOUT;
 	}
 	return OWN_INTERNAL;
@@ -6908,10 +6905,11 @@ static void term_of_answer(struct conn *c, int status)
 	c->term[1] = status >= 500 && status != 500 ? 'C' : 'R';
 }
 
-/* lb answers by itself; the exchange ends after it, and the connection too when the request
- * was not read to its end. `extra` are whole header lines; body NULL: a short text of the
- * status. Policy answers (quiet) are in the access log only, not one error line each. */
-static void respond(struct conn *c, int status, const char *why, const char *extra, const char *body, int quiet)
+/* lb answers by itself, for reason `own` (OWN_*); the exchange ends after it, and the connection
+ * too when the request was not read to its end. `extra` are whole header lines; body NULL: a short
+ * text of the status. Policy answers (quiet) are in the access log only, not one error line each. */
+static void respond_as(struct conn *c, int own, int status, const char *why, const char *extra, const char *body,
+                       int quiet)
 {
 	static struct lb_throttle client_err[32]; /* 4xx: a client's doing, repeatable at will: one a second each */
 	struct lb_str id = req_id(c);
@@ -6934,7 +6932,7 @@ static void respond(struct conn *c, int status, const char *why, const char *ext
 	c->q = Q_DONE;
 	c->r = R_DONE;
 	c->resp_status = status;
-	c->own = (uint8_t)own_reason(status, why);
+	c->own = (uint8_t)own;
 	c->resp_fwd = 0;
 	if (c->out.d)
 		c->out.s = c->out.e = 0;
@@ -6964,6 +6962,12 @@ static void respond(struct conn *c, int status, const char *why, const char *ext
 		return;
 	}
 	c->bytes_out = 0;
+}
+
+/* respond_as with the reason the status names */
+static void respond(struct conn *c, int status, const char *why, const char *extra, const char *body, int quiet)
+{
+	respond_as(c, own_reason(status), status, why, extra, body, quiet);
 }
 
 static void respond_own(struct conn *c, int status, const char *why)
@@ -7241,7 +7245,7 @@ static void backend_local_failed(struct conn *c, const char *what, int e)
 		return;
 	}
 	c->close_after = 1; /* its descriptor is wanted */
-	respond(c, 503, why, NULL, NULL, 1);
+	respond_as(c, OWN_LOCAL_RESOURCE, 503, why, NULL, NULL, 1);
 }
 
 /* Choose a server (not `avoid` when another is usable) and give c a connection to it. */
@@ -7498,7 +7502,7 @@ static int route_policies(struct conn *c, const struct lb_route *rt, const struc
 		}
 	}
 	if (rt->ret_status) {
-		respond(c, rt->ret_status, "return", NULL, rt->ret_body[0] ? rt->ret_body : "", 1);
+		respond_as(c, OWN_RETURN, rt->ret_status, "return", NULL, rt->ret_body[0] ? rt->ret_body : "", 1);
 		return 1;
 	}
 	if (rt->redir_status) {
@@ -7521,7 +7525,7 @@ static void acme_serve(struct conn *c, const char *tok, long tn)
 {
 	char name[LB_ACME_TOKEN_MAX + 1], body[2048], why[300];
 	if (tn < 0) {
-		respond(c, 404, "ACME challenge path with characters outside base64url", NULL, NULL, 0);
+		respond_as(c, OWN_ACME, 404, "ACME challenge path with characters outside base64url", NULL, NULL, 0);
 		return;
 	}
 	memcpy(name, tok, (size_t)tn);
@@ -7542,11 +7546,11 @@ static void acme_serve(struct conn *c, const char *tok, long tn)
 	if (n < 0 || memchr(body, 0, (size_t)n)) {
 		snprintf(why, sizeof why, "ACME token %s: %s under %s/.well-known/acme-challenge", name,
 		         fd < 0 ? strerror(err) : "not a small regular text file", c->L->acme_webroot);
-		respond(c, 404, why, NULL, NULL, 0);
+		respond_as(c, OWN_ACME, 404, why, NULL, NULL, 0);
 		return;
 	}
 	body[n] = 0;
-	respond(c, 200, "acme", NULL, body, 1);
+	respond_as(c, OWN_ACME, 200, "acme", NULL, body, 1);
 }
 
 /* A listener's own answers before routing: ACME tokens, then redirect_https's 308. */

@@ -370,6 +370,10 @@ def every_answer(ctx):
                      section("route lim", ("path", "/lim/*"), ("pool", "p"), ("rate_limit", "1/minute burst=1")),
                      section("route deny", ("path", "/deny/*"), ("pool", "p"), ("acl", "deny 127.0.0.0/8")),
                      section("route down", ("path", "/down/*"), ("pool", "d")),
+                     section("route maint", ("path", "/maint/*"), ("return", "503 down for maintenance")),
+                     section("route small", ("path", "/small/*"), ("pool", "p"), ("max_body_size", "1k")),
+                     section("route late", ("path", "/slow"), ("header", "X-Late: *"), ("pool", "p"),
+                             ("response_timeout", "100ms")),
                      section("route slow", ("path", "/slow"), ("split", "s 100"))], workers=1)
     eq(ad.call("POST", "/api/pools/d/servers/b/disable")[0], 200, "disable the only server of pool d")
     eq(ask(web, "/m").status, 200, "listener's pool")
@@ -387,6 +391,11 @@ def every_answer(ctx):
     eq(raw_answer(web, b"GET /h HTTP/1.1\r\nHost: x\r\nX-Big: " + b"y" * 2048 + b"\r\n\r\n"), 431, "a 2 KB head")
     eq(raw_answer(web, b"GET /t HTTP/1.1\r\nHost: x\r\n", wait=0.6), 408, "a head not complete in 400 ms")
     eq(ask(web, "/slow?ms=150").status, 200, "a server answering after 150 ms")
+    eq(ask(web, "/maint/x").status, 503, "a route's return = 503")
+    eq(raw_answer(web, b"POST /small/x HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n"), 413,
+       "a body over the route's max_body_size")
+    eq(ask(plain, "/" + "u" * 12000).status, 414, "a redirect_https target too long for the Location")
+    eq(ask(web, "/slow?ms=600", headers=[("X-Late", "1")]).status, 504, "no answer within response_timeout")
     check(po.refused(shut, "127.0.0.2") is None, "listener deny = 127.0.0.2/32 did not refuse")
     eq(ask(tun, "/through-tcp").status, 200, "mode tcp listener")
     held = po.Conn(web, timeout=4.0)  # open while /metrics is read: lb_connections_active
@@ -411,7 +420,9 @@ def t_metrics_every_answer(ctx):
     want = [("web", "lim", "2xx", "server"), ("web", "lim", "4xx", "rate_limited"),
             ("web", "deny", "4xx", "denied"), ("web", "down", "5xx", "no_server"), ("web", "gone", "5xx", "no_server"), ("bare", "", "4xx", "no_route"),
             ("plain", "", "3xx", "redirect"), ("web", "", "4xx", "bad_request"),
-            ("web", "", "4xx", "header_too_large"), ("web", "", "4xx", "timeout"), ("web", "slow", "2xx", "server")]
+            ("web", "", "4xx", "header_too_large"), ("web", "", "4xx", "timeout"), ("web", "slow", "2xx", "server"),
+            ("web", "maint", "5xx", "return"), ("web", "small", "4xx", "too_large"), ("plain", "", "4xx", "uri_too_long"),
+            ("web", "late", "5xx", "server_timeout")]
     for lsn_, route, cls, why in want:
         eq(series(text, "lb_requests_total", listener=lsn_, route=route, code=cls, reason=why), 1.0,
            "lb_requests_total{listener=%s,route=%r,code=%s,reason=%s}" % (lsn_, route, cls, why))
