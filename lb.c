@@ -14619,7 +14619,7 @@ static void ctl_status_tables(const struct ctl *k, const struct jdoc *d, FILE *f
 		for (long e = nm >= 0 ? nm + 1 : -1; e >= 0 && e < (long)d->t[nm].next && o < 40; e = (long)d->t[e].next)
 			o += (size_t)snprintf(big + o, 48 - o, "%s%s", o ? "," : "", jdoc_text(d, e, a[6], 48));
 		snprintf(a[5], 48, "%lld", strtoll(jdoc_field(d, c, "expires_in_s", a[7], 48), NULL, 10) / 86400);
-		tab_row(&ct, (const char *[]){ jdoc_field(d, c, "file", a[0], 48), jdoc_field(d, c, "listener", a[1], 48), big,
+		tab_row(&ct, (const char *[]){ jdoc_field(d, c, "file", big + 64, 192), jdoc_field(d, c, "listener", a[1], 48), big,
 		                               jdoc_field(d, c, "serial", a[2], 48), a[5] });
 	}
 	if (ct.nrow > 1) {

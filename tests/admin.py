@@ -23,6 +23,7 @@ import integration as it  # noqa: E402
 import process as pr  # noqa: E402
 import policy as po  # noqa: E402
 import health as he  # noqa: E402
+import tls as tl  # noqa: E402
 from integration import HOST, Fail, check, eq, free_port, short  # noqa: E402
 from process import Skip, conf  # noqa: E402
 from policy import ask, section, lsn  # noqa: E402
@@ -816,6 +817,21 @@ def table(out, head):
     raise Fail("no table headed %r in: %s" % (head, short(out, 600)))
 
 
+AGES = ("age_s", "changed_s_ago", "expires_in_s")  # /api/stats fields that move between two reads
+
+
+def timeless(v):
+    """/api/stats without its ages (each read is a moment apart: a check's age_s moves by 0.1 s);
+    each age must still be a number."""
+    if isinstance(v, list):
+        return [timeless(x) for x in v]
+    if isinstance(v, dict):
+        for k in AGES:
+            check(k not in v or isinstance(v[k], (int, float)), "%s is not a number: %r" % (k, v.get(k)))
+        return {k: timeless(x) for k, x in v.items() if k not in AGES}
+    return v
+
+
 @test("lb_ctl_status_tables_and_top", timeout=40)
 def t_ctl_status(ctx):
     """`lb ctl status` prints aligned tables (pools, servers with state and down reason, routes,
@@ -823,8 +839,9 @@ def t_ctl_status(ctx):
     refreshes twice and exits; without -c, lb ctl reads ./config.ini when /etc/lb/config.ini is absent
     and says both names when neither is there."""
     a, b = ctx.b["a"], ctx.b["b"]
-    port, dead = free_port(), free_port()
-    ad = Admin(ctx, [lsn("web", port, pool="both"),
+    port, dead, sport = free_port(), free_port(), free_port()
+    pem, serial = tl.CA(os.path.join(ctx.dir, "ca")).leaf("soon", "soon.example", names=("soon.example",), days=10)
+    ad = Admin(ctx, [lsn("web", port, pool="both"), lsn("secure", sport, ("tls", "on"), ("cert", pem), pool="both"),
                      section("pool both", ("server", "a %s:%d" % (HOST, a.port)), ("server", "b %s:%d" % (HOST, b.port))),
                      section("pool gone", ("server", "d %s:%d" % (HOST, dead)), ("health_interval", "200ms"),
                              ("health_fall", "1")),
@@ -838,7 +855,7 @@ def t_ctl_status(ctx):
     stats = ad.stats()
     rc, out, err = ctl(ad, "status", "--json")
     eq(rc, 0, "lb ctl status --json: exit status (%s)" % short(err))
-    eq(json.loads(out), stats, "lb ctl status --json against GET /api/stats")
+    eq(timeless(json.loads(out)), timeless(stats), "lb ctl status --json against GET /api/stats (ages apart)")
     rc, out, err = ctl(ad, "status")
     eq(rc, 0, "lb ctl status: exit status (%s)" % short(err))
     check(not out.lstrip().startswith("{"), "lb ctl status printed JSON: %s" % short(out))
@@ -865,9 +882,18 @@ def t_ctl_status(ctx):
     _, rrow = table(out, "ROUTE")
     eq([r[:2] for r in rrow], [["g", "gone"]], "routes table")
     _, lrow = table(out, "LISTENER")
-    lst = stats["listeners"][0]
-    eq(lrow, [["web", "%s:%d" % (HOST, port), "http", str(lst["active"]), str(lst["accepted"]), "both"]],
+    lst = stats["listeners"]
+    eq(lrow, [["web", "%s:%d" % (HOST, port), "http", str(lst[0]["active"]), str(lst[0]["accepted"]), "both"],
+              ["secure", "%s:%d" % (HOST, sport), "https", str(lst[1]["active"]), str(lst[1]["accepted"]), "both"]],
        "listeners table against /api/stats")
+    head, crow = table(out, "CERTIFICATE")
+    eq(head, ["CERTIFICATE", "LISTENER", "NAMES", "SERIAL", "EXPIRES_IN_DAYS"], "certificates table header")
+    cert = stats["tls"]["certificates"]
+    eq(len(cert), 1, "certificates in /api/stats")
+    eq(crow, [[cert[0]["file"], "secure", "soon.example", cert[0]["serial"], str(cert[0]["expires_in_s"] // 86400)]],
+       "certificates table against /api/stats")
+    check(cert[0]["serial"].lstrip("0").upper() == serial.lstrip("0") and 9 * 86400 < cert[0]["expires_in_s"] <= 10 * 86400,
+          "the certificate of 10 days, serial %s: %s" % (serial, cert[0]))
     rc, out, err = ctl(ad, "top", "--count", "2", "--interval", "200ms")
     eq(rc, 0, "lb ctl top --count 2: exit status (%s)" % short(err))
     frames = out.count("(q quits)")
