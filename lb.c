@@ -6897,10 +6897,14 @@ static int own_reason(int status)
  * failure, a client's timeout): PR lb refused the request (4xx: bad, too large, denied, rate limited,
  * no route), LR lb answered as configured (a redirect, a `return`), SC no usable server (502, 503),
  * IR lb could not build its answer (500). RC (lb's own resources) is set by backend_local_failed. */
-static void term_of_answer(struct conn *c, int status)
+static void term_of_answer(struct conn *c, int status, int own)
 {
 	if (c->term[0])
 		return;
+	if (own == OWN_RETURN) { /* any status a route's `return` names: no refusal, no failing server */
+		c->term[0] = 'L', c->term[1] = 'R';
+		return;
+	}
 	c->term[0] = status == 408 ? 'c' : status == 500 ? 'I' : status >= 500 ? 'S' : status < 400 ? 'L' : 'P';
 	c->term[1] = status >= 500 && status != 500 ? 'C' : 'R';
 }
@@ -6919,7 +6923,7 @@ static void respond_as(struct conn *c, int own, int status, const char *why, con
 	else if (!quiet)
 		lb_warn("client %s listener %s: %d %s: %s (request id %.*s)", ip_text(&c->ip), c->L->name, status,
 		        status_text(status), why, (int)id.n, id.p);
-	term_of_answer(c, status);
+	term_of_answer(c, status, own);
 	if (c->q == Q_HEAD || c->q == Q_BODY)
 		c->close_after = 1;
 	backend_release(c, 0);
