@@ -448,6 +448,11 @@ def t_metrics_every_answer(ctx):
         sm = series(text, name + "_sum", **lab)
         check(0.13 <= sm <= hi, "%s_sum%s = %s, not in 0.13 .. %s s (150 ms +- 20 ms)" % (name, lab, sm, hi))
     check(series(text, "lb_upstream_connect_duration_seconds_count", pool="s") == 1.0, "one connect in pool s")
+    for name, lab in (("lb_route_request_duration_seconds", 'route="slow"'), ("lb_upstream_connect_duration_seconds",
+                                                                              'pool="s"'),
+                      ("lb_upstream_first_byte_duration_seconds", 'pool="s"')):
+        les = re.findall(r'^%s_bucket\{%s,le="([^"]+)"\}' % (name, lab), text, re.M)
+        eq((les[:1], les[-2:]), (["0.0001"], ["60", "+Inf"]), "%s{%s} buckets from 100 us to 60 s: %s" % (name, lab, les))
     deadline = time.time() + 3  # the held connection closed: active drops to 0
     while series(it.metrics_text(ad.port), "lb_connections_active", listener="web", protocol="http") != 0.0:
         check(time.time() < deadline, "lb_connections_active{listener=web} still not 0 after the close")
