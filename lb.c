@@ -6814,7 +6814,7 @@ static void conn_close_clean(struct conn *c)
 
 /* ==================================================================== 9. HTTP proxying
  * Request head -> route -> pool -> server; head rewriting (hop-by-hop removed, X-Forwarded-*,
- * X-Request-ID); body framing in both directions; lb's own answers (respond; own_reason names why,
+ * X-Request-ID); body framing in both directions; lb's own answers (respond; respond_as names why,
  * for the metrics); retries before any
  * response byte; answers the server cuts short (response_cut: a failure of that server, logged
  * with the request); keep-alive and pipelining (the next head waits in `in` until this exchange ends);
