@@ -6814,7 +6814,7 @@ static void conn_close_clean(struct conn *c)
 
 /* ==================================================================== 9. HTTP proxying
  * Request head -> route -> pool -> server; head rewriting (hop-by-hop removed, X-Forwarded-*,
- * X-Request-ID); body framing in both directions; lb's own answers (respond; own_reason names why,
+ * X-Request-ID); body framing in both directions; lb's own answers (respond; respond_as names why,
  * for the metrics); retries before any
  * response byte; answers the server cuts short (response_cut: a failure of that server, logged
  * with the request); keep-alive and pipelining (the next head waits in `in` until this exchange ends);
@@ -6859,7 +6859,8 @@ static const char *hsts_of(const struct conn *c)
 
 /* Why lb answered itself: the `reason` label of lb_requests_total, one word per kind of answer
  * (bounded: the metric's label sets are listeners x routes x these). OWN_SERVER: the server
- * answered. own_reason is the one place that tells them apart, from respond's status and why. */
+ * answered. own_reason names an answer by its status; the answers a status does not tell apart
+ * (a route's `return`, ACME, lb's own resources) name theirs with respond_as, never from the text. */
 enum {
 	OWN_SERVER, OWN_NO_ROUTE, OWN_NO_SERVER, OWN_SERVER_ERROR, OWN_SERVER_TIMEOUT, OWN_LOCAL_RESOURCE,
 	OWN_RATE_LIMITED, OWN_DENIED, OWN_BAD_REQUEST, OWN_TIMEOUT, OWN_TOO_LARGE, OWN_HEADER_TOO_LARGE,
@@ -6871,12 +6872,8 @@ static const char *const own_name[OWN_N] = {
 	"uri_too_long", "not_implemented", "redirect", "return", "acme", "internal",
 };
 
-static int own_reason(int status, const char *why)
+static int own_reason(int status)
 {
-	if (!strcmp(why, "return"))
-		return OWN_RETURN; /* a route's `return`: any status */
-	if (!strcmp(why, "acme") || !strncmp(why, "ACME", 4) || !strncmp(why, "acme", 4))
-		return OWN_ACME;
 	if (status >= 300 && status < 400)
 		return OWN_REDIRECT;
 	switch (status) {
@@ -6890,7 +6887,7 @@ static int own_reason(int status, const char *why)
 	case 431: return OWN_HEADER_TOO_LARGE;
 	case 501: case 505: return OWN_NOT_IMPLEMENTED;
 	case 502: return OWN_SERVER_ERROR;
-	case 503: return !strncmp(why, "no usable server", 16) ? OWN_NO_SERVER : OWN_LOCAL_RESOURCE;
+	case 503: return OWN_NO_SERVER;
 	case 504: return OWN_SERVER_TIMEOUT;
 	}
 	return OWN_INTERNAL;
@@ -6900,18 +6897,23 @@ static int own_reason(int status, const char *why)
  * failure, a client's timeout): PR lb refused the request (4xx: bad, too large, denied, rate limited,
  * no route), LR lb answered as configured (a redirect, a `return`), SC no usable server (502, 503),
  * IR lb could not build its answer (500). RC (lb's own resources) is set by backend_local_failed. */
-static void term_of_answer(struct conn *c, int status)
+static void term_of_answer(struct conn *c, int status, int own)
 {
 	if (c->term[0])
 		return;
+	if (own == OWN_RETURN) { /* any status a route's `return` names: no refusal, no failing server */
+		c->term[0] = 'L', c->term[1] = 'R';
+		return;
+	}
 	c->term[0] = status == 408 ? 'c' : status == 500 ? 'I' : status >= 500 ? 'S' : status < 400 ? 'L' : 'P';
 	c->term[1] = status >= 500 && status != 500 ? 'C' : 'R';
 }
 
-/* lb answers by itself; the exchange ends after it, and the connection too when the request
- * was not read to its end. `extra` are whole header lines; body NULL: a short text of the
- * status. Policy answers (quiet) are in the access log only, not one error line each. */
-static void respond(struct conn *c, int status, const char *why, const char *extra, const char *body, int quiet)
+/* lb answers by itself, for reason `own` (OWN_*); the exchange ends after it, and the connection
+ * too when the request was not read to its end. `extra` are whole header lines; body NULL: a short
+ * text of the status. Policy answers (quiet) are in the access log only, not one error line each. */
+static void respond_as(struct conn *c, int own, int status, const char *why, const char *extra, const char *body,
+                       int quiet)
 {
 	static struct lb_throttle client_err[32]; /* 4xx: a client's doing, repeatable at will: one a second each */
 	struct lb_str id = req_id(c);
@@ -6921,7 +6923,7 @@ static void respond(struct conn *c, int status, const char *why, const char *ext
 	else if (!quiet)
 		lb_warn("client %s listener %s: %d %s: %s (request id %.*s)", ip_text(&c->ip), c->L->name, status,
 		        status_text(status), why, (int)id.n, id.p);
-	term_of_answer(c, status);
+	term_of_answer(c, status, own);
 	if (c->q == Q_HEAD || c->q == Q_BODY)
 		c->close_after = 1;
 	backend_release(c, 0);
@@ -6934,7 +6936,7 @@ static void respond(struct conn *c, int status, const char *why, const char *ext
 	c->q = Q_DONE;
 	c->r = R_DONE;
 	c->resp_status = status;
-	c->own = (uint8_t)own_reason(status, why);
+	c->own = (uint8_t)own;
 	c->resp_fwd = 0;
 	if (c->out.d)
 		c->out.s = c->out.e = 0;
@@ -6964,6 +6966,12 @@ static void respond(struct conn *c, int status, const char *why, const char *ext
 		return;
 	}
 	c->bytes_out = 0;
+}
+
+/* respond_as with the reason the status names */
+static void respond(struct conn *c, int status, const char *why, const char *extra, const char *body, int quiet)
+{
+	respond_as(c, own_reason(status), status, why, extra, body, quiet);
 }
 
 static void respond_own(struct conn *c, int status, const char *why)
@@ -7241,7 +7249,7 @@ static void backend_local_failed(struct conn *c, const char *what, int e)
 		return;
 	}
 	c->close_after = 1; /* its descriptor is wanted */
-	respond(c, 503, why, NULL, NULL, 1);
+	respond_as(c, OWN_LOCAL_RESOURCE, 503, why, NULL, NULL, 1);
 }
 
 /* Choose a server (not `avoid` when another is usable) and give c a connection to it. */
@@ -7498,7 +7506,7 @@ static int route_policies(struct conn *c, const struct lb_route *rt, const struc
 		}
 	}
 	if (rt->ret_status) {
-		respond(c, rt->ret_status, "return", NULL, rt->ret_body[0] ? rt->ret_body : "", 1);
+		respond_as(c, OWN_RETURN, rt->ret_status, "return", NULL, rt->ret_body[0] ? rt->ret_body : "", 1);
 		return 1;
 	}
 	if (rt->redir_status) {
@@ -7521,7 +7529,7 @@ static void acme_serve(struct conn *c, const char *tok, long tn)
 {
 	char name[LB_ACME_TOKEN_MAX + 1], body[2048], why[300];
 	if (tn < 0) {
-		respond(c, 404, "ACME challenge path with characters outside base64url", NULL, NULL, 0);
+		respond_as(c, OWN_ACME, 404, "ACME challenge path with characters outside base64url", NULL, NULL, 0);
 		return;
 	}
 	memcpy(name, tok, (size_t)tn);
@@ -7542,11 +7550,11 @@ static void acme_serve(struct conn *c, const char *tok, long tn)
 	if (n < 0 || memchr(body, 0, (size_t)n)) {
 		snprintf(why, sizeof why, "ACME token %s: %s under %s/.well-known/acme-challenge", name,
 		         fd < 0 ? strerror(err) : "not a small regular text file", c->L->acme_webroot);
-		respond(c, 404, why, NULL, NULL, 0);
+		respond_as(c, OWN_ACME, 404, why, NULL, NULL, 0);
 		return;
 	}
 	body[n] = 0;
-	respond(c, 200, "acme", NULL, body, 1);
+	respond_as(c, OWN_ACME, 200, "acme", NULL, body, 1);
 }
 
 /* A listener's own answers before routing: ACME tokens, then redirect_https's 308. */
@@ -14615,7 +14623,7 @@ static void ctl_status_tables(const struct ctl *k, const struct jdoc *d, FILE *f
 		for (long e = nm >= 0 ? nm + 1 : -1; e >= 0 && e < (long)d->t[nm].next && o < 40; e = (long)d->t[e].next)
 			o += (size_t)snprintf(big + o, 48 - o, "%s%s", o ? "," : "", jdoc_text(d, e, a[6], 48));
 		snprintf(a[5], 48, "%lld", strtoll(jdoc_field(d, c, "expires_in_s", a[7], 48), NULL, 10) / 86400);
-		tab_row(&ct, (const char *[]){ jdoc_field(d, c, "file", a[0], 48), jdoc_field(d, c, "listener", a[1], 48), big,
+		tab_row(&ct, (const char *[]){ jdoc_field(d, c, "file", big + 64, 192), jdoc_field(d, c, "listener", a[1], 48), big,
 		                               jdoc_field(d, c, "serial", a[2], 48), a[5] });
 	}
 	if (ct.nrow > 1) {

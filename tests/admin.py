@@ -23,6 +23,7 @@ import integration as it  # noqa: E402
 import process as pr  # noqa: E402
 import policy as po  # noqa: E402
 import health as he  # noqa: E402
+import tls as tl  # noqa: E402
 from integration import HOST, Fail, check, eq, free_port, short  # noqa: E402
 from process import Skip, conf  # noqa: E402
 from policy import ask, section, lsn  # noqa: E402
@@ -370,6 +371,10 @@ def every_answer(ctx):
                      section("route lim", ("path", "/lim/*"), ("pool", "p"), ("rate_limit", "1/minute burst=1")),
                      section("route deny", ("path", "/deny/*"), ("pool", "p"), ("acl", "deny 127.0.0.0/8")),
                      section("route down", ("path", "/down/*"), ("pool", "d")),
+                     section("route maint", ("path", "/maint/*"), ("return", "503 down for maintenance")),
+                     section("route small", ("path", "/small/*"), ("pool", "p"), ("max_body_size", "1k")),
+                     section("route late", ("path", "/slow"), ("header", "X-Late: *"), ("pool", "p"),
+                             ("response_timeout", "100ms")),
                      section("route slow", ("path", "/slow"), ("split", "s 100"))], workers=1)
     eq(ad.call("POST", "/api/pools/d/servers/b/disable")[0], 200, "disable the only server of pool d")
     eq(ask(web, "/m").status, 200, "listener's pool")
@@ -387,6 +392,11 @@ def every_answer(ctx):
     eq(raw_answer(web, b"GET /h HTTP/1.1\r\nHost: x\r\nX-Big: " + b"y" * 2048 + b"\r\n\r\n"), 431, "a 2 KB head")
     eq(raw_answer(web, b"GET /t HTTP/1.1\r\nHost: x\r\n", wait=0.6), 408, "a head not complete in 400 ms")
     eq(ask(web, "/slow?ms=150").status, 200, "a server answering after 150 ms")
+    eq(ask(web, "/maint/x").status, 503, "a route's return = 503")
+    eq(raw_answer(web, b"POST /small/x HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n"), 413,
+       "a body over the route's max_body_size")
+    eq(ask(plain, "/" + "u" * 12000).status, 414, "a redirect_https target too long for the Location")
+    eq(ask(web, "/slow?ms=600", headers=[("X-Late", "1")]).status, 504, "no answer within response_timeout")
     check(po.refused(shut, "127.0.0.2") is None, "listener deny = 127.0.0.2/32 did not refuse")
     eq(ask(tun, "/through-tcp").status, 200, "mode tcp listener")
     held = po.Conn(web, timeout=4.0)  # open while /metrics is read: lb_connections_active
@@ -411,7 +421,9 @@ def t_metrics_every_answer(ctx):
     want = [("web", "lim", "2xx", "server"), ("web", "lim", "4xx", "rate_limited"),
             ("web", "deny", "4xx", "denied"), ("web", "down", "5xx", "no_server"), ("web", "gone", "5xx", "no_server"), ("bare", "", "4xx", "no_route"),
             ("plain", "", "3xx", "redirect"), ("web", "", "4xx", "bad_request"),
-            ("web", "", "4xx", "header_too_large"), ("web", "", "4xx", "timeout"), ("web", "slow", "2xx", "server")]
+            ("web", "", "4xx", "header_too_large"), ("web", "", "4xx", "timeout"), ("web", "slow", "2xx", "server"),
+            ("web", "maint", "5xx", "return"), ("web", "small", "4xx", "too_large"), ("plain", "", "4xx", "uri_too_long"),
+            ("web", "late", "5xx", "server_timeout")]
     for lsn_, route, cls, why in want:
         eq(series(text, "lb_requests_total", listener=lsn_, route=route, code=cls, reason=why), 1.0,
            "lb_requests_total{listener=%s,route=%r,code=%s,reason=%s}" % (lsn_, route, cls, why))
@@ -436,6 +448,11 @@ def t_metrics_every_answer(ctx):
         sm = series(text, name + "_sum", **lab)
         check(0.13 <= sm <= hi, "%s_sum%s = %s, not in 0.13 .. %s s (150 ms +- 20 ms)" % (name, lab, sm, hi))
     check(series(text, "lb_upstream_connect_duration_seconds_count", pool="s") == 1.0, "one connect in pool s")
+    for name, lab in (("lb_route_request_duration_seconds", 'route="slow"'), ("lb_upstream_connect_duration_seconds",
+                                                                              'pool="s"'),
+                      ("lb_upstream_first_byte_duration_seconds", 'pool="s"')):
+        les = re.findall(r'^%s_bucket\{%s,le="([^"]+)"\}' % (name, lab), text, re.M)
+        eq((les[:1], les[-2:]), (["0.0001"], ["60", "+Inf"]), "%s{%s} buckets from 100 us to 60 s: %s" % (name, lab, les))
     deadline = time.time() + 3  # the held connection closed: active drops to 0
     while series(it.metrics_text(ad.port), "lb_connections_active", listener="web", protocol="http") != 0.0:
         check(time.time() < deadline, "lb_connections_active{listener=web} still not 0 after the close")
@@ -805,6 +822,21 @@ def table(out, head):
     raise Fail("no table headed %r in: %s" % (head, short(out, 600)))
 
 
+AGES = ("age_s", "changed_s_ago", "expires_in_s")  # /api/stats fields that move between two reads
+
+
+def timeless(v):
+    """/api/stats without its ages (each read is a moment apart: a check's age_s moves by 0.1 s);
+    each age must still be a number."""
+    if isinstance(v, list):
+        return [timeless(x) for x in v]
+    if isinstance(v, dict):
+        for k in AGES:
+            check(k not in v or isinstance(v[k], (int, float)), "%s is not a number: %r" % (k, v.get(k)))
+        return {k: timeless(x) for k, x in v.items() if k not in AGES}
+    return v
+
+
 @test("lb_ctl_status_tables_and_top", timeout=40)
 def t_ctl_status(ctx):
     """`lb ctl status` prints aligned tables (pools, servers with state and down reason, routes,
@@ -812,8 +844,9 @@ def t_ctl_status(ctx):
     refreshes twice and exits; without -c, lb ctl reads ./config.ini when /etc/lb/config.ini is absent
     and says both names when neither is there."""
     a, b = ctx.b["a"], ctx.b["b"]
-    port, dead = free_port(), free_port()
-    ad = Admin(ctx, [lsn("web", port, pool="both"),
+    port, dead, sport = free_port(), free_port(), free_port()
+    pem, serial = tl.CA(os.path.join(ctx.dir, "ca")).leaf("soon", "soon.example", names=("soon.example",), days=10)
+    ad = Admin(ctx, [lsn("web", port, pool="both"), lsn("secure", sport, ("tls", "on"), ("cert", pem), pool="both"),
                      section("pool both", ("server", "a %s:%d" % (HOST, a.port)), ("server", "b %s:%d" % (HOST, b.port))),
                      section("pool gone", ("server", "d %s:%d" % (HOST, dead)), ("health_interval", "200ms"),
                              ("health_fall", "1")),
@@ -827,7 +860,7 @@ def t_ctl_status(ctx):
     stats = ad.stats()
     rc, out, err = ctl(ad, "status", "--json")
     eq(rc, 0, "lb ctl status --json: exit status (%s)" % short(err))
-    eq(json.loads(out), stats, "lb ctl status --json against GET /api/stats")
+    eq(timeless(json.loads(out)), timeless(stats), "lb ctl status --json against GET /api/stats (ages apart)")
     rc, out, err = ctl(ad, "status")
     eq(rc, 0, "lb ctl status: exit status (%s)" % short(err))
     check(not out.lstrip().startswith("{"), "lb ctl status printed JSON: %s" % short(out))
@@ -854,9 +887,18 @@ def t_ctl_status(ctx):
     _, rrow = table(out, "ROUTE")
     eq([r[:2] for r in rrow], [["g", "gone"]], "routes table")
     _, lrow = table(out, "LISTENER")
-    lst = stats["listeners"][0]
-    eq(lrow, [["web", "%s:%d" % (HOST, port), "http", str(lst["active"]), str(lst["accepted"]), "both"]],
+    lst = stats["listeners"]
+    eq(lrow, [["web", "%s:%d" % (HOST, port), "http", str(lst[0]["active"]), str(lst[0]["accepted"]), "both"],
+              ["secure", "%s:%d" % (HOST, sport), "https", str(lst[1]["active"]), str(lst[1]["accepted"]), "both"]],
        "listeners table against /api/stats")
+    head, crow = table(out, "CERTIFICATE")
+    eq(head, ["CERTIFICATE", "LISTENER", "NAMES", "SERIAL", "EXPIRES_IN_DAYS"], "certificates table header")
+    cert = stats["tls"]["certificates"]
+    eq(len(cert), 1, "certificates in /api/stats")
+    eq(crow, [[cert[0]["file"], "secure", "soon.example", cert[0]["serial"], str(cert[0]["expires_in_s"] // 86400)]],
+       "certificates table against /api/stats")
+    check(cert[0]["serial"].lstrip("0").upper() == serial.lstrip("0") and 9 * 86400 < cert[0]["expires_in_s"] <= 10 * 86400,
+          "the certificate of 10 days, serial %s: %s" % (serial, cert[0]))
     rc, out, err = ctl(ad, "top", "--count", "2", "--interval", "200ms")
     eq(rc, 0, "lb ctl top --count 2: exit status (%s)" % short(err))
     frames = out.count("(q quits)")

@@ -205,6 +205,17 @@ def t_nojs(ctx):
                   % serial, html)
     check(m and m.group(1) == "warn" and int(m.group(2)) in (9, 10),
           "certificate row (10 days left, serial %s): %s" % (serial, m.groups() if m else short(html[-800:], 800)))
+    rows = {k: [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", v)]
+            for k, v in re.findall(r'<tr data-server="(p/[az])">(.*?)</tr>', html)}
+    z, a = rows.get("p/z"), rows.get("p/a")
+    check(z and a, "server rows of p/a and p/z: %s" % sorted(rows))
+    # server, state, why, weight, active, requests, 2xx, 4xx, 5xx, sent, p50, p99, last check, since change, counts
+    check(re.match(r"^connect: Connection refused in [\d.]+ ?[mµu]?s, [\d.]+ ?\w+ ago$", z[12]),
+          "z's last check (result, latency, age): %r" % z[12])
+    check(re.match(r"^[\d.]+ ?\w+$", z[13]), "z's time since its last change: %r" % z[13])
+    cnt = [int(x) for x in re.findall(r"\d+", z[14])]
+    check(len(cnt) == 3 and cnt[0] >= cnt[1] >= 2 and cnt[2] == 1, "z's checks / failed / down: %r" % z[14])
+    check(int(a[6]) >= 30 and a[7] == "0" and a[8] == "0" and a[9] != "0", "a's 2xx, 4xx, 5xx, bytes: %s" % a[6:10])
     stats = ad.stats()
     a = ad.server("p", "a")
     check(a["p99_ms"] is not None and a["p50_ms"] is not None, "a's percentiles in /api/stats: %s" % a)

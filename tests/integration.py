@@ -1601,7 +1601,8 @@ def t_access_log_term_states(ctx):
     """Each way lb ends an exchange itself has its termination state in the access log: 404 (no
     route), 403 (acl), 429 (rate limit), 400 (bad request, refused before parsing: its method, target
     and request id still logged, and the same id in the error log), 308 (redirect_https), 503 (no
-    usable server), 408 (a head left incomplete: cR, its method and target logged); a server that
+    usable server: SC; a route's return = 503: LR), 413, 414 and 431 (PR, the 431 with its method and
+    target), 504 (sH), 408 (a head left incomplete: cR, its method and target logged); a server that
     resets its answer mid-body is SD, a client that resets its download CD."""
     b1 = ctx.b["b1"]
     port, rport = free_port(), free_port()
@@ -1616,6 +1617,9 @@ def t_access_log_term_states(ctx):
         route("off", path="/off/*", pool="offp"),
         route("cut", path="/cut/*", pool="cut"),
         route("fine", path="/fine/*", pool="ok"), route("bytes", path="/bytes", pool="ok"),
+        route("maint", path="/maint/*", **{"return": "503 down for maintenance"}),
+        route("small", path="/small/*", pool="ok", max_body_size="1k"),
+        route("late", path="/slow", pool="ok", response_timeout="100ms"),
         access=jpath, fmt="json"), [port, rport])
     eq(request(port, "/nowhere").status, 404, "no route")
     eq(request(port, "/deny/x").status, 403, "acl deny")
@@ -1623,6 +1627,13 @@ def t_access_log_term_states(ctx):
     eq(request(port, "/rl/2").status, 429, "second over the rate limit")
     eq(request(port, "/off/x").status, 503, "every server disabled")
     eq(request(rport, "/redir").status, 308, "redirect_https")
+    eq(request(port, "/maint/x").status, 503, "a route's return = 503")
+    got = raw_exchange(port, b"POST /small/x HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n")
+    check(got.startswith(b"HTTP/1.1 413 "), "a body over max_body_size: %s" % short(got))
+    eq(request(rport, "/" + "u" * 12000).status, 414, "a redirect_https target too long")
+    got = raw_exchange(port, b"GET /fine/big HTTP/1.1\r\nHost: x\r\nX-Big: " + b"y" * 20000 + b"\r\n\r\n")
+    check(got.startswith(b"HTTP/1.1 431 "), "a head over max_header_size: %s" % short(got))
+    eq(request(port, "/slow?ms=600").status, 504, "no answer within response_timeout")
     got = raw_exchange(port, b"GET /bad\x01target HTTP/1.1\r\nHost: x\r\n\r\n")
     check(got.startswith(b"HTTP/1.1 400 "), "bad request answer: %s" % short(got))
     got = raw_exchange(port, b"GET /fine/a%zz HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -1645,7 +1656,8 @@ def t_access_log_term_states(ctx):
         by_uri[o["uri"]] = o
     want = [("/nowhere", 404, "PR"), ("/deny/x", 403, "PR"), ("/rl/2", 429, "PR"), ("/off/x", 503, "SC"),
             ("/redir", 308, "LR"), ("/cut/x", 200, "SD"), ("/fine/x", 200, "--"), ("/fine/slowhead", 408, "cR"),
-            ("/bytes?n=20000000", 200, "CD")]
+            ("/bytes?n=20000000", 200, "CD"), ("/maint/x", 503, "LR"), ("/small/x", 413, "PR"),
+            ("/" + "u" * 12000, 414, "PR"), ("/fine/big", 431, "PR"), ("/slow?ms=600", 504, "sH")]
     for uri, st, term in want:
         o = by_uri.get(uri)
         check(o is not None, "no access log line for %s: %s" % (uri, sorted(by_uri)))
