@@ -441,12 +441,14 @@ def t_metrics_every_answer(ctx):
     eq(series(text, "lb_route_errors_total", route="down"), 1.0, "lb_route_errors_total{route=down}")
     eq(series(text, "lb_route_request_duration_seconds_count", route="lim"), 2.0, "route lim's duration count")
     # a server that answers after 150 ms: in the pool's first-byte and the route's duration histograms
-    for name, lab, hi in (("lb_upstream_first_byte_duration_seconds", {"pool": "s"}, 0.17),
-                          ("lb_route_request_duration_seconds", {"route": "slow"}, 0.2)):
+    # +- 20 ms; the ASan build on a busy CI machine adds its own delay: 50 ms over there
+    slack = 0.05 if "asan" in os.path.basename(it.LB_BIN) else 0.02
+    for name, lab, hi in (("lb_upstream_first_byte_duration_seconds", {"pool": "s"}, 0.15 + slack),
+                          ("lb_route_request_duration_seconds", {"route": "slow"}, 0.18 + slack)):
         eq(series(text, name + "_bucket", le="0.1", **lab), 0.0, "%s%s le=0.1" % (name, lab))
         eq(series(text, name + "_bucket", le="0.25", **lab), 1.0, "%s%s le=0.25" % (name, lab))
         sm = series(text, name + "_sum", **lab)
-        check(0.13 <= sm <= hi, "%s_sum%s = %s, not in 0.13 .. %s s (150 ms +- 20 ms)" % (name, lab, sm, hi))
+        check(0.13 <= sm <= hi, "%s_sum%s = %s, not in 0.13 .. %s s" % (name, lab, sm, hi))
     check(series(text, "lb_upstream_connect_duration_seconds_count", pool="s") == 1.0, "one connect in pool s")
     for name, lab in (("lb_route_request_duration_seconds", 'route="slow"'), ("lb_upstream_connect_duration_seconds",
                                                                               'pool="s"'),

@@ -1584,7 +1584,8 @@ def t_access_log_timers(ctx):
                    "bytes_in", "listener", "host", "user_agent", "tls_version", "tls_cipher", "proto"]) - set(o)
     check(not missing, "json line lacks %s: %s" % (sorted(missing), short(str(o), 300)))
     fb = o["t_first_byte_us"]
-    check(isinstance(fb, int) and 130000 <= fb <= 170000, "t_first_byte_us %r is not 150 ms +- 20 ms" % fb)
+    slack = 50000 if "asan" in os.path.basename(LB_BIN) else 20000  # the ASan build adds its own delay under load
+    check(isinstance(fb, int) and 130000 <= fb <= 150000 + slack, "t_first_byte_us %r is not 150 ms -20/+%d ms" % (fb, slack // 1000))
     check(0 <= o["t_request_us"] <= o["t_total_us"] and 0 <= o["t_connect_us"] and fb <= o["t_total_us"],
           "timers out of order: %s" % short(str(o), 300))
     check(abs(o["duration_ms"] * 1000 - o["t_total_us"]) <= 1, "duration_ms %r against t_total_us %r"
