@@ -1827,16 +1827,16 @@ if want_fig tls13 && [ -z "$TLS13_SKIP_REASON" ]; then
 		"per|t13_full13|full handshakes per proxy CPU-second, TLS 1.3, P-256|ge:1.0" \
 		"cpu|t13_full13|CPU 0 busy %, TLS 1.3 full handshakes|" \
 		"rps|t13_full13x|full handshakes/s, TLS 1.3, X25519 and P-256 offered|" \
-		"per|t13_full13x|full handshakes per proxy CPU-second, TLS 1.3, X25519 and P-256 offered|ge:1.0" \
+		"per|t13_full13x|full handshakes per proxy CPU-s, TLS 1.3, X25519+P-256 offered|ge:1.0" \
 		"rps|t13_full12|full handshakes/s, TLS 1.2, P-256|" \
 		"per|t13_full12|full handshakes per proxy CPU-second, TLS 1.2|ge:1.0" \
 		"rps|t13_tick13|resumed handshakes/s, TLS 1.3 ticket|" \
-		"per|t13_tick13|resumed handshakes per proxy CPU-second, TLS 1.3 ticket|" \
+		"per|t13_tick13|resumed handshakes per proxy CPU-s, TLS 1.3 ticket|" \
 		"res|t13_tick13|  tickets offered and resumed %|" \
 		"rps|t13_tick12|resumed handshakes/s, TLS 1.2 ticket|" \
 		"res|t13_tick12|  tickets offered and resumed %|" \
 		"rps|t13_id12|resumed handshakes/s, TLS 1.2 session ID|" \
-		"per|t13_id12|resumed handshakes per proxy CPU-second, TLS 1.2 session ID|" \
+		"per|t13_id12|resumed handshakes per proxy CPU-s, TLS 1.2 session ID|" \
 		"res|t13_id12|  sessions offered and resumed %|" \
 		"rps|t13_ka13|HTTPS keep-alive req/s, TLS 1.3, ${BENCH_CONNS} conns|" \
 		"per|t13_ka13|HTTPS keep-alive req per proxy CPU-second, TLS 1.3|ge:1.2" \
@@ -1884,9 +1884,9 @@ fi
 [ "$FAILED" != " " ] && echo "failed to start:$FAILED"
 if [ "$SHOW_TLS" = 1 ]; then
 	echo
-	printf '%-42s %10s %10s %10s %10s %9s\n' "TLS figure" lb HAProxy nginx lb/HAProxy lb/nginx
+	printf '%-58s %10s %10s %10s %10s %9s\n' "TLS figure" lb HAProxy nginx lb/HAProxy lb/nginx
 	while IFS=$'\t' read -r label vl vh vn rh rn; do
-		printf '%-42s %10s %10s %10s %10s %9s\n' "$label" "$vl" "$vh" "$vn" "$rh" "$rn"
+		printf '%-58s %10s %10s %10s %10s %9s\n' "$label" "$vl" "$vh" "$vn" "$rh" "$rn"
 	done < "$TLS_TABLE"
 	echo
 	[ -n "$LB_TLS_SKIP_REASON" ] && echo "lb's TLS rows skipped: $LB_TLS_SKIP_REASON"
