@@ -7,7 +7,7 @@ pkgs="gcc make libc6-dev libbearssl-dev libinih-dev libnghttp2-dev python3 curl"
 case "$what" in
 run) ;;
 test) pkgs="$pkgs libcurl4-openssl-dev clang libclang-rt-14-dev prometheus chromium systemd nftables openssh-server openssh-client shellcheck util-linux iproute2 keepalived strace python3-yaml python3-jsonschema python3-jinja2 python3-configobj python3-jsonpatch python3-requests python3-netifaces pebble certbot musl-tools libnghttp2-dev nghttp2-client python3-h2 libssl-dev testssl.sh frr" ;;
-bench) pkgs="$pkgs wrk haproxy nginx-light libnginx-mod-stream util-linux openssl libssl-dev valgrind binutils musl-tools" ;;
+bench) pkgs="$pkgs wrk haproxy nginx-light libnginx-mod-stream util-linux openssl libssl-dev valgrind binutils musl-tools nghttp2-client python3-h2" ;;
 afl) pkgs="$pkgs afl++" ;;
 *) echo "deps.sh: unknown set '$what'" >&2; exit 2 ;;
 esac

@@ -7,7 +7,9 @@
 #
 # Environment:
 #   LB_BIN        lb binary (default ./lb); skipped with a message when missing
-#   BENCH_ONLY    comma list out of lb,haproxy,nginx,direct (default: all four)
+#   LB_OPENSSL_BIN  lb built with OpenSSL 3 (default ./lb-openssl, `make lb-openssl`); only the tls13
+#                 figure runs it; its rows say skipped (with the reason) when it is missing
+#   BENCH_ONLY    comma list out of lb,lb-openssl,haproxy,nginx,direct (default: all five)
 #   BENCH_SECS    seconds per wrk run (default 10, as the issue measured its reference figures)
 #   BENCH_RUNS    runs per proxy and figure, alternating between proxies (default 3)
 #   BENCH_WARMUP  seconds of warm-up after each proxy start (default 1, 0 = none)
@@ -19,7 +21,9 @@
 #   BENCH_FIGS    comma list of figures (default: all): http (keep-alive and new-connection req/s),
 #                 tls (handshakes, HTTPS), idle (memory per idle connection), active (50k active
 #                 connections), l4 (TCP throughput), callgrind (instructions per request), size
-#                 (binary sizes), ceiling (BearSSL's full-handshake ceiling against lb's TLS figure)
+#                 (binary sizes), ceiling (BearSSL's full-handshake ceiling against lb's TLS figure),
+#                 h2 (HTTP/2 over TLS with h2load), tls13 (TLS 1.3 and 1.2 handshakes with an OpenSSL
+#                 client, tickets, TLS 1.3 keep-alive; lb-openssl beside lb)
 #   BENCH_IDLE_N  comma list of idle connection counts (default 10000,50000)
 #   BENCH_ACTIVE_CONNS, BENCH_ACTIVE_SECS, BENCH_ACTIVE_MS  active figure: connections (50000),
 #                 seconds measured after all are open (20), milliseconds between two requests of one
@@ -31,6 +35,10 @@
 #   BENCH_CG_REQS, BENCH_CG_SMALL  callgrind: requests of the measured run (20000) and of the
 #                 start-up run subtracted from it (1000)
 #   BENCH_CEIL_SECS  seconds of each tests/bench/tlsceil.c run (default 3)
+#   BENCH_H2_CONNS, BENCH_H2_STREAMS  h2 figure: h2load connections (default 50, as BENCH_CONNS) and
+#                 concurrent streams per connection (-m, default 10)
+#   BENCH_TLS_IDLE_N  h2 and tls13 figures: idle TLS connections for the memory rows (default 1000;
+#                 tests/bench/tlsidle.py, one Python process: keep it under ~5000)
 #
 # The proxy runs on CPU 0 and wrk on CPU 1 (taskset); the backends are not pinned.
 # Every process the script starts is stopped on exit (by PID / its own process group).
@@ -72,6 +80,21 @@
 #   size       lb's binary (the normal build, and static builds) next to HAProxy's and nginx's
 #   ceiling    tests/bench/tlsceil.c: the asymmetric crypto of one full handshake with BearSSL, in a loop
 #              on CPU 0; lb's full handshakes per CPU-0 second (tls figure) as a share of it
+#   h2         issue 19: h2load (nghttp2-client) over TLS, ALPN h2, against lb (its defaults: a TLS
+#              listener offers h2), HAProxy (`alpn h2,http/1.1`) and nginx (`listen ... ssl http2`),
+#              one worker each, the TLS settings above: req/s, req per proxy CPU-second, p99 (from
+#              h2load's --log-file: h2load itself prints only min/max/mean/sd), errors; then Pss/RSS
+#              per idle HTTP/2 connection (tests/bench/tlsidle.py: BENCH_TLS_IDLE_N connections, one
+#              request each, then idle). lb's rows say skipped when `lb -t` rejects `http2 = on` or
+#              ALPN does not give h2.
+#   tls13      issue 20: tests/bench/ossload.c (OpenSSL 3 client) full handshakes TLS 1.3 and 1.2
+#              (P-256, and X25519+P-256 for 1.3), resumed by ticket (1.3 and 1.2) and by session ID
+#              (1.2), handshakes per proxy CPU-second; TLS 1.3 keep-alive req/s (wrk); memory per idle
+#              TLS connection; for lb-openssl, lb (BearSSL: the TLS 1.2 session-ID rows only),
+#              HAProxy and nginx with TLS 1.2 and 1.3 and tickets on (haproxy-tls13.cfg.in,
+#              nginx-proxy-tls13.conf.in; lb-openssl with its defaults, lb-tls.ini.in)
+# The tls figure also runs full handshakes with tlsload -g x25519 (X25519 and P-256 offered, as
+# browsers do), beside -g p256, and reports the share of handshakes the server made with X25519.
 
 set -u -o pipefail
 
@@ -86,7 +109,12 @@ case $LB_BIN in
 *) LB_BIN_PATH=$(command -v "$LB_BIN" 2>/dev/null || true)
    if [ -n "$LB_BIN_PATH" ]; then LB_BIN=$LB_BIN_PATH; else LB_BIN="$ORIG_PWD/$LB_BIN"; fi ;;
 esac
-BENCH_ONLY=${BENCH_ONLY:-lb,haproxy,nginx,direct}
+LB_OPENSSL_BIN=${LB_OPENSSL_BIN:-./lb-openssl}
+case $LB_OPENSSL_BIN in
+/*) ;;
+*) LB_OPENSSL_BIN="$ORIG_PWD/${LB_OPENSSL_BIN#./}" ;;
+esac
+BENCH_ONLY=${BENCH_ONLY:-lb,lb-openssl,haproxy,nginx,direct}
 BENCH_SECS=${BENCH_SECS:-10}
 BENCH_RUNS=${BENCH_RUNS:-3}
 BENCH_WARMUP=${BENCH_WARMUP:-1}
@@ -95,7 +123,7 @@ BENCH_CONNS_HIGH=${BENCH_CONNS_HIGH:-1000}
 BENCH_TLS=${BENCH_TLS:-1}
 BENCH_OUT=${BENCH_OUT:-$SCRIPT_DIR/results.md}
 case $BENCH_OUT in /*) ;; *) BENCH_OUT="$ORIG_PWD/$BENCH_OUT" ;; esac
-ALL_FIGS=http,tls,idle,active,l4,callgrind,size,ceiling
+ALL_FIGS=http,tls,idle,active,l4,callgrind,size,ceiling,h2,tls13
 BENCH_FIGS=${BENCH_FIGS:-$ALL_FIGS}
 BENCH_IDLE_N=${BENCH_IDLE_N:-10000,50000}
 BENCH_ACTIVE_CONNS=${BENCH_ACTIVE_CONNS:-50000}
@@ -106,9 +134,13 @@ BENCH_L4_BYTES=${BENCH_L4_BYTES:-4294967296}
 BENCH_CG_REQS=${BENCH_CG_REQS:-20000}
 BENCH_CG_SMALL=${BENCH_CG_SMALL:-1000}
 BENCH_CEIL_SECS=${BENCH_CEIL_SECS:-3}
+BENCH_H2_CONNS=${BENCH_H2_CONNS:-$BENCH_CONNS}
+BENCH_H2_STREAMS=${BENCH_H2_STREAMS:-10}
+BENCH_TLS_IDLE_N=${BENCH_TLS_IDLE_N:-1000}
 
 for v in BENCH_SECS BENCH_RUNS BENCH_WARMUP BENCH_CONNS BENCH_CONNS_HIGH BENCH_TLS BENCH_ACTIVE_CONNS \
-         BENCH_ACTIVE_SECS BENCH_ACTIVE_MS BENCH_PROCS BENCH_L4_BYTES BENCH_CG_REQS BENCH_CG_SMALL BENCH_CEIL_SECS; do
+         BENCH_ACTIVE_SECS BENCH_ACTIVE_MS BENCH_PROCS BENCH_L4_BYTES BENCH_CG_REQS BENCH_CG_SMALL BENCH_CEIL_SECS \
+         BENCH_H2_CONNS BENCH_H2_STREAMS BENCH_TLS_IDLE_N; do
 	case ${!v} in ''|*[!0-9]*) echo "bench: $v must be a whole number (got '${!v}')" >&2; exit 2 ;; esac
 done
 if [ "$BENCH_SECS" -lt 1 ] || [ "$BENCH_RUNS" -lt 1 ]; then echo "bench: BENCH_SECS and BENCH_RUNS must be >= 1" >&2; exit 2; fi
@@ -121,6 +153,9 @@ for f in ${BENCH_FIGS//,/ }; do
 done
 if [ "$BENCH_CG_REQS" -le "$BENCH_CG_SMALL" ] || [ "$BENCH_ACTIVE_MS" -lt 1 ] || [ "$BENCH_PROCS" -lt 1 ]; then
 	echo "bench: BENCH_CG_REQS must exceed BENCH_CG_SMALL; BENCH_ACTIVE_MS and BENCH_PROCS must be >= 1" >&2; exit 2
+fi
+if [ "$BENCH_H2_CONNS" -lt 1 ] || [ "$BENCH_H2_STREAMS" -lt 1 ] || [ "$BENCH_TLS_IDLE_N" -lt 1 ]; then
+	echo "bench: BENCH_H2_CONNS, BENCH_H2_STREAMS and BENCH_TLS_IDLE_N must be >= 1" >&2; exit 2
 fi
 want_fig() { case ",$BENCH_FIGS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 # BENCH_TLS=0 and a BENCH_FIGS without tls say the same
@@ -173,7 +208,7 @@ fi
 # ------------------------------------------------------------------ selection
 want() { case ",$BENCH_ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 for p in ${BENCH_ONLY//,/ }; do
-	case $p in lb|haproxy|nginx|direct) ;; *) warn "BENCH_ONLY: unknown name '$p' (use lb,haproxy,nginx,direct)"; exit 2 ;; esac
+	case $p in lb|lb-openssl|haproxy|nginx|direct) ;; *) warn "BENCH_ONLY: unknown name '$p' (use lb,lb-openssl,haproxy,nginx,direct)"; exit 2 ;; esac
 done
 PROXIES=()
 LB_SKIP_REASON=""
@@ -186,7 +221,13 @@ for p in lb haproxy nginx direct; do
 	fi
 	PROXIES+=("$p")
 done
-[ ${#PROXIES[@]} -gt 0 ] || { warn "nothing to run"; exit 1; }
+# lb-openssl (issue 20's OpenSSL 3 build): the tls13 figure only, as "lbossl" in the results
+LBOSSL_SKIP_REASON=""
+if want lb-openssl && want_fig tls13 && ! [ -x "$LB_OPENSSL_BIN" ]; then
+	LBOSSL_SKIP_REASON="LB_OPENSSL_BIN=$LB_OPENSSL_BIN not found (the OpenSSL 3 build of issue 20: make lb-openssl)"
+	log "bench: skipping lb-openssl: $LBOSSL_SKIP_REASON"
+fi
+[ ${#PROXIES[@]} -gt 0 ] || want lb-openssl || { warn "nothing to run"; exit 1; }
 # tls_wanted NAME: whether NAME gets the TLS runs (not direct: the backends speak plain HTTP)
 LB_TLS_SKIP_REASON=""
 tls_wanted() {
@@ -372,20 +413,7 @@ tls_setup() {
 		BENCH_TLS=0
 		return 0
 	fi
-	# wrk reads the default OpenSSL configuration: offer what tlsload offers, nothing else
-	cat > "$TLS_CLIENT_CNF" <<-'CNF'
-	openssl_conf = openssl_init
-	[openssl_init]
-	ssl_conf = ssl_module
-	[ssl_module]
-	system_default = tls_client
-	[tls_client]
-	MinProtocol = TLSv1.2
-	MaxProtocol = TLSv1.2
-	CipherString = ECDHE-ECDSA-AES128-GCM-SHA256
-	Groups = P-256
-	Options = -SessionTicket
-	CNF
+	client_cnfs
 	render "$SCRIPT_DIR/haproxy-tls.cfg.in" "$TMP/haproxy-tls.cfg"
 	render "$SCRIPT_DIR/nginx-proxy-tls.conf.in" "$TMP/nginx-proxy-tls.conf"
 	render "$SCRIPT_DIR/lb-tls.ini.in" "$TMP/lb-tls.ini"
@@ -408,6 +436,39 @@ tls_setup() {
 	fi
 	return 0
 }
+# client_cnfs: the OpenSSL client settings of wrk and h2load (OPENSSL_CONF): TLS_CLIENT_CNF offers
+# what tlsload offers (TLS 1.2, ECDHE-ECDSA-AES128-GCM-SHA256, P-256, no ticket), TLS13_CLIENT_CNF
+# TLS 1.3 with TLS_AES_128_GCM_SHA256 and P-256 (what ossload -v 1.3 offers)
+client_cnfs() {
+	mkdir -p "$TMP/tls"
+	cat > "$TLS13_CLIENT_CNF" <<-'CNF'
+	openssl_conf = openssl_init
+	[openssl_init]
+	ssl_conf = ssl_module
+	[ssl_module]
+	system_default = tls_client
+	[tls_client]
+	MinProtocol = TLSv1.3
+	MaxProtocol = TLSv1.3
+	Ciphersuites = TLS_AES_128_GCM_SHA256
+	Groups = P-256
+	CNF
+	# wrk reads the default OpenSSL configuration: offer what tlsload offers, nothing else
+	cat > "$TLS_CLIENT_CNF" <<-'CNF'
+	openssl_conf = openssl_init
+	[openssl_init]
+	ssl_conf = ssl_module
+	[ssl_module]
+	system_default = tls_client
+	[tls_client]
+	MinProtocol = TLSv1.2
+	MaxProtocol = TLSv1.2
+	CipherString = ECDHE-ECDSA-AES128-GCM-SHA256
+	Groups = P-256
+	Options = -SessionTicket
+	CNF
+}
+TLS13_CLIENT_CNF="$TMP/tls/openssl-client13.cnf"
 if [ "$BENCH_TLS" = 1 ]; then tls_setup; fi
 
 # ------------------------------------------------------------------ HTTP probe
@@ -476,17 +537,21 @@ start_backends() {
 AS_ROOT=()
 [ "$(id -u)" = 0 ] && AS_ROOT=(-u root)
 
-# start_proxy NAME [tls]: sets CUR_PID (empty for direct), CUR_PORT, CUR_SCHEME and CUR_LOG; with
-# "tls" from the *-tls configuration. Returns 1 when it failed.
+# start_proxy NAME [tls|h2|tls13]: sets CUR_PID (empty for direct), CUR_PORT, CUR_SCHEME and CUR_LOG;
+# with "tls", "h2" or "tls13" from the *-tls, *-h2 or *-tls13 configuration of HAProxy and nginx (lb
+# and lbossl, lb-openssl, take lb-tls.ini for all three: lb's defaults). Returns 1 when it failed.
 start_proxy() {
-	local name=$1 tls=${2:-} sfx="" logf
-	[ "$tls" = tls ] && sfx=-tls
+	local name=$1 tls=${2:-} sfx="" logf bin=$LB_BIN
+	[ -n "$tls" ] && sfx=-$tls
 	logf="$TMP/$name$sfx.log"
 	CUR_PID=""
 	CUR_PORT=$PROXY_PORT
 	CUR_SCHEME=http
 	CUR_ENV=()   # wrk's environment: for https, the client TLS settings
-	if [ "$tls" = tls ]; then CUR_SCHEME=https; CUR_ENV=("OPENSSL_CONF=$TLS_CLIENT_CNF"); fi
+	case $tls in
+	tls|h2) CUR_SCHEME=https; CUR_ENV=("OPENSSL_CONF=$TLS_CLIENT_CNF") ;;
+	tls13) CUR_SCHEME=https; CUR_ENV=("OPENSSL_CONF=$TLS13_CLIENT_CNF") ;;
+	esac
 	case $name in
 	direct)
 		CUR_PORT=$P1
@@ -499,8 +564,10 @@ start_proxy() {
 		start_bg "$logf" "${PIN_PROXY[@]}" nginx -c "$TMP/nginx-proxy$sfx.conf" -p "$TMP/proxy/" \
 			-e "$TMP/nginx-proxy$sfx.error.log" -g 'daemon off;'
 		logf="$TMP/nginx-proxy$sfx.error.log" ;;
-	lb)
-		start_bg "$logf" "${PIN_PROXY[@]}" "$LB_BIN" -c "$TMP/lb$sfx.ini" "${AS_ROOT[@]}" ;;
+	lb|lbossl)
+		[ "$name" = lbossl ] && bin=$LB_OPENSSL_BIN
+		[ -n "$tls" ] && sfx=-tls
+		start_bg "$logf" "${PIN_PROXY[@]}" "$bin" -c "$TMP/lb$sfx.ini" "${AS_ROOT[@]}" ;;
 	esac
 	CUR_PID=$BG_PID
 	CUR_LOG=$logf
@@ -568,9 +635,11 @@ cpu0_pct() {
 CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
 proxy_cpu() {
 	[ -n "${CUR_PID:-}" ] || { echo "NA NA"; return; }
-	local t
-	t=$(awk -v s="$CUR_PID" '{ sub(/^.*\) /, ""); if ($4 == s) t += $12 + $13 } END { print t + 0 }' \
-		/proc/[0-9]*/stat 2>/dev/null)
+	local t p
+	# the session's processes only, each read on its own: a /proc/PID/stat that vanished between the
+	# listing and the read (any process of the machine, with /proc/[0-9]*/stat) must not end awk early
+	t=$(for p in $(ps -o pid= -s "$CUR_PID" 2>/dev/null); do cat "/proc/$p/stat" 2>/dev/null; done |
+		awk '{ sub(/^.*\) /, ""); t += $12 + $13 } END { print t + 0 }')
 	echo "$t $(date +%s%N)"
 }
 # proxy_per_cpu A B RATE: RATE per CPU-second of the proxy between the proxy_cpu readings A and B
@@ -602,6 +671,10 @@ churn() {
 # backend connection churn: new backend connections per 1,000 requests (wrk runs; NA otherwise)
 RESULTS="$TMP/results.tsv"
 : > "$RESULTS"
+# XRES: proxy, figure, round, metric, value (NA when not measured)
+XRES="$TMP/extra.tsv"
+: > "$XRES"
+xadd() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >> "$XRES"; }
 # run_wrk PROXY FIGURE ROUND CONNS [extra wrk args]
 run_wrk() {
 	local proxy=$1 fig=$2 round=$3 conns=$4; shift 4
@@ -632,33 +705,52 @@ run_wrk() {
 	fi
 }
 
-# run_tlsload PROXY FIGURE ROUND MODE(full|resume): handshakes against CUR_PORT
-run_tlsload() {
-	local proxy=$1 fig=$2 round=$3 mode=$4
-	local out="$TMP/tlsload-$proxy-$fig-$round.txt" c0 c1 cpu rate err res pct
+# run_hs PROXY FIGURE ROUND KIND(full|resume) CLIENT ARGS...: handshakes against CUR_PORT with
+# tests/bench/tlsload.c or ossload.c (both print "handshakes N offered N resumed N errors N ...");
+# the rate per proxy CPU-second goes to column 9, the share of full handshakes made with X25519
+# (tlsload -g x25519) to XRES as x25519_pct
+run_hs() {
+	local proxy=$1 fig=$2 round=$3 kind=$4; shift 4
+	local out="$TMP/hs-$proxy-$fig-$round.txt" c0 c1 cpu rate err res pct xp pc0 pc1 per xnote
 	c0=$(cpu0_snap)
-	"${PIN_WRK[@]}" "$TLSLOAD" -c "$BENCH_CONNS" -d "$BENCH_SECS" -m "$mode" 127.0.0.1 "$CUR_PORT" > "$out" 2>&1 &
+	pc0=$(proxy_cpu)
+	"${PIN_WRK[@]}" "$@" -c "$BENCH_CONNS" -d "$BENCH_SECS" 127.0.0.1 "$CUR_PORT" > "$out" 2>&1 &
 	WRK_PID=$!
 	wait "$WRK_PID"
 	WRK_PID=""
+	pc1=$(proxy_cpu)
 	c1=$(cpu0_snap)
 	cpu=$(cpu0_pct "$c0" "$c1")
-	# "handshakes N offered N resumed N errors N secs S rate R" -> rate errors resumed resumed%-of-offered
-	read -r rate err res pct < <(awk '$1 == "handshakes" { for (i = 1; i < NF; i += 2) v[$i] = $(i + 1)
-		printf "%s %s %s %s\n", v["rate"], v["errors"], v["resumed"],
-			(v["offered"] > 0 ? sprintf("%.1f", 100 * v["resumed"] / v["offered"]) : "NA"); f = 1 }
-		END { if (!f) print "NA 0 NA NA" }' "$out")
-	[ "$mode" = resume ] || pct=NA
-	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$proxy" "$fig" "$round" "$rate" NA "$err" "$cpu" "$pct" >> "$RESULTS"
-	printf '  %-8s %-10s run %d: %10s hs/s   resumed %5s%%  errors %s  CPU0 %s%%\n' \
-		"$proxy" "$fig" "$round" "$rate" "$pct" "$err" "$cpu"
+	# "handshakes N offered N resumed N errors N secs S rate R [x25519 N]" -> rate errors resumed
+	# resumed%-of-offered x25519%-of-full
+	read -r rate err res pct xp < <(awk '$1 == "handshakes" { for (i = 1; i < NF; i += 2) v[$i] = $(i + 1)
+		full = v["handshakes"] - v["offered"]
+		printf "%s %s %s %s %s\n", v["rate"], v["errors"], v["resumed"],
+			(v["offered"] > 0 ? sprintf("%.1f", 100 * v["resumed"] / v["offered"]) : "NA"),
+			(v["x25519"] != "" && full > 0 ? sprintf("%.1f", 100 * v["x25519"] / full) : "NA"); f = 1 }
+		END { if (!f) print "NA 0 NA NA NA" }' "$out")
+	[ "$kind" = resume ] || pct=NA
+	per=$(proxy_per_cpu "$pc0" "$pc1" "$rate")
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$proxy" "$fig" "$round" "$rate" NA "$err" "$cpu" "$pct" \
+		"$per" NA >> "$RESULTS"
+	xnote=""
+	if [ "$xp" != NA ]; then
+		xadd "$proxy" "$fig" "$round" x25519_pct "$xp"
+		xnote="  X25519 $xp%"
+	fi
+	printf '  %-8s %-11s run %d: %10s hs/s   resumed %5s%%  errors %s  CPU0 %s%%  per proxy CPU-s %s%s\n' \
+		"$proxy" "$fig" "$round" "$rate" "$pct" "$err" "$cpu" "$per" "$xnote"
 	if [ "$rate" = NA ]; then
-		warn "could not parse tlsload output ($out):"
+		warn "could not parse the output of ${1##*/} ($out):"
 		sed 's/^/    /' "$out" >&2
-	elif [ "$err" != 0 ] || { [ "$mode" = full ] && [ "$res" != 0 ]; }; then
-		warn "$proxy $fig: $err errors, $res resumed; tlsload said:"
+	elif [ "$err" != 0 ] || { [ "$kind" = full ] && [ "$res" != 0 ]; }; then
+		warn "$proxy $fig: $err errors, $res resumed; ${1##*/} said:"
 		grep -v '^handshakes' "$out" | head -n 8 | sed 's/^/    /' >&2
 	fi
+}
+# run_tlsload PROXY FIGURE ROUND MODE(full|resume) [-g p256|x25519]: tlsload's handshakes
+run_tlsload() {
+	run_hs "$1" "$2" "$3" "$4" "$TLSLOAD" -m "$4" "${@:5}"
 }
 
 warmup() {
@@ -678,7 +770,7 @@ TLS_PROXIES=()
 for p in "${PROXIES[@]}"; do tls_wanted "$p" && TLS_PROXIES+=("$p"); done
 tls_note=""
 if [ ${#TLS_PROXIES[@]} -gt 0 ]; then
-	est=$(( est + ${#TLS_PROXIES[@]} * BENCH_RUNS * (3 * BENCH_SECS + BENCH_WARMUP + 1) ))
+	est=$(( est + ${#TLS_PROXIES[@]} * BENCH_RUNS * (4 * BENCH_SECS + BENCH_WARMUP + 1) ))
 	tls_note=" | TLS (${TLS_PROXIES[*]}): full and resumed handshakes, https c${BENCH_CONNS}"
 fi
 http_note="c${BENCH_CONNS}, c${BENCH_CONNS_HIGH}, close c${BENCH_CONNS}"
@@ -688,7 +780,8 @@ log "bench: $PIN_NOTE; backends on 127.0.0.1:$P1,$P2,$P3; proxies on :$PROXY_POR
 
 T0=$(date +%s)
 BACKENDS_PID=""
-if want_fig http || [ "$BENCH_TLS" = 1 ] || want_fig idle || want_fig active || want_fig callgrind; then
+if want_fig http || [ "$BENCH_TLS" = 1 ] || want_fig idle || want_fig active || want_fig callgrind ||
+	want_fig h2 || want_fig tls13; then
 	start_backends || { warn "the nginx backends did not start"; exit 1; }
 fi
 
@@ -729,6 +822,7 @@ for round in $(seq 1 "$HTTP_ROUNDS"); do
 		warmup
 		if [ -n "$TLSLOAD" ]; then
 			run_tlsload "$proxy" tls_full "$round" full
+			run_tlsload "$proxy" tls_full_x "$round" full -g x25519
 			run_tlsload "$proxy" tls_resume "$round" resume
 		fi
 		run_wrk "$proxy" tls_ka "$round" "$BENCH_CONNS"
@@ -737,11 +831,7 @@ for round in $(seq 1 "$HTTP_ROUNDS"); do
 	done
 done
 # ------------------------------------------------------------------ the other figures
-# XRES: proxy, figure, round, metric, value (NA when not measured)
-XRES="$TMP/extra.tsv"
-: > "$XRES"
 X_FAILED=""   # "figure:proxy" that did not run
-xadd() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >> "$XRES"; }
 # xmed PROXY FIGURE METRIC: the median over the runs ("NA" when none)
 xmed() {
 	awk -F'\t' -v p="$1" -v f="$2" -v m="$3" '$1 == p && $2 == f && $4 == m && $5 != "NA" { print $5 }' "$XRES" |
@@ -1230,6 +1320,213 @@ if want_fig ceiling; then
 		done
 	fi
 fi
+# ------------------------------------------------------------------ h2 and tls13 (issues 19 and 20)
+# tls_idle PROXY KIND(h2|tls13) FIGURE ROUND PROTO(h2|http/1.1): memory per idle TLS connection: a
+# fresh proxy, its memory, BENCH_TLS_IDLE_N connections of tests/bench/tlsidle.py (one request
+# each, then idle), its memory again 2 s after the last one was ready; as run_idle, on one process
+TLSIDLE_N=$BENCH_TLS_IDLE_N
+tls_idle() {
+	local proxy=$1 kind=$2 fig=$3 round=$4 proto=$5 out pid pss0 rss0 pss1 rss1 ok closed mism failed err pb rb
+	out="$TMP/tlsidle-$proxy-$fig-$round.txt"
+	if ! start_proxy "$proxy" "$kind"; then x_failed "$fig:$proxy"; return 1; fi
+	sleep 1
+	read -r pss0 rss0 < <(mem_kb "$CUR_PID")
+	"${PIN_WRK[@]}" /usr/bin/python3 "$SCRIPT_DIR/tlsidle.py" -n "$TLSIDLE_N" -p "$proto" -t 600 \
+		127.0.0.1 "$CUR_PORT" > "$out" 2>&1 &
+	pid=$!
+	CLIENT_PIDS=("$pid")
+	for _ in $(seq 1 3000); do
+		grep -q '^ready' "$out" 2>/dev/null && break
+		proc_alive "$pid" || break
+		sleep 0.1
+	done
+	sleep 2   # idle for a moment: lazily freed buffers are freed
+	read -r pss1 rss1 < <(mem_kb "$CUR_PID")
+	kill -TERM "$pid" 2>/dev/null
+	for _ in $(seq 1 100); do proc_alive "$pid" || break; sleep 0.1; done
+	kill -KILL "$pid" 2>/dev/null
+	wait "$pid" 2>/dev/null
+	CLIENT_PIDS=()
+	ok=$(kv "$out" ok ready); failed=$(kv "$out" failed ready); mism=$(kv "$out" alpn_mismatch ready)
+	closed=$(kv "$out" closed conns)
+	err=NA; pb=NA; rb=NA
+	if [ "$ok" != NA ] && [ "$failed" != NA ]; then
+		[ "$closed" = NA ] && closed=0
+		err=$(( TLSIDLE_N - ok + closed ))
+		if [ "$ok" -gt 0 ]; then pb=$(( (pss1 - pss0) * 1024 / ok )); rb=$(( (rss1 - rss0) * 1024 / ok )); fi
+	fi
+	xadd "$proxy" "$fig" "$round" pss_b "$pb"
+	xadd "$proxy" "$fig" "$round" rss_b "$rb"
+	xadd "$proxy" "$fig" "$round" ok "$ok"
+	xadd "$proxy" "$fig" "$round" errors "$err"
+	printf '  %-8s %-11s run %d: %6s B/conn Pss  %6s B/conn RSS  (Pss %s -> %s kB)  ok %s  errors %s%s\n' \
+		"$proxy" "$fig" "$round" "$pb" "$rb" "$pss0" "$pss1" "$ok" "$err" "${mism:+ (ALPN not $proto: $mism)}"
+	[ "$err" = 0 ] || grep -v -e '^ready' -e '^conns' "$out" | head -n 3 | sed 's/^/    /' >&2
+	died_check "$proxy ($fig)"
+	stop_proxy
+}
+
+# alpn_of PORT: the protocol ALPN gives when h2 and http/1.1 are offered ("none" without ALPN)
+alpn_of() {
+	timeout 5 openssl s_client -connect "127.0.0.1:$1" -servername bench.test -alpn h2,http/1.1 </dev/null 2>/dev/null |
+		awk '/^ALPN protocol:/ { p = $3 } /No ALPN negotiated/ { p = "none" } END { print (p == "" ? "none" : p) }'
+}
+
+# run_h2load PROXY ROUND: h2load over TLS (ALPN h2) against CUR_PORT; p99 from its --log-file
+# (per request: start, status, microseconds to the end of the response), errors = failed +
+# errored + timed out requests + 4xx/5xx responses, plus a protocol other than h2
+run_h2load() {
+	local proxy=$1 round=$2 out="$TMP/h2load-$1-$2.txt" rlog="$TMP/h2load-$1-$2.log" c0 c1 cpu pc0 pc1 per
+	local rps err proto p99
+	c0=$(cpu0_snap)
+	pc0=$(proxy_cpu)
+	env "${CUR_ENV[@]}" "${PIN_WRK[@]}" h2load -t1 -c "$BENCH_H2_CONNS" -m "$BENCH_H2_STREAMS" -D "$BENCH_SECS" \
+		--ciphers=ECDHE-ECDSA-AES128-GCM-SHA256 --log-file="$rlog" "https://127.0.0.1:$CUR_PORT/" > "$out" 2>&1 &
+	WRK_PID=$!
+	wait "$WRK_PID"
+	WRK_PID=""
+	pc1=$(proxy_cpu)
+	c1=$(cpu0_snap)
+	cpu=$(cpu0_pct "$c0" "$c1")
+	read -r rps err proto < <(awk '
+		/^finished in/ { for (i = 1; i <= NF; i++) if ($(i + 1) ~ /^req\/s/) { r = $i; sub(/,$/, "", r) } }
+		/^requests:/ { for (i = 2; i <= NF; i++) if ($(i + 1) ~ /^(failed|errored|timeout)/) e += $i }
+		/^status codes:/ { for (i = 3; i <= NF; i++) if ($(i + 1) ~ /^[45]xx/) e += $i }
+		/^Application protocol:/ { p = $3 }
+		END { printf "%s %d %s\n", (r == "" ? "NA" : r), e, (p == "" ? "none" : p) }' "$out")
+	[ "$proto" = h2 ] || { err=$((err + 1)); warn "$proxy h2: h2load negotiated '$proto', not h2"; }
+	p99=$(awk '{ print $3 }' "$rlog" 2>/dev/null | sort -n | awk '{ v[NR] = $1 } END {
+		if (NR == 0) { print "NA"; exit }
+		i = int(NR * 0.99); if (i < NR * 0.99) i++; if (i < 1) i = 1; printf "%.2f\n", v[i] / 1000 }')
+	per=$(proxy_per_cpu "$pc0" "$pc1" "$rps")
+	rm -f "$rlog"
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$proxy" h2 "$round" "$rps" "$p99" "$err" "$cpu" NA "$per" NA \
+		>> "$RESULTS"
+	printf '  %-8s %-11s run %d: %10s req/s  p99 %8s ms  errors %s  CPU0 %s%%  per proxy CPU-s %s  (%s)\n' \
+		"$proxy" h2 "$round" "$rps" "$p99" "$err" "$cpu" "$per" "$(grep -m1 '^TLS Protocol' "$out")"
+	if [ "$rps" = NA ]; then
+		warn "could not parse h2load's output ($out):"
+		sed 's/^/    /' "$out" >&2
+	fi
+}
+
+H2_SKIP_REASON=""     # the whole h2 figure
+LB_H2_SKIP_REASON=""  # lb's h2 rows
+H2_PROXIES=()
+if want_fig h2; then
+	if ! command -v h2load >/dev/null 2>&1; then
+		H2_SKIP_REASON="h2load not found (apt-get install nghttp2-client)"
+	elif ! [ -x /usr/bin/python3 ] || ! /usr/bin/python3 -c 'import h2' 2>/dev/null; then
+		H2_SKIP_REASON="/usr/bin/python3 with python3-h2 not found (tests/bench/tlsidle.py)"
+	elif ! make_cert; then
+		H2_SKIP_REASON="no bench certificate"
+	fi
+	if [ -n "$H2_SKIP_REASON" ]; then
+		warn "h2 figure off: $H2_SKIP_REASON"
+	else
+		client_cnfs
+		render "$SCRIPT_DIR/haproxy-h2.cfg.in" "$TMP/haproxy-h2.cfg"
+		render "$SCRIPT_DIR/nginx-proxy-h2.conf.in" "$TMP/nginx-proxy-h2.conf"
+		render "$SCRIPT_DIR/lb-tls.ini.in" "$TMP/lb-tls.ini"
+		for p in "${NEW_PROXIES[@]}"; do
+			if [ "$p" = lb ]; then
+				# lb runs its defaults (a TLS listener offers h2); whether it knows http2 at all:
+				sed '/^tls = on/a http2 = on' "$TMP/lb-tls.ini" > "$TMP/lb-h2probe.ini"
+				if ! out=$("$LB_BIN" -t -c "$TMP/lb-tls.ini" 2>&1); then
+					LB_H2_SKIP_REASON="\`lb -t\` rejects the TLS listener of tests/bench/lb-tls.ini.in: $(printf '%s' "$out" | head -n 1)"
+				elif ! out=$("$LB_BIN" -t -c "$TMP/lb-h2probe.ini" 2>&1); then
+					LB_H2_SKIP_REASON="this lb has no HTTP/2 (issue 19): \`lb -t\` rejects \`http2 = on\`: $(printf '%s' "$out" | head -n 1)"
+				fi
+				if [ -n "$LB_H2_SKIP_REASON" ]; then log "bench: skipping lb's h2 rows: $LB_H2_SKIP_REASON"; continue; fi
+			fi
+			H2_PROXIES+=("$p")
+		done
+	fi
+fi
+if [ ${#H2_PROXIES[@]} -gt 0 ]; then
+	log "h2: h2load -c$BENCH_H2_CONNS -m$BENCH_H2_STREAMS over TLS, ${BENCH_RUNS} runs x ${BENCH_SECS}s; then $TLSIDLE_N idle HTTP/2 connections"
+	for round in $(seq 1 "$BENCH_RUNS"); do
+		for proxy in "${H2_PROXIES[@]}"; do
+			[ "$proxy" = lb ] && [ -n "$LB_H2_SKIP_REASON" ] && continue
+			if ! start_proxy "$proxy" h2; then x_failed "h2:$proxy"; continue; fi
+			proto=$(alpn_of "$CUR_PORT")
+			if [ "$proto" != h2 ]; then
+				if [ "$proxy" = lb ]; then
+					LB_H2_SKIP_REASON="ALPN gave '$proto', not h2, to a client offering h2,http/1.1 (this lb has no HTTP/2: issue 19)"
+					log "bench: skipping lb's h2 rows: $LB_H2_SKIP_REASON"
+				else
+					warn "$proxy: ALPN gave '$proto', not h2"; x_failed "h2:$proxy"
+				fi
+				stop_proxy; continue
+			fi
+			if [ "$BENCH_WARMUP" -gt 0 ]; then
+				env "${CUR_ENV[@]}" "${PIN_WRK[@]}" h2load -t1 -c "$BENCH_H2_CONNS" -m "$BENCH_H2_STREAMS" \
+					-D "$BENCH_WARMUP" "https://127.0.0.1:$CUR_PORT/" >/dev/null 2>&1
+			fi
+			run_h2load "$proxy" "$round"
+			died_check "$proxy (h2)"
+			stop_proxy
+			tls_idle "$proxy" h2 h2idle "$round" h2
+		done
+	done
+fi
+
+TLS13_SKIP_REASON=""
+TLS13_PROXIES=()
+OSSLOAD=""
+if want_fig tls13; then
+	if ! command -v openssl >/dev/null 2>&1 || ! make_cert; then
+		TLS13_SKIP_REASON="no bench certificate (openssl)"
+	else
+		OSSLOAD=$(build_helper ossload -lssl -lcrypto)
+		[ -n "$OSSLOAD" ] || TLS13_SKIP_REASON="tests/bench/ossload.c did not build (needs libssl-dev)"
+	fi
+	if [ -n "$TLS13_SKIP_REASON" ]; then
+		warn "tls13 figure off: $TLS13_SKIP_REASON"
+	else
+		client_cnfs
+		render "$SCRIPT_DIR/haproxy-tls13.cfg.in" "$TMP/haproxy-tls13.cfg"
+		render "$SCRIPT_DIR/nginx-proxy-tls13.conf.in" "$TMP/nginx-proxy-tls13.conf"
+		render "$SCRIPT_DIR/lb-tls.ini.in" "$TMP/lb-tls.ini"
+		if want lb-openssl && [ -z "$LBOSSL_SKIP_REASON" ]; then
+			if out=$("$LB_OPENSSL_BIN" -t -c "$TMP/lb-tls.ini" 2>&1); then TLS13_PROXIES+=(lbossl)
+			else
+				LBOSSL_SKIP_REASON="\`lb-openssl -t\` rejects tests/bench/lb-tls.ini.in: $(printf '%s' "$out" | head -n 1)"
+				log "bench: skipping lb-openssl: $LBOSSL_SKIP_REASON"
+			fi
+		fi
+		for p in "${NEW_PROXIES[@]}"; do
+			[ "$p" = lb ] && [ -n "$LB_TLS_SKIP_REASON" ] && continue
+			TLS13_PROXIES+=("$p")
+		done
+	fi
+fi
+if [ ${#TLS13_PROXIES[@]} -gt 0 ]; then
+	log "tls13: ossload handshakes (TLS 1.3, 1.2; full, ticket, session ID), TLS 1.3 keep-alive, $TLSIDLE_N idle TLS connections; ${TLS13_PROXIES[*]}; ${BENCH_RUNS} runs x ${BENCH_SECS}s"
+	for round in $(seq 1 "$BENCH_RUNS"); do
+		for proxy in "${TLS13_PROXIES[@]}"; do
+			if ! start_proxy "$proxy" tls13; then x_failed "tls13:$proxy"; continue; fi
+			# lb's BearSSL: TLS 1.2 and session IDs only (no TLS 1.3, no tickets)
+			[ "$proxy" = lb ] && CUR_ENV=("OPENSSL_CONF=$TLS_CLIENT_CNF")
+			warmup
+			if [ "$proxy" != lb ]; then
+				run_hs "$proxy" t13_full13 "$round" full "$OSSLOAD" -v 1.3 -m full
+				run_hs "$proxy" t13_full13x "$round" full "$OSSLOAD" -v 1.3 -m full -g X25519:P-256
+			fi
+			run_hs "$proxy" t13_full12 "$round" full "$OSSLOAD" -v 1.2 -m full
+			if [ "$proxy" != lb ]; then
+				run_hs "$proxy" t13_tick13 "$round" resume "$OSSLOAD" -v 1.3 -m ticket
+				run_hs "$proxy" t13_tick12 "$round" resume "$OSSLOAD" -v 1.2 -m ticket
+			fi
+			run_hs "$proxy" t13_id12 "$round" resume "$OSSLOAD" -v 1.2 -m id
+			[ "$proxy" != lb ] && run_wrk "$proxy" t13_ka13 "$round" "$BENCH_CONNS"
+			died_check "$proxy (tls13)"
+			stop_proxy
+			tls_idle "$proxy" tls13 t13idle "$round" http/1.1
+		done
+	done
+fi
+
 [ -n "$BACKENDS_PID" ] && { stop_pid "$BACKENDS_PID"; forget_pid "$BACKENDS_PID"; }
 T1=$(date +%s)
 
@@ -1254,7 +1551,7 @@ value() {
 	want "$p" || { echo "-"; return; }
 	case $fig in tls*)
 		if [ "$p" = lb ] && [ -n "$LB_TLS_SKIP_REASON" ]; then echo skipped; return; fi
-		case $fig in tls_full|tls_resume) [ -n "$TLSLOAD" ] || { echo "n/a"; return; } ;; esac ;;
+		case $fig in tls_full|tls_full_x|tls_resume) [ -n "$TLSLOAD" ] || { echo "n/a"; return; } ;; esac ;;
 	esac
 	case $kind in
 	rps) v=$(median "$p" "$fig" 4); [ "$v" = NA ] || v=$(awk -v x="$v" 'BEGIN { printf "%.0f", x }') ;;
@@ -1263,6 +1560,7 @@ value() {
 	res) v=$(median "$p" "$fig" 8); [ "$v" = NA ] || v=$(awk -v x="$v" 'BEGIN { printf "%.1f", x }') ;;
 	per) v=$(median "$p" "$fig" 9); [ "$v" = NA ] || v=$(awk -v x="$v" 'BEGIN { printf "%.0f", x }') ;;
 	churn) v=$(median "$p" "$fig" 10); [ "$v" = NA ] || v=$(awk -v x="$v" 'BEGIN { printf "%.1f", x }') ;;
+	x25519) v=$(xmed "$p" "$fig" x25519_pct); [ "$v" = NA ] || v=$(awk -v x="$v" 'BEGIN { printf "%.1f", x }') ;;
 	err) if [ "$fig" = tls ]; then
 		v=$(awk -F'\t' -v p="$p" '$1 == p && $2 ~ /^tls_/ { s += $6; n++ } END { if (n) print s; else print "NA" }' "$RESULTS")
 	     else v=$(errsum "$p" "$fig"); fi ;;
@@ -1305,8 +1603,12 @@ done
 SHOW_TLS=0
 if [ "$BENCH_TLS" = 1 ] && { want lb || want haproxy || want nginx; }; then SHOW_TLS=1; fi
 TLS_ROWS=(
-	"rps|tls_full|full handshakes/s, ${BENCH_CONNS} conns"
+	"rps|tls_full|full handshakes/s, ${BENCH_CONNS} conns (client offers P-256)"
+	"per|tls_full|full handshakes per proxy CPU-second (P-256)"
 	"cpu|tls_full|CPU 0 busy %, full handshakes"
+	"rps|tls_full_x|full handshakes/s, client offers X25519 and P-256"
+	"per|tls_full_x|full handshakes per proxy CPU-second (X25519 and P-256)"
+	"x25519|tls_full_x|  handshakes the server made with X25519 %"
 	"rps|tls_resume|resumed handshakes/s, ${BENCH_CONNS} conns"
 	"cpu|tls_resume|CPU 0 busy %, resumed handshakes"
 	"res|tls_resume|sessions offered and resumed %"
@@ -1321,7 +1623,7 @@ if [ "$SHOW_TLS" = 1 ]; then
 	for row in "${TLS_ROWS[@]}"; do
 		IFS='|' read -r kind fig label <<< "$row"
 		vl=$(value lb "$kind" "$fig"); vh=$(value haproxy "$kind" "$fig"); vn=$(value nginx "$kind" "$fig")
-		case $kind in rps|p99) rh=$(ratio "$vl" "$vh"); rn=$(ratio "$vl" "$vn") ;; *) rh="-"; rn="-" ;; esac
+		case $kind in rps|p99|per) rh=$(ratio "$vl" "$vh"); rn=$(ratio "$vl" "$vn") ;; *) rh="-"; rn="-" ;; esac
 		printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$vl" "$vh" "$vn" "$rh" "$rn" >> "$TLS_TABLE"
 	done
 fi
@@ -1453,6 +1755,105 @@ if want_fig ceiling; then
 	printf '%s\t%s\t-\t-\t-\t-\n' "lb, % of BearSSL in memory" "$(pct_srv "$pl")" >> "$CEIL_TABLE"
 fi
 
+# h2 and tls13 tables. gval PROXY KIND FIG: KIND rps, per, p99, cpu, res (medians of RESULTS
+# columns), err (FIG's load runs' errors summed, plus its idle runs'), pss, rss (XRES medians of
+# FIG: bytes per idle connection); "skipped" / "no (BearSSL)" / "-" (not chosen) as they apply
+gval() {
+	local p=$1 kind=$2 fig=$3 v c f=%.0f
+	case $p in
+	lbossl)
+		want lb-openssl || { echo "-"; return; }
+		[ -z "$LBOSSL_SKIP_REASON" ] || { echo skipped; return; } ;;
+	lb)
+		[ -z "$LB_SKIP_REASON" ] || { echo skipped; return; }
+		want lb || { echo "-"; return; }
+		[ -z "$LB_TLS_SKIP_REASON" ] || { echo skipped; return; }
+		case $fig in
+		h2*) [ -z "$LB_H2_SKIP_REASON" ] || { echo skipped; return; } ;;
+		t13_full12|t13_id12|t13idle|t13) ;;
+		t13*) echo "no (BearSSL)"; return ;;
+		esac ;;
+	*) want "$p" || { echo "-"; return; } ;;
+	esac
+	case $kind in
+	rps|per|p99|cpu|res)
+		case $kind in rps) c=4 ;; per) c=9 ;; p99) c=5; f=%.2f ;; cpu) c=7 ;; res) c=8; f=%.1f ;; esac
+		v=$(median "$p" "$fig" "$c") ;;
+	pss|rss) v=$(xmed "$p" "$fig" "${kind}_b") ;;
+	err)
+		v=$(awk -F'\t' -v p="$p" -v f="$fig" '$1 == p && index($2, f) == 1 && $6 != "NA" { s += $6; n++ }
+			END { if (n) print s; else print "NA" }' "$RESULTS")
+		c=$(xsum "$p" "${fig}idle" errors)
+		[ "$c" = NA ] || v=$(awk -v a="$v" -v b="$c" 'BEGIN { print (a == "NA" ? 0 : a) + b }') ;;
+	esac
+	[ "$v" = NA ] && { echo "n/a"; return; }
+	awk -v x="$v" -v f="$f" 'BEGIN { printf f "\n", x }'
+}
+# goal_txt RATIO-TO-HAPROXY VALUE SPEC: the issue's goal next to a row, and whether it was met:
+# SPEC ge:X (ratio >= X), le:X (ratio <= X), zero (VALUE == 0), or empty
+goal_txt() {
+	local r=$1 v=$2 spec=$3 t met=""
+	case $spec in
+	ge:*) t="≥ ${spec#ge:}x HAProxy"
+	      case $r in ''|*[!0-9.]*) ;; *) met=$(awk -v a="$r" -v b="${spec#ge:}" 'BEGIN { print (a >= b ? "met" : "not met") }') ;; esac ;;
+	le:*) t="≤ ${spec#le:}x HAProxy"
+	      case $r in ''|*[!0-9.]*) ;; *) met=$(awk -v a="$r" -v b="${spec#le:}" 'BEGIN { print (a <= b ? "met" : "not met") }') ;; esac ;;
+	zero) t="0"
+	      case $v in ''|*[!0-9]*) ;; *) if [ "$v" = 0 ]; then met=met; else met="not met"; fi ;; esac ;;
+	*) echo "-"; return ;;
+	esac
+	echo "$t${met:+: $met}"
+}
+H2_TABLE="$TMP/h2-table.tsv"; : > "$H2_TABLE"
+if want_fig h2 && [ -z "$H2_SKIP_REASON" ]; then
+	for row in \
+		"rps|h2|h2 req/s, ${BENCH_H2_CONNS} conns x ${BENCH_H2_STREAMS} streams|ge:1.0" \
+		"per|h2|h2 req per proxy CPU-second|ge:1.2" \
+		"p99|h2|h2 p99 ms|" \
+		"cpu|h2|CPU 0 busy %, h2 load|" \
+		"pss|h2idle|Pss per idle HTTP/2 connection, bytes, ${TLSIDLE_N} conns|le:0.5" \
+		"rss|h2idle|RSS per idle HTTP/2 connection, bytes|" \
+		"err|h2|errors, all h2 runs (load and idle)|zero"; do
+		IFS='|' read -r kind fig label goal <<< "$row"
+		vl=$(gval lb "$kind" "$fig"); vh=$(gval haproxy "$kind" "$fig"); vn=$(gval nginx "$kind" "$fig")
+		case $kind in cpu|res|err) rh="-"; rn="-" ;; *) rh=$(ratio "$vl" "$vh"); rn=$(ratio "$vl" "$vn") ;; esac
+		printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$vl" "$vh" "$vn" "$rh" "$rn" "$(goal_txt "$rh" "$vl" "$goal")" >> "$H2_TABLE"
+	done
+fi
+T13_TABLE="$TMP/tls13-table.tsv"; : > "$T13_TABLE"
+if want_fig tls13 && [ -z "$TLS13_SKIP_REASON" ]; then
+	for row in \
+		"rps|t13_full13|full handshakes/s, TLS 1.3, P-256|" \
+		"per|t13_full13|full handshakes per proxy CPU-second, TLS 1.3, P-256|ge:1.0" \
+		"cpu|t13_full13|CPU 0 busy %, TLS 1.3 full handshakes|" \
+		"rps|t13_full13x|full handshakes/s, TLS 1.3, X25519 and P-256 offered|" \
+		"per|t13_full13x|full handshakes per proxy CPU-s, TLS 1.3, X25519+P-256 offered|ge:1.0" \
+		"rps|t13_full12|full handshakes/s, TLS 1.2, P-256|" \
+		"per|t13_full12|full handshakes per proxy CPU-second, TLS 1.2|ge:1.0" \
+		"rps|t13_tick13|resumed handshakes/s, TLS 1.3 ticket|" \
+		"per|t13_tick13|resumed handshakes per proxy CPU-s, TLS 1.3 ticket|" \
+		"res|t13_tick13|  tickets offered and resumed %|" \
+		"rps|t13_tick12|resumed handshakes/s, TLS 1.2 ticket|" \
+		"res|t13_tick12|  tickets offered and resumed %|" \
+		"rps|t13_id12|resumed handshakes/s, TLS 1.2 session ID|" \
+		"per|t13_id12|resumed handshakes per proxy CPU-s, TLS 1.2 session ID|" \
+		"res|t13_id12|  sessions offered and resumed %|" \
+		"rps|t13_ka13|HTTPS keep-alive req/s, TLS 1.3, ${BENCH_CONNS} conns|" \
+		"per|t13_ka13|HTTPS keep-alive req per proxy CPU-second, TLS 1.3|ge:1.2" \
+		"p99|t13_ka13|HTTPS keep-alive p99 ms, TLS 1.3|" \
+		"pss|t13idle|Pss per idle TLS connection, bytes, ${TLSIDLE_N} conns|le:1.0" \
+		"rss|t13idle|RSS per idle TLS connection, bytes|" \
+		"err|t13|errors, all tls13 runs (load and idle)|"; do
+		IFS='|' read -r kind fig label goal <<< "$row"
+		vo=$(gval lbossl "$kind" "$fig"); vl=$(gval lb "$kind" "$fig")
+		vh=$(gval haproxy "$kind" "$fig"); vn=$(gval nginx "$kind" "$fig")
+		case $kind in cpu|res|err) rh="-"; rn="-"; rl="-" ;;
+		*) rh=$(ratio "$vo" "$vh"); rn=$(ratio "$vo" "$vn"); rl=$(ratio "$vl" "$vh") ;; esac
+		printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$vo" "$vl" "$vh" "$vn" "$rh" "$rn" "$rl" \
+			"$(goal_txt "$rh" "$vo" "$goal")" >> "$T13_TABLE"
+	done
+fi
+
 HAPROXY_V=$(haproxy -v 2>&1 | head -n1)
 NGINX_VER=$(nginx -v 2>&1 | head -n1)
 WRK_V=$(wrk -v 2>&1 | head -n1)
@@ -1483,9 +1884,9 @@ fi
 [ "$FAILED" != " " ] && echo "failed to start:$FAILED"
 if [ "$SHOW_TLS" = 1 ]; then
 	echo
-	printf '%-42s %10s %10s %10s %10s %9s\n' "TLS figure" lb HAProxy nginx lb/HAProxy lb/nginx
+	printf '%-58s %10s %10s %10s %10s %9s\n' "TLS figure" lb HAProxy nginx lb/HAProxy lb/nginx
 	while IFS=$'\t' read -r label vl vh vn rh rn; do
-		printf '%-42s %10s %10s %10s %10s %9s\n' "$label" "$vl" "$vh" "$vn" "$rh" "$rn"
+		printf '%-58s %10s %10s %10s %10s %9s\n' "$label" "$vl" "$vh" "$vn" "$rh" "$rn"
 	done < "$TLS_TABLE"
 	echo
 	[ -n "$LB_TLS_SKIP_REASON" ] && echo "lb's TLS rows skipped: $LB_TLS_SKIP_REASON"
@@ -1500,6 +1901,25 @@ for t in "idle connections:$IDLE_TABLE:0" "active connections ($BENCH_ACTIVE_CON
 	echo
 	show_table "$f" "$wd" term "$title"
 done
+if [ -s "$H2_TABLE" ]; then
+	echo
+	printf '%-52s %10s %10s %10s %10s %9s  %s\n' "HTTP/2 (h2)" lb HAProxy nginx lb/HAProxy lb/nginx goal
+	while IFS=$'\t' read -r a b c d e f g; do
+		printf '%-52s %10s %10s %10s %10s %9s  %s\n' "$a" "$b" "$c" "$d" "$e" "$f" "$g"
+	done < "$H2_TABLE"
+fi
+[ -n "$H2_SKIP_REASON" ] && echo "no h2 figures: $H2_SKIP_REASON"
+[ -n "$LB_H2_SKIP_REASON" ] && echo "lb's h2 rows skipped: $LB_H2_SKIP_REASON"
+if [ -s "$T13_TABLE" ]; then
+	echo
+	printf '%-66s %10s %12s %10s %10s %9s %9s %9s  %s\n' "TLS 1.3 / 1.2 (tls13)" lb-openssl "lb (BearSSL)" HAProxy nginx \
+		ossl/HAP ossl/ngx lb/HAP "goal (lb-openssl)"
+	while IFS=$'\t' read -r a b c d e f g h i; do
+		printf '%-66s %10s %12s %10s %10s %9s %9s %9s  %s\n' "$a" "$b" "$c" "$d" "$e" "$f" "$g" "$h" "$i"
+	done < "$T13_TABLE"
+fi
+[ -n "$TLS13_SKIP_REASON" ] && echo "no tls13 figures: $TLS13_SKIP_REASON"
+[ -n "$LBOSSL_SKIP_REASON" ] && want_fig tls13 && echo "lb-openssl skipped: $LBOSSL_SKIP_REASON"
 if [ -s "$SIZES" ]; then
 	echo
 	printf '%-16s %10s %10s %10s %8s %8s\n' binary bytes stripped text data bss
@@ -1556,6 +1976,10 @@ echo "medians of $BENCH_RUNS runs x ${BENCH_SECS}s; $PIN_NOTE; took $((T1 - T0))
 		echo "(\`no-tls-tickets\`) and nginx (\`ssl_session_tickets off\`) too, and the client never asks for one."
 		echo "Handshakes come from \`tests/bench/tlsload.c\` ($BENCH_CONNS connections in flight, each: connect, handshake,"
 		echo "close_notify and FIN, the server's close; no HTTP request), the keep-alive figure from wrk over https."
+		echo "Full handshakes run with two client offers: P-256 only (\`tlsload -g p256\`), and X25519 and P-256 as browsers"
+		echo "offer (\`-g x25519\`; the server picks the group: the share it made with X25519 is shown). Resumption and"
+		echo "keep-alive make no key exchange per request, so one offer is enough there. Handshakes per proxy CPU-second:"
+		echo "each run's rate divided by the proxy's own CPU time over the run's wall time, as for req per CPU-second."
 		echo "\"CPU 0 busy %\" is the proxy's CPU (user, system, and the kernel's network work on CPU 0): well"
 		echo "under 100 means that figure was limited by something else than the proxy (the client, the backends)."
 		echo
@@ -1674,6 +2098,60 @@ echo "medians of $BENCH_RUNS runs x ${BENCH_SECS}s; $PIN_NOTE; took $((T1 - T0))
 		echo "server engine's calls are timed. Beyond the three operations above it runs BearSSL's handshake code"
 		echo "(an interpreted state machine), the transcript hashes, the PRF and the record layer. No server built on"
 		echo "this BearSSL can do more full handshakes per CPU-second; lb adds the kernel's TCP work and its event loop."
+		echo
+	fi
+	if [ -s "$H2_TABLE" ] || [ -n "$H2_SKIP_REASON" ]; then
+		echo "## HTTP/2 over TLS (h2)"
+		echo
+		if [ -s "$H2_TABLE" ]; then
+			echo "| figure | lb | HAProxy | nginx | lb/HAProxy | lb/nginx | goal (issue 19) |"
+			echo "| --- | ---: | ---: | ---: | ---: | ---: | --- |"
+			while IFS=$'\t' read -r a b c d e f g; do echo "| $a | $b | $c | $d | $e | $f | $g |"; done < "$H2_TABLE"
+			echo
+		fi
+		[ -n "$H2_SKIP_REASON" ] && { echo "No h2 figures: $H2_SKIP_REASON."; echo; }
+		[ -n "$LB_H2_SKIP_REASON" ] && { echo "lb's h2 rows were skipped: $LB_H2_SKIP_REASON."; echo; }
+		echo "\`h2load -t1 -c${BENCH_H2_CONNS} -m${BENCH_H2_STREAMS} -D ${BENCH_SECS}\` (nghttp2-client) over TLS, ALPN h2, on CPU 1, against"
+		echo "lb with its defaults (\`tests/bench/lb-tls.ini.in\`: a TLS listener offers h2 unless \`http2 = off\`), HAProxy"
+		echo "(\`tests/bench/haproxy-h2.cfg.in\`: \`bind ... ssl crt ... alpn h2,http/1.1\`) and nginx (\`tests/bench/nginx-proxy-h2.conf.in\`:"
+		echo "\`listen ... ssl http2\`), one worker each on CPU 0, HTTP/1.1 keep-alive to the same three backends; the TLS"
+		echo "settings of the TLS section (the client offers TLS 1.2, ECDHE-ECDSA-AES128-GCM-SHA256, P-256). A warm-up of"
+		echo "${BENCH_WARMUP}s with h2load before each measured run. h2load prints no percentiles (only min, max, mean and sd"
+		echo "of the request time): p99 is computed from its \`--log-file\` (each request's time to the end of its response)."
+		echo "Errors: h2load's failed, errored and timed-out requests plus 4xx/5xx responses, and any run whose"
+		echo "protocol was not h2. Req per proxy CPU-second as in the first table. Idle memory: a fresh proxy, then"
+		echo "\`tests/bench/tlsidle.py\` (on CPU 1) opens ${TLSIDLE_N} TLS connections one after the other, each offering only h2,"
+		echo "sending one GET on one stream and reading the 200 (its SETTINGS acknowledged), then all stay idle; bytes"
+		echo "per connection = (Pss after - Pss before) / connections, read 2 s after the last one (RSS beside it), as"
+		echo "in the idle section. Goals (issue 19): req per proxy CPU-second ≥ 1.2x HAProxy's, req/s ≥ 1.0x, idle"
+		echo "memory ≤ 0.5x HAProxy's, 0 errors."
+		echo
+	fi
+	if [ -s "$T13_TABLE" ] || [ -n "$TLS13_SKIP_REASON" ]; then
+		echo "## TLS 1.3, tickets, OpenSSL build (tls13)"
+		echo
+		if [ -s "$T13_TABLE" ]; then
+			echo "| figure | lb-openssl | lb (BearSSL) | HAProxy | nginx | lb-openssl/HAProxy | lb-openssl/nginx | lb/HAProxy | goal (issue 20, lb-openssl) |"
+			echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+			while IFS=$'\t' read -r a b c d e f g h i; do echo "| $a | $b | $c | $d | $e | $f | $g | $h | $i |"; done < "$T13_TABLE"
+			echo
+		fi
+		[ -n "$TLS13_SKIP_REASON" ] && { echo "No tls13 figures: $TLS13_SKIP_REASON."; echo; }
+		[ -n "$LBOSSL_SKIP_REASON" ] && { echo "lb-openssl was skipped: $LBOSSL_SKIP_REASON."; echo; }
+		echo "Handshakes: \`tests/bench/ossload.c\` (an OpenSSL 3 client, ${BENCH_CONNS} connections in flight, each: connect,"
+		echo "handshake, close_notify, the server's close; no HTTP request), \`-v 1.3\` (TLS_AES_128_GCM_SHA256) or \`-v 1.2\`"
+		echo "(ECDHE-ECDSA-AES128-GCM-SHA256), P-256 offered (\`-g X25519:P-256\` for the row that says so, as browsers"
+		echo "offer); full: no session offered; ticket: each connection offers the ticket the server gave the one before"
+		echo "(TLS 1.3: the client reads the NewSessionTicket first); session ID: TLS 1.2 without tickets. HTTPS keep-alive:"
+		echo "\`wrk -c${BENCH_CONNS}\` with an OPENSSL_CONF offering TLS 1.3 only. Servers: lb-openssl and lb at their defaults"
+		echo "(\`tests/bench/lb-tls.ini.in\`), HAProxy (\`tests/bench/haproxy-tls13.cfg.in\`) and nginx (\`tests/bench/nginx-proxy-tls13.conf.in\`)"
+		echo "with TLS 1.2 and 1.3, a session-ID cache and tickets on; one worker each on CPU 0. lb (BearSSL 0.6) has no"
+		echo "TLS 1.3 and no tickets: only its TLS 1.2 full, session-ID and idle rows run (\"no (BearSSL)\" elsewhere)."
+		echo "The OpenSSL client costs about as much CPU per full handshake as the server, so the full-handshake rates"
+		echo "are client-bound on two CPUs: read the per proxy CPU-second rows (each run's rate divided by the proxy's own"
+		echo "CPU time over the run's wall time). Idle TLS memory: as in the h2 section, with HTTP/1.1 keep-alive"
+		echo "connections (ALPN http/1.1 offered). Goals (issue 20, for lb-openssl): full handshakes per proxy CPU-second"
+		echo "≥ 1.0x HAProxy's, HTTPS keep-alive per CPU-second ≥ 1.2x, idle TLS connection memory ≤ HAProxy's."
 		echo
 	fi
 	[ -n "$X_FAILED" ] && { echo "Did not run:$X_FAILED (see the script's output)."; echo; }

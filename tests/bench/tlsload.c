@@ -10,10 +10,14 @@
  *               connection (the first one is full). The client is BearSSL, which has no session
  *               tickets at all, so the server can only resume from its session-ID cache.
  *   -V          verify the server's ECDSA signature of its key exchange (off by default)
+ *   -g p256     offer the P-256 group only (the default)
+ *   -g x25519   offer X25519 and P-256, as every browser does (the server picks; the output's
+ *               "x25519 N" counts the handshakes that used X25519)
  *
- * Offers TLS 1.2 only, ECDHE-ECDSA-AES128-GCM-SHA256 only, the P-256 group only, and
+ * Offers TLS 1.2 only, ECDHE-ECDSA-AES128-GCM-SHA256 only, the P-256 group only (-g p256), and
  * ecdsa_secp256r1_sha256 signatures only, so that every server does the same work: an ECDHE P-256
- * key pair, one ECDH, one ECDSA P-256 signature per full handshake.
+ * key pair, one ECDH, one ECDSA P-256 signature per full handshake. With -g x25519 the server
+ * chooses the group (BearSSL lists P-256 before X25519 in its supported_groups, by group id).
  *
  * Why this client and not openssl s_time or wrk: on the 2-CPU bench box the client has one CPU,
  * and an OpenSSL 3.0 client costs about 1 ms of CPU per full handshake (decoders, provider
@@ -27,10 +31,10 @@
  * Build: cc -O2 tlsload.c -l:libbearssl.a -lcrypto, or without OpenSSL's headers:
  * cc -O2 -DTLSLOAD_NO_OPENSSL tlsload.c -l:libbearssl.a (slow: client-bound).
  *
- * Prints one line: "handshakes N offered N resumed N errors N secs S rate R": the handshakes
+ * Prints one line: "handshakes N offered N resumed N errors N secs S rate R x25519 N": the handshakes
  * completed within the SECS window, how many of them offered a session (all but each slot's first
  * in resume mode) and how many the server resumed, failed connections and handshakes, and
- * rate = handshakes / SECS. The first few errors are described on stderr.
+ * rate = handshakes / SECS, and how many full handshakes used X25519. The first few errors are described on stderr.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -50,6 +54,7 @@
 #ifndef TLSLOAD_NO_OPENSSL
 #include <openssl/bn.h>
 #include <openssl/ec.h>
+#include <openssl/evp.h>
 #include <openssl/obj_mac.h>
 #endif
 
@@ -74,7 +79,7 @@ struct slot {
 static struct sockaddr_in addr;
 static int epfd, resume_mode, verify_sig;
 static const char *sni = "bench.test";
-static unsigned long n_hs, n_offered, n_resumed, n_err, n_err_shown, n_stuck;
+static unsigned long n_x25519, n_hs, n_offered, n_resumed, n_err, n_err_shown, n_stuck;
 static double t_end;
 static const double conn_timeout = 5.0;
 
@@ -144,10 +149,68 @@ static const br_ec_impl ec_p256_ossl = {
 	(uint32_t)1 << BR_EC_secp256r1, p256_generator, p256_order, p256_xoff,
 	ossl_mul, ossl_mulgen, p256_muladd,
 };
+/* X25519 with libcrypto (RFC 7748 scalars and u-coordinates, as BearSSL's c25519 code takes them) */
+static uint32_t ossl_x25519_mul(unsigned char *G, size_t Glen, const unsigned char *x, size_t xlen)
+{
+	EVP_PKEY *k = EVP_PKEY_new_raw_private_key(EVP_PKEY_X25519, NULL, x, xlen);
+	EVP_PKEY *peer = EVP_PKEY_new_raw_public_key(EVP_PKEY_X25519, NULL, G, Glen);
+	EVP_PKEY_CTX *ctx = k ? EVP_PKEY_CTX_new(k, NULL) : NULL;
+	size_t len = 32;
+	int ok = Glen == 32 && peer && ctx && EVP_PKEY_derive_init(ctx) > 0 &&
+	         EVP_PKEY_derive_set_peer(ctx, peer) > 0 && EVP_PKEY_derive(ctx, G, &len) > 0 && len == 32;
+	EVP_PKEY_CTX_free(ctx);
+	EVP_PKEY_free(peer);
+	EVP_PKEY_free(k);
+	return (uint32_t)ok;
+}
+static size_t ossl_x25519_mulgen(unsigned char *R, const unsigned char *x, size_t xlen)
+{
+	EVP_PKEY *k = EVP_PKEY_new_raw_private_key(EVP_PKEY_X25519, NULL, x, xlen);
+	size_t len = 32;
+	int ok = k && EVP_PKEY_get_raw_public_key(k, R, &len) > 0 && len == 32;
+	EVP_PKEY_free(k);
+	return ok ? 32 : 0;
+}
+#define X25519_MUL(G, Glen, x, xlen) ossl_x25519_mul(G, Glen, x, xlen)
+#define X25519_MULGEN(R, x, xlen) ossl_x25519_mulgen(R, x, xlen)
 #define EC_IMPL (&ec_p256_ossl)
 #else
 #define EC_IMPL (&br_ec_p256_m31)
+#define X25519_MUL(G, Glen, x, xlen) br_ec_c25519_m31.mul(G, Glen, x, xlen, BR_EC_curve25519)
+#define X25519_MULGEN(R, x, xlen) br_ec_c25519_m31.mulgen(R, x, xlen, BR_EC_curve25519)
 #endif
+
+/* -g x25519: P-256 as above, X25519 beside it; the engine offers the curves of supported_curves */
+static int offer_x25519;
+static const unsigned char *offer_generator(int curve, size_t *len)
+{
+	return curve == BR_EC_curve25519 ? br_ec_c25519_m31.generator(curve, len) : EC_IMPL->generator(curve, len);
+}
+static const unsigned char *offer_order(int curve, size_t *len)
+{
+	return curve == BR_EC_curve25519 ? br_ec_c25519_m31.order(curve, len) : EC_IMPL->order(curve, len);
+}
+static size_t offer_xoff(int curve, size_t *len)
+{
+	return curve == BR_EC_curve25519 ? br_ec_c25519_m31.xoff(curve, len) : EC_IMPL->xoff(curve, len);
+}
+static uint32_t offer_mul(unsigned char *G, size_t Glen, const unsigned char *x, size_t xlen, int curve)
+{
+	return curve == BR_EC_curve25519 ? X25519_MUL(G, Glen, x, xlen) : EC_IMPL->mul(G, Glen, x, xlen, curve);
+}
+static size_t offer_mulgen(unsigned char *R, const unsigned char *x, size_t xlen, int curve)
+{
+	return curve == BR_EC_curve25519 ? X25519_MULGEN(R, x, xlen) : EC_IMPL->mulgen(R, x, xlen, curve);
+}
+static uint32_t offer_muladd(unsigned char *A, const unsigned char *B, size_t len, const unsigned char *x,
+                             size_t xlen, const unsigned char *y, size_t ylen, int curve)
+{
+	return EC_IMPL->muladd(A, B, len, x, xlen, y, ylen, curve);
+}
+static const br_ec_impl ec_offer_x25519 = {
+	((uint32_t)1 << BR_EC_secp256r1) | ((uint32_t)1 << BR_EC_curve25519), offer_generator, offer_order,
+	offer_xoff, offer_mul, offer_mulgen, offer_muladd,
+};
 
 /* The server's ECDSA signature over its ECDHE key: accepted unchecked unless -V. */
 static uint32_t ecdsa_vrfy(const br_ec_impl *impl, const void *hash, size_t hash_len,
@@ -241,7 +304,7 @@ static void slot_init(struct slot *s)
 	br_ssl_engine_set_hash(eng, br_sha256_ID, &br_sha256_vtable);
 	br_ssl_engine_set_prf_sha256(eng, &br_tls12_sha256_prf);
 	br_ssl_engine_set_default_aes_gcm(eng);
-	br_ssl_engine_set_ec(eng, EC_IMPL);
+	br_ssl_engine_set_ec(eng, offer_x25519 ? &ec_offer_x25519 : EC_IMPL);
 	br_ssl_engine_set_ecdsa(eng, ecdsa_vrfy);
 	s->x509 = &x509_any;
 	br_ssl_engine_set_x509(eng, &s->x509);
@@ -313,6 +376,8 @@ static void handshake_done(struct slot *s)
 	n_hs++;
 	if (s->offered_len)
 		n_offered++;
+	else if (br_ssl_engine_get_ecdhe_curve(&s->cc.eng) == BR_EC_curve25519)
+		n_x25519++;
 	br_ssl_engine_get_session_parameters(&s->cc.eng, &sp);
 	if (s->offered_len && sp.session_id_len == s->offered_len &&
 	    memcmp(sp.session_id, s->offered_id, s->offered_len) == 0)
@@ -429,7 +494,7 @@ static void pump(struct slot *s)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: tlsload [-c CONNS] [-d SECS] [-m full|resume] [-n SNI] [-V] HOST PORT\n");
+	fprintf(stderr, "usage: tlsload [-c CONNS] [-d SECS] [-g p256|x25519] [-m full|resume] [-n SNI] [-V] HOST PORT\n");
 	exit(2);
 }
 
@@ -438,7 +503,7 @@ int main(int argc, char **argv)
 	int conns = 50, opt;
 	double secs = 5;
 
-	while ((opt = getopt(argc, argv, "c:d:m:n:V")) != -1) {
+	while ((opt = getopt(argc, argv, "c:d:g:m:n:V")) != -1) {
 		switch (opt) {
 		case 'c': conns = atoi(optarg); break;
 		case 'd': secs = atof(optarg); break;
@@ -447,6 +512,14 @@ int main(int argc, char **argv)
 				resume_mode = 0;
 			else if (!strcmp(optarg, "resume"))
 				resume_mode = 1;
+			else
+				usage();
+			break;
+		case 'g':
+			if (!strcmp(optarg, "p256"))
+				offer_x25519 = 0;
+			else if (!strcmp(optarg, "x25519"))
+				offer_x25519 = 1;
 			else
 				usage();
 			break;
@@ -511,8 +584,8 @@ int main(int argc, char **argv)
 				}
 		}
 	}
-	printf("handshakes %lu offered %lu resumed %lu errors %lu secs %.3f rate %.1f\n", n_hs, n_offered,
-	       n_resumed, n_err, secs, (double)n_hs / secs);
+	printf("handshakes %lu offered %lu resumed %lu errors %lu secs %.3f rate %.1f x25519 %lu\n", n_hs,
+	       n_offered, n_resumed, n_err, secs, (double)n_hs / secs, n_x25519);
 	if (n_stuck)
 		fprintf(stderr, "tlsload: %lu connections were not closed by the server within %.0f s of the "
 		        "close_notify\n", n_stuck, conn_timeout);
