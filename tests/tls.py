@@ -30,7 +30,19 @@ import policy as po  # noqa: E402
 from integration import HOST, Fail, check, eq, free_port, short  # noqa: E402
 from process import Skip, conf  # noqa: E402
 
-SUITE_BUDGET = 400
+SUITE_BUDGET = 420
+
+
+def tls_library():
+    """The TLS library of the build under test, from `lb -v`: "openssl" or "bearssl". Cases only one
+    can pass check each build for what it does (TLS 1.3 and tickets on OpenSSL, a clean refusal and
+    session IDs on BearSSL), never skip."""
+    out = subprocess.run([it.LB_BIN, "-v"], stdout=subprocess.PIPE, timeout=10).stdout.decode()
+    return "openssl" if "OpenSSL" in out else "bearssl"
+
+
+TLS_LIB = tls_library()
+OSSL = TLS_LIB == "openssl"
 TESTS = []
 test = it.registrar(TESTS)
 
@@ -251,6 +263,12 @@ def t_sni(ctx):
                        timeout=10)
     out = p.stdout.decode("utf-8", "replace")
     check("ALPN protocol: http/1.1" in out, "ALPN with s_client -alpn h2,http/1.1: %s" % short(out, 200))
+    if OSSL:  # TLS 1.3 when the client offers it, lb's first suite
+        check(re.search(r"Protocol *: TLSv1\.3", out) and re.search(r"Cipher *: TLS_AES_128_GCM_SHA256", out),
+              "TLS 1.3 TLS_AES_128_GCM_SHA256: %s" % short(out, 300))
+        p = subprocess.run(["openssl", "s_client", "-connect", "%s:%d" % (HOST, port), "-servername", "a.test",
+                            "-tls1_2"], input=b"", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=10)
+        out = p.stdout.decode("utf-8", "replace")
     check(re.search(r"Protocol *: TLSv1\.2", out) and re.search(r"Cipher *: ECDHE-ECDSA-AES128-GCM-SHA256", out),
           "TLS 1.2 ECDHE-ECDSA-AES128-GCM: %s" % short(out, 300))
     for bad in (["-tls1_1"], ["-cipher", "AES128-SHA256", "-tls1_2"], ["-cipher", "ECDHE-ECDSA-AES128-SHA", "-tls1_2"]):
@@ -330,14 +348,18 @@ def t_resume(ctx):
     m = ctx.master(conf(lsn("https", port, ("tls", "on"), ("cert", a)), pl("p", [ctx.b["a"]]), admin(ap),
                         workers=2), [port, ap])
     m.wait_workers(2)
+    # BearSSL: session IDs (-no_ticket); OpenSSL: TLS 1.2 tickets (s_client -reconnect does not wait for
+    # TLS 1.3's tickets, sent after the handshake: tls13_tickets covers those)
     p = subprocess.run(["openssl", "s_client", "-connect", "%s:%d" % (HOST, port), "-servername", "a.test",
-                        "-reconnect", "-no_ticket"], input=b"", stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                       timeout=20)
+                        "-reconnect"] + (["-tls1_2"] if OSSL else ["-no_ticket"]), input=b"", stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, timeout=20)
     out = p.stdout.decode("utf-8", "replace")
     new, reused = len(re.findall(r"^New, ", out, re.M)), len(re.findall(r"^Reused, ", out, re.M))
     eq((new, reused), (1, 5), "s_client -reconnect: (new, reused) handshakes")
     # many resumptions from Python: with two workers some land on the other one; all must resume
     c = tls_ctx()
+    if OSSL:
+        c.options &= ~ssl.OP_NO_TICKET
     _, _, _, first = https_get(port, ctx=c)
     reused = sum(https_get(port, ctx=c, session=first["session"])[3]["reused"] for _ in range(20))
     eq(reused, 20, "connections resuming one session over 2 workers")
@@ -345,6 +367,8 @@ def t_resume(ctx):
     check(metric(t, "lb_tls_session_cache_hits_total") >= 25, "cache hits: %s" % metric(t, "lb_tls_session_cache_hits_total"))
     check(metric(t, "lb_tls_resumed_handshakes_total") >= 25 and metric(t, "lb_tls_handshakes_total") >= 27,
           "handshakes %s resumed %s" % (metric(t, "lb_tls_handshakes_total"), metric(t, "lb_tls_resumed_handshakes_total")))
+    kind = "ticket" if OSSL else "session_id"
+    check(metric(t, "lb_tls_resumptions_total", kind=kind) >= 25, "resumptions by %s: %s" % (kind, metric(t, "lb_tls_resumptions_total", kind=kind)))
     exp = metric(t, "lb_tls_cert_expiry_seconds", listener="https")
     check(29 * 86400 < exp <= 30 * 86400, "lb_tls_cert_expiry_seconds for a 30-day cert: %s" % exp)
     p = subprocess.run(["promtool", "check", "metrics"], input=t.encode(), stdout=subprocess.PIPE,
@@ -833,6 +857,136 @@ def t_expiry(ctx):
     t = metrics(ap)
     left = metric(t, "lb_tls_cert_expiry_seconds", name="soon.test")
     check(9 * 86400 < left <= 10 * 86400, "lb_tls_cert_expiry_seconds for soon.test: %s" % left)
+
+
+# ---------------------------------------------------------------------------------------- TLS 1.3, tickets
+
+GET_CLOSE = b"GET /sc HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n"
+
+
+def s_client(port, *args):
+    """openssl s_client with one request (-ign_eof: it reads the answer, and a TLS 1.3 ticket before it)."""
+    p = subprocess.run(["openssl", "s_client", "-connect", "%s:%d" % (HOST, port), "-servername", "a.test",
+                        "-ign_eof"] + list(args), input=GET_CLOSE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       timeout=15)
+    return p.returncode, p.stdout.decode("utf-8", "replace")
+
+
+def resumed(port, sess, *args):
+    """Whether s_client -sess_in sess resumed (and got its answer)."""
+    _, out = s_client(port, "-sess_in", sess, *args)
+    check("HTTP/1.1 200" in out, "no answer with -sess_in: %s" % short(out, 300))
+    return bool(re.search(r"^Reused, ", out, re.M))
+
+
+@test("tls13_s_client")
+def t_tls13(ctx):
+    """openssl s_client -tls1_3: TLS 1.3 and an answer on the OpenSSL build, counted by suite; on the BearSSL
+    build (no TLS 1.3) the handshake fails cleanly, is counted, and lb keeps serving TLS 1.2."""
+    ca = CA(ctx.dir)
+    a, _ = ca.leaf("a", "a.test", ["a.test"])
+    port, ap = free_port(), free_port()
+    m = ctx.master(conf(lsn("https", port, ("tls", "on"), ("cert", a)), pl("p", [ctx.b["a"]]), admin(ap), workers=1),
+                   [port, ap])
+    rc, out = s_client(port, "-tls1_3")
+    t = metrics(ap)
+    if OSSL:
+        check(rc == 0 and re.search(r"^New, TLSv1\.3, Cipher is TLS_AES_128_GCM_SHA256", out, re.M)
+              and "HTTP/1.1 200" in out, "s_client -tls1_3: rc %d %s" % (rc, short(out, 400)))
+        eq(metric(t, "lb_tls_handshakes_by_suite_total", version="TLSv1.3", cipher="TLS_AES_128_GCM_SHA256"), 1,
+           "TLS 1.3 handshakes counted by suite")
+    else:
+        check(rc != 0 and "HTTP/1.1" not in out, "s_client -tls1_3 must fail on BearSSL: %s" % short(out, 300))
+        check(metric(t, "lb_tls_handshake_failures_total") >= 1, "the refused TLS 1.3 handshake is counted")
+    rc, out = s_client(port, "-tls1_2")
+    check(rc == 0 and "HTTP/1.1 200" in out, "s_client -tls1_2: %s" % short(out, 300))
+    eq(metric(metrics(ap), "lb_tls_handshakes_by_suite_total", version="TLSv1.2",
+              cipher="TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"), 1, "TLS 1.2 handshakes counted by suite")
+    check(m.alive(), "lb died")
+
+
+@test("ticket_keys_shared_reload_rotation", timeout=60)
+def t_tickets(ctx):
+    """OpenSSL build: a TLS 1.3 ticket (-sess_out) resumes (-sess_in) on both workers, after a SIGHUP
+    reload and on a second lb process sharing tls_ticket_keys; after a rotation (new key first, old kept)
+    it still resumes, once the old key is gone it does not, and a new ticket does; a file of a wrong size
+    is refused and the keys stay. A TLS 1.2 ticket too. BearSSL build: tls_ticket_keys is refused."""
+    ca = CA(ctx.dir)
+    a, _ = ca.leaf("a", "a.test", ["a.test"])
+    keys = os.path.join(ctx.dir, "ticket.key")
+    k1, k2 = os.urandom(80), os.urandom(80)
+    with open(keys, "wb") as f:
+        f.write(k1)
+    p1, p2, ap = free_port(), free_port(), free_port()
+    text1 = conf(lsn("https", p1, ("tls", "on"), ("cert", a)), pl("p", [ctx.b["a"]]), admin(ap), workers=2,
+                 glob={"tls_ticket_keys": keys})
+    if not OSSL:
+        path = os.path.join(ctx.dir, "c.ini")
+        replace_file(path, text1)
+        p = subprocess.run([it.LB_BIN, "-t", "-c", path], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=10)
+        out = p.stdout.decode()
+        check(p.returncode == 1 and "tls_ticket_keys" in out and "no session tickets" in out,
+              "BearSSL lb -t with tls_ticket_keys: rc %d %s" % (p.returncode, short(out, 300)))
+        return
+    m = ctx.master(text1, [p1, ap])
+    m.wait_workers(2)
+    ctx.master(conf(lsn("https", p2, ("tls", "on"), ("cert", a)), pl("p", [ctx.b["a"]]), workers=1,
+                    glob={"tls_ticket_keys": keys}), [p2], tag="lb2")
+    s1, s12 = os.path.join(ctx.dir, "s1"), os.path.join(ctx.dir, "s12")
+    _, out = s_client(p1, "-tls1_3", "-sess_out", s1)
+    check(re.search(r"^New, TLSv1\.3", out, re.M) and os.path.getsize(s1) > 0, "first TLS 1.3 handshake: %s" % short(out, 300))
+    _, out = s_client(p1, "-tls1_2", "-sess_out", s12)
+    eq([resumed(p1, s1) for _ in range(6)], [True] * 6, "a TLS 1.3 ticket over 2 workers")
+    eq([resumed(p1, s12, "-tls1_2") for _ in range(3)], [True] * 3, "a TLS 1.2 ticket")
+    check(resumed(p2, s1), "a ticket of lb 1 at lb 2 (the same tls_ticket_keys)")
+    m.signal(signal.SIGHUP)
+    time.sleep(1.5)
+    check(resumed(p1, s1), "a ticket after a SIGHUP reload")
+    with open(keys + ".tmp", "wb") as f:  # rotation: the new key seals, the old one still opens
+        f.write(k2 + k1)
+    os.replace(keys + ".tmp", keys)
+    time.sleep(2.2)
+    check(resumed(p1, s1), "a ticket of the old key after a rotation (old key kept)")
+    s2 = os.path.join(ctx.dir, "s2")
+    s_client(p1, "-tls1_3", "-sess_out", s2)
+    with open(keys + ".tmp", "wb") as f:
+        f.write(k2)
+    os.replace(keys + ".tmp", keys)
+    time.sleep(2.2)
+    check(not resumed(p1, s1), "a ticket of a key no longer in the file must not resume")
+    check(resumed(p1, s2), "a ticket of the new key")
+    with open(keys + ".tmp", "wb") as f:
+        f.write(k1[:79])
+    os.replace(keys + ".tmp", keys)
+    time.sleep(2.2)
+    check("80 bytes per key" in m.stderr(), "the refused file is logged: %s" % m.stderr_tail())
+    check(resumed(p1, s2), "after a refused file the keys in use stay")
+    t = metrics(ap)
+    check(metric(t, "lb_tls_resumptions_total", kind="ticket") >= 11, "ticket resumptions: %s"
+          % metric(t, "lb_tls_resumptions_total", kind="ticket"))
+
+
+@test("ticket_keys_rotate_on_schedule", timeout=40)
+def t_rotate(ctx):
+    """OpenSSL build without tls_ticket_keys: a ticket resumes after one tls_ticket_rotate (the old key is
+    kept), not after five (only 4 kept). BearSSL build: no tickets, the session-ID cache resumes instead."""
+    ca = CA(ctx.dir)
+    a, _ = ca.leaf("a", "a.test", ["a.test"])
+    port = free_port()
+    ctx.master(conf(lsn("https", port, ("tls", "on"), ("cert", a)), pl("p", [ctx.b["a"]]), workers=1,
+                    glob={"tls_ticket_rotate": "1s"}), [port])
+    s = os.path.join(ctx.dir, "s")
+    if not OSSL:
+        _, out = s_client(port, "-sess_out", s)
+        check(resumed(port, s), "BearSSL: a session ID resumes")
+        _, out = s_client(port, "-sess_out", s + "t")
+        check("TLS session ticket:" not in out, "BearSSL sent a ticket: %s" % short(out, 300))
+        return
+    s_client(port, "-tls1_3", "-sess_out", s)
+    time.sleep(1.6)
+    check(resumed(port, s), "a ticket after one rotation")
+    time.sleep(5)
+    check(not resumed(port, s), "a ticket 5 rotations old must not resume (4 keys kept)")
 
 
 def run_suite(all_tests, label, budget, file_name):
