@@ -62,6 +62,7 @@
 #ifdef LB_TLS_OPENSSL /* the TLS library: section 7 alone uses it */
 #include <openssl/core_names.h>
 #include <openssl/err.h>
+#include <openssl/ocsp.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <openssl/ssl.h>
@@ -2934,6 +2935,20 @@ static void set_cert(struct cfg *st, void *o, const struct keydef *kd, const cha
 	}
 }
 
+static void set_ocsp(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	struct lb_listener *l = o;
+	if (l->nocsp >= LB_MAX_CERTS) {
+		cfg_err(st, line, kd->name, "ocsp: more than %d in one listener", LB_MAX_CERTS);
+		return;
+	}
+	char *f = v_str(st, line, kd->name, v);
+	if (f) {
+		l->ocsp_lines[l->nocsp] = line;
+		l->ocsp[l->nocsp++] = f;
+	}
+}
+
 static void set_client_ca(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
 {
 	struct lb_listener *l = o;
@@ -3177,6 +3192,7 @@ static const struct keydef keys_listener[] = {
 	{ .name = "splice", .set = set_onoff, .off = OL(splice), .def = "on", .doc = "mode tcp: move bytes with splice(2)" },
 	{ .name = "tls", .set = set_onoff, .off = OL(tls), .def = "off", .good = "on\ncert = a.pem", .doc = "terminate TLS" },
 	{ .name = "cert", .set = set_cert, .repeat = 1, .good = "a.pem\ntls = on", .bad = "", .doc = "with tls: PEM chain and key; SNI picks among several" },
+	{ .name = "ocsp", .set = set_ocsp, .repeat = 1, .good = "a.der\ntls = on\ncert = a.pem", .bad = "", .doc = "with tls: DER OCSP response stapled with the n-th cert (OpenSSL build); off" },
 	{ .name = "client_ca", .set = set_client_ca, .good = "ca.pem\ntls = on\ncert = a.pem", .bad = "", .doc = "with tls: CAs client certificates must chain to" },
 	{ .name = "hsts", .set = set_hsts, .good = "max-age=60\ntls = on\ncert = a.pem", .doc = "with tls: the Strict-Transport-Security value" },
 	{ .name = "redirect_https", .set = set_onoff, .off = OL(redirect_https), .def = "off", .good = "on", .doc = "plain listener: 308 to https" },
@@ -3458,6 +3474,9 @@ static void check_listener_tls(struct cfg *st, const struct lb_listener *l)
 		cfg_err(st, l->cert_lines[0], "cert", "[listener %s]: cert without tls = on", l->name);
 	if (!l->tls && l->client_ca)
 		cfg_err(st, l->client_ca_line, "client_ca", "[listener %s]: client_ca without tls = on", l->name);
+	if (l->nocsp > l->ncerts)
+		cfg_err(st, l->ocsp_lines[l->ncerts], "ocsp", "[listener %s]: ocsp without its cert (the n-th ocsp = is the "
+		        "n-th cert's; ocsp = off skips one)", l->name);
 	if (!l->tls && l->hsts)
 		cfg_err(st, l->line, "hsts", "[listener %s]: hsts is sent on TLS responses only: set tls = on", l->name);
 	if (l->tls && l->redirect_https)
@@ -3615,6 +3634,8 @@ void lb_conf_free(struct lb_conf *c)
 		tls_free(l->tlsm);
 		for (size_t k = 0; k < l->ncerts; k++)
 			free(l->certs[k]);
+		for (size_t k = 0; k < l->nocsp; k++)
+			free(l->ocsp[k]);
 		free(l->client_ca);
 		free(l->hsts);
 		free(l->acme_webroot);
@@ -4751,7 +4772,7 @@ struct lb_cert {
 struct lb_tls {
 	struct lb_cert certs[LB_MAX_CERTS];
 	size_t ncerts;
-	struct file_sig sig[LB_MAX_CERTS + 1]; /* of the files as loaded: certs, then client_ca */
+	struct file_sig sig[2 * LB_MAX_CERTS + 1]; /* of the files as loaded: certs, client_ca, ocsp */
 	br_x509_trust_anchor *tas;    /* client_ca, or the CAs that sign servers' certificates */
 	size_t ntas, cap_tas;
 	unsigned char **blobs;        /* everything above points into these */
@@ -5077,6 +5098,16 @@ static int tls_pool_ready(struct lb_tls *t, char *err, size_t errlen)
 	LB_UNUSED(t), LB_UNUSED(err), LB_UNUSED(errlen);
 	return 0;
 }
+
+/* no OCSP stapling in BearSSL 0.6 */
+static int tls_ocsp_load(struct lb_cert *c, const char *file, char *err, size_t errlen)
+{
+	LB_UNUSED(c);
+	snprintf(err, errlen, "ocsp %s: BearSSL has no OCSP stapling: build lb with OpenSSL (make TLS=openssl) to use it", file);
+	return -1;
+}
+
+static int64_t tls_ocsp_this_update(const struct lb_cert *c) { LB_UNUSED(c); return 0; }
 
 /* no session tickets in BearSSL 0.6 (lb_conf_resolve refuses tls_ticket_keys) */
 static void tls_tickets_tick(const struct lb_conf *c) { LB_UNUSED(c); }
@@ -5631,12 +5662,17 @@ struct lb_cert {
 	STACK_OF(X509) *chain;        /* the rest, in file order */
 	EVP_PKEY *key;
 	struct lb_x509_info info;     /* of the leaf: names for SNI, expiry, serial */
+	const char *ocsp_file;        /* ocsp = FILE: its response, when stapled */
+	unsigned char *ocsp;          /* NULL: none to staple (ocsp_note says why, when there is a file) */
+	size_t ocsp_len;
+	int64_t ocsp_this, ocsp_next; /* thisUpdate, nextUpdate (Unix time; INT64_MAX: none) */
+	char ocsp_note[96];
 };
 
 struct lb_tls {
 	struct lb_cert certs[LB_MAX_CERTS];
 	size_t ncerts;
-	struct file_sig sig[LB_MAX_CERTS + 1]; /* of the files as loaded: certs, then client_ca */
+	struct file_sig sig[2 * LB_MAX_CERTS + 1]; /* of the files as loaded: certs, client_ca, ocsp */
 	STACK_OF(X509) *cas;          /* client_ca, or the CAs that sign servers' certificates */
 	size_t ntas;
 	SSL_CTX *ctx;                 /* a listener's (server) or a pool's (client) */
@@ -5647,7 +5683,8 @@ static void cert_clear(struct lb_cert *c)
 	X509_free(c->x);
 	sk_X509_pop_free(c->chain, X509_free);
 	EVP_PKEY_free(c->key);
-	c->x = NULL, c->chain = NULL, c->key = NULL;
+	free(c->ocsp);
+	c->x = NULL, c->chain = NULL, c->key = NULL, c->ocsp = NULL;
 }
 
 static void tls_free(struct lb_tls *t)
@@ -5879,6 +5916,7 @@ struct tls_conn {
 	const struct lb_tls *t;
 	const char *const *alpn;      /* what lb offers, in its order */
 	size_t nalpn;
+	size_t cert;                  /* chosen by SNI */
 	int hs_done, resumed, no_common_curve, ticket;
 	char subject[TLS_SUBJECT_MAX]; /* "CN=..,O=..": the verified client's */
 };
@@ -5921,6 +5959,9 @@ static int tls_cert_pick(SSL *ssl, void *arg)
 {
 	const struct lb_tls *t = arg;
 	size_t i = tls_pick_cert(t, SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name));
+	struct tls_io *io = SSL_get_app_data(ssl);
+	if (io && io->srv)
+		io->srv->cert = i; /* for the OCSP staple */
 	if (i == 0)
 		return 1;
 	const struct lb_cert *c = &t->certs[i];
@@ -5950,6 +5991,85 @@ static int tls_alpn_pick(SSL *ssl, const unsigned char **out, unsigned char *out
 static int tls_ticket_cb(SSL *ssl, unsigned char name[16], unsigned char *iv, EVP_CIPHER_CTX *ectx,
                          EVP_MAC_CTX *hctx, int enc);
 
+/* -------------------------------------------------------------------- OCSP stapling
+ * ocsp = FILE (the n-th belongs to the listener's n-th cert =): a DER OCSP response, read with
+ * its certificate (at start, on reload, and when either file changes on disk). It is stapled to
+ * a handshake that asks for it (status_request) while it is for that certificate (issuer: the
+ * next certificate of the chain), says good, and its nextUpdate has not passed; otherwise it is
+ * kept out of handshakes, and the error log says why once when loaded. lb does not fetch
+ * responses: deploy/ocsp-refresh.sh (openssl ocsp from a timer) writes the file. */
+
+static int64_t tls_asn1_unix(const ASN1_GENERALIZEDTIME *t)
+{
+	struct tm tm;
+	return t && ASN1_TIME_to_tm(t, &tm) == 1 ? (int64_t)timegm(&tm) : 0;
+}
+
+/* c's OCSP response from file: 0 (kept, stapled or not, c->ocsp_note says why not), or -1 with err
+ * set when the file is not an OCSP response at all */
+static int tls_ocsp_load(struct lb_cert *c, const char *file, char *err, size_t errlen)
+{
+	size_t len;
+	char *b = file_read(file, 64 << 10, &len, err, errlen);
+	if (!b)
+		return -1;
+	const unsigned char *p = (const unsigned char *)b;
+	OCSP_RESPONSE *r = d2i_OCSP_RESPONSE(NULL, &p, (long)len);
+	OCSP_BASICRESP *br = r && OCSP_response_status(r) == OCSP_RESPONSE_STATUS_SUCCESSFUL ? OCSP_response_get1_basic(r) : NULL;
+	int rc = 0;
+	c->ocsp_file = file;
+	if (!r) {
+		snprintf(err, errlen, "ocsp %s: not a DER OCSP response (%s)", file, tls_ossl_text());
+		rc = -1;
+	} else if (!br) {
+		snprintf(c->ocsp_note, sizeof c->ocsp_note, "the response's status is not successful");
+	} else {
+		X509 *issuer = c->chain && sk_X509_num(c->chain) ? sk_X509_value(c->chain, 0) : c->x;
+		OCSP_CERTID *id = OCSP_cert_to_id(NULL, c->x, issuer);
+		int status = -1, reason = 0;
+		ASN1_GENERALIZEDTIME *rev = NULL, *thisupd = NULL, *nextupd = NULL;
+		if (!id || !OCSP_resp_find_status(br, id, &status, &reason, &rev, &thisupd, &nextupd))
+			snprintf(c->ocsp_note, sizeof c->ocsp_note, "the response is not for this certificate");
+		else if (status != V_OCSP_CERTSTATUS_GOOD)
+			snprintf(c->ocsp_note, sizeof c->ocsp_note, "the response says %s", OCSP_cert_status_str(status));
+		c->ocsp_this = tls_asn1_unix(thisupd);
+		c->ocsp_next = nextupd ? tls_asn1_unix(nextupd) : INT64_MAX;
+		OCSP_CERTID_free(id);
+		if (!c->ocsp_note[0] && !(c->ocsp = malloc(len)))
+			snprintf(err, errlen, "out of memory"), rc = -1;
+		else if (!c->ocsp_note[0])
+			memcpy(c->ocsp, b, len), c->ocsp_len = len;
+	}
+	if (rc == 0 && !c->ocsp_note[0] && c->ocsp_next <= (int64_t)time(NULL))
+		snprintf(c->ocsp_note, sizeof c->ocsp_note, "the response expired (nextUpdate passed)");
+	if (rc == 0 && c->ocsp_note[0])
+		lb_err("ocsp %s (cert %s): not stapled: %s", file, c->file, c->ocsp_note);
+	OCSP_BASICRESP_free(br);
+	OCSP_RESPONSE_free(r);
+	ERR_clear_error();
+	free(b);
+	return rc;
+}
+
+/* the status callback: staple the chosen certificate's response while it is valid */
+static int tls_ocsp_staple(SSL *ssl, void *arg)
+{
+	const struct lb_tls *t = arg;
+	struct tls_io *io = SSL_get_app_data(ssl);
+	const struct lb_cert *c = io && io->srv ? &t->certs[io->srv->cert] : NULL;
+	if (!c || !c->ocsp || c->ocsp_next <= (int64_t)(wall_ms() / 1000))
+		return SSL_TLSEXT_ERR_NOACK;
+	unsigned char *p = OPENSSL_memdup(c->ocsp, c->ocsp_len);
+	if (!p || !SSL_set_tlsext_status_ocsp_resp(ssl, p, (long)c->ocsp_len)) {
+		OPENSSL_free(p);
+		return SSL_TLSEXT_ERR_NOACK;
+	}
+	return SSL_TLSEXT_ERR_OK;
+}
+
+/* the thisUpdate of the response stapled with c (Unix time), 0 when none is */
+static int64_t tls_ocsp_this_update(const struct lb_cert *c) { return c->ocsp ? c->ocsp_this : 0; }
+
 /* A listener's context: its certificates (the first by default, others by SNI), client_ca. */
 static int tls_listener_ready(struct lb_tls *t, const struct lb_listener *l, char *err, size_t errlen)
 {
@@ -5969,6 +6089,8 @@ static int tls_listener_ready(struct lb_tls *t, const struct lb_listener *l, cha
 	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
 	SSL_CTX_set_num_tickets(ctx, 1);
 	SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, tls_ticket_cb);
+	SSL_CTX_set_tlsext_status_cb(ctx, tls_ocsp_staple);
+	SSL_CTX_set_tlsext_status_arg(ctx, t);
 	if (t->ntas) {
 		/* every handshake a full one: a resumed session would carry no client certificate to check */
 		SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
@@ -6494,6 +6616,14 @@ static int tls_load_listener(struct lb_listener *l, int *bad_line, const char **
 			return -1;
 		}
 		t->ncerts++;
+		const char *of = i < l->nocsp && strcmp(l->ocsp[i], "off") ? l->ocsp[i] : NULL;
+		if (of)
+			file_sig_of(of, &t->sig[LB_MAX_CERTS + 1 + i]);
+		if (of && tls_ocsp_load(c, of, err, errlen) != 0) {
+			*bad_line = l->ocsp_lines[i], *bad_key = "ocsp";
+			tls_free(t);
+			return -1;
+		}
 	}
 	if (l->client_ca) {
 		char e[256];
@@ -10673,6 +10803,18 @@ static void metrics_tls(struct abuf *b)
 	ab_printf(b, "lb_tls_session_cache_entries %u\n", g_tls->entries);
 	METRIC(b, "lb_tls_cert_expiry_seconds", "gauge", "Seconds until the certificate's notAfter (negative: expired).");
 	int64_t now = (int64_t)(wall_ms() / 1000);
+	METRIC(b, "lb_tls_ocsp_response_age_seconds", "gauge", "Seconds since the thisUpdate of the OCSP response stapled with the certificate.");
+	for (size_t i = 0; i < g_conf->nlisteners; i++) {
+		const struct lb_listener *l = &g_conf->listeners[i];
+		for (size_t k = 0; l->tlsm && k < l->tlsm->ncerts; k++) {
+			int64_t t = tls_ocsp_this_update(&l->tlsm->certs[k]);
+			if (!t)
+				continue;
+			ab_printf(b, "lb_tls_ocsp_response_age_seconds{listener=\"%s\",cert=", l->name);
+			ab_json_str(b, l->tlsm->certs[k].file);
+			ab_printf(b, "} %lld\n", (long long)(now - t));
+		}
+	}
 	for (size_t i = 0; i < g_conf->nlisteners; i++) {
 		const struct lb_listener *l = &g_conf->listeners[i];
 		for (size_t k = 0; l->tlsm && k < l->tlsm->ncerts; k++) {
@@ -13065,8 +13207,10 @@ static void master_cert_watch(void)
 	next = now + 1000;
 	for (size_t i = 0; i < g_conf->nlisteners; i++) {
 		const struct lb_listener *l = &g_conf->listeners[i];
-		for (size_t k = 0; l->tlsm && k <= LB_MAX_CERTS; k++) {
-			const char *f = k < l->ncerts ? l->certs[k] : k == LB_MAX_CERTS ? l->client_ca : NULL;
+		for (size_t k = 0; l->tlsm && k <= 2 * LB_MAX_CERTS; k++) {
+			size_t o = k - LB_MAX_CERTS - 1; /* ocsp = files after client_ca */
+			const char *f = k < l->ncerts ? l->certs[k] : k == LB_MAX_CERTS ? l->client_ca
+			              : k > LB_MAX_CERTS && o < l->nocsp && strcmp(l->ocsp[o], "off") ? l->ocsp[o] : NULL;
 			if (!f)
 				continue;
 			struct file_sig cur;

@@ -429,6 +429,9 @@ struct lb_listener {
 	char *certs[LB_MAX_CERTS];    /* cert = files: chain + key; the first is the default */
 	int cert_lines[LB_MAX_CERTS];
 	size_t ncerts;
+	char *ocsp[LB_MAX_CERTS];     /* ocsp = files (OpenSSL build): the n-th for the n-th cert; "off": none */
+	int ocsp_lines[LB_MAX_CERTS];
+	size_t nocsp;
 	char *client_ca;              /* mTLS: required client certificates from these CAs */
 	int client_ca_line;
 	char *hsts;                   /* Strict-Transport-Security value on TLS responses */

@@ -264,7 +264,7 @@ def t_sni(ctx):
     out = p.stdout.decode("utf-8", "replace")
     check("ALPN protocol: http/1.1" in out, "ALPN with s_client -alpn h2,http/1.1: %s" % short(out, 200))
     if OSSL:  # TLS 1.3 when the client offers it, lb's first suite
-        check(re.search(r"Protocol *: TLSv1\.3", out) and re.search(r"Cipher *: TLS_AES_128_GCM_SHA256", out),
+        check(re.search(r"^New, TLSv1\.3, Cipher is TLS_AES_128_GCM_SHA256", out, re.M),
               "TLS 1.3 TLS_AES_128_GCM_SHA256: %s" % short(out, 300))
         p = subprocess.run(["openssl", "s_client", "-connect", "%s:%d" % (HOST, port), "-servername", "a.test",
                             "-tls1_2"], input=b"", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=10)
@@ -987,6 +987,101 @@ def t_rotate(ctx):
     check(resumed(port, s), "a ticket after one rotation")
     time.sleep(5)
     check(not resumed(port, s), "a ticket 5 rotations old must not resume (4 keys kept)")
+
+
+def ocsp_response(ca, leaf_crt, out, expired=False):
+    """A DER OCSP response "good" for leaf_crt signed by ca: by `openssl ocsp` (an index file and a
+    request), or, expired (nextUpdate yesterday), built with Python's cryptography."""
+    if not expired:
+        serial = run(["openssl", "x509", "-in", leaf_crt, "-noout", "-serial"]).strip().split("=")[1]
+        subj = run(["openssl", "x509", "-in", leaf_crt, "-noout", "-subject", "-nameopt", "compat"]).strip()[8:]
+        idx = out + ".index"
+        with open(idx, "w") as f:
+            f.write("V\t%s\t\t%s\tunknown\t%s\n" % (time.strftime("%y%m%d%H%M%SZ", time.gmtime(time.time() + 86400 * 30)),
+                                                 serial, subj))
+        run(["openssl", "ocsp", "-issuer", ca.crt, "-cert", leaf_crt, "-no_nonce", "-reqout", out + ".req"])
+        run(["openssl", "ocsp", "-index", idx, "-CA", ca.crt, "-rsigner", ca.crt, "-rkey", ca.key, "-reqin",
+             out + ".req", "-respout", out, "-ndays", "1"])
+        return out
+    import datetime
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509 import ocsp
+    load = lambda p: x509.load_pem_x509_certificate(open(p, "rb").read())
+    cert, issuer = load(leaf_crt), load(ca.crt)
+    key = serialization.load_pem_private_key(open(ca.key, "rb").read(), None)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    b = ocsp.OCSPResponseBuilder().add_response(
+        cert=cert, issuer=issuer, algorithm=hashes.SHA1(), cert_status=ocsp.OCSPCertStatus.GOOD,
+        this_update=now - datetime.timedelta(days=3), next_update=now - datetime.timedelta(days=1),
+        revocation_time=None, revocation_reason=None).responder_id(ocsp.OCSPResponderEncoding.HASH, issuer)
+    with open(out, "wb") as f:
+        f.write(b.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER))
+    return out
+
+
+def stapled(port):
+    p = subprocess.run(["openssl", "s_client", "-connect", "%s:%d" % (HOST, port), "-servername", "a.test", "-status"],
+                       input=b"", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=10)
+    out = p.stdout.decode("utf-8", "replace")
+    check("CONNECTED" in out and "Certificate chain" in out, "s_client -status: %s" % short(out, 300))
+    return "OCSP Response Status: successful" in out and "Cert Status: good" in out
+
+
+@test("ocsp_stapling", timeout=60)
+def t_ocsp(ctx):
+    """OpenSSL build: ocsp = FILE (made with openssl ocsp and our own CA) is stapled for s_client -status,
+    its age is a metric; replaced on disk by an expired response, or one for another certificate, it is
+    no longer stapled (and the log says why); a good one again is. BearSSL build: ocsp is refused."""
+    ca = CA(ctx.dir)
+    a, _ = ca.leaf("a", "a.test", ["a.test"])
+    ca.leaf("b", "b.test", ["b.test"])
+    live = os.path.join(ctx.dir, "live.der")
+    port, ap = free_port(), free_port()
+    good = ocsp_response(ca, os.path.join(ctx.dir, "a.crt"), os.path.join(ctx.dir, "good.der"))
+    text = conf(lsn("https", port, ("tls", "on"), ("cert", a), ("ocsp", live)), pl("p", [ctx.b["a"]]), admin(ap),
+                workers=1)
+    with open(good, "rb") as f:
+        data = f.read()
+    with open(live, "wb") as f:
+        f.write(data)
+    if not OSSL:
+        path = os.path.join(ctx.dir, "c.ini")
+        replace_file(path, text)
+        p = subprocess.run([it.LB_BIN, "-t", "-c", path], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=10)
+        out = p.stdout.decode()
+        check(p.returncode == 1 and "ocsp" in out and "no OCSP stapling" in out,
+              "BearSSL lb -t with ocsp: rc %d %s" % (p.returncode, short(out, 300)))
+        return
+    m = ctx.master(text, [port, ap])
+    check(stapled(port), "a good response is stapled")
+    age = metric(metrics(ap), "lb_tls_ocsp_response_age_seconds", listener="https")
+    check(0 <= age < 300, "lb_tls_ocsp_response_age_seconds: %s" % age)
+    for what, der, note in (
+            ("expired", ocsp_response(ca, os.path.join(ctx.dir, "a.crt"), os.path.join(ctx.dir, "old.der"), True),
+             "expired"),
+            ("for another certificate", ocsp_response(ca, os.path.join(ctx.dir, "b.crt"), os.path.join(ctx.dir, "b.der")),
+             "not for this certificate")):
+        with open(der, "rb") as f:
+            data = f.read()
+        with open(live + ".tmp", "wb") as f:
+            f.write(data)
+        os.replace(live + ".tmp", live)
+        deadline = time.monotonic() + 8
+        while note not in m.stderr():  # the file watch reloads it and says why it is not stapled
+            check(time.monotonic() < deadline, "no log line %r 8 s after the file changed: %s" % (note, m.stderr_tail()))
+            time.sleep(0.3)
+        time.sleep(0.5)  # the new generation's workers take over
+        check(not stapled(port), "a response %s is stapled" % what)
+    with open(good, "rb") as f:
+        data = f.read()
+    with open(live + ".tmp", "wb") as f:
+        f.write(data)
+    os.replace(live + ".tmp", live)
+    deadline = time.monotonic() + 8
+    while not stapled(port):
+        check(time.monotonic() < deadline, "the good response is not stapled again 8 s after the file changed")
+        time.sleep(0.3)
 
 
 def run_suite(all_tests, label, budget, file_name):

@@ -1761,6 +1761,8 @@ static const struct cf_err cf_errs[] = {
 	{ "tls_session_cache_bad", "[global]\ntls_session_cache = lots\n" BASE, 2, 0, "tls_session_cache", 1 },
 	{ "tls_ticket_rotate_below_1s", "[global]\ntls_ticket_rotate = 500ms\n" BASE, 2, 0, "tls_ticket_rotate", 1 },
 	{ "tls_ticket_rotate_bad", "[global]\ntls_ticket_rotate = often\n" BASE, 2, 0, "tls_ticket_rotate", 1 },
+	{ "ocsp_without_its_cert", "[pool p]\nserver = s1 127.0.0.1:9000\n[listener l]\nbind = 127.0.0.1:8000\npool = p\n"
+	  "tls = on\ncert = a.pem\nocsp = a.der\nocsp = b.der\n", 9, 0, "ocsp without its cert", 1 },
 	{ "tls_ticket_keys_empty", "[global]\ntls_ticket_keys =\n" BASE, 2, 0, "tls_ticket_keys", 1 },
 	{ "pool_health_check_bad", BASE "[pool q]\nserver = s9 127.0.0.1:9009\nhealth_check = http GET health\n", 8, 0,
 	  "health_check", 1 },
