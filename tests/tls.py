@@ -30,7 +30,7 @@ import policy as po  # noqa: E402
 from integration import HOST, Fail, check, eq, free_port, short  # noqa: E402
 from process import Skip, conf  # noqa: E402
 
-SUITE_BUDGET = 420
+SUITE_BUDGET = 480
 
 
 def tls_library():
@@ -59,16 +59,16 @@ def run(cmd, **kw):
 class CA:
     """A throwaway CA in dir; leaf() makes a combined PEM (chain, then key) for lb."""
 
-    def __init__(self, d, name="Test CA", key="ec"):
+    def __init__(self, d, name="Test CA", key="ec", days=30):
         self.dir = d
         os.makedirs(d, exist_ok=True)
         tag = re.sub(r"\W", "", name)
         self.key = os.path.join(d, tag + ".key")
         self.crt = os.path.join(d, tag + ".crt")
         run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-             "-days", "30", "-subj", "/O=lb tests/CN=" + name, "-keyout", self.key, "-out", self.crt])
+             "-days", str(days), "-subj", "/O=lb tests/CN=" + name, "-keyout", self.key, "-out", self.crt])
 
-    def leaf(self, fname, cn, names=(), key="ec:P-256", serial=None, client=False, days=30):
+    def leaf(self, fname, cn, names=(), key="ec:P-256", serial=None, client=False, days=30, ocsp_uri=None):
         """fname.pem (cert + CA cert + key); returns (path, serial in hex, upper case)."""
         base = os.path.join(self.dir, fname)
         serial = serial or int.from_bytes(os.urandom(8), "big") | 1
@@ -82,6 +82,8 @@ class CA:
             if names:
                 f.write("subjectAltName=" + ",".join("DNS:" + n for n in names) + "\n")
             f.write("extendedKeyUsage=%s\n" % ("clientAuth" if client else "serverAuth"))
+            if ocsp_uri:
+                f.write("authorityInfoAccess=OCSP;URI:%s\n" % ocsp_uri)
         run(["openssl", "x509", "-req", "-in", base + ".csr", "-CA", self.crt, "-CAkey", self.key,
              "-set_serial", str(serial), "-days", str(days), "-extfile", ext, "-out", base + ".crt"])
         pem = base + ".pem"
@@ -1082,6 +1084,42 @@ def t_ocsp(ctx):
     while not stapled(port):
         check(time.monotonic() < deadline, "the good response is not stapled again 8 s after the file changed")
         time.sleep(0.3)
+
+
+@test("testssl_json", timeout=150)
+def t_testssl(ctx):
+    """testssl.sh (-p -S -U, JSON) on a TLS listener with a certificate of our own CA (--add-ca): SSLv2, SSLv3,
+    TLS 1.0 and 1.1 not offered, TLS 1.2 offered, no finding HIGH or CRITICAL; OpenSSL build: TLS 1.3
+    offered, session tickets, OCSP stapling offered (a response from openssl ocsp); BearSSL build: TLS 1.3
+    and OCSP stapling not offered, resumption by session ID."""
+    ca = CA(ctx.dir, days=400)
+    a, _ = ca.leaf("l", "localhost", ["localhost"], days=200, ocsp_uri="http://127.0.0.1:9/")
+    port = free_port()
+    extra = (("ocsp", ocsp_response(ca, os.path.join(ctx.dir, "l.crt"), os.path.join(ctx.dir, "l.der"))),) if OSSL else ()
+    ctx.master(conf(lsn("https", port, ("tls", "on"), ("cert", a), *extra), pl("p", [ctx.b["a"]]), workers=1), [port])
+    out = os.path.join(ctx.dir, "testssl.json")
+    p = subprocess.run(["testssl", "--quiet", "--color", "0", "--warnings", "off", "--ip", HOST, "--add-ca", ca.crt,
+                        "-p", "-S", "-U", "--jsonfile", out, "https://localhost:%d/" % port],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=140)
+    check(os.path.exists(out), "testssl wrote no JSON: %s" % short(p.stdout.decode("utf-8", "replace"), 300))
+    with open(out) as f:
+        found = {x["id"]: x for x in json.load(f)}
+    fnd = lambda k: found.get(k, {}).get("finding", "(missing)")
+    for k in ("SSLv2", "SSLv3", "TLS1", "TLS1_1"):
+        eq(fnd(k), "not offered", "testssl " + k)
+    check(fnd("TLS1_2").startswith("offered"), "testssl TLS1_2: %s" % fnd("TLS1_2"))
+    check("http/1.1" in fnd("ALPN"), "testssl ALPN: %s" % fnd("ALPN"))
+    if OSSL:
+        check(fnd("TLS1_3").startswith("offered"), "testssl TLS1_3: %s" % fnd("TLS1_3"))
+        check("valid for" in fnd("TLS_session_ticket"), "testssl TLS_session_ticket: %s" % fnd("TLS_session_ticket"))
+        eq(fnd("OCSP_stapling"), "offered", "testssl OCSP_stapling")
+    else:
+        check(fnd("TLS1_3").startswith("not offered"), "testssl TLS1_3 (BearSSL has none): %s" % fnd("TLS1_3"))
+        eq(fnd("OCSP_stapling"), "not offered", "testssl OCSP_stapling (BearSSL has none)")
+        eq(fnd("sessionresumption_ID"), "supported", "testssl sessionresumption_ID")
+    bad = ["%s %s: %s" % (x["id"], x["severity"], x["finding"]) for x in found.values()
+           if x.get("severity") in ("HIGH", "CRITICAL")]
+    eq(bad, [], "testssl findings HIGH or CRITICAL")
 
 
 def run_suite(all_tests, label, budget, file_name):
