@@ -4356,8 +4356,8 @@ static void ev_forget(struct evh *h)
  * The protocol choice is fixed here on purpose: TLS 1.2 (1.0 and 1.1 are obsolete) with ECDHE
  * key exchange only (forward secrecy) and AEAD ciphers only (AES-GCM, ChaCha20-Poly1305),
  * server preference order, no renegotiation; TLS 1.3 too on OpenSSL (BearSSL 0.6 has none),
- * without 0-RTT; groups X25519, P-256, P-384. Resumption: BearSSL keeps a session-ID cache in
- * shared memory; OpenSSL uses stateless tickets whose keys every worker shares.
+ * without 0-RTT; groups X25519, P-256, P-384. Resumption: a session-ID cache in shared memory
+ * (both), and on OpenSSL stateless tickets whose keys every worker shares.
  * Calls sections 2, 3 (X.509 names) and 6 (the clock). */
 
 /* lb's TLS error codes (io->err): BearSSL's numbers (br_ssl_engine_last_error), to which the
@@ -5990,6 +5990,9 @@ static int tls_alpn_pick(SSL *ssl, const unsigned char **out, unsigned char *out
 
 static int tls_ticket_cb(SSL *ssl, unsigned char name[16], unsigned char *iv, EVP_CIPHER_CTX *ectx,
                          EVP_MAC_CTX *hctx, int enc);
+static int tls_sid_new(SSL *ssl, SSL_SESSION *sess);
+static SSL_SESSION *tls_sid_get(SSL *ssl, const unsigned char *id, int idlen, int *copy);
+static void tls_sid_remove(SSL_CTX *ctx, SSL_SESSION *sess);
 
 /* -------------------------------------------------------------------- OCSP stapling
  * ocsp = FILE (the n-th belongs to the listener's n-th cert =): a DER OCSP response, read with
@@ -6086,7 +6089,11 @@ static int tls_listener_ready(struct lb_tls *t, const struct lb_listener *l, cha
 	SSL_CTX_set_client_hello_cb(ctx, tls_hello, NULL);
 	SSL_CTX_set_cert_cb(ctx, tls_cert_pick, t);
 	SSL_CTX_set_alpn_select_cb(ctx, tls_alpn_pick, NULL);
-	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER | SSL_SESS_CACHE_NO_INTERNAL);
+	SSL_CTX_sess_set_new_cb(ctx, tls_sid_new);
+	SSL_CTX_sess_set_get_cb(ctx, tls_sid_get);
+	SSL_CTX_sess_set_remove_cb(ctx, tls_sid_remove);
+	SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"lb", 2);
 	SSL_CTX_set_num_tickets(ctx, 1);
 	SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, tls_ticket_cb);
 	SSL_CTX_set_tlsext_status_cb(ctx, tls_ocsp_staple);
@@ -6095,6 +6102,7 @@ static int tls_listener_ready(struct lb_tls *t, const struct lb_listener *l, cha
 		/* every handshake a full one: a resumed session would carry no client certificate to check */
 		SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
 		SSL_CTX_set_num_tickets(ctx, 0);
+		SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
 		STACK_OF(X509_NAME) *names = sk_X509_NAME_new_null();
 		for (size_t i = 0; names && i < t->ntas; i++) {
 			X509_NAME *nm = X509_NAME_dup(X509_get_subject_name(sk_X509_value(t->cas, (int)i)));
@@ -6200,11 +6208,114 @@ static int tls_tickets_rotate(void)
 	return 0;
 }
 
+/* -------------------------------------------------------------------- the shared session-ID cache
+ * For TLS 1.2 clients that take no ticket: sessions (i2d_SSL_SESSION, the master secret among
+ * them) in shared memory, TLS_SID_WAYS-way sets chosen by the session ID's hash, the oldest of a
+ * set replaced; tls_session_cache entries of TLS_SID_DATA bytes. Made by the master before any
+ * fork, so every worker of every generation resumes them. */
+
+#define TLS_SID_WAYS 4
+#define TLS_SID_DATA 480
+
+struct tls_sid {
+	uint64_t used;                 /* a counter: the oldest of a set goes first; 0: empty */
+	int64_t expires;               /* Unix time */
+	uint8_t idlen;
+	uint16_t len;
+	unsigned char id[SSL_MAX_SSL_SESSION_ID_LENGTH];
+	unsigned char data[TLS_SID_DATA];
+};
+
+struct tls_sids {
+	_Atomic uint32_t lock;
+	uint32_t sets;
+	uint64_t clock;
+	struct tls_sid e[];
+};
+static struct tls_sids *g_sids;
+
+static struct tls_sid *tls_sid_set(const unsigned char *id, unsigned idlen)
+{
+	return &g_sids->e[(lb_hash64(id, idlen) % g_sids->sets) * TLS_SID_WAYS];
+}
+
+static int tls_sid_new(SSL *ssl, SSL_SESSION *sess)
+{
+	LB_UNUSED(ssl);
+	unsigned idlen;
+	const unsigned char *id = SSL_SESSION_get_id(sess, &idlen);
+	unsigned char buf[TLS_SID_DATA], *p = buf;
+	int len = i2d_SSL_SESSION(sess, NULL);
+	if (!g_sids || !idlen || idlen > SSL_MAX_SSL_SESSION_ID_LENGTH || len <= 0 || len > TLS_SID_DATA ||
+	    i2d_SSL_SESSION(sess, &p) != len)
+		return 0;
+	spin_lock(&g_sids->lock);
+	struct tls_sid *set = tls_sid_set(id, idlen), *v = set;
+	for (int i = 1; i < TLS_SID_WAYS; i++)
+		if (set[i].used < v->used)
+			v = &set[i];
+	v->used = ++g_sids->clock;
+	v->expires = (int64_t)(SSL_SESSION_get_time(sess) + SSL_SESSION_get_timeout(sess));
+	v->idlen = (uint8_t)idlen, v->len = (uint16_t)len;
+	memcpy(v->id, id, idlen);
+	memcpy(v->data, buf, (size_t)len);
+	spin_unlock(&g_sids->lock);
+	memset(buf, 0, sizeof buf);
+	return 0; /* lb keeps no reference to sess */
+}
+
+static SSL_SESSION *tls_sid_get(SSL *ssl, const unsigned char *id, int idlen, int *copy)
+{
+	struct tls_io *io = SSL_get_app_data(ssl);
+	unsigned char buf[TLS_SID_DATA];
+	int len = 0;
+	*copy = 0;
+	if (!g_sids || idlen <= 0 || idlen > SSL_MAX_SSL_SESSION_ID_LENGTH)
+		return NULL;
+	if (g_tls)
+		atomic_fetch_add_explicit(&g_tls->lookups, 1, memory_order_relaxed);
+	int64_t now = (int64_t)time(NULL);
+	spin_lock(&g_sids->lock);
+	struct tls_sid *set = tls_sid_set(id, (unsigned)idlen);
+	for (int i = 0; i < TLS_SID_WAYS && !len; i++)
+		if (set[i].used && set[i].idlen == idlen && !memcmp(set[i].id, id, (size_t)idlen) && set[i].expires > now)
+			memcpy(buf, set[i].data, set[i].len), len = set[i].len;
+	spin_unlock(&g_sids->lock);
+	const unsigned char *p = buf;
+	SSL_SESSION *s = len ? d2i_SSL_SESSION(NULL, &p, len) : NULL;
+	memset(buf, 0, sizeof buf);
+	if (s && g_tls)
+		atomic_fetch_add_explicit(&g_tls->hits, 1, memory_order_relaxed);
+	if (s && io && io->srv)
+		io->srv->ticket = 0;
+	return s;
+}
+
+static void tls_sid_remove(SSL_CTX *ctx, SSL_SESSION *sess)
+{
+	LB_UNUSED(ctx);
+	unsigned idlen;
+	const unsigned char *id = SSL_SESSION_get_id(sess, &idlen);
+	if (!g_sids || !idlen || idlen > SSL_MAX_SSL_SESSION_ID_LENGTH)
+		return;
+	spin_lock(&g_sids->lock);
+	struct tls_sid *set = tls_sid_set(id, idlen);
+	for (int i = 0; i < TLS_SID_WAYS; i++)
+		if (set[i].idlen == idlen && !memcmp(set[i].id, id, idlen))
+			set[i].used = 0;
+	spin_unlock(&g_sids->lock);
+}
+
 static int tls_cache_create(unsigned entries)
 {
-	LB_UNUSED(entries);
 	if (!(g_tickets = shm_map(sizeof *g_tickets, "TLS ticket keys")))
 		return -1;
+	uint32_t sets = (entries + TLS_SID_WAYS - 1) / TLS_SID_WAYS;
+	if (sets && !(g_sids = shm_map(sizeof *g_sids + (size_t)sets * TLS_SID_WAYS * sizeof(struct tls_sid),
+	                               "TLS session cache")))
+		return -1;
+	if (g_sids)
+		g_sids->sets = sets;
 	return tls_tickets_rotate();
 }
 
@@ -6251,6 +6362,8 @@ static int tls_ticket_cb(SSL *ssl, unsigned char name[16], unsigned char *iv, EV
 	struct tls_io *io = SSL_get_app_data(ssl);
 	struct tls_tkey k;
 	uint32_t i = 0, n;
+	if (!g_tickets)
+		return 0;
 	spin_lock(&g_tickets->lock);
 	n = g_tickets->n;
 	for (; !enc && i < n && memcmp(g_tickets->k[i].name, name, 16); i++)
