@@ -1,6 +1,7 @@
 /* lb — a load balancer and reverse proxy in one translation unit.
  *
  *   cc -O2 lb.c -o lb -lbearssl -linih
+ *   cc -O2 -DLB_TLS_OPENSSL lb.c -o lb-openssl -lssl -lcrypto -linih   (OpenSSL 3: TLS 1.3, tickets, OCSP)
  *
  * Sections, in file order (each section's banner says what it owns and which sections it calls; the
  * headers are "===... N. TITLE" lines; tests/code_checks.sh checks this list against them):
@@ -10,7 +11,7 @@
  *   4. configuration: text -> struct lb_conf through the key table; descriptors per worker
  *   5. routing and balancing: route, pool and server choice (pure); what a pick reads from shared memory
  *   6. event loop and timers: epoll or poll, the clock
- *   7. TLS glue: BearSSL engines without blocking, certificates, the session cache, handshake failures
+ *   7. TLS glue: one interface over BearSSL or OpenSSL 3, certificates, resumption, OCSP, handshake failures
  *   8. connections: connection and buffer pools, the deadline heap, idle server connections, log_throttled
  *   9. HTTP proxying: request -> server, head rewriting, bodies, retries, lb's answers; splice; byte movers
  *  10. TCP proxying: the tunnel
