@@ -5910,6 +5910,7 @@ struct tls_io {
 	struct tls_conn *srv;         /* the server side's, to note the handshake's end */
 	int got_bytes, err;
 	int alert_sent, alert_recv;   /* fatal alerts seen (+1), by tls_info */
+	int slim;                     /* the handshake's BIO buffers were given back */
 };
 
 struct tls_conn {
@@ -6622,6 +6623,25 @@ static int tls_just_done(struct tls_conn *tc)
 	return 1;
 }
 
+/* Once idle after the handshake: new, empty memory BIOs for the ones whose buffers grew to the
+ * handshake's flights (a few KB less per idle connection). */
+static void tls_slim(struct tls_io *io)
+{
+	if (io->slim || !SSL_is_init_finished(io->ssl) || BIO_ctrl_pending(io->rb) || BIO_ctrl_pending(io->wb))
+		return;
+	BIO *rb = BIO_new(BIO_s_mem()), *wb = BIO_new(BIO_s_mem());
+	io->slim = 1;
+	if (!rb || !wb) {
+		BIO_free(rb);
+		BIO_free(wb);
+		return;
+	}
+	BIO_set_mem_eof_return(rb, -1);
+	BIO_set_mem_eof_return(wb, -1);
+	SSL_set_bio(io->ssl, rb, wb); /* frees the old ones */
+	io->rb = rb, io->wb = wb;
+}
+
 /* Plaintext from the peer into dst: > 0 bytes; 0 at the end of the stream; -1 with errno
  * EAGAIN when there is none yet; -1 with another errno when the connection failed
  * (EPROTO: TLS error, in io->err). */
@@ -6655,6 +6675,7 @@ static ssize_t tls_recv(struct tls_io *io, int fd, bool *rready, char *dst, size
 		if (tls_flush_out(io, fd) < 0)
 			return -1;
 		if (!*rready) {
+			tls_slim(io);
 			errno = EAGAIN;
 			return -1;
 		}
