@@ -1,5 +1,6 @@
 # lb — build, run the demo, test, benchmark, fuzz.
 #   make            build ./lb (BearSSL and inih linked statically)
+#   make TLS=openssl  build ./lb on OpenSSL 3 instead (TLS 1.3, session tickets); make lb-openssl: both
 #   make run        demo: three backends + lb serving config.ini on 127.0.0.1:8080
 #   make test       unit + integration (epoll, poll, ASan builds) + fuzz smoke; ends "N passed, N failed"
 #   make bench      lb vs HAProxy vs nginx (Debian packages) with wrk; writes tests/bench/results.md
@@ -11,6 +12,16 @@ CC      ?= cc
 CFLAGS  ?= -O2 -g
 WARN    := -std=c11 -Wall -Wextra -Werror
 LIBS    := -l:libbearssl.a -l:libinih.a
+# the TLS library of ./lb: bearssl (default) or openssl; ./lb-openssl is always the OpenSSL build
+TLS     ?= bearssl
+OSSL_LIBS := -l:libinih.a -lssl -lcrypto
+ifeq ($(TLS),openssl)
+LB_TLS  := -DLB_TLS_OPENSSL
+LB_LIBS := $(OSSL_LIBS)
+else
+LB_TLS  :=
+LB_LIBS := $(LIBS)
+endif
 SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 PREFIX  ?= /usr/local
 FUZZ    ?= request
@@ -27,7 +38,10 @@ MINUTES ?= 4
 all: lb
 
 lb: lb.c lb.h
-	$(CC) $(WARN) $(CFLAGS) lb.c -o $@ $(LIBS)
+	$(CC) $(WARN) $(CFLAGS) $(LB_TLS) lb.c -o $@ $(LB_LIBS)
+
+lb-openssl: lb.c lb.h
+	$(CC) $(WARN) $(CFLAGS) -DLB_TLS_OPENSSL lb.c -o $@ $(OSSL_LIBS)
 
 lb-poll: lb.c lb.h
 	$(CC) $(WARN) $(CFLAGS) -DLB_POLL lb.c -o $@ $(LIBS)
@@ -71,6 +85,7 @@ asan: lb-asan tests/unit-asan
 check: lb.c lb.h
 	clang $(WARN) -O2 -c lb.c -o /dev/null
 	clang $(WARN) -O2 -DLB_POLL -c lb.c -o /dev/null
+	clang $(WARN) -O2 -DLB_TLS_OPENSSL -c lb.c -o /dev/null
 
 deps:
 	@bash tests/deps.sh run
@@ -85,7 +100,7 @@ run: deps lb
 	@bash tests/demo.sh
 
 test: deps-test
-	$(MAKE) --no-print-directory lb lb-poll lb-asan lb-static tests/unit tests/unit-asan check scaler scaler-check \
+	$(MAKE) --no-print-directory lb lb-openssl lb-poll lb-asan lb-static tests/unit tests/unit-asan check scaler scaler-check \
 		$(addprefix fuzz/fuzz_,$(FUZZERS))
 	@bash tests/run.sh
 
@@ -113,7 +128,7 @@ install: lb
 	install -D -m 0644 config.ini $(DESTDIR)/etc/lb/config.ini.example
 
 clean:
-	rm -f lb lb-poll lb-asan lb-static linode-scaler tests/unit tests/unit-asan $(addprefix fuzz/fuzz_,$(FUZZERS)) $(addprefix fuzz/afl_,$(FUZZERS)) fuzz/*.o *.o
+	rm -f lb lb-openssl lb-poll lb-asan lb-static linode-scaler tests/unit tests/unit-asan $(addprefix fuzz/fuzz_,$(FUZZERS)) $(addprefix fuzz/afl_,$(FUZZERS)) fuzz/*.o *.o
 	rm -rf fuzz/out
 
 # linode-scaler: make scaler (rules in deploy/Makefile.scaler)

@@ -1,6 +1,7 @@
 /* lb — a load balancer and reverse proxy in one translation unit.
  *
  *   cc -O2 lb.c -o lb -lbearssl -linih
+ *   cc -O2 -DLB_TLS_OPENSSL lb.c -o lb-openssl -lssl -lcrypto -linih   (OpenSSL 3: TLS 1.3, tickets, OCSP)
  *
  * Sections, in file order (each section's banner says what it owns and which sections it calls; the
  * headers are "===... N. TITLE" lines; tests/code_checks.sh checks this list against them):
@@ -10,7 +11,7 @@
  *   4. configuration: text -> struct lb_conf by the key table; the runtime state beside it; descriptors per worker
  *   5. routing and balancing: route, pool and server choice (pure); what a pick reads from shared memory
  *   6. event loop and timers: epoll or poll, the clock
- *   7. TLS glue: BearSSL engines without blocking, certificates, the session cache, handshake failures
+ *   7. TLS glue: one interface over BearSSL or OpenSSL 3, certificates, resumption, OCSP, handshake failures
  *   8. connections: connection and buffer pools, the deadline heap, idle server connections, log_throttled
  *   9. HTTP proxying: request -> server, head rewriting, bodies, retries, lb's answers; splice; byte movers
  *  10. TCP proxying: the tunnel
@@ -60,7 +61,17 @@
 
 #define INI_HANDLER_LINENO 1
 #include <ini.h>
+#ifdef LB_TLS_OPENSSL /* the TLS library: section 7 alone uses it */
+#include <openssl/core_names.h>
+#include <openssl/err.h>
+#include <openssl/ocsp.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#else
 #include <bearssl.h>
+#endif
 
 #if defined(__linux__) && !defined(LB_POLL)
 #define LB_EPOLL 1
@@ -3142,6 +3153,14 @@ static void set_dur(struct cfg *st, void *o, const struct keydef *kd, const char
 		v_dur_min(st, line, kd->name, v, kd->min, f);
 }
 
+static void set_ticket_keys(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	struct lb_conf *c = o;
+	free(c->tls_ticket_keys);
+	c->tls_ticket_keys = v_str(st, line, kd->name, v);
+	c->tls_ticket_keys_line = line;
+}
+
 static void set_onoff(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
 {
 	v_onoff(st, line, kd->name, v, KFIELD(int, o, kd));
@@ -3285,6 +3304,20 @@ static void set_cert(struct cfg *st, void *o, const struct keydef *kd, const cha
 	if (f) {
 		l->cert_lines[l->ncerts] = line;
 		l->certs[l->ncerts++] = f;
+	}
+}
+
+static void set_ocsp(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	struct lb_listener *l = o;
+	if (l->nocsp >= LB_MAX_CERTS) {
+		cfg_err(st, line, kd->name, "ocsp: more than %d in one listener", LB_MAX_CERTS);
+		return;
+	}
+	char *f = v_str(st, line, kd->name, v);
+	if (f) {
+		l->ocsp_lines[l->nocsp] = line;
+		l->ocsp[l->nocsp++] = f;
 	}
 }
 
@@ -3504,6 +3537,8 @@ static const struct keydef keys_global[] = {
 	{ .name = "shutdown_timeout", .set = set_dur, .off = OG(shutdown_timeout), .def = "30s", .doc = "bound on a graceful stop" },
 	{ .name = "stop_grace", .set = set_dur, .off = OG(stop_grace), .def = "0s", .doc = "after SIGTERM, serve this long while /healthz says draining" },
 	{ .name = "alert_command", .set = set_str, .off = OG(alert_command), .good = "logger -t lb", .doc = "shell command run with each event as JSON" },
+	{ .name = "tls_ticket_keys", .set = set_ticket_keys, .good = "ticket.key", .bad = "", .doc = "TLS session ticket keys: N x 80 bytes (OpenSSL build)" },
+	{ .name = "tls_ticket_rotate", .set = set_dur, .off = OG(tls_ticket_rotate), .def = "1h", .min = 1000, .doc = "a new random ticket key this often (without tls_ticket_keys)" },
 	{ .name = "tls_session_cache", .set = set_uint, .off = OG(tls_session_cache), .def = "20000", .min = 0, .max = 10000000, .doc = "TLS sessions kept for resumption; 0 = off" },
 	{ .name = "state_file", .later = "the admin API", .doc = "not supported yet" },
 	{ .name = NULL },
@@ -3566,6 +3601,7 @@ static const struct keydef keys_listener[] = {
 	{ .name = "splice", .set = set_onoff, .off = OL(splice), .def = "on", .doc = "mode tcp: move bytes with splice(2)" },
 	{ .name = "tls", .set = set_onoff, .off = OL(tls), .def = "off", .good = "on\ncert = a.pem", .doc = "terminate TLS" },
 	{ .name = "cert", .set = set_cert, .repeat = 1, .good = "a.pem\ntls = on", .bad = "", .doc = "with tls: PEM chain and key; SNI picks among several" },
+	{ .name = "ocsp", .set = set_ocsp, .repeat = 1, .good = "a.der\ntls = on\ncert = a.pem", .bad = "", .doc = "with tls: DER OCSP response stapled with the n-th cert (OpenSSL build); off" },
 	{ .name = "client_ca", .set = set_client_ca, .good = "ca.pem\ntls = on\ncert = a.pem", .bad = "", .doc = "with tls: CAs client certificates must chain to" },
 	{ .name = "hsts", .set = set_hsts, .good = "max-age=60\ntls = on\ncert = a.pem", .doc = "with tls: the Strict-Transport-Security value" },
 	{ .name = "redirect_https", .set = set_onoff, .off = OL(redirect_https), .def = "off", .good = "on", .doc = "plain listener: 308 to https" },
@@ -3849,6 +3885,9 @@ static void check_listener_tls(struct cfg *st, const struct lb_listener *l)
 		cfg_err(st, l->cert_lines[0], "cert", "[listener %s]: cert without tls = on", l->name);
 	if (!l->tls && l->client_ca)
 		cfg_err(st, l->client_ca_line, "client_ca", "[listener %s]: client_ca without tls = on", l->name);
+	if (l->nocsp > l->ncerts)
+		cfg_err(st, l->ocsp_lines[l->ncerts], "ocsp", "[listener %s]: ocsp without its cert (the n-th ocsp = is the "
+		        "n-th cert's; ocsp = off skips one)", l->name);
 	if (!l->tls && l->hsts)
 		cfg_err(st, l->line, "hsts", "[listener %s]: hsts is sent on TLS responses only: set tls = on", l->name);
 	if (l->tls && l->redirect_https)
@@ -3961,6 +4000,7 @@ static void check_limits(struct cfg *st)
 }
 
 static void tls_free(struct lb_tls *t); /* section 7 */
+static int tls_ticket_file(const char *path, void *k, char *err, size_t errlen);
 static int tls_load_pool(struct lb_pool *p, char *err, size_t errlen);
 
 static int tls_load_listener(struct lb_listener *l, int *bad_line, const char **bad_key, char *err, size_t errlen);
@@ -4081,6 +4121,8 @@ void lb_conf_free(struct lb_conf *c)
 		tls_free(l->tlsm);
 		for (size_t k = 0; k < l->ncerts; k++)
 			free(l->certs[k]);
+		for (size_t k = 0; k < l->nocsp; k++)
+			free(l->ocsp[k]);
 		free(l->client_ca);
 		free(l->hsts);
 		free(l->acme_webroot);
@@ -4100,6 +4142,7 @@ void lb_conf_free(struct lb_conf *c)
 	free(c->routes);
 	free(c->pid_file);
 	free(c->alert_command);
+	free(c->tls_ticket_keys);
 	free(c->user);
 	free(c->access_log);
 	free(c->log_template);
@@ -4211,6 +4254,13 @@ int lb_conf_resolve(struct lb_conf *c, struct lb_cfg_errors *errs)
 			cfg_err(&st, bl, bk, "%s", terr);
 		if (l->acme_webroot && (stat(l->acme_webroot, &sb) != 0 || !S_ISDIR(sb.st_mode)))
 			cfg_err(&st, l->line, "acme_webroot", "acme_webroot: %s is not a directory", l->acme_webroot);
+	}
+	if (c->tls_ticket_keys) {
+		unsigned char k[8 * 80]; /* TLS_TICKET_KEYS_MAX keys */
+		char terr[300];
+		if (tls_ticket_file(c->tls_ticket_keys, k, terr, sizeof terr) < 0)
+			cfg_err(&st, c->tls_ticket_keys_line, "tls_ticket_keys", "tls_ticket_keys: %s", terr);
+		memset(k, 0, sizeof k);
 	}
 	if (c->admin_on)
 		resolve_bind(&st, &c->admin_bind, "[admin] ");
@@ -4820,19 +4870,425 @@ static void ev_forget(struct evh *h)
 }
 
 /* ==================================================================== 7. TLS glue
- * BearSSL driven without blocking from the event loop. Owns the certificates and CAs a
- * listener loads (struct lb_tls: read by lb_conf_resolve in the master, inherited by the
- * workers at fork), the per-connection server engine (struct tls_conn: pooled, only for TLS
- * connections), the certificate choice by SNI, the session cache the workers share, the
- * TLS counters and why a handshake failed (lb_tls_fail_classify: BearSSL's error code -> the
- * reason label and a log line, pure), and the kernel's entropy every engine gets
+ * TLS without blocking, from the event loop, on one of two libraries chosen at compile time:
+ * BearSSL (the default) or OpenSSL 3 (-DLB_TLS_OPENSSL, `make TLS=openssl`, ./lb-openssl).
+ * Owns the certificates and CAs a listener or pool loads (struct lb_tls: read by lb_conf_resolve
+ * in the master, inherited by the workers at fork), the per-connection engines (struct tls_conn
+ * towards clients, struct tls_up towards servers), the certificate choice by SNI, resumption
+ * state the workers share, the TLS counters and why a handshake failed (lb_tls_fail_classify:
+ * lb's TLS error code -> the reason label and a log line, pure), and the kernel's entropy
  * (lb_os_entropy). It does socket I/O on the fd it is given, and reads that entropy.
  *
- * The protocol choice is fixed here on purpose: TLS 1.2 only (BearSSL has no 1.3; 1.0 and 1.1
- * are obsolete), ECDHE key exchange only (forward secrecy) and AEAD ciphers only (AES-GCM,
- * ChaCha20-Poly1305), server preference order, no renegotiation, ALPN http/1.1. tls_log_info gives
- * the access log (section 14) a connection's version and cipher.
+ * The interface: the rest of lb calls only these, and names no BearSSL or OpenSSL type.
+ *   files      tls_load_listener, tls_load_pool (cert, client_ca, tls_ca -> l->tlsm, p->tlsm),
+ *              cert_parse (lb ctl ssl update), tls_free; struct lb_tls's certs[].info/.file and
+ *              sig[] (file watch, expiry alerts, metrics); file_read, file_sig_of, file_sig_eq
+ *   shared     tls_shared_create (the master, before any fork): g_tls, counters + resumption state
+ *   engines    tls_conn_new(L, alpn, nalpn) / tls_conn_free (towards a client; alpn: the
+ *              protocols lb offers, in preference order), tls_feed_pre (bytes read with a PROXY
+ *              header start the handshake); tls_up_new(pool, server) / tls_up_free
+ *   the pump   on struct tls_io and the socket: tls_recv (plaintext in; drives the handshake),
+ *              tls_send (plaintext out), tls_flush_out, tls_records_pending, tls_has_input,
+ *              tls_can_send, tls_close_notify (close)
+ *   results    tc->hs_done, tc->subject (the client certificate checked against client_ca, as
+ *              "CN=..,O=.."), io->got_bytes, tls_sni (the SNI name), tls_alpn (the protocol
+ *              ALPN chose, "" when none), tls_fail_why (a failed handshake's reason and text),
+ *              tls_up_error_text (why a server's handshake failed), tls_count_failure, tls_log_info
+ *              (the version and cipher, for the access log)
+ *
+ * The protocol choice is fixed here on purpose: TLS 1.2 (1.0 and 1.1 are obsolete) with ECDHE
+ * key exchange only (forward secrecy) and AEAD ciphers only (AES-GCM, ChaCha20-Poly1305),
+ * server preference order, no renegotiation; TLS 1.3 too on OpenSSL (BearSSL 0.6 has none),
+ * without 0-RTT; groups X25519, P-256, P-384. Resumption: a session-ID cache in shared memory
+ * (both), and on OpenSSL stateless tickets whose keys every worker shares.
  * Calls sections 2, 3 (X.509 names) and 6 (the clock). */
+
+/* lb's TLS error codes (io->err): BearSSL's numbers (br_ssl_engine_last_error), to which the
+ * OpenSSL build maps its errors, so that the failure reasons and their texts are one for both. */
+enum {
+	LB_TLS_ERR_OK = 0, LB_TLS_ERR_UNSUPPORTED_VERSION = 3, LB_TLS_ERR_BAD_VERSION = 4, LB_TLS_ERR_BAD_LENGTH = 5,
+	LB_TLS_ERR_TOO_LARGE = 6, LB_TLS_ERR_BAD_MAC = 7, LB_TLS_ERR_NO_RANDOM = 8, LB_TLS_ERR_UNKNOWN_TYPE = 9,
+	LB_TLS_ERR_UNEXPECTED = 10, LB_TLS_ERR_BAD_HANDSHAKE = 14, LB_TLS_ERR_BAD_CIPHER_SUITE = 16,
+	LB_TLS_ERR_BAD_SNI = 21, LB_TLS_ERR_LIMIT_EXCEEDED = 23, LB_TLS_ERR_BAD_FINISHED = 24,
+	LB_TLS_ERR_BAD_SIGNATURE = 27, LB_TLS_ERR_WRONG_KEY_USAGE = 28, LB_TLS_ERR_NO_CLIENT_AUTH = 29,
+	LB_TLS_ERR_X509_OK = 32, LB_TLS_ERR_X509_EMPTY_CHAIN = 35, LB_TLS_ERR_X509_EXPIRED = 54,
+	LB_TLS_ERR_X509_BAD_SERVER_NAME = 56, LB_TLS_ERR_X509_FORBIDDEN_KEY_USAGE = 59, LB_TLS_ERR_X509_NOT_TRUSTED = 62,
+	LB_TLS_ERR_RECV_FATAL_ALERT = 256, LB_TLS_ERR_SEND_FATAL_ALERT = 512,
+};
+
+#ifdef LB_TLS_OPENSSL
+#define LB_TLS_LIB "OpenSSL"
+#define LB_TLS_VERSIONS "TLS 1.2 or 1.3"
+#define LB_TLS_NO_13 ""
+#else
+#define LB_TLS_LIB "BearSSL"
+#define LB_TLS_VERSIONS "TLS 1.2"
+#define LB_TLS_NO_13 "; a TLS 1.3-only client ends here too"
+#endif
+
+/* the protocols lb offers with ALPN towards clients (HTTP listeners) and servers */
+static const char *const tls_alpn_http[] = { "http/1.1" };
+#define TLS_SUBJECT_MAX 256
+
+struct file_sig {
+	dev_t dev;
+	ino_t ino;
+	off_t size;
+	int64_t mtime_ns, ctime_ns;
+};
+
+struct lb_tls;
+struct lb_cert;
+static size_t tls_pick_cert(const struct lb_tls *t, const char *sni);
+
+static char *file_read(const char *path, size_t max, size_t *len, char *err, size_t errlen)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st) != 0) {
+		snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return NULL;
+	}
+	if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size > max) {
+		snprintf(err, errlen, "%s: not a regular file of at most %zu bytes", path, max);
+		close(fd);
+		return NULL;
+	}
+	char *b = malloc((size_t)st.st_size + 1);
+	size_t got = 0;
+	while (b && got < (size_t)st.st_size) {
+		ssize_t r = read(fd, b + got, (size_t)st.st_size - got);
+		if (r <= 0)
+			break;
+		got += (size_t)r;
+	}
+	close(fd);
+	if (!b || got != (size_t)st.st_size) {
+		snprintf(err, errlen, "cannot read %s", path);
+		free(b);
+		return NULL;
+	}
+	b[got] = 0;
+	*len = got;
+	return b;
+}
+
+/* what tells a changed file: taken before it is read, so a change during the read shows */
+static void file_sig_of(const char *path, struct file_sig *s)
+{
+	struct stat st;
+	memset(s, 0, sizeof *s);
+	if (stat(path, &st) != 0)
+		return;
+	s->dev = st.st_dev, s->ino = st.st_ino, s->size = st.st_size;
+	s->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+	s->ctime_ns = (int64_t)st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec;
+}
+
+static int file_sig_eq(const struct file_sig *a, const struct file_sig *b)
+{
+	return a->dev == b->dev && a->ino == b->ino && a->size == b->size && a->mtime_ns == b->mtime_ns &&
+	       a->ctime_ns == b->ctime_ns;
+}
+
+/* -------------------------------------------------------------------- shared session cache, counters */
+
+#define TLS_F_N LB_TLS_F_N
+static const char *const tls_fail_kind[TLS_F_N] = {
+	[LB_TLS_F_PROTOCOL_VERSION] = "protocol_version", [LB_TLS_F_NO_SHARED_CIPHER] = "no_shared_cipher",
+	[LB_TLS_F_BAD_RECORD] = "bad_record", [LB_TLS_F_PROTOCOL] = "protocol", [LB_TLS_F_ALERT] = "alert",
+	[LB_TLS_F_CLIENT_CERT] = "client_cert", [LB_TLS_F_TIMEOUT] = "timeout", [LB_TLS_F_CLOSED] = "closed",
+};
+
+const char *lb_tls_fail_name(int reason)
+{
+	return reason >= 0 && reason < TLS_F_N ? tls_fail_kind[reason] : "?";
+}
+
+/* Counters every worker adds to (lb_tls_* metrics), made by the master before any fork. */
+#define TLS_SUITES_N 10
+struct tls_shared {
+	uint32_t entries;             /* capacity of the session-ID cache (BearSSL) */
+	_Atomic uint64_t handshakes, resumed, lookups, hits, failures[TLS_F_N];
+	_Atomic uint64_t by_suite[TLS_SUITES_N]; /* handshakes by version and cipher suite (tls_suite_label) */
+	_Atomic uint64_t resumed_ticket, resumed_id;
+};
+static struct tls_shared *g_tls;
+
+/* The handshakes-by-suite label of a negotiated version + cipher suite (IANA names). */
+static const char *const tls_suite_labels[TLS_SUITES_N][2] = {
+	{ "TLSv1.2", "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256" }, { "TLSv1.2", "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384" },
+	{ "TLSv1.2", "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256" }, { "TLSv1.2", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256" },
+	{ "TLSv1.2", "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384" }, { "TLSv1.2", "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256" },
+	{ "TLSv1.3", "TLS_AES_128_GCM_SHA256" }, { "TLSv1.3", "TLS_AES_256_GCM_SHA384" },
+	{ "TLSv1.3", "TLS_CHACHA20_POLY1305_SHA256" }, { "other", "other" },
+};
+static const uint16_t tls_suite_ids[TLS_SUITES_N - 1] = { 0xC02B, 0xC02C, 0xCCA9, 0xC02F, 0xC030, 0xCCA8, 0x1301, 0x1302, 0x1303 };
+
+/* a completed handshake: counted by suite, and by kind of resumption (ticket: 1, session ID: 2) */
+static void tls_count_handshake(uint16_t suite, int resumed)
+{
+	if (!g_tls)
+		return;
+	size_t i = 0;
+	while (i < TLS_SUITES_N - 1 && tls_suite_ids[i] != suite)
+		i++;
+	atomic_fetch_add_explicit(&g_tls->handshakes, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&g_tls->by_suite[i], 1, memory_order_relaxed);
+	if (resumed)
+		atomic_fetch_add_explicit(&g_tls->resumed, 1, memory_order_relaxed);
+	if (resumed == 1)
+		atomic_fetch_add_explicit(&g_tls->resumed_ticket, 1, memory_order_relaxed);
+	if (resumed == 2)
+		atomic_fetch_add_explicit(&g_tls->resumed_id, 1, memory_order_relaxed);
+}
+
+static void tls_count_failure(int kind)
+{
+	if (g_tls)
+		atomic_fetch_add_explicit(&g_tls->failures[kind], 1, memory_order_relaxed);
+}
+
+/* One name element of a client's subject appended to "CN=..,O=..", escaped to be safe in a header. */
+static size_t tls_subject_add(char *subject, size_t cap, size_t w, const char *key, const char *val)
+{
+	if (w + 3 >= cap)
+		return w;
+	w += (size_t)snprintf(subject + w, cap - w, "%s%s=", w ? "," : "", key);
+	for (const char *p = val; *p && w + 3 < cap; p++) {
+		unsigned char ch = (unsigned char)*p;
+		if (ch == ',' || ch == '\\' || ch == '+' || ch == '=')
+			subject[w++] = '\\';
+		subject[w++] = ch < 0x20 || ch == 0x7f ? '?' : (char)ch;
+	}
+	subject[w] = 0;
+	return w;
+}
+
+/* -------------------------------------------------------------------- entropy for each engine
+ * BearSSL 0.6 seeds an engine's HMAC-DRBG once, at reset, from one system source: RDRAND alone
+ * on x86. Every engine lb makes also gets LB_TLS_ENTROPY bytes from the kernel before its reset,
+ * so its keys and randoms never rest on one CPU instruction; an engine that cannot get them is
+ * not used (the connection or check fails, said in the error log). */
+
+#define LB_TLS_ENTROPY 32
+
+int lb_urandom_entropy(void *out, size_t n)
+{
+	unsigned char *p = out;
+	size_t got = 0;
+	int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+	while (fd >= 0 && got < n) {
+		ssize_t r = read(fd, p + got, n - got);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		got += (size_t)r;
+	}
+	int e = errno;
+	if (fd >= 0)
+		close(fd);
+	errno = e;
+	return got == n ? 0 : -1;
+}
+
+int lb_os_entropy(void *out, size_t n)
+{
+	unsigned char *p = out;
+	size_t got = 0;
+	while (got < n) {
+		ssize_t r = getrandom(p + got, n - got, 0); /* blocks only until the kernel's pool is ready */
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break; /* ENOSYS (an old kernel), EPERM (a seccomp filter) */
+		got += (size_t)r;
+	}
+	return got == n ? 0 : lb_urandom_entropy(out, n);
+}
+
+/* -------------------------------------------------------------------- why a handshake failed */
+
+static const char *tls_alert_name(int a)
+{
+	switch (a) {
+	case 0: return "close_notify";
+	case 10: return "unexpected_message";
+	case 20: return "bad_record_mac";
+	case 22: return "record_overflow";
+	case 40: return "handshake_failure";
+	case 42: return "bad_certificate";
+	case 43: return "unsupported_certificate";
+	case 44: return "certificate_revoked";
+	case 45: return "certificate_expired";
+	case 46: return "certificate_unknown";
+	case 47: return "illegal_parameter";
+	case 48: return "unknown_ca";
+	case 49: return "access_denied";
+	case 50: return "decode_error";
+	case 51: return "decrypt_error";
+	case 70: return "protocol_version";
+	case 71: return "insufficient_security";
+	case 80: return "internal_error";
+	case 86: return "inappropriate_fallback";
+	case 90: return "user_canceled";
+	case 109: return "missing_extension";
+	case 110: return "unsupported_extension";
+	case 112: return "unrecognized_name";
+	case 116: return "certificate_required";
+	case 120: return "no_application_protocol";
+	}
+	return "unknown alert";
+}
+
+/* BearSSL reports an alert it sent as LB_TLS_ERR_SEND_FATAL_ALERT + the alert (70: the client's
+ * version is too old, 40: nothing in common, 86: a downgrade), one it received as
+ * LB_TLS_ERR_RECV_FATAL_ALERT + the alert, a client certificate that does not validate as its
+ * LB_TLS_ERR_X509_* code (32..63), other errors as LB_TLS_ERR_* (< 32). */
+static int tls_fail_alert(int err, int no_common_curve, char *text, size_t cap)
+{
+	int a = err & 255;
+	if (err >= LB_TLS_ERR_SEND_FATAL_ALERT) {
+		if (a == 70 || a == 86) {
+			snprintf(text, cap, "the client does not offer " LB_TLS_VERSIONS " (lb sent alert %d %s)", a, tls_alert_name(a));
+			return LB_TLS_F_PROTOCOL_VERSION;
+		}
+		if (a == 40) {
+			snprintf(text, cap, "%s (lb sent alert 40 handshake_failure)", no_common_curve
+			         ? "no elliptic curve in common (lb offers X25519, P-256, P-384, P-521)"
+			         : "no cipher suite in common (lb offers " LB_TLS_VERSIONS " ECDHE with AES-GCM or ChaCha20-Poly1305 only"
+			           LB_TLS_NO_13 ")");
+			return LB_TLS_F_NO_SHARED_CIPHER;
+		}
+		snprintf(text, cap, "lb sent fatal alert %d (%s)", a, tls_alert_name(a));
+		return LB_TLS_F_PROTOCOL;
+	}
+	snprintf(text, cap, "the client sent fatal alert %d (%s%s)", a, tls_alert_name(a),
+	         a == 48 ? ": it does not trust lb's certificate or its CA"
+	         : a == 42 || a == 46 ? ": it rejects lb's certificate"
+	         : a == 45 ? ": it finds lb's certificate expired" : "");
+	return a == 70 ? LB_TLS_F_PROTOCOL_VERSION : LB_TLS_F_ALERT;
+}
+
+static const char *tls_x509_text(int err)
+{
+	switch (err) {
+	case LB_TLS_ERR_NO_CLIENT_AUTH: return "no client certificate";
+	case LB_TLS_ERR_X509_NOT_TRUSTED: return "client certificate not signed by client_ca";
+	case LB_TLS_ERR_X509_EXPIRED: return "client certificate expired or not yet valid";
+	case LB_TLS_ERR_X509_EMPTY_CHAIN: return "no client certificate (an empty chain)";
+	case LB_TLS_ERR_X509_FORBIDDEN_KEY_USAGE: return "client certificate not for client authentication";
+	case LB_TLS_ERR_BAD_SIGNATURE: return "bad CertificateVerify signature: the client does not hold its certificate's key";
+	case LB_TLS_ERR_WRONG_KEY_USAGE: return "client certificate key not for signing";
+	}
+	return NULL;
+}
+
+int lb_tls_fail_classify(int err, int client_ca, int no_common_curve, char *text, size_t cap)
+{
+	if (err >= LB_TLS_ERR_RECV_FATAL_ALERT && err < LB_TLS_ERR_SEND_FATAL_ALERT + 256)
+		return tls_fail_alert(err, no_common_curve, text, cap);
+	int x509 = err >= LB_TLS_ERR_X509_OK && err < LB_TLS_ERR_RECV_FATAL_ALERT;
+	if (client_ca && (x509 || tls_x509_text(err))) {
+		const char *t = tls_x509_text(err);
+		if (t)
+			snprintf(text, cap, "%s", t);
+		else
+			snprintf(text, cap, "client certificate rejected (" LB_TLS_LIB " X.509 error %d)", err);
+		return LB_TLS_F_CLIENT_CERT;
+	}
+	const char *t = NULL;
+	int kind = LB_TLS_F_PROTOCOL;
+	switch (err) {
+	case LB_TLS_ERR_UNSUPPORTED_VERSION: /* a record header whose version is not 3.x */
+		t = "not a TLS client (record header not TLS: plain HTTP, SSLv2 or garbage)", kind = LB_TLS_F_BAD_RECORD;
+		break;
+	case LB_TLS_ERR_BAD_VERSION: case LB_TLS_ERR_BAD_LENGTH: case LB_TLS_ERR_UNKNOWN_TYPE:
+		t = "bad record header (version, length or type)", kind = LB_TLS_F_BAD_RECORD;
+		break;
+	case LB_TLS_ERR_BAD_MAC: t = "bad record MAC", kind = LB_TLS_F_BAD_RECORD; break;
+	case LB_TLS_ERR_TOO_LARGE: t = "record too large", kind = LB_TLS_F_BAD_RECORD; break;
+	case LB_TLS_ERR_BAD_HANDSHAKE: case LB_TLS_ERR_UNEXPECTED: t = "malformed or unexpected handshake message"; break;
+	case LB_TLS_ERR_BAD_SNI: t = "malformed server name (SNI)"; break;
+	case LB_TLS_ERR_BAD_SIGNATURE: t = "bad signature from the client"; break;
+	case LB_TLS_ERR_BAD_FINISHED: t = "bad Finished message"; break;
+	case LB_TLS_ERR_LIMIT_EXCEEDED: t = "handshake message above " LB_TLS_LIB "'s limits"; break;
+	case LB_TLS_ERR_NO_RANDOM: t = "the TLS engine had no entropy (lb's fault, not the client's)"; break;
+	}
+	if (t)
+		snprintf(text, cap, "%s", t);
+	else if (x509)
+		snprintf(text, cap, LB_TLS_LIB " X.509 error %d on a listener without client_ca", err);
+	else
+		snprintf(text, cap, LB_TLS_LIB " error %d", err);
+	return kind;
+}
+
+static int host_is_name(const char *h)
+{
+	int alpha = 0;
+	for (; *h; h++) {
+		if (*h == ':')
+			return 0; /* an IPv6 literal */
+		alpha |= isalpha((unsigned char)*h);
+	}
+	return alpha;
+}
+
+/* The engine settings towards servers: TLS 1.2, the same suites as towards clients, the CAs
+ * tas, ALPN http/1.1, and the kernel's entropy. 0, or -1: no entropy, not to be used. */
+static const char *tls_up_error_text(int err)
+{
+	static char b[96];
+	if (err >= LB_TLS_ERR_SEND_FATAL_ALERT)
+		err -= LB_TLS_ERR_SEND_FATAL_ALERT;
+	if (err >= LB_TLS_ERR_RECV_FATAL_ALERT) {
+		snprintf(b, sizeof b, "the server sent fatal alert %d", err - LB_TLS_ERR_RECV_FATAL_ALERT);
+		return b;
+	}
+	switch (err) {
+	case LB_TLS_ERR_X509_NOT_TRUSTED: return "its certificate is not signed by a CA of tls_ca";
+	case LB_TLS_ERR_X509_BAD_SERVER_NAME: return "its certificate does not name the host (tls_sni)";
+	case LB_TLS_ERR_X509_EXPIRED: return "its certificate expired or is not yet valid";
+	case LB_TLS_ERR_UNSUPPORTED_VERSION: return "it does not speak " LB_TLS_VERSIONS;
+	case LB_TLS_ERR_BAD_CIPHER_SUITE: return "no common cipher suite (ECDHE with AES-GCM or ChaCha20)";
+	case LB_TLS_ERR_BAD_VERSION: case LB_TLS_ERR_BAD_LENGTH: case LB_TLS_ERR_UNKNOWN_TYPE: return "it does not speak TLS";
+	}
+	snprintf(b, sizeof b, LB_TLS_LIB " error %d", err);
+	return b;
+}
+
+#ifndef LB_TLS_OPENSSL
+/* -------------------------------------------------------------------- BearSSL
+ * lb's TLS error codes are BearSSL's own. */
+_Static_assert(LB_TLS_ERR_OK == BR_ERR_OK, "BearSSL error code");
+_Static_assert(LB_TLS_ERR_UNSUPPORTED_VERSION == BR_ERR_UNSUPPORTED_VERSION, "BearSSL error code");
+_Static_assert(LB_TLS_ERR_BAD_VERSION == BR_ERR_BAD_VERSION, "BearSSL error code");
+_Static_assert(LB_TLS_ERR_BAD_LENGTH == BR_ERR_BAD_LENGTH, "BearSSL error code");
+_Static_assert(LB_TLS_ERR_TOO_LARGE == BR_ERR_TOO_LARGE, "BearSSL error code");
+_Static_assert(LB_TLS_ERR_BAD_MAC == BR_ERR_BAD_MAC, "BearSSL error code");
+_Static_assert(LB_TLS_ERR_NO_RANDOM == BR_ERR_NO_RANDOM, "BearSSL error code");
+_Static_assert(LB_TLS_ERR_UNKNOWN_TYPE == BR_ERR_UNKNOWN_TYPE, "BearSSL error code");
+_Static_assert(LB_TLS_ERR_UNEXPECTED == BR_ERR_UNEXPECTED, "BearSSL error code");
+_Static_assert(LB_TLS_ERR_BAD_HANDSHAKE == BR_ERR_BAD_HANDSHAKE, "BearSSL error code");
+_Static_assert(LB_TLS_ERR_BAD_CIPHER_SUITE == BR_ERR_BAD_CIPHER_SUITE, "BearSSL error code");
+_Static_assert(LB_TLS_ERR_BAD_SNI == BR_ERR_BAD_SNI, "BearSSL error code");
+_Static_assert(LB_TLS_ERR_LIMIT_EXCEEDED == BR_ERR_LIMIT_EXCEEDED, "BearSSL error code");
+_Static_assert(LB_TLS_ERR_BAD_FINISHED == BR_ERR_BAD_FINISHED, "BearSSL error code");
+_Static_assert(LB_TLS_ERR_BAD_SIGNATURE == BR_ERR_BAD_SIGNATURE, "BearSSL error code");
+_Static_assert(LB_TLS_ERR_WRONG_KEY_USAGE == BR_ERR_WRONG_KEY_USAGE, "BearSSL error code");
+_Static_assert(LB_TLS_ERR_NO_CLIENT_AUTH == BR_ERR_NO_CLIENT_AUTH, "BearSSL error code");
+_Static_assert(LB_TLS_ERR_X509_OK == BR_ERR_X509_OK, "BearSSL error code");
+_Static_assert(LB_TLS_ERR_X509_EMPTY_CHAIN == BR_ERR_X509_EMPTY_CHAIN, "BearSSL error code");
+_Static_assert(LB_TLS_ERR_X509_EXPIRED == BR_ERR_X509_EXPIRED, "BearSSL error code");
+_Static_assert(LB_TLS_ERR_X509_BAD_SERVER_NAME == BR_ERR_X509_BAD_SERVER_NAME, "BearSSL error code");
+_Static_assert(LB_TLS_ERR_X509_FORBIDDEN_KEY_USAGE == BR_ERR_X509_FORBIDDEN_KEY_USAGE, "BearSSL error code");
+_Static_assert(LB_TLS_ERR_X509_NOT_TRUSTED == BR_ERR_X509_NOT_TRUSTED, "BearSSL error code");
+_Static_assert(LB_TLS_ERR_RECV_FATAL_ALERT == BR_ERR_RECV_FATAL_ALERT, "BearSSL error code");
+_Static_assert(LB_TLS_ERR_SEND_FATAL_ALERT == BR_ERR_SEND_FATAL_ALERT, "BearSSL error code");
 
 static const uint16_t tls_suites[] = {
 	BR_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
@@ -4842,7 +5298,6 @@ static const uint16_t tls_suites[] = {
 	BR_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
 	BR_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
 };
-static const char *tls_alpn[] = { "http/1.1" };
 #define LB_TLS_CACHE_ENTRY 100 /* bytes per session in BearSSL's LRU cache */
 
 struct lb_cert {
@@ -4857,17 +5312,10 @@ struct lb_cert {
 	struct lb_x509_info info;     /* of the leaf: names for SNI, expiry, serial */
 };
 
-struct file_sig {
-	dev_t dev;
-	ino_t ino;
-	off_t size;
-	int64_t mtime_ns, ctime_ns;
-};
-
 struct lb_tls {
 	struct lb_cert certs[LB_MAX_CERTS];
 	size_t ncerts;
-	struct file_sig sig[LB_MAX_CERTS + 1]; /* of the files as loaded: certs, then client_ca */
+	struct file_sig sig[2 * LB_MAX_CERTS + 1]; /* of the files as loaded: certs, client_ca, ocsp */
 	br_x509_trust_anchor *tas;    /* client_ca, or the CAs that sign servers' certificates */
 	size_t ntas, cap_tas;
 	unsigned char **blobs;        /* everything above points into these */
@@ -4988,40 +5436,6 @@ static int pem_decode(const char *text, size_t n, struct pem_obj *objs, size_t m
 		return -1;
 	}
 	return (int)k;
-}
-
-static char *file_read(const char *path, size_t max, size_t *len, char *err, size_t errlen)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	struct stat st;
-	if (fd < 0 || fstat(fd, &st) != 0) {
-		snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
-		if (fd >= 0)
-			close(fd);
-		return NULL;
-	}
-	if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size > max) {
-		snprintf(err, errlen, "%s: not a regular file of at most %zu bytes", path, max);
-		close(fd);
-		return NULL;
-	}
-	char *b = malloc((size_t)st.st_size + 1);
-	size_t got = 0;
-	while (b && got < (size_t)st.st_size) {
-		ssize_t r = read(fd, b + got, (size_t)st.st_size - got);
-		if (r <= 0)
-			break;
-		got += (size_t)r;
-	}
-	close(fd);
-	if (!b || got != (size_t)st.st_size) {
-		snprintf(err, errlen, "cannot read %s", path);
-		free(b);
-		return NULL;
-	}
-	b[got] = 0;
-	*len = got;
-	return b;
 }
 
 /* the private key in der, copied into t */
@@ -5215,125 +5629,56 @@ static int ca_load(struct lb_tls *t, const char *file, char *err, size_t errlen)
 	return rc;
 }
 
-/* what tells a changed file: taken before it is read, so a change during the read shows */
-static void file_sig_of(const char *path, struct file_sig *s)
+/* nothing more to prepare once a listener's or pool's files are loaded */
+static int tls_listener_ready(struct lb_tls *t, const struct lb_listener *l, char *err, size_t errlen)
 {
-	struct stat st;
-	memset(s, 0, sizeof *s);
-	if (stat(path, &st) != 0)
-		return;
-	s->dev = st.st_dev, s->ino = st.st_ino, s->size = st.st_size;
-	s->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
-	s->ctime_ns = (int64_t)st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec;
-}
-
-static int file_sig_eq(const struct file_sig *a, const struct file_sig *b)
-{
-	return a->dev == b->dev && a->ino == b->ino && a->size == b->size && a->mtime_ns == b->mtime_ns &&
-	       a->ctime_ns == b->ctime_ns;
-}
-
-/* Load a listener's cert and client_ca files; errors name the file and what is wrong. */
-static int tls_load_listener(struct lb_listener *l, int *bad_line, const char **bad_key, char *err, size_t errlen)
-{
-	struct lb_tls *t = calloc(1, sizeof *t);
-	if (!t) {
-		snprintf(err, errlen, "out of memory");
-		return -1;
-	}
-	for (size_t i = 0; i < l->ncerts; i++) {
-		struct lb_cert *c = &t->certs[t->ncerts];
-		c->line = l->cert_lines[i];
-		file_sig_of(l->certs[i], &t->sig[i]);
-		char e[256];
-		if (cert_load(t, c, l->certs[i], e, sizeof e) != 0) {
-			*bad_line = c->line, *bad_key = "cert";
-			snprintf(err, errlen, "cert %s: %s", l->certs[i], e);
-			tls_free(t);
-			return -1;
-		}
-		t->ncerts++;
-	}
-	if (l->client_ca) {
-		char e[256];
-		file_sig_of(l->client_ca, &t->sig[LB_MAX_CERTS]);
-		if (ca_load(t, l->client_ca, e, sizeof e) != 0) {
-			*bad_line = l->client_ca_line, *bad_key = "client_ca";
-			snprintf(err, errlen, "client_ca %s: %s", l->client_ca, e);
-			tls_free(t);
-			return -1;
-		}
-	}
-	tls_free(l->tlsm);
-	l->tlsm = t;
+	LB_UNUSED(t), LB_UNUSED(l), LB_UNUSED(err), LB_UNUSED(errlen);
 	return 0;
 }
 
-#define LB_SYSTEM_CAS "/etc/ssl/certs/ca-certificates.crt"
-
-/* The CAs a pool's TLS servers are verified against: tls_ca, else the system's bundle. */
-static int tls_load_pool(struct lb_pool *p, char *err, size_t errlen)
+static int tls_pool_ready(struct lb_tls *t, char *err, size_t errlen)
 {
-	struct lb_tls *t = calloc(1, sizeof *t);
-	const char *f = p->tls_ca ? p->tls_ca : LB_SYSTEM_CAS;
-	char e[256];
-	if (!t || ca_load(t, f, e, sizeof e) != 0) {
-		snprintf(err, errlen, "tls_ca %s: %s", f, t ? e : "out of memory");
-		tls_free(t);
-		return -1;
-	}
-	tls_free(p->tlsm);
-	p->tlsm = t;
+	LB_UNUSED(t), LB_UNUSED(err), LB_UNUSED(errlen);
 	return 0;
 }
 
-/* The certificate for an SNI name: an exact name first, then a wildcard, else the first. */
-static size_t tls_pick_cert(const struct lb_tls *t, const char *sni)
+/* no OCSP stapling in BearSSL 0.6 */
+static int tls_ocsp_load(struct lb_cert *c, const char *file, char *err, size_t errlen)
 {
-	size_t hn = sni ? strlen(sni) : 0;
-	for (int wild = 0; hn && wild < 2; wild++)
-		for (size_t i = 0; i < t->ncerts; i++)
-			for (size_t k = 0; k < t->certs[i].info.nnames; k++) {
-				const char *nm = t->certs[i].info.names[k];
-				if ((nm[0] == '*') == wild && lb_cert_name_match(nm, sni, hn))
-					return i;
-			}
-	return 0;
+	LB_UNUSED(c);
+	snprintf(err, errlen, "ocsp %s: BearSSL has no OCSP stapling: build lb with OpenSSL (make TLS=openssl) to use it", file);
+	return -1;
 }
 
-/* -------------------------------------------------------------------- shared session cache, counters */
+static int64_t tls_ocsp_this_update(const struct lb_cert *c) { LB_UNUSED(c); return 0; }
 
-#define TLS_F_N LB_TLS_F_N
-static const char *const tls_fail_kind[TLS_F_N] = {
-	[LB_TLS_F_PROTOCOL_VERSION] = "protocol_version", [LB_TLS_F_NO_SHARED_CIPHER] = "no_shared_cipher",
-	[LB_TLS_F_BAD_RECORD] = "bad_record", [LB_TLS_F_PROTOCOL] = "protocol", [LB_TLS_F_ALERT] = "alert",
-	[LB_TLS_F_CLIENT_CERT] = "client_cert", [LB_TLS_F_TIMEOUT] = "timeout", [LB_TLS_F_CLOSED] = "closed",
-};
+/* no session tickets in BearSSL 0.6 (lb_conf_resolve refuses tls_ticket_keys) */
+static void tls_tickets_tick(const struct lb_conf *c) { LB_UNUSED(c); }
 
-const char *lb_tls_fail_name(int reason)
+static int tls_ticket_file(const char *path, void *k, char *err, size_t errlen)
 {
-	return reason >= 0 && reason < TLS_F_N ? tls_fail_kind[reason] : "?";
+	LB_UNUSED(path), LB_UNUSED(k);
+	snprintf(err, errlen, "BearSSL has no session tickets: build lb with OpenSSL (make TLS=openssl) to use them");
+	return -1;
 }
 
-struct tls_shared {
+/* -------------------------------------------------------------------- the shared session cache */
+
+struct tls_cache {
 	_Atomic uint32_t lock;
-	uint32_t entries;
-	_Atomic uint64_t handshakes, resumed, lookups, hits, failures[TLS_F_N];
 	br_ssl_session_cache_lru lru;
 	unsigned char store[];
 };
-static struct tls_shared *g_tls;
-
+static struct tls_cache *g_tls_cache;
 
 /* Made once by the master, before any fork: every worker of every generation shares it,
  * so a client resumes whichever worker accepts its next connection. */
-static int tls_shared_create(unsigned entries)
+static int tls_cache_create(unsigned entries)
 {
 	size_t store = (size_t)entries * LB_TLS_CACHE_ENTRY;
-	if (!(g_tls = shm_map(sizeof *g_tls + store, "TLS session cache")))
+	if (!(g_tls_cache = shm_map(sizeof *g_tls_cache + store, "TLS session cache")))
 		return -1;
-	g_tls->entries = entries;
-	br_ssl_session_cache_lru_init(&g_tls->lru, g_tls->store, store);
+	br_ssl_session_cache_lru_init(&g_tls_cache->lru, g_tls_cache->store, store);
 	return 0;
 }
 
@@ -5344,9 +5689,9 @@ static void tls_cache_save(const br_ssl_session_cache_class **ctx, br_ssl_server
                            const br_ssl_session_parameters *params)
 {
 	LB_UNUSED(ctx);
-	spin_lock(&g_tls->lock);
-	g_tls->lru.vtable->save(&g_tls->lru.vtable, sc, params);
-	spin_unlock(&g_tls->lock);
+	spin_lock(&g_tls_cache->lock);
+	g_tls_cache->lru.vtable->save(&g_tls_cache->lru.vtable, sc, params);
+	spin_unlock(&g_tls_cache->lock);
 }
 
 static int tls_cache_load(const br_ssl_session_cache_class **ctx, br_ssl_server_context *sc,
@@ -5359,7 +5704,6 @@ static const br_ssl_session_cache_class *tls_cache_vt = &tls_cache_class;
 
 /* -------------------------------------------------------------------- the per-connection engine */
 
-#define TLS_SUBJECT_MAX 256
 static const unsigned char tls_oid_cn[] = { 3, 0x55, 0x04, 0x03 }, tls_oid_ou[] = { 3, 0x55, 0x04, 0x0b },
                            tls_oid_o[] = { 3, 0x55, 0x04, 0x0a }, tls_oid_c[] = { 3, 0x55, 0x04, 0x06 };
 static const unsigned char *const tls_oids[] = { tls_oid_cn, tls_oid_ou, tls_oid_o, tls_oid_c };
@@ -5437,9 +5781,9 @@ static int tls_cache_load(const br_ssl_session_cache_class **ctx, br_ssl_server_
                           br_ssl_session_parameters *params)
 {
 	LB_UNUSED(ctx);
-	spin_lock(&g_tls->lock);
-	int ok = g_tls->lru.vtable->load(&g_tls->lru.vtable, sc, params);
-	spin_unlock(&g_tls->lock);
+	spin_lock(&g_tls_cache->lock);
+	int ok = g_tls_cache->lru.vtable->load(&g_tls_cache->lru.vtable, sc, params);
+	spin_unlock(&g_tls_cache->lock);
 	atomic_fetch_add_explicit(&g_tls->lookups, 1, memory_order_relaxed);
 	if (ok) {
 		atomic_fetch_add_explicit(&g_tls->hits, 1, memory_order_relaxed);
@@ -5513,49 +5857,6 @@ static void tls_client_auth(struct tls_conn *tc)
 	br_ssl_server_set_trust_anchor_names_alt(&tc->sc, t->tas, t->ntas);
 }
 
-/* -------------------------------------------------------------------- entropy for each engine
- * BearSSL 0.6 seeds an engine's HMAC-DRBG once, at reset, from one system source: RDRAND alone
- * on x86. Every engine lb makes also gets LB_TLS_ENTROPY bytes from the kernel before its reset,
- * so its keys and randoms never rest on one CPU instruction; an engine that cannot get them is
- * not used (the connection or check fails, said in the error log). */
-
-#define LB_TLS_ENTROPY 32
-
-int lb_urandom_entropy(void *out, size_t n)
-{
-	unsigned char *p = out;
-	size_t got = 0;
-	int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
-	while (fd >= 0 && got < n) {
-		ssize_t r = read(fd, p + got, n - got);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			break;
-		got += (size_t)r;
-	}
-	int e = errno;
-	if (fd >= 0)
-		close(fd);
-	errno = e;
-	return got == n ? 0 : -1;
-}
-
-int lb_os_entropy(void *out, size_t n)
-{
-	unsigned char *p = out;
-	size_t got = 0;
-	while (got < n) {
-		ssize_t r = getrandom(p + got, n - got, 0); /* blocks only until the kernel's pool is ready */
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			break; /* ENOSYS (an old kernel), EPERM (a seccomp filter) */
-		got += (size_t)r;
-	}
-	return got == n ? 0 : lb_urandom_entropy(out, n);
-}
-
 /* 0, or -1 (said at most once a second with a count) when the kernel gave no entropy */
 static int tls_seed_engine(br_ssl_engine_context *eng)
 {
@@ -5601,19 +5902,19 @@ int lb_tls_server_engine(br_ssl_server_context *sc, unsigned char *buf, size_t l
 	br_ssl_engine_set_default_chapol(eng);
 	br_ssl_engine_set_buffer(eng, buf, len, 1);
 	if (alpn)
-		br_ssl_engine_set_protocol_names(eng, tls_alpn, 1);
+		br_ssl_engine_set_protocol_names(eng, (const char **)(uintptr_t)tls_alpn_http, 1);
 	return tls_seed_engine(eng); /* after the hashes: BearSSL's DRBG uses SHA-256 */
 }
 
 /* NULL with errno ENOMEM when out of memory (malloc's), EIO when there was no entropy */
-static struct tls_conn *tls_conn_new(const struct lb_listener *L)
+static struct tls_conn *tls_conn_new(const struct lb_listener *L, const char *const *alpn, size_t nalpn)
 {
 	struct tls_conn *tc = tls_take(&g_free_tls, sizeof *tc);
 	if (!tc)
 		return NULL;
 	br_ssl_server_context *sc = &tc->sc;
 	br_ssl_engine_context *eng = &sc->eng;
-	if (lb_tls_server_engine(sc, tc->iobuf, sizeof tc->iobuf, L->mode == LB_MODE_HTTP) != 0) {
+	if (lb_tls_server_engine(sc, tc->iobuf, sizeof tc->iobuf, 0) != 0) {
 		tls_give(&g_free_tls, tc);
 		errno = EIO;
 		return NULL;
@@ -5624,6 +5925,8 @@ static struct tls_conn *tls_conn_new(const struct lb_listener *L)
 	tc->io = (struct tls_io){ .eng = eng, .srv = tc, .pre = tc->pre, .pre_cap = sizeof tc->pre };
 	tc->subject[0] = 0;
 	tc->policy = &tls_policy_class;
+	if (nalpn)
+		br_ssl_engine_set_protocol_names(eng, (const char **)(uintptr_t)alpn, nalpn);
 	br_ssl_server_set_policy(sc, &tc->policy);
 	/* with client_ca every handshake is a full one: a resumed session would carry no client
 	 * certificate to check and name */
@@ -5637,25 +5940,37 @@ static struct tls_conn *tls_conn_new(const struct lb_listener *L)
 
 static void tls_conn_free(struct tls_conn *tc) { tls_give(&g_free_tls, tc); }
 
+/* bytes read with a PROXY header (at most LB_PROXY_V2_MAX): the handshake's start */
+static void tls_feed_pre(struct tls_conn *tc, const void *p, size_t n)
+{
+	memcpy(tc->pre, p, n);
+	tc->io.pre_e = (uint16_t)n;
+}
+
+/* the name the client asked for (SNI), "" when none */
+static const char *tls_sni(const struct tls_conn *tc) { return br_ssl_engine_get_server_name(&tc->sc.eng); }
+
+/* the protocol ALPN chose, "" when none (HTTP/2 asks whether it is "h2") */
+__attribute__((unused)) static const char *tls_alpn(const struct tls_conn *tc)
+{
+	const char *p = br_ssl_engine_get_selected_protocol((br_ssl_engine_context *)(uintptr_t)&tc->sc.eng);
+	return p ? p : "";
+}
+
+/* why the handshake failed (io.err was set): the reason (enum lb_tls_fail) and its text */
+static int tls_fail_why(const struct tls_conn *tc, char *why, size_t cap)
+{
+	return lb_tls_fail_classify(tc->io.err, tc->t->ntas > 0, tc->sc.curves == 0, why, cap);
+}
+
 /* "CN=client,O=Example": the verified client's subject, safe to put in a header */
 static void tls_subject(struct tls_conn *tc)
 {
 	size_t w = 0;
 	tc->subject[0] = 0;
-	for (int i = 0; i < TLS_NAMES; i++) {
-		if (tc->ne[i].status != 1)
-			continue;
-		w += (size_t)snprintf(tc->subject + w, sizeof tc->subject - w, "%s%s=", w ? "," : "", tls_oid_names[i]);
-		for (const char *p = tc->nebuf[i]; *p && w + 3 < sizeof tc->subject; p++) {
-			unsigned char ch = (unsigned char)*p;
-			if (ch == ',' || ch == '\\' || ch == '+' || ch == '=')
-				tc->subject[w++] = '\\';
-			tc->subject[w++] = ch < 0x20 || ch == 0x7f ? '?' : (char)ch;
-		}
-		tc->subject[w] = 0;
-		if (w + 3 >= sizeof tc->subject)
-			break;
-	}
+	for (int i = 0; i < TLS_NAMES; i++)
+		if (tc->ne[i].status == 1)
+			w = tls_subject_add(tc->subject, sizeof tc->subject, w, tls_oid_names[i], tc->nebuf[i]);
 }
 
 /* -------------------------------------------------------------------- the pump */
@@ -5727,11 +6042,7 @@ static int tls_just_done(struct tls_conn *tc)
 	if (tc->hs_done || !(br_ssl_engine_current_state(&tc->sc.eng) & (BR_SSL_SENDAPP | BR_SSL_RECVAPP)))
 		return 0;
 	tc->hs_done = 1;
-	if (g_tls) {
-		atomic_fetch_add_explicit(&g_tls->handshakes, 1, memory_order_relaxed);
-		if (tc->resumed)
-			atomic_fetch_add_explicit(&g_tls->resumed, 1, memory_order_relaxed);
-	}
+	tls_count_handshake(tc->sc.eng.session.cipher_suite, tc->resumed ? 2 : 0);
 	if (tc->t->ntas)
 		tls_subject(tc);
 	return 1;
@@ -5853,123 +6164,6 @@ static ssize_t tls_send(struct tls_io *io, int fd, const struct iovec *iov, int 
 	return -1;
 }
 
-/* -------------------------------------------------------------------- why a handshake failed */
-
-static const char *tls_alert_name(int a)
-{
-	switch (a) {
-	case 0: return "close_notify";
-	case 10: return "unexpected_message";
-	case 20: return "bad_record_mac";
-	case 22: return "record_overflow";
-	case 40: return "handshake_failure";
-	case 42: return "bad_certificate";
-	case 43: return "unsupported_certificate";
-	case 44: return "certificate_revoked";
-	case 45: return "certificate_expired";
-	case 46: return "certificate_unknown";
-	case 47: return "illegal_parameter";
-	case 48: return "unknown_ca";
-	case 49: return "access_denied";
-	case 50: return "decode_error";
-	case 51: return "decrypt_error";
-	case 70: return "protocol_version";
-	case 71: return "insufficient_security";
-	case 80: return "internal_error";
-	case 86: return "inappropriate_fallback";
-	case 90: return "user_canceled";
-	case 109: return "missing_extension";
-	case 110: return "unsupported_extension";
-	case 112: return "unrecognized_name";
-	case 116: return "certificate_required";
-	case 120: return "no_application_protocol";
-	}
-	return "unknown alert";
-}
-
-/* BearSSL reports an alert it sent as BR_ERR_SEND_FATAL_ALERT + the alert (70: the client's
- * version is too old, 40: nothing in common, 86: a downgrade), one it received as
- * BR_ERR_RECV_FATAL_ALERT + the alert, a client certificate that does not validate as its
- * BR_ERR_X509_* code (32..63), other errors as BR_ERR_* (< 32). */
-static int tls_fail_alert(int err, int no_common_curve, char *text, size_t cap)
-{
-	int a = err & 255;
-	if (err >= BR_ERR_SEND_FATAL_ALERT) {
-		if (a == 70 || a == 86) {
-			snprintf(text, cap, "the client does not offer TLS 1.2 (lb sent alert %d %s)", a, tls_alert_name(a));
-			return LB_TLS_F_PROTOCOL_VERSION;
-		}
-		if (a == 40) {
-			snprintf(text, cap, "%s (lb sent alert 40 handshake_failure)", no_common_curve
-			         ? "no elliptic curve in common (lb offers X25519, P-256, P-384, P-521)"
-			         : "no cipher suite in common (lb offers TLS 1.2 ECDHE with AES-GCM or ChaCha20-Poly1305 only;"
-			           " a TLS 1.3-only client ends here too)");
-			return LB_TLS_F_NO_SHARED_CIPHER;
-		}
-		snprintf(text, cap, "lb sent fatal alert %d (%s)", a, tls_alert_name(a));
-		return LB_TLS_F_PROTOCOL;
-	}
-	snprintf(text, cap, "the client sent fatal alert %d (%s%s)", a, tls_alert_name(a),
-	         a == 48 ? ": it does not trust lb's certificate or its CA"
-	         : a == 42 || a == 46 ? ": it rejects lb's certificate"
-	         : a == 45 ? ": it finds lb's certificate expired" : "");
-	return a == 70 ? LB_TLS_F_PROTOCOL_VERSION : LB_TLS_F_ALERT;
-}
-
-static const char *tls_x509_text(int err)
-{
-	switch (err) {
-	case BR_ERR_NO_CLIENT_AUTH: return "no client certificate";
-	case BR_ERR_X509_NOT_TRUSTED: return "client certificate not signed by client_ca";
-	case BR_ERR_X509_EXPIRED: return "client certificate expired or not yet valid";
-	case BR_ERR_X509_EMPTY_CHAIN: return "no client certificate (an empty chain)";
-	case BR_ERR_X509_FORBIDDEN_KEY_USAGE: return "client certificate not for client authentication";
-	case BR_ERR_BAD_SIGNATURE: return "bad CertificateVerify signature: the client does not hold its certificate's key";
-	case BR_ERR_WRONG_KEY_USAGE: return "client certificate key not for signing";
-	}
-	return NULL;
-}
-
-int lb_tls_fail_classify(int err, int client_ca, int no_common_curve, char *text, size_t cap)
-{
-	if (err >= BR_ERR_RECV_FATAL_ALERT && err < BR_ERR_SEND_FATAL_ALERT + 256)
-		return tls_fail_alert(err, no_common_curve, text, cap);
-	int x509 = err >= BR_ERR_X509_OK && err < BR_ERR_RECV_FATAL_ALERT;
-	if (client_ca && (x509 || tls_x509_text(err))) {
-		const char *t = tls_x509_text(err);
-		if (t)
-			snprintf(text, cap, "%s", t);
-		else
-			snprintf(text, cap, "client certificate rejected (BearSSL X.509 error %d)", err);
-		return LB_TLS_F_CLIENT_CERT;
-	}
-	const char *t = NULL;
-	int kind = LB_TLS_F_PROTOCOL;
-	switch (err) {
-	case BR_ERR_UNSUPPORTED_VERSION: /* a record header whose version is not 3.x */
-		t = "not a TLS client (record header not TLS: plain HTTP, SSLv2 or garbage)", kind = LB_TLS_F_BAD_RECORD;
-		break;
-	case BR_ERR_BAD_VERSION: case BR_ERR_BAD_LENGTH: case BR_ERR_UNKNOWN_TYPE:
-		t = "bad record header (version, length or type)", kind = LB_TLS_F_BAD_RECORD;
-		break;
-	case BR_ERR_BAD_MAC: t = "bad record MAC", kind = LB_TLS_F_BAD_RECORD; break;
-	case BR_ERR_TOO_LARGE: t = "record too large", kind = LB_TLS_F_BAD_RECORD; break;
-	case BR_ERR_BAD_HANDSHAKE: case BR_ERR_UNEXPECTED: t = "malformed or unexpected handshake message"; break;
-	case BR_ERR_BAD_SNI: t = "malformed server name (SNI)"; break;
-	case BR_ERR_BAD_SIGNATURE: t = "bad signature from the client"; break;
-	case BR_ERR_BAD_FINISHED: t = "bad Finished message"; break;
-	case BR_ERR_LIMIT_EXCEEDED: t = "handshake message above BearSSL's limits"; break;
-	case BR_ERR_NO_RANDOM: t = "the TLS engine had no entropy (lb's fault, not the client's)"; break;
-	}
-	if (t)
-		snprintf(text, cap, "%s", t);
-	else if (x509)
-		snprintf(text, cap, "BearSSL X.509 error %d on a listener without client_ca", err);
-	else
-		snprintf(text, cap, "BearSSL error %d", err);
-	return kind;
-}
-
 /* -------------------------------------------------------------------- towards servers (server ... tls) */
 
 struct tls_up {
@@ -5979,19 +6173,6 @@ struct tls_up {
 	unsigned char iobuf[BR_SSL_BUFSIZE_BIDI];
 };
 
-static int host_is_name(const char *h)
-{
-	int alpha = 0;
-	for (; *h; h++) {
-		if (*h == ':')
-			return 0; /* an IPv6 literal */
-		alpha |= isalpha((unsigned char)*h);
-	}
-	return alpha;
-}
-
-/* The engine settings towards servers: TLS 1.2, the same suites as towards clients, the CAs
- * tas, ALPN http/1.1, and the kernel's entropy. 0, or -1: no entropy, not to be used. */
 int lb_tls_client_engine(br_ssl_client_context *cc, br_x509_minimal_context *xc, const br_x509_trust_anchor *tas,
                          size_t ntas, unsigned char *buf, size_t len)
 {
@@ -5999,7 +6180,7 @@ int lb_tls_client_engine(br_ssl_client_context *cc, br_x509_minimal_context *xc,
 	br_ssl_engine_set_versions(&cc->eng, BR_TLS12, BR_TLS12);
 	br_ssl_engine_set_suites(&cc->eng, tls_suites, sizeof tls_suites / sizeof *tls_suites);
 	br_ssl_engine_set_buffer(&cc->eng, buf, len, 1);
-	br_ssl_engine_set_protocol_names(&cc->eng, tls_alpn, 1);
+	br_ssl_engine_set_protocol_names(&cc->eng, (const char **)(uintptr_t)tls_alpn_http, 1);
 	return tls_seed_engine(&cc->eng);
 }
 
@@ -6022,31 +6203,1198 @@ static struct tls_up *tls_up_new(const struct lb_pool *p, const struct lb_server
 
 static void tls_up_free(struct tls_up *u) { tls_give(&g_free_up, u); }
 
-static const char *tls_up_error_text(int err)
+#else /* LB_TLS_OPENSSL */
+/* -------------------------------------------------------------------- OpenSSL 3
+ * One SSL_CTX per listener (its certificates, client_ca) and per pool (tls_ca), made by the
+ * master and inherited at fork; one SSL per connection between two memory BIOs: the pump
+ * recv()s into the read BIO and send()s from the write BIO, so lb keeps its own socket I/O
+ * (and the bytes read with a PROXY header go in first). OpenSSL's errors are mapped to lb's
+ * TLS error codes (tls_ossl_code). */
+
+#define TLS12_SUITES "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:" \
+                     "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-CHACHA20-POLY1305"
+#define TLS13_SUITES "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+#define TLS_GROUPS "X25519:P-256:P-384"
+#define TLS_OUT_MAX (64 * 1024) /* ciphertext queued for the socket before tls_send takes no more */
+
+struct lb_cert {
+	const char *file;
+	int line;
+	X509 *x;                      /* the leaf */
+	STACK_OF(X509) *chain;        /* the rest, in file order */
+	EVP_PKEY *key;
+	struct lb_x509_info info;     /* of the leaf: names for SNI, expiry, serial */
+	const char *ocsp_file;        /* ocsp = FILE: its response, when stapled */
+	unsigned char *ocsp;          /* NULL: none to staple (ocsp_note says why, when there is a file) */
+	size_t ocsp_len;
+	int64_t ocsp_this, ocsp_next; /* thisUpdate, nextUpdate (Unix time; INT64_MAX: none) */
+	char ocsp_note[96];
+};
+
+struct lb_tls {
+	struct lb_cert certs[LB_MAX_CERTS];
+	size_t ncerts;
+	struct file_sig sig[2 * LB_MAX_CERTS + 1]; /* of the files as loaded: certs, client_ca, ocsp */
+	STACK_OF(X509) *cas;          /* client_ca, or the CAs that sign servers' certificates */
+	size_t ntas;
+	SSL_CTX *ctx;                 /* a listener's (server) or a pool's (client) */
+};
+
+static void cert_clear(struct lb_cert *c)
 {
-	static char b[96];
-	if (err >= BR_ERR_SEND_FATAL_ALERT)
-		err -= BR_ERR_SEND_FATAL_ALERT;
-	if (err >= BR_ERR_RECV_FATAL_ALERT) {
-		snprintf(b, sizeof b, "the server sent fatal alert %d", err - BR_ERR_RECV_FATAL_ALERT);
-		return b;
-	}
-	switch (err) {
-	case BR_ERR_X509_NOT_TRUSTED: return "its certificate is not signed by a CA of tls_ca";
-	case BR_ERR_X509_BAD_SERVER_NAME: return "its certificate does not name the host (tls_sni)";
-	case BR_ERR_X509_EXPIRED: return "its certificate expired or is not yet valid";
-	case BR_ERR_UNSUPPORTED_VERSION: return "it does not speak TLS 1.2";
-	case BR_ERR_BAD_CIPHER_SUITE: return "no common cipher suite (ECDHE with AES-GCM or ChaCha20)";
-	case BR_ERR_BAD_VERSION: case BR_ERR_BAD_LENGTH: case BR_ERR_UNKNOWN_TYPE: return "it does not speak TLS";
-	}
-	snprintf(b, sizeof b, "BearSSL error %d", err);
+	X509_free(c->x);
+	sk_X509_pop_free(c->chain, X509_free);
+	EVP_PKEY_free(c->key);
+	free(c->ocsp);
+	c->x = NULL, c->chain = NULL, c->key = NULL, c->ocsp = NULL;
+}
+
+static void tls_free(struct lb_tls *t)
+{
+	if (!t)
+		return;
+	for (size_t i = 0; i < LB_MAX_CERTS; i++)
+		cert_clear(&t->certs[i]);
+	sk_X509_pop_free(t->cas, X509_free);
+	SSL_CTX_free(t->ctx);
+	free(t);
+}
+
+/* OpenSSL's first queued error, as text for a config error */
+static const char *tls_ossl_text(void)
+{
+	static char b[160];
+	unsigned long e = ERR_peek_error();
+	if (!e)
+		return "unknown error";
+	ERR_error_string_n(e, b, sizeof b);
+	ERR_clear_error();
 	return b;
 }
 
-static void tls_count_failure(int kind)
+/* Each PEM object of text to fn; -1 with err set (by fn, or on a malformed PEM). */
+typedef int (*pem_fn)(void *arg, const char *name, const unsigned char *der, long len, char *err, size_t errlen);
+static int pem_each(const char *text, size_t len, pem_fn fn, void *arg, char *err, size_t errlen)
 {
+	BIO *b = BIO_new_mem_buf(text, (int)len);
+	int rc = b ? 0 : -1;
+	if (!b)
+		snprintf(err, errlen, "out of memory");
+	while (rc == 0) {
+		char *name = NULL, *hdr = NULL;
+		unsigned char *der = NULL;
+		long dl = 0;
+		ERR_clear_error();
+		if (!PEM_read_bio(b, &name, &hdr, &der, &dl)) {
+			unsigned long e = ERR_peek_last_error();
+			if (ERR_GET_LIB(e) != ERR_LIB_PEM || ERR_GET_REASON(e) != PEM_R_NO_START_LINE)
+				snprintf(err, errlen, "invalid PEM (%s)", tls_ossl_text()), rc = -1;
+			break;
+		}
+		rc = fn(arg, name, der, dl, err, errlen);
+		OPENSSL_free(name);
+		OPENSSL_free(hdr);
+		OPENSSL_free(der);
+	}
+	BIO_free(b);
+	ERR_clear_error();
+	return rc;
+}
+
+static int is_cert_pem(const char *name) { return !strcmp(name, "CERTIFICATE") || !strcmp(name, "X509 CERTIFICATE"); }
+
+struct cert_acc {
+	struct lb_cert *c;
+	int keys, ncerts;
+};
+
+static int cert_take(void *arg, const char *name, const unsigned char *der, long len, char *err, size_t errlen)
+{
+	struct cert_acc *a = arg;
+	struct lb_cert *c = a->c;
+	const unsigned char *p = der;
+	if (is_cert_pem(name)) {
+		if (a->ncerts >= 8) {
+			snprintf(err, errlen, "more than 8 certificates in the chain");
+			return -1;
+		}
+		X509 *x = d2i_X509(NULL, &p, len);
+		if (!x) {
+			snprintf(err, errlen, "certificate %d cannot be decoded (%s)", a->ncerts + 1, tls_ossl_text());
+			return -1;
+		}
+		if (!a->ncerts++) {
+			c->x = x;
+			if (lb_x509_info(der, (size_t)len, &c->info) != 0) {
+				snprintf(err, errlen, "first certificate: %s", c->info.error);
+				return -1;
+			}
+			return 0;
+		}
+		if ((!c->chain && !(c->chain = sk_X509_new_null())) || !sk_X509_push(c->chain, x)) {
+			X509_free(x);
+			snprintf(err, errlen, "out of memory");
+			return -1;
+		}
+		return 0;
+	}
+	if (!strstr(name, "PRIVATE KEY"))
+		return 0;
+	if (a->keys++) {
+		snprintf(err, errlen, "more than one private key");
+		return -1;
+	}
+	if (!(c->key = d2i_AutoPrivateKey(NULL, &p, len))) {
+		snprintf(err, errlen, "private key not understood (%s)", tls_ossl_text());
+		return -1;
+	}
+	if (EVP_PKEY_get_base_id(c->key) == EVP_PKEY_EC) {
+		char g[64] = "";
+		size_t gl = 0;
+		EVP_PKEY_get_group_name(c->key, g, sizeof g, &gl);
+		if (strcmp(g, "prime256v1") && strcmp(g, "secp384r1") && strcmp(g, "secp521r1")) {
+			snprintf(err, errlen, "EC key on an unsupported curve (use P-256 or P-384)");
+			return -1;
+		}
+	} else if (EVP_PKEY_get_base_id(c->key) == EVP_PKEY_RSA) {
+		if (EVP_PKEY_get_bits(c->key) < 2048) {
+			snprintf(err, errlen, "RSA key of %d bits: at least 2048 are required", EVP_PKEY_get_bits(c->key));
+			return -1;
+		}
+	} else {
+		snprintf(err, errlen, "private key neither EC nor RSA");
+		return -1;
+	}
+	return 0;
+}
+
+/* Certificates (leaf first) and one private key, in any order, from PEM text. */
+static int cert_parse(struct lb_tls *t, struct lb_cert *c, const char *text, size_t len, char *err, size_t errlen)
+{
+	LB_UNUSED(t);
+	struct cert_acc a = { .c = c };
+	int rc = pem_each(text, len, cert_take, &a, err, errlen);
+	if (rc == 0 && !c->x)
+		snprintf(err, errlen, "no CERTIFICATE in the file"), rc = -1;
+	if (rc == 0 && !a.keys)
+		snprintf(err, errlen, "no PRIVATE KEY in the file (put the key after the chain)"), rc = -1;
+	if (rc == 0 && c->info.nnames == 0)
+		snprintf(err, errlen, "the first certificate names no host (no subjectAltName DNS name, no CN)"), rc = -1;
+	if (rc == 0 && X509_check_private_key(c->x, c->key) != 1)
+		snprintf(err, errlen, "the private key does not belong to the first certificate"), rc = -1;
+	ERR_clear_error();
+	if (rc)
+		cert_clear(c);
+	return rc;
+}
+
+/* One cert = FILE. */
+static int cert_load(struct lb_tls *t, struct lb_cert *c, const char *file, char *err, size_t errlen)
+{
+	size_t len;
+	char *text = file_read(file, 1 << 20, &len, err, errlen);
+	if (!text)
+		return -1;
+	int rc = cert_parse(t, c, text, len, err, errlen);
+	free(text);
+	c->file = file;
+	return rc;
+}
+
+static int ca_take(void *arg, const char *name, const unsigned char *der, long len, char *err, size_t errlen)
+{
+	struct lb_tls *t = arg;
+	if (!is_cert_pem(name))
+		return 0;
+	const unsigned char *p = der;
+	X509 *x = d2i_X509(NULL, &p, len);
+	if (!x) {
+		snprintf(err, errlen, "certificate %zu cannot be decoded (%s)", t->ntas + 1, tls_ossl_text());
+		return -1;
+	}
+	if (t->ntas >= 1024 || !sk_X509_push(t->cas, x)) {
+		X509_free(x);
+		snprintf(err, errlen, t->ntas >= 1024 ? "more than 1024 CA certificates" : "out of memory");
+		return -1;
+	}
+	t->ntas++;
+	return 0;
+}
+
+/* client_ca or tls_ca: every certificate in the file is trusted */
+static int ca_load(struct lb_tls *t, const char *file, char *err, size_t errlen)
+{
+	size_t len;
+	char *text = file_read(file, 4 << 20, &len, err, errlen);
+	if (!text)
+		return -1;
+	int rc = (t->cas = sk_X509_new_null()) ? pem_each(text, len, ca_take, t, err, errlen)
+	                                        : (snprintf(err, errlen, "out of memory"), -1);
+	free(text);
+	if (rc == 0 && !t->ntas)
+		snprintf(err, errlen, "no CERTIFICATE in the file"), rc = -1;
+	return rc;
+}
+
+/* the CAs as the context's trust store; a CA need not be self-signed (as BearSSL's anchors) */
+static int tls_trust(SSL_CTX *ctx, const struct lb_tls *t)
+{
+	X509_STORE *st = SSL_CTX_get_cert_store(ctx);
+	for (size_t i = 0; i < t->ntas; i++)
+		if (!X509_STORE_add_cert(st, sk_X509_value(t->cas, (int)i)))
+			return -1;
+	X509_STORE_set_flags(st, X509_V_FLAG_PARTIAL_CHAIN);
+	return 0;
+}
+
+/* settings both sides share: versions, suites, groups, no renegotiation, no compression */
+static SSL_CTX *tls_ctx_new(const SSL_METHOD *m)
+{
+	SSL_CTX *ctx = SSL_CTX_new(m);
+	if (!ctx)
+		return NULL;
+	if (!SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) || !SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION) ||
+	    !SSL_CTX_set_cipher_list(ctx, TLS12_SUITES) || !SSL_CTX_set_ciphersuites(ctx, TLS13_SUITES) ||
+	    !SSL_CTX_set1_groups_list(ctx, TLS_GROUPS)) {
+		SSL_CTX_free(ctx);
+		return NULL;
+	}
+	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_COMPRESSION);
+	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+	return ctx;
+}
+
+/* What the pump needs of either side's engine: one SSL between a read and a write memory BIO. */
+struct tls_io {
+	SSL *ssl;
+	BIO *rb, *wb;
+	struct tls_conn *srv;         /* the server side's, to note the handshake's end */
+	int got_bytes, err;
+	int alert_sent, alert_recv;   /* fatal alerts seen (+1), by tls_info */
+	int slim;                     /* the handshake's BIO buffers were given back */
+};
+
+struct tls_conn {
+	struct tls_io io;
+	const struct lb_tls *t;
+	const char *const *alpn;      /* what lb offers, in its order */
+	size_t nalpn;
+	size_t cert;                  /* chosen by SNI */
+	int hs_done, resumed, no_common_curve, ticket;
+	char subject[TLS_SUBJECT_MAX]; /* "CN=..,O=..": the verified client's */
+};
+
+struct tls_up {
+	struct tls_io io;
+};
+
+static void tls_info(const SSL *ssl, int where, int ret)
+{
+	struct tls_io *io = SSL_get_app_data(ssl);
+	if (!io || !(where & SSL_CB_ALERT) || (ret >> 8) != SSL3_AL_FATAL)
+		return;
+	if (where & SSL_CB_READ)
+		io->alert_recv = io->alert_recv ? io->alert_recv : (ret & 255) + 1;
+	else
+		io->alert_sent = io->alert_sent ? io->alert_sent : (ret & 255) + 1;
+}
+
+/* the client's supported groups: note when none is one of lb's (X25519 29, P-256 23, P-384 24) */
+static int tls_hello(SSL *ssl, int *al, void *arg)
+{
+	LB_UNUSED(al), LB_UNUSED(arg);
+	struct tls_io *io = SSL_get_app_data(ssl);
+	const unsigned char *p;
+	size_t n;
+	if (!io || !io->srv || !SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_supported_groups, &p, &n) || n < 2)
+		return SSL_CLIENT_HELLO_SUCCESS;
+	int common = 0;
+	for (size_t i = 2; i + 1 < n; i += 2) {
+		unsigned g = (unsigned)p[i] << 8 | p[i + 1];
+		common |= g == 29 || g == 23 || g == 24;
+	}
+	io->srv->no_common_curve = !common;
+	return SSL_CLIENT_HELLO_SUCCESS;
+}
+
+/* SNI: the certificate for the name (the context holds the first, the default) */
+static int tls_cert_pick(SSL *ssl, void *arg)
+{
+	const struct lb_tls *t = arg;
+	size_t i = tls_pick_cert(t, SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name));
+	struct tls_io *io = SSL_get_app_data(ssl);
+	if (io && io->srv)
+		io->srv->cert = i; /* for the OCSP staple */
+	if (i == 0)
+		return 1;
+	const struct lb_cert *c = &t->certs[i];
+	SSL_certs_clear(ssl); /* else the default's key type may still be preferred */
+	return SSL_use_cert_and_key(ssl, c->x, c->key, c->chain, 1) == 1;
+}
+
+/* ALPN: lb's first protocol the client offers; none in common: no ALPN (as BearSSL) */
+static int tls_alpn_pick(SSL *ssl, const unsigned char **out, unsigned char *outlen, const unsigned char *in,
+                         unsigned inlen, void *arg)
+{
+	LB_UNUSED(arg);
+	struct tls_io *io = SSL_get_app_data(ssl);
+	for (size_t i = 0; io && io->srv && i < io->srv->nalpn; i++) {
+		const char *want = io->srv->alpn[i];
+		size_t wl = strlen(want);
+		for (unsigned k = 0; k < inlen; k += 1u + in[k])
+			if (in[k] == wl && k + 1 + wl <= inlen && !memcmp(in + k + 1, want, wl)) {
+				*out = in + k + 1;
+				*outlen = (unsigned char)wl;
+				return SSL_TLSEXT_ERR_OK;
+			}
+	}
+	return SSL_TLSEXT_ERR_NOACK;
+}
+
+static int tls_ticket_cb(SSL *ssl, unsigned char name[16], unsigned char *iv, EVP_CIPHER_CTX *ectx,
+                         EVP_MAC_CTX *hctx, int enc);
+static int tls_sid_new(SSL *ssl, SSL_SESSION *sess);
+static SSL_SESSION *tls_sid_get(SSL *ssl, const unsigned char *id, int idlen, int *copy);
+static void tls_sid_remove(SSL_CTX *ctx, SSL_SESSION *sess);
+
+/* -------------------------------------------------------------------- OCSP stapling
+ * ocsp = FILE (the n-th belongs to the listener's n-th cert =): a DER OCSP response, read with
+ * its certificate (at start, on reload, and when either file changes on disk). It is stapled to
+ * a handshake that asks for it (status_request) while it is for that certificate (issuer: the
+ * next certificate of the chain), says good, and its nextUpdate has not passed; otherwise it is
+ * kept out of handshakes, and the error log says why once when loaded. lb does not fetch
+ * responses: deploy/ocsp-refresh.sh (openssl ocsp from a timer) writes the file. */
+
+static int64_t tls_asn1_unix(const ASN1_GENERALIZEDTIME *t)
+{
+	struct tm tm;
+	return t && ASN1_TIME_to_tm(t, &tm) == 1 ? (int64_t)timegm(&tm) : 0;
+}
+
+/* c's OCSP response from file: 0 (kept, stapled or not, c->ocsp_note says why not), or -1 with err
+ * set when the file is not an OCSP response at all */
+static int tls_ocsp_load(struct lb_cert *c, const char *file, char *err, size_t errlen)
+{
+	size_t len;
+	char *b = file_read(file, 64 << 10, &len, err, errlen);
+	if (!b)
+		return -1;
+	const unsigned char *p = (const unsigned char *)b;
+	OCSP_RESPONSE *r = d2i_OCSP_RESPONSE(NULL, &p, (long)len);
+	OCSP_BASICRESP *br = r && OCSP_response_status(r) == OCSP_RESPONSE_STATUS_SUCCESSFUL ? OCSP_response_get1_basic(r) : NULL;
+	int rc = 0;
+	c->ocsp_file = file;
+	if (!r) {
+		snprintf(err, errlen, "ocsp %s: not a DER OCSP response (%s)", file, tls_ossl_text());
+		rc = -1;
+	} else if (!br) {
+		snprintf(c->ocsp_note, sizeof c->ocsp_note, "the response's status is not successful");
+	} else {
+		X509 *issuer = c->chain && sk_X509_num(c->chain) ? sk_X509_value(c->chain, 0) : c->x;
+		OCSP_CERTID *id = OCSP_cert_to_id(NULL, c->x, issuer);
+		int status = -1, reason = 0;
+		ASN1_GENERALIZEDTIME *rev = NULL, *thisupd = NULL, *nextupd = NULL;
+		if (!id || !OCSP_resp_find_status(br, id, &status, &reason, &rev, &thisupd, &nextupd))
+			snprintf(c->ocsp_note, sizeof c->ocsp_note, "the response is not for this certificate");
+		else if (status != V_OCSP_CERTSTATUS_GOOD)
+			snprintf(c->ocsp_note, sizeof c->ocsp_note, "the response says %s", OCSP_cert_status_str(status));
+		c->ocsp_this = tls_asn1_unix(thisupd);
+		c->ocsp_next = nextupd ? tls_asn1_unix(nextupd) : INT64_MAX;
+		OCSP_CERTID_free(id);
+		if (!c->ocsp_note[0] && !(c->ocsp = malloc(len)))
+			snprintf(err, errlen, "out of memory"), rc = -1;
+		else if (!c->ocsp_note[0])
+			memcpy(c->ocsp, b, len), c->ocsp_len = len;
+	}
+	if (rc == 0 && !c->ocsp_note[0] && c->ocsp_next <= (int64_t)time(NULL))
+		snprintf(c->ocsp_note, sizeof c->ocsp_note, "the response expired (nextUpdate passed)");
+	if (rc == 0 && c->ocsp_note[0])
+		lb_err("ocsp %s (cert %s): not stapled: %s", file, c->file, c->ocsp_note);
+	OCSP_BASICRESP_free(br);
+	OCSP_RESPONSE_free(r);
+	ERR_clear_error();
+	free(b);
+	return rc;
+}
+
+/* the status callback: staple the chosen certificate's response while it is valid */
+static int tls_ocsp_staple(SSL *ssl, void *arg)
+{
+	const struct lb_tls *t = arg;
+	struct tls_io *io = SSL_get_app_data(ssl);
+	const struct lb_cert *c = io && io->srv ? &t->certs[io->srv->cert] : NULL;
+	if (!c || !c->ocsp || c->ocsp_next <= (int64_t)(wall_ms() / 1000))
+		return SSL_TLSEXT_ERR_NOACK;
+	unsigned char *p = OPENSSL_memdup(c->ocsp, c->ocsp_len);
+	if (!p || !SSL_set_tlsext_status_ocsp_resp(ssl, p, (long)c->ocsp_len)) {
+		OPENSSL_free(p);
+		return SSL_TLSEXT_ERR_NOACK;
+	}
+	return SSL_TLSEXT_ERR_OK;
+}
+
+/* the thisUpdate of the response stapled with c (Unix time), 0 when none is */
+static int64_t tls_ocsp_this_update(const struct lb_cert *c) { return c->ocsp ? c->ocsp_this : 0; }
+
+/* A listener's context: its certificates (the first by default, others by SNI), client_ca. */
+static int tls_listener_ready(struct lb_tls *t, const struct lb_listener *l, char *err, size_t errlen)
+{
+	LB_UNUSED(l);
+	SSL_CTX *ctx = t->ctx = tls_ctx_new(TLS_server_method());
+	const struct lb_cert *c = &t->certs[0];
+	if (!ctx || (t->ncerts && SSL_CTX_use_cert_and_key(ctx, c->x, c->key, c->chain, 1) != 1)) {
+		snprintf(err, errlen, "OpenSSL: %s", tls_ossl_text());
+		return -1;
+	}
+	SSL_CTX_set_max_early_data(ctx, 0); /* no 0-RTT: replayable requests */
+	SSL_CTX_set_recv_max_early_data(ctx, 0);
+	SSL_CTX_set_info_callback(ctx, tls_info);
+	SSL_CTX_set_client_hello_cb(ctx, tls_hello, NULL);
+	SSL_CTX_set_cert_cb(ctx, tls_cert_pick, t);
+	SSL_CTX_set_alpn_select_cb(ctx, tls_alpn_pick, NULL);
+	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER | SSL_SESS_CACHE_NO_INTERNAL);
+	SSL_CTX_sess_set_new_cb(ctx, tls_sid_new);
+	SSL_CTX_sess_set_get_cb(ctx, tls_sid_get);
+	SSL_CTX_sess_set_remove_cb(ctx, tls_sid_remove);
+	SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"lb", 2);
+	SSL_CTX_set_num_tickets(ctx, 1);
+	SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, tls_ticket_cb);
+	SSL_CTX_set_tlsext_status_cb(ctx, tls_ocsp_staple);
+	SSL_CTX_set_tlsext_status_arg(ctx, t);
+	if (t->ntas) {
+		/* every handshake a full one: a resumed session would carry no client certificate to check */
+		SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+		SSL_CTX_set_num_tickets(ctx, 0);
+		SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+		STACK_OF(X509_NAME) *names = sk_X509_NAME_new_null();
+		for (size_t i = 0; names && i < t->ntas; i++) {
+			X509_NAME *nm = X509_NAME_dup(X509_get_subject_name(sk_X509_value(t->cas, (int)i)));
+			if (nm && !sk_X509_NAME_push(names, nm))
+				X509_NAME_free(nm);
+		}
+		if (!names || tls_trust(ctx, t) != 0) {
+			sk_X509_NAME_pop_free(names, X509_NAME_free);
+			snprintf(err, errlen, "OpenSSL: %s", tls_ossl_text());
+			return -1;
+		}
+		SSL_CTX_set_client_CA_list(ctx, names);
+		SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+	}
+	return 0;
+}
+
+/* A pool's context towards its servers marked tls: tls_ca, verification on. */
+static int tls_pool_ready(struct lb_tls *t, char *err, size_t errlen)
+{
+	SSL_CTX *ctx = t->ctx = tls_ctx_new(TLS_client_method());
+	if (!ctx || tls_trust(ctx, t) != 0) {
+		snprintf(err, errlen, "OpenSSL: %s", tls_ossl_text());
+		return -1;
+	}
+	SSL_CTX_set_info_callback(ctx, tls_info);
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+	return 0;
+}
+
+/* -------------------------------------------------------------------- session tickets
+ * Stateless tickets (TLS 1.2 and 1.3), sealed with keys every worker of every generation
+ * shares: they live in shared memory that the master made before any fork and alone writes.
+ * Without tls_ticket_keys the master makes a random key at start and a new one every
+ * tls_ticket_rotate, keeping the last TLS_TICKET_KEEP (the newest seals, all open). With
+ * tls_ticket_keys = FILE the keys are the file's (read at start, on SIGHUP, and when it
+ * changes, checked every second): N x 80 bytes (name 16, HMAC-SHA256 key 32, AES-256 key 32),
+ * 1 <= N <= TLS_TICKET_KEYS_MAX; the first seals, all open; a ticket opened with another key
+ * than the first is renewed. A file that does not load leaves the keys in use as they were. */
+
+#define TLS_TICKET_KEYS_MAX 8
+#define TLS_TICKET_KEEP 4
+#define TLS_TICKET_KEY_LEN 80
+
+struct tls_tkey {
+	unsigned char name[16], hmac[32], aes[32];
+};
+
+struct tls_tickets {
+	_Atomic uint32_t lock;
+	uint32_t n, from_file;
+	uint64_t rotated_ms;
+	struct tls_tkey k[TLS_TICKET_KEYS_MAX];
+};
+static struct tls_tickets *g_tickets;
+
+/* the keys of a tls_ticket_keys file: how many (>= 1), or -1 with err set */
+static int tls_ticket_file(const char *path, void *out, char *err, size_t errlen)
+{
+	struct tls_tkey *k = out;
+	size_t len;
+	char *b = file_read(path, TLS_TICKET_KEYS_MAX * TLS_TICKET_KEY_LEN, &len, err, errlen);
+	if (!b)
+		return -1;
+	int n = (int)(len / TLS_TICKET_KEY_LEN);
+	if (len == 0 || len % TLS_TICKET_KEY_LEN) {
+		snprintf(err, errlen, "%s: %zu bytes: want 80 bytes per key (name 16, HMAC 32, AES 32), e.g. openssl rand 80",
+		         path, len);
+		n = -1;
+	}
+	for (int i = 0; i < n; i++)
+		memcpy(&k[i], b + (size_t)i * TLS_TICKET_KEY_LEN, TLS_TICKET_KEY_LEN);
+	memset(b, 0, len);
+	free(b);
+	return n;
+}
+
+static void tls_tickets_set(const struct tls_tkey *k, uint32_t n, uint32_t from_file)
+{
+	spin_lock(&g_tickets->lock);
+	memcpy(g_tickets->k, k, n * sizeof *k);
+	g_tickets->n = n;
+	g_tickets->from_file = from_file;
+	g_tickets->rotated_ms = mono_ms();
+	spin_unlock(&g_tickets->lock);
+}
+
+/* a new random key first, the newest TLS_TICKET_KEEP - 1 before it kept */
+static int tls_tickets_rotate(void)
+{
+	struct tls_tkey k[TLS_TICKET_KEEP];
+	if (lb_os_entropy(&k[0], sizeof k[0]) != 0) {
+		lb_err("TLS: no entropy for a new session ticket key: the old keys stay in use");
+		return -1;
+	}
+	spin_lock(&g_tickets->lock);
+	uint32_t keep = g_tickets->from_file ? 0 : LB_MIN(g_tickets->n, TLS_TICKET_KEEP - 1);
+	memcpy(&k[1], g_tickets->k, keep * sizeof *k);
+	spin_unlock(&g_tickets->lock);
+	tls_tickets_set(k, keep + 1, 0);
+	memset(k, 0, sizeof k);
+	return 0;
+}
+
+/* -------------------------------------------------------------------- the shared session-ID cache
+ * For TLS 1.2 clients that take no ticket: sessions (i2d_SSL_SESSION, the master secret among
+ * them) in shared memory, TLS_SID_WAYS-way sets chosen by the session ID's hash, the oldest of a
+ * set replaced; tls_session_cache entries of TLS_SID_DATA bytes. Made by the master before any
+ * fork, so every worker of every generation resumes them. */
+
+#define TLS_SID_WAYS 4
+#define TLS_SID_DATA 480
+
+struct tls_sid {
+	uint64_t used;                 /* a counter: the oldest of a set goes first; 0: empty */
+	int64_t expires;               /* Unix time */
+	uint8_t idlen;
+	uint16_t len;
+	unsigned char id[SSL_MAX_SSL_SESSION_ID_LENGTH];
+	unsigned char data[TLS_SID_DATA];
+};
+
+struct tls_sids {
+	_Atomic uint32_t lock;
+	uint32_t sets;
+	uint64_t clock;
+	struct tls_sid e[];
+};
+static struct tls_sids *g_sids;
+
+static struct tls_sid *tls_sid_set(const unsigned char *id, unsigned idlen)
+{
+	return &g_sids->e[(lb_hash64(id, idlen) % g_sids->sets) * TLS_SID_WAYS];
+}
+
+static int tls_sid_new(SSL *ssl, SSL_SESSION *sess)
+{
+	LB_UNUSED(ssl);
+	unsigned idlen;
+	const unsigned char *id = SSL_SESSION_get_id(sess, &idlen);
+	unsigned char buf[TLS_SID_DATA], *p = buf;
+	int len = i2d_SSL_SESSION(sess, NULL);
+	if (!g_sids || !idlen || idlen > SSL_MAX_SSL_SESSION_ID_LENGTH || len <= 0 || len > TLS_SID_DATA ||
+	    i2d_SSL_SESSION(sess, &p) != len)
+		return 0;
+	spin_lock(&g_sids->lock);
+	struct tls_sid *set = tls_sid_set(id, idlen), *v = set;
+	for (int i = 1; i < TLS_SID_WAYS; i++)
+		if (set[i].used < v->used)
+			v = &set[i];
+	v->used = ++g_sids->clock;
+	v->expires = (int64_t)(SSL_SESSION_get_time(sess) + SSL_SESSION_get_timeout(sess));
+	v->idlen = (uint8_t)idlen, v->len = (uint16_t)len;
+	memcpy(v->id, id, idlen);
+	memcpy(v->data, buf, (size_t)len);
+	spin_unlock(&g_sids->lock);
+	memset(buf, 0, sizeof buf);
+	return 0; /* lb keeps no reference to sess */
+}
+
+static SSL_SESSION *tls_sid_get(SSL *ssl, const unsigned char *id, int idlen, int *copy)
+{
+	struct tls_io *io = SSL_get_app_data(ssl);
+	unsigned char buf[TLS_SID_DATA];
+	int len = 0;
+	*copy = 0;
+	if (!g_sids || idlen <= 0 || idlen > SSL_MAX_SSL_SESSION_ID_LENGTH)
+		return NULL;
 	if (g_tls)
-		atomic_fetch_add_explicit(&g_tls->failures[kind], 1, memory_order_relaxed);
+		atomic_fetch_add_explicit(&g_tls->lookups, 1, memory_order_relaxed);
+	int64_t now = (int64_t)time(NULL);
+	spin_lock(&g_sids->lock);
+	struct tls_sid *set = tls_sid_set(id, (unsigned)idlen);
+	for (int i = 0; i < TLS_SID_WAYS && !len; i++)
+		if (set[i].used && set[i].idlen == idlen && !memcmp(set[i].id, id, (size_t)idlen) && set[i].expires > now)
+			memcpy(buf, set[i].data, set[i].len), len = set[i].len;
+	spin_unlock(&g_sids->lock);
+	const unsigned char *p = buf;
+	SSL_SESSION *s = len ? d2i_SSL_SESSION(NULL, &p, len) : NULL;
+	memset(buf, 0, sizeof buf);
+	if (s && g_tls)
+		atomic_fetch_add_explicit(&g_tls->hits, 1, memory_order_relaxed);
+	if (s && io && io->srv)
+		io->srv->ticket = 0;
+	return s;
+}
+
+static void tls_sid_remove(SSL_CTX *ctx, SSL_SESSION *sess)
+{
+	LB_UNUSED(ctx);
+	unsigned idlen;
+	const unsigned char *id = SSL_SESSION_get_id(sess, &idlen);
+	if (!g_sids || !idlen || idlen > SSL_MAX_SSL_SESSION_ID_LENGTH)
+		return;
+	spin_lock(&g_sids->lock);
+	struct tls_sid *set = tls_sid_set(id, idlen);
+	for (int i = 0; i < TLS_SID_WAYS; i++)
+		if (set[i].idlen == idlen && !memcmp(set[i].id, id, idlen))
+			set[i].used = 0;
+	spin_unlock(&g_sids->lock);
+}
+
+static int tls_cache_create(unsigned entries)
+{
+	if (!(g_tickets = shm_map(sizeof *g_tickets, "TLS ticket keys")))
+		return -1;
+	uint32_t sets = (entries + TLS_SID_WAYS - 1) / TLS_SID_WAYS;
+	if (sets && !(g_sids = shm_map(sizeof *g_sids + (size_t)sets * TLS_SID_WAYS * sizeof(struct tls_sid),
+	                               "TLS session cache")))
+		return -1;
+	if (g_sids)
+		g_sids->sets = sets;
+	return tls_tickets_rotate();
+}
+
+/* The master, every loop and at start: the file's keys when it is new or changed (a reload
+ * gives a new c), else a new random key every tls_ticket_rotate. */
+static void tls_tickets_tick(const struct lb_conf *c)
+{
+	static const struct lb_conf *applied;
+	static struct file_sig sig;
+	static uint64_t next;
+	uint64_t now = mono_ms();
+	if (!g_tickets || (c == applied && now < next))
+		return;
+	int fresh = c != applied;
+	applied = c, next = now + 1000;
+	if (c->tls_ticket_keys) {
+		struct file_sig cur;
+		file_sig_of(c->tls_ticket_keys, &cur);
+		if (!fresh && file_sig_eq(&cur, &sig))
+			return;
+		sig = cur;
+		struct tls_tkey k[TLS_TICKET_KEYS_MAX];
+		char err[300];
+		int n = tls_ticket_file(c->tls_ticket_keys, k, err, sizeof err);
+		if (n < 0) {
+			lb_err("tls_ticket_keys %s: the session ticket keys in use stay", err);
+			return;
+		}
+		tls_tickets_set(k, (uint32_t)n, 1);
+		memset(k, 0, sizeof k);
+		if (!fresh)
+			lb_err("tls_ticket_keys %s changed on disk: %d keys in use", c->tls_ticket_keys, n);
+		return;
+	}
+	memset(&sig, 0, sizeof sig);
+	if (g_tickets->from_file || now - g_tickets->rotated_ms >= c->tls_ticket_rotate)
+		tls_tickets_rotate();
+}
+
+/* OpenSSL's ticket callback: seal with the first key, open with the one the ticket names */
+static int tls_ticket_cb(SSL *ssl, unsigned char name[16], unsigned char *iv, EVP_CIPHER_CTX *ectx,
+                         EVP_MAC_CTX *hctx, int enc)
+{
+	struct tls_io *io = SSL_get_app_data(ssl);
+	struct tls_tkey k;
+	uint32_t i = 0, n;
+	if (!g_tickets)
+		return 0;
+	spin_lock(&g_tickets->lock);
+	n = g_tickets->n;
+	for (; !enc && i < n && memcmp(g_tickets->k[i].name, name, 16); i++)
+		;
+	if (i < n)
+		k = g_tickets->k[i];
+	spin_unlock(&g_tickets->lock);
+	if (!enc && g_tls)
+		atomic_fetch_add_explicit(&g_tls->lookups, 1, memory_order_relaxed);
+	if (i >= n)
+		return 0; /* sealing: no key (cannot happen), no ticket; opening: a full handshake */
+	OSSL_PARAM params[] = {
+		OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, k.hmac, sizeof k.hmac),
+		OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)(uintptr_t)"SHA256", 0),
+		OSSL_PARAM_construct_end(),
+	};
+	int ok;
+	if (enc) {
+		memcpy(name, k.name, 16);
+		ok = RAND_bytes(iv, 16) == 1 && EVP_EncryptInit_ex(ectx, EVP_aes_256_cbc(), NULL, k.aes, iv) == 1;
+	} else {
+		ok = EVP_DecryptInit_ex(ectx, EVP_aes_256_cbc(), NULL, k.aes, iv) == 1;
+	}
+	ok = ok && EVP_MAC_CTX_set_params(hctx, params) == 1;
+	memset(&k, 0, sizeof k);
+	if (!ok)
+		return -1;
+	if (!enc) {
+		if (g_tls)
+			atomic_fetch_add_explicit(&g_tls->hits, 1, memory_order_relaxed);
+		if (io && io->srv)
+			io->srv->ticket = 1;
+	}
+	return !enc && i > 0 ? 2 : 1; /* 2: opened with an older key, renew it */
+}
+
+/* -------------------------------------------------------------------- engines */
+
+/* an SSL on ctx between two memory BIOs; 0 or -1 */
+static int tls_io_init(struct tls_io *io, SSL_CTX *ctx)
+{
+	if (!(io->ssl = SSL_new(ctx)) || !(io->rb = BIO_new(BIO_s_mem())) || !(io->wb = BIO_new(BIO_s_mem()))) {
+		BIO_free(io->rb);
+		SSL_free(io->ssl);
+		io->ssl = NULL, io->rb = NULL;
+		return -1;
+	}
+	BIO_set_mem_eof_return(io->rb, -1); /* empty: "retry", not the end */
+	BIO_set_mem_eof_return(io->wb, -1);
+	SSL_set_bio(io->ssl, io->rb, io->wb);
+	SSL_set_app_data(io->ssl, io);
+	return 0;
+}
+
+static void tls_io_free(struct tls_io *io)
+{
+	SSL_free(io->ssl); /* and its BIOs */
+	ERR_clear_error();
+}
+
+/* NULL with errno ENOMEM when out of memory */
+static struct tls_conn *tls_conn_new(const struct lb_listener *L, const char *const *alpn, size_t nalpn)
+{
+	struct tls_conn *tc = calloc(1, sizeof *tc);
+	if (!tc || tls_io_init(&tc->io, L->tlsm->ctx) != 0) {
+		free(tc);
+		errno = ENOMEM;
+		return NULL;
+	}
+	tc->io.srv = tc;
+	tc->t = L->tlsm;
+	tc->alpn = alpn, tc->nalpn = nalpn;
+	SSL_set_accept_state(tc->io.ssl);
+	return tc;
+}
+
+static void tls_conn_free(struct tls_conn *tc)
+{
+	if (!tc)
+		return;
+	tls_io_free(&tc->io);
+	free(tc);
+}
+
+static void tls_feed_pre(struct tls_conn *tc, const void *p, size_t n)
+{
+	BIO_write(tc->io.rb, p, (int)n);
+}
+
+static const char *tls_sni(const struct tls_conn *tc)
+{
+	const char *s = SSL_get_servername(tc->io.ssl, TLSEXT_NAMETYPE_host_name);
+	return s ? s : "";
+}
+
+/* The access log's view of a client's TLS once the handshake is done: "TLSv1.3", "TLSv1.2" and
+ * OpenSSL's cipher name (as nginx's $ssl_protocol and $ssl_cipher); "-" before. */
+static void tls_log_info(const struct tls_conn *t, const char **version, const char **cipher)
+{
+	*version = *cipher = "-";
+	if (!t->hs_done)
+		return;
+	const char *v = SSL_get_version(t->io.ssl), *c = SSL_get_cipher_name(t->io.ssl);
+	*version = v ? v : "-";
+	*cipher = c ? c : "-";
+}
+
+__attribute__((unused)) static const char *tls_alpn(const struct tls_conn *tc)
+{
+	static char b[256];
+	const unsigned char *p;
+	unsigned n;
+	SSL_get0_alpn_selected(tc->io.ssl, &p, &n);
+	snprintf(b, sizeof b, "%.*s", (int)n, p ? (const char *)p : "");
+	return b;
+}
+
+static int tls_fail_why(const struct tls_conn *tc, char *why, size_t cap)
+{
+	return lb_tls_fail_classify(tc->io.err, tc->t->ntas > 0, tc->no_common_curve, why, cap);
+}
+
+/* "CN=client,O=Example": the verified client's subject, safe to put in a header */
+static void tls_subject(struct tls_conn *tc)
+{
+	static const int nids[] = { NID_commonName, NID_organizationalUnitName, NID_organizationName, NID_countryName };
+	static const char *const keys[] = { "CN", "OU", "O", "C" };
+	X509 *x = SSL_get0_peer_certificate(tc->io.ssl);
+	X509_NAME *nm = x ? X509_get_subject_name(x) : NULL;
+	size_t w = 0;
+	tc->subject[0] = 0;
+	for (int i = 0; nm && i < 4; i++) {
+		char v[80];
+		if (X509_NAME_get_text_by_NID(nm, nids[i], v, sizeof v) > 0)
+			w = tls_subject_add(tc->subject, sizeof tc->subject, w, keys[i], v);
+	}
+}
+
+/* the verify result of a certificate check that failed -> lb's code */
+static int tls_verify_code(long v, int server_side)
+{
+	switch (v) {
+	case X509_V_ERR_CERT_HAS_EXPIRED: case X509_V_ERR_CERT_NOT_YET_VALID: return LB_TLS_ERR_X509_EXPIRED;
+	case X509_V_ERR_HOSTNAME_MISMATCH: return LB_TLS_ERR_X509_BAD_SERVER_NAME;
+	case X509_V_ERR_INVALID_PURPOSE: return server_side ? LB_TLS_ERR_X509_FORBIDDEN_KEY_USAGE : LB_TLS_ERR_X509_NOT_TRUSTED;
+	}
+	return LB_TLS_ERR_X509_NOT_TRUSTED;
+}
+
+/* OpenSSL's error of a failed handshake or record -> lb's TLS error code (BearSSL's numbers) */
+static int tls_ossl_code(struct tls_io *io)
+{
+	unsigned long e = ERR_peek_error();
+	int r = ERR_GET_LIB(e) == ERR_LIB_SSL ? ERR_GET_REASON(e) : 0, server = io->srv != NULL;
+	if (io->alert_recv)
+		return LB_TLS_ERR_RECV_FATAL_ALERT + io->alert_recv - 1;
+	switch (r) {
+	case SSL_R_CERTIFICATE_VERIFY_FAILED: return tls_verify_code(SSL_get_verify_result(io->ssl), server);
+	case SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE: return LB_TLS_ERR_NO_CLIENT_AUTH;
+	case SSL_R_UNSUPPORTED_PROTOCOL: case SSL_R_VERSION_TOO_LOW: case SSL_R_WRONG_SSL_VERSION:
+		return server ? LB_TLS_ERR_SEND_FATAL_ALERT + 70 : LB_TLS_ERR_UNSUPPORTED_VERSION;
+	case SSL_R_INAPPROPRIATE_FALLBACK: return LB_TLS_ERR_SEND_FATAL_ALERT + 86;
+	case SSL_R_NO_SHARED_CIPHER: case SSL_R_NO_SHARED_GROUPS: case SSL_R_NO_SUITABLE_KEY_SHARE:
+	case SSL_R_NO_SHARED_SIGNATURE_ALGORITHMS: case SSL_R_NO_CIPHERS_AVAILABLE:
+		return server ? LB_TLS_ERR_SEND_FATAL_ALERT + 40 : LB_TLS_ERR_BAD_CIPHER_SUITE;
+	case SSL_R_HTTP_REQUEST: case SSL_R_HTTPS_PROXY_REQUEST: case SSL_R_WRONG_VERSION_NUMBER:
+	case SSL_R_UNKNOWN_PROTOCOL: case SSL_R_UNSUPPORTED_SSL_VERSION:
+		return LB_TLS_ERR_UNSUPPORTED_VERSION;
+	case SSL_R_RECORD_LENGTH_MISMATCH: case SSL_R_LENGTH_TOO_SHORT: case SSL_R_BAD_LENGTH:
+		return LB_TLS_ERR_BAD_LENGTH;
+	case SSL_R_BAD_RECORD_TYPE: case SSL_R_UNEXPECTED_RECORD: return LB_TLS_ERR_UNKNOWN_TYPE;
+	case SSL_R_PACKET_LENGTH_TOO_LONG: case SSL_R_ENCRYPTED_LENGTH_TOO_LONG: case SSL_R_DATA_LENGTH_TOO_LONG:
+	case SSL_R_EXCESSIVE_MESSAGE_SIZE: case SSL_R_RECORD_TOO_SMALL:
+		return LB_TLS_ERR_TOO_LARGE;
+	case SSL_R_DECRYPTION_FAILED_OR_BAD_RECORD_MAC: case SSL_R_DECRYPTION_FAILED: return LB_TLS_ERR_BAD_MAC;
+	case SSL_R_BAD_SIGNATURE: return LB_TLS_ERR_BAD_SIGNATURE;
+	case SSL_R_CALLBACK_FAILED: case SSL_R_CERT_CB_ERROR: return LB_TLS_ERR_NO_RANDOM;
+	}
+	if (io->alert_sent)
+		return LB_TLS_ERR_SEND_FATAL_ALERT + io->alert_sent - 1;
+	return LB_TLS_ERR_BAD_HANDSHAKE;
+}
+
+/* A client engine for a connection to s: the pool's CAs, and SNI + name check with tls_sni or
+ * the server's host name (an address: the chain is verified, no name). */
+static struct tls_up *tls_up_new(const struct lb_pool *p, const struct lb_server *s)
+{
+	struct tls_up *u = calloc(1, sizeof *u);
+	if (!u || tls_io_init(&u->io, p->tlsm->ctx) != 0) {
+		free(u);
+		return NULL;
+	}
+	const char *sni = p->tls_sni ? p->tls_sni : host_is_name(s->host) ? s->host : NULL;
+	SSL *ssl = u->io.ssl;
+	SSL_set_connect_state(ssl);
+	if ((sni && (!SSL_set_tlsext_host_name(ssl, sni) || !SSL_set1_host(ssl, sni))) ||
+	    SSL_set_alpn_protos(ssl, (const unsigned char *)"\x08http/1.1", 9) != 0) {
+		tls_io_free(&u->io);
+		free(u);
+		return NULL;
+	}
+	SSL_do_handshake(ssl); /* the ClientHello into the write BIO: the pump sends it */
+	ERR_clear_error();
+	return u;
+}
+
+static void tls_up_free(struct tls_up *u)
+{
+	if (!u)
+		return;
+	tls_io_free(&u->io);
+	free(u);
+}
+
+/* -------------------------------------------------------------------- the pump */
+
+/* Send the records the engine has: 1 all sent, 0 the socket is full, -1 the socket failed. */
+static int tls_flush_out(struct tls_io *io, int fd)
+{
+	char *p;
+	long len;
+	while ((len = BIO_get_mem_data(io->wb, &p)) > 0) {
+		ssize_t n = send(fd, p, (size_t)len, MSG_NOSIGNAL);
+		if (n > 0) {
+			char sink[4096];
+			for (ssize_t left = n; left > 0;) /* drop what went out */
+				left -= BIO_read(io->wb, sink, (int)LB_MIN((ssize_t)sizeof sink, left));
+			continue;
+		}
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+			return 0;
+		return -1;
+	}
+	return 1;
+}
+
+/* a clean end: close_notify, sent now if the socket takes it */
+static void tls_close_notify(struct tls_io *io, int fd)
+{
+	SSL_shutdown(io->ssl);
+	ERR_clear_error();
+	tls_flush_out(io, fd);
+}
+
+static int tls_records_pending(const struct tls_io *io) { return BIO_ctrl_pending(io->wb) > 0; }
+
+/* plaintext decrypted and not read yet, or ciphertext read and not decrypted yet */
+static int tls_has_input(const struct tls_io *io) { return SSL_pending(io->ssl) > 0 || BIO_ctrl_pending(io->rb) > 0; }
+
+static int tls_can_send(const struct tls_io *io)
+{
+	return SSL_is_init_finished(io->ssl) && !(SSL_get_shutdown(io->ssl) & SSL_SENT_SHUTDOWN) &&
+	       BIO_ctrl_pending(io->wb) < TLS_OUT_MAX;
+}
+
+/* The handshake completed: counted, and the client certificate's subject kept. */
+static int tls_just_done(struct tls_conn *tc)
+{
+	if (tc->hs_done || !SSL_is_init_finished(tc->io.ssl))
+		return 0;
+	tc->hs_done = 1;
+	const SSL_CIPHER *ci = SSL_get_current_cipher(tc->io.ssl);
+	tc->resumed = !SSL_session_reused(tc->io.ssl) ? 0 : tc->ticket ? 1 : 2;
+	tls_count_handshake(ci ? (uint16_t)SSL_CIPHER_get_protocol_id(ci) : 0, tc->resumed);
+	if (tc->t->ntas)
+		tls_subject(tc);
+	return 1;
+}
+
+/* Once idle after the handshake: new, empty memory BIOs for the ones whose buffers grew to the
+ * handshake's flights (a few KB less per idle connection). */
+static void tls_slim(struct tls_io *io)
+{
+	if (io->slim || !SSL_is_init_finished(io->ssl) || BIO_ctrl_pending(io->rb) || BIO_ctrl_pending(io->wb))
+		return;
+	BIO *rb = BIO_new(BIO_s_mem()), *wb = BIO_new(BIO_s_mem());
+	io->slim = 1;
+	if (!rb || !wb) {
+		BIO_free(rb);
+		BIO_free(wb);
+		return;
+	}
+	BIO_set_mem_eof_return(rb, -1);
+	BIO_set_mem_eof_return(wb, -1);
+	SSL_set_bio(io->ssl, rb, wb); /* frees the old ones */
+	io->rb = rb, io->wb = wb;
+}
+
+/* Plaintext from the peer into dst: > 0 bytes; 0 at the end of the stream; -1 with errno
+ * EAGAIN when there is none yet; -1 with another errno when the connection failed
+ * (EPROTO: TLS error, in io->err). */
+static ssize_t tls_recv(struct tls_io *io, int fd, bool *rready, char *dst, size_t cap)
+{
+	for (;;) {
+		size_t got = 0;
+		ERR_clear_error();
+		int ok = SSL_read_ex(io->ssl, dst, cap, &got);
+		int e = ok ? SSL_ERROR_NONE : SSL_get_error(io->ssl, 0);
+		if (io->srv)
+			tls_just_done(io->srv);
+		if (ok) {
+			if (tls_flush_out(io, fd) < 0)
+				return -1;
+			return (ssize_t)got;
+		}
+		if (e == SSL_ERROR_ZERO_RETURN) { /* the peer's close_notify: answered with lb's */
+			SSL_shutdown(io->ssl);
+			ERR_clear_error();
+			tls_flush_out(io, fd);
+			return 0;
+		}
+		if (e != SSL_ERROR_WANT_READ) {
+			io->err = e == SSL_ERROR_SSL ? tls_ossl_code(io) : LB_TLS_ERR_BAD_HANDSHAKE;
+			tls_flush_out(io, fd); /* the alert, if the socket takes it */
+			ERR_clear_error();
+			errno = EPROTO;
+			return -1;
+		}
+		if (tls_flush_out(io, fd) < 0)
+			return -1;
+		if (!*rready) {
+			tls_slim(io);
+			errno = EAGAIN;
+			return -1;
+		}
+		char in[16640]; /* a whole TLS record and its header */
+		ssize_t n = recv(fd, in, sizeof in, 0);
+		if (n > 0) {
+			if ((size_t)n < sizeof in)
+				*rready = 0;
+			io->got_bytes = 1;
+			BIO_write(io->rb, in, (int)n);
+			continue;
+		}
+		if (n == 0)
+			return 0; /* TCP end without close_notify: HTTP framing tells truncation apart */
+		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+			*rready = 0;
+			errno = EAGAIN;
+		}
+		return -1;
+	}
+}
+
+/* Plaintext to the peer from iov: bytes taken (encrypted and sent, or queued), or -1 with
+ * errno EAGAIN (the queue is full or the handshake is not done) or another errno. */
+static ssize_t tls_send(struct tls_io *io, int fd, const struct iovec *iov, int k)
+{
+	size_t total = 0;
+	int failed = 0;
+	for (int i = 0; i < k && tls_can_send(io); i++) {
+		size_t w = 0;
+		ERR_clear_error();
+		if (!SSL_write_ex(io->ssl, iov[i].iov_base, iov[i].iov_len, &w)) {
+			failed = SSL_get_error(io->ssl, 0) != SSL_ERROR_WANT_READ;
+			break;
+		}
+		total += w;
+	}
+	ERR_clear_error();
+	int f = tls_flush_out(io, fd);
+	if (total)
+		return (ssize_t)total;
+	if (f < 0 || failed || (SSL_get_shutdown(io->ssl) & SSL_SENT_SHUTDOWN)) {
+		if (errno == EAGAIN || errno == EWOULDBLOCK || f >= 0)
+			errno = EPIPE;
+		return -1;
+	}
+	errno = EAGAIN;
+	return -1;
+}
+
+#endif /* LB_TLS_OPENSSL */
+
+
+/* -------------------------------------------------------------------- loading a listener's or pool's files */
+
+/* Load a listener's cert and client_ca files; errors name the file and what is wrong. */
+static int tls_load_listener(struct lb_listener *l, int *bad_line, const char **bad_key, char *err, size_t errlen)
+{
+	struct lb_tls *t = calloc(1, sizeof *t);
+	if (!t) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	for (size_t i = 0; i < l->ncerts; i++) {
+		struct lb_cert *c = &t->certs[t->ncerts];
+		c->line = l->cert_lines[i];
+		file_sig_of(l->certs[i], &t->sig[i]);
+		char e[256];
+		if (cert_load(t, c, l->certs[i], e, sizeof e) != 0) {
+			*bad_line = c->line, *bad_key = "cert";
+			snprintf(err, errlen, "cert %s: %s", l->certs[i], e);
+			tls_free(t);
+			return -1;
+		}
+		t->ncerts++;
+		const char *of = i < l->nocsp && strcmp(l->ocsp[i], "off") ? l->ocsp[i] : NULL;
+		if (of)
+			file_sig_of(of, &t->sig[LB_MAX_CERTS + 1 + i]);
+		if (of && tls_ocsp_load(c, of, err, errlen) != 0) {
+			*bad_line = l->ocsp_lines[i], *bad_key = "ocsp";
+			tls_free(t);
+			return -1;
+		}
+	}
+	if (l->client_ca) {
+		char e[256];
+		file_sig_of(l->client_ca, &t->sig[LB_MAX_CERTS]);
+		if (ca_load(t, l->client_ca, e, sizeof e) != 0) {
+			*bad_line = l->client_ca_line, *bad_key = "client_ca";
+			snprintf(err, errlen, "client_ca %s: %s", l->client_ca, e);
+			tls_free(t);
+			return -1;
+		}
+	}
+	char e[256];
+	if (tls_listener_ready(t, l, e, sizeof e) != 0) {
+		*bad_line = l->cert_lines[0], *bad_key = "cert";
+		snprintf(err, errlen, "cert %s: %s", l->certs[0], e);
+		tls_free(t);
+		return -1;
+	}
+	tls_free(l->tlsm);
+	l->tlsm = t;
+	return 0;
+}
+
+#define LB_SYSTEM_CAS "/etc/ssl/certs/ca-certificates.crt"
+
+/* The CAs a pool's TLS servers are verified against: tls_ca, else the system's bundle. */
+static int tls_load_pool(struct lb_pool *p, char *err, size_t errlen)
+{
+	struct lb_tls *t = calloc(1, sizeof *t);
+	const char *f = p->tls_ca ? p->tls_ca : LB_SYSTEM_CAS;
+	char e[256];
+	if (!t || ca_load(t, f, e, sizeof e) != 0 || tls_pool_ready(t, e, sizeof e) != 0) {
+		snprintf(err, errlen, "tls_ca %s: %s", f, t ? e : "out of memory");
+		tls_free(t);
+		return -1;
+	}
+	tls_free(p->tlsm);
+	p->tlsm = t;
+	return 0;
+}
+
+/* The certificate for an SNI name: an exact name first, then a wildcard, else the first. */
+static size_t tls_pick_cert(const struct lb_tls *t, const char *sni)
+{
+	size_t hn = sni ? strlen(sni) : 0;
+	for (int wild = 0; hn && wild < 2; wild++)
+		for (size_t i = 0; i < t->ncerts; i++)
+			for (size_t k = 0; k < t->certs[i].info.nnames; k++) {
+				const char *nm = t->certs[i].info.names[k];
+				if ((nm[0] == '*') == wild && lb_cert_name_match(nm, sni, hn))
+					return i;
+			}
+	return 0;
+}
+
+/* Made once by the master, before any fork: the counters, and the session-ID cache (BearSSL)
+ * or the ticket keys (OpenSSL) every worker of every generation shares. */
+static int tls_shared_create(unsigned entries)
+{
+	if (!(g_tls = shm_map(sizeof *g_tls, "TLS counters")))
+		return -1;
+	g_tls->entries = entries;
+	return tls_cache_create(entries);
 }
 
 /* ==================================================================== 8. connections
@@ -6768,7 +8116,8 @@ static void conn_abort(struct conn *c, const char *why) { conn_abort_slot(c, why
 static int tls_begin(struct conn *c)
 {
 	static struct lb_throttle log_slot;
-	if (!(c->tls = tls_conn_new(c->L))) {
+	int http = c->L->mode == LB_MODE_HTTP;
+	if (!(c->tls = tls_conn_new(c->L, http ? tls_alpn_http : NULL, http ? sizeof tls_alpn_http / sizeof *tls_alpn_http : 0))) {
 		count_refused(c->L, REFUSE_NO_MEMORY);
 		if (errno == ENOMEM) /* else no entropy: tls_seed_engine said it, at most once a second */
 			log_throttled_at(&log_slot, LB_LV_ERROR, "client %s listener %s: out of memory for a TLS engine",
@@ -6778,8 +8127,7 @@ static int tls_begin(struct conn *c)
 	}
 	size_t left = buf_len(&c->in); /* at most LB_PROXY_V2_MAX: client_read's bound in Q_PROXY */
 	if (left) {
-		memcpy(c->tls->pre, c->in.d + c->in.s, left);
-		c->tls->io.pre_e = (uint16_t)left;
+		tls_feed_pre(c->tls, c->in.d + c->in.s, left);
 		c->in.s = c->in.e;
 	}
 	if (c->in.d && buf_len(&c->in) == 0)
@@ -8426,7 +9774,7 @@ static int client_read(struct conn *c)
 	}
 	if (c->tls && n < 0 && errno == EPROTO) {
 		char why[200];
-		int kind = lb_tls_fail_classify(c->tls->io.err, c->tls->t->ntas > 0, c->tls->sc.curves == 0, why, sizeof why);
+		int kind = tls_fail_why(c->tls, why, sizeof why);
 		tls_failed(c, kind, why);
 		return 0;
 	}
@@ -10705,6 +12053,13 @@ static void metrics_tls(struct abuf *b)
 	ab_printf(b, "lb_tls_handshakes_total %llu\n", (unsigned long long)atomic_load(&g_tls->handshakes));
 	METRIC(b, "lb_tls_resumed_handshakes_total", "counter", "TLS handshakes that resumed a cached session.");
 	ab_printf(b, "lb_tls_resumed_handshakes_total %llu\n", (unsigned long long)atomic_load(&g_tls->resumed));
+	METRIC(b, "lb_tls_handshakes_by_suite_total", "counter", "TLS handshakes completed, by protocol version and cipher suite.");
+	for (int k = 0; k < TLS_SUITES_N; k++)
+		ab_printf(b, "lb_tls_handshakes_by_suite_total{version=\"%s\",cipher=\"%s\"} %llu\n", tls_suite_labels[k][0],
+		          tls_suite_labels[k][1], (unsigned long long)atomic_load(&g_tls->by_suite[k]));
+	METRIC(b, "lb_tls_resumptions_total", "counter", "TLS handshakes that resumed a session, by kind (ticket, session_id).");
+	ab_printf(b, "lb_tls_resumptions_total{kind=\"ticket\"} %llu\nlb_tls_resumptions_total{kind=\"session_id\"} %llu\n",
+	          (unsigned long long)atomic_load(&g_tls->resumed_ticket), (unsigned long long)atomic_load(&g_tls->resumed_id));
 	METRIC(b, "lb_tls_handshake_failures_total", "counter", "TLS handshakes that failed, by reason.");
 	for (int k = 0; k < TLS_F_N; k++)
 		ab_printf(b, "lb_tls_handshake_failures_total{reason=\"%s\"} %llu\n", tls_fail_kind[k],
@@ -10717,6 +12072,18 @@ static void metrics_tls(struct abuf *b)
 	ab_printf(b, "lb_tls_session_cache_entries %u\n", g_tls->entries);
 	METRIC(b, "lb_tls_cert_expiry_seconds", "gauge", "Seconds until the certificate's notAfter (negative: expired).");
 	int64_t now = (int64_t)(wall_ms() / 1000);
+	METRIC(b, "lb_tls_ocsp_response_age_seconds", "gauge", "Seconds since the thisUpdate of the OCSP response stapled with the certificate.");
+	for (size_t i = 0; i < g_conf->nlisteners; i++) {
+		const struct lb_listener *l = &g_conf->listeners[i];
+		for (size_t k = 0; l->tlsm && k < l->tlsm->ncerts; k++) {
+			int64_t t = tls_ocsp_this_update(&l->tlsm->certs[k]);
+			if (!t)
+				continue;
+			ab_printf(b, "lb_tls_ocsp_response_age_seconds{listener=\"%s\",cert=", l->name);
+			ab_json_str(b, l->tlsm->certs[k].file);
+			ab_printf(b, "} %lld\n", (long long)(now - t));
+		}
+	}
 	for (size_t i = 0; i < g_conf->nlisteners; i++) {
 		const struct lb_listener *l = &g_conf->listeners[i];
 		for (size_t k = 0; l->tlsm && k < l->tlsm->ncerts; k++) {
@@ -12418,7 +13785,7 @@ static void log_field(struct conn *c, int f, int json, uint64_t now_us)
 			tls_log_info(c->tls, &tv, &tcph);
 		log_ctext(!c->tls ? NULL : f == LB_LF_TLS_VERSION ? tv : tcph, json);
 		return;
-	case LB_LF_SNI: log_ctext(c->tls ? br_ssl_engine_get_server_name(&c->tls->sc.eng) : NULL, json); return;
+	case LB_LF_SNI: log_ctext(c->tls ? tls_sni(c->tls) : NULL, json); return;
 	case LB_LF_CLIENT_CERT: log_ctext(c->tls && c->tls->subject[0] ? c->tls->subject : NULL, json); return;
 	case LB_LF_WORKER: log_num(g_worker_id); return;
 	case LB_LF_PID: log_num((int64_t)g_pid); return;
@@ -13816,8 +15183,10 @@ static void master_cert_watch(void)
 	next = now + 1000;
 	for (size_t i = 0; i < g_conf->nlisteners; i++) {
 		const struct lb_listener *l = &g_conf->listeners[i];
-		for (size_t k = 0; l->tlsm && k <= LB_MAX_CERTS; k++) {
-			const char *f = k < l->ncerts ? l->certs[k] : k == LB_MAX_CERTS ? l->client_ca : NULL;
+		for (size_t k = 0; l->tlsm && k <= 2 * LB_MAX_CERTS; k++) {
+			size_t o = k - LB_MAX_CERTS - 1; /* ocsp = files after client_ca */
+			const char *f = k < l->ncerts ? l->certs[k] : k == LB_MAX_CERTS ? l->client_ca
+			              : k > LB_MAX_CERTS && o < l->nocsp && strcmp(l->ocsp[o], "off") ? l->ocsp[o] : NULL;
 			if (!f)
 				continue;
 			struct file_sig cur;
@@ -13924,6 +15293,7 @@ static int master_run(void)
 		master_restart_due();
 		master_log_tick();
 		master_cert_watch();
+		tls_tickets_tick(g_conf);
 		master_cert_expiry();
 		master_events();
 		history_tick();
@@ -14936,7 +16306,7 @@ int lb_main(int argc, char **argv)
 		else if (!strcmp(argv[i], "--keys"))
 			return print_keys(stdout);
 		else if (!strcmp(argv[i], "-v")) {
-			printf("lb %s (BearSSL, inih; %s)\n", LB_VERSION,
+			printf("lb %s (" LB_TLS_LIB ", inih; %s)\n", LB_VERSION,
 #ifdef LB_EPOLL
 			       "epoll"
 #else
@@ -14996,6 +16366,7 @@ int lb_main(int argc, char **argv)
 	    msocks_open(g_conf) != 0 || admin_token_load(g_conf, g_admin_token, &g_admin_token_len) != 0 ||
 	    admin_listen(g_conf) != 0)
 		return 1;
+	tls_tickets_tick(g_conf); /* tls_ticket_keys in shared memory before the workers start */
 	if (g_conf->pid_file && write_pid_file(g_conf->pid_file) != 0)
 		return 1;
 	lb_info("lb %s: master pid %d, %u workers, %zu listeners, %zu pools, %zu routes", LB_VERSION, (int)g_pid,

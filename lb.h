@@ -11,7 +11,9 @@
 #include <sys/socket.h>
 #include <netinet/in.h>
 
-#include <bearssl.h> /* the engine constructors below */
+#ifndef LB_TLS_OPENSSL
+#include <bearssl.h> /* the BearSSL engine constructors below */
+#endif
 
 #define LB_VERSION "0.1.0"
 
@@ -256,7 +258,8 @@ int lb_cert_name_match(const char *pattern, const char *host, size_t hn);
 
 /* Why a TLS handshake with a client failed: the reason label of
  * lb_tls_handshake_failures_total{reason} (lb_tls_fail_name) and a line for the error log.
- * lb_tls_fail_classify is pure: BearSSL's error code (br_ssl_engine_last_error), whether the
+ * lb_tls_fail_classify is pure: lb's TLS error code (BearSSL's numbers, br_ssl_engine_last_error;
+ * the OpenSSL build maps its errors to them), whether the
  * listener has client_ca, and whether the client's curves and lb's had none in common (the
  * server context's filtered `curves` is 0) -> the reason, with text written to text[cap]. */
 enum lb_tls_fail {
@@ -281,9 +284,11 @@ const char *lb_tls_fail_name(int reason);
  * no entropy: the engine must not be used. */
 int lb_os_entropy(void *out, size_t n);
 int lb_urandom_entropy(void *out, size_t n);
+#ifndef LB_TLS_OPENSSL /* the BearSSL build's (tests/unit.c, tests/bench/tlsceil.c) */
 int lb_tls_server_engine(br_ssl_server_context *sc, unsigned char *buf, size_t len, int alpn);
 int lb_tls_client_engine(br_ssl_client_context *cc, br_x509_minimal_context *xc, const br_x509_trust_anchor *tas,
                          size_t ntas, unsigned char *buf, size_t len);
+#endif
 
 /* The file name an ACME HTTP-01 request path asks for: path must be
  * "/.well-known/acme-challenge/TOKEN" with TOKEN of base64url characters only (RFC 8555
@@ -463,6 +468,9 @@ struct lb_listener {
 	char *certs[LB_MAX_CERTS];    /* cert = files: chain + key; the first is the default */
 	int cert_lines[LB_MAX_CERTS];
 	size_t ncerts;
+	char *ocsp[LB_MAX_CERTS];     /* ocsp = files (OpenSSL build): the n-th for the n-th cert; "off": none */
+	int ocsp_lines[LB_MAX_CERTS];
+	size_t nocsp;
 	char *client_ca;              /* mTLS: required client certificates from these CAs */
 	int client_ca_line;
 	char *hsts;                   /* Strict-Transport-Security value on TLS responses */
@@ -542,6 +550,9 @@ struct lb_conf {
 	uint64_t stop_grace;         /* ms: after SIGTERM, keep serving while /healthz says draining */
 	unsigned rate_limit_entries; /* size of the shared rate-limit table */
 	unsigned tls_session_cache;  /* TLS sessions kept for resumption, shared by the workers; 0 = off */
+	char *tls_ticket_keys;       /* session ticket keys file (OpenSSL build); NULL: random keys */
+	int tls_ticket_keys_line;
+	uint64_t tls_ticket_rotate;  /* ms: a new random ticket key this often */
 	char *alert_command;         /* run with an event as JSON on stdin; NULL = none */
 	/* [admin]: only with the section */
 	int admin_on;

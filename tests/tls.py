@@ -30,7 +30,19 @@ import policy as po  # noqa: E402
 from integration import HOST, Fail, check, eq, free_port, short  # noqa: E402
 from process import Skip, conf  # noqa: E402
 
-SUITE_BUDGET = 400
+SUITE_BUDGET = 480
+
+
+def tls_library():
+    """The TLS library of the build under test, from `lb -v`: "openssl" or "bearssl". Cases only one
+    can pass check each build for what it does (TLS 1.3 and tickets on OpenSSL, a clean refusal and
+    session IDs on BearSSL), never skip."""
+    out = subprocess.run([it.LB_BIN, "-v"], stdout=subprocess.PIPE, timeout=10).stdout.decode()
+    return "openssl" if "OpenSSL" in out else "bearssl"
+
+
+TLS_LIB = tls_library()
+OSSL = TLS_LIB == "openssl"
 TESTS = []
 test = it.registrar(TESTS)
 
@@ -47,16 +59,16 @@ def run(cmd, **kw):
 class CA:
     """A throwaway CA in dir; leaf() makes a combined PEM (chain, then key) for lb."""
 
-    def __init__(self, d, name="Test CA", key="ec"):
+    def __init__(self, d, name="Test CA", key="ec", days=30):
         self.dir = d
         os.makedirs(d, exist_ok=True)
         tag = re.sub(r"\W", "", name)
         self.key = os.path.join(d, tag + ".key")
         self.crt = os.path.join(d, tag + ".crt")
         run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-             "-days", "30", "-subj", "/O=lb tests/CN=" + name, "-keyout", self.key, "-out", self.crt])
+             "-days", str(days), "-subj", "/O=lb tests/CN=" + name, "-keyout", self.key, "-out", self.crt])
 
-    def leaf(self, fname, cn, names=(), key="ec:P-256", serial=None, client=False, days=30):
+    def leaf(self, fname, cn, names=(), key="ec:P-256", serial=None, client=False, days=30, ocsp_uri=None):
         """fname.pem (cert + CA cert + key); returns (path, serial in hex, upper case)."""
         base = os.path.join(self.dir, fname)
         serial = serial or int.from_bytes(os.urandom(8), "big") | 1
@@ -70,6 +82,8 @@ class CA:
             if names:
                 f.write("subjectAltName=" + ",".join("DNS:" + n for n in names) + "\n")
             f.write("extendedKeyUsage=%s\n" % ("clientAuth" if client else "serverAuth"))
+            if ocsp_uri:
+                f.write("authorityInfoAccess=OCSP;URI:%s\n" % ocsp_uri)
         run(["openssl", "x509", "-req", "-in", base + ".csr", "-CA", self.crt, "-CAkey", self.key,
              "-set_serial", str(serial), "-days", str(days), "-extfile", ext, "-out", base + ".crt"])
         pem = base + ".pem"
@@ -251,6 +265,12 @@ def t_sni(ctx):
                        timeout=10)
     out = p.stdout.decode("utf-8", "replace")
     check("ALPN protocol: http/1.1" in out, "ALPN with s_client -alpn h2,http/1.1: %s" % short(out, 200))
+    if OSSL:  # TLS 1.3 when the client offers it, lb's first suite
+        check(re.search(r"^New, TLSv1\.3, Cipher is TLS_AES_128_GCM_SHA256", out, re.M),
+              "TLS 1.3 TLS_AES_128_GCM_SHA256: %s" % short(out, 300))
+        p = subprocess.run(["openssl", "s_client", "-connect", "%s:%d" % (HOST, port), "-servername", "a.test",
+                            "-tls1_2"], input=b"", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=10)
+        out = p.stdout.decode("utf-8", "replace")
     check(re.search(r"Protocol *: TLSv1\.2", out) and re.search(r"Cipher *: ECDHE-ECDSA-AES128-GCM-SHA256", out),
           "TLS 1.2 ECDHE-ECDSA-AES128-GCM: %s" % short(out, 300))
     for bad in (["-tls1_1"], ["-cipher", "AES128-SHA256", "-tls1_2"], ["-cipher", "ECDHE-ECDSA-AES128-SHA", "-tls1_2"]):
@@ -330,14 +350,17 @@ def t_resume(ctx):
     m = ctx.master(conf(lsn("https", port, ("tls", "on"), ("cert", a)), pl("p", [ctx.b["a"]]), admin(ap),
                         workers=2), [port, ap])
     m.wait_workers(2)
-    p = subprocess.run(["openssl", "s_client", "-connect", "%s:%d" % (HOST, port), "-servername", "a.test",
-                        "-reconnect", "-no_ticket"], input=b"", stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                       timeout=20)
-    out = p.stdout.decode("utf-8", "replace")
-    new, reused = len(re.findall(r"^New, ", out, re.M)), len(re.findall(r"^Reused, ", out, re.M))
-    eq((new, reused), (1, 5), "s_client -reconnect: (new, reused) handshakes")
-    # many resumptions from Python: with two workers some land on the other one; all must resume
+    # session IDs (-no_ticket) on both builds; OpenSSL: TLS 1.2 tickets too (s_client -reconnect does not
+    # wait for TLS 1.3's tickets, sent after the handshake: ticket_keys_* cover those)
+    for args in [["-no_ticket"] + (["-tls1_2"] if OSSL else [])] + ([["-tls1_2"]] if OSSL else []):
+        p = subprocess.run(["openssl", "s_client", "-connect", "%s:%d" % (HOST, port), "-servername", "a.test",
+                            "-reconnect"] + args, input=b"", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=20)
+        out = p.stdout.decode("utf-8", "replace")
+        new, reused = len(re.findall(r"^New, ", out, re.M)), len(re.findall(r"^Reused, ", out, re.M))
+        eq((new, reused), (1, 5), "s_client -reconnect %s: (new, reused) handshakes" % " ".join(args))
+    # many resumptions from Python (session IDs: no ticket): with two workers some land on the other one
     c = tls_ctx()
+    c.maximum_version = ssl.TLSVersion.TLSv1_2  # TLS 1.3 has no session IDs
     _, _, _, first = https_get(port, ctx=c)
     reused = sum(https_get(port, ctx=c, session=first["session"])[3]["reused"] for _ in range(20))
     eq(reused, 20, "connections resuming one session over 2 workers")
@@ -345,6 +368,11 @@ def t_resume(ctx):
     check(metric(t, "lb_tls_session_cache_hits_total") >= 25, "cache hits: %s" % metric(t, "lb_tls_session_cache_hits_total"))
     check(metric(t, "lb_tls_resumed_handshakes_total") >= 25 and metric(t, "lb_tls_handshakes_total") >= 27,
           "handshakes %s resumed %s" % (metric(t, "lb_tls_handshakes_total"), metric(t, "lb_tls_resumed_handshakes_total")))
+    check(metric(t, "lb_tls_resumptions_total", kind="session_id") >= 25, "resumptions by session ID: %s"
+          % metric(t, "lb_tls_resumptions_total", kind="session_id"))
+    if OSSL:
+        check(metric(t, "lb_tls_resumptions_total", kind="ticket") >= 5, "resumptions by ticket: %s"
+              % metric(t, "lb_tls_resumptions_total", kind="ticket"))
     exp = metric(t, "lb_tls_cert_expiry_seconds", listener="https")
     check(29 * 86400 < exp <= 30 * 86400, "lb_tls_cert_expiry_seconds for a 30-day cert: %s" % exp)
     p = subprocess.run(["promtool", "check", "metrics"], input=t.encode(), stdout=subprocess.PIPE,
@@ -839,6 +867,267 @@ def t_expiry(ctx):
     t = metrics(ap)
     left = metric(t, "lb_tls_cert_expiry_seconds", name="soon.test")
     check(9 * 86400 < left <= 10 * 86400, "lb_tls_cert_expiry_seconds for soon.test: %s" % left)
+
+
+# ---------------------------------------------------------------------------------------- TLS 1.3, tickets
+
+GET_CLOSE = b"GET /sc HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n"
+
+
+def s_client(port, *args):
+    """openssl s_client with one request (-ign_eof: it reads the answer, and a TLS 1.3 ticket before it)."""
+    p = subprocess.run(["openssl", "s_client", "-connect", "%s:%d" % (HOST, port), "-servername", "a.test",
+                        "-ign_eof"] + list(args), input=GET_CLOSE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       timeout=15)
+    return p.returncode, p.stdout.decode("utf-8", "replace")
+
+
+def resumed(port, sess, *args):
+    """Whether s_client -sess_in sess resumed (and got its answer)."""
+    _, out = s_client(port, "-sess_in", sess, *args)
+    check("HTTP/1.1 200" in out, "no answer with -sess_in: %s" % short(out, 300))
+    return bool(re.search(r"^Reused, ", out, re.M))
+
+
+@test("tls13_s_client")
+def t_tls13(ctx):
+    """openssl s_client -tls1_3: TLS 1.3 and an answer on the OpenSSL build, counted by suite; on the BearSSL
+    build (no TLS 1.3) the handshake fails cleanly, is counted, and lb keeps serving TLS 1.2."""
+    ca = CA(ctx.dir)
+    a, _ = ca.leaf("a", "a.test", ["a.test"])
+    port, ap = free_port(), free_port()
+    m = ctx.master(conf(lsn("https", port, ("tls", "on"), ("cert", a)), pl("p", [ctx.b["a"]]), admin(ap), workers=1),
+                   [port, ap])
+    rc, out = s_client(port, "-tls1_3")
+    t = metrics(ap)
+    if OSSL:
+        check(rc == 0 and re.search(r"^New, TLSv1\.3, Cipher is TLS_AES_128_GCM_SHA256", out, re.M)
+              and "HTTP/1.1 200" in out, "s_client -tls1_3: rc %d %s" % (rc, short(out, 400)))
+        eq(metric(t, "lb_tls_handshakes_by_suite_total", version="TLSv1.3", cipher="TLS_AES_128_GCM_SHA256"), 1,
+           "TLS 1.3 handshakes counted by suite")
+    else:
+        check(rc != 0 and "HTTP/1.1" not in out, "s_client -tls1_3 must fail on BearSSL: %s" % short(out, 300))
+        check(metric(t, "lb_tls_handshake_failures_total") >= 1, "the refused TLS 1.3 handshake is counted")
+    rc, out = s_client(port, "-tls1_2")
+    check(rc == 0 and "HTTP/1.1 200" in out, "s_client -tls1_2: %s" % short(out, 300))
+    eq(metric(metrics(ap), "lb_tls_handshakes_by_suite_total", version="TLSv1.2",
+              cipher="TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"), 1, "TLS 1.2 handshakes counted by suite")
+    check(m.alive(), "lb died")
+
+
+@test("ticket_keys_shared_reload_rotation", timeout=60)
+def t_tickets(ctx):
+    """OpenSSL build: a TLS 1.3 ticket (-sess_out) resumes (-sess_in) on both workers, after a SIGHUP
+    reload and on a second lb process sharing tls_ticket_keys; after a rotation (new key first, old kept)
+    it still resumes, once the old key is gone it does not, and a new ticket does; a file of a wrong size
+    is refused and the keys stay. A TLS 1.2 ticket too. BearSSL build: tls_ticket_keys is refused."""
+    ca = CA(ctx.dir)
+    a, _ = ca.leaf("a", "a.test", ["a.test"])
+    keys = os.path.join(ctx.dir, "ticket.key")
+    k1, k2 = os.urandom(80), os.urandom(80)
+    with open(keys, "wb") as f:
+        f.write(k1)
+    p1, p2, ap = free_port(), free_port(), free_port()
+    text1 = conf(lsn("https", p1, ("tls", "on"), ("cert", a)), pl("p", [ctx.b["a"]]), admin(ap), workers=2,
+                 glob={"tls_ticket_keys": keys})
+    if not OSSL:
+        path = os.path.join(ctx.dir, "c.ini")
+        replace_file(path, text1)
+        p = subprocess.run([it.LB_BIN, "-t", "-c", path], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=10)
+        out = p.stdout.decode()
+        check(p.returncode == 1 and "tls_ticket_keys" in out and "no session tickets" in out,
+              "BearSSL lb -t with tls_ticket_keys: rc %d %s" % (p.returncode, short(out, 300)))
+        return
+    m = ctx.master(text1, [p1, ap])
+    m.wait_workers(2)
+    ctx.master(conf(lsn("https", p2, ("tls", "on"), ("cert", a)), pl("p", [ctx.b["a"]]), workers=1,
+                    glob={"tls_ticket_keys": keys}), [p2], tag="lb2")
+    s1, s12 = os.path.join(ctx.dir, "s1"), os.path.join(ctx.dir, "s12")
+    _, out = s_client(p1, "-tls1_3", "-sess_out", s1)
+    check(re.search(r"^New, TLSv1\.3", out, re.M) and os.path.getsize(s1) > 0, "first TLS 1.3 handshake: %s" % short(out, 300))
+    _, out = s_client(p1, "-tls1_2", "-sess_out", s12)
+    eq([resumed(p1, s1) for _ in range(6)], [True] * 6, "a TLS 1.3 ticket over 2 workers")
+    eq([resumed(p1, s12, "-tls1_2") for _ in range(3)], [True] * 3, "a TLS 1.2 ticket")
+    check(resumed(p2, s1), "a ticket of lb 1 at lb 2 (the same tls_ticket_keys)")
+    m.signal(signal.SIGHUP)
+    time.sleep(1.5)
+    check(resumed(p1, s1), "a ticket after a SIGHUP reload")
+    with open(keys + ".tmp", "wb") as f:  # rotation: the new key seals, the old one still opens
+        f.write(k2 + k1)
+    os.replace(keys + ".tmp", keys)
+    time.sleep(2.2)
+    check(resumed(p1, s1), "a ticket of the old key after a rotation (old key kept)")
+    s2 = os.path.join(ctx.dir, "s2")
+    s_client(p1, "-tls1_3", "-sess_out", s2)
+    with open(keys + ".tmp", "wb") as f:
+        f.write(k2)
+    os.replace(keys + ".tmp", keys)
+    time.sleep(2.2)
+    check(not resumed(p1, s1), "a ticket of a key no longer in the file must not resume")
+    check(resumed(p1, s2), "a ticket of the new key")
+    with open(keys + ".tmp", "wb") as f:
+        f.write(k1[:79])
+    os.replace(keys + ".tmp", keys)
+    time.sleep(2.2)
+    check("80 bytes per key" in m.stderr(), "the refused file is logged: %s" % m.stderr_tail())
+    check(resumed(p1, s2), "after a refused file the keys in use stay")
+    t = metrics(ap)
+    check(metric(t, "lb_tls_resumptions_total", kind="ticket") >= 11, "ticket resumptions: %s"
+          % metric(t, "lb_tls_resumptions_total", kind="ticket"))
+
+
+@test("ticket_keys_rotate_on_schedule", timeout=40)
+def t_rotate(ctx):
+    """OpenSSL build without tls_ticket_keys: a ticket resumes after one tls_ticket_rotate (the old key is
+    kept), not after five (only 4 kept). BearSSL build: no tickets, the session-ID cache resumes instead."""
+    ca = CA(ctx.dir)
+    a, _ = ca.leaf("a", "a.test", ["a.test"])
+    port = free_port()
+    ctx.master(conf(lsn("https", port, ("tls", "on"), ("cert", a)), pl("p", [ctx.b["a"]]), workers=1,
+                    glob={"tls_ticket_rotate": "1s"}), [port])
+    s = os.path.join(ctx.dir, "s")
+    if not OSSL:
+        _, out = s_client(port, "-sess_out", s)
+        check(resumed(port, s), "BearSSL: a session ID resumes")
+        _, out = s_client(port, "-sess_out", s + "t")
+        check("TLS session ticket:" not in out, "BearSSL sent a ticket: %s" % short(out, 300))
+        return
+    s_client(port, "-tls1_3", "-sess_out", s)
+    time.sleep(1.6)
+    check(resumed(port, s), "a ticket after one rotation")
+    time.sleep(5)
+    check(not resumed(port, s), "a ticket 5 rotations old must not resume (4 keys kept)")
+
+
+def ocsp_response(ca, leaf_crt, out, expired=False):
+    """A DER OCSP response "good" for leaf_crt signed by ca: by `openssl ocsp` (an index file and a
+    request), or, expired (nextUpdate yesterday), built with Python's cryptography."""
+    if not expired:
+        serial = run(["openssl", "x509", "-in", leaf_crt, "-noout", "-serial"]).strip().split("=")[1]
+        subj = run(["openssl", "x509", "-in", leaf_crt, "-noout", "-subject", "-nameopt", "compat"]).strip()[8:]
+        idx = out + ".index"
+        with open(idx, "w") as f:
+            f.write("V\t%s\t\t%s\tunknown\t%s\n" % (time.strftime("%y%m%d%H%M%SZ", time.gmtime(time.time() + 86400 * 30)),
+                                                 serial, subj))
+        run(["openssl", "ocsp", "-issuer", ca.crt, "-cert", leaf_crt, "-no_nonce", "-reqout", out + ".req"])
+        run(["openssl", "ocsp", "-index", idx, "-CA", ca.crt, "-rsigner", ca.crt, "-rkey", ca.key, "-reqin",
+             out + ".req", "-respout", out, "-ndays", "1"])
+        return out
+    import datetime
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509 import ocsp
+    load = lambda p: x509.load_pem_x509_certificate(open(p, "rb").read())
+    cert, issuer = load(leaf_crt), load(ca.crt)
+    key = serialization.load_pem_private_key(open(ca.key, "rb").read(), None)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    b = ocsp.OCSPResponseBuilder().add_response(
+        cert=cert, issuer=issuer, algorithm=hashes.SHA1(), cert_status=ocsp.OCSPCertStatus.GOOD,
+        this_update=now - datetime.timedelta(days=3), next_update=now - datetime.timedelta(days=1),
+        revocation_time=None, revocation_reason=None).responder_id(ocsp.OCSPResponderEncoding.HASH, issuer)
+    with open(out, "wb") as f:
+        f.write(b.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER))
+    return out
+
+
+def stapled(port):
+    p = subprocess.run(["openssl", "s_client", "-connect", "%s:%d" % (HOST, port), "-servername", "a.test", "-status"],
+                       input=b"", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=10)
+    out = p.stdout.decode("utf-8", "replace")
+    check("CONNECTED" in out and "Certificate chain" in out, "s_client -status: %s" % short(out, 300))
+    return "OCSP Response Status: successful" in out and "Cert Status: good" in out
+
+
+@test("ocsp_stapling", timeout=60)
+def t_ocsp(ctx):
+    """OpenSSL build: ocsp = FILE (made with openssl ocsp and our own CA) is stapled for s_client -status,
+    its age is a metric; replaced on disk by an expired response, or one for another certificate, it is
+    no longer stapled (and the log says why); a good one again is. BearSSL build: ocsp is refused."""
+    ca = CA(ctx.dir)
+    a, _ = ca.leaf("a", "a.test", ["a.test"])
+    ca.leaf("b", "b.test", ["b.test"])
+    live = os.path.join(ctx.dir, "live.der")
+    port, ap = free_port(), free_port()
+    good = ocsp_response(ca, os.path.join(ctx.dir, "a.crt"), os.path.join(ctx.dir, "good.der"))
+    text = conf(lsn("https", port, ("tls", "on"), ("cert", a), ("ocsp", live)), pl("p", [ctx.b["a"]]), admin(ap),
+                workers=1)
+    with open(good, "rb") as f:
+        data = f.read()
+    with open(live, "wb") as f:
+        f.write(data)
+    if not OSSL:
+        path = os.path.join(ctx.dir, "c.ini")
+        replace_file(path, text)
+        p = subprocess.run([it.LB_BIN, "-t", "-c", path], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=10)
+        out = p.stdout.decode()
+        check(p.returncode == 1 and "ocsp" in out and "no OCSP stapling" in out,
+              "BearSSL lb -t with ocsp: rc %d %s" % (p.returncode, short(out, 300)))
+        return
+    m = ctx.master(text, [port, ap])
+    check(stapled(port), "a good response is stapled")
+    age = metric(metrics(ap), "lb_tls_ocsp_response_age_seconds", listener="https")
+    check(0 <= age < 300, "lb_tls_ocsp_response_age_seconds: %s" % age)
+    for what, der, note in (
+            ("expired", ocsp_response(ca, os.path.join(ctx.dir, "a.crt"), os.path.join(ctx.dir, "old.der"), True),
+             "expired"),
+            ("for another certificate", ocsp_response(ca, os.path.join(ctx.dir, "b.crt"), os.path.join(ctx.dir, "b.der")),
+             "not for this certificate")):
+        with open(der, "rb") as f:
+            data = f.read()
+        with open(live + ".tmp", "wb") as f:
+            f.write(data)
+        os.replace(live + ".tmp", live)
+        deadline = time.monotonic() + 8
+        while note not in m.stderr():  # the file watch reloads it and says why it is not stapled
+            check(time.monotonic() < deadline, "no log line %r 8 s after the file changed: %s" % (note, m.stderr_tail()))
+            time.sleep(0.3)
+        time.sleep(0.5)  # the new generation's workers take over
+        check(not stapled(port), "a response %s is stapled" % what)
+    with open(good, "rb") as f:
+        data = f.read()
+    with open(live + ".tmp", "wb") as f:
+        f.write(data)
+    os.replace(live + ".tmp", live)
+    deadline = time.monotonic() + 8
+    while not stapled(port):
+        check(time.monotonic() < deadline, "the good response is not stapled again 8 s after the file changed")
+        time.sleep(0.3)
+
+
+@test("testssl_json", timeout=150)
+def t_testssl(ctx):
+    """testssl.sh (-p -S -U, JSON) on a TLS listener with a certificate of our own CA (--add-ca): SSLv2, SSLv3,
+    TLS 1.0 and 1.1 not offered, TLS 1.2 offered, no finding HIGH or CRITICAL; OpenSSL build: TLS 1.3
+    offered, session tickets, OCSP stapling offered (a response from openssl ocsp); BearSSL build: TLS 1.3
+    and OCSP stapling not offered, resumption by session ID."""
+    ca = CA(ctx.dir, days=400)
+    a, _ = ca.leaf("l", "localhost", ["localhost"], days=200, ocsp_uri="http://127.0.0.1:9/")
+    port = free_port()
+    extra = (("ocsp", ocsp_response(ca, os.path.join(ctx.dir, "l.crt"), os.path.join(ctx.dir, "l.der"))),) if OSSL else ()
+    ctx.master(conf(lsn("https", port, ("tls", "on"), ("cert", a), *extra), pl("p", [ctx.b["a"]]), workers=1), [port])
+    out = os.path.join(ctx.dir, "testssl.json")
+    p = subprocess.run(["testssl", "--quiet", "--color", "0", "--warnings", "off", "--ip", HOST, "--add-ca", ca.crt,
+                        "-p", "-S", "-U", "--jsonfile", out, "https://localhost:%d/" % port],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=140)
+    check(os.path.exists(out), "testssl wrote no JSON: %s" % short(p.stdout.decode("utf-8", "replace"), 300))
+    with open(out) as f:
+        found = {x["id"]: x for x in json.load(f)}
+    fnd = lambda k: found.get(k, {}).get("finding", "(missing)")
+    for k in ("SSLv2", "SSLv3", "TLS1", "TLS1_1"):
+        eq(fnd(k), "not offered", "testssl " + k)
+    check(fnd("TLS1_2").startswith("offered"), "testssl TLS1_2: %s" % fnd("TLS1_2"))
+    check("http/1.1" in fnd("ALPN"), "testssl ALPN: %s" % fnd("ALPN"))
+    if OSSL:
+        check(fnd("TLS1_3").startswith("offered"), "testssl TLS1_3: %s" % fnd("TLS1_3"))
+        check("valid for" in fnd("TLS_session_ticket"), "testssl TLS_session_ticket: %s" % fnd("TLS_session_ticket"))
+        eq(fnd("OCSP_stapling"), "offered", "testssl OCSP_stapling")
+    else:
+        check(fnd("TLS1_3").startswith("not offered"), "testssl TLS1_3 (BearSSL has none): %s" % fnd("TLS1_3"))
+        eq(fnd("OCSP_stapling"), "not offered", "testssl OCSP_stapling (BearSSL has none)")
+        eq(fnd("sessionresumption_ID"), "supported", "testssl sessionresumption_ID")
+    bad = ["%s %s: %s" % (x["id"], x["severity"], x["finding"]) for x in found.values()
+           if x.get("severity") in ("HIGH", "CRITICAL")]
+    eq(bad, [], "testssl findings HIGH or CRITICAL")
 
 
 def run_suite(all_tests, label, budget, file_name):

@@ -1638,6 +1638,9 @@ static void test_conf_defaults(void)
 		CHECK(c->workers == 0, "workers: expected 0 (auto), got %u", c->workers);
 		CHECK(c->max_connections == 100000, "max_connections: expected 100000, got %u", c->max_connections);
 		CHECK(c->pid_file == NULL, "pid_file: expected NULL, got %s", c->pid_file);
+		CHECK(c->tls_ticket_keys == NULL && c->tls_ticket_rotate == 3600000,
+		      "tls_ticket_keys/rotate: expected NULL/3600000, got %s/%" PRIu64,
+		      c->tls_ticket_keys ? c->tls_ticket_keys : "(null)", c->tls_ticket_rotate);
 		CHECK(cstr_is(c->access_log, "stdout"), "access_log: expected stdout, got %s",
 		      c->access_log ? c->access_log : "(null)");
 		CHECK(cstr_is(c->error_log, "stderr"), "error_log: expected stderr, got %s",
@@ -1830,6 +1833,11 @@ static const struct cf_err cf_errs[] = {
 	{ "tls_ca_without_tls_server", BASE "[pool q]\nserver = s9 127.0.0.1:9009\ntls_ca = /x.pem\n", 8, 0, "marked tls", 1 },
 	{ "tls_sni_with_port", BASE "[pool q]\nserver = s9 127.0.0.1:9009 tls\ntls_sni = a.test:443\n", 8, 0, "tls_sni", 1 },
 	{ "tls_session_cache_bad", "[global]\ntls_session_cache = lots\n" BASE, 2, 0, "tls_session_cache", 1 },
+	{ "tls_ticket_rotate_below_1s", "[global]\ntls_ticket_rotate = 500ms\n" BASE, 2, 0, "tls_ticket_rotate", 1 },
+	{ "tls_ticket_rotate_bad", "[global]\ntls_ticket_rotate = often\n" BASE, 2, 0, "tls_ticket_rotate", 1 },
+	{ "ocsp_without_its_cert", "[pool p]\nserver = s1 127.0.0.1:9000\n[listener l]\nbind = 127.0.0.1:8000\npool = p\n"
+	  "tls = on\ncert = a.pem\nocsp = a.der\nocsp = b.der\n", 9, 0, "ocsp without its cert", 1 },
+	{ "tls_ticket_keys_empty", "[global]\ntls_ticket_keys =\n" BASE, 2, 0, "tls_ticket_keys", 1 },
 	{ "pool_health_check_bad", BASE "[pool q]\nserver = s9 127.0.0.1:9009\nhealth_check = http GET health\n", 8, 0,
 	  "health_check", 1 },
 	{ "pool_health_check_extra", BASE "[pool q]\nserver = s9 127.0.0.1:9009\nhealth_check = tcp 80\n", 8, 0,
