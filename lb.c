@@ -6077,6 +6077,7 @@ static void cb_settle(struct conn *c, int failed, const char *why);
 static void srv_hold(struct lb_server *s);     /* section 12 */
 static void srv_unhold(struct lb_server *s);
 static void count_exchange(const struct conn *c);
+static void count_h2_conn(void);
 static void access_log_write(struct conn *c);
 
 static void conn_abort(struct conn *c, const char *why);
@@ -8997,6 +8998,7 @@ static int h2_start(struct conn *c)
 	}
 	h->c = c;
 	c->h2 = h;
+	count_h2_conn();
 	/* a stream's window fits its buffer (a frame of the largest size at least, as RFC 9113 4.2
 	 * wants: g_bufsize is over 16 KB + 4 KB); what does not fit yet waits (h2_on_data) */
 	uint32_t win = (uint32_t)LB_MAX((size_t)16384, LB_MIN(g_bufsize / 2, (size_t)65535));
@@ -9742,6 +9744,7 @@ static void idle_sweep(void)
 struct lb_shm_worker {
 	_Atomic uint64_t conns, requests;
 	_Atomic uint64_t log_dropped; /* access log lines lost (section 14) */
+	_Atomic uint64_t h2_conns, h2_requests; /* HTTP/2 connections begun, exchanges on their streams */
 	int32_t pid, id, gen;
 };
 struct lb_shm {
@@ -9971,11 +9974,19 @@ static void srv_unhold(struct lb_server *s)
 	}
 }
 
+static void count_h2_conn(void)
+{
+	if (g_slot >= 0)
+		atomic_fetch_add_explicit(&g_shm->w[g_slot].h2_conns, 1, memory_order_relaxed);
+}
+
 static void count_exchange(const struct conn *c)
 {
 	if (g_slot < 0)
 		return;
 	atomic_fetch_add_explicit(&g_shm->w[g_slot].requests, 1, memory_order_relaxed);
+	if (CONN_IS_STREAM(c))
+		atomic_fetch_add_explicit(&g_shm->w[g_slot].h2_requests, 1, memory_order_relaxed);
 	if (c->route && c->route->shm)
 		atomic_fetch_add_explicit(&c->route->shm->requests, 1, memory_order_relaxed);
 	struct lb_shm_server *sv = c->srv ? c->srv->shm : NULL;
@@ -10653,9 +10664,11 @@ static void metrics_routes(struct abuf *b)
 
 static void admin_metrics(struct abuf *b)
 {
-	uint64_t reqs = 0, log_dropped = atomic_load(&g_shm->log_dropped_retired);
+	uint64_t reqs = 0, log_dropped = atomic_load(&g_shm->log_dropped_retired), h2c = 0, h2r = 0;
 	for (int w = 0; w < LB_MAX_WORKERS; w++) {
 		reqs += atomic_load(&g_shm->w[w].requests);
+		h2c += atomic_load(&g_shm->w[w].h2_conns);
+		h2r += atomic_load(&g_shm->w[w].h2_requests);
 		log_dropped += atomic_load(&g_shm->w[w].log_dropped);
 	}
 	METRIC(b, "lb_build_info", "gauge", "lb's version.");
@@ -10672,6 +10685,11 @@ static void admin_metrics(struct abuf *b)
 	ab_printf(b, "lb_worker_restarts_total %llu\n", (unsigned long long)atomic_load(&g_shm->restarts));
 	METRIC(b, "lb_live_worker_requests_total", "counter", "Exchanges finished by the workers alive now.");
 	ab_printf(b, "lb_live_worker_requests_total %llu\n", (unsigned long long)reqs);
+	METRIC(b, "lb_live_worker_requests_by_protocol_total", "counter", "Exchanges finished by the workers alive now, by the client's protocol (HTTP/1.x includes TCP sessions).");
+	ab_printf(b, "lb_live_worker_requests_by_protocol_total{protocol=\"HTTP/1.x\"} %llu\n", (unsigned long long)(reqs - LB_MIN(reqs, h2r)));
+	ab_printf(b, "lb_live_worker_requests_by_protocol_total{protocol=\"HTTP/2.0\"} %llu\n", (unsigned long long)h2r);
+	METRIC(b, "lb_live_worker_http2_connections_total", "counter", "HTTP/2 client connections (ALPN h2 or h2c) begun by the workers alive now.");
+	ab_printf(b, "lb_live_worker_http2_connections_total %llu\n", (unsigned long long)h2c);
 	METRIC(b, "lb_log_lines_dropped_total", "counter",
 	       "Access log lines lost whole: the log could not take them (disk full, I/O error) or one was longer than the 64 KB buffer.");
 	ab_printf(b, "lb_log_lines_dropped_total %llu\n", (unsigned long long)log_dropped);

@@ -27,6 +27,7 @@ import hashlib
 import json
 import re
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -209,11 +210,12 @@ def t_curl(ctx):
     """curl --http2 over TLS gets h2 by ALPN; --http2-prior-knowledge on a plain listener with http2 = on
     speaks h2c beside HTTP/1.1; a plain listener without it and a TLS one with http2 = off stay HTTP/1.1;
     the access log says HTTP/2.0."""
-    tp, hp, plain, off = free_port(), free_port(), free_port(), free_port()
+    tp, hp, plain, off, ap = free_port(), free_port(), free_port(), free_port(), free_port()
     acc = os.path.join(ctx.dir, "access.log")
     ctx.lb(config(tls_listener(ctx, "t", tp, "p"), listener("h", hp, "p", http2="on"), listener("q", plain, "p"),
                   listener("o", off, "p", tls="on", cert=os.path.join(ctx.dir, "cert.pem"), http2="off"),
-                  pool("p", [("b1", ctx.b["b1"].port)]), access=acc), [tp, hp, plain, off])
+                  pool("p", [("b1", ctx.b["b1"].port)]), "[admin]\nbind = %s:%d\n" % (HOST, ap), access=acc),
+           [tp, hp, plain, off, ap])
     rc, out, err = curl(["--http2", "-w", "\n%{http_version}", "https://localhost:%d/tls" % tp,
                          "--resolve", "localhost:%d:%s" % (tp, HOST)])
     check(rc == 0 and out.endswith("\n2") and "b1 /tls" in out, "curl --http2 over TLS: rc %d %s %s" % (rc, short(out), short(err)))
@@ -229,6 +231,9 @@ def t_curl(ctx):
     lines = access_lines(ctx)
     check(any('"GET /tls HTTP/2.0" 200' in l for l in lines) and any('"GET /h2c HTTP/2.0" 200' in l for l in lines)
           and any('"GET /h1 HTTP/1.1" 200' in l for l in lines), "access log protocols: %s" % short(lines, 400))
+    m = it.metrics_text(ap)
+    eq(it.sum_metric(m, "lb_live_worker_requests_by_protocol_total", protocol="HTTP/2.0"), 2, "HTTP/2.0 requests in /metrics")
+    eq(it.sum_metric(m, "lb_live_worker_http2_connections_total"), 2, "HTTP/2 connections in /metrics")
 
 
 @test("nghttp_client")
@@ -521,6 +526,126 @@ def t_policies(ctx):
     check(it.RID_RE.match(seen.get("x-request-id", "")), "X-Request-ID: %r" % seen.get("x-request-id"))
     eq(seen.get("_version"), "HTTP/1.1", "upstream protocol")
     c.close()
+
+
+@test("reload_during_50_streams")
+def t_reload(ctx):
+    """SIGHUP with 50 streams open on one connection: the old worker sends GOAWAY (NO_ERROR) naming the
+    last stream it took, every one of the 50 finishes whole, and a new connection is served."""
+    need_h2()
+    hp = free_port()
+    lb = ctx.lb(config(listener("h", hp, "p", http2="on"),
+                       pool("p", [("b1", ctx.b["b1"].port), ("b2", ctx.b["b2"].port)])), [hp])
+    # frames by hand: python3-h2 takes no frame after a GOAWAY, where RFC 9113 lets the streams it
+    # names finish
+    sock = socket.create_connection((HOST, hp), timeout=5)
+    enc, dec = hpack.Encoder(), hpack.Decoder()
+    sids = [1 + 2 * i for i in range(50)]
+    sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + hf.SettingsFrame(0).serialize() + b"".join(
+        headers_frame(sid, [(":method", "GET"), (":scheme", "http"), (":path", "/slow?ms=1500&i=%d" % sid),
+                            (":authority", "x")]).serialize() for sid in sids))
+    time.sleep(0.5)
+    lb.proc.send_signal(signal.SIGHUP)
+    status, body, ended, goaway, buf = {}, {}, set(), None, b""
+    deadline = time.monotonic() + 15
+    sock.settimeout(0.5)
+    while len(ended) < len(sids) and time.monotonic() < deadline:
+        try:
+            d = sock.recv(65536)
+        except socket.timeout:
+            continue
+        if not d:
+            break
+        buf += d
+        while len(buf) >= 9:
+            f, n = hf.Frame.parse_frame_header(memoryview(buf[:9]))
+            if len(buf) < 9 + n:
+                break
+            f.parse_body(memoryview(buf[9:9 + n]))
+            buf = buf[9 + n:]
+            if isinstance(f, hf.HeadersFrame):
+                status[f.stream_id] = dict(dec.decode(f.data)).get(":status")
+            elif isinstance(f, hf.DataFrame):
+                body[f.stream_id] = body.get(f.stream_id, b"") + f.data
+            elif isinstance(f, hf.GoAwayFrame):
+                goaway = f
+            if "END_STREAM" in f.flags and f.stream_id:
+                ended.add(f.stream_id)
+    sock.close()
+    eq(len(ended), 50, "streams finished across the reload")
+    check(all(status.get(s) in ("200", b"200") for s in sids), "statuses across the reload: %s" % status)
+    check(all(body.get(s, b"").endswith(b" /slow\n") for s in sids), "a body cut by the reload: %s" % body)
+    check(goaway is not None and goaway.error_code == 0 and goaway.last_stream_id >= max(sids),
+          "GOAWAY from the old worker: %r" % goaway)
+    d = H2(hp)
+    s = d.request("/new")
+    d.wait([s], 5)
+    eq(d.status(s), 200, "a new connection after the reload")
+    d.close()
+
+
+def proc_stat(pid):
+    """(RSS in KB, CPU seconds) of a process."""
+    with open("/proc/%d/status" % pid) as f:
+        rss = int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return rss, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@test("rapid_reset_goaway", timeout=40)
+def t_rapid_reset(ctx):
+    """10,000 HEADERS each followed by its RST_STREAM (CVE-2023-44487) on one connection: lb ends the
+    connection with GOAWAY within a few hundred streams past nghttp2's burst of 1000; the worker's
+    memory grows < 10 MB and its CPU < 3 s; other clients are served meanwhile."""
+    need_h2()
+    hp = free_port()
+    lb = ctx.lb(config(listener("h", hp, "p", http2="on"), pool("p", [("b1", ctx.b["b1"].port)])), [hp])
+    kids = sorted(it.children_of(lb.pid))
+    check(kids, "no worker")
+    rss0, cpu0 = proc_stat(kids[0])
+    s = socket.create_connection((HOST, hp), timeout=5)
+    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + hf.SettingsFrame(0).serialize())
+    enc = hpack.Encoder()
+    fields = [(":method", "GET"), (":scheme", "http"), (":path", "/slow?ms=2000"), (":authority", "x")]
+    sent = 0
+    try:
+        for k in range(100):
+            out = []
+            for i in range(100):
+                sid = 1 + 2 * (k * 100 + i)
+                r = hf.RstStreamFrame(sid)
+                r.error_code = 8
+                out.append(headers_frame(sid, fields).serialize() + r.serialize())
+            s.sendall(b"".join(out))
+            sent += 100
+    except OSError:
+        pass
+    frames, buf = [], b""
+    s.settimeout(3)
+    try:
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            buf += d
+    except OSError:
+        pass
+    s.close()
+    while len(buf) >= 9:
+        f, n = hf.Frame.parse_frame_header(memoryview(buf[:9]))
+        f.parse_body(memoryview(buf[9:9 + n]))
+        frames.append(f)
+        buf = buf[9 + n:]
+    gw = [f for f in frames if isinstance(f, hf.GoAwayFrame)]
+    check(gw and gw[0].error_code != 0, "no GOAWAY after %d HEADERS+RST_STREAM: %s" % (sent, frames[-5:]))
+    check(gw[0].last_stream_id < 2 * 3000, "GOAWAY only after stream %d" % gw[0].last_stream_id)
+    r = it.request(hp, "/meanwhile")
+    eq(r.status, 200, "another client during the flood")
+    time.sleep(0.5)
+    rss1, cpu1 = proc_stat(kids[0])
+    check(rss1 - rss0 < 10240, "worker RSS grew %d KB" % (rss1 - rss0))
+    check(cpu1 - cpu0 < 3.0, "worker CPU %.2f s for the flood" % (cpu1 - cpu0))
 
 
 def h2spec_run(args):
