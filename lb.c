@@ -6077,7 +6077,9 @@ static void cb_settle(struct conn *c, int failed, const char *why);
 static void srv_hold(struct lb_server *s);     /* section 12 */
 static void srv_unhold(struct lb_server *s);
 static void count_exchange(const struct conn *c);
+#ifdef LB_HTTP2
 static void count_h2_conn(void);
+#endif
 static void access_log_write(struct conn *c);
 
 static void conn_abort(struct conn *c, const char *why);
@@ -9974,11 +9976,13 @@ static void srv_unhold(struct lb_server *s)
 	}
 }
 
+#ifdef LB_HTTP2
 static void count_h2_conn(void)
 {
 	if (g_slot >= 0)
 		atomic_fetch_add_explicit(&g_shm->w[g_slot].h2_conns, 1, memory_order_relaxed);
 }
+#endif
 
 static void count_exchange(const struct conn *c)
 {
