@@ -12,7 +12,7 @@
  *   6. event loop and timers: epoll or poll, the clock
  *   7. TLS glue: BearSSL engines without blocking, certificates, the session cache, handshake failures
  *   8. connections: connection and buffer pools, the deadline heap, idle server connections, log_throttled
- *   9. HTTP proxying: request -> server, head rewriting, bodies, retries, lb's answers; splice; byte movers
+ *   9. HTTP proxying: request -> server, head rewriting, bodies, retries, lb's answers; splice; byte movers; HTTP/2
  *  10. TCP proxying: the tunnel
  *  11. health checks, circuit breaker, events
  *  12. shared memory: server and worker slots by name, rate limits, connection limits
@@ -6276,7 +6276,8 @@ static void conn_close_clean(struct conn *c)
  * X-Request-ID); body framing in both directions; lb's own answers; retries before any
  * response byte; answers the server cuts short (response_cut: a failure of that server, logged
  * with the request); keep-alive and pipelining (the next head waits in `in` until this exchange ends);
- * the worker's spare descriptors for server sockets (fd_spare_take). Subsections: splice (mode tcp on Linux) and the byte movers both proxies use. Calls sections 2, 3,
+ * the worker's spare descriptors for server sockets (fd_spare_take). Subsections: splice (mode tcp on Linux), the byte movers both proxies use,
+ * and HTTP/2 (-DLB_HTTP2: nghttp2 sessions; each stream a socketless conn on this same path). Calls sections 2, 3,
  * 5 (the pick), 6, 7, 8, 10 (tcp_start), 11, 12, 14, and 15 (accept_hold, conn_admitted). */
 
 static const char *status_text(int st)
@@ -9099,7 +9100,7 @@ static int h2_flushed(const struct conn *c)
 static void h2_progress(struct conn *c)
 {
 	struct h2c *h = c->h2;
-	for (int turns = 0; turns < 32; turns++) {
+	for (int turns = 0;; turns++) {
 		int moved = h2_read(c);
 		if (c->h.dead)
 			return;
@@ -9109,6 +9110,10 @@ static void h2_progress(struct conn *c)
 			return;
 		if (!moved)
 			break;
+		if (turns == 32) { /* let others run; go on at the next loop turn */
+			conn_defer(c);
+			break;
+		}
 	}
 	int done = h->fatal || c->cin_eof || (h->goaway && !h->nstreams) ||
 	           (!nghttp2_session_want_read(h->ss) && !nghttp2_session_want_write(h->ss));
