@@ -78,7 +78,7 @@ def tls_listener(ctx, name, port, pool_name, **kw):
 class H2:
     """A scripted HTTP/2 client (python3-h2) on one connection: TLS with ALPN h2, or h2c prior knowledge."""
 
-    def __init__(self, port, tls=False, validate=True, timeout=10.0):
+    def __init__(self, port, tls=False, validate=True, timeout=10.0, window=1 << 24):
         s = socket.create_connection((HOST, port), timeout=timeout)
         if tls:
             c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -92,13 +92,14 @@ class H2:
                                         normalize_outbound_headers=validate, validate_inbound_headers=False)
         self.conn = h2.connection.H2Connection(config=cfg)
         self.conn.initiate_connection()
-        self.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 24})
+        self.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
         self.conn.increment_flow_control_window(1 << 28)
         self.flush()
         self.streams = {}   # id -> {"headers": [...], "body": bytearray, "ended": bool, "reset": code}
         self.goaway = None
         self.closed = False
         self.max_streams = None
+        self.stalled = set()  # streams whose DATA this client does not acknowledge (a reader that stalls)
 
     def flush(self):
         data = self.conn.data_to_send()
@@ -152,7 +153,8 @@ class H2:
                 st["headers"] = ev.headers
             elif isinstance(ev, h2.events.DataReceived) and st is not None:
                 st["body"] += ev.data
-                self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                if ev.stream_id not in self.stalled:
+                    self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
             elif isinstance(ev, h2.events.StreamEnded) and st is not None:
                 st["ended"] = True
             elif isinstance(ev, h2.events.StreamReset) and st is not None:
@@ -310,6 +312,69 @@ def t_bodies(ctx):
                 how, tls, c.status(s), len(body), body == pat))
         check(not c.header(s4, "transfer-encoding"), "transfer-encoding passed on in HTTP/2")
         c.close()
+
+
+@test("hundred_mb_each_way_rss", timeout=90)
+def t_100mb(ctx):
+    """100 MB uploaded (curl, with Content-Length) and downloaded (chunked and with Content-Length) on one
+    stream each over h2c, byte for byte, with lb's RSS growing < 10 MB: bodies stream through the
+    stream's buffers, the window opens only as the server takes the bytes."""
+    hp = free_port()
+    lb = ctx.lb(config(listener("h", hp, "p", http2="on", max_body_size="1g"),
+                       pool("p", [("b1", ctx.b["b1"].port)], response_timeout="30s")), [hp])
+    n = 100 * 1024 * 1024
+    src = os.path.join(ctx.dir, "up.bin")
+    h = hashlib.sha256()
+    with open(src, "wb") as f:
+        block = os.urandom(1 << 20)
+        for i in range(100):
+            piece = block[i:] + block[:i]
+            h.update(piece)
+            f.write(piece)
+    rc, out, err = curl(["--http2-prior-knowledge", "-o", "/dev/null", "http://%s:%d/bytes?n=1000000&chunked=1" % (HOST, hp)])
+    eq(rc, 0, "warm-up download: %s" % err)
+    time.sleep(0.2)
+    sampler = it.RssSampler(lb.pid)
+    sampler.start()
+    try:
+        rc, out, err = curl(["--http2-prior-knowledge", "--max-time", "60", "--data-binary", "@" + src,
+                             "http://%s:%d/upload" % (HOST, hp)], timeout=70)
+        check(rc == 0, "upload: rc %d %s" % (rc, short(err)))
+        got = json.loads(out)
+        eq((got["bytes"], got["sha256"]), (n, h.hexdigest()), "the 100 MB upload at the server")
+        for q in ("/bytes?n=%d&chunked=1" % n, "/bytes?n=%d" % n):
+            p2 = subprocess.run(["curl", "-sS", "--http2-prior-knowledge", "--max-time", "60", "-o", "-",
+                                 "http://%s:%d%s" % (HOST, hp, q)], capture_output=True, timeout=70)
+            eq((p2.returncode, len(p2.stdout)), (0, n), q + " over h2c")
+            eq(hashlib.sha256(p2.stdout).hexdigest(), it.pattern_sha(n), q + " sha256")
+    finally:
+        growth = sampler.stop()
+    check(growth < 10 * 1024, "lb RSS grew by %d kB during 300 MB of HTTP/2 transfers (limit 10240 kB)" % growth)
+
+
+@test("stalled_reader_stalls_only_its_stream")
+def t_stalled(ctx):
+    """A stream whose reader stops (its window is never given back) stalls alone: a 4 MB download on
+    another stream of the same connection finishes, and so does a new request."""
+    need_h2()
+    hp = free_port()
+    ctx.lb(config(listener("h", hp, "p", http2="on"), pool("p", [("b1", ctx.b["b1"].port)])), [hp])
+    c = H2(hp, window=65535)
+    stuck = c.request("/bytes?n=%d" % (8 << 20))
+    c.stalled.add(stuck)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 0.5:
+        c.pump(0.1)
+    got = len(c.streams[stuck]["body"])
+    check(0 < got <= 65535, "the stalled stream got %d bytes (its window is 65535)" % got)
+    other = c.request("/bytes?n=%d" % (4 << 20))
+    c.wait([other], 15)
+    eq((c.status(other), len(c.streams[other]["body"])), (200, 4 << 20), "the other stream's download")
+    small = c.request("/small")
+    c.wait([small], 5)
+    eq(c.status(small), 200, "a request beside the stalled stream")
+    check(not c.streams[stuck]["ended"], "the stalled stream ended though its reader took nothing")
+    c.close()
 
 
 @test("reset_cancels_upstream")
