@@ -8310,7 +8310,7 @@ struct h2s {
 	bool has_cl, chunked, req_ended;
 	bool bad, too_big;             /* refused (RST_STREAM sent) / head over max_header_size */
 	bool head_sent, ended, deferred, closed; /* response HEADERS submitted, END_STREAM too, data deferred, nghttp2 closed it */
-	bool resp_chunked;
+	bool resp_chunked, trailers;   /* the answer is chunked; its trailers were submitted (they end the stream) */
 };
 
 static nghttp2_session_callbacks *g_h2cb;
@@ -8803,7 +8803,7 @@ static int h2_on_invalid_frame(nghttp2_session *ss, const nghttp2_frame *f, int 
 static size_t h2_decode(struct h2s *s, const char *src, size_t n, uint8_t *dst, size_t cap, size_t *used)
 {
 	size_t i = 0, w = 0;
-	while (i < n && w < cap && s->ck_state != H2D_DONE) {
+	while (i < n && w < cap && s->ck_state != H2D_DONE && s->ck_state != H2D_TRAILERS) {
 		char ch = src[i];
 		switch (s->ck_state) {
 		case H2D_SIZE:
@@ -8839,20 +8839,43 @@ static size_t h2_decode(struct h2s *s, const char *src, size_t n, uint8_t *dst, 
 				s->ck_state = H2D_SIZE;
 			i++;
 			break;
-		case H2D_TRAILERS: /* trailer lines are dropped; an empty line ends the body */
-			if (ch == '\n') {
-				if (s->ck_line == 0)
-					s->ck_state = H2D_DONE;
-				s->ck_line = 0;
-			} else if (ch != '\r') {
-				s->ck_line = 1;
-			}
-			i++;
-			break;
 		}
 	}
 	*used = i;
 	return w;
+}
+
+/* The trailer section of a chunked answer, whole in out (the answer is framed to its end): into a
+ * trailing HEADERS frame; fields HTTP/2 forbids (connection-specific, framing, Host) are dropped.
+ * Returns the bytes of out it took. */
+static size_t h2_trailers(struct conn *c, const char *p, size_t n)
+{
+	static nghttp2_nv nva[64];
+	size_t k = 0, i = 0, off = 0;
+	while (i < n) {
+		const char *nl = memchr(p + i, '\n', n - i);
+		size_t e = nl ? (size_t)(nl - p) : n, le = e > i && p[e - 1] == '\r' ? e - 1 : e;
+		const char *colon = memchr(p + i, ':', le - i);
+		if (colon && k < 64 && off + (size_t)(colon - (p + i)) < g_bufsize) {
+			struct lb_str name = { p + i, (size_t)(colon - (p + i)) }, v = { colon + 1, (size_t)(p + le - colon - 1) };
+			while (v.n && (v.p[0] == ' ' || v.p[0] == '\t'))
+				v.p++, v.n--;
+			while (v.n && (v.p[v.n - 1] == ' ' || v.p[v.n - 1] == '\t'))
+				v.n--;
+			lower_copy(g_scratch + off, name.p, name.n);
+			struct lb_str lname = { g_scratch + off, name.n };
+			if (!h2_field_bad(lname, v) && !str_ieq(lname.p, lname.n, "content-length") &&
+			    !str_ieq(lname.p, lname.n, "host") && !str_ieq(lname.p, lname.n, "trailer") &&
+			    !str_ieq(lname.p, lname.n, "te")) {
+				nva[k++] = (nghttp2_nv){ (uint8_t *)lname.p, (uint8_t *)v.p, lname.n, v.n, NGHTTP2_NV_FLAG_NONE };
+				off += name.n + 1;
+			}
+		}
+		i = nl ? e + 1 : n;
+	}
+	if (k && nghttp2_submit_trailer(c->h2s->p->h2->ss, c->h2s->sid, nva, k) == 0)
+		c->h2s->trailers = 1;
+	return n;
 }
 
 /* the data provider of a response: body bytes from rh (lb's own answers), then from out */
@@ -8873,7 +8896,13 @@ static ssize_t h2_read_body(nghttp2_session *ss, int32_t sid, uint8_t *buf, size
 	}
 	while (n < cap && c->resp_fwd > 0) {
 		size_t used, w;
-		if (s->resp_chunked) {
+		if (s->resp_chunked && s->ck_state == H2D_TRAILERS) {
+			if (c->r != R_DONE)
+				break; /* the trailer section is not whole yet */
+			w = 0;
+			used = h2_trailers(c, c->out.d + c->out.s, (size_t)c->resp_fwd);
+			s->ck_state = H2D_DONE;
+		} else if (s->resp_chunked) {
 			w = h2_decode(s, c->out.d + c->out.s, (size_t)c->resp_fwd, buf + n, cap - n, &used);
 		} else {
 			w = used = (size_t)LB_MIN((uint64_t)(cap - n), c->resp_fwd);
@@ -8894,7 +8923,7 @@ static ssize_t h2_read_body(nghttp2_session *ss, int32_t sid, uint8_t *buf, size
 	}
 	conn_defer(c);
 	if (c->r == R_DONE && client_pending(c) == 0) {
-		*flags |= NGHTTP2_DATA_FLAG_EOF;
+		*flags |= NGHTTP2_DATA_FLAG_EOF | (s->trailers ? NGHTTP2_DATA_FLAG_NO_END_STREAM : 0);
 		s->ended = 1;
 		return (ssize_t)n;
 	}

@@ -155,6 +155,8 @@ class H2:
                 st["body"] += ev.data
                 if ev.stream_id not in self.stalled:
                     self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            elif isinstance(ev, h2.events.TrailersReceived) and st is not None:
+                st["trailers"] = ev.headers
             elif isinstance(ev, h2.events.StreamEnded) and st is not None:
                 st["ended"] = True
             elif isinstance(ev, h2.events.StreamReset) and st is not None:
@@ -711,6 +713,64 @@ def t_rapid_reset(ctx):
     rss1, cpu1 = proc_stat(kids[0])
     check(rss1 - rss0 < 10240, "worker RSS grew %d KB" % (rss1 - rss0))
     check(cpu1 - cpu0 < 3.0, "worker CPU %.2f s for the flood" % (cpu1 - cpu0))
+
+
+class Answerer(threading.Thread):
+    """A raw HTTP/1.1 server that answers every request head with the same bytes (keep-alive)."""
+
+    def __init__(self, answer):
+        super().__init__(daemon=True)
+        self.answer = answer
+        self.ls = socket.socket()
+        self.ls.bind((HOST, 0))
+        self.ls.listen(16)
+        self.port = self.ls.getsockname()[1]
+
+    def run(self):
+        while True:
+            try:
+                s, _ = self.ls.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.serve, args=(s,), daemon=True).start()
+
+    def serve(self, s):
+        buf = b""
+        with s:
+            while True:
+                try:
+                    d = s.recv(65536)
+                except OSError:
+                    return
+                if not d:
+                    return
+                buf += d
+                while b"\r\n\r\n" in buf:
+                    buf = buf.split(b"\r\n\r\n", 1)[1]
+                    s.sendall(self.answer)
+
+
+@test("response_trailers")
+def t_trailers(ctx):
+    """A chunked answer's trailers reach the HTTP/2 client as a trailing HEADERS frame (the fields
+    HTTP/2 forbids dropped), after the decoded body; an answer without trailers ends on its DATA."""
+    need_h2()
+    a = Answerer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-checksum\r\n\r\n"
+                 b"5\r\nhello\r\n6\r\n world\r\n0\r\nX-Checksum: abc123\r\nConnection: close\r\n"
+                 b"Grpc-Status: 0\r\n\r\n")
+    a.start()
+    hp = free_port()
+    ctx.lb(config(listener("h", hp, "p", http2="on"), pool("p", [("t", a.port)], health_check="off"),
+                  pool("q", [("b1", ctx.b["b1"].port)]), route("plain", path="/plain", pool="q")), [hp])
+    c = H2(hp)
+    sid = c.request("/t")
+    other = c.request("/plain")
+    c.wait([sid, other], 5)
+    eq((c.status(sid), bytes(c.streams[sid]["body"])), (200, b"hello world"), "decoded body")
+    eq(c.streams[sid].get("trailers"), [("x-checksum", "abc123"), ("grpc-status", "0")], "trailers")
+    eq(c.streams[other].get("trailers"), None, "trailers of an answer that had none")
+    a.ls.close()
+    c.close()
 
 
 def h2spec_run(args):
