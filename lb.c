@@ -6078,7 +6078,9 @@ static void srv_hold(struct lb_server *s);     /* section 12 */
 static void srv_unhold(struct lb_server *s);
 static void count_exchange(const struct conn *c);
 #ifdef LB_HTTP2
+enum { H2R_CLIENT, H2R_PROTOCOL, H2R_REFUSED, H2R_OTHER, H2R_N }; /* lb_live_worker_http2_stream_resets_total */
 static void count_h2_conn(void);
+static void count_h2_reset(int why);
 #endif
 static void access_log_write(struct conn *c);
 
@@ -8418,9 +8420,10 @@ static void h2_stream_gone(struct conn *c)
 		int whole = s->head_sent && c->r == R_DONE && buf_len(&c->rh) == 0 && c->resp_fwd == 0 && !answer_cut(c);
 		if (!s->ended && whole)
 			nghttp2_session_resume_data(h->ss, s->sid); /* h2_read_body: no conn, so the end */
-		else if (!s->ended && !s->bad)
+		else if (!s->ended && !s->bad) {
 			nghttp2_submit_rst_stream(h->ss, NGHTTP2_FLAG_NONE, s->sid,
 			                          s->head_sent ? NGHTTP2_INTERNAL_ERROR : NGHTTP2_REFUSED_STREAM);
+		}
 		if (s->inq)
 			nghttp2_session_consume(h->ss, s->sid, s->inq);
 		conn_defer(p);
@@ -8659,6 +8662,8 @@ static void h2_body_end(struct conn *c)
 static int h2_on_frame_recv(nghttp2_session *ss, const nghttp2_frame *f, void *ud)
 {
 	LB_UNUSED(ud);
+	if (f->hd.type == NGHTTP2_RST_STREAM)
+		count_h2_reset(H2R_CLIENT);
 	if (f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA)
 		return 0;
 	struct conn *c = nghttp2_session_get_stream_user_data(ss, f->hd.stream_id);
@@ -8781,6 +8786,11 @@ static int h2_on_stream_close(nghttp2_session *ss, int32_t sid, uint32_t code, v
 static int h2_on_frame_send(nghttp2_session *ss, const nghttp2_frame *f, void *ud)
 {
 	LB_UNUSED(ud);
+	if (f->hd.type == NGHTTP2_RST_STREAM) /* lb's resets, nghttp2's own checks' included */
+		count_h2_reset(f->rst_stream.error_code == NGHTTP2_PROTOCOL_ERROR  ? H2R_PROTOCOL
+		               : f->rst_stream.error_code == NGHTTP2_REFUSED_STREAM ? H2R_REFUSED
+		               : f->rst_stream.error_code == NGHTTP2_NO_ERROR       ? H2R_N
+		                                                                    : H2R_OTHER);
 	if ((f->hd.type == NGHTTP2_DATA || f->hd.type == NGHTTP2_HEADERS) && (f->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
 		nghttp2_stream *st = nghttp2_session_find_stream(ss, f->hd.stream_id);
 		if (st && nghttp2_stream_get_state(st) == NGHTTP2_STREAM_STATE_HALF_CLOSED_LOCAL)
@@ -9781,6 +9791,7 @@ struct lb_shm_worker {
 	_Atomic uint64_t conns, requests;
 	_Atomic uint64_t log_dropped; /* access log lines lost (section 14) */
 	_Atomic uint64_t h2_conns, h2_requests; /* HTTP/2 connections begun, exchanges on their streams */
+	_Atomic uint64_t h2_resets[4];          /* HTTP/2 streams reset, by H2R_* */
 	int32_t pid, id, gen;
 };
 struct lb_shm {
@@ -10015,6 +10026,12 @@ static void count_h2_conn(void)
 {
 	if (g_slot >= 0)
 		atomic_fetch_add_explicit(&g_shm->w[g_slot].h2_conns, 1, memory_order_relaxed);
+}
+
+static void count_h2_reset(int why)
+{
+	if (g_slot >= 0 && why < H2R_N) /* H2R_N: NO_ERROR after a whole answer, no reset to count */
+		atomic_fetch_add_explicit(&g_shm->w[g_slot].h2_resets[why], 1, memory_order_relaxed);
 }
 #endif
 
@@ -10702,8 +10719,10 @@ static void metrics_routes(struct abuf *b)
 
 static void admin_metrics(struct abuf *b)
 {
-	uint64_t reqs = 0, log_dropped = atomic_load(&g_shm->log_dropped_retired), h2c = 0, h2r = 0;
+	uint64_t reqs = 0, log_dropped = atomic_load(&g_shm->log_dropped_retired), h2c = 0, h2r = 0, h2x[4] = { 0 };
 	for (int w = 0; w < LB_MAX_WORKERS; w++) {
+		for (int k = 0; k < 4; k++)
+			h2x[k] += atomic_load(&g_shm->w[w].h2_resets[k]);
 		reqs += atomic_load(&g_shm->w[w].requests);
 		h2c += atomic_load(&g_shm->w[w].h2_conns);
 		h2r += atomic_load(&g_shm->w[w].h2_requests);
@@ -10728,6 +10747,10 @@ static void admin_metrics(struct abuf *b)
 	ab_printf(b, "lb_live_worker_requests_by_protocol_total{protocol=\"HTTP/2.0\"} %llu\n", (unsigned long long)h2r);
 	METRIC(b, "lb_live_worker_http2_connections_total", "counter", "HTTP/2 client connections (ALPN h2 or h2c) begun by the workers alive now.");
 	ab_printf(b, "lb_live_worker_http2_connections_total %llu\n", (unsigned long long)h2c);
+	METRIC(b, "lb_live_worker_http2_stream_resets_total", "counter", "HTTP/2 streams reset (workers alive now): by the client, or by lb for a malformed request (protocol_error), no room (refused_stream) or an exchange that could not finish (other).");
+	static const char *const h2why[4] = { "client", "protocol_error", "refused_stream", "other" };
+	for (int k = 0; k < 4; k++)
+		ab_printf(b, "lb_live_worker_http2_stream_resets_total{by=\"%s\"} %llu\n", h2why[k], (unsigned long long)h2x[k]);
 	METRIC(b, "lb_log_lines_dropped_total", "counter",
 	       "Access log lines lost whole: the log could not take them (disk full, I/O error) or one was longer than the 64 KB buffer.");
 	ab_printf(b, "lb_log_lines_dropped_total %llu\n", (unsigned long long)log_dropped);

@@ -386,10 +386,11 @@ def t_reset(ctx):
     need_h2()
     rec = Recorder()
     rec.start()
-    hp = free_port()
+    hp, ap = free_port(), free_port()
     acc = os.path.join(ctx.dir, "access.log")
     ctx.lb(config(listener("h", hp, "p", http2="on"), pool("p", [("r", rec.port)], health_check="off"),
-                  pool("q", [("b1", ctx.b["b1"].port)]), route("ok", path="/after", pool="q"), access=acc), [hp])
+                  pool("q", [("b1", ctx.b["b1"].port)]), route("ok", path="/after", pool="q"),
+                  "[admin]\nbind = %s:%d\n" % (HOST, ap), access=acc), [hp, ap])
     c = H2(hp)
     slow = c.request("/never")
     deadline = time.monotonic() + 3
@@ -409,6 +410,8 @@ def t_reset(ctx):
     rec.stop = True
     lines = access_lines(ctx)
     check(any('"GET /never HTTP/2.0" 499' in l for l in lines), "access log of the reset stream: %s" % short(lines, 300))
+    m = it.metrics_text(ap)
+    eq(it.sum_metric(m, "lb_live_worker_http2_stream_resets_total", by="client"), 1, "client resets in /metrics")
     c.close()
 
 
@@ -510,7 +513,9 @@ def t_smuggling(ctx):
     rec = Recorder()
     rec.start()
     hp = free_port()
-    ctx.lb(config(listener("h", hp, "p", http2="on"), pool("p", [("r", rec.port)], retries=0, health_check="off")), [hp])
+    ap = free_port()
+    ctx.lb(config(listener("h", hp, "p", http2="on"), pool("p", [("r", rec.port)], retries=0, health_check="off"),
+                  "[admin]\nbind = %s:%d\n" % (HOST, ap)), [hp, ap])
     base = [(":method", "POST"), (":scheme", "http"), (":authority", "x")]
     cases = [
         ("transfer-encoding", base + [(":path", "/a"), ("transfer-encoding", "chunked")]),
@@ -538,6 +543,9 @@ def t_smuggling(ctx):
             check(st in ("400", b"400"), "%s: answered %r" % (what, st))
     time.sleep(0.3)
     eq(bytes(rec.data), b"", "bytes at the server from refused streams")
+    m = it.metrics_text(ap)
+    check(it.sum_metric(m, "lb_live_worker_http2_stream_resets_total", by="protocol_error") >= len(cases) - 2,
+          "protocol_error resets in /metrics: %s" % [l for l in m.splitlines() if "resets" in l])
     # Content-Length against DATA: more DATA than it says
     got = raw_h2(hp, [headers_frame(1, base + [(":path", "/cl"), ("content-length", "5")], end_stream=False),
                       data_frame(1, b"hello0\r\n\r\nGET /evil HTTP/1.1\r\nHost: x\r\n\r\n")], 0.6)
