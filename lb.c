@@ -8346,6 +8346,7 @@ static void h2_stream_consume(struct conn *c)
 }
 
 static int h2_spill_deliver(struct conn *p);
+static void h2_drop_data(nghttp2_session *ss, int32_t sid, size_t len);
 
 /* refuse a stream: RST_STREAM with code, a throttled line, its conn ended without an exchange */
 static void h2_refuse(struct conn *c, uint32_t code, const char *why)
@@ -8425,7 +8426,7 @@ static void h2_stream_gone(struct conn *c)
 			                          s->head_sent ? NGHTTP2_INTERNAL_ERROR : NGHTTP2_REFUSED_STREAM);
 		}
 		if (s->inq)
-			nghttp2_session_consume(h->ss, s->sid, s->inq);
+			h2_drop_data(h->ss, s->sid, s->inq);
 		conn_defer(p);
 	} else if (s->inq) {
 		nghttp2_session_consume_connection(h->ss, s->inq);
