@@ -781,6 +781,32 @@ def t_trailers(ctx):
     c.close()
 
 
+@test("sticky_and_split_per_stream")
+def t_sticky_split(ctx):
+    """Sticky cookies and splits per stream: streams carrying SRV=b2 all go to b2, one without gets a
+    Set-Cookie naming its server; a 50/50 split spreads 20 streams of one connection over both pools
+    exactly (smooth weighted round-robin)."""
+    need_h2()
+    hp = free_port()
+    ctx.lb(config(listener("h", hp, "p", http2="on"),
+                  pool("p", [("b1", ctx.b["b1"].port), ("b2", ctx.b["b2"].port)], sticky="cookie SRV"),
+                  pool("q", [("b3", ctx.b["b3"].port)]), route("sp", path="/split/*", split="p 50, q 50")), [hp])
+    c = H2(hp)
+    pinned = [c.request("/pin/%d" % i, headers=[("cookie", "x=1"), ("cookie", "SRV=b2")]) for i in range(10)]
+    fresh = c.request("/fresh")
+    splits = [c.request("/split/%d" % i) for i in range(20)]
+    c.wait(pinned + [fresh] + splits, 10)
+    eq([c.header(s, "x-backend") for s in pinned], [["b2"]] * 10, "streams with SRV=b2")
+    sc = c.header(fresh, "set-cookie")
+    check(sc and sc[0].startswith("SRV=%s;" % c.header(fresh, "x-backend")[0]), "Set-Cookie of a fresh stream: %r" % sc)
+    by = {}
+    for s in splits:
+        b = c.header(s, "x-backend")[0]
+        by[b] = by.get(b, 0) + 1
+    eq(by.get("b3"), 10, "streams the split sent to pool q (of 20): %s" % by)
+    c.close()
+
+
 def h2spec_run(args):
     p = subprocess.run([H2SPEC] + args + ["-o", "3"], capture_output=True, timeout=120)
     out = p.stdout.decode("utf-8", "replace")
