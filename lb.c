@@ -8427,10 +8427,10 @@ static void h2_stream_gone(struct conn *c)
 		}
 		if (s->inq)
 			h2_drop_data(h->ss, s->sid, s->inq);
-		conn_defer(p);
 	} else if (s->inq) {
 		nghttp2_session_consume_connection(h->ss, s->inq);
 	}
+	conn_defer(p); /* its frames to send, its deadline now that one stream fewer is open */
 	if (s->prev)
 		s->prev->next = s->next;
 	else
@@ -9173,13 +9173,14 @@ static uint64_t h2_deadline(const struct conn *c, int *kind)
 	*kind = T_IDLE;
 	if (c->h2->nstreams) /* each stream keeps its own time */
 		return UINT64_MAX;
-	uint64_t d = c->t_active + c->L->idle_timeout;
+	/* a connection that never opened a stream has header_timeout for its first, as HTTP/1.1's first request */
+	uint64_t d = c->h2->max_sid ? c->t_active + c->L->idle_timeout : c->t_head + c->L->header_timeout;
 	if (g_stopping)
 		d = LB_MIN(d, LB_MAX(c->t_active, g_stop_began) + LB_RETIRE_IDLE_MS);
 	return d;
 }
 
-/* idle_timeout with no stream open: GOAWAY, then close */
+/* idle_timeout (header_timeout before a first stream) with no stream open: GOAWAY, then close */
 static void h2_idle_close(struct conn *c)
 {
 	nghttp2_session_terminate_session(c->h2->ss, NGHTTP2_NO_ERROR);

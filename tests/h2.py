@@ -807,6 +807,39 @@ def t_sticky_split(ctx):
     c.close()
 
 
+@test("timeouts_goaway")
+def t_timeouts(ctx):
+    """A connection that sends the preface and no stream is closed with GOAWAY after header_timeout; one
+    whose streams are done, after idle_timeout; a stream whose server is silent gets 504 on its own
+    while its connection serves others."""
+    need_h2()
+    rec = Recorder()
+    rec.start()
+    hp = free_port()
+    ctx.lb(config(listener("h", hp, "p", http2="on", header_timeout="1s", idle_timeout="2s"),
+                  pool("p", [("b1", ctx.b["b1"].port)]),
+                  pool("mute", [("r", rec.port)], health_check="off", response_timeout="1s", retries=0),
+                  route("mute", path="/mute", pool="mute")), [hp])
+    t0 = time.monotonic()
+    got = raw_h2(hp, [], 1.7)  # header_timeout 1 s, not idle_timeout 2 s
+    gw = [f for f in got if isinstance(f, hf.GoAwayFrame)]
+    check(gw and gw[0].error_code == 0, "GOAWAY NO_ERROR for a connection without a stream: %s" % got)
+    c = H2(hp)
+    mute = c.request("/mute")
+    ok = c.request("/ok")
+    c.wait([ok], 5)
+    eq(c.status(ok), 200, "a stream beside a silent server's")
+    c.wait([mute], 5)
+    eq(c.status(mute), 504, "the silent server's stream")
+    t1 = time.monotonic()
+    while c.goaway is None and not c.closed and time.monotonic() - t1 < 5:
+        c.pump(0.2)
+    check(c.goaway is not None and c.goaway.error_code == 0 and 1.5 < time.monotonic() - t1 < 4,
+          "GOAWAY after idle_timeout (2 s): %r after %.1f s" % (c.goaway, time.monotonic() - t1))
+    rec.stop = True
+    c.close()
+
+
 def h2spec_run(args):
     p = subprocess.run([H2SPEC] + args + ["-o", "3"], capture_output=True, timeout=120)
     out = p.stdout.decode("utf-8", "replace")
