@@ -10765,8 +10765,15 @@ static void admin_stats(struct abuf *b)
 {
 	const struct lb_conf *c = g_conf;
 	static const char *const algo[] = { "round_robin", "least_conn", "ip_hash", "random2" };
-	ab_printf(b, "{\"version\":\"%s\",\"generation\":%d,\"draining\":%s,\"workers\":%d,\"started\":%.3f,\"pools\":[",
-	          LB_VERSION, g_gen, g_mstop ? "true" : "false", live_workers(), g_shm->started_wall_ms / 1000.0);
+	uint64_t h2c = 0, h2r = 0;
+	for (int w = 0; w < LB_MAX_WORKERS; w++) {
+		h2c += atomic_load(&g_shm->w[w].h2_conns);
+		h2r += atomic_load(&g_shm->w[w].h2_requests);
+	}
+	ab_printf(b, "{\"version\":\"%s\",\"generation\":%d,\"draining\":%s,\"workers\":%d,\"started\":%.3f,"
+	          "\"http2\":{\"connections\":%llu,\"requests\":%llu},\"pools\":[",
+	          LB_VERSION, g_gen, g_mstop ? "true" : "false", live_workers(), g_shm->started_wall_ms / 1000.0,
+	          (unsigned long long)h2c, (unsigned long long)h2r);
 	for (size_t p = 0; p < c->npools; p++) {
 		const struct lb_pool *pl = &c->pools[p];
 		ab_printf(b, "%s{\"name\":\"%s\",\"algorithm\":\"%s\",\"servers\":[", p ? "," : "", pl->name, algo[pl->algorithm]);

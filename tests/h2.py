@@ -238,6 +238,8 @@ def t_curl(ctx):
     m = it.metrics_text(ap)
     eq(it.sum_metric(m, "lb_live_worker_requests_by_protocol_total", protocol="HTTP/2.0"), 2, "HTTP/2.0 requests in /metrics")
     eq(it.sum_metric(m, "lb_live_worker_http2_connections_total"), 2, "HTTP/2 connections in /metrics")
+    st = json.loads(it.admin_get(ap, "/api/stats"))
+    eq(st.get("http2"), {"connections": 2, "requests": 2}, "http2 in /api/stats")
 
 
 @test("nghttp_client")
