@@ -845,6 +845,72 @@ def t_timeouts(ctx):
     c.close()
 
 
+PAGE_50 = b"""<html><body><div id=out>pending</div><script>
+let n = 50, done = 0;
+for (let i = 0; i < n; i++) fetch('/r/' + i).then(r => r.text()).then(() => { if (++done == n) {
+  const e = performance.getEntriesByType('resource').filter(x => x.name.includes('/r/'));
+  document.getElementById('out').textContent = 'RESULT ' + e.length + ' ' +
+    JSON.stringify([...new Set(e.map(x => x.nextHopProtocol))]) + ' ' +
+    performance.getEntriesByType('navigation')[0].nextHopProtocol; } });
+</script></body></html>"""
+
+
+class PageServer(threading.Thread):
+    """An HTTP/1.1 server: / is PAGE_50 (text/html), anything else 100 bytes of text."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        import http.server
+
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):
+                body = PAGE_50 if self.path == "/" else b"r" * 100
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html" if self.path == "/" else "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.srv = http.server.ThreadingHTTPServer((HOST, 0), H)
+        self.port = self.srv.server_address[1]
+
+    def run(self):
+        self.srv.serve_forever(poll_interval=0.2)
+
+
+@test("chromium_page_of_50", timeout=60)
+def t_chromium(ctx):
+    """Headless Chromium loads a page with 50 sub-resources through lb over TLS: the navigation and every
+    resource report nextHopProtocol "h2" (performance entries), over one HTTP/2 connection (/metrics)."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not browser:
+        raise it.Skip("chromium is not installed")
+    ps = PageServer()
+    ps.start()
+    tp, ap = free_port(), free_port()
+    ctx.lb(config(tls_listener(ctx, "t", tp, "p"), pool("p", [("page", ps.port)], health_check="off"),
+                  "[admin]\nbind = %s:%d\n" % (HOST, ap)), [tp, ap])
+    try:
+        p = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--ignore-certificate-errors",
+                            "--user-data-dir=" + os.path.join(ctx.dir, "chromium"), "--virtual-time-budget=10000",
+                            "--dump-dom", "https://localhost:%d/" % tp], capture_output=True, timeout=45)
+    finally:
+        ps.srv.shutdown()
+    m = re.search(r"RESULT (\d+) (\[[^\]]*\]) (\S+?)<", p.stdout.decode("utf-8", "replace"))
+    check(m, "no result in Chromium's DOM: %s %s" % (short(p.stdout[-300:], 300), short(p.stderr[-300:], 300)))
+    eq((int(m.group(1)), json.loads(m.group(2)), m.group(3)), (50, ["h2"], "h2"),
+       "resources loaded, their nextHopProtocol, the page's")
+    mt = it.metrics_text(ap)
+    eq(it.sum_metric(mt, "lb_live_worker_http2_connections_total"), 1, "HTTP/2 connections Chromium opened")
+    check(it.sum_metric(mt, "lb_live_worker_requests_by_protocol_total", protocol="HTTP/2.0") >= 51,
+          "HTTP/2 requests: %s" % it.sum_metric(mt, "lb_live_worker_requests_by_protocol_total", protocol="HTTP/2.0"))
+
+
 def h2spec_run(args):
     p = subprocess.run([H2SPEC] + args + ["-o", "3"], capture_output=True, timeout=120)
     out = p.stdout.decode("utf-8", "replace")
