@@ -8313,6 +8313,7 @@ struct h2s {
 	bool bad, too_big;             /* refused (RST_STREAM sent) / head over max_header_size */
 	bool head_sent, ended, deferred, closed; /* response HEADERS submitted, END_STREAM too, data deferred, nghttp2 closed it */
 	bool resp_chunked, trailers;   /* the answer is chunked; its trailers were submitted (they end the stream) */
+	bool trailing;                 /* the request's last chunk and trailer fields are written */
 };
 
 static nghttp2_session_callbacks *g_h2cb;
@@ -8550,18 +8551,25 @@ static int h2_on_begin_headers(nghttp2_session *ss, const nghttp2_frame *f, void
 	return 0;
 }
 
+static void h2_trailer_field(struct conn *c, struct lb_str n, struct lb_str v);
+
 static int h2_on_header(nghttp2_session *ss, const nghttp2_frame *f, nghttp2_rcbuf *name, nghttp2_rcbuf *value,
                         uint8_t flags, void *ud)
 {
 	LB_UNUSED(flags);
 	struct conn *p = ud;
 	struct h2c *h = p->h2;
-	if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST)
-		return 0; /* trailers of a request: not passed on */
+	if (f->hd.type != NGHTTP2_HEADERS)
+		return 0;
 	struct conn *c = nghttp2_session_get_stream_user_data(ss, f->hd.stream_id);
 	if (!c || c->h.dead)
 		return 0;
 	struct h2s *s = c->h2s;
+	if (f->headers.cat != NGHTTP2_HCAT_REQUEST) {
+		nghttp2_vec tn = nghttp2_rcbuf_get_buf(name), tv = nghttp2_rcbuf_get_buf(value);
+		h2_trailer_field(c, (struct lb_str){ (const char *)tn.base, tn.len }, (struct lb_str){ (const char *)tv.base, tv.len });
+		return 0;
+	}
 	nghttp2_vec nv = nghttp2_rcbuf_get_buf(name), vv = nghttp2_rcbuf_get_buf(value);
 	struct lb_str n = { (const char *)nv.base, nv.len }, v = { (const char *)vv.base, vv.len };
 	s->hsize += (uint32_t)LB_MIN(n.n + v.n + 32, (size_t)1 << 24);
@@ -8646,14 +8654,33 @@ out:
 		}
 }
 
-/* the client's END_STREAM: a chunked body gets its last chunk */
+/* A request trailer: after the last chunk of a chunked body (with a Content-Length there is no
+ * place for it: dropped), unless HTTP forbids it there or the stream's buffer is full (dropped too;
+ * the 5 bytes of the body's end are always kept free: h2_take_data). */
+static void h2_trailer_field(struct conn *c, struct lb_str n, struct lb_str v)
+{
+	struct h2s *s = c->h2s;
+	if (!s->chunked || s->req_ended || s->bad || h2_field_bad(n, v) || str_ieq(n.p, n.n, "content-length") ||
+	    str_ieq(n.p, n.n, "host") || str_ieq(n.p, n.n, "te") || str_ieq(n.p, n.n, "trailer") || !c->in.d)
+		return;
+	size_t need = n.n + v.n + 4 + (s->trailing ? 0 : 3);
+	if (buf_room(&c->in) < need + 2)
+		return;
+	if (!s->trailing)
+		buf_put_lit(&c->in, "0\r\n");
+	s->trailing = 1;
+	put_header(&c->in, n, v);
+}
+
+/* the client's END_STREAM: a chunked body gets its last chunk (and the end of its trailers) */
 static void h2_body_end(struct conn *c)
 {
 	struct h2s *s = c->h2s;
 	if (s->req_ended)
 		return;
 	s->req_ended = 1;
-	if (s->chunked && buf_put_lit(&c->in, "0\r\n\r\n") != 0) {
+	if (s->chunked && (buf_get(&c->in) != 0 ||
+	                   (s->trailing ? buf_put_lit(&c->in, "\r\n") : buf_put_lit(&c->in, "0\r\n\r\n")) != 0)) {
 		conn_abort_client(c, "HTTP/2 request body: no room for its end");
 		return;
 	}

@@ -763,6 +763,30 @@ class Answerer(threading.Thread):
                     s.sendall(self.answer)
 
 
+@test("request_trailers")
+def t_req_trailers(ctx):
+    """A request body without Content-Length goes to the server chunked, its trailers after the last chunk
+    (those HTTP forbids there, such as Content-Length, dropped)."""
+    need_h2()
+    rec = Recorder()
+    rec.start()
+    hp = free_port()
+    ctx.lb(config(listener("h", hp, "p", http2="on"), pool("p", [("r", rec.port)], health_check="off")), [hp])
+    c = H2(hp)
+    sid = c.request("/t", "POST", body=b"hello", end=False)
+    c.conn.send_headers(sid, [("x-sum", "abc"), ("content-length", "5")], end_stream=True)
+    c.flush()
+    deadline = time.monotonic() + 3
+    while b"\r\n\r\n0\r\n" not in rec.data and b"0\r\nx-sum" not in rec.data and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    data = bytes(rec.data)
+    check(data.endswith(b"\r\n\r\n5\r\nhello\r\n0\r\nx-sum: abc\r\n\r\n") and b"Transfer-Encoding: chunked" in data,
+          "what the server got: %r" % data[-200:])
+    rec.stop = True
+    c.close()
+
+
 @test("response_trailers")
 def t_trailers(ctx):
     """A chunked answer's trailers reach the HTTP/2 client as a trailing HEADERS frame (the fields
