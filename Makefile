@@ -11,10 +11,12 @@
 CC      ?= cc
 CFLAGS  ?= -O2 -g
 WARN    := -std=c11 -Wall -Wextra -Werror
-LIBS    := -l:libbearssl.a -l:libinih.a
+LIBS    := -l:libbearssl.a -l:libinih.a -l:libnghttp2.a
+# HTTP/2 (nghttp2, static): `cc lb.c -lbearssl -linih` without -DLB_HTTP2 builds an HTTP/1.1-only lb (lb-static too)
+H2      := -DLB_HTTP2
 # the TLS library of ./lb: bearssl (default) or openssl; ./lb-openssl is always the OpenSSL build
 TLS     ?= bearssl
-OSSL_LIBS := -l:libinih.a -lssl -lcrypto
+OSSL_LIBS := -l:libinih.a -l:libnghttp2.a -lssl -lcrypto
 ifeq ($(TLS),openssl)
 LB_TLS  := -DLB_TLS_OPENSSL
 LB_LIBS := $(OSSL_LIBS)
@@ -38,13 +40,13 @@ MINUTES ?= 4
 all: lb
 
 lb: lb.c lb.h
-	$(CC) $(WARN) $(CFLAGS) $(LB_TLS) lb.c -o $@ $(LB_LIBS)
+	$(CC) $(WARN) $(CFLAGS) $(H2) $(LB_TLS) lb.c -o $@ $(LB_LIBS)
 
 lb-openssl: lb.c lb.h
-	$(CC) $(WARN) $(CFLAGS) -DLB_TLS_OPENSSL lb.c -o $@ $(OSSL_LIBS)
+	$(CC) $(WARN) $(CFLAGS) $(H2) -DLB_TLS_OPENSSL lb.c -o $@ $(OSSL_LIBS)
 
 lb-poll: lb.c lb.h
-	$(CC) $(WARN) $(CFLAGS) -DLB_POLL lb.c -o $@ $(LIBS)
+	$(CC) $(WARN) $(CFLAGS) $(H2) -DLB_POLL lb.c -o $@ $(LIBS)
 
 # a fully static binary (musl libc, BearSSL and inih): one file to copy to a VM
 MUSL_LIBDIR := /usr/lib/x86_64-linux-gnu
@@ -54,38 +56,41 @@ lb-static: lb.c lb.h deploy/musl-fortify.c
 	strip $@
 
 lb-asan: lb.c lb.h
-	$(CC) $(WARN) -O1 -g $(SAN) lb.c -o $@ $(LIBS)
+	$(CC) $(WARN) -O1 -g $(SAN) $(H2) lb.c -o $@ $(LIBS)
 
 tests/unit: tests/unit.c lb.c lb.h
-	$(CC) $(WARN) -O1 -g -DLB_NO_MAIN -I. tests/unit.c lb.c -o $@ $(LIBS)
+	$(CC) $(WARN) -O1 -g $(H2) -DLB_NO_MAIN -I. tests/unit.c lb.c -o $@ $(LIBS)
 
 tests/unit-asan: tests/unit.c lb.c lb.h
-	$(CC) $(WARN) -O1 -g $(SAN) -DLB_NO_MAIN -I. tests/unit.c lb.c -o $@ $(LIBS)
+	$(CC) $(WARN) -O1 -g $(SAN) $(H2) -DLB_NO_MAIN -I. tests/unit.c lb.c -o $@ $(LIBS)
 
 # lb.c is compiled once for every harness (instrumented, without libFuzzer's main)
 fuzz/lb-fuzz.o: lb.c lb.h
-	clang -g -O1 -fsanitize=fuzzer-no-link,address,undefined -DLB_NO_MAIN -I. -c lb.c -o $@
+	clang -g -O1 -fsanitize=fuzzer-no-link,address,undefined $(H2) -DLB_NO_MAIN -I. -c lb.c -o $@
 
 fuzz/fuzz_%: fuzz/fuzz_%.c fuzz/lb-fuzz.o fuzz/fuzz_util.h
 	clang -g -O1 -fsanitize=fuzzer,address,undefined -DLB_NO_MAIN -I. $< fuzz/lb-fuzz.o -o $@ $(LIBS)
 
 fuzz/afl_%: fuzz/fuzz_%.c lb.c lb.h
-	AFL_QUIET=1 afl-clang-fast -g -O1 -DLB_NO_MAIN -I. $< lb.c -o $@ $(LIBS) -fsanitize=fuzzer
+	AFL_QUIET=1 afl-clang-fast -g -O1 $(H2) -DLB_NO_MAIN -I. $< lb.c -o $@ $(LIBS) -fsanitize=fuzzer
 
 # the whole-connection harness #includes lb.c (its static functions, its syscalls shimmed): no lb-fuzz.o
 fuzz/fuzz_conn: fuzz/fuzz_conn.c lb.c lb.h fuzz/fuzz_util.h
-	clang $(WARN) -g -O1 -fsanitize=fuzzer,address,undefined -DLB_NO_MAIN -DLB_POLL -I. $< -o $@ $(LIBS)
+	clang $(WARN) -g -O1 -fsanitize=fuzzer,address,undefined $(H2) -DLB_NO_MAIN -DLB_POLL -I. $< -o $@ $(LIBS)
 
 fuzz/afl_conn: fuzz/fuzz_conn.c lb.c lb.h fuzz/fuzz_util.h
-	AFL_QUIET=1 afl-clang-fast $(WARN) -g -O1 -DLB_NO_MAIN -DLB_POLL -I. $< -o $@ $(LIBS) -fsanitize=fuzzer
+	AFL_QUIET=1 afl-clang-fast $(WARN) -g -O1 $(H2) -DLB_NO_MAIN -DLB_POLL -I. $< -o $@ $(LIBS) -fsanitize=fuzzer
 
 asan: lb-asan tests/unit-asan
 
 # the same sources must also be clean under clang
 check: lb.c lb.h
+	clang $(WARN) -O2 $(H2) -c lb.c -o /dev/null
+	clang $(WARN) -O2 $(H2) -DLB_POLL -c lb.c -o /dev/null
 	clang $(WARN) -O2 -c lb.c -o /dev/null
 	clang $(WARN) -O2 -DLB_POLL -c lb.c -o /dev/null
 	clang $(WARN) -O2 -DLB_TLS_OPENSSL -c lb.c -o /dev/null
+	clang $(WARN) -O2 $(H2) -DLB_TLS_OPENSSL -c lb.c -o /dev/null
 
 deps:
 	@bash tests/deps.sh run

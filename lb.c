@@ -13,7 +13,7 @@
  *   6. event loop and timers: epoll or poll, the clock
  *   7. TLS glue: one interface over BearSSL or OpenSSL 3, certificates, resumption, OCSP, handshake failures
  *   8. connections: connection and buffer pools, the deadline heap, idle server connections, log_throttled
- *   9. HTTP proxying: request -> server, head rewriting, bodies, retries, lb's answers; splice; byte movers
+ *   9. HTTP proxying: request -> server, head rewriting, bodies, retries, lb's answers; splice; byte movers; HTTP/2
  *  10. TCP proxying: the tunnel
  *  11. health checks, circuit breaker, events
  *  12. shared memory: server and worker slots by name, rate limits, connection limits
@@ -71,6 +71,9 @@
 #include <openssl/x509v3.h>
 #else
 #include <bearssl.h>
+#endif
+#ifdef LB_HTTP2
+#include <nghttp2/nghttp2.h> /* HTTP/2 for clients (section 9's HTTP/2 subsection); make turns it on */
 #endif
 
 #if defined(__linux__) && !defined(LB_POLL)
@@ -3183,6 +3186,27 @@ static void set_enum(struct cfg *st, void *o, const struct keydef *kd, const cha
 	cfg_err(st, line, kd->name, "%s: '%s' is not %s", kd->name, v, list);
 }
 
+/* http2 = on is refused by a build without HTTP/2 (where auto means HTTP/1.1 only) */
+static void set_http2(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	set_enum(st, o, kd, v, line);
+#ifndef LB_HTTP2
+	if (*KFIELD(int, o, kd) == LB_H2_ON)
+		cfg_err(st, line, kd->name, "http2 = on: this lb was built without HTTP/2 (build it with -DLB_HTTP2 "
+		        "-lnghttp2, as make does)");
+#endif
+}
+
+int lb_listener_h2(const struct lb_listener *l)
+{
+#ifdef LB_HTTP2
+	return l->mode == LB_MODE_HTTP && (l->http2 == LB_H2_ON || (l->http2 == LB_H2_AUTO && l->tls));
+#else
+	LB_UNUSED(l);
+	return 0;
+#endif
+}
+
 static void set_str(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
 {
 	char **f = KFIELD(char *, o, kd);
@@ -3527,6 +3551,7 @@ static const char *const w_mode[] = { "http", "tcp", NULL };               /* en
 static const char *const w_proxy[] = { "off", "v1", "v2", "any", NULL };   /* 0, LB_PROXY_V1, _V2, _ANY */
 static const char *const w_algo[] = { "round_robin", "least_conn", "ip_hash", "random2", NULL }; /* lb_algo */
 static const char *const w_send_proxy[] = { "off", "v1", "v2", NULL };
+static const char *const w_http2[] = { "off", "on", "auto", NULL }; /* LB_H2_* */
 
 static const struct keydef keys_global[] = {
 	{ .name = "workers", .set = set_workers, .off = OG(workers), .def = "auto", .min = 1, .max = 64, .doc = "worker processes; auto = CPU count (at most 32)" },
@@ -3607,6 +3632,8 @@ static const struct keydef keys_listener[] = {
 	{ .name = "redirect_https", .set = set_onoff, .off = OL(redirect_https), .def = "off", .good = "on", .doc = "plain listener: 308 to https" },
 	{ .name = "https_port", .set = set_uint, .off = OL(https_port), .def = "443", .min = 1, .max = 65535, .doc = "the port in those redirects" },
 	{ .name = "acme_webroot", .set = set_str, .off = OL(acme_webroot), .good = "/var/www", .doc = "serve /.well-known/acme-challenge/ from DIR" },
+	{ .name = "http2", .set = set_http2, .off = OL(http2), .def = "auto", .words = w_http2, .good = "off", .doc = "HTTP/2: on, off; auto = ALPN h2 with tls, off without (on: the h2c preface too)" },
+	{ .name = "http2_max_streams", .set = set_uint, .off = OL(http2_max_streams), .def = "100", .min = 1, .max = 10000, .doc = "concurrent streams per HTTP/2 connection" },
 	{ .name = NULL },
 };
 enum { KP_HEALTH_CHECK }; /* rows of keys_pool the code reads the given bit of */
@@ -4900,7 +4927,8 @@ static void ev_forget(struct evh *h)
  * key exchange only (forward secrecy) and AEAD ciphers only (AES-GCM, ChaCha20-Poly1305),
  * server preference order, no renegotiation; TLS 1.3 too on OpenSSL (BearSSL 0.6 has none),
  * without 0-RTT; groups X25519, P-256, P-384. Resumption: a session-ID cache in shared memory
- * (both), and on OpenSSL stateless tickets whose keys every worker shares.
+ * (both), and on OpenSSL stateless tickets whose keys every worker shares. ALPN: http/1.1, with h2
+ * first on listeners with HTTP/2 (tls_alpn_h2 says what a connection chose).
  * Calls sections 2, 3 (X.509 names) and 6 (the clock). */
 
 /* lb's TLS error codes (io->err): BearSSL's numbers (br_ssl_engine_last_error), to which the
@@ -4928,6 +4956,7 @@ enum {
 
 /* the protocols lb offers with ALPN towards clients (HTTP listeners) and servers */
 static const char *const tls_alpn_http[] = { "http/1.1" };
+static const char *const tls_alpn_h2list[] = { "h2", "http/1.1" }; /* listeners with HTTP/2 */
 #define TLS_SUBJECT_MAX 256
 
 struct file_sig {
@@ -5884,7 +5913,7 @@ static int tls_seed_engine(br_ssl_engine_context *eng)
 
 /* The engine settings of every TLS listener (bench/tlsceil.c measures BearSSL with these too):
  * TLS 1.2, tls_suites in our order, the hashes and PRFs they need, the default curves and AEADs,
- * ALPN http/1.1 when alpn, and the kernel's entropy. 0, or -1: no entropy, not to be used. */
+ * ALPN http/1.1 when alpn (alpn 2: h2 and http/1.1, HTTP/2 listeners), and the kernel's entropy. 0, or -1: no entropy, not to be used. */
 int lb_tls_server_engine(br_ssl_server_context *sc, unsigned char *buf, size_t len, int alpn)
 {
 	br_ssl_engine_context *eng = &sc->eng;
@@ -7301,6 +7330,14 @@ static ssize_t tls_send(struct tls_io *io, int fd, const struct iovec *iov, int 
 
 #endif /* LB_TLS_OPENSSL */
 
+#ifdef LB_HTTP2
+/* Did the client choose h2 by ALPN? (only offered on HTTP/2 listeners) */
+static bool tls_alpn_h2(const struct tls_conn *t)
+{
+	return !strcmp(tls_alpn(t), "h2");
+}
+#endif
+
 
 /* -------------------------------------------------------------------- loading a listener's or pool's files */
 
@@ -7494,7 +7531,16 @@ struct conn {
 	bool xff_trusted;              /* conn_ip is a trusted proxy: its X-Forwarded-For counts */
 	bool ipc_held;                 /* counted in the per-address connection table */
 	bool lg_parsed;                /* the head was parsed: req_minor is this request's */
+#ifdef LB_HTTP2
+	struct h2c *h2;                /* an HTTP/2 connection: its session and streams (section 9) */
+	struct h2s *h2s;               /* an HTTP/2 stream: no socket; its client side is the session's */
+#endif
 };
+#ifdef LB_HTTP2
+#define CONN_IS_STREAM(c) ((c)->h2s != NULL)
+#else
+#define CONN_IS_STREAM(c) 0
+#endif
 
 struct lsock {
 	struct evh h;
@@ -7966,6 +8012,11 @@ static void count_first_byte(struct conn *c);
 static void count_conn_open(const struct conn *c);
 static void count_conn_close(const struct conn *c);
 static void count_refused(const struct lb_listener *l, int why);
+#ifdef LB_HTTP2
+enum { H2R_CLIENT, H2R_PROTOCOL, H2R_REFUSED, H2R_OTHER, H2R_N }; /* lb_live_worker_http2_stream_resets_total */
+static void count_h2_conn(void);
+static void count_h2_reset(int why);
+#endif
 static void access_log_write(struct conn *c);
 
 static void conn_abort(struct conn *c, const char *why);
@@ -8004,10 +8055,21 @@ static void backend_release(struct conn *c, int reuse)
 	}
 }
 
+#ifdef LB_HTTP2
+static void h2_conn_gone(struct conn *c);   /* section 9 */
+static void h2_stream_gone(struct conn *c);
+#endif
+
 static void conn_close(struct conn *c)
 {
 	if (c->h.dead)
 		return;
+#ifdef LB_HTTP2
+	if (c->h2)
+		h2_conn_gone(c);
+	if (c->h2s)
+		h2_stream_gone(c);
+#endif
 	backend_release(c, 0);
 	if (c->own_b) {
 		bconn_close(c->own_b);
@@ -8021,7 +8083,8 @@ static void conn_close(struct conn *c)
 		tls_conn_free(c->tls);
 		c->tls = NULL;
 	}
-	close(c->h.fd);
+	if (c->h.fd >= 0) /* an HTTP/2 stream has none */
+		close(c->h.fd);
 	splice_end(c);
 	buf_put(&c->in);
 	buf_put(&c->out);
@@ -8116,8 +8179,8 @@ static void conn_abort(struct conn *c, const char *why) { conn_abort_slot(c, why
 static int tls_begin(struct conn *c)
 {
 	static struct lb_throttle log_slot;
-	int http = c->L->mode == LB_MODE_HTTP;
-	if (!(c->tls = tls_conn_new(c->L, http ? tls_alpn_http : NULL, http ? sizeof tls_alpn_http / sizeof *tls_alpn_http : 0))) {
+	int http = c->L->mode == LB_MODE_HTTP, h2 = lb_listener_h2(c->L);
+	if (!(c->tls = tls_conn_new(c->L, h2 ? tls_alpn_h2list : http ? tls_alpn_http : NULL, h2 ? 2 : http ? 1 : 0))) {
 		count_refused(c->L, REFUSE_NO_MEMORY);
 		if (errno == ENOMEM) /* else no entropy: tls_seed_engine said it, at most once a second */
 			log_throttled_at(&log_slot, LB_LV_ERROR, "client %s listener %s: out of memory for a TLS engine",
@@ -8166,7 +8229,8 @@ static void conn_close_clean(struct conn *c)
  * for the metrics); retries before any
  * response byte; answers the server cuts short (response_cut: a failure of that server, logged
  * with the request); keep-alive and pipelining (the next head waits in `in` until this exchange ends);
- * the worker's spare descriptors for server sockets (fd_spare_take). Subsections: splice (mode tcp on Linux) and the byte movers both proxies use. Calls sections 2, 3,
+ * the worker's spare descriptors for server sockets (fd_spare_take). Subsections: splice (mode tcp on Linux), the byte movers both proxies use,
+ * and HTTP/2 (-DLB_HTTP2: nghttp2 sessions; each stream a socketless conn on this same path). Calls sections 2, 3,
  * 5 (the pick), 6, 7, 8, 10 (tcp_start), 11, 12, 14, and 15 (accept_hold, conn_admitted). */
 
 static const char *status_text(int st)
@@ -8200,9 +8264,12 @@ static const char *status_text(int st)
 	return "Error";
 }
 
+/* the client's TLS engine: its connection's for an HTTP/2 stream */
+static struct tls_conn *client_tls(const struct conn *c);
+
 static const char *hsts_of(const struct conn *c)
 {
-	return c->tls ? c->L->hsts : NULL;
+	return client_tls(c) ? c->L->hsts : NULL;
 }
 
 /* Why lb answered itself: the `reason` label of lb_requests_total, one word per kind of answer
@@ -8446,10 +8513,11 @@ static int build_request_head(struct conn *c, const struct lb_req *rq, const cha
 	if ((rq->flags & LB_HF_HAS_CL) && (buf_put_lit(b, "Content-Length: ") ||
 	                                   buf_put_u64(b, (uint64_t)rq->content_length) || buf_put_lit(b, "\r\n")))
 		return -1;
+	const struct tls_conn *tc = client_tls(c);
 	if (put_xff(b, c, rq) ||
-	    (c->tls ? buf_put_lit(b, "X-Forwarded-Proto: https\r\n") : buf_put_lit(b, "X-Forwarded-Proto: http\r\n")))
+	    (tc ? buf_put_lit(b, "X-Forwarded-Proto: https\r\n") : buf_put_lit(b, "X-Forwarded-Proto: http\r\n")))
 		return -1;
-	if (c->tls && c->tls->subject[0] && buf_printf(b, "X-Client-Cert-Subject: %s\r\n", c->tls->subject))
+	if (tc && tc->subject[0] && buf_printf(b, "X-Client-Cert-Subject: %s\r\n", tc->subject))
 		return -1;
 	if (rq->authority.n) {
 		c->lg_host_off = b->e + 18, c->lg_host_len = (uint32_t)rq->authority.n;
@@ -8474,7 +8542,7 @@ static int build_request_head(struct conn *c, const struct lb_req *rq, const cha
 }
 
 /* send_proxy: the header that tells the server who the client is, sent before any byte */
-static void proxy_header_for(struct conn *c, struct lb_bconn *b)
+static void conn_px_dst(struct conn *c)
 {
 	if (!c->px_dst_ok) {
 		struct sockaddr_storage sa;
@@ -8486,6 +8554,11 @@ static void proxy_header_for(struct conn *c, struct lb_bconn *b)
 			c->px.local = 1; /* a UNIX socket or an error: say nothing rather than something wrong */
 		c->px_dst_ok = 1;
 	}
+}
+
+static void proxy_header_for(struct conn *c, struct lb_bconn *b)
+{
+	conn_px_dst(c);
 	int n = lb_proxy_build(c->pool->send_proxy, &c->px, b->px, sizeof b->px);
 	b->pxs = 0;
 	b->pxn = n > 0 ? (uint8_t)n : 0;
@@ -9655,7 +9728,7 @@ static int finish_step(struct conn *c)
 	}
 	/* a stop that began after the head went out was not announced: the connection stays,
 	 * and its next request (or the retire idle timer) ends it without a race */
-	if (c->close_after || c->close_announced) {
+	if (c->close_after || c->close_announced || CONN_IS_STREAM(c)) { /* a stream is one exchange */
 		conn_close_clean(c);
 		return 0;
 	}
@@ -9735,7 +9808,7 @@ static int client_splice_in(struct conn *c)
 
 static int client_read(struct conn *c)
 {
-	if (!want_client_read(c))
+	if (CONN_IS_STREAM(c) || !want_client_read(c)) /* a stream's bytes come from its session (h2_on_data) */
 		return 0;
 	if (c->sp && c->q == Q_TUNNEL)
 		return client_splice_in(c);
@@ -9809,9 +9882,17 @@ static int client_wants_write(const struct conn *c)
 	return tls_records_pending(&c->tls->io) || (client_pending(c) > 0 && tls_can_send(&c->tls->io));
 }
 
+#ifdef LB_HTTP2
+static int h2_stream_write(struct conn *c);
+#endif
+
 static int client_write(struct conn *c)
 {
 	int moved = 0;
+#ifdef LB_HTTP2
+	if (c->h2s) /* the response goes into HEADERS and DATA of the stream */
+		return h2_stream_write(c);
+#endif
 	if (c->tls && tls_records_pending(&c->tls->io)) {
 		int f = tls_flush_out(&c->tls->io, c->h.fd);
 		if (f < 0) {
@@ -10053,8 +10134,20 @@ static int backend_read(struct conn *c)
 	return 1;
 }
 
+#ifdef LB_HTTP2
+static void h2_progress(struct conn *c);           /* the HTTP/2 subsection, below */
+static int h2_detect(struct conn *c);
+static uint64_t h2_deadline(const struct conn *c, int *kind);
+static void h2_idle_close(struct conn *c);
+static void h2_goaway(struct conn *c);
+#else
+static struct tls_conn *client_tls(const struct conn *c) { return c->tls; }
+#endif
+
 static void conn_interest(struct conn *c)
 {
+	if (CONN_IS_STREAM(c))
+		goto backend;
 	c->h.want = (want_client_read(c) && (c->q != Q_HEAD || buf_len(&c->in) < c->L->max_header_size)
 	             ? EV_R : 0) |
 	            (client_wants_write(c) ? EV_W : 0);
@@ -10066,6 +10159,7 @@ static void conn_interest(struct conn *c)
 			c->h.want &= ~(unsigned)EV_R;
 	}
 	ev_apply(&c->h);
+backend:;
 	struct lb_bconn *b = c->b;
 	if (b) {
 		b->h.want = 0;
@@ -10088,6 +10182,10 @@ enum { T_CONNECT, T_HEAD, T_IDLE, T_RESPONSE };
 static uint64_t conn_deadline(const struct conn *c, int *kind)
 {
 	const struct lb_listener *L = c->L;
+#ifdef LB_HTTP2
+	if (c->h2)
+		return h2_deadline(c, kind);
+#endif
 	if (c->b && !c->b->connected) {
 		*kind = T_CONNECT;
 		return c->t_conn + c->pool->connect_timeout;
@@ -10125,8 +10223,23 @@ static void conn_arm_timer(struct conn *c)
 static void conn_progress(struct conn *c)
 {
 	int turns = 0;
+#ifdef LB_HTTP2
+	if (c->h2) {
+		h2_progress(c);
+		return;
+	}
+#endif
 	while (!c->h.dead) {
 		int moved = client_read(c);
+#ifdef LB_HTTP2
+		int h2 = h2_detect(c);
+		if (h2 > 0) {
+			h2_progress(c);
+			return;
+		}
+		if (h2 < 0) /* the start of the h2c preface: wait for the rest */
+			break;
+#endif
 		if (!c->h.dead && c->q == Q_PROXY)
 			moved |= proxy_step(c);
 		if (!c->h.dead && c->L->mode == LB_MODE_HTTP)
@@ -10174,6 +10287,12 @@ static void run_pending(void)
 static void conn_timeout(struct conn *c)
 {
 	int kind;
+#ifdef LB_HTTP2
+	if (c->h2 && conn_deadline(c, &kind) <= g_now) {
+		h2_idle_close(c);
+		return;
+	}
+#endif
 	if (conn_deadline(c, &kind) > g_now) {
 		conn_progress(c);
 		return;
@@ -10231,6 +10350,975 @@ static void conn_timeout(struct conn *c)
 	if (!c->h.dead)
 		conn_progress(c);
 }
+
+#ifdef LB_HTTP2
+/* -------------------------------------------------------------------- HTTP/2 (nghttp2)
+ * A connection that chose h2 by ALPN, or sent the h2c preface to a listener with http2 = on,
+ * becomes a parent conn with one nghttp2 server session (struct h2c): h2_progress moves its bytes,
+ * socket or TLS -> nghttp2_session_mem_recv, and nghttp2_session_mem_send -> rh -> client_write.
+ * Each stream is a struct conn without a socket (struct h2s): the glue writes its request as an
+ * HTTP/1.1 head into the stream's `in` (:authority -> Host, cookie crumbs joined, the body as is
+ * with a Content-Length, else chunked), and the stream then takes the request path every HTTP/1.1
+ * request takes (routing, policies, balancing, retries, logging: one code path). What that path
+ * writes to the client (rh, then the framed bytes of out) h2_stream_write turns into HEADERS and
+ * h2_read_body into DATA (hop-by-hop fields dropped, chunked decoded). Flow control is the
+ * backpressure: a stream's window opens only as its bytes leave `in` for the server
+ * (h2_stream_consume), and its DATA is deferred until the server's bytes come. nghttp2 checks the
+ * frames and messages (pseudo-headers, connection-specific fields, content-length against DATA,
+ * rapid resets); h2_on_header refuses what must never reach a server, again. */
+
+#define H2_PREFACE "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+#define H2_PREFACE_LEN 24
+enum { H2P_METHOD, H2P_PATH, H2P_AUTHORITY, H2P_N };
+
+struct h2c {
+	nghttp2_session *ss;
+	struct conn *c;
+	struct h2s *streams;           /* the live streams' conns */
+	unsigned nstreams;
+	const uint8_t *pend;           /* mem_send's output not yet copied into rh */
+	size_t npend;
+	nghttp2_rcbuf *pseudo[H2P_N];  /* of the header block being read (one at a time per connection) */
+	int32_t spill_sid;             /* a DATA chunk its stream had no room for waits in c->out (spilled) */
+	int32_t max_sid;               /* the highest stream a HEADERS opened; opened: those below it (bits) */
+	uint64_t opened;
+	bool spilled;
+	bool goaway;                   /* GOAWAY sent: close once the streams are done */
+	bool fatal;                    /* the session failed: send what is queued (its GOAWAY), then close */
+};
+
+/* the response's chunked framing, decoded into DATA */
+enum { H2D_SIZE, H2D_EXT, H2D_DATA, H2D_CRLF, H2D_TRAILERS, H2D_DONE };
+
+struct h2s {
+	struct conn *c, *p;            /* the stream's conn; its connection's */
+	struct h2s *next, *prev;
+	int32_t sid;
+	uint32_t inq;                  /* DATA bytes taken into c->in whose window is not given back yet */
+	uint32_t hsize;                /* header list size so far (name + value + 32 each, as SETTINGS counts) */
+	uint64_t ck_remain;            /* h2_decode: data left in the current chunk */
+	uint8_t ck_state, ck_line;
+	bool line_done;                /* the request line and Host are written */
+	bool has_cl, chunked, req_ended;
+	bool bad, too_big;             /* refused (RST_STREAM sent) / head over max_header_size */
+	bool head_sent, ended, deferred, closed; /* response HEADERS submitted, END_STREAM too, data deferred, nghttp2 closed it */
+	bool resp_chunked, trailers;   /* the answer is chunked; its trailers were submitted (they end the stream) */
+	bool trailing;                 /* the request's last chunk and trailer fields are written */
+};
+
+static nghttp2_session_callbacks *g_h2cb;
+static nghttp2_option *g_h2opt;
+static struct h2s *g_free_h2s;
+static struct conn *conn_alloc(void); /* section 15 */
+
+static struct tls_conn *client_tls(const struct conn *c) { return c->h2s ? c->h2s->p->tls : c->tls; }
+
+static void conn_defer(struct conn *c)
+{
+	if (c->pending || c->h.dead)
+		return;
+	c->pending = 1;
+	c->pnext = g_pending;
+	g_pending = c;
+}
+
+/* a stream's window back as its bytes leave `in` for the server (the head and framing count as
+ * still held, so the window never opens ahead of the buffer) */
+static void h2_stream_consume(struct conn *c)
+{
+	struct h2s *s = c->h2s;
+	size_t held = buf_len(&c->in);
+	if (s->inq <= held || s->closed)
+		return;
+	uint32_t k = s->inq - (uint32_t)held;
+	nghttp2_session_consume(s->p->h2->ss, s->sid, k);
+	s->inq -= k;
+	conn_defer(s->p);
+}
+
+static int h2_spill_deliver(struct conn *p);
+static void h2_drop_data(nghttp2_session *ss, int32_t sid, size_t len);
+
+/* refuse a stream: RST_STREAM with code, a throttled line, its conn ended without an exchange */
+static void h2_refuse(struct conn *c, uint32_t code, const char *why)
+{
+	static struct lb_throttle log_slot;
+	struct h2s *s = c->h2s;
+	log_throttled(&log_slot, "client %s listener %s: HTTP/2 stream %d refused (%s): %s", ip_text(&c->ip), c->L->name,
+	              (int)s->sid, nghttp2_http2_strerror(code), why);
+	nghttp2_submit_rst_stream(s->p->h2->ss, NGHTTP2_FLAG_NONE, s->sid, code);
+	s->bad = 1;
+	conn_close(c);
+}
+
+static struct conn *h2_stream_new(struct conn *p, int32_t sid)
+{
+	struct h2c *h = p->h2;
+	if (g_nconns >= g_max_conns)
+		return NULL;
+	struct h2s *s = g_free_h2s;
+	if (s)
+		g_free_h2s = s->next;
+	else if (!(s = malloc(sizeof *s)))
+		return NULL;
+	struct conn *c = conn_alloc();
+	if (!c) {
+		s->next = g_free_h2s;
+		g_free_h2s = s;
+		return NULL;
+	}
+	memset(c, 0, sizeof *c);
+	memset(s, 0, sizeof *s);
+	c->h.kind = H_CLIENT;
+	c->h.fd = -1;
+	c->hidx = NOT_IN_HEAP;
+	c->li = p->li;
+	c->L = p->L;
+	c->t_head = c->t_active = g_now;
+	set_conn_client(c, &p->conn_ip);
+	conn_px_dst(p);
+	c->px = p->px;
+	c->px_dst_ok = 1;
+	c->q = Q_HEAD;
+	c->next = g_live;
+	if (g_live)
+		g_live->prev = c;
+	g_live = c;
+	g_nconns++;
+	s->c = c;
+	s->p = p;
+	s->sid = sid;
+	s->next = h->streams;
+	if (h->streams)
+		h->streams->prev = s;
+	h->streams = s;
+	h->nstreams++;
+	c->h2s = s;
+	if (buf_get(&c->in) != 0) {
+		conn_close(c);
+		return NULL;
+	}
+	return c;
+}
+
+/* conn_close of a stream: END_STREAM if its answer is whole, else RST_STREAM; its window back */
+static void h2_stream_gone(struct conn *c)
+{
+	struct h2s *s = c->h2s;
+	struct conn *p = s->p;
+	struct h2c *h = p->h2;
+	if (!s->closed) {
+		nghttp2_session_set_stream_user_data(h->ss, s->sid, NULL);
+		int whole = s->head_sent && c->r == R_DONE && buf_len(&c->rh) == 0 && c->resp_fwd == 0 && !answer_cut(c);
+		if (!s->ended && whole)
+			nghttp2_session_resume_data(h->ss, s->sid); /* h2_read_body: no conn, so the end */
+		else if (!s->ended && !s->bad) {
+			nghttp2_submit_rst_stream(h->ss, NGHTTP2_FLAG_NONE, s->sid,
+			                          s->head_sent ? NGHTTP2_INTERNAL_ERROR : NGHTTP2_REFUSED_STREAM);
+		}
+		if (s->inq)
+			h2_drop_data(h->ss, s->sid, s->inq);
+	} else if (s->inq) {
+		nghttp2_session_consume_connection(h->ss, s->inq);
+	}
+	conn_defer(p); /* its frames to send, its deadline now that one stream fewer is open */
+	if (s->prev)
+		s->prev->next = s->next;
+	else
+		h->streams = s->next;
+	if (s->next)
+		s->next->prev = s->prev;
+	h->nstreams--;
+	c->h2s = NULL;
+	s->next = g_free_h2s;
+	g_free_h2s = s;
+}
+
+/* conn_close of the connection: its streams end with it */
+static void h2_conn_gone(struct conn *c)
+{
+	struct h2c *h = c->h2;
+	while (h->streams) {
+		struct conn *sc = h->streams->c;
+		int whole = h->streams->ended; /* its END_STREAM is out: the exchange is just not logged yet */
+		h->streams->closed = 1;
+		if (whole)
+			conn_progress(sc);
+		if (!sc->h.dead)
+			conn_abort_client(sc, sc->r == R_NONE ? NULL : "HTTP/2 connection closed with the stream open");
+	}
+	for (int i = 0; i < H2P_N; i++)
+		if (h->pseudo[i])
+			nghttp2_rcbuf_decref(h->pseudo[i]);
+	nghttp2_session_del(h->ss);
+	buf_put(&c->out); /* the cookie crumbs of a header block cut short */
+	free(h);
+	c->h2 = NULL;
+}
+
+static int h2_put(struct conn *c, const void *p, size_t n)
+{
+	if (buf_put_str(&c->in, p, n) != 0) {
+		c->h2s->too_big = 1;
+		return -1;
+	}
+	return 0;
+}
+
+static struct lb_str h2_pseudo(const struct h2c *h, int i)
+{
+	if (!h->pseudo[i])
+		return (struct lb_str){ NULL, 0 };
+	nghttp2_vec v = nghttp2_rcbuf_get_buf(h->pseudo[i]);
+	return (struct lb_str){ (const char *)v.base, v.len };
+}
+
+/* "METHOD PATH HTTP/1.1" and Host: once the pseudo-headers are all in (they come first) */
+static int h2_request_line(struct conn *c)
+{
+	struct h2s *s = c->h2s;
+	struct h2c *h = s->p->h2;
+	struct lb_str m = h2_pseudo(h, H2P_METHOD), path = h2_pseudo(h, H2P_PATH), a = h2_pseudo(h, H2P_AUTHORITY);
+	s->line_done = 1;
+	if (!m.n || !path.n) {
+		h2_refuse(c, NGHTTP2_PROTOCOL_ERROR, "no :method or :path (CONNECT is not supported)");
+		return -1;
+	}
+	if (path.p[0] != '/' && !(path.n == 1 && path.p[0] == '*' && m.n == 7 && !memcmp(m.p, "OPTIONS", 7))) {
+		h2_refuse(c, NGHTTP2_PROTOCOL_ERROR, ":path not starting with '/'");
+		return -1;
+	}
+	c->in.s = c->in.e = 0;
+	if (h2_put(c, m.p, m.n) || h2_put(c, " ", 1) || h2_put(c, path.p, path.n) || h2_put(c, " HTTP/1.1\r\n", 11))
+		return 0;
+	if (a.n && (h2_put(c, "Host: ", 6) || h2_put(c, a.p, a.n) || h2_put(c, "\r\n", 2)))
+		return 0;
+	return 0;
+}
+
+/* a field no server may get from a stream: uppercase or non-token names, CR, LF or NUL in values,
+ * connection-specific fields, TE other than trailers (nghttp2 refuses them first; this is the
+ * glue's own guarantee) */
+static const char *h2_field_bad(struct lb_str n, struct lb_str v)
+{
+	if (!n.n)
+		return "an empty field name";
+	for (size_t i = 0; i < n.n; i++)
+		if (!is_tchar((unsigned char)n.p[i]) || (n.p[i] >= 'A' && n.p[i] <= 'Z'))
+			return "a field name with an uppercase or invalid character";
+	for (size_t i = 0; i < v.n; i++)
+		if (v.p[i] == '\r' || v.p[i] == '\n' || v.p[i] == 0)
+			return "CR, LF or NUL in a field value";
+	if (str_ieq(n.p, n.n, "transfer-encoding") || str_ieq(n.p, n.n, "connection") ||
+	    str_ieq(n.p, n.n, "keep-alive") || str_ieq(n.p, n.n, "proxy-connection") || str_ieq(n.p, n.n, "upgrade"))
+		return "a connection-specific field";
+	if (str_ieq(n.p, n.n, "te") && !(v.n == 8 && !memcmp(v.p, "trailers", 8)))
+		return "TE other than trailers";
+	return NULL;
+}
+
+static int h2_on_begin_headers(nghttp2_session *ss, const nghttp2_frame *f, void *ud)
+{
+	struct conn *p = ud;
+	if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST)
+		return 0;
+	struct h2c *h = p->h2;
+	for (int i = 0; i < H2P_N; i++)
+		if (h->pseudo[i]) {
+			nghttp2_rcbuf_decref(h->pseudo[i]);
+			h->pseudo[i] = NULL;
+		}
+	buf_put(&p->out);
+	struct conn *c = h2_stream_new(p, f->hd.stream_id);
+	if (!c) {
+		static struct lb_throttle log_slot;
+		log_throttled(&log_slot, "client %s listener %s: HTTP/2 stream refused: no connection or buffer left "
+		              "(max_connections = %u)", ip_text(&p->ip), p->L->name, g_max_conns);
+		nghttp2_submit_rst_stream(ss, NGHTTP2_FLAG_NONE, f->hd.stream_id, NGHTTP2_REFUSED_STREAM);
+		return 0;
+	}
+	nghttp2_session_set_stream_user_data(ss, f->hd.stream_id, c);
+	return 0;
+}
+
+static void h2_trailer_field(struct conn *c, struct lb_str n, struct lb_str v);
+
+static int h2_on_header(nghttp2_session *ss, const nghttp2_frame *f, nghttp2_rcbuf *name, nghttp2_rcbuf *value,
+                        uint8_t flags, void *ud)
+{
+	LB_UNUSED(flags);
+	struct conn *p = ud;
+	struct h2c *h = p->h2;
+	if (f->hd.type != NGHTTP2_HEADERS)
+		return 0;
+	struct conn *c = nghttp2_session_get_stream_user_data(ss, f->hd.stream_id);
+	if (!c || c->h.dead)
+		return 0;
+	struct h2s *s = c->h2s;
+	if (f->headers.cat != NGHTTP2_HCAT_REQUEST) {
+		nghttp2_vec tn = nghttp2_rcbuf_get_buf(name), tv = nghttp2_rcbuf_get_buf(value);
+		h2_trailer_field(c, (struct lb_str){ (const char *)tn.base, tn.len }, (struct lb_str){ (const char *)tv.base, tv.len });
+		return 0;
+	}
+	nghttp2_vec nv = nghttp2_rcbuf_get_buf(name), vv = nghttp2_rcbuf_get_buf(value);
+	struct lb_str n = { (const char *)nv.base, nv.len }, v = { (const char *)vv.base, vv.len };
+	s->hsize += (uint32_t)LB_MIN(n.n + v.n + 32, (size_t)1 << 24);
+	if (s->hsize > c->L->max_header_size) {
+		s->too_big = 1;
+		return 0;
+	}
+	if (n.n && n.p[0] == ':') {
+		int i = str_ieq(n.p, n.n, ":method") ? H2P_METHOD : str_ieq(n.p, n.n, ":path") ? H2P_PATH
+		        : str_ieq(n.p, n.n, ":authority") ? H2P_AUTHORITY : -1;
+		const char *bad = h2_field_bad((struct lb_str){ "x", 1 }, v);
+		if (bad) {
+			h2_refuse(c, NGHTTP2_PROTOCOL_ERROR, bad);
+			return 0;
+		}
+		if (s->line_done) {
+			h2_refuse(c, NGHTTP2_PROTOCOL_ERROR, "a pseudo-header after a regular one");
+			return 0;
+		}
+		if (i >= 0) {
+			if (h->pseudo[i])
+				nghttp2_rcbuf_decref(h->pseudo[i]);
+			nghttp2_rcbuf_incref(value);
+			h->pseudo[i] = value;
+		}
+		return 0;
+	}
+	const char *bad = h2_field_bad(n, v);
+	if (bad) {
+		h2_refuse(c, NGHTTP2_PROTOCOL_ERROR, bad);
+		return 0;
+	}
+	if (!s->line_done && h2_request_line(c) != 0)
+		return 0;
+	if (s->too_big)
+		return 0;
+	if (str_ieq(n.p, n.n, "host") && h->pseudo[H2P_AUTHORITY])
+		return 0; /* :authority is the Host */
+	if (str_ieq(n.p, n.n, "cookie")) { /* crumbs, joined into one field at the end (p->out holds them) */
+		if (buf_get(&p->out) != 0 || (buf_len(&p->out) && buf_put_str(&p->out, "; ", 2)) ||
+		    buf_put_str(&p->out, v.p, v.n))
+			s->too_big = 1;
+		return 0;
+	}
+	if (str_ieq(n.p, n.n, "content-length"))
+		s->has_cl = 1;
+	if (h2_put(c, n.p, n.n) || h2_put(c, ": ", 2) || h2_put(c, v.p, v.n) || h2_put(c, "\r\n", 2))
+		return 0;
+	return 0;
+}
+
+/* the header block is whole: end the HTTP/1.1 head and let the request path take it */
+static void h2_head_done(struct conn *c, int end_stream)
+{
+	struct h2s *s = c->h2s;
+	struct conn *p = s->p;
+	struct h2c *h = p->h2;
+	if (!s->line_done && h2_request_line(c) != 0)
+		goto out;
+	if (buf_len(&p->out) && !s->too_big &&
+	    (h2_put(c, "Cookie: ", 8) || h2_put(c, p->out.d + p->out.s, buf_len(&p->out)) || h2_put(c, "\r\n", 2)))
+		s->too_big = 1;
+	s->req_ended = end_stream != 0;
+	if (!end_stream && !s->has_cl && !s->too_big) {
+		s->chunked = 1;
+		h2_put(c, "Transfer-Encoding: chunked\r\n", 28);
+	}
+	if (!s->too_big)
+		h2_put(c, "\r\n", 2);
+	if (s->too_big) {
+		c->in.s = c->in.e = 0;
+		request_begin(c);
+		respond_own(c, 431, "HTTP/2 request head larger than max_header_size");
+	}
+	conn_progress(c); /* the head leaves `in` now: the window's DATA gets the whole buffer */
+out:
+	buf_put(&p->out);
+	for (int i = 0; i < H2P_N; i++)
+		if (h->pseudo[i]) {
+			nghttp2_rcbuf_decref(h->pseudo[i]);
+			h->pseudo[i] = NULL;
+		}
+}
+
+/* A request trailer: after the last chunk of a chunked body (with a Content-Length there is no
+ * place for it: dropped), unless HTTP forbids it there or the stream's buffer is full (dropped too;
+ * the 5 bytes of the body's end are always kept free: h2_take_data). */
+static void h2_trailer_field(struct conn *c, struct lb_str n, struct lb_str v)
+{
+	struct h2s *s = c->h2s;
+	if (!s->chunked || s->req_ended || s->bad || h2_field_bad(n, v) || str_ieq(n.p, n.n, "content-length") ||
+	    str_ieq(n.p, n.n, "host") || str_ieq(n.p, n.n, "te") || str_ieq(n.p, n.n, "trailer") || !c->in.d)
+		return;
+	size_t need = n.n + v.n + 4 + (s->trailing ? 0 : 3);
+	if (buf_room(&c->in) < need + 2)
+		return;
+	if (!s->trailing)
+		buf_put_lit(&c->in, "0\r\n");
+	s->trailing = 1;
+	put_header(&c->in, n, v);
+}
+
+/* the client's END_STREAM: a chunked body gets its last chunk (and the end of its trailers) */
+static void h2_body_end(struct conn *c)
+{
+	struct h2s *s = c->h2s;
+	if (s->req_ended)
+		return;
+	s->req_ended = 1;
+	if (s->chunked && (buf_get(&c->in) != 0 ||
+	                   (s->trailing ? buf_put_lit(&c->in, "\r\n") : buf_put_lit(&c->in, "0\r\n\r\n")) != 0)) {
+		conn_abort_client(c, "HTTP/2 request body: no room for its end");
+		return;
+	}
+	conn_defer(c);
+}
+
+static int h2_on_frame_recv(nghttp2_session *ss, const nghttp2_frame *f, void *ud)
+{
+	LB_UNUSED(ud);
+	if (f->hd.type == NGHTTP2_RST_STREAM)
+		count_h2_reset(H2R_CLIENT);
+	if (f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA)
+		return 0;
+	struct conn *c = nghttp2_session_get_stream_user_data(ss, f->hd.stream_id);
+	if (!c || c->h.dead)
+		return 0;
+	if (f->hd.type == NGHTTP2_HEADERS && f->headers.cat == NGHTTP2_HCAT_REQUEST)
+		h2_head_done(c, f->hd.flags & NGHTTP2_FLAG_END_STREAM);
+	else if ((f->hd.flags & NGHTTP2_FLAG_END_STREAM) && !c->h.dead && c->h2s)
+		h2_body_end(c);
+	return 0;
+}
+
+/* DATA into the stream's `in` (a chunk each without Content-Length); -1: no room yet */
+static int h2_take_data(struct conn *c, const uint8_t *d, size_t len)
+{
+	struct h2s *s = c->h2s;
+	char hex[20];
+	int hn = s->chunked ? snprintf(hex, sizeof hex, "%zx\r\n", len) : 0;
+	if (buf_get(&c->in) != 0 || buf_room(&c->in) < len + (size_t)hn + 2 + 5) /* + CRLF, + the last chunk */
+		return -1;
+	if (hn)
+		buf_put_str(&c->in, hex, (size_t)hn);
+	buf_put_str(&c->in, (const char *)d, len);
+	if (hn)
+		buf_put_str(&c->in, "\r\n", 2);
+	s->inq += (uint32_t)len;
+	c->t_active = g_now;
+	c->bytes_in += len;
+	conn_defer(c);
+	return 0;
+}
+
+/* a stream that is done with: the window back at once */
+static void h2_drop_data(nghttp2_session *ss, int32_t sid, size_t len)
+{
+	if (nghttp2_session_consume(ss, sid, len) != 0)
+		nghttp2_session_consume_connection(ss, len);
+}
+
+/* No room in the stream's buffer (a client may send a whole 64 KB window before our SETTINGS
+ * arrive): the chunk waits in the connection's out, and the session reads nothing more until
+ * the stream has taken it (h2_spill_deliver). */
+static int h2_on_data(nghttp2_session *ss, uint8_t flags, int32_t sid, const uint8_t *d, size_t len, void *ud)
+{
+	LB_UNUSED(flags);
+	struct conn *p = ud;
+	struct conn *c = nghttp2_session_get_stream_user_data(ss, sid);
+	if (!c || c->h.dead || !c->h2s) {
+		h2_drop_data(ss, sid, len);
+		return 0;
+	}
+	if (h2_take_data(c, d, len) == 0)
+		return 0;
+	if (buf_get(&p->out) != 0 || buf_put_str(&p->out, (const char *)d, len) != 0) {
+		h2_drop_data(ss, sid, len);
+		h2_refuse(c, NGHTTP2_ENHANCE_YOUR_CALM, "no buffer for a DATA frame");
+		return 0;
+	}
+	p->h2->spilled = 1;
+	p->h2->spill_sid = sid;
+	return NGHTTP2_ERR_PAUSE;
+}
+
+/* 1: no DATA chunk waits (any more) */
+static int h2_spill_deliver(struct conn *p)
+{
+	struct h2c *h = p->h2;
+	if (!h->spilled)
+		return 1;
+	struct conn *c = nghttp2_session_get_stream_user_data(h->ss, h->spill_sid);
+	if (c && !c->h.dead && c->h2s && h2_take_data(c, (const uint8_t *)p->out.d + p->out.s, buf_len(&p->out)) != 0)
+		return 0;
+	if (!c || c->h.dead || !c->h2s)
+		h2_drop_data(h->ss, h->spill_sid, buf_len(&p->out));
+	h->spilled = 0;
+	buf_put(&p->out);
+	return 1;
+}
+
+/* A HEADERS on a stream below the highest opened that was never opened itself: RFC 9113 5.1.1's
+ * PROTOCOL_ERROR (nghttp2 only ignores it, not knowing which lower ids were skipped; the last 64
+ * odd ids are remembered here). */
+static int h2_on_begin_frame(nghttp2_session *ss, const nghttp2_frame_hd *hd, void *ud)
+{
+	struct h2c *h = ((struct conn *)ud)->h2;
+	int32_t sid = hd->stream_id;
+	if (hd->type != NGHTTP2_HEADERS || !(sid & 1))
+		return 0;
+	if (sid > h->max_sid) {
+		uint32_t shift = (uint32_t)(sid - h->max_sid) / 2;
+		h->opened = shift >= 64 ? 0 : h->opened << shift;
+		h->opened |= 1;
+		h->max_sid = sid;
+	} else if ((uint32_t)(h->max_sid - sid) / 2 < 64 && !(h->opened >> ((uint32_t)(h->max_sid - sid) / 2) & 1)) {
+		nghttp2_session_terminate_session(ss, NGHTTP2_PROTOCOL_ERROR);
+	}
+	return 0;
+}
+
+static int h2_on_stream_close(nghttp2_session *ss, int32_t sid, uint32_t code, void *ud)
+{
+	LB_UNUSED(ud);
+	struct conn *c = nghttp2_session_get_stream_user_data(ss, sid);
+	if (!c || c->h.dead || !c->h2s)
+		return 0;
+	c->h2s->closed = 1;
+	if (c->h2s->ended)
+		return 0; /* the answer went out whole: the exchange ends on its own (finish_step) */
+	if (c->h2s->inq) {
+		nghttp2_session_consume_connection(ss, c->h2s->inq);
+		c->h2s->inq = 0;
+	}
+	char why[96];
+	snprintf(why, sizeof why, "HTTP/2 stream reset (%s)", nghttp2_http2_strerror(code));
+	conn_abort_client(c, c->r == R_NONE ? NULL : why);
+	return 0;
+}
+
+/* the answer ended while the client still sends: RST_STREAM NO_ERROR tells it to stop (RFC 9113 8.1) */
+static int h2_on_frame_send(nghttp2_session *ss, const nghttp2_frame *f, void *ud)
+{
+	LB_UNUSED(ud);
+	if (f->hd.type == NGHTTP2_RST_STREAM) /* lb's resets, nghttp2's own checks' included */
+		count_h2_reset(f->rst_stream.error_code == NGHTTP2_PROTOCOL_ERROR  ? H2R_PROTOCOL
+		               : f->rst_stream.error_code == NGHTTP2_REFUSED_STREAM ? H2R_REFUSED
+		               : f->rst_stream.error_code == NGHTTP2_NO_ERROR       ? H2R_N
+		                                                                    : H2R_OTHER);
+	if ((f->hd.type == NGHTTP2_DATA || f->hd.type == NGHTTP2_HEADERS) && (f->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+		nghttp2_stream *st = nghttp2_session_find_stream(ss, f->hd.stream_id);
+		if (st && nghttp2_stream_get_state(st) == NGHTTP2_STREAM_STATE_HALF_CLOSED_LOCAL)
+			nghttp2_submit_rst_stream(ss, NGHTTP2_FLAG_NONE, f->hd.stream_id, NGHTTP2_NO_ERROR);
+	}
+	return 0;
+}
+
+static int h2_on_invalid_frame(nghttp2_session *ss, const nghttp2_frame *f, int err, void *ud)
+{
+	LB_UNUSED(ss);
+	static struct lb_throttle log_slot;
+	struct conn *p = ud;
+	log_throttled(&log_slot, "client %s listener %s: HTTP/2 invalid frame (type %d, stream %d): %s", ip_text(&p->ip),
+	              p->L->name, f->hd.type, (int)f->hd.stream_id, nghttp2_strerror(err));
+	return 0;
+}
+
+/* chunked framing in `out` -> data into dst; returns the data bytes, *used the bytes of out */
+static size_t h2_decode(struct h2s *s, const char *src, size_t n, uint8_t *dst, size_t cap, size_t *used)
+{
+	size_t i = 0, w = 0;
+	while (i < n && w < cap && s->ck_state != H2D_DONE && s->ck_state != H2D_TRAILERS) {
+		char ch = src[i];
+		switch (s->ck_state) {
+		case H2D_SIZE:
+			if (is_hex((unsigned char)ch)) {
+				s->ck_remain = s->ck_remain * 16 + (uint64_t)(ch <= '9' ? ch - '0' : (ch | 32) - 'a' + 10);
+			} else if (ch == '\n') {
+				s->ck_state = s->ck_remain ? H2D_DATA : H2D_TRAILERS;
+				s->ck_line = 0;
+			} else {
+				s->ck_state = H2D_EXT;
+			}
+			i++;
+			break;
+		case H2D_EXT:
+			if (ch == '\n') {
+				s->ck_state = s->ck_remain ? H2D_DATA : H2D_TRAILERS;
+				s->ck_line = 0;
+			}
+			i++;
+			break;
+		case H2D_DATA: {
+			size_t k = (size_t)LB_MIN((uint64_t)LB_MIN(n - i, cap - w), s->ck_remain);
+			memcpy(dst + w, src + i, k);
+			w += k;
+			i += k;
+			s->ck_remain -= k;
+			if (!s->ck_remain)
+				s->ck_state = H2D_CRLF;
+			break;
+		}
+		case H2D_CRLF:
+			if (ch == '\n')
+				s->ck_state = H2D_SIZE;
+			i++;
+			break;
+		}
+	}
+	*used = i;
+	return w;
+}
+
+/* The trailer section of a chunked answer, whole in out (the answer is framed to its end): into a
+ * trailing HEADERS frame; fields HTTP/2 forbids (connection-specific, framing, Host) are dropped.
+ * Returns the bytes of out it took. */
+static size_t h2_trailers(struct conn *c, const char *p, size_t n)
+{
+	static nghttp2_nv nva[64];
+	size_t k = 0, i = 0, off = 0;
+	while (i < n) {
+		const char *nl = memchr(p + i, '\n', n - i);
+		size_t e = nl ? (size_t)(nl - p) : n, le = e > i && p[e - 1] == '\r' ? e - 1 : e;
+		const char *colon = memchr(p + i, ':', le - i);
+		if (colon && k < 64 && off + (size_t)(colon - (p + i)) < g_bufsize) {
+			struct lb_str name = { p + i, (size_t)(colon - (p + i)) }, v = { colon + 1, (size_t)(p + le - colon - 1) };
+			while (v.n && (v.p[0] == ' ' || v.p[0] == '\t'))
+				v.p++, v.n--;
+			while (v.n && (v.p[v.n - 1] == ' ' || v.p[v.n - 1] == '\t'))
+				v.n--;
+			lower_copy(g_scratch + off, name.p, name.n);
+			struct lb_str lname = { g_scratch + off, name.n };
+			if (!h2_field_bad(lname, v) && !str_ieq(lname.p, lname.n, "content-length") &&
+			    !str_ieq(lname.p, lname.n, "host") && !str_ieq(lname.p, lname.n, "trailer") &&
+			    !str_ieq(lname.p, lname.n, "te")) {
+				nva[k++] = (nghttp2_nv){ (uint8_t *)lname.p, (uint8_t *)v.p, lname.n, v.n, NGHTTP2_NV_FLAG_NONE };
+				off += name.n + 1;
+			}
+		}
+		i = nl ? e + 1 : n;
+	}
+	if (k && nghttp2_submit_trailer(c->h2s->p->h2->ss, c->h2s->sid, nva, k) == 0)
+		c->h2s->trailers = 1;
+	return n;
+}
+
+/* the data provider of a response: body bytes from rh (lb's own answers), then from out */
+static ssize_t h2_read_body(nghttp2_session *ss, int32_t sid, uint8_t *buf, size_t cap, uint32_t *flags,
+                            nghttp2_data_source *src, void *ud)
+{
+	LB_UNUSED(src), LB_UNUSED(ud);
+	struct conn *c = nghttp2_session_get_stream_user_data(ss, sid);
+	if (!c || c->h.dead || !c->h2s) { /* the exchange ended whole (h2_stream_gone) */
+		*flags |= NGHTTP2_DATA_FLAG_EOF;
+		return 0;
+	}
+	struct h2s *s = c->h2s;
+	size_t n = LB_MIN(cap, buf_len(&c->rh));
+	if (n) {
+		memcpy(buf, c->rh.d + c->rh.s, n);
+		c->rh.s += (uint32_t)n;
+	}
+	while (n < cap && c->resp_fwd > 0) {
+		size_t used, w;
+		if (s->resp_chunked && s->ck_state == H2D_TRAILERS) {
+			if (c->r != R_DONE)
+				break; /* the trailer section is not whole yet */
+			w = 0;
+			used = h2_trailers(c, c->out.d + c->out.s, (size_t)c->resp_fwd);
+			s->ck_state = H2D_DONE;
+		} else if (s->resp_chunked) {
+			w = h2_decode(s, c->out.d + c->out.s, (size_t)c->resp_fwd, buf + n, cap - n, &used);
+		} else {
+			w = used = (size_t)LB_MIN((uint64_t)(cap - n), c->resp_fwd);
+			memcpy(buf + n, c->out.d + c->out.s, w);
+		}
+		c->out.s += (uint32_t)used;
+		c->resp_fwd -= used;
+		n += w;
+		if (!used)
+			break;
+	}
+	if (c->rh.d && buf_len(&c->rh) == 0 && c->r != R_WAIT)
+		buf_put(&c->rh);
+	if (n) {
+		c->bytes_out += n;
+		c->sent_any = 1;
+		c->t_active = g_now;
+	}
+	conn_defer(c);
+	if (c->r == R_DONE && client_pending(c) == 0) {
+		*flags |= NGHTTP2_DATA_FLAG_EOF | (s->trailers ? NGHTTP2_DATA_FLAG_NO_END_STREAM : 0);
+		s->ended = 1;
+		return (ssize_t)n;
+	}
+	if (!n) {
+		s->deferred = 1;
+		return NGHTTP2_ERR_DEFERRED;
+	}
+	return (ssize_t)n;
+}
+
+/* client_write of a stream: response heads (rh) into HEADERS; body bytes wake the data provider */
+static int h2_stream_write(struct conn *c)
+{
+	struct h2s *s = c->h2s;
+	struct h2c *h = s->p->h2;
+	int moved = 0;
+	h2_stream_consume(c);
+	if (h->spilled && h->spill_sid == s->sid)
+		conn_defer(s->p);
+	while (!s->head_sent && buf_len(&c->rh) > 0) {
+		int rc = lb_parse_response(c->rh.d + c->rh.s, buf_len(&c->rh), &g_resp);
+		if (rc <= 0) {
+			conn_abort(c, "HTTP/2: the response head could not be read back");
+			return 0;
+		}
+		static nghttp2_nv nva[LB_MAX_HEADERS + 1];
+		char st[8];
+		snprintf(st, sizeof st, "%d", g_resp.status);
+		size_t k = 0, off = 0;
+		nva[k++] = (nghttp2_nv){ (uint8_t *)":status", (uint8_t *)st, 7, strlen(st), NGHTTP2_NV_FLAG_NONE };
+		for (size_t i = 0; i < g_resp.nheaders; i++) {
+			const struct lb_header *hd = &g_resp.headers[i];
+			if ((hop_by_hop(hd->id) && hd->id != LB_H_TRAILER) || hd->id == LB_H_TRANSFER_ENCODING ||
+			    off + hd->name.n > g_bufsize)
+				continue;
+			lower_copy(g_scratch + off, hd->name.p, hd->name.n); /* h2 field names are lowercase */
+			nva[k++] = (nghttp2_nv){ (uint8_t *)g_scratch + off, (uint8_t *)hd->value.p, hd->name.n, hd->value.n,
+			                         NGHTTP2_NV_FLAG_NONE };
+			off += hd->name.n + 1;
+		}
+		c->rh.s += (uint32_t)rc;
+		moved = 1;
+		if (g_resp.status < 200) { /* interim (100 Continue, 103 Early Hints) */
+			nghttp2_submit_headers(h->ss, NGHTTP2_FLAG_NONE, s->sid, NULL, nva, k, NULL);
+			continue;
+		}
+		s->head_sent = 1;
+		c->sent_any = 1;
+		s->resp_chunked = (g_resp.flags & LB_HF_CHUNKED) != 0;
+		int body = lb_resp_has_body(c->req_method, g_resp.status) &&
+		           !((g_resp.flags & LB_HF_HAS_CL) && g_resp.content_length == 0);
+		nghttp2_data_provider dp = { .read_callback = h2_read_body };
+		int rv = nghttp2_submit_response(h->ss, s->sid, nva, k, body ? &dp : NULL);
+		if (rv != 0) {
+			conn_abort(c, "HTTP/2: the response could not be submitted");
+			return 0;
+		}
+		s->ended = !body;
+	}
+	if (s->head_sent && !s->ended && s->deferred && (client_pending(c) > 0 || c->r == R_DONE)) {
+		s->deferred = 0;
+		nghttp2_session_resume_data(h->ss, s->sid);
+		moved = 1;
+	}
+	if (c->rh.d && buf_len(&c->rh) == 0 && c->r != R_WAIT)
+		buf_put(&c->rh);
+	if (moved)
+		conn_defer(s->p);
+	return 0; /* the bytes move when the session sends: h2_read_body wakes this conn again */
+}
+
+static int h2_setup(void)
+{
+	if (g_h2cb)
+		return 0;
+	if (nghttp2_session_callbacks_new(&g_h2cb) != 0 || nghttp2_option_new(&g_h2opt) != 0)
+		return -1;
+	nghttp2_session_callbacks_set_on_begin_headers_callback(g_h2cb, h2_on_begin_headers);
+	nghttp2_session_callbacks_set_on_header_callback2(g_h2cb, h2_on_header);
+	nghttp2_session_callbacks_set_on_frame_recv_callback(g_h2cb, h2_on_frame_recv);
+	nghttp2_session_callbacks_set_on_data_chunk_recv_callback(g_h2cb, h2_on_data);
+	nghttp2_session_callbacks_set_on_stream_close_callback(g_h2cb, h2_on_stream_close);
+	nghttp2_session_callbacks_set_on_frame_send_callback(g_h2cb, h2_on_frame_send);
+	nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(g_h2cb, h2_on_invalid_frame);
+	nghttp2_session_callbacks_set_on_begin_frame_callback(g_h2cb, h2_on_begin_frame);
+	nghttp2_option_set_no_auto_window_update(g_h2opt, 1);
+	nghttp2_option_set_stream_reset_rate_limit(g_h2opt, 1000, 33); /* CVE-2023-44487: a burst, then 33/s */
+	nghttp2_option_set_max_outbound_ack(g_h2opt, 1000);            /* PING and SETTINGS floods */
+	nghttp2_option_set_max_settings(g_h2opt, 32);
+	return 0;
+}
+
+/* the connection speaks HTTP/2 from now on; bytes already read go to the session */
+static int h2_start(struct conn *c)
+{
+	static struct lb_throttle log_slot;
+	struct h2c *h = calloc(1, sizeof *h);
+	if (!h || h2_setup() != 0 || nghttp2_session_server_new2(&h->ss, g_h2cb, c, g_h2opt) != 0) {
+		free(h);
+		log_throttled(&log_slot, "client %s listener %s: out of memory for an HTTP/2 session", ip_text(&c->ip),
+		              c->L->name);
+		conn_close(c);
+		return -1;
+	}
+	h->c = c;
+	c->h2 = h;
+	count_h2_conn();
+	/* a stream's window fits its buffer (a frame of the largest size at least, as RFC 9113 4.2
+	 * wants: g_bufsize is over 16 KB + 4 KB); what does not fit yet waits (h2_on_data) */
+	uint32_t win = (uint32_t)LB_MAX((size_t)16384, LB_MIN(g_bufsize / 2, (size_t)65535));
+	nghttp2_settings_entry iv[] = {
+		{ NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, c->L->http2_max_streams },
+		{ NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, win },
+		{ NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, (uint32_t)LB_MIN(c->L->max_header_size, (uint64_t)UINT32_MAX) },
+	};
+	nghttp2_submit_settings(h->ss, NGHTTP2_FLAG_NONE, iv, sizeof iv / sizeof *iv);
+	nghttp2_session_set_local_window_size(h->ss, NGHTTP2_FLAG_NONE, 0,
+	                                      (int32_t)LB_MIN((uint64_t)win * c->L->http2_max_streams, (uint64_t)(1 << 30)));
+	return 0;
+}
+
+/* 1: the connection is HTTP/2 now; -1: the first bytes may be the h2c preface, wait; 0: HTTP/1.1 */
+static int h2_detect(struct conn *c)
+{
+	if (c->q != Q_HEAD || c->r != R_NONE || c->nreq || c->h.dead || !lb_listener_h2(c->L))
+		return 0;
+	if (c->tls) {
+		if (!c->tls->hs_done || !tls_alpn_h2(c->tls))
+			return 0;
+	} else {
+		size_t n = buf_len(&c->in);
+		if (!n || memcmp(c->in.d + c->in.s, H2_PREFACE, LB_MIN(n, (size_t)H2_PREFACE_LEN)) != 0)
+			return 0;
+		if (n < H2_PREFACE_LEN)
+			return c->cin_eof ? 0 : -1;
+	}
+	return h2_start(c) == 0 ? 1 : -1;
+}
+
+/* mem_send's frames into rh while there is room */
+static int h2_fill(struct conn *c)
+{
+	struct h2c *h = c->h2;
+	int moved = 0;
+	for (;;) {
+		if (!h->npend) {
+			ssize_t n = nghttp2_session_mem_send(h->ss, &h->pend);
+			if (n < 0) {
+				h->fatal = 1;
+				return moved;
+			}
+			if (n == 0)
+				return moved;
+			h->npend = (size_t)n;
+		}
+		if (buf_get(&c->rh) != 0)
+			return moved;
+		size_t room = buf_room(&c->rh);
+		if (!room)
+			return moved;
+		size_t k = LB_MIN(room, h->npend);
+		memcpy(c->rh.d + c->rh.e, h->pend, k);
+		c->rh.e += (uint32_t)k;
+		h->pend += k;
+		h->npend -= k;
+		moved = 1;
+	}
+}
+
+/* the client's bytes into the session */
+static int h2_read(struct conn *c)
+{
+	struct h2c *h = c->h2;
+	if (h->fatal || !nghttp2_session_want_read(h->ss) || !h2_spill_deliver(c))
+		return 0;
+	int moved = client_read(c);
+	if (c->h.dead || !buf_len(&c->in))
+		return moved;
+	ssize_t n = nghttp2_session_mem_recv(h->ss, (const uint8_t *)c->in.d + c->in.s, buf_len(&c->in));
+	if (c->h.dead)
+		return 0;
+	if (n < 0) {
+		static struct lb_throttle log_slot;
+		log_throttled(&log_slot, "client %s listener %s: HTTP/2 connection failed: %s", ip_text(&c->ip), c->L->name,
+		              nghttp2_strerror((int)n));
+		h->fatal = 1;
+		c->in.s = c->in.e;
+	} else {
+		c->in.s += (uint32_t)n;
+	}
+	if (buf_len(&c->in) == 0)
+		buf_put(&c->in);
+	return 1;
+}
+
+static int h2_flushed(const struct conn *c)
+{
+	const struct h2c *h = c->h2;
+	return buf_len(&c->rh) == 0 && !h->npend && !nghttp2_session_want_write(h->ss) &&
+	       !(c->tls && tls_records_pending(&c->tls->io));
+}
+
+static void h2_progress(struct conn *c)
+{
+	struct h2c *h = c->h2;
+	for (int turns = 0;; turns++) {
+		int moved = h2_read(c);
+		if (c->h.dead)
+			return;
+		moved |= h2_fill(c);
+		moved |= client_write(c);
+		if (c->h.dead)
+			return;
+		if (!moved)
+			break;
+		if (turns == 32) { /* let others run; go on at the next loop turn */
+			conn_defer(c);
+			break;
+		}
+	}
+	int done = h->fatal || c->cin_eof || (h->goaway && !h->nstreams) ||
+	           (!nghttp2_session_want_read(h->ss) && !nghttp2_session_want_write(h->ss));
+	if (done && (h2_flushed(c) || c->cin_eof)) {
+		conn_close_clean(c);
+		return;
+	}
+	int rd = !h->fatal && !c->cin_eof && !h->spilled && nghttp2_session_want_read(h->ss) &&
+	         (!c->in.d || buf_len(&c->in) < c->L->max_header_size);
+	c->h.want = (rd ? EV_R : 0) | (client_wants_write(c) ? EV_W : 0);
+	ev_apply(&c->h);
+	conn_arm_timer(c);
+}
+
+static uint64_t h2_deadline(const struct conn *c, int *kind)
+{
+	*kind = T_IDLE;
+	if (c->h2->nstreams) /* each stream keeps its own time */
+		return UINT64_MAX;
+	/* a connection that never opened a stream has header_timeout for its first, as HTTP/1.1's first request */
+	uint64_t d = c->h2->max_sid ? c->t_active + c->L->idle_timeout : c->t_head + c->L->header_timeout;
+	if (g_stopping)
+		d = LB_MIN(d, LB_MAX(c->t_active, g_stop_began) + LB_RETIRE_IDLE_MS);
+	return d;
+}
+
+/* idle_timeout (header_timeout before a first stream) with no stream open: GOAWAY, then close */
+static void h2_idle_close(struct conn *c)
+{
+	nghttp2_session_terminate_session(c->h2->ss, NGHTTP2_NO_ERROR);
+	h2_fill(c);
+	client_write(c);
+	if (!c->h.dead)
+		conn_close_clean(c);
+}
+
+/* a graceful stop or reload: GOAWAY with the last stream taken; those finish */
+static void h2_goaway(struct conn *c)
+{
+	if (!c->h2 || c->h2->goaway)
+		return;
+	struct h2c *h = c->h2;
+	h->goaway = 1;
+	nghttp2_submit_goaway(h->ss, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(h->ss), NGHTTP2_NO_ERROR,
+	                      NULL, 0);
+	conn_defer(c);
+}
+#endif /* LB_HTTP2 */
 
 /* ==================================================================== 10. TCP proxying
  * L4: the client connection is a tunnel from the start; bytes flow both ways with half-close.
@@ -10906,6 +11994,8 @@ static void idle_sweep(void)
 struct lb_shm_worker {
 	_Atomic uint64_t conns, requests;
 	_Atomic uint64_t log_dropped; /* access log lines lost (section 14) */
+	_Atomic uint64_t h2_conns, h2_requests; /* HTTP/2 connections begun, exchanges on their streams */
+	_Atomic uint64_t h2_resets[4];          /* HTTP/2 streams reset, by H2R_* */
 	int32_t pid, id, gen;
 };
 struct lb_shm {
@@ -11233,12 +12323,27 @@ static void count_answer(const struct conn *c, int cls)
 	struct req_cell *cell = req_cell_for(ls << 40 | rs << 8 | c->own);
 	atomic_fetch_add_explicit(cell ? &cell->status[cls] : &g_shm->req_overflow, 1, memory_order_relaxed);
 }
+#ifdef LB_HTTP2
+static void count_h2_conn(void)
+{
+	if (g_slot >= 0)
+		atomic_fetch_add_explicit(&g_shm->w[g_slot].h2_conns, 1, memory_order_relaxed);
+}
+
+static void count_h2_reset(int why)
+{
+	if (g_slot >= 0 && why < H2R_N) /* H2R_N: NO_ERROR after a whole answer, no reset to count */
+		atomic_fetch_add_explicit(&g_shm->w[g_slot].h2_resets[why], 1, memory_order_relaxed);
+}
+#endif
 
 static void count_exchange(const struct conn *c)
 {
 	if (g_slot < 0)
 		return;
 	atomic_fetch_add_explicit(&g_shm->w[g_slot].requests, 1, memory_order_relaxed);
+	if (CONN_IS_STREAM(c))
+		atomic_fetch_add_explicit(&g_shm->w[g_slot].h2_requests, 1, memory_order_relaxed);
 	int cut = answer_cut(c); /* an answer the server cut short is an error and no status class's */
 	int cls = c->resp_status >= 100 && c->resp_status < 600 && !cut ? c->resp_status / 100 : 0;
 	uint64_t us = c->us_start ? mono_us() - c->us_start : 0;
@@ -12207,9 +13312,13 @@ static void metrics_connections(struct abuf *b)
 
 static void admin_metrics(struct abuf *b)
 {
-	uint64_t reqs = 0, log_dropped = atomic_load(&g_shm->log_dropped_retired);
+	uint64_t reqs = 0, log_dropped = atomic_load(&g_shm->log_dropped_retired), h2c = 0, h2r = 0, h2x[4] = { 0 };
 	for (int w = 0; w < LB_MAX_WORKERS; w++) {
+		for (int k = 0; k < 4; k++)
+			h2x[k] += atomic_load(&g_shm->w[w].h2_resets[k]);
 		reqs += atomic_load(&g_shm->w[w].requests);
+		h2c += atomic_load(&g_shm->w[w].h2_conns);
+		h2r += atomic_load(&g_shm->w[w].h2_requests);
 		log_dropped += atomic_load(&g_shm->w[w].log_dropped);
 	}
 	METRIC(b, "lb_build_info", "gauge", "lb's version.");
@@ -12233,6 +13342,15 @@ static void admin_metrics(struct abuf *b)
 	ab_printf(b, "lb_worker_restarts_total %llu\n", (unsigned long long)atomic_load(&g_shm->restarts));
 	METRIC(b, "lb_live_worker_requests_total", "counter", "Exchanges finished by the workers alive now.");
 	ab_printf(b, "lb_live_worker_requests_total %llu\n", (unsigned long long)reqs);
+	METRIC(b, "lb_live_worker_requests_by_protocol_total", "counter", "Exchanges finished by the workers alive now, by the client's protocol (HTTP/1.x includes TCP sessions).");
+	ab_printf(b, "lb_live_worker_requests_by_protocol_total{protocol=\"HTTP/1.x\"} %llu\n", (unsigned long long)(reqs - LB_MIN(reqs, h2r)));
+	ab_printf(b, "lb_live_worker_requests_by_protocol_total{protocol=\"HTTP/2.0\"} %llu\n", (unsigned long long)h2r);
+	METRIC(b, "lb_live_worker_http2_connections_total", "counter", "HTTP/2 client connections (ALPN h2 or h2c) begun by the workers alive now.");
+	ab_printf(b, "lb_live_worker_http2_connections_total %llu\n", (unsigned long long)h2c);
+	METRIC(b, "lb_live_worker_http2_stream_resets_total", "counter", "HTTP/2 streams reset (workers alive now): by the client, or by lb for a malformed request (protocol_error), no room (refused_stream) or an exchange that could not finish (other).");
+	static const char *const h2why[4] = { "client", "protocol_error", "refused_stream", "other" };
+	for (int k = 0; k < 4; k++)
+		ab_printf(b, "lb_live_worker_http2_stream_resets_total{by=\"%s\"} %llu\n", h2why[k], (unsigned long long)h2x[k]);
 	METRIC(b, "lb_log_lines_dropped_total", "counter",
 	       "Access log lines lost whole: the log could not take them (disk full, I/O error) or one was longer than the 64 KB buffer.");
 	ab_printf(b, "lb_log_lines_dropped_total %llu\n", (unsigned long long)log_dropped);
@@ -12423,8 +13541,15 @@ static void admin_stats(struct abuf *b)
 {
 	const struct lb_conf *c = g_conf;
 	static const char *const algo[] = { "round_robin", "least_conn", "ip_hash", "random2" };
-	ab_printf(b, "{\"version\":\"%s\",\"generation\":%d,\"draining\":%s,\"workers\":%d,\"started\":%.3f,\"pools\":[",
-	          LB_VERSION, g_gen, g_mstop ? "true" : "false", live_workers(), g_shm->started_wall_ms / 1000.0);
+	uint64_t h2c = 0, h2r = 0;
+	for (int w = 0; w < LB_MAX_WORKERS; w++) {
+		h2c += atomic_load(&g_shm->w[w].h2_conns);
+		h2r += atomic_load(&g_shm->w[w].h2_requests);
+	}
+	ab_printf(b, "{\"version\":\"%s\",\"generation\":%d,\"draining\":%s,\"workers\":%d,\"started\":%.3f,"
+	          "\"http2\":{\"connections\":%llu,\"requests\":%llu},\"pools\":[",
+	          LB_VERSION, g_gen, g_mstop ? "true" : "false", live_workers(), g_shm->started_wall_ms / 1000.0,
+	          (unsigned long long)h2c, (unsigned long long)h2r);
 	for (size_t p = 0; p < c->npools; p++) {
 		const struct lb_pool *pl = &c->pools[p];
 		ab_printf(b, "%s{\"name\":\"%s\",\"algorithm\":\"%s\",\"servers\":[", p ? "," : "", pl->name, algo[pl->algorithm]);
@@ -13724,6 +14849,7 @@ static void log_field(struct conn *c, int f, int json, uint64_t now_us)
 	char nb[80];
 	int tcp = c->L->mode == LB_MODE_TCP;
 	const char *tv = "-", *tcph = "-";
+	const struct tls_conn *tc = client_tls(c); /* an HTTP/2 stream's is its connection's */
 	switch (f) {
 	case LB_LF_TIME: {
 		time_t secs = (time_t)(c->wall_start_ms / 1000);
@@ -13747,7 +14873,9 @@ static void log_field(struct conn *c, int f, int json, uint64_t now_us)
 		else
 			log_qh(c, c->lg_mlen + 1, c->lg_ulen, json);
 		return;
-	case LB_LF_PROTO: log_ctext(tcp ? "TCP" : !c->lg_parsed ? NULL : c->req_minor ? "HTTP/1.1" : "HTTP/1.0", json); return;
+	case LB_LF_PROTO:
+		log_ctext(tcp ? "TCP" : CONN_IS_STREAM(c) ? "HTTP/2.0" : !c->lg_parsed ? NULL : c->req_minor ? "HTTP/1.1" : "HTTP/1.0", json);
+		return;
 	case LB_LF_STATUS: log_num(c->resp_status); return;
 	case LB_LF_BYTES: log_num((int64_t)c->bytes_out); return;
 	case LB_LF_BYTES_IN: log_num((int64_t)(tcp ? c->bytes_in : c->req_bytes)); return;
@@ -13778,15 +14906,15 @@ static void log_field(struct conn *c, int f, int json, uint64_t now_us)
 	case LB_LF_USER_AGENT: log_qh(c, c->lg_ua_off, c->lg_ua_len, json); return;
 	case LB_LF_REFERER: log_qh(c, c->lg_ref_off, c->lg_ref_len, json); return;
 	case LB_LF_REQUEST_ID: log_qh(c, c->lg_id_off, c->lg_id_len, json); return;
-	case LB_LF_TLS: log_str(c->tls ? (json ? "true" : "on") : (json ? "false" : "off")); return;
+	case LB_LF_TLS: log_str(tc ? (json ? "true" : "on") : (json ? "false" : "off")); return;
 	case LB_LF_TLS_VERSION:
 	case LB_LF_TLS_CIPHER:
-		if (c->tls)
-			tls_log_info(c->tls, &tv, &tcph);
-		log_ctext(!c->tls ? NULL : f == LB_LF_TLS_VERSION ? tv : tcph, json);
+		if (tc)
+			tls_log_info(tc, &tv, &tcph);
+		log_ctext(!tc ? NULL : f == LB_LF_TLS_VERSION ? tv : tcph, json);
 		return;
-	case LB_LF_SNI: log_ctext(c->tls ? tls_sni(c->tls) : NULL, json); return;
-	case LB_LF_CLIENT_CERT: log_ctext(c->tls && c->tls->subject[0] ? c->tls->subject : NULL, json); return;
+	case LB_LF_SNI: log_ctext(tc ? tls_sni(tc) : NULL, json); return;
+	case LB_LF_CLIENT_CERT: log_ctext(tc && tc->subject[0] ? tc->subject : NULL, json); return;
 	case LB_LF_WORKER: log_num(g_worker_id); return;
 	case LB_LF_PID: log_num((int64_t)g_pid); return;
 	}
@@ -13830,6 +14958,7 @@ static void access_log_line(struct conn *c)
 	time_t secs = (time_t)(c->wall_start_ms / 1000);
 	struct tm tm;
 	const char *qd = c->qh.d;
+	const struct tls_conn *tc = client_tls(c);
 	int tcp = c->L->mode == LB_MODE_TCP;
 	struct lb_str method = { tcp ? "TCP" : "-", tcp ? 3 : 1 }, uri = { "-", 1 };
 	if (!tcp && qd && c->lg_mlen) {
@@ -13847,7 +14976,7 @@ static void access_log_line(struct conn *c)
 	log_esc(uri.p, uri.n, 0);
 	if (!tcp) {
 		snprintf(nb, sizeof nb, " HTTP/1.%d", c->req_minor);
-		log_str(nb);
+		log_str(CONN_IS_STREAM(c) ? " HTTP/2.0" : nb);
 	}
 	snprintf(nb, sizeof nb, "\" %d %llu \"", c->resp_status, (unsigned long long)c->bytes_out);
 	log_str(nb);
@@ -13860,9 +14989,9 @@ static void access_log_line(struct conn *c)
 		log_esc(qd + c->lg_ua_off, c->lg_ua_len, 0);
 	else
 		log_str("-");
-	if (c->tls && c->tls->subject[0]) { /* mTLS: the verified client, as nginx's $ssl_client_s_dn would */
+	if (tc && tc->subject[0]) { /* mTLS: the verified client, as nginx's $ssl_client_s_dn would */
 		log_str("\" \"");
-		log_esc(c->tls->subject, strlen(c->tls->subject), 0);
+		log_esc(tc->subject, strlen(tc->subject), 0);
 	}
 	log_str("\"");
 	if (c->term[0]) { /* only lines of exchanges that did not end whole: the others stay plain combined */
@@ -14100,6 +15229,9 @@ static void begin_stop(void)
 	}
 	for (struct conn *c = g_live, *n; c; c = n) {
 		n = c->next;
+#ifdef LB_HTTP2
+		h2_goaway(c);
+#endif
 		conn_arm_timer(c);
 	}
 	idle_close_all();

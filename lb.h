@@ -447,6 +447,8 @@ struct lb_bind {
 
 struct lb_tls; /* lb.c: certificates and CAs loaded for one listener */
 
+enum { LB_H2_OFF, LB_H2_ON, LB_H2_AUTO }; /* lb_listener.http2 */
+
 struct lb_listener {
 	char name[LB_NAME_MAX];
 	int line;
@@ -477,6 +479,8 @@ struct lb_listener {
 	int redirect_https;           /* plain listener: 308 to https://host[:https_port]/uri */
 	unsigned https_port;          /* in those redirects; 443 = not written */
 	char *acme_webroot;           /* serves /.well-known/acme-challenge/TOKEN */
+	int http2;                    /* LB_H2_OFF, LB_H2_ON or LB_H2_AUTO (on with tls, off without) */
+	unsigned http2_max_streams;   /* concurrent streams per HTTP/2 connection */
 	struct lb_tls *tlsm;          /* loaded certificates and CAs (lb_conf_resolve); NULL in pure use */
 	uint64_t given;               /* keys given in the file: a bit per row of lb.c's key table */
 };
@@ -671,6 +675,9 @@ unsigned long lb_fd_reserve(const struct lb_conf *c);
 unsigned long lb_fd_needed(const struct lb_conf *c);
 /* Client connections per worker that nofile descriptors allow (at least 1, at most max_connections). */
 unsigned lb_conns_for_fds(const struct lb_conf *c, unsigned long nofile);
+/* Does this listener speak HTTP/2 (ALPN h2 with tls, the h2c preface without)? Never in a build
+ * without LB_HTTP2; auto is on with tls, off without. */
+int lb_listener_h2(const struct lb_listener *l);
 
 /* A repeated event's error-log slot (lb.c's log_throttled): at most one line a period, the repeats
  * in between counted and reported with the next line (or alone once the period is over). */

@@ -44,6 +44,33 @@ def resp(status=200, body=b"hi", headers=(), reason="OK"):
 
 CHUNKED = b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
 
+# HTTP/2 (h2c with prior knowledge on the web listener): frames by hand, HPACK literals without indexing
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+END_STREAM, END_HEADERS = 1, 4
+
+
+def frame(ftype, flags, sid, payload=b""):
+    return len(payload).to_bytes(3, "big") + bytes([ftype, flags]) + sid.to_bytes(4, "big") + payload
+
+
+def hpack_lit(fields):
+    out = b""
+    for n, v in fields:
+        out += b"\x00" + bytes([len(n)]) + n.encode() + bytes([len(v)]) + v.encode()
+    return out
+
+
+def h2_req(sid, method="GET", path="/", extra=(), end=True):
+    fields = [(":method", method), (":scheme", "http"), (":path", path), (":authority", "a.example")] + list(extra)
+    return frame(1, END_HEADERS | (END_STREAM if end else 0), sid, hpack_lit(fields))
+
+
+def h2_data(sid, data, end=True):
+    return frame(0, END_STREAM if end else 0, sid, data)
+
+
+H2_START = H2_PREFACE + frame(4, 0, 0)
+
 SEEDS = {
     "get-keepalive-pipelined": seed("web", req() + req(path="/b"),
                                     b"B0" + resp(), b"B0" + resp(body=b"second"), b"E"),
@@ -81,6 +108,14 @@ SEEDS = {
     "small-response-timeout": seed("small", req(), b"T1000", b"T", b"E", addr="v4mapped"),
     "tcp2-idle-timeout": seed("tcp2", b"x", b"K5", b"T600", b"T", b"E"),
     "head-timeout-partial": seed("web", b"GET / HTTP/1.1\r\nHost: a", b"T5000", b"E"),
+    "h2c-get": seed("web", H2_START + h2_req(1), b"B0" + resp(), b"E"),
+    "h2c-post-chunked": seed("web", H2_START + h2_req(1, "POST", "/up", end=False) + h2_data(1, b"hello", False)
+                             + h2_data(1, b" world"), b"B0" + resp(201, b"", reason="Created"), b"E"),
+    "h2c-post-cl-chunked-answer": seed("web", H2_START + h2_req(1, "POST", "/api/x", [("content-length", "5")], False)
+                                       + h2_data(1, b"hello"),
+                                       b"B0HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + CHUNKED, b"E"),
+    "h2c-two-streams-reset": seed("web", H2_START + h2_req(1, path="/a") + h2_req(3, path="/closed")
+                                  + frame(3, 0, 1, (8).to_bytes(4, "big")), b"B0" + resp(), b"E"),
     "http10-until-close": seed("web", b"GET / HTTP/1.0\r\n\r\n", b"B0HTTP/1.0 200 OK\r\n\r\nbody until close", b"F0"),
 }
 

@@ -53,6 +53,7 @@ for b in $INTEGRATION_BUILDS; do
 	ASAN_OPTIONS=abort_on_error=1:detect_leaks=0 LB_BIN=./$b run "admin-$b" python3 tests/admin.py
 	ASAN_OPTIONS=abort_on_error=1:detect_leaks=0 LB_BIN=./$b run "dashboard-$b" python3 tests/dashboard.py
 	ASAN_OPTIONS=abort_on_error=1:detect_leaks=0 LB_BIN=./$b run "tls-$b" python3 tests/tls.py
+	ASAN_OPTIONS=abort_on_error=1:detect_leaks=0 LB_BIN=./$b run "h2-$b" python3 tests/h2.py
 done
 # the OpenSSL 3 build (make lb-openssl): the TLS suite, cases only one library can pass marked by build
 ASAN_OPTIONS=abort_on_error=1:detect_leaks=0 LB_BIN=./lb-openssl run "tls-lb-openssl" python3 tests/tls.py

@@ -2739,6 +2739,68 @@ static void test_conf_sticky(void)
 	end("conf/sticky_cookie");
 }
 
+/* http2: auto (on with tls, off without), on, off; http2_max_streams 1..10000 (default 100). A build
+ * without LB_HTTP2 refuses on, and auto means HTTP/1.1 there. */
+static void test_conf_http2(void)
+{
+	static const struct { const char *v; int ok, h2_plain, h2_tls; } t[] = {
+#ifdef LB_HTTP2
+		{ NULL, 1, 0, 1 }, { "auto", 1, 0, 1 }, { "on", 1, 1, 1 }, { "off", 1, 0, 0 },
+#else
+		{ NULL, 1, 0, 0 }, { "auto", 1, 0, 0 }, { "on", 0, 0, 0 }, { "off", 1, 0, 0 },
+#endif
+		{ "yes", 0, 0, 0 }, { "On", 0, 0, 0 }, { "", 0, 0, 0 }, { "h2c", 0, 0, 0 },
+	};
+	for (size_t i = 0; i < sizeof t / sizeof *t; i++) {
+		char text[200];
+		snprintf(text, sizeof text, "[pool p]\nserver = s1 127.0.0.1:9000\n[listener l]\nbind = 127.0.0.1:8000\n"
+		         "pool = p\n%s%s\n", t[i].v ? "http2 = " : "", t[i].v ? t[i].v : "");
+		struct lb_conf *c;
+		begin();
+		int rc = conf_parse(text, &c);
+		if (t[i].ok) {
+			CHECK(rc == 0 && c, "http2 = %s: parse %d: %s", t[i].v ? t[i].v : "(none)", rc, errs_str());
+			if (rc == 0 && c) {
+				struct lb_listener *l = &c->listeners[0];
+				CHECK(l->http2_max_streams == 100, "http2_max_streams default: %u", l->http2_max_streams);
+				CHECK(lb_listener_h2(l) == t[i].h2_plain, "plain listener speaks h2: %d", lb_listener_h2(l));
+				l->tls = 1;
+				CHECK(lb_listener_h2(l) == t[i].h2_tls, "tls listener speaks h2: %d", lb_listener_h2(l));
+				l->mode = LB_MODE_TCP;
+				CHECK(lb_listener_h2(l) == 0, "a tcp listener never speaks h2");
+				lb_conf_free(c);
+			}
+		} else {
+			CHECK(rc != 0 && err_at(6, "http2"), "http2 = %s: expected an error at line 6 naming http2: %s", t[i].v,
+			      errs_str());
+			lb_conf_free(c);
+		}
+		char name[64];
+		snprintf(name, sizeof name, "conf/http2=%s", t[i].v ? t[i].v : "(default)");
+		end("%s", name);
+	}
+	static const struct { const char *v; int ok; } m[] = { { "1", 1 }, { "100", 1 }, { "10000", 1 }, { "0", 0 },
+	                                                       { "10001", 0 }, { "-1", 0 }, { "many", 0 } };
+	for (size_t i = 0; i < sizeof m / sizeof *m; i++) {
+		char text[200];
+		snprintf(text, sizeof text, "[pool p]\nserver = s1 127.0.0.1:9000\n[listener l]\nbind = 127.0.0.1:8000\n"
+		         "pool = p\nhttp2_max_streams = %s\n", m[i].v);
+		struct lb_conf *c;
+		begin();
+		int rc = conf_parse(text, &c);
+		if (m[i].ok) {
+			CHECK(rc == 0 && c && c->listeners[0].http2_max_streams == strtoul(m[i].v, NULL, 10),
+			      "http2_max_streams = %s: %d %s", m[i].v, rc, errs_str());
+		} else {
+			CHECK(rc != 0 && err_at(6, "http2_max_streams"), "http2_max_streams = %s: %s", m[i].v, errs_str());
+		}
+		lb_conf_free(c);
+		char name[64];
+		snprintf(name, sizeof name, "conf/http2_max_streams=%s", m[i].v);
+		end("%s", name);
+	}
+}
+
 /* keepalive: auto (the default: the idle pool follows the need), or a cap from 0 to 100000 */
 static void test_conf_keepalive(void)
 {
@@ -3610,6 +3672,7 @@ int main(void)
 	test_pick_state();
 	test_routes();
 	test_conf_sticky();
+	test_conf_http2();
 	test_conf_keepalive();
 	test_conf_health();
 	test_cidr();
