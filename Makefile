@@ -109,7 +109,7 @@ test: deps-test
 		$(addprefix fuzz/fuzz_,$(FUZZERS))
 	@bash tests/run.sh
 
-bench: deps-bench lb
+bench: deps-bench lb lb-openssl
 	@bash tests/bench/run.sh
 
 fuzz: deps-test

@@ -13310,15 +13310,24 @@ static void metrics_connections(struct abuf *b)
 			          (unsigned long long)atomic_load(&lsn_rt(&c->listeners[i])->shm->refused[k]));
 }
 
+/* HTTP/2 connections begun and exchanges on their streams, by the workers alive now */
+static void h2_totals(uint64_t *conns, uint64_t *requests)
+{
+	*conns = *requests = 0;
+	for (int w = 0; w < LB_MAX_WORKERS; w++) {
+		*conns += atomic_load(&g_shm->w[w].h2_conns);
+		*requests += atomic_load(&g_shm->w[w].h2_requests);
+	}
+}
+
 static void admin_metrics(struct abuf *b)
 {
-	uint64_t reqs = 0, log_dropped = atomic_load(&g_shm->log_dropped_retired), h2c = 0, h2r = 0, h2x[4] = { 0 };
+	uint64_t reqs = 0, log_dropped = atomic_load(&g_shm->log_dropped_retired), h2c, h2r, h2x[4] = { 0 };
+	h2_totals(&h2c, &h2r);
 	for (int w = 0; w < LB_MAX_WORKERS; w++) {
 		for (int k = 0; k < 4; k++)
 			h2x[k] += atomic_load(&g_shm->w[w].h2_resets[k]);
 		reqs += atomic_load(&g_shm->w[w].requests);
-		h2c += atomic_load(&g_shm->w[w].h2_conns);
-		h2r += atomic_load(&g_shm->w[w].h2_requests);
 		log_dropped += atomic_load(&g_shm->w[w].log_dropped);
 	}
 	METRIC(b, "lb_build_info", "gauge", "lb's version.");
@@ -13453,11 +13462,6 @@ static uint64_t listener_active(const struct lb_listener *l)
 	return n;
 }
 
-static const char *listener_proto(const struct lb_listener *l)
-{
-	return l->mode == LB_MODE_TCP ? (l->tls ? "tcp+tls" : "tcp") : (l->tls ? "https" : "http");
-}
-
 static void bind_text(const struct lb_bind *bd, char *out, size_t n)
 {
 	const struct lb_hostport *hp = &bd->hp;
@@ -13474,7 +13478,7 @@ static void stats_listeners(struct abuf *b)
 	for (size_t i = 0; i < g_conf->nlisteners; i++) {
 		const struct lb_listener *l = &g_conf->listeners[i];
 		char bt[LB_HOST_MAX + 16];
-		ab_printf(b, "%s{\"name\":\"%s\",\"protocol\":\"%s\",\"binds\":[", i ? "," : "", l->name, listener_proto(l));
+		ab_printf(b, "%s{\"name\":\"%s\",\"protocol\":\"%s\",\"binds\":[", i ? "," : "", l->name, listener_protocol(l));
 		for (size_t k = 0; k < l->nbinds; k++) {
 			bind_text(&l->binds[k], bt, sizeof bt);
 			ab_printf(b, "%s", k ? "," : "");
@@ -13541,11 +13545,8 @@ static void admin_stats(struct abuf *b)
 {
 	const struct lb_conf *c = g_conf;
 	static const char *const algo[] = { "round_robin", "least_conn", "ip_hash", "random2" };
-	uint64_t h2c = 0, h2r = 0;
-	for (int w = 0; w < LB_MAX_WORKERS; w++) {
-		h2c += atomic_load(&g_shm->w[w].h2_conns);
-		h2r += atomic_load(&g_shm->w[w].h2_requests);
-	}
+	uint64_t h2c, h2r;
+	h2_totals(&h2c, &h2r);
 	ab_printf(b, "{\"version\":\"%s\",\"generation\":%d,\"draining\":%s,\"workers\":%d,\"started\":%.3f,"
 	          "\"http2\":{\"connections\":%llu,\"requests\":%llu},\"pools\":[",
 	          LB_VERSION, g_gen, g_mstop ? "true" : "false", live_workers(), g_shm->started_wall_ms / 1000.0,
@@ -14162,8 +14163,12 @@ static void ab_spark(struct abuf *b, const struct lb_hseries *h, int what)
 static void dash_listeners(struct abuf *b)
 {
 	const struct lb_conf *c = g_conf;
-	ab_printf(b, "<h2>listeners</h2><div class=tw><table id=listeners><tr><th>listener</th><th>address</th>"
-	             "<th>protocol</th><th>connections</th><th>accepted</th></tr>");
+	uint64_t h2c, h2r;
+	h2_totals(&h2c, &h2r);
+	ab_printf(b, "<h2>listeners</h2><p id=http2>HTTP/2: %llu connections, %llu requests on their streams</p>"
+	             "<div class=tw><table id=listeners><tr><th>listener</th><th>address</th>"
+	             "<th>protocol</th><th>HTTP/2</th><th>connections</th><th>accepted</th></tr>",
+	          (unsigned long long)h2c, (unsigned long long)h2r);
 	for (size_t i = 0; i < c->nlisteners; i++) {
 		const struct lb_listener *l = &c->listeners[i];
 		char bt[LB_HOST_MAX + 16];
@@ -14173,7 +14178,8 @@ static void dash_listeners(struct abuf *b)
 			ab_printf(b, "%s", k ? ", " : "");
 			ab_html(b, bt);
 		}
-		ab_printf(b, "</td><td>%s</td><td>%llu</td><td>%llu</td></tr>", listener_proto(l),
+		ab_printf(b, "</td><td>%s</td><td>%s</td><td>%llu</td><td>%llu</td></tr>", listener_protocol(l),
+		          !lb_listener_h2(l) ? "-" : l->tls ? "h2" : "h2c",
 		          (unsigned long long)listener_active(l), (unsigned long long)(lsn_rt(l)->shm ? atomic_load(&lsn_rt(l)->shm->accepted) : 0));
 	}
 	ab_printf(b, "</table></div>");

@@ -240,6 +240,12 @@ def t_curl(ctx):
     eq(it.sum_metric(m, "lb_live_worker_http2_connections_total"), 2, "HTTP/2 connections in /metrics")
     st = json.loads(it.admin_get(ap, "/api/stats"))
     eq(st.get("http2"), {"connections": 2, "requests": 2}, "http2 in /api/stats")
+    page = it.admin_get(ap, "/").decode()  # the dashboard, as served without JavaScript
+    check("HTTP/2: 2 connections, 2 requests on their streams" in page, "the dashboard's HTTP/2 line: %s"
+          % short(re.findall(r"<p id=http2>[^<]*", page), 200))
+    cells = re.findall(r"<tr><td>([a-z]+)</td><td>[^<]*</td><td>([a-z]+)</td><td>([a-z0-9-]+)</td>", page)
+    eq(sorted(cells), [("h", "http", "h2c"), ("o", "https", "-"), ("q", "http", "-"), ("t", "https", "h2")],
+       "the dashboard's listeners: name, protocol, HTTP/2")
 
 
 @test("nghttp_client")
