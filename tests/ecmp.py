@@ -22,7 +22,8 @@ Checks (PASS/FAIL lines `ecmp/NAME`, summary `ecmp: N passed, N failed`):
      their count is bounded; nodes 1 and 3 serve. Reports failed requests and the time to recover.
   3. rejoin: node 2's lb started again is announced after RISE checks and serves again.
   4. tls-resumption: a TLS session made on node 1 is resumed on node 3 with the shared ticket key
-     file (tls_ticket_keys); skipped with the reason while lb -t refuses that key (issue 20).
+      file (tls_ticket_keys); needs the OpenSSL build (run.sh runs the suite with ./lb-openssl when it is
+     built); a BearSSL lb refuses the key and the check says it is skipped and why.
 Without namespaces, first: health-script-frr: lb-health-route.sh's default (FRR) commands, run
 through a fake vtysh against a local /healthz that turns 503, then SIGTERM; frr-config: the
 rendered deploy/ecmp/frr.conf.in passes `vtysh -C` (skipped without FRR).
@@ -130,12 +131,20 @@ def ticket_key_check(lbconf):
     r = subprocess.run((ha.LB, "-t", "-c", lbconf), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                        timeout=10)
     if r.returncode != 0 and "tls_ticket_keys" in r.stdout:
-        return "needs tls_ticket_keys (issue 20): lb -t says: %s" % r.stdout.strip().splitlines()[0][-160:]
+        return "needs tls_ticket_keys (the OpenSSL build, ./lb-openssl): lb -t says: %s" % r.stdout.strip().splitlines()[0][-160:]
     return None if r.returncode == 0 else "lb -t refused the TLS listener: %s" % r.stdout.strip()[-200:]
 
 
-def tls_listener():
-    """A TLS listener on every node (one certificate, one ticket key file), as an .ini fragment."""
+def with_tls(conf):
+    """A node's config with a TLS listener (one certificate for all) and the shared ticket key file
+    ([global] tls_ticket_keys)."""
+    cert, key = os.path.join(ha.tmp, "cert.pem"), os.path.join(ha.tmp, "ticket.key")
+    return conf.replace("[global]\n", "[global]\ntls_ticket_keys = %s\n" % key, 1) + \
+        "[listener tls]\nbind = *:443\ntls = on\ncert = %s\npool = app\n" % cert
+
+
+def make_tls_files():
+    """The certificate (ecmp.test) and one ticket key file (80 random bytes: one key) every node reads."""
     cert, key = os.path.join(ha.tmp, "cert.pem"), os.path.join(ha.tmp, "ticket.key")
     ha.run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
            "-subj", "/CN=ecmp.test", "-keyout", cert, "-out", cert + ".crt")
@@ -144,7 +153,6 @@ def tls_listener():
     with open(key, "wb") as f:
         f.write(os.urandom(80))
     os.chmod(key, 0o644)
-    return "[listener tls]\nbind = *:443\ntls = on\ncert = %s\ntls_ticket_keys = %s\npool = app\n" % (cert, key)
 
 
 def tls_resumed():
@@ -239,14 +247,14 @@ def main():
     if ha.wait_for(lambda: "ready" in ha.tail("backend.log"), 10, 0.1) is None:
         ha.check("setup", False, "backend did not start: " + ha.tail("backend.log"))
         return
-    tls = tls_listener()
+    make_tls_files()
     tls_conf = os.path.join(ha.tmp, "tls-check.ini")
     with open(tls_conf, "w") as f:
-        f.write(ha.lb_conf("1") + tls)
+        f.write(with_tls(ha.lb_conf("1")))
     tls_skip = ticket_key_check(tls_conf)
     for n in NODES:
         with open(os.path.join(ha.tmp, "lb%s.ini" % n), "w") as f:
-            f.write(ha.lb_conf(n) + ("" if tls_skip else tls))
+            f.write(ha.lb_conf(n) if tls_skip else with_tls(ha.lb_conf(n)))
         ha.start_lb(n)
         start_health(n)
 

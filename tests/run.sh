@@ -84,7 +84,8 @@ run deploy2 bash tests/deploy2.sh
 if [ "$(id -u)" = 0 ]; then LB_BIN=./lb run ha python3 tests/ha.py
 else echo "PASS ha (skipped: the failover test needs root for network namespaces and keepalived)"; fi
 # active-active: three lb nodes behind an ECMP route, one killed, deploy/ecmp/lb-health-route.sh withdraws it (root, ~10 s)
-if [ "$(id -u)" = 0 ]; then LB_BIN=./lb run ecmp python3 tests/ecmp.py
+# the OpenSSL build when there is one: its shared ticket keys resume TLS sessions across the nodes
+if [ "$(id -u)" = 0 ]; then LB_BIN=$([ -x ./lb-openssl ] && echo ./lb-openssl || echo ./lb) run ecmp python3 tests/ecmp.py
 else echo "PASS ecmp (skipped: needs root for network namespaces)"; fi
 # linode-scaler against a Linode API v4 fake that checks every call against the OpenAPI spec, and a real lb
 LB_BIN=./lb run scaler python3 tests/scaler.py
