@@ -22,6 +22,13 @@
  *  15. process: listeners, signals, the worker's loop, the master (alerts, reaping, rotation, reload, stop)
  *  16. main, lb ctl: the command line; the admin API client
  * Tests and fuzzers build this file with -DLB_NO_MAIN and call what lb.h declares.
+ * State: the config is g_conf (not written after load; its runtime state beside it, g_conf->rt), the clock
+ * g_now; every other mutable file-scope variable is a member of one of these structs, whose banners say
+ * who owns and writes it, what a fork inherits and what the fuzzer resets: P (this process, section 2),
+ * EV (event backend, 6), SHM (shared mappings, 7), TLS (pooled engines, 7), W (the serving worker, 8),
+ * M (the master, 13), ADM (admin API, 13), ACC (access log buffer, 14). Left loose: g_wk, g_alerts,
+ * g_check_first (their types come after those structs), g_top_tio (lb ctl), g_h2cb, g_h2opt, g_free_h2s
+ * (nghttp2 types, the HTTP/2 build only). tests/code_checks.sh checks it.
  */
 
 /* ==================================================================== 1. build options
@@ -290,10 +297,34 @@ static size_t json_str(char *out, size_t cap, const char *s)
  * The I/O later sections share: lb_err, lb_warn, lb_info, lb_debug (one line to the error log, with its
  * level; [log] level filters), shm_map and its spinlock (the TLS
  * session cache, the event ring and the server slots live in such mappings), read_file (the config file,
- * the admin token file). */
+ * the admin token file). Owns P, this process's identity, log descriptors and signal pipe. */
 
-static int g_errfd = 2; /* the error log: stderr until [global] error = FILE is opened (retarget_log) */
-static int g_errlevel = LB_LV_INFO; /* [log] level: lines above it are not written */
+/* ---- struct lb_proc P: this process: who it is, where it logs, its signal pipe (gathered by gather_globals.py)
+ * Owner: section 2 (lb_vlog) and 15 (main, worker_main, the signal handlers). main sets pid and
+ * master_pid and opens the logs; the master reopens them on rotation (retarget_log) and sets
+ * errlevel at reload; a worker receives new log descriptors on ctl. A fork inherits all of it:
+ * worker_main then sets pid, slot, worker_id and ctl, and setup_runtime makes its own sigpipe.
+ * The fuzzer sets slot, worker_id, pid, errfd and accfd once (init_once), never per input.
+ */
+static struct lb_proc {
+	int errfd; /* the error log: stderr until [global] error = FILE is opened (retarget_log) */
+	int errlevel; /* [log] level: lines above it are not written */
+	int accfd;
+	int slot; /* this worker's column; -1 in the master */
+	pid_t pid;
+	int worker_id; /* 1..workers within its generation */
+	int sigpipe[2];
+	int ctl; /* worker: datagram socket to the master (log fds arrive on it) */
+	pid_t master_pid;
+} P = {
+	.errfd = 2,
+	.errlevel = LB_LV_INFO,
+	.accfd = -1,
+	.slot = -1,
+	.sigpipe = { -1, -1 },
+	.ctl = -1,
+};
+
 static const char *const k_level_names[] = { "error", "warn", "info", "debug", NULL }; /* enum lb_loglevel */
 
 /* One line: "2026-01-02T03:04:05.678Z lb[PID]: LEVEL: text". Levels: error (lb itself failed or
@@ -301,7 +332,7 @@ static const char *const k_level_names[] = { "error", "warn", "info", "debug", N
  * answered), info (state changes and clients' bad requests), debug (what a flood repeats). */
 static void lb_vlog(int lv, const char *fmt, va_list ap)
 {
-	if (lv > g_errlevel)
+	if (lv > P.errlevel)
 		return;
 	char b[1024];
 	struct timespec ts;
@@ -314,7 +345,7 @@ static void lb_vlog(int lv, const char *fmt, va_list ap)
 	int m = vsnprintf(b + n, sizeof b - n - 1, fmt, ap);
 	n = LB_MIN(n + (size_t)(m < 0 ? 0 : m), sizeof b - 2);
 	b[n++] = '\n';
-	ssize_t w = write(g_errfd, b, n);
+	ssize_t w = write(P.errfd, b, n);
 	LB_UNUSED(w);
 }
 
@@ -4692,7 +4723,7 @@ static const struct lb_srv_state *pool_states(const struct lb_pool *p, const str
 }
 
 /* ==================================================================== 6. event loop and timers
- * Owns the readiness backend (epoll or poll, level-triggered) and the clock (g_now, once per loop
+ * Owns the readiness backend (EV: epoll or poll, level-triggered) and the clock (g_now, once per loop
  * turn; mono_ms, wall_ms; mono_us for the access log's timers). The connections' deadlines are a heap
  * in section 8. A handler whose peer hung up is deregistered while it wants nothing, so HUP cannot spin. Calls nothing later. */
 
@@ -4702,7 +4733,7 @@ enum { H_LISTEN = 1, H_CLIENT, H_BACKEND, H_SIGNAL, H_CTL, H_HEALTH };
 struct evh {
 	int fd;
 	unsigned want, reg;            /* wanted; registered (a superset: narrowed lazily) */
-	uint32_t pidx;                 /* poll(): the slot in g_pfd */
+	uint32_t pidx;                 /* poll(): the slot in EV.pfd */
 	uint8_t kind;
 	bool registered, hup, dead;
 	bool rready;                   /* readable per the last event and not drained since */
@@ -4734,14 +4765,23 @@ static uint64_t mono_us(void)
 }
 
 #ifdef LB_EPOLL
-static int g_epfd = -1;
-static struct epoll_event g_evs[512];
+
+/* ---- struct lb_evloop EV: the event backend (epoll) (gathered by gather_globals.py)
+ * Owner: section 6 (ev_*). Made by the worker (setup_runtime); the master loops on poll() itself,
+ * so a fork inherits nothing open here. The fuzzer builds with LB_POLL.
+ */
+static struct lb_evloop {
+	int epfd;
+	struct epoll_event evs[512];
+} EV = {
+	.epfd = -1,
+};
 
 static int ev_init(size_t maxfds)
 {
 	LB_UNUSED(maxfds);
-	g_epfd = epoll_create1(EPOLL_CLOEXEC);
-	return g_epfd < 0 ? -1 : 0;
+	EV.epfd = epoll_create1(EPOLL_CLOEXEC);
+	return EV.epfd < 0 ? -1 : 0;
 }
 
 static unsigned ev_to_os(unsigned w) { return (w & EV_R ? EPOLLIN : 0) | (w & EV_W ? EPOLLOUT : 0); }
@@ -4755,7 +4795,7 @@ static void ev_os_set(struct evh *h, unsigned want, int op)
 		/* every worker waits on the same listening sockets: wake one, not all. An
 		 * exclusive registration cannot be modified, only deleted and added again. */
 		if (op == EPOLL_CTL_MOD) {
-			epoll_ctl(g_epfd, EPOLL_CTL_DEL, h->fd, &e);
+			epoll_ctl(EV.epfd, EPOLL_CTL_DEL, h->fd, &e);
 			if (!want)
 				return;
 			op = EPOLL_CTL_ADD;
@@ -4764,7 +4804,7 @@ static void ev_os_set(struct evh *h, unsigned want, int op)
 			e.events |= EPOLLEXCLUSIVE;
 	}
 	e.data.ptr = h;
-	if (epoll_ctl(g_epfd, op, h->fd, &e) != 0 && op != EPOLL_CTL_DEL)
+	if (epoll_ctl(EV.epfd, op, h->fd, &e) != 0 && op != EPOLL_CTL_DEL)
 		fprintf(stderr, "lb: epoll_ctl(%d) fd %d: %s\n", op, h->fd, strerror(errno));
 }
 
@@ -4775,11 +4815,11 @@ static void ev_os_del(struct evh *h) { ev_os_set(h, 0, EPOLL_CTL_DEL); }
 typedef void (*ev_cb)(struct evh *h, unsigned events);
 static void ev_wait(int timeout_ms, ev_cb cb)
 {
-	int n = epoll_wait(g_epfd, g_evs, (int)(sizeof g_evs / sizeof *g_evs), timeout_ms);
+	int n = epoll_wait(EV.epfd, EV.evs, (int)(sizeof EV.evs / sizeof *EV.evs), timeout_ms);
 	g_now = mono_ms();
 	for (int i = 0; i < n; i++) {
-		struct evh *h = g_evs[i].data.ptr;
-		unsigned e = g_evs[i].events, ev = 0;
+		struct evh *h = EV.evs[i].data.ptr;
+		unsigned e = EV.evs[i].events, ev = 0;
 		ev |= e & EPOLLIN ? EV_R : 0;
 		ev |= e & EPOLLOUT ? EV_W : 0;
 		ev |= e & EPOLLERR ? EV_ERR : 0;
@@ -4789,63 +4829,70 @@ static void ev_wait(int timeout_ms, ev_cb cb)
 	}
 }
 #else
-static struct pollfd *g_pfd;
-static struct evh **g_powner;
-static size_t g_np, g_pcap;
-static struct evh **g_pready; /* snapshot of owners for one poll() turn */
+
+/* ---- struct lb_evloop EV: the event backend (poll) (gathered by gather_globals.py)
+ * Owner: section 6 (ev_*). Sized by the worker (setup_runtime); the master loops on poll() itself,
+ * so a fork inherits it empty. The fuzzer sets it up once and checks np == 0 after each input.
+ */
+static struct lb_evloop {
+	struct pollfd *pfd;
+	struct evh **powner;
+	size_t np, pcap;
+	struct evh **pready; /* snapshot of owners for one poll() turn */
+} EV;
 
 static int ev_init(size_t maxfds)
 {
-	g_pcap = maxfds;
-	g_pfd = calloc(maxfds, sizeof *g_pfd);
-	g_powner = calloc(maxfds, sizeof *g_powner);
-	g_pready = calloc(maxfds, sizeof *g_pready);
-	return g_pfd && g_powner && g_pready ? 0 : -1;
+	EV.pcap = maxfds;
+	EV.pfd = calloc(maxfds, sizeof *EV.pfd);
+	EV.powner = calloc(maxfds, sizeof *EV.powner);
+	EV.pready = calloc(maxfds, sizeof *EV.pready);
+	return EV.pfd && EV.powner && EV.pready ? 0 : -1;
 }
 
 static short ev_to_os(unsigned w) { return (short)((w & EV_R ? POLLIN : 0) | (w & EV_W ? POLLOUT : 0)); }
 
 static void ev_os_add(struct evh *h, unsigned want)
 {
-	if (g_np >= g_pcap)
+	if (EV.np >= EV.pcap)
 		return;
-	h->pidx = (uint32_t)g_np++;
-	g_pfd[h->pidx].fd = h->fd;
-	g_pfd[h->pidx].events = ev_to_os(want);
-	g_pfd[h->pidx].revents = 0;
-	g_powner[h->pidx] = h;
+	h->pidx = (uint32_t)EV.np++;
+	EV.pfd[h->pidx].fd = h->fd;
+	EV.pfd[h->pidx].events = ev_to_os(want);
+	EV.pfd[h->pidx].revents = 0;
+	EV.powner[h->pidx] = h;
 }
 
-static void ev_os_mod(struct evh *h, unsigned want) { g_pfd[h->pidx].events = ev_to_os(want); }
+static void ev_os_mod(struct evh *h, unsigned want) { EV.pfd[h->pidx].events = ev_to_os(want); }
 
 static void ev_os_del(struct evh *h)
 {
-	size_t i = h->pidx, last = --g_np;
+	size_t i = h->pidx, last = --EV.np;
 	if (i != last) {
-		g_pfd[i] = g_pfd[last];
-		g_powner[i] = g_powner[last];
-		g_powner[i]->pidx = (uint32_t)i;
+		EV.pfd[i] = EV.pfd[last];
+		EV.powner[i] = EV.powner[last];
+		EV.powner[i]->pidx = (uint32_t)i;
 	}
 }
 
 typedef void (*ev_cb)(struct evh *h, unsigned events);
 static void ev_wait(int timeout_ms, ev_cb cb)
 {
-	int n = poll(g_pfd, (nfds_t)g_np, timeout_ms);
+	int n = poll(EV.pfd, (nfds_t)EV.np, timeout_ms);
 	g_now = mono_ms();
 	if (n <= 0)
 		return;
 	/* handlers add and remove entries: act on a snapshot, skipping the dead */
-	size_t k = 0, np = g_np;
+	size_t k = 0, np = EV.np;
 	for (size_t i = 0; i < np; i++) {
-		if (g_pfd[i].revents) {
-			g_pready[k] = g_powner[i];
-			g_pready[k]->reg |= (unsigned)g_pfd[i].revents << 8; /* stash revents */
+		if (EV.pfd[i].revents) {
+			EV.pready[k] = EV.powner[i];
+			EV.pready[k]->reg |= (unsigned)EV.pfd[i].revents << 8; /* stash revents */
 			k++;
 		}
 	}
 	for (size_t i = 0; i < k; i++) {
-		struct evh *h = g_pready[i];
+		struct evh *h = EV.pready[i];
 		unsigned re = h->reg >> 8, ev = 0;
 		h->reg &= 0xff;
 		ev |= re & POLLIN ? EV_R : 0;
@@ -4904,13 +4951,14 @@ static void ev_forget(struct evh *h)
  * towards clients, struct tls_up towards servers), the certificate choice by SNI, resumption
  * state the workers share, the TLS counters and why a handshake failed (lb_tls_fail_classify:
  * lb's TLS error code -> the reason label and a log line, pure), and the kernel's entropy
- * (lb_os_entropy). It does socket I/O on the fd it is given, and reads that entropy.
+ * (lb_os_entropy). The struct SHM (the shared mappings of sections 7, 11 and 12) is defined here, at
+ * its first user; TLS holds the pooled engines. It does socket I/O on the fd it is given, and reads that entropy.
  *
  * The interface: the rest of lb calls only these, and names no BearSSL or OpenSSL type.
  *   files      tls_load_listener, tls_load_pool (cert, client_ca, tls_ca -> l->tlsm, p->tlsm),
  *              cert_parse (lb ctl ssl update), tls_free; struct lb_tls's certs[].info/.file and
  *              sig[] (file watch, expiry alerts, metrics); file_read, file_sig_of, file_sig_eq
- *   shared     tls_shared_create (the master, before any fork): g_tls, counters + resumption state
+ *   shared     tls_shared_create (the master, before any fork): SHM.tls, counters + resumption state
  *   engines    tls_conn_new(L, alpn, nalpn) / tls_conn_free (towards a client; alpn: the
  *              protocols lb offers, in preference order), tls_feed_pre (bytes read with a PROXY
  *              header start the handshake); tls_up_new(pool, server) / tls_up_free
@@ -5044,7 +5092,28 @@ struct tls_shared {
 	_Atomic uint64_t by_suite[TLS_SUITES_N]; /* handshakes by version and cipher suite (tls_suite_label) */
 	_Atomic uint64_t resumed_ticket, resumed_id;
 };
-static struct tls_shared *g_tls;
+
+/* ---- struct lb_shared SHM: the shared mappings (gathered by gather_globals.py)
+ * Owner: section 12 (shm_*, rl_*, ipc_*, the admin API's requests and history) with 7 (the TLS
+ * session cache) and 11 (the event ring). The master maps them all before it forks and on reload;
+ * workers inherit the pointers and write only their own column and the counters. The master's
+ * name indexes (snames, rnames, lnames) are unused in a worker. The fuzzer maps them once and
+ * zeroes the server slots and the rate-limit sets before each input (reset_worker).
+ */
+static struct lb_shared {
+	struct tls_shared *tls;
+	struct lb_events *events;
+	struct lb_shm *seg;
+	struct name_index snames, rnames, lnames; /* the master's: slot by name */
+	struct req_set *reqs;
+	struct rl_set *rl;
+	size_t rl_sets;
+	struct ipc_set *ipc;
+	struct lb_history *hist;
+	struct tls_cache *tls_cache;
+	struct tls_tickets *tickets;
+	struct tls_sids *sids;
+} SHM;
 
 /* The handshakes-by-suite label of a negotiated version + cipher suite (IANA names). */
 static const char *const tls_suite_labels[TLS_SUITES_N][2] = {
@@ -5059,25 +5128,25 @@ static const uint16_t tls_suite_ids[TLS_SUITES_N - 1] = { 0xC02B, 0xC02C, 0xCCA9
 /* a completed handshake: counted by suite, and by kind of resumption (ticket: 1, session ID: 2) */
 static void tls_count_handshake(uint16_t suite, int resumed)
 {
-	if (!g_tls)
+	if (!SHM.tls)
 		return;
 	size_t i = 0;
 	while (i < TLS_SUITES_N - 1 && tls_suite_ids[i] != suite)
 		i++;
-	atomic_fetch_add_explicit(&g_tls->handshakes, 1, memory_order_relaxed);
-	atomic_fetch_add_explicit(&g_tls->by_suite[i], 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&SHM.tls->handshakes, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&SHM.tls->by_suite[i], 1, memory_order_relaxed);
 	if (resumed)
-		atomic_fetch_add_explicit(&g_tls->resumed, 1, memory_order_relaxed);
+		atomic_fetch_add_explicit(&SHM.tls->resumed, 1, memory_order_relaxed);
 	if (resumed == 1)
-		atomic_fetch_add_explicit(&g_tls->resumed_ticket, 1, memory_order_relaxed);
+		atomic_fetch_add_explicit(&SHM.tls->resumed_ticket, 1, memory_order_relaxed);
 	if (resumed == 2)
-		atomic_fetch_add_explicit(&g_tls->resumed_id, 1, memory_order_relaxed);
+		atomic_fetch_add_explicit(&SHM.tls->resumed_id, 1, memory_order_relaxed);
 }
 
 static void tls_count_failure(int kind)
 {
-	if (g_tls)
-		atomic_fetch_add_explicit(&g_tls->failures[kind], 1, memory_order_relaxed);
+	if (SHM.tls)
+		atomic_fetch_add_explicit(&SHM.tls->failures[kind], 1, memory_order_relaxed);
 }
 
 /* One name element of a client's subject appended to "CN=..,O=..", escaped to be safe in a header. */
@@ -5698,16 +5767,15 @@ struct tls_cache {
 	br_ssl_session_cache_lru lru;
 	unsigned char store[];
 };
-static struct tls_cache *g_tls_cache;
 
 /* Made once by the master, before any fork: every worker of every generation shares it,
  * so a client resumes whichever worker accepts its next connection. */
 static int tls_cache_create(unsigned entries)
 {
 	size_t store = (size_t)entries * LB_TLS_CACHE_ENTRY;
-	if (!(g_tls_cache = shm_map(sizeof *g_tls_cache + store, "TLS session cache")))
+	if (!(SHM.tls_cache = shm_map(sizeof *SHM.tls_cache + store, "TLS session cache")))
 		return -1;
-	br_ssl_session_cache_lru_init(&g_tls_cache->lru, g_tls_cache->store, store);
+	br_ssl_session_cache_lru_init(&SHM.tls_cache->lru, SHM.tls_cache->store, store);
 	return 0;
 }
 
@@ -5718,9 +5786,9 @@ static void tls_cache_save(const br_ssl_session_cache_class **ctx, br_ssl_server
                            const br_ssl_session_parameters *params)
 {
 	LB_UNUSED(ctx);
-	spin_lock(&g_tls_cache->lock);
-	g_tls_cache->lru.vtable->save(&g_tls_cache->lru.vtable, sc, params);
-	spin_unlock(&g_tls_cache->lock);
+	spin_lock(&SHM.tls_cache->lock);
+	SHM.tls_cache->lru.vtable->save(&SHM.tls_cache->lru.vtable, sc, params);
+	spin_unlock(&SHM.tls_cache->lock);
 }
 
 static int tls_cache_load(const br_ssl_session_cache_class **ctx, br_ssl_server_context *sc,
@@ -5771,7 +5839,15 @@ struct tls_free_list {
 	void *head;
 	size_t n;
 };
-static struct tls_free_list g_free_tls, g_free_up;
+
+/* ---- struct lb_tls_pools TLS: pooled TLS engines (gathered by gather_globals.py)
+ * Owner: section 7 (tls_take/tls_give: the server engines of tls_conn_new, the client engines of
+ * tls_up_new). Worker only: empty in the master, so a fork inherits empty lists. Kept across fuzz
+ * inputs (a pool).
+ */
+static struct lb_tls_pools {
+	struct tls_free_list free_tls, free_up;
+} TLS;
 
 static void *tls_take(struct tls_free_list *l, size_t size)
 {
@@ -5810,12 +5886,12 @@ static int tls_cache_load(const br_ssl_session_cache_class **ctx, br_ssl_server_
                           br_ssl_session_parameters *params)
 {
 	LB_UNUSED(ctx);
-	spin_lock(&g_tls_cache->lock);
-	int ok = g_tls_cache->lru.vtable->load(&g_tls_cache->lru.vtable, sc, params);
-	spin_unlock(&g_tls_cache->lock);
-	atomic_fetch_add_explicit(&g_tls->lookups, 1, memory_order_relaxed);
+	spin_lock(&SHM.tls_cache->lock);
+	int ok = SHM.tls_cache->lru.vtable->load(&SHM.tls_cache->lru.vtable, sc, params);
+	spin_unlock(&SHM.tls_cache->lock);
+	atomic_fetch_add_explicit(&SHM.tls->lookups, 1, memory_order_relaxed);
 	if (ok) {
-		atomic_fetch_add_explicit(&g_tls->hits, 1, memory_order_relaxed);
+		atomic_fetch_add_explicit(&SHM.tls->hits, 1, memory_order_relaxed);
 		tls_of_server(sc)->resumed = 1;
 	}
 	return ok;
@@ -5938,13 +6014,13 @@ int lb_tls_server_engine(br_ssl_server_context *sc, unsigned char *buf, size_t l
 /* NULL with errno ENOMEM when out of memory (malloc's), EIO when there was no entropy */
 static struct tls_conn *tls_conn_new(const struct lb_listener *L, const char *const *alpn, size_t nalpn)
 {
-	struct tls_conn *tc = tls_take(&g_free_tls, sizeof *tc);
+	struct tls_conn *tc = tls_take(&TLS.free_tls, sizeof *tc);
 	if (!tc)
 		return NULL;
 	br_ssl_server_context *sc = &tc->sc;
 	br_ssl_engine_context *eng = &sc->eng;
 	if (lb_tls_server_engine(sc, tc->iobuf, sizeof tc->iobuf, 0) != 0) {
-		tls_give(&g_free_tls, tc);
+		tls_give(&TLS.free_tls, tc);
 		errno = EIO;
 		return NULL;
 	}
@@ -5959,7 +6035,7 @@ static struct tls_conn *tls_conn_new(const struct lb_listener *L, const char *co
 	br_ssl_server_set_policy(sc, &tc->policy);
 	/* with client_ca every handshake is a full one: a resumed session would carry no client
 	 * certificate to check and name */
-	if (g_tls && g_tls->entries && !L->tlsm->ntas)
+	if (SHM.tls && SHM.tls->entries && !L->tlsm->ntas)
 		br_ssl_server_set_cache(sc, &tls_cache_vt);
 	if (tc->t->ntas)
 		tls_client_auth(tc);
@@ -5967,7 +6043,7 @@ static struct tls_conn *tls_conn_new(const struct lb_listener *L, const char *co
 	return tc;
 }
 
-static void tls_conn_free(struct tls_conn *tc) { tls_give(&g_free_tls, tc); }
+static void tls_conn_free(struct tls_conn *tc) { tls_give(&TLS.free_tls, tc); }
 
 /* bytes read with a PROXY header (at most LB_PROXY_V2_MAX): the handshake's start */
 static void tls_feed_pre(struct tls_conn *tc, const void *p, size_t n)
@@ -6217,20 +6293,20 @@ int lb_tls_client_engine(br_ssl_client_context *cc, br_x509_minimal_context *xc,
  * the server's host name (an address: the chain is verified, no name). */
 static struct tls_up *tls_up_new(const struct lb_pool *p, const struct lb_server *s)
 {
-	struct tls_up *u = tls_take(&g_free_up, sizeof *u);
+	struct tls_up *u = tls_take(&TLS.free_up, sizeof *u);
 	if (!u)
 		return NULL;
 	const char *sni = p->tls_sni ? p->tls_sni : host_is_name(s->host) ? s->host : NULL;
 	u->io = (struct tls_io){ .eng = &u->cc.eng };
 	if (lb_tls_client_engine(&u->cc, &u->xc, p->tlsm->tas, p->tlsm->ntas, u->iobuf, sizeof u->iobuf) != 0 ||
 	    !br_ssl_client_reset(&u->cc, sni, 0)) {
-		tls_give(&g_free_up, u);
+		tls_give(&TLS.free_up, u);
 		return NULL;
 	}
 	return u;
 }
 
-static void tls_up_free(struct tls_up *u) { tls_give(&g_free_up, u); }
+static void tls_up_free(struct tls_up *u) { tls_give(&TLS.free_up, u); }
 
 #else /* LB_TLS_OPENSSL */
 /* -------------------------------------------------------------------- OpenSSL 3
@@ -6750,7 +6826,6 @@ struct tls_tickets {
 	uint64_t rotated_ms;
 	struct tls_tkey k[TLS_TICKET_KEYS_MAX];
 };
-static struct tls_tickets *g_tickets;
 
 /* the keys of a tls_ticket_keys file: how many (>= 1), or -1 with err set */
 static int tls_ticket_file(const char *path, void *out, char *err, size_t errlen)
@@ -6775,12 +6850,12 @@ static int tls_ticket_file(const char *path, void *out, char *err, size_t errlen
 
 static void tls_tickets_set(const struct tls_tkey *k, uint32_t n, uint32_t from_file)
 {
-	spin_lock(&g_tickets->lock);
-	memcpy(g_tickets->k, k, n * sizeof *k);
-	g_tickets->n = n;
-	g_tickets->from_file = from_file;
-	g_tickets->rotated_ms = mono_ms();
-	spin_unlock(&g_tickets->lock);
+	spin_lock(&SHM.tickets->lock);
+	memcpy(SHM.tickets->k, k, n * sizeof *k);
+	SHM.tickets->n = n;
+	SHM.tickets->from_file = from_file;
+	SHM.tickets->rotated_ms = mono_ms();
+	spin_unlock(&SHM.tickets->lock);
 }
 
 /* a new random key first, the newest TLS_TICKET_KEEP - 1 before it kept */
@@ -6791,10 +6866,10 @@ static int tls_tickets_rotate(void)
 		lb_err("TLS: no entropy for a new session ticket key: the old keys stay in use");
 		return -1;
 	}
-	spin_lock(&g_tickets->lock);
-	uint32_t keep = g_tickets->from_file ? 0 : LB_MIN(g_tickets->n, TLS_TICKET_KEEP - 1);
-	memcpy(&k[1], g_tickets->k, keep * sizeof *k);
-	spin_unlock(&g_tickets->lock);
+	spin_lock(&SHM.tickets->lock);
+	uint32_t keep = SHM.tickets->from_file ? 0 : LB_MIN(SHM.tickets->n, TLS_TICKET_KEEP - 1);
+	memcpy(&k[1], SHM.tickets->k, keep * sizeof *k);
+	spin_unlock(&SHM.tickets->lock);
 	tls_tickets_set(k, keep + 1, 0);
 	memset(k, 0, sizeof k);
 	return 0;
@@ -6824,11 +6899,10 @@ struct tls_sids {
 	uint64_t clock;
 	struct tls_sid e[];
 };
-static struct tls_sids *g_sids;
 
 static struct tls_sid *tls_sid_set(const unsigned char *id, unsigned idlen)
 {
-	return &g_sids->e[(lb_hash64(id, idlen) % g_sids->sets) * TLS_SID_WAYS];
+	return &SHM.sids->e[(lb_hash64(id, idlen) % SHM.sids->sets) * TLS_SID_WAYS];
 }
 
 static int tls_sid_new(SSL *ssl, SSL_SESSION *sess)
@@ -6838,20 +6912,20 @@ static int tls_sid_new(SSL *ssl, SSL_SESSION *sess)
 	const unsigned char *id = SSL_SESSION_get_id(sess, &idlen);
 	unsigned char buf[TLS_SID_DATA], *p = buf;
 	int len = i2d_SSL_SESSION(sess, NULL);
-	if (!g_sids || !idlen || idlen > SSL_MAX_SSL_SESSION_ID_LENGTH || len <= 0 || len > TLS_SID_DATA ||
+	if (!SHM.sids || !idlen || idlen > SSL_MAX_SSL_SESSION_ID_LENGTH || len <= 0 || len > TLS_SID_DATA ||
 	    i2d_SSL_SESSION(sess, &p) != len)
 		return 0;
-	spin_lock(&g_sids->lock);
+	spin_lock(&SHM.sids->lock);
 	struct tls_sid *set = tls_sid_set(id, idlen), *v = set;
 	for (int i = 1; i < TLS_SID_WAYS; i++)
 		if (set[i].used < v->used)
 			v = &set[i];
-	v->used = ++g_sids->clock;
+	v->used = ++SHM.sids->clock;
 	v->expires = (int64_t)(SSL_SESSION_get_time(sess) + SSL_SESSION_get_timeout(sess));
 	v->idlen = (uint8_t)idlen, v->len = (uint16_t)len;
 	memcpy(v->id, id, idlen);
 	memcpy(v->data, buf, (size_t)len);
-	spin_unlock(&g_sids->lock);
+	spin_unlock(&SHM.sids->lock);
 	memset(buf, 0, sizeof buf);
 	return 0; /* lb keeps no reference to sess */
 }
@@ -6862,22 +6936,22 @@ static SSL_SESSION *tls_sid_get(SSL *ssl, const unsigned char *id, int idlen, in
 	unsigned char buf[TLS_SID_DATA];
 	int len = 0;
 	*copy = 0;
-	if (!g_sids || idlen <= 0 || idlen > SSL_MAX_SSL_SESSION_ID_LENGTH)
+	if (!SHM.sids || idlen <= 0 || idlen > SSL_MAX_SSL_SESSION_ID_LENGTH)
 		return NULL;
-	if (g_tls)
-		atomic_fetch_add_explicit(&g_tls->lookups, 1, memory_order_relaxed);
+	if (SHM.tls)
+		atomic_fetch_add_explicit(&SHM.tls->lookups, 1, memory_order_relaxed);
 	int64_t now = (int64_t)time(NULL);
-	spin_lock(&g_sids->lock);
+	spin_lock(&SHM.sids->lock);
 	struct tls_sid *set = tls_sid_set(id, (unsigned)idlen);
 	for (int i = 0; i < TLS_SID_WAYS && !len; i++)
 		if (set[i].used && set[i].idlen == idlen && !memcmp(set[i].id, id, (size_t)idlen) && set[i].expires > now)
 			memcpy(buf, set[i].data, set[i].len), len = set[i].len;
-	spin_unlock(&g_sids->lock);
+	spin_unlock(&SHM.sids->lock);
 	const unsigned char *p = buf;
 	SSL_SESSION *s = len ? d2i_SSL_SESSION(NULL, &p, len) : NULL;
 	memset(buf, 0, sizeof buf);
-	if (s && g_tls)
-		atomic_fetch_add_explicit(&g_tls->hits, 1, memory_order_relaxed);
+	if (s && SHM.tls)
+		atomic_fetch_add_explicit(&SHM.tls->hits, 1, memory_order_relaxed);
 	if (s && io && io->srv)
 		io->srv->ticket = 0;
 	return s;
@@ -6888,26 +6962,26 @@ static void tls_sid_remove(SSL_CTX *ctx, SSL_SESSION *sess)
 	LB_UNUSED(ctx);
 	unsigned idlen;
 	const unsigned char *id = SSL_SESSION_get_id(sess, &idlen);
-	if (!g_sids || !idlen || idlen > SSL_MAX_SSL_SESSION_ID_LENGTH)
+	if (!SHM.sids || !idlen || idlen > SSL_MAX_SSL_SESSION_ID_LENGTH)
 		return;
-	spin_lock(&g_sids->lock);
+	spin_lock(&SHM.sids->lock);
 	struct tls_sid *set = tls_sid_set(id, idlen);
 	for (int i = 0; i < TLS_SID_WAYS; i++)
 		if (set[i].idlen == idlen && !memcmp(set[i].id, id, idlen))
 			set[i].used = 0;
-	spin_unlock(&g_sids->lock);
+	spin_unlock(&SHM.sids->lock);
 }
 
 static int tls_cache_create(unsigned entries)
 {
-	if (!(g_tickets = shm_map(sizeof *g_tickets, "TLS ticket keys")))
+	if (!(SHM.tickets = shm_map(sizeof *SHM.tickets, "TLS ticket keys")))
 		return -1;
 	uint32_t sets = (entries + TLS_SID_WAYS - 1) / TLS_SID_WAYS;
-	if (sets && !(g_sids = shm_map(sizeof *g_sids + (size_t)sets * TLS_SID_WAYS * sizeof(struct tls_sid),
+	if (sets && !(SHM.sids = shm_map(sizeof *SHM.sids + (size_t)sets * TLS_SID_WAYS * sizeof(struct tls_sid),
 	                               "TLS session cache")))
 		return -1;
-	if (g_sids)
-		g_sids->sets = sets;
+	if (SHM.sids)
+		SHM.sids->sets = sets;
 	return tls_tickets_rotate();
 }
 
@@ -6919,7 +6993,7 @@ static void tls_tickets_tick(const struct lb_conf *c)
 	static struct file_sig sig;
 	static uint64_t next;
 	uint64_t now = mono_ms();
-	if (!g_tickets || (c == applied && now < next))
+	if (!SHM.tickets || (c == applied && now < next))
 		return;
 	int fresh = c != applied;
 	applied = c, next = now + 1000;
@@ -6943,7 +7017,7 @@ static void tls_tickets_tick(const struct lb_conf *c)
 		return;
 	}
 	memset(&sig, 0, sizeof sig);
-	if (g_tickets->from_file || now - g_tickets->rotated_ms >= c->tls_ticket_rotate)
+	if (SHM.tickets->from_file || now - SHM.tickets->rotated_ms >= c->tls_ticket_rotate)
 		tls_tickets_rotate();
 }
 
@@ -6954,17 +7028,17 @@ static int tls_ticket_cb(SSL *ssl, unsigned char name[16], unsigned char *iv, EV
 	struct tls_io *io = SSL_get_app_data(ssl);
 	struct tls_tkey k;
 	uint32_t i = 0, n;
-	if (!g_tickets)
+	if (!SHM.tickets)
 		return 0;
-	spin_lock(&g_tickets->lock);
-	n = g_tickets->n;
-	for (; !enc && i < n && memcmp(g_tickets->k[i].name, name, 16); i++)
+	spin_lock(&SHM.tickets->lock);
+	n = SHM.tickets->n;
+	for (; !enc && i < n && memcmp(SHM.tickets->k[i].name, name, 16); i++)
 		;
 	if (i < n)
-		k = g_tickets->k[i];
-	spin_unlock(&g_tickets->lock);
-	if (!enc && g_tls)
-		atomic_fetch_add_explicit(&g_tls->lookups, 1, memory_order_relaxed);
+		k = SHM.tickets->k[i];
+	spin_unlock(&SHM.tickets->lock);
+	if (!enc && SHM.tls)
+		atomic_fetch_add_explicit(&SHM.tls->lookups, 1, memory_order_relaxed);
 	if (i >= n)
 		return 0; /* sealing: no key (cannot happen), no ticket; opening: a full handshake */
 	OSSL_PARAM params[] = {
@@ -6984,8 +7058,8 @@ static int tls_ticket_cb(SSL *ssl, unsigned char name[16], unsigned char *iv, EV
 	if (!ok)
 		return -1;
 	if (!enc) {
-		if (g_tls)
-			atomic_fetch_add_explicit(&g_tls->hits, 1, memory_order_relaxed);
+		if (SHM.tls)
+			atomic_fetch_add_explicit(&SHM.tls->hits, 1, memory_order_relaxed);
 		if (io && io->srv)
 			io->srv->ticket = 1;
 	}
@@ -7428,13 +7502,14 @@ static size_t tls_pick_cert(const struct lb_tls *t, const char *sni)
  * or the ticket keys (OpenSSL) every worker of every generation shares. */
 static int tls_shared_create(unsigned entries)
 {
-	if (!(g_tls = shm_map(sizeof *g_tls, "TLS counters")))
+	if (!(SHM.tls = shm_map(sizeof *SHM.tls, "TLS counters")))
 		return -1;
-	g_tls->entries = entries;
+	SHM.tls->entries = entries;
 	return tls_cache_create(entries);
 }
 
 /* ==================================================================== 8. connections
+ * Owns W, the serving worker's state (also sections 9-11's and the worker loop's in 15).
  * Pools of connection structs and buffers (bounded by max_connections), the deadline heap, and
  * the end of a connection (conn_close, conn_abort). One owner per buffer: a client connection owns
  * in/out/qh/rh; backend connections own no buffer. Idle server connections wait in per-server pools
@@ -7555,49 +7630,80 @@ static struct pool_rt *pool_rt(const struct lb_pool *p) { return &g_conf->rt->po
 static struct route_rt *route_rt(const struct lb_route *r) { return &g_conf->rt->route[r - g_conf->routes]; }
 static struct listener_rt *lsn_rt(const struct lb_listener *l) { return &g_conf->rt->lsn[l - g_conf->listeners]; }
 
-static size_t g_bufsize;
+/* ---- struct lb_worker W: the serving worker (gathered by gather_globals.py)
+ * Buffer and connection pools, the deadline heap, listening sockets, accept pacing, stopping, scratch
+ * parse results, the PRNG, throttled log slots, spare descriptors, kept splice pipes, health checks,
+ * the control and signal handlers. Owner: sections 8-11 and the worker's loop in 15; written by the
+ * worker only (setup_runtime sizes it). The master leaves it zero, so a fork inherits nothing to undo.
+ * The fuzzer sets it up once (setup_runtime), resets rng before each input, and checks after each that
+ * the pools are whole and nothing is pending (check_clean).
+ */
+static struct lb_worker {
+	size_t bufsize;
+	char **bufstack;
+	size_t nfree, bufcold;
+	size_t nbufs, maxbufs;
+	size_t bufalloc; /* W.bufsize rounded up to whole pages */
+	struct conn *free_conns, *live, *dead;
+	struct lb_bconn *free_bconns, *dead_bconns;
+	size_t nconns;
+	size_t nbconns; /* open server connections, idle ones included */
+	size_t fd_budget; /* descriptors the event loop takes (setup_runtime) */
+	struct conn *pending;
+	struct conn **heap;
+	size_t nheap;
+	struct lsock *lsocks;
+	size_t nlsocks;
+	int accept_paused;
+	unsigned max_conns; /* max_connections as the descriptor limit allows (lb_conns_for_fds) */
+	uint64_t accept_retry_at; /* paused by a resource error: accept again then (0: not so paused) */
+	uint64_t accept_backoff; /* ms: 100, doubling up to 1000 while the errors go on */
+	size_t accept_conns; /* W.nconns at that pause: one closing frees a descriptor and ends it */
+	int stopping;
+	uint64_t stop_deadline, stop_began;
+	struct lb_req req; /* scratch: parsed head, used before the next parse only */
+	struct lb_resp resp;
+	char *scratch; /* W.bufsize bytes: normalised paths */
+	char *scratch2; /* W.bufsize bytes: redirect targets */
+	uint64_t rng[2];
+	/* Slots with repeats not reported yet: log_throttle_flush reports them once their second is over. */
+	struct lb_throttle *throttled;
+	/* Descriptors held in reserve for server sockets. A client accepted while descriptors run out
+	 * (another worker's files, a limit lowered from outside) would otherwise get a 503 for want of the
+	 * one its server connection needs: socket() failing with EMFILE gives a spare back and tries
+	 * again, and accepting then waits until the reserve is whole (accept_may_resume). */
+	int fd_spare[LB_FD_SPARE];
+	int nspare;
+	struct lb_splice *free_splices;
+	size_t nfree_splices;
+	struct hc *hc;
+	size_t nhc;
+	uint64_t hc_next;
+	struct lb_resp hc_resp;
+	/* checks stopped during an event batch: freed after it, as events of this batch may name them */
+	struct hc *hc_dead;
+	size_t nhc_dead;
+	uint32_t admin_seen;
+	struct evh sigh;
+	struct evh ctlh;
+	uint64_t trim_at;
+} W = {
+	.fd_budget = SIZE_MAX,
+	.hc_next = UINT64_MAX,
+};
+
 /* Free buffers are a stack: the most recently used on top, still in cache and in RAM. Once a
  * second buf_trim gives the pages of all but LB_BUFS_WARM of them back to the kernel, so a
- * burst of busy connections does not leave its buffers resident (those at [0, g_bufcold)). */
+ * burst of busy connections does not leave its buffers resident (those at [0, W.bufcold)). */
 #define LB_BUFS_WARM 64
-static char **g_bufstack;
-static size_t g_nfree, g_bufcold;
-static size_t g_nbufs, g_maxbufs;
-static size_t g_bufalloc;         /* g_bufsize rounded up to whole pages */
-static struct conn *g_free_conns, *g_live, *g_dead;
-static struct lb_bconn *g_free_bconns, *g_dead_bconns;
-static size_t g_nconns;
-static size_t g_nbconns;               /* open server connections, idle ones included */
-static size_t g_fd_budget = SIZE_MAX;  /* descriptors the event loop takes (setup_runtime) */
-static struct conn *g_pending;
-static struct conn **g_heap;
-static size_t g_nheap;
-static struct lsock *g_lsocks;
-static size_t g_nlsocks;
-static int g_accept_paused;
-static unsigned g_max_conns;        /* max_connections as the descriptor limit allows (lb_conns_for_fds) */
-static uint64_t g_accept_retry_at;  /* paused by a resource error: accept again then (0: not so paused) */
-static uint64_t g_accept_backoff;   /* ms: 100, doubling up to 1000 while the errors go on */
-static size_t g_accept_conns;       /* g_nconns at that pause: one closing frees a descriptor and ends it */
-static int g_stopping;
-static uint64_t g_stop_deadline, g_stop_began;
 /* a retiring worker closes a keep-alive connection idle this long (since the retire began):
  * long enough that a client sending its next request is not cut off, short enough that an
  * old generation does not linger for idle_timeout */
 #define LB_RETIRE_IDLE_MS 1000
-static struct lb_req g_req;       /* scratch: parsed head, used before the next parse only */
-static struct lb_resp g_resp;
-static char *g_scratch;           /* g_bufsize bytes: normalised paths */
-static char *g_scratch2;          /* g_bufsize bytes: redirect targets */
-static int g_accfd = -1;
-static uint64_t g_rng[2];
 
 /* errno of a resource this process or host ran out of (descriptors, socket buffers, memory): the
  * fault is lb's, never a server's */
 static int local_resource_error(int e) { return e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM; }
-
-/* Slots with repeats not reported yet: log_throttle_flush reports them once their second is over. */
-static struct lb_throttle *g_throttled;
 
 /* A slot's line: this event with the count of those left out before it, or (`alone`, from
  * log_throttle_flush) the count only, under the last line's text. */
@@ -7621,8 +7727,8 @@ static void log_throttled_at(struct lb_throttle *t, int lv, const char *fmt, ...
 	if (!lb_throttle_pass(t, mono_ms(), 1000, &quiet, &span)) {
 		if (!t->listed) {
 			t->listed = 1;
-			t->next = g_throttled;
-			g_throttled = t;
+			t->next = W.throttled;
+			W.throttled = t;
 		}
 		return;
 	}
@@ -7639,8 +7745,8 @@ static void log_throttled_at(struct lb_throttle *t, int lv, const char *fmt, ...
  * and that no new line of its own reported. */
 static void log_throttle_flush(void)
 {
-	uint64_t now = g_throttled ? mono_ms() : 0;
-	for (struct lb_throttle **pp = &g_throttled; *pp;) {
+	uint64_t now = W.throttled ? mono_ms() : 0;
+	for (struct lb_throttle **pp = &W.throttled; *pp;) {
 		struct lb_throttle *t = *pp;
 		if (t->quiet && now - t->last < 1000) {
 			pp = &t->next;
@@ -7658,23 +7764,23 @@ static void log_throttle_flush(void)
 
 static uint64_t rand64(void)
 {
-	uint64_t s1 = g_rng[0], s0 = g_rng[1], r = s0 + s1;
-	g_rng[0] = s0;
+	uint64_t s1 = W.rng[0], s0 = W.rng[1], r = s0 + s1;
+	W.rng[0] = s0;
 	s1 ^= s1 << 23;
-	g_rng[1] = s1 ^ s0 ^ (s1 >> 18) ^ (s0 >> 5);
+	W.rng[1] = s1 ^ s0 ^ (s1 >> 18) ^ (s0 >> 5);
 	return r;
 }
 
 static void rng_seed(void)
 {
 	int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
-	if (fd < 0 || read(fd, g_rng, sizeof g_rng) != (ssize_t)sizeof g_rng) {
-		g_rng[0] = mix64((uint64_t)time(NULL));
-		g_rng[1] = mix64((uint64_t)getpid() ^ mono_ms());
+	if (fd < 0 || read(fd, W.rng, sizeof W.rng) != (ssize_t)sizeof W.rng) {
+		W.rng[0] = mix64((uint64_t)time(NULL));
+		W.rng[1] = mix64((uint64_t)getpid() ^ mono_ms());
 	}
 	if (fd >= 0)
 		close(fd);
-	g_rng[0] |= 1;
+	W.rng[0] |= 1;
 }
 
 static size_t buf_len(const struct buf *b) { return b->e - b->s; }
@@ -7692,22 +7798,22 @@ static size_t buf_len(const struct buf *b) { return b->e - b->s; }
  * stay). Under AddressSanitizer each is its own heap block, so overruns are still caught. */
 static int buf_grow(void)
 {
-	size_t k = LB_MIN((size_t)64, g_maxbufs - g_nbufs);
+	size_t k = LB_MIN((size_t)64, W.maxbufs - W.nbufs);
 	if (k == 0)
 		return LB_ENOMEM;
 #ifdef LB_BUF_ASAN
 	k = 1;
-	char *slab = malloc(g_bufalloc);
+	char *slab = malloc(W.bufalloc);
 	if (!slab)
 		return LB_ENOMEM;
 #else
-	char *slab = mmap(NULL, k * g_bufalloc, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	char *slab = mmap(NULL, k * W.bufalloc, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (slab == MAP_FAILED)
 		return LB_ENOMEM;
 #endif
 	for (size_t i = 0; i < k; i++)
-		g_bufstack[g_nfree++] = slab + i * g_bufalloc;
-	g_nbufs += k;
+		W.bufstack[W.nfree++] = slab + i * W.bufalloc;
+	W.nbufs += k;
 	return 0;
 }
 
@@ -7715,10 +7821,10 @@ static int buf_get(struct buf *b)
 {
 	if (b->d)
 		return 0;
-	if (!g_nfree && buf_grow() != 0)
+	if (!W.nfree && buf_grow() != 0)
 		return LB_ENOMEM;
-	b->d = g_bufstack[--g_nfree];
-	g_bufcold = LB_MIN(g_bufcold, g_nfree);
+	b->d = W.bufstack[--W.nfree];
+	W.bufcold = LB_MIN(W.bufcold, W.nfree);
 	b->s = b->e = 0;
 	return 0;
 }
@@ -7727,20 +7833,20 @@ static void buf_put(struct buf *b)
 {
 	if (!b->d)
 		return;
-	g_bufstack[g_nfree++] = b->d;
+	W.bufstack[W.nfree++] = b->d;
 	b->d = NULL;
 	b->s = b->e = 0;
 }
 
 static void buf_trim(void)
 {
-	if (g_nfree <= g_bufcold + LB_BUFS_WARM)
+	if (W.nfree <= W.bufcold + LB_BUFS_WARM)
 		return;
 #ifndef LB_BUF_ASAN
-	for (size_t i = g_bufcold; i < g_nfree - LB_BUFS_WARM; i++)
-		madvise(g_bufstack[i], g_bufalloc, MADV_DONTNEED);
+	for (size_t i = W.bufcold; i < W.nfree - LB_BUFS_WARM; i++)
+		madvise(W.bufstack[i], W.bufalloc, MADV_DONTNEED);
 #endif
-	g_bufcold = g_nfree - LB_BUFS_WARM;
+	W.bufcold = W.nfree - LB_BUFS_WARM;
 }
 
 /* free space at the tail, after moving data to the front when that helps */
@@ -7750,17 +7856,17 @@ static size_t buf_room(struct buf *b)
 		return 0;
 	if (b->s == b->e)
 		b->s = b->e = 0;
-	else if (b->s > 0 && g_bufsize - b->e < g_bufsize / 4) {
+	else if (b->s > 0 && W.bufsize - b->e < W.bufsize / 4) {
 		memmove(b->d, b->d + b->s, b->e - b->s);
 		b->e -= b->s;
 		b->s = 0;
 	}
-	return g_bufsize - b->e;
+	return W.bufsize - b->e;
 }
 
 static int buf_put_str(struct buf *b, const char *s, size_t n)
 {
-	if (g_bufsize - b->e < n)
+	if (W.bufsize - b->e < n)
 		return -1;
 	memcpy(b->d + b->e, s, n);
 	b->e += (uint32_t)n;
@@ -7794,9 +7900,9 @@ static int buf_printf(struct buf *b, const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
-	int n = vsnprintf(b->d + b->e, g_bufsize - b->e, fmt, ap);
+	int n = vsnprintf(b->d + b->e, W.bufsize - b->e, fmt, ap);
 	va_end(ap);
-	if (n < 0 || (size_t)n >= g_bufsize - b->e)
+	if (n < 0 || (size_t)n >= W.bufsize - b->e)
 		return -1;
 	b->e += (uint32_t)n;
 	return 0;
@@ -7805,16 +7911,16 @@ static int buf_printf(struct buf *b, const char *fmt, ...)
 /* deadline heap of connections */
 static void heap_swap(size_t a, size_t b)
 {
-	struct conn *t = g_heap[a];
-	g_heap[a] = g_heap[b];
-	g_heap[b] = t;
-	g_heap[a]->hidx = a;
-	g_heap[b]->hidx = b;
+	struct conn *t = W.heap[a];
+	W.heap[a] = W.heap[b];
+	W.heap[b] = t;
+	W.heap[a]->hidx = a;
+	W.heap[b]->hidx = b;
 }
 
 static void heap_up(size_t i)
 {
-	while (i > 0 && g_heap[(i - 1) / 2]->deadline > g_heap[i]->deadline) {
+	while (i > 0 && W.heap[(i - 1) / 2]->deadline > W.heap[i]->deadline) {
 		heap_swap(i, (i - 1) / 2);
 		i = (i - 1) / 2;
 	}
@@ -7824,9 +7930,9 @@ static void heap_down(size_t i)
 {
 	for (;;) {
 		size_t l = 2 * i + 1, r = l + 1, m = i;
-		if (l < g_nheap && g_heap[l]->deadline < g_heap[m]->deadline)
+		if (l < W.nheap && W.heap[l]->deadline < W.heap[m]->deadline)
 			m = l;
-		if (r < g_nheap && g_heap[r]->deadline < g_heap[m]->deadline)
+		if (r < W.nheap && W.heap[r]->deadline < W.heap[m]->deadline)
 			m = r;
 		if (m == i)
 			return;
@@ -7843,9 +7949,9 @@ static void heap_remove(struct conn *c)
 	if (i == NOT_IN_HEAP)
 		return;
 	c->hidx = NOT_IN_HEAP;
-	if (i != --g_nheap) {
-		g_heap[i] = g_heap[g_nheap];
-		g_heap[i]->hidx = i;
+	if (i != --W.nheap) {
+		W.heap[i] = W.heap[W.nheap];
+		W.heap[i]->hidx = i;
 		heap_down(i);
 		heap_up(i);
 	}
@@ -7857,16 +7963,16 @@ static void heap_set(struct conn *c, uint64_t deadline)
 		return;
 	heap_remove(c);
 	c->deadline = deadline;
-	c->hidx = g_nheap;
-	g_heap[g_nheap++] = c;
+	c->hidx = W.nheap;
+	W.heap[W.nheap++] = c;
 	heap_up(c->hidx);
 }
 
 static struct lb_bconn *bconn_alloc(void)
 {
-	struct lb_bconn *b = g_free_bconns;
+	struct lb_bconn *b = W.free_bconns;
 	if (b)
-		g_free_bconns = b->next;
+		W.free_bconns = b->next;
 	else if (!(b = malloc(sizeof *b)))
 		return NULL;
 	memset(b, 0, sizeof *b);
@@ -7883,12 +7989,12 @@ static void bconn_close(struct lb_bconn *b)
 	if (b->h.fd >= 0) {
 		close(b->h.fd);
 		srv_rt(b->srv)->nopen--;
-		g_nbconns--;
+		W.nbconns--;
 	}
 	b->h.fd = -1;
 	b->h.dead = 1;
-	b->next = g_dead_bconns;
-	g_dead_bconns = b;
+	b->next = W.dead_bconns;
+	W.dead_bconns = b;
 }
 
 static void idle_unlink(struct lb_bconn *b)
@@ -7933,7 +8039,7 @@ static void idle_close_oldest(const struct lb_server *s, unsigned n)
  * takes (2 x max_connections + 256, at most RLIMIT_NOFILE). Idle connections then give way. */
 static int fds_short(void)
 {
-	return g_nconns + g_nbconns >= g_fd_budget - g_fd_budget / 4;
+	return W.nconns + W.nbconns >= W.fd_budget - W.fd_budget / 4;
 }
 
 /* May a reusable connection to s go back to the idle pool? Under the pool's cap (keepalive = N;
@@ -8029,14 +8135,14 @@ static void backend_release(struct conn *c, int reuse)
 	if (b) {
 		c->b = NULL;
 		const struct lb_server *s = b->srv;
-		if (reuse && !b->eof && b->connected && b->pool->send_proxy && !g_stopping) {
+		if (reuse && !b->eof && b->connected && b->pool->send_proxy && !W.stopping) {
 			b->c = NULL; /* its PROXY header names this client: only this client may reuse it */
 			b->reused = 1;
 			b->owner = c;
 			c->own_b = b;
 			b->h.want = EV_R;
 			ev_apply(&b->h);
-		} else if (reuse && !b->eof && b->connected && idle_may_keep(s, b->pool) && !g_stopping) {
+		} else if (reuse && !b->eof && b->connected && idle_may_keep(s, b->pool) && !W.stopping) {
 			b->c = NULL;
 			b->reused = 1;
 			b->next = srv_rt(s)->idle;
@@ -8092,7 +8198,7 @@ static void conn_close(struct conn *c)
 	buf_put(&c->rh);
 	c->h.dead = 1;
 	if (c->pending) { /* it must not outlive its struct on the pending list */
-		struct conn **pp = &g_pending;
+		struct conn **pp = &W.pending;
 		while (*pp && *pp != c)
 			pp = &(*pp)->pnext;
 		if (*pp)
@@ -8102,12 +8208,12 @@ static void conn_close(struct conn *c)
 	if (c->prev)
 		c->prev->next = c->next;
 	else
-		g_live = c->next;
+		W.live = c->next;
 	if (c->next)
 		c->next->prev = c->prev;
-	c->next = g_dead;
-	g_dead = c;
-	g_nconns--;
+	c->next = W.dead;
+	W.dead = c;
+	W.nconns--;
 	count_conn_close(c);
 }
 
@@ -8360,7 +8466,7 @@ static void respond_as(struct conn *c, int own, int status, const char *why, con
 		return;
 	}
 	c->rh.s = c->rh.e = 0;
-	c->close_announced = c->close_after || g_stopping;
+	c->close_announced = c->close_after || W.stopping;
 	const char *txt = status_text(status);
 	char dflt[80];
 	if (!body) {
@@ -8567,29 +8673,22 @@ static void proxy_header_for(struct conn *c, struct lb_bconn *b)
 /* 0, or -1 with errno (lb's own failure: out of descriptors or memory; the caller reports it) */
 static void accept_hold(size_t closing); /* section 15 */
 
-/* Descriptors held in reserve for server sockets. A client accepted while descriptors run out
- * (another worker's files, a limit lowered from outside) would otherwise get a 503 for want of the
- * one its server connection needs: socket() failing with EMFILE gives a spare back and tries
- * again, and accepting then waits until the reserve is whole (accept_may_resume). */
-static int g_fd_spare[LB_FD_SPARE];
-static int g_nspare;
-
 static int fd_spares_fill(void)
 {
-	while (g_nspare < LB_FD_SPARE) {
+	while (W.nspare < LB_FD_SPARE) {
 		int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 		if (fd < 0)
 			return 0;
-		g_fd_spare[g_nspare++] = fd;
+		W.fd_spare[W.nspare++] = fd;
 	}
 	return 1;
 }
 
 static int fd_spare_take(void)
 {
-	if (!g_nspare)
+	if (!W.nspare)
 		return 0;
-	close(g_fd_spare[--g_nspare]);
+	close(W.fd_spare[--W.nspare]);
 	return 1;
 }
 
@@ -8616,13 +8715,13 @@ static int backend_connect(struct conn *c, const struct lb_server *s)
 	b->h.fd = server_socket(s->sa.ss_family);
 	if (b->h.fd < 0) {
 		b->h.dead = 1;
-		b->next = g_dead_bconns;
-		g_dead_bconns = b;
+		b->next = W.dead_bconns;
+		W.dead_bconns = b;
 		return -1;
 	}
 	set_nodelay(b->h.fd);
 	srv_rt(s)->nopen++;
-	g_nbconns++;
+	W.nbconns++;
 	c->b = b;
 	c->t_conn = g_now;
 	c->t_up_us = mono_us();
@@ -8659,7 +8758,7 @@ static void backend_local_failed(struct conn *c, const char *what, int e)
 	         c->srv->name, strerror(e));
 	struct lb_str id = req_id(c);
 	log_throttled_at(&log_slot, LB_LV_ERROR, "client %s listener %s: 503 %s: %s (%zu connections open in this worker; "
-	                 "request id %.*s)", ip_text(&c->ip), c->L->name, status_text(503), why, g_nconns, (int)id.n, id.p);
+	                 "request id %.*s)", ip_text(&c->ip), c->L->name, status_text(503), why, W.nconns, (int)id.n, id.p);
 	backend_release(c, 0);
 	c->srv = NULL;
 	c->term[0] = 'R', c->term[1] = 'C'; /* lb's own resources, whether answered or cut */
@@ -8931,8 +9030,8 @@ static int route_policies(struct conn *c, const struct lb_route *rt, const struc
 		return 1;
 	}
 	if (rt->redir_status) {
-		char *loc = g_scratch2;
-		if (expand_redirect(loc + 10, g_bufsize - 12, rt->redir_url, host, path, pn, rq) != 0) {
+		char *loc = W.scratch2;
+		if (expand_redirect(loc + 10, W.bufsize - 12, rt->redir_url, host, path, pn, rq) != 0) {
 			respond_own(c, 500, "redirect target too long");
 			return 1;
 		}
@@ -8996,14 +9095,14 @@ static int listener_answers(struct conn *c, const struct lb_req *rq, const char 
 		respond(c, 400, "redirect_https: the request names no host", NULL, NULL, 0);
 		return 1;
 	}
-	char *loc = g_scratch2, port[8] = "";
+	char *loc = W.scratch2, port[8] = "";
 	int v6 = strchr(host, ':') != NULL;
 	if (L->https_port != 443)
 		snprintf(port, sizeof port, ":%u", L->https_port);
-	int w = snprintf(loc, g_bufsize, "Location: https://%s%s%s%s%.*s%s%.*s\r\n", v6 ? "[" : "", host, v6 ? "]" : "",
+	int w = snprintf(loc, W.bufsize, "Location: https://%s%s%s%s%.*s%s%.*s\r\n", v6 ? "[" : "", host, v6 ? "]" : "",
 	                 port, (int)rq->path.n, rq->path.p, rq->query.p ? "?" : "", (int)rq->query.n,
 	                 rq->query.p ? rq->query.p : "");
-	if (w < 0 || (size_t)w >= g_bufsize / 2) {
+	if (w < 0 || (size_t)w >= W.bufsize / 2) {
 		respond(c, 414, "redirect_https: the target is too long", NULL, NULL, 0);
 		return 1;
 	}
@@ -9128,7 +9227,7 @@ static void handle_request(struct conn *c, const struct lb_req *rq, size_t n)
 {
 	const struct lb_conf *conf = g_conf;
 	char host[LB_HOST_MAX];
-	const char *path = g_scratch;
+	const char *path = W.scratch;
 	long pn;
 	lower_copy(host, rq->host.p ? rq->host.p : "", rq->host.n);
 	if (rq->path.n == 0)
@@ -9136,13 +9235,13 @@ static void handle_request(struct conn *c, const struct lb_req *rq, size_t n)
 	else if (rq->path.n == 1 && rq->path.p[0] == '*')
 		path = "*", pn = 1;
 	else
-		pn = lb_normalize_path(rq->path.p, rq->path.n, g_scratch);
+		pn = lb_normalize_path(rq->path.p, rq->path.n, W.scratch);
 	c->req_method = rq->method_id;
 	c->req_minor = rq->minor;
 	c->lg_parsed = 1;
 	c->req_idem = is_idempotent(rq->method_id);
 	c->upgrade = (rq->flags & LB_HF_UPGRADE) != 0;
-	c->close_after = (rq->flags & LB_HF_CLOSE) || g_stopping;
+	c->close_after = (rq->flags & LB_HF_CLOSE) || W.stopping;
 	if (rq->flags & LB_HF_CHUNKED) {
 		c->q = Q_BODY;
 		c->req_left = LEFT_CHUNKED;
@@ -9244,7 +9343,7 @@ static int request_head_step(struct conn *c)
 	int rc = LB_EAGAIN;
 	if (line_end) {
 		request_begin(c);
-		rc = lb_parse_request(p, len, &g_req);
+		rc = lb_parse_request(p, len, &W.req);
 	}
 	if (rc == LB_EAGAIN) {
 		if (len >= c->L->max_header_size) {
@@ -9264,7 +9363,7 @@ static int request_head_step(struct conn *c)
 	c->us_head = mono_us();
 	if (rc < 0) {
 		log_keep_request_line(c, p, len);
-		respond_own(c, g_req.status ? g_req.status : 400, g_req.error ? g_req.error : "invalid request");
+		respond_own(c, W.req.status ? W.req.status : 400, W.req.error ? W.req.error : "invalid request");
 		return 1;
 	}
 	if ((uint64_t)rc > c->L->max_header_size) {
@@ -9273,7 +9372,7 @@ static int request_head_step(struct conn *c)
 		return 1;
 	}
 	c->req_bytes = (uint64_t)rc;
-	handle_request(c, &g_req, (size_t)rc);
+	handle_request(c, &W.req, (size_t)rc);
 	return 1;
 }
 
@@ -9374,7 +9473,7 @@ static int build_response_head(struct conn *c, const struct lb_resp *rs)
 		    (u && put_header(b, (struct lb_str){ "Upgrade", 7 }, u->value)))
 			return -1;
 	} else if (rs->status >= 200) {
-		c->close_announced = c->close_after || g_stopping;
+		c->close_announced = c->close_after || W.stopping;
 		if (c->close_announced && buf_put_lit(b, "Connection: close\r\n"))
 			return -1;
 		if (!c->close_announced && c->req_minor == 0 && buf_put_lit(b, "Connection: keep-alive\r\n"))
@@ -9444,9 +9543,9 @@ static int response_wait_step(struct conn *c)
 		return 0;
 	}
 	count_first_byte(c);
-	int rc = lb_parse_response(c->out.d + c->out.s, len, &g_resp);
+	int rc = lb_parse_response(c->out.d + c->out.s, len, &W.resp);
 	if (rc == LB_EAGAIN) {
-		if (len >= g_bufsize - 1)
+		if (len >= W.bufsize - 1)
 			backend_failed(c, 502, "response head too large", 0);
 		else if (c->b && (c->b->eof || c->b->reset))
 			backend_failed(c, 502, "server closed mid response head", 0);
@@ -9455,12 +9554,12 @@ static int response_wait_step(struct conn *c)
 	if (rc < 0) {
 		char why[160];
 		snprintf(why, sizeof why, "invalid response from %s: %s", c->srv ? c->srv->name : "?",
-		         g_resp.error ? g_resp.error : "?");
+		         W.resp.error ? W.resp.error : "?");
 		c->backend_reuse = 0;
 		backend_failed(c, 502, why, 0);
 		return 1;
 	}
-	handle_response(c, &g_resp, (size_t)rc);
+	handle_response(c, &W.resp, (size_t)rc);
 	if (!c->h.dead && c->r == R_BODY)
 		response_body_step(c); /* frame the body bytes that came with the head: one send for both */
 	return 1;
@@ -9559,8 +9658,6 @@ struct lb_splice {
 	bool cb_full, bc_full;
 	struct lb_splice *next;
 };
-static struct lb_splice *g_free_splices;
-static size_t g_nfree_splices;
 
 static size_t tun_in(const struct conn *c) { return buf_len(&c->in) + (c->sp ? c->sp->ncb : 0); }
 static size_t tun_out(const struct conn *c) { return buf_len(&c->out) + (c->sp ? c->sp->nbc : 0); }
@@ -9584,10 +9681,10 @@ static void splice_begin(struct conn *c)
 	for (size_t i = 0; i < c->pool->nservers; i++)
 		if (c->pool->servers[i].tls)
 			return;
-	struct lb_splice *sp = g_free_splices;
+	struct lb_splice *sp = W.free_splices;
 	if (sp) {
-		g_free_splices = sp->next;
-		g_nfree_splices--;
+		W.free_splices = sp->next;
+		W.nfree_splices--;
 	} else {
 		if (!(sp = malloc(sizeof *sp)))
 			return;
@@ -9616,24 +9713,24 @@ static void splice_end(struct conn *c)
 	if (!sp)
 		return;
 	c->sp = NULL;
-	if (sp->ncb || sp->nbc || g_nfree_splices >= LB_PIPES_KEPT) { /* bytes left behind: never reused */
+	if (sp->ncb || sp->nbc || W.nfree_splices >= LB_PIPES_KEPT) { /* bytes left behind: never reused */
 		splice_close(sp);
 		return;
 	}
-	sp->next = g_free_splices;
-	g_free_splices = sp;
-	g_nfree_splices++;
+	sp->next = W.free_splices;
+	W.free_splices = sp;
+	W.nfree_splices++;
 }
 
 /* out of descriptors: the kept pipes hold 4 each for nothing */
 static void splice_pool_drain(void)
 {
-	while (g_free_splices) {
-		struct lb_splice *sp = g_free_splices;
-		g_free_splices = sp->next;
+	while (W.free_splices) {
+		struct lb_splice *sp = W.free_splices;
+		W.free_splices = sp->next;
 		splice_close(sp);
 	}
-	g_nfree_splices = 0;
+	W.nfree_splices = 0;
 }
 
 #ifdef __linux__
@@ -10153,7 +10250,7 @@ static void conn_interest(struct conn *c)
 	            (client_wants_write(c) ? EV_W : 0);
 	if (c->q == Q_BODY || c->q == Q_TUNNEL) {
 		/* backpressure: stop reading the client while the server side holds a full buffer */
-		if (c->in.d && buf_len(&c->in) >= g_bufsize)
+		if (c->in.d && buf_len(&c->in) >= W.bufsize)
 			c->h.want &= ~(unsigned)EV_R;
 		if (c->sp && (c->sp->cb_full || c->sp->ncb >= LB_PIPE_CAP))
 			c->h.want &= ~(unsigned)EV_R;
@@ -10166,7 +10263,7 @@ backend:;
 		if (!b->connected)
 			b->h.want = EV_W;
 		else if (!b->reset) {
-			if (want_backend_read(c) && (!c->out.d || buf_len(&c->out) < g_bufsize) &&
+			if (want_backend_read(c) && (!c->out.d || buf_len(&c->out) < W.bufsize) &&
 			    !(c->sp && (c->sp->bc_full || c->sp->nbc >= LB_PIPE_CAP)))
 				b->h.want |= EV_R;
 			if (backend_wants_write(c))
@@ -10198,8 +10295,8 @@ static uint64_t conn_deadline(const struct conn *c, int *kind)
 		int head = buf_len(&c->in) > 0 || c->nreq == 0;
 		uint64_t d = head ? c->t_head + L->header_timeout : c->t_active + L->idle_timeout;
 		*kind = head ? T_HEAD : T_IDLE;
-		if (g_stopping && buf_len(&c->in) == 0)
-			d = LB_MIN(d, LB_MAX(c->t_active, g_stop_began) + LB_RETIRE_IDLE_MS);
+		if (W.stopping && buf_len(&c->in) == 0)
+			d = LB_MIN(d, LB_MAX(c->t_active, W.stop_began) + LB_RETIRE_IDLE_MS);
 		return d;
 	}
 	if (c->r == R_WAIT && c->q == Q_DONE && c->b && buf_len(&c->qh) == 0) {
@@ -10209,8 +10306,8 @@ static uint64_t conn_deadline(const struct conn *c, int *kind)
 	}
 	*kind = T_IDLE;
 	uint64_t d = c->t_active + L->idle_timeout;
-	if (g_stopping && c->q == Q_TUNNEL && (c->shut_c || c->shut_b)) /* one side is done */
-		d = LB_MIN(d, LB_MAX(c->t_active, g_stop_began) + LB_RETIRE_IDLE_MS);
+	if (W.stopping && c->q == Q_TUNNEL && (c->shut_c || c->shut_b)) /* one side is done */
+		d = LB_MIN(d, LB_MAX(c->t_active, W.stop_began) + LB_RETIRE_IDLE_MS);
 	return d;
 }
 
@@ -10258,8 +10355,8 @@ static void conn_progress(struct conn *c)
 			break;
 		if (++turns >= 32 && !c->pending) { /* let others run; go on at the next loop turn */
 			c->pending = 1;
-			c->pnext = g_pending;
-			g_pending = c;
+			c->pnext = W.pending;
+			W.pending = c;
 			break;
 		}
 	}
@@ -10271,8 +10368,8 @@ static void conn_progress(struct conn *c)
 
 static void run_pending(void)
 {
-	struct conn *list = g_pending;
-	g_pending = NULL;
+	struct conn *list = W.pending;
+	W.pending = NULL;
 	while (list) {
 		struct conn *c = list;
 		list = c->pnext;
@@ -10418,8 +10515,8 @@ static void conn_defer(struct conn *c)
 	if (c->pending || c->h.dead)
 		return;
 	c->pending = 1;
-	c->pnext = g_pending;
-	g_pending = c;
+	c->pnext = W.pending;
+	W.pending = c;
 }
 
 /* a stream's window back as its bytes leave `in` for the server (the head and framing count as
@@ -10454,7 +10551,7 @@ static void h2_refuse(struct conn *c, uint32_t code, const char *why)
 static struct conn *h2_stream_new(struct conn *p, int32_t sid)
 {
 	struct h2c *h = p->h2;
-	if (g_nconns >= g_max_conns)
+	if (W.nconns >= W.max_conns)
 		return NULL;
 	struct h2s *s = g_free_h2s;
 	if (s)
@@ -10480,11 +10577,11 @@ static struct conn *h2_stream_new(struct conn *p, int32_t sid)
 	c->px = p->px;
 	c->px_dst_ok = 1;
 	c->q = Q_HEAD;
-	c->next = g_live;
-	if (g_live)
-		g_live->prev = c;
-	g_live = c;
-	g_nconns++;
+	c->next = W.live;
+	if (W.live)
+		W.live->prev = c;
+	W.live = c;
+	W.nconns++;
 	s->c = c;
 	s->p = p;
 	s->sid = sid;
@@ -10633,7 +10730,7 @@ static int h2_on_begin_headers(nghttp2_session *ss, const nghttp2_frame *f, void
 	if (!c) {
 		static struct lb_throttle log_slot;
 		log_throttled(&log_slot, "client %s listener %s: HTTP/2 stream refused: no connection or buffer left "
-		              "(max_connections = %u)", ip_text(&p->ip), p->L->name, g_max_conns);
+		              "(max_connections = %u)", ip_text(&p->ip), p->L->name, W.max_conns);
 		nghttp2_submit_rst_stream(ss, NGHTTP2_FLAG_NONE, f->hd.stream_id, NGHTTP2_REFUSED_STREAM);
 		return 0;
 	}
@@ -10984,14 +11081,14 @@ static size_t h2_trailers(struct conn *c, const char *p, size_t n)
 		const char *nl = memchr(p + i, '\n', n - i);
 		size_t e = nl ? (size_t)(nl - p) : n, le = e > i && p[e - 1] == '\r' ? e - 1 : e;
 		const char *colon = memchr(p + i, ':', le - i);
-		if (colon && k < 64 && off + (size_t)(colon - (p + i)) < g_bufsize) {
+		if (colon && k < 64 && off + (size_t)(colon - (p + i)) < W.bufsize) {
 			struct lb_str name = { p + i, (size_t)(colon - (p + i)) }, v = { colon + 1, (size_t)(p + le - colon - 1) };
 			while (v.n && (v.p[0] == ' ' || v.p[0] == '\t'))
 				v.p++, v.n--;
 			while (v.n && (v.p[v.n - 1] == ' ' || v.p[v.n - 1] == '\t'))
 				v.n--;
-			lower_copy(g_scratch + off, name.p, name.n);
-			struct lb_str lname = { g_scratch + off, name.n };
+			lower_copy(W.scratch + off, name.p, name.n);
+			struct lb_str lname = { W.scratch + off, name.n };
 			if (!h2_field_bad(lname, v) && !str_ieq(lname.p, lname.n, "content-length") &&
 			    !str_ieq(lname.p, lname.n, "host") && !str_ieq(lname.p, lname.n, "trailer") &&
 			    !str_ieq(lname.p, lname.n, "te")) {
@@ -11072,37 +11169,37 @@ static int h2_stream_write(struct conn *c)
 	if (h->spilled && h->spill_sid == s->sid)
 		conn_defer(s->p);
 	while (!s->head_sent && buf_len(&c->rh) > 0) {
-		int rc = lb_parse_response(c->rh.d + c->rh.s, buf_len(&c->rh), &g_resp);
+		int rc = lb_parse_response(c->rh.d + c->rh.s, buf_len(&c->rh), &W.resp);
 		if (rc <= 0) {
 			conn_abort(c, "HTTP/2: the response head could not be read back");
 			return 0;
 		}
 		static nghttp2_nv nva[LB_MAX_HEADERS + 1];
 		char st[8];
-		snprintf(st, sizeof st, "%d", g_resp.status);
+		snprintf(st, sizeof st, "%d", W.resp.status);
 		size_t k = 0, off = 0;
 		nva[k++] = (nghttp2_nv){ (uint8_t *)":status", (uint8_t *)st, 7, strlen(st), NGHTTP2_NV_FLAG_NONE };
-		for (size_t i = 0; i < g_resp.nheaders; i++) {
-			const struct lb_header *hd = &g_resp.headers[i];
+		for (size_t i = 0; i < W.resp.nheaders; i++) {
+			const struct lb_header *hd = &W.resp.headers[i];
 			if ((hop_by_hop(hd->id) && hd->id != LB_H_TRAILER) || hd->id == LB_H_TRANSFER_ENCODING ||
-			    off + hd->name.n > g_bufsize)
+			    off + hd->name.n > W.bufsize)
 				continue;
-			lower_copy(g_scratch + off, hd->name.p, hd->name.n); /* h2 field names are lowercase */
-			nva[k++] = (nghttp2_nv){ (uint8_t *)g_scratch + off, (uint8_t *)hd->value.p, hd->name.n, hd->value.n,
+			lower_copy(W.scratch + off, hd->name.p, hd->name.n); /* h2 field names are lowercase */
+			nva[k++] = (nghttp2_nv){ (uint8_t *)W.scratch + off, (uint8_t *)hd->value.p, hd->name.n, hd->value.n,
 			                         NGHTTP2_NV_FLAG_NONE };
 			off += hd->name.n + 1;
 		}
 		c->rh.s += (uint32_t)rc;
 		moved = 1;
-		if (g_resp.status < 200) { /* interim (100 Continue, 103 Early Hints) */
+		if (W.resp.status < 200) { /* interim (100 Continue, 103 Early Hints) */
 			nghttp2_submit_headers(h->ss, NGHTTP2_FLAG_NONE, s->sid, NULL, nva, k, NULL);
 			continue;
 		}
 		s->head_sent = 1;
 		c->sent_any = 1;
-		s->resp_chunked = (g_resp.flags & LB_HF_CHUNKED) != 0;
-		int body = lb_resp_has_body(c->req_method, g_resp.status) &&
-		           !((g_resp.flags & LB_HF_HAS_CL) && g_resp.content_length == 0);
+		s->resp_chunked = (W.resp.flags & LB_HF_CHUNKED) != 0;
+		int body = lb_resp_has_body(c->req_method, W.resp.status) &&
+		           !((W.resp.flags & LB_HF_HAS_CL) && W.resp.content_length == 0);
 		nghttp2_data_provider dp = { .read_callback = h2_read_body };
 		int rv = nghttp2_submit_response(h->ss, s->sid, nva, k, body ? &dp : NULL);
 		if (rv != 0) {
@@ -11160,8 +11257,8 @@ static int h2_start(struct conn *c)
 	c->h2 = h;
 	count_h2_conn();
 	/* a stream's window fits its buffer (a frame of the largest size at least, as RFC 9113 4.2
-	 * wants: g_bufsize is over 16 KB + 4 KB); what does not fit yet waits (h2_on_data) */
-	uint32_t win = (uint32_t)LB_MAX((size_t)16384, LB_MIN(g_bufsize / 2, (size_t)65535));
+	 * wants: W.bufsize is over 16 KB + 4 KB); what does not fit yet waits (h2_on_data) */
+	uint32_t win = (uint32_t)LB_MAX((size_t)16384, LB_MIN(W.bufsize / 2, (size_t)65535));
 	nghttp2_settings_entry iv[] = {
 		{ NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, c->L->http2_max_streams },
 		{ NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, win },
@@ -11292,8 +11389,8 @@ static uint64_t h2_deadline(const struct conn *c, int *kind)
 		return UINT64_MAX;
 	/* a connection that never opened a stream has header_timeout for its first, as HTTP/1.1's first request */
 	uint64_t d = c->h2->max_sid ? c->t_active + c->L->idle_timeout : c->t_head + c->L->header_timeout;
-	if (g_stopping)
-		d = LB_MIN(d, LB_MAX(c->t_active, g_stop_began) + LB_RETIRE_IDLE_MS);
+	if (W.stopping)
+		d = LB_MIN(d, LB_MAX(c->t_active, W.stop_began) + LB_RETIRE_IDLE_MS);
 	return d;
 }
 
@@ -11362,20 +11459,19 @@ struct lb_events {
 	_Atomic uint64_t head;
 	struct lb_event e[LB_EVENTS];
 };
-static struct lb_events *g_events;
 
 static int events_create(void)
 {
-	g_events = shm_map(sizeof *g_events, "event ring");
-	return g_events ? 0 : -1;
+	SHM.events = shm_map(sizeof *SHM.events, "event ring");
+	return SHM.events ? 0 : -1;
 }
 
 static void event_emit(const char *kind, const struct lb_pool *p, const struct lb_server *s, const char *reason)
 {
-	if (!g_events)
+	if (!SHM.events)
 		return;
-	uint64_t n = atomic_fetch_add(&g_events->head, 1);
-	struct lb_event *e = &g_events->e[n % LB_EVENTS];
+	uint64_t n = atomic_fetch_add(&SHM.events->head, 1);
+	struct lb_event *e = &SHM.events->e[n % LB_EVENTS];
 	atomic_store_explicit(&e->seq, 0, memory_order_release);
 	e->wall_ms = wall_ms();
 	snprintf(e->kind, sizeof e->kind, "%s", kind);
@@ -11611,10 +11707,6 @@ struct hc {
 	struct tls_up *tls;           /* the check of a server marked tls speaks TLS */
 	uint64_t t0_us;               /* when the running check began (its latency for the dashboard) */
 };
-static struct hc *g_hc;
-static size_t g_nhc;
-static uint64_t g_hc_next = UINT64_MAX;
-static struct lb_resp g_hc_resp;
 
 static int hc_expected(const struct lb_pool *p, int status)
 {
@@ -11702,7 +11794,7 @@ static void hc_end(struct hc *k)
 	k->tls = NULL;
 	k->busy = 0;
 	k->due = g_now + k->p->hc_interval;
-	g_hc_next = LB_MIN(g_hc_next, k->due);
+	W.hc_next = LB_MIN(W.hc_next, k->due);
 }
 
 static void hc_done(struct hc *k, int ok, const char *why)
@@ -11757,19 +11849,19 @@ static void hc_start(struct hc *k)
 static int hc_judge(struct hc *k, int eof)
 {
 	char why[160];
-	int rc = lb_parse_response(k->buf, k->n, &g_hc_resp);
+	int rc = lb_parse_response(k->buf, k->n, &W.hc_resp);
 	if (rc == LB_EAGAIN && !eof && k->n < sizeof k->buf)
 		return 0;
-	if (rc > 0 && hc_expected(k->p, g_hc_resp.status)) {
+	if (rc > 0 && hc_expected(k->p, W.hc_resp.status)) {
 		hc_done(k, 1, "");
 		return 1;
 	}
 	if (rc > 0)
-		snprintf(why, sizeof why, "expected %s, got %d", hc_expect_text(k->p), g_hc_resp.status);
+		snprintf(why, sizeof why, "expected %s, got %d", hc_expect_text(k->p), W.hc_resp.status);
 	else if (rc == LB_EAGAIN)
 		snprintf(why, sizeof why, eof ? "closed before a complete response head" : "response head over 4 KB");
 	else
-		snprintf(why, sizeof why, "invalid response: %s", g_hc_resp.error ? g_hc_resp.error : "?");
+		snprintf(why, sizeof why, "invalid response: %s", W.hc_resp.error ? W.hc_resp.error : "?");
 	hc_done(k, 0, why);
 	return 1;
 }
@@ -11879,7 +11971,7 @@ static void hc_setup(void)
 	for (size_t i = 0; i < g_conf->npools; i++)
 		for (size_t j = 0; j < g_conf->pools[i].nservers; j++)
 			n += (size_t)hc_wanted(&g_conf->pools[i], &g_conf->pools[i].servers[j]);
-	if (!n || !(g_hc = calloc(n, sizeof *g_hc)))
+	if (!n || !(W.hc = calloc(n, sizeof *W.hc)))
 		return;
 	for (size_t i = 0; i < g_conf->npools; i++) {
 		const struct lb_pool *p = &g_conf->pools[i];
@@ -11887,30 +11979,30 @@ static void hc_setup(void)
 			const struct lb_server *s = &p->servers[j];
 			if (!hc_wanted(p, s))
 				continue;
-			struct hc *k = &g_hc[g_nhc];
+			struct hc *k = &W.hc[W.nhc];
 			k->p = p;
 			k->s = s;
 			k->h.fd = -1;
-			k->due = g_now + g_nhc * 100 / n;
+			k->due = g_now + W.nhc * 100 / n;
 			int rn = snprintf(k->req, sizeof k->req,
 			                  "%s %s HTTP/1.1\r\nHost: %s%s%s:%u\r\nUser-Agent: lb-health-check/" LB_VERSION
 			                  "\r\nConnection: close\r\n\r\n",
 			                  p->hc_method, p->hc_path, strchr(s->host, ':') ? "[" : "", s->host,
 			                  strchr(s->host, ':') ? "]" : "", (unsigned)s->port);
 			k->reqlen = rn > 0 ? LB_MIN((size_t)rn, sizeof k->req - 1) : 0;
-			g_nhc++;
+			W.nhc++;
 		}
 	}
-	g_hc_next = g_now;
+	W.hc_next = g_now;
 }
 
 static void hc_tick(void)
 {
-	if (g_now < g_hc_next)
+	if (g_now < W.hc_next)
 		return;
 	uint64_t next = UINT64_MAX;
-	for (size_t i = 0; i < g_nhc; i++) {
-		struct hc *k = &g_hc[i];
+	for (size_t i = 0; i < W.nhc; i++) {
+		struct hc *k = &W.hc[i];
 		if (k->due <= g_now) {
 			if (k->busy) {
 				char why[64];
@@ -11922,39 +12014,36 @@ static void hc_tick(void)
 		}
 		next = LB_MIN(next, k->due);
 	}
-	g_hc_next = next;
+	W.hc_next = next;
 }
 
 /* a retiring worker 1 leaves the checks to its successor */
-/* checks stopped during an event batch: freed after it, as events of this batch may name them */
-static struct hc *g_hc_dead;
-static size_t g_nhc_dead;
 
 static void hc_reap(void)
 {
-	for (size_t i = 0; i < g_nhc_dead; i++)
-		tls_up_free(g_hc_dead[i].tls);
-	free(g_hc_dead);
-	g_hc_dead = NULL;
-	g_nhc_dead = 0;
+	for (size_t i = 0; i < W.nhc_dead; i++)
+		tls_up_free(W.hc_dead[i].tls);
+	free(W.hc_dead);
+	W.hc_dead = NULL;
+	W.nhc_dead = 0;
 }
 
 static void hc_stop(void)
 {
-	for (size_t i = 0; i < g_nhc; i++) {
-		if (g_hc[i].h.fd >= 0) {
-			ev_forget(&g_hc[i].h);
-			close(g_hc[i].h.fd);
-			g_hc[i].h.fd = -1;
+	for (size_t i = 0; i < W.nhc; i++) {
+		if (W.hc[i].h.fd >= 0) {
+			ev_forget(&W.hc[i].h);
+			close(W.hc[i].h.fd);
+			W.hc[i].h.fd = -1;
 		}
-		g_hc[i].h.dead = 1;
+		W.hc[i].h.dead = 1;
 	}
 	hc_reap();
-	g_hc_dead = g_hc;
-	g_nhc_dead = g_nhc;
-	g_hc = NULL;
-	g_nhc = 0;
-	g_hc_next = UINT64_MAX;
+	W.hc_dead = W.hc;
+	W.nhc_dead = W.nhc;
+	W.hc = NULL;
+	W.nhc = 0;
+	W.hc_next = UINT64_MAX;
 }
 
 /* every worker, once a second: idle connections to a server marked down are closed; the other
@@ -11986,7 +12075,8 @@ static void idle_sweep(void)
  * count_exchange, the request table (count_answer: every answer by listener, route and reason),
  * the histograms (hist_note), the upstream timings and the connection counters (count_*).
  * shm_map_conf points a config's runtime state (its struct lb_rt, section 4) at its slots.
- * Calls sections 2, 4 (conf_validate parses a candidate file), 6 and 8. */
+ * The mappings' pointers are SHM's (defined in section 7). Calls sections 2, 4 (conf_validate parses a
+ * candidate file), 6 and 8. */
 
 #define LB_SHM_SERVERS_MIN 1024 /* server slots made at start: twice the file's servers, at least this */
 #define LB_SHM_ROUTES_MIN 256   /* route slots: the same rule */
@@ -12013,12 +12103,7 @@ struct lb_shm {
 	struct lb_shm_route *r;         /* cap_routes slots after those */
 	struct lb_shm_worker w[LB_MAX_WORKERS];
 };
-static struct lb_shm *g_shm;
-static struct name_index g_shm_snames, g_shm_rnames, g_shm_lnames; /* the master's: slot by name */
 static int history_create(void);
-static int g_slot = -1;  /* this worker's column; -1 in the master */
-static pid_t g_pid;
-static int g_worker_id;  /* 1..workers within its generation */
 
 static size_t conf_nservers(const struct lb_conf *c)
 {
@@ -12045,34 +12130,33 @@ struct req_set {
 	_Atomic uint32_t lock;         /* taken only to claim a free cell */
 	struct req_cell e[LB_REQ_WAYS];
 };
-static struct req_set *g_reqs;
 
 static int shm_create(const struct lb_conf *c)
 {
 	size_t ns = LB_MAX(2 * conf_nservers(c), (size_t)LB_SHM_SERVERS_MIN);
 	size_t nr = LB_MAX(2 * c->nroutes, (size_t)LB_SHM_ROUTES_MIN);
 	size_t nl = LB_MAX(2 * c->nlisteners, (size_t)LB_SHM_LISTENERS_MIN);
-	size_t at_s = align64(sizeof *g_shm), at_r = at_s + align64(ns * sizeof *g_shm->s);
-	size_t at_l = at_r + align64(nr * sizeof *g_shm->r);
-	char *m = shm_map(at_l + nl * sizeof *g_shm->l, "server state and counters");
-	g_reqs = shm_map(LB_REQ_SETS * sizeof *g_reqs, "request counters");
-	if (!m || !g_reqs || name_index_init(&g_shm_snames, ns) != 0 || name_index_init(&g_shm_rnames, nr) != 0 ||
-	    name_index_init(&g_shm_lnames, nl) != 0)
+	size_t at_s = align64(sizeof *SHM.seg), at_r = at_s + align64(ns * sizeof *SHM.seg->s);
+	size_t at_l = at_r + align64(nr * sizeof *SHM.seg->r);
+	char *m = shm_map(at_l + nl * sizeof *SHM.seg->l, "server state and counters");
+	SHM.reqs = shm_map(LB_REQ_SETS * sizeof *SHM.reqs, "request counters");
+	if (!m || !SHM.reqs || name_index_init(&SHM.snames, ns) != 0 || name_index_init(&SHM.rnames, nr) != 0 ||
+	    name_index_init(&SHM.lnames, nl) != 0)
 		return -1;
-	g_shm = (struct lb_shm *)m;
-	g_shm->s = (struct lb_shm_server *)(m + at_s); /* the same address in every process: forks share it */
-	g_shm->r = (struct lb_shm_route *)(m + at_r);
-	g_shm->l = (struct lb_shm_listener *)(m + at_l);
-	g_shm->cap_servers = (uint32_t)ns;
-	g_shm->cap_routes = (uint32_t)nr;
-	g_shm->cap_listeners = (uint32_t)nl;
-	g_shm->started_wall_ms = wall_ms();
+	SHM.seg = (struct lb_shm *)m;
+	SHM.seg->s = (struct lb_shm_server *)(m + at_s); /* the same address in every process: forks share it */
+	SHM.seg->r = (struct lb_shm_route *)(m + at_r);
+	SHM.seg->l = (struct lb_shm_listener *)(m + at_l);
+	SHM.seg->cap_servers = (uint32_t)ns;
+	SHM.seg->cap_routes = (uint32_t)nr;
+	SHM.seg->cap_listeners = (uint32_t)nl;
+	SHM.seg->started_wall_ms = wall_ms();
 	return history_create();
 }
 
-static const char *shm_skey_at(const void *ctx, uint32_t i) { LB_UNUSED(ctx); return g_shm->s[i].key; }
-static const char *shm_rkey_at(const void *ctx, uint32_t i) { LB_UNUSED(ctx); return g_shm->r[i].key; }
-static const char *shm_lkey_at(const void *ctx, uint32_t i) { LB_UNUSED(ctx); return g_shm->l[i].key; }
+static const char *shm_skey_at(const void *ctx, uint32_t i) { LB_UNUSED(ctx); return SHM.seg->s[i].key; }
+static const char *shm_rkey_at(const void *ctx, uint32_t i) { LB_UNUSED(ctx); return SHM.seg->r[i].key; }
+static const char *shm_lkey_at(const void *ctx, uint32_t i) { LB_UNUSED(ctx); return SHM.seg->l[i].key; }
 
 static void shm_server_key(const struct lb_pool *p, const struct lb_server *s, char *key, size_t n)
 {
@@ -12084,42 +12168,42 @@ static void shm_server_key(const struct lb_pool *p, const struct lb_server *s, c
  * a message in msg. Nothing changes: a refused file leaves the segment as it was. */
 static int shm_room(const struct lb_conf *c, int *line, const char **key, char *msg, size_t msglen)
 {
-	uint32_t taken = g_shm->nservers;
+	uint32_t taken = SHM.seg->nservers;
 	char k[2 * LB_NAME_MAX];
 	for (size_t p = 0; p < c->npools; p++)
 		for (size_t j = 0; j < c->pools[p].nservers; j++) {
 			const struct lb_server *s = &c->pools[p].servers[j];
 			shm_server_key(&c->pools[p], s, k, sizeof k);
-			if (*name_index_cell(&g_shm_snames, k, shm_skey_at, NULL))
+			if (*name_index_cell(&SHM.snames, k, shm_skey_at, NULL))
 				continue;
-			if (taken++ < g_shm->cap_servers)
+			if (taken++ < SHM.seg->cap_servers)
 				continue;
 			*line = s->line, *key = "server";
 			snprintf(msg, msglen, "shared memory: no slot for server %s of [pool %s]: the %u server slots made "
 			         "at start (twice the servers of the file lb started with, at least %d) are taken by the "
 			         "servers seen since start; restart lb to run this file", s->name, c->pools[p].name,
-			         g_shm->cap_servers, LB_SHM_SERVERS_MIN);
+			         SHM.seg->cap_servers, LB_SHM_SERVERS_MIN);
 			return -1;
 		}
-	taken = g_shm->nroutes;
+	taken = SHM.seg->nroutes;
 	for (size_t i = 0; i < c->nroutes; i++) {
-		if (*name_index_cell(&g_shm_rnames, c->routes[i].name, shm_rkey_at, NULL) || taken++ < g_shm->cap_routes)
+		if (*name_index_cell(&SHM.rnames, c->routes[i].name, shm_rkey_at, NULL) || taken++ < SHM.seg->cap_routes)
 			continue;
 		*line = c->routes[i].line, *key = "route";
 		snprintf(msg, msglen, "shared memory: no slot for [route %s]: the %u route slots made at start (twice "
 		         "the routes of the file lb started with, at least %d) are taken by the routes seen since "
-		         "start; restart lb to run this file", c->routes[i].name, g_shm->cap_routes, LB_SHM_ROUTES_MIN);
+		         "start; restart lb to run this file", c->routes[i].name, SHM.seg->cap_routes, LB_SHM_ROUTES_MIN);
 		return -1;
 	}
-	taken = g_shm->nlisteners;
+	taken = SHM.seg->nlisteners;
 	for (size_t i = 0; i < c->nlisteners; i++) {
-		if (*name_index_cell(&g_shm_lnames, c->listeners[i].name, shm_lkey_at, NULL) ||
-		    taken++ < g_shm->cap_listeners)
+		if (*name_index_cell(&SHM.lnames, c->listeners[i].name, shm_lkey_at, NULL) ||
+		    taken++ < SHM.seg->cap_listeners)
 			continue;
 		*line = c->listeners[i].line, *key = "listener";
 		snprintf(msg, msglen, "shared memory: no slot for [listener %s]: the %u listener slots made at start "
 		         "(twice the listeners of the file lb started with, at least %d) are taken by the listeners "
-		         "seen since start; restart lb to run this file", c->listeners[i].name, g_shm->cap_listeners,
+		         "seen since start; restart lb to run this file", c->listeners[i].name, SHM.seg->cap_listeners,
 		         LB_SHM_LISTENERS_MIN);
 		return -1;
 	}
@@ -12159,7 +12243,7 @@ static struct lb_conf *conf_validate(const char *text, size_t len, struct lb_cfg
 	int rc = lb_conf_parse(text, len, &c, errs);
 	if (rc == 0)
 		rc = lb_conf_resolve(c, errs);
-	if (rc == 0 && g_shm) {
+	if (rc == 0 && SHM.seg) {
 		struct cfg st = { .errs = errs };
 		int line = 0;
 		const char *key = NULL;
@@ -12191,13 +12275,13 @@ static int shm_map_conf(struct lb_conf *c)
 			struct lb_server *s = &c->pools[p].servers[k];
 			char key[2 * LB_NAME_MAX];
 			shm_server_key(&c->pools[p], s, key, sizeof key);
-			uint32_t *cell = name_index_cell(&g_shm_snames, key, shm_skey_at, NULL);
+			uint32_t *cell = name_index_cell(&SHM.snames, key, shm_skey_at, NULL);
 			if (!*cell) {
-				snprintf(g_shm->s[g_shm->nservers].key, sizeof g_shm->s->key, "%s", key);
-				*cell = ++g_shm->nservers;
+				snprintf(SHM.seg->s[SHM.seg->nservers].key, sizeof SHM.seg->s->key, "%s", key);
+				*cell = ++SHM.seg->nservers;
 			}
 			uint32_t i = *cell - 1;
-			struct lb_shm_server *v = c->rt->srv[s->id].shm = &g_shm->s[i];
+			struct lb_shm_server *v = c->rt->srv[s->id].shm = &SHM.seg->s[i];
 			if (!atomic_load(&v->changed_wall_ms)) /* a new slot: its state dates from now */
 				atomic_store(&v->changed_wall_ms, wall_ms());
 			/* a server added through the admin API takes traffic once it passed its health
@@ -12212,25 +12296,25 @@ static int shm_map_conf(struct lb_conf *c)
 	}
 	for (size_t k = 0; k < c->nroutes; k++) {
 		const struct lb_route *r = &c->routes[k];
-		uint32_t *cell = name_index_cell(&g_shm_rnames, r->name, shm_rkey_at, NULL);
+		uint32_t *cell = name_index_cell(&SHM.rnames, r->name, shm_rkey_at, NULL);
 		if (!*cell) {
-			snprintf(g_shm->r[g_shm->nroutes].key, sizeof g_shm->r->key, "%s", r->name);
-			*cell = ++g_shm->nroutes;
+			snprintf(SHM.seg->r[SHM.seg->nroutes].key, sizeof SHM.seg->r->key, "%s", r->name);
+			*cell = ++SHM.seg->nroutes;
 		}
-		struct lb_shm_route *v = c->rt->route[k].shm = &g_shm->r[*cell - 1];
+		struct lb_shm_route *v = c->rt->route[k].shm = &SHM.seg->r[*cell - 1];
 		for (size_t j = 0; j < r->nsplit; j++) /* the file's weights win at every load */
 			atomic_store(&v->weight[j], r->split[j].weight);
 	}
 	for (size_t k = 0; k < c->nlisteners; k++) {
 		const struct lb_listener *l = &c->listeners[k];
-		uint32_t *cell = name_index_cell(&g_shm_lnames, l->name, shm_lkey_at, NULL);
+		uint32_t *cell = name_index_cell(&SHM.lnames, l->name, shm_lkey_at, NULL);
 		if (!*cell) {
-			snprintf(g_shm->l[g_shm->nlisteners].key, sizeof g_shm->l->key, "%s", l->name);
-			*cell = ++g_shm->nlisteners;
+			snprintf(SHM.seg->l[SHM.seg->nlisteners].key, sizeof SHM.seg->l->key, "%s", l->name);
+			*cell = ++SHM.seg->nlisteners;
 		}
-		c->rt->lsn[k].shm = &g_shm->l[*cell - 1];
+		c->rt->lsn[k].shm = &SHM.seg->l[*cell - 1];
 	}
-	atomic_fetch_add(&g_shm->admin_version, 1);
+	atomic_fetch_add(&SHM.seg->admin_version, 1);
 	return 0;
 }
 
@@ -12241,13 +12325,12 @@ static unsigned srv_weight_now(const struct lb_server *s)
 }
 
 /* workers: take the admin API's split weights when they changed (a server's weight is read at each pick) */
-static uint32_t g_admin_seen;
 static void admin_sync(void)
 {
-	uint32_t v = atomic_load(&g_shm->admin_version);
-	if (v == g_admin_seen)
+	uint32_t v = atomic_load(&SHM.seg->admin_version);
+	if (v == W.admin_seen)
 		return;
-	g_admin_seen = v;
+	W.admin_seen = v;
 	for (size_t k = 0; k < g_conf->nroutes; k++) {
 		const struct lb_route *r = &g_conf->routes[k];
 		struct route_rt *rt = route_rt(r);
@@ -12260,9 +12343,9 @@ static void srv_hold(const struct lb_server *s)
 {
 	struct srv_rt *rt = srv_rt(s);
 	rt->active++;
-	if (rt->shm && g_slot >= 0) {
+	if (rt->shm && P.slot >= 0) {
 		atomic_fetch_add_explicit(&rt->shm->active, 1, memory_order_relaxed);
-		atomic_fetch_add_explicit(&rt->shm->w[g_slot].active, 1, memory_order_relaxed);
+		atomic_fetch_add_explicit(&rt->shm->w[P.slot].active, 1, memory_order_relaxed);
 	}
 }
 
@@ -12270,9 +12353,9 @@ static void srv_unhold(const struct lb_server *s)
 {
 	struct srv_rt *rt = srv_rt(s);
 	rt->active--;
-	if (rt->shm && g_slot >= 0) {
+	if (rt->shm && P.slot >= 0) {
 		atomic_fetch_sub_explicit(&rt->shm->active, 1, memory_order_relaxed);
-		atomic_fetch_sub_explicit(&rt->shm->w[g_slot].active, 1, memory_order_relaxed);
+		atomic_fetch_sub_explicit(&rt->shm->w[P.slot].active, 1, memory_order_relaxed);
 	}
 }
 
@@ -12294,7 +12377,7 @@ static void hist_note(_Atomic uint64_t *bucket, _Atomic uint64_t *sum_us, uint64
 /* The cell of a label set in the request table: found without a lock, claimed under the set's. */
 static struct req_cell *req_cell_for(uint64_t key)
 {
-	struct req_set *set = &g_reqs[lb_hash64(&key, sizeof key) % LB_REQ_SETS];
+	struct req_set *set = &SHM.reqs[lb_hash64(&key, sizeof key) % LB_REQ_SETS];
 	for (int i = 0; i < LB_REQ_WAYS; i++)
 		if (atomic_load_explicit(&set->e[i].key, memory_order_acquire) == key)
 			return &set->e[i];
@@ -12316,34 +12399,34 @@ static struct req_cell *req_cell_for(uint64_t key)
 /* An HTTP answer, the server's or lb's own, by listener, route and reason. */
 static void count_answer(const struct conn *c, int cls)
 {
-	if (!g_reqs || !lsn_rt(c->L)->shm || c->L->mode != LB_MODE_HTTP)
+	if (!SHM.reqs || !lsn_rt(c->L)->shm || c->L->mode != LB_MODE_HTTP)
 		return;
-	uint64_t ls = (uint64_t)(lsn_rt(c->L)->shm - g_shm->l) + 1;
-	uint64_t rs = c->route && route_rt(c->route)->shm ? (uint64_t)(route_rt(c->route)->shm - g_shm->r) + 1 : 0;
+	uint64_t ls = (uint64_t)(lsn_rt(c->L)->shm - SHM.seg->l) + 1;
+	uint64_t rs = c->route && route_rt(c->route)->shm ? (uint64_t)(route_rt(c->route)->shm - SHM.seg->r) + 1 : 0;
 	struct req_cell *cell = req_cell_for(ls << 40 | rs << 8 | c->own);
-	atomic_fetch_add_explicit(cell ? &cell->status[cls] : &g_shm->req_overflow, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(cell ? &cell->status[cls] : &SHM.seg->req_overflow, 1, memory_order_relaxed);
 }
 #ifdef LB_HTTP2
 static void count_h2_conn(void)
 {
-	if (g_slot >= 0)
-		atomic_fetch_add_explicit(&g_shm->w[g_slot].h2_conns, 1, memory_order_relaxed);
+	if (P.slot >= 0)
+		atomic_fetch_add_explicit(&SHM.seg->w[P.slot].h2_conns, 1, memory_order_relaxed);
 }
 
 static void count_h2_reset(int why)
 {
-	if (g_slot >= 0 && why < H2R_N) /* H2R_N: NO_ERROR after a whole answer, no reset to count */
-		atomic_fetch_add_explicit(&g_shm->w[g_slot].h2_resets[why], 1, memory_order_relaxed);
+	if (P.slot >= 0 && why < H2R_N) /* H2R_N: NO_ERROR after a whole answer, no reset to count */
+		atomic_fetch_add_explicit(&SHM.seg->w[P.slot].h2_resets[why], 1, memory_order_relaxed);
 }
 #endif
 
 static void count_exchange(const struct conn *c)
 {
-	if (g_slot < 0)
+	if (P.slot < 0)
 		return;
-	atomic_fetch_add_explicit(&g_shm->w[g_slot].requests, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&SHM.seg->w[P.slot].requests, 1, memory_order_relaxed);
 	if (CONN_IS_STREAM(c))
-		atomic_fetch_add_explicit(&g_shm->w[g_slot].h2_requests, 1, memory_order_relaxed);
+		atomic_fetch_add_explicit(&SHM.seg->w[P.slot].h2_requests, 1, memory_order_relaxed);
 	int cut = answer_cut(c); /* an answer the server cut short is an error and no status class's */
 	int cls = c->resp_status >= 100 && c->resp_status < 600 && !cut ? c->resp_status / 100 : 0;
 	uint64_t us = c->us_start ? mono_us() - c->us_start : 0;
@@ -12358,10 +12441,10 @@ static void count_exchange(const struct conn *c)
 	struct lb_shm_server *sv = c->srv ? srv_rt(c->srv)->shm : NULL;
 	if (!sv)
 		return;
-	atomic_fetch_add_explicit(&sv->w[g_slot].requests, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&sv->w[P.slot].requests, 1, memory_order_relaxed);
 	if (c->resp_status >= 500 || cut)
-		atomic_fetch_add_explicit(&sv->w[g_slot].errors, 1, memory_order_relaxed);
-	atomic_fetch_add_explicit(&sv->w[g_slot].bytes_out, c->bytes_out, memory_order_relaxed);
+		atomic_fetch_add_explicit(&sv->w[P.slot].errors, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&sv->w[P.slot].bytes_out, c->bytes_out, memory_order_relaxed);
 	atomic_fetch_add_explicit(&sv->status[cls], 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&sv->dur_sum_ms, us / 1000, memory_order_relaxed);
 	atomic_fetch_add_explicit(&sv->dur_bucket[hist_bucket(us)], 1, memory_order_relaxed); /* one shared write */
@@ -12372,7 +12455,7 @@ static void count_exchange(const struct conn *c)
 static void count_connected(struct conn *c, int fresh)
 {
 	uint64_t now = mono_us();
-	if (fresh && c->t_up_us && c->srv && srv_rt(c->srv)->shm && g_slot >= 0)
+	if (fresh && c->t_up_us && c->srv && srv_rt(c->srv)->shm && P.slot >= 0)
 		hist_note(srv_rt(c->srv)->shm->conn_bucket, &srv_rt(c->srv)->shm->conn_sum_us, now - c->t_up_us);
 	c->t_up_us = 0;
 	c->us_ready = now;
@@ -12383,32 +12466,32 @@ static void count_first_byte(struct conn *c)
 	if (c->us_first)
 		return; /* counted: once per server tried */
 	c->us_first = mono_us();
-	if (c->us_ready && c->srv && srv_rt(c->srv)->shm && g_slot >= 0)
+	if (c->us_ready && c->srv && srv_rt(c->srv)->shm && P.slot >= 0)
 		hist_note(srv_rt(c->srv)->shm->fb_bucket, &srv_rt(c->srv)->shm->fb_sum_us, c->us_first - c->us_ready);
 }
 
 /* Client connections per listener: accepted, open (this worker's column), refused by reason. */
 static void count_accepted(const struct lb_listener *l)
 {
-	if (lsn_rt(l)->shm && g_slot >= 0)
+	if (lsn_rt(l)->shm && P.slot >= 0)
 		atomic_fetch_add_explicit(&lsn_rt(l)->shm->accepted, 1, memory_order_relaxed);
 }
 
 static void count_conn_open(const struct conn *c)
 {
-	if (lsn_rt(c->L)->shm && g_slot >= 0)
-		atomic_fetch_add_explicit(&lsn_rt(c->L)->shm->active[g_slot], 1, memory_order_relaxed);
+	if (lsn_rt(c->L)->shm && P.slot >= 0)
+		atomic_fetch_add_explicit(&lsn_rt(c->L)->shm->active[P.slot], 1, memory_order_relaxed);
 }
 
 static void count_conn_close(const struct conn *c)
 {
-	if (lsn_rt(c->L)->shm && g_slot >= 0)
-		atomic_fetch_sub_explicit(&lsn_rt(c->L)->shm->active[g_slot], 1, memory_order_relaxed);
+	if (lsn_rt(c->L)->shm && P.slot >= 0)
+		atomic_fetch_sub_explicit(&lsn_rt(c->L)->shm->active[P.slot], 1, memory_order_relaxed);
 }
 
 static void count_refused(const struct lb_listener *l, int why)
 {
-	if (lsn_rt(l)->shm && g_slot >= 0)
+	if (lsn_rt(l)->shm && P.slot >= 0)
 		atomic_fetch_add_explicit(&lsn_rt(l)->shm->refused[why], 1, memory_order_relaxed);
 }
 
@@ -12437,21 +12520,19 @@ struct rl_set {
 	_Atomic uint32_t lock;
 	struct rl_entry e[RL_WAYS];
 };
-static struct rl_set *g_rl;
-static size_t g_rl_sets;
 
 static int rl_create(unsigned entries)
 {
-	g_rl_sets = (entries + RL_WAYS - 1) / RL_WAYS;
-	g_rl = shm_map(g_rl_sets * sizeof *g_rl, "rate-limit table");
-	return g_rl ? 0 : -1;
+	SHM.rl_sets = (entries + RL_WAYS - 1) / RL_WAYS;
+	SHM.rl = shm_map(SHM.rl_sets * sizeof *SHM.rl, "rate-limit table");
+	return SHM.rl ? 0 : -1;
 }
 
 static int rl_take(uint64_t key, const struct lb_rate_limit *rl, uint64_t *retry_ms)
 {
-	if (!g_rl)
+	if (!SHM.rl)
 		return 1;
-	struct rl_set *set = &g_rl[key % g_rl_sets];
+	struct rl_set *set = &SHM.rl[key % SHM.rl_sets];
 	spin_lock(&set->lock);
 	uint64_t now = mono_ms();
 	struct rl_entry *e = NULL, *victim = &set->e[0];
@@ -12481,17 +12562,16 @@ struct ipc_set {
 	_Atomic uint32_t lock;
 	struct { uint64_t key; uint32_t n; } e[IPC_WAYS];
 };
-static struct ipc_set *g_ipc;
 
 static int ipc_create(void)
 {
-	g_ipc = shm_map(IPC_SETS * sizeof *g_ipc, "connection-per-address table");
-	return g_ipc ? 0 : -1;
+	SHM.ipc = shm_map(IPC_SETS * sizeof *SHM.ipc, "connection-per-address table");
+	return SHM.ipc ? 0 : -1;
 }
 
 static struct ipc_set *ipc_lock(uint64_t key)
 {
-	struct ipc_set *set = &g_ipc[key % IPC_SETS];
+	struct ipc_set *set = &SHM.ipc[key % IPC_SETS];
 	spin_lock(&set->lock);
 	return set;
 }
@@ -12503,7 +12583,7 @@ static uint64_t ipc_key(const struct conn *c)
 
 static int ipc_take(struct conn *c)
 {
-	if (!g_ipc)
+	if (!SHM.ipc)
 		return 1;
 	uint64_t key = ipc_key(c);
 	struct ipc_set *set = ipc_lock(key);
@@ -12540,7 +12620,7 @@ static void ipc_release(struct conn *c)
  * too high now) rather than refuse addresses for connections that no longer exist */
 static void ipc_reset(void)
 {
-	for (size_t s = 0; g_ipc && s < IPC_SETS; s++) {
+	for (size_t s = 0; SHM.ipc && s < IPC_SETS; s++) {
 		struct ipc_set *set = ipc_lock((uint64_t)s);
 		memset(set->e, 0, sizeof set->e);
 		spin_unlock(&set->lock);
@@ -12550,18 +12630,18 @@ static void ipc_reset(void)
 /* master: a worker exited; its in-flight counts die with it, its totals are kept */
 static void shm_release_slot(int slot)
 {
-	for (uint32_t i = 0; i < g_shm->nservers; i++) {
-		struct lb_shm_server *sv = &g_shm->s[i];
+	for (uint32_t i = 0; i < SHM.seg->nservers; i++) {
+		struct lb_shm_server *sv = &SHM.seg->s[i];
 		uint32_t a = atomic_exchange(&sv->w[slot].active, 0);
 		atomic_fetch_sub(&sv->active, a);
 		sv->retired_requests += atomic_exchange(&sv->w[slot].requests, 0);
 		sv->retired_errors += atomic_exchange(&sv->w[slot].errors, 0);
 		sv->retired_bytes += atomic_exchange(&sv->w[slot].bytes_out, 0);
 	}
-	for (uint32_t i = 0; i < g_shm->nlisteners; i++)
-		atomic_store(&g_shm->l[i].active[slot], 0);
-	atomic_fetch_add(&g_shm->log_dropped_retired, atomic_exchange(&g_shm->w[slot].log_dropped, 0));
-	g_shm->w[slot].pid = 0;
+	for (uint32_t i = 0; i < SHM.seg->nlisteners; i++)
+		atomic_store(&SHM.seg->l[i].active[slot], 0);
+	atomic_fetch_add(&SHM.seg->log_dropped_retired, atomic_exchange(&SHM.seg->w[slot].log_dropped, 0));
+	SHM.seg->w[slot].pid = 0;
 }
 
 /* -------------------------------------------------------------------- history
@@ -12583,7 +12663,6 @@ struct lb_history {
 	uint64_t last_wall_ms, next_ms;  /* the newest sample's time; the next one due (mono_ms) */
 	struct lb_hseries *s, *r;        /* cap_servers and cap_routes series, after this header */
 };
-static struct lb_history *g_hist;
 
 /* The upper bound of histogram bucket i in milliseconds: the one place that knows hist_us's unit. */
 static double hist_bound_ms(int i) { return hist_us[i] / 1000.0; }
@@ -12616,17 +12695,17 @@ static void hist_load(const _Atomic uint64_t *src, uint64_t *bk)
 
 static int history_create(void)
 {
-	size_t head = align64(sizeof *g_hist), ns = g_shm->cap_servers, nr = g_shm->cap_routes;
+	size_t head = align64(sizeof *SHM.hist), ns = SHM.seg->cap_servers, nr = SHM.seg->cap_routes;
 	char *m = shm_map(head + (ns + nr) * sizeof(struct lb_hseries), "history of servers and routes");
 	if (!m)
 		return -1;
-	g_hist = (struct lb_history *)m;
-	g_hist->s = (struct lb_hseries *)(m + head);
-	g_hist->r = g_hist->s + ns;
+	SHM.hist = (struct lb_history *)m;
+	SHM.hist->s = (struct lb_hseries *)(m + head);
+	SHM.hist->r = SHM.hist->s + ns;
 	const char *env = getenv("LB_HISTORY_INTERVAL_MS"); /* for tests: seconds instead of minutes */
 	long v = env ? strtol(env, NULL, 10) : 0;
-	g_hist->interval_ms = v >= 100 && v <= 60000 ? (uint64_t)v : LB_HISTORY_MS;
-	g_hist->next_ms = mono_ms() + g_hist->interval_ms;
+	SHM.hist->interval_ms = v >= 100 && v <= 60000 ? (uint64_t)v : LB_HISTORY_MS;
+	SHM.hist->next_ms = mono_ms() + SHM.hist->interval_ms;
 	return 0;
 }
 
@@ -12650,24 +12729,24 @@ static void history_point(struct lb_hseries *h, uint64_t req, uint64_t err, cons
 static void history_tick(void)
 {
 	uint64_t now = mono_ms(), bk[LB_HIST + 1];
-	if (!g_hist || now < g_hist->next_ms)
+	if (!SHM.hist || now < SHM.hist->next_ms)
 		return;
-	g_hist->next_ms = now + g_hist->interval_ms;
-	size_t at = g_hist->taken % LB_HISTORY_N;
-	for (uint32_t i = 0; i < g_shm->nservers; i++) {
-		struct lb_shm_server *sv = &g_shm->s[i];
+	SHM.hist->next_ms = now + SHM.hist->interval_ms;
+	size_t at = SHM.hist->taken % LB_HISTORY_N;
+	for (uint32_t i = 0; i < SHM.seg->nservers; i++) {
+		struct lb_shm_server *sv = &SHM.seg->s[i];
 		uint64_t req, err, bytes;
 		shm_server_totals(sv, &req, &err, &bytes);
 		hist_load(sv->dur_bucket, bk);
-		history_point(&g_hist->s[i], req, err, bk, &g_hist->s[i].pt[at]);
+		history_point(&SHM.hist->s[i], req, err, bk, &SHM.hist->s[i].pt[at]);
 	}
-	for (uint32_t i = 0; i < g_shm->nroutes; i++) {
-		struct lb_shm_route *rv = &g_shm->r[i];
+	for (uint32_t i = 0; i < SHM.seg->nroutes; i++) {
+		struct lb_shm_route *rv = &SHM.seg->r[i];
 		hist_load(rv->dur_bucket, bk);
-		history_point(&g_hist->r[i], atomic_load(&rv->requests), atomic_load(&rv->errors), bk, &g_hist->r[i].pt[at]);
+		history_point(&SHM.hist->r[i], atomic_load(&rv->requests), atomic_load(&rv->errors), bk, &SHM.hist->r[i].pt[at]);
 	}
-	g_hist->last_wall_ms = wall_ms();
-	g_hist->taken++;
+	SHM.hist->last_wall_ms = wall_ms();
+	SHM.hist->taken++;
 }
 
 /* ==================================================================== 13. admin API
@@ -12680,7 +12759,8 @@ static void history_tick(void)
  * away (keepalived fails a node over on it): there are many slots (admin_slots), a request head
  * must arrive within LB_ADMIN_HEAD_MS, a new connection evicts the oldest, least advanced one when
  * every slot is taken (admin_evict), and refusals, evictions and timeouts are logged once a second
- * with counts (admin_note_flush). Calls sections 2, 3, 4, 6, 7, 8, 9, 12, and 15 declared ahead
+ * with counts (admin_note_flush). Owns ADM; M, the master's state that section 15 writes, is defined
+ * here, where the admin API first reads it. Calls sections 2, 3, 4, 6, 7, 8, 9, 12, and 15 declared ahead
  * (master_reload, live_workers, open_listener). */
 
 #define LB_ADMIN_CONNS 256         /* slots; fewer when RLIMIT_NOFILE is low (admin_slots) */
@@ -12691,10 +12771,32 @@ static void history_tick(void)
 #define LB_ADMIN_ACCEPTS 64        /* per loop turn: connections accepted earlier get read in between */
 #define LB_ADMIN_MAX_OUT (64u << 20)
 
-/* the master's (section 15 sets them; the admin API reads them) */
-static int g_gen = 1;                        /* the current generation of workers */
-static int g_mstop;                          /* stopping: SIGTERM or SIGINT came (master_stop) */
-static const char *g_conf_path;              /* the config file: reloads and edits read it */
+/* ---- struct lb_master M: the master (gathered by gather_globals.py)
+ * Generation, stop and reload state, its listening sockets, the workers' user, rotation and
+ * retention timers, the event ring's tail for alerts. Owner: section 15 (master_*); the admin API
+ * (13) reads gen, mstop and conf_path. Written by the master only; a fork inherits it, and the worker
+ * reads only what it starts with: gen, spawn_mask, msocks (it closes those it does not serve) and
+ * the user to drop to (uid, gid, drop). Not used by the fuzzers.
+ */
+static struct lb_master {
+	/* the master's (section 15 sets them; the admin API reads them) */
+	int gen; /* the current generation of workers */
+	int mstop; /* stopping: SIGTERM or SIGINT came (master_stop) */
+	const char *conf_path; /* the config file: reloads and edits read it */
+	struct msock *msocks;
+	size_t nmsocks;
+	uint64_t mstop_deadline;
+	uid_t uid;
+	gid_t gid;
+	int drop; /* workers setuid/setgid to M.uid/M.gid */
+	uint64_t next_rotate, next_retention;
+	sigset_t spawn_mask; /* the mask before spawn_worker blocked the control signals */
+	uint64_t ev_tail;
+	uint64_t stop_at;
+} M = {
+	.gen = 1,
+};
+
 static int master_reload(void);
 static int live_workers(void);
 static int open_listener(struct lb_bind *b, const char *lname);
@@ -12768,21 +12870,37 @@ struct aconn {
 	uint64_t accepted, deadline;
 	int writing, head_done;
 };
-static struct aconn g_ac[LB_ADMIN_CONNS];
-static int g_admin_slots;                  /* in use: g_ac[0 .. g_admin_slots); set once, at the first listen */
-static uint64_t g_admin_paused_until;      /* accept failed for want of descriptors: retry then */
-static int g_admin_fd = -1;
-static struct lb_bind g_admin_bound;
-static char g_admin_token[256];
-static size_t g_admin_token_len;
-static struct lb_req g_areq;
 
 /* pending removals: drained first, removed from the file once idle (or after shutdown_timeout) */
 #define LB_ADMIN_REMOVALS 32
-static struct {
-	char pool[LB_NAME_MAX], server[LB_NAME_MAX];
-	uint64_t deadline;
-} g_rm[LB_ADMIN_REMOVALS];
+
+/* ---- struct lb_admin ADM: the admin API (gathered by gather_globals.py)
+ * Its connections, listening socket, token, pending removals, trouble counts. Owner: section 13;
+ * written by the master only (it serves the API). A fork inherits it: worker_main closes the
+ * connections and the socket (admin_close_all). fuzz_admin drives the parsers only.
+ */
+static struct lb_admin {
+	struct aconn ac[LB_ADMIN_CONNS];
+	int slots; /* in use: ADM.ac[0 .. ADM.slots); set once, at the first listen */
+	uint64_t paused_until; /* accept failed for want of descriptors: retry then */
+	int fd;
+	struct lb_bind bound;
+	char token[256];
+	size_t token_len;
+	struct lb_req req;
+	struct {
+		char pool[LB_NAME_MAX], server[LB_NAME_MAX];
+		uint64_t deadline;
+	} rm[LB_ADMIN_REMOVALS];
+	/* Admin connection trouble, counted and logged at most once a second: one line sums the four
+	 * kinds (log_throttled would give each kind a line of its own). */
+	struct {
+		unsigned refused, evicted, head_timeout, no_fd;
+		uint64_t said_at;
+	} note;
+} ADM = {
+	.fd = -1,
+};
 
 /* The token from token_file (surrounding whitespace dropped); -1 when it cannot be read. */
 static int admin_token_load(const struct lb_conf *c, char *out, size_t *len)
@@ -12829,20 +12947,20 @@ static int admin_slots(void)
 /* master, at start and every reload: listen where [admin] says (or stop listening) */
 static int admin_listen(const struct lb_conf *c)
 {
-	if (g_admin_fd >= 0 && (!c->admin_on || c->admin_bind.salen != g_admin_bound.salen ||
-	                        memcmp(&c->admin_bind.sa, &g_admin_bound.sa, c->admin_bind.salen))) {
-		close(g_admin_fd);
-		g_admin_fd = -1;
+	if (ADM.fd >= 0 && (!c->admin_on || c->admin_bind.salen != ADM.bound.salen ||
+	                        memcmp(&c->admin_bind.sa, &ADM.bound.sa, c->admin_bind.salen))) {
+		close(ADM.fd);
+		ADM.fd = -1;
 	}
-	if (!c->admin_on || g_admin_fd >= 0)
+	if (!c->admin_on || ADM.fd >= 0)
 		return 0;
-	if (!g_admin_slots)
-		g_admin_slots = admin_slots();
+	if (!ADM.slots)
+		ADM.slots = admin_slots();
 	struct lb_bind b = c->admin_bind;
-	g_admin_fd = open_listener(&b, "admin");
-	if (g_admin_fd < 0)
+	ADM.fd = open_listener(&b, "admin");
+	if (ADM.fd < 0)
 		return -1;
-	g_admin_bound = b;
+	ADM.bound = b;
 	return 0;
 }
 
@@ -12871,41 +12989,34 @@ static int admin_allowed(const struct lb_conf *c, const struct lb_ip *ip)
 static void admin_close_all(void)
 {
 	for (int i = 0; i < LB_ADMIN_CONNS; i++)
-		if (g_ac[i].fd > 0) {
-			close(g_ac[i].fd);
-			g_ac[i].fd = -1;
+		if (ADM.ac[i].fd > 0) {
+			close(ADM.ac[i].fd);
+			ADM.ac[i].fd = -1;
 		}
-	if (g_admin_fd >= 0)
-		close(g_admin_fd);
-	g_admin_fd = -1;
+	if (ADM.fd >= 0)
+		close(ADM.fd);
+	ADM.fd = -1;
 }
-
-/* Admin connection trouble, counted and logged at most once a second: one line sums the four
- * kinds (log_throttled would give each kind a line of its own). */
-static struct {
-	unsigned refused, evicted, head_timeout, no_fd;
-	uint64_t said_at;
-} g_anote;
 
 static void admin_note_flush(uint64_t now)
 {
-	if (!(g_anote.refused | g_anote.evicted | g_anote.head_timeout | g_anote.no_fd) ||
-	    now - g_anote.said_at < 1000)
+	if (!(ADM.note.refused | ADM.note.evicted | ADM.note.head_timeout | ADM.note.no_fd) ||
+	    now - ADM.note.said_at < 1000)
 		return;
 	char msg[512];
 	size_t n = 0;
 	const struct { unsigned v; const char *what; } part[] = {
-		{ g_anote.refused, "refused: address not in allow" },
-		{ g_anote.evicted, "evicted: every slot taken, the oldest of the least advanced closed" },
-		{ g_anote.head_timeout, "closed: no request head within the head timeout" },
-		{ g_anote.no_fd, "accept failed: no descriptor left" },
+		{ ADM.note.refused, "refused: address not in allow" },
+		{ ADM.note.evicted, "evicted: every slot taken, the oldest of the least advanced closed" },
+		{ ADM.note.head_timeout, "closed: no request head within the head timeout" },
+		{ ADM.note.no_fd, "accept failed: no descriptor left" },
 	};
 	for (size_t i = 0; i < sizeof part / sizeof *part; i++)
 		if (part[i].v && n < sizeof msg)
 			n += (size_t)snprintf(msg + n, sizeof msg - n, "%s%u %s", n ? "; " : "", part[i].v, part[i].what);
-	lb_err("admin connections (%d slots, head timeout %d ms): %s", g_admin_slots, LB_ADMIN_HEAD_MS, msg);
-	memset(&g_anote, 0, sizeof g_anote);
-	g_anote.said_at = now;
+	lb_err("admin connections (%d slots, head timeout %d ms): %s", ADM.slots, LB_ADMIN_HEAD_MS, msg);
+	memset(&ADM.note, 0, sizeof ADM.note);
+	ADM.note.said_at = now;
 }
 
 /* 0: waiting for its request head (idle or dripping), 1: for its body, 2: being answered */
@@ -12917,16 +13028,16 @@ static int aconn_stage(const struct aconn *a) { return a->writing ? 2 : a->head_
 static int admin_evict(void)
 {
 	int old = -1;
-	for (int k = 0; k < g_admin_slots; k++) {
-		if (g_ac[k].fd <= 0)
+	for (int k = 0; k < ADM.slots; k++) {
+		if (ADM.ac[k].fd <= 0)
 			continue;
-		int st = aconn_stage(&g_ac[k]), ost = old < 0 ? 3 : aconn_stage(&g_ac[old]);
-		if (st < ost || (st == ost && g_ac[k].accepted < g_ac[old].accepted))
+		int st = aconn_stage(&ADM.ac[k]), ost = old < 0 ? 3 : aconn_stage(&ADM.ac[old]);
+		if (st < ost || (st == ost && ADM.ac[k].accepted < ADM.ac[old].accepted))
 			old = k;
 	}
 	if (old >= 0) {
-		aconn_close(&g_ac[old]);
-		g_anote.evicted++;
+		aconn_close(&ADM.ac[old]);
+		ADM.note.evicted++;
 	}
 	return old;
 }
@@ -12937,28 +13048,28 @@ static void admin_accept(void)
 	for (int n = 0; n < LB_ADMIN_ACCEPTS; n++) {
 		struct sockaddr_storage sa;
 		socklen_t sl = sizeof sa;
-		int fd = accept4(g_admin_fd, (struct sockaddr *)&sa, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		int fd = accept4(ADM.fd, (struct sockaddr *)&sa, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {
 			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-				g_anote.no_fd++; /* the socket stays readable: poll it again later, not at once */
-				g_admin_paused_until = now + 100;
+				ADM.note.no_fd++; /* the socket stays readable: poll it again later, not at once */
+				ADM.paused_until = now + 100;
 			}
 			return;
 		}
 		struct lb_ip ip;
 		if (lb_ip_from_sockaddr(&sa, &ip) != 0 || !admin_allowed(g_conf, &ip)) {
 			close(fd);
-			g_anote.refused++;
+			ADM.note.refused++;
 			continue;
 		}
 		int k = 0;
-		while (k < g_admin_slots && g_ac[k].fd > 0)
+		while (k < ADM.slots && ADM.ac[k].fd > 0)
 			k++;
-		if (k == g_admin_slots && (k = admin_evict()) < 0) {
+		if (k == ADM.slots && (k = admin_evict()) < 0) {
 			close(fd); /* no slot at all */
 			continue;
 		}
-		struct aconn *a = &g_ac[k];
+		struct aconn *a = &ADM.ac[k];
 		memset(a, 0, sizeof *a);
 		a->fd = fd;
 		lb_ip_format(&ip, a->peer, sizeof a->peer);
@@ -12978,7 +13089,7 @@ static void admin_reply(struct aconn *a, int status, const char *type, const cha
 	                 status, status_text(status), type, blen, extra ? extra : "");
 	struct abuf r = { 0 };
 	ab_put(&r, head, (size_t)n);
-	if (g_areq.method_id != LB_M_HEAD)
+	if (ADM.req.method_id != LB_M_HEAD)
 		ab_put(&r, body, blen);
 	free(o->d);
 	*o = r;
@@ -13004,11 +13115,11 @@ static void admin_json_error(struct aconn *a, int status, const char *msg)
 /* constant time in the token's length: a wrong guess tells nothing of how close it was */
 static int admin_token_eq(const char *t, size_t n)
 {
-	if (!g_admin_token_len)
+	if (!ADM.token_len)
 		return 0;
-	unsigned diff = n != g_admin_token_len;
-	for (size_t i = 0; i < g_admin_token_len; i++)
-		diff |= (unsigned char)g_admin_token[i] ^ (unsigned char)(i < n ? t[i] : 0);
+	unsigned diff = n != ADM.token_len;
+	for (size_t i = 0; i < ADM.token_len; i++)
+		diff |= (unsigned char)ADM.token[i] ^ (unsigned char)(i < n ? t[i] : 0);
 	return diff == 0;
 }
 
@@ -13155,26 +13266,26 @@ static void metrics_servers(struct abuf *b)
 static void metrics_tls(struct abuf *b)
 {
 	METRIC(b, "lb_tls_handshakes_total", "counter", "TLS handshakes completed (full and resumed).");
-	ab_printf(b, "lb_tls_handshakes_total %llu\n", (unsigned long long)atomic_load(&g_tls->handshakes));
+	ab_printf(b, "lb_tls_handshakes_total %llu\n", (unsigned long long)atomic_load(&SHM.tls->handshakes));
 	METRIC(b, "lb_tls_resumed_handshakes_total", "counter", "TLS handshakes that resumed a cached session.");
-	ab_printf(b, "lb_tls_resumed_handshakes_total %llu\n", (unsigned long long)atomic_load(&g_tls->resumed));
+	ab_printf(b, "lb_tls_resumed_handshakes_total %llu\n", (unsigned long long)atomic_load(&SHM.tls->resumed));
 	METRIC(b, "lb_tls_handshakes_by_suite_total", "counter", "TLS handshakes completed, by protocol version and cipher suite.");
 	for (int k = 0; k < TLS_SUITES_N; k++)
 		ab_printf(b, "lb_tls_handshakes_by_suite_total{version=\"%s\",cipher=\"%s\"} %llu\n", tls_suite_labels[k][0],
-		          tls_suite_labels[k][1], (unsigned long long)atomic_load(&g_tls->by_suite[k]));
+		          tls_suite_labels[k][1], (unsigned long long)atomic_load(&SHM.tls->by_suite[k]));
 	METRIC(b, "lb_tls_resumptions_total", "counter", "TLS handshakes that resumed a session, by kind (ticket, session_id).");
 	ab_printf(b, "lb_tls_resumptions_total{kind=\"ticket\"} %llu\nlb_tls_resumptions_total{kind=\"session_id\"} %llu\n",
-	          (unsigned long long)atomic_load(&g_tls->resumed_ticket), (unsigned long long)atomic_load(&g_tls->resumed_id));
+	          (unsigned long long)atomic_load(&SHM.tls->resumed_ticket), (unsigned long long)atomic_load(&SHM.tls->resumed_id));
 	METRIC(b, "lb_tls_handshake_failures_total", "counter", "TLS handshakes that failed, by reason.");
 	for (int k = 0; k < TLS_F_N; k++)
 		ab_printf(b, "lb_tls_handshake_failures_total{reason=\"%s\"} %llu\n", tls_fail_kind[k],
-		          (unsigned long long)atomic_load(&g_tls->failures[k]));
+		          (unsigned long long)atomic_load(&SHM.tls->failures[k]));
 	METRIC(b, "lb_tls_session_cache_lookups_total", "counter", "Clients that offered a session to resume.");
-	ab_printf(b, "lb_tls_session_cache_lookups_total %llu\n", (unsigned long long)atomic_load(&g_tls->lookups));
+	ab_printf(b, "lb_tls_session_cache_lookups_total %llu\n", (unsigned long long)atomic_load(&SHM.tls->lookups));
 	METRIC(b, "lb_tls_session_cache_hits_total", "counter", "Offered sessions found in the cache.");
-	ab_printf(b, "lb_tls_session_cache_hits_total %llu\n", (unsigned long long)atomic_load(&g_tls->hits));
+	ab_printf(b, "lb_tls_session_cache_hits_total %llu\n", (unsigned long long)atomic_load(&SHM.tls->hits));
 	METRIC(b, "lb_tls_session_cache_entries", "gauge", "Capacity of the shared TLS session cache.");
-	ab_printf(b, "lb_tls_session_cache_entries %u\n", g_tls->entries);
+	ab_printf(b, "lb_tls_session_cache_entries %u\n", SHM.tls->entries);
 	METRIC(b, "lb_tls_cert_expiry_seconds", "gauge", "Seconds until the certificate's notAfter (negative: expired).");
 	int64_t now = (int64_t)(wall_ms() / 1000);
 	METRIC(b, "lb_tls_ocsp_response_age_seconds", "gauge", "Seconds since the thisUpdate of the OCSP response stapled with the certificate.");
@@ -13263,23 +13374,23 @@ static void metrics_requests(struct abuf *b)
 	static const char *const cls[6] = { "none", "1xx", "2xx", "3xx", "4xx", "5xx" };
 	METRIC(b, "lb_requests_total", "counter",
 	       "HTTP answers by listener, route, status class (none: cut short) and reason (server, or why lb answered itself).");
-	for (size_t s = 0; g_reqs && s < LB_REQ_SETS; s++)
+	for (size_t s = 0; SHM.reqs && s < LB_REQ_SETS; s++)
 		for (int w = 0; w < LB_REQ_WAYS; w++) {
-			const struct req_cell *e = &g_reqs[s].e[w];
+			const struct req_cell *e = &SHM.reqs[s].e[w];
 			uint64_t key = atomic_load(&e->key), ls = key >> 40, rs = (key >> 8) & 0xffffffffu, why = key & 0xff;
-			if (!key || ls > g_shm->nlisteners || rs > g_shm->nroutes || why >= OWN_N)
+			if (!key || ls > SHM.seg->nlisteners || rs > SHM.seg->nroutes || why >= OWN_N)
 				continue;
 			for (int k = 0; k < 6; k++) {
 				uint64_t n = atomic_load(&e->status[k]);
 				if (n)
 					ab_printf(b, "lb_requests_total{listener=\"%s\",route=\"%s\",code=\"%s\",reason=\"%s\"} %llu\n",
-					          g_shm->l[ls - 1].key, rs ? g_shm->r[rs - 1].key : "", cls[k], own_name[why],
+					          SHM.seg->l[ls - 1].key, rs ? SHM.seg->r[rs - 1].key : "", cls[k], own_name[why],
 					          (unsigned long long)n);
 			}
 		}
 	METRIC(b, "lb_requests_unlabelled_total", "counter",
 	       "Answers counted without labels: the request table's cells for their label set were all taken.");
-	ab_printf(b, "lb_requests_unlabelled_total %llu\n", (unsigned long long)atomic_load(&g_shm->req_overflow));
+	ab_printf(b, "lb_requests_unlabelled_total %llu\n", (unsigned long long)atomic_load(&SHM.seg->req_overflow));
 }
 
 /* Client connections per listener of the running file, with its protocol. */
@@ -13315,40 +13426,40 @@ static void h2_totals(uint64_t *conns, uint64_t *requests)
 {
 	*conns = *requests = 0;
 	for (int w = 0; w < LB_MAX_WORKERS; w++) {
-		*conns += atomic_load(&g_shm->w[w].h2_conns);
-		*requests += atomic_load(&g_shm->w[w].h2_requests);
+		*conns += atomic_load(&SHM.seg->w[w].h2_conns);
+		*requests += atomic_load(&SHM.seg->w[w].h2_requests);
 	}
 }
 
 static void admin_metrics(struct abuf *b)
 {
-	uint64_t reqs = 0, log_dropped = atomic_load(&g_shm->log_dropped_retired), h2c, h2r, h2x[4] = { 0 };
+	uint64_t reqs = 0, log_dropped = atomic_load(&SHM.seg->log_dropped_retired), h2c, h2r, h2x[4] = { 0 };
 	h2_totals(&h2c, &h2r);
 	for (int w = 0; w < LB_MAX_WORKERS; w++) {
 		for (int k = 0; k < 4; k++)
-			h2x[k] += atomic_load(&g_shm->w[w].h2_resets[k]);
-		reqs += atomic_load(&g_shm->w[w].requests);
-		log_dropped += atomic_load(&g_shm->w[w].log_dropped);
+			h2x[k] += atomic_load(&SHM.seg->w[w].h2_resets[k]);
+		reqs += atomic_load(&SHM.seg->w[w].requests);
+		log_dropped += atomic_load(&SHM.seg->w[w].log_dropped);
 	}
 	METRIC(b, "lb_build_info", "gauge", "lb's version.");
 	ab_printf(b, "lb_build_info{version=\"%s\"} 1\n", LB_VERSION);
 	METRIC(b, "lb_start_time_seconds", "gauge", "When the master started (Unix time).");
-	ab_printf(b, "lb_start_time_seconds %.3f\n", g_shm->started_wall_ms / 1000.0);
+	ab_printf(b, "lb_start_time_seconds %.3f\n", SHM.seg->started_wall_ms / 1000.0);
 	METRIC(b, "lb_workers", "gauge", "Live worker processes (every generation).");
 	ab_printf(b, "lb_workers %d\n", live_workers());
 	METRIC(b, "lb_generation", "gauge", "Configuration generation now serving (1 + reloads).");
-	ab_printf(b, "lb_generation %d\n", g_gen);
+	ab_printf(b, "lb_generation %d\n", M.gen);
 	METRIC(b, "lb_reloads_total", "counter", "Successful reloads.");
-	ab_printf(b, "lb_reloads_total %llu\n", (unsigned long long)atomic_load(&g_shm->reloads));
+	ab_printf(b, "lb_reloads_total %llu\n", (unsigned long long)atomic_load(&SHM.seg->reloads));
 	METRIC(b, "lb_reload_failures_total", "counter", "Reloads refused (the file has errors, or its listeners, user or admin token could not be taken).");
-	ab_printf(b, "lb_reload_failures_total %llu\n", (unsigned long long)atomic_load(&g_shm->reload_failures));
-	uint64_t ok_ms = atomic_load(&g_shm->reload_ok_wall_ms);
+	ab_printf(b, "lb_reload_failures_total %llu\n", (unsigned long long)atomic_load(&SHM.seg->reload_failures));
+	uint64_t ok_ms = atomic_load(&SHM.seg->reload_ok_wall_ms);
 	METRIC(b, "lb_last_reload_success_timestamp_seconds", "gauge", "When the running configuration was loaded (Unix time; start or last reload).");
-	ab_printf(b, "lb_last_reload_success_timestamp_seconds %.3f\n", (ok_ms ? ok_ms : g_shm->started_wall_ms) / 1000.0);
+	ab_printf(b, "lb_last_reload_success_timestamp_seconds %.3f\n", (ok_ms ? ok_ms : SHM.seg->started_wall_ms) / 1000.0);
 	METRIC(b, "lb_last_reload_failure_timestamp_seconds", "gauge", "When a reload last failed (Unix time; 0: never).");
-	ab_printf(b, "lb_last_reload_failure_timestamp_seconds %.3f\n", atomic_load(&g_shm->reload_fail_wall_ms) / 1000.0);
+	ab_printf(b, "lb_last_reload_failure_timestamp_seconds %.3f\n", atomic_load(&SHM.seg->reload_fail_wall_ms) / 1000.0);
 	METRIC(b, "lb_worker_restarts_total", "counter", "Workers restarted after dying.");
-	ab_printf(b, "lb_worker_restarts_total %llu\n", (unsigned long long)atomic_load(&g_shm->restarts));
+	ab_printf(b, "lb_worker_restarts_total %llu\n", (unsigned long long)atomic_load(&SHM.seg->restarts));
 	METRIC(b, "lb_live_worker_requests_total", "counter", "Exchanges finished by the workers alive now.");
 	ab_printf(b, "lb_live_worker_requests_total %llu\n", (unsigned long long)reqs);
 	METRIC(b, "lb_live_worker_requests_by_protocol_total", "counter", "Exchanges finished by the workers alive now, by the client's protocol (HTTP/1.x includes TCP sessions).");
@@ -13496,7 +13607,7 @@ static void history_series_json(struct abuf *b, const struct lb_hseries *h, size
 	for (int what = 0; what < 3; what++) {
 		ab_printf(b, "%s\"%s\":[", what ? "," : "", name[what]);
 		for (size_t j = 0; j < n; j++) {
-			const struct lb_hpoint *pt = &h->pt[(g_hist->taken - n + j) % LB_HISTORY_N];
+			const struct lb_hpoint *pt = &h->pt[(SHM.hist->taken - n + j) % LB_HISTORY_N];
 			if (what == 0)
 				ab_printf(b, "%s%u", j ? "," : "", pt->req);
 			else if (what == 1)
@@ -13513,9 +13624,9 @@ static void history_series_json(struct abuf *b, const struct lb_hseries *h, size
 static void admin_history(struct abuf *b)
 {
 	const struct lb_conf *c = g_conf;
-	size_t n = (size_t)LB_MIN(g_hist->taken, (uint64_t)LB_HISTORY_N);
+	size_t n = (size_t)LB_MIN(SHM.hist->taken, (uint64_t)LB_HISTORY_N);
 	ab_printf(b, "{\"interval_s\":%.3f,\"samples\":%zu,\"capacity\":%d,\"last\":%.3f,\"servers\":[",
-	          g_hist->interval_ms / 1000.0, n, LB_HISTORY_N, g_hist->last_wall_ms / 1000.0);
+	          SHM.hist->interval_ms / 1000.0, n, LB_HISTORY_N, SHM.hist->last_wall_ms / 1000.0);
 	int first = 1;
 	for (size_t p = 0; p < c->npools; p++)
 		for (size_t k = 0; k < c->pools[p].nservers; k++) {
@@ -13523,7 +13634,7 @@ static void admin_history(struct abuf *b)
 			if (!srv_rt(s)->shm)
 				continue;
 			ab_printf(b, "%s{\"pool\":\"%s\",\"server\":\"%s\",", first ? "" : ",", c->pools[p].name, s->name);
-			history_series_json(b, &g_hist->s[srv_rt(s)->shm - g_shm->s], n);
+			history_series_json(b, &SHM.hist->s[srv_rt(s)->shm - SHM.seg->s], n);
 			ab_printf(b, "}");
 			first = 0;
 		}
@@ -13534,7 +13645,7 @@ static void admin_history(struct abuf *b)
 		if (!route_rt(r)->shm)
 			continue;
 		ab_printf(b, "%s{\"route\":\"%s\",", first ? "" : ",", r->name);
-		history_series_json(b, &g_hist->r[route_rt(r)->shm - g_shm->r], n);
+		history_series_json(b, &SHM.hist->r[route_rt(r)->shm - SHM.seg->r], n);
 		ab_printf(b, "}");
 		first = 0;
 	}
@@ -13549,7 +13660,7 @@ static void admin_stats(struct abuf *b)
 	h2_totals(&h2c, &h2r);
 	ab_printf(b, "{\"version\":\"%s\",\"generation\":%d,\"draining\":%s,\"workers\":%d,\"started\":%.3f,"
 	          "\"http2\":{\"connections\":%llu,\"requests\":%llu},\"pools\":[",
-	          LB_VERSION, g_gen, g_mstop ? "true" : "false", live_workers(), g_shm->started_wall_ms / 1000.0,
+	          LB_VERSION, M.gen, M.mstop ? "true" : "false", live_workers(), SHM.seg->started_wall_ms / 1000.0,
 	          (unsigned long long)h2c, (unsigned long long)h2r);
 	for (size_t p = 0; p < c->npools; p++) {
 		const struct lb_pool *pl = &c->pools[p];
@@ -13607,10 +13718,10 @@ static void admin_stats(struct abuf *b)
 	stats_listeners(b);
 	ab_printf(b, "],\"tls\":{\"handshakes\":%llu,\"resumed\":%llu,\"session_cache_lookups\":%llu,"
 	             "\"session_cache_hits\":%llu,\"failures\":{",
-	          (unsigned long long)atomic_load(&g_tls->handshakes), (unsigned long long)atomic_load(&g_tls->resumed),
-	          (unsigned long long)atomic_load(&g_tls->lookups), (unsigned long long)atomic_load(&g_tls->hits));
+	          (unsigned long long)atomic_load(&SHM.tls->handshakes), (unsigned long long)atomic_load(&SHM.tls->resumed),
+	          (unsigned long long)atomic_load(&SHM.tls->lookups), (unsigned long long)atomic_load(&SHM.tls->hits));
 	for (int k = 0; k < TLS_F_N; k++)
-		ab_printf(b, "%s\"%s\":%llu", k ? "," : "", tls_fail_kind[k], (unsigned long long)atomic_load(&g_tls->failures[k]));
+		ab_printf(b, "%s\"%s\":%llu", k ? "," : "", tls_fail_kind[k], (unsigned long long)atomic_load(&SHM.tls->failures[k]));
 	ab_printf(b, "},\"certificates\":[");
 	int64_t now = (int64_t)(wall_ms() / 1000);
 	for (size_t i = 0, n = 0; i < c->nlisteners; i++) {
@@ -13787,7 +13898,7 @@ static int file_replace(const char *path, const char *text, size_t len, char *er
 
 static int config_write(const char *text, size_t len, char *err, size_t errlen)
 {
-	return file_replace(g_conf_path, text, len, err, errlen);
+	return file_replace(M.conf_path, text, len, err, errlen);
 }
 
 /* the errors of a config text as the API's JSON into b; 0 when it is valid */
@@ -13831,8 +13942,8 @@ static void config_replace(struct aconn *a, const char *text, size_t len, int ok
 		admin_json_error(a, 500, "the file was written but the reload failed (see the error log); the old "
 		                         "configuration still serves");
 	} else {
-		lb_info("admin (%s): %s; generation %d serves it", a->peer, what, g_gen);
-		ab_printf(&b, "{\"valid\":true,\"reloaded\":true,\"generation\":%d}\n", g_gen);
+		lb_info("admin (%s): %s; generation %d serves it", a->peer, what, M.gen);
+		ab_printf(&b, "{\"valid\":true,\"reloaded\":true,\"generation\":%d}\n", M.gen);
 		admin_reply(a, ok_status, "application/json", b.d ? b.d : "", b.n, NULL);
 	}
 	free(b.d);
@@ -13841,7 +13952,7 @@ static void config_replace(struct aconn *a, const char *text, size_t len, int ok
 static void config_edit(struct aconn *a, const struct ini_edit *ed, int ok_status, const char *what)
 {
 	size_t len = 0;
-	char *t = read_file(g_conf_path, &len);
+	char *t = read_file(M.conf_path, &len);
 	if (!t) {
 		admin_json_error(a, 500, "cannot read the config file");
 		return;
@@ -13889,7 +14000,7 @@ static void server_set(const char *peer, const struct lb_admin_call *k, const st
 	char msg[64];
 	if (k->op == LB_A_WEIGHT) {
 		atomic_store(&srv_rt(s)->shm->weight, w);
-		atomic_fetch_add(&g_shm->admin_version, 1);
+		atomic_fetch_add(&SHM.seg->admin_version, 1);
 		snprintf(msg, sizeof msg, "weight %u", w);
 	} else {
 		int st = k->op == LB_A_DRAIN ? ADM_DRAIN : k->op == LB_A_DISABLE ? ADM_DISABLED : ADM_READY;
@@ -13969,7 +14080,7 @@ static void admin_split(struct aconn *a, const struct lb_admin_call *k, const ch
 	size_t len = 0;
 	snprintf(sect, sizeof sect, "route %.63s", r->name);
 	struct ini_edit ed = { sect, "split", line.d, NULL, 0 };
-	char *t = read_file(g_conf_path, &len), *nt = t ? ini_apply(t, len, &ed) : NULL;
+	char *t = read_file(M.conf_path, &len), *nt = t ? ini_apply(t, len, &ed) : NULL;
 	free(t);
 	if (!nt || config_check(nt, strlen(nt), NULL) != 0 || config_write(nt, strlen(nt), err, sizeof err) != 0) {
 		free(nt);
@@ -13980,7 +14091,7 @@ static void admin_split(struct aconn *a, const struct lb_admin_call *k, const ch
 	free(nt);
 	for (size_t j = 0; j < r->nsplit; j++)
 		atomic_store(&route_rt(r)->shm->weight[j], w[j]);
-	atomic_fetch_add(&g_shm->admin_version, 1);
+	atomic_fetch_add(&SHM.seg->admin_version, 1);
 	lb_info("admin (%s): route %s: split = %s", a->peer, r->name, line.d);
 	ab_printf(&b, "{\"route\":\"%s\",\"split\":\"%s\"}\n", r->name, line.d);
 	reply_json_buf(a, 200, &b);
@@ -14034,16 +14145,16 @@ static void admin_server_del(struct aconn *a, const struct lb_admin_call *k)
 		return;
 	}
 	int i = 0;
-	while (i < LB_ADMIN_REMOVALS && g_rm[i].pool[0] &&
-	       (strcmp(g_rm[i].pool, p->name) || strcmp(g_rm[i].server, s->name)))
+	while (i < LB_ADMIN_REMOVALS && ADM.rm[i].pool[0] &&
+	       (strcmp(ADM.rm[i].pool, p->name) || strcmp(ADM.rm[i].server, s->name)))
 		i++;
 	if (i == LB_ADMIN_REMOVALS) {
 		admin_json_error(a, 503, "too many removals under way");
 		return;
 	}
-	snprintf(g_rm[i].pool, sizeof g_rm[i].pool, "%s", p->name);
-	snprintf(g_rm[i].server, sizeof g_rm[i].server, "%s", s->name);
-	g_rm[i].deadline = mono_ms() + g_conf->shutdown_timeout;
+	snprintf(ADM.rm[i].pool, sizeof ADM.rm[i].pool, "%s", p->name);
+	snprintf(ADM.rm[i].server, sizeof ADM.rm[i].server, "%s", s->name);
+	ADM.rm[i].deadline = mono_ms() + g_conf->shutdown_timeout;
 	atomic_store(&srv_rt(s)->shm->admin, ADM_DRAIN);
 	lb_info("admin (%s): server %s/%s: draining; removed once idle", a->peer, p->name, s->name);
 	struct abuf b = { 0 };
@@ -14056,28 +14167,28 @@ static void admin_server_del(struct aconn *a, const struct lb_admin_call *k)
 static void admin_removals(void)
 {
 	for (int i = 0; i < LB_ADMIN_REMOVALS; i++) {
-		if (!g_rm[i].pool[0])
+		if (!ADM.rm[i].pool[0])
 			continue;
-		const struct lb_server *s = pool_server(conf_pool(g_rm[i].pool), g_rm[i].server);
-		if (s && srv_rt(s)->shm && atomic_load(&srv_rt(s)->shm->active) > 0 && mono_ms() < g_rm[i].deadline)
+		const struct lb_server *s = pool_server(conf_pool(ADM.rm[i].pool), ADM.rm[i].server);
+		if (s && srv_rt(s)->shm && atomic_load(&srv_rt(s)->shm->active) > 0 && mono_ms() < ADM.rm[i].deadline)
 			continue;
 		char sect[LB_NAME_MAX + 8], what[200];
-		snprintf(sect, sizeof sect, "pool %.63s", g_rm[i].pool);
-		snprintf(what, sizeof what, "pool %.63s: server %.63s removed", g_rm[i].pool, g_rm[i].server);
-		struct ini_edit ed = { sect, "server", NULL, g_rm[i].server, 0 };
+		snprintf(sect, sizeof sect, "pool %.63s", ADM.rm[i].pool);
+		snprintf(what, sizeof what, "pool %.63s: server %.63s removed", ADM.rm[i].pool, ADM.rm[i].server);
+		struct ini_edit ed = { sect, "server", NULL, ADM.rm[i].server, 0 };
 		struct aconn quiet = { .fd = -1 };
 		struct lb_shm_server *v = s ? srv_rt(s)->shm : NULL; /* s dies with its generation at the reload */
 		snprintf(quiet.peer, sizeof quiet.peer, "removal");
 		if (s) {
 			config_edit(&quiet, &ed, 200, what);
 			if (quiet.out.d && strncmp(quiet.out.d, "HTTP/1.1 200", 12))
-				lb_err("admin: removing server %s/%s failed: %s", g_rm[i].pool, g_rm[i].server,
+				lb_err("admin: removing server %s/%s failed: %s", ADM.rm[i].pool, ADM.rm[i].server,
 				       strstr(quiet.out.d, "\r\n\r\n") ? strstr(quiet.out.d, "\r\n\r\n") + 4 : "?");
 			else if (v)
 				atomic_store(&v->admin, ADM_READY); /* a server of that name added back starts afresh */
 		}
 		free(quiet.out.d);
-		memset(&g_rm[i], 0, sizeof g_rm[i]);
+		memset(&ADM.rm[i], 0, sizeof ADM.rm[i]);
 	}
 }
 
@@ -14137,10 +14248,10 @@ static void ab_bytes(struct abuf *b, uint64_t n)
  * its latest value: what 0 requests/s, 1 error %, 2 p99 ms */
 static void ab_spark(struct abuf *b, const struct lb_hseries *h, int what)
 {
-	size_t n = (size_t)LB_MIN(g_hist->taken, (uint64_t)LB_HISTORY_N);
-	double val[LB_HISTORY_N], max = 0, secs = g_hist->interval_ms / 1000.0;
+	size_t n = (size_t)LB_MIN(SHM.hist->taken, (uint64_t)LB_HISTORY_N);
+	double val[LB_HISTORY_N], max = 0, secs = SHM.hist->interval_ms / 1000.0;
 	for (size_t j = 0; j < n; j++) {
-		const struct lb_hpoint *pt = &h->pt[(g_hist->taken - n + j) % LB_HISTORY_N];
+		const struct lb_hpoint *pt = &h->pt[(SHM.hist->taken - n + j) % LB_HISTORY_N];
 		val[j] = what == 0 ? pt->req / secs : what == 1 ? (pt->req ? 100.0 * pt->err / pt->req : 0)
 		       : pt->req && pt->p99_us != UINT32_MAX ? pt->p99_us / 1000.0 : 0;
 		max = LB_MAX(max, val[j]);
@@ -14154,7 +14265,7 @@ static void ab_spark(struct abuf *b, const struct lb_hseries *h, int what)
 	if (!n)
 		ab_printf(b, "-");
 	else if (what == 2)
-		ab_ms(b, n && h->pt[(g_hist->taken - 1) % LB_HISTORY_N].req ? val[n - 1] : -1);
+		ab_ms(b, n && h->pt[(SHM.hist->taken - 1) % LB_HISTORY_N].req ? val[n - 1] : -1);
 	else
 		ab_printf(b, what ? "%.1f%%" : "%.1f", val[n - 1]);
 	ab_printf(b, "</span>");
@@ -14255,15 +14366,15 @@ static void dash_history(struct abuf *b)
 {
 	const struct lb_conf *c = g_conf;
 	ab_printf(b, "<h2>history <small>the last ");
-	ab_age(b, g_hist->interval_ms * LB_HISTORY_N);
+	ab_age(b, SHM.hist->interval_ms * LB_HISTORY_N);
 	ab_printf(b, ", a sample every %.3g s</small></h2><div class=tw><table id=history><tr><th>server / route</th>"
-	             "<th>requests/s</th><th>errors</th><th>p99</th></tr>", g_hist->interval_ms / 1000.0);
+	             "<th>requests/s</th><th>errors</th><th>p99</th></tr>", SHM.hist->interval_ms / 1000.0);
 	for (size_t p = 0; p < c->npools; p++)
 		for (size_t k = 0; k < c->pools[p].nservers; k++) {
 			const struct lb_server *s = &c->pools[p].servers[k];
 			if (!srv_rt(s)->shm)
 				continue;
-			const struct lb_hseries *h = &g_hist->s[srv_rt(s)->shm - g_shm->s];
+			const struct lb_hseries *h = &SHM.hist->s[srv_rt(s)->shm - SHM.seg->s];
 			ab_printf(b, "<tr data-series=\"server %s/%s\"><td>%s/%s</td>", c->pools[p].name, s->name, c->pools[p].name,
 			          s->name);
 			for (int what = 0; what < 3; what++) {
@@ -14280,7 +14391,7 @@ static void dash_history(struct abuf *b)
 		ab_printf(b, "<tr data-series=\"route %s\"><td>route %s</td>", r->name, r->name);
 		for (int what = 0; what < 3; what++) {
 			ab_printf(b, "<td>");
-			ab_spark(b, &g_hist->r[route_rt(r)->shm - g_shm->r], what);
+			ab_spark(b, &SHM.hist->r[route_rt(r)->shm - SHM.seg->r], what);
 			ab_printf(b, "</td>");
 		}
 		ab_printf(b, "</tr>");
@@ -14377,9 +14488,9 @@ static void admin_dashboard(struct abuf *b)
 	gmtime_r(&t, &tm);
 	strftime(when, sizeof when, "%H:%M:%S UTC", &tm);
 	ab_put(b, g_dash_head, sizeof g_dash_head - 1);
-	ab_printf(b, "<h1>lb %s</h1><p>generation %d, %d workers, up ", LB_VERSION, g_gen, live_workers());
-	ab_age(b, now - g_shm->started_wall_ms);
-	ab_printf(b, "%s. <span id=upd>as of %s</span></p>", g_mstop ? ", stopping" : "", when);
+	ab_printf(b, "<h1>lb %s</h1><p>generation %d, %d workers, up ", LB_VERSION, M.gen, live_workers());
+	ab_age(b, now - SHM.seg->started_wall_ms);
+	ab_printf(b, "%s. <span id=upd>as of %s</span></p>", M.mstop ? ", stopping" : "", when);
 	ab_printf(b, "<form method=post action=\"/\" id=f><button type=submit disabled hidden></button>"
 	             "<p><label>token for changes <input type=password name=token id=tok size=20 "
 	             "autocomplete=current-password></label></p><div id=live>");
@@ -14415,8 +14526,8 @@ static void admin_form(struct aconn *a, const char *body, size_t blen)
 	}
 	if (!admin_token_eq(f.token, f.token_len)) {
 		lb_err("admin (%s): dashboard form refused: %s", a->peer,
-		       g_admin_token_len ? "missing or wrong token" : "no token_file configured");
-		admin_form_error(a, 401, g_admin_token_len ? "the token is missing or wrong"
+		       ADM.token_len ? "missing or wrong token" : "no token_file configured");
+		admin_form_error(a, 401, ADM.token_len ? "the token is missing or wrong"
 		                                           : "no [admin] token_file is configured: changes are refused");
 		return;
 	}
@@ -14445,8 +14556,8 @@ static void admin_call(struct aconn *a, const struct lb_req *rq, const char *bod
 	}
 	if (k.mutating && !admin_token_ok(rq)) {
 		lb_info("admin (%s): %.*s %.*s refused: %s", a->peer, (int)rq->method.n, rq->method.p, (int)rq->target.n,
-		        rq->target.p, g_admin_token_len ? "missing or wrong bearer token" : "no token_file configured");
-		admin_json_error(a, 401, g_admin_token_len ? "a valid Authorization: Bearer token is required"
+		        rq->target.p, ADM.token_len ? "missing or wrong bearer token" : "no token_file configured");
+		admin_json_error(a, 401, ADM.token_len ? "a valid Authorization: Bearer token is required"
 		                                           : "no [admin] token_file is configured: changes are refused");
 		return;
 	}
@@ -14454,7 +14565,7 @@ static void admin_call(struct aconn *a, const struct lb_req *rq, const char *bod
 	const struct lb_server *s;
 	switch (k.op) {
 	case LB_A_HEALTHZ:
-		if (g_mstop || live_workers() == 0)
+		if (M.mstop || live_workers() == 0)
 			admin_reply(a, 503, "text/plain", "draining\n", 9, NULL);
 		else
 			admin_reply(a, 200, "text/plain", "ok\n", 3, NULL);
@@ -14482,8 +14593,8 @@ static void admin_call(struct aconn *a, const struct lb_req *rq, const char *bod
 		break;
 	case LB_A_RELOAD:
 		if (master_reload() == 0) {
-			lb_info("admin (%s): reload; generation %d serves", a->peer, g_gen);
-			ab_printf(&b, "{\"reloaded\":true,\"generation\":%d}\n", g_gen);
+			lb_info("admin (%s): reload; generation %d serves", a->peer, M.gen);
+			ab_printf(&b, "{\"reloaded\":true,\"generation\":%d}\n", M.gen);
 			admin_reply(a, 200, "application/json", b.d ? b.d : "", b.n, NULL);
 		} else {
 			admin_json_error(a, 500, "reload failed (see the error log); the old configuration still serves");
@@ -14521,29 +14632,29 @@ static void admin_call(struct aconn *a, const struct lb_req *rq, const char *bod
 /* bytes arrived: once the head and its body are complete, answer */
 static void admin_step(struct aconn *a)
 {
-	int rc = lb_parse_request(a->in, a->n, &g_areq);
+	int rc = lb_parse_request(a->in, a->n, &ADM.req);
 	if (rc == LB_EAGAIN) {
 		if (a->n >= LB_ADMIN_MAX_HEAD)
 			admin_json_error(a, 431, "request head too large");
 		return;
 	}
 	if (rc < 0) {
-		admin_json_error(a, g_areq.status ? g_areq.status : 400, g_areq.error ? g_areq.error : "invalid request");
+		admin_json_error(a, ADM.req.status ? ADM.req.status : 400, ADM.req.error ? ADM.req.error : "invalid request");
 		return;
 	}
 	a->head_done = 1;
-	if (g_areq.flags & LB_HF_CHUNKED) {
+	if (ADM.req.flags & LB_HF_CHUNKED) {
 		admin_json_error(a, 411, "send the body with a Content-Length");
 		return;
 	}
-	if (g_areq.content_length > (int64_t)LB_ADMIN_MAX_BODY) {
+	if (ADM.req.content_length > (int64_t)LB_ADMIN_MAX_BODY) {
 		admin_json_error(a, 413, "body larger than 1 MiB");
 		return;
 	}
-	size_t need = (size_t)rc + (size_t)(g_areq.content_length > 0 ? g_areq.content_length : 0);
+	size_t need = (size_t)rc + (size_t)(ADM.req.content_length > 0 ? ADM.req.content_length : 0);
 	if (a->n < need)
 		return;
-	admin_call(a, &g_areq, a->in + rc, need - (size_t)rc);
+	admin_call(a, &ADM.req, a->in + rc, need - (size_t)rc);
 }
 
 static void admin_read(struct aconn *a)
@@ -14585,11 +14696,11 @@ static void admin_write(struct aconn *a)
 /* the master's poll set: the admin socket and its connections, appended at fds[*n] */
 static void admin_poll_fds(struct pollfd *fds, size_t *n)
 {
-	if (g_admin_fd >= 0 && mono_ms() >= g_admin_paused_until)
-		fds[(*n)++] = (struct pollfd){ g_admin_fd, POLLIN, 0 };
-	for (int i = 0; i < g_admin_slots; i++)
-		if (g_ac[i].fd > 0)
-			fds[(*n)++] = (struct pollfd){ g_ac[i].fd, g_ac[i].writing ? POLLOUT : POLLIN, 0 };
+	if (ADM.fd >= 0 && mono_ms() >= ADM.paused_until)
+		fds[(*n)++] = (struct pollfd){ ADM.fd, POLLIN, 0 };
+	for (int i = 0; i < ADM.slots; i++)
+		if (ADM.ac[i].fd > 0)
+			fds[(*n)++] = (struct pollfd){ ADM.ac[i].fd, ADM.ac[i].writing ? POLLOUT : POLLIN, 0 };
 }
 
 static void admin_events(const struct pollfd *fds, size_t n)
@@ -14598,27 +14709,27 @@ static void admin_events(const struct pollfd *fds, size_t n)
 	for (size_t i = 0; i < n; i++) {
 		if (!fds[i].revents)
 			continue;
-		if (fds[i].fd == g_admin_fd) {
+		if (fds[i].fd == ADM.fd) {
 			admin_accept();
 			continue;
 		}
-		for (int k = 0; k < g_admin_slots; k++) {
-			if (g_ac[k].fd != fds[i].fd)
+		for (int k = 0; k < ADM.slots; k++) {
+			if (ADM.ac[k].fd != fds[i].fd)
 				continue;
-			if (!g_ac[k].writing)
-				admin_read(&g_ac[k]);
-			if (g_ac[k].fd > 0 && g_ac[k].writing)
-				admin_write(&g_ac[k]);
+			if (!ADM.ac[k].writing)
+				admin_read(&ADM.ac[k]);
+			if (ADM.ac[k].fd > 0 && ADM.ac[k].writing)
+				admin_write(&ADM.ac[k]);
 		}
 	}
-	for (int k = 0; k < g_admin_slots; k++) {
-		if (g_ac[k].fd <= 0)
+	for (int k = 0; k < ADM.slots; k++) {
+		if (ADM.ac[k].fd <= 0)
 			continue;
-		if (!g_ac[k].head_done && !g_ac[k].writing && now > g_ac[k].accepted + LB_ADMIN_HEAD_MS) {
-			aconn_close(&g_ac[k]);
-			g_anote.head_timeout++;
-		} else if (now > g_ac[k].deadline) {
-			aconn_close(&g_ac[k]);
+		if (!ADM.ac[k].head_done && !ADM.ac[k].writing && now > ADM.ac[k].accepted + LB_ADMIN_HEAD_MS) {
+			aconn_close(&ADM.ac[k]);
+			ADM.note.head_timeout++;
+		} else if (now > ADM.ac[k].deadline) {
+			aconn_close(&ADM.ac[k]);
 		}
 	}
 	admin_note_flush(now);
@@ -14632,12 +14743,8 @@ static void admin_events(const struct pollfd *fds, size_t n)
  * line that does not fit the buffer is not started, and a write cut short (disk full, I/O error) is
  * taken back to the last whole line (acclog_untail). Lost lines are counted (lb_log_lines_dropped_total,
  * in the worker's shared-memory column) and said in the error log at most once a second.
- * Calls sections 2, 3, 6, 7 (tls_log_info: a connection's TLS version and cipher), 8 and 12. */
-
-static char g_logbuf[65536];
-static size_t g_loglen;
-static int g_log_over; /* log_raw had no room: the line being written is incomplete */
-static int g_log_err;  /* errno of the last write that failed */
+ * Owns ACC (the buffer, lost lines). Calls sections 2, 3, 6, 7 (tls_log_info: a connection's TLS version
+ * and cipher), 8 and 12. */
 
 /* -------------------------------------------------------------------- lost lines, said once a second
  * acclog_warn: the first loss is said at once, later ones at most once a second with their
@@ -14647,11 +14754,23 @@ struct acclog_warn {
 	uint64_t next_ms, pending;
 	char why[96];
 };
-static struct acclog_warn g_acclog_warn;
+
+/* ---- struct lb_acclog ACC: the access log's buffer (gathered by gather_globals.py)
+ * Lines gathered in a loop turn, a write cut short, lost lines to say. Owner: section 14; written by
+ * the worker that serves (flushed each loop turn): empty when the master forks. The fuzzer keeps it
+ * across inputs (its writes go nowhere).
+ */
+static struct lb_acclog {
+	char buf[65536];
+	size_t len;
+	int over; /* log_raw had no room: the line being written is incomplete */
+	int err; /* errno of the last write that failed */
+	struct acclog_warn warn;
+} ACC;
 
 static void acclog_warn_say(int now_anyway)
 {
-	struct acclog_warn *w = &g_acclog_warn;
+	struct acclog_warn *w = &ACC.warn;
 	if (!w->pending)
 		return;
 	uint64_t now = mono_ms();
@@ -14675,11 +14794,11 @@ static void acclog_dropped(size_t lines, const char *why)
 {
 	if (!lines)
 		return;
-	if (g_shm)
-		atomic_fetch_add_explicit(g_slot >= 0 ? &g_shm->w[g_slot].log_dropped : &g_shm->log_dropped_retired,
+	if (SHM.seg)
+		atomic_fetch_add_explicit(P.slot >= 0 ? &SHM.seg->w[P.slot].log_dropped : &SHM.seg->log_dropped_retired,
 		                          lines, memory_order_relaxed);
-	g_acclog_warn.pending += lines;
-	snprintf(g_acclog_warn.why, sizeof g_acclog_warn.why, "%s", why);
+	ACC.warn.pending += lines;
+	snprintf(ACC.warn.why, sizeof ACC.warn.why, "%s", why);
 	acclog_warn_say(0);
 }
 
@@ -14698,31 +14817,31 @@ static int acclog_untail(int fd, const char *frag, size_t cut)
 	return ftruncate(fd, at);
 }
 
-/* A write stopped at `off` of g_loglen bytes with errno err: returns how many bytes are done
+/* A write stopped at `off` of ACC.len bytes with errno err: returns how many bytes are done
  * with. A regular file loses the lines from the cut one on (its fragment taken back); a pipe,
  * socket or terminal keeps them for the next turn (a cut line must be completed there), and
  * lines that no longer fit the buffer are counted as they come (access_log_write). */
 static size_t acclog_short_write(size_t off, int err)
 {
 	struct stat sb;
-	g_log_err = err;
-	if (fstat(g_accfd, &sb) != 0 || !S_ISREG(sb.st_mode))
+	ACC.err = err;
+	if (fstat(P.accfd, &sb) != 0 || !S_ISREG(sb.st_mode))
 		return off;
-	const char *nl = off ? memrchr(g_logbuf, '\n', off) : NULL;
-	size_t whole = nl ? (size_t)(nl - g_logbuf) + 1 : 0, cut = off - whole;
+	const char *nl = off ? memrchr(ACC.buf, '\n', off) : NULL;
+	size_t whole = nl ? (size_t)(nl - ACC.buf) + 1 : 0, cut = off - whole;
 	char why[96];
 	snprintf(why, sizeof why, "%s", strerror(err));
-	if (cut && acclog_untail(g_accfd, g_logbuf + whole, cut) != 0)
+	if (cut && acclog_untail(P.accfd, ACC.buf + whole, cut) != 0)
 		snprintf(why, sizeof why, "%s (and a cut line could not be taken back)", strerror(err));
-	acclog_dropped(count_lines(g_logbuf + whole, g_loglen - whole), why);
-	return g_loglen;
+	acclog_dropped(count_lines(ACC.buf + whole, ACC.len - whole), why);
+	return ACC.len;
 }
 
 static void log_flush(void)
 {
 	size_t off = 0;
-	while (off < g_loglen && g_accfd >= 0) {
-		ssize_t n = write(g_accfd, g_logbuf + off, g_loglen - off);
+	while (off < ACC.len && P.accfd >= 0) {
+		ssize_t n = write(P.accfd, ACC.buf + off, ACC.len - off);
 		if (n <= 0) {
 			if (n < 0 && errno == EINTR)
 				continue;
@@ -14731,9 +14850,9 @@ static void log_flush(void)
 		}
 		off += (size_t)n;
 	}
-	if (off && off < g_loglen)
-		memmove(g_logbuf, g_logbuf + off, g_loglen - off);
-	g_loglen = off < g_loglen && g_accfd >= 0 ? g_loglen - off : 0;
+	if (off && off < ACC.len)
+		memmove(ACC.buf, ACC.buf + off, ACC.len - off);
+	ACC.len = off < ACC.len && P.accfd >= 0 ? ACC.len - off : 0;
 	acclog_warn_say(0);
 }
 
@@ -14741,19 +14860,19 @@ static void log_flush(void)
 static void log_flush_last(void)
 {
 	log_flush();
-	acclog_dropped(count_lines(g_logbuf, g_loglen), "not written before the log was switched or lb stopped");
-	g_loglen = 0;
+	acclog_dropped(count_lines(ACC.buf, ACC.len), "not written before the log was switched or lb stopped");
+	ACC.len = 0;
 	acclog_warn_say(1);
 }
 
 static void log_raw(const char *s, size_t n)
 {
-	if (n > sizeof g_logbuf - g_loglen) {
-		g_log_over = 1; /* access_log_write drops the line */
+	if (n > sizeof ACC.buf - ACC.len) {
+		ACC.over = 1; /* access_log_write drops the line */
 		return;
 	}
-	memcpy(g_logbuf + g_loglen, s, n);
-	g_loglen += n;
+	memcpy(ACC.buf + ACC.len, s, n);
+	ACC.len += n;
 }
 
 static void log_str(const char *s) { log_raw(s, strlen(s)); }
@@ -14790,25 +14909,25 @@ static void access_log_write(struct conn *c)
 /* A whole line or none: one that does not fit the buffer is taken out again and counted. */
 static void access_log_put(struct conn *c)
 {
-	if (g_accfd < 0 || !g_conf->access_log)
+	if (P.accfd < 0 || !g_conf->access_log)
 		return;
-	if (g_loglen > sizeof g_logbuf - 4096)
+	if (ACC.len > sizeof ACC.buf - 4096)
 		log_flush();
-	size_t start = g_loglen;
-	g_log_over = 0;
+	size_t start = ACC.len;
+	ACC.over = 0;
 	access_log_line(c);
-	if (g_log_over && start) { /* no room behind the lines waiting: write them, then again */
-		g_loglen = start;
+	if (ACC.over && start) { /* no room behind the lines waiting: write them, then again */
+		ACC.len = start;
 		log_flush();
-		start = g_loglen;
-		g_log_over = 0;
+		start = ACC.len;
+		ACC.over = 0;
 		access_log_line(c);
 	}
-	if (g_log_over) {
-		g_loglen = start;
+	if (ACC.over) {
+		ACC.len = start;
 		char why[96] = "the line is longer than the 64 KB buffer";
-		if (g_loglen)
-			snprintf(why, sizeof why, "the log buffer is full (%s)", strerror(g_log_err));
+		if (ACC.len)
+			snprintf(why, sizeof why, "the log buffer is full (%s)", strerror(ACC.err));
 		acclog_dropped(1, why);
 	}
 }
@@ -14921,8 +15040,8 @@ static void log_field(struct conn *c, int f, int json, uint64_t now_us)
 		return;
 	case LB_LF_SNI: log_ctext(tc ? tls_sni(tc) : NULL, json); return;
 	case LB_LF_CLIENT_CERT: log_ctext(tc && tc->subject[0] ? tc->subject : NULL, json); return;
-	case LB_LF_WORKER: log_num(g_worker_id); return;
-	case LB_LF_PID: log_num((int64_t)g_pid); return;
+	case LB_LF_WORKER: log_num(P.worker_id); return;
+	case LB_LF_PID: log_num((int64_t)P.pid); return;
 	}
 }
 
@@ -15009,20 +15128,18 @@ static void access_log_line(struct conn *c)
 
 /* ==================================================================== 15. process
  * Listening sockets, accept, the signal self-pipe, the worker's loop and its drain on SIGTERM/SIGINT,
- * then the master: workers, alerts, reaping, log rotation, reload, stop, certificates on disk.
+ * then the master: workers, alerts, reaping, log rotation, reload, stop, certificates on disk. Writes M
+ * (section 13 defines it) and keeps g_wk and g_alerts loose.
  * Accept pauses at the worker's connection cap (max_connections as its descriptors allow) and,
  * with a back-off, when descriptors or memory run out (accept_hold). The master's loop also samples
  * the dashboard's history (history_tick, section 12). Calls every section before it, and 16
  * declared ahead (load_config). */
 
-static int g_sigpipe[2] = { -1, -1 };
-static struct evh g_sigh;
-
 static void on_signal(int sig)
 {
 	int e = errno;
 	unsigned char b = (unsigned char)sig;
-	ssize_t w = write(g_sigpipe[1], &b, 1);
+	ssize_t w = write(P.sigpipe[1], &b, 1);
 	LB_UNUSED(w);
 	errno = e;
 }
@@ -15051,11 +15168,11 @@ fail:
  * only not read would wake the loop for ever); the other workers keep accepting. */
 static void accept_pause(int paused)
 {
-	if (g_accept_paused == paused)
+	if (W.accept_paused == paused)
 		return;
-	g_accept_paused = paused;
-	for (size_t i = 0; i < g_nlsocks; i++) {
-		struct evh *h = &g_lsocks[i].h;
+	W.accept_paused = paused;
+	for (size_t i = 0; i < W.nlsocks; i++) {
+		struct evh *h = &W.lsocks[i].h;
 		if (h->dead)
 			continue;
 		h->want = paused ? 0 : EV_R;
@@ -15072,24 +15189,24 @@ static void accept_pause(int paused)
  * no descriptor a new client could use). */
 static void accept_hold(size_t closing)
 {
-	g_accept_backoff = g_accept_backoff ? LB_MIN(g_accept_backoff * 2, 1000) : 100;
-	g_accept_retry_at = g_now + g_accept_backoff;
-	g_accept_conns = g_nconns - LB_MIN(closing, g_nconns);
+	W.accept_backoff = W.accept_backoff ? LB_MIN(W.accept_backoff * 2, 1000) : 100;
+	W.accept_retry_at = g_now + W.accept_backoff;
+	W.accept_conns = W.nconns - LB_MIN(closing, W.nconns);
 	splice_pool_drain();
 	accept_pause(1);
 }
 
 static int accept_may_resume(void)
 {
-	if (g_stopping || g_nconns >= g_max_conns)
+	if (W.stopping || W.nconns >= W.max_conns)
 		return 0;
-	if (g_accept_retry_at && g_now < g_accept_retry_at && g_nconns >= g_accept_conns)
+	if (W.accept_retry_at && g_now < W.accept_retry_at && W.nconns >= W.accept_conns)
 		return 0;
 	if (!fd_spares_fill()) { /* still short: wait for the back-off or a close again */
 		accept_hold(0);
 		return 0;
 	}
-	g_accept_retry_at = 0;
+	W.accept_retry_at = 0;
 	return 1;
 }
 
@@ -15111,7 +15228,7 @@ static int conn_admitted(struct conn *c)
  * is its own block, so a use after free is still caught. */
 static struct conn *conn_alloc(void)
 {
-	if (!g_free_conns) {
+	if (!W.free_conns) {
 #ifdef LB_BUF_ASAN
 		size_t k = 1;
 #else
@@ -15121,12 +15238,12 @@ static struct conn *conn_alloc(void)
 		if (!slab)
 			return NULL;
 		for (size_t i = 0; i < k; i++) {
-			slab[i].next = g_free_conns;
-			g_free_conns = &slab[i];
+			slab[i].next = W.free_conns;
+			W.free_conns = &slab[i];
 		}
 	}
-	struct conn *c = g_free_conns;
-	g_free_conns = c->next;
+	struct conn *c = W.free_conns;
+	W.free_conns = c->next;
 	return c;
 }
 
@@ -15152,11 +15269,11 @@ static void conn_new(int fd, int li, const struct sockaddr_storage *sa)
 	c->px.sport = ntohs(sa->ss_family == AF_INET ? ((const struct sockaddr_in *)sa)->sin_port
 	                                             : ((const struct sockaddr_in6 *)sa)->sin6_port);
 	set_nodelay(fd);
-	c->next = g_live;
-	if (g_live)
-		g_live->prev = c;
-	g_live = c;
-	g_nconns++;
+	c->next = W.live;
+	if (W.live)
+		W.live->prev = c;
+	W.live = c;
+	W.nconns++;
 	count_conn_open(c);
 	if (proxy_expected(c))
 		c->q = Q_PROXY; /* the client is known once the header is read; TLS starts after it */
@@ -15185,8 +15302,8 @@ static int listener_admits(const struct lb_listener *l, const struct sockaddr_st
 static void on_accept(struct lsock *ls)
 {
 	static struct lb_throttle log_slot;
-	for (int i = 0; i < 64 && !g_accept_paused; i++) {
-		if (g_nconns >= g_max_conns) {
+	for (int i = 0; i < 64 && !W.accept_paused; i++) {
+		if (W.nconns >= W.max_conns) {
 			accept_pause(1);
 			return;
 		}
@@ -15200,11 +15317,11 @@ static void on_accept(struct lsock *ls)
 				log_throttled_at(&log_slot, LB_LV_ERROR,
 				                 "accept: %s: pausing new connections for %llu ms or until one closes "
 				                 "(%zu connections open in this worker)", strerror(e),
-				                 (unsigned long long)g_accept_backoff, g_nconns);
+				                 (unsigned long long)W.accept_backoff, W.nconns);
 			}
 			return;
 		}
-		g_accept_backoff = 0;
+		W.accept_backoff = 0;
 		count_accepted(&g_conf->listeners[ls->li]);
 		if (!listener_admits(&g_conf->listeners[ls->li], &sa)) {
 			count_refused(&g_conf->listeners[ls->li], REFUSE_ACL);
@@ -15220,20 +15337,20 @@ static void on_accept(struct lsock *ls)
  * silence (closing one at once would race a client that is sending its next request). */
 static void begin_stop(void)
 {
-	if (g_stopping)
+	if (W.stopping)
 		return;
-	g_stopping = 1;
-	g_stop_began = g_now;
+	W.stopping = 1;
+	W.stop_began = g_now;
 	hc_stop();
-	g_stop_deadline = g_now + g_conf->shutdown_timeout;
-	lb_info("stopping: no new connections; finishing %zu open ones (at most %llu ms)", g_nconns,
+	W.stop_deadline = g_now + g_conf->shutdown_timeout;
+	lb_info("stopping: no new connections; finishing %zu open ones (at most %llu ms)", W.nconns,
 	        (unsigned long long)g_conf->shutdown_timeout);
-	for (size_t i = 0; i < g_nlsocks; i++) {
-		ev_forget(&g_lsocks[i].h);
-		close(g_lsocks[i].h.fd);
-		g_lsocks[i].h.dead = 1;
+	for (size_t i = 0; i < W.nlsocks; i++) {
+		ev_forget(&W.lsocks[i].h);
+		close(W.lsocks[i].h.fd);
+		W.lsocks[i].h.dead = 1;
 	}
-	for (struct conn *c = g_live, *n; c; c = n) {
+	for (struct conn *c = W.live, *n; c; c = n) {
 		n = c->next;
 #ifdef LB_HTTP2
 		h2_goaway(c);
@@ -15310,8 +15427,8 @@ static void on_event(struct evh *h, unsigned ev)
 
 static void run_timers(void)
 {
-	while (g_nheap > 0 && g_heap[0]->deadline <= g_now) {
-		struct conn *c = g_heap[0];
+	while (W.nheap > 0 && W.heap[0]->deadline <= g_now) {
+		struct conn *c = W.heap[0];
 		heap_remove(c);
 		c->deadline = 0;
 		if (!c->h.dead) {
@@ -15324,29 +15441,29 @@ static void run_timers(void)
 
 static void reap_dead(void)
 {
-	while (g_dead) {
-		struct conn *c = g_dead;
-		g_dead = c->next;
-		c->next = g_free_conns;
-		g_free_conns = c;
+	while (W.dead) {
+		struct conn *c = W.dead;
+		W.dead = c->next;
+		c->next = W.free_conns;
+		W.free_conns = c;
 	}
-	while (g_dead_bconns) {
-		struct lb_bconn *b = g_dead_bconns;
-		g_dead_bconns = b->next;
-		b->next = g_free_bconns;
-		g_free_bconns = b;
+	while (W.dead_bconns) {
+		struct lb_bconn *b = W.dead_bconns;
+		W.dead_bconns = b->next;
+		b->next = W.free_bconns;
+		W.free_bconns = b;
 	}
 	hc_reap();
 }
 
 static int next_timeout(void)
 {
-	if (g_pending)
+	if (W.pending)
 		return 0;
-	uint64_t d = g_nheap ? g_heap[0]->deadline : UINT64_MAX;
-	d = LB_MIN(d, g_hc_next);
-	if (g_accept_paused && g_accept_retry_at)
-		d = LB_MIN(d, g_accept_retry_at);
+	uint64_t d = W.nheap ? W.heap[0]->deadline : UINT64_MAX;
+	d = LB_MIN(d, W.hc_next);
+	if (W.accept_paused && W.accept_retry_at)
+		d = LB_MIN(d, W.accept_retry_at);
 	return d <= g_now ? 0 : (int)LB_MIN(d - g_now, 1000);
 }
 
@@ -15354,24 +15471,20 @@ static int next_timeout(void)
 
 /* -------------------------------------------------------------------- worker side */
 
-static int g_ctl = -1;          /* worker: datagram socket to the master (log fds arrive on it) */
-static struct evh g_ctlh;
-
-static pid_t g_master_pid;
 #define LB_ORPHAN_STOP_MS 1000
 
 static void on_signals(void)
 {
 	unsigned char sigs[64];
-	ssize_t n = read(g_sigpipe[0], sigs, sizeof sigs);
+	ssize_t n = read(P.sigpipe[0], sigs, sizeof sigs);
 	for (ssize_t i = 0; i < n; i++)
 		if (sigs[i] == SIGTERM || sigs[i] == SIGINT || sigs[i] == SIGQUIT)
 			begin_stop();
 	/* the parent-death SIGTERM (exit_with_master): nobody supervises an orphan, so it finishes
 	 * what is in flight for at most a second, not shutdown_timeout */
-	if (g_stopping && getppid() != g_master_pid && g_stop_deadline > g_now + LB_ORPHAN_STOP_MS) {
-		g_stop_deadline = g_now + LB_ORPHAN_STOP_MS;
-		lb_warn("worker %d: the master (pid %d) is gone: stopping within %d ms", g_worker_id, (int)g_master_pid,
+	if (W.stopping && getppid() != P.master_pid && W.stop_deadline > g_now + LB_ORPHAN_STOP_MS) {
+		W.stop_deadline = g_now + LB_ORPHAN_STOP_MS;
+		lb_warn("worker %d: the master (pid %d) is gone: stopping within %d ms", P.worker_id, (int)P.master_pid,
 		        LB_ORPHAN_STOP_MS);
 	}
 }
@@ -15400,12 +15513,12 @@ static void on_ctl(void)
 {
 	char tag;
 	int fd;
-	while ((fd = recv_fd(g_ctl, &tag)) >= 0) {
-		if (tag == 'A' && g_accfd >= 0) {
+	while ((fd = recv_fd(P.ctl, &tag)) >= 0) {
+		if (tag == 'A' && P.accfd >= 0) {
 			log_flush_last();
-			dup2(fd, g_accfd);
+			dup2(fd, P.accfd);
 		} else if (tag == 'E') {
-			dup2(fd, g_errfd);
+			dup2(fd, P.errfd);
 		}
 		close(fd);
 	}
@@ -15416,33 +15529,33 @@ static int setup_runtime(void)
 	size_t maxh = 1024;
 	for (size_t i = 0; i < g_conf->nlisteners; i++)
 		maxh = LB_MAX(maxh, g_conf->listeners[i].max_header_size);
-	g_bufsize = maxh + 4096; /* head limit plus room for the headers lb adds */
-	g_maxbufs = (size_t)g_conf->max_connections * 4 + 64;
-	g_bufalloc = (g_bufsize + 4095) & ~(size_t)4095;
-	g_bufstack = calloc(g_maxbufs, sizeof *g_bufstack);
-	g_scratch = malloc(g_bufsize);
-	g_scratch2 = malloc(g_bufsize);
-	g_heap = calloc(g_conf->max_connections + 16, sizeof *g_heap);
+	W.bufsize = maxh + 4096; /* head limit plus room for the headers lb adds */
+	W.maxbufs = (size_t)g_conf->max_connections * 4 + 64;
+	W.bufalloc = (W.bufsize + 4095) & ~(size_t)4095;
+	W.bufstack = calloc(W.maxbufs, sizeof *W.bufstack);
+	W.scratch = malloc(W.bufsize);
+	W.scratch2 = malloc(W.bufsize);
+	W.heap = calloc(g_conf->max_connections + 16, sizeof *W.heap);
 	struct rlimit rl;
 	size_t maxfds = (size_t)g_conf->max_connections * 2 + 256;
-	g_max_conns = g_conf->max_connections;
+	W.max_conns = g_conf->max_connections;
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
 		maxfds = LB_MIN(maxfds, (size_t)rl.rlim_cur + 16);
-		g_max_conns = lb_conns_for_fds(g_conf, (unsigned long)rl.rlim_cur); /* fd_limit_check warned */
+		W.max_conns = lb_conns_for_fds(g_conf, (unsigned long)rl.rlim_cur); /* fd_limit_check warned */
 	}
-	g_fd_budget = maxfds; /* idle server connections stay under 3/4 of it (fds_short) */
-	if (!g_scratch || !g_scratch2 || !g_heap || !g_bufstack || ev_init(maxfds) != 0) {
+	W.fd_budget = maxfds; /* idle server connections stay under 3/4 of it (fds_short) */
+	if (!W.scratch || !W.scratch2 || !W.heap || !W.bufstack || ev_init(maxfds) != 0) {
 		lb_err("out of memory setting up the event loop");
 		return -1;
 	}
 	rng_seed();
 	fd_spares_fill();
-	if (pipe2(g_sigpipe, O_NONBLOCK | O_CLOEXEC) != 0)
+	if (pipe2(P.sigpipe, O_NONBLOCK | O_CLOEXEC) != 0)
 		return -1;
-	g_sigh.kind = H_SIGNAL;
-	g_sigh.fd = g_sigpipe[0];
-	g_sigh.want = EV_R;
-	ev_apply(&g_sigh);
+	W.sigh.kind = H_SIGNAL;
+	W.sigh.fd = P.sigpipe[0];
+	W.sigh.want = EV_R;
+	ev_apply(&W.sigh);
 	struct sigaction sa;
 	memset(&sa, 0, sizeof sa);
 	sa.sa_handler = on_signal;
@@ -15455,22 +15568,20 @@ static int setup_runtime(void)
 	signal(SIGUSR1, SIG_IGN); /* the master reopens logs and passes them on */
 	signal(SIGPIPE, SIG_IGN);
 	signal(SIGCHLD, SIG_DFL);
-	if (g_ctl >= 0) {
-		fcntl(g_ctl, F_SETFL, O_NONBLOCK);
-		g_ctlh.kind = H_CTL;
-		g_ctlh.fd = g_ctl;
-		g_ctlh.want = EV_R;
-		ev_apply(&g_ctlh);
+	if (P.ctl >= 0) {
+		fcntl(P.ctl, F_SETFL, O_NONBLOCK);
+		W.ctlh.kind = H_CTL;
+		W.ctlh.fd = P.ctl;
+		W.ctlh.want = EV_R;
+		ev_apply(&W.ctlh);
 	}
 	return 0;
 }
 
-static uint64_t g_trim_at;
-
 static int run_loop(void)
 {
 	g_now = mono_ms();
-	if (g_worker_id == 1)
+	if (P.worker_id == 1)
 		hc_setup();
 	for (;;) {
 		ev_wait(next_timeout(), on_event);
@@ -15478,22 +15589,22 @@ static int run_loop(void)
 		run_timers();
 		hc_tick();
 		idle_sweep();
-		if (g_now >= g_trim_at) {
+		if (g_now >= W.trim_at) {
 			buf_trim();
-			g_trim_at = g_now + 1000;
+			W.trim_at = g_now + 1000;
 		}
 		admin_sync();
 		reap_dead();
 		log_flush();
 		log_throttle_flush();
-		if (g_accept_paused && accept_may_resume())
+		if (W.accept_paused && accept_may_resume())
 			accept_pause(0);
-		if (g_stopping && (g_nconns == 0 || g_now >= g_stop_deadline)) {
-			if (g_nconns)
-				lb_warn("worker %d: closing %zu connections still open after shutdown_timeout", g_worker_id,
-				        g_nconns);
-			while (g_live)
-				conn_close(g_live);
+		if (W.stopping && (W.nconns == 0 || g_now >= W.stop_deadline)) {
+			if (W.nconns)
+				lb_warn("worker %d: closing %zu connections still open after shutdown_timeout", P.worker_id,
+				        W.nconns);
+			while (W.live)
+				conn_close(W.live);
 			reap_dead();
 			log_flush_last();
 			return 0;
@@ -15510,13 +15621,11 @@ struct msock {
 	socklen_t salen;
 	int fd, used;
 };
-static struct msock *g_msocks;
-static size_t g_nmsocks;
 
 static int msock_find(const struct sockaddr_storage *sa, socklen_t len)
 {
-	for (size_t i = 0; i < g_nmsocks; i++)
-		if (g_msocks[i].salen == len && memcmp(&g_msocks[i].sa, sa, len) == 0)
+	for (size_t i = 0; i < M.nmsocks; i++)
+		if (M.msocks[i].salen == len && memcmp(&M.msocks[i].sa, sa, len) == 0)
 			return (int)i;
 	return -1;
 }
@@ -15524,26 +15633,26 @@ static int msock_find(const struct sockaddr_storage *sa, socklen_t len)
 /* Mark the sockets conf uses, opening those it lacks. */
 static int msocks_open(const struct lb_conf *c)
 {
-	for (size_t i = 0; i < g_nmsocks; i++)
-		g_msocks[i].used = 0;
+	for (size_t i = 0; i < M.nmsocks; i++)
+		M.msocks[i].used = 0;
 	for (size_t l = 0; l < c->nlisteners; l++) {
 		for (size_t b = 0; b < c->listeners[l].nbinds; b++) {
 			const struct lb_bind *bd = &c->listeners[l].binds[b];
 			int i = msock_find(&bd->sa, bd->salen);
 			if (i < 0) {
-				struct msock *m = realloc(g_msocks, (g_nmsocks + 1) * sizeof *m);
+				struct msock *m = realloc(M.msocks, (M.nmsocks + 1) * sizeof *m);
 				if (!m)
 					return -1;
-				g_msocks = m;
+				M.msocks = m;
 				int fd = open_listener((struct lb_bind *)bd, c->listeners[l].name);
 				if (fd < 0)
 					return -1;
-				i = (int)g_nmsocks++;
-				g_msocks[i].sa = bd->sa;
-				g_msocks[i].salen = bd->salen;
-				g_msocks[i].fd = fd;
+				i = (int)M.nmsocks++;
+				M.msocks[i].sa = bd->sa;
+				M.msocks[i].salen = bd->salen;
+				M.msocks[i].fd = fd;
 			}
-			g_msocks[i].used = 1;
+			M.msocks[i].used = 1;
 		}
 	}
 	return 0;
@@ -15552,13 +15661,13 @@ static int msocks_open(const struct lb_conf *c)
 static void msocks_close_unused(void)
 {
 	size_t k = 0;
-	for (size_t i = 0; i < g_nmsocks; i++) {
-		if (g_msocks[i].used)
-			g_msocks[k++] = g_msocks[i];
+	for (size_t i = 0; i < M.nmsocks; i++) {
+		if (M.msocks[i].used)
+			M.msocks[k++] = M.msocks[i];
 		else
-			close(g_msocks[i].fd);
+			close(M.msocks[i].fd);
 	}
-	g_nmsocks = k;
+	M.nmsocks = k;
 }
 
 static int worker_listen(void)
@@ -15566,8 +15675,8 @@ static int worker_listen(void)
 	size_t n = 0;
 	for (size_t i = 0; i < g_conf->nlisteners; i++)
 		n += g_conf->listeners[i].nbinds;
-	g_lsocks = calloc(n ? n : 1, sizeof *g_lsocks);
-	if (!g_lsocks)
+	W.lsocks = calloc(n ? n : 1, sizeof *W.lsocks);
+	if (!W.lsocks)
 		return -1;
 	for (size_t i = 0; i < g_conf->nlisteners; i++) {
 		for (size_t b = 0; b < g_conf->listeners[i].nbinds; b++) {
@@ -15575,9 +15684,9 @@ static int worker_listen(void)
 			int m = msock_find(&bd->sa, bd->salen);
 			if (m < 0)
 				return -1;
-			struct lsock *ls = &g_lsocks[g_nlsocks++];
+			struct lsock *ls = &W.lsocks[W.nlsocks++];
 			ls->h.kind = H_LISTEN;
-			ls->h.fd = g_msocks[m].fd;
+			ls->h.fd = M.msocks[m].fd;
 			ls->h.want = EV_R;
 			ls->li = (int)i;
 			ev_apply(&ls->h);
@@ -15598,12 +15707,6 @@ struct worker {
 	uint64_t started, restart_at;
 };
 static struct worker g_wk[LB_MAX_WORKERS];
-static uint64_t g_mstop_deadline;
-static uid_t g_uid;
-static gid_t g_gid;
-static int g_drop;             /* workers setuid/setgid to g_uid/g_gid */
-static uint64_t g_next_rotate, g_next_retention;
-static sigset_t g_spawn_mask;  /* the mask before spawn_worker blocked the control signals */
 
 static unsigned worker_count(const struct lb_conf *c)
 {
@@ -15613,10 +15716,10 @@ static unsigned worker_count(const struct lb_conf *c)
 
 static int drop_privileges(void)
 {
-	if (!g_drop)
+	if (!M.drop)
 		return 0;
-	if (setgroups(1, &g_gid) != 0 || setgid(g_gid) != 0 || setuid(g_uid) != 0) {
-		lb_err("worker: cannot drop privileges to uid %d gid %d: %s", (int)g_uid, (int)g_gid, strerror(errno));
+	if (setgroups(1, &M.gid) != 0 || setgid(M.gid) != 0 || setuid(M.uid) != 0) {
+		lb_err("worker: cannot drop privileges to uid %d gid %d: %s", (int)M.uid, (int)M.gid, strerror(errno));
 		return -1;
 	}
 	return 0;
@@ -15632,35 +15735,35 @@ static void exit_with_master(void)
 #ifdef __linux__
 	prctl(PR_SET_PDEATHSIG, SIGTERM);
 #endif
-	if (getppid() != g_master_pid)
+	if (getppid() != P.master_pid)
 		_exit(0);
 }
 
 /* the child of a fork: become worker `id` of the current generation in shm column `slot` */
 static void worker_main(int slot, int id, int ctl)
 {
-	g_pid = getpid();
-	g_slot = slot;
-	g_worker_id = id;
-	g_ctl = ctl;
-	close(g_sigpipe[0]);
-	close(g_sigpipe[1]);
+	P.pid = getpid();
+	P.slot = slot;
+	P.worker_id = id;
+	P.ctl = ctl;
+	close(P.sigpipe[0]);
+	close(P.sigpipe[1]);
 	for (int i = 0; i < LB_MAX_WORKERS; i++)
 		if (g_wk[i].pid && g_wk[i].ctl >= 0)
 			close(g_wk[i].ctl);
-	for (size_t i = 0; i < g_nmsocks; i++)
-		if (!g_msocks[i].used)
-			close(g_msocks[i].fd);
+	for (size_t i = 0; i < M.nmsocks; i++)
+		if (!M.msocks[i].used)
+			close(M.msocks[i].fd);
 	admin_close_all(); /* the master's: a worker holding one would keep an admin client waiting */
-	g_shm->w[slot].pid = (int32_t)g_pid;
-	g_shm->w[slot].id = id;
-	g_shm->w[slot].gen = g_gen;
+	SHM.seg->w[slot].pid = (int32_t)P.pid;
+	SHM.seg->w[slot].id = id;
+	SHM.seg->w[slot].gen = M.gen;
 	if (drop_privileges() != 0)
 		_exit(1);
 	exit_with_master(); /* after the drop, which would clear it */
 	if (setup_runtime() != 0 || worker_listen() != 0)
 		_exit(1);
-	sigprocmask(SIG_SETMASK, &g_spawn_mask, NULL); /* a SIGQUIT sent meanwhile arrives now */
+	sigprocmask(SIG_SETMASK, &M.spawn_mask, NULL); /* a SIGQUIT sent meanwhile arrives now */
 	int rc = run_loop();
 	_exit(rc);
 }
@@ -15678,13 +15781,13 @@ static int spawn_worker(int slot, int id)
 	int sigs[] = { SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGCHLD };
 	for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++)
 		sigaddset(&block, sigs[i]);
-	sigprocmask(SIG_BLOCK, &block, &g_spawn_mask);
+	sigprocmask(SIG_BLOCK, &block, &M.spawn_mask);
 	pid_t pid = fork();
 	if (pid == 0) {
 		close(sv[0]);
 		worker_main(slot, id, sv[1]);
 	}
-	sigprocmask(SIG_SETMASK, &g_spawn_mask, NULL);
+	sigprocmask(SIG_SETMASK, &M.spawn_mask, NULL);
 	if (pid < 0) {
 		lb_err("fork: %s", strerror(errno));
 		close(sv[0]);
@@ -15696,10 +15799,10 @@ static int spawn_worker(int slot, int id)
 	memset(w, 0, sizeof *w);
 	w->pid = pid;
 	w->id = id;
-	w->gen = g_gen;
+	w->gen = M.gen;
 	w->ctl = sv[0];
 	w->started = mono_ms();
-	lb_info("worker %d pid %d started (generation %d)", id, (int)pid, g_gen);
+	lb_info("worker %d pid %d started (generation %d)", id, (int)pid, M.gen);
 	return 0;
 }
 
@@ -15742,7 +15845,6 @@ static struct {
 	uint64_t started;
 	char what[LB_NAME_MAX * 2 + 24];
 } g_alerts[LB_ALERTS_RUNNING];
-static uint64_t g_ev_tail;
 
 static int event_json(const struct lb_event *e, char *out, size_t cap)
 {
@@ -15777,10 +15879,10 @@ static void alert_run(const struct lb_event *e)
 	}
 	pid_t pid = fork();
 	if (pid == 0) {
-		sigprocmask(SIG_SETMASK, &g_spawn_mask, NULL);
+		sigprocmask(SIG_SETMASK, &M.spawn_mask, NULL);
 		signal(SIGPIPE, SIG_DFL);
 		signal(SIGQUIT, SIG_DFL);
-		if (dup2(pfd[0], 0) < 0 || dup2(g_errfd, 1) < 0 || dup2(g_errfd, 2) < 0 || drop_privileges() != 0)
+		if (dup2(pfd[0], 0) < 0 || dup2(P.errfd, 1) < 0 || dup2(P.errfd, 2) < 0 || drop_privileges() != 0)
 			_exit(126);
 		exit_with_master(); /* a hung command must not outlive the master that would kill it */
 		execl("/bin/sh", "sh", "-c", g_conf->alert_command, (char *)NULL);
@@ -15802,18 +15904,18 @@ static void alert_run(const struct lb_event *e)
 /* new events in the ring: to alert_command (a slow master may find some overwritten) */
 static void master_events(void)
 {
-	uint64_t head = atomic_load(&g_events->head);
-	if (head - g_ev_tail > LB_EVENTS) {
-		lb_warn("events: %llu lost (more than %d between two looks)", (unsigned long long)(head - g_ev_tail - LB_EVENTS),
+	uint64_t head = atomic_load(&SHM.events->head);
+	if (head - M.ev_tail > LB_EVENTS) {
+		lb_warn("events: %llu lost (more than %d between two looks)", (unsigned long long)(head - M.ev_tail - LB_EVENTS),
 		        LB_EVENTS);
-		g_ev_tail = head - LB_EVENTS;
+		M.ev_tail = head - LB_EVENTS;
 	}
-	for (; g_ev_tail < head; g_ev_tail++) {
-		struct lb_event *e = &g_events->e[g_ev_tail % LB_EVENTS], copy;
-		if (atomic_load_explicit(&e->seq, memory_order_acquire) != g_ev_tail + 1)
+	for (; M.ev_tail < head; M.ev_tail++) {
+		struct lb_event *e = &SHM.events->e[M.ev_tail % LB_EVENTS], copy;
+		if (atomic_load_explicit(&e->seq, memory_order_acquire) != M.ev_tail + 1)
 			break; /* still being written: next time */
 		memcpy(&copy, e, sizeof copy);
-		if (atomic_load_explicit(&e->seq, memory_order_acquire) != g_ev_tail + 1)
+		if (atomic_load_explicit(&e->seq, memory_order_acquire) != M.ev_tail + 1)
 			continue; /* overwritten while copied */
 		if (g_conf->alert_command)
 			alert_run(&copy);
@@ -15860,7 +15962,7 @@ static void master_reap(void)
 			continue;
 		}
 		struct worker *w = &g_wk[i];
-		int expected = w->retiring || g_mstop || w->gen != g_gen;
+		int expected = w->retiring || M.mstop || w->gen != M.gen;
 		char how[48];
 		if (WIFSIGNALED(st))
 			snprintf(how, sizeof how, "on signal %d", WTERMSIG(st));
@@ -15869,8 +15971,8 @@ static void master_reap(void)
 		shm_release_slot(i);
 		if (WIFSIGNALED(st) || WEXITSTATUS(st)) {
 			ipc_reset();
-			for (uint32_t k = 0; k < g_shm->nservers; k++) /* its trial slots, if any, die with it */
-				atomic_store(&g_shm->s[k].cb_trials, 0);
+			for (uint32_t k = 0; k < SHM.seg->nservers; k++) /* its trial slots, if any, die with it */
+				atomic_store(&SHM.seg->s[k].cb_trials, 0);
 		}
 		close(w->ctl);
 		w->pid = 0;
@@ -15889,7 +15991,7 @@ static void master_reap(void)
 		w->fast_exits = lived < 1000 ? w->fast_exits + 1 : 0;
 		w->restart = 1;
 		w->restart_at = mono_ms() + (w->fast_exits > 1 ? 1000 : 0); /* a crash loop: once a second */
-		atomic_fetch_add(&g_shm->restarts, 1);
+		atomic_fetch_add(&SHM.seg->restarts, 1);
 		lb_err("worker %d pid %d exited %s; restarting", w->id, (int)pid, how);
 	}
 }
@@ -16052,7 +16154,7 @@ static void rotate_access_log(void)
 {
 	const char *path = g_conf->access_log;
 	struct stat sb;
-	if (!is_file_log(path) || g_accfd < 0 || fstat(g_accfd, &sb) != 0 || sb.st_size == 0)
+	if (!is_file_log(path) || P.accfd < 0 || fstat(P.accfd, &sb) != 0 || sb.st_size == 0)
 		return;
 	char name[PATH_MAX], stamp[32];
 	time_t t = time(NULL);
@@ -16066,7 +16168,7 @@ static void rotate_access_log(void)
 		lb_err("rotate: cannot rename %s: %s", path, strerror(errno));
 		return;
 	}
-	retarget_log(&g_accfd, path, 'A');
+	retarget_log(&P.accfd, path, 'A');
 	apply_retention();
 }
 
@@ -16074,18 +16176,18 @@ static void master_log_tick(void)
 {
 	uint64_t now = mono_ms();
 	struct stat sb;
-	if (!is_file_log(g_conf->access_log) || g_accfd < 0)
+	if (!is_file_log(g_conf->access_log) || P.accfd < 0)
 		return;
-	int due = g_conf->rotate_interval && now >= g_next_rotate;
-	if (g_conf->rotate_size && fstat(g_accfd, &sb) == 0 && (uint64_t)sb.st_size >= g_conf->rotate_size)
+	int due = g_conf->rotate_interval && now >= M.next_rotate;
+	if (g_conf->rotate_size && fstat(P.accfd, &sb) == 0 && (uint64_t)sb.st_size >= g_conf->rotate_size)
 		due = 1;
 	if (due) {
 		rotate_access_log();
-		g_next_rotate = now + g_conf->rotate_interval;
+		M.next_rotate = now + g_conf->rotate_interval;
 	}
-	if (now >= g_next_retention) {
+	if (now >= M.next_retention) {
 		apply_retention();
-		g_next_retention = now + 1000;
+		M.next_retention = now + 1000;
 	}
 }
 
@@ -16097,7 +16199,7 @@ static struct lb_conf *load_config(const char *path, int to_log);
 
 static int resolve_user(const struct lb_conf *c)
 {
-	g_drop = 0;
+	M.drop = 0;
 	if (!c->user || geteuid() != 0) {
 		if (c->user && geteuid() != 0)
 			lb_warn("user = %s: not started as root, running as the current user", c->user);
@@ -16108,9 +16210,9 @@ static int resolve_user(const struct lb_conf *c)
 		lb_err("user = %s: no such user", c->user);
 		return -1;
 	}
-	g_uid = pw->pw_uid;
-	g_gid = pw->pw_gid;
-	g_drop = pw->pw_uid != 0;
+	M.uid = pw->pw_uid;
+	M.gid = pw->pw_gid;
+	M.drop = pw->pw_uid != 0;
 	return 0;
 }
 
@@ -16146,20 +16248,20 @@ static void fd_limit_check(const struct lb_conf *c)
 static int reload_noted(int rc)
 {
 	if (rc != 0)
-		atomic_fetch_add(&g_shm->reload_failures, 1);
-	atomic_store(rc != 0 ? &g_shm->reload_fail_wall_ms : &g_shm->reload_ok_wall_ms, wall_ms());
+		atomic_fetch_add(&SHM.seg->reload_failures, 1);
+	atomic_store(rc != 0 ? &SHM.seg->reload_fail_wall_ms : &SHM.seg->reload_ok_wall_ms, wall_ms());
 	return rc;
 }
 
 static int master_reload(void)
 {
-	struct lb_conf *nc = load_config(g_conf_path, 1);
+	struct lb_conf *nc = load_config(M.conf_path, 1);
 	if (!nc) {
-		lb_err("reload: %s has errors; still serving generation %d", g_conf_path, g_gen);
+		lb_err("reload: %s has errors; still serving generation %d", M.conf_path, M.gen);
 		return reload_noted(-1);
 	}
 	int free_slots = 0;
-	char token[sizeof g_admin_token];
+	char token[sizeof ADM.token];
 	size_t token_len = 0;
 	for (int i = 0; i < LB_MAX_WORKERS; i++)
 		free_slots += !g_wk[i].pid && !g_wk[i].restart;
@@ -16178,7 +16280,7 @@ static int master_reload(void)
 	else if (admin_listen(nc) != 0)
 		why = "cannot listen on the new admin address";
 	if (why) {
-		lb_err("reload: %s; still serving generation %d", why, g_gen);
+		lb_err("reload: %s; still serving generation %d", why, M.gen);
 		msocks_open(old);
 		msocks_close_unused();
 		resolve_user(old);
@@ -16186,21 +16288,21 @@ static int master_reload(void)
 		lb_conf_free(nc);
 		return reload_noted(-1);
 	}
-	memcpy(g_admin_token, token, sizeof token);
-	g_admin_token_len = token_len;
+	memcpy(ADM.token, token, sizeof token);
+	ADM.token_len = token_len;
 	g_conf = nc;
-	g_errlevel = nc->log_level;
+	P.errlevel = nc->log_level;
 	if (lb_fd_needed(nc) != lb_fd_needed(old) || max_conns_given(nc) != max_conns_given(old))
 		fd_limit_check(nc);
 	if (nc->rate_limit_entries != old->rate_limit_entries)
 		lb_warn("reload: rate_limit_entries = %u takes effect at the next restart; the table keeps %zu entries",
-		        nc->rate_limit_entries, g_rl_sets * RL_WAYS);
+		        nc->rate_limit_entries, SHM.rl_sets * RL_WAYS);
 	if (!old->access_log != !nc->access_log ||
 	    (nc->access_log && strcmp(old->access_log, nc->access_log)))
-		retarget_log(&g_accfd, nc->access_log, 0);
+		retarget_log(&P.accfd, nc->access_log, 0);
 	if (strcmp(old->error_log, nc->error_log))
-		retarget_log(&g_errfd, nc->error_log, 0);
-	int old_gen = g_gen++;
+		retarget_log(&P.errfd, nc->error_log, 0);
+	int old_gen = M.gen++;
 	for (int i = 0; i < LB_MAX_WORKERS; i++)
 		if (g_wk[i].restart && g_wk[i].gen == old_gen)
 			memset(&g_wk[i], 0, sizeof g_wk[i]); /* no restarts into an old generation */
@@ -16212,10 +16314,10 @@ static int master_reload(void)
 		}
 	}
 	msocks_close_unused();
-	atomic_fetch_add(&g_shm->reloads, 1);
-	g_next_rotate = mono_ms() + nc->rotate_interval;
+	atomic_fetch_add(&SHM.seg->reloads, 1);
+	M.next_rotate = mono_ms() + nc->rotate_interval;
 	lb_info("reload: generation %d serves %s (%zu listeners, %zu pools, %zu routes); generation %d retires",
-	        g_gen, g_conf_path, nc->nlisteners, nc->npools, nc->nroutes, old_gen);
+	        M.gen, M.conf_path, nc->nlisteners, nc->npools, nc->nroutes, old_gen);
 	lb_conf_free(old);
 	return reload_noted(0);
 }
@@ -16227,26 +16329,25 @@ static int master_reload(void)
 /* One line per server with traffic since start: the per-worker counters, summed. */
 static void log_server_totals(const char *when)
 {
-	for (uint32_t i = 0; i < g_shm->nservers; i++) {
+	for (uint32_t i = 0; i < SHM.seg->nservers; i++) {
 		uint64_t r, e, b;
-		shm_server_totals(&g_shm->s[i], &r, &e, &b);
+		shm_server_totals(&SHM.seg->s[i], &r, &e, &b);
 		if (r)
-			lb_info("%s: server %s: %llu requests, %llu errors (5xx or cut short), %llu body bytes out", when, g_shm->s[i].key,
+			lb_info("%s: server %s: %llu requests, %llu errors (5xx or cut short), %llu body bytes out", when, SHM.seg->s[i].key,
 			        (unsigned long long)r, (unsigned long long)e, (unsigned long long)b);
 	}
 }
 
 /* SIGTERM: with stop_grace, /healthz says draining at once while lb goes on serving, so that a
  * keepalived or load-balancer health check moves traffic away before the listeners close */
-static uint64_t g_stop_at;
 static void master_stop_now(void)
 {
-	g_stop_at = 0;
-	g_mstop_deadline = mono_ms() + g_conf->shutdown_timeout + 5000;
+	M.stop_at = 0;
+	M.mstop_deadline = mono_ms() + g_conf->shutdown_timeout + 5000;
 	lb_info("stopping: workers finish their connections (at most %llu ms)",
 	        (unsigned long long)g_conf->shutdown_timeout);
-	for (size_t i = 0; i < g_nmsocks; i++)
-		g_msocks[i].used = 0;
+	for (size_t i = 0; i < M.nmsocks; i++)
+		M.msocks[i].used = 0;
 	msocks_close_unused(); /* with the workers' copies gone, new connections are refused */
 	for (int i = 0; i < LB_MAX_WORKERS; i++) {
 		if (g_wk[i].pid)
@@ -16257,15 +16358,15 @@ static void master_stop_now(void)
 
 static void master_stop(void)
 {
-	if (g_mstop) {
-		if (g_stop_at)
+	if (M.mstop) {
+		if (M.stop_at)
 			master_stop_now(); /* a second signal during the grace: stop now */
 		return;
 	}
-	g_mstop = 1;
+	M.mstop = 1;
 	if (g_conf->stop_grace) {
-		g_stop_at = mono_ms() + g_conf->stop_grace;
-		g_mstop_deadline = g_stop_at + g_conf->shutdown_timeout + 5000;
+		M.stop_at = mono_ms() + g_conf->stop_grace;
+		M.mstop_deadline = M.stop_at + g_conf->shutdown_timeout + 5000;
 		lb_info("stopping in %llu ms (stop_grace): /healthz says draining, requests are still served",
 		        (unsigned long long)g_conf->stop_grace);
 		return;
@@ -16279,7 +16380,7 @@ static void master_stop(void)
 static void master_signals(void)
 {
 	unsigned char sigs[64];
-	ssize_t n = read(g_sigpipe[0], sigs, sizeof sigs);
+	ssize_t n = read(P.sigpipe[0], sigs, sizeof sigs);
 	for (ssize_t i = 0; i < n; i++) {
 		switch (sigs[i]) {
 		case SIGTERM:
@@ -16287,15 +16388,15 @@ static void master_signals(void)
 			master_stop();
 			break;
 		case SIGHUP:
-			if (!g_mstop) {
+			if (!M.mstop) {
 				log_server_totals("before reload");
 				master_reload();
 			}
 			break;
 		case SIGUSR1:
-			retarget_log(&g_accfd, g_conf->access_log, 'A');
+			retarget_log(&P.accfd, g_conf->access_log, 'A');
 			if (is_file_log(g_conf->error_log))
-				retarget_log(&g_errfd, g_conf->error_log, 'E');
+				retarget_log(&P.errfd, g_conf->error_log, 'E');
 			lb_info("SIGUSR1: log files reopened");
 			break;
 		case SIGCHLD:
@@ -16389,7 +16490,7 @@ static void master_cert_expiry(void)
 
 static int master_run(void)
 {
-	if (pipe2(g_sigpipe, O_NONBLOCK | O_CLOEXEC) != 0)
+	if (pipe2(P.sigpipe, O_NONBLOCK | O_CLOEXEC) != 0)
 		return 1;
 	struct sigaction sa;
 	memset(&sa, 0, sizeof sa);
@@ -16401,13 +16502,13 @@ static int master_run(void)
 		sigaction(sigs[i], &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
 	signal(SIGQUIT, SIG_IGN);
-	g_next_rotate = mono_ms() + g_conf->rotate_interval;
+	M.next_rotate = mono_ms() + g_conf->rotate_interval;
 	if (spawn_generation() != 0 && live_workers() == 0)
 		return 1;
 	for (;;) {
 		struct pollfd fds[2 + LB_ADMIN_CONNS];
 		size_t nfds = 1;
-		fds[0] = (struct pollfd){ g_sigpipe[0], POLLIN, 0 };
+		fds[0] = (struct pollfd){ P.sigpipe[0], POLLIN, 0 };
 		admin_poll_fds(fds, &nfds); /* also while stopping: /healthz says 503 */
 		if (poll(fds, (nfds_t)nfds, 200) > 0)
 			admin_events(fds + 1, nfds - 1);
@@ -16416,12 +16517,12 @@ static int master_run(void)
 		master_signals();
 		master_reap(); /* also catches a SIGCHLD that raced the handler install */
 		log_throttle_flush();
-		if (g_mstop) {
-			if (g_stop_at && mono_ms() >= g_stop_at)
+		if (M.mstop) {
+			if (M.stop_at && mono_ms() >= M.stop_at)
 				master_stop_now();
-			if (!g_stop_at && live_workers() == 0)
+			if (!M.stop_at && live_workers() == 0)
 				break;
-			if (mono_ms() >= g_mstop_deadline) {
+			if (mono_ms() >= M.mstop_deadline) {
 				for (int i = 0; i < LB_MAX_WORKERS; i++)
 					if (g_wk[i].pid)
 						kill(g_wk[i].pid, SIGKILL);
@@ -17468,9 +17569,9 @@ int lb_main(int argc, char **argv)
 		conf->user = strdup(user);
 	}
 	g_conf = conf;
-	g_errlevel = g_conf->log_level;
+	P.errlevel = g_conf->log_level;
 	if (check) {
-		char tok[sizeof g_admin_token];
+		char tok[sizeof ADM.token];
 		size_t tl;
 		/* what the start would refuse beyond conf_validate: the token file, an unknown user (as root) */
 		if (admin_token_load(g_conf, tok, &tl) != 0 || (geteuid() == 0 && resolve_user(g_conf) != 0)) {
@@ -17486,28 +17587,28 @@ int lb_main(int argc, char **argv)
 		                "to it) or pass -u root to run as root on purpose\n");
 		return 1;
 	}
-	g_conf_path = path;
-	g_master_pid = g_pid = getpid();
+	M.conf_path = path;
+	P.master_pid = P.pid = getpid();
 	struct rlimit rl;
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
 		rl.rlim_cur = rl.rlim_max; /* inherited by the workers */
 		setrlimit(RLIMIT_NOFILE, &rl);
 	}
-	g_errfd = 2;
-	if (is_file_log(g_conf->error_log) && retarget_log(&g_errfd, g_conf->error_log, 0) != 0)
+	P.errfd = 2;
+	if (is_file_log(g_conf->error_log) && retarget_log(&P.errfd, g_conf->error_log, 0) != 0)
 		return 1;
-	if (g_conf->access_log && retarget_log(&g_accfd, g_conf->access_log, 0) != 0)
+	if (g_conf->access_log && retarget_log(&P.accfd, g_conf->access_log, 0) != 0)
 		return 1;
 	if (resolve_user(g_conf) != 0 || shm_create(g_conf) != 0 || shm_map_conf(conf) != 0 ||
 	    rl_create(g_conf->rate_limit_entries) != 0 || ipc_create() != 0 || events_create() != 0 ||
 	    tls_shared_create(g_conf->tls_session_cache) != 0 ||
-	    msocks_open(g_conf) != 0 || admin_token_load(g_conf, g_admin_token, &g_admin_token_len) != 0 ||
+	    msocks_open(g_conf) != 0 || admin_token_load(g_conf, ADM.token, &ADM.token_len) != 0 ||
 	    admin_listen(g_conf) != 0)
 		return 1;
 	tls_tickets_tick(g_conf); /* tls_ticket_keys in shared memory before the workers start */
 	if (g_conf->pid_file && write_pid_file(g_conf->pid_file) != 0)
 		return 1;
-	lb_info("lb %s: master pid %d, %u workers, %zu listeners, %zu pools, %zu routes", LB_VERSION, (int)g_pid,
+	lb_info("lb %s: master pid %d, %u workers, %zu listeners, %zu pools, %zu routes", LB_VERSION, (int)P.pid,
 	        worker_count(g_conf), g_conf->nlisteners, g_conf->npools, g_conf->nroutes);
 	fd_limit_check(g_conf);
 	int rc = master_run();

@@ -281,7 +281,7 @@ static void vs_free_all(void)
 
 static struct conn *conn_of_backend_fd(int fd)
 {
-	for (struct conn *c = g_live; c; c = c->next)
+	for (struct conn *c = W.live; c; c = c->next)
 		if (c->b && c->b->h.fd == fd && !c->h.dead)
 			return c;
 	return NULL;
@@ -383,9 +383,9 @@ ssize_t fz_write(int fd, const void *buf, size_t len)
 		vs_live(fd, "write");
 		CHECK(!"lb write() a socket: the harness models send() only");
 	}
-	if (fd != g_errfd && fd != g_accfd)
+	if (fd != P.errfd && fd != P.accfd)
 		return write(fd, buf, len);
-	if (fd == g_errfd && fz_verbose)
+	if (fd == P.errfd && fz_verbose)
 		return write(2, buf, len);
 	return (ssize_t)len; /* the error and access logs: formatted, then dropped */
 }
@@ -700,31 +700,34 @@ static void init_once(void)
 	fz_real_pipes = 0;
 	for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++)
 		sigaction(sigs[i], &old[i], NULL); /* the fuzzer's own */
-	ev_forget(&g_sigh);
+	ev_forget(&W.sigh);
 	CHECK(shm_create(fz_confs[0]) == 0 && shm_map_conf(fz_confs[0]) == 0 && shm_map_conf(fz_confs[1]) == 0);
 	CHECK(rl_create(64) == 0 && events_create() == 0);
-	g_slot = 0;
-	g_worker_id = 2; /* not 1: health checks stay off */
-	g_pid = getpid();
-	g_errfd = g_accfd = 2; /* fz_write drops both unless FUZZ_CONN_VERBOSE is set */
+	P.slot = 0;
+	P.worker_id = 2; /* not 1: health checks stay off */
+	P.pid = getpid();
+	P.errfd = P.accfd = 2; /* fz_write drops both unless FUZZ_CONN_VERBOSE is set */
 }
 
-/* every input starts from the same worker: clock, PRNG, shared state, balancer state */
+/* every input starts from the same worker: clock, PRNG, shared state, balancer state. By lb.c's state
+ * structs (each one's banner says the same): W.rng and g_now here, W's pools left whole by the last
+ * input (check_clean); SHM's server slots and rate-limit sets zeroed here; P, EV, TLS and ACC set up
+ * once (init_once) and kept; M and ADM unused; the HTTP/2 session's callbacks (g_h2cb) made once. */
 static void reset_worker(struct lb_conf *conf)
 {
 	g_conf = conf;
 	fz_clock = g_now = 1000000000ULL;
-	g_rng[0] = 0x9e3779b97f4a7c15ULL;
-	g_rng[1] = 0x2545f4914f6cdd1dULL;
+	W.rng[0] = 0x9e3779b97f4a7c15ULL;
+	W.rng[1] = 0x2545f4914f6cdd1dULL;
 	fz_wcap = fz_seg = FZ_NOLIMIT;
 	fz_nmodes = fz_mode_at = 0;
-	for (uint32_t i = 0; i < g_shm->nservers; i++) {
-		char key[sizeof g_shm->s[i].key];
-		memcpy(key, g_shm->s[i].key, sizeof key);
-		memset(&g_shm->s[i], 0, sizeof g_shm->s[i]);
-		memcpy(g_shm->s[i].key, key, sizeof key);
+	for (uint32_t i = 0; i < SHM.seg->nservers; i++) {
+		char key[sizeof SHM.seg->s[i].key];
+		memcpy(key, SHM.seg->s[i].key, sizeof key);
+		memset(&SHM.seg->s[i], 0, sizeof SHM.seg->s[i]);
+		memcpy(SHM.seg->s[i].key, key, sizeof key);
 	}
-	memset(g_rl, 0, g_rl_sets * sizeof *g_rl);
+	memset(SHM.rl, 0, SHM.rl_sets * sizeof *SHM.rl);
 	/* the balancing state (section 4's struct lb_rt: conf itself is not written): round-robin positions;
 	 * the servers' connection counts are checked to be back at 0 after each input (check_clean) */
 	for (size_t p = 0; p < conf->npools; p++) {
@@ -798,7 +801,7 @@ static void settle(void)
 			idle = 0;
 			continue;
 		}
-		if (fz_ready == 0 && !g_pending) {
+		if (fz_ready == 0 && !W.pending) {
 			if (peers_read())
 				continue;
 			return;
@@ -818,7 +821,7 @@ static int peer_gone(const struct vsock *v) { return v->rx_eof || v->rst; }
  * server connection at all, is for the timers). */
 static void check_prompt_close(void)
 {
-	struct conn *c = g_live;
+	struct conn *c = W.live;
 	if (!c || !peer_gone(&fz_v[0]) || !c->b)
 		return;
 	const struct vsock *b = vs_of(c->b->h.fd);
@@ -834,26 +837,26 @@ static void finish(void)
 {
 	settle();
 	check_prompt_close();
-	for (int i = 0; i < 64 && g_nconns > 0; i++) {
-		CHECK(g_nheap > 0); /* a live connection without a deadline would stay forever */
-		if (g_heap[0]->deadline > fz_clock)
-			fz_clock = g_heap[0]->deadline;
+	for (int i = 0; i < 64 && W.nconns > 0; i++) {
+		CHECK(W.nheap > 0); /* a live connection without a deadline would stay forever */
+		if (W.heap[0]->deadline > fz_clock)
+			fz_clock = W.heap[0]->deadline;
 		settle();
 	}
-	CHECK(g_nconns == 0); /* "still open after 64 deadlines" */
+	CHECK(W.nconns == 0); /* "still open after 64 deadlines" */
 }
 
 /* pipes lb keeps for the next tunnel would outlive this input's virtual fds */
 static void close_kept_pipes(void)
 {
-	while (g_free_splices) {
-		struct lb_splice *sp = g_free_splices;
-		g_free_splices = sp->next;
+	while (W.free_splices) {
+		struct lb_splice *sp = W.free_splices;
+		W.free_splices = sp->next;
 		const struct vsock *cb = vs_of(sp->cb[1]), *bc = vs_of(sp->bc[1]);
 		CHECK(cb->rx.n == cb->rx_off && bc->rx.n == bc->rx_off); /* kept pipes are empty (splice_end) */
 		splice_close(sp);
 	}
-	g_nfree_splices = 0;
+	W.nfree_splices = 0;
 }
 
 static void close_idle_backends(void)
@@ -871,8 +874,8 @@ static void check_clean(void)
 			        fz_v[i].pipe ? "pipe" : fz_v[i].backend ? "server" : "client");
 			CHECK(!"lb left a socket open");
 		}
-	CHECK(g_np == 0 && g_nheap == 0 && g_pending == NULL && g_live == NULL && g_nbconns == 0);
-	CHECK(g_nbufs <= 16); /* one connection uses at most 4 buffers: more means they leak from the pool */
+	CHECK(EV.np == 0 && W.nheap == 0 && W.pending == NULL && W.live == NULL && W.nbconns == 0);
+	CHECK(W.nbufs <= 16); /* one connection uses at most 4 buffers: more means they leak from the pool */
 	for (size_t p = 0; p < g_conf->npools; p++)
 		for (size_t k = 0; k < g_conf->pools[p].nservers; k++) {
 			struct lb_server *s = &g_conf->pools[p].servers[k];
@@ -1182,8 +1185,8 @@ static void apply(char op, const uint8_t *p, size_t n)
 	case 'T':
 		if (n && isdigit(p[0]))
 			fz_clock += LB_MIN(num(p, n, 0), 600000);
-		else if (g_nheap && g_heap[0]->deadline > fz_clock)
-			fz_clock = g_heap[0]->deadline;
+		else if (W.nheap && W.heap[0]->deadline > fz_clock)
+			fz_clock = W.heap[0]->deadline;
 		break;
 	}
 	settle();

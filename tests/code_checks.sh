@@ -3,6 +3,9 @@
 #   code/exported_symbols_carry_lb_   every external symbol lb.o defines is lb_* (or main)
 #   code/file_state_defined_once      no `static TYPE g_NAME` declared twice (a tentative definition
 #                                     before the real one compiles silently into one object)
+#   code/file_state_in_structs        mutable file-scope state lives in the named structs (P, EV, SHM, TLS, W,
+#                                     M, ADM, ACC: gather_globals.py); a loose `static ... g_NAME` is one of
+#                                     the allow-list below (add a new global to a struct instead)
 #   code/section_map_matches_headers  the top banner's section list is the section headers, in file order
 # Run from anywhere: bash tests/code_checks.sh [path/to/lb.c]
 set -u
@@ -42,6 +45,16 @@ dups=$(awk '{ c[$1]++; l[$1] = l[$1] " " $2 } END { for (g in c) if (c[g] > 1) p
 if [ ! -s "$tmp/globals" ]; then fail file_state_defined_once "found no static g_* declarations in $src (the check is broken)"
 elif [ -z "$dups" ]; then pass file_state_defined_once
 else fail file_state_defined_once "declared more than once: $dups"; fi
+
+# 2b. no loose file-scope state but the allow-list: g_conf and g_now (read everywhere), g_top_tio (lb ctl's
+#     terminal), g_dash_* (const), g_wk, g_alerts, g_check_first (arrays whose element type or size is
+#     defined after the struct they would join), g_h2cb, g_h2opt, g_free_h2s (nghttp2 types: the HTTP/2 build only)
+loose_ok=' g_conf g_now g_top_tio g_dash_head g_dash_script g_wk g_alerts g_check_first g_h2cb g_h2opt g_free_h2s '
+loose=$(awk '{ print $1 }' "$tmp/globals" | sort -u | while read -r g; do
+	case "$loose_ok" in *" $g "*) ;; *) printf '%s ' "$g" ;; esac
+done)
+if [ -z "$loose" ]; then pass file_state_in_structs
+else fail file_state_in_structs "loose file-scope globals (make them members of a struct: P, EV, SHM, TLS, W, M, ADM or ACC; gather_globals.py does it): $loose"; fi
 
 # 3. the section map: "N. TITLE..." lines of the top banner against the "/* ====... N. TITLE" headers
 awk '/^ \* +[0-9]+\. / { sub(/^ \* +/, ""); t = $0; sub(/:.*/, "", t); print t } /^ \*\/$/ { exit }' "$src" >"$tmp/map"
