@@ -1351,6 +1351,61 @@ static void test_json_tokens(void)
 	end("json_tokens");
 }
 
+/* lb_jdoc_*: what linode-scaler and lb ctl read: strings decoded exactly, numbers as doubles, literals, bounds */
+static void test_jdoc(void)
+{
+	struct lb_jdoc d;
+	begin();
+	const char *j = "{\"a\":\"x\\\"y\\\\z\\/\\n\\t\",\"u\":\"\\u00e9\\u20AC\\ud83d\\ude00\\ud800x\",\"k\\\"q\":7,"
+	                "\"n\":[0,-1.5,2e3,1E-2,12345678901,true,false,null],\"ip\":\"192.0.2.1\",\"e\":\"\"}";
+	CHECK(lb_jdoc_parse(j, strlen(j), &d) == 0, "parse %s", j);
+	const char *a = lb_jdoc_str(&d, lb_jdoc_get(&d, 0, "a")), *u = lb_jdoc_str(&d, lb_jdoc_get(&d, 0, "u"));
+	CHECK(a && !strcmp(a, "x\"y\\z/\n\t"), "simple escapes: '%s'", a ? a : "(null)");
+	CHECK(u && !strcmp(u, "\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\xef\xbf\xbdx"), "\\u escapes, a pair, a lone surrogate: '%s'",
+	      u ? u : "(null)");
+	long long k = 0;
+	CHECK(lb_jdoc_int(&d, lb_jdoc_get(&d, 0, "k\"q"), &k) == 0 && k == 7, "an escaped key is found by its text: %lld", k);
+	CHECK(!strcmp(lb_jdoc_str(&d, lb_jdoc_get(&d, 0, "ip")) ? lb_jdoc_str(&d, lb_jdoc_get(&d, 0, "ip")) : "", "192.0.2.1") &&
+	      lb_jdoc_str(&d, lb_jdoc_get(&d, 0, "e")) && !*lb_jdoc_str(&d, lb_jdoc_get(&d, 0, "e")), "plain and empty strings");
+	long n = lb_jdoc_get(&d, 0, "n"), e = lb_jdoc_next(&d, n, -1);
+	const double want[] = { 0, -1.5, 2000, 0.01, 12345678901.0 };
+	for (size_t i = 0; i < 5; i++, e = lb_jdoc_next(&d, n, e)) {
+		double v = -99;
+		CHECK(lb_jdoc_num(&d, e, &v) == 0 && v == want[i], "number %zu: %g", i, v);
+	}
+	CHECK(lb_jdoc_int(&d, lb_jdoc_get(&d, 0, "k\"q"), &k) == 0, "7 is whole");
+	CHECK(lb_jdoc_int(&d, lb_jdoc_next(&d, n, lb_jdoc_next(&d, n, -1)), &k) == -1, "-1.5 is not whole");
+	double v;
+	CHECK(lb_jdoc_num(&d, e, &v) == -1 && lb_jdoc_lit(&d, e) && !strcmp(lb_jdoc_lit(&d, e), "true") &&
+	      !lb_jdoc_str(&d, e), "true is a literal, not a number nor a string");
+	e = lb_jdoc_next(&d, n, lb_jdoc_next(&d, n, e));
+	CHECK(e >= 0 && !strcmp(lb_jdoc_lit(&d, e), "null") && lb_jdoc_next(&d, n, e) == -1, "null ends the array");
+	CHECK(lb_jdoc_get(&d, 0, "zz") == -1 && lb_jdoc_get(&d, -1, "a") == -1 && !lb_jdoc_str(&d, -1) &&
+	      lb_jdoc_next(&d, 0, -1) == -1 && lb_jdoc_type(&d, d.n) == 0, "absent keys, tokens and non-arrays");
+	lb_jdoc_free(&d);
+	const char *bad[] = { "[\"\\x\"]", "[\"\\u12g4\"]", "[\"\\u12\"]", "[01]", "[1.]", "[-]", "[.5]", "[1e]",
+	                      "[nul]", "[True]", "[0x10]", "[inf]", "{\"a\":1", "" };
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		CHECK(lb_jdoc_parse(bad[i], strlen(bad[i]), &d) == LB_EINVAL && !d.s && !d.t, "'%s' is refused", bad[i]);
+		lb_jdoc_free(&d);
+	}
+	/* the token array is sized from the text but bounded: LB_JDOC_TOKENS_MAX tokens read, one more refused */
+	size_t cnt = (size_t)LB_JDOC_TOKENS_MAX - 1, len = 2 * cnt + 1;
+	char *big = malloc(len + 3);
+	if (big) {
+		big[0] = '[';
+		for (size_t i = 0; i < cnt; i++)
+			big[1 + 2 * i] = '0', big[2 + 2 * i] = ',';
+		big[len - 1] = ']';
+		CHECK(lb_jdoc_parse(big, len, &d) == 0 && d.n == LB_JDOC_TOKENS_MAX, "%ld tokens read", d.n);
+		lb_jdoc_free(&d);
+		memcpy(big + len - 1, ",0]", 3);
+		CHECK(lb_jdoc_parse(big, len + 2, &d) == LB_EINVAL, "one token over the bound is refused");
+		free(big);
+	}
+	end("jdoc");
+}
+
 static void test_hash(void)
 {
 	begin();
@@ -3582,6 +3637,7 @@ int main(void)
 	test_request_id();
 	test_log_template();
 	test_json_tokens();
+	test_jdoc();
 	test_hash();
 	test_conf_full();
 	test_conf_defaults();
