@@ -1051,6 +1051,16 @@ static void admin_reason(const struct resp *r, char *out, size_t size)
 	lb_jdoc_free(&v);
 }
 
+/* a change asked of one node: the status (0: no answer) and, in why, lb's reason */
+static long admin_change(struct node *nd, const char *method, const char *path, const char *body, char *why, size_t size)
+{
+	struct resp r = { 0 };
+	long st = admin(nd, method, path, body, &r);
+	admin_reason(&r, why, size);
+	buf_free(&r.body);
+	return st;
+}
+
 /* the servers of our pool in one node's /api/stats; -1 when that node cannot be asked */
 static int lb_servers(struct node *nd, struct lbsrv *out, int max, int *n)
 {
@@ -1113,10 +1123,7 @@ static int lb_add(struct node *nd, const struct inst *in)
 		info("dry-run: would add server '%s' to %s pool %s: POST %s", body, nd->tag, g_c.pool, path);
 		return 0;
 	}
-	struct resp r = { 0 };
-	long st = admin(nd, "POST", path, body, &r);
-	admin_reason(&r, why, sizeof why);
-	buf_free(&r.body);
+	long st = admin_change(nd, "POST", path, body, why, sizeof why);
 	if (st == 201) {
 		info("%s: added server '%s' to pool %s (lb health-checks it before it takes traffic)", nd->tag, body,
 		     g_c.pool);
@@ -1142,10 +1149,7 @@ static int lb_del(struct node *nd, const char *name)
 		info("dry-run: would drain and remove %s server %s/%s: DELETE %s", nd->tag, g_c.pool, name, path);
 		return 0;
 	}
-	struct resp r = { 0 };
-	long st = admin(nd, "DELETE", path, NULL, &r);
-	admin_reason(&r, why, sizeof why);
-	buf_free(&r.body);
+	long st = admin_change(nd, "DELETE", path, NULL, why, sizeof why);
 	if (st == 202) {
 		info("%s: draining %s/%s; lb removes it once nothing is in flight", nd->tag, g_c.pool, name);
 		return 0;
