@@ -3,10 +3,10 @@
 if [ -z "${LB_TEST_INNER:-}" ]; then
 	out=$(mktemp /tmp/lb-test-out.XXXXXX)
 	LB_TEST_INNER=1 bash "$0" "$@" 2>&1 | tee "$out"
-	p=$(grep -c '^PASS' "$out"); f=$(grep -c '^FAIL' "$out")
+	p=$(grep -c '^PASS' "$out"); f=$(grep -c '^FAIL' "$out"); s=$(grep -c '^SKIP' "$out")
 	if [ "$f" -gt 0 ]; then echo; echo "failed:"; grep "^FAIL" "$out"; fi
 	rm -f "$out"
-	echo "$p passed, $f failed"
+	echo "$p passed, $f failed$([ "$s" -gt 0 ] && echo ", $s skipped")"
 	[ "$f" -eq 0 ] && [ "$p" -gt 0 ]
 	exit $?
 fi
@@ -20,13 +20,14 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 : "${FUZZ_SECS:=30}"       # request-head fuzzer; the others (response, chunked, config, values) a third of it
 : "${INTEGRATION_BUILDS:=lb lb-poll lb-asan}"
 
-# run NAME CMD...: prefix each PASS/FAIL line with NAME; a crash without a summary is a FAIL
+# run NAME CMD...: prefix each PASS/FAIL/SKIP line with NAME (SKIP: a check that could not be made here, with
+# why; counted apart); a crash without a summary is a FAIL
 run() {
 	local name=$1; shift
 	echo "== $name: $*"
 	"$@" >"$log/$name.out" 2>&1
 	local rc=$?
-	grep -E '^(PASS|FAIL)' "$log/$name.out" | sed -E "s#^(PASS|FAIL) #\1 $name/#"
+	grep -E '^(PASS|FAIL|SKIP)' "$log/$name.out" | sed -E "s#^(PASS|FAIL|SKIP) #\1 $name/#"
 	if [ $rc -ne 0 ] && ! grep -q '^FAIL' "$log/$name.out"; then
 		echo "FAIL $name: exited $rc without reporting a failure; last lines:"
 		tail -15 "$log/$name.out" | sed 's/^/    /'
