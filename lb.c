@@ -390,8 +390,9 @@ static char *read_file(const char *path, size_t *len)
 
 /* ==================================================================== 3. pure parsers
  * HTTP request and response heads, chunked framing, config values, paths, JSON tokens and documents
- * (lb_jdoc_*: lb ctl reads /api/stats with them, linode-scaler the Linode API), access log templates (lb_log_template_parse, the field names). Each takes
- * (buf, len, out) and returns a status; strings in out point into buf. No I/O, no globals.
+ * (lb_jdoc_*: lb ctl reads /api/stats with them, linode-scaler the Linode API), access log templates
+ * (lb_log_template_parse, the field names). Each takes (buf, len, out) and returns a status; strings in
+ * out point into buf (a JSON document's into its own decoded copy). No I/O, no globals.
  * Calls section 2 only. */
 
 struct head_sem {          /* semantic state gathered while reading fields */
@@ -2354,8 +2355,8 @@ long lb_json_tokens(const char *s, size_t n, struct lb_jtok *t, size_t max)
 		if (done)
 			return LB_EINVAL;
 		if (ch == '}' || ch == ']') {
-			if (!depth || t[stack[depth - 1]].type != (ch == '}' ? LB_J_OBJ : LB_J_ARR))
-				return LB_EINVAL;
+			if (!depth || t[stack[depth - 1]].type != (ch == '}' ? LB_J_OBJ : LB_J_ARR) || (ch == '}' && !want_key))
+				return LB_EINVAL; /* want_key is 0 in an object after a key: {"a"} has no value to read */
 			struct lb_jtok *o = &t[stack[--depth]];
 			o->end = (uint32_t)i + 1;
 			o->next = (uint32_t)nt;

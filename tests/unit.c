@@ -1336,7 +1336,8 @@ static void test_json_tokens(void)
 		CHECK(t[6].type == LB_J_STR && t[6].end - t[6].start == 4, "escaped string: %u bytes", t[6].end - t[6].start);
 		CHECK(t[8].type == LB_J_PRIM && t[10].type == LB_J_OBJ && t[10].size == 0, "null, empty object");
 	}
-	const char *bad[] = { "{", "[1,2", "{\"a\"", "{1:2}", "\"open", "{}}", "[]x", "", "{\"a\":\"\n\"}" };
+	const char *bad[] = { "{", "[1,2", "{\"a\"", "{1:2}", "\"open", "{}}", "[]x", "", "{\"a\":\"\n\"}", "{\"a\"}",
+	                      "{\"a\":1,\"b\"}", "{\"a\":{\"b\"}}" };
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
 		CHECK(lb_json_tokens(bad[i], strlen(bad[i]), t, 32) == LB_EINVAL, "'%s' is refused", bad[i]);
 	char deep[80];
