@@ -452,7 +452,8 @@ class RawConn:
             if r.status >= 200 or r.status == 101:
                 return r
 
-    def read_response(self, method="GET", sink=None):
+    def read_head(self):
+        """The next response head: a Resp with its status, reason and headers, no body read."""
         line = self.readline()
         if not line:
             raise Closed("connection closed before a response")
@@ -470,7 +471,10 @@ class RawConn:
             if not sep:
                 raise Fail("bad response header line %s" % short(h))
             headers.append((name.strip().lower(), value.strip()))
-        resp = Resp(int(m.group(1)), (m.group(2) or b"").decode("latin-1"), headers)
+        return Resp(int(m.group(1)), (m.group(2) or b"").decode("latin-1"), headers)
+
+    def read_response(self, method="GET", sink=None):
+        resp = self.read_head()
         parts = []
 
         def deliver(d):

@@ -477,21 +477,9 @@ class SlowDownload(threading.Thread):
             c = it.RawConn.__new__(it.RawConn)
             c.sock, c.buf = s, bytearray()
             c.send(it.raw_request("/bytes?n=%d" % self.n))
-            line = c.readline()
-            m = re.match(rb"HTTP/1\.[01] (\d{3})", line)
-            if not m:
-                raise Fail("bad status line %s" % short(line))
-            self.status = int(m.group(1))
-            cl = None
-            while True:
-                h = c.readline()
-                if not h:
-                    raise Fail("connection closed inside the response head")
-                if h == b"\r\n":
-                    break
-                k, _, v = h.decode("latin-1").partition(":")
-                if k.strip().lower() == "content-length":
-                    cl = int(v.strip())
+            head = c.read_head()
+            self.status, cl = head.status, head.hdr("content-length")
+            cl = int(cl) if cl is not None else None
             if self.status != 200 or cl != self.n:
                 raise Fail("status %d Content-Length %s" % (self.status, cl))
             self.started.set()
