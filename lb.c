@@ -434,9 +434,10 @@ static char *read_file(const char *path, size_t *len)
 }
 
 /* ==================================================================== 3. pure parsers
- * HTTP request and response heads, chunked framing, config values, paths, JSON tokens (lb ctl reads
- * /api/stats with them), access log templates (lb_log_template_parse, the field names). Each takes
- * (buf, len, out) and returns a status; strings in out point into buf. No I/O, no globals.
+ * HTTP request and response heads, chunked framing, config values, paths, JSON tokens and documents
+ * (lb_jdoc_*: lb ctl reads /api/stats with them, linode-scaler the Linode API), access log templates
+ * (lb_log_template_parse, the field names). Each takes (buf, len, out) and returns a status; strings in
+ * out point into buf (a JSON document's into its own decoded copy). No I/O, no globals.
  * Calls section 2 only. */
 
 struct head_sem {          /* semantic state gathered while reading fields */
@@ -2399,8 +2400,8 @@ long lb_json_tokens(const char *s, size_t n, struct lb_jtok *t, size_t max)
 		if (done)
 			return LB_EINVAL;
 		if (ch == '}' || ch == ']') {
-			if (!depth || t[stack[depth - 1]].type != (ch == '}' ? LB_J_OBJ : LB_J_ARR))
-				return LB_EINVAL;
+			if (!depth || t[stack[depth - 1]].type != (ch == '}' ? LB_J_OBJ : LB_J_ARR) || (ch == '}' && !want_key))
+				return LB_EINVAL; /* want_key is 0 in an object after a key: {"a"} has no value to read */
 			struct lb_jtok *o = &t[stack[--depth]];
 			o->end = (uint32_t)i + 1;
 			o->next = (uint32_t)nt;
@@ -2434,6 +2435,188 @@ long lb_json_tokens(const char *s, size_t n, struct lb_jtok *t, size_t max)
 		done = !depth;
 	}
 	return done ? (long)nt : LB_EINVAL;
+}
+
+/* a JSON number's grammar, over a NUL-terminated text: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)? */
+static int json_number_ok(const char *p)
+{
+	p += *p == '-';
+	if (!is_digit((unsigned char)*p) || (*p == '0' && is_digit((unsigned char)p[1])))
+		return 0;
+	while (is_digit((unsigned char)*p))
+		p++;
+	if (*p == '.' && !is_digit((unsigned char)*++p))
+		return 0;
+	while (is_digit((unsigned char)*p))
+		p++;
+	if (*p == 'e' || *p == 'E') {
+		p++;
+		p += *p == '+' || *p == '-';
+		if (!is_digit((unsigned char)*p))
+			return 0;
+		while (is_digit((unsigned char)*p))
+			p++;
+	}
+	return *p == 0;
+}
+
+/* four hex digits at p (which has at least four bytes), or -1 */
+static long json_hex4(const char *p)
+{
+	long v = 0;
+	for (int i = 0; i < 4; i++) {
+		if (!is_hex((unsigned char)p[i]))
+			return -1;
+		v = v << 4 | hex_val((unsigned char)p[i]);
+	}
+	return v;
+}
+
+/* code point c as UTF-8 at o; the bytes written (1 to 4) */
+static size_t utf8_put(char *o, unsigned long c)
+{
+	if (c < 0x80)
+		return o[0] = (char)c, 1;
+	if (c < 0x800)
+		return o[0] = (char)(0xc0 | c >> 6), o[1] = (char)(0x80 | (c & 63)), 2;
+	if (c < 0x10000)
+		return o[0] = (char)(0xe0 | c >> 12), o[1] = (char)(0x80 | (c >> 6 & 63)), o[2] = (char)(0x80 | (c & 63)), 3;
+	o[0] = (char)(0xf0 | c >> 18), o[1] = (char)(0x80 | (c >> 12 & 63)), o[2] = (char)(0x80 | (c >> 6 & 63));
+	o[3] = (char)(0x80 | (c & 63));
+	return 4;
+}
+
+/* a string token's escapes decoded in place (the text only shrinks: \uXXXX is 6 bytes, its UTF-8 at most 3;
+ * a surrogate pair 12, at most 4) and NUL-terminated over its closing quote; -1 on a bad escape */
+static int json_unescape(char *s, struct lb_jtok *t)
+{
+	uint32_t i = t->start, o = t->start;
+	while (i < t->end) {
+		if (s[i] != '\\') {
+			s[o++] = s[i++];
+			continue;
+		}
+		const char *m = strchr("\"\\/bfnrt", s[i + 1]); /* s[i + 1] is in the string: the tokenizer skips pairs */
+		if (m && s[i + 1]) {
+			s[o++] = "\"\\/\b\f\n\r\t"[m - "\"\\/bfnrt"];
+			i += 2;
+			continue;
+		}
+		long u = s[i + 1] == 'u' && t->end - i >= 6 ? json_hex4(s + i + 2) : -1, lo = -1;
+		if (u < 0)
+			return -1;
+		i += 6;
+		if (u >= 0xd800 && u < 0xdc00 && t->end - i >= 6 && s[i] == '\\' && s[i + 1] == 'u')
+			lo = json_hex4(s + i + 2);
+		if (lo >= 0xdc00 && lo < 0xe000) {
+			u = 0x10000 + ((u - 0xd800) << 10) + (lo - 0xdc00);
+			i += 6;
+		} else if (u >= 0xd800 && u < 0xe000) {
+			u = 0xfffd; /* a lone surrogate */
+		}
+		o += (uint32_t)utf8_put(s + o, (unsigned long)u);
+	}
+	s[o] = 0;
+	t->end = o;
+	return 0;
+}
+
+/* one token of the copy made ready to read: a string decoded, a literal NUL-terminated (over the separator
+ * or bracket after it: the tokens already hold the structure) and checked; -1 when it is no JSON */
+static int jdoc_settle(char *s, struct lb_jtok *t)
+{
+	if (t->type == LB_J_STR)
+		return json_unescape(s, t);
+	if (t->type != LB_J_PRIM)
+		return 0;
+	s[t->end] = 0;
+	const char *p = s + t->start;
+	return !strcmp(p, "true") || !strcmp(p, "false") || !strcmp(p, "null") || json_number_ok(p) ? 0 : -1;
+}
+
+int lb_jdoc_parse(const char *s, size_t n, struct lb_jdoc *d)
+{
+	size_t max = n / 2 + 16; /* every token but the first takes two bytes at least ("" [] 1,) */
+	if (max > (size_t)LB_JDOC_TOKENS_MAX)
+		max = (size_t)LB_JDOC_TOKENS_MAX;
+	*d = (struct lb_jdoc){ 0 };
+	d->s = n < SIZE_MAX ? malloc(n + 1) : NULL;
+	d->t = malloc(max * sizeof *d->t);
+	if (!d->s || !d->t) {
+		lb_jdoc_free(d);
+		return LB_ENOMEM;
+	}
+	memcpy(d->s, s, n);
+	d->s[n] = 0;
+	long nt = lb_json_tokens(d->s, n, d->t, max);
+	for (long i = 0; i < nt; i++)
+		if (jdoc_settle(d->s, &d->t[i]) != 0)
+			nt = LB_EINVAL;
+	if (nt < 1) {
+		lb_jdoc_free(d);
+		return LB_EINVAL;
+	}
+	d->n = nt;
+	return 0;
+}
+
+void lb_jdoc_free(struct lb_jdoc *d)
+{
+	free(d->s);
+	free(d->t);
+	*d = (struct lb_jdoc){ 0 };
+}
+
+int lb_jdoc_type(const struct lb_jdoc *d, long i)
+{
+	return i >= 0 && i < d->n ? d->t[i].type : 0;
+}
+
+long lb_jdoc_get(const struct lb_jdoc *d, long o, const char *key)
+{
+	if (lb_jdoc_type(d, o) != LB_J_OBJ)
+		return -1;
+	size_t kl = strlen(key);
+	for (long i = o + 1; i < (long)d->t[o].next; i = (long)d->t[i + 1].next)
+		if (d->t[i].end - d->t[i].start == kl && !memcmp(d->s + d->t[i].start, key, kl))
+			return i + 1;
+	return -1;
+}
+
+long lb_jdoc_next(const struct lb_jdoc *d, long a, long i)
+{
+	if (lb_jdoc_type(d, a) != LB_J_ARR)
+		return -1;
+	long j = i < 0 ? a + 1 : (long)d->t[i].next;
+	return j < (long)d->t[a].next ? j : -1;
+}
+
+const char *lb_jdoc_str(const struct lb_jdoc *d, long i)
+{
+	return lb_jdoc_type(d, i) == LB_J_STR ? d->s + d->t[i].start : NULL;
+}
+
+const char *lb_jdoc_lit(const struct lb_jdoc *d, long i)
+{
+	return lb_jdoc_type(d, i) == LB_J_PRIM ? d->s + d->t[i].start : NULL;
+}
+
+int lb_jdoc_num(const struct lb_jdoc *d, long i, double *out)
+{
+	const char *p = lb_jdoc_lit(d, i);
+	if (!p || !(*p == '-' || is_digit((unsigned char)*p))) /* literals were checked: this is a number */
+		return -1;
+	*out = strtod(p, NULL);
+	return 0;
+}
+
+int lb_jdoc_int(const struct lb_jdoc *d, long i, long long *out)
+{
+	double v;
+	if (lb_jdoc_num(d, i, &v) != 0 || v > 9e15 || v < -9e15 || v != (double)(long long)v)
+		return -1;
+	*out = (long long)v;
+	return 0;
 }
 
 const char *const lb_log_field_names[LB_LF_N] = {
@@ -3348,32 +3531,31 @@ static void set_binds(struct cfg *st, void *o, const struct keydef *kd, const ch
 	}
 }
 
-static void set_cert(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+/* one more file of a listener's repeatable key (cert, ocsp): into files[*n], its line beside it */
+static void push_file(struct cfg *st, const struct keydef *kd, const char *v, int line, char **files, int *lines,
+                      size_t *n)
 {
-	struct lb_listener *l = o;
-	if (l->ncerts >= LB_MAX_CERTS) {
-		cfg_err(st, line, kd->name, "cert: more than %d certificates in one listener", LB_MAX_CERTS);
+	if (*n >= LB_MAX_CERTS) {
+		cfg_err(st, line, kd->name, "%s: more than %d in one listener", kd->name, LB_MAX_CERTS);
 		return;
 	}
 	char *f = v_str(st, line, kd->name, v);
 	if (f) {
-		l->cert_lines[l->ncerts] = line;
-		l->certs[l->ncerts++] = f;
+		lines[*n] = line;
+		files[(*n)++] = f;
 	}
+}
+
+static void set_cert(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
+{
+	struct lb_listener *l = o;
+	push_file(st, kd, v, line, l->certs, l->cert_lines, &l->ncerts);
 }
 
 static void set_ocsp(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
 {
 	struct lb_listener *l = o;
-	if (l->nocsp >= LB_MAX_CERTS) {
-		cfg_err(st, line, kd->name, "ocsp: more than %d in one listener", LB_MAX_CERTS);
-		return;
-	}
-	char *f = v_str(st, line, kd->name, v);
-	if (f) {
-		l->ocsp_lines[l->nocsp] = line;
-		l->ocsp[l->nocsp++] = f;
-	}
+	push_file(st, kd, v, line, l->ocsp, l->ocsp_lines, &l->nocsp);
 }
 
 static void set_client_ca(struct cfg *st, void *o, const struct keydef *kd, const char *v, int line)
@@ -16546,7 +16728,7 @@ static int master_run(void)
 /* ==================================================================== 16. main, lb ctl
  * The command line (lb -t, lb --keys, lb -v), the config's first load (load_config), the shared
  * segments, then the master's loop (section 15). The last subsections, lb ctl, are the admin API's
- * client: its commands, and status / top, which read /api/stats (lb_json_tokens) into aligned tables.
+ * client: its commands, and status / top, which read /api/stats (lb_jdoc_*) into aligned tables.
  * Calls sections 2, 3, 4, 6, 7, 11, 12, 13 and 15. */
 
 static void usage(FILE *f)
@@ -17019,62 +17201,24 @@ out:
 
 /* -------------------------------------------------------------------- lb ctl status, lb ctl top
  * /api/stats for people: aligned tables (status) and a view refreshed in place (top). The JSON is
- * read through lb_json_tokens; a key the API does not have (yet) shows as "-". */
+ * read through lb_jdoc_* (section 3); a key the API does not have (yet) shows as "-". */
 
-struct jdoc {
-	const char *s;
-	struct lb_jtok *t;
-	long n;
-};
-
-static int jdoc_parse(struct jdoc *d, const char *s)
+/* a scalar's text for a cell (cut to cap), "-" when absent, null or not a scalar */
+static const char *jdoc_text(const struct lb_jdoc *d, long i, char *buf, size_t cap)
 {
-	size_t max = strlen(s) / 2 + 16;
-	d->s = s;
-	d->t = malloc(max * sizeof *d->t);
-	d->n = d->t ? lb_json_tokens(s, strlen(s), d->t, max) : LB_EINVAL;
-	if (d->n < 1) {
-		free(d->t);
-		d->t = NULL;
-		return -1;
-	}
-	return 0;
-}
-
-/* the value of key in the object at token o; -1 when absent */
-static long jdoc_get(const struct jdoc *d, long o, const char *key)
-{
-	if (o < 0 || d->t[o].type != LB_J_OBJ)
-		return -1;
-	size_t kl = strlen(key);
-	for (long i = o + 1; i < (long)d->t[o].next; i = (long)d->t[i + 1].next)
-		if (d->t[i].end - d->t[i].start == kl && !memcmp(d->s + d->t[i].start, key, kl))
-			return i + 1;
-	return -1;
-}
-
-/* the text of a scalar (a string without its quotes; \" and \\ undone), "-" when absent or not one */
-static const char *jdoc_text(const struct jdoc *d, long i, char *buf, size_t cap)
-{
-	if (i < 0 || d->t[i].type == LB_J_OBJ || d->t[i].type == LB_J_ARR || (d->t[i].type == LB_J_PRIM &&
-	    d->t[i].end - d->t[i].start == 4 && !memcmp(d->s + d->t[i].start, "null", 4)))
+	const char *v = lb_jdoc_str(d, i);
+	if (!v && (!(v = lb_jdoc_lit(d, i)) || !strcmp(v, "null")))
 		return "-";
-	size_t o = 0;
-	for (uint32_t k = d->t[i].start; k < d->t[i].end && o + 1 < cap; k++) {
-		if (d->s[k] == '\\' && k + 1 < d->t[i].end)
-			k++;
-		buf[o++] = d->s[k];
-	}
-	buf[o] = 0;
+	snprintf(buf, cap, "%s", v);
 	return buf;
 }
 
-static const char *jdoc_field(const struct jdoc *d, long o, const char *key, char *buf, size_t cap)
+static const char *jdoc_field(const struct lb_jdoc *d, long o, const char *key, char *buf, size_t cap)
 {
-	return jdoc_text(d, jdoc_get(d, o, key), buf, cap);
+	return jdoc_text(d, lb_jdoc_get(d, o, key), buf, cap);
 }
 
-static uint64_t jdoc_num(const struct jdoc *d, long o, const char *key)
+static uint64_t jdoc_num(const struct lb_jdoc *d, long o, const char *key)
 {
 	char b[32];
 	return strtoull(jdoc_field(d, o, key, b, sizeof b), NULL, 10);
@@ -17118,7 +17262,7 @@ static void tab_print(struct ctl_table *t, FILE *f)
 }
 
 /* why a server takes no traffic, from what /api/stats says: its own "reason" when it has one */
-static const char *ctl_reason(const struct jdoc *d, long sv, char *buf, size_t cap)
+static const char *ctl_reason(const struct lb_jdoc *d, long sv, char *buf, size_t cap)
 {
 	char st[32], h[16], cb[16];
 	for (const char *const *k = (const char *const[]){ "reason", "down_reason", NULL }; *k; k++)
@@ -17144,7 +17288,7 @@ static const struct lb_listener *ctl_listener(const struct lb_conf *c, const cha
 	return NULL;
 }
 
-static void ctl_status_tables(const struct ctl *k, const struct jdoc *d, FILE *f)
+static void ctl_status_tables(const struct ctl *k, const struct lb_jdoc *d, FILE *f)
 {
 	char a[8][48], big[256];
 	fprintf(f, "lb %s  generation %s  workers %s  draining %s\n\n", jdoc_field(d, 0, "version", a[0], 48),
@@ -17153,19 +17297,18 @@ static void ctl_status_tables(const struct ctl *k, const struct jdoc *d, FILE *f
 	tab_row(&pt, (const char *[]){ "POOL", "ALGORITHM", "SERVERS", "UP", "REQUESTS", "ERRORS" });
 	tab_row(&st, (const char *[]){ "POOL", "SERVER", "ADDRESS", "STATE", "WEIGHT", "ACTIVE", "REQUESTS", "ERRORS", "5XX",
 	                               "CIRCUIT", "REASON" });
-	long pools = jdoc_get(d, 0, "pools");
-	for (long p = pools >= 0 && d->t[pools].type == LB_J_ARR ? pools + 1 : -1; p >= 0 && p < (long)d->t[pools].next;
-	     p = (long)d->t[p].next) {
-		long svs = jdoc_get(d, p, "servers");
+	long pools = lb_jdoc_get(d, 0, "pools");
+	for (long p = lb_jdoc_next(d, pools, -1); p >= 0; p = lb_jdoc_next(d, pools, p)) {
+		long svs = lb_jdoc_get(d, p, "servers");
 		uint64_t n = 0, up = 0, req = 0, err = 0;
 		char pn[48];
 		jdoc_field(d, p, "name", pn, sizeof pn);
-		for (long s = svs >= 0 ? svs + 1 : -1; s >= 0 && s < (long)d->t[svs].next; s = (long)d->t[s].next) {
+		for (long s = lb_jdoc_next(d, svs, -1); s >= 0; s = lb_jdoc_next(d, svs, s)) {
 			n++;
 			up += !strcmp(jdoc_field(d, s, "state", a[0], 48), "up");
 			req += jdoc_num(d, s, "requests");
 			err += jdoc_num(d, s, "errors");
-			long sc = jdoc_get(d, s, "status");
+			long sc = lb_jdoc_get(d, s, "status");
 			tab_row(&st, (const char *[]){ pn, jdoc_field(d, s, "name", a[1], 48), jdoc_field(d, s, "address", a[2], 48), a[0],
 			                               jdoc_field(d, s, "weight", a[3], 48), jdoc_field(d, s, "active", a[4], 48),
 			                               jdoc_field(d, s, "requests", a[5], 48), jdoc_field(d, s, "errors", a[6], 48),
@@ -17182,12 +17325,12 @@ static void ctl_status_tables(const struct ctl *k, const struct jdoc *d, FILE *f
 	tab_print(&st, f);
 	struct ctl_table rt = { .ncol = 6 };
 	tab_row(&rt, (const char *[]){ "ROUTE", "POOL", "REQUESTS", "RATE_LIMITED", "DENIED", "SPLIT" });
-	long routes = jdoc_get(d, 0, "routes");
-	for (long r = routes >= 0 ? routes + 1 : -1; r >= 0 && r < (long)d->t[routes].next; r = (long)d->t[r].next) {
-		long sp = jdoc_get(d, r, "split");
+	long routes = lb_jdoc_get(d, 0, "routes");
+	for (long r = lb_jdoc_next(d, routes, -1); r >= 0; r = lb_jdoc_next(d, routes, r)) {
+		long sp = lb_jdoc_get(d, r, "split");
 		size_t o = 0;
 		big[0] = 0;
-		for (long e = sp >= 0 ? sp + 1 : -1; e >= 0 && e < (long)d->t[sp].next && o < 40; e = (long)d->t[e].next)
+		for (long e = lb_jdoc_next(d, sp, -1); e >= 0 && o < 40; e = lb_jdoc_next(d, sp, e))
 			o += (size_t)snprintf(big + o, 48 - o, "%s%s %s", o ? ", " : "", jdoc_field(d, e, "pool", a[6], 48),
 			                      jdoc_field(d, e, "weight", a[7], 48));
 		tab_row(&rt, (const char *[]){ jdoc_field(d, r, "name", a[0], 48), jdoc_field(d, r, "pool", a[1], 48),
@@ -17202,9 +17345,9 @@ static void ctl_status_tables(const struct ctl *k, const struct jdoc *d, FILE *f
 	}
 	struct ctl_table lt = { .ncol = 6 };
 	tab_row(&lt, (const char *[]){ "LISTENER", "BIND", "PROTOCOL", "ACTIVE", "ACCEPTED", "POOL" });
-	long ls = jdoc_get(d, 0, "listeners");
-	for (long l = ls >= 0 ? ls + 1 : -1; l >= 0 && l < (long)d->t[ls].next; l = (long)d->t[l].next) {
-		long bs = jdoc_get(d, l, "binds");
+	long ls = lb_jdoc_get(d, 0, "listeners");
+	for (long l = lb_jdoc_next(d, ls, -1); l >= 0; l = lb_jdoc_next(d, ls, l)) {
+		long bs = lb_jdoc_get(d, l, "binds");
 		const struct lb_listener *L = ctl_listener(k->c, jdoc_field(d, l, "name", a[0], 48));
 		snprintf(a[1], 48, "%s%s", bs >= 0 && d->t[bs].size ? jdoc_text(d, bs + 1, a[5], 40) : "-",
 		         bs >= 0 && d->t[bs].size > 1 ? " +" : "");
@@ -17224,12 +17367,12 @@ static void ctl_status_tables(const struct ctl *k, const struct jdoc *d, FILE *f
 	tab_print(&lt, f);
 	struct ctl_table ct = { .ncol = 5 };
 	tab_row(&ct, (const char *[]){ "CERTIFICATE", "LISTENER", "NAMES", "SERIAL", "EXPIRES_IN_DAYS" });
-	long tls = jdoc_get(d, 0, "tls"), cs = jdoc_get(d, tls, "certificates");
-	for (long c = cs >= 0 ? cs + 1 : -1; c >= 0 && c < (long)d->t[cs].next; c = (long)d->t[c].next) {
-		long nm = jdoc_get(d, c, "names");
+	long tls = lb_jdoc_get(d, 0, "tls"), cs = lb_jdoc_get(d, tls, "certificates");
+	for (long c = lb_jdoc_next(d, cs, -1); c >= 0; c = lb_jdoc_next(d, cs, c)) {
+		long nm = lb_jdoc_get(d, c, "names");
 		size_t o = 0;
 		big[0] = 0;
-		for (long e = nm >= 0 ? nm + 1 : -1; e >= 0 && e < (long)d->t[nm].next && o < 40; e = (long)d->t[e].next)
+		for (long e = lb_jdoc_next(d, nm, -1); e >= 0 && o < 40; e = lb_jdoc_next(d, nm, e))
 			o += (size_t)snprintf(big + o, 48 - o, "%s%s", o ? "," : "", jdoc_text(d, e, a[6], 48));
 		snprintf(a[5], 48, "%lld", strtoll(jdoc_field(d, c, "expires_in_s", a[7], 48), NULL, 10) / 86400);
 		tab_row(&ct, (const char *[]){ jdoc_field(d, c, "file", big + 64, 192), jdoc_field(d, c, "listener", a[1], 48), big,
@@ -17248,17 +17391,17 @@ static int ctl_status(const struct ctl *k, int json)
 {
 	char *out = NULL;
 	int st = ctl_call(k, "GET", "/api/stats", NULL, 0, &out), rc = 1;
-	struct jdoc d;
+	struct lb_jdoc d;
 	if (st != 200 || !out) {
 		fprintf(stderr, "lb ctl status: %s%s", st > 0 ? "the admin API answered: " : "no answer\n", st > 0 && out ? out : "");
 	} else if (json) {
 		fputs(out, stdout);
 		rc = 0;
-	} else if (jdoc_parse(&d, out) != 0) {
+	} else if (lb_jdoc_parse(out, strlen(out), &d) != 0) {
 		fprintf(stderr, "lb ctl status: /api/stats is not the JSON expected\n");
 	} else {
 		ctl_status_tables(k, &d, stdout);
-		free(d.t);
+		lb_jdoc_free(&d);
 		rc = 0;
 	}
 	free(out);
@@ -17296,9 +17439,9 @@ static int ctl_top(const struct ctl *k, uint64_t count, uint64_t interval)
 	for (uint64_t n = 0; !count || n < count; n++) {
 		char *out = NULL, a[6][48], line[64];
 		int st = ctl_call(k, "GET", "/api/stats", NULL, 0, &out);
-		struct jdoc d;
+		struct lb_jdoc d;
 		uint64_t now = mono_ms();
-		if (st != 200 || !out || jdoc_parse(&d, out) != 0) {
+		if (st != 200 || !out || lb_jdoc_parse(out, strlen(out), &d) != 0) {
 			free(out);
 			fprintf(stderr, "lb ctl top: no usable answer from the admin API\n");
 			rc = 1;
@@ -17314,11 +17457,11 @@ static int ctl_top(const struct ctl *k, uint64_t count, uint64_t interval)
 		       jdoc_field(&d, 0, "generation", a[1], 48), jdoc_field(&d, 0, "workers", a[2], 48));
 		struct ctl_table tb = { .ncol = 7 };
 		tab_row(&tb, (const char *[]){ "SERVER", "STATE", "REQ/S", "ACTIVE", "REQUESTS", "ERRORS", "REASON" });
-		long pools = jdoc_get(&d, 0, "pools");
+		long pools = lb_jdoc_get(&d, 0, "pools");
 		size_t si = 0;
-		for (long p = pools >= 0 ? pools + 1 : -1; p >= 0 && p < (long)d.t[pools].next; p = (long)d.t[p].next) {
-			long svs = jdoc_get(&d, p, "servers");
-			for (long s = svs >= 0 ? svs + 1 : -1; s >= 0 && s < (long)d.t[svs].next; s = (long)d.t[s].next, si++) {
+		for (long p = lb_jdoc_next(&d, pools, -1); p >= 0; p = lb_jdoc_next(&d, pools, p)) {
+			long svs = lb_jdoc_get(&d, p, "servers");
+			for (long s = lb_jdoc_next(&d, svs, -1); s >= 0; s = lb_jdoc_next(&d, svs, s), si++) {
 				char nm[2 * LB_NAME_MAX + 2], rate[24], why[200];
 				snprintf(nm, sizeof nm, "%s/%s", jdoc_field(&d, p, "name", a[0], 48), jdoc_field(&d, s, "name", a[1], 48));
 				uint64_t req = jdoc_num(&d, s, "requests");
@@ -17340,7 +17483,7 @@ static int ctl_top(const struct ctl *k, uint64_t count, uint64_t interval)
 		if (!tty)
 			fputc('\n', stdout);
 		fflush(stdout);
-		free(d.t);
+		lb_jdoc_free(&d);
 		free(out);
 		prev_ms = now;
 		if (count && n + 1 == count)

@@ -344,7 +344,7 @@ struct lb_form_action {
 };
 int lb_parse_form_action(const char *body, size_t n, struct lb_form_action *o);
 
-/* ------------------------------------------------------------------ JSON tokens (lb ctl reads /api/stats) */
+/* ------------------------------------------------------------------ JSON tokens, documents (lb ctl reads /api/stats, linode-scaler the Linode API) */
 
 enum lb_jtype { LB_J_OBJ = 1, LB_J_ARR, LB_J_STR, LB_J_PRIM };
 struct lb_jtok {
@@ -356,6 +356,28 @@ struct lb_jtok {
 /* The tokens of one JSON value, depth first (an object's key before its value): the count, or
  * LB_EINVAL (not JSON, deeper than 32, more than max tokens). Strings are not unescaped. */
 long lb_json_tokens(const char *s, size_t n, struct lb_jtok *t, size_t max);
+
+/* A JSON document to read by key (lb ctl, linode-scaler): lb_json_tokens over a copy of the text in which
+ * every scalar is NUL-terminated and every string decoded (\" \\ \/ \b \f \n \r \t \uXXXX, surrogate
+ * pairs; a lone surrogate becomes U+FFFD) in place. Tokens: the text's length / 2 + 16 (room for any
+ * text), at most LB_JDOC_TOKENS_MAX. A token index i < 0 means "absent" to every accessor. */
+#define LB_JDOC_TOKENS_MAX (1L << 20)
+struct lb_jdoc {
+	char *s;                      /* the decoded copy; a string token's start..end is its UTF-8 text */
+	struct lb_jtok *t;
+	long n;
+};
+/* 0, LB_EINVAL (not JSON, a bad escape, a literal other than a number, true, false, null, more tokens than
+ * the bound) or LB_ENOMEM; d is empty (lb_jdoc_free is harmless) after a failure */
+int lb_jdoc_parse(const char *s, size_t n, struct lb_jdoc *d);
+void lb_jdoc_free(struct lb_jdoc *d);
+long lb_jdoc_get(const struct lb_jdoc *d, long o, const char *key); /* key's value in object o; -1 */
+long lb_jdoc_next(const struct lb_jdoc *d, long a, long i);         /* a's element after i (i < 0: the first); -1 */
+int lb_jdoc_type(const struct lb_jdoc *d, long i);                  /* LB_J_*, 0 when absent */
+const char *lb_jdoc_str(const struct lb_jdoc *d, long i);            /* a string's text; NULL when not a string */
+const char *lb_jdoc_lit(const struct lb_jdoc *d, long i);            /* a number's, true's, false's, null's text; NULL */
+int lb_jdoc_num(const struct lb_jdoc *d, long i, double *out);       /* 0 when a number, else -1 */
+int lb_jdoc_int(const struct lb_jdoc *d, long i, long long *out);    /* 0 when a whole number within 9e15 */
 
 /* ------------------------------------------------------------------ access log template */
 

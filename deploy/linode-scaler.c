@@ -11,9 +11,9 @@
  * Reads the [scaler] section of lb's config.ini (inih), talks to the Linode API v4 (libcurl) and to
  * lb's admin API. One file, C11, `cc deploy/linode-scaler.c -l:libinih.a -lcurl` builds it.
  *
- * Sections, in order: utilities (log, buffers, time, files), JSON (a small DOM parser and string
- * escaping), configuration, HTTP (libcurl), the Linode API client (auth, retries, errors,
- * pagination), lb's admin API client, measurements (Linode stats, /proc/stat), the cycle (reconcile,
+ * Sections, in order: utilities (log, buffers, time, files), JSON (why lb.c's reader refused an
+ * answer), configuration, HTTP (libcurl), the Linode API client (auth, retries, errors, pagination),
+ * lb's admin API client, measurements (Linode stats, /proc/stat), the cycle (reconcile,
  * decide, act), commands and main.
  *
  * State lives in Linode and lb (a file, --state, only keeps the time of the last change for the
@@ -23,7 +23,8 @@
  * (TAG-draining) so that a restart finishes its removal instead of adding it back to lb. */
 /* lb.c is #included (built with -DLB_NO_MAIN, as fuzz/fuzz_conn.c does): the [scaler] section is read
  * by lb's own parser (lb_conf_parse; each key a row of lb.c's key table, checked by `lb -t` too), and
- * requests are written with lb's text buffer (struct abuf, ab_put, ab_printf). */
+ * requests are written with lb's text buffer (struct abuf, ab_put, ab_printf); answers, Linode's and lb's
+ * /api/stats, are read with lb's JSON documents (lb_jdoc_parse, lb_jdoc_get, lb_jdoc_str, lb_jdoc_num). */
 #define _GNU_SOURCE
 #include "lb.c"
 
@@ -272,308 +273,13 @@ static void fmt_dur(char *out, size_t size, int64_t ms)
 
 /* ================================================================================== JSON */
 
-enum { J_NULL, J_FALSE, J_TRUE, J_NUM, J_STR, J_ARR, J_OBJ };
+/* Answers are read with lb.c's JSON documents (lb_jdoc_parse: lb_json_tokens, strings decoded); token 0 is
+ * the value of the whole answer. */
 
-struct jv {
-	int t;
-	double num;
-	char *str;  /* J_STR, NUL-terminated */
-	char *key;  /* member name inside an object */
-	struct jv *kid, *next;
-};
-
-struct jparse {
-	const char *p, *end;
-	int depth;
-	const char *err;
-};
-
-static void jfree(struct jv *v)
+/* why lb_jdoc_parse refused a text */
+static const char *jdoc_why(int rc)
 {
-	while (v) {
-		struct jv *n = v->next;
-		jfree(v->kid);
-		free(v->str);
-		free(v->key);
-		free(v);
-		v = n;
-	}
-}
-
-static void jws(struct jparse *j)
-{
-	while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r'))
-		j->p++;
-}
-
-static int hex4(const char *p, unsigned *out)
-{
-	unsigned v = 0;
-	for (int i = 0; i < 4; i++) {
-		char c = p[i];
-		v <<= 4;
-		if (c >= '0' && c <= '9')
-			v |= (unsigned)(c - '0');
-		else if (c >= 'a' && c <= 'f')
-			v |= (unsigned)(c - 'a' + 10);
-		else if (c >= 'A' && c <= 'F')
-			v |= (unsigned)(c - 'A' + 10);
-		else
-			return -1;
-	}
-	*out = v;
-	return 0;
-}
-
-static void utf8(struct abuf *b, unsigned c)
-{
-	char o[4];
-	if (c < 0x80) {
-		o[0] = (char)c;
-		ab_put(b, o, 1);
-	} else if (c < 0x800) {
-		o[0] = (char)(0xc0 | c >> 6), o[1] = (char)(0x80 | (c & 63));
-		ab_put(b, o, 2);
-	} else if (c < 0x10000) {
-		o[0] = (char)(0xe0 | c >> 12), o[1] = (char)(0x80 | (c >> 6 & 63)), o[2] = (char)(0x80 | (c & 63));
-		ab_put(b, o, 3);
-	} else {
-		o[0] = (char)(0xf0 | c >> 18), o[1] = (char)(0x80 | (c >> 12 & 63)), o[2] = (char)(0x80 | (c >> 6 & 63));
-		o[3] = (char)(0x80 | (c & 63));
-		ab_put(b, o, 4);
-	}
-}
-
-static char *jstring(struct jparse *j)
-{
-	struct abuf b = { 0 };
-	j->p++; /* opening quote */
-	while (j->p < j->end && *j->p != '"') {
-		unsigned char c = (unsigned char)*j->p;
-		if (c < 0x20) {
-			j->err = "control character in a string";
-			goto bad;
-		}
-		if (c != '\\') {
-			ab_put(&b, j->p++, 1);
-			continue;
-		}
-		if (j->end - j->p < 2)
-			break;
-		char e = j->p[1];
-		j->p += 2;
-		const char *simple = strchr("\"\\/bfnrt", e);
-		if (simple && e) {
-			static const char out[] = "\"\\/\b\f\n\r\t";
-			ab_put(&b, &out[simple - "\"\\/bfnrt"], 1);
-		} else if (e == 'u') {
-			unsigned u, lo;
-			if (j->end - j->p < 4 || hex4(j->p, &u) != 0) {
-				j->err = "bad \\u escape";
-				goto bad;
-			}
-			j->p += 4;
-			if (u >= 0xd800 && u < 0xdc00 && j->end - j->p >= 6 && j->p[0] == '\\' && j->p[1] == 'u' &&
-			    hex4(j->p + 2, &lo) == 0 && lo >= 0xdc00 && lo < 0xe000) {
-				u = 0x10000 + ((u - 0xd800) << 10) + (lo - 0xdc00);
-				j->p += 6;
-			} else if (u >= 0xd800 && u < 0xe000) {
-				u = 0xfffd;
-			}
-			utf8(&b, u);
-		} else {
-			j->err = "bad escape";
-			goto bad;
-		}
-	}
-	if (j->p >= j->end) {
-		j->err = "unterminated string";
-		goto bad;
-	}
-	j->p++;
-	if (!b.d)
-		ab_put(&b, "", 0);
-	if (b.oom) {
-		j->err = "out of memory";
-		goto bad;
-	}
-	return b.d;
-bad:
-	buf_free(&b);
-	if (!j->err)
-		j->err = "bad string";
-	return NULL;
-}
-
-static struct jv *jvalue(struct jparse *j);
-
-static struct jv *jnew(int t)
-{
-	struct jv *v = calloc(1, sizeof *v);
-	if (v)
-		v->t = t;
-	return v;
-}
-
-static struct jv *jcontainer(struct jparse *j, int obj)
-{
-	struct jv *v = jnew(obj ? J_OBJ : J_ARR), **tail = v ? &v->kid : NULL;
-	if (!v)
-		return NULL;
-	if (++j->depth > 64) {
-		j->err = "nested too deeply";
-		goto bad;
-	}
-	j->p++;
-	jws(j);
-	if (j->p < j->end && *j->p == (obj ? '}' : ']')) {
-		j->p++;
-		j->depth--;
-		return v;
-	}
-	for (;;) {
-		char *key = NULL;
-		jws(j);
-		if (obj) {
-			if (j->p >= j->end || *j->p != '"') {
-				j->err = "expected a member name";
-				goto bad;
-			}
-			if (!(key = jstring(j)))
-				goto bad;
-			jws(j);
-			if (j->p >= j->end || *j->p != ':') {
-				free(key);
-				j->err = "expected ':'";
-				goto bad;
-			}
-			j->p++;
-		}
-		struct jv *k = jvalue(j);
-		if (!k) {
-			free(key);
-			goto bad;
-		}
-		k->key = key;
-		*tail = k;
-		tail = &k->next;
-		jws(j);
-		if (j->p < j->end && *j->p == ',') {
-			j->p++;
-			continue;
-		}
-		if (j->p < j->end && *j->p == (obj ? '}' : ']')) {
-			j->p++;
-			j->depth--;
-			return v;
-		}
-		j->err = obj ? "expected ',' or '}'" : "expected ',' or ']'";
-		goto bad;
-	}
-bad:
-	jfree(v);
-	return NULL;
-}
-
-static struct jv *jvalue(struct jparse *j)
-{
-	jws(j);
-	if (j->p >= j->end) {
-		j->err = "unexpected end";
-		return NULL;
-	}
-	char c = *j->p;
-	if (c == '{' || c == '[')
-		return jcontainer(j, c == '{');
-	if (c == '"') {
-		char *s = jstring(j);
-		struct jv *v = s ? jnew(J_STR) : NULL;
-		if (!v) {
-			free(s);
-			return NULL;
-		}
-		v->str = s;
-		return v;
-	}
-	static const struct { const char *w; int t; } words[] = { { "null", J_NULL }, { "true", J_TRUE }, { "false", J_FALSE } };
-	for (size_t i = 0; i < 3; i++) {
-		size_t n = strlen(words[i].w);
-		if ((size_t)(j->end - j->p) >= n && !memcmp(j->p, words[i].w, n)) {
-			j->p += n;
-			return jnew(words[i].t);
-		}
-	}
-	if (c == '-' || (c >= '0' && c <= '9')) {
-		char tmp[64];
-		size_t n = 0;
-		while (j->p + n < j->end && n < sizeof tmp - 1 && strchr("0123456789+-.eE", j->p[n]))
-			n++;
-		memcpy(tmp, j->p, n);
-		tmp[n] = 0;
-		char *e;
-		double d = strtod(tmp, &e);
-		if (e == tmp || *e) {
-			j->err = "bad number";
-			return NULL;
-		}
-		j->p += n;
-		struct jv *v = jnew(J_NUM);
-		if (v)
-			v->num = d;
-		return v;
-	}
-	j->err = "unexpected character";
-	return NULL;
-}
-
-/* the JSON text as a tree; NULL with *why set */
-static struct jv *jparse(const char *s, size_t n, const char **why)
-{
-	struct jparse j = { s, s + n, 0, NULL };
-	struct jv *v = jvalue(&j);
-	if (v) {
-		jws(&j);
-		if (j.p != j.end) {
-			jfree(v);
-			v = NULL;
-			j.err = "text after the value";
-		}
-	}
-	if (!v && why)
-		*why = j.err ? j.err : "out of memory";
-	return v;
-}
-
-static struct jv *jget(const struct jv *o, const char *key)
-{
-	if (!o || o->t != J_OBJ)
-		return NULL;
-	for (struct jv *k = o->kid; k; k = k->next)
-		if (k->key && !strcmp(k->key, key))
-			return k;
-	return NULL;
-}
-
-static const char *jstr(const struct jv *v)
-{
-	return v && v->t == J_STR ? v->str : NULL;
-}
-
-static int jnum(const struct jv *v, double *out)
-{
-	if (!v || v->t != J_NUM)
-		return -1;
-	*out = v->num;
-	return 0;
-}
-
-static int jint(const struct jv *v, long long *out)
-{
-	double d;
-	if (jnum(v, &d) != 0 || d != floor(d) || fabs(d) > 9e15)
-		return -1;
-	*out = (long long)d;
-	return 0;
+	return rc == LB_ENOMEM ? "out of memory" : "not JSON, a bad escape, or too many tokens";
 }
 
 /* ================================================================================== configuration */
@@ -839,20 +545,19 @@ static unsigned g_stats_i;
 /* "[field] reason; reason" from {"errors":[{"reason","field"}]}, or the start of the body */
 static void api_errors(const struct resp *r, char *out, size_t size)
 {
-	const char *why = NULL;
-	struct jv *v = jparse(buf_str(&r->body), r->body.n, &why);
-	struct jv *es = jget(v, "errors");
+	struct lb_jdoc v;
+	lb_jdoc_parse(buf_str(&r->body), r->body.n, &v); /* not JSON: no "errors" */
+	long es = lb_jdoc_get(&v, 0, "errors");
 	size_t n = 0;
 	out[0] = 0;
-	if (es && es->t == J_ARR) {
-		for (struct jv *e = es->kid; e && n + 1 < size; e = e->next) {
-			const char *reason = jstr(jget(e, "reason")), *field = jstr(jget(e, "field"));
-			int w = snprintf(out + n, size - n, "%s%s%s%s%s", n ? "; " : "", field ? "[" : "", field ? field : "",
-			                 field ? "] " : "", reason ? reason : "(no reason)");
-			if (w < 0)
-				break;
-			n += (size_t)w < size - n ? (size_t)w : size - n - 1;
-		}
+	for (long e = lb_jdoc_next(&v, es, -1); e >= 0 && n + 1 < size; e = lb_jdoc_next(&v, es, e)) {
+		const char *reason = lb_jdoc_str(&v, lb_jdoc_get(&v, e, "reason"));
+		const char *field = lb_jdoc_str(&v, lb_jdoc_get(&v, e, "field"));
+		int w = snprintf(out + n, size - n, "%s%s%s%s%s", n ? "; " : "", field ? "[" : "", field ? field : "",
+		                 field ? "] " : "", reason ? reason : "(no reason)");
+		if (w < 0)
+			break;
+		n += (size_t)w < size - n ? (size_t)w : size - n - 1;
 	}
 	if (!out[0]) {
 		snprintf(out, size, "%.200s", r->body.n ? buf_str(&r->body) : "(empty body)");
@@ -860,7 +565,7 @@ static void api_errors(const struct resp *r, char *out, size_t size)
 			if ((unsigned char)*p < 0x20)
 				*p = ' ';
 	}
-	jfree(v);
+	lb_jdoc_free(&v);
 }
 
 enum { IDEMPOTENT = 1, QUIET_4XX = 2 };
@@ -868,17 +573,17 @@ enum { IDEMPOTENT = 1, QUIET_4XX = 2 };
 /* A Linode API call: METHOD api_url+path, with X-Filter when filter is set, a JSON body when body is
  * set. 429: waits Retry-After and tries again (any method: the call was not processed). 5xx and
  * network errors: exponential backoff with jitter, only when IDEMPOTENT (GET, PUT, DELETE). Returns
- * the HTTP status (2xx: *out holds the parsed answer), or 0 when no answer came; errors are logged
+ * the HTTP status (2xx: *out holds the parsed answer, for lb_jdoc_free), or 0 when no answer came; errors are logged
  * with the API's reasons (QUIET_4XX: 4xx answers left to the caller, which gets them in *why). */
 static long api(const char *method, const char *path, const char *filter, const char *body, int flags,
-                struct jv **out, char *why, size_t whysize)
+                struct lb_jdoc *out, char *why, size_t whysize)
 {
 	char url[1024], auth[600], fh[1024];
 	const char *hdr[8];
 	size_t nh = 0;
 	struct resp r = { 0 };
 	if (out)
-		*out = NULL;
+		*out = (struct lb_jdoc){ 0 };
 	if (why && whysize)
 		why[0] = 0;
 	snprintf(url, sizeof url, "%s%s", g_c.api_url, path);
@@ -955,17 +660,17 @@ static long api(const char *method, const char *path, const char *filter, const 
 				    : status == 403 ? " (the token lacks a scope: linodes:read_write is needed)" : "");
 			break;
 		}
-		const char *perr = NULL;
-		struct jv *v = jparse(buf_str(&r.body), r.body.n, &perr);
-		if (!v) {
-			err("linode: %s %s: %ld but the answer is not JSON (%s)", method, path, status, perr);
+		struct lb_jdoc v;
+		int prc = lb_jdoc_parse(buf_str(&r.body), r.body.n, &v);
+		if (prc != 0) {
+			err("linode: %s %s: %ld but the answer is not usable (%s)", method, path, status, jdoc_why(prc));
 			status = 0;
 			break;
 		}
 		if (out)
 			*out = v;
 		else
-			jfree(v);
+			lb_jdoc_free(&v);
 		break;
 	}
 	buf_free(&r.body);
@@ -1022,30 +727,32 @@ static struct cache *cache_of(long long id, int create)
 	return free_slot;
 }
 
-static int has_tag(const struct jv *o, const char *tag)
+static int has_tag(const struct lb_jdoc *d, long o, const char *tag)
 {
-	struct jv *tags = jget(o, "tags");
-	for (struct jv *t = tags && tags->t == J_ARR ? tags->kid : NULL; t; t = t->next)
-		if (jstr(t) && !strcmp(t->str, tag))
+	long tags = lb_jdoc_get(d, o, "tags");
+	for (long t = lb_jdoc_next(d, tags, -1); t >= 0; t = lb_jdoc_next(d, tags, t))
+		if (lb_jdoc_str(d, t) && !strcmp(lb_jdoc_str(d, t), tag))
 			return 1;
 	return 0;
 }
 
-static int inst_from_json(const struct jv *o, struct inst *in)
+/* the instance object at token o of d */
+static int inst_from_json(const struct lb_jdoc *d, long o, struct inst *in)
 {
 	memset(in, 0, sizeof *in);
-	const char *label = jstr(jget(o, "label")), *status = jstr(jget(o, "status"));
-	if (jint(jget(o, "id"), &in->id) != 0 || in->id <= 0 || !label || !status)
+	const char *label = lb_jdoc_str(d, lb_jdoc_get(d, o, "label")), *status = lb_jdoc_str(d, lb_jdoc_get(d, o, "status"));
+	const char *created = lb_jdoc_str(d, lb_jdoc_get(d, o, "created"));
+	if (lb_jdoc_int(d, lb_jdoc_get(d, o, "id"), &in->id) != 0 || in->id <= 0 || !label || !status)
 		return -1;
 	snprintf(in->label, sizeof in->label, "%s", label);
 	snprintf(in->status, sizeof in->status, "%s", status);
-	snprintf(in->created, sizeof in->created, "%s", jstr(jget(o, "created")) ? jstr(jget(o, "created")) : "");
+	snprintf(in->created, sizeof in->created, "%s", created ? created : "");
 	in->created_ms = parse_api_time(in->created);
 	long long vcpus = 1;
-	if (jint(jget(jget(o, "specs"), "vcpus"), &vcpus) != 0 || vcpus < 1)
+	if (lb_jdoc_int(d, lb_jdoc_get(d, lb_jdoc_get(d, o, "specs"), "vcpus"), &vcpus) != 0 || vcpus < 1)
 		vcpus = 1;
 	in->vcpus = (int)vcpus;
-	in->draining = has_tag(o, g_c.drain_tag);
+	in->draining = has_tag(d, o, g_c.drain_tag);
 	struct cache *k = cache_of(in->id, 0);
 	if (k && k->addr[0])
 		snprintf(in->addr, sizeof in->addr, "%s", k->addr);
@@ -1070,27 +777,27 @@ static int list_instances(struct inst *out, int *n, const char *extra_filter_key
 	int rc = 0;
 	for (long long page = 1; page <= pages && page <= MAX_PAGES; page++) {
 		char path[64];
-		struct jv *v = NULL;
+		struct lb_jdoc v;
 		snprintf(path, sizeof path, "/linode/instances?page=%lld", page);
 		long st = api("GET", path, buf_str(&f), NULL, IDEMPOTENT, &v, NULL, 0);
 		if (st != 200) {
 			rc = -1;
 			break;
 		}
-		struct jv *data = jget(v, "data");
-		if (jint(jget(v, "pages"), &pages) != 0 || !data || data->t != J_ARR) {
+		long data = lb_jdoc_get(&v, 0, "data");
+		if (lb_jdoc_int(&v, lb_jdoc_get(&v, 0, "pages"), &pages) != 0 || lb_jdoc_type(&v, data) != LB_J_ARR) {
 			err("linode: GET %s: the answer has no data/pages", path);
-			jfree(v);
+			lb_jdoc_free(&v);
 			rc = -1;
 			break;
 		}
-		for (struct jv *o = data->kid; o; o = o->next) {
+		for (long o = lb_jdoc_next(&v, data, -1); o >= 0; o = lb_jdoc_next(&v, data, o)) {
 			struct inst in;
-			if (inst_from_json(o, &in) != 0) {
+			if (inst_from_json(&v, o, &in) != 0) {
 				warn("linode: GET %s: an instance without id/label/status was skipped", path);
 				continue;
 			}
-			if (!has_tag(o, g_c.tag)) /* the filter should make this impossible: do not own strangers */
+			if (!has_tag(&v, o, g_c.tag)) /* the filter should make this impossible: do not own strangers */
 				continue;
 			if (*n >= MAX_INSTANCES) {
 				warn("linode: more than %d instances carry tag %s: the rest are ignored", MAX_INSTANCES, g_c.tag);
@@ -1098,7 +805,7 @@ static int list_instances(struct inst *out, int *n, const char *extra_filter_key
 			}
 			out[(*n)++] = in;
 		}
-		jfree(v);
+		lb_jdoc_free(&v);
 		if (pages > MAX_PAGES)
 			warn("linode: %lld pages of instances; only %d are read", pages, MAX_PAGES);
 	}
@@ -1109,12 +816,12 @@ static int list_instances(struct inst *out, int *n, const char *extra_filter_key
 static long get_instance(long long id, struct inst *in)
 {
 	char path[64];
-	struct jv *v = NULL;
+	struct lb_jdoc v;
 	snprintf(path, sizeof path, "/linode/instances/%lld", id);
 	long st = api("GET", path, NULL, NULL, IDEMPOTENT | QUIET_4XX, &v, NULL, 0);
-	if (st == 200 && inst_from_json(v, in) != 0)
+	if (st == 200 && inst_from_json(&v, 0, in) != 0)
 		st = 0;
-	jfree(v);
+	lb_jdoc_free(&v);
 	return st;
 }
 
@@ -1124,24 +831,31 @@ static int lookup_addr(struct inst *in)
 	if (in->addr[0])
 		return 0;
 	char path[64];
-	struct jv *v = NULL;
+	struct lb_jdoc v;
 	snprintf(path, sizeof path, "/linode/instances/%lld/ips", in->id);
 	if (api("GET", path, NULL, NULL, IDEMPOTENT, &v, NULL, 0) != 200)
 		return -1;
 	const char *kind = g_c.public_addr ? "public" : "private";
-	struct jv *list = jget(jget(v, "ipv4"), kind);
-	const char *a = list && list->t == J_ARR && list->kid ? jstr(jget(list->kid, "address")) : NULL;
+	long list = lb_jdoc_get(&v, lb_jdoc_get(&v, 0, "ipv4"), kind);
+	const char *a = lb_jdoc_str(&v, lb_jdoc_get(&v, lb_jdoc_next(&v, list, -1), "address"));
 	if (!a || !*a || strlen(a) >= sizeof in->addr || strchr(a, ':')) {
 		err("linode: instance %s (%lld) has no %s IPv4 address%s", in->label, in->id, kind,
 		    g_c.public_addr ? "" : " (was it created with private_ip true?)");
-		jfree(v);
+		lb_jdoc_free(&v);
 		return -1;
 	}
 	snprintf(in->addr, sizeof in->addr, "%s", a);
 	struct cache *k = cache_of(in->id, 1);
 	snprintf(k->addr, sizeof k->addr, "%s", a);
-	jfree(v);
+	lb_jdoc_free(&v);
 	return 0;
+}
+
+/* a stats point [time_ms, value] at token p; -1 when it is not one */
+static int stats_point(const struct lb_jdoc *d, long p, double *ts, double *val)
+{
+	long t = lb_jdoc_next(d, p, -1), v = t >= 0 ? lb_jdoc_next(d, p, t) : -1;
+	return lb_jdoc_num(d, t, ts) == 0 && lb_jdoc_num(d, v, val) == 0 ? 0 : -1;
 }
 
 static int stats_budget(void)
@@ -1171,34 +885,34 @@ static void read_stats(struct inst *in, int nrunning)
 	}
 	g_stats_calls[g_stats_i++ % STATS_PER_MINUTE] = now ? now : 1;
 	char path[80], why[512];
-	struct jv *v = NULL;
+	struct lb_jdoc v;
 	snprintf(path, sizeof path, "/linode/instances/%lld/stats", in->id);
 	long st = api("GET", path, NULL, NULL, IDEMPOTENT | QUIET_4XX, &v, why, sizeof why);
 	k->stats_at = now ? now : 1;
 	k->has_cpu = k->hist_low = 0;
 	if (st == 400 || st == 404) {
 		info("stats of %s: no data (%ld: %s)", in->label, st, why);
-		jfree(v);
+		lb_jdoc_free(&v);
 		return;
 	}
 	if (st != 200) {
 		if (st > 0)
 			warn("stats of %s: %ld: %s", in->label, st, why);
-		jfree(v);
+		lb_jdoc_free(&v);
 		return;
 	}
-	struct jv *cpu = jget(v, "cpu");
+	long cpu = lb_jdoc_get(&v, 0, "cpu");
 	double last_ts = -1, last = 0;
-	for (struct jv *p = cpu && cpu->t == J_ARR ? cpu->kid : NULL; p; p = p->next) {
+	for (long p = lb_jdoc_next(&v, cpu, -1); p >= 0; p = lb_jdoc_next(&v, cpu, p)) {
 		double ts, val;
-		if (p->t != J_ARR || jnum(p->kid, &ts) != 0 || !p->kid->next || jnum(p->kid->next, &val) != 0)
+		if (stats_point(&v, p, &ts, &val) != 0)
 			continue;
 		if (ts >= last_ts)
 			last_ts = ts, last = val;
 	}
 	if (last_ts < 0) {
 		info("stats of %s: no data (no CPU points yet)", in->label);
-		jfree(v);
+		lb_jdoc_free(&v);
 		return;
 	}
 	k->has_cpu = 1;
@@ -1206,16 +920,16 @@ static void read_stats(struct inst *in, int nrunning)
 	/* history: every point from the one at or before (newest - scale_down_after) on is low */
 	double from = last_ts - (double)g_c.down_after_ms, boundary = -1;
 	int low = 1;
-	for (struct jv *p = cpu->kid; p; p = p->next) {
+	for (long p = lb_jdoc_next(&v, cpu, -1); p >= 0; p = lb_jdoc_next(&v, cpu, p)) {
 		double ts, val;
-		if (p->t != J_ARR || jnum(p->kid, &ts) != 0 || !p->kid->next || jnum(p->kid->next, &val) != 0)
+		if (stats_point(&v, p, &ts, &val) != 0)
 			continue;
 		if (ts <= from && ts > boundary)
 			boundary = ts;
 	}
-	for (struct jv *p = cpu->kid; p; p = p->next) {
+	for (long p = lb_jdoc_next(&v, cpu, -1); p >= 0; p = lb_jdoc_next(&v, cpu, p)) {
 		double ts, val;
-		if (p->t != J_ARR || jnum(p->kid, &ts) != 0 || !p->kid->next || jnum(p->kid->next, &val) != 0)
+		if (stats_point(&v, p, &ts, &val) != 0)
 			continue;
 		if (ts >= (boundary >= 0 ? boundary : from) && val / in->vcpus >= g_c.down_cpu)
 			low = 0;
@@ -1224,7 +938,7 @@ static void read_stats(struct inst *in, int nrunning)
 	in->has_cpu = 1, in->cpu = k->cpu, in->hist_low = k->hist_low;
 	debug("stats of %s: newest %.1f%% of %d vCPU (%.1f raw); low over %" PRId64 " s: %s", in->label, in->cpu,
 	      in->vcpus, last, g_c.down_after_ms / 1000, in->hist_low ? "yes" : "no");
-	jfree(v);
+	lb_jdoc_free(&v);
 }
 
 /* ================================================================================== lb admin API */
@@ -1327,14 +1041,24 @@ static long admin(struct node *nd, const char *method, const char *path, const c
 
 static void admin_reason(const struct resp *r, char *out, size_t size)
 {
-	const char *why;
-	struct jv *v = jparse(buf_str(&r->body), r->body.n, &why);
-	const char *e = jstr(jget(v, "error"));
+	struct lb_jdoc v;
+	lb_jdoc_parse(buf_str(&r->body), r->body.n, &v); /* not JSON: no "error" */
+	const char *e = lb_jdoc_str(&v, lb_jdoc_get(&v, 0, "error"));
 	snprintf(out, size, "%.300s", e ? e : buf_str(&r->body));
 	for (char *p = out; *p; p++)
 		if ((unsigned char)*p < 0x20)
 			*p = ' ';
-	jfree(v);
+	lb_jdoc_free(&v);
+}
+
+/* a change asked of one node: the status (0: no answer) and, in why, lb's reason */
+static long admin_change(struct node *nd, const char *method, const char *path, const char *body, char *why, size_t size)
+{
+	struct resp r = { 0 };
+	long st = admin(nd, method, path, body, &r);
+	admin_reason(&r, why, size);
+	buf_free(&r.body);
+	return st;
 }
 
 /* the servers of our pool in one node's /api/stats; -1 when that node cannot be asked */
@@ -1349,33 +1073,36 @@ static int lb_servers(struct node *nd, struct lbsrv *out, int max, int *n)
 		buf_free(&r.body);
 		return -1;
 	}
-	const char *why = NULL;
-	struct jv *v = jparse(buf_str(&r.body), r.body.n, &why), *pools = jget(v, "pools");
-	int found = 0;
-	for (struct jv *p = pools && pools->t == J_ARR ? pools->kid : NULL; p; p = p->next) {
-		if (!jstr(jget(p, "name")) || strcmp(jstr(jget(p, "name")), g_c.pool))
+	struct lb_jdoc v;
+	int prc = lb_jdoc_parse(buf_str(&r.body), r.body.n, &v), found = 0;
+	long pools = lb_jdoc_get(&v, 0, "pools");
+	for (long p = lb_jdoc_next(&v, pools, -1); p >= 0; p = lb_jdoc_next(&v, pools, p)) {
+		const char *pn = lb_jdoc_str(&v, lb_jdoc_get(&v, p, "name"));
+		if (!pn || strcmp(pn, g_c.pool))
 			continue;
 		found = 1;
-		struct jv *ss = jget(p, "servers");
-		for (struct jv *s = ss && ss->t == J_ARR ? ss->kid : NULL; s && *n < max; s = s->next) {
-			const char *nm = jstr(jget(s, "name")), *ad = jstr(jget(s, "address")), *stt = jstr(jget(s, "state"));
+		long ss = lb_jdoc_get(&v, p, "servers");
+		for (long s = lb_jdoc_next(&v, ss, -1); s >= 0 && *n < max; s = lb_jdoc_next(&v, ss, s)) {
+			const char *nm = lb_jdoc_str(&v, lb_jdoc_get(&v, s, "name"));
+			const char *ad = lb_jdoc_str(&v, lb_jdoc_get(&v, s, "address"));
+			const char *stt = lb_jdoc_str(&v, lb_jdoc_get(&v, s, "state"));
 			if (!nm)
 				continue;
 			snprintf(out[*n].name, sizeof out[*n].name, "%s", nm);
 			snprintf(out[*n].addr, sizeof out[*n].addr, "%s", ad ? ad : "");
 			snprintf(out[*n].state, sizeof out[*n].state, "%s", stt ? stt : "");
-			if (jnum(jget(s, "active"), &out[*n].active) != 0)
+			if (lb_jdoc_num(&v, lb_jdoc_get(&v, s, "active"), &out[*n].active) != 0)
 				out[*n].active = 0;
 			(*n)++;
 		}
 	}
-	if (!v)
-		err("%s: GET /api/stats: not JSON (%s)", nd->tag, why);
+	if (prc != 0)
+		err("%s: GET /api/stats: %s", nd->tag, jdoc_why(prc));
 	else if (!found)
 		err("%s: pool '%s' is not in lb's configuration (check [scaler] pool)", nd->tag, g_c.pool);
-	jfree(v);
+	lb_jdoc_free(&v);
 	buf_free(&r.body);
-	return v && found ? 0 : -1;
+	return prc == 0 && found ? 0 : -1;
 }
 
 static const struct lbsrv *lb_find(const struct lbsrv *s, int n, const char *name)
@@ -1396,10 +1123,7 @@ static int lb_add(struct node *nd, const struct inst *in)
 		info("dry-run: would add server '%s' to %s pool %s: POST %s", body, nd->tag, g_c.pool, path);
 		return 0;
 	}
-	struct resp r = { 0 };
-	long st = admin(nd, "POST", path, body, &r);
-	admin_reason(&r, why, sizeof why);
-	buf_free(&r.body);
+	long st = admin_change(nd, "POST", path, body, why, sizeof why);
 	if (st == 201) {
 		info("%s: added server '%s' to pool %s (lb health-checks it before it takes traffic)", nd->tag, body,
 		     g_c.pool);
@@ -1425,10 +1149,7 @@ static int lb_del(struct node *nd, const char *name)
 		info("dry-run: would drain and remove %s server %s/%s: DELETE %s", nd->tag, g_c.pool, name, path);
 		return 0;
 	}
-	struct resp r = { 0 };
-	long st = admin(nd, "DELETE", path, NULL, &r);
-	admin_reason(&r, why, sizeof why);
-	buf_free(&r.body);
+	long st = admin_change(nd, "DELETE", path, NULL, why, sizeof why);
 	if (st == 202) {
 		info("%s: draining %s/%s; lb removes it once nothing is in flight", nd->tag, g_c.pool, name);
 		return 0;
@@ -1880,14 +1601,14 @@ static int scale_up(const struct inst *all, int n)
 	struct inst in;
 	int have = 0;
 	for (int attempt = 1; attempt <= 3 && !have && !g_stop; attempt++) {
-		struct jv *v = NULL;
+		struct lb_jdoc v;
 		char why[1024];
 		long st = api("POST", "/linode/instances", NULL, buf_str(&body), QUIET_4XX, &v, why, sizeof why);
-		if (st == 200 && inst_from_json(v, &in) == 0) {
+		if (st == 200 && inst_from_json(&v, 0, &in) == 0) {
 			have = 1;
 		} else if (st >= 400 && st < 500) {
 			err("linode: POST /linode/instances (%s): %ld: %s", label, st, why);
-			jfree(v);
+			lb_jdoc_free(&v);
 			break;
 		} else {
 			/* 5xx or no answer: was it created anyway? Look for the label before sending again */
@@ -1902,7 +1623,7 @@ static int scale_up(const struct inst *all, int n)
 				sleep_ms((int64_t)(BACKOFF_BASE_MS * 4 * attempt * jitter()));
 			}
 		}
-		jfree(v);
+		lb_jdoc_free(&v);
 	}
 	memset(body.d, 0, body.n);
 	buf_free(&body);
@@ -2609,7 +2330,7 @@ static int cmd_dns_set(const char *name, const char *ip)
 	char dom[256];
 	for (const char *p = name; p && *p; p = strchr(p, '.') ? strchr(p, '.') + 1 : NULL) {
 		struct abuf f = { 0 };
-		struct jv *v = NULL;
+		struct lb_jdoc v;
 		ab_printf(&f, "{\"domain\": ");
 		buf_json(&f, p);
 		ab_printf(&f, "}");
@@ -2617,14 +2338,14 @@ static int cmd_dns_set(const char *name, const char *ip)
 		buf_free(&f);
 		if (st != 200)
 			return 1;
-		struct jv *data = jget(v, "data");
-		if (data && data->t == J_ARR && data->kid && jint(jget(data->kid, "id"), &domain_id) == 0) {
+		long first = lb_jdoc_next(&v, lb_jdoc_get(&v, 0, "data"), -1);
+		if (lb_jdoc_int(&v, lb_jdoc_get(&v, first, "id"), &domain_id) == 0) {
 			snprintf(dom, sizeof dom, "%s", p);
 			rel = p == name ? "" : NULL;
-			jfree(v);
+			lb_jdoc_free(&v);
 			break;
 		}
-		jfree(v);
+		lb_jdoc_free(&v);
 		domain_id = -1;
 	}
 	if (domain_id < 0) {
@@ -2637,7 +2358,7 @@ static int cmd_dns_set(const char *name, const char *ip)
 		snprintf(relname, sizeof relname, "%.*s", (int)(nl - dl - 1), name);
 	char path[128];
 	struct abuf f = { 0 };
-	struct jv *v = NULL;
+	struct lb_jdoc v;
 	ab_printf(&f, "{\"type\": \"A\", \"name\": ");
 	buf_json(&f, relname);
 	ab_printf(&f, "}");
@@ -2647,14 +2368,14 @@ static int cmd_dns_set(const char *name, const char *ip)
 	if (st != 200)
 		return 1;
 	long long rid = -1;
-	struct jv *data = jget(v, "data");
-	for (struct jv *r = data && data->t == J_ARR ? data->kid : NULL; r; r = r->next) {
-		const char *t = jstr(jget(r, "type")), *nm = jstr(jget(r, "name"));
-		if (t && nm && !strcmp(t, "A") && !strcmp(nm, relname) && jint(jget(r, "id"), &rid) == 0)
+	long data = lb_jdoc_get(&v, 0, "data");
+	for (long r = lb_jdoc_next(&v, data, -1); r >= 0; r = lb_jdoc_next(&v, data, r)) {
+		const char *t = lb_jdoc_str(&v, lb_jdoc_get(&v, r, "type")), *nm = lb_jdoc_str(&v, lb_jdoc_get(&v, r, "name"));
+		if (t && nm && !strcmp(t, "A") && !strcmp(nm, relname) && lb_jdoc_int(&v, lb_jdoc_get(&v, r, "id"), &rid) == 0)
 			break;
 		rid = -1;
 	}
-	jfree(v);
+	lb_jdoc_free(&v);
 	struct abuf b = { 0 };
 	int rc = 1;
 	if (rid >= 0) {

@@ -690,14 +690,20 @@ def t_servers(ctx):
         check("server = c " not in f.read(), "server c still in the file after removal")
 
 
-@test("weight_and_split_switch", timeout=40)
-def t_split(ctx):
+def blue_green(ctx, *more):
+    """An lb with pools blue (a), green (b) and both (a, b), listener "web" to both, route bg (/bg/*)
+    split blue 100, green 0, and the sections in more: (port, Admin)."""
     a, b = ctx.b["a"], ctx.b["b"]
     port = free_port()
     ad = Admin(ctx, [lsn("web", port, pool="both"), po.pl("blue", [a]), po.pl("green", [b]),
                      section("pool both", ("server", "a %s:%d" % (HOST, a.port)), ("server", "b %s:%d" % (HOST, b.port))),
-                     section("route bg", ("path", "/bg/*"), ("split", "blue 100, green 0")),
-                     section("route w", ("path", "/w/*"), ("pool", "both"))])
+                     section("route bg", ("path", "/bg/*"), ("split", "blue 100, green 0"))] + list(more))
+    return port, ad
+
+
+@test("weight_and_split_switch", timeout=40)
+def t_split(ctx):
+    port, ad = blue_green(ctx, section("route w", ("path", "/w/*"), ("pool", "both")))
     path = conf_file(ad.m)
     eq({ask(port, "/bg/%d" % i).backend for i in range(10)}, {"a"}, "split blue 100, green 0")
     st, _ = ad.call("PUT", "/api/routes/bg/split", data="blue 0, green 100")
@@ -776,11 +782,7 @@ def ctl(ad, *args):
 
 @test("lb_ctl_commands", timeout=60)
 def t_ctl(ctx):
-    a, b = ctx.b["a"], ctx.b["b"]
-    port = free_port()
-    ad = Admin(ctx, [lsn("web", port, pool="both"), po.pl("blue", [a]), po.pl("green", [b]),
-                     section("pool both", ("server", "a %s:%d" % (HOST, a.port)), ("server", "b %s:%d" % (HOST, b.port))),
-                     section("route bg", ("path", "/bg/*"), ("split", "blue 100, green 0"))])
+    port, ad = blue_green(ctx)
     rc, out, err = ctl(ad, "status", "--json")
     eq(rc, 0, "lb ctl status --json: exit status (%s)" % short(err))
     check('"name":"both"' in out, "lb ctl status --json does not show pool both: %s" % short(out))

@@ -7,6 +7,8 @@
 #                                     M, ADM, ACC: gather_globals.py); a loose `static ... g_NAME` is one of
 #                                     the allow-list below (add a new global to a struct instead)
 #   code/section_map_matches_headers  the top banner's section list is the section headers, in file order
+#   code/no_duplicates_in_lb_c        `duplicates` (the developers' library tool) finds no pair of places in
+#                                     lb.c / lb.h beyond the allowed ones below (reported as skipped where it is absent)
 # Run from anywhere: bash tests/code_checks.sh [path/to/lb.c]
 set -u
 cd "$(dirname "$0")/.."
@@ -66,5 +68,88 @@ elif ! diff -q "$tmp/map" "$tmp/headers" >/dev/null; then
 elif ! awk '{ split($0, a, "."); if (a[1] != NR) exit 1 }' "$tmp/headers"; then
 	fail section_map_matches_headers "sections are not numbered 1..$n in file order: $(tr '\n' ' ' <"$tmp/headers")"
 else pass section_map_matches_headers; fi
+
+# 4. no new copies inside lb.c: `duplicates` names one row per pair of files (the longest shared run,
+#    "+N more runs" for the rest), so lb.c is cut into one file per function (NAME.c; a second definition
+#    of a name, as under #ifdef, NAME~2.c) and one per stretch of file-scope text (after~NAME.c: what
+#    follows function NAME; head.c: what precedes the first), beside lb.h: each row then names the two
+#    functions, a description that line numbers moving do not change. A pair not allowed below fails.
+#    To allow one (where both copies must stay: say why on its line), or drop one no longer found, edit
+#    the list: "NAME ~ NAME", the two names in sort order.
+allowed_dups='
+admin_call ~ admin_call                      switch cases: build an answer, admin_reply it (shape)
+backend_write ~ client_write                 the two directions of the byte mover: other buffers and states (shape)
+conf_rt_free ~ lb_conf_free                  runs of free() of different fields (shape)
+cert_load ~ cert_load~2                      the certificate loader of each build (BearSSL, OpenSSL): the same checks, other library calls
+lb_conf_free ~ lb_conf_free                  free() loops over a route'"'"'s lists, one per list (shape)
+lb_parse_rate_limit ~ sem_connection         str_ieq else-if chains over different words (shape)
+lb_parse_rate_limit ~ server_option          str_ieq else-if chains over different words (shape)
+lb_parse_request ~ lb_parse_response         the head parse'"'"'s opening: clear the output and struct head_sem (to fold)
+metrics_servers ~ metrics_servers            rows of the per-server metrics table (data)
+on_event ~ on_event                          switch cases: one handler per kind (shape)
+proxy_step ~ request_head_step               closing on an incomplete PROXY header / request head, each its own throttle slot (to fold)
+request_body_step ~ response_body_step       chunked body framing of each direction: other buffers and fields (shape)
+sem_connection ~ server_option               str_ieq else-if chains over different words (shape)
+tls_recv ~ tls_recv~2                        the TLS pump of each build (BearSSL engine, OpenSSL memory BIOs): the same loop, other calls
+'
+split_lb_c() { # lb.c DIR
+	awk -v dir="$2" '
+		function flush_to(f,   i) { for (i = 1; i <= nbuf; i++) print buf[i] > f; close(f); nbuf = 0 }
+		function fname(n) { seen[n]++; return n (seen[n] > 1 ? "~" seen[n] : "") }
+		BEGIN { chunk = "head" }
+		infn {
+			print > (dir "/" cur ".c")
+			if ($0 ~ /^}/) { close(dir "/" cur ".c"); infn = 0; chunk = "after~" cur }
+			next
+		}
+		/^\{/ {                                 # a function body: its header is the last line at column 0 before it
+			h = nbuf
+			while (h > 0 && buf[h] !~ /^[A-Za-z_]/)
+				h--
+			if (h == 0) { buf[++nbuf] = $0; next }
+			line = buf[h]
+			sub(/^__attribute__\(\(.*\)\) */, "", line)
+			sub(/\(.*/, "", line)
+			n = split(line, w, /[^A-Za-z0-9_]+/)
+			cur = fname(w[n] != "" ? w[n] : w[n - 1])
+			keep = nbuf; nbuf = h - 1
+			flush_to(dir "/" chunk ".c")
+			for (i = h; i <= keep; i++)
+				print buf[i] > (dir "/" cur ".c")
+			print > (dir "/" cur ".c")
+			infn = 1
+			next
+		}
+		{ buf[++nbuf] = $0 }
+		END { flush_to(dir "/" chunk ".c") }
+	' "$1"
+}
+if ! command -v duplicates >/dev/null 2>&1; then
+	echo "PASS code/no_duplicates_in_lb_c (skipped: duplicates is not on PATH; the tool lives in the developers' library, not in Debian)"
+else
+	mkdir "$tmp/split"
+	split_lb_c "$src" "$tmp/split"
+	cp "$(dirname "$src")/lb.h" "$tmp/split/"
+	duplicates --repo "$tmp/split" --most 200 --seconds 60 >"$tmp/dups" 2>&1
+	# "NAME ~ NAME<TAB>the row" for each row: the names without .c, in sort order; the row's lines count
+	# from the start of each piece
+	grep -E '^D[0-9]+ ' "$tmp/dups" | while read -r _ x _ y rest; do
+		a=${x%%:*} b=${y%%:*}; a=${a%.c} b=${b%.c}
+		if [[ "$a" > "$b" ]]; then set -- "$b" "$a"; else set -- "$a" "$b"; fi
+		printf '%s ~ %s\t%s ~ %s %s\n' "$1" "$2" "$x" "$y" "$rest"
+	done >"$tmp/pairs"
+	printf '%s\n' "$allowed_dups" | awk 'NF >= 3 { print $1, $2, $3 }' >"$tmp/allowed"
+	new=$(awk -F '\t' 'NR == FNR { ok[$0] = 1; next } !($1 in ok) { printf "%s; ", $2 }' "$tmp/allowed" "$tmp/pairs")
+	gone=$(awk -F '\t' 'NR == FNR { seen[$1] = 1; next } !($0 in seen) { printf "%s; ", $0 }' "$tmp/pairs" "$tmp/allowed")
+	if ! grep -qE '^([0-9]+ pairs? of places|no duplicates)' "$tmp/dups"; then
+		fail no_duplicates_in_lb_c "duplicates gave no answer: $(head -3 "$tmp/dups" | tr '\n' ' ')"
+	elif grep -q '^incomplete:' "$tmp/dups"; then
+		fail no_duplicates_in_lb_c "duplicates did not read everything: $(grep -m1 '^incomplete:' "$tmp/dups")"
+	elif [ -n "$new" ]; then
+		fail no_duplicates_in_lb_c "new copies in lb.c (NAME.c:LINES is a function, after~NAME.c the file-scope text after it, lines counted from its start; fold each into one, or allow the pair in tests/code_checks.sh saying why): ${new%; }"
+	else
+		pass "no_duplicates_in_lb_c ($(wc -l <"$tmp/pairs") allowed pairs${gone:+; no longer found, drop from the list: ${gone%; }})"
+	fi
+fi
 
 exit $failed

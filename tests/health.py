@@ -428,7 +428,7 @@ def t_post(ctx):
     check(app(c) - c0 >= 1, "no GET was tried on the resetting server first (retry not exercised)")
 
 
-class CutServer:
+class CutServer(it.RawServer):
     """A raw HTTP server whose answers go wrong, chosen by the first element of the request path:
     /close/..: Content-Length 100000, 20 KB of body, then a FIN; /reset/..: the same, then a reset
     (SO_LINGER 0); /chunked/..: a chunked head and one 20 KB chunk, then a FIN before the last chunk;
@@ -437,32 +437,15 @@ class CutServer:
     got is kept."""
 
     def __init__(self):
-        self.ls = socket.socket()
-        self.ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.ls.bind((HOST, 0))
-        self.ls.listen(16)
-        self.port = self.ls.getsockname()[1]
         self.heads = []
-        self.stopped = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while not self.stopped.is_set():
-            try:
-                c, _ = self.ls.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+        super().__init__(16)
 
     def _serve(self, c):
         try:
             c.settimeout(10)
-            data = b""
-            while b"\r\n\r\n" not in data:
-                d = c.recv(65536)
-                if not d:
-                    return
-                data += d
+            data = it.read_head(c)
+            if b"\r\n\r\n" not in data:
+                return
             self.heads.append(data)
             mode = data.split(b" ", 2)[1].split(b"/")[1]
             cut = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 20480
@@ -486,10 +469,6 @@ class CutServer:
             pass
         finally:
             c.close()
-
-    def stop(self):
-        self.stopped.set()
-        self.ls.close()
 
 
 def fetch_raw(port, path, rid, timeout=5.0, close=False):
@@ -663,13 +642,7 @@ def hold_clients(port, n, seconds):
     got by then ("none": no answer yet, still in lb's listen backlog) and the sockets, still open."""
     socks = []
     for _ in range(n):
-        s = socket.socket()
-        s.setblocking(False)
-        try:
-            s.connect((HOST, port))
-        except BlockingIOError:
-            pass
-        socks.append(s)
+        socks.append(it.connect_nowait(port))
     time.sleep(0.2)
     for s in socks:
         try:

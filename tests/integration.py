@@ -80,20 +80,23 @@ def free_port():
     raise Fail("no free port")
 
 
-def listening_ports():
-    """Ports in LISTEN state (from /proc/net/tcp{,6}): checking needs no connection to lb."""
-    ports = set()
+def proc_net_tcp():
+    """The rows of /proc/net/tcp and /proc/net/tcp6, each split into its fields (a file that cannot be
+    read gives none)."""
+    rows = []
     for fn in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(fn) as f:
                 next(f)
-                for line in f:
-                    parts = line.split()
-                    if len(parts) > 3 and parts[3] == "0A":
-                        ports.add(int(parts[1].rsplit(":", 1)[1], 16))
+                rows += [line.split() for line in f]
         except OSError:
             pass
-    return ports
+    return rows
+
+
+def listening_ports():
+    """Ports in LISTEN state (from /proc/net/tcp{,6}): checking needs no connection to lb."""
+    return {int(p[1].rsplit(":", 1)[1], 16) for p in proc_net_tcp() if len(p) > 3 and p[3] == "0A"}
 
 
 def wait_listening(ports, deadline, proc=None):
@@ -175,7 +178,22 @@ class Backend:
             c.close()
 
 
-class LB:
+class StderrFile:
+    """An lb process's stderr, written to self.err_path: its text and its last line."""
+
+    def stderr(self):
+        try:
+            with open(self.err_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def stderr_tail(self, n=200):
+        lines = [l for l in self.stderr().splitlines() if l.strip()]
+        return (lines[-1][:n] if lines else "(no stderr)")
+
+
+class LB(StderrFile):
     def __init__(self, ctx, conf_text, ports, tag="lb"):
         self.ctx = ctx
         self.ports = list(ports)
@@ -200,17 +218,6 @@ class LB:
                 raise Fail("lb exited with status %s at start: %s" % (self.proc.returncode, self.stderr_tail()))
             raise Fail("lb not listening on %s within 5s: %s" % (self.ports, self.stderr_tail()))
 
-    def stderr(self):
-        try:
-            with open(self.err_path, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
-
-    def stderr_tail(self, n=200):
-        lines = [l for l in self.stderr().splitlines() if l.strip()]
-        return (lines[-1][:n] if lines else "(no stderr)")
-
     def stop(self, grace=5.0):
         self.expected_exit = True
         rc = stop_proc(self.proc, grace)
@@ -222,12 +229,25 @@ class LB:
         return rc
 
 
-class Ctx:
+def sanitizer_line(stderr_text):
+    """The first ASan/UBSan report line in an lb's stderr (cut to 200 characters), or None."""
+    m = re.search(r"(ERROR: \w*Sanitizer[^\n]*|runtime error:[^\n]*)", stderr_text)
+    return m.group(1)[:200] if m else None
+
+
+class TestDir:
+    """A test's context: the suite, its shared backends (b) and the test's own directory (dir)."""
+
     def __init__(self, suite, name):
         self.suite = suite
         self.b = suite.backends
         self.dir = os.path.join(suite.tmp, name)
         os.makedirs(self.dir, exist_ok=True)
+
+
+class Ctx(TestDir):
+    def __init__(self, suite, name):
+        super().__init__(suite, name)
         self.lbs = []
         self.backends = []  # a test's own backends (own_backend), stopped after it
 
@@ -243,9 +263,9 @@ class Ctx:
             if rc is not None and not lb.expected_exit:
                 problems.append("lb exited unexpectedly with status %s: %s" % (rc, lb.stderr_tail()))
             lb.stop(grace=2.0)
-            m = re.search(r"(ERROR: \w*Sanitizer[^\n]*|runtime error:[^\n]*)", lb.stderr())
-            if m:
-                problems.append("lb stderr has a sanitizer report: %s" % m.group(1)[:200])
+            report = sanitizer_line(lb.stderr())
+            if report:
+                problems.append("lb stderr has a sanitizer report: %s" % report)
         return "; ".join(problems)
 
 
@@ -432,7 +452,8 @@ class RawConn:
             if r.status >= 200 or r.status == 101:
                 return r
 
-    def read_response(self, method="GET", sink=None):
+    def read_head(self):
+        """The next response head: a Resp with its status, reason and headers, no body read."""
         line = self.readline()
         if not line:
             raise Closed("connection closed before a response")
@@ -450,7 +471,10 @@ class RawConn:
             if not sep:
                 raise Fail("bad response header line %s" % short(h))
             headers.append((name.strip().lower(), value.strip()))
-        resp = Resp(int(m.group(1)), (m.group(2) or b"").decode("latin-1"), headers)
+        return Resp(int(m.group(1)), (m.group(2) or b"").decode("latin-1"), headers)
+
+    def read_response(self, method="GET", sink=None):
+        resp = self.read_head()
         parts = []
 
         def deliver(d):
@@ -1514,43 +1538,100 @@ def json_log_lines(path):
         return [json.loads(l) for l in f.read().splitlines() if l.strip()]
 
 
+def recv_to_eof(s, ends=()):
+    """What socket s gives until its peer closes it; an exception of the classes in ends stops the
+    reading too (any other propagates)."""
+    data = b""
+    while True:
+        try:
+            d = s.recv(65536)
+        except ends:
+            break
+        if not d:
+            break
+        data += d
+    return data
+
+
 def raw_exchange(port, data, timeout=3.0):
     """Send bytes on a new connection, read until the server closes (or timeout): the bytes read."""
     s = socket.create_connection((HOST, port), timeout=timeout)
     try:
         s.sendall(data)
-        buf = b""
-        while True:
-            try:
-                d = s.recv(65536)
-            except (socket.timeout, ConnectionResetError):
-                break
-            if not d:
-                break
-            buf += d
-        return buf
+        return recv_to_eof(s, (socket.timeout, ConnectionResetError))
     finally:
         s.close()
 
 
-def cutting_server():
-    """A server that answers one request with Content-Length 1000, 100 body bytes, then a reset: (port, thread)."""
+def listen_socket(backlog=16):
+    """A TCP socket listening on HOST, at a free port (SO_REUSEADDR): raw test servers' own."""
     ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     ls.bind((HOST, 0))
-    ls.listen(4)
+    ls.listen(backlog)
+    return ls
+
+
+def connect_nowait(port):
+    """A non-blocking socket whose connect to HOST:port is under way (floods and held clients)."""
+    s = socket.socket()
+    s.setblocking(False)
+    try:
+        s.connect((HOST, port))
+    except BlockingIOError:
+        pass
+    return s
+
+
+def read_head(c):
+    """What a raw test server reads of one request: up to and including the blank line after its head,
+    or what came before the peer closed (then without it)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        d = c.recv(65536)
+        if not d:
+            break
+        data += d
+    return data
+
+
+class RawServer:
+    """A raw TCP test server on HOST: accepts until stop(), serving each connection on a thread of its
+    own with self._serve(conn), which a subclass defines (setting its own fields before calling
+    RawServer.__init__, which starts accepting). self.stopped is an Event set by stop()."""
+
+    def __init__(self, backlog=16):
+        self.ls = listen_socket(backlog)
+        self.port = self.ls.getsockname()[1]
+        self.stopped = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.stopped.is_set():
+            try:
+                c, _ = self.ls.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        raise NotImplementedError
+
+    def stop(self):
+        self.stopped.set()
+        self.ls.close()
+
+
+def cutting_server():
+    """A server that answers one request with Content-Length 1000, 100 body bytes, then a reset: (port, thread)."""
+    ls = listen_socket(4)
     ls.settimeout(5)
 
     def serve():
         try:
             c, _ = ls.accept()
             c.settimeout(5)
-            buf = b""
-            while b"\r\n\r\n" not in buf:
-                d = c.recv(4096)
-                if not d:
-                    break
-                buf += d
+            read_head(c)
             c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 100)
             time.sleep(0.1)
             c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

@@ -60,9 +60,11 @@ def _scalar(text):
     return t
 
 
-def _fold(parts, closing_alone=False):
+def _fold(parts, closing_alone=False, escaped_breaks=False):
     """YAML line folding of a multi-line flow scalar: one break is a space, n blank lines n newlines.
-    closing_alone: the last part is the empty text before a closing quote on a line of its own."""
+    closing_alone: the last part is the empty text before a closing quote on a line of its own.
+    escaped_breaks (double-quoted scalars, escapes not yet undone): a line ending in an unescaped
+    backslash joins the next without a space, and blank lines at the end are dropped."""
     if closing_alone and len(parts) > 1:
         body = parts[:-1]
         n = 0
@@ -79,12 +81,14 @@ def _fold(parts, closing_alone=False):
             continue
         if first:
             out += p
+        elif escaped_breaks and out.endswith("\\") and not out.endswith("\\\\"):
+            out = out[:-1] + ("\n" * blanks) + p
         else:
             out += ("\n" * blanks) if blanks else " "
             out += p
         blanks = 0
         first = False
-    return out + ("\n" * blanks if blanks else "")
+    return out + ("\n" * blanks if blanks and not escaped_breaks else "")
 
 
 _DQ_ESC = {"n": "\n", "t": "\t", "\\": "\\", '"': '"', "/": "/", "0": "\0", "r": "\r", " ": " ", "a": "\a",
@@ -162,26 +166,7 @@ class _Reader:
 
     @staticmethod
     def _dq_join(parts):
-        # an escaped line break (trailing backslash) joins without a space
-        out = []
-        for p in parts:
-            out.append(p)
-        s = ""
-        blanks = 0
-        first = True
-        for p in out:
-            if p == "":
-                blanks += 1
-                continue
-            if first:
-                s += p
-            elif s.endswith("\\") and not s.endswith("\\\\"):
-                s = s[:-1] + ("\n" * blanks) + p
-            else:
-                s += ("\n" * blanks if blanks else " ") + p
-            blanks = 0
-            first = False
-        return s
+        return _fold(parts, escaped_breaks=True)
 
     def value(self, text, indent):
         """The value written after `key:` or `- ` on the current line (line index self.i), `indent`

@@ -760,30 +760,16 @@ def parse_proxy(data):
     return None, data
 
 
-class ProxyServer:
+class ProxyServer(it.RawServer):
     """A server behind send_proxy: records the PROXY header each connection starts with and answers
     every GET with JSON {"proxy": header, "conn": connection number, "req": request number}; in tcp
     mode it echoes what follows the header."""
 
     def __init__(self, mode="http"):
         self.mode = mode
-        self.ls = socket.socket()
-        self.ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.ls.bind((HOST, 0))
-        self.ls.listen(64)
-        self.port = self.ls.getsockname()[1]
         self.conns = []      # header of each connection, in accept order
         self.lock = threading.Lock()
-        self.stopped = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while not self.stopped:
-            try:
-                c, _ = self.ls.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+        super().__init__(64)
 
     def _serve(self, c):
         c.settimeout(10)
@@ -817,10 +803,6 @@ class ProxyServer:
             pass
         finally:
             c.close()
-
-    def stop(self):
-        self.stopped = True
-        self.ls.close()
 
 
 def echoed(port, data, n, src=HOST, secs=3.0):
@@ -1057,12 +1039,7 @@ def proxy_flood(port, first, n, conc=256, deadline=60.0):
     nxt, live, end = first, 0, time.monotonic() + deadline
 
     def start(k):
-        s = socket.socket()
-        s.setblocking(False)
-        try:
-            s.connect((HOST, port))
-        except BlockingIOError:
-            pass
+        s = it.connect_nowait(port)
         ip = "10.%d.%d.%d" % ((k >> 16) & 255, (k >> 8) & 255, k & 255)
         data = proxy_v1(ip) + b"GET /flood HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
         sel.register(s, selectors.EVENT_WRITE, [data, b""])

@@ -101,7 +101,7 @@ def write_atomic(path, text):
 
 # ---------------------------------------------------------------------------------------- processes
 
-class Master:
+class Master(it.StderrFile):
     """lb run in the foreground as the master; its workers are tracked by PID and start time."""
 
     def __init__(self, ctx, conf_text, ports, args=None, tag="lb", preexec=None):
@@ -184,20 +184,9 @@ class Master:
         write_atomic(self.conf, text)
         self.signal(signal.SIGHUP)
 
-    def stderr(self):
-        try:
-            with open(self.err_path, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
-
     def stderr_head(self, n=2):
         lines = [l.strip() for l in self.stderr().splitlines() if l.strip()]
         return " / ".join(lines[:n])[:300] if lines else "(no stderr)"
-
-    def stderr_tail(self, n=200):
-        lines = [l for l in self.stderr().splitlines() if l.strip()]
-        return lines[-1][:n] if lines else "(no stderr)"
 
     def live_known(self):
         """Known workers (pid, start time) that still run (not zombies)."""
@@ -259,12 +248,9 @@ class Master:
         return left
 
 
-class Ctx:
+class Ctx(it.TestDir):
     def __init__(self, suite, name):
-        self.suite = suite
-        self.b = suite.backends
-        self.dir = os.path.join(suite.tmp, name)
-        os.makedirs(self.dir, exist_ok=True)
+        super().__init__(suite, name)
         self.masters = []
         self.stoppers = []
 
@@ -289,9 +275,9 @@ class Ctx:
             _, left = m.stop(grace=3.0)
             if left:
                 problems.append("worker pids %s still running 2 s after the master exited (killed)" % left)
-            mm = re.search(r"(ERROR: \w*Sanitizer[^\n]*|runtime error:[^\n]*)", m.stderr())
-            if mm:
-                problems.append("lb stderr has a sanitizer report: %s" % mm.group(1)[:200])
+            report = it.sanitizer_line(m.stderr())
+            if report:
+                problems.append("lb stderr has a sanitizer report: %s" % report)
         return "; ".join(problems)
 
 
@@ -491,21 +477,9 @@ class SlowDownload(threading.Thread):
             c = it.RawConn.__new__(it.RawConn)
             c.sock, c.buf = s, bytearray()
             c.send(it.raw_request("/bytes?n=%d" % self.n))
-            line = c.readline()
-            m = re.match(rb"HTTP/1\.[01] (\d{3})", line)
-            if not m:
-                raise Fail("bad status line %s" % short(line))
-            self.status = int(m.group(1))
-            cl = None
-            while True:
-                h = c.readline()
-                if not h:
-                    raise Fail("connection closed inside the response head")
-                if h == b"\r\n":
-                    break
-                k, _, v = h.decode("latin-1").partition(":")
-                if k.strip().lower() == "content-length":
-                    cl = int(v.strip())
+            head = c.read_head()
+            self.status, cl = head.status, head.hdr("content-length")
+            cl = int(cl) if cl is not None else None
             if self.status != 200 or cl != self.n:
                 raise Fail("status %d Content-Length %s" % (self.status, cl))
             self.started.set()
@@ -635,13 +609,19 @@ TESTS = []
 test = it.registrar(TESTS)
 
 
-@test("workers", timeout=30)
-def t_workers(ctx):
-    b = ctx.b
+def logged_master(ctx, servers, workers=2):
+    """A master with one http listener "web" to pool p (the named suite backends) and an access log:
+    (port, access log path, master, worker pids)."""
     port = free_port()
     log = os.path.join(ctx.dir, "access.log")
-    m = ctx.master(conf(listener("web", port, "p"), pool("p", [b["a"], b["b"]]), workers=2, access=log), [port])
-    w = m.wait_workers(2)
+    m = ctx.master(conf(listener("web", port, "p"), pool("p", [ctx.b[n] for n in servers]), workers=workers, access=log),
+                   [port])
+    return port, log, m, m.wait_workers(workers)
+
+
+@test("workers", timeout=30)
+def t_workers(ctx):
+    port, log, m, w = logged_master(ctx, "ab")
     eq(len(requests_now(port, 400, path="/w", allowed={"a", "b"}, threads=20)), 400, "answered requests")
     wait_for(lambda: count_lines(log) >= 400, 3)
     objs, problems = read_json_log(log)
@@ -999,11 +979,7 @@ def t_reload_listeners(ctx):
 
 @test("kill_worker", timeout=30)
 def t_kill_worker(ctx):
-    b = ctx.b
-    port = free_port()
-    log = os.path.join(ctx.dir, "access.log")
-    m = ctx.master(conf(listener("web", port, "p"), pool("p", [b["a"], b["b"]]), workers=2, access=log), [port])
-    w = m.wait_workers(2)
+    port, log, m, w = logged_master(ctx, "ab")
     THREADS = 8
     load = Load(port, threads=THREADS, keepalive=4, allowed={"a", "b"}, seconds=4.0)
     ctx.on_cleanup(load.stop)
@@ -1291,11 +1267,7 @@ def t_rotation_retention(ctx):
 
 @test("sigusr1_reopen", timeout=20)
 def t_sigusr1(ctx):
-    b = ctx.b
-    port = free_port()
-    log = os.path.join(ctx.dir, "access.log")
-    m = ctx.master(conf(listener("web", port, "p"), pool("p", [b["a"]]), workers=2, access=log), [port])
-    m.wait_workers(2)
+    port, log, m, _ = logged_master(ctx, "a")
     requests_now(port, 20, path="/before", threads=4)
     check(wait_for(lambda: count_lines(log) >= 20, 3), "access log has %d lines after 20 requests" % count_lines(log))
     os.rename(log, log + ".old")

@@ -306,10 +306,7 @@ class Recorder:
         self.conns = []
         self.nreq = 0
         self.stop = False
-        self.ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.ls.bind((HOST, 0))
-        self.ls.listen(64)
+        self.ls = it.listen_socket(64)
         self.ls.settimeout(0.2)
         self.port = self.ls.getsockname()[1]
         self.thread = threading.Thread(target=self.accept_loop, daemon=True)
@@ -877,9 +874,9 @@ def main():
         errf.close()
         with open(os.path.join(tmp, "lb.stderr"), "rb") as f:
             err = f.read().decode("utf-8", "replace")
-        m = re.search(r"(ERROR: \w*Sanitizer[^\n]*|runtime error:[^\n]*)", err)
-        if not alive or rc != 0 or m:
-            print("FAIL lb_survived: %s" % (m.group(1)[:200] if m else "lb exited with status %s%s" % (
+        report = it.sanitizer_line(err)
+        if not alive or rc != 0 or report:
+            print("FAIL lb_survived: %s" % (report or "lb exited with status %s%s" % (
                 rc, "" if alive else " during the cases")), flush=True)
             failed += 1
         else:

@@ -60,17 +60,7 @@ def fds(pid):
 
 def tcp_sockets():
     """{inode: (local port, remote port, state)} of every IPv4/IPv6 TCP socket on the machine."""
-    out = {}
-    for fn in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(fn) as f:
-                next(f)
-                for line in f:
-                    p = line.split()
-                    out[p[9]] = (int(p[1].rsplit(":", 1)[1], 16), int(p[2].rsplit(":", 1)[1], 16), p[3])
-        except OSError:
-            pass
-    return out
+    return {p[9]: (int(p[1].rsplit(":", 1)[1], 16), int(p[2].rsplit(":", 1)[1], 16), p[3]) for p in it.proc_net_tcp()}
 
 
 def lb_sockets(pids):

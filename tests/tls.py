@@ -132,12 +132,7 @@ def https_get(port, path="/", name="a.test", ctx=None, headers=(), timeout=5.0, 
         req = "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n%s\r\n" % (
             path, name, "".join("%s: %s\r\n" % h for h in headers))
         s.sendall(req.encode())
-        data = b""
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            data += d
+        data = it.recv_to_eof(s)
         head, _, body = data.partition(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         status = int(lines[0].split()[1])

@@ -980,22 +980,29 @@ static void check_u64_row(const struct val_case *r, int (*parse)(const char *, s
 		CHECK(rc < 0, "%s: expected an error, got %d (value %" PRIu64 ")", esc(r->s, n), rc, v);
 }
 
+/* lb_parse_bool as a value parser of check_u64_row */
+static int parse_bool_u64(const char *s, size_t n, uint64_t *v)
+{
+	int b = 77;
+	int rc = lb_parse_bool(s, n, &b);
+	*v = (uint64_t)b;
+	return rc;
+}
+
 static void check_duration_row(const void *row) { check_u64_row(row, lb_parse_duration); }
 static void check_size_row(const void *row) { check_u64_row(row, lb_parse_size); }
+static void check_bool_row(const void *row) { check_u64_row(row, parse_bool_u64); }
 
-static void check_bool_row(const void *row)
+/* A row's outcome: where the row wants an error, rc must be one; else rc must be 0. 1 when the row
+ * wants success and got it: its fields are checked next. */
+static int row_outcome(const char *s, int want_ok, int rc, const char *error)
 {
-	const struct val_case *r = row;
-	size_t n = r->n ? r->n : strlen(r->s);
-	char *b = dupbuf(r->s, n);
-	int v = 77;
-	int rc = lb_parse_bool(b, n, &v);
-	free(b);
-	if (r->ok)
-		CHECK(rc == 0 && v == (int)r->v, "%s: expected 0 and %d, got %d and %d", esc(r->s, n),
-		      (int)r->v, rc, v);
-	else
-		CHECK(rc < 0, "%s: expected an error, got %d", esc(r->s, n), rc);
+	if (!want_ok) {
+		CHECK(rc < 0, "\"%s\": expected an error, got %d", s, rc);
+		return 0;
+	}
+	CHECK(rc == 0, "\"%s\": expected 0, got %d (%s)", s, rc, error ? error : "");
+	return rc == 0;
 }
 
 static void test_durations(void)
@@ -1053,12 +1060,7 @@ static void check_hostport_row(const void *row)
 	memset(&hp, 0x55, sizeof hp);
 	int rc = lb_parse_hostport(b, n, &hp);
 	free(b);
-	if (!r->ok) {
-		CHECK(rc < 0, "%s: expected an error, got %d", r->s, rc);
-		return;
-	}
-	CHECK(rc == 0, "%s: expected 0, got %d", r->s, rc);
-	if (rc != 0)
+	if (!row_outcome(r->s, r->ok, rc, NULL))
 		return;
 	hp.host[sizeof hp.host - 1] = 0;
 	/* v6: the host is stored without brackets (ready for getaddrinfo); "[::1]" accepted too */
@@ -1135,14 +1137,8 @@ static void check_server_row(const void *row)
 	memset(&sp, 0, sizeof sp);
 	int rc = lb_parse_server(b, n, &sp);
 	free(b);
-	if (!r->ok) {
-		CHECK(rc < 0, "\"%s\": expected an error, got %d", r->s, rc);
-		if (rc < 0)
-			CHECK(sp.error != NULL, "\"%s\": error is NULL", r->s);
-		return;
-	}
-	CHECK(rc == 0, "\"%s\": expected 0, got %d (%s)", r->s, rc, sp.error ? sp.error : "");
-	if (rc != 0)
+	CHECK(r->ok || rc >= 0 || sp.error != NULL, "\"%s\": error is NULL", r->s);
+	if (!row_outcome(r->s, r->ok, rc, sp.error))
 		return;
 	sp.name[sizeof sp.name - 1] = 0;
 	sp.addr.host[sizeof sp.addr.host - 1] = 0;
@@ -1340,7 +1336,8 @@ static void test_json_tokens(void)
 		CHECK(t[6].type == LB_J_STR && t[6].end - t[6].start == 4, "escaped string: %u bytes", t[6].end - t[6].start);
 		CHECK(t[8].type == LB_J_PRIM && t[10].type == LB_J_OBJ && t[10].size == 0, "null, empty object");
 	}
-	const char *bad[] = { "{", "[1,2", "{\"a\"", "{1:2}", "\"open", "{}}", "[]x", "", "{\"a\":\"\n\"}" };
+	const char *bad[] = { "{", "[1,2", "{\"a\"", "{1:2}", "\"open", "{}}", "[]x", "", "{\"a\":\"\n\"}", "{\"a\"}",
+	                      "{\"a\":1,\"b\"}", "{\"a\":{\"b\"}}" };
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
 		CHECK(lb_json_tokens(bad[i], strlen(bad[i]), t, 32) == LB_EINVAL, "'%s' is refused", bad[i]);
 	char deep[80];
@@ -1349,6 +1346,61 @@ static void test_json_tokens(void)
 	CHECK(lb_json_tokens(deep, 80, t, 32) == LB_EINVAL, "depth 40 / more tokens than room refused");
 	CHECK(lb_json_tokens("[1,2,3]", 7, t, 3) == LB_EINVAL, "4 tokens in room for 3 refused");
 	end("json_tokens");
+}
+
+/* lb_jdoc_*: what linode-scaler and lb ctl read: strings decoded exactly, numbers as doubles, literals, bounds */
+static void test_jdoc(void)
+{
+	struct lb_jdoc d;
+	begin();
+	const char *j = "{\"a\":\"x\\\"y\\\\z\\/\\n\\t\",\"u\":\"\\u00e9\\u20AC\\ud83d\\ude00\\ud800x\",\"k\\\"q\":7,"
+	                "\"n\":[0,-1.5,2e3,1E-2,12345678901,true,false,null],\"ip\":\"192.0.2.1\",\"e\":\"\"}";
+	CHECK(lb_jdoc_parse(j, strlen(j), &d) == 0, "parse %s", j);
+	const char *a = lb_jdoc_str(&d, lb_jdoc_get(&d, 0, "a")), *u = lb_jdoc_str(&d, lb_jdoc_get(&d, 0, "u"));
+	CHECK(a && !strcmp(a, "x\"y\\z/\n\t"), "simple escapes: '%s'", a ? a : "(null)");
+	CHECK(u && !strcmp(u, "\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\xef\xbf\xbdx"), "\\u escapes, a pair, a lone surrogate: '%s'",
+	      u ? u : "(null)");
+	long long k = 0;
+	CHECK(lb_jdoc_int(&d, lb_jdoc_get(&d, 0, "k\"q"), &k) == 0 && k == 7, "an escaped key is found by its text: %lld", k);
+	CHECK(!strcmp(lb_jdoc_str(&d, lb_jdoc_get(&d, 0, "ip")) ? lb_jdoc_str(&d, lb_jdoc_get(&d, 0, "ip")) : "", "192.0.2.1") &&
+	      lb_jdoc_str(&d, lb_jdoc_get(&d, 0, "e")) && !*lb_jdoc_str(&d, lb_jdoc_get(&d, 0, "e")), "plain and empty strings");
+	long n = lb_jdoc_get(&d, 0, "n"), e = lb_jdoc_next(&d, n, -1);
+	const double want[] = { 0, -1.5, 2000, 0.01, 12345678901.0 };
+	for (size_t i = 0; i < 5; i++, e = lb_jdoc_next(&d, n, e)) {
+		double v = -99;
+		CHECK(lb_jdoc_num(&d, e, &v) == 0 && v == want[i], "number %zu: %g", i, v);
+	}
+	CHECK(lb_jdoc_int(&d, lb_jdoc_get(&d, 0, "k\"q"), &k) == 0, "7 is whole");
+	CHECK(lb_jdoc_int(&d, lb_jdoc_next(&d, n, lb_jdoc_next(&d, n, -1)), &k) == -1, "-1.5 is not whole");
+	double v;
+	CHECK(lb_jdoc_num(&d, e, &v) == -1 && lb_jdoc_lit(&d, e) && !strcmp(lb_jdoc_lit(&d, e), "true") &&
+	      !lb_jdoc_str(&d, e), "true is a literal, not a number nor a string");
+	e = lb_jdoc_next(&d, n, lb_jdoc_next(&d, n, e));
+	CHECK(e >= 0 && !strcmp(lb_jdoc_lit(&d, e), "null") && lb_jdoc_next(&d, n, e) == -1, "null ends the array");
+	CHECK(lb_jdoc_get(&d, 0, "zz") == -1 && lb_jdoc_get(&d, -1, "a") == -1 && !lb_jdoc_str(&d, -1) &&
+	      lb_jdoc_next(&d, 0, -1) == -1 && lb_jdoc_type(&d, d.n) == 0, "absent keys, tokens and non-arrays");
+	lb_jdoc_free(&d);
+	const char *bad[] = { "[\"\\x\"]", "[\"\\u12g4\"]", "[\"\\u12\"]", "[01]", "[1.]", "[-]", "[.5]", "[1e]",
+	                      "[nul]", "[True]", "[0x10]", "[inf]", "{\"a\":1", "" };
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		CHECK(lb_jdoc_parse(bad[i], strlen(bad[i]), &d) == LB_EINVAL && !d.s && !d.t, "'%s' is refused", bad[i]);
+		lb_jdoc_free(&d);
+	}
+	/* the token array is sized from the text but bounded: LB_JDOC_TOKENS_MAX tokens read, one more refused */
+	size_t cnt = (size_t)LB_JDOC_TOKENS_MAX - 1, len = 2 * cnt + 1;
+	char *big = malloc(len + 3);
+	if (big) {
+		big[0] = '[';
+		for (size_t i = 0; i < cnt; i++)
+			big[1 + 2 * i] = '0', big[2 + 2 * i] = ',';
+		big[len - 1] = ']';
+		CHECK(lb_jdoc_parse(big, len, &d) == 0 && d.n == LB_JDOC_TOKENS_MAX, "%ld tokens read", d.n);
+		lb_jdoc_free(&d);
+		memcpy(big + len - 1, ",0]", 3);
+		CHECK(lb_jdoc_parse(big, len + 2, &d) == LB_EINVAL, "one token over the bound is refused");
+		free(big);
+	}
+	end("jdoc");
 }
 
 static void test_hash(void)
@@ -3652,6 +3704,7 @@ int main(void)
 	test_request_id();
 	test_log_template();
 	test_json_tokens();
+	test_jdoc();
 	test_hash();
 	test_conf_full();
 	test_conf_defaults();
