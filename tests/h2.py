@@ -875,6 +875,15 @@ def t_timeouts(ctx):
     c.close()
 
 
+def h2spec_run(args):
+    p = subprocess.run([H2SPEC] + args + ["-o", "3"], capture_output=True, timeout=120)
+    out = p.stdout.decode("utf-8", "replace")
+    m = re.search(r"(\d+) tests, (\d+) passed, (\d+) skipped, (\d+) failed", out)
+    check(m, "h2spec said: %s" % short(out[-400:], 400))
+    fails = re.findall(r"×\s+(.*)", out)
+    return int(m.group(1)), int(m.group(2)), fails
+
+
 @test("h2spec_tls_and_h2c", timeout=60)
 def t_h2spec(ctx):
     """h2spec 2.6 (the conformance suite) against a TLS listener and a plain h2c one: at least 145 of its
