@@ -2087,10 +2087,11 @@ int lb_parse_form_action(const char *body, size_t n, struct lb_form_action *o)
 			o->token_len = vlen;
 		} else if (!strcmp(name, "do")) {
 			const char *sp = strchr(val, ' ');
+			o->op = 0; /* the last do= decides: a form with two says what its last one says */
 			for (size_t i = 0; sp && i < sizeof acts / sizeof *acts; i++)
 				if ((size_t)(sp - val) == strlen(acts[i].word) && !memcmp(val, acts[i].word, (size_t)(sp - val)))
 					o->op = acts[i].op;
-			if (!o->op || form_target(sp + 1, o) != 0)
+			if (!sp || !o->op || form_target(sp + 1, o) != 0)
 				return o->error = "do must be 'drain|enable|disable|weight POOL/SERVER'", LB_EINVAL;
 		}
 	}
@@ -11327,8 +11328,8 @@ static ssize_t h2_read_body(nghttp2_session *ss, int32_t sid, uint8_t *buf, size
 		c->bytes_out += n;
 		c->sent_any = 1;
 		c->t_active = g_now;
+		conn_defer(c); /* room in its buffers: it reads on from the server */
 	}
-	conn_defer(c);
 	if (c->r == R_DONE && client_pending(c) == 0) {
 		*flags |= NGHTTP2_DATA_FLAG_EOF | (s->trailers ? NGHTTP2_DATA_FLAG_NO_END_STREAM : 0);
 		s->ended = 1;
@@ -11390,7 +11391,10 @@ static int h2_stream_write(struct conn *c)
 		}
 		s->ended = !body;
 	}
-	if (s->head_sent && !s->ended && s->deferred && (client_pending(c) > 0 || c->r == R_DONE)) {
+	/* bytes h2_read_body can take: not a trailer section still coming (it waits for the answer's end;
+	 * resuming would ask again and again for nothing, a busy loop) */
+	int trailer_wait = s->resp_chunked && s->ck_state == H2D_TRAILERS && c->r != R_DONE;
+	if (s->head_sent && !s->ended && s->deferred && ((client_pending(c) > 0 && !trailer_wait) || c->r == R_DONE)) {
 		s->deferred = 0;
 		nghttp2_session_resume_data(h->ss, s->sid);
 		moved = 1;

@@ -3147,6 +3147,7 @@ static void test_form_action(void)
 	static const char *const bad[] = {
 		"token=t", "do=explode+a%2Fb", "do=drain+ab", "do=drain+a%2Fb%2Fc", "do=drain+a%2Fb&token=%4", "do=drain+a%2Fb&token=%zz",
 		"do=weight+a%2Fb", "do=weight+a%2Fb&w.a%2Fb=0", "do=weight+a%2Fb&w.a%2Fb=1001", "do=drain+a%2Fb&x=%00", "",
+		"do=drain+a%2Fb&do=enable", /* a second do= without a target (UBSan: NULL + 1 before) */
 	};
 	for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
 		CHECK(lb_parse_form_action(bad[i], strlen(bad[i]), &f) == LB_EINVAL && f.error, "accepted '%s'", bad[i]);
