@@ -7246,7 +7246,9 @@ static int tls_ticket_cb(SSL *ssl, unsigned char name[16], unsigned char *iv, EV
 		if (io && io->srv)
 			io->srv->ticket = 1;
 	}
-	return !enc && i > 0 ? 2 : 1; /* 2: opened with an older key, renew it */
+	/* 2: renew: a ticket opened with an older key, and every TLS 1.3 resumption (RFC 8446 C.4: a
+	 * client uses a 1.3 ticket once, so it needs a new one each time, as HAProxy and nginx give) */
+	return !enc && (i > 0 || SSL_version(ssl) == TLS1_3_VERSION) ? 2 : 1;
 }
 
 /* -------------------------------------------------------------------- engines */

@@ -911,6 +911,26 @@ def t_tls13(ctx):
     check(m.alive(), "lb died")
 
 
+@test("tls13_resumption_renews_the_ticket")
+def t_tls13_renew(ctx):
+    """OpenSSL build: a resumed TLS 1.3 handshake gets a new ticket (RFC 8446 C.4: a client uses a 1.3
+    ticket once; without a new one its next connection is a full handshake), and that ticket resumes.
+    BearSSL build: no TLS 1.3, nothing to check beyond tls13_s_client."""
+    if not OSSL:
+        raise Skip("the BearSSL build has no TLS 1.3 (tls13_s_client checks the refusal)")
+    ca = CA(ctx.dir)
+    a, _ = ca.leaf("a", "a.test", ["a.test"])
+    port = free_port()
+    ctx.master(conf(lsn("https", port, ("tls", "on"), ("cert", a)), pl("p", [ctx.b["a"]]), workers=1), [port])
+    s1, s2 = os.path.join(ctx.dir, "s1.pem"), os.path.join(ctx.dir, "s2.pem")
+    rc, out = s_client(port, "-tls1_3", "-sess_out", s1)
+    check(rc == 0 and "New Session Ticket arrived" in out, "full handshake: no ticket: %s" % short(out, 300))
+    rc, out = s_client(port, "-tls1_3", "-sess_in", s1, "-sess_out", s2)
+    check(re.search(r"^Reused, TLSv1\.3", out, re.M), "the first ticket did not resume: %s" % short(out, 300))
+    check("New Session Ticket arrived" in out, "a resumed TLS 1.3 handshake got no new ticket: %s" % short(out, 400))
+    check(resumed(port, s2, "-tls1_3"), "the renewed ticket did not resume")
+
+
 @test("ticket_keys_shared_reload_rotation", timeout=60)
 def t_tickets(ctx):
     """OpenSSL build: a TLS 1.3 ticket (-sess_out) resumes (-sess_in) on both workers, after a SIGHUP
