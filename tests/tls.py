@@ -878,6 +878,16 @@ def s_client(port, *args):
     return p.returncode, p.stdout.decode("utf-8", "replace")
 
 
+def bearssl_refuses(ctx, text, key, why):
+    """The BearSSL build's lb -t refuses a config using an OpenSSL-only key: exit 1, naming it and why."""
+    path = os.path.join(ctx.dir, "c.ini")
+    replace_file(path, text)
+    p = subprocess.run([it.LB_BIN, "-t", "-c", path], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=10)
+    out = p.stdout.decode()
+    check(p.returncode == 1 and key in out and why in out,
+          "BearSSL lb -t with %s: rc %d %s" % (key, p.returncode, short(out, 300)))
+
+
 def resumed(port, sess, *args):
     """Whether s_client -sess_in sess resumed (and got its answer)."""
     _, out = s_client(port, "-sess_in", sess, *args)
@@ -947,12 +957,7 @@ def t_tickets(ctx):
     text1 = conf(lsn("https", p1, ("tls", "on"), ("cert", a)), pl("p", [ctx.b["a"]]), admin(ap), workers=2,
                  glob={"tls_ticket_keys": keys})
     if not OSSL:
-        path = os.path.join(ctx.dir, "c.ini")
-        replace_file(path, text1)
-        p = subprocess.run([it.LB_BIN, "-t", "-c", path], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=10)
-        out = p.stdout.decode()
-        check(p.returncode == 1 and "tls_ticket_keys" in out and "no session tickets" in out,
-              "BearSSL lb -t with tls_ticket_keys: rc %d %s" % (p.returncode, short(out, 300)))
+        bearssl_refuses(ctx, text1, "tls_ticket_keys", "no session tickets")
         return
     m = ctx.master(text1, [p1, ap])
     m.wait_workers(2)
@@ -1072,12 +1077,7 @@ def t_ocsp(ctx):
     with open(live, "wb") as f:
         f.write(data)
     if not OSSL:
-        path = os.path.join(ctx.dir, "c.ini")
-        replace_file(path, text)
-        p = subprocess.run([it.LB_BIN, "-t", "-c", path], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=10)
-        out = p.stdout.decode()
-        check(p.returncode == 1 and "ocsp" in out and "no OCSP stapling" in out,
-              "BearSSL lb -t with ocsp: rc %d %s" % (p.returncode, short(out, 300)))
+        bearssl_refuses(ctx, text, "ocsp", "no OCSP stapling")
         return
     m = ctx.master(text, [port, ap])
     check(stapled(port), "a good response is stapled")
