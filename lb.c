@@ -99,7 +99,7 @@
  * Case-insensitive compares, hashing, a name index (config and shared-memory lookups by name), a tiny
  * PRNG, a log-free natural logarithm, the once-a-period decision of repeated log lines (lb_throttle_pass;
  * log_throttled in 8. writes them), the edit distance behind "did you mean", JSON string escaping.
- * No I/O but in the last subsection (the error log, shared mappings, files). Calls nothing later. */
+ * No I/O but in the last subsection (the error log, shared mappings, page pools, files). Calls nothing later. */
 
 static int lower(int c) { return (c >= 'A' && c <= 'Z') ? c + 32 : c; }
 
@@ -390,6 +390,82 @@ static void *shm_map(size_t n, const char *what)
 		return p;
 	lb_err("%s (%zu bytes of shared memory): %s", what, n, strerror(errno));
 	return NULL;
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+#define LB_BUF_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define LB_BUF_ASAN 1
+#endif
+#endif
+
+/* Page pools: blocks of one size, whole pages each, for buffers that are large and often not in
+ * use (a connection's buffers, section 8; BearSSL's record buffer of a connection, section 7).
+ * Free blocks are a stack: the most recently used on top, still in cache and in RAM. They come
+ * in slabs from mmap, so that pages_trim can hand back every page of a block (from malloc, the
+ * page holding the next chunk's header would stay); pages_trim, once a second, gives the pages
+ * of all but LB_PAGES_WARM free blocks back to the kernel, so a burst does not leave its blocks
+ * resident (those at [0, cold) have none). Under AddressSanitizer each block is its own heap
+ * block, so overruns are still caught. */
+#define LB_PAGES_WARM 64
+struct lb_pages {
+	char **stack;
+	size_t nfree, cold; /* free blocks: stack[0, nfree); below cold: pages given back */
+	size_t n, max;      /* blocks made, at most max */
+	size_t unit, slab;  /* bytes per block (whole pages), blocks per mmap */
+};
+
+/* 0, or -1 when out of memory */
+static int pages_init(struct lb_pages *pp, size_t size, size_t max, size_t slab)
+{
+	*pp = (struct lb_pages){ .max = max, .unit = (size + 4095) & ~(size_t)4095, .slab = slab };
+	pp->stack = calloc(max, sizeof *pp->stack);
+	return pp->stack ? 0 : -1;
+}
+
+static int pages_grow(struct lb_pages *pp)
+{
+	size_t k = LB_MIN(pp->slab, pp->max - pp->n);
+	if (k == 0)
+		return -1;
+#ifdef LB_BUF_ASAN
+	k = 1;
+	char *slab = malloc(pp->unit);
+	if (!slab)
+		return -1;
+#else
+	char *slab = mmap(NULL, k * pp->unit, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (slab == MAP_FAILED)
+		return -1;
+#endif
+	for (size_t i = 0; i < k; i++)
+		pp->stack[pp->nfree++] = slab + i * pp->unit;
+	pp->n += k;
+	return 0;
+}
+
+/* a block, NULL when max are in use or out of memory */
+static char *pages_take(struct lb_pages *pp)
+{
+	if (!pp->nfree && pages_grow(pp) != 0)
+		return NULL;
+	char *b = pp->stack[--pp->nfree];
+	pp->cold = LB_MIN(pp->cold, pp->nfree);
+	return b;
+}
+
+static void pages_give(struct lb_pages *pp, char *b) { pp->stack[pp->nfree++] = b; }
+
+static void pages_trim(struct lb_pages *pp)
+{
+	if (pp->nfree <= pp->cold + LB_PAGES_WARM)
+		return;
+#ifndef LB_BUF_ASAN
+	for (size_t i = pp->cold; i < pp->nfree - LB_PAGES_WARM; i++)
+		madvise(pp->stack[i], pp->unit, MADV_DONTNEED);
+#endif
+	pp->cold = pp->nfree - LB_PAGES_WARM;
 }
 
 /* a spinlock in shared memory; 0, as a fresh mapping holds, is unlocked */
@@ -5142,6 +5218,8 @@ static void ev_forget(struct evh *h)
  *              cert_parse (lb ctl ssl update), tls_free; struct lb_tls's certs[].info/.file and
  *              sig[] (file watch, expiry alerts, metrics); file_read, file_sig_of, file_sig_eq
  *   shared     tls_shared_create (the master, before any fork): SHM.tls, counters + resumption state
+ *   worker     tls_worker_setup(max_conns) (per-worker state before the first connection),
+ *              tls_trim (once a second: pages of buffers unused for a second go back)
  *   engines    tls_conn_new(L, alpn, nalpn) / tls_conn_free (towards a client; alpn: the
  *              protocols lb offers, in preference order), tls_feed_pre (bytes read with a PROXY
  *              header start the handshake); tls_up_new(pool, server) / tls_up_free
@@ -6000,6 +6078,12 @@ struct tls_io {
 	int got_bytes, err;
 };
 
+struct tls_client_auth {
+	br_x509_minimal_context xc;
+	br_name_element ne[TLS_NAMES];
+	char nebuf[TLS_NAMES][80];
+};
+
 struct tls_conn {
 	struct tls_io io;
 	br_ssl_server_context sc;
@@ -6007,16 +6091,16 @@ struct tls_conn {
 	const struct lb_tls *t;
 	size_t cert;                              /* chosen by SNI */
 	int hs_done, resumed;
-	br_x509_minimal_context xc;               /* client certificates (client_ca) */
-	br_name_element ne[TLS_NAMES];
-	char nebuf[TLS_NAMES][80];
+	struct tls_client_auth *ca;               /* with client_ca only: the client's chain checked */
 	char subject[TLS_SUBJECT_MAX];            /* "CN=..,O=..": the verified client's */
 	unsigned char pre[LB_PROXY_V2_MAX];       /* bytes read with a PROXY header: the handshake's start */
-	unsigned char iobuf[BR_SSL_BUFSIZE_BIDI];
+	unsigned char *iobuf;                     /* the engine's record buffer; NULL: parked (tls_park) */
+	size_t obuf_off, hbuf_off[3];             /* parked: where BearSSL's pointers were, from iobuf */
 };
 
-/* Engines (~37 KB each) kept for reuse, at most TLS_FREE_KEEP; the rest go back to the
- * allocator. The link lives in the first bytes of a free engine, as in the buffer pool. */
+/* Engines (~9 KB each, their record buffers apart) kept for reuse, at most TLS_FREE_KEEP; the
+ * rest go back to the allocator. The link lives in the first bytes of a free engine, as in the
+ * buffer pool. */
 #define TLS_FREE_KEEP 64
 struct tls_free_list {
 	void *head;
@@ -6030,7 +6114,15 @@ struct tls_free_list {
  */
 static struct lb_tls_pools {
 	struct tls_free_list free_tls, free_up;
+	struct lb_pages iobufs; /* client engines' record buffers (BR_SSL_BUFSIZE_BIDI), lent while in use */
 } TLS;
+
+static int tls_worker_setup(size_t max_conns)
+{
+	return pages_init(&TLS.iobufs, BR_SSL_BUFSIZE_BIDI, max_conns + 64, 16);
+}
+
+static void tls_trim(void) { pages_trim(&TLS.iobufs); }
 
 static void *tls_take(struct tls_free_list *l, size_t size)
 {
@@ -6121,28 +6213,33 @@ static const br_ssl_server_policy_class tls_policy_class = {
 	sizeof(const br_ssl_server_policy_class *), tls_choose, tls_do_keyx, tls_do_sign,
 };
 
-static void tls_client_auth(struct tls_conn *tc)
+/* client_ca: the client's chain is checked (3.5 KB, only on the listeners that ask); 0 or -1 */
+static int tls_client_auth(struct tls_conn *tc)
 {
 	const struct lb_tls *t = tc->t;
-	br_x509_minimal_init(&tc->xc, &br_sha256_vtable, t->tas, t->ntas);
-	br_x509_minimal_set_hash(&tc->xc, br_sha1_ID, &br_sha1_vtable);
-	br_x509_minimal_set_hash(&tc->xc, br_sha224_ID, &br_sha224_vtable);
-	br_x509_minimal_set_hash(&tc->xc, br_sha256_ID, &br_sha256_vtable);
-	br_x509_minimal_set_hash(&tc->xc, br_sha384_ID, &br_sha384_vtable);
-	br_x509_minimal_set_hash(&tc->xc, br_sha512_ID, &br_sha512_vtable);
-	br_x509_minimal_set_rsa(&tc->xc, br_rsa_pkcs1_vrfy_get_default());
-	br_x509_minimal_set_ecdsa(&tc->xc, br_ec_get_default(), br_ecdsa_vrfy_asn1_get_default());
+	struct tls_client_auth *ca = tc->ca = malloc(sizeof *tc->ca);
+	if (!ca)
+		return -1;
+	br_x509_minimal_init(&ca->xc, &br_sha256_vtable, t->tas, t->ntas);
+	br_x509_minimal_set_hash(&ca->xc, br_sha1_ID, &br_sha1_vtable);
+	br_x509_minimal_set_hash(&ca->xc, br_sha224_ID, &br_sha224_vtable);
+	br_x509_minimal_set_hash(&ca->xc, br_sha256_ID, &br_sha256_vtable);
+	br_x509_minimal_set_hash(&ca->xc, br_sha384_ID, &br_sha384_vtable);
+	br_x509_minimal_set_hash(&ca->xc, br_sha512_ID, &br_sha512_vtable);
+	br_x509_minimal_set_rsa(&ca->xc, br_rsa_pkcs1_vrfy_get_default());
+	br_x509_minimal_set_ecdsa(&ca->xc, br_ec_get_default(), br_ecdsa_vrfy_asn1_get_default());
 	for (int i = 0; i < TLS_NAMES; i++) {
-		tc->ne[i].oid = tls_oids[i];
-		tc->ne[i].buf = tc->nebuf[i];
-		tc->ne[i].len = sizeof tc->nebuf[i];
-		tc->nebuf[i][0] = 0;
+		ca->ne[i].oid = tls_oids[i];
+		ca->ne[i].buf = ca->nebuf[i];
+		ca->ne[i].len = sizeof ca->nebuf[i];
+		ca->nebuf[i][0] = 0;
 	}
-	br_x509_minimal_set_name_elements(&tc->xc, tc->ne, TLS_NAMES);
-	br_ssl_engine_set_x509(&tc->sc.eng, &tc->xc.vtable);
+	br_x509_minimal_set_name_elements(&ca->xc, ca->ne, TLS_NAMES);
+	br_ssl_engine_set_x509(&tc->sc.eng, &ca->xc.vtable);
 	br_ssl_engine_set_default_rsavrfy(&tc->sc.eng);
 	br_ssl_engine_set_default_ecdsa(&tc->sc.eng);
 	br_ssl_server_set_trust_anchor_names_alt(&tc->sc, t->tas, t->ntas);
+	return 0;
 }
 
 /* 0, or -1 (said at most once a second with a count) when the kernel gave no entropy */
@@ -6194,16 +6291,26 @@ int lb_tls_server_engine(br_ssl_server_context *sc, unsigned char *buf, size_t l
 	return tls_seed_engine(eng); /* after the hashes: BearSSL's DRBG uses SHA-256 */
 }
 
+static void tls_conn_free(struct tls_conn *tc);
+
 /* NULL with errno ENOMEM when out of memory (malloc's), EIO when there was no entropy */
 static struct tls_conn *tls_conn_new(const struct lb_listener *L, const char *const *alpn, size_t nalpn)
 {
 	struct tls_conn *tc = tls_take(&TLS.free_tls, sizeof *tc);
-	if (!tc)
+	unsigned char *iobuf = (unsigned char *)pages_take(&TLS.iobufs);
+	if (!tc || !iobuf) {
+		tls_give(&TLS.free_tls, tc);
+		if (iobuf)
+			pages_give(&TLS.iobufs, (char *)iobuf);
+		errno = ENOMEM;
 		return NULL;
+	}
+	tc->iobuf = iobuf;
+	tc->ca = NULL;
 	br_ssl_server_context *sc = &tc->sc;
 	br_ssl_engine_context *eng = &sc->eng;
-	if (lb_tls_server_engine(sc, tc->iobuf, sizeof tc->iobuf, 0) != 0) {
-		tls_give(&TLS.free_tls, tc);
+	if (lb_tls_server_engine(sc, tc->iobuf, BR_SSL_BUFSIZE_BIDI, 0) != 0) {
+		tls_conn_free(tc);
 		errno = EIO;
 		return NULL;
 	}
@@ -6220,13 +6327,76 @@ static struct tls_conn *tls_conn_new(const struct lb_listener *L, const char *co
 	 * certificate to check and name */
 	if (SHM.tls && SHM.tls->entries && !L->tlsm->ntas)
 		br_ssl_server_set_cache(sc, &tls_cache_vt);
-	if (tc->t->ntas)
-		tls_client_auth(tc);
+	if (tc->t->ntas && tls_client_auth(tc) != 0) {
+		tls_conn_free(tc);
+		errno = ENOMEM;
+		return NULL;
+	}
 	br_ssl_server_reset(sc);
 	return tc;
 }
 
-static void tls_conn_free(struct tls_conn *tc) { tls_give(&TLS.free_tls, tc); }
+static void tls_conn_free(struct tls_conn *tc)
+{
+	if (!tc)
+		return;
+	if (tc->iobuf)
+		pages_give(&TLS.iobufs, (char *)tc->iobuf);
+	free(tc->ca);
+	tls_give(&TLS.free_tls, tc);
+}
+
+/* An idle client connection holds no record buffer (33 KB). Between records, with nothing
+ * buffered either way, the buffer's bytes are dead: waiting for a record header with none of it
+ * read (ixa == ixb == 0, ixc == 5), no payload gathered (oxa == oxc) and no record to send, the
+ * handshake over and nothing read ahead in pre. Parked, it goes back to the pool, and the next
+ * call that needs the engine (tls_unpark) lends it any block: BearSSL keeps only offsets into it
+ * but for ibuf, obuf and the handshake code's hbuf_* pointers (dead between records as well),
+ * which are kept here as offsets. Parked, the engine's state is known without asking it: room to
+ * send, nothing to read, no record pending. Server engines towards servers (tls_up) are not
+ * parked: they are pooled with their idle connection. */
+static void tls_park(struct tls_io *io)
+{
+	struct tls_conn *tc = io->srv;
+	if (!tc || !tc->iobuf || !tc->hs_done || io->pre_s != io->pre_e)
+		return;
+	br_ssl_engine_context *e = &tc->sc.eng;
+	if (br_ssl_engine_current_state(e) != (BR_SSL_SENDAPP | BR_SSL_RECVREC) || e->ixa != 0 || e->ixb != 0 ||
+	    e->ixc != 5 || e->oxa != e->oxc)
+		return;
+	uintptr_t base = (uintptr_t)tc->iobuf;
+	unsigned char **h[3] = { &e->hbuf_in, &e->hbuf_out, &e->saved_hbuf_out };
+	for (int i = 0; i < 3; i++) {
+		uintptr_t a = (uintptr_t)*h[i];
+		tc->hbuf_off[i] = a >= base && a <= base + BR_SSL_BUFSIZE_BIDI ? a - base + 1 : 0; /* 0: none */
+		*h[i] = NULL;
+	}
+	tc->obuf_off = (size_t)((uintptr_t)e->obuf - base);
+	e->ibuf = e->obuf = NULL;
+	pages_give(&TLS.iobufs, (char *)tc->iobuf);
+	tc->iobuf = NULL;
+}
+
+/* 0: the engine has its record buffer; -1 (errno ENOMEM): none to lend */
+static int tls_unpark(struct tls_io *io)
+{
+	struct tls_conn *tc = io->srv;
+	if (!tc || tc->iobuf)
+		return 0;
+	if (!(tc->iobuf = (unsigned char *)pages_take(&TLS.iobufs))) {
+		errno = ENOMEM;
+		return -1;
+	}
+	br_ssl_engine_context *e = &tc->sc.eng;
+	unsigned char **h[3] = { &e->hbuf_in, &e->hbuf_out, &e->saved_hbuf_out };
+	for (int i = 0; i < 3; i++)
+		*h[i] = tc->hbuf_off[i] ? tc->iobuf + tc->hbuf_off[i] - 1 : NULL;
+	e->ibuf = tc->iobuf;
+	e->obuf = tc->iobuf + tc->obuf_off;
+	return 0;
+}
+
+static bool tls_parked(const struct tls_io *io) { return io->srv && !io->srv->iobuf; }
 
 /* bytes read with a PROXY header (at most LB_PROXY_V2_MAX): the handshake's start */
 static void tls_feed_pre(struct tls_conn *tc, const void *p, size_t n)
@@ -6257,8 +6427,8 @@ static void tls_subject(struct tls_conn *tc)
 	size_t w = 0;
 	tc->subject[0] = 0;
 	for (int i = 0; i < TLS_NAMES; i++)
-		if (tc->ne[i].status == 1)
-			w = tls_subject_add(tc->subject, sizeof tc->subject, w, tls_oid_names[i], tc->nebuf[i]);
+		if (tc->ca->ne[i].status == 1)
+			w = tls_subject_add(tc->subject, sizeof tc->subject, w, tls_oid_names[i], tc->ca->nebuf[i]);
 }
 
 /* -------------------------------------------------------------------- the pump */
@@ -6267,7 +6437,7 @@ static void tls_subject(struct tls_conn *tc)
 static int tls_flush_out(struct tls_io *io, int fd)
 {
 	br_ssl_engine_context *eng = io->eng;
-	while (br_ssl_engine_current_state(eng) & BR_SSL_SENDREC) {
+	while (!tls_parked(io) && (br_ssl_engine_current_state(eng) & BR_SSL_SENDREC)) {
 		size_t len;
 		unsigned char *p = br_ssl_engine_sendrec_buf(eng, &len);
 		ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
@@ -6304,24 +6474,26 @@ static void tls_log_info(const struct tls_conn *t, const char **version, const c
 /* a clean end: close_notify, sent now if the socket takes it */
 static void tls_close_notify(struct tls_io *io, int fd)
 {
+	if (tls_unpark(io) != 0)
+		return;
 	br_ssl_engine_close(io->eng);
 	tls_flush_out(io, fd);
 }
 
 static int tls_records_pending(const struct tls_io *io)
 {
-	return (br_ssl_engine_current_state(io->eng) & BR_SSL_SENDREC) != 0;
+	return !tls_parked(io) && (br_ssl_engine_current_state(io->eng) & BR_SSL_SENDREC) != 0;
 }
 
 /* the engine has plaintext for us, or handshake bytes came with a PROXY header */
 static int tls_has_input(const struct tls_io *io)
 {
-	return (br_ssl_engine_current_state(io->eng) & BR_SSL_RECVAPP) || io->pre_s < io->pre_e;
+	return (!tls_parked(io) && (br_ssl_engine_current_state(io->eng) & BR_SSL_RECVAPP)) || io->pre_s < io->pre_e;
 }
 
 static int tls_can_send(const struct tls_io *io)
 {
-	return (br_ssl_engine_current_state(io->eng) & BR_SSL_SENDAPP) != 0;
+	return tls_parked(io) || (br_ssl_engine_current_state(io->eng) & BR_SSL_SENDAPP) != 0;
 }
 
 /* The handshake completed (true from the first state that carries application data). */
@@ -6342,6 +6514,12 @@ static int tls_just_done(struct tls_conn *tc)
 static ssize_t tls_recv(struct tls_io *io, int fd, bool *rready, char *dst, size_t cap)
 {
 	br_ssl_engine_context *eng = io->eng;
+	if (tls_parked(io) && !*rready) {
+		errno = EAGAIN;
+		return -1;
+	}
+	if (tls_unpark(io) != 0)
+		return -1;
 	for (;;) {
 		if (io->srv) /* before a close_notify right behind the Finished closes the engine */
 			tls_just_done(io->srv);
@@ -6369,6 +6547,7 @@ static ssize_t tls_recv(struct tls_io *io, int fd, bool *rready, char *dst, size
 			return (ssize_t)n;
 		}
 		if (!(st & BR_SSL_RECVREC) || (!*rready && io->pre_s == io->pre_e)) {
+			tls_park(io);
 			errno = EAGAIN;
 			return -1;
 		}
@@ -6417,6 +6596,8 @@ static ssize_t tls_send(struct tls_io *io, int fd, const struct iovec *iov, int 
 	br_ssl_engine_context *eng = io->eng;
 	size_t total = 0, off = 0;
 	int i = 0, failed = 0;
+	if (tls_unpark(io) != 0)
+		return -1;
 	while (i < k) {
 		unsigned st = br_ssl_engine_current_state(eng);
 		if (st & BR_SSL_SENDAPP) {
@@ -6441,6 +6622,8 @@ static ssize_t tls_send(struct tls_io *io, int fd, const struct iovec *iov, int 
 	if (total)
 		br_ssl_engine_flush(eng, 0);
 	int f = tls_flush_out(io, fd);
+	if (f > 0)
+		tls_park(io);
 	if (total)
 		return (ssize_t)total;
 	if (f < 0 || failed < 0 || (br_ssl_engine_current_state(eng) & BR_SSL_CLOSED)) {
@@ -7253,6 +7436,15 @@ static int tls_ticket_cb(SSL *ssl, unsigned char name[16], unsigned char *iv, EV
 
 /* -------------------------------------------------------------------- engines */
 
+/* OpenSSL allocates and frees its record buffers itself (SSL_MODE_RELEASE_BUFFERS): no pool */
+static int tls_worker_setup(size_t max_conns)
+{
+	LB_UNUSED(max_conns);
+	return 0;
+}
+
+static void tls_trim(void) {}
+
 /* an SSL on ctx between two memory BIOs; 0 or -1 */
 static int tls_io_init(struct tls_io *io, SSL_CTX *ctx)
 {
@@ -7825,10 +8017,7 @@ static struct listener_rt *lsn_rt(const struct lb_listener *l) { return &g_conf-
  */
 static struct lb_worker {
 	size_t bufsize;
-	char **bufstack;
-	size_t nfree, bufcold;
-	size_t nbufs, maxbufs;
-	size_t bufalloc; /* W.bufsize rounded up to whole pages */
+	struct lb_pages bufs; /* of W.bufsize (section 2's page pools) */
 	struct conn *free_conns, *live, *dead;
 	struct lb_bconn *free_bconns, *dead_bconns;
 	size_t nconns;
@@ -7877,10 +8066,6 @@ static struct lb_worker {
 	.hc_next = UINT64_MAX,
 };
 
-/* Free buffers are a stack: the most recently used on top, still in cache and in RAM. Once a
- * second buf_trim gives the pages of all but LB_BUFS_WARM of them back to the kernel, so a
- * burst of busy connections does not leave its buffers resident (those at [0, W.bufcold)). */
-#define LB_BUFS_WARM 64
 /* a retiring worker closes a keep-alive connection idle this long (since the retire began):
  * long enough that a client sending its next request is not cut off, short enough that an
  * old generation does not linger for idle_timeout */
@@ -7970,46 +8155,12 @@ static void rng_seed(void)
 
 static size_t buf_len(const struct buf *b) { return b->e - b->s; }
 
-#if defined(__SANITIZE_ADDRESS__)
-#define LB_BUF_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define LB_BUF_ASAN 1
-#endif
-#endif
-
-/* More free buffers. They come in slabs of whole pages from mmap, so that buf_trim can hand
- * back every page of a buffer (from malloc, the page holding the next chunk's header would
- * stay). Under AddressSanitizer each is its own heap block, so overruns are still caught. */
-static int buf_grow(void)
-{
-	size_t k = LB_MIN((size_t)64, W.maxbufs - W.nbufs);
-	if (k == 0)
-		return LB_ENOMEM;
-#ifdef LB_BUF_ASAN
-	k = 1;
-	char *slab = malloc(W.bufalloc);
-	if (!slab)
-		return LB_ENOMEM;
-#else
-	char *slab = mmap(NULL, k * W.bufalloc, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (slab == MAP_FAILED)
-		return LB_ENOMEM;
-#endif
-	for (size_t i = 0; i < k; i++)
-		W.bufstack[W.nfree++] = slab + i * W.bufalloc;
-	W.nbufs += k;
-	return 0;
-}
-
 static int buf_get(struct buf *b)
 {
 	if (b->d)
 		return 0;
-	if (!W.nfree && buf_grow() != 0)
+	if (!(b->d = pages_take(&W.bufs)))
 		return LB_ENOMEM;
-	b->d = W.bufstack[--W.nfree];
-	W.bufcold = LB_MIN(W.bufcold, W.nfree);
 	b->s = b->e = 0;
 	return 0;
 }
@@ -8018,20 +8169,9 @@ static void buf_put(struct buf *b)
 {
 	if (!b->d)
 		return;
-	W.bufstack[W.nfree++] = b->d;
+	pages_give(&W.bufs, b->d);
 	b->d = NULL;
 	b->s = b->e = 0;
-}
-
-static void buf_trim(void)
-{
-	if (W.nfree <= W.bufcold + LB_BUFS_WARM)
-		return;
-#ifndef LB_BUF_ASAN
-	for (size_t i = W.bufcold; i < W.nfree - LB_BUFS_WARM; i++)
-		madvise(W.bufstack[i], W.bufalloc, MADV_DONTNEED);
-#endif
-	W.bufcold = W.nfree - LB_BUFS_WARM;
 }
 
 /* free space at the tail, after moving data to the front when that helps */
@@ -15718,9 +15858,8 @@ static int setup_runtime(void)
 	for (size_t i = 0; i < g_conf->nlisteners; i++)
 		maxh = LB_MAX(maxh, g_conf->listeners[i].max_header_size);
 	W.bufsize = maxh + 4096; /* head limit plus room for the headers lb adds */
-	W.maxbufs = (size_t)g_conf->max_connections * 4 + 64;
-	W.bufalloc = (W.bufsize + 4095) & ~(size_t)4095;
-	W.bufstack = calloc(W.maxbufs, sizeof *W.bufstack);
+	int pools = pages_init(&W.bufs, W.bufsize, (size_t)g_conf->max_connections * 4 + 64, 64) |
+	            tls_worker_setup(g_conf->max_connections);
 	W.scratch = malloc(W.bufsize);
 	W.scratch2 = malloc(W.bufsize);
 	W.heap = calloc(g_conf->max_connections + 16, sizeof *W.heap);
@@ -15732,7 +15871,7 @@ static int setup_runtime(void)
 		W.max_conns = lb_conns_for_fds(g_conf, (unsigned long)rl.rlim_cur); /* fd_limit_check warned */
 	}
 	W.fd_budget = maxfds; /* idle server connections stay under 3/4 of it (fds_short) */
-	if (!W.scratch || !W.scratch2 || !W.heap || !W.bufstack || ev_init(maxfds) != 0) {
+	if (!W.scratch || !W.scratch2 || !W.heap || pools != 0 || ev_init(maxfds) != 0) {
 		lb_err("out of memory setting up the event loop");
 		return -1;
 	}
@@ -15778,7 +15917,8 @@ static int run_loop(void)
 		hc_tick();
 		idle_sweep();
 		if (g_now >= W.trim_at) {
-			buf_trim();
+			pages_trim(&W.bufs);
+			tls_trim();
 			W.trim_at = g_now + 1000;
 		}
 		admin_sync();

@@ -875,7 +875,7 @@ static void check_clean(void)
 			CHECK(!"lb left a socket open");
 		}
 	CHECK(EV.np == 0 && W.nheap == 0 && W.pending == NULL && W.live == NULL && W.nbconns == 0);
-	CHECK(W.nbufs <= 16); /* one connection uses at most 4 buffers: more means they leak from the pool */
+	CHECK(W.bufs.n <= 16); /* one connection uses at most 4 buffers: more means they leak from the pool */
 	for (size_t p = 0; p < g_conf->npools; p++)
 		for (size_t k = 0; k < g_conf->pools[p].nservers; k++) {
 			struct lb_server *s = &g_conf->pools[p].servers[k];
