@@ -10,7 +10,8 @@
  *   -m ticket   each connection slot offers the ticket the server gave its previous connection
  *               (never a session ID); TLS 1.3: the client reads until the server's NewSessionTicket
  *               arrives (a server that sends none makes each connection time out), TLS 1.2: a
- *               handshake without a ticket is counted as an error
+ *               full handshake without a ticket is counted as an error (a resumed one may keep
+ *               its ticket: RFC 5077 3.3)
  *   -m id       session-ID resumption (TLS 1.2 only; TLS 1.3 has no session IDs): no ticket asked
  *               for, each slot offers the previous session's ID
  *   -g GROUPS   the key-exchange groups offered, OpenSSL syntax (default P-256, as tlsload)
@@ -200,8 +201,11 @@ static void pump(struct slot *s)
 				/* TLS 1.3 tickets come after the handshake: read until one arrives; a TLS 1.2
 				 * ticket comes within it, or never */
 				s->state = (mode == M_TICKET && tls13 && !s->got_ticket) ? ST_TICKET : ST_SHUT;
-				if (mode == M_TICKET && !tls13 && !s->got_ticket && (errno = 0) == 0)
-					note_error("no session ticket in the TLS 1.2 handshake");
+				/* TLS 1.2 resumed by a ticket: the server may keep it (RFC 5077 3.3), and the
+				 * slot offers the same one again; a full handshake must bring one */
+				if (mode == M_TICKET && !tls13 && !s->got_ticket && !SSL_session_reused(s->ssl) &&
+				    (errno = 0) == 0)
+					note_error("no session ticket in a full TLS 1.2 handshake");
 				break;
 			}
 			if (!want(s, r)) {
