@@ -6093,8 +6093,8 @@ struct tls_conn {
 	int hs_done, resumed;
 	struct tls_client_auth *ca;               /* with client_ca only: the client's chain checked */
 	char subject[TLS_SUBJECT_MAX];            /* "CN=..,O=..": the verified client's */
-	unsigned char pre[LB_PROXY_V2_MAX];       /* bytes read with a PROXY header: the handshake's start */
-	unsigned char *iobuf;                     /* the engine's record buffer; NULL: parked (tls_park) */
+	unsigned char *iobuf;                     /* the engine's record buffer, then io.pre's LB_PROXY_V2_MAX
+	                                           * bytes (read ahead); NULL: parked (tls_park) */
 	size_t obuf_off, hbuf_off[3];             /* parked: where BearSSL's pointers were, from iobuf */
 };
 
@@ -6119,7 +6119,7 @@ static struct lb_tls_pools {
 
 static int tls_worker_setup(size_t max_conns)
 {
-	return pages_init(&TLS.iobufs, BR_SSL_BUFSIZE_BIDI, max_conns + 64, 16);
+	return pages_init(&TLS.iobufs, BR_SSL_BUFSIZE_BIDI + LB_PROXY_V2_MAX, max_conns + 64, 16);
 }
 
 static void tls_trim(void) { pages_trim(&TLS.iobufs); }
@@ -6317,7 +6317,7 @@ static struct tls_conn *tls_conn_new(const struct lb_listener *L, const char *co
 	tc->t = L->tlsm;
 	tc->cert = 0;
 	tc->hs_done = tc->resumed = 0;
-	tc->io = (struct tls_io){ .eng = eng, .srv = tc, .pre = tc->pre, .pre_cap = sizeof tc->pre };
+	tc->io = (struct tls_io){ .eng = eng, .srv = tc, .pre = tc->iobuf + BR_SSL_BUFSIZE_BIDI, .pre_cap = LB_PROXY_V2_MAX };
 	tc->subject[0] = 0;
 	tc->policy = &tls_policy_class;
 	if (nalpn)
@@ -6346,7 +6346,7 @@ static void tls_conn_free(struct tls_conn *tc)
 	tls_give(&TLS.free_tls, tc);
 }
 
-/* An idle client connection holds no record buffer (33 KB). Between records, with nothing
+/* An idle client connection holds no record buffer (33 KB, and the 1 KB read ahead). Between records, with nothing
  * buffered either way, the buffer's bytes are dead: waiting for a record header with none of it
  * read (ixa == ixb == 0, ixc == 5), no payload gathered (oxa == oxc) and no record to send, the
  * handshake over and nothing read ahead in pre. Parked, it goes back to the pool, and the next
@@ -6373,6 +6373,7 @@ static void tls_park(struct tls_io *io)
 	}
 	tc->obuf_off = (size_t)((uintptr_t)e->obuf - base);
 	e->ibuf = e->obuf = NULL;
+	io->pre = NULL;
 	pages_give(&TLS.iobufs, (char *)tc->iobuf);
 	tc->iobuf = NULL;
 }
@@ -6393,6 +6394,7 @@ static int tls_unpark(struct tls_io *io)
 		*h[i] = tc->hbuf_off[i] ? tc->iobuf + tc->hbuf_off[i] - 1 : NULL;
 	e->ibuf = tc->iobuf;
 	e->obuf = tc->iobuf + tc->obuf_off;
+	io->pre = tc->iobuf + BR_SSL_BUFSIZE_BIDI;
 	return 0;
 }
 
@@ -6401,7 +6403,7 @@ static bool tls_parked(const struct tls_io *io) { return io->srv && !io->srv->io
 /* bytes read with a PROXY header (at most LB_PROXY_V2_MAX): the handshake's start */
 static void tls_feed_pre(struct tls_conn *tc, const void *p, size_t n)
 {
-	memcpy(tc->pre, p, n);
+	memcpy(tc->io.pre, p, n);
 	tc->io.pre_e = (uint16_t)n;
 }
 
