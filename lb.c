@@ -10649,7 +10649,9 @@ static void conn_timeout(struct conn *c)
  * backpressure: a stream's window opens only as its bytes leave `in` for the server
  * (h2_stream_consume), and its DATA is deferred until the server's bytes come. nghttp2 checks the
  * frames and messages (pseudo-headers, connection-specific fields, content-length against DATA,
- * rapid resets); h2_on_header refuses what must never reach a server, again. */
+ * rapid resets); h2_on_header refuses what must never reach a server, again. nghttp2's memory
+ * comes from h2_malloc and co: its frame buffer on pages of its own, given back while the
+ * connection is idle (h2_park). */
 
 #define H2_PREFACE "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 #define H2_PREFACE_LEN 24
