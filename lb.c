@@ -10672,7 +10672,8 @@ struct h2c {
 	bool goaway;                   /* GOAWAY sent: close once the streams are done */
 	bool fatal;                    /* the session failed: send what is queued (its GOAWAY), then close */
 	bool parked;                   /* fbuf's pages are given back (h2_park); a frame packed takes them again */
-	void *fbuf;                    /* nghttp2's frame buffer: whole pages of its own (h2_mem_big) */
+	void *fbuf;                    /* nghttp2's frame buffer, in fbuf_size bytes of whole pages from fbuf_base */
+	void *fbuf_base;
 	size_t fbuf_size;
 };
 
@@ -11417,29 +11418,36 @@ static int h2_stream_write(struct conn *c)
 
 /* nghttp2's memory (nghttp2_mem, mem_user_data: the session's struct h2c). A session keeps one
  * large block for its life, the frame buffer it packs every outgoing frame into (16 KB + 10 bytes,
- * allocated with the session): that block gets whole pages of its own, so that an idle connection
- * can give them back (h2_park). Any other block that large (CONTINUATION chunks) is short-lived. */
+ * its first large one): that block gets whole pages of its own, so that an idle connection can give
+ * them back (h2_park). It starts at a cache line of its first page that varies with the session (a
+ * color from h's address, within the same pages), so that the sessions' hot first bytes do not all
+ * share the cache sets of a page's start. Any other large block (CONTINUATION chunks) is malloc's. */
 #define H2_MEM_BIG 8192
 #define H2_PAGE 4096
 
-static void *h2_mem_big(struct h2c *h, size_t n)
+static void *h2_malloc(size_t n, void *ud)
 {
+	struct h2c *h = ud;
+	if (n < H2_MEM_BIG || h->fbuf)
+		return malloc(n);
 	size_t size = (n + H2_PAGE - 1) & ~(size_t)(H2_PAGE - 1);
-	void *p = aligned_alloc(H2_PAGE, size);
-	if (p && !h->fbuf) {
-		h->fbuf = p;
-		h->fbuf_size = size;
-	}
-	return p;
+	size_t color = ((uintptr_t)h >> 4) % ((size - n) / 64 + 1) * 64; /* color + n <= size */
+	char *base = aligned_alloc(H2_PAGE, size);
+	if (!base)
+		return NULL;
+	h->fbuf_base = base;
+	h->fbuf_size = size;
+	h->fbuf = base + color;
+	return h->fbuf;
 }
-
-static void *h2_malloc(size_t n, void *ud) { return n >= H2_MEM_BIG ? h2_mem_big(ud, n) : malloc(n); }
 
 static void h2_free(void *p, void *ud)
 {
 	struct h2c *h = ud;
-	if (p && p == h->fbuf)
+	if (p && p == h->fbuf) {
+		p = h->fbuf_base;
 		h->fbuf = NULL;
+	}
 	free(p);
 }
 
@@ -11449,24 +11457,29 @@ static void *h2_calloc(size_t k, size_t n, void *ud)
 		return NULL;
 	if (k * n < H2_MEM_BIG)
 		return calloc(k, n);
-	void *p = h2_mem_big(ud, k * n);
+	void *p = h2_malloc(k * n, ud);
 	if (p)
 		memset(p, 0, k * n);
 	return p;
 }
 
-/* nghttp2 allocates its frame buffer as realloc(NULL, n); a tracked block that really moves is
- * malloc's from then on (nghttp2 1.52 never grows it) */
+/* nghttp2 allocates its frame buffer as realloc(NULL, n) and never grows it (1.52); if it did, the
+ * block would be malloc's from then on */
 static void *h2_realloc(void *p, size_t n, void *ud)
 {
 	struct h2c *h = ud;
 	if (!p)
 		return h2_malloc(n, ud);
-	if (p == h->fbuf && n <= h->fbuf_size)
+	if (p != h->fbuf)
+		return realloc(p, n);
+	size_t have = h->fbuf_size - (size_t)((char *)h->fbuf - (char *)h->fbuf_base);
+	if (n <= have)
 		return p;
-	void *q = realloc(p, n);
-	if (q && p == h->fbuf)
-		h->fbuf = NULL;
+	void *q = malloc(n);
+	if (q) {
+		memcpy(q, p, have);
+		h2_free(p, ud);
+	}
 	return q;
 }
 
@@ -11654,7 +11667,7 @@ static int h2_park(struct conn *c)
 	struct h2c *h = c->h2;
 	if (!h2_parkable(h) || c->t_active + LB_H2_PARK_MS > g_now)
 		return 0;
-	madvise(h->fbuf, h->fbuf_size, MADV_DONTNEED);
+	madvise(h->fbuf_base, h->fbuf_size, MADV_DONTNEED);
 	h->parked = 1;
 	return 1;
 }
