@@ -10563,6 +10563,7 @@ static void h2_progress(struct conn *c);           /* the HTTP/2 subsection, bel
 static int h2_detect(struct conn *c);
 static uint64_t h2_deadline(const struct conn *c, int *kind);
 static void h2_idle_close(struct conn *c);
+static int h2_park(struct conn *c);
 static void h2_goaway(struct conn *c);
 #else
 static struct tls_conn *client_tls(const struct conn *c) { return c->tls; }
@@ -10713,7 +10714,8 @@ static void conn_timeout(struct conn *c)
 	int kind;
 #ifdef LB_HTTP2
 	if (c->h2 && conn_deadline(c, &kind) <= g_now) {
-		h2_idle_close(c);
+		if (!h2_park(c))
+			h2_idle_close(c);
 		return;
 	}
 #endif
@@ -10789,7 +10791,9 @@ static void conn_timeout(struct conn *c)
  * backpressure: a stream's window opens only as its bytes leave `in` for the server
  * (h2_stream_consume), and its DATA is deferred until the server's bytes come. nghttp2 checks the
  * frames and messages (pseudo-headers, connection-specific fields, content-length against DATA,
- * rapid resets); h2_on_header refuses what must never reach a server, again. */
+ * rapid resets); h2_on_header refuses what must never reach a server, again. nghttp2's memory
+ * comes from h2_malloc and co: its frame buffer on pages of its own, given back while the
+ * connection is idle (h2_park). */
 
 #define H2_PREFACE "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 #define H2_PREFACE_LEN 24
@@ -10809,6 +10813,10 @@ struct h2c {
 	bool spilled;
 	bool goaway;                   /* GOAWAY sent: close once the streams are done */
 	bool fatal;                    /* the session failed: send what is queued (its GOAWAY), then close */
+	bool parked;                   /* fbuf's pages are given back (h2_park); a frame packed takes them again */
+	void *fbuf;                    /* nghttp2's frame buffer, in fbuf_size bytes of whole pages from fbuf_base */
+	void *fbuf_base;
+	size_t fbuf_size;
 };
 
 /* the response's chunked framing, decoded into DATA */
@@ -11550,6 +11558,73 @@ static int h2_stream_write(struct conn *c)
 	return 0; /* the bytes move when the session sends: h2_read_body wakes this conn again */
 }
 
+/* nghttp2's memory (nghttp2_mem, mem_user_data: the session's struct h2c). A session keeps one
+ * large block for its life, the frame buffer it packs every outgoing frame into (16 KB + 10 bytes,
+ * its first large one): that block gets whole pages of its own, so that an idle connection can give
+ * them back (h2_park). It starts at a cache line of its first page that varies with the session (a
+ * color from h's address, within the same pages), so that the sessions' hot first bytes do not all
+ * share the cache sets of a page's start. Any other large block (CONTINUATION chunks) is malloc's. */
+#define H2_MEM_BIG 8192
+#define H2_PAGE 4096
+
+static void *h2_malloc(size_t n, void *ud)
+{
+	struct h2c *h = ud;
+	if (n < H2_MEM_BIG || h->fbuf)
+		return malloc(n);
+	size_t size = (n + H2_PAGE - 1) & ~(size_t)(H2_PAGE - 1);
+	size_t color = ((uintptr_t)h >> 4) % ((size - n) / 64 + 1) * 64; /* color + n <= size */
+	char *base = aligned_alloc(H2_PAGE, size);
+	if (!base)
+		return NULL;
+	h->fbuf_base = base;
+	h->fbuf_size = size;
+	h->fbuf = base + color;
+	return h->fbuf;
+}
+
+static void h2_free(void *p, void *ud)
+{
+	struct h2c *h = ud;
+	if (p && p == h->fbuf) {
+		p = h->fbuf_base;
+		h->fbuf = NULL;
+	}
+	free(p);
+}
+
+static void *h2_calloc(size_t k, size_t n, void *ud)
+{
+	if (n && k > SIZE_MAX / n)
+		return NULL;
+	if (k * n < H2_MEM_BIG)
+		return calloc(k, n);
+	void *p = h2_malloc(k * n, ud);
+	if (p)
+		memset(p, 0, k * n);
+	return p;
+}
+
+/* nghttp2 allocates its frame buffer as realloc(NULL, n) and never grows it (1.52); if it did, the
+ * block would be malloc's from then on */
+static void *h2_realloc(void *p, size_t n, void *ud)
+{
+	struct h2c *h = ud;
+	if (!p)
+		return h2_malloc(n, ud);
+	if (p != h->fbuf)
+		return realloc(p, n);
+	size_t have = h->fbuf_size - (size_t)((char *)h->fbuf - (char *)h->fbuf_base);
+	if (n <= have)
+		return p;
+	void *q = malloc(n);
+	if (q) {
+		memcpy(q, p, have);
+		h2_free(p, ud);
+	}
+	return q;
+}
+
 static int h2_setup(void)
 {
 	if (g_h2cb)
@@ -11576,7 +11651,8 @@ static int h2_start(struct conn *c)
 {
 	static struct lb_throttle log_slot;
 	struct h2c *h = calloc(1, sizeof *h);
-	if (!h || h2_setup() != 0 || nghttp2_session_server_new2(&h->ss, g_h2cb, c, g_h2opt) != 0) {
+	nghttp2_mem mem = { h, h2_malloc, h2_free, h2_calloc, h2_realloc }; /* the session keeps a copy */
+	if (!h || h2_setup() != 0 || nghttp2_session_server_new3(&h->ss, g_h2cb, c, g_h2opt, &mem) != 0) {
 		free(h);
 		log_throttled(&log_slot, "client %s listener %s: out of memory for an HTTP/2 session", ip_text(&c->ip),
 		              c->L->name);
@@ -11633,6 +11709,7 @@ static int h2_fill(struct conn *c)
 			if (n == 0)
 				return moved;
 			h->npend = (size_t)n;
+			h->parked = 0;
 		}
 		if (buf_get(&c->rh) != 0)
 			return moved;
@@ -11712,6 +11789,31 @@ static void h2_progress(struct conn *c)
 	conn_arm_timer(c);
 }
 
+/* An idle connection (no stream, no frame queued or half copied out) gives its frame buffer's pages
+ * back after LB_H2_PARK_MS without a byte from its client (a busy one, whose streams keep coming,
+ * makes no such call); they read as zeros when the next frame is packed into them. Nothing reads the
+ * buffer across frames: nghttp2 packs each frame afresh once the one before is sent
+ * (active_outbound_item_reset rewinds the buffer before mem_send returns 0 or packs the next, and
+ * want_write is 1 while a frame is in it); h->npend is what lb has not copied out of it yet.
+ * h2_fill clears parked when a frame is packed. */
+#define LB_H2_PARK_MS 250
+
+static int h2_parkable(const struct h2c *h)
+{
+	return !h->parked && h->fbuf && !h->nstreams && !h->npend && !nghttp2_session_want_write(h->ss);
+}
+
+/* conn_timeout of a connection due: 1 if the pages went back (that was its deadline) */
+static int h2_park(struct conn *c)
+{
+	struct h2c *h = c->h2;
+	if (!h2_parkable(h) || c->t_active + LB_H2_PARK_MS > g_now)
+		return 0;
+	madvise(h->fbuf_base, h->fbuf_size, MADV_DONTNEED);
+	h->parked = 1;
+	return 1;
+}
+
 static uint64_t h2_deadline(const struct conn *c, int *kind)
 {
 	*kind = T_IDLE;
@@ -11721,6 +11823,8 @@ static uint64_t h2_deadline(const struct conn *c, int *kind)
 	uint64_t d = c->h2->max_sid ? c->t_active + c->L->idle_timeout : c->t_head + c->L->header_timeout;
 	if (W.stopping)
 		d = LB_MIN(d, LB_MAX(c->t_active, W.stop_began) + LB_RETIRE_IDLE_MS);
+	if (h2_parkable(c->h2))
+		d = LB_MIN(d, c->t_active + LB_H2_PARK_MS);
 	return d;
 }
 

@@ -875,6 +875,88 @@ def t_timeouts(ctx):
     c.close()
 
 
+def pss_kb(pid):
+    with open("/proc/%d/smaps_rollup" % pid) as f:
+        return int(re.search(r"^Pss:\s+(\d+)", f.read(), re.M).group(1))
+
+
+@test("idle_connection_memory", timeout=40)
+def t_idle_memory(ctx):
+    """300 h2c connections, one request each, then idle: the worker's Pss grows < 13 KB per connection.
+    An idle session gives its 16 KB frame buffer's pages back (h2_park) (here: 15.1 KB each before,
+    11.0 KB after; nghttp2's own floor is ~10 KB a session)."""
+    need_h2()
+    if "asan" in os.path.basename(it.LB_BIN):
+        raise it.Skip("the ASan build's heap (redzones, quarantine) is not lb's")
+    hp = free_port()
+    lb = ctx.lb(config(listener("h", hp, "p", http2="on"), pool("p", [("b1", ctx.b["b1"].port)])), [hp])
+    kids = sorted(it.children_of(lb.pid))
+    check(kids, "no worker")
+
+    def idle_conns(n):
+        out = []
+        for _ in range(n):
+            c = H2(hp)
+            sid = c.request("/small")
+            c.wait([sid], 5)
+            eq(c.status(sid), 200, "status on an idle-to-be connection")
+            out.append(c)
+        return out
+    warm = idle_conns(20)  # the worker's pools and heap, grown once
+    time.sleep(0.3)
+    p0 = pss_kb(kids[0])
+    conns = idle_conns(300)
+    time.sleep(1.0)  # the last ones idle for LB_H2_PARK_MS (250 ms) too
+    per = (pss_kb(kids[0]) - p0) * 1024 // len(conns)
+    for c in warm + conns:
+        c.close()
+    check(per < 13 * 1024, "worker Pss grew %d bytes per idle h2c connection (limit 13312)" % per)
+
+
+@test("idle_connection_used_again")
+def t_idle_again(ctx):
+    """A connection whose frame buffer went back while idle (h2_park) is used again, three times: bodies
+    large and small, chunked and with Content-Length (one read by a client that lags at first), an
+    upload echoed and big request headers, each byte for byte; a PING while idle is answered (and the
+    pages go back again after it)."""
+    need_h2()
+    hp = free_port()
+    ctx.lb(config(listener("h", hp, "p", http2="on"), pool("p", [("b1", ctx.b["b1"].port)])), [hp])
+    c = H2(hp)
+    up = os.urandom(50000)
+    pat = bytes(range(256)) * ((4 << 20) // 256 + 1)
+    for rnd in range(3):
+        stalled = c.request("/bytes?n=%d" % (4 << 20))
+        time.sleep(0.5)  # a reader that lags: lb's output waits (some in nghttp2's frame buffer)
+        sids = {stalled: pat[:4 << 20], c.request("/bytes?n=300000"): pat[:300000],
+                c.request("/bytes?n=70000&chunked=1"): pat[:70000],
+                c.request("/small-%d" % rnd): b"b1 /small-%d\n" % rnd,
+                c.request("/echo", "POST", [("content-length", str(len(up)))], up): up}
+        big = c.request("/headers", headers=[("x-big", "v" * 6000)])
+        c.wait(list(sids) + [big], 15)
+        for sid, want in sids.items():
+            got = bytes(c.streams[sid]["body"])
+            check(c.status(sid) == 200 and got == want, "round %d stream %d: status %s, %d bytes, equal %s" % (
+                rnd, sid, c.status(sid), len(got), got == want))
+        eq(json.loads(bytes(c.streams[big]["body"])).get("x-big"), "v" * 6000, "round %d: big header echoed" % rnd)
+        time.sleep(0.6)  # idle for LB_H2_PARK_MS (250 ms): the pages go back
+        c.conn.ping(b"idle-%03d" % rnd)
+        c.flush()
+        acked = False
+        deadline = time.monotonic() + 3
+        while not acked and time.monotonic() < deadline:
+            c.sock.settimeout(0.5)
+            try:
+                data = c.sock.recv(65536)
+            except socket.timeout:
+                continue
+            check(data, "connection closed while idle")
+            acked = any(isinstance(ev, h2.events.PingAckReceived) for ev in c.conn.receive_data(data))
+        check(acked, "round %d: no PING ACK while idle" % rnd)
+        time.sleep(0.6)
+    c.close()
+
+
 def h2spec_run(args):
     p = subprocess.run([H2SPEC] + args + ["-o", "3"], capture_output=True, timeout=120)
     out = p.stdout.decode("utf-8", "replace")
