@@ -7642,7 +7642,7 @@ static int tls_just_done(struct tls_conn *tc)
 static ssize_t tls_recv(struct tls_io *io, int fd, bool *rready, char *dst, size_t cap)
 {
 	size_t got = 0;
-	io->fd = fd, io->rready = rready, io->eof = 0;
+	io->fd = fd, io->rready = rready; /* io->eof stays: after the end, every call answers 0 */
 	ERR_clear_error();
 	int ok = SSL_read_ex(io->ssl, dst, cap, &got); /* the BIO recv()s as it needs */
 	int e = ok ? SSL_ERROR_NONE : SSL_get_error(io->ssl, 0);
