@@ -6780,16 +6780,25 @@ struct tls_conn {
 	size_t nalpn;
 	size_t cert;                  /* chosen by SNI */
 	int hs_done, resumed, no_common_curve, ticket;
-	char subject[TLS_SUBJECT_MAX]; /* "CN=..,O=..": the verified client's */
+	char *subject;                /* "CN=..,O=..": the verified client's (allocated then), else "" */
 };
 
 struct tls_up {
 	struct tls_io io;
 };
 
+/* the tls_io of an SSL: the data of its BIO, which is lb's (no ex_data: one allocation less per
+ * connection); NULL for an SSL on another BIO */
+static int tls_bio_type;
+static struct tls_io *tls_io_of(const SSL *ssl)
+{
+	BIO *b = SSL_get_rbio(ssl);
+	return b && tls_bio_type && BIO_method_type(b) == tls_bio_type ? BIO_get_data(b) : NULL;
+}
+
 static void tls_info(const SSL *ssl, int where, int ret)
 {
-	struct tls_io *io = SSL_get_app_data(ssl);
+	struct tls_io *io = tls_io_of(ssl);
 	if (!io || !(where & SSL_CB_ALERT) || (ret >> 8) != SSL3_AL_FATAL)
 		return;
 	if (where & SSL_CB_READ)
@@ -6802,7 +6811,7 @@ static void tls_info(const SSL *ssl, int where, int ret)
 static int tls_hello(SSL *ssl, int *al, void *arg)
 {
 	LB_UNUSED(al), LB_UNUSED(arg);
-	struct tls_io *io = SSL_get_app_data(ssl);
+	struct tls_io *io = tls_io_of(ssl);
 	const unsigned char *p;
 	size_t n;
 	if (!io || !io->srv || !SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_supported_groups, &p, &n) || n < 2)
@@ -6821,7 +6830,7 @@ static int tls_cert_pick(SSL *ssl, void *arg)
 {
 	const struct lb_tls *t = arg;
 	size_t i = tls_pick_cert(t, SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name));
-	struct tls_io *io = SSL_get_app_data(ssl);
+	struct tls_io *io = tls_io_of(ssl);
 	if (io && io->srv)
 		io->srv->cert = i; /* for the OCSP staple */
 	if (i == 0)
@@ -6836,7 +6845,7 @@ static int tls_alpn_pick(SSL *ssl, const unsigned char **out, unsigned char *out
                          unsigned inlen, void *arg)
 {
 	LB_UNUSED(arg);
-	struct tls_io *io = SSL_get_app_data(ssl);
+	struct tls_io *io = tls_io_of(ssl);
 	for (size_t i = 0; io && io->srv && i < io->srv->nalpn; i++) {
 		const char *want = io->srv->alpn[i];
 		size_t wl = strlen(want);
@@ -6920,7 +6929,7 @@ static int tls_ocsp_load(struct lb_cert *c, const char *file, char *err, size_t 
 static int tls_ocsp_staple(SSL *ssl, void *arg)
 {
 	const struct lb_tls *t = arg;
-	struct tls_io *io = SSL_get_app_data(ssl);
+	struct tls_io *io = tls_io_of(ssl);
 	const struct lb_cert *c = io && io->srv ? &t->certs[io->srv->cert] : NULL;
 	if (!c || !c->ocsp || c->ocsp_next <= (int64_t)(wall_ms() / 1000))
 		return SSL_TLSEXT_ERR_NOACK;
@@ -7129,7 +7138,7 @@ static int tls_sid_new(SSL *ssl, SSL_SESSION *sess)
 
 static SSL_SESSION *tls_sid_get(SSL *ssl, const unsigned char *id, int idlen, int *copy)
 {
-	struct tls_io *io = SSL_get_app_data(ssl);
+	struct tls_io *io = tls_io_of(ssl);
 	unsigned char buf[TLS_SID_DATA];
 	int len = 0;
 	*copy = 0;
@@ -7222,7 +7231,7 @@ static void tls_tickets_tick(const struct lb_conf *c)
 static int tls_ticket_cb(SSL *ssl, unsigned char name[16], unsigned char *iv, EVP_CIPHER_CTX *ectx,
                          EVP_MAC_CTX *hctx, int enc)
 {
-	struct tls_io *io = SSL_get_app_data(ssl);
+	struct tls_io *io = tls_io_of(ssl);
 	struct tls_tkey k;
 	uint32_t i = 0, n;
 	if (!SHM.tickets)
@@ -7381,12 +7390,14 @@ static BIO_METHOD *tls_bio_method(void)
 	static BIO_METHOD *m;
 	if (m)
 		return m;
-	BIO_METHOD *n = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "lb socket");
+	int type = BIO_get_new_index() | BIO_TYPE_SOURCE_SINK;
+	BIO_METHOD *n = BIO_meth_new(type, "lb socket");
 	if (!n || !BIO_meth_set_read(n, tls_bio_read) || !BIO_meth_set_write(n, tls_bio_write) ||
 	    !BIO_meth_set_ctrl(n, tls_bio_ctrl) || !BIO_meth_set_create(n, tls_bio_create)) {
 		BIO_meth_free(n);
 		return NULL;
 	}
+	tls_bio_type = type;
 	return m = n;
 }
 
@@ -7401,8 +7412,7 @@ static int tls_io_init(struct tls_io *io, SSL_CTX *ctx)
 		return -1;
 	}
 	BIO_set_data(b, io);
-	SSL_set_bio(io->ssl, b, b); /* one reference, the SSL's */
-	SSL_set_app_data(io->ssl, io);
+	SSL_set_bio(io->ssl, b, b); /* one reference, the SSL's; tls_io_of finds io through it */
 	return 0;
 }
 
@@ -7414,6 +7424,9 @@ static void tls_io_free(struct tls_io *io)
 	free(io->q);
 }
 
+/* the subject of a connection without a verified client certificate (most): no allocation */
+static char tls_no_subject[1];
+
 /* NULL with errno ENOMEM when out of memory */
 static struct tls_conn *tls_conn_new(const struct lb_listener *L, const char *const *alpn, size_t nalpn)
 {
@@ -7424,6 +7437,7 @@ static struct tls_conn *tls_conn_new(const struct lb_listener *L, const char *co
 		return NULL;
 	}
 	tc->io.srv = tc;
+	tc->subject = tls_no_subject;
 	tc->t = L->tlsm;
 	tc->alpn = alpn, tc->nalpn = nalpn;
 	SSL_set_accept_state(tc->io.ssl);
@@ -7435,6 +7449,8 @@ static void tls_conn_free(struct tls_conn *tc)
 	if (!tc)
 		return;
 	tls_io_free(&tc->io);
+	if (tc->subject != tls_no_subject)
+		free(tc->subject);
 	free(tc);
 }
 
@@ -7489,13 +7505,17 @@ static void tls_subject(struct tls_conn *tc)
 	static const char *const keys[] = { "CN", "OU", "O", "C" };
 	X509 *x = SSL_get0_peer_certificate(tc->io.ssl);
 	X509_NAME *nm = x ? X509_get_subject_name(x) : NULL;
+	char *b = nm && tc->subject == tls_no_subject ? malloc(TLS_SUBJECT_MAX) : NULL;
 	size_t w = 0;
-	tc->subject[0] = 0;
-	for (int i = 0; nm && i < 4; i++) {
+	if (!b)
+		return; /* none, or out of memory: no subject */
+	b[0] = 0;
+	for (int i = 0; i < 4; i++) {
 		char v[80];
 		if (X509_NAME_get_text_by_NID(nm, nids[i], v, sizeof v) > 0)
-			w = tls_subject_add(tc->subject, sizeof tc->subject, w, keys[i], v);
+			w = tls_subject_add(b, TLS_SUBJECT_MAX, w, keys[i], v);
 	}
+	tc->subject = b;
 }
 
 /* the verify result of a certificate check that failed -> lb's code */
