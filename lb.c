@@ -6769,6 +6769,7 @@ struct tls_io {
 	size_t qs, qe, qcap;
 	int sys_err;                  /* a socket error (errno), final */
 	int eof, starved;             /* recv() saw the end; OpenSSL wants bytes it has not got */
+	int cork;                     /* records go to the queue, sent together (tls_send) */
 	int got_bytes, err;
 	int alert_sent, alert_recv;   /* fatal alerts seen (+1), by tls_info */
 };
@@ -7305,6 +7306,16 @@ static int tls_queue(struct tls_io *io, const char *p, size_t n)
 	return 0;
 }
 
+/* an empty queue's first allocation: n bytes of records (plus their overhead) */
+static int tls_queue_reserve(struct tls_io *io, size_t n)
+{
+	size_t cap = n + n / 512 + 256; /* 22 bytes of TLS 1.3 overhead per record of up to 16 KB */
+	if (!(io->q = malloc(cap)))
+		return -1;
+	io->qcap = cap, io->qs = io->qe = 0;
+	return 0;
+}
+
 static int tls_bio_read(BIO *b, char *dst, int len)
 {
 	struct tls_io *io = BIO_get_data(b);
@@ -7349,7 +7360,7 @@ static int tls_bio_write(BIO *b, const char *src, int len)
 		errno = io->sys_err;
 		return -1;
 	}
-	if (io->qe == io->qs && io->fd >= 0) {
+	if (io->qe == io->qs && io->fd >= 0 && !io->cork) {
 		ssize_t n = send(io->fd, src, (size_t)len, MSG_NOSIGNAL);
 		if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
 			io->sys_err = errno;
@@ -7719,21 +7730,29 @@ static ssize_t tls_send(struct tls_io *io, int fd, const struct iovec *iov, int 
 			memcpy(one + at, iov[i].iov_base, iov[i].iov_len);
 		iov = &g, k = 1;
 	}
+	/* more than a record: the records go out together, one send() per TLS_OUT_MAX at most */
+	int cork = g.iov_len > sizeof one, f = 1;
 	for (int i = 0; i < k && !stop; i++) {
 		size_t off = 0;
 		while (off < iov[i].iov_len && tls_can_send(io)) {
 			size_t w = 0, len = LB_MIN(iov[i].iov_len - off, (size_t)TLS_OUT_MAX);
+			io->cork = cork && (io->q || tls_queue_reserve(io, len) == 0);
 			ERR_clear_error();
-			if (!SSL_write_ex(io->ssl, (const char *)iov[i].iov_base + off, len, &w)) {
+			int ok = SSL_write_ex(io->ssl, (const char *)iov[i].iov_base + off, len, &w);
+			io->cork = 0;
+			if (!ok) {
 				failed = SSL_get_error(io->ssl, 0) != SSL_ERROR_WANT_READ;
 				break;
 			}
 			total += w, off += w;
+			if (cork && f > 0 && (f = tls_flush_out(io, fd)) < 0) /* f 0: full, send no more now */
+				break;
 		}
-		stop = off < iov[i].iov_len;
+		stop = off < iov[i].iov_len || f < 0;
 	}
 	ERR_clear_error();
-	int f = tls_flush_out(io, fd);
+	if (f > 0 || (f == 0 && !cork))
+		f = tls_flush_out(io, fd);
 	if (total)
 		return (ssize_t)total;
 	if (f < 0 || failed || (SSL_get_shutdown(io->ssl) & SSL_SENT_SHUTDOWN)) {
