@@ -7751,7 +7751,7 @@ static ssize_t tls_send(struct tls_io *io, int fd, const struct iovec *iov, int 
 		stop = off < iov[i].iov_len || f < 0;
 	}
 	ERR_clear_error();
-	if (f > 0 || (f == 0 && !cork))
+	if (f > 0) /* 0: corked records wait for the socket (EV_W) */
 		f = tls_flush_out(io, fd);
 	if (total)
 		return (ssize_t)total;
