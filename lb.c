@@ -6679,10 +6679,11 @@ static void tls_up_free(struct tls_up *u) { tls_give(&TLS.free_up, u); }
 #else /* LB_TLS_OPENSSL */
 /* -------------------------------------------------------------------- OpenSSL 3
  * One SSL_CTX per listener (its certificates, client_ca) and per pool (tls_ca), made by the
- * master and inherited at fork; one SSL per connection between two memory BIOs: the pump
- * recv()s into the read BIO and send()s from the write BIO, so lb keeps its own socket I/O
- * (and the bytes read with a PROXY header go in first). OpenSSL's errors are mapped to lb's
- * TLS error codes (tls_ossl_code). */
+ * master and inherited at fork; one SSL per connection on one BIO of lb's (tls_bio_*), which
+ * recv()s straight into OpenSSL's record buffer and send()s its records, queueing only what the
+ * socket does not take (and feeds the bytes read with a PROXY header first): no copies, and no
+ * buffer held by an idle connection. OpenSSL's errors are mapped to lb's TLS error codes
+ * (tls_ossl_code). */
 
 #define TLS12_SUITES "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:" \
                      "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-CHACHA20-POLY1305"
@@ -6933,18 +6934,29 @@ static SSL_CTX *tls_ctx_new(const SSL_METHOD *m)
 		return NULL;
 	}
 	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_COMPRESSION);
-	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+	/* the end of TCP without close_notify is the pump's to judge (HTTP framing), not a fatal alert */
+	SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
+	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS); /* no record buffers while idle */
+	SSL_CTX_set_read_ahead(ctx, 1); /* one recv() takes what the socket has, several records */
 	return ctx;
 }
 
-/* What the pump needs of either side's engine: one SSL between a read and a write memory BIO. */
+/* What the pump needs of either side's engine: one SSL on lb's socket BIO (tls_bio_*), which
+ * reads and writes the socket the pump names (fd, rready: set for each call into OpenSSL). */
 struct tls_io {
 	SSL *ssl;
-	BIO *rb, *wb;
 	struct tls_conn *srv;         /* the server side's, to note the handshake's end */
+	int fd;                       /* the socket of the pump's current call; -1: none (queue) */
+	bool *rready;                 /* its readiness flag; NULL: no recv() in this call */
+	unsigned char *pre;           /* bytes read with a PROXY header, fed first; NULL: none */
+	size_t pre_s, pre_e;
+	unsigned char *q;             /* ciphertext the socket did not take; NULL when none */
+	size_t qs, qe, qcap;
+	int sys_err;                  /* a socket error (errno), final */
+	int eof, starved;             /* recv() saw the end; OpenSSL wants bytes it has not got */
+	int cork;                     /* records go to the queue, sent together (tls_send) */
 	int got_bytes, err;
 	int alert_sent, alert_recv;   /* fatal alerts seen (+1), by tls_info */
-	int slim;                     /* the handshake's BIO buffers were given back */
 };
 
 struct tls_conn {
@@ -6954,16 +6966,25 @@ struct tls_conn {
 	size_t nalpn;
 	size_t cert;                  /* chosen by SNI */
 	int hs_done, resumed, no_common_curve, ticket;
-	char subject[TLS_SUBJECT_MAX]; /* "CN=..,O=..": the verified client's */
+	char *subject;                /* "CN=..,O=..": the verified client's (allocated then), else "" */
 };
 
 struct tls_up {
 	struct tls_io io;
 };
 
+/* the tls_io of an SSL: the data of its BIO, which is lb's (no ex_data: one allocation less per
+ * connection); NULL for an SSL on another BIO */
+static int tls_bio_type;
+static struct tls_io *tls_io_of(const SSL *ssl)
+{
+	BIO *b = SSL_get_rbio(ssl);
+	return b && tls_bio_type && BIO_method_type(b) == tls_bio_type ? BIO_get_data(b) : NULL;
+}
+
 static void tls_info(const SSL *ssl, int where, int ret)
 {
-	struct tls_io *io = SSL_get_app_data(ssl);
+	struct tls_io *io = tls_io_of(ssl);
 	if (!io || !(where & SSL_CB_ALERT) || (ret >> 8) != SSL3_AL_FATAL)
 		return;
 	if (where & SSL_CB_READ)
@@ -6976,7 +6997,7 @@ static void tls_info(const SSL *ssl, int where, int ret)
 static int tls_hello(SSL *ssl, int *al, void *arg)
 {
 	LB_UNUSED(al), LB_UNUSED(arg);
-	struct tls_io *io = SSL_get_app_data(ssl);
+	struct tls_io *io = tls_io_of(ssl);
 	const unsigned char *p;
 	size_t n;
 	if (!io || !io->srv || !SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_supported_groups, &p, &n) || n < 2)
@@ -6995,7 +7016,7 @@ static int tls_cert_pick(SSL *ssl, void *arg)
 {
 	const struct lb_tls *t = arg;
 	size_t i = tls_pick_cert(t, SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name));
-	struct tls_io *io = SSL_get_app_data(ssl);
+	struct tls_io *io = tls_io_of(ssl);
 	if (io && io->srv)
 		io->srv->cert = i; /* for the OCSP staple */
 	if (i == 0)
@@ -7010,7 +7031,7 @@ static int tls_alpn_pick(SSL *ssl, const unsigned char **out, unsigned char *out
                          unsigned inlen, void *arg)
 {
 	LB_UNUSED(arg);
-	struct tls_io *io = SSL_get_app_data(ssl);
+	struct tls_io *io = tls_io_of(ssl);
 	for (size_t i = 0; io && io->srv && i < io->srv->nalpn; i++) {
 		const char *want = io->srv->alpn[i];
 		size_t wl = strlen(want);
@@ -7094,7 +7115,7 @@ static int tls_ocsp_load(struct lb_cert *c, const char *file, char *err, size_t 
 static int tls_ocsp_staple(SSL *ssl, void *arg)
 {
 	const struct lb_tls *t = arg;
-	struct tls_io *io = SSL_get_app_data(ssl);
+	struct tls_io *io = tls_io_of(ssl);
 	const struct lb_cert *c = io && io->srv ? &t->certs[io->srv->cert] : NULL;
 	if (!c || !c->ocsp || c->ocsp_next <= (int64_t)(wall_ms() / 1000))
 		return SSL_TLSEXT_ERR_NOACK;
@@ -7275,7 +7296,10 @@ static struct tls_sid *tls_sid_set(const unsigned char *id, unsigned idlen)
 
 static int tls_sid_new(SSL *ssl, SSL_SESSION *sess)
 {
-	LB_UNUSED(ssl);
+	/* TLS 1.3 resumes only with its stateless ticket, which carries the session: storing it
+	 * too would cost a copy and a cache page touched per handshake for nothing */
+	if (SSL_version(ssl) == TLS1_3_VERSION)
+		return 0;
 	unsigned idlen;
 	const unsigned char *id = SSL_SESSION_get_id(sess, &idlen);
 	unsigned char buf[TLS_SID_DATA], *p = buf;
@@ -7300,7 +7324,7 @@ static int tls_sid_new(SSL *ssl, SSL_SESSION *sess)
 
 static SSL_SESSION *tls_sid_get(SSL *ssl, const unsigned char *id, int idlen, int *copy)
 {
-	struct tls_io *io = SSL_get_app_data(ssl);
+	struct tls_io *io = tls_io_of(ssl);
 	unsigned char buf[TLS_SID_DATA];
 	int len = 0;
 	*copy = 0;
@@ -7393,7 +7417,7 @@ static void tls_tickets_tick(const struct lb_conf *c)
 static int tls_ticket_cb(SSL *ssl, unsigned char name[16], unsigned char *iv, EVP_CIPHER_CTX *ectx,
                          EVP_MAC_CTX *hctx, int enc)
 {
-	struct tls_io *io = SSL_get_app_data(ssl);
+	struct tls_io *io = tls_io_of(ssl);
 	struct tls_tkey k;
 	uint32_t i = 0, n;
 	if (!SHM.tickets)
@@ -7447,27 +7471,166 @@ static int tls_worker_setup(size_t max_conns)
 
 static void tls_trim(void) {}
 
-/* an SSL on ctx between two memory BIOs; 0 or -1 */
-static int tls_io_init(struct tls_io *io, SSL_CTX *ctx)
+/* ---- lb's BIO: the socket, without a copy. Reads give the bytes read with a PROXY header
+ * first, then recv() into OpenSSL's buffer (a short read or EAGAIN clears the pump's
+ * edge-triggered *rready; no recv() at all when it is clear). Writes send() at once when nothing
+ * is queued; what the socket does not take goes into io->q (allocated then, freed once sent:
+ * tls_flush_out) and counts as written, so OpenSSL never holds a record half sent. tls_can_send
+ * keeps the queue near TLS_OUT_MAX; TLS_QUEUE_MAX is the hard bound (a peer that never reads
+ * while making lb answer: the connection fails). */
+#define TLS_QUEUE_MAX (4 * TLS_OUT_MAX)
+
+static int tls_queue(struct tls_io *io, const char *p, size_t n)
 {
-	if (!(io->ssl = SSL_new(ctx)) || !(io->rb = BIO_new(BIO_s_mem())) || !(io->wb = BIO_new(BIO_s_mem()))) {
-		BIO_free(io->rb);
-		SSL_free(io->ssl);
-		io->ssl = NULL, io->rb = NULL;
+	if (io->qe - io->qs + n > TLS_QUEUE_MAX)
+		return -1;
+	if (io->qs && io->qe + n > io->qcap) { /* sent bytes at the front: move the rest down */
+		memmove(io->q, io->q + io->qs, io->qe - io->qs);
+		io->qe -= io->qs, io->qs = 0;
+	}
+	if (io->qe + n > io->qcap) {
+		size_t cap = LB_MAX(LB_MAX(io->qcap * 2, io->qe + n), (size_t)4096);
+		unsigned char *q = realloc(io->q, cap);
+		if (!q)
+			return -1;
+		io->q = q, io->qcap = cap;
+	}
+	memcpy(io->q + io->qe, p, n);
+	io->qe += n;
+	return 0;
+}
+
+/* an empty queue's first allocation: n bytes of records (plus their overhead) */
+static int tls_queue_reserve(struct tls_io *io, size_t n)
+{
+	size_t cap = n + n / 512 + 256; /* 22 bytes of TLS 1.3 overhead per record of up to 16 KB */
+	if (!(io->q = malloc(cap)))
+		return -1;
+	io->qcap = cap, io->qs = io->qe = 0;
+	return 0;
+}
+
+static int tls_bio_read(BIO *b, char *dst, int len)
+{
+	struct tls_io *io = BIO_get_data(b);
+	BIO_clear_retry_flags(b);
+	if (io->pre) {
+		size_t n = LB_MIN((size_t)len, io->pre_e - io->pre_s);
+		memcpy(dst, io->pre + io->pre_s, n);
+		if ((io->pre_s += n) == io->pre_e)
+			free(io->pre), io->pre = NULL;
+		return (int)n;
+	}
+	if (io->fd < 0 || !io->rready || !*io->rready) {
+		BIO_set_retry_read(b);
 		return -1;
 	}
-	BIO_set_mem_eof_return(io->rb, -1); /* empty: "retry", not the end */
-	BIO_set_mem_eof_return(io->wb, -1);
-	SSL_set_bio(io->ssl, io->rb, io->wb);
-	SSL_set_app_data(io->ssl, io);
+	ssize_t n = recv(io->fd, dst, (size_t)len, 0);
+	if (n > 0) {
+		if (n < len)
+			*io->rready = 0;
+		io->got_bytes = 1, io->starved = 0;
+		return (int)n;
+	}
+	if (n == 0) {
+		io->eof = 1; /* TCP end without close_notify: HTTP framing tells truncation apart */
+		return 0;
+	}
+	if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+		*io->rready = 0;
+		BIO_set_retry_read(b);
+		return -1;
+	}
+	io->sys_err = errno;
+	return -1;
+}
+
+static int tls_bio_write(BIO *b, const char *src, int len)
+{
+	struct tls_io *io = BIO_get_data(b);
+	size_t sent = 0;
+	BIO_clear_retry_flags(b);
+	if (io->sys_err) {
+		errno = io->sys_err;
+		return -1;
+	}
+	if (io->qe == io->qs && io->fd >= 0 && !io->cork) {
+		ssize_t n = send(io->fd, src, (size_t)len, MSG_NOSIGNAL);
+		if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+			io->sys_err = errno;
+			return -1;
+		}
+		sent = n > 0 ? (size_t)n : 0;
+	}
+	if (sent < (size_t)len && tls_queue(io, src + sent, (size_t)len - sent) != 0) {
+		io->sys_err = errno = ENOBUFS;
+		return -1;
+	}
+	return len;
+}
+
+static long tls_bio_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+	LB_UNUSED(num), LB_UNUSED(ptr);
+	struct tls_io *io = BIO_get_data(b);
+	switch (cmd) {
+	case BIO_CTRL_FLUSH: return 1; /* records go out as they are written */
+	case BIO_CTRL_EOF: return io && io->eof;
+	case BIO_CTRL_PENDING: return io && io->pre ? (long)(io->pre_e - io->pre_s) : 0;
+	case BIO_CTRL_WPENDING: return io ? (long)(io->qe - io->qs) : 0;
+	case BIO_C_GET_FD: return -1; /* no kernel TLS */
+	}
+	return 0;
+}
+
+static int tls_bio_create(BIO *b)
+{
+	BIO_set_init(b, 1);
+	return 1;
+}
+
+/* the method, made once (the master, or a worker's first connection) */
+static BIO_METHOD *tls_bio_method(void)
+{
+	static BIO_METHOD *m;
+	if (m)
+		return m;
+	int type = BIO_get_new_index() | BIO_TYPE_SOURCE_SINK;
+	BIO_METHOD *n = BIO_meth_new(type, "lb socket");
+	if (!n || !BIO_meth_set_read(n, tls_bio_read) || !BIO_meth_set_write(n, tls_bio_write) ||
+	    !BIO_meth_set_ctrl(n, tls_bio_ctrl) || !BIO_meth_set_create(n, tls_bio_create)) {
+		BIO_meth_free(n);
+		return NULL;
+	}
+	tls_bio_type = type;
+	return m = n;
+}
+
+/* an SSL on ctx over lb's socket BIO; 0 or -1 */
+static int tls_io_init(struct tls_io *io, SSL_CTX *ctx)
+{
+	BIO_METHOD *m = tls_bio_method();
+	BIO *b = m ? BIO_new(m) : NULL;
+	io->fd = -1;
+	if (!b || !(io->ssl = SSL_new(ctx))) {
+		BIO_free(b);
+		return -1;
+	}
+	BIO_set_data(b, io);
+	SSL_set_bio(io->ssl, b, b); /* one reference, the SSL's; tls_io_of finds io through it */
 	return 0;
 }
 
 static void tls_io_free(struct tls_io *io)
 {
-	SSL_free(io->ssl); /* and its BIOs */
+	SSL_free(io->ssl); /* and its BIO */
 	ERR_clear_error();
+	free(io->pre);
+	free(io->q);
 }
+
+/* the subject of a connection without a verified client certificate (most): no allocation */
+static char tls_no_subject[1];
 
 /* NULL with errno ENOMEM when out of memory */
 static struct tls_conn *tls_conn_new(const struct lb_listener *L, const char *const *alpn, size_t nalpn)
@@ -7479,6 +7642,7 @@ static struct tls_conn *tls_conn_new(const struct lb_listener *L, const char *co
 		return NULL;
 	}
 	tc->io.srv = tc;
+	tc->subject = tls_no_subject;
 	tc->t = L->tlsm;
 	tc->alpn = alpn, tc->nalpn = nalpn;
 	SSL_set_accept_state(tc->io.ssl);
@@ -7490,12 +7654,20 @@ static void tls_conn_free(struct tls_conn *tc)
 	if (!tc)
 		return;
 	tls_io_free(&tc->io);
+	if (tc->subject != tls_no_subject)
+		free(tc->subject);
 	free(tc);
 }
 
+/* kept until the BIO has fed them to OpenSSL (at most LB_PROXY_V2_MAX bytes, once) */
 static void tls_feed_pre(struct tls_conn *tc, const void *p, size_t n)
 {
-	BIO_write(tc->io.rb, p, (int)n);
+	struct tls_io *io = &tc->io;
+	unsigned char *b = realloc(io->pre, io->pre_e + n);
+	if (!b)
+		return; /* the handshake fails on the missing bytes */
+	memcpy(b + io->pre_e, p, n);
+	io->pre = b, io->pre_e += n;
 }
 
 static const char *tls_sni(const struct tls_conn *tc)
@@ -7538,13 +7710,17 @@ static void tls_subject(struct tls_conn *tc)
 	static const char *const keys[] = { "CN", "OU", "O", "C" };
 	X509 *x = SSL_get0_peer_certificate(tc->io.ssl);
 	X509_NAME *nm = x ? X509_get_subject_name(x) : NULL;
+	char *b = nm && tc->subject == tls_no_subject ? malloc(TLS_SUBJECT_MAX) : NULL;
 	size_t w = 0;
-	tc->subject[0] = 0;
-	for (int i = 0; nm && i < 4; i++) {
+	if (!b)
+		return; /* none, or out of memory: no subject */
+	b[0] = 0;
+	for (int i = 0; i < 4; i++) {
 		char v[80];
 		if (X509_NAME_get_text_by_NID(nm, nids[i], v, sizeof v) > 0)
-			w = tls_subject_add(tc->subject, sizeof tc->subject, w, keys[i], v);
+			w = tls_subject_add(b, TLS_SUBJECT_MAX, w, keys[i], v);
 	}
+	tc->subject = b;
 }
 
 /* the verify result of a certificate check that failed -> lb's code */
@@ -7625,43 +7801,50 @@ static void tls_up_free(struct tls_up *u)
 
 /* -------------------------------------------------------------------- the pump */
 
-/* Send the records the engine has: 1 all sent, 0 the socket is full, -1 the socket failed. */
+/* Send the records queued: 1 all sent, 0 the socket is full, -1 the socket failed (errno). */
 static int tls_flush_out(struct tls_io *io, int fd)
 {
-	char *p;
-	long len;
-	while ((len = BIO_get_mem_data(io->wb, &p)) > 0) {
-		ssize_t n = send(fd, p, (size_t)len, MSG_NOSIGNAL);
+	while (io->qs < io->qe && !io->sys_err) {
+		ssize_t n = send(fd, io->q + io->qs, io->qe - io->qs, MSG_NOSIGNAL);
 		if (n > 0) {
-			char sink[4096];
-			for (ssize_t left = n; left > 0;) /* drop what went out */
-				left -= BIO_read(io->wb, sink, (int)LB_MIN((ssize_t)sizeof sink, left));
+			io->qs += (size_t)n;
 			continue;
 		}
 		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
 			return 0;
+		io->sys_err = n < 0 ? errno : EPIPE;
+	}
+	if (io->sys_err) {
+		errno = io->sys_err;
 		return -1;
 	}
+	free(io->q); /* drained: an idle connection holds no queue */
+	io->q = NULL, io->qs = io->qe = io->qcap = 0;
 	return 1;
 }
 
 /* a clean end: close_notify, sent now if the socket takes it */
 static void tls_close_notify(struct tls_io *io, int fd)
 {
+	io->fd = fd, io->rready = NULL;
 	SSL_shutdown(io->ssl);
 	ERR_clear_error();
 	tls_flush_out(io, fd);
 }
 
-static int tls_records_pending(const struct tls_io *io) { return BIO_ctrl_pending(io->wb) > 0; }
+static int tls_records_pending(const struct tls_io *io) { return io->qs < io->qe; }
 
-/* plaintext decrypted and not read yet, or ciphertext read and not decrypted yet */
-static int tls_has_input(const struct tls_io *io) { return SSL_pending(io->ssl) > 0 || BIO_ctrl_pending(io->rb) > 0; }
+/* plaintext decrypted and not read yet, bytes of a PROXY read not fed yet, or records read
+ * ahead that OpenSSL has not tried yet (after a WANT_READ what it holds is a partial record) */
+static int tls_has_input(const struct tls_io *io)
+{
+	return SSL_pending(io->ssl) > 0 || io->pre || (!io->starved && SSL_has_pending(io->ssl));
+}
 
 static int tls_can_send(const struct tls_io *io)
 {
 	return SSL_is_init_finished(io->ssl) && !(SSL_get_shutdown(io->ssl) & SSL_SENT_SHUTDOWN) &&
-	       BIO_ctrl_pending(io->wb) < TLS_OUT_MAX;
+	       io->qe - io->qs < TLS_OUT_MAX;
 }
 
 /* The handshake completed: counted, and the client certificate's subject kept. */
@@ -7678,103 +7861,96 @@ static int tls_just_done(struct tls_conn *tc)
 	return 1;
 }
 
-/* Once idle after the handshake: new, empty memory BIOs for the ones whose buffers grew to the
- * handshake's flights (a few KB less per idle connection). */
-static void tls_slim(struct tls_io *io)
-{
-	if (io->slim || !SSL_is_init_finished(io->ssl) || BIO_ctrl_pending(io->rb) || BIO_ctrl_pending(io->wb))
-		return;
-	BIO *rb = BIO_new(BIO_s_mem()), *wb = BIO_new(BIO_s_mem());
-	io->slim = 1;
-	if (!rb || !wb) {
-		BIO_free(rb);
-		BIO_free(wb);
-		return;
-	}
-	BIO_set_mem_eof_return(rb, -1);
-	BIO_set_mem_eof_return(wb, -1);
-	SSL_set_bio(io->ssl, rb, wb); /* frees the old ones */
-	io->rb = rb, io->wb = wb;
-}
-
 /* Plaintext from the peer into dst: > 0 bytes; 0 at the end of the stream; -1 with errno
  * EAGAIN when there is none yet; -1 with another errno when the connection failed
  * (EPROTO: TLS error, in io->err). */
 static ssize_t tls_recv(struct tls_io *io, int fd, bool *rready, char *dst, size_t cap)
 {
-	for (;;) {
-		size_t got = 0;
-		ERR_clear_error();
-		int ok = SSL_read_ex(io->ssl, dst, cap, &got);
-		int e = ok ? SSL_ERROR_NONE : SSL_get_error(io->ssl, 0);
-		if (io->srv)
-			tls_just_done(io->srv);
-		if (ok) {
-			if (tls_flush_out(io, fd) < 0)
-				return -1;
-			return (ssize_t)got;
-		}
-		if (e == SSL_ERROR_ZERO_RETURN) { /* the peer's close_notify: answered with lb's */
-			SSL_shutdown(io->ssl);
-			ERR_clear_error();
-			tls_flush_out(io, fd);
-			return 0;
-		}
-		if (e != SSL_ERROR_WANT_READ) {
-			io->err = e == SSL_ERROR_SSL ? tls_ossl_code(io) : LB_TLS_ERR_BAD_HANDSHAKE;
-			tls_flush_out(io, fd); /* the alert, if the socket takes it */
-			ERR_clear_error();
-			errno = EPROTO;
-			return -1;
-		}
+	size_t got = 0;
+	io->fd = fd, io->rready = rready; /* io->eof stays: after the end, every call answers 0 */
+	ERR_clear_error();
+	int ok = SSL_read_ex(io->ssl, dst, cap, &got); /* the BIO recv()s as it needs */
+	int e = ok ? SSL_ERROR_NONE : SSL_get_error(io->ssl, 0);
+	io->rready = NULL;
+	if (io->srv)
+		tls_just_done(io->srv);
+	if (ok) {
 		if (tls_flush_out(io, fd) < 0)
 			return -1;
-		if (!*rready) {
-			tls_slim(io);
-			errno = EAGAIN;
-			return -1;
-		}
-		char in[16640]; /* a whole TLS record and its header */
-		ssize_t n = recv(fd, in, sizeof in, 0);
-		if (n > 0) {
-			if ((size_t)n < sizeof in)
-				*rready = 0;
-			io->got_bytes = 1;
-			BIO_write(io->rb, in, (int)n);
-			continue;
-		}
-		if (n == 0)
-			return 0; /* TCP end without close_notify: HTTP framing tells truncation apart */
-		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
-			*rready = 0;
-			errno = EAGAIN;
-		}
+		return (ssize_t)got;
+	}
+	if (e == SSL_ERROR_ZERO_RETURN && !io->eof) { /* the peer's close_notify: answered with lb's */
+		SSL_shutdown(io->ssl);
+		ERR_clear_error();
+		tls_flush_out(io, fd);
+		return 0;
+	}
+	if (io->eof || io->sys_err) { /* TCP end without close_notify, or the socket failed */
+		ERR_clear_error();
+		if (!io->sys_err)
+			return 0;
+		errno = io->sys_err;
 		return -1;
 	}
+	if (e != SSL_ERROR_WANT_READ) {
+		io->err = e == SSL_ERROR_SSL ? tls_ossl_code(io) : LB_TLS_ERR_BAD_HANDSHAKE;
+		tls_flush_out(io, fd); /* the alert, if the socket takes it */
+		ERR_clear_error();
+		errno = EPROTO;
+		return -1;
+	}
+	io->starved = 1;
+	if (tls_flush_out(io, fd) < 0)
+		return -1;
+	errno = EAGAIN;
+	return -1;
 }
 
 /* Plaintext to the peer from iov: bytes taken (encrypted and sent, or queued), or -1 with
- * errno EAGAIN (the queue is full or the handshake is not done) or another errno. */
+ * errno EAGAIN (the queue is full or the handshake is not done) or another errno. A head and a
+ * body that fit one record go as one (one record, one send()); larger writes go in pieces of at
+ * most TLS_OUT_MAX, so the queue stays under 2 * TLS_OUT_MAX. */
 static ssize_t tls_send(struct tls_io *io, int fd, const struct iovec *iov, int k)
 {
+	char one[16384]; /* a record's plaintext */
+	struct iovec g = { one, 0 };
 	size_t total = 0;
-	int failed = 0;
-	for (int i = 0; i < k && tls_can_send(io); i++) {
-		size_t w = 0;
-		ERR_clear_error();
-		if (!SSL_write_ex(io->ssl, iov[i].iov_base, iov[i].iov_len, &w)) {
-			failed = SSL_get_error(io->ssl, 0) != SSL_ERROR_WANT_READ;
-			break;
+	int failed = 0, stop = 0;
+	io->fd = fd, io->rready = NULL;
+	for (int i = 0; i < k; i++)
+		g.iov_len += iov[i].iov_len;
+	if (k > 1 && g.iov_len <= sizeof one) {
+		for (int i = 0, at = 0; i < k; at += (int)iov[i++].iov_len)
+			memcpy(one + at, iov[i].iov_base, iov[i].iov_len);
+		iov = &g, k = 1;
+	}
+	/* more than a record: the records go out together, one send() per TLS_OUT_MAX at most */
+	int cork = g.iov_len > sizeof one, f = 1;
+	for (int i = 0; i < k && !stop; i++) {
+		size_t off = 0;
+		while (off < iov[i].iov_len && tls_can_send(io)) {
+			size_t w = 0, len = LB_MIN(iov[i].iov_len - off, (size_t)TLS_OUT_MAX);
+			io->cork = cork && (io->q || tls_queue_reserve(io, len) == 0);
+			ERR_clear_error();
+			int ok = SSL_write_ex(io->ssl, (const char *)iov[i].iov_base + off, len, &w);
+			io->cork = 0;
+			if (!ok) {
+				failed = SSL_get_error(io->ssl, 0) != SSL_ERROR_WANT_READ;
+				break;
+			}
+			total += w, off += w;
+			if (cork && f > 0 && (f = tls_flush_out(io, fd)) < 0) /* f 0: full, send no more now */
+				break;
 		}
-		total += w;
+		stop = off < iov[i].iov_len || f < 0;
 	}
 	ERR_clear_error();
-	int f = tls_flush_out(io, fd);
+	if (f > 0) /* 0: corked records wait for the socket (EV_W) */
+		f = tls_flush_out(io, fd);
 	if (total)
 		return (ssize_t)total;
 	if (f < 0 || failed || (SSL_get_shutdown(io->ssl) & SSL_SENT_SHUTDOWN)) {
-		if (errno == EAGAIN || errno == EWOULDBLOCK || f >= 0)
-			errno = EPIPE;
+		errno = io->sys_err ? io->sys_err : EPIPE;
 		return -1;
 	}
 	errno = EAGAIN;

@@ -90,7 +90,6 @@ on_event ~ on_event                          switch cases: one handler per kind 
 proxy_step ~ request_head_step               closing on an incomplete PROXY header / request head, each its own throttle slot (to fold)
 request_body_step ~ response_body_step       chunked body framing of each direction: other buffers and fields (shape)
 sem_connection ~ server_option               str_ieq else-if chains over different words (shape)
-tls_recv ~ tls_recv~2                        the TLS pump of each build (BearSSL engine, OpenSSL memory BIOs): the same loop, other calls
 '
 split_lb_c() { # lb.c DIR
 	awk -v dir="$2" '
