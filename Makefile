@@ -58,6 +58,10 @@ lb-static: lb.c lb.h deploy/musl-fortify.c
 lb-asan: lb.c lb.h
 	$(CC) $(WARN) -O1 -g $(SAN) $(H2) lb.c -o $@ $(LIBS)
 
+# the OpenSSL build under ASan and UBSan: make test runs the TLS suite on it
+lb-openssl-asan: lb.c lb.h
+	$(CC) $(WARN) -O1 -g $(SAN) $(H2) -DLB_TLS_OPENSSL lb.c -o $@ $(OSSL_LIBS)
+
 tests/unit: tests/unit.c lb.c lb.h
 	$(CC) $(WARN) -O1 -g $(H2) -DLB_NO_MAIN -I. tests/unit.c lb.c -o $@ $(LIBS)
 
@@ -105,7 +109,7 @@ run: deps lb
 	@bash tests/demo.sh
 
 test: deps-test
-	$(MAKE) --no-print-directory lb lb-openssl lb-poll lb-asan lb-static tests/unit tests/unit-asan check scaler scaler-check \
+	$(MAKE) --no-print-directory lb lb-openssl lb-openssl-asan lb-poll lb-asan lb-static tests/unit tests/unit-asan check scaler scaler-check \
 		$(addprefix fuzz/fuzz_,$(FUZZERS))
 	@bash tests/run.sh
 
@@ -133,7 +137,7 @@ install: lb
 	install -D -m 0644 config.ini $(DESTDIR)/etc/lb/config.ini.example
 
 clean:
-	rm -f lb lb-openssl lb-poll lb-asan lb-static linode-scaler tests/unit tests/unit-asan $(addprefix fuzz/fuzz_,$(FUZZERS)) $(addprefix fuzz/afl_,$(FUZZERS)) fuzz/*.o *.o
+	rm -f lb lb-openssl lb-openssl-asan lb-poll lb-asan lb-static linode-scaler tests/unit tests/unit-asan $(addprefix fuzz/fuzz_,$(FUZZERS)) $(addprefix fuzz/afl_,$(FUZZERS)) fuzz/*.o *.o
 	rm -rf fuzz/out
 
 # linode-scaler: make scaler (rules in deploy/Makefile.scaler)

@@ -57,6 +57,7 @@ for b in $INTEGRATION_BUILDS; do
 done
 # the OpenSSL 3 build (make lb-openssl): the TLS suite, cases only one library can pass marked by build
 ASAN_OPTIONS=abort_on_error=1:detect_leaks=0 LB_BIN=./lb-openssl run "tls-lb-openssl" python3 tests/tls.py
+ASAN_OPTIONS=abort_on_error=1:detect_leaks=0 LB_BIN=./lb-openssl-asan run "tls-lb-openssl-asan" python3 tests/tls.py
 
 # headless Chromium through a TLS listener (page of 50 images: h2 on one connection, TLS version by
 # build): the BearSSL build always, the OpenSSL one (make TLS=openssl) when it is built
