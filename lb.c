@@ -6546,6 +6546,8 @@ static ssize_t tls_recv(struct tls_io *io, int fd, bool *rready, char *dst, size
 			size_t n = LB_MIN(len, cap);
 			memcpy(dst, p, n);
 			br_ssl_engine_recvapp_ack(eng, n);
+			if (!*rready) /* the socket is drained: the caller may not call again before it has more */
+				tls_park(io);
 			return (ssize_t)n;
 		}
 		if (!(st & BR_SSL_RECVREC) || (!*rready && io->pre_s == io->pre_e)) {
