@@ -880,6 +880,36 @@ def pss_kb(pid):
         return int(re.search(r"^Pss:\s+(\d+)", f.read(), re.M).group(1))
 
 
+def idle_pss_per_conn(lb, hp, tls):
+    """Bytes of Pss lb's worker grows by per idle HTTP/2 connection: 300 connections (after 20 that grow
+    its pools and heap once), one request each, then idle for a second (LB_H2_PARK_MS, 250 ms, included).
+    Over TLS the client's last frame is a WINDOW_UPDATE: lb reads it and answers nothing."""
+    kids = sorted(it.children_of(lb.pid))
+    check(kids, "no worker")
+
+    def idle_conns(n):
+        out = []
+        for _ in range(n):
+            c = H2(hp, tls=tls)
+            sid = c.request("/small")
+            c.wait([sid], 5)
+            eq(c.status(sid), 200, "status on an idle-to-be connection")
+            if tls:
+                c.conn.increment_flow_control_window(65535)  # the last bytes: read by lb, no answer
+                c.flush()
+            out.append(c)
+        return out
+    warm = idle_conns(20)
+    time.sleep(0.3)
+    p0 = pss_kb(kids[0])
+    conns = idle_conns(300)
+    time.sleep(1.0)
+    per = (pss_kb(kids[0]) - p0) * 1024 // len(conns)
+    for c in warm + conns:
+        c.close()
+    return per
+
+
 @test("idle_connection_memory", timeout=40)
 def t_idle_memory(ctx):
     """300 h2c connections, one request each, then idle: the worker's Pss grows < 13 KB per connection.
@@ -890,26 +920,7 @@ def t_idle_memory(ctx):
         raise it.Skip("the ASan build's heap (redzones, quarantine) is not lb's")
     hp = free_port()
     lb = ctx.lb(config(listener("h", hp, "p", http2="on"), pool("p", [("b1", ctx.b["b1"].port)])), [hp])
-    kids = sorted(it.children_of(lb.pid))
-    check(kids, "no worker")
-
-    def idle_conns(n):
-        out = []
-        for _ in range(n):
-            c = H2(hp)
-            sid = c.request("/small")
-            c.wait([sid], 5)
-            eq(c.status(sid), 200, "status on an idle-to-be connection")
-            out.append(c)
-        return out
-    warm = idle_conns(20)  # the worker's pools and heap, grown once
-    time.sleep(0.3)
-    p0 = pss_kb(kids[0])
-    conns = idle_conns(300)
-    time.sleep(1.0)  # the last ones idle for LB_H2_PARK_MS (250 ms) too
-    per = (pss_kb(kids[0]) - p0) * 1024 // len(conns)
-    for c in warm + conns:
-        c.close()
+    per = idle_pss_per_conn(lb, hp, tls=False)
     check(per < 13 * 1024, "worker Pss grew %d bytes per idle h2c connection (limit 13312)" % per)
 
 
@@ -925,28 +936,7 @@ def t_idle_tls_memory(ctx):
         raise it.Skip("the ASan build's heap (redzones, quarantine) is not lb's")
     hp = free_port()
     lb = ctx.lb(config(tls_listener(ctx, "h", hp, "p"), pool("p", [("b1", ctx.b["b1"].port)])), [hp])
-    kids = sorted(it.children_of(lb.pid))
-    check(kids, "no worker")
-
-    def idle_conns(n):
-        out = []
-        for _ in range(n):
-            c = H2(hp, tls=True)
-            sid = c.request("/small")
-            c.wait([sid], 5)
-            eq(c.status(sid), 200, "status on an idle-to-be connection")
-            c.conn.increment_flow_control_window(65535)  # the last bytes: read by lb, no answer
-            c.flush()
-            out.append(c)
-        return out
-    warm = idle_conns(20)  # the worker's pools and heap, grown once
-    time.sleep(0.3)
-    p0 = pss_kb(kids[0])
-    conns = idle_conns(300)
-    time.sleep(1.0)  # the last ones idle for LB_H2_PARK_MS (250 ms) too
-    per = (pss_kb(kids[0]) - p0) * 1024 // len(conns)
-    for c in warm + conns:
-        c.close()
+    per = idle_pss_per_conn(lb, hp, tls=True)
     check(per < 19 * 1024, "worker Pss grew %d bytes per idle HTTP/2 connection over TLS (limit 19456)" % per)
 
 
